@@ -1,0 +1,63 @@
+# videoexperts -- `make help` lists the targets. Every target that needs Python first creates
+# .venv and installs the project into it (once; again only when pyproject.toml changes).
+
+PYTHON        ?= python3
+VENV          ?= .venv
+PY            := $(VENV)/bin/python
+# torch and torchvision are installed first and pinned: the CUDA build runs on CPU-only machines too.
+TORCH_SPEC    ?= torch==2.14.1 torchvision==0.29.1
+# facenet-pytorch pins torch<2.3 in its metadata although it runs on current torch: no-deps install.
+FACENET_SPEC  ?= facenet-pytorch==2.6.0
+STAMP         := $(VENV)/.installed
+
+DATA_ROOT     ?= data
+FEATURES_ROOT ?= features
+DATASET       ?= demo
+VIDEOS        ?= 120
+SEED          ?= 0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-fast demo demo-data check datasets clean clean-venv
+
+help: ## list the targets
+	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
+	@echo
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo 'Variables: DATA_ROOT=$(DATA_ROOT) FEATURES_ROOT=$(FEATURES_ROOT) DATASET=$(DATASET) PYTHON=$(PYTHON)'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "videoexperts needs Python >= 3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(FACENET_SPEC)
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project (done automatically by the other targets)
+
+test: $(STAMP) ## run the whole test suite (what CI runs)
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## run the tests not marked slow
+	$(PY) -m pytest -m 'not slow'
+
+demo: $(STAMP) ## run the main job on the embedded demo data
+	$(PY) -m pipelines.demo --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) --videos $(VIDEOS) --seed $(SEED)
+
+demo-data: $(STAMP) ## generate only the demo dataset (DATA_ROOT/demo)
+	$(PY) -m shared.datasets.demo --out $(DATA_ROOT)/demo --videos $(VIDEOS) --seed $(SEED)
+
+datasets: $(STAMP) ## describe DATASET's manifest: splits, captions, video files found
+	$(PY) -m shared.datasets $(DATASET) --data-root $(DATA_ROOT)
+
+check: $(STAMP) ## validate every store of DATASET under FEATURES_ROOT
+	$(PY) -m shared.store check $(wildcard $(FEATURES_ROOT)/$(DATASET)/*.zarr)
+
+clean: ## remove caches (keeps .venv, data and features)
+	rm -rf .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+clean-venv: ## remove .venv (the next target reinstalls it)
+	rm -rf $(VENV)

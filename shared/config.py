@@ -1,0 +1,107 @@
+"""Typed configs: dataclasses filled from YAML (`yaml.safe_load`), unknown keys are errors."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = ['ConfigError', 'from_dict', 'load_yaml', 'to_dict', 'parse_overrides',
+           'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default']
+
+T = TypeVar('T')
+
+DEFAULT_DATA_ROOT = 'data'
+DEFAULT_FEATURES_ROOT = 'features'
+
+
+def data_root_default() -> Path:
+    """`$VIDEOEXPERTS_DATA_ROOT`, else ./data."""
+    return Path(os.environ.get('VIDEOEXPERTS_DATA_ROOT', DEFAULT_DATA_ROOT))
+
+
+def features_root_default() -> Path:
+    """`$VIDEOEXPERTS_FEATURES_ROOT`, else ./features."""
+    return Path(os.environ.get('VIDEOEXPERTS_FEATURES_ROOT', DEFAULT_FEATURES_ROOT))
+
+
+class ConfigError(ValueError):
+    """A config file or override does not fit its dataclass."""
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f'{where}: {value!r} does not fit {tp}')
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(arg, v, f'{where}[{i}]') for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f'{where}: expected {tp.__name__}, got {value!r}')
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f'{where}: expected int, got {value!r}')
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = 'config') -> T:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f'{where}: expected a mapping, got {type(data).__name__}')
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f'{where}: unknown keys {unknown} (known: {sorted(fields)})')
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(hints[k], v, f'{where}.{k}') for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f'{where}: {err}') from err
+
+
+def load_yaml(cls: type[T], path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> T:
+    """Load dataclass `cls` from a YAML file, then apply dotted-key `overrides`."""
+    with open(path, encoding='utf-8') as f:
+        data = yaml.safe_load(f) or {}
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, last = key.split('.')
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return from_dict(cls, data, where=str(path))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass config as plain data (for YAML dumps and store attributes)."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings -> dict; values are parsed as YAML scalars (`fps=2` gives an int)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition('=')
+        if not sep or not key:
+            raise ConfigError(f'expected key=value, got {item!r}')
+        out[key.strip()] = yaml.safe_load(raw) if raw else ''
+    return out

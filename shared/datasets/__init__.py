@@ -1,0 +1,51 @@
+"""Dataset manifests: one adapter per dataset, reading its official annotation files.
+
+    manifest = load_manifest('msrvtt', data_root='data')        # data/msrvtt/...
+    manifest = load_manifest('folder:/path/to/my/videos')        # any directory of videos
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from shared.config import data_root_default
+from shared.datasets.manifest import DatasetError, Manifest, Split, resolve_inside
+from shared.registry import Registry
+
+__all__ = ['DATASETS', 'DatasetError', 'Manifest', 'Split', 'load_manifest', 'list_datasets',
+           'dataset_dir', 'resolve_inside']
+
+#: name -> adapter(dataset_dir, **options) -> Manifest
+DATASETS: Registry[Callable[..., Manifest]] = Registry('dataset')
+
+
+def dataset_dir(data_root: str | os.PathLike, name: str) -> Path:
+    """Where dataset `name` lives under the data root: ``{data_root}/{name}``."""
+    return Path(data_root) / name
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names() + ['folder:PATH']
+
+
+def load_manifest(name: str, data_root: str | os.PathLike | None = None, **options: Any) -> Manifest:
+    """Build the manifest of a registered dataset, or of ``folder:PATH``.
+
+    Raises:
+        DatasetError: unknown dataset, missing annotation file, unknown split, path outside root.
+    """
+    from shared.datasets import folder  # noqa: F401  (registers the adapters)
+    from shared.datasets import activitynet, demo, didemo, lsmdc, msrvtt, msvd, vatex  # noqa: F401
+
+    if name.startswith('folder:'):
+        return folder.folder_manifest(Path(name[len('folder:'):]), **options)
+    try:
+        adapter = DATASETS.get(name)
+    except KeyError as err:
+        raise DatasetError(f'{err.args[0]}; or folder:PATH for a directory of videos') from None
+    root = dataset_dir(data_root if data_root is not None else data_root_default(), name)
+    if not root.is_dir():
+        raise DatasetError(f'dataset directory {root} not found; put the {name} files there '
+                           '(see README, "Datasets") or pass --data-root')
+    return adapter(root, **options)

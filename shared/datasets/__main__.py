@@ -1,0 +1,34 @@
+"""CLI: describe a dataset's manifest (counts per split), to check that its files are in place.
+
+    python -m shared.datasets msrvtt [--data-root data]
+    python -m shared.datasets folder:/path/to/videos
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shared.config import data_root_default
+from shared.datasets import DatasetError, list_datasets, load_manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m shared.datasets', description=__doc__.split('\n\n')[0])
+    parser.add_argument('dataset', help=f'one of: {", ".join(list_datasets())}')
+    parser.add_argument('--data-root', default=None,
+                        help=f'directory holding one folder per dataset (default: {data_root_default()}, '
+                             'or $VIDEOEXPERTS_DATA_ROOT)')
+    args = parser.parse_args(argv)
+    try:
+        manifest = load_manifest(args.dataset, args.data_root)
+    except DatasetError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(manifest.describe())
+    missing = sum(not p.exists() for p in manifest.paths)
+    print(f'  video files: {len(manifest) - missing} found, {missing} missing')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""ActivityNet Captions (Krishna et al. 2017), as paragraph-to-video retrieval tested on val_1.
+
+Files under ``{data_root}/activitynet/``: ``train.json``, ``val_1.json``, ``val_2.json``
+(``{video: {duration, timestamps, sentences}}``); videos in ``videos/{video}.{mp4,mkv,webm}``.
+Splits ``val1`` (train / - / val_1, CE's protocol) and ``val2`` (train / - / val_2).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shared.datasets import DATASETS
+from shared.datasets.manifest import DatasetError, Manifest, Split, find_video, require_file
+
+__all__ = ['activitynet', 'FILES']
+
+FILES = {'train': 'train.json', 'val_1': 'val_1.json', 'val_2': 'val_2.json'}
+_EXTENSIONS = ('.mp4', '.mkv', '.webm')
+
+
+@DATASETS.register()
+def activitynet(root: Path) -> Manifest:
+    """ActivityNet manifest: videos sorted by id, captions = segment sentences in time order."""
+    captions: dict[str, tuple[str, ...]] = {}
+    parts: dict[str, tuple[str, ...]] = {}
+    for part, fname in FILES.items():
+        path = require_file(root / fname, f'ActivityNet Captions {part} file')
+        try:
+            data = json.loads(path.read_text(encoding='utf-8'))
+            for vid, entry in data.items():
+                order = sorted(range(len(entry['sentences'])), key=lambda i: tuple(entry['timestamps'][i]))
+                captions.setdefault(vid, tuple(entry['sentences'][i].strip() for i in order))
+        except (KeyError, TypeError, AttributeError, IndexError, json.JSONDecodeError) as err:
+            raise DatasetError(f'{path}: not an ActivityNet Captions file ({err!r})') from None
+        parts[part] = tuple(data)
+    ids = tuple(sorted(captions))
+    paths = tuple(find_video(root / 'videos', root, v, _EXTENSIONS) for v in ids)
+    splits = {'val1': Split('val1', parts['train'], (), parts['val_1'], paragraph=True),
+              'val2': Split('val2', parts['train'], (), parts['val_2'], paragraph=True)}
+    return Manifest('activitynet', root, ids, paths, captions, splits)

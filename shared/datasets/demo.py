@@ -1,0 +1,365 @@
+"""The embedded demo dataset: real H.264+AAC videos made with FFmpeg from photos in `skimage.data`.
+
+Every video is built from a few facts: a subject photo (the astronaut gives a real face), a camera
+motion (pan or zoom), a tone whose pitch is part of the content (or silence, or no audio stream
+at all), a word rendered on screen, and spoken words when `espeak-ng` is installed. Captions are
+paraphrases written from those facts, so retrieval on the demo is learnable and checkable. A
+small word2vec model (gensim) trained on the demo vocabulary is saved in word2vec binary format.
+
+    python -m shared.datasets.demo --out data/demo --videos 120 --seed 0
+
+The same seed gives byte-identical files on the same machine (x264 single-threaded, bitexact).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import wave
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.datasets import DATASETS
+from shared.datasets.manifest import DatasetError, Manifest, Split, require_file, resolve_inside
+from shared.media import ffmpeg_exe
+
+__all__ = ['DemoCfg', 'generate', 'demo', 'SUBJECTS', 'MOTIONS', 'TONES', 'WORDS', 'PHRASES', 'MANIFEST_FILE',
+           'WORD2VEC_FILE', 'main']
+
+MANIFEST_FILE = 'demo.json'
+WORD2VEC_FILE = 'word2vec.bin'
+GENERATOR_VERSION = 1
+
+#: subject -> (skimage.data function, noun phrase used in captions)
+SUBJECTS = {
+    'astronaut': ('astronaut', 'an astronaut'), 'cat': ('chelsea', 'a cat'), 'coffee': ('coffee', 'a cup of coffee'),
+    'rocket': ('rocket', 'a rocket'), 'coins': ('coins', 'some coins'), 'moon': ('moon', 'the moon'),
+    'horse': ('horse', 'a horse'), 'clock': ('clock', 'a clock'), 'galaxies': ('hubble_deep_field', 'distant galaxies'),
+    'cells': ('immunohistochemistry', 'stained cells'),
+}
+#: where the camera looks, as a fraction of the photo's height (the astronaut's face is near the top)
+_FOCUS_Y = {'astronaut': 0.0}
+#: motion -> caption phrases (the camera ...)
+MOTIONS = {'pan left': 'pans left', 'pan right': 'pans right', 'zoom in': 'zooms in', 'zoom out': 'zooms out'}
+#: tone -> frequency in Hz (0: a silent audio track)
+TONES = {'low': 220.0, 'medium': 440.0, 'high': 880.0, 'silent': 0.0}
+WORDS = ('river', 'planet', 'garden', 'music', 'window', 'summer', 'forest', 'yellow', 'orange', 'castle',
+         'bridge', 'winter')
+PHRASES = ('hello world', 'good morning', 'look at this', 'thank you', 'see you soon', 'welcome home')
+_SAMPLE_RATE = 48000
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoCfg:
+    """How the demo dataset is generated; defaults are what `make demo` uses.
+
+    Args:
+        videos: number of videos.
+        seed: all randomness comes from this.
+        width, height, fps: video format (H.264, yuv420p).
+        min_duration, max_duration: seconds; each video's duration is drawn in between (0.2 s steps).
+        no_audio_rate: share of videos with no audio stream at all.
+        word_rate: share of videos with a word on screen.
+        speech_rate: share of videos with spoken words (only when espeak-ng is installed).
+        split: train/val/test shares.
+        word_dim: word2vec dimension (300 as GoogleNews, so configs need no demo special case).
+    """
+
+    videos: int = 120
+    seed: int = 0
+    width: int = 320
+    height: int = 240
+    fps: int = 25
+    min_duration: float = 3.0
+    max_duration: float = 6.0
+    no_audio_rate: float = 0.1
+    word_rate: float = 0.6
+    speech_rate: float = 0.4
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    word_dim: int = 300
+
+    def __post_init__(self) -> None:
+        if self.videos < 3:
+            raise ValueError('the demo needs at least 3 videos (one per split part)')
+        if not 0 < self.min_duration <= self.max_duration:
+            raise ValueError('durations must satisfy 0 < min_duration <= max_duration')
+        if self.width % 2 or self.height % 2:
+            raise ValueError('width and height must be even (yuv420p)')
+
+
+def _subject_image(key: str, width: int, height: int) -> Any:
+    """The subject photo as an RGB PIL image covering a 1.5x canvas (room for pans and zooms)."""
+    import skimage.data
+    from PIL import Image
+
+    arr = np.asarray(getattr(skimage.data, SUBJECTS[key][0])())
+    if arr.dtype == bool:
+        arr = np.where(arr, 30, 235).astype(np.uint8)  # dark silhouette on light ground
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    img = Image.fromarray(arr[..., :3].astype(np.uint8))
+    cw, ch = int(width * 1.5), int(height * 1.5)
+    scale = max(cw / img.width, ch / img.height)
+    img = img.resize((max(cw, round(img.width * scale)), max(ch, round(img.height * scale))), Image.BICUBIC)
+    left, top = (img.width - cw) // 2, int((img.height - ch) * _FOCUS_Y.get(key, 0.5))
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def _frames(facts: dict[str, Any], cfg: DemoCfg, n_frames: int) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames: the camera moving over the subject, the word shown mid-video."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = _subject_image(facts['subject'], cfg.width, cfg.height)
+    cw, ch = canvas.size
+    w, h = cfg.width, cfg.height
+    out = np.empty((n_frames, h, w, 3), np.uint8)
+    overlay = None
+    if facts['word']:
+        font = ImageFont.load_default(size=max(16, h // 7))
+        text = facts['word'].upper()
+        box = ImageDraw.Draw(Image.new('RGB', (1, 1))).textbbox((0, 0), text, font=font)
+        tw, th = box[2] - box[0], box[3] - box[1]
+        overlay = Image.new('RGB', (tw + 24, th + 20), 'white')
+        ImageDraw.Draw(overlay).text((12 - box[0], 10 - box[1]), text, fill='black', font=font)
+    show = facts['word_span']
+    fy = _FOCUS_Y.get(facts['subject'], 0.5)
+    for i in range(n_frames):
+        p = i / max(1, n_frames - 1)
+        motion = facts['motion']
+        if motion.startswith('pan'):
+            x0 = (cw - w) * (p if motion == 'pan right' else 1 - p)
+            crop = (x0, (ch - h) * fy, x0 + w, (ch - h) * fy + h)
+        else:
+            z = 1.5 - 0.5 * (p if motion == 'zoom in' else 1 - p)  # visible width / frame width
+            vw, vh = w * z, h * z
+            top = (ch - vh) * fy
+            crop = ((cw - vw) / 2, top, (cw + vw) / 2, top + vh)
+        frame = canvas.resize((w, h), Image.BILINEAR, box=crop)
+        t = i / cfg.fps
+        if overlay is not None and show[0] <= t < show[1]:
+            frame.paste(overlay, ((w - overlay.width) // 2, h - overlay.height - h // 12))
+        out[i] = np.asarray(frame)
+    return out
+
+
+def _espeak(text: str, workdir: Path) -> np.ndarray | None:
+    """Speech for `text` from espeak-ng, resampled to the demo rate; None when espeak-ng is absent."""
+    exe = shutil.which('espeak-ng')
+    if exe is None:
+        return None
+    wav = workdir / 'speech.wav'
+    subprocess.run([exe, '-v', 'en', '-s', '140', '-w', str(wav), text], check=True, capture_output=True)
+    with wave.open(str(wav)) as f:
+        rate, n = f.getframerate(), f.getnframes()
+        pcm = np.frombuffer(f.readframes(n), dtype=np.int16).astype(np.float32) / 32768.0
+        if f.getnchannels() > 1:
+            pcm = pcm.reshape(-1, f.getnchannels()).mean(axis=1)
+    t_out = np.arange(int(len(pcm) * _SAMPLE_RATE / rate)) / _SAMPLE_RATE
+    return np.interp(t_out, np.arange(len(pcm)) / rate, pcm).astype(np.float32)
+
+
+def _audio(facts: dict[str, Any], duration: float, speech: np.ndarray | None) -> np.ndarray:
+    """Mono float32 audio at 48 kHz: the tone (10 ms fades), plus speech from 0.5 s."""
+    n = int(round(duration * _SAMPLE_RATE))
+    t = np.arange(n) / _SAMPLE_RATE
+    freq = TONES[facts['tone']]
+    audio = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32) if freq else np.zeros(n, np.float32)
+    fade = min(n // 2, int(0.01 * _SAMPLE_RATE))
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+        audio[:fade] *= ramp
+        audio[-fade:] *= ramp[::-1]
+    if speech is not None:
+        start = int(0.5 * _SAMPLE_RATE)
+        seg = speech[: max(0, n - start)]
+        audio[start:start + len(seg)] = 0.4 * audio[start:start + len(seg)] + 0.8 * seg
+    return np.clip(audio, -1.0, 1.0)
+
+
+def _write_wav(path: Path, audio: np.ndarray) -> None:
+    with wave.open(str(path), 'wb') as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(_SAMPLE_RATE)
+        f.writeframes((audio * 32767.0).astype('<i2').tobytes())
+
+
+def _encode(path: Path, frames: np.ndarray, fps: int, wav: Path | None) -> None:
+    """H.264 (+ AAC) MP4, single-threaded and bitexact so that a seed always gives the same bytes."""
+    n, h, w, _ = frames.shape
+    cmd = [ffmpeg_exe(), '-y', '-hide_banner', '-loglevel', 'error', '-nostdin',
+           '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', f'{w}x{h}', '-r', str(fps), '-i', 'pipe:0']
+    if wav is not None:
+        cmd += ['-i', str(wav)]
+    cmd += ['-map', '0:v']
+    if wav is not None:
+        cmd += ['-map', '1:a', '-c:a', 'aac', '-b:a', '96k', '-flags:a', '+bitexact']
+    cmd += ['-c:v', 'libx264', '-preset', 'veryfast', '-crf', '23', '-pix_fmt', 'yuv420p', '-threads', '1',
+            '-g', str(fps), '-flags:v', '+bitexact', '-fflags', '+bitexact', '-map_metadata', '-1',
+            '-movflags', '+faststart', str(path)]
+    proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f'ffmpeg failed on {path.name}: {proc.stderr.decode(errors="replace")[-500:]}')
+
+
+def _captions(facts: dict[str, Any], rng: np.random.Generator) -> list[str]:
+    """Five paraphrases, each naming the subject and some of the other facts."""
+    subj = SUBJECTS[facts['subject']][1]
+    move = MOTIONS[facts['motion']]
+    sound = {'low': 'a low tone', 'medium': 'a medium tone', 'high': 'a high tone', 'silent': 'silence'}
+    sound_txt = sound[facts['tone']] if facts['audio'] else 'no sound'
+    options = [
+        f'the camera {move} over {subj}',
+        f'{subj} while the camera {move}',
+        f'{subj} with {sound_txt}',
+        f'a video of {subj} and {sound_txt} as the camera {move}',
+        f'{sound_txt} plays over a picture of {subj}' if facts['audio'] and facts['tone'] != 'silent'
+        else f'a quiet video of {subj}',
+    ]
+    if facts['word']:
+        options += [f'the word {facts["word"]} appears over {subj}', f'{subj} with the text {facts["word"]} on screen']
+    if facts['speech']:
+        options += [f'a voice says {facts["speech"]} over {subj}', f'someone says {facts["speech"]} while we see {subj}']
+    picks = rng.permutation(len(options))[:5]
+    return [options[i] for i in sorted(picks)]
+
+
+def _plan(cfg: DemoCfg, can_speak: bool) -> list[dict[str, Any]]:
+    """The facts of every video, all drawn from the seed."""
+    rng = np.random.default_rng(cfg.seed)
+    subjects, motions, tones = list(SUBJECTS), list(MOTIONS), list(TONES)
+    plan = []
+    steps = int(round((cfg.max_duration - cfg.min_duration) / 0.2))
+    for i in range(cfg.videos):
+        duration = round(cfg.min_duration + 0.2 * int(rng.integers(0, steps + 1)), 1)
+        audio = bool(rng.random() >= cfg.no_audio_rate)
+        word = str(rng.choice(WORDS)) if rng.random() < cfg.word_rate else ''
+        start = round(float(rng.uniform(0.1, 0.3)) * duration, 2)
+        speech = str(rng.choice(PHRASES)) if (audio and can_speak and rng.random() < cfg.speech_rate) else ''
+        facts = {
+            'subject': subjects[i % len(subjects)] if i < len(subjects) else str(rng.choice(subjects)),
+            'motion': str(rng.choice(motions)), 'tone': str(rng.choice(tones)) if audio else 'silent',
+            'audio': audio, 'word': word, 'word_span': [start, round(min(duration, start + 0.5 * duration), 2)],
+            'speech': speech, 'face': False, 'duration': duration,
+        }
+        facts['face'] = facts['subject'] == 'astronaut'
+        facts['captions'] = _captions(facts, rng)
+        plan.append(facts)
+    return plan
+
+
+def _stable_hash(text: str) -> int:
+    """gensim seeds word vectors with `hashfxn`; Python's `hash` changes per process."""
+    return zlib.crc32(text.encode('utf-8'))
+
+
+def _train_word2vec(sentences: list[list[str]], cfg: DemoCfg, path: Path) -> None:
+    from gensim.models import Word2Vec
+
+    model = Word2Vec(sentences=sentences, vector_size=cfg.word_dim, window=5, min_count=1, workers=1,
+                     seed=cfg.seed, epochs=40, hashfxn=_stable_hash, sg=1)
+    model.wv.save_word2vec_format(str(path), binary=True)
+
+
+def _tokens(text: str) -> list[str]:
+    return [w.strip('.,!?').lower() for w in text.split() if w.strip('.,!?')]
+
+
+def generate(out: Path, cfg: DemoCfg, progress: bool = True) -> Path:
+    """Write the demo dataset under `out` (videos/, demo.json, word2vec.bin); returns the manifest path."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    (out / 'videos').mkdir(parents=True, exist_ok=True)
+    can_speak = shutil.which('espeak-ng') is not None
+    plan = _plan(cfg, can_speak)
+    videos = []
+    with tempfile.TemporaryDirectory(prefix='videoexperts-demo-') as tmp:
+        work = Path(tmp)
+        for i, facts in enumerate(tqdm(plan, desc='demo videos', unit='video', disable=not progress)):
+            vid = f'demo{i:04d}'
+            n_frames = int(round(facts['duration'] * cfg.fps))
+            frames = _frames(facts, cfg, n_frames)
+            wav = None
+            if facts['audio']:
+                speech = _espeak(facts['speech'], work) if facts['speech'] else None
+                wav = work / 'audio.wav'
+                _write_wav(wav, _audio(facts, facts['duration'], speech))
+            path = out / 'videos' / f'{vid}.mp4'
+            _encode(path, frames, cfg.fps, wav)
+            videos.append({'id': vid, 'file': f'videos/{vid}.mp4', 'frames': n_frames, 'fps': cfg.fps,
+                           'width': cfg.width, 'height': cfg.height, **facts,
+                           'sha256': hashlib.sha256(path.read_bytes()).hexdigest()})
+    rng = np.random.default_rng(cfg.seed + 1)
+    order = [v['id'] for v in videos]
+    order = [order[i] for i in rng.permutation(len(order))]
+    n_train = max(1, int(round(cfg.split[0] * len(order))))
+    n_val = max(1, int(round(cfg.split[1] * len(order))))
+    n_val = min(n_val, len(order) - n_train - 1)
+    splits = {'train': sorted(order[:n_train]), 'val': sorted(order[n_train:n_train + n_val]),
+              'test': sorted(order[n_train + n_val:])}
+    sentences = [_tokens(c) for v in videos for c in v['captions']]
+    sentences += [list(WORDS), [w for p in PHRASES for w in p.split()], [s for s in SUBJECTS]]
+    _train_word2vec(sentences, cfg, out / WORD2VEC_FILE)
+    manifest = {'generator_version': GENERATOR_VERSION, 'config': dataclasses.asdict(cfg),
+                'espeak': can_speak, 'word2vec': WORD2VEC_FILE, 'videos': videos, 'splits': splits}
+    path = out / MANIFEST_FILE
+    buf = io.StringIO()
+    json.dump(manifest, buf, indent=1, sort_keys=True)
+    path.write_text(buf.getvalue() + '\n', encoding='utf-8')
+    return path
+
+
+@DATASETS.register()
+def demo(root: Path) -> Manifest:
+    """Manifest of a generated demo dataset (``{data_root}/demo/demo.json``)."""
+    path = require_file(root / MANIFEST_FILE, 'demo manifest',
+                        f'generate the demo first: python -m shared.datasets.demo --out {root}')
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+        videos = data['videos']
+        ids = tuple(v['id'] for v in videos)
+        paths = tuple(resolve_inside(root, v['file']) for v in videos)
+        captions = {v['id']: tuple(v['captions']) for v in videos}
+        parts = data['splits']
+        split = Split('official', tuple(parts['train']), tuple(parts['val']), tuple(parts['test']))
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise DatasetError(f'{path}: not a demo manifest ({err!r})') from None
+    return Manifest('demo', root, ids, paths, captions, {'official': split})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: generate the demo dataset."""
+    d = DemoCfg()
+    parser = argparse.ArgumentParser(prog='python -m shared.datasets.demo', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', type=Path, default=Path('data/demo'), help='output directory (default: data/demo)')
+    parser.add_argument('--videos', type=int, default=d.videos, help=f'number of videos (default: {d.videos})')
+    parser.add_argument('--seed', type=int, default=d.seed, help=f'random seed (default: {d.seed})')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    args = parser.parse_args(argv)
+    try:
+        cfg = DemoCfg(videos=args.videos, seed=args.seed)
+    except ValueError as err:
+        parser.error(str(err))
+    path = generate(args.out, cfg, progress=not args.quiet)
+    data = json.loads(path.read_text(encoding='utf-8'))
+    n = len(data['videos'])
+    speech = sum(bool(v['speech']) for v in data['videos'])
+    print(f'wrote {n} videos, {path} and {args.out / WORD2VEC_FILE}; splits '
+          + ', '.join(f'{k} {len(v)}' for k, v in data['splits'].items())
+          + (f'; {speech} with speech' if data['espeak'] else '; no speech (espeak-ng not installed)'))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""A user's own videos: every video file under a directory, ids from relative paths, no captions."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from shared.datasets.manifest import VIDEO_EXTENSIONS, DatasetError, Manifest, Split, resolve_inside
+
+__all__ = ['folder_manifest', 'folder_name']
+
+
+def folder_name(directory: Path) -> str:
+    """The dataset name used for a folder's stores: its directory name, made path-safe."""
+    name = re.sub(r'[^A-Za-z0-9._-]+', '_', directory.resolve().name).strip('._') or 'videos'
+    return f'folder-{name}'
+
+
+def folder_manifest(directory: Path, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> Manifest:
+    """Manifest of every video under `directory` (recursively; hidden files and folders skipped).
+
+    Ids are relative POSIX paths with their extension (``trip/day1.mp4``), sorted, so that the
+    same folder always gives the same store rows. Split ``all`` puts every video in test.
+    """
+    if not directory.is_dir():
+        raise DatasetError(f'folder {directory} does not exist or is not a directory')
+    exts = {e.lower() for e in extensions}
+    ids = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+        for f in filenames:
+            if not f.startswith('.') and os.path.splitext(f)[1].lower() in exts:
+                ids.append(Path(os.path.relpath(os.path.join(dirpath, f), directory)).as_posix())
+    if not ids:
+        raise DatasetError(f'no video files under {directory} (looked for {", ".join(sorted(exts))})')
+    ids.sort()
+    paths = tuple(resolve_inside(directory, v) for v in ids)
+    split = Split('all', (), (), tuple(ids))
+    return Manifest(folder_name(directory), directory, tuple(ids), paths, {v: () for v in ids}, {'all': split})

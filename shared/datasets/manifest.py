@@ -1,0 +1,148 @@
+"""The dataset manifest: video ids in a fixed order, their paths inside a data root, captions, splits."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+__all__ = ['DatasetError', 'Split', 'Manifest', 'resolve_inside', 'read_split_list', 'require_file',
+           'VIDEO_EXTENSIONS', 'find_video']
+
+#: Containers the `folder` adapter (and extension look-up) recognise.
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv',
+                    '.ts', '.3gp', '.ogv')
+
+
+class DatasetError(ValueError):
+    """Bad dataset input: a missing annotation file, an unknown split, a path outside the root."""
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """`root / relative`, refusing anything that leaves `root`.
+
+    The check is lexical (after normalising `..`), not through symlinks: a data root that is
+    itself a symlink to scratch storage is normal on clusters, a `../` in an annotation is not.
+    """
+    if not relative or os.path.isabs(relative) or '\x00' in relative:
+        raise DatasetError(f'video path {relative!r} must be relative to the data root {root}')
+    root_n = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.join(root_n, relative))
+    if os.path.commonpath([root_n, full]) != root_n:
+        raise DatasetError(f'video path {relative!r} escapes the data root {root}')
+    return Path(full)
+
+
+def require_file(path: Path, what: str, hint: str = '') -> Path:
+    """`path` if it is a file, else a DatasetError naming it and what it is."""
+    if not path.is_file():
+        raise DatasetError(f'missing {what}: {path} not found' + (f'. {hint}' if hint else ''))
+    return path
+
+
+def read_split_list(dataset: str, name: str) -> tuple[str, ...]:
+    """A split id list shipped with the package (``shared/datasets/splits/{dataset}/{name}``)."""
+    ref = resources.files('shared.datasets').joinpath('splits', dataset, name)
+    text = ref.read_text(encoding='utf-8')
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def find_video(videos_dir: Path, root: Path, stem: str, extensions: Sequence[str]) -> Path:
+    """The first existing `stem + ext` under `videos_dir`, else the first extension's path."""
+    rel_dir = os.path.relpath(videos_dir, root)
+    for ext in extensions:
+        p = resolve_inside(root, os.path.join(rel_dir, stem + ext))
+        if p.exists():
+            return p
+    return resolve_inside(root, os.path.join(rel_dir, stem + extensions[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A named protocol: train/val/test video ids and how test queries are formed.
+
+    Args:
+        name: protocol name (``full``, ``1k-A``, ...).
+        train, val, test: video ids (val may be empty: 1k-A has no validation set).
+        query_captions: for each test video, the caption indices that are queries
+            (None: every caption is a query).
+        paragraph: captions of a video are joined into one paragraph query (DiDeMo, ActivityNet).
+        unavailable: when set, the split cannot be used and this says why (e.g. a missing file).
+    """
+
+    name: str
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    query_captions: Mapping[str, tuple[int, ...]] | None = None
+    paragraph: bool = False
+    unavailable: str = ''
+
+    def ids(self, part: str) -> tuple[str, ...]:
+        """The video ids of `part` (train, val or test)."""
+        if part not in ('train', 'val', 'test'):
+            raise DatasetError(f'unknown split part {part!r} (train, val or test)')
+        self.require()
+        return getattr(self, part)
+
+    def require(self) -> Split:
+        if self.unavailable:
+            raise DatasetError(f'split {self.name!r} cannot be used: {self.unavailable}')
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A dataset: ids in store-row order, paths inside `root`, captions and splits."""
+
+    name: str
+    root: Path
+    video_ids: tuple[str, ...]
+    paths: tuple[Path, ...]
+    captions: Mapping[str, tuple[str, ...]]
+    splits: Mapping[str, Split]
+
+    def __post_init__(self) -> None:
+        if len(self.video_ids) != len(self.paths):
+            raise DatasetError(f'{self.name}: {len(self.video_ids)} ids but {len(self.paths)} paths')
+        if len(set(self.video_ids)) != len(self.video_ids):
+            raise DatasetError(f'{self.name}: duplicate video ids')
+        known = set(self.video_ids)
+        for split in self.splits.values():
+            for part in ('train', 'val', 'test'):
+                extra = [v for v in getattr(split, part) if v not in known]
+                if extra:
+                    raise DatasetError(f'{self.name} split {split.name}/{part}: {len(extra)} ids have no '
+                                       f'video in the annotations, e.g. {extra[:3]}')
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def split(self, name: str) -> Split:
+        """The named split, or a DatasetError listing the known ones."""
+        if name not in self.splits:
+            raise DatasetError(f'unknown split {name!r} for {self.name} (known: {", ".join(self.splits)})')
+        return self.splits[name].require()
+
+    def index(self) -> dict[str, int]:
+        """video id -> row."""
+        return {v: i for i, v in enumerate(self.video_ids)}
+
+    def path(self, video_id: str) -> Path:
+        return self.paths[self.index()[video_id]]
+
+    def describe(self) -> str:
+        """A few lines: counts per split, captions per video."""
+        n_caps = sum(len(c) for c in self.captions.values())
+        lines = [f'{self.name}: {len(self)} videos, {n_caps} captions, root {self.root}']
+        for s in self.splits.values():
+            state = f' (unavailable: {s.unavailable})' if s.unavailable else ''
+            mode = ', paragraph queries' if s.paragraph else ''
+            lines.append(f'  split {s.name}: train {len(s.train)}, val {len(s.val)}, test {len(s.test)}{mode}{state}')
+        return '\n'.join(lines)
+
+
+def ordered_unique(items: Iterable[str]) -> list[str]:
+    """Items in first-seen order, without repeats."""
+    return list(dict.fromkeys(items))

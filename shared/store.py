@@ -1,0 +1,606 @@
+"""The expert store: one Zarr v3 group per (dataset, expert), the contract between extract and train.
+
+Layout and rules are those of DESIGN.md ("The expert store"): rows follow the manifest's video
+order, chunks run along the video axis only, a chunk is the unit of work, and a chunk's `status`
+is written last so that a crash costs at most the chunks in flight.
+
+    python -m shared.store check PATH [PATH ...]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import sys
+import uuid
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+__all__ = [
+    'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES',
+    'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
+    'ExpertStore', 'store_path', 'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
+    'CheckReport', 'check_store', 'main',
+]
+
+_logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PENDING, DONE, FAILED, SKIPPED = 0, 1, 2, 3
+STATUS_NAMES = {PENDING: 'pending', DONE: 'done', FAILED: 'failed', SKIPPED: 'skipped'}
+_ROW_ARRAYS = ('features', 'timestamps', 'lengths', 'available', 'errors')
+_DIMS = {
+    'video_ids': ('video',), 'features': ('video', 'row', 'dim'), 'timestamps': ('video', 'row', 'edge'),
+    'lengths': ('video',), 'available': ('video',), 'status': ('video',), 'errors': ('video',),
+    'tokens': ('video',),
+}
+
+
+class StoreError(RuntimeError):
+    """A store cannot be created, opened or written as asked."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """The store was written by an expert with randomly initialised weights."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSpec:
+    """What a store is created with; everything here lands in the group attributes.
+
+    Args:
+        dataset: dataset name (manifest name).
+        expert: expert name (registry name).
+        feature_dim: D, the width of one feature row.
+        max_rows: T, the most rows one video may have.
+        chunk_size: videos per chunk (the unit of work; two writers never share one).
+        has_tokens: keep the `tokens` array (OCR and speech).
+        model: the model's name.
+        weights: where the weights came from, or the literal ``random``.
+        weights_sha256: checksum of the weight file, when there is one.
+        sampling: fps, clip length, stride and such.
+        input_size: the model's input size.
+        config: the full expert config.
+    """
+
+    dataset: str
+    expert: str
+    feature_dim: int
+    max_rows: int
+    chunk_size: int = 64
+    has_tokens: bool = False
+    model: str = ''
+    weights: str = ''
+    weights_sha256: str = ''
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
+    input_size: list[int] = dataclasses.field(default_factory=list)
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ('feature_dim', 'max_rows', 'chunk_size'):
+            if int(getattr(self, name)) < 1:
+                raise StoreError(f'{name} must be >= 1, got {getattr(self, name)!r}')
+
+
+@dataclasses.dataclass
+class VideoResult:
+    """One video's output from an expert, before it is packed into a chunk.
+
+    Args:
+        features: (L, D) rows; L may be 0.
+        timestamps: (L, 2) start and end second of each row.
+        status: DONE, FAILED or SKIPPED.
+        error: why the video failed (FAILED only).
+        tokens: OCR/speech words as dicts {word, start, end, conf}.
+        available: defaults to "has at least one row"; FAILED and SKIPPED are never available.
+    """
+
+    features: np.ndarray
+    timestamps: np.ndarray
+    status: int = DONE
+    error: str = ''
+    tokens: list[dict[str, Any]] | None = None
+    available: bool | None = None
+
+    @classmethod
+    def failed(cls, error: str, dim: int) -> VideoResult:
+        return cls(np.zeros((0, dim), np.float32), np.zeros((0, 2), np.float32), FAILED, error or 'failed')
+
+    @classmethod
+    def skipped(cls, dim: int, reason: str = '') -> VideoResult:
+        return cls(np.zeros((0, dim), np.float32), np.zeros((0, 2), np.float32), SKIPPED, reason)
+
+
+@dataclasses.dataclass
+class ChunkData:
+    """The arrays of one chunk, in store dtypes, ready to be written."""
+
+    features: np.ndarray  # (n, T, D) float16
+    timestamps: np.ndarray  # (n, T, 2) float32
+    lengths: np.ndarray  # (n,) int32
+    available: np.ndarray  # (n,) bool
+    status: np.ndarray  # (n,) uint8
+    errors: np.ndarray  # (n,) str
+    tokens: np.ndarray | None = None  # (n,) str (JSON)
+
+
+@dataclasses.dataclass
+class ExpertRows:
+    """Rows read from a store: padded arrays plus lengths and masks."""
+
+    video_ids: np.ndarray
+    features: np.ndarray
+    timestamps: np.ndarray
+    lengths: np.ndarray
+    available: np.ndarray
+    status: np.ndarray
+    errors: np.ndarray
+    tokens: np.ndarray | None
+
+    def rows(self, i: int) -> np.ndarray:
+        """The valid (L, D) feature rows of the i-th video read."""
+        return self.features[i, : int(self.lengths[i])]
+
+
+def store_path(features_root: str | os.PathLike, dataset: str, expert: str) -> Path:
+    """Where the store of (dataset, expert) lives: ``{root}/{dataset}/{expert}.zarr``."""
+    for part in (dataset, expert):
+        if not part or '/' in part or part in ('.', '..') or os.sep in part:
+            raise StoreError(f'invalid dataset or expert name for a store path: {part!r}')
+    return Path(features_root) / dataset / f'{expert}.zarr'
+
+
+def shard_chunks(n_chunks: int, shard: int, num_shards: int) -> range:
+    """The contiguous range of whole chunks that shard `shard` of `num_shards` owns."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise StoreError(f'shard must be in [0, {num_shards}), got {shard} (num_shards={num_shards})')
+    base, extra = divmod(n_chunks, num_shards)
+    start = shard * base + min(shard, extra)
+    return range(start, start + base + (1 if shard < extra else 0))
+
+
+def pack_chunk(results: Sequence[VideoResult], max_rows: int, dim: int, has_tokens: bool) -> ChunkData:
+    """Pack per-video results into chunk arrays, enforcing the store's rules.
+
+    Unavailable rows get length 0 and zero features; NaN/inf or too many rows are an error
+    of the caller (StoreError), never written.
+    """
+    n = len(results)
+    chunk = ChunkData(
+        features=np.zeros((n, max_rows, dim), np.float16),
+        timestamps=np.zeros((n, max_rows, 2), np.float32),
+        lengths=np.zeros(n, np.int32),
+        available=np.zeros(n, bool),
+        status=np.zeros(n, np.uint8),
+        errors=np.full(n, '', dtype=object),
+        tokens=np.full(n, '', dtype=object) if has_tokens else None,
+    )
+    for i, r in enumerate(results):
+        if r.status not in (DONE, FAILED, SKIPPED):
+            raise StoreError(f'row {i}: status must be done, failed or skipped, got {r.status}')
+        feats = np.asarray(r.features, np.float32).reshape(-1, dim)
+        times = np.asarray(r.timestamps, np.float32).reshape(-1, 2)
+        if len(feats) != len(times):
+            raise StoreError(f'row {i}: {len(feats)} feature rows but {len(times)} timestamps')
+        if len(feats) > max_rows:
+            raise StoreError(f'row {i}: {len(feats)} rows exceed the store maximum T={max_rows}')
+        if not (np.isfinite(feats).all() and np.isfinite(times).all()):
+            raise StoreError(f'row {i}: NaN or inf in features or timestamps')
+        if np.abs(feats).max(initial=0.0) > np.finfo(np.float16).max:
+            raise StoreError(f'row {i}: features overflow float16')
+        available = r.status == DONE and len(feats) > 0 and (r.available is None or r.available)
+        chunk.status[i] = r.status
+        chunk.errors[i] = r.error if r.status != DONE else ''
+        if has_tokens and r.tokens is not None:
+            chunk.tokens[i] = json.dumps(r.tokens, ensure_ascii=False)
+        if available:
+            chunk.features[i, : len(feats)] = feats
+            chunk.timestamps[i, : len(times)] = times
+            chunk.lengths[i] = len(feats)
+            chunk.available[i] = True
+    return chunk
+
+
+class ExpertStore:
+    """An open expert store. Use `create_store` or `open_store` to get one."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self.group = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+        self.chunk_size = int(self.attrs['chunk_size'])
+        self.max_rows = int(self.attrs['max_rows'])
+        self.feature_dim = int(self.attrs['feature_dim'])
+        self.has_tokens = 'tokens' in group
+        self.n_videos = int(group['status'].shape[0])
+        self.n_chunks = -(-self.n_videos // self.chunk_size)
+
+    def __repr__(self) -> str:
+        return (f'ExpertStore({str(self.path)!r}, expert={self.attrs.get("expert")!r}, '
+                f'videos={self.n_videos}, T={self.max_rows}, D={self.feature_dim})')
+
+    @property
+    def video_ids(self) -> np.ndarray:
+        return np.asarray(self.group['video_ids'][:], dtype=object)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.attrs.get('weights') == 'random'
+
+    def chunk_rows(self, chunk: int) -> range:
+        """The rows (videos) of chunk `chunk`."""
+        if not 0 <= chunk < self.n_chunks:
+            raise StoreError(f'chunk {chunk} out of range [0, {self.n_chunks})')
+        start = chunk * self.chunk_size
+        return range(start, min(start + self.chunk_size, self.n_videos))
+
+    def status(self) -> np.ndarray:
+        """Status of every video, with unreadable status chunks (a kill mid-write) read as pending."""
+        out = np.zeros(self.n_videos, np.uint8)
+        arr = self.group['status']
+        for c in range(self.n_chunks):
+            rows = self.chunk_rows(c)
+            try:
+                out[rows.start:rows.stop] = arr[rows.start:rows.stop]
+            except Exception as err:  # noqa: BLE001 - a torn chunk file is pending work, not a crash
+                _logger.warning('%s: status chunk %d unreadable (%s); treated as pending', self.path, c, err)
+        return out
+
+    def pending_chunks(self, chunks: Iterable[int] | None = None, retry_failed: bool = False) -> list[int]:
+        """Chunks with work left: any pending video, or any failed one when `retry_failed`."""
+        status = self.status()
+        todo = []
+        for c in (range(self.n_chunks) if chunks is None else chunks):
+            s = status[self.chunk_rows(c).start:self.chunk_rows(c).stop]
+            if (s == PENDING).any() or (retry_failed and (s == FAILED).any()):
+                todo.append(c)
+        return todo
+
+    def is_complete(self) -> bool:
+        return bool((self.status() != PENDING).all())
+
+    def write_chunk(self, chunk: int, data: ChunkData) -> None:
+        """Write one whole chunk; `status` goes last so a torn write reads as pending."""
+        rows = self.chunk_rows(chunk)
+        n = len(rows)
+        if data.features.shape != (n, self.max_rows, self.feature_dim):
+            raise StoreError(f'chunk {chunk}: features shape {data.features.shape} != '
+                             f'{(n, self.max_rows, self.feature_dim)}')
+        if self.has_tokens != (data.tokens is not None):
+            raise StoreError(f'chunk {chunk}: tokens given={data.tokens is not None}, store has '
+                             f'tokens={self.has_tokens}')
+        sl = slice(rows.start, rows.stop)
+        g = self.group
+        g['features'][sl] = data.features
+        g['timestamps'][sl] = data.timestamps
+        g['lengths'][sl] = data.lengths
+        g['available'][sl] = data.available
+        g['errors'][sl] = np.asarray(data.errors, dtype=str)
+        if data.tokens is not None:
+            g['tokens'][sl] = np.asarray(data.tokens, dtype=str)
+        g['status'][sl] = data.status
+
+    def read(self, rows: Sequence[int] | slice | None = None, ids: Sequence[str] | None = None) -> ExpertRows:
+        """Read rows into memory: all of them, the given row indices, or the given video ids."""
+        if ids is not None:
+            index = {v: i for i, v in enumerate(self.video_ids)}
+            missing = [v for v in ids if v not in index]
+            if missing:
+                raise StoreError(f'{len(missing)} video ids not in {self.path}, e.g. {missing[:3]}')
+            rows = [index[v] for v in ids]
+        sel: Any = slice(None) if rows is None else rows
+        if not isinstance(sel, slice):
+            sel = np.asarray(sel, dtype=np.int64)
+        g = self.group
+
+        def take(name: str) -> np.ndarray:
+            arr = g[name]
+            if isinstance(sel, slice):
+                return arr[sel]
+            if len(sel) == 0:
+                return np.zeros((0,) + arr.shape[1:], arr.dtype)
+            return arr.get_orthogonal_selection((sel,) + (slice(None),) * (arr.ndim - 1))
+
+        return ExpertRows(
+            video_ids=np.asarray(take('video_ids'), dtype=object),
+            features=take('features'), timestamps=take('timestamps'), lengths=take('lengths'),
+            available=take('available'), status=take('status'),
+            errors=np.asarray(take('errors'), dtype=object),
+            tokens=np.asarray(take('tokens'), dtype=object) if self.has_tokens else None,
+        )
+
+    def lazy(self) -> dict[str, Any]:
+        """Every array as a dask array, chunked like the store (nothing is read yet)."""
+        import dask.array as da
+
+        return {name: da.from_zarr(self.group[name]) for name in _DIMS if name in self.group}
+
+    def consolidate(self) -> None:
+        """Consolidate metadata (once a run completes) so that readers open the store in one read."""
+        zarr.consolidate_metadata(str(self.path))
+
+
+def _attrs_for(spec: StoreSpec, n_videos: int) -> dict[str, Any]:
+    from shared import __version__
+
+    attrs = dataclasses.asdict(spec)
+    attrs.update(schema_version=SCHEMA_VERSION, n_videos=n_videos, code_version=__version__,
+                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'))
+    return json.loads(json.dumps(attrs))  # fail early on values JSON cannot hold
+
+
+def _build(path: Path, video_ids: Sequence[str], spec: StoreSpec) -> None:
+    n, c, t, d = len(video_ids), spec.chunk_size, spec.max_rows, spec.feature_dim
+    g = zarr.open_group(str(path), mode='w-', zarr_format=3, attributes=_attrs_for(spec, n))
+
+    def make(name: str, shape: tuple[int, ...], dtype: Any, fill: Any) -> zarr.Array:
+        chunks = (c,) + shape[1:]
+        return g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                              dimension_names=_DIMS[name])
+
+    ids = make('video_ids', (n,), str, '')
+    ids[:] = np.asarray(list(video_ids), dtype=str)
+    make('features', (n, t, d), 'float16', 0)
+    make('timestamps', (n, t, 2), 'float32', 0)
+    make('lengths', (n,), 'int32', 0)
+    make('available', (n,), 'bool', False)
+    make('status', (n,), 'uint8', PENDING)
+    make('errors', (n,), str, '')
+    if spec.has_tokens:
+        make('tokens', (n,), str, '')
+
+
+def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreSpec,
+                 overwrite: bool = False) -> ExpertStore:
+    """Create the store, or open it to resume when one with the same layout is already there.
+
+    The group is built in a temporary directory and renamed into place, so that shards of a
+    cluster job that start at the same time never see (or build) half a store.
+
+    Raises:
+        StoreError: a store is there with other videos or another layout (and not `overwrite`).
+    """
+    path = Path(path)
+    if len(set(video_ids)) != len(video_ids):
+        raise StoreError('video ids must be unique')
+    if overwrite and path.exists():
+        shutil.rmtree(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+        try:
+            _build(tmp, video_ids, spec)
+            os.rename(tmp, path)
+        except OSError:
+            if not path.exists():
+                raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    store = open_store(path, mode='r+', warn_random=False)
+    _check_compatible(store, video_ids, spec)
+    return store
+
+
+def _check_compatible(store: ExpertStore, video_ids: Sequence[str], spec: StoreSpec) -> None:
+    a = store.attrs
+    want = {'expert': spec.expert, 'feature_dim': spec.feature_dim, 'max_rows': spec.max_rows,
+            'chunk_size': spec.chunk_size, 'weights': spec.weights, 'model': spec.model}
+    diff = {k: (a.get(k), v) for k, v in want.items() if a.get(k) != v}
+    if store.has_tokens != spec.has_tokens:
+        diff['has_tokens'] = (store.has_tokens, spec.has_tokens)
+    if diff:
+        detail = ', '.join(f'{k}: store has {x!r}, run wants {y!r}' for k, (x, y) in diff.items())
+        raise StoreError(f'{store.path} exists with another layout ({detail}); '
+                         'remove it or pass overwrite to start again')
+    ids = store.video_ids
+    if len(ids) != len(video_ids) or any(x != y for x, y in zip(ids, video_ids)):
+        raise StoreError(f'{store.path} exists for another video list ({len(ids)} videos vs '
+                         f'{len(video_ids)}); remove it or pass overwrite to start again')
+
+
+def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = True) -> ExpertStore:
+    """Open an existing store; warns (RandomWeightsWarning) when its weights were random."""
+    path = Path(path)
+    if not (path / 'zarr.json').is_file():
+        raise StoreError(f'no expert store at {path} (no zarr.json)')
+    try:
+        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+    except Exception as err:  # noqa: BLE001 - zarr raises several types for a broken group
+        raise StoreError(f'cannot open store {path}: {err}') from err
+    missing = [k for k in ('video_ids', 'status', *_ROW_ARRAYS) if k not in group]
+    for key in ('chunk_size', 'max_rows', 'feature_dim', 'expert'):
+        if key not in group.attrs:
+            missing.append(f'attribute {key}')
+    if missing:
+        raise StoreError(f'{path} is not an expert store: missing {", ".join(missing)}')
+    store = ExpertStore(path, group)
+    if warn_random and store.random_weights:
+        warnings.warn(f'{path}: features were extracted with RANDOM weights (expert '
+                      f'{store.attrs.get("expert")!r}); they carry no meaning beyond tests and demos',
+                      RandomWeightsWarning, stacklevel=2)
+    return store
+
+
+# ----------------------------------------------------------------------------------------- check
+
+@dataclasses.dataclass
+class CheckReport:
+    """What `check_store` found."""
+
+    path: Path
+    problems: list[str] = dataclasses.field(default_factory=list)
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    available: int = 0
+    mean_length: float = 0.0
+    error_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unreadable_chunks: int = 0
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    @property
+    def complete(self) -> bool:
+        return self.counts.get('pending', 0) == 0 and self.unreadable_chunks == 0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if not self.valid else (0 if self.complete else 2)
+
+    def summary(self) -> str:
+        a, c = self.attrs, self.counts
+        n = sum(c.values())
+        finished = n - c.get('pending', 0)
+        weights = a.get('weights', '?')
+        weights = 'RANDOM (not meaningful features)' if weights == 'random' else weights
+        lines = [
+            f'store     {self.path}',
+            f'expert    {a.get("expert", "?")} on {a.get("dataset", "?")}: model {a.get("model") or "?"}, '
+            f'weights {weights or "?"}',
+            f'layout    T={a.get("max_rows", "?")} D={a.get("feature_dim", "?")} '
+            f'chunk={a.get("chunk_size", "?")} videos',
+            f'videos    {n}: done {c.get("done", 0)}, failed {c.get("failed", 0)}, '
+            f'skipped {c.get("skipped", 0)}, pending {c.get("pending", 0)}',
+        ]
+        if finished:
+            lines.append(f'available {self.available}/{finished} finished '
+                         f'({100.0 * self.available / finished:.1f}%), mean length '
+                         f'{self.mean_length:.2f} rows per available video')
+        for msg, k in self.error_counts.most_common(5):
+            lines.append(f'error     {k} x {msg[:100]}')
+        for p in self.problems[:10]:
+            lines.append(f'PROBLEM   {p}')
+        if len(self.problems) > 10:
+            lines.append(f'PROBLEM   ... and {len(self.problems) - 10} more')
+        state = 'INVALID' if not self.valid else ('VALID, COMPLETE' if self.complete else 'VALID, INCOMPLETE')
+        lines.append(f'result    {state}')
+        return '\n'.join(lines)
+
+
+def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: list[int]) -> None:
+    g, rows = store.group, store.chunk_rows(c)
+    sl = slice(rows.start, rows.stop)
+    try:
+        status = g['status'][sl]
+    except Exception:  # noqa: BLE001 - torn status chunk: the chunk is still to do
+        report.unreadable_chunks += 1
+        report.counts['pending'] = report.counts.get('pending', 0) + len(rows)
+        return
+    for code, name in STATUS_NAMES.items():
+        report.counts[name] = report.counts.get(name, 0) + int((status == code).sum())
+    bad_status = ~np.isin(status, list(STATUS_NAMES))
+    if bad_status.any():
+        report.problems.append(f'chunk {c}: unknown status values {sorted(set(status[bad_status].tolist()))}')
+    finished = status != PENDING
+    if not finished.any():
+        return
+    try:
+        feats = g['features'][sl].astype(np.float32)
+        times = g['timestamps'][sl]
+        lengths = g['lengths'][sl]
+        avail = g['available'][sl]
+        errors = g['errors'][sl]
+        tokens = g['tokens'][sl] if store.has_tokens else None
+    except Exception as err:  # noqa: BLE001 - a finished chunk must read back
+        report.problems.append(f'chunk {c}: finished rows unreadable ({err})')
+        return
+    def flag(mask: np.ndarray, what: str) -> None:
+        mask = mask & finished
+        if mask.any():
+            first = rows.start + int(np.flatnonzero(mask)[0])
+            report.problems.append(f'{int(mask.sum())} rows {what} (first: row {first})')
+
+    flag(~np.isfinite(feats).all(axis=(1, 2)), 'have NaN/inf features')
+    flag(~np.isfinite(times).all(axis=(1, 2)), 'have NaN/inf timestamps')
+    flag((lengths < 0) | (lengths > store.max_rows), f'have lengths outside [0, {store.max_rows}]')
+    flag(avail != (lengths > 0), 'disagree between available and lengths (available <=> length > 0)')
+    flag(np.isin(status, (FAILED, SKIPPED)) & avail, 'are failed/skipped but marked available')
+    flag((status == FAILED) & (errors == ''), 'are failed without an error message')
+    row_idx = np.arange(store.max_rows)[None, :]
+    pad = row_idx >= np.clip(lengths, 0, store.max_rows)[:, None]
+    flag((np.abs(np.nan_to_num(feats)) * pad[..., None]).max(axis=(1, 2), initial=0) > 0,
+         'have non-zero features after their length (or while unavailable)')
+    flag((np.abs(np.nan_to_num(times)) * pad[..., None]).max(axis=(1, 2), initial=0) > 0,
+         'have non-zero timestamps after their length')
+    flag(((times[..., 0] > times[..., 1]) & ~pad).any(axis=1), 'have a row that ends before it starts')
+    if tokens is not None:
+        for i in np.flatnonzero(finished):
+            if tokens[i]:
+                try:
+                    assert isinstance(json.loads(tokens[i]), list)
+                except (ValueError, AssertionError):
+                    report.problems.append(f'row {rows.start + i}: tokens are not a JSON list')
+    report.available += int((avail & finished).sum())
+    lengths_sum[0] += int(lengths[avail & finished].sum())
+    report.error_counts.update(str(e) for e in errors[(status == FAILED) & finished])
+
+
+def check_store(path: str | os.PathLike) -> CheckReport:
+    """Validate a store chunk by chunk (bounded memory) and summarise it."""
+    report = CheckReport(Path(path))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RandomWeightsWarning)
+            store = open_store(path)
+    except StoreError as err:
+        report.problems.append(str(err))
+        return report
+    report.attrs = store.attrs
+    g = store.group
+    n, t, d = store.n_videos, store.max_rows, store.feature_dim
+    expected = {'video_ids': (n,), 'features': (n, t, d), 'timestamps': (n, t, 2), 'lengths': (n,),
+                'available': (n,), 'status': (n,), 'errors': (n,)}
+    if store.has_tokens:
+        expected['tokens'] = (n,)
+    for name, shape in expected.items():
+        if tuple(g[name].shape) != shape:
+            report.problems.append(f'{name} has shape {tuple(g[name].shape)}, expected {shape}')
+        chunks = tuple(g[name].chunks)
+        if chunks[0] != store.chunk_size:
+            report.problems.append(f'{name} is chunked {chunks} along videos, expected {store.chunk_size}')
+    if store.attrs.get('schema_version') != SCHEMA_VERSION:
+        report.problems.append(f'schema_version {store.attrs.get("schema_version")!r} != {SCHEMA_VERSION}')
+    if report.problems:
+        return report
+    lengths_sum = [0]
+    for c in range(store.n_chunks):
+        _check_chunk(store, c, report, lengths_sum)
+    report.mean_length = lengths_sum[0] / report.available if report.available else 0.0
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m shared.store check PATH [PATH ...]``."""
+    parser = argparse.ArgumentParser(
+        prog='python -m shared.store', description='Inspect expert stores (Zarr v3).')
+    sub = parser.add_subparsers(dest='command', required=True)
+    p = sub.add_parser('check', help='validate stores and print a summary',
+                       description='Validate stores: shapes, masks consistent with lengths, no NaN/inf, '
+                                   'status complete. Exit 0 when every store is valid and complete, '
+                                   '1 when one is invalid, 2 when one is incomplete.')
+    p.add_argument('paths', nargs='+', type=Path, metavar='PATH', help='a {expert}.zarr directory')
+    args = parser.parse_args(argv)
+    codes = []
+    for i, path in enumerate(args.paths):
+        report = check_store(path)
+        if i:
+            print()
+        print(report.summary())
+        codes.append(report.exit_code)
+    return 1 if 1 in codes else (2 if 2 in codes else 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

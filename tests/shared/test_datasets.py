@@ -1,0 +1,197 @@
+"""Dataset adapters on small fixture files written in each dataset's official format."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shared.datasets import DatasetError, load_manifest
+from shared.datasets.manifest import read_split_list, resolve_inside
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding='utf-8')
+
+
+def _msrvtt(root: Path, jsfusion: bool = True) -> Path:
+    """All 10,000 MSR-VTT videos with three captions each, in the two official json files."""
+    d = root / 'msrvtt'
+
+    def info(rng: range, split_of) -> dict:
+        return {'info': {}, 'videos': [{'video_id': f'video{i}', 'id': i, 'split': split_of(i), 'category': 0,
+                                        'url': '', 'start time': 0.0, 'end time': 10.0} for i in rng],
+                'sentences': [{'video_id': f'video{i}', 'caption': f'caption {k} of video {i}', 'sen_id': 3 * i + k}
+                              for k in range(3) for i in rng]}
+
+    _write_json(d / 'train_val_videodatainfo.json', info(range(7010), lambda i: 'train' if i < 6513 else 'validate'))
+    _write_json(d / 'test_videodatainfo.json', info(range(7010, 10000), lambda i: 'test'))
+    if jsfusion:
+        with open(d / 'MSRVTT_JSFUSION_test.csv', 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['key', 'vid_key', 'video_id', 'sentence'])
+            for n, vid in enumerate(read_split_list('msrvtt', 'val_list_jsfusion.txt')):
+                k = n % 3
+                w.writerow([f'ret{n}', f'msr{vid[5:]}', vid, f'caption {k} of {vid.replace("video", "video ")}'])
+    return d
+
+
+def test_msrvtt_splits_and_captions(tmp_path: Path) -> None:
+    _msrvtt(tmp_path)
+    m = load_manifest('msrvtt', tmp_path)
+    assert len(m) == 10000 and m.video_ids[:3] == ('video0', 'video1', 'video2') and m.video_ids[-1] == 'video9999'
+    assert m.captions['video42'] == ('caption 0 of video 42', 'caption 1 of video 42', 'caption 2 of video 42')
+    full = m.split('full')
+    assert (len(full.train), len(full.val), len(full.test)) == (6513, 497, 2990)
+    a = m.split('1k-A')
+    assert (len(a.train), len(a.val), len(a.test)) == (9000, 0, 1000)
+    first = a.test[0]
+    assert a.query_captions[first] == (0,) and a.query_captions[a.test[1]] == (1,)
+    b = m.split('1k-B')
+    assert (len(b.train), len(b.val), len(b.test)) == (6656, 0, 1000)
+    assert set(b.query_captions.values()) == {(0,)}
+    assert m.paths[0] == (tmp_path / 'msrvtt' / 'videos' / 'video0.mp4').resolve()
+
+
+def test_msrvtt_1k_a_names_the_missing_jsfusion_file(tmp_path: Path) -> None:
+    _msrvtt(tmp_path, jsfusion=False)
+    m = load_manifest('msrvtt', tmp_path)
+    assert len(m.split('full').test) == 2990  # other splits still work
+    with pytest.raises(DatasetError, match='MSRVTT_JSFUSION_test.csv'):
+        m.split('1k-A')
+
+
+def test_msrvtt_missing_annotation_is_clear(tmp_path: Path) -> None:
+    (tmp_path / 'msrvtt').mkdir()
+    with pytest.raises(DatasetError, match='train_val_videodatainfo.json'):
+        load_manifest('msrvtt', tmp_path)
+
+
+def test_msvd(tmp_path: Path) -> None:
+    d = tmp_path / 'msvd'
+    d.mkdir()
+    clips = (read_split_list('msvd', 'train_list.txt') + read_split_list('msvd', 'val_list.txt')
+             + read_split_list('msvd', 'test_list.txt'))
+    (d / 'youtube_mapping.txt').write_text(''.join(f'{c} vid{i + 1}\n' for i, c in enumerate(reversed(clips))))
+    lines = ['# MSVD descriptions', '# clip description', '']
+    lines += [f'{c} a description {k} of {c}' for c in clips for k in range(2)]
+    (d / 'AllVideoDescriptions.txt').write_text('\n'.join(lines))
+    m = load_manifest('msvd', tmp_path)
+    s = m.split('official')
+    assert len(m) == 1970 and (len(s.train), len(s.val), len(s.test)) == (1200, 100, 670)
+    assert m.video_ids[0] == clips[-1]  # vid1
+    assert m.captions[clips[0]] == (f'a description 0 of {clips[0]}', f'a description 1 of {clips[0]}')
+    assert m.paths[0].name == f'{clips[-1]}.avi'
+
+
+def test_lsmdc(tmp_path: Path) -> None:
+    d = tmp_path / 'lsmdc'
+    d.mkdir()
+    row = '{}\t00.00.01.000\t00.00.03.000\t00.00.01.000\t00.00.03.000\t{}\n'
+    (d / 'LSMDC16_annos_training.csv').write_text(
+        row.format('0001_American_Beauty_00.00.51.926-00.00.54.129', 'SOMEONE walks in.')
+        + row.format('0001_American_Beauty_00.01.01.000-00.01.02.000', 'He sits.'))
+    (d / 'LSMDC16_annos_val.csv').write_text(row.format('1010_TITANIC_00.00.01.000-00.00.02.000', 'A ship.'))
+    (d / 'LSMDC16_challenge_1000_publictect.csv').write_text(
+        row.format('3001_21_JUMP_STREET_00.00.01.000-00.00.02.000', 'They run.'))
+    m = load_manifest('lsmdc', tmp_path)
+    s = m.split('official')
+    assert (len(s.train), len(s.val), len(s.test)) == (2, 1, 1)
+    assert m.captions['1010_TITANIC_00.00.01.000-00.00.02.000'] == ('A ship.',)
+    p = m.path('3001_21_JUMP_STREET_00.00.01.000-00.00.02.000')
+    assert p.parent.name == '3001_21_JUMP_STREET' and p.suffix == '.avi'
+    (d / 'LSMDC16_annos_val.csv').write_text('\n\tonly\n')
+    with pytest.raises(DatasetError, match='LSMDC16_annos_val.csv:2'):
+        load_manifest('lsmdc', tmp_path)
+
+
+def test_didemo_paragraphs(tmp_path: Path) -> None:
+    d = tmp_path / 'didemo'
+    moment = lambda v, text: {'video': v, 'description': text, 'times': [[0, 1]], 'annotation_id': 1}  # noqa: E731
+    _write_json(d / 'train_data.json', [moment('a.mp4', 'first'), moment('a.mp4', 'second'), moment('b.mov', 'x')])
+    _write_json(d / 'val_data.json', [moment('c.avi', 'y')])
+    _write_json(d / 'test_data.json', [moment('10052357@N03_7585070382_5762149bfc.', 'z')])
+    m = load_manifest('didemo', tmp_path)
+    s = m.split('official')
+    assert s.paragraph and (s.train, s.val) == (('a.mp4', 'b.mov'), ('c.avi',))
+    assert m.captions['a.mp4'] == ('first', 'second')
+    assert m.path('b.mov').name == 'b.mov'
+
+
+def test_activitynet_sentences_in_time_order(tmp_path: Path) -> None:
+    d = tmp_path / 'activitynet'
+    entry = lambda *s: {'duration': 10.0, 'timestamps': [[t, t + 1] for t, _ in s], 'sentences': [x for _, x in s]}  # noqa: E731
+    _write_json(d / 'train.json', {'v_a': entry((5, 'later'), (1, 'earlier')), 'v_b': entry((0, 'b'))})
+    _write_json(d / 'val_1.json', {'v_c': entry((0, 'c'))})
+    _write_json(d / 'val_2.json', {'v_d': entry((0, 'd'))})
+    (d / 'videos').mkdir()
+    (d / 'videos' / 'v_b.mkv').write_bytes(b'')
+    m = load_manifest('activitynet', tmp_path)
+    assert m.captions['v_a'] == ('earlier', 'later')
+    assert m.split('val1').test == ('v_c',) and m.split('val2').test == ('v_d',) and m.split('val1').paragraph
+    assert m.path('v_b').suffix == '.mkv' and m.path('v_a').suffix == '.mp4'
+
+
+def test_vatex_validation_halves(tmp_path: Path) -> None:
+    d = tmp_path / 'vatex'
+    _write_json(d / 'vatex_training_v1.0.json', [{'videoID': f't{i}', 'enCap': [f'en {i} {k}' for k in range(10)],
+                                                 'chCap': []} for i in range(5)])
+    _write_json(d / 'vatex_validation_v1.0.json', [{'videoID': f'v{i:04d}', 'enCap': ['e'] * 10, 'chCap': []}
+                                                   for i in range(3000)])
+    m = load_manifest('vatex', tmp_path)
+    s = m.split('official')
+    assert (len(s.train), len(s.val), len(s.test)) == (5, 1500, 1500)
+    assert s.val[0] == 'v0000' and s.test[0] == 'v1500' and len(m.captions['t3']) == 10
+
+
+def test_folder_adapter(tmp_path: Path) -> None:
+    root = tmp_path / 'My Videos'
+    (root / 'trip' / 'day 1').mkdir(parents=True)
+    (root / '.cache').mkdir()
+    for rel in ('b.mp4', 'a.MKV', 'trip/day 1/c.webm', 'trip/notes.txt', '.hidden.mp4', '.cache/x.mp4'):
+        (root / rel).write_bytes(b'')
+    m = load_manifest(f'folder:{root}')
+    assert m.video_ids == ('a.MKV', 'b.mp4', 'trip/day 1/c.webm')
+    assert m.name == 'folder-My_Videos' and m.split('all').test == m.video_ids
+    assert m.captions['b.mp4'] == ()
+    with pytest.raises(DatasetError, match='does not exist'):
+        load_manifest(f'folder:{root / "trip" / "day 1" / "none"}')
+    (root / 'trip' / 'day 1' / 'none').mkdir()
+    with pytest.raises(DatasetError, match='no video files'):
+        load_manifest(f'folder:{root / "trip" / "day 1" / "none"}')
+
+
+def test_paths_stay_inside_the_root(tmp_path: Path) -> None:
+    assert resolve_inside(tmp_path, 'a/../b.mp4') == (tmp_path / 'b.mp4').resolve()
+    for bad in ('../x.mp4', 'a/../../x.mp4', '/etc/passwd', ''):
+        with pytest.raises(DatasetError):
+            resolve_inside(tmp_path, bad)
+    d = tmp_path / 'demo'
+    _write_json(d / 'demo.json', {'videos': [{'id': 'x', 'file': '../../etc/passwd', 'captions': []}],
+                                  'splits': {'train': [], 'val': [], 'test': ['x']}})
+    with pytest.raises(DatasetError, match='escapes the data root'):
+        load_manifest('demo', tmp_path)
+
+
+def test_unknown_names_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"unknown dataset 'msrvt'.*did you mean msrvtt"):
+        load_manifest('msrvt', tmp_path)
+    with pytest.raises(DatasetError, match='dataset directory'):
+        load_manifest('vatex', tmp_path)
+    _msrvtt(tmp_path, jsfusion=False)
+    with pytest.raises(DatasetError, match=r"unknown split 'fulll'.*full, 1k-A, 1k-B"):
+        load_manifest('msrvtt', tmp_path).split('fulll')
+
+
+def test_cli_describes_and_fails_cleanly(tmp_path: Path, python: str, subprocess_env: dict, repo_root: Path) -> None:
+    _msrvtt(tmp_path, jsfusion=False)
+    ok = subprocess.run([python, '-m', 'shared.datasets', 'msrvtt', '--data-root', str(tmp_path)],
+                        capture_output=True, text=True, env=subprocess_env, cwd=repo_root)
+    assert ok.returncode == 0 and 'split full: train 6513, val 497, test 2990' in ok.stdout
+    assert '1k-A' in ok.stdout and 'unavailable' in ok.stdout and '10000 missing' in ok.stdout
+    bad = subprocess.run([python, '-m', 'shared.datasets', 'lsmdc', '--data-root', str(tmp_path)],
+                         capture_output=True, text=True, env=subprocess_env, cwd=repo_root)
+    assert bad.returncode == 1 and 'Traceback' not in bad.stderr and 'dataset directory' in bad.stderr

@@ -1,0 +1,210 @@
+"""The expert store: real Zarr on disk, real writer processes, real kills."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from shared.store import (DONE, FAILED, PENDING, SKIPPED, RandomWeightsWarning, StoreError, StoreSpec, VideoResult,
+                          check_store, create_store, open_store, pack_chunk, shard_chunks, store_path)
+from tests import _store_writer as W
+
+ARRAYS = ('video_ids', 'features', 'timestamps', 'lengths', 'available', 'status', 'errors', 'tokens')
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(path), mode='r')
+    return {k: g[k][:] for k in ARRAYS}
+
+
+def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    for k in ARRAYS:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _write(python: str, env: dict, path: Path, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([python, '-m', 'tests._store_writer', str(path), '--videos', '40', '--chunk', '4',
+                             *args], env=env, cwd=W.__file__.rsplit('/tests/', 1)[0],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _check_cli(python: str, env: dict, path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([python, '-m', 'shared.store', 'check', str(path)], env=env, capture_output=True,
+                          text=True, cwd=W.__file__.rsplit('/tests/', 1)[0])
+
+
+@pytest.fixture()
+def reference(tmp_path: Path, python: str, subprocess_env: dict) -> dict[str, np.ndarray]:
+    """The arrays one uninterrupted single-process writer produces."""
+    path = tmp_path / 'ref' / 'toy.zarr'
+    proc = _write(python, subprocess_env, path)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    return _arrays(path)
+
+
+def test_roundtrip_and_rules(tmp_path: Path) -> None:
+    path = store_path(tmp_path, 'toy', 'toy')
+    store = create_store(path, W.video_ids(10), W.spec(4))
+    assert store.n_chunks == 3 and store.pending_chunks() == [0, 1, 2]
+    for c in range(store.n_chunks):
+        store.write_chunk(c, pack_chunk([W.result_for(r) for r in store.chunk_rows(c)], W.MAX_ROWS, W.DIM, True))
+    assert store.pending_chunks() == [] and store.is_complete()
+    with pytest.warns(RandomWeightsWarning, match='RANDOM'):
+        rows = open_store(path).read(ids=['vid0003', 'vid0005', 'vid0007'])
+    expected = W.result_for(3)
+    np.testing.assert_allclose(rows.rows(0), expected.features, atol=1e-2)  # float16 storage
+    assert rows.lengths.tolist() == [3, 0, 0]
+    assert rows.status.tolist() == [DONE, FAILED, SKIPPED]
+    assert rows.available.tolist() == [True, False, False]
+    assert rows.errors[1] == 'cannot decode video 2'
+    assert json.loads(rows.tokens[0])[0]['word'] == 'w3'
+    assert not rows.features[1:].any() and not rows.timestamps[1:].any()
+    meta = json.loads((path / 'features' / 'zarr.json').read_text())
+    assert meta['dimension_names'] == ['video', 'row', 'dim']
+    lazy = open_store(path, warn_random=False).lazy()
+    assert lazy['features'].chunks[0] == (4, 4, 2)
+    assert float(lazy['lengths'].sum().compute()) == sum(W.result_for(r).features.shape[0]
+                                                        for r in range(10) if W.result_for(r).status == DONE)
+
+
+def test_pack_refuses_bad_rows() -> None:
+    nan = VideoResult(np.full((2, W.DIM), np.nan), np.zeros((2, 2)))
+    with pytest.raises(StoreError, match='NaN'):
+        pack_chunk([nan], W.MAX_ROWS, W.DIM, False)
+    long = VideoResult(np.zeros((W.MAX_ROWS + 1, W.DIM)), np.zeros((W.MAX_ROWS + 1, 2)))
+    with pytest.raises(StoreError, match='exceed'):
+        pack_chunk([long], W.MAX_ROWS, W.DIM, False)
+    # a done video with nothing found is stored unavailable with length 0 and zero features
+    empty = VideoResult(np.ones((3, W.DIM)), np.zeros((3, 2)), available=False)
+    chunk = pack_chunk([empty], W.MAX_ROWS, W.DIM, False)
+    assert chunk.lengths[0] == 0 and not chunk.available[0] and not chunk.features.any()
+
+
+def test_reopen_checks_layout(tmp_path: Path) -> None:
+    path = tmp_path / 'toy.zarr'
+    create_store(path, W.video_ids(10), W.spec(4))
+    assert create_store(path, W.video_ids(10), W.spec(4)).n_videos == 10  # resume
+    with pytest.raises(StoreError, match='another video list'):
+        create_store(path, W.video_ids(11), W.spec(4))
+    with pytest.raises(StoreError, match='chunk_size'):
+        create_store(path, W.video_ids(10), W.spec(5))
+    assert create_store(path, W.video_ids(11), W.spec(4), overwrite=True).n_videos == 11
+    with pytest.raises(StoreError, match='no expert store'):
+        open_store(tmp_path / 'nothing.zarr')
+
+
+@pytest.mark.parametrize('n_chunks,num_shards', [(10, 3), (3, 5), (64, 64), (1, 1), (100, 7)])
+def test_shards_partition_chunks(n_chunks: int, num_shards: int) -> None:
+    ranges = [shard_chunks(n_chunks, s, num_shards) for s in range(num_shards)]
+    assert [c for r in ranges for c in r] == list(range(n_chunks))
+    assert max(map(len, ranges)) - min(map(len, ranges)) <= 1
+    with pytest.raises(StoreError):
+        shard_chunks(n_chunks, num_shards, num_shards)
+
+
+@pytest.mark.slow
+def test_two_processes_write_disjoint_chunks(tmp_path: Path, python: str, subprocess_env: dict,
+                                             reference: dict[str, np.ndarray]) -> None:
+    path = tmp_path / 'par' / 'toy.zarr'
+    procs = [_write(python, subprocess_env, path, '--shard', str(s), '--num-shards', '2', '--delay', '0.05')
+             for s in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    _assert_same(_arrays(path), reference)
+    assert _check_cli(python, subprocess_env, path).returncode == 0
+
+
+@pytest.mark.slow
+def test_killed_writer_resumes_to_same_arrays(tmp_path: Path, python: str, subprocess_env: dict,
+                                              reference: dict[str, np.ndarray]) -> None:
+    path = tmp_path / 'kill' / 'toy.zarr'
+    proc = _write(python, subprocess_env, path, '--delay', '0.4')
+    done = 0
+    for line in proc.stdout:  # kill after three chunks, between chunk writes
+        done += line.startswith('chunk')
+        if done == 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    result = _check_cli(python, subprocess_env, path)
+    assert result.returncode == 2, result.stdout
+    assert 'VALID, INCOMPLETE' in result.stdout and 'pending' in result.stdout
+    status = open_store(path, warn_random=False).status()
+    assert (status[:12] != PENDING).all() and (status[12:] == PENDING).sum() >= 4
+    resumed = _write(python, subprocess_env, path)
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    assert 'chunk 0' not in out.split()  # finished chunks are not redone
+    _assert_same(_arrays(path), reference)
+    result = _check_cli(python, subprocess_env, path)
+    assert result.returncode == 0 and 'VALID, COMPLETE' in result.stdout
+
+
+def _complete_store(path: Path) -> None:
+    store = create_store(path, W.video_ids(12), W.spec(4))
+    for c in range(store.n_chunks):
+        store.write_chunk(c, pack_chunk([W.result_for(r) for r in store.chunk_rows(c)], W.MAX_ROWS, W.DIM, True))
+
+
+def test_check_reports_counts_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / 'ok.zarr'
+    _complete_store(path)
+    report = check_store(path)
+    assert report.exit_code == 0, report.summary()
+    assert report.counts == {'pending': 0, 'done': 10, 'failed': 1, 'skipped': 1}
+    text = report.summary()
+    assert 'done 10, failed 1, skipped 1, pending 0' in text
+    assert 'cannot decode video 2' in text and 'RANDOM' in text
+
+
+def test_check_exit_1_on_nan_feature(tmp_path: Path) -> None:
+    path = tmp_path / 'nan.zarr'
+    _complete_store(path)
+    g = zarr.open_group(str(path), mode='r+')
+    g['features'][3, 0, 0] = np.nan  # a writer bypassing pack_chunk
+    report = check_store(path)
+    assert report.exit_code == 1 and any('NaN' in p for p in report.problems)
+
+
+def test_check_exit_1_when_mask_and_lengths_disagree(tmp_path: Path) -> None:
+    path = tmp_path / 'mask.zarr'
+    _complete_store(path)
+    g = zarr.open_group(str(path), mode='r+')
+    g['available'][0] = True  # row 0 has length 0
+    report = check_store(path)
+    assert report.exit_code == 1 and any('available and lengths' in p for p in report.problems)
+    path2 = tmp_path / 'pad.zarr'
+    _complete_store(path2)
+    g2 = zarr.open_group(str(path2), mode='r+')
+    g2['features'][2, W.MAX_ROWS - 1, 0] = 1.0  # data after the row's length (2)
+    assert check_store(path2).exit_code == 1
+
+
+def test_check_cli_exit_codes(tmp_path: Path, python: str, subprocess_env: dict) -> None:
+    path = tmp_path / 'cli.zarr'
+    store = create_store(path, W.video_ids(8), W.spec(4))
+    assert _check_cli(python, subprocess_env, path).returncode == 2
+    for c in range(store.n_chunks):
+        store.write_chunk(c, pack_chunk([W.result_for(r) for r in store.chunk_rows(c)], W.MAX_ROWS, W.DIM, True))
+    ok = _check_cli(python, subprocess_env, path)
+    assert ok.returncode == 0 and 'VALID, COMPLETE' in ok.stdout
+    assert _check_cli(python, subprocess_env, tmp_path / 'missing.zarr').returncode == 1
+
+
+def test_torn_status_chunk_reads_as_pending(tmp_path: Path) -> None:
+    path = tmp_path / 'torn.zarr'
+    _complete_store(path)
+    (path / 'status' / 'c' / '1').write_bytes(b'\x00garbage')  # a kill mid-write on a non-atomic filesystem
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        store = open_store(path)
+    assert store.pending_chunks() == [1]
+    assert check_store(path).exit_code == 2
