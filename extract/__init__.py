@@ -1,0 +1,1 @@
+"""Stage 1: decode videos once and run frozen pretrained experts into Zarr stores (shared.store)."""

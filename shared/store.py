@@ -327,7 +327,9 @@ class ExpertStore:
 
     def consolidate(self) -> None:
         """Consolidate metadata (once a run completes) so that readers open the store in one read."""
-        zarr.consolidate_metadata(str(self.path))
+        with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
+            warnings.simplefilter('ignore', UserWarning)
+            zarr.consolidate_metadata(str(self.path))
 
 
 def _attrs_for(spec: StoreSpec, n_videos: int) -> dict[str, Any]:
@@ -397,16 +399,22 @@ def _check_compatible(store: ExpertStore, video_ids: Sequence[str], spec: StoreS
     want = {'expert': spec.expert, 'feature_dim': spec.feature_dim, 'max_rows': spec.max_rows,
             'chunk_size': spec.chunk_size, 'weights': spec.weights, 'model': spec.model}
     diff = {k: (a.get(k), v) for k, v in want.items() if a.get(k) != v}
+    # settings that change what a row means must match; batch size only changes speed
+    ours = {k: v for k, v in json.loads(json.dumps(spec.config)).items() if k != 'batch_size'}
+    theirs = {k: v for k, v in a.get('config', {}).items() if k != 'batch_size'}
+    for k in sorted(set(ours) | set(theirs)):
+        if ours.get(k) != theirs.get(k) and k not in want:
+            diff[f'config.{k}'] = (theirs.get(k), ours.get(k))
     if store.has_tokens != spec.has_tokens:
         diff['has_tokens'] = (store.has_tokens, spec.has_tokens)
     if diff:
         detail = ', '.join(f'{k}: store has {x!r}, run wants {y!r}' for k, (x, y) in diff.items())
-        raise StoreError(f'{store.path} exists with another layout ({detail}); '
-                         'remove it or pass overwrite to start again')
+        raise StoreError(f'{store.path} exists with other settings ({detail}); remove it or rerun with '
+                         '--overwrite to start again')
     ids = store.video_ids
     if len(ids) != len(video_ids) or any(x != y for x, y in zip(ids, video_ids)):
         raise StoreError(f'{store.path} exists for another video list ({len(ids)} videos vs '
-                         f'{len(video_ids)}); remove it or pass overwrite to start again')
+                         f'{len(video_ids)}); remove it or rerun with --overwrite to start again')
 
 
 def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = True) -> ExpertStore:

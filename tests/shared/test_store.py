@@ -95,6 +95,9 @@ def test_reopen_checks_layout(tmp_path: Path) -> None:
         create_store(path, W.video_ids(11), W.spec(4))
     with pytest.raises(StoreError, match='chunk_size'):
         create_store(path, W.video_ids(10), W.spec(5))
+    import dataclasses
+    with pytest.raises(StoreError, match='config.fps'):
+        create_store(path, W.video_ids(10), dataclasses.replace(W.spec(4), config={'fps': 2}))
     assert create_store(path, W.video_ids(11), W.spec(4), overwrite=True).n_videos == 11
     with pytest.raises(StoreError, match='no expert store'):
         open_store(tmp_path / 'nothing.zarr')

@@ -1,0 +1,182 @@
+"""The expert contract: a config (input contract + weights), a model, and pure compute on rows.
+
+An expert receives rows that `extract.decode` has cut from one decode of the video (frames or
+clips, uint8), preprocesses them on its device (resize, centre crop, normalise) and returns one
+feature vector per row. It opens no files and writes no stores: the runner does that.
+"""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from extract.decode import Sampling
+from extract.weights import ResolvedWeights, load_state_dict, resolve_weights
+
+__all__ = ['ExpertCfg', 'Expert', 'IMAGENET_MEAN', 'IMAGENET_STD', 'KINETICS_MEAN', 'KINETICS_STD']
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertCfg:
+    """Everything about an expert's input and weights (timm's PretrainedCfg, for experts).
+
+    Args:
+        arch: the architecture (``timm:NAME`` or ``torchvision:NAME`` or an expert-specific id).
+        weights: weight spec (see `extract.weights`), ``random`` only when asked for.
+        feature_dim: D of the store.
+        sampling: ``frames`` or ``clips``.
+        fps: rows per second.
+        clip_len: frames per clip (clips only).
+        clip_fps: frame rate inside a clip; None for consecutive frames at the video's rate.
+        resize: ``[short_side]`` keeps the aspect ratio, ``[height, width]`` resizes to exactly that.
+        input_size: side of the centre crop after resizing; 0 for no crop.
+        mean, std: normalisation of [0, 1] RGB.
+        max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
+        batch_size: rows per forward pass (across videos).
+        license, origin_url: where the weights come from, for the record.
+    """
+
+    arch: str
+    weights: str
+    feature_dim: int
+    sampling: str = 'frames'
+    fps: float = 1.0
+    clip_len: int = 1
+    clip_fps: float | None = None
+    resize: tuple[int, ...] = (256,)
+    input_size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    max_rows: int = 128
+    batch_size: int = 32
+    license: str = ''
+    origin_url: str = ''
+
+    def __post_init__(self) -> None:
+        if len(self.resize) not in (1, 2) or min(self.resize) < 1:
+            raise ValueError(f'resize must be [short_side] or [height, width], got {self.resize}')
+        if self.batch_size < 1:
+            raise ValueError('batch_size must be >= 1')
+
+    def sampling_spec(self) -> Sampling:
+        short = self.resize[0] if len(self.resize) == 1 else min(self.resize)
+        return Sampling(self.sampling, self.fps, self.clip_len, self.clip_fps, self.max_rows,
+                        max(short, self.input_size))
+
+
+class Expert:
+    """Base class: subclasses implement `build` (random-initialised model whose forward gives
+    (B, D) features) and may override `head_keys` / `convert_state_dict` for their checkpoints."""
+
+    #: state-dict prefixes of classifier heads that the headless model does not have
+    head_keys: tuple[str, ...] = ()
+
+    def __init__(self, name: str, cfg: ExpertCfg) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.model: nn.Module | None = None
+        self.device = torch.device('cpu')
+        self.dtype = torch.float32
+        self.weights: ResolvedWeights | None = None
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self.name!r}, arch={self.cfg.arch!r}, weights={self.cfg.weights!r})'
+
+    # -- model ------------------------------------------------------------------------------
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def convert_state_dict(self, sd: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoint keys -> model keys; drops the classifier head by default."""
+        return {k: v for k, v in sd.items() if not k.startswith(self.head_keys)} if self.head_keys else sd
+
+    def resolve(self) -> ResolvedWeights:
+        """Find the weights (no loading): the store records them before any work starts."""
+        if self.weights is None:
+            self.weights = resolve_weights(self.cfg.weights, self.cfg.origin_url)
+        return self.weights
+
+    def load(self, device: torch.device | str) -> Expert:
+        """Build the model, load its weights, move it to `device` (bf16 + channels_last on CUDA)."""
+        weights = self.resolve()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(self.name.encode()))  # the same 'random' weights in every process
+            model = self.build()
+        if not weights.random:
+            assert weights.path is not None
+            sd = self.convert_state_dict(load_state_dict(weights.path))
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+            if missing or unexpected:
+                raise RuntimeError(f'{self.name}: {weights.path} does not fit {self.cfg.arch}: missing keys '
+                                   f'{missing[:5]}, unexpected keys {unexpected[:5]}')
+        self.device = torch.device(device)
+        self.dtype = torch.bfloat16 if self.device.type == 'cuda' else torch.float32
+        model = model.eval().to(self.device, self.dtype)
+        if self.device.type == 'cuda':
+            fmt = torch.channels_last_3d if self.cfg.sampling == 'clips' else torch.channels_last
+            model = model.to(memory_format=fmt)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        return self
+
+    # -- compute ----------------------------------------------------------------------------
+    def preprocess(self, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 rows (L, H, W, 3) or (L, T, H, W, 3) on the device -> normalised model input."""
+        clips = rows.ndim == 5
+        if clips:
+            n, t = rows.shape[:2]
+            rows = rows.reshape(n * t, *rows.shape[2:])
+        x = rows.permute(0, 3, 1, 2).float().div_(255.0)
+        h, w = x.shape[-2:]
+        if len(self.cfg.resize) == 1:
+            s = self.cfg.resize[0] / min(h, w)
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+        else:
+            size = (self.cfg.resize[0], self.cfg.resize[1])
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
+        c = self.cfg.input_size
+        if c:
+            top, left = max(0, (x.shape[-2] - c) // 2), max(0, (x.shape[-1] - c) // 2)
+            x = x[..., top:top + c, left:left + c]
+        mean = torch.tensor(self.cfg.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.cfg.std, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        if clips:
+            x = x.reshape(n, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # (N, C, T, H, W)
+        return x.contiguous()
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed rows -> (B, D) float32 features."""
+        assert self.model is not None, 'call load() first'
+        x = x.to(self.dtype)
+        if self.device.type == 'cuda':
+            x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+        return self.model(x).float()
+
+    @torch.inference_mode()
+    def extract(self, rows: np.ndarray) -> np.ndarray:
+        """Convenience for one batch of uint8 rows: (B, D) float32 numpy."""
+        x = self.preprocess(torch.from_numpy(np.ascontiguousarray(rows)).to(self.device))
+        return self.forward(x).cpu().numpy()
+
+    def store_info(self) -> dict[str, Any]:
+        """What the store's attributes say about this expert."""
+        w = self.resolve()
+        return {'model': self.cfg.arch, 'weights': w.source, 'weights_sha256': w.sha256,
+                'sampling': {'kind': self.cfg.sampling, 'fps': self.cfg.fps, 'clip_len': self.cfg.clip_len,
+                             'clip_fps': self.cfg.clip_fps},
+                'input_size': [self.cfg.input_size] if self.cfg.input_size else list(self.cfg.resize),
+                'config': dataclasses.asdict(self.cfg)}

@@ -1,0 +1,98 @@
+"""Action (motion) experts on clips of frames, one clip per second.
+
+S3D Kinetics-400 (torchvision; MMT's motion expert) is the default; R(2+1)D-18 (torchvision);
+R(2+1)D-34 IG65M (8 frames of 112x112 at 30 fps, CE A.5 and the support-set model) from a local
+checkpoint of the ig65m-pytorch release. Features are the spatio-temporal average of the last
+convolutional block (1024-d for S3D, 512-d for R(2+1)D).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from extract.experts import EXPERTS, apply_overrides
+from extract.experts._base import KINETICS_MEAN, KINETICS_STD, Expert, ExpertCfg
+
+__all__ = ['ActionExpert', 'default_cfgs']
+
+
+class _S3DFeatures(nn.Module):
+    """S3D trunk + spatio-temporal mean: identical to the (2, 7, 7) average pool at 16x224x224,
+    and defined for any clip size."""
+
+    def __init__(self, s3d: nn.Module) -> None:
+        super().__init__()
+        self.features = s3d.features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3, 4))
+
+
+def _r2plus1d_34() -> nn.Module:
+    from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet
+
+    return VideoResNet(block=BasicBlock, conv_makers=[Conv2Plus1D] * 4, layers=[3, 4, 6, 3], stem=R2Plus1dStem)
+
+
+class ActionExpert(Expert):
+    def build(self) -> nn.Module:
+        import torchvision.models.video as tvv
+
+        arch = self.cfg.arch
+        if arch == 'torchvision:s3d':
+            return _S3DFeatures(tvv.s3d(weights=None))
+        model = tvv.r2plus1d_18(weights=None) if arch == 'torchvision:r2plus1d_18' else (
+            _r2plus1d_34() if arch == 'r2plus1d_34' else None)
+        if model is None:
+            raise ValueError(f'unknown action architecture {arch!r}')
+        model.fc = nn.Identity()
+        return model
+
+    @property
+    def head_keys(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ('classifier.',) if 's3d' in self.cfg.arch else ('fc.',)
+
+    def convert_state_dict(self, sd: dict[str, Any]) -> dict[str, Any]:
+        sd = super().convert_state_dict(sd)
+        if 's3d' in self.cfg.arch:  # our wrapper keeps only the trunk
+            sd = {k: v for k, v in sd.items() if k.startswith('features.')}
+        return sd
+
+
+_KINETICS = dict(sampling='clips', mean=KINETICS_MEAN, std=KINETICS_STD)
+default_cfgs = {
+    'action': ExpertCfg(arch='torchvision:s3d', weights='torchvision:S3D_Weights.KINETICS400_V1', feature_dim=1024,
+                        clip_len=16, resize=(256,), input_size=224, license='bsd-3-clause',
+                        origin_url='https://github.com/pytorch/vision', **_KINETICS),
+    'action.r2plus1d_18': ExpertCfg(arch='torchvision:r2plus1d_18', weights='torchvision:R2Plus1D_18_Weights.KINETICS400_V1',
+                                    feature_dim=512, clip_len=16, resize=(128, 171), input_size=112,
+                                    license='bsd-3-clause', origin_url='https://github.com/pytorch/vision', **_KINETICS),
+    'action.r2plus1d_34_ig65m': ExpertCfg(arch='r2plus1d_34', weights='file:r2plus1d_34_clip8_ig65m_from_scratch-9bae36ae.pth',
+                                          feature_dim=512, clip_len=8, clip_fps=30.0, resize=(128, 171), input_size=112,
+                                          license='mit (ig65m-pytorch)',
+                                          origin_url='https://github.com/moabitcoin/ig65m-pytorch', **_KINETICS),
+}
+
+
+def _create(name: str, **overrides: Any) -> ActionExpert:
+    return ActionExpert(name, apply_overrides(default_cfgs[name], overrides, name))
+
+
+@EXPERTS.register('action')
+def s3d(**overrides: Any) -> ActionExpert:
+    """S3D, Kinetics-400 (MMT's motion expert)."""
+    return _create('action', **overrides)
+
+
+@EXPERTS.register('action.r2plus1d_18')
+def r2plus1d_18(**overrides: Any) -> ActionExpert:
+    """R(2+1)D-18, Kinetics-400."""
+    return _create('action.r2plus1d_18', **overrides)
+
+
+@EXPERTS.register('action.r2plus1d_34_ig65m')
+def r2plus1d_34_ig65m(**overrides: Any) -> ActionExpert:
+    """R(2+1)D-34, IG65M, 8-frame clips at 30 fps (CE's Action(IG), the support-set model's motion)."""
+    return _create('action.r2plus1d_34_ig65m', **overrides)

@@ -1,0 +1,73 @@
+"""Object (appearance) experts: ImageNet classifiers, global-average-pooled features (CE A.5).
+
+CE's Obj(IN) is SENet-154 on frames resized to 224x224 (CE used 25 fps; we default to 1 fps,
+``--set fps=25`` reproduces theirs); Obj(IG) is ResNeXt-101 32x8d WSL with the same frame
+preparation; the support-set model uses torchvision's ResNet-152 (resize 256, centre crop 224).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from extract.experts import EXPERTS, apply_overrides
+from extract.experts._base import Expert, ExpertCfg
+
+__all__ = ['ObjectExpert', 'default_cfgs']
+
+
+class ObjectExpert(Expert):
+    """A timm or torchvision image classifier with its head removed: (B, 3, H, W) -> (B, 2048)."""
+
+    def build(self) -> nn.Module:
+        lib, _, arch = self.cfg.arch.partition(':')
+        if lib == 'timm':
+            import timm
+
+            return timm.create_model(arch, pretrained=False, num_classes=0)
+        if lib == 'torchvision':
+            import torchvision.models as tvm
+
+            model = getattr(tvm, arch)(weights=None)
+            model.fc = nn.Identity()
+            return model
+        raise ValueError(f'unknown object architecture {self.cfg.arch!r}')
+
+    @property
+    def head_keys(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ('last_linear.',) if 'senet' in self.cfg.arch else ('fc.',)
+
+
+default_cfgs = {
+    'object': ExpertCfg(arch='timm:legacy_senet154', weights='timm:legacy_senet154.in1k', feature_dim=2048,
+                        resize=(224, 224), input_size=0, license='apache-2.0',
+                        origin_url='https://github.com/huggingface/pytorch-image-models'),
+    'object.resnext101_wsl': ExpertCfg(arch='timm:resnext101_32x8d', weights='timm:resnext101_32x8d.fb_wsl_ig1b_ft_in1k',
+                                       feature_dim=2048, resize=(224, 224), input_size=0, license='cc-by-nc-4.0',
+                                       origin_url='https://github.com/facebookresearch/WSL-Images'),
+    'object.resnet152': ExpertCfg(arch='torchvision:resnet152', weights='torchvision:ResNet152_Weights.IMAGENET1K_V1',
+                                  feature_dim=2048, resize=(256,), input_size=224, license='bsd-3-clause',
+                                  origin_url='https://github.com/pytorch/vision'),
+}
+
+
+def _create(name: str, **overrides: Any) -> ObjectExpert:
+    return ObjectExpert(name, apply_overrides(default_cfgs[name], overrides, name))
+
+
+@EXPERTS.register('object')
+def senet154(**overrides: Any) -> ObjectExpert:
+    """SENet-154, ImageNet (CE's Obj(IN), MMT's appearance)."""
+    return _create('object', **overrides)
+
+
+@EXPERTS.register('object.resnext101_wsl')
+def resnext101_wsl(**overrides: Any) -> ObjectExpert:
+    """ResNeXt-101 32x8d, Instagram-pretrained, ImageNet-finetuned (CE's Obj(IG))."""
+    return _create('object.resnext101_wsl', **overrides)
+
+
+@EXPERTS.register('object.resnet152')
+def resnet152(**overrides: Any) -> ObjectExpert:
+    """ResNet-152, ImageNet (the support-set model's appearance feature)."""
+    return _create('object.resnet152', **overrides)

@@ -1,0 +1,410 @@
+"""The extraction runner: one decode per video feeds every selected expert; whole chunks per store.
+
+    python -m extract --dataset demo --expert all
+    python -m extract --dataset folder:/videos --expert object,scene --shard 3 --num-shards 64
+
+Work is done chunk by chunk (the stores' unit): the videos of a chunk are decoded in worker
+processes ahead of the models, each expert batches its rows across videos, and when the last
+video of a chunk is through, every store gets that chunk written with its status last. A rerun
+skips finished chunks, so a killed job loses only the chunks in flight.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder
+from extract.weights import WeightsError
+from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
+from shared.datasets import DatasetError, load_manifest
+from shared.store import (DONE, FAILED, ExpertStore, StoreError, StoreSpec, VideoResult, create_store, open_store,
+                          pack_chunk, shard_chunks, store_path)
+
+__all__ = ['RunOptions', 'run', 'main']
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """One extraction run (the CLI's options)."""
+
+    dataset: str
+    experts: list[str]
+    data_root: Path = dataclasses.field(default_factory=data_root_default)
+    features_root: Path = dataclasses.field(default_factory=features_root_default)
+    shard: int = 0
+    num_shards: int = 1
+    device: str = 'auto'
+    decoder: str = 'auto'
+    batch_size: int | None = None
+    weights: str | None = None
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    retry_failed: bool = False
+    workers: int = -1
+    chunk_size: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class _Tally:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    available: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+class _Batcher:
+    """Rows of one expert, queued across videos and run `batch_size` at a time."""
+
+    def __init__(self, expert: Any) -> None:
+        self.expert = expert
+        self.inputs: list[Any] = []
+        self.owners: list[tuple[int, int, int]] = []  # (row, first output row, count)
+        self.queued = 0
+        self.out: dict[int, np.ndarray] = {}
+
+    def add(self, row: int, x: Any) -> None:
+        if self.out.get(row) is None:
+            self.out[row] = np.zeros((len(x), self.expert.cfg.feature_dim), np.float32)
+        self.inputs.append(x)
+        self.owners.append((row, 0, len(x)))
+        self.queued += len(x)
+        while self.queued >= self.expert.cfg.batch_size:
+            self._run(self.expert.cfg.batch_size)
+
+    def flush(self) -> None:
+        while self.queued:
+            self._run(min(self.queued, self.expert.cfg.batch_size))
+
+    def _run(self, n: int) -> None:
+        import torch
+
+        taken, parts, left = [], [], n
+        while left:
+            x = self.inputs[0]
+            row, start, count = self.owners[0]
+            k = min(left, count - start)
+            parts.append(x[start:start + k])
+            taken.append((row, start, k))
+            if start + k == count:
+                self.inputs.pop(0)
+                self.owners.pop(0)
+            else:
+                self.owners[0] = (row, start + k, count)
+            left -= k
+        feats = self.expert.forward(torch.cat(parts)).cpu().numpy()
+        pos = 0
+        for row, start, k in taken:
+            self.out[row][start:start + k] = feats[pos:pos + k]
+            pos += k
+        self.queued -= n
+
+
+def _pick_device(requested: str) -> str:
+    import torch
+
+    if requested == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if requested.startswith('cuda') and not torch.cuda.is_available():
+        raise ConfigError(f'--device {requested}: no CUDA device is available here')
+    return requested
+
+
+def _shard_from_env() -> tuple[int, int] | None:
+    """SLURM job arrays: shard = task id - min task id, num_shards = task count."""
+    tid, count = os.environ.get('SLURM_ARRAY_TASK_ID'), os.environ.get('SLURM_ARRAY_TASK_COUNT')
+    if tid is None or count is None:
+        return None
+    return int(tid) - int(os.environ.get('SLURM_ARRAY_TASK_MIN', '0')), int(count)
+
+
+def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
+    """`--set key=value` (every selected expert that has it) and `--set expert.key=value`."""
+    from extract.experts._base import ExpertCfg
+
+    fields = {f.name for f in dataclasses.fields(ExpertCfg)}
+    out: dict[str, Any] = {}
+    for key, value in opts.settings.items():
+        target, _, sub = key.rpartition('.')
+        if target and target in opts.experts:
+            if target == name:
+                out[sub] = value
+        elif key in fields:
+            out[key] = value
+        else:
+            raise ConfigError(f'--set {key}: not a setting of any selected expert (settings: {", ".join(sorted(fields))};'
+                              f' or EXPERT.SETTING for one of {", ".join(opts.experts)})')
+    if opts.weights is not None:
+        out['weights'] = opts.weights
+    if opts.batch_size is not None:
+        out['batch_size'] = opts.batch_size
+    return out
+
+
+DEFAULT_CHUNK_SIZE = 32
+
+
+def _chunk_size(manifest: Any, experts: list[Any], opts: RunOptions) -> int:
+    """--chunk-size, else that of the stores already there (a rerun resumes), else the default."""
+    if opts.chunk_size is not None:
+        return opts.chunk_size
+    if not opts.overwrite:
+        for e in experts:
+            path = store_path(opts.features_root, manifest.name, e.name)
+            if (path / 'zarr.json').is_file():
+                return int(open_store(path, warn_random=False).chunk_size)
+    return DEFAULT_CHUNK_SIZE
+
+
+def _open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str, ExpertStore]:
+    stores = {}
+    opts.chunk_size = _chunk_size(manifest, experts, opts)
+    for e in experts:
+        info = e.store_info()
+        spec = StoreSpec(dataset=manifest.name, expert=e.name, feature_dim=e.cfg.feature_dim, max_rows=e.cfg.max_rows,
+                         chunk_size=opts.chunk_size, has_tokens=False, **info)
+        stores[e.name] = create_store(store_path(opts.features_root, manifest.name, e.name), manifest.video_ids, spec,
+                                      overwrite=opts.overwrite)
+    return stores
+
+
+def _existing(store: ExpertStore, rows: range) -> dict[int, VideoResult]:
+    """Finished rows of a chunk, read back (for --retry-failed, which redoes only failed rows)."""
+    data = store.read(rows=list(rows))
+    out = {}
+    for i, r in enumerate(rows):
+        n = int(data.lengths[i])
+        out[r] = VideoResult(data.features[i, :n].astype(np.float32), data.timestamps[i, :n], int(data.status[i]),
+                             str(data.errors[i]), available=bool(data.available[i]) or None)
+    return out
+
+
+def run(opts: RunOptions) -> int:
+    """Run an extraction; returns the process exit code (0 when the run finished)."""
+    from extract.experts import create_expert, resolve_expert_names
+
+    t_start = time.time()
+    manifest = load_manifest(opts.dataset, opts.data_root)
+    names = resolve_expert_names(','.join(opts.experts))
+    opts.experts = names
+    experts = [create_expert(n, **_settings_for(n, opts)) for n in names]
+    stores = _open_stores(manifest, experts, opts)
+    n_chunks = next(iter(stores.values())).n_chunks
+    mine = shard_chunks(n_chunks, opts.shard, opts.num_shards)
+    todo = {n: set(s.pending_chunks(mine, retry_failed=opts.retry_failed)) for n, s in stores.items()}
+    chunks = sorted(set().union(*todo.values()))
+    where = f'shard {opts.shard}/{opts.num_shards}, chunks {mine.start}-{mine.stop - 1}' if len(mine) else \
+        f'shard {opts.shard}/{opts.num_shards} (no chunks)'
+    if not chunks:
+        print(f'nothing to do for {", ".join(names)} on {manifest.name} ({where}): every chunk is finished')
+        _finish(stores)
+        return 0
+    device = _pick_device(opts.device)
+    decoder, why = choose_decoder(opts.decoder, device)
+    if decoder == 'nvdec':
+        raise ConfigError('--decoder nvdec: the NVDEC backend needs PyNvVideoCodec and a CUDA device; it is not '
+                          'available in this build (use --decoder decord)')
+    workers = opts.workers if opts.workers >= 0 else max(1, min(8, (os.cpu_count() or 2) - 1))
+    random_names = [e.name for e in experts if e.resolve().random]
+    print(f'extracting {", ".join(names)} from {manifest.name}: {where}; device {device}; decoder {decoder} ({why}); '
+          f'{workers} decode worker(s)')
+    if random_names:
+        print(f'WARNING: RANDOM weights for {", ".join(random_names)}: these features mean nothing beyond tests and demos')
+    for e in experts:
+        e.load(device)
+    tallies = {n: _Tally() for n in names}
+    samplings = {e.name: e.cfg.sampling_spec() for e in experts}
+    videos = [r for c in chunks for r in stores[names[0]].chunk_rows(c)]
+    pool = DecodePool(samplings, workers=workers)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(videos), unit='video', desc='extract', disable=not opts.progress, dynamic_ncols=True)
+    failures = 0
+    try:
+        decoded = pool.imap([(r, str(manifest.paths[r])) for r in videos])
+        for c in chunks:
+            rows = stores[names[0]].chunk_rows(c)
+            active = [e for e in experts if c in todo[e.name]]
+            redo = {e.name: _rows_to_redo(stores[e.name], rows, opts.retry_failed) for e in active}
+            batchers = {e.name: _Batcher(e) for e in active}
+            results: dict[str, dict[int, VideoResult]] = {e.name: {} for e in active}
+            stamps: dict[str, dict[int, np.ndarray]] = {e.name: {} for e in active}
+            for r in rows:
+                video = next(decoded)
+                assert video.row == r
+                failures += _feed(video, active, redo, batchers, results, stamps)
+                bar.update(1)
+                bar.set_postfix(failed=failures, refresh=False)
+            for e in active:
+                batchers[e.name].flush()
+                chunk_results = _existing(stores[e.name], rows) if len(redo[e.name]) < len(rows) else {}
+                for r in redo[e.name]:
+                    if r in results[e.name]:
+                        chunk_results[r] = results[e.name][r]
+                    else:
+                        chunk_results[r] = VideoResult(batchers[e.name].out.pop(r), stamps[e.name][r], DONE)
+                ordered = [chunk_results[r] for r in rows]
+                stores[e.name].write_chunk(c, pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, False))
+                _count(tallies[e.name], ordered, redo[e.name], rows)
+    except KeyboardInterrupt:
+        bar.close()
+        pool.close(kill=True)
+        print('\ninterrupted: finished chunks are saved; rerun the same command to continue', file=sys.stderr)
+        return 130
+    bar.close()
+    pool.close()
+    _finish(stores)
+    _summary(manifest.name, stores, tallies, len(videos), time.time() - t_start)
+    return 0
+
+
+def _rows_to_redo(store: ExpertStore, rows: range, retry_failed: bool) -> list[int]:
+    status = store.status()[rows.start:rows.stop]
+    if (status == 0).any() or not retry_failed:
+        return list(rows)
+    return [r for r, s in zip(rows, status) if s == FAILED]
+
+
+def _feed(video: DecodedVideo, experts: list[Any], redo: dict[str, list[int]], batchers: dict[str, _Batcher],
+          results: dict[str, dict[int, VideoResult]], stamps: dict[str, dict[int, np.ndarray]]) -> int:
+    """Queue one decoded video's rows for every expert that needs it; returns 1 when it failed."""
+    import torch
+
+    wanted = [e for e in experts if video.row in redo[e.name]]
+    if video.error:
+        for e in wanted:
+            results[e.name][video.row] = VideoResult.failed(video.error, e.cfg.feature_dim)
+        return 1 if wanted else 0
+    if video.note:
+        _logger.warning('video row %d: %s', video.row, video.note)
+    frames = torch.from_numpy(video.frames)
+    for e in wanted:
+        plan = video.plans[e.name]
+        idx = torch.from_numpy(plan.index)
+        rows = frames[idx[:, 0]] if e.cfg.sampling == 'frames' else frames[idx]
+        batchers[e.name].add(video.row, e.preprocess(rows.to(e.device, non_blocking=True)))
+        stamps[e.name][video.row] = plan.timestamps
+    return 0
+
+
+def _count(t: _Tally, ordered: list[VideoResult], redo: list[int], rows: range) -> None:
+    for r, res in zip(rows, ordered):
+        if r not in redo:
+            continue
+        t.done += res.status == DONE
+        t.failed += res.status == FAILED
+        t.skipped += res.status not in (DONE, FAILED)
+        t.available += res.status == DONE and len(res.features) > 0
+        if res.status == FAILED:
+            t.errors.append(f'row {r}: {res.error}')
+
+
+def _finish(stores: dict[str, ExpertStore]) -> None:
+    for s in stores.values():
+        if s.is_complete():
+            s.consolidate()
+
+
+def _summary(dataset: str, stores: dict[str, ExpertStore], tallies: dict[str, _Tally], n_videos: int,
+             elapsed: float) -> None:
+    rate = n_videos / elapsed if elapsed > 0 else 0.0
+    print(f'done: {n_videos} videos of {dataset} in {elapsed:.1f} s ({rate:.2f} videos/s)')
+    for name, t in tallies.items():
+        s = stores[name]
+        state = 'complete' if s.is_complete() else 'other shards pending'
+        print(f'  {name:<26} done {t.done:>6}  failed {t.failed:>5}  skipped {t.skipped:>5}  available '
+              f'{t.available:>6}  -> {s.path} ({state})')
+    errors = next((t.errors for t in tallies.values() if t.errors), [])
+    for line in errors[:5]:
+        print(f'  failed {line}')
+    if len(errors) > 5:
+        print(f'  ... {len(errors) - 5} more failures: python -m shared.store check <store> lists the common ones')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = RunOptions(dataset='', experts=[])
+    p = argparse.ArgumentParser(
+        prog='python -m extract', formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Extract expert features from a dataset\'s videos into Zarr stores '
+                    '({features_root}/{dataset}/{expert}.zarr), decoding each video once for all experts.',
+        epilog='examples:\n'
+               '  python -m extract --dataset demo --expert all --weights random\n'
+               '  python -m extract --dataset msrvtt --expert object,scene --shard 3 --num-shards 64\n'
+               '  python -m extract --dataset folder:/data/my_videos --expert scene --set fps=2\n'
+               'Rerunning a command continues where it stopped; exit code 0 when the run finished\n'
+               '(individual video failures are reported and recorded, not fatal).')
+    p.add_argument('--dataset', required=True, help='a registered dataset (demo, msrvtt, ...) or folder:PATH')
+    p.add_argument('--expert', required=True, help='an expert, a comma list, or all (python -m extract --list)')
+    p.add_argument('--data-root', type=Path, default=d.data_root, help=f'dataset folders (default: {d.data_root})')
+    p.add_argument('--features-root', type=Path, default=d.features_root, help=f'stores (default: {d.features_root})')
+    p.add_argument('--shard', type=int, default=None, help='this shard (default: from SLURM_ARRAY_TASK_ID, else 0)')
+    p.add_argument('--num-shards', type=int, default=None,
+                   help='shards in all (default: SLURM_ARRAY_TASK_COUNT, else 1); shards own whole chunks')
+    p.add_argument('--device', default=d.device, help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--decoder', default=d.decoder, choices=DECODERS, help='video decoder (default: auto)')
+    p.add_argument('--batch-size', type=int, default=None, help='rows per forward pass (default: per expert)')
+    p.add_argument('--weights', default=None,
+                   help='weights for the selected experts: a path (one expert), file:NAME, or random (explicit)')
+    p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
+                   help='an expert setting (fps, clip_len, resize, input_size, max_rows, ...); EXPERT.KEY=VALUE for one')
+    p.add_argument('--retry-failed', action='store_true', help='also redo videos that failed before')
+    p.add_argument('--workers', type=int, default=d.workers, help='decode processes (default: cores - 1, at most 8)')
+    p.add_argument('--chunk-size', type=int, default=None,
+                   help=f'videos per chunk, a new store\'s unit of work (default: {DEFAULT_CHUNK_SIZE}, or the existing stores\')')
+    p.add_argument('--overwrite', action='store_true', help='delete existing stores of these experts first')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')
+    p.add_argument('--list', action='store_true', help='list the experts and exit')
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    if '--list' in argv:
+        from extract.experts import create_expert, expert_names
+
+        for n in expert_names():
+            cfg = create_expert(n).cfg
+            print(f'{n:<26} {cfg.arch:<26} D={cfg.feature_dim:<5} {cfg.sampling} @ {cfg.fps:g}/s  weights {cfg.weights}')
+        return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env_shard = _shard_from_env()
+    shard = args.shard if args.shard is not None else (env_shard[0] if env_shard else 0)
+    num_shards = args.num_shards if args.num_shards is not None else (env_shard[1] if env_shard else 1)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        opts = RunOptions(dataset=args.dataset, experts=args.expert.split(','), data_root=args.data_root,
+                          features_root=args.features_root, shard=shard, num_shards=num_shards, device=args.device,
+                          decoder=args.decoder, batch_size=args.batch_size, weights=args.weights,
+                          settings=parse_overrides(args.settings), retry_failed=args.retry_failed,
+                          workers=args.workers, chunk_size=args.chunk_size, overwrite=args.overwrite,
+                          progress=not args.no_progress)
+        if args.weights and args.weights != 'random' and len(opts.experts) > 1 and ':' not in args.weights:
+            raise ConfigError('--weights PATH needs a single --expert (use --set EXPERT.weights=PATH for several)')
+        signal.signal(signal.SIGTERM, _sigterm)
+        return run(opts)
+    except (DatasetError, StoreError, WeightsError, ConfigError, KeyError, ValueError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f'error: {msg}', file=sys.stderr)
+        return 1
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # a preempted cluster job stops like Ctrl-C: finished chunks stay
+
+
+if __name__ == '__main__':
+    sys.exit(main())
