@@ -13,11 +13,16 @@ STAMP         := $(VENV)/.installed
 DATA_ROOT     ?= data
 FEATURES_ROOT ?= features
 DATASET       ?= demo
+EXPERT        ?= all
+# SHARD / NUM_SHARDS default to the SLURM array task (python -m extract reads the environment)
+SHARD         ?=
+NUM_SHARDS    ?=
+EXTRACT_ARGS  ?=
 VIDEOS        ?= 120
 SEED          ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo demo-data check datasets clean clean-venv
+.PHONY: help setup test test-fast demo demo-data extract experts bench check datasets clean clean-venv
 
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
@@ -48,6 +53,13 @@ demo: $(STAMP) ## run the main job on the embedded demo data
 
 demo-data: $(STAMP) ## generate only the demo dataset (DATA_ROOT/demo)
 	$(PY) -m shared.datasets.demo --out $(DATA_ROOT)/demo --videos $(VIDEOS) --seed $(SEED)
+
+extract: $(STAMP) ## extract EXPERT (one, a comma list, or all) for DATASET [SHARD= NUM_SHARDS= EXTRACT_ARGS=]
+	$(PY) -m extract --dataset $(DATASET) --expert $(EXPERT) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) \
+		$(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS)) $(EXTRACT_ARGS)
+
+experts: $(STAMP) ## list the experts, their models, sampling and weights
+	$(PY) -m extract --list
 
 datasets: $(STAMP) ## describe DATASET's manifest: splits, captions, video files found
 	$(PY) -m shared.datasets $(DATASET) --data-root $(DATA_ROOT)

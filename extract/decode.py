@@ -167,13 +167,17 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
 
 
 def _repair_times(frame_times: np.ndarray) -> np.ndarray:
-    """Make per-frame times usable: sorted starts, end >= start (a last frame may lack a duration)."""
-    t = frame_times.copy()
+    """Display intervals: a frame is shown from its start until the next frame starts.
+
+    decord reports end = start + 1/fps, which is wrong under variable frame rate; the last
+    frame keeps the typical frame duration.
+    """
+    t = np.asarray(frame_times, np.float64).copy()
     t[:, 0] = np.maximum.accumulate(np.nan_to_num(t[:, 0], nan=0.0))
     dur = t[:, 1] - t[:, 0]
-    typical = float(np.median(dur[dur > 0])) if (dur > 0).any() else 1 / 25
-    bad = ~np.isfinite(t[:, 1]) | (dur <= 0)
-    t[bad, 1] = t[bad, 0] + typical
+    typical = float(np.median(dur[np.isfinite(dur) & (dur > 0)])) if (np.isfinite(dur) & (dur > 0)).any() else 0.04
+    nxt = np.append(t[1:, 0], t[-1, 0] + typical)
+    t[:, 1] = np.where(nxt > t[:, 0], nxt, t[:, 0] + typical)
     return t
 
 

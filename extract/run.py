@@ -257,7 +257,7 @@ def run(opts: RunOptions) -> int:
                         chunk_results[r] = VideoResult(batchers[e.name].out.pop(r), stamps[e.name][r], DONE)
                 ordered = [chunk_results[r] for r in rows]
                 stores[e.name].write_chunk(c, pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, False))
-                _count(tallies[e.name], ordered, redo[e.name], rows)
+                _count(tallies[e.name], ordered, redo[e.name], rows, manifest.video_ids)
     except KeyboardInterrupt:
         bar.close()
         pool.close(kill=True)
@@ -299,7 +299,7 @@ def _feed(video: DecodedVideo, experts: list[Any], redo: dict[str, list[int]], b
     return 0
 
 
-def _count(t: _Tally, ordered: list[VideoResult], redo: list[int], rows: range) -> None:
+def _count(t: _Tally, ordered: list[VideoResult], redo: list[int], rows: range, ids: tuple[str, ...]) -> None:
     for r, res in zip(rows, ordered):
         if r not in redo:
             continue
@@ -308,7 +308,7 @@ def _count(t: _Tally, ordered: list[VideoResult], redo: list[int], rows: range) 
         t.skipped += res.status not in (DONE, FAILED)
         t.available += res.status == DONE and len(res.features) > 0
         if res.status == FAILED:
-            t.errors.append(f'row {r}: {res.error}')
+            t.errors.append(f'{ids[r]}: {res.error}')
 
 
 def _finish(stores: dict[str, ExpertStore]) -> None:

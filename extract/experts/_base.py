@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extract.decode import Sampling
-from extract.weights import ResolvedWeights, load_state_dict, resolve_weights
+from extract.weights import ResolvedWeights, WeightsError, load_state_dict, resolve_weights
 
 __all__ = ['ExpertCfg', 'Expert', 'IMAGENET_MEAN', 'IMAGENET_STD', 'KINETICS_MEAN', 'KINETICS_STD']
 
@@ -117,7 +117,7 @@ class Expert:
             sd = self.convert_state_dict(load_state_dict(weights.path))
             missing, unexpected = model.load_state_dict(sd, strict=False)
             if missing or unexpected:
-                raise RuntimeError(f'{self.name}: {weights.path} does not fit {self.cfg.arch}: missing keys '
+                raise WeightsError(f'{self.name}: {weights.path} does not fit {self.cfg.arch}: missing keys '
                                    f'{missing[:5]}, unexpected keys {unexpected[:5]}')
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if self.device.type == 'cuda' else torch.float32

@@ -15,7 +15,7 @@ __all__ = ['SceneExpert', 'default_cfgs', 'convert_places365']
 PLACES365_FILE = 'densenet161_places365.pth.tar'
 PLACES365_URL = 'http://places2.csail.mit.edu/models_places365/densenet161_places365.pth.tar'
 # The CSAIL file predates torchvision's renaming of 'norm.1' to 'norm1' (and relu/conv alike).
-_OLD_KEY = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
+_OLD_KEY = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$')
 
 
 def convert_places365(sd: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""Decoding: row plans from real frame timestamps, and decord on real (odd) files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extract.decode import DecodePool, Sampling, decode_video, plan_rows
+
+
+def _times(n: int, fps: float = 25.0) -> np.ndarray:
+    t = np.arange(n) / fps
+    return np.stack([t, t + 1 / fps], axis=1)
+
+
+def test_frame_rows_take_the_frame_at_each_bin_centre() -> None:
+    idx, stamps = plan_rows(_times(75), Sampling('frames', fps=1.0))
+    assert idx[:, 0].tolist() == [12, 37, 62]  # frames on screen at 0.5, 1.5, 2.5 s
+    np.testing.assert_allclose(stamps, [[0.48, 0.52], [1.48, 1.52], [2.48, 2.52]], atol=1e-6)
+    idx, _ = plan_rows(_times(75), Sampling('frames', fps=2.0))
+    assert len(idx) == 6
+
+
+def test_long_videos_are_spread_over_max_rows() -> None:
+    idx, stamps = plan_rows(_times(25 * 100), Sampling('frames', fps=1.0, max_rows=10))
+    assert len(idx) == 10 and np.all(np.diff(idx[:, 0]) == 250) and stamps[-1, 1] <= 100.0
+
+
+def test_clips_are_consecutive_and_clamped_at_the_ends() -> None:
+    idx, stamps = plan_rows(_times(75), Sampling('clips', fps=1.0, clip_len=16))
+    assert idx.shape == (3, 16)
+    assert np.all(np.diff(idx, axis=1) == 1)
+    assert idx[0, 0] == 4 and idx[-1, -1] == 69  # 16 frames around frames 12 and 62
+    short, _ = plan_rows(_times(5), Sampling('clips', fps=1.0, clip_len=8))
+    assert short.tolist() == [[0, 1, 2, 3, 4, 4, 4, 4]]  # a clip longer than the video repeats its end
+    np.testing.assert_allclose(stamps[0], [4 / 25, 20 / 25], atol=1e-6)
+
+
+def test_clip_fps_resamples_inside_the_clip() -> None:
+    idx, _ = plan_rows(_times(75), Sampling('clips', fps=1.0, clip_len=8, clip_fps=12.5))
+    assert np.all(np.diff(idx[1]) == 2)  # 12.5 fps in a 25 fps video: every other frame
+
+
+def test_variable_frame_rate_uses_real_timestamps() -> None:
+    t = np.concatenate([np.arange(25) / 25, 1 + np.arange(10) / 10])  # 25 fps then 10 fps
+    times = np.stack([t, np.append(t[1:], 2.0)], axis=1)
+    idx, stamps = plan_rows(times, Sampling('frames', fps=1.0))
+    assert idx[:, 0].tolist() == [12, 30]  # 1.5 s lies in frame 25 + 5
+    np.testing.assert_allclose(stamps[1], [1.5, 1.6], atol=1e-6)
+
+
+SAMPLINGS = {'f': Sampling('frames', fps=1.0, short_side=64), 'c': Sampling('clips', fps=1.0, clip_len=4, short_side=64)}
+
+
+@pytest.mark.parametrize('name', ['good.mp4', 'hevc.mp4', 'vp9.webm', 'mpeg4.avi', 'no_audio.mp4'])
+def test_codecs_decode(odd_videos: Path, name: str) -> None:
+    v = decode_video(0, str(odd_videos / name), SAMPLINGS)
+    assert not v.error, v.error
+    assert v.frames.shape[1:] == (64, 86, 3)  # short side resized at decode, even width (85.3 -> 86)
+    assert len(v.plans['f'].index) == 2 and v.plans['c'].index.shape == (2, 4)
+    assert abs(v.duration - 2.0) < 0.05
+
+
+def test_rotation_odd_size_vfr_and_one_frame(odd_videos: Path) -> None:
+    rot = decode_video(0, str(odd_videos / 'rotated.mp4'), SAMPLINGS)
+    assert rot.frames.shape[1] > rot.frames.shape[2]  # portrait after the display rotation
+    odd = decode_video(0, str(odd_videos / 'odd_size.mp4'), SAMPLINGS)
+    assert not odd.error and odd.frames.shape[-1] == 3
+    vfr = decode_video(0, str(odd_videos / 'vfr.mp4'), {'f': Sampling('frames', fps=1.0, short_side=64)})
+    # 25 frames at 25 fps, then 25 at 10 fps: 3.5 s; rows carry each frame's real display interval
+    assert abs(vfr.duration - 3.5) < 0.1 and len(vfr.plans['f'].index) == 4
+    first, third = vfr.plans['f'].timestamps[0], vfr.plans['f'].timestamps[2]
+    assert first[0] <= 0.5 < first[1] and abs((first[1] - first[0]) - 0.04) < 1e-3
+    assert third[0] <= 2.5 < third[1] and third[1] - third[0] > 0.07  # a 10 fps frame lasts ~0.1 s
+    one = decode_video(0, str(odd_videos / 'one_frame.mp4'), SAMPLINGS)
+    assert len(one.frames) == 1 and one.plans['c'].index.tolist() == [[0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize('name,reason', [('zero.mp4', 'empty file'), ('text.mp4', 'cannot open video'),
+                                         ('missing.mp4', 'file not found')])
+def test_undecodable_files_give_reasons(odd_videos: Path, name: str, reason: str) -> None:
+    v = decode_video(3, str(odd_videos / name), SAMPLINGS)
+    assert v.row == 3 and v.frames is None and reason in v.error
+
+
+def test_truncated_file_fails_or_keeps_a_prefix(odd_videos: Path) -> None:
+    v = decode_video(0, str(odd_videos / 'truncated.mp4'), SAMPLINGS)
+    assert v.error or (len(v.frames) > 0 and v.duration <= 2.0)
+
+
+def test_pool_keeps_order(odd_videos: Path) -> None:
+    names = ['good.mp4', 'zero.mp4', 'hevc.mp4', 'text.mp4', 'vp9.webm']
+    with DecodePool(SAMPLINGS, workers=2) as pool:
+        out = list(pool.imap([(i, str(odd_videos / n)) for i, n in enumerate(names)]))
+    assert [v.row for v in out] == list(range(5))
+    assert [bool(v.error) for v in out] == [False, True, False, True, False]

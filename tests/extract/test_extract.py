@@ -1,0 +1,185 @@
+"""Extraction end to end: real demo videos, real models (random weights), real stores, real kills."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from extract.decode import decode_video
+from extract.experts import create_expert, expert_names, resolve_expert_names
+from extract.run import main
+from shared.store import DONE, FAILED, check_store, open_store
+from tests.extract.conftest import TINY
+
+ARRAYS = ('video_ids', 'features', 'timestamps', 'lengths', 'available', 'status', 'errors')
+VISUAL = ('object', 'action', 'scene')
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(path), mode='r')
+    return {k: g[k][:] for k in ARRAYS}
+
+
+def _same(a: Path, b: Path) -> None:
+    x, y = _arrays(a), _arrays(b)
+    for k in ARRAYS:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=f'{a} vs {b}: {k}')
+
+
+def _run(data_root: Path, features: Path, expert: str, *extra: str, dataset: str = 'demo') -> int:
+    return main(['--dataset', dataset, '--data-root', str(data_root), '--features-root', str(features), '--expert',
+                 expert, *TINY, '--workers', '1', '--chunk-size', '2', '--no-progress', *extra])
+
+
+@pytest.mark.slow
+def test_each_visual_expert_and_all_in_one_pass(small_demo: Path, tmp_path: Path) -> None:
+    root = small_demo.parent
+    assert resolve_expert_names('all')[:3] == list(VISUAL)
+    for name in VISUAL:
+        assert _run(root, tmp_path / 'single', name) == 0
+        report = check_store(tmp_path / 'single' / 'demo' / f'{name}.zarr')
+        assert report.exit_code == 0, report.summary()
+        assert report.counts['done'] == 8 and report.available == 8
+        store = open_store(tmp_path / 'single' / 'demo' / f'{name}.zarr', warn_random=False)
+        assert store.attrs['weights'] == 'random' and store.attrs['sampling']['fps'] == 1.0
+        rows = store.read()
+        data = json.loads((small_demo / 'demo.json').read_text())
+        for i, v in enumerate(data['videos']):  # one row per second, inside the video
+            assert rows.lengths[i] == int(np.ceil(v['duration'] - 1e-6))
+            assert 0 <= rows.timestamps[i, 0, 0] and rows.timestamps[i, rows.lengths[i] - 1, 1] <= v['duration'] + 1e-3
+    assert _run(root, tmp_path / 'all', 'all') == 0
+    for name in resolve_expert_names('all'):
+        _same(tmp_path / 'all' / 'demo' / f'{name}.zarr', tmp_path / 'single' / 'demo' / f'{name}.zarr')
+    # shards own whole chunks: shard 1 then shard 0 of 2 give the single-process arrays
+    assert _run(root, tmp_path / 'sharded', 'scene', '--shard', '1', '--num-shards', '2') == 0
+    assert check_store(tmp_path / 'sharded' / 'demo' / 'scene.zarr').exit_code == 2
+    assert _run(root, tmp_path / 'sharded', 'scene', '--shard', '0', '--num-shards', '2') == 0
+    _same(tmp_path / 'sharded' / 'demo' / 'scene.zarr', tmp_path / 'single' / 'demo' / 'scene.zarr')
+    assert (tmp_path / 'sharded' / 'demo' / 'scene.zarr' / 'zarr.json').read_text().count('consolidated') > 0
+
+
+@pytest.mark.slow
+def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_path: Path, python: str,
+                                                     subprocess_env: dict, repo_root: Path) -> None:
+    root = small_demo.parent
+    heavy = ['--set', 'resize=[160]', '--set', 'input_size=160', '--weights', 'random', '--workers', '1',
+             '--chunk-size', '2', '--no-progress']
+    cmd = [python, '-m', 'extract', '--dataset', 'demo', '--data-root', str(root), '--features-root',
+           str(tmp_path / 'killed'), '--expert', 'object', *heavy]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    status_dir = tmp_path / 'killed' / 'demo' / 'object.zarr' / 'status' / 'c'
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if status_dir.is_dir() and len(list(status_dir.iterdir())) >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, 'the run ended before it could be killed midway'
+    store = tmp_path / 'killed' / 'demo' / 'object.zarr'
+    assert check_store(store).exit_code == 2
+    done_before = int((open_store(store, warn_random=False).status() != 0).sum())
+    assert 0 < done_before < 8
+    again = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f'{8 - done_before} videos' in again.stdout  # only the unfinished chunks were redone
+    main(['--dataset', 'demo', '--data-root', str(root), '--features-root', str(tmp_path / 'whole'),
+          '--expert', 'object', *heavy])
+    _same(store, tmp_path / 'whole' / 'demo' / 'object.zarr')
+    assert check_store(store).exit_code == 0
+
+
+@pytest.mark.slow
+def test_bad_and_unusual_files(odd_videos: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / 'videos'
+    shutil.copytree(odd_videos, data)
+    features = tmp_path / 'features'
+    assert _run(tmp_path, features, 'object', dataset=f'folder:{data}') == 0
+    out = capsys.readouterr().out
+    store = open_store(features / 'folder-videos' / 'object.zarr', warn_random=False)
+    rows = store.read()
+    by_id = {v: i for i, v in enumerate(rows.video_ids)}
+    for bad, reason in (('zero.mp4', 'empty file'), ('text.mp4', 'cannot open video')):
+        i = by_id[bad]
+        assert rows.status[i] == FAILED and reason in rows.errors[i] and not rows.available[i]
+    for good in ('good.mp4', 'one_frame.mp4', 'rotated.mp4', 'vfr.mp4', 'hevc.mp4', 'vp9.webm', 'mpeg4.avi',
+                 'odd_size.mp4', 'no_audio.mp4'):
+        i = by_id[good]
+        assert rows.status[i] == DONE and rows.lengths[i] >= 1 and rows.available[i], good
+    t = by_id['truncated.mp4']
+    assert (rows.status[t] == FAILED and rows.errors[t]) or rows.lengths[t] >= 1
+    assert check_store(store.path).exit_code == 0
+    assert 'failed zero.mp4: empty file (0 bytes)' in out
+    # --retry-failed redoes only failed videos; the others keep their arrays
+    before = _arrays(store.path)
+    shutil.copy(data / 'good.mp4', data / 'zero.mp4')
+    assert _run(tmp_path, features, 'object', '--retry-failed', dataset=f'folder:{data}') == 0
+    after = open_store(store.path, warn_random=False).read()
+    z = by_id['zero.mp4']
+    assert after.status[z] == DONE and after.lengths[z] == 2
+    np.testing.assert_array_equal(after.features[z], after.features[by_id['good.mp4']])
+    keep = [i for i in range(len(rows.video_ids)) if rows.status[i] != FAILED]
+    np.testing.assert_array_equal(after.features[keep], before['features'][keep])
+
+
+def _headless_to_checkpoint(name: str, sd: dict) -> dict:
+    """A state dict as the weights' publisher ships it (with its classifier head)."""
+    sd = dict(sd)
+    if name == 'scene':
+        import re
+        sd = {re.sub(r'(denselayer\d+\.(?:norm|relu|conv))([12])\.', r'\1.\2.', k): v for k, v in sd.items()}
+        sd['classifier.weight'] = torch.zeros(365, 2208)
+        return {'state_dict': {f'module.{k}': v for k, v in sd.items()}, 'epoch': 90, 'arch': 'densenet161'}
+    head = {'object': 'last_linear.weight', 'action': 'classifier.1.weight'}.get(name, 'fc.weight')
+    sd[head] = torch.zeros(3, 3)
+    return sd
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['object', 'object.resnet152', 'object.resnext101_wsl', 'action',
+                                  'action.r2plus1d_18', 'action.r2plus1d_34_ig65m', 'scene'])
+def test_every_visual_expert_loads_a_checkpoint(name: str, small_demo: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = dict(resize=[40], input_size=32, clip_len=6)
+    rand = create_expert(name, weights='random', **settings).load('cpu')
+    video = decode_video(0, str(small_demo / 'videos' / 'demo0000.mp4'), {name: rand.cfg.sampling_spec()})
+    plan = video.plans[name]
+    rows = video.frames[plan.index[:, 0]] if rand.cfg.sampling == 'frames' else video.frames[plan.index]
+    expected = rand.extract(rows)
+    assert expected.shape == (len(plan.index), rand.cfg.feature_dim) and np.isfinite(expected).all()
+    sd = _headless_to_checkpoint(name, rand.model.state_dict())
+    monkeypatch.setenv('VIDEOEXPERTS_WEIGHTS_DIR', str(tmp_path))
+    default = create_expert(name).cfg.weights
+    if default.startswith('file:'):  # the default spec names a file in the weights directory
+        target, spec = tmp_path / default[5:], None
+    else:
+        target = tmp_path / 'checkpoint.pth'
+        spec = str(target)
+    torch.save(sd, target)
+    loaded = create_expert(name, **settings, **({'weights': spec} if spec else {})).load('cpu')
+    assert loaded.weights.sha256 and loaded.store_info()['weights'] != 'random'
+    np.testing.assert_allclose(loaded.extract(rows), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_weights_and_bad_settings_are_one_line_errors(small_demo: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('VIDEOEXPERTS_WEIGHTS_DIR', str(tmp_path / 'none'))
+    root = small_demo.parent
+    assert main(['--dataset', 'demo', '--data-root', str(root), '--features-root', str(tmp_path), '--expert',
+                 'scene']) == 1
+    err = capsys.readouterr().err
+    assert 'densenet161_places365.pth.tar' in err and str(tmp_path / 'none') in err and 'Traceback' not in err
+    assert _run(root, tmp_path, 'scene', '--set', 'fsp=2') == 1
+    assert 'fsp' in capsys.readouterr().err
+    assert _run(root, tmp_path, 'sceen') == 1
+    assert 'did you mean scene' in capsys.readouterr().err
+    assert set(VISUAL) <= set(expert_names())
