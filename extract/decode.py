@@ -25,6 +25,8 @@ __all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'decode_video', '
            'DECODERS', 'choose_decoder']
 
 DECODERS = ('auto', 'decord', 'nvdec')
+#: every audio expert (VGGish, whisper) takes 16 kHz mono
+AUDIO_RATE = 16000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +50,8 @@ class Sampling:
     short_side: int = 256
 
     def __post_init__(self) -> None:
-        if self.kind not in ('frames', 'clips'):
-            raise ValueError(f'sampling kind must be frames or clips, got {self.kind!r}')
+        if self.kind not in ('frames', 'clips', 'audio'):
+            raise ValueError(f'sampling kind must be frames, clips or audio, got {self.kind!r}')
         if self.fps <= 0 or self.clip_len < 1 or self.max_rows < 1:
             raise ValueError('fps, clip_len and max_rows must be positive')
 
@@ -73,6 +75,8 @@ class DecodedVideo:
     error: str = ''
     note: str = ''
     seconds: float = 0.0
+    audio: np.ndarray | None = None  # mono float32 at AUDIO_RATE; None: no audio stream (or audio_error)
+    audio_error: str = ''
 
 
 def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndarray]:
@@ -122,14 +126,25 @@ def _first_error(err: BaseException) -> str:
 
 
 def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: int = 1) -> DecodedVideo:
-    """Decode `path` once with decord and plan every expert's rows; errors become `error`."""
+    """Decode `path` once (decord for frames, FFmpeg for audio) and plan every expert's rows.
+
+    Errors never raise: they become `error` (video) and `audio_error` (audio).
+    """
     t0 = time.perf_counter()
     out = DecodedVideo(row)
     if not os.path.exists(path):
-        out.error = f'file not found: {path}'
+        out.error = out.audio_error = f'file not found: {path}'
         return out
     if os.path.getsize(path) == 0:
-        out.error = 'empty file (0 bytes)'
+        out.error = out.audio_error = 'empty file (0 bytes)'
+        return out
+    if any(s.kind == 'audio' for s in samplings.values()):
+        from shared.media import load_audio
+
+        out.audio, out.audio_error = load_audio(path, AUDIO_RATE)
+    samplings = {n: s for n, s in samplings.items() if s.kind != 'audio'}
+    if not samplings:
+        out.seconds = time.perf_counter() - t0
         return out
     import decord
 

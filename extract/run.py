@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -131,21 +132,31 @@ def _shard_from_env() -> tuple[int, int] | None:
 
 
 def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
-    """`--set key=value` (every selected expert that has it) and `--set expert.key=value`."""
-    from extract.experts._base import ExpertCfg
+    """`--set key=value` (every selected expert whose config has it) and `--set expert.key=value`."""
+    from extract.experts import create_expert
+    from extract.presets import dataset_settings
 
-    fields = {f.name for f in dataclasses.fields(ExpertCfg)}
+    fields = {n: {f.name for f in dataclasses.fields(create_expert(n).cfg)} for n in opts.experts}
     out: dict[str, Any] = {}
+    preset = {k: v for k, v in dataset_settings(opts.dataset, opts.data_root).items()
+              if k.rpartition('.')[2] in fields[name] and k.rpartition('.')[0] in ('', name.split('.')[0], name)}
+    for key, value in preset.items():
+        out[key.rpartition('.')[2]] = value
     for key, value in opts.settings.items():
         target, _, sub = key.rpartition('.')
         if target and target in opts.experts:
+            if sub not in fields[target]:
+                raise ConfigError(f'--set {key}: {target} has no setting {sub!r} '
+                                  f'(its settings: {", ".join(sorted(fields[target]))})')
             if target == name:
                 out[sub] = value
-        elif key in fields:
-            out[key] = value
+        elif any(key in f for f in fields.values()):
+            if key in fields[name]:
+                out[key] = value
         else:
-            raise ConfigError(f'--set {key}: not a setting of any selected expert (settings: {", ".join(sorted(fields))};'
-                              f' or EXPERT.SETTING for one of {", ".join(opts.experts)})')
+            known = sorted(set().union(*fields.values()))
+            raise ConfigError(f'--set {key}: not a setting of any selected expert (settings: {", ".join(known)}; '
+                              f'or EXPERT.SETTING for one of {", ".join(opts.experts)})')
     if opts.weights is not None:
         out['weights'] = opts.weights
     if opts.batch_size is not None:
@@ -174,7 +185,7 @@ def _open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[st
     for e in experts:
         info = e.store_info()
         spec = StoreSpec(dataset=manifest.name, expert=e.name, feature_dim=e.cfg.feature_dim, max_rows=e.cfg.max_rows,
-                         chunk_size=opts.chunk_size, has_tokens=False, **info)
+                         chunk_size=opts.chunk_size, has_tokens=e.has_tokens, **info)
         stores[e.name] = create_store(store_path(opts.features_root, manifest.name, e.name), manifest.video_ids, spec,
                                       overwrite=opts.overwrite)
     return stores
@@ -186,8 +197,9 @@ def _existing(store: ExpertStore, rows: range) -> dict[int, VideoResult]:
     out = {}
     for i, r in enumerate(rows):
         n = int(data.lengths[i])
+        tokens = json.loads(data.tokens[i]) if data.tokens is not None and data.tokens[i] else None
         out[r] = VideoResult(data.features[i, :n].astype(np.float32), data.timestamps[i, :n], int(data.status[i]),
-                             str(data.errors[i]), available=bool(data.available[i]) or None)
+                             str(data.errors[i]), tokens=tokens, available=bool(data.available[i]) or None)
     return out
 
 
@@ -256,7 +268,7 @@ def run(opts: RunOptions) -> int:
                     else:
                         chunk_results[r] = VideoResult(batchers[e.name].out.pop(r), stamps[e.name][r], DONE)
                 ordered = [chunk_results[r] for r in rows]
-                stores[e.name].write_chunk(c, pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, False))
+                stores[e.name].write_chunk(c, pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, e.has_tokens))
                 _count(tallies[e.name], ordered, redo[e.name], rows, manifest.video_ids)
     except KeyboardInterrupt:
         bar.close()
@@ -279,24 +291,52 @@ def _rows_to_redo(store: ExpertStore, rows: range, retry_failed: bool) -> list[i
 
 def _feed(video: DecodedVideo, experts: list[Any], redo: dict[str, list[int]], batchers: dict[str, _Batcher],
           results: dict[str, dict[int, VideoResult]], stamps: dict[str, dict[int, np.ndarray]]) -> int:
-    """Queue one decoded video's rows for every expert that needs it; returns 1 when it failed."""
+    """Give one decoded video to every expert that needs it; returns 1 when it failed for one."""
     import torch
 
-    wanted = [e for e in experts if video.row in redo[e.name]]
-    if video.error:
-        for e in wanted:
-            results[e.name][video.row] = VideoResult.failed(video.error, e.cfg.feature_dim)
-        return 1 if wanted else 0
-    if video.note:
-        _logger.warning('video row %d: %s', video.row, video.note)
-    frames = torch.from_numpy(video.frames)
-    for e in wanted:
+    from extract.experts._base import VideoInput
+
+    failed = 0
+    frames = None
+    for e in (e for e in experts if video.row in redo[e.name]):
+        out = results[e.name]
+        if e.modality == 'audio':
+            if video.audio_error:
+                out[video.row], failed = VideoResult.failed(video.audio_error, e.cfg.feature_dim), 1
+            elif video.audio is None:
+                out[video.row] = VideoResult.skipped(e.cfg.feature_dim, 'no audio stream')
+            else:
+                out[video.row] = _guarded(e, VideoInput(audio=video.audio))
+                failed |= out[video.row].status == FAILED
+            continue
+        if video.error:
+            out[video.row], failed = VideoResult.failed(video.error, e.cfg.feature_dim), 1
+            continue
         plan = video.plans[e.name]
+        if e.per_video:
+            out[video.row] = _guarded(e, VideoInput(frames=video.frames[plan.index[:, 0]], timestamps=plan.timestamps))
+            failed |= out[video.row].status == FAILED
+            continue
+        if frames is None:
+            frames = torch.from_numpy(video.frames)
         idx = torch.from_numpy(plan.index)
         rows = frames[idx[:, 0]] if e.cfg.sampling == 'frames' else frames[idx]
         batchers[e.name].add(video.row, e.preprocess(rows.to(e.device, non_blocking=True)))
         stamps[e.name][video.row] = plan.timestamps
-    return 0
+    if video.note:
+        _logger.warning('video row %d: %s', video.row, video.note)
+    return int(failed)
+
+
+def _guarded(expert: Any, inputs: Any) -> VideoResult:
+    """A per-video expert's result; an exception inside it fails this video, not the run."""
+    try:
+        return expert.process(inputs)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - OCR/ASR libraries raise many types on odd input
+        _logger.debug('%s failed', expert.name, exc_info=True)
+        return VideoResult.failed(f'{expert.name} failed: {type(err).__name__}: {err}'[:300], expert.cfg.feature_dim)
 
 
 def _count(t: _Tally, ordered: list[VideoResult], redo: list[int], rows: range, ids: tuple[str, ...]) -> None:

@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 
-__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError']
+__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio']
 
 
 class MediaError(RuntimeError):
@@ -75,3 +75,30 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     if a:
         info.update(audio_codec=a.group(1), sample_rate=int(a.group(2)), channels=a.group(3).strip())
     return MediaInfo(**info)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple['np.ndarray | None', str]:
+    """The first audio stream as mono float32 at `sample_rate` (FFmpeg resamples and downmixes).
+
+    Returns:
+        (audio, error): audio is None with error '' when the file has no audio stream, None with
+        the reason when it cannot be read, else an array in [-1, 1] (possibly empty).
+    """
+    import ffmpeg  # ffmpeg-python builds the command; the binary is ffmpeg_exe()
+    import numpy as np
+
+    try:
+        info = probe(path)
+    except MediaError as err:
+        return None, str(err)
+    if not info.has_audio:
+        return None, ''
+    try:
+        out, _ = (ffmpeg.input(os.fspath(path))
+                  .output('pipe:', format='f32le', acodec='pcm_f32le', ac=1, ar=sample_rate, map='0:a:0')
+                  .global_args('-nostdin', '-hide_banner', '-loglevel', 'error')
+                  .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True))
+    except ffmpeg.Error as err:
+        last = (err.stderr or b'').decode(errors='replace').strip().splitlines()
+        return None, f'cannot decode audio: {last[-1] if last else "ffmpeg failed"}'
+    return np.frombuffer(out, np.float32).copy(), ''

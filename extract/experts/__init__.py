@@ -23,7 +23,7 @@ FAMILIES = ('object', 'action', 'scene', 'audio', 'face', 'ocr', 'speech')
 
 
 def _import_all() -> None:
-    from extract.experts import action, object, scene  # noqa: F401  (register)
+    from extract.experts import action, audio, face, object, ocr, scene, speech  # noqa: F401  (register)
 
 
 def expert_names() -> list[str]:
@@ -46,17 +46,17 @@ def resolve_expert_names(spec: str) -> list[str]:
 
 def apply_overrides(cfg: ExpertCfg, overrides: dict[str, Any], where: str) -> ExpertCfg:
     """`cfg` with `overrides` (typed like the field); unknown keys raise ConfigError."""
-    fields = {f.name: f for f in dataclasses.fields(ExpertCfg)}
     import typing
 
-    hints = typing.get_type_hints(ExpertCfg)
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    hints = typing.get_type_hints(type(cfg))
     clean = {}
     for key, value in overrides.items():
         if value is None:  # timm's rule: None means "keep the default"
             continue
         if key not in fields:
             raise ConfigError(f'{where}: unknown setting {key!r} (known: {", ".join(sorted(fields))})')
-        if isinstance(value, (int, float)) and hints[key] in (tuple[int, ...], tuple[float, ...]):
+        if isinstance(value, (int, float, str)) and hints[key] in (tuple[int, ...], tuple[float, ...], tuple[str, ...]):
             value = [value]
         clean[key] = _coerce(hints[key], value, f'{where}.{key}')
     try:

@@ -17,8 +17,9 @@ from torch import nn
 
 from extract.decode import Sampling
 from extract.weights import ResolvedWeights, WeightsError, load_state_dict, resolve_weights
+from shared.store import VideoResult
 
-__all__ = ['ExpertCfg', 'Expert', 'IMAGENET_MEAN', 'IMAGENET_STD', 'KINETICS_MEAN', 'KINETICS_STD']
+__all__ = ['ExpertCfg', 'Expert', 'VideoExpert', 'VideoInput', 'IMAGENET_MEAN', 'IMAGENET_STD', 'KINETICS_MEAN', 'KINETICS_STD']
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,6 +70,8 @@ class ExpertCfg:
             raise ValueError('batch_size must be >= 1')
 
     def sampling_spec(self) -> Sampling:
+        if self.sampling == 'audio':
+            return Sampling('audio', max_rows=self.max_rows)
         short = self.resize[0] if len(self.resize) == 1 else min(self.resize)
         return Sampling(self.sampling, self.fps, self.clip_len, self.clip_fps, self.max_rows,
                         max(short, self.input_size))
@@ -80,6 +83,9 @@ class Expert:
 
     #: state-dict prefixes of classifier heads that the headless model does not have
     head_keys: tuple[str, ...] = ()
+    per_video = False
+    has_tokens = False
+    modality = 'video'
 
     def __init__(self, name: str, cfg: ExpertCfg) -> None:
         self.name = name
@@ -112,8 +118,7 @@ class Expert:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(zlib.crc32(self.name.encode()))  # the same 'random' weights in every process
             model = self.build()
-        if not weights.random:
-            assert weights.path is not None
+        if not weights.random and weights.path is not None:  # None: the library manages its own files
             sd = self.convert_state_dict(load_state_dict(weights.path))
             missing, unexpected = model.load_state_dict(sd, strict=False)
             if missing or unexpected:
@@ -180,3 +185,25 @@ class Expert:
                              'clip_fps': self.cfg.clip_fps},
                 'input_size': [self.cfg.input_size] if self.cfg.input_size else list(self.cfg.resize),
                 'config': dataclasses.asdict(self.cfg)}
+
+
+@dataclasses.dataclass
+class VideoInput:
+    """What a per-video expert receives: its sampled frames and their times, and/or the audio."""
+
+    frames: np.ndarray | None = None  # (L, H, W, 3) uint8
+    timestamps: np.ndarray | None = None  # (L, 2) seconds
+    audio: np.ndarray | None = None  # mono float32 at the cfg's sample rate
+
+
+class VideoExpert(Expert):
+    """An expert that turns a whole video into a variable number of rows (faces, words, audio
+    examples): `process` returns the video's `VideoResult` instead of one row per input row."""
+
+    per_video = True
+    has_tokens = False
+    #: 'video' experts get frames, 'audio' experts get the waveform
+    modality = 'video'
+
+    def process(self, inputs: VideoInput) -> VideoResult:
+        raise NotImplementedError

@@ -1,0 +1,154 @@
+"""Extraction benchmark: decode-only, model-only and end-to-end throughput, in one run.
+
+    python -m extract.bench --dataset demo --experts object,scene --limit 64
+    python -m extract.bench --dataset folder:/data/msrvtt_sample --experts all --device cuda --workers 16
+
+End-to-end figures are printed as a ratio to the decode-only figure and to the model-only figure
+(rows/s divided by the mean rows per video), so that one sees which side limits the pipeline.
+Prints a Markdown table to paste into BENCHMARKS.md, with the machine it ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract.decode import DecodePool
+from shared.config import data_root_default, parse_overrides
+from shared.datasets import load_manifest
+
+__all__ = ['main', 'machine']
+
+
+def machine(device: str) -> str:
+    """One line naming the machine: CPU, cores, GPU, torch."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if device.startswith('cuda') and torch.cuda.is_available() else 'no GPU'
+    return f'{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}'
+
+
+def _decode_only(items: list[tuple[int, str]], samplings: dict, workers: int) -> tuple[float, float]:
+    """videos/s and mean decoded frames per video."""
+    with DecodePool(samplings, workers=workers) as pool:
+        t0 = time.perf_counter()
+        frames = [len(v.frames) if v.frames is not None else 0 for v in pool.imap(items)]
+        return len(items) / (time.perf_counter() - t0), float(np.mean(frames))
+
+
+def _model_only(expert: Any, batches: int = 5) -> float:
+    """rows/s of the model alone on preprocessed random input at the expert's batch size."""
+    import torch
+
+    cfg = expert.cfg
+    size = cfg.input_size or cfg.resize[0]
+    shape = (cfg.batch_size, 3, cfg.clip_len, size, size) if cfg.sampling == 'clips' else (cfg.batch_size, 3, size, size)
+    x = torch.randn(shape, device=expert.device)
+    expert.forward(x)  # warm-up (cuDNN autotuning, lazy init)
+    if expert.device.type == 'cuda':
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        expert.forward(x)
+    if expert.device.type == 'cuda':
+        torch.cuda.synchronize()
+    return batches * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from extract.experts import create_expert, resolve_expert_names
+    from extract.run import RunOptions, _pick_device, run
+
+    p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--dataset', default='demo', help='registered dataset or folder:PATH (default: demo)')
+    p.add_argument('--data-root', type=Path, default=data_root_default())
+    p.add_argument('--experts', default='object,scene', help='comma list or all (default: object,scene)')
+    p.add_argument('--limit', type=int, default=64, help='videos to use (default: 64)')
+    p.add_argument('--device', default='auto')
+    p.add_argument('--workers', type=int, default=max(1, (os.cpu_count() or 2) - 1), help='decode processes')
+    p.add_argument('--weights', default='random', help='weights for every expert (default: random)')
+    p.add_argument('--batch-size', type=int, default=None)
+    p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE')
+    args = p.parse_args(argv)
+    device = _pick_device(args.device)
+    manifest = load_manifest(args.dataset, args.data_root)
+    n = min(args.limit, len(manifest))
+    items = [(i, str(manifest.paths[i])) for i in range(n)]
+    names = resolve_expert_names(args.experts)
+    overrides = parse_overrides(args.settings)
+    extra = {'weights': args.weights, **({'batch_size': args.batch_size} if args.batch_size else {})}
+    experts = [create_expert(name, **{**overrides, **extra}) for name in names]
+    samplings = {e.name: e.cfg.sampling_spec() for e in experts}
+    print(f'machine: {machine(device)}')
+    print(f'{n} videos of {manifest.name}, {args.workers} decode processes, device {device}, weights {args.weights}')
+
+    dec_all, frames_all = _decode_only(items, samplings, args.workers)
+    rows: list[tuple[str, str, str]] = [('decode only (' + ', '.join(names) + ' sampling)', f'{dec_all:.1f} videos/s',
+                                         f'{frames_all:.0f} frames decoded per video')]
+    per_video_rows: dict[str, float] = {}
+    model_rate: dict[str, float] = {}
+    decode_rate: dict[str, float] = {}
+    for e in experts:
+        e.load(device)
+        decode_rate[e.name], _ = _decode_only(items, {e.name: samplings[e.name]}, args.workers)
+        with DecodePool({e.name: samplings[e.name]}, workers=0) as pool:
+            per_video_rows[e.name] = float(np.mean([len(v.plans[e.name].index) for v in pool.imap(items[:8])
+                                                    if not v.error]))
+        model_rate[e.name] = _model_only(e)
+        unit = 'clips/s' if e.cfg.sampling == 'clips' else 'images/s'
+        rows.append((f'model only: {e.name} ({e.cfg.arch}, batch {e.cfg.batch_size})', f'{model_rate[e.name]:.1f} {unit}',
+                     f'= {model_rate[e.name] / per_video_rows[e.name]:.1f} videos/s at {per_video_rows[e.name]:.1f} rows/video'))
+        e.model = None  # free it before the end-to-end runs load their own
+    with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:
+        sub = Path(tmp) / 'videos'
+        sub.mkdir()
+        for i, path in items:
+            os.symlink(os.path.abspath(path), sub / f'{i:06d}{Path(path).suffix}')
+        for target in [*names, 'all'] if len(names) > 1 else names:
+            selected = names if target == 'all' else [target]
+            opts = RunOptions(dataset=f'folder:{sub}', experts=list(selected), features_root=Path(tmp) / target,
+                              device=device, batch_size=args.batch_size, weights=args.weights, settings=overrides,
+                              workers=args.workers, progress=False)
+            t0 = time.perf_counter()
+            with open(os.devnull, 'w') as null:
+                stdout, sys.stdout = sys.stdout, null
+                try:
+                    code = run(opts)
+                finally:
+                    sys.stdout = stdout
+            if code:
+                print(f'end-to-end run for {target} failed with exit code {code}', file=sys.stderr)
+                return code
+            rate = n / (time.perf_counter() - t0)
+            # experts share the device: the model-only limit is the time of all their rows per video
+            limit = 1.0 / sum(per_video_rows[s] / model_rate[s] for s in selected)
+            decode = dec_all if target == 'all' else decode_rate[target]
+            label = f'end to end: {" + ".join(selected)} (model loading included)'
+            rows.append((label, f'{rate:.2f} videos/s',
+                         f'{rate / decode:.2f} x decode-only, {rate / limit:.2f} x model-only'))
+    print()
+    print('| measurement | throughput | ratio / note |')
+    print('|---|---|---|')
+    for r in rows:
+        print(f'| {r[0]} | {r[1]} | {r[2]} |')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

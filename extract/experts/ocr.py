@@ -1,0 +1,148 @@
+"""OCR expert: text shown on frames -> words with time spans -> word2vec rows (CE/MMT's OCR).
+
+easyocr (CRAFT detector + recogniser) is the default; RapidOCR (ONNX; its models ship in the
+wheel; CPU) is the offline alternative. Frames are read at `fps`; a word seen on consecutive
+sampled frames becomes one token spanning them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from extract.experts import EXPERTS, apply_overrides
+from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
+from extract.experts._words import word_vectors_for, words_result
+from extract.weights import ResolvedWeights, WeightsError, weights_dir
+from shared.store import VideoResult
+from shared.text import normalise
+
+__all__ = ['OcrExpert', 'OcrCfg', 'merge_words', 'default_cfgs']
+
+
+@dataclasses.dataclass(frozen=True)
+class OcrCfg(ExpertCfg):
+    """OCR settings.
+
+    Args:
+        engine: ``easyocr`` or ``rapidocr``.
+        languages: easyocr language codes.
+        model_dir: easyocr's model directory ('' = the weights directory's easyocr/).
+        download: let easyocr download missing models.
+        min_conf: words recognised with less confidence are dropped.
+        word_vectors: word2vec file (a path or file:NAME).
+    """
+
+    engine: str = 'easyocr'
+    languages: tuple[str, ...] = ('en',)
+    model_dir: str = ''
+    download: bool = False
+    min_conf: float = 0.3
+    word_vectors: str = 'file:GoogleNews-vectors-negative300.bin'
+
+
+def merge_words(frames: list[list[tuple[str, float]]], stamps: np.ndarray) -> list[dict[str, Any]]:
+    """Per-frame (word, conf) lists -> tokens; a word on consecutive frames is one token whose span
+    runs from its first frame's start to its last frame's end (confidence: the highest seen)."""
+    tokens: list[dict[str, Any]] = []
+    open_: dict[tuple[str, int], dict[str, Any]] = {}
+    for k, (words, (start, end)) in enumerate(zip(frames, stamps)):
+        seen: dict[str, int] = {}
+        now: dict[tuple[str, int], dict[str, Any]] = {}
+        for word, conf in words:
+            key = normalise(word)
+            if not key:
+                continue
+            occurrence = seen.get(key, 0)
+            seen[key] = occurrence + 1
+            tok = open_.get((key, occurrence))
+            if tok is None:
+                tok = {'word': word, 'start': float(start), 'end': float(end), 'conf': float(conf)}
+                tokens.append(tok)
+            else:
+                tok['end'] = float(end)
+                tok['conf'] = max(tok['conf'], float(conf))
+            now[(key, occurrence)] = tok
+        open_ = now
+    return tokens
+
+
+class OcrExpert(VideoExpert):
+    has_tokens = True
+
+    def build(self) -> nn.Module:
+        return nn.Identity()  # the engines are not torch modules with loadable weights here
+
+    def resolve(self) -> ResolvedWeights:
+        if self.weights is None:
+            self.wv = word_vectors_for(self.cfg.word_vectors)
+            if self.wv.dim != self.cfg.feature_dim:
+                self.cfg = dataclasses.replace(self.cfg, feature_dim=self.wv.dim)
+            if self.cfg.engine == 'rapidocr':
+                from importlib.metadata import version
+
+                self.weights = ResolvedWeights(f'rapidocr-onnxruntime {version("rapidocr-onnxruntime")} (bundled models)')
+            elif self.cfg.engine == 'easyocr':
+                directory = Path(self.cfg.model_dir) if self.cfg.model_dir else weights_dir() / 'easyocr'
+                needed = ['craft_mlt_25k.pth'] + (['english_g2.pth'] if 'en' in self.cfg.languages else [])
+                missing = [n for n in needed if not (directory / n).is_file()]
+                if missing and not self.cfg.download:
+                    raise WeightsError(f'easyocr models {", ".join(missing)} not found in {directory}: put them there '
+                                       '(from https://www.jaided.ai/easyocr/modelhub/), set ocr.download=true, or use '
+                                       'the RapidOCR engine (--expert ocr.rapidocr), whose models ship in its wheel')
+                self.weights = ResolvedWeights(f'easyocr ({directory})', None, '')
+            else:
+                raise WeightsError(f'unknown OCR engine {self.cfg.engine!r} (easyocr or rapidocr)')
+        return self.weights
+
+    def load(self, device: Any) -> OcrExpert:
+        super().load(device)
+        if self.cfg.engine == 'rapidocr':
+            from rapidocr_onnxruntime import RapidOCR
+
+            self.engine = RapidOCR()
+        else:
+            import easyocr
+
+            directory = self.cfg.model_dir or str(weights_dir() / 'easyocr')
+            self.engine = easyocr.Reader(list(self.cfg.languages), gpu=self.device.type == 'cuda',
+                                         model_storage_directory=directory, download_enabled=self.cfg.download,
+                                         verbose=False)
+        return self
+
+    def _read(self, frame: np.ndarray) -> list[tuple[str, float]]:
+        if self.cfg.engine == 'rapidocr':
+            result, _ = self.engine(np.ascontiguousarray(frame[..., ::-1]))  # RapidOCR takes BGR
+            detections = [(text, float(score)) for _, text, score in (result or [])]
+        else:
+            detections = [(text, float(conf)) for _, text, conf in self.engine.readtext(frame)]
+        return [(w, conf) for text, conf in detections if conf >= self.cfg.min_conf for w in text.split()]
+
+    def process(self, inputs: VideoInput) -> VideoResult:
+        assert inputs.frames is not None and inputs.timestamps is not None
+        per_frame = [self._read(f) for f in inputs.frames]
+        return words_result(merge_words(per_frame, inputs.timestamps), self.wv, self.cfg.max_rows)
+
+
+_COMMON = dict(arch='ocr', feature_dim=300, fps=1.0, resize=(480,), input_size=0, max_rows=256)
+default_cfgs = {
+    'ocr': OcrCfg(weights='easyocr', engine='easyocr', license='apache-2.0 (easyocr)',
+                  origin_url='https://github.com/JaidedAI/EasyOCR', **_COMMON),
+    'ocr.rapidocr': OcrCfg(weights='bundled', engine='rapidocr', license='apache-2.0 (RapidOCR)',
+                           origin_url='https://github.com/RapidAI/RapidOCR', **_COMMON),
+}
+
+
+@EXPERTS.register('ocr')
+def easyocr_en(**overrides: Any) -> OcrExpert:
+    """easyocr, English."""
+    return OcrExpert('ocr', apply_overrides(default_cfgs['ocr'], overrides, 'ocr'))
+
+
+@EXPERTS.register('ocr.rapidocr')
+def rapidocr(**overrides: Any) -> OcrExpert:
+    """RapidOCR (ONNX Runtime, models in the wheel)."""
+    return OcrExpert('ocr.rapidocr', apply_overrides(default_cfgs['ocr.rapidocr'], overrides, 'ocr.rapidocr'))

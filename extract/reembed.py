@@ -1,0 +1,80 @@
+"""Re-embed the stored words of an OCR or speech store with another word-vector file, without
+running OCR or ASR again: the `tokens` array keeps every word with its times.
+
+    python -m extract.reembed features/msrvtt/speech.zarr --word-vectors other-vectors.bin
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from extract.experts._words import words_result
+from shared.store import DONE, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store, open_store, pack_chunk
+from shared.text import load_word_vectors
+
+__all__ = ['reembed', 'main']
+
+
+def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
+    """Write `path`'s words embedded with `vectors` to `out` (default: replace `path`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RandomWeightsWarning)
+        src = open_store(path)
+    if not src.has_tokens:
+        raise StoreError(f'{path} has no tokens (only OCR and speech stores can be re-embedded)')
+    if not src.is_complete():
+        raise StoreError(f'{path} is incomplete: finish the extraction first')
+    wv = load_word_vectors(vectors)
+    a = src.attrs
+    config = dict(a.get('config', {}), word_vectors=str(Path(vectors).resolve()), feature_dim=wv.dim)
+    spec = StoreSpec(dataset=a['dataset'], expert=a['expert'], feature_dim=wv.dim, max_rows=src.max_rows,
+                     chunk_size=src.chunk_size, has_tokens=True, model=a.get('model', ''), weights=a.get('weights', ''),
+                     weights_sha256=a.get('weights_sha256', ''), sampling=a.get('sampling', {}),
+                     input_size=a.get('input_size', []), config=config)
+    target = out or path.with_name(f'.{path.name}.reembed-{os.getpid()}')
+    dst = create_store(target, list(src.video_ids), spec, overwrite=True)
+    for c in range(src.n_chunks):
+        rows = src.chunk_rows(c)
+        data = src.read(rows=list(rows))
+        results = []
+        for i in range(len(rows)):
+            if data.status[i] == DONE:
+                tokens = json.loads(data.tokens[i]) if data.tokens[i] else []
+                results.append(words_result(tokens, wv, src.max_rows))
+            else:
+                results.append(dataclasses.replace(VideoResult.failed(str(data.errors[i]), wv.dim),
+                                                   status=int(data.status[i])))
+        dst.write_chunk(c, pack_chunk(results, src.max_rows, wv.dim, True))
+    dst.consolidate()
+    if out is None:  # swap in place, keeping the old store until the new one is there
+        old = path.with_name(f'.{path.name}.old-{os.getpid()}')
+        os.rename(path, old)
+        os.rename(target, path)
+        shutil.rmtree(old)
+        return path
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m extract.reembed', description=__doc__.split('\n\n')[0])
+    p.add_argument('store', type=Path, help='an OCR or speech store ({expert}.zarr)')
+    p.add_argument('--word-vectors', type=Path, required=True, help='word2vec .bin or gensim KeyedVectors file')
+    p.add_argument('--out', type=Path, default=None, help='write a new store here instead of replacing STORE')
+    args = p.parse_args(argv)
+    try:
+        written = reembed(args.store, args.word_vectors, args.out)
+    except (StoreError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(f're-embedded {args.store} with {args.word_vectors} -> {written}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

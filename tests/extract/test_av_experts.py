@@ -1,0 +1,231 @@
+"""Audio, face, OCR and speech experts on real files: FFmpeg-made videos, the MTCNN and RapidOCR
+models that ship in their wheels, a tiny whisper built here, gensim vectors trained here."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.experts import create_expert
+from extract.experts._base import VideoInput
+from extract.experts.audio import EXAMPLE_FRAMES, HOP, N_FFT, WINDOW, log_mel_examples, mel_matrix
+from extract.experts.ocr import merge_words
+from extract.run import main
+from shared.media import ffmpeg_exe, load_audio
+from shared.store import DONE, SKIPPED, check_store, open_store
+from shared.text import load_word_vectors, normalise
+
+
+def _ff(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', *args], check=True, capture_output=True)
+
+
+def _still_video(image: np.ndarray, path: Path, seconds: float = 2.0, audio: list[str] | None = None) -> Path:
+    from PIL import Image
+
+    png = path.with_suffix('.png')
+    Image.fromarray(image).save(png)
+    _ff('-loop', '1', '-i', str(png), *(audio or []), '-t', str(seconds), '-r', '25', '-vf', 'scale=320:-2',
+        '-c:v', 'libx264', '-pix_fmt', 'yuv420p', *(['-c:a', 'aac', '-shortest'] if audio else []), str(path))
+    png.unlink()
+    return path
+
+
+def _word2vec(path: Path, words: list[str], dim: int = 16) -> Path:
+    from gensim.models import Word2Vec
+
+    model = Word2Vec([words] * 20, vector_size=dim, min_count=1, workers=1, seed=1, hashfxn=lambda s: sum(map(ord, s)))
+    model.wv.save_word2vec_format(str(path), binary=True)
+    return path
+
+
+def _extract(data: Path, features: Path, expert: str, *extra: str) -> int:
+    return main(['--dataset', f'folder:{data}', '--features-root', str(features), '--expert', expert,
+                 '--workers', '0', '--chunk-size', '2', '--no-progress', *extra])
+
+
+# ---------------------------------------------------------------------------------------- audio
+
+def test_vggish_front_end_on_a_tone() -> None:
+    rate, seconds, tone = 16000, 3.0, 1000.0
+    t = np.arange(int(rate * seconds)) / rate
+    wave = torch.from_numpy((0.5 * np.sin(2 * np.pi * tone * t)).astype(np.float32))
+    examples = log_mel_examples(wave)
+    n_frames = 1 + (len(t) - WINDOW) // HOP  # 298 frames of 25 ms every 10 ms
+    assert examples.shape == (n_frames // EXAMPLE_FRAMES, 96, 64) == (3, 96, 64)
+    band = int(examples.mean(dim=(0, 1)).argmax())
+    mel = lambda f: 1127.0 * np.log1p(f / 700.0)  # noqa: E731 (HTK)
+    edges = np.linspace(mel(125.0), mel(7500.0), 66)
+    assert edges[band] < mel(tone) < edges[band + 2]  # the band's triangle contains the tone
+    assert abs(edges[band + 1] - mel(tone)) == min(abs(edges[1:-1] - mel(tone)))  # and it is the closest centre
+    assert float(examples.min()) >= np.log(0.01) - 1e-6
+
+
+def test_stft_magnitude_matches_librosa() -> None:
+    import librosa
+
+    y = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    ref = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP, win_length=WINDOW, window='hann', center=False))
+    # librosa centres the 400-sample window in each 512-sample frame; VGGish pads at the end, which
+    # changes the phase only: the same magnitudes, once frames are aligned by that offset
+    offset = (N_FFT - WINDOW) // 2
+    frames = torch.from_numpy(y[offset:]).unfold(0, WINDOW, HOP)
+    ours = torch.fft.rfft(frames * torch.hann_window(WINDOW, periodic=True), n=N_FFT).abs().numpy().T
+    n = min(ours.shape[1], ref.shape[1])
+    np.testing.assert_allclose(ours[:, :n], ref[:, :n], rtol=1e-4, atol=1e-3)
+    weights = mel_matrix()
+    assert weights.shape == (257, 64) and not weights[0].any() and (weights.sum(axis=0) > 0).all()
+
+
+def test_audio_short_silent_and_missing(tmp_path: Path) -> None:
+    data = tmp_path / 'videos'
+    data.mkdir()
+    gray = np.full((240, 320, 3), 128, np.uint8)
+    _still_video(gray, data / 'tone.mp4', 2.0, ['-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000'])
+    _still_video(gray, data / 'short.mp4', 0.5, ['-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=8000'])
+    _still_video(gray, data / 'silent.mp4', 2.0, ['-f', 'lavfi', '-i', 'anullsrc=channel_layout=5.1:sample_rate=48000'])
+    _still_video(gray, data / 'no_audio.mp4', 2.0)
+    audio, err = load_audio(data / 'silent.mp4')
+    assert not err and len(audio) == pytest.approx(32000, abs=1200) and not audio.any()  # 6 channels -> mono
+    assert load_audio(data / 'no_audio.mp4') == (None, '')
+    assert _extract(data, tmp_path / 'f', 'audio', '--weights', 'random') == 0
+    rows = open_store(tmp_path / 'f' / 'folder-videos' / 'audio.zarr', warn_random=False).read()
+    by = {v: i for i, v in enumerate(rows.video_ids)}
+    assert rows.status[by['tone.mp4']] == DONE and rows.lengths[by['tone.mp4']] == 2 and rows.available[by['tone.mp4']]
+    np.testing.assert_allclose(rows.timestamps[by['tone.mp4'], :2], [[0, 0.96], [0.96, 1.92]], atol=1e-6)
+    assert rows.status[by['short.mp4']] == DONE and not rows.available[by['short.mp4']]  # under one example
+    assert rows.available[by['silent.mp4']] and np.isfinite(rows.features[by['silent.mp4']]).all()
+    assert rows.status[by['no_audio.mp4']] == SKIPPED and not rows.available[by['no_audio.mp4']]
+    assert check_store(tmp_path / 'f' / 'folder-videos' / 'audio.zarr').exit_code == 0
+
+
+# ----------------------------------------------------------------------------------------- face
+
+@pytest.mark.slow
+def test_faces_where_the_astronaut_is(tmp_path: Path) -> None:
+    import skimage.data
+
+    data = tmp_path / 'videos'
+    data.mkdir()
+    _still_video(skimage.data.astronaut(), data / 'astronaut.mp4')
+    _still_video(skimage.data.coffee(), data / 'coffee.mp4')
+    assert _extract(data, tmp_path / 'f', 'face', '--weights', 'random') == 0
+    store = open_store(tmp_path / 'f' / 'folder-videos' / 'face.zarr', warn_random=False)
+    rows = store.read(ids=['astronaut.mp4', 'coffee.mp4'])
+    assert rows.available.tolist() == [True, False]
+    n = int(rows.lengths[0])
+    assert n >= 2 and rows.features.shape[2] == 512 and np.abs(rows.rows(0)).sum() > 0
+    starts = rows.timestamps[0, :n, 0]
+    # faces come from the frames sampled at 1 fps (bin centres 0.5 and 1.5 s: frames from 0.48 and 1.48 s)
+    assert {round(float(s), 2) for s in starts} == {0.48, 1.48}
+    assert rows.lengths[1] == 0 and not rows.features[1].any()
+    assert check_store(store.path).exit_code == 0
+
+
+# ------------------------------------------------------------------------------------------ ocr
+
+def test_merge_words_spans_consecutive_frames() -> None:
+    stamps = np.array([[0, 1], [1, 2], [2, 3], [3, 4]], np.float32)
+    frames = [[('HELLO', 0.9)], [('Hello,', 0.95), ('world', 0.8)], [], [('hello', 0.7)]]
+    tokens = merge_words(frames, stamps)
+    assert [(t['word'], t['start'], t['end']) for t in tokens] == [('HELLO', 0, 2), ('world', 1, 2), ('hello', 3, 4)]
+    assert tokens[0]['conf'] == 0.95 and normalise('Hello,') == 'hello'
+
+
+@pytest.mark.slow
+def test_rapidocr_reads_rendered_words(tmp_path: Path) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    data = tmp_path / 'videos'
+    data.mkdir()
+    font = ImageFont.load_default(size=44)
+    frames = []
+    for word in ('HELLO', 'HELLO', 'GARDEN', 'GARDEN'):  # 1 s each at 1 fps sampling, 25 fps video
+        img = Image.new('RGB', (320, 240), 'white')
+        ImageDraw.Draw(img).text((40, 90), word, fill='black', font=font)
+        frames += [np.asarray(img)] * 25
+    raw = np.stack(frames)
+    subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', '320x240', '-r', '25',
+                    '-i', 'pipe:0', '-c:v', 'libx264', '-pix_fmt', 'yuv420p', str(data / 'words.mp4')],
+                   input=raw.tobytes(), check=True)
+    vectors = _word2vec(tmp_path / 'w2v.bin', ['hello', 'garden', 'river'])
+    assert _extract(data, tmp_path / 'f', 'ocr.rapidocr', '--set', f'word_vectors={vectors}') == 0
+    store = open_store(tmp_path / 'f' / 'folder-videos' / 'ocr.rapidocr.zarr')
+    rows = store.read()
+    tokens = json.loads(rows.tokens[0])
+    assert [normalise(t['word']) for t in tokens] == ['hello', 'garden']
+    assert [t['start'] for t in tokens] == pytest.approx([0.48, 2.48], abs=0.01)
+    # merged over the two sampled frames of each word: from the first's start to the second's end
+    assert [t['end'] for t in tokens] == pytest.approx([1.52, 3.52], abs=0.01)
+    wv = load_word_vectors(vectors)
+    np.testing.assert_allclose(rows.rows(0), np.stack([wv.lookup('hello'), wv.lookup('garden')]), atol=2e-3)
+    assert rows.available[0] and store.attrs['weights'].startswith('rapidocr-onnxruntime')
+    # re-embedding the stored tokens with other vectors needs no OCR
+    other = _word2vec(tmp_path / 'other.bin', ['garden', 'house'], dim=8)
+    from extract.reembed import main as reembed
+
+    assert reembed([str(store.path), '--word-vectors', str(other)]) == 0
+    again = open_store(store.path).read()
+    assert again.features.shape[2] == 8 and again.lengths[0] == 1  # 'hello' has no vector there
+    np.testing.assert_allclose(again.rows(0), load_word_vectors(other).lookup('garden')[None], atol=2e-3)
+    assert json.loads(again.tokens[0]) == tokens
+    assert check_store(store.path).exit_code == 0
+
+
+def test_easyocr_without_models_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('VIDEOEXPERTS_WEIGHTS_DIR', str(tmp_path / 'weights'))
+    vectors = _word2vec(tmp_path / 'w2v.bin', ['a'])
+    data = tmp_path / 'videos'
+    data.mkdir()
+    (data / 'x.mp4').write_bytes(b'')
+    assert _extract(data, tmp_path / 'f', 'ocr', '--set', f'word_vectors={vectors}') == 1
+    err = capsys.readouterr().err
+    assert 'craft_mlt_25k.pth' in err and str(tmp_path / 'weights' / 'easyocr') in err and 'rapidocr' in err
+
+
+# --------------------------------------------------------------------------------------- speech
+
+@pytest.mark.slow
+def test_whisper_path_end_to_end_with_a_tiny_model(tmp_path: Path, small_demo: Path) -> None:
+    from whisper.model import ModelDimensions, Whisper
+
+    dims = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1, n_vocab=51865,
+                n_text_ctx=64, n_text_state=32, n_text_head=2, n_text_layer=1)
+    torch.manual_seed(5)  # a seed whose random model says several different words on this clip
+    ckpt = tmp_path / 'tiny-whisper.pt'
+    torch.save({'dims': dims, 'model_state_dict': Whisper(ModelDimensions(**dims)).state_dict()}, ckpt)
+    meta = json.loads((small_demo / 'demo.json').read_text())
+    clip = next(v for v in meta['videos'] if v['audio'])
+    data = tmp_path / 'videos'
+    data.mkdir()
+    (data / 'clip.mp4').symlink_to(small_demo / clip['file'])
+    (data / 'mute.mp4').symlink_to(small_demo / next(v for v in meta['videos'] if not v['audio'])['file'])
+    settings = ['--set', f'speech.weights={ckpt}', '--set', 'max_tokens=8', '--set', 'temperatures=[0.0]']
+    # the words this model says, then vectors for half of them: availability must follow
+    expert = create_expert('speech', weights=str(ckpt), max_tokens=8, temperatures=[0.0],
+                           word_vectors=str(_word2vec(tmp_path / 'none.bin', ['zzz'])))
+    heard = expert.load('cpu').process(VideoInput(audio=load_audio(data / 'clip.mp4')[0])).tokens
+    assert heard, 'the tiny model produced no words'
+    words = sorted({normalise(t['word']) for t in heard} - {''})
+    vectors = _word2vec(tmp_path / 'w2v.bin', words[::2] + ['unrelated'])
+    assert _extract(data, tmp_path / 'f', 'speech', *settings, '--set', f'word_vectors={vectors}') == 0
+    store = open_store(tmp_path / 'f' / 'folder-videos' / 'speech.zarr')
+    rows = store.read(ids=['clip.mp4', 'mute.mp4'])
+    tokens = json.loads(rows.tokens[0])
+    assert [t['word'] for t in tokens] == [t['word'] for t in sorted(heard, key=lambda t: (t['start'], t['end']))]
+    assert all(0 <= t['start'] <= t['end'] <= clip['duration'] + 1e-3 for t in tokens)
+    wv = load_word_vectors(vectors)
+    in_vocab = [t for t in tokens if wv.lookup(normalise(t['word'])) is not None]
+    assert rows.lengths[0] == len(in_vocab) and rows.available[0] == (len(in_vocab) > 0)
+    if in_vocab:
+        np.testing.assert_allclose(rows.rows(0), np.stack([wv.lookup(normalise(t['word'])) for t in in_vocab]),
+                                   atol=2e-3)
+        np.testing.assert_allclose(rows.timestamps[0, : len(in_vocab)], [[t['start'], t['end']] for t in in_vocab],
+                                   atol=1e-5)
+    assert rows.status[1] == SKIPPED  # no audio stream
+    assert check_store(store.path).exit_code == 0
