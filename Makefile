@@ -54,7 +54,12 @@ demo: $(STAMP) ## run the main job on the embedded demo data
 demo-data: $(STAMP) ## generate only the demo dataset (DATA_ROOT/demo)
 	$(PY) -m shared.datasets.demo --out $(DATA_ROOT)/demo --videos $(VIDEOS) --seed $(SEED)
 
-extract: $(STAMP) ## extract EXPERT (one, a comma list, or all) for DATASET [SHARD= NUM_SHARDS= EXTRACT_ARGS=]
+# the demo's videos are generated on first use
+DEMO_DATA     := $(DATA_ROOT)/demo/demo.json
+$(DEMO_DATA): | $(STAMP)
+	$(PY) -m shared.datasets.demo --out $(DATA_ROOT)/demo --videos $(VIDEOS) --seed $(SEED)
+
+extract: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_DATA)) ## extract EXPERT (one, a comma list, or all) for DATASET [SHARD= NUM_SHARDS= EXTRACT_ARGS=]
 	$(PY) -m extract --dataset $(DATASET) --expert $(EXPERT) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) \
 		$(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS)) $(EXTRACT_ARGS)
 

@@ -70,9 +70,34 @@ def _model_only(expert: Any, batches: int = 5) -> float:
     return batches * cfg.batch_size / (time.perf_counter() - t0)
 
 
+def _process_only(expert: Any, videos: list[Any]) -> tuple[float, str]:
+    """videos/s of a per-video expert's `process` on already decoded videos (no decoding timed)."""
+    from extract.experts._base import VideoInput
+
+    inputs = []
+    for v in videos:
+        if expert.modality == 'audio':
+            if v.audio is not None:
+                inputs.append(VideoInput(audio=v.audio))
+        else:
+            plan = v.plans[expert.name]
+            inputs.append(VideoInput(frames=v.frames[plan.index[:, 0]], timestamps=plan.timestamps))
+    if not inputs:
+        return float('nan'), 'no input (no audio streams?)'
+    expert.process(inputs[0])  # warm-up
+    t0 = time.perf_counter()
+    frames = 0
+    for x in inputs:
+        expert.process(x)
+        frames += 0 if x.frames is None else len(x.frames)
+    elapsed = time.perf_counter() - t0
+    note = f'{frames / elapsed:.1f} frames/s' if frames else f'{sum(len(x.audio) for x in inputs) / 16000 / elapsed:.1f} s of audio/s'
+    return len(inputs) / elapsed, note
+
+
 def main(argv: list[str] | None = None) -> int:
     from extract.experts import create_expert, resolve_expert_names
-    from extract.run import RunOptions, _pick_device, run
+    from extract.run import RunOptions, _pick_device, _settings_for, run
 
     p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     items = [(i, str(manifest.paths[i])) for i in range(n)]
     names = resolve_expert_names(args.experts)
     overrides = parse_overrides(args.settings)
-    extra = {'weights': args.weights, **({'batch_size': args.batch_size} if args.batch_size else {})}
-    experts = [create_expert(name, **{**overrides, **extra}) for name in names]
+    routing = RunOptions(dataset=args.dataset, experts=names, data_root=args.data_root, weights=args.weights,
+                         batch_size=args.batch_size, settings=overrides)
+    experts = [create_expert(name, **_settings_for(name, routing)) for name in names]
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
     print(f'machine: {machine(device)}')
     print(f'{n} videos of {manifest.name}, {args.workers} decode processes, device {device}, weights {args.weights}')
@@ -101,19 +127,24 @@ def main(argv: list[str] | None = None) -> int:
     dec_all, frames_all = _decode_only(items, samplings, args.workers)
     rows: list[tuple[str, str, str]] = [('decode only (' + ', '.join(names) + ' sampling)', f'{dec_all:.1f} videos/s',
                                          f'{frames_all:.0f} frames decoded per video')]
-    per_video_rows: dict[str, float] = {}
-    model_rate: dict[str, float] = {}
+    video_rate: dict[str, float] = {}  # model-only, in videos/s
     decode_rate: dict[str, float] = {}
     for e in experts:
         e.load(device)
         decode_rate[e.name], _ = _decode_only(items, {e.name: samplings[e.name]}, args.workers)
         with DecodePool({e.name: samplings[e.name]}, workers=0) as pool:
-            per_video_rows[e.name] = float(np.mean([len(v.plans[e.name].index) for v in pool.imap(items[:8])
-                                                    if not v.error]))
-        model_rate[e.name] = _model_only(e)
-        unit = 'clips/s' if e.cfg.sampling == 'clips' else 'images/s'
-        rows.append((f'model only: {e.name} ({e.cfg.arch}, batch {e.cfg.batch_size})', f'{model_rate[e.name]:.1f} {unit}',
-                     f'= {model_rate[e.name] / per_video_rows[e.name]:.1f} videos/s at {per_video_rows[e.name]:.1f} rows/video'))
+            sample = [v for v in pool.imap(items[:8]) if not (v.audio_error if e.modality == 'audio' else v.error)]
+        if e.per_video:
+            rate, note = _process_only(e, sample)
+            rows.append((f'model only: {e.name} ({e.cfg.arch}, per video)', f'{rate:.2f} videos/s', note))
+            video_rate[e.name] = rate
+        else:
+            per_video = float(np.mean([len(v.plans[e.name].index) for v in sample]))
+            rate = _model_only(e)
+            unit = 'clips/s' if e.cfg.sampling == 'clips' else 'images/s'
+            video_rate[e.name] = rate / per_video
+            rows.append((f'model only: {e.name} ({e.cfg.arch}, batch {e.cfg.batch_size})', f'{rate:.1f} {unit}',
+                         f'= {video_rate[e.name]:.2f} videos/s at {per_video:.1f} rows/video'))
         e.model = None  # free it before the end-to-end runs load their own
     with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:
         sub = Path(tmp) / 'videos'
@@ -136,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f'end-to-end run for {target} failed with exit code {code}', file=sys.stderr)
                 return code
             rate = n / (time.perf_counter() - t0)
-            # experts share the device: the model-only limit is the time of all their rows per video
-            limit = 1.0 / sum(per_video_rows[s] / model_rate[s] for s in selected)
+            # experts share the device: the model-only limit adds up their time per video
+            limit = 1.0 / sum(1.0 / video_rate[s] for s in selected)
             decode = dec_all if target == 'all' else decode_rate[target]
             label = f'end to end: {" + ".join(selected)} (model loading included)'
             rows.append((label, f'{rate:.2f} videos/s',

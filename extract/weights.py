@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from shared.config import weights_dir
+
 __all__ = ['WeightsError', 'ResolvedWeights', 'resolve_weights', 'load_state_dict', 'weights_dir', 'offline',
            'sha256_file']
 
@@ -47,10 +49,6 @@ class ResolvedWeights:
         if self.random:
             return 'random'
         return self.spec if self.path is None or str(self.path) == self.spec else f'{self.spec} ({self.path})'
-
-
-def weights_dir() -> Path:
-    return Path(os.environ.get('VIDEOEXPERTS_WEIGHTS_DIR', Path.home() / '.cache' / 'videoexperts' / 'weights'))
 
 
 def offline() -> bool:

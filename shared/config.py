@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import yaml
 
 __all__ = ['ConfigError', 'from_dict', 'load_yaml', 'to_dict', 'parse_overrides',
-           'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default']
+           'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default', 'weights_dir']
 
 T = TypeVar('T')
 
@@ -22,6 +22,11 @@ DEFAULT_FEATURES_ROOT = 'features'
 def data_root_default() -> Path:
     """`$VIDEOEXPERTS_DATA_ROOT`, else ./data."""
     return Path(os.environ.get('VIDEOEXPERTS_DATA_ROOT', DEFAULT_DATA_ROOT))
+
+
+def weights_dir() -> Path:
+    """Checkpoints no library distributes: `$VIDEOEXPERTS_WEIGHTS_DIR`, else ~/.cache/videoexperts/weights."""
+    return Path(os.environ.get('VIDEOEXPERTS_WEIGHTS_DIR', Path.home() / '.cache' / 'videoexperts' / 'weights'))
 
 
 def features_root_default() -> Path:

@@ -1,0 +1,1 @@
+"""Stage 2: read expert stores, fit the retrieval models (MEE, CE, ...), evaluate, search."""

@@ -229,3 +229,29 @@ def test_whisper_path_end_to_end_with_a_tiny_model(tmp_path: Path, small_demo: P
                                    atol=1e-5)
     assert rows.status[1] == SKIPPED  # no audio stream
     assert check_store(store.path).exit_code == 0
+
+
+@pytest.mark.slow
+def test_all_seven_experts_on_the_demo(small_demo: Path, tmp_path: Path) -> None:
+    """`--expert all` on the demo: seven valid stores whose availability follows the demo's facts."""
+    from extract.experts import resolve_expert_names
+
+    names = resolve_expert_names('all')
+    assert names == ['object', 'action', 'scene', 'audio', 'face', 'ocr', 'speech']
+    light = ['--set', 'object.resize=[40]', '--set', 'object.input_size=32', '--set', 'scene.resize=[40]',
+             '--set', 'scene.input_size=32', '--set', 'action.resize=[40]', '--set', 'action.input_size=32',
+             '--set', 'action.clip_len=6', '--set', 'speech.max_tokens=4']
+    code = main(['--dataset', 'demo', '--data-root', str(small_demo.parent), '--features-root', str(tmp_path),
+                 '--expert', 'all', '--weights', 'random', '--workers', '1', '--chunk-size', '4', '--no-progress', *light])
+    assert code == 0
+    meta = json.loads((small_demo / 'demo.json').read_text())['videos']
+    avail = {}
+    for name in names:
+        path = tmp_path / 'demo' / f'{name}.zarr'
+        assert check_store(path).exit_code == 0, check_store(path).summary()
+        avail[name] = open_store(path, warn_random=False).read().available.tolist()
+    assert avail['face'] == [v['face'] for v in meta]  # faces only where the astronaut is
+    assert avail['ocr'] == [bool(v['word']) for v in meta]  # text where words were drawn
+    assert avail['audio'] == [v['audio'] for v in meta]
+    assert all(v['speech'] for v, a in zip(meta, avail['speech']) if a)  # speech only where it was generated
+    assert all(avail['object']) and all(avail['scene']) and all(avail['action'])

@@ -1,0 +1,72 @@
+"""The evaluation protocol against an independent implementation written here from its definition."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from train.metrics import format_results, ranks_to_metrics, retrieval_metrics
+
+
+def _reference(sims: np.ndarray, query_video: np.ndarray) -> dict[str, dict[str, float]]:
+    """Written from the protocol as the CE code states it: sort the distances, find every position
+    equal to the ground truth's, average those positions; v2t keeps a video's best caption."""
+    dists = -sims
+    t2v = []
+    for q in range(sims.shape[0]):
+        row = np.sort(dists[q])
+        t2v.append(np.where(row == dists[q, query_video[q]])[0].mean())
+    v2t = []
+    for v in range(sims.shape[1]):
+        caps = np.where(query_video == v)[0]
+        if len(caps) == 0:
+            continue
+        column = np.sort(dists[:, v])
+        v2t.append(min(np.where(column == dists[c, v])[0].mean() for c in caps))
+
+    def metrics(r: list[float]) -> dict[str, float]:
+        r = np.asarray(r)
+        return {'R1': 100 * np.mean(r == 0), 'R5': 100 * np.mean(r < 5), 'R10': 100 * np.mean(r < 10),
+                'R50': 100 * np.mean(r < 50), 'MdR': np.median(r) + 1, 'MnR': np.mean(r) + 1}
+    return {'t2v': metrics(t2v), 'v2t': metrics(v2t)}
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_equals_the_reference_with_ties_and_masked_captions(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_videos = int(rng.integers(5, 60))
+    per_video = rng.integers(0, 6, n_videos)  # 0 to 5 valid captions: some videos have none
+    query_video = np.repeat(np.arange(n_videos), per_video)
+    levels = int(rng.integers(2, 6))  # few distinct values: ties everywhere
+    sims = rng.integers(0, levels, (len(query_video), n_videos)).astype(np.float64)
+    if seed == 0:
+        sims[:] = 1.0  # all tied: the worst case for optimistic tie-breaking
+    ours = retrieval_metrics(sims, query_video, chunk_size=7)
+    ref = _reference(sims, query_video)
+    for d in ('t2v', 'v2t'):
+        for k, v in ref[d].items():
+            assert ours[d][k] == pytest.approx(v, abs=1e-9), (d, k)
+
+
+def test_chunking_and_torch_input_do_not_change_anything() -> None:
+    rng = np.random.default_rng(7)
+    qv = rng.integers(0, 40, 150)
+    sims = rng.standard_normal((150, 40)).round(1)
+    a = retrieval_metrics(sims, qv, chunk_size=1000)
+    b = retrieval_metrics(torch.from_numpy(sims).float().double(), qv, chunk_size=3)
+    assert a == b
+
+
+def test_tie_at_the_top_is_not_r1() -> None:
+    sims = np.array([[1.0, 1.0], [0.0, 1.0]])
+    m = retrieval_metrics(sims, [0, 1])
+    assert m['t2v']['R1'] == 50.0 and m['t2v']['R5'] == 100.0 and m['t2v']['MnR'] == pytest.approx(1.25)
+    assert ranks_to_metrics(np.array([0.5]))['R1'] == 0.0
+
+
+def test_results_table() -> None:
+    run = {'t2v': {'R1': 10.0, 'R5': 30.0, 'R10': 40.0, 'MdR': 16.0, 'MnR': 80.0},
+           'v2t': {'R1': 12.0, 'R5': 31.0, 'R10': 45.0, 'MdR': 12.0, 'MnR': 60.0}}
+    run2 = {d: {k: v + 1 for k, v in m.items()} for d, m in run.items()}
+    table = format_results({'CE': [run, run2]})
+    assert '| CE | 10.5 ± 0.5 |' in table and table.count('\n') == 2

@@ -1,0 +1,109 @@
+"""Model properties that the evaluation protocol relies on (DESIGN.md, "Missing experts")."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train.losses import hard_negative_triplet, info_nce, max_margin_ranking
+from train.models import ExpertSpec, ModelCfg, count_parameters, create_model
+from train.models.base import ExpertInput, TextInput
+from train.models.layers import NetVLAD
+
+EXPERTS = (ExpertSpec('object', 32), ExpertSpec('audio', 8, 'vlad', 4, 1, 6), ExpertSpec('face', 16, 'max'))
+VARIANTS = {'mee': dict(model='mee'), 'ce': dict(model='ce', projection=True, gating='collaborative'),
+            'ce-cg': dict(model='ce', projection=True), 'concat': dict(model='ce', fusion='concat'),
+            'ce-mw,pcg': dict(model='ce', mixture_weights=False)}
+
+
+def _videos(n: int, seed: int) -> dict[str, ExpertInput]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 7, (n,), generator=g)
+    return {
+        'object': ExpertInput(torch.randn(n, 32, generator=g), torch.rand(n, generator=g) > 0.2),
+        'audio': ExpertInput(torch.randn(n, 6, 8, generator=g), lengths > 0, torch.arange(6)[None] < lengths[:, None]),
+        'face': ExpertInput(torch.randn(n, 3, 16, generator=g), torch.rand(n, generator=g) > 0.5,
+                            torch.ones(n, 3, dtype=torch.bool)),
+    }
+
+
+def _take(video: dict[str, ExpertInput], idx: torch.Tensor) -> dict[str, ExpertInput]:
+    return {k: ExpertInput(v.x[idx], v.available[idx], None if v.mask is None else v.mask[idx]) for k, v in video.items()}
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(ModelCfg(experts=EXPERTS, embed_dim=24, text_dim=12, text_clusters=3, **VARIANTS[name]))
+    # a few training steps so that batch-norm statistics are not the identity
+    for _ in range(3):
+        model.train()
+        max_margin_ranking(model(_videos(8, 1), _texts(8, 1)), 0.1).backward()
+    return model.eval()
+
+
+def _texts(n: int, seed: int) -> TextInput:
+    g = torch.Generator().manual_seed(seed + 100)
+    return TextInput(torch.randn(n, 5, 12, generator=g), torch.arange(5)[None] < torch.randint(1, 6, (n, 1), generator=g))
+
+
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_scores_depend_only_on_their_pair(name: str) -> None:
+    model = _model(name)
+    videos, texts = _videos(10, 2), _texts(6, 2)
+    with torch.no_grad():
+        s = model(videos, texts)
+        perm = torch.randperm(10)
+        assert torch.allclose(model(_take(videos, perm), texts), s[:, perm], atol=1e-6)
+        other = _videos(10, 3)  # replace every video but 0 and 4
+        mixed = {k: ExpertInput(torch.cat([videos[k].x[[0]], other[k].x[1:4], videos[k].x[[4]], other[k].x[5:]]),
+                                torch.cat([videos[k].available[[0]], other[k].available[1:4], videos[k].available[[4]],
+                                           other[k].available[5:]]),
+                                None if videos[k].mask is None else torch.cat(
+                                    [videos[k].mask[[0]], other[k].mask[1:4], videos[k].mask[[4]], other[k].mask[5:]]))
+                 for k in videos}
+        s2 = model(mixed, texts)
+        assert torch.allclose(s2[:, [0, 4]], s[:, [0, 4]], atol=1e-6)
+        t1 = model.encode_text(texts)
+        model(_videos(3, 9), texts)
+        t2 = model.encode_text(texts)
+        assert torch.equal(t1.emb, t2.emb) and torch.equal(t1.weights, t2.weights)  # no video enters a text
+        assert torch.allclose(model.encode_text(TextInput(texts.x[:2], texts.mask[:2])).emb, t1.emb[:2], atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['mee', 'ce', 'ce-cg'])
+def test_a_missing_expert_changes_only_its_column(name: str) -> None:
+    model = _model(name)
+    videos, texts = _videos(7, 4), _texts(5, 4)
+    videos['object'].available[:] = True
+    with torch.no_grad():
+        before = model(videos, texts)
+        videos['object'].available[3] = False
+        after = model(videos, texts)
+    changed = (before - after).abs().amax(0) > 1e-7
+    assert changed.tolist() == [j == 3 for j in range(7)]
+
+
+def test_netvlad_ignores_padding() -> None:
+    torch.manual_seed(0)
+    vlad = NetVLAD(8, 4, 1)
+    vlad.train()
+    vlad(torch.randn(6, 5, 8), torch.ones(6, 5, dtype=torch.bool)).sum().backward()
+    vlad.eval()
+    x = torch.randn(2, 3, 8)
+    padded = torch.cat([x, 100 * torch.randn(2, 4, 8)], 1)
+    mask = torch.arange(7)[None].expand(2, 7) < 3
+    assert torch.allclose(vlad(padded, mask), vlad(x, torch.ones(2, 3, dtype=torch.bool)), atol=1e-6)
+
+
+def test_losses() -> None:
+    perfect = torch.eye(4)
+    assert max_margin_ranking(perfect, 0.2) == 0 and hard_negative_triplet(perfect, 0.2) == 0
+    flat = torch.zeros(4, 4)
+    assert max_margin_ranking(flat, 0.2) == pytest.approx(2 * 12 * 0.2 / 4)
+    assert hard_negative_triplet(flat, 0.2) == pytest.approx(0.4)
+    assert info_nce(10 * perfect, 1.0) < info_nce(flat, 1.0)
+
+
+def test_ablations_change_the_parameter_count() -> None:
+    counts = {n: count_parameters(_model(n))['total'] for n in VARIANTS}
+    assert counts['ce'] > counts['ce-cg'] == counts['mee'] > counts['ce-mw,pcg']
+    assert counts['concat'] < counts['mee']

@@ -1,0 +1,292 @@
+"""The training loop (open_clip style: small functions, a plain loop) and the run configs.
+
+A run directory holds the resolved config (config.yaml), per-epoch metrics (metrics.jsonl), the
+results table (results.md), TensorBoard logs (tb/), checkpoints (checkpoints/last.pt every epoch,
+best.pt for the selected epoch) and the test gallery's video embeddings (gallery.pt, for search).
+A run resumes exactly from last.pt: data order comes from a generator seeded by (seed, epoch).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from shared.config import from_dict, to_dict, weights_dir
+from shared.datasets import Manifest
+from shared.text import load_word_vectors
+from train.data import SplitData, load_split
+from train.losses import LOSSES
+from train.metrics import format_results, geometric_mean, retrieval_metrics
+from train.models import ModelCfg, RetrievalModel, create_model
+from train.models.base import TextEmbedding, VideoEmbedding
+
+__all__ = ['DataCfg', 'TrainCfg', 'RunCfg', 'train_run', 'evaluate', 'embed_videos', 'embed_texts', 'Lookahead',
+           'load_run_cfg', 'resolve_word_vectors']
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataCfg:
+    """What to train on.
+
+    Args:
+        dataset, split: a registered dataset and one of its splits.
+        word_vectors: word2vec file for captions: a path, ``{data_root}/...``, or a file name in the
+            weights directory.
+        max_words: caption padding length.
+    """
+
+    dataset: str = 'demo'
+    split: str = 'official'
+    word_vectors: str = 'GoogleNews-vectors-negative300.bin'
+    max_words: int = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCfg:
+    """Optimisation.
+
+    Args:
+        optimizer: ``adam``, ``adamw`` or ``ranger`` (RAdam + Lookahead, k=6, alpha=0.5, as CE).
+        lr, weight_decay, epochs, batch_size: as usual.
+        loss: ``max_margin``, ``hard_negative`` or ``info_nce``; margin / temperature for them.
+        lr_step, lr_gamma: multiply the learning rate by gamma every lr_step epochs (0: constant).
+        grad_clip: max gradient norm (0: none).
+        selection: ``geometric_mean`` of val R1/R5/R10 (CE), or ``last`` (a fixed epoch count, for
+            protocols without a validation set such as 1k-A).
+    """
+
+    optimizer: str = 'ranger'
+    lr: float = 0.01
+    weight_decay: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 64
+    loss: str = 'max_margin'
+    margin: float = 0.09
+    temperature: float = 0.05
+    lr_step: int = 0
+    lr_gamma: float = 0.95
+    grad_clip: float = 0.0
+    selection: str = 'geometric_mean'
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCfg:
+    data: DataCfg
+    model: ModelCfg
+    train: TrainCfg
+
+
+def load_run_cfg(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCfg:
+    """A run config from YAML (`yaml.safe_load`), with dotted-key overrides."""
+    with open(path, encoding='utf-8') as f:
+        data = yaml.safe_load(f) or {}
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, last = key.split('.')
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return from_dict(RunCfg, data, where=str(path))
+
+
+def resolve_word_vectors(spec: str, data_root: Path) -> Path:
+    if '{data_root}' in spec:
+        return Path(spec.replace('{data_root}', str(data_root)))
+    p = Path(spec).expanduser()
+    return p if p.is_absolute() or p.exists() else weights_dir() / spec
+
+
+class Lookahead:
+    """Lookahead (Zhang et al. 2019) around an optimiser: every k steps the slow weights move
+    alpha of the way to the fast ones, and the fast weights restart from there."""
+
+    def __init__(self, base: torch.optim.Optimizer, k: int = 6, alpha: float = 0.5) -> None:
+        self.base, self.k, self.alpha, self.steps = base, k, alpha, 0
+        self.slow = [p.detach().clone() for g in base.param_groups for p in g['params']]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.base.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.base.step()
+        self.steps += 1
+        if self.steps % self.k == 0:
+            for p, slow in zip((p for g in self.base.param_groups for p in g['params']), self.slow):
+                slow.add_(p - slow, alpha=self.alpha)
+                p.copy_(slow)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'base': self.base.state_dict(), 'slow': self.slow, 'steps': self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state['base'])
+        self.steps = state['steps']
+        for s, v in zip(self.slow, state['slow']):
+            s.copy_(v)
+
+
+def _optimizer(cfg: TrainCfg, model: torch.nn.Module) -> tuple[Any, torch.optim.Optimizer]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == 'adam':
+        base = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == 'adamw':
+        base = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == 'ranger':
+        base = torch.optim.RAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return Lookahead(base, k=6, alpha=0.5), base
+    else:
+        raise ValueError(f'unknown optimizer {cfg.optimizer!r} (adam, adamw, ranger)')
+    return base, base
+
+
+@torch.no_grad()
+def embed_videos(model: RetrievalModel, data: SplitData, device: torch.device, batch: int = 256) -> VideoEmbedding:
+    parts = [model.encode_video({k: v.to(device) for k, v in data.videos(np.arange(s, min(s + batch, len(data)))).items()})
+             for s in range(0, len(data), batch)]
+    return VideoEmbedding(torch.cat([p.emb for p in parts]), torch.cat([p.available for p in parts]))
+
+
+@torch.no_grad()
+def embed_texts(model: RetrievalModel, data: SplitData, captions: np.ndarray, device: torch.device,
+                batch: int = 512) -> TextEmbedding:
+    parts = [model.encode_text(data.captions.batch(captions[s:s + batch]).to(device))
+             for s in range(0, len(captions), batch)]
+    return TextEmbedding(torch.cat([p.emb for p in parts]), torch.cat([p.weights for p in parts]))
+
+
+class _Scores:
+    """The [queries x videos] similarity, scored a block of queries at a time (bounded memory)."""
+
+    def __init__(self, model: RetrievalModel, text: TextEmbedding, video: VideoEmbedding) -> None:
+        self.model, self.text, self.video = model, text, video
+        self.shape = (text.emb.shape[0], video.emb.shape[0])
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        t = TextEmbedding(self.text.emb[rows], self.text.weights[rows])
+        return self.model.similarity(t, self.video).float()
+
+
+@torch.no_grad()
+def evaluate(model: RetrievalModel, data: SplitData, device: torch.device) -> dict[str, dict[str, float]]:
+    """The split part's protocol: its query captions against all its videos."""
+    model.eval()
+    video = embed_videos(model, data, device)
+    text = embed_texts(model, data, data.query, device)
+    return retrieval_metrics(_Scores(model, text, video), data.caption_video[data.query], chunk_size=1024)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
+              device: str = 'cpu', progress: bool = True) -> dict[str, dict[str, float]]:
+    """Train (or resume) one seed in `run_dir`; returns the test metrics of the selected epoch."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    dev = torch.device(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / 'config.yaml').write_text(yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False))
+    wv = load_word_vectors(resolve_word_vectors(cfg.data.word_vectors, data_root))
+    experts = cfg.model.experts
+    split = manifest.split(cfg.data.split)
+    train = load_split(manifest, cfg.data.split, 'train', features_root, experts, wv, cfg.data.max_words, False)
+    val = (load_split(manifest, cfg.data.split, 'val', features_root, experts, wv, cfg.data.max_words)
+           if split.val and cfg.train.selection == 'geometric_mean' else None)
+    test = load_split(manifest, cfg.data.split, 'test', features_root, experts, wv, cfg.data.max_words)
+    if train.random_weights:
+        _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
+    _seed_all(seed)
+    model = create_model(cfg.model).to(dev)
+    opt, base = _optimizer(cfg.train, model)
+    sched = torch.optim.lr_scheduler.StepLR(base, cfg.train.lr_step, cfg.train.lr_gamma) if cfg.train.lr_step else None
+    loss_fn = LOSSES[cfg.train.loss]
+    loss_arg = cfg.train.temperature if cfg.train.loss == 'info_nce' else cfg.train.margin
+    ckpt_dir = run_dir / 'checkpoints'
+    ckpt_dir.mkdir(exist_ok=True)
+    start, best = 0, -math.inf
+    if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
+        state = torch.load(ckpt_dir / 'last.pt', map_location=dev, weights_only=True)
+        model.load_state_dict(state['model'])
+        opt.load_state_dict(state['optimizer'])
+        if sched is not None:
+            sched.load_state_dict(state['scheduler'])
+        torch.set_rng_state(state['torch_rng'])
+        start, best = state['epoch'] + 1, state['best']
+        print(f'resuming {run_dir} at epoch {start + 1}')
+    tb = SummaryWriter(str(run_dir / 'tb'))
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=dev.type == 'cuda')
+    steps_per_epoch = len(train) // cfg.train.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f'batch_size {cfg.train.batch_size} is larger than the {len(train)} training videos')
+    for epoch in range(start, cfg.train.epochs):
+        model.train()
+        rng = np.random.default_rng([seed, epoch])
+        t0, total = time.time(), 0.0
+        bar = tqdm(train.train_batches(cfg.train.batch_size, rng), total=steps_per_epoch, disable=not progress,
+                   desc=f'epoch {epoch + 1}/{cfg.train.epochs}', unit='batch', leave=False)
+        for video, text in bar:
+            with autocast:
+                sims = model({k: v.to(dev) for k, v in video.items()}, text.to(dev))
+            loss = loss_fn(sims.float(), loss_arg)
+            opt.zero_grad()
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            total += float(loss.detach())
+            bar.set_postfix(loss=f'{total / max(bar.n + 1, 1):.4f}', pairs_s=f'{cfg.train.batch_size * bar.n / max(time.time() - t0, 1e-6):.0f}')
+        if sched is not None:
+            sched.step()
+        record: dict[str, Any] = {'epoch': epoch + 1, 'train/loss': total / steps_per_epoch,
+                                  'train/seconds': time.time() - t0, 'lr': base.param_groups[0]['lr']}
+        tb.add_scalar('train/loss', record['train/loss'], epoch + 1)
+        if val is not None:
+            m = evaluate(model, val, dev)
+            score = geometric_mean([m['t2v']['R1'], m['t2v']['R5'], m['t2v']['R10']])
+            record.update({f'val/{d}/{k}': v for d in m for k, v in m[d].items()}, **{'val/selection': score})
+            for d in m:
+                for k in ('R1', 'R5', 'R10', 'MdR'):
+                    tb.add_scalar(f'val/{d}/{k}', m[d][k], epoch + 1)
+            if score > best:
+                best = score
+                torch.save({'model': model.state_dict(), 'epoch': epoch}, ckpt_dir / 'best.pt')
+        torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'epoch': epoch, 'best': best,
+                    'scheduler': sched.state_dict() if sched is not None else None,
+                    'torch_rng': torch.get_rng_state()}, ckpt_dir / 'last.pt')
+        with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
+            f.write(json.dumps(record) + '\n')
+        if progress:
+            shown = f', val geometric mean {record["val/selection"]:.2f}' if val is not None else ''
+            print(f'epoch {epoch + 1}/{cfg.train.epochs}: loss {record["train/loss"]:.4f}{shown} '
+                  f'({record["train/seconds"]:.1f} s)')
+    tb.close()
+    chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
+    model.load_state_dict(torch.load(ckpt_dir / chosen, map_location=dev, weights_only=True)['model'])
+    result = evaluate(model, test, dev)
+    video = embed_videos(model, test, dev)
+    torch.save({'video_ids': test.video_ids, 'emb': video.emb.cpu(), 'available': video.available.cpu(),
+                'checkpoint': chosen}, run_dir / 'gallery.pt')
+    (run_dir / 'test_metrics.json').write_text(json.dumps(result, indent=1))
+    (run_dir / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seed {seed}\n\n'
+                                        f'Checkpoint: {chosen}\n\n' + format_results({cfg.model.model: [result]}) + '\n')
+    return result

@@ -1,0 +1,103 @@
+"""`python -m train`: train and evaluate a retrieval model, or count its parameters.
+
+    python -m train --model ce --dataset demo
+    python -m train --model ce --dataset msrvtt --split full --seeds 0,1,2
+    python -m train --config pipelines/configs/train/ce_msrvtt_full.yaml --count-params
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
+from shared.datasets import DatasetError, load_manifest
+from shared.store import StoreError
+from train.loop import RunCfg, load_run_cfg, train_run
+from train.metrics import format_results
+from train.models import count_parameters, create_model
+
+__all__ = ['main', 'config_path', 'CONFIG_DIR']
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / 'pipelines' / 'configs' / 'train'
+
+
+def config_path(model: str, dataset: str, split: str | None) -> Path:
+    """pipelines/configs/train/{model}_{dataset}[_{split}].yaml, the most specific that exists."""
+    names = ([f'{model}_{dataset}_{split}'] if split else []) + [f'{model}_{dataset}']
+    for name in names:
+        p = CONFIG_DIR / f'{name.replace("-", "_").lower()}.yaml'
+        if p.is_file():
+            return p
+    known = sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))
+    raise ConfigError(f'no config for model {model} on {dataset}{" " + split if split else ""} in {CONFIG_DIR} '
+                      f'(known: {", ".join(known)}); pass --config FILE')
+
+
+def _count(cfg: RunCfg) -> int:
+    model = create_model(cfg.model)
+    counts = count_parameters(model)
+    print(f'parameters: {counts.pop("total")} ({sum(counts.values()) / 1e6:.2f}M)')
+    for name, n in counts.items():
+        print(f'  {name:<14} {n:>12}  ({n / 1e6:.2f}M)')
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m train', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    p.add_argument('--model', help='mee or ce (with --dataset picks pipelines/configs/train/MODEL_DATASET.yaml)')
+    p.add_argument('--dataset', help='a registered dataset (default: demo)')
+    p.add_argument('--split', help="the dataset's split (default: the config's)")
+    p.add_argument('--config', type=Path, help='a run config YAML (data, model, train)')
+    p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a config value, e.g. train.epochs=5 or model.embed_dim=512')
+    p.add_argument('--seeds', default='0', help='comma list of seeds; results are mean +- std (default: 0)')
+    p.add_argument('--data-root', type=Path, default=data_root_default())
+    p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--run-dir', type=Path, default=None, help='default: runs/MODEL-DATASET-SPLIT')
+    p.add_argument('--device', default='auto', help='auto, cpu, cuda')
+    p.add_argument('--count-params', action='store_true', help='build the model from its config and count parameters')
+    p.add_argument('--no-progress', action='store_true')
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        overrides = parse_overrides(args.settings)
+        if args.split:
+            overrides['data.split'] = args.split
+        if args.config is None:
+            if not args.model:
+                p.error('give --model (and --dataset) or --config')
+            args.config = config_path(args.model, args.dataset or 'demo', args.split)
+        if args.dataset:
+            overrides['data.dataset'] = args.dataset
+        cfg = load_run_cfg(args.config, overrides)
+        if args.model and cfg.model.model != args.model:
+            raise ConfigError(f'{args.config} is a {cfg.model.model} config, not {args.model}')
+        if args.count_params:
+            return _count(cfg)
+        import torch
+
+        device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device
+        manifest = load_manifest(cfg.data.dataset, args.data_root)
+        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+        base = args.run_dir or Path('runs') / f'{cfg.model.model}-{cfg.data.dataset}-{cfg.data.split}'
+        results = []
+        for seed in seeds:
+            run_dir = base / f'seed{seed}'
+            print(f'training {cfg.model.model} on {cfg.data.dataset}/{cfg.data.split}, seed {seed}, {device} -> {run_dir}')
+            results.append(train_run(cfg, manifest, args.features_root, args.data_root, run_dir, seed, device,
+                                     progress=not args.no_progress))
+        table = format_results({cfg.model.model: results})
+        (base / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seeds '
+                                         f'{args.seeds}\n\n{table}\n')
+        print(table)
+        return 0
+    except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

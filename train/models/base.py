@@ -1,0 +1,79 @@
+"""The retrieval-model contract: video and text are encoded separately into per-expert embeddings;
+their similarity mixes the experts per (text, video) pair (MEE eq. 5, CE sec. 3.2.1).
+
+s(t, v) = sum_m w_m(t) a_m(v) <t_m, v_m> / sum_m w_m(t) a_m(v)
+
+where w(t) are the text's mixture weights and a(v) the video's expert availability: a missing
+expert only changes the scores of pairs that contain its video, and a text embedding never
+depends on any video (the "missing experts" bug of CE appendix A.1 cannot occur).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+__all__ = ['ExpertInput', 'TextInput', 'VideoEmbedding', 'TextEmbedding', 'RetrievalModel', 'mixture_similarity']
+
+
+@dataclasses.dataclass
+class ExpertInput:
+    """One expert for a batch of videos: aggregated (B, D) or tokens (B, L, D) + mask (B, L)."""
+
+    x: torch.Tensor
+    available: torch.Tensor  # (B,) bool
+    mask: torch.Tensor | None = None
+    times: torch.Tensor | None = None  # (B, L, 2) seconds, for models that use time
+
+    def to(self, device: torch.device | str) -> ExpertInput:
+        return ExpertInput(*(None if (t := getattr(self, f.name)) is None else t.to(device)
+                             for f in dataclasses.fields(self)))
+
+
+@dataclasses.dataclass
+class TextInput:
+    """Captions: word vectors (T, L, D) + mask, or sub-word ids (T, L) + mask."""
+
+    x: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> TextInput:
+        return TextInput(self.x.to(device), self.mask.to(device))
+
+
+@dataclasses.dataclass
+class VideoEmbedding:
+    emb: torch.Tensor  # (V, M, d), L2-normalised per expert
+    available: torch.Tensor  # (V, M) bool
+
+
+@dataclasses.dataclass
+class TextEmbedding:
+    emb: torch.Tensor  # (T, M, d)
+    weights: torch.Tensor  # (T, M), sum to one
+
+
+def mixture_similarity(text: TextEmbedding, video: VideoEmbedding) -> torch.Tensor:
+    """(T, V) scores with the mixture weights renormalised over each video's available experts."""
+    per_expert = torch.einsum('tmd,vmd->tvm', text.emb, video.emb)
+    w = text.weights[:, None, :] * video.available[None, :, :].to(text.weights.dtype)  # (T, V, M)
+    return (w * per_expert).sum(-1) / w.sum(-1).clamp(min=1e-8)
+
+
+class RetrievalModel(nn.Module):
+    """Base class: subclasses implement `encode_video` and `encode_text`."""
+
+    experts: list[str]
+
+    def encode_video(self, video: dict[str, ExpertInput]) -> VideoEmbedding:
+        raise NotImplementedError
+
+    def encode_text(self, text: TextInput) -> TextEmbedding:
+        raise NotImplementedError
+
+    def similarity(self, text: TextEmbedding, video: VideoEmbedding) -> torch.Tensor:
+        return mixture_similarity(text, video)
+
+    def forward(self, video: dict[str, ExpertInput], text: TextInput) -> torch.Tensor:
+        return self.similarity(self.encode_text(text), self.encode_video(video))

@@ -1,0 +1,72 @@
+"""Collaborative Experts (Liu et al. 2019, sec. 3) and the ablations of its Table 6.
+
+Video: aggregated experts -> ReduceDim to a common size -> collaborative gating (eq. 1-2), with
+g = Linear(2d -> d) then 2 x [BN, Mish, Linear] shared over all ordered pairs (self included,
+missing experts excluded), h the identity, and each expert gated as
+x * sigmoid(BN(T) + BN(W x + b)), then L2-normalised (DESIGN.md). Text: as MEE.
+Ablations (ModelCfg switches): concat (fusion=concat), CE - MW,PCG (no projection, no mixture
+weights, context gating), MoEE (no projection, context gating), CE - CG (projection, context gating).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.models.base import ExpertInput, VideoEmbedding
+from train.models.layers import GEM, ContextGating, ReduceDim
+from train.models.mee import MEE, _agg_dim
+
+__all__ = ['CE', 'CollaborativeGating']
+
+
+class CollaborativeGating(nn.Module):
+    """T_i = sum_j a_j g([x_i, x_j]); x_i <- normalise(x_i * sigmoid(BN_i(T_i) + BN'_i(W_i x_i + b_i)))."""
+
+    def __init__(self, n_experts: int, dim: int) -> None:
+        super().__init__()
+        self.g = nn.Sequential(nn.Linear(2 * dim, dim),
+                               nn.BatchNorm1d(dim), nn.Mish(), nn.Linear(dim, dim),
+                               nn.BatchNorm1d(dim), nn.Mish(), nn.Linear(dim, dim))
+        self.fc = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_experts))
+        self.bn_t = nn.ModuleList(nn.BatchNorm1d(dim) for _ in range(n_experts))
+        self.bn_x = nn.ModuleList(nn.BatchNorm1d(dim) for _ in range(n_experts))
+
+    def forward(self, x: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        b, m, d = x.shape
+        pairs = torch.cat([x[:, :, None].expand(b, m, m, d), x[:, None, :].expand(b, m, m, d)], -1)
+        rel = self.g(pairs.reshape(b * m * m, 2 * d)).reshape(b, m, m, d)
+        t = (rel * available[:, None, :, None].to(rel.dtype)).sum(2)  # only the video's own experts
+        out = [F.normalize(x[:, i] * torch.sigmoid(self.bn_t[i](t[:, i]) + self.bn_x[i](self.fc[i](x[:, i]))), dim=-1)
+               for i in range(m)]
+        return torch.stack(out, 1)
+
+
+class CE(MEE):
+    def build_video(self) -> None:
+        cfg = self.cfg
+        if cfg.fusion == 'concat':
+            self.video_gem = nn.ModuleList([GEM(sum(_agg_dim(e) for e in cfg.experts), cfg.embed_dim)])
+        elif cfg.projection:
+            self.reduce = nn.ModuleList(ReduceDim(_agg_dim(e), cfg.embed_dim) for e in cfg.experts)
+            if cfg.gating == 'collaborative':
+                self.cg = CollaborativeGating(len(cfg.experts), cfg.embed_dim)
+            else:
+                self.context = nn.ModuleList(ContextGating(cfg.embed_dim) for _ in cfg.experts)
+        else:
+            super().build_video()
+
+    def encode_video(self, video: dict[str, ExpertInput]) -> VideoEmbedding:
+        cfg = self.cfg
+        if cfg.fusion == 'concat':
+            feats, avail = self.aggregated(video)
+            return VideoEmbedding(self.video_gem[0](torch.cat(feats, -1))[:, None], avail.any(1, keepdim=True))
+        if not cfg.projection:
+            return super().encode_video(video)
+        feats, avail = self.aggregated(video)
+        x = torch.stack([r(f) for r, f in zip(self.reduce, feats)], 1)
+        if cfg.gating == 'collaborative':
+            x = self.cg(x, avail)
+        else:
+            x = torch.stack([F.normalize(cg(x[:, i]), dim=-1) for i, cg in enumerate(self.context)], 1)
+        return VideoEmbedding(x, avail)

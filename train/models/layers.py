@@ -1,0 +1,97 @@
+"""Layers shared by the retrieval models: GEM and context gating (MEE sec. 3.4), NetVLAD with
+ghost clusters and a real padding mask, ReduceDim."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ['ContextGating', 'GEM', 'NetVLAD', 'ReduceDim', 'masked_mean', 'masked_max']
+
+
+class ContextGating(nn.Module):
+    """Z * sigmoid(W Z + b) (MEE eq. 2)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(x))
+
+
+class GEM(nn.Module):
+    """Gated embedding module: Linear -> context gating -> L2 normalisation (MEE eqs. 1-3)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.cg = ContextGating(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.cg(self.fc(x)), dim=-1)
+
+
+class ReduceDim(nn.Module):
+    """Linear projection to the common dimension, L2-normalised over the feature axis (CE sec. 3.1)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.fc(x), dim=-1)
+
+
+class NetVLAD(nn.Module):
+    """NetVLAD (Arandjelovic et al.) with ghost clusters (GhostVLAD): soft-assign every valid token
+    to K + G clusters, keep the residuals of the K real ones, intra- and L2-normalise.
+
+    Padding tokens (mask False) get no assignment at all, so the output of a padded sequence
+    equals that of the unpadded one (the reference code ignored its mask).
+    """
+
+    def __init__(self, dim: int, clusters: int, ghost_clusters: int = 0) -> None:
+        super().__init__()
+        self.dim, self.clusters, self.ghosts = dim, clusters, ghost_clusters
+        init = 1.0 / math.sqrt(dim)
+        self.assign = nn.Linear(dim, clusters + ghost_clusters, bias=False)
+        self.bn = nn.BatchNorm1d(clusters + ghost_clusters)
+        self.centroids = nn.Parameter(init * torch.randn(clusters, dim))
+
+    @property
+    def out_dim(self) -> int:
+        return self.dim * self.clusters
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D), mask (B, L) bool -> (B, K * D)."""
+        b, n, d = x.shape
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
+        logits = self.assign(x)  # (B, L, K+G)
+        flat = logits.reshape(b * n, -1)
+        if self.training:  # batch statistics from real tokens only: padding must not shift them
+            idx = torch.nonzero(mask.reshape(-1))[:, 0]
+            real = flat[idx]
+            normed = flat.new_zeros(flat.shape).index_put((idx,), self.bn(real) if len(idx) > 1 else real)
+        else:
+            normed = self.bn(flat)
+        soft = F.softmax(normed.reshape(b, n, -1), dim=-1)[..., : self.clusters]
+        soft = soft * mask[..., None].to(soft.dtype)
+        vlad = torch.einsum('blk,bld->bkd', soft, x) - soft.sum(1)[..., None] * self.centroids[None]
+        vlad = F.normalize(vlad, dim=-1)
+        return F.normalize(vlad.reshape(b, -1), dim=-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid rows: x (B, L, D), mask (B, L) -> (B, D); zero where nothing is valid."""
+    m = mask[..., None].to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over valid rows; zero where nothing is valid."""
+    filled = x.masked_fill(~mask[..., None], float('-inf')).amax(1)
+    return torch.where(mask.any(1, keepdim=True), filled, torch.zeros_like(filled))

@@ -1,0 +1,76 @@
+"""Mixture of Embedding Experts (Miech et al. 2018, sec. 3): per-expert gated embeddings on both
+sides, NetVLAD over the caption's word vectors, text-dependent mixture weights."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.models.base import ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
+from train.models.config import ExpertSpec, ModelCfg
+from train.models.layers import GEM, NetVLAD, masked_max, masked_mean
+
+__all__ = ['MEE', 'aggregate']
+
+
+def aggregate(spec: ExpertSpec, inp: ExpertInput, vlad: nn.Module | None) -> torch.Tensor:
+    """An expert's temporal aggregation h_i: mean, max or NetVLAD (the data may pre-aggregate)."""
+    x = inp.x
+    if spec.aggregation == 'vlad':
+        assert vlad is not None and inp.mask is not None
+        return vlad(x, inp.mask)
+    if x.ndim == 2:
+        return x
+    mask = inp.mask if inp.mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return masked_max(x, mask) if spec.aggregation == 'max' else masked_mean(x, mask)
+
+
+def _agg_dim(spec: ExpertSpec) -> int:
+    return spec.dim * spec.clusters if spec.aggregation == 'vlad' else spec.dim
+
+
+class MEE(RetrievalModel):
+    """s(X, Y) = sum_i w_i(X) <f_i(h(X)), g_i(h_i(I_i))>, weights renormalised over available experts."""
+
+    def __init__(self, cfg: ModelCfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.experts = [e.name for e in cfg.experts]
+        self.video_vlad = nn.ModuleDict({_key(e.name): NetVLAD(e.dim, e.clusters, e.ghost_clusters)
+                                         for e in cfg.experts if e.aggregation == 'vlad'})
+        self.text_vlad = NetVLAD(cfg.text_dim, cfg.text_clusters, cfg.text_ghost_clusters)
+        n_out = 1 if cfg.fusion == 'concat' else len(cfg.experts)
+        self.text_gem = nn.ModuleList(GEM(self.text_vlad.out_dim, cfg.embed_dim) for _ in range(n_out))
+        self.mixture = nn.Linear(self.text_vlad.out_dim, n_out) if cfg.mixture_weights and n_out > 1 else None
+        self.build_video()
+
+    def build_video(self) -> None:
+        self.video_gem = nn.ModuleList(GEM(_agg_dim(e), self.cfg.embed_dim) for e in self.cfg.experts)
+
+    def aggregated(self, video: dict[str, ExpertInput]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-expert aggregated features (zero where missing) and availability (V, M)."""
+        feats, avail = [], []
+        for e in self.cfg.experts:
+            inp = video[e.name]
+            x = aggregate(e, inp, self.video_vlad[_key(e.name)] if e.aggregation == 'vlad' else None)
+            feats.append(x * inp.available[:, None].to(x.dtype))
+            avail.append(inp.available)
+        return feats, torch.stack(avail, 1)
+
+    def encode_video(self, video: dict[str, ExpertInput]) -> VideoEmbedding:
+        feats, avail = self.aggregated(video)
+        emb = torch.stack([gem(x) for gem, x in zip(self.video_gem, feats)], 1)
+        return VideoEmbedding(emb, avail)
+
+    def encode_text(self, text: TextInput) -> TextEmbedding:
+        h = self.text_vlad(text.x, text.mask)
+        emb = torch.stack([gem(h) for gem in self.text_gem], 1)
+        if self.mixture is not None:
+            weights = F.softmax(self.mixture(h), dim=-1)
+        else:
+            weights = torch.full(emb.shape[:2], 1.0 / emb.shape[1], device=emb.device, dtype=emb.dtype)
+        return TextEmbedding(emb, weights)
+
+
+def _key(name: str) -> str:
+    return name.replace('.', '_')  # ModuleDict keys cannot hold dots

@@ -1,0 +1,82 @@
+"""Text-to-video search over a trained run's gallery (its test videos, embedded once at the end
+of training and saved as gallery.pt).
+
+    python -m train.search --run runs/ce-demo-official --query "a cat while the camera zooms in" -k 5
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from shared.config import ConfigError, data_root_default, from_dict
+from shared.text import load_word_vectors, split_words
+from train.loop import RunCfg, resolve_word_vectors
+from train.models import create_model
+from train.models.base import TextInput, VideoEmbedding
+
+__all__ = ['Searcher', 'main']
+
+
+class Searcher:
+    """A run's model and gallery, loaded once; `search` ranks the gallery for free text."""
+
+    def __init__(self, run: Path, data_root: Path) -> None:
+        if not (run / 'config.yaml').is_file():
+            seeds = sorted(run.glob('seed*/config.yaml'))
+            if not seeds:
+                raise ConfigError(f'{run} is not a run directory (no config.yaml)')
+            run = seeds[0].parent
+        raw = yaml.safe_load((run / 'config.yaml').read_text())
+        raw.pop('seed', None)
+        self.cfg: RunCfg = from_dict(RunCfg, raw, where=str(run / 'config.yaml'))
+        gallery_path = run / 'gallery.pt'
+        if not gallery_path.is_file():
+            raise ConfigError(f'{run} has no gallery.pt: the run has not finished')
+        gallery = torch.load(gallery_path, map_location='cpu', weights_only=True)
+        self.model = create_model(self.cfg.model).eval()
+        state = torch.load(run / 'checkpoints' / gallery['checkpoint'], map_location='cpu', weights_only=True)
+        self.model.load_state_dict(state['model'])
+        self.video_ids: list[str] = list(gallery['video_ids'])
+        self.gallery = VideoEmbedding(gallery['emb'], gallery['available'])
+        self.wv = load_word_vectors(resolve_word_vectors(self.cfg.data.word_vectors, data_root))
+
+    @torch.no_grad()
+    def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
+        words = [w for w in split_words(query) if self.wv.lookup(w) is not None][: self.cfg.data.max_words]
+        x = np.zeros((1, self.cfg.data.max_words, self.wv.dim), np.float32)
+        for i, w in enumerate(words):
+            x[0, i] = self.wv.lookup(w)
+        mask = torch.zeros(1, self.cfg.data.max_words, dtype=torch.bool)
+        mask[0, : len(words)] = True
+        text = self.model.encode_text(TextInput(torch.from_numpy(x), mask))
+        scores = self.model.similarity(text, self.gallery)[0]
+        top = torch.topk(scores, min(k, len(self.video_ids)))
+        return [(self.video_ids[i], float(s)) for s, i in zip(top.values, top.indices)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m train.search', description=__doc__.split('\n\n')[0])
+    p.add_argument('--run', type=Path, required=True, help='a run directory (runs/MODEL-DATASET-SPLIT[/seedN])')
+    p.add_argument('--query', action='append', required=True, help='free text; repeat for several queries')
+    p.add_argument('-k', type=int, default=10, help='results per query (default: 10)')
+    p.add_argument('--data-root', type=Path, default=data_root_default())
+    args = p.parse_args(argv)
+    try:
+        searcher = Searcher(args.run, args.data_root)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    for q in args.query:
+        print(f'query: {q}')
+        for rank, (vid, score) in enumerate(searcher.search(q, args.k), start=1):
+            print(f'  {rank:>3}. {vid}  {score:.4f}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
