@@ -18,11 +18,15 @@ EXPERT        ?= all
 SHARD         ?=
 NUM_SHARDS    ?=
 EXTRACT_ARGS  ?=
+MODEL         ?= ce
+SPLIT         ?=
+SEEDS         ?= 0
+TRAIN_ARGS    ?=
 VIDEOS        ?= 120
 SEED          ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo demo-data extract experts bench check datasets clean clean-venv
+.PHONY: help setup test test-fast demo demo-data extract experts train check datasets clean clean-venv
 
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
@@ -49,7 +53,8 @@ test-fast: $(STAMP) ## run the tests not marked slow
 	$(PY) -m pytest -m 'not slow'
 
 demo: $(STAMP) ## run the main job on the embedded demo data
-	$(PY) -m pipelines.demo --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) --videos $(VIDEOS) --seed $(SEED)
+	$(PY) -m pipelines.demo --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) --videos $(VIDEOS) --seed $(SEED) \
+		--runs runs/demo --report reports/demo
 
 demo-data: $(STAMP) ## generate only the demo dataset (DATA_ROOT/demo)
 	$(PY) -m shared.datasets.demo --out $(DATA_ROOT)/demo --videos $(VIDEOS) --seed $(SEED)
@@ -62,6 +67,16 @@ $(DEMO_DATA): | $(STAMP)
 extract: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_DATA)) ## extract EXPERT (one, a comma list, or all) for DATASET [SHARD= NUM_SHARDS= EXTRACT_ARGS=]
 	$(PY) -m extract --dataset $(DATASET) --expert $(EXPERT) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) \
 		$(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS)) $(EXTRACT_ARGS)
+
+# the demo's stores: every expert, random weights where the weights do not ship in a wheel
+DEMO_STORES   := $(FEATURES_ROOT)/demo/.extracted
+$(DEMO_STORES): $(DEMO_DATA)
+	$(PY) -m extract --dataset demo --expert all --weights random --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
+	touch $@
+
+train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (mee, ce) on DATASET [SPLIT= SEEDS=0,1,2 TRAIN_ARGS=]; the demo by default
+	$(PY) -m train --model $(MODEL) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) --seeds $(SEEDS) \
+		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(TRAIN_ARGS)
 
 experts: $(STAMP) ## list the experts, their models, sampling and weights
 	$(PY) -m extract --list
