@@ -128,7 +128,7 @@ class SpeechExpert(VideoExpert):
                 if word:  # whisper's word times can overshoot the clip by a frame: keep them inside it
                     start = float(min(max(w['start'], 0.0), duration))
                     tokens.append({'word': word, 'start': start, 'end': float(min(max(w['end'], start), duration)),
-                                   'conf': float(w.get('probability', 0.0))})
+                                   'conf': round(float(w.get('probability', 0.0)), 4)})  # float noise below
         return words_result(tokens, self.wv, self.cfg.max_rows)
 
 
