@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from shared.config import from_dict, to_dict, weights_dir
+from shared.config import load_yaml, to_dict, weights_dir
 from shared.datasets import Manifest
 from shared.text import load_word_vectors
 from train.data import SplitData, load_split
@@ -89,15 +89,7 @@ class RunCfg:
 
 def load_run_cfg(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCfg:
     """A run config from YAML (`yaml.safe_load`), with dotted-key overrides."""
-    with open(path, encoding='utf-8') as f:
-        data = yaml.safe_load(f) or {}
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, last = key.split('.')
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return from_dict(RunCfg, data, where=str(path))
+    return load_yaml(RunCfg, path, overrides)
 
 
 def resolve_word_vectors(spec: str, data_root: Path) -> Path:
