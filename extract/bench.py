@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(args.settings)
     routing = RunOptions(dataset=args.dataset, experts=names, data_root=args.data_root, weights=args.weights,
                          batch_size=args.batch_size, settings=overrides)
-    experts = [create_expert(name, **_settings_for(name, routing)) for name in names]
+    resolved = {name: _settings_for(name, routing) for name in names}  # dataset presets included
+    experts = [create_expert(name, **resolved[name]) for name in names]
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
     print(f'machine: {machine(device)}')
     print(f'{n} videos of {manifest.name}, {args.workers} decode processes, device {device}, weights {args.weights}')
@@ -153,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             os.symlink(os.path.abspath(path), sub / f'{i:06d}{Path(path).suffix}')
         for target in [*names, 'all'] if len(names) > 1 else names:
             selected = names if target == 'all' else [target]
+            # the end-to-end runs read a folder of links: give them exactly the settings measured above
+            settings = {f'{n}.{k}': v for n in selected for k, v in resolved[n].items()}
             opts = RunOptions(dataset=f'folder:{sub}', experts=list(selected), features_root=Path(tmp) / target,
-                              device=device, batch_size=args.batch_size, weights=args.weights, settings=overrides,
-                              workers=args.workers, progress=False)
+                              device=device, settings=settings, workers=args.workers, progress=False)
             t0 = time.perf_counter()
             with open(os.devnull, 'w') as null:
                 stdout, sys.stdout = sys.stdout, null
