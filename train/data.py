@@ -135,7 +135,11 @@ def load_split(manifest: Manifest, split: str, part: str, features_root: Path, e
         path = store_path(features_root, manifest.name, spec.name)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always', RandomWeightsWarning)
-            store = open_store(path)
+            try:
+                store = open_store(path)
+            except StoreError as err:
+                raise StoreError(f'{err}; extract it first: python -m extract --dataset {manifest.name} '
+                                 f'--expert {spec.name}') from None
         if caught:
             random_weights.append(spec.name)
         rows = store.read(ids=ids)
