@@ -121,3 +121,13 @@ def test_count_params_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert 'epoks' in capsys.readouterr().err
     assert train_main(['--model', 'mmt', '--dataset', 'demo']) == 1
     assert 'no config for model mmt' in capsys.readouterr().err
+
+
+def test_every_shipped_config_builds(capsys: pytest.CaptureFixture) -> None:
+    from train.main import CONFIG_DIR
+
+    configs = sorted(CONFIG_DIR.glob('*.yaml'))
+    assert {'ce_demo', 'mee_demo', 'mee_msrvtt_1k_b', 'mee_lsmdc'} <= {p.stem for p in configs}
+    for path in configs:
+        assert train_main(['--config', str(path), '--count-params']) == 0, path
+        assert capsys.readouterr().out.startswith('parameters: ')
