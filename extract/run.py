@@ -249,7 +249,7 @@ def run(opts: RunOptions) -> int:
         for c in chunks:
             rows = stores[names[0]].chunk_rows(c)
             active = [e for e in experts if c in todo[e.name]]
-            redo = {e.name: _rows_to_redo(stores[e.name], rows, opts.retry_failed) for e in active}
+            redo = {e.name: _rows_to_redo(stores[e.name], c, opts.retry_failed) for e in active}
             batchers = {e.name: _Batcher(e) for e in active}
             results: dict[str, dict[int, VideoResult]] = {e.name: {} for e in active}
             stamps: dict[str, dict[int, np.ndarray]] = {e.name: {} for e in active}
@@ -282,8 +282,8 @@ def run(opts: RunOptions) -> int:
     return 0
 
 
-def _rows_to_redo(store: ExpertStore, rows: range, retry_failed: bool) -> list[int]:
-    status = store.status()[rows.start:rows.stop]
+def _rows_to_redo(store: ExpertStore, chunk: int, retry_failed: bool) -> list[int]:
+    rows, status = store.chunk_rows(chunk), store.chunk_status(chunk)
     if (status == 0).any() or not retry_failed:
         return list(rows)
     return [r for r, s in zip(rows, status) if s == FAILED]

@@ -244,24 +244,26 @@ class ExpertStore:
         start = chunk * self.chunk_size
         return range(start, min(start + self.chunk_size, self.n_videos))
 
+    def chunk_status(self, chunk: int) -> np.ndarray:
+        """Status of one chunk's videos; an unreadable status chunk (a kill mid-write) reads as pending."""
+        rows = self.chunk_rows(chunk)
+        try:
+            return np.asarray(self.group['status'][rows.start:rows.stop])
+        except Exception as err:  # noqa: BLE001 - a torn chunk file is pending work, not a crash
+            _logger.warning('%s: status chunk %d unreadable (%s); treated as pending', self.path, chunk, err)
+            return np.zeros(len(rows), np.uint8)
+
     def status(self) -> np.ndarray:
-        """Status of every video, with unreadable status chunks (a kill mid-write) read as pending."""
-        out = np.zeros(self.n_videos, np.uint8)
-        arr = self.group['status']
-        for c in range(self.n_chunks):
-            rows = self.chunk_rows(c)
-            try:
-                out[rows.start:rows.stop] = arr[rows.start:rows.stop]
-            except Exception as err:  # noqa: BLE001 - a torn chunk file is pending work, not a crash
-                _logger.warning('%s: status chunk %d unreadable (%s); treated as pending', self.path, c, err)
-        return out
+        """Status of every video (see `chunk_status`)."""
+        if self.n_videos == 0:
+            return np.zeros(0, np.uint8)
+        return np.concatenate([self.chunk_status(c) for c in range(self.n_chunks)])
 
     def pending_chunks(self, chunks: Iterable[int] | None = None, retry_failed: bool = False) -> list[int]:
         """Chunks with work left: any pending video, or any failed one when `retry_failed`."""
-        status = self.status()
         todo = []
         for c in (range(self.n_chunks) if chunks is None else chunks):
-            s = status[self.chunk_rows(c).start:self.chunk_rows(c).stop]
+            s = self.chunk_status(c)
             if (s == PENDING).any() or (retry_failed and (s == FAILED).any()):
                 todo.append(c)
         return todo

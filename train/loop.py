@@ -175,10 +175,11 @@ class _Scores:
 
 
 @torch.no_grad()
-def evaluate(model: RetrievalModel, data: SplitData, device: torch.device) -> dict[str, dict[str, float]]:
-    """The split part's protocol: its query captions against all its videos."""
+def evaluate(model: RetrievalModel, data: SplitData, device: torch.device,
+             video: VideoEmbedding | None = None) -> dict[str, dict[str, float]]:
+    """The split part's protocol: its query captions against all its videos (embedded here unless given)."""
     model.eval()
-    video = embed_videos(model, data, device)
+    video = video if video is not None else embed_videos(model, data, device)
     text = embed_texts(model, data, data.query, device)
     return retrieval_metrics(_Scores(model, text, video), data.caption_video[data.query], chunk_size=1024)
 
@@ -274,8 +275,9 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     tb.close()
     chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
     model.load_state_dict(torch.load(ckpt_dir / chosen, map_location=dev, weights_only=True)['model'])
-    result = evaluate(model, test, dev)
-    video = embed_videos(model, test, dev)
+    model.eval()
+    video = embed_videos(model, test, dev)  # once: for the test metrics and for the search gallery
+    result = evaluate(model, test, dev, video)
     torch.save({'video_ids': test.video_ids, 'emb': video.emb.cpu(), 'available': video.available.cpu(),
                 'checkpoint': chosen}, run_dir / 'gallery.pt')
     (run_dir / 'test_metrics.json').write_text(json.dumps(result, indent=1))

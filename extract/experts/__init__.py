@@ -13,7 +13,7 @@ from extract.experts._base import Expert, ExpertCfg
 from shared.config import ConfigError, _coerce
 from shared.registry import Registry
 
-__all__ = ['EXPERTS', 'Expert', 'ExpertCfg', 'create_expert', 'expert_names', 'resolve_expert_names', 'FAMILIES']
+__all__ = ['EXPERTS', 'Expert', 'ExpertCfg', 'create_expert', 'build_expert', 'expert_names', 'resolve_expert_names', 'FAMILIES']
 
 #: name -> factory(**overrides) -> Expert
 EXPERTS: Registry[Callable[..., Expert]] = Registry('expert')
@@ -63,6 +63,11 @@ def apply_overrides(cfg: ExpertCfg, overrides: dict[str, Any], where: str) -> Ex
         return dataclasses.replace(cfg, **clean)
     except (TypeError, ValueError) as err:
         raise ConfigError(f'{where}: {err}') from err
+
+
+def build_expert(cls: type[Expert], default_cfgs: dict[str, ExpertCfg], name: str, overrides: dict[str, Any]) -> Expert:
+    """`cls` for registry name `name`, its default cfg with `overrides` applied (each module's factories)."""
+    return cls(name, apply_overrides(default_cfgs[name], overrides, name))
 
 
 def create_expert(name: str, **overrides: Any) -> Expert:

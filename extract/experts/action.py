@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from extract.experts import EXPERTS, apply_overrides
+from extract.experts import EXPERTS, build_expert
 from extract.experts._base import KINETICS_MEAN, KINETICS_STD, Expert, ExpertCfg
 
 __all__ = ['ActionExpert', 'default_cfgs']
@@ -76,23 +76,20 @@ default_cfgs = {
 }
 
 
-def _create(name: str, **overrides: Any) -> ActionExpert:
-    return ActionExpert(name, apply_overrides(default_cfgs[name], overrides, name))
-
 
 @EXPERTS.register('action')
 def s3d(**overrides: Any) -> ActionExpert:
     """S3D, Kinetics-400 (MMT's motion expert)."""
-    return _create('action', **overrides)
+    return build_expert(ActionExpert, default_cfgs, 'action', overrides)
 
 
 @EXPERTS.register('action.r2plus1d_18')
 def r2plus1d_18(**overrides: Any) -> ActionExpert:
     """R(2+1)D-18, Kinetics-400."""
-    return _create('action.r2plus1d_18', **overrides)
+    return build_expert(ActionExpert, default_cfgs, 'action.r2plus1d_18', overrides)
 
 
 @EXPERTS.register('action.r2plus1d_34_ig65m')
 def r2plus1d_34_ig65m(**overrides: Any) -> ActionExpert:
     """R(2+1)D-34, IG65M, 8-frame clips at 30 fps (CE's Action(IG), the support-set model's motion)."""
-    return _create('action.r2plus1d_34_ig65m', **overrides)
+    return build_expert(ActionExpert, default_cfgs, 'action.r2plus1d_34_ig65m', overrides)

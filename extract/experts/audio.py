@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from extract.decode import AUDIO_RATE
-from extract.experts import EXPERTS, apply_overrides
+from extract.experts import EXPERTS, build_expert
 from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
 from shared.store import DONE, VideoResult
 
@@ -132,7 +132,7 @@ default_cfgs = {
 @EXPERTS.register('audio')
 def vggish(**overrides: Any) -> AudioExpert:
     """VGGish (AudioSet / YouTube-8M), CE's and MMT's audio expert."""
-    return AudioExpert('audio', apply_overrides(default_cfgs['audio'], overrides, 'audio'))
+    return build_expert(AudioExpert, default_cfgs, 'audio', overrides)
 
 
 assert math.isclose(EXAMPLE_FRAMES * HOP / AUDIO_RATE, 0.96)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from extract.experts import EXPERTS, apply_overrides
+from extract.experts import EXPERTS, build_expert
 from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
 from extract.weights import ResolvedWeights, resolve_weights, sha256_file
 from shared.store import DONE, VideoResult
@@ -102,4 +102,4 @@ default_cfgs = {
 @EXPERTS.register('face')
 def mtcnn_vggface2(**overrides: Any) -> FaceExpert:
     """MTCNN + InceptionResnetV1 (VGGFace2)."""
-    return FaceExpert('face', apply_overrides(default_cfgs['face'], overrides, 'face'))
+    return build_expert(FaceExpert, default_cfgs, 'face', overrides)

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from extract.experts import EXPERTS, apply_overrides
+from extract.experts import EXPERTS, build_expert
 from extract.experts._base import Expert, ExpertCfg
 
 __all__ = ['ObjectExpert', 'default_cfgs']
@@ -51,23 +51,20 @@ default_cfgs = {
 }
 
 
-def _create(name: str, **overrides: Any) -> ObjectExpert:
-    return ObjectExpert(name, apply_overrides(default_cfgs[name], overrides, name))
-
 
 @EXPERTS.register('object')
 def senet154(**overrides: Any) -> ObjectExpert:
     """SENet-154, ImageNet (CE's Obj(IN), MMT's appearance)."""
-    return _create('object', **overrides)
+    return build_expert(ObjectExpert, default_cfgs, 'object', overrides)
 
 
 @EXPERTS.register('object.resnext101_wsl')
 def resnext101_wsl(**overrides: Any) -> ObjectExpert:
     """ResNeXt-101 32x8d, Instagram-pretrained, ImageNet-finetuned (CE's Obj(IG))."""
-    return _create('object.resnext101_wsl', **overrides)
+    return build_expert(ObjectExpert, default_cfgs, 'object.resnext101_wsl', overrides)
 
 
 @EXPERTS.register('object.resnet152')
 def resnet152(**overrides: Any) -> ObjectExpert:
     """ResNet-152, ImageNet (the support-set model's appearance feature)."""
-    return _create('object.resnet152', **overrides)
+    return build_expert(ObjectExpert, default_cfgs, 'object.resnet152', overrides)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from extract.experts import EXPERTS, apply_overrides
+from extract.experts import EXPERTS, build_expert
 from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
 from extract.experts._words import word_vectors_for, words_result
 from extract.weights import ResolvedWeights, WeightsError, weights_dir
@@ -139,10 +139,10 @@ default_cfgs = {
 @EXPERTS.register('ocr')
 def easyocr_en(**overrides: Any) -> OcrExpert:
     """easyocr, English."""
-    return OcrExpert('ocr', apply_overrides(default_cfgs['ocr'], overrides, 'ocr'))
+    return build_expert(OcrExpert, default_cfgs, 'ocr', overrides)
 
 
 @EXPERTS.register('ocr.rapidocr')
 def rapidocr(**overrides: Any) -> OcrExpert:
     """RapidOCR (ONNX Runtime, models in the wheel)."""
-    return OcrExpert('ocr.rapidocr', apply_overrides(default_cfgs['ocr.rapidocr'], overrides, 'ocr.rapidocr'))
+    return build_expert(OcrExpert, default_cfgs, 'ocr.rapidocr', overrides)

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from extract.experts import EXPERTS, apply_overrides
+from extract.experts import EXPERTS, build_expert
 from extract.experts._base import Expert, ExpertCfg
 
 __all__ = ['SceneExpert', 'default_cfgs', 'convert_places365']
@@ -50,4 +50,4 @@ default_cfgs = {
 @EXPERTS.register('scene')
 def densenet161_places365(**overrides: Any) -> SceneExpert:
     """DenseNet-161, Places365 (CE's scene expert)."""
-    return SceneExpert('scene', apply_overrides(default_cfgs['scene'], overrides, 'scene'))
+    return build_expert(SceneExpert, default_cfgs, 'scene', overrides)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from extract.experts import EXPERTS, apply_overrides
+from extract.experts import EXPERTS, build_expert
 from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
 from extract.experts._words import word_vectors_for, words_result
 from extract.weights import ResolvedWeights, WeightsError, offline, resolve_weights, sha256_file, weights_dir
@@ -142,4 +142,4 @@ default_cfgs = {
 @EXPERTS.register('speech')
 def whisper_small(**overrides: Any) -> SpeechExpert:
     """openai-whisper (small), English, word timestamps."""
-    return SpeechExpert('speech', apply_overrides(default_cfgs['speech'], overrides, 'speech'))
+    return build_expert(SpeechExpert, default_cfgs, 'speech', overrides)
