@@ -119,7 +119,7 @@ class OcrExpert(VideoExpert):
             detections = [(text, float(score)) for _, text, score in (result or [])]
         else:
             detections = [(text, float(conf)) for _, text, conf in self.engine.readtext(frame)]
-        return [(w, round(conf, 4)) for text, conf in detections if conf >= self.cfg.min_conf for w in text.split()]
+        return [(w, conf) for text, conf in detections if conf >= self.cfg.min_conf for w in text.split()]
 
     def process(self, inputs: VideoInput) -> VideoResult:
         assert inputs.frames is not None and inputs.timestamps is not None

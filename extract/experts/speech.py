@@ -23,12 +23,26 @@ from extract.experts._words import word_vectors_for, words_result
 from extract.weights import ResolvedWeights, WeightsError, offline, resolve_weights, sha256_file, weights_dir
 from shared.store import VideoResult
 
-__all__ = ['SpeechExpert', 'SpeechCfg', 'default_cfgs', 'TINY_DIMS']
+__all__ = ['SpeechExpert', 'SpeechCfg', 'default_cfgs', 'TINY_DIMS', 'random_whisper']
 
 #: the smallest whisper shape (one layer, width 64), used for `weights: random`: random weights
 #: give noise words whatever the size, and this one transcribes a clip in about a second on a CPU
 TINY_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1, n_vocab=51865,
                  n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+
+
+def random_whisper(dims: dict[str, int], seed: int) -> nn.Module:
+    """A randomly initialised whisper, reproducibly. openai-whisper leaves the text decoder's
+    positional embedding as `torch.empty` (a checkpoint always fills it): uninitialised memory
+    that made random models emit NaNs now and then, differently in every process."""
+    from whisper.model import ModelDimensions, Whisper
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Whisper(ModelDimensions(**dims))
+        with torch.no_grad():
+            model.decoder.positional_embedding.normal_(0.0, 0.01)
+    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +108,7 @@ class SpeechExpert(VideoExpert):
         self.device = torch.device(device)
         self.dtype = torch.float32
         if weights.random:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = Whisper(ModelDimensions(**TINY_DIMS))
+            model = random_whisper(TINY_DIMS, seed=0)
         else:
             assert weights.path is not None
             ckpt = torch.load(str(weights.path), map_location='cpu', weights_only=True)
@@ -128,7 +140,7 @@ class SpeechExpert(VideoExpert):
                 if word:  # whisper's word times can overshoot the clip by a frame: keep them inside it
                     start = float(min(max(w['start'], 0.0), duration))
                     tokens.append({'word': word, 'start': start, 'end': float(min(max(w['end'], start), duration)),
-                                   'conf': round(float(w.get('probability', 0.0)), 4)})  # float noise below
+                                   'conf': float(w.get('probability', 0.0))})
         return words_result(tokens, self.wv, self.cfg.max_rows)
 
 
