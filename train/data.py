@@ -1,9 +1,10 @@
 """Data for training and evaluation: expert stores -> aggregated inputs, captions -> word vectors.
 
 Videos of a split part are read once from their stores (`shared.store`) and aggregated as the
-model asks (mean, max, or rows padded to `max_tokens` with a mask for NetVLAD/transformers).
-Captions are kept as indices into a vocabulary matrix of word vectors (`shared.text`), so a
-dataset's hundreds of thousands of captions cost megabytes. Training samples one caption per
+model asks (mean, max, the first `max_tokens` rows with a mask for NetVLAD, or for transformers
+`max_tokens` rows sampled evenly in time order, with their timestamps). Captions are encoded by
+the run's `train.captions.CaptionEncoder` into index rows (word-vector rows or sub-word ids), so
+a dataset's hundreds of thousands of captions cost megabytes. Training samples one caption per
 video per step (CE's practice); evaluation builds the split protocol's full query set.
 """
 from __future__ import annotations
@@ -19,11 +20,11 @@ import torch
 
 from shared.datasets import Manifest
 from shared.store import RandomWeightsWarning, StoreError, open_store, store_path
-from shared.text import WordVectors, split_words
-from train.models.base import ExpertInput, TextInput
+from train.captions import CaptionData, CaptionEncoder
+from train.models.base import ExpertInput
 from train.models.config import ExpertSpec
 
-__all__ = ['ExpertData', 'CaptionData', 'SplitData', 'load_split']
+__all__ = ['ExpertData', 'SplitData', 'load_split', 'split_captions']
 
 
 @dataclasses.dataclass
@@ -54,41 +55,14 @@ def _aggregate(spec: ExpertSpec, feats: np.ndarray, times: np.ndarray, lengths: 
             agg = np.where(valid[..., None], f, -np.inf).max(1)
             agg[lengths == 0] = 0.0
         return ExpertData(agg.astype(np.float32), available)
-    keep = min(spec.max_tokens, t)  # the first max_tokens rows, in time order
+    keep = min(spec.max_tokens, t)
+    if spec.aggregation == 'tokens' and spec.sample == 'uniform' and t > keep:
+        # Evenly spaced rows over each video's own length, in time order (MMT samples 30 of them).
+        pos = np.minimum((np.arange(keep)[None, :] * np.maximum(lengths, keep)[:, None]) // keep, t - 1)
+        rows = np.take_along_axis(feats, pos[..., None], 1).astype(np.float32)
+        return ExpertData(rows, available, np.take_along_axis(valid, pos, 1),
+                          np.take_along_axis(times, pos[..., None], 1))
     return ExpertData(feats[:, :keep].astype(np.float32), available, valid[:, :keep], times[:, :keep])
-
-
-@dataclasses.dataclass
-class CaptionData:
-    """Captions as word indices into `vectors` (row 0 unused: padding)."""
-
-    words: np.ndarray  # (C, max_words) int32, 0 = padding
-    vectors: np.ndarray  # (V + 1, D) float32
-
-    def batch(self, idx: np.ndarray) -> TextInput:
-        w = torch.from_numpy(self.words[idx].astype(np.int64))
-        return TextInput(torch.from_numpy(self.vectors)[w], w > 0)
-
-
-def _encode_captions(texts: list[str], wv: WordVectors, max_words: int) -> CaptionData:
-    vocab: dict[str, int] = {}
-    rows: list[np.ndarray] = [np.zeros(wv.dim, np.float32)]
-    words = np.zeros((len(texts), max_words), np.int32)
-    for i, text in enumerate(texts):
-        k = 0
-        for w in split_words(text):
-            if k == max_words:
-                break
-            idx = vocab.get(w)
-            if idx is None:
-                vec = wv.lookup(w)
-                if vec is None:
-                    continue  # out of vocabulary: no row, as for OCR and speech
-                idx = vocab[w] = len(rows)
-                rows.append(vec)
-            words[i, k] = idx
-            k += 1
-    return CaptionData(words, np.stack(rows))
 
 
 @dataclasses.dataclass
@@ -125,18 +99,40 @@ class SplitData:
             yield self.videos(idx), self.captions.batch(caps)
 
 
+def split_captions(manifest: Manifest, split: str, part: str, test_queries: bool = True
+                   ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """(video ids, caption texts in the manifest's order, each caption's video, query indices).
+
+    Paragraph splits (DiDeMo, ActivityNet) join a video's captions into one."""
+    s = manifest.split(split)
+    ids = list(s.ids(part))
+    if not ids:
+        raise StoreError(f'{manifest.name} split {split} has no {part} videos')
+    texts, owner, query = [], [], []
+    for v, vid in enumerate(ids):
+        caps = list(manifest.captions.get(vid, ()))
+        if s.paragraph:
+            caps = [' '.join(caps)]
+        chosen = s.query_captions.get(vid) if (s.query_captions and test_queries and part == 'test') else None
+        for k, text in enumerate(caps):
+            if chosen is None or k in chosen:
+                query.append(len(texts))
+            texts.append(text)
+            owner.append(v)
+    if not texts:
+        raise StoreError(f'{manifest.name} {split}/{part}: no captions')
+    return ids, texts, np.asarray(owner), np.asarray(query)
+
+
 def load_split(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
-               wv: WordVectors, max_words: int, test_queries: bool = True) -> SplitData:
+               captions: CaptionEncoder, test_queries: bool = True) -> SplitData:
     """Read a split part's stores and captions.
 
     Args:
         test_queries: use the split's evaluation queries (e.g. 1k-A's one JSFusion caption per
             video); else every caption is kept (training).
     """
-    s = manifest.split(split)
-    ids = list(s.ids(part))
-    if not ids:
-        raise StoreError(f'{manifest.name} split {split} has no {part} videos')
+    ids, texts, owner, query = split_captions(manifest, split, part, test_queries)
     data: dict[str, ExpertData] = {}
     random_weights = []
     for spec in experts:
@@ -155,18 +151,4 @@ def load_split(manifest: Manifest, split: str, part: str, features_root: Path, e
             raise StoreError(f'{path} has {int((rows.status == 0).sum())} pending videos in {split}/{part}: '
                              'finish the extraction first')
         data[spec.name] = _aggregate(spec, rows.features, rows.timestamps, rows.lengths, rows.available.astype(bool))
-    texts, owner, query = [], [], []
-    for v, vid in enumerate(ids):
-        caps = list(manifest.captions.get(vid, ()))
-        if s.paragraph:
-            caps = [' '.join(caps)]
-        chosen = s.query_captions.get(vid) if (s.query_captions and test_queries and part == 'test') else None
-        for k, text in enumerate(caps):
-            if chosen is None or k in chosen:
-                query.append(len(texts))
-            texts.append(text)
-            owner.append(v)
-    if not texts:
-        raise StoreError(f'{manifest.name} {split}/{part}: no captions')
-    return SplitData(ids, data, _encode_captions(texts, wv, max_words), np.asarray(owner), np.asarray(query),
-                     random_weights)
+    return SplitData(ids, data, captions.encode(texts), owner, query, random_weights)

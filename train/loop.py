@@ -20,17 +20,17 @@ import numpy as np
 import torch
 import yaml
 
-from shared.config import load_yaml, to_dict, weights_dir
+from shared.config import load_yaml, to_dict
 from shared.datasets import Manifest
-from shared.text import load_word_vectors
-from train.data import SplitData, load_split
+from train.captions import build_caption_encoder
+from train.data import SplitData, load_split, split_captions
 from train.losses import LOSSES
 from train.metrics import format_results, geometric_mean, retrieval_metrics
 from train.models import ModelCfg, RetrievalModel, create_model
 from train.models.base import TextEmbedding, VideoEmbedding
 
 __all__ = ['DataCfg', 'TrainCfg', 'RunCfg', 'train_run', 'evaluate', 'embed_videos', 'embed_texts', 'Lookahead',
-           'load_run_cfg', 'resolve_word_vectors']
+           'load_run_cfg']
 
 _logger = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ class DataCfg:
 
     Args:
         dataset, split: a registered dataset and one of its splits.
-        word_vectors: word2vec file for captions: a path, ``{data_root}/...``, or a file name in the
-            weights directory.
-        max_words: caption padding length.
+        word_vectors: word2vec file for captions (models with ``text.encoder: word2vec``): a path,
+            ``{data_root}/...``, or a file name in the weights directory.
+        max_words: caption length in words (word2vec) or in tokens, specials included (BERT, T5).
     """
 
     dataset: str = 'demo'
@@ -60,7 +60,8 @@ class TrainCfg:
         optimizer: ``adam``, ``adamw`` or ``ranger`` (RAdam + Lookahead, k=6, alpha=0.5, as CE).
         lr, weight_decay, epochs, batch_size: as usual.
         loss: ``max_margin``, ``hard_negative`` or ``info_nce``; margin / temperature for them.
-        lr_step, lr_gamma: multiply the learning rate by gamma every lr_step epochs (0: constant).
+        lr_step, lr_gamma: multiply the learning rate by gamma every lr_step epochs, or every lr_step
+            optimisation steps with ``lr_step_unit: step`` (MMT: 0.95 every 1,000 steps); 0: constant.
         grad_clip: max gradient norm (0: none).
         selection: ``geometric_mean`` of val R1/R5/R10 (CE), or ``last`` (a fixed epoch count, for
             protocols without a validation set such as 1k-A).
@@ -76,8 +77,15 @@ class TrainCfg:
     temperature: float = 0.05
     lr_step: int = 0
     lr_gamma: float = 0.95
+    lr_step_unit: str = 'epoch'
     grad_clip: float = 0.0
     selection: str = 'geometric_mean'
+
+    def __post_init__(self) -> None:
+        if self.lr_step_unit not in ('epoch', 'step'):
+            raise ValueError('train.lr_step_unit must be epoch or step')
+        if self.selection not in ('geometric_mean', 'last'):
+            raise ValueError('train.selection must be geometric_mean or last')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +98,6 @@ class RunCfg:
 def load_run_cfg(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCfg:
     """A run config from YAML (`yaml.safe_load`), with dotted-key overrides."""
     return load_yaml(RunCfg, path, overrides)
-
-
-def resolve_word_vectors(spec: str, data_root: Path) -> Path:
-    if '{data_root}' in spec:
-        return Path(spec.replace('{data_root}', str(data_root)))
-    p = Path(spec).expanduser()
-    return p if p.is_absolute() or p.exists() else weights_dir() / spec
 
 
 class Lookahead:
@@ -199,13 +200,14 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     dev = torch.device(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / 'config.yaml').write_text(yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False))
-    wv = load_word_vectors(resolve_word_vectors(cfg.data.word_vectors, data_root))
     experts = cfg.model.experts
     split = manifest.split(cfg.data.split)
-    train = load_split(manifest, cfg.data.split, 'train', features_root, experts, wv, cfg.data.max_words, False)
-    val = (load_split(manifest, cfg.data.split, 'val', features_root, experts, wv, cfg.data.max_words)
+    captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run_dir,
+                                     split_captions(manifest, cfg.data.split, 'train', False)[1])
+    train = load_split(manifest, cfg.data.split, 'train', features_root, experts, captions, False)
+    val = (load_split(manifest, cfg.data.split, 'val', features_root, experts, captions)
            if split.val and cfg.train.selection == 'geometric_mean' else None)
-    test = load_split(manifest, cfg.data.split, 'test', features_root, experts, wv, cfg.data.max_words)
+    test = load_split(manifest, cfg.data.split, 'test', features_root, experts, captions)
     if train.random_weights:
         _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
     _seed_all(seed)
@@ -239,16 +241,18 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
                    desc=f'epoch {epoch + 1}/{cfg.train.epochs}', unit='batch', leave=False)
         for video, text in bar:
             with autocast:
-                sims = model({k: v.to(dev) for k, v in video.items()}, text.to(dev))
-            loss = loss_fn(sims.float(), loss_arg)
+                loss = model.loss({k: v.to(dev) for k, v in video.items()}, text.to(dev),
+                                  lambda sims: loss_fn(sims.float(), loss_arg))
             opt.zero_grad()
             loss.backward()
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
+            if sched is not None and cfg.train.lr_step_unit == 'step':
+                sched.step()
             total += float(loss.detach())
             bar.set_postfix(loss=f'{total / max(bar.n + 1, 1):.4f}', pairs_s=f'{cfg.train.batch_size * bar.n / max(time.time() - t0, 1e-6):.0f}')
-        if sched is not None:
+        if sched is not None and cfg.train.lr_step_unit == 'epoch':
             sched.step()
         record: dict[str, Any] = {'epoch': epoch + 1, 'train/loss': total / steps_per_epoch,
                                   'train/seconds': time.time() - t0, 'lr': base.param_groups[0]['lr']}

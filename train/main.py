@@ -16,7 +16,7 @@ from shared.datasets import DatasetError, load_manifest
 from shared.store import StoreError
 from train.loop import RunCfg, load_run_cfg, train_run
 from train.metrics import format_results
-from train.models import count_parameters, create_model
+from train.models import count_parameters, create_model, structure_only
 
 __all__ = ['main', 'config_path', 'CONFIG_DIR']
 
@@ -36,18 +36,19 @@ def config_path(model: str, dataset: str, split: str | None) -> Path:
 
 
 def _count(cfg: RunCfg) -> int:
-    model = create_model(cfg.model)
+    model = create_model(structure_only(cfg.model))  # offline: the architecture, no weights
     counts = count_parameters(model)
-    print(f'parameters: {counts.pop("total")} ({sum(counts.values()) / 1e6:.2f}M)')
+    total = counts.pop('total')
+    print(f'parameters: {total} ({total / 1e6:.2f}M)')
     for name, n in counts.items():
-        print(f'  {name:<14} {n:>12}  ({n / 1e6:.2f}M)')
+        print(f'  {name:<28} {n:>12}  ({n / 1e6:.2f}M)')
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m train', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
-    p.add_argument('--model', help='mee or ce (with --dataset picks pipelines/configs/train/MODEL_DATASET.yaml)')
+    p.add_argument('--model', help='mee, ce, mmt or ssb (with --dataset picks pipelines/configs/train/MODEL_DATASET.yaml)')
     p.add_argument('--dataset', help='a registered dataset (default: demo)')
     p.add_argument('--split', help="the dataset's split (default: the config's)")
     p.add_argument('--config', type=Path, help='a run config YAML (data, model, train)')

@@ -9,15 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from shared.config import ConfigError, data_root_default, from_dict
-from shared.text import load_word_vectors, split_words
-from train.loop import RunCfg, resolve_word_vectors
-from train.models import create_model
-from train.models.base import TextInput, VideoEmbedding
+from train.captions import build_caption_encoder
+from train.loop import RunCfg
+from train.models import create_model, structure_only
+from train.models.base import VideoEmbedding
 
 __all__ = ['Searcher', 'main']
 
@@ -38,22 +37,18 @@ class Searcher:
         if not gallery_path.is_file():
             raise ConfigError(f'{run} has no gallery.pt: the run has not finished')
         gallery = torch.load(gallery_path, map_location='cpu', weights_only=True)
-        self.model = create_model(self.cfg.model).eval()
+        self.model = create_model(structure_only(self.cfg.model)).eval()  # the checkpoint has every weight
         state = torch.load(run / 'checkpoints' / gallery['checkpoint'], map_location='cpu', weights_only=True)
         self.model.load_state_dict(state['model'])
         self.video_ids: list[str] = list(gallery['video_ids'])
         self.gallery = VideoEmbedding(gallery['emb'], gallery['available'])
-        self.wv = load_word_vectors(resolve_word_vectors(self.cfg.data.word_vectors, data_root))
+        data = self.cfg.data
+        self.captions = build_caption_encoder(self.cfg.model.text, data.word_vectors, data.max_words, data_root, run,
+                                              None)
 
     @torch.no_grad()
     def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
-        words = [w for w in split_words(query) if self.wv.lookup(w) is not None][: self.cfg.data.max_words]
-        x = np.zeros((1, self.cfg.data.max_words, self.wv.dim), np.float32)
-        for i, w in enumerate(words):
-            x[0, i] = self.wv.lookup(w)
-        mask = torch.zeros(1, self.cfg.data.max_words, dtype=torch.bool)
-        mask[0, : len(words)] = True
-        text = self.model.encode_text(TextInput(torch.from_numpy(x), mask))
+        text = self.model.encode_text(self.captions.encode([query]).batch(torch.arange(1).numpy()))
         scores = self.model.similarity(text, self.gallery)[0]
         top = torch.topk(scores, min(k, len(self.video_ids)))
         return [(self.video_ids[i], float(s)) for s, i in zip(top.values, top.indices)]

@@ -31,7 +31,33 @@ def demo_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / 'data', root / 'features'
 
 
+TINY_TEXT = {'weights': 'random', 'tokenizer': 'words', 'vocab_size': 200, 'hidden': 32, 'layers': 1, 'heads': 2,
+             'ffn': 64, 'max_positions': 24, 'dropout': 0.0}
+
+
+def _transformer_config(tmp: Path, model: str, epochs: int) -> Path:
+    """MMT over the three test stores, or the support-set model over object + scene, both tiny."""
+    tokens = lambda name, dim: {'name': name, 'dim': dim, 'aggregation': 'tokens', 'max_tokens': 6}  # noqa: E731
+    if model == 'mmt':
+        m = {'model': 'mmt', 'text': {'encoder': 'bert', **TINY_TEXT},
+             'transformer': {'layers': 2, 'heads': 2, 'hidden': 32, 'ffn': 64, 'dropout': 0.0, 'max_positions': 8},
+             'experts': [tokens('object', 2048), tokens('scene', 2208), tokens('audio', 128)]}
+        train = {'loss': 'max_margin', 'margin': 0.05}
+    else:
+        m = {'model': 'ssb', 'text': {'encoder': 't5', **TINY_TEXT},
+             'transformer': {'layers': 2, 'heads': 2, 'hidden': 64, 'ffn': 64, 'dropout': 0.0}, 'max_seconds': 4,
+             'experts': [tokens('object', 2048), tokens('scene', 2208)]}
+        train = {'loss': 'hard_negative', 'margin': 0.2, 'grad_clip': 0.2}
+    cfg = {'data': {'dataset': 'demo', 'split': 'official', 'max_words': 16}, 'model': m,
+           'train': {'optimizer': 'adam', 'lr': 0.002, 'epochs': epochs, 'batch_size': 8, **train}}
+    path = tmp / f'{model}.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def _config(tmp: Path, model: str, epochs: int = 60) -> Path:
+    if model in ('mmt', 'ssb'):
+        return _transformer_config(tmp, model, epochs)
     cfg = {
         'data': {'dataset': 'demo', 'split': 'official', 'word_vectors': '{data_root}/demo/word2vec.bin', 'max_words': 16},
         'model': {'model': model, 'embed_dim': 64, 'text_clusters': 4, 'projection': model == 'ce',
@@ -51,7 +77,7 @@ def _args(data: Path, features: Path, config: Path, run: Path, *extra: str) -> l
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('model', ['mee', 'ce'])
+@pytest.mark.parametrize('model', ['mee', 'ce', 'mmt', 'ssb'])
 def test_trains_above_chance_and_searches(model: str, demo_stores: tuple[Path, Path], tmp_path: Path) -> None:
     from train.search import Searcher
 
@@ -119,15 +145,16 @@ def test_count_params_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFi
     typo.write_text('data: {dataset: demo}\nmodel: {model: ce, experts: [{name: object, dim: 4}]}\ntrain: {epoks: 1}\n')
     assert train_main(['--config', str(typo), '--count-params']) == 1
     assert 'epoks' in capsys.readouterr().err
-    assert train_main(['--model', 'mmt', '--dataset', 'demo']) == 1
-    assert 'no config for model mmt' in capsys.readouterr().err
+    assert train_main(['--model', 'mmt', '--dataset', 'msvd']) == 1
+    assert 'no config for model mmt on msvd' in capsys.readouterr().err
 
 
 def test_every_shipped_config_builds(capsys: pytest.CaptureFixture) -> None:
     from train.main import CONFIG_DIR
 
     configs = sorted(CONFIG_DIR.glob('*.yaml'))
-    assert {'ce_demo', 'mee_demo', 'mee_msrvtt_1k_b', 'mee_lsmdc'} <= {p.stem for p in configs}
+    assert {'ce_demo', 'mee_demo', 'mee_msrvtt_1k_b', 'mee_lsmdc', 'mmt_demo', 'mmt_msrvtt_1k_a', 'mmt_activitynet',
+            'ssb_demo', 'ssb_msrvtt_1k_a', 'ssb_vatex', 'ssb_activitynet', 'ssb_msvd'} <= {p.stem for p in configs}
     for path in configs:
         assert train_main(['--config', str(path), '--count-params']) == 0, path
         assert capsys.readouterr().out.startswith('parameters: ')

@@ -1,13 +1,14 @@
 """The model registry: `create_model(cfg)` builds any retrieval model from its typed config."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from shared.registry import Registry
 from train.models.base import RetrievalModel
 from train.models.config import ExpertSpec, ModelCfg
 
-__all__ = ['MODELS', 'create_model', 'count_parameters', 'ModelCfg', 'ExpertSpec', 'RetrievalModel']
+__all__ = ['MODELS', 'create_model', 'structure_only', 'count_parameters', 'ModelCfg', 'ExpertSpec', 'RetrievalModel']
 
 #: name -> factory(cfg) -> model
 MODELS: Registry[Callable[[ModelCfg], RetrievalModel]] = Registry('model')
@@ -29,13 +30,36 @@ def ce(cfg: ModelCfg) -> RetrievalModel:
     return CE(cfg)
 
 
+@MODELS.register('mmt')
+def mmt(cfg: ModelCfg) -> RetrievalModel:
+    """Multi-modal Transformer (Gabeur et al. 2020) with a BERT caption encoder."""
+    from train.models.mmt import MMT
+
+    return MMT(cfg)
+
+
+@MODELS.register('ssb')
+def ssb(cfg: ModelCfg) -> RetrievalModel:
+    """Support-set bottlenecks (Patrick et al. 2021): transformer pooling heads, T5 text, cross-captioning."""
+    from train.models.ssb import SupportSet
+
+    return SupportSet(cfg)
+
+
 def create_model(cfg: ModelCfg) -> RetrievalModel:
     return MODELS.get(cfg.model)(cfg)
 
 
+def structure_only(cfg: ModelCfg) -> ModelCfg:
+    """The same model without loading pretrained text weights (for counting parameters offline,
+    or before loading a checkpoint that holds every weight)."""
+    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, weights='random'))
+
+
 def count_parameters(model: RetrievalModel) -> dict[str, int]:
-    """Trainable parameters in total and per top-level module."""
-    out = {'total': sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    for name, child in model.named_children():
-        out[name] = sum(p.numel() for p in child.parameters() if p.requires_grad)
+    """Parameters (frozen ones included, as the papers count them) in total and per group of
+    `model.parameter_groups()`."""
+    out = {'total': sum(p.numel() for p in model.parameters())}
+    for name, modules in model.parameter_groups().items():
+        out[name] = sum(p.numel() for m in modules for p in m.parameters())
     return out

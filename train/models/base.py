@@ -10,6 +10,7 @@ depends on any video (the "missing experts" bug of CE appendix A.1 cannot occur)
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 from torch import nn
@@ -69,6 +70,10 @@ class RetrievalModel(nn.Module):
     def encode_video(self, video: dict[str, ExpertInput]) -> VideoEmbedding:
         raise NotImplementedError
 
+    def parameter_groups(self) -> dict[str, list[nn.Module]]:
+        """Named groups for `--count-params` (default: the top-level modules)."""
+        return {name: [child] for name, child in self.named_children()}
+
     def encode_text(self, text: TextInput) -> TextEmbedding:
         raise NotImplementedError
 
@@ -77,3 +82,10 @@ class RetrievalModel(nn.Module):
 
     def forward(self, video: dict[str, ExpertInput], text: TextInput) -> torch.Tensor:
         return self.similarity(self.encode_text(text), self.encode_video(video))
+
+    def loss(self, video: dict[str, ExpertInput], text: TextInput,
+             contrastive: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The training loss of a batch of matching (video i, text i) pairs: the trainer's
+        contrastive loss on the [texts x videos] scores; models with extra objectives (the
+        support-set model's captioning) add them here."""
+        return contrastive(self(video, text))

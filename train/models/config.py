@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ['ExpertSpec', 'ModelCfg']
+__all__ = ['ExpertSpec', 'TextCfg', 'TransformerCfg', 'ModelCfg']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,6 +16,8 @@ class ExpertSpec:
         aggregation: ``mean``, ``max`` or ``vlad`` (NetVLAD over up to `max_tokens` rows).
         clusters, ghost_clusters: NetVLAD clusters.
         max_tokens: padding length of the rows given to NetVLAD (or to MMT).
+        sample: for ``tokens``, which `max_tokens` rows a longer video gives: ``uniform`` (evenly
+            spaced, in time order: MMT) or ``first`` (truncation: the support-set model).
     """
 
     name: str
@@ -24,12 +26,79 @@ class ExpertSpec:
     clusters: int = 0
     ghost_clusters: int = 0
     max_tokens: int = 0
+    sample: str = 'uniform'
 
     def __post_init__(self) -> None:
+        if self.sample not in ('uniform', 'first'):
+            raise ValueError(f'{self.name}: sample must be uniform or first')
         if self.aggregation not in ('mean', 'max', 'vlad', 'tokens'):
             raise ValueError(f'{self.name}: aggregation must be mean, max, vlad or tokens')
         if self.aggregation == 'vlad' and (self.clusters < 1 or self.max_tokens < 1):
             raise ValueError(f'{self.name}: vlad needs clusters >= 1 and max_tokens >= 1')
+
+
+@dataclasses.dataclass(frozen=True)
+class TextCfg:
+    """The caption encoder.
+
+    Args:
+        encoder: ``word2vec`` (word vectors from `data.word_vectors`, MEE/CE), ``bert`` (MMT) or
+            ``t5`` (support-set; encoder and decoder).
+        name: Hugging Face name or local directory of the pretrained model and its tokenizer.
+        weights: ``pretrained`` (load `name`) or ``random`` (build from the architecture below;
+            what offline tests, the demo and ``--count-params`` use).
+        tokenizer: ``pretrained`` (the tokenizer of `name`) or ``words`` (a word-level vocabulary of
+            the `vocab_size` - 5 most frequent training-caption words; no download).
+        vocab_size, hidden, layers, heads, ffn, max_positions: the architecture when built from
+            config (bert-base-cased: 28996, 768, 12, 12, 3072, 512); for t5, `layers` is the
+            depth of the encoder and of the decoder.
+        dropout: dropout inside the text model (MMT fine-tunes BERT with 0.1).
+        finetune: train the text model's weights (else frozen).
+    """
+
+    encoder: str = 'word2vec'
+    name: str = ''
+    weights: str = 'pretrained'
+    tokenizer: str = 'pretrained'
+    vocab_size: int = 0
+    hidden: int = 0
+    layers: int = 0
+    heads: int = 0
+    ffn: int = 0
+    max_positions: int = 512
+    dropout: float = 0.1
+    finetune: bool = True
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ('word2vec', 'bert', 't5'):
+            raise ValueError('text.encoder must be word2vec, bert or t5')
+        if self.weights not in ('pretrained', 'random'):
+            raise ValueError('text.weights must be pretrained or random')
+        if self.tokenizer not in ('pretrained', 'words'):
+            raise ValueError('text.tokenizer must be pretrained or words')
+        if self.encoder != 'word2vec':
+            if self.weights == 'pretrained' and not self.name:
+                raise ValueError(f'text.encoder {self.encoder} with pretrained weights needs text.name '
+                                 '(a Hugging Face name or a local directory)')
+            if self.tokenizer == 'pretrained' and not self.name:
+                raise ValueError('text.tokenizer pretrained needs text.name')
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerCfg:
+    """A video transformer: MMT's encoder (defaults: MMT sec. 4.1) or the support-set pooling head.
+
+    Args:
+        layers, heads, hidden, ffn, dropout: its size (MMT: 4, 4, 512, 3072, 0.1).
+        max_positions: temporal embeddings (MMT: agg, unknown and one per second; 512 in all).
+    """
+
+    layers: int = 4
+    heads: int = 4
+    hidden: int = 512
+    ffn: int = 3072
+    dropout: float = 0.1
+    max_positions: int = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +117,13 @@ class ModelCfg:
         gating: ``collaborative`` (CE) or ``context`` (a GEM's context gating).
         mixture_weights: text-dependent expert weights (else uniform).
         fusion: ``experts`` (one embedding per expert) or ``concat`` (one joint embedding).
+        text: the caption encoder (word2vec for MEE/CE, BERT for MMT, T5 for the support-set model).
+        transformer: the video transformer of MMT and of the support-set pooling heads.
+        pre_encoder: support-set video pre-encoder, ``cnn`` (1-D convolutions with `kernels`) or ``mlp``.
+        max_seconds: support-set video length in one-second steps (MSR-VTT 32, VATEX 64, ActivityNet 512).
+        support_set: cross-captioning support set: ``identity``, ``full``, ``hybrid`` or ``cross``.
+        support_temperature: T of the support-set attention softmax.
+        caption_weight: lambda, the weight of the captioning loss.
     """
 
     model: str
@@ -61,6 +137,14 @@ class ModelCfg:
     gating: str = 'context'
     mixture_weights: bool = True
     fusion: str = 'experts'
+    text: TextCfg = dataclasses.field(default_factory=TextCfg)
+    transformer: TransformerCfg = dataclasses.field(default_factory=TransformerCfg)
+    pre_encoder: str = 'cnn'
+    kernels: tuple[int, ...] = (2, 3, 4, 6)
+    max_seconds: int = 32
+    support_set: str = 'cross'
+    support_temperature: float = 0.1
+    caption_weight: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.experts:
@@ -69,3 +153,7 @@ class ModelCfg:
             raise ValueError('gating must be collaborative or context')
         if self.fusion not in ('experts', 'concat'):
             raise ValueError('fusion must be experts or concat')
+        if self.support_set not in ('identity', 'full', 'hybrid', 'cross'):
+            raise ValueError('support_set must be identity, full, hybrid or cross')
+        if self.pre_encoder not in ('cnn', 'mlp'):
+            raise ValueError('pre_encoder must be cnn or mlp')

@@ -1,0 +1,176 @@
+"""MMT and the support-set model: masking, time, support sets, parameter counts (built offline)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from train.losses import hard_negative_triplet
+from train.main import CONFIG_DIR
+from train.main import main as train_main
+from train.models import ExpertSpec, ModelCfg, create_model
+from train.models.base import ExpertInput, TextInput
+from train.models.config import TextCfg, TransformerCfg
+from train.models.mmt import UNKNOWN, temporal_ids
+from train.models.ssb import per_second, support_weights
+
+TINY_BERT = TextCfg(encoder='bert', weights='random', tokenizer='words', vocab_size=50, hidden=16, layers=1, heads=2,
+                    ffn=32, max_positions=16, dropout=0.0)
+TINY_T5 = TextCfg(encoder='t5', weights='random', tokenizer='words', vocab_size=50, hidden=16, layers=1, heads=2,
+                  ffn=32, dropout=0.0)
+SMALL = TransformerCfg(layers=2, heads=2, hidden=16, ffn=32, dropout=0.0, max_positions=12)
+EXPERTS = (ExpertSpec('object', 12, 'tokens', max_tokens=5), ExpertSpec('audio', 6, 'tokens', max_tokens=4))
+
+
+def _videos(n: int, seed: int) -> dict[str, ExpertInput]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for spec in EXPERTS:
+        L = spec.max_tokens
+        lengths = torch.randint(1, L + 1, (n,), generator=g)
+        start = torch.arange(L, dtype=torch.float32)[None].expand(n, L) * 0.7
+        times = torch.stack([start, start + 0.5], -1)
+        out[spec.name] = ExpertInput(torch.randn(n, L, spec.dim, generator=g), torch.rand(n, generator=g) > 0.2,
+                                     torch.arange(L)[None] < lengths[:, None], times.clone())
+    return out
+
+
+def _texts(n: int, seed: int) -> TextInput:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 50, (n, 7), generator=g)
+    mask = torch.arange(7)[None] < torch.randint(2, 8, (n, 1), generator=g)
+    return TextInput(ids.masked_fill(~mask, 0), mask)
+
+
+def _model(kind: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    extra = dict(text=TINY_BERT) if kind == 'mmt' else dict(text=TINY_T5, max_seconds=4, kernels=(2, 3, 4, 6))
+    model = create_model(ModelCfg(model=kind, experts=EXPERTS, transformer=SMALL, **extra))
+    model.train()
+    model.loss(_videos(6, 1), _texts(6, 1), lambda s: hard_negative_triplet(s, 0.2)).backward()  # BN statistics
+    return model.eval()
+
+
+def _with(video: dict[str, ExpertInput], name: str, **changes) -> dict[str, ExpertInput]:
+    out = dict(video)
+    e = video[name]
+    out[name] = ExpertInput(**{**dict(x=e.x, available=e.available, mask=e.mask, times=e.times), **changes})
+    return out
+
+
+def test_mmt_masks_a_missing_expert_and_padding() -> None:
+    model = _model('mmt')
+    video = _videos(5, 2)
+    video = _with(video, 'audio', available=torch.tensor([False, True, True, True, True]))
+    with torch.no_grad():
+        a = model.encode_video(video)
+        noisy = video['audio'].x.clone()
+        noisy[0] = torch.randn_like(noisy[0]) * 100  # the missing expert's rows of video 0
+        pad = video['object'].x.clone()
+        pad[~video['object'].mask] = 1e4  # padding rows of every video
+        b = model.encode_video(_with(_with(video, 'audio', x=noisy), 'object', x=pad))
+    assert torch.allclose(a.emb, b.emb, atol=1e-6)  # no agg token (its own included) saw them
+    assert not a.available[0, 1]
+
+
+def test_mmt_uses_time_order_but_not_order_inside_a_second() -> None:
+    model = _model('mmt')
+    video = _videos(3, 4)
+    for v in video.values():
+        v.mask[:] = True
+        v.available[:] = True
+    with torch.no_grad():
+        base = model.encode_video(video).emb
+        x = video['object'].x
+        shuffled = model.encode_video(_with(video, 'object', x=x[:, [3, 0, 4, 2, 1]])).emb  # times kept in place
+    assert not torch.allclose(base, shuffled, atol=1e-4)
+    # rows 0-2 in the same second: reordering them (features with their times) changes nothing
+    times = video['object'].times.clone()
+    times[:, :3, 0] = torch.tensor([1.1, 1.5, 1.9])
+    same = _with(video, 'object', times=times)
+    perm = [2, 0, 1, 3, 4]
+    moved = _with(video, 'object', x=x[:, perm], times=times[:, perm])
+    assert torch.equal(temporal_ids(times, 12), temporal_ids(times[:, perm], 12))
+    assert temporal_ids(times, 12)[0, :3].tolist() == [3, 3, 3]  # 1.x s -> T_2, id 2 + 1
+    assert temporal_ids(torch.tensor([[float('nan'), 0.0]]), 12).item() == UNKNOWN
+    assert temporal_ids(torch.tensor([[-1.0, -1.0]]), 12).item() == UNKNOWN  # store.UNKNOWN_TIME
+    with torch.no_grad():
+        assert torch.allclose(model.encode_video(same).emb, model.encode_video(moved).emb, atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['mmt', 'ssb'])
+def test_scores_depend_only_on_their_pair(kind: str) -> None:
+    model = _model(kind)
+    video, text = _videos(6, 5), _texts(4, 5)
+    perm = torch.tensor([3, 1, 5, 0, 2, 4])
+    taken = {k: ExpertInput(v.x[perm], v.available[perm], v.mask[perm], v.times[perm]) for k, v in video.items()}
+    with torch.no_grad():
+        s = model(video, text)
+        assert torch.allclose(model(taken, text), s[:, perm], atol=1e-5)
+        t_alone = model.encode_text(TextInput(text.x[:1], text.mask[:1]))
+        assert torch.allclose(model.encode_text(text).emb[:1], t_alone.emb, atol=1e-5)
+
+
+def test_support_set_weights() -> None:
+    sims = torch.randn(6, 6)
+    cross = support_weights(sims, 'cross', 0.1)
+    assert torch.all(cross.diagonal() == 0)
+    assert torch.allclose(cross.sum(1), torch.ones(6))
+    assert torch.all(cross + torch.eye(6) > 0)
+    assert torch.equal(support_weights(sims, 'identity', 0.1), torch.eye(6))
+    full = support_weights(sims, 'full', 0.1)
+    assert torch.allclose(full, torch.softmax(sims / 0.1, 1))
+    assert torch.allclose(support_weights(sims, 'hybrid', 0.1), (full + torch.eye(6)) / 2)
+
+
+def test_per_second_steps_average_and_concatenate() -> None:
+    x = torch.tensor([[[1.0], [3.0], [5.0]]])
+    times = torch.tensor([[[0.2, 0.3], [0.7, 0.8], [2.5, 2.6]]])
+    video = {'a': ExpertInput(x, torch.tensor([True]), torch.tensor([[True, True, True]]), times),
+             'b': ExpertInput(torch.tensor([[[7.0]]]), torch.tensor([False]), torch.tensor([[True]]),
+                              torch.tensor([[[0.0, 1.0]]]))}
+    e, mask = per_second(video, ['a', 'b'], 4)
+    assert e[0, :, 0].tolist() == [2.0, 0.0, 5.0, 0.0] and e[0, :, 1].tolist() == [0.0] * 4  # b is missing
+    assert mask[0].tolist() == [True, True, True, False]
+    e, mask = per_second(video, ['a', 'b'], 2)  # truncated to 2 s: the row at 2.5 s is dropped
+    assert e[0, :, 0].tolist() == [2.0, 0.0] and mask[0].tolist() == [True, False]
+
+
+def test_cross_captioning_enters_the_loss() -> None:
+    model = _model('ssb')
+    model.train()
+    video, text = _videos(6, 7), _texts(6, 7)
+    torch.manual_seed(1)
+    contrastive = lambda s: hard_negative_triplet(s, 0.2)  # noqa: E731
+    with torch.no_grad():
+        full = model.loss(video, text, contrastive)
+        only = contrastive(model(video, text))
+    assert full > only + 1.0  # lambda 10 x a captioning NLL of about log(50)
+    model.zero_grad()
+    model.loss(video, text, contrastive).backward()
+    assert model.t5.decoder.block[0].layer[0].SelfAttention.q.weight.grad.abs().sum() > 0
+
+
+def _counts(config: str, capsys: pytest.CaptureFixture) -> dict[str, float]:
+    assert train_main(['--config', str(CONFIG_DIR / config), '--count-params']) == 0
+    out = capsys.readouterr().out
+    counts = {'total': int(re.match(r'parameters: (\d+)', out).group(1))}
+    counts.update({m.group(1).strip(): int(m.group(2)) for m in re.finditer(r'^  (.+?)\s+(\d+)  \(', out, re.M)})
+    return counts
+
+
+def test_mmt_parameter_counts_match_the_paper(capsys: pytest.CaptureFixture) -> None:
+    """MMT appendix A.1: 133.3M = caption 112.9M + video 20.4M (projections 3.3M + MMT 17.1M) with
+    7 experts, 127.3M with 2; each within 0.5%, and equal to the paper's figures rounded to 0.1M."""
+    for config, paper in [('mmt_msrvtt_1k_a.yaml', {'total': 133.3, 'caption encoder': 112.9, 'video encoder': 20.4,
+                                                    'video encoder: projections': 3.3,
+                                                    'video encoder: transformer': 17.1}),
+                          ('mmt_activitynet.yaml', {'total': 127.3, 'caption encoder': 109.6, 'video encoder': 17.7,
+                                                    'video encoder: projections': 0.6,
+                                                    'video encoder: transformer': 17.1})]:
+        c = _counts(config, capsys)
+        for key, millions in paper.items():
+            assert round(c[key] / 1e6, 1) == millions, (config, key, c[key])
+            if millions > 10:
+                assert abs(c[key] / 1e6 - millions) / millions < 0.005, (config, key, c[key])
