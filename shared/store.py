@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 
 __all__ = [
-    'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES',
+    'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
     'ExpertStore', 'store_path', 'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
     'CheckReport', 'check_store', 'main',
@@ -38,6 +38,8 @@ _logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 PENDING, DONE, FAILED, SKIPPED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: 'pending', DONE: 'done', FAILED: 'failed', SKIPPED: 'skipped'}
+#: start and end of a row whose time is not known (features imported from releases without timing)
+UNKNOWN_TIME = -1.0
 _ROW_ARRAYS = ('features', 'timestamps', 'lengths', 'available', 'errors')
 _DIMS = {
     'video_ids': ('video',), 'features': ('video', 'row', 'dim'), 'timestamps': ('video', 'row', 'edge'),

@@ -48,4 +48,11 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
     if not root.is_dir():
         raise DatasetError(f'dataset directory {root} not found; put the {name} files there '
                            '(see README, "Datasets") or pass --data-root')
-    return adapter(root, **options)
+    try:
+        return adapter(root, **options)
+    except DatasetError:
+        from shared.datasets.imported import IMPORTED_FILE, imported_manifest
+
+        if (root / IMPORTED_FILE).is_file():  # features imported from a paper's release, no annotations
+            return imported_manifest(root, name)
+        raise

@@ -1,0 +1,264 @@
+"""`python -m pipelines.import_features`: convert the features the papers' authors released into
+expert stores, so that their tables can be reproduced without re-extracting.
+
+    python -m pipelines.import_features --source ce --root ~/Downloads/MSRVTT/structured-symlinks --dataset msrvtt
+    python -m pipelines.import_features --source mmt --root ~/Downloads/MSRVTT/mult_h5 --dataset msrvtt
+
+CE (Liu et al. 2019): one pickle per expert, ``dict[video_id -> array (D,) or (T, D)]``, a missing
+expert stored as a scalar NaN, found by name under --root (e.g.
+``aggregated_scene_25fps_256px_stride1_offset0/densenet161-avg.pickle``), with ``raw-captions.pkl``
+(``dict[video_id -> list of token lists]``) and the split lists of the release.
+MMT (Gabeur et al. 2020): one HDF5 file per video, ``{video_id}.h5``, with ``features.{expert}``
+(T, D), optional ``features_t.{expert}`` (T, 2) start/end seconds, and ``raw_captions.{i}``.
+
+Caption order is kept exactly (MSR-VTT 1k-A picks its test queries by position). Captions and
+splits are written to ``{data_root}/{dataset}/imported.json``, which the dataset's manifest uses
+when the official annotation files are not there. Rows without timing get the store's
+UNKNOWN_TIME. Pickle files can run code when loaded: they are read only here, after a warning,
+and only from the --root you name.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from shared.config import data_root_default, features_root_default
+from shared.datasets import dataset_dir
+from shared.datasets.imported import IMPORTED_FILE
+from shared.datasets.manifest import read_split_list
+from shared.store import DONE, UNKNOWN_TIME, StoreSpec, VideoResult, check_store, create_store, pack_chunk, store_path
+
+__all__ = ['CE_FILES', 'MMT_EXPERTS', 'import_ce', 'import_mmt', 'main']
+
+#: (glob under the CE release, our store name)
+CE_FILES = (
+    ('aggregated_imagenet*/senet154*.pickle', 'object'),
+    ('aggregated_imagenet*/resnext101*.pickle', 'object.resnext101_wsl'),
+    ('aggregated_scene*/densenet161*.pickle', 'scene'),
+    ('aggregated_i3d*/i3d*.pickle', 'action.i3d'),
+    ('aggregated_r2p1d*/r2p1d-ig65m*.pickle', 'action.r2plus1d_34_ig65m'),
+    ('aggregated_audio_feats/*.pickle', 'audio'),
+    ('aggregated_face_feats/facefeats*.pickle', 'face'),
+    ('aggregated_ocr_feats/ocr-raw*.pickle', 'ocr'),
+    ('aggregated_speech/speech-w2v*.pickle', 'speech'),
+)
+#: MMT's expert names -> ours
+MMT_EXPERTS = {'appearance': 'object', 'motion': 'action', 'audio': 'audio', 'scene': 'scene', 'ocr': 'ocr',
+               'face': 'face', 'speech': 'speech'}
+#: splits per dataset from list files: name -> (train, val, test list file names, paragraph, first caption only)
+SPLIT_LISTS: dict[str, dict[str, tuple[str, str | None, str, bool, bool]]] = {
+    'msrvtt': {'full': ('train_list_full.txt', 'val_list_full.txt', 'test_list_full.txt', False, False),
+               '1k-A': ('train_list_jsfusion.txt', None, 'val_list_jsfusion.txt', False, False),
+               '1k-B': ('train_list_miech.txt', None, 'test_list_miech.txt', False, True)},
+    'msvd': {'official': ('train_list.txt', 'val_list.txt', 'test_list.txt', False, False)},
+    'didemo': {'official': ('train_list.txt', 'val_list.txt', 'test_list.txt', True, False)},
+    'activitynet': {'val1': ('train_list.txt', None, 'val_1_list.txt', True, False),
+                    'val2': ('train_list.txt', None, 'val_2_list.txt', True, False)},
+}
+_SHIPPED_DIR = {'activitynet': 'activity-net'}
+
+
+def _rows(value: Any, dim: int | None) -> tuple[np.ndarray | None, str]:
+    """A release value -> (L, D) rows, or None with the reason it is missing."""
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.ndim == 0:
+        return None, 'missing in the release (NaN)'
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or (dim is not None and arr.shape[1] != dim):
+        raise ValueError(f'expected (D,) or (T, D) features, got shape {arr.shape}')
+    if not np.isfinite(arr).all():
+        return None, 'NaN in the release'
+    return arr, ''
+
+
+def write_store(features_root: Path, dataset: str, expert: str, ids: list[str],
+                values: dict[str, tuple[np.ndarray | None, np.ndarray | None]], source: str, origin: str) -> Path:
+    """One store from per-video (rows, timestamps or None); a video absent from `values` is skipped."""
+    present = [v[0] for v in values.values() if v[0] is not None]
+    if not present:
+        raise ValueError(f'{expert}: no video has features in {origin}')
+    dim = present[0].shape[1]
+    max_rows = max(len(r) for r in present)
+    spec = StoreSpec(dataset=dataset, expert=expert, feature_dim=dim, max_rows=max_rows, model=f'imported:{source}',
+                     weights=f'released by the authors ({source}): {origin}', config={'imported_from': origin})
+    path = store_path(features_root, dataset, expert)
+    store = create_store(path, ids, spec, overwrite=True)
+    for c in range((len(ids) + spec.chunk_size - 1) // spec.chunk_size):
+        results = []
+        for vid in ids[c * spec.chunk_size:(c + 1) * spec.chunk_size]:
+            if vid not in values:
+                results.append(VideoResult.skipped(dim, f'not in {origin}'))
+                continue
+            rows, times = values[vid]
+            if rows is None:
+                results.append(VideoResult(np.zeros((0, dim), np.float32), np.zeros((0, 2), np.float32), DONE,
+                                           available=False))
+                continue
+            if times is None:
+                times = np.full((len(rows), 2), UNKNOWN_TIME, np.float32)
+            results.append(VideoResult(rows, times))
+        store.write_chunk(c, pack_chunk(results, max_rows, dim, False))
+    store.consolidate()
+    return path
+
+
+def _read_pickle(path: Path) -> Any:
+    with open(path, 'rb') as f:
+        return pickle.load(f)  # noqa: S301 - the explicit importer; warned about in main()
+
+
+def _caption_text(cap: Any) -> str:
+    return cap if isinstance(cap, str) else ' '.join(str(t) for t in cap)
+
+
+def _splits(dataset: str, ids: list[str], captions: dict[str, list[str]], root: Path, data_root: Path) -> dict:
+    """Split lists from the release (when it has them) or the ones shipped with this package."""
+    from shared.datasets.msrvtt import JSFUSION_FILE, _jsfusion_queries
+
+    out = {}
+    shipped = _SHIPPED_DIR.get(dataset, dataset)
+
+    def read(name: str) -> list[str]:
+        local = root / name
+        if local.is_file():
+            return [line.strip() for line in local.read_text().splitlines() if line.strip()]
+        return list(read_split_list(shipped, name))
+
+    known = set(ids)
+    for name, (train, val, test, paragraph, first) in SPLIT_LISTS.get(dataset, {}).items():
+        parts = {'train': read(train), 'val': read(val) if val else [], 'test': read(test)}
+        parts = {k: [v for v in vids if v in known] for k, vids in parts.items()}
+        s: dict[str, Any] = {**parts, 'paragraph': paragraph}
+        if first:
+            s['query_captions'] = {v: [0] for v in parts['test']}
+        if dataset == 'msrvtt' and name == '1k-A':
+            js = next((p for p in (root / JSFUSION_FILE, dataset_dir(data_root, dataset) / JSFUSION_FILE)
+                       if p.is_file()), None)
+            if js is None:
+                s['unavailable'] = (f'1k-A tests on one JSFusion-chosen caption per video: put {JSFUSION_FILE} '
+                                    f'in {dataset_dir(data_root, dataset)} and import again')
+            else:
+                s['query_captions'] = {v: list(k) for v, k in _jsfusion_queries(js, {v: tuple(c) for v, c in captions.items()}).items()}
+        out[name] = s
+    if not out:  # a dataset without known lists: everything is a test set
+        out['all'] = {'train': [], 'val': [], 'test': ids, 'paragraph': False}
+    return out
+
+
+def _write_manifest(data_root: Path, dataset: str, source: str, ids: list[str], captions: dict[str, list[str]],
+                    splits: dict) -> Path:
+    d = dataset_dir(data_root, dataset)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / IMPORTED_FILE
+    path.write_text(json.dumps({'source': source, 'videos': ids, 'captions': captions, 'splits': splits}))
+    return path
+
+
+def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, progress: bool = True) -> list[Path]:
+    """CE's pickles under `root` -> stores + imported.json. Returns the store paths."""
+    cap_file = next(iter(sorted(root.rglob('raw-captions.pkl'))), None)
+    if cap_file is None:
+        raise FileNotFoundError(f'no raw-captions.pkl under {root}')
+    raw = _read_pickle(cap_file)
+    captions = {str(v): [_caption_text(c) for c in caps] for v, caps in raw.items()}
+    ids = sorted(captions)
+    found = [(f, name) for pattern, name in CE_FILES for f in sorted(root.rglob(pattern))[:1]]
+    if not found:
+        raise FileNotFoundError(f'no CE feature pickles under {root} (expected e.g. {CE_FILES[0][0]})')
+    paths = []
+    for f, name in tqdm(found, desc='import CE experts', unit='expert', disable=not progress):
+        data = _read_pickle(f)
+        dim = next((np.asarray(v).shape[-1] for v in data.values() if np.asarray(v).ndim >= 1), None)
+        values = {}
+        for vid in ids:
+            if vid in data:
+                rows, _ = _rows(data[vid], dim)
+                values[vid] = (rows, None)
+        paths.append(write_store(features_root, dataset, name, ids, values, 'ce', str(f.relative_to(root))))
+    _write_manifest(data_root, dataset, 'ce', ids, captions, _splits(dataset, ids, captions, root, data_root))
+    return paths
+
+
+def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, progress: bool = True) -> list[Path]:
+    """MMT's per-video HDF5 files under `root` -> stores + imported.json."""
+    import h5py
+
+    files = sorted(root.glob('*.h5'))
+    if not files:
+        raise FileNotFoundError(f'no .h5 files in {root}')
+    ids = [f.stem for f in files]
+    captions: dict[str, list[str]] = {}
+    per_expert: dict[str, dict[str, tuple[np.ndarray | None, np.ndarray | None]]] = {}
+    for f in tqdm(files, desc='read MMT files', unit='video', disable=not progress):
+        with h5py.File(f, 'r') as h:
+            keys = list(h.keys())
+            caps = sorted((int(k.split('.', 1)[1]), k) for k in keys if k.startswith('raw_captions.'))
+            captions[f.stem] = [_decode(h[k][()]) for _, k in caps]
+            for k in keys:
+                if not k.startswith('features.'):
+                    continue
+                expert = k.split('.', 1)[1]
+                rows, _ = _rows(h[k][()], None)
+                times = None
+                if rows is not None and f'features_t.{expert}' in h:
+                    t = np.asarray(h[f'features_t.{expert}'][()], np.float32)
+                    times = np.stack([t, t], -1) if t.ndim == 1 else t.reshape(-1, 2)
+                    if len(times) != len(rows) or not np.isfinite(times).all():
+                        times = None
+                per_expert.setdefault(expert, {})[f.stem] = (rows, times)
+    paths = [write_store(features_root, dataset, MMT_EXPERTS.get(e, e), ids, values, 'mmt', f'{root} features.{e}')
+             for e, values in per_expert.items()]
+    _write_manifest(data_root, dataset, 'mmt', ids, captions, _splits(dataset, ids, captions, root, data_root))
+    return paths
+
+
+def _decode(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode('utf-8')
+    if isinstance(value, np.ndarray):
+        return ' '.join(_decode(v) for v in value.tolist())
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m pipelines.import_features', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    p.add_argument('--source', choices=['ce', 'mmt'], required=True, help="whose release: CE's pickles or MMT's h5 files")
+    p.add_argument('--root', type=Path, required=True, help='the unpacked release directory')
+    p.add_argument('--dataset', required=True, help='the dataset name to import as (msrvtt, msvd, ...)')
+    p.add_argument('--data-root', type=Path, default=data_root_default())
+    p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--no-progress', action='store_true')
+    args = p.parse_args(argv)
+    if not args.root.is_dir():
+        print(f'error: {args.root} is not a directory', file=sys.stderr)
+        return 1
+    if args.source == 'ce':
+        warnings.warn(f'reading pickle files from {args.root}: unpickling can run code from the file; import only '
+                      'releases you trust', stacklevel=1)
+    try:
+        fn = import_ce if args.source == 'ce' else import_mmt
+        paths = fn(args.root.resolve(), args.dataset, args.data_root, args.features_root, not args.no_progress)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    bad = 0
+    for path in paths:
+        report = check_store(path)
+        bad += not report.valid
+        print(f'{path}: {report.summary().splitlines()[0]}')
+    print(f'captions and splits: {dataset_dir(args.data_root, args.dataset) / IMPORTED_FILE}')
+    return 2 if bad else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Manifests of datasets whose features were imported from the papers' releases
+(`python -m pipelines.import_features`), for when the official annotation files are not there.
+
+``{data_root}/{name}/imported.json`` holds the video ids, every video's captions in the release's
+order (1k-A indexes captions by position) and the splits:
+
+    {"source": "ce", "videos": [...], "captions": {"video1": ["...", ...]},
+     "splits": {"full": {"train": [...], "val": [...], "test": [...], "paragraph": false,
+                         "query_captions": {"video7": [3]}, "unavailable": ""}}}
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shared.datasets.manifest import DatasetError, Manifest, Split, resolve_inside
+
+__all__ = ['IMPORTED_FILE', 'imported_manifest']
+
+IMPORTED_FILE = 'imported.json'
+
+
+def imported_manifest(root: Path, name: str) -> Manifest:
+    path = root / IMPORTED_FILE
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+        ids = tuple(data['videos'])
+        caps = {v: tuple(data['captions'].get(v, ())) for v in ids}
+        splits = {}
+        for split_name, s in data['splits'].items():
+            queries = {v: tuple(k) for v, k in s.get('query_captions', {}).items()} or None
+            splits[split_name] = Split(split_name, tuple(s['train']), tuple(s.get('val', ())), tuple(s['test']),
+                                       paragraph=bool(s.get('paragraph', False)), query_captions=queries,
+                                       unavailable=s.get('unavailable', ''))
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise DatasetError(f'{path}: not an imported-features manifest ({err!r})') from None
+    paths = tuple(resolve_inside(root, f'videos/{v}.mp4') for v in ids)
+    return Manifest(name, root, ids, paths, caps, splits)
