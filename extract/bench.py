@@ -97,7 +97,7 @@ def _process_only(expert: Any, videos: list[Any]) -> tuple[float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     from extract.experts import create_expert, resolve_expert_names
-    from extract.run import RunOptions, _pick_device, _settings_for, run
+    from extract.run import RunOptions, pick_device, _settings_for, run
 
     p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE')
     args = p.parse_args(argv)
-    device = _pick_device(args.device)
+    device = pick_device(args.device)
     manifest = load_manifest(args.dataset, args.data_root)
     n = min(args.limit, len(manifest))
     items = [(i, str(manifest.paths[i])) for i in range(n)]

@@ -30,7 +30,7 @@ from shared.datasets import DatasetError, load_manifest
 from shared.store import (DONE, FAILED, ExpertStore, StoreError, StoreSpec, VideoResult, create_store, open_store,
                           pack_chunk, shard_chunks, store_path)
 
-__all__ = ['RunOptions', 'run', 'main']
+__all__ = ['RunOptions', 'build_experts', 'run', 'main', 'pick_device', 'open_stores']
 
 _logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class _Batcher:
         self.queued -= n
 
 
-def _pick_device(requested: str) -> str:
+def pick_device(requested: str) -> str:
     import torch
 
     if requested == 'auto':
@@ -179,7 +179,7 @@ def _chunk_size(manifest: Any, experts: list[Any], opts: RunOptions) -> int:
     return DEFAULT_CHUNK_SIZE
 
 
-def _open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str, ExpertStore]:
+def open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str, ExpertStore]:
     stores = {}
     opts.chunk_size = _chunk_size(manifest, experts, opts)
     for e in experts:
@@ -203,16 +203,30 @@ def _existing(store: ExpertStore, rows: range) -> dict[int, VideoResult]:
     return out
 
 
-def run(opts: RunOptions) -> int:
-    """Run an extraction; returns the process exit code (0 when the run finished)."""
+def build_experts(opts: RunOptions) -> list[Any]:
+    """The run's experts, configured (settings, presets, weights) but not loaded."""
     from extract.experts import create_expert, resolve_expert_names
+
+    return [create_expert(n, **_settings_for(n, opts)) for n in resolve_expert_names(','.join(opts.experts))]
+
+
+def run(opts: RunOptions, loaded: list[Any] | None = None) -> int:
+    """Run an extraction; returns the process exit code (0 when the run finished).
+
+    Args:
+        loaded: experts already built by `build_experts(opts)` and loaded on the device (a cluster
+            worker loads its models once and runs many shards with them).
+    """
+    from extract.experts import resolve_expert_names
 
     t_start = time.time()
     manifest = load_manifest(opts.dataset, opts.data_root)
     names = resolve_expert_names(','.join(opts.experts))
     opts.experts = names
-    experts = [create_expert(n, **_settings_for(n, opts)) for n in names]
-    stores = _open_stores(manifest, experts, opts)
+    experts = loaded if loaded is not None else build_experts(opts)
+    if [e.name for e in experts] != names:
+        raise ConfigError(f'loaded experts {[e.name for e in experts]} are not the requested {names}')
+    stores = open_stores(manifest, experts, opts)
     n_chunks = next(iter(stores.values())).n_chunks
     mine = shard_chunks(n_chunks, opts.shard, opts.num_shards)
     todo = {n: set(s.pending_chunks(mine, retry_failed=opts.retry_failed)) for n, s in stores.items()}
@@ -223,7 +237,7 @@ def run(opts: RunOptions) -> int:
         print(f'nothing to do for {", ".join(names)} on {manifest.name} ({where}): every chunk is finished')
         _finish(stores)
         return 0
-    device = _pick_device(opts.device)
+    device = pick_device(opts.device)
     decoder, why = choose_decoder(opts.decoder, device)
     if decoder == 'nvdec':
         raise ConfigError('--decoder nvdec: the NVDEC backend needs PyNvVideoCodec and a CUDA device; it is not '
@@ -234,8 +248,9 @@ def run(opts: RunOptions) -> int:
           f'{workers} decode worker(s)')
     if random_names:
         print(f'WARNING: RANDOM weights for {", ".join(random_names)}: these features mean nothing beyond tests and demos')
-    for e in experts:
-        e.load(device)
+    if loaded is None:
+        for e in experts:
+            e.load(device)
     tallies = {n: _Tally() for n in names}
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
     videos = [r for c in chunks for r in stores[names[0]].chunk_rows(c)]

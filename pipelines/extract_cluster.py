@@ -1,0 +1,188 @@
+"""`python -m pipelines.extract_cluster`: sharded extraction on a Dask cluster.
+
+    python -m pipelines.extract_cluster --dataset msrvtt --experts object,scene --scheduler local --workers 2
+    python -m pipelines.extract_cluster --dataset msrvtt --experts all --scheduler tcp://10.0.0.5:8786
+    python -m pipelines.extract_cluster --dataset msrvtt --experts all --scheduler slurm --workers 8 --gpus 1 \\
+        --slurm-partition gpu --slurm-walltime 04:00:00
+
+One task per shard (a contiguous range of whole store chunks, so tasks never share a chunk). Each
+worker builds and loads the experts once (a worker plugin) and runs every shard it is given with
+them. A failed task is retried (--retries); a worker that dies has its task rescheduled, and the
+shard continues from the chunks already written (the store's resume rule). GPU workers declare a
+``GPU`` resource and every task asks for one, so one task runs per GPU. At the end every store is
+checked (`shared.store.check_store`); the exit code is 0 when all are valid and complete.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from shared.config import ConfigError, parse_overrides
+from shared.datasets import DatasetError, load_manifest
+from shared.store import StoreError, check_store
+
+__all__ = ['ExpertsPlugin', 'extract_shard', 'extract_cluster', 'make_client', 'main']
+
+PLUGIN = 'videoexperts-experts'
+
+
+class ExpertsPlugin(WorkerPlugin):
+    """A Dask worker plugin that builds and loads the run's experts once per worker process."""
+
+    name = PLUGIN
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.opts = opts
+        self.experts: list[Any] | None = None
+
+    def setup(self, worker: Any) -> None:
+        from extract.run import RunOptions, build_experts, pick_device
+
+        opts = RunOptions(**self.opts)
+        self.experts = build_experts(opts)
+        device = pick_device(opts.device)
+        for e in self.experts:
+            e.load(device)
+
+    def teardown(self, worker: Any) -> None:
+        self.experts = None
+
+
+def extract_shard(opts: dict[str, Any], shard: int, num_shards: int) -> dict[str, Any]:
+    """Run one shard on this worker with the plugin's loaded experts (a Dask task)."""
+    from distributed import get_worker
+
+    from extract.run import RunOptions, run
+
+    plugin = get_worker().plugins.get(PLUGIN)
+    t0 = time.time()
+    code = run(RunOptions(**{**opts, 'shard': shard, 'num_shards': num_shards, 'progress': False}),
+               loaded=plugin.experts if plugin is not None else None)
+    if code != 0:
+        raise RuntimeError(f'shard {shard}/{num_shards} ended with exit code {code}')
+    return {'shard': shard, 'seconds': time.time() - t0}
+
+
+def make_client(scheduler: str, workers: int, gpus: int, threads: int, slurm: dict[str, Any]) -> Any:
+    """A Dask client for ``local`` (a LocalCluster), ``slurm`` (dask-jobqueue) or a scheduler address."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    # decode worker processes are children of the Dask worker, which must not be daemonic
+    dask.config.set({'distributed.worker.daemon': False})
+    resources = {'GPU': gpus} if gpus else None
+    if scheduler == 'local':
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, resources=resources,
+                               dashboard_address=None)
+        return Client(cluster)
+    if scheduler == 'slurm':
+        from dask_jobqueue import SLURMCluster
+
+        extra = ['--resources', f'GPU={gpus}'] if gpus else []
+        directives = [f'--gres=gpu:{gpus}'] if gpus else []
+        cluster = SLURMCluster(cores=slurm['cores'], processes=1, memory=slurm['memory'], queue=slurm['partition'],
+                               walltime=slurm['walltime'], job_extra_directives=directives,
+                               worker_extra_args=extra, log_directory=slurm['log_directory'])
+        cluster.scale(jobs=workers)
+        return Client(cluster)
+    return Client(scheduler)
+
+
+def extract_cluster(client: Any, opts: dict[str, Any], num_shards: int, gpus: int = 0, retries: int = 2,
+                    progress: bool = True) -> int:
+    """Submit one task per shard, wait for them, check every store. Returns an exit code."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from extract.run import RunOptions, build_experts, open_stores
+
+    base = RunOptions(**opts)
+    manifest = load_manifest(base.dataset, base.data_root)
+    experts = build_experts(base)  # configured, not loaded: creates the stores before any worker writes
+    stores = open_stores(manifest, experts, base)
+    n_chunks = next(iter(stores.values())).n_chunks
+    num_shards = max(1, min(num_shards, n_chunks))
+    opts = {**opts, 'experts': [e.name for e in experts]}
+    client.register_plugin(ExpertsPlugin(opts), name=PLUGIN)
+    resources = {'GPU': 1} if gpus else None
+    futures = [client.submit(extract_shard, opts, s, num_shards, key=f'extract-{base.dataset}-shard-{s}-of-{num_shards}',
+                             retries=retries, resources=resources, pure=False) for s in range(num_shards)]
+    print(f'{num_shards} shards of {n_chunks} chunks over {len(client.scheduler_info()["workers"])} worker(s); '
+          f'experts {", ".join(opts["experts"])}')
+    failed = []
+    bar = tqdm(total=len(futures), unit='shard', desc='shards', disable=not progress)
+    for fut in as_completed(futures):
+        try:
+            fut.result()
+        except Exception as err:  # noqa: BLE001 - report every shard, then fail the run
+            failed.append(f'{fut.key}: {err}')
+        bar.update(1)
+    bar.close()
+    code = 0
+    for e in opts['experts']:
+        report = check_store(stores[e].path)
+        print(f'{e}: {report.summary().splitlines()[0]}')
+        code = max(code, report.exit_code)
+    for f in failed:
+        print(f'failed after {retries} retries: {f}', file=sys.stderr)
+    return code if not failed else max(code, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from extract.run import RunOptions
+
+    d = RunOptions(dataset='', experts=[])
+    p = argparse.ArgumentParser(prog='python -m pipelines.extract_cluster', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    p.add_argument('--dataset', required=True)
+    p.add_argument('--experts', required=True, help='an expert, a comma list, or all')
+    p.add_argument('--scheduler', default='local', help='local (a LocalCluster), slurm (dask-jobqueue), or an address')
+    p.add_argument('--workers', type=int, default=2, help='worker processes (local) or SLURM jobs (default: 2)')
+    p.add_argument('--num-shards', type=int, default=None, help='tasks (default: 4 per worker, at most one per chunk)')
+    p.add_argument('--gpus', type=int, default=0, help='GPUs per worker; tasks then ask for one GPU each')
+    p.add_argument('--retries', type=int, default=2, help='retries of a failed shard (default: 2)')
+    p.add_argument('--data-root', type=Path, default=d.data_root)
+    p.add_argument('--features-root', type=Path, default=d.features_root)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--weights', default=None, help='as python -m extract --weights (random only when asked)')
+    p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE')
+    p.add_argument('--decode-workers', type=int, default=1, help='decode processes inside each worker (default: 1)')
+    p.add_argument('--chunk-size', type=int, default=None)
+    p.add_argument('--retry-failed', action='store_true')
+    p.add_argument('--slurm-partition', default=None)
+    p.add_argument('--slurm-cores', type=int, default=8)
+    p.add_argument('--slurm-memory', default='32GB')
+    p.add_argument('--slurm-walltime', default='04:00:00')
+    p.add_argument('--slurm-log-directory', default='logs/dask')
+    p.add_argument('--no-progress', action='store_true')
+    args = p.parse_args(argv)
+    try:
+        opts = dataclasses.asdict(RunOptions(
+            dataset=args.dataset, experts=args.experts.split(','), data_root=args.data_root,
+            features_root=args.features_root, device=args.device, weights=args.weights,
+            settings=parse_overrides(args.settings), retry_failed=args.retry_failed, workers=args.decode_workers,
+            chunk_size=args.chunk_size))
+        slurm = {'partition': args.slurm_partition, 'cores': args.slurm_cores, 'memory': args.slurm_memory,
+                 'walltime': args.slurm_walltime, 'log_directory': args.slurm_log_directory}
+        client = make_client(args.scheduler, args.workers, args.gpus, 1, slurm)
+        try:
+            return extract_cluster(client, opts, args.num_shards or 4 * args.workers, args.gpus, args.retries,
+                                   progress=not args.no_progress)
+        finally:
+            cluster = client.cluster  # ours to close for local and slurm; None for an existing scheduler
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    except (ConfigError, DatasetError, StoreError, ValueError, KeyError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
