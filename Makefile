@@ -24,9 +24,13 @@ SEEDS         ?= 0
 TRAIN_ARGS    ?=
 VIDEOS        ?= 120
 SEED          ?= 0
+PAPER         ?= ce
+RELEASE       ?=
+SCHEDULER     ?= local
+WORKERS       ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo demo-data extract experts train check datasets clean clean-venv
+.PHONY: help setup test test-fast demo demo-data extract extract-cluster experts train reproduce import check datasets clean clean-venv
 
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
@@ -68,13 +72,25 @@ extract: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_DATA)) ## extract EXPERT
 	$(PY) -m extract --dataset $(DATASET) --expert $(EXPERT) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) \
 		$(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS)) $(EXTRACT_ARGS)
 
+extract-cluster: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_DATA)) ## extract on Dask: SCHEDULER=local|slurm|ADDRESS WORKERS=N [EXTRACT_ARGS=]
+	$(PY) -m pipelines.extract_cluster --dataset $(DATASET) --experts $(EXPERT) --scheduler $(SCHEDULER) \
+		--workers $(WORKERS) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(EXTRACT_ARGS)
+
+import: $(STAMP) ## import the authors' features: PAPER=ce|mmt RELEASE=PATH DATASET=...
+	$(PY) -m pipelines.import_features --source $(PAPER) --root $(RELEASE) --dataset $(DATASET) \
+		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
+
+reproduce: $(STAMP) ## PAPER=ce|mee|mmt|ssb DATASET= SPLIT= [RELEASE=PATH]: 3 seeds beside the paper's numbers
+	$(PY) -m pipelines.reproduce --paper $(PAPER) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) \
+		$(if $(RELEASE),--release $(RELEASE)) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
+
 # the demo's stores: every expert, random weights where the weights do not ship in a wheel
 DEMO_STORES   := $(FEATURES_ROOT)/demo/.extracted
 $(DEMO_STORES): $(DEMO_DATA)
 	$(PY) -m extract --dataset demo --expert all --weights random --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 	touch $@
 
-train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (mee, ce) on DATASET [SPLIT= SEEDS=0,1,2 TRAIN_ARGS=]; the demo by default
+train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (mee, ce, mmt, ssb) on DATASET [SPLIT= SEEDS=0,1,2 TRAIN_ARGS=]; the demo by default
 	$(PY) -m train --model $(MODEL) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) --seeds $(SEEDS) \
 		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(TRAIN_ARGS)
 

@@ -1,0 +1,98 @@
+"""`make reproduce PAPER=... DATASET=... SPLIT=...`: train a paper's model with its config on
+imported (or extracted) features, three seeds, and print the table beside the paper's numbers.
+
+    python -m pipelines.reproduce --paper mmt --dataset msrvtt --split 1k-A --release ~/mmt/MSRVTT/mult_h5
+
+When the stores are missing and --release is given, the authors' features are imported first
+(CE and MEE: CE's pickles; MMT: MMT's h5 files). The paper's model is the model of the same name
+(``ce``, ``mee``, ``mmt``, ``ssb``) with its config under pipelines/configs/train/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shared.config import ConfigError, data_root_default, features_root_default
+from shared.store import store_path
+from train.loop import load_run_cfg
+from train.main import config_path
+from train.main import main as train_main
+
+__all__ = ['PAPER_RESULTS', 'main']
+
+#: (paper, dataset, split) -> (where in the paper, {direction: {metric: value}}), means over seeds as printed
+PAPER_RESULTS: dict[tuple[str, str, str], tuple[str, dict[str, dict[str, float]]]] = {
+    ('ce', 'msrvtt', 'full'): ('CE, Tab. 1 (MSR-VTT, full test set)',
+                               {'t2v': {'R1': 10.0, 'R5': 29.0, 'R10': 41.2, 'MdR': 16}}),
+    ('ce', 'msrvtt', '1k-A'): ('CE, Tab. 1 (MSR-VTT 1k-A)', {'t2v': {'R1': 20.9, 'R5': 48.8, 'R10': 62.4, 'MdR': 6}}),
+    ('ce', 'msrvtt', '1k-B'): ('CE, Tab. 1 (MSR-VTT 1k-B)', {'t2v': {'R1': 18.2, 'R5': 46.0, 'R10': 60.7, 'MdR': 7}}),
+    ('mmt', 'msrvtt', '1k-A'): ('MMT, Tab. 4 (MSR-VTT 1k-A, "Ours")',
+                                {'t2v': {'R5': 54.0, 'MdR': 4.0, 'MnR': 26.7}, 'v2t': {'R5': 56.0, 'MdR': 4.0, 'MnR': 23.6}}),
+    ('mmt', 'msrvtt', '1k-B'): ('MMT, Tab. 4 (MSR-VTT 1k-B, "Ours")',
+                                {'t2v': {'R5': 49.1, 'MdR': 6.0, 'MnR': 29.5}, 'v2t': {'R5': 49.4, 'MdR': 6.0, 'MnR': 24.5}}),
+    ('ssb', 'msrvtt', '1k-A'): ('Support-set, Tab. 3 (MSR-VTT 1k-A, "Ours", no pretraining)',
+                                {'t2v': {'R1': 27.4, 'R5': 56.3, 'R10': 67.7, 'MdR': 3.0},
+                                 'v2t': {'R1': 26.6, 'R5': 55.1, 'R10': 67.5, 'MdR': 3.0}}),
+}
+_SOURCE = {'ce': 'ce', 'mee': 'ce', 'mmt': 'mmt'}
+
+
+def _beside(ours: dict, paper: tuple[str, dict[str, dict[str, float]]] | None) -> str:
+    if paper is None:
+        return 'no paper numbers recorded for this recipe'
+    where, numbers = paper
+    rows = [f'paper: {where}', '| direction | metric | paper | ours (mean) |', '|---|---|---|---|']
+    for d, metrics in numbers.items():
+        for k, v in metrics.items():
+            rows.append(f'| {d} | {k} | {v} | {ours.get(d, {}).get(k, float("nan")):.1f} |')
+    return '\n'.join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m pipelines.reproduce', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    p.add_argument('--paper', required=True, choices=['ce', 'mee', 'mmt', 'ssb'])
+    p.add_argument('--dataset', required=True)
+    p.add_argument('--split', default=None)
+    p.add_argument('--release', type=Path, default=None, help="the authors' released features, imported when stores are missing")
+    p.add_argument('--seeds', default='0,1,2')
+    p.add_argument('--data-root', type=Path, default=data_root_default())
+    p.add_argument('--features-root', type=Path, default=features_root_default())
+    args = p.parse_args(argv)
+    try:
+        cfg_path = config_path(args.paper, args.dataset, args.split)
+        cfg = load_run_cfg(cfg_path)
+    except ConfigError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    split = args.split or cfg.data.split
+    missing = [e.name for e in cfg.model.experts if not store_path(args.features_root, args.dataset, e.name).exists()]
+    if missing:
+        if args.release is None or args.paper not in _SOURCE:
+            print(f'error: stores missing for {", ".join(missing)}: extract them (make extract) or pass --release '
+                  'with the authors\' features', file=sys.stderr)
+            return 1
+        from pipelines.import_features import main as import_main
+
+        code = import_main(['--source', _SOURCE[args.paper], '--root', str(args.release), '--dataset', args.dataset,
+                            '--data-root', str(args.data_root), '--features-root', str(args.features_root)])
+        if code:
+            return code
+    run = Path('runs') / f'reproduce-{args.paper}-{args.dataset}-{split}'
+    code = train_main(['--config', str(cfg_path), '--dataset', args.dataset, '--split', split, '--seeds', args.seeds,
+                       '--data-root', str(args.data_root), '--features-root', str(args.features_root),
+                       '--run-dir', str(run)])
+    if code:
+        return code
+    seeds = [json.loads((run / f'seed{s}' / 'test_metrics.json').read_text()) for s in args.seeds.split(',')]
+    mean = {d: {k: sum(r[d][k] for r in seeds) / len(seeds) for k in seeds[0][d]} for d in seeds[0]}
+    text = _beside(mean, PAPER_RESULTS.get((args.paper, args.dataset, split)))
+    print(text)
+    (run / 'paper_comparison.md').write_text(text + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
