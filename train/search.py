@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -48,7 +49,7 @@ class Searcher:
 
     @torch.no_grad()
     def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
-        text = self.model.encode_text(self.captions.encode([query]).batch(torch.arange(1).numpy()))
+        text = self.model.encode_text(self.captions.encode([query]).batch(np.arange(1)))
         scores = self.model.similarity(text, self.gallery)[0]
         top = torch.topk(scores, min(k, len(self.video_ids)))
         return [(self.video_ids[i], float(s)) for s, i in zip(top.values, top.indices)]
