@@ -2,9 +2,12 @@
 
     python -m extract.bench --dataset demo --experts object,scene --limit 64
     python -m extract.bench --dataset folder:/data/msrvtt_sample --experts all --device cuda --workers 16
+    python -m extract.bench --dataset folder:/data/msrvtt_sample --device cuda --decoder nvdec --workers 4
 
 End-to-end figures are printed as a ratio to the decode-only figure and to the model-only figure
-(rows/s divided by the mean rows per video), so that one sees which side limits the pipeline.
+(rows/s divided by the mean rows per video), so that one sees which side limits the pipeline. The
+end-to-end rate is given twice: over the whole run (model loading, pool start), and in the
+steady state (from the first decoded video to the end), which is what a long job sees.
 Prints a Markdown table to paste into BENCHMARKS.md, with the machine it ran on.
 """
 from __future__ import annotations
@@ -43,9 +46,18 @@ def machine(device: str) -> str:
     return f'{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}'
 
 
-def _decode_only(items: list[tuple[int, str]], samplings: dict, workers: int) -> tuple[float, float]:
+def _pool(samplings: dict, workers: int, decoder: str, device: str) -> Any:
+    if decoder == 'nvdec':
+        from extract.nvdec import NvdecPool
+
+        return NvdecPool(samplings, device, threads=workers)
+    return DecodePool(samplings, workers=workers)
+
+
+def _decode_only(items: list[tuple[int, str]], samplings: dict, workers: int, decoder: str = 'decord',
+                 device: str = 'cpu') -> tuple[float, float]:
     """videos/s and mean decoded frames per video."""
-    with DecodePool(samplings, workers=workers) as pool:
+    with _pool(samplings, workers, decoder, device) as pool:
         t0 = time.perf_counter()
         frames = [len(v.frames) if v.frames is not None else 0 for v in pool.imap(items)]
         return len(items) / (time.perf_counter() - t0), float(np.mean(frames))
@@ -96,8 +108,9 @@ def _process_only(expert: Any, videos: list[Any]) -> tuple[float, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from extract.decode import DECODERS, choose_decoder
     from extract.experts import create_expert, resolve_expert_names
-    from extract.run import RunOptions, pick_device, _settings_for, run
+    from extract.run import RunOptions, default_workers, pick_device, _settings_for, run
 
     p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--experts', default='object,scene', help='comma list or all (default: object,scene)')
     p.add_argument('--limit', type=int, default=64, help='videos to use (default: 64)')
     p.add_argument('--device', default='auto')
-    p.add_argument('--workers', type=int, default=max(1, (os.cpu_count() or 2) - 1), help='decode processes')
+    p.add_argument('--decoder', default='auto', choices=DECODERS, help='as for python -m extract (default: auto)')
+    p.add_argument('--workers', type=int, default=None,
+                   help='decode processes (decord, default cores - 1) or threads (nvdec, default 4)')
     p.add_argument('--weights', default='random', help='weights for every expert (default: random)')
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE')
@@ -122,18 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     resolved = {name: _settings_for(name, routing) for name in names}  # dataset presets included
     experts = [create_expert(name, **resolved[name]) for name in names]
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
+    decoder, why = choose_decoder(args.decoder, device, items[0][1], any(e.cfg.sampling == 'clips' for e in experts))
+    workers = args.workers if args.workers is not None else default_workers(decoder)
     print(f'machine: {machine(device)}')
-    print(f'{n} videos of {manifest.name}, {args.workers} decode processes, device {device}, weights {args.weights}')
+    print(f'{n} videos of {manifest.name}, decoder {decoder} ({why}) with {workers} '
+          f'{"threads" if decoder == "nvdec" else "processes"}, device {device}, weights {args.weights}')
 
-    dec_all, frames_all = _decode_only(items, samplings, args.workers)
-    rows: list[tuple[str, str, str]] = [('decode only (' + ', '.join(names) + ' sampling)', f'{dec_all:.1f} videos/s',
+    dec_all, frames_all = _decode_only(items, samplings, workers, decoder, device)
+    rows: list[tuple[str, str, str]] = [(f'decode only, {decoder} (' + ', '.join(names) + ' sampling)', f'{dec_all:.1f} videos/s',
                                          f'{frames_all:.0f} frames decoded per video')]
     video_rate: dict[str, float] = {}  # model-only, in videos/s
     decode_rate: dict[str, float] = {}
     for e in experts:
         e.load(device)
-        decode_rate[e.name], _ = _decode_only(items, {e.name: samplings[e.name]}, args.workers)
-        with DecodePool({e.name: samplings[e.name]}, workers=0) as pool:
+        decode_rate[e.name], _ = _decode_only(items, {e.name: samplings[e.name]}, workers, decoder, device)
+        # a worker process: decord must not share this process with PyNvVideoCodec
+        with DecodePool({e.name: samplings[e.name]}, workers=1) as pool:
             sample = [v for v in pool.imap(items[:8]) if not (v.audio_error if e.modality == 'audio' else v.error)]
         if e.per_video:
             rate, note = _process_only(e, sample)
@@ -157,24 +176,28 @@ def main(argv: list[str] | None = None) -> int:
             # the end-to-end runs read a folder of links: give them exactly the settings measured above
             settings = {f'{n}.{k}': v for n in selected for k, v in resolved[n].items()}
             opts = RunOptions(dataset=f'folder:{sub}', experts=list(selected), features_root=Path(tmp) / target,
-                              device=device, settings=settings, workers=args.workers, progress=False)
+                              device=device, decoder=decoder, settings=settings, workers=workers, progress=False)
             t0 = time.perf_counter()
+            stats: dict[str, float] = {}
             with open(os.devnull, 'w') as null:
                 stdout, sys.stdout = sys.stdout, null
                 try:
-                    code = run(opts)
+                    code = run(opts, stats=stats)
                 finally:
                     sys.stdout = stdout
             if code:
                 print(f'end-to-end run for {target} failed with exit code {code}', file=sys.stderr)
                 return code
             rate = n / (time.perf_counter() - t0)
+            steady = (n - 1) / max(stats['total_s'] - stats['setup_s'], 1e-9)
             # experts share the device: the model-only limit adds up their time per video
             limit = 1.0 / sum(1.0 / video_rate[s] for s in selected)
             decode = dec_all if target == 'all' else decode_rate[target]
-            label = f'end to end: {" + ".join(selected)} (model loading included)'
-            rows.append((label, f'{rate:.2f} videos/s',
-                         f'{rate / decode:.2f} x decode-only, {rate / limit:.2f} x model-only'))
+            wait = stats['decode_wait_s'] / max(stats['total_s'] - stats['setup_s'], 1e-9)
+            for label, r in ((f'end to end: {" + ".join(selected)} (whole run, {stats["setup_s"]:.1f} s setup)', rate),
+                             (f'end to end: {" + ".join(selected)} (steady state, {wait:.0%} waiting for decoding)',
+                              steady)):
+                rows.append((label, f'{r:.2f} videos/s', f'{r / decode:.2f} x decode-only, {r / limit:.2f} x model-only'))
     print()
     print('| measurement | throughput | ratio / note |')
     print('|---|---|---|')

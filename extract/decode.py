@@ -18,10 +18,11 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'decode_video', 'DecodePool', 'decode_short_side',
+__all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'precheck', 'read_frame_times', 'decode_video', 'DecodePool', 'decode_short_side',
            'DECODERS', 'choose_decoder']
 
 DECODERS = ('auto', 'decord', 'nvdec')
@@ -69,7 +70,7 @@ class DecodedVideo:
     """The frames one video contributes, shared by all experts, or why there are none."""
 
     row: int
-    frames: np.ndarray | None = None  # (F, H, W, 3) uint8
+    frames: Any = None  # (F, H, W, 3) uint8: numpy (decord), or a CUDA tensor (NVDEC)
     plans: dict[str, RowPlan] = dataclasses.field(default_factory=dict)
     duration: float = 0.0
     error: str = ''
@@ -125,25 +126,46 @@ def _first_error(err: BaseException) -> str:
     return (text[-1] if text else type(err).__name__)[:300]
 
 
+def precheck(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+    """What every backend does first: a missing or empty file is an error; audio is read when asked."""
+    out = DecodedVideo(row)
+    if not os.path.exists(path):
+        out.error = out.audio_error = f'file not found: {path}'
+    elif os.path.getsize(path) == 0:
+        out.error = out.audio_error = 'empty file (0 bytes)'
+    elif any(s.kind == 'audio' for s in samplings.values()):
+        from shared.media import load_audio
+
+        out.audio, out.audio_error = load_audio(path, AUDIO_RATE)
+    return out
+
+
+def read_frame_times(path: str) -> np.ndarray | str:
+    """The per-frame [start, end) seconds that `decode_video` plans rows from, or why there are none.
+
+    The NVDEC backend calls this in a decord worker process, so both backends cut identical rows.
+    """
+    import decord
+
+    try:
+        vr = decord.VideoReader(path, num_threads=1)
+        n = len(vr)
+        if n == 0:
+            raise RuntimeError('no video frames')
+        return _repair_times(np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2))
+    except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
+        return f'cannot open video: {_first_error(err)}'
+
+
 def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: int = 1) -> DecodedVideo:
     """Decode `path` once (decord for frames, FFmpeg for audio) and plan every expert's rows.
 
     Errors never raise: they become `error` (video) and `audio_error` (audio).
     """
     t0 = time.perf_counter()
-    out = DecodedVideo(row)
-    if not os.path.exists(path):
-        out.error = out.audio_error = f'file not found: {path}'
-        return out
-    if os.path.getsize(path) == 0:
-        out.error = out.audio_error = 'empty file (0 bytes)'
-        return out
-    if any(s.kind == 'audio' for s in samplings.values()):
-        from shared.media import load_audio
-
-        out.audio, out.audio_error = load_audio(path, AUDIO_RATE)
+    out = precheck(row, path, samplings)
     samplings = {n: s for n, s in samplings.items() if s.kind != 'audio'}
-    if not samplings:
+    if out.error or not samplings:
         out.seconds = time.perf_counter() - t0
         return out
     import decord
@@ -292,18 +314,51 @@ class DecodePool:
             queue.append((row, path, self._start().submit(decode_video, row, path, self.samplings)))
 
 
-def choose_decoder(requested: str, device: str) -> tuple[str, str]:
-    """The decoder to use and why: `auto` takes NVDEC only where it is installed and a GPU is used."""
+#: frame area from which `auto` takes NVDEC for frame sampling. Measured on an H100 host at 320x240
+#: (BENCHMARKS.md): 15 decord processes 43-75 videos/s, NVDEC (4 threads) 36-42; no larger size was
+#: measured, so this 720p line is an estimate from decode cost growing with the pixels.
+NVDEC_MIN_PIXELS = 1280 * 720
+
+
+def choose_decoder(requested: str, device: str, sample: str | None = None, clips: bool = False) -> tuple[str, str]:
+    """The decoder to use and why.
+
+    `auto` takes NVDEC on a CUDA device where PyNvVideoCodec works when an expert samples clips
+    (many frames per row: NVDEC decoded 2.6x as many videos/s as 16 decord processes at 320x240),
+    or when the videos (judged by `sample`, the run's first video) have `NVDEC_MIN_PIXELS` or more;
+    otherwise decord worker processes.
+
+    Raises:
+        ValueError: an unknown decoder, or nvdec asked for where it cannot run.
+    """
     if requested not in DECODERS:
         raise ValueError(f'unknown decoder {requested!r} (one of {", ".join(DECODERS)})')
-    if requested != 'auto':
-        return requested, 'asked for'
+    from extract.nvdec import nvdec_available
+
+    if requested == 'nvdec':
+        if not device.startswith('cuda'):
+            raise ValueError(f'--decoder nvdec decodes on the GPU, but the device is {device}')
+        reason = nvdec_available()
+        if reason:
+            raise ValueError(f'--decoder nvdec: {reason}')
+        return 'nvdec', 'asked for'
+    if requested == 'decord':
+        return 'decord', 'asked for'
     if not device.startswith('cuda'):
         return 'decord', 'no GPU in use'
-    from importlib.util import find_spec
+    reason = nvdec_available()
+    if reason:
+        return 'decord', f'no NVDEC: {reason}'
+    if clips:
+        return 'nvdec', 'clip sampling decodes many frames per row: NVDEC is faster'
+    from shared.media import MediaError, probe
 
-    if find_spec('PyNvVideoCodec') is None:
-        return 'decord', 'PyNvVideoCodec is not installed'
-    # Measured on an H100 host (DESIGN.md): decord in 16 processes ~84 videos/s on 240p clips,
-    # NVDEC with a decoder per video ~12 videos/s. Short low-resolution clips stay on the CPU.
-    return 'decord', 'decord is faster on the short low-resolution clips of retrieval datasets'
+    try:
+        info = probe(sample) if sample else None
+    except (MediaError, OSError):
+        info = None
+    if info is None or not info.width:
+        return 'decord', 'the first video could not be probed'
+    if info.width * info.height >= NVDEC_MIN_PIXELS:
+        return 'nvdec', f'{info.width}x{info.height} video: NVDEC from {NVDEC_MIN_PIXELS} pixels'
+    return 'decord', f'{info.width}x{info.height} video: decord processes are faster below {NVDEC_MIN_PIXELS} pixels'

@@ -3,14 +3,18 @@
     python -m extract --dataset demo --expert all
     python -m extract --dataset folder:/videos --expert object,scene --shard 3 --num-shards 64
 
-Work is done chunk by chunk (the stores' unit): the videos of a chunk are decoded in worker
-processes ahead of the models, each expert batches its rows across videos, and when the last
-video of a chunk is through, every store gets that chunk written with its status last. A rerun
-skips finished chunks, so a killed job loses only the chunks in flight.
+Work is done chunk by chunk (the stores' unit): the videos of a chunk are decoded ahead of the
+models (decord worker processes, or NVDEC threads on the GPU), each expert batches its rows across
+videos, and when the last video of a chunk is through, every store gets that chunk written (by a
+writer thread, status last) while the next chunk is computed. Results leave the GPU through
+asynchronous copies, so the GPU never waits for the host between batches. A rerun skips finished
+chunks, so a killed job loses only the chunks in flight.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures as cf
 import dataclasses
 import json
 import logging
@@ -75,6 +79,7 @@ class _Batcher:
         self.owners: list[tuple[int, int, int]] = []  # (row, first output row, count)
         self.queued = 0
         self.out: dict[int, np.ndarray] = {}
+        self.pending: list[tuple[list[tuple[int, int, int]], Any, Any]] = []  # (owners, host features, ready event)
 
     def add(self, row: int, x: Any) -> None:
         if self.out.get(row) is None:
@@ -86,8 +91,17 @@ class _Batcher:
             self._run(self.expert.cfg.batch_size)
 
     def flush(self) -> None:
+        """Run what is queued and wait for every result to reach `out`."""
         while self.queued:
             self._run(min(self.queued, self.expert.cfg.batch_size))
+        for taken, host, ready in self.pending:
+            if ready is not None:
+                ready.synchronize()
+            feats, pos = host.numpy(), 0
+            for row, start, k in taken:
+                self.out[row][start:start + k] = feats[pos:pos + k]
+                pos += k
+        self.pending.clear()
 
     def _run(self, n: int) -> None:
         import torch
@@ -105,11 +119,15 @@ class _Batcher:
             else:
                 self.owners[0] = (row, start + k, count)
             left -= k
-        feats = self.expert.forward(torch.cat(parts)).cpu().numpy()
-        pos = 0
-        for row, start, k in taken:
-            self.out[row][start:start + k] = feats[pos:pos + k]
-            pos += k
+        feats = self.expert.forward(torch.cat(parts))
+        ready = None
+        if feats.is_cuda:  # copy out without waiting: the next batch is queued behind it
+            host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+            host.copy_(feats, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+            feats = host
+        self.pending.append((taken, feats, ready))
         self.queued -= n
 
 
@@ -210,12 +228,15 @@ def build_experts(opts: RunOptions) -> list[Any]:
     return [create_expert(n, **_settings_for(n, opts)) for n in resolve_expert_names(','.join(opts.experts))]
 
 
-def run(opts: RunOptions, loaded: list[Any] | None = None) -> int:
+def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, float] | None = None) -> int:
     """Run an extraction; returns the process exit code (0 when the run finished).
 
     Args:
         loaded: experts already built by `build_experts(opts)` and loaded on the device (a cluster
             worker loads its models once and runs many shards with them).
+        stats: filled with `videos`, `setup_s` (start to the first decoded video), `total_s` (the
+            benchmark's steady-state rate leaves the setup out) and `decode_wait_s` (time the
+            models waited for decoded videos after the first).
     """
     from extract.experts import resolve_expert_names
 
@@ -238,11 +259,10 @@ def run(opts: RunOptions, loaded: list[Any] | None = None) -> int:
         _finish(stores)
         return 0
     device = pick_device(opts.device)
-    decoder, why = choose_decoder(opts.decoder, device)
-    if decoder == 'nvdec':
-        raise ConfigError('--decoder nvdec: the NVDEC backend needs PyNvVideoCodec and a CUDA device; it is not '
-                          'available in this build (use --decoder decord)')
-    workers = opts.workers if opts.workers >= 0 else max(1, min(8, (os.cpu_count() or 2) - 1))
+    videos = [r for c in chunks for r in stores[names[0]].chunk_rows(c)]
+    clips = any(e.cfg.sampling == 'clips' for e in experts)
+    decoder, why = choose_decoder(opts.decoder, device, str(manifest.paths[videos[0]]), clips)
+    workers = opts.workers if opts.workers >= 0 else default_workers(decoder)
     random_names = [e.name for e in experts if e.resolve().random]
     print(f'extracting {", ".join(names)} from {manifest.name}: {where}; device {device}; decoder {decoder} ({why}); '
           f'{workers} decode worker(s)')
@@ -253,8 +273,15 @@ def run(opts: RunOptions, loaded: list[Any] | None = None) -> int:
             e.load(device)
     tallies = {n: _Tally() for n in names}
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
-    videos = [r for c in chunks for r in stores[names[0]].chunk_rows(c)]
-    pool = DecodePool(samplings, workers=workers)
+    if decoder == 'nvdec':
+        from extract.nvdec import NvdecPool
+
+        pool: Any = NvdecPool(samplings, device, threads=workers)
+    else:
+        pool = DecodePool(samplings, workers=workers)
+    writer = cf.ThreadPoolExecutor(1, thread_name_prefix='store-writer')
+    writes: collections.deque[cf.Future] = collections.deque()
+    t_first, waited = None, 0.0
     from tqdm import tqdm
 
     bar = tqdm(total=len(videos), unit='video', desc='extract', disable=not opts.progress, dynamic_ncols=True)
@@ -269,7 +296,12 @@ def run(opts: RunOptions, loaded: list[Any] | None = None) -> int:
             results: dict[str, dict[int, VideoResult]] = {e.name: {} for e in active}
             stamps: dict[str, dict[int, np.ndarray]] = {e.name: {} for e in active}
             for r in rows:
+                t_wait = time.perf_counter()
                 video = next(decoded)
+                if t_first is None:
+                    t_first = time.time()
+                else:
+                    waited += time.perf_counter() - t_wait
                 assert video.row == r
                 failures += _feed(video, active, redo, batchers, results, stamps)
                 bar.update(1)
@@ -283,18 +315,35 @@ def run(opts: RunOptions, loaded: list[Any] | None = None) -> int:
                     else:
                         chunk_results[r] = VideoResult(batchers[e.name].out.pop(r), stamps[e.name][r], DONE)
                 ordered = [chunk_results[r] for r in rows]
-                stores[e.name].write_chunk(c, pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, e.has_tokens))
+                packed = pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, e.has_tokens)
+                writes.append(writer.submit(stores[e.name].write_chunk, c, packed))
                 _count(tallies[e.name], ordered, redo[e.name], rows, manifest.video_ids)
+            while len(writes) > 2 * len(active):  # bounded: at most two chunks wait for the disk
+                writes.popleft().result()
     except KeyboardInterrupt:
         bar.close()
         pool.close(kill=True)
+        writer.shutdown(wait=True, cancel_futures=True)  # chunks already handed over are written whole
         print('\ninterrupted: finished chunks are saved; rerun the same command to continue', file=sys.stderr)
         return 130
+    finally:
+        writer.shutdown(wait=True)
+    for w in writes:
+        w.result()
     bar.close()
     pool.close()
     _finish(stores)
-    _summary(manifest.name, stores, tallies, len(videos), time.time() - t_start)
+    t_end = time.time()
+    if stats is not None:
+        stats.update(videos=len(videos), setup_s=(t_first or t_end) - t_start, total_s=t_end - t_start,
+                     decode_wait_s=waited)
+    _summary(manifest.name, stores, tallies, len(videos), t_end - t_start)
     return 0
+
+
+def default_workers(decoder: str) -> int:
+    """Decode processes (decord: cores - 1, at most 16) or NVDEC threads (4)."""
+    return 4 if decoder == 'nvdec' else max(1, min(16, (os.cpu_count() or 2) - 1))
 
 
 def _rows_to_redo(store: ExpertStore, chunk: int, retry_failed: bool) -> list[int]:
@@ -329,18 +378,36 @@ def _feed(video: DecodedVideo, experts: list[Any], redo: dict[str, list[int]], b
             continue
         plan = video.plans[e.name]
         if e.per_video:
-            out[video.row] = _guarded(e, VideoInput(frames=video.frames[plan.index[:, 0]], timestamps=plan.timestamps))
+            out[video.row] = _guarded(e, VideoInput(frames=_host(video.frames, plan.index[:, 0]),
+                                                    timestamps=plan.timestamps))
             failed |= out[video.row].status == FAILED
             continue
-        if frames is None:
-            frames = torch.from_numpy(video.frames)
-        idx = torch.from_numpy(plan.index)
-        rows = frames[idx[:, 0]] if e.cfg.sampling == 'frames' else frames[idx]
-        batchers[e.name].add(video.row, e.preprocess(rows.to(e.device, non_blocking=True)))
+        if frames is None:  # CUDA already (NVDEC), or host memory (decord)
+            frames = video.frames if torch.is_tensor(video.frames) else torch.from_numpy(video.frames)
+        idx = torch.from_numpy(plan.index[:, 0] if e.cfg.sampling == 'frames' else plan.index)
+        batchers[e.name].add(video.row, e.preprocess(_to_device(frames, idx, e.device)))
         stamps[e.name][video.row] = plan.timestamps
     if video.note:
         _logger.warning('video row %d: %s', video.row, video.note)
     return int(failed)
+
+
+def _to_device(frames: Any, index: Any, device: Any) -> Any:
+    """frames[index] on `device` (frames from NVDEC are there already).
+
+    Staging host frames through pinned memory first was measured slower end to end on an H100
+    host (23.7 against 31.4 videos/s, BENCHMARKS.md), so the copy is a plain one.
+    """
+    if frames.is_cuda:
+        return frames[index.to(frames.device)]
+    return frames[index].to(device, non_blocking=True)
+
+
+def _host(frames: Any, index: np.ndarray) -> np.ndarray:
+    """Rows `index` of a video's frames as host uint8 (per-video experts run their own libraries)."""
+    if isinstance(frames, np.ndarray):
+        return frames[index]
+    return frames[np.ascontiguousarray(index)].cpu().numpy()
 
 
 def _guarded(expert: Any, inputs: Any) -> VideoResult:
@@ -408,14 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--num-shards', type=int, default=None,
                    help='shards in all (default: SLURM_ARRAY_TASK_COUNT, else 1); shards own whole chunks')
     p.add_argument('--device', default=d.device, help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
-    p.add_argument('--decoder', default=d.decoder, choices=DECODERS, help='video decoder (default: auto)')
+    p.add_argument('--decoder', default=d.decoder, choices=DECODERS,
+                   help='decord (CPU processes) or nvdec (GPU, needs pynvvideocodec); auto (default) picks the '
+                        'faster one for this machine and the videos\' resolution, and says which')
     p.add_argument('--batch-size', type=int, default=None, help='rows per forward pass (default: per expert)')
     p.add_argument('--weights', default=None,
                    help='weights for the selected experts: a path (one expert), file:NAME, or random (explicit)')
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
                    help='an expert setting (fps, clip_len, resize, input_size, max_rows, ...); EXPERT.KEY=VALUE for one')
     p.add_argument('--retry-failed', action='store_true', help='also redo videos that failed before')
-    p.add_argument('--workers', type=int, default=d.workers, help='decode processes (default: cores - 1, at most 8)')
+    p.add_argument('--workers', type=int, default=d.workers,
+                   help='decode processes for decord (default: cores - 1, at most 16), threads for nvdec (default: 4)')
     p.add_argument('--chunk-size', type=int, default=None,
                    help=f'videos per chunk, a new store\'s unit of work (default: {DEFAULT_CHUNK_SIZE}, or the existing stores\')')
     p.add_argument('--overwrite', action='store_true', help='delete existing stores of these experts first')

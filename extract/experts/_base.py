@@ -94,6 +94,7 @@ class Expert:
         self.device = torch.device('cpu')
         self.dtype = torch.float32
         self.weights: ResolvedWeights | None = None
+        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None  # mean, std on the device
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.name!r}, arch={self.cfg.arch!r}, weights={self.cfg.weights!r})'
@@ -133,6 +134,9 @@ class Expert:
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
+        # made once: a tensor built from a list per batch would be a synchronous host-to-device copy
+        self._norm = (torch.tensor(self.cfg.mean, device=self.device).view(1, 3, 1, 1),
+                      torch.tensor(self.cfg.std, device=self.device).view(1, 3, 1, 1))
         return self
 
     # -- compute ----------------------------------------------------------------------------
@@ -155,8 +159,10 @@ class Expert:
         if c:
             top, left = max(0, (x.shape[-2] - c) // 2), max(0, (x.shape[-1] - c) // 2)
             x = x[..., top:top + c, left:left + c]
-        mean = torch.tensor(self.cfg.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.cfg.std, device=x.device).view(1, 3, 1, 1)
+        if self._norm is None or self._norm[0].device != x.device:
+            self._norm = (torch.tensor(self.cfg.mean, device=x.device).view(1, 3, 1, 1),
+                          torch.tensor(self.cfg.std, device=x.device).view(1, 3, 1, 1))
+        mean, std = self._norm
         x = (x - mean) / std
         if clips:
             x = x.reshape(n, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # (N, C, T, H, W)

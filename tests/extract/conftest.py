@@ -1,6 +1,7 @@
 """Fixtures for the extract tests: a directory of bad and unusual files made with real FFmpeg."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,8 +19,18 @@ def _ff(*args: str) -> None:
 
 @pytest.fixture(scope='session')
 def odd_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Files every decoder meets in real collections, with what each should give."""
-    d = tmp_path_factory.mktemp('odd')
+    """Files every decoder meets in real collections, with what each should give.
+
+    `$VIDEOEXPERTS_ODD_VIDEOS` names a folder made by `make_odd_videos` beforehand, for machines
+    without FFmpeg (the GPU host of the NVDEC tests).
+    """
+    ready = os.environ.get('VIDEOEXPERTS_ODD_VIDEOS')
+    if ready:
+        return Path(ready)
+    return make_odd_videos(tmp_path_factory.mktemp('odd'))
+
+
+def make_odd_videos(d: Path) -> Path:
     src = ['-f', 'lavfi', '-i', 'testsrc2=size=320x240:rate=25:duration=2']
     tone = ['-f', 'lavfi', '-i', 'sine=frequency=440:duration=2']
     _ff(*src, *tone, '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-c:a', 'aac', '-shortest', str(d / 'good.mp4'))

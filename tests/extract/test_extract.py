@@ -142,14 +142,15 @@ def _headless_to_checkpoint(name: str, sd: dict) -> dict:
         sd = {re.sub(r'(denselayer\d+\.(?:norm|relu|conv))([12])\.', r'\1.\2.', k): v for k, v in sd.items()}
         sd['classifier.weight'] = torch.zeros(365, 2208)
         return {'state_dict': {f'module.{k}': v for k, v in sd.items()}, 'epoch': 90, 'arch': 'densenet161'}
-    head = {'object': 'last_linear.weight', 'action': 'classifier.1.weight'}.get(name, 'fc.weight')
+    head = {'object': 'last_linear.weight', 'action': 'classifier.1.weight',
+            'action.i3d': 'logits.conv3d.weight'}.get(name, 'fc.weight')
     sd[head] = torch.zeros(3, 3)
     return sd
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['object', 'object.resnet152', 'object.resnext101_wsl', 'action',
-                                  'action.r2plus1d_18', 'action.r2plus1d_34_ig65m', 'scene'])
+                                  'action.r2plus1d_18', 'action.r2plus1d_34_ig65m', 'action.i3d', 'scene'])
 def test_every_visual_expert_loads_a_checkpoint(name: str, small_demo: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     settings = dict(resize=[40], input_size=32, clip_len=6)

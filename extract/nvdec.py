@@ -1,0 +1,261 @@
+"""GPU decoding with NVDEC (PyNvVideoCodec): the same rows as the decord path, frames left on the GPU.
+
+Frame indices and [start, end) times are read by decord in a helper process (its index of the
+file, no decoding), and go through the same `plan_rows`, so both backends cut identical rows; a
+file whose frame count NVDEC sees differently is decoded on the CPU. Frames are decoded to RGB in GPU memory, turned by the display rotation of the file, resized on
+the GPU to the decord path's decode size, and handed to the experts without a trip through host
+memory.
+
+Creating an NVDEC session costs ~0.3 s, more than decoding a whole 15 s clip at 1 fps, so each
+decode thread keeps one decoder and reconfigures it for the next video (PyNvVideoCodec keeps a
+small cache of sessions for other sizes and codecs). A file NVDEC cannot decode (a codec or
+chroma format it lacks) goes to one decord worker process: decord and PyNvVideoCodec bundle
+different FFmpeg builds and crash when loaded into one process, so this module never imports decord.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import math
+import multiprocessing
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from extract.decode import (DecodedVideo, DecodePool, RowPlan, Sampling, _first_error, _resize_dims, _worker_init,
+                            decode_short_side, plan_rows, precheck, read_frame_times)
+
+__all__ = ['NvdecPool', 'nvdec_available', 'display_rotation']
+
+#: largest frame the reused decoder is configured for; larger videos get a session of their own
+MAX_WIDTH, MAX_HEIGHT = 4096, 4096
+
+
+def nvdec_available() -> str:
+    """'' when NVDEC can be used here, else why not."""
+    from importlib.util import find_spec
+
+    if find_spec('PyNvVideoCodec') is None:
+        return 'PyNvVideoCodec is not installed (pip install pynvvideocodec)'
+    import torch
+
+    if not torch.cuda.is_available():
+        return 'no CUDA device'
+    return ''
+
+
+def display_rotation(path: str | os.PathLike) -> int:
+    """Clockwise display rotation in degrees (0, 90, 180, 270) of an MP4/MOV video track.
+
+    Read from the track header's matrix (where FFmpeg's `-display_rotation` and phones put it);
+    other containers carry none. A few reads of a file's box headers, no decoding.
+    """
+    try:
+        with open(path, 'rb') as f:
+            return _rotation_in(f, os.fstat(f.fileno()).st_size, depth=0) or 0
+    except (OSError, struct.error, ValueError):
+        return 0
+
+
+def _boxes(f, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of the boxes from f's position to `end`."""
+    pos = f.tell()
+    while pos + 8 <= end:
+        f.seek(pos)
+        size, kind = struct.unpack('>I4s', f.read(8))
+        head = 8
+        if size == 1:
+            size, head = struct.unpack('>Q', f.read(8))[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < head:
+            return
+        yield kind, pos + head, min(pos + size, end)
+        pos += size
+
+
+def _rotation_in(f, end: int, depth: int) -> int | None:
+    for kind, start, stop in list(_boxes(f, end)):
+        if kind == b'moov' and depth == 0:
+            f.seek(start)
+            return _rotation_in(f, stop, 1)
+        if kind == b'trak' and depth == 1:
+            f.seek(start)
+            inner = {k: (s, e) for k, s, e in _boxes(f, stop)}
+            if b'tkhd' not in inner or not _is_video(f, inner.get(b'mdia')):
+                continue
+            s, _ = inner[b'tkhd']
+            f.seek(s)
+            version = f.read(1)[0]
+            f.seek(s + 4 + (32 if version == 1 else 20) + 16)  # fields before the matrix
+            a, b = struct.unpack('>ii', f.read(8))
+            return int(round(math.degrees(math.atan2(b, a)) / 90.0)) % 4 * 90
+    return None
+
+
+def _is_video(f, mdia: tuple[int, int] | None) -> bool:
+    if mdia is None:
+        return False
+    f.seek(mdia[0])
+    for kind, start, _ in _boxes(f, mdia[1]):
+        if kind == b'hdlr':
+            f.seek(start + 8)
+            return f.read(4) == b'vide'
+    return False
+
+
+class _Thread(threading.local):
+    decoder = None
+    stream = None
+
+
+class NvdecPool:
+    """Decode videos on the GPU in `threads` decode threads, in order, with bounded prefetch.
+
+    Same interface as `DecodePool`; `frames` of the results are CUDA uint8 tensors (F, H, W, 3).
+
+    Args:
+        samplings: expert name -> Sampling.
+        device: the CUDA device the experts run on.
+        threads: decode threads, each with its own reused decoder and CUDA stream.
+        prefetch: videos decoded ahead of the consumer, per thread.
+        timing_workers: decord processes that read the frame times.
+    """
+
+    def __init__(self, samplings: dict[str, Sampling], device: str = 'cuda', threads: int = 4, prefetch: int = 2,
+                 timing_workers: int = 2) -> None:
+        import torch
+
+        self.samplings = samplings
+        self.video_samplings = {n: s for n, s in samplings.items() if s.kind != 'audio'}
+        self.device = torch.device(device)
+        self.gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self.threads = max(1, threads)
+        self.depth = self.threads * max(1, prefetch)
+        self._consumer = torch.cuda.current_stream(self.device)
+        self._local = _Thread()
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._cpu: DecodePool | None = None
+        self._timing = cf.ProcessPoolExecutor(timing_workers, mp_context=multiprocessing.get_context('spawn'),
+                                              initializer=_worker_init)
+
+    def __enter__(self) -> NvdecPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(kill=exc[0] is not None)
+
+    def close(self, kill: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._cpu is not None:
+            self._cpu.close(kill=kill)
+            self._cpu = None
+        self._timing.shutdown(wait=not kill, cancel_futures=True)
+
+    def imap(self, items: Sequence[tuple[int, str]]) -> Iterator[DecodedVideo]:
+        """Decoded videos for (row, path) items, in the order given."""
+        if self._pool is None:
+            self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix='nvdec')
+        queue: collections.deque[cf.Future] = collections.deque()
+        todo = iter(items)
+
+        def refill() -> None:
+            while len(queue) < self.depth:
+                item = next(todo, None)
+                if item is None:
+                    return
+                queue.append(self._pool.submit(self.decode, *item))
+
+        refill()
+        while queue:
+            video = queue.popleft().result()
+            refill()
+            if video.error.startswith('NVDEC'):
+                video = self._on_cpu(video)
+            yield video
+
+    def _on_cpu(self, failed: DecodedVideo) -> DecodedVideo:
+        """A video NVDEC cannot decode, from one decord worker process."""
+        if self._cpu is None:
+            self._cpu = DecodePool(self.samplings, workers=1, prefetch=1)
+        video = next(self._cpu.imap([(failed.row, failed.note)]))
+        if not video.error:
+            video.note = f'{failed.error}; decoded on the CPU instead'
+        return video
+
+    def decode(self, row: int, path: str) -> DecodedVideo:
+        """Decode `path` once on the GPU and plan every expert's rows (never raises)."""
+        import torch
+
+        t0 = time.perf_counter()
+        out = precheck(row, path, self.samplings)
+        if out.error or not self.video_samplings:
+            out.seconds = time.perf_counter() - t0
+            return out
+        frame_times = self._timing.submit(read_frame_times, path).result()
+        if isinstance(frame_times, str):
+            out.error = frame_times
+            return out
+        local = self._local
+        try:
+            if local.stream is None:
+                torch.cuda.set_device(self.gpu)
+                local.stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(local.stream):
+                frames, plans = self._decode_frames(local, path, frame_times)
+                frames = self._orient_and_resize(frames, display_rotation(path))
+                frames.record_stream(self._consumer)  # freed only after the experts' kernels ran
+            local.stream.synchronize()
+        except Exception as err:  # noqa: BLE001 - NVDEC raises its own types for unsupported input
+            local.decoder = None  # a decoder that failed is not reused
+            out.error, out.note = f'NVDEC cannot decode this file ({_first_error(err)})', path
+            return out
+        out.frames = frames
+        out.duration = float(frame_times[-1, 1])
+        out.plans = plans
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def _decode_frames(self, local: _Thread, path: str, frame_times: np.ndarray):
+        import PyNvVideoCodec as nvc
+        import torch
+
+        if local.decoder is None:
+            local.decoder = nvc.SimpleDecoder(path, gpu_id=self.gpu, cuda_stream=local.stream.cuda_stream,
+                                              use_device_memory=True, output_color_type=nvc.OutputColorType.RGB,
+                                              max_width=MAX_WIDTH, max_height=MAX_HEIGHT)
+        else:
+            local.decoder.reconfigure_decoder(path)
+        dec = local.decoder
+        if len(dec) != len(frame_times):
+            raise RuntimeError(f'NVDEC counts {len(dec)} frames, decord {len(frame_times)}')
+        planned = {name: plan_rows(frame_times, s) for name, s in self.video_samplings.items()}
+        needed = np.unique(np.concatenate([idx.ravel() for idx, _ in planned.values()]))
+        decoded = dec.get_batch_frames_by_index(needed.tolist())
+        if len(decoded) != len(needed):
+            raise RuntimeError(f'decoded {len(decoded)} of {len(needed)} frames')
+        frames = torch.stack([torch.from_dlpack(f) for f in decoded])  # a copy: the decoder reuses its surfaces
+        plans = {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in planned.items()}
+        return frames, plans
+
+    def _orient_and_resize(self, frames, rotation: int):
+        """Display orientation, then the decord path's decode size (short side, even dimensions)."""
+        import torch
+        import torch.nn.functional as F
+
+        if rotation:
+            frames = torch.rot90(frames, k=-rotation // 90, dims=(1, 2)).contiguous()
+        h, w = frames.shape[1:3]
+        width, height = _resize_dims(h, w, decode_short_side(self.video_samplings.values()))
+        if width > 0:
+            x = frames.permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=(height, width), mode='bilinear', align_corners=False, antialias=True)
+            frames = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return frames

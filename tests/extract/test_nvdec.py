@@ -1,0 +1,93 @@
+"""NVDEC decoding gives the decord path's rows: same frames, same indices, same timestamps.
+
+The GPU tests run where PyNvVideoCodec and a CUDA device are present (skipped elsewhere). decord
+runs in a worker process there: the two libraries' FFmpeg builds must not share a process.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.decode import DecodePool, Sampling, choose_decoder
+from extract.nvdec import NvdecPool, display_rotation, nvdec_available
+
+gpu = pytest.mark.skipif(bool(nvdec_available()), reason=f'NVDEC unavailable: {nvdec_available()}')
+
+SAMPLINGS = {'f': Sampling('frames', fps=1.0, short_side=64), 'c': Sampling('clips', fps=2.0, clip_len=4, short_side=64)}
+DECODABLE = ['good.mp4', 'vfr.mp4', 'hevc.mp4', 'vp9.webm', 'mpeg4.avi', 'rotated.mp4', 'odd_size.mp4',
+             'one_frame.mp4', 'no_audio.mp4']
+BAD = ['zero.mp4', 'text.mp4', 'missing.mp4']
+
+
+def test_rotation_is_read_from_the_track_header(odd_videos: Path) -> None:
+    assert display_rotation(odd_videos / 'rotated.mp4') == 270  # -display_rotation 90: 90 degrees anticlockwise
+    assert display_rotation(odd_videos / 'good.mp4') == 0
+    assert display_rotation(odd_videos / 'vp9.webm') == 0 and display_rotation(odd_videos / 'text.mp4') == 0
+
+
+def test_auto_stays_on_the_cpu_without_a_gpu() -> None:
+    assert choose_decoder('auto', 'cpu')[0] == 'decord'
+    with pytest.raises(ValueError, match='GPU'):
+        choose_decoder('nvdec', 'cpu')
+
+
+@gpu
+def test_nvdec_rows_equal_decord_rows(odd_videos: Path) -> None:
+    items = [(i, str(odd_videos / n)) for i, n in enumerate(DECODABLE)]
+    with DecodePool(SAMPLINGS, workers=1) as pool:
+        ref = list(pool.imap(items))
+    with NvdecPool(SAMPLINGS, 'cuda', threads=2) as pool:
+        got = list(pool.imap(items))
+    for name, r, g in zip(DECODABLE, ref, got):
+        assert not r.error and not g.error, (name, r.error, g.error)
+        frames = g.frames.cpu().numpy() if torch.is_tensor(g.frames) else g.frames
+        assert frames.shape == r.frames.shape, name
+        assert abs(g.duration - r.duration) < 1e-3, name
+        for e in SAMPLINGS:
+            np.testing.assert_array_equal(g.plans[e].index, r.plans[e].index, err_msg=name)
+            np.testing.assert_allclose(g.plans[e].timestamps, r.plans[e].timestamps, atol=1e-3, err_msg=name)
+        # the same frames: each is closer to decord's frame of that index than to its neighbour
+        # (colour conversion and resize filters differ by a few levels)
+        a, b = frames.astype(np.int16), r.frames.astype(np.int16)
+        same = np.abs(a - b).mean()
+        assert same < 12.0, (name, same)
+        if len(a) > 1:
+            assert same < np.abs(a[1:] - b[:-1]).mean(), name
+
+
+@gpu
+def test_nvdec_fails_bad_files_with_reasons_and_keeps_order(odd_videos: Path) -> None:
+    names = ['good.mp4', *BAD, 'truncated.mp4', 'hevc.mp4']
+    with NvdecPool(SAMPLINGS, 'cuda', threads=2) as pool:
+        out = list(pool.imap([(i, str(odd_videos / n)) for i, n in enumerate(names)]))
+    assert [v.row for v in out] == list(range(len(names)))
+    assert not out[0].error and not out[-1].error
+    assert 'empty file' in out[1].error and out[2].error and 'file not found' in out[3].error
+    assert out[4].error or len(out[4].frames) > 0  # truncated: failed, or the frames before the break
+
+
+@gpu
+def test_extraction_with_nvdec_writes_decord_timestamps(odd_videos: Path, tmp_path: Path) -> None:
+    from extract.run import RunOptions, run
+    from shared.store import DONE, open_store, store_path
+
+    data = tmp_path / 'videos'
+    data.mkdir()
+    for n in [*DECODABLE, 'zero.mp4', 'text.mp4']:
+        (data / n).write_bytes((odd_videos / n).read_bytes())
+    stores = {}
+    for decoder in ('decord', 'nvdec'):
+        opts = RunOptions(dataset=f'folder:{data}', experts=['object'], features_root=tmp_path / decoder,
+                          device='cuda', decoder=decoder, weights='random', workers=2, progress=False,
+                          settings={'resize': [40], 'input_size': 32})
+        assert run(opts) == 0
+        stores[decoder] = open_store(store_path(tmp_path / decoder, f'folder-{data.name}', 'object'),
+                                     warn_random=False).read()
+    a, b = stores['decord'], stores['nvdec']
+    np.testing.assert_array_equal(a.status, b.status)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    np.testing.assert_allclose(a.timestamps, b.timestamps, atol=1e-3)
+    assert (a.status == DONE).sum() == len(DECODABLE)
