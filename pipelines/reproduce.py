@@ -58,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--split', default=None)
     p.add_argument('--release', type=Path, default=None, help="the authors' released features, imported when stores are missing")
     p.add_argument('--seeds', default='0,1,2')
+    p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a config value for training, as for python -m train (a quick check: train.epochs=1)')
     p.add_argument('--data-root', type=Path, default=data_root_default())
     p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--run-dir', type=Path, default=None, help='default: runs/reproduce-PAPER-DATASET-SPLIT')
     args = p.parse_args(argv)
     try:
         cfg_path = config_path(args.paper, args.dataset, args.split)
@@ -80,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                             '--data-root', str(args.data_root), '--features-root', str(args.features_root)])
         if code:
             return code
-    run = Path('runs') / f'reproduce-{args.paper}-{args.dataset}-{split}'
+    run = args.run_dir or Path('runs') / f'reproduce-{args.paper}-{args.dataset}-{split}'
+    overrides = [a for kv in args.settings for a in ('--set', kv)]
     code = train_main(['--config', str(cfg_path), '--dataset', args.dataset, '--split', split, '--seeds', args.seeds,
                        '--data-root', str(args.data_root), '--features-root', str(args.features_root),
-                       '--run-dir', str(run)])
+                       '--run-dir', str(run), *overrides])
     if code:
         return code
     seeds = [json.loads((run / f'seed{s}' / 'test_metrics.json').read_text()) for s in args.seeds.split(',')]

@@ -1,5 +1,5 @@
-"""Captions -> model text input: word vectors (MEE, CE) or sub-word ids (BERT for MMT, T5 for the
-support-set model).
+"""Captions -> model text input: word vectors (MEE, CE) or sub-word ids (GPT for CE's contextual
+features, BERT for MMT, T5 for the support-set model).
 
 A `CaptionEncoder` is built once per run from the model's text config and turns caption strings
 into a `CaptionData` (indices, never one tensor per caption). Pretrained tokenizers come from the
@@ -131,8 +131,8 @@ def bert_caption(text: str) -> str:
 
 
 class SubwordCaptions(CaptionEncoder):
-    """Token ids for a transformer text model: [CLS] ... [SEP] for BERT, ... </s> for T5, at most
-    `max_words` ids in all (MMT: 30 word pieces)."""
+    """Token ids for a transformer text model: [CLS] ... [SEP] for BERT, ... </s> for T5, the bare
+    tokens for GPT; at most `max_words` ids in all (MMT: 30 word pieces)."""
 
     def __init__(self, kind: str, max_words: int, tokenizer=None, words: WordTokenizer | None = None) -> None:
         self.kind, self.max_words, self.tokenizer, self.words = kind, max_words, tokenizer, words
@@ -144,6 +144,8 @@ class SubwordCaptions(CaptionEncoder):
             body = self.words.ids(text)
             if self.kind == 'bert':
                 return [CLS] + body[: self.max_words - 2] + [SEP]
+            if self.kind == 'gpt':
+                return body[: self.max_words]
             return body[: self.max_words - 1] + [EOS]
         return list(self.tokenizer(text, truncation=True, max_length=self.max_words)['input_ids'])
 

@@ -41,7 +41,11 @@ def _count(cfg: RunCfg) -> int:
     total = counts.pop('total')
     print(f'parameters: {total} ({total / 1e6:.2f}M)')
     for name, n in counts.items():
-        print(f'  {name:<28} {n:>12}  ({n / 1e6:.2f}M)')
+        if n:
+            print(f'  {name:<28} {n:>12}  ({n / 1e6:.2f}M)')
+    for m in model.feature_extractors():
+        n = sum(p.numel() for p in m.parameters())
+        print(f'  not counted: {type(m).__name__}, a frozen feature extractor ({n / 1e6:.2f}M)')
     return 0
 
 

@@ -52,3 +52,63 @@ def test_reproduce_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFi
     assert 'stores missing for object, action' in err and '--release' in err
     assert reproduce_main(['--paper', 'ssb', '--dataset', 'lsmdc']) == 1
     assert 'no config for model ssb on lsmdc' in capsys.readouterr().err
+
+
+def _ce_msrvtt_release(root: Path, n: int = 24) -> None:
+    """CE's pickle layout for the nine experts of ce_msrvtt_full.yaml, n videos with captions and full-split lists."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    ids = [f'video{i}' for i in range(n)]
+    words = ['red', 'blue', 'green', 'circle', 'square', 'moving', 'left', 'right', 'fast', 'slow']
+    topic = {v: rng.normal(size=16) for v in ids}  # features and captions share a per-video topic
+
+    def frames(v: str, dim: int, t: int | None = None) -> np.ndarray:
+        base = np.resize(topic[v], dim)
+        x = base + 0.3 * rng.normal(size=(t or 1, dim))
+        return (x if t else x[0]).astype(np.float32)
+
+    files = {'aggregated_imagenet_25fps_256px_stride1_offset0/senet154-avg.pickle': (2048, None),
+             'aggregated_imagenet_25fps_256px_stride1_offset0/resnext101_32x48d-avg.pickle': (2048, None),
+             'aggregated_scene_25fps_256px_stride1_offset0/densenet161-avg.pickle': (2208, None),
+             'aggregated_i3d_25fps_256px_stride25_offset0_inner_stride1/i3d-avg.pickle': (1024, None),
+             'aggregated_r2p1d_30fps_256px_stride32_offset0_inner_stride1/r2p1d-ig65m-avg.pickle': (512, None),
+             'aggregated_face_feats/facefeats-avg.pickle': (512, None),
+             'aggregated_audio_feats/Audio_MSRVTT_new.pickle': (128, 4),
+             'aggregated_ocr_feats/ocr-raw.pickle': (300, 2),
+             'aggregated_speech/speech-w2v.pickle': (300, 3)}
+    for name, (dim, t) in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        with open(root / name, 'wb') as f:
+            pickle.dump({v: frames(v, dim, t) for v in ids}, f)
+    caps = {v: [[words[int(abs(x) * 7) % 10] for x in topic[v][k:k + 5]] for k in range(3)] for v in ids}
+    with open(root / 'raw-captions.pkl', 'wb') as f:
+        pickle.dump(caps, f)
+    (root / 'train_list_full.txt').write_text('\n'.join(ids[:16]) + '\n')
+    (root / 'val_list_full.txt').write_text('\n'.join(ids[16:20]) + '\n')
+    (root / 'test_list_full.txt').write_text('\n'.join(ids[20:]) + '\n')
+
+
+@pytest.mark.slow
+def test_reproduce_ce_msrvtt_full_imports_trains_and_compares(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`make reproduce PAPER=ce DATASET=msrvtt SPLIT=full` on a small release in CE's layout: the
+    shipped paper config, made tiny with --set (random GPT, 2 epochs), imports, trains two seeds and
+    prints the comparison with CE's Table 1."""
+    release = tmp_path / 'release'
+    _ce_msrvtt_release(release)
+    tiny = ['model.embed_dim=16', 'model.text_dim=32', 'model.text.weights=random', 'model.text.tokenizer=words',
+            'model.text.vocab_size=64', 'model.text.hidden=32', 'model.text.layers=1', 'model.text.heads=2',
+            'model.text.ffn=128', 'model.text.max_positions=40', 'train.epochs=2', 'train.batch_size=8']
+    run = tmp_path / 'run'
+    with pytest.warns(UserWarning, match='pickle'):
+        code = reproduce_main(['--paper', 'ce', '--dataset', 'msrvtt', '--split', 'full', '--release', str(release),
+                               '--seeds', '0,1', '--data-root', str(tmp_path / 'data'), '--features-root',
+                               str(tmp_path / 'features'), '--run-dir', str(run),
+                               *[a for kv in tiny for a in ('--set', kv)]])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert 'paper: CE, Tab. 1 (MSR-VTT, full test set)' in out and '| t2v | R1 | 10.0 |' in out
+    assert (run / 'paper_comparison.md').read_text().startswith('paper: CE, Tab. 1')
+    assert (run / 'seed1' / 'test_metrics.json').is_file()

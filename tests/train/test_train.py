@@ -154,7 +154,69 @@ def test_every_shipped_config_builds(capsys: pytest.CaptureFixture) -> None:
 
     configs = sorted(CONFIG_DIR.glob('*.yaml'))
     assert {'ce_demo', 'mee_demo', 'mee_msrvtt_1k_b', 'mee_lsmdc', 'mmt_demo', 'mmt_msrvtt_1k_a', 'mmt_activitynet',
-            'ssb_demo', 'ssb_msrvtt_1k_a', 'ssb_vatex', 'ssb_activitynet', 'ssb_msvd'} <= {p.stem for p in configs}
+            'ssb_demo', 'ssb_msrvtt_1k_a', 'ssb_vatex', 'ssb_activitynet', 'ssb_msvd', 'ce_msrvtt_full', 'ce_msrvtt_1k_a',
+            'ce_msrvtt_1k_b', 'ce_msvd', 'ce_lsmdc', 'ce_didemo', 'ce_activitynet'} <= {p.stem for p in configs}
     for path in configs:
         assert train_main(['--config', str(path), '--count-params']) == 0, path
         assert capsys.readouterr().out.startswith('parameters: ')
+
+
+def _total(capsys: pytest.CaptureFixture, *args: str) -> int:
+    assert train_main([*args, '--count-params']) == 0
+    return int(capsys.readouterr().out.split()[1])
+
+
+def test_ce_parameter_counts_match_the_paper(capsys: pytest.CaptureFixture) -> None:
+    """CE Table 10 (183.45M at 768-d and the other widths) and Table 6 (CE - CG 181.07M), within 0.1%;
+    the frozen GPT that gives the word features is a feature extractor, not counted."""
+    from train.main import CONFIG_DIR
+
+    full = str(CONFIG_DIR / 'ce_msrvtt_full.yaml')
+    assert abs(_total(capsys, '--config', full) / 183.45e6 - 1) < 1e-3
+    assert abs(_total(capsys, '--config', full, '--set', 'model.gating=context') / 181.07e6 - 1) < 1e-3
+    for dim, paper in [(384, 88.62e6), (512, 119.51e6), (640, 151.12e6), (1024, 250.27e6)]:
+        assert abs(_total(capsys, '--config', full, '--set', f'model.embed_dim={dim}') / paper - 1) < 1e-3, dim
+    assert train_main(['--config', full, '--count-params']) == 0
+    assert 'not counted: OpenAIGPTModel' in capsys.readouterr().out
+
+
+def test_ce_with_gpt_word_features_trains_and_searches(demo_stores: tuple[Path, Path], tmp_path: Path) -> None:
+    """CE's text side: a frozen GPT (tiny, random) gives the word features; it gets no gradient,
+    stays in eval mode, and search encodes a free-text query through it."""
+    from train.search import main as search_main
+
+    data, features = demo_stores
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / 'pipelines/configs/train/ce_demo.yaml').read_text())
+    cfg['data']['max_words'] = 12
+    cfg['model'].update(embed_dim=32, text_dim=32, text_clusters=4,
+                        text={'encoder': 'gpt', 'finetune': False, **TINY_TEXT, 'ffn': 128},
+                        experts=[e for e in cfg['model']['experts'] if e['name'] in EXPERTS])
+    cfg['train'].update(epochs=2, batch_size=16)
+    path = tmp_path / 'ce_gpt.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / 'run'
+    assert train_main(['--config', str(path), '--data-root', str(data), '--features-root', str(features),
+                       '--run-dir', str(run), '--no-progress']) == 0
+    ckpt = torch.load(run / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+    assert any(k.startswith('text_model.') for k in ckpt) and (run / 'seed0' / 'tokenizer.json').is_file()
+    assert search_main(['--run', str(run / 'seed0'), '--query', 'a red circle moving', '-k', '3']) == 0
+
+
+def test_gpt_word_features_are_frozen() -> None:
+    from train.models import create_model
+    from train.models.base import ExpertInput, TextInput
+    from train.models.config import ExpertSpec, ModelCfg, TextCfg
+
+    text = TextCfg(encoder='gpt', finetune=False, **{**TINY_TEXT, 'ffn': 128})
+    model = create_model(ModelCfg('ce', (ExpertSpec('object', 8), ExpertSpec('scene', 8)), embed_dim=16,
+                                  text_dim=32, text_clusters=4, projection=True, gating='collaborative', text=text))
+    model.train()
+    assert not model.text_model.training and model.cg.training
+    before = {k: v.clone() for k, v in model.text_model.state_dict().items()}
+    video = {n: ExpertInput(torch.randn(6, 8), torch.ones(6, dtype=torch.bool)) for n in ('object', 'scene')}
+    ids = torch.randint(5, 200, (6, 7))
+    model(video, TextInput(ids, torch.ones(6, 7, dtype=torch.bool))).sum().backward()
+    assert all(p.grad is None for p in model.text_model.parameters())
+    assert model.text_vlad.centroids.grad is not None
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    assert all(torch.equal(v, model.text_model.state_dict()[k]) for k, v in before.items())

@@ -57,9 +57,11 @@ def structure_only(cfg: ModelCfg) -> ModelCfg:
 
 
 def count_parameters(model: RetrievalModel) -> dict[str, int]:
-    """Parameters (frozen ones included, as the papers count them) in total and per group of
-    `model.parameter_groups()`."""
-    out = {'total': sum(p.numel() for p in model.parameters())}
+    """Parameters in total and per group of `model.parameter_groups()`, as the papers count them:
+    a fine-tuned text model counts (MMT's BERT), a frozen feature extractor does not (CE's GPT,
+    like the video experts)."""
+    skip = {id(p) for m in model.feature_extractors() for p in m.parameters()}
+    out = {'total': sum(p.numel() for p in model.parameters() if id(p) not in skip)}
     for name, modules in model.parameter_groups().items():
-        out[name] = sum(p.numel() for m in modules for p in m.parameters())
+        out[name] = sum(p.numel() for m in modules for p in m.parameters() if id(p) not in skip)
     return out

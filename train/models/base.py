@@ -74,6 +74,10 @@ class RetrievalModel(nn.Module):
         """Named groups for `--count-params` (default: the top-level modules)."""
         return {name: [child] for name, child in self.named_children()}
 
+    def feature_extractors(self) -> list[nn.Module]:
+        """Frozen pretrained modules inside the model (CE's GPT): not counted as its parameters."""
+        return []
+
     def encode_text(self, text: TextInput) -> TextEmbedding:
         raise NotImplementedError
 

@@ -42,16 +42,17 @@ class TextCfg:
     """The caption encoder.
 
     Args:
-        encoder: ``word2vec`` (word vectors from `data.word_vectors`, MEE/CE), ``bert`` (MMT) or
-            ``t5`` (support-set; encoder and decoder).
+        encoder: ``word2vec`` (word vectors from `data.word_vectors`, MEE/CE), ``gpt`` (OpenAI-GPT
+            contextual word features, CE; frozen unless `finetune`), ``bert`` (MMT) or ``t5``
+            (support-set; encoder and decoder).
         name: Hugging Face name or local directory of the pretrained model and its tokenizer.
         weights: ``pretrained`` (load `name`) or ``random`` (build from the architecture below;
             what offline tests, the demo and ``--count-params`` use).
         tokenizer: ``pretrained`` (the tokenizer of `name`) or ``words`` (a word-level vocabulary of
             the `vocab_size` - 5 most frequent training-caption words; no download).
         vocab_size, hidden, layers, heads, ffn, max_positions: the architecture when built from
-            config (bert-base-cased: 28996, 768, 12, 12, 3072, 512); for t5, `layers` is the
-            depth of the encoder and of the decoder.
+            config (bert-base-cased: 28996, 768, 12, 12, 3072, 512; openai-gpt: 40478, 768, 12,
+            12, 3072, 512); for t5, `layers` is the depth of the encoder and of the decoder.
         dropout: dropout inside the text model (MMT fine-tunes BERT with 0.1).
         finetune: train the text model's weights (else frozen).
     """
@@ -70,8 +71,8 @@ class TextCfg:
     finetune: bool = True
 
     def __post_init__(self) -> None:
-        if self.encoder not in ('word2vec', 'bert', 't5'):
-            raise ValueError('text.encoder must be word2vec, bert or t5')
+        if self.encoder not in ('word2vec', 'gpt', 'bert', 't5'):
+            raise ValueError('text.encoder must be word2vec, gpt, bert or t5')
         if self.weights not in ('pretrained', 'random'):
             raise ValueError('text.weights must be pretrained or random')
         if self.tokenizer not in ('pretrained', 'words'):
@@ -109,7 +110,7 @@ class ModelCfg:
         model: registry name (``mee``, ``ce``).
         experts: the video experts.
         embed_dim: size of each expert's shared embedding.
-        text_dim: word-vector size.
+        text_dim: size of the caption's word features (word2vec 300, GPT 768).
         text_clusters, text_ghost_clusters: NetVLAD over the caption's words.
         max_words: caption padding length.
         projection: project every expert to `embed_dim` first (CE's ReduceDim) instead of a GEM
@@ -157,3 +158,5 @@ class ModelCfg:
             raise ValueError('support_set must be identity, full, hybrid or cross')
         if self.pre_encoder not in ('cnn', 'mlp'):
             raise ValueError('pre_encoder must be cnn or mlp')
+        if self.text.encoder == 'gpt' and self.text.hidden and self.text.hidden != self.text_dim:
+            raise ValueError(f'text_dim ({self.text_dim}) must be the GPT width text.hidden ({self.text.hidden})')

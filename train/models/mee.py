@@ -1,5 +1,9 @@
 """Mixture of Embedding Experts (Miech et al. 2018, sec. 3): per-expert gated embeddings on both
-sides, NetVLAD over the caption's word vectors, text-dependent mixture weights."""
+sides, NetVLAD over the caption's word features, text-dependent mixture weights.
+
+The word features are word2vec vectors given with the captions, or contextual features of a
+frozen OpenAI-GPT run inside the model (CE sec. 4.1), which like the video experts is a feature
+extractor: it is not trained, and not counted among the model's parameters."""
 from __future__ import annotations
 
 import torch
@@ -42,7 +46,31 @@ class MEE(RetrievalModel):
         n_out = 1 if cfg.fusion == 'concat' else len(cfg.experts)
         self.text_gem = nn.ModuleList(GEM(self.text_vlad.out_dim, cfg.embed_dim) for _ in range(n_out))
         self.mixture = nn.Linear(self.text_vlad.out_dim, n_out) if cfg.mixture_weights and n_out > 1 else None
+        self.text_model = None
+        if cfg.text.encoder == 'gpt':
+            from train.models.text_encoders import build_gpt
+
+            self.text_model = build_gpt(cfg.text)
+            self.text_model.requires_grad_(cfg.text.finetune)
+        elif cfg.text.encoder != 'word2vec':
+            raise ValueError(f'{cfg.model} reads word features: text.encoder must be word2vec or gpt')
         self.build_video()
+
+    def train(self, mode: bool = True) -> MEE:
+        super().train(mode)
+        if self.text_model is not None and not self.cfg.text.finetune:
+            self.text_model.eval()  # a frozen feature extractor: no dropout
+        return self
+
+    def feature_extractors(self) -> list[nn.Module]:
+        return [self.text_model] if self.text_model is not None and not self.cfg.text.finetune else []
+
+    def word_features(self, text: TextInput) -> torch.Tensor:
+        """(B, L, text_dim): the given word vectors, or GPT's last hidden states for the token ids."""
+        if self.text_model is None:
+            return text.x
+        with torch.set_grad_enabled(self.cfg.text.finetune and torch.is_grad_enabled()):
+            return self.text_model(input_ids=text.x, attention_mask=text.mask.long()).last_hidden_state
 
     def build_video(self) -> None:
         self.video_gem = nn.ModuleList(GEM(_agg_dim(e), self.cfg.embed_dim) for e in self.cfg.experts)
@@ -63,7 +91,7 @@ class MEE(RetrievalModel):
         return VideoEmbedding(emb, avail)
 
     def encode_text(self, text: TextInput) -> TextEmbedding:
-        h = self.text_vlad(text.x, text.mask)
+        h = self.text_vlad(self.word_features(text), text.mask)
         emb = torch.stack([gem(h) for gem in self.text_gem], 1)
         if self.mixture is not None:
             weights = F.softmax(self.mixture(h), dim=-1)

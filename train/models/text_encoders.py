@@ -1,13 +1,13 @@
-"""Transformer caption encoders: BERT (MMT) and T5 (support-set), pretrained from a Hugging Face
-name or local directory, or built from the architecture in the config (offline tests, the demo,
-``--count-params``)."""
+"""Transformer caption encoders: BERT (MMT), T5 (support-set) and OpenAI-GPT (CE's contextual word
+features), pretrained from a Hugging Face name or local directory, or built from the architecture
+in the config (offline tests, the demo, ``--count-params``)."""
 from __future__ import annotations
 
 from torch import nn
 
 from train.models.config import TextCfg
 
-__all__ = ['build_bert', 'build_t5']
+__all__ = ['build_bert', 'build_t5', 'build_gpt']
 
 
 def _pretrained(cls, cfg: TextCfg, **kwargs) -> nn.Module:
@@ -49,3 +49,17 @@ def build_t5(cfg: TextCfg) -> nn.Module:
         vocab_size=cfg.vocab_size, d_model=cfg.hidden, d_kv=cfg.hidden // cfg.heads, d_ff=cfg.ffn,
         num_layers=cfg.layers, num_decoder_layers=cfg.layers, num_heads=cfg.heads, dropout_rate=cfg.dropout,
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+
+
+def build_gpt(cfg: TextCfg) -> nn.Module:
+    """An OpenAIGPTModel (Radford et al. 2018), whose last hidden states are CE's word features."""
+    from transformers import OpenAIGPTConfig, OpenAIGPTModel
+
+    drop = {'resid_pdrop': cfg.dropout, 'attn_pdrop': cfg.dropout, 'embd_pdrop': cfg.dropout}
+    if cfg.weights == 'pretrained':
+        return _pretrained(OpenAIGPTModel, cfg, **drop)
+    _check_arch(cfg)
+    if cfg.ffn != 4 * cfg.hidden:
+        raise ValueError(f'GPT\'s feed-forward width is 4 x hidden ({4 * cfg.hidden}), not {cfg.ffn}')
+    return OpenAIGPTModel(OpenAIGPTConfig(vocab_size=cfg.vocab_size, n_positions=cfg.max_positions, n_embd=cfg.hidden,
+                                          n_layer=cfg.layers, n_head=cfg.heads, **drop))
