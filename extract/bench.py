@@ -69,7 +69,8 @@ def _model_only(expert: Any, batches: int = 5) -> float:
 
     cfg = expert.cfg
     size = cfg.input_size or cfg.resize[0]
-    shape = (cfg.batch_size, 3, cfg.clip_len, size, size) if cfg.sampling == 'clips' else (cfg.batch_size, 3, size, size)
+    n = expert.batch_size
+    shape = (n, 3, cfg.clip_len, size, size) if cfg.sampling == 'clips' else (n, 3, size, size)
     x = torch.randn(shape, device=expert.device)
     expert.forward(x)  # warm-up (cuDNN autotuning, lazy init)
     if expert.device.type == 'cuda':
@@ -79,7 +80,7 @@ def _model_only(expert: Any, batches: int = 5) -> float:
         expert.forward(x)
     if expert.device.type == 'cuda':
         torch.cuda.synchronize()
-    return batches * cfg.batch_size / (time.perf_counter() - t0)
+    return batches * n / (time.perf_counter() - t0)
 
 
 def _process_only(expert: Any, videos: list[Any]) -> tuple[float, str]:
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             rate = _model_only(e)
             unit = 'clips/s' if e.cfg.sampling == 'clips' else 'images/s'
             video_rate[e.name] = rate / per_video
-            rows.append((f'model only: {e.name} ({e.cfg.arch}, batch {e.cfg.batch_size})', f'{rate:.1f} {unit}',
+            rows.append((f'model only: {e.name} ({e.cfg.arch}, batch {e.batch_size})', f'{rate:.1f} {unit}',
                          f'= {video_rate[e.name]:.2f} videos/s at {per_video:.1f} rows/video'))
         e.model = None  # free it before the end-to-end runs load their own
     with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:

@@ -43,7 +43,8 @@ class ExpertCfg:
         input_size: side of the centre crop after resizing; 0 for no crop.
         mean, std: normalisation of [0, 1] RGB.
         max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
-        batch_size: rows per forward pass (across videos).
+        batch_size: rows per forward pass (across videos); 0 chooses by device: 32 on the CPU, and on
+            CUDA 128 frames or 32 clips (an H100 ran SENet-154 at 886 images/s with 32, 2,406 with 128).
         license, origin_url: where the weights come from, for the record.
     """
 
@@ -59,15 +60,15 @@ class ExpertCfg:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     max_rows: int = 128
-    batch_size: int = 32
+    batch_size: int = 0
     license: str = ''
     origin_url: str = ''
 
     def __post_init__(self) -> None:
         if len(self.resize) not in (1, 2) or min(self.resize) < 1:
             raise ValueError(f'resize must be [short_side] or [height, width], got {self.resize}')
-        if self.batch_size < 1:
-            raise ValueError('batch_size must be >= 1')
+        if self.batch_size < 0:
+            raise ValueError('batch_size must be >= 1, or 0 to choose by device')
 
     def sampling_spec(self) -> Sampling:
         if self.sampling == 'audio':
@@ -138,6 +139,15 @@ class Expert:
         self._norm = (torch.tensor(self.cfg.mean, device=self.device).view(1, 3, 1, 1),
                       torch.tensor(self.cfg.std, device=self.device).view(1, 3, 1, 1))
         return self
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per forward pass on the loaded device (see `ExpertCfg.batch_size`)."""
+        if self.cfg.batch_size:
+            return self.cfg.batch_size
+        if self.device.type == 'cuda':
+            return 32 if self.cfg.sampling == 'clips' else 128
+        return 32
 
     # -- compute ----------------------------------------------------------------------------
     def preprocess(self, rows: torch.Tensor) -> torch.Tensor:

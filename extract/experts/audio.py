@@ -110,8 +110,8 @@ class AudioExpert(VideoExpert):
         k = min(len(examples), self.cfg.max_rows)
         if k == 0:  # shorter than one 0.96 s example: nothing to embed
             return VideoResult(np.zeros((0, 128), np.float32), np.zeros((0, 2), np.float32), DONE, available=False)
-        feats = torch.cat([self.forward(examples[i:i + self.cfg.batch_size])
-                           for i in range(0, k, self.cfg.batch_size)]).cpu().numpy()
+        feats = torch.cat([self.forward(examples[i:i + self.batch_size])
+                           for i in range(0, k, self.batch_size)]).cpu().numpy()
         start = np.arange(k, dtype=np.float32) * (EXAMPLE_FRAMES * HOP / AUDIO_RATE)
         return VideoResult(feats, np.stack([start, start + EXAMPLE_FRAMES * HOP / AUDIO_RATE], axis=1), DONE)
 

@@ -87,8 +87,8 @@ class FaceExpert(VideoExpert):
         if not crops:
             return VideoResult(np.zeros((0, 512), np.float32), np.zeros((0, 2), np.float32), DONE, available=False)
         x = torch.stack(crops).to(self.device, self.dtype)
-        feats = torch.cat([self.model(x[i:i + self.cfg.batch_size]).float()
-                           for i in range(0, len(x), self.cfg.batch_size)]).cpu().numpy()
+        feats = torch.cat([self.model(x[i:i + self.batch_size]).float()
+                           for i in range(0, len(x), self.batch_size)]).cpu().numpy()
         return VideoResult(feats, np.stack(stamps).astype(np.float32), DONE)
 
 
