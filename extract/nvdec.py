@@ -163,7 +163,7 @@ class NvdecPool:
         """Decoded videos for (row, path) items, in the order given."""
         if self._pool is None:
             self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix='nvdec')
-        queue: collections.deque[cf.Future] = collections.deque()
+        queue: collections.deque[tuple[str, cf.Future]] = collections.deque()
         todo = iter(items)
 
         def refill() -> None:
@@ -171,21 +171,22 @@ class NvdecPool:
                 item = next(todo, None)
                 if item is None:
                     return
-                queue.append(self._pool.submit(self.decode, *item))
+                queue.append((item[1], self._pool.submit(self.decode, *item)))
 
         refill()
         while queue:
-            video = queue.popleft().result()
+            path, future = queue.popleft()
+            video = future.result()
             refill()
             if video.error.startswith('NVDEC'):
-                video = self._on_cpu(video)
+                video = self._on_cpu(video, path)
             yield video
 
-    def _on_cpu(self, failed: DecodedVideo) -> DecodedVideo:
+    def _on_cpu(self, failed: DecodedVideo, path: str) -> DecodedVideo:
         """A video NVDEC cannot decode, from one decord worker process."""
         if self._cpu is None:
             self._cpu = DecodePool(self.samplings, workers=1, prefetch=1)
-        video = next(self._cpu.imap([(failed.row, failed.note)]))
+        video = next(self._cpu.imap([(failed.row, path)]))
         if not video.error:
             video.note = f'{failed.error}; decoded on the CPU instead'
         return video
@@ -215,7 +216,7 @@ class NvdecPool:
             local.stream.synchronize()
         except Exception as err:  # noqa: BLE001 - NVDEC raises its own types for unsupported input
             local.decoder = None  # a decoder that failed is not reused
-            out.error, out.note = f'NVDEC cannot decode this file ({_first_error(err)})', path
+            out.error = f'NVDEC cannot decode this file ({_first_error(err)})'
             return out
         out.frames = frames
         out.duration = float(frame_times[-1, 1])

@@ -239,7 +239,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         t0, total = time.time(), 0.0
         bar = tqdm(train.train_batches(cfg.train.batch_size, rng), total=steps_per_epoch, disable=not progress,
                    desc=f'epoch {epoch + 1}/{cfg.train.epochs}', unit='batch', leave=False)
-        for video, text in bar:
+        for step, (video, text) in enumerate(bar, 1):  # tqdm updates bar.n lazily: count here
             with autocast:
                 loss = model.loss({k: v.to(dev) for k, v in video.items()}, text.to(dev),
                                   lambda sims: loss_fn(sims.float(), loss_arg))
@@ -251,7 +251,8 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             if sched is not None and cfg.train.lr_step_unit == 'step':
                 sched.step()
             total += float(loss.detach())
-            bar.set_postfix(loss=f'{total / max(bar.n + 1, 1):.4f}', pairs_s=f'{cfg.train.batch_size * bar.n / max(time.time() - t0, 1e-6):.0f}')
+            bar.set_postfix(loss=f'{total / step:.4f}',
+                            pairs_s=f'{cfg.train.batch_size * step / max(time.time() - t0, 1e-6):.0f}')
         if sched is not None and cfg.train.lr_step_unit == 'epoch':
             sched.step()
         record: dict[str, Any] = {'epoch': epoch + 1, 'train/loss': total / steps_per_epoch,
