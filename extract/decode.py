@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'precheck', 'read_frame_times', 'decode_video', 'DecodePool', 'decode_short_side',
-           'DECODERS', 'choose_decoder']
+__all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'precheck', 'read_frame_times', 'decode_video',
+           'DecodePool', 'decode_short_side', 'DECODERS', 'choose_decoder']
 
 DECODERS = ('auto', 'decord', 'nvdec')
 #: every audio expert (VGGish, whisper) takes 16 kHz mono

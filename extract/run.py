@@ -356,8 +356,6 @@ def _rows_to_redo(store: ExpertStore, chunk: int, retry_failed: bool) -> list[in
 def _feed(video: DecodedVideo, experts: list[Any], redo: dict[str, list[int]], batchers: dict[str, _Batcher],
           results: dict[str, dict[int, VideoResult]], stamps: dict[str, dict[int, np.ndarray]]) -> int:
     """Give one decoded video to every expert that needs it; returns 1 when it failed for one."""
-    import torch
-
     from extract.experts._base import VideoInput
 
     failed = 0
