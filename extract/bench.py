@@ -13,7 +13,9 @@ Prints a Markdown table to paste into BENCHMARKS.md, with the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import platform
 import sys
 import tempfile
@@ -108,6 +110,17 @@ def _process_only(expert: Any, videos: list[Any]) -> tuple[float, str]:
     return len(inputs) / elapsed, note
 
 
+def _report_profile(profiler: cProfile.Profile, folder: Path, target: str) -> None:
+    """Save the run's profile and print where the main process spent its time (waits included:
+    a thread lock is the decode queue or the writer, a tensor copy may wait for the GPU)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f'{target.replace(",", "+")}.prof'
+    profiler.dump_stats(path)
+    print(f'profile of the end-to-end run of {target}: {path} (python -m pstats {path}); most time:')
+    stats = pstats.Stats(profiler, stream=sys.stdout)
+    stats.sort_stats('tottime').print_stats(12)
+
+
 def main(argv: list[str] | None = None) -> int:
     from extract.decode import DECODERS, choose_decoder
     from extract.experts import create_expert, resolve_expert_names
@@ -126,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--weights', default='random', help='weights for every expert (default: random)')
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE')
+    p.add_argument('--profile', type=Path, default=None, metavar='DIR',
+                   help='profile the main process of each end-to-end run (cProfile): DIR/TARGET.prof, and the '
+                        'functions that took the most time printed')
     args = p.parse_args(argv)
     device = pick_device(args.device)
     manifest = load_manifest(args.dataset, args.data_root)
@@ -180,12 +196,19 @@ def main(argv: list[str] | None = None) -> int:
                               device=device, decoder=decoder, settings=settings, workers=workers, progress=False)
             t0 = time.perf_counter()
             stats: dict[str, float] = {}
+            profiler = cProfile.Profile() if args.profile else None
             with open(os.devnull, 'w') as null:
                 stdout, sys.stdout = sys.stdout, null
                 try:
+                    if profiler is not None:
+                        profiler.enable()
                     code = run(opts, stats=stats)
                 finally:
+                    if profiler is not None:
+                        profiler.disable()
                     sys.stdout = stdout
+            if profiler is not None:
+                _report_profile(profiler, args.profile, target)
             if code:
                 print(f'end-to-end run for {target} failed with exit code {code}', file=sys.stderr)
                 return code

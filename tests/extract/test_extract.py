@@ -188,3 +188,22 @@ def test_missing_weights_and_bad_settings_are_one_line_errors(small_demo: Path, 
     assert _run(root, tmp_path, 'sceen') == 1
     assert 'did you mean scene' in capsys.readouterr().err
     assert set(VISUAL) <= set(expert_names())
+
+
+@pytest.mark.slow
+def test_benchmark_command_reports_every_measurement(small_demo: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """`python -m extract.bench` runs (no timing is asserted): decode-only, model-only, and whole-run and
+    steady-state end to end for each expert and for both together, plus the profile when asked."""
+    from extract.bench import main as bench_main
+
+    code = bench_main(['--dataset', f'folder:{small_demo / "videos"}', '--experts', 'object,scene', '--limit', '3',
+                       '--workers', '1', '--set', 'resize=[40]', '--set', 'input_size=32',
+                       '--profile', str(tmp_path / 'prof')])
+    assert code == 0
+    out = capsys.readouterr().out
+    for row in ('| decode only, decord (object, scene sampling) |', '| model only: object', '| model only: scene',
+                '| end to end: object (steady state', '| end to end: scene (whole run',
+                '| end to end: object + scene (steady state'):
+        assert row in out, row
+    assert (tmp_path / 'prof' / 'all.prof').is_file() and (tmp_path / 'prof' / 'object.prof').is_file()
