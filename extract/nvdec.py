@@ -41,7 +41,7 @@ def nvdec_available() -> str:
     from importlib.util import find_spec
 
     if find_spec('PyNvVideoCodec') is None:
-        return 'PyNvVideoCodec is not installed (pip install pynvvideocodec)'
+        return "PyNvVideoCodec is not installed (pip install -e '.[nvdec]', or pip install pynvvideocodec)"
     import torch
 
     if not torch.cuda.is_available():
