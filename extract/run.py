@@ -323,7 +323,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     except KeyboardInterrupt:
         bar.close()
         pool.close(kill=True)
-        writer.shutdown(wait=True, cancel_futures=True)  # chunks already handed over are written whole
+        writer.shutdown(wait=True)  # chunks already computed are still written, whole
         print('\ninterrupted: finished chunks are saved; rerun the same command to continue', file=sys.stderr)
         return 130
     finally:

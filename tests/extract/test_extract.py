@@ -70,6 +70,17 @@ def test_each_visual_expert_and_all_in_one_pass(small_demo: Path, tmp_path: Path
     assert (tmp_path / 'sharded' / 'demo' / 'scene.zarr' / 'zarr.json').read_text().count('consolidated') > 0
 
 
+def _signal_after_first_chunk(proc: subprocess.Popen, store: Path, sig: int) -> None:
+    """Send `sig` once the run has finished a chunk (read from the status itself: zarr writes through
+    a temporary file beside the chunk)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (store / 'status' / 'c' / '0').is_file() and (open_store(store, warn_random=False).status() != 0).any():
+            proc.send_signal(sig)
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_path: Path, python: str,
                                                      subprocess_env: dict, repo_root: Path) -> None:
@@ -80,13 +91,7 @@ def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_pat
            str(tmp_path / 'killed'), '--expert', 'object', *heavy]
     proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     store = tmp_path / 'killed' / 'demo' / 'object.zarr'
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        # read the status itself: zarr writes through a temporary file beside the chunk
-        if (store / 'status' / 'c' / '0').is_file() and (open_store(store, warn_random=False).status() != 0).any():
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
+    _signal_after_first_chunk(proc, store, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, 'the run ended before it could be killed midway'
     assert check_store(store).exit_code == 2
@@ -99,6 +104,26 @@ def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_pat
           '--expert', 'object', *heavy])
     _same(store, tmp_path / 'whole' / 'demo' / 'object.zarr')
     assert check_store(store).exit_code == 0
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_with_whole_chunks(small_demo: Path, tmp_path: Path, python: str,
+                                                 subprocess_env: dict, repo_root: Path) -> None:
+    """A preempted job (SIGTERM, as SLURM sends) exits 130 and says how to continue; every chunk is
+    either finished or untouched, and the chunks computed before the signal are written."""
+    cmd = [python, '-m', 'extract', '--dataset', 'demo', '--data-root', str(small_demo.parent), '--features-root',
+           str(tmp_path), '--expert', 'object', '--set', 'resize=[160]', '--set', 'input_size=160', '--weights',
+           'random', '--workers', '1', '--chunk-size', '2', '--no-progress']
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    store = tmp_path / 'demo' / 'object.zarr'
+    _signal_after_first_chunk(proc, store, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert 'rerun the same command to continue' in err
+    status = open_store(store, warn_random=False).status().reshape(-1, 2)  # chunks of 2 videos
+    assert all(len(set(chunk)) == 1 for chunk in (status != 0).tolist())
+    assert 0 < (status != 0).all(1).sum() < 4
 
 
 @pytest.mark.slow
