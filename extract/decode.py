@@ -17,7 +17,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -237,6 +237,16 @@ def _worker_init() -> None:
     os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
+def prefetch(queue: collections.deque, todo: Iterator[tuple[int, str]], depth: int,
+             submit: Callable[[int, str], cf.Future]) -> None:
+    """Submit (row, path) items from `todo` until `depth` are in flight; queue holds (row, path, future)."""
+    while len(queue) < depth:
+        item = next(todo, None)
+        if item is None:
+            return
+        queue.append((*item, submit(*item)))
+
+
 class DecodePool:
     """Decode videos in worker processes, in order, with bounded prefetch and a per-video timeout.
 
@@ -285,11 +295,8 @@ class DecodePool:
         todo = iter(items)
 
         def refill() -> None:
-            while len(queue) < self.depth:
-                item = next(todo, None)
-                if item is None:
-                    return
-                queue.append((*item, self._start().submit(decode_video, item[0], item[1], self.samplings)))
+            prefetch(queue, todo, self.depth, lambda row, path: self._start().submit(decode_video, row, path,
+                                                                                     self.samplings))
 
         refill()
         while queue:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import functools
 import math
 import multiprocessing
 import os
@@ -23,12 +24,11 @@ import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from extract.decode import (DecodedVideo, DecodePool, RowPlan, Sampling, _first_error, _resize_dims, _worker_init,
-                            decode_short_side, plan_rows, precheck, read_frame_times)
+                            decode_short_side, plan_rows, precheck, prefetch, read_frame_times)
 
 __all__ = ['NvdecPool', 'nvdec_available', 'display_rotation']
 
@@ -163,21 +163,14 @@ class NvdecPool:
         """Decoded videos for (row, path) items, in the order given."""
         if self._pool is None:
             self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix='nvdec')
-        queue: collections.deque[tuple[str, cf.Future]] = collections.deque()
+        queue: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
         todo = iter(items)
-
-        def refill() -> None:
-            while len(queue) < self.depth:
-                item = next(todo, None)
-                if item is None:
-                    return
-                queue.append((item[1], self._pool.submit(self.decode, *item)))
-
-        refill()
+        submit = functools.partial(self._pool.submit, self.decode)
+        prefetch(queue, todo, self.depth, submit)
         while queue:
-            path, future = queue.popleft()
+            _, path, future = queue.popleft()
             video = future.result()
-            refill()
+            prefetch(queue, todo, self.depth, submit)
             if video.error.startswith('NVDEC'):
                 video = self._on_cpu(video, path)
             yield video

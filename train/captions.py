@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -162,9 +163,10 @@ class SubwordCaptions(CaptionEncoder):
 
 
 def build_caption_encoder(text: TextCfg, word_vectors: str, max_words: int, data_root: Path, run_dir: Path | None,
-                          train_texts: list[str] | None) -> CaptionEncoder:
-    """The run's caption encoder. A ``words`` tokenizer is fitted on `train_texts` and saved as
-    run_dir/tokenizer.json, or loaded from there when it exists (resume, search)."""
+                          train_texts: Callable[[], list[str]] | None) -> CaptionEncoder:
+    """The run's caption encoder. A ``words`` tokenizer is fitted on the captions `train_texts()`
+    gives (called only then) and saved as run_dir/tokenizer.json, or loaded from there when it
+    exists (resume, search)."""
     if text.encoder == 'word2vec':
         return WordVectorCaptions(load_word_vectors(resolve_word_vectors(word_vectors, data_root)), max_words)
     if text.tokenizer == 'words':
@@ -172,7 +174,7 @@ def build_caption_encoder(text: TextCfg, word_vectors: str, max_words: int, data
         if saved is not None and saved.is_file():
             words = WordTokenizer.load(saved)
         elif train_texts is not None:
-            words = WordTokenizer.fit(train_texts, text.vocab_size)
+            words = WordTokenizer.fit(train_texts(), text.vocab_size)
             if saved is not None:
                 words.save(saved)
         else:

@@ -203,7 +203,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     experts = cfg.model.experts
     split = manifest.split(cfg.data.split)
     captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run_dir,
-                                     split_captions(manifest, cfg.data.split, 'train', False)[1])
+                                     lambda: split_captions(manifest, cfg.data.split, 'train', False)[1])
     train = load_split(manifest, cfg.data.split, 'train', features_root, experts, captions, False)
     val = (load_split(manifest, cfg.data.split, 'val', features_root, experts, captions)
            if split.val and cfg.train.selection == 'geometric_mean' else None)

@@ -220,3 +220,10 @@ def test_gpt_word_features_are_frozen() -> None:
     assert model.text_vlad.centroids.grad is not None
     torch.optim.SGD(model.parameters(), lr=1.0).step()
     assert all(torch.equal(v, model.text_model.state_dict()[k]) for k, v in before.items())
+    # the captions are read through the GPT: other GPT weights give another text embedding
+    model.eval()
+    text = TextInput(ids, torch.ones(6, 7, dtype=torch.bool))
+    with torch.no_grad():
+        first = model.encode_text(text).emb.clone()
+        model.text_model.h[0].mlp.c_fc.weight.add_(torch.randn_like(model.text_model.h[0].mlp.c_fc.weight))
+        assert not torch.allclose(model.encode_text(text).emb, first)
