@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,13 @@ class _Tally:
 
 
 class _Batcher:
-    """Rows of one expert, queued across videos and run `batch_size` at a time."""
+    """Rows of one expert, queued across the videos of a chunk and run `batch_size` at a time.
+
+    A chunk's last, partial batch is launched when the chunk is fed (`launch`), and its results
+    are gathered later (`collect`), so the GPU computes one chunk's tail while the host feeds the
+    next. Batches never mix chunks: a resumed run batches every chunk as an uninterrupted one does,
+    and writes the same arrays.
+    """
 
     def __init__(self, expert: Any) -> None:
         self.expert = expert
@@ -79,7 +86,8 @@ class _Batcher:
         self.owners: list[tuple[int, int, int]] = []  # (row, first output row, count)
         self.queued = 0
         self.out: dict[int, np.ndarray] = {}
-        self.pending: list[tuple[list[tuple[int, int, int]], Any, Any]] = []  # (owners, host features, ready event)
+        # (owners, host features, ready event), oldest first
+        self.pending: collections.deque[tuple[list[tuple[int, int, int]], Any, Any]] = collections.deque()
 
     def add(self, row: int, x: Any) -> None:
         if self.out.get(row) is None:
@@ -90,18 +98,23 @@ class _Batcher:
         while self.queued >= self.expert.batch_size:
             self._run(self.expert.batch_size)
 
-    def flush(self) -> None:
-        """Run what is queued and wait for every result to reach `out`."""
+    def launch(self) -> None:
+        """Run what is queued (the end of a chunk), without waiting for it."""
         while self.queued:
             self._run(min(self.queued, self.expert.batch_size))
-        for taken, host, ready in self.pending:
+
+    def collect(self, rows: Collection[int]) -> dict[int, np.ndarray]:
+        """The features of `rows` (launched, the oldest in `pending`), once they are on the host."""
+        while self.pending and self.pending[0][0][0][0] in rows:
+            taken, host, ready = self.pending[0]
             if ready is not None:
                 ready.synchronize()
             feats, pos = host.numpy(), 0
             for row, start, k in taken:
                 self.out[row][start:start + k] = feats[pos:pos + k]
                 pos += k
-        self.pending.clear()
+            self.pending.popleft()
+        return {r: self.out.pop(r) for r in rows if r in self.out}
 
     def _run(self, n: int) -> None:
         import torch
@@ -129,6 +142,49 @@ class _Batcher:
             feats = host
         self.pending.append((taken, feats, ready))
         self.queued -= n
+
+
+class _Uploader:
+    """Host frames to the device on a CUDA stream of their own.
+
+    CUDA starts a copy from pageable host memory only after all work queued on its stream is done.
+    On the models' stream, each video's copy would wait for every forward pass queued before it,
+    and the host would sit idle while the GPU works, then the GPU while the host prepares the next
+    videos. On a separate stream a copy waits only for earlier copies; the models' stream waits
+    for it through an event.
+    """
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == 'cuda' else None
+
+    def __call__(self, host: Any) -> Any:
+        """A CPU tensor's copy on the device, ready for the current stream's next kernels."""
+        import torch
+
+        if self.stream is None:
+            return host.to(self.device)
+        with torch.cuda.stream(self.stream):
+            x = host.to(self.device, non_blocking=True)
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)
+        x.record_stream(current)  # allocated on the copy stream, used (and freed) on this one
+        return x
+
+
+@dataclasses.dataclass
+class _Chunk:
+    """One chunk from feeding its videos to writing it into every active expert's store."""
+
+    index: int
+    rows: range
+    active: list[Any]
+    redo: dict[str, list[int]]
+    results: dict[str, dict[int, VideoResult]]  # rows done without a batch: failed, per-video experts
+    stamps: dict[str, dict[int, np.ndarray]]
+    written: bool = False
 
 
 def pick_device(requested: str) -> str:
@@ -286,16 +342,35 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
 
     bar = tqdm(total=len(videos), unit='video', desc='extract', disable=not opts.progress, dynamic_ncols=True)
     failures = 0
+    batchers = {e.name: _Batcher(e) for e in experts}
+    upload = _Uploader(device)
+
+    def write(chunk: _Chunk) -> None:
+        """Collect a fed chunk's results and hand its arrays to the writer thread."""
+        packed = {}
+        for e in chunk.active:
+            redo = chunk.redo[e.name]
+            feats = batchers[e.name].collect(chunk.rows)
+            chunk_results = _existing(stores[e.name], chunk.rows) if len(redo) < len(chunk.rows) else {}
+            for r in redo:
+                done = chunk.results[e.name].get(r)
+                chunk_results[r] = done if done is not None else VideoResult(feats[r], chunk.stamps[e.name][r], DONE)
+            ordered = [chunk_results[r] for r in chunk.rows]
+            packed[e.name] = pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, e.has_tokens)
+            _count(tallies[e.name], ordered, redo, chunk.rows, manifest.video_ids)
+        for name, arrays in packed.items():
+            writes.append(writer.submit(stores[name].write_chunk, chunk.index, arrays))
+        chunk.written = True
+
+    fed: _Chunk | None = None  # fed to the experts, its last batches possibly still on the GPU
     try:
         decoded = pool.imap([(r, str(manifest.paths[r])) for r in videos])
         for c in chunks:
-            rows = stores[names[0]].chunk_rows(c)
             active = [e for e in experts if c in todo[e.name]]
-            redo = {e.name: _rows_to_redo(stores[e.name], c, opts.retry_failed) for e in active}
-            batchers = {e.name: _Batcher(e) for e in active}
-            results: dict[str, dict[int, VideoResult]] = {e.name: {} for e in active}
-            stamps: dict[str, dict[int, np.ndarray]] = {e.name: {} for e in active}
-            for r in rows:
+            chunk = _Chunk(c, stores[names[0]].chunk_rows(c), active,
+                           {e.name: _rows_to_redo(stores[e.name], c, opts.retry_failed) for e in active},
+                           {e.name: {} for e in active}, {e.name: {} for e in active})
+            for r in chunk.rows:
                 t_wait = time.perf_counter()
                 video = next(decoded)
                 if t_first is None:
@@ -303,26 +378,26 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
                 else:
                     waited += time.perf_counter() - t_wait
                 assert video.row == r
-                failures += _feed(video, active, redo, batchers, results, stamps)
+                failures += _feed(video, chunk, batchers, upload)
                 bar.update(1)
                 bar.set_postfix(failed=failures, refresh=False)
             for e in active:
-                batchers[e.name].flush()
-                chunk_results = _existing(stores[e.name], rows) if len(redo[e.name]) < len(rows) else {}
-                for r in redo[e.name]:
-                    if r in results[e.name]:
-                        chunk_results[r] = results[e.name][r]
-                    else:
-                        chunk_results[r] = VideoResult(batchers[e.name].out.pop(r), stamps[e.name][r], DONE)
-                ordered = [chunk_results[r] for r in rows]
-                packed = pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, e.has_tokens)
-                writes.append(writer.submit(stores[e.name].write_chunk, c, packed))
-                _count(tallies[e.name], ordered, redo[e.name], rows, manifest.video_ids)
-            while len(writes) > 2 * len(active):  # bounded: at most two chunks wait for the disk
+                batchers[e.name].launch()
+            if fed is not None:  # collected one chunk late: its results came off the GPU while this one was fed
+                write(fed)
+            fed = chunk
+            while len(writes) > 2 * len(experts):  # bounded: at most two chunks wait for the disk
                 writes.popleft().result()
+        if fed is not None:
+            write(fed)
     except KeyboardInterrupt:
         bar.close()
         pool.close(kill=True)
+        if fed is not None and not fed.written:
+            try:  # its batches are all launched: wait for them and save it too
+                write(fed)
+            except Exception as err:  # noqa: BLE001 - interrupted inside the same write: that chunk is redone
+                _logger.warning('chunk %d not saved: %s', fed.index, err)
         writer.shutdown(wait=True)  # chunks already computed are still written, whole
         print('\ninterrupted: finished chunks are saved; rerun the same command to continue', file=sys.stderr)
         return 130
@@ -353,15 +428,14 @@ def _rows_to_redo(store: ExpertStore, chunk: int, retry_failed: bool) -> list[in
     return [r for r, s in zip(rows, status) if s == FAILED]
 
 
-def _feed(video: DecodedVideo, experts: list[Any], redo: dict[str, list[int]], batchers: dict[str, _Batcher],
-          results: dict[str, dict[int, VideoResult]], stamps: dict[str, dict[int, np.ndarray]]) -> int:
+def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], upload: _Uploader) -> int:
     """Give one decoded video to every expert that needs it; returns 1 when it failed for one."""
     from extract.experts._base import VideoInput
 
     failed = 0
     on_device: dict[tuple, Any] = {}  # experts with the same rows share one gather and copy
-    for e in (e for e in experts if video.row in redo[e.name]):
-        out = results[e.name]
+    for e in (e for e in chunk.active if video.row in chunk.redo[e.name]):
+        out = chunk.results[e.name]
         if e.modality == 'audio':
             if video.audio_error:
                 out[video.row], failed = VideoResult.failed(video.audio_error, e.cfg.feature_dim), 1
@@ -383,28 +457,28 @@ def _feed(video: DecodedVideo, experts: list[Any], redo: dict[str, list[int]], b
         idx = plan.index[:, 0] if e.cfg.sampling == 'frames' else plan.index
         key = (str(e.device), idx.shape, idx.tobytes())
         if key not in on_device:
-            on_device[key] = _rows_on(video.frames, idx, e.device)
+            on_device[key] = _rows_on(video.frames, idx, upload)
         batchers[e.name].add(video.row, e.preprocess(on_device[key]))
-        stamps[e.name][video.row] = plan.timestamps
+        chunk.stamps[e.name][video.row] = plan.timestamps
     if video.note:
         _logger.warning('video row %d: %s', video.row, video.note)
     return int(failed)
 
 
-def _rows_on(frames: Any, index: np.ndarray, device: Any) -> Any:
-    """frames[index] on `device`: a CUDA tensor (NVDEC) is indexed where it is; host frames are
-    gathered (not at all when the rows are all the frames in order, the 1-fps case) and copied.
+def _rows_on(frames: Any, index: np.ndarray, upload: _Uploader) -> Any:
+    """frames[index] on the upload's device: a CUDA tensor (NVDEC) is indexed where it is (its
+    index copied like frames); host frames are gathered (not at all when the rows are all the
+    frames in order, the 1-fps case) and uploaded.
 
     Staging host frames through pinned memory first was measured slower end to end on an H100
-    host (23.7 against 31.4 videos/s, BENCHMARKS.md), so the copy is a plain one.
+    host (23.7 against 31.4 videos/s, BENCHMARKS.md), so the copy is from pageable memory.
     """
     import torch
 
-    if torch.is_tensor(frames):
-        return frames[torch.from_numpy(index).to(frames.device)]
     whole = index.ndim == 1 and len(index) == len(frames) and bool((index == np.arange(len(frames))).all())
-    rows = torch.from_numpy(frames if whole else frames[index])
-    return rows.to(device, non_blocking=True)
+    if torch.is_tensor(frames):
+        return frames if whole else frames[upload(torch.from_numpy(index))]
+    return upload(torch.from_numpy(frames if whole else frames[index]))
 
 
 def _host(frames: Any, index: np.ndarray) -> np.ndarray:
