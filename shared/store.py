@@ -403,9 +403,10 @@ def _check_compatible(store: ExpertStore, video_ids: Sequence[str], spec: StoreS
     want = {'expert': spec.expert, 'feature_dim': spec.feature_dim, 'max_rows': spec.max_rows,
             'chunk_size': spec.chunk_size, 'weights': spec.weights, 'model': spec.model}
     diff = {k: (a.get(k), v) for k, v in want.items() if a.get(k) != v}
-    # settings that change what a row means must match; batch size only changes speed
-    ours = {k: v for k, v in json.loads(json.dumps(spec.config)).items() if k != 'batch_size'}
-    theirs = {k: v for k, v in a.get('config', {}).items() if k != 'batch_size'}
+    # settings that change what a row means must match; these only change speed
+    speed = ('batch_size', 'cuda_graph')
+    ours = {k: v for k, v in json.loads(json.dumps(spec.config)).items() if k not in speed}
+    theirs = {k: v for k, v in a.get('config', {}).items() if k not in speed}
     for k in sorted(set(ours) | set(theirs)):
         if ours.get(k) != theirs.get(k) and k not in want:
             diff[f'config.{k}'] = (theirs.get(k), ours.get(k))

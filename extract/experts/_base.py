@@ -7,6 +7,7 @@ feature vector per row. It opens no files and writes no stores: the runner does 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import zlib
 from typing import Any
 
@@ -20,6 +21,8 @@ from extract.weights import ResolvedWeights, WeightsError, load_state_dict, reso
 from shared.store import VideoResult
 
 __all__ = ['ExpertCfg', 'Expert', 'VideoExpert', 'VideoInput', 'IMAGENET_MEAN', 'IMAGENET_STD', 'KINETICS_MEAN', 'KINETICS_STD']
+
+_logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,6 +48,9 @@ class ExpertCfg:
         max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
         batch_size: rows per forward pass (across videos); 0 chooses by device: 32 on the CPU, and on
             CUDA 128 frames or 32 clips (an H100 ran SENet-154 at 886 images/s with 32, 2,406 with 128).
+        cuda_graph: on CUDA, run the forward pass as a CUDA graph captured once per input shape at
+            `batch_size` rows (smaller batches padded), instead of launching each kernel from Python.
+            Off by default: not yet measured on a GPU (BENCHMARKS.md).
         license, origin_url: where the weights come from, for the record.
     """
 
@@ -61,6 +67,7 @@ class ExpertCfg:
     std: tuple[float, ...] = IMAGENET_STD
     max_rows: int = 128
     batch_size: int = 0
+    cuda_graph: bool = False
     license: str = ''
     origin_url: str = ''
 
@@ -96,6 +103,7 @@ class Expert:
         self.dtype = torch.float32
         self.weights: ResolvedWeights | None = None
         self._norm: tuple[torch.Tensor, torch.Tensor] | None = None  # mean, std on the device
+        self._graphs: dict[tuple, _GraphedForward | None] = {}  # by input shape; None: capture failed, eager
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.name!r}, arch={self.cfg.arch!r}, weights={self.cfg.weights!r})'
@@ -185,7 +193,22 @@ class Expert:
         x = x.to(self.dtype)
         if self.device.type == 'cuda':
             x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+            if self.cfg.cuda_graph and len(x) <= self.batch_size:
+                graphed = self._graphed(x)
+                if graphed is not None:
+                    return graphed(x)
         return self.model(x).float()
+
+    def _graphed(self, x: torch.Tensor) -> _GraphedForward | None:
+        key = (tuple(x.shape[1:]), x.dtype)
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = _GraphedForward(self.model, x, self.batch_size)
+            except RuntimeError as err:  # an op that cannot be captured: this shape runs eagerly
+                _logger.warning('%s: CUDA graph capture failed for input %s, running eagerly: %s',
+                                self.name, tuple(x.shape[1:]), str(err).splitlines()[0] if str(err) else err)
+                self._graphs[key] = None
+        return self._graphs[key]
 
     @torch.inference_mode()
     def extract(self, rows: np.ndarray) -> np.ndarray:
@@ -223,3 +246,35 @@ class VideoExpert(Expert):
 
     def process(self, inputs: VideoInput) -> VideoResult:
         raise NotImplementedError
+
+
+class _GraphedForward:
+    """A model's forward pass captured once as a CUDA graph for `batch` rows of one input shape.
+
+    Eager PyTorch dispatches each operator of a forward pass from Python (821 for SENet-154, 570
+    for DenseNet-161), which costs the host milliseconds per batch; a replay is one launch.
+    Smaller batches are padded to the captured size: rows are independent in eval mode, so the
+    padding changes nothing, and every row runs the same kernels whatever its batch.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, batch: int) -> None:
+        device = example.device
+        fmt = torch.channels_last_3d if example.ndim == 5 else torch.channels_last
+        self.input = torch.zeros((batch, *example.shape[1:]), dtype=example.dtype, device=device)
+        self.input = self.input.contiguous(memory_format=fmt)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm up outside the capture: lazy cuDNN/cuBLAS set-up
+            for _ in range(2):
+                model(self.input)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: NVDEC decode threads keep using CUDA while this thread captures
+        with torch.cuda.graph(self.graph, capture_error_mode='thread_local'):
+            self.output = model(self.input).float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        self.input[:n].copy_(x)
+        self.graph.replay()  # on the current stream, after the copy, before anything queued later
+        return self.output[:n].clone()  # the next replay overwrites `output`

@@ -70,16 +70,19 @@ def test_each_visual_expert_and_all_in_one_pass(small_demo: Path, tmp_path: Path
     assert (tmp_path / 'sharded' / 'demo' / 'scene.zarr' / 'zarr.json').read_text().count('consolidated') > 0
 
 
-@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason='needs a CUDA device'))])
-def test_batched_features_belong_to_their_videos(device: str, small_demo: Path, tmp_path: Path) -> None:
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+
+@pytest.mark.parametrize('device,graph', [('cpu', False), pytest.param('cuda', False, marks=_CUDA),
+                                          pytest.param('cuda', True, marks=_CUDA)])
+def test_batched_features_belong_to_their_videos(device: str, graph: bool, small_demo: Path, tmp_path: Path) -> None:
     """Batches of 5 rows cut across videos, chunks of 2 videos end in partial batches, and each
     chunk's results are collected while the next is fed (on CUDA: frames uploaded on a stream of
-    their own, results copied off asynchronously): every stored row is still the feature of its own
-    video's frame or clip, as the expert computes it for that video alone."""
+    their own, results copied off asynchronously, optionally CUDA graphs): every stored row is still
+    the feature of its own video's frame or clip, as the expert computes it for that video alone."""
     names = ('scene', 'action.r2plus1d_18')
     assert _run(small_demo.parent, tmp_path, ','.join(names), '--batch-size', '5', '--device', device,
-                '--decoder', 'decord') == 0
+                '--decoder', 'decord', '--set', f'cuda_graph={str(graph).lower()}') == 0
     atol = 2e-3 if device == 'cpu' else 6e-2  # sums differ with the batch in the last bits (bf16 on CUDA)
     for name in names:
         expert = create_expert(name, weights='random', resize=[40], input_size=32, clip_len=6).load(device)
@@ -95,6 +98,19 @@ def test_batched_features_belong_to_their_videos(device: str, small_demo: Path, 
             others = stored.features[(i + 1) % len(stored.video_ids), :n]
             assert np.abs(others - expected).max() > 2 * atol  # another video's rows would not pass (0.23 or more)
             np.testing.assert_array_equal(stored.timestamps[i, :n], plan.timestamps)
+
+
+@_CUDA
+def test_cuda_graph_forward_equals_eager() -> None:
+    """A captured forward pass gives the eager one's features, for a full and a padded batch."""
+    for name, shape in (('scene', (8, 3, 32, 32)), ('action.r2plus1d_18', (4, 3, 6, 32, 32))):
+        eager = create_expert(name, weights='random', batch_size=shape[0]).load('cuda')
+        graphed = create_expert(name, weights='random', batch_size=shape[0], cuda_graph=True).load('cuda')
+        x = torch.randn(shape, device='cuda')
+        for rows in (x, x[:3]):
+            np.testing.assert_allclose(graphed.forward(rows).cpu().numpy(), eager.forward(rows).cpu().numpy(),
+                                       rtol=0, atol=2e-2)
+        assert [g for g in graphed._graphs.values() if g is not None], 'the forward pass was not captured'
 
 
 def _signal_after_first_chunk(proc: subprocess.Popen, store: Path, sig: int) -> None:

@@ -98,6 +98,9 @@ def test_reopen_checks_layout(tmp_path: Path) -> None:
     import dataclasses
     with pytest.raises(StoreError, match='config.fps'):
         create_store(path, W.video_ids(10), dataclasses.replace(W.spec(4), config={'fps': 2}))
+    # settings that change only the speed resume a store made without them
+    assert create_store(path, W.video_ids(10), dataclasses.replace(W.spec(4), config={'batch_size': 7,
+                                                                                     'cuda_graph': True})).n_videos == 10
     assert create_store(path, W.video_ids(11), W.spec(4), overwrite=True).n_videos == 11
     with pytest.raises(StoreError, match='no expert store'):
         open_store(tmp_path / 'nothing.zarr')
