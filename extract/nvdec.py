@@ -2,9 +2,9 @@
 
 Frame indices and [start, end) times are read by decord in a helper process (its index of the
 file, no decoding), and go through the same `plan_rows`, so both backends cut identical rows; a
-file whose frame count NVDEC sees differently is decoded on the CPU. Frames are decoded to RGB in GPU memory, turned by the display rotation of the file, resized on
-the GPU to the decord path's decode size, and handed to the experts without a trip through host
-memory.
+file whose frame count NVDEC sees differently is decoded on the CPU. Frames are decoded to RGB
+in GPU memory, turned by the display rotation of the file, resized on the GPU to the decord
+path's decode size, and handed to the experts without a trip through host memory.
 
 Creating an NVDEC session costs ~0.3 s, more than decoding a whole 15 s clip at 1 fps, so each
 decode thread keeps one decoder and reconfigures it for the next video (PyNvVideoCodec keeps a
