@@ -401,6 +401,10 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         writer.shutdown(wait=True)  # chunks already computed are still written, whole
         print('\ninterrupted: finished chunks are saved; rerun the same command to continue', file=sys.stderr)
         return 130
+    except BaseException:
+        bar.close()
+        pool.close(kill=True)  # no decoder process outlives a failed run
+        raise
     finally:
         writer.shutdown(wait=True)
     for w in writes:
@@ -602,6 +606,15 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, StoreError, WeightsError, ConfigError, KeyError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f'error: {msg}', file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        import torch
+
+        if not isinstance(err, torch.OutOfMemoryError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else 'out of memory'
+        print(f'error: the device ran out of memory ({first}); finished chunks are saved. Rerun with a smaller '
+              '--batch-size (the CUDA default is 128 frames or 32 clips per forward pass).', file=sys.stderr)
         return 1
 
 

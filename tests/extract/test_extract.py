@@ -258,6 +258,19 @@ def test_missing_weights_and_bad_settings_are_one_line_errors(small_demo: Path, 
     assert set(VISUAL) <= set(expert_names())
 
 
+def test_out_of_memory_is_one_line_with_advice(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from extract.experts._base import Expert
+
+    def oom(self: Expert, x: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail')
+
+    monkeypatch.setattr(Expert, 'forward', oom)
+    assert _run(small_demo.parent, tmp_path, 'scene') == 1
+    err = capsys.readouterr().err
+    assert 'Tried to allocate 2.00 GiB' in err and '--batch-size' in err and 'Traceback' not in err
+
+
 @pytest.mark.slow
 def test_benchmark_command_reports_every_measurement(small_demo: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
