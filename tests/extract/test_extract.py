@@ -83,7 +83,8 @@ def test_batched_features_belong_to_their_videos(device: str, graph: bool, small
     names = ('scene', 'action.r2plus1d_18')
     assert _run(small_demo.parent, tmp_path, ','.join(names), '--batch-size', '5', '--device', device,
                 '--decoder', 'decord', '--set', f'cuda_graph={str(graph).lower()}') == 0
-    atol = 2e-3 if device == 'cpu' else 6e-2  # sums differ with the batch in the last bits (bf16 on CUDA)
+    # sums differ with the batch in the last bits; bf16 on CUDA: a few units in its last place
+    tol = dict(rtol=0, atol=2e-3) if device == 'cpu' else dict(rtol=3e-2, atol=3e-2)
     for name in names:
         expert = create_expert(name, weights='random', resize=[40], input_size=32, clip_len=6).load(device)
         stored = open_store(tmp_path / 'demo' / f'{name}.zarr', warn_random=False).read()
@@ -94,9 +95,9 @@ def test_batched_features_belong_to_their_videos(device: str, graph: bool, small
             n = int(stored.lengths[i])
             assert stored.video_ids[i] == path.stem and n == len(plan.index)
             expected = expert.extract(rows)  # this video alone, in one batch
-            np.testing.assert_allclose(stored.features[i, :n], expected, rtol=0, atol=atol, err_msg=f'{name}, {path.name}')
+            np.testing.assert_allclose(stored.features[i, :n], expected, **tol, err_msg=f'{name}, {path.name}')
             others = stored.features[(i + 1) % len(stored.video_ids), :n]
-            assert np.abs(others - expected).max() > 2 * atol  # another video's rows would not pass (0.23 or more)
+            assert not np.allclose(others, expected, **tol)  # another video's rows would not pass
             np.testing.assert_array_equal(stored.timestamps[i, :n], plan.timestamps)
 
 
@@ -109,7 +110,7 @@ def test_cuda_graph_forward_equals_eager() -> None:
         x = torch.randn(shape, device='cuda')
         for rows in (x, x[:3]):
             np.testing.assert_allclose(graphed.forward(rows).cpu().numpy(), eager.forward(rows).cpu().numpy(),
-                                       rtol=0, atol=2e-2)
+                                       rtol=3e-2, atol=3e-2)  # bf16: a few units in the last place
         assert [g for g in graphed._graphs.values() if g is not None], 'the forward pass was not captured'
 
 
