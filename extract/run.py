@@ -22,8 +22,8 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,11 +147,12 @@ class _Batcher:
 class _Uploader:
     """Host frames to the device on a CUDA stream of their own.
 
-    CUDA starts a copy from pageable host memory only after all work queued on its stream is done.
-    On the models' stream, each video's copy would wait for every forward pass queued before it,
-    and the host would sit idle while the GPU works, then the GPU while the host prepares the next
-    videos. On a separate stream a copy waits only for earlier copies; the models' stream waits
-    for it through an event.
+    A copy from pageable host memory goes through the driver's pinned staging memory, and the
+    driver may hold the host until the work queued before the copy on its stream is done (CUDA's
+    "API synchronization behavior"). On the models' stream each video's copy could then wait for
+    every forward pass queued before it: the host idle while the GPU works, then the GPU idle
+    while the host prepares the next videos. On a separate stream a copy waits only for earlier
+    copies; the models' stream waits for it through an event.
     """
 
     def __init__(self, device: Any) -> None:
