@@ -48,9 +48,9 @@ class ExpertCfg:
         max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
         batch_size: rows per forward pass (across videos); 0 chooses by device: 32 on the CPU, and on
             CUDA 128 frames or 32 clips (an H100 ran SENet-154 at 886 images/s with 32, 2,406 with 128).
-        cuda_graph: on CUDA, run the forward pass as a CUDA graph captured once per input shape at
-            `batch_size` rows (smaller batches padded), instead of launching each kernel from Python.
-            Off by default: not yet measured on a GPU (BENCHMARKS.md).
+        cuda_graph: on CUDA, run a frame or clip expert's forward pass as a CUDA graph captured
+            once per input shape at `batch_size` rows (smaller batches padded), instead of launching
+            each kernel from Python. Off by default: not yet measured on a GPU (BENCHMARKS.md).
         license, origin_url: where the weights come from, for the record.
     """
 
