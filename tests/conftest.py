@@ -31,9 +31,16 @@ def python() -> str:
 
 @pytest.fixture(scope='session')
 def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Eight demo videos (half without audio, most with a word), generated once."""
+    """Eight demo videos (half without audio, most with a word), generated once.
+
+    `$VIDEOEXPERTS_SMALL_DEMO` names such a folder generated beforehand, for machines without
+    FFmpeg (the GPU host of the CUDA tests).
+    """
     from shared.datasets.demo import DemoCfg, generate
 
+    ready = os.environ.get('VIDEOEXPERTS_SMALL_DEMO')
+    if ready:
+        return Path(ready)
     out = tmp_path_factory.mktemp('data') / 'demo'
     generate(out, DemoCfg(videos=8, seed=7, no_audio_rate=0.5, word_rate=0.75, min_duration=2.0,
                           max_duration=3.0), progress=False)
