@@ -26,11 +26,16 @@ class Searcher:
     """A run's model and gallery, loaded once; `search` ranks the gallery for free text."""
 
     def __init__(self, run: Path, data_root: Path) -> None:
+        self.note = ''
         if not (run / 'config.yaml').is_file():
-            seeds = sorted(run.glob('seed*/config.yaml'))
+            seeds = sorted((p.parent for p in run.glob('seed*/config.yaml')), key=lambda d: (len(d.name), d.name))
             if not seeds:
                 raise ConfigError(f'{run} is not a run directory (no config.yaml)')
-            run = seeds[0].parent
+            run = seeds[0]
+            if len(seeds) > 1:
+                self.note = (f'{len(seeds)} seeds in this run; searching {run.name} '
+                             f'(--run {run.parent}/{seeds[-1].name} for another)')
+        self.run = run
         raw = yaml.safe_load((run / 'config.yaml').read_text())
         raw.pop('seed', None)
         self.cfg: RunCfg = from_dict(RunCfg, raw, where=str(run / 'config.yaml'))
@@ -67,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    if searcher.note:
+        print(searcher.note, file=sys.stderr)
     for q in args.query:
         print(f'query: {q}')
         for rank, (vid, score) in enumerate(searcher.search(q, args.k), start=1):
