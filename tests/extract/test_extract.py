@@ -289,3 +289,7 @@ def test_benchmark_command_reports_every_measurement(small_demo: Path, tmp_path:
                 '| end to end: object + scene (steady state'):
         assert row in out, row
     assert (tmp_path / 'prof' / 'all.prof').is_file() and (tmp_path / 'prof' / 'object.prof').is_file()
+    assert bench_main(['--dataset', f'folder:{small_demo / "videos"}', '--experts', 'object', '--limit', '3',
+                       '--workers', '1', '--decode-only']) == 0
+    out = capsys.readouterr().out
+    assert '| decode only, decord (object sampling) |' in out and 'model only' not in out
