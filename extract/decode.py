@@ -18,12 +18,13 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'precheck', 'read_frame_times', 'decode_video',
-           'DecodePool', 'decode_short_side', 'DECODERS', 'choose_decoder']
+           'DecodePool', 'decode_short_side', 'DECODERS', 'choose_decoder', 'memory_limit']
 
 DECODERS = ('auto', 'decord', 'nvdec')
 #: every audio expert (VGGish, whisper) takes 16 kHz mono
@@ -78,6 +79,14 @@ class DecodedVideo:
     seconds: float = 0.0
     audio: np.ndarray | None = None  # mono float32 at AUDIO_RATE; None: no audio stream (or audio_error)
     audio_error: str = ''
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the decoded frames and audio."""
+        frames = getattr(self.frames, 'nbytes', None)
+        if frames is None and self.frames is not None:  # a torch tensor (NVDEC)
+            frames = self.frames.numel() * self.frames.element_size()
+        return int(frames or 0) + (self.audio.nbytes if self.audio is not None else 0)
 
 
 def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndarray]:
@@ -233,6 +242,41 @@ def _decode_prefix(vr, needed: np.ndarray, err: BaseException) -> tuple[np.ndarr
     return np.stack(good), kept, f'decoded the first {int(kept[-1]) + 1} frames only ({reason})'
 
 
+#: share of the memory this process may use that decoded videos may fill (`DecodePool.max_bytes`)
+PREFETCH_MEMORY_SHARE = 0.25
+
+
+def memory_limit(cgroup_root: str | os.PathLike = '/sys/fs/cgroup', proc_cgroup: str | os.PathLike = '/proc/self/cgroup'
+                 ) -> int:
+    """Bytes of memory this process may use: physical memory, or a cgroup's limit when lower
+    (SLURM jobs and containers are limited by cgroups, not by the machine's memory)."""
+    try:
+        limit = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        limit = 8 << 30
+    root = Path(cgroup_root)
+    candidates = [root / 'memory.max', root / 'memory' / 'memory.limit_in_bytes']
+    try:
+        for line in Path(proc_cgroup).read_text().splitlines():
+            _, controllers, path = line.split(':', 2)
+            parts = [p for p in path.split('/') if p]
+            for k in range(1, len(parts) + 1):  # the job's cgroup and every parent: each limit applies
+                if controllers == '':  # cgroup v2
+                    candidates.append(root.joinpath(*parts[:k], 'memory.max'))
+                elif 'memory' in controllers.split(','):
+                    candidates.append(root.joinpath('memory', *parts[:k], 'memory.limit_in_bytes'))
+    except (OSError, ValueError):
+        pass
+    for path in candidates:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # v2 writes 'max' for no limit
+            limit = min(limit, int(text))
+    return limit
+
+
 def _worker_init() -> None:
     os.environ.setdefault('OMP_NUM_THREADS', '1')
 
@@ -255,14 +299,19 @@ class DecodePool:
         workers: processes; 0 decodes in the calling process (debugging, tiny runs).
         prefetch: videos decoded ahead of the consumer, per worker.
         timeout: seconds one video may take before it is failed and the pool restarted.
+        max_bytes: decoded frames (and audio) held in and ahead of the workers, at most. A long
+            video cut into clips is large (I3D's 128 clips of 64 frames at 256x455: 2.9 GB), so
+            fewer videos are decoded ahead once such a video is seen, and one per worker until the
+            first is in. Default: `PREFETCH_MEMORY_SHARE` of the memory this process may use.
     """
 
     def __init__(self, samplings: dict[str, Sampling], workers: int = 1, prefetch: int = 2,
-                 timeout: float = 300.0) -> None:
+                 timeout: float = 300.0, max_bytes: int | None = None) -> None:
         self.samplings = samplings
         self.workers = workers
         self.depth = max(1, workers * prefetch)
         self.timeout = timeout
+        self.max_bytes = max_bytes if max_bytes is not None else int(PREFETCH_MEMORY_SHARE * memory_limit())
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def _start(self) -> cf.ProcessPoolExecutor:
@@ -293,10 +342,12 @@ class DecodePool:
             return
         queue: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
         todo = iter(items)
+        largest = 0  # bytes of the largest decoded video so far
 
         def refill() -> None:
-            prefetch(queue, todo, self.depth, lambda row, path: self._start().submit(decode_video, row, path,
-                                                                                     self.samplings))
+            depth = self.workers if not largest else max(1, min(self.depth, self.max_bytes // largest))
+            prefetch(queue, todo, depth, lambda row, path: self._start().submit(decode_video, row, path,
+                                                                                self.samplings))
 
         refill()
         while queue:
@@ -309,6 +360,7 @@ class DecodePool:
             except cf.process.BrokenProcessPool:
                 result = DecodedVideo(row, error='the decoder process crashed on this video')
                 self._restart(queue)
+            largest = max(largest, result.nbytes)
             yield result
             refill()
 

@@ -95,3 +95,44 @@ def test_pool_keeps_order(odd_videos: Path) -> None:
         out = list(pool.imap([(i, str(odd_videos / n)) for i, n in enumerate(names)]))
     assert [v.row for v in out] == list(range(5))
     assert [bool(v.error) for v in out] == [False, True, False, True, False]
+
+
+@pytest.mark.parametrize('max_bytes,later', [(1, 1), (1 << 40, 4)])
+def test_pool_decodes_fewer_ahead_when_videos_are_large(odd_videos: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        max_bytes: int, later: int) -> None:
+    """One video per worker until the first is in; then as many ahead as `max_bytes` holds of the
+    largest video so far (at least one), and never more than `prefetch` per worker."""
+    import extract.decode as decode
+
+    depths: list[int] = []
+
+    def recording(queue, todo, depth, submit) -> None:  # noqa: ANN001 - the wrapped function's arguments
+        depths.append(depth)
+        real(queue, todo, depth, submit)
+
+    real = decode.prefetch
+    monkeypatch.setattr(decode, 'prefetch', recording)
+    names = ['good.mp4', 'vp9.webm', 'mpeg4.avi', 'good.mp4', 'rotated.mp4', 'good.mp4']
+    with DecodePool(SAMPLINGS, workers=2, prefetch=2, max_bytes=max_bytes) as pool:
+        out = list(pool.imap([(i, str(odd_videos / n)) for i, n in enumerate(names)]))
+    assert [v.row for v in out] == list(range(6)) and all(v.frames is not None and v.nbytes > 0 for v in out)
+    assert depths[0] == 2 and set(depths[1:]) == {later}
+
+
+def test_memory_limit_follows_the_job_cgroup(tmp_path: Path) -> None:
+    """A SLURM job's cgroup (v2, nested) or a v1 memory cgroup limits memory below the machine's."""
+    from extract.decode import memory_limit
+
+    physical = memory_limit(tmp_path / 'none', tmp_path / 'none')
+    assert physical > 0
+    v2 = tmp_path / 'v2'
+    (v2 / 'system.slice' / 'slurmstepd.scope' / 'job_42').mkdir(parents=True)
+    (v2 / 'memory.max').write_text('max\n')
+    (v2 / 'system.slice' / 'slurmstepd.scope' / 'job_42' / 'memory.max').write_text(f'{1 << 30}\n')
+    (tmp_path / 'cg2').write_text('0::/system.slice/slurmstepd.scope/job_42/step_0/user/task_0\n')
+    assert memory_limit(v2, tmp_path / 'cg2') == min(physical, 1 << 30)
+    v1 = tmp_path / 'v1'
+    (v1 / 'memory' / 'slurm' / 'uid_1').mkdir(parents=True)
+    (v1 / 'memory' / 'slurm' / 'uid_1' / 'memory.limit_in_bytes').write_text(f'{2 << 30}\n')
+    (tmp_path / 'cg1').write_text('7:pids:/\n4:memory:/slurm/uid_1/job_7\n0::/\n')
+    assert memory_limit(v1, tmp_path / 'cg1') == min(physical, 2 << 30)
