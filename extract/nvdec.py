@@ -34,6 +34,8 @@ __all__ = ['NvdecPool', 'nvdec_available', 'display_rotation']
 
 #: largest frame the reused decoder is configured for; larger videos get a session of their own
 MAX_WIDTH, MAX_HEIGHT = 4096, 4096
+#: frames fetched from the decoder at once (at 1080p: 200 MB as RGB bytes, 800 MB as floats to resize)
+PIECE = 32
 
 
 def nvdec_available() -> str:
@@ -203,8 +205,7 @@ class NvdecPool:
                 torch.cuda.set_device(self.gpu)
                 local.stream = torch.cuda.Stream(self.device)
             with torch.cuda.stream(local.stream):
-                frames, plans = self._decode_frames(local, path, frame_times)
-                frames = self._orient_and_resize(frames, display_rotation(path))
+                frames, plans = self._decode_frames(local, path, frame_times, display_rotation(path))
                 frames.record_stream(self._consumer)  # freed only after the experts' kernels ran
             local.stream.synchronize()
         except Exception as err:  # noqa: BLE001 - NVDEC raises its own types for unsupported input
@@ -217,7 +218,13 @@ class NvdecPool:
         out.seconds = time.perf_counter() - t0
         return out
 
-    def _decode_frames(self, local: _Thread, path: str, frame_times: np.ndarray):
+    def _decode_frames(self, local: _Thread, path: str, frame_times: np.ndarray, rotation: int):
+        """The needed frames in display orientation at the decode size, and every expert's rows.
+
+        Frames are fetched `PIECE` at a time and shrunk before the next piece: a long video cut
+        into clips needs thousands of frames, too many to hold at full resolution (2,048 frames of
+        1080p are 12.7 GB as RGB bytes, and 4x that as floats for the resize).
+        """
         import PyNvVideoCodec as nvc
         import torch
 
@@ -232,12 +239,16 @@ class NvdecPool:
             raise RuntimeError(f'NVDEC counts {len(dec)} frames, decord {len(frame_times)}')
         planned = {name: plan_rows(frame_times, s) for name, s in self.video_samplings.items()}
         needed = np.unique(np.concatenate([idx.ravel() for idx, _ in planned.values()]))
-        decoded = dec.get_batch_frames_by_index(needed.tolist())
-        if len(decoded) != len(needed):
-            raise RuntimeError(f'decoded {len(decoded)} of {len(needed)} frames')
-        frames = torch.stack([torch.from_dlpack(f) for f in decoded])  # a copy: the decoder reuses its surfaces
+        pieces = []
+        for start in range(0, len(needed), PIECE):
+            part = needed[start:start + PIECE].tolist()
+            decoded = dec.get_batch_frames_by_index(part)
+            if len(decoded) != len(part):
+                raise RuntimeError(f'decoded {len(decoded)} of {len(part)} frames')
+            frames = torch.stack([torch.from_dlpack(f) for f in decoded])  # a copy: the decoder reuses its surfaces
+            pieces.append(self._orient_and_resize(frames, rotation))
         plans = {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in planned.items()}
-        return frames, plans
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), plans
 
     def _orient_and_resize(self, frames, rotation: int):
         """Display orientation, then the decord path's decode size (short side, even dimensions)."""
