@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'precheck', 'read_frame_times', 'decode_video',
-           'DecodePool', 'decode_short_side', 'DECODERS', 'choose_decoder', 'memory_limit']
+           'DecodePool', 'decode_short_side', 'DECODERS', 'choose_decoder', 'memory_limit', 'ahead']
 
 DECODERS = ('auto', 'decord', 'nvdec')
 #: every audio expert (VGGish, whisper) takes 16 kHz mono
@@ -281,6 +281,12 @@ def _worker_init() -> None:
     os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
+def ahead(largest: int, first: int, most: int, max_bytes: int) -> int:
+    """Videos to keep decoded or decoding ahead of the consumer: `first` until one is in (its size
+    unknown), then as many as `max_bytes` holds of the largest video so far, from 1 to `most`."""
+    return first if not largest else max(1, min(most, max_bytes // largest))
+
+
 def prefetch(queue: collections.deque, todo: Iterator[tuple[int, str]], depth: int,
              submit: Callable[[int, str], cf.Future]) -> None:
     """Submit (row, path) items from `todo` until `depth` are in flight; queue holds (row, path, future)."""
@@ -345,9 +351,8 @@ class DecodePool:
         largest = 0  # bytes of the largest decoded video so far
 
         def refill() -> None:
-            depth = self.workers if not largest else max(1, min(self.depth, self.max_bytes // largest))
-            prefetch(queue, todo, depth, lambda row, path: self._start().submit(decode_video, row, path,
-                                                                                self.samplings))
+            prefetch(queue, todo, ahead(largest, self.workers, self.depth, self.max_bytes),
+                     lambda row, path: self._start().submit(decode_video, row, path, self.samplings))
 
         refill()
         while queue:

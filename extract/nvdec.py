@@ -27,8 +27,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from extract.decode import (DecodedVideo, DecodePool, RowPlan, Sampling, _first_error, _resize_dims, _worker_init,
-                            decode_short_side, plan_rows, precheck, prefetch, read_frame_times)
+from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, RowPlan, Sampling, _first_error,
+                            _resize_dims, _worker_init, ahead, decode_short_side, plan_rows, precheck, prefetch,
+                            read_frame_times)
 
 __all__ = ['NvdecPool', 'nvdec_available', 'display_rotation']
 
@@ -125,7 +126,8 @@ class NvdecPool:
         samplings: expert name -> Sampling.
         device: the CUDA device the experts run on.
         threads: decode threads, each with its own reused decoder and CUDA stream.
-        prefetch: videos decoded ahead of the consumer, per thread.
+        prefetch: videos decoded ahead of the consumer, per thread; fewer once a video is large
+            (their frames may fill a quarter of the GPU's memory, as in `DecodePool`).
         timing_workers: decord processes that read the frame times.
     """
 
@@ -139,6 +141,8 @@ class NvdecPool:
         self.gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
         self.threads = max(1, threads)
         self.depth = self.threads * max(1, prefetch)
+        # decoded frames wait in GPU memory, beside the models: a quarter of it at most
+        self.max_bytes = int(PREFETCH_MEMORY_SHARE * torch.cuda.get_device_properties(self.device).total_memory)
         self._consumer = torch.cuda.current_stream(self.device)
         self._local = _Thread()
         self._pool: cf.ThreadPoolExecutor | None = None
@@ -168,11 +172,13 @@ class NvdecPool:
         queue: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
         todo = iter(items)
         submit = functools.partial(self._pool.submit, self.decode)
-        prefetch(queue, todo, self.depth, submit)
+        largest = 0  # bytes of the largest decoded video so far
+        prefetch(queue, todo, ahead(largest, self.threads, self.depth, self.max_bytes), submit)
         while queue:
             _, path, future = queue.popleft()
             video = future.result()
-            prefetch(queue, todo, self.depth, submit)
+            largest = max(largest, video.nbytes)
+            prefetch(queue, todo, ahead(largest, self.threads, self.depth, self.max_bytes), submit)
             if video.error.startswith('NVDEC'):
                 video = self._on_cpu(video, path)
             yield video
