@@ -72,7 +72,8 @@ class _Tally:
 
 
 class _Batcher:
-    """Rows of one expert, queued across the videos of a chunk and run `batch_size` at a time.
+    """Rows of one expert (uint8 frames or clips on its device), queued across the videos of a
+    chunk, and preprocessed and run `batch_size` at a time.
 
     A chunk's last, partial batch is launched when the chunk is fed (`launch`), and its results
     are gathered later (`collect`), so the GPU computes one chunk's tail while the host feeds the
@@ -132,7 +133,9 @@ class _Batcher:
             else:
                 self.owners[0] = (row, start + k, count)
             left -= k
-        feats = self.expert.forward(torch.cat(parts))
+        # preprocessed a batch at a time: a long video's clips, as floats at once, could fill the device
+        x = [self.expert.preprocess(p) for p in parts]
+        feats = self.expert.forward(x[0] if len(x) == 1 else torch.cat(x))
         ready = None
         if feats.is_cuda:  # copy out without waiting: the next batch is queued behind it
             host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
@@ -463,7 +466,7 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], upl
         key = (str(e.device), idx.shape, idx.tobytes())
         if key not in on_device:
             on_device[key] = _rows_on(video.frames, idx, upload)
-        batchers[e.name].add(video.row, e.preprocess(on_device[key]))
+        batchers[e.name].add(video.row, on_device[key])
         chunk.stamps[e.name][video.row] = plan.timestamps
     if video.note:
         _logger.warning('video row %d: %s', video.row, video.note)

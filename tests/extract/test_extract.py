@@ -101,6 +101,23 @@ def test_batched_features_belong_to_their_videos(device: str, graph: bool, small
             np.testing.assert_array_equal(stored.timestamps[i, :n], plan.timestamps)
 
 
+def test_rows_are_preprocessed_a_batch_at_a_time() -> None:
+    """A long video cut into many rows never has all of them preprocessed (as floats) at once."""
+    from extract.run import _Batcher
+
+    expert = create_expert('scene', weights='random', resize=[40], input_size=32, batch_size=3).load('cpu')
+    seen: list[int] = []
+    preprocess = expert.preprocess
+    expert.preprocess = lambda rows: (seen.append(len(rows)), preprocess(rows))[1]  # type: ignore[method-assign]
+    rows = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (7, 48, 64, 3), dtype=np.uint8))
+    batcher = _Batcher(expert)
+    batcher.add(5, rows)
+    batcher.launch()
+    feats = batcher.collect(range(4, 8))[5]
+    assert seen == [3, 3, 1]
+    np.testing.assert_allclose(feats, expert.forward(preprocess(rows)).numpy(), rtol=0, atol=2e-3)
+
+
 @_CUDA
 def test_cuda_graph_forward_equals_eager() -> None:
     """A captured forward pass gives the eager one's features, for a full and a padded batch."""
