@@ -2,7 +2,8 @@
 
 A run directory holds the resolved config (config.yaml), per-epoch metrics (metrics.jsonl), the
 results table (results.md), TensorBoard logs (tb/), checkpoints (checkpoints/last.pt every epoch,
-best.pt for the selected epoch) and the test gallery's video embeddings (gallery.pt, for search).
+best.pt for the selected epoch, frozen feature extractors once in frozen.pt) and the test
+gallery's video embeddings (gallery.pt, for search).
 A run resumes exactly from last.pt: data order comes from a generator seeded by (seed, epoch).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 from shared.config import load_yaml, to_dict
 from shared.datasets import Manifest
 from train.captions import build_caption_encoder
+from train.checkpoints import load_model, save_checkpoint
 from train.data import SplitData, load_split, split_captions
 from train.losses import LOSSES
 from train.metrics import format_results, geometric_mean, retrieval_metrics
@@ -220,8 +222,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     ckpt_dir.mkdir(exist_ok=True)
     start, best = 0, -math.inf
     if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
-        state = torch.load(ckpt_dir / 'last.pt', map_location=dev, weights_only=True)
-        model.load_state_dict(state['model'])
+        state = load_model(model, ckpt_dir / 'last.pt', dev)
         opt.load_state_dict(state['optimizer'])
         if sched is not None:
             sched.load_state_dict(state['scheduler'])
@@ -267,10 +268,9 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
                     tb.add_scalar(f'val/{d}/{k}', m[d][k], epoch + 1)
             if score > best:
                 best = score
-                torch.save({'model': model.state_dict(), 'epoch': epoch}, ckpt_dir / 'best.pt')
-        torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'epoch': epoch, 'best': best,
-                    'scheduler': sched.state_dict() if sched is not None else None,
-                    'torch_rng': torch.get_rng_state()}, ckpt_dir / 'last.pt')
+                save_checkpoint(model, ckpt_dir / 'best.pt', epoch=epoch)
+        save_checkpoint(model, ckpt_dir / 'last.pt', optimizer=opt.state_dict(), epoch=epoch, best=best,
+                        scheduler=sched.state_dict() if sched is not None else None, torch_rng=torch.get_rng_state())
         with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
             f.write(json.dumps(record) + '\n')
         if progress:
@@ -279,7 +279,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
                   f'({record["train/seconds"]:.1f} s)')
     tb.close()
     chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
-    model.load_state_dict(torch.load(ckpt_dir / chosen, map_location=dev, weights_only=True)['model'])
+    load_model(model, ckpt_dir / chosen, dev)
     model.eval()
     video = embed_videos(model, test, dev)  # once: for the test metrics and for the search gallery
     result = evaluate(model, test, dev, video)

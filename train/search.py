@@ -15,6 +15,7 @@ import yaml
 
 from shared.config import ConfigError, data_root_default, from_dict
 from train.captions import build_caption_encoder
+from train.checkpoints import load_model
 from train.loop import RunCfg
 from train.models import create_model, structure_only
 from train.models.base import VideoEmbedding
@@ -44,8 +45,7 @@ class Searcher:
             raise ConfigError(f'{run} has no gallery.pt: the run has not finished')
         gallery = torch.load(gallery_path, map_location='cpu', weights_only=True)
         self.model = create_model(structure_only(self.cfg.model)).eval()  # the checkpoint has every weight
-        state = torch.load(run / 'checkpoints' / gallery['checkpoint'], map_location='cpu', weights_only=True)
-        self.model.load_state_dict(state['model'])
+        load_model(self.model, run / 'checkpoints' / gallery['checkpoint'])
         self.video_ids: list[str] = list(gallery['video_ids'])
         self.gallery = VideoEmbedding(gallery['emb'], gallery['available'])
         data = self.cfg.data

@@ -180,9 +180,11 @@ def test_ce_parameter_counts_match_the_paper(capsys: pytest.CaptureFixture) -> N
     assert 'not counted: OpenAIGPTModel' in capsys.readouterr().out
 
 
-def test_ce_with_gpt_word_features_trains_and_searches(demo_stores: tuple[Path, Path], tmp_path: Path) -> None:
+def test_ce_with_gpt_word_features_trains_and_searches(demo_stores: tuple[Path, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
     """CE's text side: a frozen GPT (tiny, random) gives the word features; it gets no gradient,
     stays in eval mode, and search encodes a free-text query through it."""
+    from train.checkpoints import load_checkpoint
     from train.search import main as search_main
 
     data, features = demo_stores
@@ -197,9 +199,19 @@ def test_ce_with_gpt_word_features_trains_and_searches(demo_stores: tuple[Path, 
     run = tmp_path / 'run'
     assert train_main(['--config', str(path), '--data-root', str(data), '--features-root', str(features),
                        '--run-dir', str(run), '--no-progress']) == 0
-    ckpt = torch.load(run / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
-    assert any(k.startswith('text_model.') for k in ckpt) and (run / 'seed0' / 'tokenizer.json').is_file()
+    ckpts = run / 'seed0' / 'checkpoints'
+    last = torch.load(ckpts / 'last.pt', weights_only=True)['model']
+    frozen = torch.load(ckpts / 'frozen.pt', weights_only=True)  # the frozen GPT once, not in every checkpoint
+    assert frozen and all(k.startswith('text_model.') for k in frozen) and not any(k in last for k in frozen)
+    assert any(k.startswith('text_model.') for k in load_checkpoint(ckpts / 'last.pt')['model'])
+    assert (run / 'seed0' / 'tokenizer.json').is_file()
     assert search_main(['--run', str(run / 'seed0'), '--query', 'a red circle moving', '-k', '3']) == 0
+    cfg['train']['epochs'] = 3  # resuming joins the frozen weights back into the model
+    path.write_text(yaml.safe_dump(cfg))
+    assert train_main(['--config', str(path), '--data-root', str(data), '--features-root', str(features),
+                       '--run-dir', str(run), '--no-progress']) == 0
+    assert 'resuming' in capsys.readouterr().out
+    assert len((run / 'seed0' / 'metrics.jsonl').read_text().splitlines()) == 3
 
 
 def test_gpt_word_features_are_frozen() -> None:
