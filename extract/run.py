@@ -89,6 +89,7 @@ class _Batcher:
         self.out: dict[int, np.ndarray] = {}
         # (owners, host features, ready event), oldest first
         self.pending: collections.deque[tuple[list[tuple[int, int, int]], Any, Any]] = collections.deque()
+        self.waited = 0.0  # seconds `collect` waited for the device's results
 
     def add(self, row: int, x: Any) -> None:
         if self.out.get(row) is None:
@@ -109,7 +110,9 @@ class _Batcher:
         while self.pending and self.pending[0][0][0][0] in rows:
             taken, host, ready = self.pending[0]
             if ready is not None:
+                t0 = time.perf_counter()
                 ready.synchronize()
+                self.waited += time.perf_counter() - t0
             feats, pos = host.numpy(), 0
             for row, start, k in taken:
                 self.out[row][start:start + k] = feats[pos:pos + k]
@@ -295,8 +298,9 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         loaded: experts already built by `build_experts(opts)` and loaded on the device (a cluster
             worker loads its models once and runs many shards with them).
         stats: filled with `videos`, `setup_s` (start to the first decoded video), `total_s` (the
-            benchmark's steady-state rate leaves the setup out) and `decode_wait_s` (time the
-            models waited for decoded videos after the first).
+            benchmark's steady-state rate leaves the setup out), `decode_wait_s` (time the
+            models waited for decoded videos after the first) and `device_wait_s` (time the host
+            waited for the device's results).
     """
     from extract.experts import resolve_expert_names
 
@@ -419,7 +423,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     t_end = time.time()
     if stats is not None:
         stats.update(videos=len(videos), setup_s=(t_first or t_end) - t_start, total_s=t_end - t_start,
-                     decode_wait_s=waited)
+                     decode_wait_s=waited, device_wait_s=sum(b.waited for b in batchers.values()))
     _summary(manifest.name, stores, tallies, len(videos), t_end - t_start)
     return 0
 
