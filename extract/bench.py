@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             decode = dec_all if target == 'all' else decode_rate[target]
             span = max(stats['total_s'] - stats['setup_s'], 1e-9)
             wait = f'{stats["decode_wait_s"] / span:.0%} waiting for decoding'
-            if device.startswith('cuda'):  # the rest is the host's own work: feeding, launching, writing
+            if device.startswith('cuda'):  # the rest: the host's own work, and launches into a full GPU queue
                 wait += f', {stats["device_wait_s"] / span:.0%} for the GPU\'s results'
             for label, r in ((f'end to end: {" + ".join(selected)} (whole run, {stats["setup_s"]:.1f} s setup)', rate),
                              (f'end to end: {" + ".join(selected)} (steady state, {wait})', steady)):
