@@ -24,7 +24,7 @@ import yaml
 from shared.config import load_yaml, to_dict
 from shared.datasets import Manifest
 from train.captions import build_caption_encoder
-from train.checkpoints import load_model, save_checkpoint
+from train.checkpoints import FROZEN, load_model, save_checkpoint
 from train.data import SplitData, load_split, split_captions
 from train.losses import LOSSES
 from train.metrics import format_results, geometric_mean, retrieval_metrics
@@ -221,6 +221,8 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     ckpt_dir = run_dir / 'checkpoints'
     ckpt_dir.mkdir(exist_ok=True)
     start, best = 0, -math.inf
+    if not (ckpt_dir / 'last.pt').is_file():  # a fresh start: frozen weights of an earlier attempt may differ
+        (ckpt_dir / FROZEN).unlink(missing_ok=True)
     if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
         state = load_model(model, ckpt_dir / 'last.pt', dev)
         opt.load_state_dict(state['optimizer'])

@@ -44,7 +44,7 @@ class Searcher:
         if not gallery_path.is_file():
             raise ConfigError(f'{run} has no gallery.pt: the run has not finished')
         gallery = torch.load(gallery_path, map_location='cpu', weights_only=True)
-        self.model = create_model(structure_only(self.cfg.model)).eval()  # the checkpoint has every weight
+        self.model = create_model(structure_only(self.cfg.model)).eval()  # checkpoint + frozen.pt: every weight
         load_model(self.model, run / 'checkpoints' / gallery['checkpoint'])
         self.video_ids: list[str] = list(gallery['video_ids'])
         self.gallery = VideoEmbedding(gallery['emb'], gallery['available'])
