@@ -159,6 +159,9 @@ class _Uploader:
     every forward pass queued before it: the host idle while the GPU works, then the GPU idle
     while the host prepares the next videos. On a separate stream a copy waits only for earlier
     copies; the models' stream waits for it through an event.
+
+    Staging host frames through pinned memory first was measured slower end to end on an H100
+    host (23.7 against 31.4 videos/s, BENCHMARKS.md), so the copy is from pageable memory.
     """
 
     def __init__(self, device: Any) -> None:
@@ -442,10 +445,12 @@ def _rows_to_redo(store: ExpertStore, chunk: int, retry_failed: bool) -> list[in
 
 def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], upload: _Uploader) -> int:
     """Give one decoded video to every expert that needs it; returns 1 when it failed for one."""
+    import torch
+
     from extract.experts._base import VideoInput
 
     failed = 0
-    on_device: dict[tuple, Any] = {}  # experts with the same rows share one gather and copy
+    frames = None  # the video's decoded frames on the device: copied there once, for every expert
     for e in (e for e in chunk.active if video.row in chunk.redo[e.name]):
         out = chunk.results[e.name]
         if e.modality == 'audio':
@@ -466,31 +471,39 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], upl
                                                     timestamps=plan.timestamps))
             failed |= out[video.row].status == FAILED
             continue
-        idx = plan.index[:, 0] if e.cfg.sampling == 'frames' else plan.index
-        key = (str(e.device), idx.shape, idx.tobytes())
-        if key not in on_device:
-            on_device[key] = _rows_on(video.frames, idx, upload)
-        batchers[e.name].add(video.row, on_device[key])
+        if frames is None:
+            frames = video.frames if torch.is_tensor(video.frames) else upload(torch.from_numpy(video.frames))
+        batchers[e.name].add(video.row, _rows(frames, plan.index[:, 0] if e.cfg.sampling == 'frames' else plan.index,
+                                              upload))
         chunk.stamps[e.name][video.row] = plan.timestamps
     if video.note:
         _logger.warning('video row %d: %s', video.row, video.note)
     return int(failed)
 
 
-def _rows_on(frames: Any, index: np.ndarray, upload: _Uploader) -> Any:
-    """frames[index] on the upload's device: a CUDA tensor (NVDEC) is indexed where it is (its
-    index copied like frames); host frames are gathered (not at all when the rows are all the
-    frames in order, the 1-fps case) and uploaded.
+class _Rows:
+    """frames[index], gathered a slice at a time when the batcher takes it: a video's frames are
+    copied to the device once, whatever the experts' rows (clips overlap, and experts share
+    frames), and no whole video's rows are ever gathered at once."""
 
-    Staging host frames through pinned memory first was measured slower end to end on an H100
-    host (23.7 against 31.4 videos/s, BENCHMARKS.md), so the copy is from pageable memory.
-    """
+    def __init__(self, frames: Any, index: Any) -> None:
+        self.frames, self.index = frames, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows: slice) -> Any:
+        return self.frames[self.index[rows]]
+
+
+def _rows(frames: Any, index: np.ndarray, upload: _Uploader) -> Any:
+    """A video's rows for one expert, from its frames on the device (`index` into them): the frames
+    themselves when the rows are all of them in order (1-fps frames), else a lazy gather."""
     import torch
 
-    whole = index.ndim == 1 and len(index) == len(frames) and bool((index == np.arange(len(frames))).all())
-    if torch.is_tensor(frames):
-        return frames if whole else frames[upload(torch.from_numpy(index))]
-    return upload(torch.from_numpy(frames if whole else frames[index]))
+    if index.ndim == 1 and len(index) == len(frames) and bool((index == np.arange(len(frames))).all()):
+        return frames
+    return _Rows(frames, upload(torch.from_numpy(index)))
 
 
 def _host(frames: Any, index: np.ndarray) -> np.ndarray:
