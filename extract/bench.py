@@ -224,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f'end-to-end run for {target} failed with exit code {code}', file=sys.stderr)
                 return code
             rate = n / (time.perf_counter() - t0)
-            steady = (n - 1) / max(stats['total_s'] - stats['setup_s'], 1e-9)
+            span = max(stats['total_s'] - stats['setup_s'], 1e-9)  # the steady state: first decoded video to the end
+            steady = (n - 1) / span
             # experts share the device: the model-only limit adds up their time per video
             limit = 1.0 / sum(1.0 / video_rate[s] for s in selected)
             decode = dec_all if target == 'all' else decode_rate[target]
-            span = max(stats['total_s'] - stats['setup_s'], 1e-9)
             wait = f'{stats["decode_wait_s"] / span:.0%} waiting for decoding'
             if device.startswith('cuda'):  # the rest: the host's own work, and launches into a full GPU queue
                 wait += f', {stats["device_wait_s"] / span:.0%} for the GPU\'s results'

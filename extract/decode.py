@@ -82,11 +82,8 @@ class DecodedVideo:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the decoded frames and audio."""
-        frames = getattr(self.frames, 'nbytes', None)
-        if frames is None and self.frames is not None:  # a torch tensor (NVDEC)
-            frames = self.frames.numel() * self.frames.element_size()
-        return int(frames or 0) + (self.audio.nbytes if self.audio is not None else 0)
+        """Memory held by the decoded frames (numpy or torch: both have `nbytes`) and audio."""
+        return int(getattr(self.frames, 'nbytes', 0)) + (self.audio.nbytes if self.audio is not None else 0)
 
 
 def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndarray]:

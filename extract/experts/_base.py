@@ -143,9 +143,6 @@ class Expert:
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
-        # made once: a tensor built from a list per batch would be a synchronous host-to-device copy
-        self._norm = (torch.tensor(self.cfg.mean, device=self.device).view(1, 3, 1, 1),
-                      torch.tensor(self.cfg.std, device=self.device).view(1, 3, 1, 1))
         return self
 
     @property
@@ -177,6 +174,7 @@ class Expert:
         if c:
             top, left = max(0, (x.shape[-2] - c) // 2), max(0, (x.shape[-1] - c) // 2)
             x = x[..., top:top + c, left:left + c]
+        # made once per device: a tensor built from a list per batch is a synchronous host-to-device copy
         if self._norm is None or self._norm[0].device != x.device:
             self._norm = (torch.tensor(self.cfg.mean, device=x.device).view(1, 3, 1, 1),
                           torch.tensor(self.cfg.std, device=x.device).view(1, 3, 1, 1))
