@@ -6,7 +6,9 @@ exact: a frame row is the frame on screen at the centre of its sampling bin, a c
 the frames it holds. Only the union of the frames that some expert needs is decoded, once.
 
 CPU decoding uses decord in worker processes (spawned, so they never share a process with
-torch's CUDA state or with PyNvVideoCodec's FFmpeg, which crashes beside decord's).
+torch's CUDA state or with PyNvVideoCodec's FFmpeg, which crashes beside decord's). A file that
+decord cannot open, or stops reading early, is decoded again by the FFmpeg binary
+(`decode_ffmpeg`), and the video's note says so.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -129,7 +132,8 @@ def _resize_dims(height: int, width: int, short_side: int) -> tuple[int, int]:
 def _first_error(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     text = [t for t in text if t.strip() and not t.startswith(('Stack trace', '  ['))]
-    return (text[-1] if text else type(err).__name__)[:300]
+    # decord's messages start with its clock and source line: "[21:00:12] .../video_reader.cc:430: "
+    return re.sub(r'^\[\d\d:\d\d:\d\d\] \S+:\d+: ', '', text[-1] if text else type(err).__name__)[:300]
 
 
 def precheck(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
@@ -151,8 +155,7 @@ def read_frame_times(path: str) -> np.ndarray | str:
 
     The NVDEC backend calls this in a decord worker process, so both backends cut identical rows.
     """
-    import decord
-
+    decord = _decord()
     try:
         vr = decord.VideoReader(path, num_threads=1)
         n = len(vr)
@@ -174,8 +177,12 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
     if out.error or not samplings:
         out.seconds = time.perf_counter() - t0
         return out
-    import decord
-
+    if _is_mpegts(path):  # decord gives up on MPEG-TS after seconds of retries (8 s for a 15 s clip)
+        said = _with_ffmpeg(out, path, samplings, 'MPEG-TS, which decord misreads')
+        out.error = (said if said == 'no video stream' else f'cannot open video: {said}') if said else ''
+        out.seconds = time.perf_counter() - t0
+        return out
+    decord = _decord()
     try:
         vr = decord.VideoReader(path, num_threads=threads)
         n = len(vr)
@@ -187,7 +194,11 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
             vr = decord.VideoReader(path, num_threads=threads, width=width, height=height)
         frame_times = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2)
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
-        out.error = f'cannot open video: {_first_error(err)}'
+        reason = _first_error(err)
+        said = _with_ffmpeg(out, path, samplings, f'decord cannot read this file ({reason})')
+        if said:
+            out.error = said if said == 'no video stream' else f'cannot open video: {reason} (FFmpeg: {said})'
+        out.seconds = time.perf_counter() - t0
         return out
     frame_times = _repair_times(frame_times)
     plans = {name: plan_rows(frame_times, s) for name, s in samplings.items()}
@@ -196,6 +207,13 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
         frames = vr.get_batch(needed.tolist()).asnumpy()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt stream: keep what decodes
         frames, needed, note = _decode_prefix(vr, needed, err)
+        # decord also stops early on some valid files: FFmpeg may read further
+        alt = DecodedVideo(row)
+        said = _with_ffmpeg(alt, path, samplings, f'decord stopped early ({_first_error(err)})')
+        if not said and (frames is None or alt.duration > float(frame_times[int(needed[-1]), 1]) + 1e-6):
+            out.frames, out.plans, out.duration, out.note = alt.frames, alt.plans, alt.duration, alt.note
+            out.seconds = time.perf_counter() - t0
+            return out
         if frames is None:
             out.error = f'cannot decode video: {note}'
             return out
@@ -207,6 +225,49 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
     out.plans = {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in plans.items()}
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def _is_mpegts(path: str) -> bool:
+    """An MPEG transport stream (.ts, or .m2ts/.mts with 4-byte packet headers): its sync byte
+    0x47 every 188 or 192 bytes, whatever the file's name."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4 * 192)
+    except OSError:
+        return False
+    return any(len(head) > first + 2 * size and all(head[first + k * size] == 0x47 for k in range(3))
+               for first, size in ((0, 188), (4, 192)))
+
+
+def _decord() -> Any:
+    """decord, with its FFmpeg quiet: a file it cannot read fails with a reason in the store,
+    and FFmpeg's per-frame complaints (hundreds of lines for one MPEG-TS file) would bury the log."""
+    import decord
+
+    decord.logging.set_level(decord.logging.FATAL)
+    return decord
+
+
+def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], why: str) -> str:
+    """Decode `out`'s video with the FFmpeg binary instead of decord (`decode_ffmpeg`); returns
+    '' when it did, else FFmpeg's reason. `why` goes into the video's note."""
+    from extract import decode_ffmpeg
+    from shared.media import MediaError
+
+    try:
+        times, (h, w), stopped = decode_ffmpeg.frame_times(path)
+        frame_times = _repair_times(times)
+        plans = {name: plan_rows(frame_times, s) for name, s in samplings.items()}
+        needed = np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]))
+        width, height = _resize_dims(h, w, decode_short_side(samplings.values()))
+        frames = decode_ffmpeg.read_frames(path, needed, *((height, width) if width > 0 else (h, w)))
+    except MediaError as err:
+        return str(err)
+    out.frames = frames
+    out.duration = float(frame_times[-1, 1])
+    out.plans = {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in plans.items()}
+    out.note = f'{why}: decoded with FFmpeg' + (f', which stopped after {len(times)} frames ({stopped})' if stopped else '')
+    return ''
 
 
 def _repair_times(frame_times: np.ndarray) -> np.ndarray:

@@ -184,12 +184,12 @@ class NvdecPool:
             yield video
 
     def _on_cpu(self, failed: DecodedVideo, path: str) -> DecodedVideo:
-        """A video NVDEC cannot decode, from one decord worker process."""
+        """A video NVDEC cannot decode, from one CPU worker process (decord, else FFmpeg)."""
         if self._cpu is None:
             self._cpu = DecodePool(self.samplings, workers=1, prefetch=1)
         video = next(self._cpu.imap([(failed.row, path)]))
         if not video.error:
-            video.note = f'{failed.error}; decoded on the CPU instead'
+            video.note = f'{failed.error}; decoded on the CPU instead' + (f' ({video.note})' if video.note else '')
         return video
 
     def decode(self, row: int, path: str) -> DecodedVideo:
@@ -202,8 +202,8 @@ class NvdecPool:
             out.seconds = time.perf_counter() - t0
             return out
         frame_times = self._timing.submit(read_frame_times, path).result()
-        if isinstance(frame_times, str):
-            out.error = frame_times
+        if isinstance(frame_times, str):  # the CPU path tries FFmpeg where decord fails, and gives the reason
+            out.error = f'NVDEC skipped: decord cannot index this file ({frame_times})'
             return out
         local = self._local
         try:

@@ -49,4 +49,7 @@ def make_odd_videos(d: Path) -> Path:
     _ff('-f', 'lavfi', '-i', 'testsrc2=size=321x241:rate=25:duration=2', '-c:v', 'libx264', '-pix_fmt', 'yuv444p',
         str(d / 'odd_size.mp4'))
     _ff(*src, '-an', '-c:v', 'libx264', '-pix_fmt', 'yuv420p', str(d / 'no_audio.mp4'))
+    # H.264 in MPEG-TS, as from a broadcast or a camera: valid, but decord cannot open it
+    _ff(*src, '-c:v', 'libx264', '-pix_fmt', 'yuv420p', str(d / 'mpegts.ts'))
+    _ff(*tone, '-c:a', 'aac', str(d / 'audio_only.mp4'))
     return d

@@ -1,4 +1,4 @@
-"""Decoding: row plans from real frame timestamps, and decord on real (odd) files."""
+"""Decoding: row plans from real frame timestamps, and decord (with FFmpeg behind it) on real (odd) files."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.decode import DecodePool, Sampling, decode_video, plan_rows
+from extract.decode import DecodedVideo, DecodePool, Sampling, _with_ffmpeg, decode_video, plan_rows
 
 
 def _times(n: int, fps: float = 25.0) -> np.ndarray:
@@ -82,6 +82,60 @@ def test_rotation_odd_size_vfr_and_one_frame(odd_videos: Path) -> None:
 def test_undecodable_files_give_reasons(odd_videos: Path, name: str, reason: str) -> None:
     v = decode_video(3, str(odd_videos / name), SAMPLINGS)
     assert v.row == 3 and v.frames is None and reason in v.error
+
+
+@pytest.mark.parametrize('name', ['good.mp4', 'rotated.mp4', 'vfr.mp4', 'vp9.webm', 'mpeg4.avi', 'odd_size.mp4',
+                                  'one_frame.mp4'])
+def test_ffmpeg_fallback_gives_decords_rows_times_and_pixels(odd_videos: Path, name: str) -> None:
+    path = str(odd_videos / name)
+    for samplings in (SAMPLINGS, {'f': Sampling('frames', fps=1.0, short_side=1024)}):  # resized, full size
+        want, got = decode_video(0, path, samplings), DecodedVideo(0)
+        assert _with_ffmpeg(got, path, samplings, 'test') == '' and 'decoded with FFmpeg' in got.note
+        assert got.duration == pytest.approx(want.duration, abs=1e-3)
+        for k in samplings:
+            np.testing.assert_array_equal(got.plans[k].index, want.plans[k].index)
+            np.testing.assert_allclose(got.plans[k].timestamps, want.plans[k].timestamps, atol=1e-3)
+        np.testing.assert_array_equal(got.frames, want.frames)
+
+
+def test_mpegts_goes_to_ffmpeg(odd_videos: Path) -> None:
+    # decord 0.6 opens this file, then fails on reading its frames after seconds of retries
+    path = str(odd_videos / 'mpegts.ts')
+    ts, mp4 = decode_video(0, path, SAMPLINGS), decode_video(0, str(odd_videos / 'good.mp4'), SAMPLINGS)
+    assert not ts.error and ts.note == 'MPEG-TS, which decord misreads: decoded with FFmpeg'
+    for k in SAMPLINGS:  # the same 2 s of testsrc2 at 25 fps: the same rows, from 0 s though TS starts at 1.4 s
+        np.testing.assert_array_equal(ts.plans[k].index, mp4.plans[k].index)
+        np.testing.assert_allclose(ts.plans[k].timestamps, mp4.plans[k].timestamps, atol=1e-3)
+    assert np.abs(ts.frames.astype(int) - mp4.frames).mean() < 3  # same frames (two encodes of one source)
+    assert decode_video(0, str(odd_videos / 'audio_only.mp4'), SAMPLINGS).error == 'no video stream'
+
+
+def test_ffmpeg_takes_over_where_decord_stops_early(odd_videos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import decord
+
+    def stops(self, index):
+        raise decord.DECORDError('Unable to handle EOF')
+
+    monkeypatch.setattr(decord.VideoReader, 'get_batch', stops)
+    monkeypatch.setattr(decord.VideoReader, '__getitem__', lambda self, i: stops(self, i) if i > 10 else
+                        decord.VideoReader.next(self))
+    v = decode_video(0, str(odd_videos / 'good.mp4'), SAMPLINGS)
+    assert not v.error and 'decord stopped early (Unable to handle EOF): decoded with FFmpeg' in v.note
+    assert v.duration == pytest.approx(2.0, abs=0.05) and len(v.plans['f'].index) == 2
+
+
+def test_ffmpeg_takes_over_where_decord_cannot_open(odd_videos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import decord
+
+    def fails(*args, **kwargs):
+        raise decord.DECORDError('ERROR cannot find video stream with wanted index: -1')
+
+    monkeypatch.setattr(decord, 'VideoReader', fails)
+    v = decode_video(0, str(odd_videos / 'good.mp4'), SAMPLINGS)
+    assert not v.error and v.note.startswith('decord cannot read this file (ERROR cannot find video stream')
+    assert v.frames.shape == (8, 64, 86, 3) and len(v.plans['f'].index) == 2
+    text = decode_video(0, str(odd_videos / 'text.mp4'), SAMPLINGS)
+    assert text.error.startswith('cannot open video: ERROR cannot find') and 'FFmpeg: ' in text.error
 
 
 def test_truncated_file_fails_or_keeps_a_prefix(odd_videos: Path) -> None:

@@ -197,11 +197,12 @@ def test_bad_and_unusual_files(odd_videos: Path, tmp_path: Path, capsys: pytest.
     store = open_store(features / 'folder-videos' / 'object.zarr', warn_random=False)
     rows = store.read()
     by_id = {v: i for i, v in enumerate(rows.video_ids)}
-    for bad, reason in (('zero.mp4', 'empty file'), ('text.mp4', 'cannot open video')):
+    for bad, reason in (('zero.mp4', 'empty file'), ('text.mp4', 'cannot open video'),
+                        ('audio_only.mp4', 'no video stream')):
         i = by_id[bad]
         assert rows.status[i] == FAILED and reason in rows.errors[i] and not rows.available[i]
     for good in ('good.mp4', 'one_frame.mp4', 'rotated.mp4', 'vfr.mp4', 'hevc.mp4', 'vp9.webm', 'mpeg4.avi',
-                 'odd_size.mp4', 'no_audio.mp4'):
+                 'odd_size.mp4', 'no_audio.mp4', 'mpegts.ts'):
         i = by_id[good]
         assert rows.status[i] == DONE and rows.lengths[i] >= 1 and rows.available[i], good
     t = by_id['truncated.mp4']

@@ -1,0 +1,116 @@
+"""The FFmpeg binary as a second CPU decoder, for valid files that decord cannot read.
+
+decord fails on some files that FFmpeg itself plays: an H.264 MPEG-TS file from a broadcast or a
+camera ("Unable to handle EOF because the video might have corrupted frames", decord issues #248
+and #143), and streams whose last frames it cannot reach. `decode_video` then asks this module,
+which runs the same FFmpeg that reads the audio (`shared.media.ffmpeg_exe`) in two passes:
+
+1. `frame_times`: decode the video stream once, without output, and read each decoded frame's
+   presentation time and display size from the `showinfo` filter;
+2. `read_frames`: decode it again and keep only the frames some expert needs (`select` by the
+   same decoded-frame numbers), scaled to the decode size, as raw RGB.
+
+Both passes number the frames FFmpeg decodes, after its rotation by the display matrix, so the
+indices of pass 1 address the frames of pass 2. On files both can read, this gives decord's rows,
+times and pixels exactly (the tests compare them). Two decodes cost more than decord's one: this
+is a fallback, used only where decord failed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterable
+
+import numpy as np
+
+from shared.media import MediaError, ffmpeg_exe
+
+__all__ = ['frame_times', 'read_frames']
+
+_SHOWINFO = re.compile(r'\bn:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:(\S+)(?:\s+duration:\s*\S+\s+duration_time:(\S+))?'
+                       r'.*?\bs:(\d+)x(\d+)')
+#: the decoded video stream, rotated for display, every decoded frame passed through once
+_INPUT = ['-nostdin', '-hide_banner', '-threads', '1']
+_STREAM = ['-map', '0:v:0', '-an', '-sn', '-dn', '-fps_mode', 'passthrough']
+
+
+def _reason(lines: Iterable[str]) -> str:
+    """FFmpeg's last meaningful complaint."""
+    lines = [ln.strip() for ln in lines if ln.strip() and 'showinfo' not in ln]
+    for ln in reversed(lines):
+        if 'matches no streams' in ln or 'does not contain any stream' in ln:
+            return 'no video stream'
+    return lines[-1][:300] if lines else 'FFmpeg decoded no frame'
+
+
+def frame_times(path: str | os.PathLike, timeout: float | None = None) -> tuple[np.ndarray, tuple[int, int], str]:
+    """Every decodable frame's [start, end) seconds, the display (height, width) of the first,
+    and what FFmpeg said when it stopped early ('' when it read the whole stream).
+
+    An end is the frame's duration after its start when FFmpeg knows it, else NaN (the caller
+    closes each interval at the next frame's start). The stderr is parsed as it streams: a long
+    video writes one line per frame.
+
+    Raises:
+        MediaError: not one frame decoded (the reason from FFmpeg), or FFmpeg took over `timeout` s.
+    """
+    cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'info', '-i', os.fspath(path), *_STREAM, '-vf', 'showinfo',
+           '-f', 'null', '-']
+    times: list[tuple[float, float]] = []
+    size = (0, 0)
+    other: list[str] = []
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, errors='replace') as proc:
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                m = _SHOWINFO.search(line) if 'showinfo' in line else None
+                if m is None:
+                    other = [*other[-19:], line]
+                    continue
+                start = float(m.group(3)) if m.group(3) not in ('NOPTS', 'nan') else float('nan')
+                dur = float(m.group(4)) if m.group(4) not in (None, 'NOPTS', 'nan') else float('nan')
+                times.append((start, start + dur if dur > 0 else float('nan')))
+                if not size[0]:
+                    size = (int(m.group(6)), int(m.group(5)))
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            proc.kill()
+            raise MediaError(f'FFmpeg took longer than {timeout:.0f} s') from err
+    if not times:
+        raise MediaError(_reason(other))
+    return np.asarray(times, np.float64), size, _reason(other) if proc.returncode else ''
+
+
+def _ranges(index: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique frame numbers as inclusive runs: clips are runs of consecutive frames."""
+    breaks = np.flatnonzero(np.diff(index) != 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [len(index) - 1]])
+    return [(int(index[s]), int(index[e])) for s, e in zip(starts, ends)]
+
+
+def read_frames(path: str | os.PathLike, index: np.ndarray, height: int, width: int,
+                timeout: float | None = None) -> np.ndarray:
+    """Decoded frames `index` (sorted, unique, from `frame_times`) as (len(index), height, width, 3) uint8.
+
+    Raises:
+        MediaError: FFmpeg failed or returned another number of frames.
+    """
+    terms = '+'.join(f'between(n\\,{a}\\,{b})' for a, b in _ranges(np.asarray(index)))
+    # decord scales with FFmpeg's bilinear filter: the same pixels as decord gives other files
+    vf = f"select='{terms}',scale={width}:{height}:flags=bilinear,format=rgb24"
+    cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'error', '-i', os.fspath(path), *_STREAM, '-vf', vf,
+           '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:1']
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise MediaError(f'FFmpeg took longer than {timeout:.0f} s') from err
+    frame = height * width * 3
+    if len(proc.stdout) != len(index) * frame:
+        said = proc.stderr.decode(errors='replace').splitlines()
+        raise MediaError(f'FFmpeg returned {len(proc.stdout) // frame} of {len(index)} frames'
+                         + (f' ({_reason(said)})' if said else ''))
+    # a copy: frames from bytes are read-only, and the experts' tensors are made from them
+    return np.frombuffer(proc.stdout, np.uint8).reshape(len(index), height, width, 3).copy()
