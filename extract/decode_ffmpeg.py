@@ -17,6 +17,7 @@ is a fallback, used only where decord failed.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -30,9 +31,24 @@ __all__ = ['frame_times', 'read_frames']
 
 _SHOWINFO = re.compile(r'\bn:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:(\S+)(?:\s+duration:\s*\S+\s+duration_time:(\S+))?'
                        r'.*?\bs:(\d+)x(\d+)')
-#: the decoded video stream, rotated for display, every decoded frame passed through once
 _INPUT = ['-nostdin', '-hide_banner', '-threads', '1']
-_STREAM = ['-map', '0:v:0', '-an', '-sn', '-dn', '-fps_mode', 'passthrough']
+
+
+@functools.cache
+def _stream() -> list[str]:
+    """The first video stream that is not a cover picture (rotated for display by default), and
+    every decoded frame passed on once: never duplicated or dropped to make a constant rate.
+
+    FFmpeg 5.1 renamed `-vsync` to `-fps_mode`, and FFmpeg 9 dropped `-vsync`; the FFmpeg on a
+    cluster's PATH may be older than 5.1.
+    """
+    try:
+        new = subprocess.run([ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-f', 'lavfi', '-i',
+                              'nullsrc=s=16x16:d=0.04', '-fps_mode', 'passthrough', '-f', 'null', '-'],
+                             stdin=subprocess.DEVNULL, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        new = True
+    return ['-map', '0:V:0', '-an', '-sn', '-dn', '-fps_mode' if new else '-vsync', 'passthrough']
 
 
 def _reason(lines: Iterable[str]) -> str:
@@ -55,7 +71,7 @@ def frame_times(path: str | os.PathLike, timeout: float | None = None) -> tuple[
     Raises:
         MediaError: not one frame decoded (the reason from FFmpeg), or FFmpeg took over `timeout` s.
     """
-    cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'info', '-i', os.fspath(path), *_STREAM, '-vf', 'showinfo',
+    cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'info', '-i', os.fspath(path), *_stream(), '-vf', 'showinfo',
            '-f', 'null', '-']
     times: list[tuple[float, float]] = []
     size = (0, 0)
@@ -101,7 +117,7 @@ def read_frames(path: str | os.PathLike, index: np.ndarray, height: int, width: 
     terms = '+'.join(f'between(n\\,{a}\\,{b})' for a, b in _ranges(np.asarray(index)))
     # decord scales with FFmpeg's bilinear filter: the same pixels as decord gives other files
     vf = f"select='{terms}',scale={width}:{height}:flags=bilinear,format=rgb24"
-    cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'error', '-i', os.fspath(path), *_STREAM, '-vf', vf,
+    cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'error', '-i', os.fspath(path), *_stream(), '-vf', vf,
            '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:1']
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
