@@ -132,8 +132,8 @@ def _resize_dims(height: int, width: int, short_side: int) -> tuple[int, int]:
 def _first_error(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     text = [t for t in text if t.strip() and not t.startswith(('Stack trace', '  ['))]
-    # decord's messages start with its clock and source line: "[21:00:12] .../video_reader.cc:430: "
-    return re.sub(r'^\[\d\d:\d\d:\d\d\] \S+:\d+: ', '', text[-1] if text else type(err).__name__)[:300]
+    # decord's messages start with its clock and source line, once per level: "[21:00:12] .../video_reader.cc:430: "
+    return re.sub(r'^(?:\[\d\d:\d\d:\d\d\] \S+:\d+: )+', '', text[-1] if text else type(err).__name__)[:300]
 
 
 def precheck(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:

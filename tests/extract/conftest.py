@@ -37,6 +37,8 @@ def make_odd_videos(d: Path) -> Path:
     (d / 'zero.mp4').write_bytes(b'')
     data = (d / 'good.mp4').read_bytes()
     (d / 'truncated.mp4').write_bytes(data[: len(data) // 3])
+    at = int(len(data) * 0.4)  # 4 KB of junk inside the video data: decord gives up there, FFmpeg conceals it
+    (d / 'corrupt.mp4').write_bytes(data[:at] + bytes(range(256)) * 16 + data[at + 4096:])
     (d / 'text.mp4').write_text('this is not a video\n' * 20)
     _ff('-f', 'lavfi', '-i', 'testsrc2=size=320x240:rate=25', '-frames:v', '1', '-c:v', 'libx264', '-pix_fmt',
         'yuv420p', str(d / 'one_frame.mp4'))
