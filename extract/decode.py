@@ -300,6 +300,11 @@ def _decode_prefix(vr, needed: np.ndarray, err: BaseException) -> tuple[np.ndarr
     return np.stack(good), kept, f'decoded the first {int(kept[-1]) + 1} frames only ({reason})'
 
 
+#: seconds of decoding allowed per MB of file beyond `DecodePool.timeout`: decord read 2.9-3.7 MB
+#: of H.264 per second on one core of a 2-core EPYC, at 240p to 1080p (BENCHMARKS.md); 4 s per MB
+#: (0.25 MB/s) leaves room for slower codecs, busy cores and FFmpeg's second pass
+TIMEOUT_S_PER_MB = 4.0
+
 #: share of the memory this process may use that decoded videos may fill (`DecodePool.max_bytes`)
 PREFETCH_MEMORY_SHARE = 0.25
 
@@ -362,7 +367,8 @@ class DecodePool:
         samplings: expert name -> Sampling.
         workers: processes; 0 decodes in the calling process (debugging, tiny runs).
         prefetch: videos decoded ahead of the consumer, per worker.
-        timeout: seconds one video may take before it is failed and the pool restarted.
+        timeout: seconds one video may take before it is failed and the pool restarted (a decoder
+            that hangs), at least: a larger file gets `TIMEOUT_S_PER_MB` seconds per MB.
         max_bytes: decoded frames (and audio) held in and ahead of the workers, at most. A long
             video cut into clips is large (I3D's 128 clips of 64 frames at 256x455: 2.9 GB), so
             fewer videos are decoded ahead once such a video is seen, and one per worker until the
@@ -415,10 +421,12 @@ class DecodePool:
         refill()
         while queue:
             row, path, fut = queue.popleft()
+            limit = self._limit(path)
             try:
-                result = fut.result(timeout=self.timeout)
+                result = fut.result(timeout=limit)
             except cf.TimeoutError:
-                result = DecodedVideo(row, error=f'decoding took longer than {self.timeout:.0f} s')
+                result = DecodedVideo(row, error=f'decoding took longer than {limit:.0f} s (the limit for a file '
+                                                 f'of this size): the decoder may hang on it')
                 self._restart(queue)
             except cf.process.BrokenProcessPool:
                 result = DecodedVideo(row, error='the decoder process crashed on this video')
@@ -426,6 +434,15 @@ class DecodePool:
             largest = max(largest, result.nbytes)
             yield result
             refill()
+
+    def _limit(self, path: str) -> float:
+        """Seconds to wait for one video: a long video is not a hung decoder (a 2-hour 1080p file
+        takes about 9 minutes on one core at the 3 MB of file per second measured in BENCHMARKS.md)."""
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        return max(self.timeout, size / 1e6 * TIMEOUT_S_PER_MB)
 
     def _restart(self, queue: collections.deque) -> None:
         """Kill the pool (a hung or crashed decoder) and resubmit the videos still queued."""

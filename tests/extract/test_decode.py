@@ -143,6 +143,23 @@ def test_pool_keeps_order(odd_videos: Path) -> None:
     assert [bool(v.error) for v in out] == [False, True, False, True, False]
 
 
+@pytest.mark.parametrize('per_mb,fails', [(0.0, True), (1e6, False)])
+def test_pool_gives_up_on_a_video_after_a_limit_that_grows_with_the_file(odd_videos: Path, per_mb: float,
+                                                                         fails: bool, monkeypatch: pytest.MonkeyPatch
+                                                                         ) -> None:
+    from extract import decode
+
+    monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', per_mb)
+    good = str(odd_videos / 'good.mp4')  # 88 KB; the limit: 0.01 s, or 88,000 s at 1e6 s per MB
+    with DecodePool(SAMPLINGS, workers=1, timeout=0.01) as pool:
+        out = list(pool.imap([(0, good), (1, good)]))
+    assert [v.row for v in out] == [0, 1]
+    if fails:  # the pool was killed and restarted, and the next video given the same limit
+        assert all('decoding took longer than 0 s' in v.error and v.frames is None for v in out)
+    else:
+        assert all(not v.error and len(v.frames) == 8 for v in out)
+
+
 @pytest.mark.parametrize('max_bytes,later', [(1, 1), (1 << 40, 4)])
 def test_pool_decodes_fewer_ahead_when_videos_are_large(odd_videos: Path, monkeypatch: pytest.MonkeyPatch,
                                                         max_bytes: int, later: int) -> None:
