@@ -110,6 +110,16 @@ def test_mpegts_goes_to_ffmpeg(odd_videos: Path) -> None:
     assert decode_video(0, str(odd_videos / 'audio_only.mp4'), SAMPLINGS).error == 'no video stream'
 
 
+def test_av1_decodes_with_ffmpeg(odd_videos: Path) -> None:
+    if not (odd_videos / 'av1.mp4').exists():
+        pytest.skip('this FFmpeg cannot encode AV1 (libaom-av1)')
+    v = decode_video(0, str(odd_videos / 'av1.mp4'), SAMPLINGS)
+    assert not v.error and v.note.startswith('decord cannot read this file') and 'decoded with FFmpeg' in v.note
+    good = decode_video(0, str(odd_videos / 'good.mp4'), SAMPLINGS)
+    np.testing.assert_array_equal(v.plans['c'].index, good.plans['c'].index)
+    assert np.abs(v.frames.astype(int) - good.frames).mean() < 3  # 0.4 measured; a frame off by one: 5.9
+
+
 def test_ffmpeg_takes_over_where_decord_stops_early(odd_videos: Path) -> None:
     v = decode_video(0, str(odd_videos / 'corrupt.mp4'), SAMPLINGS)  # decord stops at the junk (a prefix before)
     assert not v.error and v.note.startswith('decord stopped early (') and 'decoded with FFmpeg' in v.note
