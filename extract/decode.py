@@ -161,7 +161,9 @@ def read_frame_times(path: str) -> np.ndarray | str:
         n = len(vr)
         if n == 0:
             raise RuntimeError('no video frames')
-        return _repair_times(np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2))
+        times = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2)
+        wrong = _wrong_times(times)
+        return f"decord's frame times are wrong here ({wrong})" if wrong else _repair_times(times)
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
         return f'cannot open video: {_first_error(err)}'
 
@@ -200,6 +202,12 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
             out.error = said if said == 'no video stream' else f'cannot open video: {reason} (FFmpeg: {said})'
         out.seconds = time.perf_counter() - t0
         return out
+    wrong = _wrong_times(frame_times)
+    if wrong and not _with_ffmpeg(out, path, samplings, f"decord's frame times are wrong here ({wrong})"):
+        out.seconds = time.perf_counter() - t0
+        return out
+    if wrong:  # FFmpeg failed too: decord's frames, on the times it has
+        out.note = f"decord's frame times are wrong here ({wrong}); FFmpeg could not read the file either"
     frame_times = _repair_times(frame_times)
     plans = {name: plan_rows(frame_times, s) for name, s in samplings.items()}
     needed = np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]))
@@ -268,6 +276,15 @@ def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], w
     out.plans = {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in plans.items()}
     out.note = f'{why}: decoded with FFmpeg' + (f', which stopped after {len(times)} frames ({stopped})' if stopped else '')
     return ''
+
+
+def _wrong_times(frame_times: np.ndarray) -> str:
+    """What is wrong with decord's raw per-frame times, or ''. In a low-bitrate MPEG program
+    stream (.mpg, .vob) decord gives the first frames a time of -1e14 s and shifts the rest; rows
+    would be cut at the wrong times, and its seeks, which go by those times, return other frames."""
+    starts = frame_times[:, 0]
+    missing = int((~np.isfinite(starts) | (starts < -1.0) | (starts > 1e7)).sum())
+    return f'{missing} of {len(starts)} frames without a time' if missing else ''
 
 
 def _repair_times(frame_times: np.ndarray) -> np.ndarray:

@@ -120,6 +120,24 @@ def test_av1_decodes_with_ffmpeg(odd_videos: Path) -> None:
     assert np.abs(v.frames.astype(int) - good.frames).mean() < 3  # 0.4 measured; a frame off by one: 5.9
 
 
+def test_mpeg_program_stream_rows_are_cut_at_the_right_times(odd_videos: Path) -> None:
+    from extract.decode import read_frame_times
+
+    import decord
+
+    path = str(odd_videos / 'mpeg2.mpg')
+    assert read_frame_times(path) == "decord's frame times are wrong here (6 of 60 frames without a time)"
+    v = decode_video(0, path, SAMPLINGS)  # NVDEC hands such a file to the CPU, which gets here
+    assert not v.error and v.note.startswith("decord's frame times are wrong here (")
+    truth = {k: plan_rows(_times(60, 30.0), s) for k, s in SAMPLINGS.items()}  # frame n is shown from n/30 s
+    for k in SAMPLINGS:
+        np.testing.assert_allclose(v.plans[k].timestamps, truth[k][1], atol=1e-3)
+    # the frames too: decord decodes every frame in turn right (a seek by its wrong times lands elsewhere)
+    needed = np.unique(np.concatenate([index.ravel() for index, _ in truth.values()]))
+    want = decord.VideoReader(path, width=86, height=64).get_batch(list(range(60))).asnumpy()[needed]
+    np.testing.assert_array_equal(v.frames, want)
+
+
 def test_ffmpeg_takes_over_where_decord_stops_early(odd_videos: Path) -> None:
     v = decode_video(0, str(odd_videos / 'corrupt.mp4'), SAMPLINGS)  # decord stops at the junk (a prefix before)
     assert not v.error and v.note.startswith('decord stopped early (') and 'decoded with FFmpeg' in v.note
