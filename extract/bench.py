@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import os
 import pstats
 import platform
@@ -130,7 +131,7 @@ def _report_profile(profiler: cProfile.Profile, folder: Path, target: str) -> No
 def main(argv: list[str] | None = None) -> int:
     from extract.decode import DECODERS, choose_decoder
     from extract.experts import create_expert, resolve_expert_names
-    from extract.run import RunOptions, default_workers, pick_device, _settings_for, run
+    from extract.run import RunOptions, default_workers, pick_device, _settings_for
 
     p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE')
     p.add_argument('--decode-only', action='store_true',
                    help='measure decoding alone (no models): to compare decoders and resolutions')
+    p.add_argument('--host-only', action='store_true',
+                   help="the runner's own ceiling: a few decoded videos replayed from memory, the models stubbed "
+                        "(zero features), the stores written; no decoding and no model time")
     p.add_argument('--profile', type=Path, default=None, metavar='DIR',
                    help='profile the main process of each end-to-end run (cProfile): DIR/TARGET.prof, and the '
                         'functions that took the most time printed')
@@ -168,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f'{n} videos of {manifest.name}, decoder {decoder} ({why}) with {workers} '
           f'{"threads" if decoder == "nvdec" else "processes"}, device {device}, weights {args.weights}')
 
+    if args.host_only:
+        _print_table([_host_only(items, experts, resolved, device, args.profile)])
+        return 0
     dec_all, frames_all = _decode_only(items, samplings, workers, decoder, device)
     rows: list[tuple[str, str, str]] = [(f'decode only, {decoder} (' + ', '.join(names) + ' sampling)', f'{dec_all:.1f} videos/s',
                                          f'{frames_all:.0f} frames decoded per video')]
@@ -195,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                          f'= {video_rate[e.name]:.2f} videos/s at {per_video:.1f} rows/video'))
         e.model = None  # free it before the end-to-end runs load their own
     with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:
-        sub = Path(tmp) / 'videos'
-        sub.mkdir()
-        for i, path in items:
-            os.symlink(os.path.abspath(path), sub / f'{i:06d}{Path(path).suffix}')
+        sub = _links(items, Path(tmp))
         for target in [*names, 'all'] if len(names) > 1 else names:
             selected = names if target == 'all' else [target]
             # the end-to-end runs read a folder of links: give them exactly the settings measured above
@@ -207,19 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                               device=device, decoder=decoder, settings=settings, workers=workers, progress=False)
             t0 = time.perf_counter()
             stats: dict[str, float] = {}
-            profiler = cProfile.Profile() if args.profile else None
-            with open(os.devnull, 'w') as null:
-                stdout, sys.stdout = sys.stdout, null
-                try:
-                    if profiler is not None:
-                        profiler.enable()
-                    code = run(opts, stats=stats)
-                finally:
-                    if profiler is not None:
-                        profiler.disable()
-                    sys.stdout = stdout
-            if profiler is not None:
-                _report_profile(profiler, args.profile, target)
+            code = _quiet_run(opts, stats, args.profile, target)
             if code:
                 print(f'end-to-end run for {target} failed with exit code {code}', file=sys.stderr)
                 return code
@@ -237,6 +229,86 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((label, f'{r:.2f} videos/s', f'{r / decode:.2f} x decode-only, {r / limit:.2f} x model-only'))
     _print_table(rows)
     return 0
+
+
+def _links(items: list[tuple[int, str]], tmp: Path) -> Path:
+    """A folder of links to the videos, named in order: the end-to-end runs' dataset."""
+    sub = tmp / 'videos'
+    sub.mkdir()
+    for i, path in items:
+        os.symlink(os.path.abspath(path), sub / f'{i:06d}{Path(path).suffix}')
+    return sub
+
+
+def _quiet_run(opts: Any, stats: dict[str, float], profile: Path | None, target: str, **kw: Any) -> int:
+    """`run` with its printing silenced, profiled into `profile` when given."""
+    from extract.run import run
+
+    profiler = cProfile.Profile() if profile else None
+    with open(os.devnull, 'w') as null:
+        stdout, sys.stdout = sys.stdout, null
+        try:
+            if profiler is not None:
+                profiler.enable()
+            code = run(opts, stats=stats, **kw)
+        finally:
+            if profiler is not None:
+                profiler.disable()
+            sys.stdout = stdout
+    if profiler is not None:
+        _report_profile(profiler, profile, target)
+    return code
+
+
+class _Replay:
+    """Decoded videos from memory, cycled in the order asked: a decode pool that costs nothing."""
+
+    def __init__(self, videos: list[Any]) -> None:
+        self.videos = videos
+
+    def imap(self, items: list[tuple[int, str]]) -> Any:
+        for k, (row, _) in enumerate(items):
+            yield dataclasses.replace(self.videos[k % len(self.videos)], row=row)
+
+    def close(self, kill: bool = False) -> None:
+        pass
+
+
+def _host_only(items: list[tuple[int, str]], experts: list[Any], resolved: dict[str, dict], device: str,
+               profile: Path | None) -> tuple[str, str, str]:
+    """The runner with nothing to wait for: up to 16 videos decoded once and replayed, each
+    expert's preprocessing a one-pixel slice and its model zero features. What remains is the host
+    loop (uploads to the device, batching, collecting, packing, the store writer), so this is the
+    most videos/s the loop can feed on this machine, before the models' own kernel launches."""
+    import torch
+
+    from extract.run import RunOptions
+
+    per_video = [e.name for e in experts if e.per_video]
+    if per_video:
+        raise SystemExit(f'--host-only stubs batched experts only; leave out {", ".join(per_video)}')
+    samplings = {e.name: e.cfg.sampling_spec() for e in experts}
+    with DecodePool(samplings, workers=1) as pool:
+        videos = [v for v in pool.imap(items[:16]) if not v.error]
+    if not videos:
+        raise SystemExit('--host-only: none of the first 16 videos could be decoded')
+    for e in experts:
+        e.device = torch.device(device)
+        e.preprocess = lambda rows: rows.reshape(len(rows), -1)[:, :1].float()
+        e.forward = lambda x, d=e.cfg.feature_dim: torch.zeros(len(x), d)
+    names = [e.name for e in experts]
+    with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:
+        settings = {f'{n}.{k}': v for n in names for k, v in resolved[n].items()}
+        opts = RunOptions(dataset=f'folder:{_links(items, Path(tmp))}', experts=names, features_root=Path(tmp) / 'f',
+                          device=device, settings=settings, progress=False)
+        stats: dict[str, float] = {}
+        code = _quiet_run(opts, stats, profile, 'host-only', loaded=experts, pool=_Replay(videos))
+    if code:
+        raise SystemExit(f'the host-only run failed with exit code {code}')
+    span = max(stats['total_s'] - stats['setup_s'], 1e-9)
+    rate = (len(items) - 1) / span
+    return (f'host loop only: {" + ".join(names)} ({len(videos)} decoded videos replayed, models stubbed, '
+            f'stores written)', f'{rate:.1f} videos/s', f'{1000 / rate:.2f} ms of host time per video')
 
 
 def _print_table(rows: list[tuple[str, str, str]]) -> None:

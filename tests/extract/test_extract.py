@@ -311,3 +311,8 @@ def test_benchmark_command_reports_every_measurement(small_demo: Path, tmp_path:
                        '--workers', '1', '--decode-only']) == 0
     out = capsys.readouterr().out
     assert '| decode only, decord (object sampling) |' in out and 'model only' not in out
+    assert bench_main(['--dataset', f'folder:{small_demo / "videos"}', '--experts', 'object,action', '--limit', '5',
+                       '--host-only']) == 0
+    out = capsys.readouterr().out
+    assert '| host loop only: object + action (5 decoded videos replayed, models stubbed, stores written) |' in out
+    assert 'decode only' not in out and 'model only' not in out
