@@ -269,7 +269,7 @@ def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], w
         needed = np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]))
         width, height = _resize_dims(h, w, decode_short_side(samplings.values()))
         frames = decode_ffmpeg.read_frames(path, needed, *((height, width) if width > 0 else (h, w)))
-    except MediaError as err:
+    except (MediaError, OSError) as err:  # OSError: an FFmpeg binary that cannot be run
         return str(err)
     out.frames = frames
     out.duration = float(frame_times[-1, 1])

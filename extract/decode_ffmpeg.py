@@ -1,9 +1,11 @@
 """The FFmpeg binary as a second CPU decoder, for valid files that decord cannot read.
 
-decord fails on some files that FFmpeg itself plays: an H.264 MPEG-TS file from a broadcast or a
-camera ("Unable to handle EOF because the video might have corrupted frames", decord issues #248
-and #143), and streams whose last frames it cannot reach. `decode_video` then asks this module,
-which runs the same FFmpeg that reads the audio (`shared.media.ffmpeg_exe`) in two passes:
+decord 0.6 fails on files that FFmpeg itself plays: AV1, which it does not open; H.264 in MPEG-TS
+from a broadcast or a camera ("Unable to handle EOF because the video might have corrupted
+frames", decord issues #248 and #143); low-bitrate MPEG program streams, whose first frames it
+gives no time; and damaged packets, where it stops and FFmpeg conceals the damage. `decode_video`
+then asks this module, which runs the same FFmpeg that reads the audio
+(`shared.media.ffmpeg_exe`) in two passes:
 
 1. `frame_times`: decode the video stream once, without output, and read each decoded frame's
    presentation time and display size from the `showinfo` filter;
@@ -60,16 +62,17 @@ def _reason(lines: Iterable[str]) -> str:
     return lines[-1][:300] if lines else 'FFmpeg decoded no frame'
 
 
-def frame_times(path: str | os.PathLike, timeout: float | None = None) -> tuple[np.ndarray, tuple[int, int], str]:
+def frame_times(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], str]:
     """Every decodable frame's [start, end) seconds, the display (height, width) of the first,
     and what FFmpeg said when it stopped early ('' when it read the whole stream).
 
     An end is the frame's duration after its start when FFmpeg knows it, else NaN (the caller
     closes each interval at the next frame's start). The stderr is parsed as it streams: a long
-    video writes one line per frame.
+    video writes one line per frame. A hang is the decode pool's to stop: it kills this worker,
+    and FFmpeg ends on its next write to the closed pipe.
 
     Raises:
-        MediaError: not one frame decoded (the reason from FFmpeg), or FFmpeg took over `timeout` s.
+        MediaError: not one frame decoded (the reason from FFmpeg).
     """
     cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'info', '-i', os.fspath(path), *_stream(), '-vf', 'showinfo',
            '-f', 'null', '-']
@@ -78,22 +81,17 @@ def frame_times(path: str | os.PathLike, timeout: float | None = None) -> tuple[
     other: list[str] = []
     with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True, errors='replace') as proc:
-        try:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                m = _SHOWINFO.search(line) if 'showinfo' in line else None
-                if m is None:
-                    other = [*other[-19:], line]
-                    continue
-                start = float(m.group(3)) if m.group(3) not in ('NOPTS', 'nan') else float('nan')
-                dur = float(m.group(4)) if m.group(4) not in (None, 'NOPTS', 'nan') else float('nan')
-                times.append((start, start + dur if dur > 0 else float('nan')))
-                if not size[0]:
-                    size = (int(m.group(6)), int(m.group(5)))
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired as err:
-            proc.kill()
-            raise MediaError(f'FFmpeg took longer than {timeout:.0f} s') from err
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            m = _SHOWINFO.search(line) if 'showinfo' in line else None
+            if m is None:
+                other = [*other[-19:], line]
+                continue
+            start = float(m.group(3)) if m.group(3) not in ('NOPTS', 'nan') else float('nan')
+            dur = float(m.group(4)) if m.group(4) not in (None, 'NOPTS', 'nan') else float('nan')
+            times.append((start, start + dur if dur > 0 else float('nan')))
+            if not size[0]:
+                size = (int(m.group(6)), int(m.group(5)))
     if not times:
         raise MediaError(_reason(other))
     return np.asarray(times, np.float64), size, _reason(other) if proc.returncode else ''
@@ -107,8 +105,7 @@ def _ranges(index: np.ndarray) -> list[tuple[int, int]]:
     return [(int(index[s]), int(index[e])) for s, e in zip(starts, ends)]
 
 
-def read_frames(path: str | os.PathLike, index: np.ndarray, height: int, width: int,
-                timeout: float | None = None) -> np.ndarray:
+def read_frames(path: str | os.PathLike, index: np.ndarray, height: int, width: int) -> np.ndarray:
     """Decoded frames `index` (sorted, unique, from `frame_times`) as (len(index), height, width, 3) uint8.
 
     Raises:
@@ -119,10 +116,7 @@ def read_frames(path: str | os.PathLike, index: np.ndarray, height: int, width: 
     vf = f"select='{terms}',scale={width}:{height}:flags=bilinear,format=rgb24"
     cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'error', '-i', os.fspath(path), *_stream(), '-vf', vf,
            '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:1']
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as err:
-        raise MediaError(f'FFmpeg took longer than {timeout:.0f} s') from err
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     frame = height * width * 3
     if len(proc.stdout) != len(index) * frame:
         said = proc.stderr.decode(errors='replace').splitlines()

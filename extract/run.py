@@ -343,13 +343,11 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
             e.load(device)
     tallies = {n: _Tally() for n in names}
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
-    if pool is not None:
-        pass
-    elif decoder == 'nvdec':
+    if pool is None and decoder == 'nvdec':
         from extract.nvdec import NvdecPool
 
         pool = NvdecPool(samplings, device, threads=workers)
-    else:
+    elif pool is None:
         pool = DecodePool(samplings, workers=workers)
     writer = cf.ThreadPoolExecutor(1, thread_name_prefix='store-writer')
     writes: collections.deque[cf.Future] = collections.deque()
