@@ -126,7 +126,10 @@ def test_mpeg_program_stream_rows_are_cut_at_the_right_times(odd_videos: Path) -
     import decord
 
     path = str(odd_videos / 'mpeg2.mpg')
-    assert read_frame_times(path) == "decord's frame times are wrong here (6 of 60 frames without a time)"
+    wrong = read_frame_times(path)
+    if not isinstance(wrong, str):  # how many frames lack a time depends on how this FFmpeg muxes
+        pytest.skip("decord dates every frame of this FFmpeg's mpeg2.mpg")
+    assert wrong == "decord's frame times are wrong here (6 of 60 frames without a time)"
     v = decode_video(0, path, SAMPLINGS)  # NVDEC hands such a file to the CPU, which gets here
     assert not v.error and v.note.startswith("decord's frame times are wrong here (")
     truth = {k: plan_rows(_times(60, 30.0), s) for k, s in SAMPLINGS.items()}  # frame n is shown from n/30 s
@@ -139,7 +142,16 @@ def test_mpeg_program_stream_rows_are_cut_at_the_right_times(odd_videos: Path) -
 
 
 def test_ffmpeg_takes_over_where_decord_stops_early(odd_videos: Path) -> None:
-    v = decode_video(0, str(odd_videos / 'corrupt.mp4'), SAMPLINGS)  # decord stops at the junk (a prefix before)
+    import decord
+
+    path = str(odd_videos / 'corrupt.mp4')
+    vr = decord.VideoReader(path)
+    try:  # where the junk lands depends on this FFmpeg's encoding of good.mp4
+        vr.get_batch(list(range(len(vr))))
+        pytest.skip("decord reads this FFmpeg's corrupt.mp4 to the end")
+    except decord.DECORDError:
+        pass
+    v = decode_video(0, path, SAMPLINGS)  # decord stops at the junk (a prefix before)
     assert not v.error and v.note.startswith('decord stopped early (') and 'decoded with FFmpeg' in v.note
     assert v.duration == pytest.approx(2.0, abs=0.05) and v.plans['c'].index.shape == (2, 4)
 
