@@ -51,12 +51,12 @@ def make_odd_videos(d: Path) -> Path:
     _ff('-f', 'lavfi', '-i', 'testsrc2=size=321x241:rate=25:duration=2', '-c:v', 'libx264', '-pix_fmt', 'yuv444p',
         str(d / 'odd_size.mp4'))
     _ff(*src, '-an', '-c:v', 'libx264', '-pix_fmt', 'yuv420p', str(d / 'no_audio.mp4'))
-    # H.264 in MPEG-TS, as from a broadcast or a camera: valid, but decord cannot open it
+    # H.264 in MPEG-TS, as from a broadcast or a camera: valid, but decord fails on reading its frames
     _ff(*src, '-c:v', 'libx264', '-pix_fmt', 'yuv420p', str(d / 'mpegts.ts'))
     _ff(*tone, '-c:a', 'aac', str(d / 'audio_only.mp4'))
     # MPEG-2 program stream at 30 fps and the default 200 kbit/s: decord gives its first 6 frames no time
     _ff('-f', 'lavfi', '-i', 'testsrc2=size=320x240:rate=30:duration=2', '-c:v', 'mpeg2video', str(d / 'mpeg2.mpg'))
-    try:  # AV1, as YouTube serves it: decord's FFmpeg has no AV1 decoder (an FFmpeg without the encoder skips it)
+    try:  # AV1, as YouTube serves it: decord 0.6 does not open it (an FFmpeg without the encoder skips it)
         _ff(*src, '-c:v', 'libaom-av1', '-cpu-used', '8', '-b:v', '200k', str(d / 'av1.mp4'))
     except subprocess.CalledProcessError:
         pass

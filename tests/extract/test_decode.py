@@ -121,9 +121,9 @@ def test_av1_decodes_with_ffmpeg(odd_videos: Path) -> None:
 
 
 def test_mpeg_program_stream_rows_are_cut_at_the_right_times(odd_videos: Path) -> None:
-    from extract.decode import read_frame_times
-
     import decord
+
+    from extract.decode import read_frame_times
 
     path = str(odd_videos / 'mpeg2.mpg')
     wrong = read_frame_times(path)
