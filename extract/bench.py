@@ -129,7 +129,7 @@ def _report_profile(profiler: cProfile.Profile, folder: Path, target: str) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from extract.decode import DECODERS, choose_decoder
+    from extract.decode import DECODERS, choose_decoder, spread
     from extract.experts import create_expert, resolve_expert_names
     from extract.run import RunOptions, default_workers, pick_device, _settings_for
 
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     resolved = {name: _settings_for(name, routing) for name in names}  # dataset presets included
     experts = [create_expert(name, **resolved[name]) for name in names]
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
-    decoder, why = choose_decoder(args.decoder, device, items[0][1], any(e.cfg.sampling == 'clips' for e in experts))
+    decoder, why = choose_decoder(args.decoder, device, [path for _, path in spread(items)],
+                                  any(e.cfg.sampling == 'clips' for e in experts))
     workers = args.workers if args.workers is not None else default_workers(decoder)
     print(f'machine: {machine(device)}')
     print(f'{n} videos of {manifest.name}, decoder {decoder} ({why}) with {workers} '

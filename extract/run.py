@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder
+from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, spread
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
@@ -331,7 +331,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     device = pick_device(opts.device)
     videos = [r for c in chunks for r in stores[names[0]].chunk_rows(c)]
     clips = any(e.cfg.sampling == 'clips' for e in experts)
-    decoder, why = choose_decoder(opts.decoder, device, str(manifest.paths[videos[0]]), clips)
+    decoder, why = choose_decoder(opts.decoder, device, [str(manifest.paths[r]) for r in spread(videos)], clips)
     workers = opts.workers if opts.workers >= 0 else default_workers(decoder)
     random_names = [e.name for e in experts if e.resolve().random]
     print(f'extracting {", ".join(names)} from {manifest.name}: {where}; device {device}; decoder {decoder} ({why}); '

@@ -34,6 +34,26 @@ def test_auto_stays_on_the_cpu_without_a_gpu() -> None:
         choose_decoder('nvdec', 'cpu')
 
 
+def test_auto_judges_the_videos_by_the_median_of_a_few(odd_videos: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from extract.decode import spread
+    from shared.media import ffmpeg_exe
+
+    monkeypatch.setattr('extract.nvdec.nvdec_available', lambda: '')  # as on a GPU with PyNvVideoCodec
+    big, small = str(tmp_path / 'big.mp4'), str(odd_videos / 'good.mp4')
+    subprocess.run([ffmpeg_exe(), '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=1280x720:rate=25:duration=0.2',
+                    '-c:v', 'libx264', '-pix_fmt', 'yuv420p', big], check=True)
+    assert choose_decoder('auto', 'cuda', big) == ('nvdec', '1280x720 videos: NVDEC from 921600 pixels')
+    assert choose_decoder('auto', 'cuda', [small])[0] == 'decord'
+    decoder, why = choose_decoder('auto', 'cuda', [big, str(odd_videos / 'text.mp4'), small, small])
+    assert decoder == 'decord' and why.startswith('320x240 videos (median of 3 probed)')  # text.mp4: not probed
+    assert choose_decoder('auto', 'cuda', [small], clips=True)[0] == 'nvdec'
+    assert choose_decoder('auto', 'cuda', [str(odd_videos / 'text.mp4')]) == ('decord', 'no sampled video could be probed')
+    assert spread(list(range(10))) == [0, 2, 4, 7, 9] and spread([1, 2]) == [1, 2]
+
+
 @gpu
 def test_nvdec_rows_equal_decord_rows(odd_videos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr('extract.nvdec.PIECE', 5)  # several pieces per video, the last one short
