@@ -281,7 +281,9 @@ def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], w
     out.frames = frames
     out.duration = float(frame_times[-1, 1])
     out.plans = {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in plans.items()}
-    out.note = f'{why}: decoded with FFmpeg' + (f', which stopped after {len(times)} frames ({stopped})' if stopped else '')
+    out.note = f'{why}: decoded with FFmpeg'
+    if stopped:
+        out.note += f', which stopped after {len(times)} frames ({stopped})'
     return ''
 
 
