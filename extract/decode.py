@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'precheck', 'read_frame_times', 'decode_video',
-           'DecodePool', 'decode_short_side', 'DECODERS', 'choose_decoder', 'memory_limit', 'ahead', 'spread']
+__all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'plan_frames', 'row_plans', 'precheck',
+           'read_frame_times', 'decode_video', 'DecodePool', 'decode_short_side', 'DECODERS', 'choose_decoder',
+           'memory_limit', 'ahead', 'spread']
 
 DECODERS = ('auto', 'decord', 'nvdec')
 #: every audio expert (VGGish, whisper) takes 16 kHz mono
@@ -216,8 +217,7 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
     if wrong:  # FFmpeg failed too: decord's frames, on the times it has
         out.note = f"decord's frame times are wrong here ({wrong}); FFmpeg could not read the file either"
     frame_times = _repair_times(frame_times)
-    plans = {name: plan_rows(frame_times, s) for name, s in samplings.items()}
-    needed = np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]))
+    plans, needed = plan_frames(frame_times, samplings)
     try:
         frames = vr.get_batch(needed.tolist()).asnumpy()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt stream: keep what decodes
@@ -233,13 +233,28 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
             out.error = f'cannot decode video: {note}'
             return out
         out.note = note
-        frame_times = frame_times[: int(needed[-1]) + 1]
-        plans = {name: plan_rows(frame_times, s) for name, s in samplings.items()}
+        # the rows whose frames were all decoded, with their own times
+        last = int(needed[-1])
+        plans = {name: (idx[idx.max(axis=1) <= last], stamps[idx.max(axis=1) <= last])
+                 for name, (idx, stamps) in plans.items()}
+        frame_times = frame_times[: last + 1]
     out.frames = frames
     out.duration = float(frame_times[-1, 1])
-    out.plans = {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in plans.items()}
+    out.plans = row_plans(plans, needed)
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def plan_frames(frame_times: np.ndarray, samplings: dict[str, Sampling]
+                ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Every expert's rows (`plan_rows`), and the sorted frames they need: each decoded once."""
+    plans = {name: plan_rows(frame_times, s) for name, s in samplings.items()}
+    return plans, np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]))
+
+
+def row_plans(plans: dict[str, tuple[np.ndarray, np.ndarray]], needed: np.ndarray) -> dict[str, RowPlan]:
+    """`plans` with their frame indices into the decoded frames (`needed`) instead of the video."""
+    return {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in plans.items()}
 
 
 def _is_mpegts(path: str) -> bool:
@@ -272,15 +287,14 @@ def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], w
     try:
         times, (h, w), stopped = decode_ffmpeg.frame_times(path)
         frame_times = _repair_times(times)
-        plans = {name: plan_rows(frame_times, s) for name, s in samplings.items()}
-        needed = np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]))
+        plans, needed = plan_frames(frame_times, samplings)
         width, height = _resize_dims(h, w, decode_short_side(samplings.values()))
         frames = decode_ffmpeg.read_frames(path, needed, *((height, width) if width > 0 else (h, w)))
     except (MediaError, OSError) as err:  # OSError: an FFmpeg binary that cannot be run
         return str(err)
     out.frames = frames
     out.duration = float(frame_times[-1, 1])
-    out.plans = {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in plans.items()}
+    out.plans = row_plans(plans, needed)
     out.note = f'{why}: decoded with FFmpeg'
     if stopped:
         out.note += f', which stopped after {len(times)} frames ({stopped})'

@@ -27,9 +27,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, RowPlan, Sampling, _first_error,
-                            _resize_dims, _worker_init, ahead, decode_short_side, plan_rows, precheck, prefetch,
-                            read_frame_times)
+from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, Sampling, _first_error, _resize_dims,
+                            _worker_init, ahead, decode_short_side, plan_frames, precheck, prefetch, read_frame_times,
+                            row_plans)
 
 __all__ = ['NvdecPool', 'nvdec_available', 'display_rotation']
 
@@ -243,8 +243,7 @@ class NvdecPool:
         dec = local.decoder
         if len(dec) != len(frame_times):
             raise RuntimeError(f'NVDEC counts {len(dec)} frames, decord {len(frame_times)}')
-        planned = {name: plan_rows(frame_times, s) for name, s in self.video_samplings.items()}
-        needed = np.unique(np.concatenate([idx.ravel() for idx, _ in planned.values()]))
+        planned, needed = plan_frames(frame_times, self.video_samplings)
         pieces = []
         for start in range(0, len(needed), PIECE):
             part = needed[start:start + PIECE].tolist()
@@ -253,8 +252,7 @@ class NvdecPool:
                 raise RuntimeError(f'decoded {len(decoded)} of {len(part)} frames')
             frames = torch.stack([torch.from_dlpack(f) for f in decoded])  # a copy: the decoder reuses its surfaces
             pieces.append(self._orient_and_resize(frames, rotation))
-        plans = {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in planned.items()}
-        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), plans
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), row_plans(planned, needed)
 
     def _orient_and_resize(self, frames, rotation: int):
         """Display orientation, then the decord path's decode size (short side, even dimensions)."""

@@ -94,6 +94,8 @@ class _Batcher:
     def add(self, row: int, x: Any) -> None:
         if self.out.get(row) is None:
             self.out[row] = np.zeros((len(x), self.expert.cfg.feature_dim), np.float32)
+        if not len(x):  # no rows (a video cut short before its first whole clip): nothing to batch
+            return
         self.inputs.append(x)
         self.owners.append((row, 0, len(x)))
         self.queued += len(x)

@@ -156,6 +156,37 @@ def test_ffmpeg_takes_over_where_decord_stops_early(odd_videos: Path) -> None:
     assert v.duration == pytest.approx(2.0, abs=0.05) and v.plans['c'].index.shape == (2, 4)
 
 
+def test_a_prefix_keeps_the_rows_it_decoded_with_their_own_times(odd_videos: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import decord
+
+    from extract import decode_ffmpeg
+    from shared.media import MediaError
+
+    path = str(odd_videos / 'good.mp4')
+    whole = decode_video(0, path, SAMPLINGS)
+
+    def stops(self, index):
+        raise decord.DECORDError('Unable to handle EOF')
+
+    def no_ffmpeg(path):
+        raise MediaError('no FFmpeg here')
+
+    real = decord.VideoReader.__getitem__
+    monkeypatch.setattr(decord.VideoReader, 'get_batch', stops)
+    monkeypatch.setattr(decord.VideoReader, '__getitem__', lambda self, i: stops(self, i) if i > 12 else real(self, i))
+    monkeypatch.setattr(decode_ffmpeg, 'frame_times', no_ffmpeg)
+    # 25 fps: frames 0-12 decode. The frame row at 0.5 s (frame 12) is whole; the first clip (frames
+    # 10-13) is not, and is dropped rather than re-cut from frames it does not have
+    v = decode_video(0, path, SAMPLINGS)
+    assert not v.error and v.note.startswith('decoded the first 13 frames only') and v.duration == pytest.approx(0.52)
+    assert len(v.plans['f'].index) == 1 and len(v.plans['c'].index) == 0
+    for k in SAMPLINGS:  # the rows kept are the whole decode's first rows: same times, same frames
+        n = len(v.plans[k].index)
+        np.testing.assert_array_equal(v.plans[k].timestamps, whole.plans[k].timestamps[:n])
+        np.testing.assert_array_equal(v.frames[v.plans[k].index], whole.frames[whole.plans[k].index[:n]])
+
+
 def test_ffmpeg_takes_over_where_decord_cannot_open(odd_videos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import decord
 

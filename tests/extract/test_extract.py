@@ -118,6 +118,22 @@ def test_rows_are_preprocessed_a_batch_at_a_time() -> None:
     np.testing.assert_allclose(feats, expert.forward(preprocess(rows)).numpy(), rtol=0, atol=2e-3)
 
 
+def test_a_video_without_rows_leaves_the_batches_of_the_next_chunk_whole() -> None:
+    from extract.run import _Batcher
+
+    expert = create_expert('scene', weights='random', resize=[40], input_size=32, batch_size=4).load('cpu')
+    rows = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 48, 64, 3), dtype=np.uint8))
+    batcher = _Batcher(expert)
+    batcher.add(0, rows)
+    batcher.add(1, rows[:0])  # a video cut short before its first whole row
+    batcher.launch()
+    first = batcher.collect(range(0, 2))
+    assert first[0].shape == (3, expert.cfg.feature_dim) and first[1].shape == (0, expert.cfg.feature_dim)
+    batcher.add(2, rows)  # the next chunk
+    batcher.launch()
+    np.testing.assert_array_equal(batcher.collect(range(2, 4))[2], first[0])
+
+
 @_CUDA
 def test_cuda_graph_forward_equals_eager() -> None:
     """A captured forward pass gives the eager one's features, for a full and a padded batch."""
