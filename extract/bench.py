@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--host-only', action='store_true',
                    help="the runner's own ceiling: a few decoded videos replayed from memory, the models stubbed "
                         "(zero features), the stores written; no decoding and no model time")
+    p.add_argument('--stub-models', action='store_true',
+                   help='decoding and the runner, the models stubbed (zero features), the stores written: whether '
+                        'the host loop keeps up with the decoders while they load the CPU')
     p.add_argument('--profile', type=Path, default=None, metavar='DIR',
                    help='profile the main process of each end-to-end run (cProfile): DIR/TARGET.prof, and the '
                         'functions that took the most time printed')
@@ -174,7 +177,14 @@ def main(argv: list[str] | None = None) -> int:
           f'{"threads" if decoder == "nvdec" else "processes"}, device {device}, weights {args.weights}')
 
     if args.host_only:
-        _print_table([_host_only(items, experts, resolved, device, args.profile)])
+        label, rate, note = _stubbed(items, experts, resolved, device, args.profile)
+        _print_table([(label, f'{rate:.1f} videos/s', note)])
+        return 0
+    if args.stub_models:
+        dec_all, frames_all = _decode_only(items, samplings, workers, decoder, device)
+        label, rate, note = _stubbed(items, experts, resolved, device, args.profile, decoder, workers)
+        _print_table([(f'decode only, {decoder}', f'{dec_all:.1f} videos/s', f'{frames_all:.0f} frames decoded per video'),
+                      (label, f'{rate:.1f} videos/s', f'{rate / dec_all:.2f} x decode-only; {note}')])
         return 0
     dec_all, frames_all = _decode_only(items, samplings, workers, decoder, device)
     rows: list[tuple[str, str, str]] = [(f'decode only, {decoder} (' + ', '.join(names) + ' sampling)', f'{dec_all:.1f} videos/s',
@@ -275,24 +285,32 @@ class _Replay:
         pass
 
 
-def _host_only(items: list[tuple[int, str]], experts: list[Any], resolved: dict[str, dict], device: str,
-               profile: Path | None) -> tuple[str, str, str]:
-    """The runner with nothing to wait for: up to 16 videos decoded once and replayed, each
-    expert's preprocessing a one-pixel slice and its model zero features. What remains is the host
-    loop (uploads to the device, batching, collecting, packing, the store writer), so this is the
-    most videos/s the loop can feed on this machine, before the models' own kernel launches."""
+def _stubbed(items: list[tuple[int, str]], experts: list[Any], resolved: dict[str, dict], device: str,
+             profile: Path | None, decoder: str | None = None, workers: int = 0) -> tuple[str, float, str]:
+    """The runner with the models stubbed: each expert's preprocessing a one-pixel slice and its
+    model zero features, the stores written.
+
+    Without `decoder`, up to 16 videos are decoded once and replayed from memory: what remains is
+    the host loop (uploads to the device, batching, collecting, packing, the store writer), so this
+    is the most videos/s the loop can feed on this machine, before the models' own kernel launches.
+    With `decoder`, the videos are decoded by `workers` as in a real run: whether the loop keeps up
+    with the decoders while they load the CPU.
+    """
     import torch
 
     from extract.run import RunOptions
 
     per_video = [e.name for e in experts if e.per_video]
     if per_video:
-        raise SystemExit(f'--host-only stubs batched experts only; leave out {", ".join(per_video)}')
-    samplings = {e.name: e.cfg.sampling_spec() for e in experts}
-    with DecodePool(samplings, workers=1) as pool:
-        videos = [v for v in pool.imap(items[:16]) if not v.error]
-    if not videos:
-        raise SystemExit('--host-only: none of the first 16 videos could be decoded')
+        raise SystemExit(f'stubbed runs take batched experts only; leave out {", ".join(per_video)}')
+    pool, what = None, f'decoded by {decoder}'
+    if decoder is None:
+        samplings = {e.name: e.cfg.sampling_spec() for e in experts}
+        with DecodePool(samplings, workers=1) as first:
+            videos = [v for v in first.imap(items[:16]) if not v.error]
+        if not videos:
+            raise SystemExit('--host-only: none of the first 16 videos could be decoded')
+        pool, what = _Replay(videos), f'{len(videos)} decoded videos replayed'
     for e in experts:
         e.device = torch.device(device)
         e.preprocess = lambda rows: rows.reshape(len(rows), -1)[:, :1].float()
@@ -301,15 +319,18 @@ def _host_only(items: list[tuple[int, str]], experts: list[Any], resolved: dict[
     with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:
         settings = {f'{n}.{k}': v for n in names for k, v in resolved[n].items()}
         opts = RunOptions(dataset=f'folder:{_links(items, Path(tmp))}', experts=names, features_root=Path(tmp) / 'f',
-                          device=device, settings=settings, progress=False)
+                          device=device, decoder=decoder or 'decord', workers=workers, settings=settings,
+                          progress=False)
         stats: dict[str, float] = {}
-        code = _quiet_run(opts, stats, profile, 'host-only', loaded=experts, pool=_Replay(videos))
+        code = _quiet_run(opts, stats, profile, 'host-only' if decoder is None else 'stub-models', loaded=experts,
+                          pool=pool)
     if code:
-        raise SystemExit(f'the host-only run failed with exit code {code}')
+        raise SystemExit(f'the stubbed run failed with exit code {code}')
     span = max(stats['total_s'] - stats['setup_s'], 1e-9)
     rate = (len(items) - 1) / span
-    return (f'host loop only: {" + ".join(names)} ({len(videos)} decoded videos replayed, models stubbed, '
-            f'stores written)', f'{rate:.1f} videos/s', f'{1000 / rate:.2f} ms of host time per video')
+    label = 'host loop only' if decoder is None else 'decoding + host loop'
+    return (f'{label}: {" + ".join(names)} ({what}, models stubbed, stores written)', rate,
+            f'{1000 / rate:.2f} ms per video, {stats["decode_wait_s"] / span:.0%} waiting for decoding')
 
 
 def _print_table(rows: list[tuple[str, str, str]]) -> None:

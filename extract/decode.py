@@ -380,8 +380,18 @@ def memory_limit(cgroup_root: str | os.PathLike = '/sys/fs/cgroup', proc_cgroup:
     return limit
 
 
-def _worker_init() -> None:
+#: niceness added to decode worker processes. The main process feeds the GPU and writes the
+#: stores; when the workers take every core, its threads wait for a time slice at each wake-up.
+#: Decoders have prefetch to absorb the delay; the main process has none (BENCHMARKS.md).
+WORKER_NICE = 10
+
+
+def _worker_init(nice: int = WORKER_NICE) -> None:
     os.environ.setdefault('OMP_NUM_THREADS', '1')
+    try:
+        os.nice(nice)
+    except OSError:  # a platform without it: run at the parent's priority
+        pass
 
 
 def ahead(largest: int, first: int, most: int, max_bytes: int) -> int:

@@ -214,6 +214,15 @@ def test_pool_keeps_order(odd_videos: Path) -> None:
     assert [bool(v.error) for v in out] == [False, True, False, True, False]
 
 
+def test_pool_workers_run_below_the_main_process() -> None:
+    import os
+
+    from extract.decode import WORKER_NICE
+
+    with DecodePool(SAMPLINGS, workers=1) as pool:
+        assert pool._start().submit(os.nice, 0).result() == min(19, os.nice(0) + WORKER_NICE)
+
+
 @pytest.mark.parametrize('per_mb,fails', [(0.0, True), (1e6, False)])
 def test_pool_gives_up_on_a_video_after_a_limit_that_grows_with_the_file(odd_videos: Path, per_mb: float,
                                                                          fails: bool, monkeypatch: pytest.MonkeyPatch

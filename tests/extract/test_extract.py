@@ -333,3 +333,8 @@ def test_benchmark_command_reports_every_measurement(small_demo: Path, tmp_path:
     out = capsys.readouterr().out
     assert '| host loop only: object + action (5 decoded videos replayed, models stubbed, stores written) |' in out
     assert 'decode only' not in out and 'model only' not in out
+    assert bench_main(['--dataset', f'folder:{small_demo / "videos"}', '--experts', 'object', '--limit', '5',
+                       '--workers', '1', '--stub-models']) == 0
+    out = capsys.readouterr().out
+    assert '| decoding + host loop: object (decoded by decord, models stubbed, stores written) |' in out
+    assert '| decode only, decord |' in out and 'x decode-only' in out and 'model only' not in out
