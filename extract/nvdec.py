@@ -112,6 +112,11 @@ def _is_video(f, mdia: tuple[int, int] | None) -> bool:
     return False
 
 
+class _Mismatch(RuntimeError):
+    """NVDEC sees the file's frames differently from decord's index: the video goes to the CPU,
+    the decoder (which worked) is kept."""
+
+
 class _Thread(threading.local):
     decoder = None
     stream = None
@@ -204,6 +209,7 @@ class NvdecPool:
         frame_times = self._timing.submit(read_frame_times, path).result()
         if isinstance(frame_times, str):  # the CPU path tries FFmpeg where decord fails, and gives the reason
             out.error = f'NVDEC skipped: decord cannot index this file ({frame_times})'
+            out.seconds = time.perf_counter() - t0
             return out
         local = self._local
         try:
@@ -214,6 +220,9 @@ class NvdecPool:
                 frames, plans = self._decode_frames(local, path, frame_times, display_rotation(path))
                 frames.record_stream(self._consumer)  # freed only after the experts' kernels ran
             local.stream.synchronize()
+        except _Mismatch as err:  # the decoder itself is fine: keep it for the next video
+            out.error = f'NVDEC cannot decode this file ({err})'
+            return out
         except Exception as err:  # noqa: BLE001 - NVDEC raises its own types for unsupported input
             local.decoder = None  # a decoder that failed is not reused
             out.error = f'NVDEC cannot decode this file ({_first_error(err)})'
@@ -241,15 +250,15 @@ class NvdecPool:
         else:
             local.decoder.reconfigure_decoder(path)
         dec = local.decoder
-        if len(dec) != len(frame_times):
-            raise RuntimeError(f'NVDEC counts {len(dec)} frames, decord {len(frame_times)}')
+        if len(dec) != len(frame_times):  # Matroska/WebM headers carry no frame count: 0 here
+            raise _Mismatch(f'NVDEC counts {len(dec)} frames, decord {len(frame_times)}')
         planned, needed = plan_frames(frame_times, self.video_samplings)
         pieces = []
         for start in range(0, len(needed), PIECE):
             part = needed[start:start + PIECE].tolist()
             decoded = dec.get_batch_frames_by_index(part)
             if len(decoded) != len(part):
-                raise RuntimeError(f'decoded {len(decoded)} of {len(part)} frames')
+                raise _Mismatch(f'decoded {len(decoded)} of {len(part)} frames')
             frames = torch.stack([torch.from_dlpack(f) for f in decoded])  # a copy: the decoder reuses its surfaces
             pieces.append(self._orient_and_resize(frames, rotation))
         return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), row_plans(planned, needed)
