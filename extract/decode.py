@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -410,6 +411,12 @@ def prefetch(queue: collections.deque, todo: Iterator[tuple[int, str]], depth: i
         queue.append((*item, submit(*item)))
 
 
+def _kill_processes(pool: cf.ProcessPoolExecutor) -> None:
+    """Kill a pool's worker processes (a hung decoder); `shutdown` alone would wait for them."""
+    for p in list((getattr(pool, '_processes', None) or {}).values()):
+        p.kill()
+
+
 class DecodePool:
     """Decode videos in worker processes, in order, with bounded prefetch and a per-video timeout.
 
@@ -433,18 +440,29 @@ class DecodePool:
         self.timeout = timeout
         self.max_bytes = max_bytes if max_bytes is not None else int(PREFETCH_MEMORY_SHARE * memory_limit())
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()  # `decode_one` callers share the pool
+        self._generation = 0  # processes started so far: which pool a caller's future came from
+        self._stopped = False  # killed by `close`: `decode_one` callers stop too
+        #: what the processes run for one video (a module-level function: it is sent to them by name)
+        self.work: Callable[[int, str, dict[str, Sampling]], DecodedVideo] = decode_video
 
     def _start(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context('spawn'),
                                                 initializer=_worker_init)
+            self._generation += 1
         return self._pool
 
     def close(self, kill: bool = False) -> None:
+        """Stop the processes: after their work, or at once (`kill`: an interrupted or failed run)."""
+        with self._lock:
+            self._stopped = kill
+            self._shutdown(kill)
+
+    def _shutdown(self, kill: bool) -> None:
         if self._pool is not None:
             if kill:
-                for p in list(getattr(self._pool, '_processes', {}).values()):
-                    p.kill()
+                _kill_processes(self._pool)
             self._pool.shutdown(wait=not kill, cancel_futures=True)
             self._pool = None
 
@@ -466,7 +484,7 @@ class DecodePool:
 
         def refill() -> None:
             prefetch(queue, todo, ahead(largest, self.workers, self.depth, self.max_bytes),
-                     lambda row, path: self._start().submit(decode_video, row, path, self.samplings))
+                     lambda row, path: self._start().submit(self.work, row, path, self.samplings))
 
         refill()
         while queue:
@@ -485,6 +503,52 @@ class DecodePool:
             yield result
             refill()
 
+    def decode_one(self, row: int, path: str) -> DecodedVideo:
+        """Decode one video in a worker process and wait for it; safe to call from several threads
+        at once (NVDEC's decode threads hand the files NVDEC cannot read to the CPU this way).
+
+        A video that hangs is failed and the processes restarted, as in `imap`. A video whose
+        process died, or that was in flight when another one was failed, is decoded again in a
+        process of its own, so that a crash is blamed on the video that caused it.
+        """
+        if self.workers == 0:
+            return decode_video(row, path, self.samplings, threads=0)
+        with self._lock:
+            if self._stopped:
+                return DecodedVideo(row, error='decoding was stopped')
+            future = self._start().submit(self.work, row, path, self.samplings)
+            generation = self._generation
+        try:
+            return self._wait(row, path, future, lambda: self._kill(generation))
+        except cf.process.BrokenProcessPool:
+            if self._stopped:
+                return DecodedVideo(row, error='decoding was stopped')
+            self._kill(generation)
+        with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),
+                                    initializer=_worker_init) as solo:
+            try:
+                return self._wait(row, path, solo.submit(self.work, row, path, self.samplings),
+                                  lambda: _kill_processes(solo))
+            except cf.process.BrokenProcessPool:
+                return DecodedVideo(row, error='the decoder process crashed on this video')
+
+    def _wait(self, row: int, path: str, future: cf.Future, kill: Callable[[], None]) -> DecodedVideo:
+        """`future`'s video, or a failed one (and `kill` called) once it took longer than the file's limit."""
+        limit = self._limit(path)
+        try:
+            return future.result(timeout=limit)
+        except cf.TimeoutError:
+            kill()
+            return DecodedVideo(row, error=f'decoding took longer than {limit:.0f} s (the limit for a file '
+                                           f'of this size): the decoder may hang on it')
+
+    def _kill(self, generation: int) -> None:
+        """Kill the pool's processes if they are still those of `generation` (another caller may
+        have restarted them already)."""
+        with self._lock:
+            if self._generation == generation and self._pool is not None:
+                self._shutdown(kill=True)
+
     def _limit(self, path: str) -> float:
         """Seconds to wait for one video: a long video is not a hung decoder (a 2-hour 1080p file
         takes about 9 minutes on one core at the 3 MB of file per second measured in BENCHMARKS.md)."""
@@ -498,9 +562,9 @@ class DecodePool:
         """Kill the pool (a hung or crashed decoder) and resubmit the videos still queued."""
         pending = [(row, path) for row, path, _ in queue]
         queue.clear()
-        self.close(kill=True)
+        self._shutdown(kill=True)
         for row, path in pending:
-            queue.append((row, path, self._start().submit(decode_video, row, path, self.samplings)))
+            queue.append((row, path, self._start().submit(self.work, row, path, self.samplings)))
 
 
 #: frame area from which `auto` takes NVDEC for frame sampling. Measured on an H100 host at 320x240

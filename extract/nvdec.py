@@ -9,8 +9,9 @@ path's decode size, and handed to the experts without a trip through host memory
 Creating an NVDEC session costs ~0.3 s, more than decoding a whole 15 s clip at 1 fps, so each
 decode thread keeps one decoder and reconfigures it for the next video (PyNvVideoCodec keeps a
 small cache of sessions for other sizes and codecs). A file NVDEC cannot decode (a codec or
-chroma format it lacks) goes to one decord worker process: decord and PyNvVideoCodec bundle
-different FFmpeg builds and crash when loaded into one process, so this module never imports decord.
+chroma format it lacks) goes to a decord worker process, from the decode thread that met it:
+decord and PyNvVideoCodec bundle different FFmpeg builds and crash when loaded into one process,
+so this module never imports decord.
 """
 from __future__ import annotations
 
@@ -151,7 +152,8 @@ class NvdecPool:
         self._consumer = torch.cuda.current_stream(self.device)
         self._local = _Thread()
         self._pool: cf.ThreadPoolExecutor | None = None
-        self._cpu: DecodePool | None = None
+        # files NVDEC cannot decode, handed over by the decode threads: at most one each at a time
+        self._cpu = DecodePool(samplings, workers=self.threads)
         self._timing = cf.ProcessPoolExecutor(timing_workers, mp_context=multiprocessing.get_context('spawn'),
                                               initializer=_worker_init)
 
@@ -162,12 +164,12 @@ class NvdecPool:
         self.close(kill=exc[0] is not None)
 
     def close(self, kill: bool = False) -> None:
+        if kill:  # decode threads waiting for the CPU processes return at once
+            self._cpu.close(kill=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        if self._cpu is not None:
-            self._cpu.close(kill=kill)
-            self._cpu = None
+        self._cpu.close(kill=kill)
         self._timing.shutdown(wait=not kill, cancel_futures=True)
 
     def imap(self, items: Sequence[tuple[int, str]]) -> Iterator[DecodedVideo]:
@@ -176,26 +178,27 @@ class NvdecPool:
             self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix='nvdec')
         queue: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
         todo = iter(items)
-        submit = functools.partial(self._pool.submit, self.decode)
+        submit = functools.partial(self._pool.submit, self._gpu_or_cpu)
         largest = 0  # bytes of the largest decoded video so far
         prefetch(queue, todo, ahead(largest, self.threads, self.depth, self.max_bytes), submit)
         while queue:
-            _, path, future = queue.popleft()
+            future = queue.popleft()[2]
             video = future.result()
             largest = max(largest, video.nbytes)
             prefetch(queue, todo, ahead(largest, self.threads, self.depth, self.max_bytes), submit)
-            if video.error.startswith('NVDEC'):
-                video = self._on_cpu(video, path)
             yield video
 
-    def _on_cpu(self, failed: DecodedVideo, path: str) -> DecodedVideo:
-        """A video NVDEC cannot decode, from one CPU worker process (decord, else FFmpeg)."""
-        if self._cpu is None:
-            self._cpu = DecodePool(self.samplings, workers=1, prefetch=1)
-        video = next(self._cpu.imap([(failed.row, path)]))
-        if not video.error:
-            video.note = f'{failed.error}; decoded on the CPU instead' + (f' ({video.note})' if video.note else '')
-        return video
+    def _gpu_or_cpu(self, row: int, path: str) -> DecodedVideo:
+        """`decode`, and where NVDEC cannot decode the file, a CPU worker process (decord, else
+        FFmpeg) in its place. The decode thread waits for it, so the consumer never does, and
+        up to `threads` such files are decoded at once."""
+        video = self.decode(row, path)
+        if not video.error.startswith('NVDEC'):
+            return video
+        cpu = self._cpu.decode_one(row, path)
+        if not cpu.error:
+            cpu.note = f'{video.error}; decoded on the CPU instead' + (f' ({cpu.note})' if cpu.note else '')
+        return cpu
 
     def decode(self, row: int, path: str) -> DecodedVideo:
         """Decode `path` once on the GPU and plan every expert's rows (never raises)."""

@@ -240,6 +240,63 @@ def test_pool_gives_up_on_a_video_after_a_limit_that_grows_with_the_file(odd_vid
         assert all(not v.error and len(v.frames) == 8 for v in out)
 
 
+def _copies(odd_videos: Path, tmp_path: Path, names: list[str]) -> list[tuple[int, str]]:
+    """(row, path) items; `crash.mp4` and `hang.mp4` are copies of good.mp4 that `_crash` treats specially."""
+    items = []
+    for i, name in enumerate(names):
+        path = odd_videos / name
+        if name in ('crash.mp4', 'hang.mp4'):
+            path = tmp_path / name
+            path.write_bytes((odd_videos / 'good.mp4').read_bytes())
+        items.append((i, str(path)))
+    return items
+
+
+def test_decode_one_from_threads_blames_a_crash_on_its_video(odd_videos: Path, tmp_path: Path) -> None:
+    import concurrent.futures as cf
+
+    from tests.extract._crash import decode_or_crash
+
+    items = _copies(odd_videos, tmp_path, ['good.mp4', 'crash.mp4', 'hevc.mp4', 'vp9.webm', 'text.mp4', 'vfr.mp4'])
+    with DecodePool(SAMPLINGS, workers=2) as pool:
+        pool.work = decode_or_crash
+        with cf.ThreadPoolExecutor(4) as threads:  # as NVDEC's decode threads call it
+            out = list(threads.map(lambda item: pool.decode_one(*item), items))
+    assert [v.row for v in out] == list(range(len(items)))
+    assert out[1].error == 'the decoder process crashed on this video'
+    assert out[4].error.startswith('cannot open video')
+    for k in (0, 2, 3, 5):  # in flight when the pool broke, or not: decoded all the same
+        ref = decode_video(k, items[k][1], SAMPLINGS)
+        assert not out[k].error, out[k].error
+        np.testing.assert_array_equal(out[k].frames, ref.frames)
+
+
+def test_decode_one_fails_a_hung_video_then_goes_on(odd_videos: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from extract import decode
+    from tests.extract._crash import decode_or_crash
+
+    monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', 0.0)
+    hang, good = (path for _, path in _copies(odd_videos, tmp_path, ['hang.mp4', 'good.mp4']))
+    with DecodePool(SAMPLINGS, workers=1, timeout=2.0) as pool:
+        pool.work = decode_or_crash
+        v = pool.decode_one(0, hang)
+        assert v.error.startswith('decoding took longer than 2 s') and v.frames is None
+        assert not pool.decode_one(1, good).error  # the hung process was replaced
+        # a run that is stopped stops its waiting callers too
+        got: list = []
+        caller = threading.Thread(target=lambda: got.append(pool.decode_one(2, hang)))
+        t0 = time.perf_counter()
+        caller.start()
+        time.sleep(0.5)
+        pool.close(kill=True)
+        caller.join(timeout=10)
+        assert got and got[0].error == 'decoding was stopped' and time.perf_counter() - t0 < 2.0
+
+
 @pytest.mark.parametrize('max_bytes,later', [(1, 1), (1 << 40, 4)])
 def test_pool_decodes_fewer_ahead_when_videos_are_large(odd_videos: Path, monkeypatch: pytest.MonkeyPatch,
                                                         max_bytes: int, later: int) -> None:

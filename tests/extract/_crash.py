@@ -1,0 +1,17 @@
+"""A decode function for the pool tests, run in the pool's processes: a file named crash.* kills
+its process, one named hang.* never returns, any other is decoded."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from extract.decode import DecodedVideo, Sampling, decode_video
+
+
+def decode_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+    if Path(path).stem == 'crash':
+        os._exit(3)
+    if Path(path).stem == 'hang':
+        time.sleep(3600)
+    return decode_video(row, path, samplings)
