@@ -253,7 +253,7 @@ class NvdecPool:
         else:
             local.decoder.reconfigure_decoder(path)
         dec = local.decoder
-        if len(dec) != len(frame_times):  # Matroska/WebM headers carry no frame count: 0 here
+        if len(dec) != len(frame_times):  # a count from stream metadata (Matroska/WebM headers have none)
             raise _Mismatch(f'NVDEC counts {len(dec)} frames, decord {len(frame_times)}')
         planned, needed = plan_frames(frame_times, self.video_samplings)
         pieces = []
