@@ -483,8 +483,7 @@ class DecodePool:
         largest = 0  # bytes of the largest decoded video so far
 
         def refill() -> None:
-            prefetch(queue, todo, ahead(largest, self.workers, self.depth, self.max_bytes),
-                     lambda row, path: self._start().submit(self.work, row, path, self.samplings))
+            prefetch(queue, todo, ahead(largest, self.workers, self.depth, self.max_bytes), self._submit)
 
         refill()
         while queue:
@@ -496,9 +495,9 @@ class DecodePool:
                 result = DecodedVideo(row, error=f'decoding took longer than {limit:.0f} s (the limit for a file '
                                                  f'of this size): the decoder may hang on it')
                 self._restart(queue)
-            except cf.process.BrokenProcessPool:
-                result = DecodedVideo(row, error='the decoder process crashed on this video')
+            except cf.process.BrokenProcessPool:  # this video's process died, or another one did
                 self._restart(queue)
+                result = self._alone(row, path)
             largest = max(largest, result.nbytes)
             yield result
             refill()
@@ -507,9 +506,8 @@ class DecodePool:
         """Decode one video in a worker process and wait for it; safe to call from several threads
         at once (NVDEC's decode threads hand the files NVDEC cannot read to the CPU this way).
 
-        A video that hangs is failed and the processes restarted, as in `imap`. A video whose
-        process died, or that was in flight when another one was failed, is decoded again in a
-        process of its own, so that a crash is blamed on the video that caused it.
+        A video that hangs is failed and the processes restarted, as in `imap`; a video whose
+        process died, or that was in flight when another one was failed, goes to `_alone`.
         """
         if self.workers == 0:
             return decode_video(row, path, self.samplings, threads=0)
@@ -524,6 +522,12 @@ class DecodePool:
             if self._stopped:
                 return DecodedVideo(row, error='decoding was stopped')
             self._kill(generation)
+        return self._alone(row, path)
+
+    def _alone(self, row: int, path: str) -> DecodedVideo:
+        """Decode a video whose process died in a process of its own: a video that was only in
+        flight when another one crashed its process is decoded, and a crash is blamed on the
+        video that caused it."""
         with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),
                                     initializer=_worker_init) as solo:
             try:
@@ -558,13 +562,23 @@ class DecodePool:
             size = 0
         return max(self.timeout, size / 1e6 * TIMEOUT_S_PER_MB)
 
+    def _submit(self, row: int, path: str) -> cf.Future:
+        """Queue one video; a pool broken by a video still queued is replaced (that video's own
+        future fails when its turn comes, and `imap` sorts it out then)."""
+        try:
+            return self._start().submit(self.work, row, path, self.samplings)
+        except cf.process.BrokenProcessPool:
+            self._shutdown(kill=True)
+            return self._start().submit(self.work, row, path, self.samplings)
+
     def _restart(self, queue: collections.deque) -> None:
-        """Kill the pool (a hung or crashed decoder) and resubmit the videos still queued."""
-        pending = [(row, path) for row, path, _ in queue]
+        """Kill the pool (a hung or crashed decoder) and resubmit the queued videos not yet decoded."""
+        kept = list(queue)
         queue.clear()
         self._shutdown(kill=True)
-        for row, path in pending:
-            queue.append((row, path, self._start().submit(self.work, row, path, self.samplings)))
+        for row, path, fut in kept:
+            done = fut.done() and not fut.cancelled() and fut.exception() is None
+            queue.append((row, path, fut if done else self._submit(row, path)))
 
 
 #: frame area from which `auto` takes NVDEC for frame sampling. Measured on an H100 host at 320x240

@@ -24,13 +24,13 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, Sampling, _first_error, _resize_dims,
-                            _worker_init, ahead, decode_short_side, plan_frames, precheck, prefetch, read_frame_times,
-                            row_plans)
+from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, Sampling, _first_error, _kill_processes,
+                            _resize_dims, _worker_init, ahead, decode_short_side, plan_frames, precheck, prefetch,
+                            read_frame_times, row_plans)
 
 __all__ = ['NvdecPool', 'nvdec_available', 'display_rotation']
 
@@ -154,8 +154,11 @@ class NvdecPool:
         self._pool: cf.ThreadPoolExecutor | None = None
         # files NVDEC cannot decode, handed over by the decode threads: at most one each at a time
         self._cpu = DecodePool(samplings, workers=self.threads)
-        self._timing = cf.ProcessPoolExecutor(timing_workers, mp_context=multiprocessing.get_context('spawn'),
-                                              initializer=_worker_init)
+        self._timing_workers = timing_workers
+        self._timing = self._timing_pool()
+        self._timing_lock = threading.Lock()
+        #: what the timing processes run for one file (a module-level function: sent by name)
+        self.index_work: Callable[[str], np.ndarray | str] = read_frame_times
 
     def __enter__(self) -> NvdecPool:
         return self
@@ -170,6 +173,8 @@ class NvdecPool:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._cpu.close(kill=kill)
+        if kill:
+            _kill_processes(self._timing)
         self._timing.shutdown(wait=not kill, cancel_futures=True)
 
     def imap(self, items: Sequence[tuple[int, str]]) -> Iterator[DecodedVideo]:
@@ -209,7 +214,7 @@ class NvdecPool:
         if out.error or not self.video_samplings:
             out.seconds = time.perf_counter() - t0
             return out
-        frame_times = self._timing.submit(read_frame_times, path).result()
+        frame_times = self._frame_times(path)
         if isinstance(frame_times, str):  # the CPU path tries FFmpeg where decord fails, and gives the reason
             out.error = f'NVDEC skipped: decord cannot index this file ({frame_times})'
             out.seconds = time.perf_counter() - t0
@@ -235,6 +240,28 @@ class NvdecPool:
         out.plans = plans
         out.seconds = time.perf_counter() - t0
         return out
+
+    def _timing_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(self._timing_workers, mp_context=multiprocessing.get_context('spawn'),
+                                      initializer=_worker_init)
+
+    def _frame_times(self, path: str) -> np.ndarray | str:
+        """decord's frame times of `path` from a timing process, or why there are none. A file
+        that hangs or crashes that process gets a reason (the CPU path then tries it and gives its
+        own), and the timing processes are replaced, so later files are not held up."""
+        with self._timing_lock:
+            timing = self._timing
+        try:
+            return timing.submit(self.index_work, path).result(timeout=self._cpu._limit(path))
+        except (cf.TimeoutError, cf.process.BrokenProcessPool) as err:
+            with self._timing_lock:
+                if self._timing is timing:  # not yet replaced by another decode thread
+                    _kill_processes(timing)
+                    timing.shutdown(wait=False, cancel_futures=True)
+                    self._timing = self._timing_pool()
+            if isinstance(err, cf.TimeoutError):
+                return 'reading its frame index took too long'
+            return 'the process reading its frame index died (this file, or another one read at the same time)'
 
     def _decode_frames(self, local: _Thread, path: str, frame_times: np.ndarray, rotation: int):
         """The needed frames in display orientation at the decode size, and every expert's rows.

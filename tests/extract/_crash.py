@@ -1,12 +1,14 @@
-"""A decode function for the pool tests, run in the pool's processes: a file named crash.* kills
-its process, one named hang.* never returns, any other is decoded."""
+"""Work functions for the pool tests, run in the pools' processes: a file named crash.* kills its
+process, one named hang.* never returns, any other is decoded (or indexed)."""
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
 
-from extract.decode import DecodedVideo, Sampling, decode_video
+import numpy as np
+
+from extract.decode import DecodedVideo, Sampling, decode_video, read_frame_times
 
 
 def decode_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
@@ -15,3 +17,12 @@ def decode_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> Deco
     if Path(path).stem == 'hang':
         time.sleep(3600)
     return decode_video(row, path, samplings)
+
+
+def frame_times_or_crash(path: str) -> np.ndarray | str:
+    """`read_frame_times`, with crash.* and hang.* as in `decode_or_crash`."""
+    if Path(path).stem == 'crash':
+        os._exit(3)
+    if Path(path).stem == 'hang':
+        time.sleep(3600)
+    return read_frame_times(path)

@@ -271,6 +271,19 @@ def test_decode_one_from_threads_blames_a_crash_on_its_video(odd_videos: Path, t
         np.testing.assert_array_equal(out[k].frames, ref.frames)
 
 
+def test_pool_blames_a_crash_on_its_video_and_decodes_the_others(odd_videos: Path, tmp_path: Path) -> None:
+    from tests.extract._crash import decode_or_crash
+
+    names = ['good.mp4', 'hevc.mp4', 'crash.mp4', 'vp9.webm', 'vfr.mp4', 'crash.mp4', 'no_audio.mp4']
+    items = _copies(odd_videos, tmp_path, names)
+    with DecodePool(SAMPLINGS, workers=3) as pool:  # videos before, beside and after each crash in flight
+        pool.work = decode_or_crash
+        out = list(pool.imap(items))
+    assert [v.row for v in out] == list(range(len(names)))
+    assert [v.error for v in out if v.error] == ['the decoder process crashed on this video'] * 2
+    assert [bool(v.error) for v in out] == [n == 'crash.mp4' for n in names]
+
+
 def test_decode_one_fails_a_hung_video_then_goes_on(odd_videos: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import threading

@@ -55,6 +55,32 @@ def test_auto_judges_the_videos_by_the_median_of_a_few(odd_videos: Path, tmp_pat
     assert spread(list(range(10))) == [0, 2, 4, 7, 9] and spread([1, 2]) == [1, 2]
 
 
+def test_frame_index_processes_survive_a_crash_and_a_hang(odd_videos: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NVDEC path's decord timing processes (no GPU needed for this part): a file that kills
+    or hangs one gets a reason, and the next file is indexed by fresh processes."""
+    import threading
+
+    from extract import decode
+    from extract.decode import read_frame_times
+    from tests.extract._crash import frame_times_or_crash
+
+    monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', 0.0)
+    good = str(odd_videos / 'good.mp4')
+    for name in ('crash.mp4', 'hang.mp4'):
+        (tmp_path / name).write_bytes((odd_videos / 'good.mp4').read_bytes())
+    pool = NvdecPool.__new__(NvdecPool)  # the timing side only: __init__ needs a CUDA device
+    pool._timing_workers, pool._timing_lock, pool.index_work = 1, threading.Lock(), frame_times_or_crash
+    pool._timing, pool._cpu = pool._timing_pool(), DecodePool(SAMPLINGS, timeout=2.0)
+    try:
+        assert pool._frame_times(str(tmp_path / 'crash.mp4')).startswith('the process reading its frame index died')
+        np.testing.assert_array_equal(pool._frame_times(good), read_frame_times(good))
+        assert pool._frame_times(str(tmp_path / 'hang.mp4')) == 'reading its frame index took too long'
+        np.testing.assert_array_equal(pool._frame_times(good), read_frame_times(good))
+    finally:
+        pool._timing.shutdown(wait=False, cancel_futures=True)
+
+
 @gpu
 def test_nvdec_rows_equal_decord_rows(odd_videos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr('extract.nvdec.PIECE', 5)  # several pieces per video, the last one short
