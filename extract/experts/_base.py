@@ -123,7 +123,9 @@ class Expert:
         return self.weights
 
     def load(self, device: torch.device | str) -> Expert:
-        """Build the model, load its weights, move it to `device` (bf16 + channels_last on CUDA)."""
+        """Build the model, load its weights, move it to `device`: channels_last, in bf16 on CUDA
+        and fp32 on the CPU. channels_last pays on the CPU too (oneDNN): measured on 2 cores,
+        1.1-1.5x the images/s for the 2D models and 2.1x the clips/s for S3D (BENCHMARKS.md)."""
         weights = self.resolve()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(zlib.crc32(self.name.encode()))  # the same 'random' weights in every process
@@ -137,9 +139,7 @@ class Expert:
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if self.device.type == 'cuda' else torch.float32
         model = model.eval().to(self.device, self.dtype)
-        if self.device.type == 'cuda':
-            fmt = torch.channels_last_3d if self.cfg.sampling == 'clips' else torch.channels_last
-            model = model.to(memory_format=fmt)
+        model = model.to(memory_format=torch.channels_last_3d if self.cfg.sampling == 'clips' else torch.channels_last)
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
@@ -188,13 +188,11 @@ class Expert:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed rows -> (B, D) float32 features."""
         assert self.model is not None, 'call load() first'
-        x = x.to(self.dtype)
-        if self.device.type == 'cuda':
-            x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
-            if self.cfg.cuda_graph and len(x) <= self.batch_size:
-                graphed = self._graphed(x)
-                if graphed is not None:
-                    return graphed(x)
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+        if self.device.type == 'cuda' and self.cfg.cuda_graph and len(x) <= self.batch_size:
+            graphed = self._graphed(x)
+            if graphed is not None:
+                return graphed(x)
         return self.model(x).float()
 
     def _graphed(self, x: torch.Tensor) -> _GraphedForward | None:

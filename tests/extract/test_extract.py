@@ -101,6 +101,24 @@ def test_batched_features_belong_to_their_videos(device: str, graph: bool, small
             np.testing.assert_array_equal(stored.timestamps[i, :n], plan.timestamps)
 
 
+@pytest.mark.parametrize('name', ['scene', 'action.r2plus1d_18'])
+def test_models_run_channels_last_on_the_cpu_with_unchanged_features(name: str) -> None:
+    """channels_last (faster with oneDNN) changes the memory layout, not the features."""
+    import torch
+
+    expert = create_expert(name, weights='random', resize=[40], input_size=32, clip_len=6).load('cpu')
+    conv = next(m for m in expert.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+    fmt = torch.channels_last_3d if conv.weight.ndim == 5 else torch.channels_last
+    assert conv.weight.is_contiguous(memory_format=fmt) and not conv.weight.is_contiguous()
+    rows = torch.randint(0, 256, (3, 6, 48, 64, 3) if expert.cfg.sampling == 'clips' else (3, 48, 64, 3),
+                         dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = expert.preprocess(rows)
+    got = expert.forward(x)
+    with torch.inference_mode():
+        plain = expert.model.to(memory_format=torch.contiguous_format)(x.contiguous()).float()
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_rows_are_preprocessed_a_batch_at_a_time() -> None:
     """A long video cut into many rows never has all of them preprocessed (as floats) at once."""
     from extract.run import _Batcher
