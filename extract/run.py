@@ -16,6 +16,7 @@ import argparse
 import collections
 import concurrent.futures as cf
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -636,6 +637,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, StoreError, WeightsError, ConfigError, KeyError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f'error: {msg}', file=sys.stderr)
+        return 1
+    except OSError as err:  # the features root: full, read-only, gone
+        where = f' ({err.filename})' if err.filename else ''
+        hint = ' Free some space' if err.errno == errno.ENOSPC else ' Fix that'
+        print(f'error: cannot write the stores: {err.strerror or err}{where}; finished chunks are saved.{hint} and '
+              'rerun the same command to continue.', file=sys.stderr)
         return 1
     except RuntimeError as err:
         import torch

@@ -176,6 +176,34 @@ def _signal_after_first_chunk(proc: subprocess.Popen, store: Path, sig: int) -> 
         time.sleep(0.05)
 
 
+def test_a_full_disk_is_one_line_and_the_rerun_continues(small_demo: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from shared.store import ExpertStore
+
+    real, calls = ExpertStore.write_chunk, []
+
+    def full_after_one(self: ExpertStore, chunk: int, data: object) -> None:
+        calls.append(chunk)
+        if len(calls) > 1:  # the disk fills up after the first chunk
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        real(self, chunk, data)
+
+    monkeypatch.setattr(ExpertStore, 'write_chunk', full_after_one)
+    assert _run(small_demo.parent, tmp_path / 'full', 'scene') == 1
+    err = capsys.readouterr().err
+    assert 'error: cannot write the stores: No space left on device' in err and 'Free some space' in err
+    assert 'Traceback' not in err
+    store = tmp_path / 'full' / 'demo' / 'scene.zarr'
+    assert check_store(store).exit_code == 2  # valid, unfinished
+    monkeypatch.setattr(ExpertStore, 'write_chunk', real)
+    assert _run(small_demo.parent, tmp_path / 'full', 'scene') == 0
+    assert _run(small_demo.parent, tmp_path / 'whole', 'scene') == 0
+    _same(store, tmp_path / 'whole' / 'demo' / 'scene.zarr')
+
+
 @pytest.mark.slow
 def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_path: Path, python: str,
                                                      subprocess_env: dict, repo_root: Path) -> None:
