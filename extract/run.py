@@ -638,11 +638,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f'error: {msg}', file=sys.stderr)
         return 1
-    except OSError as err:  # the features root: full, read-only, gone
+    except OSError as err:  # mostly the features disk: full, read-only, gone
         where = f' ({err.filename})' if err.filename else ''
-        hint = ' Free some space' if err.errno == errno.ENOSPC else ' Fix that'
-        print(f'error: cannot write the stores: {err.strerror or err}{where}; finished chunks are saved.{hint} and '
-              'rerun the same command to continue.', file=sys.stderr)
+        fix = 'Free some space on the features disk' if err.errno == errno.ENOSPC else 'Fix that'
+        print(f'error: {err.strerror or err}{where}; finished chunks are saved. {fix} and rerun the same command '
+              'to continue.', file=sys.stderr)
         return 1
     except RuntimeError as err:
         import torch
