@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import DecodePool
+from extract.decode import DecodePool, cpu_limit
 from shared.config import data_root_default, parse_overrides
 from shared.datasets import load_manifest
 
@@ -47,7 +47,9 @@ def machine(device: str) -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if device.startswith('cuda') and torch.cuda.is_available() else 'no GPU'
-    return f'{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}'
+    usable = cpu_limit()
+    cores = f'{os.cpu_count()} cores' + (f' ({usable} usable here)' if usable != os.cpu_count() else '')
+    return f'{cpu}, {cores}, {gpu}, torch {torch.__version__}'
 
 
 def _pool(samplings: dict, workers: int, decoder: str, device: str) -> Any:
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--device', default='auto')
     p.add_argument('--decoder', default='auto', choices=DECODERS, help='as for python -m extract (default: auto)')
     p.add_argument('--workers', type=int, default=None,
-                   help='decode processes (decord, default cores - 1) or threads (nvdec, default 4)')
+                   help='decode processes (decord, default: the CPUs this job may use - 1, at most 16) or '
+                        'threads (nvdec, default 4)')
     p.add_argument('--weights', default='random', help='weights for every expert (default: random)')
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE')
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stub_models:
         dec_all, frames_all = _decode_only(items, samplings, workers, decoder, device)
         label, rate, note = _stubbed(items, experts, resolved, device, args.profile, decoder, workers)
-        _print_table([(f'decode only, {decoder}', f'{dec_all:.1f} videos/s', f'{frames_all:.0f} frames decoded per video'),
+        _print_table([(f'decode only, {decoder}', f'{dec_all:.1f} videos/s',
+                       f'{frames_all:.0f} frames decoded per video'),
                       (label, f'{rate:.1f} videos/s', f'{rate / dec_all:.2f} x decode-only; {note}')])
         return 0
     dec_all, frames_all = _decode_only(items, samplings, workers, decoder, device)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, spread
+from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, cpu_limit, spread
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
@@ -438,8 +438,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
 
 
 def default_workers(decoder: str) -> int:
-    """Decode processes (decord: cores - 1, at most 16) or NVDEC threads (4)."""
-    return 4 if decoder == 'nvdec' else max(1, min(16, (os.cpu_count() or 2) - 1))
+    """Decode processes (decord: the CPUs this job may use - 1, at most 16) or NVDEC threads (4)."""
+    return 4 if decoder == 'nvdec' else max(1, min(16, cpu_limit() - 1))
 
 
 def _rows_to_redo(store: ExpertStore, chunk: int, retry_failed: bool) -> list[int]:
@@ -598,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='an expert setting (fps, clip_len, resize, input_size, max_rows, ...); EXPERT.KEY=VALUE for one')
     p.add_argument('--retry-failed', action='store_true', help='also redo videos that failed before')
     p.add_argument('--workers', type=int, default=d.workers,
-                   help='decode processes for decord (default: cores - 1, at most 16), threads for nvdec (default: 4)')
+                   help='decode processes for decord (default: the CPUs this job may use - 1, at most 16), '
+                        'threads for nvdec (default: 4)')
     p.add_argument('--chunk-size', type=int, default=None,
                    help=f'videos per chunk, a new store\'s unit of work (default: {DEFAULT_CHUNK_SIZE}, or the existing stores\')')
     p.add_argument('--overwrite', action='store_true', help='delete existing stores of these experts first')

@@ -332,6 +332,31 @@ def test_pool_decodes_fewer_ahead_when_videos_are_large(odd_videos: Path, monkey
     assert depths[0] == 2 and set(depths[1:]) == {later}
 
 
+def test_cpu_limit_follows_the_affinity_and_the_cgroup_quota(tmp_path: Path) -> None:
+    """Decode processes are counted from the CPUs a job may use, not from the machine's."""
+    import os
+
+    from extract.decode import cpu_limit
+
+    usable = cpu_limit(tmp_path / 'none', tmp_path / 'none')
+    assert usable == len(os.sched_getaffinity(0))
+    v2 = tmp_path / 'v2'
+    (v2 / 'docker' / 'abc').mkdir(parents=True)
+    (v2 / 'cpu.max').write_text('max 100000\n')
+    (tmp_path / 'cg2').write_text('0::/docker/abc\n')
+    assert cpu_limit(v2, tmp_path / 'cg2') == usable  # no quota
+    (v2 / 'docker' / 'abc' / 'cpu.max').write_text('50000 100000\n')  # half a CPU: one process
+    assert cpu_limit(v2, tmp_path / 'cg2') == 1
+    v1 = tmp_path / 'v1'
+    (v1 / 'cpu' / 'slurm' / 'job_7').mkdir(parents=True)
+    (v1 / 'cpu' / 'slurm' / 'job_7' / 'cpu.cfs_quota_us').write_text('-1\n')
+    (v1 / 'cpu' / 'slurm' / 'job_7' / 'cpu.cfs_period_us').write_text('100000\n')
+    (tmp_path / 'cg1').write_text('4:memory:/slurm/job_7\n2:cpu,cpuacct:/slurm/job_7\n')
+    assert cpu_limit(v1, tmp_path / 'cg1') == usable
+    (v1 / 'cpu' / 'slurm' / 'job_7' / 'cpu.cfs_quota_us').write_text('90000\n')
+    assert cpu_limit(v1, tmp_path / 'cg1') == 1
+
+
 def test_memory_limit_follows_the_job_cgroup(tmp_path: Path) -> None:
     """A SLURM job's cgroup (v2, nested) or a v1 memory cgroup limits memory below the machine's."""
     from extract.decode import memory_limit
