@@ -546,7 +546,7 @@ class DecodePool:
         with self._lock:
             if self._stopped:
                 return DecodedVideo(row, error='decoding was stopped')
-            future = self._start().submit(self.work, row, path, self.samplings)
+            future = self._submit(row, path)  # a pool another caller's video broke is replaced here
             generation = self._generation
         try:
             return self._wait(row, path, future, lambda: self._kill(generation))

@@ -249,19 +249,26 @@ class NvdecPool:
         """decord's frame times of `path` from a timing process, or why there are none. A file
         that hangs or crashes that process gets a reason (the CPU path then tries it and gives its
         own), and the timing processes are replaced, so later files are not held up."""
-        with self._timing_lock:
+        with self._timing_lock:  # submitted under the lock: another thread may replace the pool
             timing = self._timing
+            try:
+                future = timing.submit(self.index_work, path)
+            except cf.process.BrokenProcessPool:
+                future = None
         try:
-            return timing.submit(self.index_work, path).result(timeout=self._cpu._limit(path))
-        except (cf.TimeoutError, cf.process.BrokenProcessPool) as err:
-            with self._timing_lock:
-                if self._timing is timing:  # not yet replaced by another decode thread
-                    _kill_processes(timing)
-                    timing.shutdown(wait=False, cancel_futures=True)
-                    self._timing = self._timing_pool()
-            if isinstance(err, cf.TimeoutError):
-                return 'reading its frame index took too long'
-            return 'the process reading its frame index died (this file, or another one read at the same time)'
+            if future is not None:
+                return future.result(timeout=self._cpu._limit(path))
+            reason = 'the process reading its frame index died (another file read at the same time)'
+        except cf.TimeoutError:
+            reason = 'reading its frame index took too long'
+        except cf.process.BrokenProcessPool:
+            reason = 'the process reading its frame index died (this file, or another one read at the same time)'
+        with self._timing_lock:
+            if self._timing is timing:  # not yet replaced by another decode thread
+                _kill_processes(timing)
+                timing.shutdown(wait=False, cancel_futures=True)
+                self._timing = self._timing_pool()
+        return reason
 
     def _decode_frames(self, local: _Thread, path: str, frame_times: np.ndarray, rotation: int):
         """The needed frames in display orientation at the decode size, and every expert's rows.
