@@ -419,10 +419,10 @@ def cpu_limit(cgroup_root: str | os.PathLike = '/sys/fs/cgroup', proc_cgroup: st
 WORKER_NICE = 10
 
 
-def _worker_init(nice: int = WORKER_NICE) -> None:
+def _worker_init() -> None:
     os.environ.setdefault('OMP_NUM_THREADS', '1')
     try:
-        os.nice(nice)
+        os.nice(WORKER_NICE)
     except OSError:  # a platform without it: run at the parent's priority
         pass
 
@@ -520,13 +520,8 @@ class DecodePool:
         refill()
         while queue:
             row, path, fut = queue.popleft()
-            limit = self._limit(path)
             try:
-                result = fut.result(timeout=limit)
-            except cf.TimeoutError:
-                result = DecodedVideo(row, error=f'decoding took longer than {limit:.0f} s (the limit for a file '
-                                                 f'of this size): the decoder may hang on it')
-                self._restart(queue)
+                result = self._wait(row, path, fut, lambda: self._restart(queue))
             except cf.process.BrokenProcessPool:  # this video's process died, or another one did
                 self._restart(queue)
                 result = self._alone(row, path)
