@@ -59,8 +59,14 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.kind not in ('frames', 'clips', 'audio'):
             raise ValueError(f'sampling kind must be frames, clips or audio, got {self.kind!r}')
-        if self.fps <= 0 or self.clip_len < 1 or self.max_rows < 1:
-            raise ValueError('fps, clip_len and max_rows must be positive')
+        if not 0 < self.fps < math.inf:  # written so that NaN fails too
+            raise ValueError(f'fps must be a positive number, got {self.fps}')
+        if self.clip_fps is not None and not 0 < self.clip_fps < math.inf:
+            raise ValueError(f"clip_fps must be a positive number, or null for the video's own rate, "
+                             f'got {self.clip_fps}')
+        for name in ('clip_len', 'max_rows'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
 
 
 @dataclasses.dataclass

@@ -62,6 +62,11 @@ class RunOptions:
     overwrite: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
+            raise ConfigError(f'--shard must be 0 to --num-shards - 1, and --num-shards at least 1; '
+                              f'got shard {self.shard} of {self.num_shards}')
+
 
 @dataclasses.dataclass
 class _Tally:
@@ -201,12 +206,23 @@ class _Chunk:
 
 
 def pick_device(requested: str) -> str:
+    """The device to run on: `requested`, or for ``auto`` CUDA where there is one (ConfigError when
+    `requested` is not a device this machine has)."""
     import torch
 
     if requested == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if requested.startswith('cuda') and not torch.cuda.is_available():
-        raise ConfigError(f'--device {requested}: no CUDA device is available here')
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f'--device {requested}: not a device (auto, cpu, cuda, cuda:N)') from None
+    if device.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f'--device {requested}: no CUDA device is available here')
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f'--device {requested}: this machine has {count} CUDA device(s), '
+                              f'cuda:0 to cuda:{count - 1}')
     return requested
 
 
@@ -215,7 +231,11 @@ def _shard_from_env() -> tuple[int, int] | None:
     tid, count = os.environ.get('SLURM_ARRAY_TASK_ID'), os.environ.get('SLURM_ARRAY_TASK_COUNT')
     if tid is None or count is None:
         return None
-    return int(tid) - int(os.environ.get('SLURM_ARRAY_TASK_MIN', '0')), int(count)
+    try:
+        return int(tid) - int(os.environ.get('SLURM_ARRAY_TASK_MIN', '0')), int(count)
+    except ValueError:
+        raise ConfigError(f'SLURM_ARRAY_TASK_ID={tid!r}, SLURM_ARRAY_TASK_COUNT={count!r}: not whole numbers '
+                          '(pass --shard and --num-shards)') from None
 
 
 def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
@@ -320,6 +340,16 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     experts = loaded if loaded is not None else build_experts(opts)
     if [e.name for e in experts] != names:
         raise ConfigError(f'loaded experts {[e.name for e in experts]} are not the requested {names}')
+    # what can be wrong with the command fails here, before a store is made or (--overwrite) deleted
+    device = pick_device(opts.device)
+    if opts.decoder != 'auto':
+        choose_decoder(opts.decoder, device)
+    for e in experts:
+        e.resolve()
+    if opts.overwrite and loaded is None:  # the old stores go only once the models that replace them load
+        for e in experts:
+            e.load(device)
+        loaded = experts
     stores = open_stores(manifest, experts, opts)
     n_chunks = next(iter(stores.values())).n_chunks
     mine = shard_chunks(n_chunks, opts.shard, opts.num_shards)
@@ -331,7 +361,6 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         print(f'nothing to do for {", ".join(names)} on {manifest.name} ({where}): every chunk is finished')
         _finish(stores)
         return 0
-    device = pick_device(opts.device)
     videos = [r for c in chunks for r in stores[names[0]].chunk_rows(c)]
     clips = any(e.cfg.sampling == 'clips' for e in experts)
     decoder, why = choose_decoder(opts.decoder, device, [str(manifest.paths[r]) for r in spread(videos)], clips)
@@ -620,11 +649,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    env_shard = _shard_from_env()
-    shard = args.shard if args.shard is not None else (env_shard[0] if env_shard else 0)
-    num_shards = args.num_shards if args.num_shards is not None else (env_shard[1] if env_shard else 1)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     try:
+        env_shard = _shard_from_env() if args.shard is None or args.num_shards is None else None
+        shard = args.shard if args.shard is not None else (env_shard[0] if env_shard else 0)
+        num_shards = args.num_shards if args.num_shards is not None else (env_shard[1] if env_shard else 1)
         opts = RunOptions(dataset=args.dataset, experts=args.expert.split(','), data_root=args.data_root,
                           features_root=args.features_root, shard=shard, num_shards=num_shards, device=args.device,
                           decoder=args.decoder, batch_size=args.batch_size, weights=args.weights,

@@ -76,6 +76,9 @@ class ExpertCfg:
             raise ValueError(f'resize must be [short_side] or [height, width], got {self.resize}')
         if self.batch_size < 0:
             raise ValueError('batch_size must be >= 1, or 0 to choose by device')
+        if self.input_size < 0:
+            raise ValueError(f'input_size must be >= 1, or 0 for no crop, got {self.input_size}')
+        self.sampling_spec()  # fps, clip_len, max_rows: checked now, before a store is made with them
 
     def sampling_spec(self) -> Sampling:
         if self.sampling == 'audio':

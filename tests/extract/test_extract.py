@@ -340,6 +340,36 @@ def test_missing_weights_and_bad_settings_are_one_line_errors(small_demo: Path, 
     assert set(VISUAL) <= set(expert_names())
 
 
+def test_a_bad_command_fails_before_overwrite_deletes_a_store(small_demo: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    root, feats = small_demo.parent, tmp_path / 'f'
+    assert _run(root, feats, 'scene') == 0
+    store = feats / 'demo' / 'scene.zarr'
+    finished = _arrays(store)
+    bad = (['--device', 'tpu'], ['--device', 'cuda:7'], ['--set', 'fps=0'], ['--set', 'scene.clip_fps=nan'],
+           ['--shard', '2', '--num-shards', '2'], ['--decoder', 'nvdec', '--device', 'cpu'])
+    for extra in bad:
+        assert _run(root, feats, 'scene', '--overwrite', *extra) == 1, extra
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and 'Traceback' not in err, (extra, err)
+    # object's weights are missing: scene's finished store is not deleted before that is found
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'empty_cache'))
+    monkeypatch.setenv('VIDEOEXPERTS_OFFLINE', '1')
+    assert main(['--dataset', 'demo', '--data-root', str(root), '--features-root', str(feats), '--expert',
+                 'scene,object', *TINY[:4], '--set', 'scene.weights=random', '--workers', '1', '--chunk-size', '2',
+                 '--no-progress', '--overwrite']) == 1
+    assert 'legacy_senet154' in capsys.readouterr().err
+    assert not (feats / 'demo' / 'object.zarr').exists()
+    after = _arrays(store)
+    for k in finished:
+        np.testing.assert_array_equal(finished[k], after[k], err_msg=k)
+    monkeypatch.setenv('SLURM_ARRAY_TASK_ID', 'x')
+    monkeypatch.setenv('SLURM_ARRAY_TASK_COUNT', '4')
+    assert _run(root, feats, 'scene') == 1
+    assert 'SLURM_ARRAY_TASK_ID' in capsys.readouterr().err
+
+
 def test_out_of_memory_is_one_line_with_advice(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from extract.experts._base import Expert
