@@ -40,6 +40,8 @@ __all__ = ['RunOptions', 'build_experts', 'run', 'main', 'pick_device', 'open_st
 
 _logger = logging.getLogger(__name__)
 
+INTERRUPTED = '\ninterrupted: finished chunks are saved; rerun the same command to continue'
+
 
 @dataclasses.dataclass
 class RunOptions:
@@ -445,7 +447,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
             except Exception as err:  # noqa: BLE001 - interrupted inside the same write: that chunk is redone
                 _logger.warning('chunk %d not saved: %s', fed.index, err)
         writer.shutdown(wait=True)  # chunks already computed are still written, whole
-        print('\ninterrupted: finished chunks are saved; rerun the same command to continue', file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except BaseException:
         bar.close()
@@ -674,6 +676,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {err.strerror or err}{where}; finished chunks are saved. {fix} and rerun the same command '
               'to continue.', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the chunk loop (loading models, opening stores)
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except RuntimeError as err:
         import torch
 

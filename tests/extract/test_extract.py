@@ -370,6 +370,19 @@ def test_a_bad_command_fails_before_overwrite_deletes_a_store(small_demo: Path, 
     assert 'SLURM_ARRAY_TASK_ID' in capsys.readouterr().err
 
 
+def test_ctrl_c_while_models_load_is_one_line(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from extract.experts._base import Expert
+
+    def interrupted(self: Expert, device: object) -> Expert:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Expert, 'load', interrupted)
+    assert _run(small_demo.parent, tmp_path, 'scene') == 130
+    err = capsys.readouterr().err
+    assert 'interrupted: finished chunks are saved' in err and 'Traceback' not in err
+
+
 def test_out_of_memory_is_one_line_with_advice(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from extract.experts._base import Expert
