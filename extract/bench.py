@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from extract.decode import DecodePool, cpu_limit
-from shared.config import data_root_default, parse_overrides
-from shared.datasets import load_manifest
+from extract.weights import WeightsError
+from shared.config import ConfigError, data_root_default, parse_overrides
+from shared.datasets import DatasetError, load_manifest
 
 __all__ = ['main', 'machine']
 
@@ -131,9 +132,7 @@ def _report_profile(profiler: cProfile.Profile, folder: Path, target: str) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from extract.decode import DECODERS, choose_decoder, spread
-    from extract.experts import create_expert, resolve_expert_names
-    from extract.run import RunOptions, default_workers, pick_device, _settings_for
+    from extract.decode import DECODERS
 
     p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--data-root', type=Path, default=data_root_default())
     p.add_argument('--experts', default='object,scene', help='comma list or all (default: object,scene)')
     p.add_argument('--limit', type=int, default=64, help='videos to use (default: 64)')
-    p.add_argument('--device', default='auto')
+    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
     p.add_argument('--decoder', default='auto', choices=DECODERS, help='as for python -m extract (default: auto)')
     p.add_argument('--workers', type=int, default=None,
                    help='decode processes (decord, default: the CPUs this job may use - 1, at most 16) or '
@@ -161,6 +160,22 @@ def main(argv: list[str] | None = None) -> int:
                    help='profile the main process of each end-to-end run (cProfile): DIR/TARGET.prof, and the '
                         'functions that took the most time printed')
     args = p.parse_args(argv)
+    if args.limit < 1:
+        p.error('--limit must be at least 1')
+    try:
+        return _bench(args)
+    except (DatasetError, WeightsError, ConfigError, KeyError, ValueError) as err:
+        print(f'error: {err.args[0] if isinstance(err, KeyError) and err.args else err}', file=sys.stderr)
+        return 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Every measurement `args` asks for, printed as one table."""
+    from extract.decode import choose_decoder, spread
+    from extract.experts import create_expert, resolve_expert_names
+    from extract.run import RunOptions, default_workers, _settings_for
+    from shared.device import pick_device
+
     device = pick_device(args.device)
     manifest = load_manifest(args.dataset, args.data_root)
     n = min(args.limit, len(manifest))

@@ -33,10 +33,11 @@ from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, c
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
+from shared.device import pick_device
 from shared.store import (DONE, FAILED, ExpertStore, StoreError, StoreSpec, VideoResult, create_store, open_store,
                           pack_chunk, shard_chunks, store_path)
 
-__all__ = ['RunOptions', 'build_experts', 'run', 'main', 'pick_device', 'open_stores']
+__all__ = ['RunOptions', 'build_experts', 'run', 'main', 'open_stores']
 
 _logger = logging.getLogger(__name__)
 
@@ -207,27 +208,6 @@ class _Chunk:
     written: bool = False
 
 
-def pick_device(requested: str) -> str:
-    """The device to run on: `requested`, or for ``auto`` CUDA where there is one (ConfigError when
-    `requested` is not a device this machine has)."""
-    import torch
-
-    if requested == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f'--device {requested}: not a device (auto, cpu, cuda, cuda:N)') from None
-    if device.type == 'cuda':
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not count:
-            raise ConfigError(f'--device {requested}: no CUDA device is available here')
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f'--device {requested}: this machine has {count} CUDA device(s), '
-                              f'cuda:0 to cuda:{count - 1}')
-    return requested
-
-
 def _shard_from_env() -> tuple[int, int] | None:
     """SLURM job arrays: shard = task id - min task id, num_shards = task count."""
     tid, count = os.environ.get('SLURM_ARRAY_TASK_ID'), os.environ.get('SLURM_ARRAY_TASK_COUNT')
@@ -282,10 +262,14 @@ def _chunk_size(manifest: Any, experts: list[Any], opts: RunOptions) -> int:
         return opts.chunk_size
     if not opts.overwrite:
         for e in experts:
-            path = store_path(opts.features_root, manifest.name, e.name)
-            if (path / 'zarr.json').is_file():
+            if _store_exists(opts.features_root, manifest.name, e.name):
+                path = store_path(opts.features_root, manifest.name, e.name)
                 return int(open_store(path, warn_random=False).chunk_size)
     return DEFAULT_CHUNK_SIZE
+
+
+def _store_exists(features_root: Path, dataset: str, expert: str) -> bool:
+    return (store_path(features_root, dataset, expert) / 'zarr.json').is_file()
 
 
 def open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str, ExpertStore]:
@@ -342,13 +326,15 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     experts = loaded if loaded is not None else build_experts(opts)
     if [e.name for e in experts] != names:
         raise ConfigError(f'loaded experts {[e.name for e in experts]} are not the requested {names}')
-    # what can be wrong with the command fails here, before a store is made or (--overwrite) deleted
+    # what can be wrong with the command fails here, before a store is made or (--overwrite) deleted:
+    # an empty store left by a failed start would hold its settings against the corrected command
     device = pick_device(opts.device)
     if opts.decoder != 'auto':
         choose_decoder(opts.decoder, device)
     for e in experts:
         e.resolve()
-    if opts.overwrite and loaded is None:  # the old stores go only once the models that replace them load
+    new = opts.overwrite or not all(_store_exists(opts.features_root, manifest.name, e.name) for e in experts)
+    if new and loaded is None:  # a store is to be made, so there is work: the models load first
         for e in experts:
             e.load(device)
         loaded = experts

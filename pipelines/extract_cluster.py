@@ -42,7 +42,8 @@ class ExpertsPlugin(WorkerPlugin):
         self.experts: list[Any] | None = None
 
     def setup(self, worker: Any) -> None:
-        from extract.run import RunOptions, build_experts, pick_device
+        from extract.run import RunOptions, build_experts
+        from shared.device import pick_device
 
         opts = RunOptions(**self.opts)
         self.experts = build_experts(opts)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
+from shared.device import pick_device
 from shared.store import StoreError
 from train.loop import RunCfg, load_run_cfg, train_run
 from train.metrics import format_results
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--data-root', type=Path, default=data_root_default())
     p.add_argument('--features-root', type=Path, default=features_root_default())
     p.add_argument('--run-dir', type=Path, default=None, help='default: runs/MODEL-DATASET-SPLIT')
-    p.add_argument('--device', default='auto', help='auto, cpu, cuda')
+    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
     p.add_argument('--count-params', action='store_true', help='build the model from its config and count parameters')
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)
@@ -82,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f'{args.config} is a {cfg.model.model} config, not {args.model}')
         if args.count_params:
             return _count(cfg)
-        import torch
-
-        device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device
+        device = pick_device(args.device)
         manifest = load_manifest(cfg.data.dataset, args.data_root)
         seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
         base = args.run_dir or Path('runs') / f'{cfg.model.model}-{cfg.data.dataset}-{cfg.data.split}'

@@ -364,6 +364,12 @@ def test_a_bad_command_fails_before_overwrite_deletes_a_store(small_demo: Path, 
     after = _arrays(store)
     for k in finished:
         np.testing.assert_array_equal(finished[k], after[k], err_msg=k)
+    # a file that is no checkpoint fails before a store is made: the corrected command then runs
+    (tmp_path / 'text.pth').write_text('not a checkpoint')
+    assert _run(root, tmp_path / 'g', 'scene', '--weights', str(tmp_path / 'text.pth')) == 1
+    assert 'cannot read' in capsys.readouterr().err
+    assert not (tmp_path / 'g' / 'demo' / 'scene.zarr').exists()
+    assert _run(root, tmp_path / 'g', 'scene') == 0
     monkeypatch.setenv('SLURM_ARRAY_TASK_ID', 'x')
     monkeypatch.setenv('SLURM_ARRAY_TASK_COUNT', '4')
     assert _run(root, feats, 'scene') == 1
@@ -381,6 +387,18 @@ def test_ctrl_c_while_models_load_is_one_line(small_demo: Path, tmp_path: Path, 
     assert _run(small_demo.parent, tmp_path, 'scene') == 130
     err = capsys.readouterr().err
     assert 'interrupted: finished chunks are saved' in err and 'Traceback' not in err
+
+
+def test_benchmark_input_errors_are_one_line(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from extract.bench import main as bench_main
+
+    videos = f'folder:{small_demo / "videos"}'
+    for args, said in ((['--dataset', f'folder:{tmp_path / "none"}'], 'does not exist'),
+                       (['--dataset', videos, '--experts', 'sceen'], 'did you mean scene'),
+                       (['--dataset', videos, '--device', 'tpu'], '--device tpu: not a device')):
+        assert bench_main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and said in err and 'Traceback' not in err, err
 
 
 def test_out_of_memory_is_one_line_with_advice(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -149,6 +149,8 @@ def test_count_params_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert 'epoks' in capsys.readouterr().err
     assert train_main(['--model', 'mmt', '--dataset', 'msvd']) == 1
     assert 'no config for model mmt on msvd' in capsys.readouterr().err
+    assert train_main(['--model', 'ce', '--dataset', 'demo', '--device', 'gpu0']) == 1
+    assert '--device gpu0: not a device' in capsys.readouterr().err
 
 
 def test_every_shipped_config_builds(capsys: pytest.CaptureFixture) -> None:
