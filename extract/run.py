@@ -413,6 +413,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
                     waited += time.perf_counter() - t_wait
                 assert video.row == r
                 failures += _feed(video, chunk, batchers, upload)
+                if video.note:  # decoded, but not the usual way (FFmpeg fallback, a truncated file's prefix)
+                    _logger.warning('%s: %s', manifest.video_ids[r], video.note)
                 bar.update(1)
                 bar.set_postfix(failed=failures, refresh=False)
             for e in active:
@@ -499,8 +501,6 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], upl
         batchers[e.name].add(video.row, _rows(frames, plan.index[:, 0] if e.cfg.sampling == 'frames' else plan.index,
                                               upload))
         chunk.stamps[e.name][video.row] = plan.timestamps
-    if video.note:
-        _logger.warning('video row %d: %s', video.row, video.note)
     return int(failed)
 
 
@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s', handlers=[_BarSafe()])
     try:
         env_shard = _shard_from_env() if args.shard is None or args.num_shards is None else None
         shard = args.shard if args.shard is not None else (env_shard[0] if env_shard else 0)
@@ -674,6 +674,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: the device ran out of memory ({first}); finished chunks are saved. Rerun with a smaller '
               '--batch-size (the CUDA default is 128 frames or 32 clips per forward pass).', file=sys.stderr)
         return 1
+
+
+class _BarSafe(logging.StreamHandler):
+    """Log lines printed above the progress bar, which is then drawn again, instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler: a broken stream never ends the run
+            self.handleError(record)
 
 
 def _sigterm(signum: int, frame: Any) -> None:

@@ -250,12 +250,15 @@ def test_sigterm_stops_cleanly_with_whole_chunks(small_demo: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_bad_and_unusual_files(odd_videos: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_and_unusual_files(odd_videos: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                               caplog: pytest.LogCaptureFixture) -> None:
     data = tmp_path / 'videos'
     shutil.copytree(odd_videos, data)
     features = tmp_path / 'features'
     assert _run(tmp_path, features, 'object', dataset=f'folder:{data}') == 0
     out = capsys.readouterr().out
+    # a file decoded the unusual way is named in a warning
+    assert any(r.getMessage().startswith('mpegts.ts: MPEG-TS') for r in caplog.records), caplog.text
     store = open_store(features / 'folder-videos' / 'object.zarr', warn_random=False)
     rows = store.read()
     by_id = {v: i for i, v in enumerate(rows.video_ids)}
