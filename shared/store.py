@@ -418,8 +418,26 @@ def _check_compatible(store: ExpertStore, video_ids: Sequence[str], spec: StoreS
                          '--overwrite to start again')
     ids = store.video_ids
     if len(ids) != len(video_ids) or any(x != y for x, y in zip(ids, video_ids)):
-        raise StoreError(f'{store.path} exists for another video list ({len(ids)} videos vs '
-                         f'{len(video_ids)}); remove it or rerun with --overwrite to start again')
+        raise StoreError(f'{store.path} exists for another video list ({_id_difference(ids, video_ids)}); '
+                         'remove it or rerun with --overwrite to start again')
+
+
+def _id_difference(store_ids: Sequence[str], run_ids: Sequence[str]) -> str:
+    """How the dataset's video ids differ from a store's, in a few words."""
+    ours, theirs = set(store_ids), set(run_ids)
+    new, gone = [i for i in run_ids if i not in ours], [i for i in store_ids if i not in theirs]
+
+    def few(xs: list[str]) -> str:
+        return ', '.join(xs[:3]) + (f' and {len(xs) - 3} more' if len(xs) > 3 else '')
+
+    parts = [f'{len(store_ids)} videos in the store, {len(run_ids)} in the dataset']
+    if new:
+        parts.append(f'new in the dataset: {few(new)}')
+    if gone:
+        parts.append(f'gone from the dataset: {few(gone)}')
+    if not new and not gone:
+        parts.append('the same videos in another order')
+    return '; '.join(parts)
 
 
 def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = True) -> ExpertStore:

@@ -93,6 +93,11 @@ def test_reopen_checks_layout(tmp_path: Path) -> None:
     assert create_store(path, W.video_ids(10), W.spec(4)).n_videos == 10  # resume
     with pytest.raises(StoreError, match='another video list'):
         create_store(path, W.video_ids(11), W.spec(4))
+    renamed = [*W.video_ids(9), 'added.mp4']
+    with pytest.raises(StoreError, match=f'new in the dataset: added.mp4; gone from the dataset: {W.video_ids(10)[-1]}'):
+        create_store(path, renamed, W.spec(4))
+    with pytest.raises(StoreError, match='the same videos in another order'):
+        create_store(path, W.video_ids(10)[::-1], W.spec(4))
     with pytest.raises(StoreError, match='chunk_size'):
         create_store(path, W.video_ids(10), W.spec(5))
     import dataclasses
