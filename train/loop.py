@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from shared.config import load_yaml, to_dict
+from shared.config import ConfigError, load_yaml, to_dict
 from shared.datasets import Manifest
 from train.captions import build_caption_encoder
 from train.checkpoints import FROZEN, load_model, save_checkpoint
@@ -193,6 +193,35 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: settings a resumed run may change: more epochs continue the same run
+RESUME_MAY_CHANGE = ('train.epochs',)
+
+
+def _check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
+    """A run with a checkpoint is resumed only with the settings it was trained with, so that one
+    run never mixes two configs (its config.yaml and results would name only the second)."""
+    saved = run_dir / 'config.yaml'
+    if not (saved.is_file() and (run_dir / 'checkpoints' / 'last.pt').is_file()):
+        return
+    before, now = _flat(yaml.safe_load(saved.read_text()) or {}), _flat(settings)
+    diff = [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in sorted(set(before) | set(now))
+            if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
+    if diff:
+        raise ConfigError(f'{run_dir} holds a run trained with other settings ({"; ".join(diff[:5])}'
+                          f'{f"; and {len(diff) - 5} more" if len(diff) > 5 else ""}): rerun with its config to '
+                          'resume it, or pass another --run-dir to start a new run')
+
+
+def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
 def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
               device: str = 'cpu', progress: bool = True) -> dict[str, dict[str, float]]:
     """Train (or resume) one seed in `run_dir`; returns the test metrics of the selected epoch."""
@@ -201,7 +230,9 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
 
     dev = torch.device(device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / 'config.yaml').write_text(yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False))
+    settings = yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False)
+    _check_resumable(run_dir, yaml.safe_load(settings))
+    (run_dir / 'config.yaml').write_text(settings)
     experts = cfg.model.experts
     split = manifest.split(cfg.data.split)
     captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run_dir,

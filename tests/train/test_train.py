@@ -216,6 +216,14 @@ def test_ce_with_gpt_word_features_trains_and_searches(demo_stores: tuple[Path, 
                        '--run-dir', str(run), '--no-progress']) == 0
     assert 'resuming' in capsys.readouterr().out
     assert len((run / 'seed0' / 'metrics.jsonl').read_text().splitlines()) == 3
+    # another learning rate is another run: not resumed into this one
+    saved = (run / 'seed0' / 'config.yaml').read_text()
+    cfg['train']['lr'] = cfg['train'].get('lr', 0.01) * 2
+    path.write_text(yaml.safe_dump(cfg))
+    assert train_main(['--config', str(path), '--data-root', str(data), '--features-root', str(features),
+                       '--run-dir', str(run), '--no-progress']) == 1
+    assert 'trained with other settings (train.lr:' in capsys.readouterr().err
+    assert (run / 'seed0' / 'config.yaml').read_text() == saved
 
 
 def test_gpt_word_features_are_frozen() -> None:
