@@ -54,7 +54,14 @@ class Searcher:
 
     @torch.no_grad()
     def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
-        text = self.model.encode_text(self.captions.encode([query]).batch(np.arange(1)))
+        """The `k` best gallery videos for `query` with their scores (ValueError: a query the text
+        encoder sees nothing of, whose ranking would be the same for any such query)."""
+        if not query.strip():
+            raise ValueError('the query is empty')
+        caption = self.captions.encode([query])
+        if not caption.mask[0].any():  # word vectors only: subword tokenizers always give some tokens
+            raise ValueError('no word of this query has a word vector')
+        text = self.model.encode_text(caption.batch(np.arange(1)))
         scores = self.model.similarity(text, self.gallery)[0]
         top = torch.topk(scores, min(k, len(self.video_ids)))
         return [(self.video_ids[i], float(s)) for s, i in zip(top.values, top.indices)]
@@ -74,11 +81,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if searcher.note:
         print(searcher.note, file=sys.stderr)
+    if args.k < 1:
+        p.error('-k must be at least 1')
+    code = 0
     for q in args.query:
         print(f'query: {q}')
-        for rank, (vid, score) in enumerate(searcher.search(q, args.k), start=1):
+        try:
+            hits = searcher.search(q, args.k)
+        except ValueError as err:
+            print(f'error: {err}', file=sys.stderr)
+            code = 1
+            continue
+        for rank, (vid, score) in enumerate(hits, start=1):
             print(f'  {rank:>3}. {vid}  {score:.4f}')
-    return 0
+    return code
 
 
 if __name__ == '__main__':

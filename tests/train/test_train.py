@@ -101,6 +101,11 @@ def test_trains_above_chance_and_searches(model: str, demo_stores: tuple[Path, P
     caps = {v['id']: v['captions'] for v in meta['videos']}
     hits = [vid in [v for v, _ in searcher.search(caps[vid][0], k=3)] for vid in meta['splits']['test']]
     assert sum(hits) / len(hits) > 3 / n_test  # better than chance (3 of n) at top 3
+    with pytest.raises(ValueError, match='empty'):
+        searcher.search('  ')
+    if model in ('mee', 'ce'):  # word vectors: a query of unknown words would rank as any other such query
+        with pytest.raises(ValueError, match='word vector'):
+            searcher.search('zzzzqqq xxyy')
 
 
 @pytest.mark.slow
