@@ -619,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'threads for nvdec (default: 4)')
     p.add_argument('--chunk-size', type=int, default=None,
                    help=f'videos per chunk, a new store\'s unit of work (default: {DEFAULT_CHUNK_SIZE}, or the existing stores\')')
-    p.add_argument('--overwrite', action='store_true', help='delete existing stores of these experts first')
+    p.add_argument('--overwrite', action='store_true',
+                   help='start these experts\' stores again (deleted once the command is checked and the models load)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')
     p.add_argument('--list', action='store_true', help='list the experts and exit')
     return p
