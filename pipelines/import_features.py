@@ -34,7 +34,8 @@ from shared.config import data_root_default, features_root_default
 from shared.datasets import dataset_dir
 from shared.datasets.imported import IMPORTED_FILE
 from shared.datasets.manifest import read_split_list
-from shared.store import DONE, UNKNOWN_TIME, StoreSpec, VideoResult, check_store, create_store, pack_chunk, store_path
+from shared.store import (DONE, UNKNOWN_TIME, StoreSpec, VideoResult, check_store, create_store, open_store, pack_chunk,
+                          store_path)
 
 __all__ = ['CE_FILES', 'MMT_EXPERTS', 'import_ce', 'import_mmt', 'main']
 
@@ -111,6 +112,19 @@ def write_store(features_root: Path, dataset: str, expert: str, ids: list[str],
     return path
 
 
+def refuse_extracted(features_root: Path, dataset: str, experts: list[str]) -> None:
+    """ValueError when one of the stores an import would write holds features extracted here (not
+    an earlier import): those took hours of GPU time, and an import replaces a store whole."""
+    for expert in experts:
+        path = store_path(features_root, dataset, expert)
+        if not (path / 'zarr.json').is_file():
+            continue
+        model = str(open_store(path, warn_random=False).attrs.get('model', ''))
+        if not model.startswith('imported:'):
+            raise ValueError(f'{path} holds features extracted here ({model}); the import would replace them. '
+                             'Import into another --features-root or as another --dataset, or pass --overwrite')
+
+
 def _read_pickle(path: Path) -> Any:
     with open(path, 'rb') as f:
         return pickle.load(f)  # noqa: S301 - the explicit importer; warned about in main()
@@ -163,8 +177,10 @@ def _write_manifest(data_root: Path, dataset: str, source: str, ids: list[str], 
     return path
 
 
-def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, progress: bool = True) -> list[Path]:
-    """CE's pickles under `root` -> stores + imported.json. Returns the store paths."""
+def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, progress: bool = True,
+              overwrite: bool = False) -> list[Path]:
+    """CE's pickles under `root` -> stores + imported.json. Returns the store paths. Stores of
+    features extracted here are replaced only with `overwrite`."""
     cap_file = next(iter(sorted(root.rglob('raw-captions.pkl'))), None)
     if cap_file is None:
         raise FileNotFoundError(f'no raw-captions.pkl under {root}')
@@ -174,6 +190,8 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
     found = [(f, name) for pattern, name in CE_FILES for f in sorted(root.rglob(pattern))[:1]]
     if not found:
         raise FileNotFoundError(f'no CE feature pickles under {root} (expected e.g. {CE_FILES[0][0]})')
+    if not overwrite:
+        refuse_extracted(features_root, dataset, [name for _, name in found])
     paths = []
     for f, name in tqdm(found, desc='import CE experts', unit='expert', disable=not progress):
         data = _read_pickle(f)
@@ -188,8 +206,9 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
     return paths
 
 
-def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, progress: bool = True) -> list[Path]:
-    """MMT's per-video HDF5 files under `root` -> stores + imported.json."""
+def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, progress: bool = True,
+               overwrite: bool = False) -> list[Path]:
+    """MMT's per-video HDF5 files under `root` -> stores + imported.json (`overwrite`: as `import_ce`)."""
     import h5py
 
     files = sorted(root.glob('*.h5'))
@@ -215,6 +234,8 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
                     if len(times) != len(rows) or not np.isfinite(times).all():
                         times = None
                 per_expert.setdefault(expert, {})[f.stem] = (rows, times)
+    if not overwrite:
+        refuse_extracted(features_root, dataset, [MMT_EXPERTS.get(e, e) for e in per_expert])
     paths = [write_store(features_root, dataset, MMT_EXPERTS.get(e, e), ids, values, 'mmt', f'{root} features.{e}')
              for e, values in per_expert.items()]
     _write_manifest(data_root, dataset, 'mmt', ids, captions, _splits(dataset, ids, captions, root, data_root))
@@ -237,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--dataset', required=True, help='the dataset name to import as (msrvtt, msvd, ...)')
     p.add_argument('--data-root', type=Path, default=data_root_default())
     p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace stores of features extracted here too (earlier imports are always replaced)')
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)
     if not args.root.is_dir():
@@ -247,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                       'releases you trust', stacklevel=1)
     try:
         fn = import_ce if args.source == 'ce' else import_mmt
-        paths = fn(args.root.resolve(), args.dataset, args.data_root, args.features_root, not args.no_progress)
+        paths = fn(args.root.resolve(), args.dataset, args.data_root, args.features_root, not args.no_progress,
+                   args.overwrite)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

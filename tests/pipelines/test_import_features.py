@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.import_features import main as import_main
 from shared.datasets import load_manifest
-from shared.store import UNKNOWN_TIME, open_store, store_path
+from shared.store import UNKNOWN_TIME, StoreSpec, create_store, open_store, store_path
 
 IDS = ['video0', 'video1', 'video2', 'video7']
 
@@ -41,7 +41,7 @@ def _ce_release(root: Path) -> dict[str, dict]:
     return {'scene': scene, 'face': face, 'audio': audio, 'speech': speech}
 
 
-def test_import_ce_pickles(tmp_path: Path) -> None:
+def test_import_ce_pickles(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     release = tmp_path / 'MSRVTT' / 'structured-symlinks'
     truth = _ce_release(release)
     data, feats = tmp_path / 'data', tmp_path / 'features'
@@ -68,6 +68,21 @@ def test_import_ce_pickles(tmp_path: Path) -> None:
     assert (s.train, s.val, s.test) == (('video0', 'video1'), ('video2',), ('video7',))
     with pytest.raises(Exception, match='JSFusion'):
         m.split('1k-A').ids('test')
+    # importing again replaces the imported stores; a store extracted here is kept unless --overwrite
+    args = ['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root', str(data),
+            '--features-root', str(feats), '--no-progress']
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main(args) == 0
+    scene = store_path(feats, 'msrvtt', 'scene')
+    spec = StoreSpec(dataset='msrvtt', expert='scene', feature_dim=4, max_rows=2, model='torchvision:densenet161')
+    create_store(scene, IDS, spec, overwrite=True)
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main(args) == 1
+    assert 'holds features extracted here (torchvision:densenet161)' in capsys.readouterr().err
+    assert open_store(scene).feature_dim == 4  # untouched
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main([*args, '--overwrite']) == 0
+    assert open_store(scene).feature_dim == 2208
 
 
 def test_import_mmt_h5(tmp_path: Path) -> None:
