@@ -23,6 +23,9 @@ __all__ = ['reembed', 'main']
 
 def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
     """Write `path`'s words embedded with `vectors` to `out` (default: replace `path`)."""
+    if out is not None and os.path.lexists(out):
+        raise StoreError(f'{out} exists: the re-embedded store goes to a new path (or leave out --out to replace '
+                         f'{path} itself)')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RandomWeightsWarning)
         src = open_store(path)

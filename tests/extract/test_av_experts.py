@@ -174,6 +174,9 @@ def test_rapidocr_reads_rendered_words(tmp_path: Path) -> None:
     np.testing.assert_allclose(again.rows(0), load_word_vectors(other).lookup('garden')[None], atol=2e-3)
     assert json.loads(again.tokens[0]) == tokens
     assert check_store(store.path).exit_code == 0
+    # --out never replaces an existing store (here: the one being read)
+    assert reembed([str(store.path), '--word-vectors', str(vectors), '--out', str(store.path)]) == 1
+    np.testing.assert_array_equal(open_store(store.path).read().features, again.features)
 
 
 def test_easyocr_without_models_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture,
