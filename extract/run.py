@@ -34,6 +34,7 @@ from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
+from shared.logs import setup_logging
 from shared.store import (DONE, FAILED, ExpertStore, StoreError, StoreSpec, VideoResult, create_store, open_store,
                           pack_chunk, shard_chunks, store_path)
 
@@ -638,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s', handlers=[_BarSafe()])
+    setup_logging()
     try:
         env_shard = _shard_from_env() if args.shard is None or args.num_shards is None else None
         shard = args.shard if args.shard is not None else (env_shard[0] if env_shard else 0)
@@ -675,18 +676,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: the device ran out of memory ({first}); finished chunks are saved. Rerun with a smaller '
               '--batch-size (the CUDA default is 128 frames or 32 clips per forward pass).', file=sys.stderr)
         return 1
-
-
-class _BarSafe(logging.StreamHandler):
-    """Log lines printed above the progress bar, which is then drawn again, instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - as logging.StreamHandler: a broken stream never ends the run
-            self.handleError(record)
 
 
 def _sigterm(signum: int, frame: Any) -> None:

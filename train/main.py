@@ -7,13 +7,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
+from shared.logs import setup_logging
 from shared.store import StoreError
 from train.loop import RunCfg, load_run_cfg, train_run
 from train.metrics import format_results
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--count-params', action='store_true', help='build the model from its config and count parameters')
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    setup_logging()
     try:
         overrides = parse_overrides(args.settings)
         if args.split:
