@@ -381,6 +381,8 @@ def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreS
         raise StoreError('video ids must be unique')
     if overwrite and path.exists():
         shutil.rmtree(path)
+    if path.exists() and not (path / 'zarr.json').is_file():  # what a killed --overwrite leaves, say
+        raise StoreError(f'{path} is there but is no store (no zarr.json): remove it, or rerun with --overwrite')
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'

@@ -109,6 +109,10 @@ def test_reopen_checks_layout(tmp_path: Path) -> None:
     assert create_store(path, W.video_ids(11), W.spec(4), overwrite=True).n_videos == 11
     with pytest.raises(StoreError, match='no expert store'):
         open_store(tmp_path / 'nothing.zarr')
+    (tmp_path / 'half.zarr' / 'features').mkdir(parents=True)  # a deletion cut short
+    with pytest.raises(StoreError, match='no store .* rerun with --overwrite'):
+        create_store(tmp_path / 'half.zarr', W.video_ids(10), W.spec(4))
+    assert create_store(tmp_path / 'half.zarr', W.video_ids(10), W.spec(4), overwrite=True).n_videos == 10
 
 
 @pytest.mark.parametrize('n_chunks,num_shards', [(10, 3), (3, 5), (64, 64), (1, 1), (100, 7)])
