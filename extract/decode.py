@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -152,17 +153,36 @@ def _first_error(err: BaseException) -> str:
 
 
 def precheck(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
-    """What every backend does first: a missing or empty file is an error; audio is read when asked."""
+    """What every backend does first: a missing, empty or unreadable file, or one that is not a
+    regular file (a FIFO would block the decoder for ever), is an error; audio is read when asked."""
     out = DecodedVideo(row)
-    if not os.path.exists(path):
-        out.error = out.audio_error = f'file not found: {path}'
-    elif os.path.getsize(path) == 0:
-        out.error = out.audio_error = 'empty file (0 bytes)'
+    out.error = _not_a_video_file(path)
+    if out.error:
+        out.audio_error = out.error
     elif any(s.kind == 'audio' for s in samplings.values()):
         from shared.media import load_audio
 
         out.audio, out.audio_error = load_audio(path, AUDIO_RATE)
     return out
+
+
+def _not_a_video_file(path: str) -> str:
+    """Why `path` cannot be opened as a video file, before any decoder tries; '' if it may be."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f'file not found: {path}'
+    except OSError as err:
+        return f'cannot read the file: {err.strerror or err}'
+    if stat.S_ISDIR(st.st_mode):
+        return 'a directory, not a video file'
+    if not stat.S_ISREG(st.st_mode):
+        return 'not a regular file (a pipe, socket or device)'
+    if st.st_size == 0:
+        return 'empty file (0 bytes)'
+    if not os.access(path, os.R_OK):
+        return 'cannot read the file: permission denied'
+    return ''
 
 
 def read_frame_times(path: str) -> np.ndarray | str:

@@ -201,6 +201,7 @@ class NvdecPool:
         if not video.error.startswith('NVDEC'):
             return video
         cpu = self._cpu.decode_one(row, path)
+        cpu.seconds += video.seconds  # the attempt on the GPU is part of this file's decoding
         if not cpu.error:
             cpu.note = f'{video.error}; decoded on the CPU instead' + (f' ({cpu.note})' if cpu.note else '')
         return cpu
@@ -230,10 +231,11 @@ class NvdecPool:
             local.stream.synchronize()
         except _Mismatch as err:  # the decoder itself is fine: keep it for the next video
             out.error = f'NVDEC cannot decode this file ({err})'
-            return out
         except Exception as err:  # noqa: BLE001 - NVDEC raises its own types for unsupported input
             local.decoder = None  # a decoder that failed is not reused
             out.error = f'NVDEC cannot decode this file ({_first_error(err)})'
+        if out.error:
+            out.seconds = time.perf_counter() - t0
             return out
         out.frames = frames
         out.duration = float(frame_times[-1, 1])

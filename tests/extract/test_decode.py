@@ -1,6 +1,7 @@
 """Decoding: row plans from real frame timestamps, and decord (with FFmpeg behind it) on real (odd) files."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,15 @@ def test_rotation_odd_size_vfr_and_one_frame(odd_videos: Path) -> None:
 def test_undecodable_files_give_reasons(odd_videos: Path, name: str, reason: str) -> None:
     v = decode_video(3, str(odd_videos / name), SAMPLINGS)
     assert v.row == 3 and v.frames is None and reason in v.error
+
+
+def test_files_that_are_not_regular_files_fail_at_once(tmp_path: Path) -> None:
+    fifo, folder = tmp_path / 'pipe.mp4', tmp_path / 'folder.mp4'
+    os.mkfifo(fifo)  # a decoder opening it would wait for a writer for ever
+    folder.mkdir()
+    assert decode_video(0, str(fifo), SAMPLINGS).error == 'not a regular file (a pipe, socket or device)'
+    v = decode_video(1, str(folder), {**SAMPLINGS, 'a': Sampling('audio')})
+    assert v.error == v.audio_error == 'a directory, not a video file'
 
 
 @pytest.mark.parametrize('name', ['good.mp4', 'rotated.mp4', 'vfr.mp4', 'vp9.webm', 'mpeg4.avi', 'odd_size.mp4',
