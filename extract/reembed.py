@@ -15,8 +15,9 @@ import warnings
 from pathlib import Path
 
 from extract.experts._words import words_result
-from shared.store import DONE, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store, open_store, pack_chunk
-from shared.text import load_word_vectors
+from shared.store import (DONE, ExpertStore, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store,
+                          open_store, pack_chunk)
+from shared.text import WordVectors, load_word_vectors
 
 __all__ = ['reembed', 'main']
 
@@ -41,7 +42,22 @@ def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
                      weights_sha256=a.get('weights_sha256', ''), sampling=a.get('sampling', {}),
                      input_size=a.get('input_size', []), config=config)
     target = out or path.with_name(f'.{path.name}.reembed-{os.getpid()}')
-    dst = create_store(target, list(src.video_ids), spec, overwrite=True)
+    try:
+        _write(src, create_store(target, list(src.video_ids), spec, overwrite=True), wv)
+    except BaseException:  # Ctrl-C included: no half-written store is left behind
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    if out is None:  # swap in place, keeping the old store until the new one is there
+        old = path.with_name(f'.{path.name}.old-{os.getpid()}')
+        os.rename(path, old)
+        os.rename(target, path)
+        shutil.rmtree(old)
+        return path
+    return target
+
+
+def _write(src: ExpertStore, dst: ExpertStore, wv: WordVectors) -> None:
+    """Every chunk of `src` with its tokens embedded by `wv`; failed and pending rows kept as they are."""
     for c in range(src.n_chunks):
         rows = src.chunk_rows(c)
         data = src.read(rows=list(rows))
@@ -55,13 +71,6 @@ def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
                                                    status=int(data.status[i])))
         dst.write_chunk(c, pack_chunk(results, src.max_rows, wv.dim, True))
     dst.consolidate()
-    if out is None:  # swap in place, keeping the old store until the new one is there
-        old = path.with_name(f'.{path.name}.old-{os.getpid()}')
-        os.rename(path, old)
-        os.rename(target, path)
-        shutil.rmtree(old)
-        return path
-    return target
 
 
 def main(argv: list[str] | None = None) -> int:

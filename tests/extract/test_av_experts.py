@@ -177,6 +177,19 @@ def test_rapidocr_reads_rendered_words(tmp_path: Path) -> None:
     # --out never replaces an existing store (here: the one being read)
     assert reembed([str(store.path), '--word-vectors', str(vectors), '--out', str(store.path)]) == 1
     np.testing.assert_array_equal(open_store(store.path).read().features, again.features)
+    # stopped midway (Ctrl-C while writing): the store is as it was, and nothing half-written is left
+    import extract.reembed
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    before = sorted(p.name for p in store.path.parent.iterdir())
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(extract.reembed, 'pack_chunk', stop)
+        with pytest.raises(KeyboardInterrupt):
+            reembed([str(store.path), '--word-vectors', str(vectors)])
+    assert sorted(p.name for p in store.path.parent.iterdir()) == before
+    np.testing.assert_array_equal(open_store(store.path).read().features, again.features)
 
 
 def test_easyocr_without_models_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture,
