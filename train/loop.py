@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from shared.config import ConfigError, load_yaml, to_dict
+from shared.config import ConfigError, from_dict, load_yaml, to_dict
 from shared.datasets import Manifest
 from train.captions import build_caption_encoder
 from train.checkpoints import FROZEN, load_model, save_checkpoint
@@ -203,13 +203,24 @@ def _check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     saved = run_dir / 'config.yaml'
     if not (saved.is_file() and (run_dir / 'checkpoints' / 'last.pt').is_file()):
         return
-    before, now = _flat(yaml.safe_load(saved.read_text()) or {}), _flat(settings)
+    before, now = _flat(_with_defaults(yaml.safe_load(saved.read_text()) or {})), _flat(settings)
     diff = [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in sorted(set(before) | set(now))
             if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
     if diff:
         raise ConfigError(f'{run_dir} holds a run trained with other settings ({"; ".join(diff[:5])}'
                           f'{f"; and {len(diff) - 5} more" if len(diff) > 5 else ""}): rerun with its config to '
                           'resume it, or pass another --run-dir to start a new run')
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config with the settings added to RunCfg since then at their defaults (which
+    keep the earlier behaviour), so that those runs still resume; as saved if it no longer loads."""
+    rest = {k: v for k, v in saved.items() if k != 'seed'}
+    try:
+        full = yaml.safe_load(yaml.safe_dump(to_dict(from_dict(RunCfg, rest)), sort_keys=False))
+    except (ValueError, TypeError):  # ConfigError included: a setting since removed or renamed
+        return saved
+    return {**full, **({'seed': saved['seed']} if 'seed' in saved else {})}
 
 
 def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:

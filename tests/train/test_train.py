@@ -221,6 +221,24 @@ def test_ce_with_gpt_word_features_trains_and_searches(demo_stores: tuple[Path, 
                        '--run-dir', str(run), '--no-progress']) == 0
     assert 'resuming' in capsys.readouterr().out
     assert len((run / 'seed0' / 'metrics.jsonl').read_text().splitlines()) == 3
+    # a run saved before a setting existed resumes where the setting is now at its default (which
+    # kept the behaviour from before it), and only there
+    args = ['--config', str(path), '--data-root', str(data), '--features-root', str(features), '--run-dir', str(run),
+            '--no-progress']
+    current = yaml.safe_load((run / 'seed0' / 'config.yaml').read_text())
+    for drop, resumes in ((('train', 'lr_step_unit'), True), (('train', 'grad_clip'), True),
+                          (('model', 'text', 'finetune'), False)):  # default True; this run has False
+        older = yaml.safe_load(yaml.safe_dump(current))
+        *parents, key = drop
+        node = older
+        for p in parents:
+            node = node[p]
+        del node[key]
+        (run / 'seed0' / 'config.yaml').write_text(yaml.safe_dump(older, sort_keys=False))
+        assert train_main(args) == (0 if resumes else 1), drop
+        out = capsys.readouterr()
+        assert ('resuming' in out.out) if resumes else ('model.text.finetune: True there, False now' in out.err)
+    (run / 'seed0' / 'config.yaml').write_text(yaml.safe_dump(current, sort_keys=False))
     # another learning rate is another run: not resumed into this one
     saved = (run / 'seed0' / 'config.yaml').read_text()
     cfg['train']['lr'] = cfg['train'].get('lr', 0.01) * 2
