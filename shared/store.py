@@ -73,6 +73,9 @@ class StoreSpec:
         sampling: fps, clip length, stride and such.
         input_size: the model's input size.
         config: the full expert config.
+        config_defaults: the defaults of the config's settings (not stored): a setting missing from
+            the config of a store made before it existed stands for its default, so that store is
+            resumed where the run keeps that default.
     """
 
     dataset: str
@@ -87,6 +90,7 @@ class StoreSpec:
     sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
     input_size: list[int] = dataclasses.field(default_factory=list)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    config_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ('feature_dim', 'max_rows', 'chunk_size'):
@@ -340,6 +344,7 @@ def _attrs_for(spec: StoreSpec, n_videos: int) -> dict[str, Any]:
     from shared import __version__
 
     attrs = dataclasses.asdict(spec)
+    del attrs['config_defaults']
     attrs.update(schema_version=SCHEMA_VERSION, n_videos=n_videos, code_version=__version__,
                  created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'))
     return json.loads(json.dumps(attrs))  # fail early on values JSON cannot hold
@@ -409,13 +414,16 @@ def _check_compatible(store: ExpertStore, video_ids: Sequence[str], spec: StoreS
     speed = ('batch_size', 'cuda_graph')
     ours = {k: v for k, v in json.loads(json.dumps(spec.config)).items() if k not in speed}
     theirs = {k: v for k, v in a.get('config', {}).items() if k not in speed}
+    older = {k: v for k, v in json.loads(json.dumps(spec.config_defaults)).items() if k in ours and k not in theirs}
     for k in sorted(set(ours) | set(theirs)):
-        if ours.get(k) != theirs.get(k) and k not in want:
-            diff[f'config.{k}'] = (theirs.get(k), ours.get(k))
+        if ours.get(k) != theirs.get(k, older.get(k)) and k not in want:
+            diff[f'config.{k}'] = (theirs.get(k, older.get(k)), ours.get(k))
     if store.has_tokens != spec.has_tokens:
         diff['has_tokens'] = (store.has_tokens, spec.has_tokens)
     if diff:
-        detail = ', '.join(f'{k}: store has {x!r}, run wants {y!r}' for k, (x, y) in diff.items())
+        implied = {f'config.{k}' for k in older}
+        detail = ', '.join(f'{k}: store has {x!r}{" (made before this setting: its default)" if k in implied else ""}, '
+                           f'run wants {y!r}' for k, (x, y) in diff.items())
         raise StoreError(f'{store.path} exists with other settings ({detail}); remove it or rerun with '
                          '--overwrite to start again')
     ids = store.video_ids

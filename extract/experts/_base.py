@@ -222,7 +222,9 @@ class Expert:
                 'sampling': {'kind': self.cfg.sampling, 'fps': self.cfg.fps, 'clip_len': self.cfg.clip_len,
                              'clip_fps': self.cfg.clip_fps},
                 'input_size': [self.cfg.input_size] if self.cfg.input_size else list(self.cfg.resize),
-                'config': dataclasses.asdict(self.cfg)}
+                'config': dataclasses.asdict(self.cfg),
+                'config_defaults': {f.name: f.default for f in dataclasses.fields(self.cfg)
+                                    if f.default is not dataclasses.MISSING}}
 
 
 @dataclasses.dataclass

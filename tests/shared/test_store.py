@@ -106,6 +106,12 @@ def test_reopen_checks_layout(tmp_path: Path) -> None:
     # settings that change only the speed resume a store made without them
     assert create_store(path, W.video_ids(10), dataclasses.replace(W.spec(4), config={'batch_size': 7,
                                                                                      'cuda_graph': True})).n_videos == 10
+    # a setting added since the store was made: resumed at its default, refused at another value
+    newer = dataclasses.replace(W.spec(4), config={'max_words': 20}, config_defaults={'max_words': 20, 'fps': 1.0})
+    assert create_store(path, W.video_ids(10), newer).n_videos == 10
+    assert 'config_defaults' not in open_store(path, warn_random=False).attrs
+    with pytest.raises(StoreError, match=r"config.max_words: store has 20 \(made before this setting: its default\), run wants 30"):
+        create_store(path, W.video_ids(10), dataclasses.replace(newer, config={'max_words': 30}))
     assert create_store(path, W.video_ids(11), W.spec(4), overwrite=True).n_videos == 11
     with pytest.raises(StoreError, match='no expert store'):
         open_store(tmp_path / 'nothing.zarr')
