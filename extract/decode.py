@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'plan_frames', 'row_plans', 'precheck',
-           'read_frame_times', 'decode_video', 'DecodePool', 'decode_short_side', 'DECODERS', 'choose_decoder',
-           'memory_limit', 'ahead', 'spread']
+           'read_frame_times', 'index_video', 'decode_video', 'DecodePool', 'decode_short_side', 'DECODERS',
+           'choose_decoder', 'memory_limit', 'ahead', 'spread']
 
 DECODERS = ('auto', 'decord', 'nvdec')
 #: every audio expert (VGGish, whisper) takes 16 kHz mono
@@ -91,6 +91,7 @@ class DecodedVideo:
     seconds: float = 0.0
     audio: np.ndarray | None = None  # mono float32 at AUDIO_RATE; None: no audio stream (or audio_error)
     audio_error: str = ''
+    frame_times: np.ndarray | None = None  # (N, 2) seconds of every frame: from `index_video` only
 
     @property
     def nbytes(self) -> int:
@@ -201,6 +202,15 @@ def read_frame_times(path: str) -> np.ndarray | str:
         return f"decord's frame times are wrong here ({wrong})" if wrong else _repair_times(times)
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
         return f'cannot open video: {_first_error(err)}'
+
+
+def index_video(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+    """`read_frame_times` as a `DecodePool` work function: the NVDEC backend's helper processes
+    read each file's frame times this way, with the pool's time limit and crash handling."""
+    times = read_frame_times(path)
+    if isinstance(times, str):
+        return DecodedVideo(row, error=times)
+    return DecodedVideo(row, frame_times=times)
 
 
 def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: int = 1) -> DecodedVideo:
@@ -534,7 +544,7 @@ class DecodePool:
         """Decoded videos for (row, path) items, in the order given."""
         if self.workers == 0:
             for row, path in items:
-                yield decode_video(row, path, self.samplings, threads=0)
+                yield self._here(row, path)
             return
         queue: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
         todo = iter(items)
@@ -563,7 +573,7 @@ class DecodePool:
         process died, or that was in flight when another one was failed, goes to `_alone`.
         """
         if self.workers == 0:
-            return decode_video(row, path, self.samplings, threads=0)
+            return self._here(row, path)
         with self._lock:
             if self._stopped:
                 return DecodedVideo(row, error='decoding was stopped')
@@ -588,6 +598,12 @@ class DecodePool:
                                   lambda: _kill_processes(solo))
             except cf.process.BrokenProcessPool:
                 return DecodedVideo(row, error='the decoder process crashed on this video')
+
+    def _here(self, row: int, path: str) -> DecodedVideo:
+        """`work` in the calling process (`workers=0`); decord then takes as many threads as it likes."""
+        if self.work is decode_video:
+            return decode_video(row, path, self.samplings, threads=0)
+        return self.work(row, path, self.samplings)
 
     def _wait(self, row: int, path: str, future: cf.Future, kill: Callable[[], None]) -> DecodedVideo:
         """`future`'s video, or a failed one (and `kill` called) once it took longer than the file's limit."""

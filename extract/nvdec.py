@@ -19,18 +19,16 @@ import collections
 import concurrent.futures as cf
 import functools
 import math
-import multiprocessing
 import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, Sampling, _first_error, _kill_processes,
-                            _resize_dims, _worker_init, ahead, decode_short_side, plan_frames, precheck, prefetch,
-                            read_frame_times, row_plans)
+from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, Sampling, _first_error, _resize_dims,
+                            ahead, decode_short_side, index_video, plan_frames, precheck, prefetch, row_plans)
 
 __all__ = ['NvdecPool', 'nvdec_available', 'display_rotation']
 
@@ -154,11 +152,9 @@ class NvdecPool:
         self._pool: cf.ThreadPoolExecutor | None = None
         # files NVDEC cannot decode, handed over by the decode threads: at most one each at a time
         self._cpu = DecodePool(samplings, workers=self.threads)
-        self._timing_workers = timing_workers
-        self._timing = self._timing_pool()
-        self._timing_lock = threading.Lock()
-        #: what the timing processes run for one file (a module-level function: sent by name)
-        self.index_work: Callable[[str], np.ndarray | str] = read_frame_times
+        # decord processes that read each file's frame times (its index: no decoding)
+        self._timing = DecodePool({}, workers=max(1, timing_workers))
+        self._timing.work = index_video
 
     def __enter__(self) -> NvdecPool:
         return self
@@ -167,15 +163,14 @@ class NvdecPool:
         self.close(kill=exc[0] is not None)
 
     def close(self, kill: bool = False) -> None:
-        if kill:  # decode threads waiting for the CPU processes return at once
+        if kill:  # decode threads waiting for the CPU or timing processes return at once
             self._cpu.close(kill=True)
+            self._timing.close(kill=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._cpu.close(kill=kill)
-        if kill:
-            _kill_processes(self._timing)
-        self._timing.shutdown(wait=not kill, cancel_futures=True)
+        self._timing.close(kill=kill)
 
     def imap(self, items: Sequence[tuple[int, str]]) -> Iterator[DecodedVideo]:
         """Decoded videos for (row, path) items, in the order given."""
@@ -243,34 +238,12 @@ class NvdecPool:
         out.seconds = time.perf_counter() - t0
         return out
 
-    def _timing_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(self._timing_workers, mp_context=multiprocessing.get_context('spawn'),
-                                      initializer=_worker_init)
-
     def _frame_times(self, path: str) -> np.ndarray | str:
         """decord's frame times of `path` from a timing process, or why there are none. A file
         that hangs or crashes that process gets a reason (the CPU path then tries it and gives its
-        own), and the timing processes are replaced, so later files are not held up."""
-        with self._timing_lock:  # submitted under the lock: another thread may replace the pool
-            timing = self._timing
-            try:
-                future = timing.submit(self.index_work, path)
-            except cf.process.BrokenProcessPool:
-                future = None
-        try:
-            if future is not None:
-                return future.result(timeout=self._cpu._limit(path))
-            reason = 'the process reading its frame index died (another file read at the same time)'
-        except cf.TimeoutError:
-            reason = 'reading its frame index took too long'
-        except cf.process.BrokenProcessPool:
-            reason = 'the process reading its frame index died (this file, or another one read at the same time)'
-        with self._timing_lock:
-            if self._timing is timing:  # not yet replaced by another decode thread
-                _kill_processes(timing)
-                timing.shutdown(wait=False, cancel_futures=True)
-                self._timing = self._timing_pool()
-        return reason
+        own), as `DecodePool` fails such a file, and later files are indexed by fresh processes."""
+        video = self._timing.decode_one(0, path)
+        return video.frame_times if video.frame_times is not None else video.error or 'no frame times'
 
     def _decode_frames(self, local: _Thread, path: str, frame_times: np.ndarray, rotation: int):
         """The needed frames in display orientation at the decode size, and every expert's rows.

@@ -6,9 +6,7 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from extract.decode import DecodedVideo, Sampling, decode_video, read_frame_times
+from extract.decode import DecodedVideo, Sampling, decode_video, index_video
 
 
 def decode_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
@@ -19,10 +17,10 @@ def decode_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> Deco
     return decode_video(row, path, samplings)
 
 
-def frame_times_or_crash(path: str) -> np.ndarray | str:
-    """`read_frame_times`, with crash.* and hang.* as in `decode_or_crash`."""
+def index_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+    """`index_video`, with crash.* and hang.* as in `decode_or_crash`."""
     if Path(path).stem == 'crash':
         os._exit(3)
     if Path(path).stem == 'hang':
         time.sleep(3600)
-    return read_frame_times(path)
+    return index_video(row, path, samplings)

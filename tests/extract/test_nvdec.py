@@ -59,26 +59,23 @@ def test_frame_index_processes_survive_a_crash_and_a_hang(odd_videos: Path, tmp_
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The NVDEC path's decord timing processes (no GPU needed for this part): a file that kills
     or hangs one gets a reason, and the next file is indexed by fresh processes."""
-    import threading
-
     from extract import decode
     from extract.decode import read_frame_times
-    from tests.extract._crash import frame_times_or_crash
+    from tests.extract._crash import index_or_crash
 
     monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', 0.0)
     good = str(odd_videos / 'good.mp4')
     for name in ('crash.mp4', 'hang.mp4'):
         (tmp_path / name).write_bytes((odd_videos / 'good.mp4').read_bytes())
     pool = NvdecPool.__new__(NvdecPool)  # the timing side only: __init__ needs a CUDA device
-    pool._timing_workers, pool._timing_lock, pool.index_work = 1, threading.Lock(), frame_times_or_crash
-    pool._timing, pool._cpu = pool._timing_pool(), DecodePool(SAMPLINGS, timeout=2.0)
-    try:
-        assert pool._frame_times(str(tmp_path / 'crash.mp4')).startswith('the process reading its frame index died')
+    pool._timing = DecodePool({}, workers=1, timeout=2.0)
+    pool._timing.work = index_or_crash
+    with pool._timing:
+        assert pool._frame_times(str(tmp_path / 'crash.mp4')) == 'the decoder process crashed on this video'
         np.testing.assert_array_equal(pool._frame_times(good), read_frame_times(good))
-        assert pool._frame_times(str(tmp_path / 'hang.mp4')) == 'reading its frame index took too long'
+        assert pool._frame_times(str(tmp_path / 'hang.mp4')).startswith('decoding took longer than 2 s')
         np.testing.assert_array_equal(pool._frame_times(good), read_frame_times(good))
-    finally:
-        pool._timing.shutdown(wait=False, cancel_futures=True)
+        assert pool._frame_times(str(odd_videos / 'text.mp4')).startswith('cannot open video')
 
 
 @gpu
