@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
@@ -31,6 +33,12 @@ def config_path(model: str, dataset: str, split: str | None) -> Path:
         p = CONFIG_DIR / f'{name.replace("-", "_").lower()}.yaml'
         if p.is_file():
             return p
+    stem = f'{model}_{dataset}_'.replace('-', '_').lower()
+    splits = sorted(str((yaml.safe_load(p.read_text()) or {}).get('data', {}).get('split', p.stem[len(stem):]))
+                    for p in CONFIG_DIR.glob(f'{stem}*.yaml'))
+    if splits:  # the dataset has configs per split: say which
+        raise ConfigError(f'model {model} on {dataset} has a config per split{f" (not {split})" if split else ""}: '
+                          f'pass --split {" | ".join(splits)} (make: SPLIT=...), or --config FILE')
     known = sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))
     raise ConfigError(f'no config for model {model} on {dataset}{" " + split if split else ""} in {CONFIG_DIR} '
                       f'(known: {", ".join(known)}); pass --config FILE')

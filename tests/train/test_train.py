@@ -154,6 +154,8 @@ def test_count_params_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert 'epoks' in capsys.readouterr().err
     assert train_main(['--model', 'mmt', '--dataset', 'msvd']) == 1
     assert 'no config for model mmt on msvd' in capsys.readouterr().err
+    assert train_main(['--model', 'ce', '--dataset', 'msrvtt']) == 1  # a config per split: the split names
+    assert 'has a config per split: pass --split 1k-A | 1k-B | full' in capsys.readouterr().err
     assert train_main(['--model', 'ce', '--dataset', 'demo', '--device', 'gpu0']) == 1
     assert '--device gpu0: not a device' in capsys.readouterr().err
 
