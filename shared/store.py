@@ -506,6 +506,9 @@ class CheckReport:
         finished = n - c.get('pending', 0)
         weights = a.get('weights', '?')
         weights = 'RANDOM (not meaningful features)' if weights == 'random' else weights
+        if not a:  # not opened as a store: nothing but the problem to report
+            return '\n'.join([f'store     {self.path}', *(f'PROBLEM   {p}' for p in self.problems[:10]),
+                              'result    INVALID'])
         lines = [
             f'store     {self.path}',
             f'expert    {a.get("expert", "?")} on {a.get("dataset", "?")}: model {a.get("model") or "?"}, '

@@ -217,7 +217,9 @@ def test_check_cli_exit_codes(tmp_path: Path, python: str, subprocess_env: dict)
         store.write_chunk(c, pack_chunk([W.result_for(r) for r in store.chunk_rows(c)], W.MAX_ROWS, W.DIM, True))
     ok = _check_cli(python, subprocess_env, path)
     assert ok.returncode == 0 and 'VALID, COMPLETE' in ok.stdout
-    assert _check_cli(python, subprocess_env, tmp_path / 'missing.zarr').returncode == 1
+    missing = _check_cli(python, subprocess_env, tmp_path / 'missing.zarr')
+    assert missing.returncode == 1 and missing.stdout.splitlines()[1:] == [
+        f'PROBLEM   no expert store at {tmp_path / "missing.zarr"} (no zarr.json)', 'result    INVALID']
 
 
 def test_torn_status_chunk_reads_as_pending(tmp_path: Path) -> None:
