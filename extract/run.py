@@ -389,7 +389,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
             chunk_results = _existing(stores[e.name], chunk.rows) if len(redo) < len(chunk.rows) else {}
             for r in redo:
                 done = chunk.results[e.name].get(r)
-                chunk_results[r] = done if done is not None else VideoResult(feats[r], chunk.stamps[e.name][r], DONE)
+                done = done if done is not None else VideoResult(feats[r], chunk.stamps[e.name][r], DONE)
+                chunk_results[r] = _storable(done, e.cfg.feature_dim)
             ordered = [chunk_results[r] for r in chunk.rows]
             packed[e.name] = pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, e.has_tokens)
             _count(tallies[e.name], ordered, redo, chunk.rows, manifest.video_ids)
@@ -539,6 +540,21 @@ def _host(frames: Any, index: np.ndarray) -> np.ndarray:
     if isinstance(frames, np.ndarray):
         return frames[index]
     return frames[np.ascontiguousarray(index)].cpu().numpy()
+
+
+def _storable(result: VideoResult, dim: int) -> VideoResult:
+    """`result`, or a failed one where the store cannot hold its features (NaN, inf, beyond
+    float16): one such video would otherwise stop the run at its chunk, at every rerun."""
+    if result.status != DONE or not len(result.features):
+        return result
+    feats = np.asarray(result.features, np.float32)
+    if not (np.isfinite(feats).all() and np.isfinite(np.asarray(result.timestamps, np.float32)).all()):
+        return VideoResult.failed('the model gave NaN or inf features', dim)
+    largest = float(np.abs(feats).max())
+    if largest > float(np.finfo(np.float16).max):
+        return VideoResult.failed(f'features beyond the range of float16, which the store holds (largest |value| '
+                                  f'{largest:.3g})', dim)
+    return result
 
 
 def _guarded(expert: Any, inputs: Any) -> VideoResult:

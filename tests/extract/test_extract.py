@@ -210,6 +210,31 @@ def test_a_full_disk_is_one_line_and_the_rerun_continues(small_demo: Path, tmp_p
     _same(store, tmp_path / 'whole' / 'demo' / 'scene.zarr')
 
 
+def test_nan_or_huge_features_fail_their_video_not_the_run(small_demo: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Features a store cannot hold (NaN, inf, beyond float16) used to stop the run at its chunk,
+    at every rerun; now that video fails with the reason."""
+    from extract.run import _Batcher
+
+    real = _Batcher.collect
+
+    def poisoned(self: _Batcher, rows: object) -> dict[int, np.ndarray]:
+        out = real(self, rows)
+        if 0 in out:
+            out[0][0, 0] = np.nan
+        if 3 in out:
+            out[3][-1, 1] = 1e6
+        return out
+
+    monkeypatch.setattr(_Batcher, 'collect', poisoned)
+    assert _run(small_demo.parent, tmp_path, 'scene') == 0
+    rows = open_store(tmp_path / 'demo' / 'scene.zarr', warn_random=False).read()
+    assert rows.status[0] == rows.status[3] == FAILED and (rows.status[[1, 2, 4]] == DONE).all()
+    assert rows.errors[0] == 'the model gave NaN or inf features'
+    assert rows.errors[3] == 'features beyond the range of float16, which the store holds (largest |value| 1e+06)'
+    assert not rows.available[[0, 3]].any() and rows.available[[1, 2, 4]].all()
+
+
 @pytest.mark.slow
 def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_path: Path, python: str,
                                                      subprocess_env: dict, repo_root: Path) -> None:
