@@ -17,25 +17,110 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import functools
 import math
 import os
+import queue
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, Sampling, _first_error, _resize_dims,
                             ahead, decode_short_side, index_video, plan_frames, precheck, prefetch, row_plans)
 
-__all__ = ['NvdecPool', 'nvdec_available', 'display_rotation']
+__all__ = ['NvdecPool', 'DecoderStalled', 'nvdec_available', 'display_rotation']
 
 #: largest frame the reused decoder is configured for; larger videos get a session of their own
 MAX_WIDTH, MAX_HEIGHT = 4096, 4096
 #: frames fetched from the decoder at once (at 1080p: 200 MB as RGB bytes, 800 MB as floats to resize)
 PIECE = 32
+#: a decode thread still busy with one file after this many times the CPU path's limit for that
+#: file (which covers reading its frame times, then maybe decoding it on the CPU) is taken to hang
+#: in NVDEC: the file fails, and a new thread takes the place of the one left behind
+HANG_FACTOR = 3
+#: decode threads left behind after which the run stops: NVDEC no longer answers
+MAX_LEFT_BEHIND = 2
+
+
+class DecoderStalled(RuntimeError):
+    """NVDEC hung on one file after another: the run cannot go on with it."""
+
+
+class _DecodeThreads:
+    """Daemon threads that run `work(row, path)` for submitted files, oldest first.
+
+    Not a ThreadPoolExecutor: its threads are joined when the interpreter exits, so one that
+    hangs in a driver call would keep a finished or stopped run from ever exiting. A thread left
+    behind (`leave`) gets no more work, and a new one takes its place.
+    """
+
+    def __init__(self, n: int, work: Callable[[int, str], DecodedVideo]) -> None:
+        self._work = work
+        self._tasks: queue.SimpleQueue[tuple[cf.Future, int, str] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._busy: dict[cf.Future, threading.Thread] = {}  # running tasks and their threads
+        self._left: set[threading.Thread] = set()
+        self._threads = [self._start() for _ in range(n)]
+
+    def _start(self) -> threading.Thread:
+        t = threading.Thread(target=self._loop, name='nvdec', daemon=True)
+        t.start()
+        return t
+
+    def _loop(self) -> None:
+        me = threading.current_thread()
+        while (task := self._tasks.get()) is not None:
+            future, row, path = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            with self._lock:
+                self._busy[future] = me
+            try:
+                future.set_result(self._work(row, path))
+            except BaseException as err:  # noqa: BLE001 - handed to the consumer
+                future.set_exception(err)
+            with self._lock:
+                self._busy.pop(future, None)
+                if me in self._left:
+                    return
+
+    def submit(self, row: int, path: str) -> cf.Future:
+        future: cf.Future = cf.Future()
+        self._tasks.put((future, row, path))
+        return future
+
+    def leave(self, future: cf.Future) -> None:
+        """Give up on the thread running `future` (it hangs): a new thread replaces it."""
+        with self._lock:
+            thread = self._busy.pop(future, None)
+            if thread is None:  # not started yet (every thread busy): it never will
+                future.cancel()
+                return
+            if thread in self._left:
+                return
+            self._left.add(thread)
+            self._threads.remove(thread)
+            self._threads.append(self._start())
+
+    def shutdown(self, wait: bool) -> None:
+        """Cancel the files not started, stop the threads once their file is done; `wait` for
+        them (a stopped run waits at most a minute: a file in NVDEC may hang)."""
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[0].cancel()
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._tasks.put(None)
+        deadline = time.monotonic() + (math.inf if wait else 60.0)
+        for t in threads:
+            t.join(timeout=None if wait else max(0.0, deadline - time.monotonic()))
 
 
 def nvdec_available() -> str:
@@ -149,7 +234,8 @@ class NvdecPool:
         self.max_bytes = int(PREFETCH_MEMORY_SHARE * torch.cuda.get_device_properties(self.device).total_memory)
         self._consumer = torch.cuda.current_stream(self.device)
         self._local = _Thread()
-        self._pool: cf.ThreadPoolExecutor | None = None
+        self._pool: _DecodeThreads | None = None
+        self._left_behind = 0  # decode threads given up on (hung in NVDEC)
         # files NVDEC cannot decode, handed over by the decode threads: at most one each at a time
         self._cpu = DecodePool(samplings, workers=self.threads)
         # decord processes that read each file's frame times (its index: no decoding)
@@ -167,7 +253,7 @@ class NvdecPool:
             self._cpu.close(kill=True)
             self._timing.close(kill=True)
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=not kill)
             self._pool = None
         self._cpu.close(kill=kill)
         self._timing.close(kill=kill)
@@ -175,18 +261,32 @@ class NvdecPool:
     def imap(self, items: Sequence[tuple[int, str]]) -> Iterator[DecodedVideo]:
         """Decoded videos for (row, path) items, in the order given."""
         if self._pool is None:
-            self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix='nvdec')
-        queue: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
+            self._pool = _DecodeThreads(self.threads, self._gpu_or_cpu)
+        waiting: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
         todo = iter(items)
-        submit = functools.partial(self._pool.submit, self._gpu_or_cpu)
         largest = 0  # bytes of the largest decoded video so far
-        prefetch(queue, todo, ahead(largest, self.threads, self.depth, self.max_bytes), submit)
-        while queue:
-            future = queue.popleft()[2]
-            video = future.result()
+        prefetch(waiting, todo, ahead(largest, self.threads, self.depth, self.max_bytes), self._pool.submit)
+        while waiting:
+            video = self._result(*waiting.popleft())
             largest = max(largest, video.nbytes)
-            prefetch(queue, todo, ahead(largest, self.threads, self.depth, self.max_bytes), submit)
+            prefetch(waiting, todo, ahead(largest, self.threads, self.depth, self.max_bytes), self._pool.submit)
             yield video
+
+    def _result(self, row: int, path: str, future: cf.Future) -> DecodedVideo:
+        """The decoded video, or a failed one where its decode thread hangs (that thread is left
+        behind); `DecoderStalled` once more than `MAX_LEFT_BEHIND` threads hung."""
+        limit = HANG_FACTOR * self._cpu._limit(path)
+        try:
+            return future.result(timeout=limit)
+        except cf.TimeoutError:
+            assert self._pool is not None
+            self._pool.leave(future)
+            self._left_behind += 1
+        if self._left_behind > MAX_LEFT_BEHIND:
+            raise DecoderStalled(f'NVDEC hung on {self._left_behind} files (the last: {path}); finished chunks '
+                                 'are saved: rerun with --decoder decord')
+        return DecodedVideo(row, error=f'NVDEC took longer than {limit:.0f} s on this file and was left behind '
+                                       '(it may hang on it)')
 
     def _gpu_or_cpu(self, row: int, path: str) -> DecodedVideo:
         """`decode`, and where NVDEC cannot decode the file, a CPU worker process (decord, else

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, cpu_limit, spread
+from extract.nvdec import DecoderStalled
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
@@ -670,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError('--weights PATH needs a single --expert (use --set EXPERT.weights=PATH for several)')
         signal.signal(signal.SIGTERM, _sigterm)
         return run(opts)
-    except (DatasetError, StoreError, WeightsError, ConfigError, KeyError, ValueError) as err:
+    except (DatasetError, StoreError, WeightsError, ConfigError, KeyError, ValueError, DecoderStalled) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f'error: {msg}', file=sys.stderr)
         return 1

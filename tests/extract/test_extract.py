@@ -448,6 +448,23 @@ def test_out_of_memory_is_one_line_with_advice(small_demo: Path, tmp_path: Path,
     assert 'Tried to allocate 2.00 GiB' in err and '--batch-size' in err and 'Traceback' not in err
 
 
+def test_a_stalled_decoder_is_one_line(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from extract import run
+    from extract.nvdec import DecoderStalled
+
+    class Stalled(run.DecodePool):
+        def imap(self, items: object) -> object:
+            raise DecoderStalled('NVDEC hung on 3 files (the last: x.mp4); finished chunks are saved: rerun with '
+                                 '--decoder decord')
+            yield
+
+    monkeypatch.setattr(run, 'DecodePool', Stalled)
+    assert _run(small_demo.parent, tmp_path, 'scene') == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: NVDEC hung on 3 files') and 'Traceback' not in err, err
+
+
 @pytest.mark.slow
 def test_benchmark_command_reports_every_measurement(small_demo: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:

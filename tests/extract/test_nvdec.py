@@ -5,6 +5,7 @@ runs in a worker process there: the two libraries' FFmpeg builds must not share 
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,43 @@ def test_frame_index_processes_survive_a_crash_and_a_hang(odd_videos: Path, tmp_
         assert pool._frame_times(str(tmp_path / 'hang.mp4')).startswith('decoding took longer than 2 s')
         np.testing.assert_array_equal(pool._frame_times(good), read_frame_times(good))
         assert pool._frame_times(str(odd_videos / 'text.mp4')).startswith('cannot open video')
+
+
+def test_a_decode_thread_that_hangs_is_left_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NVDEC pool's threads (no GPU needed for this part): a file whose decode never returns
+    fails after the time limit, the next files are decoded by a new thread, in order, and the run
+    stops once more than MAX_LEFT_BEHIND threads hung. The hung threads never block the exit."""
+    import threading
+
+    from extract import decode, nvdec
+    from extract.decode import DecodedVideo
+
+    monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', 0.0)
+    release = threading.Event()
+
+    def fake_decode(row: int, path: str) -> DecodedVideo:
+        if path.startswith('hang'):
+            release.wait()
+        return DecodedVideo(row, note=f'{path} in {threading.current_thread().name}')
+
+    pool = NvdecPool.__new__(NvdecPool)  # the threads only: __init__ needs a CUDA device
+    pool.threads, pool.depth, pool.max_bytes, pool._pool, pool._left_behind = 2, 4, 1 << 30, None, 0
+    pool._cpu, pool._gpu_or_cpu = DecodePool({}, workers=1, timeout=0.2), fake_decode  # a limit of 3 x 0.2 s
+    names = ['a', 'hang1', 'b', 'c', 'hang2', 'd', 'hang3', 'e']
+    got = pool.imap(list(enumerate(names)))
+    try:
+        first = [next(got) for _ in range(6)]
+        assert [v.row for v in first] == list(range(6))
+        assert [bool(v.error) for v in first] == [False, True, False, False, True, False]
+        assert first[1].error == 'NVDEC took longer than 1 s on this file and was left behind (it may hang on it)'
+        assert pool._left_behind == 2 and len(pool._pool._threads) == 2  # replaced
+        with pytest.raises(nvdec.DecoderStalled, match='NVDEC hung on 3 files .*hang3.*--decoder decord'):
+            next(got)
+        t0 = time.perf_counter()
+        pool._pool.shutdown(wait=False)  # the two live threads stop; the three hung ones are not waited for
+        assert time.perf_counter() - t0 < 5
+    finally:
+        release.set()
 
 
 @gpu
