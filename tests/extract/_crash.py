@@ -9,18 +9,19 @@ from pathlib import Path
 from extract.decode import DecodedVideo, Sampling, decode_video, index_video
 
 
-def decode_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+def _crash_or_hang(path: str) -> None:
     if Path(path).stem == 'crash':
         os._exit(3)
     if Path(path).stem == 'hang':
         time.sleep(3600)
+
+
+def decode_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+    _crash_or_hang(path)
     return decode_video(row, path, samplings)
 
 
 def index_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
     """`index_video`, with crash.* and hang.* as in `decode_or_crash`."""
-    if Path(path).stem == 'crash':
-        os._exit(3)
-    if Path(path).stem == 'hang':
-        time.sleep(3600)
+    _crash_or_hang(path)
     return index_video(row, path, samplings)
