@@ -36,8 +36,8 @@ from shared.config import ConfigError, data_root_default, features_root_default,
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.logs import setup_logging
-from shared.store import (DONE, FAILED, ExpertStore, StoreError, StoreSpec, VideoResult, create_store, open_store,
-                          pack_chunk, shard_chunks, store_path)
+from shared.store import (DONE, FAILED, ChunkData, ExpertStore, StoreError, StoreSpec, VideoResult, create_store,
+                          open_store, pack_chunk, shard_chunks, store_path)
 
 __all__ = ['RunOptions', 'build_experts', 'run', 'main', 'open_stores']
 
@@ -390,11 +390,10 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
             chunk_results = _existing(stores[e.name], chunk.rows) if len(redo) < len(chunk.rows) else {}
             for r in redo:
                 done = chunk.results[e.name].get(r)
-                done = done if done is not None else VideoResult(feats[r], chunk.stamps[e.name][r], DONE)
-                chunk_results[r] = _storable(done, e.cfg.feature_dim)
+                chunk_results[r] = done if done is not None else VideoResult(feats[r], chunk.stamps[e.name][r], DONE)
             ordered = [chunk_results[r] for r in chunk.rows]
-            packed[e.name] = pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, e.has_tokens)
-            _count(tallies[e.name], ordered, redo, chunk.rows, manifest.video_ids)
+            packed[e.name] = pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, e.has_tokens, fail_unstorable=True)
+            _count(tallies[e.name], packed[e.name], redo, chunk.rows, manifest.video_ids)
         for name, arrays in packed.items():
             writes.append(writer.submit(stores[name].write_chunk, chunk.index, arrays))
         chunk.written = True
@@ -543,21 +542,6 @@ def _host(frames: Any, index: np.ndarray) -> np.ndarray:
     return frames[np.ascontiguousarray(index)].cpu().numpy()
 
 
-def _storable(result: VideoResult, dim: int) -> VideoResult:
-    """`result`, or a failed one where the store cannot hold its features (NaN, inf, beyond
-    float16): one such video would otherwise stop the run at its chunk, at every rerun."""
-    if result.status != DONE or not len(result.features):
-        return result
-    feats = np.asarray(result.features, np.float32)
-    if not (np.isfinite(feats).all() and np.isfinite(np.asarray(result.timestamps, np.float32)).all()):
-        return VideoResult.failed('the model gave NaN or inf features', dim)
-    largest = float(np.abs(feats).max())
-    if largest > float(np.finfo(np.float16).max):
-        return VideoResult.failed(f'features beyond the range of float16, which the store holds (largest |value| '
-                                  f'{largest:.3g})', dim)
-    return result
-
-
 def _guarded(expert: Any, inputs: Any) -> VideoResult:
     """A per-video expert's result; an exception inside it fails this video, not the run."""
     try:
@@ -569,16 +553,18 @@ def _guarded(expert: Any, inputs: Any) -> VideoResult:
         return VideoResult.failed(f'{expert.name} failed: {type(err).__name__}: {err}'[:300], expert.cfg.feature_dim)
 
 
-def _count(t: _Tally, ordered: list[VideoResult], redo: list[int], rows: range, ids: tuple[str, ...]) -> None:
-    for r, res in zip(rows, ordered):
+def _count(t: _Tally, packed: ChunkData, redo: list[int], rows: range, ids: tuple[str, ...]) -> None:
+    """Add the redone videos of a chunk, as stored, to the tally."""
+    for i, r in enumerate(rows):
         if r not in redo:
             continue
-        t.done += res.status == DONE
-        t.failed += res.status == FAILED
-        t.skipped += res.status not in (DONE, FAILED)
-        t.available += res.status == DONE and len(res.features) > 0
-        if res.status == FAILED:
-            t.errors.append(f'{ids[r]}: {res.error}')
+        status = int(packed.status[i])
+        t.done += status == DONE
+        t.failed += status == FAILED
+        t.skipped += status not in (DONE, FAILED)
+        t.available += bool(packed.available[i])
+        if status == FAILED:
+            t.errors.append(f'{ids[r]}: {packed.errors[i]}')
 
 
 def _finish(stores: dict[str, ExpertStore]) -> None:

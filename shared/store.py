@@ -175,11 +175,14 @@ def shard_chunks(n_chunks: int, shard: int, num_shards: int) -> range:
     return range(start, start + base + (1 if shard < extra else 0))
 
 
-def pack_chunk(results: Sequence[VideoResult], max_rows: int, dim: int, has_tokens: bool) -> ChunkData:
+def pack_chunk(results: Sequence[VideoResult], max_rows: int, dim: int, has_tokens: bool,
+               fail_unstorable: bool = False) -> ChunkData:
     """Pack per-video results into chunk arrays, enforcing the store's rules.
 
-    Unavailable rows get length 0 and zero features; NaN/inf or too many rows are an error
-    of the caller (StoreError), never written.
+    Unavailable rows get length 0 and zero features; too many rows are an error of the caller
+    (StoreError), never written. So are features or times the store cannot hold (NaN, inf,
+    beyond float16), unless `fail_unstorable`: then that video is stored as failed, with the
+    reason (an extraction goes on; one such video would otherwise stop it at every rerun).
     """
     n = len(results)
     chunk = ChunkData(
@@ -200,10 +203,11 @@ def pack_chunk(results: Sequence[VideoResult], max_rows: int, dim: int, has_toke
             raise StoreError(f'row {i}: {len(feats)} feature rows but {len(times)} timestamps')
         if len(feats) > max_rows:
             raise StoreError(f'row {i}: {len(feats)} rows exceed the store maximum T={max_rows}')
-        if not (np.isfinite(feats).all() and np.isfinite(times).all()):
-            raise StoreError(f'row {i}: NaN or inf in features or timestamps')
-        if np.abs(feats).max(initial=0.0) > np.finfo(np.float16).max:
-            raise StoreError(f'row {i}: features overflow float16')
+        problem = _unstorable(feats, times)
+        if problem and not fail_unstorable:
+            raise StoreError(f'row {i}: {problem}')
+        if problem:
+            r, feats, times = VideoResult.failed(problem, dim), feats[:0], times[:0]
         available = r.status == DONE and len(feats) > 0 and (r.available is None or r.available)
         chunk.status[i] = r.status
         chunk.errors[i] = r.error if r.status != DONE else ''
@@ -215,6 +219,18 @@ def pack_chunk(results: Sequence[VideoResult], max_rows: int, dim: int, has_toke
             chunk.lengths[i] = len(feats)
             chunk.available[i] = True
     return chunk
+
+
+def _unstorable(feats: np.ndarray, times: np.ndarray) -> str:
+    """Why the store cannot hold these float32 rows, or ''."""
+    if not np.isfinite(feats).all():
+        return 'the model gave NaN or inf features'
+    if not np.isfinite(times).all():
+        return 'NaN or inf timestamps'
+    largest = float(np.abs(feats).max(initial=0.0))
+    if largest > float(np.finfo(np.float16).max):
+        return f'features beyond the range of float16, which the store holds (largest |value| {largest:.3g})'
+    return ''
 
 
 class ExpertStore:

@@ -211,6 +211,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_continues(small_demo: Path, tmp_p
 
 
 def test_nan_or_huge_features_fail_their_video_not_the_run(small_demo: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Features a store cannot hold (NaN, inf, beyond float16) used to stop the run at its chunk,
     at every rerun; now that video fails with the reason."""
@@ -233,6 +234,8 @@ def test_nan_or_huge_features_fail_their_video_not_the_run(small_demo: Path, tmp
     assert rows.errors[0] == 'the model gave NaN or inf features'
     assert rows.errors[3] == 'features beyond the range of float16, which the store holds (largest |value| 1e+06)'
     assert not rows.available[[0, 3]].any() and rows.available[[1, 2, 4]].all()
+    out = capsys.readouterr().out  # the summary counts what was stored
+    assert ': the model gave NaN or inf features' in out and ' failed     2 ' in out, out
 
 
 @pytest.mark.slow
