@@ -37,7 +37,7 @@ from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.logs import setup_logging
 from shared.store import (DONE, FAILED, ChunkData, ExpertStore, StoreError, StoreSpec, VideoResult, create_store,
-                          open_store, pack_chunk, shard_chunks, store_path)
+                          is_store, open_store, pack_chunk, shard_chunks, store_path)
 
 __all__ = ['RunOptions', 'build_experts', 'run', 'main', 'open_stores']
 
@@ -264,14 +264,10 @@ def _chunk_size(manifest: Any, experts: list[Any], opts: RunOptions) -> int:
         return opts.chunk_size
     if not opts.overwrite:
         for e in experts:
-            if _store_exists(opts.features_root, manifest.name, e.name):
-                path = store_path(opts.features_root, manifest.name, e.name)
+            path = store_path(opts.features_root, manifest.name, e.name)
+            if is_store(path):
                 return int(open_store(path, warn_random=False).chunk_size)
     return DEFAULT_CHUNK_SIZE
-
-
-def _store_exists(features_root: Path, dataset: str, expert: str) -> bool:
-    return (store_path(features_root, dataset, expert) / 'zarr.json').is_file()
 
 
 def open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str, ExpertStore]:
@@ -335,7 +331,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         choose_decoder(opts.decoder, device)
     for e in experts:
         e.resolve()
-    new = opts.overwrite or not all(_store_exists(opts.features_root, manifest.name, e.name) for e in experts)
+    new = opts.overwrite or not all(is_store(store_path(opts.features_root, manifest.name, e.name))
+                                    for e in experts)
     if new and loaded is None:  # a store is to be made, so there is work: the models load first
         for e in experts:
             e.load(device)

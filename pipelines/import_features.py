@@ -34,8 +34,8 @@ from shared.config import data_root_default, features_root_default
 from shared.datasets import dataset_dir
 from shared.datasets.imported import IMPORTED_FILE
 from shared.datasets.manifest import read_split_list
-from shared.store import (DONE, UNKNOWN_TIME, StoreSpec, VideoResult, check_store, create_store, open_store, pack_chunk,
-                          store_path)
+from shared.store import (DONE, UNKNOWN_TIME, StoreSpec, VideoResult, check_store, create_store, is_store,
+                          open_store, pack_chunk, store_path)
 
 __all__ = ['CE_FILES', 'MMT_EXPERTS', 'import_ce', 'import_mmt', 'main']
 
@@ -117,7 +117,7 @@ def refuse_extracted(features_root: Path, dataset: str, experts: list[str]) -> N
     an earlier import): those took hours of GPU time, and an import replaces a store whole."""
     for expert in experts:
         path = store_path(features_root, dataset, expert)
-        if not (path / 'zarr.json').is_file():
+        if not is_store(path):
             continue
         model = str(open_store(path, warn_random=False).attrs.get('model', ''))
         if not model.startswith('imported:'):

@@ -29,7 +29,7 @@ import zarr
 __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
-    'ExpertStore', 'store_path', 'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
+    'ExpertStore', 'store_path', 'is_store', 'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
     'CheckReport', 'check_store', 'main',
 ]
 
@@ -164,6 +164,11 @@ def store_path(features_root: str | os.PathLike, dataset: str, expert: str) -> P
         if not part or '/' in part or part in ('.', '..') or os.sep in part:
             raise StoreError(f'invalid dataset or expert name for a store path: {part!r}')
     return Path(features_root) / dataset / f'{expert}.zarr'
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """Whether a store is at `path` (its group metadata is there; a deletion cut short leaves none)."""
+    return (Path(path) / 'zarr.json').is_file()
 
 
 def shard_chunks(n_chunks: int, shard: int, num_shards: int) -> range:
@@ -402,7 +407,7 @@ def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreS
         raise StoreError('video ids must be unique')
     if overwrite and path.exists():
         shutil.rmtree(path)
-    if path.exists() and not (path / 'zarr.json').is_file():  # what a killed --overwrite leaves, say
+    if path.exists() and not is_store(path):  # what a killed --overwrite leaves, say
         raise StoreError(f'{path} is there but is no store (no zarr.json): remove it, or rerun with --overwrite')
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -469,7 +474,7 @@ def _id_difference(store_ids: Sequence[str], run_ids: Sequence[str]) -> str:
 def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = True) -> ExpertStore:
     """Open an existing store; warns (RandomWeightsWarning) when its weights were random."""
     path = Path(path)
-    if not (path / 'zarr.json').is_file():
+    if not is_store(path):
         raise StoreError(f'no expert store at {path} (no zarr.json)')
     try:
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
