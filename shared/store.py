@@ -435,10 +435,12 @@ def _check_compatible(store: ExpertStore, video_ids: Sequence[str], spec: StoreS
     speed = ('batch_size', 'cuda_graph')
     ours = {k: v for k, v in json.loads(json.dumps(spec.config)).items() if k not in speed}
     theirs = {k: v for k, v in a.get('config', {}).items() if k not in speed}
+    # a setting added since the store was made: the store was made with its default
     older = {k: v for k, v in json.loads(json.dumps(spec.config_defaults)).items() if k in ours and k not in theirs}
+    theirs.update(older)
     for k in sorted(set(ours) | set(theirs)):
-        if ours.get(k) != theirs.get(k, older.get(k)) and k not in want:
-            diff[f'config.{k}'] = (theirs.get(k, older.get(k)), ours.get(k))
+        if ours.get(k) != theirs.get(k) and k not in want:
+            diff[f'config.{k}'] = (theirs.get(k), ours.get(k))
     if store.has_tokens != spec.has_tokens:
         diff['has_tokens'] = (store.has_tokens, spec.has_tokens)
     if diff:

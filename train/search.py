@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('-k', type=int, default=10, help='results per query (default: 10)')
     p.add_argument('--data-root', type=Path, default=data_root_default())
     args = p.parse_args(argv)
+    if args.k < 1:  # before the model loads
+        p.error('-k must be at least 1')
     try:
         searcher = Searcher(args.run, args.data_root)
     except (ConfigError, FileNotFoundError) as err:
@@ -81,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if searcher.note:
         print(searcher.note, file=sys.stderr)
-    if args.k < 1:
-        p.error('-k must be at least 1')
     code = 0
     for q in args.query:
         print(f'query: {q}')
