@@ -157,12 +157,12 @@ def test_count_params_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert train_main(['--model', 'ce', '--dataset', 'msrvtt']) == 1  # a config per split: the split names
     assert 'has a config per split: pass --split 1k-A | 1k-B | full' in capsys.readouterr().err
     assert train_main(['--model', 'ce', '--dataset', 'demo', '--device', 'gpu0']) == 1
+    assert '--device gpu0: not a device' in capsys.readouterr().err
     from train.search import main as search_main
 
     with pytest.raises(SystemExit) as usage:  # checked before any run is loaded (this one does not exist)
         search_main(['--run', str(tmp_path / 'none'), '--query', 'a cat', '-k', '0'])
     assert usage.value.code == 2 and '-k must be at least 1' in capsys.readouterr().err
-    assert '--device gpu0: not a device' in capsys.readouterr().err
 
 
 def test_every_shipped_config_builds(capsys: pytest.CaptureFixture) -> None:
