@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import re
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -306,9 +307,30 @@ def _is_mpegts(path: str) -> bool:
                for first, size in ((0, 188), (4, 192)))
 
 
+#: libraries that bundle FFmpeg builds of their own, which crash when both are loaded into one process
+FFMPEG_BUNDLERS = ('decord', 'PyNvVideoCodec')
+
+
+def refuse_ffmpeg_clash(wanted: str) -> None:
+    """Raise instead of loading `wanted` (one of `FFMPEG_BUNDLERS`) beside the other one.
+
+    With both in one process, the process dies in native code: on an H100, PyNvVideoCodec 2.2.4
+    segfaulted creating its decoder once decord 0.6.0 had read a file in that process, though the
+    same calls passed in a fresh one. A clear error is better than a dead run.
+
+    Raises:
+        RuntimeError: the other library is loaded in this process.
+    """
+    other = next(m for m in FFMPEG_BUNDLERS if m != wanted)
+    if other in sys.modules:
+        raise RuntimeError(f'{other} is loaded in this process, and {wanted} crashes beside it (each bundles its '
+                           f'own FFmpeg): use {wanted} in a process of its own')
+
+
 def _decord() -> Any:
     """decord, with its FFmpeg quiet: a file it cannot read fails with a reason in the store,
     and FFmpeg's per-frame complaints (hundreds of lines for one MPEG-TS file) would bury the log."""
+    refuse_ffmpeg_clash('decord')
     import decord
 
     decord.logging.set_level(decord.logging.FATAL)

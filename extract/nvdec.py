@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, Sampling, _first_error, _resize_dims,
-                            ahead, decode_short_side, index_video, plan_frames, precheck, prefetch, row_plans)
+                            ahead, decode_short_side, index_video, plan_frames, precheck, prefetch,
+                            refuse_ffmpeg_clash, row_plans)
 
 __all__ = ['NvdecPool', 'DecoderStalled', 'nvdec_available', 'display_rotation']
 
@@ -218,11 +219,16 @@ class NvdecPool:
         prefetch: videos decoded ahead of the consumer, per thread; fewer once a video is large
             (their frames may fill a quarter of the GPU's memory, as in `DecodePool`).
         timing_workers: decord processes that read the frame times.
+
+    Raises:
+        RuntimeError: decord is loaded in this process (see `refuse_ffmpeg_clash`).
     """
 
     def __init__(self, samplings: dict[str, Sampling], device: str = 'cuda', threads: int = 4, prefetch: int = 2,
                  timing_workers: int = 2) -> None:
         import torch
+
+        refuse_ffmpeg_clash('PyNvVideoCodec')
 
         self.samplings = samplings
         self.video_samplings = {n: s for n, s in samplings.items() if s.kind != 'audio'}

@@ -2,12 +2,30 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: set in the child pytest process that runs an `own_process` test
+IN_OWN_PROCESS = 'VIDEOEXPERTS_IN_OWN_PROCESS'
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run a test marked `own_process` in a fresh pytest process: the NVDEC tests must not share
+    one with decord, which other tests load (`extract.decode.refuse_ffmpeg_clash`)."""
+    if pyfuncitem.get_closest_marker('own_process') is None or os.environ.get(IN_OWN_PROCESS):
+        return None
+    proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', pyfuncitem.nodeid],
+                          cwd=pyfuncitem.config.rootpath, env={**os.environ, IN_OWN_PROCESS: '1'},
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f'failed in its own process (exit {proc.returncode}):\n{proc.stdout[-6000:]}{proc.stderr[-3000:]}',
+                    pytrace=False)
+    return True
 
 
 @pytest.fixture(scope='session')

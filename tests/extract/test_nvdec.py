@@ -1,19 +1,24 @@
 """NVDEC decoding gives the decord path's rows: same frames, same indices, same timestamps.
 
 The GPU tests run where PyNvVideoCodec and a CUDA device are present (skipped elsewhere). decord
-runs in a worker process there: the two libraries' FFmpeg builds must not share a process.
+runs in a worker process there: the two libraries' FFmpeg builds must not share a process. Other
+tests load decord into pytest's process, so each GPU test runs in a pytest process of its own.
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from extract.decode import DecodePool, Sampling, choose_decoder
+from extract.decode import DecodePool, Sampling, choose_decoder, read_frame_times
 from extract.nvdec import NvdecPool, display_rotation, nvdec_available
+from tests.conftest import IN_OWN_PROCESS
 
 gpu = pytest.mark.skipif(bool(nvdec_available()), reason=f'NVDEC unavailable: {nvdec_available()}')
 
@@ -27,6 +32,26 @@ def test_rotation_is_read_from_the_track_header(odd_videos: Path) -> None:
     assert display_rotation(odd_videos / 'rotated.mp4') == 270  # -display_rotation 90: 90 degrees anticlockwise
     assert display_rotation(odd_videos / 'good.mp4') == 0
     assert display_rotation(odd_videos / 'vp9.webm') == 0 and display_rotation(odd_videos / 'text.mp4') == 0
+
+
+def test_decord_and_pynvvideocodec_never_share_a_process(odd_videos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading one beside the other is refused with a reason: on a GPU, PyNvVideoCodec segfaulted
+    in a process where decord had read a file (no GPU is needed to check the refusals)."""
+    monkeypatch.setitem(sys.modules, 'PyNvVideoCodec', types.ModuleType('PyNvVideoCodec'))
+    with pytest.raises(RuntimeError, match='PyNvVideoCodec is loaded in this process, and decord crashes beside it'):
+        read_frame_times(str(odd_videos / 'good.mp4'))
+    monkeypatch.delitem(sys.modules, 'PyNvVideoCodec')
+    monkeypatch.setitem(sys.modules, 'decord', types.ModuleType('decord'))
+    with pytest.raises(RuntimeError, match='decord is loaded in this process, and PyNvVideoCodec crashes beside it'):
+        NvdecPool(SAMPLINGS, 'cuda')  # refused before it touches the device
+
+
+@pytest.mark.own_process
+def test_own_process_tests_run_apart_from_decord() -> None:
+    """The GPU tests' isolation (tests/conftest.py): this body runs in a child pytest process,
+    which has not loaded decord, whatever the tests before it loaded into this one."""
+    assert os.environ.get(IN_OWN_PROCESS) == '1'
+    assert 'decord' not in sys.modules
 
 
 def test_auto_stays_on_the_cpu_without_a_gpu() -> None:
@@ -117,6 +142,7 @@ def test_a_decode_thread_that_hangs_is_left_behind(monkeypatch: pytest.MonkeyPat
 
 
 @gpu
+@pytest.mark.own_process
 def test_nvdec_rows_equal_decord_rows(odd_videos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr('extract.nvdec.PIECE', 5)  # several pieces per video, the last one short
     items = [(i, str(odd_videos / n)) for i, n in enumerate(DECODABLE)]
@@ -135,16 +161,18 @@ def test_nvdec_rows_equal_decord_rows(odd_videos: Path, monkeypatch: pytest.Monk
         for e in SAMPLINGS:
             np.testing.assert_array_equal(g.plans[e].index, r.plans[e].index, err_msg=name)
             np.testing.assert_allclose(g.plans[e].timestamps, r.plans[e].timestamps, atol=1e-3, err_msg=name)
-        # the same frames: each is closer to decord's frame of that index than to its neighbour
-        # (colour conversion and resize filters differ by a few levels)
+        # the same frames: each is closer to decord's frame of that index than to its neighbours.
+        # Colour conversion and resize filters differ by a few levels (6.6 at this size on an H100);
+        # MPEG-4 Part 2's inverse DCT is not bit-exact, so its decoders drift further apart (12.6)
         a, b = frames.astype(np.int16), r.frames.astype(np.int16)
         same = np.abs(a - b).mean()
-        assert same < 12.0, (name, same)
+        assert same < (16.0 if name == 'mpeg4.avi' else 9.0), (name, same)
         if len(a) > 1:
-            assert same < np.abs(a[1:] - b[:-1]).mean(), name
+            assert same < min(np.abs(a[1:] - b[:-1]).mean(), np.abs(a[:-1] - b[1:]).mean()), name
 
 
 @gpu
+@pytest.mark.own_process
 def test_nvdec_fails_bad_files_with_reasons_and_keeps_order(odd_videos: Path) -> None:
     names = ['good.mp4', *BAD, 'truncated.mp4', 'hevc.mp4']
     with NvdecPool(SAMPLINGS, 'cuda', threads=2) as pool:
@@ -156,6 +184,7 @@ def test_nvdec_fails_bad_files_with_reasons_and_keeps_order(odd_videos: Path) ->
 
 
 @gpu
+@pytest.mark.own_process
 def test_extraction_with_nvdec_writes_decord_timestamps(odd_videos: Path, tmp_path: Path) -> None:
     from extract.run import RunOptions, run
     from shared.store import DONE, open_store, store_path
