@@ -672,10 +672,9 @@ class DecodePool:
             queue.append((row, path, fut if done else self._submit(row, path)))
 
 
-#: frame area from which `auto` takes NVDEC for frame sampling. Measured on an H100 host at 320x240
-#: (BENCHMARKS.md): 15 decord processes 43-75 videos/s, NVDEC (4 threads) 36-42. decord's time per
-#: video grows 7.7x from 320x240 to 1280x720 (measured on a CPU); NVDEC's growth is not measured,
-#: so this line is an estimate.
+#: frame area from which `auto` takes NVDEC for 1-fps frame sampling. Decode-only on an H100 host
+#: (BENCHMARKS.md, 15 s H.264 clips at 30 fps), 15 decord processes against 4 NVDEC threads, in
+#: videos/s: 320x240 76.0 / 35.1, 640x360 41.2 / 28.3, 1280x720 10.8 / 13.4, 1920x1080 6.2 / 6.7.
 NVDEC_MIN_PIXELS = 1280 * 720
 
 
@@ -684,7 +683,7 @@ def choose_decoder(requested: str, device: str, sample: str | Sequence[str] | No
     """The decoder to use and why.
 
     `auto` takes NVDEC on a CUDA device where PyNvVideoCodec works when an expert samples clips
-    (many frames per row: NVDEC decoded 2.6x as many videos/s as 16 decord processes at 320x240),
+    (many frames per row: NVDEC decoded 4.1x as many videos/s as 15 decord processes at 320x240),
     or when the videos have `NVDEC_MIN_PIXELS` or more; otherwise decord worker processes. The
     videos are judged by `sample`: a few of the run's videos (the median of those that can be
     probed), so that one odd first video does not decide for a collection of mixed sizes.

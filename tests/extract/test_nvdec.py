@@ -163,7 +163,7 @@ def test_nvdec_rows_equal_decord_rows(odd_videos: Path, monkeypatch: pytest.Monk
             np.testing.assert_allclose(g.plans[e].timestamps, r.plans[e].timestamps, atol=1e-3, err_msg=name)
         # the same frames: each is closer to decord's frame of that index than to its neighbours.
         # Colour conversion and resize filters differ by a few levels (6.6 at this size on an H100);
-        # MPEG-4 Part 2's inverse DCT is not bit-exact, so its decoders drift further apart (12.6)
+        # MPEG-4 Part 2 differs more (12.6; its inverse DCT is not bit-exact, a likely reason)
         a, b = frames.astype(np.int16), r.frames.astype(np.int16)
         same = np.abs(a - b).mean()
         assert same < (16.0 if name == 'mpeg4.avi' else 9.0), (name, same)
