@@ -12,6 +12,7 @@ import argparse
 import collections
 import dataclasses
 import datetime as _dt
+import glob
 import json
 import logging
 import os
@@ -498,12 +499,45 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
 
 # ----------------------------------------------------------------------------------------- check
 
+def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Directories that stopped jobs left beside the store at `path`, each with what to do about it.
+
+    `create_store` builds in `.NAME.tmp-*`, and `extract.reembed` writes `.NAME.reembed-*` and sets
+    the store aside as `.NAME.old-*` while it swaps the two. A kill leaves them (a re-embedded copy
+    is as large as the store). Whether their job still runs cannot be told from here (it may be
+    on another node), so they are reported, never removed.
+    """
+    path = Path(path)
+    found = []
+    for p in sorted(path.parent.glob(f'.{glob.escape(path.name)}.*-*')):
+        kind = p.name[len(path.name) + 2:].split('-', 1)[0]
+        if kind == 'old' and not path.exists():
+            found.append((p, f'the store, set aside by a re-embedding that stopped before the new one took its '
+                             f'place: rename it back to {path.name}'))
+        elif kind in ('tmp', 'reembed', 'old'):
+            job = 'an extraction or import' if kind == 'tmp' else 'a re-embedding'
+            found.append((p, f'left by {job} of this store that stopped: remove it once no such job is running'))
+    return found
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:  # removed meanwhile by the job that wrote it
+                pass
+    return total
+
+
 @dataclasses.dataclass
 class CheckReport:
     """What `check_store` found."""
 
     path: Path
     problems: list[str] = dataclasses.field(default_factory=list)
+    leftovers: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     available: int = 0
     mean_length: float = 0.0
@@ -529,9 +563,10 @@ class CheckReport:
         finished = n - c.get('pending', 0)
         weights = a.get('weights', '?')
         weights = 'RANDOM (not meaningful features)' if weights == 'random' else weights
+        left = [f'leftover  {p.name} ({_tree_bytes(p) / 1e6:.1f} MB): {what}' for p, what in self.leftovers]
         if not a:  # not opened as a store: nothing but the problem to report
             return '\n'.join([f'store     {self.path}', *(f'PROBLEM   {p}' for p in self.problems[:10]),
-                              'result    INVALID'])
+                              *left, 'result    INVALID'])
         lines = [
             f'store     {self.path}',
             f'expert    {a.get("expert", "?")} on {a.get("dataset", "?")}: model {a.get("model") or "?"}, '
@@ -551,6 +586,7 @@ class CheckReport:
             lines.append(f'PROBLEM   {p}')
         if len(self.problems) > 10:
             lines.append(f'PROBLEM   ... and {len(self.problems) - 10} more')
+        lines.extend(left)
         state = 'INVALID' if not self.valid else ('VALID, COMPLETE' if self.complete else 'VALID, INCOMPLETE')
         lines.append(f'result    {state}')
         return '\n'.join(lines)
@@ -616,7 +652,7 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
 
 def check_store(path: str | os.PathLike) -> CheckReport:
     """Validate a store chunk by chunk (bounded memory) and summarise it."""
-    report = CheckReport(Path(path))
+    report = CheckReport(Path(path), leftovers=leftovers(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', RandomWeightsWarning)

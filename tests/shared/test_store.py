@@ -231,3 +231,26 @@ def test_torn_status_chunk_reads_as_pending(tmp_path: Path) -> None:
         store = open_store(path)
     assert store.pending_chunks() == [1]
     assert check_store(path).exit_code == 2
+
+
+def test_check_lists_what_stopped_jobs_left_beside_a_store(tmp_path: Path) -> None:
+    path = tmp_path / 'ok.zarr'
+    _complete_store(path)
+    (tmp_path / '.ok.zarr.tmp-17-0a1b2c3d').mkdir()
+    (tmp_path / '.ok.zarr.reembed-99').mkdir()
+    (tmp_path / '.ok.zarr.reembed-99' / 'c0').write_bytes(b'x' * 2_000_000)
+    (tmp_path / '.other.zarr.reembed-5').mkdir()  # another store's
+    report = check_store(path)
+    assert report.exit_code == 0  # reported, not a problem of the store itself
+    left = [line for line in report.summary().splitlines() if line.startswith('leftover')]
+    assert left == ['leftover  .ok.zarr.reembed-99 (2.0 MB): left by a re-embedding of this store that stopped: '
+                    'remove it once no such job is running',
+                    'leftover  .ok.zarr.tmp-17-0a1b2c3d (0.0 MB): left by an extraction or import of this store that '
+                    'stopped: remove it once no such job is running']
+    assert (tmp_path / '.ok.zarr.reembed-99').exists()  # never removed
+    # killed between the re-embedding's two renames: the store is only there under its set-aside name
+    path.rename(tmp_path / '.ok.zarr.old-42')
+    report = check_store(path)
+    assert report.exit_code == 1
+    assert ('leftover  .ok.zarr.old-42' in report.summary()
+            and 'stopped before the new one took its place: rename it back to ok.zarr' in report.summary())
