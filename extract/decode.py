@@ -520,10 +520,13 @@ class DecodePool:
             video cut into clips is large (I3D's 128 clips of 64 frames at 256x455: 2.9 GB), so
             fewer videos are decoded ahead once such a video is seen, and one per worker until the
             first is in. Default: `PREFETCH_MEMORY_SHARE` of the memory this process may use.
+        work: what the processes run for one video: `decode_video`, or `index_video` (frame
+            times only); a module-level function, since it is sent to them by name.
     """
 
     def __init__(self, samplings: dict[str, Sampling], workers: int = 1, prefetch: int = 2,
-                 timeout: float = 300.0, max_bytes: int | None = None) -> None:
+                 timeout: float = 300.0, max_bytes: int | None = None,
+                 work: Callable[[int, str, dict[str, Sampling]], DecodedVideo] = decode_video) -> None:
         self.samplings = samplings
         self.workers = workers
         self.depth = max(1, workers * prefetch)
@@ -533,8 +536,7 @@ class DecodePool:
         self._lock = threading.Lock()  # `decode_one` callers share the pool
         self._generation = 0  # processes started so far: which pool a caller's future came from
         self._stopped = False  # killed by `close`: `decode_one` callers stop too
-        #: what the processes run for one video (a module-level function: it is sent to them by name)
-        self.work: Callable[[int, str, dict[str, Sampling]], DecodedVideo] = decode_video
+        self.work = work
 
     def _start(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:

@@ -245,8 +245,7 @@ class NvdecPool:
         # files NVDEC cannot decode, handed over by the decode threads: at most one each at a time
         self._cpu = DecodePool(samplings, workers=self.threads)
         # decord processes that read each file's frame times (its index: no decoding)
-        self._timing = DecodePool({}, workers=max(1, timing_workers))
-        self._timing.work = index_video
+        self._timing = DecodePool({}, workers=max(1, timing_workers), work=index_video)
 
     def __enter__(self) -> NvdecPool:
         return self

@@ -268,8 +268,7 @@ def test_decode_one_from_threads_blames_a_crash_on_its_video(odd_videos: Path, t
     from tests.extract._crash import decode_or_crash
 
     items = _copies(odd_videos, tmp_path, ['good.mp4', 'crash.mp4', 'hevc.mp4', 'vp9.webm', 'text.mp4', 'vfr.mp4'])
-    with DecodePool(SAMPLINGS, workers=2) as pool:
-        pool.work = decode_or_crash
+    with DecodePool(SAMPLINGS, workers=2, work=decode_or_crash) as pool:
         with cf.ThreadPoolExecutor(4) as threads:  # as NVDEC's decode threads call it
             out = list(threads.map(lambda item: pool.decode_one(*item), items))
     assert [v.row for v in out] == list(range(len(items)))
@@ -286,8 +285,7 @@ def test_pool_blames_a_crash_on_its_video_and_decodes_the_others(odd_videos: Pat
 
     names = ['good.mp4', 'hevc.mp4', 'crash.mp4', 'vp9.webm', 'vfr.mp4', 'crash.mp4', 'no_audio.mp4']
     items = _copies(odd_videos, tmp_path, names)
-    with DecodePool(SAMPLINGS, workers=3) as pool:  # videos before, beside and after each crash in flight
-        pool.work = decode_or_crash
+    with DecodePool(SAMPLINGS, workers=3, work=decode_or_crash) as pool:  # videos before, beside and after each crash in flight
         out = list(pool.imap(items))
     assert [v.row for v in out] == list(range(len(names)))
     assert [v.error for v in out if v.error] == ['the decoder process crashed on this video'] * 2
@@ -304,8 +302,7 @@ def test_decode_one_fails_a_hung_video_then_goes_on(odd_videos: Path, tmp_path: 
 
     monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', 0.0)
     hang, good = (path for _, path in _copies(odd_videos, tmp_path, ['hang.mp4', 'good.mp4']))
-    with DecodePool(SAMPLINGS, workers=1, timeout=2.0) as pool:
-        pool.work = decode_or_crash
+    with DecodePool(SAMPLINGS, workers=1, timeout=2.0, work=decode_or_crash) as pool:
         v = pool.decode_one(0, hang)
         assert v.error.startswith('decoding took longer than 2 s') and v.frames is None
         assert not pool.decode_one(1, good).error  # the hung process was replaced

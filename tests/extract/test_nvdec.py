@@ -94,8 +94,7 @@ def test_frame_index_processes_survive_a_crash_and_a_hang(odd_videos: Path, tmp_
     for name in ('crash.mp4', 'hang.mp4'):
         (tmp_path / name).write_bytes((odd_videos / 'good.mp4').read_bytes())
     pool = NvdecPool.__new__(NvdecPool)  # the timing side only: __init__ needs a CUDA device
-    pool._timing = DecodePool({}, workers=1, timeout=2.0)
-    pool._timing.work = index_or_crash
+    pool._timing = DecodePool({}, workers=1, timeout=2.0, work=index_or_crash)
     with pool._timing:
         assert pool._frame_times(str(tmp_path / 'crash.mp4')) == 'the decoder process crashed on this video'
         np.testing.assert_array_equal(pool._frame_times(good), read_frame_times(good))
