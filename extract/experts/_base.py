@@ -250,6 +250,12 @@ class VideoExpert(Expert):
     def process(self, inputs: VideoInput) -> VideoResult:
         raise NotImplementedError
 
+    def process_batch(self, inputs: list[VideoInput]) -> list[VideoResult]:
+        """Several videos at once, one result each, in order. Experts whose models batch across
+        videos (speech, OCR, face) override this; `process` is then `process_batch([x])[0]`. When
+        it raises, the runner redoes the videos one at a time, so one bad video fails alone."""
+        return [self.process(x) for x in inputs]
+
 
 class _GraphedForward:
     """A model's forward pass captured once as a CUDA graph for `batch` rows of one input shape.
