@@ -197,6 +197,115 @@ class _Uploader:
         return x
 
 
+class _VideoWorker:
+    """A per-video expert (speech, OCR, face, audio) on a thread of its own, fed through a bounded
+    queue, so that it never holds up the loop that feeds the frame and clip experts, nor they it.
+
+    Videos are processed `videos_per_batch` at a time through `process_batch` (whisper decodes
+    many videos' windows together, MTCNN sees many videos' frames), on a CUDA stream of the
+    thread's own, so its kernels interleave with the other experts' instead of queueing behind
+    them. `collect` flushes what is queued (so a chunk's tail shares its batch with the next
+    chunk's head) and returns the rows asked for. A batch that raises is redone a video at a
+    time, so one bad video fails alone.
+    """
+
+    _STOP = object()
+
+    def __init__(self, expert: Any, device: Any, depth: int) -> None:
+        import queue
+        import threading
+
+        import torch
+
+        self.expert = expert
+        self.batch = max(1, int(getattr(expert, 'videos_per_batch', 16)))
+        self.queue: queue.Queue = queue.Queue(maxsize=max(depth, self.batch))
+        self.results: dict[int, VideoResult] = {}
+        self.error: BaseException | None = None
+        self.busy = 0.0  # seconds spent processing
+        self.blocked = 0.0  # seconds the feeding loop waited for room in the queue
+        self.stream = torch.cuda.Stream(device) if torch.device(device).type == 'cuda' else None
+        self.thread = threading.Thread(target=self._loop, name=f'expert-{expert.name}', daemon=True)
+        self.thread.start()
+
+    def submit(self, row: int, inputs: Any) -> None:
+        import queue
+
+        self._raise()
+        try:
+            self.queue.put_nowait((row, inputs))
+        except queue.Full:
+            t0 = time.perf_counter()
+            while True:  # wait for room, but notice a worker that died meanwhile
+                self._raise()
+                try:
+                    self.queue.put((row, inputs), timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            self.blocked += time.perf_counter() - t0
+
+    def collect(self, rows: Collection[int]) -> dict[int, VideoResult]:
+        """The results of `rows` (all submitted before), once processed."""
+        import threading
+
+        flushed = threading.Event()
+        self.queue.put(flushed)
+        while not flushed.wait(0.5):
+            self._raise()
+        self._raise()
+        return {r: self.results.pop(r) for r in rows if r in self.results}
+
+    def close(self) -> None:
+        self.queue.put(self._STOP)
+        self.thread.join(timeout=60)
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if not self.thread.is_alive():
+            raise RuntimeError(f'the {self.expert.name} worker stopped')
+
+    def _loop(self) -> None:
+        import contextlib
+        import threading
+
+        import torch
+
+        pending: list[tuple[int, Any]] = []
+        try:
+            with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+                while True:
+                    item = self.queue.get()
+                    if item is self._STOP:
+                        return
+                    if isinstance(item, threading.Event):
+                        while pending:
+                            self._process(pending[:self.batch])
+                            pending = pending[self.batch:]
+                        item.set()
+                        continue
+                    pending.append(item)
+                    if len(pending) >= self.batch:
+                        self._process(pending)
+                        pending = []
+        except BaseException as err:  # noqa: BLE001 - handed to the feeding thread, which raises it
+            self.error = err
+
+    def _process(self, items: list[tuple[int, Any]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            results = self.expert.process_batch([x for _, x in items])
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception:  # noqa: BLE001 - one video may be the cause: each alone, so it fails alone
+            _logger.debug('%s: batch failed, redoing its videos one at a time', self.expert.name, exc_info=True)
+            results = [_guarded(self.expert, x) for _, x in items]
+        for (row, _), result in zip(items, results):
+            self.results[row] = result
+        self.busy += time.perf_counter() - t0
+
+
 @dataclasses.dataclass
 class _Chunk:
     """One chunk from feeding its videos to writing it into every active expert's store."""
@@ -377,12 +486,16 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     failures = 0
     batchers = {e.name: _Batcher(e) for e in experts}
     upload = _Uploader(device)
+    # a chunk and a half of videos may wait for a slow expert before the loop waits for it
+    video_workers = {e.name: _VideoWorker(e, device, depth=opts.chunk_size * 3 // 2) for e in experts if e.per_video}
 
     def write(chunk: _Chunk) -> None:
         """Collect a fed chunk's results and hand its arrays to the writer thread."""
         packed = {}
         for e in chunk.active:
             redo = chunk.redo[e.name]
+            if e.name in video_workers:
+                chunk.results[e.name].update(video_workers[e.name].collect(redo))
             feats = batchers[e.name].collect(chunk.rows)
             chunk_results = _existing(stores[e.name], chunk.rows) if len(redo) < len(chunk.rows) else {}
             for r in redo:
@@ -411,7 +524,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
                 else:
                     waited += time.perf_counter() - t_wait
                 assert video.row == r
-                failures += _feed(video, chunk, batchers, upload)
+                failures += _feed(video, chunk, batchers, video_workers, upload)
                 if video.note:  # decoded, but not the usual way (FFmpeg fallback, a truncated file's prefix)
                     _logger.warning('%s: %s', manifest.video_ids[r], video.note)
                 bar.update(1)
@@ -442,6 +555,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         raise
     finally:
         writer.shutdown(wait=True)
+        for w in video_workers.values():
+            w.close()
     for w in writes:
         w.result()
     bar.close()
@@ -450,7 +565,9 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     t_end = time.time()
     if stats is not None:
         stats.update(videos=len(videos), setup_s=(t_first or t_end) - t_start, total_s=t_end - t_start,
-                     decode_wait_s=waited, device_wait_s=sum(b.waited for b in batchers.values()))
+                     decode_wait_s=waited, device_wait_s=sum(b.waited for b in batchers.values()),
+                     **{f'busy_s.{n}': w.busy for n, w in video_workers.items()},
+                     **{f'blocked_s.{n}': w.blocked for n, w in video_workers.items()})
     _summary(manifest.name, stores, tallies, len(videos), t_end - t_start)
     return 0
 
@@ -467,8 +584,10 @@ def _rows_to_redo(store: ExpertStore, chunk: int, retry_failed: bool) -> list[in
     return [r for r, s in zip(rows, status) if s == FAILED]
 
 
-def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], upload: _Uploader) -> int:
-    """Give one decoded video to every expert that needs it; returns 1 when it failed for one."""
+def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], workers: dict[str, _VideoWorker],
+          upload: _Uploader) -> int:
+    """Give one decoded video to every expert that needs it; returns 1 when it failed for one
+    before its expert saw it (the per-video experts' own failures are counted when written)."""
     import torch
 
     from extract.experts._base import VideoInput
@@ -483,17 +602,15 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], upl
             elif video.audio is None:
                 out[video.row] = VideoResult.skipped(e.cfg.feature_dim, 'no audio stream')
             else:
-                out[video.row] = _guarded(e, VideoInput(audio=video.audio))
-                failed |= out[video.row].status == FAILED
+                workers[e.name].submit(video.row, VideoInput(audio=video.audio))
             continue
         if video.error:
             out[video.row], failed = VideoResult.failed(video.error, e.cfg.feature_dim), 1
             continue
         plan = video.plans[e.name]
         if e.per_video:
-            out[video.row] = _guarded(e, VideoInput(frames=_host(video.frames, plan.index[:, 0]),
-                                                    timestamps=plan.timestamps))
-            failed |= out[video.row].status == FAILED
+            workers[e.name].submit(video.row, VideoInput(frames=_host(video.frames, plan.index[:, 0]),
+                                                         timestamps=plan.timestamps))
             continue
         if frames is None:
             frames = video.frames if torch.is_tensor(video.frames) else upload(torch.from_numpy(video.frames))

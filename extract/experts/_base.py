@@ -250,6 +250,11 @@ class VideoExpert(Expert):
     def process(self, inputs: VideoInput) -> VideoResult:
         raise NotImplementedError
 
+    @property
+    def videos_per_batch(self) -> int:
+        """Videos the runner hands to `process_batch` at once."""
+        return 16
+
     def process_batch(self, inputs: list[VideoInput]) -> list[VideoResult]:
         """Several videos at once, one result each, in order. Experts whose models batch across
         videos (speech, OCR, face) override this; `process` is then `process_batch([x])[0]`. When

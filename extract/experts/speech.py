@@ -3,8 +3,9 @@
 CE and MMT used the Google Cloud Speech API; whisper is the open model that runs offline. The
 weights are ``whisper:NAME`` (looked for as NAME.pt in `download_root`, the weights directory's
 whisper/ by default, downloaded there unless offline), a local checkpoint path, or ``random``
-(a one-layer whisper, for tests and the demo). Videos are transcribed one at a time: whisper's
-transcribe has no batch interface.
+(a one-layer whisper, for tests and the demo). Videos are transcribed together, many windows a
+batch (`extract.experts._whisper`), with the words and times `whisper.transcribe` gives each
+video alone; windows that silero-vad finds without speech are not decoded at all.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from extract.experts import EXPERTS, build_expert
 from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
+from extract.experts._whisper import BatchOptions, transcribe_batch
 from extract.experts._words import word_vectors_for, words_result
 from extract.weights import ResolvedWeights, WeightsError, offline, resolve_weights, sha256_file, weights_dir
 from shared.store import VideoResult
@@ -56,6 +58,10 @@ class SpeechCfg(ExpertCfg):
         max_tokens: tokens decoded per 30 s window (0: whisper's default, half its text context);
             bounds the time random-weight models spend producing noise.
         word_vectors: word2vec file (a path or file:NAME).
+        vad: find the windows without speech with silero-vad (its model ships in its wheel) and
+            decode none of them; whisper invents words on silence and music.
+        vad_threshold: silero-vad's speech probability above which a 32-ms chunk is speech.
+        min_speech: seconds of speech a 30-s window needs to be decoded.
     """
 
     download_root: str = ''
@@ -63,6 +69,36 @@ class SpeechCfg(ExpertCfg):
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     max_tokens: int = 0
     word_vectors: str = 'file:GoogleNews-vectors-negative300.bin'
+    vad: bool = True
+    vad_threshold: float = 0.5
+    min_speech: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ValueError(f'vad_threshold must be between 0 and 1, got {self.vad_threshold}')
+        if not self.min_speech >= 0.0:
+            raise ValueError(f'min_speech must be >= 0 seconds, got {self.min_speech}')
+        if not self.temperatures:
+            raise ValueError('temperatures must list at least one temperature')
+
+
+def load_vad(device: torch.device) -> Any:
+    """silero-vad's TorchScript model, from its wheel (nothing is downloaded), on `device`."""
+    import warnings
+
+    threads = torch.get_num_threads()
+    from silero_vad import load_silero_vad  # its import sets torch's CPU threads to 1: restored below
+
+    torch.set_num_threads(threads)
+    with warnings.catch_warnings():  # importlib's and torch.jit's deprecation notices, about the library
+        warnings.simplefilter('ignore', DeprecationWarning)
+        warnings.simplefilter('ignore', FutureWarning)
+        model = load_silero_vad()
+    try:
+        return model.to(device)
+    except RuntimeError:  # a device the scripted model cannot run on: its CPU copy is fast enough
+        return model
 
 
 class SpeechExpert(VideoExpert):
@@ -100,6 +136,15 @@ class SpeechExpert(VideoExpert):
     def build(self) -> nn.Module:
         return nn.Identity()  # whisper models are built from their checkpoint's dims in load()
 
+    @property
+    def batch_size(self) -> int:
+        """30-s windows decoded together (0: 64 on CUDA, 8 on the CPU)."""
+        return self.cfg.batch_size or (64 if self.device.type == 'cuda' else 8)
+
+    @property
+    def videos_per_batch(self) -> int:
+        return self.batch_size  # a clip of up to 30 s is one window
+
     def load(self, device: Any) -> SpeechExpert:
         import whisper
         from whisper.model import ModelDimensions, Whisper
@@ -120,28 +165,38 @@ class SpeechExpert(VideoExpert):
             name = self.cfg.weights[len('whisper:'):] if self.cfg.weights.startswith('whisper:') else ''
             if name in whisper._ALIGNMENT_HEADS:  # the heads that time words best, per released model
                 model.set_alignment_heads(whisper._ALIGNMENT_HEADS[name])
-        self.model = model.eval().to(self.device)
+        fp16 = self.device.type == 'cuda'
+        # half weights on CUDA: whisper casts fp32 weights to the input's dtype at every layer call otherwise
+        self.model = (model.half() if fp16 else model).eval().to(self.device)
+        self.vad = load_vad(self.device) if self.cfg.vad else None
+        self.options = BatchOptions(language=self.cfg.language, temperatures=tuple(self.cfg.temperatures),
+                                    sample_len=self.cfg.max_tokens, fp16=fp16, batch_size=self.batch_size,
+                                    min_speech=self.cfg.min_speech if self.cfg.vad else 0.0)
+        self.windows = {'decoded': 0, 'no speech': 0}  # counted over the run, for the bench and tests
         return self
 
     def process(self, inputs: VideoInput) -> VideoResult:
-        import whisper
+        return self.process_batch([inputs])[0]
 
-        assert inputs.audio is not None and self.model is not None
-        audio = np.ascontiguousarray(inputs.audio, np.float32)
-        duration = len(audio) / 16000
-        result = whisper.transcribe(self.model, audio, language=self.cfg.language or None, word_timestamps=True,
-                                    temperature=self.cfg.temperatures, fp16=self.device.type == 'cuda',
-                                    condition_on_previous_text=False, verbose=None,
-                                    **({'sample_len': self.cfg.max_tokens} if self.cfg.max_tokens else {}))
-        tokens = []
-        for segment in result.get('segments', []):
-            for w in segment.get('words', []) or []:
-                word = w['word'].strip()
-                if word:  # whisper's word times can overshoot the clip by a frame: keep them inside it
-                    start = float(min(max(w['start'], 0.0), duration))
-                    tokens.append({'word': word, 'start': start, 'end': float(min(max(w['end'], start), duration)),
-                                   'conf': float(w.get('probability', 0.0))})
-        return words_result(tokens, self.wv, self.cfg.max_rows)
+    def process_batch(self, inputs: list[VideoInput]) -> list[VideoResult]:
+        assert self.model is not None and all(x.audio is not None for x in inputs)
+        audios = [np.ascontiguousarray(x.audio, np.float32) for x in inputs]
+        transcripts = transcribe_batch(self.model, audios, self.options, self.vad, self.cfg.vad_threshold)
+        out = []
+        for audio, tr in zip(audios, transcripts):
+            self.windows['decoded'] += tr.decoded
+            self.windows['no speech'] += tr.silent
+            duration = len(audio) / 16000
+            tokens = []
+            for segment in tr.segments:
+                for w in segment['words']:
+                    word = w['word'].strip()
+                    if word:  # whisper's word times can overshoot the clip by a frame: keep them inside it
+                        start = float(min(max(w['start'], 0.0), duration))
+                        tokens.append({'word': word, 'start': start, 'end': float(min(max(w['end'], start), duration)),
+                                       'conf': float(w.get('probability', 0.0))})
+            out.append(words_result(tokens, self.wv, self.cfg.max_rows))
+        return out
 
 
 default_cfgs = {

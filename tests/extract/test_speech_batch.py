@@ -1,0 +1,145 @@
+"""Whisper batched across videos (extract/experts/_whisper.py) against `whisper.transcribe` on each
+video alone: a tiny random whisper in fp32, audio decoded from FFmpeg-made files by the project's
+own loader, and silero-vad's real model (from its wheel) deciding which windows are decoded."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.experts._base import VideoInput
+from extract.experts._whisper import BatchOptions, transcribe_batch
+from extract.experts.speech import load_vad, random_whisper
+from shared.media import ffmpeg_exe, load_audio
+
+DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1, n_vocab=51865,
+            n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+SR = 16000
+
+
+def _ff(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', *args], check=True, capture_output=True)
+
+
+def voiced(seconds: float, seed: int = 0) -> np.ndarray:
+    """A speech-like signal: 'syllables' of 0.12-0.3 s, each a glottal pulse train at a wavering
+    pitch through the formants of a random vowel, faded in and out, with a pause now and then.
+    silero-vad hears speech in it (none in a tone, noise or silence); a random whisper hears noise."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    out = np.zeros(n)
+    vowels = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (570, 840, 2410)]
+    k = 0
+    while k < n:
+        m = int(rng.uniform(0.12, 0.3) * SR)
+        t = np.arange(m) / SR
+        pitch = rng.uniform(100, 160) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))
+        y = np.zeros(m)
+        y[np.where(np.diff(np.floor(np.cumsum(pitch / SR))) > 0)[0]] = 1.0
+        y += 0.02 * rng.standard_normal(m)
+        for f, bw in zip(vowels[rng.integers(len(vowels))], (80, 100, 120)):
+            r, th = np.exp(-np.pi * bw / SR), 2 * np.pi * f * rng.uniform(0.9, 1.1) / SR
+            y = lfilter([1 - r], [1, -2 * r * np.cos(th), r * r], y)
+        y *= np.sin(np.pi * np.arange(m) / m) ** 0.5 * rng.uniform(0.5, 1.0) / (np.abs(y).max() + 1e-9)
+        out[k:k + m] = y[:n - k]
+        k += m + (int(rng.uniform(0.1, 0.4) * SR) if rng.random() < 0.25 else 0)
+    return (0.5 * out / np.abs(out).max()).astype(np.float32)
+
+
+def _wav_clip(path: Path, audio: np.ndarray) -> Path:
+    """`audio` through a real AAC file: what the speech expert gets from a video."""
+    raw = path.with_suffix('.f32')
+    raw.write_bytes(audio.astype('<f4').tobytes())
+    _ff('-f', 'f32le', '-ar', str(SR), '-ac', '1', '-i', str(raw), '-c:a', 'aac', str(path))
+    raw.unlink()
+    return path
+
+
+@pytest.fixture(scope='module')
+def tiny() -> torch.nn.Module:
+    return random_whisper(DIMS, seed=0).eval()
+
+
+@pytest.fixture(scope='module')
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
+    """Decoded audio of four files: 3 s, 8 s, and 34 s (two windows, the second placed by where
+    the first one's words end) of voice, and 5 s of voice over a tone."""
+    d = tmp_path_factory.mktemp('speech')
+    t = np.arange(5 * SR) / SR
+    sources = [voiced(3, 0), voiced(8, 1), voiced(34, 2), voiced(5, 3) + (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)]
+    return [load_audio(_wav_clip(d / f'clip{i}.m4a', a))[0] for i, a in enumerate(sources)]
+
+
+def _words(segments: list[dict]) -> list[tuple]:
+    return [(w['word'], w['start'], w['end'], round(w['probability'], 4)) for s in segments for w in s['words']]
+
+
+@pytest.mark.slow
+def test_batched_transcription_is_per_video_transcription(tiny: torch.nn.Module, clips: list[np.ndarray]) -> None:
+    import whisper
+
+    opts = BatchOptions(language='en', temperatures=(0.0,), sample_len=12, batch_size=3, min_speech=0.0)
+    batched = transcribe_batch(tiny, clips, opts)
+    for audio, got in zip(clips, batched):
+        ref = whisper.transcribe(tiny, audio, language='en', word_timestamps=True, temperature=(0.0,), fp16=False,
+                                 condition_on_previous_text=False, verbose=None, sample_len=12)
+        assert _words(got.segments) == _words(ref['segments'])  # the same words, times and probabilities
+        assert [(s['seek'], s['start'], s['end'], s['text']) for s in got.segments] == \
+               [(s['seek'], s['start'], s['end'], s['text']) for s in ref['segments']]
+    assert any(_words(t.segments) for t in batched), 'the tiny model said nothing: the test compares nothing'
+    assert batched[2].decoded >= 2  # the 34-s clip took a second window, placed after the first one's words
+
+
+def test_windows_without_speech_are_not_decoded(tiny: torch.nn.Module) -> None:
+    t = np.arange(6 * SR) / SR
+    silence = np.zeros(6 * SR, np.float32)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    noise = (np.random.default_rng(0).standard_normal(6 * SR) * 0.05).astype(np.float32)
+    opts = BatchOptions(language='en', temperatures=(0.0,), sample_len=8, batch_size=4)
+    out = transcribe_batch(tiny, [silence, tone, noise, voiced(4)], opts, vad=load_vad(torch.device('cpu')))
+    assert [t.decoded for t in out[:3]] == [0, 0, 0]  # silence, a tone and noise: not one decoding pass
+    assert [t.silent for t in out[:3]] == [1, 1, 1]
+    assert out[3].decoded >= 1
+    assert [t.segments for t in out[:3]] == [[], [], []]
+    assert out[3].segments  # the voice was decoded (into a random model's noise words)
+
+
+def test_fallback_redecodes_only_the_windows_that_failed(tiny: torch.nn.Module, clips: list[np.ndarray]) -> None:
+    from extract.experts._whisper import _decode_with_fallback
+    from whisper.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
+
+    mels = torch.stack([pad_or_trim(log_mel_spectrogram(torch.from_numpy(a), 80), N_FRAMES) for a in clips])
+    features = tiny.embed_audio(mels)
+    first = _decode_with_fallback(tiny, features, BatchOptions(temperatures=(0.0,), sample_len=8), 'en')
+    # a log-probability threshold between the windows' own: some pass at 0.0, the rest are redone at 0.5
+    cut = float(np.median([r.avg_logprob for r in first]))
+    opts = BatchOptions(temperatures=(0.0, 0.5), sample_len=8, logprob_threshold=cut, compression_ratio_threshold=99)
+    final = _decode_with_fallback(tiny, features, opts, 'en')
+    failed = [r.avg_logprob < cut for r in first]
+    assert any(failed) and not all(failed)
+    assert [r.temperature for r in final] == [0.5 if f else 0.0 for f in failed]
+    for r0, r, f in zip(first, final, failed):
+        if not f:  # kept from the first pass
+            assert r.tokens == r0.tokens
+
+
+def test_the_expert_batches_and_keeps_each_videos_words(tiny: torch.nn.Module, tmp_path: Path) -> None:
+    """`process_batch` of several videos gives each the words `process` gives it alone."""
+    from extract.experts import create_expert
+    from tests.extract.test_av_experts import _word2vec
+
+    ckpt = tmp_path / 'tiny.pt'
+    torch.save({'dims': DIMS, 'model_state_dict': tiny.state_dict()}, ckpt)
+    expert = create_expert('speech', weights=str(ckpt), max_tokens=8, temperatures=[0.0], batch_size=3,
+                           word_vectors=str(_word2vec(tmp_path / 'w.bin', ['zzz'])))
+    expert.load('cpu')
+    inputs = [VideoInput(audio=a) for a in (voiced(3, 1), np.zeros(3 * SR, np.float32), voiced(5, 4))]
+    together = expert.process_batch(inputs)
+    alone = [expert.process(x) for x in inputs]
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    assert (together[0].tokens or together[2].tokens) and not together[1].tokens  # silence: no words, not even noise
