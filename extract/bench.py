@@ -96,7 +96,9 @@ def _model_only(expert: Any, batches: int = 5) -> float:
 
 
 def _process_only(expert: Any, videos: list[Any]) -> tuple[float, str]:
-    """videos/s of a per-video expert's `process` on already decoded videos (no decoding timed)."""
+    """videos/s of a per-video expert on already decoded videos (no decoding timed), through
+    `process_batch` as the runner calls it: `videos_per_batch` videos at a time, after one
+    warm-up batch."""
     from extract.experts._base import VideoInput
 
     inputs = []
@@ -109,12 +111,18 @@ def _process_only(expert: Any, videos: list[Any]) -> tuple[float, str]:
             inputs.append(VideoInput(frames=v.frames[plan.index[:, 0]], timestamps=plan.timestamps))
     if not inputs:
         return float('nan'), 'no input (no audio streams?)'
-    expert.process(inputs[0])  # warm-up
+    step = expert.videos_per_batch
+    inputs = (inputs * -(-step // len(inputs)))[:max(step, len(inputs))]  # at least one whole batch
+    expert.process_batch(inputs[:step])  # warm-up: lazy CUDA set-up, cuDNN autotuning
+    if expert.device.type == 'cuda':
+        import torch
+
+        torch.cuda.synchronize(expert.device)
     t0 = time.perf_counter()
     frames = 0
-    for x in inputs:
-        expert.process(x)
-        frames += 0 if x.frames is None else len(x.frames)
+    for i in range(0, len(inputs), step):
+        expert.process_batch(inputs[i:i + step])
+        frames += sum(0 if x.frames is None else len(x.frames) for x in inputs[i:i + step])
     elapsed = time.perf_counter() - t0
     note = f'{frames / elapsed:.1f} frames/s' if frames else f'{sum(len(x.audio) for x in inputs) / 16000 / elapsed:.1f} s of audio/s'
     return len(inputs) / elapsed, note
@@ -156,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--stub-models', action='store_true',
                    help='decoding and the runner, the models stubbed (zero features), the stores written: whether '
                         'the host loop keeps up with the decoders while they load the CPU')
+    p.add_argument('--end-to-end', choices=('each', 'all', 'none'), default='each',
+                   help='end-to-end runs: each expert alone and then all together (default), only all of them '
+                        'together, or none (decode-only and model-only figures)')
     p.add_argument('--profile', type=Path, default=None, metavar='DIR',
                    help='profile the main process of each end-to-end run (cProfile): DIR/TARGET.prof, and the '
                         'functions that took the most time printed')
@@ -217,11 +228,13 @@ def _bench(args: argparse.Namespace) -> int:
         e.load(device)
         decode_rate[e.name], _ = _decode_only(items, {e.name: samplings[e.name]}, workers, decoder, device)
         # a worker process: decord must not share this process with PyNvVideoCodec
-        with DecodePool({e.name: samplings[e.name]}, workers=1) as pool:
-            sample = [v for v in pool.imap(items[:8]) if not (v.audio_error if e.modality == 'audio' else v.error)]
+        k = max(8, e.videos_per_batch) if e.per_video else 8  # a per-video expert: at least a whole batch
+        with DecodePool({e.name: samplings[e.name]}, workers=min(workers, k) if decoder == 'decord' else 1) as pool:
+            sample = [v for v in pool.imap(items[:k]) if not (v.audio_error if e.modality == 'audio' else v.error)]
         if e.per_video:
             rate, note = _process_only(e, sample)
-            rows.append((f'model only: {e.name} ({e.cfg.arch}, per video)', f'{rate:.2f} videos/s', note))
+            rows.append((f'model only: {e.name} ({e.cfg.arch}, {e.videos_per_batch} videos a batch)',
+                         f'{rate:.2f} videos/s', note))
             video_rate[e.name] = rate
         else:
             per_video = float(np.mean([len(v.plans[e.name].index) for v in sample]))
@@ -233,7 +246,9 @@ def _bench(args: argparse.Namespace) -> int:
         e.model = None  # free it before the end-to-end runs load their own
     with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:
         sub = _links(items, Path(tmp))
-        for target in [*names, 'all'] if len(names) > 1 else names:
+        targets = {'each': [*names, 'all'] if len(names) > 1 else names, 'all': ['all'] if len(names) > 1 else names,
+                   'none': []}[args.end_to_end]
+        for target in targets:
             selected = names if target == 'all' else [target]
             # the end-to-end runs read a folder of links: give them exactly the settings measured above
             settings = {f'{n}.{k}': v for n in selected for k, v in resolved[n].items()}
@@ -254,6 +269,9 @@ def _bench(args: argparse.Namespace) -> int:
             wait = f'{stats["decode_wait_s"] / span:.0%} waiting for decoding'
             if device.startswith('cuda'):  # the rest: the host's own work, and launches into a full GPU queue
                 wait += f', {stats["device_wait_s"] / span:.0%} for the GPU\'s results'
+            busy = [(k.split('.', 1)[1], v / span) for k, v in stats.items() if k.startswith('busy_s.')]
+            if busy:  # the per-video experts' threads: how much of the steady state each was at work
+                wait += '; busy: ' + ', '.join(f'{k} {v:.0%}' for k, v in busy)
             for label, r in ((f'end to end: {" + ".join(selected)} (whole run, {stats["setup_s"]:.1f} s setup)', rate),
                              (f'end to end: {" + ".join(selected)} (steady state, {wait})', steady)):
                 rows.append((label, f'{r:.2f} videos/s', f'{r / decode:.2f} x decode-only, {r / limit:.2f} x model-only'))
@@ -319,9 +337,6 @@ def _stubbed(items: list[tuple[int, str]], experts: list[Any], resolved: dict[st
 
     from extract.run import RunOptions
 
-    per_video = [e.name for e in experts if e.per_video]
-    if per_video:
-        raise SystemExit(f'stubbed runs take batched experts only; leave out {", ".join(per_video)}')
     pool, what = None, f'decoded by {decoder}'
     if decoder is None:
         samplings = {e.name: e.cfg.sampling_spec() for e in experts}
@@ -330,10 +345,16 @@ def _stubbed(items: list[tuple[int, str]], experts: list[Any], resolved: dict[st
         if not videos:
             raise SystemExit('--host-only: none of the first 16 videos could be decoded')
         pool, what = _Replay(videos), f'{len(videos)} decoded videos replayed'
+    from shared.store import DONE, VideoResult
+
     for e in experts:
         e.device = torch.device(device)
         e.preprocess = lambda rows: rows.reshape(len(rows), -1)[:, :1].float()
         e.forward = lambda x, d=e.cfg.feature_dim: torch.zeros(len(x), d)
+        # a per-video expert stubbed: no rows for any video, through its own thread and queue as in a real run
+        e.process_batch = lambda xs, d=e.cfg.feature_dim: [VideoResult(np.zeros((0, d), np.float32),
+                                                                       np.zeros((0, 2), np.float32), DONE,
+                                                                       available=False) for _ in xs]
     names = [e.name for e in experts]
     with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:
         settings = {f'{n}.{k}': v for n in names for k, v in resolved[n].items()}

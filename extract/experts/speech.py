@@ -29,6 +29,10 @@ __all__ = ['SpeechExpert', 'SpeechCfg', 'default_cfgs', 'TINY_DIMS', 'random_whi
 
 #: the smallest whisper shape (one layer, width 64), used for `weights: random`: random weights
 #: give noise words whatever the size, and this one transcribes a clip in about a second on a CPU
+#: whisper's own shapes (whisper paper, Table 1), for random weights of a released model's size:
+#: speed measurements, where a one-layer model would flatter the expert
+RANDOM_SHAPES = {'base': dict(n_audio_state=512, n_audio_head=8, n_audio_layer=6),
+                 'small': dict(n_audio_state=768, n_audio_head=12, n_audio_layer=12)}
 TINY_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1, n_vocab=51865,
                  n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
 
@@ -62,6 +66,8 @@ class SpeechCfg(ExpertCfg):
             decode none of them; whisper invents words on silence and music.
         vad_threshold: silero-vad's speech probability above which a 32-ms chunk is speech.
         min_speech: seconds of speech a 30-s window needs to be decoded.
+        random_shape: the model that `weights: random` builds: ``one-layer`` (width 64: tests and
+            the demo) or a released model's shape (``base``, ``small``) for benchmarks.
     """
 
     download_root: str = ''
@@ -72,6 +78,7 @@ class SpeechCfg(ExpertCfg):
     vad: bool = True
     vad_threshold: float = 0.5
     min_speech: float = 0.25
+    random_shape: str = 'one-layer'
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,6 +86,9 @@ class SpeechCfg(ExpertCfg):
             raise ValueError(f'vad_threshold must be between 0 and 1, got {self.vad_threshold}')
         if not self.min_speech >= 0.0:
             raise ValueError(f'min_speech must be >= 0 seconds, got {self.min_speech}')
+        if self.random_shape not in ('one-layer', *RANDOM_SHAPES):
+            raise ValueError(f'random_shape must be one-layer or one of {", ".join(RANDOM_SHAPES)}, '
+                             f'got {self.random_shape!r}')
         if not self.temperatures:
             raise ValueError('temperatures must list at least one temperature')
 
@@ -153,7 +163,9 @@ class SpeechExpert(VideoExpert):
         self.device = torch.device(device)
         self.dtype = torch.float32
         if weights.random:
-            model = random_whisper(TINY_DIMS, seed=0)
+            shape = RANDOM_SHAPES.get(self.cfg.random_shape, {})
+            layers = {k.replace('audio', 'text'): v for k, v in shape.items()}  # decoder as deep as the encoder
+            model = random_whisper({**TINY_DIMS, **shape, **layers}, seed=0)
         else:
             assert weights.path is not None
             ckpt = torch.load(str(weights.path), map_location='cpu', weights_only=True)
