@@ -18,6 +18,7 @@ from torch import nn
 
 from extract.experts import EXPERTS, build_expert
 from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
+from extract.experts._batching import frame_batches
 from extract.weights import ResolvedWeights, resolve_weights, sha256_file
 from shared.store import DONE, VideoResult
 
@@ -34,11 +35,19 @@ class FaceCfg(ExpertCfg):
         min_prob: detections below this MTCNN probability are dropped.
         min_face_size: smallest face MTCNN looks for, in pixels.
         margin: pixels added around each box before the 160x160 crop.
+        detect_batch: frames per MTCNN pass, taken across videos (frames of one size only: MTCNN
+            stacks its images).
     """
 
     min_prob: float = 0.95
     min_face_size: int = 20
     margin: int = 14
+    detect_batch: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.detect_batch < 1:
+            raise ValueError(f'detect_batch must be >= 1, got {self.detect_batch}')
 
 
 class FaceExpert(VideoExpert):
@@ -71,26 +80,48 @@ class FaceExpert(VideoExpert):
                            keep_all=True, post_process=True, device=self.device)
         return self
 
-    @torch.inference_mode()
     def process(self, inputs: VideoInput) -> VideoResult:
-        assert inputs.frames is not None and inputs.timestamps is not None and self.model is not None
-        faces, probs = self.mtcnn(list(inputs.frames), return_prob=True)  # one batch: the video's frames
-        crops, stamps = [], []
-        for frame_faces, frame_probs, stamp in zip(faces, probs, inputs.timestamps):
-            if frame_faces is None:
-                continue
-            keep = np.asarray(frame_probs, np.float64) >= self.cfg.min_prob
-            for face in frame_faces[torch.from_numpy(keep)]:
-                crops.append(face)
-                stamps.append(stamp)
-        crops, stamps = crops[: self.cfg.max_rows], stamps[: self.cfg.max_rows]
-        if not crops:
-            return VideoResult(np.zeros((0, 512), np.float32), np.zeros((0, 2), np.float32), DONE, available=False)
-        x = torch.stack(crops).to(self.device, self.dtype)
-        feats = torch.cat([self.model(x[i:i + self.batch_size]).float()
-                           for i in range(0, len(x), self.batch_size)]).cpu().numpy()
-        return VideoResult(feats, np.stack(stamps).astype(np.float32), DONE)
+        return self.process_batch([inputs])[0]
 
+    @torch.inference_mode()
+    def process_batch(self, inputs: list[VideoInput]) -> list[VideoResult]:
+        """Faces of several videos: MTCNN over batches of same-size frames across the videos, then
+        one embedding pass over all their faces. Rows per video are as if it ran alone: each
+        frame's faces largest first, those under `min_prob` dropped, the first `max_rows` kept."""
+        from facenet_pytorch.models.mtcnn import fixed_image_standardization
+        from facenet_pytorch.models.utils.detect_face import extract_face
+
+        assert self.model is not None
+        for x in inputs:
+            assert x.frames is not None and x.timestamps is not None
+        crops: list[list[torch.Tensor]] = [[] for _ in inputs]
+        stamps: list[list[np.ndarray]] = [[] for _ in inputs]
+        for frames, videos, rows in frame_batches([x.frames for x in inputs], self.cfg.detect_batch):
+            boxes, probs = self.mtcnn.detect(frames)  # per frame: boxes largest first, or None
+            for frame, frame_boxes, frame_probs, v, k in zip(frames, boxes, probs, videos, rows):
+                if frame_boxes is None or len(crops[v]) >= self.cfg.max_rows:
+                    continue
+                keep = np.asarray(frame_probs, np.float64) >= self.cfg.min_prob  # float64, as before batching
+                for box in frame_boxes[keep][: self.cfg.max_rows - len(crops[v])]:
+                    # facenet's own crop (cv2 INTER_AREA on the host), so the rows match MTCNN.forward's
+                    crops[v].append(fixed_image_standardization(extract_face(frame, box, 160, self.cfg.margin)))
+                    stamps[v].append(inputs[v].timestamps[k])
+        counts = [len(c) for c in crops]
+        flat = [c for video in crops for c in video]
+        feats = np.zeros((0, 512), np.float32)
+        if flat:
+            x = torch.stack(flat).to(self.device, self.dtype)
+            feats = torch.cat([self.model(x[i:i + self.batch_size]).float()
+                               for i in range(0, len(x), self.batch_size)]).cpu().numpy()
+        out, start = [], 0
+        for n, video_stamps in zip(counts, stamps):
+            if not n:
+                out.append(VideoResult(np.zeros((0, 512), np.float32), np.zeros((0, 2), np.float32), DONE,
+                                       available=False))
+            else:
+                out.append(VideoResult(feats[start:start + n], np.stack(video_stamps).astype(np.float32), DONE))
+            start += n
+        return out
 
 default_cfgs = {
     'face': FaceCfg(arch='facenet:inception_resnet_v1', weights='facenet:vggface2', feature_dim=512, fps=1.0,

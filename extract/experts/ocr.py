@@ -34,6 +34,8 @@ class OcrCfg(ExpertCfg):
         download: let easyocr download missing models.
         min_conf: words recognised with less confidence are dropped.
         word_vectors: word2vec file (a path or file:NAME).
+        detect_batch: easyocr: frames per CRAFT pass, taken across videos (frames of one size).
+        recognize_batch: easyocr: word crops per recogniser pass, taken across frames and videos.
     """
 
     engine: str = 'easyocr'
@@ -42,6 +44,14 @@ class OcrCfg(ExpertCfg):
     download: bool = False
     min_conf: float = 0.3
     word_vectors: str = 'file:GoogleNews-vectors-negative300.bin'
+    detect_batch: int = 16
+    recognize_batch: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.detect_batch < 1 or self.recognize_batch < 1:
+            raise ValueError(f'detect_batch and recognize_batch must be >= 1, got {self.detect_batch}, '
+                             f'{self.recognize_batch}')
 
 
 def merge_words(frames: list[list[tuple[str, float]]], stamps: np.ndarray) -> list[dict[str, Any]]:
@@ -111,21 +121,48 @@ class OcrExpert(VideoExpert):
             self.engine = easyocr.Reader(list(self.cfg.languages), gpu=self.device.type == 'cuda',
                                          model_storage_directory=directory, download_enabled=self.cfg.download,
                                          verbose=False)
+            self.use_reader(self.engine)
         return self
 
-    def _read(self, frame: np.ndarray) -> list[tuple[str, float]]:
-        if self.cfg.engine == 'rapidocr':
-            result, _ = self.engine(np.ascontiguousarray(frame[..., ::-1]))  # RapidOCR takes BGR
-            detections = [(text, float(score)) for _, text, score in (result or [])]
-        else:
-            detections = [(text, float(conf)) for _, text, conf in self.engine.readtext(frame)]
-        return [(w, conf) for text, conf in detections if conf >= self.cfg.min_conf for w in text.split()]
+    def use_reader(self, reader: Any) -> None:
+        """Run `reader`'s networks on this expert's device, called directly (`process_batch`).
+
+        easyocr wraps them in DataParallel on CUDA, which would spread a batch over every visible
+        GPU and insists on cuda:0; the bare modules run where the runner put this expert.
+        """
+        for name in ('detector', 'recognizer'):
+            net = getattr(reader, name)
+            setattr(reader, name, getattr(net, 'module', net).to(self.device).eval())
+        reader.device = str(self.device)
+        self.engine = reader
+
+    def _read_rapid(self, frame: np.ndarray) -> list[tuple[str, float]]:
+        result, _ = self.engine(np.ascontiguousarray(frame[..., ::-1]))  # RapidOCR takes BGR
+        return [(text, float(score)) for _, text, score in (result or [])]
 
     def process(self, inputs: VideoInput) -> VideoResult:
-        assert inputs.frames is not None and inputs.timestamps is not None
-        per_frame = [self._read(f) for f in inputs.frames]
-        return words_result(merge_words(per_frame, inputs.timestamps), self.wv, self.cfg.max_rows)
+        return self.process_batch([inputs])[0]
 
+    def process_batch(self, inputs: list[VideoInput]) -> list[VideoResult]:
+        """Words of several videos. easyocr: detection and recognition batched across frames and
+        videos (`readtext_batched`), reading each frame as `readtext` does. RapidOCR (CPU) reads
+        frame by frame: its recogniser pads each batch to its widest crop, so crops batched across
+        frames would read differently from the same frame alone."""
+        for x in inputs:
+            assert x.frames is not None and x.timestamps is not None
+        if self.cfg.engine == 'easyocr':
+            from extract.experts._easyocr import readtext_batched
+
+            found = readtext_batched(self.engine, [x.frames for x in inputs], self.device, self.cfg.detect_batch,
+                                     self.cfg.recognize_batch)
+        else:
+            found = [[self._read_rapid(f) for f in x.frames] for x in inputs]
+        out = []
+        for x, video in zip(inputs, found):
+            words = [[(w, conf) for text, conf in frame if conf >= self.cfg.min_conf for w in text.split()]
+                     for frame in video]
+            out.append(words_result(merge_words(words, x.timestamps), self.wv, self.cfg.max_rows))
+        return out
 
 _COMMON = dict(arch='ocr', feature_dim=300, fps=1.0, resize=(480,), input_size=0, max_rows=256)
 default_cfgs = {
