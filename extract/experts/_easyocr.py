@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from extract.experts._batching import frame_batches
 
-__all__ = ['readtext_batched']
+__all__ = ['readtext_batched', 'random_reader']
 
 # Reader.readtext's defaults (easyocr 1.7.2)
 _DETECT = dict(text_threshold=0.7, link_threshold=0.4, low_text=0.4)
@@ -153,3 +153,45 @@ def _predict(reader: Any, crops: list[np.ndarray], widths: list[int], device: to
             for i, (text, conf) in zip(part, read):
                 out[i] = (text, conf)
     return out
+
+
+def random_reader(calibrate_on: np.ndarray) -> Any:
+    """An English easyocr Reader built from its own modules with random weights: `weights: random`
+    for tests and benchmarks (easyocr has no such option: it looks for its model files, and
+    deletes those that fail its md5 check). CRAFT's last layer is rescaled so that its maps cross
+    easyocr's thresholds on `calibrate_on` (N, H, W, 3) uint8 frames (some boxes per frame, not
+    none or all, so detection and recognition both have work), and the recogniser's so that it
+    gives confident letters."""
+    from pathlib import Path
+
+    import easyocr
+    from easyocr.config import BASE_PATH, recognition_models
+    from easyocr.craft import CRAFT
+    from easyocr.detection import get_textbox
+    from easyocr.model.vgg_model import Model
+    from easyocr.utils import CTCLabelConverter
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reader = easyocr.Reader.__new__(easyocr.Reader)  # no __init__: it would look for the model files
+        model = recognition_models['gen2']['english_g2']
+        reader.model_lang, reader.character, reader.device = 'english', model['characters'], 'cpu'
+        reader.setLanguageList(['en'], model)
+        reader.detect_network, reader.get_textbox = 'craft', get_textbox
+        reader.detector = CRAFT().eval()
+        reader.converter = CTCLabelConverter(reader.character, {}, {'en': str(Path(BASE_PATH) / 'dict' / 'en.txt')})
+        reader.recognizer = Model(1, 256, 256, len(reader.converter.character)).eval()
+    with torch.inference_mode():
+        reader.recognizer.Prediction.weight.mul_(1000.0)
+        reader.recognizer.Prediction.bias.zero_()
+        x = torch.from_numpy(calibrate_on).permute(0, 3, 1, 2).float()
+        mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+        std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+        y = reader.detector((x - mean) / std)[0]
+        last = reader.detector.conv_cls[-1]
+        for c, (lo, hi) in enumerate([(0.45, 0.8), (0.3, 0.5)]):  # text map, link map
+            p90, p99 = np.percentile(y[..., c].numpy(), [90, 99.5])
+            scale = (hi - lo) / (p99 - p90)
+            last.weight[c] *= scale
+            last.bias[c] = scale * (last.bias[c] - p90) + lo
+    return reader

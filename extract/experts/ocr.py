@@ -95,6 +95,8 @@ class OcrExpert(VideoExpert):
                 from importlib.metadata import version
 
                 self.weights = ResolvedWeights(f'rapidocr-onnxruntime {version("rapidocr-onnxruntime")} (bundled models)')
+            elif self.cfg.engine == 'easyocr' and self.cfg.weights == 'random':
+                self.weights = ResolvedWeights('random')  # easyocr's own networks, randomly initialised
             elif self.cfg.engine == 'easyocr':
                 directory = Path(self.cfg.model_dir) if self.cfg.model_dir else weights_dir() / 'easyocr'
                 needed = ['craft_mlt_25k.pth'] + (['english_g2.pth'] if 'en' in self.cfg.languages else [])
@@ -114,6 +116,13 @@ class OcrExpert(VideoExpert):
             from rapidocr_onnxruntime import RapidOCR
 
             self.engine = RapidOCR()
+        elif self.resolve().random:
+            from skimage import data
+
+            from extract.experts._easyocr import random_reader
+
+            page = np.repeat(data.text()[None, ..., None], 3, axis=-1)  # scanned text: calibrates the random CRAFT
+            self.use_reader(random_reader(page))
         else:
             import easyocr
 

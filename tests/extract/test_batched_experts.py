@@ -15,6 +15,7 @@ import torch
 from extract.decode import decode_video
 from extract.experts import create_expert
 from extract.experts._base import VideoInput
+from extract.experts._easyocr import random_reader
 from extract.experts._batching import frame_batches
 from shared.media import ffmpeg_exe
 from shared.store import VideoResult
@@ -136,44 +137,6 @@ def _word2vec(path: Path, words: list[str], dim: int = 8) -> Path:
     return path
 
 
-def _random_easyocr(calibrate_on: np.ndarray):
-    """An English easyocr Reader from its own modules with random weights (its model files cannot be
-    downloaded here, and easyocr deletes files that fail its md5 check). CRAFT's last layer is
-    rescaled so that its maps cross easyocr's thresholds on `calibrate_on` (some boxes per frame,
-    not none or all), and the recogniser's so that it gives confident letters."""
-    import easyocr
-    from easyocr.config import BASE_PATH, recognition_models
-    from easyocr.craft import CRAFT
-    from easyocr.detection import get_textbox
-    from easyocr.model.vgg_model import Model
-    from easyocr.utils import CTCLabelConverter
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        reader = easyocr.Reader.__new__(easyocr.Reader)  # no __init__: it would look for the model files
-        model = recognition_models['gen2']['english_g2']
-        reader.model_lang, reader.character, reader.device = 'english', model['characters'], 'cpu'
-        reader.setLanguageList(['en'], model)
-        reader.detect_network, reader.get_textbox = 'craft', get_textbox
-        reader.detector = CRAFT().eval()
-        reader.converter = CTCLabelConverter(reader.character, {}, {'en': str(Path(BASE_PATH) / 'dict' / 'en.txt')})
-        reader.recognizer = Model(1, 256, 256, len(reader.converter.character)).eval()
-    with torch.inference_mode():
-        reader.recognizer.Prediction.weight.mul_(1000.0)
-        reader.recognizer.Prediction.bias.zero_()
-        x = torch.from_numpy(calibrate_on).permute(0, 3, 1, 2).float()
-        mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-        std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
-        y = reader.detector((x - mean) / std)[0]
-        last = reader.detector.conv_cls[-1]
-        for c, (lo, hi) in enumerate([(0.45, 0.8), (0.3, 0.5)]):  # text map, link map
-            p90, p99 = np.percentile(y[..., c].numpy(), [90, 99.5])
-            scale = (hi - lo) / (p99 - p90)
-            last.weight[c] *= scale
-            last.bias[c] = scale * (last.bias[c] - p90) + lo
-    return reader
-
-
 def _words_one_video(expert, read, x: VideoInput) -> VideoResult:
     """The OCR expert's rows before batching: `read(frame)` frame by frame, then words -> rows."""
     from extract.experts._words import words_result
@@ -210,7 +173,7 @@ def test_easyocr_batched_reads_as_readtext_per_frame(text_videos: list[Path], tm
                            detect_batch=3, recognize_batch=3)
     inputs = _inputs(expert, text_videos)
     assert [x.frames.shape[:3] for x in inputs] == [(2, 120, 160), (1, 96, 128), (3, 120, 160)]
-    reader = _random_easyocr(inputs[0].frames)
+    reader = random_reader(inputs[0].frames)
     read = lambda f: [(text, float(conf)) for _, text, conf in reader.readtext(f)]  # noqa: E731
     per_frame = [[read(f) for f in x.frames] for x in inputs]
     assert sum(len(f) for v in per_frame for f in v) >= 6, per_frame  # boxes to read, in every video
