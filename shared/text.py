@@ -108,8 +108,8 @@ def _load(path: str) -> WordVectors:
     p = Path(path)
     binary = word2vec_binary(p)  # before anything opens the file
     if not p.is_file():
-        raise FileNotFoundError(f'word vectors {p} not found (a word2vec .bin, e.g. GoogleNews-vectors-negative300.bin, '
-                                'or a word2vec text file)')
+        raise FileNotFoundError(f'word vectors {p} not found (a word2vec .bin, e.g. '
+                                'GoogleNews-vectors-negative300.bin, or a word2vec text file)')
     # word2vec formats hold words and numbers only: parsed, never unpickled
     kv = KeyedVectors.load_word2vec_format(str(p), binary=binary)
     return WordVectors(kv, p)

@@ -8,7 +8,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,8 @@ import pytest
 import zarr
 
 from extract.run import main
-from shared.store import check_store, create_replacement, create_store, finish_swap, leftovers, open_store, pack_chunk, swap_in
+from shared.store import (check_store, create_replacement, create_store, finish_swap, leftovers, open_store,
+                          pack_chunk, swap_in)
 from tests import _store_writer as W
 from tests.extract.conftest import TINY
 
@@ -176,6 +176,3 @@ def test_shards_finishing_together_swap_once(tmp_path: Path) -> None:
     assert swap_in(second).chunk_size == 2
     assert check_store(path).exit_code == 0 and leftovers(path) == []
 
-
-if __name__ == '__main__':
-    sys.exit(pytest.main([__file__]))
