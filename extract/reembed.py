@@ -17,7 +17,7 @@ from pathlib import Path
 from extract.experts._words import words_result
 from shared.store import (DONE, ExpertStore, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store,
                           open_store, pack_chunk)
-from shared.text import WordVectors, load_word_vectors
+from shared.text import WordVectors, WordVectorsError, load_word_vectors
 
 __all__ = ['reembed', 'main']
 
@@ -76,12 +76,12 @@ def _write(src: ExpertStore, dst: ExpertStore, wv: WordVectors) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m extract.reembed', description=__doc__.split('\n\n')[0])
     p.add_argument('store', type=Path, help='an OCR or speech store ({expert}.zarr)')
-    p.add_argument('--word-vectors', type=Path, required=True, help='word2vec .bin or gensim KeyedVectors file')
+    p.add_argument('--word-vectors', type=Path, required=True, help='word2vec binary (.bin) or text (.txt, .vec) file')
     p.add_argument('--out', type=Path, default=None, help='write a new store here instead of replacing STORE')
     args = p.parse_args(argv)
     try:
         written = reembed(args.store, args.word_vectors, args.out)
-    except (StoreError, FileNotFoundError) as err:
+    except (StoreError, WordVectorsError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     print(f're-embedded {args.store} with {args.word_vectors} -> {written}')

@@ -36,8 +36,9 @@ from shared.config import ConfigError, data_root_default, features_root_default,
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.logs import setup_logging
-from shared.store import (DONE, FAILED, ChunkData, ExpertStore, StoreError, StoreSpec, VideoResult, create_store,
-                          is_store, open_store, pack_chunk, shard_chunks, store_path)
+from shared.store import (DONE, FAILED, ChunkData, ExpertStore, StoreError, StoreSpec, VideoResult, create_replacement,
+                          create_store, finish_swap, is_store, open_store, pack_chunk, replacement_path, shard_chunks,
+                          store_path, swap_in)
 
 __all__ = ['RunOptions', 'build_experts', 'run', 'main', 'open_stores']
 
@@ -380,15 +381,52 @@ def _chunk_size(manifest: Any, experts: list[Any], opts: RunOptions) -> int:
 
 
 def open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str, ExpertStore]:
+    """Each expert's store, made or opened to resume. With `opts.overwrite`, the store that the run
+    writes is a replacement built beside the existing one (`create_replacement`), swapped in by
+    `_finish` once complete: a run that stops or fails leaves the existing store as it was."""
     stores = {}
     opts.chunk_size = _chunk_size(manifest, experts, opts)
     for e in experts:
         info = e.store_info()
         spec = StoreSpec(dataset=manifest.name, expert=e.name, feature_dim=e.cfg.feature_dim, max_rows=e.cfg.max_rows,
                          chunk_size=opts.chunk_size, has_tokens=e.has_tokens, **info)
-        stores[e.name] = create_store(store_path(opts.features_root, manifest.name, e.name), manifest.video_ids, spec,
-                                      overwrite=opts.overwrite)
+        path = store_path(opts.features_root, manifest.name, e.name)
+        if opts.overwrite:
+            stores[e.name] = create_replacement(path, manifest.video_ids, spec)
+            continue
+        finish_swap(path)
+        if replacement_path(path).exists():
+            _logger.warning('%s: an unfinished --overwrite of this store is beside it (%s); this run continues the '
+                            'store itself. Rerun with --overwrite to continue the replacement, or remove it',
+                            path, replacement_path(path).name)
+        stores[e.name] = create_store(path, manifest.video_ids, spec)
     return stores
+
+
+def _probe(experts: list[Any]) -> None:
+    """One real forward pass of each frame and clip expert on a dummy row of the configured shape
+    (a frame or clip as the decoder gives it, then the expert's own resize, crop and normalisation),
+    before a store is made or replaced: settings the model cannot run with (a `mean` of the wrong
+    length, a `feature_dim` the model does not give) fail here, in one line, instead of on the
+    first batch with every video pending."""
+    import torch
+
+    for e in experts:
+        if e.per_video:  # their libraries take whole videos; a failure there fails its video only
+            continue
+        side = e.cfg.sampling_spec().short_side
+        shape = (1, e.cfg.clip_len, side, side, 3) if e.cfg.sampling == 'clips' else (1, side, side, 3)
+        try:
+            feats = e.forward(e.preprocess(torch.zeros(shape, dtype=torch.uint8, device=e.device)))
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ConfigError(f'{e.name}: the model does not run with these settings ({first}); check --set '
+                              f'values such as resize, input_size, clip_len, mean and std') from None
+        if tuple(feats.shape) != (1, e.cfg.feature_dim):
+            raise ConfigError(f'{e.name}: the model gives features of shape {tuple(feats.shape[1:])}, but '
+                              f'feature_dim is {e.cfg.feature_dim}: leave feature_dim at its default for this model')
 
 
 def _existing(store: ExpertStore, rows: range) -> dict[int, VideoResult]:
@@ -446,6 +484,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         for e in experts:
             e.load(device)
         loaded = experts
+    if new:
+        _probe(experts)
     stores = open_stores(manifest, experts, opts)
     n_chunks = next(iter(stores.values())).n_chunks
     mine = shard_chunks(n_chunks, opts.shard, opts.num_shards)
@@ -682,9 +722,10 @@ def _count(t: _Tally, packed: ChunkData, redo: list[int], rows: range, ids: tupl
 
 
 def _finish(stores: dict[str, ExpertStore]) -> None:
-    for s in stores.values():
+    """Consolidate complete stores; a complete replacement (--overwrite) takes its store's place."""
+    for name, s in stores.items():
         if s.is_complete():
-            s.consolidate()
+            stores[name] = swap_in(s)
 
 
 def _summary(dataset: str, stores: dict[str, ExpertStore], tallies: dict[str, _Tally], n_videos: int,

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import glob
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
@@ -27,11 +31,13 @@ from typing import Any
 import numpy as np
 import zarr
 
+from shared.files import fsync_dir
+
 __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
     'ExpertStore', 'store_path', 'is_store', 'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
-    'CheckReport', 'check_store', 'main',
+    'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'CheckReport', 'check_store', 'main',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -497,21 +503,135 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
     return store
 
 
+# ------------------------------------------------------------------------------------- replace
+# `extract --overwrite` builds the new store beside the old one and swaps them only once the new
+# one is complete, so that a stopped run never leaves neither:
+#   .NAME.overwrite-new   the replacement being built (resumed by a rerun with the same settings)
+#   .NAME.overwrite-swap  complete and claimed for the swap by one process (shards race for it)
+#   .NAME.overwrite-old   the old store, set aside between the two renames of the swap, then removed
+# A rerun of any extraction of the store finishes a swap that a kill cut short (`finish_swap`).
+
+def _aside(path: Path, what: str) -> Path:
+    return path.parent / f'.{path.name}.overwrite-{what}'
+
+
+def replacement_path(path: str | os.PathLike) -> Path:
+    """Where the replacement of the store at `path` is built (`extract --overwrite`)."""
+    return _aside(Path(path), 'new')
+
+
+def create_replacement(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreSpec) -> ExpertStore:
+    """The store that will replace the one at `path`, built beside it: an unfinished replacement
+    with the same layout (an earlier run of the same command, or another shard's) is continued, one
+    with other settings is started again. The store at `path` is not touched."""
+    path = Path(path)
+    finish_swap(path)
+    staged = replacement_path(path)
+    try:
+        return create_store(staged, video_ids, spec)
+    except StoreError:  # made by an --overwrite with other settings: its work is not this run's
+        return create_store(staged, video_ids, spec, overwrite=True)
+
+
+def _final(staged: Path) -> Path | None:
+    """The store path that `staged` replaces, when `staged` is a replacement."""
+    name = staged.name
+    if name.startswith('.') and name.endswith('.overwrite-new'):
+        return staged.with_name(name[1:-len('.overwrite-new')])
+    return None
+
+
+def swap_in(store: ExpertStore) -> ExpertStore:
+    """Put a complete replacement in the place of the store it replaces; returns the store there.
+
+    The old store is set aside, the new one renamed into place, and the old one removed: two
+    renames in one directory, during which Ctrl-C and SIGTERM wait. A kill between them leaves
+    both stores whole beside each other, and `finish_swap` (run by every extraction) completes it.
+    A store that is no replacement is consolidated and returned as it is.
+    """
+    path = _final(store.path)
+    if path is None:
+        store.consolidate()
+        return store
+    if is_store(store.path):  # else another shard has claimed it
+        try:
+            store.consolidate()
+            # the claim: of shards finishing together, one renames the replacement, the others find it gone
+            os.rename(store.path, _aside(path, 'swap'))
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    finish_swap(path)
+    return open_store(path, mode='r+', warn_random=False)
+
+
+def finish_swap(path: str | os.PathLike) -> None:
+    """Complete a swap of a replacement into `path` that was claimed but cut short; remove an old
+    store set aside by a swap that completed. Nothing to do, the usual case, costs two stats."""
+    path = Path(path)
+    swap, old = _aside(path, 'swap'), _aside(path, 'old')
+    if old.exists() and is_store(path):  # the swap put the new one in place: the old one goes
+        shutil.rmtree(old, ignore_errors=True)
+    if is_store(swap):
+        with _signals_deferred():
+            for src, dst in ((path, old), (swap, path)):
+                try:
+                    if src == swap or os.path.lexists(src):
+                        os.rename(src, dst)
+                except FileNotFoundError:  # another process is at the same swap
+                    pass
+        fsync_dir(path.parent)  # the renames survive a power cut
+        _logger.info('%s: replaced by the store an --overwrite built beside it', path)
+    if old.exists() and is_store(path):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Any:
+    """Ctrl-C and SIGTERM received inside the block take effect at its end (main thread only:
+    elsewhere Python runs no signal handlers anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    before = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if got:
+            signal.raise_signal(got[0])
+
+
 # ----------------------------------------------------------------------------------------- check
 
 def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
     """Directories that stopped jobs left beside the store at `path`, each with what to do about it.
 
-    `create_store` builds in `.NAME.tmp-*`, and `extract.reembed` writes `.NAME.reembed-*` and sets
-    the store aside as `.NAME.old-*` while it swaps the two. A kill leaves them (a re-embedded copy
-    is as large as the store). Whether their job still runs cannot be told from here (it may be
-    on another node), so they are reported, never removed.
+    `create_store` builds in `.NAME.tmp-*`, `extract.reembed` writes `.NAME.reembed-*` and sets
+    the store aside as `.NAME.old-*` while it swaps the two, and `extract --overwrite` builds in
+    `.NAME.overwrite-new` (see `swap_in`). A kill leaves them (a re-embedded copy is as large as
+    the store). Whether their job still runs cannot be told from here (it may be on another
+    node), so they are reported, never removed.
     """
     path = Path(path)
     found = []
+    rerun = 'rerun the extraction of this store (any extract command for it) to finish the swap'
+    overwrite = {
+        'new': 'the replacement an extract --overwrite is building; the store stays until it is complete. '
+               'Rerun that command to continue it, or remove this to give it up',
+        'swap': f'a complete replacement whose swap into place was cut short: {rerun}',
+        'old': f'the store as it was before an extract --overwrite whose swap was cut short: {rerun}'
+               + ('' if is_store(path) else f', or rename this back to {path.name}'),
+    }
     for p in sorted(path.parent.glob(f'.{glob.escape(path.name)}.*-*')):
-        kind = p.name[len(path.name) + 2:].split('-', 1)[0]
-        if kind == 'old' and not path.exists():
+        kind, _, sub = p.name[len(path.name) + 2:].partition('-')
+        if kind == 'overwrite' and sub in overwrite:
+            found.append((p, overwrite[sub]))
+        elif kind == 'old' and not path.exists():
             found.append((p, f'the store, set aside by a re-embedding that stopped before the new one took its '
                              f'place: rename it back to {path.name}'))
         elif kind in ('tmp', 'reembed', 'old'):

@@ -1,8 +1,11 @@
 """Word vectors shared by OCR, speech and caption encoders: gensim KeyedVectors, loaded once.
 
-Files are word2vec binaries (GoogleNews-vectors-negative300.bin in production; the demo trains
-its own) or gensim's native format, which is memory-mapped. Tokens are normalised (lower case,
-outer punctuation stripped); a word without a vector keeps its token but gets no row.
+Files are word2vec binary or text files (GoogleNews-vectors-negative300.bin in production; the
+demo trains its own), which hold numbers only. gensim's native format (`KeyedVectors.save`) is a
+pickle, which can run code when loaded: it is never read here, whatever its name, only by the
+explicit importer `python -m pipelines.import_word_vectors`, which converts it after a warning.
+Tokens are normalised (lower case, outer punctuation stripped); a word without a vector keeps its
+token but gets no row.
 """
 from __future__ import annotations
 
@@ -14,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ['WordVectors', 'load_word_vectors', 'normalise', 'split_words']
+from shared.config import ConfigError
+
+__all__ = ['WordVectors', 'WordVectorsError', 'load_word_vectors', 'normalise', 'split_words', 'word2vec_binary',
+           'BINARY_SUFFIXES', 'TEXT_SUFFIXES']
+
+#: word2vec binary files, by name (compressed ones are read through gensim's smart_open)
+BINARY_SUFFIXES = ('.bin', '.bin.gz', '.bin.bz2')
+#: word2vec text files: a "count dim" header, then one word and its numbers a line
+TEXT_SUFFIXES = ('.txt', '.vec', '.txt.gz', '.vec.gz', '.txt.bz2', '.vec.bz2')
 
 _PUNCT = re.compile(r"^[^\w]+|[^\w]+$")
 
@@ -68,20 +79,39 @@ class WordVectors:
         return h.hexdigest()
 
 
+class WordVectorsError(ConfigError):
+    """A word-vector file that is not in a format read here (the setting that names it is wrong)."""
+
+
+def word2vec_binary(path: Path) -> bool:
+    """Whether `path` names a word2vec binary (True) or text (False) file.
+
+    Raises:
+        WordVectorsError: any other name. The format is chosen by name, never by trying loaders,
+            so that no file reaches a loader that unpickles.
+    """
+    name = path.name.lower()
+    if name.endswith(BINARY_SUFFIXES):
+        return True
+    if name.endswith(TEXT_SUFFIXES):
+        return False
+    raise WordVectorsError(
+        f'word vectors {path}: not a word2vec file by its name (binary: {", ".join(BINARY_SUFFIXES)}; text: '
+        f'{", ".join(TEXT_SUFFIXES)}). A gensim KeyedVectors.save file is a pickle, which can run code, and is not '
+        f'read here: convert one you trust with python -m pipelines.import_word_vectors {path} OUT.bin')
+
+
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> WordVectors:
     from gensim.models import KeyedVectors
 
     p = Path(path)
+    binary = word2vec_binary(p)  # before anything opens the file
     if not p.is_file():
-        raise FileNotFoundError(f'word vectors {p} not found (a word2vec .bin, e.g. GoogleNews-vectors-negative300.bin, '
-                                'or a gensim KeyedVectors file)')
-    if p.suffix in ('.bin', '.gz') or p.name.endswith('.bin.gz'):
-        kv = KeyedVectors.load_word2vec_format(str(p), binary=True)
-    elif p.suffix in ('.txt', '.vec'):
-        kv = KeyedVectors.load_word2vec_format(str(p), binary=False)
-    else:
-        kv = KeyedVectors.load(str(p), mmap='r')
+        raise FileNotFoundError(f'word vectors {p} not found (a word2vec .bin, e.g. '
+                                'GoogleNews-vectors-negative300.bin, or a word2vec text file)')
+    # word2vec formats hold words and numbers only: parsed, never unpickled
+    kv = KeyedVectors.load_word2vec_format(str(p), binary=binary)
     return WordVectors(kv, p)
 
 

@@ -4,17 +4,25 @@ CE's frozen GPT is 466 MB of weights that training never changes. Saved in every
 would be written again each epoch (last.pt) and kept twice (last.pt, best.pt); instead it is
 written once per run, to checkpoints/frozen.pt, and joined back when a checkpoint is loaded.
 Checkpoints written before this split (every weight in one file) load as they are.
+
+Every file is written whole or not at all (`shared.files.atomic_save`): a run killed while it
+saves keeps the previous checkpoint, so its rerun resumes. A file that still cannot be read (a
+copy cut short, a damaged disk) is a `CheckpointError` naming it and what to do.
 """
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from shared.config import ConfigError
+from shared.files import atomic_save
 from train.models.base import RetrievalModel
 
-__all__ = ['FROZEN', 'save_checkpoint', 'load_checkpoint', 'load_model']
+__all__ = ['FROZEN', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model']
 
 FROZEN = 'frozen.pt'
 
@@ -32,18 +40,46 @@ def save_checkpoint(model: RetrievalModel, path: Path, **extra: Any) -> None:
     state = model.state_dict()
     frozen = _frozen_keys(model)
     if frozen and not (path.parent / FROZEN).is_file():
-        tmp = path.parent / f'{FROZEN}.tmp'
-        torch.save({k: state[k] for k in sorted(frozen)}, tmp)
-        tmp.replace(path.parent / FROZEN)  # whole or absent: a resumed run never reads half a file
-    torch.save({'model': {k: v for k, v in state.items() if k not in frozen}, **extra}, path)
+        atomic_save({k: state[k] for k in sorted(frozen)}, path.parent / FROZEN)
+    atomic_save({'model': {k: v for k, v in state.items() if k not in frozen}, **extra}, path)
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be read."""
+
+
+def _read(path: Path, map_location: Any) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        # torch's messages run to several sentences of advice: the first says what is wrong
+        reason = (str(err).strip().split('. ')[0].splitlines() or [''])[0][:160] or type(err).__name__
+        raise CheckpointError(f'checkpoint {path} cannot be read ({reason}): it was cut short or damaged. '
+                              f'{_advice(path)}') from None
+    if not isinstance(state, dict) or (path.name != FROZEN and not isinstance(state.get('model'), dict)):
+        raise CheckpointError(f'{path} is not a checkpoint of this project. {_advice(path)}')
+    return state
+
+
+def _advice(path: Path) -> str:
+    if path.name == FROZEN:  # the other checkpoints of the run need it
+        return (f'Put back a good copy, or delete {path.parent} and rerun: the run trains again from its first '
+                'epoch')
+    return 'Put back a good copy, or delete it and rerun (without last.pt the run trains again from its first epoch)'
 
 
 def load_checkpoint(path: Path, map_location: Any = 'cpu') -> dict[str, Any]:
-    """A checkpoint with its model state made whole again (the frozen weights joined back)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint with its model state made whole again (the frozen weights joined back).
+
+    Raises:
+        CheckpointError: the checkpoint or frozen.pt cannot be read.
+    """
+    state = _read(path, map_location)
     frozen = path.parent / FROZEN
     if frozen.is_file():
-        state['model'] = {**torch.load(frozen, map_location=map_location, weights_only=True), **state['model']}
+        state['model'] = {**_read(frozen, map_location), **state['model']}
     return state
 
 

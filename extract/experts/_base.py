@@ -28,6 +28,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
+#: the largest side of a resized frame or crop (4K frames have a short side of 2160)
+MAX_SIDE = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,10 @@ class ExpertCfg:
     def __post_init__(self) -> None:
         if len(self.resize) not in (1, 2) or min(self.resize) < 1:
             raise ValueError(f'resize must be [short_side] or [height, width], got {self.resize}')
+        # decoded frames and model inputs are this large: beyond it, memory runs out before a row is done
+        if max(self.resize) > MAX_SIDE or self.input_size > MAX_SIDE:
+            raise ValueError(f'resize and input_size may be at most {MAX_SIDE} pixels, got resize {list(self.resize)}, '
+                             f'input_size {self.input_size}')
         if self.batch_size < 0:
             raise ValueError('batch_size must be >= 1, or 0 to choose by device')
         if self.input_size < 0:

@@ -1,0 +1,59 @@
+"""Convert word vectors saved in gensim's native format (`KeyedVectors.save`, a pickle) to a word2vec
+binary, the format every command reads.
+
+    python -m pipelines.import_word_vectors vectors.kv vectors.bin
+
+A pickle can run code when it is loaded: this command is the only place that loads one, after a
+warning, so import only files from a source you trust. The word2vec file it writes holds words
+and numbers only, and is what `--set word_vectors=...` / `data.word_vectors` should then name.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from shared.text import BINARY_SUFFIXES, load_word_vectors
+
+__all__ = ['import_word_vectors', 'main']
+
+
+def import_word_vectors(src: Path, out: Path) -> Path:
+    """Load `src` with gensim's (unpickling) `KeyedVectors.load` and write it to `out` as a word2vec
+    binary; `out` appears whole or not at all. Returns `out`."""
+    from gensim.models import KeyedVectors
+
+    if not out.name.lower().endswith(BINARY_SUFFIXES[0]):
+        raise ValueError(f'{out}: the output is a word2vec binary; give it a name ending in .bin')
+    if not src.is_file():
+        raise FileNotFoundError(f'{src} not found')
+    kv = KeyedVectors.load(str(src))  # noqa: S301 - the explicit importer; warned about in main()
+    if not isinstance(kv, KeyedVectors):
+        raise ValueError(f'{src} holds a {type(kv).__name__}, not gensim KeyedVectors')
+    tmp = out.with_name(f'.{out.name}.tmp')
+    kv.save_word2vec_format(str(tmp), binary=True)
+    os.replace(tmp, out)
+    load_word_vectors(out)  # read back through the loader every command uses
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m pipelines.import_word_vectors', description=__doc__.split('\n\n')[0])
+    p.add_argument('src', type=Path, help='a gensim KeyedVectors.save file (a pickle: only one you trust)')
+    p.add_argument('out', type=Path, help='the word2vec binary to write (.bin)')
+    args = p.parse_args(argv)
+    warnings.warn(f'reading {args.src} with gensim KeyedVectors.load: unpickling can run code from the file; import '
+                  'only files from a source you trust', stacklevel=1)
+    try:
+        import_word_vectors(args.src, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(f'{args.src} -> {args.out} (word2vec binary)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

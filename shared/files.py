@@ -1,0 +1,57 @@
+"""Files written whole or not at all: a temporary file beside the target, fsync, rename.
+
+A kill (Ctrl-C, SIGKILL, a preempted job) or a power cut while a file is written in place leaves
+it cut short, and every later reader fails on it. Written here, the target keeps its previous
+content until the new one is complete on disk, then `os.replace` swaps them in one step (POSIX
+rename is atomic within a directory), and the directory is synced so that the rename survives.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ['atomic_write', 'atomic_save', 'fsync_dir']
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Sync a directory's entries (a rename or a new file in it) to disk, where the OS allows."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call `write(f)` on a temporary file beside `path`, then put it in `path`'s place.
+
+    The temporary file is `.NAME.tmp` in the same directory (a rename never crosses file systems),
+    one per target: a write cut short leaves it, and the next write to `path` replaces it. One
+    process writes a given path at a time (a run's checkpoints are written by rank 0 alone).
+    """
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save(obj, path)`, written whole or not at all (see `atomic_write`)."""
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))

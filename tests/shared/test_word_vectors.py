@@ -1,0 +1,115 @@
+"""Word vectors are read from word2vec files only: a pickle never runs, whichever command names it."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+
+class _Touch:
+    """Unpickling this creates `path`: what a crafted "gensim model" could do instead."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple:
+        return open, (self.path, 'w')
+
+
+def _crafted(tmp_path: Path, name: str = 'vectors.kv') -> tuple[Path, Path]:
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / name
+    evil.write_bytes(pickle.dumps(_Touch(marker)))
+    return evil, marker
+
+
+def _one_error_line(err: str, *words: str) -> None:
+    assert err.startswith('error: ') and 'Traceback' not in err and err.count('\n') == 1, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+@pytest.mark.parametrize('name', ['vectors.kv', 'vectors.model', 'vectors', 'vectors.gz', 'vectors.npy'])
+def test_the_loader_never_unpickles(name: str, tmp_path: Path) -> None:
+    from shared.text import WordVectorsError, load_word_vectors
+
+    evil, marker = _crafted(tmp_path, name)
+    with pytest.raises(WordVectorsError, match='pipelines.import_word_vectors'):
+        load_word_vectors(evil)
+    assert not marker.exists()
+    disguised = evil.with_name('vectors.bin')  # a word2vec name: parsed as numbers, so it fails, but runs nothing
+    evil.rename(disguised)
+    with pytest.raises(Exception):  # noqa: B017 - the format error is item 10's; here: nothing ran
+        load_word_vectors(disguised)
+    assert not marker.exists()
+
+
+def test_train_set_word_vectors(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from train.main import main
+
+    evil, marker = _crafted(tmp_path)
+    code = main(['--model', 'mee', '--dataset', 'demo', '--data-root', str(small_demo.parent), '--features-root',
+                 str(tmp_path / 'features'), '--run-dir', str(tmp_path / 'run'), '--device', 'cpu', '--no-progress',
+                 '--set', f'data.word_vectors={evil}'])
+    assert not marker.exists()
+    assert code == 1
+    _one_error_line(capsys.readouterr().err, str(evil), 'pipelines.import_word_vectors')
+
+
+def test_search_reads_a_run_config(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run directory from elsewhere: its config.yaml names the word vectors train.search loads."""
+    from shared.config import to_dict
+    from train.checkpoints import save_checkpoint
+    from train.loop import load_run_cfg
+    from train.main import config_path
+    from train.models import create_model, structure_only
+    from train.search import main
+
+    evil, marker = _crafted(tmp_path)
+    run = tmp_path / 'run'
+    (run / 'checkpoints').mkdir(parents=True)
+    cfg = load_run_cfg(config_path('mee', 'demo', None), {'data.word_vectors': str(evil)})
+    (run / 'config.yaml').write_text(yaml.safe_dump({**to_dict(cfg), 'seed': 0}, sort_keys=False))
+    save_checkpoint(create_model(structure_only(cfg.model)), run / 'checkpoints' / 'last.pt', epoch=0)
+    m = len(cfg.model.experts)
+    torch.save({'video_ids': ['v0'], 'emb': torch.zeros(1, m, cfg.model.embed_dim),
+                'available': torch.ones(1, m, dtype=torch.bool), 'checkpoint': 'last.pt'}, run / 'gallery.pt')
+    code = main(['--run', str(run), '--query', 'a cat', '--data-root', str(small_demo.parent)])
+    assert not marker.exists()
+    assert code == 1
+    _one_error_line(capsys.readouterr().err, str(evil))
+
+
+def test_extract_set_word_vectors(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from extract.run import main
+
+    evil, marker = _crafted(tmp_path)
+    features = tmp_path / 'features'
+    code = main(['--dataset', 'demo', '--data-root', str(small_demo.parent), '--features-root', str(features),
+                 '--expert', 'ocr.rapidocr', '--set', f'word_vectors={evil}', '--workers', '1', '--no-progress'])
+    assert not marker.exists()
+    assert code == 1
+    _one_error_line(capsys.readouterr().err, str(evil))
+    assert not features.exists() or not any(features.rglob('zarr.json'))  # no store made with that setting
+
+
+def test_gensim_native_files_go_through_the_importer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from gensim.models import KeyedVectors
+
+    from pipelines.import_word_vectors import main
+    from shared.text import load_word_vectors
+
+    kv = KeyedVectors(vector_size=4)
+    kv.add_vectors(['cat', 'dog'], np.arange(8, dtype=np.float32).reshape(2, 4))
+    kv.save(str(tmp_path / 'native.kv'))
+    with pytest.warns(UserWarning, match='unpickling can run code'):
+        assert main([str(tmp_path / 'native.kv'), str(tmp_path / 'converted.bin')]) == 0
+    wv = load_word_vectors(tmp_path / 'converted.bin')
+    np.testing.assert_array_equal(wv.lookup('dog'), [4, 5, 6, 7])
+    with pytest.warns(UserWarning):
+        assert main([str(tmp_path / 'native.kv'), str(tmp_path / 'converted.kv')]) == 1
+    assert '.bin' in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""Checkpoints survive kills: written whole or not at all, and an unreadable one is one error line."""
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train.checkpoints import load_checkpoint
+from train.main import main as train_main
+
+
+@pytest.fixture(scope='module')
+def object_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """20 small demo videos with an object store (random weights, tiny inputs)."""
+    from extract.run import main as extract_main
+    from shared.datasets.demo import DemoCfg, generate
+
+    root = tmp_path_factory.mktemp('ckpt')
+    generate(root / 'data' / 'demo', DemoCfg(videos=20, seed=3, min_duration=1.0, max_duration=2.0, speech_rate=0.0),
+             progress=False)
+    assert extract_main(['--dataset', 'demo', '--data-root', str(root / 'data'), '--features-root',
+                         str(root / 'features'), '--expert', 'object', '--weights', 'random', '--set', 'resize=[40]',
+                         '--set', 'input_size=32', '--workers', '1', '--no-progress']) == 0
+    return root / 'data', root / 'features'
+
+
+def _config(tmp: Path, epochs: int) -> Path:
+    """MEE with a wide embedding: last.pt (weights and Adam's moments) is ~60 MB, so most of a run's
+    time is spent writing checkpoints, and a kill at a random time tends to land inside a write."""
+    cfg = {'data': {'dataset': 'demo', 'split': 'official', 'word_vectors': '{data_root}/demo/word2vec.bin',
+                    'max_words': 8},
+           'model': {'model': 'mee', 'embed_dim': 1024, 'text_clusters': 4, 'projection': False, 'gating': 'context',
+                     'experts': [{'name': 'object', 'dim': 2048}]},
+           'train': {'optimizer': 'adam', 'lr': 0.001, 'epochs': epochs, 'batch_size': 4, 'margin': 0.1}}
+    path = tmp / 'mee.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _kill_inside_a_write(proc: subprocess.Popen, ckpt_dir: Path, rng: random.Random) -> bool:
+    """SIGKILL `proc` a random 0-30 ms after a file in `ckpt_dir` is seen growing (a write under
+    way, whatever the file's name); False when the run ended first."""
+    sizes: dict[str, int] = {}
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        now = {}
+        for p in ckpt_dir.glob('*') if ckpt_dir.is_dir() else ():
+            try:
+                now[p.name] = p.stat().st_size
+            except FileNotFoundError:  # renamed meanwhile
+                pass
+        if any(0 < n != sizes.get(name, 0) for name, n in now.items()) and sizes:
+            time.sleep(rng.uniform(0, 0.03))
+            proc.kill()
+            proc.wait(timeout=60)
+            return True
+        sizes = now or sizes
+        time.sleep(0.001)
+    return False
+
+
+@pytest.mark.slow
+def test_killed_while_saving_every_checkpoint_loads_and_the_rerun_finishes(
+        object_stores: tuple[Path, Path], tmp_path: Path, python: str, subprocess_env: dict, repo_root: Path) -> None:
+    data, features = object_stores
+    run = tmp_path / 'run'
+    cmd = [python, '-m', 'train', '--config', str(_config(tmp_path, epochs=10)), '--data-root', str(data),
+           '--features-root', str(features), '--run-dir', str(run), '--device', 'cpu', '--no-progress']
+    ckpt_dir = run / 'seed0' / 'checkpoints'
+    rng = random.Random()
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        if not _kill_inside_a_write(proc, ckpt_dir, rng):
+            proc.communicate(timeout=60)
+            break
+        kills += 1
+        assert proc.returncode == -signal.SIGKILL
+        for f in sorted(ckpt_dir.glob('*.pt')):  # every checkpoint there is whole
+            load_checkpoint(f)
+    assert kills >= 2, 'the runs ended before they could be killed'
+    again = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert load_checkpoint(ckpt_dir / 'last.pt')['epoch'] == 9
+
+
+def test_a_truncated_checkpoint_is_one_line(object_stores: tuple[Path, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    data, features = object_stores
+    run = tmp_path / 'run'
+    args = ['--config', str(_config(tmp_path, epochs=1)), '--data-root', str(data), '--features-root', str(features),
+            '--run-dir', str(run), '--device', 'cpu', '--no-progress']
+    assert train_main(args) == 0
+    capsys.readouterr()
+    last = run / 'seed0' / 'checkpoints' / 'last.pt'
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # as a kill inside an in-place write left it
+    assert train_main([*args, '--set', 'train.epochs=2']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: checkpoint {last} cannot be read') and err.count('\n') == 1, err
+    assert 'Traceback' not in err and 'delete it and rerun' in err
+    last.unlink()  # as the line says: the run then trains again from its first epoch
+    assert train_main([*args, '--set', 'train.epochs=2']) == 0
