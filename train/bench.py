@@ -58,9 +58,10 @@ def _tiny(cfg: ModelCfg) -> ModelCfg:
                                text_clusters=min(cfg.text_clusters, 4))
 
 
-def synthetic_split(cfg: ModelCfg, videos: int, words: int, seed: int = 0) -> SplitData:
+def synthetic_split(cfg: ModelCfg, videos: int, words: int, seed: int = 0, captions: int = 1) -> SplitData:
     """`videos` random videos in the shapes `cfg`'s experts read (some rows padded, 10% of the
-    videos missing each expert), one random caption of at most `words` tokens each."""
+    videos missing each expert), `captions` random captions of at most `words` tokens each (the
+    first of each video is its query)."""
     rng = np.random.default_rng(seed)
     experts = {}
     for spec in cfg.experts:
@@ -73,15 +74,16 @@ def synthetic_split(cfg: ModelCfg, videos: int, words: int, seed: int = 0) -> Sp
         start = np.broadcast_to(np.arange(rows, dtype=np.float32), (videos, rows))
         experts[spec.name] = ExpertData(rng.standard_normal((videos, rows, spec.dim), np.float32), available,
                                         np.arange(rows)[None, :] < lengths[:, None], np.stack([start, start + 1], -1))
-    lengths = rng.integers(3, words + 1, videos)
-    mask = np.arange(words)[None, :] < lengths[:, None]
+    n = videos * captions
+    mask = np.arange(words)[None, :] < rng.integers(3, words + 1, n)[:, None]
     if cfg.text.encoder == 'word2vec':
         vectors = rng.standard_normal((1001, cfg.text_dim), np.float32)
         vectors[0] = 0.0
-        captions = CaptionData((rng.integers(1, 1001, (videos, words)) * mask).astype(np.int32), mask, vectors)
+        text = CaptionData((rng.integers(1, 1001, (n, words)) * mask).astype(np.int32), mask, vectors)
     else:
-        captions = CaptionData((rng.integers(5, cfg.text.vocab_size, (videos, words)) * mask).astype(np.int32), mask)
-    return SplitData([f'v{i}' for i in range(videos)], experts, captions, np.arange(videos), np.arange(videos), [])
+        text = CaptionData((rng.integers(5, cfg.text.vocab_size, (n, words)) * mask).astype(np.int32), mask)
+    return SplitData([f'v{i}' for i in range(videos)], experts, text, np.repeat(np.arange(videos), captions),
+                     np.arange(0, n, captions), [])
 
 
 def _sync(dev: torch.device) -> None:

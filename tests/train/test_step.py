@@ -131,7 +131,7 @@ def test_epoch_loss_is_summed_on_the_device_and_logs_the_per_step_numbers() -> N
     """`train_epoch` reports what the loop reported when it read every step's loss with float():
     the same running means at the logged steps and the same epoch mean, to the bit."""
     cfg = _mmt_cfg()
-    data = synthetic_split(cfg, 28, 7)
+    data = synthetic_split(cfg, 28, 7, captions=2)
     torch.manual_seed(0)
     model = create_model(cfg).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -161,7 +161,7 @@ def test_epoch_loss_is_summed_on_the_device_and_logs_the_per_step_numbers() -> N
 def test_batches_gathered_on_the_device_are_the_host_batches(make_cfg) -> None:
     """`TrainFeed` with the split in device memory (here the CPU's) gives the host path's batches,
     token ids (MMT's BERT) and word vectors (MEE) alike."""
-    data = synthetic_split(make_cfg(), 13, 6)
+    data = synthetic_split(make_cfg(), 13, 6, captions=3)
     host, device = TrainFeed(data, torch.device('cpu'), 0), TrainFeed(data, torch.device('cpu'), 1 << 40)
     assert not host.on_device and device.on_device
     assert not TrainFeed(data, torch.device('cpu'), data.train_nbytes() - 1).on_device
@@ -215,3 +215,30 @@ def test_bench_a_failing_row_prints_its_error_and_the_others_run(capsys: pytest.
     assert '| MMT train step, eager ' in table and '| MEE retrieval 32 x 32 ' in table
     assert bench_main(['--models', 'xyz']) == 1
     assert '--models: unknown xyz' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('on_device, compile', [(True, False), (False, False), (True, True)],
+                         ids=['device-feed', 'pinned-host-feed', 'compiled'])
+def test_cuda_steps_never_make_the_host_wait(on_device: bool, compile: bool) -> None:
+    """CUDA's sync debug mode raises on any host wait (an .item(), a pageable copy, a boolean
+    selection) in the steps after the first (which initialises cuBLAS and, compiled, captures)."""
+    from train.loop import TrainCfg, build_optimizer
+
+    cfg = dataclasses.replace(_mmt_cfg(), text=TextCfg(encoder='bert', **{**TINY_TEXT, 'dropout': 0.1}))
+    data = synthetic_split(cfg, 40, 7)
+    dev = torch.device('cuda')
+    model = create_model(cfg).to(dev).train()
+    opt, _ = build_optimizer(TrainCfg(optimizer='adam', lr=1e-3), model)
+    step = TrainStep(model, opt, _contrastive, 1.0, dev, compile)
+    batches = TrainFeed(data, dev, 1 << 40 if on_device else 0).epoch(4, np.random.default_rng(0))
+    for _ in range(4 if compile else 1):  # compiled: the graphs are recorded on the first calls
+        total = step(*next(batches)).double()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for video, text in batches:
+            total += step(video, text)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert step.compiled == compile and torch.isfinite(total)
