@@ -21,10 +21,10 @@ import torch
 from shared.datasets import Manifest
 from shared.store import RandomWeightsWarning, StoreError, open_store, store_path
 from train.captions import CaptionData, CaptionEncoder
-from train.models.base import ExpertInput
+from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 
-__all__ = ['ExpertData', 'SplitData', 'load_split', 'split_captions']
+__all__ = ['ExpertData', 'SplitData', 'TrainFeed', 'load_split', 'split_captions']
 
 
 @dataclasses.dataclass
@@ -89,14 +89,85 @@ class SplitData:
     def videos(self, idx: np.ndarray) -> dict[str, ExpertInput]:
         return {name: e.batch(idx) for name, e in self.experts.items()}
 
-    def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
-        """Shuffled videos, one randomly chosen caption each; the last short batch is dropped."""
+    def epoch_plan(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """An epoch's batches as (steps, batch_size) video and caption indices: the videos shuffled,
+        one randomly chosen caption each, the last short batch dropped (every step has the same
+        shapes, which a captured step needs)."""
         order = rng.permutation(len(self))
+        steps = len(order) // batch_size
+        videos = order[:steps * batch_size].reshape(steps, batch_size)
         by_video = self.captions_by_video
-        for s in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[s:s + batch_size]
-            caps = np.array([c[rng.integers(len(c))] for c in (by_video[v] for v in idx)])
-            yield self.videos(idx), self.captions.batch(caps)
+        # one draw per video in batch order, as a scalar call: a vectorised draw gives other numbers
+        caps = np.array([c[rng.integers(len(c))] for c in (by_video[v] for v in videos.reshape(-1))], np.int64)
+        return videos, caps.reshape(videos.shape)
+
+    def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
+        """The batches of `epoch_plan`, gathered on the host."""
+        for videos, caps in zip(*self.epoch_plan(batch_size, rng)):
+            yield self.videos(videos), self.captions.batch(caps)
+
+    def train_nbytes(self) -> int:
+        """Bytes of the training inputs as `TrainFeed` holds them on a device."""
+        arrays = [a for e in self.experts.values() for a in (e.x, e.available, e.mask, e.times) if a is not None]
+        caps = self.captions
+        return (sum(a.nbytes for a in arrays) + caps.ids.size * 8 + caps.mask.nbytes
+                + (caps.vectors.nbytes if caps.vectors is not None else 0))
+
+
+class TrainFeed:
+    """A training split's batches on `device` (in-memory training, DESIGN.md "Growing past one machine").
+
+    When the split fits `budget` bytes it is copied to the device once and every batch is gathered
+    there from the epoch's index tensors (copied once per epoch): a step costs no host work and no
+    copy. Otherwise batches are gathered on the host and copied from pinned memory without waiting,
+    so the host prepares the next batch while the device runs the step.
+    """
+
+    def __init__(self, data: SplitData, device: torch.device, budget: int) -> None:
+        self.data, self.device = data, torch.device(device)
+        self.on_device = data.train_nbytes() <= budget
+        self._experts: dict[str, ExpertInput] = {}
+        if self.on_device:
+            put = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+            self._experts = {n: ExpertInput(put(e.x).float(), put(e.available), put(e.mask), put(e.times))
+                             for n, e in data.experts.items()}
+            caps = data.captions
+            self._ids, self._mask, self._vectors = put(caps.ids.astype(np.int64)), put(caps.mask), put(caps.vectors)
+
+    def epoch(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
+        """The batches of `SplitData.epoch_plan` on the device."""
+        videos, caps = self.data.epoch_plan(batch_size, rng)
+        if not self.on_device:
+            for v, c in zip(videos, caps):
+                text = self.data.captions.batch(c)
+                yield ({n: ExpertInput(*(_copy(a, self.device) for a in (e.x, e.available, e.mask, e.times)))
+                        for n, e in self.data.videos(v).items()},
+                       TextInput(_copy(text.x, self.device), _copy(text.mask, self.device)))
+            return
+        for v, c in zip(_put(videos, self.device), _put(caps, self.device)):
+            yield self.videos(v), self.captions(c)
+
+    def videos(self, idx: torch.Tensor) -> dict[str, ExpertInput]:
+        """Videos `idx` (a tensor on the device), gathered there (`on_device` only)."""
+        return {n: ExpertInput(*(None if a is None else a[idx] for a in (e.x, e.available, e.mask, e.times)))
+                for n, e in self._experts.items()}
+
+    def captions(self, idx: torch.Tensor) -> TextInput:
+        """Captions `idx` (a tensor on the device), gathered there (`on_device` only)."""
+        ids = self._ids[idx]
+        return TextInput(self._vectors[ids] if self._vectors is not None else ids, self._mask[idx])
+
+
+def _put(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return _copy(torch.from_numpy(np.ascontiguousarray(a)), device)
+
+
+def _copy(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """A host tensor on `device`; to CUDA from pinned memory, without waiting for the copy (a
+    pageable copy makes the host wait for the device)."""
+    if t is None or device.type != 'cuda':
+        return None if t is None else t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def split_captions(manifest: Manifest, split: str, part: str, test_queries: bool = True

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,15 @@ from shared.config import ConfigError, from_dict, load_yaml, to_dict
 from shared.datasets import Manifest
 from train.captions import build_caption_encoder
 from train.checkpoints import FROZEN, load_model, save_checkpoint
-from train.data import SplitData, load_split, split_captions
+from train.data import SplitData, TrainFeed, load_split, split_captions
 from train.losses import LOSSES
 from train.metrics import format_results, geometric_mean, retrieval_metrics
 from train.models import ModelCfg, RetrievalModel, create_model
-from train.models.base import TextEmbedding, VideoEmbedding
+from train.models.base import ExpertInput, TextEmbedding, TextInput, VideoEmbedding
+from train.step import TrainStep
 
-__all__ = ['DataCfg', 'TrainCfg', 'RunCfg', 'train_run', 'evaluate', 'embed_videos', 'embed_texts', 'Lookahead',
-           'load_run_cfg']
+__all__ = ['DataCfg', 'TrainCfg', 'RunCfg', 'train_run', 'train_epoch', 'evaluate', 'embed_videos', 'embed_texts',
+           'Lookahead', 'build_optimizer', 'load_run_cfg', 'device_budget']
 
 _logger = logging.getLogger(__name__)
 
@@ -67,6 +69,16 @@ class TrainCfg:
         grad_clip: max gradient norm (0: none).
         selection: ``geometric_mean`` of val R1/R5/R10 (CE), or ``last`` (a fixed epoch count, for
             protocols without a validation set such as 1k-A).
+        compile: capture the training step with torch.compile (`train.step.TrainStep`; on CUDA its
+            ``reduce-overhead`` mode, CUDA graphs); ``null``: on CUDA devices only (on a CPU,
+            inductor's compile costs more than it saves on the small models trained there). A
+            compile failure warns once and the run continues eager. Same results within float
+            noise; dropout draws other random numbers.
+        log_every: read the running loss (a wait for the device) every this many steps, for the
+            progress bar; the loss is otherwise summed on the device and read at the epoch's end.
+        device_data: the training split moves to the GPU once when it takes at most this fraction
+            of the device's free memory (0: never); otherwise each batch is copied from pinned host
+            memory without waiting.
     """
 
     optimizer: str = 'ranger'
@@ -82,8 +94,15 @@ class TrainCfg:
     lr_step_unit: str = 'epoch'
     grad_clip: float = 0.0
     selection: str = 'geometric_mean'
+    compile: bool | None = None
+    log_every: int = 50
+    device_data: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError('train.log_every must be at least 1')
+        if not 0.0 <= self.device_data <= 1.0:
+            raise ValueError('train.device_data must be in [0, 1]')
         if self.lr_step_unit not in ('epoch', 'step'):
             raise ValueError('train.lr_step_unit must be epoch or step')
         if self.selection not in ('geometric_mean', 'last'):
@@ -136,12 +155,15 @@ class Lookahead:
             s.copy_(v)
 
 
-def _optimizer(cfg: TrainCfg, model: torch.nn.Module) -> tuple[Any, torch.optim.Optimizer]:
+def build_optimizer(cfg: TrainCfg, model: torch.nn.Module) -> tuple[Any, torch.optim.Optimizer]:
+    """(the optimiser a step calls, the torch optimiser under it that schedulers drive)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    # on CUDA, Adam's fused kernels: a handful of launches for all parameters (RAdam has none)
+    fused = {'fused': True} if params and params[0].device.type == 'cuda' else {}
     if cfg.optimizer == 'adam':
-        base = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        base = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     elif cfg.optimizer == 'adamw':
-        base = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        base = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     elif cfg.optimizer == 'ranger':
         base = torch.optim.RAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return Lookahead(base, k=6, alpha=0.5), base
@@ -193,8 +215,9 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-#: settings a resumed run may change: more epochs continue the same run
-RESUME_MAY_CHANGE = ('train.epochs',)
+#: settings a resumed run may change: more epochs continue the same run; how the step runs and
+#: how often the loss is read leave the results as they were
+RESUME_MAY_CHANGE = ('train.epochs', 'train.compile', 'train.log_every', 'train.device_data')
 
 
 def _check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
@@ -233,6 +256,32 @@ def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
     return out
 
 
+def device_budget(device: torch.device, fraction: float) -> int:
+    """Bytes of training data that may move to `device`: `fraction` of its free memory (CUDA only)."""
+    if device.type != 'cuda' or fraction <= 0:
+        return 0
+    return int(torch.cuda.mem_get_info(device)[0] * fraction)
+
+
+def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput], TextInput]], log_every: int,
+                log: Callable[[int, float], None] | None = None) -> float:
+    """One epoch of `step` over `batches`; returns the mean loss.
+
+    The losses are summed on the device, in float64 as the Python float sum this replaces (the same
+    numbers), and read only every `log_every` steps, for `log(steps done, running mean)`, and once at
+    the end: reading a device value makes the host wait for every queued step.
+    """
+    total, n = None, 0
+    for n, (video, text) in enumerate(batches, 1):
+        loss = step(video, text)
+        total = loss.to(torch.float64) if total is None else total.add_(loss)
+        if log is not None and n % log_every == 0:
+            log(n, total.item() / n)
+    if total is None:
+        raise ValueError('an epoch without a batch')
+    return total.item() / n
+
+
 def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
               device: str = 'cpu', progress: bool = True) -> dict[str, dict[str, float]]:
     """Train (or resume) one seed in `run_dir`; returns the test metrics of the selected epoch."""
@@ -256,7 +305,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
     _seed_all(seed)
     model = create_model(cfg.model).to(dev)
-    opt, base = _optimizer(cfg.train, model)
+    opt, base = build_optimizer(cfg.train, model)
     sched = torch.optim.lr_scheduler.StepLR(base, cfg.train.lr_step, cfg.train.lr_gamma) if cfg.train.lr_step else None
     loss_fn = LOSSES[cfg.train.loss]
     loss_arg = cfg.train.temperature if cfg.train.loss == 'info_nce' else cfg.train.margin
@@ -274,33 +323,28 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         start, best = state['epoch'] + 1, state['best']
         print(f'resuming {run_dir} at epoch {start + 1}')
     tb = SummaryWriter(str(run_dir / 'tb'))
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=dev.type == 'cuda')
     steps_per_epoch = len(train) // cfg.train.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f'batch_size {cfg.train.batch_size} is larger than the {len(train)} training videos')
+    feed = TrainFeed(train, dev, device_budget(dev, cfg.train.device_data))
+    if dev.type == 'cuda':
+        _logger.info('training features (%.2f GB) %s', train.train_nbytes() / 1e9,
+                     'moved to the device once' if feed.on_device else 'copied a batch at a time from pinned memory')
+    step = TrainStep(model, opt, lambda sims: loss_fn(sims.float(), loss_arg), cfg.train.grad_clip, dev,
+                     cfg.train.compile if cfg.train.compile is not None else dev.type == 'cuda',
+                     sched if cfg.train.lr_step_unit == 'step' else None)
     for epoch in range(start, cfg.train.epochs):
         model.train()
         rng = np.random.default_rng([seed, epoch])
-        t0, total = time.time(), 0.0
-        bar = tqdm(train.train_batches(cfg.train.batch_size, rng), total=steps_per_epoch, disable=not progress,
+        t0 = time.time()
+        bar = tqdm(feed.epoch(cfg.train.batch_size, rng), total=steps_per_epoch, disable=not progress,
                    desc=f'epoch {epoch + 1}/{cfg.train.epochs}', unit='batch', leave=False)
-        for step, (video, text) in enumerate(bar, 1):  # tqdm updates bar.n lazily: count here
-            with autocast:
-                loss = model.loss({k: v.to(dev) for k, v in video.items()}, text.to(dev),
-                                  lambda sims: loss_fn(sims.float(), loss_arg))
-            opt.zero_grad()
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            if sched is not None and cfg.train.lr_step_unit == 'step':
-                sched.step()
-            total += float(loss.detach())
-            bar.set_postfix(loss=f'{total / step:.4f}',
-                            pairs_s=f'{cfg.train.batch_size * step / max(time.time() - t0, 1e-6):.0f}')
+        shown = lambda n, loss: bar.set_postfix(  # noqa: E731
+            loss=f'{loss:.4f}', pairs_s=f'{cfg.train.batch_size * n / max(time.time() - t0, 1e-6):.0f}')
+        mean_loss = train_epoch(step, bar, cfg.train.log_every, shown if progress else None)
         if sched is not None and cfg.train.lr_step_unit == 'epoch':
             sched.step()
-        record: dict[str, Any] = {'epoch': epoch + 1, 'train/loss': total / steps_per_epoch,
+        record: dict[str, Any] = {'epoch': epoch + 1, 'train/loss': mean_loss,
                                   'train/seconds': time.time() - t0, 'lr': base.param_groups[0]['lr']}
         tb.add_scalar('train/loss', record['train/loss'], epoch + 1)
         if val is not None:

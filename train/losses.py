@@ -12,9 +12,11 @@ def max_margin_ranking(sims: torch.Tensor, margin: float) -> torch.Tensor:
     sum_{j != i} [m + s_ij - s_ii]_+ + [m + s_ji - s_ii]_+."""
     n = sims.shape[0]
     pos = sims.diagonal()
-    off = ~torch.eye(n, dtype=torch.bool, device=sims.device)
-    t2v = F.relu(margin + sims - pos[:, None])[off]
-    v2t = F.relu(margin + sims - pos[None, :])[off]
+    # the diagonal is zeroed, not dropped: a boolean selection has a data-dependent size, which
+    # makes the host wait for the device every step (and breaks CUDA-graph capture)
+    eye = torch.eye(n, dtype=torch.bool, device=sims.device)
+    t2v = F.relu(margin + sims - pos[:, None]).masked_fill(eye, 0.0)
+    v2t = F.relu(margin + sims - pos[None, :]).masked_fill(eye, 0.0)
     return (t2v.sum() + v2t.sum()) / n
 
 

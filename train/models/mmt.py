@@ -90,11 +90,17 @@ class MMT(RetrievalModel):
         x, experts, times, keys, agg_pos = self.video_inputs(video)
         x = self.embed_drop(self.embed_norm(x + self.expert_embed(experts) + self.temporal_embed(times)))
         out = self.encoder(x, src_key_padding_mask=~keys)
-        emb = F.normalize(out[:, agg_pos], dim=-1)
+        # one basic index per agg token: a list index would be copied to the device, a host wait
+        emb = F.normalize(torch.stack([out[:, p] for p in agg_pos], 1), dim=-1)
         avail = torch.stack([video[e].available.bool() for e in self.experts], 1)
         return VideoEmbedding(emb, avail)
 
     def encode_text(self, text: TextInput) -> TextEmbedding:
-        h = self.text_model(input_ids=text.x, attention_mask=text.mask.long()).last_hidden_state[:, 0]  # [CLS]
+        mask = text.mask.long()
+        if self.text_model.config._attn_implementation == 'sdpa':
+            # the 4-D boolean mask transformers builds for SDPA, built here: from a 2-D mask it first
+            # checks for padding (`mask.all()`), a host wait on every step
+            mask = text.mask.bool()[:, None, None, :]
+        h = self.text_model(input_ids=text.x, attention_mask=mask).last_hidden_state[:, 0]  # [CLS]
         emb = torch.stack([gem(h) for gem in self.text_gem], 1)
         return TextEmbedding(emb, F.softmax(self.mixture(h), dim=-1))

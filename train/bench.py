@@ -1,0 +1,276 @@
+"""`python -m train.bench`: training step rate and 5k x 5k retrieval time (issue 24, items 5 and 6).
+
+    python -m train.bench                  # full-size MMT (mmt_msrvtt_1k_a), random weights, no download
+    python -m train.bench --quick          # tiny models and sizes: checks the command on a CPU in seconds
+    python -m train.bench --models mmt --queries 1000 --videos 1000 --steps 20
+
+(a) MMT's training step at batch 32 with MSR-VTT 1k-A's shapes (7 experts of 30 rows, 30 word
+pieces), eager and captured by torch.compile, in steps/s after warm-up, timed between device
+synchronisations. The step is the one `python -m train` runs (`train.step.TrainStep`, the
+config's optimiser and loss), its batches gathered on the device (`train.data.TrainFeed`).
+(b) Text-to-video retrieval of N captions over N videos, each model with its paper config:
+encoding every video and caption, the [N x N] scores and the protocol's metrics
+(`train.metrics.retrieval_metrics`), in seconds from features in device memory (the
+host-to-device copy of those features is its own row); bf16 autocast on CUDA.
+Inputs are random, in the shapes of the configs. Every row is measured on its own: one that fails
+prints its error and the others still run. The table comes last.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.config import ConfigError
+from shared.device import pick_device
+from shared.logs import setup_logging
+from train.captions import CaptionData
+from train.data import ExpertData, SplitData, TrainFeed
+from train.loop import RunCfg, build_optimizer, load_run_cfg
+from train.losses import LOSSES
+from train.metrics import retrieval_metrics
+from train.models import ModelCfg, create_model, structure_only
+from train.models.base import TextEmbedding, VideoEmbedding
+from train.step import TrainStep
+
+__all__ = ['main', 'synthetic_split', 'train_rate', 'retrieval_seconds']
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / 'pipelines' / 'configs' / 'train'
+#: the paper config each model is measured with
+CONFIGS = {'mmt': 'mmt_msrvtt_1k_a', 'ce': 'ce_msrvtt_1k_a', 'mee': 'mee_msrvtt_1k_b'}
+
+
+def _tiny(cfg: ModelCfg) -> ModelCfg:
+    """The same model (experts, rows, dims) with narrow text and video networks, for --quick."""
+    gpt = cfg.text.encoder == 'gpt'
+    text = dataclasses.replace(cfg.text, weights='random', vocab_size=200, hidden=32, layers=1, heads=2,
+                               ffn=128 if gpt else 64, max_positions=64)
+    tr = dataclasses.replace(cfg.transformer, layers=1, heads=2, hidden=32, ffn=64)
+    return dataclasses.replace(cfg, text=text, transformer=tr, embed_dim=32, text_dim=32 if gpt else cfg.text_dim,
+                               text_clusters=min(cfg.text_clusters, 4))
+
+
+def synthetic_split(cfg: ModelCfg, videos: int, words: int, seed: int = 0, captions: int = 1) -> SplitData:
+    """`videos` random videos in the shapes `cfg`'s experts read (some rows padded, 10% of the
+    videos missing each expert), `captions` random captions of at most `words` tokens each (the
+    first of each video is its query)."""
+    rng = np.random.default_rng(seed)
+    experts = {}
+    for spec in cfg.experts:
+        available = rng.random(videos) < 0.9
+        if spec.aggregation in ('mean', 'max'):
+            experts[spec.name] = ExpertData(rng.standard_normal((videos, spec.dim), np.float32), available)
+            continue
+        rows = spec.max_tokens
+        lengths = rng.integers(1, rows + 1, videos)
+        start = np.broadcast_to(np.arange(rows, dtype=np.float32), (videos, rows))
+        experts[spec.name] = ExpertData(rng.standard_normal((videos, rows, spec.dim), np.float32), available,
+                                        np.arange(rows)[None, :] < lengths[:, None], np.stack([start, start + 1], -1))
+    n = videos * captions
+    mask = np.arange(words)[None, :] < rng.integers(3, words + 1, n)[:, None]
+    if cfg.text.encoder == 'word2vec':
+        vectors = rng.standard_normal((1001, cfg.text_dim), np.float32)
+        vectors[0] = 0.0
+        text = CaptionData((rng.integers(1, 1001, (n, words)) * mask).astype(np.int32), mask, vectors)
+    else:
+        text = CaptionData((rng.integers(5, cfg.text.vocab_size, (n, words)) * mask).astype(np.int32), mask)
+    return SplitData([f'v{i}' for i in range(videos)], experts, text, np.repeat(np.arange(videos), captions),
+                     np.arange(0, n, captions), [])
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == 'cuda':
+        torch.cuda.synchronize(dev)
+
+
+def _batches(feed: TrainFeed, batch: int) -> Iterator:
+    for epoch in range(1 << 30):
+        yield from feed.epoch(batch, np.random.default_rng([0, epoch]))
+
+
+def _host_waits(dev: torch.device, fn: Callable[[], None]) -> int | None:
+    """How many times `fn` makes the host wait for the device (CUDA's sync debug mode)."""
+    if dev.type != 'cuda':
+        return None
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    return sum('synchronizing' in str(w.message) for w in caught)
+
+
+def train_rate(cfg: RunCfg, data: SplitData, dev: torch.device, batch: int, warmup: int, steps: int,
+               compile: bool, backend: str = 'inductor') -> tuple[float, int | None]:
+    """(steady-state steps/s, host waits in 5 steps) of the training step."""
+    torch.manual_seed(0)
+    model = create_model(structure_only(cfg.model)).to(dev).train()
+    opt, _ = build_optimizer(cfg.train, model)
+    loss_fn, arg = LOSSES[cfg.train.loss], cfg.train.temperature if cfg.train.loss == 'info_nce' else cfg.train.margin
+    step = TrainStep(model, opt, lambda sims: loss_fn(sims.float(), arg), cfg.train.grad_clip, dev, compile,
+                     backend=backend)
+    feed = TrainFeed(data, dev, 1 << 62 if dev.type == 'cuda' else 0)
+    batches = _batches(feed, batch)
+    for _ in range(warmup):
+        step(*next(batches))
+    if compile and not step.compiled:
+        raise RuntimeError('torch.compile failed and the step fell back to eager (its warning is above)')
+    waits = _host_waits(dev, lambda: [step(*next(batches)) for _ in range(5)])
+    _sync(dev)
+    t0 = time.perf_counter()
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    for _ in range(steps):
+        total += step(*next(batches))
+    _sync(dev)
+    seconds = time.perf_counter() - t0
+    if not torch.isfinite(total):
+        raise RuntimeError('the loss is not finite')
+    return steps / seconds, waits
+
+
+@torch.inference_mode()
+def retrieval_seconds(cfg: ModelCfg, data: SplitData, dev: torch.device, batch: int, amp: bool
+                      ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Seconds of each phase of N x N retrieval (features already in device memory), and the metrics."""
+    torch.manual_seed(0)
+    model = create_model(structure_only(cfg)).to(dev).eval()
+    t0 = time.perf_counter()
+    feed = TrainFeed(data, dev, 1 << 62)
+    _sync(dev)
+    times = {'copy': time.perf_counter() - t0}
+    n = len(data)
+    chunks = torch.arange(n, device=dev).split(batch)
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp and dev.type == 'cuda'):
+        t0 = time.perf_counter()
+        parts = [model.encode_video(feed.videos(idx)) for idx in chunks]
+        video = VideoEmbedding(torch.cat([p.emb for p in parts]), torch.cat([p.available for p in parts]))
+        _sync(dev)
+        t1 = time.perf_counter()
+        parts = [model.encode_text(feed.captions(idx)) for idx in chunks]
+        text = TextEmbedding(torch.cat([p.emb for p in parts]), torch.cat([p.weights for p in parts]))
+        _sync(dev)
+        t2 = time.perf_counter()
+        # the scores a block of captions at a time: the per-pair mixture holds (block, N, experts)
+        sims = torch.cat([model.similarity(TextEmbedding(text.emb[r], text.weights[r]), video).float()
+                          for r in torch.arange(n, device=dev).split(1024)])
+    metrics = retrieval_metrics(sims, data.caption_video[data.query], chunk_size=n, device=dev)
+    t3 = time.perf_counter()
+    times.update(video=t1 - t0, text=t2 - t1, scores_metrics=t3 - t2, total=t3 - t0)
+    return times, metrics
+
+
+def _machine(dev: torch.device) -> str:
+    if dev.type == 'cuda':
+        name = torch.cuda.get_device_name(dev)
+        return f'{name}, torch {torch.__version__}, CUDA {torch.version.cuda}'
+    return f'CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}'
+
+
+def _measure(rows: list[tuple[str, str, str]], name: str, fn: Callable[[], tuple[str, str]]) -> None:
+    """Run one measurement; a failure becomes its row's error line, and the next one runs."""
+    print(f'... {name}', flush=True)
+    try:
+        value, note = fn()
+    except Exception as err:  # noqa: BLE001  one failing measurement never stops the others
+        traceback.print_exc(limit=3)
+        first = (str(err).strip().splitlines() or [''])[0][:160]
+        value, note = 'error', f'{type(err).__name__}: {first}'
+    rows.append((name, value, note))
+    print(f'    {value}  {note}', flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m train.bench', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--quick', action='store_true',
+                   help='narrow models (1 layer, width 32), batch 8, 3 steps, 32 x 32 retrieval: a check of the '
+                        'command, not a measurement')
+    p.add_argument('--models', default='mmt,ce,mee', help='models to time retrieval for (default: mmt,ce,mee)')
+    p.add_argument('--batch', type=int, help='training batch (default: 32, the MMT config\'s; --quick 8)')
+    p.add_argument('--warmup', type=int, help='steps before timing; compiling happens here (default: 10; --quick 1)')
+    p.add_argument('--steps', type=int, help='timed training steps (default: 50; --quick 3)')
+    p.add_argument('--queries', type=int, help='captions = videos of the retrieval (default: 5000; --quick 32)')
+    p.add_argument('--encode-batch', type=int, default=1250, help='videos or captions encoded at once (default: 1250)')
+    p.add_argument('--compile-backend', default='inductor',
+                   help='torch.compile backend of the compiled step: inductor (reduce-overhead on CUDA), cudagraphs, '
+                        'aot_eager (default: inductor)')
+    p.add_argument('--no-train', action='store_true', help='skip the training-step rows')
+    p.add_argument('--no-retrieval', action='store_true', help='skip the retrieval rows')
+    args = p.parse_args(argv)
+    setup_logging()
+    q = args.quick
+    batch = args.batch or (8 if q else 32)
+    warmup = args.warmup if args.warmup is not None else (1 if q else 10)
+    steps = args.steps or (3 if q else 50)
+    n = args.queries or (32 if q else 5000)
+    try:
+        dev = torch.device(pick_device(args.device))
+        models = [m.strip() for m in args.models.split(',') if m.strip()]
+        unknown = [m for m in models if m not in CONFIGS]
+        if unknown:
+            raise ConfigError(f'--models: unknown {", ".join(unknown)} (mmt, ce, mee)')
+        cfgs = {m: load_run_cfg(CONFIG_DIR / f'{CONFIGS[m]}.yaml') for m in {'mmt', *models}}
+    except ConfigError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    if q:
+        cfgs = {m: dataclasses.replace(c, model=_tiny(c.model)) for m, c in cfgs.items()}
+    if dev.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 outside autocast
+    machine = _machine(dev)
+    print(f'machine: {machine}', flush=True)
+    rows: list[tuple[str, str, str]] = []
+    if not args.no_train:
+        mmt = cfgs['mmt']
+        words = mmt.data.max_words
+        shape = f'batch {batch}, {len(mmt.model.experts)} experts x {mmt.model.experts[0].max_tokens} rows, {words} words'
+        data = synthetic_split(mmt.model, batch * max(steps, warmup + 5, 8), words)
+        rates: dict[bool, float] = {}
+
+        def rate(compile: bool) -> tuple[str, str]:
+            r, waits = train_rate(mmt, data, dev, batch, warmup, steps, compile, args.compile_backend)
+            rates[compile] = r
+            note = shape + ('' if waits is None else f'; host waits in 5 steps: {waits}')
+            if compile and False in rates:
+                note = f'{r / rates[False]:.2f}x eager; ' + note
+            return f'{r:.2f} steps/s ({1000 / r:.1f} ms)', note
+
+        _measure(rows, 'MMT train step, eager', lambda: rate(False))
+        _measure(rows, f'MMT train step, compiled ({args.compile_backend})', lambda: rate(True))
+        del data
+    if not args.no_retrieval:
+        for m in models:
+            cfg = cfgs[m]
+
+            def retrieve(cfg: RunCfg = cfg) -> tuple[str, str]:
+                data = synthetic_split(cfg.model, n, cfg.data.max_words, seed=1)
+                t, metrics = retrieval_seconds(cfg.model, data, dev, args.encode_batch, amp=True)
+                return (f'{t["total"]:.3f} s', f'videos {t["video"]:.3f} s, captions {t["text"]:.3f} s, scores + '
+                        f'metrics {t["scores_metrics"]:.3f} s (t2v R1 {metrics["t2v"]["R1"]:.2f}); features to '
+                        f'the device before: {t["copy"]:.3f} s')
+
+            _measure(rows, f'{m.upper()} retrieval {n} x {n}{" bf16" if dev.type == "cuda" else ""}', retrieve)
+    print(f'\nmachine: {machine}')
+    width = max(len(r[0]) for r in rows) if rows else 0
+    print(f'| {"measurement":<{width}} | value | note |')
+    print(f'|{"-" * (width + 2)}|---|---|')
+    for name, value, note in rows:
+        print(f'| {name:<{width}} | {value} | {note} |')
+    return 1 if any(v == 'error' for _, v, _ in rows) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
