@@ -111,6 +111,14 @@ def load_vad(device: torch.device) -> Any:
         return model
 
 
+def _half_but_layer_norms(model: nn.Module) -> None:
+    """Every weight in float16 except the LayerNorms', which whisper runs in float32."""
+    for m in model.modules():
+        if not isinstance(m, nn.LayerNorm):
+            for p in m.parameters(recurse=False):
+                p.data = p.data.half()
+
+
 class SpeechExpert(VideoExpert):
     modality = 'audio'
     has_tokens = True
@@ -178,8 +186,9 @@ class SpeechExpert(VideoExpert):
             if name in whisper._ALIGNMENT_HEADS:  # the heads that time words best, per released model
                 model.set_alignment_heads(whisper._ALIGNMENT_HEADS[name])
         fp16 = self.device.type == 'cuda'
-        # half weights on CUDA: whisper casts fp32 weights to the input's dtype at every layer call otherwise
-        self.model = (model.half() if fp16 else model).eval().to(self.device)
+        if fp16:  # half weights: whisper casts fp32 weights to the input's dtype at every call otherwise
+            _half_but_layer_norms(model)  # its LayerNorms compute in fp32 and need fp32 weights
+        self.model = model.eval().to(self.device)
         self.vad = load_vad(self.device) if self.cfg.vad else None
         self.options = BatchOptions(language=self.cfg.language, temperatures=tuple(self.cfg.temperatures),
                                     sample_len=self.cfg.max_tokens, fp16=fp16, batch_size=self.batch_size,
