@@ -216,15 +216,18 @@ def _bench(args: argparse.Namespace) -> int:
                        f'{frames_all:.0f} frames decoded per video'),
                       (label, f'{rate:.1f} videos/s', f'{rate / dec_all:.2f} x decode-only; {note}')])
         return 0
+    _say('decode only ...')
     dec_all, frames_all = _decode_only(items, samplings, workers, decoder, device)
-    rows: list[tuple[str, str, str]] = [(f'decode only, {decoder} (' + ', '.join(names) + ' sampling)', f'{dec_all:.1f} videos/s',
-                                         f'{frames_all:.0f} frames decoded per video')]
+    rows = _Rows()
+    rows.append((f'decode only, {decoder} (' + ', '.join(names) + ' sampling)', f'{dec_all:.1f} videos/s',
+                 f'{frames_all:.0f} frames decoded per video'))
     if args.decode_only:
         _print_table(rows)
         return 0
     video_rate: dict[str, float] = {}  # model-only, in videos/s
     decode_rate: dict[str, float] = {}
     for e in experts:
+        _say(f'model only: {e.name} ...')
         e.load(device)
         if args.end_to_end == 'each':  # each expert's own end-to-end row is compared with its own decoding
             decode_rate[e.name], _ = _decode_only(items, {e.name: samplings[e.name]}, workers, decoder, device)
@@ -251,6 +254,7 @@ def _bench(args: argparse.Namespace) -> int:
                    'none': []}[args.end_to_end]
         for target in targets:
             selected = names if target == 'all' else [target]
+            _say(f'end to end: {" + ".join(selected)} ...')
             # the end-to-end runs read a folder of links: give them exactly the settings measured above
             settings = {f'{n}.{k}': v for n in selected for k, v in resolved[n].items()}
             opts = RunOptions(dataset=f'folder:{sub}', experts=list(selected), features_root=Path(tmp) / target,
@@ -260,6 +264,7 @@ def _bench(args: argparse.Namespace) -> int:
             code = _quiet_run(opts, stats, args.profile, target)
             if code:
                 print(f'end-to-end run for {target} failed with exit code {code}', file=sys.stderr)
+                _print_table(rows)
                 return code
             rate = n / (time.perf_counter() - t0)
             span = max(stats['total_s'] - stats['setup_s'], 1e-9)  # the steady state: first decoded video to the end
@@ -372,6 +377,22 @@ def _stubbed(items: list[tuple[int, str]], experts: list[Any], resolved: dict[st
     label = 'host loop only' if decoder is None else 'decoding + host loop'
     return (f'{label}: {" + ".join(names)} ({what}, models stubbed, stores written)', rate,
             f'{1000 / rate:.2f} ms per video, {stats["decode_wait_s"] / span:.0%} waiting for decoding')
+
+
+class _Rows(list):
+    """The table's rows, each also printed (to stderr) the moment it is measured: a run of several
+    minutes shows its progress, and what it measured survives a time limit that stops it."""
+
+    def append(self, row: tuple[str, str, str]) -> None:
+        super().append(row)
+        _say(f'{row[0]}: {row[1]} ({row[2]})')
+
+
+_T0 = time.perf_counter()
+
+
+def _say(line: str) -> None:
+    print(f'[{time.perf_counter() - _T0:6.1f} s] {line}', file=sys.stderr, flush=True)
 
 
 def _print_table(rows: list[tuple[str, str, str]]) -> None:

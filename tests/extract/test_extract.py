@@ -499,3 +499,69 @@ def test_benchmark_command_reports_every_measurement(small_demo: Path, tmp_path:
     out = capsys.readouterr().out
     assert '| decoding + host loop: object (decoded by decord, models stubbed, stores written) |' in out
     assert '| decode only, decord |' in out and 'x decode-only' in out and 'model only' not in out
+
+
+@pytest.mark.slow
+def test_benchmark_measures_per_video_experts_through_their_threads(small_demo: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Per-video experts: model-only through `process_batch`, end to end with each thread's busy share,
+    and every row printed (to stderr) as soon as it is measured, not only in the final table."""
+    from extract.bench import main as bench_main
+
+    code = bench_main(['--dataset', f'folder:{small_demo / "videos"}', '--experts', 'audio,face', '--limit', '3',
+                       '--workers', '1', '--end-to-end', 'all'])
+    assert code == 0
+    captured = capsys.readouterr()
+    for row in ('| model only: audio (vggish, 16 videos a batch) |', '| model only: face (',
+                '| end to end: audio + face (steady state'):
+        assert row in captured.out, row
+    assert 'busy: audio' in captured.out and 'face' in captured.out.split('busy: audio')[1]
+    assert '| end to end: audio (' not in captured.out  # --end-to-end all: only the experts together
+    assert '] model only: audio (vggish, 16 videos a batch):' in captured.err  # printed as measured
+    assert bench_main(['--dataset', f'folder:{small_demo / "videos"}', '--experts', 'audio,face', '--limit', '3',
+                       '--host-only']) == 0
+    assert '| host loop only: audio + face (3 decoded videos replayed' in capsys.readouterr().out
+
+
+def test_a_per_video_expert_thread_batches_isolates_failures_and_reports_its_death() -> None:
+    """`_VideoWorker`: videos go to `process_batch` several at a time (a chunk's tail flushed by
+    `collect`); a batch that raises is redone a video at a time, so only the bad video fails; an
+    error that stops the thread reaches the feeding loop instead of hanging it."""
+    import numpy as np
+
+    from extract.experts._base import VideoInput
+    from extract.run import _VideoWorker
+    from shared.store import DONE, FAILED, VideoResult
+
+    class Counting:  # the runner's view of a per-video expert: name, cfg.feature_dim, process(_batch)
+        name, videos_per_batch = 'counting', 3
+        cfg = type('Cfg', (), {'feature_dim': 2})()
+
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def process(self, x: VideoInput) -> VideoResult:
+            if x.audio is None:
+                raise ValueError('no samples')
+            if len(x.audio) == 13:
+                raise MemoryError
+            return VideoResult(np.full((1, 2), len(x.audio), np.float32), np.zeros((1, 2), np.float32), DONE)
+
+        def process_batch(self, xs: list[VideoInput]) -> list[VideoResult]:
+            self.batches.append(len(xs))
+            return [self.process(x) for x in xs]
+
+    expert = Counting()
+    worker = _VideoWorker(expert, 'cpu', depth=4)
+    for row, n in enumerate([5, 6, 7, 8]):
+        worker.submit(row, VideoInput(audio=np.zeros(n, np.float32)))
+    worker.submit(4, VideoInput(audio=None))  # raises inside its batch
+    got = worker.collect(range(5))
+    assert expert.batches[:2] == [3, 2]  # three at once, then the flushed tail (which raised: redone one by one)
+    assert [float(got[r].features[0, 0]) for r in range(4)] == [5, 6, 7, 8]
+    assert got[4].status == FAILED and 'no samples' in got[4].error
+    assert all(got[r].status == DONE for r in range(4))
+    worker.submit(5, VideoInput(audio=np.zeros(13, np.float32)))
+    with pytest.raises(MemoryError):
+        worker.collect([5])
+    worker.close()
