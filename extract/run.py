@@ -230,36 +230,43 @@ class _VideoWorker:
         self.thread.start()
 
     def submit(self, row: int, inputs: Any) -> None:
-        import queue
-
-        self._raise()
-        try:
-            self.queue.put_nowait((row, inputs))
-        except queue.Full:
-            t0 = time.perf_counter()
-            while True:  # wait for room, but notice a worker that died meanwhile
-                self._raise()
-                try:
-                    self.queue.put((row, inputs), timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-            self.blocked += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self._put((row, inputs))
+        self.blocked += time.perf_counter() - t0
 
     def collect(self, rows: Collection[int]) -> dict[int, VideoResult]:
         """The results of `rows` (all submitted before), once processed."""
         import threading
 
         flushed = threading.Event()
-        self.queue.put(flushed)
+        self._put(flushed)
         while not flushed.wait(0.5):
             self._raise()
         self._raise()
         return {r: self.results.pop(r) for r in rows if r in self.results}
 
     def close(self) -> None:
-        self.queue.put(self._STOP)
-        self.thread.join(timeout=60)
+        """Stop the thread (it is a daemon: one busy with a long batch never keeps the process alive)."""
+        import queue
+
+        if self.thread.is_alive():
+            try:
+                self.queue.put(self._STOP, timeout=5)
+            except queue.Full:  # still busy: left to end with the process
+                return
+            self.thread.join(timeout=60)
+
+    def _put(self, item: Any) -> None:
+        """Into the queue, waiting for room, but never for a thread that has died."""
+        import queue
+
+        while True:
+            self._raise()
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def _raise(self) -> None:
         if self.error is not None:

@@ -564,4 +564,7 @@ def test_a_per_video_expert_thread_batches_isolates_failures_and_reports_its_dea
     worker.submit(5, VideoInput(audio=np.zeros(13, np.float32)))
     with pytest.raises(MemoryError):
         worker.collect([5])
-    worker.close()
+    with pytest.raises(MemoryError):  # the thread is gone: feeding it raises at once, never waits for room
+        for row in range(6, 6 + 2 * worker.queue.maxsize):
+            worker.submit(row, VideoInput(audio=np.zeros(5, np.float32)))
+    worker.close()  # returns: nothing to stop
