@@ -304,6 +304,8 @@ class _VideoWorker:
         t0 = time.perf_counter()
         try:
             results = self.expert.process_batch([x for _, x in items])
+            if len(results) != len(items):
+                raise RuntimeError(f'{len(results)} results for {len(items)} videos')
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception:  # noqa: BLE001 - one video may be the cause: each alone, so it fails alone
