@@ -119,3 +119,28 @@ def test_other_frame_experts_keep_their_preprocessing():
     for name in ('action', 'action.r2plus1d_18', 'action.r2plus1d_34_ig65m'):
         cfg = create_expert(name, weights='random').cfg
         assert (cfg.antialias, cfg.size_rounding) == (False, 'torchvision'), name
+
+
+@pytest.mark.parametrize('name', ['action', 'action.r2plus1d_18', 'action.r2plus1d_34_ig65m', 'scene'])
+def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path):
+    """A store made before `antialias`/`size_rounding` existed (and, for S3D, with ``resize [256]``)
+    is refused by the action experts, whose input changed; the scene expert's, unchanged, resumes."""
+    from shared.store import StoreError, StoreSpec, create_store
+
+    e = create_expert(name, weights='random')
+
+    def spec(info):
+        return StoreSpec(dataset='d', expert=name, feature_dim=e.cfg.feature_dim, max_rows=e.cfg.max_rows,
+                         chunk_size=4, has_tokens=False, **info)
+
+    old = e.store_info()
+    old['config'] = {k: v for k, v in old['config'].items() if k not in ('antialias', 'size_rounding')}
+    if name == 'action':
+        old['config']['resize'] = [256]
+    create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
+    if name == 'scene':
+        create_store(tmp_path / 's.zarr', ['a', 'b'], spec(e.store_info()))
+    else:
+        with pytest.raises(StoreError, match='antialias: store has True .made before this setting: its default., '
+                                             'run wants False'):
+            create_store(tmp_path / 's.zarr', ['a', 'b'], spec(e.store_info()))
