@@ -78,7 +78,15 @@ def probe(path: str | os.PathLike) -> MediaInfo:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple['np.ndarray | None', str]:
-    """The first audio stream as mono float32 at `sample_rate` (FFmpeg resamples and downmixes).
+    """The first audio stream as mono float32 at `sample_rate`: FFmpeg resamples every channel,
+    and the channels are averaged here.
+
+    The channel mean (gain 1.0) is the downmix the audio models' references take: VGGish's
+    `wavfile_to_examples` averages the channels, and whisper's `load_audio` gets the mean of a
+    stereo file from FFmpeg (its s16 output makes FFmpeg scale its downmix matrix to a gain of 1).
+    FFmpeg's own `-ac 1` to float output adds the channels at 1/sqrt(2) each, 3 dB louder. Mono
+    files come out bit-identical to `-ac 1`. Files of more than two channels get the mean of all of
+    them (VGGish's rule; FFmpeg's downmix, and so whisper's, weights the channels by position).
 
     Returns:
         (audio, error): audio is None with error '' when the file has no audio stream, None with
@@ -93,12 +101,42 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple['np.n
         return None, str(err)
     if not info.has_audio:
         return None, ''
-    try:
+    try:  # WAV, for its header's channel count; samples as they come, all channels
         out, _ = (ffmpeg.input(os.fspath(path))
-                  .output('pipe:', format='f32le', acodec='pcm_f32le', ac=1, ar=sample_rate, map='0:a:0')
+                  .output('pipe:', format='wav', acodec='pcm_f32le', ar=sample_rate, map='0:a:0')
                   .global_args('-nostdin', '-hide_banner', '-loglevel', 'error')
                   .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True))
     except ffmpeg.Error as err:
         last = (err.stderr or b'').decode(errors='replace').strip().splitlines()
         return None, f'cannot decode audio: {last[-1] if last else "ffmpeg failed"}'
-    return np.frombuffer(out, np.float32).copy(), ''
+    try:
+        channels, data = _wav_channels_and_data(out)
+    except ValueError as err:
+        return None, f'cannot decode audio: {err}'
+    samples = np.frombuffer(data[:len(data) - len(data) % (4 * channels)], np.float32).reshape(-1, channels)
+    if channels == 1:
+        return samples[:, 0].copy(), ''
+    mono = samples[:, 0].copy()  # summed channel by channel: no float64 copy of a long file
+    for c in range(1, channels):
+        mono += samples[:, c]
+    mono /= np.float32(channels)
+    return mono, ''
+
+
+def _wav_channels_and_data(wav: bytes) -> tuple[int, bytes]:
+    """(channels, sample bytes) of a WAV file that FFmpeg wrote to a pipe (its sizes may be unset)."""
+    import struct
+
+    if wav[:4] != b'RIFF' or wav[8:12] != b'WAVE':
+        raise ValueError('ffmpeg did not write a WAV header')
+    pos, channels = 12, 0
+    while pos + 8 <= len(wav):
+        cid, size = wav[pos:pos + 4], struct.unpack('<I', wav[pos + 4:pos + 8])[0]
+        if cid == b'fmt ':
+            channels = struct.unpack('<H', wav[pos + 10:pos + 12])[0]
+        elif cid == b'data':
+            if channels < 1:
+                raise ValueError('WAV data before its format')
+            return channels, wav[pos + 8:]  # to the end: a piped WAV's data size is a placeholder
+        pos += 8 + size + (size & 1)
+    raise ValueError('no audio data in the WAV ffmpeg wrote')

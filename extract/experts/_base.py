@@ -46,6 +46,14 @@ class ExpertCfg:
         clip_fps: frame rate inside a clip; None for consecutive frames at the video's rate.
         resize: ``[short_side]`` keeps the aspect ratio, ``[height, width]`` resizes to exactly that.
         input_size: side of the centre crop after resizing; 0 for no crop.
+        antialias: bilinear resizing with antialiasing (as PIL and timm's transforms do); torchvision's
+            video transforms (``weights.transforms()`` of S3D, R(2+1)D) resize with it off.
+        size_rounding: how a ``[short_side]`` resize sizes the long side and where the centre crop
+            starts. ``torchvision``: the long side truncated as in torchvision's
+            ``_compute_resized_output_size`` (``int(short * long / short_in)``) and the crop offset
+            rounded as in its ``center_crop`` (``int(round((x - c) / 2))``), as the reference
+            transforms of torchvision's weights do. ``legacy`` (the default, what every store made
+            before this setting used): the long side rounded, the crop offset ``(x - c) // 2``.
         mean, std: normalisation of [0, 1] RGB.
         max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
         batch_size: rows per forward pass (across videos); 0 chooses by device: 32 on the CPU, and on
@@ -67,6 +75,8 @@ class ExpertCfg:
     clip_fps: float | None = None
     resize: tuple[int, ...] = (256,)
     input_size: int = 224
+    antialias: bool = True
+    size_rounding: str = 'legacy'
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     max_rows: int = 128
@@ -84,6 +94,8 @@ class ExpertCfg:
                              f'input_size {self.input_size}')
         if self.batch_size < 0:
             raise ValueError('batch_size must be >= 1, or 0 to choose by device')
+        if self.size_rounding not in ('legacy', 'torchvision'):
+            raise ValueError(f"size_rounding must be 'legacy' or 'torchvision', got {self.size_rounding!r}")
         if self.input_size < 0:
             raise ValueError(f'input_size must be >= 1, or 0 for no crop, got {self.input_size}')
         self.sampling_spec()  # fps, clip_len, max_rows: checked now, before a store is made with them
@@ -174,16 +186,27 @@ class Expert:
             rows = rows.reshape(n * t, *rows.shape[2:])
         x = rows.permute(0, 3, 1, 2).float().div_(255.0)
         h, w = x.shape[-2:]
+        tv = self.cfg.size_rounding == 'torchvision'
         if len(self.cfg.resize) == 1:
-            s = self.cfg.resize[0] / min(h, w)
-            size = (max(1, round(h * s)), max(1, round(w * s)))
+            target = self.cfg.resize[0]
+            if tv:  # torchvision.transforms.functional._compute_resized_output_size
+                short, long = min(h, w), max(h, w)
+                new_long = int(target * long / short)
+                size = (target, new_long) if h <= w else (new_long, target)
+            else:
+                s = target / min(h, w)
+                size = (max(1, round(h * s)), max(1, round(w * s)))
         else:
             size = (self.cfg.resize[0], self.cfg.resize[1])
         if size != (h, w):
-            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=self.cfg.antialias)
         c = self.cfg.input_size
         if c:
-            top, left = max(0, (x.shape[-2] - c) // 2), max(0, (x.shape[-1] - c) // 2)
+            dh, dw = x.shape[-2] - c, x.shape[-1] - c
+            if tv:  # torchvision.transforms.functional.center_crop (Python's round: half to even)
+                top, left = max(0, int(round(dh / 2.0))), max(0, int(round(dw / 2.0)))
+            else:
+                top, left = max(0, dh // 2), max(0, dw // 2)
             x = x[..., top:top + c, left:left + c]
         # made once per device: a tensor built from a list per batch is a synchronous host-to-device copy
         if self._norm is None or self._norm[0].device != x.device:

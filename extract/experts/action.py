@@ -1,6 +1,8 @@
 """Action (motion) experts on clips of frames, one clip per second.
 
-S3D Kinetics-400 (torchvision; MMT's motion expert) is the default; R(2+1)D-18 (torchvision);
+S3D Kinetics-400 (torchvision; MMT's motion expert) is the default, fed as its
+`S3D_Weights.KINETICS400_V1.transforms()` is: squashed to 256x256 with antialiasing off, centre crop
+224; R(2+1)D-18 (torchvision);
 R(2+1)D-34 IG65M (8 frames of 112x112 at 30 fps, CE A.5 and the support-set model) from a local
 checkpoint of the ig65m-pytorch release; I3D RGB (CE's and MEE's action expert) from a local
 pytorch-i3d checkpoint. Features are the spatio-temporal average of the last convolutional block
@@ -67,17 +69,22 @@ class ActionExpert(Expert):
 
 
 _KINETICS = dict(sampling='clips', mean=KINETICS_MEAN, std=KINETICS_STD)
+#: torchvision's video `weights.transforms()` (VideoClassification): bilinear resize with
+#: antialiasing off, its size and crop arithmetic (R(2+1)D-34 IG65M is fed as R(2+1)D-18)
+_TORCHVISION_VIDEO = dict(antialias=False, size_rounding='torchvision')
 default_cfgs = {
     'action': ExpertCfg(arch='torchvision:s3d', weights='torchvision:S3D_Weights.KINETICS400_V1', feature_dim=1024,
-                        clip_len=16, resize=(256,), input_size=224, license='bsd-3-clause',
-                        origin_url='https://github.com/pytorch/vision', **_KINETICS),
+                        clip_len=16, resize=(256, 256), input_size=224, license='bsd-3-clause',
+                        origin_url='https://github.com/pytorch/vision', **_KINETICS, **_TORCHVISION_VIDEO),
     'action.r2plus1d_18': ExpertCfg(arch='torchvision:r2plus1d_18', weights='torchvision:R2Plus1D_18_Weights.KINETICS400_V1',
                                     feature_dim=512, clip_len=16, resize=(128, 171), input_size=112,
-                                    license='bsd-3-clause', origin_url='https://github.com/pytorch/vision', **_KINETICS),
+                                    license='bsd-3-clause', origin_url='https://github.com/pytorch/vision', **_KINETICS,
+                                    **_TORCHVISION_VIDEO),
     'action.r2plus1d_34_ig65m': ExpertCfg(arch='r2plus1d_34', weights='file:r2plus1d_34_clip8_ig65m_from_scratch-9bae36ae.pth',
                                           feature_dim=512, clip_len=8, clip_fps=30.0, resize=(128, 171), input_size=112,
                                           license='mit (ig65m-pytorch)',
-                                          origin_url='https://github.com/moabitcoin/ig65m-pytorch', **_KINETICS),
+                                          origin_url='https://github.com/moabitcoin/ig65m-pytorch', **_KINETICS,
+                                          **_TORCHVISION_VIDEO),
     # pytorch-i3d scales RGB to [-1, 1]; 64-frame clips at 25 fps as in the I3D paper's training
     'action.i3d': ExpertCfg(arch='i3d', weights='file:rgb_imagenet.pt', feature_dim=1024, clip_len=64, clip_fps=25.0,
                             resize=(256,), input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), sampling='clips',

@@ -1,0 +1,146 @@
+"""Fidelity of the action experts' input (issue 19, items 1 and 2): the project's preprocessing of
+decoded uint8 frames against torchvision's `weights.transforms()` on the same frames.
+
+Frames are real: FFmpeg-made clips of 4:3 and 16:9 at 240p and 720p, decoded to RGB at their
+native size, and skimage photos. Tolerance: after undoing the normalisation, the two inputs agree
+within 1/255 max-abs on [0, 1] frames (torchvision resizes the uint8 tensor and rounds it back to
+uint8, which alone accounts for up to 0.5/255; we resize in float). Through the same random-weight
+model, the features agree within cosine 0.9999.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torchvision.models.video as tvv
+from skimage import data as skdata
+from torchvision.transforms._presets import VideoClassification
+
+from extract.experts import create_expert
+from shared.media import ffmpeg_exe
+
+#: max-abs difference allowed between our input and the reference's, on [0, 1] frames
+TOL = 1.0 / 255
+CLIP_FRAMES = 4  # preprocessing is per frame; 4 frames of motion are enough to compare
+#: (width, height): 4:3 and 16:9 at 240p and 720p
+SIZES = [(320, 240), (426, 240), (960, 720), (1280, 720)]
+PHOTOS = ['astronaut', 'coffee', 'chelsea', 'rocket']  # 512x512, 600x400, 451x300, 640x427
+
+
+def _decoded_clip(width: int, height: int, frames: int = CLIP_FRAMES) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB: an FFmpeg-made H.264 clip decoded at its native size."""
+    ff = ffmpeg_exe()
+    enc = subprocess.run([ff, '-v', 'error', '-f', 'lavfi', '-i', f'testsrc2=size={width}x{height}:rate=25',
+                          '-frames:v', str(frames), '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-f', 'matroska',
+                          'pipe:'], check=True, capture_output=True).stdout
+    raw = subprocess.run([ff, '-v', 'error', '-i', 'pipe:', '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:'],
+                         input=enc, check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)[:frames].copy()
+
+
+def _photo_clip(name: str) -> np.ndarray:
+    img = getattr(skdata, name)()
+    return np.stack([img, np.roll(img, 7, axis=1)])  # two frames, a small pan
+
+
+@pytest.fixture(scope='module')
+def clips() -> dict[str, np.ndarray]:
+    out = {f'{w}x{h}': _decoded_clip(w, h) for w, h in SIZES}
+    out.update({name: _photo_clip(name) for name in PHOTOS})
+    return out
+
+
+def _ours(name: str, clip: np.ndarray, **overrides) -> torch.Tensor:
+    """(C, T, h, w) normalised, through the expert's own preprocessing."""
+    e = create_expert(name, weights='random', **overrides)
+    return e.preprocess(torch.from_numpy(clip[None]))[0], e
+
+
+def _unnormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return x * torch.tensor(std).view(3, 1, 1, 1) + torch.tensor(mean).view(3, 1, 1, 1)
+
+
+def _compare(name: str, reference: VideoClassification, clip: np.ndarray, **overrides) -> float:
+    ours, e = _ours(name, clip, **overrides)
+    ref = reference(torch.from_numpy(clip).permute(0, 3, 1, 2))  # (C, T, h, w)
+    assert tuple(reference.mean) == pytest.approx(e.cfg.mean) and tuple(reference.std) == pytest.approx(e.cfg.std)
+    assert ours.shape == ref.shape
+    return float((_unnormalise(ours, e.cfg.mean, e.cfg.std) - _unnormalise(ref, reference.mean, reference.std))
+                 .abs().max())
+
+
+@pytest.mark.parametrize('clip_name', [f'{w}x{h}' for w, h in SIZES] + PHOTOS)
+def test_s3d_input_is_torchvision_transforms(clips, clip_name):
+    """Item 1: S3D squashes to 256x256 with antialiasing off and crops 224 (not short side 256)."""
+    err = _compare('action', tvv.S3D_Weights.KINETICS400_V1.transforms(), clips[clip_name])
+    assert err <= TOL, f'{clip_name}: max-abs {err * 255:.2f}/255 > {TOL * 255:.0f}/255'
+
+
+@pytest.mark.parametrize('name', ['action.r2plus1d_18', 'action.r2plus1d_34_ig65m'])
+@pytest.mark.parametrize('clip_name', [f'{w}x{h}' for w, h in SIZES] + PHOTOS)
+def test_r2plus1d_input_is_torchvision_transforms(clips, clip_name, name):
+    """Item 2: 128x171 with antialiasing off, the 112 crop of 171 starting at 30 (rounded), not 29."""
+    err = _compare(name, tvv.R2Plus1D_18_Weights.KINETICS400_V1.transforms(), clips[clip_name])
+    assert err <= TOL, f'{clip_name}: max-abs {err * 255:.2f}/255 > {TOL * 255:.0f}/255'
+
+
+@pytest.mark.parametrize('clip_name', ['chelsea', 'rocket', '426x240'])
+def test_short_side_resize_matches_torchvision(clips, clip_name):
+    """Item 2: a ``[short_side]`` resize truncates the long side as torchvision does
+    (640x427 -> 191x128, where rounding gives 192) and its crop offset is rounded."""
+    reference = VideoClassification(crop_size=(112, 112), resize_size=(128,))
+    err = _compare('action.r2plus1d_18', reference, clips[clip_name], resize=[128])
+    assert err <= TOL, f'{clip_name}: max-abs {err * 255:.2f}/255 > {TOL * 255:.0f}/255'
+
+
+@pytest.mark.parametrize('name, weights', [('action', tvv.S3D_Weights.KINETICS400_V1),
+                                           ('action.r2plus1d_18', tvv.R2Plus1D_18_Weights.KINETICS400_V1)])
+def test_same_random_model_gives_the_same_features(name, weights):
+    """The inputs of a 16-frame 16:9 240p clip, through one random-weight model: features within
+    cosine 0.9999."""
+    clip = _decoded_clip(426, 240, frames=16)
+    ours, e = _ours(name, clip)
+    e.load('cpu')
+    ref = weights.transforms()(torch.from_numpy(clip).permute(0, 3, 1, 2))
+    a, b = e.forward(ours[None])[0], e.forward(ref[None])[0]
+    cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    assert cos >= 0.9999, f'feature cosine {cos:.6f}'
+
+
+def test_other_frame_experts_keep_their_preprocessing():
+    """Only the torchvision video experts changed: the others keep antialiased resizing and the
+    crop/size arithmetic of the stores made before (object's 224x224 squash is CE's choice)."""
+    for name in ('object', 'object.resnext101_wsl', 'object.resnet152', 'scene', 'action.i3d', 'face'):
+        cfg = create_expert(name, weights='random').cfg
+        assert (cfg.antialias, cfg.size_rounding) == (True, 'legacy'), name
+    assert create_expert('object', weights='random').cfg.resize == (224, 224)
+    for name in ('action', 'action.r2plus1d_18', 'action.r2plus1d_34_ig65m'):
+        cfg = create_expert(name, weights='random').cfg
+        assert (cfg.antialias, cfg.size_rounding) == (False, 'torchvision'), name
+
+
+@pytest.mark.parametrize('name', ['action', 'action.r2plus1d_18', 'action.r2plus1d_34_ig65m', 'scene'])
+def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path):
+    """A store made before `antialias`/`size_rounding` existed (and, for S3D, with ``resize [256]``)
+    is refused by the action experts, whose input changed; the scene expert's, unchanged, resumes."""
+    from shared.store import StoreError, StoreSpec, create_store
+
+    e = create_expert(name, weights='random')
+
+    def spec(info):
+        return StoreSpec(dataset='d', expert=name, feature_dim=e.cfg.feature_dim, max_rows=e.cfg.max_rows,
+                         chunk_size=4, has_tokens=False, **info)
+
+    old = e.store_info()
+    old['config'] = {k: v for k, v in old['config'].items() if k not in ('antialias', 'size_rounding')}
+    if name == 'action':
+        old['config']['resize'] = [256]
+    create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
+    if name == 'scene':
+        create_store(tmp_path / 's.zarr', ['a', 'b'], spec(e.store_info()))
+    else:
+        with pytest.raises(StoreError, match='antialias: store has True .made before this setting: its default., '
+                                             'run wants False'):
+            create_store(tmp_path / 's.zarr', ['a', 'b'], spec(e.store_info()))
