@@ -117,6 +117,9 @@ class Expert:
     per_video = False
     has_tokens = False
     modality = 'video'
+    #: (setting, value) for a setting whose default changed what the expert computes: a store made
+    #: before the setting existed counts as made with `value`, so it is refused, not extended
+    legacy_defaults: tuple[tuple[str, Any], ...] = ()
 
     def __init__(self, name: str, cfg: ExpertCfg) -> None:
         self.name = name
@@ -254,8 +257,8 @@ class Expert:
                              'clip_fps': self.cfg.clip_fps},
                 'input_size': [self.cfg.input_size] if self.cfg.input_size else list(self.cfg.resize),
                 'config': dataclasses.asdict(self.cfg),
-                'config_defaults': {f.name: f.default for f in dataclasses.fields(self.cfg)
-                                    if f.default is not dataclasses.MISSING}}
+                'config_defaults': {**{f.name: f.default for f in dataclasses.fields(self.cfg)
+                                       if f.default is not dataclasses.MISSING}, **dict(self.legacy_defaults)}}
 
 
 @dataclasses.dataclass

@@ -89,11 +89,29 @@ class VGGish(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class AudioCfg(ExpertCfg):
-    """VGGish settings; the front end is fixed by the specification."""
+    """VGGish settings; the front end is fixed by the specification.
+
+    Args:
+        downmix: how several audio channels become one: ``mean`` (gain 1, as VGGish's reference
+            and whisper's `load_audio`), the only choice. Stores made before it existed had
+            FFmpeg's ``-ac 1`` (3 dB louder on stereo) and are refused rather than extended.
+    """
+
+    downmix: str = 'mean'
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_downmix(self.downmix)
+
+
+def check_downmix(downmix: str) -> None:
+    if downmix != 'mean':
+        raise ValueError(f"downmix must be 'mean' (the channel mean), got {downmix!r}")
 
 
 class AudioExpert(VideoExpert):
     modality = 'audio'
+    legacy_defaults = (('downmix', 'ffmpeg -ac 1'),)
     head_keys = ()
 
     def build(self) -> nn.Module:

@@ -21,6 +21,7 @@ from torch import nn
 from extract.experts import EXPERTS, build_expert
 from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
 from extract.experts._whisper import BatchOptions, transcribe_batch
+from extract.experts.audio import check_downmix
 from extract.experts._words import word_vectors_for, words_result
 from extract.weights import ResolvedWeights, WeightsError, offline, resolve_weights, sha256_file, weights_dir
 from shared.store import VideoResult
@@ -66,6 +67,9 @@ class SpeechCfg(ExpertCfg):
             decode none of them; whisper invents words on silence and music.
         vad_threshold: silero-vad's speech probability above which a 32-ms chunk is speech.
         min_speech: seconds of speech a 30-s window needs to be decoded.
+        downmix: how several audio channels become one: ``mean`` (gain 1, as VGGish's reference
+            and whisper's `load_audio`), the only choice. Stores made before it existed had
+            FFmpeg's ``-ac 1`` (3 dB louder on stereo) and are refused rather than extended.
         random_shape: the model that `weights: random` builds: ``one-layer`` (width 64: tests and
             the demo) or a released model's shape (``base``, ``small``) for benchmarks.
     """
@@ -79,6 +83,7 @@ class SpeechCfg(ExpertCfg):
     vad_threshold: float = 0.5
     min_speech: float = 0.25
     random_shape: str = 'one-layer'
+    downmix: str = 'mean'
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +94,7 @@ class SpeechCfg(ExpertCfg):
         if self.random_shape not in ('one-layer', *RANDOM_SHAPES):
             raise ValueError(f'random_shape must be one-layer or one of {", ".join(RANDOM_SHAPES)}, '
                              f'got {self.random_shape!r}')
+        check_downmix(self.downmix)
         if not self.temperatures:
             raise ValueError('temperatures must list at least one temperature')
 
@@ -121,6 +127,7 @@ def _half_but_layer_norms(model: nn.Module) -> None:
 
 class SpeechExpert(VideoExpert):
     modality = 'audio'
+    legacy_defaults = (('downmix', 'ffmpeg -ac 1'),)
     has_tokens = True
 
     def resolve(self) -> ResolvedWeights:

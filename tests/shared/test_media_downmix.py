@@ -93,3 +93,27 @@ def test_mono_is_bit_identical_to_ffmpeg_ac1(files, name):
     """What every store made before this change read from a mono file."""
     ours, _ = load_audio(files[name])
     assert np.array_equal(ours, _ffmpeg_f32(files[name], '-ac', '1'))
+
+
+@pytest.mark.parametrize('name', ['audio', 'speech'])
+def test_an_audio_store_made_before_the_downmix_changed_is_not_extended(name: str, tmp_path: Path) -> None:
+    """Stereo used to reach the audio experts 3 dB louder: a store made then (no `downmix` in its
+    config) is refused, naming the setting, instead of being extended with rows at the new level."""
+    from extract.experts import create_expert
+    from shared.store import StoreError, StoreSpec, create_store
+    from tests.extract.test_av_experts import _word2vec
+
+    extra = {'word_vectors': str(_word2vec(tmp_path / 'w.bin', ['zzz']))} if name == 'speech' else {}
+    e = create_expert(name, weights='random', **extra)
+
+    def spec(info: dict) -> StoreSpec:
+        return StoreSpec(dataset='d', expert=name, feature_dim=e.cfg.feature_dim, max_rows=e.cfg.max_rows,
+                         chunk_size=4, has_tokens=e.has_tokens, **info)
+
+    old = e.store_info()
+    old['config'] = {k: v for k, v in old['config'].items() if k != 'downmix'}
+    create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
+    with pytest.raises(StoreError, match="downmix: store has 'ffmpeg -ac 1' .made before this setting"):
+        create_store(tmp_path / 's.zarr', ['a', 'b'], spec(e.store_info()))
+    create_store(tmp_path / 'new.zarr', ['a', 'b'], spec(e.store_info()))
+    create_store(tmp_path / 'new.zarr', ['a', 'b'], spec(e.store_info()))  # a store made now resumes
