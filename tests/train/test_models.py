@@ -84,12 +84,17 @@ def test_a_missing_expert_changes_only_its_column(name: str) -> None:
     assert changed.tolist() == [j == 3 for j in range(7)]
 
 
-def test_netvlad_ignores_padding() -> None:
+def _trained_vlad(ghosts: int) -> NetVLAD:
+    """NetVLAD(8, 4, ghosts) in eval mode, after one step (batch-norm statistics not the identity)."""
     torch.manual_seed(0)
-    vlad = NetVLAD(8, 4, 1)
+    vlad = NetVLAD(8, 4, ghosts)
     vlad.train()
     vlad(torch.randn(6, 5, 8), torch.ones(6, 5, dtype=torch.bool)).sum().backward()
-    vlad.eval()
+    return vlad.eval()
+
+
+def test_netvlad_ignores_padding() -> None:
+    vlad = _trained_vlad(1)
     x = torch.randn(2, 3, 8)
     padded = torch.cat([x, 100 * torch.randn(2, 4, 8)], 1)
     mask = torch.arange(7)[None].expand(2, 7) < 3
@@ -171,11 +176,7 @@ def _netvlad_reference(vlad: NetVLAD, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_netvlad_ghost_clusters_absorb_assignment() -> None:
-    torch.manual_seed(0)
-    ghost = NetVLAD(8, 4, 2)
-    ghost.train()
-    ghost(torch.randn(6, 5, 8), torch.ones(6, 5, dtype=torch.bool)).sum().backward()
-    ghost.eval()
+    ghost = _trained_vlad(2)
     x = torch.randn(3, 5, 8)
     with torch.no_grad():
         got = ghost(x)
