@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from shared.store import (DONE, FAILED, PENDING, SKIPPED, RandomWeightsWarning, StoreError, StoreSpec, VideoResult,
+from shared.store import (DONE, FAILED, PENDING, SKIPPED, RandomWeightsWarning, StoreError, VideoResult,
                           check_store, create_store, open_store, pack_chunk, shard_chunks, store_path)
 from tests import _store_writer as W
 
