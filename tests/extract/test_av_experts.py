@@ -273,3 +273,21 @@ def test_all_seven_experts_on_the_demo(small_demo: Path, tmp_path: Path) -> None
     assert avail['audio'] == [v['audio'] for v in meta]
     assert all(v['speech'] for v, a in zip(meta, avail['speech']) if a)  # speech only where it was generated
     assert all(avail['object']) and all(avail['scene']) and all(avail['action'])
+
+
+def test_vggish_flattens_its_last_feature_map_in_tf_order() -> None:
+    """The TF model (and torchvggish) flattens the last (6 frames, 4 bands, 512) map as NHWC:
+    embedding input (h * 4 + w) * 512 + c is channel c at (h, w). With a wrong order the released weights load
+    but give other embeddings."""
+    from extract.experts.audio import VGGish
+
+    torch.manual_seed(0)
+    model = VGGish().eval()
+    x = torch.randn(2, 96, 64)
+    with torch.no_grad():
+        fmap = model.features(x.unsqueeze(1))  # (2, 512, 6, 4)
+        assert fmap.shape == (2, 512, 6, 4)
+        fc1 = model.embeddings[0]
+        hidden = torch.einsum('nchw,ohwc->no', fmap, fc1.weight.view(4096, 6, 4, 512)) + fc1.bias
+        expected = model.embeddings[1:](hidden)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)

@@ -568,3 +568,18 @@ def test_a_per_video_expert_thread_batches_isolates_failures_and_reports_its_dea
         for row in range(6, 6 + 2 * worker.queue.maxsize):
             worker.submit(row, VideoInput(audio=np.zeros(5, np.float32)))
     worker.close()  # returns: nothing to stop
+
+
+def test_preprocess_takes_the_centre_crop() -> None:
+    from torchvision.transforms import CenterCrop
+
+    expert = create_expert('scene', weights='random', resize=[48], input_size=32)  # 48x64: no resize, crop only
+    rows = torch.zeros(2, 48, 64, 3, dtype=torch.uint8)
+    rows[:, 20:28, 28:36] = 255  # a mark at the centre
+    rows[:, :4, :4] = 128  # and one in the top-left corner
+    got = expert.preprocess(rows)
+    mean, std = torch.tensor(expert.cfg.mean).view(1, 3, 1, 1), torch.tensor(expert.cfg.std).view(1, 3, 1, 1)
+    expected = CenterCrop(32)(rows.permute(0, 3, 1, 2).float() / 255.0)
+    assert got.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(got, (expected - mean) / std)
+    assert (expected[:, :, 12:20, 12:20] == 1).all()  # the mark is inside the crop, at its centre

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from shared.store import (DONE, FAILED, PENDING, SKIPPED, RandomWeightsWarning, StoreError, StoreSpec, VideoResult,
+from shared.store import (DONE, FAILED, PENDING, SKIPPED, RandomWeightsWarning, StoreError, VideoResult,
                           check_store, create_store, open_store, pack_chunk, shard_chunks, store_path)
 from tests import _store_writer as W
 
@@ -254,3 +253,50 @@ def test_check_lists_what_stopped_jobs_left_beside_a_store(tmp_path: Path) -> No
     assert report.exit_code == 1
     assert ('leftover  .ok.zarr.old-42' in report.summary()
             and 'stopped before the new one took its place: rename it back to ok.zarr' in report.summary())
+
+
+class _FailingWrites:
+    """The store's Zarr group, with writes to one array raising (a full disk, a kill mid-chunk)."""
+
+    def __init__(self, group: zarr.Group, name: str) -> None:
+        self._group, self._name = group, name
+
+    def __getitem__(self, name: str):
+        arr = self._group[name]
+        if name != self._name:
+            return arr
+        fail = self._name
+
+        class _Array:
+            def __setitem__(self, key, value) -> None:
+                raise OSError(f'writing {fail} failed')
+
+        return _Array()
+
+    def __getattr__(self, name: str):
+        return getattr(self._group, name)
+
+
+@pytest.mark.parametrize('failing', ['features', 'timestamps', 'lengths', 'available', 'errors', 'tokens'])
+def test_a_chunk_write_that_fails_leaves_the_chunk_pending(tmp_path: Path, failing: str) -> None:
+    # the store's core rule: `status` is written last, so a write cut short anywhere reads as pending
+    path = tmp_path / 'fail.zarr'
+    store = create_store(path, W.video_ids(8), W.spec(4))
+    data = pack_chunk([W.result_for(r) for r in store.chunk_rows(1)], W.MAX_ROWS, W.DIM, True)
+    real = store.group
+    store.group = _FailingWrites(real, failing)
+    with pytest.raises(OSError, match=f'writing {failing} failed'):
+        store.write_chunk(1, data)
+    store.group = real
+    assert (store.chunk_status(1) == PENDING).all()
+    assert open_store(path, warn_random=False).pending_chunks() == [0, 1]
+
+
+def test_check_exit_1_on_timestamps_after_a_rows_length(tmp_path: Path) -> None:
+    path = tmp_path / 'times.zarr'
+    _complete_store(path)
+    g = zarr.open_group(str(path), mode='r+')
+    assert g['lengths'][2] < W.MAX_ROWS and g['status'][2] == DONE
+    g['timestamps'][2, W.MAX_ROWS - 1] = [7.0, 8.0]  # a time for a row the video does not have
+    report = check_store(path)
+    assert report.exit_code == 1 and any('timestamps after their length' in p for p in report.problems)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from train.losses import hard_negative_triplet, info_nce, max_margin_ranking
 from train.models import ExpertSpec, ModelCfg, count_parameters, create_model
-from train.models.base import ExpertInput, TextInput
+from train.models.base import ExpertInput, TextEmbedding, TextInput, VideoEmbedding, mixture_similarity
+from train.models.ce import CollaborativeGating
 from train.models.layers import NetVLAD
 
 EXPERTS = (ExpertSpec('object', 32), ExpertSpec('audio', 8, 'vlad', 4, 1, 6), ExpertSpec('face', 16, 'max'))
@@ -82,12 +84,17 @@ def test_a_missing_expert_changes_only_its_column(name: str) -> None:
     assert changed.tolist() == [j == 3 for j in range(7)]
 
 
-def test_netvlad_ignores_padding() -> None:
+def _trained_vlad(ghosts: int) -> NetVLAD:
+    """NetVLAD(8, 4, ghosts) in eval mode, after one step (batch-norm statistics not the identity)."""
     torch.manual_seed(0)
-    vlad = NetVLAD(8, 4, 1)
+    vlad = NetVLAD(8, 4, ghosts)
     vlad.train()
     vlad(torch.randn(6, 5, 8), torch.ones(6, 5, dtype=torch.bool)).sum().backward()
-    vlad.eval()
+    return vlad.eval()
+
+
+def test_netvlad_ignores_padding() -> None:
+    vlad = _trained_vlad(1)
     x = torch.randn(2, 3, 8)
     padded = torch.cat([x, 100 * torch.randn(2, 4, 8)], 1)
     mask = torch.arange(7)[None].expand(2, 7) < 3
@@ -107,3 +114,108 @@ def test_ablations_change_the_parameter_count() -> None:
     counts = {n: count_parameters(_model(n))['total'] for n in VARIANTS}
     assert counts['ce'] > counts['ce-cg'] == counts['mee'] > counts['ce-mw,pcg']
     assert counts['concat'] < counts['mee']
+
+
+@pytest.mark.parametrize('name', ['mee', 'ce', 'ce-cg'])
+def test_a_pair_scores_the_same_alone_and_beside_videos_with_more_experts(name: str) -> None:
+    # CE appendix A.1: renormalising the mixture weights over the experts present in *any* video of
+    # the batch makes a video's score depend on its batch-mates
+    model = _model(name)
+    videos, texts = _videos(6, 5), _texts(4, 5)
+    for k, v in videos.items():
+        v.available[:] = True
+        if v.mask is not None:
+            v.mask[:] = True
+    for k in ('object', 'face'):
+        videos[k].available[0] = False  # video 0 lacks two experts that all the others have
+    with torch.no_grad():
+        batch = model(videos, texts)[:, 0]
+        alone = model(_take(videos, torch.tensor([0])), texts)[:, 0]
+    assert torch.allclose(alone, batch, atol=1e-6)
+
+
+def test_mixture_similarity_renormalises_per_pair() -> None:
+    text = TextEmbedding(F.normalize(torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0)), dim=-1),
+                         torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
+    video = VideoEmbedding(F.normalize(torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1)), dim=-1),
+                           torch.tensor([[True, False, True], [True, True, True]]))
+    dots = torch.einsum('tmd,vmd->tvm', text.emb, video.emb)
+    expected = torch.empty(2, 2)
+    for t in range(2):
+        for v in range(2):
+            w = [text.weights[t, m].item() if video.available[v, m] else 0.0 for m in range(3)]
+            expected[t, v] = sum(w[m] * dots[t, v, m] for m in range(3)) / sum(w)
+    assert torch.allclose(mixture_similarity(text, video), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['mee', 'ce', 'ce-cg'])
+def test_mixture_weights_of_a_caption_do_not_depend_on_its_batch(name: str) -> None:
+    model = _model(name)
+    texts = _texts(6, 6)
+    with torch.no_grad():
+        batch = model.encode_text(texts).weights
+        alone = model.encode_text(TextInput(texts.x[2:3], texts.mask[2:3])).weights
+    assert batch.shape == (6, 3)
+    assert torch.allclose(batch.sum(1), torch.ones(6), atol=1e-6)  # a distribution over the experts
+    assert torch.allclose(alone, batch[2:3], atol=1e-6)
+    assert not torch.allclose(batch[0], batch[1], atol=1e-4)  # text-dependent, so the check above means something
+
+
+def _netvlad_reference(vlad: NetVLAD, x: torch.Tensor) -> torch.Tensor:
+    """NetVLAD with ghost clusters written out per token (eval mode, no padding)."""
+    b, n, d = x.shape
+    out = []
+    for i in range(b):
+        logits = vlad.bn(vlad.assign(x[i]))  # (n, K+G): batch-norm in eval mode acts per token
+        a = torch.softmax(logits, dim=-1)  # over real *and* ghost clusters
+        rows = []
+        for k in range(vlad.clusters):
+            rows.append(F.normalize(sum(a[j, k] * (x[i, j] - vlad.centroids[k]) for j in range(n)), dim=0))
+        out.append(F.normalize(torch.cat(rows), dim=0))
+    return torch.stack(out)
+
+
+def test_netvlad_ghost_clusters_absorb_assignment() -> None:
+    ghost = _trained_vlad(2)
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        got = ghost(x)
+        assert torch.allclose(got, _netvlad_reference(ghost, x), atol=1e-5)
+        # the same real clusters without the ghosts: a different output
+        plain = NetVLAD(8, 4, 0).eval()
+        plain.assign.weight.copy_(ghost.assign.weight[:4])
+        plain.centroids.copy_(ghost.centroids)
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            getattr(plain.bn, name).copy_(getattr(ghost.bn, name)[:4])
+        assert not torch.allclose(plain(x), got, atol=1e-3)
+
+
+def test_losses_on_an_asymmetric_matrix() -> None:
+    s = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.5, 0.0], [0.3, 0.1, 0.4]])  # rows: texts, columns: videos
+    m, n = 0.2, 3
+    t2v = sum(max(0.0, m + s[i, j].item() - s[i, i].item()) for i in range(n) for j in range(n) if j != i)
+    v2t = sum(max(0.0, m + s[j, i].item() - s[i, i].item()) for i in range(n) for j in range(n) if j != i)
+    assert t2v != pytest.approx(v2t)
+    assert max_margin_ranking(s, m).item() == pytest.approx((t2v + v2t) / n)
+    hard_t2v = [max(0.0, m + max(s[i, j].item() for j in range(n) if j != i) - s[i, i].item()) for i in range(n)]
+    hard_v2t = [max(0.0, m + max(s[j, i].item() for j in range(n) if j != i) - s[i, i].item()) for i in range(n)]
+    assert sum(hard_t2v) != pytest.approx(sum(hard_v2t))
+    assert hard_negative_triplet(s, m).item() == pytest.approx((sum(hard_t2v) + sum(hard_v2t)) / n)
+
+
+def test_collaborative_gating_ignores_a_missing_experts_features() -> None:
+    torch.manual_seed(0)
+    cg = CollaborativeGating(3, 8)
+    cg.train()
+    cg(torch.randn(10, 3, 8), torch.rand(10, 3) > 0.3).sum().backward()  # batch-norm statistics
+    cg.eval()
+    x = torch.randn(4, 3, 8)
+    available = torch.tensor([[True, False, True], [True, True, True], [False, True, True], [True, True, False]])
+    changed = x.clone()
+    changed[0, 1] = 10 * torch.randn(8)
+    changed[2, 0] = 10 * torch.randn(8)
+    changed[3, 2] = 10 * torch.randn(8)
+    with torch.no_grad():
+        a, b = cg(x, available), cg(changed, available)
+    assert torch.allclose(a[available], b[available], atol=1e-6)
+    assert torch.equal(a[1], b[1])

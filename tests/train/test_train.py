@@ -281,3 +281,47 @@ def test_gpt_word_features_are_frozen() -> None:
         first = model.encode_text(text).emb.clone()
         model.text_model.h[0].mlp.c_fc.weight.add_(torch.randn_like(model.text_model.h[0].mlp.c_fc.weight))
         assert not torch.allclose(model.encode_text(text).emb, first)
+
+
+def _with_dropout(tmp: Path, epochs: int, p: float = 0.3) -> Path:
+    path = _transformer_config(tmp, 'mmt', epochs)
+    cfg = yaml.safe_load(path.read_text())
+    cfg['model']['transformer']['dropout'] = cfg['model']['text']['dropout'] = p
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_a_resumed_run_with_dropout_ends_with_the_weights_of_an_uninterrupted_one(
+        demo_stores: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # every other test config has dropout 0: a resume that did not restore the random state
+    # would draw other dropout masks and still pass them
+    data, features = demo_stores
+    resumed, whole = tmp_path / 'resumed', tmp_path / 'whole'
+    assert train_main(_args(data, features, _with_dropout(tmp_path, 2), resumed)) == 0
+    assert train_main(_args(data, features, _with_dropout(tmp_path, 4), resumed)) == 0  # more epochs: resumed
+    assert 'resuming' in capsys.readouterr().out
+    assert train_main(_args(data, features, _with_dropout(tmp_path, 4), whole)) == 0
+    wa = torch.load(resumed / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+    wb = torch.load(whole / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_the_epoch_of_the_highest_val_selection(demo_stores: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    data, features = demo_stores
+    config = _config(tmp_path, 'mee', epochs=5)
+    cfg = yaml.safe_load(config.read_text())
+    cfg['train']['lr'] = 0.01  # a noisy validation curve: its best epoch is not the last one
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / 'run'
+    assert train_main(_args(data, features, config, run)) == 0
+    records = [json.loads(line) for line in (run / 'seed0' / 'metrics.jsonl').read_text().splitlines()]
+    selection = [r['val/selection'] for r in records]
+    best = max(range(len(records)), key=lambda i: (selection[i], -i))  # the first epoch reaching the maximum
+    lowest_loss = min(range(len(records)), key=lambda i: records[i]['train/loss'])
+    assert best != lowest_loss, (selection, [r['train/loss'] for r in records])  # else the check below proves little
+    ckpt = run / 'seed0' / 'checkpoints'
+    assert torch.load(ckpt / 'best.pt', weights_only=True)['epoch'] == best
+    assert torch.load(run / 'seed0' / 'gallery.pt', weights_only=False)['checkpoint'] == 'best.pt'

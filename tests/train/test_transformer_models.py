@@ -112,6 +112,33 @@ def test_scores_depend_only_on_their_pair(kind: str) -> None:
         assert torch.allclose(model.encode_text(text).emb[:1], t_alone.emb, atol=1e-5)
 
 
+
+def test_mmt_mixture_weights_of_a_caption_do_not_depend_on_its_batch() -> None:
+    model = _model('mmt')
+    text = _texts(5, 6)
+    with torch.no_grad():
+        batch = model.encode_text(text).weights
+        alone = model.encode_text(TextInput(text.x[3:4], text.mask[3:4])).weights
+    assert batch.shape == (5, 2)
+    assert torch.allclose(alone, batch[3:4], atol=1e-5)
+    assert torch.allclose(batch.sum(1), torch.ones(5), atol=1e-6)
+
+
+def test_mmt_agg_token_starts_as_the_max_pool_of_valid_rows() -> None:
+    model = _model('mmt')
+    video = _videos(4, 7)
+    video = _with(video, 'audio', available=torch.tensor([True, False, True, True]))
+    for v in video.values():
+        v.x[~v.mask] = 50.0  # padding: larger than any real row, so a max over it would show
+    with torch.no_grad():
+        feats, _, times, _, agg_pos = model.video_inputs(video)
+        for m, (spec, proj) in enumerate(zip(EXPERTS, model.project)):
+            inp = video[spec.name]
+            for i in range(4):
+                expected = proj(inp.x[i][inp.mask[i]].amax(0)) if inp.available[i] else torch.zeros(SMALL.hidden)
+                assert torch.allclose(feats[i, agg_pos[m]], expected, atol=1e-6), (spec.name, i)
+            assert (times[:, agg_pos[m]] == 0).all()  # AGG
+
 def test_support_set_weights() -> None:
     sims = torch.randn(6, 6)
     cross = support_weights(sims, 'cross', 0.1)

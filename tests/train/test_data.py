@@ -1,0 +1,88 @@
+"""train/data.py: aggregation of padded store rows, token sampling, the epoch plan."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from train.captions import CaptionData
+from train.data import SplitData, _aggregate
+from train.models.config import ExpertSpec
+
+LENGTHS = np.array([5, 1, 0, 3, 8, 12])  # 0: a video without rows; 12: longer than any max_tokens below
+T, D = 12, 4
+
+
+def _padded(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, T, D) features and (N, T, 2) times; the padding after each length holds large values, so
+    a reduction that reads it would show (the store writes zeros there, which hide a wrong count)."""
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(len(LENGTHS), T, D)).astype(np.float16)
+    start = np.arange(T, dtype=np.float32)[None].repeat(len(LENGTHS), 0) * 0.5
+    times = np.stack([start, start + 0.5], -1)
+    pad = np.arange(T)[None] >= LENGTHS[:, None]
+    feats[pad] = 50.0
+    times[pad] = -1.0
+    return feats, times, LENGTHS > 0
+
+
+@pytest.mark.parametrize('how', ['mean', 'max'])
+def test_mean_and_max_use_each_videos_own_rows(how: str) -> None:
+    feats, times, available = _padded()
+    out = _aggregate(ExpertSpec('e', D, how), feats, times, LENGTHS, available)
+    assert out.x.shape == (len(LENGTHS), D) and out.x.dtype == np.float32 and out.mask is None
+    for i, n in enumerate(LENGTHS):
+        own = feats[i, :n].astype(np.float32)
+        expected = np.zeros(D, np.float32) if n == 0 else (own.mean(0) if how == 'mean' else own.max(0))
+        np.testing.assert_allclose(out.x[i], expected, rtol=1e-6, atol=1e-6, err_msg=f'video {i}, length {n}')
+    np.testing.assert_array_equal(out.available, available)
+
+
+@pytest.mark.parametrize('aggregation,sample', [('vlad', 'uniform'), ('tokens', 'first')])
+def test_vlad_and_first_tokens_keep_the_first_rows(aggregation: str, sample: str) -> None:
+    feats, times, available = _padded(1)
+    out = _aggregate(ExpertSpec('e', D, aggregation, 2 if aggregation == 'vlad' else 0, max_tokens=6, sample=sample),
+                     feats, times, LENGTHS, available)
+    np.testing.assert_array_equal(out.x, feats[:, :6].astype(np.float32))
+    np.testing.assert_array_equal(out.mask, np.arange(6)[None] < LENGTHS[:, None])
+    np.testing.assert_array_equal(out.times, times[:, :6])
+
+
+def test_uniform_tokens_are_evenly_spaced_over_each_videos_own_length() -> None:
+    feats, times, available = _padded(2)
+    keep = 4
+    out = _aggregate(ExpertSpec('e', D, 'tokens', max_tokens=keep), feats, times, LENGTHS, available)
+    assert out.x.shape == (len(LENGTHS), keep, D)
+    for i, n in enumerate(LENGTHS):
+        if n >= keep:  # rows floor(k n / keep): spread over the video, in time order, every one real
+            rows = [k * n // keep for k in range(keep)]
+            mask = [True] * keep
+        else:  # a short video: all its rows, then padding
+            rows = list(range(keep))
+            mask = [k < n for k in range(keep)]
+        np.testing.assert_array_equal(out.x[i], feats[i, rows].astype(np.float32), err_msg=f'video {i}')
+        np.testing.assert_array_equal(out.times[i], times[i, rows], err_msg=f'video {i}')
+        assert out.mask[i].tolist() == mask, i
+    # the 12-row video gives rows 0, 3, 6, 9; the 8-row one 0, 2, 4, 6: not the first four
+    assert out.times[5, :, 0].tolist() == [0.0, 1.5, 3.0, 4.5] and out.times[4, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_the_store_dimension_must_match_the_config() -> None:
+    feats, times, available = _padded()
+    with pytest.raises(Exception, match='D=4 but the model config says dim=5'):
+        _aggregate(ExpertSpec('e', 5, 'mean'), feats, times, LENGTHS, available)
+
+
+def test_epoch_plan_draws_each_video_once_with_one_of_its_own_captions() -> None:
+    n_videos, per_video = 11, 3
+    owner = np.repeat(np.arange(n_videos), per_video)
+    captions = CaptionData(ids=np.arange(len(owner))[:, None], mask=np.ones((len(owner), 1), bool), vectors=None)
+    data = SplitData([f'v{i}' for i in range(n_videos)], {}, captions, owner, np.arange(len(owner)), [])
+    videos, caps = data.epoch_plan(4, np.random.default_rng([0, 1]))
+    assert videos.shape == caps.shape == (2, 4)  # 11 // 4 steps; the short batch is dropped
+    assert len(set(videos.reshape(-1).tolist())) == 8
+    np.testing.assert_array_equal(owner[caps], videos)  # each caption belongs to its video
+    again = data.epoch_plan(4, np.random.default_rng([0, 1]))
+    np.testing.assert_array_equal(again[0], videos)
+    np.testing.assert_array_equal(again[1], caps)
+    other = data.epoch_plan(4, np.random.default_rng([0, 2]))
+    assert not np.array_equal(other[0], videos)
