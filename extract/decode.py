@@ -479,10 +479,33 @@ WORKER_NICE = 10
 
 def _worker_init() -> None:
     os.environ.setdefault('OMP_NUM_THREADS', '1')
+    _exit_with_parent()
     try:
         os.nice(WORKER_NICE)
     except OSError:  # a platform without it: run at the parent's priority
         pass
+
+
+def _exit_with_parent() -> None:
+    """End this worker process as soon as the process that started it has ended, however it ended.
+
+    A `ProcessPoolExecutor` worker waits for work on a queue whose write end it holds itself, so
+    it never sees its parent go: a parent killed outright (SIGKILL, the OOM killer), or one that
+    exits past the pool's shutdown, left it waiting for ever, orphaned, and with it
+    multiprocessing's resource tracker, which runs until the last process holding its pipe ends.
+    The parent's sentinel (a pipe only the parent holds open) becomes readable when it ends.
+    """
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)  # nothing to save: a decode worker's results go only to the parent
+
+    threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
 
 
 def ahead(largest: int, first: int, most: int, max_bytes: int) -> int:

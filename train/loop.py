@@ -101,6 +101,15 @@ class TrainCfg:
     def __post_init__(self) -> None:
         if self.log_every < 1:
             raise ValueError('train.log_every must be at least 1')
+        # a NaN or infinite setting makes every loss non-finite: refused here, not found after training
+        for name in ('lr', 'weight_decay', 'margin', 'temperature', 'lr_gamma', 'grad_clip'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f'train.{name} must be a finite number, got {value!r}')
+        if self.lr <= 0:
+            raise ValueError(f'train.lr must be positive, got {self.lr}')
+        if self.temperature <= 0:
+            raise ValueError(f'train.temperature must be positive, got {self.temperature}')
         if not 0.0 <= self.device_data <= 1.0:
             raise ValueError('train.device_data must be in [0, 1]')
         if self.lr_step_unit not in ('epoch', 'step'):
@@ -270,16 +279,39 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput],
     The losses are summed on the device, in float64 as the Python float sum this replaces (the same
     numbers), and read only every `log_every` steps, for `log(steps done, running mean)`, and once at
     the end: reading a device value makes the host wait for every queued step.
+
+    A non-finite loss stops the epoch at the first read that sees it (the sum of the losses is
+    non-finite once one of them is): `NonFiniteLoss`, naming the steps read so far.
     """
-    total, n = None, 0
+    total, n, read = None, 0, 0
     for n, (video, text) in enumerate(batches, 1):
         loss = step(video, text)
         total = loss.to(torch.float64) if total is None else total.add_(loss)
-        if log is not None and n % log_every == 0:
-            log(n, total.item() / n)
+        if n % log_every == 0:
+            mean = _finite(total.item() / n, read, n)
+            read = n
+            if log is not None:
+                log(n, mean)
     if total is None:
         raise ValueError('an epoch without a batch')
-    return total.item() / n
+    return _finite(total.item() / n, read, n)
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or infinite between steps `after` (exclusive) and `step`."""
+
+    def __init__(self, after: int, step: int) -> None:
+        super().__init__(after, step)
+        self.after, self.step = after, step
+
+    def where(self) -> str:
+        return f'step {self.step}' if self.step == self.after + 1 else f'steps {self.after + 1}-{self.step}'
+
+
+def _finite(mean: float, after: int, step: int) -> float:
+    if not math.isfinite(mean):
+        raise NonFiniteLoss(after, step)
+    return mean
 
 
 def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
@@ -341,7 +373,14 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
                    desc=f'epoch {epoch + 1}/{cfg.train.epochs}', unit='batch', leave=False)
         shown = lambda n, loss: bar.set_postfix(  # noqa: E731
             loss=f'{loss:.4f}', pairs_s=f'{cfg.train.batch_size * n / max(time.time() - t0, 1e-6):.0f}')
-        mean_loss = train_epoch(step, bar, cfg.train.log_every, shown if progress else None)
+        try:
+            mean_loss = train_epoch(step, bar, cfg.train.log_every, shown if progress else None)
+        except NonFiniteLoss as err:
+            bar.close()
+            tb.close()
+            raise ConfigError(f'the training loss became non-finite (NaN or infinite) in epoch {epoch + 1}, '
+                              f'{err.where()} (read every train.log_every={cfg.train.log_every} steps); the run '
+                              f'stops without results: check train.lr and the loss settings ({run_dir})') from None
         if sched is not None and cfg.train.lr_step_unit == 'epoch':
             sched.step()
         record: dict[str, Any] = {'epoch': epoch + 1, 'train/loss': mean_loss,

@@ -91,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f'{args.config} is a {cfg.model.model} config, not {args.model}')
         if args.count_params:
             return _count(cfg)
+        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:  # the same seed twice trains the same run twice: a "± 0.0" that means nothing
+            raise ConfigError(f'--seeds {args.seeds}: seed {", ".join(map(str, repeated))} given more than once; '
+                              'give distinct seeds')
         device = pick_device(args.device)
         manifest = load_manifest(cfg.data.dataset, args.data_root)
-        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
         base = args.run_dir or Path('runs') / f'{cfg.model.model}-{cfg.data.dataset}-{cfg.data.split}'
         results = []
         for seed in seeds:

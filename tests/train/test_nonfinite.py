@@ -1,0 +1,69 @@
+"""Training never reports NaN as results: settings that make the loss non-finite are refused up
+front, a loss that becomes non-finite stops the run naming the epoch and step, and a repeated seed
+is refused (it gave a "± 0.0")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.loop import NonFiniteLoss, train_epoch
+from train.main import main
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, *words: str) -> str:
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert 'R@1' not in captured.out and '±' not in captured.out
+    for w in words:
+        assert w in err, err
+    return err
+
+
+@pytest.mark.parametrize('setting', ['train.margin=nan', 'train.lr=nan', 'train.lr=inf', 'train.temperature=nan',
+                                     'train.weight_decay=inf'])
+def test_a_setting_that_makes_the_loss_non_finite_is_refused_up_front(
+        setting: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(['--model', 'mee', '--dataset', 'demo', '--data-root', str(tmp_path / 'none'),
+                 '--features-root', str(tmp_path / 'none'), '--run-dir', str(tmp_path / 'run'), '--set', setting])
+    assert code == 1
+    _one_line_error(capsys, setting.split('=')[0], 'finite')
+    assert not (tmp_path / 'run').exists()  # refused before anything is made
+
+
+def test_repeated_seeds_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(['--model', 'mee', '--dataset', 'demo', '--data-root', str(tmp_path / 'none'),
+                 '--features-root', str(tmp_path / 'none'), '--run-dir', str(tmp_path / 'run'), '--seeds', '0,0'])
+    assert code == 1
+    _one_line_error(capsys, '--seeds 0,0', 'seed 0')
+
+
+class _Step:
+    """A training step whose losses are given (device tensors, as TrainStep's), counting the calls."""
+
+    def __init__(self, losses: list[float]) -> None:
+        self.losses, self.calls = losses, 0
+
+    def __call__(self, video: object, text: object) -> torch.Tensor:
+        self.calls += 1
+        return torch.tensor(self.losses[self.calls - 1])
+
+
+@pytest.mark.parametrize('log', [True, False])
+def test_a_non_finite_loss_stops_the_epoch_at_the_next_read_naming_the_steps(log: bool) -> None:
+    step = _Step([1.0, 1.0, 1.0, float('nan'), 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    seen = []
+    with pytest.raises(NonFiniteLoss) as err:
+        train_epoch(step, [(None, None)] * 10, 3, (lambda n, m: seen.append(n)) if log else None)
+    assert (err.value.after, err.value.step) == (3, 6) and err.value.where() == 'steps 4-6'
+    assert step.calls == 6 and seen == ([3] if log else [])  # read at the log_every reads, not every step
+
+
+def test_a_loss_non_finite_only_in_the_last_steps_is_caught_at_the_epochs_end() -> None:
+    step = _Step([1.0, 1.0, float('inf')])
+    with pytest.raises(NonFiniteLoss) as err:
+        train_epoch(step, [(None, None)] * 3, 2)
+    assert err.value.where() == 'step 3'
+    assert train_epoch(_Step([1.0, 3.0, 2.0]), [(None, None)] * 3, 2) == pytest.approx(2.0)
