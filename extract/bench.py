@@ -271,7 +271,7 @@ def _bench(args: argparse.Namespace) -> int:
             steady = (n - 1) / span
             # experts share the device: the model-only limit adds up their time per video
             limit = 1.0 / sum(1.0 / video_rate[s] for s in selected)
-            decode = dec_all if target == 'all' else decode_rate[target]
+            decode = decode_rate.get(target, dec_all)  # one expert alone: dec_all is its own decoding
             wait = f'{stats["decode_wait_s"] / span:.0%} waiting for decoding'
             if device.startswith('cuda'):  # the rest: the host's own work, and launches into a full GPU queue
                 wait += f', {stats["device_wait_s"] / span:.0%} for the GPU\'s results'

@@ -250,6 +250,11 @@ class _VideoWorker:
         import queue
 
         if self.thread.is_alive():
+            while True:  # what is still queued is not wanted any more (a failed or interrupted run)
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    break
             try:
                 self.queue.put(self._STOP, timeout=5)
             except queue.Full:  # still busy: left to end with the process

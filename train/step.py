@@ -44,6 +44,7 @@ class TrainStep:
         self.device = torch.device(device)
         self.compiled = compile
         self._compiled_loss = None
+        self._compiled_steps = 0  # steps the compiled path completed: after one, failures are not compile's
         if compile:
             mode = 'reduce-overhead' if backend == 'inductor' and self.device.type == 'cuda' else None
             try:  # most failures come at the first call; an unknown backend or mode comes here
@@ -60,15 +61,27 @@ class TrainStep:
         if self._compiled_loss is not None:
             try:
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
-                # cloned: a graph's output is overwritten by its next replay
-                return self._update(self._compiled_loss(video, text)).clone()
-            except Exception as err:  # noqa: BLE001  any compile or capture failure: the run goes on eager
+                loss = self._compiled_loss(video, text)
+                self.optimizer.zero_grad()
+                loss.backward()  # the compiled backward: compiled lazily, so it can fail here too
+            except Exception as err:  # noqa: BLE001
+                # a compile or capture failure at the first step: the run goes on eager; any later
+                # failure (out of memory, a device assert, a model bug) is the run's own, not compile's
+                if self._compiled_steps or isinstance(err, torch.OutOfMemoryError):
+                    raise
                 self._fall_back(err)
+            else:
+                self._compiled_steps += 1
+                return self._step(loss).clone()  # cloned: a graph's output is overwritten by its next replay
         return self._update(self._loss(video, text))
 
     def _update(self, loss: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad()
         loss.backward()
+        return self._step(loss)
+
+    def _step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Clip, update, schedule (never repeated by a fall-back: it runs after the backward succeeded)."""
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)  # no host wait: foreach, on device
         self.optimizer.step()

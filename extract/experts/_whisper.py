@@ -70,6 +70,7 @@ class _Transcript:
     window_start: float = 0.0  # seconds: where the window being decoded starts
     segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     last_speech: float = 0.0  # end of the last word (whisper's last_speech_timestamp)
+    language: str | None = None  # set once per video, as whisper.transcribe does
     decoded: int = 0  # windows decoded
     silent: int = 0  # windows skipped as without speech
 
@@ -87,10 +88,16 @@ def speech_chunks(vad: Any, audios: list[np.ndarray], device: torch.device, thre
         for j, a in enumerate(part):
             x[j, :len(a)] = torch.from_numpy(np.asarray(a, np.float32))
         with torch.inference_mode():
-            probs = vad.audio_forward(x.to(device), 16000).float().cpu().numpy()
+            probs = vad.audio_forward(x.to(_device_of(vad, device)), 16000).float().cpu().numpy()
         for j, a in enumerate(part):
             out.append(probs[j, :-(-len(a) // VAD_CHUNK)] >= threshold)
     return out
+
+
+def _device_of(module: Any, default: torch.device) -> torch.device:
+    """Where a module's weights are (the VAD stays on the CPU when it cannot move to `default`)."""
+    weight = next(iter(module.parameters()), None)
+    return weight.device if weight is not None else default
 
 
 def transcribe_batch(model: Any, audios: list[np.ndarray], opts: BatchOptions, vad: Any = None,
@@ -132,7 +139,7 @@ def _next_window(s: _Transcript, min_speech: float) -> bool:
 
 def _round(model: Any, batch: list[_Transcript], opts: BatchOptions) -> None:
     """Decode, split and align the current window of each transcript in `batch`; advance them."""
-    from whisper.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, pad_or_trim
+    from whisper.audio import FRAMES_PER_SECOND, N_FRAMES, pad_or_trim
     from whisper.tokenizer import get_tokenizer
 
     dtype = torch.float16 if opts.fp16 else torch.float32
@@ -140,11 +147,8 @@ def _round(model: Any, batch: list[_Transcript], opts: BatchOptions) -> None:
     mels = torch.stack([pad_or_trim(s.mel[:, s.seek:s.seek + n], N_FRAMES) for s, n in zip(batch, sizes)])
     with torch.inference_mode():
         features = model.embed_audio(mels.to(dtype))
-    if opts.language:
-        languages = [opts.language] * len(batch)
-    else:
-        _, probs = model.detect_language(features)
-        languages = [max(p, key=p.get) for p in probs]
+    _detect_languages(model, [s for s in batch if s.language is None], opts, dtype)
+    languages = [s.language for s in batch]
     for language in sorted(set(languages)):
         idx = [i for i, lang in enumerate(languages) if lang == language]
         tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language,
@@ -167,7 +171,7 @@ def _round(model: Any, batch: list[_Transcript], opts: BatchOptions) -> None:
             if not single_ending:
                 end = _last_end(segments)
                 if end is not None and end > s.window_start:
-                    s.seek = round(end * SAMPLE_RATE / HOP_LENGTH)
+                    s.seek = round(end * FRAMES_PER_SECOND)  # whisper's own rounding of the same product
             end = _last_end(segments)
             if end is not None:
                 s.last_speech = end
@@ -175,6 +179,24 @@ def _round(model: Any, batch: list[_Transcript], opts: BatchOptions) -> None:
                 if seg['start'] == seg['end'] or seg['text'].strip() == '':
                     seg.update(text='', tokens=[], words=[])
             s.segments.extend(segments)
+
+
+def _detect_languages(model: Any, todo: list[_Transcript], opts: BatchOptions, dtype: torch.dtype) -> None:
+    """Each video's language, once: the option's, English for an English-only model, else
+    detected on the video's first 30 s (whisper.transcribe's rules)."""
+    from whisper.audio import N_FRAMES, pad_or_trim
+
+    if not todo:
+        return
+    if opts.language or not model.is_multilingual:
+        for s in todo:
+            s.language = opts.language or 'en'
+        return
+    mels = torch.stack([pad_or_trim(s.mel, N_FRAMES) for s in todo]).to(dtype)
+    with torch.inference_mode():
+        _, probs = model.detect_language(model.embed_audio(mels))
+    for s, p in zip(todo, probs):
+        s.language = max(p, key=p.get)
 
 
 def _needs_fallback(r: Any, opts: BatchOptions) -> bool:

@@ -345,9 +345,18 @@ def test_every_visual_expert_loads_a_checkpoint(name: str, small_demo: Path, tmp
     video = decode_video(0, str(small_demo / 'videos' / 'demo0000.mp4'), {name: rand.cfg.sampling_spec()})
     plan = video.plans[name]
     rows = video.frames[plan.index[:, 0]] if rand.cfg.sampling == 'frames' else video.frames[plan.index]
+    init = rand.extract(rows)
+    # the checkpoint differs from the seeded random init that `load` builds first: a load whose values
+    # never reached the model would still give `init`
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        trained = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                   for k, v in rand.model.state_dict().items()}
+    rand.model.load_state_dict(trained)
     expected = rand.extract(rows)
     assert expected.shape == (len(plan.index), rand.cfg.feature_dim) and np.isfinite(expected).all()
-    sd = _headless_to_checkpoint(name, rand.model.state_dict())
+    assert not np.allclose(expected, init, rtol=1e-3, atol=1e-3)
+    sd = _headless_to_checkpoint(name, trained)
     monkeypatch.setenv('VIDEOEXPERTS_WEIGHTS_DIR', str(tmp_path))
     default = create_expert(name).cfg.weights
     if default.startswith('file:'):  # the default spec names a file in the weights directory

@@ -85,6 +85,7 @@ def test_batched_transcription_is_per_video_transcription(tiny: torch.nn.Module,
 
     opts = BatchOptions(language='en', temperatures=(0.0,), sample_len=12, batch_size=3, min_speech=0.0)
     batched = transcribe_batch(tiny, clips, opts)
+    assert len(batched) == len(clips)
     for audio, got in zip(clips, batched):
         ref = whisper.transcribe(tiny, audio, language='en', word_timestamps=True, temperature=(0.0,), fp16=False,
                                  condition_on_previous_text=False, verbose=None, sample_len=12)
@@ -143,3 +144,17 @@ def test_the_expert_batches_and_keeps_each_videos_words(tiny: torch.nn.Module, t
     alone = [expert.process(x) for x in inputs]
     assert [r.tokens for r in together] == [r.tokens for r in alone]
     assert (together[0].tokens or together[2].tokens) and not together[1].tokens  # silence: no words, not even noise
+
+
+def test_language_is_detected_once_per_video_as_whisper_does(tiny: torch.nn.Module, clips: list[np.ndarray]) -> None:
+    """language '' (detect): each video's language comes from its first 30 s, once, as in
+    `whisper.transcribe(language=None)`; the words follow from it."""
+    import whisper
+
+    opts = BatchOptions(language='', temperatures=(0.0,), sample_len=8, batch_size=4, min_speech=0.0)
+    batched = transcribe_batch(tiny, clips[:2], opts)
+    for audio, got in zip(clips[:2], batched):
+        ref = whisper.transcribe(tiny, audio, language=None, word_timestamps=True, temperature=(0.0,), fp16=False,
+                                 condition_on_previous_text=False, verbose=None, sample_len=8)
+        assert got.language == ref['language']
+        assert _words(got.segments) == _words(ref['segments'])
