@@ -240,11 +240,10 @@ def test_whisper_path_end_to_end_with_a_tiny_model(tmp_path: Path, small_demo: P
     wv = load_word_vectors(vectors)
     in_vocab = [t for t in tokens if wv.lookup(normalise(t['word'])) is not None]
     assert rows.lengths[0] == len(in_vocab) and rows.available[0] == (len(in_vocab) > 0)
-    if in_vocab:
-        np.testing.assert_allclose(rows.rows(0), np.stack([wv.lookup(normalise(t['word'])) for t in in_vocab]),
-                                   atol=2e-3)
-        np.testing.assert_allclose(rows.timestamps[0, : len(in_vocab)], [[t['start'], t['end']] for t in in_vocab],
-                                   atol=1e-5)
+    assert words and in_vocab  # half the words heard have vectors: the rows below are compared, not skipped
+    np.testing.assert_allclose(rows.rows(0), np.stack([wv.lookup(normalise(t['word'])) for t in in_vocab]), atol=2e-3)
+    np.testing.assert_allclose(rows.timestamps[0, : len(in_vocab)], [[t['start'], t['end']] for t in in_vocab],
+                               atol=1e-5)
     assert rows.status[1] == SKIPPED  # no audio stream
     assert check_store(store.path).exit_code == 0
 

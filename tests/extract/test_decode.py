@@ -100,6 +100,7 @@ def test_ffmpeg_fallback_gives_decords_rows_times_and_pixels(odd_videos: Path, n
     path = str(odd_videos / name)
     for samplings in (SAMPLINGS, {'f': Sampling('frames', fps=1.0, short_side=1024)}):  # resized, full size
         want, got = decode_video(0, path, samplings), DecodedVideo(0)
+        assert 'FFmpeg' not in want.note  # the reference is decord's, not FFmpeg compared with itself
         assert _with_ffmpeg(got, path, samplings, 'test') == '' and 'decoded with FFmpeg' in got.note
         assert got.duration == pytest.approx(want.duration, abs=1e-3)
         for k in samplings:
@@ -354,6 +355,8 @@ def test_cpu_limit_follows_the_affinity_and_the_cgroup_quota(tmp_path: Path) -> 
     assert cpu_limit(v2, tmp_path / 'cg2') == usable  # no quota
     (v2 / 'docker' / 'abc' / 'cpu.max').write_text('50000 100000\n')  # half a CPU: one process
     assert cpu_limit(v2, tmp_path / 'cg2') == 1
+    (v2 / 'docker' / 'abc' / 'cpu.max').write_text('150000 100000\n')  # one and a half CPUs: two, rounded up
+    assert cpu_limit(v2, tmp_path / 'cg2') == min(usable, 2)
     v1 = tmp_path / 'v1'
     (v1 / 'cpu' / 'slurm' / 'job_7').mkdir(parents=True)
     (v1 / 'cpu' / 'slurm' / 'job_7' / 'cpu.cfs_quota_us').write_text('-1\n')

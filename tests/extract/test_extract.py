@@ -311,8 +311,13 @@ def test_bad_and_unusual_files(odd_videos: Path, tmp_path: Path, capsys: pytest.
     assert 'failed zero.mp4: empty file (0 bytes)' in out
     # --retry-failed redoes only failed videos; the others keep their arrays
     before = _arrays(store.path)
+    n_failed = int((rows.status == FAILED).sum())
     shutil.copy(data / 'good.mp4', data / 'zero.mp4')
     assert _run(tmp_path, features, 'object', '--retry-failed', dataset=f'folder:{data}') == 0
+    import re
+
+    tally = re.search(r'object\s+done\s+(\d+)\s+failed\s+(\d+)\s+skipped\s+(\d+)', capsys.readouterr().out)
+    assert tally and sum(map(int, tally.groups())) == n_failed  # only the failed videos were redone
     after = open_store(store.path, warn_random=False).read()
     z = by_id['zero.mp4']
     assert after.status[z] == DONE and after.lengths[z] == 2

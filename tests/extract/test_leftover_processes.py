@@ -73,6 +73,11 @@ def test_no_process_outlives_an_extraction(how: str, small_demo: Path, tmp_path:
     errf = open(tmp_path / 'stderr', 'w+')  # a file, not a pipe: a leftover process would hold a pipe open
     proc = subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=errf, text=True)
     try:
+        # the scan sees the run itself (it carries the marker too): a scan that could see nothing passes nothing
+        deadline = time.monotonic() + 60
+        while not _marked(mark):
+            assert proc.poll() is None and time.monotonic() < deadline, 'the marked run was never seen in /proc'
+            time.sleep(0.02)
         if how.startswith('SIG'):
             # mid-run: once a decode worker is up (a marked process other than the run itself)
             deadline = time.monotonic() + 300

@@ -159,10 +159,12 @@ def test_killed_writer_resumes_to_same_arrays(tmp_path: Path, python: str, subpr
     assert 'VALID, INCOMPLETE' in result.stdout and 'pending' in result.stdout
     status = open_store(path, warn_random=False).status()
     assert (status[:12] != PENDING).all() and (status[12:] == PENDING).sum() >= 4
+    pending = {c for c in range(len(status) // 4) if (status[4 * c:4 * c + 4] == PENDING).all()}
     resumed = _write(python, subprocess_env, path)
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
-    assert 'chunk 0' not in out.split()  # finished chunks are not redone
+    written = {int(line.split()[1]) for line in out.splitlines() if line.startswith('chunk')}
+    assert written == pending and 0 not in written  # exactly the unfinished chunks are written, no others
     _assert_same(_arrays(path), reference)
     result = _check_cli(python, subprocess_env, path)
     assert result.returncode == 0 and 'VALID, COMPLETE' in result.stdout

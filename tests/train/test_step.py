@@ -186,6 +186,7 @@ def test_max_margin_without_a_boolean_selection_is_the_selected_sum() -> None:
 def test_mmt_text_mask_built_for_sdpa_gives_the_two_d_mask_result() -> None:
     torch.manual_seed(0)
     model = create_model(_mmt_cfg()).eval()
+    assert model.text_model.config._attn_implementation == 'sdpa'  # else both sides take one path
     ids = torch.randint(5, 60, (3, 6))
     for mask in (torch.ones(3, 6, dtype=torch.bool), torch.arange(6)[None, :] < torch.tensor([[6], [2], [4]])):
         with torch.no_grad():

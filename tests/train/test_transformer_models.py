@@ -103,6 +103,8 @@ def test_mmt_uses_time_order_but_not_order_inside_a_second() -> None:
 def test_scores_depend_only_on_their_pair(kind: str) -> None:
     model = _model(kind)
     video, text = _videos(6, 5), _texts(4, 5)
+    first = next(iter(video))
+    video[first].available[0] = False  # video 0 lacks an expert that the videos put beside it below have
     perm = torch.tensor([3, 1, 5, 0, 2, 4])
     taken = {k: ExpertInput(v.x[perm], v.available[perm], v.mask[perm], v.times[perm]) for k, v in video.items()}
     with torch.no_grad():
@@ -110,6 +112,18 @@ def test_scores_depend_only_on_their_pair(kind: str) -> None:
         assert torch.allclose(model(taken, text), s[:, perm], atol=1e-5)
         t_alone = model.encode_text(TextInput(text.x[:1], text.mask[:1]))
         assert torch.allclose(model.encode_text(text).emb[:1], t_alone.emb, atol=1e-5)
+        # beside other videos (other lengths, other experts available), and alone: the same scores
+        other = _videos(6, 9)
+        other[first].available[1:4] = True
+        keep = torch.tensor([True, False, False, False, True, False])
+        mixed = {k: ExpertInput(torch.where(keep[:, None, None], v.x, other[k].x),
+                                torch.where(keep, v.available, other[k].available),
+                                torch.where(keep[:, None], v.mask, other[k].mask),
+                                torch.where(keep[:, None, None], v.times, other[k].times)) for k, v in video.items()}
+        assert any(bool((mixed[k].available[1:4] & ~video[k].available[0]).any()) for k in video)
+        assert torch.allclose(model(mixed, text)[:, [0, 4]], s[:, [0, 4]], atol=1e-5)
+        alone = {k: ExpertInput(v.x[:1], v.available[:1], v.mask[:1], v.times[:1]) for k, v in video.items()}
+        assert torch.allclose(model(alone, text)[:, 0], s[:, 0], atol=1e-5)
 
 
 
@@ -120,6 +134,7 @@ def test_mmt_mixture_weights_of_a_caption_do_not_depend_on_its_batch() -> None:
         batch = model.encode_text(text).weights
         alone = model.encode_text(TextInput(text.x[3:4], text.mask[3:4])).weights
     assert batch.shape == (5, 2)
+    assert not torch.allclose(batch[0], batch[1], atol=1e-4)  # the weights depend on the caption
     assert torch.allclose(alone, batch[3:4], atol=1e-5)
     assert torch.allclose(batch.sum(1), torch.ones(5), atol=1e-6)
 
