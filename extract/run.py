@@ -824,8 +824,11 @@ def main(argv: list[str] | None = None) -> int:
                           progress=not args.no_progress)
         if args.weights and args.weights != 'random' and len(opts.experts) > 1 and ':' not in args.weights:
             raise ConfigError('--weights PATH needs a single --expert (use --set EXPERT.weights=PATH for several)')
-        signal.signal(signal.SIGTERM, _sigterm)
-        return run(opts)
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+        try:
+            return run(opts)
+        finally:  # a SIGTERM after the run (interpreter shutdown) ends the process, not an atexit callback
+            signal.signal(signal.SIGTERM, previous)
     except (DatasetError, StoreError, WeightsError, ConfigError, KeyError, ValueError, DecoderStalled) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f'error: {msg}', file=sys.stderr)

@@ -90,8 +90,11 @@ def test_no_process_outlives_an_extraction(how: str, small_demo: Path, tmp_path:
         proc.wait(timeout=300)
         errf.seek(0)
         err = errf.read()
-        expected = {'success': 0, 'failure': 1, 'SIGINT': 130, 'SIGTERM': 130, 'SIGKILL': -signal.SIGKILL}[how]
-        assert proc.returncode == expected, err
+        expected = {'success': (0,), 'failure': (1,), 'SIGINT': (130, -signal.SIGINT), 'SIGTERM': (130, -signal.SIGTERM),
+                    'SIGKILL': (-signal.SIGKILL,)}[how]
+        if how.startswith('SIG'):  # a tiny run may end in the half second before the signal: what counts is below
+            expected += (0,)
+        assert proc.returncode in expected, err
         if how == 'failure':
             assert 'a bug on the fourth video' in err
         left = _left_after(mark)

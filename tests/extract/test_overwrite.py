@@ -86,13 +86,13 @@ def test_an_interrupted_overwrite_leaves_a_complete_store_and_its_rerun_finishes
     env = {**subprocess_env, 'PYTHONUNBUFFERED': '1'}
     rng = random.Random()
     killed = 0
-    for attempt in range(3):  # a random time may fall after the run ends: try again
+    for attempt in range(8):  # a random time may fall after the run ends (it takes about 1 s): try again
         with open(tmp_path / 'stderr', 'w+') as errf:
             # a session of its own: the decode processes that a SIGKILL leaves behind are ended below
             proc = subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=errf, text=True,
                                     start_new_session=True)
             try:
-                _signal_at_random(proc, sig, rng, within=4.0)
+                _signal_at_random(proc, sig, rng, within=0.8)
                 proc.wait(timeout=300)
             finally:
                 with contextlib.suppress(ProcessLookupError):
@@ -108,7 +108,9 @@ def test_an_interrupted_overwrite_leaves_a_complete_store_and_its_rerun_finishes
             shutil.rmtree(store)
             shutil.copytree(old, store)
             continue
-        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
+        # 130: stopped inside the run; -SIGINT: Python's exit for a KeyboardInterrupt that came before the
+        # command's own handling began (interpreter start, imports)
+        assert proc.returncode in ((130, -signal.SIGINT) if sig == signal.SIGINT else (-signal.SIGKILL,)), err
         killed += 1
         break
     assert killed, 'every run ended before the signal'
