@@ -15,8 +15,10 @@ each round takes the current window of every video that has one:
   window's words are placed exactly as `whisper.timing.add_word_timestamps` places them.
 
 Each window is cut, decoded, split into segments and advanced as `whisper.transcribe` does with
-`condition_on_previous_text=False` (the speech expert's setting), so at temperature 0 a video's
-words and times are those of `whisper.transcribe` on that video alone. The tests check that.
+`condition_on_previous_text=False` (the speech expert's setting), so at temperature 0 and in
+float32 a video's words and times are those of `whisper.transcribe` on that video alone (the tests
+check that). In float16 on a GPU, batches and the log-mel computed there move the numbers by
+rounding, which can flip a near-tie; and windows the VAD finds silent are skipped on purpose.
 """
 from __future__ import annotations
 
