@@ -24,6 +24,7 @@ import yaml
 
 from shared.config import ConfigError, from_dict, load_yaml, to_dict
 from shared.datasets import Manifest
+from shared.files import atomic_save
 from train.captions import build_caption_encoder
 from train.checkpoints import FROZEN, load_model, save_checkpoint
 from train.data import SplitData, TrainFeed, load_split, split_captions
@@ -410,8 +411,8 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     model.eval()
     video = embed_videos(model, test, dev)  # once: for the test metrics and for the search gallery
     result = evaluate(model, test, dev, video)
-    torch.save({'video_ids': test.video_ids, 'emb': video.emb.cpu(), 'available': video.available.cpu(),
-                'checkpoint': chosen}, run_dir / 'gallery.pt')
+    atomic_save({'video_ids': test.video_ids, 'emb': video.emb.cpu(), 'available': video.available.cpu(),
+                 'checkpoint': chosen}, run_dir / 'gallery.pt')  # whole or absent, as the checkpoints
     (run_dir / 'test_metrics.json').write_text(json.dumps(result, indent=1))
     (run_dir / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seed {seed}\n\n'
                                         f'Checkpoint: {chosen}\n\n' + format_results({cfg.model.model: [result]}) + '\n')
