@@ -5,6 +5,10 @@ would be written again each epoch (last.pt) and kept twice (last.pt, best.pt); i
 written once per run, to checkpoints/frozen.pt, and joined back when a checkpoint is loaded.
 Checkpoints written before this split (every weight in one file) load as they are.
 
+Checkpoints from before per-expert modules were keyed by expert name (`ModuleList` positions,
+one `Linear`/`Embedding` row per expert) load too: their keys are renamed by the model's own
+expert order (`by_expert_name`).
+
 Every file is written whole or not at all (`shared.files.atomic_save`): a run killed while it
 saves keeps the previous checkpoint, so its rerun resumes. A file that still cannot be read (a
 copy cut short, a damaged disk) is a `CheckpointError` naming it and what to do.
@@ -17,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from shared.config import ConfigError
 from shared.files import atomic_save
 from train.models.base import RetrievalModel
+from train.models.layers import ExpertRows
 
-__all__ = ['FROZEN', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model']
+__all__ = ['FROZEN', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'by_expert_name']
 
 FROZEN = 'frozen.pt'
 
@@ -86,5 +92,32 @@ def load_checkpoint(path: Path, map_location: Any = 'cpu') -> dict[str, Any]:
 def load_model(model: RetrievalModel, path: Path, map_location: Any = 'cpu') -> dict[str, Any]:
     """Load a checkpoint's weights into `model` (every key must match); returns the checkpoint."""
     state = load_checkpoint(path, map_location)
-    model.load_state_dict(state['model'])
+    model.load_state_dict(by_expert_name(state['model'], model))
     return state
+
+
+def by_expert_name(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """`state` with the keys of positional per-expert weights (saved before they were keyed by
+    expert name) renamed as `model` keys them: ``video_gem.0.fc.weight`` -> ``video_gem.object.fc.weight``
+    (the i-th entry of a `ModuleDict`), and an (M, ...) ``mixture.weight`` split into
+    ``mixture.weight.object`` ... (the rows of an `ExpertRows`). Keys the model has stay as they are."""
+    have = model.state_dict()
+    dicts = {name: list(m.keys()) for name, m in model.named_modules() if isinstance(m, nn.ModuleDict)}
+    rows = {f'{name}.{part}': list(getattr(m, part).keys()) for name, m in model.named_modules()
+            if isinstance(m, ExpertRows) for part in ('weight', 'bias') if getattr(m, part) is not None}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in have:
+            out[key] = value
+        elif key in rows and value.shape[0] == len(rows[key]):
+            for i, k in enumerate(rows[key]):
+                out[f'{key}.{k}'] = value[i] if value.ndim > 1 else value[i:i + 1]
+        else:
+            parts = key.split('.')  # the ModuleDict whose i-th entry this is
+            for j in range(len(parts) - 1):
+                name, index = '.'.join(parts[:j]), parts[j]
+                if name in dicts and index.isdigit() and int(index) < len(dicts[name]):
+                    key = '.'.join([*parts[:j], dicts[name][int(index)], *parts[j + 1:]])
+                    break
+            out[key] = value
+    return out

@@ -106,3 +106,28 @@ def test_a_truncated_checkpoint_is_one_line(object_stores: tuple[Path, Path], tm
     assert 'Traceback' not in err and 'delete it and rerun' in err
     last.unlink()  # as the line says: the run then trains again from its first epoch
     assert train_main([*args, '--set', 'train.epochs=2']) == 0
+
+
+@pytest.mark.parametrize('name', ['mee', 'ce', 'concat', 'mmt'])
+def test_positional_checkpoints_load_by_expert_name(name: str) -> None:
+    """Weights saved when per-expert modules were lists (and the mixture / expert embedding one
+    matrix) load into the name-keyed modules and give the same scores."""
+    import torch
+
+    import tests.train.test_models as A
+    import tests.train.test_transformer_models as B
+    from train.checkpoints import by_expert_name
+    from train.models import ModelCfg, create_model
+
+    saved = torch.load(Path(__file__).parent / 'data' / 'positional_experts.pt', weights_only=True)[name]
+    if name == 'mmt':
+        model = create_model(ModelCfg(model='mmt', experts=B.EXPERTS, transformer=B.SMALL, text=B.TINY_BERT))
+        video, text = B._videos(4, 2), B._texts(3, 2)
+    else:
+        model = create_model(ModelCfg(experts=A.EXPERTS, embed_dim=24, text_dim=12, text_clusters=3,
+                                      **A.VARIANTS[name]))
+        video, text = A._videos(4, 2), A._texts(3, 2)
+    assert set(saved['model']) != set(model.state_dict())  # the old keys: a rename is needed
+    model.load_state_dict(by_expert_name(saved['model'], model))  # strict: every key matched
+    with torch.no_grad():
+        assert torch.equal(model.eval()(video, text), saved['scores'])

@@ -205,7 +205,7 @@ def test_losses_on_an_asymmetric_matrix() -> None:
 
 def test_collaborative_gating_ignores_a_missing_experts_features() -> None:
     torch.manual_seed(0)
-    cg = CollaborativeGating(3, 8)
+    cg = CollaborativeGating(['a', 'b', 'c'], 8)
     cg.train()
     cg(torch.randn(10, 3, 8), torch.rand(10, 3) > 0.3).sum().backward()  # batch-norm statistics
     cg.eval()

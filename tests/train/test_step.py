@@ -192,7 +192,7 @@ def test_mmt_text_mask_built_for_sdpa_gives_the_two_d_mask_result() -> None:
         with torch.no_grad():
             two_d = model.text_model(input_ids=ids, attention_mask=mask.long()).last_hidden_state[:, 0]
             assert torch.equal(model.encode_text(TextInput(ids, mask)).emb,
-                               torch.stack([g(two_d) for g in model.text_gem], 1))
+                               torch.stack([g(two_d) for g in model.text_gem.values()], 1))
 
 
 def test_bench_quick_prints_every_row(capsys: pytest.CaptureFixture) -> None:

@@ -147,7 +147,7 @@ def test_mmt_agg_token_starts_as_the_max_pool_of_valid_rows() -> None:
         v.x[~v.mask] = 50.0  # padding: larger than any real row, so a max over it would show
     with torch.no_grad():
         feats, _, times, _, agg_pos = model.video_inputs(video)
-        for m, (spec, proj) in enumerate(zip(EXPERTS, model.project)):
+        for m, (spec, proj) in enumerate(zip(EXPERTS, model.project.values())):
             inp = video[spec.name]
             for i in range(4):
                 expected = proj(inp.x[i][inp.mask[i]].amax(0)) if inp.available[i] else torch.zeros(SMALL.hidden)

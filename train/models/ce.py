@@ -14,45 +14,51 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.models.base import ExpertInput, VideoEmbedding
-from train.models.layers import GEM, ContextGating, ReduceDim
+from train.models.layers import GEM, ContextGating, ReduceDim, expert_key
 from train.models.mee import MEE, _agg_dim
 
-__all__ = ['CE', 'CollaborativeGating']
+__all__ = ['CE', 'CollaborativeGating', 'JOINT']
+
+JOINT = 'joint'  # the key of the one embedding of fusion: concat
 
 
 class CollaborativeGating(nn.Module):
     """T_i = sum_j a_j g([x_i, x_j]); x_i <- normalise(x_i * sigmoid(BN_i(T_i) + BN'_i(W_i x_i + b_i)))."""
 
-    def __init__(self, n_experts: int, dim: int) -> None:
+    def __init__(self, keys: list[str], dim: int) -> None:
         super().__init__()
         self.g = nn.Sequential(nn.Linear(2 * dim, dim),
                                nn.BatchNorm1d(dim), nn.Mish(), nn.Linear(dim, dim),
                                nn.BatchNorm1d(dim), nn.Mish(), nn.Linear(dim, dim))
-        self.fc = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_experts))
-        self.bn_t = nn.ModuleList(nn.BatchNorm1d(dim) for _ in range(n_experts))
-        self.bn_x = nn.ModuleList(nn.BatchNorm1d(dim) for _ in range(n_experts))
+        self.fc = nn.ModuleDict({k: nn.Linear(dim, dim) for k in keys})
+        self.bn_t = nn.ModuleDict({k: nn.BatchNorm1d(dim) for k in keys})
+        self.bn_x = nn.ModuleDict({k: nn.BatchNorm1d(dim) for k in keys})
 
     def forward(self, x: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         b, m, d = x.shape
         pairs = torch.cat([x[:, :, None].expand(b, m, m, d), x[:, None, :].expand(b, m, m, d)], -1)
         rel = self.g(pairs.reshape(b * m * m, 2 * d)).reshape(b, m, m, d)
         t = (rel * available[:, None, :, None].to(rel.dtype)).sum(2)  # only the video's own experts
-        out = [F.normalize(x[:, i] * torch.sigmoid(self.bn_t[i](t[:, i]) + self.bn_x[i](self.fc[i](x[:, i]))), dim=-1)
-               for i in range(m)]
+        out = [F.normalize(x[:, i] * torch.sigmoid(self.bn_t[k](t[:, i]) + self.bn_x[k](self.fc[k](x[:, i]))), dim=-1)
+               for i, k in enumerate(self.fc)]
         return torch.stack(out, 1)
 
 
 class CE(MEE):
+    def embedding_keys(self) -> list[str]:
+        return [JOINT] if self.cfg.fusion == 'concat' else super().embedding_keys()
+
     def build_video(self) -> None:
         cfg = self.cfg
+        keys = [expert_key(e.name) for e in cfg.experts]
         if cfg.fusion == 'concat':
-            self.video_gem = nn.ModuleList([GEM(sum(_agg_dim(e) for e in cfg.experts), cfg.embed_dim)])
+            self.video_gem = nn.ModuleDict({JOINT: GEM(sum(_agg_dim(e) for e in cfg.experts), cfg.embed_dim)})
         elif cfg.projection:
-            self.reduce = nn.ModuleList(ReduceDim(_agg_dim(e), cfg.embed_dim) for e in cfg.experts)
+            self.reduce = nn.ModuleDict({k: ReduceDim(_agg_dim(e), cfg.embed_dim) for k, e in zip(keys, cfg.experts)})
             if cfg.gating == 'collaborative':
-                self.cg = CollaborativeGating(len(cfg.experts), cfg.embed_dim)
+                self.cg = CollaborativeGating(keys, cfg.embed_dim)
             else:
-                self.context = nn.ModuleList(ContextGating(cfg.embed_dim) for _ in cfg.experts)
+                self.context = nn.ModuleDict({k: ContextGating(cfg.embed_dim) for k in keys})
         else:
             super().build_video()
 
@@ -60,13 +66,13 @@ class CE(MEE):
         cfg = self.cfg
         if cfg.fusion == 'concat':
             feats, avail = self.aggregated(video)
-            return VideoEmbedding(self.video_gem[0](torch.cat(feats, -1))[:, None], avail.any(1, keepdim=True))
+            return VideoEmbedding(self.video_gem[JOINT](torch.cat(feats, -1))[:, None], avail.any(1, keepdim=True))
         if not cfg.projection:
             return super().encode_video(video)
         feats, avail = self.aggregated(video)
-        x = torch.stack([r(f) for r, f in zip(self.reduce, feats)], 1)
+        x = torch.stack([r(f) for r, f in zip(self.reduce.values(), feats)], 1)
         if cfg.gating == 'collaborative':
             x = self.cg(x, avail)
         else:
-            x = torch.stack([F.normalize(cg(x[:, i]), dim=-1) for i, cg in enumerate(self.context)], 1)
+            x = torch.stack([F.normalize(cg(x[:, i]), dim=-1) for i, cg in enumerate(self.context.values())], 1)
         return VideoEmbedding(x, avail)

@@ -8,7 +8,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['ContextGating', 'GEM', 'NetVLAD', 'ReduceDim', 'masked_mean', 'masked_max']
+__all__ = ['ContextGating', 'GEM', 'NetVLAD', 'ReduceDim', 'ExpertRows', 'expert_key', 'masked_mean', 'masked_max']
+
+
+def expert_key(name: str) -> str:
+    """The module key of an expert's store name (``ocr.rapidocr`` -> ``ocr_rapidocr``): module
+    names cannot hold dots."""
+    return name.replace('.', '_')
+
+
+class ExpertRows(nn.Module):
+    """A matrix with one row per expert (a Linear's output rows, an embedding table), each row a
+    parameter of its own keyed by expert name, so that weights move by name between runs with
+    other sets of experts. Initialised as the one `nn.Linear(in_dim, len(keys))` (or
+    `nn.Embedding(len(keys), in_dim)`) it replaces, from the same random numbers, and computed
+    from the stacked rows as one matrix."""
+
+    def __init__(self, keys: list[str], in_dim: int, kind: str = 'linear') -> None:
+        super().__init__()
+        if kind == 'linear':
+            joint = nn.Linear(in_dim, len(keys))
+            rows, bias = joint.weight, joint.bias
+        else:
+            rows, bias = nn.Embedding(len(keys), in_dim).weight, None
+        # pairs, not a dict: ParameterDict sorts a dict's keys, and the rows keep the experts' order
+        self.weight = nn.ParameterDict([(k, nn.Parameter(rows.data[i].clone())) for i, k in enumerate(keys)])
+        self.bias = None if bias is None else nn.ParameterDict(
+            [(k, nn.Parameter(bias.data[i:i + 1].clone())) for i, k in enumerate(keys)])
+
+    def matrix(self) -> torch.Tensor:
+        """(M, in_dim): the rows in the experts' order."""
+        return torch.stack(list(self.weight.values()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """As a Linear: (..., in_dim) -> (..., M)."""
+        assert self.bias is not None
+        return F.linear(x, self.matrix(), torch.cat(list(self.bias.values())))
 
 
 class ContextGating(nn.Module):

@@ -12,7 +12,7 @@ from torch import nn
 
 from train.models.base import ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
 from train.models.config import ExpertSpec, ModelCfg
-from train.models.layers import GEM, NetVLAD, masked_max, masked_mean
+from train.models.layers import GEM, ExpertRows, NetVLAD, expert_key, masked_max, masked_mean
 
 __all__ = ['MEE', 'aggregate']
 
@@ -40,12 +40,14 @@ class MEE(RetrievalModel):
         super().__init__()
         self.cfg = cfg
         self.experts = [e.name for e in cfg.experts]
-        self.video_vlad = nn.ModuleDict({_key(e.name): NetVLAD(e.dim, e.clusters, e.ghost_clusters)
+        self.video_vlad = nn.ModuleDict({expert_key(e.name): NetVLAD(e.dim, e.clusters, e.ghost_clusters)
                                          for e in cfg.experts if e.aggregation == 'vlad'})
         self.text_vlad = NetVLAD(cfg.text_dim, cfg.text_clusters, cfg.text_ghost_clusters)
-        n_out = 1 if cfg.fusion == 'concat' else len(cfg.experts)
-        self.text_gem = nn.ModuleList(GEM(self.text_vlad.out_dim, cfg.embed_dim) for _ in range(n_out))
-        self.mixture = nn.Linear(self.text_vlad.out_dim, n_out) if cfg.mixture_weights and n_out > 1 else None
+        # one text embedding per video embedding, keyed as the video side's modules
+        outputs = self.embedding_keys()
+        self.text_gem = nn.ModuleDict({k: GEM(self.text_vlad.out_dim, cfg.embed_dim) for k in outputs})
+        self.mixture = (ExpertRows(outputs, self.text_vlad.out_dim) if cfg.mixture_weights and len(outputs) > 1
+                        else None)
         self.text_model = None
         if cfg.text.encoder == 'gpt':
             from train.models.text_encoders import build_gpt
@@ -72,33 +74,34 @@ class MEE(RetrievalModel):
         with torch.set_grad_enabled(self.cfg.text.finetune and torch.is_grad_enabled()):
             return self.text_model(input_ids=text.x, attention_mask=text.mask.long()).last_hidden_state
 
+    def embedding_keys(self) -> list[str]:
+        """The keys of the joint-space embeddings: one per expert."""
+        return [expert_key(e.name) for e in self.cfg.experts]
+
     def build_video(self) -> None:
-        self.video_gem = nn.ModuleList(GEM(_agg_dim(e), self.cfg.embed_dim) for e in self.cfg.experts)
+        self.video_gem = nn.ModuleDict({expert_key(e.name): GEM(_agg_dim(e), self.cfg.embed_dim)
+                                        for e in self.cfg.experts})
 
     def aggregated(self, video: dict[str, ExpertInput]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-expert aggregated features (zero where missing) and availability (V, M)."""
         feats, avail = [], []
         for e in self.cfg.experts:
             inp = video[e.name]
-            x = aggregate(e, inp, self.video_vlad[_key(e.name)] if e.aggregation == 'vlad' else None)
+            x = aggregate(e, inp, self.video_vlad[expert_key(e.name)] if e.aggregation == 'vlad' else None)
             feats.append(x * inp.available[:, None].to(x.dtype))
             avail.append(inp.available)
         return feats, torch.stack(avail, 1)
 
     def encode_video(self, video: dict[str, ExpertInput]) -> VideoEmbedding:
         feats, avail = self.aggregated(video)
-        emb = torch.stack([gem(x) for gem, x in zip(self.video_gem, feats)], 1)
+        emb = torch.stack([gem(x) for gem, x in zip(self.video_gem.values(), feats)], 1)
         return VideoEmbedding(emb, avail)
 
     def encode_text(self, text: TextInput) -> TextEmbedding:
         h = self.text_vlad(self.word_features(text), text.mask)
-        emb = torch.stack([gem(h) for gem in self.text_gem], 1)
+        emb = torch.stack([gem(h) for gem in self.text_gem.values()], 1)
         if self.mixture is not None:
             weights = F.softmax(self.mixture(h), dim=-1)
         else:
             weights = torch.full(emb.shape[:2], 1.0 / emb.shape[1], device=emb.device, dtype=emb.dtype)
         return TextEmbedding(emb, weights)
-
-
-def _key(name: str) -> str:
-    return name.replace('.', '_')  # ModuleDict keys cannot hold dots

@@ -17,7 +17,7 @@ from torch import nn
 
 from train.models.base import ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
 from train.models.config import ModelCfg
-from train.models.layers import GEM, ReduceDim, masked_max
+from train.models.layers import GEM, ExpertRows, ReduceDim, expert_key, masked_max
 from train.models.text_encoders import build_bert
 
 __all__ = ['MMT', 'temporal_ids', 'AGG', 'UNKNOWN']
@@ -46,8 +46,9 @@ class MMT(RetrievalModel):
         self.experts = [e.name for e in cfg.experts]
         t = cfg.transformer
         d = t.hidden
-        self.project = nn.ModuleList(ReduceDim(e.dim, d) for e in cfg.experts)
-        self.expert_embed = nn.Embedding(len(cfg.experts), d)
+        keys = [expert_key(e.name) for e in cfg.experts]
+        self.project = nn.ModuleDict({k: ReduceDim(e.dim, d) for k, e in zip(keys, cfg.experts)})
+        self.expert_embed = ExpertRows(keys, d, kind='embedding')
         self.temporal_embed = nn.Embedding(t.max_positions, d)
         self.embed_norm = nn.LayerNorm(d)
         self.embed_drop = nn.Dropout(t.dropout)
@@ -56,8 +57,8 @@ class MMT(RetrievalModel):
         self.text_model = build_bert(cfg.text)
         self.text_model.requires_grad_(cfg.text.finetune)
         h = self.text_model.config.hidden_size
-        self.text_gem = nn.ModuleList(GEM(h, d) for _ in cfg.experts)
-        self.mixture = nn.Linear(h, len(cfg.experts))
+        self.text_gem = nn.ModuleDict({k: GEM(h, d) for k in keys})
+        self.mixture = ExpertRows(keys, h)
 
     def parameter_groups(self) -> dict[str, list[nn.Module]]:
         video = [self.project, self.expert_embed, self.temporal_embed, self.embed_norm, self.encoder]
@@ -70,7 +71,7 @@ class MMT(RetrievalModel):
         (B, S), key mask (B, S), the agg positions)."""
         feats, experts, times, keys, agg_pos = [], [], [], [], []
         pos = 0
-        for m, (spec, proj) in enumerate(zip(self.cfg.experts, self.project)):
+        for m, (spec, proj) in enumerate(zip(self.cfg.experts, self.project.values())):
             inp = video[spec.name]
             b, n = inp.x.shape[:2]
             avail = inp.available.bool()
@@ -88,7 +89,7 @@ class MMT(RetrievalModel):
 
     def encode_video(self, video: dict[str, ExpertInput]) -> VideoEmbedding:
         x, experts, times, keys, agg_pos = self.video_inputs(video)
-        x = self.embed_drop(self.embed_norm(x + self.expert_embed(experts) + self.temporal_embed(times)))
+        x = self.embed_drop(self.embed_norm(x + F.embedding(experts, self.expert_embed.matrix()) + self.temporal_embed(times)))
         out = self.encoder(x, src_key_padding_mask=~keys)
         # one basic index per agg token: a list index would be copied to the device, a host wait
         emb = F.normalize(torch.stack([out[:, p] for p in agg_pos], 1), dim=-1)
@@ -102,5 +103,5 @@ class MMT(RetrievalModel):
             # checks for padding (`mask.all()`), a host wait on every step
             mask = text.mask.bool()[:, None, None, :]
         h = self.text_model(input_ids=text.x, attention_mask=mask).last_hidden_state[:, 0]  # [CLS]
-        emb = torch.stack([gem(h) for gem in self.text_gem], 1)
+        emb = torch.stack([gem(h) for gem in self.text_gem.values()], 1)
         return TextEmbedding(emb, F.softmax(self.mixture(h), dim=-1))
