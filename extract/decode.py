@@ -236,10 +236,11 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
         n = len(vr)
         if n == 0:
             raise RuntimeError('no video frames')
-        h, w = vr[0].shape[:2]  # display orientation: decord applies rotation metadata
+        h, w = _rgb_size(vr)  # display orientation: decord applies rotation metadata
         width, height = _resize_dims(h, w, decode_short_side(samplings.values()))
         if width > 0:
             vr = decord.VideoReader(path, num_threads=threads, width=width, height=height)
+            _rgb_size(vr)
         frame_times = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2)
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
         reason = _first_error(err)
@@ -335,6 +336,25 @@ def _decord() -> Any:
 
     decord.logging.set_level(decord.logging.FATAL)
     return decord
+
+
+def _rgb_size(vr: Any) -> tuple[int, int]:
+    """(height, width) of a decord reader's frames; raises where they do not come out as RGB.
+
+    decord hands out FFmpeg's frame without a copy when a row's padded length (`linesize`) is a
+    multiple of the width, and then takes `linesize / width` for the channels (`ToDLTensor` in its
+    src/video/ffmpeg/ffmpeg_common.h). FFmpeg pads a row of RGB to a multiple of 32 pixels, so
+    frames 16 pixels wide come out (H, 16, 6), 24 or 48 wide (H, W, 4): each row's pixels followed
+    by padding, which the experts would take for colour. FFmpeg reads such files right.
+
+    Raises:
+        RuntimeError: decord's frames are not (H, W, 3).
+    """
+    shape = tuple(vr[0].shape)
+    if len(shape) != 3 or shape[2] != 3:
+        raise RuntimeError(f'decord gives frames of shape {shape}, not RGB: it takes the row padding of '
+                           'narrow frames for channels')
+    return shape[0], shape[1]
 
 
 def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], why: str) -> str:

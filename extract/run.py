@@ -90,7 +90,8 @@ class _Batcher:
     A chunk's last, partial batch is launched when the chunk is fed (`launch`), and its results
     are gathered later (`collect`), so the GPU computes one chunk's tail while the host feeds the
     next. Batches never mix chunks: a resumed run batches every chunk as an uninterrupted one does,
-    and writes the same arrays.
+    and writes the same arrays. A batch that raises is redone a video's rows at a time, so a video
+    the expert cannot take fails alone (`failures`), and the other videos of its batch go on.
     """
 
     def __init__(self, expert: Any) -> None:
@@ -99,6 +100,7 @@ class _Batcher:
         self.owners: list[tuple[int, int, int]] = []  # (row, first output row, count)
         self.queued = 0
         self.out: dict[int, np.ndarray] = {}
+        self.failed: dict[int, str] = {}  # row -> why the expert failed on it
         # (owners, host features, ready event), oldest first
         self.pending: collections.deque[tuple[list[tuple[int, int, int]], Any, Any]] = collections.deque()
         self.waited = 0.0  # seconds `collect` waited for the device's results
@@ -134,6 +136,10 @@ class _Batcher:
             self.pending.popleft()
         return {r: self.out.pop(r) for r in rows if r in self.out}
 
+    def failures(self, rows: Collection[int]) -> dict[int, str]:
+        """Why the expert failed on each of `rows` that it failed on (once `collect`ed)."""
+        return {r: self.failed.pop(r) for r in rows if r in self.failed}
+
     def _run(self, n: int) -> None:
         import torch
 
@@ -150,9 +156,13 @@ class _Batcher:
             else:
                 self.owners[0] = (row, start + k, count)
             left -= k
-        # preprocessed a batch at a time: a long video's clips, as floats at once, could fill the device
-        x = [self.expert.preprocess(p) for p in parts]
-        feats = self.expert.forward(x[0] if len(x) == 1 else torch.cat(x))
+        try:
+            feats = self._forward(parts)
+        except (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError):
+            raise  # not one video's fault: the run stops, and says so
+        except Exception:  # noqa: BLE001 - one video's rows may be the cause: each video's alone, so it fails alone
+            _logger.debug('%s: batch failed, redoing it a video at a time', self.expert.name, exc_info=True)
+            feats = torch.cat([self._alone(row, p) for (row, _, _), p in zip(taken, parts)])
         ready = None
         if feats.is_cuda:  # copy out without waiting: the next batch is queued behind it
             host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
@@ -162,6 +172,26 @@ class _Batcher:
             feats = host
         self.pending.append((taken, feats, ready))
         self.queued -= n
+
+    def _forward(self, parts: list[Any]) -> Any:
+        import torch
+
+        # preprocessed a batch at a time: a long video's clips, as floats at once, could fill the device
+        x = [self.expert.preprocess(p) for p in parts]
+        return self.expert.forward(x[0] if len(x) == 1 else torch.cat(x))
+
+    def _alone(self, row: int, part: Any) -> Any:
+        """One video's rows of a failed batch: their features, or zeros and the video failed."""
+        import torch
+
+        if row not in self.failed:
+            try:
+                return self._forward([part])
+            except (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError):
+                raise
+            except Exception as err:  # noqa: BLE001 - models and preprocessing raise many types on odd input
+                self.failed[row] = _failure(self.expert, err)
+        return torch.zeros((len(part), self.expert.cfg.feature_dim), dtype=torch.float32, device=self.expert.device)
 
 
 class _Uploader:
@@ -551,6 +581,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
             if e.name in video_workers:
                 chunk.results[e.name].update(video_workers[e.name].collect(redo))
             feats = batchers[e.name].collect(chunk.rows)
+            for r, why in batchers[e.name].failures(chunk.rows).items():
+                chunk.results[e.name][r] = VideoResult.failed(why, e.cfg.feature_dim)
             chunk_results = _existing(stores[e.name], chunk.rows) if len(redo) < len(chunk.rows) else {}
             for r in redo:
                 done = chunk.results[e.name].get(r)
@@ -717,8 +749,14 @@ def _guarded(expert: Any, inputs: Any) -> VideoResult:
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as err:  # noqa: BLE001 - OCR/ASR libraries raise many types on odd input
-        _logger.debug('%s failed', expert.name, exc_info=True)
-        return VideoResult.failed(f'{expert.name} failed: {type(err).__name__}: {err}'[:300], expert.cfg.feature_dim)
+        return VideoResult.failed(_failure(expert, err), expert.cfg.feature_dim)
+
+
+def _failure(expert: Any, err: BaseException) -> str:
+    """What the store records for a video an expert raised on: the expert and its first line."""
+    _logger.debug('%s failed', expert.name, exc_info=True)
+    first = (str(err).strip().splitlines() or [''])[0]
+    return f'{expert.name} failed: {type(err).__name__}: {first}'[:300]
 
 
 def _count(t: _Tally, packed: ChunkData, redo: list[int], rows: range, ids: tuple[str, ...]) -> None:

@@ -24,6 +24,7 @@ import sys
 import threading
 import uuid
 import warnings
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,14 @@ STATUS_NAMES = {PENDING: 'pending', DONE: 'done', FAILED: 'failed', SKIPPED: 'sk
 #: start and end of a row whose time is not known (features imported from releases without timing)
 UNKNOWN_TIME = -1.0
 _ROW_ARRAYS = ('features', 'timestamps', 'lengths', 'available', 'errors')
+#: the store's own record of each chunk it wrote: a JSON {array: CRC-32} per chunk, written after
+#: the chunk's data and before its `status`. Zarr reads a missing chunk file as the fill value, so
+#: a lost or damaged file is seen only against this (`ExpertStore.damage`)
+CHUNK_SUMS = 'chunk_sums'
 _DIMS = {
     'video_ids': ('video',), 'features': ('video', 'row', 'dim'), 'timestamps': ('video', 'row', 'edge'),
     'lengths': ('video',), 'available': ('video',), 'status': ('video',), 'errors': ('video',),
-    'tokens': ('video',),
+    'tokens': ('video',), CHUNK_SUMS: ('chunk',),
 }
 
 
@@ -245,6 +250,16 @@ def _unstorable(feats: np.ndarray, times: np.ndarray) -> str:
     return ''
 
 
+def _digest(x: np.ndarray) -> int:
+    """CRC-32 of one chunk's array as the store holds it. Strings are summed as JSON; floats with
+    -0.0 as 0.0, since a chunk equal to the fill value 0 is never written and reads back as +0.0."""
+    if x.dtype.kind in 'OUT':
+        return zlib.crc32(json.dumps([str(v) for v in x.ravel().tolist()], ensure_ascii=False).encode())
+    if x.dtype.kind == 'f':
+        x = x + x.dtype.type(0)
+    return zlib.crc32(np.ascontiguousarray(x).tobytes())
+
+
 class ExpertStore:
     """An open expert store. Use `create_store` or `open_store` to get one."""
 
@@ -317,42 +332,103 @@ class ExpertStore:
                              f'tokens={self.has_tokens}')
         sl = slice(rows.start, rows.stop)
         g = self.group
-        g['features'][sl] = data.features
-        g['timestamps'][sl] = data.timestamps
-        g['lengths'][sl] = data.lengths
-        g['available'][sl] = data.available
-        g['errors'][sl] = np.asarray(data.errors, dtype=str)
+        written = {'features': data.features, 'timestamps': data.timestamps, 'lengths': data.lengths,
+                   'available': data.available, 'errors': np.asarray(data.errors, dtype=str)}
         if data.tokens is not None:
-            g['tokens'][sl] = np.asarray(data.tokens, dtype=str)
+            written['tokens'] = np.asarray(data.tokens, dtype=str)
+        for name, value in written.items():
+            g[name][sl] = value
+        if CHUNK_SUMS in g:  # a store made before it has none: its chunks are checked by their files
+            sums = {name: _digest(np.asarray(value, dtype=g[name].dtype)) for name, value in written.items()}
+            g[CHUNK_SUMS][chunk:chunk + 1] = np.asarray([json.dumps(sums)], dtype=str)
         g['status'][sl] = data.status
 
+    def damage(self, chunk: int, data: dict[str, np.ndarray]) -> str:
+        """What of a finished chunk's data is missing or not as written, or '' (see `CHUNK_SUMS`).
+
+        Args:
+            data: the chunk's arrays as read, whole: those `write_chunk` writes, and `status`.
+
+        A chunk without sums (a store made before them) is checked by its files instead: one with
+        an available video must have its features, timestamps, lengths and available files, one
+        with a failed video its errors file. A file whose every value was the fill value is never
+        written, so nothing more can be asked of it.
+        """
+        rows = self.chunk_rows(chunk)
+        where = f'chunk {chunk} (videos {rows.start}-{rows.stop - 1})'
+        recorded = str(self.group[CHUNK_SUMS][chunk]) if CHUNK_SUMS in self.group else ''
+        if recorded:
+            sums = json.loads(recorded)
+            bad = [name for name, crc in sums.items() if name in data and _digest(data[name]) != crc]
+            if bad:
+                return (f'{where}: its {" and ".join(bad)} data {"is" if len(bad) == 1 else "are"} not what was '
+                        f'written (a chunk file missing or damaged)')
+            return ''
+        needed = []
+        if (np.asarray(data['available']).any() or (np.asarray(data['lengths']) > 0).any()):
+            needed += ['features', 'timestamps', 'lengths', 'available']
+        if 'status' in data and (np.asarray(data['status']) == FAILED).any():
+            needed.append('errors')
+        missing = [name for name in needed if not self._chunk_file(name, chunk).is_file()]
+        if missing:
+            return f'{where}: no {" or ".join(missing)} chunk file, though the chunk has videos that need one'
+        return ''
+
+    def mark_pending(self, chunk: int) -> None:
+        """Make a chunk pending again (its data damaged): the next extraction redoes it whole."""
+        rows = self.chunk_rows(chunk)
+        self.group['status'][rows.start:rows.stop] = np.full(len(rows), PENDING, np.uint8)
+
+    def _chunk_file(self, name: str, chunk: int) -> Path:
+        arr = self.group[name]
+        return self.path / name / arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
+
+    def _refuse_damage(self, chunk: int, data: dict[str, np.ndarray]) -> None:
+        problem = self.damage(chunk, data)
+        if problem:
+            raise StoreError(f'{self.path}: {problem}. Mark such chunks for redoing with `python -m shared.store '
+                             f'check --repair {self.path}`, then rerun the extraction: it redoes only them')
+
     def read(self, rows: Sequence[int] | slice | None = None, ids: Sequence[str] | None = None) -> ExpertRows:
-        """Read rows into memory: all of them, the given row indices, or the given video ids."""
+        """Read rows into memory: all of them, the given row indices, or the given video ids.
+
+        Raises:
+            StoreError: an id is not in the store, or a finished chunk that holds a row read is
+                missing data (`damage`): Zarr would give zeros for it.
+        """
         if ids is not None:
             index = {v: i for i, v in enumerate(self.video_ids)}
             missing = [v for v in ids if v not in index]
             if missing:
                 raise StoreError(f'{len(missing)} video ids not in {self.path}, e.g. {missing[:3]}')
             rows = [index[v] for v in ids]
-        sel: Any = slice(None) if rows is None else rows
-        if not isinstance(sel, slice):
-            sel = np.asarray(sel, dtype=np.int64)
+        index = np.arange(self.n_videos)[slice(None) if rows is None else rows]
         g = self.group
-
-        def take(name: str) -> np.ndarray:
-            arr = g[name]
-            if isinstance(sel, slice):
-                return arr[sel]
-            if len(sel) == 0:
-                return np.zeros((0,) + arr.shape[1:], arr.dtype)
-            return arr.get_orthogonal_selection((sel,) + (slice(None),) * (arr.ndim - 1))
-
+        names = ('video_ids', 'status', 'features', 'timestamps', 'lengths', 'available', 'errors',
+                 *(('tokens',) if self.has_tokens else ()))
+        # whole chunks, one at a time: a finished chunk is checked against its sums before any row is used
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        order = []
+        for c in np.unique(index // self.chunk_size).tolist():
+            span = self.chunk_rows(c)
+            data = {name: g[name][span.start:span.stop] for name in names}
+            if (data['status'] != PENDING).any():
+                self._refuse_damage(c, data)
+            at = np.flatnonzero(index // self.chunk_size == c)
+            order.append(at)
+            for name in names:
+                pieces[name].append(data[name][index[at] - span.start])
+        if order:
+            back = np.argsort(np.concatenate(order), kind='stable')
+            out = {name: np.concatenate(p)[back] for name, p in pieces.items()}
+        else:
+            out = {name: np.zeros((0,) + g[name].shape[1:], g[name].dtype) for name in names}
         return ExpertRows(
-            video_ids=np.asarray(take('video_ids'), dtype=object),
-            features=take('features'), timestamps=take('timestamps'), lengths=take('lengths'),
-            available=take('available'), status=take('status'),
-            errors=np.asarray(take('errors'), dtype=object),
-            tokens=np.asarray(take('tokens'), dtype=object) if self.has_tokens else None,
+            video_ids=np.asarray(out['video_ids'], dtype=object),
+            features=out['features'], timestamps=out['timestamps'], lengths=out['lengths'],
+            available=out['available'], status=out['status'],
+            errors=np.asarray(out['errors'], dtype=object),
+            tokens=np.asarray(out['tokens'], dtype=object) if self.has_tokens else None,
         )
 
     def lazy(self) -> dict[str, Any]:
@@ -397,6 +473,9 @@ def _build(path: Path, video_ids: Sequence[str], spec: StoreSpec) -> None:
     make('errors', (n,), str, '')
     if spec.has_tokens:
         make('tokens', (n,), str, '')
+    # one chunk of sums per unit of work: two writers never touch one
+    g.create_array(CHUNK_SUMS, shape=(-(-n // c),), chunks=(1,), dtype=str, fill_value='',
+                   dimension_names=_DIMS[CHUNK_SUMS])
 
 
 def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreSpec,
@@ -664,6 +743,7 @@ class CheckReport:
     error_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
     unreadable_chunks: int = 0
+    damaged: list[int] = dataclasses.field(default_factory=list)  # finished chunks with data missing
 
     @property
     def valid(self) -> bool:
@@ -706,6 +786,9 @@ class CheckReport:
             lines.append(f'PROBLEM   {p}')
         if len(self.problems) > 10:
             lines.append(f'PROBLEM   ... and {len(self.problems) - 10} more')
+        if self.damaged:
+            lines.append(f'repair    python -m shared.store check --repair {self.path} marks the {len(self.damaged)} '
+                         'damaged chunk(s) pending; the rerun of the extraction redoes them')
         lines.extend(left)
         state = 'INVALID' if not self.valid else ('VALID, COMPLETE' if self.complete else 'VALID, INCOMPLETE')
         lines.append(f'result    {state}')
@@ -730,15 +813,17 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
     if not finished.any():
         return
     try:
-        feats = g['features'][sl].astype(np.float32)
-        times = g['timestamps'][sl]
-        lengths = g['lengths'][sl]
-        avail = g['available'][sl]
-        errors = g['errors'][sl]
-        tokens = g['tokens'][sl] if store.has_tokens else None
+        data = {name: g[name][sl] for name in (*_ROW_ARRAYS, *(('tokens',) if store.has_tokens else ()))}
     except Exception as err:  # noqa: BLE001 - a finished chunk must read back
         report.problems.append(f'chunk {c}: finished rows unreadable ({err})')
         return
+    damage = store.damage(c, {**data, 'status': status})
+    if damage:
+        report.problems.append(damage)
+        report.damaged.append(c)
+    feats, times, lengths, avail, errors = (data['features'].astype(np.float32), data['timestamps'],
+                                            data['lengths'], data['available'], data['errors'])
+    tokens = data.get('tokens')
     def flag(mask: np.ndarray, what: str) -> None:
         mask = mask & finished
         if mask.any():
@@ -814,12 +899,22 @@ def main(argv: list[str] | None = None) -> int:
                                    'status complete. Exit 0 when every store is valid and complete, '
                                    '1 when one is invalid, 2 when one is incomplete.')
     p.add_argument('paths', nargs='+', type=Path, metavar='PATH', help='a {expert}.zarr directory')
+    p.add_argument('--repair', action='store_true',
+                   help='mark finished chunks whose data is missing or damaged as pending, so that rerunning the '
+                        'extraction redoes them (run it while no extraction writes the store)')
     args = parser.parse_args(argv)
     codes = []
     for i, path in enumerate(args.paths):
         report = check_store(path)
         if i:
             print()
+        if args.repair and report.damaged:
+            store = open_store(path, mode='r+', warn_random=False)
+            for c in report.damaged:
+                store.mark_pending(c)
+            print(f'repaired  chunks {", ".join(map(str, report.damaged))} marked pending: rerun the extraction '
+                  'to redo them')
+            report = check_store(path)
         print(report.summary())
         codes.append(report.exit_code)
     return 1 if 1 in codes else (2 if 2 in codes else 0)

@@ -212,6 +212,29 @@ def test_ffmpeg_takes_over_where_decord_cannot_open(odd_videos: Path, monkeypatc
     assert text.error.startswith('cannot open video: ERROR cannot find') and 'FFmpeg: ' in text.error
 
 
+def test_narrow_frames_that_decord_pads_into_extra_channels_go_to_ffmpeg(tmp_path: Path) -> None:
+    """Issue 18 item 4: decord gave the frames of a 16x16 H.264 file as (16, 16, 6), the row
+    padding taken for channels, and the experts' normalisation then stopped the whole run. FFmpeg
+    takes such a file; its pixels are those of decord's rows without the padding."""
+    import decord
+
+    from tests.extract.conftest import _ff
+
+    path = tmp_path / 'tiny.mp4'
+    _ff('-f', 'lavfi', '-i', 'testsrc=size=16x16:rate=1:duration=10', '-c:v', 'libx264', '-pix_fmt', 'yuv420p',
+        str(path))
+    raw = np.stack([decord.VideoReader(str(path), num_threads=1)[i].asnumpy() for i in range(10)])
+    if raw.shape[-1] == 3:
+        pytest.skip("this decord's frames of a 16-pixel-wide file are RGB")
+    v = decode_video(0, str(path), SAMPLINGS)
+    assert not v.error and v.note.startswith('decord cannot read this file (decord gives frames of shape (16, 16, 6)')
+    assert v.note.endswith('decoded with FFmpeg') and v.frames.shape == (10, 16, 16, 3) and v.duration == 10.0
+    assert v.plans['f'].index.ravel().tolist() == list(range(10))
+    pixels = raw.reshape(10, 16, -1)[:, :, :16 * 3].reshape(10, 16, 16, 3)  # each row's pixels, then padding
+    np.testing.assert_array_equal(v.frames, pixels)
+    assert pixels.std() > 50  # testsrc's colour bars, not a blank frame
+
+
 def test_truncated_file_fails_or_keeps_a_prefix(odd_videos: Path) -> None:
     v = decode_video(0, str(odd_videos / 'truncated.mp4'), SAMPLINGS)
     assert v.error or (len(v.frames) > 0 and v.duration <= 2.0)

@@ -238,6 +238,74 @@ def test_nan_or_huge_features_fail_their_video_not_the_run(small_demo: Path, tmp
     assert ': the model gave NaN or inf features' in out and ' failed     2 ' in out, out
 
 
+def _tiny_video(path: Path) -> Path:
+    """Issue 18 item 4's file: 16x16, 1 fps, 10 s of H.264 (decord takes its row padding for channels)."""
+    from tests.extract.conftest import _ff
+
+    _ff('-f', 'lavfi', '-i', 'testsrc=size=16x16:rate=1:duration=10', '-c:v', 'libx264', '-pix_fmt', 'yuv420p',
+        str(path))
+    return path
+
+
+def test_a_batch_an_expert_fails_on_fails_only_its_bad_video(tmp_path: Path) -> None:
+    """Frames of the 16x16 file as decord gave them, (16, 16, 6), share a batch with another video's
+    frames: the batch is redone a video at a time, the bad video fails with the expert's reason and
+    the other gets the features it gets alone."""
+    import decord
+
+    from extract.run import _Batcher
+
+    vr = decord.VideoReader(str(_tiny_video(tmp_path / 'tiny.mp4')), num_threads=1)
+    bad = torch.from_numpy(np.stack([vr[i].asnumpy() for i in range(10)]))
+    if bad.shape[-1] == 3:
+        pytest.skip("this decord's frames of a 16-pixel-wide file are RGB")
+    good = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (5, 48, 64, 3), dtype=np.uint8))
+    expert = create_expert('scene', weights='random', resize=[40], input_size=32, batch_size=8).load('cpu')
+    batcher = _Batcher(expert)
+    for row, rows in enumerate((good[:3], bad, good)):  # batches: good[:3] + bad[:5], bad[5:] + good[:3], good[3:]
+        batcher.add(row, rows)
+    batcher.launch()
+    feats, failed = batcher.collect(range(3)), batcher.failures(range(3))
+    assert list(failed) == [1] and failed[1].startswith('scene failed: RuntimeError: The size of tensor a (6)')
+    alone = expert.extract(good.numpy())
+    np.testing.assert_allclose(feats[0], alone[:3], rtol=0, atol=2e-3)
+    np.testing.assert_allclose(feats[2], alone, rtol=0, atol=2e-3)
+    assert batcher.failures(range(3)) == {}  # handed over once
+
+
+@pytest.mark.slow
+def test_a_video_an_expert_fails_on_is_failed_and_retried_not_the_run(small_demo: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 16x16 file used to stop every extraction of its dataset. With decord's padded frames let
+    through (the decoder as it was before it sent them to FFmpeg), the run still finishes: that video
+    is failed with the reason, its batch's other videos are done, and --retry-failed redoes it."""
+    from extract import decode
+
+    data = tmp_path / 'videos'
+    data.mkdir()
+    for path in sorted((small_demo / 'videos').glob('*.mp4'))[:3]:
+        shutil.copy(path, data / path.name)
+    _tiny_video(data / 'tiny.mp4')
+    monkeypatch.setattr(decode, '_rgb_size', lambda vr: tuple(vr[0].shape[:2]))
+    # decoded in this process (--workers 0); one chunk, rows of every video in shared batches
+    args = ('scene', '--workers', '0', '--chunk-size', '4', '--batch-size', '8')
+    assert _run(tmp_path, tmp_path / 'features', *args, dataset=f'folder:{data}') == 0
+    store = open_store(tmp_path / 'features' / 'folder-videos' / 'scene.zarr', warn_random=False)
+    rows = store.read()
+    tiny = list(rows.video_ids).index('tiny.mp4')
+    if rows.status[tiny] == DONE:
+        pytest.skip("this decord's frames of a 16-pixel-wide file are RGB")
+    assert rows.status[tiny] == FAILED and 'scene failed: RuntimeError: The size of tensor a (6)' in rows.errors[tiny]
+    others = [i for i in range(4) if i != tiny]
+    assert (rows.status[others] == DONE).all() and rows.available[others].all()
+    monkeypatch.undo()
+    assert _run(tmp_path, tmp_path / 'features', *args, '--retry-failed', dataset=f'folder:{data}') == 0
+    after = open_store(store.path, warn_random=False).read()
+    assert after.status[tiny] == DONE and after.lengths[tiny] == 10 and after.available[tiny]
+    np.testing.assert_array_equal(after.features[others], rows.features[others])
+    assert check_store(store.path).exit_code == 0
+
+
 @pytest.mark.slow
 def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_path: Path, python: str,
                                                      subprocess_env: dict, repo_root: Path) -> None:

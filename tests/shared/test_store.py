@@ -302,3 +302,66 @@ def test_check_exit_1_on_timestamps_after_a_rows_length(tmp_path: Path) -> None:
     g['timestamps'][2, W.MAX_ROWS - 1] = [7.0, 8.0]  # a time for a row the video does not have
     report = check_store(path)
     assert report.exit_code == 1 and any('timestamps after their length' in p for p in report.problems)
+
+
+def _drop_chunk_sums(path: Path) -> None:
+    """The store as made before the per-chunk sums existed."""
+    import shutil
+
+    shutil.rmtree(path / 'chunk_sums')
+    meta = json.loads((path / 'zarr.json').read_text())
+    meta.get('consolidated_metadata', {}).get('metadata', {}).pop('chunk_sums', None)
+    (path / 'zarr.json').write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize('old', [False, True], ids=['with-sums', 'made-before-sums'])
+def test_a_missing_features_chunk_file_is_found_refused_and_redone(tmp_path: Path, old: bool, python: str,
+                                                                   subprocess_env: dict) -> None:
+    """Issue 18 item 7: deleting one features chunk file of a finished store left it "VALID,
+    COMPLETE", and reading it gave zeros for that chunk's features."""
+    path = tmp_path / 'lost.zarr'
+    _complete_store(path)
+    if old:
+        _drop_chunk_sums(path)
+    whole = open_store(path, warn_random=False).read()
+    feature_file = path / 'features' / 'c' / '1' / '0' / '0'
+    assert feature_file.is_file() and check_store(path).exit_code == 0
+    feature_file.unlink()
+    report = check_store(path)
+    assert report.exit_code == 1 and report.damaged == [1], report.summary()
+    said = 'no features chunk file' if old else 'its features data is not what was written'
+    assert f'PROBLEM   chunk 1 (videos 4-7): {said}' in report.summary()
+    store = open_store(path, warn_random=False)
+    for how in ({}, {'rows': [5]}, {'ids': ['vid0006', 'vid0001']}):
+        with pytest.raises(StoreError) as err:
+            store.read(**how)
+        text = str(err.value)
+        assert text.startswith(f'{path}: chunk 1 (videos 4-7): ') and '\n' not in text
+        assert f'python -m shared.store check --repair {path}`, then rerun the extraction' in text
+    rows = store.read(rows=[0, 11, 8])  # the other chunks still read, in the order asked
+    np.testing.assert_array_equal(rows.features, whole.features[[0, 11, 8]])
+    # --repair marks the chunk pending: the store is incomplete, and rewriting the chunk makes it whole
+    done = subprocess.run([python, '-m', 'shared.store', 'check', '--repair', str(path)], env=subprocess_env,
+                          capture_output=True, text=True, cwd=W.__file__.rsplit('/tests/', 1)[0])
+    assert done.returncode == 2 and 'chunks 1 marked pending' in done.stdout, done.stdout + done.stderr
+    store = open_store(path, mode='r+', warn_random=False)
+    assert store.pending_chunks() == [1]
+    store.write_chunk(1, pack_chunk([W.result_for(r) for r in store.chunk_rows(1)], W.MAX_ROWS, W.DIM, True))
+    assert check_store(path).exit_code == 0
+    np.testing.assert_array_equal(store.read().features, whole.features)
+
+
+def test_chunks_whose_data_equal_the_fill_value_need_no_file(tmp_path: Path) -> None:
+    """Zarr writes no file for a chunk of fill values (a chunk of failed or skipped videos has no
+    features, lengths or available files); such a chunk is whole, with or without sums."""
+    path = tmp_path / 'empty.zarr'
+    store = create_store(path, W.video_ids(8), W.spec(4))
+    nothing = [VideoResult.failed('cannot decode video', W.DIM)] * 2 + [VideoResult.skipped(W.DIM)] * 2
+    store.write_chunk(0, pack_chunk(nothing, W.MAX_ROWS, W.DIM, True))
+    store.write_chunk(1, pack_chunk([W.result_for(r) for r in store.chunk_rows(1)], W.MAX_ROWS, W.DIM, True))
+    assert not (path / 'features' / 'c' / '0' / '0' / '0').exists()
+    for old in (False, True):
+        if old:
+            _drop_chunk_sums(path)
+        assert check_store(path).exit_code == 0, check_store(path).summary()
+        assert (open_store(path, warn_random=False).read(rows=[0, 1, 2, 3]).status != PENDING).all()

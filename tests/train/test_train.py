@@ -325,3 +325,21 @@ def test_best_checkpoint_is_the_epoch_of_the_highest_val_selection(demo_stores: 
     ckpt = run / 'seed0' / 'checkpoints'
     assert torch.load(ckpt / 'best.pt', weights_only=True)['epoch'] == best
     assert torch.load(run / 'seed0' / 'gallery.pt', weights_only=False)['checkpoint'] == 'best.pt'
+
+
+def test_training_refuses_a_store_with_a_missing_chunk_file(demo_stores: tuple[Path, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """Issue 18 item 7: with one features chunk file of a finished store deleted, training read
+    zeros for that chunk's videos; now it stops with one line naming the store, the chunk and the fix."""
+    import shutil
+
+    data, features = demo_stores
+    copy = tmp_path / 'features'
+    shutil.copytree(features, copy)
+    store = copy / 'demo' / 'scene.zarr'
+    (store / 'features' / 'c' / '1' / '0' / '0').unlink()
+    assert train_main(_args(data, copy, _config(tmp_path, 'mee', epochs=1), tmp_path / 'run')) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f'error: {store}: chunk 1 (videos ') and 'its features data is not what was written' in err
+    assert f'python -m shared.store check --repair {store}`, then rerun the extraction' in err
+    assert len(err.splitlines()) == 1 and 'Traceback' not in err
