@@ -508,7 +508,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     where = f'shard {opts.shard}/{opts.num_shards}, chunks {mine.start}-{mine.stop - 1}' if len(mine) else \
         f'shard {opts.shard}/{opts.num_shards} (no chunks)'
     if not chunks:
-        print(f'nothing to do for {", ".join(names)} on {manifest.name} ({where}): every chunk is finished')
+        print(f'nothing to do for {", ".join(names)} on {manifest.name} (read from {manifest.origin}; {where}): '
+              'every chunk is finished')
         _finish(stores)
         return 0
     videos = [r for c in chunks for r in stores[names[0]].chunk_rows(c)]
@@ -516,8 +517,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     decoder, why = choose_decoder(opts.decoder, device, [str(manifest.paths[r]) for r in spread(videos)], clips)
     workers = opts.workers if opts.workers >= 0 else default_workers(decoder)
     random_names = [e.name for e in experts if e.resolve().random]
-    print(f'extracting {", ".join(names)} from {manifest.name}: {where}; device {device}; decoder {decoder} ({why}); '
-          f'{workers} decode worker(s)')
+    print(f'extracting {", ".join(names)} from {manifest.name} (read from {manifest.origin}): {where}; device {device}; '
+          f'decoder {decoder} ({why}); {workers} decode worker(s)')
     if random_names:
         print(f'WARNING: RANDOM weights for {", ".join(random_names)}: these features mean nothing beyond tests and demos')
     if loaded is None:

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                               'give distinct seeds')
         device = pick_device(args.device)
         manifest = load_manifest(cfg.data.dataset, args.data_root)
+        print(f'{manifest.name}: {len(manifest)} videos, read from {manifest.origin}')
         base = args.run_dir or Path('runs') / f'{cfg.model.model}-{cfg.data.dataset}-{cfg.data.split}'
         results = []
         for seed in seeds:

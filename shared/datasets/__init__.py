@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.config import data_root_default
-from shared.datasets.manifest import DatasetError, Manifest, Split, resolve_inside
+from shared.datasets.manifest import AnnotationsMissing, DatasetError, Manifest, Split, resolve_inside
 from shared.registry import Registry
 
 __all__ = ['DATASETS', 'DatasetError', 'Manifest', 'Split', 'load_manifest', 'list_datasets',
@@ -32,8 +32,12 @@ def list_datasets() -> list[str]:
 def load_manifest(name: str, data_root: str | os.PathLike | None = None, **options: Any) -> Manifest:
     """Build the manifest of a registered dataset, or of ``folder:PATH``.
 
+    The dataset's own annotation files are read; only when none of them is there, features
+    imported from a release (``imported.json``, written by `pipelines.import_features`) stand in.
+    `Manifest.origin` says which.
+
     Raises:
-        DatasetError: unknown dataset, missing annotation file, unknown split, path outside root.
+        DatasetError: unknown dataset, missing or broken annotation file, unknown split, path outside root.
     """
     from shared.datasets import folder  # noqa: F401  (registers the adapters)
     from shared.datasets import activitynet, demo, didemo, lsmdc, msrvtt, msvd, vatex  # noqa: F401
@@ -50,9 +54,11 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
                            '(see README, "Datasets") or pass --data-root')
     try:
         return adapter(root, **options)
-    except DatasetError:
+    except AnnotationsMissing as err:
         from shared.datasets.imported import IMPORTED_FILE, imported_manifest
 
-        if (root / IMPORTED_FILE).is_file():  # features imported from a paper's release, no annotations
-            return imported_manifest(root, name)
-        raise
+        # only absent official files fall back: broken or partial ones are the user's to fix, and an
+        # old imported.json beside them would silently give another dataset
+        if err.found or not (root / IMPORTED_FILE).is_file():
+            raise
+        return imported_manifest(root, name)

@@ -36,4 +36,5 @@ def folder_manifest(directory: Path, extensions: tuple[str, ...] = VIDEO_EXTENSI
     ids.sort()
     paths = tuple(resolve_inside(directory, v) for v in ids)
     split = Split('all', (), (), tuple(ids))
-    return Manifest(folder_name(directory), directory, tuple(ids), paths, {v: () for v in ids}, {'all': split})
+    return Manifest(folder_name(directory), directory, tuple(ids), paths, {v: () for v in ids}, {'all': split},
+                    origin=f'the video files under {directory.resolve()}')
