@@ -402,8 +402,8 @@ def open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str
     opts.chunk_size = _chunk_size(manifest, experts, opts)
     for e in experts:
         info = e.store_info()
-        spec = StoreSpec(dataset=manifest.name, expert=e.name, feature_dim=e.cfg.feature_dim, max_rows=e.cfg.max_rows,
-                         chunk_size=opts.chunk_size, has_tokens=e.has_tokens, **info)
+        spec = StoreSpec(dataset=manifest.name, source=manifest.source, expert=e.name, feature_dim=e.cfg.feature_dim,
+                         max_rows=e.cfg.max_rows, chunk_size=opts.chunk_size, has_tokens=e.has_tokens, **info)
         path = store_path(opts.features_root, manifest.name, e.name)
         if opts.overwrite:
             stores[e.name] = create_replacement(path, manifest.video_ids, spec)

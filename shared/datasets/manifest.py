@@ -122,6 +122,8 @@ class Manifest:
     Args:
         origin: which files the manifest was read from, for people (the dataset's own annotation
             files, or features imported from a release).
+        source: what its videos are, where the name alone does not say (a folder: its resolved
+            path). Stores record it and refuse a run with another source.
     """
 
     name: str
@@ -131,6 +133,7 @@ class Manifest:
     captions: Mapping[str, tuple[str, ...]]
     splits: Mapping[str, Split]
     origin: str = OFFICIAL
+    source: str = ''
 
     def __post_init__(self) -> None:
         if len(self.video_ids) != len(self.paths):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def test_folder_adapter(tmp_path: Path) -> None:
         (root / rel).write_bytes(b'')
     m = load_manifest(f'folder:{root}')
     assert m.video_ids == ('a.MKV', 'b.mp4', 'trip/day 1/c.webm')
-    assert m.name == 'folder-My_Videos' and m.split('all').test == m.video_ids
+    assert re.fullmatch(r'folder-My_Videos-[0-9a-f]{8}', m.name) and m.split('all').test == m.video_ids
     assert m.captions['b.mp4'] == ()
     with pytest.raises(DatasetError, match='does not exist'):
         load_manifest(f'folder:{root / "trip" / "day 1" / "none"}')
