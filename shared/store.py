@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from shared.datasets.manifest import check_dataset_name
 from shared.files import fsync_dir
 
 __all__ = [
@@ -169,10 +170,11 @@ class ExpertRows:
 
 
 def store_path(features_root: str | os.PathLike, dataset: str, expert: str) -> Path:
-    """Where the store of (dataset, expert) lives: ``{root}/{dataset}/{expert}.zarr``."""
-    for part in (dataset, expert):
-        if not part or '/' in part or part in ('.', '..') or os.sep in part:
-            raise StoreError(f'invalid dataset or expert name for a store path: {part!r}')
+    """Where the store of (dataset, expert) lives: ``{root}/{dataset}/{expert}.zarr`` (a DatasetError
+    for a dataset name that is no plain folder name, see `check_dataset_name`)."""
+    check_dataset_name(dataset)
+    if not expert or '/' in expert or expert in ('.', '..') or os.sep in expert:
+        raise StoreError(f'invalid expert name for a store path: {expert!r}')
     return Path(features_root) / dataset / f'{expert}.zarr'
 
 

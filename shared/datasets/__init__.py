@@ -10,19 +10,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.config import data_root_default
-from shared.datasets.manifest import AnnotationsMissing, DatasetError, Manifest, Split, resolve_inside
+from shared.datasets.manifest import (AnnotationsMissing, DatasetError, Manifest, Split, check_dataset_name,
+                                      resolve_inside)
 from shared.registry import Registry
 
 __all__ = ['DATASETS', 'DatasetError', 'Manifest', 'Split', 'load_manifest', 'list_datasets',
-           'dataset_dir', 'resolve_inside']
+           'dataset_dir', 'resolve_inside', 'check_dataset_name']
 
 #: name -> adapter(dataset_dir, **options) -> Manifest
 DATASETS: Registry[Callable[..., Manifest]] = Registry('dataset')
 
 
 def dataset_dir(data_root: str | os.PathLike, name: str) -> Path:
-    """Where dataset `name` lives under the data root: ``{data_root}/{name}``."""
-    return Path(data_root) / name
+    """Where dataset `name` lives under the data root: ``{data_root}/{name}`` (a DatasetError for a
+    name that is no plain folder name, see `check_dataset_name`)."""
+    return Path(data_root) / check_dataset_name(name)
 
 
 def list_datasets() -> list[str]:
@@ -44,11 +46,11 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
 
     if name.startswith('folder:'):
         return folder.folder_manifest(Path(name[len('folder:'):]), **options)
+    root = dataset_dir(data_root if data_root is not None else data_root_default(), name)
     try:
         adapter = DATASETS.get(name)
     except KeyError as err:
         raise DatasetError(f'{err.args[0]}; or folder:PATH for a directory of videos') from None
-    root = dataset_dir(data_root if data_root is not None else data_root_default(), name)
     if not root.is_dir():
         raise DatasetError(f'dataset directory {root} not found; put the {name} files there '
                            '(see README, "Datasets") or pass --data-root')

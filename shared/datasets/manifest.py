@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
 __all__ = ['DatasetError', 'AnnotationsMissing', 'Split', 'Manifest', 'resolve_inside', 'read_split_list',
-           'require_files', 'VIDEO_EXTENSIONS', 'find_video', 'OFFICIAL']
+           'require_files', 'check_dataset_name', 'VIDEO_EXTENSIONS', 'find_video', 'OFFICIAL']
 
 #: Containers the `folder` adapter (and extension look-up) recognise.
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv',
@@ -35,6 +36,20 @@ class AnnotationsMissing(DatasetError):
     def __init__(self, message: str, found: tuple[Path, ...]) -> None:
         super().__init__(message)
         self.found = found
+
+
+def check_dataset_name(name: str) -> str:
+    """`name` if it can name a dataset, else a DatasetError.
+
+    A dataset name is a folder under the data root and under the features root, so it is one
+    plain path component: letters, digits, ``.``, ``_`` and ``-``, not starting with a dot
+    (``..``, ``a/b`` or an absolute path would write outside those roots).
+    """
+    if not isinstance(name, str) or not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]{0,199}', name):
+        raise DatasetError(f'dataset name {name!r} is not a plain name: use letters, digits, ".", "_" and "-" '
+                           '(it names a folder under the data and features roots; no "/", ".." or absolute path), '
+                           'or folder:PATH for a directory of videos')
+    return name
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
