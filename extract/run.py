@@ -432,8 +432,8 @@ def open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str
     opts.chunk_size = _chunk_size(manifest, experts, opts)
     for e in experts:
         info = e.store_info()
-        spec = StoreSpec(dataset=manifest.name, expert=e.name, feature_dim=e.cfg.feature_dim, max_rows=e.cfg.max_rows,
-                         chunk_size=opts.chunk_size, has_tokens=e.has_tokens, **info)
+        spec = StoreSpec(dataset=manifest.name, source=manifest.source, expert=e.name, feature_dim=e.cfg.feature_dim,
+                         max_rows=e.cfg.max_rows, chunk_size=opts.chunk_size, has_tokens=e.has_tokens, **info)
         path = store_path(opts.features_root, manifest.name, e.name)
         if opts.overwrite:
             stores[e.name] = create_replacement(path, manifest.video_ids, spec)
@@ -538,7 +538,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     where = f'shard {opts.shard}/{opts.num_shards}, chunks {mine.start}-{mine.stop - 1}' if len(mine) else \
         f'shard {opts.shard}/{opts.num_shards} (no chunks)'
     if not chunks:
-        print(f'nothing to do for {", ".join(names)} on {manifest.name} ({where}): every chunk is finished')
+        print(f'nothing to do for {", ".join(names)} on {manifest.name} (read from {manifest.origin}; {where}): '
+              'every chunk is finished')
         _finish(stores)
         return 0
     videos = [r for c in chunks for r in stores[names[0]].chunk_rows(c)]
@@ -546,8 +547,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     decoder, why = choose_decoder(opts.decoder, device, [str(manifest.paths[r]) for r in spread(videos)], clips)
     workers = opts.workers if opts.workers >= 0 else default_workers(decoder)
     random_names = [e.name for e in experts if e.resolve().random]
-    print(f'extracting {", ".join(names)} from {manifest.name}: {where}; device {device}; decoder {decoder} ({why}); '
-          f'{workers} decode worker(s)')
+    print(f'extracting {", ".join(names)} from {manifest.name} (read from {manifest.origin}): {where}; device {device}; '
+          f'decoder {decoder} ({why}); {workers} decode worker(s)')
     if random_names:
         print(f'WARNING: RANDOM weights for {", ".join(random_names)}: these features mean nothing beyond tests and demos')
     if loaded is None:

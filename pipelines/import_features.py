@@ -13,17 +13,22 @@ MMT (Gabeur et al. 2020): one HDF5 file per video, ``{video_id}.h5``, with ``fea
 
 Caption order is kept exactly (MSR-VTT 1k-A picks its test queries by position). Captions and
 splits are written to ``{data_root}/{dataset}/imported.json``, which the dataset's manifest uses
-when the official annotation files are not there. Rows without timing get the store's
+when the official annotation files are not there. An import applies whole or not at all: every
+store is built beside the one it replaces, and they are put in place, then imported.json, only
+once all of them are built. Rows without timing get the store's
 UNKNOWN_TIME. Pickle files can run code when loaded: they are read only here, after a warning,
 and only from the --root you name.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pickle
+import shutil
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +39,9 @@ from shared.config import data_root_default, features_root_default
 from shared.datasets import dataset_dir
 from shared.datasets.imported import IMPORTED_FILE
 from shared.datasets.manifest import read_split_list
-from shared.store import (DONE, UNKNOWN_TIME, StoreSpec, VideoResult, check_store, create_store, is_store,
-                          open_store, pack_chunk, store_path)
+from shared.files import atomic_write
+from shared.store import (DONE, UNKNOWN_TIME, ExpertStore, StoreError, StoreSpec, VideoResult, check_store,
+                          create_store, is_store, open_store, pack_chunk, replacement_path, store_path, swap_in)
 
 __all__ = ['CE_FILES', 'MMT_EXPERTS', 'import_ce', 'import_mmt', 'main']
 
@@ -82,8 +88,12 @@ def _rows(value: Any, dim: int | None) -> tuple[np.ndarray | None, str]:
 
 
 def write_store(features_root: Path, dataset: str, expert: str, ids: list[str],
-                values: dict[str, tuple[np.ndarray | None, np.ndarray | None]], source: str, origin: str) -> Path:
-    """One store from per-video (rows, timestamps or None); a video absent from `values` is skipped."""
+                values: dict[str, tuple[np.ndarray | None, np.ndarray | None]], source: str,
+                origin: str) -> ExpertStore:
+    """One store from per-video (rows, timestamps or None); a video absent from `values` is skipped.
+
+    The store is built beside the one it replaces (`replacement_path`); `_commit` puts it in place.
+    """
     present = [v[0] for v in values.values() if v[0] is not None]
     if not present:
         raise ValueError(f'{expert}: no video has features in {origin}')
@@ -91,11 +101,22 @@ def write_store(features_root: Path, dataset: str, expert: str, ids: list[str],
     max_rows = max(len(r) for r in present)
     spec = StoreSpec(dataset=dataset, expert=expert, feature_dim=dim, max_rows=max_rows, model=f'imported:{source}',
                      weights=f'released by the authors ({source}): {origin}', config={'imported_from': origin})
-    path = store_path(features_root, dataset, expert)
-    store = create_store(path, ids, spec, overwrite=True)
-    for c in range((len(ids) + spec.chunk_size - 1) // spec.chunk_size):
+    staged = replacement_path(store_path(features_root, dataset, expert))
+    store = create_store(staged, ids, spec, overwrite=True)  # what an import cut short left there goes
+    try:
+        _fill(store, ids, values, dim, max_rows, origin)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return store
+
+
+def _fill(store: ExpertStore, ids: list[str], values: dict[str, tuple[np.ndarray | None, np.ndarray | None]],
+          dim: int, max_rows: int, origin: str) -> None:
+    """Write every chunk of a new store from the release's values."""
+    for c in range(store.n_chunks):
         results = []
-        for vid in ids[c * spec.chunk_size:(c + 1) * spec.chunk_size]:
+        for vid in (ids[r] for r in store.chunk_rows(c)):
             if vid not in values:
                 results.append(VideoResult.skipped(dim, f'not in {origin}'))
                 continue
@@ -108,8 +129,28 @@ def write_store(features_root: Path, dataset: str, expert: str, ids: list[str],
                 times = np.full((len(rows), 2), UNKNOWN_TIME, np.float32)
             results.append(VideoResult(rows, times))
         store.write_chunk(c, pack_chunk(results, max_rows, dim, False))
-    store.consolidate()
-    return path
+
+
+@contextlib.contextmanager
+def _staging() -> Iterator[list[ExpertStore]]:
+    """A list for the stores an import builds; when the import fails before `_commit`, they are
+    removed and the stores in place (and imported.json) stay as they were."""
+    staged: list[ExpertStore] = []
+    try:
+        yield staged
+    except BaseException:
+        for store in staged:
+            shutil.rmtree(store.path, ignore_errors=True)
+        raise
+
+
+def _commit(staged: list[ExpertStore], data_root: Path, dataset: str, source: str, ids: list[str],
+            captions: dict[str, list[str]], splits: dict) -> list[Path]:
+    """Put every built store in place of the one it replaces, then write imported.json; returns
+    the store paths. Runs only once every input has been read and every store built."""
+    paths = [swap_in(store).path for store in staged]
+    _write_manifest(data_root, dataset, source, ids, captions, splits)
+    return paths
 
 
 def refuse_extracted(features_root: Path, dataset: str, experts: list[str]) -> None:
@@ -173,7 +214,8 @@ def _write_manifest(data_root: Path, dataset: str, source: str, ids: list[str], 
     d = dataset_dir(data_root, dataset)
     d.mkdir(parents=True, exist_ok=True)
     path = d / IMPORTED_FILE
-    path.write_text(json.dumps({'source': source, 'videos': ids, 'captions': captions, 'splits': splits}))
+    text = json.dumps({'source': source, 'videos': ids, 'captions': captions, 'splits': splits})
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
     return path
 
 
@@ -181,6 +223,7 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
               overwrite: bool = False) -> list[Path]:
     """CE's pickles under `root` -> stores + imported.json. Returns the store paths. Stores of
     features extracted here are replaced only with `overwrite`."""
+    dataset_dir(data_root, dataset)  # a bad name fails before the release is read
     cap_file = next(iter(sorted(root.rglob('raw-captions.pkl'))), None)
     if cap_file is None:
         raise FileNotFoundError(f'no raw-captions.pkl under {root}')
@@ -192,18 +235,21 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
         raise FileNotFoundError(f'no CE feature pickles under {root} (expected e.g. {CE_FILES[0][0]})')
     if not overwrite:
         refuse_extracted(features_root, dataset, [name for _, name in found])
-    paths = []
-    for f, name in tqdm(found, desc='import CE experts', unit='expert', disable=not progress):
-        data = _read_pickle(f)
-        dim = next((np.asarray(v).shape[-1] for v in data.values() if np.asarray(v).ndim >= 1), None)
-        values = {}
-        for vid in ids:
-            if vid in data:
-                rows, _ = _rows(data[vid], dim)
-                values[vid] = (rows, None)
-        paths.append(write_store(features_root, dataset, name, ids, values, 'ce', str(f.relative_to(root))))
-    _write_manifest(data_root, dataset, 'ce', ids, captions, _splits(dataset, ids, captions, root, data_root))
-    return paths
+    with _staging() as staged:
+        for f, name in tqdm(found, desc='import CE experts', unit='expert', disable=not progress):
+            data = _read_pickle(f)
+            dim = next((np.asarray(v).shape[-1] for v in data.values() if np.asarray(v).ndim >= 1), None)
+            values = {}
+            for vid in ids:
+                if vid in data:
+                    try:
+                        rows, _ = _rows(data[vid], dim)
+                    except ValueError as err:
+                        raise ValueError(f'{f}: video {vid}: {err}') from None
+                    values[vid] = (rows, None)
+            staged.append(write_store(features_root, dataset, name, ids, values, 'ce', str(f.relative_to(root))))
+        splits = _splits(dataset, ids, captions, root, data_root)
+    return _commit(staged, data_root, dataset, 'ce', ids, captions, splits)
 
 
 def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, progress: bool = True,
@@ -211,6 +257,7 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
     """MMT's per-video HDF5 files under `root` -> stores + imported.json (`overwrite`: as `import_ce`)."""
     import h5py
 
+    dataset_dir(data_root, dataset)  # a bad name fails before the release is read
     files = sorted(root.glob('*.h5'))
     if not files:
         raise FileNotFoundError(f'no .h5 files in {root}')
@@ -234,12 +281,17 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
                     if len(times) != len(rows) or not np.isfinite(times).all():
                         times = None
                 per_expert.setdefault(expert, {})[f.stem] = (rows, times)
+    if not per_expert:
+        raise ValueError(f'no features.EXPERT datasets in the {len(files)} .h5 files in {root}: not an MMT '
+                         'feature release (each VIDEO.h5 holds features.appearance, features.motion, ...)')
     if not overwrite:
         refuse_extracted(features_root, dataset, [MMT_EXPERTS.get(e, e) for e in per_expert])
-    paths = [write_store(features_root, dataset, MMT_EXPERTS.get(e, e), ids, values, 'mmt', f'{root} features.{e}')
-             for e, values in per_expert.items()]
-    _write_manifest(data_root, dataset, 'mmt', ids, captions, _splits(dataset, ids, captions, root, data_root))
-    return paths
+    with _staging() as staged:
+        for e, values in per_expert.items():
+            staged.append(write_store(features_root, dataset, MMT_EXPERTS.get(e, e), ids, values, 'mmt',
+                                      f'{root} features.{e}'))
+        splits = _splits(dataset, ids, captions, root, data_root)
+    return _commit(staged, data_root, dataset, 'mmt', ids, captions, splits)
 
 
 def _decode(value: Any) -> str:
@@ -272,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         fn = import_ce if args.source == 'ce' else import_mmt
         paths = fn(args.root.resolve(), args.dataset, args.data_root, args.features_root, not args.no_progress,
                    args.overwrite)
-    except (FileNotFoundError, ValueError, OSError) as err:
+    except (FileNotFoundError, ValueError, OSError, StoreError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     bad = 0

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from shared.config import ConfigError, data_root_default, features_root_default
+from shared.datasets import DatasetError
 from shared.store import store_path
 from train.loop import load_run_cfg
 from train.main import config_path
@@ -67,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg_path = config_path(args.paper, args.dataset, args.split)
         cfg = load_run_cfg(cfg_path)
-    except ConfigError as err:
+        missing = [e.name for e in cfg.model.experts
+                   if not store_path(args.features_root, args.dataset, e.name).exists()]
+    except (ConfigError, DatasetError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     split = args.split or cfg.data.split
-    missing = [e.name for e in cfg.model.experts if not store_path(args.features_root, args.dataset, e.name).exists()]
     if missing:
         if args.release is None or args.paper not in _SOURCE:
             print(f'error: stores missing for {", ".join(missing)}: extract them (make extract) or pass --release '

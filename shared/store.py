@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from shared.datasets.manifest import check_dataset_name
 from shared.files import fsync_dir
 
 __all__ = [
@@ -74,6 +75,8 @@ class StoreSpec:
 
     Args:
         dataset: dataset name (manifest name).
+        source: what the dataset's videos are where its name alone does not say (the manifest's
+            `source`: a folder's resolved path); a store is never resumed for another source.
         expert: expert name (registry name).
         feature_dim: D, the width of one feature row.
         max_rows: T, the most rows one video may have.
@@ -94,6 +97,7 @@ class StoreSpec:
     expert: str
     feature_dim: int
     max_rows: int
+    source: str = ''
     chunk_size: int = 64
     has_tokens: bool = False
     model: str = ''
@@ -171,10 +175,11 @@ class ExpertRows:
 
 
 def store_path(features_root: str | os.PathLike, dataset: str, expert: str) -> Path:
-    """Where the store of (dataset, expert) lives: ``{root}/{dataset}/{expert}.zarr``."""
-    for part in (dataset, expert):
-        if not part or '/' in part or part in ('.', '..') or os.sep in part:
-            raise StoreError(f'invalid dataset or expert name for a store path: {part!r}')
+    """Where the store of (dataset, expert) lives: ``{root}/{dataset}/{expert}.zarr`` (a DatasetError
+    for a dataset name that is no plain folder name, see `check_dataset_name`)."""
+    check_dataset_name(dataset)
+    if not expert or '/' in expert or expert in ('.', '..') or os.sep in expert:
+        raise StoreError(f'invalid expert name for a store path: {expert!r}')
     return Path(features_root) / dataset / f'{expert}.zarr'
 
 
@@ -508,8 +513,18 @@ def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreS
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     store = open_store(path, mode='r+', warn_random=False)
+    _check_source(store, spec)
     _check_compatible(store, video_ids, spec)
     return store
+
+
+def _check_source(store: ExpertStore, spec: StoreSpec) -> None:
+    """A store is resumed only for the videos it was made for: two folders of one name, say, must
+    never share one (a store made before `source` was recorded has the empty source)."""
+    recorded = str(store.attrs.get('source', ''))
+    if recorded != spec.source:
+        raise StoreError(f'{store.path} holds features of {recorded or store.attrs.get("dataset", "?")!r}, not of '
+                         f'{spec.source or spec.dataset!r}; remove it or rerun with --overwrite to start again')
 
 
 def _check_compatible(store: ExpertStore, video_ids: Sequence[str], spec: StoreSpec) -> None:

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.model:
                 p.error('give --model (and --dataset) or --config')
             args.config = config_path(args.model, args.dataset or 'demo', args.split)
-        if args.dataset:
+        if args.dataset is not None:  # an empty --dataset is an error to report, not the default
             overrides['data.dataset'] = args.dataset
         cfg = load_run_cfg(args.config, overrides)
         if args.model and cfg.model.model != args.model:
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                               'give distinct seeds')
         device = pick_device(args.device)
         manifest = load_manifest(cfg.data.dataset, args.data_root)
+        print(f'{manifest.name}: {len(manifest)} videos, read from {manifest.origin}')
         base = args.run_dir or Path('runs') / f'{cfg.model.model}-{cfg.data.dataset}-{cfg.data.split}'
         results = []
         for seed in seeds:

@@ -10,19 +10,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.config import data_root_default
-from shared.datasets.manifest import DatasetError, Manifest, Split, resolve_inside
+from shared.datasets.manifest import (AnnotationsMissing, DatasetError, Manifest, Split, check_dataset_name,
+                                      resolve_inside)
 from shared.registry import Registry
 
 __all__ = ['DATASETS', 'DatasetError', 'Manifest', 'Split', 'load_manifest', 'list_datasets',
-           'dataset_dir', 'resolve_inside']
+           'dataset_dir', 'resolve_inside', 'check_dataset_name']
 
 #: name -> adapter(dataset_dir, **options) -> Manifest
 DATASETS: Registry[Callable[..., Manifest]] = Registry('dataset')
 
 
 def dataset_dir(data_root: str | os.PathLike, name: str) -> Path:
-    """Where dataset `name` lives under the data root: ``{data_root}/{name}``."""
-    return Path(data_root) / name
+    """Where dataset `name` lives under the data root: ``{data_root}/{name}`` (a DatasetError for a
+    name that is no plain folder name, see `check_dataset_name`)."""
+    return Path(data_root) / check_dataset_name(name)
 
 
 def list_datasets() -> list[str]:
@@ -32,27 +34,33 @@ def list_datasets() -> list[str]:
 def load_manifest(name: str, data_root: str | os.PathLike | None = None, **options: Any) -> Manifest:
     """Build the manifest of a registered dataset, or of ``folder:PATH``.
 
+    The dataset's own annotation files are read; only when none of them is there, features
+    imported from a release (``imported.json``, written by `pipelines.import_features`) stand in.
+    `Manifest.origin` says which.
+
     Raises:
-        DatasetError: unknown dataset, missing annotation file, unknown split, path outside root.
+        DatasetError: unknown dataset, missing or broken annotation file, unknown split, path outside root.
     """
     from shared.datasets import folder  # noqa: F401  (registers the adapters)
     from shared.datasets import activitynet, demo, didemo, lsmdc, msrvtt, msvd, vatex  # noqa: F401
 
     if name.startswith('folder:'):
         return folder.folder_manifest(Path(name[len('folder:'):]), **options)
+    root = dataset_dir(data_root if data_root is not None else data_root_default(), name)
     try:
         adapter = DATASETS.get(name)
     except KeyError as err:
         raise DatasetError(f'{err.args[0]}; or folder:PATH for a directory of videos') from None
-    root = dataset_dir(data_root if data_root is not None else data_root_default(), name)
     if not root.is_dir():
         raise DatasetError(f'dataset directory {root} not found; put the {name} files there '
                            '(see README, "Datasets") or pass --data-root')
     try:
         return adapter(root, **options)
-    except DatasetError:
+    except AnnotationsMissing as err:
         from shared.datasets.imported import IMPORTED_FILE, imported_manifest
 
-        if (root / IMPORTED_FILE).is_file():  # features imported from a paper's release, no annotations
-            return imported_manifest(root, name)
-        raise
+        # only absent official files fall back: broken or partial ones are the user's to fix, and an
+        # old imported.json beside them would silently give another dataset
+        if err.found or not (root / IMPORTED_FILE).is_file():
+            raise
+        return imported_manifest(root, name)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, find_video, require_file
+from shared.datasets.manifest import DatasetError, Manifest, Split, find_video, require_files
 
 __all__ = ['activitynet', 'FILES']
 
@@ -23,8 +23,7 @@ def activitynet(root: Path) -> Manifest:
     """ActivityNet manifest: videos sorted by id, captions = segment sentences in time order."""
     captions: dict[str, tuple[str, ...]] = {}
     parts: dict[str, tuple[str, ...]] = {}
-    for part, fname in FILES.items():
-        path = require_file(root / fname, f'ActivityNet Captions {part} file')
+    for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'ActivityNet Captions file')):
         try:
             data = json.loads(path.read_text(encoding='utf-8'))
             for vid, entry in data.items():

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, require_file, resolve_inside
+from shared.datasets.manifest import DatasetError, Manifest, Split, require_files, resolve_inside
 from shared.media import ffmpeg_exe
 
 __all__ = ['DemoCfg', 'generate', 'demo', 'SUBJECTS', 'MOTIONS', 'TONES', 'WORDS', 'PHRASES', 'MANIFEST_FILE',
@@ -322,8 +322,8 @@ def generate(out: Path, cfg: DemoCfg, progress: bool = True) -> Path:
 @DATASETS.register()
 def demo(root: Path) -> Manifest:
     """Manifest of a generated demo dataset (``{data_root}/demo/demo.json``)."""
-    path = require_file(root / MANIFEST_FILE, 'demo manifest',
-                        f'generate the demo first: python -m shared.datasets.demo --out {root}')
+    path, = require_files(root, (MANIFEST_FILE,), 'demo manifest',
+                          f'generate the demo first: python -m shared.datasets.demo --out {root}')
     try:
         data = json.loads(path.read_text(encoding='utf-8'))
         videos = data['videos']

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_file, resolve_inside
+from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_files, resolve_inside
 
 __all__ = ['didemo', 'FILES']
 
@@ -22,8 +22,7 @@ def didemo(root: Path) -> Manifest:
     """DiDeMo manifest: videos sorted by id, captions = moment descriptions, paragraph queries."""
     captions: dict[str, list[str]] = {}
     parts: dict[str, tuple[str, ...]] = {}
-    for part, fname in FILES.items():
-        path = require_file(root / fname, f'DiDeMo {part} annotation file')
+    for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'DiDeMo annotation file')):
         try:
             moments = json.loads(path.read_text(encoding='utf-8'))
             vids = [str(m['video']) for m in moments]

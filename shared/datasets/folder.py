@@ -1,6 +1,7 @@
 """A user's own videos: every video file under a directory, ids from relative paths, no captions."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -11,9 +12,15 @@ __all__ = ['folder_manifest', 'folder_name']
 
 
 def folder_name(directory: Path) -> str:
-    """The dataset name used for a folder's stores: its directory name, made path-safe."""
-    name = re.sub(r'[^A-Za-z0-9._-]+', '_', directory.resolve().name).strip('._') or 'videos'
-    return f'folder-{name}'
+    """The dataset name used for a folder's stores: ``folder-{its name, made path-safe}-{8 hex digits}``.
+
+    The digits hash the folder's resolved absolute path: two folders of the same name
+    (``/a/vids``, ``/b/vids``) get stores of their own, and the name stays readable.
+    """
+    resolved = directory.resolve()
+    name = re.sub(r'[^A-Za-z0-9._-]+', '_', resolved.name).strip('._') or 'videos'
+    digest = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:8]
+    return f'folder-{name}-{digest}'
 
 
 def folder_manifest(directory: Path, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> Manifest:
@@ -36,4 +43,5 @@ def folder_manifest(directory: Path, extensions: tuple[str, ...] = VIDEO_EXTENSI
     ids.sort()
     paths = tuple(resolve_inside(directory, v) for v in ids)
     split = Split('all', (), (), tuple(ids))
-    return Manifest(folder_name(directory), directory, tuple(ids), paths, {v: () for v in ids}, {'all': split})
+    return Manifest(folder_name(directory), directory, tuple(ids), paths, {v: () for v in ids}, {'all': split},
+                    origin=f'the video files under {directory.resolve()}', source=str(directory.resolve()))

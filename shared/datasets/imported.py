@@ -21,6 +21,7 @@ IMPORTED_FILE = 'imported.json'
 
 
 def imported_manifest(root: Path, name: str) -> Manifest:
+    """The manifest in ``{root}/imported.json``; its `origin` names that file."""
     path = root / IMPORTED_FILE
     try:
         data = json.loads(path.read_text(encoding='utf-8'))
@@ -32,7 +33,10 @@ def imported_manifest(root: Path, name: str) -> Manifest:
             splits[split_name] = Split(split_name, tuple(s['train']), tuple(s.get('val', ())), tuple(s['test']),
                                        paragraph=bool(s.get('paragraph', False)), query_captions=queries,
                                        unavailable=s.get('unavailable', ''))
+        release = str(data.get('source', '?'))
     except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise DatasetError(f'{path}: not an imported-features manifest ({err!r})') from None
     paths = tuple(resolve_inside(root, f'videos/{v}.mp4') for v in ids)
-    return Manifest(name, root, ids, paths, caps, splits)
+    origin = (f'{path} (captions and splits of the features imported from the {release} release; '
+              f'no official annotation files in {root})')
+    return Manifest(name, root, ids, paths, caps, splits, origin=origin)

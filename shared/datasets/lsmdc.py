@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_file, resolve_inside
+from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_files, resolve_inside
 
 __all__ = ['lsmdc', 'FILES']
 
@@ -38,8 +38,8 @@ def _read(path: Path, captions: dict[str, list[str]]) -> list[str]:
 def lsmdc(root: Path) -> Manifest:
     """LSMDC manifest: clips sorted by name, one caption each."""
     captions: dict[str, list[str]] = {}
-    parts = {part: _read(require_file(root / f, f'LSMDC {part} annotation file'), captions)
-             for part, f in FILES.items()}
+    paths = require_files(root, tuple(FILES.values()), 'LSMDC annotation file')
+    parts = {part: _read(path, captions) for part, path in zip(FILES, paths)}
     ids = tuple(sorted(captions))
     paths = tuple(resolve_inside(root, f'videos/{c.rsplit("_", 1)[0]}/{c}.avi') for c in ids)
     split = Split('official', tuple(parts['train']), tuple(parts['val']), tuple(parts['test']))

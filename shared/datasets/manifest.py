@@ -3,20 +3,53 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
-__all__ = ['DatasetError', 'Split', 'Manifest', 'resolve_inside', 'read_split_list', 'require_file',
-           'VIDEO_EXTENSIONS', 'find_video']
+__all__ = ['DatasetError', 'AnnotationsMissing', 'Split', 'Manifest', 'resolve_inside', 'read_split_list',
+           'require_files', 'check_dataset_name', 'VIDEO_EXTENSIONS', 'find_video', 'OFFICIAL']
 
 #: Containers the `folder` adapter (and extension look-up) recognise.
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv',
                     '.ts', '.3gp', '.ogv')
 
 
+#: `Manifest.origin` of a manifest read from the dataset's own annotation files
+OFFICIAL = 'official annotation files'
+
+
 class DatasetError(ValueError):
     """Bad dataset input: a missing annotation file, an unknown split, a path outside the root."""
+
+
+class AnnotationsMissing(DatasetError):
+    """Annotation files of a dataset are not there.
+
+    Args:
+        found: those of the dataset's files that are there. When none is, the dataset may be read
+            from features imported from a release instead (`imported.json`); when some are, the
+            official files are incomplete, and that is an error to fix, not to fall back from.
+    """
+
+    def __init__(self, message: str, found: tuple[Path, ...]) -> None:
+        super().__init__(message)
+        self.found = found
+
+
+def check_dataset_name(name: str) -> str:
+    """`name` if it can name a dataset, else a DatasetError.
+
+    A dataset name is a folder under the data root and under the features root, so it is one
+    plain path component: letters, digits, ``.``, ``_`` and ``-``, not starting with a dot
+    (``..``, ``a/b`` or an absolute path would write outside those roots).
+    """
+    if not isinstance(name, str) or not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]{0,199}', name):
+        raise DatasetError(f'dataset name {name!r} is not a plain name: use letters, digits, ".", "_" and "-" '
+                           '(it names a folder under the data and features roots; no "/", ".." or absolute path), '
+                           'or folder:PATH for a directory of videos')
+    return name
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
@@ -34,11 +67,16 @@ def resolve_inside(root: Path, relative: str) -> Path:
     return Path(full)
 
 
-def require_file(path: Path, what: str, hint: str = '') -> Path:
-    """`path` if it is a file, else a DatasetError naming it and what it is."""
-    if not path.is_file():
-        raise DatasetError(f'missing {what}: {path} not found' + (f'. {hint}' if hint else ''))
-    return path
+def require_files(root: Path, names: Sequence[str], what: str, hint: str = '') -> tuple[Path, ...]:
+    """The dataset's annotation files `root / name`, all checked before any is read: else an
+    AnnotationsMissing naming every missing one, and carrying those found (see its `found`)."""
+    paths = tuple(root / n for n in names)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        found = tuple(p for p in paths if p not in missing)
+        raise AnnotationsMissing(f'missing {what}: {", ".join(map(str, missing))} not found'
+                                 + (f'. {hint}' if hint else ''), found)
+    return paths
 
 
 def read_split_list(dataset: str, name: str) -> tuple[str, ...]:
@@ -94,7 +132,14 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """A dataset: ids in store-row order, paths inside `root`, captions and splits."""
+    """A dataset: ids in store-row order, paths inside `root`, captions and splits.
+
+    Args:
+        origin: which files the manifest was read from, for people (the dataset's own annotation
+            files, or features imported from a release).
+        source: what its videos are, where the name alone does not say (a folder: its resolved
+            path). Stores record it and refuse a run with another source.
+    """
 
     name: str
     root: Path
@@ -102,6 +147,8 @@ class Manifest:
     paths: tuple[Path, ...]
     captions: Mapping[str, tuple[str, ...]]
     splits: Mapping[str, Split]
+    origin: str = OFFICIAL
+    source: str = ''
 
     def __post_init__(self) -> None:
         if len(self.video_ids) != len(self.paths):
@@ -135,7 +182,8 @@ class Manifest:
     def describe(self) -> str:
         """A few lines: counts per split, captions per video."""
         n_caps = sum(len(c) for c in self.captions.values())
-        lines = [f'{self.name}: {len(self)} videos, {n_caps} captions, root {self.root}']
+        lines = [f'{self.name}: {len(self)} videos, {n_caps} captions, root {self.root}',
+                 f'  read from: {self.origin}']
         for s in self.splits.values():
             state = f' (unavailable: {s.unavailable})' if s.unavailable else ''
             mode = ', paragraph queries' if s.paragraph else ''

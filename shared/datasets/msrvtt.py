@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, read_split_list, require_file, resolve_inside
+from shared.datasets.manifest import DatasetError, Manifest, Split, read_split_list, require_files, resolve_inside
 
 __all__ = ['msrvtt', 'JSFUSION_FILE']
 
@@ -54,10 +54,9 @@ def msrvtt(root: Path, jsfusion_file: str = JSFUSION_FILE) -> Manifest:
     """MSR-VTT manifest: 10,000 videos, 20 captions each, in the order of their numbers."""
     names: set[str] = set()
     captions: dict[str, list[str]] = {}
-    for fname in _ANNOTATIONS:
-        path = require_file(root / fname, 'MSR-VTT annotation file',
-                            'Both train_val_videodatainfo.json and test_videodatainfo.json come from the '
-                            'MSR-VTT release; put them in ' + str(root))
+    for path in require_files(root, _ANNOTATIONS, 'MSR-VTT annotation file',
+                              'Both train_val_videodatainfo.json and test_videodatainfo.json come from the '
+                              'MSR-VTT release; put them in ' + str(root)):
         try:
             data = json.loads(path.read_text(encoding='utf-8'))
             names.update(v['video_id'] for v in data['videos'])

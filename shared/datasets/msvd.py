@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, read_split_list, require_file, resolve_inside
+from shared.datasets.manifest import DatasetError, Manifest, Split, read_split_list, require_files, resolve_inside
 
 __all__ = ['msvd']
 
@@ -18,8 +18,9 @@ __all__ = ['msvd']
 @DATASETS.register()
 def msvd(root: Path) -> Manifest:
     """MSVD manifest: 1,970 clips in the order of the mapping's vid numbers, every English caption."""
-    mapping_path = require_file(root / 'youtube_mapping.txt', 'MSVD YouTube-id mapping',
-                                'it maps clip names to vid1..vid1970 and ships with the MSVD release')
+    mapping_path, desc_path = require_files(
+        root, ('youtube_mapping.txt', 'AllVideoDescriptions.txt'), 'MSVD annotation file',
+        'youtube_mapping.txt maps clip names to vid1..vid1970; both ship with the MSVD release')
     order: dict[str, int] = {}
     for line_no, line in enumerate(mapping_path.read_text(encoding='utf-8').splitlines(), start=1):
         if not line.strip():
@@ -29,7 +30,6 @@ def msvd(root: Path) -> Manifest:
         if not m:
             raise DatasetError(f'{mapping_path}:{line_no}: expected "<clip> vid<N>", got {line!r}')
         order[parts[0]] = int(m.group(1))
-    desc_path = require_file(root / 'AllVideoDescriptions.txt', 'MSVD descriptions file')
     captions: dict[str, list[str]] = {}
     for line_no, line in enumerate(desc_path.read_text(encoding='utf-8').splitlines(), start=1):
         if not line.strip() or line.startswith('#'):

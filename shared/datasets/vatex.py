@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_file, resolve_inside
+from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_files, resolve_inside
 
 __all__ = ['vatex', 'FILES']
 
@@ -23,8 +23,7 @@ def vatex(root: Path) -> Manifest:
     """VATEX manifest: videos sorted by id, ten English captions each."""
     captions: dict[str, tuple[str, ...]] = {}
     parts: dict[str, list[str]] = {}
-    for part, fname in FILES.items():
-        path = require_file(root / fname, f'VATEX {part} file')
+    for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'VATEX annotation file')):
         try:
             entries = json.loads(path.read_text(encoding='utf-8'))
             for e in entries:

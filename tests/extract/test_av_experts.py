@@ -15,6 +15,7 @@ from extract.experts._base import VideoInput
 from extract.experts.audio import EXAMPLE_FRAMES, HOP, N_FFT, WINDOW, log_mel_examples, mel_matrix
 from extract.experts.ocr import merge_words
 from extract.run import main
+from shared.datasets.folder import folder_name
 from shared.media import ffmpeg_exe, load_audio
 from shared.store import DONE, SKIPPED, check_store, open_store
 from shared.text import load_word_vectors, normalise
@@ -93,14 +94,14 @@ def test_audio_short_silent_and_missing(tmp_path: Path) -> None:
     assert not err and len(audio) == pytest.approx(32000, abs=1200) and not audio.any()  # 6 channels -> mono
     assert load_audio(data / 'no_audio.mp4') == (None, '')
     assert _extract(data, tmp_path / 'f', 'audio', '--weights', 'random') == 0
-    rows = open_store(tmp_path / 'f' / 'folder-videos' / 'audio.zarr', warn_random=False).read()
+    rows = open_store(tmp_path / 'f' / folder_name(data) / 'audio.zarr', warn_random=False).read()
     by = {v: i for i, v in enumerate(rows.video_ids)}
     assert rows.status[by['tone.mp4']] == DONE and rows.lengths[by['tone.mp4']] == 2 and rows.available[by['tone.mp4']]
     np.testing.assert_allclose(rows.timestamps[by['tone.mp4'], :2], [[0, 0.96], [0.96, 1.92]], atol=1e-6)
     assert rows.status[by['short.mp4']] == DONE and not rows.available[by['short.mp4']]  # under one example
     assert rows.available[by['silent.mp4']] and np.isfinite(rows.features[by['silent.mp4']]).all()
     assert rows.status[by['no_audio.mp4']] == SKIPPED and not rows.available[by['no_audio.mp4']]
-    assert check_store(tmp_path / 'f' / 'folder-videos' / 'audio.zarr').exit_code == 0
+    assert check_store(tmp_path / 'f' / folder_name(data) / 'audio.zarr').exit_code == 0
 
 
 # ----------------------------------------------------------------------------------------- face
@@ -114,7 +115,7 @@ def test_faces_where_the_astronaut_is(tmp_path: Path) -> None:
     _still_video(skimage.data.astronaut(), data / 'astronaut.mp4')
     _still_video(skimage.data.coffee(), data / 'coffee.mp4')
     assert _extract(data, tmp_path / 'f', 'face', '--weights', 'random') == 0
-    store = open_store(tmp_path / 'f' / 'folder-videos' / 'face.zarr', warn_random=False)
+    store = open_store(tmp_path / 'f' / folder_name(data) / 'face.zarr', warn_random=False)
     rows = store.read(ids=['astronaut.mp4', 'coffee.mp4'])
     assert rows.available.tolist() == [True, False]
     n = int(rows.lengths[0])
@@ -154,7 +155,7 @@ def test_rapidocr_reads_rendered_words(tmp_path: Path) -> None:
                    input=raw.tobytes(), check=True)
     vectors = _word2vec(tmp_path / 'w2v.bin', ['hello', 'garden', 'river'])
     assert _extract(data, tmp_path / 'f', 'ocr.rapidocr', '--set', f'word_vectors={vectors}') == 0
-    store = open_store(tmp_path / 'f' / 'folder-videos' / 'ocr.rapidocr.zarr')
+    store = open_store(tmp_path / 'f' / folder_name(data) / 'ocr.rapidocr.zarr')
     rows = store.read()
     tokens = json.loads(rows.tokens[0])
     assert [normalise(t['word']) for t in tokens] == ['hello', 'garden']
@@ -232,7 +233,7 @@ def test_whisper_path_end_to_end_with_a_tiny_model(tmp_path: Path, small_demo: P
     settings = ['--set', f'speech.weights={ckpt}', '--set', 'max_tokens=8', '--set', 'temperatures=[0.0]',
                 '--set', 'vad=false']
     assert _extract(data, tmp_path / 'f', 'speech', *settings, '--set', f'word_vectors={vectors}') == 0
-    store = open_store(tmp_path / 'f' / 'folder-videos' / 'speech.zarr')
+    store = open_store(tmp_path / 'f' / folder_name(data) / 'speech.zarr')
     rows = store.read(ids=['clip.mp4', 'mute.mp4'])
     tokens = json.loads(rows.tokens[0])
     assert tokens == sorted(heard, key=lambda t: (t['start'], t['end']))  # every word, in time order

@@ -16,6 +16,7 @@ import zarr
 from extract.decode import decode_video
 from extract.experts import create_expert, expert_names, resolve_expert_names
 from extract.run import main
+from shared.datasets.folder import folder_name
 from shared.store import DONE, FAILED, check_store, open_store
 from tests.extract.conftest import TINY
 
@@ -361,7 +362,7 @@ def test_bad_and_unusual_files(odd_videos: Path, tmp_path: Path, capsys: pytest.
     out = capsys.readouterr().out
     # a file decoded the unusual way is named in a warning
     assert any(r.getMessage().startswith('mpegts.ts: MPEG-TS') for r in caplog.records), caplog.text
-    store = open_store(features / 'folder-videos' / 'object.zarr', warn_random=False)
+    store = open_store(features / folder_name(data) / 'object.zarr', warn_random=False)
     rows = store.read()
     by_id = {v: i for i, v in enumerate(rows.video_ids)}
     for bad, reason in (('zero.mp4', 'empty file'), ('text.mp4', 'cannot open video'),

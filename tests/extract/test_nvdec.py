@@ -186,6 +186,7 @@ def test_nvdec_fails_bad_files_with_reasons_and_keeps_order(odd_videos: Path) ->
 @pytest.mark.own_process
 def test_extraction_with_nvdec_writes_decord_timestamps(odd_videos: Path, tmp_path: Path) -> None:
     from extract.run import RunOptions, run
+    from shared.datasets.folder import folder_name
     from shared.store import DONE, open_store, store_path
 
     data = tmp_path / 'videos'
@@ -198,7 +199,7 @@ def test_extraction_with_nvdec_writes_decord_timestamps(odd_videos: Path, tmp_pa
                           device='cuda', decoder=decoder, weights='random', workers=2, progress=False,
                           settings={'resize': [40], 'input_size': 32})
         assert run(opts) == 0
-        stores[decoder] = open_store(store_path(tmp_path / decoder, f'folder-{data.name}', 'object'),
+        stores[decoder] = open_store(store_path(tmp_path / decoder, folder_name(data), 'object'),
                                      warn_random=False).read()
     a, b = stores['decord'], stores['nvdec']
     np.testing.assert_array_equal(a.status, b.status)

@@ -116,3 +116,80 @@ def test_import_mmt_h5(tmp_path: Path) -> None:
     m = load_manifest('msvd', data)
     assert m.captions['video7'] == tuple(f'caption {k} of video7' for k in range(12))  # numeric order
     assert m.captions['video0'] == tuple(f'caption {k} of video0' for k in range(4))
+
+
+def _ce_args(release: Path, data: Path, feats: Path, dataset: str = 'msrvtt') -> list[str]:
+    return ['--source', 'ce', '--root', str(release), '--dataset', dataset, '--data-root', str(data),
+            '--features-root', str(feats), '--no-progress']
+
+
+@pytest.mark.parametrize('name', ['../../x', '..', '.', 'a/b', 'ABSOLUTE', ''])
+def test_dataset_names_stay_inside_the_roots(name: str, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             repo_root: Path) -> None:
+    """Issue 18, item 8: `--dataset ../../x` wrote imported.json outside the data root."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    data, feats = tmp_path / 'a' / 'b' / 'data', tmp_path / 'a' / 'b' / 'features'
+    name = str(tmp_path / 'abs') if name == 'ABSOLUTE' else name
+    before = sorted(tmp_path.rglob('*'))
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main(_ce_args(release, data, feats, name)) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and f'dataset name {name!r} is not a plain name' in err
+    assert sorted(tmp_path.rglob('*')) == before  # nothing written anywhere
+    for other in ('train', 'extract'):  # the same check, from the same place, for the other commands
+        from extract.run import main as extract_main
+        from train.main import main as train_main
+
+        run = extract_main if other == 'extract' else train_main
+        args = ['--expert', 'scene'] if other == 'extract' else \
+            ['--config', str(repo_root / 'pipelines' / 'configs' / 'train' / 'mee_demo.yaml')]
+        assert run(['--dataset', name, '--data-root', str(data), '--features-root', str(feats), *args]) == 1
+        assert 'is not a plain name' in capsys.readouterr().err
+
+
+def test_a_failed_reimport_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 18, item 8: a re-import whose second expert's file is bad left the first one replaced."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    data, feats = tmp_path / 'data', tmp_path / 'features'
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main(_ce_args(release, data, feats)) == 0
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted((tmp_path / 'data').rglob('*'))
+                + sorted(feats.rglob('*')) if p.is_file()}
+
+    before = snapshot()
+    # new values for two experts; the second one read (audio, after scene: CE_FILES order) has a video of a bad shape
+    rng = np.random.default_rng(5)
+    for name, dim in (('aggregated_audio_feats/Audio_MSRVTT_new.pickle', 128),
+                      ('aggregated_scene_25fps_256px_stride1_offset0/densenet161-avg.pickle', 2208)):
+        values = {v: rng.normal(size=(2, dim)).astype(np.float32) for v in IDS}
+        if dim == 128:
+            values['video2'] = np.zeros((2, 2, dim), np.float32)
+        with open(release / name, 'wb') as f:
+            pickle.dump(values, f)
+    with open(release / 'raw-captions.pkl', 'wb') as f:
+        pickle.dump({v: [['new', 'words']] for v in IDS}, f)
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main(_ce_args(release, data, feats)) == 1
+    err = capsys.readouterr().err
+    assert 'Audio_MSRVTT_new.pickle: video video2: expected (D,) or (T, D) features' in err
+    assert snapshot() == before  # every store and imported.json as they were; nothing staged is left
+    assert sorted(p.name for p in (feats / 'msrvtt').iterdir()) == sorted(f'{e}.zarr' for e in
+                                                                          ('audio', 'face', 'scene', 'speech'))
+
+
+def test_an_h5_release_without_features_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 18, item 8: h5 files with captions but no `features.*` keys wrote nothing and exited 0."""
+    root = tmp_path / 'mult_h5'
+    root.mkdir()
+    for v in IDS:
+        with h5py.File(root / f'{v}.h5', 'w') as h:
+            h['raw_captions.0'] = f'a caption of {v}'
+    data = tmp_path / 'data'
+    assert import_main(['--source', 'mmt', '--root', str(root), '--dataset', 'msvd', '--data-root', str(data),
+                        '--features-root', str(tmp_path / 'features'), '--no-progress']) == 1
+    assert 'no features.EXPERT datasets in the 4 .h5 files' in capsys.readouterr().err
+    assert not data.exists() and not (tmp_path / 'features').exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def test_folder_adapter(tmp_path: Path) -> None:
         (root / rel).write_bytes(b'')
     m = load_manifest(f'folder:{root}')
     assert m.video_ids == ('a.MKV', 'b.mp4', 'trip/day 1/c.webm')
-    assert m.name == 'folder-My_Videos' and m.split('all').test == m.video_ids
+    assert re.fullmatch(r'folder-My_Videos-[0-9a-f]{8}', m.name) and m.split('all').test == m.video_ids
     assert m.captions['b.mp4'] == ()
     with pytest.raises(DatasetError, match='does not exist'):
         load_manifest(f'folder:{root / "trip" / "day 1" / "none"}')
@@ -195,3 +196,43 @@ def test_cli_describes_and_fails_cleanly(tmp_path: Path, python: str, subprocess
     bad = subprocess.run([python, '-m', 'shared.datasets', 'lsmdc', '--data-root', str(tmp_path)],
                          capture_output=True, text=True, env=subprocess_env, cwd=repo_root)
     assert bad.returncode == 1 and 'Traceback' not in bad.stderr and 'dataset directory' in bad.stderr
+
+
+def _imported(d: Path, ids: tuple[str, ...] = ('video0', 'video1')) -> None:
+    """The imported.json that `pipelines.import_features` writes: a 2-video dataset."""
+    _write_json(d / 'imported.json', {'source': 'ce', 'videos': list(ids), 'captions': {v: ['a caption'] for v in ids},
+                                      'splits': {'full': {'train': [ids[0]], 'val': [], 'test': [ids[1]]}}})
+
+
+def test_imported_json_stands_in_only_for_absent_official_files(tmp_path: Path) -> None:
+    """Issue 18, item 5: an old imported.json never hides broken or partial official files."""
+    d = tmp_path / 'msrvtt'
+    _imported(d)
+    m = load_manifest('msrvtt', tmp_path)  # no official file at all: the import stands in, and says so
+    assert len(m) == 2 and 'imported.json' in m.origin and 'ce release' in m.origin
+    (d / 'train_val_videodatainfo.json').write_text('{"videos": [', encoding='utf-8')  # cut short
+    with pytest.raises(DatasetError, match=r'test_videodatainfo.json not found'):  # partial: one of the two
+        load_manifest('msrvtt', tmp_path)
+    _write_json(d / 'test_videodatainfo.json', {'videos': [], 'sentences': []})
+    with pytest.raises(DatasetError, match=r'train_val_videodatainfo.json: not an MSR-VTT videodatainfo file'):
+        load_manifest('msrvtt', tmp_path)  # broken
+    video = {'video_id': '../../etc/passwd', 'id': 0, 'split': 'train'}
+    _write_json(d / 'train_val_videodatainfo.json', {'videos': [video], 'sentences': []})
+    with pytest.raises(DatasetError, match='escapes the data root'):  # a ../ path is an error, not masked
+        load_manifest('msrvtt', tmp_path)
+    _msrvtt(tmp_path, jsfusion=False)  # whole official files win over the import
+    m = load_manifest('msrvtt', tmp_path)
+    assert len(m) == 10000 and m.origin == 'official annotation files'
+    _imported(tmp_path / 'msvd')  # the same rule for every dataset: one of its two files is there
+    (tmp_path / 'msvd' / 'youtube_mapping.txt').write_text('clip vid1\n', encoding='utf-8')
+    with pytest.raises(DatasetError, match='AllVideoDescriptions.txt not found'):
+        load_manifest('msvd', tmp_path)
+
+
+def test_cli_says_where_the_manifest_came_from(tmp_path: Path, python: str, subprocess_env: dict,
+                                               repo_root: Path) -> None:
+    _imported(tmp_path / 'msrvtt')
+    out = subprocess.run([python, '-m', 'shared.datasets', 'msrvtt', '--data-root', str(tmp_path)],
+                         capture_output=True, text=True, env=subprocess_env, cwd=repo_root)
+    assert out.returncode == 0 and 'msrvtt: 2 videos' in out.stdout
+    assert f'read from: {tmp_path / "msrvtt" / "imported.json"}' in out.stdout
