@@ -48,7 +48,8 @@ class Sampling:
         clip_len: frames per clip.
         clip_fps: frame rate inside a clip; None takes consecutive frames at the video's own rate.
         max_rows: the store's T; a longer video gets T rows spread evenly over its duration.
-        short_side: the smallest short side the expert's preprocessing needs (decode-time resize).
+        short_side: the short side the decoder may shrink frames to (a speed option, see
+            `ExpertCfg.decode_resize`); 0: frames at the video's native size.
     """
 
     kind: str = 'frames'
@@ -56,7 +57,7 @@ class Sampling:
     clip_len: int = 1
     clip_fps: float | None = None
     max_rows: int = 128
-    short_side: int = 256
+    short_side: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ('frames', 'clips', 'audio'):
@@ -129,13 +130,17 @@ def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndar
 
 
 def decode_short_side(samplings: Iterable[Sampling]) -> int:
-    return max(s.short_side for s in samplings)
+    """The short side to decode to: 0 (native size) unless every sampling allows a smaller one,
+    and then the largest they allow, so that no expert's frames are shrunk past what it asked for."""
+    sides = [s.short_side for s in samplings]
+    return 0 if not sides or 0 in sides else max(sides)
 
 
 def _resize_dims(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """Decode size: short side to `short_side` (never upscaled), even dimensions."""
+    """Decode size: short side to `short_side` (never upscaled), even dimensions; (-1, -1) for
+    the native size (`short_side` 0, or no smaller)."""
     scale = short_side / min(height, width)
-    if scale >= 1.0:
+    if not short_side or scale >= 1.0:
         return -1, -1
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 

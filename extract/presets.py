@@ -14,6 +14,6 @@ def dataset_settings(dataset: str, data_root: Path) -> dict[str, Any]:
     if dataset == 'demo':  # small inputs so that `make demo` extracts 120 videos in minutes on a CPU
         return {'word_vectors': str(Path(data_root) / 'demo' / 'word2vec.bin'), 'ocr.engine': 'rapidocr',
                 'speech.max_tokens': 16, 'speech.temperatures': [0.0],
-                'object.resize': [112, 112], 'scene.resize': [128], 'scene.input_size': 112,
+                'object.resize': [112, 112], 'scene.resize': [128, 128], 'scene.input_size': 112,
                 'action.resize': [128], 'action.input_size': 112, 'action.clip_len': 8}
     return {}

@@ -458,7 +458,7 @@ def _probe(experts: list[Any]) -> None:
     for e in experts:
         if e.per_video:  # their libraries take whole videos; a failure there fails its video only
             continue
-        side = e.cfg.sampling_spec().short_side
+        side = e.cfg.needed_side
         shape = (1, e.cfg.clip_len, side, side, 3) if e.cfg.sampling == 'clips' else (1, side, side, 3)
         try:
             feats = e.forward(e.preprocess(torch.zeros(shape, dtype=torch.uint8, device=e.device)))
@@ -696,7 +696,7 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], wor
             continue
         plan = video.plans[e.name]
         if e.per_video:
-            workers[e.name].submit(video.row, VideoInput(frames=_host(video.frames, plan.index[:, 0]),
+            workers[e.name].submit(video.row, VideoInput(frames=e.own_frames(_host(video.frames, plan.index[:, 0])),
                                                          timestamps=plan.timestamps))
             continue
         if frames is None:

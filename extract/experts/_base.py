@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import zlib
 from typing import Any
 
@@ -54,6 +55,14 @@ class ExpertCfg:
             rounded as in its ``center_crop`` (``int(round((x - c) / 2))``), as the reference
             transforms of torchvision's weights do. ``legacy`` (the default, what every store made
             before this setting used): the long side rounded, the crop offset ``(x - c) // 2``.
+        decode_resize: 0 (the default): the expert's frames are the decoded RGB frames at the video's
+            native size, which its own resize then shrinks as its reference transform does, whatever
+            other experts run beside it. A factor k >= 1 is a speed option: the decoder may shrink
+            frames (decord and FFmpeg in YUV, before the RGB conversion) to a short side of k times
+            what this expert needs, or what the run's other experts need where that is larger; every
+            frame expert of the run must ask for it. At k = 2, model inputs of 720p videos stay within
+            mean-abs 1.5/255 of native decoding (tests/extract/test_fidelity_frames.py); k = 1 is what
+            stores made before this setting used (mean-abs up to 5/255, max-abs 100/255).
         mean, std: normalisation of [0, 1] RGB.
         max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
         batch_size: rows per forward pass (across videos); 0 chooses by device: 32 on the CPU, and on
@@ -77,6 +86,7 @@ class ExpertCfg:
     input_size: int = 224
     antialias: bool = True
     size_rounding: str = 'legacy'
+    decode_resize: float = 0.0
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     max_rows: int = 128
@@ -96,6 +106,8 @@ class ExpertCfg:
             raise ValueError('batch_size must be >= 1, or 0 to choose by device')
         if self.size_rounding not in ('legacy', 'torchvision'):
             raise ValueError(f"size_rounding must be 'legacy' or 'torchvision', got {self.size_rounding!r}")
+        if not (self.decode_resize == 0 or 1 <= self.decode_resize < math.inf):
+            raise ValueError(f'decode_resize must be 0 (decode at native size) or a factor >= 1, got {self.decode_resize}')
         if self.input_size < 0:
             raise ValueError(f'input_size must be >= 1, or 0 for no crop, got {self.input_size}')
         self.sampling_spec()  # fps, clip_len, max_rows: checked now, before a store is made with them
@@ -103,9 +115,13 @@ class ExpertCfg:
     def sampling_spec(self) -> Sampling:
         if self.sampling == 'audio':
             return Sampling('audio', max_rows=self.max_rows)
-        short = self.resize[0] if len(self.resize) == 1 else min(self.resize)
-        return Sampling(self.sampling, self.fps, self.clip_len, self.clip_fps, self.max_rows,
-                        max(short, self.input_size))
+        decode_side = math.ceil(self.needed_side * self.decode_resize) if self.decode_resize else 0
+        return Sampling(self.sampling, self.fps, self.clip_len, self.clip_fps, self.max_rows, decode_side)
+
+    @property
+    def needed_side(self) -> int:
+        """The short side of the frames this expert's own resize and crop work from, at least."""
+        return max(self.resize[0] if len(self.resize) == 1 else min(self.resize), self.input_size)
 
 
 class Expert:
@@ -119,7 +135,7 @@ class Expert:
     modality = 'video'
     #: (setting, value) for a setting whose default changed what the expert computes: a store made
     #: before the setting existed counts as made with `value`, so it is refused, not extended
-    legacy_defaults: tuple[tuple[str, Any], ...] = ()
+    legacy_defaults: tuple[tuple[str, Any], ...] = (('decode_resize', 1.0),)
 
     def __init__(self, name: str, cfg: ExpertCfg) -> None:
         self.name = name
@@ -281,6 +297,19 @@ class VideoExpert(Expert):
 
     def process(self, inputs: VideoInput) -> VideoResult:
         raise NotImplementedError
+
+    def own_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Decoded (L, H, W, 3) uint8 frames at this expert's own size: the short side shrunk to
+        ``resize[0]`` (never enlarged), in RGB with antialiased bilinear resizing (PIL's), so that
+        what the expert sees does not depend on the decode size, which other experts may set."""
+        h, w = frames.shape[1:3]
+        scale = self.cfg.resize[0] / min(h, w)
+        if scale >= 1.0 or not len(frames):
+            return frames
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode='bilinear',
+                          align_corners=False, antialias=True)
+        return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
     @property
     def videos_per_batch(self) -> int:

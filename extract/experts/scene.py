@@ -1,5 +1,9 @@
 """Scene expert: DenseNet-161 trained on Places365, 2208-d pooled features of 224x224 centre
-crops at 1 fps (CE appendix A.5), from the CSAIL release checkpoint."""
+crops at 1 fps (CE appendix A.5), from the CSAIL release checkpoint.
+
+Frames are fed as CSAIL's own `run_placesCNN_basic.py` feeds its models: squashed to 256x256
+(`trn.Resize((256,256))`, bilinear on the PIL image), centre crop 224, ImageNet mean and std.
+"""
 from __future__ import annotations
 
 import re
@@ -43,7 +47,7 @@ class SceneExpert(Expert):
 
 default_cfgs = {
     'scene': ExpertCfg(arch='torchvision:densenet161', weights=f'file:{PLACES365_FILE}', feature_dim=2208,
-                       resize=(256,), input_size=224, license='cc-by (Places365)', origin_url=PLACES365_URL),
+                       resize=(256, 256), input_size=224, license='cc-by (Places365)', origin_url=PLACES365_URL),
 }
 
 

@@ -110,9 +110,13 @@ def test_same_random_model_gives_the_same_features(name, weights):
 
 
 def test_other_frame_experts_keep_their_preprocessing():
-    """Only the torchvision video experts changed: the others keep antialiased resizing and the
+    """Only the torchvision experts changed (the video ones, and ResNet-152 and timm's eval transform
+    of SENet-154, tests/extract/test_fidelity_frames.py): the others keep antialiased resizing and the
     crop/size arithmetic of the stores made before (object's 224x224 squash is CE's choice)."""
-    for name in ('object', 'object.resnext101_wsl', 'object.resnet152', 'scene', 'action.i3d', 'face'):
+    for name in ('object.resnet152', 'object.timm_eval'):
+        cfg = create_expert(name, weights='random').cfg
+        assert (cfg.antialias, cfg.size_rounding) == (True, 'torchvision'), name
+    for name in ('object', 'object.resnext101_wsl', 'scene', 'action.i3d', 'face'):
         cfg = create_expert(name, weights='random').cfg
         assert (cfg.antialias, cfg.size_rounding) == (True, 'legacy'), name
     assert create_expert('object', weights='random').cfg.resize == (224, 224)
