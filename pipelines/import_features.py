@@ -43,7 +43,7 @@ from shared.files import atomic_write
 from shared.store import (DONE, UNKNOWN_TIME, ExpertStore, StoreError, StoreSpec, VideoResult, check_store,
                           create_store, is_store, open_store, pack_chunk, replacement_path, store_path, swap_in)
 
-__all__ = ['CE_FILES', 'MMT_EXPERTS', 'import_ce', 'import_mmt', 'main']
+__all__ = ['CE_FILES', 'MMT_EXPERTS', 'import_ce', 'import_mmt', 'release_rows', 'main']
 
 #: (glob under the CE release, our store name)
 CE_FILES = (
@@ -166,6 +166,57 @@ def refuse_extracted(features_root: Path, dataset: str, experts: list[str]) -> N
                              'Import into another --features-root or as another --dataset, or pass --overwrite')
 
 
+def release_rows(release: Path, expert: str) -> tuple[dict[str, np.ndarray | None], str]:
+    """One expert's per-video (L, D) rows from a release, and what was read: a CE pickle file, a
+    CE release directory (the expert's pickle found by `CE_FILES`), or a directory of MMT h5 files
+    (``features.{MMT name}``). A video missing in the release (NaN) maps to None. CE pickles are
+    unpickled: callers warn first, as `main` does.
+
+    Raises:
+        FileNotFoundError: nothing for `expert` in `release`.
+    """
+    if release.is_file():
+        return _ce_rows(release), str(release)
+    if any(release.glob('*.h5')):
+        return _mmt_rows(release, expert), f'{release} features.{_mmt_name(expert)}'
+    patterns = [pattern for pattern, name in CE_FILES if name == expert]
+    found = next((f for pattern in patterns for f in sorted(release.rglob(pattern))), None)
+    if found is None:
+        raise FileNotFoundError(f'no CE pickle for expert {expert!r} under {release} '
+                                f'(looked for {", ".join(patterns) or "nothing: CE released no such expert"})')
+    return _ce_rows(found), str(found)
+
+
+def _ce_rows(path: Path) -> dict[str, np.ndarray | None]:
+    data = _read_pickle(path)
+    dim = next((np.asarray(v).shape[-1] for v in data.values() if np.asarray(v).ndim >= 1), None)
+    out = {}
+    for vid, value in data.items():
+        try:
+            out[str(vid)] = _rows(value, dim)[0]
+        except ValueError as err:  # name the file and the video: a release has thousands
+            raise ValueError(f'{path}: video {vid}: {err}') from None
+    return out
+
+
+def _mmt_name(expert: str) -> str:
+    return next((m for m, ours in MMT_EXPERTS.items() if ours == expert), expert)
+
+
+def _mmt_rows(root: Path, expert: str) -> dict[str, np.ndarray | None]:
+    import h5py
+
+    key = f'features.{_mmt_name(expert)}'
+    out: dict[str, np.ndarray | None] = {}
+    for f in sorted(root.glob('*.h5')):
+        with h5py.File(f, 'r') as h:
+            if key in h:
+                out[f.stem] = _rows(h[key][()], None)[0]
+    if not out:
+        raise FileNotFoundError(f'no {key} in the h5 files of {root}')
+    return out
+
+
 def _read_pickle(path: Path) -> Any:
     with open(path, 'rb') as f:
         return pickle.load(f)  # noqa: S301 - the explicit importer; warned about in main()
@@ -237,16 +288,8 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
         refuse_extracted(features_root, dataset, [name for _, name in found])
     with _staging() as staged:
         for f, name in tqdm(found, desc='import CE experts', unit='expert', disable=not progress):
-            data = _read_pickle(f)
-            dim = next((np.asarray(v).shape[-1] for v in data.values() if np.asarray(v).ndim >= 1), None)
-            values = {}
-            for vid in ids:
-                if vid in data:
-                    try:
-                        rows, _ = _rows(data[vid], dim)
-                    except ValueError as err:
-                        raise ValueError(f'{f}: video {vid}: {err}') from None
-                    values[vid] = (rows, None)
+            data = _ce_rows(f)
+            values = {vid: (data[vid], None) for vid in ids if vid in data}
             staged.append(write_store(features_root, dataset, name, ids, values, 'ce', str(f.relative_to(root))))
         splits = _splits(dataset, ids, captions, root, data_root)
     return _commit(staged, data_root, dataset, 'ce', ids, captions, splits)

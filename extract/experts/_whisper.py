@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ['BatchOptions', 'transcribe_batch', 'speech_chunks', 'VAD_CHUNK']
+__all__ = ['BatchOptions', 'transcribe_batch', 'speech_chunks', 'whisper_input', 'VAD_CHUNK']
 
 #: silero-vad scores the audio in chunks of 512 samples at 16 kHz (32 ms)
 VAD_CHUNK = 512
@@ -102,18 +102,26 @@ def _device_of(module: Any, default: torch.device) -> torch.device:
     return weight.device if weight is not None else default
 
 
+def whisper_input(audio: np.ndarray, n_mels: int, device: torch.device | str) -> torch.Tensor:
+    """16-kHz mono audio -> the (n_mels, frames) log-mel that `whisper.transcribe` slides its 30-s
+    window over (padded with 30 s of silence, as it pads)."""
+    from whisper.audio import N_SAMPLES, log_mel_spectrogram
+
+    return log_mel_spectrogram(torch.from_numpy(np.asarray(audio, np.float32)), n_mels, padding=N_SAMPLES,
+                               device=device)
+
+
 def transcribe_batch(model: Any, audios: list[np.ndarray], opts: BatchOptions, vad: Any = None,
                      vad_threshold: float = 0.5) -> list[_Transcript]:
     """Transcribe 16-kHz mono audios with word timestamps; one `_Transcript` per audio, whose
     `segments` are `whisper.transcribe`'s (each with its `words`)."""
-    from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
+    from whisper.audio import N_FRAMES
 
     device = next(model.parameters()).device
     speech = speech_chunks(vad, audios, device, vad_threshold) if vad is not None else [None] * len(audios)
     states = []
     for audio, sp in zip(audios, speech):
-        mel = log_mel_spectrogram(torch.from_numpy(np.asarray(audio, np.float32)), model.dims.n_mels,
-                                  padding=N_SAMPLES, device=device)
+        mel = whisper_input(audio, model.dims.n_mels, device)
         states.append(_Transcript(mel, mel.shape[-1] - N_FRAMES, sp))
     while True:
         windows = [s for s in states if _next_window(s, opts.min_speech)]

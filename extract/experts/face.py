@@ -3,7 +3,9 @@ InceptionResnetV1 (VGGFace2) embedding per detected face, one row per face with 
 
 CE used an SSD detector and a ResNet-50 (VGGFace2) on frames resized to 300x300 (appendix A.5);
 MTCNN + InceptionResnetV1 is the detector/embedder pair that installs and runs offline. Frames
-are sampled at `fps` and seen at the decode size (short side `resize`, never upscaled).
+are sampled at `fps` and seen at the decode size (short side `resize`, never upscaled). Faces are
+cropped as facenet-pytorch's reference pipeline crops them from PIL images (`MTCNN(img)` with
+`post_process=True`, i.e. `fixed_image_standardization`), with the boxes MTCNN finds on the frames.
 """
 from __future__ import annotations
 
@@ -90,6 +92,7 @@ class FaceExpert(VideoExpert):
         frame's faces largest first, those under `min_prob` dropped, the first `max_rows` kept."""
         from facenet_pytorch.models.mtcnn import fixed_image_standardization
         from facenet_pytorch.models.utils.detect_face import extract_face
+        from PIL import Image
 
         assert self.model is not None
         for x in inputs:
@@ -102,9 +105,13 @@ class FaceExpert(VideoExpert):
                 if frame_boxes is None or len(crops[v]) >= self.cfg.max_rows:
                     continue
                 keep = np.asarray(frame_probs, np.float64) >= self.cfg.min_prob  # float64, as before batching
-                for box in frame_boxes[keep][: self.cfg.max_rows - len(crops[v])]:
-                    # facenet's own crop (cv2 INTER_AREA on the host), so the rows match MTCNN.forward's
-                    crops[v].append(fixed_image_standardization(extract_face(frame, box, 160, self.cfg.margin)))
+                kept = frame_boxes[keep][: self.cfg.max_rows - len(crops[v])]
+                # facenet's reference pipeline takes PIL images: its crop of a PIL image is resized with
+                # PIL's bilinear filter, that of a numpy frame with cv2's INTER_AREA (up to 0.08 apart).
+                # One PIL image per frame with a kept face; MTCNN's detection stays batched on numpy.
+                image = Image.fromarray(frame) if len(kept) else None
+                for box in kept:
+                    crops[v].append(fixed_image_standardization(extract_face(image, box, 160, self.cfg.margin)))
                     stamps[v].append(inputs[v].timestamps[k])
         counts = [len(c) for c in crops]
         flat = [c for video in crops for c in video]

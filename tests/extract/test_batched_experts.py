@@ -71,8 +71,11 @@ def test_frame_batches_group_by_size_and_keep_order() -> None:
 # ----------------------------------------------------------------------------------------- face
 
 def _faces_one_video(expert, x: VideoInput) -> VideoResult:
-    """The face expert's rows before batching (MTCNN.forward on one video's frames), written out."""
-    faces, probs = expert.mtcnn(list(x.frames), return_prob=True)
+    """The face expert's rows written out from facenet's reference pipeline: MTCNN.forward on one
+    video's frames as PIL images (its bilinear crops; numpy frames get cv2 INTER_AREA crops)."""
+    from PIL import Image
+
+    faces, probs = expert.mtcnn([Image.fromarray(f) for f in x.frames], return_prob=True)
     crops, stamps = [], []
     for frame_faces, frame_probs, stamp in zip(faces, probs, x.timestamps):
         if frame_faces is None:

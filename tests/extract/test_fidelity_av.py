@@ -1,0 +1,213 @@
+"""Fidelity of the audio, speech and face experts' inputs (issue 19, items 5 and 6): each input is
+made by the project's path and by the reference that the weights were trained with, from the same
+FFmpeg-made stereo files and skimage photos, and both go through the same random-weight model.
+
+References and tolerances (the tests fail beyond them):
+- VGGish: torchvggish's `wavfile_to_examples` (the TF AudioSet `vggish_input` ported; a stereo file
+  is averaged over its channels) on a 16-bit stereo WAV at 16 kHz: log-mel max-abs 1e-4 (float32
+  here, float64 there). Head: torchvggish's `VGG` (a ReLU after the last layer) and its
+  `Postprocessor` (PCA, clip, 8-bit quantisation), embeddings max-abs 1e-4 and quantised values equal
+  but for at most one step where a value sits on a rounding edge.
+- whisper: `whisper.load_audio` + `log_mel_spectrogram` (padded with 30 s, as `transcribe` does):
+  log-mel max-abs 0.01 and mean-abs 1e-4 (whisper's FFmpeg output is 16-bit, ours float32).
+- face: facenet-pytorch's `MTCNN(PIL image)` with `post_process=True` (fixed_image_standardization):
+  the same faces, in the same order; the crops max-abs 1e-6 in its standardised units (the same
+  pixels), their embeddings max-abs 1e-5.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.experts import create_expert
+from extract.experts._base import VideoInput
+from shared.media import ffmpeg_exe, load_audio
+
+
+def _ff(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', *args], check=True, capture_output=True)
+
+
+def _tone(freq: int, rate: int, volume: float) -> list[str]:
+    return ['-f', 'lavfi', '-i', f'sine=frequency={freq}:duration=3:sample_rate={rate},volume={volume}']
+
+
+def _noise(rate: int) -> list[str]:
+    return ['-f', 'lavfi', '-i', f'anoisesrc=duration=3:sample_rate={rate}:amplitude=0.2:seed=3']
+
+
+@pytest.fixture(scope='module')
+def stereo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """3-s stereo files whose channels differ (a tone left, noise right): a 16-bit WAV at 16 kHz and
+    an MP4 with AAC at 44.1 kHz beside a video stream."""
+    d = tmp_path_factory.mktemp('stereo')
+    wav, mp4 = d / 'stereo.wav', d / 'stereo.mp4'
+    _ff(*_tone(440, 16000, 0.8), *_noise(16000), '-filter_complex',
+        '[0:a][1:a]join=inputs=2:channel_layout=stereo[a]', '-map', '[a]', '-c:a', 'pcm_s16le', str(wav))
+    _ff('-f', 'lavfi', '-i', 'testsrc2=size=320x240:rate=25:duration=3', *_tone(440, 44100, 0.8), *_noise(44100),
+        '-filter_complex', '[1:a][2:a]join=inputs=2:channel_layout=stereo[a]', '-map', '0:v', '-map', '[a]',
+        '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-c:a', 'aac', '-shortest', str(mp4))
+    return {'wav': wav, 'mp4': mp4}
+
+
+def _ours(path: Path) -> np.ndarray:
+    audio, err = load_audio(path)
+    assert audio is not None and not err, err
+    return audio
+
+
+# -- VGGish -----------------------------------------------------------------------------------
+def test_vggish_examples_are_waveform_to_examples_of_a_stereo_file(stereo: dict[str, Path]) -> None:
+    from torchvggish import vggish_input
+
+    from extract.experts.audio import VGGish, log_mel_examples
+
+    ref = vggish_input.wavfile_to_examples(str(stereo['wav'])).detach()[:, 0]  # (K, 96, 64)
+    ours = log_mel_examples(torch.from_numpy(_ours(stereo['wav'])))
+    assert ours.shape == ref.shape == (3, 96, 64)
+    assert (ours - ref).abs().max().item() <= 1e-4
+    torch.manual_seed(0)
+    model = VGGish().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ours), model(ref.float()), rtol=0, atol=1e-4)
+
+
+def _torchvggish(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from torchvggish.torchvggish import VGG, make_layers
+
+    ref = VGG(make_layers(), postprocess=False).eval()
+    ref.load_state_dict(state)
+    return ref
+
+
+def test_vggish_head_is_the_one_ce_and_mmt_used() -> None:
+    """The default head has torchvggish's (and 2019-2020 TF VGGish's) final ReLU; `linear` is
+    the pre-activation of TF VGGish since August 2020, the same weights."""
+    from extract.experts.audio import VGGish
+
+    torch.manual_seed(0)
+    ours = VGGish().eval()
+    ref = _torchvggish(ours.state_dict())
+    linear = VGGish('linear').eval()
+    linear.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 96, 64) * 3
+    with torch.no_grad():
+        want = ref(x[:, None])
+        torch.testing.assert_close(ours(x), want, rtol=0, atol=1e-5)
+        pre = linear(x)
+    assert (pre < 0).any(), 'no negative pre-activation: the test cannot tell the heads apart'
+    torch.testing.assert_close(pre.clamp(min=0), want, rtol=0, atol=1e-5)
+
+
+def test_vggish_pca_postprocess_is_torchvggish_postprocessor(stereo: dict[str, Path], tmp_path: Path) -> None:
+    """`postprocess=pca` on the expert: the rows are torchvggish's `Postprocessor` of its `VGG` on
+    the reference examples (PCA parameters from a .pth file, as torchvggish publishes them)."""
+    from torchvggish import vggish_input
+    from torchvggish.torchvggish import Postprocessor
+
+    rng = np.random.default_rng(0)
+    vectors = torch.from_numpy(rng.normal(size=(128, 128)).astype(np.float32) * 0.3)
+    means = torch.from_numpy(rng.normal(size=(128, 1)).astype(np.float32) * 0.1)
+    torch.save({'pca_eigen_vectors': vectors, 'pca_means': means}, tmp_path / 'pca.pth')
+    np.savez(tmp_path / 'pca.npz', pca_eigen_vectors=vectors.numpy(), pca_means=means.numpy())  # TF's form
+    from extract.experts.audio import load_pca_params
+    for got, want in zip(load_pca_params(tmp_path / 'pca.npz'), (vectors, means.reshape(-1))):
+        assert torch.equal(got, want)
+    expert = create_expert('audio', weights='random', postprocess='pca', pca_params=str(tmp_path / 'pca.pth'))
+    expert.load('cpu')
+    result = expert.process(VideoInput(audio=_ours(stereo['wav'])))
+
+    post = Postprocessor.__new__(Postprocessor)  # its __init__ downloads the released parameters
+    post._pca_matrix, post._pca_means = vectors, means
+    with torch.no_grad():
+        ref_rows = _torchvggish(expert.model.state_dict())(vggish_input.wavfile_to_examples(str(stereo['wav'])))
+        want = post.postprocess(ref_rows).numpy()
+    assert result.features.shape == want.shape == (3, 128)
+    assert np.all(result.features == np.round(result.features)) and result.features.min() >= 0
+    assert result.features.max() <= 255 and len(np.unique(result.features)) > 10
+    step = np.abs(result.features - want)
+    assert step.max() <= 1 and (step > 0).mean() < 0.01, f'{(step > 0).sum()} of {step.size} values differ'
+
+
+def test_vggish_store_of_the_old_head_is_refused_not_extended() -> None:
+    """Stores made before `head` existed had the linear head: `config_defaults` says so, so a run
+    with the ReLU head refuses to extend them (shared.store's compatibility check)."""
+    info = create_expert('audio', weights='random').store_info()
+    assert info['config']['head'] == 'relu'
+    assert info['config_defaults']['head'] == 'linear'
+    assert info['config_defaults']['postprocess'] == 'none'
+
+
+# -- whisper ----------------------------------------------------------------------------------
+def test_speech_input_is_whisper_load_audio_and_log_mel(stereo: dict[str, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import whisper
+    from whisper.audio import N_FRAMES, N_SAMPLES
+
+    from extract.experts._whisper import whisper_input
+    from extract.experts.speech import random_whisper
+
+    (tmp_path / 'ffmpeg').symlink_to(ffmpeg_exe())  # whisper runs `ffmpeg` from PATH
+    monkeypatch.setenv('PATH', f'{tmp_path}{os.pathsep}{os.environ.get("PATH", "")}')
+    dims = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1, n_vocab=51865,
+                n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    model = random_whisper(dims, seed=0).eval()
+    for path in stereo.values():
+        ref = whisper.log_mel_spectrogram(whisper.load_audio(str(path)), 80, padding=N_SAMPLES)
+        ours = whisper_input(_ours(path), 80, 'cpu')
+        assert ours.shape == ref.shape
+        gap = (ours - ref).abs()
+        assert gap.max().item() <= 0.01 and gap.mean().item() <= 1e-4, (path.name, gap.max().item())
+        with torch.no_grad():
+            a, b = model.encoder(ours[None, :, :N_FRAMES]), model.encoder(ref[None, :, :N_FRAMES])
+        assert (a - b).abs().max().item() <= 0.01 * a.abs().max().item(), path.name
+
+
+# -- face -------------------------------------------------------------------------------------
+def _face_frames() -> list[np.ndarray]:
+    """The astronaut (a real face) beside the coffee photo, on 4:3 and 16:9 frames at 240p and 720p."""
+    from PIL import Image
+    from skimage import data
+
+    face, other = Image.fromarray(data.astronaut()), Image.fromarray(data.coffee())
+    frames = []
+    for w, h in ((320, 240), (426, 240), (960, 720), (1280, 720)):
+        canvas = other.resize((w, h), Image.BILINEAR)
+        canvas.paste(face.resize((h, h), Image.BILINEAR), ((w - h) // 3, 0))
+        frames.append(np.asarray(canvas))
+    return frames
+
+
+def test_face_crops_are_mtcnn_on_pil_images() -> None:
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    expert = create_expert('face', weights='random')
+    expert.load('cpu')
+    cfg = expert.cfg
+    frames = _face_frames()
+    inputs = [VideoInput(frames=f[None], timestamps=np.array([[0.0, 1.0]], np.float32)) for f in frames]
+    seen: list[torch.Tensor] = []  # the crops the embedder is given, in order
+    expert.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    results = expert.process_batch(inputs)
+    ours = torch.cat(seen)
+    ref = MTCNN(image_size=160, margin=cfg.margin, min_face_size=cfg.min_face_size, keep_all=True,
+                post_process=True, device='cpu')
+    start = 0
+    for frame, result in zip(frames, results):
+        crops, probs = ref(Image.fromarray(frame), return_prob=True)
+        assert crops is not None, f'no face found on {frame.shape}'
+        crops = crops[torch.from_numpy(np.asarray(probs, np.float64) >= cfg.min_prob)]
+        assert len(result.features) == len(crops) >= 1, frame.shape
+        # the inputs: the same pixels (the cv2 INTER_AREA crop of a numpy frame is up to 0.08 away)
+        gap = (ours[start:start + len(crops)] - crops).abs().max().item()
+        assert gap <= 1e-6, f'{frame.shape}: crops max-abs {gap:.4f} from MTCNN on the PIL image'
+        start += len(crops)
+        with torch.inference_mode():
+            want = expert.model(crops).numpy()
+        np.testing.assert_allclose(result.features, want, rtol=0, atol=1e-5, err_msg=str(frame.shape))
