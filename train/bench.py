@@ -35,7 +35,7 @@ from shared.logs import setup_logging
 from train.captions import CaptionData
 from train.data import ExpertData, SplitData, TrainFeed
 from train.loop import RunCfg, build_optimizer, load_run_cfg
-from train.losses import LOSSES
+from train.losses import build_loss
 from train.metrics import retrieval_metrics
 from train.models import ModelCfg, create_model, structure_only
 from train.models.base import TextEmbedding, VideoEmbedding
@@ -118,8 +118,8 @@ def train_rate(cfg: RunCfg, data: SplitData, dev: torch.device, batch: int, warm
     torch.manual_seed(0)
     model = create_model(structure_only(cfg.model)).to(dev).train()
     opt, _ = build_optimizer(cfg.train, model)
-    loss_fn, arg = LOSSES[cfg.train.loss], cfg.train.temperature if cfg.train.loss == 'info_nce' else cfg.train.margin
-    step = TrainStep(model, opt, lambda sims: loss_fn(sims.float(), arg), cfg.train.grad_clip, dev, compile,
+    loss = build_loss(cfg.train.loss, cfg.train.margin, cfg.train.temperature)
+    step = TrainStep(model, opt, loss, cfg.train.grad_clip, dev, compile,
                      backend=backend)
     feed = TrainFeed(data, dev, 1 << 62 if dev.type == 'cuda' else 0)
     batches = _batches(feed, batch)

@@ -28,7 +28,7 @@ from shared.files import atomic_save
 from train.captions import build_caption_encoder
 from train.checkpoints import FROZEN, load_model, save_checkpoint
 from train.data import SplitData, TrainFeed, load_split, split_captions
-from train.losses import LOSSES
+from train.losses import LOSSES, build_loss
 from train.metrics import format_results, geometric_mean, retrieval_metrics
 from train.models import ModelCfg, RetrievalModel, create_model
 from train.models.base import ExpertInput, TextEmbedding, TextInput, VideoEmbedding
@@ -102,6 +102,8 @@ class TrainCfg:
     def __post_init__(self) -> None:
         if self.log_every < 1:
             raise ValueError('train.log_every must be at least 1')
+        if self.loss not in LOSSES:
+            raise ValueError(f'unknown train.loss {self.loss!r} (known: {", ".join(LOSSES.names())})')
         # a NaN or infinite setting makes every loss non-finite: refused here, not found after training
         for name in ('lr', 'weight_decay', 'margin', 'temperature', 'lr_gamma', 'grad_clip'):
             value = getattr(self, name)
@@ -340,8 +342,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     model = create_model(cfg.model).to(dev)
     opt, base = build_optimizer(cfg.train, model)
     sched = torch.optim.lr_scheduler.StepLR(base, cfg.train.lr_step, cfg.train.lr_gamma) if cfg.train.lr_step else None
-    loss_fn = LOSSES[cfg.train.loss]
-    loss_arg = cfg.train.temperature if cfg.train.loss == 'info_nce' else cfg.train.margin
+    loss = build_loss(cfg.train.loss, cfg.train.margin, cfg.train.temperature)
     ckpt_dir = run_dir / 'checkpoints'
     ckpt_dir.mkdir(exist_ok=True)
     start, best = 0, -math.inf
@@ -363,7 +364,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     if dev.type == 'cuda':
         _logger.info('training features (%.2f GB) %s', train.train_nbytes() / 1e9,
                      'moved to the device once' if feed.on_device else 'copied a batch at a time from pinned memory')
-    step = TrainStep(model, opt, lambda sims: loss_fn(sims.float(), loss_arg), cfg.train.grad_clip, dev,
+    step = TrainStep(model, opt, loss, cfg.train.grad_clip, dev,
                      cfg.train.compile if cfg.train.compile is not None else dev.type == 'cuda',
                      sched if cfg.train.lr_step_unit == 'step' else None)
     for epoch in range(start, cfg.train.epochs):

@@ -1,10 +1,27 @@
-"""Contrastive losses on a [texts x videos] similarity matrix whose diagonal holds the positives."""
+"""Training losses: registered `nn.Module`s on a model's `Embeddings` (open_clip's `ClipLoss` design).
+
+A loss gathers the batch's embeddings from every rank (with their gradients: `gather`) and scores
+all pairs of the global batch, so that N processes at batch B/N optimise the objective of one
+process at batch B: the same negatives for max-margin and InfoNCE. In one process the gather is
+the identity. The criteria are pure functions of a [texts x videos] score matrix whose diagonal
+holds the positives; a model's own extra terms (the support-set model's cross-captioning) are
+added by its `extra_loss`.
+"""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import dataclasses
+from collections.abc import Callable
 
-__all__ = ['max_margin_ranking', 'hard_negative_triplet', 'info_nce', 'LOSSES']
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from shared.registry import Registry
+from train.models.base import Embeddings, RetrievalModel, TextEmbedding, VideoEmbedding
+
+__all__ = ['max_margin_ranking', 'hard_negative_triplet', 'info_nce', 'LOSSES', 'ContrastiveLoss', 'build_loss',
+           'gather', 'gather_embeddings']
 
 
 def max_margin_ranking(sims: torch.Tensor, margin: float) -> torch.Tensor:
@@ -36,4 +53,73 @@ def info_nce(sims: torch.Tensor, temperature: float) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
-LOSSES = {'max_margin': max_margin_ranking, 'hard_negative': hard_negative_triplet, 'info_nce': info_nce}
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """`x` of every rank, concatenated in rank order along the first axis, with gradients flowing
+    back to each rank's own part (`torch.distributed.nn.all_gather`: its backward sums the ranks'
+    gradients, which DistributedDataParallel then averages); `x` itself in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    import torch.distributed.nn
+
+    return torch.cat(torch.distributed.nn.all_gather(x.contiguous()), 0)
+
+
+def gather_embeddings(out: Embeddings) -> Embeddings:
+    """The global batch's embeddings (every field gathered; `extra` as well)."""
+    return Embeddings(TextEmbedding(gather(out.text.emb), gather(out.text.weights)),
+                      VideoEmbedding(gather(out.video.emb), gather(out.video.available)),
+                      {k: gather(v) for k, v in out.extra.items()})
+
+
+class ContrastiveLoss(nn.Module):
+    """`criterion` on the global batch's [texts x videos] scores (in float32), plus the model's
+    own extra terms."""
+
+    def __init__(self, criterion: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, model: RetrievalModel, out: Embeddings) -> torch.Tensor:
+        every = gather_embeddings(out)
+        sims = model.similarity(every.text, every.video).float()
+        loss = self.criterion(sims)
+        extra = model.extra_loss(out, every, sims)
+        return loss if extra is None else loss + extra
+
+
+@dataclasses.dataclass(frozen=True)
+class _Criterion:
+    """A pure criterion with its setting bound (a picklable, printable stand-in for a lambda)."""
+
+    fn: Callable[..., torch.Tensor]
+    value: float
+
+    def __call__(self, sims: torch.Tensor) -> torch.Tensor:
+        return self.fn(sims, self.value)
+
+
+#: name -> factory(margin, temperature) -> loss module
+LOSSES: Registry[Callable[[float, float], nn.Module]] = Registry('loss')
+
+
+@LOSSES.register('max_margin')
+def max_margin(margin: float, temperature: float) -> nn.Module:
+    """CE's and MMT's bidirectional max-margin ranking loss, with `margin`."""
+    return ContrastiveLoss(_Criterion(max_margin_ranking, margin))
+
+
+@LOSSES.register('hard_negative')
+def hard_negative(margin: float, temperature: float) -> nn.Module:
+    """VSE++'s hardest-negative triplet loss, with `margin` (the support-set model's eq. 1)."""
+    return ContrastiveLoss(_Criterion(hard_negative_triplet, margin))
+
+
+@LOSSES.register('info_nce')
+def info_nce_loss(margin: float, temperature: float) -> nn.Module:
+    """Symmetric InfoNCE, with `temperature`."""
+    return ContrastiveLoss(_Criterion(info_nce, temperature))
+
+
+def build_loss(name: str, margin: float, temperature: float) -> nn.Module:
+    """The registered loss `name` (KeyError, with the known names, for another)."""
+    return LOSSES.get(name)(margin, temperature)

@@ -8,7 +8,6 @@ loss is returned on the device for the caller to accumulate and read now and the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 
@@ -24,7 +23,7 @@ class TrainStep:
 
     Args:
         model, optimizer: what is trained (the optimizer may be `loop.Lookahead`).
-        contrastive: the loss of a [texts x videos] score matrix.
+        loss: a `train.losses` module: ``loss(model, model(video, text))``.
         grad_clip: max gradient norm (0: none).
         device: where the batches are; CUDA runs under bf16 autocast.
         compile: capture the forward and backward with torch.compile (CUDA graphs on CUDA). Shapes
@@ -36,10 +35,10 @@ class TrainStep:
     """
 
     def __init__(self, model: RetrievalModel, optimizer: torch.optim.Optimizer | object,
-                 contrastive: Callable[[torch.Tensor], torch.Tensor], grad_clip: float, device: torch.device | str,
+                 loss: torch.nn.Module, grad_clip: float, device: torch.device | str,
                  compile: bool, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  backend: str = 'inductor') -> None:
-        self.model, self.optimizer, self.contrastive, self.grad_clip = model, optimizer, contrastive, grad_clip
+        self.model, self.optimizer, self.loss, self.grad_clip = model, optimizer, loss, grad_clip
         self.scheduler = scheduler
         self.device = torch.device(device)
         self.compiled = compile
@@ -54,7 +53,7 @@ class TrainStep:
 
     def _loss(self, video: dict[str, ExpertInput], text: TextInput) -> torch.Tensor:
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.device.type == 'cuda'):
-            return self.model.loss(video, text, self.contrastive)
+            return self.loss(self.model, self.model(video, text))
 
     def __call__(self, video: dict[str, ExpertInput], text: TextInput) -> torch.Tensor:
         """The batch's loss (detached, on the device) after the update."""

@@ -41,7 +41,7 @@ def _inputs(expert, paths: list[Path]) -> list[VideoInput]:
         decoded = decode_video(0, str(path), {expert.name: expert.cfg.sampling_spec()})
         assert not decoded.error, decoded.error
         plan = decoded.plans[expert.name]
-        out.append(VideoInput(frames=decoded.frames[plan.index[:, 0]], timestamps=plan.timestamps))
+        out.append(VideoInput(frames=expert.own_frames(decoded.frames[plan.index[:, 0]]), timestamps=plan.timestamps))
     return out
 
 

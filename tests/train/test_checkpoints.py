@@ -130,4 +130,4 @@ def test_positional_checkpoints_load_by_expert_name(name: str) -> None:
     assert set(saved['model']) != set(model.state_dict())  # the old keys: a rename is needed
     model.load_state_dict(by_expert_name(saved['model'], model))  # strict: every key matched
     with torch.no_grad():
-        assert torch.equal(model.eval()(video, text), saved['scores'])
+        assert torch.equal(model.eval().scores(video, text), saved["scores"])

@@ -38,7 +38,7 @@ def _model(name: str) -> torch.nn.Module:
     # a few training steps so that batch-norm statistics are not the identity
     for _ in range(3):
         model.train()
-        max_margin_ranking(model(_videos(8, 1), _texts(8, 1)), 0.1).backward()
+        max_margin_ranking(model.scores(_videos(8, 1), _texts(8, 1)), 0.1).backward()
     return model.eval()
 
 
@@ -52,9 +52,9 @@ def test_scores_depend_only_on_their_pair(name: str) -> None:
     model = _model(name)
     videos, texts = _videos(10, 2), _texts(6, 2)
     with torch.no_grad():
-        s = model(videos, texts)
+        s = model.scores(videos, texts)
         perm = torch.randperm(10)
-        assert torch.allclose(model(_take(videos, perm), texts), s[:, perm], atol=1e-6)
+        assert torch.allclose(model.scores(_take(videos, perm), texts), s[:, perm], atol=1e-6)
         other = _videos(10, 3)  # replace every video but 0 and 4
         mixed = {k: ExpertInput(torch.cat([videos[k].x[[0]], other[k].x[1:4], videos[k].x[[4]], other[k].x[5:]]),
                                 torch.cat([videos[k].available[[0]], other[k].available[1:4], videos[k].available[[4]],
@@ -62,10 +62,10 @@ def test_scores_depend_only_on_their_pair(name: str) -> None:
                                 None if videos[k].mask is None else torch.cat(
                                     [videos[k].mask[[0]], other[k].mask[1:4], videos[k].mask[[4]], other[k].mask[5:]]))
                  for k in videos}
-        s2 = model(mixed, texts)
+        s2 = model.scores(mixed, texts)
         assert torch.allclose(s2[:, [0, 4]], s[:, [0, 4]], atol=1e-6)
         t1 = model.encode_text(texts)
-        model(_videos(3, 9), texts)
+        model.scores(_videos(3, 9), texts)
         t2 = model.encode_text(texts)
         assert torch.equal(t1.emb, t2.emb) and torch.equal(t1.weights, t2.weights)  # no video enters a text
         assert torch.allclose(model.encode_text(TextInput(texts.x[:2], texts.mask[:2])).emb, t1.emb[:2], atol=1e-6)
@@ -77,9 +77,9 @@ def test_a_missing_expert_changes_only_its_column(name: str) -> None:
     videos, texts = _videos(7, 4), _texts(5, 4)
     videos['object'].available[:] = True
     with torch.no_grad():
-        before = model(videos, texts)
+        before = model.scores(videos, texts)
         videos['object'].available[3] = False
-        after = model(videos, texts)
+        after = model.scores(videos, texts)
     changed = (before - after).abs().amax(0) > 1e-7
     assert changed.tolist() == [j == 3 for j in range(7)]
 
@@ -129,8 +129,8 @@ def test_a_pair_scores_the_same_alone_and_beside_videos_with_more_experts(name: 
     for k in ('object', 'face'):
         videos[k].available[0] = False  # video 0 lacks two experts that all the others have
     with torch.no_grad():
-        batch = model(videos, texts)[:, 0]
-        alone = model(_take(videos, torch.tensor([0])), texts)[:, 0]
+        batch = model.scores(videos, texts)[:, 0]
+        alone = model.scores(_take(videos, torch.tensor([0])), texts)[:, 0]
     assert torch.allclose(alone, batch, atol=1e-6)
 
 
@@ -219,3 +219,21 @@ def test_collaborative_gating_ignores_a_missing_experts_features() -> None:
         a, b = cg(x, available), cg(changed, available)
     assert torch.allclose(a[available], b[available], atol=1e-6)
     assert torch.equal(a[1], b[1])
+
+
+def test_losses_are_registered_modules_and_an_unknown_one_fails_when_the_config_loads() -> None:
+    from shared.config import from_dict
+    from train.loop import RunCfg
+    from train.losses import LOSSES, build_loss
+
+    model = _model('ce')
+    out = model(_videos(8, 4), _texts(8, 4))
+    sims = model.similarity(out.text, out.video)
+    for name, want in (('max_margin', max_margin_ranking(sims, 0.2)), ('hard_negative', hard_negative_triplet(sims, 0.2)),
+                       ('info_nce', info_nce(sims, 0.05))):
+        loss = build_loss(name, 0.2, 0.05)
+        assert isinstance(loss, torch.nn.Module) and name in LOSSES
+        assert torch.equal(loss(model, out), want)
+    with pytest.raises(ValueError, match="unknown train.loss 'max_margn'.*max_margin"):
+        from_dict(RunCfg, {'data': {}, 'model': {'model': 'mee', 'experts': [{'name': 'object', 'dim': 4}]},
+                           'train': {'loss': 'max_margn'}})

@@ -16,7 +16,7 @@ from train.bench import main as bench_main
 from train.bench import synthetic_split
 from train.data import SplitData, TrainFeed
 from train.loop import train_epoch
-from train.losses import max_margin_ranking
+from train.losses import ContrastiveLoss, max_margin_ranking
 from train.models import create_model
 from train.models.base import TextInput
 from train.models.config import ExpertSpec, ModelCfg, TextCfg, TransformerCfg
@@ -38,8 +38,7 @@ def _mee_cfg() -> ModelCfg:
     return ModelCfg('mee', experts, embed_dim=8, text_dim=10, text_clusters=2)
 
 
-def _contrastive(sims: torch.Tensor) -> torch.Tensor:
-    return max_margin_ranking(sims.float(), 0.1)
+_contrastive = ContrastiveLoss(lambda sims: max_margin_ranking(sims.float(), 0.1))
 
 
 def _train(cfg: ModelCfg, data: SplitData, compile: bool, backend: str = 'aot_eager', steps: int = 3
@@ -138,7 +137,7 @@ def test_epoch_loss_is_summed_on_the_device_and_logs_the_per_step_numbers() -> N
     # the loop as it was: a host read of every step's loss
     total, running = 0.0, []
     for step, (video, text) in enumerate(data.train_batches(4, np.random.default_rng([0, 0])), 1):
-        loss = model.loss(video, text, _contrastive)
+        loss = _contrastive(model, model(video, text))
         opt.zero_grad()
         loss.backward()
         opt.step()

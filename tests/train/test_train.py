@@ -269,7 +269,7 @@ def test_gpt_word_features_are_frozen() -> None:
     before = {k: v.clone() for k, v in model.text_model.state_dict().items()}
     video = {n: ExpertInput(torch.randn(6, 8), torch.ones(6, dtype=torch.bool)) for n in ('object', 'scene')}
     ids = torch.randint(5, 200, (6, 7))
-    model(video, TextInput(ids, torch.ones(6, 7, dtype=torch.bool))).sum().backward()
+    model.scores(video, TextInput(ids, torch.ones(6, 7, dtype=torch.bool))).sum().backward()
     assert all(p.grad is None for p in model.text_model.parameters())
     assert model.text_vlad.centroids.grad is not None
     torch.optim.SGD(model.parameters(), lr=1.0).step()

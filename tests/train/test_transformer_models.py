@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from train.losses import hard_negative_triplet
+from train.losses import ContrastiveLoss, hard_negative_triplet
 from train.main import CONFIG_DIR
 from train.main import main as train_main
 from train.models import ExpertSpec, ModelCfg, create_model
@@ -48,7 +48,7 @@ def _model(kind: str) -> torch.nn.Module:
     extra = dict(text=TINY_BERT) if kind == 'mmt' else dict(text=TINY_T5, max_seconds=4, kernels=(2, 3, 4, 6))
     model = create_model(ModelCfg(model=kind, experts=EXPERTS, transformer=SMALL, **extra))
     model.train()
-    model.loss(_videos(6, 1), _texts(6, 1), lambda s: hard_negative_triplet(s, 0.2)).backward()  # BN statistics
+    ContrastiveLoss(lambda s: hard_negative_triplet(s, 0.2))(model, model(_videos(6, 1), _texts(6, 1))).backward()  # BN statistics
     return model.eval()
 
 
@@ -108,8 +108,8 @@ def test_scores_depend_only_on_their_pair(kind: str) -> None:
     perm = torch.tensor([3, 1, 5, 0, 2, 4])
     taken = {k: ExpertInput(v.x[perm], v.available[perm], v.mask[perm], v.times[perm]) for k, v in video.items()}
     with torch.no_grad():
-        s = model(video, text)
-        assert torch.allclose(model(taken, text), s[:, perm], atol=1e-5)
+        s = model.scores(video, text)
+        assert torch.allclose(model.scores(taken, text), s[:, perm], atol=1e-5)
         t_alone = model.encode_text(TextInput(text.x[:1], text.mask[:1]))
         assert torch.allclose(model.encode_text(text).emb[:1], t_alone.emb, atol=1e-5)
         # beside other videos (other lengths, other experts available), and alone: the same scores
@@ -121,9 +121,9 @@ def test_scores_depend_only_on_their_pair(kind: str) -> None:
                                 torch.where(keep[:, None], v.mask, other[k].mask),
                                 torch.where(keep[:, None, None], v.times, other[k].times)) for k, v in video.items()}
         assert any(bool((mixed[k].available[1:4] & ~video[k].available[0]).any()) for k in video)
-        assert torch.allclose(model(mixed, text)[:, [0, 4]], s[:, [0, 4]], atol=1e-5)
+        assert torch.allclose(model.scores(mixed, text)[:, [0, 4]], s[:, [0, 4]], atol=1e-5)
         alone = {k: ExpertInput(v.x[:1], v.available[:1], v.mask[:1], v.times[:1]) for k, v in video.items()}
-        assert torch.allclose(model(alone, text)[:, 0], s[:, 0], atol=1e-5)
+        assert torch.allclose(model.scores(alone, text)[:, 0], s[:, 0], atol=1e-5)
 
 
 
@@ -186,11 +186,11 @@ def test_cross_captioning_enters_the_loss() -> None:
     torch.manual_seed(1)
     contrastive = lambda s: hard_negative_triplet(s, 0.2)  # noqa: E731
     with torch.no_grad():
-        full = model.loss(video, text, contrastive)
-        only = contrastive(model(video, text))
+        full = ContrastiveLoss(contrastive)(model, model(video, text))
+        only = contrastive(model.scores(video, text))
     assert full > only + 1.0  # lambda 10 x a captioning NLL of about log(50)
     model.zero_grad()
-    model.loss(video, text, contrastive).backward()
+    ContrastiveLoss(contrastive)(model, model(video, text)).backward()
     assert model.t5.decoder.block[0].layer[0].SelfAttention.q.weight.grad.abs().sum() > 0
 
 

@@ -10,12 +10,11 @@ depends on any video (the "missing experts" bug of CE appendix A.1 cannot occur)
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
-
 import torch
 from torch import nn
 
-__all__ = ['ExpertInput', 'TextInput', 'VideoEmbedding', 'TextEmbedding', 'RetrievalModel', 'mixture_similarity']
+__all__ = ['ExpertInput', 'TextInput', 'VideoEmbedding', 'TextEmbedding', 'Embeddings', 'RetrievalModel',
+           'mixture_similarity']
 
 
 @dataclasses.dataclass
@@ -55,6 +54,17 @@ class TextEmbedding:
     weights: torch.Tensor  # (T, M), sum to one
 
 
+@dataclasses.dataclass
+class Embeddings:
+    """A model's output for a batch of matching (video i, text i) pairs: both sides' embeddings,
+    and whatever else its own loss terms need (`extra`, gathered across ranks with them: the
+    support-set model's per-second video features)."""
+
+    text: TextEmbedding
+    video: VideoEmbedding
+    extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
 def mixture_similarity(text: TextEmbedding, video: VideoEmbedding) -> torch.Tensor:
     """(T, V) scores with the mixture weights renormalised over each video's available experts."""
     per_expert = torch.einsum('tmd,vmd->tvm', text.emb, video.emb)
@@ -84,12 +94,20 @@ class RetrievalModel(nn.Module):
     def similarity(self, text: TextEmbedding, video: VideoEmbedding) -> torch.Tensor:
         return mixture_similarity(text, video)
 
-    def forward(self, video: dict[str, ExpertInput], text: TextInput) -> torch.Tensor:
+    def forward(self, video: dict[str, ExpertInput], text: TextInput) -> Embeddings:
+        """Both sides of a training batch; the loss (`train.losses`) scores them."""
+        return Embeddings(self.encode_text(text), self.encode_video(video))
+
+    def scores(self, video: dict[str, ExpertInput], text: TextInput) -> torch.Tensor:
+        """The (texts x videos) similarity of a batch."""
         return self.similarity(self.encode_text(text), self.encode_video(video))
 
-    def loss(self, video: dict[str, ExpertInput], text: TextInput,
-             contrastive: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The training loss of a batch of matching (video i, text i) pairs: the trainer's
-        contrastive loss on the [texts x videos] scores; models with extra objectives (the
-        support-set model's captioning) add them here."""
-        return contrastive(self(video, text))
+    def extra_loss(self, out: Embeddings, every: Embeddings, sims: torch.Tensor) -> torch.Tensor | None:
+        """A model's own training terms beside the contrastive loss (None: none).
+
+        Args:
+            out: this rank's `forward` output.
+            every: the same, gathered from every rank (the global batch; `out` in one process).
+            sims: the global batch's (texts x videos) scores.
+        """
+        return None

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from train.models.base import ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
+from train.models.base import Embeddings, ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
 from train.models.config import ModelCfg
 from train.models.text_encoders import build_t5
 
@@ -192,19 +193,25 @@ class SupportSet(RetrievalModel):
         c = self.text_head(e, text.mask.bool())
         return TextEmbedding(c[:, None], torch.ones(c.shape[0], 1, dtype=c.dtype, device=c.device))
 
-    def loss(self, video: dict[str, ExpertInput], text: TextInput,
-             contrastive: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """L = L_contrast + lambda L_cross-captioning (sec. 3.1.2)."""
+    def forward(self, video: dict[str, ExpertInput], text: TextInput) -> Embeddings:
+        """Both embeddings, and what cross-captioning needs: e_v, its mask, the caption's tokens."""
+        e, e_mask = self.video_features(video)
+        c = self.video_head(e, e_mask)
+        labels = text.x.masked_fill(~text.mask.bool(), -100)
+        return Embeddings(self.encode_text(text),
+                          VideoEmbedding(c[:, None], torch.ones(c.shape[0], 1, dtype=torch.bool, device=c.device)),
+                          {'features': e, 'mask': e_mask, 'labels': labels})
+
+    def extra_loss(self, out: Embeddings, every: Embeddings, sims: torch.Tensor) -> torch.Tensor:
+        """lambda L_cross-captioning (sec. 3.1.2): each of this rank's captions reconstructed from
+        its support set over the global batch's videos."""
         from transformers.modeling_outputs import BaseModelOutput
 
-        t = self.encode_text(text)
-        e, e_mask = self.video_features(video)
-        c_v = self.video_head(e, e_mask)
-        sims = t.emb[:, 0] @ c_v.t()
-        weights = support_weights(sims, self.cfg.support_set, self.cfg.support_temperature)
-        mixed = torch.einsum('ij,jsd->isd', weights, e)
-        mixed_mask = (weights @ e_mask.to(weights.dtype)) > 0
-        labels = text.x.masked_fill(~text.mask.bool(), -100)
-        out = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=self.caption_in(mixed)),
-                      attention_mask=mixed_mask.long(), labels=labels)
-        return contrastive(sims) + self.cfg.caption_weight * out.loss
+        n = out.extra['labels'].shape[0]
+        first = dist.get_rank() * n if dist.is_available() and dist.is_initialized() else 0
+        weights = support_weights(sims, self.cfg.support_set, self.cfg.support_temperature)[first:first + n]
+        mixed = torch.einsum('ij,jsd->isd', weights.to(every.extra['features'].dtype), every.extra['features'])
+        mixed_mask = (weights @ every.extra['mask'].to(weights.dtype)) > 0
+        dec = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=self.caption_in(mixed)),
+                      attention_mask=mixed_mask.long(), labels=out.extra['labels'])
+        return self.cfg.caption_weight * dec.loss
