@@ -73,9 +73,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = 'config') -> T:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError. A
+    class with a ``resolve(data, where)`` classmethod is a family: it returns the member to build."""
     if not isinstance(data, dict):
         raise ConfigError(f'{where}: expected a mapping, got {type(data).__name__}')
+    if hasattr(cls, 'resolve'):  # a family of configs: the data names its member (train's ModelCfg)
+        cls = cls.resolve(data, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

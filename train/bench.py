@@ -53,8 +53,10 @@ def _tiny(cfg: ModelCfg) -> ModelCfg:
     gpt = cfg.text.encoder == 'gpt'
     text = dataclasses.replace(cfg.text, weights='random', vocab_size=200, hidden=32, layers=1, heads=2,
                                ffn=128 if gpt else 64, max_positions=64)
-    tr = dataclasses.replace(cfg.transformer, layers=1, heads=2, hidden=32, ffn=64)
-    return dataclasses.replace(cfg, text=text, transformer=tr, embed_dim=32, text_dim=32 if gpt else cfg.text_dim,
+    if hasattr(cfg, 'transformer'):  # MMT, the support-set model
+        return dataclasses.replace(cfg, text=text,
+                                   transformer=dataclasses.replace(cfg.transformer, layers=1, heads=2, hidden=32, ffn=64))
+    return dataclasses.replace(cfg, text=text, embed_dim=32, text_dim=32 if gpt else cfg.text_dim,
                                text_clusters=min(cfg.text_clusters, 4))
 
 

@@ -31,10 +31,11 @@ from train.data import SplitData, TrainFeed, load_split, split_captions
 from train.losses import LOSSES, build_loss
 from train.metrics import format_results, geometric_mean, retrieval_metrics
 from train.models import ModelCfg, RetrievalModel, create_model
+from train.models.config import upgrade_saved
 from train.models.base import ExpertInput, TextEmbedding, TextInput, VideoEmbedding
 from train.step import TrainStep
 
-__all__ = ['DataCfg', 'TrainCfg', 'RunCfg', 'train_run', 'train_epoch', 'evaluate', 'embed_videos', 'embed_texts',
+__all__ = ['DataCfg', 'TrainCfg', 'RunCfg', 'saved_run_cfg', 'train_run', 'train_epoch', 'evaluate', 'embed_videos', 'embed_texts',
            'Lookahead', 'build_optimizer', 'load_run_cfg', 'device_budget']
 
 _logger = logging.getLogger(__name__)
@@ -131,6 +132,21 @@ class RunCfg:
 def load_run_cfg(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCfg:
     """A run config from YAML (`yaml.safe_load`), with dotted-key overrides."""
     return load_yaml(RunCfg, path, overrides)
+
+
+def read_saved(path: Path) -> dict[str, Any]:
+    """A run directory's config.yaml as plain data, as today's configs write it (`upgrade_saved`)."""
+    saved = yaml.safe_load(path.read_text()) or {}
+    if isinstance(saved, dict) and isinstance(saved.get('model'), dict):
+        saved['model'] = upgrade_saved(saved['model'])
+    return saved
+
+
+def saved_run_cfg(run_dir: Path) -> RunCfg:
+    """The config a run directory was trained with (its config.yaml; the seed left out)."""
+    raw = read_saved(run_dir / 'config.yaml')
+    raw.pop('seed', None)
+    return from_dict(RunCfg, raw, where=str(run_dir / 'config.yaml'))
 
 
 class Lookahead:
@@ -238,7 +254,7 @@ def _check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     saved = run_dir / 'config.yaml'
     if not (saved.is_file() and (run_dir / 'checkpoints' / 'last.pt').is_file()):
         return
-    before, now = _flat(_with_defaults(yaml.safe_load(saved.read_text()) or {})), _flat(settings)
+    before, now = _flat(_with_defaults(read_saved(saved))), _flat(settings)
     diff = [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in sorted(set(before) | set(now))
             if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
     if diff:

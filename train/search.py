@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from shared.config import ConfigError, data_root_default, from_dict
+from shared.config import ConfigError, data_root_default
 from train.captions import build_caption_encoder
 from train.checkpoints import load_model
-from train.loop import RunCfg
+from train.loop import RunCfg, saved_run_cfg
 from train.models import create_model, structure_only
 from train.models.base import VideoEmbedding
 
@@ -37,9 +36,7 @@ class Searcher:
                 self.note = (f'{len(seeds)} seeds in this run; searching {run.name} '
                              f'(--run {run.parent}/{seeds[-1].name} for another)')
         self.run = run
-        raw = yaml.safe_load((run / 'config.yaml').read_text())
-        raw.pop('seed', None)
-        self.cfg: RunCfg = from_dict(RunCfg, raw, where=str(run / 'config.yaml'))
+        self.cfg: RunCfg = saved_run_cfg(run)
         gallery_path = run / 'gallery.pt'
         if not gallery_path.is_file():
             raise ConfigError(f'{run} has no gallery.pt: the run has not finished')

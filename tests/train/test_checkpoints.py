@@ -34,7 +34,7 @@ def _config(tmp: Path, epochs: int) -> Path:
     time is spent writing checkpoints, and a kill at a random time tends to land inside a write."""
     cfg = {'data': {'dataset': 'demo', 'split': 'official', 'word_vectors': '{data_root}/demo/word2vec.bin',
                     'max_words': 8},
-           'model': {'model': 'mee', 'embed_dim': 1024, 'text_clusters': 4, 'projection': False, 'gating': 'context',
+           'model': {'model': 'mee', 'embed_dim': 1024, 'text_clusters': 4,
                      'experts': [{'name': 'object', 'dim': 2048}]},
            'train': {'optimizer': 'adam', 'lr': 0.001, 'epochs': epochs, 'batch_size': 4, 'margin': 0.1}}
     path = tmp / 'mee.yaml'
@@ -117,14 +117,14 @@ def test_positional_checkpoints_load_by_expert_name(name: str) -> None:
     import tests.train.test_models as A
     import tests.train.test_transformer_models as B
     from train.checkpoints import by_expert_name
-    from train.models import ModelCfg, create_model
+    from train.models import create_model, model_cfg
 
     saved = torch.load(Path(__file__).parent / 'data' / 'positional_experts.pt', weights_only=True)[name]
     if name == 'mmt':
-        model = create_model(ModelCfg(model='mmt', experts=B.EXPERTS, transformer=B.SMALL, text=B.TINY_BERT))
+        model = create_model(model_cfg(model='mmt', experts=B.EXPERTS, transformer=B.SMALL, text=B.TINY_BERT))
         video, text = B._videos(4, 2), B._texts(3, 2)
     else:
-        model = create_model(ModelCfg(experts=A.EXPERTS, embed_dim=24, text_dim=12, text_clusters=3,
+        model = create_model(model_cfg(experts=A.EXPERTS, embed_dim=24, text_dim=12, text_clusters=3,
                                       **A.VARIANTS[name]))
         video, text = A._videos(4, 2), A._texts(3, 2)
     assert set(saved['model']) != set(model.state_dict())  # the old keys: a rename is needed

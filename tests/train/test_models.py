@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from train.losses import hard_negative_triplet, info_nce, max_margin_ranking
-from train.models import ExpertSpec, ModelCfg, count_parameters, create_model
+from train.models import ExpertSpec, model_cfg, count_parameters, create_model
 from train.models.base import ExpertInput, TextEmbedding, TextInput, VideoEmbedding, mixture_similarity
 from train.models.ce import CollaborativeGating
 from train.models.layers import NetVLAD
@@ -34,7 +34,7 @@ def _take(video: dict[str, ExpertInput], idx: torch.Tensor) -> dict[str, ExpertI
 
 def _model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = create_model(ModelCfg(experts=EXPERTS, embed_dim=24, text_dim=12, text_clusters=3, **VARIANTS[name]))
+    model = create_model(model_cfg(experts=EXPERTS, embed_dim=24, text_dim=12, text_clusters=3, **VARIANTS[name]))
     # a few training steps so that batch-norm statistics are not the identity
     for _ in range(3):
         model.train()
@@ -237,3 +237,36 @@ def test_losses_are_registered_modules_and_an_unknown_one_fails_when_the_config_
     with pytest.raises(ValueError, match="unknown train.loss 'max_margn'.*max_margin"):
         from_dict(RunCfg, {'data': {}, 'model': {'model': 'mee', 'experts': [{'name': 'object', 'dim': 4}]},
                            'train': {'loss': 'max_margn'}})
+
+
+def test_each_model_has_its_own_config_and_refuses_another_models_settings(tmp_path) -> None:
+    from shared.config import ConfigError, from_dict
+    from train.loop import RunCfg, _check_resumable
+    from train.models.config import CECfg, MMTCfg, SSBCfg
+
+    experts = [{'name': 'object', 'dim': 4, 'aggregation': 'tokens', 'max_tokens': 2}]
+    run = lambda model, **kw: {'data': {}, 'model': {'model': model, 'experts': experts, **kw}, 'train': {}}  # noqa: E731
+    assert type(from_dict(RunCfg, run('ce', projection=True)).model) is CECfg
+    assert type(from_dict(RunCfg, run('ssb', support_set='full')).model) is SSBCfg
+    assert type(from_dict(RunCfg, run('mmt')).model) is MMTCfg
+    with pytest.raises(ConfigError, match=r'support_set is not a setting of ce \(but of ssb\)'):
+        from_dict(RunCfg, run('ce', support_set='cross'))
+    with pytest.raises(ConfigError, match='embed_dim, projection are not settings of mmt'):
+        from_dict(RunCfg, run('mmt', embed_dim=512, projection=True))
+    with pytest.raises(ConfigError, match="unknown model 'cee'"):
+        from_dict(RunCfg, run('cee'))
+    # a run saved when one config held every model's settings (at their defaults) still resumes
+    import yaml
+
+    from train.models.config import _SHARED_BEFORE
+
+    saved = run('mmt', **{k: v for k, v in _SHARED_BEFORE.items() if k != 'transformer'})
+    (tmp_path / 'checkpoints').mkdir()
+    (tmp_path / 'checkpoints' / 'last.pt').write_bytes(b'')
+    (tmp_path / 'config.yaml').write_text(yaml.safe_dump({**saved, 'seed': 0}))
+    from shared.config import to_dict
+
+    now = yaml.safe_load(yaml.safe_dump({**to_dict(from_dict(RunCfg, run('mmt'))), 'seed': 0}, sort_keys=False))
+    _check_resumable(tmp_path, now)  # no error: the other models' settings at their defaults are dropped
+    with pytest.raises(ConfigError, match='other settings'):  # the same run with another margin is refused
+        _check_resumable(tmp_path, {**now, 'train': {**now['train'], 'margin': 0.5}})

@@ -19,7 +19,7 @@ from train.loop import train_epoch
 from train.losses import ContrastiveLoss, max_margin_ranking
 from train.models import create_model
 from train.models.base import TextInput
-from train.models.config import ExpertSpec, ModelCfg, TextCfg, TransformerCfg
+from train.models.config import ExpertSpec, ModelCfg, TextCfg, TransformerCfg, model_cfg
 from train.step import TrainStep
 
 TINY_TEXT = {'weights': 'random', 'tokenizer': 'words', 'vocab_size': 60, 'hidden': 16, 'layers': 1, 'heads': 2,
@@ -29,13 +29,13 @@ TINY_TEXT = {'weights': 'random', 'tokenizer': 'words', 'vocab_size': 60, 'hidde
 def _mmt_cfg() -> ModelCfg:
     """A tiny MMT without dropout (the compiled step draws other dropout masks than eager)."""
     experts = (ExpertSpec('object', 12, 'tokens', max_tokens=5), ExpertSpec('audio', 6, 'tokens', max_tokens=4))
-    return ModelCfg('mmt', experts, text=TextCfg(encoder='bert', **TINY_TEXT),
+    return model_cfg('mmt', experts, text=TextCfg(encoder='bert', **TINY_TEXT),
                     transformer=TransformerCfg(layers=1, heads=2, hidden=16, ffn=32, dropout=0.0, max_positions=8))
 
 
 def _mee_cfg() -> ModelCfg:
     experts = (ExpertSpec('object', 12), ExpertSpec('audio', 6, 'vlad', clusters=2, max_tokens=4))
-    return ModelCfg('mee', experts, embed_dim=8, text_dim=10, text_clusters=2)
+    return model_cfg('mee', experts, embed_dim=8, text_dim=10, text_clusters=2)
 
 
 _contrastive = ContrastiveLoss(lambda sims: max_margin_ranking(sims.float(), 0.1))
@@ -85,7 +85,7 @@ def fresh_inductor() -> Iterator[None]:
 
 
 def _one_expert_mee() -> ModelCfg:
-    return ModelCfg('mee', (ExpertSpec('object', 12),), embed_dim=8, text_dim=10, text_clusters=2)
+    return model_cfg('mee', (ExpertSpec('object', 12),), embed_dim=8, text_dim=10, text_clusters=2)
 
 
 @pytest.mark.slow

@@ -62,8 +62,8 @@ def _config(tmp: Path, model: str, epochs: int = 60) -> Path:
         return _transformer_config(tmp, model, epochs)
     cfg = {
         'data': {'dataset': 'demo', 'split': 'official', 'word_vectors': '{data_root}/demo/word2vec.bin', 'max_words': 16},
-        'model': {'model': model, 'embed_dim': 64, 'text_clusters': 4, 'projection': model == 'ce',
-                  'gating': 'collaborative' if model == 'ce' else 'context',
+        'model': {'model': model, 'embed_dim': 64, 'text_clusters': 4,
+                  **({'projection': True, 'gating': 'collaborative'} if model == 'ce' else {}),
                   'experts': [{'name': 'object', 'dim': 2048}, {'name': 'scene', 'dim': 2208},
                               {'name': 'audio', 'dim': 128, 'aggregation': 'vlad', 'clusters': 4, 'max_tokens': 4}]},
         'train': {'optimizer': 'adam', 'lr': 0.001, 'epochs': epochs, 'batch_size': 8, 'margin': 0.1},
@@ -259,10 +259,10 @@ def test_ce_with_gpt_word_features_trains_and_searches(demo_stores: tuple[Path, 
 def test_gpt_word_features_are_frozen() -> None:
     from train.models import create_model
     from train.models.base import ExpertInput, TextInput
-    from train.models.config import ExpertSpec, ModelCfg, TextCfg
+    from train.models.config import ExpertSpec, TextCfg, model_cfg
 
     text = TextCfg(encoder='gpt', finetune=False, **{**TINY_TEXT, 'ffn': 128})
-    model = create_model(ModelCfg('ce', (ExpertSpec('object', 8), ExpertSpec('scene', 8)), embed_dim=16,
+    model = create_model(model_cfg('ce', (ExpertSpec('object', 8), ExpertSpec('scene', 8)), embed_dim=16,
                                   text_dim=32, text_clusters=4, projection=True, gating='collaborative', text=text))
     model.train()
     assert not model.text_model.training and model.cg.training

@@ -9,7 +9,7 @@ import torch
 from train.losses import ContrastiveLoss, hard_negative_triplet
 from train.main import CONFIG_DIR
 from train.main import main as train_main
-from train.models import ExpertSpec, ModelCfg, create_model
+from train.models import ExpertSpec, model_cfg, create_model
 from train.models.base import ExpertInput, TextInput
 from train.models.config import TextCfg, TransformerCfg
 from train.models.mmt import UNKNOWN, temporal_ids
@@ -46,7 +46,7 @@ def _texts(n: int, seed: int) -> TextInput:
 def _model(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     extra = dict(text=TINY_BERT) if kind == 'mmt' else dict(text=TINY_T5, max_seconds=4, kernels=(2, 3, 4, 6))
-    model = create_model(ModelCfg(model=kind, experts=EXPERTS, transformer=SMALL, **extra))
+    model = create_model(model_cfg(model=kind, experts=EXPERTS, transformer=SMALL, **extra))
     model.train()
     ContrastiveLoss(lambda s: hard_negative_triplet(s, 0.2))(model, model(_videos(6, 1), _texts(6, 1))).backward()  # BN statistics
     return model.eval()

@@ -6,9 +6,10 @@ from typing import Callable
 
 from shared.registry import Registry
 from train.models.base import RetrievalModel
-from train.models.config import ExpertSpec, ModelCfg
+from train.models.config import MODEL_CONFIGS, ExpertSpec, ModelCfg, model_cfg
 
-__all__ = ['MODELS', 'create_model', 'structure_only', 'count_parameters', 'ModelCfg', 'ExpertSpec', 'RetrievalModel']
+__all__ = ['MODELS', 'MODEL_CONFIGS', 'create_model', 'structure_only', 'count_parameters', 'ModelCfg', 'model_cfg',
+           'ExpertSpec', 'RetrievalModel']
 
 #: name -> factory(cfg) -> model
 MODELS: Registry[Callable[[ModelCfg], RetrievalModel]] = Registry('model')

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-__all__ = ['ExpertSpec', 'TextCfg', 'TransformerCfg', 'ModelCfg']
+from shared.config import ConfigError
+
+__all__ = ['ExpertSpec', 'TextCfg', 'TransformerCfg', 'ModelCfg', 'MEECfg', 'CECfg', 'MMTCfg', 'SSBCfg',
+           'MODEL_CONFIGS', 'model_cfg', 'upgrade_saved']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,41 +108,114 @@ class TransformerCfg:
 
 @dataclasses.dataclass(frozen=True)
 class ModelCfg:
-    """A retrieval model.
+    """What every retrieval model's config has; each model has its own subclass (`MODEL_CONFIGS`),
+    so that a setting of another model is an error, not silently ignored.
 
     Args:
-        model: registry name (``mee``, ``ce``).
+        model: registry name (``mee``, ``ce``, ``mmt``, ``ssb``).
         experts: the video experts.
+        text: the caption encoder (word2vec for MEE/CE, BERT for MMT, T5 for the support-set model).
+    """
+
+    model: str
+    experts: tuple[ExpertSpec, ...]
+    text: TextCfg = dataclasses.field(default_factory=TextCfg)
+
+    def __post_init__(self) -> None:
+        if not self.experts:
+            raise ValueError('a model needs at least one expert')
+        keys = [e.name.replace('.', '_') for e in self.experts]  # the module keys (layers.expert_key)
+        if len(set(keys)) < len(keys):
+            raise ValueError(f'experts must differ in name (dots count as underscores): {[e.name for e in self.experts]}')
+
+    @classmethod
+    def resolve(cls, data: dict[str, Any], where: str) -> type[ModelCfg]:
+        """The config class of ``data['model']`` (`shared.config.from_dict` asks, so that YAML's
+        ``model:`` section becomes the model's own config); another key of it is then an error."""
+        name = data.get('model')
+        if name not in MODEL_CONFIGS:
+            raise ConfigError(f'{where}.model: unknown model {name!r} (known: {", ".join(sorted(MODEL_CONFIGS))})')
+        own = MODEL_CONFIGS[name]
+        foreign = sorted(k for k in data if k not in {f.name for f in dataclasses.fields(own)})
+        if foreign:
+            other = sorted({m for k in foreign for m, c in MODEL_CONFIGS.items()
+                            if k in {f.name for f in dataclasses.fields(c)}})
+            raise ConfigError(f'{where}: {", ".join(foreign)} {"is not a setting" if len(foreign) == 1 else "are not settings"}'
+                              f' of {name}' + (f' (but of {", ".join(other)})' if other else '')
+                              + f'; its settings: {", ".join(f.name for f in dataclasses.fields(own))}')
+        return own
+
+
+@dataclasses.dataclass(frozen=True)
+class MEECfg(ModelCfg):
+    """Mixture of Embedding Experts.
+
+    Args:
         embed_dim: size of each expert's shared embedding.
         text_dim: size of the caption's word features (word2vec 300, GPT 768).
         text_clusters, text_ghost_clusters: NetVLAD over the caption's words.
-        max_words: caption padding length.
+        mixture_weights: text-dependent expert weights (else uniform).
+    """
+
+    embed_dim: int = 768
+    text_dim: int = 300
+    text_clusters: int = 20
+    text_ghost_clusters: int = 1
+    mixture_weights: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.text.encoder == 'gpt' and self.text.hidden and self.text.hidden != self.text_dim:
+            raise ValueError(f'text_dim ({self.text_dim}) must be the GPT width text.hidden ({self.text.hidden})')
+
+
+@dataclasses.dataclass(frozen=True)
+class CECfg(MEECfg):
+    """Collaborative Experts, with its Table 6 ablations as switches.
+
+    Args:
         projection: project every expert to `embed_dim` first (CE's ReduceDim) instead of a GEM
             straight from the expert's features (MEE).
         gating: ``collaborative`` (CE) or ``context`` (a GEM's context gating).
-        mixture_weights: text-dependent expert weights (else uniform).
         fusion: ``experts`` (one embedding per expert) or ``concat`` (one joint embedding).
-        text: the caption encoder (word2vec for MEE/CE, BERT for MMT, T5 for the support-set model).
-        transformer: the video transformer of MMT and of the support-set pooling heads.
-        pre_encoder: support-set video pre-encoder, ``cnn`` (1-D convolutions with `kernels`) or ``mlp``.
-        max_seconds: support-set video length in one-second steps (MSR-VTT 32, VATEX 64, ActivityNet 512).
+    """
+
+    projection: bool = False
+    gating: str = 'context'
+    fusion: str = 'experts'
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gating not in ('collaborative', 'context'):
+            raise ValueError('gating must be collaborative or context')
+        if self.fusion not in ('experts', 'concat'):
+            raise ValueError('fusion must be experts or concat')
+
+
+@dataclasses.dataclass(frozen=True)
+class MMTCfg(ModelCfg):
+    """Multi-modal Transformer.
+
+    Args:
+        transformer: the video transformer (MMT sec. 4.1).
+    """
+
+    transformer: TransformerCfg = dataclasses.field(default_factory=TransformerCfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class SSBCfg(ModelCfg):
+    """Support-set bottlenecks.
+
+    Args:
+        transformer: the size of the video and text pooling heads.
+        pre_encoder: video pre-encoder, ``cnn`` (1-D convolutions with `kernels`) or ``mlp``.
+        max_seconds: video length in one-second steps (MSR-VTT 32, VATEX 64, ActivityNet 512).
         support_set: cross-captioning support set: ``identity``, ``full``, ``hybrid`` or ``cross``.
         support_temperature: T of the support-set attention softmax.
         caption_weight: lambda, the weight of the captioning loss.
     """
 
-    model: str
-    experts: tuple[ExpertSpec, ...]
-    embed_dim: int = 768
-    text_dim: int = 300
-    text_clusters: int = 20
-    text_ghost_clusters: int = 1
-    max_words: int = 30
-    projection: bool = False
-    gating: str = 'context'
-    mixture_weights: bool = True
-    fusion: str = 'experts'
-    text: TextCfg = dataclasses.field(default_factory=TextCfg)
     transformer: TransformerCfg = dataclasses.field(default_factory=TransformerCfg)
     pre_encoder: str = 'cnn'
     kernels: tuple[int, ...] = (2, 3, 4, 6)
@@ -148,15 +225,35 @@ class ModelCfg:
     caption_weight: float = 10.0
 
     def __post_init__(self) -> None:
-        if not self.experts:
-            raise ValueError('a model needs at least one expert')
-        if self.gating not in ('collaborative', 'context'):
-            raise ValueError('gating must be collaborative or context')
-        if self.fusion not in ('experts', 'concat'):
-            raise ValueError('fusion must be experts or concat')
+        super().__post_init__()
         if self.support_set not in ('identity', 'full', 'hybrid', 'cross'):
             raise ValueError('support_set must be identity, full, hybrid or cross')
         if self.pre_encoder not in ('cnn', 'mlp'):
             raise ValueError('pre_encoder must be cnn or mlp')
-        if self.text.encoder == 'gpt' and self.text.hidden and self.text.hidden != self.text_dim:
-            raise ValueError(f'text_dim ({self.text_dim}) must be the GPT width text.hidden ({self.text.hidden})')
+
+
+#: model name -> its config class
+MODEL_CONFIGS: dict[str, type[ModelCfg]] = {'mee': MEECfg, 'ce': CECfg, 'mmt': MMTCfg, 'ssb': SSBCfg}
+
+#: the settings of the one config all four models shared before each had its own, at their defaults:
+#: a run's config.yaml saved then holds them all (`upgrade_saved`)
+_SHARED_BEFORE = dict(embed_dim=768, text_dim=300, text_clusters=20, text_ghost_clusters=1, max_words=30,
+                      projection=False, gating='context', mixture_weights=True, fusion='experts',
+                      transformer=dataclasses.asdict(TransformerCfg()), pre_encoder='cnn', kernels=[2, 3, 4, 6],
+                      max_seconds=32, support_set='cross', support_temperature=0.1, caption_weight=10.0)
+
+
+def model_cfg(model: str, experts: tuple[ExpertSpec, ...], **settings: Any) -> ModelCfg:
+    """The config of model `model` (its own class) from keyword settings."""
+    return MODEL_CONFIGS[model](model=model, experts=experts, **settings)
+
+
+def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``model:`` section as a run's config.yaml saved it before each model had its own config:
+    the other models' settings, at the defaults they then had, dropped (a value that differs from
+    the default stays, and fails as it should)."""
+    own = MODEL_CONFIGS.get(data.get('model'))
+    if own is None:
+        return data
+    names = {f.name for f in dataclasses.fields(own)}
+    return {k: v for k, v in data.items() if k in names or k not in _SHARED_BEFORE or _SHARED_BEFORE[k] != v}

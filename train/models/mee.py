@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.models.base import ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
-from train.models.config import ExpertSpec, ModelCfg
+from train.models.config import ExpertSpec, MEECfg
 from train.models.layers import GEM, ExpertRows, NetVLAD, expert_key, masked_max, masked_mean
 
 __all__ = ['MEE', 'aggregate']
@@ -36,7 +36,7 @@ def _agg_dim(spec: ExpertSpec) -> int:
 class MEE(RetrievalModel):
     """s(X, Y) = sum_i w_i(X) <f_i(h(X)), g_i(h_i(I_i))>, weights renormalised over available experts."""
 
-    def __init__(self, cfg: ModelCfg) -> None:
+    def __init__(self, cfg: MEECfg) -> None:
         super().__init__()
         self.cfg = cfg
         self.experts = [e.name for e in cfg.experts]

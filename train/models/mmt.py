@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.models.base import ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
-from train.models.config import ModelCfg
+from train.models.config import MMTCfg
 from train.models.layers import GEM, ExpertRows, ReduceDim, expert_key, masked_max
 from train.models.text_encoders import build_bert
 
@@ -35,7 +35,7 @@ def temporal_ids(times: torch.Tensor, max_positions: int) -> torch.Tensor:
 
 
 class MMT(RetrievalModel):
-    def __init__(self, cfg: ModelCfg) -> None:
+    def __init__(self, cfg: MMTCfg) -> None:
         super().__init__()
         bad = [e.name for e in cfg.experts if e.aggregation != 'tokens' or e.max_tokens < 1]
         if bad:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.models.base import Embeddings, ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
-from train.models.config import ModelCfg
+from train.models.config import SSBCfg
 from train.models.text_encoders import build_t5
 
 __all__ = ['SupportSet', 'PoolingHead', 'support_weights', 'per_second']
@@ -157,7 +157,7 @@ class PoolingHead(nn.Module):
 
 
 class SupportSet(RetrievalModel):
-    def __init__(self, cfg: ModelCfg) -> None:
+    def __init__(self, cfg: SSBCfg) -> None:
         super().__init__()
         if cfg.text.encoder != 't5':
             raise ValueError('the support-set model encodes and decodes captions with T5: set model.text.encoder: t5')
