@@ -22,15 +22,15 @@ import numpy as np
 import torch
 import yaml
 
-from shared.config import ConfigError, from_dict, load_yaml, to_dict
+from shared.config import ConfigError, from_dict, load_yaml, read_yaml, to_dict
 from shared.datasets import Manifest
-from shared.files import atomic_save
+from shared.files import atomic_save, make_dir
 from train.captions import build_caption_encoder
-from train.checkpoints import FROZEN, load_model, save_checkpoint
+from train.checkpoints import FROZEN, GALLERY, load_model, save_checkpoint
 from train.data import SplitData, TrainFeed, load_split, split_captions
 from train.losses import LOSSES
 from train.metrics import format_results, geometric_mean, retrieval_metrics
-from train.models import ModelCfg, RetrievalModel, create_model
+from train.models import ModelCfg, RetrievalModel, check_fits, create_model
 from train.models.base import ExpertInput, TextEmbedding, TextInput, VideoEmbedding
 from train.step import TrainStep
 
@@ -100,8 +100,11 @@ class TrainCfg:
     device_data: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.log_every < 1:
-            raise ValueError('train.log_every must be at least 1')
+        for name in ('epochs', 'batch_size', 'log_every'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'train.{name} must be at least 1, got {getattr(self, name)}')
+        if self.lr_step < 0:
+            raise ValueError(f'train.lr_step must be 0 (constant) or more, got {self.lr_step}')
         # a NaN or infinite setting makes every loss non-finite: refused here, not found after training
         for name in ('lr', 'weight_decay', 'margin', 'temperature', 'lr_gamma', 'grad_clip'):
             value = getattr(self, name)
@@ -236,7 +239,7 @@ def _check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     saved = run_dir / 'config.yaml'
     if not (saved.is_file() and (run_dir / 'checkpoints' / 'last.pt').is_file()):
         return
-    before, now = _flat(_with_defaults(yaml.safe_load(saved.read_text()) or {})), _flat(settings)
+    before, now = _flat(_with_defaults(read_yaml(saved) or {})), _flat(settings)
     diff = [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in sorted(set(before) | set(now))
             if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
     if diff:
@@ -322,10 +325,10 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     from tqdm import tqdm
 
     dev = torch.device(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_fits(cfg.model, dev)  # before anything is made
+    make_dir(run_dir, 'run directory', 'pass another --run-dir')
     settings = yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False)
     _check_resumable(run_dir, yaml.safe_load(settings))
-    (run_dir / 'config.yaml').write_text(settings)
     experts = cfg.model.experts
     split = manifest.split(cfg.data.split)
     captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run_dir,
@@ -354,7 +357,13 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             sched.load_state_dict(state['scheduler'])
         torch.set_rng_state(state['torch_rng'])
         start, best = state['epoch'] + 1, state['best']
+        if start > cfg.train.epochs:  # its results, config.yaml and metrics.jsonl are of `start` epochs
+            raise ConfigError(f'{run_dir} holds a run that has trained {start} epochs, more than '
+                              f'train.epochs={cfg.train.epochs}: refused, and the run is left as it was. Pass '
+                              f'another --run-dir to train a new run of {cfg.train.epochs} epochs, or '
+                              f'train.epochs={start} (or more, to continue it) to use this one')
         print(f'resuming {run_dir} at epoch {start + 1}')
+    (run_dir / 'config.yaml').write_text(settings)  # once a resumed run is known to be this config's
     tb = SummaryWriter(str(run_dir / 'tb'))
     steps_per_epoch = len(train) // cfg.train.batch_size
     if steps_per_epoch == 0:
@@ -412,7 +421,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     video = embed_videos(model, test, dev)  # once: for the test metrics and for the search gallery
     result = evaluate(model, test, dev, video)
     atomic_save({'video_ids': test.video_ids, 'emb': video.emb.cpu(), 'available': video.available.cpu(),
-                 'checkpoint': chosen}, run_dir / 'gallery.pt')  # whole or absent, as the checkpoints
+                 'checkpoint': chosen}, run_dir / GALLERY)  # whole or absent, as the checkpoints
     (run_dir / 'test_metrics.json').write_text(json.dumps(result, indent=1))
     (run_dir / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seed {seed}\n\n'
                                         f'Checkpoint: {chosen}\n\n' + format_results({cfg.model.model: [result]}) + '\n')

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from shared.config import ConfigError, data_root_default, from_dict
+from shared.config import ConfigError, data_root_default, from_dict, read_yaml
 from train.captions import build_caption_encoder
-from train.checkpoints import load_model
+from train.checkpoints import GALLERY, load_gallery, load_model
 from train.loop import RunCfg
 from train.models import create_model, structure_only
 from train.models.base import VideoEmbedding
@@ -37,13 +36,14 @@ class Searcher:
                 self.note = (f'{len(seeds)} seeds in this run; searching {run.name} '
                              f'(--run {run.parent}/{seeds[-1].name} for another)')
         self.run = run
-        raw = yaml.safe_load((run / 'config.yaml').read_text())
+        raw = read_yaml(run / 'config.yaml')
+        if not isinstance(raw, dict):
+            raise ConfigError(f'{run / "config.yaml"}: not a run config (expected a mapping)')
         raw.pop('seed', None)
         self.cfg: RunCfg = from_dict(RunCfg, raw, where=str(run / 'config.yaml'))
-        gallery_path = run / 'gallery.pt'
-        if not gallery_path.is_file():
-            raise ConfigError(f'{run} has no gallery.pt: the run has not finished')
-        gallery = torch.load(gallery_path, map_location='cpu', weights_only=True)
+        if not (run / GALLERY).is_file():
+            raise ConfigError(f'{run} has no {GALLERY}: the run has not finished')
+        gallery = load_gallery(run)
         self.model = create_model(structure_only(self.cfg.model)).eval()  # checkpoint + frozen.pt: every weight
         load_model(self.model, run / 'checkpoints' / gallery['checkpoint'])
         self.video_ids: list[str] = list(gallery['video_ids'])

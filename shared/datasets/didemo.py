@@ -6,11 +6,11 @@ carries its extension). A video's moment descriptions, in file order, form its p
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_file, resolve_inside
+from shared.datasets.manifest import (DatasetError, Manifest, Split, ordered_unique, read_json, require_file,
+                                      resolve_inside)
 
 __all__ = ['didemo', 'FILES']
 
@@ -25,11 +25,11 @@ def didemo(root: Path) -> Manifest:
     for part, fname in FILES.items():
         path = require_file(root / fname, f'DiDeMo {part} annotation file')
         try:
-            moments = json.loads(path.read_text(encoding='utf-8'))
+            moments = read_json(path, 'DiDeMo annotation file')
             vids = [str(m['video']) for m in moments]
             for m in moments:
                 captions.setdefault(str(m['video']), []).append(str(m['description']).strip())
-        except (KeyError, TypeError, json.JSONDecodeError) as err:
+        except (KeyError, TypeError) as err:
             raise DatasetError(f'{path}: not a DiDeMo annotation file ({err!r})') from None
         parts[part] = tuple(ordered_unique(vids))
     ids = tuple(sorted(captions))

@@ -10,10 +10,9 @@ order (1k-A indexes captions by position) and the splits:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from shared.datasets.manifest import DatasetError, Manifest, Split, resolve_inside
+from shared.datasets.manifest import DatasetError, Manifest, Split, read_json, resolve_inside
 
 __all__ = ['IMPORTED_FILE', 'imported_manifest']
 
@@ -23,7 +22,7 @@ IMPORTED_FILE = 'imported.json'
 def imported_manifest(root: Path, name: str) -> Manifest:
     path = root / IMPORTED_FILE
     try:
-        data = json.loads(path.read_text(encoding='utf-8'))
+        data = read_json(path, 'imported-features manifest')
         ids = tuple(data['videos'])
         caps = {v: tuple(data['captions'].get(v, ())) for v in ids}
         splits = {}
@@ -32,7 +31,7 @@ def imported_manifest(root: Path, name: str) -> Manifest:
             splits[split_name] = Split(split_name, tuple(s['train']), tuple(s.get('val', ())), tuple(s['test']),
                                        paragraph=bool(s.get('paragraph', False)), query_captions=queries,
                                        unavailable=s.get('unavailable', ''))
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise DatasetError(f'{path}: not an imported-features manifest ({err!r})') from None
     paths = tuple(resolve_inside(root, f'videos/{v}.mp4') for v in ids)
     return Manifest(name, root, ids, paths, caps, splits)
