@@ -61,7 +61,8 @@ def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 
         # torch's messages run to several sentences of advice: the first says what is wrong
         reason = (str(err).strip().split('. ')[0].splitlines() or [''])[0][:160] or type(err).__name__
         raise CheckpointError(f'{what} {path} cannot be read ({reason}): it was cut short or damaged. {advice}') from None
-    if not isinstance(state, dict) or (path.name not in (FROZEN, GALLERY) and not isinstance(state.get('model'), dict)):
+    plain = path.name in (FROZEN, GALLERY)  # weights alone, or a gallery: no 'model' entry
+    if not isinstance(state, dict) or (not plain and not isinstance(state.get('model'), dict)):
         raise CheckpointError(f'{path} is not a checkpoint of this project. {advice}')
     return state
 

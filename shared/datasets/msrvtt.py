@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import (DatasetError, Manifest, Split, read_json, read_split_list, read_text, require_file,
-                                      resolve_inside)
+from shared.datasets.manifest import (DatasetError, Manifest, Split, read_json, read_split_list, read_text,
+                                      require_file, resolve_inside)
 
 __all__ = ['msrvtt', 'JSFUSION_FILE']
 

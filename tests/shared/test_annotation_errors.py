@@ -104,4 +104,5 @@ def test_msrvtt_captions_given_as_lists_name_the_video(tmp_path: Path, capsys: p
     (d / 'test_videodatainfo.json').write_text(json.dumps(info))
     assert datasets_main(['msrvtt', '--data-root', str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.count('\n') == 1 and f"video {info['sentences'][0]['video_id']!r}" in err and 'list of strings' in err, err
+    vid = info['sentences'][0]['video_id']
+    assert err.count('\n') == 1 and f'video {vid!r}' in err and 'list of strings' in err, err
