@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import yaml
 
 __all__ = ['ConfigError', 'from_dict', 'load_yaml', 'read_yaml', 'to_dict', 'parse_overrides',
-           'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default', 'weights_dir']
+           'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default', 'weights_dir',
+           'offline']
 
 T = TypeVar('T')
 
@@ -27,6 +28,11 @@ def data_root_default() -> Path:
 def weights_dir() -> Path:
     """Checkpoints no library distributes: `$VIDEOEXPERTS_WEIGHTS_DIR`, else ~/.cache/videoexperts/weights."""
     return Path(os.environ.get('VIDEOEXPERTS_WEIGHTS_DIR', Path.home() / '.cache' / 'videoexperts' / 'weights'))
+
+
+def offline() -> bool:
+    """`$VIDEOEXPERTS_OFFLINE` or `$HF_HUB_OFFLINE` is set: nothing is downloaded, a missing file fails at once."""
+    return any(os.environ.get(k, '') not in ('', '0') for k in ('VIDEOEXPERTS_OFFLINE', 'HF_HUB_OFFLINE'))
 
 
 def features_root_default() -> Path:

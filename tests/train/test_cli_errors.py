@@ -152,3 +152,34 @@ def test_a_rerun_with_fewer_epochs_is_refused_and_leaves_the_run_as_it_was(
     assert yaml.safe_load(after['config.yaml'])['train']['epochs'] == 2
     assert train_main(_train(tiny, run, '--set', 'train.epochs=3')) == 0  # more epochs continue the run
     assert len((seed / 'metrics.jsonl').read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize('why', ['offline', 'hub silent'])
+def test_a_text_model_missing_from_the_cache_fails_at_once(why: str, tiny: Path, tmp_path: Path, python: str,
+                                                           repo_root: Path, subprocess_env: dict) -> None:
+    """MMT with bert-base-cased and an empty Hugging Face cache: one line saying what to download, at
+    once (transformers alone retried for 28-50 s before its own error)."""
+    import socket
+    import time
+
+    cfg = yaml.safe_load((tiny / 'mee.yaml').read_text())
+    cfg['model'] = {'model': 'mmt', 'text': {'encoder': 'bert', 'name': 'bert-base-cased'},
+                    'transformer': {'layers': 1, 'heads': 2, 'hidden': 16, 'ffn': 16, 'max_positions': 8},
+                    'experts': [{'name': 'object', 'dim': DIM, 'aggregation': 'tokens', 'max_tokens': ROWS}]}
+    config = tmp_path / 'mmt.yaml'
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**subprocess_env, 'HF_HOME': str(tmp_path / 'hf')}
+    env.pop('HF_HUB_OFFLINE', None)
+    env.pop('VIDEOEXPERTS_OFFLINE', None)
+    if why == 'offline':
+        env['HF_HUB_OFFLINE'] = '1'
+    else:
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(('127.0.0.1', 0))
+            env['HF_ENDPOINT'] = f'http://127.0.0.1:{s.getsockname()[1]}'
+    t0 = time.time()
+    proc = subprocess.run([python, '-m', 'train', *_train(tiny, tmp_path / 'run', config=config)], cwd=repo_root,
+                          env=env, capture_output=True, text=True, timeout=300)
+    line = _one_line(proc.returncode, proc.stderr, "'bert-base-cased'", 'huggingface-cli download bert-base-cased')
+    assert ('offline mode' if why == 'offline' else 'cannot be reached') in line
+    assert time.time() - t0 < 25  # the interpreter and torch start in ~5-10 s; no retries

@@ -12,7 +12,8 @@ from shared.registry import Registry
 from train.models.base import RetrievalModel
 from train.models.config import ExpertSpec, ModelCfg
 
-__all__ = ['MODELS', 'create_model', 'structure_only', 'meta_model', 'check_fits', 'count_parameters', 'ModelCfg', 'ExpertSpec', 'RetrievalModel']
+__all__ = ['MODELS', 'create_model', 'structure_only', 'meta_model', 'check_fits', 'count_parameters', 'ModelCfg',
+           'ExpertSpec', 'RetrievalModel']
 
 #: name -> factory(cfg) -> model
 MODELS: Registry[Callable[[ModelCfg], RetrievalModel]] = Registry('model')
@@ -77,6 +78,9 @@ def check_fits(cfg: ModelCfg, device: torch.device) -> None:
     """Refuse a model whose weights alone exceed the memory that holds them (the host's, where it is
     built, and the GPU's), counted on the meta device before anything is allocated: a size such as
     model.embed_dim=1000000000 is one line here, not an allocator's traceback or the OOM killer."""
+    t = cfg.text
+    if t.encoder != 'word2vec' and min(t.vocab_size, t.hidden, t.layers, t.heads, t.ffn) <= 0:
+        return  # a pretrained text model without its architecture in the config: its size is known once it loads
     model = meta_model(cfg)
     n = sum(t.numel() for t in model.parameters())
     nbytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
