@@ -101,7 +101,7 @@ datasets: $(STAMP) ## describe DATASET's manifest: splits, captions, video files
 	$(PY) -m shared.datasets $(DATASET) --data-root $(DATA_ROOT)
 
 check: $(STAMP) ## validate every store of DATASET under FEATURES_ROOT
-	$(PY) -m shared.store check $(wildcard $(FEATURES_ROOT)/$(DATASET)/*.zarr)
+	$(PY) -m shared.store check --dataset $(DATASET) --features-root $(FEATURES_ROOT)
 
 clean: ## remove caches (keeps .venv, data and features)
 	rm -rf .pytest_cache build *.egg-info

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shared.config import weights_dir
+from shared.config import offline, weights_dir
 
 __all__ = ['WeightsError', 'ResolvedWeights', 'resolve_weights', 'load_state_dict', 'weights_dir', 'offline',
            'sha256_file']
@@ -49,10 +49,6 @@ class ResolvedWeights:
         if self.random:
             return 'random'
         return self.spec if self.path is None or str(self.path) == self.spec else f'{self.spec} ({self.path})'
-
-
-def offline() -> bool:
-    return any(os.environ.get(k, '') not in ('', '0') for k in ('VIDEOEXPERTS_OFFLINE', 'HF_HUB_OFFLINE'))
 
 
 def sha256_file(path: Path) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -83,7 +85,14 @@ def make_client(scheduler: str, workers: int, gpus: int, threads: int, slurm: di
                                dashboard_address=None)
         return Client(cluster)
     if scheduler == 'slurm':
-        from dask_jobqueue import SLURMCluster
+        # without sbatch every job submission fails in the background and the run waits for workers forever
+        if shutil.which('sbatch') is None:
+            raise ConfigError('--scheduler slurm: sbatch is not on PATH, so no SLURM job can be submitted from this '
+                              'machine. Run it on a SLURM login node, or use --scheduler local or a scheduler address')
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError:
+            raise ConfigError('--scheduler slurm needs dask-jobqueue: pip install dask-jobqueue') from None
 
         extra = ['--resources', f'GPU={gpus}'] if gpus else []
         directives = [f'--gres=gpu:{gpus}'] if gpus else []
@@ -92,7 +101,33 @@ def make_client(scheduler: str, workers: int, gpus: int, threads: int, slurm: di
                                worker_extra_args=extra, log_directory=slurm['log_directory'])
         cluster.scale(jobs=workers)
         return Client(cluster)
-    return Client(scheduler)
+    _reachable(scheduler)
+    try:
+        return Client(scheduler)
+    except (OSError, TimeoutError, ValueError) as err:  # distributed raises these for a bad or silent address
+        raise ConfigError(f'--scheduler {scheduler}: cannot connect ({err}). Start the scheduler first '
+                          '(dask scheduler), or give local or slurm') from None
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """One TCP connection to a tcp:// scheduler address, so that one with nothing listening is a
+    ConfigError at once (Dask's client retries for 30 s, then raises a bare OSError)."""
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        protocol, loc = parse_address(address, strict=False)
+        if protocol != 'tcp':  # tls://, inproc:// ...: left to Dask
+            return
+        host, port = parse_host_port(loc)
+    except ValueError as err:
+        raise ConfigError(f'--scheduler {address}: not local, slurm or a scheduler address such as '
+                          f'tcp://HOST:8786 ({err})') from None
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f'--scheduler {address}: nothing answers there ({err.strerror or err}). Start the scheduler '
+                          f'first (dask scheduler --port {port}), check the address, or give local or slurm') from None
 
 
 def extract_cluster(client: Any, opts: dict[str, Any], num_shards: int, gpus: int = 0, retries: int = 2,
@@ -126,9 +161,9 @@ def extract_cluster(client: Any, opts: dict[str, Any], num_shards: int, gpus: in
         bar.update(1)
     bar.close()
     code = 0
-    for e in opts['experts']:
+    for e in opts['experts']:  # each store's whole summary, as `python -m shared.store check`: its verdict last
         report = check_store(stores[e].path)
-        print(f'{e}: {report.summary().splitlines()[0]}')
+        print(f'\n{report.summary()}')
         code = max(code, report.exit_code)
     for f in failed:
         print(f'failed after {retries} retries: {f}', file=sys.stderr)
@@ -141,27 +176,41 @@ def main(argv: list[str] | None = None) -> int:
     d = RunOptions(dataset='', experts=[])
     p = argparse.ArgumentParser(prog='python -m pipelines.extract_cluster', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
-    p.add_argument('--dataset', required=True)
+    p.add_argument('--dataset', required=True, help='a registered dataset (python -m shared.datasets --help), or '
+                                                    'folder:PATH')
     p.add_argument('--experts', required=True, help='an expert, a comma list, or all')
-    p.add_argument('--scheduler', default='local', help='local (a LocalCluster), slurm (dask-jobqueue), or an address')
-    p.add_argument('--workers', type=int, default=2, help='worker processes (local) or SLURM jobs (default: 2)')
+    p.add_argument('--scheduler', default='local',
+                   help='local (a LocalCluster on this machine), slurm (dask-jobqueue: one SLURM job per worker), '
+                        'or the address of a running scheduler, e.g. tcp://HOST:8786 (default: %(default)s)')
+    p.add_argument('--workers', type=int, default=2,
+                   help='worker processes (local) or SLURM jobs (default: %(default)s)')
     p.add_argument('--num-shards', type=int, default=None, help='tasks (default: 4 per worker, at most one per chunk)')
     p.add_argument('--gpus', type=int, default=0, help='GPUs per worker; tasks then ask for one GPU each')
-    p.add_argument('--retries', type=int, default=2, help='retries of a failed shard (default: 2)')
-    p.add_argument('--data-root', type=Path, default=d.data_root)
-    p.add_argument('--features-root', type=Path, default=d.features_root)
-    p.add_argument('--device', default='auto')
+    p.add_argument('--retries', type=int, default=2, help='retries of a failed shard (default: %(default)s)')
+    p.add_argument('--data-root', type=Path, default=d.data_root,
+                   help='directory holding one folder per dataset (default: %(default)s)')
+    p.add_argument('--features-root', type=Path, default=d.features_root,
+                   help='where the stores are written, {features root}/{dataset}/{expert}.zarr '
+                        '(default: %(default)s)')
+    p.add_argument('--device', default=d.device, help='as python -m extract --device (default: %(default)s)')
     p.add_argument('--weights', default=None, help='as python -m extract --weights (random only when asked)')
-    p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE')
-    p.add_argument('--decode-workers', type=int, default=1, help='decode processes inside each worker (default: 1)')
-    p.add_argument('--chunk-size', type=int, default=None)
-    p.add_argument('--retry-failed', action='store_true')
-    p.add_argument('--slurm-partition', default=None)
-    p.add_argument('--slurm-cores', type=int, default=8)
-    p.add_argument('--slurm-memory', default='32GB')
-    p.add_argument('--slurm-walltime', default='04:00:00')
-    p.add_argument('--slurm-log-directory', default='logs/dask')
-    p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
+                   help='an expert setting, as python -m extract --set (EXPERT.KEY=VALUE for one expert)')
+    p.add_argument('--decode-workers', type=int, default=1,
+                   help='decode processes inside each worker (default: %(default)s)')
+    p.add_argument('--chunk-size', type=int, default=None,
+                   help="videos per chunk of a new store, the unit of work (default: the existing stores', else "
+                        "python -m extract's)")
+    p.add_argument('--retry-failed', action='store_true', help='redo the videos that failed, as python -m extract')
+    p.add_argument('--slurm-partition', default=None, help='SLURM partition of the worker jobs (default: the '
+                                                           "cluster's default)")
+    p.add_argument('--slurm-cores', type=int, default=8, help='CPU cores per SLURM worker job (default: %(default)s)')
+    p.add_argument('--slurm-memory', default='32GB', help='memory per SLURM worker job (default: %(default)s)')
+    p.add_argument('--slurm-walltime', default='04:00:00',
+                   help='time limit per SLURM worker job (default: %(default)s)')
+    p.add_argument('--slurm-log-directory', default='logs/dask',
+                   help='where the SLURM worker jobs write their logs (default: %(default)s)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')
     args = p.parse_args(argv)
     try:
         opts = dataclasses.asdict(RunOptions(

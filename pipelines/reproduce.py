@@ -54,15 +54,20 @@ def _beside(ours: dict, paper: tuple[str, dict[str, dict[str, float]]] | None) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m pipelines.reproduce', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
-    p.add_argument('--paper', required=True, choices=['ce', 'mee', 'mmt', 'ssb'])
-    p.add_argument('--dataset', required=True)
-    p.add_argument('--split', default=None)
-    p.add_argument('--release', type=Path, default=None, help="the authors' released features, imported when stores are missing")
-    p.add_argument('--seeds', default='0,1,2')
+    p.add_argument('--paper', required=True, choices=['ce', 'mee', 'mmt', 'ssb'],
+                   help='whose model and config: ce, mee, mmt or ssb (the support-set model)')
+    p.add_argument('--dataset', required=True, help='a registered dataset, e.g. msrvtt')
+    p.add_argument('--split', default=None, help="the dataset's split, e.g. 1k-A (default: the config's)")
+    p.add_argument('--release', type=Path, default=None,
+                   help="the authors' released features, imported when stores are missing")
+    p.add_argument('--seeds', default='0,1,2',
+                   help='comma list of seeds, reported as mean and std (default: %(default)s)')
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
                    help='override a config value for training, as for python -m train (a quick check: train.epochs=1)')
-    p.add_argument('--data-root', type=Path, default=data_root_default())
-    p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help='directory holding one folder per dataset (default: %(default)s)')
+    p.add_argument('--features-root', type=Path, default=features_root_default(),
+                   help='where the stores are, {features root}/{dataset}/{expert}.zarr (default: %(default)s)')
     p.add_argument('--run-dir', type=Path, default=None, help='default: runs/reproduce-PAPER-DATASET-SPLIT')
     args = p.parse_args(argv)
     try:

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ['ConfigError', 'from_dict', 'load_yaml', 'to_dict', 'parse_overrides',
-           'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default', 'weights_dir']
+__all__ = ['ConfigError', 'from_dict', 'load_yaml', 'read_yaml', 'to_dict', 'parse_overrides',
+           'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default', 'weights_dir',
+           'offline']
 
 T = TypeVar('T')
 
@@ -27,6 +28,11 @@ def data_root_default() -> Path:
 def weights_dir() -> Path:
     """Checkpoints no library distributes: `$VIDEOEXPERTS_WEIGHTS_DIR`, else ~/.cache/videoexperts/weights."""
     return Path(os.environ.get('VIDEOEXPERTS_WEIGHTS_DIR', Path.home() / '.cache' / 'videoexperts' / 'weights'))
+
+
+def offline() -> bool:
+    """`$VIDEOEXPERTS_OFFLINE` or `$HF_HUB_OFFLINE` is set: nothing is downloaded, a missing file fails at once."""
+    return any(os.environ.get(k, '') not in ('', '0') for k in ('VIDEOEXPERTS_OFFLINE', 'HF_HUB_OFFLINE'))
 
 
 def features_root_default() -> Path:
@@ -87,14 +93,42 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = 'config') -> T:
     kwargs = {k: _coerce(hints[k], v, f'{where}.{k}') for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as err:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # ValueError: a range check in __post_init__
         raise ConfigError(f'{where}: {err}') from err
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: the problem and where (its message spans several lines)."""
+    problem = getattr(err, 'problem', None) or str(err).strip().splitlines()[0]
+    mark = getattr(err, 'problem_mark', None)
+    where = f' (line {mark.line + 1}, column {mark.column + 1})' if mark is not None else ''
+    if isinstance(err, yaml.constructor.ConstructorError):  # safe_load met a tag such as !!python/object
+        return (f'{problem}{where}: a tag that builds a Python object is refused (it can run code); write plain '
+                'values')
+    return f'not valid YAML: {problem}{where}'
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file's plain data (`yaml.safe_load`); unreadable text, bad YAML and Python tags are a
+    one-line ConfigError naming the file."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return yaml.safe_load(f)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f'{path}: not UTF-8 text (byte {err.start}): give a YAML file') from None
+    except IsADirectoryError:
+        raise ConfigError(f'{path} is a directory: give a YAML file') from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f'{path}: {_yaml_problem(err)}') from None
 
 
 def load_yaml(cls: type[T], path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> T:
     """Load dataclass `cls` from a YAML file, then apply dotted-key `overrides`."""
-    with open(path, encoding='utf-8') as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path}: expected a mapping of settings, got {type(data).__name__}')
     for key, value in (overrides or {}).items():
         node = data
         *parents, last = key.split('.')
@@ -116,5 +150,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition('=')
         if not sep or not key:
             raise ConfigError(f'expected key=value, got {item!r}')
-        out[key.strip()] = yaml.safe_load(raw) if raw else ''
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw else ''
+        except yaml.YAMLError as err:
+            raise ConfigError(f'--set {item}: {_yaml_problem(err)}') from None
     return out

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ['atomic_write', 'atomic_save', 'fsync_dir']
+__all__ = ['atomic_write', 'atomic_save', 'fsync_dir', 'make_dir']
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -55,3 +55,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def make_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
+    """`path` made with its parents, or a one-line ConfigError naming the file in its way and `fix`."""
+    from shared.config import ConfigError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise ConfigError(f'{what} {path}: {blocking} is a file, not a directory: {fix}') from None
+    return path

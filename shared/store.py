@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from shared.datasets.manifest import check_dataset_name
+from shared.datasets.manifest import DatasetError, check_dataset_name
 from shared.files import fsync_dir
 
 __all__ = [
@@ -905,21 +905,43 @@ def check_store(path: str | os.PathLike) -> CheckReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m shared.store check PATH [PATH ...]``."""
+    """CLI: ``python -m shared.store check PATH [PATH ...]`` or ``check --dataset D [--features-root R]``."""
     parser = argparse.ArgumentParser(
         prog='python -m shared.store', description='Inspect expert stores (Zarr v3).')
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('check', help='validate stores and print a summary',
                        description='Validate stores: shapes, masks consistent with lengths, no NaN/inf, '
                                    'status complete. Exit 0 when every store is valid and complete, '
-                                   '1 when one is invalid, 2 when one is incomplete.')
-    p.add_argument('paths', nargs='+', type=Path, metavar='PATH', help='a {expert}.zarr directory')
+                                   '1 when one is invalid, 2 when one is incomplete or there is none to check.')
+    p.add_argument('paths', nargs='*', type=Path, metavar='PATH', help='a {expert}.zarr directory')
+    p.add_argument('--dataset', default=None,
+                   help='check every store of this dataset ({features root}/{dataset}/*.zarr) besides any PATH')
+    p.add_argument('--features-root', type=Path, default=None,
+                   help='where the stores are, with --dataset (default: features, or $VIDEOEXPERTS_FEATURES_ROOT)')
     p.add_argument('--repair', action='store_true',
                    help='mark finished chunks whose data is missing or damaged as pending, so that rerunning the '
                         'extraction redoes them (run it while no extraction writes the store)')
     args = parser.parse_args(argv)
+    paths = list(args.paths)
+    if args.dataset is not None:
+        from shared.config import features_root_default
+
+        try:
+            folder = store_path(args.features_root or features_root_default(), args.dataset, 'any').parent
+        except (StoreError, DatasetError) as err:
+            print(f'error: {err}', file=sys.stderr)
+            return 1
+        found = sorted(folder.glob('*.zarr'))
+        if not found:  # nothing extracted yet: incomplete, as the README's exit codes say
+            print(f'error: no stores of {args.dataset} in {folder}: nothing is extracted yet. Extract them first '
+                  f'(make extract DATASET={args.dataset}), or give the --features-root they are under',
+                  file=sys.stderr)
+            return 2
+        paths += found
+    if not paths:
+        parser.error('give PATH or --dataset')
     codes = []
-    for i, path in enumerate(args.paths):
+    for i, path in enumerate(paths):
         report = check_store(path)
         if i:
             print()

@@ -111,7 +111,14 @@ def _load(path: str) -> WordVectors:
         raise FileNotFoundError(f'word vectors {p} not found (a word2vec .bin, e.g. '
                                 'GoogleNews-vectors-negative300.bin, or a word2vec text file)')
     # word2vec formats hold words and numbers only: parsed, never unpickled
-    kv = KeyedVectors.load_word2vec_format(str(p), binary=binary)
+    try:
+        kv = KeyedVectors.load_word2vec_format(str(p), binary=binary)
+    except (ValueError, EOFError, IndexError, OverflowError, MemoryError) as err:  # what gensim's parser raises
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        layout = ('a "COUNT DIM" line, then COUNT records of a word, a space and DIM float32s' if binary else
+                  'UTF-8 text: a "COUNT DIM" line, then a word and DIM numbers per line')
+        raise WordVectorsError(f'word vectors {p}: not a word2vec {"binary" if binary else "text"} file ({reason}); '
+                               f'give a file of that format ({layout})') from None
     return WordVectors(kv, p)
 
 

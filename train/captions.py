@@ -184,8 +184,11 @@ def build_caption_encoder(text: TextCfg, word_vectors: str, max_words: int, data
         return SubwordCaptions(text.encoder, max_words, words=words)
     from transformers import AutoTokenizer
 
+    from train.models.text_encoders import hub_source
+
+    source = hub_source(text.name, 'tokenizer of')
     try:
-        tok = AutoTokenizer.from_pretrained(text.name)
+        tok = AutoTokenizer.from_pretrained(text.name, **source)
     except OSError as err:
         raise FileNotFoundError(f'tokenizer of {text.name!r} not found: put the model in the Hugging Face cache or '
                                 f'give a local directory as text.name ({err})') from None

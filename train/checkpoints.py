@@ -28,9 +28,13 @@ from shared.files import atomic_save
 from train.models.base import RetrievalModel
 from train.models.layers import ExpertRows
 
-__all__ = ['FROZEN', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'by_expert_name']
+__all__ = ['FROZEN', 'GALLERY', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'load_gallery',
+           'by_expert_name']
 
 FROZEN = 'frozen.pt'
+#: a finished run's test videos embedded once, for search
+GALLERY = 'gallery.pt'
+_GALLERY_KEYS = {'video_ids': list, 'emb': torch.Tensor, 'available': torch.Tensor, 'checkpoint': str}
 
 
 def _frozen_keys(model: RetrievalModel) -> set[str]:
@@ -54,7 +58,8 @@ class CheckpointError(ConfigError):
     """A checkpoint file that cannot be read."""
 
 
-def _read(path: Path, map_location: Any) -> dict[str, Any]:
+def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 'checkpoint') -> dict[str, Any]:
+    advice = advice or _advice(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -62,10 +67,10 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         # torch's messages run to several sentences of advice: the first says what is wrong
         reason = (str(err).strip().split('. ')[0].splitlines() or [''])[0][:160] or type(err).__name__
-        raise CheckpointError(f'checkpoint {path} cannot be read ({reason}): it was cut short or damaged. '
-                              f'{_advice(path)}') from None
-    if not isinstance(state, dict) or (path.name != FROZEN and not isinstance(state.get('model'), dict)):
-        raise CheckpointError(f'{path} is not a checkpoint of this project. {_advice(path)}')
+        raise CheckpointError(f'{what} {path} cannot be read ({reason}): it was cut short or damaged. {advice}') from None
+    plain = path.name in (FROZEN, GALLERY)  # weights alone, or a gallery: no 'model' entry
+    if not isinstance(state, dict) or (not plain and not isinstance(state.get('model'), dict)):
+        raise CheckpointError(f'{path} is not a checkpoint of this project. {advice}')
     return state
 
 
@@ -121,3 +126,20 @@ def by_expert_name(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str
                     break
             out[key] = value
     return out
+
+
+def load_gallery(run_dir: Path) -> dict[str, Any]:
+    """A finished run's gallery.pt (video_ids, emb, available, checkpoint).
+
+    Raises:
+        CheckpointError: it cannot be read or is not a gallery; rerunning the training command
+            writes it again from the run's checkpoint.
+    """
+    path = run_dir / GALLERY
+    advice = 'Rerun the training command of this run: it writes gallery.pt again from its checkpoint'
+    state = _read(path, 'cpu', advice, 'gallery')
+    wrong = [k for k, t in _GALLERY_KEYS.items() if not isinstance(state.get(k), t)]
+    if wrong or not (len(state['video_ids']) == len(state['emb']) == len(state['available'])):
+        raise CheckpointError(f'{path} is not a gallery of this project ({", ".join(wrong) or "lengths differ"}). '
+                              f'{advice}')
+    return state

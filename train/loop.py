@@ -22,15 +22,15 @@ import numpy as np
 import torch
 import yaml
 
-from shared.config import ConfigError, from_dict, load_yaml, to_dict
+from shared.config import ConfigError, from_dict, load_yaml, read_yaml, to_dict
 from shared.datasets import Manifest
-from shared.files import atomic_save
+from shared.files import atomic_save, make_dir
 from train.captions import build_caption_encoder
-from train.checkpoints import FROZEN, load_model, save_checkpoint
+from train.checkpoints import FROZEN, GALLERY, load_model, save_checkpoint
 from train.data import SplitData, TrainFeed, load_split, split_captions
 from train.losses import LOSSES, build_loss
 from train.metrics import format_results, geometric_mean, retrieval_metrics
-from train.models import ModelCfg, RetrievalModel, create_model
+from train.models import ModelCfg, RetrievalModel, check_fits, create_model
 from train.models.config import upgrade_saved
 from train.models.base import ExpertInput, TextEmbedding, TextInput, VideoEmbedding
 from train.step import TrainStep
@@ -101,8 +101,11 @@ class TrainCfg:
     device_data: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.log_every < 1:
-            raise ValueError('train.log_every must be at least 1')
+        for name in ('epochs', 'batch_size', 'log_every'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'train.{name} must be at least 1, got {getattr(self, name)}')
+        if self.lr_step < 0:
+            raise ValueError(f'train.lr_step must be 0 (constant) or more, got {self.lr_step}')
         if self.loss not in LOSSES:
             raise ValueError(f'unknown train.loss {self.loss!r} (known: {", ".join(LOSSES.names())})')
         # a NaN or infinite setting makes every loss non-finite: refused here, not found after training
@@ -136,8 +139,10 @@ def load_run_cfg(path: str | Path, overrides: dict[str, Any] | None = None) -> R
 
 def read_saved(path: Path) -> dict[str, Any]:
     """A run directory's config.yaml as plain data, as today's configs write it (`upgrade_saved`)."""
-    saved = yaml.safe_load(path.read_text()) or {}
-    if isinstance(saved, dict) and isinstance(saved.get('model'), dict):
+    saved = read_yaml(path) or {}
+    if not isinstance(saved, dict):
+        raise ConfigError(f'{path}: not a run config (expected a mapping)')
+    if isinstance(saved.get('model'), dict):
         saved['model'] = upgrade_saved(saved['model'])
     return saved
 
@@ -340,10 +345,10 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     from tqdm import tqdm
 
     dev = torch.device(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_fits(cfg.model, dev)  # before anything is made
+    make_dir(run_dir, 'run directory', 'pass another --run-dir')
     settings = yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False)
     _check_resumable(run_dir, yaml.safe_load(settings))
-    (run_dir / 'config.yaml').write_text(settings)
     experts = cfg.model.experts
     split = manifest.split(cfg.data.split)
     captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run_dir,
@@ -371,7 +376,13 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             sched.load_state_dict(state['scheduler'])
         torch.set_rng_state(state['torch_rng'])
         start, best = state['epoch'] + 1, state['best']
+        if start > cfg.train.epochs:  # its results, config.yaml and metrics.jsonl are of `start` epochs
+            raise ConfigError(f'{run_dir} holds a run that has trained {start} epochs, more than '
+                              f'train.epochs={cfg.train.epochs}: refused, and the run is left as it was. Pass '
+                              f'another --run-dir to train a new run of {cfg.train.epochs} epochs, or '
+                              f'train.epochs={start} (or more, to continue it) to use this one')
         print(f'resuming {run_dir} at epoch {start + 1}')
+    (run_dir / 'config.yaml').write_text(settings)  # once a resumed run is known to be this config's
     tb = SummaryWriter(str(run_dir / 'tb'))
     steps_per_epoch = len(train) // cfg.train.batch_size
     if steps_per_epoch == 0:
@@ -429,7 +440,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     video = embed_videos(model, test, dev)  # once: for the test metrics and for the search gallery
     result = evaluate(model, test, dev, video)
     atomic_save({'video_ids': test.video_ids, 'emb': video.emb.cpu(), 'available': video.available.cpu(),
-                 'checkpoint': chosen}, run_dir / 'gallery.pt')  # whole or absent, as the checkpoints
+                 'checkpoint': chosen}, run_dir / GALLERY)  # whole or absent, as the checkpoints
     (run_dir / 'test_metrics.json').write_text(json.dumps(result, indent=1))
     (run_dir / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seed {seed}\n\n'
                                         f'Checkpoint: {chosen}\n\n' + format_results({cfg.model.model: [result]}) + '\n')

@@ -19,9 +19,9 @@ from shared.logs import setup_logging
 from shared.store import StoreError
 from train.loop import RunCfg, load_run_cfg, train_run
 from train.metrics import format_results
-from train.models import count_parameters, create_model, structure_only
+from train.models import count_parameters, meta_model
 
-__all__ = ['main', 'config_path', 'CONFIG_DIR']
+__all__ = ['main', 'config_path', 'parse_seeds', 'CONFIG_DIR']
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'pipelines' / 'configs' / 'train'
 
@@ -44,8 +44,16 @@ def config_path(model: str, dataset: str, split: str | None) -> Path:
                       f'(known: {", ".join(known)}); pass --config FILE')
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]; anything else is a ConfigError saying what to give."""
+    items = [s.strip() for s in text.split(',')]
+    if not all(s.lstrip('-').isdigit() for s in items):  # '' and '0,,1' included
+        raise ConfigError(f'--seeds {text!r}: give one or more integers separated by commas, e.g. --seeds 0,1,2')
+    return [int(s) for s in items]
+
+
 def _count(cfg: RunCfg) -> int:
-    model = create_model(structure_only(cfg.model))  # offline: the architecture, no weights
+    model = meta_model(cfg.model)  # offline, and nothing allocated: the architecture alone
     counts = count_parameters(model)
     total = counts.pop('total')
     print(f'parameters: {total} ({total / 1e6:.2f}M)')
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f'{args.config} is a {cfg.model.model} config, not {args.model}')
         if args.count_params:
             return _count(cfg)
-        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+        seeds = parse_seeds(args.seeds)
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:  # the same seed twice trains the same run twice: a "± 0.0" that means nothing
             raise ConfigError(f'--seeds {args.seeds}: seed {", ".join(map(str, repeated))} given more than once; '

@@ -14,7 +14,7 @@ import torch
 
 from shared.config import ConfigError, data_root_default
 from train.captions import build_caption_encoder
-from train.checkpoints import load_model
+from train.checkpoints import GALLERY, load_gallery, load_model
 from train.loop import RunCfg, saved_run_cfg
 from train.models import create_model, structure_only
 from train.models.base import VideoEmbedding
@@ -37,10 +37,9 @@ class Searcher:
                              f'(--run {run.parent}/{seeds[-1].name} for another)')
         self.run = run
         self.cfg: RunCfg = saved_run_cfg(run)
-        gallery_path = run / 'gallery.pt'
-        if not gallery_path.is_file():
-            raise ConfigError(f'{run} has no gallery.pt: the run has not finished')
-        gallery = torch.load(gallery_path, map_location='cpu', weights_only=True)
+        if not (run / GALLERY).is_file():
+            raise ConfigError(f'{run} has no {GALLERY}: the run has not finished')
+        gallery = load_gallery(run)
         self.model = create_model(structure_only(self.cfg.model)).eval()  # checkpoint + frozen.pt: every weight
         load_model(self.model, run / 'checkpoints' / gallery['checkpoint'])
         self.video_ids: list[str] = list(gallery['video_ids'])

@@ -28,6 +28,9 @@ def dataset_dir(data_root: str | os.PathLike, name: str) -> Path:
 
 
 def list_datasets() -> list[str]:
+    """Every registered dataset, and folder:PATH (importing the adapters registers them)."""
+    from shared.datasets import activitynet, demo, didemo, lsmdc, msrvtt, msvd, vatex  # noqa: F401
+
     return DATASETS.names() + ['folder:PATH']
 
 

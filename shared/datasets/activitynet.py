@@ -6,11 +6,10 @@ Splits ``val1`` (train / - / val_1, CE's protocol) and ``val2`` (train / - / val
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, find_video, require_files
+from shared.datasets.manifest import DatasetError, Manifest, Split, find_video, read_json, require_files
 
 __all__ = ['activitynet', 'FILES']
 
@@ -25,11 +24,11 @@ def activitynet(root: Path) -> Manifest:
     parts: dict[str, tuple[str, ...]] = {}
     for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'ActivityNet Captions file')):
         try:
-            data = json.loads(path.read_text(encoding='utf-8'))
+            data = read_json(path, 'ActivityNet Captions file')
             for vid, entry in data.items():
                 order = sorted(range(len(entry['sentences'])), key=lambda i: tuple(entry['timestamps'][i]))
                 captions.setdefault(vid, tuple(entry['sentences'][i].strip() for i in order))
-        except (KeyError, TypeError, AttributeError, IndexError, json.JSONDecodeError) as err:
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
             raise DatasetError(f'{path}: not an ActivityNet Captions file ({err!r})') from None
         parts[part] = tuple(data)
     ids = tuple(sorted(captions))

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, require_files, resolve_inside
+from shared.datasets.manifest import DatasetError, Manifest, Split, read_json, require_files, resolve_inside
 from shared.media import ffmpeg_exe
 
 __all__ = ['DemoCfg', 'generate', 'demo', 'SUBJECTS', 'MOTIONS', 'TONES', 'WORDS', 'PHRASES', 'MANIFEST_FILE',
@@ -325,14 +325,15 @@ def demo(root: Path) -> Manifest:
     path, = require_files(root, (MANIFEST_FILE,), 'demo manifest',
                           f'generate the demo first: python -m shared.datasets.demo --out {root}')
     try:
-        data = json.loads(path.read_text(encoding='utf-8'))
+        data = read_json(path, 'demo manifest')
         videos = data['videos']
         ids = tuple(v['id'] for v in videos)
         paths = tuple(resolve_inside(root, v['file']) for v in videos)
-        captions = {v['id']: tuple(v['captions']) for v in videos}
+        captions = {v['id']: tuple(v['captions']) if isinstance(v['captions'], list) else v['captions']
+                    for v in videos}  # anything but a list is refused by Manifest, naming the video
         parts = data['splits']
         split = Split('official', tuple(parts['train']), tuple(parts['val']), tuple(parts['test']))
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError) as err:
         raise DatasetError(f'{path}: not a demo manifest ({err!r})') from None
     return Manifest('demo', root, ids, paths, captions, {'official': split})
 

@@ -6,11 +6,11 @@ carries its extension). A video's moment descriptions, in file order, form its p
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_files, resolve_inside
+from shared.datasets.manifest import (DatasetError, Manifest, Split, ordered_unique, read_json, require_files,
+                                      resolve_inside)
 
 __all__ = ['didemo', 'FILES']
 
@@ -24,11 +24,11 @@ def didemo(root: Path) -> Manifest:
     parts: dict[str, tuple[str, ...]] = {}
     for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'DiDeMo annotation file')):
         try:
-            moments = json.loads(path.read_text(encoding='utf-8'))
+            moments = read_json(path, 'DiDeMo annotation file')
             vids = [str(m['video']) for m in moments]
             for m in moments:
                 captions.setdefault(str(m['video']), []).append(str(m['description']).strip())
-        except (KeyError, TypeError, json.JSONDecodeError) as err:
+        except (KeyError, TypeError) as err:
             raise DatasetError(f'{path}: not a DiDeMo annotation file ({err!r})') from None
         parts[part] = tuple(ordered_unique(vids))
     ids = tuple(sorted(captions))

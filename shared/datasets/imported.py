@@ -10,10 +10,9 @@ order (1k-A indexes captions by position) and the splits:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from shared.datasets.manifest import DatasetError, Manifest, Split, resolve_inside
+from shared.datasets.manifest import DatasetError, Manifest, Split, read_json, resolve_inside
 
 __all__ = ['IMPORTED_FILE', 'imported_manifest']
 
@@ -24,7 +23,7 @@ def imported_manifest(root: Path, name: str) -> Manifest:
     """The manifest in ``{root}/imported.json``; its `origin` names that file."""
     path = root / IMPORTED_FILE
     try:
-        data = json.loads(path.read_text(encoding='utf-8'))
+        data = read_json(path, 'imported-features manifest')
         ids = tuple(data['videos'])
         caps = {v: tuple(data['captions'].get(v, ())) for v in ids}
         splits = {}
@@ -34,7 +33,7 @@ def imported_manifest(root: Path, name: str) -> Manifest:
                                        paragraph=bool(s.get('paragraph', False)), query_captions=queries,
                                        unavailable=s.get('unavailable', ''))
         release = str(data.get('source', '?'))
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise DatasetError(f'{path}: not an imported-features manifest ({err!r})') from None
     paths = tuple(resolve_inside(root, f'videos/{v}.mp4') for v in ids)
     origin = (f'{path} (captions and splits of the features imported from the {release} release; '

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_files, resolve_inside
+from shared.datasets.manifest import (DatasetError, Manifest, Split, ordered_unique, read_text, require_files,
+                                      resolve_inside)
 
 __all__ = ['lsmdc', 'FILES']
 
@@ -20,7 +21,7 @@ FILES = {'train': 'LSMDC16_annos_training.csv', 'val': 'LSMDC16_annos_val.csv',
 
 def _read(path: Path, captions: dict[str, list[str]]) -> list[str]:
     clips = []
-    for line_no, line in enumerate(path.read_text(encoding='utf-8').splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path, 'LSMDC annotation CSV').splitlines(), start=1):
         if not line.strip():
             continue
         cols = line.split('\t')

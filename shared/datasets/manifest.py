@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -9,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = ['DatasetError', 'AnnotationsMissing', 'Split', 'Manifest', 'resolve_inside', 'read_split_list',
-           'require_files', 'check_dataset_name', 'VIDEO_EXTENSIONS', 'find_video', 'OFFICIAL']
+           'require_files', 'read_text', 'read_json', 'check_dataset_name', 'VIDEO_EXTENSIONS', 'find_video', 'OFFICIAL']
 
 #: Containers the `folder` adapter (and extension look-up) recognise.
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv',
@@ -77,6 +78,32 @@ def require_files(root: Path, names: Sequence[str], what: str, hint: str = '') -
         raise AnnotationsMissing(f'missing {what}: {", ".join(map(str, missing))} not found'
                                  + (f'. {hint}' if hint else ''), found)
     return paths
+
+
+def read_text(path: Path, what: str) -> str:
+    """An annotation file's text; one that is not UTF-8 text (binary data, another encoding) is a
+    DatasetError naming it and what it should be."""
+    try:
+        text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as err:
+        raise DatasetError(f'{path}: not UTF-8 text (byte {err.start}), so not a {what}: put the file of the '
+                           'release there, as released (UTF-8)') from None
+    if '\x00' in text:  # valid UTF-8 but binary: a CSV or text reader would read garbage rows
+        raise DatasetError(f'{path}: binary data (a NUL byte), not a {what}: put the file of the release there')
+    return text
+
+
+def read_json(path: Path, what: str) -> object:
+    """An annotation file's JSON; bad text or bad JSON (nesting too deep for the parser included) is
+    a DatasetError naming it."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f'{path}: not a {what} (invalid JSON at line {err.lineno}, column {err.colno}: '
+                           f'{err.msg})') from None
+    except RecursionError:
+        raise DatasetError(f'{path}: not a {what} (JSON nested too deeply to read)') from None
 
 
 def read_split_list(dataset: str, name: str) -> tuple[str, ...]:
@@ -155,6 +182,11 @@ class Manifest:
             raise DatasetError(f'{self.name}: {len(self.video_ids)} ids but {len(self.paths)} paths')
         if len(set(self.video_ids)) != len(self.video_ids):
             raise DatasetError(f'{self.name}: duplicate video ids')
+        for vid, caps in self.captions.items():  # e.g. a caption given as a list: the text side needs strings
+            if not isinstance(caps, tuple) or not all(isinstance(c, str) for c in caps):
+                raise DatasetError(f'{self.name} ({self.root}): the captions of video {vid!r} must be a list of '
+                                   f'strings, got {caps!r:.80}: fix the annotation file to give each caption as a '
+                                   'string')
         known = set(self.video_ids)
         for split in self.splits.values():
             for part in ('train', 'val', 'test'):

@@ -7,12 +7,13 @@ videos in ``videos/{video_id}.mp4``, and for 1k-A the JSFusion query file
 from __future__ import annotations
 
 import csv
-import json
+import io
 import re
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, read_split_list, require_files, resolve_inside
+from shared.datasets.manifest import (DatasetError, Manifest, Split, read_json, read_split_list, read_text,
+                                      require_files, resolve_inside)
 
 __all__ = ['msrvtt', 'JSFUSION_FILE']
 
@@ -32,11 +33,12 @@ def _norm(text: str) -> str:
 def _jsfusion_queries(path: Path, captions: dict[str, tuple[str, ...]]) -> dict[str, tuple[int, ...]]:
     """For each 1k-A test video, the index of its JSFusion-chosen caption among its captions."""
     out: dict[str, tuple[int, ...]] = {}
-    with open(path, newline='', encoding='utf-8') as f:
-        for line_no, row in enumerate(csv.DictReader(f), start=2):
+    rows = csv.DictReader(io.StringIO(read_text(path, 'JSFusion query CSV'), newline=''))
+    try:
+        for line_no, row in enumerate(rows, start=2):
             try:
                 vid, sentence = row['video_id'].strip(), row['sentence']
-            except KeyError:
+            except (KeyError, AttributeError):
                 raise DatasetError(f'{path}: expected columns key,vid_key,video_id,sentence') from None
             caps = captions.get(vid)
             if caps is None:
@@ -46,6 +48,8 @@ def _jsfusion_queries(path: Path, captions: dict[str, tuple[str, ...]]) -> dict[
             if not loose:
                 raise DatasetError(f'{path}:{line_no}: sentence {sentence!r} is none of the captions of {vid}')
             out[vid] = (loose[0],)
+    except csv.Error as err:
+        raise DatasetError(f'{path}: not a JSFusion query CSV ({err})') from None
     return out
 
 
@@ -58,11 +62,11 @@ def msrvtt(root: Path, jsfusion_file: str = JSFUSION_FILE) -> Manifest:
                               'Both train_val_videodatainfo.json and test_videodatainfo.json come from the '
                               'MSR-VTT release; put them in ' + str(root)):
         try:
-            data = json.loads(path.read_text(encoding='utf-8'))
+            data = read_json(path, 'MSR-VTT videodatainfo file')
             names.update(v['video_id'] for v in data['videos'])
             for s in data['sentences']:  # file order is caption order; 1k-A indexes captions by it
                 captions.setdefault(s['video_id'], []).append(s['caption'])
-        except (KeyError, TypeError, json.JSONDecodeError) as err:
+        except (KeyError, TypeError) as err:
             raise DatasetError(f'{path}: not an MSR-VTT videodatainfo file ({err!r})') from None
     ids = tuple(sorted(names, key=_video_number))
     caps = {v: tuple(captions.get(v, ())) for v in ids}

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, read_split_list, require_files, resolve_inside
+from shared.datasets.manifest import (DatasetError, Manifest, Split, read_split_list, read_text, require_files,
+                                      resolve_inside)
 
 __all__ = ['msvd']
 
@@ -22,7 +23,7 @@ def msvd(root: Path) -> Manifest:
         root, ('youtube_mapping.txt', 'AllVideoDescriptions.txt'), 'MSVD annotation file',
         'youtube_mapping.txt maps clip names to vid1..vid1970; both ship with the MSVD release')
     order: dict[str, int] = {}
-    for line_no, line in enumerate(mapping_path.read_text(encoding='utf-8').splitlines(), start=1):
+    for line_no, line in enumerate(read_text(mapping_path, 'MSVD YouTube-id mapping').splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -31,7 +32,7 @@ def msvd(root: Path) -> Manifest:
             raise DatasetError(f'{mapping_path}:{line_no}: expected "<clip> vid<N>", got {line!r}')
         order[parts[0]] = int(m.group(1))
     captions: dict[str, list[str]] = {}
-    for line_no, line in enumerate(desc_path.read_text(encoding='utf-8').splitlines(), start=1):
+    for line_no, line in enumerate(read_text(desc_path, 'MSVD descriptions file').splitlines(), start=1):
         if not line.strip() or line.startswith('#'):
             continue
         clip, _, text = line.strip().partition(' ')

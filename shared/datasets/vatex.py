@@ -7,11 +7,11 @@ halves taken in file order.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.datasets.manifest import DatasetError, Manifest, Split, ordered_unique, require_files, resolve_inside
+from shared.datasets.manifest import (DatasetError, Manifest, Split, ordered_unique, read_json, require_files,
+                                      resolve_inside)
 
 __all__ = ['vatex', 'FILES']
 
@@ -25,11 +25,11 @@ def vatex(root: Path) -> Manifest:
     parts: dict[str, list[str]] = {}
     for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'VATEX annotation file')):
         try:
-            entries = json.loads(path.read_text(encoding='utf-8'))
+            entries = read_json(path, 'VATEX annotation file')
             for e in entries:
                 captions[str(e['videoID'])] = tuple(str(c).strip() for c in e['enCap'])
             parts[part] = ordered_unique(str(e['videoID']) for e in entries)
-        except (KeyError, TypeError, json.JSONDecodeError) as err:
+        except (KeyError, TypeError) as err:
             raise DatasetError(f'{path}: not a VATEX annotation file ({err!r})') from None
     half = (len(parts['validation']) + 1) // 2
     ids = tuple(sorted(captions))

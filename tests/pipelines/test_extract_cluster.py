@@ -70,10 +70,15 @@ def client():
 
 
 @pytest.mark.slow
-def test_two_workers_give_the_single_process_stores(small_demo: Path, reference: Path, tmp_path: Path, client) -> None:
+def test_two_workers_give_the_single_process_stores(small_demo: Path, reference: Path, tmp_path: Path, client,
+                                                    capsys: pytest.CaptureFixture) -> None:
     from pipelines.extract_cluster import extract_cluster
 
     assert extract_cluster(client, _opts(small_demo, tmp_path), num_shards=4, progress=False) == 0
+    out = capsys.readouterr().out
+    for e in EXPERTS:  # the final check: each store's summary, ending with its verdict
+        summary = out[out.index(f'store     {store_path(tmp_path, "demo", e)}'):].split('\n\n')[0].rstrip()
+        assert f'expert    {e} on demo' in summary and summary.endswith('result    VALID, COMPLETE'), out
     _same(reference, tmp_path)
     # both workers' plugins loaded the experts (that the shards reuse them, rather than load their own, is not
     # checked here)
@@ -111,3 +116,38 @@ def test_a_killed_worker_still_ends_with_complete_identical_stores(small_demo: P
     assert killed, 'the run finished before a worker could be killed'
     assert code == 0
     _same(reference, tmp_path)
+
+
+def _cluster_cli(scheduler: str, tmp_path: Path) -> tuple[int, float]:
+    """`python -m pipelines.extract_cluster` with `scheduler`: (exit code, seconds taken)."""
+    from pipelines.extract_cluster import main
+
+    t0 = time.time()
+    code = main(['--dataset', 'demo', '--experts', 'object', '--scheduler', scheduler, '--data-root', str(tmp_path),
+                 '--features-root', str(tmp_path), '--no-progress'])
+    return code, time.time() - t0
+
+
+def test_slurm_without_sbatch_is_one_line_and_an_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv('PATH', str(tmp_path))  # no sbatch here (this machine has none anyway)
+    code, seconds = _cluster_cli('slurm', tmp_path)
+    err = capsys.readouterr().err
+    assert code == 1 and seconds < 30 and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert '--scheduler slurm' in err and 'sbatch' in err and '--scheduler local' in err
+    assert not list(tmp_path.glob('demo*'))  # nothing made
+
+
+def test_an_address_with_nothing_listening_is_one_line_at_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    code, seconds = _cluster_cli(f'tcp://127.0.0.1:{port}', tmp_path)
+    err = capsys.readouterr().err
+    assert code == 1 and seconds < 10 and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert f'tcp://127.0.0.1:{port}' in err and 'nothing answers' in err and 'dask scheduler' in err
+    code, _ = _cluster_cli('tcp://no-such-host.invalid:8786', tmp_path)
+    err = capsys.readouterr().err
+    assert code == 1 and err.count('\n') == 1 and 'no-such-host.invalid' in err, err

@@ -3,16 +3,60 @@ features), pretrained from a Hugging Face name or local directory, or built from
 in the config (offline tests, the demo, ``--count-params``)."""
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
 from torch import nn
 
+from shared.config import offline
 from train.models.config import TextCfg
 
-__all__ = ['build_bert', 'build_t5', 'build_gpt']
+__all__ = ['build_bert', 'build_t5', 'build_gpt', 'hub_source']
+
+#: seconds to wait for the Hugging Face hub to answer before a model missing from the cache fails
+HUB_PROBE_TIMEOUT = 3.0
+
+
+def _hub_unreachable() -> str:
+    """Why the hub cannot be reached now ('' when it can): one TCP connection, where transformers
+    would retry for tens of seconds before its own error."""
+    url = urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co'))
+    try:
+        socket.create_connection((url.hostname or '', url.port or (443 if url.scheme == 'https' else 80)),
+                                 timeout=HUB_PROBE_TIMEOUT).close()
+    except OSError as err:
+        return f'{url.hostname} cannot be reached ({err.strerror or type(err).__name__})'
+    return ''
+
+
+def hub_source(name: str, what: str = 'text model') -> dict[str, Any]:
+    """`from_pretrained` options for a Hugging Face name or local directory: a local directory as it
+    is; a name in the cache from the cache alone (no network, no retries); a name missing from the
+    cache is downloaded, unless offline or the hub does not answer: then a FileNotFoundError at once
+    saying what to download."""
+    if Path(name).is_dir():
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    if isinstance(try_to_load_from_cache(name, 'config.json'), str):
+        return {'local_files_only': True}
+    why = 'offline mode ($HF_HUB_OFFLINE or $VIDEOEXPERTS_OFFLINE)' if offline() else _hub_unreachable()
+    if why:
+        raise FileNotFoundError(
+            f'{what} {name!r} is not in the Hugging Face cache ({HF_HUB_CACHE}) and {why}: download it on a machine '
+            f'with internet (huggingface-cli download {name}) and copy the cache here (HF_HOME), give a local '
+            'directory as model.text.name, or set model.text.weights=random to train from scratch')
+    return {}
 
 
 def _pretrained(cls, cfg: TextCfg, **kwargs) -> nn.Module:
+    source = hub_source(cfg.name)
     try:
-        return cls.from_pretrained(cfg.name, **kwargs)
+        return cls.from_pretrained(cfg.name, **source, **kwargs)
     except OSError as err:
         raise FileNotFoundError(
             f'text model {cfg.name!r} not found: put it in the Hugging Face cache (HF_HOME) or give a local '

@@ -1,0 +1,65 @@
+"""What a new user meets first (issue 18, item 11): the help of the commands names every dataset and
+explains every option, and `make check` on a dataset with no stores is one clear line."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.store import main as store_main
+
+
+def test_datasets_help_lists_every_registered_dataset(python: str, repo_root: Path, subprocess_env: dict) -> None:
+    out = subprocess.run([python, '-m', 'shared.datasets', '--help'], cwd=repo_root, env=subprocess_env,
+                         capture_output=True, text=True, timeout=120).stdout
+    listed = ' '.join(out.split())  # argparse wraps the line
+    for name in ('msrvtt', 'msvd', 'lsmdc', 'didemo', 'activitynet', 'vatex', 'demo', 'folder:PATH'):
+        assert name in listed, out
+
+
+def _options_without_help(build: object, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The options of the parser that `build(['--help'])` makes that have no help text."""
+    seen: list[argparse.ArgumentParser] = []
+    parse = argparse.ArgumentParser.parse_args
+
+    def record(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> object:
+        seen.append(self)
+        return parse(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', record)
+    with pytest.raises(SystemExit):
+        build(['--help'])
+    return [a.option_strings[0] for a in seen[0]._actions if a.option_strings and not a.help]
+
+
+@pytest.mark.parametrize('module', ['pipelines.extract_cluster', 'pipelines.reproduce'])
+def test_every_option_has_help(module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import importlib
+
+    assert _options_without_help(importlib.import_module(module).main, monkeypatch) == []
+
+
+def test_check_of_a_dataset_without_stores_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert store_main(['check', '--dataset', 'msrvtt', '--features-root', str(tmp_path)]) == 2  # README: incomplete
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'usage' not in err and 'no stores of msrvtt' in err, err
+    assert str(tmp_path / 'msrvtt') in err and 'make extract DATASET=msrvtt' in err
+
+
+def test_make_check_without_stores(tmp_path: Path, python: str, repo_root: Path, subprocess_env: dict) -> None:
+    """The Makefile target itself, run with this interpreter (a stamp newer than pyproject.toml
+    stands for the installed .venv, so make installs nothing)."""
+    stamp = tmp_path / 'installed'
+    stamp.touch()
+    later = time.time() + 60
+    os.utime(stamp, (later, later))
+    proc = subprocess.run(['make', '--no-print-directory', 'check', 'DATASET=msrvtt', f'FEATURES_ROOT={tmp_path}',
+                           f'PY={python}', f'STAMP={stamp}'], cwd=repo_root, env=subprocess_env, capture_output=True,
+                          text=True, timeout=120)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('error: ')]
+    assert proc.returncode != 0 and 'usage:' not in proc.stderr and len(errors) == 1, proc.stderr
+    assert 'no stores of msrvtt' in errors[0]

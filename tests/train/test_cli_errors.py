@@ -1,0 +1,185 @@
+"""What a user can get wrong in `python -m train` and `python -m train.search` is one line naming the
+input and what to do, exit code 1, no traceback (issue 18, item 10); a finished run is never
+rewritten by a rerun asking for fewer epochs (item 11)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from shared.store import DONE, StoreSpec, VideoResult, create_store, pack_chunk, store_path
+
+N_VIDEOS, DIM, ROWS = 12, 8, 3
+WORDS = ['a', 'red', 'blue', 'cat', 'dog', 'tone', 'high', 'low', 'zoom', 'pan', 'video', 'of']
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo-shaped dataset (demo.json, word vectors as text) and a complete object store of
+    random features, written directly: enough for a real 1-epoch MEE run in a second."""
+    root = tmp_path_factory.mktemp('tiny')
+    rng = np.random.default_rng(0)
+    ids = [f'demo{i:04d}' for i in range(N_VIDEOS)]
+    videos = [{'id': v, 'file': f'videos/{v}.mp4',
+               'captions': [' '.join(rng.choice(WORDS, 4)) for _ in range(2)]} for v in ids]
+    data = root / 'data' / 'demo'
+    data.mkdir(parents=True)
+    (data / 'demo.json').write_text(json.dumps(
+        {'videos': videos, 'splits': {'train': ids[:8], 'val': ids[8:10], 'test': ids[10:]}}))
+    lines = [f'{len(WORDS)} 300'] + [f'{w} ' + ' '.join(f'{x:.3f}' for x in rng.standard_normal(300)) for w in WORDS]
+    (data / 'vectors.txt').write_text('\n'.join(lines) + '\n')
+    spec = StoreSpec(dataset='demo', expert='object', feature_dim=DIM, max_rows=ROWS, chunk_size=N_VIDEOS,
+                     model='toy', weights='random')
+    store = create_store(store_path(root / 'features', 'demo', 'object'), ids, spec)
+    rows = [VideoResult(rng.standard_normal((ROWS, DIM)).astype(np.float32),
+                        np.stack([np.arange(ROWS), np.arange(ROWS) + 1.0], axis=1), DONE) for _ in ids]
+    store.write_chunk(0, pack_chunk(rows, ROWS, DIM, has_tokens=False))
+    cfg = {'data': {'dataset': 'demo', 'split': 'official', 'word_vectors': '{data_root}/demo/vectors.txt',
+                    'max_words': 6},
+           'model': {'model': 'mee', 'embed_dim': 8, 'text_clusters': 2, 'projection': False, 'gating': 'context',
+                     'experts': [{'name': 'object', 'dim': DIM}]},
+           'train': {'optimizer': 'adam', 'lr': 0.001, 'epochs': 2, 'batch_size': 4, 'margin': 0.1}}
+    (root / 'mee.yaml').write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def _train(tiny: Path, run: Path, *extra: str, config: Path | None = None) -> list[str]:
+    return ['--config', str(config or tiny / 'mee.yaml'), '--data-root', str(tiny / 'data'), '--features-root',
+            str(tiny / 'features'), '--run-dir', str(run), '--device', 'cpu', '--no-progress', *extra]
+
+
+def _one_line(code: int, err: str, *words: str) -> str:
+    """The command failed with exit code 1 and one 'error:' line on stderr, naming `words`. In
+    process: a traceback would be an exception out of main()."""
+    assert code == 1 and 'Traceback' not in err, (code, err)
+    lines = [ln for ln in err.splitlines() if ln.startswith('error: ')]
+    assert len(lines) == 1 and err.count('error') == 1, err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+    """Each bad input of item 10 that `python -m train` takes: (its arguments, words its line must name)."""
+    (tmp / 'not_vectors.txt').write_text('hello world\nthis is prose, not word vectors\n')
+    (tmp / 'a_file').write_text('')
+    evil = tmp / 'evil.yaml'
+    evil.write_text(f'data: !!python/object/apply:os.system ["touch {tmp}/PWNED"]\n')
+    return {
+        'batch_size=0': (['--set', 'train.batch_size=0'], ('train.batch_size', 'at least 1')),
+        'not word vectors': (['--set', f'data.word_vectors={tmp}/not_vectors.txt'],
+                             (f'{tmp}/not_vectors.txt', 'not a word2vec text file')),
+        'embed_dim=1e9 (float)': (['--set', 'model.embed_dim=1e9'], ('model.embed_dim', 'expected int')),
+        'embed_dim=10^9': (['--set', 'model.embed_dim=1000000000'], ('model.embed_dim', 'memory')),
+        'run dir is a file': (['--run-dir', str(tmp / 'a_file')], (str(tmp / 'a_file'), 'is a file', '--run-dir')),
+        'seeds empty': (['--seeds', ''], ('--seeds', 'integers')),
+        'seeds not numbers': (['--seeds', '0,x'], ('--seeds', 'integers')),
+        'python tag in --config': (['--config', str(evil)], (str(evil), 'can run code')),
+        'python tag in --set': (['--set', 'train.epochs=!!python/object/apply:os.getpid []'], ('train.epochs',
+                                                                                              'can run code')),
+    }
+
+
+INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_dim=10^9', 'run dir is a file',
+          'seeds empty', 'seeds not numbers', 'python tag in --config', 'python tag in --set']
+
+
+@pytest.mark.parametrize('name', INPUTS)
+def test_a_bad_training_input_is_one_line(name: str, tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+                                          ) -> None:
+    from train.main import main as train_main
+
+    args, words = _inputs(tiny, tmp_path)[name]
+    run = tmp_path / 'run'
+    code = train_main(_train(tiny, run) + args)
+    _one_line(code, capsys.readouterr().err, *words)
+    assert not (tmp_path / 'PWNED').exists()
+    assert not (run / 'seed0' / 'checkpoints').exists()  # refused before training
+
+
+def test_the_training_command_prints_the_line_not_a_traceback(tiny: Path, tmp_path: Path, python: str,
+                                                               repo_root: Path, subprocess_env: dict) -> None:
+    """As a real process, what the user sees."""
+    proc = subprocess.run([python, '-m', 'train', *_train(tiny, tmp_path / 'run', '--set', 'train.batch_size=0')],
+                          cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    _one_line(proc.returncode, proc.stderr, 'train.batch_size')
+
+
+def test_a_corrupt_gallery_is_one_line_and_a_rerun_writes_it_again(tiny: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from train.main import main as train_main
+    from train.search import main as search_main
+
+    run = tmp_path / 'run'
+    assert train_main(_train(tiny, run)) == 0
+    gallery = run / 'seed0' / 'gallery.pt'
+    good = gallery.read_bytes()
+    search = ['--run', str(run), '--query', 'a red cat', '-k', '2', '--data-root', str(tiny / 'data')]
+    assert search_main(search) == 0
+    capsys.readouterr()
+    for damaged in (good[: len(good) // 2], b'not a torch file'):
+        gallery.write_bytes(damaged)
+        _one_line(search_main(search), capsys.readouterr().err, str(gallery), 'Rerun the training')
+    torch.save({'video_ids': ['x'], 'emb': 'nope'}, gallery)  # a torch file, not a gallery
+    _one_line(search_main(search), capsys.readouterr().err, str(gallery), 'not a gallery')
+    assert train_main(_train(tiny, run)) == 0  # the advice works: the rerun writes it again
+    assert search_main(search) == 0
+
+
+def test_a_rerun_with_fewer_epochs_is_refused_and_leaves_the_run_as_it_was(
+        tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from train.main import main as train_main
+
+    run = tmp_path / 'run'
+    assert train_main(_train(tiny, run)) == 0
+    seed = run / 'seed0'
+    before = {p.name: p.read_bytes() for p in (seed / 'config.yaml', seed / 'metrics.jsonl', run / 'results.md')}
+    capsys.readouterr()
+    assert train_main(_train(tiny, run, '--set', 'train.epochs=1')) == 1
+    captured = capsys.readouterr()
+    assert 'R1' not in captured.out and '|' not in captured.out  # no table of the old run as if it were the new one
+    err = [ln for ln in captured.err.splitlines() if ln.startswith('error: ')]
+    assert len(err) == 1 and 'trained 2 epochs' in err[0] and 'train.epochs=1' in err[0] and 'refused' in err[0]
+    assert 'another --run-dir' in err[0]
+    after = {p.name: p.read_bytes() for p in (seed / 'config.yaml', seed / 'metrics.jsonl', run / 'results.md')}
+    assert after == before  # config.yaml still agrees with metrics.jsonl
+    assert yaml.safe_load(after['config.yaml'])['train']['epochs'] == 2
+    assert train_main(_train(tiny, run, '--set', 'train.epochs=3')) == 0  # more epochs continue the run
+    assert len((seed / 'metrics.jsonl').read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize('why', ['offline', 'hub silent'])
+def test_a_text_model_missing_from_the_cache_fails_at_once(why: str, tiny: Path, tmp_path: Path, python: str,
+                                                           repo_root: Path, subprocess_env: dict) -> None:
+    """MMT with bert-base-cased and an empty Hugging Face cache: one line saying what to download, at
+    once (transformers alone retried for 28-50 s before its own error)."""
+    import socket
+    import time
+
+    cfg = yaml.safe_load((tiny / 'mee.yaml').read_text())
+    cfg['model'] = {'model': 'mmt', 'text': {'encoder': 'bert', 'name': 'bert-base-cased'},
+                    'transformer': {'layers': 1, 'heads': 2, 'hidden': 16, 'ffn': 16, 'max_positions': 8},
+                    'experts': [{'name': 'object', 'dim': DIM, 'aggregation': 'tokens', 'max_tokens': ROWS}]}
+    config = tmp_path / 'mmt.yaml'
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**subprocess_env, 'HF_HOME': str(tmp_path / 'hf')}
+    env.pop('HF_HUB_OFFLINE', None)
+    env.pop('VIDEOEXPERTS_OFFLINE', None)
+    if why == 'offline':
+        env['HF_HUB_OFFLINE'] = '1'
+    else:
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(('127.0.0.1', 0))
+            env['HF_ENDPOINT'] = f'http://127.0.0.1:{s.getsockname()[1]}'
+    t0 = time.time()
+    proc = subprocess.run([python, '-m', 'train', *_train(tiny, tmp_path / 'run', config=config)], cwd=repo_root,
+                          env=env, capture_output=True, text=True, timeout=300)
+    line = _one_line(proc.returncode, proc.stderr, "'bert-base-cased'", 'huggingface-cli download bert-base-cased')
+    assert ('offline mode' if why == 'offline' else 'cannot be reached') in line
+    assert time.time() - t0 < 25  # the interpreter and torch start in ~5-10 s; no retries
