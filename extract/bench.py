@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import DecodePool, cpu_limit
+from extract.decode import DecodePool
+from shared.resources import cpu_limit
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest

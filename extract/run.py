@@ -29,13 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, cpu_limit, spread
+from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, spread
 from extract.nvdec import DecoderStalled
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.logs import setup_logging
+from shared.resources import cpu_limit
 from shared.store import (DONE, FAILED, ChunkData, ExpertStore, StoreError, StoreSpec, VideoResult, create_replacement,
                           create_store, finish_swap, is_store, open_store, pack_chunk, replacement_path, shard_chunks,
                           store_path, swap_in)

@@ -17,7 +17,7 @@ from pathlib import Path
 from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError
 from shared.store import store_path
-from train.loop import load_run_cfg
+from train.config import load_run_cfg
 from train.main import config_path
 from train.main import main as train_main
 

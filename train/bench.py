@@ -34,7 +34,8 @@ from shared.device import pick_device
 from shared.logs import setup_logging
 from train.captions import CaptionData
 from train.data import ExpertData, SplitData, TrainFeed
-from train.loop import RunCfg, build_optimizer, load_run_cfg
+from train.config import RunCfg, load_run_cfg
+from train.optim import build_optimizer
 from train.losses import build_loss
 from train.metrics import retrieval_metrics
 from train.models import ModelCfg, create_model, structure_only

@@ -26,7 +26,7 @@ from torch import nn
 from shared.config import ConfigError
 from shared.files import atomic_save
 from train.models.base import RetrievalModel
-from train.models.layers import ExpertRows
+from train.models.layers import PerExpertRows
 
 __all__ = ['FROZEN', 'GALLERY', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'load_gallery',
            'by_expert_name']
@@ -105,11 +105,11 @@ def by_expert_name(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str
     """`state` with the keys of positional per-expert weights (saved before they were keyed by
     expert name) renamed as `model` keys them: ``video_gem.0.fc.weight`` -> ``video_gem.object.fc.weight``
     (the i-th entry of a `ModuleDict`), and an (M, ...) ``mixture.weight`` split into
-    ``mixture.weight.object`` ... (the rows of an `ExpertRows`). Keys the model has stay as they are."""
+    ``mixture.weight.object`` ... (the rows of an `PerExpertRows`). Keys the model has stay as they are."""
     have = model.state_dict()
     dicts = {name: list(m.keys()) for name, m in model.named_modules() if isinstance(m, nn.ModuleDict)}
     rows = {f'{name}.{part}': list(getattr(m, part).keys()) for name, m in model.named_modules()
-            if isinstance(m, ExpertRows) for part in ('weight', 'bias') if getattr(m, part) is not None}
+            if isinstance(m, PerExpertRows) for part in ('weight', 'bias') if getattr(m, part) is not None}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in have:

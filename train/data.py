@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from shared.datasets import Manifest
-from shared.store import RandomWeightsWarning, StoreError, open_store, store_path
+from shared.store import ExpertRows, RandomWeightsWarning, StoreError, open_store, store_path
 from train.captions import CaptionData, CaptionEncoder
 from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 
-__all__ = ['ExpertData', 'SplitData', 'TrainFeed', 'load_split', 'split_captions']
+__all__ = ['ExpertData', 'SplitData', 'TrainFeed', 'aggregate', 'load_split', 'split_captions']
 
 
 @dataclasses.dataclass
@@ -41,8 +41,10 @@ class ExpertData:
         return ExpertInput(t(self.x).float(), t(self.available), t(self.mask), t(self.times))
 
 
-def _aggregate(spec: ExpertSpec, feats: np.ndarray, times: np.ndarray, lengths: np.ndarray,
-               available: np.ndarray) -> ExpertData:
+def aggregate(spec: ExpertSpec, rows: ExpertRows) -> ExpertData:
+    """Videos' rows from a store (`ExpertStore.read`) as the model asks for them (`spec.aggregation`):
+    the one place where rows become model inputs, for data read whole and data streamed."""
+    feats, times, lengths, available = rows.features, rows.timestamps, rows.lengths, rows.available.astype(bool)
     n, t, d = feats.shape
     if d != spec.dim:
         raise StoreError(f'{spec.name}: the store has D={d} but the model config says dim={spec.dim}')
@@ -221,5 +223,5 @@ def load_split(manifest: Manifest, split: str, part: str, features_root: Path, e
         if (rows.status == 0).any():
             raise StoreError(f'{path} has {int((rows.status == 0).sum())} pending videos in {split}/{part}: '
                              'finish the extraction first')
-        data[spec.name] = _aggregate(spec, rows.features, rows.timestamps, rows.lengths, rows.available.astype(bool))
+        data[spec.name] = aggregate(spec, rows)
     return SplitData(ids, data, captions.encode(texts), owner, query, random_weights)

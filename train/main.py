@@ -17,7 +17,8 @@ from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.logs import setup_logging
 from shared.store import StoreError
-from train.loop import RunCfg, load_run_cfg, train_run
+from train.config import RunCfg, load_run_cfg
+from train.loop import train_run
 from train.metrics import format_results
 from train.models import count_parameters, meta_model
 

@@ -15,7 +15,7 @@ import torch
 from shared.config import ConfigError, data_root_default
 from train.captions import build_caption_encoder
 from train.checkpoints import GALLERY, load_gallery, load_model
-from train.loop import RunCfg, saved_run_cfg
+from train.config import RunCfg, saved_run_cfg
 from train.models import create_model, structure_only
 from train.models.base import VideoEmbedding
 

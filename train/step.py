@@ -22,7 +22,7 @@ class TrainStep:
     """``step(video, text) -> loss``: one optimisation step on a batch of matching pairs.
 
     Args:
-        model, optimizer: what is trained (the optimizer may be `loop.Lookahead`).
+        model, optimizer: what is trained (the optimizer may be `optim.Lookahead`).
         loss: a `train.losses` module: ``loss(model, model(video, text))``.
         grad_clip: max gradient norm (0: none).
         device: where the batches are; CUDA runs under bf16 autocast.

@@ -291,7 +291,7 @@ def test_a_video_an_expert_fails_on_is_failed_and_retried_not_the_run(small_demo
     # decoded in this process (--workers 0); one chunk, rows of every video in shared batches
     args = ('scene', '--workers', '0', '--chunk-size', '4', '--batch-size', '8')
     assert _run(tmp_path, tmp_path / 'features', *args, dataset=f'folder:{data}') == 0
-    store = open_store(tmp_path / 'features' / 'folder-videos' / 'scene.zarr', warn_random=False)
+    store = open_store(tmp_path / 'features' / folder_name(data) / 'scene.zarr', warn_random=False)
     rows = store.read()
     tiny = list(rows.video_ids).index('tiny.mp4')
     if rows.status[tiny] == DONE:

@@ -64,7 +64,7 @@ def test_search_reads_a_run_config(small_demo: Path, tmp_path: Path, capsys: pyt
     """A run directory from elsewhere: its config.yaml names the word vectors train.search loads."""
     from shared.config import to_dict
     from train.checkpoints import save_checkpoint
-    from train.loop import load_run_cfg
+    from train.config import load_run_cfg
     from train.main import config_path
     from train.models import create_model, structure_only
     from train.search import main

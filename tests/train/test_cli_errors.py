@@ -40,7 +40,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store.write_chunk(0, pack_chunk(rows, ROWS, DIM, has_tokens=False))
     cfg = {'data': {'dataset': 'demo', 'split': 'official', 'word_vectors': '{data_root}/demo/vectors.txt',
                     'max_words': 6},
-           'model': {'model': 'mee', 'embed_dim': 8, 'text_clusters': 2, 'projection': False, 'gating': 'context',
+           'model': {'model': 'mee', 'embed_dim': 8, 'text_clusters': 2,
                      'experts': [{'name': 'object', 'dim': DIM}]},
            'train': {'optimizer': 'adam', 'lr': 0.001, 'epochs': 2, 'batch_size': 4, 'margin': 0.1}}
     (root / 'mee.yaml').write_text(yaml.safe_dump(cfg))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from train.captions import CaptionData
-from train.data import SplitData, _aggregate
+from shared.store import ExpertRows
+from train.data import SplitData, aggregate
 from train.models.config import ExpertSpec
 
 LENGTHS = np.array([5, 1, 0, 3, 8, 12])  # 0: a video without rows; 12: longer than any max_tokens below
@@ -23,6 +24,14 @@ def _padded(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     feats[pad] = 50.0
     times[pad] = -1.0
     return feats, times, LENGTHS > 0
+
+
+def _aggregate(spec: ExpertSpec, feats: np.ndarray, times: np.ndarray, lengths: np.ndarray,
+               available: np.ndarray):
+    """`aggregate` of the rows a store read would give."""
+    n = len(lengths)
+    return aggregate(spec, ExpertRows(np.arange(n).astype(str), feats, times, lengths, available, np.ones(n, np.int8),
+                                      np.full(n, '', object), None))
 
 
 @pytest.mark.parametrize('how', ['mean', 'max'])

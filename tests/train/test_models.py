@@ -223,7 +223,7 @@ def test_collaborative_gating_ignores_a_missing_experts_features() -> None:
 
 def test_losses_are_registered_modules_and_an_unknown_one_fails_when_the_config_loads() -> None:
     from shared.config import from_dict
-    from train.loop import RunCfg
+    from train.config import RunCfg
     from train.losses import LOSSES, build_loss
 
     model = _model('ce')
@@ -241,7 +241,7 @@ def test_losses_are_registered_modules_and_an_unknown_one_fails_when_the_config_
 
 def test_each_model_has_its_own_config_and_refuses_another_models_settings(tmp_path) -> None:
     from shared.config import ConfigError, from_dict
-    from train.loop import RunCfg, _check_resumable
+    from train.config import RunCfg, check_resumable as _check_resumable
     from train.models.config import CECfg, MMTCfg, SSBCfg
 
     experts = [{'name': 'object', 'dim': 4, 'aggregation': 'tokens', 'max_tokens': 2}]

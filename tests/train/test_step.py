@@ -223,7 +223,8 @@ def test_bench_a_failing_row_prints_its_error_and_the_others_run(capsys: pytest.
 def test_cuda_steps_never_make_the_host_wait(on_device: bool, compile: bool) -> None:
     """CUDA's sync debug mode raises on any host wait (an .item(), a pageable copy, a boolean
     selection) in the steps after the first (which initialises cuBLAS and, compiled, captures)."""
-    from train.loop import TrainCfg, build_optimizer
+    from train.config import TrainCfg
+    from train.optim import build_optimizer
 
     cfg = dataclasses.replace(_mmt_cfg(), text=TextCfg(encoder='bert', **{**TINY_TEXT, 'dropout': 0.1}))
     data = synthetic_split(cfg, 40, 7)

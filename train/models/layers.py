@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['ContextGating', 'GEM', 'NetVLAD', 'ReduceDim', 'ExpertRows', 'expert_key', 'masked_mean', 'masked_max']
+__all__ = ['ContextGating', 'GEM', 'NetVLAD', 'ReduceDim', 'PerExpertRows', 'expert_key', 'masked_mean', 'masked_max']
 
 
 def expert_key(name: str) -> str:
@@ -17,7 +17,7 @@ def expert_key(name: str) -> str:
     return name.replace('.', '_')
 
 
-class ExpertRows(nn.Module):
+class PerExpertRows(nn.Module):
     """A matrix with one row per expert (a Linear's output rows, an embedding table), each row a
     parameter of its own keyed by expert name, so that weights move by name between runs with
     other sets of experts. Initialised as the one `nn.Linear(in_dim, len(keys))` (or

@@ -12,7 +12,7 @@ from torch import nn
 
 from train.models.base import ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
 from train.models.config import ExpertSpec, MEECfg
-from train.models.layers import GEM, ExpertRows, NetVLAD, expert_key, masked_max, masked_mean
+from train.models.layers import GEM, PerExpertRows, NetVLAD, expert_key, masked_max, masked_mean
 
 __all__ = ['MEE', 'aggregate']
 
@@ -46,7 +46,7 @@ class MEE(RetrievalModel):
         # one text embedding per video embedding, keyed as the video side's modules
         outputs = self.embedding_keys()
         self.text_gem = nn.ModuleDict({k: GEM(self.text_vlad.out_dim, cfg.embed_dim) for k in outputs})
-        self.mixture = (ExpertRows(outputs, self.text_vlad.out_dim) if cfg.mixture_weights and len(outputs) > 1
+        self.mixture = (PerExpertRows(outputs, self.text_vlad.out_dim) if cfg.mixture_weights and len(outputs) > 1
                         else None)
         self.text_model = None
         if cfg.text.encoder == 'gpt':

@@ -17,7 +17,7 @@ from torch import nn
 
 from train.models.base import ExpertInput, RetrievalModel, TextEmbedding, TextInput, VideoEmbedding
 from train.models.config import MMTCfg
-from train.models.layers import GEM, ExpertRows, ReduceDim, expert_key, masked_max
+from train.models.layers import GEM, PerExpertRows, ReduceDim, expert_key, masked_max
 from train.models.text_encoders import build_bert
 
 __all__ = ['MMT', 'temporal_ids', 'AGG', 'UNKNOWN']
@@ -48,7 +48,7 @@ class MMT(RetrievalModel):
         d = t.hidden
         keys = [expert_key(e.name) for e in cfg.experts]
         self.project = nn.ModuleDict({k: ReduceDim(e.dim, d) for k, e in zip(keys, cfg.experts)})
-        self.expert_embed = ExpertRows(keys, d, kind='embedding')
+        self.expert_embed = PerExpertRows(keys, d, kind='embedding')
         self.temporal_embed = nn.Embedding(t.max_positions, d)
         self.embed_norm = nn.LayerNorm(d)
         self.embed_drop = nn.Dropout(t.dropout)
@@ -58,7 +58,7 @@ class MMT(RetrievalModel):
         self.text_model.requires_grad_(cfg.text.finetune)
         h = self.text_model.config.hidden_size
         self.text_gem = nn.ModuleDict({k: GEM(h, d) for k in keys})
-        self.mixture = ExpertRows(keys, h)
+        self.mixture = PerExpertRows(keys, h)
 
     def parameter_groups(self) -> dict[str, list[nn.Module]]:
         video = [self.project, self.expert_embed, self.temporal_embed, self.embed_norm, self.encoder]

@@ -1,0 +1,172 @@
+"""A training run's config: what to train on (`DataCfg`), the model (`train.models.config`), how
+(`TrainCfg`), loaded from YAML; and the rules for resuming a run saved with a config."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.config import ConfigError, from_dict, load_yaml, read_yaml, to_dict
+from train.losses import LOSSES
+from train.models import ModelCfg
+from train.models.config import upgrade_saved
+
+__all__ = ['DataCfg', 'TrainCfg', 'RunCfg', 'load_run_cfg', 'read_saved', 'saved_run_cfg', 'check_resumable',
+           'RESUME_MAY_CHANGE']
+
+
+@dataclasses.dataclass(frozen=True)
+class DataCfg:
+    """What to train on.
+
+    Args:
+        dataset, split: a registered dataset and one of its splits.
+        word_vectors: word2vec file for captions (models with ``text.encoder: word2vec``): a path,
+            ``{data_root}/...``, or a file name in the weights directory.
+        max_words: caption length in words (word2vec) or in tokens, specials included (BERT, T5).
+    """
+
+    dataset: str = 'demo'
+    split: str = 'official'
+    word_vectors: str = 'GoogleNews-vectors-negative300.bin'
+    max_words: int = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCfg:
+    """Optimisation.
+
+    Args:
+        optimizer: ``adam``, ``adamw`` or ``ranger`` (RAdam + Lookahead, k=6, alpha=0.5, as CE).
+        lr, weight_decay, epochs, batch_size: as usual.
+        loss: ``max_margin``, ``hard_negative`` or ``info_nce``; margin / temperature for them.
+        lr_step, lr_gamma: multiply the learning rate by gamma every lr_step epochs, or every lr_step
+            optimisation steps with ``lr_step_unit: step`` (MMT: 0.95 every 1,000 steps); 0: constant.
+        grad_clip: max gradient norm (0: none).
+        selection: ``geometric_mean`` of val R1/R5/R10 (CE), or ``last`` (a fixed epoch count, for
+            protocols without a validation set such as 1k-A).
+        compile: capture the training step with torch.compile (`train.step.TrainStep`; on CUDA its
+            ``reduce-overhead`` mode, CUDA graphs); ``null``: on CUDA devices only (on a CPU,
+            inductor's compile costs more than it saves on the small models trained there). A
+            compile failure warns once and the run continues eager. Same results within float
+            noise; dropout draws other random numbers.
+        log_every: read the running loss (a wait for the device) every this many steps, for the
+            progress bar; the loss is otherwise summed on the device and read at the epoch's end.
+        device_data: the training split moves to the GPU once when it takes at most this fraction
+            of the device's free memory (0: never); otherwise each batch is copied from pinned host
+            memory without waiting.
+    """
+
+    optimizer: str = 'ranger'
+    lr: float = 0.01
+    weight_decay: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 64
+    loss: str = 'max_margin'
+    margin: float = 0.09
+    temperature: float = 0.05
+    lr_step: int = 0
+    lr_gamma: float = 0.95
+    lr_step_unit: str = 'epoch'
+    grad_clip: float = 0.0
+    selection: str = 'geometric_mean'
+    compile: bool | None = None
+    log_every: int = 50
+    device_data: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ('epochs', 'batch_size', 'log_every'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'train.{name} must be at least 1, got {getattr(self, name)}')
+        if self.lr_step < 0:
+            raise ValueError(f'train.lr_step must be 0 (constant) or more, got {self.lr_step}')
+        if self.loss not in LOSSES:
+            raise ValueError(f'unknown train.loss {self.loss!r} (known: {", ".join(LOSSES.names())})')
+        # a NaN or infinite setting makes every loss non-finite: refused here, not found after training
+        for name in ('lr', 'weight_decay', 'margin', 'temperature', 'lr_gamma', 'grad_clip'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f'train.{name} must be a finite number, got {value!r}')
+        if self.lr <= 0:
+            raise ValueError(f'train.lr must be positive, got {self.lr}')
+        if self.temperature <= 0:
+            raise ValueError(f'train.temperature must be positive, got {self.temperature}')
+        if not 0.0 <= self.device_data <= 1.0:
+            raise ValueError('train.device_data must be in [0, 1]')
+        if self.lr_step_unit not in ('epoch', 'step'):
+            raise ValueError('train.lr_step_unit must be epoch or step')
+        if self.selection not in ('geometric_mean', 'last'):
+            raise ValueError('train.selection must be geometric_mean or last')
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCfg:
+    data: DataCfg
+    model: ModelCfg
+    train: TrainCfg
+
+
+def load_run_cfg(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCfg:
+    """A run config from YAML (`yaml.safe_load`), with dotted-key overrides."""
+    return load_yaml(RunCfg, path, overrides)
+
+
+def read_saved(path: Path) -> dict[str, Any]:
+    """A run directory's config.yaml as plain data, as today's configs write it (`upgrade_saved`)."""
+    saved = read_yaml(path) or {}
+    if not isinstance(saved, dict):
+        raise ConfigError(f'{path}: not a run config (expected a mapping)')
+    if isinstance(saved.get('model'), dict):
+        saved['model'] = upgrade_saved(saved['model'])
+    return saved
+
+
+def saved_run_cfg(run_dir: Path) -> RunCfg:
+    """The config a run directory was trained with (its config.yaml; the seed left out)."""
+    raw = read_saved(run_dir / 'config.yaml')
+    raw.pop('seed', None)
+    return from_dict(RunCfg, raw, where=str(run_dir / 'config.yaml'))
+
+
+#: settings a resumed run may change: more epochs continue the same run; how the step runs and
+#: how often the loss is read leave the results as they were
+RESUME_MAY_CHANGE = ('train.epochs', 'train.compile', 'train.log_every', 'train.device_data')
+
+
+def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
+    """A run with a checkpoint is resumed only with the settings it was trained with, so that one
+    run never mixes two configs (its config.yaml and results would name only the second)."""
+    saved = run_dir / 'config.yaml'
+    if not (saved.is_file() and (run_dir / 'checkpoints' / 'last.pt').is_file()):
+        return
+    before, now = _flat(_with_defaults(read_saved(saved))), _flat(settings)
+    diff = [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in sorted(set(before) | set(now))
+            if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
+    if diff:
+        raise ConfigError(f'{run_dir} holds a run trained with other settings ({"; ".join(diff[:5])}'
+                          f'{f"; and {len(diff) - 5} more" if len(diff) > 5 else ""}): rerun with its config to '
+                          'resume it, or pass another --run-dir to start a new run')
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config with the settings added to RunCfg since then at their defaults (which
+    keep the earlier behaviour), so that those runs still resume; as saved if it no longer loads."""
+    rest = {k: v for k, v in saved.items() if k != 'seed'}
+    try:
+        full = yaml.safe_load(yaml.safe_dump(to_dict(from_dict(RunCfg, rest)), sort_keys=False))
+    except (ValueError, TypeError):  # ConfigError included: a setting since removed or renamed
+        return saved
+    return {**full, **({'seed': saved['seed']} if 'seed' in saved else {})}
+
+
+def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
