@@ -14,10 +14,9 @@ import torch
 
 from shared.config import ConfigError, data_root_default
 from train.captions import build_caption_encoder
-from train.checkpoints import GALLERY, load_gallery, load_model
-from train.config import RunCfg, saved_run_cfg
-from train.models import create_model, structure_only
+from train.config import RunCfg
 from train.models.base import VideoEmbedding
+from train.runs import load_run, run_seeds
 
 __all__ = ['Searcher', 'main']
 
@@ -27,21 +26,16 @@ class Searcher:
 
     def __init__(self, run: Path, data_root: Path) -> None:
         self.note = ''
-        if not (run / 'config.yaml').is_file():
-            seeds = sorted((p.parent for p in run.glob('seed*/config.yaml')), key=lambda d: (len(d.name), d.name))
-            if not seeds:
-                raise ConfigError(f'{run} is not a run directory (no config.yaml)')
-            run = seeds[0]
-            if len(seeds) > 1:
-                self.note = (f'{len(seeds)} seeds in this run; searching {run.name} '
-                             f'(--run {run.parent}/{seeds[-1].name} for another)')
+        seeds = run_seeds(run)
+        run = seeds[0]
+        if len(seeds) > 1:
+            self.note = (f'{len(seeds)} seeds in this run; searching {run.name} '
+                         f'(--run {run.parent}/{seeds[-1].name} for another)')
         self.run = run
-        self.cfg: RunCfg = saved_run_cfg(run)
-        if not (run / GALLERY).is_file():
-            raise ConfigError(f'{run} has no {GALLERY}: the run has not finished')
-        gallery = load_gallery(run)
-        self.model = create_model(structure_only(self.cfg.model)).eval()  # checkpoint + frozen.pt: every weight
-        load_model(self.model, run / 'checkpoints' / gallery['checkpoint'])
+        loaded = load_run(run, gallery=True)
+        self.cfg: RunCfg = loaded.cfg
+        self.model = loaded.model
+        gallery = loaded.gallery
         self.video_ids: list[str] = list(gallery['video_ids'])
         self.gallery = VideoEmbedding(gallery['emb'], gallery['available'])
         data = self.cfg.data

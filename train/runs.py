@@ -1,0 +1,72 @@
+"""Finished run directories on disk, as search, evaluation and fine-tuning read them: a run's
+seeds, the checkpoint its test used, its model loaded with every weight."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.config import ConfigError
+from train.checkpoints import GALLERY, load_gallery, load_model
+from train.config import RunCfg, saved_run_cfg
+from train.models import RetrievalModel, create_model, structure_only
+
+__all__ = ['run_seeds', 'tested_checkpoint', 'LoadedRun', 'load_run']
+
+
+def run_seeds(run: Path) -> list[Path]:
+    """The run directories under `run`: `run` itself when it holds a config.yaml, else its
+    seedN/ folders in seed order (``python -m train --seeds 0,1,2`` writes one each).
+
+    Raises:
+        ConfigError: `run` holds neither.
+    """
+    if (run / 'config.yaml').is_file():
+        return [run]
+    seeds = sorted((p.parent for p in run.glob('seed*/config.yaml')), key=lambda d: (len(d.name), d.name))
+    if not seeds:
+        raise ConfigError(f'{run} is not a run directory (no config.yaml)')
+    return seeds
+
+
+def tested_checkpoint(run: Path, gallery: dict[str, Any] | None = None) -> Path:
+    """The checkpoint a finished run was tested with: the one its gallery.pt names (`gallery`, when
+    the caller has read it already: at collection scale it is large).
+
+    Raises:
+        ConfigError: the run has not finished (no gallery.pt), or its gallery cannot be read.
+    """
+    return run / 'checkpoints' / (gallery if gallery is not None else _gallery(run))['checkpoint']
+
+
+def _gallery(run: Path) -> dict[str, Any]:
+    if not (run / GALLERY).is_file():
+        raise ConfigError(f'{run} has no {GALLERY}: the run has not finished')
+    return load_gallery(run)
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A finished run: its config, its model with the tested checkpoint's weights (eval mode), that
+    checkpoint, and its gallery when asked for."""
+
+    cfg: RunCfg
+    model: RetrievalModel
+    checkpoint: Path
+    gallery: dict[str, Any] | None = None
+
+
+def load_run(run: Path, device: torch.device | str = 'cpu', gallery: bool = False) -> LoadedRun:
+    """Load the finished run in directory `run` (with its gallery.pt when `gallery`).
+
+    Raises:
+        ConfigError: its config no longer loads, it has not finished, or a file of it cannot be read.
+    """
+    cfg = saved_run_cfg(run)
+    saved = _gallery(run)
+    checkpoint = tested_checkpoint(run, saved)
+    model = create_model(structure_only(cfg.model))  # checkpoint + frozen.pt: every weight
+    load_model(model, checkpoint, device)
+    return LoadedRun(cfg, model.to(device).eval(), checkpoint, saved if gallery else None)
