@@ -58,6 +58,9 @@ class TrainCfg:
         device_data: the training split moves to the GPU once when it takes at most this fraction
             of the device's free memory (0: never); otherwise each batch is copied from pinned host
             memory without waiting.
+        init_from: start from another run's weights (``--init-from``; `train.init`): its run
+            directory or a checkpoint file, saved in config.yaml as the checkpoint file it names;
+            empty: a fresh initialisation.
     """
 
     optimizer: str = 'ranger'
@@ -76,6 +79,7 @@ class TrainCfg:
     compile: bool | None = None
     log_every: int = 50
     device_data: float = 0.5
+    init_from: str = ''
 
     def __post_init__(self) -> None:
         for name in ('epochs', 'batch_size', 'log_every'):

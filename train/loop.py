@@ -31,6 +31,7 @@ from train.checkpoints import FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
 from train.data import SplitData, TrainFeed, load_split, split_captions
 from train.evaluate import embed_videos, evaluate
+from train.init import init_weights, resolve_init
 from train.losses import build_loss
 from train.metrics import format_results, geometric_mean
 from train.models import RetrievalModel, check_fits, create_model
@@ -213,6 +214,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     dev = torch.device(device)
     check_fits(cfg.model, dev)  # before anything is made
     make_dir(run_dir, 'run directory', 'pass another --run-dir')
+    cfg = resolve_init(cfg, run_dir)  # train.init_from: the checkpoint file config.yaml records
     settings = yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False)
     check_resumable(run_dir, yaml.safe_load(settings))
     experts = cfg.model.experts
@@ -235,6 +237,8 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         _resume(state, ckpt_dir / 'last.pt', cfg.train.epochs, run_dir, dev)
     else:  # a fresh start: frozen weights of an earlier attempt may differ
         (ckpt_dir / FROZEN).unlink(missing_ok=True)
+        if cfg.train.init_from:
+            init_weights(state.model, Path(cfg.train.init_from), run_dir)
     (run_dir / 'config.yaml').write_text(settings)  # once a resumed run is known to be this config's
     feed = TrainFeed(train, dev, device_budget(dev, cfg.train.device_data))
     if dev.type == 'cuda':

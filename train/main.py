@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--data-root', type=Path, default=data_root_default())
     p.add_argument('--features-root', type=Path, default=features_root_default())
     p.add_argument('--run-dir', type=Path, default=None, help='default: runs/MODEL-DATASET-SPLIT')
+    p.add_argument('--init-from', metavar='RUN_DIR|CHECKPOINT',
+                   help="start from another run's weights, matched by name and shape (train.init_from)")
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
     p.add_argument('--count-params', action='store_true', help='build the model from its config and count parameters')
     p.add_argument('--no-progress', action='store_true')
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.settings)
         if args.split:
             overrides['data.split'] = args.split
+        if args.init_from is not None:
+            overrides['train.init_from'] = args.init_from
         if args.config is None:
             if not args.model:
                 p.error('give --model (and --dataset) or --config')
