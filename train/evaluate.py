@@ -1,15 +1,38 @@
 """Evaluation with the split's protocol: videos and query captions embedded in batches, scored a
-block of queries at a time, ranked by `train.metrics`."""
+block of queries at a time, ranked by `train.metrics`.
+
+`python -m train.evaluate` evaluates a finished run on any dataset's split without training: the
+zero-shot transfer of MMT Table 1 and support-set Table 10. It prints the protocol's table and
+writes it into the run directory as eval/DATASET_SPLIT_PART.{md,json} (the run's own results stay
+as they are):
+
+    python -m train.evaluate --run runs/mmt-howto100m-official --dataset msrvtt --split 1k-A
+    python -m train.evaluate --run runs/ce-demo-official --part val
+"""
 from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from train.data import SplitData
-from train.metrics import retrieval_metrics
+from shared.config import ConfigError, data_root_default, features_root_default
+from shared.datasets import DatasetError, Manifest, load_manifest
+from shared.device import pick_device
+from shared.logs import setup_logging
+from shared.store import StoreError, is_store, store_path
+from train.captions import build_caption_encoder
+from train.config import saved_run_cfg
+from train.data import SplitData, load_split
+from train.metrics import format_results, retrieval_metrics
 from train.models.base import RetrievalModel, TextEmbedding, VideoEmbedding
+from train.runs import load_run, run_seeds
 
-__all__ = ['embed_videos', 'embed_texts', 'evaluate']
+__all__ = ['embed_videos', 'embed_texts', 'evaluate', 'evaluate_run', 'main']
 
 
 @torch.no_grad()
@@ -47,3 +70,87 @@ def evaluate(model: RetrievalModel, data: SplitData, device: torch.device,
     video = video if video is not None else embed_videos(model, data, device)
     text = embed_texts(model, data, data.query, device)
     return retrieval_metrics(_Scores(model, text, video), data.caption_video[data.query], chunk_size=1024)
+
+
+def _file_stem(dataset: str, split: str, part: str) -> str:
+    """eval/ file name of a dataset split part (``folder:PATH`` datasets hold slashes)."""
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', f'{dataset}_{split}_{part}')
+
+
+def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_root: Path, data_root: Path,
+                 device: torch.device) -> dict[str, dict[str, float]]:
+    """A finished run's tested checkpoint on `manifest`'s `split`/`part`, with the run's own caption
+    encoder; the metrics are written to run/eval/DATASET_SPLIT_PART.{json,md}.
+
+    Raises:
+        ConfigError: not a finished run; StoreError: the dataset lacks a store of the run's experts.
+    """
+    loaded = load_run(run, device)
+    cfg = loaded.cfg
+    missing = [e.name for e in cfg.model.experts if not is_store(store_path(features_root, manifest.name, e.name))]
+    if missing:  # all of them in one line: another dataset often lacks several
+        raise StoreError(f'{manifest.name} has no store of {", ".join(missing)} in {features_root / manifest.name} '
+                         f'(the run {run} reads them): extract them first: python -m extract --dataset '
+                         f'{manifest.name} --expert {",".join(missing)}')
+    captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run, None)
+    data = load_split(manifest, split, part, features_root, cfg.model.experts, captions)
+    result = evaluate(loaded.model, data, device)
+    out = run / 'eval'
+    out.mkdir(exist_ok=True)
+    stem = _file_stem(manifest.name, split, part)
+    (out / f'{stem}.json').write_text(json.dumps(result, indent=1))
+    (out / f'{stem}.md').write_text(f'# {cfg.model.model} trained on {cfg.data.dataset} ({cfg.data.split}), '
+                                    f'evaluated on {manifest.name} {split}/{part}\n\nCheckpoint: '
+                                    f'{loaded.checkpoint.name}\n\n' + format_results({cfg.model.model: [result]}) + '\n')
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m train.evaluate', description=__doc__.split('\n\n')[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n', 2)[2])
+    p.add_argument('--run', type=Path, required=True, help='a finished run directory (runs/MODEL-DATASET-SPLIT[/seedN]); '
+                   'every seed of it is evaluated')
+    p.add_argument('--dataset', help="a registered dataset or folder:PATH (default: the run's)")
+    p.add_argument('--split', help="the dataset's split (default: the run's, on its own dataset)")
+    p.add_argument('--part', default='test', choices=('train', 'val', 'test'), help='default: test')
+    p.add_argument('--data-root', type=Path, default=data_root_default())
+    p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        seeds = run_seeds(args.run)
+        own = saved_run_cfg(seeds[0]).data
+        dataset = args.dataset if args.dataset is not None else own.dataset
+        manifest = load_manifest(dataset, args.data_root)
+        split = args.split or (own.split if dataset == own.dataset else _only_split(manifest))
+        manifest.split(split)  # an unknown split: one line before any model loads
+        device = torch.device(pick_device(args.device))
+        results = []
+        for run in seeds:
+            print(f'evaluating {run} on {manifest.name} {split}/{args.part}, {device}')
+            results.append(evaluate_run(run, manifest, split, args.part, args.features_root, args.data_root, device))
+        model = saved_run_cfg(seeds[0]).model.model
+        table = format_results({model: results})
+        if len(seeds) > 1:  # the seeds' mean +- std beside them
+            out = args.run / 'eval'
+            out.mkdir(exist_ok=True)
+            (out / f'{_file_stem(manifest.name, split, args.part)}.md').write_text(
+                f'# {model} of {args.run}, seeds {", ".join(s.name for s in seeds)}, evaluated on {manifest.name} '
+                f'{split}/{args.part}\n\n{table}\n')
+        print(table)
+        return 0
+    except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+
+
+def _only_split(manifest: Manifest) -> str:
+    if len(manifest.splits) != 1:
+        raise ConfigError(f'{manifest.name} has splits {", ".join(manifest.splits)}: pass --split')
+    return next(iter(manifest.splits))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

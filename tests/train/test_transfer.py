@@ -1,8 +1,10 @@
-"""Pretrain, then fine-tune (`--init-from`, issue 21 item 3), on real runs of a tiny MMT over stores
+"""Pretrain, then fine-tune (`--init-from`, issue 21 item 3), and evaluating a finished run on any
+dataset's split (`python -m train.evaluate`, item 4), on real runs of a tiny MMT over stores
 written with `shared.store`."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import yaml
 
 from shared.store import DONE, StoreSpec, VideoResult, create_store, pack_chunk, store_path
 from tests.train.test_cli_errors import _one_line
+from train.evaluate import main as evaluate_main
 from train.main import main as train_main
 
 #: MMT's seven experts, small dimensions; the source run has two of them, in another order
@@ -64,12 +67,12 @@ def _config(root: Path, experts: tuple[str, ...], name: str) -> Path:
 @pytest.fixture(scope='module')
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """demo with the seven experts' stores, msvd (imported manifest) with the source's two, vatex
-    with audio alone; configs for MMT on the seven and on the source's two; the source run (runs/source/seed0)."""
+    with object alone (none of the source's); configs for MMT on the seven and on the source's two; the source run (runs/source/seed0)."""
     root = tmp_path_factory.mktemp('transfer')
     rng = np.random.default_rng(3)
     _dataset(root, 'demo', list(DIMS), rng, imported=False)
     _dataset(root, 'msvd', list(SOURCE), rng, imported=True)
-    _dataset(root, 'vatex', ['audio'], rng, imported=True)
+    _dataset(root, 'vatex', ['object'], rng, imported=True)
     _config(root, tuple(DIMS), 'mmt7')
     assert train_main(_args(root, root / 'runs' / 'source', _config(root, SOURCE, 'mmt2'))) == 0
     return root
@@ -78,6 +81,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _args(root: Path, run: Path, config: Path | None = None, *extra: str) -> list[str]:
     return ['--config', str(config or root / 'mmt7.yaml'), '--data-root', str(root / 'data'), '--features-root',
             str(root / 'features'), '--run-dir', str(run), '--device', 'cpu', '--no-progress', *extra]
+
+
+def _eval_args(root: Path, run: Path, *extra: str) -> list[str]:
+    return ['--run', str(run), '--data-root', str(root / 'data'), '--features-root', str(root / 'features'),
+            '--device', 'cpu', *extra]
 
 
 def _fresh_model(root: Path) -> torch.nn.Module:
@@ -164,9 +172,35 @@ def test_fine_tuning_records_its_source_and_resumes_only_from_it(world: Path, tm
     _one_line(code, capsys.readouterr().err, 'train.init_from', str(run / 'seed0'))
 
 
+def test_evaluating_a_run_on_its_own_test_split_gives_its_recorded_metrics(world: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    run = world / 'runs' / 'source'
+    own = (run / 'seed0' / 'results.md').read_text()
+    assert evaluate_main(_eval_args(world, run, '--part', 'test')) == 0
+    got = json.loads((run / 'seed0' / 'eval' / 'demo_official_test.json').read_text())
+    assert got == json.loads((run / 'seed0' / 'test_metrics.json').read_text())
+    out = capsys.readouterr().out
+    assert '| mmt |' in out and (run / 'seed0' / 'eval' / 'demo_official_test.md').read_text().count('|') > 10
+    assert (run / 'seed0' / 'results.md').read_text() == own  # the run's own results stay as they were
+
+
+def test_a_run_evaluates_zero_shot_on_another_dataset(world: Path, python: str, repo_root: Path,
+                                                      subprocess_env: dict) -> None:
+    """As a real process, the command the README gives."""
+    run = world / 'runs' / 'source' / 'seed0'
+    proc = subprocess.run([python, '-m', 'train.evaluate', *_eval_args(world, run, '--dataset', 'msvd', '--split',
+                                                                       'official')],
+                          cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads((run / 'eval' / 'msvd_official_test.json').read_text())
+    assert set(got) == {'t2v', 'v2t'} and 1.0 <= got['t2v']['MnR'] <= 4.0  # 4 test videos
+    assert 'msvd official/test' in proc.stdout and '| mmt |' in proc.stdout
+
+
 def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[object, list[str], tuple[str, ...]]]:
     (tmp / 'empty').mkdir()
     (tmp / 'notes.pt').write_text('not a checkpoint')
+    run = world / 'runs' / 'source'
     return {
         'init-from a folder without a run': (train_main, _args(world, tmp / 'r', None, '--init-from', str(tmp / 'empty')),
                                              (str(tmp / 'empty'), 'holds no run', '--init-from')),
@@ -175,11 +209,17 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[object, list[str], tu
         'init-from a file that is no checkpoint': (train_main, _args(world, tmp / 'r', None, '--init-from',
                                                                      str(tmp / 'notes.pt')),
                                                    (str(tmp / 'notes.pt'), 'not a checkpoint')),
+        'evaluate a folder that is no run': (evaluate_main, _eval_args(world, tmp / 'empty'),
+                                             (str(tmp / 'empty'), 'not a run directory')),
+        "evaluate on a dataset without the run's stores": (evaluate_main, _eval_args(world, run, '--dataset', 'vatex',
+                                                                                     '--split', 'official'),
+                                                           ('vatex has no store of audio, action', '--expert audio,action')),
     }
 
 
 @pytest.mark.parametrize('name', ['init-from a folder without a run', 'init-from a missing path',
-                                  'init-from a file that is no checkpoint'])
+                                  'init-from a file that is no checkpoint', 'evaluate a folder that is no run',
+                                  "evaluate on a dataset without the run's stores"])
 def test_a_bad_transfer_input_is_one_line(name: str, world: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
     command, args, words = _bad_inputs(world, tmp_path)[name]
