@@ -151,6 +151,44 @@ def test_a_weight_of_another_shape_is_dropped_and_reported(world: Path, tmp_path
         'project.audio.fc.weight': f'(16, {DIMS["audio"]}) there, (16, {DIMS["audio"] + 1}) here'}
 
 
+def _positional(state: dict[str, torch.Tensor], experts: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """`state` as checkpoints were saved before per-expert modules were keyed by expert name:
+    ``project.0.`` for the first expert, one (M, ...) matrix for each per-expert row parameter."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split('.')
+        if parts[0] in ('project', 'text_gem'):
+            out['.'.join([parts[0], str(experts.index(parts[1])), *parts[2:]])] = value
+        elif parts[0] in ('expert_embed', 'mixture') and parts[2] == experts[0]:
+            rows = [state[f'{parts[0]}.{parts[1]}.{e}'] for e in experts]
+            out[f'{parts[0]}.{parts[1]}'] = torch.cat(rows) if parts[1] == 'bias' else torch.stack(rows)
+        elif parts[0] not in ('expert_embed', 'mixture'):
+            out[key] = value
+    return out
+
+
+def test_a_positional_source_is_renamed_by_its_own_experts(world: Path, tmp_path: Path) -> None:
+    """A source saved with positional per-expert keys: position i is the i-th expert of the source's
+    config (audio, action), not of the new model's (object, action, ...)."""
+    import shutil
+
+    from train.checkpoints import load_checkpoint
+    from train.init import init_source, init_weights
+
+    named = init_source(str(world / 'runs' / 'source'))
+    old = tmp_path / 'old'
+    shutil.copytree(named.parent.parent, old)
+    saved = load_checkpoint(named)
+    torch.save({**saved, 'model': _positional(saved['model'], SOURCE)}, old / 'checkpoints' / named.name)
+    expected, model = _fresh_model(world), _fresh_model(world)
+    init_weights(expected, named)
+    report = init_weights(model, init_source(str(old)))
+    assert not report.dropped and len(report.loaded) == len(saved['model'])
+    got = model.state_dict()
+    for key, value in expected.state_dict().items():
+        assert torch.equal(got[key], value), key
+
+
 def test_fine_tuning_records_its_source_and_resumes_only_from_it(world: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     source = world / 'runs' / 'source' / 'seed0'
