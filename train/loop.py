@@ -218,12 +218,13 @@ def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device,
     return result
 
 
-def feed_of(train: SplitData, device: torch.device, cfg: RunCfg, ranks: Dist) -> TrainFeed:
+def _feed_of(train: SplitData, device: torch.device, cfg: RunCfg, ranks: Dist) -> TrainFeed:
     """The training batches of this rank."""
     return TrainFeed(train, device, device_budget(device, cfg.train.device_data), ranks.rank, ranks.world)
 
 
-def _follow(state: TrainState, feed: TrainFeed, cfg: RunCfg, seed: int, run_dir: Path, ranks: Dist) -> dict:
+def _follow(state: TrainState, feed: TrainFeed, cfg: RunCfg, seed: int, run_dir: Path,
+            ranks: Dist) -> dict[str, dict[str, float]]:
     """A rank other than 0: its share of every epoch's steps; rank 0 evaluates, writes and tests."""
     while state.epoch < cfg.train.epochs:
         record = train_one_epoch(state, feed, cfg.train, seed, False, run_dir)
@@ -246,7 +247,8 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     check_world(ranks, cfg.train.batch_size, len(split.ids('train')))  # before any data is read
     with main_first(ranks):  # rank 0 makes the run directory and saves the tokenizer the others load
         make_dir(run_dir, 'run directory', 'pass another --run-dir')
-        check_resumable(run_dir, yaml.safe_load(settings))
+        if ranks.main:  # rank 0 rewrites config.yaml while the others run this block: it alone reads it
+            check_resumable(run_dir, yaml.safe_load(settings))
         captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root,
                                          run_dir, lambda: split_captions(manifest, cfg.data.split, 'train', False)[1])
     train = load_split(manifest, cfg.data.split, 'train', features_root, experts, captions, False)
@@ -266,9 +268,9 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     elif ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
         (ckpt_dir / FROZEN).unlink(missing_ok=True)
     if not ranks.main:
-        return _follow(state, feed_of(train, dev, cfg, ranks), cfg, seed, run_dir, ranks)
+        return _follow(state, _feed_of(train, dev, cfg, ranks), cfg, seed, run_dir, ranks)
     (run_dir / 'config.yaml').write_text(settings)  # once a resumed run is known to be this config's
-    feed = feed_of(train, dev, cfg, ranks)
+    feed = _feed_of(train, dev, cfg, ranks)
     if dev.type == 'cuda':
         _logger.info('training features (%.2f GB) %s', train.train_nbytes() / 1e9,
                      'moved to the device once' if feed.on_device else 'copied a batch at a time from pinned memory')
