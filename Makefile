@@ -22,6 +22,8 @@ MODEL         ?= ce
 SPLIT         ?=
 SEEDS         ?= 0
 TRAIN_ARGS    ?=
+# GPUS=N trains with N processes on this machine (torchrun: DistributedDataParallel, one per GPU)
+GPUS          ?=
 VIDEOS        ?= 120
 SEED          ?= 0
 PAPER         ?= ce
@@ -90,8 +92,8 @@ $(DEMO_STORES): $(DEMO_DATA)
 	$(PY) -m extract --dataset demo --expert all --weights random --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 	touch $@
 
-train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (mee, ce, mmt, ssb) on DATASET [SPLIT= SEEDS=0,1,2 TRAIN_ARGS=]; the demo by default
-	$(PY) -m train --model $(MODEL) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) --seeds $(SEEDS) \
+train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (mee, ce, mmt, ssb) on DATASET [SPLIT= SEEDS=0,1,2 GPUS=N TRAIN_ARGS=]; the demo by default
+	$(PY) $(if $(GPUS),-m torch.distributed.run --standalone --nproc-per-node $(GPUS)) -m train --model $(MODEL) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) --seeds $(SEEDS) \
 		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(TRAIN_ARGS)
 
 experts: $(STAMP) ## list the experts, their models, sampling and weights

@@ -125,8 +125,9 @@ class TrainFeed:
     so the host prepares the next batch while the device runs the step.
     """
 
-    def __init__(self, data: SplitData, device: torch.device, budget: int) -> None:
+    def __init__(self, data: SplitData, device: torch.device, budget: int, rank: int = 0, world: int = 1) -> None:
         self.data, self.device = data, torch.device(device)
+        self.rank, self.world = rank, world
         self.on_device = data.train_nbytes() <= budget
         self._experts: dict[str, ExpertInput] = {}
         if self.on_device:
@@ -137,8 +138,12 @@ class TrainFeed:
             self._ids, self._mask, self._vectors = put(caps.ids.astype(np.int64)), put(caps.mask), put(caps.vectors)
 
     def epoch(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
-        """The batches of `SplitData.epoch_plan` on the device."""
+        """The batches of `SplitData.epoch_plan` on the device; of `world` ranks, rank `rank`'s
+        share of each (`batch_size` is the global batch: `train.distributed`)."""
         videos, caps = self.data.epoch_plan(batch_size, rng)
+        if self.world > 1:  # every rank draws the same plan and takes its own columns
+            local = batch_size // self.world
+            videos, caps = (a[:, self.rank * local:(self.rank + 1) * local] for a in (videos, caps))
         if not self.on_device:
             for v, c in zip(videos, caps):
                 text = self.data.captions.batch(c)

@@ -65,17 +65,19 @@ def init_source(spec: str) -> Path:
                           f'{seeds[0] / "checkpoints" / "last.pt"}') from None
 
 
-def resolve_init(cfg: RunCfg, run_dir: Path) -> RunCfg:
+def resolve_init(cfg: RunCfg, run_dir: Path, write: bool = True) -> RunCfg:
     """`cfg` with ``train.init_from`` made the checkpoint file it names (what config.yaml records,
     so that a rerun naming the same source as a directory resumes). On a fresh start of a model
     with a ``words`` tokenizer, the source run's tokenizer.json is copied into `run_dir`: the text
-    model's token embeddings are rows of that vocabulary."""
+    model's token embeddings are rows of that vocabulary (`write`: this process writes run files;
+    under torchrun, rank 0 alone)."""
     if not cfg.train.init_from:
         return cfg
     source = init_source(cfg.train.init_from)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(source)))
     text = cfg.model.text
-    if text.encoder != 'word2vec' and text.tokenizer == 'words' and not (run_dir / 'checkpoints' / 'last.pt').is_file():
+    if (write and text.encoder != 'word2vec' and text.tokenizer == 'words'
+            and not (run_dir / 'checkpoints' / 'last.pt').is_file()):
         src_run = _source_run(source)
         vocab = src_run / 'tokenizer.json' if src_run is not None else None
         if vocab is not None and vocab.is_file():
@@ -140,9 +142,11 @@ def _modules(chosen: list[str], keys: list[str]) -> list[str]:
     return names
 
 
-def init_weights(model: RetrievalModel, source: Path, run_dir: Path | None = None) -> InitReport:
+def init_weights(model: RetrievalModel, source: Path, run_dir: Path | None = None, report: bool = True
+                 ) -> InitReport:
     """Set `model`'s weights that the checkpoint `source` has under the same name with the same
-    shape; print what was loaded, kept and dropped, and record it in `run_dir`/init_from.json.
+    shape; print what was loaded, kept and dropped, and record it in `run_dir`/init_from.json
+    (`report`: this process prints and writes; under torchrun every rank loads, rank 0 reports).
 
     Raises:
         CheckpointError: `source` cannot be read.
@@ -166,13 +170,15 @@ def init_weights(model: RetrievalModel, source: Path, run_dir: Path | None = Non
         else:
             loaded[key] = value
     model.load_state_dict(loaded, strict=False)
-    report = InitReport(source, list(loaded), [k for k in own if k not in loaded], dropped)
-    for line in report.lines(list(own)):
+    out = InitReport(source, list(loaded), [k for k in own if k not in loaded], dropped)
+    if not report:
+        return out
+    for line in out.lines(list(own)):
         print(line)
     if run_dir is not None:
         shapes = {k: f'{tuple(v.shape)} there, {tuple(own[k].shape)} here' for k, v in state.items()
                   if dropped.get(k) == 'another shape'}
         (run_dir / REPORT).write_text(json.dumps(
-            {'source': str(source), 'loaded': report.loaded, 'fresh': report.fresh,
+            {'source': str(source), 'loaded': out.loaded, 'fresh': out.fresh,
              'dropped': {k: shapes.get(k, why) for k, why in dropped.items()}}, indent=1))
-    return report
+    return out

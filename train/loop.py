@@ -30,6 +30,7 @@ from train.captions import build_caption_encoder
 from train.checkpoints import FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
 from train.data import SplitData, TrainFeed, load_split, split_captions
+from train.distributed import SINGLE, Dist, average, check_world, convert_batch_norm, main_first, wrap_model
 from train.evaluate import embed_videos, evaluate
 from train.init import init_weights, resolve_init
 from train.losses import build_loss
@@ -122,20 +123,23 @@ class TrainState:
     best: float = -math.inf
 
 
-def build_state(cfg: RunCfg, device: torch.device) -> TrainState:
-    """A fresh model, its optimiser, schedule, loss and step (seed the generators first)."""
+def build_state(cfg: RunCfg, device: torch.device, ranks: Dist = SINGLE) -> TrainState:
+    """A fresh model, its optimiser, schedule, loss and step (seed the generators first); of many
+    `ranks`, the step trains the model in DistributedDataParallel (`train.distributed`)."""
     t = cfg.train
-    model = create_model(cfg.model).to(device)
+    model = convert_batch_norm(create_model(cfg.model), ranks, device).to(device)
     opt, base = build_optimizer(t, model)
     sched = torch.optim.lr_scheduler.StepLR(base, t.lr_step, t.lr_gamma) if t.lr_step else None
-    step = TrainStep(model, opt, build_loss(t.loss, t.margin, t.temperature), t.grad_clip, device,
-                     t.compile if t.compile is not None else device.type == 'cuda',
+    step = TrainStep(wrap_model(model, ranks, device), opt, build_loss(t.loss, t.margin, t.temperature), t.grad_clip,
+                     device, t.compile if t.compile is not None else device.type == 'cuda',
                      sched if t.lr_step_unit == 'step' else None)
     return TrainState(model, opt, base, sched, step)
 
 
-def _resume(state: TrainState, last: Path, epochs: int, run_dir: Path, device: torch.device) -> None:
-    """Continue from `last` exactly where its epoch left off (weights, optimiser, schedule, generator)."""
+def _resume(state: TrainState, last: Path, epochs: int, run_dir: Path, device: torch.device,
+            ranks: Dist = SINGLE) -> None:
+    """Continue from `last` exactly where its epoch left off (weights, optimiser, schedule, generator;
+    every rank from the same file)."""
     saved = load_model(state.model, last, device)
     state.optimizer.load_state_dict(saved['optimizer'])
     if state.scheduler is not None:
@@ -147,7 +151,16 @@ def _resume(state: TrainState, last: Path, epochs: int, run_dir: Path, device: t
                           f'train.epochs={epochs}: refused, and the run is left as it was. Pass '
                           f'another --run-dir to train a new run of {epochs} epochs, or '
                           f'train.epochs={state.epoch} (or more, to continue it) to use this one')
-    print(f'resuming {run_dir} at epoch {state.epoch + 1}')
+    if ranks.main:
+        print(f'resuming {run_dir} at epoch {state.epoch + 1}')
+        _say_world_changed(saved.get('world_size', 1), ranks.world)
+
+
+def _say_world_changed(before: int, now: int) -> None:
+    if before != now:  # the global batches stay; which process reads which part of them does not
+        print(f'the run was trained by {before} process(es) and continues with {now}: the data order changed '
+              f'(each process reads another share of every batch), so the run will not match one trained by '
+              f'{before} or by {now} throughout')
 
 
 def train_one_epoch(state: TrainState, feed: TrainFeed, cfg: TrainCfg, seed: int, progress: bool,
@@ -206,41 +219,63 @@ def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device,
     return result
 
 
+def _feed_of(train: SplitData, device: torch.device, cfg: RunCfg, ranks: Dist) -> TrainFeed:
+    """The training batches of this rank."""
+    return TrainFeed(train, device, device_budget(device, cfg.train.device_data), ranks.rank, ranks.world)
+
+
+def _follow(state: TrainState, feed: TrainFeed, cfg: RunCfg, seed: int, run_dir: Path,
+            ranks: Dist) -> dict[str, dict[str, float]]:
+    """A rank other than 0: its share of every epoch's steps; rank 0 evaluates, writes and tests."""
+    while state.epoch < cfg.train.epochs:
+        record = train_one_epoch(state, feed, cfg.train, seed, False, run_dir)
+        average(ranks, record['train/loss'])  # rank 0's record is the mean over the ranks
+        state.epoch += 1
+    return {}
+
+
 def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
-              device: str = 'cpu', progress: bool = True) -> dict[str, dict[str, float]]:
-    """Train (or resume) one seed in `run_dir`; returns the test metrics of the selected epoch."""
+              device: str = 'cpu', progress: bool = True, ranks: Dist = SINGLE) -> dict[str, dict[str, float]]:
+    """Train (or resume) one seed in `run_dir`; returns the test metrics of the selected epoch (of
+    many `ranks`, on rank 0, which alone evaluates and writes run files; {} on the others)."""
     from torch.utils.tensorboard import SummaryWriter
 
     dev = torch.device(device)
     check_fits(cfg.model, dev)  # before anything is made
-    make_dir(run_dir, 'run directory', 'pass another --run-dir')
-    cfg = resolve_init(cfg, run_dir)  # train.init_from: the checkpoint file config.yaml records
-    settings = yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False)
-    check_resumable(run_dir, yaml.safe_load(settings))
     experts = cfg.model.experts
     split = manifest.split(cfg.data.split)
-    captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run_dir,
-                                     lambda: split_captions(manifest, cfg.data.split, 'train', False)[1])
+    check_world(ranks, cfg.train.batch_size, len(split.ids('train')))  # before any data is read
+    with main_first(ranks):  # rank 0 makes the run directory and saves the tokenizer the others load
+        make_dir(run_dir, 'run directory', 'pass another --run-dir')
+        cfg = resolve_init(cfg, run_dir, write=ranks.main)  # train.init_from: the checkpoint config.yaml records
+        settings = yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False)
+        if ranks.main:  # rank 0 rewrites config.yaml while the others run this block: it alone reads it
+            check_resumable(run_dir, yaml.safe_load(settings))
+        captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root,
+                                         run_dir, lambda: split_captions(manifest, cfg.data.split, 'train', False)[1])
     train = load_split(manifest, cfg.data.split, 'train', features_root, experts, captions, False)
     val = (load_split(manifest, cfg.data.split, 'val', features_root, experts, captions)
-           if split.val and cfg.train.selection == 'geometric_mean' else None)
-    test = load_split(manifest, cfg.data.split, 'test', features_root, experts, captions)
+           if split.val and cfg.train.selection == 'geometric_mean' and ranks.main else None)
+    test = load_split(manifest, cfg.data.split, 'test', features_root, experts, captions) if ranks.main else None
     if train.random_weights:
         _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
     if len(train) < cfg.train.batch_size:
         raise ValueError(f'batch_size {cfg.train.batch_size} is larger than the {len(train)} training videos')
     _seed_all(seed)
-    state = build_state(cfg, dev)
+    state = build_state(cfg, dev, ranks)
     ckpt_dir = run_dir / 'checkpoints'
     ckpt_dir.mkdir(exist_ok=True)
     if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
-        _resume(state, ckpt_dir / 'last.pt', cfg.train.epochs, run_dir, dev)
-    else:  # a fresh start: frozen weights of an earlier attempt may differ
-        (ckpt_dir / FROZEN).unlink(missing_ok=True)
-        if cfg.train.init_from:
-            init_weights(state.model, Path(cfg.train.init_from), run_dir)
+        _resume(state, ckpt_dir / 'last.pt', cfg.train.epochs, run_dir, dev, ranks)
+    else:
+        if ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
+            (ckpt_dir / FROZEN).unlink(missing_ok=True)
+        if cfg.train.init_from:  # every rank loads the same weights; rank 0 reports
+            init_weights(state.model, Path(cfg.train.init_from), run_dir, report=ranks.main)
+    if not ranks.main:
+        return _follow(state, _feed_of(train, dev, cfg, ranks), cfg, seed, run_dir, ranks)
     (run_dir / 'config.yaml').write_text(settings)  # once a resumed run is known to be this config's
-    feed = TrainFeed(train, dev, device_budget(dev, cfg.train.device_data))
+    feed = _feed_of(train, dev, cfg, ranks)
     if dev.type == 'cuda':
         _logger.info('training features (%.2f GB) %s', train.train_nbytes() / 1e9,
                      'moved to the device once' if feed.on_device else 'copied a batch at a time from pinned memory')
@@ -248,12 +283,14 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     try:
         while state.epoch < cfg.train.epochs:
             record = train_one_epoch(state, feed, cfg.train, seed, progress, run_dir)
+            record['train/loss'] = average(ranks, record['train/loss'])
             tb.add_scalar('train/loss', record['train/loss'], record['epoch'])
             if val is not None:
                 _validate(state, val, dev, record, tb, ckpt_dir)
             save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
                             epoch=state.epoch, best=state.best, torch_rng=torch.get_rng_state(),
-                            scheduler=state.scheduler.state_dict() if state.scheduler is not None else None)
+                            scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
+                            world_size=ranks.world)
             with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
                 f.write(json.dumps(record) + '\n')
             if progress:

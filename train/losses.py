@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,15 +54,41 @@ def info_nce(sims: torch.Tensor, temperature: float) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
+class _Gather(torch.autograd.Function):
+    """All-gather along the first axis whose backward gives each rank the sum over the ranks of
+    the gradient of its own part (every rank computes the loss of the whole batch).
+
+    `torch.distributed.nn.all_gather` is not used: under gloo its backward (all-to-all emulated by
+    scatters) gave wrong gradients once a loss gathers several tensors (torch 2.14; the one-step
+    test of `tests/train/test_distributed.py` catches it)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows = x.shape[0]
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        if dist.get_backend() == 'nccl':  # the reduction of each rank's part only
+            out = grad.new_empty((ctx.rows, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        grad = grad.clone()  # gloo has no reduce-scatter: the whole sum, then this rank's rows
+        dist.all_reduce(grad)
+        first = dist.get_rank() * ctx.rows
+        return grad[first:first + ctx.rows]
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """`x` of every rank, concatenated in rank order along the first axis, with gradients flowing
-    back to each rank's own part (`torch.distributed.nn.all_gather`: its backward sums the ranks'
-    gradients, which DistributedDataParallel then averages); `x` itself in one process."""
+    """`x` of every rank (each with as many rows), concatenated in rank order along the first
+    axis, with gradients flowing back to each rank's own part (summed over the ranks, which
+    DistributedDataParallel then averages); `x` itself in one process."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    import torch.distributed.nn
-
-    return torch.cat(torch.distributed.nn.all_gather(x.contiguous()), 0)
+    return _Gather.apply(x.contiguous())
 
 
 def gather_embeddings(out: Embeddings) -> Embeddings:

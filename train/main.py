@@ -3,6 +3,7 @@
     python -m train --model ce --dataset demo
     python -m train --model ce --dataset msrvtt --split full --seeds 0,1,2
     python -m train --config pipelines/configs/train/ce_msrvtt_full.yaml --count-params
+    torchrun --nproc-per-node 4 -m train --model mmt --dataset msrvtt --split 1k-A   # DDP, 4 processes
 """
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import yaml
 
-from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
+from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides, to_dict
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.logs import setup_logging
 from shared.store import StoreError
 from train.config import RunCfg, load_run_cfg
+from train.distributed import SINGLE, Dist, RanksError, agree, init_distributed, teardown
 from train.loop import train_run
 from train.metrics import format_results
 from train.models import count_parameters, meta_model
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)
     setup_logging()
+    ranks = SINGLE
     try:
         overrides = parse_overrides(args.settings)
         if args.split:
@@ -110,23 +113,39 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f'--seeds {args.seeds}: seed {", ".join(map(str, repeated))} given more than once; '
                               'give distinct seeds')
         device = pick_device(args.device)
-        manifest = load_manifest(cfg.data.dataset, args.data_root)
-        print(f'{manifest.name}: {len(manifest)} videos, read from {manifest.origin}')
         base = args.run_dir or Path('runs') / f'{cfg.model.model}-{cfg.data.dataset}-{cfg.data.split}'
+        ranks, device = init_distributed(device)
+        _agree(ranks, cfg, seeds, base, args)
+        manifest = load_manifest(cfg.data.dataset, args.data_root)
+        if ranks.main:
+            print(f'{manifest.name}: {len(manifest)} videos, read from {manifest.origin}')
         results = []
         for seed in seeds:
             run_dir = base / f'seed{seed}'
-            print(f'training {cfg.model.model} on {cfg.data.dataset}/{cfg.data.split}, seed {seed}, {device} -> {run_dir}')
+            if ranks.main:
+                print(f'training {cfg.model.model} on {cfg.data.dataset}/{cfg.data.split}, seed {seed}, {device}'
+                      f'{f" x {ranks.world} processes" if ranks.active else ""} -> {run_dir}')
             results.append(train_run(cfg, manifest, args.features_root, args.data_root, run_dir, seed, device,
-                                     progress=not args.no_progress))
+                                     progress=not args.no_progress, ranks=ranks))
+        if not ranks.main:  # rank 0 writes and prints the results
+            return 0
         table = format_results({cfg.model.model: results})
         (base / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seeds '
                                          f'{args.seeds}\n\n{table}\n')
         print(table)
         return 0
     except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:
-        print(f'error: {err}', file=sys.stderr)
+        if ranks.main or not isinstance(err, RanksError):  # every rank fails a RanksError alike: said once
+            print(f'error: {err}' if ranks.main else f'error (process {ranks.rank}): {err}', file=sys.stderr)
         return 1
+    finally:
+        teardown()
+
+
+def _agree(ranks: Dist, cfg: RunCfg, seeds: list[int], base: Path, args: argparse.Namespace) -> None:
+    """Every process was given the same run: config, seeds and paths (`train.distributed.agree`)."""
+    agree(ranks, {'config': to_dict(cfg), 'seeds': seeds, 'run_dir': str(base), 'data_root': str(args.data_root),
+                  'features_root': str(args.features_root)})
 
 
 if __name__ == '__main__':

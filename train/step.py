@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from train.distributed import unwrap
 from train.models.base import ExpertInput, RetrievalModel, TextInput
 
 __all__ = ['TrainStep']
@@ -22,8 +23,10 @@ class TrainStep:
     """``step(video, text) -> loss``: one optimisation step on a batch of matching pairs.
 
     Args:
-        model, optimizer: what is trained (the optimizer may be `optim.Lookahead`).
-        loss: a `train.losses` module: ``loss(model, model(video, text))``.
+        model, optimizer: what is trained (the optimizer may be `optim.Lookahead`); the model may
+            be wrapped in DistributedDataParallel, which the forward goes through.
+        loss: a `train.losses` module: ``loss(module, model(video, text))``, with the model
+            itself (unwrapped) for its `similarity` and `extra_loss`.
         grad_clip: max gradient norm (0: none).
         device: where the batches are; CUDA runs under bf16 autocast.
         compile: capture the forward and backward with torch.compile (CUDA graphs on CUDA). Shapes
@@ -39,6 +42,7 @@ class TrainStep:
                  compile: bool, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  backend: str = 'inductor') -> None:
         self.model, self.optimizer, self.loss, self.grad_clip = model, optimizer, loss, grad_clip
+        self.module = unwrap(model)
         self.scheduler = scheduler
         self.device = torch.device(device)
         self.compiled = compile
@@ -53,7 +57,7 @@ class TrainStep:
 
     def _loss(self, video: dict[str, ExpertInput], text: TextInput) -> torch.Tensor:
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.device.type == 'cuda'):
-            return self.loss(self.model, self.model(video, text))
+            return self.loss(self.module, self.model(video, text))
 
     def __call__(self, video: dict[str, ExpertInput], text: TextInput) -> torch.Tensor:
         """The batch's loss (detached, on the device) after the update."""

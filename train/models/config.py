@@ -213,6 +213,9 @@ class SSBCfg(ModelCfg):
         max_seconds: video length in one-second steps (MSR-VTT 32, VATEX 64, ActivityNet 512).
         support_set: cross-captioning support set: ``identity``, ``full``, ``hybrid`` or ``cross``.
         support_temperature: T of the support-set attention softmax.
+        support_scope: which videos a caption's support set ranges over when training on many
+            processes: ``global`` (the whole batch, every rank's videos: what one process at that
+            batch does) or ``local`` (this rank's own videos).
         caption_weight: lambda, the weight of the captioning loss.
     """
 
@@ -222,12 +225,15 @@ class SSBCfg(ModelCfg):
     max_seconds: int = 32
     support_set: str = 'cross'
     support_temperature: float = 0.1
+    support_scope: str = 'global'
     caption_weight: float = 10.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.support_set not in ('identity', 'full', 'hybrid', 'cross'):
             raise ValueError('support_set must be identity, full, hybrid or cross')
+        if self.support_scope not in ('global', 'local'):
+            raise ValueError('support_scope must be global or local')
         if self.pre_encoder not in ('cnn', 'mlp'):
             raise ValueError('pre_encoder must be cnn or mlp')
 

@@ -56,6 +56,9 @@ class MMT(RetrievalModel):
         self.encoder = nn.TransformerEncoder(layer, t.layers, enable_nested_tensor=False)
         self.text_model = build_bert(cfg.text)
         self.text_model.requires_grad_(cfg.text.finetune)
+        # the caption is the [CLS] state, not the pooler's output: no loss reaches the pooler, and
+        # DistributedDataParallel needs every trained parameter to get a gradient each step
+        self.text_model.pooler.requires_grad_(False)
         h = self.text_model.config.hidden_size
         self.text_gem = nn.ModuleDict({k: GEM(h, d) for k in keys})
         self.mixture = PerExpertRows(keys, h)

@@ -204,14 +204,28 @@ class SupportSet(RetrievalModel):
 
     def extra_loss(self, out: Embeddings, every: Embeddings, sims: torch.Tensor) -> torch.Tensor:
         """lambda L_cross-captioning (sec. 3.1.2): each of this rank's captions reconstructed from
-        its support set over the global batch's videos."""
+        its support set, over the global batch's videos (or this rank's: `SSBCfg.support_scope`)."""
         from transformers.modeling_outputs import BaseModelOutput
 
-        n = out.extra['labels'].shape[0]
-        first = dist.get_rank() * n if dist.is_available() and dist.is_initialized() else 0
+        labels = out.extra['labels']
+        n = labels.shape[0]
+        many = dist.is_available() and dist.is_initialized()
+        first, world = (dist.get_rank() * n, dist.get_world_size()) if many else (0, 1)
+        if self.cfg.support_scope == 'local':
+            sims, videos = sims[first:first + n, first:first + n], out.extra
+            first = 0
+        else:
+            videos = every.extra
         weights = support_weights(sims, self.cfg.support_set, self.cfg.support_temperature)[first:first + n]
-        mixed = torch.einsum('ij,jsd->isd', weights.to(every.extra['features'].dtype), every.extra['features'])
-        mixed_mask = (weights @ every.extra['mask'].to(weights.dtype)) > 0
+        mixed = torch.einsum('ij,jsd->isd', weights.to(videos['features'].dtype), videos['features'])
+        mixed_mask = (weights @ videos['mask'].to(weights.dtype)) > 0
         dec = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=self.caption_in(mixed)),
-                      attention_mask=mixed_mask.long(), labels=out.extra['labels'])
-        return self.cfg.caption_weight * dec.loss
+                      attention_mask=mixed_mask.long(), labels=labels)
+        # dec.loss is the mean over this rank's caption tokens; rescaled to its share of the mean
+        # over every rank's tokens (DistributedDataParallel averages the ranks' gradients), so that
+        # N ranks optimise the loss of one process at their global batch. One process: x 1, exactly.
+        tokens = (labels != -100).sum()
+        total = tokens.clone()
+        if many:
+            dist.all_reduce(total)
+        return self.cfg.caption_weight * dec.loss * (tokens * world / total.clamp(min=1))

@@ -1,0 +1,47 @@
+"""`pipelines/slurm/train.sbatch` and `make train GPUS=N` (issue 21): the torchrun command they
+give, run with stand-ins for srun, scontrol and nvidia-smi."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+
+def _fake(bin_dir: Path, name: str, script: str) -> None:
+    path = bin_dir / name
+    path.write_text('#!/bin/bash\n' + script)
+    path.chmod(0o755)
+
+
+def test_train_sbatch_runs_one_torchrun_per_node_with_the_first_node_as_rendezvous(tmp_path: Path,
+                                                                                     repo_root: Path) -> None:
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    _fake(bin_dir, 'srun', f'printf "%s\\n" "$@" > {tmp_path}/srun-args\n')
+    _fake(bin_dir, 'scontrol', 'printf "gpu-a17\\ngpu-a18\\n"\n')
+    _fake(bin_dir, 'nvidia-smi', 'printf "GPU 0\\nGPU 1\\nGPU 2\\nGPU 3\\n"\n')
+    env = {**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}', 'SLURM_JOB_NODELIST': 'gpu-a[17-18]',
+           'SLURM_JOB_NUM_NODES': '2', 'SLURM_JOB_ID': '4242', 'SLURM_SUBMIT_DIR': str(tmp_path)}
+    out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/train.sbatch'), 'mmt', 'msrvtt', '1k-A',
+                          '--seeds', '0,1'], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    args = (tmp_path / 'srun-args').read_text().splitlines()
+    assert args == ['--kill-on-bad-exit=1', '.venv/bin/python', '-m', 'torch.distributed.run', '--nnodes', '2',
+                    '--nproc-per-node', '4', '--rdzv-backend', 'c10d', '--rdzv-endpoint', 'gpu-a17:29500',
+                    '--rdzv-id', '4242', '-m', 'train', '--model', 'mmt', '--dataset', 'msrvtt', '--split', '1k-A',
+                    '--no-progress', '--seeds', '0,1']
+    env.pop('SLURM_JOB_NODELIST')
+    out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/train.sbatch'), 'mmt', 'msrvtt', '1k-A'], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and 'sbatch' in out.stderr
+
+
+def test_make_train_with_gpus_wraps_torchrun(repo_root: Path) -> None:
+    def command(*extra: str) -> str:
+        out = subprocess.run(['make', '--no-print-directory', '-n', 'train', 'MODEL=mmt', 'DATASET=msrvtt', *extra],
+                             cwd=repo_root, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return next(line for line in out.stdout.splitlines() if '-m train' in line)
+
+    assert '-m torch.distributed.run --standalone --nproc-per-node 4 -m train --model mmt' in command('GPUS=4')
+    assert 'torch.distributed.run' not in command()

@@ -1,0 +1,162 @@
+"""Training on many processes through torchrun (issue 21, item 2): real torchrun, gloo, two CPU
+processes; the step of N ranks at B/N is the step of one process at B; a killed rank's run resumes
+to the uninterrupted run's weights; bad input stops every rank with one line."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.train.ddp_step import CASES, one_step
+from tests.train.test_train import _args, _config, demo_stores  # noqa: F401 - a fixture
+from train.main import main as train_main
+
+TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node']
+
+
+def _torchrun(n: int, *args: str) -> list[str]:
+    """torchrun with `n` processes; --standalone: a free port (tests or sessions may overlap)."""
+    return [*TORCHRUN, str(n), '--standalone', *args]
+
+
+@pytest.mark.slow
+def test_two_ranks_at_half_the_batch_take_the_step_of_one_process(tmp_path: Path, subprocess_env: dict,
+                                                                   repo_root: Path) -> None:
+    """MEE, CE, MMT and the support-set model: losses and weights after one SGD step agree (batch
+    norm in eval mode: CPU ranks cannot synchronise it)."""
+    out = tmp_path / 'ddp.pt'
+    run = subprocess.run(_torchrun(2, '-m', 'tests.train.ddp_step', str(out)), cwd=repo_root, env=subprocess_env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = torch.load(out, weights_only=True)
+    for name in CASES:
+        loss, weights = one_step(name)
+        two_loss, two_weights = ranks[name]
+        if name == 'ssb-local':  # a support set of each rank's own videos: another objective
+            assert abs(two_loss - loss) > 1e-3
+            continue
+        assert two_loss == pytest.approx(loss, rel=1e-6, abs=1e-6), name
+        assert weights.keys() == two_weights.keys()
+        for k in weights:
+            torch.testing.assert_close(two_weights[k], weights[k], rtol=1e-5, atol=1e-6, msg=f'{name} {k}')
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of the worker of local rank `rank` that torchrun `launcher` started."""
+    try:
+        children = Path(f'/proc/{launcher}/task/{launcher}/children').read_text().split()
+    except OSError:
+        return None
+    for pid in children:
+        try:
+            env = Path(f'/proc/{pid}/environ').read_bytes().split(b'\0')
+        except OSError:
+            continue
+        if f'LOCAL_RANK={rank}'.encode() in env:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+def test_a_rank_killed_midway_resumes_to_the_uninterrupted_run(demo_stores: tuple[Path, Path], tmp_path: Path,
+                                                                subprocess_env: dict, repo_root: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    data, features = demo_stores
+    config = _config(tmp_path, 'mee', epochs=6)
+    killed, whole = tmp_path / 'killed', tmp_path / 'whole'
+    cmd = lambda run: _torchrun(2, '-m', 'train', *_args(data, features, config, run))  # noqa: E731
+    proc = subprocess.Popen(cmd(killed), cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = killed / 'seed0' / 'metrics.jsonl'
+    deadline = time.time() + 300
+    victim = None
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            victim = _rank_pid(proc.pid, 1)
+            if victim is not None:
+                os.kill(victim, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert victim is not None, f'training ended before a rank could be killed: {err[-2000:]}'
+    assert proc.returncode != 0
+    assert 2 <= len(log.read_text().splitlines()) < 6
+    again = subprocess.run(cmd(killed), cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'resuming' in again.stdout and 'x 2 processes' in again.stdout
+    assert 'own batch statistics' in again.stdout  # MEE's NetVLAD batch norm, unsynchronised on the CPU
+    uninterrupted = subprocess.run(cmd(whole), cwd=repo_root, env=subprocess_env, capture_output=True, text=True,
+                                   timeout=600)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    for name in ('test_metrics.json', 'metrics.jsonl'):
+        a, b = ((r / 'seed0' / name).read_text() for r in (killed, whole))
+        if name == 'metrics.jsonl':  # the epochs' seconds differ
+            a, b = ([{k: v for k, v in json.loads(line).items() if k != 'train/seconds'} for line in t.splitlines()]
+                    for t in (a, b))
+        assert a == b, name
+    wa = torch.load(killed / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)
+    wb = torch.load(whole / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)
+    assert wa['world_size'] == 2 and all(torch.equal(wa['model'][k], wb['model'][k]) for k in wb['model'])
+    # one process continues the two-process run, and says that the data order changed
+    cfg = yaml.safe_load(config.read_text())
+    cfg['train']['epochs'] = 7
+    config.write_text(yaml.safe_dump(cfg))
+    assert train_main(_args(data, features, config, whole)) == 0
+    assert 'trained by 2 process(es) and continues with 1: the data order changed' in capsys.readouterr().out
+
+
+def _small_config(tmp: Path, batch: int) -> Path:
+    """An MEE config for the small demo (its word vectors; the stores are never read)."""
+    cfg = {'data': {'dataset': 'demo', 'split': 'official', 'word_vectors': '{data_root}/demo/word2vec.bin'},
+           'model': {'model': 'mee', 'experts': [{'name': 'object', 'dim': 2048}]},
+           'train': {'batch_size': batch, 'epochs': 1}}
+    path = tmp / 'small.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _errors(run: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in run.stderr.splitlines() if line.startswith('error')]
+
+
+@pytest.mark.slow
+def test_ranks_given_different_configs_stop_with_one_line(small_demo: Path, tmp_path: Path, subprocess_env: dict,
+                                                          repo_root: Path) -> None:
+    config = _small_config(tmp_path, 4)
+    # each process is given another learning rate, as a config file that differs between nodes would
+    train = (f'{sys.executable} -m train --config {config} --data-root {small_demo.parent} --features-root '
+             f'{tmp_path / "features"} --run-dir {tmp_path / "run"} --device cpu --no-progress '
+             '--set train.lr=0.00$((RANK + 1))')
+    start = time.time()
+    run = subprocess.run(_torchrun(2, '--no-python', 'sh', '-c', train), cwd=repo_root, env=subprocess_env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and time.time() - start < 120
+    assert _errors(run) == ["error: the 2 processes were given different runs (config.train.lr: 0.001 on process 0, "
+                            "0.002 on process 1): give every process the same config, --set overrides and options"]
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.slow
+def test_more_processes_than_training_videos_stop_with_one_line(small_demo: Path, tmp_path: Path,
+                                                                subprocess_env: dict, repo_root: Path) -> None:
+    from shared.datasets import load_manifest
+
+    videos = len(load_manifest('demo', small_demo.parent).split('official').ids('train'))
+    config = _small_config(tmp_path, videos)
+    start = time.time()
+    run = subprocess.run(_torchrun(videos + 1, '-m', 'train', '--config', str(config), '--data-root',
+                                   str(small_demo.parent), '--features-root', str(tmp_path / 'features'),
+                                   '--run-dir', str(tmp_path / 'run'), '--device', 'cpu', '--no-progress'),
+                         cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and time.time() - start < 180
+    assert _errors(run) == [f'error: {videos + 1} processes, but the split has only {videos} training videos: each '
+                            'process needs at least one video a step; start torchrun with --nproc-per-node (x nodes) '
+                            f'of at most {videos}']
