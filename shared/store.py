@@ -255,6 +255,22 @@ def _unstorable(feats: np.ndarray, times: np.ndarray) -> str:
     return ''
 
 
+def _parse_sums(recorded: str) -> dict[str, int] | None:
+    """A chunk's recorded sums (`CHUNK_SUMS`), or None when they are not the JSON object of
+    integers `write_chunk` writes (a damaged file)."""
+    try:
+        sums = json.loads(recorded)
+    except ValueError:
+        return None
+    if not isinstance(sums, dict) or not all(isinstance(v, int) for v in sums.values()):
+        return None
+    return sums
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _digest(x: np.ndarray) -> int:
     """CRC-32 of one chunk's array as the store holds it. Strings are summed as JSON; floats with
     -0.0 as 0.0, since a chunk equal to the fill value 0 is never written and reads back as +0.0."""
@@ -337,6 +353,10 @@ class ExpertStore:
                              f'tokens={self.has_tokens}')
         sl = slice(rows.start, rows.stop)
         g = self.group
+        if (self.chunk_status(chunk) != PENDING).any():
+            # rewriting a finished chunk (--retry-failed): pending first, so that a kill mid-write
+            # leaves a chunk to redo, not finished rows over data that no longer matches their sums
+            self.mark_pending(chunk)
         written = {'features': data.features, 'timestamps': data.timestamps, 'lengths': data.lengths,
                    'available': data.available, 'errors': np.asarray(data.errors, dtype=str)}
         if data.tokens is not None:
@@ -361,9 +381,15 @@ class ExpertStore:
         """
         rows = self.chunk_rows(chunk)
         where = f'chunk {chunk} (videos {rows.start}-{rows.stop - 1})'
-        recorded = str(self.group[CHUNK_SUMS][chunk]) if CHUNK_SUMS in self.group else ''
+        try:
+            recorded = str(self.group[CHUNK_SUMS][chunk]) if CHUNK_SUMS in self.group else ''
+        except Exception as err:  # noqa: BLE001 - a damaged sums file is damage like any other
+            return f'{where}: its recorded chunk sums cannot be read ({_first_line(err)})'
         if recorded:
-            sums = json.loads(recorded)
+            sums = _parse_sums(recorded)
+            if sums is None:
+                return (f'{where}: its recorded chunk sums are damaged ({recorded[:40]!r}), so its data cannot be '
+                        'checked')
             bad = [name for name, crc in sums.items() if name in data and _digest(data[name]) != crc]
             if bad:
                 return (f'{where}: its {" and ".join(bad)} data {"is" if len(bad) == 1 else "are"} not what was '
@@ -394,12 +420,27 @@ class ExpertStore:
             raise StoreError(f'{self.path}: {problem}. Mark such chunks for redoing with `python -m shared.store '
                              f'check --repair {self.path}`, then rerun the extraction: it redoes only them')
 
+    def _read_chunk(self, chunk: int, names: Iterable[str]) -> dict[str, np.ndarray]:
+        """One chunk's arrays, whole; a chunk file that cannot be decoded (garbage, empty or cut
+        short) is a StoreError naming the chunk and the fix, not Zarr's own error."""
+        rows = self.chunk_rows(chunk)
+        out = {}
+        for name in names:
+            try:
+                out[name] = self.group[name][rows.start:rows.stop]
+            except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
+                raise StoreError(f'{self.path}: chunk {chunk} (videos {rows.start}-{rows.stop - 1}): its {name} chunk '
+                                 f'file cannot be read ({_first_line(err)}). Mark such chunks for redoing with '
+                                 f'`python -m shared.store check --repair {self.path}`, then rerun the extraction: '
+                                 'it redoes only them') from None
+        return out
+
     def read(self, rows: Sequence[int] | slice | None = None, ids: Sequence[str] | None = None) -> ExpertRows:
         """Read rows into memory: all of them, the given row indices, or the given video ids.
 
         Raises:
-            StoreError: an id is not in the store, or a finished chunk that holds a row read is
-                missing data (`damage`): Zarr would give zeros for it.
+            StoreError: an id is not in the store, a finished chunk that holds a row read is
+                missing data (`damage`: Zarr would give zeros for it), or a chunk file cannot be read.
         """
         if ids is not None:
             index = {v: i for i, v in enumerate(self.video_ids)}
@@ -416,7 +457,7 @@ class ExpertStore:
         order = []
         for c in np.unique(index // self.chunk_size).tolist():
             span = self.chunk_rows(c)
-            data = {name: g[name][span.start:span.stop] for name in names}
+            data = {**self._read_chunk(c, [n for n in names if n != 'status']), 'status': self.chunk_status(c)}
             if (data['status'] != PENDING).any():
                 self._refuse_damage(c, data)
             at = np.flatnonzero(index // self.chunk_size == c)
@@ -830,7 +871,9 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
     try:
         data = {name: g[name][sl] for name in (*_ROW_ARRAYS, *(('tokens',) if store.has_tokens else ()))}
     except Exception as err:  # noqa: BLE001 - a finished chunk must read back
-        report.problems.append(f'chunk {c}: finished rows unreadable ({err})')
+        report.problems.append(f'chunk {c} (videos {rows.start}-{rows.stop - 1}): finished rows unreadable, '
+                               f'a chunk file damaged ({_first_line(err)})')
+        report.damaged.append(c)  # --repair marks it pending: the rerun rewrites every file of it
         return
     damage = store.damage(c, {**data, 'status': status})
     if damage:
