@@ -48,7 +48,11 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
     from shared.datasets import activitynet, demo, didemo, lsmdc, msrvtt, msvd, vatex  # noqa: F401
 
     if name.startswith('folder:'):
-        return folder.folder_manifest(Path(name[len('folder:'):]), **options)
+        directory = name[len('folder:'):]
+        if not directory.strip():  # Path('') is '.': an empty path would quietly scan the working directory
+            raise DatasetError(f'--dataset {name!r} names no directory: give folder:PATH, e.g. folder:./videos '
+                               '(folder:. for the current directory)')
+        return folder.folder_manifest(Path(directory), **options)
     root = dataset_dir(data_root if data_root is not None else data_root_default(), name)
     try:
         adapter = DATASETS.get(name)
