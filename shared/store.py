@@ -39,7 +39,8 @@ __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
     'ExpertStore', 'store_path', 'is_store', 'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
-    'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'CheckReport', 'check_store', 'main',
+    'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'signals_deferred', 'CheckReport',
+    'check_store', 'main',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -642,6 +643,7 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
 # `extract --overwrite` builds the new store beside the old one and swaps them only once the new
 # one is complete, so that a stopped run never leaves neither:
 #   .NAME.overwrite-new   the replacement being built (resumed by a rerun with the same settings)
+#   .NAME.import-new      the same, built by `pipelines.import_features` (never resumed: an import is quick)
 #   .NAME.overwrite-swap  complete and claimed for the swap by one process (shards race for it)
 #   .NAME.overwrite-old   the old store, set aside between the two renames of the swap, then removed
 # A rerun of any extraction of the store finishes a swap that a kill cut short (`finish_swap`).
@@ -650,9 +652,18 @@ def _aside(path: Path, what: str) -> Path:
     return path.parent / f'.{path.name}.overwrite-{what}'
 
 
-def replacement_path(path: str | os.PathLike) -> Path:
-    """Where the replacement of the store at `path` is built (`extract --overwrite`)."""
-    return _aside(Path(path), 'new')
+#: who builds replacements (`replacement_path`): each its own staging name, so neither removes the other's
+_BUILDERS = ('overwrite', 'import')
+
+
+def replacement_path(path: str | os.PathLike, builder: str = 'overwrite') -> Path:
+    """Where the replacement of the store at `path` is built: by `extract --overwrite`, or by an
+    import (`builder='import'`), which must never start again over a replacement an extraction
+    is building."""
+    if builder not in _BUILDERS:
+        raise ValueError(f'builder must be one of {_BUILDERS}, got {builder!r}')
+    return Path(path).parent / f'.{Path(path).name}.{builder}-new'
+
 
 
 def create_replacement(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreSpec) -> ExpertStore:
@@ -671,8 +682,9 @@ def create_replacement(path: str | os.PathLike, video_ids: Sequence[str], spec: 
 def _final(staged: Path) -> Path | None:
     """The store path that `staged` replaces, when `staged` is a replacement."""
     name = staged.name
-    if name.startswith('.') and name.endswith('.overwrite-new'):
-        return staged.with_name(name[1:-len('.overwrite-new')])
+    for builder in _BUILDERS:
+        if name.startswith('.') and name.endswith(f'.{builder}-new'):
+            return staged.with_name(name[1:-len(f'.{builder}-new')])
     return None
 
 
@@ -710,7 +722,7 @@ def finish_swap(path: str | os.PathLike) -> None:
     if old.exists() and is_store(path):  # the swap put the new one in place: the old one goes
         shutil.rmtree(old, ignore_errors=True)
     if is_store(swap):
-        with _signals_deferred():
+        with signals_deferred():
             for src, dst in ((path, old), (swap, path)):
                 try:
                     if src == swap or os.path.lexists(src):
@@ -724,9 +736,9 @@ def finish_swap(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Any:
+def signals_deferred() -> Any:
     """Ctrl-C and SIGTERM received inside the block take effect at its end (main thread only:
-    elsewhere Python runs no signal handlers anyway)."""
+    elsewhere Python runs no signal handlers anyway). Blocks nest."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -766,6 +778,9 @@ def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
         kind, _, sub = p.name[len(path.name) + 2:].partition('-')
         if kind == 'overwrite' and sub in overwrite:
             found.append((p, overwrite[sub]))
+        elif kind == 'import' and sub == 'new':
+            found.append((p, 'the replacement an import was building when it stopped; the store stays as it was. '
+                             'Remove it once no import of this dataset is running, or rerun the import'))
         elif kind == 'old' and not path.exists():
             found.append((p, f'the store, set aside by a re-embedding that stopped before the new one took its '
                              f'place: rename it back to {path.name}'))
