@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -37,9 +38,9 @@ from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.logs import setup_logging
 from shared.resources import cpu_limit
-from shared.store import (DONE, FAILED, ChunkData, ExpertStore, StoreError, StoreSpec, VideoResult, create_replacement,
-                          create_store, finish_swap, is_store, open_store, pack_chunk, replacement_path, shard_chunks,
-                          store_path, swap_in)
+from shared.store import (DONE, FAILED, PENDING, ChunkData, ExpertStore, StoreError, StoreSpec, VideoResult,
+                          create_replacement, create_store, finish_swap, is_store, open_store, pack_chunk,
+                          replacement_path, shard_chunks, store_path, swap_in)
 
 __all__ = ['RunOptions', 'build_experts', 'run', 'main', 'open_stores']
 
@@ -581,7 +582,9 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         for e in chunk.active:
             redo = chunk.redo[e.name]
             if e.name in video_workers:
-                chunk.results[e.name].update(video_workers[e.name].collect(redo))
+                got = video_workers[e.name].collect(redo)
+                _check_width(e, got.values())
+                chunk.results[e.name].update(got)
             feats = batchers[e.name].collect(chunk.rows)
             for r, why in batchers[e.name].failures(chunk.rows).items():
                 chunk.results[e.name][r] = VideoResult.failed(why, e.cfg.feature_dim)
@@ -645,6 +648,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         writer.shutdown(wait=True)
         for w in video_workers.values():
             w.close()
+        if isinstance(sys.exc_info()[1], Exception):
+            _drop_untouched(stores, opts, sys.exc_info()[1])
     for w in writes:
         w.result()
     bar.close()
@@ -773,6 +778,30 @@ def _count(t: _Tally, packed: ChunkData, redo: list[int], rows: range, ids: tupl
         t.available += bool(packed.available[i])
         if status == FAILED:
             t.errors.append(f'{ids[r]}: {packed.errors[i]}')
+
+
+def _check_width(expert: Any, results: Collection[VideoResult]) -> None:
+    """A per-video expert's results have `feature_dim` columns: its libraries take whole videos, so
+    `_probe` cannot run it up front, and a width the store cannot hold is the settings' fault, not
+    a video's (every video would fail)."""
+    for r in results:
+        width = np.shape(r.features)[-1] if np.ndim(r.features) == 2 else None
+        if r.status == DONE and width is not None and width != expert.cfg.feature_dim:
+            raise ConfigError(f'{expert.name}: the model gives features of width {width}, but feature_dim is '
+                              f'{expert.cfg.feature_dim}: leave feature_dim at its default for this model')
+
+
+def _drop_untouched(stores: dict[str, ExpertStore], opts: RunOptions, err: BaseException) -> None:
+    """Remove the stores of a failed run that hold no finished video (a new store, or an
+    --overwrite's replacement): an empty store would hold the failed run's settings against the
+    corrected command. Other shards may be writing a shared store: it goes only for a settings
+    error (theirs fail alike) or when this run is the only shard."""
+    if not (isinstance(err, ConfigError) or opts.num_shards == 1):
+        return
+    for s in stores.values():
+        if s.path.exists() and not (s.status() != PENDING).any():
+            shutil.rmtree(s.path, ignore_errors=True)
+            _logger.info('%s: removed, the failed run had written nothing to it', s.path)
 
 
 def _finish(stores: dict[str, ExpertStore]) -> None:

@@ -14,8 +14,10 @@ MMT (Gabeur et al. 2020): one HDF5 file per video, ``{video_id}.h5``, with ``fea
 Caption order is kept exactly (MSR-VTT 1k-A picks its test queries by position). Captions and
 splits are written to ``{data_root}/{dataset}/imported.json``, which the dataset's manifest uses
 when the official annotation files are not there. An import applies whole or not at all: every
-store is built beside the one it replaces, and they are put in place, then imported.json, only
-once all of them are built. Rows without timing get the store's
+store is built beside the one it replaces (``.NAME.import-new``), and they are put in place, then
+imported.json, only once all of them are built, with Ctrl-C and SIGTERM held until the last rename
+(a kill -9 among the renames can leave some stores replaced: rerun the import to apply it whole).
+Rows without timing get the store's
 UNKNOWN_TIME. Pickle files can run code when loaded: they are read only here, after a warning,
 and only from the --root you name.
 """
@@ -36,12 +38,13 @@ import numpy as np
 from tqdm import tqdm
 
 from shared.config import data_root_default, features_root_default
-from shared.datasets import dataset_dir
+from shared.datasets import dataset_dir, require_registered
 from shared.datasets.imported import IMPORTED_FILE
 from shared.datasets.manifest import read_split_list
 from shared.files import atomic_write
 from shared.store import (DONE, UNKNOWN_TIME, ExpertStore, StoreError, StoreSpec, VideoResult, check_store,
-                          create_store, is_store, open_store, pack_chunk, replacement_path, store_path, swap_in)
+                          create_store, is_store, open_store, pack_chunk, replacement_path, signals_deferred,
+                          store_path, swap_in)
 
 __all__ = ['CE_FILES', 'MMT_EXPERTS', 'import_ce', 'import_mmt', 'release_rows', 'main']
 
@@ -71,6 +74,8 @@ SPLIT_LISTS: dict[str, dict[str, tuple[str, str | None, str, bool, bool]]] = {
                     'val2': ('train_list.txt', None, 'val_2_list.txt', True, False)},
 }
 _SHIPPED_DIR = {'activitynet': 'activity-net'}
+#: why an import's dataset must be a registered one
+_AS_KNOWN = ': import as one of them (every command reads imported.json through the dataset of that name)'
 
 
 def _rows(value: Any, dim: int | None) -> tuple[np.ndarray | None, str]:
@@ -101,7 +106,7 @@ def write_store(features_root: Path, dataset: str, expert: str, ids: list[str],
     max_rows = max(len(r) for r in present)
     spec = StoreSpec(dataset=dataset, expert=expert, feature_dim=dim, max_rows=max_rows, model=f'imported:{source}',
                      weights=f'released by the authors ({source}): {origin}', config={'imported_from': origin})
-    staged = replacement_path(store_path(features_root, dataset, expert))
+    staged = replacement_path(store_path(features_root, dataset, expert), builder='import')
     store = create_store(staged, ids, spec, overwrite=True)  # what an import cut short left there goes
     try:
         _fill(store, ids, values, dim, max_rows, origin)
@@ -147,9 +152,11 @@ def _staging() -> Iterator[list[ExpertStore]]:
 def _commit(staged: list[ExpertStore], data_root: Path, dataset: str, source: str, ids: list[str],
             captions: dict[str, list[str]], splits: dict) -> list[Path]:
     """Put every built store in place of the one it replaces, then write imported.json; returns
-    the store paths. Runs only once every input has been read and every store built."""
-    paths = [swap_in(store).path for store in staged]
-    _write_manifest(data_root, dataset, source, ids, captions, splits)
+    the store paths. Runs only once every input has been read and every store built; Ctrl-C and
+    SIGTERM wait for its end, so that they cannot leave the import half applied."""
+    with signals_deferred():
+        paths = [swap_in(store).path for store in staged]
+        _write_manifest(data_root, dataset, source, ids, captions, splits)
     return paths
 
 
@@ -188,14 +195,31 @@ def release_rows(release: Path, expert: str) -> tuple[dict[str, np.ndarray | Non
 
 
 def _ce_rows(path: Path) -> dict[str, np.ndarray | None]:
-    data = _read_pickle(path)
-    dim = next((np.asarray(v).shape[-1] for v in data.values() if np.asarray(v).ndim >= 1), None)
-    out = {}
+    data = _by_video(_read_pickle(path), path, 'a CE feature pickle (dict[video_id -> array])')
+    out: dict[str, np.ndarray | None] = {}
+    dim = None  # the first video with features sets it
     for vid, value in data.items():
         try:
-            out[str(vid)] = _rows(value, dim)[0]
-        except ValueError as err:  # name the file and the video: a release has thousands
+            if dim is None and np.ndim(value) >= 1:
+                dim = np.shape(value)[-1]
+            out[vid] = _rows(value, dim)[0]
+        except (ValueError, TypeError) as err:  # name the file and the video: a release has thousands
             raise ValueError(f'{path}: video {vid}: {err}') from None
+    return out
+
+
+def _by_video(data: Any, path: Path, what: str) -> dict[str, Any]:
+    """A release's per-video dict with its ids as text; a ValueError naming `path` when it is no
+    dict, or when two of its ids are one once written as text (1 and '1'), which would merge."""
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: holds a {type(data).__name__}, not {what}: is this the file of the release?')
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        vid = str(key)
+        if vid in out:
+            raise ValueError(f'{path}: video id {vid!r} is there twice (as {type(key).__name__} and as another type); '
+                             'fix the file so that each video has one key')
+        out[vid] = value
     return out
 
 
@@ -219,11 +243,24 @@ def _mmt_rows(root: Path, expert: str) -> dict[str, np.ndarray | None]:
 
 def _read_pickle(path: Path) -> Any:
     with open(path, 'rb') as f:
-        return pickle.load(f)  # noqa: S301 - the explicit importer; warned about in main()
+        try:
+            return pickle.load(f)  # noqa: S301 - the explicit importer; warned about in main()
+        except Exception as err:  # noqa: BLE001 - whatever a file that is no pickle makes the unpickler raise
+            raise ValueError(f'{path}: not a readable pickle ({type(err).__name__}: {err}); put the file of '
+                             'the release there, whole') from None
 
 
-def _caption_text(cap: Any) -> str:
-    return cap if isinstance(cap, str) else ' '.join(str(t) for t in cap)
+def _ce_captions(path: Path) -> dict[str, list[str]]:
+    """CE's raw-captions.pkl: per video, a list of captions, each a token list (or a string)."""
+    out = {}
+    for vid, caps in _by_video(_read_pickle(path), path, 'CE captions (dict[video_id -> list of token lists])').items():
+        if not isinstance(caps, (list, tuple)) or not all(
+                isinstance(c, str) or (isinstance(c, (list, tuple)) and all(isinstance(t, str) for t in c))
+                for c in caps):
+            raise ValueError(f'{path}: video {vid!r}: captions must be a list of token lists (or strings), got '
+                             f'{type(caps).__name__} {str(caps)[:60]}')
+        out[vid] = [c if isinstance(c, str) else ' '.join(c) for c in caps]
+    return out
 
 
 def _splits(dataset: str, ids: list[str], captions: dict[str, list[str]], root: Path, data_root: Path) -> dict:
@@ -274,12 +311,11 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
               overwrite: bool = False) -> list[Path]:
     """CE's pickles under `root` -> stores + imported.json. Returns the store paths. Stores of
     features extracted here are replaced only with `overwrite`."""
-    dataset_dir(data_root, dataset)  # a bad name fails before the release is read
+    require_registered(dataset, _AS_KNOWN)  # a bad name fails before the release is read
     cap_file = next(iter(sorted(root.rglob('raw-captions.pkl'))), None)
     if cap_file is None:
         raise FileNotFoundError(f'no raw-captions.pkl under {root}')
-    raw = _read_pickle(cap_file)
-    captions = {str(v): [_caption_text(c) for c in caps] for v, caps in raw.items()}
+    captions = _ce_captions(cap_file)
     ids = sorted(captions)
     found = [(f, name) for pattern, name in CE_FILES for f in sorted(root.rglob(pattern))[:1]]
     if not found:
@@ -300,7 +336,7 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
     """MMT's per-video HDF5 files under `root` -> stores + imported.json (`overwrite`: as `import_ce`)."""
     import h5py
 
-    dataset_dir(data_root, dataset)  # a bad name fails before the release is read
+    require_registered(dataset, _AS_KNOWN)  # a bad name fails before the release is read
     files = sorted(root.glob('*.h5'))
     if not files:
         raise FileNotFoundError(f'no .h5 files in {root}')
@@ -374,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         report = check_store(path)
         bad += not report.valid
-        print(f'{path}: {report.summary().splitlines()[0]}')
+        print(f'{report.summary()}\n')
     print(f'captions and splits: {dataset_dir(args.data_root, args.dataset) / IMPORTED_FILE}')
     return 2 if bad else 0
 

@@ -39,7 +39,8 @@ __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
     'ExpertStore', 'store_path', 'is_store', 'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
-    'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'CheckReport', 'check_store', 'main',
+    'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'signals_deferred', 'CheckReport',
+    'check_store', 'main',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -255,6 +256,22 @@ def _unstorable(feats: np.ndarray, times: np.ndarray) -> str:
     return ''
 
 
+def _parse_sums(recorded: str) -> dict[str, int] | None:
+    """A chunk's recorded sums (`CHUNK_SUMS`), or None when they are not the JSON object of
+    integers `write_chunk` writes (a damaged file)."""
+    try:
+        sums = json.loads(recorded)
+    except ValueError:
+        return None
+    if not isinstance(sums, dict) or not all(isinstance(v, int) for v in sums.values()):
+        return None
+    return sums
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _digest(x: np.ndarray) -> int:
     """CRC-32 of one chunk's array as the store holds it. Strings are summed as JSON; floats with
     -0.0 as 0.0, since a chunk equal to the fill value 0 is never written and reads back as +0.0."""
@@ -337,6 +354,10 @@ class ExpertStore:
                              f'tokens={self.has_tokens}')
         sl = slice(rows.start, rows.stop)
         g = self.group
+        if (self.chunk_status(chunk) != PENDING).any():
+            # rewriting a finished chunk (--retry-failed): pending first, so that a kill mid-write
+            # leaves a chunk to redo, not finished rows over data that no longer matches their sums
+            self.mark_pending(chunk)
         written = {'features': data.features, 'timestamps': data.timestamps, 'lengths': data.lengths,
                    'available': data.available, 'errors': np.asarray(data.errors, dtype=str)}
         if data.tokens is not None:
@@ -361,9 +382,15 @@ class ExpertStore:
         """
         rows = self.chunk_rows(chunk)
         where = f'chunk {chunk} (videos {rows.start}-{rows.stop - 1})'
-        recorded = str(self.group[CHUNK_SUMS][chunk]) if CHUNK_SUMS in self.group else ''
+        try:
+            recorded = str(self.group[CHUNK_SUMS][chunk]) if CHUNK_SUMS in self.group else ''
+        except Exception as err:  # noqa: BLE001 - a damaged sums file is damage like any other
+            return f'{where}: its recorded chunk sums cannot be read ({_first_line(err)})'
         if recorded:
-            sums = json.loads(recorded)
+            sums = _parse_sums(recorded)
+            if sums is None:
+                return (f'{where}: its recorded chunk sums are damaged ({recorded[:40]!r}), so its data cannot be '
+                        'checked')
             bad = [name for name, crc in sums.items() if name in data and _digest(data[name]) != crc]
             if bad:
                 return (f'{where}: its {" and ".join(bad)} data {"is" if len(bad) == 1 else "are"} not what was '
@@ -394,12 +421,27 @@ class ExpertStore:
             raise StoreError(f'{self.path}: {problem}. Mark such chunks for redoing with `python -m shared.store '
                              f'check --repair {self.path}`, then rerun the extraction: it redoes only them')
 
+    def _read_chunk(self, chunk: int, names: Iterable[str]) -> dict[str, np.ndarray]:
+        """One chunk's arrays, whole; a chunk file that cannot be decoded (garbage, empty or cut
+        short) is a StoreError naming the chunk and the fix, not Zarr's own error."""
+        rows = self.chunk_rows(chunk)
+        out = {}
+        for name in names:
+            try:
+                out[name] = self.group[name][rows.start:rows.stop]
+            except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
+                raise StoreError(f'{self.path}: chunk {chunk} (videos {rows.start}-{rows.stop - 1}): its {name} chunk '
+                                 f'file cannot be read ({_first_line(err)}). Mark such chunks for redoing with '
+                                 f'`python -m shared.store check --repair {self.path}`, then rerun the extraction: '
+                                 'it redoes only them') from None
+        return out
+
     def read(self, rows: Sequence[int] | slice | None = None, ids: Sequence[str] | None = None) -> ExpertRows:
         """Read rows into memory: all of them, the given row indices, or the given video ids.
 
         Raises:
-            StoreError: an id is not in the store, or a finished chunk that holds a row read is
-                missing data (`damage`): Zarr would give zeros for it.
+            StoreError: an id is not in the store, a finished chunk that holds a row read is
+                missing data (`damage`: Zarr would give zeros for it), or a chunk file cannot be read.
         """
         if ids is not None:
             index = {v: i for i, v in enumerate(self.video_ids)}
@@ -416,7 +458,7 @@ class ExpertStore:
         order = []
         for c in np.unique(index // self.chunk_size).tolist():
             span = self.chunk_rows(c)
-            data = {name: g[name][span.start:span.stop] for name in names}
+            data = {**self._read_chunk(c, [n for n in names if n != 'status']), 'status': self.chunk_status(c)}
             if (data['status'] != PENDING).any():
                 self._refuse_damage(c, data)
             at = np.flatnonzero(index // self.chunk_size == c)
@@ -601,6 +643,7 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
 # `extract --overwrite` builds the new store beside the old one and swaps them only once the new
 # one is complete, so that a stopped run never leaves neither:
 #   .NAME.overwrite-new   the replacement being built (resumed by a rerun with the same settings)
+#   .NAME.import-new      the same, built by `pipelines.import_features` (never resumed: an import is quick)
 #   .NAME.overwrite-swap  complete and claimed for the swap by one process (shards race for it)
 #   .NAME.overwrite-old   the old store, set aside between the two renames of the swap, then removed
 # A rerun of any extraction of the store finishes a swap that a kill cut short (`finish_swap`).
@@ -609,9 +652,18 @@ def _aside(path: Path, what: str) -> Path:
     return path.parent / f'.{path.name}.overwrite-{what}'
 
 
-def replacement_path(path: str | os.PathLike) -> Path:
-    """Where the replacement of the store at `path` is built (`extract --overwrite`)."""
-    return _aside(Path(path), 'new')
+#: who builds replacements (`replacement_path`): each its own staging name, so neither removes the other's
+_BUILDERS = ('overwrite', 'import')
+
+
+def replacement_path(path: str | os.PathLike, builder: str = 'overwrite') -> Path:
+    """Where the replacement of the store at `path` is built: by `extract --overwrite`, or by an
+    import (`builder='import'`), which must never start again over a replacement an extraction
+    is building."""
+    if builder not in _BUILDERS:
+        raise ValueError(f'builder must be one of {_BUILDERS}, got {builder!r}')
+    return Path(path).parent / f'.{Path(path).name}.{builder}-new'
+
 
 
 def create_replacement(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreSpec) -> ExpertStore:
@@ -630,8 +682,9 @@ def create_replacement(path: str | os.PathLike, video_ids: Sequence[str], spec: 
 def _final(staged: Path) -> Path | None:
     """The store path that `staged` replaces, when `staged` is a replacement."""
     name = staged.name
-    if name.startswith('.') and name.endswith('.overwrite-new'):
-        return staged.with_name(name[1:-len('.overwrite-new')])
+    for builder in _BUILDERS:
+        if name.startswith('.') and name.endswith(f'.{builder}-new'):
+            return staged.with_name(name[1:-len(f'.{builder}-new')])
     return None
 
 
@@ -669,7 +722,7 @@ def finish_swap(path: str | os.PathLike) -> None:
     if old.exists() and is_store(path):  # the swap put the new one in place: the old one goes
         shutil.rmtree(old, ignore_errors=True)
     if is_store(swap):
-        with _signals_deferred():
+        with signals_deferred():
             for src, dst in ((path, old), (swap, path)):
                 try:
                     if src == swap or os.path.lexists(src):
@@ -683,9 +736,9 @@ def finish_swap(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Any:
+def signals_deferred() -> Any:
     """Ctrl-C and SIGTERM received inside the block take effect at its end (main thread only:
-    elsewhere Python runs no signal handlers anyway)."""
+    elsewhere Python runs no signal handlers anyway). Blocks nest."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -725,6 +778,9 @@ def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
         kind, _, sub = p.name[len(path.name) + 2:].partition('-')
         if kind == 'overwrite' and sub in overwrite:
             found.append((p, overwrite[sub]))
+        elif kind == 'import' and sub == 'new':
+            found.append((p, 'the replacement an import was building when it stopped; the store stays as it was. '
+                             'Remove it once no import of this dataset is running, or rerun the import'))
         elif kind == 'old' and not path.exists():
             found.append((p, f'the store, set aside by a re-embedding that stopped before the new one took its '
                              f'place: rename it back to {path.name}'))
@@ -830,7 +886,9 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
     try:
         data = {name: g[name][sl] for name in (*_ROW_ARRAYS, *(('tokens',) if store.has_tokens else ()))}
     except Exception as err:  # noqa: BLE001 - a finished chunk must read back
-        report.problems.append(f'chunk {c}: finished rows unreadable ({err})')
+        report.problems.append(f'chunk {c} (videos {rows.start}-{rows.stop - 1}): finished rows unreadable, '
+                               f'a chunk file damaged ({_first_line(err)})')
+        report.damaged.append(c)  # --repair marks it pending: the rerun rewrites every file of it
         return
     damage = store.damage(c, {**data, 'status': status})
     if damage:

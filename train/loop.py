@@ -25,7 +25,7 @@ import yaml
 
 from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
-from shared.files import atomic_save, make_dir
+from shared.files import atomic_save, atomic_write, make_dir
 from train.captions import build_caption_encoder
 from train.checkpoints import FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
@@ -163,6 +163,25 @@ def _say_world_changed(before: int, now: int) -> None:
               f'{before} or by {now} throughout')
 
 
+def _keep_metrics(path: Path, epochs: int) -> None:
+    """Cut metrics.jsonl back to the lines of epochs 1..`epochs`, those the checkpoint holds: a
+    kill after an epoch's line but before its checkpoint (or in the middle of the line) left lines
+    that the resumed run writes again."""
+    if not path.is_file():
+        return
+    text = path.read_text(encoding='utf-8', errors='replace')
+    kept = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short
+            continue
+        if isinstance(record, dict) and isinstance(record.get('epoch'), int) and record['epoch'] <= epochs:
+            kept.append(line + '\n')
+    if ''.join(kept) != text:
+        atomic_write(path, lambda f: f.write(''.join(kept).encode('utf-8')))
+
+
 def train_one_epoch(state: TrainState, feed: TrainFeed, cfg: TrainCfg, seed: int, progress: bool,
                     where: Path) -> dict[str, Any]:
     """Epoch `state.epoch` in the order that (seed, epoch) give; its record for metrics.jsonl."""
@@ -274,7 +293,10 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             init_weights(state.model, Path(cfg.train.init_from), run_dir, report=ranks.main)
     if not ranks.main:
         return _follow(state, _feed_of(train, dev, cfg, ranks), cfg, seed, run_dir, ranks)
-    (run_dir / 'config.yaml').write_text(settings)  # once a resumed run is known to be this config's
+    _keep_metrics(run_dir / 'metrics.jsonl', state.epoch)
+    # once a resumed run is known to be this config's; whole or not at all, else a kill leaves a
+    # truncated config.yaml that check_resumable refuses as "other settings"
+    atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
     feed = _feed_of(train, dev, cfg, ranks)
     if dev.type == 'cuda':
         _logger.info('training features (%.2f GB) %s', train.train_nbytes() / 1e9,
@@ -287,12 +309,14 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             tb.add_scalar('train/loss', record['train/loss'], record['epoch'])
             if val is not None:
                 _validate(state, val, dev, record, tb, ckpt_dir)
+            # the epoch's line before its checkpoint: a kill between them leaves a line that the
+            # resumed run drops (_keep_metrics) and writes again, never a checkpoint without its line
+            with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
+                f.write(json.dumps(record) + '\n')
             save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
                             epoch=state.epoch, best=state.best, torch_rng=torch.get_rng_state(),
                             scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
                             world_size=ranks.world)
-            with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
-                f.write(json.dumps(record) + '\n')
             if progress:
                 shown = f', val geometric mean {record["val/selection"]:.2f}' if val is not None else ''
                 print(f'epoch {record["epoch"]}/{cfg.train.epochs}: loss {record["train/loss"]:.4f}{shown} '

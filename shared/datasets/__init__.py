@@ -15,7 +15,7 @@ from shared.datasets.manifest import (AnnotationsMissing, DatasetError, Manifest
 from shared.registry import Registry
 
 __all__ = ['DATASETS', 'DatasetError', 'Manifest', 'Split', 'load_manifest', 'list_datasets',
-           'dataset_dir', 'resolve_inside', 'check_dataset_name']
+           'dataset_dir', 'resolve_inside', 'check_dataset_name', 'require_registered']
 
 #: name -> adapter(dataset_dir, **options) -> Manifest
 DATASETS: Registry[Callable[..., Manifest]] = Registry('dataset')
@@ -34,6 +34,18 @@ def list_datasets() -> list[str]:
     return DATASETS.names() + ['folder:PATH']
 
 
+def require_registered(name: str, hint: str = '; or folder:PATH for a directory of videos') -> Callable[..., Manifest]:
+    """The adapter of registered dataset `name`; a DatasetError (ending with `hint`) for a name no
+    command can read (what writes a dataset's files, the importer, checks with this before it writes)."""
+    from shared.datasets import activitynet, demo, didemo, lsmdc, msrvtt, msvd, vatex  # noqa: F401
+
+    check_dataset_name(name)
+    try:
+        return DATASETS.get(name)
+    except KeyError as err:
+        raise DatasetError(f'{err.args[0]}{hint}') from None
+
+
 def load_manifest(name: str, data_root: str | os.PathLike | None = None, **options: Any) -> Manifest:
     """Build the manifest of a registered dataset, or of ``folder:PATH``.
 
@@ -44,16 +56,16 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
     Raises:
         DatasetError: unknown dataset, missing or broken annotation file, unknown split, path outside root.
     """
-    from shared.datasets import folder  # noqa: F401  (registers the adapters)
-    from shared.datasets import activitynet, demo, didemo, lsmdc, msrvtt, msvd, vatex  # noqa: F401
+    from shared.datasets import folder
 
     if name.startswith('folder:'):
-        return folder.folder_manifest(Path(name[len('folder:'):]), **options)
+        directory = name[len('folder:'):]
+        if not directory.strip():  # Path('') is '.': an empty path would quietly scan the working directory
+            raise DatasetError(f'--dataset {name!r} names no directory: give folder:PATH, e.g. folder:./videos '
+                               '(folder:. for the current directory)')
+        return folder.folder_manifest(Path(directory), **options)
     root = dataset_dir(data_root if data_root is not None else data_root_default(), name)
-    try:
-        adapter = DATASETS.get(name)
-    except KeyError as err:
-        raise DatasetError(f'{err.args[0]}; or folder:PATH for a directory of videos') from None
+    adapter = require_registered(name)
     if not root.is_dir():
         raise DatasetError(f'dataset directory {root} not found; put the {name} files there '
                            '(see README, "Datasets") or pass --data-root')

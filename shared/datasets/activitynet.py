@@ -24,7 +24,7 @@ def activitynet(root: Path) -> Manifest:
     parts: dict[str, tuple[str, ...]] = {}
     for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'ActivityNet Captions file')):
         try:
-            data = read_json(path, 'ActivityNet Captions file')
+            data = read_json(path, 'an ActivityNet Captions file')
             for vid, entry in data.items():
                 order = sorted(range(len(entry['sentences'])), key=lambda i: tuple(entry['timestamps'][i]))
                 captions.setdefault(vid, tuple(entry['sentences'][i].strip() for i in order))

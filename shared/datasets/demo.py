@@ -325,7 +325,7 @@ def demo(root: Path) -> Manifest:
     path, = require_files(root, (MANIFEST_FILE,), 'demo manifest',
                           f'generate the demo first: python -m shared.datasets.demo --out {root}')
     try:
-        data = read_json(path, 'demo manifest')
+        data = read_json(path, 'a demo manifest')
         videos = data['videos']
         ids = tuple(v['id'] for v in videos)
         paths = tuple(resolve_inside(root, v['file']) for v in videos)

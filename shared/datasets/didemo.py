@@ -24,7 +24,7 @@ def didemo(root: Path) -> Manifest:
     parts: dict[str, tuple[str, ...]] = {}
     for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'DiDeMo annotation file')):
         try:
-            moments = read_json(path, 'DiDeMo annotation file')
+            moments = read_json(path, 'a DiDeMo annotation file')
             vids = [str(m['video']) for m in moments]
             for m in moments:
                 captions.setdefault(str(m['video']), []).append(str(m['description']).strip())

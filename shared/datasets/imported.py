@@ -23,7 +23,7 @@ def imported_manifest(root: Path, name: str) -> Manifest:
     """The manifest in ``{root}/imported.json``; its `origin` names that file."""
     path = root / IMPORTED_FILE
     try:
-        data = read_json(path, 'imported-features manifest')
+        data = read_json(path, 'an imported-features manifest')
         ids = tuple(data['videos'])
         caps = {v: tuple(data['captions'].get(v, ())) for v in ids}
         splits = {}

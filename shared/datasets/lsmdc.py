@@ -21,7 +21,7 @@ FILES = {'train': 'LSMDC16_annos_training.csv', 'val': 'LSMDC16_annos_val.csv',
 
 def _read(path: Path, captions: dict[str, list[str]]) -> list[str]:
     clips = []
-    for line_no, line in enumerate(read_text(path, 'LSMDC annotation CSV').splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path, 'an LSMDC annotation CSV').splitlines(), start=1):
         if not line.strip():
             continue
         cols = line.split('\t')

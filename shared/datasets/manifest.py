@@ -82,28 +82,28 @@ def require_files(root: Path, names: Sequence[str], what: str, hint: str = '') -
 
 def read_text(path: Path, what: str) -> str:
     """An annotation file's text; one that is not UTF-8 text (binary data, another encoding) is a
-    DatasetError naming it and what it should be."""
+    DatasetError naming it and `what` it should be, article included ('an MSR-VTT videodatainfo file')."""
     try:
         text = path.read_text(encoding='utf-8')
     except UnicodeDecodeError as err:
-        raise DatasetError(f'{path}: not UTF-8 text (byte {err.start}), so not a {what}: put the file of the '
+        raise DatasetError(f'{path}: not UTF-8 text (byte {err.start}), so not {what}: put the file of the '
                            'release there, as released (UTF-8)') from None
     if '\x00' in text:  # valid UTF-8 but binary: a CSV or text reader would read garbage rows
-        raise DatasetError(f'{path}: binary data (a NUL byte), not a {what}: put the file of the release there')
+        raise DatasetError(f'{path}: binary data (a NUL byte), not {what}: put the file of the release there')
     return text
 
 
 def read_json(path: Path, what: str) -> object:
     """An annotation file's JSON; bad text or bad JSON (nesting too deep for the parser included) is
-    a DatasetError naming it."""
+    a DatasetError naming it (`what`: as for `read_text`)."""
     text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise DatasetError(f'{path}: not a {what} (invalid JSON at line {err.lineno}, column {err.colno}: '
+        raise DatasetError(f'{path}: not {what} (invalid JSON at line {err.lineno}, column {err.colno}: '
                            f'{err.msg})') from None
     except RecursionError:
-        raise DatasetError(f'{path}: not a {what} (JSON nested too deeply to read)') from None
+        raise DatasetError(f'{path}: not {what} (JSON nested too deeply to read)') from None
 
 
 def read_split_list(dataset: str, name: str) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ def _norm(text: str) -> str:
 def _jsfusion_queries(path: Path, captions: dict[str, tuple[str, ...]]) -> dict[str, tuple[int, ...]]:
     """For each 1k-A test video, the index of its JSFusion-chosen caption among its captions."""
     out: dict[str, tuple[int, ...]] = {}
-    rows = csv.DictReader(io.StringIO(read_text(path, 'JSFusion query CSV'), newline=''))
+    rows = csv.DictReader(io.StringIO(read_text(path, 'a JSFusion query CSV'), newline=''))
     try:
         for line_no, row in enumerate(rows, start=2):
             try:
@@ -62,7 +62,7 @@ def msrvtt(root: Path, jsfusion_file: str = JSFUSION_FILE) -> Manifest:
                               'Both train_val_videodatainfo.json and test_videodatainfo.json come from the '
                               'MSR-VTT release; put them in ' + str(root)):
         try:
-            data = read_json(path, 'MSR-VTT videodatainfo file')
+            data = read_json(path, 'an MSR-VTT videodatainfo file')
             names.update(v['video_id'] for v in data['videos'])
             for s in data['sentences']:  # file order is caption order; 1k-A indexes captions by it
                 captions.setdefault(s['video_id'], []).append(s['caption'])

@@ -23,7 +23,7 @@ def msvd(root: Path) -> Manifest:
         root, ('youtube_mapping.txt', 'AllVideoDescriptions.txt'), 'MSVD annotation file',
         'youtube_mapping.txt maps clip names to vid1..vid1970; both ship with the MSVD release')
     order: dict[str, int] = {}
-    for line_no, line in enumerate(read_text(mapping_path, 'MSVD YouTube-id mapping').splitlines(), start=1):
+    for line_no, line in enumerate(read_text(mapping_path, 'an MSVD YouTube-id mapping').splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -32,7 +32,7 @@ def msvd(root: Path) -> Manifest:
             raise DatasetError(f'{mapping_path}:{line_no}: expected "<clip> vid<N>", got {line!r}')
         order[parts[0]] = int(m.group(1))
     captions: dict[str, list[str]] = {}
-    for line_no, line in enumerate(read_text(desc_path, 'MSVD descriptions file').splitlines(), start=1):
+    for line_no, line in enumerate(read_text(desc_path, 'an MSVD descriptions file').splitlines(), start=1):
         if not line.strip() or line.startswith('#'):
             continue
         clip, _, text = line.strip().partition(' ')

@@ -25,7 +25,7 @@ def vatex(root: Path) -> Manifest:
     parts: dict[str, list[str]] = {}
     for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'VATEX annotation file')):
         try:
-            entries = read_json(path, 'VATEX annotation file')
+            entries = read_json(path, 'a VATEX annotation file')
             for e in entries:
                 captions[str(e['videoID'])] = tuple(str(c).strip() for c in e['enCap'])
             parts[part] = ordered_unique(str(e['videoID']) for e in entries)

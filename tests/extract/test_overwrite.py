@@ -178,3 +178,27 @@ def test_shards_finishing_together_swap_once(tmp_path: Path) -> None:
     assert swap_in(second).chunk_size == 2
     assert check_store(path).exit_code == 0 and leftovers(path) == []
 
+
+
+def test_a_feature_dim_a_per_video_expert_does_not_give_leaves_no_store(small_demo: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """Reviewer's defect 6 of issue 18: `--expert audio --set feature_dim=5` made the store, failed
+    with "128 feature rows but 5 timestamps", and the corrected command was then refused as "exists
+    with other settings"; with --overwrite, `.audio.zarr.overwrite-new` was left behind."""
+    def audio(*extra: str) -> list[str]:
+        return ['--dataset', 'demo', '--data-root', str(small_demo.parent), '--features-root', str(tmp_path),
+                '--expert', 'audio', '--weights', 'random', '--workers', '1', '--chunk-size', '2', '--no-progress',
+                *extra]
+
+    store = tmp_path / 'demo' / 'audio.zarr'
+    for extra in ([], ['--overwrite']):
+        assert main(audio('--set', 'feature_dim=5', *extra)) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('error: audio: the model gives features of width 128, but feature_dim is 5'), err
+        assert err.count('\n') == 1, err
+        if not extra:
+            assert not store.parent.exists() or list(store.parent.iterdir()) == []
+            assert main(audio()) == 0  # the corrected command
+            complete = _arrays(store)
+        else:  # the old store as it was, nothing beside it
+            assert _equal(_arrays(store), complete) and sorted(p.name for p in store.parent.iterdir()) == ['audio.zarr']

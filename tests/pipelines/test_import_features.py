@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.import_features import main as import_main
 from shared.datasets import load_manifest
-from shared.store import UNKNOWN_TIME, StoreSpec, create_store, open_store, store_path
+from shared.store import UNKNOWN_TIME, StoreSpec, create_store, open_store, replacement_path, store_path
 
 IDS = ['video0', 'video1', 'video2', 'video7']
 
@@ -193,3 +193,98 @@ def test_an_h5_release_without_features_is_an_error(tmp_path: Path, capsys: pyte
                         '--features-root', str(tmp_path / 'features'), '--no-progress']) == 1
     assert 'no features.EXPERT datasets in the 4 .h5 files' in capsys.readouterr().err
     assert not data.exists() and not (tmp_path / 'features').exists()
+
+
+def _files_under(*roots: Path) -> list[Path]:
+    return sorted(p for r in roots if r.exists() for p in r.rglob('*') if p.is_file())
+
+
+BAD_PICKLES = {  # reviewer's defect 1 of issue 18: each gave a traceback
+    'captions as a list': ('raw-captions.pkl', lambda f: pickle.dump(['a', 'b'], f), 'holds a list, not CE captions'),
+    'features as a list': ('aggregated_audio_feats/Audio_MSRVTT_new.pickle', lambda f: pickle.dump([1, 2], f),
+                           'holds a list, not a CE feature pickle'),
+    'not a pickle': ('aggregated_audio_feats/Audio_MSRVTT_new.pickle', lambda f: f.write(b'hello, world\n'),
+                     'not a readable pickle (UnpicklingError'),
+    'cut short': ('raw-captions.pkl', lambda f: f.write(pickle.dumps(_captions())[:50]), 'not a readable pickle ('),
+    'a caption that is a number': ('raw-captions.pkl', lambda f: pickle.dump({'video0': 5}, f),
+                                   "video 'video0': captions must be a list of token lists"),
+    'a feature value that is a dict': ('aggregated_audio_feats/Audio_MSRVTT_new.pickle',
+                                       lambda f: pickle.dump({'video0': {'a': 1}}, f), 'video video0: '),
+    'ids 1 and "1"': ('raw-captions.pkl', lambda f: pickle.dump({1: [['a']], '1': [['b']]}, f),
+                      "video id '1' is there twice"),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_PICKLES))
+def test_a_release_file_of_another_kind_is_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    release = tmp_path / 'release'
+    _ce_release(release)
+    name, write, said = BAD_PICKLES[case]
+    with open(release / name, 'wb') as f:
+        write(f)
+    data, feats = tmp_path / 'data', tmp_path / 'features'
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main(_ce_args(release, data, feats)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {release / name}: ') and err.count('\n') == 1 and said in err, err
+    assert _files_under(data, feats) == []  # nothing written
+
+
+@pytest.mark.parametrize('name', ['myset', 'msrvtt.'])
+def test_only_a_registered_dataset_can_be_imported(name: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Reviewer's defect 8 of issue 18: any plain name was imported, exit 0, and every later
+    command said "unknown dataset"."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    data, feats = tmp_path / 'data', tmp_path / 'features'
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main(_ce_args(release, data, feats, name)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: unknown dataset {name!r} (known: ') and err.count('\n') == 1, err
+    assert 'import as one of them' in err and _files_under(data, feats) == []
+
+
+def test_an_import_leaves_an_overwrite_in_progress_and_prints_each_verdict(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Reviewer's defect 11 of issue 18: the import built in `.NAME.overwrite-new` and removed the
+    replacement an `extract --overwrite` was building there; each store's check printed only its
+    first line, with no verdict."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    data, feats = tmp_path / 'data', tmp_path / 'features'
+    scene = store_path(feats, 'msrvtt', 'scene')
+    building = create_store(replacement_path(scene), IDS, StoreSpec(dataset='msrvtt', expert='scene', feature_dim=4,
+                                                                     max_rows=2, model='torchvision:densenet161'))
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main(_ce_args(release, data, feats)) == 0
+    assert open_store(building.path).feature_dim == 4  # the extraction's replacement, untouched
+    out = capsys.readouterr().out
+    assert out.count('result    VALID, COMPLETE') == 4, out
+    assert f'leftover  {building.path.name}' in out  # check names it, as for any store
+
+
+def test_ctrl_c_during_the_commit_waits_until_the_import_is_whole(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reviewer's defect 11 of issue 18: the stores were swapped in one after another, so a
+    Ctrl-C between two swaps left an import half applied."""
+    import os
+    import signal
+
+    import pipelines.import_features as imp
+
+    release = tmp_path / 'release'
+    _ce_release(release)
+    data, feats = tmp_path / 'data', tmp_path / 'features'
+    real_swap = imp.swap_in
+
+    def swap_then_ctrl_c(store):
+        swapped = real_swap(store)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives after the first store is in place
+        return swapped
+
+    monkeypatch.setattr(imp, 'swap_in', swap_then_ctrl_c)
+    with pytest.warns(UserWarning, match='pickle'), pytest.raises(KeyboardInterrupt):
+        import_main(_ce_args(release, data, feats))
+    for expert in ('audio', 'face', 'scene', 'speech'):  # every store and imported.json are there
+        assert open_store(store_path(feats, 'msrvtt', expert)).attrs['model'] == 'imported:ce'
+    assert len(load_manifest('msrvtt', data)) == len(IDS)

@@ -77,11 +77,11 @@ CASES = {
     'demo captions as a string': ('demo', lambda r: _demo(r, 'a dog'), ('demo0001', 'list of strings')),
     'demo captions as lists': ('demo', lambda r: _demo(r, [['a', 'dog']]), ('demo0001', 'list of strings')),
     'imported captions as lists': ('msvd', _imported_with_list_captions, ("'v1'", 'list of strings')),
-    'not UTF-8': ('msvd', _msvd_latin1, ('not UTF-8',)),
-    'JSON 100,000 deep': ('didemo', _didemo_deep, ('nested too deeply',)),
-    'binary CSV': ('lsmdc', _lsmdc_binary, ('not UTF-8',)),
+    'not UTF-8': ('msvd', _msvd_latin1, ('not UTF-8', 'so not an MSVD descriptions file')),
+    'JSON 100,000 deep': ('didemo', _didemo_deep, ('not a DiDeMo annotation file', 'nested too deeply')),
+    'binary CSV': ('lsmdc', _lsmdc_binary, ('not UTF-8', 'so not an LSMDC annotation CSV')),
     'NUL bytes in a CSV': ('lsmdc', _lsmdc_nul, ('binary data',)),
-    'binary JSFusion CSV': ('msrvtt', _jsfusion_binary, ('not UTF-8',)),
+    'binary JSFusion CSV': ('msrvtt', _jsfusion_binary, ('not UTF-8', 'so not a JSFusion query CSV')),
 }
 
 
@@ -106,3 +106,18 @@ def test_msrvtt_captions_given_as_lists_name_the_video(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     vid = info['sentences'][0]['video_id']
     assert err.count('\n') == 1 and f'video {vid!r}' in err and 'list of strings' in err, err
+
+
+@pytest.mark.parametrize('name', ['folder:', 'folder:  '])
+def test_folder_with_an_empty_path_is_refused_not_the_working_directory(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Reviewer's defect 2 of issue 18: ``folder:`` became Path('') == '.', and listed the videos of
+    the directory the command ran in."""
+    (tmp_path / 'a.mp4').write_bytes(b'not looked at')
+    monkeypatch.chdir(tmp_path)
+    assert datasets_main([name]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: --dataset {name!r} names no directory: give folder:PATH'), err
+    assert err.count('\n') == 1, err
+    assert datasets_main(['folder:.']) == 0  # the current directory, when asked for
+    assert '1 videos' in capsys.readouterr().out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from shared.store import (DONE, FAILED, PENDING, SKIPPED, RandomWeightsWarning, StoreError, VideoResult,
+from shared.store import (DONE, FAILED, PENDING, SKIPPED, ExpertStore, RandomWeightsWarning, StoreError, VideoResult,
                           check_store, create_store, open_store, pack_chunk, shard_chunks, store_path)
 from tests import _store_writer as W
 
@@ -314,6 +314,18 @@ def _drop_chunk_sums(path: Path) -> None:
     (path / 'zarr.json').write_text(json.dumps(meta))
 
 
+def _repair_chunk_1(path: Path, python: str, env: dict) -> ExpertStore:
+    """`check --repair` as a real process marks chunk 1 pending; rewriting it makes the store whole."""
+    done = subprocess.run([python, '-m', 'shared.store', 'check', '--repair', str(path)], env=env,
+                          capture_output=True, text=True, cwd=W.__file__.rsplit('/tests/', 1)[0])
+    assert done.returncode == 2 and 'chunks 1 marked pending' in done.stdout, done.stdout + done.stderr
+    store = open_store(path, mode='r+', warn_random=False)
+    assert store.pending_chunks() == [1]
+    store.write_chunk(1, pack_chunk([W.result_for(r) for r in store.chunk_rows(1)], W.MAX_ROWS, W.DIM, True))
+    assert check_store(path).exit_code == 0
+    return store
+
+
 @pytest.mark.parametrize('old', [False, True], ids=['with-sums', 'made-before-sums'])
 def test_a_missing_features_chunk_file_is_found_refused_and_redone(tmp_path: Path, old: bool, python: str,
                                                                    subprocess_env: dict) -> None:
@@ -341,13 +353,7 @@ def test_a_missing_features_chunk_file_is_found_refused_and_redone(tmp_path: Pat
     rows = store.read(rows=[0, 11, 8])  # the other chunks still read, in the order asked
     np.testing.assert_array_equal(rows.features, whole.features[[0, 11, 8]])
     # --repair marks the chunk pending: the store is incomplete, and rewriting the chunk makes it whole
-    done = subprocess.run([python, '-m', 'shared.store', 'check', '--repair', str(path)], env=subprocess_env,
-                          capture_output=True, text=True, cwd=W.__file__.rsplit('/tests/', 1)[0])
-    assert done.returncode == 2 and 'chunks 1 marked pending' in done.stdout, done.stdout + done.stderr
-    store = open_store(path, mode='r+', warn_random=False)
-    assert store.pending_chunks() == [1]
-    store.write_chunk(1, pack_chunk([W.result_for(r) for r in store.chunk_rows(1)], W.MAX_ROWS, W.DIM, True))
-    assert check_store(path).exit_code == 0
+    store = _repair_chunk_1(path, python, subprocess_env)
     np.testing.assert_array_equal(store.read().features, whole.features)
 
 
@@ -365,3 +371,66 @@ def test_chunks_whose_data_equal_the_fill_value_need_no_file(tmp_path: Path) -> 
             _drop_chunk_sums(path)
         assert check_store(path).exit_code == 0, check_store(path).summary()
         assert (open_store(path, warn_random=False).read(rows=[0, 1, 2, 3]).status != PENDING).all()
+
+
+@pytest.mark.parametrize('sums', ['garbage{', '[1,2]', '5', '{"features": "x"}'])
+def test_damaged_chunk_sums_are_damage_not_a_traceback(tmp_path: Path, sums: str, python: str,
+                                                       subprocess_env: dict) -> None:
+    """Reviewer's defect 4 of issue 18: a chunk_sums value that is no JSON object of sums raised
+    in every reader, in check and in check --repair."""
+    path = tmp_path / 'sums.zarr'
+    _complete_store(path)
+    whole = open_store(path, warn_random=False).read()
+    zarr.open_group(str(path), mode='r+')['chunk_sums'][1:2] = np.asarray([sums], dtype=str)
+    report = check_store(path)
+    assert report.exit_code == 1 and report.damaged == [1], report.summary()
+    assert 'chunk 1 (videos 4-7): its recorded chunk sums are damaged' in report.summary()
+    with pytest.raises(StoreError, match=r'chunk 1 \(videos 4-7\): its recorded chunk sums are damaged.*--repair'):
+        open_store(path, warn_random=False).read(rows=[5])
+    np.testing.assert_array_equal(open_store(path, warn_random=False).read(rows=[0]).features, whole.features[[0]])
+    _repair_chunk_1(path, python, subprocess_env)
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'empty', 'truncated'])
+def test_an_unreadable_chunk_file_is_refused_in_one_line_and_repaired(tmp_path: Path, damage: str, python: str,
+                                                                      subprocess_env: dict) -> None:
+    """Reviewer's defect 5 of issue 18: a features chunk file that cannot be decoded gave zarr's
+    RuntimeError in every reader, and check --repair left the chunk as it was."""
+    path = tmp_path / 'torn.zarr'
+    _complete_store(path)
+    whole = open_store(path, warn_random=False).read()
+    chunk_file = path / 'features' / 'c' / '1' / '0' / '0'
+    content = chunk_file.read_bytes()
+    broken = {'garbage': b'\x00garbage' * 10, 'empty': b'', 'truncated': content[:len(content) // 2]}
+    chunk_file.write_bytes(broken[damage])
+    with pytest.raises(StoreError) as err:
+        open_store(path, warn_random=False).read(rows=[5])
+    text = str(err.value)
+    assert text.startswith(f'{path}: chunk 1 (videos 4-7): its features chunk file cannot be read (')
+    assert '\n' not in text
+    assert f'`python -m shared.store check --repair {path}`, then rerun the extraction' in text
+    report = check_store(path)
+    assert report.exit_code == 1 and report.damaged == [1], report.summary()
+    store = _repair_chunk_1(path, python, subprocess_env)
+    np.testing.assert_array_equal(store.read().features, whole.features)
+
+
+def test_a_retry_rewrite_cut_short_leaves_the_chunk_pending(tmp_path: Path) -> None:
+    """Reviewer's defect 7 of issue 18: a kill while --retry-failed rewrote a finished chunk left
+    it finished over data that no longer matched its sums: reads refused it, a plain rerun said
+    every chunk was finished."""
+    path = tmp_path / 'retry.zarr'
+    _complete_store(path)
+    store = open_store(path, mode='r+', warn_random=False)
+    assert (store.chunk_status(1) == FAILED).any()  # row 5 failed: --retry-failed rewrites chunk 1
+    redone = [W.result_for(r) if r != 5 else W.result_for(4) for r in store.chunk_rows(1)]
+    real = store.group
+    store.group = _FailingWrites(real, 'timestamps')  # the features went, then the kill
+    with pytest.raises(OSError):
+        store.write_chunk(1, pack_chunk(redone, W.MAX_ROWS, W.DIM, True))
+    store.group = real
+    assert store.pending_chunks() == [1]  # the rerun redoes it, whole
+    assert check_store(path).exit_code == 2
+    store.read()  # pending rows are not checked against sums
+    store.write_chunk(1, pack_chunk(redone, W.MAX_ROWS, W.DIM, True))
+    assert check_store(path).exit_code == 0 and not (store.chunk_status(1) == FAILED).any()
