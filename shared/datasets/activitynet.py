@@ -19,20 +19,30 @@ _EXTENSIONS = ('.mp4', '.mkv', '.webm')
 
 @DATASETS.register()
 def activitynet(root: Path) -> Manifest:
-    """ActivityNet manifest: videos sorted by id, captions = segment sentences in time order."""
+    """ActivityNet manifest: videos sorted by id, captions = segment sentences in time order, each
+    with its (start, end) seconds in `caption_times`."""
     captions: dict[str, tuple[str, ...]] = {}
+    times: dict[str, tuple[tuple[float, float], ...]] = {}
     parts: dict[str, tuple[str, ...]] = {}
     for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'ActivityNet Captions file')):
         try:
             data = read_json(path, 'an ActivityNet Captions file')
             for vid, entry in data.items():
                 order = sorted(range(len(entry['sentences'])), key=lambda i: tuple(entry['timestamps'][i]))
-                captions.setdefault(vid, tuple(entry['sentences'][i].strip() for i in order))
-        except (KeyError, TypeError, AttributeError, IndexError) as err:
+                if vid not in captions:  # a video in two files: the first file's sentences, as before
+                    captions[vid] = tuple(entry['sentences'][i].strip() for i in order)
+                    times[vid] = tuple(_seconds(entry['timestamps'][i]) for i in order)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
             raise DatasetError(f'{path}: not an ActivityNet Captions file ({err!r})') from None
         parts[part] = tuple(data)
     ids = tuple(sorted(captions))
     paths = tuple(find_video(root / 'videos', root, v, _EXTENSIONS) for v in ids)
     splits = {'val1': Split('val1', parts['train'], (), parts['val_1'], paragraph=True),
               'val2': Split('val2', parts['train'], (), parts['val_2'], paragraph=True)}
-    return Manifest('activitynet', root, ids, paths, captions, splits)
+    return Manifest('activitynet', root, ids, paths, captions, splits, caption_times=times)
+
+
+def _seconds(stamp: object) -> tuple[float, float]:
+    """A sentence's ``[start, end]`` as floats (a ValueError for anything else)."""
+    start, end = stamp  # type: ignore[misc]
+    return float(start), float(end)

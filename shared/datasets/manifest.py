@@ -10,7 +10,8 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = ['DatasetError', 'AnnotationsMissing', 'Split', 'Manifest', 'resolve_inside', 'read_split_list',
-           'require_files', 'read_text', 'read_json', 'check_dataset_name', 'VIDEO_EXTENSIONS', 'find_video', 'OFFICIAL']
+           'require_files', 'read_text', 'read_json', 'check_dataset_name', 'VIDEO_EXTENSIONS', 'find_video', 'OFFICIAL',
+           'CaptionTimes']
 
 #: Containers the `folder` adapter (and extension look-up) recognise.
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv',
@@ -19,6 +20,10 @@ VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.m
 
 #: `Manifest.origin` of a manifest read from the dataset's own annotation files
 OFFICIAL = 'official annotation files'
+
+
+#: (start, end) seconds of each caption of a video, in the order of its captions
+CaptionTimes = Mapping[str, tuple[tuple[float, float], ...]]
 
 
 class DatasetError(ValueError):
@@ -166,6 +171,13 @@ class Manifest:
             files, or features imported from a release).
         source: what its videos are, where the name alone does not say (a folder: its resolved
             path). Stores record it and refuse a run with another source.
+        caption_times: for videos whose captions are timed (ASR segments, ActivityNet sentences,
+            DiDeMo moments), ``caption_times[v][k]`` is the (start, end) seconds of ``captions[v][k]``;
+            a video not in it has untimed captions.
+        notes: lines for people about what was read, e.g. listed videos skipped for want of a file.
+
+    `captions` and `caption_times` are plain dicts, checked here, or lazy mappings over an index
+    (HowTo100M's 1.2M videos), checked when the index was built.
     """
 
     name: str
@@ -176,17 +188,26 @@ class Manifest:
     splits: Mapping[str, Split]
     origin: str = OFFICIAL
     source: str = ''
+    caption_times: CaptionTimes = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.video_ids) != len(self.paths):
             raise DatasetError(f'{self.name}: {len(self.video_ids)} ids but {len(self.paths)} paths')
         if len(set(self.video_ids)) != len(self.video_ids):
             raise DatasetError(f'{self.name}: duplicate video ids')
-        for vid, caps in self.captions.items():  # e.g. a caption given as a list: the text side needs strings
-            if not isinstance(caps, tuple) or not all(isinstance(c, str) for c in caps):
-                raise DatasetError(f'{self.name} ({self.root}): the captions of video {vid!r} must be a list of '
-                                   f'strings, got {caps!r:.80}: fix the annotation file to give each caption as a '
-                                   'string')
+        if isinstance(self.captions, dict):  # a lazy index was checked when built: reading it all here defeats it
+            for vid, caps in self.captions.items():  # e.g. a caption given as a list: the text side needs strings
+                if not isinstance(caps, tuple) or not all(isinstance(c, str) for c in caps):
+                    raise DatasetError(f'{self.name} ({self.root}): the captions of video {vid!r} must be a list of '
+                                       f'strings, got {caps!r:.80}: fix the annotation file to give each caption as '
+                                       'a string')
+        if isinstance(self.caption_times, dict):
+            for vid, times in self.caption_times.items():
+                if len(times) != len(self.captions.get(vid, ())) or not all(len(t) == 2 for t in times):
+                    raise DatasetError(f'{self.name} ({self.root}): video {vid!r} has {len(times)} caption times for '
+                                       f'{len(self.captions.get(vid, ()))} captions: each caption needs one '
+                                       '(start, end) pair in the annotation file')
         known = set(self.video_ids)
         for split in self.splits.values():
             for part in ('train', 'val', 'test'):
@@ -213,9 +234,13 @@ class Manifest:
 
     def describe(self) -> str:
         """A few lines: counts per split, captions per video."""
-        n_caps = sum(len(c) for c in self.captions.values())
-        lines = [f'{self.name}: {len(self)} videos, {n_caps} captions, root {self.root}',
-                 f'  read from: {self.origin}']
+        # a lazy index knows its count: summing its values would read all of it
+        n_caps = getattr(self.captions, 'total', None)
+        if n_caps is None:
+            n_caps = sum(len(c) for c in self.captions.values())
+        timed = f' ({len(self.caption_times)} videos with timed captions)' if self.caption_times else ''
+        lines = [f'{self.name}: {len(self)} videos, {n_caps} captions{timed}, root {self.root}',
+                 f'  read from: {self.origin}', *(f'  {n}' for n in self.notes)]
         for s in self.splits.values():
             state = f' (unavailable: {s.unavailable})' if s.unavailable else ''
             mode = ', paragraph queries' if s.paragraph else ''
