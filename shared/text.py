@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import re
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from shared.config import ConfigError
 
 __all__ = ['WordVectors', 'WordVectorsError', 'load_word_vectors', 'normalise', 'split_words', 'word2vec_binary',
-           'BINARY_SUFFIXES', 'TEXT_SUFFIXES']
+           'BINARY_SUFFIXES', 'TEXT_SUFFIXES', 'stop_words', 'remove_stop_words']
 
 #: word2vec binary files, by name (compressed ones are read through gensim's smart_open)
 BINARY_SUFFIXES = ('.bin', '.bin.gz', '.bin.bz2')
@@ -38,6 +39,20 @@ def normalise(word: str) -> str:
 def split_words(text: str) -> list[str]:
     """Words of a text, normalised, empties dropped."""
     return [w for w in (normalise(t) for t in text.split()) if w]
+
+
+@functools.lru_cache(maxsize=1)
+def stop_words() -> frozenset[str]:
+    """HowTo100M's stop words, the list that made its caption.json (shipped with `shared.datasets`)."""
+    text = resources.files('shared.datasets').joinpath('stop_words_howto100m.txt').read_text(encoding='utf-8')
+    return frozenset(w for w in (line.strip() for line in text.splitlines()) if w and not w.startswith('#'))
+
+
+def remove_stop_words(text: str) -> str:
+    """`text` without its stop words (compared normalised: "The," goes); the other words are kept
+    as written, one space apart."""
+    words = stop_words()
+    return ' '.join(t for t in text.split() if normalise(t) not in words)
 
 
 class WordVectors:

@@ -10,8 +10,8 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = ['DatasetError', 'AnnotationsMissing', 'Split', 'Manifest', 'resolve_inside', 'read_split_list',
-           'require_files', 'read_text', 'read_json', 'check_dataset_name', 'VIDEO_EXTENSIONS', 'find_video', 'OFFICIAL',
-           'CaptionTimes']
+           'require_files', 'read_text', 'read_json', 'check_dataset_name', 'VIDEO_EXTENSIONS', 'find_video',
+           'OFFICIAL', 'CaptionTimes']
 
 #: Containers the `folder` adapter (and extension look-up) recognise.
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv',
