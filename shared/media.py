@@ -7,6 +7,10 @@ import os
 import re
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where audio is loaded: probing files needs none of it
+    import numpy as np
 
 __all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio']
 
@@ -77,7 +81,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     return MediaInfo(**info)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple['np.ndarray | None', str]:
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[np.ndarray | None, str]:
     """The first audio stream as mono float32 at `sample_rate`: FFmpeg resamples every channel,
     and the channels are averaged here.
 
