@@ -696,7 +696,7 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], wor
             continue
         plan = video.plans[e.name]
         if e.per_video:
-            workers[e.name].submit(video.row, VideoInput(frames=e.own_frames(_host(video.frames, plan.index[:, 0])),
+            workers[e.name].submit(video.row, VideoInput(frames=_host(video.frames, plan.index[:, 0]),
                                                          timestamps=plan.timestamps))
             continue
         if frames is None:

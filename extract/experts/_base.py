@@ -281,7 +281,7 @@ class Expert:
 class VideoInput:
     """What a per-video expert receives: its sampled frames and their times, and/or the audio."""
 
-    frames: np.ndarray | None = None  # (L, H, W, 3) uint8
+    frames: np.ndarray | None = None  # (L, H, W, 3) uint8 at the decoded (native) size
     timestamps: np.ndarray | None = None  # (L, 2) seconds
     audio: np.ndarray | None = None  # mono float32 at the cfg's sample rate
 
@@ -301,12 +301,13 @@ class VideoExpert(Expert):
     def own_frames(self, frames: np.ndarray) -> np.ndarray:
         """Decoded (L, H, W, 3) uint8 frames at this expert's own size: the short side shrunk to
         ``resize[0]`` (never enlarged), in RGB with antialiased bilinear resizing (PIL's), so that
-        what the expert sees does not depend on the decode size, which other experts may set."""
+        what the expert sees does not depend on the decode size, which other experts may set.
+        Called in `process_batch`, on the expert's own worker thread: the runner hands native frames."""
         h, w = frames.shape[1:3]
         scale = self.cfg.resize[0] / min(h, w)
         if scale >= 1.0 or not len(frames):
             return frames
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.require(frames, requirements=("C", "W"))).permute(0, 3, 1, 2).float()
         x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode='bilinear',
                           align_corners=False, antialias=True)
         return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
