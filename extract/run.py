@@ -381,7 +381,7 @@ def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
     from extract.experts import create_expert
     from extract.presets import dataset_settings
 
-    fields = {n: {f.name for f in dataclasses.fields(create_expert(n).cfg)} for n in opts.experts}
+    fields = {n: create_expert(n).settings for n in opts.experts}
     out: dict[str, Any] = {}
     preset = {k: v for k, v in dataset_settings(opts.dataset, opts.data_root).items()
               if k.rpartition('.')[2] in fields[name] and k.rpartition('.')[0] in ('', name.split('.')[0], name)}

@@ -31,6 +31,8 @@ KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 #: the largest side of a resized frame or crop (4K frames have a short side of 2160)
 MAX_SIDE = 4096
+#: settings of how frames are decoded, which only experts that take frames have
+FRAME_DECODE_SETTINGS = ('decode_resize',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +151,14 @@ class Expert:
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.name!r}, arch={self.cfg.arch!r}, weights={self.cfg.weights!r})'
+
+    @property
+    def settings(self) -> set[str]:
+        """The config fields a run's settings (`--set`) may change: those that bear on what this
+        expert computes. Audio experts take no frames, so the frame-decoding options are not theirs
+        (a run-wide ``--set decode_resize=2`` would otherwise refuse their existing stores)."""
+        names = {f.name for f in dataclasses.fields(self.cfg)}
+        return names - set(FRAME_DECODE_SETTINGS) if self.modality == 'audio' else names
 
     # -- model ------------------------------------------------------------------------------
     def build(self) -> nn.Module:

@@ -666,3 +666,24 @@ def test_preprocess_takes_the_centre_crop() -> None:
     assert got.shape == (2, 3, 32, 32)
     torch.testing.assert_close(got, (expected - mean) / std)
     assert (expected[:, :, 12:20, 12:20] == 1).all()  # the mark is inside the crop, at its centre
+
+
+def test_decode_resize_leaves_audio_experts_alone(odd_videos: Path, tmp_path: Path) -> None:
+    """A run-wide `--set decode_resize=K` is a frame-decoding option: it reaches the frame experts
+    only, so an audio store made without it is continued, not refused over a setting it ignores."""
+    data = tmp_path / 'videos'
+    data.mkdir()
+    shutil.copy(odd_videos / 'good.mp4', data / 'good.mp4')
+
+    def extract(experts: str, *extra: str) -> int:
+        return main(['--dataset', f'folder:{data}', '--features-root', str(tmp_path / 'f'), '--expert', experts,
+                     '--workers', '0', '--no-progress', '--weights', 'random', *extra])
+
+    assert extract('audio') == 0
+    assert extract('object,audio', '--set', 'object.resize=[40]', '--set', 'object.input_size=32',
+                   '--set', 'decode_resize=2') == 0
+    root = tmp_path / 'f' / folder_name(data)
+    assert open_store(root / 'object.zarr', warn_random=False).attrs['config']['decode_resize'] == 2.0
+    assert open_store(root / 'audio.zarr', warn_random=False).attrs['config']['decode_resize'] == 0.0
+    # named for an audio expert, it is an error that says so
+    assert extract('audio', '--set', 'audio.decode_resize=2') == 1
