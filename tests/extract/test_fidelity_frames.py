@@ -82,11 +82,12 @@ def _ref(transform, frame: np.ndarray, mean, std) -> torch.Tensor:
     return x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
 
 
-def _timm_transform():
+def _timm_transform(tag: str = 'legacy_senet154.in1k'):
+    """timm's evaluation transform and data config for the pretrained weights `tag`."""
     import timm
     from timm.data import create_transform, resolve_data_config
 
-    cfg = resolve_data_config({}, model=timm.create_model('legacy_senet154', pretrained=False, num_classes=0))
+    cfg = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(tag).to_dict())
     return create_transform(**cfg), cfg
 
 
@@ -108,9 +109,9 @@ def _references(timm_eval) -> dict[str, tuple]:
 
     tv = tvm.ResNet152_Weights.IMAGENET1K_V1.transforms()
     transform, cfg = timm_eval
-    return {'object.timm_eval': (transform, cfg['mean'], cfg['std']), 'object': (CE_SQUASH, PLACES365.transforms[-1].mean,
-                                                                                PLACES365.transforms[-1].std),
-            'object.resnet152': (tv, tv.mean, tv.std), 'scene': (PLACES365, PLACES365.transforms[-1].mean,
+    squash = (CE_SQUASH, CE_SQUASH.transforms[-1].mean, CE_SQUASH.transforms[-1].std)
+    return {'object.timm_eval': (transform, cfg['mean'], cfg['std']), 'object': squash,
+            'object.resnext101_wsl': squash, 'object.resnet152': (tv, tv.mean, tv.std), 'scene': (PLACES365, PLACES365.transforms[-1].mean,
                                                                   PLACES365.transforms[-1].std)}
 
 
@@ -124,7 +125,7 @@ def _check(name: str, ours_frame: np.ndarray, ref_frame: np.ndarray, timm_eval, 
     assert err <= TOL, f'{name} on {what}: max-abs {err * 255:.2f}/255 > {TOL * 255:.0f}/255'
 
 
-NAMES = ['object.timm_eval', 'object', 'object.resnet152', 'scene']
+NAMES = ['object.timm_eval', 'object', 'object.resnext101_wsl', 'object.resnet152', 'scene']
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -146,14 +147,17 @@ def test_photos_reach_the_model_as_the_reference_makes_them(timm_eval, name, pho
     _check(name, frame, frame, timm_eval, photo)
 
 
-def test_object_default_is_ce_squash_not_timms_transform(timm_eval):
-    """Item 7, the deliberate difference: `object` squashes to 224x224 (CE), which timm's eval
-    transform (resize 256, crop 224) does not; `object.timm_eval` is that transform."""
-    assert create_expert('object', weights='random').cfg.resize == (224, 224)
-    transform, cfg = timm_eval
+@pytest.mark.parametrize('name, tag', [('object', 'legacy_senet154.in1k'),
+                                       ('object.resnext101_wsl', 'resnext101_32x8d.fb_wsl_ig1b_ft_in1k')])
+def test_object_experts_squash_as_ce_not_as_timms_transform(name, tag):
+    """Item 7, the deliberate difference: `object` (SENet-154, CE's Obj(IN)) and
+    `object.resnext101_wsl` (CE's Obj(IG)) squash to 224x224 as CE did, which timm's eval transform
+    for their weights (resize 256, crop 224, bilinear) does not; `object.timm_eval` is that transform."""
+    assert create_expert(name, weights='random').cfg.resize == (224, 224)
+    transform, cfg = _timm_transform(tag)
     assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == ((3, 224, 224), 0.875, 'bilinear')
     frame = skdata.chelsea()  # 451x300: a squash and a crop differ most on a wide frame
-    ours, _ = _ours('object', frame)
+    ours, _ = _ours(name, frame)
     assert float((ours - _ref(transform, frame, cfg['mean'], cfg['std'])).abs().max()) > 0.2
 
 
