@@ -62,9 +62,10 @@ class ExpertCfg:
             other experts run beside it. A factor k >= 1 is a speed option: the decoder may shrink
             frames (decord and FFmpeg in YUV, before the RGB conversion) to a short side of k times
             what this expert needs, or what the run's other experts need where that is larger; every
-            frame expert of the run must ask for it. At k = 2, model inputs of 720p videos stay within
-            mean-abs 1.5/255 of native decoding (tests/extract/test_fidelity_frames.py); k = 1 is what
-            stores made before this setting used (mean-abs up to 5/255, max-abs 100/255).
+            frame expert of the run must ask for it. At k = 2, model inputs of sharp 720p video (FFmpeg's
+            testsrc2) stay within mean-abs 1.1/255 and max-abs 48/255 of native decoding
+            (tests/extract/test_fidelity_frames.py); k = 1 is what stores made before this setting
+            used (there: mean-abs up to 2.9/255, max-abs up to 204/255).
         mean, std: normalisation of [0, 1] RGB.
         max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
         batch_size: rows per forward pass (across videos); 0 chooses by device: 32 on the CPU, and on

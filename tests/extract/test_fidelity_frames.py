@@ -33,8 +33,11 @@ TOL = 2.0 / 255
 #: (width, height): 4:3 and 16:9 at 240p and 720p
 SIZES = [(320, 240), (426, 240), (960, 720), (1280, 720)]
 PHOTOS = ['astronaut', 'coffee', 'chelsea', 'rocket']  # 512x512, 600x400, 451x300, 640x427
-#: the speed option's stated tolerance (`ExpertCfg.decode_resize`), mean-abs on [0, 1] model inputs
-FAST_MEAN_TOL = 1.5 / 255
+#: the speed option's stated tolerance (`ExpertCfg.decode_resize` = 2) on [0, 1] model inputs of
+#: testsrc2 at 720p: measured mean-abs 0.68-0.98/255, max-abs 17-39/255. k = 1 (the old decode
+#: size) gives mean-abs 1.34-2.89/255 (always beyond), max-abs 42-204/255 (beyond in 5 of 6 cases)
+FAST_MEAN_TOL = 1.1 / 255
+FAST_MAX_TOL = 48 / 255
 
 
 def _ff(*args: str) -> bytes:
@@ -173,19 +176,38 @@ def test_same_random_model_gives_the_same_features(videos, timm_eval):
     assert cos >= 0.9999, f'feature cosine {cos:.6f}'
 
 
+@pytest.fixture(scope='module')
+def sharp_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """FFmpeg's testsrc2 at 720p, 4:3 and 16:9: text, thin lines and hard colour edges, where a
+    resize in YUV before the RGB conversion shows most."""
+    d = tmp_path_factory.mktemp('sharp')
+    out = {}
+    for size in ('960x720', '1280x720'):
+        out[size] = d / f'{size}.mp4'
+        _ff('-f', 'lavfi', '-i', f'testsrc2=size={size}:rate=25', '-frames:v', '1', '-c:v', 'libx264', '-crf', '12',
+            '-pix_fmt', 'yuv420p', str(out[size]))
+    return out
+
+
 @pytest.mark.parametrize('size', ['960x720', '1280x720'])
-def test_decode_resize_stays_within_its_stated_tolerance(videos, size):
+def test_decode_resize_stays_within_its_stated_tolerance(sharp_videos, size):
     """The speed option (`decode_resize=2`): the decoder shrinks 720p frames in YUV to twice the short
-    side the run's experts need; the object and scene inputs stay within mean-abs 1.5/255 of native
-    decoding (the old decode size, k = 1, gives up to 5/255)."""
-    for name in ('object', 'scene'):
-        native = _decoded(videos[size], ['object', 'scene'])[name]
-        fast = _decoded(videos[size], ['object', 'scene'], decode_resize=2)[name]
-        assert min(fast.shape[:2]) == 2 * 256  # shrunk: the scene expert needs a short side of 256
-        a, _ = _ours(name, native)
-        b, _ = _ours(name, fast)
-        err = float((a - b).abs().mean())
-        assert err <= FAST_MEAN_TOL, f'{name} on {size}: mean-abs {err * 255:.2f}/255 > {FAST_MEAN_TOL * 255}/255'
+    side the run's experts need; the object, timm-eval object and scene inputs stay within mean-abs
+    `FAST_MEAN_TOL` and max-abs `FAST_MAX_TOL` of native decoding. The bounds tell it from the old
+    decode size (k = 1), which is outside them."""
+    names = ['object', 'object.timm_eval', 'scene']
+    for name in names:
+        a, _ = _ours(name, _decoded(sharp_videos[size], names)[name])
+        for k in (2, 1):
+            fast = _decoded(sharp_videos[size], names, decode_resize=k)[name]
+            assert min(fast.shape[:2]) == k * 256  # shrunk: scene and timm_eval need a short side of 256
+            b, _ = _ours(name, fast)
+            mean, worst = float((a - b).abs().mean()), float((a - b).abs().max())
+            what = f'{name} on {size}, decode_resize={k}: mean-abs {mean * 255:.2f}/255, max-abs {worst * 255:.1f}/255'
+            if k == 2:
+                assert mean <= FAST_MEAN_TOL and worst <= FAST_MAX_TOL, what
+            else:
+                assert mean > FAST_MEAN_TOL or worst > FAST_MAX_TOL, f'the bounds do not catch it: {what}'
 
 
 def test_decode_resize_needs_every_frame_expert():
