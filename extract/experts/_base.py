@@ -31,6 +31,8 @@ KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 #: the largest side of a resized frame or crop (4K frames have a short side of 2160)
 MAX_SIDE = 4096
+#: `ExpertCfg.size_rounding`: how a short-side resize sizes and samples, and where the crop starts
+SIZE_ROUNDINGS = ('legacy', 'torchvision', 'scale_factor')
 #: settings of how frames are decoded, which only experts that take frames have
 FRAME_DECODE_SETTINGS = ('decode_resize',)
 
@@ -55,8 +57,12 @@ class ExpertCfg:
             starts. ``torchvision``: the long side truncated as in torchvision's
             ``_compute_resized_output_size`` (``int(short * long / short_in)``) and the crop offset
             rounded as in its ``center_crop`` (``int(round((x - c) / 2))``), as the reference
-            transforms of torchvision's weights do. ``legacy`` (the default, what every store made
-            before this setting used): the long side rounded, the crop offset ``(x - c) // 2``.
+            transforms of torchvision's weights do. ``scale_factor``: ``F.interpolate`` with
+            ``scale_factor=short_side / short_in``, so the long side is floored and both axes are
+            sampled at that one scale, and the crop offset rounded, as ig65m-pytorch's ``Resize`` and
+            ``CenterCrop`` (ig65m/transforms.py) feed its R(2+1)D-34 weights. ``legacy`` (the default,
+            what every store made before this setting used): the long side rounded, the crop offset
+            ``(x - c) // 2``.
         decode_resize: 0 (the default): the expert's frames are the decoded RGB frames at the video's
             native size, which its own resize then shrinks as its reference transform does, whatever
             other experts run beside it. A factor k >= 1 is a speed option: the decoder may shrink
@@ -107,8 +113,8 @@ class ExpertCfg:
                              f'input_size {self.input_size}')
         if self.batch_size < 0:
             raise ValueError('batch_size must be >= 1, or 0 to choose by device')
-        if self.size_rounding not in ('legacy', 'torchvision'):
-            raise ValueError(f"size_rounding must be 'legacy' or 'torchvision', got {self.size_rounding!r}")
+        if self.size_rounding not in SIZE_ROUNDINGS:
+            raise ValueError(f'size_rounding must be one of {", ".join(SIZE_ROUNDINGS)}, got {self.size_rounding!r}')
         if not (self.decode_resize == 0 or 1 <= self.decode_resize < math.inf):
             raise ValueError(f'decode_resize must be 0 (decode at native size) or a factor >= 1, got {self.decode_resize}')
         if self.input_size < 0:
@@ -216,8 +222,10 @@ class Expert:
             rows = rows.reshape(n * t, *rows.shape[2:])
         x = rows.permute(0, 3, 1, 2).float().div_(255.0)
         h, w = x.shape[-2:]
-        tv = self.cfg.size_rounding == 'torchvision'
-        if len(self.cfg.resize) == 1:
+        tv = self.cfg.size_rounding != 'legacy'  # torchvision's and ig65m-pytorch's crop offset: rounded
+        if len(self.cfg.resize) == 1 and self.cfg.size_rounding == 'scale_factor':
+            size = None  # ig65m-pytorch's Resize: one scale for both axes, the output size floored
+        elif len(self.cfg.resize) == 1:
             target = self.cfg.resize[0]
             if tv:  # torchvision.transforms.functional._compute_resized_output_size
                 short, long = min(h, w), max(h, w)
@@ -228,7 +236,10 @@ class Expert:
                 size = (max(1, round(h * s)), max(1, round(w * s)))
         else:
             size = (self.cfg.resize[0], self.cfg.resize[1])
-        if size != (h, w):
+        if size is None:
+            x = F.interpolate(x, scale_factor=self.cfg.resize[0] / min(h, w), mode='bilinear', align_corners=False,
+                              antialias=self.cfg.antialias)
+        elif size != (h, w):
             x = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=self.cfg.antialias)
         c = self.cfg.input_size
         if c:
