@@ -138,6 +138,34 @@ def test_rows_are_preprocessed_a_batch_at_a_time() -> None:
     np.testing.assert_allclose(feats, expert.forward(preprocess(rows)).numpy(), rtol=0, atol=2e-3)
 
 
+def test_the_device_gets_a_batch_of_rows_at_a_time_not_the_video(small_demo: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded frames stay on the host: each batch's rows are gathered there and copied to the
+    device a batch at a time, so the device never holds a whole video's frames (#19 review 1: a
+    128-clip 720p video's frames are 5.6 GB)."""
+    import math
+
+    from extract import run as run_module
+
+    copied: list[tuple[int, ...]] = []  # shapes of the uint8 frame tensors copied to the device
+    real = run_module._Uploader.__call__
+
+    def recording(self, host):
+        if host.dtype == torch.uint8:
+            copied.append(tuple(host.shape))
+        return real(self, host)
+
+    monkeypatch.setattr(run_module._Uploader, '__call__', recording)
+    data = tmp_path / 'videos'
+    data.mkdir()
+    for path in sorted((small_demo / 'videos').glob('*.mp4'))[:2]:
+        shutil.copy(path, data / path.name)
+    assert _run(tmp_path, tmp_path / 'f', 'action.r2plus1d_18', '--batch-size', '2', '--device', 'cpu',
+                '--decoder', 'decord', dataset=f'folder:{data}') == 0
+    frames = [math.prod(shape[:-3]) for shape in copied]
+    assert copied and max(frames) <= 2 * 6, copied  # 2 clips of 6 frames (TINY) at most
+
+
 def test_a_video_without_rows_leaves_the_batches_of_the_next_chunk_whole() -> None:
     from extract.run import _Batcher
 
