@@ -42,21 +42,29 @@ class FaceCfg(ExpertCfg):
         margin: pixels added around each box before the 160x160 crop.
         detect_batch: frames per MTCNN pass, taken across videos (frames of one size only: MTCNN
             stacks its images).
+        crop: where faces are cropped from: ``native``, the frame at the video's own size (its
+            pixels, whatever MTCNN detected on); ``detected``, the frame MTCNN detected on (short
+            side `resize`), as stores made before this setting were.
     """
 
     min_prob: float = 0.95
     min_face_size: int = 20
     margin: int = 14
     detect_batch: int = 64
+    crop: str = 'native'
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.detect_batch < 1:
             raise ValueError(f'detect_batch must be >= 1, got {self.detect_batch}')
+        if self.crop not in ('native', 'detected'):
+            raise ValueError(f"crop must be 'native' or 'detected', got {self.crop!r}")
 
 
 class FaceExpert(VideoExpert):
     head_keys = ('logits.',)
+    #: stores made before `crop` existed cropped from the frame MTCNN detected on
+    legacy_defaults = (*VideoExpert.legacy_defaults, ('crop', 'detected'))
 
     def build(self) -> nn.Module:
         from facenet_pytorch import InceptionResnetV1
@@ -114,7 +122,7 @@ class FaceExpert(VideoExpert):
                 kept = frame_boxes[keep][: self.cfg.max_rows - len(crops[v])]
                 if not len(kept):
                     continue
-                native = inputs[v].frames[k]
+                native = inputs[v].frames[k] if self.cfg.crop == 'native' else small[v][k]
                 (h, w), (sh, sw) = native.shape[:2], small[v].shape[1:3]
                 scale = np.array([w / sw, h / sh, w / sw, h / sh])
                 # facenet's reference pipeline takes PIL images: its crop of a PIL image is resized with

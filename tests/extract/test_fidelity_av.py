@@ -264,3 +264,35 @@ def test_runner_gives_the_face_expert_native_frames(tmp_path: Path) -> None:
     got = rows.features[0, :n].astype(np.float32)
     # random weights move little (2.7e-4 between the two), float16 storage 5e-5: nearer to the native crops
     assert np.abs(got - want.features).max() < 0.5 * np.abs(shrunk.features - want.features).max()
+
+
+def test_a_face_store_with_crops_from_the_detection_frame_is_not_extended(tmp_path: Path) -> None:
+    """Face stores made before `face.crop` cropped from the frame MTCNN detected on: refused, naming
+    the setting; `--set face.crop=detected` continues one, and crops from that frame again."""
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    from shared.store import StoreError, StoreSpec, create_store
+
+    def spec(info):
+        return StoreSpec(dataset='d', expert='face', feature_dim=512, max_rows=256, chunk_size=4, has_tokens=False,
+                         **info)
+
+    old = create_expert('face', weights='random').store_info()
+    old['config'] = {k: v for k, v in old['config'].items() if k != 'crop'}
+    create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
+    with pytest.raises(StoreError, match="crop: store has 'detected'|crop: store has detected"):
+        create_store(tmp_path / 's.zarr', ['a', 'b'], spec(create_expert('face', weights='random').store_info()))
+    detected = create_expert('face', weights='random', crop='detected')
+    create_store(tmp_path / 's.zarr', ['a', 'b'], spec(detected.store_info()))
+    detected.load('cpu')
+    seen: list[torch.Tensor] = []
+    detected.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    frame = _face_frames()[3]  # 1280x720
+    detected.process(VideoInput(frames=frame[None], timestamps=np.array([[0.0, 1.0]], np.float32)))
+    cfg = detected.cfg
+    crops, probs = MTCNN(image_size=160, margin=cfg.margin, min_face_size=cfg.min_face_size, keep_all=True,
+                         post_process=True, device='cpu')(Image.fromarray(detected.own_frames(frame[None])[0]),
+                                                          return_prob=True)
+    crops = crops[torch.from_numpy(np.asarray(probs, np.float64) >= cfg.min_prob)]
+    assert (torch.cat(seen) - crops).abs().max().item() <= 1e-5
