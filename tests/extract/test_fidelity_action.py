@@ -156,14 +156,15 @@ def test_other_frame_experts_keep_their_preprocessing():
 #: antialias, size_rounding and decode_resize, whose defaults were True, 'legacy' and 1)
 OLD_CONFIG = {'action': {'resize': [256]}, 'action.r2plus1d_18': {},
               'action.r2plus1d_34_ig65m': {'resize': [128, 171]}, 'scene': {'resize': [256]},
-              'object.resnet152': {}, 'object': {}, 'object.resnext101_wsl': {}}
+              'object.resnet152': {}, 'object': {}, 'object.resnext101_wsl': {}, 'action.i3d': {}}
+#: the experts whose old stores `decode_resize=1` continues: nothing else of theirs changed
+CONTINUED = ('object', 'object.resnext101_wsl', 'action.i3d')
 
 
 @pytest.mark.parametrize('name', list(OLD_CONFIG))
 def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path):
     """A store made before issue 19 is refused by every frame and clip expert (decode_resize). With
-    ``--set decode_resize=1`` it continues only where nothing else changed (object,
-    object.resnext101_wsl); the others' preprocessing changed too (S3D's squash, the torchvision
+    ``--set decode_resize=1`` it continues only where nothing else changed (`CONTINUED`); the others' preprocessing changed too (S3D's squash, the torchvision
     arithmetic of R(2+1)D-18 and ResNet-152, IG65M's publisher transform, scene's CSAIL squash),
     so theirs are refused still, naming the setting."""
     from shared.store import StoreError, StoreSpec, create_store
@@ -181,7 +182,7 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
     with pytest.raises(StoreError, match='decode_resize: store has 1.0'):
         create_store(tmp_path / 's.zarr', ['a', 'b'], spec(e.store_info()))
     resumed = spec(create_expert(name, weights='random', decode_resize=1).store_info())
-    if name in ('object', 'object.resnext101_wsl'):
+    if name in CONTINUED:
         create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
     else:
         changed = 'resize' if 'resize' in OLD_CONFIG[name] and name == 'scene' else 'antialias|size_rounding'
