@@ -166,6 +166,25 @@ def test_the_device_gets_a_batch_of_rows_at_a_time_not_the_video(small_demo: Pat
     assert copied and max(frames) <= 2 * 6, copied  # 2 clips of 6 frames (TINY) at most
 
 
+def test_preprocessing_converts_a_bounded_number_of_frames_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Floats at native size are 12 bytes a pixel: a batch of clips is converted and resized
+    `PREPROCESS_FRAMES` frames at a time, with the same result as all at once."""
+    from extract.experts import _base
+
+    expert = create_expert('action.r2plus1d_18', weights='random', resize=[40], input_size=32, clip_len=6)
+    rows = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (25, 6, 48, 64, 3), dtype=np.uint8))
+    monkeypatch.setattr(_base, 'PREPROCESS_FRAMES', 1000)
+    whole = expert.preprocess(rows)  # all 150 frames at once
+    sizes: list[int] = []
+    real = _base.F.interpolate
+    monkeypatch.setattr(_base.F, 'interpolate', lambda x, *a, **k: (sizes.append(len(x)), real(x, *a, **k))[1])
+    monkeypatch.setattr(_base, 'PREPROCESS_FRAMES', 64)
+    got = expert.preprocess(rows)
+    assert sizes == [64, 64, 22]
+    torch.testing.assert_close(got, whole, rtol=0, atol=0)
+    assert got.shape == (25, 3, 6, 32, 32)
+
+
 def test_a_video_without_rows_leaves_the_batches_of_the_next_chunk_whole() -> None:
     from extract.run import _Batcher
 
