@@ -109,7 +109,7 @@ def _process_only(expert: Any, videos: list[Any]) -> tuple[float, str]:
                 inputs.append(VideoInput(audio=v.audio))
         else:
             plan = v.plans[expert.name]
-            inputs.append(VideoInput(frames=expert.own_frames(v.frames[plan.index[:, 0]]), timestamps=plan.timestamps))
+            inputs.append(VideoInput(frames=v.frames[plan.index[:, 0]], timestamps=plan.timestamps))
     if not inputs:
         return float('nan'), 'no input (no audio streams?)'
     step = expert.videos_per_batch

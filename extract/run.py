@@ -383,7 +383,7 @@ def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
     from extract.experts import create_expert
     from extract.presets import dataset_settings
 
-    fields = {n: {f.name for f in dataclasses.fields(create_expert(n).cfg)} for n in opts.experts}
+    fields = {n: create_expert(n).settings for n in opts.experts}
     out: dict[str, Any] = {}
     preset = {k: v for k, v in dataset_settings(opts.dataset, opts.data_root).items()
               if k.rpartition('.')[2] in fields[name] and k.rpartition('.')[0] in ('', name.split('.')[0], name)}
@@ -681,12 +681,10 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], wor
           upload: _Uploader) -> int:
     """Give one decoded video to every expert that needs it; returns 1 when it failed for one
     before its expert saw it (the per-video experts' own failures are counted when written)."""
-    import torch
 
     from extract.experts._base import VideoInput
 
     failed = 0
-    frames = None  # the video's decoded frames on the device: copied there once, for every expert
     for e in (e for e in chunk.active if video.row in chunk.redo[e.name]):
         out = chunk.results[e.name]
         if e.modality == 'audio':
@@ -702,24 +700,30 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], wor
             continue
         plan = video.plans[e.name]
         if e.per_video:
-            workers[e.name].submit(video.row, VideoInput(frames=e.own_frames(_host(video.frames, plan.index[:, 0])),
+            workers[e.name].submit(video.row, VideoInput(frames=_host(video.frames, plan.index[:, 0]),
                                                          timestamps=plan.timestamps))
             continue
-        if frames is None:
-            frames = video.frames if torch.is_tensor(video.frames) else upload(torch.from_numpy(video.frames))
-        batchers[e.name].add(video.row, _rows(frames, plan.index[:, 0] if e.cfg.sampling == 'frames' else plan.index,
-                                              upload))
+        batchers[e.name].add(video.row, _Rows(video.frames, plan.index[:, 0] if e.cfg.sampling == 'frames'
+                                              else plan.index, upload))
         chunk.stamps[e.name][video.row] = plan.timestamps
     return int(failed)
 
 
 class _Rows:
-    """frames[index], gathered a slice at a time when the batcher takes it: a video's frames are
-    copied to the device once, whatever the experts' rows (clips overlap, and experts share
-    frames), and no whole video's rows are ever gathered at once."""
+    """frames[index], gathered a batch at a time when the batcher takes it, on the host where the
+    frames are (decord) and then copied to the device, or on the device (NVDEC's frames): the
+    device never holds a whole video's frames, only the rows of the batch in flight, so its
+    memory is bounded by the batch size, not by the video's length (a 128-clip 720p video's
+    frames are 5.6 GB). Frames that several experts share are copied once per expert.
+    """
 
-    def __init__(self, frames: Any, index: Any) -> None:
-        self.frames, self.index = frames, index
+    def __init__(self, frames: Any, index: np.ndarray, upload: _Uploader) -> None:
+        import torch
+
+        self.frames = frames if torch.is_tensor(frames) else torch.from_numpy(frames)
+        self.index, self.upload = torch.from_numpy(index), upload
+        if self.frames.is_cuda:  # an index on the host would make each gather a synchronous copy
+            self.index = upload(self.index)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -729,17 +733,8 @@ class _Rows:
 
         index = self.index[rows]
         # index_select copies whole frames: 3.4x the speed of frames[index] on a CPU (5.0 against 1.45 GB/s)
-        return torch.index_select(self.frames, 0, index.reshape(-1)).view(*index.shape, *self.frames.shape[1:])
-
-
-def _rows(frames: Any, index: np.ndarray, upload: _Uploader) -> Any:
-    """A video's rows for one expert, from its frames on the device (`index` into them): the frames
-    themselves when the rows are all of them in order (1-fps frames), else a lazy gather."""
-    import torch
-
-    if index.ndim == 1 and len(index) == len(frames) and bool((index == np.arange(len(frames))).all()):
-        return frames
-    return _Rows(frames, upload(torch.from_numpy(index)))
+        x = torch.index_select(self.frames, 0, index.reshape(-1)).view(*index.shape, *self.frames.shape[1:])
+        return x if x.is_cuda else self.upload(x)
 
 
 def _host(frames: Any, index: np.ndarray) -> np.ndarray:

@@ -27,19 +27,24 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.import_features import release_rows
+from pipelines.import_features import CE_FILES, MMT_EXPERTS, release_rows
 from shared.store import StoreError, open_store
 
 __all__ = ['compare', 'main']
 
 
-def compare(ours: dict[str, np.ndarray], release: dict[str, np.ndarray | None]) -> dict[str, float]:
+def compare(ours: dict[str, np.ndarray], release: dict[str, np.ndarray | None]
+            ) -> tuple[dict[str, float], list[str]]:
     """Cosine similarity of time-averaged features per video found in both (non-empty rows).
+
+    Returns:
+        (cosines, zero): cosine per video, and the videos whose mean is all zero on one side, for
+        which a cosine means nothing (they are listed, not scored).
 
     Raises:
         ValueError: the two have different feature dimensions.
     """
-    out = {}
+    out, zero = {}, []
     for vid, rows in ours.items():
         theirs = release.get(vid)
         if theirs is None or not len(theirs) or not len(rows):
@@ -49,15 +54,44 @@ def compare(ours: dict[str, np.ndarray], release: dict[str, np.ndarray | None]) 
             raise ValueError(f'features of {a.shape[0]} dimensions here and {b.shape[0]} in the release '
                              f'(video {vid}): is --expert the release\'s expert?')
         norm = np.linalg.norm(a) * np.linalg.norm(b)
-        out[vid] = float(a @ b / norm) if norm > 0 else 0.0
-    return out
+        if norm > 0:
+            out[vid] = float(a @ b / norm)
+        else:
+            zero.append(vid)
+    return out, zero
 
 
 def _store_rows(path: Path) -> tuple[dict[str, np.ndarray], str]:
+    """Each available video's time-averaged features, as one (1, D) row, read a store chunk at a
+    time: a whole store can be gigabytes (MSR-VTT's scene at T=128 is ~5 GB), its means are not."""
     store = open_store(path)
-    rows = store.read()
-    ours = {str(v): rows.rows(i) for i, v in enumerate(rows.video_ids) if rows.available[i] and rows.lengths[i]}
+    ours = {}
+    for c in range(store.n_chunks):
+        rows = store.read(rows=list(store.chunk_rows(c)))
+        for i, v in enumerate(rows.video_ids):
+            if rows.available[i] and rows.lengths[i]:
+                ours[str(v)] = rows.rows(i).astype(np.float64).mean(0, keepdims=True)
     return ours, str(store.attrs.get('expert', ''))
+
+
+def _release_expert(expert: str, asked: str | None) -> str:
+    """The release's expert to compare with: `asked` (--release-expert), else `expert` where the
+    releases have it, else its base name (``object.timm_eval`` -> ``object``: another input to
+    the same weights, compared with the features CE and MMT released for them)."""
+    if asked:
+        return asked
+    released = {name for _, name in CE_FILES} | set(MMT_EXPERTS.values())
+    return expert if expert in released else expert.split('.')[0]
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{text!r}: give a whole number >= 0')
+    return value
 
 
 def _histogram(cosines: np.ndarray, path: Path, title: str) -> None:
@@ -89,10 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--release', type=Path, required=True,
                    help='the CE release directory or pickle file, or the directory of MMT h5 files')
     p.add_argument('--expert', required=True, help='our name of the expert (object, scene, audio, face, ...)')
+    p.add_argument('--release-expert', default=None,
+                   help="the release's expert to compare with, by our name (default: --expert where the release "
+                        'has it, else its base name: object.timm_eval is compared with object)')
     p.add_argument('--out', type=Path, default=Path('.'),
                    help='directory for compare_EXPERT.png (histogram) and compare_EXPERT.csv (per video)')
-    p.add_argument('--worst', type=int, default=10, help='how many of the least similar videos to list')
+    p.add_argument('--worst', type=_non_negative, default=10, help='how many of the least similar videos to list')
     args = p.parse_args(argv)
+    from extract.experts import expert_names
+
+    known = expert_names()
+    for flag, name in (('--expert', args.expert), ('--release-expert', args.release_expert)):
+        if name is not None and name not in known:
+            print(f'error: {flag} {name!r} is not an expert (one of {", ".join(known)})', file=sys.stderr)
+            return 1
     if not args.release.exists():
         print(f'error: {args.release} does not exist: give the release directory or pickle file', file=sys.stderr)
         return 1
@@ -103,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.release.is_file() or not any(args.release.glob('*.h5')):  # CE's pickles
             warnings.warn(f'reading pickle files from {args.release}: unpickling can run code from the file; '
                           'compare only releases you trust', stacklevel=1)
-        release, origin = release_rows(args.release.resolve(), args.expert)
-        cos = compare(ours, release)
+        theirs = _release_expert(args.expert, args.release_expert)
+        release, origin = release_rows(args.release.resolve(), theirs)
+        cos, zero = compare(ours, release)
     except (FileNotFoundError, ValueError, OSError, StoreError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
@@ -114,15 +159,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ids = sorted(cos, key=cos.__getitem__)
     values = np.array([cos[v] for v in ids])
-    args.out.mkdir(parents=True, exist_ok=True)
     png, table = args.out / f'compare_{args.expert}.png', args.out / f'compare_{args.expert}.csv'
-    _histogram(values, png, f'{args.expert}: {len(values)} videos')
-    with open(table, 'w', newline='') as f:
-        w = csv.writer(f)
-        w.writerow(['video_id', 'cosine'])
-        w.writerows((v, f'{cos[v]:.6f}') for v in ids)
-    print(f'{args.expert}: {len(values)} videos in both ({len(ours)} here, '
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        _histogram(values, png, f'{args.expert}: {len(values)} videos')
+        with open(table, 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['video_id', 'cosine'])
+            w.writerows((v, f'{cos[v]:.6f}') for v in ids)
+    except OSError as err:
+        print(f'error: cannot write the report into {args.out}: {err.strerror or err}', file=sys.stderr)
+        return 1
+    versus = '' if theirs == args.expert else f' (against the release\'s {theirs})'
+    print(f'{args.expert}{versus}: {len(values)} videos in both ({len(ours)} here, '
           f'{sum(r is not None for r in release.values())} in {origin})')
+    if zero:
+        print(f'{len(zero)} videos not scored: their mean features are all zero here or in the release '
+              f'(e.g. {", ".join(zero[:3])})')
     print(f'cosine: mean {values.mean():.4f}, median {np.median(values):.4f}, min {values.min():.4f}; '
           f'{(values < 0.9).mean():.1%} of videos below 0.9')
     print(f'worst {min(args.worst, len(ids))}:')

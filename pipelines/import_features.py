@@ -233,9 +233,12 @@ def _mmt_rows(root: Path, expert: str) -> dict[str, np.ndarray | None]:
     key = f'features.{_mmt_name(expert)}'
     out: dict[str, np.ndarray | None] = {}
     for f in sorted(root.glob('*.h5')):
-        with h5py.File(f, 'r') as h:
-            if key in h:
-                out[f.stem] = _rows(h[key][()], None)[0]
+        try:
+            with h5py.File(f, 'r') as h:
+                if key in h:
+                    out[f.stem] = _rows(h[key][()], None)[0]
+        except OSError as err:  # h5py's message names neither the file nor what to do
+            raise OSError(f'{f}: cannot read it as an HDF5 file ({err}): replace or remove it') from None
     if not out:
         raise FileNotFoundError(f'no {key} in the h5 files of {root}')
     return out

@@ -31,6 +31,12 @@ KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 #: the largest side of a resized frame or crop (4K frames have a short side of 2160)
 MAX_SIDE = 4096
+#: frames converted to float and resized at once in `Expert.preprocess` (64 720p frames: 0.7 GB)
+PREPROCESS_FRAMES = 64
+#: `ExpertCfg.size_rounding`: how a short-side resize sizes and samples, and where the crop starts
+SIZE_ROUNDINGS = ('legacy', 'torchvision', 'scale_factor')
+#: settings of how frames are decoded, which only experts that take frames have
+FRAME_DECODE_SETTINGS = ('decode_resize',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +59,21 @@ class ExpertCfg:
             starts. ``torchvision``: the long side truncated as in torchvision's
             ``_compute_resized_output_size`` (``int(short * long / short_in)``) and the crop offset
             rounded as in its ``center_crop`` (``int(round((x - c) / 2))``), as the reference
-            transforms of torchvision's weights do. ``legacy`` (the default, what every store made
-            before this setting used): the long side rounded, the crop offset ``(x - c) // 2``.
+            transforms of torchvision's weights do. ``scale_factor``: ``F.interpolate`` with
+            ``scale_factor=short_side / short_in``, so the long side is floored and both axes are
+            sampled at that one scale, and the crop offset rounded, as ig65m-pytorch's ``Resize`` and
+            ``CenterCrop`` (ig65m/transforms.py) feed its R(2+1)D-34 weights. ``legacy`` (the default,
+            what every store made before this setting used): the long side rounded, the crop offset
+            ``(x - c) // 2``.
         decode_resize: 0 (the default): the expert's frames are the decoded RGB frames at the video's
             native size, which its own resize then shrinks as its reference transform does, whatever
             other experts run beside it. A factor k >= 1 is a speed option: the decoder may shrink
             frames (decord and FFmpeg in YUV, before the RGB conversion) to a short side of k times
             what this expert needs, or what the run's other experts need where that is larger; every
-            frame expert of the run must ask for it. At k = 2, model inputs of 720p videos stay within
-            mean-abs 1.5/255 of native decoding (tests/extract/test_fidelity_frames.py); k = 1 is what
-            stores made before this setting used (mean-abs up to 5/255, max-abs 100/255).
+            frame expert of the run must ask for it. At k = 2, model inputs of sharp 720p video (FFmpeg's
+            testsrc2) stay within mean-abs 1.1/255 and max-abs 48/255 of native decoding
+            (tests/extract/test_fidelity_frames.py); k = 1 is what stores made before this setting
+            used (there: mean-abs up to 2.9/255, max-abs up to 204/255).
         mean, std: normalisation of [0, 1] RGB.
         max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
         batch_size: rows per forward pass (across videos); 0 chooses by device: 32 on the CPU, and on
@@ -104,8 +115,8 @@ class ExpertCfg:
                              f'input_size {self.input_size}')
         if self.batch_size < 0:
             raise ValueError('batch_size must be >= 1, or 0 to choose by device')
-        if self.size_rounding not in ('legacy', 'torchvision'):
-            raise ValueError(f"size_rounding must be 'legacy' or 'torchvision', got {self.size_rounding!r}")
+        if self.size_rounding not in SIZE_ROUNDINGS:
+            raise ValueError(f'size_rounding must be one of {", ".join(SIZE_ROUNDINGS)}, got {self.size_rounding!r}')
         if not (self.decode_resize == 0 or 1 <= self.decode_resize < math.inf):
             raise ValueError(f'decode_resize must be 0 (decode at native size) or a factor >= 1, got {self.decode_resize}')
         if self.input_size < 0:
@@ -149,6 +160,14 @@ class Expert:
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.name!r}, arch={self.cfg.arch!r}, weights={self.cfg.weights!r})'
+
+    @property
+    def settings(self) -> set[str]:
+        """The config fields a run's settings (`--set`) may change: those that bear on what this
+        expert computes. Audio experts take no frames, so the frame-decoding options are not theirs
+        (a run-wide ``--set decode_resize=2`` would otherwise refuse their existing stores)."""
+        names = {f.name for f in dataclasses.fields(self.cfg)}
+        return names - set(FRAME_DECODE_SETTINGS) if self.modality == 'audio' else names
 
     # -- model ------------------------------------------------------------------------------
     def build(self) -> nn.Module:
@@ -203,10 +222,21 @@ class Expert:
         if clips:
             n, t = rows.shape[:2]
             rows = rows.reshape(n * t, *rows.shape[2:])
+        # PREPROCESS_FRAMES frames at a time: frames are independent, and floats at native size are
+        # 12 bytes a pixel (a batch of 32 clips of 16 720p frames: 5.7 GB at once)
+        x = torch.cat([self._frames_input(r) for r in rows.split(PREPROCESS_FRAMES)])
+        if clips:
+            x = x.reshape(n, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # (N, C, T, H, W)
+        return x.contiguous()
+
+    def _frames_input(self, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (L, H, W, 3) -> (L, 3, h, w) normalised: resized, cropped as the cfg says."""
         x = rows.permute(0, 3, 1, 2).float().div_(255.0)
         h, w = x.shape[-2:]
-        tv = self.cfg.size_rounding == 'torchvision'
-        if len(self.cfg.resize) == 1:
+        tv = self.cfg.size_rounding != 'legacy'  # torchvision's and ig65m-pytorch's crop offset: rounded
+        if len(self.cfg.resize) == 1 and self.cfg.size_rounding == 'scale_factor':
+            size = None  # ig65m-pytorch's Resize: one scale for both axes, the output size floored
+        elif len(self.cfg.resize) == 1:
             target = self.cfg.resize[0]
             if tv:  # torchvision.transforms.functional._compute_resized_output_size
                 short, long = min(h, w), max(h, w)
@@ -217,7 +247,10 @@ class Expert:
                 size = (max(1, round(h * s)), max(1, round(w * s)))
         else:
             size = (self.cfg.resize[0], self.cfg.resize[1])
-        if size != (h, w):
+        if size is None:
+            x = F.interpolate(x, scale_factor=self.cfg.resize[0] / min(h, w), mode='bilinear', align_corners=False,
+                              antialias=self.cfg.antialias)
+        elif size != (h, w):
             x = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=self.cfg.antialias)
         c = self.cfg.input_size
         if c:
@@ -232,10 +265,7 @@ class Expert:
             self._norm = (torch.tensor(self.cfg.mean, device=x.device).view(1, 3, 1, 1),
                           torch.tensor(self.cfg.std, device=x.device).view(1, 3, 1, 1))
         mean, std = self._norm
-        x = (x - mean) / std
-        if clips:
-            x = x.reshape(n, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # (N, C, T, H, W)
-        return x.contiguous()
+        return (x - mean) / std
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -281,7 +311,7 @@ class Expert:
 class VideoInput:
     """What a per-video expert receives: its sampled frames and their times, and/or the audio."""
 
-    frames: np.ndarray | None = None  # (L, H, W, 3) uint8
+    frames: np.ndarray | None = None  # (L, H, W, 3) uint8 at the decoded (native) size
     timestamps: np.ndarray | None = None  # (L, 2) seconds
     audio: np.ndarray | None = None  # mono float32 at the cfg's sample rate
 
@@ -301,12 +331,13 @@ class VideoExpert(Expert):
     def own_frames(self, frames: np.ndarray) -> np.ndarray:
         """Decoded (L, H, W, 3) uint8 frames at this expert's own size: the short side shrunk to
         ``resize[0]`` (never enlarged), in RGB with antialiased bilinear resizing (PIL's), so that
-        what the expert sees does not depend on the decode size, which other experts may set."""
+        what the expert sees does not depend on the decode size, which other experts may set.
+        Called in `process_batch`, on the expert's own worker thread: the runner hands native frames."""
         h, w = frames.shape[1:3]
         scale = self.cfg.resize[0] / min(h, w)
         if scale >= 1.0 or not len(frames):
             return frames
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.require(frames, requirements=("C", "W"))).permute(0, 3, 1, 2).float()
         x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode='bilinear',
                           align_corners=False, antialias=True)
         return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

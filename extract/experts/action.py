@@ -70,8 +70,13 @@ class ActionExpert(Expert):
 
 _KINETICS = dict(sampling='clips', mean=KINETICS_MEAN, std=KINETICS_STD)
 #: torchvision's video `weights.transforms()` (VideoClassification): bilinear resize with
-#: antialiasing off, its size and crop arithmetic (R(2+1)D-34 IG65M is fed as R(2+1)D-18)
+#: antialiasing off, its size and crop arithmetic
 _TORCHVISION_VIDEO = dict(antialias=False, size_rounding='torchvision')
+#: the transform of the R(2+1)D-34 IG65M weights' publisher (moabitcoin/ig65m-pytorch,
+#: ig65m/cli/extract.py: ToTensor, Resize(128), Normalize, CenterCrop(112); ig65m/transforms.py):
+#: the short side to 128 keeping the aspect ratio, F.interpolate at that scale factor with
+#: antialiasing off, a rounded centre crop of 112
+_IG65M = dict(resize=(128,), input_size=112, antialias=False, size_rounding='scale_factor')
 default_cfgs = {
     'action': ExpertCfg(arch='torchvision:s3d', weights='torchvision:S3D_Weights.KINETICS400_V1', feature_dim=1024,
                         clip_len=16, resize=(256, 256), input_size=224, license='bsd-3-clause',
@@ -81,10 +86,9 @@ default_cfgs = {
                                     license='bsd-3-clause', origin_url='https://github.com/pytorch/vision', **_KINETICS,
                                     **_TORCHVISION_VIDEO),
     'action.r2plus1d_34_ig65m': ExpertCfg(arch='r2plus1d_34', weights='file:r2plus1d_34_clip8_ig65m_from_scratch-9bae36ae.pth',
-                                          feature_dim=512, clip_len=8, clip_fps=30.0, resize=(128, 171), input_size=112,
-                                          license='mit (ig65m-pytorch)',
+                                          feature_dim=512, clip_len=8, clip_fps=30.0, license='mit (ig65m-pytorch)',
                                           origin_url='https://github.com/moabitcoin/ig65m-pytorch', **_KINETICS,
-                                          **_TORCHVISION_VIDEO),
+                                          **_IG65M),
     # pytorch-i3d scales RGB to [-1, 1]; 64-frame clips at 25 fps as in the I3D paper's training
     'action.i3d': ExpertCfg(arch='i3d', weights='file:rgb_imagenet.pt', feature_dim=1024, clip_len=64, clip_fps=25.0,
                             resize=(256,), input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), sampling='clips',

@@ -3,9 +3,12 @@ InceptionResnetV1 (VGGFace2) embedding per detected face, one row per face with 
 
 CE used an SSD detector and a ResNet-50 (VGGFace2) on frames resized to 300x300 (appendix A.5);
 MTCNN + InceptionResnetV1 is the detector/embedder pair that installs and runs offline. Frames
-are sampled at `fps` and seen at the decode size (short side `resize`, never upscaled). Faces are
-cropped as facenet-pytorch's reference pipeline crops them from PIL images (`MTCNN(img)` with
-`post_process=True`, i.e. `fixed_image_standardization`), with the boxes MTCNN finds on the frames.
+are sampled at `fps` and reach the expert at their native size. MTCNN detects on them shrunk to a
+short side of `resize` (CE's 300; never upscaled): on a 720p frame MTCNN's image pyramid is 5.8x
+the work, and faces under `min_face_size` at 300 are too small to embed anyway. Each face is then
+cropped from the native frame, with its box scaled back, as facenet-pytorch's reference pipeline
+crops from PIL images (`MTCNN(img)` with `post_process=True`, i.e. `fixed_image_standardization`):
+the embedder sees the pixels the video has, not those of the shrunk frame.
 """
 from __future__ import annotations
 
@@ -39,21 +42,29 @@ class FaceCfg(ExpertCfg):
         margin: pixels added around each box before the 160x160 crop.
         detect_batch: frames per MTCNN pass, taken across videos (frames of one size only: MTCNN
             stacks its images).
+        crop: where faces are cropped from: ``native``, the frame at the video's own size (its
+            pixels, whatever MTCNN detected on); ``detected``, the frame MTCNN detected on (short
+            side `resize`), as stores made before this setting were.
     """
 
     min_prob: float = 0.95
     min_face_size: int = 20
     margin: int = 14
     detect_batch: int = 64
+    crop: str = 'native'
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.detect_batch < 1:
             raise ValueError(f'detect_batch must be >= 1, got {self.detect_batch}')
+        if self.crop not in ('native', 'detected'):
+            raise ValueError(f"crop must be 'native' or 'detected', got {self.crop!r}")
 
 
 class FaceExpert(VideoExpert):
     head_keys = ('logits.',)
+    #: stores made before `crop` existed cropped from the frame MTCNN detected on
+    legacy_defaults = (*VideoExpert.legacy_defaults, ('crop', 'detected'))
 
     def build(self) -> nn.Module:
         from facenet_pytorch import InceptionResnetV1
@@ -87,8 +98,9 @@ class FaceExpert(VideoExpert):
 
     @torch.inference_mode()
     def process_batch(self, inputs: list[VideoInput]) -> list[VideoResult]:
-        """Faces of several videos: MTCNN over batches of same-size frames across the videos, then
-        one embedding pass over all their faces. Rows per video are as if it ran alone: each
+        """Faces of several videos, from their frames at native size: MTCNN over batches of
+        same-size shrunk frames across the videos, crops from the native frames, then one
+        embedding pass over all their faces. Rows per video are as if it ran alone: each
         frame's faces largest first, those under `min_prob` dropped, the first `max_rows` kept."""
         from facenet_pytorch.models.mtcnn import fixed_image_standardization
         from facenet_pytorch.models.utils.detect_face import extract_face
@@ -99,19 +111,27 @@ class FaceExpert(VideoExpert):
             assert x.frames is not None and x.timestamps is not None
         crops: list[list[torch.Tensor]] = [[] for _ in inputs]
         stamps: list[list[np.ndarray]] = [[] for _ in inputs]
-        for frames, videos, rows in frame_batches([x.frames for x in inputs], self.cfg.detect_batch):
+        # shrunk here, on the expert's own worker thread, not on the thread that feeds every expert
+        small = [self.own_frames(x.frames) for x in inputs]
+        for frames, videos, rows in frame_batches(small, self.cfg.detect_batch):
             boxes, probs = self.mtcnn.detect(frames)  # per frame: boxes largest first, or None
-            for frame, frame_boxes, frame_probs, v, k in zip(frames, boxes, probs, videos, rows):
+            for frame_boxes, frame_probs, v, k in zip(boxes, probs, videos, rows):
                 if frame_boxes is None or len(crops[v]) >= self.cfg.max_rows:
                     continue
                 keep = np.asarray(frame_probs, np.float64) >= self.cfg.min_prob  # float64, as before batching
                 kept = frame_boxes[keep][: self.cfg.max_rows - len(crops[v])]
+                if not len(kept):
+                    continue
+                native = inputs[v].frames[k] if self.cfg.crop == 'native' else small[v][k]
+                (h, w), (sh, sw) = native.shape[:2], small[v].shape[1:3]
+                scale = np.array([w / sw, h / sh, w / sw, h / sh])
                 # facenet's reference pipeline takes PIL images: its crop of a PIL image is resized with
                 # PIL's bilinear filter, that of a numpy frame with cv2's INTER_AREA (up to 0.08 apart).
                 # One PIL image per frame with a kept face; MTCNN's detection stays batched on numpy.
-                image = Image.fromarray(frame) if len(kept) else None
+                image = Image.fromarray(native)
                 for box in kept:
-                    crops[v].append(fixed_image_standardization(extract_face(image, box, 160, self.cfg.margin)))
+                    crops[v].append(fixed_image_standardization(extract_face(image, box * scale, 160,
+                                                                             self.cfg.margin)))
                     stamps[v].append(inputs[v].timestamps[k])
         counts = [len(c) for c in crops]
         flat = [c for video in crops for c in video]

@@ -153,19 +153,20 @@ class OcrExpert(VideoExpert):
         return self.process_batch([inputs])[0]
 
     def process_batch(self, inputs: list[VideoInput]) -> list[VideoResult]:
-        """Words of several videos. easyocr: detection and recognition batched across frames and
+        """Words of several videos, from their frames at native size (read at `resize`). easyocr: detection and recognition batched across frames and
         videos (`readtext_batched`), reading each frame as `readtext` does. RapidOCR (CPU) reads
         frame by frame: its recogniser pads each batch to its widest crop, so crops batched across
         frames would read differently from the same frame alone."""
         for x in inputs:
             assert x.frames is not None and x.timestamps is not None
+        # shrunk here, on the expert's own worker thread, not on the thread that feeds every expert
+        frames = [self.own_frames(x.frames) for x in inputs]
         if self.cfg.engine == 'easyocr':
             from extract.experts._easyocr import readtext_batched
 
-            found = readtext_batched(self.engine, [x.frames for x in inputs], self.device, self.cfg.detect_batch,
-                                     self.cfg.recognize_batch)
+            found = readtext_batched(self.engine, frames, self.device, self.cfg.detect_batch, self.cfg.recognize_batch)
         else:
-            found = [[self._read_rapid(f) for f in x.frames] for x in inputs]
+            found = [[self._read_rapid(f) for f in video] for video in frames]
         out = []
         for x, video in zip(inputs, found):
             words = [[(w, conf) for text, conf in frame if conf >= self.cfg.min_conf for w in text.split()]

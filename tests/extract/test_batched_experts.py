@@ -41,7 +41,7 @@ def _inputs(expert, paths: list[Path]) -> list[VideoInput]:
         decoded = decode_video(0, str(path), {expert.name: expert.cfg.sampling_spec()})
         assert not decoded.error, decoded.error
         plan = decoded.plans[expert.name]
-        out.append(VideoInput(frames=expert.own_frames(decoded.frames[plan.index[:, 0]]), timestamps=plan.timestamps))
+        out.append(VideoInput(frames=decoded.frames[plan.index[:, 0]], timestamps=plan.timestamps))
     return out
 
 
@@ -71,18 +71,23 @@ def test_frame_batches_group_by_size_and_keep_order() -> None:
 # ----------------------------------------------------------------------------------------- face
 
 def _faces_one_video(expert, x: VideoInput) -> VideoResult:
-    """The face expert's rows written out from facenet's reference pipeline: MTCNN.forward on one
-    video's frames as PIL images (its bilinear crops; numpy frames get cv2 INTER_AREA crops)."""
+    """The face expert's rows written out from facenet's reference pipeline, one video alone:
+    MTCNN on each frame shrunk to the expert's size as a PIL image, then each kept box scaled back
+    and cropped from the native frame's PIL image (its bilinear crop) with `fixed_image_standardization`."""
+    from facenet_pytorch.models.mtcnn import fixed_image_standardization
+    from facenet_pytorch.models.utils.detect_face import extract_face
     from PIL import Image
 
-    faces, probs = expert.mtcnn([Image.fromarray(f) for f in x.frames], return_prob=True)
+    small = expert.own_frames(x.frames)
     crops, stamps = [], []
-    for frame_faces, frame_probs, stamp in zip(faces, probs, x.timestamps):
-        if frame_faces is None:
+    for frame, shrunk, stamp in zip(x.frames, small, x.timestamps):
+        boxes, probs = expert.mtcnn.detect(Image.fromarray(shrunk))
+        if boxes is None:
             continue
-        keep = np.asarray(frame_probs, np.float64) >= expert.cfg.min_prob
-        for face in frame_faces[torch.from_numpy(keep)]:
-            crops.append(face)
+        scale = np.array([frame.shape[1] / shrunk.shape[1], frame.shape[0] / shrunk.shape[0]] * 2)
+        for box in boxes[np.asarray(probs, np.float64) >= expert.cfg.min_prob]:
+            crops.append(fixed_image_standardization(extract_face(Image.fromarray(frame), box * scale, 160,
+                                                                  expert.cfg.margin)))
             stamps.append(stamp)
     crops, stamps = crops[: expert.cfg.max_rows], stamps[: expert.cfg.max_rows]
     if not crops:
@@ -107,10 +112,10 @@ def face_videos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.mark.slow
 def test_face_batched_rows_equal_per_video_rows(face_videos: list[Path]) -> None:
-    # 3 frames per MTCNN pass: passes mix videos a and d (both 300x300 once decoded) and split them
+    # 3 frames per MTCNN pass: passes mix videos a and d (both 320x320 native, 300x300 once shrunk) and split them
     expert = create_expert('face', weights='random', detect_batch=3, batch_size=4).load('cpu')
     inputs = _inputs(expert, face_videos)
-    assert [x.frames.shape[:3] for x in inputs] == [(3, 300, 300), (1, 192, 256), (2, 240, 320), (2, 300, 300)]
+    assert [x.frames.shape[:3] for x in inputs] == [(3, 320, 320), (1, 192, 256), (2, 240, 320), (2, 320, 320)]
     batched = expert.process_batch(inputs)
     _assert_same(batched, [expert.process(x) for x in inputs])
     _assert_same(batched, [_faces_one_video(expert, x) for x in inputs], atol=1e-4)

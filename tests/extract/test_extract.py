@@ -138,6 +138,53 @@ def test_rows_are_preprocessed_a_batch_at_a_time() -> None:
     np.testing.assert_allclose(feats, expert.forward(preprocess(rows)).numpy(), rtol=0, atol=2e-3)
 
 
+def test_the_device_gets_a_batch_of_rows_at_a_time_not_the_video(small_demo: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded frames stay on the host: each batch's rows are gathered there and copied to the
+    device a batch at a time, so the device never holds a whole video's frames (#19 review 1: a
+    128-clip 720p video's frames are 5.6 GB)."""
+    import math
+
+    from extract import run as run_module
+
+    copied: list[tuple[int, ...]] = []  # shapes of the uint8 frame tensors copied to the device
+    real = run_module._Uploader.__call__
+
+    def recording(self, host):
+        if host.dtype == torch.uint8:
+            copied.append(tuple(host.shape))
+        return real(self, host)
+
+    monkeypatch.setattr(run_module._Uploader, '__call__', recording)
+    data = tmp_path / 'videos'
+    data.mkdir()
+    for path in sorted((small_demo / 'videos').glob('*.mp4'))[:2]:
+        shutil.copy(path, data / path.name)
+    assert _run(tmp_path, tmp_path / 'f', 'action.r2plus1d_18', '--batch-size', '2', '--device', 'cpu',
+                '--decoder', 'decord', dataset=f'folder:{data}') == 0
+    frames = [math.prod(shape[:-3]) for shape in copied]
+    assert copied and max(frames) <= 2 * 6, copied  # 2 clips of 6 frames (TINY) at most
+
+
+def test_preprocessing_converts_a_bounded_number_of_frames_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Floats at native size are 12 bytes a pixel: a batch of clips is converted and resized
+    `PREPROCESS_FRAMES` frames at a time, with the same result as all at once."""
+    from extract.experts import _base
+
+    expert = create_expert('action.r2plus1d_18', weights='random', resize=[40], input_size=32, clip_len=6)
+    rows = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (25, 6, 48, 64, 3), dtype=np.uint8))
+    monkeypatch.setattr(_base, 'PREPROCESS_FRAMES', 1000)
+    whole = expert.preprocess(rows)  # all 150 frames at once
+    sizes: list[int] = []
+    real = _base.F.interpolate
+    monkeypatch.setattr(_base.F, 'interpolate', lambda x, *a, **k: (sizes.append(len(x)), real(x, *a, **k))[1])
+    monkeypatch.setattr(_base, 'PREPROCESS_FRAMES', 64)
+    got = expert.preprocess(rows)
+    assert sizes == [64, 64, 22]
+    torch.testing.assert_close(got, whole, rtol=0, atol=0)
+    assert got.shape == (25, 3, 6, 32, 32)
+
+
 def test_a_video_without_rows_leaves_the_batches_of_the_next_chunk_whole() -> None:
     from extract.run import _Batcher
 
@@ -666,3 +713,24 @@ def test_preprocess_takes_the_centre_crop() -> None:
     assert got.shape == (2, 3, 32, 32)
     torch.testing.assert_close(got, (expected - mean) / std)
     assert (expected[:, :, 12:20, 12:20] == 1).all()  # the mark is inside the crop, at its centre
+
+
+def test_decode_resize_leaves_audio_experts_alone(odd_videos: Path, tmp_path: Path) -> None:
+    """A run-wide `--set decode_resize=K` is a frame-decoding option: it reaches the frame experts
+    only, so an audio store made without it is continued, not refused over a setting it ignores."""
+    data = tmp_path / 'videos'
+    data.mkdir()
+    shutil.copy(odd_videos / 'good.mp4', data / 'good.mp4')
+
+    def extract(experts: str, *extra: str) -> int:
+        return main(['--dataset', f'folder:{data}', '--features-root', str(tmp_path / 'f'), '--expert', experts,
+                     '--workers', '0', '--no-progress', '--weights', 'random', *extra])
+
+    assert extract('audio') == 0
+    assert extract('object,audio', '--set', 'object.resize=[40]', '--set', 'object.input_size=32',
+                   '--set', 'decode_resize=2') == 0
+    root = tmp_path / 'f' / folder_name(data)
+    assert open_store(root / 'object.zarr', warn_random=False).attrs['config']['decode_resize'] == 2.0
+    assert open_store(root / 'audio.zarr', warn_random=False).attrs['config']['decode_resize'] == 0.0
+    # named for an audio expert, it is an error that says so
+    assert extract('audio', '--set', 'audio.decode_resize=2') == 1

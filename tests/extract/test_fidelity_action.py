@@ -1,5 +1,6 @@
 """Fidelity of the action experts' input (issue 19, items 1 and 2): the project's preprocessing of
-decoded uint8 frames against torchvision's `weights.transforms()` on the same frames.
+decoded uint8 frames against torchvision's `weights.transforms()` on the same frames (S3D,
+R(2+1)D-18), and against ig65m-pytorch's transform for the R(2+1)D-34 IG65M weights it publishes.
 
 Frames are real: FFmpeg-made clips of 4:3 and 16:9 at 240p and 720p, decoded to RGB at their
 native size, and skimage photos. Tolerance: after undoing the normalisation, the two inputs agree
@@ -19,6 +20,7 @@ from skimage import data as skdata
 from torchvision.transforms._presets import VideoClassification
 
 from extract.experts import create_expert
+from extract.experts._base import KINETICS_MEAN, KINETICS_STD
 from shared.media import ffmpeg_exe
 
 #: max-abs difference allowed between our input and the reference's, on [0, 1] frames
@@ -78,11 +80,34 @@ def test_s3d_input_is_torchvision_transforms(clips, clip_name):
     assert err <= TOL, f'{clip_name}: max-abs {err * 255:.2f}/255 > {TOL * 255:.0f}/255'
 
 
-@pytest.mark.parametrize('name', ['action.r2plus1d_18', 'action.r2plus1d_34_ig65m'])
 @pytest.mark.parametrize('clip_name', [f'{w}x{h}' for w, h in SIZES] + PHOTOS)
-def test_r2plus1d_input_is_torchvision_transforms(clips, clip_name, name):
+def test_r2plus1d_input_is_torchvision_transforms(clips, clip_name):
     """Item 2: 128x171 with antialiasing off, the 112 crop of 171 starting at 30 (rounded), not 29."""
-    err = _compare(name, tvv.R2Plus1D_18_Weights.KINETICS400_V1.transforms(), clips[clip_name])
+    err = _compare('action.r2plus1d_18', tvv.R2Plus1D_18_Weights.KINETICS400_V1.transforms(), clips[clip_name])
+    assert err <= TOL, f'{clip_name}: max-abs {err * 255:.2f}/255 > {TOL * 255:.0f}/255'
+
+
+def _ig65m_reference(clip: np.ndarray) -> torch.Tensor:
+    """(C, T, 112, 112) on [0, 1]: the transform that moabitcoin/ig65m-pytorch, the publisher of the
+    R(2+1)D-34 IG65M weights, feeds them (ig65m/cli/extract.py with ig65m/transforms.py): frames to
+    float / 255, the short side to 128 by `F.interpolate(scale_factor=128 / short)` (bilinear,
+    align_corners False, no antialiasing; the aspect ratio kept), a centre crop of 112 whose offset
+    is rounded. Written here from that description; normalisation left out (compared undone)."""
+    x = torch.from_numpy(clip).float().div(255.0).permute(3, 0, 1, 2)
+    x = torch.nn.functional.interpolate(x, scale_factor=128 / min(x.shape[-2:]), mode='bilinear', align_corners=False)
+    top, left = (int(round((n - 112) / 2.0)) for n in x.shape[-2:])
+    return x[..., top:top + 112, left:left + 112]
+
+
+@pytest.mark.parametrize('clip_name', [f'{w}x{h}' for w, h in SIZES] + PHOTOS)
+def test_r2plus1d_34_ig65m_input_is_its_publishers_transform(clips, clip_name):
+    """R(2+1)D-34 IG65M is fed as its weights' publisher feeds them (short side 128, aspect kept,
+    crop 112), not as torchvision's R(2+1)D-18 (a 128x171 squash)."""
+    ours, e = _ours('action.r2plus1d_34_ig65m', clips[clip_name])
+    assert (e.cfg.mean, e.cfg.std) == (KINETICS_MEAN, KINETICS_STD)  # ig65m-pytorch's Normalize
+    ref = _ig65m_reference(clips[clip_name])
+    assert ours.shape == ref.shape
+    err = float((_unnormalise(ours, e.cfg.mean, e.cfg.std) - ref).abs().max())
     assert err <= TOL, f'{clip_name}: max-abs {err * 255:.2f}/255 > {TOL * 255:.0f}/255'
 
 
@@ -120,15 +145,28 @@ def test_other_frame_experts_keep_their_preprocessing():
         cfg = create_expert(name, weights='random').cfg
         assert (cfg.antialias, cfg.size_rounding) == (True, 'legacy'), name
     assert create_expert('object', weights='random').cfg.resize == (224, 224)
-    for name in ('action', 'action.r2plus1d_18', 'action.r2plus1d_34_ig65m'):
+    for name in ('action', 'action.r2plus1d_18'):
         cfg = create_expert(name, weights='random').cfg
         assert (cfg.antialias, cfg.size_rounding) == (False, 'torchvision'), name
+    cfg = create_expert('action.r2plus1d_34_ig65m', weights='random').cfg
+    assert (cfg.antialias, cfg.size_rounding) == (False, 'scale_factor')
 
 
-@pytest.mark.parametrize('name', ['action', 'action.r2plus1d_18', 'action.r2plus1d_34_ig65m', 'scene'])
+#: what stores made before issue 19 recorded where today's settings differ (and they lack
+#: antialias, size_rounding and decode_resize, whose defaults were True, 'legacy' and 1)
+OLD_CONFIG = {'action': {'resize': [256]}, 'action.r2plus1d_18': {},
+              'action.r2plus1d_34_ig65m': {'resize': [128, 171]}, 'scene': {'resize': [256]},
+              'object.resnet152': {}, 'object': {}, 'object.resnext101_wsl': {}, 'action.i3d': {}}
+#: the experts whose old stores `decode_resize=1` continues: nothing else of theirs changed
+CONTINUED = ('object', 'object.resnext101_wsl', 'action.i3d')
+
+
+@pytest.mark.parametrize('name', list(OLD_CONFIG))
 def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path):
-    """A store made before `antialias`/`size_rounding` existed (and, for S3D, with ``resize [256]``)
-    is refused by the action experts, whose input changed; the scene expert's, unchanged, resumes."""
+    """A store made before issue 19 is refused by every frame and clip expert (decode_resize). With
+    ``--set decode_resize=1`` it continues only where nothing else changed (`CONTINUED`); the others' preprocessing changed too (S3D's squash, the torchvision
+    arithmetic of R(2+1)D-18 and ResNet-152, IG65M's publisher transform, scene's CSAIL squash),
+    so theirs are refused still, naming the setting."""
     from shared.store import StoreError, StoreSpec, create_store
 
     e = create_expert(name, weights='random')
@@ -138,13 +176,15 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
                          chunk_size=4, has_tokens=False, **info)
 
     old = e.store_info()
-    old['config'] = {k: v for k, v in old['config'].items() if k not in ('antialias', 'size_rounding')}
-    if name == 'action':
-        old['config']['resize'] = [256]
+    old['config'] = {k: v for k, v in old['config'].items() if k not in ('antialias', 'size_rounding', 'decode_resize')}
+    old['config'].update(OLD_CONFIG[name])
     create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
-    if name == 'scene':
+    with pytest.raises(StoreError, match='decode_resize: store has 1.0'):
         create_store(tmp_path / 's.zarr', ['a', 'b'], spec(e.store_info()))
+    resumed = spec(create_expert(name, weights='random', decode_resize=1).store_info())
+    if name in CONTINUED:
+        create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
     else:
-        with pytest.raises(StoreError, match='antialias: store has True .made before this setting: its default., '
-                                             'run wants False'):
-            create_store(tmp_path / 's.zarr', ['a', 'b'], spec(e.store_info()))
+        changed = 'resize' if 'resize' in OLD_CONFIG[name] and name == 'scene' else 'antialias|size_rounding'
+        with pytest.raises(StoreError, match=changed):
+            create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)

@@ -33,8 +33,11 @@ TOL = 2.0 / 255
 #: (width, height): 4:3 and 16:9 at 240p and 720p
 SIZES = [(320, 240), (426, 240), (960, 720), (1280, 720)]
 PHOTOS = ['astronaut', 'coffee', 'chelsea', 'rocket']  # 512x512, 600x400, 451x300, 640x427
-#: the speed option's stated tolerance (`ExpertCfg.decode_resize`), mean-abs on [0, 1] model inputs
-FAST_MEAN_TOL = 1.5 / 255
+#: the speed option's stated tolerance (`ExpertCfg.decode_resize` = 2) on [0, 1] model inputs of
+#: testsrc2 at 720p: measured mean-abs 0.68-0.98/255, max-abs 17-39/255. k = 1 (the old decode
+#: size) gives mean-abs 1.34-2.89/255 (always beyond), max-abs 42-204/255 (beyond in 5 of 6 cases)
+FAST_MEAN_TOL = 1.1 / 255
+FAST_MAX_TOL = 48 / 255
 
 
 def _ff(*args: str) -> bytes:
@@ -82,11 +85,12 @@ def _ref(transform, frame: np.ndarray, mean, std) -> torch.Tensor:
     return x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
 
 
-def _timm_transform():
+def _timm_transform(tag: str = 'legacy_senet154.in1k'):
+    """timm's evaluation transform and data config for the pretrained weights `tag`."""
     import timm
     from timm.data import create_transform, resolve_data_config
 
-    cfg = resolve_data_config({}, model=timm.create_model('legacy_senet154', pretrained=False, num_classes=0))
+    cfg = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(tag).to_dict())
     return create_transform(**cfg), cfg
 
 
@@ -108,9 +112,9 @@ def _references(timm_eval) -> dict[str, tuple]:
 
     tv = tvm.ResNet152_Weights.IMAGENET1K_V1.transforms()
     transform, cfg = timm_eval
-    return {'object.timm_eval': (transform, cfg['mean'], cfg['std']), 'object': (CE_SQUASH, PLACES365.transforms[-1].mean,
-                                                                                PLACES365.transforms[-1].std),
-            'object.resnet152': (tv, tv.mean, tv.std), 'scene': (PLACES365, PLACES365.transforms[-1].mean,
+    squash = (CE_SQUASH, CE_SQUASH.transforms[-1].mean, CE_SQUASH.transforms[-1].std)
+    return {'object.timm_eval': (transform, cfg['mean'], cfg['std']), 'object': squash,
+            'object.resnext101_wsl': squash, 'object.resnet152': (tv, tv.mean, tv.std), 'scene': (PLACES365, PLACES365.transforms[-1].mean,
                                                                   PLACES365.transforms[-1].std)}
 
 
@@ -124,7 +128,7 @@ def _check(name: str, ours_frame: np.ndarray, ref_frame: np.ndarray, timm_eval, 
     assert err <= TOL, f'{name} on {what}: max-abs {err * 255:.2f}/255 > {TOL * 255:.0f}/255'
 
 
-NAMES = ['object.timm_eval', 'object', 'object.resnet152', 'scene']
+NAMES = ['object.timm_eval', 'object', 'object.resnext101_wsl', 'object.resnet152', 'scene']
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -146,14 +150,17 @@ def test_photos_reach_the_model_as_the_reference_makes_them(timm_eval, name, pho
     _check(name, frame, frame, timm_eval, photo)
 
 
-def test_object_default_is_ce_squash_not_timms_transform(timm_eval):
-    """Item 7, the deliberate difference: `object` squashes to 224x224 (CE), which timm's eval
-    transform (resize 256, crop 224) does not; `object.timm_eval` is that transform."""
-    assert create_expert('object', weights='random').cfg.resize == (224, 224)
-    transform, cfg = timm_eval
+@pytest.mark.parametrize('name, tag', [('object', 'legacy_senet154.in1k'),
+                                       ('object.resnext101_wsl', 'resnext101_32x8d.fb_wsl_ig1b_ft_in1k')])
+def test_object_experts_squash_as_ce_not_as_timms_transform(name, tag):
+    """Item 7, the deliberate difference: `object` (SENet-154, CE's Obj(IN)) and
+    `object.resnext101_wsl` (CE's Obj(IG)) squash to 224x224 as CE did, which timm's eval transform
+    for their weights (resize 256, crop 224, bilinear) does not; `object.timm_eval` is that transform."""
+    assert create_expert(name, weights='random').cfg.resize == (224, 224)
+    transform, cfg = _timm_transform(tag)
     assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == ((3, 224, 224), 0.875, 'bilinear')
     frame = skdata.chelsea()  # 451x300: a squash and a crop differ most on a wide frame
-    ours, _ = _ours('object', frame)
+    ours, _ = _ours(name, frame)
     assert float((ours - _ref(transform, frame, cfg['mean'], cfg['std'])).abs().max()) > 0.2
 
 
@@ -169,19 +176,38 @@ def test_same_random_model_gives_the_same_features(videos, timm_eval):
     assert cos >= 0.9999, f'feature cosine {cos:.6f}'
 
 
+@pytest.fixture(scope='module')
+def sharp_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """FFmpeg's testsrc2 at 720p, 4:3 and 16:9: text, thin lines and hard colour edges, where a
+    resize in YUV before the RGB conversion shows most."""
+    d = tmp_path_factory.mktemp('sharp')
+    out = {}
+    for size in ('960x720', '1280x720'):
+        out[size] = d / f'{size}.mp4'
+        _ff('-f', 'lavfi', '-i', f'testsrc2=size={size}:rate=25', '-frames:v', '1', '-c:v', 'libx264', '-crf', '12',
+            '-pix_fmt', 'yuv420p', str(out[size]))
+    return out
+
+
 @pytest.mark.parametrize('size', ['960x720', '1280x720'])
-def test_decode_resize_stays_within_its_stated_tolerance(videos, size):
+def test_decode_resize_stays_within_its_stated_tolerance(sharp_videos, size):
     """The speed option (`decode_resize=2`): the decoder shrinks 720p frames in YUV to twice the short
-    side the run's experts need; the object and scene inputs stay within mean-abs 1.5/255 of native
-    decoding (the old decode size, k = 1, gives up to 5/255)."""
-    for name in ('object', 'scene'):
-        native = _decoded(videos[size], ['object', 'scene'])[name]
-        fast = _decoded(videos[size], ['object', 'scene'], decode_resize=2)[name]
-        assert min(fast.shape[:2]) == 2 * 256  # shrunk: the scene expert needs a short side of 256
-        a, _ = _ours(name, native)
-        b, _ = _ours(name, fast)
-        err = float((a - b).abs().mean())
-        assert err <= FAST_MEAN_TOL, f'{name} on {size}: mean-abs {err * 255:.2f}/255 > {FAST_MEAN_TOL * 255}/255'
+    side the run's experts need; the object, timm-eval object and scene inputs stay within mean-abs
+    `FAST_MEAN_TOL` and max-abs `FAST_MAX_TOL` of native decoding. The bounds tell it from the old
+    decode size (k = 1), which is outside them."""
+    names = ['object', 'object.timm_eval', 'scene']
+    for name in names:
+        a, _ = _ours(name, _decoded(sharp_videos[size], names)[name])
+        for k in (2, 1):
+            fast = _decoded(sharp_videos[size], names, decode_resize=k)[name]
+            assert min(fast.shape[:2]) == k * 256  # shrunk: scene and timm_eval need a short side of 256
+            b, _ = _ours(name, fast)
+            mean, worst = float((a - b).abs().mean()), float((a - b).abs().max())
+            what = f'{name} on {size}, decode_resize={k}: mean-abs {mean * 255:.2f}/255, max-abs {worst * 255:.1f}/255'
+            if k == 2:
+                assert mean <= FAST_MEAN_TOL and worst <= FAST_MAX_TOL, what
+            else:
+                assert mean > FAST_MEAN_TOL or worst > FAST_MAX_TOL, f'the bounds do not catch it: {what}'
 
 
 def test_decode_resize_needs_every_frame_expert():
