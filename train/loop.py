@@ -29,7 +29,7 @@ from shared.files import atomic_save, make_dir
 from train.captions import build_caption_encoder
 from train.checkpoints import FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
-from train.data import SplitData, TrainFeed, load_split, split_captions
+from train.data import SplitData, TrainFeed, split_captions
 from train.evaluate import embed_videos, evaluate
 from train.losses import build_loss
 from train.metrics import format_results, geometric_mean
@@ -37,6 +37,7 @@ from train.models import RetrievalModel, check_fits, create_model
 from train.models.base import ExpertInput, TextInput
 from train.optim import build_optimizer
 from train.step import TrainStep
+from train.stream import StreamedPart, StreamFeed, load_part
 
 __all__ = ['TrainState', 'build_state', 'train_one_epoch', 'train_epoch', 'train_run', 'device_budget', 'NonFiniteLoss']
 
@@ -205,6 +206,17 @@ def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device,
     return result
 
 
+def _feed(train: SplitData | StreamedPart, dev: torch.device, cfg: TrainCfg) -> TrainFeed | StreamFeed:
+    """The training part's batches: streamed from the stores, or from memory (`load_part` chose)."""
+    if isinstance(train, StreamedPart):
+        return StreamFeed(train, dev, cfg.shuffle_buffer)
+    feed = TrainFeed(train, dev, device_budget(dev, cfg.device_data))
+    if dev.type == 'cuda':
+        _logger.info('training features (%.2f GB) %s', train.train_nbytes() / 1e9,
+                     'moved to the device once' if feed.on_device else 'copied a batch at a time from pinned memory')
+    return feed
+
+
 def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
               device: str = 'cpu', progress: bool = True) -> dict[str, dict[str, float]]:
     """Train (or resume) one seed in `run_dir`; returns the test metrics of the selected epoch."""
@@ -219,10 +231,10 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     split = manifest.split(cfg.data.split)
     captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run_dir,
                                      lambda: split_captions(manifest, cfg.data.split, 'train', False)[1])
-    train = load_split(manifest, cfg.data.split, 'train', features_root, experts, captions, False)
-    val = (load_split(manifest, cfg.data.split, 'val', features_root, experts, captions)
+    train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False)
+    val = (load_part(manifest, cfg.data.split, 'val', features_root, experts, captions, cfg.train)
            if split.val and cfg.train.selection == 'geometric_mean' else None)
-    test = load_split(manifest, cfg.data.split, 'test', features_root, experts, captions)
+    test = load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train)
     if train.random_weights:
         _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
     if len(train) < cfg.train.batch_size:
@@ -236,10 +248,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     else:  # a fresh start: frozen weights of an earlier attempt may differ
         (ckpt_dir / FROZEN).unlink(missing_ok=True)
     (run_dir / 'config.yaml').write_text(settings)  # once a resumed run is known to be this config's
-    feed = TrainFeed(train, dev, device_budget(dev, cfg.train.device_data))
-    if dev.type == 'cuda':
-        _logger.info('training features (%.2f GB) %s', train.train_nbytes() / 1e9,
-                     'moved to the device once' if feed.on_device else 'copied a batch at a time from pinned memory')
+    feed = _feed(train, dev, cfg.train)
     tb = SummaryWriter(str(run_dir / 'tb'))
     try:
         while state.epoch < cfg.train.epochs:
