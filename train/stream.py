@@ -226,9 +226,8 @@ class EpochPlan:
     """One rank's epoch: the units it reads, in order, and the videos the shuffle buffer emits.
 
     Stream positions number the videos of `units` in reading order. Arrival p goes into buffer
-    slot `slot[p]`; emission j is stream position `emit[j]`, made when position `when[j]` arrives
-    (the stream's length for those emptied from the buffer at the end). Only `steps` batches
-    are emitted, the same number on every rank.
+    slot `slot[p]`; emission j is stream position `emit[j]`, made once `when[j]` videos have
+    arrived (`_shuffle`). Only `steps` batches are emitted, the same number on every rank.
     """
 
     units: np.ndarray
@@ -250,18 +249,41 @@ def epoch_plan(unit_sizes: np.ndarray, batch_size: int, buffer: int, rng: np.ran
                           f'ranks ({min(int(unit_sizes[s].sum()) for s in shares)})')
     local = np.random.default_rng([int(rng.integers(1 << 62)), rank, world])
     units = shares[rank]
-    m = int(unit_sizes[units].sum())
-    k = min(max(buffer, 1), m)
-    draws = local.integers(0, k, size=m - k)
-    occupant, emitted = list(range(k)), []
-    for p, j in enumerate(draws.tolist(), k):  # WebDataset's buffer: a random occupant leaves, p takes its slot
-        emitted.append(occupant[j])
-        occupant[j] = p
-    emit = np.concatenate([np.asarray(emitted, np.int64), np.asarray(occupant, np.int64)[local.permutation(k)]])
-    when = np.concatenate([np.arange(k, m), np.full(k, m)])
-    slot = np.concatenate([np.arange(k), draws]).astype(np.int64)
+    slot, emit, when = _shuffle(int(unit_sizes[units].sum()), max(buffer, 1), local)
     n = steps * batch_size
     return EpochPlan(units, slot, emit[:n], when[:n], steps, local)
+
+
+def _shuffle(m: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """WebDataset's shuffle buffer over `m` arrivals, as (slot of each arrival, emitted arrivals in
+    order, how many had arrived at each emission). Emitting starts once a tenth of the buffer is
+    filled, and two videos arrive per emission until it is full, so an epoch does not wait for
+    the whole buffer to fill; at the stream's end the rest leave in random order. A video stays
+    in its slot from arrival to emission; a freed slot takes the next arrival."""
+    free, occupied = list(range(size - 1, -1, -1)), []
+    occupant = [0] * size
+    slot, emit, when = np.empty(m, np.int64), [], []
+    initial = max(1, size // 10)
+    p = 0
+    while p < m:
+        for _ in range(2 if len(occupied) < size - 1 else 1):
+            if p < m:
+                s = free.pop()
+                slot[p], occupant[s] = s, p
+                occupied.append(s)
+                p += 1
+        if len(occupied) >= initial or len(occupied) == size:
+            j = int(rng.integers(len(occupied)))
+            s = occupied[j]
+            occupied[j] = occupied[-1]
+            occupied.pop()
+            emit.append(occupant[s])
+            when.append(p)
+            free.append(s)
+    rest = [occupant[s] for s in occupied]
+    emit += [rest[i] for i in rng.permutation(len(rest))]
+    when += [m] * len(rest)
+    return slot, np.asarray(emit, np.int64), np.asarray(when, np.int64)
 
 
 class StreamFeed:
@@ -301,15 +323,12 @@ class StreamFeed:
             if not slots:
                 slots = {n: [None if t is None else np.empty((k, *t.shape[1:]), t.dtype) for t in f]
                          for n, f in data.items()}
-            lo, hi = np.searchsorted(plan.when, [a, b])
+            lo, hi = np.searchsorted(plan.when, [a + 1, b + 1])  # the emissions after arrivals a..b-1
             ready.append(_emitted(slots, data, plan.emit[lo:hi], plan.slot, a))
             _arrive(slots, data, plan.slot[a:b])
             yield from batches()
             if used == len(plan.emit):  # the rest of the stream is not needed: its readers stop
                 return
-        lo = np.searchsorted(plan.when, int(starts[-1]))  # the buffer emptied at the stream's end
-        ready.append(_emitted(slots, {}, plan.emit[lo:], plan.slot, int(starts[-1])))
-        yield from batches()
 
     def _put(self, batch: dict[str, Arrays], caps: np.ndarray) -> tuple[dict[str, ExpertInput], TextInput]:
         text = self.data.captions.batch(caps)
