@@ -232,3 +232,19 @@ def test_training_from_stores_six_times_the_budget_stays_within_it_and_repeats(
     assert runs[0].keys() == runs[1].keys()
     for name in runs[0]:
         assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+def test_benchmark_times_memory_against_streaming(capsys: pytest.CaptureFixture) -> None:
+    """`python -m train.bench` section (c) runs (no timing is asserted): each data path alone and the
+    training step on each, for a model given; an unknown model is one line."""
+    from train.bench import main as bench_main
+
+    assert bench_main(['--quick', '--no-train', '--no-retrieval', '--stream-models', 'mee', '--stream-videos', '64',
+                       '--steps', '2', '--warmup', '1']) == 0
+    table = capsys.readouterr().out.split('| measurement')[1]
+    for row in ('MEE data path alone, in memory', 'MEE data path alone, streaming', 'MEE train step, in memory',
+                'MEE train step, streaming'):
+        assert row in table
+    assert 'x in-memory pairs/s' in table and 'error' not in table
+    assert bench_main(['--no-train', '--no-retrieval', '--stream-models', 'nope']) == 1
+    assert capsys.readouterr().err.strip().count('\n') == 0
