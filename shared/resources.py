@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ['cpu_limit', 'memory_limit']
+__all__ = ['cpu_limit', 'memory_limit', 'parse_bytes', 'format_bytes']
 
 
 def _cgroup_files(root: Path, proc_cgroup: str | os.PathLike, v2_file: str, v1_controller: str, v1_file: str
@@ -71,3 +71,27 @@ def cpu_limit(cgroup_root: str | os.PathLike = '/sys/fs/cgroup', proc_cgroup: st
             if period.isdigit() and int(period):
                 cpus = min(cpus, math.ceil(int(quota[0]) / int(period)))
     return max(1, cpus)
+
+
+_UNITS = {'': 1, 'B': 1, 'KB': 10 ** 3, 'MB': 10 ** 6, 'GB': 10 ** 9, 'TB': 10 ** 12,
+          'KIB': 1 << 10, 'MIB': 1 << 20, 'GIB': 1 << 30, 'TIB': 1 << 40}
+
+
+def parse_bytes(value: int | str) -> int:
+    """Bytes from an int or a size such as ``512MB`` or ``2GiB``; ValueError naming what to write."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().upper().replace(' ', '')
+    number = text.rstrip('KMGTIB')
+    try:
+        return int(float(number) * _UNITS[text[len(number):]])
+    except (KeyError, ValueError):
+        raise ValueError(f'{value!r} is not a size: give bytes or e.g. 512MB, 2GiB') from None
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GB``, ``12.0 MB``: a size for a message."""
+    for unit, size in (('TB', 1e12), ('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if abs(n) >= size:
+            return f'{n / size:.1f} {unit}'
+    return f'{int(n)} B'

@@ -8,6 +8,13 @@
 pieces), eager and captured by torch.compile, in steps/s after warm-up, timed between device
 synchronisations. The step is the one `python -m train` runs (`train.step.TrainStep`, the
 config's optimiser and loss), its batches gathered on the device (`train.data.TrainFeed`).
+(c) For each of --stream-models (default MEE and MMT, their paper configs): the training rate
+with the data in memory (`train.data.TrainFeed`) and streamed from stores on disk
+(`train.stream.StreamFeed`, the default reader processes and shuffle buffer), in steps/s and
+pairs/s, and each data path alone (batches made, no model) in pairs/s: a data path slower than
+the step starves it. Steps are timed over whole epochs from an epoch's start (the warm-up and
+timed steps rounded up to whole epochs): a streamed epoch begins by filling its shuffle buffer. The stores (random features, written with `shared.store` into a temporary
+directory) hold --stream-videos videos in chunks of 64.
 (b) Text-to-video retrieval of N captions over N videos, each model with its paper config:
 encoding every video and caption, the [N x N] scores and the protocol's metrics
 (`train.metrics.retrieval_metrics`), in seconds from features in device memory (the
@@ -21,6 +28,7 @@ import argparse
 import dataclasses
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -33,7 +41,8 @@ from shared.config import ConfigError
 from shared.device import pick_device
 from shared.logs import setup_logging
 from train.captions import CaptionData
-from train.data import ExpertData, SplitData, TrainFeed
+from shared.store import StoreSpec, VideoResult, create_store, pack_chunk
+from train.data import ExpertData, SplitData, TrainFeed, aggregate
 from train.config import RunCfg, load_run_cfg
 from train.optim import build_optimizer
 from train.losses import build_loss
@@ -41,8 +50,9 @@ from train.metrics import retrieval_metrics
 from train.models import ModelCfg, create_model, structure_only
 from train.models.base import TextEmbedding, VideoEmbedding
 from train.step import TrainStep
+from train.stream import StreamedPart, StreamFeed, default_readers
 
-__all__ = ['main', 'synthetic_split', 'train_rate', 'retrieval_seconds']
+__all__ = ['main', 'synthetic_split', 'stored_split', 'train_rate', 'data_rate', 'retrieval_seconds']
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'pipelines' / 'configs' / 'train'
 #: the paper config each model is measured with
@@ -77,16 +87,47 @@ def synthetic_split(cfg: ModelCfg, videos: int, words: int, seed: int = 0, capti
         start = np.broadcast_to(np.arange(rows, dtype=np.float32), (videos, rows))
         experts[spec.name] = ExpertData(rng.standard_normal((videos, rows, spec.dim), np.float32), available,
                                         np.arange(rows)[None, :] < lengths[:, None], np.stack([start, start + 1], -1))
-    n = videos * captions
+    return SplitData([f'v{i}' for i in range(videos)], experts, _captions(cfg, videos * captions, words, rng),
+                     np.repeat(np.arange(videos), captions), np.arange(0, videos * captions, captions), [])
+
+
+def _captions(cfg: ModelCfg, n: int, words: int, rng: np.random.Generator) -> CaptionData:
+    """`n` random captions of at most `words` tokens for `cfg`'s text encoder."""
     mask = np.arange(words)[None, :] < rng.integers(3, words + 1, n)[:, None]
     if cfg.text.encoder == 'word2vec':
         vectors = rng.standard_normal((1001, cfg.text_dim), np.float32)
         vectors[0] = 0.0
-        text = CaptionData((rng.integers(1, 1001, (n, words)) * mask).astype(np.int32), mask, vectors)
-    else:
-        text = CaptionData((rng.integers(5, cfg.text.vocab_size, (n, words)) * mask).astype(np.int32), mask)
-    return SplitData([f'v{i}' for i in range(videos)], experts, text, np.repeat(np.arange(videos), captions),
-                     np.arange(0, n, captions), [])
+        return CaptionData((rng.integers(1, 1001, (n, words)) * mask).astype(np.int32), mask, vectors)
+    return CaptionData((rng.integers(5, cfg.text.vocab_size, (n, words)) * mask).astype(np.int32), mask)
+
+
+def stored_split(cfg: ModelCfg, root: Path, videos: int, words: int, chunk: int = 64, seed: int = 0
+                 ) -> tuple[SplitData, StreamedPart]:
+    """`videos` random videos written to one store per expert of `cfg` under `root` (rows up to the
+    expert's `max_tokens`, 16 for mean/max; 10% of the videos skipped), as the in-memory path loads
+    them (read whole, aggregated) and as the streaming path reads them (default readers)."""
+    rng = np.random.default_rng(seed)
+    ids = [f'v{i}' for i in range(videos)]
+    experts, paths = {}, {}
+    for spec in cfg.experts:
+        rows = spec.max_tokens or 16
+        paths[spec.name] = root / f'{spec.name}.zarr'
+        store = create_store(paths[spec.name], ids, StoreSpec('bench', spec.name, spec.dim, rows, chunk_size=chunk,
+                                                              weights='random'))
+        for c in range(store.n_chunks):
+            results = []
+            for _ in store.chunk_rows(c):
+                n = int(rng.integers(1, rows + 1))
+                results.append(VideoResult.skipped(spec.dim) if rng.random() < 0.1 else VideoResult(
+                    rng.standard_normal((n, spec.dim), np.float32), np.stack([np.arange(n), np.arange(n) + 1.0], 1)))
+            store.write_chunk(c, pack_chunk(results, rows, spec.dim, has_tokens=False))
+        experts[spec.name] = aggregate(spec, store.read())
+    captions, owner = _captions(cfg, videos, words, rng), np.arange(videos)
+    workers, prefetch = default_readers()
+    streamed = StreamedPart(ids, cfg.experts, paths, {s.name: np.arange(videos) for s in cfg.experts},
+                            np.unique(np.r_[np.arange(0, videos, chunk), videos]), captions, owner, owner, [],
+                            workers, prefetch)
+    return SplitData(ids, experts, captions, owner, owner, []), streamed
 
 
 def _sync(dev: torch.device) -> None:
@@ -94,7 +135,7 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _batches(feed: TrainFeed, batch: int) -> Iterator:
+def _batches(feed: TrainFeed | StreamFeed, batch: int) -> Iterator:
     for epoch in range(1 << 30):
         yield from feed.epoch(batch, np.random.default_rng([0, epoch]))
 
@@ -116,15 +157,17 @@ def _host_waits(dev: torch.device, fn: Callable[[], None]) -> int | None:
 
 
 def train_rate(cfg: RunCfg, data: SplitData, dev: torch.device, batch: int, warmup: int, steps: int,
-               compile: bool, backend: str = 'inductor') -> tuple[float, int | None]:
-    """(steady-state steps/s, host waits in 5 steps) of the training step."""
+               compile: bool, backend: str = 'inductor', feed: TrainFeed | StreamFeed | None = None
+               ) -> tuple[float, int | None]:
+    """(steady-state steps/s, host waits in 5 steps) of the training step, on batches of `feed`
+    (default: `data` in memory, on the device where it fits)."""
     torch.manual_seed(0)
     model = create_model(structure_only(cfg.model)).to(dev).train()
     opt, _ = build_optimizer(cfg.train, model)
     loss = build_loss(cfg.train.loss, cfg.train.margin, cfg.train.temperature)
     step = TrainStep(model, opt, loss, cfg.train.grad_clip, dev, compile,
                      backend=backend)
-    feed = TrainFeed(data, dev, 1 << 62 if dev.type == 'cuda' else 0)
+    feed = feed or TrainFeed(data, dev, 1 << 62 if dev.type == 'cuda' else 0)
     batches = _batches(feed, batch)
     for _ in range(warmup):
         step(*next(batches))
@@ -141,6 +184,19 @@ def train_rate(cfg: RunCfg, data: SplitData, dev: torch.device, batch: int, warm
     if not torch.isfinite(total):
         raise RuntimeError('the loss is not finite')
     return steps / seconds, waits
+
+
+def data_rate(feed: TrainFeed | StreamFeed, dev: torch.device, batch: int, warmup: int, steps: int) -> float:
+    """Batches/s of a data path alone: batches made and on the device, no model."""
+    batches = _batches(feed, batch)
+    for _ in range(warmup):
+        next(batches)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    _sync(dev)
+    return steps / (time.perf_counter() - t0)
 
 
 @torch.inference_mode()
@@ -194,6 +250,48 @@ def _measure(rows: list[tuple[str, str, str]], name: str, fn: Callable[[], tuple
     print(f'    {value}  {note}', flush=True)
 
 
+def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: torch.device, videos: int,
+                 warmup: int, steps: int) -> None:
+    """The training rate of `cfg`'s model and its data path alone, in memory and streamed (section c)."""
+    batch = cfg.train.batch_size
+    with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:
+        made = []
+
+        def write() -> tuple[str, str]:
+            t0 = time.perf_counter()
+            made.extend(stored_split(cfg.model, Path(tmp), videos, cfg.data.max_words))
+            return f'{videos} videos', f'written and read whole in {time.perf_counter() - t0:.1f} s'
+
+        _measure(rows, f'{name} stores', write)
+        if not made:
+            return
+        whole, part = made
+        # whole epochs, from an epoch's start: a streamed epoch starts by filling its shuffle buffer
+        per_epoch = videos // batch
+        whole_epochs = lambda n: per_epoch * max(1, -(-n // per_epoch))  # noqa: E731
+        shape = (f'batch {batch}, {videos} videos in {len(part.bounds) - 1} store chunks, {part.workers} reader '
+                 f'processes, {whole_epochs(steps)} steps timed after {whole_epochs(warmup)}')
+        feeds = {'in memory': lambda: TrainFeed(whole, dev, 1 << 62 if dev.type == 'cuda' else 0),
+                 'streaming': lambda: StreamFeed(part, dev, 1024)}
+        pairs: dict[str, float] = {}
+
+        def data(path: str) -> tuple[str, str]:
+            r = data_rate(feeds[path](), dev, batch, whole_epochs(warmup), whole_epochs(steps)) * batch
+            return f'{r:.0f} pairs/s', shape
+
+        def train(path: str) -> tuple[str, str]:
+            r = train_rate(cfg, whole, dev, batch, whole_epochs(warmup), whole_epochs(steps), False,
+                           feed=feeds[path]())[0]
+            pairs[path] = r * batch
+            note = f'{pairs[path] / pairs["in memory"]:.2f}x in-memory pairs/s; ' if path != 'in memory' else ''
+            return f'{r:.2f} steps/s, {r * batch:.0f} pairs/s', note + shape
+
+        for path in feeds:
+            _measure(rows, f'{name} data path alone, {path}', lambda path=path: data(path))
+        for path in feeds:
+            _measure(rows, f'{name} train step, {path}', lambda path=path: train(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m train.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
@@ -212,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                         'aot_eager (default: inductor)')
     p.add_argument('--no-train', action='store_true', help='skip the training-step rows')
     p.add_argument('--no-retrieval', action='store_true', help='skip the retrieval rows')
+    p.add_argument('--stream-models', default='mee,mmt',
+                   help='models timed in memory against streaming (default: mee,mmt; empty: none)')
+    p.add_argument('--stream-videos', type=int, help='videos in the stores of those rows (default: 2048; --quick 64)')
     args = p.parse_args(argv)
     setup_logging()
     q = args.quick
@@ -222,10 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dev = torch.device(pick_device(args.device))
         models = [m.strip() for m in args.models.split(',') if m.strip()]
-        unknown = [m for m in models if m not in CONFIGS]
+        streamed = [m.strip() for m in args.stream_models.split(',') if m.strip()]
+        unknown = [m for m in models + streamed if m not in CONFIGS]
         if unknown:
             raise ConfigError(f'--models: unknown {", ".join(unknown)} (mmt, ce, mee)')
-        cfgs = {m: load_run_cfg(CONFIG_DIR / f'{CONFIGS[m]}.yaml') for m in {'mmt', *models}}
+        cfgs = {m: load_run_cfg(CONFIG_DIR / f'{CONFIGS[m]}.yaml') for m in {'mmt', *models, *streamed}}
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
@@ -254,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         _measure(rows, 'MMT train step, eager', lambda: rate(False))
         _measure(rows, f'MMT train step, compiled ({args.compile_backend})', lambda: rate(True))
         del data
+    for m in streamed:
+        _stream_rows(rows, m.upper(), cfgs[m], dev, args.stream_videos or (64 if q else 2048), warmup, steps)
     if not args.no_retrieval:
         for m in models:
             cfg = cfgs[m]

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from shared.config import ConfigError, from_dict, load_yaml, read_yaml, to_dict
+from shared.resources import parse_bytes
 from train.losses import LOSSES
 from train.models import ModelCfg
 from train.models.config import upgrade_saved
@@ -61,6 +62,14 @@ class TrainCfg:
         init_from: start from another run's weights (``--init-from``; `train.init`): its run
             directory or a checkpoint file, saved in config.yaml as the checkpoint file it names;
             empty: a fresh initialisation.
+        memory_budget: host memory a split part's aggregated features may take in memory, in bytes
+            or e.g. ``2GB``; ``null``: a quarter of what the job may use (`shared.resources`).
+        streaming: ``auto`` streams a part from the stores when its features exceed the budget
+            (`train.stream`), ``on`` always, ``off`` never.
+        shuffle_buffer: videos in the streaming shuffle buffer (with a permutation of the store
+            chunks each epoch); part of the data order, so a resumed run keeps it.
+        data_workers: DataLoader processes reading store chunks while streaming; ``null``: the
+            job's CPUs less one (at most 4), at least one.
     """
 
     optimizer: str = 'ranger'
@@ -80,6 +89,10 @@ class TrainCfg:
     log_every: int = 50
     device_data: float = 0.5
     init_from: str = ''
+    memory_budget: int | str | None = None
+    streaming: str | bool = 'auto'
+    shuffle_buffer: int = 1024
+    data_workers: int | None = None
 
     def __post_init__(self) -> None:
         for name in ('epochs', 'batch_size', 'log_every'):
@@ -104,6 +117,19 @@ class TrainCfg:
             raise ValueError('train.lr_step_unit must be epoch or step')
         if self.selection not in ('geometric_mean', 'last'):
             raise ValueError('train.selection must be geometric_mean or last')
+        _check_streaming(self)
+
+
+def _check_streaming(cfg: TrainCfg) -> None:
+    """The streaming settings' ranges (`train.stream`)."""
+    if isinstance(cfg.streaming, bool):  # YAML 1.1 reads a bare on/off as true/false
+        object.__setattr__(cfg, 'streaming', 'on' if cfg.streaming else 'off')
+    if cfg.streaming not in ('auto', 'on', 'off'):
+        raise ValueError(f'train.streaming must be auto, on or off, got {cfg.streaming!r}')
+    if cfg.memory_budget is not None and parse_bytes(cfg.memory_budget) < 1:
+        raise ValueError(f'train.memory_budget must be positive, got {cfg.memory_budget!r}')
+    if cfg.shuffle_buffer < 0 or (cfg.data_workers is not None and cfg.data_workers < 0):
+        raise ValueError('train.shuffle_buffer and train.data_workers must be 0 or more')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,9 +161,12 @@ def saved_run_cfg(run_dir: Path) -> RunCfg:
     return from_dict(RunCfg, raw, where=str(run_dir / 'config.yaml'))
 
 
-#: settings a resumed run may change: more epochs continue the same run; how the step runs and
-#: how often the loss is read leave the results as they were
-RESUME_MAY_CHANGE = ('train.epochs', 'train.compile', 'train.log_every', 'train.device_data')
+#: settings a resumed run may change: more epochs continue the same run; how the step runs, how
+#: often the loss is read and how many processes read the stores leave the results as they were;
+#: a memory budget that moves the training part between memory and streaming changes the data
+#: order (the run's first lines say which path it took)
+RESUME_MAY_CHANGE = ('train.epochs', 'train.compile', 'train.log_every', 'train.device_data', 'train.memory_budget',
+                     'train.data_workers')
 
 
 def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:

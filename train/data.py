@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from shared.datasets import Manifest
-from shared.store import ExpertRows, RandomWeightsWarning, StoreError, open_store, store_path
+from shared.store import ExpertRows, ExpertStore, RandomWeightsWarning, StoreError, open_store, store_path
 from train.captions import CaptionData, CaptionEncoder
 from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 
-__all__ = ['ExpertData', 'SplitData', 'TrainFeed', 'aggregate', 'load_split', 'split_captions']
+__all__ = ['ExpertData', 'SplitData', 'TrainFeed', 'aggregate', 'caption_groups', 'load_split', 'open_expert_store',
+           'split_captions']
 
 
 @dataclasses.dataclass
@@ -84,12 +85,16 @@ class SplitData:
     @functools.cached_property
     def captions_by_video(self) -> list[np.ndarray]:
         """Each video's caption indices, grouped once (one sort, not a scan per video)."""
-        order = np.argsort(self.caption_video, kind='stable')
-        bounds = np.searchsorted(self.caption_video[order], np.arange(len(self) + 1))
+        order, bounds = caption_groups(self.caption_video, len(self))
         return [order[bounds[v]:bounds[v + 1]] for v in range(len(self))]
 
     def videos(self, idx: np.ndarray) -> dict[str, ExpertInput]:
         return {name: e.batch(idx) for name, e in self.experts.items()}
+
+    def video_batches(self, batch: int) -> Iterator[dict[str, ExpertInput]]:
+        """Every video in order, `batch` at a time (evaluation; a streamed part gives a chunk at a time)."""
+        for s in range(0, len(self), batch):
+            yield self.videos(np.arange(s, min(s + batch, len(self))))
 
     def epoch_plan(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """An epoch's batches as (steps, batch_size) video and caption indices: the videos shuffled,
@@ -177,6 +182,12 @@ def _copy(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def caption_groups(caption_video: np.ndarray, n_videos: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, bounds): the captions of video v are ``order[bounds[v]:bounds[v + 1]]``."""
+    order = np.argsort(caption_video, kind='stable')
+    return order, np.searchsorted(caption_video[order], np.arange(n_videos + 1))
+
+
 def split_captions(manifest: Manifest, split: str, part: str, test_queries: bool = True
                    ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """(video ids, caption texts in the manifest's order, each caption's video, query indices).
@@ -202,6 +213,20 @@ def split_captions(manifest: Manifest, split: str, part: str, test_queries: bool
     return ids, texts, np.asarray(owner), np.asarray(query)
 
 
+def open_expert_store(features_root: Path, dataset: str, expert: str) -> tuple[ExpertStore, bool]:
+    """(the store of `expert` on `dataset`, whether its weights were random); a missing store is a
+    StoreError that says how to extract it."""
+    path = store_path(features_root, dataset, expert)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', RandomWeightsWarning)
+        try:
+            store = open_store(path)
+        except StoreError as err:
+            raise StoreError(f'{err}; extract it first: python -m extract --dataset {dataset} '
+                             f'--expert {expert}') from None
+    return store, bool(caught)
+
+
 def load_split(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
                captions: CaptionEncoder, test_queries: bool = True) -> SplitData:
     """Read a split part's stores and captions.
@@ -214,19 +239,12 @@ def load_split(manifest: Manifest, split: str, part: str, features_root: Path, e
     data: dict[str, ExpertData] = {}
     random_weights = []
     for spec in experts:
-        path = store_path(features_root, manifest.name, spec.name)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always', RandomWeightsWarning)
-            try:
-                store = open_store(path)
-            except StoreError as err:
-                raise StoreError(f'{err}; extract it first: python -m extract --dataset {manifest.name} '
-                                 f'--expert {spec.name}') from None
-        if caught:
+        store, random = open_expert_store(features_root, manifest.name, spec.name)
+        if random:
             random_weights.append(spec.name)
         rows = store.read(ids=ids)
         if (rows.status == 0).any():
-            raise StoreError(f'{path} has {int((rows.status == 0).sum())} pending videos in {split}/{part}: '
+            raise StoreError(f'{store.path} has {int((rows.status == 0).sum())} pending videos in {split}/{part}: '
                              'finish the extraction first')
         data[spec.name] = aggregate(spec, rows)
     return SplitData(ids, data, captions.encode(texts), owner, query, random_weights)

@@ -37,8 +37,7 @@ __all__ = ['embed_videos', 'embed_texts', 'evaluate', 'evaluate_run', 'main']
 
 @torch.no_grad()
 def embed_videos(model: RetrievalModel, data: SplitData, device: torch.device, batch: int = 256) -> VideoEmbedding:
-    parts = [model.encode_video({k: v.to(device) for k, v in data.videos(np.arange(s, min(s + batch, len(data)))).items()})
-             for s in range(0, len(data), batch)]
+    parts = [model.encode_video({k: v.to(device) for k, v in videos.items()}) for videos in data.video_batches(batch)]
     return VideoEmbedding(torch.cat([p.emb for p in parts]), torch.cat([p.available for p in parts]))
 
 

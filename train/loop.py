@@ -29,7 +29,7 @@ from shared.files import atomic_save, atomic_write, make_dir
 from train.captions import build_caption_encoder
 from train.checkpoints import FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
-from train.data import SplitData, TrainFeed, load_split, split_captions
+from train.data import SplitData, TrainFeed, split_captions
 from train.distributed import SINGLE, Dist, average, check_world, convert_batch_norm, main_first, wrap_model
 from train.evaluate import embed_videos, evaluate
 from train.init import init_weights, resolve_init
@@ -39,6 +39,7 @@ from train.models import RetrievalModel, check_fits, create_model
 from train.models.base import ExpertInput, TextInput
 from train.optim import build_optimizer
 from train.step import TrainStep
+from train.stream import StreamedPart, StreamFeed, load_part
 
 __all__ = ['TrainState', 'build_state', 'train_one_epoch', 'train_epoch', 'train_run', 'device_budget', 'NonFiniteLoss']
 
@@ -238,12 +239,19 @@ def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device,
     return result
 
 
-def _feed_of(train: SplitData, device: torch.device, cfg: RunCfg, ranks: Dist) -> TrainFeed:
-    """The training batches of this rank."""
-    return TrainFeed(train, device, device_budget(device, cfg.train.device_data), ranks.rank, ranks.world)
+def _feed(train: SplitData | StreamedPart, dev: torch.device, cfg: TrainCfg, ranks: Dist) -> TrainFeed | StreamFeed:
+    """This rank's training batches: streamed from the stores (each rank reads its share of the
+    chunks), or from memory (its columns of every step); `load_part` chose."""
+    if isinstance(train, StreamedPart):
+        return StreamFeed(train, dev, cfg.shuffle_buffer)
+    feed = TrainFeed(train, dev, device_budget(dev, cfg.device_data), ranks.rank, ranks.world)
+    if dev.type == 'cuda':
+        _logger.info('training features (%.2f GB) %s', train.train_nbytes() / 1e9,
+                     'moved to the device once' if feed.on_device else 'copied a batch at a time from pinned memory')
+    return feed
 
 
-def _follow(state: TrainState, feed: TrainFeed, cfg: RunCfg, seed: int, run_dir: Path,
+def _follow(state: TrainState, feed: TrainFeed | StreamFeed, cfg: RunCfg, seed: int, run_dir: Path,
             ranks: Dist) -> dict[str, dict[str, float]]:
     """A rank other than 0: its share of every epoch's steps; rank 0 evaluates, writes and tests."""
     while state.epoch < cfg.train.epochs:
@@ -272,10 +280,10 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             check_resumable(run_dir, yaml.safe_load(settings))
         captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root,
                                          run_dir, lambda: split_captions(manifest, cfg.data.split, 'train', False)[1])
-    train = load_split(manifest, cfg.data.split, 'train', features_root, experts, captions, False)
-    val = (load_split(manifest, cfg.data.split, 'val', features_root, experts, captions)
+    train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False)
+    val = (load_part(manifest, cfg.data.split, 'val', features_root, experts, captions, cfg.train)
            if split.val and cfg.train.selection == 'geometric_mean' and ranks.main else None)
-    test = load_split(manifest, cfg.data.split, 'test', features_root, experts, captions) if ranks.main else None
+    test = load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train) if ranks.main else None
     if train.random_weights:
         _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
     if len(train) < cfg.train.batch_size:
@@ -292,15 +300,12 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         if cfg.train.init_from:  # every rank loads the same weights; rank 0 reports
             init_weights(state.model, Path(cfg.train.init_from), run_dir, report=ranks.main)
     if not ranks.main:
-        return _follow(state, _feed_of(train, dev, cfg, ranks), cfg, seed, run_dir, ranks)
+        return _follow(state, _feed(train, dev, cfg.train, ranks), cfg, seed, run_dir, ranks)
     _keep_metrics(run_dir / 'metrics.jsonl', state.epoch)
     # once a resumed run is known to be this config's; whole or not at all, else a kill leaves a
     # truncated config.yaml that check_resumable refuses as "other settings"
     atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
-    feed = _feed_of(train, dev, cfg, ranks)
-    if dev.type == 'cuda':
-        _logger.info('training features (%.2f GB) %s', train.train_nbytes() / 1e9,
-                     'moved to the device once' if feed.on_device else 'copied a batch at a time from pinned memory')
+    feed = _feed(train, dev, cfg.train, ranks)
     tb = SummaryWriter(str(run_dir / 'tb'))
     try:
         while state.epoch < cfg.train.epochs:

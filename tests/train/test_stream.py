@@ -1,0 +1,250 @@
+"""train/stream.py: training and evaluation streamed from stores larger than the memory budget."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from shared.datasets import load_manifest
+from shared.store import StoreSpec, VideoResult, create_store, pack_chunk, store_path
+from train.captions import build_caption_encoder
+from train.config import TrainCfg, load_run_cfg
+from train.data import load_split
+from train.main import main as train_main
+from train.stream import StreamedPart, StreamFeed, load_part
+
+TINY_TEXT = {'weights': 'random', 'tokenizer': 'words', 'vocab_size': 200, 'hidden': 16, 'layers': 1, 'heads': 2,
+             'ffn': 32, 'max_positions': 16, 'dropout': 0.0}
+WORDS = ['red', 'green', 'blue', 'cat', 'dog', 'car', 'runs', 'sits', 'jumps', 'fast', 'slow', 'big']
+
+
+def write_dataset(root: Path, videos: int, experts: dict[str, int], rows: int, chunk: int,
+                  seed: int = 0) -> tuple[Path, Path]:
+    """A demo-format manifest of `videos` captioned videos (80/10/10 train/val/test) and one store per
+    expert with random features (lengths 0..rows: some videos unavailable), written with shared.store."""
+    rng = np.random.default_rng(seed)
+    ids = [f'v{i:05d}' for i in range(videos)]
+    data = root / 'data' / 'demo'
+    data.mkdir(parents=True)
+    caps = {v: [' '.join(rng.choice(WORDS, 5)) for _ in range(2)] for v in ids}
+    n_train, n_val = int(videos * 0.8), int(videos * 0.1)
+    order = rng.permutation(ids).tolist()
+    splits = {'train': sorted(order[:n_train]), 'val': sorted(order[n_train:n_train + n_val]),
+              'test': sorted(order[n_train + n_val:])}
+    (data / 'demo.json').write_text(json.dumps({'videos': [{'id': v, 'file': f'videos/{v}.mp4', 'captions': caps[v]}
+                                                           for v in ids], 'splits': splits}))
+    features = root / 'features'
+    for name, dim in experts.items():
+        store = create_store(store_path(features, 'demo', name), ids,
+                             StoreSpec('demo', name, dim, rows, chunk_size=chunk, weights='random'))
+        for c in range(store.n_chunks):
+            results = []
+            for _ in store.chunk_rows(c):
+                # the first expert has rows for every video: its features tell the videos apart
+                n = int(rng.integers(0 if name != next(iter(experts)) else 1, rows + 1))
+                times = np.stack([np.arange(n), np.arange(n) + 1.0], 1).astype(np.float32)
+                results.append(VideoResult(rng.standard_normal((n, dim)).astype(np.float32), times))
+            store.write_chunk(c, pack_chunk(results, rows, dim, has_tokens=False))
+    return root / 'data', features
+
+
+def mmt_config(path: Path, experts: dict[str, int], rows: int, **train: object) -> Path:
+    cfg = {'data': {'dataset': 'demo', 'split': 'official', 'max_words': 8},
+           'model': {'model': 'mmt', 'text': {'encoder': 'bert', **TINY_TEXT},
+                     'transformer': {'layers': 1, 'heads': 2, 'hidden': 16, 'ffn': 32, 'dropout': 0.0,
+                                     'max_positions': 8},
+                     'experts': [{'name': n, 'dim': d, 'aggregation': 'tokens', 'max_tokens': rows}
+                                 for n, d in experts.items()]},
+           'train': {'optimizer': 'adam', 'lr': 0.001, 'epochs': 2, 'batch_size': 16, 'selection': 'last', **train}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+SMALL = {'object': 24, 'audio': 8}
+
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """300 videos in 19 chunks of 16 (the last short), 240 of them training videos."""
+    return write_dataset(tmp_path_factory.mktemp('stream'), 300, SMALL, rows=6, chunk=16)
+
+
+def _parts(small: tuple[Path, Path], tmp: Path, **train: object):
+    data, features = small
+    cfg = load_run_cfg(mmt_config(tmp / 'c.yaml', SMALL, 6), {f'train.{k}': v for k, v in train.items()})
+    manifest = load_manifest('demo', data)
+    captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data, tmp,
+                                     lambda: ['red cat'])
+    return cfg, manifest, captions
+
+
+def test_a_streamed_epoch_gives_every_video_once_with_its_in_memory_inputs(small: tuple[Path, Path], tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', shuffle_buffer=40, data_workers=2)
+    part = load_part(manifest, 'official', 'train', small[1], cfg.model.experts, captions, cfg.train, False)
+    assert isinstance(part, StreamedPart) and len(part.bounds) - 1 == 19  # the chunks that hold training videos
+    assert 'train part: streamed from the stores' in capsys.readouterr().out
+    whole = load_split(manifest, 'official', 'train', small[1], cfg.model.experts, captions, False)
+    batches = list(StreamFeed(part, torch.device('cpu'), 40).epoch(16, np.random.default_rng([0, 0])))
+    assert len(batches) == 240 // 16
+    # which videos: each row's object features identify it (random, so unique) in the in-memory part
+    keys = {whole.experts['object'].x[i].tobytes(): i for i in range(len(whole))}
+    seen = []
+    for video, text in batches:
+        for name in SMALL:
+            assert video[name].x.shape == (16, 6, SMALL[name])
+        idx = np.array([keys[x.numpy().tobytes()] for x in video['object'].x])
+        seen += idx.tolist()
+        expected = whole.videos(idx)
+        for name in SMALL:
+            for field in ('x', 'available', 'mask', 'times'):
+                torch.testing.assert_close(getattr(video[name], field), getattr(expected[name], field), rtol=0, atol=0)
+        # each caption is one of its video's own
+        for row, i in zip(text.x, idx):
+            assert any(torch.equal(whole.captions.batch(np.array([c])).x[0], row) for c in whole.captions_by_video[i])
+    assert sorted(seen) == list(range(240)) and seen != sorted(seen)  # every video once, shuffled
+
+
+def test_batch_order_depends_on_seed_and_epoch_not_on_the_reader_processes(small: tuple[Path, Path],
+                                                                           tmp_path: Path) -> None:
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', shuffle_buffer=32)
+    part = load_part(manifest, 'official', 'train', small[1], cfg.model.experts, captions, cfg.train, False)
+
+    def order(workers: int, epoch: int) -> list[bytes]:
+        part.workers = workers
+        return [b''.join(x.numpy().tobytes() for x in (v['object'].x, v['audio'].x, t.x)) for v, t in
+                StreamFeed(part, torch.device('cpu'), 32).epoch(16, np.random.default_rng([0, epoch]))]
+
+    assert order(0, 0) == order(2, 0) == order(1, 0)
+    assert order(1, 1) != order(1, 0)
+
+
+def test_a_streamed_part_evaluates_a_chunk_at_a_time_to_the_same_metrics(small: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    from train.evaluate import embed_videos, evaluate
+    from train.models import create_model
+
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', data_workers=1)
+    streamed = load_part(manifest, 'official', 'test', small[1], cfg.model.experts, captions, cfg.train)
+    whole = load_split(manifest, 'official', 'test', small[1], cfg.model.experts, captions)
+    assert isinstance(streamed, StreamedPart) and sorted(streamed.video_ids) == sorted(whole.video_ids)
+    sizes = [len(next(iter(v.values())).x) for v in streamed.video_batches(256)]
+    assert sizes == np.diff(streamed.bounds).tolist() and max(sizes) <= 16  # a store chunk at a time
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    a, b = embed_videos(model, streamed, torch.device('cpu')), embed_videos(model, whole, torch.device('cpu'))
+    order = [whole.video_ids.index(v) for v in streamed.video_ids]
+    torch.testing.assert_close(a.emb, b.emb[order], rtol=1e-5, atol=1e-6)
+    m1, m2 = evaluate(model, streamed, torch.device('cpu')), evaluate(model, whole, torch.device('cpu'))
+    for d in m1:
+        for k in m1[d]:
+            assert m1[d][k] == pytest.approx(m2[d][k], abs=1e-9), (d, k)
+
+
+def test_a_budget_smaller_than_one_chunk_is_one_line(small: tuple[Path, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    data, features = small
+    config = mmt_config(tmp_path / 'c.yaml', SMALL, 6, memory_budget='10kB')
+    code = train_main(['--config', str(config), '--data-root', str(data), '--features-root', str(features),
+                       '--run-dir', str(tmp_path / 'run'), '--device', 'cpu', '--no-progress'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert 'train.memory_budget 10.0 kB' in err[0] and 'smaller than one store chunk' in err[0]
+    with pytest.raises(ValueError, match='not a size'):
+        TrainCfg(memory_budget='lots')
+
+
+def test_off_keeps_a_part_over_the_budget_in_memory(small: tuple[Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='off', memory_budget=1000)
+    part = load_part(manifest, 'official', 'val', small[1], cfg.model.experts, captions, cfg.train)
+    assert not isinstance(part, StreamedPart)
+    assert 'val part: in memory (aggregated features' in capsys.readouterr().out
+
+
+# -------------------------------------------------------------------------- memory, end to end
+BIG = {'object': 256, 'audio': 256}
+BIG_ROWS, BUDGET = 16, 8 << 20
+#: what a training process may hold beyond the same run's on a dataset an eighth the size (the
+#: interpreter, torch, zarr, the run's machinery, an eighth of the captions): the budget, the
+#: model, and this margin (allocator slack; runs of one command differ by about 2 MB)
+MARGIN = 32 << 20
+
+
+def _memory(pid: int) -> int:
+    """Resident anonymous and shared memory of a process, in bytes: what the run allocates. Pages of
+    files are left out: torch's CUDA libraries page in some 300 MB as the interpreter exits."""
+    fields = dict(line.split(':', 1) for line in Path(f'/proc/{pid}/status').read_text().splitlines() if ':' in line)
+    return sum(int(fields[k].split()[0]) for k in ('RssAnon', 'RssShmem')) * 1024
+
+
+def _train(python: str, env: dict[str, str], root: Path, config: Path, run: str) -> int:
+    """The peak `_memory` of the largest process of a training run (its DataLoader workers included),
+    sampled every 20 ms: the data a run holds stays for steps, it is no short spike."""
+    args = ['-m', 'train', '--config', str(config), '--data-root', str(root / 'data'), '--features-root',
+            str(root / 'features'), '--run-dir', str(root / run), '--device', 'cpu', '--no-progress']
+    log = root / f'{run}.log'
+    with open(log, 'w') as out:  # a file, not a pipe: a full pipe would stop the run
+        proc = subprocess.Popen([python, *args], env=env, cwd=Path(__file__).parents[2], stdout=out, stderr=out)
+    peak = 0
+    while proc.poll() is None:
+        tasks = Path(f'/proc/{proc.pid}/task')
+        try:
+            pids = [proc.pid] + [int(c) for t in tasks.iterdir() for c in (t / 'children').read_text().split()]
+        except OSError:  # the run ended meanwhile
+            pids = []
+        for pid in pids:
+            try:
+                peak = max(peak, _memory(pid))
+            except (OSError, KeyError):
+                pass
+        time.sleep(0.02)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    return peak
+
+
+@pytest.mark.slow
+def test_training_from_stores_six_times_the_budget_stays_within_it_and_repeats(
+        tmp_path: Path, python: str, subprocess_env: dict[str, str]) -> None:
+    big, small = tmp_path / 'big', tmp_path / 'small'
+    write_dataset(big, 2000, BIG, rows=BIG_ROWS, chunk=32)
+    write_dataset(small, 250, BIG, rows=BIG_ROWS, chunk=32)
+    config = mmt_config(tmp_path / 'c.yaml', BIG, BIG_ROWS, epochs=1, batch_size=32, memory_budget=BUDGET,
+                        shuffle_buffer=64, streaming='on')
+    aggregated = 1600 * sum(BIG_ROWS * (d * 4 + 1 + 8) + 1 for d in BIG.values())
+    assert aggregated >= 6 * BUDGET
+    from train.models import create_model
+
+    params = sum(p.numel() for p in create_model(load_run_cfg(config).model).parameters())
+    model = params * 4 * 4  # weights, gradients and Adam's two moments, float32
+    base = _train(python, subprocess_env, small, config, 'run0')
+    peak = _train(python, subprocess_env, big, config, 'run')
+    assert peak < base + BUDGET + model + MARGIN, [x >> 20 for x in (peak, base, BUDGET, model, MARGIN)]
+    _train(python, subprocess_env, small, config, 'run1')
+    runs = [torch.load(small / f'run{k}' / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+            for k in range(2)]
+    assert runs[0].keys() == runs[1].keys()
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+def test_benchmark_times_memory_against_streaming(capsys: pytest.CaptureFixture) -> None:
+    """`python -m train.bench` section (c) runs (no timing is asserted): each data path alone and the
+    training step on each, for a model given; an unknown model is one line."""
+    from train.bench import main as bench_main
+
+    assert bench_main(['--quick', '--no-train', '--no-retrieval', '--stream-models', 'mee', '--stream-videos', '64',
+                       '--steps', '2', '--warmup', '1']) == 0
+    table = capsys.readouterr().out.split('| measurement')[1]
+    for row in ('MEE data path alone, in memory', 'MEE data path alone, streaming', 'MEE train step, in memory',
+                'MEE train step, streaming'):
+        assert row in table
+    assert 'x in-memory pairs/s' in table and 'error' not in table
+    assert bench_main(['--no-train', '--no-retrieval', '--stream-models', 'nope']) == 1
+    assert capsys.readouterr().err.strip().count('\n') == 0

@@ -1,0 +1,386 @@
+"""Split parts streamed from expert stores larger than memory (DESIGN.md "Growing past one machine").
+
+A part whose aggregated features exceed `train.memory_budget` is never loaded whole. DataLoader
+worker processes read whole store chunks (the stores' unit of I/O) and aggregate them with
+`train.data.aggregate`, the function the in-memory path uses, so a video's model inputs are the
+same on both paths. Training reads a permutation of the chunks each epoch and draws videos from a
+bounded shuffle buffer (WebDataset's approach); evaluation embeds a chunk at a time.
+
+The order of an epoch's batches is a pure function of (seed, epoch, rank, world size) and the
+shuffle buffer's size (`epoch_plan`): the main process plans it from video indices alone, and the
+workers only read and aggregate the chunks it asks for, in its order (worker i reads chunks i,
+i + W, ...; the DataLoader returns them round robin), so neither the number of workers nor their
+timing changes it, and a resumed run continues exactly. Each rank reads its own share of the
+chunks (`rank_world`: torch.distributed's rank and world size when it is initialised).
+
+Memory: at most the budget's worth of data is held at once: the chunks in flight (each worker's
+one being read plus its prefetched ones, and the one the main process consumes), the shuffle
+buffer's videos and the batches being formed. A budget smaller than one chunk is an error.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.config import ConfigError
+from shared.datasets import Manifest
+from shared.resources import cpu_limit, format_bytes, memory_limit, parse_bytes
+from shared.store import ExpertStore, StoreError, open_store
+from train.captions import CaptionData, CaptionEncoder
+from train.config import TrainCfg
+from train.data import SplitData, _copy, aggregate, caption_groups, load_split, open_expert_store, split_captions
+from train.models.base import ExpertInput, TextInput
+from train.models.config import ExpertSpec
+
+__all__ = ['StreamedPart', 'StreamFeed', 'EpochPlan', 'default_readers', 'epoch_plan', 'load_part', 'memory_budget',
+           'rank_world', 'video_bytes']
+
+#: the default budget's share of the memory the job may use (extraction's decode-ahead rule)
+BUDGET_SHARE = 0.25
+#: prefetched chunks per reader process at most (the budget may allow fewer)
+MAX_PREFETCH = 2
+
+Fields = tuple[torch.Tensor | None, ...]  # an expert's (x, available, mask, times), as `ExpertInput`
+Arrays = tuple[np.ndarray | None, ...]  # the same in numpy
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when it is initialised, else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def memory_budget(cfg: TrainCfg) -> tuple[int, str]:
+    """(bytes, where the number comes from) of `train.memory_budget`."""
+    if cfg.memory_budget is not None:
+        return parse_bytes(cfg.memory_budget), 'train.memory_budget'
+    limit = memory_limit()
+    return int(limit * BUDGET_SHARE), f'a quarter of the {format_bytes(limit)} this job may use'
+
+
+def video_bytes(spec: ExpertSpec, store: ExpertStore) -> tuple[int, int]:
+    """(aggregated, read) bytes of one video of `spec` from `store`: what `aggregate` gives (float32
+    features, masks, float32 times, availability), and what reading its chunk holds (float16 rows
+    and float32 times, counted twice: `ExpertStore.read` holds the chunk and the rows it keeps)."""
+    t, d = int(store.attrs['max_rows']), spec.dim
+    if spec.aggregation in ('mean', 'max'):
+        agg = d * 4 + 1
+    else:
+        keep = min(spec.max_tokens, t)
+        agg = keep * (d * 4 + 1 + 8) + 1
+    return agg, 2 * t * (d * 2 + 8) + 16
+
+
+@dataclasses.dataclass
+class StreamedPart:
+    """A split part read from its stores a chunk at a time, never whole (the `SplitData` interface
+    that training and evaluation use: video ids, captions, `video_batches`).
+
+    Videos are in store order (the order of the first expert's rows), so that a chunk's videos are
+    consecutive; the metrics do not depend on the videos' order.
+    """
+
+    video_ids: list[str]
+    experts: tuple[ExpertSpec, ...]
+    paths: dict[str, Path]
+    rows: dict[str, np.ndarray]  # (N,) each video's row in each expert's store
+    bounds: np.ndarray  # (U + 1,) the videos of unit u are bounds[u]:bounds[u + 1]
+    captions: CaptionData
+    caption_video: np.ndarray
+    query: np.ndarray
+    random_weights: list[str]
+    workers: int = 0
+    prefetch: int = 1
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    @property
+    def unit_sizes(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+    def chunks(self, units: Sequence[int]) -> Iterator[dict[str, Fields]]:
+        """The aggregated videos of `units`, in that order, read by the worker processes."""
+        reader = _Units(self, np.asarray(units, np.int64))
+        if self.workers == 0:
+            yield from reader
+            return
+        yield from torch.utils.data.DataLoader(reader, batch_size=None, num_workers=self.workers,
+                                               prefetch_factor=self.prefetch)
+
+    def video_batches(self, batch: int) -> Iterator[dict[str, ExpertInput]]:
+        """Every video in order, a store chunk at a time (`batch` is the in-memory part's)."""
+        for data in self.chunks(range(len(self.bounds) - 1)):
+            yield {name: ExpertInput(*f) for name, f in data.items()}
+
+
+class _Units(torch.utils.data.IterableDataset):
+    """Reads and aggregates whole units of a `StreamedPart`; worker i of W takes units i, i + W, ..."""
+
+    def __init__(self, part: StreamedPart, units: np.ndarray) -> None:
+        self.experts, self.paths, self.rows, self.bounds = part.experts, part.paths, part.rows, part.bounds
+        self.units = units
+
+    def __iter__(self) -> Iterator[dict[str, Fields]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        stores = {spec.name: open_store(self.paths[spec.name], warn_random=False) for spec in self.experts}
+        for u in self.units[worker::workers].tolist():
+            videos = np.arange(self.bounds[u], self.bounds[u + 1])
+            out = {}
+            for spec in self.experts:
+                e = aggregate(spec, stores[spec.name].read(rows=self.rows[spec.name][videos]))
+                # tensors, not arrays: a worker passes them through shared memory, not a pipe
+                out[spec.name] = tuple(None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+                                       for a in (e.x, e.available, e.mask, e.times))
+            yield out
+
+
+def load_part(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
+              captions: CaptionEncoder, cfg: TrainCfg, test_queries: bool = True) -> SplitData | StreamedPart:
+    """A split part in memory (`load_split`) or streamed, as `train.streaming` and the budget say;
+    prints which and why."""
+    budget, source = memory_budget(cfg)
+    ids, texts, owner, query = split_captions(manifest, split, part, test_queries)
+    opened = {spec.name: open_expert_store(features_root, manifest.name, spec.name) for spec in experts}
+    sizes = [video_bytes(spec, opened[spec.name][0]) for spec in experts]
+    total = sum(agg for agg, _ in sizes) * len(ids)
+    over = total > budget
+    why = (f'aggregated features {format_bytes(total)} {">" if over else "<="} budget {format_bytes(budget)}, '
+           f'{source}')
+    if cfg.streaming == 'off' or (cfg.streaming == 'auto' and not over):
+        print(f'{part} part: in memory ({why}{"; train.streaming=off" if cfg.streaming == "off" else ""})')
+        return load_split(manifest, split, part, features_root, experts, captions, test_queries)
+    stores = {name: store for name, (store, _) in opened.items()}
+    rows = {spec.name: _store_rows(stores[spec.name], ids, spec, f'{split}/{part}') for spec in experts}
+    order = np.argsort(rows[experts[0].name], kind='stable')  # store order: a unit's videos are consecutive
+    where = np.empty_like(order)
+    where[order] = np.arange(len(order))
+    unit = max(s.chunk_size for s in stores.values())
+    first = rows[experts[0].name][order]
+    cuts = np.flatnonzero(np.diff(first // unit)) + 1
+    bounds = np.concatenate([[0], cuts, [len(ids)]]).astype(np.int64)
+    per_video = sum(agg for agg, _ in sizes)
+    unit_bytes = unit * sum(agg + read for agg, read in sizes)
+    held = (max(cfg.shuffle_buffer, 1) + 2 * cfg.batch_size) * per_video if part == 'train' else 0
+    if budget < unit_bytes:
+        raise ConfigError(f'train.memory_budget {format_bytes(budget)} ({source}) is smaller than one store chunk of '
+                          f'{part} data ({unit} videos: {format_bytes(unit_bytes)} read and aggregated): raise '
+                          f'train.memory_budget to at least {format_bytes(unit_bytes)}, or extract the stores with '
+                          'smaller chunks')
+    if budget - held < unit_bytes:
+        raise ConfigError(f'train.memory_budget {format_bytes(budget)} ({source}) holds the shuffle buffer of '
+                          f'{cfg.shuffle_buffer} videos and two batches ({format_bytes(held)}) but not one store chunk '
+                          f'besides ({format_bytes(unit_bytes)}): lower train.shuffle_buffer or raise '
+                          'train.memory_budget')
+    workers, prefetch = _readers((budget - held) // unit_bytes, cfg.data_workers)
+    print(f'{part} part: streamed from the stores ({why}{"; train.streaming=on" if cfg.streaming == "on" else ""}): '
+          f'{len(bounds) - 1} chunks of up to {unit} videos, {workers} reader processes, at most '
+          f'{workers * prefetch + 1} chunks in flight'
+          f'{f", shuffle buffer of {cfg.shuffle_buffer} videos" if part == "train" else ""}')
+    return StreamedPart([ids[i] for i in order], experts, {n: s.path for n, s in stores.items()},
+                        {n: r[order] for n, r in rows.items()}, bounds, captions.encode(texts), where[owner], query,
+                        [name for name, (_, random) in opened.items() if random], workers, prefetch)
+
+
+def default_readers() -> tuple[int, int]:
+    """(worker processes, prefetched chunks per worker) by default, with a budget that is no limit."""
+    return _readers(1 << 30, None)
+
+
+def _readers(in_flight: int, asked: int | None) -> tuple[int, int]:
+    """(worker processes, prefetched chunks per worker) keeping at most `in_flight` chunks in
+    memory: each worker's prefetched ones (the one it reads among them) and the main process's."""
+    workers = asked if asked is not None else max(1, min(4, cpu_limit() - 1))
+    workers = min(workers, in_flight - 1)
+    if workers <= 0:
+        return 0, 1
+    return workers, max(1, min(MAX_PREFETCH, (in_flight - 1) // workers))
+
+
+def _store_rows(store: ExpertStore, ids: list[str], spec: ExpertSpec, where: str) -> np.ndarray:
+    """The store rows of `ids`, checked as `load_split` checks what it reads: every id present,
+    none pending, the model's dimension."""
+    if int(store.attrs['feature_dim']) != spec.dim:
+        raise StoreError(f'{spec.name}: the store has D={store.attrs["feature_dim"]} but the model config says '
+                         f'dim={spec.dim}')
+    index = {v: i for i, v in enumerate(store.video_ids)}
+    missing = [v for v in ids if v not in index]
+    if missing:
+        raise StoreError(f'{len(missing)} video ids not in {store.path}, e.g. {missing[:3]}')
+    rows = np.asarray([index[v] for v in ids], np.int64)
+    pending = int((store.status()[rows] == 0).sum())
+    if pending:
+        raise StoreError(f'{store.path} has {pending} pending videos in {where}: finish the extraction first')
+    return rows
+
+
+@dataclasses.dataclass
+class EpochPlan:
+    """One rank's epoch: the units it reads, in order, and the videos the shuffle buffer emits.
+
+    Stream positions number the videos of `units` in reading order. Arrival p goes into buffer
+    slot `slot[p]`; emission j is stream position `emit[j]`, made once `when[j]` videos have
+    arrived (`_shuffle`). Only `steps` batches are emitted, the same number on every rank.
+    """
+
+    units: np.ndarray
+    slot: np.ndarray
+    emit: np.ndarray
+    when: np.ndarray
+    steps: int
+    rng: np.random.Generator  # this rank's generator, for the captions
+
+
+def epoch_plan(unit_sizes: np.ndarray, batch_size: int, buffer: int, rng: np.random.Generator, rank: int,
+               world: int) -> EpochPlan:
+    """The plan of an epoch: a pure function of its arguments (`rng` seeded by (seed, epoch))."""
+    perm = rng.permutation(len(unit_sizes))  # one permutation for all ranks; each reads its own share
+    shares = [perm[r::world] for r in range(world)]
+    steps = min(int(unit_sizes[s].sum()) for s in shares) // batch_size
+    if steps == 0:
+        raise ConfigError(f'train.batch_size {batch_size} is larger than the training videos of one of the {world} '
+                          f'ranks ({min(int(unit_sizes[s].sum()) for s in shares)})')
+    local = np.random.default_rng([int(rng.integers(1 << 62)), rank, world])
+    units = shares[rank]
+    slot, emit, when = _shuffle(int(unit_sizes[units].sum()), max(buffer, 1), local)
+    n = steps * batch_size
+    return EpochPlan(units, slot, emit[:n], when[:n], steps, local)
+
+
+def _shuffle(m: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """WebDataset's shuffle buffer over `m` arrivals, as (slot of each arrival, emitted arrivals in
+    order, how many had arrived at each emission). Emitting starts once a tenth of the buffer is
+    filled, and two videos arrive per emission until it is full, so an epoch does not wait for
+    the whole buffer to fill; at the stream's end the rest leave in random order. A video stays
+    in its slot from arrival to emission; a freed slot takes the next arrival."""
+    free, occupied = list(range(size - 1, -1, -1)), []
+    occupant = [0] * size
+    slot, emit, when = np.empty(m, np.int64), [], []
+    initial = max(1, size // 10)
+    p = 0
+    while p < m:
+        for _ in range(2 if len(occupied) < size - 1 else 1):
+            if p < m:
+                s = free.pop()
+                slot[p], occupant[s] = s, p
+                occupied.append(s)
+                p += 1
+        if len(occupied) >= initial or len(occupied) == size:
+            j = int(rng.integers(len(occupied)))
+            s = occupied[j]
+            occupied[j] = occupied[-1]
+            occupied.pop()
+            emit.append(occupant[s])
+            when.append(p)
+            free.append(s)
+    rest = [occupant[s] for s in occupied]
+    emit += [rest[i] for i in rng.permutation(len(rest))]
+    when += [m] * len(rest)
+    return slot, np.asarray(emit, np.int64), np.asarray(when, np.int64)
+
+
+class StreamFeed:
+    """A streamed training part's batches on `device` (the `TrainFeed` interface: ``data`` and
+    ``epoch``); batches are copied from pinned memory without waiting on CUDA."""
+
+    def __init__(self, data: StreamedPart, device: torch.device, buffer: int) -> None:
+        self.data, self.device, self.buffer = data, torch.device(device), buffer
+
+    def epoch(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
+        """The epoch's batches in `epoch_plan`'s order for this rank (`rng` seeded by (seed, epoch)).
+        `batch_size` is the global batch: each of the ranks takes its share (`train.distributed`)."""
+        part = self.data
+        rank, world = rank_world()
+        plan = epoch_plan(part.unit_sizes, batch_size // world, self.buffer, rng, rank, world)
+        sizes = part.unit_sizes[plan.units]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        video = np.concatenate([np.arange(part.bounds[u], part.bounds[u + 1]) for u in plan.units])
+        order, groups = caption_groups(part.caption_video, len(part))
+        v = video[plan.emit]
+        caps = order[groups[v] + plan.rng.integers(0, groups[v + 1] - groups[v])]
+        k = min(max(self.buffer, 1), int(starts[-1]))
+        # the buffer in numpy: torch's indexed copies on a CPU take 60x longer (21 ms against 0.35 ms
+        # for 64 rows of 2048), which made the buffer, not the reading, the streaming path's cost
+        slots: dict[str, list[np.ndarray | None]] = {}
+        ready: list[dict[str, Arrays]] = []  # emitted, not yet in a batch
+        used = 0  # emissions batched
+
+        def batches() -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
+            nonlocal ready, used
+            while sum(_count(r) for r in ready) >= batch_size:
+                batch, ready = _take(ready, batch_size)
+                used += batch_size
+                yield self._put(batch, caps[used - batch_size:used])
+
+        for i, chunk in enumerate(part.chunks(plan.units)):
+            a, b = int(starts[i]), int(starts[i + 1])
+            data = {n: tuple(None if t is None else t.numpy() for t in f) for n, f in chunk.items()}
+            if not slots:
+                slots = {n: [None if t is None else np.empty((k, *t.shape[1:]), t.dtype) for t in f]
+                         for n, f in data.items()}
+            lo, hi = np.searchsorted(plan.when, [a + 1, b + 1])  # the emissions after arrivals a..b-1
+            ready.append(_emitted(slots, data, plan.emit[lo:hi], plan.slot, a))
+            _arrive(slots, data, plan.slot[a:b])
+            yield from batches()
+            if used == len(plan.emit):  # the rest of the stream is not needed: its readers stop
+                return
+
+    def _put(self, batch: dict[str, Arrays], caps: np.ndarray) -> tuple[dict[str, ExpertInput], TextInput]:
+        text = self.data.captions.batch(caps)
+        return ({n: ExpertInput(*(None if a is None else _copy(torch.from_numpy(a), self.device) for a in f))
+                 for n, f in batch.items()},
+                TextInput(_copy(text.x, self.device), _copy(text.mask, self.device)))
+
+
+def _count(fields: dict[str, Arrays]) -> int:
+    return len(next(iter(fields.values()))[0])
+
+
+def _emitted(slots: dict[str, list[np.ndarray | None]], data: dict[str, Arrays], emit: np.ndarray,
+             slot: np.ndarray, start: int) -> dict[str, Arrays]:
+    """The videos emitted while a unit arrives (stream positions `emit`, the unit from `start`):
+    from the buffer those that arrived before it (read before the unit is written there), from
+    the unit those that arrived with it."""
+    old = emit < start
+    from_slot, from_unit = slot[emit[old]], emit[~old] - start
+    out = {}
+    for name, fields in slots.items():
+        parts = []
+        for k, s in enumerate(fields):
+            if s is None:
+                parts.append(None)
+                continue
+            t = np.empty((len(emit), *s.shape[1:]), s.dtype)
+            t[old] = s[from_slot]
+            if len(from_unit):
+                t[~old] = data[name][k][from_unit]
+            parts.append(t)
+        out[name] = tuple(parts)
+    return out
+
+
+def _arrive(slots: dict[str, list[np.ndarray | None]], data: dict[str, Arrays], slot: np.ndarray) -> None:
+    """A unit's videos into their buffer slots (where one slot takes several, the last stays)."""
+    dst, first = np.unique(slot[::-1], return_index=True)
+    src = len(slot) - 1 - first
+    for name, fields in slots.items():
+        for s, t in zip(fields, data[name]):
+            if s is not None:
+                s[dst] = t[src]
+
+
+def _take(ready: list[dict[str, Arrays]], n: int) -> tuple[dict[str, Arrays], list[dict[str, Arrays]]]:
+    """The first `n` videos of `ready` (or all, when fewer), and the rest."""
+    names = list(ready[0])
+    joined = {name: tuple(None if t is None else np.concatenate([r[name][k] for r in ready]) if len(ready) > 1 else t
+                          for k, t in enumerate(ready[0][name])) for name in names}
+    head = {name: tuple(None if t is None else t[:n] for t in f) for name, f in joined.items()}
+    rest = {name: tuple(None if t is None else t[n:] for t in f) for name, f in joined.items()}
+    return head, ([rest] if _count(rest) else [])
