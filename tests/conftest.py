@@ -13,6 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 IN_OWN_PROCESS = 'VIDEOEXPERTS_IN_OWN_PROCESS'
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C handled as Python's default, even when the suite was started with SIGINT ignored (a
+    shell's background job, nohup): the interrupt tests send SIGINT to this process and to children,
+    which inherit an ignored signal across exec."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """Run a test marked `own_process` in a fresh pytest process: the NVDEC tests must not share

@@ -196,7 +196,7 @@ def test_mmt_text_mask_built_for_sdpa_gives_the_two_d_mask_result() -> None:
 
 def test_bench_quick_prints_every_row(capsys: pytest.CaptureFixture) -> None:
     assert bench_main(['--quick', '--device', 'cpu', '--compile-backend', 'aot_eager', '--models', 'mmt,mee',
-                       '--steps', '2']) == 0
+                       '--steps', '2', '--stream-models', '']) == 0  # the streaming rows: tests/train/test_stream.py
     out = capsys.readouterr().out
     table = out[out.rindex('machine: '):].splitlines()
     assert table[0].startswith('machine: CPU') and f'torch {torch.__version__}' in table[0]
@@ -208,7 +208,7 @@ def test_bench_quick_prints_every_row(capsys: pytest.CaptureFixture) -> None:
 
 def test_bench_a_failing_row_prints_its_error_and_the_others_run(capsys: pytest.CaptureFixture) -> None:
     assert bench_main(['--quick', '--device', 'cpu', '--compile-backend', 'no_such_backend', '--models', 'mee',
-                       '--steps', '1']) == 1
+                       '--steps', '1', '--stream-models', '']) == 1
     out = capsys.readouterr().out
     table = out[out.rindex('machine: '):]
     assert '| MMT train step, compiled (no_such_backend) | error | RuntimeError: torch.compile failed' in table
