@@ -16,7 +16,7 @@ from train.models import ModelCfg
 from train.models.config import upgrade_saved
 
 __all__ = ['DataCfg', 'TrainCfg', 'RunCfg', 'load_run_cfg', 'read_saved', 'saved_run_cfg', 'check_resumable',
-           'RESUME_MAY_CHANGE']
+           'RESUME_MAY_CHANGE', 'flat_settings']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +175,7 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     saved = run_dir / 'config.yaml'
     if not (saved.is_file() and (run_dir / 'checkpoints' / 'last.pt').is_file()):
         return
-    before, now = _flat(_with_defaults(read_saved(saved))), _flat(settings)
+    before, now = flat_settings(_with_defaults(read_saved(saved))), flat_settings(settings)
     diff = [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in sorted(set(before) | set(now))
             if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
     if diff:
@@ -195,11 +195,12 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     return {**full, **({'seed': saved['seed']} if 'seed' in saved else {})}
 
 
-def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+def flat_settings(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+    """Nested settings as one level of dotted keys: ``{'train': {'lr': 1}}`` -> ``{'train.lr': 1}``."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f'{prefix}{k}.'))
+            out.update(flat_settings(v, f'{prefix}{k}.'))
         else:
             out[f'{prefix}{k}'] = v
     return out

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from shared.config import ConfigError
+from train.config import flat_settings
 
 __all__ = ['Dist', 'SINGLE', 'RanksError', 'init_distributed', 'teardown', 'agree', 'main_first', 'barrier',
            'check_world', 'convert_batch_norm', 'wrap_model', 'unwrap', 'average']
@@ -140,7 +141,7 @@ def agree(ranks: Dist, settings: dict[str, Any]) -> None:
     """
     if not ranks.active:
         return
-    every = [_flat(json.loads(t)) for t in _gather_text(json.dumps(settings, sort_keys=True, default=str))]
+    every = [flat_settings(json.loads(t)) for t in _gather_text(json.dumps(settings, sort_keys=True, default=str))]
     ours = every[0]
     for r, theirs in enumerate(every[1:], 1):
         diff = [f'{k}: {ours.get(k)!r} on process 0, {theirs.get(k)!r} on process {r}'
@@ -149,13 +150,6 @@ def agree(ranks: Dist, settings: dict[str, Any]) -> None:
             raise RanksError(f'the {ranks.world} processes were given different runs ({"; ".join(diff[:3])}'
                               f'{f"; and {len(diff) - 3} more" if len(diff) > 3 else ""}): give every process the '
                               'same config, --set overrides and options')
-
-
-def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
-    return out
 
 
 def check_world(ranks: Dist, batch_size: int, videos: int) -> None:
