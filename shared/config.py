@@ -60,6 +60,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f'{where}: {value!r} does not fit {tp}')
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f'{where}: expected a mapping, got {value!r}')
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        return {_coerce(key_tp, k, f'{where} key'): _coerce(value_tp, v, f'{where}.{k}') for k, v in value.items()}
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
         (arg, *_) = typing.get_args(tp) or (Any,)
         items = [_coerce(arg, v, f'{where}[{i}]') for i, v in enumerate(value)]

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from shared.config import weights_dir
-from shared.text import WordVectors, load_word_vectors, split_words
+from shared.text import WordVectors, load_word_vectors, remove_stop_words, split_words
 from train.models.base import TextInput
+from train.config import DataCfg
 from train.models.config import TextCfg
 
-__all__ = ['CaptionData', 'CaptionEncoder', 'WordVectorCaptions', 'SubwordCaptions', 'WordTokenizer',
+__all__ = ['CaptionData', 'CaptionEncoder', 'StopWordsRemoved', 'WordVectorCaptions', 'SubwordCaptions', 'WordTokenizer',
            'build_caption_encoder', 'resolve_word_vectors', 'SPECIALS']
 
 #: ids of the ``words`` tokenizer's special tokens (pad 0 and eos 1 as T5 expects; BERT pads with 0)
@@ -55,6 +56,17 @@ class CaptionEncoder:
 
     def encode(self, texts: list[str]) -> CaptionData:
         raise NotImplementedError
+
+
+class StopWordsRemoved(CaptionEncoder):
+    """Another encoder given the captions without HowTo100M's stop words (``data.stop_words:
+    remove``): every caption of training, evaluation and search goes through it."""
+
+    def __init__(self, inner: CaptionEncoder) -> None:
+        self.inner = inner
+
+    def encode(self, texts: list[str]) -> CaptionData:
+        return self.inner.encode([remove_stop_words(t) for t in texts])
 
 
 def resolve_word_vectors(spec: str, data_root: Path) -> Path:
@@ -162,11 +174,19 @@ class SubwordCaptions(CaptionEncoder):
         return CaptionData(ids, mask)
 
 
-def build_caption_encoder(text: TextCfg, word_vectors: str, max_words: int, data_root: Path, run_dir: Path | None,
+def build_caption_encoder(text: TextCfg, data: DataCfg, data_root: Path, run_dir: Path | None,
                           train_texts: Callable[[], list[str]] | None) -> CaptionEncoder:
-    """The run's caption encoder. A ``words`` tokenizer is fitted on the captions `train_texts()`
-    gives (called only then) and saved as run_dir/tokenizer.json, or loaded from there when it
-    exists (resume, search)."""
+    """The run's caption encoder (`data`: its word vectors, caption length and stop words). A
+    ``words`` tokenizer is fitted on the captions `train_texts()` gives (called only then) and
+    saved as run_dir/tokenizer.json, or loaded from there when it exists (resume, search)."""
+    encoder = _encoder(text, data.word_vectors, data.max_words, data_root, run_dir,
+                       train_texts if data.stop_words == 'keep' or train_texts is None
+                       else lambda: [remove_stop_words(t) for t in train_texts()])
+    return StopWordsRemoved(encoder) if data.stop_words == 'remove' else encoder
+
+
+def _encoder(text: TextCfg, word_vectors: str, max_words: int, data_root: Path, run_dir: Path | None,
+             train_texts: Callable[[], list[str]] | None) -> CaptionEncoder:
     if text.encoder == 'word2vec':
         return WordVectorCaptions(load_word_vectors(resolve_word_vectors(word_vectors, data_root)), max_words)
     if text.tokenizer == 'words':

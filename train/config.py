@@ -15,7 +15,10 @@ from train.losses import LOSSES
 from train.models import ModelCfg
 from train.models.config import upgrade_saved
 
-__all__ = ['DataCfg', 'TrainCfg', 'RunCfg', 'load_run_cfg', 'read_saved', 'saved_run_cfg', 'check_resumable',
+#: `DataCfg.sample`'s values (`train.sampling`)
+SAMPLES = ('video', 'window', 'segment')
+
+__all__ = ['DataCfg', 'SAMPLES', 'TrainCfg', 'RunCfg', 'load_run_cfg', 'read_saved', 'saved_run_cfg', 'check_resumable',
            'RESUME_MAY_CHANGE', 'flat_settings']
 
 
@@ -28,12 +31,37 @@ class DataCfg:
         word_vectors: word2vec file for captions (models with ``text.encoder: word2vec``): a path,
             ``{data_root}/...``, or a file name in the weights directory.
         max_words: caption length in words (word2vec) or in tokens, specials included (BERT, T5).
+        dataset_options: the dataset adapter's options, e.g. ``{captions: raw_caption.json}`` for
+            howto100m (`shared.datasets.load_manifest`).
+        stop_words: ``keep``, or ``remove`` HowTo100M's stop words (`shared.text.stop_words`) from
+            every caption, in training and in evaluation (MMT Table 1).
+        sample: what a training sample is (`train.sampling`): ``video`` (a video's features whole
+            and one of its captions), ``window`` (`window_words` consecutive words of its timed
+            captions and the `window_seconds` of features closest in time to them: MMT sec. 4.2)
+            or ``segment`` (one timed caption and the features of its own seconds: support-set
+            appendix 6.3). The last two need a dataset with timed captions (howto100m).
+        window_words, window_seconds: the window of ``sample: window``.
     """
 
     dataset: str = 'demo'
     split: str = 'official'
     word_vectors: str = 'GoogleNews-vectors-negative300.bin'
     max_words: int = 30
+    dataset_options: dict[str, str] = dataclasses.field(default_factory=dict)
+    stop_words: str = 'keep'
+    sample: str = 'video'
+    window_words: int = 100
+    window_seconds: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.stop_words not in ('keep', 'remove'):
+            raise ValueError(f'data.stop_words must be keep or remove, got {self.stop_words!r}')
+        if self.sample not in SAMPLES:
+            raise ValueError(f'data.sample must be {", ".join(SAMPLES[:-1])} or {SAMPLES[-1]}, got {self.sample!r}')
+        if self.window_words < 1:
+            raise ValueError(f'data.window_words must be at least 1, got {self.window_words}')
+        if not math.isfinite(self.window_seconds) or self.window_seconds <= 0:
+            raise ValueError(f'data.window_seconds must be a positive number of seconds, got {self.window_seconds}')
 
 
 @dataclasses.dataclass(frozen=True)

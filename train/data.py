@@ -14,6 +14,7 @@ import functools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,8 +25,11 @@ from train.captions import CaptionData, CaptionEncoder
 from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 
+if TYPE_CHECKING:
+    from train.sampling import Sampled, Sampler
+
 __all__ = ['ExpertData', 'SplitData', 'TrainFeed', 'aggregate', 'caption_groups', 'load_split', 'open_expert_store',
-           'split_captions']
+           'sampled_ids', 'split_captions']
 
 
 @dataclasses.dataclass
@@ -78,6 +82,7 @@ class SplitData:
     caption_video: np.ndarray  # (C,) the video of each caption
     query: np.ndarray  # (Q,) indices of the captions that are evaluation queries
     random_weights: list[str]
+    sampled: Sampled | None = None  # a training part drawn by window or segment (`train.sampling`)
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -103,6 +108,8 @@ class SplitData:
         order = rng.permutation(len(self))
         steps = len(order) // batch_size
         videos = order[:steps * batch_size].reshape(steps, batch_size)
+        if self.sampled is not None:  # no caption to choose: each video's sample makes its own
+            return videos, np.zeros_like(videos)
         by_video = self.captions_by_video
         # one draw per video in batch order, as a scalar call: a vectorised draw gives other numbers
         caps = np.array([c[rng.integers(len(c))] for c in (by_video[v] for v in videos.reshape(-1))], np.int64)
@@ -133,7 +140,8 @@ class TrainFeed:
     def __init__(self, data: SplitData, device: torch.device, budget: int, rank: int = 0, world: int = 1) -> None:
         self.data, self.device = data, torch.device(device)
         self.rank, self.world = rank, world
-        self.on_device = data.train_nbytes() <= budget
+        # sampled windows are cut on the host, a batch at a time
+        self.on_device = data.sampled is None and data.train_nbytes() <= budget
         self._experts: dict[str, ExpertInput] = {}
         if self.on_device:
             put = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
@@ -145,15 +153,20 @@ class TrainFeed:
     def epoch(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
         """The batches of `SplitData.epoch_plan` on the device; of `world` ranks, rank `rank`'s
         share of each (`batch_size` is the global batch: `train.distributed`)."""
+        sampled = self.data.sampled
+        key = sampled.epoch_key(rng) if sampled is not None else None
         videos, caps = self.data.epoch_plan(batch_size, rng)
         if self.world > 1:  # every rank draws the same plan and takes its own columns
             local = batch_size // self.world
             videos, caps = (a[:, self.rank * local:(self.rank + 1) * local] for a in (videos, caps))
         if not self.on_device:
             for v, c in zip(videos, caps):
-                text = self.data.captions.batch(c)
+                if sampled is None:
+                    video, text = self.data.videos(v), self.data.captions.batch(c)
+                else:  # the videos' samples in place of their captions c
+                    video, text = sampled.videos(v, key), sampled.text([self.data.video_ids[i] for i in v], key)
                 yield ({n: ExpertInput(*(_copy(a, self.device) for a in (e.x, e.available, e.mask, e.times)))
-                        for n, e in self.data.videos(v).items()},
+                        for n, e in video.items()},
                        TextInput(_copy(text.x, self.device), _copy(text.mask, self.device)))
             return
         for v, c in zip(_put(videos, self.device), _put(caps, self.device)):
@@ -228,15 +241,21 @@ def open_expert_store(features_root: Path, dataset: str, expert: str) -> tuple[E
 
 
 def load_split(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
-               captions: CaptionEncoder, test_queries: bool = True) -> SplitData:
+               captions: CaptionEncoder, test_queries: bool = True, sampler: Sampler | None = None) -> SplitData:
     """Read a split part's stores and captions.
 
     Args:
         test_queries: use the split's evaluation queries (e.g. 1k-A's one JSFusion caption per
             video); else every caption is kept (training).
+        sampler: draw training samples by window or segment (`train.sampling`): the part keeps
+            its store rows, and its captions are the samples'.
     """
-    ids, texts, owner, query = split_captions(manifest, split, part, test_queries)
+    if sampler is not None:
+        ids, texts, owner, query = sampled_ids(manifest, split, part)
+    else:
+        ids, texts, owner, query = split_captions(manifest, split, part, test_queries)
     data: dict[str, ExpertData] = {}
+    raw: dict[str, ExpertRows] = {}
     random_weights = []
     for spec in experts:
         store, random = open_expert_store(features_root, manifest.name, spec.name)
@@ -246,5 +265,22 @@ def load_split(manifest: Manifest, split: str, part: str, features_root: Path, e
         if (rows.status == 0).any():
             raise StoreError(f'{store.path} has {int((rows.status == 0).sum())} pending videos in {split}/{part}: '
                              'finish the extraction first')
-        data[spec.name] = aggregate(spec, rows)
-    return SplitData(ids, data, captions.encode(texts), owner, query, random_weights)
+        if sampler is not None:
+            raw[spec.name] = rows
+        else:
+            data[spec.name] = aggregate(spec, rows)
+    out = SplitData(ids, data, captions.encode(texts), owner, query, random_weights)
+    if sampler is not None:
+        from train.sampling import Sampled
+
+        out.sampled = Sampled(sampler, captions, experts, raw)
+    return out
+
+
+def sampled_ids(manifest: Manifest, split: str, part: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """`split_captions` of a part drawn by a `train.sampling.Sampler`: its videos and no captions
+    (the samples make them; HowTo100M's 100M ASR segments are never listed)."""
+    ids = list(manifest.split(split).ids(part))
+    if not ids:
+        raise StoreError(f'{manifest.name} split {split} has no {part} videos')
+    return ids, [], np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -91,7 +91,7 @@ def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_
         raise StoreError(f'{manifest.name} has no store of {", ".join(missing)} in {features_root / manifest.name} '
                          f'(the run {run} reads them): extract them first: python -m extract --dataset '
                          f'{manifest.name} --expert {",".join(missing)}')
-    captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run, None)
+    captions = build_caption_encoder(cfg.model.text, cfg.data, data_root, run, None)
     data = load_split(manifest, split, part, features_root, cfg.model.experts, captions)
     result = evaluate(loaded.model, data, device)
     out = run / 'eval'
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = run_seeds(args.run)
         own = saved_run_cfg(seeds[0]).data
         dataset = args.dataset if args.dataset is not None else own.dataset
-        manifest = load_manifest(dataset, args.data_root)
+        manifest = load_manifest(dataset, args.data_root, **(own.dataset_options if dataset == own.dataset else {}))
         split = args.split or (own.split if dataset == own.dataset else _only_split(manifest))
         manifest.split(split)  # an unknown split: one line before any model loads
         device = torch.device(pick_device(args.device))

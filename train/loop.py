@@ -38,6 +38,7 @@ from train.metrics import format_results, geometric_mean
 from train.models import RetrievalModel, check_fits, create_model
 from train.models.base import ExpertInput, TextInput
 from train.optim import build_optimizer
+from train.sampling import make_sampler
 from train.step import TrainStep
 from train.stream import StreamedPart, StreamFeed, load_part
 
@@ -278,9 +279,10 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         settings = yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False)
         if ranks.main:  # rank 0 rewrites config.yaml while the others run this block: it alone reads it
             check_resumable(run_dir, yaml.safe_load(settings))
-        captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root,
-                                         run_dir, lambda: split_captions(manifest, cfg.data.split, 'train', False)[1])
-    train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False)
+        captions = build_caption_encoder(cfg.model.text, cfg.data, data_root, run_dir,
+                                         lambda: split_captions(manifest, cfg.data.split, 'train', False)[1])
+    sampler = make_sampler(cfg.data, manifest, split.ids('train'))  # data.sample window or segment
+    train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False, sampler)
     val = (load_part(manifest, cfg.data.split, 'val', features_root, experts, captions, cfg.train)
            if split.val and cfg.train.selection == 'geometric_mean' and ranks.main else None)
     test = load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train) if ranks.main else None

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         base = args.run_dir or Path('runs') / f'{cfg.model.model}-{cfg.data.dataset}-{cfg.data.split}'
         ranks, device = init_distributed(device)
         _agree(ranks, cfg, seeds, base, args)
-        manifest = load_manifest(cfg.data.dataset, args.data_root)
+        manifest = load_manifest(cfg.data.dataset, args.data_root, **cfg.data.dataset_options)
         if ranks.main:
             print(f'{manifest.name}: {len(manifest)} videos, read from {manifest.origin}')
         results = []

@@ -38,9 +38,7 @@ class Searcher:
         gallery = loaded.gallery
         self.video_ids: list[str] = list(gallery['video_ids'])
         self.gallery = VideoEmbedding(gallery['emb'], gallery['available'])
-        data = self.cfg.data
-        self.captions = build_caption_encoder(self.cfg.model.text, data.word_vectors, data.max_words, data_root, run,
-                                              None)
+        self.captions = build_caption_encoder(self.cfg.model.text, self.cfg.data, data_root, run, None)
 
     @torch.no_grad()
     def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:

@@ -32,9 +32,11 @@ from shared.resources import cpu_limit, format_bytes, memory_limit, parse_bytes
 from shared.store import ExpertStore, StoreError, open_store
 from train.captions import CaptionData, CaptionEncoder
 from train.config import TrainCfg
-from train.data import SplitData, _copy, aggregate, caption_groups, load_split, open_expert_store, split_captions
+from train.data import (SplitData, _copy, aggregate, caption_groups, load_split, open_expert_store, sampled_ids,
+                        split_captions)
 from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
+from train.sampling import Sampled, Sampler
 
 __all__ = ['StreamedPart', 'StreamFeed', 'EpochPlan', 'default_readers', 'epoch_plan', 'load_part', 'memory_budget',
            'rank_world', 'video_bytes']
@@ -97,6 +99,7 @@ class StreamedPart:
     random_weights: list[str]
     workers: int = 0
     prefetch: int = 1
+    sampled: Sampled | None = None  # a training part drawn by window or segment (`train.sampling`)
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -105,9 +108,10 @@ class StreamedPart:
     def unit_sizes(self) -> np.ndarray:
         return np.diff(self.bounds)
 
-    def chunks(self, units: Sequence[int]) -> Iterator[dict[str, Fields]]:
-        """The aggregated videos of `units`, in that order, read by the worker processes."""
-        reader = _Units(self, np.asarray(units, np.int64))
+    def chunks(self, units: Sequence[int], key: int | None = None) -> Iterator[dict[str, Fields]]:
+        """The aggregated videos of `units`, in that order, read by the worker processes; with
+        `key`, each cut to its sample's window of that epoch (`train.sampling`)."""
+        reader = _Units(self, np.asarray(units, np.int64), key)
         if self.workers == 0:
             yield from reader
             return
@@ -123,9 +127,11 @@ class StreamedPart:
 class _Units(torch.utils.data.IterableDataset):
     """Reads and aggregates whole units of a `StreamedPart`; worker i of W takes units i, i + W, ..."""
 
-    def __init__(self, part: StreamedPart, units: np.ndarray) -> None:
+    def __init__(self, part: StreamedPart, units: np.ndarray, key: int | None) -> None:
         self.experts, self.paths, self.rows, self.bounds = part.experts, part.paths, part.rows, part.bounds
-        self.units = units
+        self.units, self.key = units, key
+        # the workers cut windows; the caption encoder stays in the main process
+        self.sampler = part.sampled.sampler if part.sampled is not None and key is not None else None
 
     def __iter__(self) -> Iterator[dict[str, Fields]]:
         info = torch.utils.data.get_worker_info()
@@ -135,7 +141,8 @@ class _Units(torch.utils.data.IterableDataset):
             videos = np.arange(self.bounds[u], self.bounds[u + 1])
             out = {}
             for spec in self.experts:
-                e = aggregate(spec, stores[spec.name].read(rows=self.rows[spec.name][videos]))
+                rows = stores[spec.name].read(rows=self.rows[spec.name][videos])
+                e = aggregate(spec, rows) if self.sampler is None else self.sampler.aggregate(spec, rows, self.key)
                 # tensors, not arrays: a worker passes them through shared memory, not a pipe
                 out[spec.name] = tuple(None if a is None else torch.from_numpy(np.ascontiguousarray(a))
                                        for a in (e.x, e.available, e.mask, e.times))
@@ -143,20 +150,23 @@ class _Units(torch.utils.data.IterableDataset):
 
 
 def load_part(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
-              captions: CaptionEncoder, cfg: TrainCfg, test_queries: bool = True) -> SplitData | StreamedPart:
+              captions: CaptionEncoder, cfg: TrainCfg, test_queries: bool = True,
+              sampler: Sampler | None = None) -> SplitData | StreamedPart:
     """A split part in memory (`load_split`) or streamed, as `train.streaming` and the budget say;
-    prints which and why."""
+    prints which and why. `sampler`: as for `load_split`."""
     budget, source = memory_budget(cfg)
-    ids, texts, owner, query = split_captions(manifest, split, part, test_queries)
+    ids, texts, owner, query = (sampled_ids(manifest, split, part) if sampler is not None
+                                else split_captions(manifest, split, part, test_queries))
     opened = {spec.name: open_expert_store(features_root, manifest.name, spec.name) for spec in experts}
     sizes = [video_bytes(spec, opened[spec.name][0]) for spec in experts]
-    total = sum(agg for agg, _ in sizes) * len(ids)
+    # a sampled part in memory holds its store rows, not aggregates (half of what a read holds)
+    total = sum(agg if sampler is None else read // 2 for agg, read in sizes) * len(ids)
     over = total > budget
     why = (f'aggregated features {format_bytes(total)} {">" if over else "<="} budget {format_bytes(budget)}, '
            f'{source}')
     if cfg.streaming == 'off' or (cfg.streaming == 'auto' and not over):
         print(f'{part} part: in memory ({why}{"; train.streaming=off" if cfg.streaming == "off" else ""})')
-        return load_split(manifest, split, part, features_root, experts, captions, test_queries)
+        return load_split(manifest, split, part, features_root, experts, captions, test_queries, sampler)
     stores = {name: store for name, (store, _) in opened.items()}
     rows = {spec.name: _store_rows(stores[spec.name], ids, spec, f'{split}/{part}') for spec in experts}
     order = np.argsort(rows[experts[0].name], kind='stable')  # store order: a unit's videos are consecutive
@@ -186,7 +196,8 @@ def load_part(manifest: Manifest, split: str, part: str, features_root: Path, ex
           f'{f", shuffle buffer of {cfg.shuffle_buffer} videos" if part == "train" else ""}')
     return StreamedPart([ids[i] for i in order], experts, {n: s.path for n, s in stores.items()},
                         {n: r[order] for n, r in rows.items()}, bounds, captions.encode(texts), where[owner], query,
-                        [name for name, (_, random) in opened.items() if random], workers, prefetch)
+                        [name for name, (_, random) in opened.items() if random], workers, prefetch,
+                        Sampled(sampler, captions, experts) if sampler is not None else None)
 
 
 def default_readers() -> tuple[int, int]:
@@ -297,6 +308,7 @@ class StreamFeed:
         """The epoch's batches in `epoch_plan`'s order for this rank (`rng` seeded by (seed, epoch)).
         `batch_size` is the global batch: each of the ranks takes its share (`train.distributed`)."""
         part = self.data
+        key = part.sampled.epoch_key(rng) if part.sampled is not None else None
         rank, world = rank_world()
         plan = epoch_plan(part.unit_sizes, batch_size // world, self.buffer, rng, rank, world)
         sizes = part.unit_sizes[plan.units]
@@ -304,7 +316,8 @@ class StreamFeed:
         video = np.concatenate([np.arange(part.bounds[u], part.bounds[u + 1]) for u in plan.units])
         order, groups = caption_groups(part.caption_video, len(part))
         v = video[plan.emit]
-        caps = order[groups[v] + plan.rng.integers(0, groups[v + 1] - groups[v])]
+        # a sampled part has no captions to choose: each video's sample makes its own
+        caps = v if key is not None else order[groups[v] + plan.rng.integers(0, groups[v + 1] - groups[v])]
         k = min(max(self.buffer, 1), int(starts[-1]))
         # the buffer in numpy: torch's indexed copies on a CPU take 60x longer (21 ms against 0.35 ms
         # for 64 rows of 2048), which made the buffer, not the reading, the streaming path's cost
@@ -317,9 +330,9 @@ class StreamFeed:
             while sum(_count(r) for r in ready) >= batch_size:
                 batch, ready = _take(ready, batch_size)
                 used += batch_size
-                yield self._put(batch, caps[used - batch_size:used])
+                yield self._put(batch, caps[used - batch_size:used], key)
 
-        for i, chunk in enumerate(part.chunks(plan.units)):
+        for i, chunk in enumerate(part.chunks(plan.units, key)):
             a, b = int(starts[i]), int(starts[i + 1])
             data = {n: tuple(None if t is None else t.numpy() for t in f) for n, f in chunk.items()}
             if not slots:
@@ -332,8 +345,12 @@ class StreamFeed:
             if used == len(plan.emit):  # the rest of the stream is not needed: its readers stop
                 return
 
-    def _put(self, batch: dict[str, Arrays], caps: np.ndarray) -> tuple[dict[str, ExpertInput], TextInput]:
-        text = self.data.captions.batch(caps)
+    def _put(self, batch: dict[str, Arrays], caps: np.ndarray, key: int | None
+             ) -> tuple[dict[str, ExpertInput], TextInput]:
+        """A batch on the device with its captions `caps` (with `key`: the samples of videos `caps`)."""
+        sampled = self.data.sampled
+        text = (self.data.captions.batch(caps) if key is None or sampled is None
+                else sampled.text([self.data.video_ids[i] for i in caps], key))
         return ({n: ExpertInput(*(None if a is None else _copy(torch.from_numpy(a), self.device) for a in f))
                  for n, f in batch.items()},
                 TextInput(_copy(text.x, self.device), _copy(text.mask, self.device)))

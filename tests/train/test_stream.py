@@ -79,8 +79,7 @@ def _parts(small: tuple[Path, Path], tmp: Path, **train: object):
     data, features = small
     cfg = load_run_cfg(mmt_config(tmp / 'c.yaml', SMALL, 6), {f'train.{k}': v for k, v in train.items()})
     manifest = load_manifest('demo', data)
-    captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data, tmp,
-                                     lambda: ['red cat'])
+    captions = build_caption_encoder(cfg.model.text, cfg.data, data, tmp, lambda: ['red cat'])
     return cfg, manifest, captions
 
 
