@@ -34,7 +34,7 @@ from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, s
 from extract.nvdec import DecoderStalled
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
-from shared.datasets import DatasetError, load_manifest
+from shared.datasets import DatasetError, load_manifest, parse_dataset_options
 from shared.device import pick_device
 from shared.logs import setup_logging
 from shared.resources import cpu_limit
@@ -64,6 +64,7 @@ class RunOptions:
     batch_size: int | None = None
     weights: str | None = None
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset_options: dict[str, str] = dataclasses.field(default_factory=dict)
     retry_failed: bool = False
     workers: int = -1
     chunk_size: int | None = None
@@ -511,7 +512,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     from extract.experts import resolve_expert_names
 
     t_start = time.time()
-    manifest = load_manifest(opts.dataset, opts.data_root)
+    manifest = load_manifest(opts.dataset, opts.data_root, **opts.dataset_options)
     names = resolve_expert_names(','.join(opts.experts))
     opts.experts = names
     experts = loaded if loaded is not None else build_experts(opts)
@@ -850,6 +851,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='weights for the selected experts: a path (one expert), file:NAME, or random (explicit)')
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
                    help='an expert setting (fps, clip_len, resize, input_size, max_rows, ...); EXPERT.KEY=VALUE for one')
+    p.add_argument('--dataset-option', action='append', default=[], metavar='KEY=VALUE',
+                   help="an option of the dataset's adapter, e.g. captions=raw_caption.json for howto100m")
     p.add_argument('--retry-failed', action='store_true', help='also redo videos that failed before')
     p.add_argument('--workers', type=int, default=d.workers,
                    help='decode processes for decord (default: the CPUs this job may use - 1, at most 16), '
@@ -883,7 +886,8 @@ def main(argv: list[str] | None = None) -> int:
         opts = RunOptions(dataset=args.dataset, experts=args.expert.split(','), data_root=args.data_root,
                           features_root=args.features_root, shard=shard, num_shards=num_shards, device=args.device,
                           decoder=args.decoder, batch_size=args.batch_size, weights=args.weights,
-                          settings=parse_overrides(args.settings), retry_failed=args.retry_failed,
+                          settings=parse_overrides(args.settings),
+                          dataset_options=parse_dataset_options(args.dataset_option), retry_failed=args.retry_failed,
                           workers=args.workers, chunk_size=args.chunk_size, overwrite=args.overwrite,
                           progress=not args.no_progress)
         if args.weights and args.weights != 'random' and len(opts.experts) > 1 and ':' not in args.weights:

@@ -139,7 +139,7 @@ def extract_cluster(client: Any, opts: dict[str, Any], num_shards: int, gpus: in
     from extract.run import RunOptions, build_experts, open_stores
 
     base = RunOptions(**opts)
-    manifest = load_manifest(base.dataset, base.data_root)
+    manifest = load_manifest(base.dataset, base.data_root, **base.dataset_options)
     experts = build_experts(base)  # configured, not loaded: creates the stores before any worker writes
     stores = open_stores(manifest, experts, base)
     n_chunks = next(iter(stores.values())).n_chunks

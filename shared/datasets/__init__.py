@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from shared.datasets.manifest import (AnnotationsMissing, DatasetError, Manifest
 from shared.registry import Registry
 
 __all__ = ['DATASETS', 'DatasetError', 'Manifest', 'Split', 'load_manifest', 'list_datasets',
-           'dataset_dir', 'resolve_inside', 'check_dataset_name', 'require_registered']
+           'dataset_dir', 'resolve_inside', 'check_dataset_name', 'require_registered', 'parse_dataset_options']
 
 #: name -> adapter(dataset_dir, **options) -> Manifest
 DATASETS: Registry[Callable[..., Manifest]] = Registry('dataset')
@@ -53,8 +54,13 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
     imported from a release (``imported.json``, written by `pipelines.import_features`) stand in.
     `Manifest.origin` says which.
 
+    Args:
+        options: the adapter's own options (howto100m: ``captions``), from a training config's
+            ``data.dataset_options`` or the commands' ``--dataset-option KEY=VALUE``.
+
     Raises:
-        DatasetError: unknown dataset, missing or broken annotation file, unknown split, path outside root.
+        DatasetError: unknown dataset or option, missing or broken annotation file, unknown split,
+            path outside root.
     """
     from shared.datasets import folder
 
@@ -63,9 +69,11 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
         if not directory.strip():  # Path('') is '.': an empty path would quietly scan the working directory
             raise DatasetError(f'--dataset {name!r} names no directory: give folder:PATH, e.g. folder:./videos '
                                '(folder:. for the current directory)')
+        _check_options('folder:PATH', folder.folder_manifest, options)
         return folder.folder_manifest(Path(directory), **options)
     root = dataset_dir(data_root if data_root is not None else data_root_default(), name)
     adapter = require_registered(name)
+    _check_options(name, adapter, options)
     if not root.is_dir():
         raise DatasetError(f'dataset directory {root} not found; put the {name} files there '
                            '(see README, "Datasets") or pass --data-root')
@@ -79,3 +87,23 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
         if err.found or not (root / IMPORTED_FILE).is_file():
             raise
         return imported_manifest(root, name)
+
+
+def _check_options(name: str, adapter: Callable[..., Manifest], options: dict[str, Any]) -> None:
+    """Options that `adapter` (after its root) takes, else one DatasetError naming those it does."""
+    known = list(inspect.signature(adapter).parameters)[1:]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DatasetError(f'dataset {name} has no option {", ".join(unknown)} '
+                           f'({"its options: " + ", ".join(known) if known else "it takes none"})')
+
+
+def parse_dataset_options(items: list[str]) -> dict[str, str]:
+    """``--dataset-option KEY=VALUE`` strings -> options of `load_manifest` (values stay text: they name files)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise DatasetError(f'--dataset-option {item!r}: expected KEY=VALUE, e.g. captions=raw_caption.json')
+        out[key.strip()] = value.strip()
+    return out

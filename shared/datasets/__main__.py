@@ -2,6 +2,7 @@
 
     python -m shared.datasets msrvtt [--data-root data]
     python -m shared.datasets folder:/path/to/videos
+    python -m shared.datasets howto100m --dataset-option captions=raw_caption.json
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import sys
 
 from shared.config import data_root_default
-from shared.datasets import DatasetError, list_datasets, load_manifest
+from shared.datasets import DatasetError, list_datasets, load_manifest, parse_dataset_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,9 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--data-root', default=None,
                         help=f'directory holding one folder per dataset (default: {data_root_default()}, '
                              'or $VIDEOEXPERTS_DATA_ROOT)')
+    parser.add_argument('--dataset-option', action='append', default=[], metavar='KEY=VALUE',
+                        help="an option of the dataset's adapter, e.g. captions=raw_caption.json for howto100m")
     args = parser.parse_args(argv)
     try:
-        manifest = load_manifest(args.dataset, args.data_root)
+        manifest = load_manifest(args.dataset, args.data_root, **parse_dataset_options(args.dataset_option))
     except DatasetError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -122,3 +122,32 @@ def test_stop_words_are_howto100ms_list_shipped_with_the_package() -> None:
     assert len(words) == 370 and {'the', 'a', "don't", 'youtube'} <= words and 'onion' not in words
     assert remove_stop_words("The Onion, I'm sure, is  ON the board!") == 'Onion, board!'
     assert remove_stop_words('') == '' and remove_stop_words('the and of') == ''
+
+
+def test_caption_file_setting_reaches_the_adapter_from_every_command(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """`--dataset-option captions=raw_caption.json` (datasets, extract) and `data.dataset_options` (train)."""
+    from extract.run import main as extract_main
+    from train.main import main as train_main
+
+    d = _howto100m(tmp_path)
+    (d / 'raw_caption.json').write_text(json.dumps({'vidA': {'start': [0], 'end': [9], 'text': ['so now we cut']}}))
+    raw = ['--dataset-option', 'captions=raw_caption.json']
+    assert datasets_main(['howto100m', '--data-root', str(tmp_path), *raw]) == 0
+    out = capsys.readouterr().out
+    assert 'howto100m: 4 videos, 1 captions' in out and 'split pretrain: train 1' in out
+    for bad, says in (('caption=raw_caption.json', 'dataset howto100m has no option caption (its options: captions)'),
+                      ('captions', "--dataset-option 'captions': expected KEY=VALUE")):
+        assert datasets_main(['howto100m', '--data-root', str(tmp_path), '--dataset-option', bad]) == 1
+        assert capsys.readouterr().err.strip().startswith(f'error: {says}')
+    (d / 'raw_caption.json').unlink()  # each command must now name the file the setting picked
+    assert extract_main(['--dataset', 'howto100m', '--data-root', str(tmp_path), '--features-root',
+                         str(tmp_path / 'features'), '--expert', 'scene', '--weights', 'random', '--no-progress',
+                         '--dataset-option', 'captions=raw_caption.json']) == 1
+    err = capsys.readouterr().err.strip()
+    assert 'raw_caption.json not found' in err and '\n' not in err
+    assert train_main(['--config', 'pipelines/configs/train/mmt_demo.yaml', '--dataset', 'howto100m', '--data-root',
+                       str(tmp_path), '--features-root', str(tmp_path / 'features'), '--device', 'cpu', '--run-dir',
+                       str(tmp_path / 'run'), '--set', 'data.dataset_options.captions=raw_caption.json', '--set', 'data.split=pretrain']) == 1
+    err = capsys.readouterr().err.strip()
+    assert 'raw_caption.json not found' in err and '\n' not in err
