@@ -28,12 +28,14 @@ from shared.files import atomic_save
 from train.models.base import RetrievalModel
 from train.models.layers import PerExpertRows
 
-__all__ = ['FROZEN', 'GALLERY', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'load_gallery',
+__all__ = ['FROZEN', 'GALLERY', 'FINAL', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'load_gallery',
            'by_expert_name']
 
 FROZEN = 'frozen.pt'
 #: a finished run's test videos embedded once, for search
 GALLERY = 'gallery.pt'
+#: a finished run trained on a split without a test part (pretraining): the checkpoint it ended with
+FINAL = 'final.json'
 _GALLERY_KEYS = {'video_ids': list, 'emb': torch.Tensor, 'available': torch.Tensor, 'checkpoint': str}
 
 

@@ -71,6 +71,9 @@ class TrainCfg:
     Args:
         optimizer: ``adam``, ``adamw`` or ``ranger`` (RAdam + Lookahead, k=6, alpha=0.5, as CE).
         lr, weight_decay, epochs, batch_size: as usual.
+        steps: train for this many optimisation steps in all, in place of `epochs` (MMT counts
+            steps: 2M pretraining on HowTo100M, 50k fine-tuning; sec. 4.2); the last epoch stops
+            part way, and a resumed run continues it from the step it stopped at; 0: `epochs`.
         loss: ``max_margin``, ``hard_negative`` or ``info_nce``; margin / temperature for them.
         lr_step, lr_gamma: multiply the learning rate by gamma every lr_step epochs, or every lr_step
             optimisation steps with ``lr_step_unit: step`` (MMT: 0.95 every 1,000 steps); 0: constant.
@@ -104,6 +107,7 @@ class TrainCfg:
     lr: float = 0.01
     weight_decay: float = 1e-3
     epochs: int = 20
+    steps: int = 0
     batch_size: int = 64
     loss: str = 'max_margin'
     margin: float = 0.09
@@ -126,8 +130,9 @@ class TrainCfg:
         for name in ('epochs', 'batch_size', 'log_every'):
             if getattr(self, name) < 1:
                 raise ValueError(f'train.{name} must be at least 1, got {getattr(self, name)}')
-        if self.lr_step < 0:
-            raise ValueError(f'train.lr_step must be 0 (constant) or more, got {self.lr_step}')
+        for name in ('lr_step', 'steps'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'train.{name} must be 0 or more, got {getattr(self, name)}')
         if self.loss not in LOSSES:
             raise ValueError(f'unknown train.loss {self.loss!r} (known: {", ".join(LOSSES.names())})')
         # a NaN or infinite setting makes every loss non-finite: refused here, not found after training
@@ -189,11 +194,11 @@ def saved_run_cfg(run_dir: Path) -> RunCfg:
     return from_dict(RunCfg, raw, where=str(run_dir / 'config.yaml'))
 
 
-#: settings a resumed run may change: more epochs continue the same run; how the step runs, how
+#: settings a resumed run may change: more epochs (or steps) continue the same run; how the step runs, how
 #: often the loss is read and how many processes read the stores leave the results as they were;
 #: a memory budget that moves the training part between memory and streaming changes the data
 #: order (the run's first lines say which path it took)
-RESUME_MAY_CHANGE = ('train.epochs', 'train.compile', 'train.log_every', 'train.device_data', 'train.memory_budget',
+RESUME_MAY_CHANGE = ('train.epochs', 'train.steps', 'train.compile', 'train.log_every', 'train.device_data', 'train.memory_budget',
                      'train.data_workers')
 
 

@@ -6,12 +6,13 @@ zero-shot transfer of MMT Table 1 and support-set Table 10. It prints the protoc
 writes it into the run directory as eval/DATASET_SPLIT_PART.{md,json} (the run's own results stay
 as they are):
 
-    python -m train.evaluate --run runs/mmt-howto100m-official --dataset msrvtt --split 1k-A
+    python -m train.evaluate --run runs/mmt-howto100m-pretrain --dataset msrvtt --split 1k-A --stop-words remove
     python -m train.evaluate --run runs/ce-demo-official --part val
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -77,9 +78,11 @@ def _file_stem(dataset: str, split: str, part: str) -> str:
 
 
 def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_root: Path, data_root: Path,
-                 device: torch.device) -> dict[str, dict[str, float]]:
+                 device: torch.device, stop_words: str | None = None) -> dict[str, dict[str, float]]:
     """A finished run's tested checkpoint on `manifest`'s `split`/`part`, with the run's own caption
-    encoder; the metrics are written to run/eval/DATASET_SPLIT_PART.{json,md}.
+    encoder; the metrics are written to run/eval/DATASET_SPLIT_PART.{json,md}. `stop_words`: keep or
+    remove them from the captions in place of the run's own ``data.stop_words`` (MMT Table 1
+    evaluates one pretrained model both ways), written to DATASET_SPLIT_PART_stop_words-SETTING.*.
 
     Raises:
         ConfigError: not a finished run; StoreError: the dataset lacks a store of the run's experts.
@@ -91,12 +94,15 @@ def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_
         raise StoreError(f'{manifest.name} has no store of {", ".join(missing)} in {features_root / manifest.name} '
                          f'(the run {run} reads them): extract them first: python -m extract --dataset '
                          f'{manifest.name} --expert {",".join(missing)}')
+    stem = _file_stem(manifest.name, split, part)
+    if stop_words is not None and stop_words != cfg.data.stop_words:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stop_words=stop_words))
+        stem += f'_stop_words-{stop_words}'
     captions = build_caption_encoder(cfg.model.text, cfg.data, data_root, run, None)
     data = load_split(manifest, split, part, features_root, cfg.model.experts, captions)
     result = evaluate(loaded.model, data, device)
     out = run / 'eval'
     out.mkdir(exist_ok=True)
-    stem = _file_stem(manifest.name, split, part)
     (out / f'{stem}.json').write_text(json.dumps(result, indent=1))
     (out / f'{stem}.md').write_text(f'# {cfg.model.model} trained on {cfg.data.dataset} ({cfg.data.split}), '
                                     f'evaluated on {manifest.name} {split}/{part}\n\nCheckpoint: '
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--dataset', help="a registered dataset or folder:PATH (default: the run's)")
     p.add_argument('--split', help="the dataset's split (default: the run's, on its own dataset)")
     p.add_argument('--part', default='test', choices=('train', 'val', 'test'), help='default: test')
+    p.add_argument('--stop-words', choices=('keep', 'remove'), default=None,
+                   help="keep or remove HowTo100M's stop words from the captions (default: as the run was trained)")
     p.add_argument('--data-root', type=Path, default=data_root_default())
     p.add_argument('--features-root', type=Path, default=features_root_default())
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
@@ -129,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for run in seeds:
             print(f'evaluating {run} on {manifest.name} {split}/{args.part}, {device}')
-            results.append(evaluate_run(run, manifest, split, args.part, args.features_root, args.data_root, device))
+            results.append(evaluate_run(run, manifest, split, args.part, args.features_root, args.data_root, device,
+                                        args.stop_words))
         model = saved_run_cfg(seeds[0]).model.model
         table = format_results({model: results})
         if len(seeds) > 1:  # the seeds' mean +- std beside them

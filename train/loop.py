@@ -6,16 +6,20 @@ results table (results.md), TensorBoard logs (tb/), checkpoints (checkpoints/las
 best.pt for the selected epoch, frozen feature extractors once in frozen.pt) and the test
 gallery's video embeddings (gallery.pt, for search).
 A run resumes exactly from last.pt: data order comes from a generator seeded by (seed, epoch).
+With ``train.steps`` the run stops after that many optimisation steps, part way through its last
+epoch; last.pt then records the steps done in that epoch, and a resumed run with more steps
+continues the epoch from the next batch.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
 from shared.files import atomic_save, atomic_write, make_dir
 from train.captions import build_caption_encoder
-from train.checkpoints import FROZEN, GALLERY, load_model, save_checkpoint
+from train.checkpoints import FINAL, FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
 from train.data import SplitData, TrainFeed, split_captions
 from train.distributed import SINGLE, Dist, average, check_world, convert_batch_norm, main_first, wrap_model
@@ -114,6 +118,9 @@ class TrainState:
         step: one optimisation step (`train.step.TrainStep`).
         epoch: the next epoch to train (0-based).
         best: the best validation selection score so far.
+        steps: optimisation steps done in all.
+        epoch_steps: steps of `epoch` done already: ``train.steps`` stopped the run part way
+            through it (0: the epoch starts afresh).
     """
 
     model: RetrievalModel
@@ -123,6 +130,8 @@ class TrainState:
     step: TrainStep
     epoch: int = 0
     best: float = -math.inf
+    steps: int = 0
+    epoch_steps: int = 0
 
 
 def build_state(cfg: RunCfg, device: torch.device, ranks: Dist = SINGLE) -> TrainState:
@@ -138,23 +147,36 @@ def build_state(cfg: RunCfg, device: torch.device, ranks: Dist = SINGLE) -> Trai
     return TrainState(model, opt, base, sched, step)
 
 
-def _resume(state: TrainState, last: Path, epochs: int, run_dir: Path, device: torch.device,
+def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device: torch.device,
             ranks: Dist = SINGLE) -> None:
-    """Continue from `last` exactly where its epoch left off (weights, optimiser, schedule, generator;
-    every rank from the same file)."""
+    """Continue from `last` exactly where it left off, at an epoch's end or, when ``train.steps``
+    stopped it, at its step (weights, optimiser, schedule, generator; every rank from the same file)."""
     saved = load_model(state.model, last, device)
     state.optimizer.load_state_dict(saved['optimizer'])
     if state.scheduler is not None:
         state.scheduler.load_state_dict(saved['scheduler'])
     torch.set_rng_state(saved['torch_rng'])
-    state.epoch, state.best = saved['epoch'] + 1, saved['best']
-    if state.epoch > epochs:  # its results, config.yaml and metrics.jsonl are of `state.epoch` epochs
-        raise ConfigError(f'{run_dir} holds a run that has trained {state.epoch} epochs, more than '
-                          f'train.epochs={epochs}: refused, and the run is left as it was. Pass '
-                          f'another --run-dir to train a new run of {epochs} epochs, or '
-                          f'train.epochs={state.epoch} (or more, to continue it) to use this one')
+    state.epoch_steps = saved.get('epoch_steps', 0)  # checkpoints before train.steps: whole epochs
+    state.epoch, state.best = saved['epoch'] + (0 if state.epoch_steps else 1), saved['best']
+    if cfg.steps and 'steps' not in saved:
+        raise ConfigError(f'{run_dir} holds a run saved before train.steps existed (its checkpoint does not '
+                          'count steps): resume it with train.steps=0 and train.epochs, or pass another --run-dir')
+    state.steps = saved.get('steps', 0)
+    # its results, config.yaml and metrics.jsonl are of that many epochs (steps)
+    if cfg.steps and state.steps > cfg.steps:
+        raise ConfigError(f'{run_dir} holds a run that has trained {state.steps} steps, more than '
+                          f'train.steps={cfg.steps}: refused, and the run is left as it was. Pass '
+                          f'another --run-dir to train a new run of {cfg.steps} steps, or '
+                          f'train.steps={state.steps} (or more, to continue it) to use this one')
+    if not cfg.steps and state.epoch + (1 if state.epoch_steps else 0) > cfg.epochs:
+        done = state.epoch + (1 if state.epoch_steps else 0)
+        raise ConfigError(f'{run_dir} holds a run that has trained {done} epochs, more than '
+                          f'train.epochs={cfg.epochs}: refused, and the run is left as it was. Pass '
+                          f'another --run-dir to train a new run of {cfg.epochs} epochs, or '
+                          f'train.epochs={done} (or more, to continue it) to use this one')
     if ranks.main:
-        print(f'resuming {run_dir} at epoch {state.epoch + 1}')
+        print(f'resuming {run_dir} at epoch {state.epoch + 1}'
+              + (f', step {state.steps + 1} (step {state.epoch_steps + 1} of the epoch)' if state.epoch_steps else ''))
         _say_world_changed(saved.get('world_size', 1), ranks.world)
 
 
@@ -165,10 +187,10 @@ def _say_world_changed(before: int, now: int) -> None:
               f'{before} or by {now} throughout')
 
 
-def _keep_metrics(path: Path, epochs: int) -> None:
-    """Cut metrics.jsonl back to the lines of epochs 1..`epochs`, those the checkpoint holds: a
-    kill after an epoch's line but before its checkpoint (or in the middle of the line) left lines
-    that the resumed run writes again."""
+def _keep_metrics(path: Path, epochs: int, steps: int) -> None:
+    """Cut metrics.jsonl back to the lines the checkpoint holds, of `steps` steps in all (lines
+    written before records counted steps: of epochs 1..`epochs`): a kill after an epoch's line but
+    before its checkpoint (or in the middle of the line) left lines that the resumed run writes again."""
     if not path.is_file():
         return
     text = path.read_text(encoding='utf-8', errors='replace')
@@ -178,23 +200,51 @@ def _keep_metrics(path: Path, epochs: int) -> None:
             record = json.loads(line)
         except ValueError:  # a line cut short
             continue
-        if isinstance(record, dict) and isinstance(record.get('epoch'), int) and record['epoch'] <= epochs:
+        if not isinstance(record, dict):
+            continue
+        done = record.get('step', record.get('epoch'))
+        if isinstance(done, int) and done <= (steps if 'step' in record else epochs):
             kept.append(line + '\n')
     if ''.join(kept) != text:
         atomic_write(path, lambda f: f.write(''.join(kept).encode('utf-8')))
 
 
-def train_one_epoch(state: TrainState, feed: TrainFeed, cfg: TrainCfg, seed: int, progress: bool,
-                    where: Path) -> dict[str, Any]:
-    """Epoch `state.epoch` in the order that (seed, epoch) give; its record for metrics.jsonl."""
+def _more(state: TrainState, cfg: TrainCfg) -> bool:
+    """The run trains on: steps left of ``train.steps``, or (steps 0) epochs left of ``train.epochs``."""
+    return state.steps < cfg.steps if cfg.steps else state.epoch < cfg.epochs
+
+
+def _epoch_batches(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainCfg, rng: np.random.Generator,
+                   done: list[int]) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
+    """The epoch's batches from step `state.epoch_steps` (a resumed run continues the epoch that
+    train.steps stopped), at most the steps left of train.steps; `done[0]` counts those given."""
+    batches = itertools.islice(feed.epoch(cfg.batch_size, rng), state.epoch_steps, None)
+    for batch in itertools.islice(batches, cfg.steps - state.steps if cfg.steps else None):
+        done[0] += 1
+        yield batch
+
+
+def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainCfg, seed: int, progress: bool,
+                    where: Path) -> dict[str, Any] | None:
+    """Epoch `state.epoch` in the order that (seed, epoch) give, or what train.steps leaves of it;
+    its record for metrics.jsonl (None: a resumed epoch had no step left). `state.steps` counts
+    its steps; `state.epoch_steps` is 0 when the epoch ended, else the steps done in it."""
     from tqdm import tqdm
 
     epoch = state.epoch
     state.model.train()
     rng = np.random.default_rng([seed, epoch])
     t0 = time.time()
-    bar = tqdm(feed.epoch(cfg.batch_size, rng), total=len(feed.data) // cfg.batch_size, disable=not progress,
-               desc=f'epoch {epoch + 1}/{cfg.epochs}', unit='batch', leave=False)
+    done = [0]
+    batches = _epoch_batches(state, feed, cfg, rng, done)
+    first = next(batches, None)
+    if first is None:  # train.steps had stopped the run at the epoch's last step: it ends here
+        _end_epoch(state, cfg)
+        return None
+    total = len(feed.data) // cfg.batch_size - state.epoch_steps
+    bar = tqdm(itertools.chain([first], batches), disable=not progress, unit='batch', leave=False,
+               total=min(total, cfg.steps - state.steps) if cfg.steps else total,
+               desc=f'epoch {epoch + 1}' + (f', step {state.steps + 1}/{cfg.steps}' if cfg.steps else f'/{cfg.epochs}'))
     shown = lambda n, loss: bar.set_postfix(  # noqa: E731
         loss=f'{loss:.4f}', pairs_s=f'{cfg.batch_size * n / max(time.time() - t0, 1e-6):.0f}')
     try:
@@ -205,10 +255,21 @@ def train_one_epoch(state: TrainState, feed: TrainFeed, cfg: TrainCfg, seed: int
                           f'stops without results: check train.lr and the loss settings ({where})') from None
     finally:
         bar.close()
+    state.steps += done[0]
+    if cfg.steps and state.steps == cfg.steps:  # stopped by the budget: perhaps part way through
+        state.epoch_steps += done[0]
+    else:
+        _end_epoch(state, cfg)
+    return {'epoch': epoch + 1, 'step': state.steps, 'train/loss': mean_loss, 'train/seconds': time.time() - t0,
+            'lr': state.base.param_groups[0]['lr']}
+
+
+def _end_epoch(state: TrainState, cfg: TrainCfg) -> None:
+    """An epoch ran to its end: the per-epoch schedule steps (never for an epoch stopped part way,
+    which a resumed run continues)."""
+    state.epoch_steps = 0
     if state.scheduler is not None and cfg.lr_step_unit == 'epoch':
         state.scheduler.step()
-    return {'epoch': epoch + 1, 'train/loss': mean_loss, 'train/seconds': time.time() - t0,
-            'lr': state.base.param_groups[0]['lr']}
 
 
 def _validate(state: TrainState, val: SplitData, device: torch.device, record: dict[str, Any], tb: Any,
@@ -255,10 +316,11 @@ def _feed(train: SplitData | StreamedPart, dev: torch.device, cfg: TrainCfg, ran
 def _follow(state: TrainState, feed: TrainFeed | StreamFeed, cfg: RunCfg, seed: int, run_dir: Path,
             ranks: Dist) -> dict[str, dict[str, float]]:
     """A rank other than 0: its share of every epoch's steps; rank 0 evaluates, writes and tests."""
-    while state.epoch < cfg.train.epochs:
+    while _more(state, cfg.train):
         record = train_one_epoch(state, feed, cfg.train, seed, False, run_dir)
-        average(ranks, record['train/loss'])  # rank 0's record is the mean over the ranks
-        state.epoch += 1
+        if record is not None:
+            average(ranks, record['train/loss'])  # rank 0's record is the mean over the ranks
+        state.epoch += 0 if state.epoch_steps else 1
     return {}
 
 
@@ -285,7 +347,9 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False, sampler)
     val = (load_part(manifest, cfg.data.split, 'val', features_root, experts, captions, cfg.train)
            if split.val and cfg.train.selection == 'geometric_mean' and ranks.main else None)
-    test = load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train) if ranks.main else None
+    # a split without a test part (howto100m's pretrain) trains only: fine-tuning starts from it
+    test = (load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train)
+            if ranks.main and split.test else None)
     if train.random_weights:
         _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
     if len(train) < cfg.train.batch_size:
@@ -295,7 +359,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     ckpt_dir = run_dir / 'checkpoints'
     ckpt_dir.mkdir(exist_ok=True)
     if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
-        _resume(state, ckpt_dir / 'last.pt', cfg.train.epochs, run_dir, dev, ranks)
+        _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, ranks)
     else:
         if ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
             (ckpt_dir / FROZEN).unlink(missing_ok=True)
@@ -303,15 +367,18 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             init_weights(state.model, Path(cfg.train.init_from), run_dir, report=ranks.main)
     if not ranks.main:
         return _follow(state, _feed(train, dev, cfg.train, ranks), cfg, seed, run_dir, ranks)
-    _keep_metrics(run_dir / 'metrics.jsonl', state.epoch)
+    _keep_metrics(run_dir / 'metrics.jsonl', state.epoch, state.steps)
     # once a resumed run is known to be this config's; whole or not at all, else a kill leaves a
     # truncated config.yaml that check_resumable refuses as "other settings"
     atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
     feed = _feed(train, dev, cfg.train, ranks)
     tb = SummaryWriter(str(run_dir / 'tb'))
     try:
-        while state.epoch < cfg.train.epochs:
+        while _more(state, cfg.train):
             record = train_one_epoch(state, feed, cfg.train, seed, progress, run_dir)
+            if record is None:  # the epoch a resumed run continued had no step left: nothing to record
+                state.epoch += 1
+                continue
             record['train/loss'] = average(ranks, record['train/loss'])
             tb.add_scalar('train/loss', record['train/loss'], record['epoch'])
             if val is not None:
@@ -323,13 +390,17 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
                             epoch=state.epoch, best=state.best, torch_rng=torch.get_rng_state(),
                             scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
-                            world_size=ranks.world)
+                            world_size=ranks.world, steps=state.steps, epoch_steps=state.epoch_steps)
             if progress:
                 shown = f', val geometric mean {record["val/selection"]:.2f}' if val is not None else ''
-                print(f'epoch {record["epoch"]}/{cfg.train.epochs}: loss {record["train/loss"]:.4f}{shown} '
-                      f'({record["train/seconds"]:.1f} s)')
-            state.epoch += 1
+                where = (f'epoch {record["epoch"]}, step {state.steps}/{cfg.train.steps}' if cfg.train.steps
+                         else f'epoch {record["epoch"]}/{cfg.train.epochs}')
+                print(f'{where}: loss {record["train/loss"]:.4f}{shown} ({record["train/seconds"]:.1f} s)')
+            state.epoch += 0 if state.epoch_steps else 1
     finally:
         tb.close()
     chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
+    if test is None:  # what --init-from and train.evaluate read in place of the test's gallery
+        (run_dir / FINAL).write_text(json.dumps({'checkpoint': chosen, 'epochs': state.epoch, 'steps': state.steps}))
+        return {}
     return _test(state, cfg, test, dev, run_dir, seed, chosen)

@@ -24,26 +24,31 @@ from train.loop import train_run
 from train.metrics import format_results
 from train.models import count_parameters, meta_model
 
-__all__ = ['main', 'config_path', 'parse_seeds', 'CONFIG_DIR']
+__all__ = ['main', 'config_path', 'parse_seeds', 'CONFIG_DIR', 'FINETUNE']
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'pipelines' / 'configs' / 'train'
+#: CONFIG_DIR's folder of configs that fine-tune a pretrained run (`train.init_from`)
+FINETUNE = 'finetune'
 
 
-def config_path(model: str, dataset: str, split: str | None) -> Path:
-    """pipelines/configs/train/{model}_{dataset}[_{split}].yaml, the most specific that exists."""
+def config_path(model: str, dataset: str, split: str | None, finetune: bool = False) -> Path:
+    """pipelines/configs/train/{model}_{dataset}[_{split}].yaml, the most specific that exists; with
+    `finetune`, the config that fine-tunes a pretrained run, in pipelines/configs/train/finetune/."""
+    where = CONFIG_DIR / FINETUNE if finetune else CONFIG_DIR
     names = ([f'{model}_{dataset}_{split}'] if split else []) + [f'{model}_{dataset}']
     for name in names:
-        p = CONFIG_DIR / f'{name.replace("-", "_").lower()}.yaml'
+        p = where / f'{name.replace("-", "_").lower()}.yaml'
         if p.is_file():
             return p
     stem = f'{model}_{dataset}_'.replace('-', '_').lower()
     splits = sorted(str((yaml.safe_load(p.read_text()) or {}).get('data', {}).get('split', p.stem[len(stem):]))
-                    for p in CONFIG_DIR.glob(f'{stem}*.yaml'))
+                    for p in where.glob(f'{stem}*.yaml'))
     if splits:  # the dataset has configs per split: say which
         raise ConfigError(f'model {model} on {dataset} has a config per split{f" (not {split})" if split else ""}: '
                           f'pass --split {" | ".join(splits)} (make: SPLIT=...), or --config FILE')
-    known = sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))
-    raise ConfigError(f'no config for model {model} on {dataset}{" " + split if split else ""} in {CONFIG_DIR} '
+    known = sorted(p.stem for p in where.glob('*.yaml'))
+    what = 'no fine-tuning config' if finetune else 'no config'
+    raise ConfigError(f'{what} for model {model} on {dataset}{" " + split if split else ""} in {where} '
                       f'(known: {", ".join(known)}); pass --config FILE')
 
 
@@ -128,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             results.append(train_run(cfg, manifest, args.features_root, args.data_root, run_dir, seed, device,
                                      progress=not args.no_progress, ranks=ranks))
         if not ranks.main:  # rank 0 writes and prints the results
+            return 0
+        if not any(results):  # pretraining: nothing to test
+            print(f'{cfg.data.dataset}/{cfg.data.split} has no test part: trained only. Fine-tune from it with '
+                  f'--init-from {base / f"seed{seeds[0]}"}, or evaluate it zero-shot with python -m train.evaluate '
+                  f'--run {base} --dataset DATASET')
             return 0
         table = format_results({cfg.model.model: results})
         (base / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seeds '

@@ -3,13 +3,14 @@ seeds, the checkpoint its test used, its model loaded with every weight."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shared.config import ConfigError
-from train.checkpoints import GALLERY, load_gallery, load_model
+from train.checkpoints import FINAL, GALLERY, load_gallery, load_model
 from train.config import RunCfg, saved_run_cfg
 from train.models import RetrievalModel, create_model, structure_only
 
@@ -33,16 +34,22 @@ def run_seeds(run: Path) -> list[Path]:
 
 def tested_checkpoint(run: Path, gallery: dict[str, Any] | None = None) -> Path:
     """The checkpoint a finished run was tested with: the one its gallery.pt names (`gallery`, when
-    the caller has read it already: at collection scale it is large).
+    the caller has read it already: at collection scale it is large); of a run trained on a split
+    without a test part (pretraining), the one it ended with (final.json).
 
     Raises:
         ConfigError: the run has not finished (no gallery.pt), or its gallery cannot be read.
     """
+    if gallery is None and not (run / GALLERY).is_file() and (run / FINAL).is_file():
+        return run / 'checkpoints' / json.loads((run / FINAL).read_text())['checkpoint']
     return run / 'checkpoints' / (gallery if gallery is not None else _gallery(run))['checkpoint']
 
 
 def _gallery(run: Path) -> dict[str, Any]:
     if not (run / GALLERY).is_file():
+        if (run / FINAL).is_file():
+            raise ConfigError(f'{run} was trained on a split without a test part (pretraining): it has no '
+                              f'{GALLERY} of test videos')
         raise ConfigError(f'{run} has no {GALLERY}: the run has not finished')
     return load_gallery(run)
 
@@ -65,7 +72,7 @@ def load_run(run: Path, device: torch.device | str = 'cpu', gallery: bool = Fals
         ConfigError: its config no longer loads, it has not finished, or a file of it cannot be read.
     """
     cfg = saved_run_cfg(run)
-    saved = _gallery(run)
+    saved = _gallery(run) if gallery or not (run / FINAL).is_file() else None
     checkpoint = tested_checkpoint(run, saved)
     model = create_model(structure_only(cfg.model))  # checkpoint + frozen.pt: every weight
     load_model(model, checkpoint, device)

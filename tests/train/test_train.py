@@ -153,7 +153,7 @@ def test_count_params_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFi
 def test_every_shipped_config_builds(capsys: pytest.CaptureFixture) -> None:
     from train.main import CONFIG_DIR
 
-    configs = sorted(CONFIG_DIR.glob('*.yaml'))
+    configs = sorted(CONFIG_DIR.rglob('*.yaml'))
     assert {'ce_demo', 'mee_demo', 'mee_msrvtt_1k_b', 'mee_lsmdc', 'mmt_demo', 'mmt_msrvtt_1k_a', 'mmt_activitynet',
             'ssb_demo', 'ssb_msrvtt_1k_a', 'ssb_vatex', 'ssb_activitynet', 'ssb_msvd', 'ce_msrvtt_full', 'ce_msrvtt_1k_a',
             'ce_msrvtt_1k_b', 'ce_msvd', 'ce_lsmdc', 'ce_didemo', 'ce_activitynet'} <= {p.stem for p in configs}

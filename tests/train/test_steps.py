@@ -1,0 +1,58 @@
+"""`train.steps`: a run of N optimisation steps (MMT sec. 4.2 counts steps, not epochs) stops after
+N, part way through its last epoch, and a resumed run continues that epoch to the same weights."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.main import main as train_main
+
+from tests.train.conftest import tiny_args
+
+# the tiny set trains 8 videos in batches of 4: 2 steps an epoch. The learning rate halves every
+# epoch, so a resumed run that stepped the per-epoch schedule at a stop part way through an epoch
+# (or skipped it at that epoch's end) ends with other weights.
+_SCHEDULE = ('--set', 'train.lr_step=1', '--set', 'train.lr_gamma=0.5', '--set', 'train.lr=0.01')
+
+
+def _steps(tiny: Path, run: Path, n: int) -> int:
+    return train_main(tiny_args(tiny, run, *_SCHEDULE, '--set', f'train.steps={n}'))
+
+
+def _last(run: Path) -> dict:
+    return torch.load(run / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)
+
+
+def test_a_run_stops_after_its_steps_and_a_resumed_one_at_the_same_step_with_the_same_weights(
+        tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    whole = tmp_path / 'whole'
+    assert _steps(tiny, whole, 5) == 0
+    saved = _last(whole)
+    assert saved['steps'] == 5 and saved['epoch_steps'] == 1 and saved['epoch'] == 2  # 2 + 2 + 1 steps
+    assert {int(s['step']) for s in saved['optimizer']['state'].values()} == {5}  # Adam's own count: 5 updates
+    records = [json.loads(line) for line in (whole / 'seed0' / 'metrics.jsonl').read_text().splitlines()]
+    assert [(r['epoch'], r['step']) for r in records] == [(1, 2), (2, 4), (3, 5)]
+    assert json.loads((whole / 'seed0' / 'test_metrics.json').read_text())['t2v']['R1'] >= 0
+
+    # stopped part way through epoch 2 (step 3), then at the exact end of epoch 2 (step 4): each
+    # resumed to 5 steps ends where the uninterrupted run did
+    for stop in (3, 4):
+        resumed = tmp_path / f'resumed{stop}'
+        assert _steps(tiny, resumed, stop) == 0
+        assert _last(resumed)['steps'] == stop
+        capsys.readouterr()
+        assert _steps(tiny, resumed, 5) == 0
+        assert 'resuming' in capsys.readouterr().out
+        again = _last(resumed)
+        assert again['steps'] == 5 and again['epoch'] == 2
+        assert again['model'].keys() == saved['model'].keys()
+        assert all(torch.equal(again['model'][k], saved['model'][k]) for k in saved['model']), stop
+        assert again['scheduler']['last_epoch'] == saved['scheduler']['last_epoch']
+
+    # fewer steps than a run has trained: refused, the run left as it was
+    assert _steps(tiny, whole, 4) == 1
+    assert 'has trained 5 steps, more than train.steps=4' in capsys.readouterr().err
+    assert torch.equal(next(iter(_last(whole)['model'].values())), next(iter(saved['model'].values())))
