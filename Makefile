@@ -28,11 +28,13 @@ VIDEOS        ?= 120
 SEED          ?= 0
 PAPER         ?= ce
 RELEASE       ?=
+# a pretraining run (make pretrain) that make reproduce fine-tunes from
+PRETRAINED    ?=
 SCHEDULER     ?= local
 WORKERS       ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo demo-data extract extract-cluster experts train reproduce import check datasets clean clean-venv
+.PHONY: help setup test test-fast demo demo-data extract extract-cluster experts train pretrain reproduce import check datasets clean clean-venv
 
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
@@ -82,9 +84,10 @@ import: $(STAMP) ## import the authors' features: PAPER=ce|mmt RELEASE=PATH DATA
 	$(PY) -m pipelines.import_features --source $(PAPER) --root $(RELEASE) --dataset $(DATASET) \
 		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 
-reproduce: $(STAMP) ## PAPER=ce|mee|mmt|ssb DATASET= SPLIT= [RELEASE=PATH]: 3 seeds beside the paper's numbers
+reproduce: $(STAMP) ## PAPER=ce|mee|mmt|ssb DATASET= SPLIT= [RELEASE=PATH PRETRAINED=RUN]: 3 seeds beside the paper's numbers
 	$(PY) -m pipelines.reproduce --paper $(PAPER) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) \
-		$(if $(RELEASE),--release $(RELEASE)) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
+		$(if $(RELEASE),--release $(RELEASE)) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) \
+		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 
 # the demo's stores: every expert, random weights where the weights do not ship in a wheel
 DEMO_STORES   := $(FEATURES_ROOT)/demo/.extracted
@@ -92,9 +95,15 @@ $(DEMO_STORES): $(DEMO_DATA)
 	$(PY) -m extract --dataset demo --expert all --weights random --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 	touch $@
 
+# python -m train, under torchrun with GPUS=N processes
+TRAIN         = $(PY) $(if $(GPUS),-m torch.distributed.run --standalone --nproc-per-node $(GPUS)) -m train
+
 train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (mee, ce, mmt, ssb) on DATASET [SPLIT= SEEDS=0,1,2 GPUS=N TRAIN_ARGS=]; the demo by default
-	$(PY) $(if $(GPUS),-m torch.distributed.run --standalone --nproc-per-node $(GPUS)) -m train --model $(MODEL) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) --seeds $(SEEDS) \
+	$(TRAIN) --model $(MODEL) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) --seeds $(SEEDS) \
 		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(TRAIN_ARGS)
+
+pretrain: $(STAMP) ## PAPER=mmt|ssb [GPUS=N TRAIN_ARGS=]: pretrain on HowTo100M (configs PAPER_howto100m.yaml) into runs/PAPER-howto100m-pretrain
+	$(TRAIN) --model $(PAPER) --dataset howto100m --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(TRAIN_ARGS)
 
 experts: $(STAMP) ## list the experts, their models, sampling and weights
 	$(PY) -m extract --list

@@ -2,26 +2,40 @@
 imported (or extracted) features, three seeds, and print the table beside the paper's numbers.
 
     python -m pipelines.reproduce --paper mmt --dataset msrvtt --split 1k-A --release ~/mmt/MSRVTT/mult_h5
+    python -m pipelines.reproduce --paper mmt --dataset msrvtt --split 1k-A --pretrained runs/mmt-howto100m-pretrain
 
 When the stores are missing and --release is given, the authors' features are imported first
 (CE and MEE: CE's pickles; MMT: MMT's h5 files). The paper's model is the model of the same name
 (``ce``, ``mee``, ``mmt``, ``ssb``) with its config under pipelines/configs/train/.
+
+With --pretrained RUN (a pretraining run, `make pretrain`), the seeds fine-tune from RUN with the
+config under pipelines/configs/train/finetune/, RUN is evaluated zero-shot on the split's test
+part, and the papers' pretraining tables are printed with our rows under theirs
+(`pipelines.paper_tables`: MMT Tab. 1, 5, 6; support-set Tab. 3-6 and 10), the from-scratch
+rows from --scratch-run when it has finished.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
+from pipelines.paper_tables import PRETRAINING_TABLES, PaperTable, format_beside
 from shared.config import ConfigError, data_root_default, features_root_default
-from shared.datasets import DatasetError
-from shared.store import store_path
-from train.config import load_run_cfg
+from shared.datasets import DatasetError, load_manifest
+from shared.device import pick_device
+from shared.store import StoreError, store_path
+from train.config import load_run_cfg, saved_run_cfg
+from train.evaluate import evaluate_run
 from train.main import config_path
 from train.main import main as train_main
+from train.runs import run_seeds
 
-__all__ = ['PAPER_RESULTS', 'main']
+__all__ = ['PAPER_RESULTS', 'main', 'compare_pretrained']
 
 #: (paper, dataset, split) -> (where in the paper, {direction: {metric: value}}), means over seeds as printed
 PAPER_RESULTS: dict[tuple[str, str, str], tuple[str, dict[str, dict[str, float]]]] = {
@@ -51,6 +65,35 @@ def _beside(ours: dict, paper: tuple[str, dict[str, dict[str, float]]] | None) -
     return '\n'.join(rows)
 
 
+def compare_pretrained(tables: Sequence[PaperTable], finetuned: list[dict], pretrained: Path, scratch_run: Path,
+                       dataset: str, split: str, data_root: Path, features_root: Path, device: str,
+                       stop_words: str) -> str:
+    """The papers' pretraining `tables` with ours under them: the `finetuned` seeds' test metrics
+    (trained with `stop_words`), the `pretrained` run evaluated zero-shot on `dataset`'s `split`
+    test part with each stop-words setting the tables have a zero-shot row of, and the
+    `scratch_run` seeds' test metrics when that run has finished.
+
+    Raises:
+        ConfigError: `pretrained` holds no run or several seeds; StoreError: a store it reads is missing.
+    """
+    if not tables:
+        return f'no paper numbers recorded for the pretrained recipe on {dataset} {split}'
+    ours: dict[str, list[dict]] = {f'finetuned:{stop_words}': finetuned}
+    source = pretrained.parent.parent if pretrained.is_file() else pretrained  # RUN/checkpoints/NAME.pt
+    sources = run_seeds(source)
+    if len(sources) > 1:
+        raise ConfigError(f'--pretrained {pretrained} holds {len(sources)} seeds: name one, e.g. {sources[0]}')
+    manifest = load_manifest(dataset, data_root)
+    for setting in dict.fromkeys(s for t in tables for s in t.settings() if s.startswith('zero-shot:')):
+        stop = setting.split(':')[1]
+        ours[setting] = [evaluate_run(sources[0], manifest, split, 'test', features_root, data_root,
+                                      torch.device(pick_device(device)), stop)]
+    done = sorted(scratch_run.glob('seed*/test_metrics.json'))
+    if done:  # trained with its own config's stop words
+        ours[f'scratch:{saved_run_cfg(done[0].parent).data.stop_words}'] = [json.loads(p.read_text()) for p in done]
+    return format_beside(tables, ours)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m pipelines.reproduce', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
@@ -68,10 +111,17 @@ def main(argv: list[str] | None = None) -> int:
                    help='directory holding one folder per dataset (default: %(default)s)')
     p.add_argument('--features-root', type=Path, default=features_root_default(),
                    help='where the stores are, {features root}/{dataset}/{expert}.zarr (default: %(default)s)')
-    p.add_argument('--run-dir', type=Path, default=None, help='default: runs/reproduce-PAPER-DATASET-SPLIT')
+    p.add_argument('--run-dir', type=Path, default=None,
+                   help='default: runs/reproduce-PAPER-DATASET-SPLIT (with --pretrained: ...-pretrained)')
+    p.add_argument('--pretrained', type=Path, default=None, metavar='RUN',
+                   help='fine-tune from this pretraining run (make pretrain) and print the papers\' pretraining tables')
+    p.add_argument('--scratch-run', type=Path, default=None,
+                   help='with --pretrained: the from-scratch run printed beside (default: '
+                        'runs/reproduce-PAPER-DATASET-SPLIT, what a reproduce without --pretrained writes)')
+    p.add_argument('--device', default='auto', help='for the zero-shot evaluation: auto, cpu, cuda ...')
     args = p.parse_args(argv)
     try:
-        cfg_path = config_path(args.paper, args.dataset, args.split)
+        cfg_path = config_path(args.paper, args.dataset, args.split, finetune=args.pretrained is not None)
         cfg = load_run_cfg(cfg_path)
         missing = [e.name for e in cfg.model.experts
                    if not store_path(args.features_root, args.dataset, e.name).exists()]
@@ -90,16 +140,28 @@ def main(argv: list[str] | None = None) -> int:
                             '--data-root', str(args.data_root), '--features-root', str(args.features_root)])
         if code:
             return code
-    run = args.run_dir or Path('runs') / f'reproduce-{args.paper}-{args.dataset}-{split}'
+    scratch = Path('runs') / f'reproduce-{args.paper}-{args.dataset}-{split}'
+    run = args.run_dir or (scratch.with_name(scratch.name + '-pretrained') if args.pretrained else scratch)
     overrides = [a for kv in args.settings for a in ('--set', kv)]
+    init = ['--init-from', str(args.pretrained)] if args.pretrained is not None else []
     code = train_main(['--config', str(cfg_path), '--dataset', args.dataset, '--split', split, '--seeds', args.seeds,
                        '--data-root', str(args.data_root), '--features-root', str(args.features_root),
-                       '--run-dir', str(run), *overrides])
+                       '--run-dir', str(run), *init, *overrides])
     if code:
         return code
     seeds = [json.loads((run / f'seed{s}' / 'test_metrics.json').read_text()) for s in args.seeds.split(',')]
-    mean = {d: {k: sum(r[d][k] for r in seeds) / len(seeds) for k in seeds[0][d]} for d in seeds[0]}
-    text = _beside(mean, PAPER_RESULTS.get((args.paper, args.dataset, split)))
+    if args.pretrained is not None:
+        try:
+            text = compare_pretrained(PRETRAINING_TABLES.get((args.paper, args.dataset, split), ()), seeds,
+                                      args.pretrained, args.scratch_run or scratch, args.dataset, split,
+                                      args.data_root, args.features_root, args.device,
+                                      load_run_cfg(cfg_path).data.stop_words)
+        except (ConfigError, DatasetError, StoreError) as err:
+            print(f'error: {err}', file=sys.stderr)
+            return 1
+    else:
+        mean = {d: {k: sum(r[d][k] for r in seeds) / len(seeds) for k in seeds[0][d]} for d in seeds[0]}
+        text = _beside(mean, PAPER_RESULTS.get((args.paper, args.dataset, split)))
     print(text)
     (run / 'paper_comparison.md').write_text(text + '\n')
     return 0
