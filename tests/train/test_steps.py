@@ -56,3 +56,15 @@ def test_a_run_stops_after_its_steps_and_a_resumed_one_at_the_same_step_with_the
     assert _steps(tiny, whole, 4) == 1
     assert 'has trained 5 steps, more than train.steps=4' in capsys.readouterr().err
     assert torch.equal(next(iter(_last(whole)['model'].values())), next(iter(saved['model'].values())))
+
+
+def test_a_streamed_run_resumed_part_way_through_an_epoch_ends_with_the_uninterrupted_weights(
+        tiny: Path, tmp_path: Path) -> None:
+    # the streamed epoch is a generator over DataLoader workers: stopped by the budget, skipped into on resume
+    stream = ('--set', 'train.streaming=on', '--set', 'train.data_workers=1')
+    whole, resumed = tmp_path / 'whole', tmp_path / 'resumed'
+    for run, n in ((whole, 5), (resumed, 3), (resumed, 5)):
+        assert train_main(tiny_args(tiny, run, *_SCHEDULE, *stream, '--set', f'train.steps={n}')) == 0
+    a, b = _last(whole), _last(resumed)
+    assert a['steps'] == b['steps'] == 5
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
