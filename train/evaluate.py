@@ -77,6 +77,12 @@ def _file_stem(dataset: str, split: str, part: str) -> str:
     return re.sub(r'[^A-Za-z0-9._-]+', '_', f'{dataset}_{split}_{part}')
 
 
+def _eval_stem(dataset: str, split: str, part: str, stop_words: str | None, own: str) -> str:
+    """eval/ file name of an evaluation; with the stop-words setting other than the run's `own`,
+    one of its own beside the run's."""
+    return _file_stem(dataset, split, part) + (f'_stop_words-{stop_words}' if stop_words not in (None, own) else '')
+
+
 def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_root: Path, data_root: Path,
                  device: torch.device, stop_words: str | None = None) -> dict[str, dict[str, float]]:
     """A finished run's tested checkpoint on `manifest`'s `split`/`part`, with the run's own caption
@@ -94,10 +100,9 @@ def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_
         raise StoreError(f'{manifest.name} has no store of {", ".join(missing)} in {features_root / manifest.name} '
                          f'(the run {run} reads them): extract them first: python -m extract --dataset '
                          f'{manifest.name} --expert {",".join(missing)}')
-    stem = _file_stem(manifest.name, split, part)
-    if stop_words is not None and stop_words != cfg.data.stop_words:
+    stem = _eval_stem(manifest.name, split, part, stop_words, cfg.data.stop_words)
+    if stop_words is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stop_words=stop_words))
-        stem += f'_stop_words-{stop_words}'
     captions = build_caption_encoder(cfg.model.text, cfg.data, data_root, run, None)
     data = load_split(manifest, split, part, features_root, cfg.model.experts, captions)
     result = evaluate(loaded.model, data, device)
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(seeds) > 1:  # the seeds' mean +- std beside them
             out = args.run / 'eval'
             out.mkdir(exist_ok=True)
-            (out / f'{_file_stem(manifest.name, split, args.part)}.md').write_text(
+            (out / f'{_eval_stem(manifest.name, split, args.part, args.stop_words, own.stop_words)}.md').write_text(
                 f'# {model} of {args.run}, seeds {", ".join(s.name for s in seeds)}, evaluated on {manifest.name} '
                 f'{split}/{args.part}\n\n{table}\n')
         print(table)
