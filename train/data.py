@@ -46,22 +46,28 @@ def aggregate(spec: ExpertSpec, rows: ExpertRows) -> ExpertData:
     """Videos' rows from a store (`ExpertStore.read`) as the model asks for them (`spec.aggregation`):
     the one place where rows become model inputs, for data read whole and data streamed."""
     feats, times, lengths, available = rows.features, rows.timestamps, rows.lengths, rows.available.astype(bool)
-    n, t, d = feats.shape
+    n, width, d = feats.shape
     if d != spec.dim:
         raise StoreError(f'{spec.name}: the store has D={d} but the model config says dim={spec.dim}')
-    valid = np.arange(t)[None, :] < lengths[:, None]
+    # rows come padded to the longest video read; what the model gets depends on the store's T only
+    t = rows.max_rows or width
+    if width < min(spec.max_tokens, t) and spec.aggregation not in ('mean', 'max'):
+        extra = min(spec.max_tokens, t) - width
+        feats, times = (np.pad(a, ((0, 0), (0, extra), (0, 0))) for a in (feats, times))
+        width += extra
+    valid = np.arange(width)[None, :] < lengths[:, None]
     if spec.aggregation in ('mean', 'max'):
         f = feats.astype(np.float32)
         if spec.aggregation == 'mean':
             agg = (f * valid[..., None]).sum(1) / np.maximum(lengths, 1)[:, None]
         else:
-            agg = np.where(valid[..., None], f, -np.inf).max(1)
+            agg = np.where(valid[..., None], f, -np.inf).max(1, initial=-np.inf)  # width 0: no video read has rows
             agg[lengths == 0] = 0.0
         return ExpertData(agg.astype(np.float32), available)
     keep = min(spec.max_tokens, t)
     if spec.aggregation == 'tokens' and spec.sample == 'uniform' and t > keep:
         # Evenly spaced rows over each video's own length, in time order (MMT samples 30 of them).
-        pos = np.minimum((np.arange(keep)[None, :] * np.maximum(lengths, keep)[:, None]) // keep, t - 1)
+        pos = np.minimum((np.arange(keep)[None, :] * np.maximum(lengths, keep)[:, None]) // keep, width - 1)
         rows = np.take_along_axis(feats, pos[..., None], 1).astype(np.float32)
         return ExpertData(rows, available, np.take_along_axis(valid, pos, 1),
                           np.take_along_axis(times, pos[..., None], 1))

@@ -162,7 +162,7 @@ def load_part(manifest: Manifest, split: str, part: str, features_root: Path, ex
     order = np.argsort(rows[experts[0].name], kind='stable')  # store order: a unit's videos are consecutive
     where = np.empty_like(order)
     where[order] = np.arange(len(order))
-    unit = max(s.chunk_size for s in stores.values())
+    unit = max(s.unit_size for s in stores.values())  # a store's unit of work: a chunk, or a shard file
     first = rows[experts[0].name][order]
     cuts = np.flatnonzero(np.diff(first // unit)) + 1
     bounds = np.concatenate([[0], cuts, [len(ids)]]).astype(np.int64)
