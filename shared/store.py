@@ -379,7 +379,7 @@ class ExpertStore:
 
     def row_blocks(self, chunk: int, name: str, count: int) -> Iterator[np.ndarray]:
         """The first `count` row chunks of `name` (features or timestamps) over the chunk's videos,
-        each (n, row_chunk, ...) as stored; an undecodable file is a StoreError (`_read_chunk`)."""
+        each (n, row_chunk, ...) as stored; an undecodable file is a StoreError (`_read`)."""
         rows = self.chunk_rows(chunk)
         for j in range(count):
             lo, hi = j * self.row_chunk, min((j + 1) * self.row_chunk, self.max_rows)
@@ -553,7 +553,8 @@ class ExpertStore:
         """Read rows into memory: all of them, the given row indices, or the given video ids.
 
         Features and timestamps are padded to the longest video read, not to T, and only the row
-        chunks up to the longest video of each chunk read are read.
+        chunks up to the longest video of each chunk read are read. A row read reads its whole
+        chunk (unit of work: a shard file in a sharded store), whose sums cover all of it.
 
         Raises:
             StoreError: an id is not in the store, a finished chunk that holds a row read is
