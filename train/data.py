@@ -25,7 +25,7 @@ from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 
 __all__ = ['ExpertData', 'SplitData', 'TrainFeed', 'aggregate', 'caption_groups', 'load_split', 'open_expert_store',
-           'split_captions']
+           'read_aggregated', 'split_captions', 'store_rows']
 
 
 @dataclasses.dataclass
@@ -233,6 +233,41 @@ def open_expert_store(features_root: Path, dataset: str, expert: str) -> tuple[E
     return store, bool(caught)
 
 
+def store_rows(store: ExpertStore, ids: list[str], spec: ExpertSpec, where: str) -> np.ndarray:
+    """The store rows of `ids`, checked as `load_split` checks what it reads: every id present,
+    none pending, the model's dimension."""
+    if int(store.attrs['feature_dim']) != spec.dim:
+        raise StoreError(f'{spec.name}: the store has D={store.attrs["feature_dim"]} but the model config says '
+                         f'dim={spec.dim}')
+    index = {v: i for i, v in enumerate(store.video_ids)}
+    missing = [v for v in ids if v not in index]
+    if missing:
+        raise StoreError(f'{len(missing)} video ids not in {store.path}, e.g. {missing[:3]}')
+    rows = np.asarray([index[v] for v in ids], np.int64)
+    pending = int((store.status()[rows] == 0).sum())
+    if pending:
+        raise StoreError(f'{store.path} has {pending} pending videos in {where}: finish the extraction first')
+    return rows
+
+
+def read_aggregated(spec: ExpertSpec, store: ExpertStore, rows: np.ndarray) -> ExpertData:
+    """`aggregate` of the store `rows`, read a unit of work at a time: what is held at once is one
+    unit's rows padded to its longest video, not every row padded to the longest of the split (a
+    store keeps every second of hours-long videos)."""
+    units = rows // store.unit_size
+    order = np.argsort(units, kind='stable')
+    cuts = np.flatnonzero(np.diff(units[order])) + 1
+    parts = [aggregate(spec, store.read(rows=rows[at])) for at in np.split(order, cuts) if len(at)]
+    back = np.argsort(order, kind='stable')
+
+    def whole(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if arrays[0] is None else np.concatenate(arrays)[back]
+
+    if not parts:
+        return aggregate(spec, store.read(rows=rows))
+    return ExpertData(*(whole([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(ExpertData)))
+
+
 def load_split(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
                captions: CaptionEncoder, test_queries: bool = True) -> SplitData:
     """Read a split part's stores and captions.
@@ -248,9 +283,5 @@ def load_split(manifest: Manifest, split: str, part: str, features_root: Path, e
         store, random = open_expert_store(features_root, manifest.name, spec.name)
         if random:
             random_weights.append(spec.name)
-        rows = store.read(ids=ids)
-        if (rows.status == 0).any():
-            raise StoreError(f'{store.path} has {int((rows.status == 0).sum())} pending videos in {split}/{part}: '
-                             'finish the extraction first')
-        data[spec.name] = aggregate(spec, rows)
+        data[spec.name] = read_aggregated(spec, store, store_rows(store, ids, spec, f'{split}/{part}'))
     return SplitData(ids, data, captions.encode(texts), owner, query, random_weights)
