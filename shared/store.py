@@ -976,7 +976,8 @@ class CheckReport:
             f'expert    {a.get("expert", "?")} on {a.get("dataset", "?")}: model {a.get("model") or "?"}, '
             f'weights {weights or "?"}',
             f'layout    T={a.get("max_rows", "?")} D={a.get("feature_dim", "?")} '
-            f'chunk={a.get("chunk_size", "?")} videos',
+            f'chunk={a.get("chunk_size", "?")} videos x {a.get("row_chunk", "?")} rows, '
+            + (f'{a["chunks_per_shard"]} chunks per shard file' if a.get('chunks_per_shard', 1) > 1 else 'no shards'),
             f'videos    {n}: done {c.get("done", 0)}, failed {c.get("failed", 0)}, '
             f'skipped {c.get("skipped", 0)}, pending {c.get("pending", 0)}',
         ]
@@ -1088,7 +1089,7 @@ def check_store(path: str | os.PathLike) -> CheckReport:
     except StoreError as err:
         report.problems.append(str(err))
         return report
-    report.attrs = store.attrs
+    report.attrs = {**store.attrs, 'row_chunk': store.row_chunk, 'chunks_per_shard': store.chunks_per_shard}
     g = store.group
     n, t, d = store.n_videos, store.max_rows, store.feature_dim
     expected = {'video_ids': (n,), 'features': (n, t, d), 'timestamps': (n, t, 2), 'lengths': (n,),

@@ -116,6 +116,7 @@ def test_a_sharded_store_makes_the_shard_file_the_unit_of_work(tmp_path: Path) -
     assert sorted(os.listdir(path / 'features' / 'c' / '0')) == ['0', '1', '2']
     report = check_store(path)
     assert report.exit_code == 0, report.summary()
+    assert 'layout    T=50 D=8 chunk=4 videos x 16 rows, 3 chunks per shard file' in report.summary()
     rows = open_store(path, warn_random=False).read(ids=['vid0029', 'vid0003'])
     np.testing.assert_array_equal(rows.rows(0), results[29].features.astype(np.float16))
     np.testing.assert_array_equal(rows.rows(1), results[3].features.astype(np.float16))
