@@ -37,8 +37,10 @@ def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
     wv = load_word_vectors(vectors)
     a = src.attrs
     config = dict(a.get('config', {}), word_vectors=str(Path(vectors).resolve()), feature_dim=wv.dim)
+    # the source's layout, row chunks and shards included: its units of work are the copy's
     spec = StoreSpec(dataset=a['dataset'], expert=a['expert'], feature_dim=wv.dim, max_rows=src.max_rows,
-                     chunk_size=src.chunk_size, has_tokens=True, model=a.get('model', ''), weights=a.get('weights', ''),
+                     chunk_size=src.chunk_size, row_chunk=src.row_chunk, chunks_per_shard=src.chunks_per_shard,
+                     has_tokens=True, model=a.get('model', ''), weights=a.get('weights', ''),
                      weights_sha256=a.get('weights_sha256', ''), sampling=a.get('sampling', {}),
                      input_size=a.get('input_size', []), config=config)
     target = out or path.with_name(f'.{path.name}.reembed-{os.getpid()}')

@@ -38,9 +38,9 @@ from shared.datasets import DatasetError, load_manifest, parse_dataset_options
 from shared.device import pick_device
 from shared.logs import setup_logging
 from shared.resources import cpu_limit
-from shared.store import (DONE, FAILED, PENDING, ChunkData, ExpertStore, StoreError, StoreSpec, VideoResult,
-                          create_replacement, create_store, finish_swap, is_store, open_store, pack_chunk,
-                          replacement_path, shard_chunks, store_path, swap_in)
+from shared.store import (AUTO_CHUNKS_PER_SHARD, DONE, FAILED, PENDING, SHARD_FROM_VIDEOS, ChunkData, ExpertStore,
+                          StoreError, StoreSpec, VideoResult, create_replacement, create_store, finish_swap, is_store,
+                          open_store, pack_chunk, replacement_path, shard_chunks, store_path, swap_in)
 
 __all__ = ['RunOptions', 'build_experts', 'run', 'main', 'open_stores']
 
@@ -68,6 +68,7 @@ class RunOptions:
     retry_failed: bool = False
     workers: int = -1
     chunk_size: int | None = None
+    chunks_per_shard: int | None = None
     overwrite: bool = False
     progress: bool = True
 
@@ -415,16 +416,21 @@ def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
 DEFAULT_CHUNK_SIZE = 32
 
 
-def _chunk_size(manifest: Any, experts: list[Any], opts: RunOptions) -> int:
-    """--chunk-size, else that of the stores already there (a rerun resumes), else the default."""
-    if opts.chunk_size is not None:
-        return opts.chunk_size
+def _layout(manifest: Any, experts: list[Any], opts: RunOptions) -> tuple[int, int | None]:
+    """(videos per chunk, chunks per shard file): --chunk-size and --chunks-per-shard, else those
+    of the stores already there (a rerun resumes), else the defaults (chunks per shard: None, the
+    store's rule by video count). Every store of a run gets the same, so that its units of work
+    hold the same videos."""
+    chunk_size, per_shard = opts.chunk_size, opts.chunks_per_shard
     if not opts.overwrite:
         for e in experts:
             path = store_path(opts.features_root, manifest.name, e.name)
             if is_store(path):
-                return int(open_store(path, warn_random=False).chunk_size)
-    return DEFAULT_CHUNK_SIZE
+                store = open_store(path, warn_random=False)
+                chunk_size = chunk_size if chunk_size is not None else store.chunk_size
+                per_shard = per_shard if per_shard is not None else store.chunks_per_shard
+                break
+    return chunk_size if chunk_size is not None else DEFAULT_CHUNK_SIZE, per_shard
 
 
 def open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str, ExpertStore]:
@@ -432,11 +438,12 @@ def open_stores(manifest: Any, experts: list[Any], opts: RunOptions) -> dict[str
     writes is a replacement built beside the existing one (`create_replacement`), swapped in by
     `_finish` once complete: a run that stops or fails leaves the existing store as it was."""
     stores = {}
-    opts.chunk_size = _chunk_size(manifest, experts, opts)
+    opts.chunk_size, per_shard = _layout(manifest, experts, opts)
     for e in experts:
         info = e.store_info()
         spec = StoreSpec(dataset=manifest.name, source=manifest.source, expert=e.name, feature_dim=e.cfg.feature_dim,
-                         max_rows=e.cfg.max_rows, chunk_size=opts.chunk_size, has_tokens=e.has_tokens, **info)
+                         max_rows=e.cfg.max_rows, chunk_size=opts.chunk_size, chunks_per_shard=per_shard,
+                         has_tokens=e.has_tokens, **info)
         path = store_path(opts.features_root, manifest.name, e.name)
         if opts.overwrite:
             stores[e.name] = create_replacement(path, manifest.video_ids, spec)
@@ -858,7 +865,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='decode processes for decord (default: the CPUs this job may use - 1, at most 16), '
                         'threads for nvdec (default: 4)')
     p.add_argument('--chunk-size', type=int, default=None,
-                   help=f'videos per chunk, a new store\'s unit of work (default: {DEFAULT_CHUNK_SIZE}, or the existing stores\')')
+                   help=f'videos per Zarr chunk of a new store (default: {DEFAULT_CHUNK_SIZE}, or the existing '
+                        'stores\')')
+    p.add_argument('--chunks-per-shard', type=int, default=None,
+                   help=f'chunks per Zarr shard file of a new store, its unit of work; 1: no shards (default: the '
+                        f'existing stores\', else 1 below {SHARD_FROM_VIDEOS} videos and {AUTO_CHUNKS_PER_SHARD} from '
+                        'there)')
     p.add_argument('--overwrite', action='store_true',
                    help='start these experts\' stores again (deleted once the command is checked and the models load)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')
@@ -888,7 +900,8 @@ def main(argv: list[str] | None = None) -> int:
                           decoder=args.decoder, batch_size=args.batch_size, weights=args.weights,
                           settings=parse_overrides(args.settings),
                           dataset_options=parse_dataset_options(args.dataset_option), retry_failed=args.retry_failed,
-                          workers=args.workers, chunk_size=args.chunk_size, overwrite=args.overwrite,
+                          workers=args.workers, chunk_size=args.chunk_size,
+                          chunks_per_shard=args.chunks_per_shard, overwrite=args.overwrite,
                           progress=not args.no_progress)
         if args.weights and args.weights != 'random' and len(opts.experts) > 1 and ':' not in args.weights:
             raise ConfigError('--weights PATH needs a single --expert (use --set EXPERT.weights=PATH for several)')

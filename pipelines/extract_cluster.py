@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--chunk-size', type=int, default=None,
                    help="videos per chunk of a new store, the unit of work (default: the existing stores', else "
                         "python -m extract's)")
+    p.add_argument('--chunks-per-shard', type=int, default=None,
+                   help='chunks per Zarr shard file of a new store, then the unit of work (default: as python -m '
+                        'extract)')
     p.add_argument('--retry-failed', action='store_true', help='redo the videos that failed, as python -m extract')
     p.add_argument('--slurm-partition', default=None, help='SLURM partition of the worker jobs (default: the '
                                                            "cluster's default)")
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset=args.dataset, experts=args.experts.split(','), data_root=args.data_root,
             features_root=args.features_root, device=args.device, weights=args.weights,
             settings=parse_overrides(args.settings), retry_failed=args.retry_failed, workers=args.decode_workers,
-            chunk_size=args.chunk_size))
+            chunk_size=args.chunk_size, chunks_per_shard=args.chunks_per_shard))
         slurm = {'partition': args.slurm_partition, 'cores': args.slurm_cores, 'memory': args.slurm_memory,
                  'walltime': args.slurm_walltime, 'log_directory': args.slurm_log_directory}
         client = make_client(args.scheduler, args.workers, args.gpus, 1, slurm)

@@ -1,8 +1,14 @@
 """The expert store: one Zarr v3 group per (dataset, expert), the contract between extract and train.
 
 Layout and rules are those of DESIGN.md ("The expert store"): rows follow the manifest's video
-order, chunks run along the video axis only, a chunk is the unit of work, and a chunk's `status`
-is written last so that a crash costs at most the chunks in flight.
+order; a unit of work is a Zarr chunk along the video axis, or a whole shard file of several chunks
+in a sharded store, and its `status` is written last so that a crash costs at most the units in
+flight. In this module's API "chunk c" means unit of work c (`ExpertStore.unit_size` videos).
+
+The row axis T is chunked too (`StoreSpec.row_chunk`): a video fills only the row chunks its
+rows reach, and Zarr writes no chunk that holds only the fill value, so a large T (every second
+of an hours-long video) costs nothing for the short videos beside it. Stores made before
+(schema 1: T whole in one chunk, no shards) open and read as they are.
 
     python -m shared.store check PATH [PATH ...]
 """
@@ -25,7 +31,7 @@ import threading
 import uuid
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +44,27 @@ from shared.files import fsync_dir
 __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
-    'ExpertStore', 'store_path', 'is_store', 'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
+    'ROW_CHUNK', 'SHARD_FROM_VIDEOS', 'AUTO_CHUNKS_PER_SHARD', 'ExpertStore', 'store_path', 'is_store',
+    'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
     'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'signals_deferred', 'CheckReport',
     'check_store', 'main',
 ]
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: schema versions this code reads and resumes: 1 is the layout before row chunks and shards
+_READABLE_SCHEMAS = (1, 2)
+#: rows per Zarr chunk along T in a new store (or T, when smaller): 1 row/s gives about two
+#: minutes per chunk, so the short videos of most datasets fill one
+ROW_CHUNK = 128
+#: a new store of at least this many videos is sharded unless told otherwise: below it, one file
+#: per chunk stays a few thousand files; at 1.2M videos unsharded 32-video chunks give ~37k chunks
+#: per array
+SHARD_FROM_VIDEOS = 10_000
+#: chunks per shard file when sharded by `SHARD_FROM_VIDEOS`: 16 x 32-video chunks is 512 videos
+#: per file; writing one row chunk of a shard holds (512, row_chunk, D) float16 (128 MB at D=2048)
+AUTO_CHUNKS_PER_SHARD = 16
 PENDING, DONE, FAILED, SKIPPED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: 'pending', DONE: 'done', FAILED: 'failed', SKIPPED: 'skipped'}
 #: start and end of a row whose time is not known (features imported from releases without timing)
@@ -81,7 +100,12 @@ class StoreSpec:
         expert: expert name (registry name).
         feature_dim: D, the width of one feature row.
         max_rows: T, the most rows one video may have.
-        chunk_size: videos per chunk (the unit of work; two writers never share one).
+        chunk_size: videos per Zarr chunk.
+        row_chunk: rows per Zarr chunk along T; None: the store's own when it is resumed, else
+            min(max_rows, `ROW_CHUNK`).
+        chunks_per_shard: chunks per Zarr shard file, the unit of work (two writers never share
+            one); 1 is no sharding. None: the store's own when it is resumed, else 1 below
+            `SHARD_FROM_VIDEOS` videos and `AUTO_CHUNKS_PER_SHARD` from there.
         has_tokens: keep the `tokens` array (OCR and speech).
         model: the model's name.
         weights: where the weights came from, or the literal ``random``.
@@ -100,6 +124,8 @@ class StoreSpec:
     max_rows: int
     source: str = ''
     chunk_size: int = 64
+    row_chunk: int | None = None
+    chunks_per_shard: int | None = None
     has_tokens: bool = False
     model: str = ''
     weights: str = ''
@@ -110,9 +136,16 @@ class StoreSpec:
     config_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ('feature_dim', 'max_rows', 'chunk_size'):
-            if int(getattr(self, name)) < 1:
-                raise StoreError(f'{name} must be >= 1, got {getattr(self, name)!r}')
+        for name in ('feature_dim', 'max_rows', 'chunk_size', 'row_chunk', 'chunks_per_shard'):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise StoreError(f'{name} must be >= 1, got {value!r}')
+
+    def resolved(self, n_videos: int) -> StoreSpec:
+        """This spec with the layout a new store of `n_videos` videos gets where it says None."""
+        row_chunk = self.row_chunk or min(self.max_rows, ROW_CHUNK)
+        shard = self.chunks_per_shard or (AUTO_CHUNKS_PER_SHARD if n_videos >= SHARD_FROM_VIDEOS else 1)
+        return dataclasses.replace(self, row_chunk=min(row_chunk, self.max_rows), chunks_per_shard=shard)
 
 
 @dataclasses.dataclass
@@ -146,10 +179,11 @@ class VideoResult:
 
 @dataclasses.dataclass
 class ChunkData:
-    """The arrays of one chunk, in store dtypes, ready to be written."""
+    """The arrays of one chunk, in store dtypes, ready to be written. Rows are kept per video, not
+    padded to T: a chunk of short videos in a store with a large T stays small."""
 
-    features: np.ndarray  # (n, T, D) float16
-    timestamps: np.ndarray  # (n, T, 2) float32
+    features: list[np.ndarray]  # n x (lengths[i], D) float16
+    timestamps: list[np.ndarray]  # n x (lengths[i], 2) float32
     lengths: np.ndarray  # (n,) int32
     available: np.ndarray  # (n,) bool
     status: np.ndarray  # (n,) uint8
@@ -159,7 +193,8 @@ class ChunkData:
 
 @dataclasses.dataclass
 class ExpertRows:
-    """Rows read from a store: padded arrays plus lengths and masks."""
+    """Rows read from a store: arrays padded to the longest video read (not to the store's T),
+    plus lengths and masks."""
 
     video_ids: np.ndarray
     features: np.ndarray
@@ -169,6 +204,7 @@ class ExpertRows:
     status: np.ndarray
     errors: np.ndarray
     tokens: np.ndarray | None
+    max_rows: int | None = None  # the store's T; None: the width of `features`
 
     def rows(self, i: int) -> np.ndarray:
         """The valid (L, D) feature rows of the i-th video read."""
@@ -209,8 +245,8 @@ def pack_chunk(results: Sequence[VideoResult], max_rows: int, dim: int, has_toke
     """
     n = len(results)
     chunk = ChunkData(
-        features=np.zeros((n, max_rows, dim), np.float16),
-        timestamps=np.zeros((n, max_rows, 2), np.float32),
+        features=[np.zeros((0, dim), np.float16)] * n,
+        timestamps=[np.zeros((0, 2), np.float32)] * n,
         lengths=np.zeros(n, np.int32),
         available=np.zeros(n, bool),
         status=np.zeros(n, np.uint8),
@@ -237,8 +273,8 @@ def pack_chunk(results: Sequence[VideoResult], max_rows: int, dim: int, has_toke
         if has_tokens and r.tokens is not None:
             chunk.tokens[i] = json.dumps(r.tokens, ensure_ascii=False)
         if available:
-            chunk.features[i, : len(feats)] = feats
-            chunk.timestamps[i, : len(times)] = times
+            chunk.features[i] = feats.astype(np.float16)
+            chunk.timestamps[i] = times
             chunk.lengths[i] = len(feats)
             chunk.available[i] = True
     return chunk
@@ -272,17 +308,20 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _digest(x: np.ndarray) -> int:
-    """CRC-32 of one chunk's array as the store holds it. Strings are summed as JSON; floats with
-    -0.0 as 0.0, since a chunk equal to the fill value 0 is never written and reads back as +0.0."""
+def _digest(x: np.ndarray, crc: int = 0) -> int:
+    """CRC-32 of one chunk's array as the store holds it, continued from `crc` (features and
+    timestamps are summed a row block at a time, in order, `ExpertStore.row_blocks`). Strings are
+    summed as JSON; floats with -0.0 as 0.0, since a chunk equal to the fill value 0 is never
+    written and reads back as +0.0."""
     if x.dtype.kind in 'OUT':
-        return zlib.crc32(json.dumps([str(v) for v in x.ravel().tolist()], ensure_ascii=False).encode())
+        return zlib.crc32(json.dumps([str(v) for v in x.ravel().tolist()], ensure_ascii=False).encode(), crc)
     if x.dtype.kind == 'f':
         # -0.0 (the sign bit alone) made +0.0 on the bits: what `x + 0` gives, 10x faster for
         # float16, whose arithmetic numpy does in software (reads of a chunk spent most time here)
         bits = np.ascontiguousarray(x).view(f'u{x.dtype.itemsize}')
-        return zlib.crc32(np.where(bits == bits.dtype.type(1 << (8 * x.dtype.itemsize - 1)), bits.dtype.type(0), bits))
-    return zlib.crc32(np.ascontiguousarray(x).tobytes())
+        return zlib.crc32(np.where(bits == bits.dtype.type(1 << (8 * x.dtype.itemsize - 1)), bits.dtype.type(0), bits),
+                          crc)
+    return zlib.crc32(np.ascontiguousarray(x).tobytes(), crc)
 
 
 class ExpertStore:
@@ -296,8 +335,13 @@ class ExpertStore:
         self.max_rows = int(self.attrs['max_rows'])
         self.feature_dim = int(self.attrs['feature_dim'])
         self.has_tokens = 'tokens' in group
-        self.n_videos = int(group['status'].shape[0])
-        self.n_chunks = -(-self.n_videos // self.chunk_size)
+        status, feats = group['status'], group['features']
+        self.n_videos = int(status.shape[0])
+        # read from the arrays, not the attributes: a store of schema 1 has T whole and no shards
+        self.unit_size = int((status.shards or status.chunks)[0])
+        self.chunks_per_shard = self.unit_size // self.chunk_size
+        self.row_chunk = int((feats.shards or feats.chunks)[1])
+        self.n_chunks = -(-self.n_videos // self.unit_size)
         self._arrays: dict[str, zarr.Array] = {}
         self._has_sums = CHUNK_SUMS in group  # a store made before the sums has none
 
@@ -321,11 +365,38 @@ class ExpertStore:
         return self.attrs.get('weights') == 'random'
 
     def chunk_rows(self, chunk: int) -> range:
-        """The rows (videos) of chunk `chunk`."""
+        """The rows (videos) of chunk (unit of work) `chunk`."""
         if not 0 <= chunk < self.n_chunks:
             raise StoreError(f'chunk {chunk} out of range [0, {self.n_chunks})')
-        start = chunk * self.chunk_size
-        return range(start, min(start + self.chunk_size, self.n_videos))
+        start = chunk * self.unit_size
+        return range(start, min(start + self.unit_size, self.n_videos))
+
+    def row_block_count(self, lengths: np.ndarray) -> int:
+        """How many row chunks along T hold the rows of videos with these `lengths`: at least one,
+        so that the chunk sums of features and timestamps always cover the first."""
+        longest = int(np.max(lengths, initial=0))
+        return max(1, -(-min(longest, self.max_rows) // self.row_chunk))
+
+    def row_blocks(self, chunk: int, name: str, count: int) -> Iterator[np.ndarray]:
+        """The first `count` row chunks of `name` (features or timestamps) over the chunk's videos,
+        each (n, row_chunk, ...) as stored; an undecodable file is a StoreError (`_read`)."""
+        rows = self.chunk_rows(chunk)
+        for j in range(count):
+            lo, hi = j * self.row_chunk, min((j + 1) * self.row_chunk, self.max_rows)
+            yield self._read(chunk, name, (slice(rows.start, rows.stop), slice(lo, hi)))
+
+    def _unit_dir(self, name: str, chunk: int) -> Path:
+        # Zarr v3's default chunk key encoding, which `_build` uses: {name}/c/{video}/{row}/{dim}
+        return self.path / name / 'c' / str(chunk)
+
+    def stale_row_blocks(self, chunk: int, name: str, count: int) -> list[int]:
+        """Row chunks of a chunk's `name` on disk at or past `count`: left by an earlier write of
+        the chunk whose videos had more rows."""
+        try:
+            found = os.listdir(self._unit_dir(name, chunk))
+        except FileNotFoundError:
+            return []
+        return sorted(int(j) for j in found if j.isdigit() and int(j) >= count)
 
     def chunk_status(self, chunk: int) -> np.ndarray:
         """Status of one chunk's videos; an unreadable status chunk (a kill mid-write) reads as pending."""
@@ -355,12 +426,21 @@ class ExpertStore:
         return bool((self.status() != PENDING).all())
 
     def write_chunk(self, chunk: int, data: ChunkData) -> None:
-        """Write one whole chunk; `status` goes last so a torn write reads as pending."""
+        """Write one whole chunk; `status` goes last so a torn write reads as pending.
+
+        Features and timestamps are written a row chunk at a time up to the chunk's longest video:
+        what is held is (n, row_chunk, D), however large T is.
+        """
         rows = self.chunk_rows(chunk)
         n = len(rows)
-        if data.features.shape != (n, self.max_rows, self.feature_dim):
-            raise StoreError(f'chunk {chunk}: features shape {data.features.shape} != '
-                             f'{(n, self.max_rows, self.feature_dim)}')
+        lengths = np.asarray(data.lengths)
+        if len(data.features) != n or len(data.timestamps) != n or len(lengths) != n:
+            raise StoreError(f'chunk {chunk}: {len(data.features)} videos given, the chunk has {n}')
+        for i, (f, t) in enumerate(zip(data.features, data.timestamps)):
+            want = (int(lengths[i]), self.feature_dim)
+            if f.shape != want or t.shape != (want[0], 2) or want[0] > self.max_rows:
+                raise StoreError(f'chunk {chunk}, video {i}: features {f.shape} and timestamps {t.shape} for length '
+                                 f'{want[0]}, D={self.feature_dim}, T={self.max_rows}')
         if self.has_tokens != (data.tokens is not None):
             raise StoreError(f'chunk {chunk}: tokens given={data.tokens is not None}, store has '
                              f'tokens={self.has_tokens}')
@@ -370,14 +450,29 @@ class ExpertStore:
             # rewriting a finished chunk (--retry-failed): pending first, so that a kill mid-write
             # leaves a chunk to redo, not finished rows over data that no longer matches their sums
             self.mark_pending(chunk)
-        written = {'features': data.features, 'timestamps': data.timestamps, 'lengths': data.lengths,
-                   'available': data.available, 'errors': np.asarray(data.errors, dtype=str)}
+        sums = {}
+        count = self.row_block_count(lengths)
+        for name, per_video, width, dtype in (('features', data.features, self.feature_dim, np.float16),
+                                              ('timestamps', data.timestamps, 2, np.float32)):
+            crc = 0
+            for j in range(count):
+                lo, hi = j * self.row_chunk, min((j + 1) * self.row_chunk, self.max_rows)
+                block = np.zeros((n, hi - lo, width), dtype)
+                for i, v in enumerate(per_video):
+                    if len(v) > lo:
+                        block[i, :min(len(v), hi) - lo] = v[lo:hi]
+                g[name][sl, lo:hi] = block  # a block of zeros only: Zarr writes (or keeps) no file for it
+                crc = _digest(block, crc)
+            sums[name] = crc
+            for j in self.stale_row_blocks(chunk, name, count):
+                shutil.rmtree(self._unit_dir(name, chunk) / str(j))
+        written = {'lengths': lengths, 'available': data.available, 'errors': np.asarray(data.errors, dtype=str)}
         if data.tokens is not None:
             written['tokens'] = np.asarray(data.tokens, dtype=str)
         for name, value in written.items():
             g[name][sl] = value
         if CHUNK_SUMS in g:  # a store made before it has none: its chunks are checked by their files
-            sums = {name: _digest(np.asarray(value, dtype=g[name].dtype)) for name, value in written.items()}
+            sums.update({name: _digest(np.asarray(value, dtype=g[name].dtype)) for name, value in written.items()})
             g[CHUNK_SUMS][chunk:chunk + 1] = np.asarray([json.dumps(sums)], dtype=str)
         g['status'][sl] = data.status
 
@@ -385,7 +480,8 @@ class ExpertStore:
         """What of a finished chunk's data is missing or not as written, or '' (see `CHUNK_SUMS`).
 
         Args:
-            data: the chunk's arrays as read, whole: those `write_chunk` writes, and `status`.
+            data: the chunk's arrays as read, whole: those `write_chunk` writes, and `status`;
+                for features and timestamps, their sums over `row_blocks` (`_digest` chained).
 
         A chunk without sums (a store made before them) is checked by its files instead: one with
         an available video must have its features, timestamps, lengths and available files, one
@@ -403,7 +499,8 @@ class ExpertStore:
             if sums is None:
                 return (f'{where}: its recorded chunk sums are damaged ({recorded[:40]!r}), so its data cannot be '
                         'checked')
-            bad = [name for name, crc in sums.items() if name in data and _digest(data[name]) != crc]
+            got = {name: v if isinstance(v, int) else _digest(v) for name, v in data.items() if name in sums}
+            bad = [name for name, crc in sums.items() if name in got and got[name] != crc]
             if bad:
                 return (f'{where}: its {" and ".join(bad)} data {"is" if len(bad) == 1 else "are"} not what was '
                         f'written (a chunk file missing or damaged)')
@@ -433,23 +530,31 @@ class ExpertStore:
             raise StoreError(f'{self.path}: {problem}. Mark such chunks for redoing with `python -m shared.store '
                              f'check --repair {self.path}`, then rerun the extraction: it redoes only them')
 
-    def _read_chunk(self, chunk: int, names: Iterable[str]) -> dict[str, np.ndarray]:
-        """One chunk's arrays, whole; a chunk file that cannot be decoded (garbage, empty or cut
+    def _read(self, chunk: int, name: str, where: Any) -> np.ndarray:
+        """`name`[where] of one chunk; a chunk file that cannot be decoded (garbage, empty or cut
         short) is a StoreError naming the chunk and the fix, not Zarr's own error."""
-        rows = self.chunk_rows(chunk)
-        out = {}
-        for name in names:
-            try:
-                out[name] = self._array(name)[rows.start:rows.stop]
-            except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
-                raise StoreError(f'{self.path}: chunk {chunk} (videos {rows.start}-{rows.stop - 1}): its {name} chunk '
+        try:
+            return self._array(name)[where]
+        except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
+            rows = self.chunk_rows(chunk)
+            failure = StoreError(f'{self.path}: chunk {chunk} (videos {rows.start}-{rows.stop - 1}): its {name} chunk '
                                  f'file cannot be read ({_first_line(err)}). Mark such chunks for redoing with '
                                  f'`python -m shared.store check --repair {self.path}`, then rerun the extraction: '
-                                 'it redoes only them') from None
-        return out
+                                 'it redoes only them')
+            failure.reason = _first_line(err)  # what `check` reports
+            raise failure from None
+
+    def _read_chunk(self, chunk: int, names: Iterable[str]) -> dict[str, np.ndarray]:
+        """One chunk's per-video arrays (not features or timestamps: `row_blocks`), whole."""
+        rows = self.chunk_rows(chunk)
+        return {name: self._read(chunk, name, slice(rows.start, rows.stop)) for name in names}
 
     def read(self, rows: Sequence[int] | slice | None = None, ids: Sequence[str] | None = None) -> ExpertRows:
         """Read rows into memory: all of them, the given row indices, or the given video ids.
+
+        Features and timestamps are padded to the longest video read, not to T, and only the row
+        chunks up to the longest video of each chunk read are read. A row read reads its whole
+        chunk (unit of work: a shard file in a sharded store), whose sums cover all of it.
 
         Raises:
             StoreError: an id is not in the store, a finished chunk that holds a row read is
@@ -462,32 +567,42 @@ class ExpertStore:
                 raise StoreError(f'{len(missing)} video ids not in {self.path}, e.g. {missing[:3]}')
             rows = [index[v] for v in ids]
         index = np.arange(self.n_videos)[slice(None) if rows is None else rows]
-        g = self.group
-        names = ('video_ids', 'status', 'features', 'timestamps', 'lengths', 'available', 'errors',
-                 *(('tokens',) if self.has_tokens else ()))
+        small = ('video_ids', 'lengths', 'available', 'errors', *(('tokens',) if self.has_tokens else ()))
+        units = index // self.unit_size
         # whole chunks, one at a time: a finished chunk is checked against its sums before any row is used
-        pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        order = []
-        for c in np.unique(index // self.chunk_size).tolist():
-            span = self.chunk_rows(c)
-            data = {**self._read_chunk(c, [n for n in names if n != 'status']), 'status': self.chunk_status(c)}
+        per_unit = {c: {**self._read_chunk(c, small), 'status': self.chunk_status(c)}
+                    for c in np.unique(units).tolist()}
+        out = {name: np.empty(len(index), self._array(name).dtype if name in ('lengths', 'available') else object)
+               for name in small}
+        out['status'] = np.zeros(len(index), np.uint8)
+        for c, data in per_unit.items():
+            at = np.flatnonzero(units == c)
+            for name in (*small, 'status'):
+                out[name][at] = data[name][index[at] - self.chunk_rows(c).start]
+        width = int(np.clip(out['lengths'], 0, self.max_rows).max(initial=0))
+        big = {'features': np.zeros((len(index), width, self.feature_dim), np.float16),
+               'timestamps': np.zeros((len(index), width, 2), np.float32)}
+        for c, data in per_unit.items():
+            at = np.flatnonzero(units == c)
+            local = index[at] - self.chunk_rows(c).start
+            count = self.row_block_count(data['lengths'])
+            for name, dest in big.items():
+                crc = 0
+                for j, block in enumerate(self.row_blocks(c, name, count)):
+                    crc = _digest(block, crc)
+                    lo = j * self.row_chunk
+                    if lo < width:
+                        dest[at, lo:min(width, lo + block.shape[1])] = block[local, :width - lo]
+                data[name] = crc
             if (data['status'] != PENDING).any():
                 self._refuse_damage(c, data)
-            at = np.flatnonzero(index // self.chunk_size == c)
-            order.append(at)
-            for name in names:
-                pieces[name].append(data[name][index[at] - span.start])
-        if order:
-            back = np.argsort(np.concatenate(order), kind='stable')
-            out = {name: np.concatenate(p)[back] for name, p in pieces.items()}
-        else:
-            out = {name: np.zeros((0,) + g[name].shape[1:], g[name].dtype) for name in names}
         return ExpertRows(
             video_ids=np.asarray(out['video_ids'], dtype=object),
-            features=out['features'], timestamps=out['timestamps'], lengths=out['lengths'],
-            available=out['available'], status=out['status'],
+            features=big['features'], timestamps=big['timestamps'], lengths=out['lengths'].astype(np.int32),
+            available=out['available'].astype(bool), status=out['status'],
             errors=np.asarray(out['errors'], dtype=object),
             tokens=np.asarray(out['tokens'], dtype=object) if self.has_tokens else None,
+            max_rows=self.max_rows,
         )
 
     def lazy(self) -> dict[str, Any]:
@@ -514,12 +629,16 @@ def _attrs_for(spec: StoreSpec, n_videos: int) -> dict[str, Any]:
 
 
 def _build(path: Path, video_ids: Sequence[str], spec: StoreSpec) -> None:
+    spec = spec.resolved(len(video_ids))
     n, c, t, d = len(video_ids), spec.chunk_size, spec.max_rows, spec.feature_dim
+    unit = c * spec.chunks_per_shard
     g = zarr.open_group(str(path), mode='w-', zarr_format=3, attributes=_attrs_for(spec, n))
 
     def make(name: str, shape: tuple[int, ...], dtype: Any, fill: Any) -> zarr.Array:
-        chunks = (c,) + shape[1:]
-        return g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+        chunks = (c, spec.row_chunk, shape[2]) if len(shape) == 3 else (c,)
+        # a shard file holds a unit of work's chunks: one writer each, as for unsharded chunks
+        shards = (unit,) + chunks[1:] if unit > c else None
+        return g.create_array(name, shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=fill,
                               dimension_names=_DIMS[name])
 
     ids = make('video_ids', (n,), str, '')
@@ -582,9 +701,11 @@ def _check_source(store: ExpertStore, spec: StoreSpec) -> None:
 
 
 def _check_compatible(store: ExpertStore, video_ids: Sequence[str], spec: StoreSpec) -> None:
-    a = store.attrs
+    # the layout as the arrays have it (a store of schema 1 records no row_chunk or chunks_per_shard)
+    a = {**store.attrs, 'row_chunk': store.row_chunk, 'chunks_per_shard': store.chunks_per_shard}
     want = {'expert': spec.expert, 'feature_dim': spec.feature_dim, 'max_rows': spec.max_rows,
             'chunk_size': spec.chunk_size, 'weights': spec.weights, 'model': spec.model}
+    want.update({k: getattr(spec, k) for k in ('row_chunk', 'chunks_per_shard') if getattr(spec, k) is not None})
     diff = {k: (a.get(k), v) for k, v in want.items() if a.get(k) != v}
     # settings that change what a row means must match; these only change speed
     speed = ('batch_size', 'cuda_graph')
@@ -855,7 +976,8 @@ class CheckReport:
             f'expert    {a.get("expert", "?")} on {a.get("dataset", "?")}: model {a.get("model") or "?"}, '
             f'weights {weights or "?"}',
             f'layout    T={a.get("max_rows", "?")} D={a.get("feature_dim", "?")} '
-            f'chunk={a.get("chunk_size", "?")} videos',
+            f'chunk={a.get("chunk_size", "?")} videos x {a.get("row_chunk", "?")} rows, '
+            + (f'{a["chunks_per_shard"]} chunks per shard file' if a.get('chunks_per_shard', 1) > 1 else 'no shards'),
             f'videos    {n}: done {c.get("done", 0)}, failed {c.get("failed", 0)}, '
             f'skipped {c.get("skipped", 0)}, pending {c.get("pending", 0)}',
         ]
@@ -895,39 +1017,56 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
     finished = status != PENDING
     if not finished.any():
         return
+    n = len(rows)
+    bad = collections.defaultdict(lambda: np.zeros(n, bool))  # per video: what is wrong with its rows
     try:
-        data = {name: g[name][sl] for name in (*_ROW_ARRAYS, *(('tokens',) if store.has_tokens else ()))}
-    except Exception as err:  # noqa: BLE001 - a finished chunk must read back
+        data = store._read_chunk(c, ('lengths', 'available', 'errors', *(('tokens',) if store.has_tokens else ())))
+        count = store.row_block_count(data['lengths'])
+        valid_to = np.clip(data['lengths'], 0, store.max_rows)[:, None]
+        # a row chunk at a time: bounded memory however long the videos are
+        for name in ('features', 'timestamps'):
+            crc = 0
+            for j, block in enumerate(store.row_blocks(c, name, count)):
+                crc = _digest(block, crc)
+                x = block.astype(np.float32)
+                pad = (j * store.row_chunk + np.arange(x.shape[1]))[None, :] >= valid_to
+                bad[f'have NaN/inf {name}'] |= ~np.isfinite(x).all(axis=(1, 2))
+                after = f'have non-zero {name} after their length' + ' (or while unavailable)' * (name == 'features')
+                bad[after] |= (np.abs(np.nan_to_num(x)) * pad[..., None]).max(axis=(1, 2), initial=0) > 0
+                if name == 'timestamps':
+                    bad['have a row that ends before it starts'] |= ((x[..., 0] > x[..., 1]) & ~pad).any(axis=1)
+            data[name] = crc
+    except StoreError as err:  # a finished chunk must read back
         report.problems.append(f'chunk {c} (videos {rows.start}-{rows.stop - 1}): finished rows unreadable, '
-                               f'a chunk file damaged ({_first_line(err)})')
+                               f'a chunk file damaged ({getattr(err, "reason", err)})')
         report.damaged.append(c)  # --repair marks it pending: the rerun rewrites every file of it
         return
     damage = store.damage(c, {**data, 'status': status})
+    stale = {name: store.stale_row_blocks(c, name, count) for name in ('features', 'timestamps')}
+    if not damage and any(stale.values()):
+        damage = (f'chunk {c} (videos {rows.start}-{rows.stop - 1}): row chunk files beyond its longest video '
+                  f'({", ".join(f"{k} {v}" for k, v in stale.items() if v)}), left by a write of it cut short')
     if damage:
         report.problems.append(damage)
         report.damaged.append(c)
-    feats, times, lengths, avail, errors = (data['features'].astype(np.float32), data['timestamps'],
-                                            data['lengths'], data['available'], data['errors'])
+    lengths, avail, errors = data['lengths'], data['available'], data['errors']
     tokens = data.get('tokens')
+
     def flag(mask: np.ndarray, what: str) -> None:
         mask = mask & finished
         if mask.any():
             first = rows.start + int(np.flatnonzero(mask)[0])
             report.problems.append(f'{int(mask.sum())} rows {what} (first: row {first})')
 
-    flag(~np.isfinite(feats).all(axis=(1, 2)), 'have NaN/inf features')
-    flag(~np.isfinite(times).all(axis=(1, 2)), 'have NaN/inf timestamps')
+    for what in ('have NaN/inf features', 'have NaN/inf timestamps'):
+        flag(bad[what], what)
     flag((lengths < 0) | (lengths > store.max_rows), f'have lengths outside [0, {store.max_rows}]')
     flag(avail != (lengths > 0), 'disagree between available and lengths (available <=> length > 0)')
     flag(np.isin(status, (FAILED, SKIPPED)) & avail, 'are failed/skipped but marked available')
     flag((status == FAILED) & (errors == ''), 'are failed without an error message')
-    row_idx = np.arange(store.max_rows)[None, :]
-    pad = row_idx >= np.clip(lengths, 0, store.max_rows)[:, None]
-    flag((np.abs(np.nan_to_num(feats)) * pad[..., None]).max(axis=(1, 2), initial=0) > 0,
-         'have non-zero features after their length (or while unavailable)')
-    flag((np.abs(np.nan_to_num(times)) * pad[..., None]).max(axis=(1, 2), initial=0) > 0,
-         'have non-zero timestamps after their length')
-    flag(((times[..., 0] > times[..., 1]) & ~pad).any(axis=1), 'have a row that ends before it starts')
+    for what in ('have non-zero features after their length (or while unavailable)',
+                 'have non-zero timestamps after their length', 'have a row that ends before it starts'):
+        flag(bad[what], what)
     if tokens is not None:
         for i in np.flatnonzero(finished):
             if tokens[i]:
@@ -950,7 +1089,7 @@ def check_store(path: str | os.PathLike) -> CheckReport:
     except StoreError as err:
         report.problems.append(str(err))
         return report
-    report.attrs = store.attrs
+    report.attrs = {**store.attrs, 'row_chunk': store.row_chunk, 'chunks_per_shard': store.chunks_per_shard}
     g = store.group
     n, t, d = store.n_videos, store.max_rows, store.feature_dim
     expected = {'video_ids': (n,), 'features': (n, t, d), 'timestamps': (n, t, 2), 'lengths': (n,),
@@ -963,8 +1102,12 @@ def check_store(path: str | os.PathLike) -> CheckReport:
         chunks = tuple(g[name].chunks)
         if chunks[0] != store.chunk_size:
             report.problems.append(f'{name} is chunked {chunks} along videos, expected {store.chunk_size}')
-    if store.attrs.get('schema_version') != SCHEMA_VERSION:
-        report.problems.append(f'schema_version {store.attrs.get("schema_version")!r} != {SCHEMA_VERSION}')
+        unit = (g[name].shards or chunks)[0]
+        if unit != store.unit_size:  # two units of work would share a file: one writer per unit fails
+            report.problems.append(f'{name} is sharded by {unit} videos, expected {store.unit_size} as status')
+    if store.attrs.get('schema_version') not in _READABLE_SCHEMAS:
+        report.problems.append(f'schema_version {store.attrs.get("schema_version")!r} is not one this code reads '
+                               f'({", ".join(map(str, _READABLE_SCHEMAS))}): update videoexperts')
     if report.problems:
         return report
     lengths_sum = [0]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from train.sampling import Sampled, Sampler
 
 __all__ = ['ExpertData', 'SplitData', 'TrainFeed', 'aggregate', 'caption_groups', 'load_split', 'open_expert_store',
-           'sampled_ids', 'split_captions']
+           'read_aggregated', 'sampled_ids', 'split_captions', 'store_rows']
 
 
 @dataclasses.dataclass
@@ -50,22 +50,28 @@ def aggregate(spec: ExpertSpec, rows: ExpertRows) -> ExpertData:
     """Videos' rows from a store (`ExpertStore.read`) as the model asks for them (`spec.aggregation`):
     the one place where rows become model inputs, for data read whole and data streamed."""
     feats, times, lengths, available = rows.features, rows.timestamps, rows.lengths, rows.available.astype(bool)
-    n, t, d = feats.shape
+    n, width, d = feats.shape
     if d != spec.dim:
         raise StoreError(f'{spec.name}: the store has D={d} but the model config says dim={spec.dim}')
-    valid = np.arange(t)[None, :] < lengths[:, None]
+    # rows come padded to the longest video read; what the model gets depends on the store's T only
+    t = rows.max_rows or width
+    if width < min(spec.max_tokens, t) and spec.aggregation not in ('mean', 'max'):
+        extra = min(spec.max_tokens, t) - width
+        feats, times = (np.pad(a, ((0, 0), (0, extra), (0, 0))) for a in (feats, times))
+        width += extra
+    valid = np.arange(width)[None, :] < lengths[:, None]
     if spec.aggregation in ('mean', 'max'):
         f = feats.astype(np.float32)
         if spec.aggregation == 'mean':
             agg = (f * valid[..., None]).sum(1) / np.maximum(lengths, 1)[:, None]
         else:
-            agg = np.where(valid[..., None], f, -np.inf).max(1)
+            agg = np.where(valid[..., None], f, -np.inf).max(1, initial=-np.inf)  # width 0: no video read has rows
             agg[lengths == 0] = 0.0
         return ExpertData(agg.astype(np.float32), available)
     keep = min(spec.max_tokens, t)
     if spec.aggregation == 'tokens' and spec.sample == 'uniform' and t > keep:
         # Evenly spaced rows over each video's own length, in time order (MMT samples 30 of them).
-        pos = np.minimum((np.arange(keep)[None, :] * np.maximum(lengths, keep)[:, None]) // keep, t - 1)
+        pos = np.minimum((np.arange(keep)[None, :] * np.maximum(lengths, keep)[:, None]) // keep, width - 1)
         rows = np.take_along_axis(feats, pos[..., None], 1).astype(np.float32)
         return ExpertData(rows, available, np.take_along_axis(valid, pos, 1),
                           np.take_along_axis(times, pos[..., None], 1))
@@ -240,6 +246,41 @@ def open_expert_store(features_root: Path, dataset: str, expert: str) -> tuple[E
     return store, bool(caught)
 
 
+def store_rows(store: ExpertStore, ids: list[str], spec: ExpertSpec, where: str) -> np.ndarray:
+    """The store rows of `ids`, checked as `load_split` checks what it reads: every id present,
+    none pending, the model's dimension."""
+    if int(store.attrs['feature_dim']) != spec.dim:
+        raise StoreError(f'{spec.name}: the store has D={store.attrs["feature_dim"]} but the model config says '
+                         f'dim={spec.dim}')
+    index = {v: i for i, v in enumerate(store.video_ids)}
+    missing = [v for v in ids if v not in index]
+    if missing:
+        raise StoreError(f'{len(missing)} video ids not in {store.path}, e.g. {missing[:3]}')
+    rows = np.asarray([index[v] for v in ids], np.int64)
+    pending = int((store.status()[rows] == 0).sum())
+    if pending:
+        raise StoreError(f'{store.path} has {pending} pending videos in {where}: finish the extraction first')
+    return rows
+
+
+def read_aggregated(spec: ExpertSpec, store: ExpertStore, rows: np.ndarray) -> ExpertData:
+    """`aggregate` of the store `rows`, read a unit of work at a time: what is held at once is one
+    unit's rows padded to its longest video, not every row padded to the longest of the split (a
+    store keeps every second of hours-long videos)."""
+    units = rows // store.unit_size
+    order = np.argsort(units, kind='stable')
+    cuts = np.flatnonzero(np.diff(units[order])) + 1
+    parts = [aggregate(spec, store.read(rows=rows[at])) for at in np.split(order, cuts) if len(at)]
+    back = np.argsort(order, kind='stable')
+
+    def whole(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if arrays[0] is None else np.concatenate(arrays)[back]
+
+    if not parts:
+        return aggregate(spec, store.read(rows=rows))
+    return ExpertData(*(whole([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(ExpertData)))
+
+
 def load_split(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
                captions: CaptionEncoder, test_queries: bool = True, sampler: Sampler | None = None) -> SplitData:
     """Read a split part's stores and captions.
@@ -261,14 +302,11 @@ def load_split(manifest: Manifest, split: str, part: str, features_root: Path, e
         store, random = open_expert_store(features_root, manifest.name, spec.name)
         if random:
             random_weights.append(spec.name)
-        rows = store.read(ids=ids)
-        if (rows.status == 0).any():
-            raise StoreError(f'{store.path} has {int((rows.status == 0).sum())} pending videos in {split}/{part}: '
-                             'finish the extraction first')
+        rows = store_rows(store, ids, spec, f'{split}/{part}')
         if sampler is not None:
-            raw[spec.name] = rows
+            raw[spec.name] = store.read(rows=rows)
         else:
-            data[spec.name] = aggregate(spec, rows)
+            data[spec.name] = read_aggregated(spec, store, rows)
     out = SplitData(ids, data, captions.encode(texts), owner, query, random_weights)
     if sampler is not None:
         from train.sampling import Sampled

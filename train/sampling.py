@@ -138,8 +138,8 @@ def make_sampler(data: DataCfg, manifest: Manifest, video_ids: Sequence[str]) ->
 
 def take_rows(rows: ExpertRows, idx: np.ndarray) -> ExpertRows:
     """The videos `idx` of `rows`."""
-    fields = (getattr(rows, f.name) for f in dataclasses.fields(rows))
-    return ExpertRows(*(None if a is None else a[idx] for a in fields))
+    return dataclasses.replace(rows, **{f.name: getattr(rows, f.name)[idx] for f in dataclasses.fields(rows)
+                                        if isinstance(getattr(rows, f.name), np.ndarray)})
 
 
 @dataclasses.dataclass

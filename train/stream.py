@@ -29,11 +29,11 @@ import torch
 from shared.config import ConfigError
 from shared.datasets import Manifest
 from shared.resources import cpu_limit, format_bytes, memory_limit, parse_bytes
-from shared.store import ExpertStore, StoreError, open_store
+from shared.store import ExpertStore, open_store
 from train.captions import CaptionData, CaptionEncoder
 from train.config import TrainCfg
 from train.data import (SplitData, _copy, aggregate, caption_groups, load_split, open_expert_store, sampled_ids,
-                        split_captions)
+                        split_captions, store_rows)
 from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 from train.sampling import Sampled, Sampler
@@ -168,11 +168,11 @@ def load_part(manifest: Manifest, split: str, part: str, features_root: Path, ex
         print(f'{part} part: in memory ({why}{"; train.streaming=off" if cfg.streaming == "off" else ""})')
         return load_split(manifest, split, part, features_root, experts, captions, test_queries, sampler)
     stores = {name: store for name, (store, _) in opened.items()}
-    rows = {spec.name: _store_rows(stores[spec.name], ids, spec, f'{split}/{part}') for spec in experts}
+    rows = {spec.name: store_rows(stores[spec.name], ids, spec, f'{split}/{part}') for spec in experts}
     order = np.argsort(rows[experts[0].name], kind='stable')  # store order: a unit's videos are consecutive
     where = np.empty_like(order)
     where[order] = np.arange(len(order))
-    unit = max(s.chunk_size for s in stores.values())
+    unit = max(s.unit_size for s in stores.values())  # a store's unit of work: a chunk, or a shard file
     first = rows[experts[0].name][order]
     cuts = np.flatnonzero(np.diff(first // unit)) + 1
     bounds = np.concatenate([[0], cuts, [len(ids)]]).astype(np.int64)
@@ -213,23 +213,6 @@ def _readers(in_flight: int, asked: int | None) -> tuple[int, int]:
     if workers <= 0:
         return 0, 1
     return workers, max(1, min(MAX_PREFETCH, (in_flight - 1) // workers))
-
-
-def _store_rows(store: ExpertStore, ids: list[str], spec: ExpertSpec, where: str) -> np.ndarray:
-    """The store rows of `ids`, checked as `load_split` checks what it reads: every id present,
-    none pending, the model's dimension."""
-    if int(store.attrs['feature_dim']) != spec.dim:
-        raise StoreError(f'{spec.name}: the store has D={store.attrs["feature_dim"]} but the model config says '
-                         f'dim={spec.dim}')
-    index = {v: i for i, v in enumerate(store.video_ids)}
-    missing = [v for v in ids if v not in index]
-    if missing:
-        raise StoreError(f'{len(missing)} video ids not in {store.path}, e.g. {missing[:3]}')
-    rows = np.asarray([index[v] for v in ids], np.int64)
-    pending = int((store.status()[rows] == 0).sum())
-    if pending:
-        raise StoreError(f'{store.path} has {pending} pending videos in {where}: finish the extraction first')
-    return rows
 
 
 @dataclasses.dataclass

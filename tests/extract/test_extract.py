@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -355,11 +356,15 @@ def test_a_video_an_expert_fails_on_is_failed_and_retried_not_the_run(small_demo
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('layout', [['--chunk-size', '2'], ['--chunk-size', '1', '--chunks-per-shard', '2']],
+                         ids=['chunks', 'shards'])
 def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_path: Path, python: str,
-                                                     subprocess_env: dict, repo_root: Path) -> None:
+                                                     subprocess_env: dict, repo_root: Path, layout: list[str]) -> None:
+    """Issue 22 item 3 for the sharded layout: shard files of two 1-video chunks are the units of
+    work; a kill loses only whole units in flight and the rerun writes the same arrays."""
     root = small_demo.parent
     heavy = ['--set', 'resize=[160]', '--set', 'input_size=160', '--weights', 'random', '--workers', '1',
-             '--chunk-size', '2', '--no-progress']
+             *layout, '--no-progress']
     cmd = [python, '-m', 'extract', '--dataset', 'demo', '--data-root', str(root), '--features-root',
            str(tmp_path / 'killed'), '--expert', 'object', *heavy]
     proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -368,8 +373,11 @@ def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_pat
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, 'the run ended before it could be killed midway'
     assert check_store(store).exit_code == 2
-    done_before = int((open_store(store, warn_random=False).status() != 0).sum())
-    assert 0 < done_before < 8
+    opened = open_store(store, warn_random=False)
+    assert opened.unit_size == 2 and zarr.open_group(str(store), mode='r')['status'].shards == (
+        (2,) if '--chunks-per-shard' in layout else None)
+    done_before = int((opened.status() != 0).sum())
+    assert 0 < done_before < 8 and done_before % 2 == 0  # whole units only
     again = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert f'{8 - done_before} videos' in again.stdout  # only the unfinished chunks were redone
@@ -377,6 +385,7 @@ def test_killed_extraction_resumes_to_identical_arrays(small_demo: Path, tmp_pat
           '--expert', 'object', *heavy])
     _same(store, tmp_path / 'whole' / 'demo' / 'object.zarr')
     assert check_store(store).exit_code == 0
+    assert len(os.listdir(store / 'status' / 'c')) == 8 // opened.unit_size  # a status file per unit
 
 
 @pytest.mark.slow

@@ -83,7 +83,7 @@ def test_pack_refuses_bad_rows() -> None:
     # a done video with nothing found is stored unavailable with length 0 and zero features
     empty = VideoResult(np.ones((3, W.DIM)), np.zeros((3, 2)), available=False)
     chunk = pack_chunk([empty], W.MAX_ROWS, W.DIM, False)
-    assert chunk.lengths[0] == 0 and not chunk.available[0] and not chunk.features.any()
+    assert chunk.lengths[0] == 0 and not chunk.available[0] and chunk.features[0].shape == (0, W.DIM)
 
 
 def test_reopen_checks_layout(tmp_path: Path) -> None:
@@ -351,7 +351,8 @@ def test_a_missing_features_chunk_file_is_found_refused_and_redone(tmp_path: Pat
         assert text.startswith(f'{path}: chunk 1 (videos 4-7): ') and '\n' not in text
         assert f'python -m shared.store check --repair {path}`, then rerun the extraction' in text
     rows = store.read(rows=[0, 11, 8])  # the other chunks still read, in the order asked
-    np.testing.assert_array_equal(rows.features, whole.features[[0, 11, 8]])
+    width = rows.features.shape[1]  # padded to the longest video read
+    np.testing.assert_array_equal(rows.features, whole.features[[0, 11, 8], :width])
     # --repair marks the chunk pending: the store is incomplete, and rewriting the chunk makes it whole
     store = _repair_chunk_1(path, python, subprocess_env)
     np.testing.assert_array_equal(store.read().features, whole.features)
@@ -387,7 +388,7 @@ def test_damaged_chunk_sums_are_damage_not_a_traceback(tmp_path: Path, sums: str
     assert 'chunk 1 (videos 4-7): its recorded chunk sums are damaged' in report.summary()
     with pytest.raises(StoreError, match=r'chunk 1 \(videos 4-7\): its recorded chunk sums are damaged.*--repair'):
         open_store(path, warn_random=False).read(rows=[5])
-    np.testing.assert_array_equal(open_store(path, warn_random=False).read(rows=[0]).features, whole.features[[0]])
+    np.testing.assert_array_equal(open_store(path, warn_random=False).read(rows=[0]).features, whole.features[[0], :0])
     _repair_chunk_1(path, python, subprocess_env)
 
 

@@ -1,12 +1,16 @@
 """train/data.py: aggregation of padded store rows, token sampling, the epoch plan."""
 from __future__ import annotations
 
+import dataclasses
+import tracemalloc
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from train.captions import CaptionData
-from shared.store import ExpertRows
-from train.data import SplitData, aggregate
+from shared.store import ExpertRows, StoreSpec, VideoResult, create_store, pack_chunk
+from train.data import SplitData, aggregate, read_aggregated
 from train.models.config import ExpertSpec
 
 LENGTHS = np.array([5, 1, 0, 3, 8, 12])  # 0: a video without rows; 12: longer than any max_tokens below
@@ -95,3 +99,38 @@ def test_epoch_plan_draws_each_video_once_with_one_of_its_own_captions() -> None
     np.testing.assert_array_equal(again[1], caps)
     other = data.epoch_plan(4, np.random.default_rng([0, 2]))
     assert not np.array_equal(other[0], videos)
+
+
+def _traced(fn):
+    """(fn(), peak bytes Python and numpy allocated while it ran)."""
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize('aggregation,sample', [('mean', 'uniform'), ('tokens', 'uniform'), ('tokens', 'first')])
+def test_a_split_is_read_a_unit_at_a_time_as_one_read_would_give(tmp_path: Path, aggregation: str,
+                                                                  sample: str) -> None:
+    """One video of 2,500 rows among short ones: reading the split whole pads every video to it."""
+    d = 16
+    store = create_store(tmp_path / 'long.zarr', [f'v{i}' for i in range(40)],
+                         StoreSpec('toy', 'toy', d, 3000, chunk_size=4, row_chunk=64))
+    lengths = [(7 * i) % 20 for i in range(40)]
+    lengths[13] = 2500
+    rng = np.random.default_rng(0)
+    for c in range(store.n_chunks):
+        store.write_chunk(c, pack_chunk([VideoResult(rng.normal(size=(lengths[r], d)), np.ones((lengths[r], 2)))
+                                         for r in store.chunk_rows(c)], 3000, d, False))
+    rows = rng.permutation(40)[:30]
+    spec = ExpertSpec('toy', d, aggregation, max_tokens=6, sample=sample)
+    whole, whole_peak = _traced(lambda: aggregate(spec, store.read(rows=rows)))
+    got, peak = _traced(lambda: read_aggregated(spec, store, rows))
+    for f in dataclasses.fields(whole):
+        a, b = getattr(whole, f.name), getattr(got, f.name)
+        assert (a is None) == (b is None), f.name
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=f.name)
+    assert peak < whole_peak / 4, (peak, whole_peak)
