@@ -62,13 +62,14 @@ class EmbeddingStore:
         self.n_chunks = -(-self.n_videos // self.chunk_size)
 
     @classmethod
-    def create(cls, path: Path, manifest: Manifest, n_emb: int, dim: int, attrs: dict) -> EmbeddingStore:
+    def create(cls, path: Path, manifest: Manifest, n_emb: int, dim: int, attrs: dict,
+               chunk_size: int = CHUNK) -> EmbeddingStore:
         """Create the store (built aside and renamed into place: shards that start together never see
         half a store), or open the one there when it was made by the same run for the same videos."""
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-            n, c = len(manifest.video_ids), CHUNK
+            n, c = len(manifest.video_ids), chunk_size
             g = zarr.open_group(str(tmp), mode='w-', zarr_format=3, attributes={**attrs, 'chunk_size': c})
             g.create_array('video_ids', shape=(n,), chunks=(c,), dtype=str, fill_value='')[:] = \
                 np.asarray(manifest.video_ids, dtype=str)
@@ -145,7 +146,7 @@ def _embed_rows(model: RetrievalModel, cfg: RunCfg, stores: dict, rows: range, d
 
 
 def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Path, shard: int = 0,
-                     num_shards: int = 1, device: torch.device | str = 'cpu') -> EmbeddingStore:
+                     num_shards: int = 1, device: torch.device | str = 'cpu', chunk_size: int = CHUNK) -> EmbeddingStore:
     """Embed this shard's chunks of every video of `manifest` with `run`'s model, and cut their thumbnails.
 
     Raises:
@@ -157,7 +158,8 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
     attrs = {'run': str(run.resolve()), 'checkpoint': loaded.checkpoint.name, 'model': loaded.cfg.model.model,
              'dataset': manifest.name, 'video_root': str(Path(manifest.root).resolve()),
              'experts': [s.name for s in loaded.cfg.model.experts]}
-    store = EmbeddingStore.create(out / EMBEDDINGS, manifest, probe.emb.shape[1], probe.emb.shape[2], attrs)
+    store = EmbeddingStore.create(out / EMBEDDINGS, manifest, probe.emb.shape[1], probe.emb.shape[2], attrs,
+                                  chunk_size)
     (out / THUMBS).mkdir(exist_ok=True)
     todo = store.pending(shard_chunks(store.n_chunks, shard, num_shards))
     for i, c in enumerate(todo):
@@ -201,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--data-root', type=Path, default=data_root_default())
     p.add_argument('--features-root', type=Path, default=features_root_default())
     p.add_argument('--device', default='cpu')
+    p.add_argument('--chunk-size', type=int, default=CHUNK, help=f'videos per chunk, the unit of work (default: {CHUNK})')
     args = p.parse_args(argv)
     setup_logging()
     try:
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or default_out(run, manifest.name)
         shard_chunks(1, args.shard, args.num_shards)  # a bad shard number: one line before any model loads
         store = embed_collection(run, manifest, args.features_root, out, args.shard, args.num_shards,
-                                 torch.device(args.device))
+                                 torch.device(args.device), args.chunk_size)
         if not store.complete():
             print(f'shard {args.shard} of {args.num_shards} done; the index is built once every shard is')
             return 0
