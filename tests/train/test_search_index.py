@@ -9,10 +9,14 @@ from train.models.base import TextEmbedding, VideoEmbedding, mixture_similarity
 from train.search_index import IndexCfg, SearchIndex, video_queries
 
 
-def _gallery(n: int, m: int = 4, d: int = 16, seed: int = 0) -> VideoEmbedding:
-    """Unit-norm per-expert embeddings with several availability patterns, one of them no expert at all."""
+def _gallery(n: int, m: int = 4, d: int = 16, seed: int = 0, topics: int = 0) -> VideoEmbedding:
+    """Unit-norm per-expert embeddings with several availability patterns, one of them no expert at all;
+    around `topics` random directions when given (real embeddings cluster: approximate indexes rely on it)."""
     g = torch.Generator().manual_seed(seed)
-    emb = torch.nn.functional.normalize(torch.randn(n, m, d, generator=g), dim=-1)
+    emb = torch.randn(n, m, d, generator=g)
+    if topics:
+        emb = torch.randn(topics, m, d, generator=g)[torch.randint(topics, (n,), generator=g)] + 0.5 * emb
+    emb = torch.nn.functional.normalize(emb, dim=-1)
     patterns = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
     which = torch.multinomial(torch.tensor([0.5, 0.2, 0.15, 0.149, 0.001]), n, replacement=True, generator=g)
     return VideoEmbedding(emb, patterns[which][:, :m])
@@ -67,9 +71,10 @@ def test_one_pattern_for_a_single_embedding_model() -> None:
     _assert_same_top(index, text, video, 10)
 
 
-def test_approximate_index_reranks_exactly_and_measures_its_recall(tmp_path) -> None:
-    video, text = _gallery(20_000, d=8), _texts(30, d=8)
-    index = SearchIndex(video, IndexCfg(approx_threshold=2_000, hnsw_m=16, ef_search=64))
+@pytest.mark.parametrize('kind', ['ivf', 'hnsw'])
+def test_approximate_index_reranks_exactly_and_measures_its_recall(kind: str, tmp_path) -> None:
+    video, text = _gallery(20_000, d=8, topics=200), _texts(30, d=8)
+    index = SearchIndex(video, IndexCfg(approx_threshold=2_000, approx=kind, hnsw_m=16, ef_search=64))
     approx = [index.pattern_name(i) for i in range(len(index.patterns)) if index.is_approximate(i)]
     assert approx and sorted(index.recall) == sorted(approx)
     assert all(r >= 0.9 for r in index.recall.values()), index.recall
