@@ -39,7 +39,8 @@ from train.models.base import RetrievalModel, VideoEmbedding
 from train.runs import load_run, run_seeds
 from train.search_index import IndexCfg, SearchIndex
 
-__all__ = ['EMBEDDINGS', 'THUMBS', 'FAISS', 'EmbeddingStore', 'embed_collection', 'build_index', 'thumbnail', 'main']
+__all__ = ['EMBEDDINGS', 'THUMBS', 'FAISS', 'EmbeddingStore', 'embed_collection', 'build_index', 'default_out', 'thumbnail',
+           'main']
 
 _logger = logging.getLogger(__name__)
 

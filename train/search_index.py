@@ -50,7 +50,7 @@ class IndexCfg:
     approx_threshold: int = 200_000
     approx: str = 'ivf'
     nlist: int | None = None
-    nprobe: int = 32
+    nprobe: int = 64
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 128

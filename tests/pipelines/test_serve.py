@@ -155,3 +155,11 @@ def test_the_page_in_headless_chromium(served, tmp_path: Path) -> None:
     artifacts = Path(__file__).resolve().parents[1] / 'artifacts'
     artifacts.mkdir(exist_ok=True)
     (artifacts / 'search_page.png').write_bytes(shot)
+
+
+def test_serve_refuses_what_is_not_a_run_or_an_index(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipelines.serve import main as serve_main
+
+    assert serve_main(['--run', str(tmp_path / 'nothing'), '--index', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'not a run directory' in err and len(err.strip().splitlines()) == 1
