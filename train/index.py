@@ -155,6 +155,10 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
     """
     loaded = load_run(run, device)
     stores = {s.name: open_expert_store(features_root, manifest.name, s.name)[0] for s in loaded.cfg.model.experts}
+    for store in stores.values():  # rows are read by position: they must be the manifest's videos, in order
+        if list(store.video_ids) != list(manifest.video_ids):
+            raise StoreError(f'{store.path} holds other videos than the {manifest.name} manifest lists now: '
+                             f'extract it again: python -m extract --dataset {manifest.name} --overwrite')
     probe = _embed_rows(loaded.model, loaded.cfg, stores, range(0, min(1, len(manifest.video_ids))), device)
     attrs = {'run': str(run.resolve()), 'checkpoint': loaded.checkpoint.name, 'model': loaded.cfg.model.model,
              'dataset': manifest.name, 'video_root': str(Path(manifest.root).resolve()),

@@ -2,7 +2,9 @@
 resumable, shardable store, thumbnails, and an index whose top k is brute-force `model.similarity`'s."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +13,15 @@ import torch
 import zarr
 from PIL import Image
 
+from shared.datasets import load_manifest
+from shared.store import StoreError
 from train.captions import build_caption_encoder
 from train.data import load_split
 from train.evaluate import embed_videos
-from train.index import EMBEDDINGS, FAISS, THUMBS, EmbeddingStore, build_index
+from train.index import EMBEDDINGS, FAISS, THUMBS, EmbeddingStore, build_index, embed_collection
 from train.index import main as index_main
 from train.main import main as train_main
-from train.models.base import VideoEmbedding
 from train.runs import load_run
-from shared.datasets import load_manifest
 
 from tests.train.test_train import _args, _config
 
@@ -91,7 +93,6 @@ def test_a_rerun_embeds_only_unfinished_chunks(runs: dict[str, Path], demo_store
     group['emb'][16:32] = np.zeros_like(first[16:32])
     (out / THUMBS / '0.jpg').unlink()
     (out / THUMBS / '20.jpg').unlink()
-    import shutil
     shutil.rmtree(out / FAISS)
     assert index_main(args) == 0
     np.testing.assert_array_equal(np.asarray(group['emb'][:]), first)
@@ -99,3 +100,8 @@ def test_a_rerun_embeds_only_unfinished_chunks(runs: dict[str, Path], demo_store
     assert json.loads((out / FAISS / 'index.json').read_text())['shape'][0] == 60
     # another run's embeddings are never resumed
     assert index_main([*args[:1], str(runs['mee']), *args[2:]]) == 1
+    # nor are expert stores whose rows are not the manifest's videos in order (rows are read by position)
+    manifest = load_manifest('demo', data)
+    shuffled = dataclasses.replace(manifest, video_ids=manifest.video_ids[::-1], paths=manifest.paths[::-1])
+    with pytest.raises(StoreError, match='holds other videos than the demo manifest'):
+        embed_collection(runs['ce'], shuffled, features, tmp_path / 'other')
