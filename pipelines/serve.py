@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--run', type=Path, required=True, help='the run whose model made the index')
     p.add_argument('--index', type=Path, required=True, help='what python -m train.index wrote (its --out)')
     p.add_argument('--data-root', type=Path, default=data_root_default(), help='for the run\'s word vectors')
-    p.add_argument('--host', default=d.host)
-    p.add_argument('--port', type=int, default=d.port)
+    p.add_argument('--host', default=d.host, help=f'address to listen on (default: {d.host})')
+    p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
     args = p.parse_args(argv)
     # one query's ops are tiny: more threads only wait for each other (an MEE text encoding took 132 ms
     # on 2 threads and 14 ms on one, on a 2-core CPU shared with other jobs)

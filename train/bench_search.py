@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m train.bench_search', description=__doc__.split('\n\n')[0])
     p.add_argument('--videos', default='10000,100000,1000000', help='collection sizes, comma-separated')
     p.add_argument('--dim', type=int, default=256, help='embedding size per expert (default: 256)')
-    p.add_argument('--queries', type=int, default=200)
+    p.add_argument('--queries', type=int, default=200, help='queries timed one at a time (default: 200)')
     p.add_argument('--quick', action='store_true', help='sizes 2000,5000 and 20 queries')
     p.add_argument('--hnsw-max', type=int, default=10_000,
                    help='build HNSW only up to this size (its build is slow on a few cores; default: 10000)')

@@ -203,11 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--run', type=Path, required=True, help='a finished run (its first seed when it has several)')
     p.add_argument('--dataset', required=True, help='a registered dataset or folder:PATH')
     p.add_argument('--out', type=Path, help='where the index goes (default: RUN/index/DATASET)')
-    p.add_argument('--shard', type=int, default=int(os.environ.get('SLURM_ARRAY_TASK_ID', 0)))
-    p.add_argument('--num-shards', type=int, default=int(os.environ.get('SLURM_ARRAY_TASK_COUNT', 1)))
-    p.add_argument('--data-root', type=Path, default=data_root_default())
-    p.add_argument('--features-root', type=Path, default=features_root_default())
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--shard', type=int, default=int(os.environ.get('SLURM_ARRAY_TASK_ID', 0)),
+                   help='this job\'s shard of whole chunks (default: $SLURM_ARRAY_TASK_ID, else 0)')
+    p.add_argument('--num-shards', type=int, default=int(os.environ.get('SLURM_ARRAY_TASK_COUNT', 1)),
+                   help='shards in all (default: $SLURM_ARRAY_TASK_COUNT, else 1)')
+    p.add_argument('--data-root', type=Path, default=data_root_default(), help='datasets\' videos and word vectors')
+    p.add_argument('--features-root', type=Path, default=features_root_default(), help='the expert stores')
+    p.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1 ... (default: cpu)')
     p.add_argument('--chunk-size', type=int, default=CHUNK, help=f'videos per chunk, the unit of work (default: {CHUNK})')
     args = p.parse_args(argv)
     setup_logging()
