@@ -32,9 +32,13 @@ RELEASE       ?=
 PRETRAINED    ?=
 SCHEDULER     ?= local
 WORKERS       ?= 2
+# the run and index that `make index` / `make serve` use: the demo's CE by default
+RUN           ?= runs/demo/ce/seed0
+INDEX         ?= $(RUN)/index/$(DATASET)
+PORT          ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo demo-data extract extract-cluster experts train pretrain reproduce import check datasets clean clean-venv
+.PHONY: help setup browser test test-fast demo demo-data extract extract-cluster experts train pretrain reproduce import index serve check datasets clean clean-venv
 
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
@@ -50,7 +54,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps $(FACENET_SPEC)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(MAKE) --no-print-directory browser
 	touch $(STAMP)
+
+# Debian's chromium and its driver, for the search page's browser test (as root, else through sudo);
+# where neither works the test is skipped, and this says so
+SUDO          := $(if $(filter 0,$(shell id -u)),,sudo)
+browser: ## install chromium + chromium-driver (Debian packages) for the browser test
+	@if command -v apt-get >/dev/null && { [ -z '$(SUDO)' ] || command -v sudo >/dev/null; }; then \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+		|| echo 'warning: chromium could not be installed: the browser test will be skipped'; \
+	else echo 'warning: no apt-get or sudo here: install chromium and chromium-driver; the browser test skips without them'; fi
 
 setup: $(STAMP) ## create .venv and install the project (done automatically by the other targets)
 
@@ -104,6 +119,13 @@ train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (m
 
 pretrain: $(STAMP) ## PAPER=mmt|ssb [GPUS=N TRAIN_ARGS=]: pretrain on HowTo100M (configs PAPER_howto100m.yaml) into runs/PAPER-howto100m-pretrain
 	$(TRAIN) --model $(PAPER) --dataset howto100m --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(TRAIN_ARGS)
+
+index: $(STAMP) ## embed every video of DATASET with RUN's model, thumbnails, search index [SHARD= NUM_SHARDS=]
+	$(PY) -m train.index --run $(RUN) --dataset $(DATASET) --out $(INDEX) --data-root $(DATA_ROOT) \
+		--features-root $(FEATURES_ROOT) $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS))
+
+serve: $(STAMP) ## search INDEX in the browser (http://127.0.0.1:PORT/): make index first
+	$(PY) -m pipelines.serve --run $(RUN) --index $(INDEX) --data-root $(DATA_ROOT) --port $(PORT)
 
 experts: $(STAMP) ## list the experts, their models, sampling and weights
 	$(PY) -m extract --list

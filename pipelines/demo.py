@@ -3,8 +3,8 @@
 1. generate the demo videos (skimage photos, FFmpeg), 2. extract all seven experts (weights
 that ship in wheels are real: MTCNN, RapidOCR; the rest are RANDOM and said so), 3. train MEE,
 CE, MMT and the support-set model with their demo configs, 4. evaluate on the demo test split and print one comparison
-table, 5. answer example queries. A report directory gets the table, a chart of expert
-availability, training curves and every step's config. Each stage reuses what an earlier run
+table, 5. answer example queries, and index every demo video for the search page (`make serve`).
+A report directory gets the table, a chart of expert availability, training curves and every step's config. Each stage reuses what an earlier run
 finished, so a rerun only does what is left.
 
 The transformer models (MMT, support-set) use text encoders built from their demo configs
@@ -187,7 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         'use a 2-layer BERT and a 1-layer T5 built from their demo configs with random initial weights and a '
         'word-level vocabulary of the training captions (the papers fine-tune bert-base-cased and t5-base).\n')
     print(f'report: {report} (results.md, availability.png, training_curves.png, configs/)')
+    print('[5/5 search] every demo video embedded by CE, with thumbnails, for the search page')
+    from train.index import default_out
+    from train.index import main as index_main
+
+    index = default_out(runs['ce'], 'demo')
+    code = index_main(['--run', str(runs['ce']), '--dataset', 'demo', '--data-root', str(args.data_root),
+                       '--features-root', str(args.features_root), '--out', str(index)])
+    if code:
+        return code
     print(f'demo finished in {time.time() - t0:.0f} s')
+    print(f'search the demo in the browser: make serve (python -m pipelines.serve --run {runs["ce"]} --index {index} '
+          f'--data-root {args.data_root}), then open http://127.0.0.1:8000/')
     return 0
 
 

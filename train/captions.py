@@ -57,6 +57,10 @@ class CaptionEncoder:
     def encode(self, texts: list[str]) -> CaptionData:
         raise NotImplementedError
 
+    def knows(self, text: str) -> bool:
+        """Whether some word of `text` is in the encoder's vocabulary (word vectors: see the encoded mask)."""
+        return True
+
 
 class StopWordsRemoved(CaptionEncoder):
     """Another encoder given the captions without HowTo100M's stop words (``data.stop_words:
@@ -149,6 +153,10 @@ class SubwordCaptions(CaptionEncoder):
 
     def __init__(self, kind: str, max_words: int, tokenizer=None, words: WordTokenizer | None = None) -> None:
         self.kind, self.max_words, self.tokenizer, self.words = kind, max_words, tokenizer, words
+
+    def knows(self, text: str) -> bool:
+        # a run's own word-level vocabulary: a query of words it never saw is [UNK]s, the same for any
+        return self.words is None or any(i != UNK for i in self.words.ids(text))
 
     def _ids(self, text: str) -> list[int]:
         if self.kind == 'bert':

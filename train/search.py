@@ -13,12 +13,26 @@ import numpy as np
 import torch
 
 from shared.config import ConfigError, data_root_default
-from train.captions import build_caption_encoder
+from train.captions import CaptionEncoder, build_caption_encoder
 from train.config import RunCfg
-from train.models.base import VideoEmbedding
+from train.models.base import RetrievalModel, TextEmbedding, VideoEmbedding
 from train.runs import load_run, run_seeds
 
-__all__ = ['Searcher', 'main']
+__all__ = ['Searcher', 'encode_query', 'main']
+
+
+@torch.no_grad()
+def encode_query(model: RetrievalModel, captions: CaptionEncoder, query: str) -> TextEmbedding:
+    """The model's embedding of free text (ValueError: a query the text encoder sees nothing of,
+    whose ranking would be the same for any such query)."""
+    if not query.strip():
+        raise ValueError('the query is empty')
+    caption = captions.encode([query])
+    if not caption.mask[0].any():  # word vectors only: subword tokenizers always give some tokens
+        raise ValueError('no word of this query has a word vector')
+    if not captions.knows(query):
+        raise ValueError("no word of this query is in the run's vocabulary")
+    return model.encode_text(caption.batch(np.arange(1)))
 
 
 class Searcher:
@@ -44,12 +58,7 @@ class Searcher:
     def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
         """The `k` best gallery videos for `query` with their scores (ValueError: a query the text
         encoder sees nothing of, whose ranking would be the same for any such query)."""
-        if not query.strip():
-            raise ValueError('the query is empty')
-        caption = self.captions.encode([query])
-        if not caption.mask[0].any():  # word vectors only: subword tokenizers always give some tokens
-            raise ValueError('no word of this query has a word vector')
-        text = self.model.encode_text(caption.batch(np.arange(1)))
+        text = encode_query(self.model, self.captions, query)
         scores = self.model.similarity(text, self.gallery)[0]
         top = torch.topk(scores, min(k, len(self.video_ids)))
         return [(self.video_ids[i], float(s)) for s, i in zip(top.values, top.indices)]

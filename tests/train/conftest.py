@@ -1,4 +1,5 @@
-"""Fixtures of the training tests: demo stores extracted once per session."""
+"""Fixtures of the training tests. Their demo stores (`demo_stores`) are made in tests/conftest.py,
+once per session for the training tests and the search server's."""
 from __future__ import annotations
 
 import json
@@ -9,24 +10,9 @@ import pytest
 import yaml
 
 from shared.store import DONE, StoreSpec, VideoResult, create_store, pack_chunk, store_path
+from tests.conftest import DEMO_EXPERTS as EXPERTS
 
-EXPERTS = ['object', 'scene', 'audio']
-
-
-@pytest.fixture(scope='session')
-def demo_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """60 demo videos with object, scene and audio stores (random weights, small inputs), made once for
-    every training test module."""
-    from extract.run import main as extract_main
-    from shared.datasets.demo import DemoCfg, generate
-
-    root = tmp_path_factory.mktemp('train')
-    generate(root / 'data' / 'demo', DemoCfg(videos=60, seed=11, min_duration=2.0, max_duration=3.0), progress=False)
-    code = extract_main(['--dataset', 'demo', '--data-root', str(root / 'data'), '--features-root',
-                         str(root / 'features'), '--expert', ','.join(EXPERTS), '--weights', 'random',
-                         '--set', 'resize=[40]', '--set', 'input_size=32', '--workers', '1', '--no-progress'])
-    assert code == 0
-    return root / 'data', root / 'features'
+__all__ = ['EXPERTS', 'tiny_args']
 
 
 N_VIDEOS, DIM, ROWS = 12, 8, 3

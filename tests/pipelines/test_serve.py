@@ -1,0 +1,165 @@
+"""The search server (issue 25 item 3) over a real index of the demo videos: JSON API, page, video
+files with range requests, bad input refused with a 4xx while the server goes on serving, and the
+page in headless Chromium."""
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.datasets import load_manifest
+from train.captions import SubwordCaptions, WordTokenizer
+from train.index import main as index_main
+from train.main import main as train_main
+
+from tests.train.test_train import _args, _config
+
+
+@pytest.fixture(scope='module')
+def served(demo_stores: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """A CE run of one epoch on the demo stores, its index of all 60 videos, and the app over them."""
+    from fastapi.testclient import TestClient
+
+    from pipelines.serve import Collection, create_app
+
+    data, features = demo_stores
+    tmp = tmp_path_factory.mktemp('serve')
+    assert train_main(_args(data, features, _config(tmp, 'ce', epochs=1), tmp / 'ce')) == 0
+    run, index = tmp / 'ce' / 'seed0', tmp / 'index'
+    assert index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
+                       str(features), '--out', str(index)]) == 0
+    collection = Collection(run, index, data)
+    return collection, TestClient(create_app(collection)), load_manifest('demo', data)
+
+
+@pytest.mark.slow
+def test_search_api_page_thumbnails_and_videos(served) -> None:
+    collection, client, manifest = served
+    caption = manifest.captions[manifest.video_ids[3]][0]
+    r = client.get('/search', params={'q': caption, 'k': 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body['results']) == 5 and set(body['weights']) == {'object', 'scene', 'audio'}
+    scores = [h['score'] for h in body['results']]
+    assert scores == sorted(scores, reverse=True)
+    for hit in body['results']:  # each result's weights: the query's, over the experts the video has
+        assert abs(sum(hit['weights'].values()) - 1) < 1e-3 and {'object', 'scene'} <= set(hit['weights'])
+    assert client.get(body['results'][0]['thumb']).headers['content-type'] == 'image/jpeg'
+    assert '<input id="q"' in client.get('/').text
+
+    first = body['results'][0]
+    like = client.get('/similar', params={'id': first['id'], 'k': 4}).json()['results']
+    assert len(like) == 4 and first['id'] not in [h['id'] for h in like]
+
+    whole = client.get('/video', params={'path': first['video']})
+    assert whole.status_code == 200 and whole.headers['accept-ranges'] == 'bytes'
+    part = client.get('/video', params={'path': first['video']}, headers={'Range': 'bytes=10-109'})
+    assert part.status_code == 206 and part.content == whole.content[10:110]
+    assert part.headers['content-range'] == f'bytes 10-109/{len(whole.content)}'
+
+
+@pytest.mark.slow
+def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path) -> None:
+    collection, client, manifest = served
+    outside = tmp_path / 'secret.mp4'
+    outside.write_bytes(b'not for you')
+    link = collection.root / 'videos_link_out.mp4'
+    link.symlink_to(outside)
+    try:
+        bad = {
+            ('/search', (('q', ''),)): (400, 'empty'),
+            ('/search', (('q', 'zzzzqqq xxyy'),)): (400, 'word vector'),
+            ('/search', (('q', 'a cat'), ('k', '0'))): (400, 'k must be between 1 and 100'),
+            ('/search', (('q', 'a cat'), ('k', '101'))): (400, 'k must be between 1 and 100'),
+            ('/similar', (('id', 'no-such-video'),)): (404, 'no video'),
+            ('/video', (('path', '../../etc/passwd'),)): (403, 'escapes'),
+            ('/video', (('path', str(outside)),)): (403, 'relative'),
+            ('/video', (('path', link.name),)): (403, 'leads outside'),
+            ('/video', (('path', 'nothing_here.mp4'),)): (404, 'no video'),
+            ('/thumb/100000', ()): (404, 'no thumbnail'),
+        }
+        for (path, params), (code, words) in bad.items():
+            r = client.get(path, params=dict(params))
+            assert r.status_code == code and words in r.json()['detail'], (path, params, r.status_code, r.text)
+            assert client.get('/search', params={'q': 'a cat', 'k': 2}).status_code == 200  # still serving
+        assert client.get('/search', params={'q': 'a cat', 'k': 'many'}).status_code == 422
+    finally:
+        link.unlink()
+
+
+def test_a_query_of_words_outside_a_run_vocabulary_is_refused() -> None:
+    """Runs with a word-level tokenizer (the demo's MMT and support-set) see [UNK] only: any such query ranks alike."""
+    captions = SubwordCaptions('bert', 8, words=WordTokenizer(['cat', 'moon']))
+    assert captions.knows('a cat') and not captions.knows('zzzzqqq xxyy')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_page_in_headless_chromium(served, tmp_path: Path) -> None:
+    """Type a query, see k thumbnails, click one and see its video load; the screenshot is kept as
+    tests/artifacts/search_page.png (and in the test's tmp_path)."""
+    driver_path, browser = shutil.which('chromedriver'), shutil.which('chromium')
+    if not (driver_path and browser):
+        pytest.skip('chromium and chromium-driver are not installed (make setup installs them)')
+    import uvicorn
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pipelines.serve import create_app
+
+    collection, _, manifest = served
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(collection), host='127.0.0.1', port=port, log_level='warning'))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1280,1000',
+                '--autoplay-policy=no-user-gesture-required'):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.1)
+        driver.get(f'http://127.0.0.1:{port}/')
+        wait = WebDriverWait(driver, 30)
+        driver.find_element(By.ID, 'k').clear()
+        driver.find_element(By.ID, 'k').send_keys('6')
+        driver.find_element(By.ID, 'q').send_keys(manifest.captions[manifest.video_ids[0]][0] + '\n')
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.hit img')) >= 6)
+        wait.until(lambda d: all(d.execute_script('return arguments[0].complete && arguments[0].naturalWidth > 0', i)
+                                 for i in d.find_elements(By.CSS_SELECTOR, '.hit img')))
+        assert 'mixture weights of the query' in driver.find_element(By.ID, 'weights').text
+        driver.find_elements(By.CSS_SELECTOR, '.hit')[1].click()
+        video = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#player video'))[0]
+        wait.until(lambda d: d.execute_script('return arguments[0].readyState', video) >= 1)  # metadata loaded
+        assert driver.execute_script('return arguments[0].duration', video) > 0
+        shot = driver.get_screenshot_as_png()
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(10)
+    (tmp_path / 'search_page.png').write_bytes(shot)
+    artifacts = Path(__file__).resolve().parents[1] / 'artifacts'
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / 'search_page.png').write_bytes(shot)
+
+
+def test_serve_refuses_what_is_not_a_run_or_an_index(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipelines.serve import main as serve_main
+
+    assert serve_main(['--run', str(tmp_path / 'nothing'), '--index', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'not a run directory' in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,98 @@
+"""The collection index (issue 25): its top k is the brute-force `model.similarity` top k."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from train.models.base import TextEmbedding, VideoEmbedding, mixture_similarity
+from train.search_index import IndexCfg, SearchIndex, video_queries
+
+
+def _gallery(n: int, m: int = 4, d: int = 16, seed: int = 0, topics: int = 0) -> VideoEmbedding:
+    """Unit-norm per-expert embeddings with several availability patterns, one of them no expert at all;
+    around `topics` random directions when given (real embeddings cluster: approximate indexes rely on it)."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(n, m, d, generator=g)
+    if topics:
+        emb = torch.randn(topics, m, d, generator=g)[torch.randint(topics, (n,), generator=g)] + 0.5 * emb
+    emb = torch.nn.functional.normalize(emb, dim=-1)
+    patterns = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    which = torch.multinomial(torch.tensor([0.5, 0.2, 0.15, 0.149, 0.001]), n, replacement=True, generator=g)
+    return VideoEmbedding(emb, patterns[which][:, :m])
+
+
+def _texts(n: int, m: int = 4, d: int = 16, seed: int = 1) -> TextEmbedding:
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.functional.normalize(torch.randn(n, m, d, generator=g), dim=-1)
+    return TextEmbedding(emb, torch.softmax(2 * torch.randn(n, m, generator=g), -1))
+
+
+def _assert_same_top(index: SearchIndex, text: TextEmbedding, video: VideoEmbedding, k: int) -> None:
+    """Same scores, and the same videos wherever the brute-force scores are not tied."""
+    brute = mixture_similarity(text, video)
+    top = torch.topk(brute, k)
+    scores, rows = index.search(text, k)
+    np.testing.assert_allclose(scores, top.values.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(brute.numpy(), rows, 1), scores, atol=1e-5)  # rows' own scores
+    gaps = np.diff(top.values.numpy(), axis=1)
+    distinct = np.concatenate([gaps[:, :1], gaps], 1) < -1e-5  # below the previous one by a margin
+    distinct &= np.concatenate([gaps, gaps[:, -1:]], 1) < -1e-5
+    assert (rows[distinct] == top.indices.numpy()[distinct]).all()
+    assert distinct.mean() > 0.9
+
+
+def test_exact_index_top_k_equals_brute_force_on_50k_videos_of_several_patterns() -> None:
+    video, text = _gallery(50_000), _texts(40)
+    index = SearchIndex(video)
+    assert len(index.patterns) == 5 and not index.recall  # flat: no approximate pattern
+    _assert_same_top(index, text, video, 10)
+    _assert_same_top(index, _texts(3, seed=5), video, 50)
+
+
+def test_a_collection_smaller_than_k_and_videos_without_experts() -> None:
+    video = _gallery(7, seed=3)
+    video.available[0] = False  # no expert: scores 0, as the mixture does
+    index = SearchIndex(video)
+    scores, rows = index.search(_texts(2), 100)
+    assert scores.shape == (2, 7) and sorted(rows[0].tolist()) == list(range(7))
+    assert scores[0][rows[0] == 0] == 0.0
+    _assert_same_top(index, _texts(2, seed=8), video, 7)
+
+
+def test_one_pattern_for_a_single_embedding_model() -> None:
+    """The support-set model: one embedding that every video has."""
+    g = torch.Generator().manual_seed(4)
+    video = VideoEmbedding(torch.nn.functional.normalize(torch.randn(3000, 1, 32, generator=g), dim=-1),
+                           torch.ones(3000, 1, dtype=torch.bool))
+    text = TextEmbedding(torch.nn.functional.normalize(torch.randn(5, 1, 32, generator=g), dim=-1), torch.ones(5, 1))
+    index = SearchIndex(video)
+    assert len(index.indexes) == 1
+    _assert_same_top(index, text, video, 10)
+
+
+@pytest.mark.parametrize('kind', ['ivf', 'hnsw'])
+def test_approximate_index_reranks_exactly_and_measures_its_recall(kind: str, tmp_path) -> None:
+    video, text = _gallery(20_000, d=8, topics=200), _texts(30, d=8)
+    index = SearchIndex(video, IndexCfg(approx_threshold=2_000, approx=kind, hnsw_m=16, ef_search=64))
+    approx = [index.pattern_name(i) for i in range(len(index.patterns)) if index.is_approximate(i)]
+    assert approx and sorted(index.recall) == sorted(approx)
+    assert all(r >= 0.9 for r in index.recall.values()), index.recall
+    brute = mixture_similarity(text, video).numpy()
+    scores, rows = index.search(text, 10)
+    np.testing.assert_allclose(np.take_along_axis(brute, rows, 1), scores, atol=1e-5)  # exact scores
+    exact = np.argsort(-brute, 1)[:, :10]
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(rows, exact)])
+    assert recall >= 0.9, recall
+    index.save(tmp_path / 'faiss')
+    again = SearchIndex.load(tmp_path / 'faiss')
+    assert again.recall == index.recall
+    np.testing.assert_array_equal(again.search(text, 10)[1], rows)
+
+
+def test_videos_like_this_one_rank_the_video_itself_first() -> None:
+    video = _gallery(5000, seed=6)
+    has = video.available.any(1).nonzero()[:20, 0]
+    query = video_queries(VideoEmbedding(video.emb[has], video.available[has]))
+    _, rows = SearchIndex(video).search(query, 3)
+    assert (rows[:, 0] == has.numpy()).all()

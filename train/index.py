@@ -1,0 +1,237 @@
+"""Embedding a whole collection for search (issue 25): every video of a dataset, not one split.
+
+    python -m train.index --run runs/ce-demo-official --dataset demo [--shard I --num-shards N]
+
+A run's tested model embeds each video from the dataset's expert stores into an embedding store
+(Zarr, chunked along the videos like the expert stores; a chunk is the unit of work, its `status`
+written last, so a rerun skips finished chunks and shards of a cluster job never share one), and
+a thumbnail of each video is cut from its file (FFmpeg) with the chunk. Once every chunk is done,
+the search index (`train.search_index`) is built beside it. The layout under --out:
+
+    embeddings.zarr/   video_ids [N], paths [N] (inside the dataset root), emb [N, M, d] float32,
+                       available [N, M] bool, status [N] uint8 (0 pending, 1 done)
+    thumbs/ROW.jpg     one per video (missing where FFmpeg could not cut one)
+    faiss/             one FAISS index per availability pattern
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from shared.config import ConfigError, data_root_default, features_root_default
+from shared.datasets import DatasetError, Manifest, load_manifest
+from shared.logs import setup_logging
+from shared.media import MediaError, ffmpeg_exe
+from shared.store import StoreError, shard_chunks
+from train.config import RunCfg
+from train.data import aggregate, open_expert_store
+from train.models.base import RetrievalModel, VideoEmbedding
+from train.runs import load_run, run_seeds
+from train.search_index import IndexCfg, SearchIndex
+
+__all__ = ['EMBEDDINGS', 'THUMBS', 'FAISS', 'EmbeddingStore', 'embed_collection', 'build_index', 'default_out', 'thumbnail',
+           'main']
+
+_logger = logging.getLogger(__name__)
+
+EMBEDDINGS, THUMBS, FAISS = 'embeddings.zarr', 'thumbs', 'faiss'
+CHUNK = 256  # videos per chunk: the unit of work of one writer
+THUMB_WIDTH = 240
+
+
+class EmbeddingStore:
+    """An open embedding store (see the module doc), created once and resumed after that."""
+
+    def __init__(self, path: Path) -> None:
+        if not (path / 'zarr.json').is_file():
+            raise StoreError(f'no embedding store at {path}: make it with python -m train.index')
+        self.path = path
+        self.group = zarr.open_group(str(path), mode='r+', zarr_format=3)
+        self.attrs = dict(self.group.attrs)
+        self.n_videos = int(self.group['status'].shape[0])
+        self.chunk_size = int(self.attrs['chunk_size'])
+        self.n_chunks = -(-self.n_videos // self.chunk_size)
+
+    @classmethod
+    def create(cls, path: Path, manifest: Manifest, n_emb: int, dim: int, attrs: dict,
+               chunk_size: int = CHUNK) -> EmbeddingStore:
+        """Create the store (built aside and renamed into place: shards that start together never see
+        half a store), or open the one there when it was made by the same run for the same videos."""
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+            n, c = len(manifest.video_ids), chunk_size
+            g = zarr.open_group(str(tmp), mode='w-', zarr_format=3, attributes={**attrs, 'chunk_size': c})
+            g.create_array('video_ids', shape=(n,), chunks=(c,), dtype=str, fill_value='')[:] = \
+                np.asarray(manifest.video_ids, dtype=str)
+            g.create_array('paths', shape=(n,), chunks=(c,), dtype=str, fill_value='')[:] = \
+                np.asarray([os.path.relpath(p, manifest.root) for p in manifest.paths], dtype=str)
+            g.create_array('emb', shape=(n, n_emb, dim), chunks=(c, n_emb, dim), dtype='float32', fill_value=0)
+            g.create_array('available', shape=(n, n_emb), chunks=(c, n_emb), dtype=bool, fill_value=False)
+            g.create_array('status', shape=(n,), chunks=(c,), dtype='uint8', fill_value=0)
+            try:
+                os.rename(tmp, path)
+            except OSError:  # another shard's store is in place: use that one
+                shutil.rmtree(tmp, ignore_errors=True)
+        store = cls(path)
+        ids = np.asarray(store.group['video_ids'][:], dtype=object)
+        mismatch = [k for k in ('run', 'checkpoint') if store.attrs.get(k) != attrs[k]]
+        if mismatch or list(ids) != list(manifest.video_ids):
+            raise StoreError(f'{path} holds embeddings of another {"run" if mismatch else "video list"}: '
+                             'remove it, or give another --out')
+        return store
+
+    def chunk_rows(self, chunk: int) -> range:
+        return range(chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, self.n_videos))
+
+    def pending(self, chunks: range) -> list[int]:
+        status = self.group['status']
+        return [c for c in chunks if not np.asarray(status[self.chunk_rows(c).start:self.chunk_rows(c).stop]).all()]
+
+    def write(self, chunk: int, emb: VideoEmbedding) -> None:
+        """One whole chunk; `status` last, so a chunk cut short reads as pending."""
+        r = self.chunk_rows(chunk)
+        self.group['emb'][r.start:r.stop] = emb.emb.float().cpu().numpy()
+        self.group['available'][r.start:r.stop] = emb.available.bool().cpu().numpy()
+        self.group['status'][r.start:r.stop] = np.ones(len(r), np.uint8)
+
+    def complete(self) -> bool:
+        return not self.pending(range(self.n_chunks))
+
+    def read(self) -> tuple[list[str], list[str], VideoEmbedding]:
+        """(video ids, paths inside the dataset root, embeddings) of every video."""
+        g = self.group
+        return ([str(v) for v in g['video_ids'][:]], [str(p) for p in g['paths'][:]],
+                VideoEmbedding(torch.from_numpy(np.asarray(g['emb'][:])), torch.from_numpy(np.asarray(g['available'][:]))))
+
+
+def thumbnail(video: Path, out: Path) -> bool:
+    """A JPEG of a representative frame among the video's first 100 (FFmpeg's `thumbnail` filter);
+    False, logged, where FFmpeg cannot make one: the page shows the video's id instead."""
+    tmp = out.with_name(f'.{out.name}.tmp.jpg')
+    try:
+        proc = subprocess.run([ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-y', '-i', str(video),
+                               '-vf', f'thumbnail,scale={THUMB_WIDTH}:-2', '-frames:v', '1', str(tmp)],
+                              capture_output=True, text=True, timeout=120, check=False)
+    except (MediaError, OSError, subprocess.TimeoutExpired) as err:
+        _logger.warning('no thumbnail for %s: %s', video, err)
+        return False
+    if proc.returncode != 0 or not tmp.is_file():
+        _logger.warning('no thumbnail for %s: %s', video, (proc.stderr.strip().splitlines() or ['ffmpeg failed'])[-1])
+        return False
+    os.replace(tmp, out)
+    return True
+
+
+@torch.no_grad()
+def _embed_rows(model: RetrievalModel, cfg: RunCfg, stores: dict, rows: range, device: torch.device) -> VideoEmbedding:
+    """The model's video embedding of store rows `rows`, aggregated as in training (`train.data.aggregate`)."""
+    inputs = {}
+    for spec in cfg.model.experts:
+        read = stores[spec.name].read(rows=slice(rows.start, rows.stop))
+        if (read.status == 0).any():
+            raise StoreError(f'{stores[spec.name].path} has pending videos in rows {rows.start}-{rows.stop - 1}: '
+                             'finish the extraction first')
+        inputs[spec.name] = aggregate(spec, read).batch(np.arange(len(rows))).to(device)
+    return model.encode_video(inputs)
+
+
+def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Path, shard: int = 0,
+                     num_shards: int = 1, device: torch.device | str = 'cpu', chunk_size: int = CHUNK) -> EmbeddingStore:
+    """Embed this shard's chunks of every video of `manifest` with `run`'s model, and cut their thumbnails.
+
+    Raises:
+        ConfigError: not a finished run; StoreError: an expert store is missing or unfinished.
+    """
+    loaded = load_run(run, device)
+    stores = {s.name: open_expert_store(features_root, manifest.name, s.name)[0] for s in loaded.cfg.model.experts}
+    for store in stores.values():  # rows are read by position: they must be the manifest's videos, in order
+        if list(store.video_ids) != list(manifest.video_ids):
+            raise StoreError(f'{store.path} holds other videos than the {manifest.name} manifest lists now: '
+                             f'extract it again: python -m extract --dataset {manifest.name} --overwrite')
+    probe = _embed_rows(loaded.model, loaded.cfg, stores, range(0, min(1, len(manifest.video_ids))), device)
+    attrs = {'run': str(run.resolve()), 'checkpoint': loaded.checkpoint.name, 'model': loaded.cfg.model.model,
+             'dataset': manifest.name, 'video_root': str(Path(manifest.root).resolve()),
+             'experts': [s.name for s in loaded.cfg.model.experts]}
+    store = EmbeddingStore.create(out / EMBEDDINGS, manifest, probe.emb.shape[1], probe.emb.shape[2], attrs,
+                                  chunk_size)
+    (out / THUMBS).mkdir(exist_ok=True)
+    todo = store.pending(shard_chunks(store.n_chunks, shard, num_shards))
+    for i, c in enumerate(todo):
+        rows = store.chunk_rows(c)
+        for r in rows:  # thumbnails before the status: a finished chunk has all it will have
+            thumbnail(manifest.paths[r], out / THUMBS / f'{r}.jpg')
+        store.write(c, _embed_rows(loaded.model, loaded.cfg, stores, rows, device))
+        _logger.info('chunk %d (%d/%d of this shard) done', c, i + 1, len(todo))
+    return store
+
+
+def build_index(out: Path, cfg: IndexCfg | None = None) -> SearchIndex:
+    """The search index of a complete embedding store, built once (aside, then renamed) and loaded after that."""
+    if (out / FAISS / 'index.json').is_file():
+        return SearchIndex.load(out / FAISS)
+    store = EmbeddingStore(out / EMBEDDINGS)
+    if not store.complete():
+        raise StoreError(f'{store.path} is not complete: run every shard of python -m train.index first')
+    index = SearchIndex(store.read()[2], cfg)
+    tmp = out / f'.{FAISS}.tmp-{os.getpid()}'
+    index.save(tmp)
+    try:
+        os.rename(tmp, out / FAISS)
+    except OSError:  # another shard built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return index
+
+
+def default_out(run: Path, dataset: str) -> Path:
+    """RUN/index/DATASET (a folder:PATH dataset's slashes made underscores)."""
+    return run / 'index' / ''.join(c if c.isalnum() or c in '._-' else '_' for c in dataset)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m train.index', description=__doc__.split('\n\n')[0])
+    p.add_argument('--run', type=Path, required=True, help='a finished run (its first seed when it has several)')
+    p.add_argument('--dataset', required=True, help='a registered dataset or folder:PATH')
+    p.add_argument('--out', type=Path, help='where the index goes (default: RUN/index/DATASET)')
+    p.add_argument('--shard', type=int, default=int(os.environ.get('SLURM_ARRAY_TASK_ID', 0)),
+                   help='this job\'s shard of whole chunks (default: $SLURM_ARRAY_TASK_ID, else 0)')
+    p.add_argument('--num-shards', type=int, default=int(os.environ.get('SLURM_ARRAY_TASK_COUNT', 1)),
+                   help='shards in all (default: $SLURM_ARRAY_TASK_COUNT, else 1)')
+    p.add_argument('--data-root', type=Path, default=data_root_default(), help='datasets\' videos and word vectors')
+    p.add_argument('--features-root', type=Path, default=features_root_default(), help='the expert stores')
+    p.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1 ... (default: cpu)')
+    p.add_argument('--chunk-size', type=int, default=CHUNK, help=f'videos per chunk, the unit of work (default: {CHUNK})')
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        run = run_seeds(args.run)[0]
+        manifest = load_manifest(args.dataset, args.data_root)
+        out = args.out or default_out(run, manifest.name)
+        shard_chunks(1, args.shard, args.num_shards)  # a bad shard number: one line before any model loads
+        store = embed_collection(run, manifest, args.features_root, out, args.shard, args.num_shards,
+                                 torch.device(args.device), args.chunk_size)
+        if not store.complete():
+            print(f'shard {args.shard} of {args.num_shards} done; the index is built once every shard is')
+            return 0
+        index = build_index(out)
+    except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    for pattern, recall in index.recall.items():
+        print(f'approximate index of pattern {pattern}: recall@10 against exact {recall:.3f}')
+    print(f'{index.n_videos} videos indexed in {out}\nserve it: python -m pipelines.serve --run {run} --index {out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
