@@ -25,14 +25,18 @@ from shared.datasets import DatasetError, Manifest, load_manifest
 from shared.device import pick_device
 from shared.logs import setup_logging
 from shared.store import StoreError, is_store, store_path
-from train.captions import build_caption_encoder
+from train.captions import CaptionEncoder, build_caption_encoder
 from train.config import saved_run_cfg
 from train.data import SplitData, load_split
 from train.metrics import format_results, retrieval_metrics
 from train.models.base import RetrievalModel, TextEmbedding, VideoEmbedding
-from train.runs import load_run, run_seeds
+from train.runs import LoadedRun, load_run, run_seeds
 
-__all__ = ['embed_videos', 'embed_texts', 'evaluate', 'evaluate_run', 'main']
+#: the errors a user's input causes: the commands that read a finished run print them as one line
+USER_ERRORS = (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError)
+
+__all__ = ['USER_ERRORS', 'embed_videos', 'embed_texts', 'evaluate', 'evaluate_run', 'run_split', 'add_target_args',
+           'resolve_target', 'file_stem', 'main']
 
 
 @torch.no_grad()
@@ -71,15 +75,15 @@ def evaluate(model: RetrievalModel, data: SplitData, device: torch.device,
     return retrieval_metrics(_Scores(model, text, video), data.caption_video[data.query], chunk_size=1024)
 
 
-def _file_stem(dataset: str, split: str, part: str) -> str:
+def file_stem(dataset: str, split: str, part: str) -> str:
     """eval/ file name of a dataset split part (``folder:PATH`` datasets hold slashes)."""
     return re.sub(r'[^A-Za-z0-9._-]+', '_', f'{dataset}_{split}_{part}')
 
 
-def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_root: Path, data_root: Path,
-                 device: torch.device) -> dict[str, dict[str, float]]:
-    """A finished run's tested checkpoint on `manifest`'s `split`/`part`, with the run's own caption
-    encoder; the metrics are written to run/eval/DATASET_SPLIT_PART.{json,md}.
+def run_split(run: Path, manifest: Manifest, split: str, part: str, features_root: Path, data_root: Path,
+              device: torch.device, test_queries: bool = True) -> tuple[LoadedRun, CaptionEncoder, SplitData]:
+    """A finished run's tested checkpoint, its own caption encoder, and `manifest`'s `split`/`part`
+    read for it (`test_queries`: as `train.data.load_split`).
 
     Raises:
         ConfigError: not a finished run; StoreError: the dataset lacks a store of the run's experts.
@@ -92,11 +96,23 @@ def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_
                          f'(the run {run} reads them): extract them first: python -m extract --dataset '
                          f'{manifest.name} --expert {",".join(missing)}')
     captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root, run, None)
-    data = load_split(manifest, split, part, features_root, cfg.model.experts, captions)
+    return loaded, captions, load_split(manifest, split, part, features_root, cfg.model.experts, captions, test_queries)
+
+
+def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_root: Path, data_root: Path,
+                 device: torch.device) -> dict[str, dict[str, float]]:
+    """A finished run's tested checkpoint on `manifest`'s `split`/`part`, with the run's own caption
+    encoder; the metrics are written to run/eval/DATASET_SPLIT_PART.{json,md}.
+
+    Raises:
+        ConfigError: not a finished run; StoreError: the dataset lacks a store of the run's experts.
+    """
+    loaded, _, data = run_split(run, manifest, split, part, features_root, data_root, device)
+    cfg = loaded.cfg
     result = evaluate(loaded.model, data, device)
     out = run / 'eval'
     out.mkdir(exist_ok=True)
-    stem = _file_stem(manifest.name, split, part)
+    stem = file_stem(manifest.name, split, part)
     (out / f'{stem}.json').write_text(json.dumps(result, indent=1))
     (out / f'{stem}.md').write_text(f'# {cfg.model.model} trained on {cfg.data.dataset} ({cfg.data.split}), '
                                     f'evaluated on {manifest.name} {split}/{part}\n\nCheckpoint: '
@@ -104,27 +120,42 @@ def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m train.evaluate', description=__doc__.split('\n\n')[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split('\n\n', 2)[2])
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """The options naming a finished run and the dataset split part to read for it."""
     p.add_argument('--run', type=Path, required=True, help='a finished run directory (runs/MODEL-DATASET-SPLIT[/seedN]); '
-                   'every seed of it is evaluated')
+                   'every seed of it is read')
     p.add_argument('--dataset', help="a registered dataset or folder:PATH (default: the run's)")
     p.add_argument('--split', help="the dataset's split (default: the run's, on its own dataset)")
     p.add_argument('--part', default='test', choices=('train', 'val', 'test'), help='default: test')
     p.add_argument('--data-root', type=Path, default=data_root_default())
     p.add_argument('--features-root', type=Path, default=features_root_default())
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+
+
+def resolve_target(args: argparse.Namespace) -> tuple[list[Path], Manifest, str]:
+    """(the run's seed directories, the dataset's manifest, the split) of `add_target_args`' options.
+
+    Raises:
+        ConfigError, DatasetError: not a run, an unknown dataset or split (one line, before any model loads).
+    """
+    seeds = run_seeds(args.run)
+    own = saved_run_cfg(seeds[0]).data
+    dataset = args.dataset if args.dataset is not None else own.dataset
+    manifest = load_manifest(dataset, args.data_root)
+    split = args.split or (own.split if dataset == own.dataset else _only_split(manifest))
+    manifest.split(split)
+    return seeds, manifest, split
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m train.evaluate', description=__doc__.split('\n\n')[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n', 2)[2])
+    add_target_args(p)
     args = p.parse_args(argv)
     setup_logging()
     try:
-        seeds = run_seeds(args.run)
-        own = saved_run_cfg(seeds[0]).data
-        dataset = args.dataset if args.dataset is not None else own.dataset
-        manifest = load_manifest(dataset, args.data_root)
-        split = args.split or (own.split if dataset == own.dataset else _only_split(manifest))
-        manifest.split(split)  # an unknown split: one line before any model loads
+        seeds, manifest, split = resolve_target(args)
         device = torch.device(pick_device(args.device))
         results = []
         for run in seeds:
@@ -135,12 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(seeds) > 1:  # the seeds' mean +- std beside them
             out = args.run / 'eval'
             out.mkdir(exist_ok=True)
-            (out / f'{_file_stem(manifest.name, split, args.part)}.md').write_text(
+            (out / f'{file_stem(manifest.name, split, args.part)}.md').write_text(
                 f'# {model} of {args.run}, seeds {", ".join(s.name for s in seeds)}, evaluated on {manifest.name} '
                 f'{split}/{args.part}\n\n{table}\n')
         print(table)
         return 0
-    except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:
+    except USER_ERRORS as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
 
