@@ -115,12 +115,14 @@ class WordTokenizer:
         return [self.index.get(w, UNK) for w in split_words(text)]
 
     def text(self, ids: list[int]) -> str:
-        """The words of `ids` up to the first [EOS], special tokens left out."""
+        """The words of `ids` up to the first [EOS], special tokens left out, and ids past the
+        vocabulary too (a decoder's vocab_size may exceed the words fitted; training never asks
+        for those rows, an undertrained decoder may still emit them)."""
         words = []
         for i in ids:
             if i == EOS:
                 break
-            if i >= len(SPECIALS):
+            if len(SPECIALS) <= i < len(self.words):
                 words.append(self.words[i])
         return ' '.join(words)
 
