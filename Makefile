@@ -32,7 +32,7 @@ SCHEDULER     ?= local
 WORKERS       ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo demo-data extract extract-cluster experts train reproduce import check datasets clean clean-venv
+.PHONY: help setup test test-fast demo demo-data extract extract-cluster experts train caption probe reproduce import check datasets clean clean-venv
 
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
@@ -95,6 +95,17 @@ $(DEMO_STORES): $(DEMO_DATA)
 train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (mee, ce, mmt, ssb) on DATASET [SPLIT= SEEDS=0,1,2 GPUS=N TRAIN_ARGS=]; the demo by default
 	$(PY) $(if $(GPUS),-m torch.distributed.run --standalone --nproc-per-node $(GPUS)) -m train --model $(MODEL) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) --seeds $(SEEDS) \
 		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(TRAIN_ARGS)
+
+RUN           ?= runs/demo/ssb
+BEAM          ?= 1
+caption: $(STAMP) ## caption DATASET's test videos with a support-set run: RUN=runs/... [SPLIT= BEAM=N]; BLEU, METEOR, ROUGE-L, CIDEr
+	$(PY) -m train.caption --run $(RUN) $(if $(filter-out demo,$(DATASET)),--dataset $(DATASET)) $(if $(SPLIT),--split $(SPLIT)) \
+		--beam $(BEAM) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
+
+POOLING       ?= head
+probe: $(STAMP) ## linear action-recognition probe of a run: RUN=runs/... DATASET=hmdb51|ucf101 [POOLING=head|mean]
+	$(PY) -m train.probe --run $(RUN) --dataset $(DATASET) --pooling $(POOLING) --data-root $(DATA_ROOT) \
+		--features-root $(FEATURES_ROOT)
 
 experts: $(STAMP) ## list the experts, their models, sampling and weights
 	$(PY) -m extract --list
