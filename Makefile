@@ -38,7 +38,7 @@ INDEX         ?= $(RUN)/index/$(DATASET)
 PORT          ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast demo demo-data extract extract-cluster experts train pretrain reproduce import index serve check datasets clean clean-venv
+.PHONY: help setup browser test test-fast demo demo-data extract extract-cluster experts train pretrain caption probe reproduce import index serve check datasets clean clean-venv
 
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
@@ -126,6 +126,18 @@ index: $(STAMP) ## embed every video of DATASET with RUN's model, thumbnails, se
 
 serve: $(STAMP) ## search INDEX in the browser (http://127.0.0.1:PORT/): make index first
 	$(PY) -m pipelines.serve --run $(RUN) --index $(INDEX) --data-root $(DATA_ROOT) --port $(PORT)
+
+# caption and probe take a support-set run: RUN when given, else the demo's
+SSB_RUN       = $(if $(filter command line environment,$(origin RUN)),$(RUN),runs/demo/ssb)
+BEAM          ?= 1
+caption: $(STAMP) ## caption DATASET's test videos with a support-set run: RUN=runs/... [SPLIT= BEAM=N]; BLEU, METEOR, ROUGE-L, CIDEr
+	$(PY) -m train.caption --run $(SSB_RUN) $(if $(filter-out demo,$(DATASET)),--dataset $(DATASET)) $(if $(SPLIT),--split $(SPLIT)) \
+		--beam $(BEAM) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
+
+POOLING       ?= head
+probe: $(STAMP) ## linear action-recognition probe of a run: RUN=runs/... DATASET=hmdb51|ucf101 [POOLING=head|mean]
+	$(PY) -m train.probe --run $(SSB_RUN) --dataset $(DATASET) --pooling $(POOLING) --data-root $(DATA_ROOT) \
+		--features-root $(FEATURES_ROOT)
 
 experts: $(STAMP) ## list the experts, their models, sampling and weights
 	$(PY) -m extract --list

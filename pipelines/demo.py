@@ -3,8 +3,10 @@
 1. generate the demo videos (skimage photos, FFmpeg), 2. extract all seven experts (weights
 that ship in wheels are real: MTCNN, RapidOCR; the rest are RANDOM and said so), 3. train MEE,
 CE, MMT and the support-set model with their demo configs, 4. evaluate on the demo test split and print one comparison
-table, 5. answer example queries, and index every demo video for the search page (`make serve`).
-A report directory gets the table, a chart of expert availability, training curves and every step's config. Each stage reuses what an earlier run
+table, then caption the test videos with the support-set model's decoder and print the captioning metrics with
+three example captions, 5. answer example queries, and index every demo video for the search page (`make serve`).
+A report directory gets the table, a chart of expert availability, training curves and every step's config. Each
+stage reuses what an earlier run
 finished, so a rerun only does what is left.
 
 The transformer models (MMT, support-set) use text encoders built from their demo configs
@@ -21,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from extract.presets import dataset_settings
@@ -28,7 +31,9 @@ from extract.run import main as extract_main
 from shared.config import data_root_default, features_root_default
 from shared.datasets import load_manifest
 from shared.datasets.demo import MANIFEST_FILE, DemoCfg, generate
+from shared.device import pick_device
 from shared.store import open_store, store_path
+from train.caption import caption_run, format_captions
 from train.main import config_path
 from train.main import main as train_main
 from train.metrics import format_results
@@ -151,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
           'not what the papers\' experts achieve)')
     table = format_results(results, keys=('R1', 'R5', 'R10', 'MdR'))
     print(table)
+    print('[4/5 evaluate] the support-set model as a captioner: greedy captions of the demo test videos from '
+          'their own features, scored against all their references')
+    captioned = format_captions(caption_run(runs['ssb'], manifest, 'official', 'test', args.features_root,
+                                            args.data_root, torch.device(pick_device('auto'))))
+    print(captioned)
 
     print('[5/5 search] example queries, top 3 test videos')
     from train.search import Searcher
@@ -180,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         'show that the pipeline learns from what the experts do capture, not the papers\' results.\n\n'
         f'{table}\n\n## Expert availability (% of demo videos)\n\n'
         + '\n'.join(f'- {k}: {v:.1f}' for k, v in rates.items())
+        + '\n\n## Captions of the support-set model (demo test videos, greedy)\n\n' + captioned
         + '\n\n![availability](availability.png)\n\n![curves](training_curves.png)\n\n## Example queries\n\n'
         + '\n'.join(answers) + '\n\nLighter expert settings than the papers\' defaults: '
         + ', '.join(f'{k}={v}' for k, v in dataset_settings('demo', args.data_root).items() if k != 'word_vectors')

@@ -54,8 +54,7 @@ class Collection:
         loaded = load_run(run)
         self.model = loaded.model
         cfg = loaded.cfg
-        self.captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data_root,
-                                              run, None)
+        self.captions = build_caption_encoder(cfg.model.text, cfg.data, data_root, run, None)
         store = EmbeddingStore(index / EMBEDDINGS)
         if store.attrs['run'] != str(run.resolve()):
             raise ConfigError(f'{index} indexes the videos of run {store.attrs["run"]}, not {run}: pass that --run')

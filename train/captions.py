@@ -130,6 +130,18 @@ class WordTokenizer:
     def ids(self, text: str) -> list[int]:
         return [self.index.get(w, UNK) for w in split_words(text)]
 
+    def text(self, ids: list[int]) -> str:
+        """The words of `ids` up to the first [EOS], special tokens left out, and ids past the
+        vocabulary too (a decoder's vocab_size may exceed the words fitted; training never asks
+        for those rows, an undertrained decoder may still emit them)."""
+        words = []
+        for i in ids:
+            if i == EOS:
+                break
+            if len(SPECIALS) <= i < len(self.words):
+                words.append(self.words[i])
+        return ' '.join(words)
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps({'words': self.words[len(SPECIALS):]}))
 
@@ -169,6 +181,12 @@ class SubwordCaptions(CaptionEncoder):
                 return body[: self.max_words]
             return body[: self.max_words - 1] + [EOS]
         return list(self.tokenizer(text, truncation=True, max_length=self.max_words)['input_ids'])
+
+    def decode(self, ids: list[int]) -> str:
+        """Generated token ids (a decoder's output, start token included) -> caption text."""
+        if self.words is not None:
+            return self.words.text(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def encode(self, texts: list[str]) -> CaptionData:
         ids = np.zeros((len(texts), self.max_words), np.int32)

@@ -26,14 +26,18 @@ from shared.datasets import DatasetError, Manifest, load_manifest
 from shared.device import pick_device
 from shared.logs import setup_logging
 from shared.store import StoreError, is_store, store_path
-from train.captions import build_caption_encoder
+from train.captions import CaptionEncoder, build_caption_encoder
 from train.config import saved_run_cfg
 from train.data import SplitData, load_split
 from train.metrics import format_results, retrieval_metrics
 from train.models.base import RetrievalModel, TextEmbedding, VideoEmbedding
-from train.runs import load_run, run_seeds
+from train.runs import LoadedRun, load_run, run_seeds
 
-__all__ = ['embed_videos', 'embed_texts', 'evaluate', 'evaluate_run', 'main']
+#: the errors a user's input causes: the commands that read a finished run print them as one line
+USER_ERRORS = (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError)
+
+__all__ = ['USER_ERRORS', 'embed_videos', 'embed_texts', 'evaluate', 'evaluate_run', 'run_split', 'add_target_args',
+           'resolve_target', 'file_stem', 'main']
 
 
 @torch.no_grad()
@@ -72,7 +76,7 @@ def evaluate(model: RetrievalModel, data: SplitData, device: torch.device,
     return retrieval_metrics(_Scores(model, text, video), data.caption_video[data.query], chunk_size=1024)
 
 
-def _file_stem(dataset: str, split: str, part: str) -> str:
+def file_stem(dataset: str, split: str, part: str) -> str:
     """eval/ file name of a dataset split part (``folder:PATH`` datasets hold slashes)."""
     return re.sub(r'[^A-Za-z0-9._-]+', '_', f'{dataset}_{split}_{part}')
 
@@ -80,15 +84,16 @@ def _file_stem(dataset: str, split: str, part: str) -> str:
 def _eval_stem(dataset: str, split: str, part: str, stop_words: str | None, own: str) -> str:
     """eval/ file name of an evaluation; with the stop-words setting other than the run's `own`,
     one of its own beside the run's."""
-    return _file_stem(dataset, split, part) + (f'_stop_words-{stop_words}' if stop_words not in (None, own) else '')
+    return file_stem(dataset, split, part) + (f'_stop_words-{stop_words}' if stop_words not in (None, own) else '')
 
 
-def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_root: Path, data_root: Path,
-                 device: torch.device, stop_words: str | None = None) -> dict[str, dict[str, float]]:
-    """A finished run's tested checkpoint on `manifest`'s `split`/`part`, with the run's own caption
-    encoder; the metrics are written to run/eval/DATASET_SPLIT_PART.{json,md}. `stop_words`: keep or
-    remove them from the captions in place of the run's own ``data.stop_words`` (MMT Table 1
-    evaluates one pretrained model both ways), written to DATASET_SPLIT_PART_stop_words-SETTING.*.
+def run_split(run: Path, manifest: Manifest, split: str, part: str, features_root: Path, data_root: Path,
+              device: torch.device, test_queries: bool = True,
+              stop_words: str | None = None) -> tuple[LoadedRun, CaptionEncoder, SplitData]:
+    """A finished run's tested checkpoint, its own caption encoder, and `manifest`'s `split`/`part`
+    read for it (`test_queries`: as `train.data.load_split`). `stop_words`: keep or remove them from
+    the captions in place of the run's own ``data.stop_words`` (MMT Table 1 evaluates one pretrained
+    model both ways).
 
     Raises:
         ConfigError: not a finished run; StoreError: the dataset lacks a store of the run's experts.
@@ -100,11 +105,24 @@ def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_
         raise StoreError(f'{manifest.name} has no store of {", ".join(missing)} in {features_root / manifest.name} '
                          f'(the run {run} reads them): extract them first: python -m extract --dataset '
                          f'{manifest.name} --expert {",".join(missing)}')
-    stem = _eval_stem(manifest.name, split, part, stop_words, cfg.data.stop_words)
     if stop_words is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stop_words=stop_words))
     captions = build_caption_encoder(cfg.model.text, cfg.data, data_root, run, None)
-    data = load_split(manifest, split, part, features_root, cfg.model.experts, captions)
+    return loaded, captions, load_split(manifest, split, part, features_root, cfg.model.experts, captions, test_queries)
+
+
+def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_root: Path, data_root: Path,
+                 device: torch.device, stop_words: str | None = None) -> dict[str, dict[str, float]]:
+    """A finished run's tested checkpoint on `manifest`'s `split`/`part`, with the run's own caption
+    encoder; the metrics are written to run/eval/DATASET_SPLIT_PART.{json,md}, or with `stop_words`
+    other than the run's own (`run_split`) to DATASET_SPLIT_PART_stop_words-SETTING.*.
+
+    Raises:
+        ConfigError: not a finished run; StoreError: the dataset lacks a store of the run's experts.
+    """
+    loaded, _, data = run_split(run, manifest, split, part, features_root, data_root, device, stop_words=stop_words)
+    cfg = loaded.cfg
+    stem = _eval_stem(manifest.name, split, part, stop_words, cfg.data.stop_words)
     result = evaluate(loaded.model, data, device)
     out = run / 'eval'
     out.mkdir(exist_ok=True)
@@ -115,12 +133,10 @@ def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m train.evaluate', description=__doc__.split('\n\n')[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split('\n\n', 2)[2])
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """The options naming a finished run and the dataset split part to read for it."""
     p.add_argument('--run', type=Path, required=True, help='a finished run directory (runs/MODEL-DATASET-SPLIT[/seedN]); '
-                   'every seed of it is evaluated')
+                   'every seed of it is read')
     p.add_argument('--dataset', help="a registered dataset or folder:PATH (default: the run's)")
     p.add_argument('--split', help="the dataset's split (default: the run's, on its own dataset)")
     p.add_argument('--part', default='test', choices=('train', 'val', 'test'), help='default: test')
@@ -129,15 +145,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--data-root', type=Path, default=data_root_default())
     p.add_argument('--features-root', type=Path, default=features_root_default())
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+
+
+def resolve_target(args: argparse.Namespace) -> tuple[list[Path], Manifest, str]:
+    """(the run's seed directories, the dataset's manifest, the split) of `add_target_args`' options.
+
+    Raises:
+        ConfigError, DatasetError: not a run, an unknown dataset or split (one line, before any model loads).
+    """
+    seeds = run_seeds(args.run)
+    own = saved_run_cfg(seeds[0]).data
+    dataset = args.dataset if args.dataset is not None else own.dataset
+    manifest = load_manifest(dataset, args.data_root, **(own.dataset_options if dataset == own.dataset else {}))
+    split = args.split or (own.split if dataset == own.dataset else _only_split(manifest))
+    manifest.split(split)
+    return seeds, manifest, split
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m train.evaluate', description=__doc__.split('\n\n')[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n', 2)[2])
+    add_target_args(p)
     args = p.parse_args(argv)
     setup_logging()
     try:
-        seeds = run_seeds(args.run)
+        seeds, manifest, split = resolve_target(args)
         own = saved_run_cfg(seeds[0]).data
-        dataset = args.dataset if args.dataset is not None else own.dataset
-        manifest = load_manifest(dataset, args.data_root, **(own.dataset_options if dataset == own.dataset else {}))
-        split = args.split or (own.split if dataset == own.dataset else _only_split(manifest))
-        manifest.split(split)  # an unknown split: one line before any model loads
         device = torch.device(pick_device(args.device))
         results = []
         for run in seeds:
@@ -154,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 f'{split}/{args.part}\n\n{table}\n')
         print(table)
         return 0
-    except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:
+    except USER_ERRORS as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
 

@@ -335,7 +335,9 @@ def demo(root: Path) -> Manifest:
         split = Split('official', tuple(parts['train']), tuple(parts['val']), tuple(parts['test']))
     except (KeyError, TypeError) as err:
         raise DatasetError(f'{path}: not a demo manifest ({err!r})') from None
-    return Manifest('demo', root, ids, paths, captions, {'official': split})
+    # each video's photo is its class (the action-recognition probe's test)
+    return Manifest('demo', root, ids, paths, captions, {'official': split},
+                    labels={v['id']: str(v['subject']) for v in videos if 'subject' in v})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,6 +175,8 @@ class Manifest:
             DiDeMo moments), ``caption_times[v][k]`` is the (start, end) seconds of ``captions[v][k]``;
             a video not in it has untimed captions.
         notes: lines for people about what was read, e.g. listed videos skipped for want of a file.
+        labels: the class of each video of an action-recognition dataset (HMDB-51, UCF-101; the
+            demo's photo), which `train.probe` classifies; empty for a dataset without classes.
 
     `captions` and `caption_times` are plain dicts, checked here, or lazy mappings over an index
     (HowTo100M's 1.2M videos), checked when the index was built.
@@ -190,6 +192,7 @@ class Manifest:
     source: str = ''
     caption_times: CaptionTimes = dataclasses.field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.video_ids) != len(self.paths):
@@ -209,6 +212,9 @@ class Manifest:
                                        f'{len(self.captions.get(vid, ()))} captions: each caption needs one '
                                        '(start, end) pair in the annotation file')
         known = set(self.video_ids)
+        stray = [v for v in self.labels if v not in known]
+        if stray:
+            raise DatasetError(f'{self.name}: {len(stray)} labelled ids have no video, e.g. {stray[:3]}')
         for split in self.splits.values():
             for part in ('train', 'val', 'test'):
                 extra = [v for v in getattr(split, part) if v not in known]
@@ -239,7 +245,8 @@ class Manifest:
         if n_caps is None:
             n_caps = sum(len(c) for c in self.captions.values())
         timed = f' ({len(self.caption_times)} videos with timed captions)' if self.caption_times else ''
-        lines = [f'{self.name}: {len(self)} videos, {n_caps} captions{timed}, root {self.root}',
+        classes = f', {len(set(self.labels.values()))} classes' if self.labels else ''
+        lines = [f'{self.name}: {len(self)} videos, {n_caps} captions{timed}{classes}, root {self.root}',
                  f'  read from: {self.origin}', *(f'  {n}' for n in self.notes)]
         for s in self.splits.values():
             state = f' (unavailable: {s.unavailable})' if s.unavailable else ''

@@ -12,7 +12,9 @@ import yaml
 from shared.store import DONE, StoreSpec, VideoResult, create_store, pack_chunk, store_path
 from tests.conftest import DEMO_EXPERTS as EXPERTS
 
-__all__ = ['EXPERTS', 'tiny_args']
+__all__ = ['EXPERTS', 'SSB_EPOCHS', 'tiny_args']
+#: epochs of `ssb_demo_run`: the tiny T5 decoder writes the demo's caption templates after them
+SSB_EPOCHS = 200
 
 
 N_VIDEOS, DIM, ROWS = 12, 8, 3
@@ -53,3 +55,24 @@ def tiny_args(tiny: Path, run: Path, *extra: str, config: Path | None = None) ->
     """`python -m train` arguments of a run on the `tiny` dataset (its MEE config unless `config`)."""
     return ['--config', str(config or tiny / 'mee.yaml'), '--data-root', str(tiny / 'data'), '--features-root',
             str(tiny / 'features'), '--run-dir', str(run), '--device', 'cpu', '--no-progress', *extra]
+
+
+@pytest.fixture(scope='session')
+def ssb_demo_run(demo_stores: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A support-set run on the demo stores (object + scene, tiny T5), trained once for the captioning
+    and probe tests. Its captioning objective is the identity one (eq. 2): the captioner is tested on
+    captions of a video from its own features, which cross-captioning never trains in 8-video batches."""
+    import yaml
+
+    from tests.train.test_train import _args, _config
+    from train.main import main as train_main
+
+    data, features = demo_stores
+    tmp = tmp_path_factory.mktemp('ssb')
+    path = _config(tmp, 'ssb', epochs=SSB_EPOCHS)
+    cfg = yaml.safe_load(path.read_text())
+    cfg['model']['support_set'] = 'identity'
+    cfg['train']['selection'] = 'last'  # the decoder keeps learning after the retrieval peaks
+    path.write_text(yaml.safe_dump(cfg))
+    assert train_main(_args(data, features, path, tmp / 'run')) == 0
+    return tmp / 'run'

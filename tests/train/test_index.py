@@ -61,7 +61,7 @@ def test_index_of_every_demo_video_ranks_as_the_model(model: str, runs: dict[str
 
     loaded = load_run(runs[model])
     cfg = loaded.cfg
-    captions = build_caption_encoder(cfg.model.text, cfg.data.word_vectors, cfg.data.max_words, data, runs[model], None)
+    captions = build_caption_encoder(cfg.model.text, cfg.data, data, runs[model], None)
     test = load_split(manifest, 'official', 'test', features, cfg.model.experts, captions)
     # the stored embeddings are the model's own, as evaluation computes them
     rows = [manifest.video_ids.index(v) for v in test.video_ids]

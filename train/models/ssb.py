@@ -202,6 +202,19 @@ class SupportSet(RetrievalModel):
                           VideoEmbedding(c[:, None], torch.ones(c.shape[0], 1, dtype=torch.bool, device=c.device)),
                           {'features': e, 'mask': e_mask, 'labels': labels})
 
+    @torch.no_grad()
+    def caption(self, video: dict[str, ExpertInput], beam: int = 1, max_tokens: int = 20) -> torch.Tensor:
+        """Captions of videos as token ids (B, L), decoded from each video's own e_v: the identity
+        support of eq. 2, the captioner of appendix 6.4. Greedy when `beam` is 1, else beam search
+        with `beam` hypotheses; each row starts with the decoder's start token and is padded after
+        its end token."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        e, mask = self.video_features(video)
+        encoded = BaseModelOutput(last_hidden_state=self.caption_in(e))
+        return self.t5.generate(encoder_outputs=encoded, attention_mask=mask.long(), num_beams=beam, do_sample=False,
+                                max_new_tokens=max_tokens)
+
     def extra_loss(self, out: Embeddings, every: Embeddings, sims: torch.Tensor) -> torch.Tensor:
         """lambda L_cross-captioning (sec. 3.1.2): each of this rank's captions reconstructed from
         its support set, over the global batch's videos (or this rank's: `SSBCfg.support_scope`)."""

@@ -1,0 +1,55 @@
+"""The action-recognition probe (support-set appendix 6.6) on the demo, each video's photo its class."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.probe import ProbeCfg, train_linear
+from train.probe import main as probe_main
+
+
+def test_linear_classifier_follows_the_appendix_schedule() -> None:
+    """Adam at 1e-4 and weight decay 1e-4, the rate / 10 at the milestones; separable data is learnt."""
+    cfg = ProbeCfg(epochs=30, milestones=(10, 20), val_fraction=0.0)
+    x = torch.cat([torch.randn(40, 8) + 3 * torch.eye(8)[i % 4] for i in range(4)])
+    y = torch.arange(4).repeat_interleave(40)
+    seen = []
+    orig = torch.optim.lr_scheduler.MultiStepLR.step
+
+    def step(self: torch.optim.lr_scheduler.MultiStepLR) -> None:
+        seen.append((self.optimizer.param_groups[0]['lr'], self.optimizer.param_groups[0]['weight_decay']))
+        orig(self)
+
+    torch.optim.lr_scheduler.MultiStepLR.step = step
+    try:
+        layer = train_linear(x, y, 4, cfg)
+    finally:
+        torch.optim.lr_scheduler.MultiStepLR.step = orig
+    seen = seen[1:]  # the scheduler's own first step, in its constructor; then one after each epoch
+    assert seen[0] == (1e-4, 1e-4) and seen[10][0] == pytest.approx(1e-5) and seen[20][0] == pytest.approx(1e-6)
+    assert len(seen) == 30 and (layer(x).argmax(1) == y).float().mean() > 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('pooling', ['head', 'mean'])
+def test_probe_on_the_demo_photos_is_above_chance(pooling: str, ssb_demo_run: Path,
+                                                  demo_stores: tuple[Path, Path]) -> None:
+    data, features = demo_stores
+    assert probe_main(['--run', str(ssb_demo_run), '--dataset', 'demo', '--pooling', pooling, '--data-root', str(data),
+                       '--features-root', str(features), '--device', 'cpu']) == 0
+    record = json.loads((ssb_demo_run / 'seed0' / 'probe' / f'demo_{pooling}.json').read_text())
+    assert record['classes'] == 10 and list(record['top1']) == ['official']
+    assert record['cfg']['lr'] == 1e-4 and record['cfg']['epochs'] == 500 and record['cfg']['milestones'] == [200, 400]
+    assert record['mean_top1'] > 2 * 100 / record['classes'], record  # twice chance: 12 test videos, 10 photos
+
+
+def test_probe_refuses_a_dataset_without_classes(tmp_path: Path) -> None:
+    from shared.datasets import DatasetError, Manifest
+    from train.probe import probe_run
+
+    bare = Manifest('vatex', tmp_path, (), (), {}, {})
+    with pytest.raises(DatasetError, match='vatex has no class labels'):
+        probe_run(tmp_path, bare, [], 'head', tmp_path, tmp_path, torch.device('cpu'), ProbeCfg())
