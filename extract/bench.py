@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import DecodePool
+from extract.pool import DecodePool
 from shared.resources import cpu_limit
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, parse_overrides
@@ -141,7 +141,7 @@ def _report_profile(profiler: cProfile.Profile, folder: Path, target: str) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from extract.decode import DECODERS
+    from extract.decoders import DECODERS
 
     p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     """Every measurement `args` asks for, printed as one table."""
-    from extract.decode import choose_decoder, spread
+    from extract.decoders import choose_decoder, spread
     from extract.experts import create_expert, resolve_expert_names
     from extract.run import RunOptions, default_workers, _settings_for
     from shared.device import pick_device

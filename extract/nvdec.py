@@ -27,11 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, Sampling, _first_error, _resize_dims,
-                            ahead, decode_short_side, index_video, plan_frames, precheck, prefetch,
-                            refuse_ffmpeg_clash, row_plans)
+from extract.decode import index_video
+from extract.decoders import refuse_ffmpeg_clash
+from extract.pool import PREFETCH_MEMORY_SHARE, DecodePool, ahead, prefetch
+from extract.sampling import (DecodedVideo, Sampling, decode_short_side, first_error, plan_frames, precheck,
+                              resize_dims, row_plans)
 
-__all__ = ['NvdecPool', 'DecoderStalled', 'nvdec_available', 'display_rotation']
+__all__ = ['NvdecPool', 'DecoderStalled', 'display_rotation']
 
 #: largest frame the reused decoder is configured for; larger videos get a session of their own
 MAX_WIDTH, MAX_HEIGHT = 4096, 4096
@@ -124,17 +126,6 @@ class _DecodeThreads:
             t.join(timeout=None if wait else max(0.0, deadline - time.monotonic()))
 
 
-def nvdec_available() -> str:
-    """'' when NVDEC can be used here, else why not."""
-    from importlib.util import find_spec
-
-    if find_spec('PyNvVideoCodec') is None:
-        return "PyNvVideoCodec is not installed (pip install -e '.[nvdec]', or pip install pynvvideocodec)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return 'no CUDA device'
-    return ''
 
 
 def display_rotation(path: str | os.PathLike) -> int:
@@ -280,7 +271,7 @@ class NvdecPool:
     def _result(self, row: int, path: str, future: cf.Future) -> DecodedVideo:
         """The decoded video, or a failed one where its decode thread hangs (that thread is left
         behind); `DecoderStalled` once more than `MAX_LEFT_BEHIND` threads hung."""
-        limit = HANG_FACTOR * self._cpu._limit(path)
+        limit = HANG_FACTOR * self._cpu.limit(path)
         try:
             return future.result(timeout=limit)
         except cf.TimeoutError:
@@ -333,7 +324,7 @@ class NvdecPool:
             out.error = f'NVDEC cannot decode this file ({err})'
         except Exception as err:  # noqa: BLE001 - NVDEC raises its own types for unsupported input
             local.decoder = None  # a decoder that failed is not reused
-            out.error = f'NVDEC cannot decode this file ({_first_error(err)})'
+            out.error = f'NVDEC cannot decode this file ({first_error(err)})'
         if out.error:
             out.seconds = time.perf_counter() - t0
             return out
@@ -388,7 +379,7 @@ class NvdecPool:
         if rotation:
             frames = torch.rot90(frames, k=-rotation // 90, dims=(1, 2)).contiguous()
         h, w = frames.shape[1:3]
-        width, height = _resize_dims(h, w, decode_short_side(self.video_samplings.values()))
+        width, height = resize_dims(h, w, decode_short_side(self.video_samplings.values()))
         if width > 0:
             x = frames.permute(0, 3, 1, 2).float()
             x = F.interpolate(x, size=(height, width), mode='bilinear', align_corners=False, antialias=True)

@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, spread
+from extract.decoders import DECODERS, choose_decoder, spread
 from extract.nvdec import DecoderStalled
+from extract.pool import DecodePool
+from extract.sampling import DecodedVideo
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest

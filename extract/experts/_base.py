@@ -1,6 +1,6 @@
 """The expert contract: a config (input contract + weights), a model, and pure compute on rows.
 
-An expert receives rows that `extract.decode` has cut from one decode of the video (frames or
+An expert receives rows that the decoder (`extract.sampling` plans them) has cut from one decode of the video (frames or
 clips, uint8), preprocesses them on its device (resize, centre crop, normalise) and returns one
 feature vector per row. It opens no files and writes no stores: the runner does that.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from extract.decode import Sampling
+from extract.sampling import Sampling
 from extract.weights import ResolvedWeights, WeightsError, load_state_dict, resolve_weights
 from shared.store import VideoResult
 

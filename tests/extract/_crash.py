@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from extract.decode import DecodedVideo, Sampling, decode_video, index_video
+from extract.decode import decode_video, index_video
+from extract.sampling import DecodedVideo, Sampling
 
 
 def _crash_or_hang(path: str) -> None:
