@@ -6,14 +6,15 @@ in worker processes.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import numpy as np
 
 from extract.decoders import refuse_ffmpeg_clash
-from extract.sampling import (DecodedVideo, Sampling, decode_short_side, first_error, plan_frames, precheck,
-                              resize_dims, row_plans)
+from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, decode_short_side, first_error,
+                              plan_frames, precheck, resize_dims, row_plans)
 
 __all__ = ['read_frame_times', 'index_video', 'decode_video']
 
@@ -35,28 +36,32 @@ def read_frame_times(path: str) -> np.ndarray | str:
         return f'cannot open video: {first_error(err)}'
 
 
-def index_video(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+def index_video(row: int, path: str, samplings: dict[str, Sampling], window: Window = WHOLE) -> DecodedVideo:
     """`read_frame_times` as a `DecodePool` work function: the NVDEC backend's helper processes
-    read each file's frame times this way, with the pool's time limit and crash handling."""
+    read each file's frame times this way, with the pool's time limit and crash handling (the
+    whole file's times, whatever the `window`)."""
     times = read_frame_times(path)
     if isinstance(times, str):
         return DecodedVideo(row, error=times)
     return DecodedVideo(row, frame_times=times)
 
 
-def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: int = 1) -> DecodedVideo:
-    """Decode `path` once (decord for frames, FFmpeg for audio) and plan every expert's rows.
+def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Window = WHOLE,
+                 threads: int = 1) -> DecodedVideo:
+    """Decode `window` of `path` once (decord for frames, FFmpeg for audio) and plan every expert's
+    rows in it; `windows` of the result says how many windows the video has.
 
-    Errors never raise: they become `error` (video) and `audio_error` (audio).
+    Errors never raise: they become `error` (video) and `audio_error` (audio). A window past the
+    point where a truncated file stops has no rows (and a note), not an error.
     """
     t0 = time.perf_counter()
-    out = precheck(row, path, samplings)
+    out = precheck(row, path, samplings, window)
     samplings = {n: s for n, s in samplings.items() if s.kind != 'audio'}
     if out.error or not samplings:
         out.seconds = time.perf_counter() - t0
         return out
     if _is_mpegts(path):  # decord gives up on MPEG-TS after seconds of retries (8 s for a 15 s clip)
-        said = _with_ffmpeg(out, path, samplings, 'MPEG-TS, which decord misreads')
+        said = _with_ffmpeg(out, path, samplings, window, 'MPEG-TS, which decord misreads')
         out.error = (said if said == 'no video stream' else f'cannot open video: {said}') if said else ''
         out.seconds = time.perf_counter() - t0
         return out
@@ -74,32 +79,43 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
         frame_times = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2)
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
         reason = first_error(err)
-        said = _with_ffmpeg(out, path, samplings, f'decord cannot read this file ({reason})')
+        said = _with_ffmpeg(out, path, samplings, window, f'decord cannot read this file ({reason})')
         if said:
             out.error = said if said == 'no video stream' else f'cannot open video: {reason} (FFmpeg: {said})'
         out.seconds = time.perf_counter() - t0
         return out
     wrong = _wrong_times(frame_times)
-    if wrong and not _with_ffmpeg(out, path, samplings, f"decord's frame times are wrong here ({wrong})"):
+    if wrong and not _with_ffmpeg(out, path, samplings, window, f"decord's frame times are wrong here ({wrong})"):
         out.seconds = time.perf_counter() - t0
         return out
     if wrong:  # FFmpeg failed too: decord's frames, on the times it has
         out.note = f"decord's frame times are wrong here ({wrong}); FFmpeg could not read the file either"
     frame_times = _repair_times(frame_times)
-    plans, needed = plan_frames(frame_times, samplings)
+    out.windows = window.count(float(frame_times[-1, 1]))
+    plans, needed = plan_frames(frame_times, samplings, window)
     try:
-        frames = vr.get_batch(needed.tolist()).asnumpy()
+        if len(needed):
+            frames = vr.get_batch(needed.tolist()).asnumpy()
+        else:  # a window without rows (sparse sampling) decodes nothing
+            frames = np.zeros((0, *_rgb_size(vr), 3), np.uint8)
     except Exception as err:  # noqa: BLE001 - truncated or corrupt stream: keep what decodes
         frames, needed, note = _decode_prefix(vr, needed, err)
         # decord also stops early on some valid files: FFmpeg may read further
-        alt = DecodedVideo(row)
-        said = _with_ffmpeg(alt, path, samplings, f'decord stopped early ({first_error(err)})')
+        alt = DecodedVideo(row, window=window.index)
+        said = _with_ffmpeg(alt, path, samplings, window, f'decord stopped early ({first_error(err)})')
         if not said and (frames is None or alt.duration > float(frame_times[int(needed[-1]), 1]) + 1e-6):
             out.frames, out.plans, out.duration, out.note = alt.frames, alt.plans, alt.duration, alt.note
+            out.windows = alt.windows
             out.seconds = time.perf_counter() - t0
             return out
-        if frames is None:
+        if frames is None and window.index == 0:
             out.error = f'cannot decode video: {note}'
+            return out
+        if frames is None:  # the file stops before this window: the rows end with the last window's
+            out.note = f'no frames from {window.index * window.seconds:g} s on ({note})'
+            out.frames = np.zeros((0, 1, 1, 3), np.uint8)
+            out.plans = {name: RowPlan(idx[:0], stamps[:0]) for name, (idx, stamps) in plans.items()}
+            out.seconds = time.perf_counter() - t0
             return out
         out.note = note
         # the rows whose frames were all decoded, with their own times
@@ -112,6 +128,7 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
     out.plans = row_plans(plans, needed)
     out.seconds = time.perf_counter() - t0
     return out
+
 
 def _is_mpegts(path: str) -> bool:
     """An MPEG transport stream (.ts, or .m2ts/.mts with 4-byte packet headers): its sync byte
@@ -153,27 +170,50 @@ def _rgb_size(vr: Any) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], why: str) -> str:
-    """Decode `out`'s video with the FFmpeg binary instead of decord (`decode_ffmpeg`); returns
-    '' when it did, else FFmpeg's reason. `why` goes into the video's note."""
+def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], window: Window, why: str) -> str:
+    """Decode `window` of `out`'s video with the FFmpeg binary instead of decord (`decode_ffmpeg`);
+    returns '' when it did, else FFmpeg's reason. `why` goes into the video's note."""
     from extract import decode_ffmpeg
     from shared.media import MediaError
 
     try:
-        times, (h, w), stopped = decode_ffmpeg.frame_times(path)
+        times, (h, w), stopped = _ffmpeg_times(path, window)
         frame_times = _repair_times(times)
-        plans, needed = plan_frames(frame_times, samplings)
+        plans, needed = plan_frames(frame_times, samplings, window)
         width, height = resize_dims(h, w, decode_short_side(samplings.values()))
-        frames = decode_ffmpeg.read_frames(path, needed, *((height, width) if width > 0 else (h, w)))
+        size = (height, width) if width > 0 else (h, w)
+        frames = decode_ffmpeg.read_frames(path, needed, *size) if len(needed) else np.zeros((0, *size, 3), np.uint8)
     except (MediaError, OSError) as err:  # OSError: an FFmpeg binary that cannot be run
         return str(err)
     out.frames = frames
     out.duration = float(frame_times[-1, 1])
+    out.windows = window.count(out.duration)
     out.plans = row_plans(plans, needed)
     out.note = f'{why}: decoded with FFmpeg'
     if stopped:
         out.note += f', which stopped after {len(times)} frames ({stopped})'
     return ''
+
+
+#: FFmpeg's frame times of the files this process read last: its first pass decodes the whole
+#: file, which a long video's later windows would otherwise repeat, one pass per window. The first
+#: window always reads them afresh (a file changed in place is read again).
+_FFMPEG_TIMES: dict[tuple[str, int, int], tuple[np.ndarray, tuple[int, int], str]] = {}
+_FFMPEG_TIMES_KEPT = 4
+
+
+def _ffmpeg_times(path: str, window: Window) -> tuple[np.ndarray, tuple[int, int], str]:
+    """`decode_ffmpeg.frame_times`, remembered for the last few files (by path, size and mtime)."""
+    from extract import decode_ffmpeg
+
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if window.index == 0 or key not in _FFMPEG_TIMES:
+        _FFMPEG_TIMES.pop(key, None)
+        if len(_FFMPEG_TIMES) >= _FFMPEG_TIMES_KEPT:
+            _FFMPEG_TIMES.pop(next(iter(_FFMPEG_TIMES)))
+        _FFMPEG_TIMES[key] = decode_ffmpeg.frame_times(path)
+    return _FFMPEG_TIMES[key]
 
 
 def _wrong_times(frame_times: np.ndarray) -> str:

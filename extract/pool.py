@@ -1,6 +1,10 @@
 """The decode process pool: videos decoded in worker processes, in order, with bounded prefetch,
 a per-video time limit, and a crash blamed on the video that caused it.
 
+A video is decoded a window at a time (`extract.sampling.Window`, `DECODE_WINDOW_S` seconds by
+default): its first window says how many there are, and its later windows are queued right after
+it, ahead of the next videos, so results come out in order: video by video, window by window.
+
 Workers are spawned, so they never share a process with torch's CUDA state or with
 PyNvVideoCodec's FFmpeg, which crashes beside decord's.
 """
@@ -8,16 +12,23 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import dataclasses
 import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from extract.decode import decode_video
-from extract.sampling import DecodedVideo, Sampling
+from extract.sampling import WHOLE, DecodedVideo, Sampling, Window
 from shared.resources import memory_limit
 
-__all__ = ['DecodePool', 'TIMEOUT_S_PER_MB', 'PREFETCH_MEMORY_SHARE', 'WORKER_NICE', 'ahead', 'prefetch']
+__all__ = ['DecodePool', 'Task', 'TIMEOUT_S_PER_MB', 'PREFETCH_MEMORY_SHARE', 'WORKER_NICE', 'DECODE_WINDOW_S',
+           'ahead', 'prefetch', 'settle']
+
+#: seconds of video decoded at once (`--decode-window`). The frames in flight for a video are those
+#: of a window, whatever its duration: 640x360 clips of 16 frames at 30 fps are 0.33 GB per 30 s
+#: window; a short video is one window, and batches still mix videos
+DECODE_WINDOW_S = 30.0
 
 #: seconds of decoding allowed per MB of file beyond `DecodePool.timeout`: decord read 2.9-3.7 MB
 #: of H.264 per second on one core of a 2-core EPYC, at 240p to 1080p (BENCHMARKS.md); 4 s per MB
@@ -71,14 +82,49 @@ def ahead(largest: int, first: int, most: int, max_bytes: int) -> int:
     return first if not largest else max(1, min(most, max_bytes // largest))
 
 
-def prefetch(queue: collections.deque, todo: Iterator[tuple[int, str]], depth: int,
-             submit: Callable[[int, str], cf.Future]) -> None:
-    """Submit (row, path) items from `todo` until `depth` are in flight; queue holds (row, path, future)."""
-    while len(queue) < depth:
+@dataclasses.dataclass
+class Task:
+    """One decode in a pool's queue: a window of a video, and its future once submitted."""
+
+    row: int
+    path: str
+    window: Window
+    future: cf.Future | None = None
+    windows: int = 1  # the video's windows (known from its first window's result)
+
+
+def prefetch(queue: collections.deque[Task], todo: Iterator[tuple[int, str]], depth: int,
+             submit: Callable[[int, str, Window], cf.Future], seconds: float) -> None:
+    """Submit queued tasks in order (a video's later windows first), then the first windows of
+    (row, path) items from `todo` (`seconds` long), until `depth` are in flight."""
+    in_flight = sum(t.future is not None for t in queue)
+    for t in queue:
+        if in_flight >= depth:
+            return
+        if t.future is None:
+            t.future = submit(t.row, t.path, t.window)
+            in_flight += 1
+    while in_flight < depth:
         item = next(todo, None)
         if item is None:
             return
-        queue.append((*item, submit(*item)))
+        window = Window(0, seconds)
+        queue.append(Task(*item, window, submit(*item, window)))
+        in_flight += 1
+
+
+def settle(queue: collections.deque[Task], task: Task, video: DecodedVideo) -> DecodedVideo:
+    """`video`, the result of `task`, stamped with its window; a first window queues the video's
+    later windows at the front of `queue` (to be submitted by `prefetch`)."""
+    video.window = task.window.index
+    if task.window.index:
+        video.windows = task.windows
+        return video
+    if video.error:  # no frames, no later windows
+        video.windows = 1
+    queue.extendleft(Task(task.row, task.path, Window(k, task.window.seconds), windows=video.windows)
+                     for k in range(video.windows - 1, 0, -1))
+    return video
 
 
 def _kill_processes(pool: cf.ProcessPoolExecutor) -> None:
@@ -100,13 +146,15 @@ class DecodePool:
             video cut into clips is large (I3D's 128 clips of 64 frames at 256x455: 2.9 GB), so
             fewer videos are decoded ahead once such a video is seen, and one per worker until the
             first is in. Default: `PREFETCH_MEMORY_SHARE` of the memory this process may use.
-        work: what the processes run for one video: `decode_video`, or `index_video` (frame
-            times only); a module-level function, since it is sent to them by name.
+        work: what the processes run for one window of a video: `decode_video`, or `index_video`
+            (frame times only); a module-level function, since it is sent to them by name.
+        window_s: seconds of video decoded at once; 0 decodes each video whole.
     """
 
     def __init__(self, samplings: dict[str, Sampling], workers: int = 1, prefetch: int = 2,
                  timeout: float = 300.0, max_bytes: int | None = None,
-                 work: Callable[[int, str, dict[str, Sampling]], DecodedVideo] = decode_video) -> None:
+                 work: Callable[[int, str, dict[str, Sampling], Window], DecodedVideo] = decode_video,
+                 window_s: float = DECODE_WINDOW_S) -> None:
         self.samplings = samplings
         self.workers = workers
         self.depth = max(1, workers * prefetch)
@@ -117,6 +165,7 @@ class DecodePool:
         self._generation = 0  # processes started so far: which pool a caller's future came from
         self._stopped = False  # killed by `close`: `decode_one` callers stop too
         self.work = work
+        self.window_s = window_s
 
     def _start(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
@@ -145,31 +194,31 @@ class DecodePool:
         self.close(kill=exc[0] is not None)
 
     def imap(self, items: Sequence[tuple[int, str]]) -> Iterator[DecodedVideo]:
-        """Decoded videos for (row, path) items, in the order given."""
-        if self.workers == 0:
-            for row, path in items:
-                yield self._here(row, path)
-            return
-        queue: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
+        """Decoded windows of videos for (row, path) items, in the order given (a video's windows
+        one after another: `window` of `windows`)."""
+        queue: collections.deque[Task] = collections.deque()
         todo = iter(items)
-        largest = 0  # bytes of the largest decoded video so far
+        largest = 0  # bytes of the largest decoded window so far
 
         def refill() -> None:
-            prefetch(queue, todo, ahead(largest, self.workers, self.depth, self.max_bytes), self._submit)
+            depth = ahead(largest, self.workers, self.depth, self.max_bytes) if self.workers else 1
+            submit = self._submit if self.workers else _done(self._here)
+            prefetch(queue, todo, depth, submit, self.window_s)
 
         refill()
         while queue:
-            row, path, fut = queue.popleft()
+            task = queue.popleft()
+            assert task.future is not None  # `prefetch` submits the queue in order
             try:
-                result = self._wait(row, path, fut, lambda: self._restart(queue))
+                result = self._wait(task.row, task.path, task.future, lambda: self._restart(queue))
             except cf.process.BrokenProcessPool:  # this video's process died, or another one did
                 self._restart(queue)
-                result = self._alone(row, path)
+                result = self._alone(task.row, task.path, task.window)
             largest = max(largest, result.nbytes)
-            yield result
+            yield settle(queue, task, result)
             refill()
 
-    def decode_one(self, row: int, path: str) -> DecodedVideo:
+    def decode_one(self, row: int, path: str, window: Window = WHOLE) -> DecodedVideo:
         """Decode one video in a worker process and wait for it; safe to call from several threads
         at once (NVDEC's decode threads hand the files NVDEC cannot read to the CPU this way).
 
@@ -177,11 +226,11 @@ class DecodePool:
         process died, or that was in flight when another one was failed, goes to `_alone`.
         """
         if self.workers == 0:
-            return self._here(row, path)
+            return self._here(row, path, window)
         with self._lock:
             if self._stopped:
                 return DecodedVideo(row, error='decoding was stopped')
-            future = self._submit(row, path)  # a pool another caller's video broke is replaced here
+            future = self._submit(row, path, window)  # a pool another caller's video broke is replaced here
             generation = self._generation
         try:
             return self._wait(row, path, future, lambda: self._kill(generation))
@@ -189,25 +238,25 @@ class DecodePool:
             if self._stopped:
                 return DecodedVideo(row, error='decoding was stopped')
             self._kill(generation)
-        return self._alone(row, path)
+        return self._alone(row, path, window)
 
-    def _alone(self, row: int, path: str) -> DecodedVideo:
+    def _alone(self, row: int, path: str, window: Window) -> DecodedVideo:
         """Decode a video whose process died in a process of its own: a video that was only in
         flight when another one crashed its process is decoded, and a crash is blamed on the
         video that caused it."""
         with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),
                                     initializer=_worker_init) as solo:
             try:
-                return self._wait(row, path, solo.submit(self.work, row, path, self.samplings),
+                return self._wait(row, path, solo.submit(self.work, row, path, self.samplings, window),
                                   lambda: _kill_processes(solo))
             except cf.process.BrokenProcessPool:
                 return DecodedVideo(row, error='the decoder process crashed on this video')
 
-    def _here(self, row: int, path: str) -> DecodedVideo:
+    def _here(self, row: int, path: str, window: Window) -> DecodedVideo:
         """`work` in the calling process (`workers=0`); decord then takes as many threads as it likes."""
         if self.work is decode_video:
-            return decode_video(row, path, self.samplings, threads=0)
-        return self.work(row, path, self.samplings)
+            return decode_video(row, path, self.samplings, window, threads=0)
+        return self.work(row, path, self.samplings, window)
 
     def _wait(self, row: int, path: str, future: cf.Future, kill: Callable[[], None]) -> DecodedVideo:
         """`future`'s video, or a failed one (and `kill` called) once it took longer than the file's limit."""
@@ -235,20 +284,30 @@ class DecodePool:
             size = 0
         return max(self.timeout, size / 1e6 * TIMEOUT_S_PER_MB)
 
-    def _submit(self, row: int, path: str) -> cf.Future:
-        """Queue one video; a pool broken by a video still queued is replaced (that video's own
-        future fails when its turn comes, and `imap` sorts it out then)."""
+    def _submit(self, row: int, path: str, window: Window) -> cf.Future:
+        """Queue one window of a video; a pool broken by a video still queued is replaced (that
+        video's own future fails when its turn comes, and `imap` sorts it out then)."""
         try:
-            return self._start().submit(self.work, row, path, self.samplings)
+            return self._start().submit(self.work, row, path, self.samplings, window)
         except cf.process.BrokenProcessPool:
             self._shutdown(kill=True)
-            return self._start().submit(self.work, row, path, self.samplings)
+            return self._start().submit(self.work, row, path, self.samplings, window)
 
-    def _restart(self, queue: collections.deque) -> None:
-        """Kill the pool (a hung or crashed decoder) and resubmit the queued videos not yet decoded."""
-        kept = list(queue)
-        queue.clear()
+    def _restart(self, queue: collections.deque[Task]) -> None:
+        """Kill the pool (a hung or crashed decoder) and resubmit the queued windows not yet decoded."""
         self._shutdown(kill=True)
-        for row, path, fut in kept:
-            done = fut.done() and not fut.cancelled() and fut.exception() is None
-            queue.append((row, path, fut if done else self._submit(row, path)))
+        for t in queue:
+            fut = t.future
+            if fut is not None and not (fut.done() and not fut.cancelled() and fut.exception() is None):
+                t.future = self._submit(t.row, t.path, t.window)
+
+
+def _done(work: Callable[[int, str, Window], DecodedVideo]) -> Callable[[int, str, Window], cf.Future]:
+    """`work` run at once in this process, its result as a future (`DecodePool` with no workers)."""
+
+    def submit(row: int, path: str, window: Window) -> cf.Future:
+        future: cf.Future = cf.Future()
+        future.set_result(work(row, path, window))
+        return future
+
+    return submit

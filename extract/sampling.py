@@ -5,6 +5,10 @@ Row plans are computed from the decoder's own per-frame timestamps, so variable 
 exact: a frame row is the frame on screen at the centre of its sampling bin, a clip row is
 `clip_len` frames around that centre, and every row carries the exact [start, end) seconds of
 the frames it holds. Only the union of the frames that some expert needs is decoded, once.
+
+A long video is decoded a window of seconds at a time (`Window`): each window holds the rows whose
+middle falls in it, for every expert, so the frames in flight are bounded by the window, not by the
+video's duration, and the windows' rows, in order, are the whole video's rows.
 """
 from __future__ import annotations
 
@@ -18,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['AUDIO_RATE', 'Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'plan_frames', 'row_plans',
-           'decode_short_side', 'resize_dims', 'precheck', 'first_error']
+__all__ = ['AUDIO_RATE', 'Sampling', 'RowPlan', 'DecodedVideo', 'Window', 'WHOLE', 'plan_rows', 'plan_frames',
+           'row_plans', 'decode_short_side', 'resize_dims', 'precheck', 'first_error']
 
 #: every audio expert (VGGish, whisper) takes 16 kHz mono
 AUDIO_RATE = 16000
@@ -59,6 +63,36 @@ class Sampling:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
 
 
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The part of a video one decode covers: window `index` of windows `seconds` long.
+
+    Args:
+        index: 0 for the first window, which also reads the audio and tells how many there are.
+        seconds: the window's length; 0 for the whole video in one window.
+    """
+
+    index: int = 0
+    seconds: float = 0.0
+
+    def count(self, duration: float) -> int:
+        """Windows of a video of `duration` seconds (at least one)."""
+        return max(1, math.ceil(duration / self.seconds - 1e-9)) if self.seconds > 0 else 1
+
+    def rows(self, stamps: np.ndarray, duration: float) -> np.ndarray:
+        """Which of an expert's rows (their (L, 2) seconds) lie in this window: those whose middle does
+        (the last window takes every row past its start, whatever the rounding)."""
+        if self.seconds <= 0:
+            return np.ones(len(stamps), bool)
+        mid = stamps.astype(np.float64).mean(axis=1)
+        last = self.index + 1 >= self.count(duration)
+        return (mid >= self.index * self.seconds) & (last | (mid < (self.index + 1) * self.seconds))
+
+
+#: the whole video in one window
+WHOLE = Window()
+
+
 @dataclasses.dataclass
 class RowPlan:
     """One expert's rows in a decoded video: indices into `DecodedVideo.frames`, and times."""
@@ -81,6 +115,8 @@ class DecodedVideo:
     audio: np.ndarray | None = None  # mono float32 at AUDIO_RATE; None: no audio stream (or audio_error)
     audio_error: str = ''
     frame_times: np.ndarray | None = None  # (N, 2) seconds of every frame: from `index_video` only
+    window: int = 0  # which window of the video these frames and rows are
+    windows: int = 1  # windows of the video, in all
 
     @property
     def nbytes(self) -> int:
@@ -140,14 +176,15 @@ def first_error(err: BaseException) -> str:
     return re.sub(r'^(?:\[\d\d:\d\d:\d\d\] \S+:\d+: )+', '', text[-1] if text else type(err).__name__)[:300]
 
 
-def precheck(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+def precheck(row: int, path: str, samplings: dict[str, Sampling], window: Window = WHOLE) -> DecodedVideo:
     """What every backend does first: a missing, empty or unreadable file, or one that is not a
-    regular file (a FIFO would block the decoder for ever), is an error; audio is read when asked."""
-    out = DecodedVideo(row)
+    regular file (a FIFO would block the decoder for ever), is an error; audio is read when asked,
+    with the first window (the audio experts take the whole waveform)."""
+    out = DecodedVideo(row, window=window.index)
     out.error = _not_a_video_file(path)
     if out.error:
         out.audio_error = out.error
-    elif any(s.kind == 'audio' for s in samplings.values()):
+    elif window.index == 0 and any(s.kind == 'audio' for s in samplings.values()):
         from shared.media import load_audio
 
         out.audio, out.audio_error = load_audio(path, AUDIO_RATE)
@@ -172,11 +209,18 @@ def _not_a_video_file(path: str) -> str:
         return 'cannot read the file: permission denied'
     return ''
 
-def plan_frames(frame_times: np.ndarray, samplings: dict[str, Sampling]
+
+def plan_frames(frame_times: np.ndarray, samplings: dict[str, Sampling], window: Window = WHOLE
                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
-    """Every expert's rows (`plan_rows`), and the sorted frames they need: each decoded once."""
-    plans = {name: plan_rows(frame_times, s) for name, s in samplings.items()}
-    return plans, np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]))
+    """Every expert's rows (`plan_rows`) in `window`, and the sorted frames they need: each decoded
+    once. The rows are planned over the whole video, so every window cuts them alike."""
+    duration = float(frame_times[-1, 1])
+    plans = {}
+    for name, s in samplings.items():
+        index, stamps = plan_rows(frame_times, s)
+        keep = window.rows(stamps, duration)
+        plans[name] = index[keep], stamps[keep]
+    return plans, np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]).astype(np.int64))
 
 
 def row_plans(plans: dict[str, tuple[np.ndarray, np.ndarray]], needed: np.ndarray) -> dict[str, RowPlan]:

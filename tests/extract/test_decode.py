@@ -9,7 +9,7 @@ import pytest
 
 from extract.decode import _with_ffmpeg, decode_video
 from extract.pool import DecodePool
-from extract.sampling import DecodedVideo, Sampling, plan_rows
+from extract.sampling import WHOLE, DecodedVideo, Sampling, plan_rows
 
 
 def _times(n: int, fps: float = 25.0) -> np.ndarray:
@@ -103,7 +103,7 @@ def test_ffmpeg_fallback_gives_decords_rows_times_and_pixels(odd_videos: Path, n
     for samplings in (SAMPLINGS, {'f': Sampling('frames', fps=1.0, short_side=1024)}):  # resized, full size
         want, got = decode_video(0, path, samplings), DecodedVideo(0)
         assert 'FFmpeg' not in want.note  # the reference is decord's, not FFmpeg compared with itself
-        assert _with_ffmpeg(got, path, samplings, 'test') == '' and 'decoded with FFmpeg' in got.note
+        assert _with_ffmpeg(got, path, samplings, WHOLE, 'test') == '' and 'decoded with FFmpeg' in got.note
         assert got.duration == pytest.approx(want.duration, abs=1e-3)
         for k in samplings:
             np.testing.assert_array_equal(got.plans[k].index, want.plans[k].index)
@@ -352,9 +352,9 @@ def test_pool_decodes_fewer_ahead_when_videos_are_large(odd_videos: Path, monkey
 
     depths: list[int] = []
 
-    def recording(queue, todo, depth, submit) -> None:  # noqa: ANN001 - the wrapped function's arguments
+    def recording(queue, todo, depth, submit, seconds) -> None:  # noqa: ANN001 - the wrapped function's arguments
         depths.append(depth)
-        real(queue, todo, depth, submit)
+        real(queue, todo, depth, submit, seconds)
 
     real = pool_module.prefetch
     monkeypatch.setattr(pool_module, 'prefetch', recording)

@@ -20,7 +20,7 @@ from extract.decode import read_frame_times
 from extract.decoders import choose_decoder, nvdec_available
 from extract.nvdec import NvdecPool, display_rotation
 from extract.pool import DecodePool
-from extract.sampling import DecodedVideo, Sampling
+from extract.sampling import DecodedVideo, Sampling, Window
 from tests.conftest import IN_OWN_PROCESS
 
 gpu = pytest.mark.skipif(bool(nvdec_available()), reason=f'NVDEC unavailable: {nvdec_available()}')
@@ -117,13 +117,14 @@ def test_a_decode_thread_that_hangs_is_left_behind(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(pool_module, 'TIMEOUT_S_PER_MB', 0.0)
     release = threading.Event()
 
-    def fake_decode(row: int, path: str) -> DecodedVideo:
+    def fake_decode(row: int, path: str, window: Window) -> DecodedVideo:
         if path.startswith('hang'):
             release.wait()
         return DecodedVideo(row, note=f'{path} in {threading.current_thread().name}')
 
     pool = NvdecPool.__new__(NvdecPool)  # the threads only: __init__ needs a CUDA device
     pool.threads, pool.depth, pool.max_bytes, pool._pool, pool._left_behind = 2, 4, 1 << 30, None, 0
+    pool.window_s = 30.0
     pool._cpu, pool._gpu_or_cpu = DecodePool({}, workers=1, timeout=0.2), fake_decode  # a limit of 3 x 0.2 s
     names = ['a', 'hang1', 'b', 'c', 'hang2', 'd', 'hang3', 'e']
     got = pool.imap(list(enumerate(names)))
