@@ -75,7 +75,8 @@ class ExpertCfg:
             (tests/extract/test_fidelity_frames.py); k = 1 is what stores made before this setting
             used (there: mean-abs up to 2.9/255, max-abs up to 204/255).
         mean, std: normalisation of [0, 1] RGB.
-        max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
+        max_rows: the store's T (rows kept per video: 1 per `fps` up to T, and T rows spread evenly
+            over a longer video). A dataset whose videos are long raises it (`extract.presets`).
         batch_size: rows per forward pass (across videos); 0 chooses by device: 32 on the CPU, and on
             CUDA 128 frames or 32 clips (an H100 ran SENet-154 at 886 images/s with 32, 2,406 with 128).
         cuda_graph: on CUDA, run a frame or clip expert's forward pass as a CUDA graph captured

@@ -14,7 +14,7 @@ import pytest
 
 from extract.decode import decode_video
 from extract.pool import DecodePool
-from extract.sampling import Sampling
+from extract.sampling import Sampling, plan_rows
 from shared.datasets import load_manifest
 from shared.media import ffmpeg_exe
 from shared.store import open_store, store_path
@@ -133,6 +133,26 @@ def test_an_extraction_by_windows_equals_one_of_whole_videos(tmp_path: Path) -> 
         np.testing.assert_array_equal(got.timestamps, want.timestamps)
         np.testing.assert_allclose(got.features.astype(np.float32), want.features.astype(np.float32), atol=2e-3)
     assert list(stores['2']['object'].lengths) == [5, 1, 5]
+
+
+def test_howto100m_keeps_every_second_of_an_hour_and_other_datasets_keep_their_rows(tmp_path: Path) -> None:
+    """The `howto100m` preset sets every expert's T (max_rows) to an hour of 1-per-second rows;
+    the datasets whose stores and results exist keep the experts' own T; --set still wins."""
+    from extract.presets import HOWTO100M_MAX_ROWS
+    from extract.run import RunOptions, build_experts
+
+    def rows(dataset: str, **settings: object) -> dict[str, int]:
+        opts = RunOptions(dataset=dataset, experts=['object', 'action', 'audio'], data_root=tmp_path,
+                          settings=dict(settings))
+        return {e.name: e.cfg.max_rows for e in build_experts(opts)}
+
+    assert HOWTO100M_MAX_ROWS == 3600
+    assert rows('howto100m') == {'object': 3600, 'action': 3600, 'audio': 3600}
+    assert rows('msrvtt') == rows('demo') == {'object': 128, 'action': 128, 'audio': 1024}
+    assert rows('howto100m', **{'action.max_rows': 600})['action'] == 600
+    frame_times = np.stack([np.arange(7200) / 2, np.arange(1, 7201) / 2], axis=1)  # an hour at 2 fps
+    index, stamps = plan_rows(frame_times, Sampling('frames', fps=1.0, max_rows=HOWTO100M_MAX_ROWS))
+    np.testing.assert_array_equal(stamps[:, 0], np.arange(3600) + 0.5)  # second i: the frame shown at i + 0.5 s
 
 
 def test_a_truncated_long_video_keeps_the_rows_before_its_end_in_windows(tmp_path: Path) -> None:
