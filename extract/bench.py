@@ -14,6 +14,7 @@ Prints a Markdown table to paste into BENCHMARKS.md, with the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import dataclasses
 import os
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import DecodePool
+from extract.pool import DecodePool
 from shared.resources import cpu_limit
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, parse_overrides
@@ -68,12 +69,13 @@ def _decode_only(items: list[tuple[int, str]], samplings: dict, workers: int, de
     steady state: starting the pool is left out) and mean decoded frames per video."""
     with _pool(samplings, workers, decoder, device) as pool:
         t0 = time.perf_counter()
-        frames, t_first = [], None
+        frames: dict[int, int] = collections.defaultdict(int)  # row -> frames, over its decode windows
+        t_first = None
         for v in pool.imap(items):
-            frames.append(len(v.frames) if v.frames is not None else 0)
+            frames[v.row] += len(v.frames) if v.frames is not None else 0
             t_first = t_first or time.perf_counter()
         elapsed = time.perf_counter() - (t_first if len(items) > 1 else t0)
-        return max(len(items) - 1, 1) / max(elapsed, 1e-9), float(np.mean(frames))
+        return max(len(items) - 1, 1) / max(elapsed, 1e-9), float(np.mean(list(frames.values())))
 
 
 def _model_only(expert: Any, batches: int = 5) -> float:
@@ -141,7 +143,7 @@ def _report_profile(profiler: cProfile.Profile, folder: Path, target: str) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from extract.decode import DECODERS
+    from extract.decoders import DECODERS
 
     p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     """Every measurement `args` asks for, printed as one table."""
-    from extract.decode import choose_decoder, spread
+    from extract.decoders import choose_decoder, spread
     from extract.experts import create_expert, resolve_expert_names
     from extract.run import RunOptions, default_workers, _settings_for
     from shared.device import pick_device
@@ -234,7 +236,9 @@ def _bench(args: argparse.Namespace) -> int:
             decode_rate[e.name], _ = _decode_only(items, {e.name: samplings[e.name]}, workers, decoder, device)
         # a worker process: decord must not share this process with PyNvVideoCodec
         k = max(8, e.videos_per_batch) if e.per_video else 8  # a per-video expert: at least a whole batch
-        with DecodePool({e.name: samplings[e.name]}, workers=min(workers, k) if decoder == 'decord' else 1) as pool:
+        # whole videos (window_s 0): the sample stands for videos, not for windows of them
+        with DecodePool({e.name: samplings[e.name]}, workers=min(workers, k) if decoder == 'decord' else 1,
+                        window_s=0) as pool:
             sample = [v for v in pool.imap(items[:k]) if not (v.audio_error if e.modality == 'audio' else v.error)]
         if e.per_video:
             rate, note = _process_only(e, sample)
@@ -347,7 +351,7 @@ def _stubbed(items: list[tuple[int, str]], experts: list[Any], resolved: dict[st
     pool, what = None, f'decoded by {decoder}'
     if decoder is None:
         samplings = {e.name: e.cfg.sampling_spec() for e in experts}
-        with DecodePool(samplings, workers=1) as first:
+        with DecodePool(samplings, workers=1, window_s=0) as first:  # replayed as whole videos
             videos = [v for v in first.imap(items[:16]) if not v.error]
         if not videos:
             raise SystemExit('--host-only: none of the first 16 videos could be decoded')

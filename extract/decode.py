@@ -1,197 +1,22 @@
-"""Decode each video once and cut it into every selected expert's rows (frames or clips).
+"""Decode each video once with decord and cut it into every selected expert's rows (frames or clips).
 
-Row plans are computed from the decoder's own per-frame timestamps, so variable frame rate is
-exact: a frame row is the frame on screen at the centre of its sampling bin, a clip row is
-`clip_len` frames around that centre, and every row carries the exact [start, end) seconds of
-the frames it holds. Only the union of the frames that some expert needs is decoded, once.
-
-CPU decoding uses decord in worker processes (spawned, so they never share a process with
-torch's CUDA state or with PyNvVideoCodec's FFmpeg, which crashes beside decord's). A file that
-decord cannot open, or stops reading early, is decoded again by the FFmpeg binary
-(`decode_ffmpeg`), and the video's note says so.
+A file that decord cannot open, or stops reading early, is decoded again by the FFmpeg binary
+(`decode_ffmpeg`), and the video's note says so. `extract.pool.DecodePool` runs these functions
+in worker processes.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
-import dataclasses
-import math
-import multiprocessing
 import os
-import re
-import stat
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from shared.resources import memory_limit
+from extract.decoders import refuse_ffmpeg_clash
+from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, decode_short_side, first_error,
+                              plan_frames, precheck, resize_dims, row_plans)
 
-__all__ = ['Sampling', 'RowPlan', 'DecodedVideo', 'plan_rows', 'plan_frames', 'row_plans', 'precheck',
-           'read_frame_times', 'index_video', 'decode_video', 'DecodePool', 'decode_short_side', 'DECODERS',
-           'choose_decoder', 'ahead', 'spread']
-
-DECODERS = ('auto', 'decord', 'nvdec')
-#: every audio expert (VGGish, whisper) takes 16 kHz mono
-AUDIO_RATE = 16000
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """How one expert samples a video.
-
-    Args:
-        kind: ``frames`` (one frame per row) or ``clips`` (`clip_len` frames per row).
-        fps: rows per second.
-        clip_len: frames per clip.
-        clip_fps: frame rate inside a clip; None takes consecutive frames at the video's own rate.
-        max_rows: the store's T; a longer video gets T rows spread evenly over its duration.
-        short_side: the short side the decoder may shrink frames to (a speed option, see
-            `ExpertCfg.decode_resize`); 0: frames at the video's native size.
-    """
-
-    kind: str = 'frames'
-    fps: float = 1.0
-    clip_len: int = 1
-    clip_fps: float | None = None
-    max_rows: int = 128
-    short_side: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in ('frames', 'clips', 'audio'):
-            raise ValueError(f'sampling kind must be frames, clips or audio, got {self.kind!r}')
-        if not 0 < self.fps < math.inf:  # written so that NaN fails too
-            raise ValueError(f'fps must be a positive number, got {self.fps}')
-        if self.clip_fps is not None and not 0 < self.clip_fps < math.inf:
-            raise ValueError(f"clip_fps must be a positive number, or null for the video's own rate, "
-                             f'got {self.clip_fps}')
-        for name in ('clip_len', 'max_rows'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-
-
-@dataclasses.dataclass
-class RowPlan:
-    """One expert's rows in a decoded video: indices into `DecodedVideo.frames`, and times."""
-
-    index: np.ndarray  # (L, clip_len) int
-    timestamps: np.ndarray  # (L, 2) float32 seconds
-
-
-@dataclasses.dataclass
-class DecodedVideo:
-    """The frames one video contributes, shared by all experts, or why there are none."""
-
-    row: int
-    frames: Any = None  # (F, H, W, 3) uint8: numpy (decord), or a CUDA tensor (NVDEC)
-    plans: dict[str, RowPlan] = dataclasses.field(default_factory=dict)
-    duration: float = 0.0
-    error: str = ''
-    note: str = ''
-    seconds: float = 0.0
-    audio: np.ndarray | None = None  # mono float32 at AUDIO_RATE; None: no audio stream (or audio_error)
-    audio_error: str = ''
-    frame_times: np.ndarray | None = None  # (N, 2) seconds of every frame: from `index_video` only
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the decoded frames (numpy or torch: both have `nbytes`) and audio."""
-        return int(getattr(self.frames, 'nbytes', 0)) + (self.audio.nbytes if self.audio is not None else 0)
-
-
-def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of one expert from the per-frame [start, end) times of a video.
-
-    Returns:
-        (index, timestamps): frame indices (L, clip_len) into the video, and (L, 2) seconds.
-    """
-    n_frames = len(frame_times)
-    starts = frame_times[:, 0]
-    duration = float(frame_times[-1, 1])
-    n = max(1, math.ceil(duration * s.fps - 1e-6))
-    step = 1.0 / s.fps
-    if n > s.max_rows:
-        n, step = s.max_rows, duration / s.max_rows
-    centres = np.minimum((np.arange(n) + 0.5) * step, np.nextafter(duration, 0))
-    centre_idx = np.clip(np.searchsorted(starts, centres, side='right') - 1, 0, n_frames - 1)
-    if s.kind == 'frames' or s.clip_len == 1:
-        index = centre_idx[:, None]
-    elif s.clip_fps:
-        offsets = (np.arange(s.clip_len) - s.clip_len / 2 + 0.5) / s.clip_fps
-        times = np.clip(centres[:, None] + offsets[None, :], 0.0, np.nextafter(duration, 0))
-        index = np.clip(np.searchsorted(starts, times, side='right') - 1, 0, n_frames - 1)
-    else:
-        first = np.clip(centre_idx - s.clip_len // 2, 0, max(n_frames - s.clip_len, 0))
-        index = np.minimum(first[:, None] + np.arange(s.clip_len)[None, :], n_frames - 1)
-    stamps = np.stack([frame_times[index[:, 0], 0], frame_times[index[:, -1], 1]], axis=1)
-    return index.astype(np.int64), stamps.astype(np.float32)
-
-
-def decode_short_side(samplings: Iterable[Sampling]) -> int:
-    """The short side to decode to: 0 (native size) unless every sampling allows a smaller one,
-    and then the largest they allow, so that no expert's frames are shrunk past what it asked for."""
-    sides = [s.short_side for s in samplings]
-    return 0 if not sides or 0 in sides else max(sides)
-
-
-def _resize_dims(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """Decode size: short side to `short_side` (never upscaled), even dimensions; (-1, -1) for
-    the native size (`short_side` 0, or no smaller)."""
-    scale = short_side / min(height, width)
-    if not short_side or scale >= 1.0:
-        return -1, -1
-    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
-
-
-def spread(items: Sequence[Any], k: int = 5) -> list[Any]:
-    """Up to `k` items spread evenly from the first to the last (the videos `auto` probes)."""
-    if len(items) <= k:
-        return list(items)
-    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
-
-
-def _first_error(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    text = [t for t in text if t.strip() and not t.startswith(('Stack trace', '  ['))]
-    # decord's messages start with its clock and source line, once per level: "[21:00:12] .../video_reader.cc:430: "
-    return re.sub(r'^(?:\[\d\d:\d\d:\d\d\] \S+:\d+: )+', '', text[-1] if text else type(err).__name__)[:300]
-
-
-def precheck(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
-    """What every backend does first: a missing, empty or unreadable file, or one that is not a
-    regular file (a FIFO would block the decoder for ever), is an error; audio is read when asked."""
-    out = DecodedVideo(row)
-    out.error = _not_a_video_file(path)
-    if out.error:
-        out.audio_error = out.error
-    elif any(s.kind == 'audio' for s in samplings.values()):
-        from shared.media import load_audio
-
-        out.audio, out.audio_error = load_audio(path, AUDIO_RATE)
-    return out
-
-
-def _not_a_video_file(path: str) -> str:
-    """Why `path` cannot be opened as a video file, before any decoder tries; '' if it may be."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return f'file not found: {path}'
-    except OSError as err:
-        return f'cannot read the file: {err.strerror or err}'
-    if stat.S_ISDIR(st.st_mode):
-        return 'a directory, not a video file'
-    if not stat.S_ISREG(st.st_mode):
-        return 'not a regular file (a pipe, socket or device)'
-    if st.st_size == 0:
-        return 'empty file (0 bytes)'
-    if not os.access(path, os.R_OK):
-        return 'cannot read the file: permission denied'
-    return ''
-
+__all__ = ['read_frame_times', 'index_video', 'decode_video']
 
 def read_frame_times(path: str) -> np.ndarray | str:
     """The per-frame [start, end) seconds that `decode_video` plans rows from, or why there are none.
@@ -208,31 +33,35 @@ def read_frame_times(path: str) -> np.ndarray | str:
         wrong = _wrong_times(times)
         return f"decord's frame times are wrong here ({wrong})" if wrong else _repair_times(times)
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
-        return f'cannot open video: {_first_error(err)}'
+        return f'cannot open video: {first_error(err)}'
 
 
-def index_video(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+def index_video(row: int, path: str, samplings: dict[str, Sampling], window: Window = WHOLE) -> DecodedVideo:
     """`read_frame_times` as a `DecodePool` work function: the NVDEC backend's helper processes
-    read each file's frame times this way, with the pool's time limit and crash handling."""
+    read each file's frame times this way, with the pool's time limit and crash handling (the
+    whole file's times, whatever the `window`)."""
     times = read_frame_times(path)
     if isinstance(times, str):
         return DecodedVideo(row, error=times)
     return DecodedVideo(row, frame_times=times)
 
 
-def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: int = 1) -> DecodedVideo:
-    """Decode `path` once (decord for frames, FFmpeg for audio) and plan every expert's rows.
+def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Window = WHOLE,
+                 threads: int = 1) -> DecodedVideo:
+    """Decode `window` of `path` once (decord for frames, FFmpeg for audio) and plan every expert's
+    rows in it; `windows` of the result says how many windows the video has.
 
-    Errors never raise: they become `error` (video) and `audio_error` (audio).
+    Errors never raise: they become `error` (video) and `audio_error` (audio). A window past the
+    point where a truncated file stops has no rows (and a note), not an error.
     """
     t0 = time.perf_counter()
-    out = precheck(row, path, samplings)
+    out = precheck(row, path, samplings, window)
     samplings = {n: s for n, s in samplings.items() if s.kind != 'audio'}
     if out.error or not samplings:
         out.seconds = time.perf_counter() - t0
         return out
     if _is_mpegts(path):  # decord gives up on MPEG-TS after seconds of retries (8 s for a 15 s clip)
-        said = _with_ffmpeg(out, path, samplings, 'MPEG-TS, which decord misreads')
+        said = _with_ffmpeg(out, path, samplings, window, 'MPEG-TS, which decord misreads')
         out.error = (said if said == 'no video stream' else f'cannot open video: {said}') if said else ''
         out.seconds = time.perf_counter() - t0
         return out
@@ -243,39 +72,50 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
         if n == 0:
             raise RuntimeError('no video frames')
         h, w = _rgb_size(vr)  # display orientation: decord applies rotation metadata
-        width, height = _resize_dims(h, w, decode_short_side(samplings.values()))
+        width, height = resize_dims(h, w, decode_short_side(samplings.values()))
         if width > 0:
             vr = decord.VideoReader(path, num_threads=threads, width=width, height=height)
             _rgb_size(vr)
         frame_times = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2)
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
-        reason = _first_error(err)
-        said = _with_ffmpeg(out, path, samplings, f'decord cannot read this file ({reason})')
+        reason = first_error(err)
+        said = _with_ffmpeg(out, path, samplings, window, f'decord cannot read this file ({reason})')
         if said:
             out.error = said if said == 'no video stream' else f'cannot open video: {reason} (FFmpeg: {said})'
         out.seconds = time.perf_counter() - t0
         return out
     wrong = _wrong_times(frame_times)
-    if wrong and not _with_ffmpeg(out, path, samplings, f"decord's frame times are wrong here ({wrong})"):
+    if wrong and not _with_ffmpeg(out, path, samplings, window, f"decord's frame times are wrong here ({wrong})"):
         out.seconds = time.perf_counter() - t0
         return out
     if wrong:  # FFmpeg failed too: decord's frames, on the times it has
         out.note = f"decord's frame times are wrong here ({wrong}); FFmpeg could not read the file either"
     frame_times = _repair_times(frame_times)
-    plans, needed = plan_frames(frame_times, samplings)
+    out.windows = window.count(float(frame_times[-1, 1]))
+    plans, needed = plan_frames(frame_times, samplings, window)
     try:
-        frames = vr.get_batch(needed.tolist()).asnumpy()
+        if len(needed):
+            frames = vr.get_batch(needed.tolist()).asnumpy()
+        else:  # a window without rows (sparse sampling) decodes nothing
+            frames = np.zeros((0, *_rgb_size(vr), 3), np.uint8)
     except Exception as err:  # noqa: BLE001 - truncated or corrupt stream: keep what decodes
         frames, needed, note = _decode_prefix(vr, needed, err)
         # decord also stops early on some valid files: FFmpeg may read further
-        alt = DecodedVideo(row)
-        said = _with_ffmpeg(alt, path, samplings, f'decord stopped early ({_first_error(err)})')
+        alt = DecodedVideo(row, window=window.index)
+        said = _with_ffmpeg(alt, path, samplings, window, f'decord stopped early ({first_error(err)})')
         if not said and (frames is None or alt.duration > float(frame_times[int(needed[-1]), 1]) + 1e-6):
             out.frames, out.plans, out.duration, out.note = alt.frames, alt.plans, alt.duration, alt.note
+            out.windows = alt.windows
             out.seconds = time.perf_counter() - t0
             return out
-        if frames is None:
+        if frames is None and window.index == 0:
             out.error = f'cannot decode video: {note}'
+            return out
+        if frames is None:  # the file stops before this window: the rows end with the last window's
+            out.note = f'no frames from {window.index * window.seconds:g} s on ({note})'
+            out.frames = np.zeros((0, 1, 1, 3), np.uint8)
+            out.plans = {name: RowPlan(idx[:0], stamps[:0]) for name, (idx, stamps) in plans.items()}
+            out.seconds = time.perf_counter() - t0
             return out
         out.note = note
         # the rows whose frames were all decoded, with their own times
@@ -290,18 +130,6 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], threads: i
     return out
 
 
-def plan_frames(frame_times: np.ndarray, samplings: dict[str, Sampling]
-                ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
-    """Every expert's rows (`plan_rows`), and the sorted frames they need: each decoded once."""
-    plans = {name: plan_rows(frame_times, s) for name, s in samplings.items()}
-    return plans, np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]))
-
-
-def row_plans(plans: dict[str, tuple[np.ndarray, np.ndarray]], needed: np.ndarray) -> dict[str, RowPlan]:
-    """`plans` with their frame indices into the decoded frames (`needed`) instead of the video."""
-    return {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in plans.items()}
-
-
 def _is_mpegts(path: str) -> bool:
     """An MPEG transport stream (.ts, or .m2ts/.mts with 4-byte packet headers): its sync byte
     0x47 every 188 or 192 bytes, whatever the file's name."""
@@ -312,27 +140,6 @@ def _is_mpegts(path: str) -> bool:
         return False
     return any(len(head) > first + 2 * size and all(head[first + k * size] == 0x47 for k in range(3))
                for first, size in ((0, 188), (4, 192)))
-
-
-#: libraries that bundle FFmpeg builds of their own, which crash when both are loaded into one process
-FFMPEG_BUNDLERS = ('decord', 'PyNvVideoCodec')
-
-
-def refuse_ffmpeg_clash(wanted: str) -> None:
-    """Raise instead of loading `wanted` (one of `FFMPEG_BUNDLERS`) beside the other one.
-
-    With both in one process, the process dies in native code: on an H100, PyNvVideoCodec 2.2.4
-    segfaulted creating its decoder once decord 0.6.0 had read a file in that process, though the
-    same calls passed in a fresh one. A clear error is better than a dead run.
-
-    Raises:
-        RuntimeError: the other library is loaded in this process.
-    """
-    other = next(m for m in FFMPEG_BUNDLERS if m != wanted)
-    if other in sys.modules:
-        raise RuntimeError(f'{other} is loaded in this process, and {wanted} crashes beside it (each bundles its '
-                           f'own FFmpeg): use {wanted} in a process of its own')
-
 
 def _decord() -> Any:
     """decord, with its FFmpeg quiet: a file it cannot read fails with a reason in the store,
@@ -363,27 +170,50 @@ def _rgb_size(vr: Any) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], why: str) -> str:
-    """Decode `out`'s video with the FFmpeg binary instead of decord (`decode_ffmpeg`); returns
-    '' when it did, else FFmpeg's reason. `why` goes into the video's note."""
+def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], window: Window, why: str) -> str:
+    """Decode `window` of `out`'s video with the FFmpeg binary instead of decord (`decode_ffmpeg`);
+    returns '' when it did, else FFmpeg's reason. `why` goes into the video's note."""
     from extract import decode_ffmpeg
     from shared.media import MediaError
 
     try:
-        times, (h, w), stopped = decode_ffmpeg.frame_times(path)
+        times, (h, w), stopped = _ffmpeg_times(path, window)
         frame_times = _repair_times(times)
-        plans, needed = plan_frames(frame_times, samplings)
-        width, height = _resize_dims(h, w, decode_short_side(samplings.values()))
-        frames = decode_ffmpeg.read_frames(path, needed, *((height, width) if width > 0 else (h, w)))
+        plans, needed = plan_frames(frame_times, samplings, window)
+        width, height = resize_dims(h, w, decode_short_side(samplings.values()))
+        size = (height, width) if width > 0 else (h, w)
+        frames = decode_ffmpeg.read_frames(path, needed, *size) if len(needed) else np.zeros((0, *size, 3), np.uint8)
     except (MediaError, OSError) as err:  # OSError: an FFmpeg binary that cannot be run
         return str(err)
     out.frames = frames
     out.duration = float(frame_times[-1, 1])
+    out.windows = window.count(out.duration)
     out.plans = row_plans(plans, needed)
     out.note = f'{why}: decoded with FFmpeg'
     if stopped:
         out.note += f', which stopped after {len(times)} frames ({stopped})'
     return ''
+
+
+#: FFmpeg's frame times of the files this process read last: its first pass decodes the whole
+#: file, which a long video's later windows would otherwise repeat, one pass per window. The first
+#: window always reads them afresh (a file changed in place is read again).
+_FFMPEG_TIMES: dict[tuple[str, int, int], tuple[np.ndarray, tuple[int, int], str]] = {}
+_FFMPEG_TIMES_KEPT = 4
+
+
+def _ffmpeg_times(path: str, window: Window) -> tuple[np.ndarray, tuple[int, int], str]:
+    """`decode_ffmpeg.frame_times`, remembered for the last few files (by path, size and mtime)."""
+    from extract import decode_ffmpeg
+
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if window.index == 0 or key not in _FFMPEG_TIMES:
+        _FFMPEG_TIMES.pop(key, None)
+        if len(_FFMPEG_TIMES) >= _FFMPEG_TIMES_KEPT:
+            _FFMPEG_TIMES.pop(next(iter(_FFMPEG_TIMES)))
+        _FFMPEG_TIMES[key] = decode_ffmpeg.frame_times(path)
+    return _FFMPEG_TIMES[key]
 
 
 def _wrong_times(frame_times: np.ndarray) -> str:
@@ -418,301 +248,8 @@ def _decode_prefix(vr, needed: np.ndarray, err: BaseException) -> tuple[np.ndarr
             good.append(vr[i].asnumpy())
         except Exception:  # noqa: BLE001
             break
-    reason = _first_error(err)
+    reason = first_error(err)
     if not good:
         return None, needed, reason
     kept = needed[: len(good)]
     return np.stack(good), kept, f'decoded the first {int(kept[-1]) + 1} frames only ({reason})'
-
-
-#: seconds of decoding allowed per MB of file beyond `DecodePool.timeout`: decord read 2.9-3.7 MB
-#: of H.264 per second on one core of a 2-core EPYC, at 240p to 1080p (BENCHMARKS.md); 4 s per MB
-#: (0.25 MB/s) leaves room for slower codecs, busy cores and FFmpeg's second pass
-TIMEOUT_S_PER_MB = 4.0
-
-#: share of the memory this process may use that decoded videos may fill (`DecodePool.max_bytes`)
-PREFETCH_MEMORY_SHARE = 0.25
-
-
-#: niceness added to decode worker processes. The main process feeds the GPU and writes the
-#: stores; when the workers take every core, its threads wait for a time slice at each wake-up.
-#: Decoders have prefetch to absorb the delay; the main process has none (BENCHMARKS.md).
-WORKER_NICE = 10
-
-
-def _worker_init() -> None:
-    os.environ.setdefault('OMP_NUM_THREADS', '1')
-    _exit_with_parent()
-    try:
-        os.nice(WORKER_NICE)
-    except OSError:  # a platform without it: run at the parent's priority
-        pass
-
-
-def _exit_with_parent() -> None:
-    """End this worker process as soon as the process that started it has ended, however it ended.
-
-    A `ProcessPoolExecutor` worker waits for work on a queue whose write end it holds itself, so
-    it never sees its parent go: a parent killed outright (SIGKILL, the OOM killer), or one that
-    exits past the pool's shutdown, left it waiting for ever, orphaned, and with it
-    multiprocessing's resource tracker, which runs until the last process holding its pipe ends.
-    The parent's sentinel (a pipe only the parent holds open) becomes readable when it ends.
-    """
-    from multiprocessing.connection import wait
-
-    parent = multiprocessing.parent_process()
-    if parent is None or parent.sentinel is None:
-        return
-
-    def watch() -> None:
-        wait([parent.sentinel])
-        os._exit(1)  # nothing to save: a decode worker's results go only to the parent
-
-    threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
-
-
-def ahead(largest: int, first: int, most: int, max_bytes: int) -> int:
-    """Videos to keep decoded or decoding ahead of the consumer: `first` until one is in (its size
-    unknown), then as many as `max_bytes` holds of the largest video so far, from 1 to `most`."""
-    return first if not largest else max(1, min(most, max_bytes // largest))
-
-
-def prefetch(queue: collections.deque, todo: Iterator[tuple[int, str]], depth: int,
-             submit: Callable[[int, str], cf.Future]) -> None:
-    """Submit (row, path) items from `todo` until `depth` are in flight; queue holds (row, path, future)."""
-    while len(queue) < depth:
-        item = next(todo, None)
-        if item is None:
-            return
-        queue.append((*item, submit(*item)))
-
-
-def _kill_processes(pool: cf.ProcessPoolExecutor) -> None:
-    """Kill a pool's worker processes (a hung decoder); `shutdown` alone would wait for them."""
-    for p in list((getattr(pool, '_processes', None) or {}).values()):
-        p.kill()
-
-
-class DecodePool:
-    """Decode videos in worker processes, in order, with bounded prefetch and a per-video timeout.
-
-    Args:
-        samplings: expert name -> Sampling.
-        workers: processes; 0 decodes in the calling process (debugging, tiny runs).
-        prefetch: videos decoded ahead of the consumer, per worker.
-        timeout: seconds one video may take before it is failed and the pool restarted (a decoder
-            that hangs), at least: a larger file gets `TIMEOUT_S_PER_MB` seconds per MB.
-        max_bytes: decoded frames (and audio) held in and ahead of the workers, at most. A long
-            video cut into clips is large (I3D's 128 clips of 64 frames at 256x455: 2.9 GB), so
-            fewer videos are decoded ahead once such a video is seen, and one per worker until the
-            first is in. Default: `PREFETCH_MEMORY_SHARE` of the memory this process may use.
-        work: what the processes run for one video: `decode_video`, or `index_video` (frame
-            times only); a module-level function, since it is sent to them by name.
-    """
-
-    def __init__(self, samplings: dict[str, Sampling], workers: int = 1, prefetch: int = 2,
-                 timeout: float = 300.0, max_bytes: int | None = None,
-                 work: Callable[[int, str, dict[str, Sampling]], DecodedVideo] = decode_video) -> None:
-        self.samplings = samplings
-        self.workers = workers
-        self.depth = max(1, workers * prefetch)
-        self.timeout = timeout
-        self.max_bytes = max_bytes if max_bytes is not None else int(PREFETCH_MEMORY_SHARE * memory_limit())
-        self._pool: cf.ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()  # `decode_one` callers share the pool
-        self._generation = 0  # processes started so far: which pool a caller's future came from
-        self._stopped = False  # killed by `close`: `decode_one` callers stop too
-        self.work = work
-
-    def _start(self) -> cf.ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context('spawn'),
-                                                initializer=_worker_init)
-            self._generation += 1
-        return self._pool
-
-    def close(self, kill: bool = False) -> None:
-        """Stop the processes: after their work, or at once (`kill`: an interrupted or failed run)."""
-        with self._lock:
-            self._stopped = kill
-            self._shutdown(kill)
-
-    def _shutdown(self, kill: bool) -> None:
-        if self._pool is not None:
-            if kill:
-                _kill_processes(self._pool)
-            self._pool.shutdown(wait=not kill, cancel_futures=True)
-            self._pool = None
-
-    def __enter__(self) -> DecodePool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close(kill=exc[0] is not None)
-
-    def imap(self, items: Sequence[tuple[int, str]]) -> Iterator[DecodedVideo]:
-        """Decoded videos for (row, path) items, in the order given."""
-        if self.workers == 0:
-            for row, path in items:
-                yield self._here(row, path)
-            return
-        queue: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
-        todo = iter(items)
-        largest = 0  # bytes of the largest decoded video so far
-
-        def refill() -> None:
-            prefetch(queue, todo, ahead(largest, self.workers, self.depth, self.max_bytes), self._submit)
-
-        refill()
-        while queue:
-            row, path, fut = queue.popleft()
-            try:
-                result = self._wait(row, path, fut, lambda: self._restart(queue))
-            except cf.process.BrokenProcessPool:  # this video's process died, or another one did
-                self._restart(queue)
-                result = self._alone(row, path)
-            largest = max(largest, result.nbytes)
-            yield result
-            refill()
-
-    def decode_one(self, row: int, path: str) -> DecodedVideo:
-        """Decode one video in a worker process and wait for it; safe to call from several threads
-        at once (NVDEC's decode threads hand the files NVDEC cannot read to the CPU this way).
-
-        A video that hangs is failed and the processes restarted, as in `imap`; a video whose
-        process died, or that was in flight when another one was failed, goes to `_alone`.
-        """
-        if self.workers == 0:
-            return self._here(row, path)
-        with self._lock:
-            if self._stopped:
-                return DecodedVideo(row, error='decoding was stopped')
-            future = self._submit(row, path)  # a pool another caller's video broke is replaced here
-            generation = self._generation
-        try:
-            return self._wait(row, path, future, lambda: self._kill(generation))
-        except cf.process.BrokenProcessPool:
-            if self._stopped:
-                return DecodedVideo(row, error='decoding was stopped')
-            self._kill(generation)
-        return self._alone(row, path)
-
-    def _alone(self, row: int, path: str) -> DecodedVideo:
-        """Decode a video whose process died in a process of its own: a video that was only in
-        flight when another one crashed its process is decoded, and a crash is blamed on the
-        video that caused it."""
-        with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),
-                                    initializer=_worker_init) as solo:
-            try:
-                return self._wait(row, path, solo.submit(self.work, row, path, self.samplings),
-                                  lambda: _kill_processes(solo))
-            except cf.process.BrokenProcessPool:
-                return DecodedVideo(row, error='the decoder process crashed on this video')
-
-    def _here(self, row: int, path: str) -> DecodedVideo:
-        """`work` in the calling process (`workers=0`); decord then takes as many threads as it likes."""
-        if self.work is decode_video:
-            return decode_video(row, path, self.samplings, threads=0)
-        return self.work(row, path, self.samplings)
-
-    def _wait(self, row: int, path: str, future: cf.Future, kill: Callable[[], None]) -> DecodedVideo:
-        """`future`'s video, or a failed one (and `kill` called) once it took longer than the file's limit."""
-        limit = self._limit(path)
-        try:
-            return future.result(timeout=limit)
-        except cf.TimeoutError:
-            kill()
-            return DecodedVideo(row, error=f'decoding took longer than {limit:.0f} s (the limit for a file '
-                                           f'of this size): the decoder may hang on it')
-
-    def _kill(self, generation: int) -> None:
-        """Kill the pool's processes if they are still those of `generation` (another caller may
-        have restarted them already)."""
-        with self._lock:
-            if self._generation == generation and self._pool is not None:
-                self._shutdown(kill=True)
-
-    def _limit(self, path: str) -> float:
-        """Seconds to wait for one video: a long video is not a hung decoder (a 2-hour 1080p file
-        takes about 9 minutes on one core at the 3 MB of file per second measured in BENCHMARKS.md)."""
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            size = 0
-        return max(self.timeout, size / 1e6 * TIMEOUT_S_PER_MB)
-
-    def _submit(self, row: int, path: str) -> cf.Future:
-        """Queue one video; a pool broken by a video still queued is replaced (that video's own
-        future fails when its turn comes, and `imap` sorts it out then)."""
-        try:
-            return self._start().submit(self.work, row, path, self.samplings)
-        except cf.process.BrokenProcessPool:
-            self._shutdown(kill=True)
-            return self._start().submit(self.work, row, path, self.samplings)
-
-    def _restart(self, queue: collections.deque) -> None:
-        """Kill the pool (a hung or crashed decoder) and resubmit the queued videos not yet decoded."""
-        kept = list(queue)
-        queue.clear()
-        self._shutdown(kill=True)
-        for row, path, fut in kept:
-            done = fut.done() and not fut.cancelled() and fut.exception() is None
-            queue.append((row, path, fut if done else self._submit(row, path)))
-
-
-#: frame area from which `auto` takes NVDEC for 1-fps frame sampling. Decode-only on an H100 host
-#: (BENCHMARKS.md, 15 s H.264 clips at 30 fps), 15 decord processes against 4 NVDEC threads, in
-#: videos/s: 320x240 76.0 / 35.1, 640x360 41.2 / 28.3, 1280x720 10.8 / 13.4, 1920x1080 6.2 / 6.7.
-NVDEC_MIN_PIXELS = 1280 * 720
-
-
-def choose_decoder(requested: str, device: str, sample: str | Sequence[str] | None = None,
-                   clips: bool = False) -> tuple[str, str]:
-    """The decoder to use and why.
-
-    `auto` takes NVDEC on a CUDA device where PyNvVideoCodec works when an expert samples clips
-    (many frames per row: NVDEC decoded 4.1x as many videos/s as 15 decord processes at 320x240),
-    or when the videos have `NVDEC_MIN_PIXELS` or more; otherwise decord worker processes. The
-    videos are judged by `sample`: a few of the run's videos (the median of those that can be
-    probed), so that one odd first video does not decide for a collection of mixed sizes.
-
-    Raises:
-        ValueError: an unknown decoder, or nvdec asked for where it cannot run.
-    """
-    if requested not in DECODERS:
-        raise ValueError(f'unknown decoder {requested!r} (one of {", ".join(DECODERS)})')
-    from extract.nvdec import nvdec_available
-
-    if requested == 'nvdec':
-        if not device.startswith('cuda'):
-            raise ValueError(f'--decoder nvdec decodes on the GPU, but the device is {device}')
-        reason = nvdec_available()
-        if reason:
-            raise ValueError(f'--decoder nvdec: {reason}')
-        return 'nvdec', 'asked for'
-    if requested == 'decord':
-        return 'decord', 'asked for'
-    if not device.startswith('cuda'):
-        return 'decord', 'no GPU in use'
-    reason = nvdec_available()
-    if reason:
-        return 'decord', f'no NVDEC: {reason}'
-    if clips:
-        return 'nvdec', 'clip sampling decodes many frames per row: NVDEC is faster'
-    from shared.media import MediaError, probe
-
-    sizes = []
-    for path in [sample] if isinstance(sample, str) else sample or []:
-        try:
-            info = probe(path)
-        except (MediaError, OSError):
-            continue
-        if info.width:
-            sizes.append((info.width * info.height, f'{info.width}x{info.height}'))
-    if not sizes:
-        return 'decord', 'no sampled video could be probed'
-    pixels, size = sorted(sizes)[len(sizes) // 2]
-    what = f'{size} videos' if len(sizes) == 1 else f'{size} videos (median of {len(sizes)} probed)'
-    if pixels >= NVDEC_MIN_PIXELS:
-        return 'nvdec', f'{what}: NVDEC from {NVDEC_MIN_PIXELS} pixels'
-    return 'decord', f'{what}: decord processes are faster below {NVDEC_MIN_PIXELS} pixels'

@@ -27,11 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from extract.decode import (PREFETCH_MEMORY_SHARE, DecodedVideo, DecodePool, Sampling, _first_error, _resize_dims,
-                            ahead, decode_short_side, index_video, plan_frames, precheck, prefetch,
-                            refuse_ffmpeg_clash, row_plans)
+from extract.decode import index_video
+from extract.decoders import refuse_ffmpeg_clash
+from extract.pool import DECODE_WINDOW_S, PREFETCH_MEMORY_SHARE, DecodePool, Task, ahead, prefetch, settle
+from extract.sampling import (WHOLE, DecodedVideo, Sampling, Window, decode_short_side, first_error, plan_frames,
+                              precheck, resize_dims, row_plans)
 
-__all__ = ['NvdecPool', 'DecoderStalled', 'nvdec_available', 'display_rotation']
+__all__ = ['NvdecPool', 'DecoderStalled', 'display_rotation']
 
 #: largest frame the reused decoder is configured for; larger videos get a session of their own
 MAX_WIDTH, MAX_HEIGHT = 4096, 4096
@@ -50,16 +52,16 @@ class DecoderStalled(RuntimeError):
 
 
 class _DecodeThreads:
-    """Daemon threads that run `work(row, path)` for submitted files, oldest first.
+    """Daemon threads that run `work(row, path, window)` for submitted files, oldest first.
 
     Not a ThreadPoolExecutor: its threads are joined when the interpreter exits, so one that
     hangs in a driver call would keep a finished or stopped run from ever exiting. A thread left
     behind (`leave`) gets no more work, and a new one takes its place.
     """
 
-    def __init__(self, n: int, work: Callable[[int, str], DecodedVideo]) -> None:
+    def __init__(self, n: int, work: Callable[[int, str, Window], DecodedVideo]) -> None:
         self._work = work
-        self._tasks: queue.SimpleQueue[tuple[cf.Future, int, str] | None] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[tuple[cf.Future, int, str, Window] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._busy: dict[cf.Future, threading.Thread] = {}  # running tasks and their threads
         self._left: set[threading.Thread] = set()
@@ -73,13 +75,13 @@ class _DecodeThreads:
     def _loop(self) -> None:
         me = threading.current_thread()
         while (task := self._tasks.get()) is not None:
-            future, row, path = task
+            future, row, path, window = task
             if not future.set_running_or_notify_cancel():
                 continue
             with self._lock:
                 self._busy[future] = me
             try:
-                future.set_result(self._work(row, path))
+                future.set_result(self._work(row, path, window))
             except BaseException as err:  # noqa: BLE001 - handed to the consumer
                 future.set_exception(err)
             with self._lock:
@@ -87,9 +89,9 @@ class _DecodeThreads:
                 if me in self._left:
                     return
 
-    def submit(self, row: int, path: str) -> cf.Future:
+    def submit(self, row: int, path: str, window: Window) -> cf.Future:
         future: cf.Future = cf.Future()
-        self._tasks.put((future, row, path))
+        self._tasks.put((future, row, path, window))
         return future
 
     def leave(self, future: cf.Future) -> None:
@@ -124,17 +126,6 @@ class _DecodeThreads:
             t.join(timeout=None if wait else max(0.0, deadline - time.monotonic()))
 
 
-def nvdec_available() -> str:
-    """'' when NVDEC can be used here, else why not."""
-    from importlib.util import find_spec
-
-    if find_spec('PyNvVideoCodec') is None:
-        return "PyNvVideoCodec is not installed (pip install -e '.[nvdec]', or pip install pynvvideocodec)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return 'no CUDA device'
-    return ''
 
 
 def display_rotation(path: str | os.PathLike) -> int:
@@ -219,13 +210,14 @@ class NvdecPool:
         prefetch: videos decoded ahead of the consumer, per thread; fewer once a video is large
             (their frames may fill a quarter of the GPU's memory, as in `DecodePool`).
         timing_workers: decord processes that read the frame times.
+        window_s: seconds of video decoded at once (as in `DecodePool`); 0 decodes each video whole.
 
     Raises:
         RuntimeError: decord is loaded in this process (see `refuse_ffmpeg_clash`).
     """
 
     def __init__(self, samplings: dict[str, Sampling], device: str = 'cuda', threads: int = 4, prefetch: int = 2,
-                 timing_workers: int = 2) -> None:
+                 timing_workers: int = 2, window_s: float = DECODE_WINDOW_S) -> None:
         import torch
 
         refuse_ffmpeg_clash('PyNvVideoCodec')
@@ -236,6 +228,7 @@ class NvdecPool:
         self.gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
         self.threads = max(1, threads)
         self.depth = self.threads * max(1, prefetch)
+        self.window_s = window_s
         # decoded frames wait in GPU memory, beside the models: a quarter of it at most
         self.max_bytes = int(PREFETCH_MEMORY_SHARE * torch.cuda.get_device_properties(self.device).total_memory)
         self._consumer = torch.cuda.current_stream(self.device)
@@ -243,7 +236,7 @@ class NvdecPool:
         self._pool: _DecodeThreads | None = None
         self._left_behind = 0  # decode threads given up on (hung in NVDEC)
         # files NVDEC cannot decode, handed over by the decode threads: at most one each at a time
-        self._cpu = DecodePool(samplings, workers=self.threads)
+        self._cpu = DecodePool(samplings, workers=self.threads, window_s=window_s)
         # decord processes that read each file's frame times (its index: no decoding)
         self._timing = DecodePool({}, workers=max(1, timing_workers), work=index_video)
 
@@ -264,23 +257,27 @@ class NvdecPool:
         self._timing.close(kill=kill)
 
     def imap(self, items: Sequence[tuple[int, str]]) -> Iterator[DecodedVideo]:
-        """Decoded videos for (row, path) items, in the order given."""
+        """Decoded windows of videos for (row, path) items, in the order given, as `DecodePool.imap`."""
         if self._pool is None:
             self._pool = _DecodeThreads(self.threads, self._gpu_or_cpu)
-        waiting: collections.deque[tuple[int, str, cf.Future]] = collections.deque()
+        waiting: collections.deque[Task] = collections.deque()
         todo = iter(items)
-        largest = 0  # bytes of the largest decoded video so far
-        prefetch(waiting, todo, ahead(largest, self.threads, self.depth, self.max_bytes), self._pool.submit)
+        largest = 0  # bytes of the largest decoded window so far
+        prefetch(waiting, todo, ahead(largest, self.threads, self.depth, self.max_bytes), self._pool.submit,
+                 self.window_s)
         while waiting:
-            video = self._result(*waiting.popleft())
+            task = waiting.popleft()
+            assert task.future is not None  # `prefetch` submits the queue in order
+            video = settle(waiting, task, self._result(task.row, task.path, task.future))
             largest = max(largest, video.nbytes)
-            prefetch(waiting, todo, ahead(largest, self.threads, self.depth, self.max_bytes), self._pool.submit)
+            prefetch(waiting, todo, ahead(largest, self.threads, self.depth, self.max_bytes), self._pool.submit,
+                     self.window_s)
             yield video
 
     def _result(self, row: int, path: str, future: cf.Future) -> DecodedVideo:
         """The decoded video, or a failed one where its decode thread hangs (that thread is left
         behind); `DecoderStalled` once more than `MAX_LEFT_BEHIND` threads hung."""
-        limit = HANG_FACTOR * self._cpu._limit(path)
+        limit = HANG_FACTOR * self._cpu.limit(path)
         try:
             return future.result(timeout=limit)
         except cf.TimeoutError:
@@ -293,25 +290,25 @@ class NvdecPool:
         return DecodedVideo(row, error=f'NVDEC took longer than {limit:.0f} s on this file and was left behind '
                                        '(it may hang on it)')
 
-    def _gpu_or_cpu(self, row: int, path: str) -> DecodedVideo:
+    def _gpu_or_cpu(self, row: int, path: str, window: Window) -> DecodedVideo:
         """`decode`, and where NVDEC cannot decode the file, a CPU worker process (decord, else
         FFmpeg) in its place. The decode thread waits for it, so the consumer never does, and
         up to `threads` such files are decoded at once."""
-        video = self.decode(row, path)
+        video = self.decode(row, path, window)
         if not video.error.startswith('NVDEC'):
             return video
-        cpu = self._cpu.decode_one(row, path)
+        cpu = self._cpu.decode_one(row, path, window)
         cpu.seconds += video.seconds  # the attempt on the GPU is part of this file's decoding
         if not cpu.error:
             cpu.note = f'{video.error}; decoded on the CPU instead' + (f' ({cpu.note})' if cpu.note else '')
         return cpu
 
-    def decode(self, row: int, path: str) -> DecodedVideo:
-        """Decode `path` once on the GPU and plan every expert's rows (never raises)."""
+    def decode(self, row: int, path: str, window: Window = WHOLE) -> DecodedVideo:
+        """Decode `window` of `path` once on the GPU and plan every expert's rows in it (never raises)."""
         import torch
 
         t0 = time.perf_counter()
-        out = precheck(row, path, self.samplings)
+        out = precheck(row, path, self.samplings, window)
         if out.error or not self.video_samplings:
             out.seconds = time.perf_counter() - t0
             return out
@@ -326,19 +323,20 @@ class NvdecPool:
                 torch.cuda.set_device(self.gpu)
                 local.stream = torch.cuda.Stream(self.device)
             with torch.cuda.stream(local.stream):
-                frames, plans = self._decode_frames(local, path, frame_times, display_rotation(path))
+                frames, plans = self._decode_frames(local, path, frame_times, display_rotation(path), window)
                 frames.record_stream(self._consumer)  # freed only after the experts' kernels ran
             local.stream.synchronize()
         except _Mismatch as err:  # the decoder itself is fine: keep it for the next video
             out.error = f'NVDEC cannot decode this file ({err})'
         except Exception as err:  # noqa: BLE001 - NVDEC raises its own types for unsupported input
             local.decoder = None  # a decoder that failed is not reused
-            out.error = f'NVDEC cannot decode this file ({_first_error(err)})'
+            out.error = f'NVDEC cannot decode this file ({first_error(err)})'
         if out.error:
             out.seconds = time.perf_counter() - t0
             return out
         out.frames = frames
         out.duration = float(frame_times[-1, 1])
+        out.windows = window.count(out.duration)
         out.plans = plans
         out.seconds = time.perf_counter() - t0
         return out
@@ -350,8 +348,8 @@ class NvdecPool:
         video = self._timing.decode_one(0, path)
         return video.frame_times if video.frame_times is not None else video.error or 'no frame times'
 
-    def _decode_frames(self, local: _Thread, path: str, frame_times: np.ndarray, rotation: int):
-        """The needed frames in display orientation at the decode size, and every expert's rows.
+    def _decode_frames(self, local: _Thread, path: str, frame_times: np.ndarray, rotation: int, window: Window):
+        """The needed frames of `window` in display orientation at the decode size, and every expert's rows.
 
         Frames are fetched `PIECE` at a time and shrunk before the next piece: a long video cut
         into clips needs thousands of frames, too many to hold at full resolution (2,048 frames of
@@ -369,8 +367,10 @@ class NvdecPool:
         dec = local.decoder
         if len(dec) != len(frame_times):  # a count from stream metadata (Matroska/WebM headers have none)
             raise _Mismatch(f'NVDEC counts {len(dec)} frames, decord {len(frame_times)}')
-        planned, needed = plan_frames(frame_times, self.video_samplings)
+        planned, needed = plan_frames(frame_times, self.video_samplings, window)
         pieces = []
+        if not len(needed):  # a window without rows (sparse sampling): no frames
+            return torch.zeros((0, 1, 1, 3), dtype=torch.uint8, device=self.device), row_plans(planned, needed)
         for start in range(0, len(needed), PIECE):
             part = needed[start:start + PIECE].tolist()
             decoded = dec.get_batch_frames_by_index(part)
@@ -388,7 +388,7 @@ class NvdecPool:
         if rotation:
             frames = torch.rot90(frames, k=-rotation // 90, dims=(1, 2)).contiguous()
         h, w = frames.shape[1:3]
-        width, height = _resize_dims(h, w, decode_short_side(self.video_samplings.values()))
+        width, height = resize_dims(h, w, decode_short_side(self.video_samplings.values()))
         if width > 0:
             x = frames.permute(0, 3, 1, 2).float()
             x = F.interpolate(x, size=(height, width), mode='bilinear', align_corners=False, antialias=True)

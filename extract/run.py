@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from extract.decode import DECODERS, DecodedVideo, DecodePool, choose_decoder, spread
+from extract.decoders import DECODERS, choose_decoder, spread
 from extract.nvdec import DecoderStalled
+from extract.pool import DECODE_WINDOW_S, DecodePool
+from extract.sampling import DecodedVideo
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest, parse_dataset_options
@@ -71,11 +73,14 @@ class RunOptions:
     chunks_per_shard: int | None = None
     overwrite: bool = False
     progress: bool = True
+    decode_window: float = DECODE_WINDOW_S
 
     def __post_init__(self) -> None:
         if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
             raise ConfigError(f'--shard must be 0 to --num-shards - 1, and --num-shards at least 1; '
                               f'got shard {self.shard} of {self.num_shards}')
+        if not 0 <= self.decode_window < float('inf'):  # written so that NaN fails too
+            raise ConfigError(f'--decode-window must be seconds >= 0 (0: each video whole), got {self.decode_window}')
 
 
 @dataclasses.dataclass
@@ -101,21 +106,22 @@ class _Batcher:
     def __init__(self, expert: Any) -> None:
         self.expert = expert
         self.inputs: list[Any] = []
-        self.owners: list[tuple[int, int, int]] = []  # (row, first output row, count)
+        self.owners: list[tuple[int, int, int, int]] = []  # (row, part, first output row, count)
         self.queued = 0
-        self.out: dict[int, np.ndarray] = {}
+        self.out: dict[int, list[np.ndarray]] = {}  # row -> its parts' features (a part per decode window)
         self.failed: dict[int, str] = {}  # row -> why the expert failed on it
         # (owners, host features, ready event), oldest first
-        self.pending: collections.deque[tuple[list[tuple[int, int, int]], Any, Any]] = collections.deque()
+        self.pending: collections.deque[tuple[list[tuple[int, int, int, int]], Any, Any]] = collections.deque()
         self.waited = 0.0  # seconds `collect` waited for the device's results
 
     def add(self, row: int, x: Any) -> None:
-        if self.out.get(row) is None:
-            self.out[row] = np.zeros((len(x), self.expert.cfg.feature_dim), np.float32)
+        """Queue rows `x` of video `row`, after those added for it before (its earlier windows)."""
+        parts = self.out.setdefault(row, [])
+        parts.append(np.zeros((len(x), self.expert.cfg.feature_dim), np.float32))
         if not len(x):  # no rows (a video cut short before its first whole clip): nothing to batch
             return
         self.inputs.append(x)
-        self.owners.append((row, 0, len(x)))
+        self.owners.append((row, len(parts) - 1, 0, len(x)))
         self.queued += len(x)
         while self.queued >= self.expert.batch_size:
             self._run(self.expert.batch_size)
@@ -134,11 +140,11 @@ class _Batcher:
                 ready.synchronize()
                 self.waited += time.perf_counter() - t0
             feats, pos = host.numpy(), 0
-            for row, start, k in taken:
-                self.out[row][start:start + k] = feats[pos:pos + k]
+            for row, part, start, k in taken:
+                self.out[row][part][start:start + k] = feats[pos:pos + k]
                 pos += k
             self.pending.popleft()
-        return {r: self.out.pop(r) for r in rows if r in self.out}
+        return {r: np.concatenate(self.out.pop(r)) for r in rows if r in self.out}
 
     def failures(self, rows: Collection[int]) -> dict[int, str]:
         """Why the expert failed on each of `rows` that it failed on (once `collect`ed)."""
@@ -150,15 +156,15 @@ class _Batcher:
         taken, parts, left = [], [], n
         while left:
             x = self.inputs[0]
-            row, start, count = self.owners[0]
+            row, part, start, count = self.owners[0]
             k = min(left, count - start)
             parts.append(x[start:start + k])
-            taken.append((row, start, k))
+            taken.append((row, part, start, k))
             if start + k == count:
                 self.inputs.pop(0)
                 self.owners.pop(0)
             else:
-                self.owners[0] = (row, start + k, count)
+                self.owners[0] = (row, part, start + k, count)
             left -= k
         try:
             feats = self._forward(parts)
@@ -166,7 +172,7 @@ class _Batcher:
             raise  # not one video's fault: the run stops, and says so
         except Exception:  # noqa: BLE001 - one video's rows may be the cause: each video's alone, so it fails alone
             _logger.debug('%s: batch failed, redoing it a video at a time', self.expert.name, exc_info=True)
-            feats = torch.cat([self._alone(row, p) for (row, _, _), p in zip(taken, parts)])
+            feats = torch.cat([self._alone(row, p) for (row, _, _, _), p in zip(taken, parts)])
         ready = None
         if feats.is_cuda:  # copy out without waiting: the next batch is queued behind it
             host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
@@ -364,7 +370,9 @@ class _Chunk:
     active: list[Any]
     redo: dict[str, list[int]]
     results: dict[str, dict[int, VideoResult]]  # rows done without a batch: failed, per-video experts
-    stamps: dict[str, dict[int, np.ndarray]]
+    stamps: dict[str, dict[int, list[np.ndarray]]]  # a batched expert's row times, a part per decode window
+    # a per-video expert's frames and their times, a part per window, until the video's last window
+    parts: dict[str, dict[int, list[tuple[np.ndarray, np.ndarray]]]] = dataclasses.field(default_factory=dict)
     written: bool = False
 
 
@@ -569,9 +577,9 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     if pool is None and decoder == 'nvdec':
         from extract.nvdec import NvdecPool
 
-        pool = NvdecPool(samplings, device, threads=workers)
+        pool = NvdecPool(samplings, device, threads=workers, window_s=opts.decode_window)
     elif pool is None:
-        pool = DecodePool(samplings, workers=workers)
+        pool = DecodePool(samplings, workers=workers, window_s=opts.decode_window)
     writer = cf.ThreadPoolExecutor(1, thread_name_prefix='store-writer')
     writes: collections.deque[cf.Future] = collections.deque()
     t_first, waited = None, 0.0
@@ -599,7 +607,9 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
             chunk_results = _existing(stores[e.name], chunk.rows) if len(redo) < len(chunk.rows) else {}
             for r in redo:
                 done = chunk.results[e.name].get(r)
-                chunk_results[r] = done if done is not None else VideoResult(feats[r], chunk.stamps[e.name][r], DONE)
+                if done is None:
+                    done = VideoResult(feats[r], np.concatenate(chunk.stamps[e.name][r]), DONE)
+                chunk_results[r] = done
             ordered = [chunk_results[r] for r in chunk.rows]
             packed[e.name] = pack_chunk(ordered, e.cfg.max_rows, e.cfg.feature_dim, e.has_tokens, fail_unstorable=True)
             _count(tallies[e.name], packed[e.name], redo, chunk.rows, manifest.video_ids)
@@ -616,16 +626,19 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
                            {e.name: _rows_to_redo(stores[e.name], c, opts.retry_failed) for e in active},
                            {e.name: {} for e in active}, {e.name: {} for e in active})
             for r in chunk.rows:
-                t_wait = time.perf_counter()
-                video = next(decoded)
-                if t_first is None:
-                    t_first = time.time()
-                else:
-                    waited += time.perf_counter() - t_wait
-                assert video.row == r
-                failures += _feed(video, chunk, batchers, video_workers, upload)
-                if video.note:  # decoded, but not the usual way (FFmpeg fallback, a truncated file's prefix)
-                    _logger.warning('%s: %s', manifest.video_ids[r], video.note)
+                last = False
+                while not last:  # the video's decode windows, in order
+                    t_wait = time.perf_counter()
+                    video = next(decoded)
+                    if t_first is None:
+                        t_first = time.time()
+                    else:
+                        waited += time.perf_counter() - t_wait
+                    assert video.row == r
+                    failures += _feed(video, chunk, batchers, video_workers, upload)
+                    if video.note:  # decoded, but not the usual way (FFmpeg fallback, a truncated file's prefix)
+                        _logger.warning('%s: %s', manifest.video_ids[r], video.note)
+                    last = video.window + 1 >= video.windows
                 bar.update(1)
                 bar.set_postfix(failed=failures, refresh=False)
             for e in active:
@@ -687,34 +700,53 @@ def _rows_to_redo(store: ExpertStore, chunk: int, retry_failed: bool) -> list[in
 
 def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], workers: dict[str, _VideoWorker],
           upload: _Uploader) -> int:
-    """Give one decoded video to every expert that needs it; returns 1 when it failed for one
-    before its expert saw it (the per-video experts' own failures are counted when written)."""
+    """Give one decoded window of a video to every expert that needs it; returns 1 when the video
+    failed for one before its expert saw it (the per-video experts' own failures are counted when
+    written). A window that fails fails its video, whatever the earlier windows gave."""
 
     from extract.experts._base import VideoInput
 
     failed = 0
-    for e in (e for e in chunk.active if video.row in chunk.redo[e.name]):
+    row, last = video.row, video.window + 1 >= video.windows
+    for e in (e for e in chunk.active if row in chunk.redo[e.name]):
         out = chunk.results[e.name]
         if e.modality == 'audio':
+            if video.window:  # the whole waveform came with the first window
+                continue
             if video.audio_error:
-                out[video.row], failed = VideoResult.failed(video.audio_error, e.cfg.feature_dim), 1
+                out[row], failed = VideoResult.failed(video.audio_error, e.cfg.feature_dim), 1
             elif video.audio is None:
-                out[video.row] = VideoResult.skipped(e.cfg.feature_dim, 'no audio stream')
+                out[row] = VideoResult.skipped(e.cfg.feature_dim, 'no audio stream')
             else:
-                workers[e.name].submit(video.row, VideoInput(audio=video.audio))
+                workers[e.name].submit(row, VideoInput(audio=video.audio))
+            continue
+        if row in out:  # failed in an earlier window
             continue
         if video.error:
-            out[video.row], failed = VideoResult.failed(video.error, e.cfg.feature_dim), 1
+            out[row], failed = VideoResult.failed(video.error, e.cfg.feature_dim), 1
+            chunk.parts.get(e.name, {}).pop(row, None)
             continue
         plan = video.plans[e.name]
-        if e.per_video:
-            workers[e.name].submit(video.row, VideoInput(frames=_host(video.frames, plan.index[:, 0]),
-                                                         timestamps=plan.timestamps))
+        if e.per_video:  # its libraries take a whole video's frames: they wait for the last window
+            parts = chunk.parts.setdefault(e.name, {}).setdefault(row, [])
+            parts.append((_host(video.frames, plan.index[:, 0]), plan.timestamps))
+            if last:
+                frames, stamps = _joined(chunk.parts[e.name].pop(row))
+                workers[e.name].submit(row, VideoInput(frames=frames, timestamps=stamps))
             continue
-        batchers[e.name].add(video.row, _Rows(video.frames, plan.index[:, 0] if e.cfg.sampling == 'frames'
-                                              else plan.index, upload))
-        chunk.stamps[e.name][video.row] = plan.timestamps
+        batchers[e.name].add(row, _Rows(video.frames, plan.index[:, 0] if e.cfg.sampling == 'frames'
+                                        else plan.index, upload))
+        chunk.stamps[e.name].setdefault(row, []).append(plan.timestamps)
     return int(failed)
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """A video's frames and times from its windows' parts (windows without rows left out: their
+    empty frames may have another shape)."""
+    kept = [p for p in parts if len(p[1])] or parts[:1]
+    if len(kept) == 1:
+        return kept[0]
+    return np.concatenate([f for f, _ in kept]), np.concatenate([t for _, t in kept])
 
 
 class _Rows:
@@ -873,6 +905,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'there)')
     p.add_argument('--overwrite', action='store_true',
                    help='start these experts\' stores again (deleted once the command is checked and the models load)')
+    p.add_argument('--decode-window', type=float, default=d.decode_window, metavar='SECONDS',
+                   help='seconds of a video decoded and fed to the experts at once: the memory a long video takes '
+                        'is that of a window, not of its duration; 0 decodes each video whole '
+                        '(default: %(default)g)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')
     p.add_argument('--list', action='store_true', help='list the experts and exit')
     return p
@@ -902,7 +938,7 @@ def main(argv: list[str] | None = None) -> int:
                           dataset_options=parse_dataset_options(args.dataset_option), retry_failed=args.retry_failed,
                           workers=args.workers, chunk_size=args.chunk_size,
                           chunks_per_shard=args.chunks_per_shard, overwrite=args.overwrite,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, decode_window=args.decode_window)
         if args.weights and args.weights != 'random' and len(opts.experts) > 1 and ':' not in args.weights:
             raise ConfigError('--weights PATH needs a single --expert (use --set EXPERT.weights=PATH for several)')
         previous = signal.signal(signal.SIGTERM, _sigterm)

@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                    help='an expert setting, as python -m extract --set (EXPERT.KEY=VALUE for one expert)')
     p.add_argument('--decode-workers', type=int, default=1,
                    help='decode processes inside each worker (default: %(default)s)')
+    p.add_argument('--decode-window', type=float, default=d.decode_window, metavar='SECONDS',
+                   help='seconds of a video decoded at once, as python -m extract --decode-window (default: %(default)g)')
     p.add_argument('--chunk-size', type=int, default=None,
                    help="videos per chunk of a new store, the unit of work (default: the existing stores', else "
                         "python -m extract's)")
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset=args.dataset, experts=args.experts.split(','), data_root=args.data_root,
             features_root=args.features_root, device=args.device, weights=args.weights,
             settings=parse_overrides(args.settings), retry_failed=args.retry_failed, workers=args.decode_workers,
-            chunk_size=args.chunk_size, chunks_per_shard=args.chunks_per_shard))
+            chunk_size=args.chunk_size, chunks_per_shard=args.chunks_per_shard, decode_window=args.decode_window))
         slurm = {'partition': args.slurm_partition, 'cores': args.slurm_cores, 'memory': args.slurm_memory,
                  'walltime': args.slurm_walltime, 'log_directory': args.slurm_log_directory}
         client = make_client(args.scheduler, args.workers, args.gpus, 1, slurm)

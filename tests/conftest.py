@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """Run a test marked `own_process` in a fresh pytest process: the NVDEC tests must not share
-    one with decord, which other tests load (`extract.decode.refuse_ffmpeg_clash`)."""
+    one with decord, which other tests load (`extract.decoders.refuse_ffmpeg_clash`)."""
     if pyfuncitem.get_closest_marker('own_process') is None or os.environ.get(IN_OWN_PROCESS):
         return None
     proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', pyfuncitem.nodeid],

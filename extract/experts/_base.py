@@ -1,6 +1,6 @@
 """The expert contract: a config (input contract + weights), a model, and pure compute on rows.
 
-An expert receives rows that `extract.decode` has cut from one decode of the video (frames or
+An expert receives rows that the decoder (`extract.sampling` plans them) has cut from one decode of the video (frames or
 clips, uint8), preprocesses them on its device (resize, centre crop, normalise) and returns one
 feature vector per row. It opens no files and writes no stores: the runner does that.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from extract.decode import Sampling
+from extract.sampling import Sampling
 from extract.weights import ResolvedWeights, WeightsError, load_state_dict, resolve_weights
 from shared.store import VideoResult
 
@@ -75,7 +75,8 @@ class ExpertCfg:
             (tests/extract/test_fidelity_frames.py); k = 1 is what stores made before this setting
             used (there: mean-abs up to 2.9/255, max-abs up to 204/255).
         mean, std: normalisation of [0, 1] RGB.
-        max_rows: the store's T (rows kept per video; longer videos get rows spread evenly).
+        max_rows: the store's T (rows kept per video: 1 per `fps` up to T, and T rows spread evenly
+            over a longer video). A dataset whose videos are long raises it (`extract.presets`).
         batch_size: rows per forward pass (across videos); 0 chooses by device: 32 on the CPU, and on
             CUDA 128 frames or 32 clips (an H100 ran SENet-154 at 886 images/s with 32, 2,406 with 128).
         cuda_graph: on CUDA, run a frame or clip expert's forward pass as a CUDA graph captured

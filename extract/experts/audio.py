@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from extract.decode import AUDIO_RATE
+from extract.sampling import AUDIO_RATE
 from extract.experts import EXPERTS, build_expert
 from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
 from extract.weights import ResolvedWeights, WeightsError, load_state_dict, resolve_weights

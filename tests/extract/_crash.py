@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from extract.decode import DecodedVideo, Sampling, decode_video, index_video
+from extract.decode import decode_video, index_video
+from extract.sampling import WHOLE, DecodedVideo, Sampling, Window
 
 
 def _crash_or_hang(path: str) -> None:
@@ -16,12 +17,12 @@ def _crash_or_hang(path: str) -> None:
         time.sleep(3600)
 
 
-def decode_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+def decode_or_crash(row: int, path: str, samplings: dict[str, Sampling], window: Window = WHOLE) -> DecodedVideo:
     _crash_or_hang(path)
-    return decode_video(row, path, samplings)
+    return decode_video(row, path, samplings, window)
 
 
-def index_or_crash(row: int, path: str, samplings: dict[str, Sampling]) -> DecodedVideo:
+def index_or_crash(row: int, path: str, samplings: dict[str, Sampling], window: Window = WHOLE) -> DecodedVideo:
     """`index_video`, with crash.* and hang.* as in `decode_or_crash`."""
     _crash_or_hang(path)
     return index_video(row, path, samplings)

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.decode import DecodedVideo, DecodePool, Sampling, _with_ffmpeg, decode_video, plan_rows
+from extract.decode import _with_ffmpeg, decode_video
+from extract.pool import DecodePool
+from extract.sampling import WHOLE, DecodedVideo, Sampling, plan_rows
 
 
 def _times(n: int, fps: float = 25.0) -> np.ndarray:
@@ -101,7 +103,7 @@ def test_ffmpeg_fallback_gives_decords_rows_times_and_pixels(odd_videos: Path, n
     for samplings in (SAMPLINGS, {'f': Sampling('frames', fps=1.0, short_side=1024)}):  # resized, full size
         want, got = decode_video(0, path, samplings), DecodedVideo(0)
         assert 'FFmpeg' not in want.note  # the reference is decord's, not FFmpeg compared with itself
-        assert _with_ffmpeg(got, path, samplings, 'test') == '' and 'decoded with FFmpeg' in got.note
+        assert _with_ffmpeg(got, path, samplings, WHOLE, 'test') == '' and 'decoded with FFmpeg' in got.note
         assert got.duration == pytest.approx(want.duration, abs=1e-3)
         for k in samplings:
             np.testing.assert_array_equal(got.plans[k].index, want.plans[k].index)
@@ -251,7 +253,7 @@ def test_pool_keeps_order(odd_videos: Path) -> None:
 def test_pool_workers_run_below_the_main_process() -> None:
     import os
 
-    from extract.decode import WORKER_NICE
+    from extract.pool import WORKER_NICE
 
     with DecodePool(SAMPLINGS, workers=1) as pool:
         assert pool._start().submit(os.nice, 0).result() == min(19, os.nice(0) + WORKER_NICE)
@@ -261,9 +263,9 @@ def test_pool_workers_run_below_the_main_process() -> None:
 def test_pool_gives_up_on_a_video_after_a_limit_that_grows_with_the_file(odd_videos: Path, per_mb: float,
                                                                          fails: bool, monkeypatch: pytest.MonkeyPatch
                                                                          ) -> None:
-    from extract import decode
+    from extract import pool as pool_module
 
-    monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', per_mb)
+    monkeypatch.setattr(pool_module, 'TIMEOUT_S_PER_MB', per_mb)
     good = str(odd_videos / 'good.mp4')  # 88 KB; the limit: 0.01 s, or 88,000 s at 1e6 s per MB
     with DecodePool(SAMPLINGS, workers=1, timeout=0.01) as pool:
         out = list(pool.imap([(0, good), (1, good)]))
@@ -321,10 +323,10 @@ def test_decode_one_fails_a_hung_video_then_goes_on(odd_videos: Path, tmp_path: 
     import threading
     import time
 
-    from extract import decode
+    from extract import pool as pool_module
     from tests.extract._crash import decode_or_crash
 
-    monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', 0.0)
+    monkeypatch.setattr(pool_module, 'TIMEOUT_S_PER_MB', 0.0)
     hang, good = (path for _, path in _copies(odd_videos, tmp_path, ['hang.mp4', 'good.mp4']))
     with DecodePool(SAMPLINGS, workers=1, timeout=2.0, work=decode_or_crash) as pool:
         v = pool.decode_one(0, hang)
@@ -346,16 +348,16 @@ def test_pool_decodes_fewer_ahead_when_videos_are_large(odd_videos: Path, monkey
                                                         max_bytes: int, later: int) -> None:
     """One video per worker until the first is in; then as many ahead as `max_bytes` holds of the
     largest video so far (at least one), and never more than `prefetch` per worker."""
-    import extract.decode as decode
+    import extract.pool as pool_module
 
     depths: list[int] = []
 
-    def recording(queue, todo, depth, submit) -> None:  # noqa: ANN001 - the wrapped function's arguments
+    def recording(queue, todo, depth, submit, seconds) -> None:  # noqa: ANN001 - the wrapped function's arguments
         depths.append(depth)
-        real(queue, todo, depth, submit)
+        real(queue, todo, depth, submit, seconds)
 
-    real = decode.prefetch
-    monkeypatch.setattr(decode, 'prefetch', recording)
+    real = pool_module.prefetch
+    monkeypatch.setattr(pool_module, 'prefetch', recording)
     names = ['good.mp4', 'vp9.webm', 'mpeg4.avi', 'good.mp4', 'rotated.mp4', 'good.mp4']
     with DecodePool(SAMPLINGS, workers=2, prefetch=2, max_bytes=max_bytes) as pool:
         out = list(pool.imap([(i, str(odd_videos / n)) for i, n in enumerate(names)]))

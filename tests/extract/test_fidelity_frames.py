@@ -213,7 +213,7 @@ def test_decode_resize_stays_within_its_stated_tolerance(sharp_videos, size):
 def test_decode_resize_needs_every_frame_expert():
     """One expert at native size keeps the decode at native size: no expert's frames are shrunk
     unless it asked for it."""
-    from extract.decode import decode_short_side
+    from extract.sampling import decode_short_side
 
     fast = create_expert('object', weights='random', decode_resize=2).cfg.sampling_spec()
     native = create_expert('scene', weights='random').cfg.sampling_spec()

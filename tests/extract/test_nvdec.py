@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from extract.decode import DecodePool, Sampling, choose_decoder, read_frame_times
-from extract.nvdec import NvdecPool, display_rotation, nvdec_available
+from extract.decode import read_frame_times
+from extract.decoders import choose_decoder, nvdec_available
+from extract.nvdec import NvdecPool, display_rotation
+from extract.pool import DecodePool
+from extract.sampling import DecodedVideo, Sampling, Window
 from tests.conftest import IN_OWN_PROCESS
 
 gpu = pytest.mark.skipif(bool(nvdec_available()), reason=f'NVDEC unavailable: {nvdec_available()}')
@@ -64,10 +67,10 @@ def test_auto_judges_the_videos_by_the_median_of_a_few(odd_videos: Path, tmp_pat
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
-    from extract.decode import spread
+    from extract.decoders import spread
     from shared.media import ffmpeg_exe
 
-    monkeypatch.setattr('extract.nvdec.nvdec_available', lambda: '')  # as on a GPU with PyNvVideoCodec
+    monkeypatch.setattr('extract.decoders.nvdec_available', lambda: '')  # as on a GPU with PyNvVideoCodec
     big, small = str(tmp_path / 'big.mp4'), str(odd_videos / 'good.mp4')
     subprocess.run([ffmpeg_exe(), '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=1280x720:rate=25:duration=0.2',
                     '-c:v', 'libx264', '-pix_fmt', 'yuv420p', big], check=True)
@@ -85,11 +88,10 @@ def test_frame_index_processes_survive_a_crash_and_a_hang(odd_videos: Path, tmp_
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The NVDEC path's decord timing processes (no GPU needed for this part): a file that kills
     or hangs one gets a reason, and the next file is indexed by fresh processes."""
-    from extract import decode
-    from extract.decode import read_frame_times
+    from extract import pool as pool_module
     from tests.extract._crash import index_or_crash
 
-    monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', 0.0)
+    monkeypatch.setattr(pool_module, 'TIMEOUT_S_PER_MB', 0.0)
     good = str(odd_videos / 'good.mp4')
     for name in ('crash.mp4', 'hang.mp4'):
         (tmp_path / name).write_bytes((odd_videos / 'good.mp4').read_bytes())
@@ -109,19 +111,20 @@ def test_a_decode_thread_that_hangs_is_left_behind(monkeypatch: pytest.MonkeyPat
     stops once more than MAX_LEFT_BEHIND threads hung. The hung threads never block the exit."""
     import threading
 
-    from extract import decode, nvdec
-    from extract.decode import DecodedVideo
+    from extract import nvdec
+    from extract import pool as pool_module
 
-    monkeypatch.setattr(decode, 'TIMEOUT_S_PER_MB', 0.0)
+    monkeypatch.setattr(pool_module, 'TIMEOUT_S_PER_MB', 0.0)
     release = threading.Event()
 
-    def fake_decode(row: int, path: str) -> DecodedVideo:
+    def fake_decode(row: int, path: str, window: Window) -> DecodedVideo:
         if path.startswith('hang'):
             release.wait()
         return DecodedVideo(row, note=f'{path} in {threading.current_thread().name}')
 
     pool = NvdecPool.__new__(NvdecPool)  # the threads only: __init__ needs a CUDA device
     pool.threads, pool.depth, pool.max_bytes, pool._pool, pool._left_behind = 2, 4, 1 << 30, None, 0
+    pool.window_s = 30.0
     pool._cpu, pool._gpu_or_cpu = DecodePool({}, workers=1, timeout=0.2), fake_decode  # a limit of 3 x 0.2 s
     names = ['a', 'hang1', 'b', 'c', 'hang2', 'd', 'hang3', 'e']
     got = pool.imap(list(enumerate(names)))

@@ -1,0 +1,228 @@
+"""How each expert samples a video, row plans cut from the decoder's per-frame times, and the
+decoded-video record that every decoding backend (decord, FFmpeg, NVDEC) returns.
+
+Row plans are computed from the decoder's own per-frame timestamps, so variable frame rate is
+exact: a frame row is the frame on screen at the centre of its sampling bin, a clip row is
+`clip_len` frames around that centre, and every row carries the exact [start, end) seconds of
+the frames it holds. Only the union of the frames that some expert needs is decoded, once.
+
+A long video is decoded a window of seconds at a time (`Window`): each window holds the rows whose
+middle falls in it, for every expert, so the frames in flight are bounded by the window, not by the
+video's duration, and the windows' rows, in order, are the whole video's rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import stat
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+__all__ = ['AUDIO_RATE', 'Sampling', 'RowPlan', 'DecodedVideo', 'Window', 'WHOLE', 'plan_rows', 'plan_frames',
+           'row_plans', 'decode_short_side', 'resize_dims', 'precheck', 'first_error']
+
+#: every audio expert (VGGish, whisper) takes 16 kHz mono
+AUDIO_RATE = 16000
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How one expert samples a video.
+
+    Args:
+        kind: ``frames`` (one frame per row) or ``clips`` (`clip_len` frames per row).
+        fps: rows per second.
+        clip_len: frames per clip.
+        clip_fps: frame rate inside a clip; None takes consecutive frames at the video's own rate.
+        max_rows: the store's T; a longer video gets T rows spread evenly over its duration.
+        short_side: the short side the decoder may shrink frames to (a speed option, see
+            `ExpertCfg.decode_resize`); 0: frames at the video's native size.
+    """
+
+    kind: str = 'frames'
+    fps: float = 1.0
+    clip_len: int = 1
+    clip_fps: float | None = None
+    max_rows: int = 128
+    short_side: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ('frames', 'clips', 'audio'):
+            raise ValueError(f'sampling kind must be frames, clips or audio, got {self.kind!r}')
+        if not 0 < self.fps < math.inf:  # written so that NaN fails too
+            raise ValueError(f'fps must be a positive number, got {self.fps}')
+        if self.clip_fps is not None and not 0 < self.clip_fps < math.inf:
+            raise ValueError(f"clip_fps must be a positive number, or null for the video's own rate, "
+                             f'got {self.clip_fps}')
+        for name in ('clip_len', 'max_rows'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The part of a video one decode covers: window `index` of windows `seconds` long.
+
+    Args:
+        index: 0 for the first window, which also reads the audio and tells how many there are.
+        seconds: the window's length; 0 for the whole video in one window.
+    """
+
+    index: int = 0
+    seconds: float = 0.0
+
+    def count(self, duration: float) -> int:
+        """Windows of a video of `duration` seconds (at least one)."""
+        return max(1, math.ceil(duration / self.seconds - 1e-9)) if self.seconds > 0 else 1
+
+    def rows(self, stamps: np.ndarray, duration: float) -> np.ndarray:
+        """Which of an expert's rows (their (L, 2) seconds) lie in this window: those whose middle does
+        (the last window takes every row past its start, whatever the rounding)."""
+        if self.seconds <= 0:
+            return np.ones(len(stamps), bool)
+        mid = stamps.astype(np.float64).mean(axis=1)
+        last = self.index + 1 >= self.count(duration)
+        return (mid >= self.index * self.seconds) & (last | (mid < (self.index + 1) * self.seconds))
+
+
+#: the whole video in one window
+WHOLE = Window()
+
+
+@dataclasses.dataclass
+class RowPlan:
+    """One expert's rows in a decoded video: indices into `DecodedVideo.frames`, and times."""
+
+    index: np.ndarray  # (L, clip_len) int
+    timestamps: np.ndarray  # (L, 2) float32 seconds
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+    """The frames one video contributes, shared by all experts, or why there are none."""
+
+    row: int
+    frames: Any = None  # (F, H, W, 3) uint8: numpy (decord), or a CUDA tensor (NVDEC)
+    plans: dict[str, RowPlan] = dataclasses.field(default_factory=dict)
+    duration: float = 0.0
+    error: str = ''
+    note: str = ''
+    seconds: float = 0.0
+    audio: np.ndarray | None = None  # mono float32 at AUDIO_RATE; None: no audio stream (or audio_error)
+    audio_error: str = ''
+    frame_times: np.ndarray | None = None  # (N, 2) seconds of every frame: from `index_video` only
+    window: int = 0  # which window of the video these frames and rows are
+    windows: int = 1  # windows of the video, in all
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the decoded frames (numpy or torch: both have `nbytes`) and audio."""
+        return int(getattr(self.frames, 'nbytes', 0)) + (self.audio.nbytes if self.audio is not None else 0)
+
+
+def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of one expert from the per-frame [start, end) times of a video.
+
+    Returns:
+        (index, timestamps): frame indices (L, clip_len) into the video, and (L, 2) seconds.
+    """
+    n_frames = len(frame_times)
+    starts = frame_times[:, 0]
+    duration = float(frame_times[-1, 1])
+    n = max(1, math.ceil(duration * s.fps - 1e-6))
+    step = 1.0 / s.fps
+    if n > s.max_rows:
+        n, step = s.max_rows, duration / s.max_rows
+    centres = np.minimum((np.arange(n) + 0.5) * step, np.nextafter(duration, 0))
+    centre_idx = np.clip(np.searchsorted(starts, centres, side='right') - 1, 0, n_frames - 1)
+    if s.kind == 'frames' or s.clip_len == 1:
+        index = centre_idx[:, None]
+    elif s.clip_fps:
+        offsets = (np.arange(s.clip_len) - s.clip_len / 2 + 0.5) / s.clip_fps
+        times = np.clip(centres[:, None] + offsets[None, :], 0.0, np.nextafter(duration, 0))
+        index = np.clip(np.searchsorted(starts, times, side='right') - 1, 0, n_frames - 1)
+    else:
+        first = np.clip(centre_idx - s.clip_len // 2, 0, max(n_frames - s.clip_len, 0))
+        index = np.minimum(first[:, None] + np.arange(s.clip_len)[None, :], n_frames - 1)
+    stamps = np.stack([frame_times[index[:, 0], 0], frame_times[index[:, -1], 1]], axis=1)
+    return index.astype(np.int64), stamps.astype(np.float32)
+
+
+def decode_short_side(samplings: Iterable[Sampling]) -> int:
+    """The short side to decode to: 0 (native size) unless every sampling allows a smaller one,
+    and then the largest they allow, so that no expert's frames are shrunk past what it asked for."""
+    sides = [s.short_side for s in samplings]
+    return 0 if not sides or 0 in sides else max(sides)
+
+
+def resize_dims(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """Decode size: short side to `short_side` (never upscaled), even dimensions; (-1, -1) for
+    the native size (`short_side` 0, or no smaller)."""
+    scale = short_side / min(height, width)
+    if not short_side or scale >= 1.0:
+        return -1, -1
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+
+def first_error(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    text = [t for t in text if t.strip() and not t.startswith(('Stack trace', '  ['))]
+    # decord's messages start with its clock and source line, once per level: "[21:00:12] .../video_reader.cc:430: "
+    return re.sub(r'^(?:\[\d\d:\d\d:\d\d\] \S+:\d+: )+', '', text[-1] if text else type(err).__name__)[:300]
+
+
+def precheck(row: int, path: str, samplings: dict[str, Sampling], window: Window = WHOLE) -> DecodedVideo:
+    """What every backend does first: a missing, empty or unreadable file, or one that is not a
+    regular file (a FIFO would block the decoder for ever), is an error; audio is read when asked,
+    with the first window (the audio experts take the whole waveform)."""
+    out = DecodedVideo(row, window=window.index)
+    out.error = _not_a_video_file(path)
+    if out.error:
+        out.audio_error = out.error
+    elif window.index == 0 and any(s.kind == 'audio' for s in samplings.values()):
+        from shared.media import load_audio
+
+        out.audio, out.audio_error = load_audio(path, AUDIO_RATE)
+    return out
+
+
+def _not_a_video_file(path: str) -> str:
+    """Why `path` cannot be opened as a video file, before any decoder tries; '' if it may be."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f'file not found: {path}'
+    except OSError as err:
+        return f'cannot read the file: {err.strerror or err}'
+    if stat.S_ISDIR(st.st_mode):
+        return 'a directory, not a video file'
+    if not stat.S_ISREG(st.st_mode):
+        return 'not a regular file (a pipe, socket or device)'
+    if st.st_size == 0:
+        return 'empty file (0 bytes)'
+    if not os.access(path, os.R_OK):
+        return 'cannot read the file: permission denied'
+    return ''
+
+
+def plan_frames(frame_times: np.ndarray, samplings: dict[str, Sampling], window: Window = WHOLE
+                ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Every expert's rows (`plan_rows`) in `window`, and the sorted frames they need: each decoded
+    once. The rows are planned over the whole video, so every window cuts them alike."""
+    duration = float(frame_times[-1, 1])
+    plans = {}
+    for name, s in samplings.items():
+        index, stamps = plan_rows(frame_times, s)
+        keep = window.rows(stamps, duration)
+        plans[name] = index[keep], stamps[keep]
+    return plans, np.unique(np.concatenate([idx.ravel() for idx, _ in plans.values()]).astype(np.int64))
+
+
+def row_plans(plans: dict[str, tuple[np.ndarray, np.ndarray]], needed: np.ndarray) -> dict[str, RowPlan]:
+    """`plans` with their frame indices into the decoded frames (`needed`) instead of the video."""
+    return {name: RowPlan(np.searchsorted(needed, idx), stamps) for name, (idx, stamps) in plans.items()}
