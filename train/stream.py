@@ -16,6 +16,12 @@ chunks (`rank_world`: torch.distributed's rank and world size when it is initial
 Memory: at most the budget's worth of data is held at once: the chunks in flight (each worker's
 one being read plus its prefetched ones, and the one the main process consumes), the shuffle
 buffer's videos and the batches being formed. A budget smaller than one chunk is an error.
+Besides, the part keeps each video's row count and availability per expert (5 bytes).
+
+Cost: the readers share the CPU with the training step (on a small machine, its cores), so a
+unit's read is kept cheap: only the arrays the model uses are read, a unit's chunk sums are
+checked on its first read in a run, and later reads take its lengths and availability from
+that read (`StreamedPart.kept`) and read only its rows.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from shared.resources import cpu_limit, format_bytes, memory_limit, parse_bytes
 from shared.store import ExpertStore, StoreError, open_store
 from train.captions import CaptionData, CaptionEncoder
 from train.config import TrainCfg
-from train.data import SplitData, _copy, aggregate, caption_groups, load_split, open_expert_store, split_captions
+from train.data import SplitData, _copy, aggregate, aggregated_arrays, caption_groups, load_split, open_expert_store, split_captions
 from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 
@@ -97,6 +103,15 @@ class StreamedPart:
     random_weights: list[str]
     workers: int = 0
     prefetch: int = 1
+    #: (U,) the units read once in this run, which checked them against their chunk sums
+    checked: np.ndarray = dataclasses.field(init=False)
+    #: each video's (lengths, available) per expert, as a unit's first read found them: later reads of
+    #: the unit read only its rows (`_Units`)
+    kept: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.checked = np.zeros(len(self.bounds) - 1, bool)
+        self.kept = {spec.name: (np.zeros(len(self), np.int32), np.zeros(len(self), bool)) for spec in self.experts}
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -107,12 +122,17 @@ class StreamedPart:
 
     def chunks(self, units: Sequence[int]) -> Iterator[dict[str, Fields]]:
         """The aggregated videos of `units`, in that order, read by the worker processes."""
-        reader = _Units(self, np.asarray(units, np.int64))
-        if self.workers == 0:
-            yield from reader
-            return
-        yield from torch.utils.data.DataLoader(reader, batch_size=None, num_workers=self.workers,
-                                               prefetch_factor=self.prefetch)
+        units = np.asarray(units, np.int64)
+        reader = _Units(self, units)
+        loader = reader if self.workers == 0 else torch.utils.data.DataLoader(
+            reader, batch_size=None, num_workers=self.workers, prefetch_factor=self.prefetch)
+        for u, (data, first) in zip(units.tolist(), loader):
+            if first is not None:  # its first read: it arrived, so its chunks passed the check
+                videos = slice(self.bounds[u], self.bounds[u + 1])
+                for name, (lengths, available) in first.items():
+                    self.kept[name][0][videos], self.kept[name][1][videos] = lengths.numpy(), available.numpy()
+                self.checked[u] = True
+            yield data
 
     def video_batches(self, batch: int) -> Iterator[dict[str, ExpertInput]]:
         """Every video in order, a store chunk at a time (`batch` is the in-memory part's)."""
@@ -125,21 +145,34 @@ class _Units(torch.utils.data.IterableDataset):
 
     def __init__(self, part: StreamedPart, units: np.ndarray) -> None:
         self.experts, self.paths, self.rows, self.bounds = part.experts, part.paths, part.rows, part.bounds
-        self.units = units
+        self.units, self.checked, self.kept = units, part.checked, part.kept
 
-    def __iter__(self) -> Iterator[dict[str, Fields]]:
+    def __iter__(self) -> Iterator[tuple[dict[str, Fields], dict[str, tuple[torch.Tensor, torch.Tensor]] | None]]:
+        """(a unit's aggregated videos, and on its first read in the run what `StreamedPart.kept` keeps)."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         stores = {spec.name: open_store(self.paths[spec.name], warn_random=False) for spec in self.experts}
+        # tensors, not arrays: a worker passes them through shared memory, not a pipe
+        tensors = lambda arrays: tuple(None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+                                       for a in arrays)
         for u in self.units[worker::workers].tolist():
             videos = np.arange(self.bounds[u], self.bounds[u + 1])
-            out = {}
+            again = bool(self.checked[u])
+            out, first = {}, {}
             for spec in self.experts:
-                e = aggregate(spec, stores[spec.name].read(rows=self.rows[spec.name][videos]))
-                # tensors, not arrays: a worker passes them through shared memory, not a pipe
-                out[spec.name] = tuple(None if a is None else torch.from_numpy(np.ascontiguousarray(a))
-                                       for a in (e.x, e.available, e.mask, e.times))
-            yield out
+                # A unit is read every epoch, and each Zarr array read costs a call per chunk: after
+                # the first read, which checks the chunk sums, only the rows are read again.
+                arrays = aggregated_arrays(spec)
+                if again:
+                    arrays = tuple(a for a in arrays if a not in ('lengths', 'available'))
+                rows = stores[spec.name].read(rows=self.rows[spec.name][videos], arrays=arrays, verify=not again)
+                if again:
+                    rows.lengths, rows.available = (a[videos] for a in self.kept[spec.name])
+                else:
+                    first[spec.name] = tensors((rows.lengths, rows.available))
+                e = aggregate(spec, rows)
+                out[spec.name] = tensors((e.x, e.available, e.mask, e.times))
+            yield out, (None if again else first)
 
 
 def load_part(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],

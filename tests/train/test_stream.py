@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 import yaml
 
 from shared.datasets import load_manifest
-from shared.store import StoreSpec, VideoResult, create_store, pack_chunk, store_path
+from shared.store import ExpertStore, StoreError, StoreSpec, VideoResult, create_store, pack_chunk, store_path
 from train.captions import build_caption_encoder
 from train.config import TrainCfg, load_run_cfg
 from train.data import load_split
@@ -123,6 +124,41 @@ def test_batch_order_depends_on_seed_and_epoch_not_on_the_reader_processes(small
 
     assert order(0, 0) == order(2, 0) == order(1, 0)
     assert order(1, 1) != order(1, 0)
+
+
+def test_a_streamed_run_checks_each_chunk_against_its_sums_once(small: tuple[Path, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit is read every epoch; its chunks are checked against their sums the first time only,
+    and later reads take its lengths and availability from the first (the reader's cost per batch
+    is the step's rival for the CPU): they read no other file, and give the same inputs."""
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', shuffle_buffer=32, data_workers=0)
+    part = load_part(manifest, 'official', 'train', small[1], cfg.model.experts, captions, cfg.train, False)
+    checked: list[tuple[str, int]] = []
+    damage = ExpertStore.damage
+    monkeypatch.setattr(ExpertStore, 'damage', lambda self, chunk, data: checked.append((self.path.name, chunk))
+                        or damage(self, chunk, data))
+    feed = StreamFeed(part, torch.device('cpu'), 32)
+
+    def epoch(k: int) -> list[bytes]:
+        return [b''.join(x.numpy().tobytes() for x in (v['object'].x, v['object'].mask, v['audio'].times, t.x))
+                for v, t in feed.epoch(16, np.random.default_rng([0, k]))]
+
+    first = epoch(0)
+    assert sorted(checked) == sorted({(f'{name}.zarr', c) for name in SMALL for c in range(19)})
+    checked.clear()
+    assert epoch(1) != first and not checked
+    copy = tmp_path / 'features'
+    shutil.copytree(small[1], copy)
+    part.paths = {name: copy / 'demo' / f'{name}.zarr' for name in SMALL}
+    for name in SMALL:  # files that later reads do not open
+        for array in ('lengths', 'available', 'chunk_sums'):
+            for f in (copy / 'demo' / f'{name}.zarr' / array / 'c').iterdir():
+                f.write_bytes(b'\x00garbage')
+    assert epoch(0) == first and not checked
+    monkeypatch.undo()
+    fresh = load_part(manifest, 'official', 'train', copy, cfg.model.experts, captions, cfg.train, False)
+    with pytest.raises(StoreError, match='cannot be read'):  # a new run reads them
+        next(StreamFeed(fresh, torch.device('cpu'), 32).epoch(16, np.random.default_rng([0, 0])))
 
 
 def test_a_streamed_part_evaluates_a_chunk_at_a_time_to_the_same_metrics(small: tuple[Path, Path],
