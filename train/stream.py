@@ -50,8 +50,7 @@ BUDGET_SHARE = 0.25
 #: prefetched chunks per reader process at most (the budget may allow fewer)
 MAX_PREFETCH = 2
 
-Fields = tuple[torch.Tensor | None, ...]  # an expert's (x, available, mask, times), as `ExpertInput`
-Arrays = tuple[np.ndarray | None, ...]  # the same in numpy
+Arrays = tuple[np.ndarray | None, ...]  # an expert's (x, available, mask, times), as `ExpertInput`
 
 
 def rank_world() -> tuple[int, int]:
@@ -120,7 +119,7 @@ class StreamedPart:
     def unit_sizes(self) -> np.ndarray:
         return np.diff(self.bounds)
 
-    def chunks(self, units: Sequence[int]) -> Iterator[dict[str, Fields]]:
+    def chunks(self, units: Sequence[int]) -> Iterator[dict[str, Arrays]]:
         """The aggregated videos of `units`, in that order, read by the worker processes."""
         units = np.asarray(units, np.int64)
         reader = _Units(self, units)
@@ -129,15 +128,16 @@ class StreamedPart:
         for u, (data, first) in zip(units.tolist(), loader):
             if first is not None:  # its first read: it arrived, so its chunks passed the check
                 videos = slice(self.bounds[u], self.bounds[u + 1])
-                for name, (lengths, available) in first.items():
-                    self.kept[name][0][videos], self.kept[name][1][videos] = lengths.numpy(), available.numpy()
+                for name, (lengths, available) in _unpack(*first).items():
+                    self.kept[name][0][videos], self.kept[name][1][videos] = lengths, available
                 self.checked[u] = True
-            yield data
+            yield _unpack(*data)
 
     def video_batches(self, batch: int) -> Iterator[dict[str, ExpertInput]]:
         """Every video in order, a store chunk at a time (`batch` is the in-memory part's)."""
         for data in self.chunks(range(len(self.bounds) - 1)):
-            yield {name: ExpertInput(*f) for name, f in data.items()}
+            yield {name: ExpertInput(*(None if a is None else torch.from_numpy(a) for a in f))
+                   for name, f in data.items()}
 
 
 class _Units(torch.utils.data.IterableDataset):
@@ -147,14 +147,12 @@ class _Units(torch.utils.data.IterableDataset):
         self.experts, self.paths, self.rows, self.bounds = part.experts, part.paths, part.rows, part.bounds
         self.units, self.checked, self.kept = units, part.checked, part.kept
 
-    def __iter__(self) -> Iterator[tuple[dict[str, Fields], dict[str, tuple[torch.Tensor, torch.Tensor]] | None]]:
-        """(a unit's aggregated videos, and on its first read in the run what `StreamedPart.kept` keeps)."""
+    def __iter__(self) -> Iterator[tuple[Packed, Packed | None]]:
+        """(a unit's aggregated videos, and on its first read in the run what `StreamedPart.kept`
+        keeps), each `_pack`ed."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         stores = {spec.name: open_store(self.paths[spec.name], warn_random=False) for spec in self.experts}
-        # tensors, not arrays: a worker passes them through shared memory, not a pipe
-        tensors = lambda arrays: tuple(None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-                                       for a in arrays)
         for u in self.units[worker::workers].tolist():
             videos = np.arange(self.bounds[u], self.bounds[u + 1])
             again = bool(self.checked[u])
@@ -169,10 +167,51 @@ class _Units(torch.utils.data.IterableDataset):
                 if again:
                     rows.lengths, rows.available = (a[videos] for a in self.kept[spec.name])
                 else:
-                    first[spec.name] = tensors((rows.lengths, rows.available))
+                    first[spec.name] = (rows.lengths, rows.available)
                 e = aggregate(spec, rows)
-                out[spec.name] = tensors((e.x, e.available, e.mask, e.times))
-            yield out, (None if again else first)
+                out[spec.name] = (e.x, e.available, e.mask, e.times)
+            yield _pack(out, info is not None), (None if again else _pack(first, info is not None))
+
+
+#: arrays in one byte tensor, and where each lies in it: {name: ((dtype, shape, offset) or None, ...)}
+Packed = tuple[torch.Tensor, dict[str, tuple[tuple[str, tuple[int, ...], int] | None, ...]]]
+
+
+def _pack(groups: dict[str, Arrays], shared: bool) -> Packed:
+    """`groups`' arrays copied into one byte tensor, in shared memory when `shared` (a reader
+    process): the DataLoader passes each tensor through a file descriptor of its own, sent over a
+    socket, which cost some ms per tensor on a loaded CPU (and an expert has up to four)."""
+    layout, size = {}, 0
+    for name, arrays in groups.items():
+        where = []
+        for a in arrays:
+            if a is None:
+                where.append(None)
+                continue
+            size = -(-size // 64) * 64  # each array aligned, as numpy's own are
+            where.append((a.dtype.str, a.shape, size))
+            size += a.nbytes
+        layout[name] = tuple(where)
+    buffer = torch.empty(size, dtype=torch.uint8)
+    if shared:
+        buffer.share_memory_()  # before it is filled: passing a tensor not yet shared copies it there
+    view = buffer.numpy()
+    for name, arrays in groups.items():
+        for a, w in zip(arrays, layout[name]):
+            if w is not None:
+                view[w[2]:w[2] + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    return buffer, layout
+
+
+def _unpack(buffer: torch.Tensor, layout: dict[str, tuple[tuple[str, tuple[int, ...], int] | None, ...]]
+            ) -> dict[str, Arrays]:
+    """The arrays of `_pack`, as views of its buffer."""
+    view = buffer.numpy()
+
+    def array(dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarray:
+        return view[offset:offset + int(np.prod(shape)) * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+    return {name: tuple(None if w is None else array(*w) for w in where) for name, where in layout.items()}
 
 
 def load_part(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
@@ -352,9 +391,8 @@ class StreamFeed:
                 used += batch_size
                 yield self._put(batch, caps[used - batch_size:used])
 
-        for i, chunk in enumerate(part.chunks(plan.units)):
+        for i, data in enumerate(part.chunks(plan.units)):
             a, b = int(starts[i]), int(starts[i + 1])
-            data = {n: tuple(None if t is None else t.numpy() for t in f) for n, f in chunk.items()}
             if not slots:
                 slots = {n: [None if t is None else np.empty((k, *t.shape[1:]), t.dtype) for t in f]
                          for n, f in data.items()}
