@@ -38,7 +38,8 @@ from shared.resources import cpu_limit, format_bytes, memory_limit, parse_bytes
 from shared.store import ExpertStore, StoreError, open_store
 from train.captions import CaptionData, CaptionEncoder
 from train.config import TrainCfg
-from train.data import SplitData, _copy, aggregate, aggregated_arrays, caption_groups, load_split, open_expert_store, split_captions
+from train.data import (SplitData, _copy, aggregate, aggregated_arrays, caption_groups, load_split, open_expert_store,
+                        split_captions)
 from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 
