@@ -31,7 +31,7 @@ import threading
 import uuid
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,15 +194,16 @@ class ChunkData:
 @dataclasses.dataclass
 class ExpertRows:
     """Rows read from a store: arrays padded to the longest video read (not to the store's T),
-    plus lengths and masks."""
+    plus lengths and masks. An array that the read did not ask for (`ExpertStore.read`'s
+    `arrays`) is None."""
 
-    video_ids: np.ndarray
-    features: np.ndarray
-    timestamps: np.ndarray
-    lengths: np.ndarray
-    available: np.ndarray
-    status: np.ndarray
-    errors: np.ndarray
+    video_ids: np.ndarray | None
+    features: np.ndarray | None
+    timestamps: np.ndarray | None
+    lengths: np.ndarray | None
+    available: np.ndarray | None
+    status: np.ndarray | None
+    errors: np.ndarray | None
     tokens: np.ndarray | None
     max_rows: int | None = None  # the store's T; None: the width of `features`
 
@@ -319,8 +320,9 @@ def _digest(x: np.ndarray, crc: int = 0) -> int:
         # -0.0 (the sign bit alone) made +0.0 on the bits: what `x + 0` gives, 10x faster for
         # float16, whose arithmetic numpy does in software (reads of a chunk spent most time here)
         bits = np.ascontiguousarray(x).view(f'u{x.dtype.itemsize}')
-        return zlib.crc32(np.where(bits == bits.dtype.type(1 << (8 * x.dtype.itemsize - 1)), bits.dtype.type(0), bits),
-                          crc)
+        negative_zero = bits == bits.dtype.type(1 << (8 * x.dtype.itemsize - 1))
+        # features rarely hold -0.0: the test is a tenth of the copy that replaces them
+        return zlib.crc32(np.where(negative_zero, bits.dtype.type(0), bits) if negative_zero.any() else bits, crc)
     return zlib.crc32(np.ascontiguousarray(x).tobytes(), crc)
 
 
@@ -402,7 +404,7 @@ class ExpertStore:
         """Status of one chunk's videos; an unreadable status chunk (a kill mid-write) reads as pending."""
         rows = self.chunk_rows(chunk)
         try:
-            return np.asarray(self.group['status'][rows.start:rows.stop])
+            return np.asarray(self._array('status')[rows.start:rows.stop])
         except Exception as err:  # noqa: BLE001 - a torn chunk file is pending work, not a crash
             _logger.warning('%s: status chunk %d unreadable (%s); treated as pending', self.path, chunk, err)
             return np.zeros(len(rows), np.uint8)
@@ -549,12 +551,21 @@ class ExpertStore:
         rows = self.chunk_rows(chunk)
         return {name: self._read(chunk, name, slice(rows.start, rows.stop)) for name in names}
 
-    def read(self, rows: Sequence[int] | slice | None = None, ids: Sequence[str] | None = None) -> ExpertRows:
+    def read(self, rows: Sequence[int] | slice | None = None, ids: Sequence[str] | None = None,
+             arrays: Collection[str] | None = None, verify: bool = True) -> ExpertRows:
         """Read rows into memory: all of them, the given row indices, or the given video ids.
 
         Features and timestamps are padded to the longest video read, not to T, and only the row
         chunks up to the longest video of each chunk read are read. A row read reads its whole
         chunk (unit of work: a shard file in a sharded store), whose sums cover all of it.
+
+        Args:
+            arrays: the arrays to read (names of `ExpertRows` fields; default all); the others are
+                None. Training reads features, lengths and available: each array costs a Zarr call
+                per chunk, and the strings' decoding and sums cost more than the numbers'.
+            verify: check each finished chunk against its sums (`damage`). False where the caller
+                has read and checked these chunks before (a streamed epoch after the run's first):
+                then neither their status nor their sums are read again.
 
         Raises:
             StoreError: an id is not in the store, a finished chunk that holds a row read is
@@ -567,42 +578,57 @@ class ExpertStore:
                 raise StoreError(f'{len(missing)} video ids not in {self.path}, e.g. {missing[:3]}')
             rows = [index[v] for v in ids]
         index = np.arange(self.n_videos)[slice(None) if rows is None else rows]
-        small = ('video_ids', 'lengths', 'available', 'errors', *(('tokens',) if self.has_tokens else ()))
+        every = ('video_ids', 'status', 'features', 'timestamps', 'lengths', 'available', 'errors',
+                 *(('tokens',) if self.has_tokens else ()))
+        names = every if arrays is None else tuple(n for n in every if n in arrays)
+        rowed = [n for n in ('features', 'timestamps') if n in names]
+        small = [n for n in names if n not in ('status', 'features', 'timestamps')]
+        # lengths say which row chunks hold rows; a store without sums is checked by lengths and available
+        extra = [n for n in ('lengths', 'available') if n not in small and (verify or (rowed and n == 'lengths'))]
         units = index // self.unit_size
         # whole chunks, one at a time: a finished chunk is checked against its sums before any row is used
-        per_unit = {c: {**self._read_chunk(c, small), 'status': self.chunk_status(c)}
-                    for c in np.unique(units).tolist()}
+        per_unit = {}
+        for c in np.unique(units).tolist():
+            data = self._read_chunk(c, small + extra)
+            if verify or 'status' in names:
+                data['status'] = self.chunk_status(c)
+            per_unit[c] = data
         out = {name: np.empty(len(index), self._array(name).dtype if name in ('lengths', 'available') else object)
                for name in small}
-        out['status'] = np.zeros(len(index), np.uint8)
-        for c, data in per_unit.items():
-            at = np.flatnonzero(units == c)
-            for name in (*small, 'status'):
-                out[name][at] = data[name][index[at] - self.chunk_rows(c).start]
-        width = int(np.clip(out['lengths'], 0, self.max_rows).max(initial=0))
-        big = {'features': np.zeros((len(index), width, self.feature_dim), np.float16),
-               'timestamps': np.zeros((len(index), width, 2), np.float32)}
+        if 'status' in names:
+            out['status'] = np.zeros(len(index), np.uint8)
+        longest = 0
         for c, data in per_unit.items():
             at = np.flatnonzero(units == c)
             local = index[at] - self.chunk_rows(c).start
-            count = self.row_block_count(data['lengths'])
+            for name in out:
+                out[name][at] = data[name][local]
+            if rowed:
+                longest = max(longest, int(np.max(data['lengths'][local], initial=0)))
+        width = min(longest, self.max_rows)
+        big = {name: np.zeros((len(index), width) + ((self.feature_dim,) if name == 'features' else (2,)),
+                              np.float16 if name == 'features' else np.float32) for name in rowed}
+        for c, data in per_unit.items():
+            at = np.flatnonzero(units == c)
+            local = index[at] - self.chunk_rows(c).start
+            count = self.row_block_count(data['lengths']) if rowed else 0
             for name, dest in big.items():
                 crc = 0
                 for j, block in enumerate(self.row_blocks(c, name, count)):
-                    crc = _digest(block, crc)
+                    if verify:
+                        crc = _digest(block, crc)
                     lo = j * self.row_chunk
                     if lo < width:
                         dest[at, lo:min(width, lo + block.shape[1])] = block[local, :width - lo]
                 data[name] = crc
-            if (data['status'] != PENDING).any():
+            if verify and (data['status'] != PENDING).any():
                 self._refuse_damage(c, data)
+        strings = lambda name: np.asarray(out[name], dtype=object) if name in out else None  # noqa: E731
         return ExpertRows(
-            video_ids=np.asarray(out['video_ids'], dtype=object),
-            features=big['features'], timestamps=big['timestamps'], lengths=out['lengths'].astype(np.int32),
-            available=out['available'].astype(bool), status=out['status'],
-            errors=np.asarray(out['errors'], dtype=object),
-            tokens=np.asarray(out['tokens'], dtype=object) if self.has_tokens else None,
-            max_rows=self.max_rows,
+            video_ids=strings('video_ids'), features=big.get('features'), timestamps=big.get('timestamps'),
+            lengths=out['lengths'].astype(np.int32) if 'lengths' in out else None,
+            available=out['available'].astype(bool) if 'available' in out else None, status=out.get('status'),
+            errors=strings('errors'), tokens=strings('tokens'), max_rows=self.max_rows,
         )
 
     def lazy(self) -> dict[str, Any]:

@@ -121,6 +121,7 @@ def stored_split(cfg: ModelCfg, root: Path, videos: int, words: int, chunk: int 
                 results.append(VideoResult.skipped(spec.dim) if rng.random() < 0.1 else VideoResult(
                     rng.standard_normal((n, spec.dim), np.float32), np.stack([np.arange(n), np.arange(n) + 1.0], 1)))
             store.write_chunk(c, pack_chunk(results, rows, spec.dim, has_tokens=False))
+        store.consolidate()  # as extraction leaves a finished store: each reader process opens it in one read
         experts[spec.name] = aggregate(spec, store.read())
     captions, owner = _captions(cfg, videos, words, rng), np.arange(videos)
     workers, prefetch = default_readers()

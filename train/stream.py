@@ -16,6 +16,12 @@ chunks (`rank_world`: torch.distributed's rank and world size when it is initial
 Memory: at most the budget's worth of data is held at once: the chunks in flight (each worker's
 one being read plus its prefetched ones, and the one the main process consumes), the shuffle
 buffer's videos and the batches being formed. A budget smaller than one chunk is an error.
+Besides, the part keeps each video's row count and availability per expert (5 bytes).
+
+Cost: the readers share the CPU with the training step (on a small machine, its cores), so a
+unit's read is kept cheap: only the arrays the model uses are read, a unit's chunk sums are
+checked on its first read in a run, and later reads take its lengths and availability from
+that read (`StreamedPart.kept`) and read only its rows.
 """
 from __future__ import annotations
 
@@ -32,8 +38,8 @@ from shared.resources import cpu_limit, format_bytes, memory_limit, parse_bytes
 from shared.store import ExpertStore, open_store
 from train.captions import CaptionData, CaptionEncoder
 from train.config import TrainCfg
-from train.data import (SplitData, _copy, aggregate, caption_groups, load_split, open_expert_store, sampled_ids,
-                        split_captions, store_rows)
+from train.data import (SplitData, _copy, aggregate, aggregated_arrays, caption_groups, load_split, open_expert_store,
+                        sampled_ids, split_captions, store_rows)
 from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 from train.sampling import Sampled, Sampler
@@ -46,8 +52,7 @@ BUDGET_SHARE = 0.25
 #: prefetched chunks per reader process at most (the budget may allow fewer)
 MAX_PREFETCH = 2
 
-Fields = tuple[torch.Tensor | None, ...]  # an expert's (x, available, mask, times), as `ExpertInput`
-Arrays = tuple[np.ndarray | None, ...]  # the same in numpy
+Arrays = tuple[np.ndarray | None, ...]  # an expert's (x, available, mask, times), as `ExpertInput`
 
 
 def rank_world() -> tuple[int, int]:
@@ -100,6 +105,15 @@ class StreamedPart:
     workers: int = 0
     prefetch: int = 1
     sampled: Sampled | None = None  # a training part drawn by window or segment (`train.sampling`)
+    #: (U,) the units read once in this run, which checked them against their chunk sums
+    checked: np.ndarray = dataclasses.field(init=False)
+    #: each video's (lengths, available) per expert, as a unit's first read found them: later reads of
+    #: the unit read only its rows (`_Units`)
+    kept: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.checked = np.zeros(len(self.bounds) - 1, bool)
+        self.kept = {spec.name: (np.zeros(len(self), np.int32), np.zeros(len(self), bool)) for spec in self.experts}
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -108,20 +122,26 @@ class StreamedPart:
     def unit_sizes(self) -> np.ndarray:
         return np.diff(self.bounds)
 
-    def chunks(self, units: Sequence[int], key: int | None = None) -> Iterator[dict[str, Fields]]:
+    def chunks(self, units: Sequence[int], key: int | None = None) -> Iterator[dict[str, Arrays]]:
         """The aggregated videos of `units`, in that order, read by the worker processes; with
         `key`, each cut to its sample's window of that epoch (`train.sampling`)."""
-        reader = _Units(self, np.asarray(units, np.int64), key)
-        if self.workers == 0:
-            yield from reader
-            return
-        yield from torch.utils.data.DataLoader(reader, batch_size=None, num_workers=self.workers,
-                                               prefetch_factor=self.prefetch)
+        units = np.asarray(units, np.int64)
+        reader = _Units(self, units, key)
+        loader = reader if self.workers == 0 else torch.utils.data.DataLoader(
+            reader, batch_size=None, num_workers=self.workers, prefetch_factor=self.prefetch)
+        for u, (data, first) in zip(units.tolist(), loader):
+            if first is not None:  # its first read: it arrived, so its chunks passed the check
+                videos = slice(self.bounds[u], self.bounds[u + 1])
+                for name, (lengths, available) in _unpack(*first).items():
+                    self.kept[name][0][videos], self.kept[name][1][videos] = lengths, available
+                self.checked[u] = True
+            yield _unpack(*data)
 
     def video_batches(self, batch: int) -> Iterator[dict[str, ExpertInput]]:
         """Every video in order, a store chunk at a time (`batch` is the in-memory part's)."""
         for data in self.chunks(range(len(self.bounds) - 1)):
-            yield {name: ExpertInput(*f) for name, f in data.items()}
+            yield {name: ExpertInput(*(None if a is None else torch.from_numpy(a) for a in f))
+                   for name, f in data.items()}
 
 
 class _Units(torch.utils.data.IterableDataset):
@@ -129,24 +149,77 @@ class _Units(torch.utils.data.IterableDataset):
 
     def __init__(self, part: StreamedPart, units: np.ndarray, key: int | None) -> None:
         self.experts, self.paths, self.rows, self.bounds = part.experts, part.paths, part.rows, part.bounds
-        self.units, self.key = units, key
+        self.units, self.key, self.checked, self.kept = units, key, part.checked, part.kept
         # the workers cut windows; the caption encoder stays in the main process
         self.sampler = part.sampled.sampler if part.sampled is not None and key is not None else None
 
-    def __iter__(self) -> Iterator[dict[str, Fields]]:
+    def __iter__(self) -> Iterator[tuple[Packed, Packed | None]]:
+        """(a unit's aggregated videos, and on its first read in the run what `StreamedPart.kept`
+        keeps), each `_pack`ed."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         stores = {spec.name: open_store(self.paths[spec.name], warn_random=False) for spec in self.experts}
         for u in self.units[worker::workers].tolist():
             videos = np.arange(self.bounds[u], self.bounds[u + 1])
-            out = {}
+            again = bool(self.checked[u])
+            out, first = {}, {}
             for spec in self.experts:
-                rows = stores[spec.name].read(rows=self.rows[spec.name][videos])
+                # A unit is read every epoch, and each Zarr array read costs a call per chunk: after
+                # the first read, which checks the chunk sums, only the rows are read again.
+                arrays = aggregated_arrays(spec)
+                if self.sampler is not None:  # a window is cut by the rows' times, drawn by the video's id
+                    arrays = (*arrays, 'video_ids', 'timestamps')
+                if again:
+                    arrays = tuple(a for a in arrays if a not in ('lengths', 'available'))
+                rows = stores[spec.name].read(rows=self.rows[spec.name][videos], arrays=arrays, verify=not again)
+                if again:
+                    rows.lengths, rows.available = (a[videos] for a in self.kept[spec.name])
+                else:
+                    first[spec.name] = (rows.lengths, rows.available)
                 e = aggregate(spec, rows) if self.sampler is None else self.sampler.aggregate(spec, rows, self.key)
-                # tensors, not arrays: a worker passes them through shared memory, not a pipe
-                out[spec.name] = tuple(None if a is None else torch.from_numpy(np.ascontiguousarray(a))
-                                       for a in (e.x, e.available, e.mask, e.times))
-            yield out
+                out[spec.name] = (e.x, e.available, e.mask, e.times)
+            yield _pack(out, info is not None), (None if again else _pack(first, info is not None))
+
+
+#: arrays in one byte tensor, and where each lies in it: {name: ((dtype, shape, offset) or None, ...)}
+Packed = tuple[torch.Tensor, dict[str, tuple[tuple[str, tuple[int, ...], int] | None, ...]]]
+
+
+def _pack(groups: dict[str, Arrays], shared: bool) -> Packed:
+    """`groups`' arrays copied into one byte tensor, in shared memory when `shared` (a reader
+    process): the DataLoader passes each tensor through a file descriptor of its own, sent over a
+    socket, which cost some ms per tensor on a loaded CPU (and an expert has up to four)."""
+    layout, size = {}, 0
+    for name, arrays in groups.items():
+        where = []
+        for a in arrays:
+            if a is None:
+                where.append(None)
+                continue
+            size = -(-size // 64) * 64  # each array aligned, as numpy's own are
+            where.append((a.dtype.str, a.shape, size))
+            size += a.nbytes
+        layout[name] = tuple(where)
+    buffer = torch.empty(size, dtype=torch.uint8)
+    if shared:
+        buffer.share_memory_()  # before it is filled: passing a tensor not yet shared copies it there
+    view = buffer.numpy()
+    for name, arrays in groups.items():
+        for a, w in zip(arrays, layout[name]):
+            if w is not None:
+                view[w[2]:w[2] + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    return buffer, layout
+
+
+def _unpack(buffer: torch.Tensor, layout: dict[str, tuple[tuple[str, tuple[int, ...], int] | None, ...]]
+            ) -> dict[str, Arrays]:
+    """The arrays of `_pack`, as views of its buffer."""
+    view = buffer.numpy()
+
+    def array(dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarray:
+        return view[offset:offset + int(np.prod(shape)) * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+    return {name: tuple(None if w is None else array(*w) for w in where) for name, where in layout.items()}
 
 
 def load_part(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
@@ -315,9 +388,8 @@ class StreamFeed:
                 used += batch_size
                 yield self._put(batch, caps[used - batch_size:used], key)
 
-        for i, chunk in enumerate(part.chunks(plan.units, key)):
+        for i, data in enumerate(part.chunks(plan.units, key)):
             a, b = int(starts[i]), int(starts[i + 1])
-            data = {n: tuple(None if t is None else t.numpy() for t in f) for n, f in chunk.items()}
             if not slots:
                 slots = {n: [None if t is None else np.empty((k, *t.shape[1:]), t.dtype) for t in f]
                          for n, f in data.items()}

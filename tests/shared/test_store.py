@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import warnings
@@ -435,3 +436,38 @@ def test_a_retry_rewrite_cut_short_leaves_the_chunk_pending(tmp_path: Path) -> N
     store.read()  # pending rows are not checked against sums
     store.write_chunk(1, pack_chunk(redone, W.MAX_ROWS, W.DIM, True))
     assert check_store(path).exit_code == 0 and not (store.chunk_status(1) == FAILED).any()
+
+
+def test_a_read_of_some_arrays_reads_and_checks_only_those(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Training reads only the arrays it aggregates (`train.data.aggregated_arrays`): the others
+    are None and their chunk files are not opened; what is read is still checked against the
+    chunk's sums, unless the caller checked the chunk before (`verify=False`: neither its status
+    nor its sums are read again)."""
+    path = tmp_path / 'some.zarr'
+    _complete_store(path)
+    whole = open_store(path, warn_random=False).read()
+    some = ('features', 'lengths', 'available')
+    (path / 'errors' / 'c' / '1').write_bytes(b'\x00garbage')  # row 5 failed: chunk 1 has an errors file
+    with pytest.raises(StoreError, match='its errors chunk file cannot be read'):
+        open_store(path, warn_random=False).read(rows=[5])
+    rows = open_store(path, warn_random=False).read(rows=[7, 5, 1], arrays=some)
+    for name in ('video_ids', 'timestamps', 'status', 'errors', 'tokens'):
+        assert getattr(rows, name) is None, name
+    for name in some:
+        np.testing.assert_array_equal(getattr(rows, name), getattr(whole, name)[[7, 5, 1]], err_msg=name)
+    one_chunk = open_store(path, warn_random=False).read(rows=range(4, 8), arrays=some)  # taken whole, not copied
+    np.testing.assert_array_equal(one_chunk.features, whole.features[4:8])
+    # damaged features are still refused; a read that skips the check gets the damaged data
+    good = (path / 'features' / 'c' / '1' / '0' / '0').read_bytes()
+    (path / 'features' / 'c' / '1' / '0' / '0').unlink()
+    with pytest.raises(StoreError, match=r'chunk 1 \(videos 4-7\): its features data is not what was written'):
+        open_store(path, warn_random=False).read(rows=[5], arrays=some)
+    (path / 'features' / 'c' / '1' / '0' / '0').write_bytes(good)
+    (path / 'chunk_sums' / 'c' / '1').write_bytes(b'\x00garbage')
+    with pytest.raises(StoreError, match='chunk sums cannot be read'):
+        open_store(path, warn_random=False).read(rows=[5], arrays=some)
+    (path / 'status' / 'c' / '1').write_bytes(b'\x00garbage')  # read, it would be logged as unreadable
+    with caplog.at_level(logging.WARNING, logger='shared.store'):
+        rows = open_store(path, warn_random=False).read(rows=[5], arrays=some, verify=False)
+    assert not caplog.records
+    np.testing.assert_array_equal(rows.features, whole.features[[5]])

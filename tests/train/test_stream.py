@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 import subprocess
 import time
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +15,12 @@ import torch
 import yaml
 
 from shared.datasets import load_manifest
-from shared.store import StoreSpec, VideoResult, create_store, pack_chunk, store_path
+from shared.store import ExpertStore, StoreError, StoreSpec, VideoResult, create_store, pack_chunk, store_path
 from train.captions import build_caption_encoder
 from train.config import TrainCfg, load_run_cfg
 from train.data import load_split
 from train.main import main as train_main
-from train.stream import StreamedPart, StreamFeed, load_part
+from train.stream import StreamedPart, StreamFeed, _pack, _unpack, load_part
 
 TINY_TEXT = {'weights': 'random', 'tokenizer': 'words', 'vocab_size': 200, 'hidden': 16, 'layers': 1, 'heads': 2,
              'ffn': 32, 'max_positions': 16, 'dropout': 0.0}
@@ -122,6 +125,59 @@ def test_batch_order_depends_on_seed_and_epoch_not_on_the_reader_processes(small
 
     assert order(0, 0) == order(2, 0) == order(1, 0)
     assert order(1, 1) != order(1, 0)
+
+
+def test_a_streamed_run_checks_each_chunk_against_its_sums_once(small: tuple[Path, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit is read every epoch; its chunks are checked against their sums the first time only,
+    and later reads take its lengths and availability from the first (the reader's cost per batch
+    is the step's rival for the CPU): they read no other file, and give the same inputs."""
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', shuffle_buffer=32, data_workers=0)
+    part = load_part(manifest, 'official', 'train', small[1], cfg.model.experts, captions, cfg.train, False)
+    checked: list[tuple[str, int]] = []
+    damage = ExpertStore.damage
+    monkeypatch.setattr(ExpertStore, 'damage', lambda self, chunk, data: checked.append((self.path.name, chunk))
+                        or damage(self, chunk, data))
+    feed = StreamFeed(part, torch.device('cpu'), 32)
+
+    def epoch(k: int) -> list[bytes]:
+        return [b''.join(x.numpy().tobytes() for x in (v['object'].x, v['object'].mask, v['audio'].times, t.x))
+                for v, t in feed.epoch(16, np.random.default_rng([0, k]))]
+
+    first = epoch(0)
+    assert sorted(checked) == sorted({(f'{name}.zarr', c) for name in SMALL for c in range(19)})
+    checked.clear()
+    assert epoch(1) != first and not checked
+    copy = tmp_path / 'features'
+    shutil.copytree(small[1], copy)
+    part.paths = {name: copy / 'demo' / f'{name}.zarr' for name in SMALL}
+    for name in SMALL:  # files that later reads do not open
+        for array in ('lengths', 'available', 'chunk_sums'):
+            for f in (copy / 'demo' / f'{name}.zarr' / array / 'c').iterdir():
+                f.write_bytes(b'\x00garbage')
+    assert epoch(0) == first and not checked
+    monkeypatch.undo()
+    fresh = load_part(manifest, 'official', 'train', copy, cfg.model.experts, captions, cfg.train, False)
+    with pytest.raises(StoreError, match='cannot be read'):  # a new run reads them
+        next(StreamFeed(fresh, torch.device('cpu'), 32).epoch(16, np.random.default_rng([0, 0])))
+
+
+def test_a_unit_travels_from_its_reader_as_one_shared_buffer() -> None:
+    """A reader process passes a unit's arrays in one shared-memory tensor (the DataLoader sends a
+    file descriptor over a socket per tensor); they come back equal, in their dtypes and shapes."""
+    rng = np.random.default_rng(0)
+    groups = {'a': (rng.standard_normal((3, 5, 7)).astype(np.float32), rng.random(3) < 0.5, None,
+                    rng.standard_normal((3, 5, 2)).astype(np.float16)),
+              'b': (np.zeros((0, 4), np.float32), np.array([True]), rng.integers(0, 9, (5, 3)).astype(np.int32)[:, 1])}
+    buffer, layout = _pack(groups, shared=True)
+    assert buffer.is_shared() and not _pack(groups, shared=False)[0].is_shared()
+    back = _unpack(*pickle.loads(ForkingPickler.dumps((buffer, layout))))  # as a DataLoader passes it
+    for name, arrays in groups.items():
+        for a, b in zip(arrays, back[name]):
+            if a is None:
+                assert b is None
+            else:
+                assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
 
 
 def test_a_streamed_part_evaluates_a_chunk_at_a_time_to_the_same_metrics(small: tuple[Path, Path],
