@@ -552,7 +552,8 @@ class ExpertStore:
         return {name: self._read(chunk, name, slice(rows.start, rows.stop)) for name in names}
 
     def read(self, rows: Sequence[int] | slice | None = None, ids: Sequence[str] | None = None,
-             arrays: Collection[str] | None = None, verify: bool = True) -> ExpertRows:
+             arrays: Collection[str] | None = None, verify: bool = True,
+             lengths: np.ndarray | None = None) -> ExpertRows:
         """Read rows into memory: all of them, the given row indices, or the given video ids.
 
         Features and timestamps are padded to the longest video read, not to T, and only the row
@@ -566,6 +567,9 @@ class ExpertStore:
             verify: check each finished chunk against its sums (`damage`). False where the caller
                 has read and checked these chunks before (a streamed epoch after the run's first):
                 then neither their status nor their sums are read again.
+            lengths: with ``verify=False``, the lengths of the rows asked for as an earlier read
+                found them: the lengths array is then not read, and only the row chunks that hold
+                these rows are.
 
         Raises:
             StoreError: an id is not in the store, a finished chunk that holds a row read is
@@ -584,7 +588,10 @@ class ExpertStore:
         rowed = [n for n in ('features', 'timestamps') if n in names]
         small = [n for n in names if n not in ('status', 'features', 'timestamps')]
         # lengths say which row chunks hold rows; a store without sums is checked by lengths and available
-        extra = [n for n in ('lengths', 'available') if n not in small and (verify or (rowed and n == 'lengths'))]
+        if lengths is not None and verify:
+            raise ValueError('read: lengths known from an earlier read go with verify=False')
+        extra = [n for n in ('lengths', 'available') if n not in small
+                 and (verify or (rowed and n == 'lengths' and lengths is None))]
         units = index // self.unit_size
         # whole chunks, one at a time: a finished chunk is checked against its sums before any row is used
         per_unit = {}
@@ -604,14 +611,17 @@ class ExpertStore:
             for name in out:
                 out[name][at] = data[name][local]
             if rowed:
-                longest = max(longest, int(np.max(data['lengths'][local], initial=0)))
+                known = data['lengths'][local] if lengths is None else np.asarray(lengths)[at]
+                longest = max(longest, int(np.max(known, initial=0)))
         width = min(longest, self.max_rows)
         big = {name: np.zeros((len(index), width) + ((self.feature_dim,) if name == 'features' else (2,)),
                               np.float16 if name == 'features' else np.float32) for name in rowed}
         for c, data in per_unit.items():
             at = np.flatnonzero(units == c)
             local = index[at] - self.chunk_rows(c).start
-            count = self.row_block_count(data['lengths']) if rowed else 0
+            # verified: every row chunk the sums cover; else those of the rows asked for
+            count = 0 if not rowed else self.row_block_count(
+                data['lengths'] if lengths is None else np.asarray(lengths)[at])
             for name, dest in big.items():
                 crc = 0
                 for j, block in enumerate(self.row_blocks(c, name, count)):

@@ -171,7 +171,8 @@ class _Units(torch.utils.data.IterableDataset):
                     arrays = (*arrays, 'video_ids', 'timestamps')
                 if again:
                     arrays = tuple(a for a in arrays if a not in ('lengths', 'available'))
-                rows = stores[spec.name].read(rows=self.rows[spec.name][videos], arrays=arrays, verify=not again)
+                rows = stores[spec.name].read(rows=self.rows[spec.name][videos], arrays=arrays, verify=not again,
+                                              lengths=self.kept[spec.name][0][videos] if again else None)
                 if again:
                     rows.lengths, rows.available = (a[videos] for a in self.kept[spec.name])
                 else:
