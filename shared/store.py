@@ -386,8 +386,21 @@ class ExpertStore:
             yield self._read(chunk, name, (slice(rows.start, rows.stop), slice(lo, hi)))
 
     def _unit_dir(self, name: str, chunk: int) -> Path:
-        # Zarr v3's default chunk key encoding, which `_build` uses: {name}/c/{video}/{row}/{dim}
+        # Zarr v3's default chunk key encoding, which `_build` uses: {name}/c/{video}/{row}/{dim}; a
+        # unit's shard (or chunk) index along the video axis is its number: the file of a 1-D array
         return self.path / name / 'c' / str(chunk)
+
+    def _remove_unit(self, name: str, chunk: int) -> None:
+        """Delete unit `chunk`'s files of `name`: its shard or chunk file, or for features and
+        timestamps the folder of its row chunks; it then reads as the fill value.
+
+        Zarr's sharding codec reads a shard file before every write into it and merges into what
+        it read, even for a write of the whole shard: a damaged shard could never be rewritten."""
+        unit = self._unit_dir(name, chunk)
+        try:
+            shutil.rmtree(unit) if unit.is_dir() else unit.unlink()
+        except FileNotFoundError:
+            pass
 
     def stale_row_blocks(self, chunk: int, name: str, count: int) -> list[int]:
         """Row chunks of a chunk's `name` on disk at or past `count`: left by an earlier write of
@@ -446,10 +459,15 @@ class ExpertStore:
                              f'tokens={self.has_tokens}')
         sl = slice(rows.start, rows.stop)
         g = self.group
-        if (self.chunk_status(chunk) != PENDING).any():
-            # rewriting a finished chunk (--retry-failed): pending first, so that a kill mid-write
-            # leaves a chunk to redo, not finished rows over data that no longer matches their sums
-            self.mark_pending(chunk)
+        # pending first (a rewrite by --retry-failed or after --repair), so that a kill mid-write
+        # leaves a chunk to redo, not finished rows over data that no longer matches their sums;
+        # then no file of the unit is left to read: a damaged one would fail the write (`_remove_unit`)
+        self.mark_pending(chunk)
+        written = {'lengths': lengths, 'available': data.available, 'errors': np.asarray(data.errors, dtype=str)}
+        if data.tokens is not None:
+            written['tokens'] = np.asarray(data.tokens, dtype=str)
+        for name in ('features', 'timestamps', *written, *((CHUNK_SUMS,) if self._has_sums else ())):
+            self._remove_unit(name, chunk)
         sums = {}
         count = self.row_block_count(lengths)
         for name, per_video, width, dtype in (('features', data.features, self.feature_dim, np.float16),
@@ -464,11 +482,6 @@ class ExpertStore:
                 g[name][sl, lo:hi] = block  # a block of zeros only: Zarr writes (or keeps) no file for it
                 crc = _digest(block, crc)
             sums[name] = crc
-            for j in self.stale_row_blocks(chunk, name, count):
-                shutil.rmtree(self._unit_dir(name, chunk) / str(j))
-        written = {'lengths': lengths, 'available': data.available, 'errors': np.asarray(data.errors, dtype=str)}
-        if data.tokens is not None:
-            written['tokens'] = np.asarray(data.tokens, dtype=str)
         for name, value in written.items():
             g[name][sl] = value
         if CHUNK_SUMS in g:  # a store made before it has none: its chunks are checked by their files
@@ -516,9 +529,12 @@ class ExpertStore:
         return ''
 
     def mark_pending(self, chunk: int) -> None:
-        """Make a chunk pending again (its data damaged): the next extraction redoes it whole."""
-        rows = self.chunk_rows(chunk)
-        self.group['status'][rows.start:rows.stop] = np.full(len(rows), PENDING, np.uint8)
+        """Make a chunk pending again (its data damaged): the next extraction redoes it whole.
+
+        Its status file is removed, not written: it then reads as the fill value, pending, and a
+        status shard that cannot be read (a kill mid-write) is replaced, where a write would read it."""
+        self.chunk_rows(chunk)  # a chunk out of range is a StoreError
+        self._remove_unit('status', chunk)
 
     def _chunk_file(self, name: str, chunk: int) -> Path:
         arr = self.group[name]
@@ -947,7 +963,7 @@ class CheckReport:
     error_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
     unreadable_chunks: int = 0
-    damaged: list[int] = dataclasses.field(default_factory=list)  # finished chunks with data missing
+    damaged: list[int] = dataclasses.field(default_factory=list)  # finished chunks with data missing, or unreadable status
 
     @property
     def valid(self) -> bool:
@@ -1008,6 +1024,7 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
     except Exception:  # noqa: BLE001 - torn status chunk: the chunk is still to do
         report.unreadable_chunks += 1
         report.counts['pending'] = report.counts.get('pending', 0) + len(rows)
+        report.damaged.append(c)  # --repair marks it pending by replacing the file (`mark_pending`)
         return
     for code, name in STATUS_NAMES.items():
         report.counts[name] = report.counts.get(name, 0) + int((status == code).sum())
