@@ -621,6 +621,49 @@ class ExpertStore:
             max_rows=self.max_rows,
         )
 
+    def read_blocks(self, rows: Sequence[int]) -> tuple[ExpertRows, Iterator[tuple[int, np.ndarray, np.ndarray]]]:
+        """Rows of one unit of work, their features and timestamps a row chunk at a time: what is
+        held is one row chunk of the unit, however long its videos are (`read` pads them all to
+        the longest).
+
+        Returns:
+            The rows as `read` gives them, but with features and timestamps of width 0, and an
+            iterator of (first row, features, timestamps), each (len(rows), up to row_chunk, ...)
+            as stored, over the row chunks up to the longest video of `rows`. Once it is
+            exhausted, a finished unit has been checked against its sums (`read`'s StoreError).
+        """
+        index = np.asarray(rows, np.int64)
+        units = np.unique(index // self.unit_size).tolist()
+        if len(units) != 1:
+            raise StoreError(f'read_blocks reads the rows of one unit of work, got rows of units {units}')
+        c = units[0]
+        small = ('video_ids', 'lengths', 'available', 'errors', *(('tokens',) if self.has_tokens else ()))
+        data = {**self._read_chunk(c, small), 'status': self.chunk_status(c)}
+        local = index - self.chunk_rows(c).start
+        got = {name: data[name][local] for name in (*small, 'status')}
+        width = int(np.clip(got['lengths'], 0, self.max_rows).max(initial=0))
+        head = ExpertRows(
+            video_ids=np.asarray(got['video_ids'], dtype=object),
+            features=np.zeros((len(index), 0, self.feature_dim), np.float16),
+            timestamps=np.zeros((len(index), 0, 2), np.float32), lengths=got['lengths'].astype(np.int32),
+            available=got['available'].astype(bool), status=got['status'],
+            errors=np.asarray(got['errors'], dtype=object),
+            tokens=np.asarray(got['tokens'], dtype=object) if self.has_tokens else None, max_rows=self.max_rows)
+
+        def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+            count = self.row_block_count(data['lengths'])
+            crc = {'features': 0, 'timestamps': 0}
+            for j, (feats, times) in enumerate(zip(self.row_blocks(c, 'features', count),
+                                                   self.row_blocks(c, 'timestamps', count))):
+                crc = {'features': _digest(feats, crc['features']), 'timestamps': _digest(times, crc['timestamps'])}
+                lo = j * self.row_chunk
+                if lo < width:  # the rest of the unit's row chunks are read for its sums only
+                    yield lo, feats[local, :width - lo], times[local, :width - lo]
+            if (data['status'] != PENDING).any():
+                self._refuse_damage(c, {**data, **crc})
+
+        return head, blocks()
+
     def lazy(self) -> dict[str, Any]:
         """Every array as a dask array, chunked like the store (nothing is read yet)."""
         import dask.array as da
