@@ -388,8 +388,21 @@ class ExpertStore:
             yield self._read(chunk, name, (slice(rows.start, rows.stop), slice(lo, hi)))
 
     def _unit_dir(self, name: str, chunk: int) -> Path:
-        # Zarr v3's default chunk key encoding, which `_build` uses: {name}/c/{video}/{row}/{dim}
+        # Zarr v3's default chunk key encoding, which `_build` uses: {name}/c/{video}/{row}/{dim}; a
+        # unit's shard (or chunk) index along the video axis is its number: the file of a 1-D array
         return self.path / name / 'c' / str(chunk)
+
+    def _remove_unit(self, name: str, chunk: int) -> None:
+        """Delete unit `chunk`'s files of `name`: its shard or chunk file, or for features and
+        timestamps the folder of its row chunks; it then reads as the fill value.
+
+        Zarr's sharding codec reads a shard file before every write into it and merges into what
+        it read, even for a write of the whole shard: a damaged shard could never be rewritten."""
+        unit = self._unit_dir(name, chunk)
+        try:
+            shutil.rmtree(unit) if unit.is_dir() else unit.unlink()
+        except FileNotFoundError:
+            pass
 
     def stale_row_blocks(self, chunk: int, name: str, count: int) -> list[int]:
         """Row chunks of a chunk's `name` on disk at or past `count`: left by an earlier write of
@@ -448,10 +461,15 @@ class ExpertStore:
                              f'tokens={self.has_tokens}')
         sl = slice(rows.start, rows.stop)
         g = self.group
-        if (self.chunk_status(chunk) != PENDING).any():
-            # rewriting a finished chunk (--retry-failed): pending first, so that a kill mid-write
-            # leaves a chunk to redo, not finished rows over data that no longer matches their sums
-            self.mark_pending(chunk)
+        # pending first (a rewrite by --retry-failed or after --repair), so that a kill mid-write
+        # leaves a chunk to redo, not finished rows over data that no longer matches their sums;
+        # then no file of the unit is left to read: a damaged one would fail the write (`_remove_unit`)
+        self.mark_pending(chunk)
+        written = {'lengths': lengths, 'available': data.available, 'errors': np.asarray(data.errors, dtype=str)}
+        if data.tokens is not None:
+            written['tokens'] = np.asarray(data.tokens, dtype=str)
+        for name in ('features', 'timestamps', *written, *((CHUNK_SUMS,) if self._has_sums else ())):
+            self._remove_unit(name, chunk)
         sums = {}
         count = self.row_block_count(lengths)
         for name, per_video, width, dtype in (('features', data.features, self.feature_dim, np.float16),
@@ -466,11 +484,6 @@ class ExpertStore:
                 g[name][sl, lo:hi] = block  # a block of zeros only: Zarr writes (or keeps) no file for it
                 crc = _digest(block, crc)
             sums[name] = crc
-            for j in self.stale_row_blocks(chunk, name, count):
-                shutil.rmtree(self._unit_dir(name, chunk) / str(j))
-        written = {'lengths': lengths, 'available': data.available, 'errors': np.asarray(data.errors, dtype=str)}
-        if data.tokens is not None:
-            written['tokens'] = np.asarray(data.tokens, dtype=str)
         for name, value in written.items():
             g[name][sl] = value
         if CHUNK_SUMS in g:  # a store made before it has none: its chunks are checked by their files
@@ -518,9 +531,12 @@ class ExpertStore:
         return ''
 
     def mark_pending(self, chunk: int) -> None:
-        """Make a chunk pending again (its data damaged): the next extraction redoes it whole."""
-        rows = self.chunk_rows(chunk)
-        self.group['status'][rows.start:rows.stop] = np.full(len(rows), PENDING, np.uint8)
+        """Make a chunk pending again (its data damaged): the next extraction redoes it whole.
+
+        Its status file is removed, not written: it then reads as the fill value, pending, and a
+        status shard that cannot be read (a kill mid-write) is replaced, where a write would read it."""
+        self.chunk_rows(chunk)  # a chunk out of range is a StoreError
+        self._remove_unit('status', chunk)
 
     def _chunk_file(self, name: str, chunk: int) -> Path:
         arr = self.group[name]
@@ -640,6 +656,49 @@ class ExpertStore:
             available=out['available'].astype(bool) if 'available' in out else None, status=out.get('status'),
             errors=strings('errors'), tokens=strings('tokens'), max_rows=self.max_rows,
         )
+
+    def read_blocks(self, rows: Sequence[int]) -> tuple[ExpertRows, Iterator[tuple[int, np.ndarray, np.ndarray]]]:
+        """Rows of one unit of work, their features and timestamps a row chunk at a time: what is
+        held is one row chunk of the unit, however long its videos are (`read` pads them all to
+        the longest).
+
+        Returns:
+            The rows as `read` gives them, but with features and timestamps of width 0, and an
+            iterator of (first row, features, timestamps), each (len(rows), up to row_chunk, ...)
+            as stored, over the row chunks up to the longest video of `rows`. Once it is
+            exhausted, a finished unit has been checked against its sums (`read`'s StoreError).
+        """
+        index = np.asarray(rows, np.int64)
+        units = np.unique(index // self.unit_size).tolist()
+        if len(units) != 1:
+            raise StoreError(f'read_blocks reads the rows of one unit of work, got rows of units {units}')
+        c = units[0]
+        small = ('video_ids', 'lengths', 'available', 'errors', *(('tokens',) if self.has_tokens else ()))
+        data = {**self._read_chunk(c, small), 'status': self.chunk_status(c)}
+        local = index - self.chunk_rows(c).start
+        got = {name: data[name][local] for name in (*small, 'status')}
+        width = int(np.clip(got['lengths'], 0, self.max_rows).max(initial=0))
+        head = ExpertRows(
+            video_ids=np.asarray(got['video_ids'], dtype=object),
+            features=np.zeros((len(index), 0, self.feature_dim), np.float16),
+            timestamps=np.zeros((len(index), 0, 2), np.float32), lengths=got['lengths'].astype(np.int32),
+            available=got['available'].astype(bool), status=got['status'],
+            errors=np.asarray(got['errors'], dtype=object),
+            tokens=np.asarray(got['tokens'], dtype=object) if self.has_tokens else None, max_rows=self.max_rows)
+
+        def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+            count = self.row_block_count(data['lengths'])
+            crc = {'features': 0, 'timestamps': 0}
+            for j, (feats, times) in enumerate(zip(self.row_blocks(c, 'features', count),
+                                                   self.row_blocks(c, 'timestamps', count))):
+                crc = {'features': _digest(feats, crc['features']), 'timestamps': _digest(times, crc['timestamps'])}
+                lo = j * self.row_chunk
+                if lo < width:  # the rest of the unit's row chunks are read for its sums only
+                    yield lo, feats[local, :width - lo], times[local, :width - lo]
+            if (data['status'] != PENDING).any():
+                self._refuse_damage(c, {**data, **crc})
+
+        return head, blocks()
 
     def lazy(self) -> dict[str, Any]:
         """Every array as a dask array, chunked like the store (nothing is read yet)."""
@@ -983,7 +1042,7 @@ class CheckReport:
     error_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
     unreadable_chunks: int = 0
-    damaged: list[int] = dataclasses.field(default_factory=list)  # finished chunks with data missing
+    damaged: list[int] = dataclasses.field(default_factory=list)  # finished chunks with data missing, or unreadable status
 
     @property
     def valid(self) -> bool:
@@ -1044,6 +1103,7 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
     except Exception:  # noqa: BLE001 - torn status chunk: the chunk is still to do
         report.unreadable_chunks += 1
         report.counts['pending'] = report.counts.get('pending', 0) + len(rows)
+        report.damaged.append(c)  # --repair marks it pending by replacing the file (`mark_pending`)
         return
     for code, name in STATUS_NAMES.items():
         report.counts[name] = report.counts.get(name, 0) + int((status == code).sum())

@@ -52,38 +52,66 @@ def aggregated_arrays(spec: ExpertSpec) -> tuple[str, ...]:
     return ('features', 'lengths', 'available', *(() if spec.aggregation in ('mean', 'max') else ('timestamps',)))
 
 
+#: rows `aggregate` makes float32 at a time: its temporaries are (videos, AGGREGATE_ROWS, D) float32,
+#: never two copies of every video padded to the longest (a unit of 512 videos beside an hours-long one)
+AGGREGATE_ROWS = 128
+
+Blocks = Iterator[tuple[int, np.ndarray, np.ndarray | None]]  # (first row, features, timestamps) of rows read
+
+
 def aggregate(spec: ExpertSpec, rows: ExpertRows) -> ExpertData:
     """Videos' rows from a store (`ExpertStore.read`, at least `aggregated_arrays(spec)`) as the
     model asks for them (`spec.aggregation`): the one place where rows become model inputs, for
     data read whole and data streamed."""
-    feats, times, lengths, available = rows.features, rows.timestamps, rows.lengths, rows.available.astype(bool)
-    n, width, d = feats.shape
+    width = rows.features.shape[1]
+    blocks = ((lo, rows.features[:, lo:lo + AGGREGATE_ROWS],
+               None if rows.timestamps is None else rows.timestamps[:, lo:lo + AGGREGATE_ROWS])
+              for lo in range(0, width, AGGREGATE_ROWS))
+    return _aggregate(spec, rows, width, blocks)
+
+
+def _aggregate(spec: ExpertSpec, rows: ExpertRows, width: int, blocks: Blocks) -> ExpertData:
+    """`aggregate` of `rows` whose features and timestamps come a row block at a time (`blocks`,
+    `width` rows in all); every block is consumed (a store checks its sums at the end)."""
+    lengths, available, (n, _, d) = rows.lengths, rows.available.astype(bool), rows.features.shape
     if d != spec.dim:
         raise StoreError(f'{spec.name}: the store has D={d} but the model config says dim={spec.dim}')
     # rows come padded to the longest video read; what the model gets depends on the store's T only
     t = rows.max_rows or width
-    if width < min(spec.max_tokens, t) and spec.aggregation not in ('mean', 'max'):
-        extra = min(spec.max_tokens, t) - width
-        feats, times = (np.pad(a, ((0, 0), (0, extra), (0, 0))) for a in (feats, times))
-        width += extra
-    valid = np.arange(width)[None, :] < lengths[:, None]
     if spec.aggregation in ('mean', 'max'):
-        f = _float32(feats)
+        agg = None
+        for lo, feats, _ in blocks:
+            f = _float32(feats)
+            valid = ((lo + np.arange(f.shape[1]))[None, :] < lengths[:, None])[..., None]
+            if spec.aggregation == 'mean':
+                f *= valid  # in place: no copy for the mask
+                # summed row after row as one sum over every row would be: the same float32 result
+                agg = f.sum(1) if agg is None else np.concatenate([agg[:, None], f], 1).sum(1)
+            else:
+                np.copyto(f, -np.inf, where=~valid)  # in place, as the mean's mask
+                block = f.max(1, initial=-np.inf)
+                agg = block if agg is None else np.maximum(agg, block)
+        if agg is None:  # width 0: no video read has rows
+            agg = np.zeros((n, d), np.float32)
         if spec.aggregation == 'mean':
-            agg = (f * valid[..., None]).sum(1) / np.maximum(lengths, 1)[:, None]
+            agg = agg / np.maximum(lengths, 1)[:, None]
         else:
-            f[~valid] = -np.inf  # in place: `f` is our own copy, and a masked copy of it costs as much again
-            agg = f.max(1, initial=-np.inf)  # width 0: no video read has rows
             agg[lengths == 0] = 0.0
         return ExpertData(agg.astype(np.float32, copy=False), available)
     keep = min(spec.max_tokens, t)
+    width = max(width, keep)  # fewer rows than kept: zero rows after them
+    x = np.zeros((n, keep, d), np.float32)
+    times = np.zeros((n, keep, 2), rows.timestamps.dtype)
     if spec.aggregation == 'tokens' and spec.sample == 'uniform' and t > keep:
         # Evenly spaced rows over each video's own length, in time order (MMT samples 30 of them).
         pos = np.minimum((np.arange(keep)[None, :] * np.maximum(lengths, keep)[:, None]) // keep, width - 1)
-        rows = _float32(np.take_along_axis(feats, pos[..., None], 1))
-        return ExpertData(rows, available, np.take_along_axis(valid, pos, 1),
-                          np.take_along_axis(times, pos[..., None], 1))
-    return ExpertData(_float32(feats[:, :keep]), available, valid[:, :keep], times[:, :keep])
+    else:
+        pos = np.broadcast_to(np.arange(keep)[None, :], (n, keep))
+    for lo, feats, block_times in blocks:  # only the row blocks that hold kept positions are copied
+        at, k = np.nonzero((pos >= lo) & (pos < lo + feats.shape[1]))
+        x[at, k] = feats[at, pos[at, k] - lo]
+        times[at, k] = block_times[at, pos[at, k] - lo]
+    return ExpertData(x, available, pos < lengths[:, None], times)
 
 
 def _float32(a: np.ndarray) -> np.ndarray:
@@ -279,14 +307,17 @@ def store_rows(store: ExpertStore, ids: list[str], spec: ExpertSpec, where: str)
 
 
 def read_aggregated(spec: ExpertSpec, store: ExpertStore, rows: np.ndarray) -> ExpertData:
-    """`aggregate` of the store `rows`, read a unit of work at a time: what is held at once is one
-    unit's rows padded to its longest video, not every row padded to the longest of the split (a
-    store keeps every second of hours-long videos)."""
+    """`aggregate` of the store `rows`, read a unit of work at a time and a row block at a time
+    (`ExpertStore.read_blocks`): what is held at once is one row block of a unit, not its rows
+    padded to its longest video (a store keeps every second of hours-long videos)."""
     units = rows // store.unit_size
     order = np.argsort(units, kind='stable')
     cuts = np.flatnonzero(np.diff(units[order])) + 1
-    parts = [aggregate(spec, store.read(rows=rows[at], arrays=aggregated_arrays(spec)))
-             for at in np.split(order, cuts) if len(at)]
+    parts = []
+    for at in np.split(order, cuts):
+        if len(at):  # a row block at a time: one unit's rows are never padded to its longest video
+            head, blocks = store.read_blocks(rows[at])
+            parts.append(_aggregate(spec, head, int(np.clip(head.lengths, 0, store.max_rows).max(initial=0)), blocks))
     back = np.argsort(order, kind='stable')
 
     def whole(arrays: list[np.ndarray | None]) -> np.ndarray | None:
