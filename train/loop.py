@@ -225,9 +225,15 @@ def _validate(state: TrainState, val: SplitData, device: torch.device, record: d
         save_checkpoint(state.model, ckpt_dir / 'best.pt', epoch=state.epoch)
 
 
-def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device, run_dir: Path, seed: int,
+def _test(state: TrainState, cfg: RunCfg, test: SplitData | None, device: torch.device, run_dir: Path, seed: int,
           chosen: str) -> dict[str, dict[str, float]]:
-    """The selected checkpoint on the test part: metrics, results table and the search gallery."""
+    """The selected checkpoint on the test part: metrics, results table and the search gallery. A
+    split without a test part (pretraining) records the checkpoint in a gallery of no videos, which
+    marks the run finished for --init-from and `train.evaluate`; it returns no metrics."""
+    if test is None:
+        atomic_save({'video_ids': [], 'emb': torch.zeros(0, 0), 'available': torch.zeros(0, 0, dtype=torch.bool),
+                     'checkpoint': chosen}, run_dir / GALLERY)
+        return {}
     load_model(state.model, run_dir / 'checkpoints' / chosen, device)
     state.model.eval()
     video = embed_videos(state.model, test, device)  # once: for the test metrics and for the search gallery
@@ -285,7 +291,9 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False, sampler)
     val = (load_part(manifest, cfg.data.split, 'val', features_root, experts, captions, cfg.train)
            if split.val and cfg.train.selection == 'geometric_mean' and ranks.main else None)
-    test = load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train) if ranks.main else None
+    # a split without a test part (howto100m's pretrain) trains and records its checkpoint untested
+    test = (load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train)
+            if ranks.main and split.test else None)
     if train.random_weights:
         _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
     if len(train) < cfg.train.batch_size:

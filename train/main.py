@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                                      progress=not args.no_progress, ranks=ranks))
         if not ranks.main:  # rank 0 writes and prints the results
             return 0
+        if not any(results):  # a split without a test part: pretraining
+            print(f'{cfg.data.dataset} split {cfg.data.split} has no test part: trained, not tested; evaluate it on '
+                  f'another dataset with python -m train.evaluate --run {base} --dataset DATASET')
+            return 0
         table = format_results({cfg.model.model: results})
         (base / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seeds '
                                          f'{args.seeds}\n\n{table}\n')
