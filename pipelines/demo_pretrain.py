@@ -107,14 +107,16 @@ def _chart(results: dict[str, dict[str, dict]], chance: float, out: Path) -> Non
 def main(argv: list[str] | None = None) -> int:
     d, n = DemoCfg(), NarratedCfg()
     parser = argparse.ArgumentParser(prog='python -m pipelines.demo_pretrain', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data-root', type=Path, default=data_root_default())
-    parser.add_argument('--features-root', type=Path, default=features_root_default())
+    parser.add_argument('--data-root', type=Path, default=data_root_default(),
+                        help='data root: demo/ and narrated/howto100m/ are generated there (default: %(default)s)')
+    parser.add_argument('--features-root', type=Path, default=features_root_default(),
+                        help='stores: demo/ and narrated/howto100m/ (default: %(default)s)')
     parser.add_argument('--runs', type=Path, default=Path('runs/demo_pretrain'), help='default: runs/demo_pretrain')
     parser.add_argument('--report', type=Path, default=Path('reports/demo_pretrain'),
                         help='default: reports/demo_pretrain')
     parser.add_argument('--videos', type=int, default=d.videos, help=f'demo videos (default: {d.videos})')
     parser.add_argument('--narrated-videos', type=int, default=n.videos, help=f'narrated videos (default: {n.videos})')
-    parser.add_argument('--seed', type=int, default=d.seed)
+    parser.add_argument('--seed', type=int, default=d.seed, help=f'seed of both generated sets (default: {d.seed})')
     parser.add_argument('--processes', type=int, default=2, help='torchrun processes for pretraining (default: 2)')
     parser.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
                         help='a setting of every training run, e.g. train.epochs=2 (tests)')

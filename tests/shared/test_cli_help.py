@@ -36,7 +36,7 @@ def _options_without_help(build: object, monkeypatch: pytest.MonkeyPatch) -> lis
     return [a.option_strings[0] for a in seen[0]._actions if a.option_strings and not a.help]
 
 
-@pytest.mark.parametrize('module', ['pipelines.extract_cluster', 'pipelines.reproduce'])
+@pytest.mark.parametrize('module', ['pipelines.extract_cluster', 'pipelines.reproduce', 'pipelines.demo_pretrain'])
 def test_every_option_has_help(module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import importlib
 
