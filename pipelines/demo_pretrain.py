@@ -87,7 +87,7 @@ def _chart(results: dict[str, dict[str, dict]], chance: float, out: Path) -> Non
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = plt.subplots(figsize=(8, 3.4))
     x = np.arange(len(results))
     width = 0.8 / len(ROWS)
     for k, row in enumerate(ROWS):
@@ -98,7 +98,8 @@ def _chart(results: dict[str, dict[str, dict]], chance: float, out: Path) -> Non
     ax.set_xticks(x, [m.upper() for m in results])
     ax.set_ylabel('demo test t2v R@1 (%)')
     ax.set_title('Narrated pretraining, then fine-tuning on the demo')
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, max(chance, *(r[row]['t2v']['R1'] for r in results.values() for row in ROWS)) * 1.15 + 1)
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
