@@ -38,7 +38,7 @@ INDEX         ?= $(RUN)/index/$(DATASET)
 PORT          ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast demo demo-data extract extract-cluster experts train pretrain caption probe reproduce import index serve check datasets clean clean-venv
+.PHONY: help setup browser test test-fast demo demo-pretrain demo-data extract extract-cluster experts train pretrain caption probe reproduce import index serve check datasets clean clean-venv
 
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
@@ -78,6 +78,10 @@ test-fast: $(STAMP) ## run the tests not marked slow
 demo: $(STAMP) ## run the main job on the embedded demo data
 	$(PY) -m pipelines.demo --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) --videos $(VIDEOS) --seed $(SEED) \
 		--runs runs/demo --report reports/demo
+
+demo-pretrain: $(STAMP) ## pretrain MMT and the support-set model on a narrated demo set, fine-tune on the demo
+	$(PY) -m pipelines.demo_pretrain --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) --seed $(SEED) \
+		--runs runs/demo_pretrain --report reports/demo_pretrain
 
 demo-data: $(STAMP) ## generate only the demo dataset (DATA_ROOT/demo)
 	$(PY) -m shared.datasets.demo --out $(DATA_ROOT)/demo --videos $(VIDEOS) --seed $(SEED)

@@ -21,7 +21,9 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -38,31 +40,37 @@ from train.main import config_path
 from train.main import main as train_main
 from train.metrics import format_results
 
-__all__ = ['main', 'ensure_demo_data', 'MODELS', 'QUERIES']
+__all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'MODELS', 'QUERIES']
 
 MODELS = ('mee', 'ce', 'mmt', 'ssb')
 QUERIES = ('an astronaut with a high tone', 'the word river appears over a cat', 'the camera zooms in on the moon')
 
 
-def ensure_demo_data(data_root: Path, cfg: DemoCfg, derived: tuple[Path, ...] = ()) -> Path:
+def ensure_demo_data(data_root: Path, cfg: DemoCfg, derived: tuple[Path, ...] = (), step: str = '[1/5 data]') -> Path:
     """Generate the demo dataset under ``data_root/demo`` unless the same one is already there;
     a new dataset removes the `derived` directories (stores and runs of the old videos)."""
-    out = data_root / 'demo'
-    manifest = out / MANIFEST_FILE
+    return ensure_generated(data_root / 'demo', MANIFEST_FILE, cfg, generate, derived, step)
+
+
+def ensure_generated(out: Path, record: str, cfg: Any, make: Callable[[Path, Any], Path], derived: tuple[Path, ...],
+                     step: str) -> Path:
+    """`make(out, cfg)` unless `out`/`record` says it was made with the same `cfg` (a dataclass);
+    before making it, remove the `derived` directories (stores and runs of other videos)."""
+    manifest = out / record
     if manifest.is_file():
         try:
             old = json.loads(manifest.read_text(encoding='utf-8')).get('config', {})
         except json.JSONDecodeError:
             old = {}
         if old == json.loads(json.dumps(dataclasses.asdict(cfg))):
-            print(f'[1/5 data] reusing {out} ({cfg.videos} videos, seed {cfg.seed})')
+            print(f'{step} reusing {out} ({cfg.videos} videos, seed {cfg.seed})')
             return out
     for stale in derived:
         if stale.exists():
-            print(f'[1/5 data] removing {stale}: it was built from other demo videos')
+            print(f'{step} removing {stale}: it was built from other videos')
             shutil.rmtree(stale)
-    print(f'[1/5 data] generating {cfg.videos} demo videos in {out}')
-    generate(out, cfg)
+    print(f'{step} generating {cfg.videos} videos in {out}')
+    make(out, cfg)
     return out
 
 

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import wave
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,12 @@ from shared.datasets import DATASETS
 from shared.datasets.manifest import DatasetError, Manifest, Split, read_json, require_files, resolve_inside
 from shared.media import ffmpeg_exe
 
-__all__ = ['DemoCfg', 'generate', 'demo', 'SUBJECTS', 'MOTIONS', 'TONES', 'WORDS', 'PHRASES', 'MANIFEST_FILE',
+__all__ = ['DemoCfg', 'NarratedCfg', 'generate', 'generate_narrated', 'demo', 'NARRATED_FILE', 'SUBJECTS', 'MOTIONS', 'TONES', 'WORDS', 'PHRASES', 'MANIFEST_FILE',
            'WORD2VEC_FILE', 'main']
 
 MANIFEST_FILE = 'demo.json'
+#: the narrated set's record of its facts, beside HowTo100M's own files
+NARRATED_FILE = 'narrated.json'
 WORD2VEC_FILE = 'word2vec.bin'
 GENERATOR_VERSION = 1
 
@@ -193,9 +196,11 @@ def _write_wav(path: Path, audio: np.ndarray) -> None:
         f.writeframes((audio * 32767.0).astype('<i2').tobytes())
 
 
-def _encode(path: Path, frames: np.ndarray, fps: int, wav: Path | None) -> None:
-    """H.264 (+ AAC) MP4, single-threaded and bitexact so that a seed always gives the same bytes."""
-    n, h, w, _ = frames.shape
+def _encode(path: Path, frames: Iterable[np.ndarray], size: tuple[int, int], fps: int, wav: Path | None) -> None:
+    """H.264 (+ AAC) MP4, single-threaded and bitexact so that a seed always gives the same bytes.
+    `frames` are (F, H, W, 3) blocks of `size` (width, height), piped in one after another, so that
+    a long video never sits in memory whole."""
+    w, h = size
     cmd = [ffmpeg_exe(), '-y', '-hide_banner', '-loglevel', 'error', '-nostdin',
            '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', f'{w}x{h}', '-r', str(fps), '-i', 'pipe:0']
     if wav is not None:
@@ -206,9 +211,20 @@ def _encode(path: Path, frames: np.ndarray, fps: int, wav: Path | None) -> None:
     cmd += ['-c:v', 'libx264', '-preset', 'veryfast', '-crf', '23', '-pix_fmt', 'yuv420p', '-threads', '1',
             '-g', str(fps), '-flags:v', '+bitexact', '-fflags', '+bitexact', '-map_metadata', '-1',
             '-movflags', '+faststart', str(path)]
-    proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f'ffmpeg failed on {path.name}: {proc.stderr.decode(errors="replace")[-500:]}')
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg never blocks on its messages
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        assert proc.stdin is not None
+        try:
+            for block in frames:
+                proc.stdin.write(np.ascontiguousarray(block).tobytes())
+        except BrokenPipeError:
+            pass  # ffmpeg stopped early: its exit status and messages say why
+        finally:
+            proc.stdin.close()
+        code = proc.wait()
+        if code:
+            err.seek(0)
+            raise RuntimeError(f'ffmpeg failed on {path.name}: {err.read().decode(errors="replace")[-500:]}')
 
 
 def _captions(facts: dict[str, Any], rng: np.random.Generator) -> list[str]:
@@ -295,7 +311,7 @@ def generate(out: Path, cfg: DemoCfg, progress: bool = True) -> Path:
                 wav = work / 'audio.wav'
                 _write_wav(wav, _audio(facts, facts['duration'], speech))
             path = out / 'videos' / f'{vid}.mp4'
-            _encode(path, frames, cfg.fps, wav)
+            _encode(path, [frames], (cfg.width, cfg.height), cfg.fps, wav)
             videos.append({'id': vid, 'file': f'videos/{vid}.mp4', 'frames': n_frames, 'fps': cfg.fps,
                            'width': cfg.width, 'height': cfg.height, **facts,
                            'sha256': hashlib.sha256(path.read_bytes()).hexdigest()})
@@ -312,11 +328,108 @@ def generate(out: Path, cfg: DemoCfg, progress: bool = True) -> Path:
     _train_word2vec(sentences, cfg, out / WORD2VEC_FILE)
     manifest = {'generator_version': GENERATOR_VERSION, 'config': dataclasses.asdict(cfg),
                 'espeak': can_speak, 'word2vec': WORD2VEC_FILE, 'videos': videos, 'splits': splits}
-    path = out / MANIFEST_FILE
+    return _write_json(out / MANIFEST_FILE, manifest)
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    """`data` as sorted, indented JSON (the same bytes for the same data); returns `path`."""
     buf = io.StringIO()
-    json.dump(manifest, buf, indent=1, sort_keys=True)
+    json.dump(data, buf, indent=1, sort_keys=True)
     path.write_text(buf.getvalue() + '\n', encoding='utf-8')
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class NarratedCfg:
+    """How the narrated set is generated (`generate_narrated`); defaults are what `make demo-pretrain` uses.
+
+    Args:
+        videos: number of videos.
+        seed: all randomness comes from this.
+        min_duration, max_duration: seconds; each video's length is drawn in between and filled with
+            whole scenes.
+        scene: how each scene is drawn and encoded, as one demo video (its `videos` and `seed` are
+            not used: the scenes are drawn from `seed`).
+    """
+
+    videos: int = 24
+    seed: int = 0
+    min_duration: float = 30.0
+    max_duration: float = 90.0
+    scene: DemoCfg = DemoCfg()
+
+    def __post_init__(self) -> None:
+        if self.videos < 1:
+            raise ValueError('the narrated set needs at least 1 video')
+        if not self.scene.max_duration <= self.min_duration <= self.max_duration - self.scene.max_duration:
+            raise ValueError(f'narrated durations must satisfy scene.max_duration ({self.scene.max_duration}) <= '
+                             f'min_duration <= max_duration - scene.max_duration')
+
+
+#: how an ASR segment of the narration opens (HowTo100M's narrators talk, they do not caption)
+_FILLERS = ('so', 'now', 'okay so', 'and here', 'next', 'alright now', 'and then')
+
+
+def _narrated_plan(cfg: NarratedCfg, can_speak: bool) -> list[list[dict[str, Any]]]:
+    """Each video's scenes: demo facts, plus the scene's `start` second and its `narration`."""
+    rng = np.random.default_rng([cfg.seed, 22])
+    n_scenes = int(np.ceil(cfg.videos * cfg.max_duration / cfg.scene.min_duration))
+    scenes = iter(_plan(dataclasses.replace(cfg.scene, videos=n_scenes, seed=cfg.seed), can_speak))
+    fps = cfg.scene.fps
+    plan = []
+    for _ in range(cfg.videos):
+        target = float(rng.uniform(cfg.min_duration, cfg.max_duration - cfg.scene.max_duration))
+        video: list[dict[str, Any]] = []
+        frames = 0
+        while frames < target * fps:
+            facts = next(scenes)
+            caps = facts['captions']
+            a, b = sorted(rng.choice(len(caps), 2, replace=False))
+            # two of the scene's captions, said as one ASR segment: the same content as the demo's captions
+            video.append({**facts, 'start': frames / fps,
+                          'narration': f'{rng.choice(_FILLERS)} {caps[a]} and {caps[b]}'})
+            frames += int(round(facts['duration'] * fps))
+        plan.append(video)
+    return plan
+
+
+def generate_narrated(out: Path, cfg: NarratedCfg, progress: bool = True) -> Path:
+    """Write the narrated set under `out` in HowTo100M's own files (the `howto100m` adapter reads
+    it): HowTo100M_v1.csv, caption.json (stop words removed), raw_caption.json and videos/{id}.mp4,
+    each video a sequence of demo scenes with one timed ASR-like caption per scene, spoken by
+    espeak-ng when it is installed; narrated.json records the facts. Returns narrated.json's path."""
+    from tqdm import tqdm
+
+    from shared.text import remove_stop_words
+
+    out = Path(out)
+    (out / 'videos').mkdir(parents=True, exist_ok=True)
+    can_speak = shutil.which('espeak-ng') is not None
+    sc = cfg.scene
+    videos, raw, rows = [], {}, ['video_id,category_1,category_2,rank,task_id']
+    with tempfile.TemporaryDirectory(prefix='videoexperts-narrated-') as tmp:
+        work = Path(tmp)
+        for i, scenes in enumerate(tqdm(_narrated_plan(cfg, can_speak), desc='narrated videos', unit='video',
+                                        disable=not progress)):
+            vid = f'narrated{i:04d}'
+            audio = [_audio(f, f['duration'], _espeak(f['narration'], work) if can_speak else None) for f in scenes]
+            wav = work / 'audio.wav'
+            _write_wav(wav, np.concatenate(audio))
+            path = out / 'videos' / f'{vid}.mp4'
+            blocks = (_frames(f, sc, int(round(f['duration'] * sc.fps))) for f in scenes)  # a scene at a time
+            _encode(path, blocks, (sc.width, sc.height), sc.fps, wav)
+            ends = [round(f['start'] + f['duration'], 2) for f in scenes]
+            raw[vid] = {'start': [round(f['start'], 2) for f in scenes], 'end': ends,
+                        'text': [f['narration'] for f in scenes]}
+            rows.append(f'{vid},Demo,{scenes[0]["subject"]},{i + 1},{22000 + i}')
+            videos.append({'id': vid, 'duration': ends[-1], 'scenes': scenes,
+                           'sha256': hashlib.sha256(path.read_bytes()).hexdigest()})
+    (out / 'HowTo100M_v1.csv').write_text('\n'.join(rows) + '\n', encoding='utf-8')
+    _write_json(out / 'raw_caption.json', raw)
+    _write_json(out / 'caption.json', {v: {**c, 'text': [remove_stop_words(t) for t in c['text']]}
+                                       for v, c in raw.items()})
+    return _write_json(out / NARRATED_FILE, {'generator_version': GENERATOR_VERSION,
+                                             'config': dataclasses.asdict(cfg), 'espeak': can_speak, 'videos': videos})
 
 
 @DATASETS.register()
@@ -341,24 +454,36 @@ def demo(root: Path) -> Manifest:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: generate the demo dataset."""
-    d = DemoCfg()
+    """CLI: generate the demo dataset, or with ``--narrated`` the narrated set (HowTo100M's files)."""
+    d, n = DemoCfg(), NarratedCfg()
     parser = argparse.ArgumentParser(prog='python -m shared.datasets.demo', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', type=Path, default=Path('data/demo'), help='output directory (default: data/demo)')
-    parser.add_argument('--videos', type=int, default=d.videos, help=f'number of videos (default: {d.videos})')
-    parser.add_argument('--seed', type=int, default=d.seed, help=f'random seed (default: {d.seed})')
+    parser.add_argument('--narrated', action='store_true',
+                        help='write the narrated set in HowTo100M\'s files instead (for make demo-pretrain), e.g. '
+                             '--out data/narrated/howto100m')
+    parser.add_argument('--videos', type=int, help=f'number of videos (default: {d.videos}; narrated {n.videos})')
+    parser.add_argument('--seed', type=int, help=f'random seed (default: {d.seed})')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
+    given = {k: v for k, v in (('videos', args.videos), ('seed', args.seed)) if v is not None}
     try:
-        cfg = DemoCfg(videos=args.videos, seed=args.seed)
+        cfg = NarratedCfg(**given) if args.narrated else DemoCfg(**given)
     except ValueError as err:
         parser.error(str(err))
+    if isinstance(cfg, NarratedCfg):
+        path = generate_narrated(args.out, cfg, progress=not args.quiet)
+        data = json.loads(path.read_text(encoding='utf-8'))
+        seconds = sum(v['duration'] for v in data['videos'])
+        print(f'wrote {len(data["videos"])} narrated videos ({seconds / 60:.1f} minutes, '
+              f'{sum(len(v["scenes"]) for v in data["videos"])} timed captions) in HowTo100M\'s files under {args.out}'
+              + ('' if data['espeak'] else '; narration not spoken (espeak-ng not installed)'))
+        return 0
     path = generate(args.out, cfg, progress=not args.quiet)
     data = json.loads(path.read_text(encoding='utf-8'))
-    n = len(data['videos'])
+    n_videos = len(data['videos'])
     speech = sum(bool(v['speech']) for v in data['videos'])
-    print(f'wrote {n} videos, {path} and {args.out / WORD2VEC_FILE}; splits '
+    print(f'wrote {n_videos} videos, {path} and {args.out / WORD2VEC_FILE}; splits '
           + ', '.join(f'{k} {len(v)}' for k, v in data['splits'].items())
           + (f'; {speech} with speech' if data['espeak'] else '; no speech (espeak-ng not installed)'))
     return 0

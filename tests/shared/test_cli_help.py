@@ -37,7 +37,7 @@ def _options_without_help(build: object, monkeypatch: pytest.MonkeyPatch) -> lis
 
 
 @pytest.mark.parametrize('module', ['pipelines.extract_cluster', 'pipelines.reproduce', 'pipelines.serve', 'train.index',
-                                    'train.bench_search'])
+                                    'train.bench_search', 'pipelines.demo_pretrain'])
 def test_every_option_has_help(module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import importlib
 

@@ -229,3 +229,23 @@ def test_stop_words_change_what_the_text_encoder_sees_in_training_and_evaluation
     assert all(w[0] == 'the' for w in keep_test + keep_train)
     assert all(set(w) <= set(WORDS) | {'mat'} for w in drop_test + drop_train)
     assert [[w for w in ws if w not in stop_words()] for ws in keep_test] == drop_test
+
+
+def test_pretraining_on_a_split_without_test_part_finishes_for_init_from(howto: tuple[Path, Path], tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """howto100m's pretrain split has no test part: the run trains, records its checkpoint (final.json)
+    and says so; --init-from and train.evaluate then take it as a finished run."""
+    from train.init import init_source
+    from train.runs import tested_checkpoint
+
+    config = mmt_config(tmp_path / 'c.yaml', {'object': DIM}, 100)
+    run = tmp_path / 'pretrain'
+    assert train_main(['--config', str(config), '--data-root', str(howto[0]), '--features-root', str(howto[1]),
+                       '--device', 'cpu', '--run-dir', str(run), '--no-progress', '--set', 'data.dataset=howto100m',
+                       '--set', 'data.split=pretrain', '--set', 'data.sample=window', '--set', 'data.max_words=16',
+                       '--set', 'model.transformer.max_positions=128', '--set', 'train.batch_size=8',
+                       '--set', 'train.epochs=1', '--set', 'train.selection=last']) == 0
+    assert 'howto100m/pretrain has no test part: trained only' in capsys.readouterr().out
+    last = run / 'seed0' / 'checkpoints' / 'last.pt'
+    assert tested_checkpoint(run / 'seed0') == last and init_source(str(run / 'seed0')) == last.resolve()
+    assert not (run / 'seed0' / 'test_metrics.json').exists()
