@@ -73,7 +73,7 @@ class Collection:
         w = text.weights[0].float()
         hits = []
         for s, r in zip(scores[0].tolist(), rows[0].tolist()):
-            if r == skip:
+            if r == skip or r < 0:  # r < 0: fewer candidates than k (an IVF search)
                 continue
             a = self.video.available[r].float() * w
             mix = (a / a.sum().clamp(min=1e-8)).tolist()

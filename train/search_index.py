@@ -173,8 +173,10 @@ class SearchIndex:
         return index.search(q, min(k, n))  # IVFFlat: the probed lists' vectors, scored exactly
 
     def search(self, text: TextEmbedding, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The top k of the collection for each query: (scores (T, k), collection rows (T, k)),
-        best first; k is capped at the collection's size."""
+        """The top k of the collection for each query: (scores (T, k'), collection rows (T, k')), best
+        first; k' is k capped at the collection's size, and fewer where an IVF search found fewer
+        candidates (it sees only its nprobe lists) for every query. A query that found fewer than
+        another has row -1 with score -inf after its hits."""
         k = min(k, self.n_videos)
         n_q = text.emb.shape[0]
         scores, rows = [], []
@@ -190,7 +192,9 @@ class SearchIndex:
             rows.append(np.where(valid, self.rows[i][np.maximum(pos, 0)], -1))
         scores, rows = np.concatenate(scores, 1), np.concatenate(rows, 1)
         top = np.argsort(-scores, axis=1, kind='stable')[:, :k]
-        return np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
+        scores, rows = np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
+        found = int((rows >= 0).any(0).sum())  # FAISS pads a short answer with -1: those columns come last
+        return scores[:, :found], rows[:, :found]
 
     def save(self, path: Path) -> None:
         """Write the indexes (FAISS's own format; no pickle) and the pattern table under `path`."""
