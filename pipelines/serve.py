@@ -8,8 +8,9 @@ GET /search?q=&k=   JSON: the top k videos with score, thumbnail, video URL, and
                     mixture weight of each expert (CE's interpretability)
 GET /similar?id=&k= JSON: videos like this one, searched by the video's own embedding
 GET /thumb/ROW      a thumbnail;  GET /video?path=P  the video file, with HTTP range requests
-Paths are resolved inside the dataset's root only: `..`, absolute paths and symlinks that lead
-out are refused (403). Bad input is a 4xx with one line of detail; the server goes on serving.
+Only the indexed videos' own paths are served (404 for any other file of the dataset's root), and
+they are resolved inside the root: `..`, absolute paths and symlinks that lead out are refused (403).
+Bad input is a 4xx with one line of detail; the server goes on serving.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class Collection:
         if store.attrs['run'] != str(run.resolve()):
             raise ConfigError(f'{index} indexes the videos of run {store.attrs["run"]}, not {run}: pass that --run')
         self.ids, self.paths, self.video = store.read()
+        self.served = set(self.paths)  # /video serves these files only, not the rest of the dataset root
         self.row = {v: i for i, v in enumerate(self.ids)}
         self.root = Path(store.attrs['video_root'])
         self.thumbs = index / THUMBS
@@ -95,12 +97,14 @@ class Collection:
         return {'id': video_id, 'results': self._hits(text, k, skip=r)}
 
     def file(self, relative: str) -> Path:
-        """A video file inside the root (PermissionError: outside it, through `..`, an absolute path or a
-        symlink; FileNotFoundError: no such file)."""
+        """An indexed video's file inside the root (PermissionError: outside it, through `..`, an absolute
+        path or a symlink; FileNotFoundError: not an indexed video's path, or no such file)."""
         try:
             path = resolve_inside(self.root, relative)
         except DatasetError as err:
             raise PermissionError(str(err)) from None
+        if relative not in self.served:
+            raise FileNotFoundError(f'no video {relative!r} in this index')
         real, root = os.path.realpath(path), os.path.realpath(self.root)
         if os.path.commonpath([real, root]) != root:  # a symlink that leads out
             raise PermissionError(f'video path {relative!r} leads outside the video root')
