@@ -10,6 +10,7 @@ GET /similar?id=&k= JSON: videos like this one, searched by the video's own embe
 GET /thumb/ROW      a thumbnail;  GET /video?path=P  the video file, with HTTP range requests
 Only the indexed videos' own paths are served (404 for any other file of the dataset's root), and
 they are resolved inside the root: `..`, absolute paths and symlinks that lead out are refused (403).
+An index made from another state of the run's checkpoint (retrained since) is refused at start.
 Bad input is a 4xx with one line of detail; the server goes on serving.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from shared.config import ConfigError, data_root_default
 from shared.datasets import DatasetError
 from shared.datasets.manifest import resolve_inside
+from shared.files import sha256_file
 from shared.store import StoreError
 from train.captions import build_caption_encoder
 from train.index import EMBEDDINGS, THUMBS, EmbeddingStore, build_index
@@ -59,6 +61,10 @@ class Collection:
         store = EmbeddingStore(index / EMBEDDINGS)
         if store.attrs['run'] != str(run.resolve()):
             raise ConfigError(f'{index} indexes the videos of run {store.attrs["run"]}, not {run}: pass that --run')
+        if store.attrs.get('checkpoint_sha256') != sha256_file(loaded.checkpoint):
+            raise ConfigError(f'{index} was made from another state of {loaded.checkpoint} (retrained since?): '
+                              f'index it again: python -m train.index --run {run} --out {index} --overwrite '
+                              f'--dataset {store.attrs["dataset"]}')
         self.ids, self.paths, self.video = store.read()
         self.served = set(self.paths)  # /video serves these files only, not the rest of the dataset root
         self.row = {v: i for i, v in enumerate(self.ids)}

@@ -100,6 +100,7 @@ class SearchIndex:
         self.rows: list[np.ndarray] = []  # collection rows of each pattern's index entries
         self.indexes: list[faiss.Index | None] = []  # None: the pattern without experts (score 0)
         self.recall: dict[str, float] = {}  # recall@10 of each approximate pattern, by pattern name
+        self.source: dict = {}  # what the embeddings came from, as `save` was told
         for i, p in enumerate(patterns):
             rows = np.flatnonzero(inverse.reshape(-1) == i)
             x = np.ascontiguousarray(emb[rows][:, p].reshape(len(rows), -1))
@@ -196,8 +197,9 @@ class SearchIndex:
         found = int((rows >= 0).any(0).sum())  # FAISS pads a short answer with -1: those columns come last
         return scores[:, :found], rows[:, :found]
 
-    def save(self, path: Path) -> None:
-        """Write the indexes (FAISS's own format; no pickle) and the pattern table under `path`."""
+    def save(self, path: Path, source: dict | None = None) -> None:
+        """Write the indexes (FAISS's own format; no pickle) and the pattern table under `path`, with
+        `source` (JSON: what the embeddings came from) for `load` to give back as `self.source`."""
         import faiss
 
         path.mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,8 @@ class SearchIndex:
             if index is not None:
                 faiss.write_index(index, str(path / f'pattern_{self.pattern_name(i)}.faiss'))
         table = {'cfg': dataclasses.asdict(self.cfg), 'shape': [self.n_videos, self.n_experts, self.dim],
-                 'recall': self.recall, 'patterns': [self.pattern_name(i) for i in range(len(self.patterns))]}
+                 'recall': self.recall, 'source': source or {},
+                 'patterns': [self.pattern_name(i) for i in range(len(self.patterns))]}
         np.savez(path / 'rows.npz', *self.rows)
         (path / 'index.json').write_text(json.dumps(table, indent=1))
 
@@ -219,6 +222,7 @@ class SearchIndex:
         self.cfg = IndexCfg(**table['cfg'])
         self.n_videos, self.n_experts, self.dim = table['shape']
         self.recall = table['recall']
+        self.source = table.get('source', {})  # an index saved before sources were recorded has none
         with np.load(path / 'rows.npz', allow_pickle=False) as z:
             self.rows = [z[f'arr_{i}'] for i in range(len(table['patterns']))]
         self.patterns, self.indexes = [], []

@@ -96,6 +96,26 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
         kept.rename(link)
 
 
+@pytest.mark.slow
+def test_an_index_of_an_older_checkpoint_state_is_not_served(served) -> None:
+    from pipelines.serve import Collection
+    from shared.config import ConfigError
+    from train.runs import load_run
+
+    from tests.train.test_index import _retrain_in_place
+
+    collection, _, manifest = served
+    run, index = collection.thumbs.parents[1] / 'ce' / 'seed0', collection.thumbs.parent
+    checkpoint = load_run(run).checkpoint
+    saved = checkpoint.read_bytes()
+    try:
+        _retrain_in_place(checkpoint)
+        with pytest.raises(ConfigError, match=r'was made from another state of .*--overwrite'):
+            Collection(run, index, manifest.root.parent)
+    finally:
+        checkpoint.write_bytes(saved)
+
+
 def test_a_query_of_words_outside_a_run_vocabulary_is_refused() -> None:
     """Runs with a word-level tokenizer (the demo's MMT and support-set) see [UNK] only: any such query ranks alike."""
     captions = SubwordCaptions('bert', 8, words=WordTokenizer(['cat', 'moon']))
