@@ -124,9 +124,10 @@ train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (m
 pretrain: $(STAMP) ## PAPER=mmt|ssb [GPUS=N TRAIN_ARGS=]: pretrain on HowTo100M (configs PAPER_howto100m.yaml) into runs/PAPER-howto100m-pretrain
 	$(TRAIN) --model $(PAPER) --dataset howto100m --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(TRAIN_ARGS)
 
-index: $(STAMP) ## embed every video of DATASET with RUN's model, thumbnails, search index [SHARD= NUM_SHARDS=]
+index: $(STAMP) ## embed every video of DATASET with RUN's model, thumbnails, search index [SHARD= NUM_SHARDS= OVERWRITE=1]
 	$(PY) -m train.index --run $(RUN) --dataset $(DATASET) --out $(INDEX) --data-root $(DATA_ROOT) \
-		--features-root $(FEATURES_ROOT) $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS))
+		--features-root $(FEATURES_ROOT) $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS)) \
+		$(if $(OVERWRITE),--overwrite)
 
 serve: $(STAMP) ## search INDEX in the browser (http://127.0.0.1:PORT/): make index first
 	$(PY) -m pipelines.serve --run $(RUN) --index $(INDEX) --data-root $(DATA_ROOT) --port $(PORT)

@@ -16,12 +16,12 @@ comes from. Files are loaded with ``torch.load(weights_only=True)``; their sha25
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from shared.config import offline, weights_dir
+from shared.files import sha256_file
 
 __all__ = ['WeightsError', 'ResolvedWeights', 'resolve_weights', 'load_state_dict', 'weights_dir', 'offline',
            'sha256_file']
@@ -49,14 +49,6 @@ class ResolvedWeights:
         if self.random:
             return 'random'
         return self.spec if self.path is None or str(self.path) == self.spec else f'{self.spec} ({self.path})'
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_path(spec: str) -> bool:

@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
 
     index = default_out(runs['ce'], 'demo')
     code = index_main(['--run', str(runs['ce']), '--dataset', 'demo', '--data-root', str(args.data_root),
-                       '--features-root', str(args.features_root), '--out', str(index)])
+                       '--features-root', str(args.features_root), '--out', str(index),
+                       '--overwrite'])  # a demo run retrained since its last index: the index follows it
     if code:
         return code
     print(f'demo finished in {time.time() - t0:.0f} s')

@@ -8,8 +8,10 @@ GET /search?q=&k=   JSON: the top k videos with score, thumbnail, video URL, and
                     mixture weight of each expert (CE's interpretability)
 GET /similar?id=&k= JSON: videos like this one, searched by the video's own embedding
 GET /thumb/ROW      a thumbnail;  GET /video?path=P  the video file, with HTTP range requests
-Paths are resolved inside the dataset's root only: `..`, absolute paths and symlinks that lead
-out are refused (403). Bad input is a 4xx with one line of detail; the server goes on serving.
+Only the indexed videos' own paths are served (404 for any other file of the dataset's root), and
+they are resolved inside the root: `..`, absolute paths and symlinks that lead out are refused (403).
+An index made from another state of the run's checkpoint (retrained since) is refused at start.
+Bad input is a 4xx with one line of detail; the server goes on serving.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 from shared.config import ConfigError, data_root_default
 from shared.datasets import DatasetError
 from shared.datasets.manifest import resolve_inside
+from shared.files import sha256_file
 from shared.store import StoreError
 from train.captions import build_caption_encoder
 from train.index import EMBEDDINGS, THUMBS, EmbeddingStore, build_index
@@ -58,7 +61,12 @@ class Collection:
         store = EmbeddingStore(index / EMBEDDINGS)
         if store.attrs['run'] != str(run.resolve()):
             raise ConfigError(f'{index} indexes the videos of run {store.attrs["run"]}, not {run}: pass that --run')
+        if store.attrs.get('checkpoint_sha256') != sha256_file(loaded.checkpoint):
+            raise ConfigError(f'{index} was made from another state of {loaded.checkpoint} (retrained since?): '
+                              f'index it again: python -m train.index --run {run} --out {index} --overwrite '
+                              f'--dataset {store.attrs["dataset"]}')
         self.ids, self.paths, self.video = store.read()
+        self.served = set(self.paths)  # /video serves these files only, not the rest of the dataset root
         self.row = {v: i for i, v in enumerate(self.ids)}
         self.root = Path(store.attrs['video_root'])
         self.thumbs = index / THUMBS
@@ -73,7 +81,7 @@ class Collection:
         w = text.weights[0].float()
         hits = []
         for s, r in zip(scores[0].tolist(), rows[0].tolist()):
-            if r == skip:
+            if r == skip or r < 0:  # r < 0: fewer candidates than k (an IVF search)
                 continue
             a = self.video.available[r].float() * w
             mix = (a / a.sum().clamp(min=1e-8)).tolist()
@@ -95,12 +103,14 @@ class Collection:
         return {'id': video_id, 'results': self._hits(text, k, skip=r)}
 
     def file(self, relative: str) -> Path:
-        """A video file inside the root (PermissionError: outside it, through `..`, an absolute path or a
-        symlink; FileNotFoundError: no such file)."""
+        """An indexed video's file inside the root (PermissionError: outside it, through `..`, an absolute
+        path or a symlink; FileNotFoundError: not an indexed video's path, or no such file)."""
         try:
             path = resolve_inside(self.root, relative)
         except DatasetError as err:
             raise PermissionError(str(err)) from None
+        if relative not in self.served:
+            raise FileNotFoundError(f'no video {relative!r} in this index')
         real, root = os.path.realpath(path), os.path.realpath(self.root)
         if os.path.commonpath([real, root]) != root:  # a symlink that leads out
             raise PermissionError(f'video path {relative!r} leads outside the video root')

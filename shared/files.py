@@ -7,12 +7,13 @@ rename is atomic within a directory), and the directory is synced so that the re
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ['atomic_write', 'atomic_save', 'fsync_dir', 'make_dir']
+__all__ = ['atomic_write', 'atomic_save', 'fsync_dir', 'make_dir', 'sha256_file']
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -68,3 +69,12 @@ def make_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
         blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
         raise ConfigError(f'{what} {path}: {blocking} is a file, not a directory: {fix}') from None
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's content, read in 1 MiB blocks (a checkpoint or weight file need not fit in memory)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()

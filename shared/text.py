@@ -10,7 +10,6 @@ token but gets no row.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 from importlib import resources
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import ConfigError
+from shared.files import sha256_file
 
 __all__ = ['WordVectors', 'WordVectorsError', 'load_word_vectors', 'normalise', 'split_words', 'word2vec_binary',
            'BINARY_SUFFIXES', 'TEXT_SUFFIXES', 'stop_words', 'remove_stop_words']
@@ -87,11 +87,7 @@ class WordVectors:
 
     @functools.cached_property
     def sha256(self) -> str:
-        h = hashlib.sha256()
-        with open(self.path, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 20), b''):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(self.path)
 
 
 class WordVectorsError(ConfigError):

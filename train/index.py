@@ -9,7 +9,9 @@ a thumbnail of each video is cut from its file (FFmpeg) with the chunk. Once eve
 the search index (`train.search_index`) is built beside it. The layout under --out:
 
     embeddings.zarr/   video_ids [N], paths [N] (inside the dataset root), emb [N, M, d] float32,
-                       available [N, M] bool, status [N] uint8 (0 pending, 1 done)
+                       available [N, M] bool, status [N] uint8 (0 pending, 1 done); its attributes name
+                       the run and the sha256 of the checkpoint that made it (a retrained run's index
+                       is refused, or made again with --overwrite)
     thumbs/ROW.jpg     one per video (missing where FFmpeg could not cut one)
     faiss/             one FAISS index per availability pattern
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -30,6 +33,7 @@ import zarr
 
 from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
+from shared.files import sha256_file
 from shared.logs import setup_logging
 from shared.media import MediaError, ffmpeg_exe
 from shared.store import StoreError, shard_chunks
@@ -45,7 +49,7 @@ __all__ = ['EMBEDDINGS', 'THUMBS', 'FAISS', 'EmbeddingStore', 'embed_collection'
 _logger = logging.getLogger(__name__)
 
 EMBEDDINGS, THUMBS, FAISS = 'embeddings.zarr', 'thumbs', 'faiss'
-CHUNK = 256  # videos per chunk: the unit of work of one writer
+CHUNK = 256  # videos per chunk (the unit of work of one writer), rounded up to the expert stores' units
 THUMB_WIDTH = 240
 
 
@@ -67,29 +71,49 @@ class EmbeddingStore:
                chunk_size: int = CHUNK) -> EmbeddingStore:
         """Create the store (built aside and renamed into place: shards that start together never see
         half a store), or open the one there when it was made by the same run for the same videos."""
+        if chunk_size < 1:
+            raise ValueError(f'the chunk size must be >= 1 video, got {chunk_size}')
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-            n, c = len(manifest.video_ids), chunk_size
-            g = zarr.open_group(str(tmp), mode='w-', zarr_format=3, attributes={**attrs, 'chunk_size': c})
-            g.create_array('video_ids', shape=(n,), chunks=(c,), dtype=str, fill_value='')[:] = \
-                np.asarray(manifest.video_ids, dtype=str)
-            g.create_array('paths', shape=(n,), chunks=(c,), dtype=str, fill_value='')[:] = \
-                np.asarray([os.path.relpath(p, manifest.root) for p in manifest.paths], dtype=str)
-            g.create_array('emb', shape=(n, n_emb, dim), chunks=(c, n_emb, dim), dtype='float32', fill_value=0)
-            g.create_array('available', shape=(n, n_emb), chunks=(c, n_emb), dtype=bool, fill_value=False)
-            g.create_array('status', shape=(n,), chunks=(c,), dtype='uint8', fill_value=0)
+            try:
+                cls._build(tmp, manifest, n_emb, dim, {**attrs, 'chunk_size': chunk_size})
+            except BaseException:  # a failed or interrupted build leaves no half store behind
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             try:
                 os.rename(tmp, path)
             except OSError:  # another shard's store is in place: use that one
                 shutil.rmtree(tmp, ignore_errors=True)
         store = cls(path)
-        ids = np.asarray(store.group['video_ids'][:], dtype=object)
-        mismatch = [k for k in ('run', 'checkpoint') if store.attrs.get(k) != attrs[k]]
-        if mismatch or list(ids) != list(manifest.video_ids):
-            raise StoreError(f'{path} holds embeddings of another {"run" if mismatch else "video list"}: '
-                             'remove it, or give another --out')
+        other = store.made_by_other(attrs, manifest.video_ids)
+        if other:
+            raise StoreError(f'{path} holds embeddings of {other}: index again with --overwrite, or give another --out')
         return store
+
+    @staticmethod
+    def _build(path: Path, manifest: Manifest, n_emb: int, dim: int, attrs: dict) -> None:
+        n, c = len(manifest.video_ids), attrs['chunk_size']
+        g = zarr.open_group(str(path), mode='w-', zarr_format=3, attributes=attrs)
+        g.create_array('video_ids', shape=(n,), chunks=(c,), dtype=str, fill_value='')[:] = \
+            np.asarray(manifest.video_ids, dtype=str)
+        g.create_array('paths', shape=(n,), chunks=(c,), dtype=str, fill_value='')[:] = \
+            np.asarray([os.path.relpath(p, manifest.root) for p in manifest.paths], dtype=str)
+        g.create_array('emb', shape=(n, n_emb, dim), chunks=(c, n_emb, dim), dtype='float32', fill_value=0)
+        g.create_array('available', shape=(n, n_emb), chunks=(c, n_emb), dtype=bool, fill_value=False)
+        g.create_array('status', shape=(n,), chunks=(c,), dtype='uint8', fill_value=0)
+
+    def made_by_other(self, attrs: dict, video_ids: list[str]) -> str:
+        """What differs from a store `attrs` would make of `video_ids` ('' when nothing): another run, another
+        state of its checkpoint (retrained or resumed in place: same name, other weights), or other videos."""
+        if self.attrs.get('run') != attrs['run']:
+            return f'another run ({self.attrs.get("run")})'
+        if (self.attrs.get('checkpoint'), self.attrs.get('checkpoint_sha256')) != \
+                (attrs['checkpoint'], attrs['checkpoint_sha256']):
+            return f'another state of the run\'s checkpoint than {attrs["checkpoint"]} now holds'
+        if [str(v) for v in self.group['video_ids'][:]] != list(video_ids):
+            return 'another video list'
+        return ''
 
     def chunk_rows(self, chunk: int) -> range:
         return range(chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, self.n_videos))
@@ -147,22 +171,42 @@ def _embed_rows(model: RetrievalModel, cfg: RunCfg, stores: dict, rows: range, d
 
 
 def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Path, shard: int = 0,
-                     num_shards: int = 1, device: torch.device | str = 'cpu', chunk_size: int = CHUNK) -> EmbeddingStore:
+                     num_shards: int = 1, device: torch.device | str = 'cpu', chunk_size: int = CHUNK,
+                     overwrite: bool = False) -> EmbeddingStore:
     """Embed this shard's chunks of every video of `manifest` with `run`'s model, and cut their thumbnails.
 
+    `chunk_size` is rounded up to a multiple of the expert stores' units of work (`ExpertStore.unit_size`),
+    so that each unit is read once. With `overwrite`, an index under `out` made by another run, checkpoint
+    state or video list is removed (embeddings, thumbnails, FAISS) and made again.
+
     Raises:
-        ConfigError: not a finished run; StoreError: an expert store is missing or unfinished.
+        ConfigError: not a finished run; StoreError: an expert store is missing or unfinished, or `out`
+        holds another run's index; ValueError: a chunk size below 1.
     """
+    if chunk_size < 1:  # before any model loads
+        raise ValueError(f'--chunk-size must be >= 1 video, got {chunk_size}')
     loaded = load_run(run, device)
     stores = {s.name: open_expert_store(features_root, manifest.name, s.name)[0] for s in loaded.cfg.model.experts}
     for store in stores.values():  # rows are read by position: they must be the manifest's videos, in order
         if list(store.video_ids) != list(manifest.video_ids):
             raise StoreError(f'{store.path} holds other videos than the {manifest.name} manifest lists now: '
                              f'extract it again: python -m extract --dataset {manifest.name} --overwrite')
+    # a chunk that splits an expert store's unit (a shard file of 512 videos) would read that unit twice
+    unit = math.lcm(*(s.unit_size for s in stores.values()))
+    if chunk_size % unit:
+        chunk_size = -(-chunk_size // unit) * unit
+        _logger.info('chunks of %d videos: a multiple of the expert stores\' units of %d', chunk_size, unit)
     probe = _embed_rows(loaded.model, loaded.cfg, stores, range(0, min(1, len(manifest.video_ids))), device)
-    attrs = {'run': str(run.resolve()), 'checkpoint': loaded.checkpoint.name, 'model': loaded.cfg.model.model,
+    attrs = {'run': str(run.resolve()), 'checkpoint': loaded.checkpoint.name,
+             'checkpoint_sha256': sha256_file(loaded.checkpoint), 'model': loaded.cfg.model.model,
              'dataset': manifest.name, 'video_root': str(Path(manifest.root).resolve()),
              'experts': [s.name for s in loaded.cfg.model.experts]}
+    if overwrite and (out / EMBEDDINGS).exists():
+        other = EmbeddingStore(out / EMBEDDINGS).made_by_other(attrs, manifest.video_ids)
+        if other:
+            _logger.warning('%s holds embeddings of %s: made again (--overwrite)', out / EMBEDDINGS, other)
+            for name in (FAISS, THUMBS, EMBEDDINGS):  # the store last: a kill in between is refused on rerun
+                shutil.rmtree(out / name, ignore_errors=True)
     store = EmbeddingStore.create(out / EMBEDDINGS, manifest, probe.emb.shape[1], probe.emb.shape[2], attrs,
                                   chunk_size)
     (out / THUMBS).mkdir(exist_ok=True)
@@ -177,15 +221,24 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
 
 
 def build_index(out: Path, cfg: IndexCfg | None = None) -> SearchIndex:
-    """The search index of a complete embedding store, built once (aside, then renamed) and loaded after that."""
-    if (out / FAISS / 'index.json').is_file():
-        return SearchIndex.load(out / FAISS)
+    """The search index of a complete embedding store, built once (aside, then renamed) and loaded after that.
+
+    Raises:
+        StoreError: the store is not complete, or the FAISS index there was built from other embeddings.
+    """
     store = EmbeddingStore(out / EMBEDDINGS)
+    source = {'checkpoint_sha256': store.attrs.get('checkpoint_sha256')}  # what the index was built from
+    if (out / FAISS / 'index.json').is_file():
+        index = SearchIndex.load(out / FAISS)
+        if index.source != source:
+            raise StoreError(f'{out / FAISS} was built from other embeddings than {store.path} holds: remove it, '
+                             'python -m train.index builds it again')
+        return index
     if not store.complete():
         raise StoreError(f'{store.path} is not complete: run every shard of python -m train.index first')
     index = SearchIndex(store.read()[2], cfg)
     tmp = out / f'.{FAISS}.tmp-{os.getpid()}'
-    index.save(tmp)
+    index.save(tmp, source)
     try:
         os.rename(tmp, out / FAISS)
     except OSError:  # another shard built it first
@@ -210,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--data-root', type=Path, default=data_root_default(), help='datasets\' videos and word vectors')
     p.add_argument('--features-root', type=Path, default=features_root_default(), help='the expert stores')
     p.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1 ... (default: cpu)')
-    p.add_argument('--chunk-size', type=int, default=CHUNK, help=f'videos per chunk, the unit of work (default: {CHUNK})')
+    p.add_argument('--chunk-size', type=int, default=CHUNK,
+                   help=f'videos per chunk, the unit of work, rounded up to a multiple of the expert stores\' units '
+                        f'(default: {CHUNK})')
+    p.add_argument('--overwrite', action='store_true',
+                   help='make the index again where --out holds one of another run, checkpoint state or video list')
     args = p.parse_args(argv)
     setup_logging()
     try:
@@ -219,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or default_out(run, manifest.name)
         shard_chunks(1, args.shard, args.num_shards)  # a bad shard number: one line before any model loads
         store = embed_collection(run, manifest, args.features_root, out, args.shard, args.num_shards,
-                                 torch.device(args.device), args.chunk_size)
+                                 torch.device(args.device), args.chunk_size, args.overwrite)
         if not store.complete():
             print(f'shard {args.shard} of {args.num_shards} done; the index is built once every shard is')
             return 0

@@ -100,6 +100,7 @@ class SearchIndex:
         self.rows: list[np.ndarray] = []  # collection rows of each pattern's index entries
         self.indexes: list[faiss.Index | None] = []  # None: the pattern without experts (score 0)
         self.recall: dict[str, float] = {}  # recall@10 of each approximate pattern, by pattern name
+        self.source: dict = {}  # what the embeddings came from, as `save` was told
         for i, p in enumerate(patterns):
             rows = np.flatnonzero(inverse.reshape(-1) == i)
             x = np.ascontiguousarray(emb[rows][:, p].reshape(len(rows), -1))
@@ -173,8 +174,10 @@ class SearchIndex:
         return index.search(q, min(k, n))  # IVFFlat: the probed lists' vectors, scored exactly
 
     def search(self, text: TextEmbedding, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The top k of the collection for each query: (scores (T, k), collection rows (T, k)),
-        best first; k is capped at the collection's size."""
+        """The top k of the collection for each query: (scores (T, k'), collection rows (T, k')), best
+        first; k' is k capped at the collection's size, and fewer where an IVF search found fewer
+        candidates (it sees only its nprobe lists) for every query. A query that found fewer than
+        another has row -1 with score -inf after its hits."""
         k = min(k, self.n_videos)
         n_q = text.emb.shape[0]
         scores, rows = [], []
@@ -190,10 +193,13 @@ class SearchIndex:
             rows.append(np.where(valid, self.rows[i][np.maximum(pos, 0)], -1))
         scores, rows = np.concatenate(scores, 1), np.concatenate(rows, 1)
         top = np.argsort(-scores, axis=1, kind='stable')[:, :k]
-        return np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
+        scores, rows = np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
+        found = int((rows >= 0).any(0).sum())  # FAISS pads a short answer with -1: those columns come last
+        return scores[:, :found], rows[:, :found]
 
-    def save(self, path: Path) -> None:
-        """Write the indexes (FAISS's own format; no pickle) and the pattern table under `path`."""
+    def save(self, path: Path, source: dict | None = None) -> None:
+        """Write the indexes (FAISS's own format; no pickle) and the pattern table under `path`, with
+        `source` (JSON: what the embeddings came from) for `load` to give back as `self.source`."""
         import faiss
 
         path.mkdir(parents=True, exist_ok=True)
@@ -201,7 +207,8 @@ class SearchIndex:
             if index is not None:
                 faiss.write_index(index, str(path / f'pattern_{self.pattern_name(i)}.faiss'))
         table = {'cfg': dataclasses.asdict(self.cfg), 'shape': [self.n_videos, self.n_experts, self.dim],
-                 'recall': self.recall, 'patterns': [self.pattern_name(i) for i in range(len(self.patterns))]}
+                 'recall': self.recall, 'source': source or {},
+                 'patterns': [self.pattern_name(i) for i in range(len(self.patterns))]}
         np.savez(path / 'rows.npz', *self.rows)
         (path / 'index.json').write_text(json.dumps(table, indent=1))
 
@@ -215,6 +222,7 @@ class SearchIndex:
         self.cfg = IndexCfg(**table['cfg'])
         self.n_videos, self.n_experts, self.dim = table['shape']
         self.recall = table['recall']
+        self.source = table.get('source', {})  # an index saved before sources were recorded has none
         with np.load(path / 'rows.npz', allow_pickle=False) as z:
             self.rows = [z[f'arr_{i}'] for i in range(len(table['patterns']))]
         self.patterns, self.indexes = [], []

@@ -67,8 +67,10 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
     collection, client, manifest = served
     outside = tmp_path / 'secret.mp4'
     outside.write_bytes(b'not for you')
-    link = collection.root / 'videos_link_out.mp4'
+    link = collection.root / collection.paths[7]  # an indexed video's file replaced by a symlink that leads out
+    kept = link.rename(tmp_path / 'kept.mp4')
     link.symlink_to(outside)
+    assert (collection.root / 'demo.json').is_file()  # a file of the root, but no video of the index
     try:
         bad = {
             ('/search', (('q', ''),)): (400, 'empty'),
@@ -78,8 +80,10 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
             ('/similar', (('id', 'no-such-video'),)): (404, 'no video'),
             ('/video', (('path', '../../etc/passwd'),)): (403, 'escapes'),
             ('/video', (('path', str(outside)),)): (403, 'relative'),
-            ('/video', (('path', link.name),)): (403, 'leads outside'),
+            ('/video', (('path', collection.paths[7]),)): (403, 'leads outside'),
             ('/video', (('path', 'nothing_here.mp4'),)): (404, 'no video'),
+            ('/video', (('path', 'demo.json'),)): (404, 'no video'),
+            ('/video', (('path', 'videos/../demo.json'),)): (404, 'no video'),
             ('/thumb/100000', ()): (404, 'no thumbnail'),
         }
         for (path, params), (code, words) in bad.items():
@@ -89,6 +93,27 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
         assert client.get('/search', params={'q': 'a cat', 'k': 'many'}).status_code == 422
     finally:
         link.unlink()
+        kept.rename(link)
+
+
+@pytest.mark.slow
+def test_an_index_of_an_older_checkpoint_state_is_not_served(served) -> None:
+    from pipelines.serve import Collection
+    from shared.config import ConfigError
+    from train.runs import load_run
+
+    from tests.train.test_index import _retrain_in_place
+
+    collection, _, manifest = served
+    run, index = collection.thumbs.parents[1] / 'ce' / 'seed0', collection.thumbs.parent
+    checkpoint = load_run(run).checkpoint
+    saved = checkpoint.read_bytes()
+    try:
+        _retrain_in_place(checkpoint)
+        with pytest.raises(ConfigError, match=r'was made from another state of .*--overwrite'):
+            Collection(run, index, manifest.root.parent)
+    finally:
+        checkpoint.write_bytes(saved)
 
 
 def test_a_query_of_words_outside_a_run_vocabulary_is_refused() -> None:

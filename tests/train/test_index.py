@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ import torch
 import zarr
 from PIL import Image
 
+import shared.store
 from shared.datasets import load_manifest
+from shared.files import sha256_file
 from shared.store import StoreError
 from train.captions import build_caption_encoder
 from train.data import load_split
@@ -47,8 +50,8 @@ def test_index_of_every_demo_video_ranks_as_the_model(model: str, runs: dict[str
     data, features = demo_stores
     out = tmp_path / 'index'
     args = ['--run', str(runs[model]), '--dataset', 'demo', '--data-root', str(data), '--features-root', str(features),
-            '--out', str(out), '--chunk-size', '16', '--num-shards', '2']
-    assert index_main([*args, '--shard', '0']) == 0  # 2 of the 4 chunks
+            '--out', str(out), '--chunk-size', '32', '--num-shards', '2']
+    assert index_main([*args, '--shard', '0']) == 0  # 1 of the 2 chunks
     assert 'once every shard is' in capsys.readouterr().out and not (out / FAISS).exists()
     assert index_main([*args, '--shard', '1']) == 0
     assert 'serve it: python -m pipelines.serve' in capsys.readouterr().out
@@ -85,18 +88,18 @@ def test_a_rerun_embeds_only_unfinished_chunks(runs: dict[str, Path], demo_store
     data, features = demo_stores
     out = tmp_path / 'index'
     args = ['--run', str(runs['ce']), '--dataset', 'demo', '--data-root', str(data), '--features-root', str(features),
-            '--out', str(out), '--chunk-size', '16']
+            '--out', str(out), '--chunk-size', '32']
     assert index_main(args) == 0
     first = np.asarray(zarr.open_group(str(out / EMBEDDINGS), mode='r')['emb'][:])
     group = zarr.open_group(str(out / EMBEDDINGS), mode='r+')
-    group['status'][16:32] = np.zeros(16, np.uint8)  # chunk 1 cut short by a kill
-    group['emb'][16:32] = np.zeros_like(first[16:32])
+    group['status'][32:60] = np.zeros(28, np.uint8)  # chunk 1 cut short by a kill
+    group['emb'][32:60] = np.zeros_like(first[32:60])
     (out / THUMBS / '0.jpg').unlink()
-    (out / THUMBS / '20.jpg').unlink()
+    (out / THUMBS / '40.jpg').unlink()
     shutil.rmtree(out / FAISS)
     assert index_main(args) == 0
     np.testing.assert_array_equal(np.asarray(group['emb'][:]), first)
-    assert (out / THUMBS / '20.jpg').is_file() and not (out / THUMBS / '0.jpg').is_file()  # chunk 0 was skipped
+    assert (out / THUMBS / '40.jpg').is_file() and not (out / THUMBS / '0.jpg').is_file()  # chunk 0 was skipped
     assert json.loads((out / FAISS / 'index.json').read_text())['shape'][0] == 60
     # another run's embeddings are never resumed
     assert index_main([*args[:1], str(runs['mee']), *args[2:]]) == 1
@@ -105,3 +108,83 @@ def test_a_rerun_embeds_only_unfinished_chunks(runs: dict[str, Path], demo_store
     shuffled = dataclasses.replace(manifest, video_ids=manifest.video_ids[::-1], paths=manifest.paths[::-1])
     with pytest.raises(StoreError, match='holds other videos than the demo manifest'):
         embed_collection(runs['ce'], shuffled, features, tmp_path / 'other')
+
+
+def _retrain_in_place(checkpoint: Path) -> None:
+    """What a resumed or repeated run does to its checkpoint: same file name, other weights."""
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    g = torch.Generator().manual_seed(0)
+    state['model'] = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                      for k, v in state['model'].items()}
+    torch.save(state, checkpoint)
+
+
+@pytest.mark.slow
+def test_an_index_of_an_older_checkpoint_state_is_refused_or_made_again(
+        runs: dict[str, Path], demo_stores: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data, features = demo_stores
+    args = ['--run', str(runs['ce']), '--dataset', 'demo', '--data-root', str(data), '--features-root', str(features)]
+    out = tmp_path / 'index'
+    assert index_main([*args, '--out', str(out)]) == 0
+    old = EmbeddingStore(out / EMBEDDINGS).read()[2].emb
+    checkpoint = load_run(runs['ce']).checkpoint
+    saved = checkpoint.read_bytes()
+    try:
+        _retrain_in_place(checkpoint)
+        capsys.readouterr()
+        assert index_main([*args, '--out', str(out)]) == 1
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error: ')]
+        assert len(errors) == 1 and "another state of the run's checkpoint" in errors[0] and '--overwrite' in errors[0]
+        assert index_main([*args, '--out', str(out), '--overwrite']) == 0
+        assert index_main([*args, '--out', str(tmp_path / 'fresh')]) == 0
+        again = EmbeddingStore(out / EMBEDDINGS).read()[2].emb
+        torch.testing.assert_close(again, EmbeddingStore(tmp_path / 'fresh' / EMBEDDINGS).read()[2].emb)
+        assert not torch.allclose(again, old, atol=1e-3)
+        assert build_index(out).source == {'checkpoint_sha256': sha256_file(checkpoint)}
+        assert len(list((out / THUMBS).glob('*.jpg'))) == 60
+        # a FAISS index left from other embeddings is not served as this store's
+        shutil.rmtree(out / FAISS)
+        shutil.copytree(tmp_path / 'fresh' / FAISS, out / FAISS)
+        zarr.open_group(str(out / EMBEDDINGS), mode='r+').attrs['checkpoint_sha256'] = 'older'
+        with pytest.raises(StoreError, match='built from other embeddings'):
+            build_index(out)
+    finally:
+        checkpoint.write_bytes(saved)
+
+
+@pytest.mark.slow
+def test_index_chunks_read_each_expert_store_unit_once(runs: dict[str, Path], demo_stores: tuple[Path, Path],
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk smaller than the stores' units (32 videos here; 512 in a sharded store) is rounded up to them."""
+    data, features = demo_stores
+    reads: Counter = Counter()
+    real = shared.store.ExpertStore._read_chunk
+
+    def counted(store, chunk, *rest, **kw):
+        reads[store.path.name, chunk] += 1
+        return real(store, chunk, *rest, **kw)
+
+    monkeypatch.setattr(shared.store.ExpertStore, '_read_chunk', counted)
+    store = embed_collection(runs['ce'], load_manifest('demo', data), features, tmp_path / 'index', chunk_size=16)
+    assert store.chunk_size == 32 and store.complete()
+    expected = Counter({(f'{e}.zarr', c): 1 for e in ('object', 'scene', 'audio') for c in (0, 1)})
+    expected.update((f'{e}.zarr', 0) for e in ('object', 'scene', 'audio'))  # the probe of row 0: the shape
+    assert reads == expected
+
+
+@pytest.mark.slow
+def test_a_chunk_size_below_one_is_one_line_and_a_failed_store_leaves_nothing(
+        runs: dict[str, Path], demo_stores: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data, features = demo_stores
+    args = ['--run', str(runs['ce']), '--dataset', 'demo', '--data-root', str(data), '--features-root', str(features),
+            '--out', str(tmp_path / 'index')]
+    for size in ('0', '-4'):
+        capsys.readouterr()
+        assert index_main([*args, '--chunk-size', size]) == 1
+        err = capsys.readouterr().err
+        assert err == f'error: --chunk-size must be >= 1 video, got {size}\n', err
+    assert not (tmp_path / 'index').exists()
+    with pytest.raises(ValueError):  # Zarr refuses a negative dimension: the half-made store is removed
+        EmbeddingStore.create(tmp_path / 'index' / EMBEDDINGS, load_manifest('demo', data), -1, 8,
+                              {'run': '', 'checkpoint': '', 'checkpoint_sha256': ''})
+    assert list((tmp_path / 'index').iterdir()) == []

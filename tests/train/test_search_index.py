@@ -96,3 +96,24 @@ def test_videos_like_this_one_rank_the_video_itself_first() -> None:
     query = video_queries(VideoEmbedding(video.emb[has], video.available[has]))
     _, rows = SearchIndex(video).search(query, 3)
     assert (rows[:, 0] == has.numpy()).all()
+
+
+def test_an_ivf_search_that_finds_fewer_than_k_returns_real_rows_only() -> None:
+    """IVF sees only its nprobe lists: with lists of ~10 videos and nprobe 1, k=50 finds fewer; FAISS
+    pads with row -1, which must not reach a caller as a video (nor -inf as a score)."""
+    g = torch.Generator().manual_seed(7)
+    video = VideoEmbedding(torch.nn.functional.normalize(torch.randn(300, 1, 8, generator=g), dim=-1),
+                           torch.ones(300, 1, dtype=torch.bool))
+    index = SearchIndex(video, IndexCfg(approx_threshold=100, nlist=30, nprobe=1, recall_queries=10))
+    assert index.is_approximate(0)
+    texts = TextEmbedding(torch.nn.functional.normalize(torch.randn(6, 1, 8, generator=g), dim=-1), torch.ones(6, 1))
+    brute = mixture_similarity(texts, video).numpy()
+    counts = []
+    for t in range(6):  # one query at a time, as the server asks: every column is a video
+        scores, rows = index.search(TextEmbedding(texts.emb[t:t + 1], texts.weights[t:t + 1]), 50)
+        assert 0 < rows.shape[1] < 50 and (rows >= 0).all() and np.isfinite(scores).all()
+        np.testing.assert_allclose(brute[t, rows[0]], scores[0], atol=1e-5)
+        counts.append(rows.shape[1])
+    scores, rows = index.search(texts, 50)  # together: as many columns as the query that found most
+    assert rows.shape[1] == max(counts) and ((rows >= 0).sum(1) == counts).all()
+    assert ((rows >= 0) == np.isfinite(scores)).all()
