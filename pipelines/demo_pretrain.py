@@ -2,8 +2,10 @@
 
 1. generate the demo videos and a narrated set in HowTo100M's own files (`NarratedCfg`: videos
 that chain demo scenes, one timed ASR-like caption per scene), read by the real `howto100m`
-adapter; 2. extract only the experts pretraining uses (MMT: motion + audio; support-set: action +
-object) from both, RANDOM weights as in `make demo`; 3. pretrain MMT (window sampling) and the
+adapter; 2. extract only the experts pretraining uses (MMT: motion + audio, plus object, which alone
+carries the photo that the captions name when the weights are random; support-set: action + object)
+from both, RANDOM weights and the settings of `make demo` (whose stores are reused), the narrated
+set's object frames at `NARRATED_OBJECT_FPS`; 3. pretrain MMT (window sampling) and the
 support-set model (segment sampling) on the narrated set with two torchrun processes; 4. for both
 models, evaluate the pretrained run on the demo test split (zero-shot), train from scratch on the
 demo, and fine-tune the pretrained run on it (--init-from); print the three rows and chart them.
@@ -28,6 +30,7 @@ from pipelines.demo import ensure_demo_data, ensure_generated
 from shared.config import data_root_default, features_root_default
 from shared.datasets import load_manifest
 from shared.datasets.demo import NARRATED_FILE, DemoCfg, NarratedCfg, generate_narrated
+from train.checkpoints import FINAL
 from train.evaluate import evaluate_run
 from train.main import CONFIG_DIR
 from train.main import main as train_main
@@ -37,17 +40,21 @@ __all__ = ['main', 'MODELS', 'EXPERTS', 'ROWS']
 
 #: the models pretrained, with the sampling of their pretraining configs
 MODELS = {'mmt': 'window', 'ssb': 'segment'}
-#: every expert the two pretraining configs read (MMT: motion + audio; support-set: action + object)
+#: every expert the two pretraining configs read (MMT: object + motion + audio; support-set: action + object)
 EXPERTS = ('action', 'audio', 'object')
 ROWS = ('zero-shot', 'from scratch', 'pretrained + fine-tuned')
+#: the narrated set's object frames: one each 2 s, not 1 s. A scene (3-6 s) shows one photo, so every
+#: scene keeps a frame, and the SENet-154 forward passes that most of the extraction time goes to halve
+NARRATED_OBJECT_FPS = 0.5
 _REPO = Path(__file__).resolve().parents[1]
 
 
-def _extract(dataset: str, data_root: Path, features_root: Path) -> int:
+def _extract(dataset: str, data_root: Path, features_root: Path, extra: tuple[str, ...] = ()) -> int:
     """`EXPERTS` of `dataset`, at the demo's lighter settings (the narrated set's scenes are demo
-    scenes: the same inputs give features a model can carry from one set to the other)."""
+    scenes: the same inputs give features a model can carry from one set to the other), then `extra`
+    settings (KEY=VALUE). The demo's settings are those of `make demo`, so its stores are reused."""
     settings = [f'{k}={json.dumps(v)}' for k, v in dataset_settings('demo', data_root).items()
-                if k.split('.')[0] in EXPERTS]
+                if k.split('.')[0] in EXPERTS] + list(extra)
     return extract_main(['--dataset', dataset, '--expert', ','.join(EXPERTS), '--weights', 'random',
                          '--data-root', str(data_root), '--features-root', str(features_root),
                          *(a for s in settings for a in ('--set', s))])
@@ -139,15 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     print(load_manifest('howto100m', narrated_data, captions='raw_caption.json').describe())
 
     print(f'[2/5 extract] {", ".join(EXPERTS)} of the demo and of the narrated set; RANDOM weights')
-    for dataset, data_root, features_root in (('demo', args.data_root, args.features_root),
-                                              ('howto100m', narrated_data, narrated_features)):
-        code = _extract(dataset, data_root, features_root)
+    for dataset, data_root, features_root, extra in (
+            ('demo', args.data_root, args.features_root, ()),
+            ('howto100m', narrated_data, narrated_features, (f'object.fps={NARRATED_OBJECT_FPS}',))):
+        code = _extract(dataset, data_root, features_root, extra)
         if code:
             return code
 
     for model, sample in MODELS.items():
         run = pre_runs[model]
-        if (run / 'seed0' / 'gallery.pt').is_file():
+        if (run / 'seed0' / FINAL).is_file():  # a run of a split without a test part records its end there
             print(f'[3/5 pretrain] reusing {run}')
             continue
         print(f'[3/5 pretrain] {model} on the narrated set ({sample} sampling), {args.processes} torchrun processes')

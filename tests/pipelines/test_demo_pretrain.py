@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.demo_pretrain import MODELS, ROWS
+from extract.run import main as extract_main
+from pipelines.demo_pretrain import EXPERTS, MODELS, NARRATED_OBJECT_FPS, ROWS
 from pipelines.demo_pretrain import main as demo_pretrain
+from shared.store import open_store, store_path
 from train.config import saved_run_cfg
 
 
@@ -29,11 +31,20 @@ def test_demo_pretrain_prints_three_rows_for_both_models(tmp_path: Path, capfd: 
         pretrained = tmp_path / 'runs' / f'{model}_pretrain' / 'seed0'
         saved = saved_run_cfg(pretrained)
         assert (saved.data.dataset, saved.data.sample) == ('howto100m', MODELS[model])  # window / segment
+        assert 'object' in {e.name for e in saved.model.experts}  # the photo: appearance features carry it
         assert (pretrained / 'eval' / 'demo_official_test.json').is_file()  # zero-shot on the demo
         source = json.loads((tmp_path / 'runs' / f'{model}_finetuned' / 'seed0' / 'init_from.json').read_text())
         assert source['source'] == str((pretrained / 'checkpoints' / 'last.pt').resolve()) and source['loaded']
         assert not (tmp_path / 'runs' / f'{model}_scratch' / 'seed0' / 'init_from.json').exists()
     assert (tmp_path / 'report' / 'pretrain.png').stat().st_size > 10_000
+    # the narrated set's object frames are thinned; the demo's stores are `make demo`'s own: its extract
+    # command (no settings beyond the dataset's) finds them finished, and would find make demo's stores so
+    narrated = open_store(store_path(tmp_path / 'features' / 'narrated', 'howto100m', 'object'), warn_random=False)
+    demo = open_store(store_path(tmp_path / 'features', 'demo', 'object'), warn_random=False)
+    assert (narrated.attrs['config']['fps'], demo.attrs['config']['fps']) == (NARRATED_OBJECT_FPS, 1.0)
+    assert extract_main(['--dataset', 'demo', '--expert', ','.join(EXPERTS), '--weights', 'random', '--data-root',
+                         str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features')]) == 0
+    assert 'every chunk is finished' in capfd.readouterr().out
     # a rerun reuses every stage
     assert demo_pretrain(args) == 0
     again = capfd.readouterr().out
