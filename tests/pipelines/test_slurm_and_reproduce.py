@@ -114,5 +114,5 @@ def test_reproduce_ce_msrvtt_full_imports_trains_and_compares(tmp_path: Path, ca
     assert (run / 'seed1' / 'test_metrics.json').is_file()
     from train.search import main as search_main  # a run of several seeds: search says which it uses
 
-    assert search_main(['--run', str(run), '--query', 'a video', '-k', '2', '--data-root', str(tmp_path / 'data')]) == 0
+    assert search_main(['--run', str(run), '--query', 'a red circle', '-k', '2', '--data-root', str(tmp_path / 'data')]) == 0
     assert f'2 seeds in this run; searching seed0 (--run {run}/seed1 for another)' in capsys.readouterr().err
