@@ -179,15 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--host', default=d.host, help=f'address to listen on (default: {d.host})')
     p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
     args = p.parse_args(argv)
-    # one query's ops are tiny: more threads only wait for each other (an MEE text encoding took 132 ms
-    # on 2 threads and 14 ms on one, on a 2-core CPU shared with other jobs)
-    torch.set_num_threads(1)
     try:
         collection = Collection(args.run, args.index, args.data_root)
     except (ConfigError, StoreError, FileNotFoundError, ValueError, KeyError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     import uvicorn
+
+    # one query's ops are tiny: more threads only wait for each other (an MEE text encoding took 132 ms
+    # on 2 threads and 14 ms on one, on a 2-core CPU shared with other jobs); set only once serving, so
+    # that a caller's process (a test) keeps its threads when main returns an error
+    torch.set_num_threads(1)
 
     print(f'{len(collection.ids)} videos; open http://{args.host}:{args.port}/')
     uvicorn.run(create_app(collection, ServeCfg(args.host, args.port)), host=args.host, port=args.port,

@@ -183,8 +183,12 @@ def test_the_page_in_headless_chromium(served, tmp_path: Path) -> None:
 
 
 def test_serve_refuses_what_is_not_a_run_or_an_index(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
     from pipelines.serve import main as serve_main
 
+    threads = torch.get_num_threads()
     assert serve_main(['--run', str(tmp_path / 'nothing'), '--index', str(tmp_path)]) == 1
+    assert torch.get_num_threads() == threads  # a caller's later work (in-process training) keeps its threads
     err = capsys.readouterr().err
     assert err.startswith('error: ') and 'not a run directory' in err and len(err.strip().splitlines()) == 1
