@@ -6,7 +6,7 @@
 For each size, a synthetic collection of MEE/CE-like embeddings (3 experts of --dim, L2-normalised;
 videos drawn around 2,000 random topics, as real embeddings cluster, with 4 availability patterns:
 all experts 70 %, no audio 20 %, object only 5 %, object + audio 5 %) is indexed exactly (flat) and
-approximately (IVF, and HNSW up to --hnsw-max; `train.search_index`), and one query at a time is timed: text encoding (an MEE
+approximately (IVF, IVF-PQ up to --ivfpq-max, HNSW up to --hnsw-max; `train.search_index`), and one query at a time is timed: text encoding (an MEE
 text side, NetVLAD over 12 word vectors of 300 dims) plus the index search for k = 10. Recall@10 of
 the approximate index is against the exact one, on the same queries. The table is Markdown.
 The text side runs on --threads torch threads (default 1, as the server does: on this 2-core CPU
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--quick', action='store_true', help='sizes 2000,5000 and 20 queries')
     p.add_argument('--hnsw-max', type=int, default=10_000,
                    help='build HNSW only up to this size (its build is slow on a few cores; default: 10000)')
+    p.add_argument('--ivfpq-max', type=int, default=100_000,
+                   help='build IVF-PQ only up to this size (its training is slow on a few cores; default: 100000)')
     p.add_argument('--threads', type=int, default=1,
                    help="torch's threads for the text side (default 1, as pipelines.serve: a query's ops are tiny)")
     args = p.parse_args(argv)
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         queries = _queries(video, n_q)
         exact_top = None
         kinds = [('exact (flat)', IndexCfg(approx_threshold=n + 1)), ('approximate (IVF)', IndexCfg(approx_threshold=1000))]
+        if n <= args.ivfpq_max:
+            kinds.append(('approximate (IVF-PQ)', IndexCfg(approx_threshold=1000, approx='ivfpq')))
         if n <= args.hnsw_max:
             kinds.append(('approximate (HNSW)', IndexCfg(approx_threshold=1000, approx='hnsw')))
         for name, cfg in kinds:

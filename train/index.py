@@ -41,7 +41,7 @@ from train.config import RunCfg
 from train.data import aggregate, open_expert_store
 from train.models.base import RetrievalModel, VideoEmbedding
 from train.runs import load_run, run_seeds
-from train.search_index import IndexCfg, SearchIndex
+from train.search_index import APPROX_KINDS, IndexCfg, SearchIndex
 
 __all__ = ['EMBEDDINGS', 'THUMBS', 'FAISS', 'EmbeddingStore', 'embed_collection', 'build_index', 'default_out', 'thumbnail',
            'main']
@@ -268,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                         f'(default: {CHUNK})')
     p.add_argument('--overwrite', action='store_true',
                    help='make the index again where --out holds one of another run, checkpoint state or video list')
+    p.add_argument('--approx', choices=APPROX_KINDS, default=IndexCfg.approx,
+                   help=f'the approximate index of a large availability pattern (default: {IndexCfg.approx})')
+    p.add_argument('--approx-threshold', type=int, default=IndexCfg.approx_threshold,
+                   help='a pattern with more videos than this gets the approximate index, its candidates scored '
+                        f'exactly (default: {IndexCfg.approx_threshold})')
     args = p.parse_args(argv)
     setup_logging()
     try:
@@ -280,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if not store.complete():
             print(f'shard {args.shard} of {args.num_shards} done; the index is built once every shard is')
             return 0
-        index = build_index(out)
+        index = build_index(out, IndexCfg(approx_threshold=args.approx_threshold, approx=args.approx))
     except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -9,10 +9,15 @@ every video has: one pattern, one index. Videos with no expert at all score 0 (a
 
 A pattern with more than `IndexCfg.approx_threshold` videos gets an approximate index instead of a
 flat one (`IndexCfg.approx`): IVF (inverted lists around k-means centroids; only the lists nearest
-the query are searched) or an HNSW graph. Both keep the float vectors and score their candidates
-against them, exactly: the best k candidates by those exact scores go to the merge (HNSW widens its
-candidates to `IndexCfg.rerank` x k first). Product quantisation (IVF-PQ) was left out: its training
-took 37 s for 10k vectors of 32 dims on this 2-core CPU against 0.16 s for IVF over float vectors. Its recall@10 against the exact ranking is measured when it is built (`SearchIndex.recall`).
+the query are searched), IVF-PQ (the same lists holding product-quantised codes, which are cheaper to
+scan) or an HNSW graph. Each has its candidates scored exactly against the float vectors: IVF and
+HNSW keep them and score their candidates with them (HNSW widens its candidates to
+`IndexCfg.rerank` x k first); IVF-PQ ranks by its codes, and its best `rerank` x k candidates are
+re-ranked by the float vectors (FAISS's IndexRefineFlat). Only the best k by exact scores go to the
+merge. Its recall@10 against the exact ranking is measured when it is built (`SearchIndex.recall`).
+IVF over float vectors is the default: on a few CPU cores IVF-PQ's training (k-means of 256 codes per
+sub-quantiser) costs far more than IVF's (BENCHMARKS.md), and its re-ranking keeps the float vectors
+in memory anyway; it pays where the lists scanned per query are long.
 """
 from __future__ import annotations
 
@@ -26,7 +31,10 @@ import torch
 
 from train.models.base import TextEmbedding, VideoEmbedding
 
-__all__ = ['IndexCfg', 'SearchIndex', 'pattern_queries', 'video_queries']
+__all__ = ['APPROX_KINDS', 'IndexCfg', 'SearchIndex', 'pattern_queries', 'video_queries']
+
+#: the approximate index kinds (`IndexCfg.approx`)
+APPROX_KINDS = ('ivf', 'ivfpq', 'hnsw')
 
 _logger = logging.getLogger(__name__)
 
@@ -37,9 +45,11 @@ class IndexCfg:
 
     Args:
         approx_threshold: a pattern with more videos than this gets an approximate index.
-        approx: ivf or hnsw.
+        approx: ivf, ivfpq or hnsw.
         nlist: IVF's inverted lists per pattern (None: 4 sqrt(videos)).
         nprobe: lists IVF searches per query (recall against speed).
+        pq_dims: dimensions per IVF-PQ sub-quantiser (one byte of code each; the pattern's dimensions
+            are split into the nearest count of equal sub-vectors).
         hnsw_m: neighbours per node of the HNSW graph.
         ef_construction: candidate list while the graph is built.
         ef_search: candidate list while it is searched (recall against speed).
@@ -51,6 +61,7 @@ class IndexCfg:
     approx: str = 'ivf'
     nlist: int | None = None
     nprobe: int = 64
+    pq_dims: int = 4
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 128
@@ -59,10 +70,10 @@ class IndexCfg:
 
     def __post_init__(self) -> None:
         if min(self.approx_threshold, self.hnsw_m, self.ef_construction, self.ef_search, self.rerank, self.nprobe,
-               self.nlist or 1) < 1:
+               self.pq_dims, self.nlist or 1) < 1:
             raise ValueError('index settings must be >= 1')
-        if self.approx not in ('ivf', 'hnsw'):
-            raise ValueError(f'index approx must be ivf or hnsw, got {self.approx!r}')
+        if self.approx not in APPROX_KINDS:
+            raise ValueError(f'index approx must be one of {", ".join(APPROX_KINDS)}, got {self.approx!r}')
 
 
 def pattern_queries(text: TextEmbedding, pattern: np.ndarray) -> np.ndarray:
@@ -78,6 +89,12 @@ def video_queries(video: VideoEmbedding) -> TextEmbedding:
     the experts the video has, so a neighbour is scored by the mixture over the experts both have."""
     avail = video.available.float()
     return TextEmbedding(video.emb.float(), avail / avail.sum(1, keepdim=True).clamp(min=1))
+
+
+def _pq_subquantisers(dims: int, pq_dims: int) -> int:
+    """The number of IVF-PQ sub-quantisers: a divisor of `dims` nearest to dims / pq_dims."""
+    want = max(1, round(dims / pq_dims))
+    return min((m for m in range(1, dims + 1) if dims % m == 0), key=lambda m: (abs(m - want), m))
 
 
 class SearchIndex:
@@ -127,7 +144,12 @@ class SearchIndex:
             index.hnsw.efConstruction = self.cfg.ef_construction
         else:
             nlist = self.cfg.nlist or int(4 * np.sqrt(n))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dims), dims, nlist, faiss.METRIC_INNER_PRODUCT)
+            if self.cfg.approx == 'ivfpq':
+                m = _pq_subquantisers(dims, self.cfg.pq_dims)
+                ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dims), dims, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+                index = faiss.IndexRefineFlat(ivf)  # keeps the float vectors: candidates re-ranked exactly
+            else:
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dims), dims, nlist, faiss.METRIC_INNER_PRODUCT)
             index.train(x[np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)])
         index.add(x)
         return index
@@ -140,6 +162,8 @@ class SearchIndex:
             index.hnsw.efSearch = max(self.cfg.ef_search, self.cfg.rerank * k)
         else:
             faiss.extract_index_ivf(index).nprobe = self.cfg.nprobe
+            if isinstance(index, faiss.IndexRefine):
+                index.k_factor = self.cfg.rerank
         return index
 
     def _measure_recall(self, i: int, x: np.ndarray, k: int = 10) -> float:
@@ -153,8 +177,8 @@ class SearchIndex:
         _, exact = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
         _, approx = self._search_pattern(i, q, k)
         recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
-        _logger.info('pattern %s: %d videos, HNSW recall@%d against exact %.3f', self.pattern_name(i),
-                     len(x), k, recall)
+        _logger.info('pattern %s: %d videos, %s recall@%d against exact %.3f', self.pattern_name(i),
+                     len(x), self.cfg.approx, k, recall)
         return recall
 
     def _search_pattern(self, i: int, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +195,9 @@ class SearchIndex:
             # so the best k of the rerank x k candidates, as it returns them, is the exact re-ranking
             scores, cand = index.search(q, min(self.cfg.rerank * k, n))
             return scores[:, :k], cand[:, :k]
-        return index.search(q, min(k, n))  # IVFFlat: the probed lists' vectors, scored exactly
+        # IVFFlat: the probed lists' vectors, scored exactly; IVF-PQ inside IndexRefineFlat: its
+        # rerank x k best by code, re-scored against the float vectors, the best k of those returned
+        return index.search(q, min(k, n))
 
     def search(self, text: TextEmbedding, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top k of the collection for each query: (scores (T, k'), collection rows (T, k')), best

@@ -71,7 +71,7 @@ def test_one_pattern_for_a_single_embedding_model() -> None:
     _assert_same_top(index, text, video, 10)
 
 
-@pytest.mark.parametrize('kind', ['ivf', 'hnsw'])
+@pytest.mark.parametrize('kind', ['ivf', 'ivfpq', 'hnsw'])
 def test_approximate_index_reranks_exactly_and_measures_its_recall(kind: str, tmp_path) -> None:
     video, text = _gallery(20_000, d=8, topics=200), _texts(30, d=8)
     index = SearchIndex(video, IndexCfg(approx_threshold=2_000, approx=kind, hnsw_m=16, ef_search=64))
