@@ -83,19 +83,25 @@ demo-pretrain: $(STAMP) ## pretrain MMT and the support-set model on a narrated 
 	$(PY) -m pipelines.demo_pretrain --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) --seed $(SEED) \
 		--runs runs/demo_pretrain --report reports/demo_pretrain
 
-demo-data: $(STAMP) ## generate only the demo dataset (DATA_ROOT/demo)
+demo-data: $(STAMP) ## generate only the demo datasets (DATA_ROOT/demo, and the stills of DATA_ROOT/demo_images)
 	$(PY) -m shared.datasets.demo --out $(DATA_ROOT)/demo --videos $(VIDEOS) --seed $(SEED)
+	$(PY) -m shared.datasets.demo --images --out $(DATA_ROOT)/demo_images --seed $(SEED)
 
 # the demo's videos are generated on first use
 DEMO_DATA     := $(DATA_ROOT)/demo/demo.json
 $(DEMO_DATA): | $(STAMP)
 	$(PY) -m shared.datasets.demo --out $(DATA_ROOT)/demo --videos $(VIDEOS) --seed $(SEED)
+DEMO_IMAGES   := $(DATA_ROOT)/demo_images/demo_images.json
+$(DEMO_IMAGES): | $(STAMP)
+	$(PY) -m shared.datasets.demo --images --out $(DATA_ROOT)/demo_images --seed $(SEED)
+#: the generated file that DATASET needs first, if any
+DEMO_FILE     := $(if $(filter demo,$(DATASET)),$(DEMO_DATA))$(if $(filter demo_images,$(DATASET)),$(DEMO_IMAGES))
 
-extract: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_DATA)) ## extract EXPERT (one, a comma list, or all) for DATASET [SHARD= NUM_SHARDS= EXTRACT_ARGS=]
+extract: $(STAMP) $(DEMO_FILE) ## extract EXPERT (one, a comma list, or all) for DATASET [SHARD= NUM_SHARDS= EXTRACT_ARGS=]
 	$(PY) -m extract --dataset $(DATASET) --expert $(EXPERT) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) \
 		$(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS)) $(EXTRACT_ARGS)
 
-extract-cluster: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_DATA)) ## extract on Dask: SCHEDULER=local|slurm|ADDRESS WORKERS=N [EXTRACT_ARGS=]
+extract-cluster: $(STAMP) $(DEMO_FILE) ## extract on Dask: SCHEDULER=local|slurm|ADDRESS WORKERS=N [EXTRACT_ARGS=]
 	$(PY) -m pipelines.extract_cluster --dataset $(DATASET) --experts $(EXPERT) --scheduler $(SCHEDULER) \
 		--workers $(WORKERS) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(EXTRACT_ARGS)
 

@@ -30,8 +30,8 @@ def dataset_dir(data_root: str | os.PathLike, name: str) -> Path:
 
 def list_datasets() -> list[str]:
     """Every registered dataset, and folder:PATH (importing the adapters registers them)."""
-    from shared.datasets import (activitynet, demo, didemo, hmdb51, howto100m, lsmdc, msrvtt, msvd,  # noqa: F401
-                                 ucf101, vatex)
+    from shared.datasets import (activitynet, coco, demo, didemo, hmdb51, howto100m, lsmdc,  # noqa: F401
+                                 msrvtt, msvd, ucf101, vatex)
 
     return DATASETS.names() + ['folder:PATH']
 
@@ -39,8 +39,8 @@ def list_datasets() -> list[str]:
 def require_registered(name: str, hint: str = '; or folder:PATH for a directory of videos') -> Callable[..., Manifest]:
     """The adapter of registered dataset `name`; a DatasetError (ending with `hint`) for a name no
     command can read (what writes a dataset's files, the importer, checks with this before it writes)."""
-    from shared.datasets import (activitynet, demo, didemo, hmdb51, howto100m, lsmdc, msrvtt, msvd,  # noqa: F401
-                                 ucf101, vatex)
+    from shared.datasets import (activitynet, coco, demo, didemo, hmdb51, howto100m, lsmdc,  # noqa: F401
+                                 msrvtt, msvd, ucf101, vatex)
 
     check_dataset_name(name)
     try:

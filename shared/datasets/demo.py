@@ -7,7 +7,11 @@ paraphrases written from those facts, so retrieval on the demo is learnable and 
 small word2vec model (gensim) trained on the demo vocabulary is saved in word2vec binary format.
 
     python -m shared.datasets.demo --out data/demo --videos 120 --seed 0
+    python -m shared.datasets.demo --images --out data/demo_images --seed 0
 
+``--images`` writes the second demo dataset, ``demo_images``: JPEG stills of the same photos, framed
+as a frame of a demo video, some with a word on them, each with captions written from its facts
+(MEE's still images, sec. 3-4: captioned images as videos without motion or sound).
 The same seed gives byte-identical files on the same machine (x264 single-threaded, bitexact).
 """
 from __future__ import annotations
@@ -33,12 +37,15 @@ from shared.datasets import DATASETS
 from shared.datasets.manifest import DatasetError, Manifest, Split, read_json, require_files, resolve_inside
 from shared.media import ffmpeg_exe
 
-__all__ = ['DemoCfg', 'NarratedCfg', 'generate', 'generate_narrated', 'demo', 'NARRATED_FILE', 'SUBJECTS', 'MOTIONS', 'TONES', 'WORDS', 'PHRASES', 'MANIFEST_FILE',
-           'WORD2VEC_FILE', 'main']
+__all__ = ['DemoCfg', 'NarratedCfg', 'DemoImagesCfg', 'generate', 'generate_narrated', 'generate_images', 'demo',
+           'demo_images', 'NARRATED_FILE', 'IMAGES_FILE', 'SUBJECTS', 'MOTIONS', 'TONES', 'WORDS', 'PHRASES',
+           'MANIFEST_FILE', 'WORD2VEC_FILE', 'main']
 
 MANIFEST_FILE = 'demo.json'
 #: the narrated set's record of its facts, beside HowTo100M's own files
 NARRATED_FILE = 'narrated.json'
+#: the still-image set's annotation file (``{data_root}/demo_images/demo_images.json``)
+IMAGES_FILE = 'demo_images.json'
 WORD2VEC_FILE = 'word2vec.bin'
 GENERATOR_VERSION = 1
 
@@ -117,39 +124,56 @@ def _subject_image(key: str, width: int, height: int) -> Any:
     return img.crop((left, top, left + cw, top + ch))
 
 
-def _frames(facts: dict[str, Any], cfg: DemoCfg, n_frames: int) -> np.ndarray:
-    """(F, H, W, 3) uint8 frames: the camera moving over the subject, the word shown mid-video."""
+def _word_overlay(word: str, height: int) -> Any:
+    """The word as black capitals on a white box (a PIL image) for a frame `height` pixels high."""
     from PIL import Image, ImageDraw, ImageFont
 
-    canvas = _subject_image(facts['subject'], cfg.width, cfg.height)
+    font = ImageFont.load_default(size=max(16, height // 7))
+    text = word.upper()
+    box = ImageDraw.Draw(Image.new('RGB', (1, 1))).textbbox((0, 0), text, font=font)
+    tw, th = box[2] - box[0], box[3] - box[1]
+    overlay = Image.new('RGB', (tw + 24, th + 20), 'white')
+    ImageDraw.Draw(overlay).text((12 - box[0], 10 - box[1]), text, fill='black', font=font)
+    return overlay
+
+
+def _paste_word(frame: Any, overlay: Any) -> None:
+    """`overlay` pasted in place on `frame`, centred near its bottom."""
+    w, h = frame.size
+    frame.paste(overlay, ((w - overlay.width) // 2, h - overlay.height - h // 12))
+
+
+def _view(canvas: Any, subject: str, motion: str, p: float, size: tuple[int, int]) -> Any:
+    """What the camera sees of `canvas` (`_subject_image`) at progress `p` (0 to 1) of `motion`:
+    a PIL image of `size` (width, height)."""
+    from PIL import Image
+
     cw, ch = canvas.size
+    w, h = size
+    fy = _FOCUS_Y.get(subject, 0.5)
+    if motion.startswith('pan'):
+        x0 = (cw - w) * (p if motion == 'pan right' else 1 - p)
+        crop = (x0, (ch - h) * fy, x0 + w, (ch - h) * fy + h)
+    else:
+        z = 1.5 - 0.5 * (p if motion == 'zoom in' else 1 - p)  # visible width / frame width
+        vw, vh = w * z, h * z
+        top = (ch - vh) * fy
+        crop = ((cw - vw) / 2, top, (cw + vw) / 2, top + vh)
+    return canvas.resize((w, h), Image.BILINEAR, box=crop)
+
+
+def _frames(facts: dict[str, Any], cfg: DemoCfg, n_frames: int) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames: the camera moving over the subject, the word shown mid-video."""
+    canvas = _subject_image(facts['subject'], cfg.width, cfg.height)
     w, h = cfg.width, cfg.height
     out = np.empty((n_frames, h, w, 3), np.uint8)
-    overlay = None
-    if facts['word']:
-        font = ImageFont.load_default(size=max(16, h // 7))
-        text = facts['word'].upper()
-        box = ImageDraw.Draw(Image.new('RGB', (1, 1))).textbbox((0, 0), text, font=font)
-        tw, th = box[2] - box[0], box[3] - box[1]
-        overlay = Image.new('RGB', (tw + 24, th + 20), 'white')
-        ImageDraw.Draw(overlay).text((12 - box[0], 10 - box[1]), text, fill='black', font=font)
+    overlay = _word_overlay(facts['word'], h) if facts['word'] else None
     show = facts['word_span']
-    fy = _FOCUS_Y.get(facts['subject'], 0.5)
     for i in range(n_frames):
-        p = i / max(1, n_frames - 1)
-        motion = facts['motion']
-        if motion.startswith('pan'):
-            x0 = (cw - w) * (p if motion == 'pan right' else 1 - p)
-            crop = (x0, (ch - h) * fy, x0 + w, (ch - h) * fy + h)
-        else:
-            z = 1.5 - 0.5 * (p if motion == 'zoom in' else 1 - p)  # visible width / frame width
-            vw, vh = w * z, h * z
-            top = (ch - vh) * fy
-            crop = ((cw - vw) / 2, top, (cw + vw) / 2, top + vh)
-        frame = canvas.resize((w, h), Image.BILINEAR, box=crop)
+        frame = _view(canvas, facts['subject'], facts['motion'], i / max(1, n_frames - 1), (w, h))
         t = i / cfg.fps
         if overlay is not None and show[0] <= t < show[1]:
-            frame.paste(overlay, ((w - overlay.width) // 2, h - overlay.height - h // 12))
+            _paste_word(frame, overlay)
         out[i] = np.asarray(frame)
     return out
 
@@ -434,41 +458,152 @@ def generate_narrated(out: Path, cfg: NarratedCfg, progress: bool = True) -> Pat
                                              'config': dataclasses.asdict(cfg), 'espeak': can_speak, 'videos': videos})
 
 
-@DATASETS.register()
-def demo(root: Path) -> Manifest:
-    """Manifest of a generated demo dataset (``{data_root}/demo/demo.json``)."""
-    path, = require_files(root, (MANIFEST_FILE,), 'demo manifest',
-                          f'generate the demo first: python -m shared.datasets.demo --out {root}')
+@dataclasses.dataclass(frozen=True)
+class DemoImagesCfg:
+    """How the still-image set (`generate_images`) is generated; defaults are what `make demo-data` writes.
+
+    Args:
+        per_photo: train/val/test images of each photo (the defaults: 4 stills of each of the 10
+            photos, 40 in all, few and small so that extracting them takes seconds).
+        seed: all randomness comes from this.
+        width, height: image size (a demo video's frame size: the stills look like its frames).
+        word_rate: share of images with a word on them.
+        quality: JPEG quality.
+    """
+
+    per_photo: tuple[int, int, int] = (2, 1, 1)
+    seed: int = 0
+    width: int = 320
+    height: int = 240
+    word_rate: float = 0.5
+    quality: int = 90
+
+    def __post_init__(self) -> None:
+        if len(self.per_photo) != 3 or min(self.per_photo) < 0 or self.per_photo[0] < 1 or self.per_photo[2] < 1:
+            raise ValueError('per_photo gives train, val, test images of each photo: train and test at least 1')
+        if not 1 <= self.quality <= 95:
+            raise ValueError('quality must be within 1-95 (JPEG)')
+
+
+def _image_captions(facts: dict[str, Any], rng: np.random.Generator) -> list[str]:
+    """Five paraphrases naming the photo's subject and the word on it, in words of the demo videos'
+    captions (so the demo's word2vec knows them all; a still has no sound, as in MEE sec. 3)."""
+    subj = SUBJECTS[facts['subject']][1]
+    options = [f'a picture of {subj}', f'a quiet picture of {subj}', f'{subj} on screen',
+               f'a picture of {subj} on screen', f'{subj} with no sound']
+    if not facts['word']:
+        return options
+    word = facts['word']
+    worded = [f'the word {word} appears over {subj}', f'{subj} with the text {word} on screen',
+              f'a picture of {subj} and the word {word}']
+    # three plain captions and two naming the word: the word on a still is always in its captions
+    return [options[i] for i in sorted(rng.permutation(len(options))[:3])] + [
+        worded[i] for i in sorted(rng.permutation(len(worded))[:2])]
+
+
+def _images_plan(cfg: DemoImagesCfg) -> list[dict[str, Any]]:
+    """The facts and split part of every still: `sum(per_photo)` of each photo, each framed as the
+    frame at `position` (0-1) of a camera `motion` of the demo videos, all drawn from the seed."""
+    rng = np.random.default_rng([cfg.seed, 23])  # a stream of its own: the videos' draws are untouched
+    parts = [p for p, n in zip(('train', 'val', 'test'), cfg.per_photo) for _ in range(n)]
+    plan = []
+    for subject in SUBJECTS:
+        for part in (parts[i] for i in rng.permutation(len(parts))):
+            facts = {'subject': subject, 'motion': str(rng.choice(list(MOTIONS))),
+                     'position': round(float(rng.uniform(0.0, 1.0)), 2),
+                     'word': str(rng.choice(WORDS)) if rng.random() < cfg.word_rate else '',
+                     'face': subject == 'astronaut', 'part': part}
+            facts['captions'] = _image_captions(facts, rng)
+            plan.append(facts)
+    return plan
+
+
+def generate_images(out: Path, cfg: DemoImagesCfg) -> Path:
+    """Write the still-image set under `out` (images/image{N}.jpg, demo_images.json: each image's
+    facts, its photo as `subject`, captions, splits); returns demo_images.json's path."""
+    out = Path(out)
+    (out / 'images').mkdir(parents=True, exist_ok=True)
+    size = (cfg.width, cfg.height)
+    canvases: dict[str, Any] = {}
+    images = []
+    for i, facts in enumerate(_images_plan(cfg)):
+        vid = f'image{i:04d}'
+        if facts['subject'] not in canvases:
+            canvases[facts['subject']] = _subject_image(facts['subject'], *size)
+        still = _view(canvases[facts['subject']], facts['subject'], facts['motion'], facts['position'], size)
+        if facts['word']:
+            _paste_word(still, _word_overlay(facts['word'], cfg.height))
+        path = out / 'images' / f'{vid}.jpg'
+        still.save(path, 'JPEG', quality=cfg.quality)
+        images.append({'id': vid, 'file': f'images/{vid}.jpg', 'width': cfg.width, 'height': cfg.height, **facts,
+                       'sha256': hashlib.sha256(path.read_bytes()).hexdigest()})
+    splits = {part: [im['id'] for im in images if im['part'] == part] for part in ('train', 'val', 'test')}
+    return _write_json(out / IMAGES_FILE, {'generator_version': GENERATOR_VERSION, 'config': dataclasses.asdict(cfg),
+                                           'images': images, 'splits': splits})
+
+
+def _generated_manifest(root: Path, name: str, file: str, key: str, how: str) -> Manifest:
+    """The manifest of a generated demo set: `file`'s `key` items (id, file, captions, subject) and
+    its splits; each item's photo is its class (the action-recognition probe's test, and which
+    photo a demo still shows)."""
+    path, = require_files(root, (file,), f'{name} manifest', f'generate it first: {how} --out {root}')
     try:
-        data = read_json(path, 'a demo manifest')
-        videos = data['videos']
-        ids = tuple(v['id'] for v in videos)
-        paths = tuple(resolve_inside(root, v['file']) for v in videos)
+        data = read_json(path, f'a {name} manifest')
+        items = data[key]
+        ids = tuple(v['id'] for v in items)
+        paths = tuple(resolve_inside(root, v['file']) for v in items)
         captions = {v['id']: tuple(v['captions']) if isinstance(v['captions'], list) else v['captions']
-                    for v in videos}  # anything but a list is refused by Manifest, naming the video
+                    for v in items}  # anything but a list is refused by Manifest, naming the video
         parts = data['splits']
         split = Split('official', tuple(parts['train']), tuple(parts['val']), tuple(parts['test']))
     except (KeyError, TypeError) as err:
-        raise DatasetError(f'{path}: not a demo manifest ({err!r})') from None
-    # each video's photo is its class (the action-recognition probe's test)
-    return Manifest('demo', root, ids, paths, captions, {'official': split},
-                    labels={v['id']: str(v['subject']) for v in videos if 'subject' in v})
+        raise DatasetError(f'{path}: not a {name} manifest ({err!r})') from None
+    return Manifest(name, root, ids, paths, captions, {'official': split},
+                    labels={v['id']: str(v['subject']) for v in items if 'subject' in v})
+
+
+@DATASETS.register()
+def demo(root: Path) -> Manifest:
+    """Manifest of a generated demo dataset (``{data_root}/demo/demo.json``)."""
+    return _generated_manifest(root, 'demo', MANIFEST_FILE, 'videos', 'python -m shared.datasets.demo')
+
+
+@DATASETS.register()
+def demo_images(root: Path) -> Manifest:
+    """Manifest of the demo's still images (``{data_root}/demo_images/demo_images.json``); `labels`
+    says which photo each image shows."""
+    return _generated_manifest(root, 'demo_images', IMAGES_FILE, 'images', 'python -m shared.datasets.demo --images')
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: generate the demo dataset, or with ``--narrated`` the narrated set (HowTo100M's files)."""
+    """CLI: generate the demo dataset, or with ``--narrated`` the narrated set (HowTo100M's files), or
+    with ``--images`` the still-image set."""
     d, n = DemoCfg(), NarratedCfg()
     parser = argparse.ArgumentParser(prog='python -m shared.datasets.demo', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', type=Path, default=Path('data/demo'), help='output directory (default: data/demo)')
-    parser.add_argument('--narrated', action='store_true',
-                        help='write the narrated set in HowTo100M\'s files instead (for make demo-pretrain), e.g. '
-                             '--out data/narrated/howto100m')
+    parser.add_argument('--out', type=Path,
+                        help='output directory (default: data/demo; with --images data/demo_images)')
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument('--narrated', action='store_true',
+                      help='write the narrated set in HowTo100M\'s files instead (for make demo-pretrain), e.g. '
+                           '--out data/narrated/howto100m')
+    kind.add_argument('--images', action='store_true',
+                      help='write the still-image set instead (dataset demo_images: JPEG stills of the demo photos '
+                           'with captions)')
     parser.add_argument('--videos', type=int, help=f'number of videos (default: {d.videos}; narrated {n.videos})')
     parser.add_argument('--seed', type=int, help=f'random seed (default: {d.seed})')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
+    if args.images and args.videos is not None:
+        parser.error('--videos does not apply to --images (4 stills of each demo photo)')
+    args.out = args.out or Path('data/demo_images' if args.images else 'data/demo')
     given = {k: v for k, v in (('videos', args.videos), ('seed', args.seed)) if v is not None}
+    if args.images:
+        path = generate_images(args.out, DemoImagesCfg(**given))
+        data = json.loads(path.read_text(encoding='utf-8'))
+        print(f'wrote {len(data["images"])} images of {len({im["subject"] for im in data["images"]})} photos and '
+              f'{path}; splits ' + ', '.join(f'{k} {len(data["splits"][k])}' for k in ('train', 'val', 'test')))
+        return 0
     try:
         cfg = NarratedCfg(**given) if args.narrated else DemoCfg(**given)
     except ValueError as err:
