@@ -109,9 +109,10 @@ import: $(STAMP) ## import the authors' features: PAPER=ce|mmt RELEASE=PATH DATA
 	$(PY) -m pipelines.import_features --source $(PAPER) --root $(RELEASE) --dataset $(DATASET) \
 		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 
-reproduce: $(STAMP) ## PAPER=ce|mee|mmt|ssb DATASET= SPLIT= [RELEASE=PATH PRETRAINED=RUN]: 3 seeds beside the paper's numbers
+reproduce: $(STAMP) ## PAPER=ce|mee|mmt|ssb DATASET= SPLIT= [RELEASE=PATH PRETRAINED=RUN VARIANT=coco_face]: 3 seeds beside the paper's numbers
 	$(PY) -m pipelines.reproduce --paper $(PAPER) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) \
 		$(if $(RELEASE),--release $(RELEASE)) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) \
+		$(if $(VARIANT),--variant $(VARIANT)) \
 		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 
 # the demo's stores: every expert, random weights where the weights do not ship in a wheel

@@ -1,5 +1,6 @@
 """The papers' pretraining tables as data (MMT Tables 1, 5, 6; support-set Tables 3-6 pretrained
-rows and Table 10, zero-shot), and their printing beside our runs (`make reproduce ... PRETRAINED=RUN`).
+rows and Table 10, zero-shot), and their printing beside our runs (`make reproduce ... PRETRAINED=RUN`);
+MEE's Tables 2-3 (videos + COCO images, `MEE_TABLES`) beside a run with and without ``data.extra``.
 
 Cells are quoted as the papers print them (bold dropped), ``±`` and ``–`` included. A row that
 our recipe reproduces names its setting, ``{zero-shot|scratch|finetuned}:{keep|remove}`` (the
@@ -12,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from train.metrics import mean_std
 
-__all__ = ['PaperTable', 'PRETRAINING_TABLES', 'SETTINGS', 'format_beside']
+__all__ = ['PaperTable', 'PRETRAINING_TABLES', 'SETTINGS', 'format_beside', 'MeeTable', 'MEE_TABLES', 'mee_beside']
 
 #: our rows' settings, in words
 SETTINGS = {'zero-shot': 'zero-shot (pretrained, not fine-tuned)', 'scratch': 'from scratch',
@@ -136,3 +137,66 @@ def format_beside(tables: Sequence[PaperTable], ours: Mapping[str, Sequence[Mapp
     if missing:
         out.append('not run here: ' + '; '.join(dict.fromkeys(missing)))
     return '\n'.join(out).rstrip() + '\n'
+
+
+@dataclasses.dataclass(frozen=True)
+class MeeTable:
+    """MEE Table 2 or 3: text-to-video retrieval on COCO images and on a video dataset's test part.
+
+    Args:
+        where: the paper, table number and caption.
+        videos: the video columns' evaluation set, as printed.
+        rows: (model as printed, our config's variant: '' for the recipe itself, e.g. ``coco_face``
+            for mee_msrvtt_1k_b_coco_face.yaml; COCO cells R@1, R@5, R@10, MR; video cells R@1, R@5,
+            R@10, MR and, for MPII, MC), as printed.
+    """
+
+    where: str
+    videos: str
+    rows: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...]
+
+
+_MEE_METRICS = ('R1', 'R5', 'R10', 'MdR')
+
+#: (dataset, split) -> MEE's table of it. The recipes without data.extra keep the face expert: Tables 2-3's
+#: "MEE + Face" rows; ``coco_face``: "MEE + Face + COCO". MC (LSMDC's multiple choice) is not computed here.
+MEE_TABLES: dict[tuple[str, str], MeeTable] = {
+    ('lsmdc', 'official'): MeeTable(
+        'MEE, Tab. 2: The effect of augmenting the MPII movie caption dataset with captioned still images from the '
+        'MS COCO dataset. R@k denotes recall@k (higher is better), MR denotes Median Rank (lower is better) and MC '
+        'denotes Multiple Choice (higher is better).', 'MPII videos', (
+            ('MEE + Face', '', ('10.4', '29.0', '42.6', '15'), ('9.3', '25.1', '33.4', '27', '74.8')),
+            ('MEE + Face + COCO', 'coco_face', ('31.4', '64.5', '79.3', '3'), ('10.1', '25.6', '34.6', '27', '73.9')))),
+    ('msrvtt', '1k-B'): MeeTable(
+        'MEE, Tab. 3: The effect of augmenting the MSR-VTT video caption dataset with captioned still images from the '
+        'MS COCO dataset when relative image to video sampling rate alpha = 0.5. R@k stands for recall@k, MR stands '
+        'for Median Rank.', 'MSR-VTT videos', (
+            ('MEE + Face', '', ('8.4', '24.9', '38.9', '18'), ('13.6', '37.9', '51.0', '10')),
+            ('MEE + Face + COCO', 'coco_face', ('20.7', '54.5', '72.0', '5'), ('14.2', '39.2', '53.8', '9')))),
+}
+
+
+def mee_beside(table: MeeTable, variant: str, videos: Sequence[Mapping[str, Mapping[str, float]]],
+               images: Sequence[Mapping[str, Mapping[str, float]]]) -> str:
+    """`table` in Markdown with our row (mean ± std over the seeds' test metrics `videos` and, with
+    data.extra, the extra source's `images`) under the paper's row of the same `variant`."""
+    mc = len(table.rows[0][3]) > len(_MEE_METRICS)
+    head = (['row'] + [f'COCO images {k}' for k in _MEE_METRICS] + [f'{table.videos} {k}' for k in _MEE_METRICS]
+            + ([f'{table.videos} MC'] if mc else []))
+    out = [table.where, '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+
+    def cells(runs: Sequence[Mapping[str, Mapping[str, float]]]) -> list[str]:
+        if not runs:
+            return ['-'] * len(_MEE_METRICS)
+        stats = mean_std(runs)
+        return [f'{stats["t2v"][k][0]:.1f}' + (f' ± {stats["t2v"][k][1]:.1f}' if len(runs) > 1 else '')
+                for k in _MEE_METRICS]
+
+    for model, ours, coco, video in table.rows:
+        out.append('| ' + ' | '.join([f'paper: {model}', *coco, *video]) + ' |')
+        if ours == variant:
+            out.append('| ' + ' | '.join([f'ours: {model} ({len(videos)} run(s))', *cells(images), *cells(videos),
+                                          *(['-'] if mc else [])]) + ' |')
+    if variant not in {v for _, v, _, _ in table.rows}:
+        out.append(f'(no paper row for the variant {variant!r})')
+    return '\n'.join(out) + '\n'

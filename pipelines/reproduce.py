@@ -15,6 +15,11 @@ config under pipelines/configs/train/finetune/, RUN is evaluated zero-shot on th
 part, and the papers' pretraining tables are printed with our rows under theirs
 (`pipelines.paper_tables`: MMT Tab. 1, 5, 6; support-set Tab. 3-6 and 10), the from-scratch
 rows from --scratch-run when it has finished.
+
+For MEE on MSR-VTT 1k-B and LSMDC, the rows of the paper's Tables 3 and 2 (COCO images and the
+videos) are printed with ours under the row of the recipe trained: --variant coco_face trains
+mee_DATASET[_SPLIT]_coco_face.yaml ("MEE + Face + COCO", data.extra), no variant the recipe itself
+("MEE + Face").
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.paper_tables import PRETRAINING_TABLES, PaperTable, format_beside
+from pipelines.paper_tables import MEE_TABLES, PRETRAINING_TABLES, PaperTable, format_beside, mee_beside
 from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
@@ -155,10 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--scratch-run', type=Path, default=None,
                    help='with --pretrained: the from-scratch run printed beside (default: '
                         'runs/reproduce-PAPER-DATASET-SPLIT, what a reproduce without --pretrained writes)')
+    p.add_argument('--variant', default='',
+                   help="a variant of the paper's config: its file name's suffix, e.g. coco_face (MEE + Face + COCO)")
     p.add_argument('--device', default='auto', help='for the zero-shot evaluation: auto, cpu, cuda ...')
     args = p.parse_args(argv)
     try:
         cfg_path = config_path(args.paper, args.dataset, args.split, finetune=args.pretrained is not None)
+        if args.variant:
+            cfg_path = cfg_path.with_name(f'{cfg_path.stem}_{args.variant}.yaml')
+            if not cfg_path.is_file():
+                raise ConfigError(f'--variant {args.variant}: no config {cfg_path}')
         cfg = load_run_cfg(cfg_path)
         missing = [e.name for e in cfg.model.experts
                    if not store_path(args.features_root, args.dataset, e.name).exists()]
@@ -177,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                             '--data-root', str(args.data_root), '--features-root', str(args.features_root)])
         if code:
             return code
-    scratch = Path('runs') / f'reproduce-{args.paper}-{args.dataset}-{split}'
+    scratch = Path('runs') / f'reproduce-{args.paper}-{args.dataset}-{split}{f"-{args.variant}" if args.variant else ""}'
     run = args.run_dir or (scratch.with_name(scratch.name + '-pretrained') if args.pretrained else scratch)
     overrides = [a for kv in args.settings for a in ('--set', kv)]
     init = ['--init-from', str(args.pretrained)] if args.pretrained is not None else []
@@ -196,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, DatasetError, StoreError) as err:
             print(f'error: {err}', file=sys.stderr)
             return 1
+    elif args.paper == 'mee' and (args.dataset, split) in MEE_TABLES:  # videos and COCO images
+        extra = [run / f'seed{s}' / 'test_metrics_extra.json' for s in args.seeds.split(',')]
+        images = [next(iter(json.loads(p.read_text()).values())) for p in extra if p.is_file()]
+        text = mee_beside(MEE_TABLES[args.dataset, split], args.variant, seeds, images)
     else:
         mean = {d: {k: sum(r[d][k] for r in seeds) / len(seeds) for k in seeds[0][d]} for d in seeds[0]}
         text = _beside(mean, PAPER_RESULTS.get((args.paper, args.dataset, split)))

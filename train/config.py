@@ -18,8 +18,41 @@ from train.models.config import upgrade_saved
 #: `DataCfg.sample`'s values (`train.sampling`)
 SAMPLES = ('video', 'window', 'segment')
 
-__all__ = ['DataCfg', 'SAMPLES', 'TrainCfg', 'RunCfg', 'load_run_cfg', 'read_saved', 'saved_run_cfg', 'check_resumable',
+__all__ = ['DataCfg', 'ExtraCfg', 'SAMPLES', 'TrainCfg', 'RunCfg', 'load_run_cfg', 'read_saved', 'saved_run_cfg', 'check_resumable',
            'RESUME_MAY_CHANGE', 'flat_settings']
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraCfg:
+    """One more training source mixed into a run's training batches (MEE sec. 4.2: COCO images
+    with MSR-VTT or MPII videos).
+
+    Args:
+        dataset, split: a registered dataset and its split; its training part gives the samples,
+            its test part is evaluated beside the run's own test part.
+        rate: MEE's alpha: each epoch draws round(rate x the run's training videos) items of it
+            at random (a function of the seed and the epoch), mixed with the run's videos.
+    """
+
+    dataset: str = ''
+    split: str = ''
+    rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.dataset or not self.split:
+            raise ValueError(f'data.extra: each source needs a dataset and a split, got {self.dataset!r}/{self.split!r}')
+        if isinstance(self.rate, bool) or not math.isfinite(self.rate) or self.rate <= 0:
+            raise ValueError(f'data.extra {self.dataset}/{self.split}: rate must be a positive number (MEE\'s alpha, '
+                             f'e.g. 0.5), got {self.rate!r}')
+        if not self.dataset.startswith('folder:'):
+            from shared.datasets import require_registered
+
+            require_registered(self.dataset, f' (data.extra {self.dataset}/{self.split})')
+
+    @property
+    def name(self) -> str:
+        """How reports name the source: ``dataset/split``."""
+        return f'{self.dataset}/{self.split}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +74,10 @@ class DataCfg:
             or ``segment`` (one timed caption and the features of its own seconds: support-set
             appendix 6.3). The last two need a dataset with timed captions (howto100m).
         window_words, window_seconds: the window of ``sample: window``.
+        extra: more training sources (`ExtraCfg`), e.g. ``[{dataset: coco, split: mee-1k, rate:
+            0.5}]``: their items join the training batches (an expert a source lacks is unavailable
+            for its items), model selection and the test protocol stay on `dataset`, and each
+            source's test part is evaluated and reported too (`train.extra`).
     """
 
     dataset: str = 'demo'
@@ -52,8 +89,16 @@ class DataCfg:
     sample: str = 'video'
     window_words: int = 100
     window_seconds: float = 100.0
+    extra: tuple[ExtraCfg, ...] = ()
 
     def __post_init__(self) -> None:
+        names = [e.name for e in self.extra]
+        twice = sorted({n for n in names if names.count(n) > 1} | ({f'{self.dataset}/{self.split}'} & set(names)))
+        if twice:
+            raise ValueError(f'data.extra names {", ".join(twice)} twice (or the run\'s own dataset): give each '
+                             'source once')
+        if self.extra and self.sample != 'video':
+            raise ValueError(f'data.extra mixes whole videos and images: it needs data.sample video, not {self.sample}')
         if self.stop_words not in ('keep', 'remove'):
             raise ValueError(f'data.stop_words must be keep or remove, got {self.stop_words!r}')
         if self.sample not in SAMPLES:

@@ -26,6 +26,7 @@ from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 
 if TYPE_CHECKING:
+    from train.extra import ExtraSources
     from train.sampling import Sampled, Sampler
 
 __all__ = ['ExpertData', 'SplitData', 'TrainFeed', 'aggregate', 'aggregated_arrays', 'caption_groups', 'load_split',
@@ -132,9 +133,17 @@ class SplitData:
     query: np.ndarray  # (Q,) indices of the captions that are evaluation queries
     random_weights: list[str]
     sampled: Sampled | None = None  # a training part drawn by window or segment (`train.sampling`)
+    #: a training part with extra sources' items after its own videos (`train.extra.mix_in`): (its
+    #: own videos, what each epoch draws from the items after them)
+    mixed: tuple[int, ExtraSources] | None = None
 
     def __len__(self) -> int:
         return len(self.video_ids)
+
+    @property
+    def epoch_size(self) -> int:
+        """Training samples an epoch: every video, and the extra sources' draws."""
+        return len(self) if self.mixed is None else self.mixed[0] + self.mixed[1].size
 
     @functools.cached_property
     def captions_by_video(self) -> list[np.ndarray]:
@@ -153,8 +162,14 @@ class SplitData:
     def epoch_plan(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """An epoch's batches as (steps, batch_size) video and caption indices: the videos shuffled,
         one randomly chosen caption each, the last short batch dropped (every step has the same
-        shapes, which a captured step needs)."""
-        order = rng.permutation(len(self))
+        shapes, which a captured step needs). A `mixed` part shuffles its own videos with the items
+        that the epoch draws from its extra sources."""
+        if self.mixed is None:
+            order = rng.permutation(len(self))
+        else:
+            own, extra = self.mixed  # the draw first: a streamed part draws the same (`train.stream`)
+            pool = np.concatenate([np.arange(own), extra.draw(rng)])
+            order = pool[rng.permutation(len(pool))]
         steps = len(order) // batch_size
         videos = order[:steps * batch_size].reshape(steps, batch_size)
         if self.sampled is not None:  # no caption to choose: each video's sample makes its own

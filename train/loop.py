@@ -36,6 +36,7 @@ from train.config import RunCfg, TrainCfg, check_resumable
 from train.data import SplitData, TrainFeed, split_captions
 from train.distributed import SINGLE, Dist, average, check_world, convert_batch_norm, main_first, wrap_model
 from train.evaluate import embed_videos, evaluate
+from train.extra import extra_manifests, extra_train_texts, load_extra, load_source, mix_in, token_widths
 from train.init import init_weights, resolve_init
 from train.losses import build_loss
 from train.metrics import format_results, geometric_mean
@@ -241,7 +242,7 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
     if first is None:  # train.steps had stopped the run at the epoch's last step: it ends here
         _end_epoch(state, cfg)
         return None
-    total = len(feed.data) // cfg.batch_size - state.epoch_steps
+    total = feed.data.epoch_size // cfg.batch_size - state.epoch_steps
     bar = tqdm(itertools.chain([first], batches), disable=not progress, unit='batch', leave=False,
                total=min(total, cfg.steps - state.steps) if cfg.steps else total,
                desc=f'epoch {epoch + 1}' + (f', step {state.steps + 1}/{cfg.steps}' if cfg.steps else f'/{cfg.epochs}'))
@@ -287,8 +288,10 @@ def _validate(state: TrainState, val: SplitData, device: torch.device, record: d
 
 
 def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device, run_dir: Path, seed: int,
-          chosen: str) -> dict[str, dict[str, float]]:
-    """The selected checkpoint on the test part: metrics, results table and the search gallery."""
+          chosen: str, extra_tests: dict[str, SplitData]) -> dict[str, dict[str, float]]:
+    """The selected checkpoint on the test part: metrics, results table and the search gallery;
+    and on the extra sources' test parts (`extra_tests`, by source name), in test_metrics_extra.json,
+    results.md and printed."""
     load_model(state.model, run_dir / 'checkpoints' / chosen, device)
     state.model.eval()
     video = embed_videos(state.model, test, device)  # once: for the test metrics and for the search gallery
@@ -296,8 +299,16 @@ def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device,
     atomic_save({'video_ids': test.video_ids, 'emb': video.emb.cpu(), 'available': video.available.cpu(),
                  'checkpoint': chosen}, run_dir / GALLERY)  # whole or absent, as the checkpoints
     (run_dir / 'test_metrics.json').write_text(json.dumps(result, indent=1))
-    (run_dir / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seed {seed}\n\n'
-                                        f'Checkpoint: {chosen}\n\n' + format_results({cfg.model.model: [result]}) + '\n')
+    text = (f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seed {seed}\n\n'
+            f'Checkpoint: {chosen}\n\n' + format_results({cfg.model.model: [result]}) + '\n')
+    if extra_tests:
+        extra = {name: evaluate(state.model, part, device) for name, part in extra_tests.items()}
+        (run_dir / 'test_metrics_extra.json').write_text(json.dumps(extra, indent=1))
+        for name, m in extra.items():
+            table = format_results({cfg.model.model: [m]})
+            text += f'\n## {name} (data.extra), test part\n\n{table}\n'
+            print(f'seed {seed}, {name} (data.extra) test part:\n{table}')
+    (run_dir / 'results.md').write_text(text)
     return result
 
 
@@ -341,15 +352,27 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         settings = yaml.safe_dump({**to_dict(cfg), 'seed': seed}, sort_keys=False)
         if ranks.main:  # rank 0 rewrites config.yaml while the others run this block: it alone reads it
             check_resumable(run_dir, yaml.safe_load(settings))
+        sources = extra_manifests(cfg.data, data_root)  # data.extra: more training sources
         captions = build_caption_encoder(cfg.model.text, cfg.data, data_root, run_dir,
-                                         lambda: split_captions(manifest, cfg.data.split, 'train', False)[1])
+                                         lambda: split_captions(manifest, cfg.data.split, 'train', False)[1]
+                                         + extra_train_texts(sources))
     sampler = make_sampler(cfg.data, manifest, split.ids('train'))  # data.sample window or segment
     train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False, sampler)
+    extra = load_extra(sources, len(train), features_root, manifest.name, experts, captions, ranks.main)
+    if extra is not None:  # in memory: one part; streamed: the stream takes the draws in (`train.stream`)
+        if isinstance(train, StreamedPart):
+            train.extra = extra
+        else:
+            train = mix_in(train, extra)
     val = (load_part(manifest, cfg.data.split, 'val', features_root, experts, captions, cfg.train)
            if split.val and cfg.train.selection == 'geometric_mean' and ranks.main else None)
     # a split without a test part (howto100m's pretrain) trains only: fine-tuning starts from it
     test = (load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train)
             if ranks.main and split.test else None)
+    # the extra sources' test parts, reported beside the run's own (MEE Tables 2-3)
+    extra_tests = ({e.name: load_source(e, m, 'test', features_root, experts, captions,
+                                        token_widths(features_root, manifest.name, experts))
+                    for e, m in sources if m.split(e.split).test} if test is not None else {})
     if train.random_weights:
         _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
     if len(train) < cfg.train.batch_size:
@@ -403,4 +426,4 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
     if test is None:  # what --init-from and train.evaluate read in place of the test's gallery
         (run_dir / FINAL).write_text(json.dumps({'checkpoint': chosen, 'epochs': state.epoch, 'steps': state.steps}))
         return {}
-    return _test(state, cfg, test, dev, run_dir, seed, chosen)
+    return _test(state, cfg, test, dev, run_dir, seed, chosen, extra_tests)

@@ -38,6 +38,7 @@ from shared.resources import cpu_limit, format_bytes, memory_limit, parse_bytes
 from shared.store import ExpertStore, open_store
 from train.captions import CaptionData, CaptionEncoder
 from train.config import TrainCfg
+from train.extra import ExtraSources
 from train.data import (SplitData, _copy, aggregate, aggregated_arrays, caption_groups, load_split, open_expert_store,
                         sampled_ids, split_captions, store_rows)
 from train.models.base import ExpertInput, TextInput
@@ -105,6 +106,8 @@ class StreamedPart:
     workers: int = 0
     prefetch: int = 1
     sampled: Sampled | None = None  # a training part drawn by window or segment (`train.sampling`)
+    #: items of extra training sources (`train.extra`), in memory: each epoch's draws join the stream
+    extra: ExtraSources | None = None
     #: (U,) the units read once in this run, which checked them against their chunk sums
     checked: np.ndarray = dataclasses.field(init=False)
     #: each video's (lengths, available) per expert, as a unit's first read found them: later reads of
@@ -117,6 +120,11 @@ class StreamedPart:
 
     def __len__(self) -> int:
         return len(self.video_ids)
+
+    @property
+    def epoch_size(self) -> int:
+        """Training samples an epoch: every video, and the extra sources' draws."""
+        return len(self) + (self.extra.size if self.extra is not None else 0)
 
     @property
     def unit_sizes(self) -> np.ndarray:
@@ -304,22 +312,31 @@ class EpochPlan:
     when: np.ndarray
     steps: int
     rng: np.random.Generator  # this rank's generator, for the captions
+    is_extra: np.ndarray
 
 
 def epoch_plan(unit_sizes: np.ndarray, batch_size: int, buffer: int, rng: np.random.Generator, rank: int,
-               world: int) -> EpochPlan:
-    """The plan of an epoch: a pure function of its arguments (`rng` seeded by (seed, epoch))."""
+               world: int, extra: int = 0) -> EpochPlan:
+    """The plan of an epoch: a pure function of its arguments (`rng` seeded by (seed, epoch));
+    `extra` items of extra sources join the epoch, rank r taking items r, r + world, ..."""
     perm = rng.permutation(len(unit_sizes))  # one permutation for all ranks; each reads its own share
     shares = [perm[r::world] for r in range(world)]
-    steps = min(int(unit_sizes[s].sum()) for s in shares) // batch_size
+    counts = [int(unit_sizes[s].sum()) + len(range(r, extra, world)) for r, s in enumerate(shares)]
+    steps = min(counts) // batch_size
     if steps == 0:
         raise ConfigError(f'train.batch_size {batch_size} is larger than the training videos of one of the {world} '
-                          f'ranks ({min(int(unit_sizes[s].sum()) for s in shares)})')
+                          f'ranks ({min(counts)})')
     local = np.random.default_rng([int(rng.integers(1 << 62)), rank, world])
     units = shares[rank]
     slot, emit, when = _shuffle(int(unit_sizes[units].sum()), max(buffer, 1), local)
     n = steps * batch_size
-    return EpochPlan(units, slot, emit[:n], when[:n], steps, local)
+    is_extra = np.zeros(counts[rank], bool)
+    if extra:  # the rank's extra items take random places among its samples (none drawn without them)
+        is_extra[:len(range(rank, extra, world))] = True
+        is_extra = local.permutation(is_extra)
+    is_extra = is_extra[:n]
+    own = n - int(is_extra.sum())
+    return EpochPlan(units, slot, emit[:own], when[:own], steps, local, is_extra.reshape(steps, batch_size))
 
 
 def _shuffle(m: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -367,7 +384,11 @@ class StreamFeed:
         part = self.data
         key = part.sampled.epoch_key(rng) if part.sampled is not None else None
         rank, world = rank_world()
-        plan = epoch_plan(part.unit_sizes, batch_size // world, self.buffer, rng, rank, world)
+        # the epoch's extra items: the generator's first draw, as in memory (`SplitData.epoch_plan`),
+        # the same on every rank, which takes its share
+        picks = part.extra.draw(rng)[rank::world] if part.extra is not None else np.zeros(0, np.int64)
+        plan = epoch_plan(part.unit_sizes, batch_size // world, self.buffer, rng, rank, world,
+                          part.extra.size if part.extra is not None else 0)
         sizes = part.unit_sizes[plan.units]
         starts = np.concatenate([[0], np.cumsum(sizes)])
         video = np.concatenate([np.arange(part.bounds[u], part.bounds[u + 1]) for u in plan.units])
@@ -375,6 +396,7 @@ class StreamFeed:
         v = video[plan.emit]
         # a sampled part has no captions to choose: each video's sample makes its own
         caps = v if key is not None else order[groups[v] + plan.rng.integers(0, groups[v + 1] - groups[v])]
+        extra_caps = _extra_captions(part.extra, picks, plan.rng)
         k = min(max(self.buffer, 1), int(starts[-1]))
         # the buffer in numpy: torch's indexed copies on a CPU take 60x longer (21 ms against 0.35 ms
         # for 64 rows of 2048), which made the buffer, not the reading, the streaming path's cost
@@ -382,12 +404,19 @@ class StreamFeed:
         ready: list[dict[str, Arrays]] = []  # emitted, not yet in a batch
         used = 0  # emissions batched
 
+        local = batch_size // world
+        own = (~plan.is_extra).sum(1)  # each step's videos of the stream; extra items take the other places
+        step, taken = 0, 0  # steps made, extra items batched
+
         def batches() -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
-            nonlocal ready, used
-            while sum(_count(r) for r in ready) >= batch_size:
-                batch, ready = _take(ready, batch_size)
-                used += batch_size
-                yield self._put(batch, caps[used - batch_size:used], key)
+            nonlocal ready, used, step, taken
+            while step < plan.steps and sum(_count(r) for r in ready) >= own[step]:
+                n, places = int(own[step]), plan.is_extra[step]
+                batch, ready = _take(ready, n) if n else (None, ready)
+                more = local - n
+                step, taken, used = step + 1, taken + more, used + n
+                yield self._put(batch, caps[used - n:used], key, places, picks[taken - more:taken],
+                                extra_caps[taken - more:taken])
 
         for i, data in enumerate(part.chunks(plan.units, key)):
             a, b = int(starts[i]), int(starts[i + 1])
@@ -399,17 +428,57 @@ class StreamFeed:
             _arrive(slots, data, plan.slot[a:b])
             yield from batches()
             if used == len(plan.emit):  # the rest of the stream is not needed: its readers stop
-                return
+                break
+        yield from batches()  # steps of extra items only, after the stream's last video
 
-    def _put(self, batch: dict[str, Arrays], caps: np.ndarray, key: int | None
-             ) -> tuple[dict[str, ExpertInput], TextInput]:
-        """A batch on the device with its captions `caps` (with `key`: the samples of videos `caps`)."""
+    def _put(self, batch: dict[str, Arrays] | None, caps: np.ndarray, key: int | None, places: np.ndarray,
+             picks: np.ndarray, extra_caps: np.ndarray) -> tuple[dict[str, ExpertInput], TextInput]:
+        """A batch on the device with its captions `caps` (with `key`: the samples of videos `caps`);
+        extra items `picks` with their captions `extra_caps` take the batch's `places`."""
         sampled = self.data.sampled
         text = (self.data.captions.batch(caps) if key is None or sampled is None
                 else sampled.text([self.data.video_ids[i] for i in caps], key))
+        if len(picks):
+            extra = self.data.extra.data
+            arrays = {n: (e.x[picks], e.available[picks], *(None if a is None else a[picks] for a in (e.mask, e.times)))
+                      for n, e in extra.experts.items()}
+            batch = arrays if batch is None else {n: _place(batch[n], arrays[n], places) for n in arrays}
+            text = _place_text(text, extra.captions.batch(extra_caps), places)
         return ({n: ExpertInput(*(None if a is None else _copy(torch.from_numpy(a), self.device) for a in f))
                  for n, f in batch.items()},
                 TextInput(_copy(text.x, self.device), _copy(text.mask, self.device)))
+
+
+def _extra_captions(extra: ExtraSources | None, picks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One caption of each extra item `picks`, at random."""
+    if extra is None or not len(picks):
+        return np.zeros(0, np.int64)
+    order, groups = caption_groups(extra.data.caption_video, len(extra.data))
+    return order[groups[picks] + rng.integers(0, groups[picks + 1] - groups[picks])]
+
+
+def _place(own: Arrays, extra: Arrays, places: np.ndarray) -> Arrays:
+    """A batch's arrays: `extra`'s rows at `places`, `own`'s at the others."""
+    out = []
+    for a, b in zip(own, extra):
+        if a is None:
+            out.append(None)
+            continue
+        t = np.empty((len(places), *a.shape[1:]), a.dtype)
+        t[~places], t[places] = a, b
+        out.append(t)
+    return tuple(out)
+
+
+def _place_text(own: TextInput, extra: TextInput, places: np.ndarray) -> TextInput:
+    """A batch's captions: `extra`'s at `places`, `own`'s at the others."""
+    at = torch.from_numpy(places)
+    out = []
+    for a, b in ((own.x, extra.x), (own.mask, extra.mask)):
+        t = torch.empty((len(places), *a.shape[1:]), dtype=a.dtype)
+        t[~at], t[at] = a, b.to(a.dtype)
+        out.append(t)
+    return TextInput(*out)
 
 
 def _count(fields: dict[str, Arrays]) -> int:
