@@ -79,8 +79,8 @@ def _one_thread() -> Iterator[None]:
     """Torch on one intra-op thread while the block runs, then as before. The demo's models are so
     small that a step is hundreds of tiny ops: a second thread only adds a wait at each op for its
     partner, and when other processes share the cores that partner is often descheduled (measured
-    on the 2-core machine at load 15-18: 40 support-set epochs took 5x the CPU seconds on two
-    threads as on one, and the wall time followed)."""
+    on the 2-core machine at load 15-20: 6 support-set epochs took 78 CPU seconds on two threads
+    and 10 on one, and the wall time followed)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
