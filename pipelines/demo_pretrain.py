@@ -14,12 +14,14 @@ Each stage reuses what an earlier run finished.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -70,6 +72,21 @@ def _pretrain(model: str, data_root: Path, features_root: Path, run: Path, proce
            'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}  # one thread a process: no oversubscription
     print('  ' + ' '.join(cmd[1:]))
     return subprocess.run(cmd, env=env, check=False).returncode
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread while the block runs, then as before. The demo's models are so
+    small that a step is hundreds of tiny ops: a second thread only adds a wait at each op for its
+    partner, and when other processes share the cores that partner is often descheduled (measured
+    on the 2-core machine at load 15-20: 6 support-set epochs took 78 CPU seconds on two threads
+    and 10 on one, and the wall time followed)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _finetune(model: str, data_root: Path, features_root: Path, run: Path, init: Path | None,
@@ -168,14 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     for model in MODELS:
         source = pre_runs[model] / 'seed0'
         print(f'[4/5 evaluate] {model}: zero-shot on the demo test split, from scratch, pretrained + fine-tuned')
-        results[model] = {
-            ROWS[0]: evaluate_run(source, manifest, 'official', 'test', args.features_root, args.data_root,
-                                  torch.device('cpu')),
-            ROWS[1]: _finetune(model, args.data_root, args.features_root, args.runs / f'{model}_scratch', None,
-                               args.settings),
-            ROWS[2]: _finetune(model, args.data_root, args.features_root, args.runs / f'{model}_finetuned', source,
-                               args.settings),
-        }
+        with _one_thread():
+            results[model] = {
+                ROWS[0]: evaluate_run(source, manifest, 'official', 'test', args.features_root, args.data_root,
+                                      torch.device('cpu')),
+                ROWS[1]: _finetune(model, args.data_root, args.features_root, args.runs / f'{model}_scratch', None,
+                                   args.settings),
+                ROWS[2]: _finetune(model, args.data_root, args.features_root, args.runs / f'{model}_finetuned',
+                                   source, args.settings),
+            }
     chance = 100.0 / len(manifest.split('official').test)
     table = format_results({f'{m} {row}': [r] for m, rows in results.items() for row, r in rows.items()},
                            keys=('R1', 'R5', 'R10', 'MdR'))

@@ -132,6 +132,10 @@ class TrainCfg:
             noise; dropout draws other random numbers.
         log_every: read the running loss (a wait for the device) every this many steps, for the
             progress bar; the loss is otherwise summed on the device and read at the epoch's end.
+        checkpoint_every: write last.pt every this many epochs and after the last one; a killed
+            run resumes from the last one written (losing at most this many epochs less one).
+            More than 1 where epochs are a step or two each, as in pretraining on a small set,
+            where writing and syncing a checkpoint after every step takes longer than the step.
         device_data: the training split moves to the GPU once when it takes at most this fraction
             of the device's free memory (0: never); otherwise each batch is copied from pinned host
             memory without waiting.
@@ -164,6 +168,7 @@ class TrainCfg:
     selection: str = 'geometric_mean'
     compile: bool | None = None
     log_every: int = 50
+    checkpoint_every: int = 1
     device_data: float = 0.5
     init_from: str = ''
     memory_budget: int | str | None = None
@@ -172,7 +177,7 @@ class TrainCfg:
     data_workers: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ('epochs', 'batch_size', 'log_every'):
+        for name in ('epochs', 'batch_size', 'log_every', 'checkpoint_every'):
             if getattr(self, name) < 1:
                 raise ValueError(f'train.{name} must be at least 1, got {getattr(self, name)}')
         for name in ('lr_step', 'steps'):
@@ -243,7 +248,8 @@ def saved_run_cfg(run_dir: Path) -> RunCfg:
 #: often the loss is read and how many processes read the stores leave the results as they were;
 #: a memory budget that moves the training part between memory and streaming changes the data
 #: order (the run's first lines say which path it took)
-RESUME_MAY_CHANGE = ('train.epochs', 'train.steps', 'train.compile', 'train.log_every', 'train.device_data', 'train.memory_budget',
+RESUME_MAY_CHANGE = ('train.epochs', 'train.steps', 'train.compile', 'train.log_every', 'train.checkpoint_every',
+                     'train.device_data', 'train.memory_budget',
                      'train.data_workers')
 
 

@@ -215,6 +215,13 @@ def _more(state: TrainState, cfg: TrainCfg) -> bool:
     return state.steps < cfg.steps if cfg.steps else state.epoch < cfg.epochs
 
 
+def _checkpoint_due(state: TrainState, cfg: TrainCfg) -> bool:
+    """last.pt is written after the epoch just trained: every `checkpoint_every` epochs, after an
+    epoch that train.steps stopped part way, and after the run's last epoch (its end is read from it)."""
+    return ((state.epoch + 1) % cfg.checkpoint_every == 0 or state.epoch_steps > 0
+            or not _more(dataclasses.replace(state, epoch=state.epoch + 1), cfg))
+
+
 def _epoch_batches(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainCfg, rng: np.random.Generator,
                    done: list[int]) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
     """The epoch's batches from step `state.epoch_steps` (a resumed run continues the epoch that
@@ -410,10 +417,11 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             # resumed run drops (_keep_metrics) and writes again, never a checkpoint without its line
             with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
                 f.write(json.dumps(record) + '\n')
-            save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
-                            epoch=state.epoch, best=state.best, torch_rng=torch.get_rng_state(),
-                            scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
-                            world_size=ranks.world, steps=state.steps, epoch_steps=state.epoch_steps)
+            if _checkpoint_due(state, cfg.train):
+                save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
+                                epoch=state.epoch, best=state.best, torch_rng=torch.get_rng_state(),
+                                scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
+                                world_size=ranks.world, steps=state.steps, epoch_steps=state.epoch_steps)
             if progress:
                 shown = f', val geometric mean {record["val/selection"]:.2f}' if val is not None else ''
                 where = (f'epoch {record["epoch"]}, step {state.steps}/{cfg.train.steps}' if cfg.train.steps

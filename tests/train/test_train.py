@@ -311,6 +311,34 @@ def test_a_resumed_run_with_dropout_ends_with_the_weights_of_an_uninterrupted_on
 
 
 @pytest.mark.slow
+def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end_and_resumes_to_the_same_weights(
+        demo_stores: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train.loop
+
+    data, features = demo_stores
+    saved: list[int] = []  # the 0-based epoch of each last.pt written
+    real = train.loop.save_checkpoint
+
+    def recording(model: torch.nn.Module, path: Path, **extra: object) -> None:
+        if path.name == 'last.pt':
+            saved.append(extra['epoch'])
+        real(model, path, **extra)
+
+    monkeypatch.setattr(train.loop, 'save_checkpoint', recording)
+    every, sparse, whole = ('--set', 'train.checkpoint_every=2'), tmp_path / 'sparse', tmp_path / 'whole'
+    assert train_main(_args(data, features, _config(tmp_path, 'mmt', 3), sparse, *every)) == 0
+    assert saved == [1, 2]  # after epoch 2 of 3 and after the last
+    assert train_main(_args(data, features, _config(tmp_path, 'mmt', 5), sparse, *every)) == 0  # resumed at epoch 4
+    assert saved == [1, 2, 3, 4]
+    assert len((sparse / 'seed0' / 'metrics.jsonl').read_text().splitlines()) == 5
+    assert train_main(_args(data, features, _config(tmp_path, 'mmt', 5), whole)) == 0  # the default: every epoch
+    assert saved[4:] == [0, 1, 2, 3, 4]
+    wa = torch.load(sparse / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+    wb = torch.load(whole / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
 def test_best_checkpoint_is_the_epoch_of_the_highest_val_selection(demo_stores: tuple[Path, Path],
                                                                    tmp_path: Path) -> None:
     data, features = demo_stores
