@@ -22,11 +22,15 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, decode_short_side, first_error, precheck,
                               resize_dims)
+
+if TYPE_CHECKING:  # Pillow is imported where an image is read
+    from PIL import Image
 
 __all__ = ['MAX_IMAGE_PIXELS', 'STILL_IMAGE', 'IMAGE_FORMATS', 'ALPHA_BACKGROUND', 'ImageError', 'decode_image',
            'read_image']
@@ -113,7 +117,7 @@ def _too_large(size: str) -> str:
             'refused as a possible decompression bomb')
 
 
-def _to_rgb(im: object) -> object:
+def _to_rgb(im: Image.Image) -> Image.Image:
     """A Pillow image of any mode as an RGB one (16-bit by its top bits, alpha over `ALPHA_BACKGROUND`)."""
     from PIL import Image
 
