@@ -8,13 +8,17 @@
 pieces), eager and captured by torch.compile, in steps/s after warm-up, timed between device
 synchronisations. The step is the one `python -m train` runs (`train.step.TrainStep`, the
 config's optimiser and loss), its batches gathered on the device (`train.data.TrainFeed`).
-(c) For each of --stream-models (default MEE and MMT, their paper configs): the training rate
-with the data in memory (`train.data.TrainFeed`) and streamed from stores on disk
-(`train.stream.StreamFeed`, the default reader processes and shuffle buffer), in steps/s and
-pairs/s, and each data path alone (batches made, no model) in pairs/s: a data path slower than
-the step starves it. Steps are timed over whole epochs from an epoch's start (the warm-up and
-timed steps rounded up to whole epochs): a streamed epoch begins by filling its shuffle buffer. The stores (random features, written with `shared.store` into a temporary
-directory) hold --stream-videos videos in chunks of 64.
+(c) For each of --stream-models (default MEE and MMT, their paper configs; a config name of
+pipelines/configs/train, e.g. mmt_demo, also works): the training rate with the data in memory
+(`train.data.TrainFeed`) and streamed from stores on disk (`train.stream.StreamFeed`, the default
+reader processes, shuffle buffer and feature cache), in pairs/s over whole epochs from a fresh
+model: epoch 1 (the stores read, the cache written, the step on the threads the readers leave)
+apart from the later ones (read back from the cache, or with --no-stream-cache from the stores
+again); in --stream-repeats pairs, their order alternated, the load average printed beside each,
+since a shared machine's load drifts by more than the effect; in memory also on the streamed
+first epoch's threads where they are fewer. And each data path alone (batches made, no model) in
+pairs/s: a data path slower than the step starves it. The stores (random features, written with
+`shared.store` into a temporary directory) hold --stream-videos videos in chunks of 64.
 (b) Text-to-video retrieval of N captions over N videos, each model with its paper config:
 encoding every video and caption, the [N x N] scores and the protocol's metrics
 (`train.metrics.retrieval_metrics`), in seconds from features in device memory (the
@@ -25,7 +29,9 @@ prints its error and the others still run. The table comes last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import platform
 import sys
 import tempfile
@@ -50,9 +56,11 @@ from train.metrics import retrieval_metrics
 from train.models import ModelCfg, create_model, structure_only
 from train.models.base import TextEmbedding, VideoEmbedding
 from train.step import TrainStep
-from train.stream import StreamedPart, StreamFeed, default_readers
+from shared.resources import cpu_limit
+from train.stream import StreamedPart, StreamFeed, default_readers, step_threads
+from train.stream_cache import UnitCache, cache_path
 
-__all__ = ['main', 'synthetic_split', 'stored_split', 'train_rate', 'data_rate', 'retrieval_seconds']
+__all__ = ['main', 'synthetic_split', 'stored_split', 'train_rate', 'epoch_rates', 'data_rate', 'retrieval_seconds']
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'pipelines' / 'configs' / 'train'
 #: the paper config each model is measured with
@@ -251,9 +259,53 @@ def _measure(rows: list[tuple[str, str, str]], name: str, fn: Callable[[], tuple
     print(f'    {value}  {note}', flush=True)
 
 
+def epoch_rates(cfg: RunCfg, feed: TrainFeed | StreamFeed, dev: torch.device, batch: int, epochs: int,
+                warm: tuple, threads: int | None = None) -> list[tuple[float, int]]:
+    """(pairs/s, the step's torch threads) of each of `epochs` whole training epochs of a fresh
+    model on `feed`, after one step on `warm` (a batch); the threads as training sets them
+    (`train.stream.step_threads`: fewer while reader processes run), or `threads`."""
+    torch.manual_seed(0)
+    model = create_model(structure_only(cfg.model)).to(dev).train()
+    opt, _ = build_optimizer(cfg.train, model)
+    step = TrainStep(model, opt, build_loss(cfg.train.loss, cfg.train.margin, cfg.train.temperature),
+                     cfg.train.grad_clip, dev, False)
+    step(*warm)
+    rates = []
+    for epoch in range(epochs):
+        with step_threads(feed, epoch) if threads is None else _threads(threads) as used:
+            _sync(dev)
+            t0, n = time.perf_counter(), 0
+            total = torch.zeros((), dtype=torch.float64, device=dev)
+            for b in feed.epoch(batch, np.random.default_rng([0, epoch])):
+                total += step(*b)
+                n += 1
+            _sync(dev)
+            rates.append((n * batch / (time.perf_counter() - t0), used))
+        if not torch.isfinite(total):
+            raise RuntimeError('the loss is not finite')
+    return rates
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[int]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+def _load() -> str:
+    return f'{os.getloadavg()[0]:.1f}'
+
+
 def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: torch.device, videos: int,
-                 warmup: int, steps: int) -> None:
-    """The training rate of `cfg`'s model and its data path alone, in memory and streamed (section c)."""
+                 epochs: int, repeats: int, cache: bool) -> None:
+    """The training rate of `cfg`'s model in memory and streamed, epoch 1 (the stores read, the
+    feature cache written) apart from later epochs (read from the cache, or `cache` False: from the
+    stores again), in `repeats` alternated pairs with the load average beside each; and each data
+    path alone (section c)."""
     batch = cfg.train.batch_size
     with tempfile.TemporaryDirectory(prefix='videoexperts-bench-') as tmp:
         made = []
@@ -266,31 +318,68 @@ def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: 
         _measure(rows, f'{name} stores', write)
         if not made:
             return
-        whole, part = made
-        # whole epochs, from an epoch's start: a streamed epoch starts by filling its shuffle buffer
-        per_epoch = videos // batch
-        whole_epochs = lambda n: per_epoch * max(1, -(-n // per_epoch))  # noqa: E731
-        shape = (f'batch {batch}, {videos} videos in {len(part.bounds) - 1} store chunks, {part.workers} reader '
-                 f'processes, {whole_epochs(steps)} steps timed after {whole_epochs(warmup)}')
-        feeds = {'in memory': lambda: TrainFeed(whole, dev, 1 << 62 if dev.type == 'cuda' else 0),
-                 'streaming': lambda: StreamFeed(part, dev, 1024)}
-        pairs: dict[str, float] = {}
+        whole, stored = made
+        warm = next(TrainFeed(whole, dev, 0).epoch(batch, np.random.default_rng(1)))
+
+        def streamed(cached: bool) -> StreamFeed:
+            """A new streamed part (nothing read yet), with a new cache when `cached`."""
+            kept = UnitCache(cache_path(Path(tmp), Path(tmp), f'bench{time.monotonic_ns()}', 0)) if cached else None
+            return StreamFeed(dataclasses.replace(stored, cache=kept), dev, 1024)
+
+        def close(feed: TrainFeed | StreamFeed) -> None:
+            if isinstance(feed, StreamFeed):
+                feed.data.close()
+
+        shape = (f'batch {batch}, {videos} videos in {len(stored.bounds) - 1} store chunks, {stored.workers} reader '
+                 f'processes, shuffle buffer 1024')
 
         def data(path: str) -> tuple[str, str]:
-            r = data_rate(feeds[path](), dev, batch, whole_epochs(warmup), whole_epochs(steps)) * batch
-            return f'{r:.0f} pairs/s', shape
+            feed = TrainFeed(whole, dev, 1 << 62 if dev.type == 'cuda' else 0) if path == 'in memory' else \
+                streamed(path.endswith('cache'))
+            try:  # the first epoch fills the cache; the second is timed
+                r = data_rate(feed, dev, batch, len(whole) // batch, len(whole) // batch) * batch
+            finally:
+                close(feed)
+            return f'{r:.0f} pairs/s', f'{shape}; the second epoch timed; load {_load()}'
 
-        def train(path: str) -> tuple[str, str]:
-            r = train_rate(cfg, whole, dev, batch, whole_epochs(warmup), whole_epochs(steps), False,
-                           feed=feeds[path]())[0]
-            pairs[path] = r * batch
-            note = f'{pairs[path] / pairs["in memory"]:.2f}x in-memory pairs/s; ' if path != 'in memory' else ''
-            return f'{r:.2f} steps/s, {r * batch:.0f} pairs/s', note + shape
-
-        for path in feeds:
+        for path in ('in memory', 'streaming from the stores', *(('streaming from the cache',) if cache else ())):
             _measure(rows, f'{name} data path alone, {path}', lambda path=path: data(path))
-        for path in feeds:
-            _measure(rows, f'{name} train step, {path}', lambda path=path: train(path))
+        later = 'cache' if cache else 'stores'
+        ratios: dict[str, list[tuple[float, float]]] = {}
+        rates: dict[str, tuple[float, float]] = {}
+
+        def train(path: str, threads: int | None) -> tuple[str, str]:
+            feed = TrainFeed(whole, dev, 1 << 62 if dev.type == 'cuda' else 0) if path != 'streaming' else \
+                streamed(cache)
+            load = _load()
+            try:
+                got = epoch_rates(cfg, feed, dev, batch, epochs, warm, threads)
+            finally:
+                close(feed)
+            first, rest = got[0][0], float(np.median([r for r, _ in got[1:]])) if len(got) > 1 else float('nan')
+            rates[path] = first, rest
+            return (f'epoch 1 {first:.0f} pairs/s, later {rest:.0f} pairs/s',
+                    f'load {load} -> {_load()}; step threads {"/".join(str(t) for _, t in got)} by epoch' +
+                    (f'; epoch 1 from the stores, later from the {later}' if path == 'streaming' else ''))
+
+        # the streamed first epoch runs the step beside the readers on fewer threads: in memory too, to compare
+        few = min(torch.get_num_threads(), max(1, cpu_limit() - stored.workers))
+        paths = [('in memory', None), *([(f'in memory, {few} threads', few)] if few != torch.get_num_threads()
+                                       else []), ('streaming', None)]
+        for r in range(repeats):
+            rates.clear()
+            for path, threads in (paths if r % 2 == 0 else paths[::-1]):  # alternated: the load drifts
+                _measure(rows, f'{name} train, {path}, pair {r + 1}', lambda path=path, threads=threads:
+                         train(path, threads))
+            if 'streaming' in rates:
+                for base in [p for p in rates if p != 'streaming']:
+                    ratios.setdefault(base, []).append(tuple(s / b for s, b in zip(rates['streaming'], rates[base])))
+        for base, got in ratios.items():
+            first, rest = np.array(got).T
+            _measure(rows, f'{name} streaming / {base}', lambda first=first, rest=rest: (
+                f'epoch 1 {np.median(first):.2f}x, later {np.median(rest):.2f}x',
+                f'median of {len(first)} pairs (epoch 1 {first.min():.2f}-{first.max():.2f}, later '
+                f'{rest.min():.2f}-{rest.max():.2f}); {epochs} epochs each, streaming later: from the {later}'))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,7 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--no-retrieval', action='store_true', help='skip the retrieval rows')
     p.add_argument('--stream-models', default='mee,mmt',
                    help='models timed in memory against streaming (default: mee,mmt; empty: none)')
-    p.add_argument('--stream-videos', type=int, help='videos in the stores of those rows (default: 2048; --quick 64)')
+    p.add_argument('--stream-videos', type=int, help='videos in the stores of those rows (default: 1024; --quick 64)')
+    p.add_argument('--stream-epochs', type=int, default=3,
+                   help='epochs of each streaming-row training: the first, then later ones (default: 3)')
+    p.add_argument('--stream-repeats', type=int, default=2,
+                   help='alternated in-memory / streaming pairs of those rows (default: 2)')
+    p.add_argument('--no-stream-cache', action='store_true',
+                   help='streaming reads the stores every epoch (train.stream_cache=false)')
     args = p.parse_args(argv)
     setup_logging()
     q = args.quick
@@ -325,10 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         dev = torch.device(pick_device(args.device))
         models = [m.strip() for m in args.models.split(',') if m.strip()]
         streamed = [m.strip() for m in args.stream_models.split(',') if m.strip()]
-        unknown = [m for m in models + streamed if m not in CONFIGS]
+        unknown = [m for m in models if m not in CONFIGS] + [
+            m for m in streamed if m not in CONFIGS and not (CONFIG_DIR / f'{m}.yaml').is_file()]
         if unknown:
-            raise ConfigError(f'--models: unknown {", ".join(unknown)} (mmt, ce, mee)')
-        cfgs = {m: load_run_cfg(CONFIG_DIR / f'{CONFIGS[m]}.yaml') for m in {'mmt', *models, *streamed}}
+            raise ConfigError(f'--models: unknown {", ".join(unknown)} (mmt, ce, mee; or for --stream-models a '
+                              f'config of {CONFIG_DIR})')
+        cfgs = {m: load_run_cfg(CONFIG_DIR / f'{CONFIGS.get(m, m)}.yaml') for m in {'mmt', *models, *streamed}}
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
@@ -358,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         _measure(rows, f'MMT train step, compiled ({args.compile_backend})', lambda: rate(True))
         del data
     for m in streamed:
-        _stream_rows(rows, m.upper(), cfgs[m], dev, args.stream_videos or (64 if q else 2048), warmup, steps)
+        _stream_rows(rows, m.upper(), cfgs[m], dev, args.stream_videos or (64 if q else 1024), args.stream_epochs,
+                     args.stream_repeats, not args.no_stream_cache)
     if not args.no_retrieval:
         for m in models:
             cfg = cfgs[m]

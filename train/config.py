@@ -149,7 +149,14 @@ class TrainCfg:
         shuffle_buffer: videos in the streaming shuffle buffer (with a permutation of the store
             chunks each epoch); part of the data order, so a resumed run keeps it.
         data_workers: DataLoader processes reading store chunks while streaming; ``null``: the
-            job's CPUs less one (at most 4), at least one.
+            job's CPUs less one (at most 4), at least one. While they run, the training step
+            takes the CPUs they leave (`train.stream.step_threads`).
+        stream_cache: a streamed training or validation part writes its aggregated features to
+            a file on local disk as its first epoch reads them, and later epochs read that file
+            instead of the stores (`train.stream_cache`); the file is removed when the run ends.
+            Only where the inputs repeat every epoch (not with ``data.sample`` window or segment),
+            and only where the disk has room.
+        stream_cache_dir: the folder of that file; empty: the run directory.
     """
 
     optimizer: str = 'ranger'
@@ -175,6 +182,8 @@ class TrainCfg:
     streaming: str | bool = 'auto'
     shuffle_buffer: int = 1024
     data_workers: int | None = None
+    stream_cache: bool = True
+    stream_cache_dir: str = ''
 
     def __post_init__(self) -> None:
         for name in ('epochs', 'batch_size', 'log_every', 'checkpoint_every'):
@@ -245,12 +254,13 @@ def saved_run_cfg(run_dir: Path) -> RunCfg:
 
 
 #: settings a resumed run may change: more epochs (or steps) continue the same run; how the step runs, how
-#: often the loss is read and how many processes read the stores leave the results as they were;
+#: often the loss is read and how many processes read the stores (or a cache) leave the results as
+#: they were, up to the float sums of the step's threads (`train.stream.step_threads`);
 #: a memory budget that moves the training part between memory and streaming changes the data
 #: order (the run's first lines say which path it took)
 RESUME_MAY_CHANGE = ('train.epochs', 'train.steps', 'train.compile', 'train.log_every', 'train.checkpoint_every',
-                     'train.device_data', 'train.memory_budget',
-                     'train.data_workers')
+                     'train.device_data', 'train.memory_budget', 'train.data_workers', 'train.stream_cache',
+                     'train.stream_cache_dir')
 
 
 def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ continues the epoch from the next batch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -45,7 +46,8 @@ from train.models.base import ExpertInput, TextInput
 from train.optim import build_optimizer
 from train.sampling import make_sampler
 from train.step import TrainStep
-from train.stream import StreamedPart, StreamFeed, load_part
+from train.stream import StreamedPart, StreamFeed, load_part, step_threads
+from train.stream_cache import cache_path
 
 __all__ = ['TrainState', 'build_state', 'train_one_epoch', 'train_epoch', 'train_run', 'device_budget', 'NonFiniteLoss']
 
@@ -256,13 +258,15 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
     shown = lambda n, loss: bar.set_postfix(  # noqa: E731
         loss=f'{loss:.4f}', pairs_s=f'{cfg.batch_size * n / max(time.time() - t0, 1e-6):.0f}')
     try:
-        mean_loss = train_epoch(state.step, bar, cfg.log_every, shown if progress else None)
+        with step_threads(feed, epoch):
+            mean_loss = train_epoch(state.step, bar, cfg.log_every, shown if progress else None)
     except NonFiniteLoss as err:
         raise ConfigError(f'the training loss became non-finite (NaN or infinite) in epoch {epoch + 1}, '
                           f'{err.where()} (read every train.log_every={cfg.log_every} steps); the run '
                           f'stops without results: check train.lr and the loss settings ({where})') from None
     finally:
         bar.close()
+        batches.close()  # a streamed epoch stops its reader processes now, not when collected
     state.steps += done[0]
     if cfg.steps and state.steps == cfg.steps:  # stopped by the budget: perhaps part way through
         state.epoch_steps += done[0]
@@ -342,6 +346,12 @@ def _follow(state: TrainState, feed: TrainFeed | StreamFeed, cfg: RunCfg, seed: 
     return {}
 
 
+def _close(part: SplitData | StreamedPart | None) -> None:
+    """Remove a streamed part's feature cache."""
+    if isinstance(part, StreamedPart):
+        part.close()
+
+
 def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
               device: str = 'cpu', progress: bool = True, ranks: Dist = SINGLE) -> dict[str, dict[str, float]]:
     """Train (or resume) one seed in `run_dir`; returns the test metrics of the selected epoch (of
@@ -364,74 +374,83 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
                                          lambda: split_captions(manifest, cfg.data.split, 'train', False)[1]
                                          + extra_train_texts(sources))
     sampler = make_sampler(cfg.data, manifest, split.ids('train'))  # data.sample window or segment
-    train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False, sampler)
-    extra = load_extra(sources, len(train), features_root, manifest.name, experts, captions, ranks.main)
-    if extra is not None:  # in memory: one part; streamed: the stream takes the draws in (`train.stream`)
-        if isinstance(train, StreamedPart):
-            train.extra = extra
+    # the parts read every epoch may keep their aggregated features on disk (the test part is read
+    # once); the files are removed as the run ends, however it ends
+    cache = ((lambda part: cache_path(Path(cfg.train.stream_cache_dir or run_dir), run_dir, part, ranks.rank))
+             if cfg.train.stream_cache else lambda part: None)
+    with contextlib.ExitStack() as held:
+        train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False,
+                          sampler, cache('train'))
+        held.callback(_close, train)
+        extra = load_extra(sources, len(train), features_root, manifest.name, experts, captions, ranks.main)
+        if extra is not None:  # in memory: one part; streamed: the stream takes the draws in (`train.stream`)
+            if isinstance(train, StreamedPart):
+                train.extra = extra
+            else:
+                train = mix_in(train, extra)
+        val = (load_part(manifest, cfg.data.split, 'val', features_root, experts, captions, cfg.train,
+                         cache=cache('val')) if split.val and cfg.train.selection == 'geometric_mean' and ranks.main else None)
+        held.callback(_close, val)
+        # a split without a test part (howto100m's pretrain) trains only: fine-tuning starts from it
+        test = (load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train)
+                if ranks.main and split.test else None)
+        # the extra sources' test parts, reported beside the run's own (MEE Tables 2-3)
+        extra_tests = ({e.name: load_source(e, m, 'test', features_root, experts, captions,
+                                            token_widths(features_root, manifest.name, experts))
+                        for e, m in sources if m.split(e.split).test} if test is not None else {})
+        if train.random_weights:
+            _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
+        if len(train) < cfg.train.batch_size:
+            raise ValueError(f'batch_size {cfg.train.batch_size} is larger than the {len(train)} training videos')
+        _seed_all(seed)
+        state = build_state(cfg, dev, ranks)
+        ckpt_dir = run_dir / 'checkpoints'
+        ckpt_dir.mkdir(exist_ok=True)
+        if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
+            _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, ranks)
         else:
-            train = mix_in(train, extra)
-    val = (load_part(manifest, cfg.data.split, 'val', features_root, experts, captions, cfg.train)
-           if split.val and cfg.train.selection == 'geometric_mean' and ranks.main else None)
-    # a split without a test part (howto100m's pretrain) trains only: fine-tuning starts from it
-    test = (load_part(manifest, cfg.data.split, 'test', features_root, experts, captions, cfg.train)
-            if ranks.main and split.test else None)
-    # the extra sources' test parts, reported beside the run's own (MEE Tables 2-3)
-    extra_tests = ({e.name: load_source(e, m, 'test', features_root, experts, captions,
-                                        token_widths(features_root, manifest.name, experts))
-                    for e, m in sources if m.split(e.split).test} if test is not None else {})
-    if train.random_weights:
-        _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
-    if len(train) < cfg.train.batch_size:
-        raise ValueError(f'batch_size {cfg.train.batch_size} is larger than the {len(train)} training videos')
-    _seed_all(seed)
-    state = build_state(cfg, dev, ranks)
-    ckpt_dir = run_dir / 'checkpoints'
-    ckpt_dir.mkdir(exist_ok=True)
-    if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
-        _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, ranks)
-    else:
-        if ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
-            (ckpt_dir / FROZEN).unlink(missing_ok=True)
-        if cfg.train.init_from:  # every rank loads the same weights; rank 0 reports
-            init_weights(state.model, Path(cfg.train.init_from), run_dir, report=ranks.main)
-    if not ranks.main:
-        return _follow(state, _feed(train, dev, cfg.train, ranks), cfg, seed, run_dir, ranks)
-    _keep_metrics(run_dir / 'metrics.jsonl', state.epoch, state.steps)
-    # once a resumed run is known to be this config's; whole or not at all, else a kill leaves a
-    # truncated config.yaml that check_resumable refuses as "other settings"
-    atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
-    feed = _feed(train, dev, cfg.train, ranks)
-    tb = SummaryWriter(str(run_dir / 'tb'))
-    try:
-        while _more(state, cfg.train):
-            record = train_one_epoch(state, feed, cfg.train, seed, progress, run_dir)
-            if record is None:  # the epoch a resumed run continued had no step left: nothing to record
-                state.epoch += 1
-                continue
-            record['train/loss'] = average(ranks, record['train/loss'])
-            tb.add_scalar('train/loss', record['train/loss'], record['epoch'])
-            if val is not None:
-                _validate(state, val, dev, record, tb, ckpt_dir)
-            # the epoch's line before its checkpoint: a kill between them leaves a line that the
-            # resumed run drops (_keep_metrics) and writes again, never a checkpoint without its line
-            with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
-                f.write(json.dumps(record) + '\n')
-            if _checkpoint_due(state, cfg.train):
-                save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
-                                epoch=state.epoch, best=state.best, torch_rng=torch.get_rng_state(),
-                                scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
-                                world_size=ranks.world, steps=state.steps, epoch_steps=state.epoch_steps)
-            if progress:
-                shown = f', val geometric mean {record["val/selection"]:.2f}' if val is not None else ''
-                where = (f'epoch {record["epoch"]}, step {state.steps}/{cfg.train.steps}' if cfg.train.steps
-                         else f'epoch {record["epoch"]}/{cfg.train.epochs}')
-                print(f'{where}: loss {record["train/loss"]:.4f}{shown} ({record["train/seconds"]:.1f} s)')
-            state.epoch += 0 if state.epoch_steps else 1
-    finally:
-        tb.close()
-    chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
-    if test is None:  # what --init-from and train.evaluate read in place of the test's gallery
-        (run_dir / FINAL).write_text(json.dumps({'checkpoint': chosen, 'epochs': state.epoch, 'steps': state.steps}))
-        return {}
-    return _test(state, cfg, test, dev, run_dir, seed, chosen, extra_tests)
+            if ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
+                (ckpt_dir / FROZEN).unlink(missing_ok=True)
+            if cfg.train.init_from:  # every rank loads the same weights; rank 0 reports
+                init_weights(state.model, Path(cfg.train.init_from), run_dir, report=ranks.main)
+        if not ranks.main:
+            return _follow(state, _feed(train, dev, cfg.train, ranks), cfg, seed, run_dir, ranks)
+        _keep_metrics(run_dir / 'metrics.jsonl', state.epoch, state.steps)
+        # once a resumed run is known to be this config's; whole or not at all, else a kill leaves a
+        # truncated config.yaml that check_resumable refuses as "other settings"
+        atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
+        feed = _feed(train, dev, cfg.train, ranks)
+        tb = SummaryWriter(str(run_dir / 'tb'))
+        try:
+            while _more(state, cfg.train):
+                record = train_one_epoch(state, feed, cfg.train, seed, progress, run_dir)
+                if record is None:  # the epoch a resumed run continued had no step left: nothing to record
+                    state.epoch += 1
+                    continue
+                record['train/loss'] = average(ranks, record['train/loss'])
+                tb.add_scalar('train/loss', record['train/loss'], record['epoch'])
+                if val is not None:
+                    _validate(state, val, dev, record, tb, ckpt_dir)
+                # the epoch's line before its checkpoint: a kill between them leaves a line that the
+                # resumed run drops (_keep_metrics) and writes again, never a checkpoint without its line
+                with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
+                    f.write(json.dumps(record) + '\n')
+                if _checkpoint_due(state, cfg.train):
+                    save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
+                                    epoch=state.epoch, best=state.best, torch_rng=torch.get_rng_state(),
+                                    scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
+                                    world_size=ranks.world, steps=state.steps, epoch_steps=state.epoch_steps)
+                if progress:
+                    shown = f', val geometric mean {record["val/selection"]:.2f}' if val is not None else ''
+                    where = (f'epoch {record["epoch"]}, step {state.steps}/{cfg.train.steps}' if cfg.train.steps
+                             else f'epoch {record["epoch"]}/{cfg.train.epochs}')
+                    print(f'{where}: loss {record["train/loss"]:.4f}{shown} ({record["train/seconds"]:.1f} s)')
+                state.epoch += 0 if state.epoch_steps else 1
+        finally:
+            tb.close()
+        chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
+        if test is None:  # what --init-from and train.evaluate read in place of the test's gallery
+            (run_dir / FINAL).write_text(json.dumps({'checkpoint': chosen, 'epochs': state.epoch,
+                                                     'steps': state.steps}))
+            return {}
+        return _test(state, cfg, test, dev, run_dir, seed, chosen, extra_tests)

@@ -21,10 +21,14 @@ Besides, the part keeps each video's row count and availability per expert (5 by
 Cost: the readers share the CPU with the training step (on a small machine, its cores), so a
 unit's read is kept cheap: only the arrays the model uses are read, a unit's chunk sums are
 checked on its first read in a run, and later reads take its lengths and availability from
-that read (`StreamedPart.kept`) and read only its rows.
+that read (`StreamedPart.kept`) and read only its rows. Where a part's inputs repeat every epoch
+(no window or segment sampling), epochs after the first read them back from a feature cache on
+local disk (`train.stream_cache`) in the main process, with no reader process; while readers
+run, the step takes the CPUs they leave (`step_threads`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,9 +48,10 @@ from train.data import (SplitData, _copy, aggregate, aggregated_arrays, caption_
 from train.models.base import ExpertInput, TextInput
 from train.models.config import ExpertSpec
 from train.sampling import Sampled, Sampler
+from train.stream_cache import UnitCache, open_cache
 
 __all__ = ['StreamedPart', 'StreamFeed', 'EpochPlan', 'default_readers', 'epoch_plan', 'load_part', 'memory_budget',
-           'rank_world', 'video_bytes']
+           'rank_world', 'step_threads', 'video_bytes']
 
 #: the default budget's share of the memory the job may use (extraction's decode-ahead rule)
 BUDGET_SHARE = 0.25
@@ -108,6 +113,7 @@ class StreamedPart:
     sampled: Sampled | None = None  # a training part drawn by window or segment (`train.sampling`)
     #: items of extra training sources (`train.extra`), in memory: each epoch's draws join the stream
     extra: ExtraSources | None = None
+    cache: UnitCache | None = None  # the aggregated units read so far (`train.stream_cache`), where kept
     #: (U,) the units read once in this run, which checked them against their chunk sums
     checked: np.ndarray = dataclasses.field(init=False)
     #: each video's (lengths, available) per expert, as a unit's first read found them: later reads of
@@ -134,16 +140,38 @@ class StreamedPart:
         """The aggregated videos of `units`, in that order, read by the worker processes; with
         `key`, each cut to its sample's window of that epoch (`train.sampling`)."""
         units = np.asarray(units, np.int64)
-        reader = _Units(self, units, key)
-        loader = reader if self.workers == 0 else torch.utils.data.DataLoader(
-            reader, batch_size=None, num_workers=self.workers, prefetch_factor=self.prefetch)
-        for u, (data, first) in zip(units.tolist(), loader):
+        cache = self.cache if key is None else None  # a sampled epoch's windows are new each epoch
+        cached = np.array([cache is not None and u in cache for u in units.tolist()], bool)
+        read = units[~cached]  # the reader processes read only the units the cache lacks
+        reader = _Units(self, read, key)
+        loader = iter(()) if not len(read) else iter(reader if self.workers == 0 else torch.utils.data.DataLoader(
+            reader, batch_size=None, num_workers=self.workers, prefetch_factor=self.prefetch))
+        for u, hit in zip(units.tolist(), cached.tolist()):
+            if hit:
+                yield _unpack(*cache.get(u))
+                continue
+            data, first = next(loader)
             if first is not None:  # its first read: it arrived, so its chunks passed the check
                 videos = slice(self.bounds[u], self.bounds[u + 1])
                 for name, (lengths, available) in _unpack(*first).items():
                     self.kept[name][0][videos], self.kept[name][1][videos] = lengths, available
                 self.checked[u] = True
+            if cache is not None:
+                cache.put(u, *data)
             yield _unpack(*data)
+
+    def readers(self, epoch: int) -> int:
+        """Reader processes that training epoch `epoch` runs beside the step: none once the cache
+        holds the units (epochs after the first; a resumed run's first epoch, or a rank's units
+        that another rank read before, read the stores with the step at its full threads). A
+        function of the epoch and the settings only, so that a resumed run repeats the threads,
+        and with them the float sums, of the run it continues."""
+        return 0 if self.cache is not None and epoch > 0 else self.workers
+
+    def close(self) -> None:
+        """Remove the part's feature cache, if it has one (the run has ended)."""
+        if self.cache is not None:
+            self.cache.close()
 
     def video_batches(self, batch: int) -> Iterator[dict[str, ExpertInput]]:
         """Every video in order, a store chunk at a time (`batch` is the in-memory part's)."""
@@ -233,9 +261,10 @@ def _unpack(buffer: torch.Tensor, layout: dict[str, tuple[tuple[str, tuple[int, 
 
 def load_part(manifest: Manifest, split: str, part: str, features_root: Path, experts: tuple[ExpertSpec, ...],
               captions: CaptionEncoder, cfg: TrainCfg, test_queries: bool = True,
-              sampler: Sampler | None = None) -> SplitData | StreamedPart:
+              sampler: Sampler | None = None, cache: Path | None = None) -> SplitData | StreamedPart:
     """A split part in memory (`load_split`) or streamed, as `train.streaming` and the budget say;
-    prints which and why. `sampler`: as for `load_split`."""
+    prints which and why. `sampler`: as for `load_split`. `cache`: the file of a streamed part's
+    feature cache (`train.stream_cache`; a sampled part has none), None for none."""
     budget, source = memory_budget(cfg)
     ids, texts, owner, query = (sampled_ids(manifest, split, part) if sampler is not None
                                 else split_captions(manifest, split, part, test_queries))
@@ -272,14 +301,20 @@ def load_part(manifest: Manifest, split: str, part: str, features_root: Path, ex
                           f'besides ({format_bytes(unit_bytes)}): lower train.shuffle_buffer or raise '
                           'train.memory_budget')
     workers, prefetch = _readers((budget - held) // unit_bytes, cfg.data_workers)
+    kept, said = None, ''
+    if cache is not None and sampler is not None:
+        said = '; no feature cache: data.sample draws new rows every epoch'
+    elif cache is not None:  # a pack aligns each array to 64 bytes
+        kept, said = open_cache(cache, total + (len(bounds) - 1) * len(experts) * 4 * 64)
+        said = '; ' + said
     print(f'{part} part: streamed from the stores ({why}{"; train.streaming=on" if cfg.streaming == "on" else ""}): '
           f'{len(bounds) - 1} chunks of up to {unit} videos, {workers} reader processes, at most '
           f'{workers * prefetch + 1} chunks in flight'
-          f'{f", shuffle buffer of {cfg.shuffle_buffer} videos" if part == "train" else ""}')
+          f'{f", shuffle buffer of {cfg.shuffle_buffer} videos" if part == "train" else ""}{said}')
     return StreamedPart([ids[i] for i in order], experts, {n: s.path for n, s in stores.items()},
                         {n: r[order] for n, r in rows.items()}, bounds, captions.encode(texts), where[owner], query,
                         [name for name, (_, random) in opened.items() if random], workers, prefetch,
-                        Sampled(sampler, captions, experts) if sampler is not None else None)
+                        Sampled(sampler, captions, experts) if sampler is not None else None, kept)
 
 
 def default_readers() -> tuple[int, int]:
@@ -526,3 +561,22 @@ def _take(ready: list[dict[str, Arrays]], n: int) -> tuple[dict[str, Arrays], li
     head = {name: tuple(None if t is None else t[:n] for t in f) for name, f in joined.items()}
     rest = {name: tuple(None if t is None else t[n:] for t in f) for name, f in joined.items()}
     return head, ([rest] if _count(rest) else [])
+
+
+@contextlib.contextmanager
+def step_threads(feed: object, epoch: int) -> Iterator[int]:
+    """Training epoch `epoch` of `feed` with the step's torch threads at the CPUs less the reader
+    processes that run beside it (at least one), and the thread count as it was afterwards (tests
+    call `main` in process). On a CPU with no core to spare, two threads and a reader process on
+    two cores lose far more than the reader's time: each parallel operation of the step waits at
+    its end for the thread the reader stopped. Yields the step's threads."""
+    before = torch.get_num_threads()
+    readers = feed.data.readers(epoch) if isinstance(feed, StreamFeed) else 0
+    threads = min(before, max(1, cpu_limit() - readers)) if readers else before
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

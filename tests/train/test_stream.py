@@ -21,6 +21,7 @@ from train.config import TrainCfg, load_run_cfg
 from train.data import load_split
 from train.main import main as train_main
 from train.stream import StreamedPart, StreamFeed, _pack, _unpack, load_part
+from train.stream_cache import cache_path
 
 TINY_TEXT = {'weights': 'random', 'tokenizer': 'words', 'vocab_size': 200, 'hidden': 16, 'layers': 1, 'heads': 2,
              'ffn': 32, 'max_positions': 16, 'dropout': 0.0}
@@ -270,7 +271,8 @@ def test_training_from_stores_six_times_the_budget_stays_within_it_and_repeats(
     big, small = tmp_path / 'big', tmp_path / 'small'
     write_dataset(big, 2000, BIG, rows=BIG_ROWS, chunk=32)
     write_dataset(small, 250, BIG, rows=BIG_ROWS, chunk=32)
-    config = mmt_config(tmp_path / 'c.yaml', BIG, BIG_ROWS, epochs=1, batch_size=32, memory_budget=BUDGET,
+    # two epochs: the second reads the first's aggregated features back from the cache (not mapped)
+    config = mmt_config(tmp_path / 'c.yaml', BIG, BIG_ROWS, epochs=2, batch_size=32, memory_budget=BUDGET,
                         shuffle_buffer=64, streaming='on')
     aggregated = 1600 * sum(BIG_ROWS * (d * 4 + 1 + 8) + 1 for d in BIG.values())
     assert aggregated >= 6 * BUDGET
@@ -280,6 +282,7 @@ def test_training_from_stores_six_times_the_budget_stays_within_it_and_repeats(
     model = params * 4 * 4  # weights, gradients and Adam's two moments, float32
     base = _train(python, subprocess_env, small, config, 'run0')
     peak = _train(python, subprocess_env, big, config, 'run')
+    assert 'aggregated features cached in' in (big / 'run.log').read_text()
     assert peak < base + BUDGET + model + MARGIN, [x >> 20 for x in (peak, base, BUDGET, model, MARGIN)]
     _train(python, subprocess_env, small, config, 'run1')
     runs = [torch.load(small / f'run{k}' / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
@@ -290,16 +293,123 @@ def test_training_from_stores_six_times_the_budget_stays_within_it_and_repeats(
 
 
 def test_benchmark_times_memory_against_streaming(capsys: pytest.CaptureFixture) -> None:
-    """`python -m train.bench` section (c) runs (no timing is asserted): each data path alone and the
-    training step on each, for a model given; an unknown model is one line."""
+    """`python -m train.bench` section (c) runs (no timing is asserted): each data path alone and
+    the training epochs on each, the first apart from the later ones, and says where the later
+    streamed epochs read from; an unknown model is one line."""
     from train.bench import main as bench_main
 
     assert bench_main(['--quick', '--no-train', '--no-retrieval', '--stream-models', 'mee', '--stream-videos', '64',
-                       '--steps', '2', '--warmup', '1']) == 0
+                       '--stream-epochs', '2', '--stream-repeats', '1']) == 0
     table = capsys.readouterr().out.split('| measurement')[1]
-    for row in ('MEE data path alone, in memory', 'MEE data path alone, streaming', 'MEE train step, in memory',
-                'MEE train step, streaming'):
+    for row in ('MEE data path alone, in memory', 'MEE data path alone, streaming from the stores',
+                'MEE data path alone, streaming from the cache', 'MEE train, in memory, pair 1',
+                'MEE train, streaming, pair 1', 'MEE streaming / in memory'):
         assert row in table
-    assert 'x in-memory pairs/s' in table and 'error' not in table
+    assert 'later from the cache' in table and 'load ' in table and 'error' not in table
+    assert bench_main(['--quick', '--no-train', '--no-retrieval', '--stream-models', 'mee', '--stream-videos', '64',
+                       '--stream-epochs', '2', '--stream-repeats', '1', '--no-stream-cache']) == 0
+    table = capsys.readouterr().out.split('| measurement')[1]
+    assert 'later from the stores' in table and 'streaming from the cache' not in table
     assert bench_main(['--no-train', '--no-retrieval', '--stream-models', 'nope']) == 1
     assert capsys.readouterr().err.strip().count('\n') == 0
+
+
+# -------------------------------------------------------------------------- the feature cache
+def _run(small: tuple[Path, Path], tmp: Path, run: str, **train: object) -> dict[str, torch.Tensor]:
+    """A streamed run of 3 epochs (one reader process) on `small`; its last weights."""
+    data, features = small
+    config = mmt_config(tmp / f'{run}.yaml', SMALL, 6, epochs=3, streaming='on', shuffle_buffer=32, data_workers=1,
+                        **train)
+    assert train_main(['--config', str(config), '--data-root', str(data), '--features-root', str(features),
+                       '--run-dir', str(tmp / run), '--device', 'cpu', '--no-progress']) == 0
+    return torch.load(tmp / run / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+
+
+def test_a_run_with_the_feature_cache_ends_with_the_weights_of_one_without(small: tuple[Path, Path], tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Epochs 2 and 3 read the first epoch's aggregated features back from the cache: the same
+    batches, so the same weights to the bit. The file is removed when the run ends; a file that
+    a killed run left under the same key is removed unread when the run starts again."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the step's threads follow the readers (`step_threads`): the same in both runs
+    try:
+        plain = _run(small, tmp_path, 'plain', stream_cache=False)
+        assert 'feature cache' not in capsys.readouterr().out
+        run = tmp_path / 'cached' / 'seed0'
+        stale = cache_path(run, run, 'train', 0)
+        run.mkdir(parents=True)
+        stale.write_bytes(b'\x00' * 4096)  # what a killed attempt leaves: not this run's to read
+        cached = _run(small, tmp_path, 'cached')
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert f'aggregated features cached in {stale}' in out and 'a stale cache of a stopped run was removed' in out
+    assert plain.keys() == cached.keys()
+    for name in plain:
+        assert torch.equal(plain[name], cached[name]), name
+    assert not list((tmp_path / 'cached').rglob('videoexperts-stream-cache-*'))  # removed at the end
+
+
+def test_later_epochs_read_the_cache_not_the_stores(small: tuple[Path, Path], tmp_path: Path) -> None:
+    """With a cache, an epoch after the first gives the same batches with the stores' files
+    destroyed; without one, it reads them (and fails). Units an epoch did not reach come from the
+    stores, and go into the cache then."""
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', shuffle_buffer=32, data_workers=0)
+    copy = tmp_path / 'features'
+    shutil.copytree(small[1], copy)
+    path = cache_path(tmp_path, tmp_path, 'train', 0)
+    part = load_part(manifest, 'official', 'train', copy, cfg.model.experts, captions, cfg.train, False, cache=path)
+    assert part.cache is not None
+
+    def epoch(k: int) -> list[bytes]:
+        return [b''.join(x.numpy().tobytes() for x in (v['object'].x, v['object'].mask, v['audio'].times, t.x))
+                for v, t in StreamFeed(part, torch.device('cpu'), 32).epoch(16, np.random.default_rng([0, k]))]
+
+    first, second = epoch(0), epoch(1)
+    assert path.stat().st_size > 0 and len(part.cache.index) == len(part.bounds) - 1
+    for name in SMALL:
+        for f in (copy / 'demo' / f'{name}.zarr' / 'features' / 'c').rglob('*'):
+            if f.is_file():
+                f.write_bytes(b'\x00garbage')
+    assert epoch(0) == first and epoch(1) == second  # from the cache alone
+    assert part.readers(0) == part.workers and part.readers(1) == 0
+    part.close()
+    assert not path.exists() and part.cache.index == {}
+    with pytest.raises(StoreError):  # the stores again, now that the cache is gone
+        epoch(1)
+
+
+def test_a_sampled_part_has_no_cache_and_a_full_disk_none(small: tuple[Path, Path], tmp_path: Path) -> None:
+    from train.stream_cache import open_cache
+
+    kept, said = open_cache(tmp_path / 'c.bin', 1 << 62)
+    assert kept is None and 'no feature cache' in said and not (tmp_path / 'c.bin').exists()
+    kept, said = open_cache(tmp_path / 'c.bin', 1000)
+    assert kept is not None and 'cached in' in said
+
+
+def test_the_step_runs_on_the_cpus_the_readers_leave_and_gets_its_threads_back(small: tuple[Path, Path],
+                                                                               tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import train.stream as stream
+
+    monkeypatch.setattr(stream, 'cpu_limit', lambda: 4)
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', data_workers=3)
+    part = load_part(manifest, 'official', 'train', small[1], cfg.model.experts, captions, cfg.train, False,
+                     cache=cache_path(tmp_path, tmp_path, 'train', 0))
+    feed = StreamFeed(part, torch.device('cpu'), 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with stream.step_threads(feed, 0) as n:
+            assert n == torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 4
+        with stream.step_threads(feed, 1) as n:  # the cache holds the units: no reader runs
+            assert n == torch.get_num_threads() == 4
+        part.cache = None
+        with pytest.raises(RuntimeError), stream.step_threads(feed, 1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError('a step failed')
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
