@@ -314,7 +314,7 @@ def load_part(manifest: Manifest, split: str, part: str, features_root: Path, ex
     return StreamedPart([ids[i] for i in order], experts, {n: s.path for n, s in stores.items()},
                         {n: r[order] for n, r in rows.items()}, bounds, captions.encode(texts), where[owner], query,
                         [name for name, (_, random) in opened.items() if random], workers, prefetch,
-                        Sampled(sampler, captions, experts) if sampler is not None else None, kept)
+                        Sampled(sampler, captions, experts) if sampler is not None else None, cache=kept)
 
 
 def default_readers() -> tuple[int, int]:
