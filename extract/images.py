@@ -32,13 +32,18 @@ from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, de
 if TYPE_CHECKING:  # Pillow is imported where an image is read
     from PIL import Image
 
-__all__ = ['MAX_IMAGE_PIXELS', 'STILL_IMAGE', 'IMAGE_FORMATS', 'ALPHA_BACKGROUND', 'ImageError', 'decode_image',
+__all__ = ['MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT', 'STILL_IMAGE', 'IMAGE_FORMATS', 'ALPHA_BACKGROUND', 'ImageError', 'decode_image',
            'read_image']
 
 #: the most pixels (width x height, from the file's header) an image may have: a larger one is failed
 #: before its pixels are decoded (a 30000x30000 PNG of a few hundred KB would take 2.7 GB as RGB).
 #: 100 megapixels is a 12000x8000 photo (a 300 MB RGB frame); COCO's images are about 640x480
 MAX_IMAGE_PIXELS = 100_000_000
+
+#: the longest side an image may have per pixel of its shortest: experts resize the short side up
+#: to their input size, so a 100000x1 image of a few KB would become 256x25.6M (tens of GB).
+#: 50:1 keeps every panorama a camera makes
+MAX_IMAGE_ASPECT = 50
 
 #: why clip and audio experts skip an image: it has no motion and no sound
 STILL_IMAGE = 'still image'
@@ -83,8 +88,9 @@ def read_image(path: str, short_side: int = 0) -> np.ndarray:
     larger (0: native size); the conversions are those of the module's docstring.
 
     Raises:
-        ImageError: not an image in `IMAGE_FORMATS`, a damaged file, or more than
-            `MAX_IMAGE_PIXELS` pixels (checked from the header, before any pixel is decoded).
+        ImageError: not an image in `IMAGE_FORMATS`, a damaged file, more than `MAX_IMAGE_PIXELS`
+            pixels or a side over `MAX_IMAGE_ASPECT` times the other (checked from the header, before
+            any pixel is decoded).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -95,6 +101,10 @@ def read_image(path: str, short_side: int = 0) -> np.ndarray:
                 width, height = im.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise ImageError(_too_large(f'{width}x{height} pixels'))
+                if max(width, height) > MAX_IMAGE_ASPECT * max(1, min(width, height)):
+                    raise ImageError(f'image of {width}x{height} pixels has one side over {MAX_IMAGE_ASPECT} times the '
+                                     'other (extract.images.MAX_IMAGE_ASPECT): its short side resized to an '
+                                     "expert's input would take too much memory")
                 im.seek(0)  # a GIF's (or animated WebP's) first frame
                 rgb = _to_rgb(ImageOps.exif_transpose(im))
     except Image.DecompressionBombError as err:  # Pillow's own check inside `open`, from twice its 89 megapixels

@@ -48,6 +48,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return from_dict(tp, value, where)
+    if dataclasses.is_dataclass(tp) and not isinstance(value, tp):
+        raise ConfigError(f'{where}: expected a mapping of {tp.__name__} settings, got {value!r:.80}')
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -65,7 +67,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f'{where}: expected a mapping, got {value!r}')
         key_tp, value_tp = typing.get_args(tp) or (Any, Any)
         return {_coerce(key_tp, k, f'{where} key'): _coerce(value_tp, v, f'{where}.{k}') for k, v in value.items()}
-    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+    if origin in (list, tuple) and not isinstance(value, (list, tuple)):
+        raise ConfigError(f'{where}: expected a list, got {value!r:.80}')
+    if origin in (list, tuple):
         (arg, *_) = typing.get_args(tp) or (Any,)
         items = [_coerce(arg, v, f'{where}[{i}]') for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

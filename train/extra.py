@@ -17,6 +17,7 @@ run's own training part is streamed from its stores (`train.stream`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ from train.captions import CaptionData, CaptionEncoder
 from train.config import DataCfg, ExtraCfg
 from train.data import ExpertData, SplitData, open_expert_store, read_aggregated, split_captions, store_rows
 from train.models.config import ExpertSpec
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ['ExtraSources', 'extra_manifests', 'extra_train_texts', 'load_extra', 'load_source', 'mix_in',
            'concat_captions', 'token_widths']
@@ -102,10 +105,16 @@ def load_source(extra: ExtraCfg, manifest: Manifest, part: str, features_root: P
             some of its items or is unfinished (named with the source).
     """
     ids, texts, owner, query = split_captions(manifest, extra.split, part, part == 'test')
+    missing = [s.name for s in experts if not store_path(features_root, manifest.name, s.name).exists()]
+    if len(missing) == len(experts):  # not extracted, or another features root: every item would be empty
+        raise StoreError(f'data.extra {extra.name}: no store of any of the run\'s experts '
+                         f'({", ".join(missing)}) under {features_root / manifest.name}: extract them first')
+    if missing and part == 'train':
+        _logger.info('data.extra %s: no store of %s; unavailable for its items', extra.name, ', '.join(missing))
     data, random = {}, []
     for spec in experts:
         width = widths.get(spec.name)
-        if not store_path(features_root, manifest.name, spec.name).exists():
+        if spec.name in missing:
             data[spec.name] = _absent(spec, len(ids), width)
             continue
         store, was_random = open_expert_store(features_root, manifest.name, spec.name)

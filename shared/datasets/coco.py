@@ -47,7 +47,14 @@ def _read_set(path: Path, folder: str, root: Path, captions: dict[str, tuple[str
     """The ids of one COCO caption file, sorted; fills `captions` and `paths`."""
     data = read_json(path, 'a COCO captions file')
     try:
-        files = {int(im['id']): str(im['file_name']) for im in data['images']}
+        files: dict[int, str] = {}
+        for im in data['images']:
+            image, name = int(im['id']), im['file_name']
+            if not isinstance(name, str):
+                raise DatasetError(f'{path}: image {image} has file_name {name!r:.80}, not a string')
+            if image in files:
+                raise DatasetError(f'{path}: image id {image} is listed twice ({files[image]}, {name})')
+            files[image] = name
         anns = [(int(a['image_id']), int(a['id']), a['caption']) for a in data['annotations']]
     except (KeyError, TypeError, ValueError) as err:
         raise DatasetError(f'{path}: not a COCO captions file ({err!r})') from None
@@ -97,6 +104,7 @@ def mee_1k_choice(val_ids: Sequence[str], captions: Mapping[str, Sequence[str]],
 def _karpathy(path: Path, known: Mapping[str, tuple[str, ...]]) -> Split:
     """The ``karpathy`` split from Karpathy's ``dataset_coco.json``."""
     parts: dict[str, list[str]] = {'train': [], 'val': [], 'test': []}
+    seen: dict[str, str] = {}  # image -> its split: an image in two parts would leak test into train
     try:
         for im in read_json(path, "Karpathy's dataset_coco.json")['images']:
             vid = _image_id(str(im['filename']), path)
@@ -107,6 +115,9 @@ def _karpathy(path: Path, known: Mapping[str, tuple[str, ...]]) -> Split:
             if vid not in known:
                 raise DatasetError(f'{path}: image {vid} is in neither COCO 2014 captions file: put the file of '
                                    "Karpathy's release there, beside the 2014 annotations")
+            if vid in seen:
+                raise DatasetError(f'{path}: image {vid} is listed twice (splits {seen[vid]!r} and {im["split"]!r})')
+            seen[vid] = im['split']
             parts[part].append(vid)
     except (KeyError, TypeError) as err:
         raise DatasetError(f"{path}: not Karpathy's dataset_coco.json ({err!r})") from None

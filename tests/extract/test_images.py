@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from extract.decoders import choose_decoder
-from extract.images import ALPHA_BACKGROUND, MAX_IMAGE_PIXELS, STILL_IMAGE, read_image
+from extract.images import ALPHA_BACKGROUND, MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, STILL_IMAGE, read_image
 from extract.run import main
 from shared.datasets import load_manifest
 from shared.datasets.folder import folder_name
@@ -160,6 +160,7 @@ def test_bad_image_files_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) 
     _bomb_png(data / 'bomb.png', 30000)  # 900 megapixels: over Pillow's own limit too
     side = int(MAX_IMAGE_PIXELS ** 0.5) + 100  # just over ours, under Pillow's
     _bomb_png(data / 'large.png', side)
+    Image.new('RGB', (100_000, 1)).save(data / 'sliver.png')  # resized to 256 high it would be 25.6M wide
     assert main(['--dataset', f'folder:{data}', '--features-root', str(tmp_path / 'f'), '--expert',
                  'object,action.r2plus1d_18', *SMALL, '--workers', '1', '--no-progress']) == 0
     for expert in ('object', 'action.r2plus1d_18'):
@@ -167,13 +168,15 @@ def test_bad_image_files_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) 
         why = dict(zip(rows.video_ids.tolist(), rows.errors.tolist()))
         status = dict(zip(rows.video_ids.tolist(), rows.status.tolist()))
         assert status == {'bomb.png': FAILED, 'empty.jpg': FAILED, 'good.jpg': DONE if expert == 'object'
-                          else SKIPPED, 'large.png': FAILED, 'text.jpg': FAILED, 'truncated.jpg': FAILED}
+                          else SKIPPED, 'large.png': FAILED, 'sliver.png': FAILED, 'text.jpg': FAILED,
+                          'truncated.jpg': FAILED}
         assert why['empty.jpg'] == 'empty file (0 bytes)'
         assert 'truncated' in why['truncated.jpg']
         assert why['text.jpg'].startswith('not an image file')
         assert why['bomb.png'] == (f'image of 900000000 pixels is over the limit of {MAX_IMAGE_PIXELS} pixels '
                                    '(extract.images.MAX_IMAGE_PIXELS): refused as a possible decompression bomb')
         assert why['large.png'].startswith(f'image of {side}x{side} pixels is over the limit')
+        assert why['sliver.png'].startswith(f'image of 100000x1 pixels has one side over {MAX_IMAGE_ASPECT} times')
         assert check_store(tmp_path / 'f' / folder_name(data) / f'{expert}.zarr').exit_code == 0
 
 

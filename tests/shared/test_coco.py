@@ -139,6 +139,9 @@ def test_karpathy_split_with_and_without_its_file(tmp_path: Path) -> None:
     _karpathy(d, test=['COCO_val2014_000000999999'], val=[], restval=[], train=[])
     with pytest.raises(DatasetError, match=r'image COCO_val2014_000000999999 is in neither COCO 2014 captions file'):
         load_manifest('coco', tmp_path)
+    _karpathy(d, test=val[:2], val=val[1:3], restval=[], train=[])  # val[1] in test and val: test leaks
+    with pytest.raises(DatasetError, match=rf"image {val[1]} is listed twice \(splits 'test' and 'val'\)"):
+        load_manifest('coco', tmp_path).split('karpathy')
     (d / KARPATHY_FILE).write_text(json.dumps({'images': [{'filename': 'x.jpg'}]}), encoding='utf-8')
     with pytest.raises(DatasetError, match=r"dataset_coco.json: not Karpathy's dataset_coco.json"):
         load_manifest('coco', tmp_path)
@@ -163,6 +166,15 @@ def test_missing_or_broken_files_are_clear(tmp_path: Path) -> None:
         load_manifest('coco', tmp_path)
     (d / 'annotations' / 'captions_val2014.json').write_text(json.dumps({'images': []}), encoding='utf-8')
     with pytest.raises(DatasetError, match='captions_val2014.json: not a COCO captions file'):
+        load_manifest('coco', tmp_path)
+    # one image id twice: the later entry would silently take the earlier image's captions
+    bad = {'images': [{'id': 1, 'file_name': 'a.jpg'}, {'id': 1, 'file_name': 'b.jpg'}], 'annotations': []}
+    (d / 'annotations' / 'captions_val2014.json').write_text(json.dumps(bad), encoding='utf-8')
+    with pytest.raises(DatasetError, match=r'captions_val2014.json: image id 1 is listed twice \(a.jpg, b.jpg\)'):
+        load_manifest('coco', tmp_path)
+    bad = {'images': [{'id': 1, 'file_name': None}], 'annotations': []}
+    (d / 'annotations' / 'captions_val2014.json').write_text(json.dumps(bad), encoding='utf-8')
+    with pytest.raises(DatasetError, match='image 1 has file_name None, not a string'):
         load_manifest('coco', tmp_path)
 
 

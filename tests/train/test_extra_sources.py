@@ -4,6 +4,7 @@ audio expert skipped or with no store at all), in memory, streamed and under tor
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -140,6 +141,15 @@ def test_a_skipped_expert_and_a_missing_store_are_unavailable_for_the_images(mix
     _, bare = _train_part((data, features), tmp_path / 'bare', streaming='off')
     assert not bare.experts['audio'].available[images].any() and not bare.experts['audio'].x[images].any()
     np.testing.assert_array_equal(bare.experts['object'].x[images], part.experts['object'].x[images])
+
+
+def test_an_extra_source_without_any_store_is_refused(tmp_path: Path) -> None:
+    data, features = write_dataset(tmp_path, 80, SMALL, rows=6, chunk=16)
+    write_images(data, features)
+    shutil.rmtree(features / EXTRA)  # never extracted (or another features root): every item would be empty
+    with pytest.raises(Exception) as err:
+        _train_part((data, features), tmp_path, streaming='off')
+    assert f'data.extra {EXTRA}/{SPLIT}: no store of any of the run\'s experts' in str(err.value)
 
 
 def test_an_extra_store_of_another_dimension_is_refused(tmp_path: Path) -> None:
