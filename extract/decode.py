@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 
 from extract.decoders import refuse_ffmpeg_clash
+from extract.images import decode_image
 from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, decode_short_side, first_error,
                               plan_frames, precheck, resize_dims, row_plans)
+from shared.media import is_image
 
 __all__ = ['read_frame_times', 'index_video', 'decode_video']
 
@@ -49,11 +51,14 @@ def index_video(row: int, path: str, samplings: dict[str, Sampling], window: Win
 def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Window = WHOLE,
                  threads: int = 1) -> DecodedVideo:
     """Decode `window` of `path` once (decord for frames, FFmpeg for audio) and plan every expert's
-    rows in it; `windows` of the result says how many windows the video has.
+    rows in it; `windows` of the result says how many windows the video has. A still image
+    (`shared.media.is_image`) is a one-frame video (`extract.images.decode_image`).
 
     Errors never raise: they become `error` (video) and `audio_error` (audio). A window past the
     point where a truncated file stops has no rows (and a note), not an error.
     """
+    if is_image(path):  # a one-frame video, read by Pillow in this same worker
+        return decode_image(row, path, samplings, window)
     t0 = time.perf_counter()
     out = precheck(row, path, samplings, window)
     samplings = {n: s for n, s in samplings.items() if s.kind != 'audio'}

@@ -65,7 +65,8 @@ def choose_decoder(requested: str, device: str, sample: str | Sequence[str] | No
     (many frames per row: NVDEC decoded 4.1x as many videos/s as 15 decord processes at 320x240),
     or when the videos have `NVDEC_MIN_PIXELS` or more; otherwise decord worker processes. The
     videos are judged by `sample`: a few of the run's videos (the median of those that can be
-    probed), so that one odd first video does not decide for a collection of mixed sizes.
+    probed), so that one odd first video does not decide for a collection of mixed sizes. Still
+    images are decoded on the CPU whatever the decoder: a sample of images only takes decord.
 
     Raises:
         ValueError: an unknown decoder, or nvdec asked for where it cannot run.
@@ -86,12 +87,16 @@ def choose_decoder(requested: str, device: str, sample: str | Sequence[str] | No
     reason = nvdec_available()
     if reason:
         return 'decord', f'no NVDEC: {reason}'
+    from shared.media import MediaError, is_image, probe
+
+    paths = [sample] if isinstance(sample, str) else list(sample or [])
+    videos = [p for p in paths if not is_image(p)]
+    if paths and not videos:
+        return 'decord', 'still images (decoded by Pillow in CPU processes)'
     if clips:
         return 'nvdec', 'clip sampling decodes many frames per row: NVDEC is faster'
-    from shared.media import MediaError, probe
-
     sizes = []
-    for path in [sample] if isinstance(sample, str) else sample or []:
+    for path in videos:
         try:
             info = probe(path)
         except (MediaError, OSError):

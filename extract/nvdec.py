@@ -32,6 +32,7 @@ from extract.decoders import refuse_ffmpeg_clash
 from extract.pool import DECODE_WINDOW_S, PREFETCH_MEMORY_SHARE, DecodePool, Task, ahead, prefetch, settle
 from extract.sampling import (WHOLE, DecodedVideo, Sampling, Window, decode_short_side, first_error, plan_frames,
                               precheck, resize_dims, row_plans)
+from shared.media import is_image
 
 __all__ = ['NvdecPool', 'DecoderStalled', 'display_rotation']
 
@@ -293,7 +294,10 @@ class NvdecPool:
     def _gpu_or_cpu(self, row: int, path: str, window: Window) -> DecodedVideo:
         """`decode`, and where NVDEC cannot decode the file, a CPU worker process (decord, else
         FFmpeg) in its place. The decode thread waits for it, so the consumer never does, and
-        up to `threads` such files are decoded at once."""
+        up to `threads` such files are decoded at once. A still image goes to the CPU at once
+        (Pillow: NVDEC decodes video streams only)."""
+        if is_image(path):
+            return self._cpu.decode_one(row, path, window)
         video = self.decode(row, path, window)
         if not video.error.startswith('NVDEC'):
             return video

@@ -710,6 +710,9 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], wor
     row, last = video.row, video.window + 1 >= video.windows
     for e in (e for e in chunk.active if row in chunk.redo[e.name]):
         out = chunk.results[e.name]
+        if e.name in video.skipped:  # nothing for this expert in the file (a still image's motion or sound)
+            out[row] = VideoResult.skipped(e.cfg.feature_dim, video.skipped[e.name])
+            continue
         if e.modality == 'audio':
             if video.window:  # the whole waveform came with the first window
                 continue

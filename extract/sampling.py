@@ -117,6 +117,8 @@ class DecodedVideo:
     frame_times: np.ndarray | None = None  # (N, 2) seconds of every frame: from `index_video` only
     window: int = 0  # which window of the video these frames and rows are
     windows: int = 1  # windows of the video, in all
+    # experts with nothing to take from this file, and why (a still image: clip and audio experts)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:

@@ -1,4 +1,5 @@
-"""FFmpeg, found once: the system `ffmpeg`, else the binary that the imageio-ffmpeg wheel ships."""
+"""FFmpeg, found once: the system `ffmpeg`, else the binary that the imageio-ffmpeg wheel ships; and which
+files are still images (by suffix)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # numpy is imported where audio is loaded: probing files needs none of it
     import numpy as np
 
-__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio']
+__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio', 'IMAGE_EXTENSIONS', 'is_image']
+
+#: still images (MEE's "videos without motion and sound"): a file with one of these suffixes, in any
+#: manifest, is decoded as a one-frame video (`extract.images`); every other file is a video
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif')
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    """Whether `path` names a still image: by its suffix (`IMAGE_EXTENSIONS`, any case), not its bytes."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 class MediaError(RuntimeError):

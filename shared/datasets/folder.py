@@ -1,4 +1,4 @@
-"""A user's own videos: every video file under a directory, ids from relative paths, no captions."""
+"""A user's own videos and still images: every such file under a directory, ids from relative paths, no captions."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from shared.datasets.manifest import VIDEO_EXTENSIONS, DatasetError, Manifest, Split, resolve_inside
+from shared.media import IMAGE_EXTENSIONS
 
 __all__ = ['folder_manifest', 'folder_name']
 
@@ -23,8 +24,9 @@ def folder_name(directory: Path) -> str:
     return f'folder-{name}-{digest}'
 
 
-def folder_manifest(directory: Path, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> Manifest:
-    """Manifest of every video under `directory` (recursively; hidden files and folders skipped).
+def folder_manifest(directory: Path, extensions: tuple[str, ...] = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS) -> Manifest:
+    """Manifest of every video and still image under `directory`, mixed (recursively; hidden files and
+    folders skipped). An image is extracted as a one-frame video (`extract.images`).
 
     Ids are relative POSIX paths with their extension (``trip/day1.mp4``), sorted, so that the
     same folder always gives the same store rows. Split ``all`` puts every video in test.
@@ -39,9 +41,9 @@ def folder_manifest(directory: Path, extensions: tuple[str, ...] = VIDEO_EXTENSI
             if not f.startswith('.') and os.path.splitext(f)[1].lower() in exts:
                 ids.append(Path(os.path.relpath(os.path.join(dirpath, f), directory)).as_posix())
     if not ids:
-        raise DatasetError(f'no video files under {directory} (looked for {", ".join(sorted(exts))})')
+        raise DatasetError(f'no video or image files under {directory} (looked for {", ".join(sorted(exts))})')
     ids.sort()
     paths = tuple(resolve_inside(directory, v) for v in ids)
     split = Split('all', (), (), tuple(ids))
     return Manifest(folder_name(directory), directory, tuple(ids), paths, {v: () for v in ids}, {'all': split},
-                    origin=f'the video files under {directory.resolve()}', source=str(directory.resolve()))
+                    origin=f'the video and image files under {directory.resolve()}', source=str(directory.resolve()))

@@ -161,7 +161,7 @@ def test_folder_adapter(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match='does not exist'):
         load_manifest(f'folder:{root / "trip" / "day 1" / "none"}')
     (root / 'trip' / 'day 1' / 'none').mkdir()
-    with pytest.raises(DatasetError, match='no video files'):
+    with pytest.raises(DatasetError, match='no video or image files'):
         load_manifest(f'folder:{root / "trip" / "day 1" / "none"}')
 
 
