@@ -18,7 +18,9 @@ HOWTO100M_MAX_ROWS = 3600
 
 def dataset_settings(dataset: str, data_root: Path) -> dict[str, Any]:
     """`--set`-style settings for `dataset` (overridden by the user's own `--set`)."""
-    if dataset == 'demo':  # small inputs so that `make demo` extracts 120 videos in minutes on a CPU
+    if dataset in ('demo', 'demo_images'):  # small inputs so that `make demo` extracts 120 videos in minutes on a
+        # CPU; the demo's stills are extracted as its videos' frames (the same inputs, word vectors and OCR), so
+        # that a run trained on both (data.extra) sees one feature space
         return {'word_vectors': str(Path(data_root) / 'demo' / 'word2vec.bin'), 'ocr.engine': 'rapidocr',
                 'speech.max_tokens': 16, 'speech.temperatures': [0.0],
                 'object.resize': [112, 112], 'scene.resize': [128, 128], 'scene.input_size': 112,

@@ -1,12 +1,15 @@
 """`make demo`: the project's main job on its embedded demo data, stage by stage.
 
-1. generate the demo videos (skimage photos, FFmpeg), 2. extract all seven experts (weights
-that ship in wheels are real: MTCNN, RapidOCR; the rest are RANDOM and said so), 3. train MEE,
-CE, MMT and the support-set model with their demo configs, 4. evaluate on the demo test split and print one comparison
-table, then caption the test videos with the support-set model's decoder and print the captioning metrics with
-three example captions, 5. answer example queries, and index every demo video for the search page (`make serve`).
-A report directory gets the table, a chart of expert availability, training curves and every step's config. Each
-stage reuses what an earlier run
+1. generate the demo videos (skimage photos, FFmpeg) and the demo's still images (`demo_images`: JPEG
+stills of the same photos), 2. extract all seven experts (weights that ship in wheels are real: MTCNN,
+RapidOCR; the rest are RANDOM and said so) from the videos, and the MEE config's experts from the stills
+(clip, audio and speech experts skip a still image), 3. train MEE, CE, MMT and the support-set model with
+their demo configs, and "MEE + images": MEE on the demo videos plus the stills (`mee_demo_images.yaml`,
+``data.extra`` at alpha 0.5, MEE sec. 4.2), 4. evaluate on the demo test split and print one comparison
+table (and the stills' test part for MEE + images), then caption the test videos with the support-set
+model's decoder and print the captioning metrics with three example captions, 5. answer example queries,
+and index every demo video for the search page (`make serve`). A report directory gets the table, a chart
+of expert availability, training curves and every step's config. Each stage reuses what an earlier run
 finished, so a rerun only does what is left.
 
 The transformer models (MMT, support-set) use text encoders built from their demo configs
@@ -32,17 +35,21 @@ from extract.presets import dataset_settings
 from extract.run import main as extract_main
 from shared.config import data_root_default, features_root_default
 from shared.datasets import load_manifest
-from shared.datasets.demo import MANIFEST_FILE, DemoCfg, generate
+from shared.datasets.demo import IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images
 from shared.device import pick_device
 from shared.store import open_store, store_path
 from train.caption import caption_run, format_captions
-from train.main import config_path
+from train.config import load_run_cfg
+from train.main import CONFIG_DIR, config_path
 from train.main import main as train_main
 from train.metrics import format_results
 
-__all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'MODELS', 'QUERIES']
+__all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'MODELS', 'QUERIES', 'WITH_IMAGES', 'IMAGES_CONFIG']
 
 MODELS = ('mee', 'ce', 'mmt', 'ssb')
+#: the table's row of MEE trained on the demo videos and the demo's still images, and its config
+WITH_IMAGES = 'mee + images'
+IMAGES_CONFIG = CONFIG_DIR / 'mee_demo_images.yaml'
 QUERIES = ('an astronaut with a high tone', 'the word river appears over a cat', 'the camera zooms in on the moon')
 
 
@@ -50,6 +57,19 @@ def ensure_demo_data(data_root: Path, cfg: DemoCfg, derived: tuple[Path, ...] = 
     """Generate the demo dataset under ``data_root/demo`` unless the same one is already there;
     a new dataset removes the `derived` directories (stores and runs of the old videos)."""
     return ensure_generated(data_root / 'demo', MANIFEST_FILE, cfg, generate, derived, step)
+
+
+def ensure_demo_images(data_root: Path, cfg: DemoImagesCfg, derived: tuple[Path, ...] = (),
+                       step: str = '[1/5 data]') -> Path:
+    """Generate the demo's still images under ``data_root/demo_images`` unless the same ones are there;
+    new ones remove the `derived` directories (their stores and the runs trained on them)."""
+    return ensure_generated(data_root / 'demo_images', IMAGES_FILE, cfg, generate_images, derived, step)
+
+
+def _what(cfg: Any) -> str:
+    """What a generator's config makes, for the progress lines: `videos` videos, or still images."""
+    count = getattr(cfg, 'videos', None)
+    return f'{count} videos' if count is not None else 'still images'
 
 
 def ensure_generated(out: Path, record: str, cfg: Any, make: Callable[[Path, Any], Path], derived: tuple[Path, ...],
@@ -63,13 +83,13 @@ def ensure_generated(out: Path, record: str, cfg: Any, make: Callable[[Path, Any
         except json.JSONDecodeError:
             old = {}
         if old == json.loads(json.dumps(dataclasses.asdict(cfg))):
-            print(f'{step} reusing {out} ({cfg.videos} videos, seed {cfg.seed})')
+            print(f'{step} reusing {out} ({_what(cfg)}, seed {cfg.seed})')
             return out
     for stale in derived:
         if stale.exists():
             print(f'{step} removing {stale}: it was built from other videos')
             shutil.rmtree(stale)
-    print(f'{step} generating {cfg.videos} videos in {out}')
+    print(f'{step} generating {_what(cfg)} in {out}')
     make(out, cfg)
     return out
 
@@ -130,10 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seed', type=int, default=d.seed)
     args = parser.parse_args(argv)
     t0 = time.time()
+    images_run = args.runs / 'mee_images'
+    # the stills' OCR reads the demo's word2vec: new videos make their stores stale too
     ensure_demo_data(args.data_root, DemoCfg(videos=args.videos, seed=args.seed),
-                     derived=(args.features_root / 'demo', args.runs))
+                     derived=(args.features_root / 'demo', args.features_root / 'demo_images', args.runs))
+    ensure_demo_images(args.data_root, DemoImagesCfg(seed=args.seed),
+                       derived=(args.features_root / 'demo_images', images_run))
     manifest = load_manifest('demo', args.data_root)
     print(manifest.describe())
+    print(load_manifest('demo_images', args.data_root).describe())
 
     print('[2/5 extract] all seven experts; RANDOM weights except MTCNN (face detection) and RapidOCR, '
           'whose weights ship in their wheels')
@@ -144,26 +169,40 @@ def main(argv: list[str] | None = None) -> int:
                          str(args.data_root), '--features-root', str(args.features_root)])
     if code:
         return code
+    image_experts = [e.name for e in load_run_cfg(IMAGES_CONFIG).model.experts]
+    print(f'[2/5 extract] the still images: {", ".join(image_experts)} (the experts of MEE + images; clip, audio '
+          'and speech experts skip a still image)')
+    code = extract_main(['--dataset', 'demo_images', '--expert', ','.join(image_experts), '--weights', 'random',
+                         '--data-root', str(args.data_root), '--features-root', str(args.features_root)])
+    if code:
+        return code
 
-    runs, results = {}, {}
-    for i, model in enumerate(MODELS):
-        run = args.runs / model
+    runs, results, sources = {}, {}, {}
+    jobs = [(m, args.runs / m, ['--model', m, '--dataset', 'demo'], config_path(m, 'demo', None)) for m in MODELS]
+    jobs.append((WITH_IMAGES, images_run, ['--config', str(IMAGES_CONFIG)], IMAGES_CONFIG))
+    for i, (name, run, how, source) in enumerate(jobs):
         metrics = run / 'seed0' / 'test_metrics.json'
         if metrics.is_file():
             print(f'[3/5 train] reusing {run}')
         else:
-            print(f'[3/5 train] {model} ({i + 1}/{len(MODELS)})')
-            code = train_main(['--model', model, '--dataset', 'demo', '--data-root', str(args.data_root),
-                               '--features-root', str(args.features_root), '--run-dir', str(run)])
+            print(f'[3/5 train] {name} ({i + 1}/{len(jobs)})')
+            code = train_main([*how, '--data-root', str(args.data_root), '--features-root', str(args.features_root),
+                               '--run-dir', str(run)])
             if code:
                 return code
-        runs[model] = run / 'seed0'
-        results[model] = [json.loads(metrics.read_text())]
+        runs[name] = run / 'seed0'
+        results[name] = [json.loads(metrics.read_text())]
+        sources[name] = source
 
     print('[4/5 evaluate] demo test split (random-weight experts: the numbers show the pipeline works, '
           'not what the papers\' experts achieve)')
     table = format_results(results, keys=('R1', 'R5', 'R10', 'MdR'))
     print(table)
+    print(f'[4/5 evaluate] {WITH_IMAGES} on the test part of its still images (10 stills: the numbers are coarse)')
+    stills = {f'{WITH_IMAGES}, {name}': [m] for name, m in
+              json.loads((runs[WITH_IMAGES] / 'test_metrics_extra.json').read_text()).items()}
+    images_table = format_results(stills, keys=('R1', 'R5', 'R10', 'MdR'))
+    print(images_table)
     print('[4/5 evaluate] the support-set model as a captioner: greedy captions of the demo test videos from '
           'their own features, scored against all their references')
     captioned = format_captions(caption_run(runs['ssb'], manifest, 'official', 'test', args.features_root,
@@ -185,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     (report / 'configs').mkdir(parents=True, exist_ok=True)
     rates = _availability_chart(args.features_root, experts, report / 'availability.png')
     _curves(runs, report / 'training_curves.png')
-    for model, run in runs.items():
-        shutil.copy(run / 'config.yaml', report / 'configs' / f'train_{model}.yaml')
-        shutil.copy(config_path(model, 'demo', None), report / 'configs' / f'train_{model}_source.yaml')
+    for name, run in runs.items():
+        stem = run.parent.name  # the run directory: mee_images for MEE + images
+        shutil.copy(run / 'config.yaml', report / 'configs' / f'train_{stem}.yaml')
+        shutil.copy(sources[name], report / 'configs' / f'train_{stem}_source.yaml')
     extract_cfg = {name: open_store(store_path(args.features_root, 'demo', name), warn_random=False).attrs
                    for name in experts}
     (report / 'configs' / 'extract.yaml').write_text(yaml.safe_dump(
@@ -196,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     (report / 'results.md').write_text(
         '# Demo results\n\nExperts with RANDOM weights (all but MTCNN face detection and RapidOCR): the numbers '
         'show that the pipeline learns from what the experts do capture, not the papers\' results.\n\n'
-        f'{table}\n\n## Expert availability (% of demo videos)\n\n'
+        f'{table}\n\n## {WITH_IMAGES}: the test part of the still images (demo_images)\n\nMEE trained on the '
+        'demo videos and the demo\'s still images (data.extra, alpha 0.5, MEE sec. 4.2), tested on the stills.'
+        f'\n\n{images_table}\n\n## Expert availability (% of demo videos)\n\n'
         + '\n'.join(f'- {k}: {v:.1f}' for k, v in rates.items())
         + '\n\n## Captions of the support-set model (demo test videos, greedy)\n\n' + captioned
         + '\n\n![availability](availability.png)\n\n![curves](training_curves.png)\n\n## Example queries\n\n'

@@ -563,9 +563,24 @@ def _generated_manifest(root: Path, name: str, file: str, key: str, how: str) ->
 
 
 @DATASETS.register()
-def demo(root: Path) -> Manifest:
-    """Manifest of a generated demo dataset (``{data_root}/demo/demo.json``)."""
-    return _generated_manifest(root, 'demo', MANIFEST_FILE, 'videos', 'python -m shared.datasets.demo')
+def demo(root: Path, hold_out_photo: str = '') -> Manifest:
+    """Manifest of a generated demo dataset (``{data_root}/demo/demo.json``).
+
+    Args:
+        hold_out_photo: a demo photo (a key of `SUBJECTS`, e.g. ``astronaut``) whose videos leave the
+            training part; validation and test keep them. Its captions then reach training only through
+            another source, such as the demo's still images (``data.extra``): MEE's claim that images
+            teach what the training videos lack (sec. 4.2), tested in miniature.
+    """
+    manifest = _generated_manifest(root, 'demo', MANIFEST_FILE, 'videos', 'python -m shared.datasets.demo')
+    if not hold_out_photo:
+        return manifest
+    if hold_out_photo not in SUBJECTS:
+        raise DatasetError(f'demo option hold_out_photo={hold_out_photo!r}: not a demo photo; give one of '
+                           f'{", ".join(SUBJECTS)}')
+    split = manifest.splits['official']
+    train = tuple(v for v in split.train if manifest.labels.get(v) != hold_out_photo)
+    return dataclasses.replace(manifest, splits={split.name: dataclasses.replace(split, train=train)})
 
 
 @DATASETS.register()
