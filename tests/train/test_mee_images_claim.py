@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from extract.run import main as extract_main
@@ -26,6 +27,11 @@ from train.search import Searcher
 
 SEEDS = (0, 1, 2)
 ALPHA = 0.5  # MEE Table 3: half as many image-caption samples as video-caption samples an epoch
+# a test-only stills set: 8 training stills of each photo (the demo's default is 2), so the held-out
+# photo is seen in several framings and words, as MEE's image sets show many views of a concept
+STILLS = DemoImagesCfg(per_photo=(8, 1, 1))
+EXPERTS = ('object', 'scene')  # the experts that carry a photo's look; a still has no audio to learn from
+EPOCHS = 80
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +45,7 @@ def with_stills(demo_stores: tuple[Path, Path], tmp_path_factory: pytest.TempPat
     for name in (MANIFEST_FILE, WORD2VEC_FILE):  # training reads the manifest and word vectors, not the videos
         shutil.copy(data / 'demo' / name, root / 'data' / 'demo' / name)
     shutil.copytree(features / 'demo', root / 'features' / 'demo')
-    generate_images(root / 'data' / 'demo_images', DemoImagesCfg())
+    generate_images(root / 'data' / 'demo_images', STILLS)
     code = extract_main(['--dataset', 'demo_images', '--data-root', str(root / 'data'), '--features-root',
                          str(root / 'features'), '--expert', ','.join(DEMO_EXPERTS), '--weights', 'random',
                          '--set', 'resize=[40]', '--set', 'input_size=32', '--workers', '1', '--no-progress'])
@@ -78,8 +84,9 @@ def test_images_teach_a_photo_no_training_video_shows(with_stills: tuple[Path, P
     stills = load_manifest('demo_images', data)
     assert [v for v in stills.split('official').train if stills.labels[v] == photo]  # the images do show it
 
-    base = yaml.safe_load(_config(tmp_path, 'mee').read_text())  # the training tests' MEE on the demo stores
+    base = yaml.safe_load(_config(tmp_path, 'mee', EPOCHS).read_text())  # the training tests' MEE on the demo stores
     base['data']['dataset_options'] = {'hold_out_photo': photo}
+    base['model']['experts'] = [e for e in base['model']['experts'] if e['name'] in EXPERTS]
     ranks: dict[str, list[float]] = {}
     for name, extra in (('videos', []), ('videos + images', [{'dataset': 'demo_images', 'split': 'official',
                                                               'rate': ALPHA}])):
@@ -88,13 +95,18 @@ def test_images_teach_a_photo_no_training_video_shows(with_stills: tuple[Path, P
         config = tmp_path / f'mee_{len(extra)}.yaml'
         config.write_text(yaml.safe_dump(cfg))
         run = tmp_path / f'run_{len(extra)}'
-        assert train_main(_args(data, features, config, run, '--seeds', ','.join(map(str, SEEDS)))) == 0
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one thread: the same numbers (and no oversubscription) on a busy machine
+        try:
+            assert train_main(_args(data, features, config, run, '--seeds', ','.join(map(str, SEEDS)))) == 0
+        finally:
+            torch.set_num_threads(threads)
         ranks[name] = [_mean_rank(run / f'seed{s}', data, photo) for s in SEEDS]
     n_test = len(load_manifest('demo', data).split('official').test)
     print(f'held-out photo {photo}: mean rank of its test videos among {n_test}, seeds {SEEDS}: '
           + '; '.join(f'{k} {", ".join(f"{r:.2f}" for r in v)} (mean {statistics.fmean(v):.2f})'
                       for k, v in ranks.items()))
-    # on the mean over the three seeds, not seed by seed: the held-out photo has few test videos (a few
-    # queries among a dozen test videos), so one seed's mean rank moves by whole places between seeds
-    # (as MEE's tables, the claim is about the average run); the per-seed numbers are printed above
-    assert statistics.fmean(ranks['videos + images']) < statistics.fmean(ranks['videos'])
+    # seed by seed: with 8 stills of each photo, 80 epochs, object and scene, the images win each seed by
+    # 2 places or more (seeds 0-2: videos 7.40, 7.20, 5.90; with images 4.00, 4.60, 3.60); one place of margin
+    for videos, images in zip(ranks['videos'], ranks['videos + images']):
+        assert images < videos - 1.0, ranks
