@@ -9,6 +9,7 @@ MEE trained with the images ranks them better (a lower mean rank) than MEE train
 """
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -110,3 +111,27 @@ def test_images_teach_a_photo_no_training_video_shows(with_stills: tuple[Path, P
     # 2 places or more (seeds 0-2: videos 7.40, 7.20, 5.90; with images 4.00, 4.60, 3.60); one place of margin
     for videos, images in zip(ranks['videos'], ranks['videos + images']):
         assert images < videos - 1.0, ranks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('model', ['mee', 'ce', 'mmt', 'ssb'])
+def test_every_model_trains_on_videos_and_stills(model: str, with_stills: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """data.extra is not an MEE special case: each model takes the stills (clip and audio experts
+    unavailable for them) beside the videos, and reports the stills' test part."""
+    data, features = with_stills
+    config = _config(tmp_path, model, epochs=2)
+    cfg = yaml.safe_load(config.read_text())
+    cfg['data']['extra'] = [{'dataset': 'demo_images', 'split': 'official', 'rate': ALPHA}]
+    config.write_text(yaml.safe_dump(cfg))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny steps: one thread is faster and keeps the result machine-independent
+    try:
+        assert train_main(_args(data, features, config, tmp_path / 'run')) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    train_videos = len(load_manifest('demo', data).split('official').train)
+    assert f'data.extra demo_images/official: 80 training items, {round(ALPHA * train_videos)} drawn each epoch' in out
+    extra = json.loads((tmp_path / 'run' / 'seed0' / 'test_metrics_extra.json').read_text())
+    assert 0 <= extra['demo_images/official']['t2v']['R1'] <= 100
