@@ -77,6 +77,13 @@ def test_approximate_index_reranks_exactly_and_measures_its_recall(kind: str, tm
     index = SearchIndex(video, IndexCfg(approx_threshold=2_000, approx=kind, hnsw_m=16, ef_search=64))
     approx = [index.pattern_name(i) for i in range(len(index.patterns)) if index.is_approximate(i)]
     assert approx and sorted(index.recall) == sorted(approx)
+    import faiss
+
+    kinds = {'ivf': faiss.IndexIVFFlat, 'ivfpq': faiss.IndexRefine, 'hnsw': faiss.IndexHNSWFlat}
+    built = [index.indexes[i] for i in range(len(index.patterns)) if index.is_approximate(i)]
+    assert all(isinstance(b, kinds[kind]) for b in built), [type(b) for b in built]
+    if kind == 'ivfpq':  # product-quantised codes inside, re-ranked against the float vectors
+        assert all(isinstance(faiss.downcast_index(b.base_index), faiss.IndexIVFPQ) for b in built)
     assert all(r >= 0.9 for r in index.recall.values()), index.recall
     brute = mixture_similarity(text, video).numpy()
     scores, rows = index.search(text, 10)
