@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,7 +149,7 @@ class StreamedPart:
             reader, batch_size=None, num_workers=self.workers, prefetch_factor=self.prefetch))
         for u, hit in zip(units.tolist(), cached.tolist()):
             if hit:
-                yield _unpack(*cache.get(u))
+                yield cache.get(u)
                 continue
             data, first = next(loader)
             if first is not None:  # its first read: it arrived, so its chunks passed the check
@@ -156,9 +157,10 @@ class StreamedPart:
                 for name, (lengths, available) in _unpack(*first).items():
                     self.kept[name][0][videos], self.kept[name][1][videos] = lengths, available
                 self.checked[u] = True
+            arrays = _unpack(*data)
             if cache is not None:
-                cache.put(u, *data)
-            yield _unpack(*data)
+                cache.put(u, arrays)
+            yield arrays
 
     def readers(self, epoch: int) -> int:
         """Reader processes that training epoch `epoch` runs beside the step: none once the cache
@@ -412,6 +414,7 @@ class StreamFeed:
 
     def __init__(self, data: StreamedPart, device: torch.device, buffer: int) -> None:
         self.data, self.device, self.buffer = data, torch.device(device), buffer
+        self._kept_slots: tuple[dict, dict[str, list[np.ndarray | None]]] | None = None  # `_slots`
 
     def epoch(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
         """The epoch's batches in `epoch_plan`'s order for this rank (`rng` seeded by (seed, epoch)).
@@ -433,38 +436,65 @@ class StreamFeed:
         caps = v if key is not None else order[groups[v] + plan.rng.integers(0, groups[v + 1] - groups[v])]
         extra_caps = _extra_captions(part.extra, picks, plan.rng)
         k = min(max(self.buffer, 1), int(starts[-1]))
-        # the buffer in numpy: torch's indexed copies on a CPU take 60x longer (21 ms against 0.35 ms
-        # for 64 rows of 2048), which made the buffer, not the reading, the streaming path's cost
-        slots: dict[str, list[np.ndarray | None]] = {}
-        ready: list[dict[str, Arrays]] = []  # emitted, not yet in a batch
-        used = 0  # emissions batched
-
         local = batch_size // world
         own = (~plan.is_extra).sum(1)  # each step's videos of the stream; extra items take the other places
-        step, taken = 0, 0  # steps made, extra items batched
+        first = np.concatenate([[0], np.cumsum(own)])  # the emission that begins each step's videos
+        # The buffer in numpy: torch's indexed copies on a CPU take 60x longer (21 ms against 0.35 ms
+        # for 64 rows of 2048). Emissions are copied once, straight into their batch's arrays, and
+        # the buffer is kept from epoch to epoch: copies into new memory (page faults) cost as much.
+        slots: dict[str, list[np.ndarray | None]] = {}
+        filling: dict[int, Any] = {}  # step -> its batch's arrays, {expert: [arrays]}, part filled
+        emitted, step, taken = 0, 0, 0  # emissions placed, steps made, extra items batched
 
         def batches() -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
-            nonlocal ready, used, step, taken
-            while step < plan.steps and sum(_count(r) for r in ready) >= own[step]:
-                n, places = int(own[step]), plan.is_extra[step]
-                batch, ready = _take(ready, n) if n else (None, ready)
-                more = local - n
-                step, taken, used = step + 1, taken + more, used + n
-                yield self._put(batch, caps[used - n:used], key, places, picks[taken - more:taken],
-                                extra_caps[taken - more:taken])
+            nonlocal step, taken
+            while step < plan.steps and first[step + 1] <= emitted:
+                more = local - int(own[step])
+                batch = filling.pop(step, None) if own[step] else None
+                step, taken = step + 1, taken + more
+                yield self._put(None if batch is None else {n: tuple(f) for n, f in batch.items()},
+                                caps[first[step - 1]:first[step]], key, plan.is_extra[step - 1],
+                                picks[taken - more:taken], extra_caps[taken - more:taken])
 
+        if key is None and part.cache is not None and all(u in part.cache for u in plan.units.tolist()):
+            # every unit cached (a later epoch): each batch's videos read straight from the cache
+            unit_of = np.repeat(plan.units, sizes)  # stream position -> its unit, and its place there
+            place = np.arange(int(starts[-1])) - np.repeat(starts[:-1], sizes)
+            for s in range(plan.steps):
+                p = plan.emit[first[s]:first[s + 1]]
+                if len(p):
+                    filling[s] = part.cache.gather(unit_of[p], place[p])
+                emitted = int(first[s + 1])
+                yield from batches()
+            return
         for i, data in enumerate(part.chunks(plan.units, key)):
             a, b = int(starts[i]), int(starts[i + 1])
             if not slots:
-                slots = {n: [None if t is None else np.empty((k, *t.shape[1:]), t.dtype) for t in f]
-                         for n, f in data.items()}
-            lo, hi = np.searchsorted(plan.when, [a + 1, b + 1])  # the emissions after arrivals a..b-1
-            ready.append(_emitted(slots, data, plan.emit[lo:hi], plan.slot, a))
+                slots = self._slots(data, k)
+            hi = int(np.searchsorted(plan.when, b + 1))  # the emissions once arrivals a..b-1 are in
+            while emitted < hi:  # each step's share of them, into its batch, before the unit overwrites slots
+                s = int(np.searchsorted(first, emitted, side='right')) - 1
+                end = min(hi, int(first[s + 1]))
+                if s not in filling:
+                    filling[s] = {n: [None if t is None else np.empty((int(own[s]), *t.shape[1:]), t.dtype) for t in f]
+                                  for n, f in slots.items()}
+                _emit(filling[s], emitted - int(first[s]), slots, data, plan.emit[emitted:end], plan.slot, a)
+                emitted = end
             _arrive(slots, data, plan.slot[a:b])
             yield from batches()
-            if used == len(plan.emit):  # the rest of the stream is not needed: its readers stop
+            if emitted == len(plan.emit):  # the rest of the stream is not needed: its readers stop
                 break
         yield from batches()  # steps of extra items only, after the stream's last video
+
+    def _slots(self, data: dict[str, Arrays], k: int) -> dict[str, list[np.ndarray | None]]:
+        """The shuffle buffer for `k` videos shaped like `data`'s: the last epoch's where it fits (its
+        contents are stale, but a slot is always written in an epoch before it is read)."""
+        want = {n: [None if t is None else ((k, *t.shape[1:]), t.dtype) for t in f] for n, f in data.items()}
+        kept = self._kept_slots
+        if kept is None or kept[0] != want:
+            kept = (want, {n: [None if w is None else np.empty(*w) for w in f] for n, f in want.items()})
+            self._kept_slots = kept
+        return kept[1]
 
     def _put(self, batch: dict[str, Arrays] | None, caps: np.ndarray, key: int | None, places: np.ndarray,
              picks: np.ndarray, extra_caps: np.ndarray) -> tuple[dict[str, ExpertInput], TextInput]:
@@ -516,31 +546,25 @@ def _place_text(own: TextInput, extra: TextInput, places: np.ndarray) -> TextInp
     return TextInput(*out)
 
 
-def _count(fields: dict[str, Arrays]) -> int:
-    return len(next(iter(fields.values()))[0])
-
-
-def _emitted(slots: dict[str, list[np.ndarray | None]], data: dict[str, Arrays], emit: np.ndarray,
-             slot: np.ndarray, start: int) -> dict[str, Arrays]:
-    """The videos emitted while a unit arrives (stream positions `emit`, the unit from `start`):
-    from the buffer those that arrived before it (read before the unit is written there), from
-    the unit those that arrived with it."""
+def _emit(out: dict[str, list[np.ndarray | None]], at: int, slots: dict[str, list[np.ndarray | None]],
+          data: dict[str, Arrays], emit: np.ndarray, slot: np.ndarray, start: int) -> None:
+    """Emissions `emit` (stream positions; the arriving unit's from `start`) into rows at.. of a
+    batch's arrays `out`: from the buffer those that arrived before the unit (read before the unit
+    is written there), from the unit those that arrived with it."""
     old = emit < start
-    from_slot, from_unit = slot[emit[old]], emit[~old] - start
-    out = {}
+    whole = bool(old.all()) or not old.any()
+    rows = np.arange(at, at + len(emit))
     for name, fields in slots.items():
-        parts = []
         for k, s in enumerate(fields):
             if s is None:
-                parts.append(None)
                 continue
-            t = np.empty((len(emit), *s.shape[1:]), s.dtype)
-            t[old] = s[from_slot]
-            if len(from_unit):
-                t[~old] = data[name][k][from_unit]
-            parts.append(t)
-        out[name] = tuple(parts)
-    return out
+            t = out[name][k]
+            if whole:  # one copy, with no temporary ('clip': a checked take buffers its output)
+                src, idx = (s, slot[emit]) if old[0] else (data[name][k], emit - start)
+                np.take(src, idx, axis=0, out=t[at:at + len(emit)], mode='clip')
+            else:
+                t[rows[old]] = s[slot[emit[old]]]
+                t[rows[~old]] = data[name][k][emit[~old] - start]
 
 
 def _arrive(slots: dict[str, list[np.ndarray | None]], data: dict[str, Arrays], slot: np.ndarray) -> None:
@@ -551,16 +575,6 @@ def _arrive(slots: dict[str, list[np.ndarray | None]], data: dict[str, Arrays], 
         for s, t in zip(fields, data[name]):
             if s is not None:
                 s[dst] = t[src]
-
-
-def _take(ready: list[dict[str, Arrays]], n: int) -> tuple[dict[str, Arrays], list[dict[str, Arrays]]]:
-    """The first `n` videos of `ready` (or all, when fewer), and the rest."""
-    names = list(ready[0])
-    joined = {name: tuple(None if t is None else np.concatenate([r[name][k] for r in ready]) if len(ready) > 1 else t
-                          for k, t in enumerate(ready[0][name])) for name in names}
-    head = {name: tuple(None if t is None else t[:n] for t in f) for name, f in joined.items()}
-    rest = {name: tuple(None if t is None else t[n:] for t in f) for name, f in joined.items()}
-    return head, ([rest] if _count(rest) else [])
 
 
 @contextlib.contextmanager

@@ -3,9 +3,11 @@
 A streamed part reads and aggregates every store chunk again each epoch, in reader processes that
 share the CPU with the training step. Where aggregation is deterministic (``data.sample: video``:
 every epoch gives a video the same model inputs), the first read of a unit writes its aggregated
-arrays, exactly the bytes the model gets, to one file, and later reads take them back with one
-`os.preadv` each in the main process: no reader process, no Zarr call, no aggregation. Window and
-segment sampling (`train.sampling`, MMT's pretraining) draw new rows every epoch and are not cached.
+arrays, exactly the bytes the model gets, to one file, and later reads take them back in the main
+process: no reader process, no Zarr call, no aggregation. A video's rows of every array lie together
+in the file (one record), so a later epoch reads each batch's videos straight into the batch's arrays,
+one `os.preadv` a video, with no shuffle buffer to copy through (`gather`). Window and segment
+sampling (`train.sampling`, MMT's pretraining) draw new rows every epoch and are not cached.
 
 Reads go through a file descriptor into a buffer of their own, never through `np.memmap`: the
 pages of a mapped file count in the process's resident memory, which the memory budget bounds.
@@ -22,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from shared.resources import format_bytes
 
@@ -34,7 +36,9 @@ _logger = logging.getLogger(__name__)
 #: (and a tenth of what was free)
 KEEP_FREE = 1 << 30
 
-Layout = dict[str, tuple[tuple[str, tuple[int, ...], int] | None, ...]]  # `train.stream.Packed`'s layout
+Arrays = tuple[np.ndarray | None, ...]  # an expert's (x, available, mask, times), as `train.stream`'s
+#: each expert's arrays as (dtype, the shape of one video's rows), None for an absent one
+Layout = dict[str, tuple[tuple[np.dtype, tuple[int, ...]] | None, ...]]
 
 
 def cache_path(folder: Path, run: Path, part: str, rank: int) -> Path:
@@ -61,32 +65,42 @@ def open_cache(path: Path, size: int) -> tuple[UnitCache | None, str]:
 
 
 class UnitCache:
-    """Packed units (`train.stream._pack`'s one byte buffer and layout) appended to one file; a
-    unit is read back whole, into a new buffer, by its offset in `index`."""
+    """Units' aggregated arrays appended to one file, a record per video: the video's rows of each
+    array, in the layout's order. `index` holds where each unit's records begin."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None  # the file is made by the first `put`
         self.closed = False
-        self.index: dict[int, tuple[int, int, Layout]] = {}  # unit -> (offset, bytes, layout)
+        self.index: dict[int, tuple[int, int]] = {}  # unit -> (offset of its first record, videos)
+        self.layout: Layout | None = None  # the same for every unit: set by the first `put`
+        self.record = 0  # bytes of a video's record
         self.end = 0
         self.full = False  # a write failed: no more units go in
 
     def __contains__(self, unit: int) -> bool:
         return unit in self.index
 
-    def put(self, unit: int, buffer: torch.Tensor, layout: Layout) -> None:
-        """Append a unit's packed buffer. A failed write (a full disk) turns the cache off, with a
-        warning: the units it holds stay readable, the rest are read from the stores."""
+    def put(self, unit: int, arrays: dict[str, Arrays]) -> None:
+        """Append a unit's arrays (each expert's, a row per video), a record per video. A failed
+        write (a full disk) turns the cache off, with a warning: the units it holds stay readable,
+        the rest are read from the stores."""
         if self.closed or self.full or unit in self.index:
             return
-        view = memoryview(buffer.numpy()).cast('B')
+        layout = {n: tuple(None if a is None else (a.dtype, a.shape[1:]) for a in f) for n, f in arrays.items()}
+        if self.layout is None:
+            self.layout, self.record = layout, sum(_row_bytes(w) for f in layout.values() for w in f)
+        elif layout != self.layout:  # units of one part are aggregated alike: a bug, never data
+            raise ValueError(f'unit {unit} is laid out unlike the cached units: {layout} != {self.layout}')
+        rows = [_rows(a) for f in arrays.values() for a in f if a is not None]
+        n = len(rows[0])
         try:
             if self.fd is None:  # O_EXCL: a file another process made meanwhile is refused, never shared
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            done = 0
-            while done < len(view):
-                done += os.pwrite(self.fd, view[done:], self.end + done)
+            for i in range(n):
+                parts = [r[i] for r in rows]
+                if os.pwritev(self.fd, parts, self.end + i * self.record) != self.record:
+                    _write_rest(self.fd, b''.join(parts), self.end + i * self.record)
         except OSError as err:
             _logger.warning('the feature cache %s stops growing (%s); units not in it are read from the stores',
                             self.path, err)
@@ -94,21 +108,25 @@ class UnitCache:
                 os.ftruncate(self.fd, self.end)
             self.full = True
             return
-        self.index[unit] = (self.end, len(view), layout)
-        self.end += len(view)
+        self.index[unit] = (self.end, n)
+        self.end += n * self.record
 
-    def get(self, unit: int) -> tuple[torch.Tensor, Layout]:
-        """A unit's packed buffer, read whole from the file into memory of its own."""
-        offset, size, layout = self.index[unit]
-        buffer = torch.empty(size, dtype=torch.uint8)
-        view = memoryview(buffer.numpy()).cast('B')
-        done = 0
-        while done < size:
-            n = os.preadv(self.fd, [view[done:]], offset + done)
-            if n == 0:
-                raise OSError(f'the feature cache {self.path} ends before unit {unit}: was it truncated?')
-            done += n
-        return buffer, layout
+    def get(self, unit: int) -> dict[str, Arrays]:
+        """A unit's arrays, read whole from the file into memory of their own."""
+        return self.gather(np.full(self.index[unit][1], unit), np.arange(self.index[unit][1]))
+
+    def gather(self, units: np.ndarray, videos: np.ndarray) -> dict[str, Arrays]:
+        """The arrays of video `videos[j]` of unit `units[j]` (its place in the unit), as row j,
+        in new memory: each video's record read straight into its rows."""
+        assert self.layout is not None and self.fd is not None
+        out = {n: tuple(None if w is None else np.empty((len(videos), *w[1]), w[0]) for w in f)
+               for n, f in self.layout.items()}
+        rows = [_rows(a) for f in out.values() for a in f if a is not None]
+        where = np.array([self.index[u][0] for u in units.tolist()], np.int64) + videos * self.record
+        for j, offset in enumerate(where.tolist()):
+            if os.preadv(self.fd, [r[j] for r in rows], offset) != self.record:
+                raise OSError(f'the feature cache {self.path} ends before a record at {offset}: was it truncated?')
+        return out
 
     def close(self) -> None:
         """Close and remove the file (the run has ended, or stopped with an error); the units are
@@ -119,3 +137,21 @@ class UnitCache:
             self.path.unlink(missing_ok=True)
         self.index.clear()
         self.closed = True
+
+
+def _row_bytes(where: tuple[np.dtype, tuple[int, ...]] | None) -> int:
+    return 0 if where is None else int(np.prod(where[1], dtype=np.int64)) * where[0].itemsize
+
+
+def _rows(a: np.ndarray) -> list[memoryview]:
+    """Each row of `a` (a C-contiguous array) as a byte view."""
+    flat = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    step = flat.nbytes // len(a) if len(a) else 0
+    return [flat[i * step:(i + 1) * step] for i in range(len(a))]
+
+
+def _write_rest(fd: int, data: bytes, offset: int) -> None:
+    """Write what a short `pwritev` left (rare on a local file: a signal, a nearly full disk)."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
