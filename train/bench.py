@@ -16,7 +16,9 @@ model: epoch 1 (the stores read, the cache written, the step on the threads the 
 apart from the later ones (read back from the cache, or with --no-stream-cache from the stores
 again); in --stream-repeats pairs, their order alternated, the load average printed beside each,
 since a shared machine's load drifts by more than the effect; in memory also on the streamed
-first epoch's threads where they are fewer. And each data path alone (batches made, no model) in
+first epoch's threads where they are fewer. Then a whole run of the config's epochs, computed from
+the median epoch rates: in memory the part's load (reading and aggregating the stores) comes first,
+streamed the first epoch reads them. And each data path alone (batches made, no model) in
 pairs/s: a data path slower than the step starves it. The stores (random features, written with
 `shared.store` into a temporary directory) hold --stream-videos videos in chunks of 64.
 (b) Text-to-video retrieval of N captions over N videos, each model with its paper config:
@@ -110,13 +112,14 @@ def _captions(cfg: ModelCfg, n: int, words: int, rng: np.random.Generator) -> Ca
 
 
 def stored_split(cfg: ModelCfg, root: Path, videos: int, words: int, chunk: int = 64, seed: int = 0
-                 ) -> tuple[SplitData, StreamedPart]:
+                 ) -> tuple[SplitData, StreamedPart, float]:
     """`videos` random videos written to one store per expert of `cfg` under `root` (rows up to the
     expert's `max_tokens`, 16 for mean/max; 10% of the videos skipped), as the in-memory path loads
-    them (read whole, aggregated) and as the streaming path reads them (default readers)."""
+    them (read whole, aggregated) and as the streaming path reads them (default readers); and the
+    seconds the in-memory load took (reading and aggregating, the stores just written)."""
     rng = np.random.default_rng(seed)
     ids = [f'v{i}' for i in range(videos)]
-    experts, paths = {}, {}
+    experts, paths, load = {}, {}, 0.0
     for spec in cfg.experts:
         rows = spec.max_tokens or 16
         paths[spec.name] = root / f'{spec.name}.zarr'
@@ -130,13 +133,15 @@ def stored_split(cfg: ModelCfg, root: Path, videos: int, words: int, chunk: int 
                     rng.standard_normal((n, spec.dim), np.float32), np.stack([np.arange(n), np.arange(n) + 1.0], 1)))
             store.write_chunk(c, pack_chunk(results, rows, spec.dim, has_tokens=False))
         store.consolidate()  # as extraction leaves a finished store: each reader process opens it in one read
+        t0 = time.perf_counter()
         experts[spec.name] = aggregate(spec, store.read())
+        load += time.perf_counter() - t0
     captions, owner = _captions(cfg, videos, words, rng), np.arange(videos)
     workers, prefetch = default_readers()
     streamed = StreamedPart(ids, cfg.experts, paths, {s.name: np.arange(videos) for s in cfg.experts},
                             np.unique(np.r_[np.arange(0, videos, chunk), videos]), captions, owner, owner, [],
                             workers, prefetch)
-    return SplitData(ids, experts, captions, owner, owner, []), streamed
+    return SplitData(ids, experts, captions, owner, owner, []), streamed, load
 
 
 def _sync(dev: torch.device) -> None:
@@ -301,7 +306,7 @@ def _load() -> str:
 
 
 def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: torch.device, videos: int,
-                 epochs: int, repeats: int, cache: bool) -> None:
+                 epochs: int, repeats: int, cache: bool, workers: int | None = None) -> None:
     """The training rate of `cfg`'s model in memory and streamed, epoch 1 (the stores read, the
     feature cache written) apart from later epochs (read from the cache, or `cache` False: from the
     stores again), in `repeats` alternated pairs with the load average beside each; and each data
@@ -313,12 +318,15 @@ def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: 
         def write() -> tuple[str, str]:
             t0 = time.perf_counter()
             made.extend(stored_split(cfg.model, Path(tmp), videos, cfg.data.max_words))
-            return f'{videos} videos', f'written and read whole in {time.perf_counter() - t0:.1f} s'
+            return f'{videos} videos', (f'written and read whole in {time.perf_counter() - t0:.1f} s, of which the '
+                                        f'in-memory load (read whole, aggregated) {made[2]:.2f} s')
 
         _measure(rows, f'{name} stores', write)
         if not made:
             return
-        whole, stored = made
+        whole, stored, load_s = made
+        if workers is not None:
+            stored = dataclasses.replace(stored, workers=workers)
         warm = next(TrainFeed(whole, dev, 0).epoch(batch, np.random.default_rng(1)))
 
         def streamed(cached: bool) -> StreamFeed:
@@ -347,6 +355,7 @@ def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: 
         later = 'cache' if cache else 'stores'
         ratios: dict[str, list[tuple[float, float]]] = {}
         rates: dict[str, tuple[float, float]] = {}
+        every: dict[str, list[tuple[float, float]]] = {}  # each path's (epoch 1, later) rates, all pairs
 
         def train(path: str, threads: int | None) -> tuple[str, str]:
             feed = TrainFeed(whole, dev, 1 << 62 if dev.type == 'cuda' else 0) if path != 'streaming' else \
@@ -358,6 +367,7 @@ def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: 
                 close(feed)
             first, rest = got[0][0], float(np.median([r for r, _ in got[1:]])) if len(got) > 1 else float('nan')
             rates[path] = first, rest
+            every.setdefault(path, []).append((first, rest))
             return (f'epoch 1 {first:.0f} pairs/s, later {rest:.0f} pairs/s',
                     f'load {load} -> {_load()}; step threads {"/".join(str(t) for _, t in got)} by epoch' +
                     (f'; epoch 1 from the stores, later from the {later}' if path == 'streaming' else ''))
@@ -380,6 +390,22 @@ def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: 
                 f'epoch 1 {np.median(first):.2f}x, later {np.median(rest):.2f}x',
                 f'median of {len(first)} pairs (epoch 1 {first.min():.2f}-{first.max():.2f}, later '
                 f'{rest.min():.2f}-{rest.max():.2f}); {epochs} epochs each, streaming later: from the {later}'))
+        if 'in memory' in every and 'streaming' in every:
+            _measure(rows, f'{name} a whole run of {cfg.train.epochs} epochs (its config\'s), streaming / in memory',
+                     lambda: _whole_run(every['in memory'], every['streaming'], load_s, len(whole),
+                                        cfg.train.epochs))
+
+
+def _whole_run(memory: list[tuple[float, float]], streaming: list[tuple[float, float]], load_s: float, videos: int,
+               epochs: int) -> tuple[str, str]:
+    """The ratio of a whole run's pairs/s, streamed against in memory, computed from the median
+    epoch rates: in memory, loading the part (`load_s`) comes before the epochs; streaming, epoch 1
+    reads the stores."""
+    (m1, m2), (s1, s2) = (np.median(np.array(r), axis=0) for r in (memory, streaming))
+    mem = load_s + videos / m1 + (epochs - 1) * videos / m2
+    stream = videos / s1 + (epochs - 1) * videos / s2
+    return (f'{mem / stream:.2f}x', f'computed from the median epoch rates: in memory {mem:.1f} s (the load '
+            f'{load_s:.2f} s, epoch 1, {epochs - 1} later), streaming {stream:.1f} s (epoch 1, {epochs - 1} later)')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                    help='epochs of each streaming-row training: the first, then later ones (default: 3)')
     p.add_argument('--stream-repeats', type=int, default=2,
                    help='alternated in-memory / streaming pairs of those rows (default: 2)')
+    p.add_argument('--stream-workers', type=int,
+                   help='reader processes of the streamed rows (default: the training default, train.data_workers: null)')
     p.add_argument('--no-stream-cache', action='store_true',
                    help='streaming reads the stores every epoch (train.stream_cache=false)')
     args = p.parse_args(argv)
@@ -456,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         del data
     for m in streamed:
         _stream_rows(rows, m.upper(), cfgs[m], dev, args.stream_videos or (64 if q else 1024), args.stream_epochs,
-                     args.stream_repeats, not args.no_stream_cache)
+                     args.stream_repeats, not args.no_stream_cache, args.stream_workers)
     if not args.no_retrieval:
         for m in models:
             cfg = cfgs[m]

@@ -294,8 +294,9 @@ def test_training_from_stores_six_times_the_budget_stays_within_it_and_repeats(
 
 def test_benchmark_times_memory_against_streaming(capsys: pytest.CaptureFixture) -> None:
     """`python -m train.bench` section (c) runs (no timing is asserted): each data path alone and
-    the training epochs on each, the first apart from the later ones, and says where the later
-    streamed epochs read from; an unknown model is one line."""
+    the training epochs on each, the first apart from the later ones, a whole run of the config's
+    epochs computed from them, and says where the later streamed epochs read from; an unknown model
+    is one line."""
     from train.bench import main as bench_main
 
     assert bench_main(['--quick', '--no-train', '--no-retrieval', '--stream-models', 'mee', '--stream-videos', '64',
@@ -303,8 +304,10 @@ def test_benchmark_times_memory_against_streaming(capsys: pytest.CaptureFixture)
     table = capsys.readouterr().out.split('| measurement')[1]
     for row in ('MEE data path alone, in memory', 'MEE data path alone, streaming from the stores',
                 'MEE data path alone, streaming from the cache', 'MEE train, in memory, pair 1',
-                'MEE train, streaming, pair 1', 'MEE streaming / in memory'):
+                'MEE train, streaming, pair 1', 'MEE streaming / in memory',
+                'MEE a whole run of 100 epochs (its config\'s), streaming / in memory'):
         assert row in table
+    assert 'in-memory load (read whole, aggregated)' in table
     assert 'later from the cache' in table and 'load ' in table and 'error' not in table
     assert bench_main(['--quick', '--no-train', '--no-retrieval', '--stream-models', 'mee', '--stream-videos', '64',
                        '--stream-epochs', '2', '--stream-repeats', '1', '--no-stream-cache']) == 0
