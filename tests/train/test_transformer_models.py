@@ -218,6 +218,23 @@ def test_the_decoder_reads_what_tells_videos_apart() -> None:
     assert abs(captioning(swapped) - base) > 1e-3  # each caption from another video's features
 
 
+def test_a_run_saved_before_the_decoders_batch_norm_loads_and_captions_as_it_did() -> None:
+    """Its decoder read the raw features: the batch norm loads in its starting state, which passes
+    them through, and every other weight loads as saved."""
+    model = _model('ssb')
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith('caption_bn.')}
+    loaded = _model('ssb')
+    torch.nn.init.normal_(loaded.caption_bn.bn.weight)  # what the load must replace
+    loaded.load_state_dict(old)
+    bn = loaded.caption_bn.bn
+    assert bn.weight.eq(1).all() and bn.bias.eq(0).all() and bn.running_mean.eq(0).all() and bn.running_var.eq(1).all()
+    video = _videos(4, 5)
+    e, mask = loaded.video_features(video)
+    assert torch.allclose(loaded._decoder_features(e, mask), e * mask[..., None], atol=1e-4)
+    with pytest.raises(RuntimeError, match='caption_in'):  # any other missing weight still fails the load
+        loaded.load_state_dict({k: v for k, v in old.items() if not k.startswith('caption_in.')})
+
+
 def _counts(config: str, capsys: pytest.CaptureFixture) -> dict[str, float]:
     assert train_main(['--config', str(CONFIG_DIR / config), '--count-params']) == 0
     out = capsys.readouterr().out

@@ -11,7 +11,7 @@ sum_{j in S_i} softmax_j(<c_t^i, c_v^j> / T) e_v^j, with S_i chosen by `support_
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -192,6 +192,15 @@ class SupportSet(RetrievalModel):
         # (the best constant caption 49.9)
         self.caption_in = nn.Linear(in_dim, self.t5.config.d_model)
         self.caption_norm = T5LayerNorm(self.t5.config.d_model, eps=self.t5.config.layer_norm_epsilon)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # a run saved before the decoder's batch norm: its decoder read the raw features, which the
+        # norm passes through as it starts (mean 0, variance 1, scale 1, shift 0), so the run loads
+        # and captions as it did (a strict load would fail on the missing keys)
+        fresh = MaskedBatchNorm(self.caption_bn.bn.num_features).state_dict(prefix=prefix + 'caption_bn.')
+        if not any(k in state_dict for k in fresh):
+            state_dict.update(fresh)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _decoder_features(self, e: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-second video features e (B, S, D) as the support set mixes them for the decoder."""
