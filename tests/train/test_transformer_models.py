@@ -1,6 +1,7 @@
 """MMT and the support-set model: masking, time, support sets, parameter counts (built offline)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -192,6 +193,46 @@ def test_cross_captioning_enters_the_loss() -> None:
     model.zero_grad()
     ContrastiveLoss(contrastive)(model, model(video, text)).backward()
     assert model.t5.decoder.block[0].layer[0].SelfAttention.q.weight.grad.abs().sum() > 0
+
+
+def test_the_decoder_reads_what_tells_videos_apart() -> None:
+    """The decoder's video features are batch-normalised: a part that every video's features share
+    (fixed features' large common component: the demo's random-weight object features have a mean
+    pairwise cosine of 0.97) does not reach the captioning loss, what differs between videos does."""
+    model = _model('ssb')
+    model.cfg = dataclasses.replace(model.cfg, support_set='identity')  # the mixture weights: fixed
+    full = lambda v: ExpertInput(v.x, torch.ones_like(v.available), torch.ones_like(v.mask), v.times)  # noqa: E731
+    video, text = {k: full(v) for k, v in _videos(6, 3).items()}, _texts(6, 3)
+
+    def captioning(v: dict[str, ExpertInput]) -> float:
+        model.train()
+        with torch.no_grad():
+            out = model(v, text)
+            return float(model.extra_loss(out, out, torch.zeros(6, 6)))
+
+    g = torch.Generator().manual_seed(4)
+    shared = {k: _with(video, k, x=v.x + 5 * torch.randn(v.x.shape[-1], generator=g))[k] for k, v in video.items()}
+    swapped = {k: _with(video, k, x=v.x.flip(0))[k] for k, v in video.items()}
+    base = captioning(video)
+    assert captioning(shared) == pytest.approx(base, abs=1e-5)
+    assert abs(captioning(swapped) - base) > 1e-3  # each caption from another video's features
+
+
+def test_a_run_saved_before_the_decoders_batch_norm_loads_and_captions_as_it_did() -> None:
+    """Its decoder read the raw features: the batch norm loads in its starting state, which passes
+    them through, and every other weight loads as saved."""
+    model = _model('ssb')
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith('caption_bn.')}
+    loaded = _model('ssb')
+    torch.nn.init.normal_(loaded.caption_bn.bn.weight)  # what the load must replace
+    loaded.load_state_dict(old)
+    bn = loaded.caption_bn.bn
+    assert bn.weight.eq(1).all() and bn.bias.eq(0).all() and bn.running_mean.eq(0).all() and bn.running_var.eq(1).all()
+    video = _videos(4, 5)
+    e, mask = loaded.video_features(video)
+    assert torch.allclose(loaded._decoder_features(e, mask), e * mask[..., None], atol=1e-4)
+    with pytest.raises(RuntimeError, match='caption_in'):  # any other missing weight still fails the load
+        loaded.load_state_dict({k: v for k, v in old.items() if not k.startswith('caption_in.')})
 
 
 def _counts(config: str, capsys: pytest.CaptureFixture) -> dict[str, float]:
