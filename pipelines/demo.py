@@ -33,13 +33,13 @@ import yaml
 
 from extract.presets import dataset_settings
 from extract.run import main as extract_main
-from shared.config import data_root_default, features_root_default
+from shared.config import data_root_default, features_root_default, to_dict
 from shared.datasets import load_manifest
 from shared.datasets.demo import IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images
 from shared.device import pick_device
 from shared.store import open_store, store_path
 from train.caption import caption_run, format_captions
-from train.config import load_run_cfg
+from train.config import load_run_cfg, settings_changed
 from train.main import CONFIG_DIR, config_path
 from train.main import main as train_main
 from train.metrics import format_results
@@ -92,6 +92,12 @@ def ensure_generated(out: Path, record: str, cfg: Any, make: Callable[[Path, Any
     print(f'{step} generating {_what(cfg)} in {out}')
     make(out, cfg)
     return out
+
+
+def _stale(run: Path, config: Path) -> str | None:
+    """How a finished run's settings differ from `config`'s now, or None where they do not."""
+    diff = settings_changed(run, yaml.safe_load(yaml.safe_dump({**to_dict(load_run_cfg(config)), 'seed': 0})))
+    return '; '.join(diff[:3]) + (f'; and {len(diff) - 3} more' if len(diff) > 3 else '') if diff else None
 
 
 def _availability_chart(features_root: Path, experts: list[str], out: Path) -> dict[str, float]:
@@ -182,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs.append((WITH_IMAGES, images_run, ['--config', str(IMAGES_CONFIG)], IMAGES_CONFIG))
     for i, (name, run, how, source) in enumerate(jobs):
         metrics = run / 'seed0' / 'test_metrics.json'
+        stale = _stale(run / 'seed0', source) if metrics.is_file() else None
+        if stale:  # trained by an earlier version of the demo config: kept aside, trained again
+            old = run.with_name(run.name + '.old')
+            shutil.rmtree(old, ignore_errors=True)
+            run.rename(old)
+            print(f'[3/5 train] {run} was trained with settings other than {source.name} has now ({stale}); '
+                  f'moved to {old}, training again')
         if metrics.is_file():
             print(f'[3/5 train] reusing {run}')
         else:

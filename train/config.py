@@ -19,7 +19,7 @@ from train.models.config import upgrade_saved
 SAMPLES = ('video', 'window', 'segment')
 
 __all__ = ['DataCfg', 'ExtraCfg', 'SAMPLES', 'TrainCfg', 'RunCfg', 'load_run_cfg', 'read_saved', 'saved_run_cfg', 'check_resumable',
-           'RESUME_MAY_CHANGE', 'flat_settings']
+           'settings_changed', 'RESUME_MAY_CHANGE', 'flat_settings']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,15 +263,21 @@ RESUME_MAY_CHANGE = ('train.epochs', 'train.steps', 'train.compile', 'train.log_
                      'train.stream_cache_dir')
 
 
+def settings_changed(run_dir: Path, settings: dict[str, Any]) -> list[str]:
+    """The settings of a run with a checkpoint that `settings` would change, other than those a
+    resumed run may change, each as 'key: then there, now now'; none for a run with no checkpoint."""
+    saved = run_dir / 'config.yaml'
+    if not (saved.is_file() and (run_dir / 'checkpoints' / 'last.pt').is_file()):
+        return []
+    before, now = flat_settings(_with_defaults(read_saved(saved))), flat_settings(settings)
+    return [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in sorted(set(before) | set(now))
+            if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
+
+
 def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     """A run with a checkpoint is resumed only with the settings it was trained with, so that one
     run never mixes two configs (its config.yaml and results would name only the second)."""
-    saved = run_dir / 'config.yaml'
-    if not (saved.is_file() and (run_dir / 'checkpoints' / 'last.pt').is_file()):
-        return
-    before, now = flat_settings(_with_defaults(read_saved(saved))), flat_settings(settings)
-    diff = [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in sorted(set(before) | set(now))
-            if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
+    diff = settings_changed(run_dir, settings)
     if diff:
         raise ConfigError(f'{run_dir} holds a run trained with other settings ({"; ".join(diff[:5])}'
                           f'{f"; and {len(diff) - 5} more" if len(diff) > 5 else ""}): rerun with its config to '
