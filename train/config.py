@@ -149,8 +149,9 @@ class TrainCfg:
         shuffle_buffer: videos in the streaming shuffle buffer (with a permutation of the store
             chunks each epoch); part of the data order, so a resumed run keeps it.
         data_workers: DataLoader processes reading store chunks while streaming; ``null``: the
-            job's CPUs less one (at most 4), at least one. While they run, the training step
-            takes the CPUs they leave (`train.stream.step_threads`).
+            job's CPUs less one (at most 4), and none on two CPUs or fewer, where the main
+            process reads between steps. While they run, the training step takes the CPUs they
+            leave (`train.stream.step_threads`).
         stream_cache: a streamed training or validation part writes its aggregated features to
             a file on local disk as its first epoch reads them, and later epochs read that file
             instead of the stores (`train.stream_cache`); the file is removed when the run ends.

@@ -327,7 +327,12 @@ def default_readers() -> tuple[int, int]:
 def _readers(in_flight: int, asked: int | None) -> tuple[int, int]:
     """(worker processes, prefetched chunks per worker) keeping at most `in_flight` chunks in
     memory: each worker's prefetched ones (the one it reads among them) and the main process's."""
-    workers = asked if asked is not None else max(1, min(4, cpu_limit() - 1))
+    # On two CPUs a reader process leaves the step one thread, and the step on one thread plus the
+    # reader beside it took longer than the step on two threads after the main process reads
+    # (the first epoch, this 2-CPU machine: MEE 403-467 against 541-595 pairs/s, MMT demo
+    # 206-244 against 303-322; BENCHMARKS.md)
+    cpus = cpu_limit()
+    workers = asked if asked is not None else (min(4, cpus - 1) if cpus > 2 else 0)
     workers = min(workers, in_flight - 1)
     if workers <= 0:
         return 0, 1
