@@ -33,7 +33,7 @@ import yaml
 
 from extract.presets import dataset_settings
 from extract.run import main as extract_main
-from shared.config import data_root_default, features_root_default, to_dict
+from shared.config import ConfigError, data_root_default, features_root_default, to_dict
 from shared.datasets import load_manifest
 from shared.datasets.demo import IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images
 from shared.device import pick_device
@@ -95,8 +95,13 @@ def ensure_generated(out: Path, record: str, cfg: Any, make: Callable[[Path, Any
 
 
 def _stale(run: Path, config: Path) -> str | None:
-    """How a finished run's settings differ from `config`'s now, or None where they do not."""
-    diff = settings_changed(run, yaml.safe_load(yaml.safe_dump({**to_dict(load_run_cfg(config)), 'seed': 0})))
+    """How the settings of a run with a checkpoint (finished or stopped) differ from `config`'s now,
+    epochs included (a finished run is reused, not continued), or None where they do not."""
+    settings = yaml.safe_load(yaml.safe_dump({**to_dict(load_run_cfg(config)), 'seed': 0}))
+    try:
+        diff = settings_changed(run, settings, may_change=())
+    except ConfigError as err:  # a config.yaml that no longer reads
+        return str(err)
     return '; '.join(diff[:3]) + (f'; and {len(diff) - 3} more' if len(diff) > 3 else '') if diff else None
 
 
@@ -188,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs.append((WITH_IMAGES, images_run, ['--config', str(IMAGES_CONFIG)], IMAGES_CONFIG))
     for i, (name, run, how, source) in enumerate(jobs):
         metrics = run / 'seed0' / 'test_metrics.json'
-        stale = _stale(run / 'seed0', source) if metrics.is_file() else None
-        if stale:  # trained by an earlier version of the demo config: kept aside, trained again
+        stale = _stale(run / 'seed0', source)
+        if stale:  # trained (or begun) by an earlier version of the demo config: kept aside, trained again
             old = run.with_name(run.name + '.old')
-            shutil.rmtree(old, ignore_errors=True)
+            if old.exists():
+                shutil.rmtree(old)
             run.rename(old)
             print(f'[3/5 train] {run} was trained with settings other than {source.name} has now ({stale}); '
                   f'moved to {old}, training again')

@@ -264,15 +264,17 @@ RESUME_MAY_CHANGE = ('train.epochs', 'train.steps', 'train.compile', 'train.log_
                      'train.stream_cache_dir')
 
 
-def settings_changed(run_dir: Path, settings: dict[str, Any]) -> list[str]:
-    """The settings of a run with a checkpoint that `settings` would change, other than those a
-    resumed run may change, each as 'key: then there, now now'; none for a run with no checkpoint."""
+def settings_changed(run_dir: Path, settings: dict[str, Any], may_change: tuple[str, ...] = RESUME_MAY_CHANGE
+                     ) -> list[str]:
+    """The settings of a run with a checkpoint that `settings` would change, other than
+    `may_change` (by default those a resumed run may change), each as 'key: then there, now now';
+    none for a run with no checkpoint."""
     saved = run_dir / 'config.yaml'
     if not (saved.is_file() and (run_dir / 'checkpoints' / 'last.pt').is_file()):
         return []
     before, now = flat_settings(_with_defaults(read_saved(saved))), flat_settings(settings)
     return [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now' for k in sorted(set(before) | set(now))
-            if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
+            if k not in may_change and before.get(k) != now.get(k)]
 
 
 def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:

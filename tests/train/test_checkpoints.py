@@ -90,14 +90,20 @@ def test_killed_while_saving_every_checkpoint_loads_and_the_rerun_finishes(
     assert load_checkpoint(ckpt_dir / 'last.pt')['epoch'] == 9
 
 
-def test_a_truncated_checkpoint_is_one_line(object_stores: tuple[Path, Path], tmp_path: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
-    data, features = object_stores
+def _one_epoch(stores: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> tuple[list[str], Path]:
+    """A finished one-epoch run in tmp_path/run, and the arguments that trained it."""
+    data, features = stores
     run = tmp_path / 'run'
     args = ['--config', str(_config(tmp_path, epochs=1)), '--data-root', str(data), '--features-root', str(features),
             '--run-dir', str(run), '--device', 'cpu', '--no-progress']
     assert train_main(args) == 0
     capsys.readouterr()
+    return args, run
+
+
+def test_a_truncated_checkpoint_is_one_line(object_stores: tuple[Path, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    args, run = _one_epoch(object_stores, tmp_path, capsys)
     last = run / 'seed0' / 'checkpoints' / 'last.pt'
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # as a kill inside an in-place write left it
     assert train_main([*args, '--set', 'train.epochs=2']) == 1
@@ -131,3 +137,25 @@ def test_positional_checkpoints_load_by_expert_name(name: str) -> None:
     model.load_state_dict(by_expert_name(saved['model'], model))  # strict: every key matched
     with torch.no_grad():
         assert torch.equal(model.eval().scores(video, text), saved["scores"])
+
+
+def test_a_run_whose_optimiser_state_does_not_fit_the_model_is_one_line(object_stores: tuple[Path, Path],
+                                                                       tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """A run saved by an earlier version of its model (a parameter added since: the weights load,
+    the optimiser state has one parameter fewer) is not resumed with torch's ValueError but with a
+    line that says what to do."""
+    import torch
+
+    args, run = _one_epoch(object_stores, tmp_path, capsys)
+    last = run / 'seed0' / 'checkpoints' / 'last.pt'
+    saved = torch.load(last, weights_only=True)
+    group = saved['optimizer']['param_groups'][0]
+    saved['optimizer']['state'].pop(group['params'][-1], None)
+    group['params'] = group['params'][:-1]
+    torch.save(saved, last)
+    assert train_main([*args, '--set', 'train.epochs=2']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {run / "seed0"} holds a run whose optimiser state does not fit') and \
+        err.count('\n') == 1, err
+    assert f'--init-from {run / "seed0"}' in err and 'Traceback' not in err
