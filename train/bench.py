@@ -438,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--no-stream-cache', action='store_true',
                    help='streaming reads the stores every epoch (train.stream_cache=false)')
     args = p.parse_args(argv)
+    if args.stream_workers is not None and args.stream_workers < 0:
+        p.error(f'--stream-workers must be 0 or more, got {args.stream_workers}')
     setup_logging()
     q = args.quick
     batch = args.batch or (8 if q else 32)

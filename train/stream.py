@@ -306,7 +306,7 @@ def load_part(manifest: Manifest, split: str, part: str, features_root: Path, ex
     kept, said = None, ''
     if cache is not None and sampler is not None:
         said = '; no feature cache: data.sample draws new rows every epoch'
-    elif cache is not None:  # a pack aligns each array to 64 bytes
+    elif cache is not None:  # with a margin of 64 bytes an array a unit
         kept, said = open_cache(cache, total + (len(bounds) - 1) * len(experts) * 4 * 64)
         said = '; ' + said
     print(f'{part} part: streamed from the stores ({why}{"; train.streaming=on" if cfg.streaming == "on" else ""}): '

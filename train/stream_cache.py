@@ -124,9 +124,24 @@ class UnitCache:
         rows = [_rows(a) for f in out.values() for a in f if a is not None]
         where = np.array([self.index[u][0] for u in units.tolist()], np.int64) + videos * self.record
         for j, offset in enumerate(where.tolist()):
-            if os.preadv(self.fd, [r[j] for r in rows], offset) != self.record:
-                raise OSError(f'the feature cache {self.path} ends before a record at {offset}: was it truncated?')
+            views = [r[j] for r in rows]
+            if os.preadv(self.fd, views, offset) != self.record:  # short (a signal, a network file system)
+                data, at = self._read_record(offset), 0
+                for v in views:
+                    v[:] = data[at:at + len(v)]
+                    at += len(v)
         return out
+
+    def _read_record(self, offset: int) -> bytes:
+        """One record's bytes, read until whole."""
+        parts, done = [], 0
+        while done < self.record:
+            got = os.pread(self.fd, self.record - done, offset + done)
+            if not got:
+                raise OSError(f'the feature cache {self.path} ends before a record at {offset}: was it truncated?')
+            parts.append(got)
+            done += len(got)
+        return b''.join(parts)
 
     def close(self) -> None:
         """Close and remove the file (the run has ended, or stopped with an error); the units are

@@ -416,3 +416,30 @@ def test_the_step_runs_on_the_cpus_the_readers_leave_and_gets_its_threads_back(s
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_cache_survives_short_reads_and_writes_and_says_when_it_was_truncated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record is read and written whole even where the system calls stop short (a signal, a
+    network file system); a cache file cut short is an OSError naming it, not wrong features."""
+    import os
+
+    import train.stream_cache as sc
+
+    rng = np.random.default_rng(0)
+    unit = {'object': (rng.standard_normal((5, 3, 4), np.float32), rng.random(5) < 0.5, rng.random((5, 3)) < 0.5,
+                       None)}
+    real_read, real_write = os.preadv, os.pwritev
+    # each call moves only its first buffer's bytes
+    monkeypatch.setattr(sc.os, 'pwritev', lambda fd, bufs, off: real_write(fd, bufs[:1], off), raising=True)
+    monkeypatch.setattr(sc.os, 'preadv', lambda fd, bufs, off: real_read(fd, bufs[:1], off), raising=True)
+    cache = sc.UnitCache(tmp_path / 'c.bin')
+    cache.put(7, unit)
+    got = cache.gather(np.array([7, 7, 7]), np.array([4, 0, 2]))
+    for a, b in zip(got['object'], unit['object']):
+        assert (a is None and b is None) or np.array_equal(a, b[[4, 0, 2]])
+    os.truncate(cache.path, cache.path.stat().st_size - 1)
+    with pytest.raises(OSError, match='ends before a record'):
+        cache.gather(np.array([7]), np.array([4]))
+    cache.close()
+    assert not cache.path.exists()
