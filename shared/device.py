@@ -1,9 +1,12 @@
 """The device a command runs on, checked before any work starts (both stages' `--device`)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from shared.config import ConfigError
 
-__all__ = ['pick_device']
+__all__ = ['pick_device', 'torch_threads']
 
 
 def pick_device(requested: str) -> str:
@@ -28,3 +31,17 @@ def pick_device(requested: str) -> str:
             raise ConfigError(f'--device {requested}: this machine has {count} CUDA device(s), '
                               f'cuda:0 to cuda:{count - 1}')
     return requested
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """torch's intra-op threads at `n` for the block, and as they were after (code that runs
+    `main` in process, tests and benchmarks, must not leave its setting behind)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)

@@ -31,7 +31,6 @@ prints its error and the others still run. The table comes last.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import platform
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 
 from shared.config import ConfigError
-from shared.device import pick_device
+from shared.device import pick_device, torch_threads
 from shared.logs import setup_logging
 from train.captions import CaptionData
 from shared.store import StoreSpec, VideoResult, create_store, pack_chunk
@@ -277,7 +276,7 @@ def epoch_rates(cfg: RunCfg, feed: TrainFeed | StreamFeed, dev: torch.device, ba
     step(*warm)
     rates = []
     for epoch in range(epochs):
-        with step_threads(feed, epoch) if threads is None else _threads(threads) as used:
+        with step_threads(feed, epoch) if threads is None else torch_threads(threads) as used:
             _sync(dev)
             t0, n = time.perf_counter(), 0
             total = torch.zeros((), dtype=torch.float64, device=dev)
@@ -289,16 +288,6 @@ def epoch_rates(cfg: RunCfg, feed: TrainFeed | StreamFeed, dev: torch.device, ba
         if not torch.isfinite(total):
             raise RuntimeError('the loss is not finite')
     return rates
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[int]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(before)
 
 
 def _load() -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from extract.run import RunOptions
 from extract.run import main as extract_main
+from shared.device import torch_threads
 from shared.store import check_store, open_store, store_path
 
 EXPERTS = ['object', 'audio']
@@ -46,15 +47,9 @@ def _same(a: Path, b: Path) -> None:
 def reference(small_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The single-process stores, computed with one intra-op thread as Dask workers use
     (OMP_NUM_THREADS=1): the thread count changes float summation order, the sharding must not."""
-    import torch
-
     features = tmp_path_factory.mktemp('single')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         _single(small_demo, features)
-    finally:
-        torch.set_num_threads(threads)
     return features
 
 

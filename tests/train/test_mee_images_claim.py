@@ -15,12 +15,12 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from extract.run import main as extract_main
 from shared.datasets import load_manifest
 from shared.datasets.demo import MANIFEST_FILE, SUBJECTS, WORD2VEC_FILE, DemoImagesCfg, generate_images
+from shared.device import torch_threads
 from tests.conftest import DEMO_EXPERTS
 from tests.train.test_train import _args, _config
 from train.main import main as train_main
@@ -96,12 +96,8 @@ def test_images_teach_a_photo_no_training_video_shows(with_stills: tuple[Path, P
         config = tmp_path / f'mee_{len(extra)}.yaml'
         config.write_text(yaml.safe_dump(cfg))
         run = tmp_path / f'run_{len(extra)}'
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # one thread: the same numbers (and no oversubscription) on a busy machine
-        try:
+        with torch_threads(1):  # one thread: the same numbers (and no oversubscription) on a busy machine
             assert train_main(_args(data, features, config, run, '--seeds', ','.join(map(str, SEEDS)))) == 0
-        finally:
-            torch.set_num_threads(threads)
         ranks[name] = [_mean_rank(run / f'seed{s}', data, photo) for s in SEEDS]
     n_test = len(load_manifest('demo', data).split('official').test)
     print(f'held-out photo {photo}: mean rank of its test videos among {n_test}, seeds {SEEDS}: '
@@ -124,12 +120,8 @@ def test_every_model_trains_on_videos_and_stills(model: str, with_stills: tuple[
     cfg = yaml.safe_load(config.read_text())
     cfg['data']['extra'] = [{'dataset': 'demo_images', 'split': 'official', 'rate': ALPHA}]
     config.write_text(yaml.safe_dump(cfg))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny steps: one thread is faster and keeps the result machine-independent
-    try:
+    with torch_threads(1):  # tiny steps: one thread is faster and keeps the result machine-independent
         assert train_main(_args(data, features, config, tmp_path / 'run')) == 0
-    finally:
-        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     train_videos = len(load_manifest('demo', data).split('official').train)
     assert f'data.extra demo_images/official: 80 training items, {round(ALPHA * train_videos)} drawn each epoch' in out

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from shared.datasets import load_manifest
+from shared.device import torch_threads
 from shared.store import ExpertStore, StoreError, StoreSpec, VideoResult, create_store, pack_chunk, store_path
 from train.captions import build_caption_encoder
 from train.config import TrainCfg, load_run_cfg
@@ -333,9 +334,7 @@ def test_a_run_with_the_feature_cache_ends_with_the_weights_of_one_without(small
     """Epochs 2 and 3 read the first epoch's aggregated features back from the cache: the same
     batches, so the same weights to the bit. The file is removed when the run ends; a file that
     a killed run left under the same key is removed unread when the run starts again."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the step's threads follow the readers (`step_threads`): the same in both runs
-    try:
+    with torch_threads(1):  # the step's threads follow the readers (`step_threads`): the same in both runs
         plain = _run(small, tmp_path, 'plain', stream_cache=False)
         assert 'feature cache' not in capsys.readouterr().out
         run = tmp_path / 'cached' / 'seed0'
@@ -343,8 +342,6 @@ def test_a_run_with_the_feature_cache_ends_with_the_weights_of_one_without(small
         run.mkdir(parents=True)
         stale.write_bytes(b'\x00' * 4096)  # what a killed attempt leaves: not this run's to read
         cached = _run(small, tmp_path, 'cached')
-    finally:
-        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert f'aggregated features cached in {stale}' in out and 'a stale cache of a stopped run was removed' in out
     assert plain.keys() == cached.keys()
