@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -26,7 +27,8 @@ from shared.config import ConfigError
 from train.config import flat_settings
 
 __all__ = ['Dist', 'SINGLE', 'RanksError', 'init_distributed', 'teardown', 'agree', 'main_first', 'barrier',
-           'check_world', 'convert_batch_norm', 'wrap_model', 'unwrap', 'average']
+           'check_world', 'convert_batch_norm', 'wrap_model', 'unwrap', 'average', 'seed_rank', 'rng_states',
+           'restore_rng']
 
 _logger = logging.getLogger(__name__)
 
@@ -213,3 +215,39 @@ def average(ranks: Dist, value: float) -> float:
                      device='cuda' if dist.get_backend() == 'nccl' else 'cpu')
     dist.all_reduce(t)
     return t.item() / ranks.world
+
+
+def seed_rank(ranks: Dist, seed: int, *more: int) -> None:
+    """Give rank r > 0 its own torch stream, from (seed, r, *more), once the model is made (every
+    rank made the same weights from `seed`): else every rank draws the same dropout masks for its
+    own videos. Rank 0 keeps the stream one process has, so its draws are those of a one-process run."""
+    if ranks.rank:
+        torch.manual_seed(int(np.random.SeedSequence([seed, ranks.rank, *more]).generate_state(1)[0]))
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    """This process's torch generators, CPU's then the device's, as one uint8 tensor."""
+    parts = [torch.get_rng_state()]
+    if device.type == 'cuda':  # dropout on the GPU draws from the device's generator
+        parts.append(torch.cuda.get_rng_state(device))
+    return torch.cat(parts)
+
+
+def rng_states(ranks: Dist, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's generator states in rank order, for the checkpoint rank 0 writes (every rank
+    calls it: a collective of many ranks)."""
+    state = _rng_state(device)
+    if not ranks.active:
+        return [state]
+    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    parts = [torch.empty_like(state, device=dev) for _ in range(ranks.world)]
+    dist.all_gather(parts, state.to(dev))
+    return [p.cpu() for p in parts]
+
+
+def restore_rng(state: torch.Tensor, device: torch.device) -> None:
+    """Set this process's generators to `state` (`rng_states`'s entry of this rank)."""
+    cpu = torch.get_rng_state().numel()
+    torch.set_rng_state(state[:cpu].contiguous())
+    if device.type == 'cuda' and state.numel() > cpu:
+        torch.cuda.set_rng_state(state[cpu:].contiguous(), device)

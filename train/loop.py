@@ -35,7 +35,8 @@ from train.captions import build_caption_encoder
 from train.checkpoints import FINAL, FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
 from train.data import SplitData, TrainFeed, split_captions
-from train.distributed import SINGLE, Dist, average, check_world, convert_batch_norm, main_first, wrap_model
+from train.distributed import (SINGLE, Dist, average, check_world, convert_batch_norm, main_first, restore_rng,
+                               rng_states, seed_rank, wrap_model)
 from train.evaluate import embed_videos, evaluate
 from train.extra import extra_manifests, extra_train_texts, load_extra, load_source, mix_in, token_widths
 from train.init import init_weights, resolve_init
@@ -150,10 +151,11 @@ def build_state(cfg: RunCfg, device: torch.device, ranks: Dist = SINGLE) -> Trai
     return TrainState(model, opt, base, sched, step)
 
 
-def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device: torch.device,
+def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device: torch.device, seed: int,
             ranks: Dist = SINGLE) -> None:
     """Continue from `last` exactly where it left off, at an epoch's end or, when ``train.steps``
-    stopped it, at its step (weights, optimiser, schedule, generator; every rank from the same file)."""
+    stopped it, at its step (weights, optimiser, schedule, every rank's generators; every rank from
+    the same file)."""
     saved = load_model(state.model, last, device)
     try:
         state.optimizer.load_state_dict(saved['optimizer'])
@@ -164,9 +166,14 @@ def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device:
                           ) from None
     if state.scheduler is not None:
         state.scheduler.load_state_dict(saved['scheduler'])
-    torch.set_rng_state(saved['torch_rng'])
     state.epoch_steps = saved.get('epoch_steps', 0)  # checkpoints before train.steps: whole epochs
     state.epoch, state.best = saved['epoch'] + (0 if state.epoch_steps else 1), saved['best']
+    rngs = saved.get('rng') or [saved['torch_rng']]  # 'torch_rng': rank 0's alone, before every rank's was kept
+    if len(rngs) == ranks.world:
+        restore_rng(rngs[ranks.rank], device)
+    else:  # another number of processes: rank 0 goes on, the others take new streams of their own
+        restore_rng(rngs[0], device)
+        seed_rank(ranks, seed, state.epoch, state.epoch_steps)
     if cfg.steps and 'steps' not in saved:
         raise ConfigError(f'{run_dir} holds a run saved before train.steps existed (its checkpoint does not '
                           'count steps): resume it with train.steps=0 and train.epochs, or pass another --run-dir')
@@ -348,6 +355,8 @@ def _follow(state: TrainState, feed: TrainFeed | StreamFeed, cfg: RunCfg, seed: 
         record = train_one_epoch(state, feed, cfg.train, seed, False, run_dir)
         if record is not None:
             average(ranks, record['train/loss'])  # rank 0's record is the mean over the ranks
+            if _checkpoint_due(state, cfg.train):  # rank 0 saves every rank's generators
+                rng_states(ranks, state.step.device)
         state.epoch += 0 if state.epoch_steps else 1
     return {}
 
@@ -410,10 +419,11 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             raise ValueError(f'batch_size {cfg.train.batch_size} is larger than the {len(train)} training videos')
         _seed_all(seed)
         state = build_state(cfg, dev, ranks)
+        seed_rank(ranks, seed)  # the same weights on every rank; its own dropout masks from here
         ckpt_dir = run_dir / 'checkpoints'
         ckpt_dir.mkdir(exist_ok=True)
         if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
-            _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, ranks)
+            _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, seed, ranks)
         else:
             if ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
                 (ckpt_dir / FROZEN).unlink(missing_ok=True)
@@ -443,7 +453,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
                     f.write(json.dumps(record) + '\n')
                 if _checkpoint_due(state, cfg.train):
                     save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
-                                    epoch=state.epoch, best=state.best, torch_rng=torch.get_rng_state(),
+                                    epoch=state.epoch, best=state.best, rng=rng_states(ranks, dev),
                                     scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
                                     world_size=ranks.world, steps=state.steps, epoch_steps=state.epoch_steps)
                 if progress:
