@@ -40,11 +40,12 @@ from shared.device import pick_device
 from shared.store import open_store, store_path
 from train.caption import caption_run, format_captions
 from train.config import load_run_cfg, settings_changed
+from train.init import resolve_init
 from train.main import CONFIG_DIR, config_path
 from train.main import main as train_main
 from train.metrics import format_results
 
-__all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'MODELS', 'QUERIES', 'WITH_IMAGES', 'IMAGES_CONFIG']
+__all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'stale_run', 'set_aside_stale', 'MODELS', 'QUERIES', 'WITH_IMAGES', 'IMAGES_CONFIG']
 
 MODELS = ('mee', 'ce', 'mmt', 'ssb')
 #: the table's row of MEE trained on the demo videos and the demo's still images, and its config
@@ -94,15 +95,35 @@ def ensure_generated(out: Path, record: str, cfg: Any, make: Callable[[Path, Any
     return out
 
 
-def _stale(run: Path, config: Path) -> str | None:
-    """How the settings of a run with a checkpoint (finished or stopped) differ from `config`'s now,
-    epochs included (a finished run is reused, not continued), or None where they do not."""
-    settings = yaml.safe_load(yaml.safe_dump({**to_dict(load_run_cfg(config)), 'seed': 0}))
+def stale_run(run: Path, config: Path, overrides: dict[str, Any] | None = None) -> str | None:
+    """Why a run (its seed0 directory) with a checkpoint, finished or stopped, is not what `config`
+    with `overrides` trains now, or None: its settings differ, epochs included (a finished run is
+    reused, not continued), or it was fine-tuned (``train.init_from``) from a checkpoint written
+    again since its own (a source trained again: same path, other weights)."""
     try:
-        diff = settings_changed(run, settings, may_change=())
-    except ConfigError as err:  # a config.yaml that no longer reads
+        cfg = resolve_init(load_run_cfg(config, overrides or {}), run, write=False)
+        diff = settings_changed(run, yaml.safe_load(yaml.safe_dump({**to_dict(cfg), 'seed': 0})), may_change=())
+    except ConfigError as err:  # a config.yaml that no longer reads, a source that is gone
         return str(err)
-    return '; '.join(diff[:3]) + (f'; and {len(diff) - 3} more' if len(diff) > 3 else '') if diff else None
+    if diff:
+        return '; '.join(diff[:3]) + (f'; and {len(diff) - 3} more' if len(diff) > 3 else '')
+    last = run / 'checkpoints' / 'last.pt'
+    if cfg.train.init_from and last.is_file() and Path(cfg.train.init_from).stat().st_mtime > last.stat().st_mtime:
+        return f'its source {cfg.train.init_from} was trained again since'
+    return None
+
+
+def set_aside_stale(run: Path, config: Path, step: str, overrides: dict[str, Any] | None = None) -> None:
+    """Move `run` to RUN.old (replacing an older one) when `stale_run` says it is stale, so that
+    it is trained again; a run without a checkpoint is left to resume."""
+    why = stale_run(run / 'seed0', config, overrides)
+    if why:
+        old = run.with_name(run.name + '.old')
+        if old.exists():
+            shutil.rmtree(old)
+        run.rename(old)
+        print(f'{step} {run} is not the run {config.name} trains now ({why}); '
+              f'moved to {old}, training again')
 
 
 def _availability_chart(features_root: Path, experts: list[str], out: Path) -> dict[str, float]:
@@ -193,14 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs.append((WITH_IMAGES, images_run, ['--config', str(IMAGES_CONFIG)], IMAGES_CONFIG))
     for i, (name, run, how, source) in enumerate(jobs):
         metrics = run / 'seed0' / 'test_metrics.json'
-        stale = _stale(run / 'seed0', source)
-        if stale:  # trained (or begun) by an earlier version of the demo config: kept aside, trained again
-            old = run.with_name(run.name + '.old')
-            if old.exists():
-                shutil.rmtree(old)
-            run.rename(old)
-            print(f'[3/5 train] {run} was trained with settings other than {source.name} has now ({stale}); '
-                  f'moved to {old}, training again')
+        # trained (or begun) by an earlier version of the demo config: kept aside, trained again
+        set_aside_stale(run, source, '[3/5 train]')
         if metrics.is_file():
             print(f'[3/5 train] reusing {run}')
         else:

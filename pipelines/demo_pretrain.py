@@ -9,7 +9,8 @@ set's object frames at `NARRATED_OBJECT_FPS`; 3. pretrain MMT (window sampling) 
 support-set model (segment sampling) on the narrated set with two torchrun processes; 4. for both
 models, evaluate the pretrained run on the demo test split (zero-shot), train from scratch on the
 demo, and fine-tune the pretrained run on it (--init-from); print the three rows and chart them.
-Each stage reuses what an earlier run finished.
+Each stage reuses what an earlier run finished; a run trained with other settings than its config's
+now, or fine-tuned from a pretrained run trained again since, is moved to RUN.old and trained again.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ import torch
 
 from extract.presets import dataset_settings
 from extract.run import main as extract_main
-from pipelines.demo import ensure_demo_data, ensure_generated
-from shared.config import data_root_default, features_root_default
+from pipelines.demo import ensure_demo_data, ensure_generated, set_aside_stale
+from shared.config import data_root_default, features_root_default, parse_overrides
 from shared.datasets import load_manifest
 from shared.datasets.demo import NARRATED_FILE, DemoCfg, NarratedCfg, generate_narrated
 from train.checkpoints import FINAL
@@ -93,8 +94,11 @@ def _finetune(model: str, data_root: Path, features_root: Path, run: Path, init:
               settings: list[str]) -> dict:
     """Train `model` on the demo from scratch, or from `init`; its test metrics (reused when done)."""
     metrics = run / 'seed0' / 'test_metrics.json'
+    config = CONFIG_DIR / f'{model}_demo_finetune.yaml'
+    set_aside_stale(run, config, '[4/5 evaluate]',
+                    {**parse_overrides(settings), **({'train.init_from': str(init)} if init is not None else {})})
     if not metrics.is_file():
-        code = train_main(['--config', str(CONFIG_DIR / f'{model}_demo_finetune.yaml'), '--data-root', str(data_root),
+        code = train_main(['--config', str(config), '--data-root', str(data_root),
                            '--features-root', str(features_root), '--run-dir', str(run), '--no-progress',
                            *(['--init-from', str(init)] if init is not None else []),
                            *(a for s in settings for a in ('--set', s))])
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for model, sample in MODELS.items():
         run = pre_runs[model]
+        set_aside_stale(run, CONFIG_DIR / f'{model}_demo_pretrain.yaml', '[3/5 pretrain]', parse_overrides(args.settings))
         if (run / 'seed0' / FINAL).is_file():  # a run of a split without a test part records its end there
             print(f'[3/5 pretrain] reusing {run}')
             continue

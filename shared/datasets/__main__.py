@@ -11,6 +11,7 @@ import sys
 
 from shared.config import data_root_default
 from shared.datasets import DatasetError, list_datasets, load_manifest, parse_dataset_options
+from shared.media import is_image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(manifest.describe())
     missing = sum(not p.exists() for p in manifest.paths)
-    print(f'  video files: {len(manifest) - missing} found, {missing} missing')
+    images = sum(map(is_image, manifest.paths))
+    kind = 'image' if images == len(manifest) else 'video' if not images else 'video and image'
+    print(f'  {kind} files: {len(manifest) - missing} found, {missing} missing')
     return 0
 
 

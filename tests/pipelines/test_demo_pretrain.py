@@ -4,6 +4,8 @@ rows for MMT and the support-set model, and the chart."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -48,4 +50,14 @@ def test_demo_pretrain_prints_three_rows_for_both_models(tmp_path: Path, capfd: 
     # a rerun reuses every stage
     assert demo_pretrain(args) == 0
     again = capfd.readouterr().out
-    assert 'reusing' in again and 'torch.distributed.run' not in again
+    assert 'reusing' in again and 'torch.distributed.run' not in again and 'moved to' not in again
+    # a pretrained run trained again since a fine-tuned run began from it: that run is trained again
+    source = tmp_path / 'runs' / 'mmt_pretrain' / 'seed0' / 'checkpoints' / 'last.pt'
+    now = time.time()
+    os.utime(source, (now, now))
+    assert demo_pretrain(args) == 0
+    again = capfd.readouterr().out
+    finetuned = tmp_path / 'runs' / 'mmt_finetuned'
+    assert f'{finetuned} is not the run mmt_demo_finetune.yaml trains now' in again and 'was trained again since' in again
+    assert again.count('moved to') == 1 and (finetuned.with_name('mmt_finetuned.old') / 'seed0').is_dir()
+    assert (finetuned / 'seed0' / 'checkpoints' / 'last.pt').stat().st_mtime > now

@@ -1,12 +1,15 @@
-"""`make demo` reuses a run (finished, or stopped with a checkpoint) only while it was trained with the
-demo config as it is now."""
+"""`make demo` and `make demo-pretrain` reuse a run (finished, or stopped with a checkpoint) only while it
+was trained with the demo config as it is now, and, fine-tuned, from its source as it is now."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 
-from pipelines.demo import _stale
+from pipelines.demo import set_aside_stale, stale_run
 from shared.config import to_dict
 from train.config import load_run_cfg
 from train.main import config_path
@@ -19,13 +22,49 @@ def test_a_run_of_an_earlier_demo_config_is_stale(tmp_path: Path) -> None:
     (run / 'checkpoints' / 'last.pt').write_bytes(b'')
     saved = {**to_dict(load_run_cfg(source)), 'seed': 0}
     (run / 'config.yaml').write_text(yaml.safe_dump(saved))
-    assert _stale(run, source) is None
+    assert stale_run(run, source) is None
     saved['model']['caption_weight'] = 10.0  # the config before a change of the shipped one
     (run / 'config.yaml').write_text(yaml.safe_dump(saved))
-    assert _stale(run, source) == 'model.caption_weight: 10.0 there, 1.0 now'
+    assert stale_run(run, source) == 'model.caption_weight: 10.0 there, 1.0 now'
     # epochs too: a finished demo run is reused as it is, never continued
     saved['model']['caption_weight'], saved['train']['epochs'] = 1.0, 5
     (run / 'config.yaml').write_text(yaml.safe_dump(saved))
-    assert _stale(run, source) == f'train.epochs: 5 there, {load_run_cfg(source).train.epochs} now'
+    assert stale_run(run, source) == f'train.epochs: 5 there, {load_run_cfg(source).train.epochs} now'
     (run / 'config.yaml').write_text('model: [')  # unreadable: trained again, not a traceback
-    assert 'config.yaml' in _stale(run, source)
+    assert 'config.yaml' in stale_run(run, source)
+
+
+def _run(run: Path, settings: dict) -> None:
+    (run / 'checkpoints').mkdir(parents=True)
+    (run / 'checkpoints' / 'last.pt').write_bytes(b'')
+    (run / 'config.yaml').write_text(yaml.safe_dump({**settings, 'seed': 0}))
+
+
+def test_a_run_fine_tuned_from_a_source_trained_again_since_is_set_aside(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    source = tmp_path / 'source.pt'
+    torch.save({}, source)
+    config = config_path('ssb', 'demo', None)
+    settings = to_dict(load_run_cfg(config, {'train.init_from': str(source)}))
+    run = tmp_path / 'ssb_finetuned'
+    _run(run / 'seed0', settings)
+    old = run.with_name('ssb_finetuned.old')
+    (old / 'seed0').mkdir(parents=True)  # an earlier one set aside: replaced
+    last = run / 'seed0' / 'checkpoints' / 'last.pt'
+    os.utime(source, (last.stat().st_mtime - 5,) * 2)
+    set_aside_stale(run, config, '[4/5]', {'train.init_from': str(source)})
+    assert run.is_dir() and capsys.readouterr().out == ''  # the source is older: reused
+    assert stale_run(run / 'seed0', config) is not None  # without its source: another run
+    os.utime(source, (last.stat().st_mtime + 5,) * 2)
+    set_aside_stale(run, config, '[4/5]', {'train.init_from': str(source)})
+    assert not run.exists() and (old / 'seed0' / 'checkpoints' / 'last.pt').is_file()
+    assert f'its source {source.resolve()} was trained again since' in capsys.readouterr().out
+
+
+def test_a_run_without_a_checkpoint_is_left_to_resume(tmp_path: Path) -> None:
+    config = config_path('mmt', 'demo', None)
+    run = tmp_path / 'mmt'
+    (run / 'seed0').mkdir(parents=True)
+    (run / 'seed0' / 'config.yaml').write_text('other: settings')
+    set_aside_stale(run, config, '[3/5]')
+    assert run.is_dir() and not run.with_name('mmt.old').exists()

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from shared.datasets import load_manifest
+from shared.datasets.__main__ import main as datasets_main
 from shared.datasets.demo import (IMAGES_FILE, SUBJECTS, DemoCfg, DemoImagesCfg, _images_plan, _plan, generate_images,
                                   main)
 from shared.datasets.manifest import AnnotationsMissing
@@ -52,6 +53,9 @@ def test_generator_writes_stills_the_adapter_reads(tmp_path: Path, capsys: pytes
         if im['word']:  # the word's white box near the bottom, as in the videos
             assert (pixels[150:230].min(axis=-1) > 235).mean() > 0.05
     assert 10 < worded < 30
+    m.paths[0].unlink()  # the datasets CLI counts them as what they are
+    assert datasets_main(['demo_images', '--data-root', str(tmp_path)]) == 0
+    assert 'image files: 39 found, 1 missing' in capsys.readouterr().out
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
