@@ -286,8 +286,8 @@ def test_gpt_word_features_are_frozen() -> None:
         assert not torch.allclose(model.encode_text(text).emb, first)
 
 
-def _with_dropout(tmp: Path, epochs: int, p: float = 0.3) -> Path:
-    path = _transformer_config(tmp, 'mmt', epochs)
+def _with_dropout(tmp: Path, epochs: int, p: float = 0.3, model: str = 'mmt') -> Path:
+    path = _transformer_config(tmp, model, epochs)
     cfg = yaml.safe_load(path.read_text())
     cfg['model']['transformer']['dropout'] = cfg['model']['text']['dropout'] = p
     path.write_text(yaml.safe_dump(cfg))
