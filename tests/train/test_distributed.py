@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from tests.train.ddp_step import CASES, one_step
-from tests.train.test_train import _args, _config, _with_dropout
+from tests.train.test_train import _args, _with_dropout
 from train.main import main as train_main
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node']
