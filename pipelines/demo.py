@@ -45,7 +45,8 @@ from train.main import CONFIG_DIR, config_path
 from train.main import main as train_main
 from train.metrics import format_results
 
-__all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'stale_run', 'set_aside_stale', 'MODELS', 'QUERIES', 'WITH_IMAGES', 'IMAGES_CONFIG']
+__all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'stale_run', 'set_aside_stale', 'MODELS', 'QUERIES',
+           'WITH_IMAGES', 'IMAGES_CONFIG']
 
 MODELS = ('mee', 'ce', 'mmt', 'ssb')
 #: the table's row of MEE trained on the demo videos and the demo's still images, and its config

@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for model, sample in MODELS.items():
         run = pre_runs[model]
-        set_aside_stale(run, CONFIG_DIR / f'{model}_demo_pretrain.yaml', '[3/5 pretrain]', parse_overrides(args.settings))
+        set_aside_stale(run, CONFIG_DIR / f'{model}_demo_pretrain.yaml', '[3/5 pretrain]',
+                        parse_overrides(args.settings))
         if (run / 'seed0' / FINAL).is_file():  # a run of a split without a test part records its end there
             print(f'[3/5 pretrain] reusing {run}')
             continue

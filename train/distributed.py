@@ -247,6 +247,7 @@ def rng_states(ranks: Dist, device: torch.device) -> list[torch.Tensor]:
 
 def restore_rng(state: torch.Tensor, device: torch.device) -> None:
     """Set this process's generators to `state` (`rng_states`'s entry of this rank)."""
+    state = state.cpu()  # a checkpoint loaded onto the GPU: generator states are set from host bytes
     cpu = torch.get_rng_state().numel()
     torch.set_rng_state(state[:cpu].contiguous())
     if device.type == 'cuda' and state.numel() > cpu:
