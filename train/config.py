@@ -119,6 +119,11 @@ class TrainCfg:
         steps: train for this many optimisation steps in all, in place of `epochs` (MMT counts
             steps: 2M pretraining on HowTo100M, 50k fine-tuning; sec. 4.2); the last epoch stops
             part way, and a resumed run continues it from the step it stopped at; 0: `epochs`.
+        epoch_unit: what `epochs` counts. ``videos``: an epoch takes every training video once,
+            with one of its captions at random (CE's and MEE's epochs). ``pairs``: passes over
+            every (video, caption) pair, as the support-set paper counts them ("180K video-text
+            pairs for 20 epochs", appendix 6.1): the run trains ceil(epochs x pairs / batch_size)
+            steps (as `steps` does), in epochs of one caption a video each; ``data.sample: video`` only.
         loss: ``max_margin``, ``hard_negative`` or ``info_nce``; margin / temperature for them.
         lr_step, lr_gamma: multiply the learning rate by gamma every lr_step epochs, or every lr_step
             optimisation steps with ``lr_step_unit: step`` (MMT: 0.95 every 1,000 steps); 0: constant.
@@ -165,6 +170,7 @@ class TrainCfg:
     weight_decay: float = 1e-3
     epochs: int = 20
     steps: int = 0
+    epoch_unit: str = 'videos'
     batch_size: int = 64
     loss: str = 'max_margin'
     margin: float = 0.09
@@ -210,6 +216,10 @@ class TrainCfg:
             raise ValueError('train.lr_step_unit must be epoch or step')
         if self.selection not in ('geometric_mean', 'last'):
             raise ValueError('train.selection must be geometric_mean or last')
+        if self.epoch_unit not in ('videos', 'pairs'):
+            raise ValueError(f'train.epoch_unit must be videos or pairs, got {self.epoch_unit!r}')
+        if self.epoch_unit == 'pairs' and self.steps:
+            raise ValueError('train.epoch_unit pairs counts the steps from train.epochs: leave train.steps at 0')
         _check_streaming(self)
 
 

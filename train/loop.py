@@ -230,6 +230,23 @@ def _more(state: TrainState, cfg: TrainCfg) -> bool:
     return state.steps < cfg.steps if cfg.steps else state.epoch < cfg.epochs
 
 
+def _pair_steps(cfg: RunCfg, pairs: int, videos: int, say: bool) -> RunCfg:
+    """`cfg` with ``train.epoch_unit: pairs`` made its count of steps (config.yaml keeps the
+    epochs, from which a resumed run counts the same steps again)."""
+    t = cfg.train
+    if t.epoch_unit != 'pairs':
+        return cfg
+    if cfg.data.sample != 'video':
+        raise ConfigError(f'train.epoch_unit pairs counts the captions of whole videos; data.sample {cfg.data.sample} '
+                          'draws windows or segments: use train.epoch_unit videos (or train.steps)')
+    steps = math.ceil(t.epochs * pairs / t.batch_size)
+    if say:
+        print(f'train.epoch_unit pairs: {t.epochs} epochs over the {pairs:,} (video, caption) pairs at batch '
+              f'{t.batch_size} = {steps:,} steps ({steps / max(videos // t.batch_size, 1):.1f} epochs of one '
+              f'caption of each of the {videos:,} videos)')
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, steps=steps, epoch_unit='videos'))
+
+
 def _checkpoint_due(state: TrainState, cfg: TrainCfg) -> bool:
     """last.pt is written after the epoch just trained: every `checkpoint_every` epochs, after an
     epoch that train.steps stopped part way, and after the run's last epoch (its end is read from it)."""
@@ -397,6 +414,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False,
                           sampler, cache('train'))
         held.callback(_close, train)
+        pairs, videos = len(train.caption_video), len(train)  # the run's own, before extra sources join
         extra = load_extra(sources, len(train), features_root, manifest.name, experts, captions, ranks.main)
         if extra is not None:  # in memory: one part; streamed: the stream takes the draws in (`train.stream`)
             if isinstance(train, StreamedPart):
@@ -417,6 +435,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
         if len(train) < cfg.train.batch_size:
             raise ValueError(f'batch_size {cfg.train.batch_size} is larger than the {len(train)} training videos')
+        cfg = _pair_steps(cfg, pairs, videos, ranks.main)
         _seed_all(seed)
         state = build_state(cfg, dev, ranks)
         seed_rank(ranks, seed)  # the same weights on every rank; its own dropout masks from here

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from train.main import main as train_main
 
@@ -68,3 +69,24 @@ def test_a_streamed_run_resumed_part_way_through_an_epoch_ends_with_the_uninterr
     a, b = _last(whole), _last(resumed)
     assert a['steps'] == b['steps'] == 5
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+
+
+def test_epochs_over_pairs_train_the_steps_of_every_caption_pass(tiny: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """``train.epoch_unit: pairs`` (the support-set paper's epochs over every video-text pair): the
+    tiny set's 8 videos have 2 captions each, so 3 epochs at batch 4 are ceil(3 x 16 / 4) = 12
+    steps, 6 epochs of one caption a video; config.yaml keeps what was asked for."""
+    run = tmp_path / 'pairs'
+    assert train_main(tiny_args(tiny, run, '--set', 'train.epoch_unit=pairs', '--set', 'train.epochs=3')) == 0
+    assert 'train.epoch_unit pairs: 3 epochs over the 16 (video, caption) pairs at batch 4 = 12 steps' in (
+        capsys.readouterr().out)
+    records = [json.loads(line) for line in (run / 'seed0' / 'metrics.jsonl').read_text().splitlines()]
+    assert [(r['epoch'], r['step']) for r in records] == [(e, 2 * e) for e in range(1, 7)]
+    saved = yaml.safe_load((run / 'seed0' / 'config.yaml').read_text())['train']
+    assert (saved['epoch_unit'], saved['epochs'], saved['steps']) == ('pairs', 3, 0)
+    # the same command again finds the run finished (its steps counted alike), and both settings at once are refused
+    assert train_main(tiny_args(tiny, run, '--set', 'train.epoch_unit=pairs', '--set', 'train.epochs=3')) == 0
+    assert 'resuming' in capsys.readouterr().out and len((run / 'seed0' / 'metrics.jsonl').read_text().splitlines()) == 6
+    assert train_main(tiny_args(tiny, tmp_path / 'both', '--set', 'train.epoch_unit=pairs', '--set',
+                                'train.steps=5')) == 1
+    assert 'leave train.steps at 0' in capsys.readouterr().err
