@@ -114,7 +114,8 @@ class TrainCfg:
     """Optimisation.
 
     Args:
-        optimizer: ``adam``, ``adamw`` or ``ranger`` (RAdam + Lookahead, k=6, alpha=0.5, as CE).
+        optimizer: ``adam``, ``adamw`` or ``ranger`` (RAdam + Lookahead, k=6, alpha=0.5, as CE: Ranger
+            9.3.19's betas 0.95/0.999, eps 1e-5 and decoupled weight decay; `train.optim`).
         lr, weight_decay, epochs, batch_size: as usual.
         steps: train for this many optimisation steps in all, in place of `epochs` (MMT counts
             steps: 2M pretraining on HowTo100M, 50k fine-tuning; sec. 4.2); the last epoch stops

@@ -54,7 +54,11 @@ def build_optimizer(cfg: TrainCfg, model: torch.nn.Module) -> tuple[Any, torch.o
     elif cfg.optimizer == 'adamw':
         base = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     elif cfg.optimizer == 'ranger':
-        base = torch.optim.RAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # CE sec. 4.1 names Ranger's implementation ("implementation by [59]", Ranger 9.3.19, the copy in
+        # the CE release): its RAdam has beta1 0.95 and eps 1e-5, and decays weights apart from the
+        # gradient (p -= wd * lr * p, as AdamW), not as an L2 term that the adaptive step rescales
+        base = torch.optim.RAdam(params, lr=cfg.lr, betas=(0.95, 0.999), eps=1e-5, weight_decay=cfg.weight_decay,
+                                 decoupled_weight_decay=True)
         return Lookahead(base, k=6, alpha=0.5), base
     else:
         raise ValueError(f'unknown optimizer {cfg.optimizer!r} (adam, adamw, ranger)')
