@@ -62,6 +62,9 @@ def test_every_finetuning_config_loads_and_starts_from_the_pretraining_run(paper
                     cfg.train.lr_gamma) == (50_000, 32, 5e-5, 1000, 'step', gamma), path
         else:  # appendix 6.2: "we reduce training epochs into quarters"
             assert cfg.train.epochs == math.ceil(scratch.train.epochs / 4) and cfg.train.steps == 0, path
+            # a quarter of the same epochs: over every (video, caption) pair where the paper counts pairs
+            assert cfg.train.epoch_unit == scratch.train.epoch_unit == (
+                'videos' if cfg.data.dataset == 'activitynet' else 'pairs'), path
 
 
 def test_make_pretrain_and_reproduce_pretrained_run_the_recipes(repo_root: Path) -> None:
