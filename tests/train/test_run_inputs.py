@@ -1,0 +1,60 @@
+"""What a careless or hostile user can do to a finished run and its collection index, as the
+commands that read them see it (`train.search`, `train.evaluate`, `train.index`): one line naming
+the input and what to do, exit code 1, no traceback."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.train.conftest import tiny_args
+from tests.train.test_cli_errors import _one_line
+
+
+@pytest.fixture(scope='module')
+def run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-epoch MEE run on the `tiny` dataset (its seed0 directory)."""
+    from train.main import main as train_main
+
+    out = tmp_path_factory.mktemp('run_inputs') / 'run'
+    assert train_main(tiny_args(tiny, out)) == 0
+    return out / 'seed0'
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / 'seed0'))
+
+
+def _search(run: Path, tiny: Path) -> list[str]:
+    return ['--run', str(run), '--query', 'a red cat', '-k', '2', '--data-root', str(tiny / 'data')]
+
+
+def _target(run: Path, tiny: Path) -> list[str]:
+    return ['--run', str(run), '--data-root', str(tiny / 'data'), '--features-root', str(tiny / 'features'),
+            '--device', 'cpu']
+
+
+@pytest.mark.parametrize('edit', ['model.embed_dim=16', 'model.experts.0.dim=4'])
+def test_a_config_yaml_edited_to_another_model_is_one_line(edit: str, run: Path, tiny: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """config.yaml edited by hand so that the checkpoint's weights no longer fit its model: torch's
+    state-dict traceback before."""
+    from train.evaluate import main as evaluate_main
+    from train.search import main as search_main
+
+    run = _copy(run, tmp_path)
+    cfg = yaml.safe_load((run / 'config.yaml').read_text())
+    key, value = edit.split('=')
+    node = cfg
+    *parents, last = key.split('.')
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    node[last] = int(value)
+    (run / 'config.yaml').write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    for main, args in ((search_main, _search(run, tiny)), (evaluate_main, _target(run, tiny))):
+        line = _one_line(main(args), capsys.readouterr().err, str(run / 'checkpoints' / 'best.pt'), 'size mismatch',
+                         'config.yaml')
+        assert 'train the run again' in line
