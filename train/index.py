@@ -33,6 +33,7 @@ import zarr
 
 from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
+from shared.device import pick_device
 from shared.files import sha256_file
 from shared.logs import setup_logging
 from shared.media import MediaError, ffmpeg_exe
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or default_out(run, manifest.name)
         shard_chunks(1, args.shard, args.num_shards)  # a bad shard number: one line before any model loads
         store = embed_collection(run, manifest, args.features_root, out, args.shard, args.num_shards,
-                                 torch.device(args.device), args.chunk_size, args.overwrite)
+                                 torch.device(pick_device(args.device)), args.chunk_size, args.overwrite)
         if not store.complete():
             print(f'shard {args.shard} of {args.num_shards} done; the index is built once every shard is')
             return 0

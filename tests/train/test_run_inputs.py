@@ -58,3 +58,19 @@ def test_a_config_yaml_edited_to_another_model_is_one_line(edit: str, run: Path,
         line = _one_line(main(args), capsys.readouterr().err, str(run / 'checkpoints' / 'best.pt'), 'size mismatch',
                          'config.yaml')
         assert 'train the run again' in line
+
+
+def _index(run: Path, tiny: Path, out: Path, *extra: str) -> list[str]:
+    return ['--run', str(run), '--dataset', 'demo', '--data-root', str(tiny / 'data'), '--features-root',
+            str(tiny / 'features'), '--out', str(out), *extra]
+
+
+@pytest.mark.parametrize('device', ['bogus', 'cuda:99'])
+def test_an_index_on_a_device_that_is_not_there_is_one_line(device: str, run: Path, tiny: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """Not torch's traceback (a bad name), nor the checkpoint called 'cut short or damaged' (no such CUDA device)."""
+    from train.index import main as index_main
+
+    line = _one_line(index_main(_index(run, tiny, tmp_path / 'index', '--device', device)), capsys.readouterr().err,
+                     f'--device {device}')
+    assert 'damaged' not in line and not (tmp_path / 'index').exists()
