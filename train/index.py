@@ -34,7 +34,7 @@ import zarr
 from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
 from shared.device import pick_device
-from shared.files import sha256_file
+from shared.files import make_dir, sha256_file
 from shared.logs import setup_logging
 from shared.media import MediaError, ffmpeg_exe
 from shared.store import StoreError, shard_chunks
@@ -186,6 +186,7 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
     """
     if chunk_size < 1:  # before any model loads
         raise ValueError(f'--chunk-size must be >= 1 video, got {chunk_size}')
+    make_dir(out, 'index folder', 'give another --out')
     loaded = load_run(run, device)
     stores = {s.name: open_expert_store(features_root, manifest.name, s.name)[0] for s in loaded.cfg.model.experts}
     for store in stores.values():  # rows are read by position: they must be the manifest's videos, in order
@@ -210,7 +211,7 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
                 shutil.rmtree(out / name, ignore_errors=True)
     store = EmbeddingStore.create(out / EMBEDDINGS, manifest, probe.emb.shape[1], probe.emb.shape[2], attrs,
                                   chunk_size)
-    (out / THUMBS).mkdir(exist_ok=True)
+    make_dir(out / THUMBS, 'thumbnail folder', 'remove that file and rerun')
     todo = store.pending(shard_chunks(store.n_chunks, shard, num_shards))
     for i, c in enumerate(todo):
         rows = store.chunk_rows(c)

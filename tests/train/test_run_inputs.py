@@ -74,3 +74,16 @@ def test_an_index_on_a_device_that_is_not_there_is_one_line(device: str, run: Pa
     line = _one_line(index_main(_index(run, tiny, tmp_path / 'index', '--device', device)), capsys.readouterr().err,
                      f'--device {device}')
     assert 'damaged' not in line and not (tmp_path / 'index').exists()
+
+
+@pytest.mark.parametrize('blocked', ['out', 'out/thumbs'])
+def test_an_index_folder_that_is_a_file_is_one_line(blocked: str, run: Path, tiny: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """--out, or the thumbnail folder inside it, a file already: FileExistsError's traceback before."""
+    from train.index import main as index_main
+
+    (tmp_path / blocked).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / blocked).write_text('not a folder')
+    _one_line(index_main(_index(run, tiny, tmp_path / 'out')), capsys.readouterr().err, str(tmp_path / blocked),
+              'is a file')
+    assert (tmp_path / blocked).read_text() == 'not a folder'
