@@ -87,3 +87,67 @@ def test_an_index_folder_that_is_a_file_is_one_line(blocked: str, run: Path, tin
     _one_line(index_main(_index(run, tiny, tmp_path / 'out')), capsys.readouterr().err, str(tmp_path / blocked),
               'is a file')
     assert (tmp_path / blocked).read_text() == 'not a folder'
+
+
+@pytest.fixture(scope='module')
+def index(run: Path, tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete collection index of the `tiny` dataset made by `run` (no video files: no thumbnails)."""
+    from train.index import main as index_main
+
+    out = tmp_path_factory.mktemp('index') / 'index'
+    assert index_main(_index(run, tiny, out)) == 0
+    return out
+
+
+def _damage(out: Path, how: str) -> Path:
+    """`out` damaged as `how` says; the file or folder the error must name."""
+    import json
+    import os
+
+    if how == 'index.json garbage':
+        (out / 'faiss' / 'index.json').write_text('{not json')
+        return out / 'faiss'
+    if how.startswith('.faiss'):
+        f = next((out / 'faiss').glob('*.faiss'))
+        f.write_bytes(os.urandom(300) if how == '.faiss garbage' else f.read_bytes()[:len(f.read_bytes()) // 2])
+        return out / 'faiss'
+    if how == 'rows.npz missing':
+        (out / 'faiss' / 'rows.npz').unlink()
+        return out / 'faiss'
+    store = out / 'embeddings.zarr'
+    shutil.rmtree(out / 'faiss')  # the index is built again from the store, which is read whole
+    if how == 'zarr.json garbage':
+        (store / 'zarr.json').write_text('{')
+    elif how == 'status array missing':
+        shutil.rmtree(store / 'status')
+    elif how == 'chunk_size attribute missing':
+        meta = json.loads((store / 'zarr.json').read_text())
+        del meta['attributes']['chunk_size']
+        (store / 'zarr.json').write_text(json.dumps(meta))
+    else:  # emb chunk cut short: zstd cannot decode it
+        for f in (store / 'emb' / 'c').rglob('*'):
+            if f.is_file():
+                f.write_bytes(f.read_bytes()[:10])
+    return store
+
+
+DAMAGES = ['index.json garbage', '.faiss garbage', '.faiss cut short', 'rows.npz missing', 'zarr.json garbage',
+           'status array missing', 'chunk_size attribute missing', 'emb chunk cut short']
+
+
+@pytest.mark.parametrize('how', DAMAGES)
+def test_a_damaged_index_is_one_line_naming_it(how: str, index: Path, run: Path, tiny: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """A rerun of the index command over a damaged index (as `pipelines.serve` loads it: `build_index`):
+    FAISS's RuntimeError, zarr's KeyError or zstd's error tracebacks before, or JSON's message naming no file."""
+    from train.index import main as index_main
+
+    out = Path(shutil.copytree(index, tmp_path / 'index'))
+    damaged = _damage(out, how)
+    capsys.readouterr()
+    code, err = index_main(_index(run, tiny, out)), capsys.readouterr().err
+    assert code == 1 and 'Traceback' not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith('error: ')]  # zstd's own reason says 'error' too
+    assert len(lines) == 1 and str(damaged) in lines[0] and 'cut short or damaged' in lines[0], err
+    assert 'Remove' in lines[0]
+
