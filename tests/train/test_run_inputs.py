@@ -151,3 +151,19 @@ def test_a_damaged_index_is_one_line_naming_it(how: str, index: Path, run: Path,
     assert len(lines) == 1 and str(damaged) in lines[0] and 'cut short or damaged' in lines[0], err
     assert 'Remove' in lines[0]
 
+
+def test_a_gallery_of_another_model_is_one_line(run: Path, tiny: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """gallery.pt copied in from a run of another model (2 experts of 5 dims here): einsum's traceback before."""
+    import torch
+
+    from train.search import main as search_main
+
+    run = _copy(run, tmp_path)
+    gallery = torch.load(run / 'gallery.pt', weights_only=True)
+    n = len(gallery['video_ids'])
+    torch.save({**gallery, 'emb': torch.randn(n, 2, 5), 'available': torch.ones(n, 2, dtype=torch.bool)},
+               run / 'gallery.pt')
+    capsys.readouterr()
+    _one_line(search_main(_search(run, tiny)), capsys.readouterr().err, str(run / 'gallery.pt'), 'another model',
+              'Rerun the training command')
