@@ -141,8 +141,12 @@ def load_yaml(cls: type[T], path: str | os.PathLike, overrides: dict[str, Any] |
     for key, value in (overrides or {}).items():
         node = data
         *parents, last = key.split('.')
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):  # train.lr.x=1: lr is a value, nothing can be set inside it
+                section = '.'.join(parents[:i + 1])
+                raise ConfigError(f'{path}: cannot set {key}: {section} is a single value ({node!r:.40}), not a '
+                                  f'section of settings; set {section} itself')
         node[last] = value
     return from_dict(cls, data, where=str(path))
 

@@ -46,7 +46,7 @@ __all__ = [
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
     'ROW_CHUNK', 'SHARD_FROM_VIDEOS', 'AUTO_CHUNKS_PER_SHARD', 'ExpertStore', 'store_path', 'is_store',
     'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
-    'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'signals_deferred', 'CheckReport',
+    'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'signals_deferred', 'unreadable', 'CheckReport',
     'check_store', 'main',
 ]
 
@@ -979,6 +979,20 @@ def signals_deferred() -> Any:
             signal.signal(s, handler)
         if got:
             signal.raise_signal(got[0])
+
+
+@contextlib.contextmanager
+def unreadable(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """Files of `path` that cannot be read inside the block (JSON or a chunk cut short, an array or
+    attribute missing, a FAISS file of garbage) are one StoreError naming `what` `path` and `fix`,
+    not the reader's own error: zarr, numcodecs and FAISS raise ValueError, KeyError, RuntimeError ..."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except (ValueError, KeyError, RuntimeError, OSError, EOFError) as err:
+        raise StoreError(f'{what} {path} cannot be read ({_first_line(err)[:160]}): it was cut short or damaged. '
+                         f'{fix}') from None
 
 
 # ----------------------------------------------------------------------------------------- check

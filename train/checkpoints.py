@@ -97,9 +97,21 @@ def load_checkpoint(path: Path, map_location: Any = 'cpu') -> dict[str, Any]:
 
 
 def load_model(model: RetrievalModel, path: Path, map_location: Any = 'cpu') -> dict[str, Any]:
-    """Load a checkpoint's weights into `model` (every key must match); returns the checkpoint."""
+    """Load a checkpoint's weights into `model` (every key must match); returns the checkpoint.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read, or its weights do not fit `model` (a run's
+            config.yaml edited since, or a checkpoint of another model put in its place).
+    """
     state = load_checkpoint(path, map_location)
-    model.load_state_dict(by_expert_name(state['model'], model))
+    try:
+        model.load_state_dict(by_expert_name(state['model'], model))
+    except RuntimeError as err:
+        # torch lists every mismatched key over many lines: the first names the kind of mismatch
+        detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))[:160]
+        raise CheckpointError(f'{path} does not fit the {type(model).__name__} model its run\'s config.yaml '
+                              f'describes ({detail}): put back the config.yaml the run was trained with (or the '
+                              'checkpoint of this config), or train the run again') from None
     return state
 
 

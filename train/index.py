@@ -18,6 +18,7 @@ the search index (`train.search_index`) is built beside it. The layout under --o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -33,10 +34,11 @@ import zarr
 
 from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
-from shared.files import sha256_file
+from shared.device import pick_device
+from shared.files import make_dir, sha256_file
 from shared.logs import setup_logging
 from shared.media import MediaError, ffmpeg_exe
-from shared.store import StoreError, shard_chunks
+from shared.store import StoreError, shard_chunks, unreadable
 from train.config import RunCfg
 from train.data import aggregate, open_expert_store
 from train.models.base import RetrievalModel, VideoEmbedding
@@ -60,11 +62,18 @@ class EmbeddingStore:
         if not (path / 'zarr.json').is_file():
             raise StoreError(f'no embedding store at {path}: make it with python -m train.index')
         self.path = path
-        self.group = zarr.open_group(str(path), mode='r+', zarr_format=3)
-        self.attrs = dict(self.group.attrs)
-        self.n_videos = int(self.group['status'].shape[0])
-        self.chunk_size = int(self.attrs['chunk_size'])
+        with self.readable():
+            self.group = zarr.open_group(str(path), mode='r+', zarr_format=3)
+            self.attrs = dict(self.group.attrs)
+            self.n_videos = int(self.group['status'].shape[0])
+            self.chunk_size = int(self.attrs['chunk_size'])
+            for name in ('video_ids', 'paths', 'emb', 'available'):
+                self.group[name]  # noqa: B018 - each array is there (KeyError)
         self.n_chunks = -(-self.n_videos // self.chunk_size)
+
+    def readable(self) -> contextlib.AbstractContextManager[None]:
+        """What cannot be read of the store in the block is one StoreError naming it and the fix."""
+        return unreadable(self.path, 'embedding store', f'Remove {self.path.parent} and index again')
 
     @classmethod
     def create(cls, path: Path, manifest: Manifest, n_emb: int, dim: int, attrs: dict,
@@ -120,7 +129,8 @@ class EmbeddingStore:
 
     def pending(self, chunks: range) -> list[int]:
         status = self.group['status']
-        return [c for c in chunks if not np.asarray(status[self.chunk_rows(c).start:self.chunk_rows(c).stop]).all()]
+        with self.readable():
+            return [c for c in chunks if not np.asarray(status[self.chunk_rows(c).start:self.chunk_rows(c).stop]).all()]
 
     def write(self, chunk: int, emb: VideoEmbedding) -> None:
         """One whole chunk; `status` last, so a chunk cut short reads as pending."""
@@ -135,8 +145,10 @@ class EmbeddingStore:
     def read(self) -> tuple[list[str], list[str], VideoEmbedding]:
         """(video ids, paths inside the dataset root, embeddings) of every video."""
         g = self.group
-        return ([str(v) for v in g['video_ids'][:]], [str(p) for p in g['paths'][:]],
-                VideoEmbedding(torch.from_numpy(np.asarray(g['emb'][:])), torch.from_numpy(np.asarray(g['available'][:]))))
+        with self.readable():
+            return ([str(v) for v in g['video_ids'][:]], [str(p) for p in g['paths'][:]],
+                    VideoEmbedding(torch.from_numpy(np.asarray(g['emb'][:])),
+                                   torch.from_numpy(np.asarray(g['available'][:]))))
 
 
 def thumbnail(video: Path, out: Path) -> bool:
@@ -185,6 +197,7 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
     """
     if chunk_size < 1:  # before any model loads
         raise ValueError(f'--chunk-size must be >= 1 video, got {chunk_size}')
+    make_dir(out, 'index folder', 'give another --out')
     loaded = load_run(run, device)
     stores = {s.name: open_expert_store(features_root, manifest.name, s.name)[0] for s in loaded.cfg.model.experts}
     for store in stores.values():  # rows are read by position: they must be the manifest's videos, in order
@@ -209,7 +222,7 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
                 shutil.rmtree(out / name, ignore_errors=True)
     store = EmbeddingStore.create(out / EMBEDDINGS, manifest, probe.emb.shape[1], probe.emb.shape[2], attrs,
                                   chunk_size)
-    (out / THUMBS).mkdir(exist_ok=True)
+    make_dir(out / THUMBS, 'thumbnail folder', 'remove that file and rerun')
     todo = store.pending(shard_chunks(store.n_chunks, shard, num_shards))
     for i, c in enumerate(todo):
         rows = store.chunk_rows(c)
@@ -281,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or default_out(run, manifest.name)
         shard_chunks(1, args.shard, args.num_shards)  # a bad shard number: one line before any model loads
         store = embed_collection(run, manifest, args.features_root, out, args.shard, args.num_shards,
-                                 torch.device(args.device), args.chunk_size, args.overwrite)
+                                 torch.device(pick_device(args.device)), args.chunk_size, args.overwrite)
         if not store.complete():
             print(f'shard {args.shard} of {args.num_shards} done; the index is built once every shard is')
             return 0

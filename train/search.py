@@ -14,6 +14,7 @@ import torch
 
 from shared.config import ConfigError, data_root_default
 from train.captions import CaptionEncoder, build_caption_encoder
+from train.checkpoints import GALLERY, CheckpointError
 from train.config import RunCfg
 from train.models.base import RetrievalModel, TextEmbedding, VideoEmbedding
 from train.runs import load_run, run_seeds
@@ -59,6 +60,11 @@ class Searcher:
         """The `k` best gallery videos for `query` with their scores (ValueError: a query the text
         encoder sees nothing of, whose ranking would be the same for any such query)."""
         text = encode_query(self.model, self.captions, query)
+        if text.emb.shape[1:] != self.gallery.emb.shape[1:]:  # a gallery.pt copied from another run
+            raise CheckpointError(f'{self.run / GALLERY} holds embeddings of another model (experts x dims '
+                                  f'{tuple(self.gallery.emb.shape[1:])}, this run\'s model makes '
+                                  f'{tuple(text.emb.shape[1:])}). Rerun the training command of this run: it writes '
+                                  f'{GALLERY} again from its checkpoint')
         scores = self.model.similarity(text, self.gallery)[0]
         top = torch.topk(scores, min(k, len(self.video_ids)))
         return [(self.video_ids[i], float(s)) for s, i in zip(top.values, top.indices)]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.store import unreadable
 from train.models.base import TextEmbedding, VideoEmbedding
 
 __all__ = ['APPROX_KINDS', 'IndexCfg', 'SearchIndex', 'pattern_queries', 'video_queries']
@@ -240,7 +241,16 @@ class SearchIndex:
 
     @classmethod
     def load(cls, path: Path) -> SearchIndex:
-        """The index `save` wrote under `path`."""
+        """The index `save` wrote under `path`.
+
+        Raises:
+            StoreError: a file of it cannot be read (cut short, damaged, missing).
+        """
+        with unreadable(path, 'search index', f'Remove {path}: python -m train.index builds it again'):
+            return cls._load(path)
+
+    @classmethod
+    def _load(cls, path: Path) -> SearchIndex:
         import faiss
 
         table = json.loads((path / 'index.json').read_text())

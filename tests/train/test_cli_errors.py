@@ -36,8 +36,11 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
         'embed_dim=1e9 (float)': (['--set', 'model.embed_dim=1e9'], ('model.embed_dim', 'expected int')),
         'embed_dim=10^9': (['--set', 'model.embed_dim=1000000000'], ('model.embed_dim', 'memory')),
         'run dir is a file': (['--run-dir', str(tmp / 'a_file')], (str(tmp / 'a_file'), 'is a file', '--run-dir')),
+        'set inside a value': (['--set', 'train.lr.x=1'], ('train.lr.x', 'train.lr is a single value')),
         'seeds empty': (['--seeds', ''], ('--seeds', 'integers')),
         'seeds not numbers': (['--seeds', '0,x'], ('--seeds', 'integers')),
+        'seed negative': (['--seeds', '-1'], ('--seeds', 'integers from 0')),
+        'seed 2**32': (['--seeds', str(2**32)], ('--seeds', 'integers from 0')),
         'python tag in --config': (['--config', str(evil)], (str(evil), 'can run code')),
         'python tag in --set': (['--set', 'train.epochs=!!python/object/apply:os.getpid []'], ('train.epochs',
                                                                                               'can run code')),
@@ -45,7 +48,7 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
 
 
 INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_dim=10^9', 'run dir is a file',
-          'seeds empty', 'seeds not numbers', 'python tag in --config', 'python tag in --set']
+          'set inside a value', 'seeds empty', 'seeds not numbers', 'seed negative', 'seed 2**32', 'python tag in --config', 'python tag in --set']
 
 
 @pytest.mark.parametrize('name', INPUTS)
