@@ -105,6 +105,19 @@ def _stale(run: Path, config: Path) -> str | None:
     return '; '.join(diff[:3]) + (f'; and {len(diff) - 3} more' if len(diff) > 3 else '') if diff else None
 
 
+def _set_aside_stale(run: Path, source: Path) -> None:
+    """Move `run` (its seed0 trained, or begun, by an earlier version of the demo config `source`) to
+    RUN.old, replacing an older one, so that the demo trains it again; a run of `source` stays."""
+    stale = _stale(run / 'seed0', source)
+    if stale:
+        old = run.with_name(run.name + '.old')
+        if old.exists():
+            shutil.rmtree(old)
+        run.rename(old)
+        print(f'[3/5 train] {run} was trained with settings other than {source.name} has now ({stale}); '
+              f'moved to {old}, training again')
+
+
 def _availability_chart(features_root: Path, experts: list[str], out: Path) -> dict[str, float]:
     import matplotlib
 
@@ -193,14 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs.append((WITH_IMAGES, images_run, ['--config', str(IMAGES_CONFIG)], IMAGES_CONFIG))
     for i, (name, run, how, source) in enumerate(jobs):
         metrics = run / 'seed0' / 'test_metrics.json'
-        stale = _stale(run / 'seed0', source)
-        if stale:  # trained (or begun) by an earlier version of the demo config: kept aside, trained again
-            old = run.with_name(run.name + '.old')
-            if old.exists():
-                shutil.rmtree(old)
-            run.rename(old)
-            print(f'[3/5 train] {run} was trained with settings other than {source.name} has now ({stale}); '
-                  f'moved to {old}, training again')
+        _set_aside_stale(run, source)
         if metrics.is_file():
             print(f'[3/5 train] reusing {run}')
         else:
