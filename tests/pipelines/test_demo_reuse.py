@@ -68,3 +68,37 @@ def test_a_run_without_a_checkpoint_is_left_to_resume(tmp_path: Path) -> None:
     (run / 'seed0' / 'config.yaml').write_text('other: settings')
     set_aside_stale(run, config, '[3/5]')
     assert run.is_dir() and not run.with_name('mmt.old').exists()
+
+
+def _saved_run(run: Path, source: Path, **train: object) -> None:
+    """A finished-looking seed0 of `source` under `run` (config.yaml, last.pt, test metrics), its
+    train settings changed by `train`."""
+    seed0 = run / 'seed0'
+    (seed0 / 'checkpoints').mkdir(parents=True)
+    (seed0 / 'checkpoints' / 'last.pt').write_bytes(b'')
+    (seed0 / 'test_metrics.json').write_text('{}')
+    saved = {**to_dict(load_run_cfg(source)), 'seed': 0}
+    saved['train'].update(train)
+    (seed0 / 'config.yaml').write_text(yaml.safe_dump(saved))
+
+
+def test_a_stale_run_is_moved_to_run_old_and_a_current_one_stays(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = config_path('mee', 'demo', None)
+    current, stale = tmp_path / 'current', tmp_path / 'stale'
+    _saved_run(current, source)
+    _saved_run(stale, source, epochs=1)
+    (tmp_path / 'stale.old' / 'seed0').mkdir(parents=True)  # an earlier one set aside: replaced
+    set_aside_stale(current, source, '[3/5 train]')
+    assert (current / 'seed0' / 'test_metrics.json').is_file()  # reused
+    set_aside_stale(stale, source, '[3/5 train]')
+    # its results gone from RUN (the demo trains it again), kept whole in RUN.old
+    assert not stale.exists() and (tmp_path / 'stale.old' / 'seed0' / 'test_metrics.json').is_file()
+    assert 'moved to' in capsys.readouterr().out
+
+
+def test_a_saved_setting_since_removed_makes_a_run_stale(tmp_path: Path) -> None:
+    """A config.yaml that no longer loads (a setting since removed) compares as saved: the keys of
+    either side alone are differences too."""
+    source = config_path('mee', 'demo', None)
+    _saved_run(tmp_path, source, old_setting=3)
+    assert stale_run(tmp_path / 'seed0', source) == 'train.old_setting: 3 there, None now'

@@ -38,19 +38,21 @@ def test_a_run_stops_after_its_steps_and_a_resumed_one_at_the_same_step_with_the
     assert [(r['epoch'], r['step']) for r in records] == [(1, 2), (2, 4), (3, 5)]
     assert json.loads((whole / 'seed0' / 'test_metrics.json').read_text())['t2v']['R1'] >= 0
 
-    # stopped part way through epoch 2 (step 3), then at the exact end of epoch 2 (step 4): each
-    # resumed to 5 steps ends where the uninterrupted run did
-    for stop in (3, 4):
-        resumed = tmp_path / f'resumed{stop}'
-        assert _steps(tiny, resumed, stop) == 0
-        assert _last(resumed)['steps'] == stop
+    # stopped part way through epoch 2 (step 3), at the exact end of epoch 2 (step 4), and twice in
+    # epoch 1 (steps 1, then 2: the second stop counts the steps of both): each resumed to 5 steps
+    # ends where the uninterrupted run did
+    for stops in ((3,), (4,), (1, 2)):
+        resumed = tmp_path / f'resumed{stops}'
+        for stop in stops:
+            assert _steps(tiny, resumed, stop) == 0
+            assert _last(resumed)['steps'] == stop
         capsys.readouterr()
         assert _steps(tiny, resumed, 5) == 0
         assert 'resuming' in capsys.readouterr().out
         again = _last(resumed)
         assert again['steps'] == 5 and again['epoch'] == 2
         assert again['model'].keys() == saved['model'].keys()
-        assert all(torch.equal(again['model'][k], saved['model'][k]) for k in saved['model']), stop
+        assert all(torch.equal(again['model'][k], saved['model'][k]) for k in saved['model']), stops
         assert again['scheduler']['last_epoch'] == saved['scheduler']['last_epoch']
 
     # fewer steps than a run has trained: refused, the run left as it was
@@ -90,3 +92,17 @@ def test_epochs_over_pairs_train_the_steps_of_every_caption_pass(tiny: Path, tmp
     assert train_main(tiny_args(tiny, tmp_path / 'both', '--set', 'train.epoch_unit=pairs', '--set',
                                 'train.steps=5')) == 1
     assert 'leave train.steps at 0' in capsys.readouterr().err
+
+
+def test_a_resumed_run_drops_the_metrics_lines_its_checkpoint_does_not_hold(tiny: Path, tmp_path: Path) -> None:
+    """A kill after an epoch's metrics line but before its checkpoint (or in the middle of the line)
+    leaves lines that the resumed run writes again: they are dropped, never kept twice."""
+    run = tmp_path / 'run'
+    assert _steps(tiny, run, 3) == 0
+    metrics = run / 'seed0' / 'metrics.jsonl'
+    with open(metrics, 'a', encoding='utf-8') as f:  # step 5's line of the killed attempt, then one cut short
+        f.write(json.dumps({'epoch': 3, 'step': 5, 'train/loss': 9.0}) + '\n{"epoch": 3, "st')
+    assert _steps(tiny, run, 5) == 0
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(r['epoch'], r['step']) for r in records] == [(1, 2), (2, 3), (2, 4), (3, 5)]
+    assert records[-1]['train/loss'] != 9.0

@@ -99,7 +99,7 @@ def test_a_streamed_epoch_gives_every_video_once_with_its_in_memory_inputs(small
     assert len(batches) == 240 // 16
     # which videos: each row's object features identify it (random, so unique) in the in-memory part
     keys = {whole.experts['object'].x[i].tobytes(): i for i in range(len(whole))}
-    seen = []
+    seen, picked = [], set()
     for video, text in batches:
         for name in SMALL:
             assert video[name].x.shape == (16, 6, SMALL[name])
@@ -111,8 +111,11 @@ def test_a_streamed_epoch_gives_every_video_once_with_its_in_memory_inputs(small
                 torch.testing.assert_close(getattr(video[name], field), getattr(expected[name], field), rtol=0, atol=0)
         # each caption is one of its video's own
         for row, i in zip(text.x, idx):
-            assert any(torch.equal(whole.captions.batch(np.array([c])).x[0], row) for c in whole.captions_by_video[i])
+            own = [torch.equal(whole.captions.batch(np.array([c])).x[0], row) for c in whole.captions_by_video[i]]
+            assert any(own)
+            picked.add(own.index(True))
     assert sorted(seen) == list(range(240)) and seen != sorted(seen)  # every video once, shuffled
+    assert picked == {0, 1}  # each of a video's two captions is drawn (the last one too)
 
 
 def test_batch_order_depends_on_seed_and_epoch_not_on_the_reader_processes(small: tuple[Path, Path],
@@ -377,6 +380,37 @@ def test_later_epochs_read_the_cache_not_the_stores(small: tuple[Path, Path], tm
     assert not path.exists() and part.cache.index == {}
     with pytest.raises(StoreError):  # the stores again, now that the cache is gone
         epoch(1)
+
+
+def test_a_cache_that_filled_up_part_way_gives_the_batches_of_no_cache(small: tuple[Path, Path], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills in the first epoch stops the cache growing: later epochs read the units
+    it holds from it and the rest from the stores, the batches of a run without a cache."""
+    import train.stream_cache as sc
+
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', shuffle_buffer=32, data_workers=0)
+
+    def epochs(part: StreamedPart) -> list[bytes]:
+        feed = StreamFeed(part, torch.device('cpu'), 32)
+        return [b''.join(x.numpy().tobytes() for x in (v['object'].x, v['audio'].mask, t.x))
+                for k in (0, 1) for v, t in feed.epoch(16, np.random.default_rng([0, k]))]
+
+    plain = epochs(load_part(manifest, 'official', 'train', small[1], cfg.model.experts, captions, cfg.train, False))
+    writes = [0]
+    real = sc.os.pwritev
+
+    def filling(fd: int, parts: list, offset: int) -> int:  # the disk is full after 100 videos' records
+        writes[0] += 1
+        if writes[0] > 100:
+            raise OSError(28, 'No space left on device')
+        return real(fd, parts, offset)
+
+    monkeypatch.setattr(sc.os, 'pwritev', filling)
+    part = load_part(manifest, 'official', 'train', small[1], cfg.model.experts, captions, cfg.train, False,
+                     cache=cache_path(tmp_path, tmp_path, 'train', 0))
+    assert epochs(part) == plain
+    assert part.cache.full and 0 < len(part.cache.index) < len(part.bounds) - 1
+    part.close()
 
 
 def test_a_sampled_part_has_no_cache_and_a_full_disk_none(small: tuple[Path, Path], tmp_path: Path) -> None:

@@ -257,3 +257,41 @@ def test_mmt_parameter_counts_match_the_paper(capsys: pytest.CaptureFixture) -> 
             assert round(c[key] / 1e6, 1) == millions, (config, key, c[key])
             if millions > 10:
                 assert abs(c[key] / 1e6 - millions) / millions < 0.005, (config, key, c[key])
+
+
+def test_the_captioning_loss_is_lambda_times_the_decoders_and_ignores_padding() -> None:
+    """lambda L_cross-captioning (sec. 3.1.2): the weight scales the decoder's loss, whose labels are
+    the caption's tokens only (padding is -100, never a target)."""
+    model = _model('ssb')
+    model.train()
+    video, text = _videos(6, 7), _texts(6, 7)
+    with torch.no_grad():
+        out = model(video, text)
+        losses = {}
+        for weight in (1.0, 2.5):
+            model.cfg = dataclasses.replace(model.cfg, caption_weight=weight)
+            losses[weight] = float(model.extra_loss(out, out, torch.zeros(6, 6)))
+    assert losses[2.5] == pytest.approx(2.5 * losses[1.0], rel=1e-5)
+    labels = out.extra['labels']
+    assert (~text.mask).any() and labels[~text.mask].eq(-100).all() and labels[text.mask].eq(text.x[text.mask]).all()
+
+
+def test_the_decoders_batch_norm_counts_valid_seconds_only_and_loads_as_saved() -> None:
+    """Padding seconds would skew its statistics: in training each feature is normalised by the
+    mean and variance of the valid seconds alone. A run saved with the norm loads its statistics."""
+    model = _model('ssb')
+    video = _videos(4, 5)
+    e, mask = model.video_features(video)
+    assert (~mask).any()
+    model.train()
+    bn = torch.nn.BatchNorm1d(e.shape[-1])
+    bn.load_state_dict(model.caption_bn.bn.state_dict())
+    bn.train()
+    got = model._decoder_features(e, mask)
+    torch.testing.assert_close(got[mask], bn(e[mask]))
+    assert got[~mask].eq(0).all()
+    saved = model.state_dict()
+    assert saved['caption_bn.bn.running_mean'].abs().sum() > 0  # trained statistics, not the starting ones
+    loaded = _model('ssb')
+    loaded.load_state_dict(saved)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in saved.items())
