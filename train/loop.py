@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -279,7 +280,9 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
     batches = _epoch_batches(state, feed, cfg, rng, done)
     first = next(batches, None)
     if first is None:  # train.steps had stopped the run at the epoch's last step: it ends here
-        _end_epoch(state, cfg)
+        with warnings.catch_warnings():  # its optimiser stepped in the process that stopped, not in this one
+            warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler')
+            _end_epoch(state, cfg)
         return None
     total = feed.data.epoch_size // cfg.batch_size - state.epoch_steps
     bar = tqdm(itertools.chain([first], batches), disable=not progress, unit='batch', leave=False,
