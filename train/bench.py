@@ -16,7 +16,7 @@ model: epoch 1 (the stores read, the cache written, the step on the threads the 
 apart from the later ones (read back from the cache, or with --no-stream-cache from the stores
 again); in --stream-repeats pairs, their order alternated, the load average printed beside each,
 since a shared machine's load drifts by more than the effect; in memory also on the streamed
-first epoch's threads where they are fewer. Then a whole run of the config's epochs, computed from
+first epoch's threads where they are fewer. Then a whole run of the config's epochs (or steps), computed from
 the median epoch rates: in memory the part's load (reading and aggregating the stores) comes first,
 streamed the first epoch reads them. And each data path alone (batches made, no model) in
 pairs/s: a data path slower than the step starves it. The stores (random features, written with
@@ -50,7 +50,7 @@ from shared.logs import setup_logging
 from train.captions import CaptionData
 from shared.store import StoreSpec, VideoResult, create_store, pack_chunk
 from train.data import ExpertData, SplitData, TrainFeed, aggregate
-from train.config import RunCfg, load_run_cfg
+from train.config import RunCfg, TrainCfg, load_run_cfg
 from train.optim import build_optimizer
 from train.losses import build_loss
 from train.metrics import retrieval_metrics
@@ -61,7 +61,8 @@ from shared.resources import cpu_limit
 from train.stream import StreamedPart, StreamFeed, default_readers, step_threads
 from train.stream_cache import UnitCache, cache_path
 
-__all__ = ['main', 'synthetic_split', 'stored_split', 'train_rate', 'epoch_rates', 'data_rate', 'retrieval_seconds']
+__all__ = ['main', 'synthetic_split', 'stored_split', 'train_rate', 'epoch_rates', 'data_rate', 'retrieval_seconds',
+           'config_run']
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'pipelines' / 'configs' / 'train'
 #: the paper config each model is measured with
@@ -380,9 +381,18 @@ def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: 
                 f'median of {len(first)} pairs (epoch 1 {first.min():.2f}-{first.max():.2f}, later '
                 f'{rest.min():.2f}-{rest.max():.2f}); {epochs} epochs each, streaming later: from the {later}'))
         if 'in memory' in every and 'streaming' in every:
-            _measure(rows, f'{name} a whole run of {cfg.train.epochs} epochs (its config\'s), streaming / in memory',
-                     lambda: _whole_run(every['in memory'], every['streaming'], load_s, len(whole),
-                                        cfg.train.epochs))
+            run_epochs, what = config_run(cfg.train, len(whole))
+            _measure(rows, f'{name} a whole run of its config\'s {what}, streaming / in memory',
+                     lambda: _whole_run(every['in memory'], every['streaming'], load_s, len(whole), run_epochs))
+
+
+def config_run(cfg: TrainCfg, videos: int) -> tuple[int, str]:
+    """(epochs, how to say them) of a whole run of `cfg` over `videos` training videos: its epochs,
+    or as many as its steps make (MMT's 50K steps)."""
+    if not cfg.steps:
+        return cfg.epochs, f'{cfg.epochs} epochs'
+    epochs = -(-cfg.steps // max(videos // cfg.batch_size, 1))
+    return epochs, f'{cfg.steps:,} steps ({epochs:,} epochs of {videos:,} videos)'
 
 
 def _whole_run(memory: list[tuple[float, float]], streaming: list[tuple[float, float]], load_s: float, videos: int,

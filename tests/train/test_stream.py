@@ -301,7 +301,10 @@ def test_benchmark_times_memory_against_streaming(capsys: pytest.CaptureFixture)
     the training epochs on each, the first apart from the later ones, a whole run of the config's
     epochs computed from them, and says where the later streamed epochs read from; an unknown model
     is one line."""
+    from train.bench import config_run
     from train.bench import main as bench_main
+    from train.config import load_run_cfg
+    from train.main import CONFIG_DIR
 
     assert bench_main(['--quick', '--no-train', '--no-retrieval', '--stream-models', 'mee', '--stream-videos', '64',
                        '--stream-epochs', '2', '--stream-repeats', '1']) == 0
@@ -309,7 +312,7 @@ def test_benchmark_times_memory_against_streaming(capsys: pytest.CaptureFixture)
     for row in ('MEE data path alone, in memory', 'MEE data path alone, streaming from the stores',
                 'MEE data path alone, streaming from the cache', 'MEE train, in memory, pair 1',
                 'MEE train, streaming, pair 1', 'MEE streaming / in memory',
-                'MEE a whole run of 100 epochs (its config\'s), streaming / in memory'):
+                'MEE a whole run of its config\'s 100 epochs, streaming / in memory'):
         assert row in table
     assert 'in-memory load (read whole, aggregated)' in table
     assert 'later from the cache' in table and 'load ' in table and 'error' not in table
@@ -319,6 +322,9 @@ def test_benchmark_times_memory_against_streaming(capsys: pytest.CaptureFixture)
     assert 'later from the stores' in table and 'streaming from the cache' not in table
     assert bench_main(['--no-train', '--no-retrieval', '--stream-models', 'nope']) == 1
     assert capsys.readouterr().err.strip().count('\n') == 0
+    # MMT's paper configs count 50K steps: the whole run is as many epochs of the bench's videos
+    mmt = load_run_cfg(CONFIG_DIR / 'mmt_msrvtt_1k_a.yaml').train
+    assert config_run(mmt, 128) == (12_500, '50,000 steps (12,500 epochs of 128 videos)')
 
 
 # -------------------------------------------------------------------------- the feature cache
