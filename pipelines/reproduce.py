@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--seeds', default='0,1,2',
                    help='comma list of seeds, reported as mean and std (default: %(default)s)')
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
-                   help='override a config value for training, as for python -m train (a quick check: train.epochs=1)')
+                   help='override a config value for training, as for python -m train (a quick check: train.epochs=1, '
+                        'or train.steps=100 where a config counts steps)')
     p.add_argument('--data-root', type=Path, default=data_root_default(),
                    help='directory holding one folder per dataset (default: %(default)s)')
     p.add_argument('--features-root', type=Path, default=features_root_default(),
