@@ -27,6 +27,9 @@ class Lookahead:
 
     @torch.no_grad()
     def step(self) -> None:
+        if self.steps == 0:  # the weights the run starts from: loaded after this was made (--init-from), as Ranger
+            for p, slow in zip((p for g in self.base.param_groups for p in g['params']), self.slow):
+                slow.copy_(p)
         self.base.step()
         self.steps += 1
         if self.steps % self.k == 0:

@@ -44,3 +44,16 @@ def test_ranger_takes_the_steps_of_the_implementation_ce_names() -> None:
         layer.weight.grad = g.clone()
         step.step()
     torch.testing.assert_close(layer.weight.detach(), _ranger_steps(start, grads, 0.1, 1e-3), rtol=1e-10, atol=1e-12)
+
+
+def test_ranger_keeps_weights_loaded_after_it_was_made() -> None:
+    """--init-from loads the source's weights after the optimiser is built: Lookahead's first sync
+    (step 6) pulls towards the weights of step 1, not the fresh initialisation."""
+    layer = torch.nn.Linear(4, 3, bias=False).double()
+    step, _ = build_optimizer(TrainCfg(optimizer='ranger', lr=1e-9, weight_decay=0.0), layer)
+    with torch.no_grad():
+        layer.weight.fill_(5.0)  # what init_weights does after build_state
+    for _ in range(6):
+        layer.weight.grad = torch.zeros_like(layer.weight)
+        step.step()
+    torch.testing.assert_close(layer.weight.detach(), torch.full((3, 4), 5.0, dtype=torch.float64))
