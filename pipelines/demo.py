@@ -100,16 +100,22 @@ def stale_run(run: Path, config: Path, overrides: dict[str, Any] | None = None) 
     """Why a run (its seed0 directory) with a checkpoint, finished or stopped, is not what `config`
     with `overrides` trains now, or None: its settings differ, epochs included (a finished run is
     reused, not continued), or it was fine-tuned (``train.init_from``) from a checkpoint written
-    again since its own (a source trained again: same path, other weights)."""
+    again since its own (a source trained again: same path, other weights). A config, setting or
+    source that does not load is not the run's fault: None, and the training command says what is wrong."""
+    last = run / 'checkpoints' / 'last.pt'
+    if not last.is_file():  # nothing trained: a fresh start, or one to resume
+        return None
     try:
         cfg = resolve_init(load_run_cfg(config, overrides or {}), run, write=False)
+    except ConfigError:
+        return None
+    try:
         diff = settings_changed(run, yaml.safe_load(yaml.safe_dump({**to_dict(cfg), 'seed': 0})), may_change=())
-    except ConfigError as err:  # a config.yaml that no longer reads, a source that is gone
+    except ConfigError as err:  # the run's own config.yaml no longer reads
         return str(err)
     if diff:
         return '; '.join(diff[:3]) + (f'; and {len(diff) - 3} more' if len(diff) > 3 else '')
-    last = run / 'checkpoints' / 'last.pt'
-    if cfg.train.init_from and last.is_file() and Path(cfg.train.init_from).stat().st_mtime > last.stat().st_mtime:
+    if cfg.train.init_from and Path(cfg.train.init_from).stat().st_mtime > last.stat().st_mtime:
         return f'its source {cfg.train.init_from} was trained again since'
     return None
 

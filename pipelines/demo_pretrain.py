@@ -30,7 +30,7 @@ import torch
 from extract.presets import dataset_settings
 from extract.run import main as extract_main
 from pipelines.demo import ensure_demo_data, ensure_generated, set_aside_stale
-from shared.config import data_root_default, features_root_default, parse_overrides
+from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import load_manifest
 from shared.datasets.demo import NARRATED_FILE, DemoCfg, NarratedCfg, generate_narrated
 from train.checkpoints import FINAL
@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--narrated-seconds', type=float, nargs=2, default=(n.min_duration, n.max_duration),
                         metavar=('MIN', 'MAX'), help='narrated video durations (default: %(default)s)')
     args = parser.parse_args(argv)
+    try:  # a malformed --set: one line now, not a traceback where a stage first reads it
+        parse_overrides(args.settings)
+    except ConfigError as err:
+        parser.error(str(err))
     t0 = time.time()
     try:
         narrated_cfg = NarratedCfg(args.narrated_videos, args.seed, *args.narrated_seconds)

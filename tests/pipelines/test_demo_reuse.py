@@ -102,3 +102,15 @@ def test_a_saved_setting_since_removed_makes_a_run_stale(tmp_path: Path) -> None
     source = config_path('mee', 'demo', None)
     _saved_run(tmp_path, source, old_setting=3)
     assert stale_run(tmp_path / 'seed0', source) == 'train.old_setting: 3 there, None now'
+
+
+def test_a_bad_setting_or_a_missing_run_moves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A typo in --set is the command's fault, not the run's: the run stays (training then says what
+    is wrong); a run folder that is not there yet is left to be made."""
+    source = config_path('mee', 'demo', None)
+    run = tmp_path / 'mee'
+    _saved_run(run, source)
+    set_aside_stale(run, source, '[3/5 train]', {'train.epochz': 2})
+    set_aside_stale(tmp_path / 'never', source, '[3/5 train]')
+    assert (run / 'seed0' / 'test_metrics.json').is_file() and not (tmp_path / 'mee.old').exists()
+    assert capsys.readouterr().out == ''
