@@ -381,18 +381,20 @@ def _stream_rows(rows: list[tuple[str, str, str]], name: str, cfg: RunCfg, dev: 
                 f'median of {len(first)} pairs (epoch 1 {first.min():.2f}-{first.max():.2f}, later '
                 f'{rest.min():.2f}-{rest.max():.2f}); {epochs} epochs each, streaming later: from the {later}'))
         if 'in memory' in every and 'streaming' in every:
-            run_epochs, what = config_run(cfg.train, len(whole))
+            run_epochs, what = config_run(cfg.train, len(whole), len(whole.caption_video))
             _measure(rows, f'{name} a whole run of its config\'s {what}, streaming / in memory',
                      lambda: _whole_run(every['in memory'], every['streaming'], load_s, len(whole), run_epochs))
 
 
-def config_run(cfg: TrainCfg, videos: int) -> tuple[int, str]:
-    """(epochs, how to say them) of a whole run of `cfg` over `videos` training videos: its epochs,
-    or as many as its steps make (MMT's 50K steps)."""
-    if not cfg.steps:
+def config_run(cfg: TrainCfg, videos: int, pairs: int) -> tuple[int, str]:
+    """(epochs, how to say them) of a whole run of `cfg` over `videos` training videos with `pairs`
+    captions: its epochs, or as many as its steps make (MMT's 50K steps; the support-set model's
+    epochs over every pair)."""
+    steps = cfg.run_steps(pairs)
+    if not steps:
         return cfg.epochs, f'{cfg.epochs} epochs'
-    epochs = -(-cfg.steps // max(videos // cfg.batch_size, 1))
-    return epochs, f'{cfg.steps:,} steps ({epochs:,} epochs of {videos:,} videos)'
+    epochs = -(-steps // max(videos // cfg.batch_size, 1))
+    return epochs, f'{steps:,} steps ({epochs:,} epochs of {videos:,} videos)'
 
 
 def _whole_run(memory: list[tuple[float, float]], streaming: list[tuple[float, float]], load_s: float, videos: int,

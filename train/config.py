@@ -124,7 +124,8 @@ class TrainCfg:
             with one of its captions at random (CE's and MEE's epochs). ``pairs``: passes over
             every (video, caption) pair, as the support-set paper counts them ("180K video-text
             pairs for 20 epochs", appendix 6.1): the run trains ceil(epochs x pairs / batch_size)
-            steps (as `steps` does), in epochs of one caption a video each; ``data.sample: video`` only.
+            steps (as `steps` does), in epochs of one caption a video each; the pairs are the run's
+            own training captions (not ``data.extra``'s items); ``data.sample: video`` only.
         loss: ``max_margin``, ``hard_negative`` or ``info_nce``; margin / temperature for them.
         lr_step, lr_gamma: multiply the learning rate by gamma every lr_step epochs, or every lr_step
             optimisation steps with ``lr_step_unit: step`` (MMT: 0.95 every 1,000 steps); 0: constant.
@@ -223,6 +224,14 @@ class TrainCfg:
             raise ValueError('train.epoch_unit pairs counts the steps from train.epochs: leave train.steps at 0')
         _check_streaming(self)
 
+    def run_steps(self, pairs: int) -> int:
+        """Optimisation steps of the whole run over a training part of `pairs` (video, caption)
+        pairs: `steps`, or with ``epoch_unit: pairs`` ceil(epochs x pairs / batch_size); 0 where
+        the run counts epochs."""
+        if self.epoch_unit == 'pairs':
+            return -(-self.epochs * pairs // self.batch_size)
+        return self.steps
+
 
 def _check_streaming(cfg: TrainCfg) -> None:
     """The streaming settings' ranges (`train.stream`)."""
@@ -241,6 +250,12 @@ class RunCfg:
     data: DataCfg
     model: ModelCfg
     train: TrainCfg
+
+    def __post_init__(self) -> None:
+        if self.train.epoch_unit == 'pairs' and self.data.sample != 'video':
+            raise ValueError(f'train.epoch_unit pairs counts the captions of whole videos; data.sample '
+                             f'{self.data.sample} draws windows or segments: use train.epoch_unit videos '
+                             '(or train.steps)')
 
 
 def load_run_cfg(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCfg:

@@ -153,7 +153,7 @@ def build_state(cfg: RunCfg, device: torch.device, ranks: Dist = SINGLE) -> Trai
 
 
 def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device: torch.device, seed: int,
-            ranks: Dist = SINGLE) -> None:
+            ranks: Dist = SINGLE, pairs: int = 0) -> None:
     """Continue from `last` exactly where it left off, at an epoch's end or, when ``train.steps``
     stopped it, at its step (weights, optimiser, schedule, every rank's generators; every rank from
     the same file)."""
@@ -181,10 +181,14 @@ def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device:
     state.steps = saved.get('steps', 0)
     # its results, config.yaml and metrics.jsonl are of that many epochs (steps)
     if cfg.steps and state.steps > cfg.steps:
-        raise ConfigError(f'{run_dir} holds a run that has trained {state.steps} steps, more than '
-                          f'train.steps={cfg.steps}: refused, and the run is left as it was. Pass '
-                          f'another --run-dir to train a new run of {cfg.steps} steps, or '
-                          f'train.steps={state.steps} (or more, to continue it) to use this one')
+        # train.epoch_unit pairs (`pairs` of them) made cfg.steps from the epochs: advice in epochs
+        asked = (f'the {cfg.steps} steps of train.epochs={cfg.epochs} over its pairs' if pairs
+                 else f'train.steps={cfg.steps}')
+        enough = (f'train.epochs={math.ceil(state.steps * cfg.batch_size / pairs)}' if pairs
+                  else f'train.steps={state.steps}')
+        raise ConfigError(f'{run_dir} holds a run that has trained {state.steps} steps, more than {asked}: '
+                          f'refused, and the run is left as it was. Pass another --run-dir to train a new run of '
+                          f'{cfg.steps} steps, or {enough} (or more, to continue it) to use this one')
     if not cfg.steps and state.epoch + (1 if state.epoch_steps else 0) > cfg.epochs:
         done = state.epoch + (1 if state.epoch_steps else 0)
         raise ConfigError(f'{run_dir} holds a run that has trained {done} epochs, more than '
@@ -231,20 +235,17 @@ def _more(state: TrainState, cfg: TrainCfg) -> bool:
     return state.steps < cfg.steps if cfg.steps else state.epoch < cfg.epochs
 
 
-def _pair_steps(cfg: RunCfg, pairs: int, videos: int, say: bool) -> RunCfg:
+def _pair_steps(cfg: RunCfg, pairs: int, epoch_size: int, say: bool) -> RunCfg:
     """`cfg` with ``train.epoch_unit: pairs`` made its count of steps (config.yaml keeps the
     epochs, from which a resumed run counts the same steps again)."""
     t = cfg.train
     if t.epoch_unit != 'pairs':
         return cfg
-    if cfg.data.sample != 'video':
-        raise ConfigError(f'train.epoch_unit pairs counts the captions of whole videos; data.sample {cfg.data.sample} '
-                          'draws windows or segments: use train.epoch_unit videos (or train.steps)')
-    steps = math.ceil(t.epochs * pairs / t.batch_size)
+    steps = t.run_steps(pairs)
     if say:
         print(f'train.epoch_unit pairs: {t.epochs} epochs over the {pairs:,} (video, caption) pairs at batch '
-              f'{t.batch_size} = {steps:,} steps ({steps / max(videos // t.batch_size, 1):.1f} epochs of one '
-              f'caption of each of the {videos:,} videos)')
+              f'{t.batch_size} = {steps:,} steps ({steps / max(epoch_size // t.batch_size, 1):.1f} epochs of one '
+              f'caption a video)')
     return dataclasses.replace(cfg, train=dataclasses.replace(t, steps=steps, epoch_unit='videos'))
 
 
@@ -417,7 +418,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False,
                           sampler, cache('train'))
         held.callback(_close, train)
-        pairs, videos = len(train.caption_video), len(train)  # the run's own, before extra sources join
+        pairs = len(train.caption_video)  # the run's own, before extra sources join
         extra = load_extra(sources, len(train), features_root, manifest.name, experts, captions, ranks.main)
         if extra is not None:  # in memory: one part; streamed: the stream takes the draws in (`train.stream`)
             if isinstance(train, StreamedPart):
@@ -438,14 +439,15 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
         if len(train) < cfg.train.batch_size:
             raise ValueError(f'batch_size {cfg.train.batch_size} is larger than the {len(train)} training videos')
-        cfg = _pair_steps(cfg, pairs, videos, ranks.main)
+        pairs = pairs if cfg.train.epoch_unit == 'pairs' else 0  # the resume's advice counts them
+        cfg = _pair_steps(cfg, pairs, train.epoch_size, ranks.main)
         _seed_all(seed)
         state = build_state(cfg, dev, ranks)
         seed_rank(ranks, seed)  # the same weights on every rank; its own dropout masks from here
         ckpt_dir = run_dir / 'checkpoints'
         ckpt_dir.mkdir(exist_ok=True)
         if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
-            _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, seed, ranks)
+            _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, seed, ranks, pairs)
         else:
             if ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
                 (ckpt_dir / FROZEN).unlink(missing_ok=True)

@@ -44,11 +44,14 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
         'python tag in --config': (['--config', str(evil)], (str(evil), 'can run code')),
         'python tag in --set': (['--set', 'train.epochs=!!python/object/apply:os.getpid []'], ('train.epochs',
                                                                                               'can run code')),
+        'pairs of windows': (['--set', 'train.epoch_unit=pairs', '--set', 'data.sample=window'],
+                             ('train.epoch_unit pairs', 'data.sample window')),
     }
 
 
 INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_dim=10^9', 'run dir is a file',
-          'set inside a value', 'seeds empty', 'seeds not numbers', 'seed negative', 'seed 2**32', 'python tag in --config', 'python tag in --set']
+          'set inside a value', 'seeds empty', 'seeds not numbers', 'seed negative', 'seed 2**32',
+          'python tag in --config', 'python tag in --set', 'pairs of windows']
 
 
 @pytest.mark.parametrize('name', INPUTS)

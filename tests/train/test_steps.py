@@ -87,12 +87,17 @@ def test_epochs_over_pairs_train_the_steps_of_every_caption_pass(tiny: Path, tmp
     assert [(r['epoch'], r['step']) for r in records] == [(e, 2 * e) for e in range(1, 7)]
     saved = yaml.safe_load((run / 'seed0' / 'config.yaml').read_text())['train']
     assert (saved['epoch_unit'], saved['epochs'], saved['steps']) == ('pairs', 3, 0)
-    # the same command again finds the run finished (its steps counted alike), and both settings at once are refused
+    # the same command again finds the run finished (its steps counted alike); both settings at once: refused
     assert train_main(tiny_args(tiny, run, '--set', 'train.epoch_unit=pairs', '--set', 'train.epochs=3')) == 0
-    assert 'resuming' in capsys.readouterr().out and len((run / 'seed0' / 'metrics.jsonl').read_text().splitlines()) == 6
+    assert 'resuming' in capsys.readouterr().out
+    assert len((run / 'seed0' / 'metrics.jsonl').read_text().splitlines()) == 6
     assert train_main(tiny_args(tiny, tmp_path / 'both', '--set', 'train.epoch_unit=pairs', '--set',
                                 'train.steps=5')) == 1
     assert 'leave train.steps at 0' in capsys.readouterr().err
+    # fewer epochs than it trained: refused, with advice in epochs (train.steps is refused beside pairs)
+    assert train_main(tiny_args(tiny, run, '--set', 'train.epoch_unit=pairs', '--set', 'train.epochs=2')) == 1
+    assert 'more than the 8 steps of train.epochs=2 over its pairs' in (err := capsys.readouterr().err)
+    assert 'train.epochs=3 (or more' in err
 
 
 def test_a_resumed_run_drops_the_metrics_lines_its_checkpoint_does_not_hold(tiny: Path, tmp_path: Path) -> None:

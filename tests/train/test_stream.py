@@ -324,7 +324,9 @@ def test_benchmark_times_memory_against_streaming(capsys: pytest.CaptureFixture)
     assert capsys.readouterr().err.strip().count('\n') == 0
     # MMT's paper configs count 50K steps: the whole run is as many epochs of the bench's videos
     mmt = load_run_cfg(CONFIG_DIR / 'mmt_msrvtt_1k_a.yaml').train
-    assert config_run(mmt, 128) == (12_500, '50,000 steps (12,500 epochs of 128 videos)')
+    assert config_run(mmt, 128, 640) == (12_500, '50,000 steps (12,500 epochs of 128 videos)')
+    ssb = load_run_cfg(CONFIG_DIR / 'ssb_msrvtt_1k_a.yaml').train  # 20 epochs over 20 captions a video
+    assert config_run(ssb, 128, 2560) == (400, '800 steps (400 epochs of 128 videos)')
 
 
 # -------------------------------------------------------------------------- the feature cache
