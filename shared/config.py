@@ -145,7 +145,8 @@ def load_yaml(cls: type[T], path: str | os.PathLike, overrides: dict[str, Any] |
             node = node.setdefault(p, {})
             if not isinstance(node, dict):  # train.lr.x=1: lr is a value, nothing can be set inside it
                 section = '.'.join(parents[:i + 1])
-                raise ConfigError(f'{path}: cannot set {key}: {section} is a single value ({node!r:.40}), not a '
+                kind = 'a list' if isinstance(node, list) else 'a single value'
+                raise ConfigError(f'{path}: cannot set {key}: {section} is {kind} ({node!r:.40}), not a '
                                   f'section of settings; set {section} itself')
         node[last] = value
     return from_dict(cls, data, where=str(path))

@@ -990,7 +990,9 @@ def unreadable(path: str | os.PathLike, what: str, fix: str) -> Any:
         yield
     except StoreError:
         raise
-    except (ValueError, KeyError, RuntimeError, OSError, EOFError) as err:
+    # a missing file, not a refused or failing read (a read-only mount, a disk error): those are no
+    # reason to remove what may be a good index, and keep their own message
+    except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError, EOFError) as err:
         raise StoreError(f'{what} {path} cannot be read ({_first_line(err)[:160]}): it was cut short or damaged. '
                          f'{fix}') from None
 

@@ -96,12 +96,14 @@ def load_checkpoint(path: Path, map_location: Any = 'cpu') -> dict[str, Any]:
     return state
 
 
-def load_model(model: RetrievalModel, path: Path, map_location: Any = 'cpu') -> dict[str, Any]:
+def load_model(model: RetrievalModel, path: Path, map_location: Any = 'cpu', misfit: str | None = None
+               ) -> dict[str, Any]:
     """Load a checkpoint's weights into `model` (every key must match); returns the checkpoint.
 
     Raises:
         CheckpointError: the checkpoint cannot be read, or its weights do not fit `model` (a run's
-            config.yaml edited since, or a checkpoint of another model put in its place).
+            config.yaml edited since, or a checkpoint of another model put in its place; `misfit`:
+            what to do then, where the caller knows better).
     """
     state = load_checkpoint(path, map_location)
     try:
@@ -110,8 +112,8 @@ def load_model(model: RetrievalModel, path: Path, map_location: Any = 'cpu') -> 
         # torch lists every mismatched key over many lines: the first names the kind of mismatch
         detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))[:160]
         raise CheckpointError(f'{path} does not fit the {type(model).__name__} model its run\'s config.yaml '
-                              f'describes ({detail}): put back the config.yaml the run was trained with (or the '
-                              'checkpoint of this config), or train the run again') from None
+                              f'describes ({detail}): ' + (misfit or 'put back the config.yaml the run was trained '
+                              'with (or the checkpoint of this config), or train the run again')) from None
     return state
 
 

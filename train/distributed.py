@@ -117,12 +117,16 @@ def main_first(ranks: Dist) -> Iterator[None]:
         barrier(ranks)
 
 
+def _collective_device() -> torch.device:
+    """Where the group's collectives take their tensors: this process's GPU under NCCL, else the CPU."""
+    return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+
+
 def _gather_text(text: str) -> list[str]:
     """Every rank's `text`, in rank order (as UTF-8 bytes in tensors: nothing is unpickled)."""
     data = torch.tensor(list(text.encode()), dtype=torch.uint8)
     size = torch.tensor([data.numel()], dtype=torch.int64)
-    backend_cuda = dist.get_backend() == 'nccl'
-    dev = torch.device('cuda', torch.cuda.current_device()) if backend_cuda else torch.device('cpu')
+    dev = _collective_device()
     sizes = [torch.zeros_like(size, device=dev) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size.to(dev))
     longest = int(max(s.item() for s in sizes))
@@ -211,8 +215,7 @@ def average(ranks: Dist, value: float) -> float:
     term is each rank's own captions)."""
     if not ranks.active:
         return value
-    t = torch.tensor([value], dtype=torch.float64,
-                     device='cuda' if dist.get_backend() == 'nccl' else 'cpu')
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return t.item() / ranks.world
 
@@ -239,7 +242,7 @@ def rng_states(ranks: Dist, device: torch.device) -> list[torch.Tensor]:
     state = _rng_state(device)
     if not ranks.active:
         return [state]
-    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    dev = _collective_device()
     parts = [torch.empty_like(state, device=dev) for _ in range(ranks.world)]
     dist.all_gather(parts, state.to(dev))
     return [p.cpu() for p in parts]

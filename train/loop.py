@@ -157,13 +157,15 @@ def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device:
     """Continue from `last` exactly where it left off, at an epoch's end or, when ``train.steps``
     stopped it, at its step (weights, optimiser, schedule, every rank's generators; every rank from
     the same file)."""
-    saved = load_model(state.model, last, device)
+    # the settings matched (check_resumable): what does not fit was saved by an earlier version of the model
+    fresh = f'Pass another --run-dir to train a new run, or start one from its weights with --init-from {run_dir}'
+    saved = load_model(state.model, last, device, misfit=f'saved by an earlier version of the model, it cannot be '
+                                                         f'resumed. {fresh}')
     try:
         state.optimizer.load_state_dict(saved['optimizer'])
     except ValueError as err:  # weights that loaded into a model that has more or other parameters since
         raise ConfigError(f'{run_dir} holds a run whose optimiser state does not fit this model\'s parameters '
-                          f'(saved by an earlier version of the model: {err}): it cannot be resumed. Pass another '
-                          f'--run-dir to train a new run, or start one from its weights with --init-from {run_dir}'
+                          f'(saved by an earlier version of the model: {err}): it cannot be resumed. {fresh}'
                           ) from None
     if state.scheduler is not None:
         state.scheduler.load_state_dict(saved['scheduler'])

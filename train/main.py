@@ -56,7 +56,7 @@ def parse_seeds(text: str) -> list[int]:
     """`--seeds 0,1,2` -> [0, 1, 2]; anything else is a ConfigError saying what to give."""
     items = [s.strip() for s in text.split(',')]
     # numpy's generators take seeds in [0, 2**32): another failed deep in training, its run folder made
-    if not all(s.isdigit() and int(s) < 2**32 for s in items):  # '', '0,,1' and '-1' included
+    if not all(s.isascii() and s.isdigit() and int(s) < 2**32 for s in items):  # '', '0,,1', '-1' and '²' included
         raise ConfigError(f'--seeds {text!r}: give one or more integers from 0 to {2**32 - 1} separated by commas, '
                           'e.g. --seeds 0,1,2')
     return [int(s) for s in items]

@@ -159,3 +159,21 @@ def test_a_run_whose_optimiser_state_does_not_fit_the_model_is_one_line(object_s
     assert err.startswith(f'error: {run / "seed0"} holds a run whose optimiser state does not fit') and \
         err.count('\n') == 1, err
     assert f'--init-from {run / "seed0"}' in err and 'Traceback' not in err
+
+
+def test_a_run_whose_weights_do_not_fit_the_model_any_more_is_one_line_with_resume_advice(
+        object_stores: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A weight whose shape changed since the run was saved (the settings match, so the model's code
+    changed): the line says that it cannot be resumed and what to do, not to put back config.yaml."""
+    import torch
+
+    args, run = _one_epoch(object_stores, tmp_path, capsys)
+    last = run / 'seed0' / 'checkpoints' / 'last.pt'
+    saved = torch.load(last, weights_only=True)
+    key = next(iter(saved['model']))
+    saved['model'][key] = torch.zeros(*saved['model'][key].shape[:-1], saved['model'][key].shape[-1] + 1)
+    torch.save(saved, last)
+    assert train_main([*args, '--set', 'train.epochs=2']) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'Traceback' not in err, err
+    assert 'cannot be resumed' in err and f'--init-from {run / "seed0"}' in err and 'put back' not in err

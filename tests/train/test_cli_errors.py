@@ -46,12 +46,14 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
                                                                                               'can run code')),
         'pairs of windows': (['--set', 'train.epoch_unit=pairs', '--set', 'data.sample=window'],
                              ('train.epoch_unit pairs', 'data.sample window')),
+        'seed superscript': (['--seeds', '\u00b2'], ('--seeds', 'integers from 0')),
+        'set inside a list': (['--set', 'model.experts.0.dim=4'], ('model.experts.0.dim', 'model.experts is a list')),
     }
 
 
 INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_dim=10^9', 'run dir is a file',
           'set inside a value', 'seeds empty', 'seeds not numbers', 'seed negative', 'seed 2**32',
-          'python tag in --config', 'python tag in --set', 'pairs of windows']
+          'python tag in --config', 'python tag in --set', 'pairs of windows', 'seed superscript', 'set inside a list']
 
 
 @pytest.mark.parametrize('name', INPUTS)

@@ -167,3 +167,16 @@ def test_a_gallery_of_another_model_is_one_line(run: Path, tiny: Path, tmp_path:
     capsys.readouterr()
     _one_line(search_main(_search(run, tiny)), capsys.readouterr().err, str(run / 'gallery.pt'), 'another model',
               'Rerun the training command')
+
+
+def test_a_refused_read_of_an_index_keeps_its_own_error() -> None:
+    """Only a file that is missing, cut short or garbage reads as a damaged index (whose advice is to
+    remove it); a refused read (a read-only mount, a disk error) is no reason to remove a good one."""
+    from shared.store import StoreError, unreadable
+
+    with pytest.raises(PermissionError):
+        with unreadable(Path('/idx'), 'search index', 'Remove it'):
+            raise PermissionError(13, 'Permission denied', '/idx/index.json')
+    with pytest.raises(StoreError, match='cut short or damaged'):
+        with unreadable(Path('/idx'), 'search index', 'Remove it'):
+            raise TypeError("IndexCfg() got an unexpected keyword argument 'x'")  # index.json of another shape
