@@ -114,6 +114,8 @@ class FaceExpert(VideoExpert):
         # shrunk here, on the expert's own worker thread, not on the thread that feeds every expert
         small = [self.own_frames(x.frames) for x in inputs]
         for frames, videos, rows in frame_batches(small, self.cfg.detect_batch):
+            if min(frames.shape[1:3]) * (12.0 / self.cfg.min_face_size) < 12:  # MTCNN's own test, float for float
+                continue  # no face of min_face_size fits: MTCNN's image pyramid would have no level, and raise
             boxes, probs = self.mtcnn.detect(frames)  # per frame: boxes largest first, or None
             for frame_boxes, frame_probs, v, k in zip(boxes, probs, videos, rows):
                 if frame_boxes is None or len(crops[v]) >= self.cfg.max_rows:

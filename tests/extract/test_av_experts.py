@@ -127,6 +127,21 @@ def test_faces_where_the_astronaut_is(tmp_path: Path) -> None:
     assert check_store(store.path).exit_code == 0
 
 
+def test_frames_too_small_for_a_face_are_done_without_faces(tmp_path: Path) -> None:
+    """Frames whose short side is under `min_face_size` (a 16x16 video, an 8-pixel strip) hold no
+    face: done, without rows, as a frame without faces; MTCNN's image pyramid has no level for
+    them, and its detect raised, which failed these videos."""
+    data = tmp_path / 'videos'
+    data.mkdir()
+    for name, size in (('tiny.mp4', '16x16'), ('strip.mp4', '400x8'), ('normal.mp4', '160x120')):
+        _ff('-f', 'lavfi', '-i', f'testsrc2=size={size}:rate=25:duration=2', '-c:v', 'libx264', '-pix_fmt', 'yuv444p',
+            str(data / name))
+    assert _extract(data, tmp_path / 'f', 'face', '--weights', 'random', '--chunk-size', '4') == 0
+    rows = open_store(tmp_path / 'f' / folder_name(data) / 'face.zarr', warn_random=False).read()
+    assert rows.status.tolist() == [DONE] * 3, rows.errors
+    assert not rows.available.any() and not rows.lengths.any()
+
+
 # ------------------------------------------------------------------------------------------ ocr
 
 def test_merge_words_spans_consecutive_frames() -> None:
