@@ -55,6 +55,8 @@ class FaceCfg(ExpertCfg):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.min_face_size < 1:
+            raise ValueError(f'min_face_size must be >= 1 pixel, got {self.min_face_size}')
         if self.detect_batch < 1:
             raise ValueError(f'detect_batch must be >= 1, got {self.detect_batch}')
         if self.crop not in ('native', 'detected'):

@@ -142,6 +142,22 @@ def test_frames_too_small_for_a_face_are_done_without_faces(tmp_path: Path) -> N
     assert not rows.available.any() and not rows.lengths.any()
 
 
+@pytest.mark.parametrize('setting, message', [('face.min_face_size=0', 'face: min_face_size must be >= 1 pixel'),
+                                              ('face.min_prob=nan', 'face.min_prob: expected a number, got nan')])
+def test_a_face_setting_no_face_search_can_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           setting: str, message: str) -> None:
+    """min_face_size 0 failed every video (MTCNN divides by it); a NaN min_prob made the new store
+    refuse its own settings (NaN != NaN): both are the command's fault, said before any store."""
+    data = tmp_path / 'videos'
+    data.mkdir()
+    _ff('-f', 'lavfi', '-i', 'testsrc2=size=64x48:rate=25:duration=1', '-c:v', 'libx264', '-pix_fmt', 'yuv420p',
+        str(data / 'a.mp4'))
+    assert _extract(data, tmp_path / 'f', 'face', '--weights', 'random', '--set', setting) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {message}') and err.count('\n') == 1, err
+    assert not (tmp_path / 'f').exists() or not any((tmp_path / 'f').rglob('*.zarr'))
+
+
 # ------------------------------------------------------------------------------------------ ocr
 
 def test_merge_words_spans_consecutive_frames() -> None:
