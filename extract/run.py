@@ -263,6 +263,7 @@ class _VideoWorker:
         self.queue: queue.Queue = queue.Queue(maxsize=max(depth, self.batch))
         self.results: dict[int, VideoResult] = {}
         self.error: BaseException | None = None
+        self.keep: frozenset[int] | None = None  # when set (an interrupted run), the only rows still processed
         self.busy = 0.0  # seconds spent processing
         self.blocked = 0.0  # seconds the feeding loop waited for room in the queue
         self.stream = torch.cuda.Stream(device) if torch.device(device).type == 'cuda' else None
@@ -274,10 +275,14 @@ class _VideoWorker:
         self._put((row, inputs))
         self.blocked += time.perf_counter() - t0
 
-    def collect(self, rows: Collection[int]) -> dict[int, VideoResult]:
-        """The results of `rows` (all submitted before), once processed."""
+    def collect(self, rows: Collection[int], drop_others: bool = False) -> dict[int, VideoResult]:
+        """The results of `rows` (all submitted before), once processed. With `drop_others` (an
+        interrupted run), the videos submitted after them (the unfinished chunk, redone by a rerun)
+        are dropped unprocessed, unless a batch has already taken them: the run does not wait for them."""
         import threading
 
+        if drop_others:
+            self.keep = frozenset(rows)
         flushed = threading.Event()
         self._put(flushed)
         while not flushed.wait(0.5):
@@ -333,12 +338,14 @@ class _VideoWorker:
                     if item is self._STOP:
                         return
                     if isinstance(item, threading.Event):
+                        pending = [p for p in pending if self.keep is None or p[0] in self.keep]
                         while pending:
                             self._process(pending[:self.batch])
                             pending = pending[self.batch:]
                         item.set()
                         continue
-                    pending.append(item)
+                    if self.keep is None or item[0] in self.keep:
+                        pending.append(item)
                     if len(pending) >= self.batch:
                         self._process(pending)
                         pending = []
@@ -592,13 +599,14 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     # a chunk and a half of videos may wait for a slow expert before the loop waits for it
     video_workers = {e.name: _VideoWorker(e, device, depth=opts.chunk_size * 3 // 2) for e in experts if e.per_video}
 
-    def write(chunk: _Chunk) -> None:
-        """Collect a fed chunk's results and hand its arrays to the writer thread."""
+    def write(chunk: _Chunk, interrupted: bool = False) -> None:
+        """Collect a fed chunk's results and hand its arrays to the writer thread (`interrupted`:
+        the videos fed after it are not computed)."""
         packed = {}
         for e in chunk.active:
             redo = chunk.redo[e.name]
             if e.name in video_workers:
-                got = video_workers[e.name].collect(redo)
+                got = video_workers[e.name].collect(redo, drop_others=interrupted)
                 _check_width(e, got.values())
                 chunk.results[e.name].update(got)
             feats = batchers[e.name].collect(chunk.rows)
@@ -655,7 +663,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         pool.close(kill=True)
         if fed is not None and not fed.written:
             try:  # its batches are all launched: wait for them and save it too
-                write(fed)
+                write(fed, interrupted=True)
             except Exception as err:  # noqa: BLE001 - interrupted inside the same write: that chunk is redone
                 _logger.warning('chunk %d not saved: %s', fed.index, err)
         writer.shutdown(wait=True)  # chunks already computed are still written, whole

@@ -55,6 +55,8 @@ class FaceCfg(ExpertCfg):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.min_face_size < 1:
+            raise ValueError(f'min_face_size must be >= 1 pixel, got {self.min_face_size}')
         if self.detect_batch < 1:
             raise ValueError(f'detect_batch must be >= 1, got {self.detect_batch}')
         if self.crop not in ('native', 'detected'):
@@ -114,6 +116,8 @@ class FaceExpert(VideoExpert):
         # shrunk here, on the expert's own worker thread, not on the thread that feeds every expert
         small = [self.own_frames(x.frames) for x in inputs]
         for frames, videos, rows in frame_batches(small, self.cfg.detect_batch):
+            if min(frames.shape[1:3]) * (12.0 / self.cfg.min_face_size) < 12:  # MTCNN's own test, float for float
+                continue  # no face of min_face_size fits: MTCNN's image pyramid would have no level, and raise
             boxes, probs = self.mtcnn.detect(frames)  # per frame: boxes largest first, or None
             for frame_boxes, frame_probs, v, k in zip(boxes, probs, videos, rows):
                 if frame_boxes is None or len(crops[v]) >= self.cfg.max_rows:

@@ -127,6 +127,37 @@ def test_faces_where_the_astronaut_is(tmp_path: Path) -> None:
     assert check_store(store.path).exit_code == 0
 
 
+def test_frames_too_small_for_a_face_are_done_without_faces(tmp_path: Path) -> None:
+    """Frames whose short side is under `min_face_size` (a 16x16 video, an 8-pixel strip) hold no
+    face: done, without rows, as a frame without faces; MTCNN's image pyramid has no level for
+    them, and its detect raised, which failed these videos."""
+    data = tmp_path / 'videos'
+    data.mkdir()
+    for name, size in (('tiny.mp4', '16x16'), ('strip.mp4', '400x8'), ('normal.mp4', '160x120')):
+        _ff('-f', 'lavfi', '-i', f'testsrc2=size={size}:rate=25:duration=2', '-c:v', 'libx264', '-pix_fmt', 'yuv444p',
+            str(data / name))
+    assert _extract(data, tmp_path / 'f', 'face', '--weights', 'random', '--chunk-size', '4') == 0
+    rows = open_store(tmp_path / 'f' / folder_name(data) / 'face.zarr', warn_random=False).read()
+    assert rows.status.tolist() == [DONE] * 3, rows.errors
+    assert not rows.available.any() and not rows.lengths.any()
+
+
+@pytest.mark.parametrize('setting, message', [('face.min_face_size=0', 'face: min_face_size must be >= 1 pixel'),
+                                              ('face.min_prob=nan', 'face.min_prob: expected a number, got nan')])
+def test_a_face_setting_no_face_search_can_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           setting: str, message: str) -> None:
+    """min_face_size 0 failed every video (MTCNN divides by it); a NaN min_prob made the new store
+    refuse its own settings (NaN != NaN): both are the command's fault, said before any store."""
+    data = tmp_path / 'videos'
+    data.mkdir()
+    _ff('-f', 'lavfi', '-i', 'testsrc2=size=64x48:rate=25:duration=1', '-c:v', 'libx264', '-pix_fmt', 'yuv420p',
+        str(data / 'a.mp4'))
+    assert _extract(data, tmp_path / 'f', 'face', '--weights', 'random', '--set', setting) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {message}') and err.count('\n') == 1, err
+    assert not (tmp_path / 'f').exists() or not any((tmp_path / 'f').rglob('*.zarr'))
+
+
 # ------------------------------------------------------------------------------------------ ocr
 
 def test_merge_words_spans_consecutive_frames() -> None:

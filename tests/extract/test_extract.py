@@ -18,6 +18,7 @@ from extract.decode import decode_video
 from extract.experts import create_expert, expert_names, resolve_expert_names
 from extract.run import main
 from shared.datasets.folder import folder_name
+from shared.media import ffmpeg_exe
 from shared.store import DONE, FAILED, check_store, open_store
 from tests.extract.conftest import TINY
 
@@ -711,6 +712,51 @@ def test_a_per_video_expert_thread_batches_isolates_failures_and_reports_its_dea
         for row in range(6, 6 + 2 * worker.queue.maxsize):
             worker.submit(row, VideoInput(audio=np.zeros(5, np.float32)))
     worker.close()  # returns: nothing to stop
+
+
+def test_an_interrupted_run_saves_the_fed_chunk_without_computing_the_next(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C while a chunk is fed: the chunk fed before it is saved whole, and the per-video
+    expert computes only that chunk's videos; those of the interrupted chunk, which a rerun redoes,
+    are dropped from its thread's batch instead of delaying the exit (the audio expert, real files)."""
+    from extract.experts.audio import AudioExpert
+    from extract.pool import DecodePool
+    from extract.run import RunOptions, run
+    from shared.store import PENDING
+
+    data = tmp_path / 'videos'
+    data.mkdir()
+    for i in range(4):
+        subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=64x48:rate=25:duration=1',
+                        '-f', 'lavfi', '-i', f'sine=frequency={300 + 100 * i}:duration=1', '-c:v', 'libx264', '-pix_fmt',
+                        'yuv420p', '-c:a', 'aac', '-shortest', str(data / f'v{i}.mp4')], check=True)
+    seen: list[int] = []
+    real = AudioExpert.process_batch
+    monkeypatch.setattr(AudioExpert, 'process_batch', lambda self, xs: (seen.append(len(xs)), real(self, xs))[1])
+
+    class StoppedAfterThree:  # real decoding; Ctrl-C while the fourth video (the second chunk's second) is awaited
+        def __init__(self, samplings: dict) -> None:
+            self.pool = DecodePool(samplings, workers=0)
+
+        def imap(self, items):
+            for n, video in enumerate(self.pool.imap(items)):
+                yield video
+                if n == 2:
+                    raise KeyboardInterrupt
+
+        def close(self, kill: bool = False) -> None:
+            self.pool.close(kill)
+
+    opts = RunOptions(dataset=f'folder:{data}', experts=['audio'], features_root=tmp_path / 'f', weights='random',
+                      workers=0, chunk_size=2, progress=False)
+    from extract.run import build_experts
+
+    experts = [e.load('cpu') for e in build_experts(opts)]
+    assert run(opts, loaded=experts, pool=StoppedAfterThree({'audio': experts[0].cfg.sampling_spec()})) == 130
+    store = open_store(tmp_path / 'f' / folder_name(data) / 'audio.zarr', warn_random=False)
+    assert (store.status()[:2] == DONE).all() and (store.status()[2:] == PENDING).all()
+    assert sum(seen) == 2, seen  # v0 and v1, not v2 (fed, then dropped)
+    assert run(opts, loaded=experts) == 0
+    assert (open_store(store.path, warn_random=False).status() == DONE).all() and sum(seen) == 4
 
 
 def test_preprocess_takes_the_centre_crop() -> None:
