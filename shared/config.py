@@ -81,7 +81,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         except ValueError:
             pass
     if tp is float and isinstance(value, float) and value != value:  # no setting means NaN; nor does it equal itself
-        raise ConfigError(f'{where}: expected a number, got {value!r}')
+        raise ConfigError(f'{where}: expected a finite number, got {value!r}')
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ConfigError(f'{where}: expected {tp.__name__}, got {value!r}')
     if tp is int and isinstance(value, bool):
