@@ -142,8 +142,9 @@ def test_frames_too_small_for_a_face_are_done_without_faces(tmp_path: Path) -> N
     assert not rows.available.any() and not rows.lengths.any()
 
 
-@pytest.mark.parametrize('setting, message', [('face.min_face_size=0', 'face: min_face_size must be >= 1 pixel'),
-                                              ('face.min_prob=nan', 'face.min_prob: expected a finite number, got nan')])
+@pytest.mark.parametrize('setting, message', [
+    ('face.min_face_size=0', 'face: min_face_size must be >= 1 pixel'),
+    ('face.min_prob=nan', 'face.min_prob: expected a finite number, got nan')])
 def test_a_face_setting_no_face_search_can_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                            setting: str, message: str) -> None:
     """min_face_size 0 failed every video (MTCNN divides by it); a NaN min_prob made the new store
