@@ -34,10 +34,16 @@ def test_a_run_of_an_earlier_demo_config_is_stale(tmp_path: Path) -> None:
     assert 'config.yaml' in stale_run(run, source)
 
 
-def _run(run: Path, settings: dict) -> None:
-    (run / 'checkpoints').mkdir(parents=True)
-    (run / 'checkpoints' / 'last.pt').write_bytes(b'')
-    (run / 'config.yaml').write_text(yaml.safe_dump({**settings, 'seed': 0}))
+def _saved_run(run: Path, source: Path, **train: object) -> None:
+    """A finished-looking seed0 of `source` under `run` (config.yaml, last.pt, test metrics), its
+    train settings changed by `train`."""
+    seed0 = run / 'seed0'
+    (seed0 / 'checkpoints').mkdir(parents=True)
+    (seed0 / 'checkpoints' / 'last.pt').write_bytes(b'')
+    (seed0 / 'test_metrics.json').write_text('{}')
+    saved = {**to_dict(load_run_cfg(source)), 'seed': 0}
+    saved['train'].update(train)
+    (seed0 / 'config.yaml').write_text(yaml.safe_dump(saved))
 
 
 def test_a_run_fine_tuned_from_a_source_trained_again_since_is_set_aside(tmp_path: Path,
@@ -45,9 +51,8 @@ def test_a_run_fine_tuned_from_a_source_trained_again_since_is_set_aside(tmp_pat
     source = tmp_path / 'source.pt'
     torch.save({}, source)
     config = config_path('ssb', 'demo', None)
-    settings = to_dict(load_run_cfg(config, {'train.init_from': str(source)}))
     run = tmp_path / 'ssb_finetuned'
-    _run(run / 'seed0', settings)
+    _saved_run(run, config, init_from=str(source))
     old = run.with_name('ssb_finetuned.old')
     (old / 'seed0').mkdir(parents=True)  # an earlier one set aside: replaced
     last = run / 'seed0' / 'checkpoints' / 'last.pt'
@@ -68,18 +73,6 @@ def test_a_run_without_a_checkpoint_is_left_to_resume(tmp_path: Path) -> None:
     (run / 'seed0' / 'config.yaml').write_text('other: settings')
     set_aside_stale(run, config, '[3/5]')
     assert run.is_dir() and not run.with_name('mmt.old').exists()
-
-
-def _saved_run(run: Path, source: Path, **train: object) -> None:
-    """A finished-looking seed0 of `source` under `run` (config.yaml, last.pt, test metrics), its
-    train settings changed by `train`."""
-    seed0 = run / 'seed0'
-    (seed0 / 'checkpoints').mkdir(parents=True)
-    (seed0 / 'checkpoints' / 'last.pt').write_bytes(b'')
-    (seed0 / 'test_metrics.json').write_text('{}')
-    saved = {**to_dict(load_run_cfg(source)), 'seed': 0}
-    saved['train'].update(train)
-    (seed0 / 'config.yaml').write_text(yaml.safe_dump(saved))
 
 
 def test_a_stale_run_is_moved_to_run_old_and_a_current_one_stays(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
