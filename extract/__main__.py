@@ -1,7 +1,5 @@
 """`python -m extract`: see extract/run.py."""
-import sys
-
-from extract.run import main
+from extract.run import exit_cli, main
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_cli(main())

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -290,8 +290,10 @@ class _VideoWorker:
         self._raise()
         return {r: self.results.pop(r) for r in rows if r in self.results}
 
-    def close(self) -> None:
-        """Stop the thread (it is a daemon: one busy with a long batch never keeps the process alive)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the thread (it is a daemon: one busy with a long batch never keeps the process alive).
+        Without `wait` (a second Ctrl-C) it is told to stop but not waited for; `exit_cli` then ends
+        the process without letting it finish its batch."""
         import queue
 
         if self.thread.is_alive():
@@ -301,10 +303,11 @@ class _VideoWorker:
                 except queue.Empty:
                     break
             try:
-                self.queue.put(self._STOP, timeout=5)
+                self.queue.put(self._STOP, timeout=5 if wait else 0)
             except queue.Full:  # still busy: left to end with the process
                 return
-            self.thread.join(timeout=60)
+            if wait:
+                self.thread.join(timeout=60)
 
     def _put(self, item: Any) -> None:
         """Into the queue, waiting for room, but never for a thread that has died."""
@@ -675,8 +678,10 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         raise
     finally:
         writer.shutdown(wait=True)
+        # a second Ctrl-C (the first one's save was cut short) does not wait for a busy batch
+        stopping = isinstance(sys.exc_info()[1], KeyboardInterrupt)
         for w in video_workers.values():
-            w.close()
+            w.close(wait=not stopping)
         if isinstance(sys.exc_info()[1], Exception):
             _drop_untouched(stores, opts, sys.exc_info()[1])
     for w in writes:
@@ -981,9 +986,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def exit_cli(code: int) -> NoReturn:
+    """`sys.exit(code)` for `python -m extract`, except that a run stopped while an expert's thread
+    is still busy (a second Ctrl-C) ends at once: the stores are already closed, and letting the
+    interpreter shut down around a thread inside torch aborts the process (exit 134)."""
+    import threading
+
+    if code and any(t.name.startswith('expert-') and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # a preempted cluster job stops like Ctrl-C: finished chunks stay
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_cli(main())

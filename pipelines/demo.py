@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 import yaml
 
 from extract.presets import dataset_settings
-from extract.run import main as extract_main
+from extract.run import exit_cli, main as extract_main
 from shared.config import ConfigError, data_root_default, features_root_default, to_dict
 from shared.datasets import load_manifest
 from shared.datasets.demo import IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images
@@ -306,4 +305,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_cli(main())  # a second Ctrl-C in its extraction: see exit_cli

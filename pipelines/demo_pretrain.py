@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from extract.presets import dataset_settings
-from extract.run import main as extract_main
+from extract.run import exit_cli, main as extract_main
 from pipelines.demo import ensure_demo_data, ensure_generated, set_aside_stale
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import load_manifest
@@ -226,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_cli(main())  # a second Ctrl-C in its extraction: see exit_cli

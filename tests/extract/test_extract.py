@@ -714,6 +714,61 @@ def test_a_per_video_expert_thread_batches_isolates_failures_and_reports_its_dea
     worker.close()  # returns: nothing to stop
 
 
+def _tone_videos(data: Path, n: int = 4) -> Path:
+    """`n` 1-s videos with a tone each (real files for the audio expert)."""
+    data.mkdir()
+    for i in range(n):
+        subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=64x48:rate=25:duration=1',
+                        '-f', 'lavfi', '-i', f'sine=frequency={300 + 100 * i}:duration=1', '-c:v', 'libx264', '-pix_fmt',
+                        'yuv420p', '-c:a', 'aac', '-shortest', str(data / f'v{i}.mp4')], check=True)
+    return data
+
+
+# run as `python -c` by the test below: the audio expert's first batch is a long one, inside torch, during which
+# the process gets Ctrl-C twice (the second while the first one's save waits for that batch)
+_TWO_CTRL_C = """
+import os, runpy, signal, sys, time
+import torch
+from extract.experts.audio import AudioExpert
+real = AudioExpert.process_batch
+def slow(self, xs):
+    if not getattr(AudioExpert, 'stopped', False):
+        AudioExpert.stopped = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        x, end = torch.randn(128, 128), time.time() + 120
+        while time.time() < end:
+            x = (x @ x).tanh()
+    return real(self, xs)
+AudioExpert.process_batch = slow
+sys.argv = ['extract', *sys.argv[1:]]
+runpy.run_module('extract', run_name='__main__', alter_sys=True)
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, python: str, subprocess_env: dict, repo_root: Path) -> None:
+    """Ctrl-C, then Ctrl-C again while the first one's save waits for a per-video expert's long
+    batch: the process exits 130 at once (not after the batch, nor aborted by torch at shutdown,
+    exit 134), and the store holds no part of the chunk whose save was cut short."""
+    from shared.store import PENDING
+
+    data = _tone_videos(tmp_path / 'videos')
+    cmd = [python, '-c', _TWO_CTRL_C, '--dataset', f'folder:{data}', '--expert', 'audio', '--weights', 'random',
+           '--features-root', str(tmp_path / 'f'), '--workers', '0', '--chunk-size', '2', '--no-progress']
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:  # the long batch lasts 120 s: a run that waits for it, even in part, misses this
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert 'rerun the same command to continue' in err
+    store = open_store(tmp_path / 'f' / folder_name(data) / 'audio.zarr', warn_random=False)
+    report = check_store(store.path)  # 2: videos still to do; nothing damaged
+    assert (store.status() == PENDING).all() and report.exit_code == 2 and not report.damaged
+
+
 def test_an_interrupted_run_saves_the_fed_chunk_without_computing_the_next(tmp_path: Path, monkeypatch) -> None:
     """Ctrl-C while a chunk is fed: the chunk fed before it is saved whole, and the per-video
     expert computes only that chunk's videos; those of the interrupted chunk, which a rerun redoes,
@@ -723,12 +778,7 @@ def test_an_interrupted_run_saves_the_fed_chunk_without_computing_the_next(tmp_p
     from extract.run import RunOptions, run
     from shared.store import PENDING
 
-    data = tmp_path / 'videos'
-    data.mkdir()
-    for i in range(4):
-        subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=64x48:rate=25:duration=1',
-                        '-f', 'lavfi', '-i', f'sine=frequency={300 + 100 * i}:duration=1', '-c:v', 'libx264', '-pix_fmt',
-                        'yuv420p', '-c:a', 'aac', '-shortest', str(data / f'v{i}.mp4')], check=True)
+    data = _tone_videos(tmp_path / 'videos')
     seen: list[int] = []
     real = AudioExpert.process_batch
     monkeypatch.setattr(AudioExpert, 'process_batch', lambda self, xs: (seen.append(len(xs)), real(self, xs))[1])
