@@ -12,6 +12,7 @@ import yaml
 from shared.config import ConfigError, from_dict, load_yaml, read_yaml, to_dict
 from shared.resources import parse_bytes
 from train.losses import LOSSES
+from train.metrics import DEFAULT_SEED_STD, SEED_STD
 from train.models import ModelCfg
 from train.models.config import upgrade_saved
 
@@ -132,6 +133,9 @@ class TrainCfg:
         grad_clip: max gradient norm (0: none).
         selection: ``geometric_mean`` of val R1/R5/R10 (CE), or ``last`` (a fixed epoch count, for
             protocols without a validation set such as 1k-A).
+        seed_std: the standard deviation over seeds in the results table, as the paper reproduced
+            prints it (`train.metrics.SEED_STD`): ``sample`` (CE's released code and tables) or
+            ``population`` (MMT's tables).
         compile: capture the training step with torch.compile (`train.step.TrainStep`; on CUDA its
             ``reduce-overhead`` mode, CUDA graphs); ``null``: on CUDA devices only (on a CPU,
             inductor's compile costs more than it saves on the small models trained there). A
@@ -182,6 +186,7 @@ class TrainCfg:
     lr_step_unit: str = 'epoch'
     grad_clip: float = 0.0
     selection: str = 'geometric_mean'
+    seed_std: str = DEFAULT_SEED_STD
     compile: bool | None = None
     log_every: int = 50
     checkpoint_every: int = 1
@@ -218,6 +223,8 @@ class TrainCfg:
             raise ValueError('train.lr_step_unit must be epoch or step')
         if self.selection not in ('geometric_mean', 'last'):
             raise ValueError('train.selection must be geometric_mean or last')
+        if self.seed_std not in SEED_STD:
+            raise ValueError(f'train.seed_std must be {" or ".join(SEED_STD)}, got {self.seed_std!r}')
         if self.epoch_unit not in ('videos', 'pairs'):
             raise ValueError(f'train.epoch_unit must be videos or pairs, got {self.epoch_unit!r}')
         if self.epoch_unit == 'pairs' and self.steps:

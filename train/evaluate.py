@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f'evaluating {run} on {manifest.name} {split}/{args.part}, {device}')
             results.append(evaluate_run(run, manifest, split, args.part, args.features_root, args.data_root, device,
                                         args.stop_words))
-        model = saved_run_cfg(seeds[0]).model.model
-        table = format_results({model: results})
+        saved = saved_run_cfg(seeds[0])
+        model = saved.model.model
+        table = format_results({model: results}, std=saved.train.seed_std)
         if len(seeds) > 1:  # the seeds' mean +- std beside them
             out = args.run / 'eval'
             out.mkdir(exist_ok=True)

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                   f'--init-from {base / f"seed{seeds[0]}"}, or evaluate it zero-shot with python -m train.evaluate '
                   f'--run {base} --dataset DATASET')
             return 0
-        table = format_results({cfg.model.model: results})
+        table = format_results({cfg.model.model: results}, std=cfg.train.seed_std)
         (base / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seeds '
                                          f'{args.seeds}\n\n{table}\n')
         print(table)

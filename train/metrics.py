@@ -21,9 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ['retrieval_metrics', 'ranks_t2v_v2t', 'ranks_to_metrics', 'mean_std', 'format_results', 'geometric_mean']
+__all__ = ['retrieval_metrics', 'ranks_t2v_v2t', 'ranks_to_metrics', 'mean_std', 'format_results', 'geometric_mean',
+           'SEED_STD', 'DEFAULT_SEED_STD']
 
 KS = (1, 5, 10, 50)
+
+#: the standard deviation over seeds that a paper prints, by name -> numpy's ddof. CE's released
+#: log parser (logger/log_parser.py) takes ``np.std(values, ddof=1)``, and its Table 1 agrees
+#: (1k-B v2t MdR 6.5 ± 0.5 is the sample std of 6, 6.5, 7; no three half-integer medians have a
+#: population std of 0.5); MMT's tables print population stds (3.7 ± 0.5 from 3, 4, 4).
+SEED_STD = {'population': 0, 'sample': 1}
+DEFAULT_SEED_STD = 'population'
 
 
 def _block(sims: Any, q0: int, q1: int, device: torch.device) -> torch.Tensor:
@@ -113,24 +121,27 @@ def retrieval_metrics(sims: Any, query_video: Sequence[int] | np.ndarray, chunk_
     return {'t2v': ranks_to_metrics(t2v), 'v2t': ranks_to_metrics(v2t)}
 
 
-def mean_std(runs: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per-metric mean and (population) standard deviation over seeds."""
+def mean_std(runs: Sequence[Mapping[str, Mapping[str, float]]], std: str = DEFAULT_SEED_STD
+             ) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per-metric mean and standard deviation over seeds (`std`: a `SEED_STD` name; one run: 0)."""
+    ddof = SEED_STD[std]
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for direction in runs[0]:
         out[direction] = {}
         for key in runs[0][direction]:
             vals = np.asarray([r[direction][key] for r in runs], np.float64)
-            out[direction][key] = (float(vals.mean()), float(vals.std()))
+            out[direction][key] = (float(vals.mean()), float(vals.std(ddof=ddof)) if len(vals) > ddof else 0.0)
     return out
 
 
 def format_results(rows: Mapping[str, Sequence[Mapping[str, Mapping[str, float]]]],
-                   keys: Sequence[str] = ('R1', 'R5', 'R10', 'MdR', 'MnR')) -> str:
-    """A Markdown table in the papers' layout: one row per model, t2v then v2t, mean +- std."""
+                   keys: Sequence[str] = ('R1', 'R5', 'R10', 'MdR', 'MnR'), std: str = DEFAULT_SEED_STD) -> str:
+    """A Markdown table in the papers' layout: one row per model, t2v then v2t, mean +- std
+    (`std`: as `mean_std`)."""
     head = ['model'] + [f't2v {k}' for k in keys] + [f'v2t {k}' for k in keys]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for name, runs in rows.items():
-        stats = mean_std(runs)
+        stats = mean_std(runs, std)
         cells = [name]
         for direction in ('t2v', 'v2t'):
             for k in keys:

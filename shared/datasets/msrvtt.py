@@ -30,8 +30,12 @@ def _norm(text: str) -> str:
     return ' '.join(text.lower().split()).rstrip('.')
 
 
-def _jsfusion_queries(path: Path, captions: dict[str, tuple[str, ...]]) -> dict[str, tuple[int, ...]]:
-    """For each 1k-A test video, the index of its JSFusion-chosen caption among its captions."""
+def _jsfusion_queries(path: Path, captions: dict[str, tuple[str, ...]], test: tuple[str, ...]
+                      ) -> dict[str, tuple[int, ...]]:
+    """For each 1k-A `test` video, the index of its JSFusion-chosen caption among its captions.
+
+    The file must give exactly one row to each test video: a video without a row would be queried
+    with every caption (`Split.query_captions`), 20 queries in place of one."""
     out: dict[str, tuple[int, ...]] = {}
     rows = csv.DictReader(io.StringIO(read_text(path, 'a JSFusion query CSV'), newline=''))
     try:
@@ -47,9 +51,17 @@ def _jsfusion_queries(path: Path, captions: dict[str, tuple[str, ...]]) -> dict[
             loose = exact or [i for i, c in enumerate(caps) if _norm(c) == _norm(sentence)]
             if not loose:
                 raise DatasetError(f'{path}:{line_no}: sentence {sentence!r} is none of the captions of {vid}')
+            if vid in out:
+                raise DatasetError(f'{path}:{line_no}: a second query for video {vid} (1k-A has one per video)')
             out[vid] = (loose[0],)
     except csv.Error as err:
         raise DatasetError(f'{path}: not a JSFusion query CSV ({err})') from None
+    tested = set(test)
+    missing, stray = [v for v in test if v not in out], [v for v in out if v not in tested]
+    if missing or stray:
+        raise DatasetError(f'{path}: the 1k-A test set is the {len(test)} videos of val_list_jsfusion.txt, one query '
+                           f'each; {len(missing)} have no row (e.g. {missing[:3]}) and {len(stray)} rows name other '
+                           f'videos (e.g. {stray[:3]}): put the JSFusion release\'s file there, as released')
     return out
 
 
@@ -78,7 +90,7 @@ def msrvtt(root: Path, jsfusion_file: str = JSFUSION_FILE) -> Manifest:
     js_path = root / jsfusion_file
     if js_path.is_file():
         split_a = Split('1k-A', read_split_list('msrvtt', 'train_list_jsfusion.txt'), (), test_a,
-                        query_captions=_jsfusion_queries(js_path, caps))
+                        query_captions=_jsfusion_queries(js_path, caps, test_a))
     else:
         split_a = Split('1k-A', read_split_list('msrvtt', 'train_list_jsfusion.txt'), (), test_a,
                         unavailable=f'the JSFusion query file {js_path} is missing; 1k-A tests on one '

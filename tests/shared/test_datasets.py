@@ -57,6 +57,22 @@ def test_msrvtt_splits_and_captions(tmp_path: Path) -> None:
     assert m.paths[0] == (tmp_path / 'msrvtt' / 'videos' / 'video0.mp4').resolve()
 
 
+@pytest.mark.parametrize('change', ['drop the last row', 'repeat a row', 'a train video'])
+def test_msrvtt_1k_a_needs_one_jsfusion_query_per_test_video(tmp_path: Path, change: str) -> None:
+    # a test video without a row would be queried with every caption, not one
+    path = _msrvtt(tmp_path) / 'MSRVTT_JSFUSION_test.csv'
+    rows = path.read_text().splitlines()
+    if change == 'drop the last row':
+        rows = rows[:-1]
+    elif change == 'repeat a row':
+        rows.append(rows[1])
+    else:
+        rows[-1] = 'ret999,msr0,video0,caption 0 of video 0'
+    path.write_text('\n'.join(rows) + '\n')
+    with pytest.raises(DatasetError, match='MSRVTT_JSFUSION_test.csv.*(no row|second query)'):
+        load_manifest('msrvtt', tmp_path)
+
+
 def test_msrvtt_1k_a_names_the_missing_jsfusion_file(tmp_path: Path) -> None:
     _msrvtt(tmp_path, jsfusion=False)
     m = load_manifest('msrvtt', tmp_path)

@@ -1,11 +1,16 @@
 """The evaluation protocol against an independent implementation written here from its definition."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from train.metrics import format_results, ranks_to_metrics, retrieval_metrics
+from train.config import TrainCfg, load_run_cfg
+from train.metrics import format_results, mean_std, ranks_to_metrics, retrieval_metrics
+
+CONFIGS = Path(__file__).resolve().parents[2] / 'pipelines' / 'configs' / 'train'
 
 
 def _reference(sims: np.ndarray, query_video: np.ndarray) -> dict[str, dict[str, float]]:
@@ -70,3 +75,30 @@ def test_results_table() -> None:
     run2 = {d: {k: v + 1 for k, v in m.items()} for d, m in run.items()}
     table = format_results({'CE': [run, run2]})
     assert '| CE | 10.5 ± 0.5 |' in table and table.count('\n') == 2
+
+
+def _runs(values: list[float]) -> list[dict[str, dict[str, float]]]:
+    return [{'t2v': {'MdR': v}, 'v2t': {'MdR': v}} for v in values]
+
+
+def test_seed_std_sample_is_ces_and_population_is_mmts() -> None:
+    # CE Table 1, 1k-B v2t MdR "6.5 ± 0.5": medians 6, 6.5, 7 give it only as a sample std (ddof 1);
+    # MMT Table 7, 1k-A pretrained v2t MdR "3.7 ± 0.5": medians 3, 4, 4 give it as a population std
+    assert format_results({'CE': _runs([6.0, 6.5, 7.0])}, keys=('MdR',), std='sample').endswith(
+        '| CE | 6.5 ± 0.5 | 6.5 ± 0.5 |')
+    assert format_results({'MMT': _runs([3.0, 4.0, 4.0])}, keys=('MdR',), std='population').endswith(
+        '| MMT | 3.7 ± 0.5 | 3.7 ± 0.5 |')
+    assert mean_std(_runs([6.0, 6.5, 7.0]), 'population')['t2v']['MdR'][1] == pytest.approx(np.std([6, 6.5, 7]))
+    assert mean_std(_runs([5.0]), 'sample')['t2v']['MdR'] == (5.0, 0.0)  # one seed: no spread, not NaN
+
+
+@pytest.mark.parametrize('name', sorted(p.name for p in CONFIGS.glob('*.yaml')))
+def test_paper_recipes_print_their_papers_std(name: str) -> None:
+    cfg = load_run_cfg(CONFIGS / name, {})
+    paper_ce = cfg.model.model == 'ce' and name != 'ce_demo.yaml'
+    assert cfg.train.seed_std == ('sample' if paper_ce else 'population')
+
+
+def test_seed_std_is_checked() -> None:
+    with pytest.raises(ValueError, match='seed_std'):
+        TrainCfg(seed_std='ddof1')
