@@ -1,6 +1,7 @@
 """The evaluation protocol against an independent implementation written here from its definition."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,27 @@ def test_paper_recipes_print_their_papers_std(name: str) -> None:
 def test_seed_std_is_checked() -> None:
     with pytest.raises(ValueError, match='seed_std'):
         TrainCfg(seed_std='ddof1')
+
+
+def test_training_and_evaluate_print_the_configured_std(tiny: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """train.seed_std reaches the results.md that training writes and the table train.evaluate prints."""
+    from tests.train.conftest import tiny_args
+    from train.evaluate import main as evaluate_main
+    from train.main import main as train_main
+
+    run = tmp_path / 'run'
+    assert train_main(tiny_args(tiny, run, '--seeds', '0,1', '--set', 'train.seed_std=sample')) == 0
+    capsys.readouterr()
+    seeds = [['--run', str(run / f'seed{s}'), '--data-root', str(tiny / 'data'), '--features-root',
+              str(tiny / 'features'), '--device', 'cpu'] for s in (0, 1)]
+    per_seed = []
+    for args in seeds:  # each seed's own numbers, as evaluate writes them
+        assert evaluate_main(args) == 0
+        per_seed.append(json.loads(next((Path(args[1]) / 'eval').glob('*.json')).read_text()))
+    sample = format_results({'mee': per_seed}, std='sample')
+    assert sample != format_results({'mee': per_seed}, std='population')  # the seeds differ: the two stds do
+    assert sample in (run / 'results.md').read_text()
+    assert evaluate_main(['--run', str(run), *seeds[0][2:]]) == 0
+    assert sample in capsys.readouterr().out
+
