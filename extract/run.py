@@ -637,7 +637,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
                            {e.name: _rows_to_redo(stores[e.name], c, opts.retry_failed) for e in active},
                            {e.name: {} for e in active}, {e.name: {} for e in active})
             for r in chunk.rows:
-                last = False
+                last, noted = False, ''
                 while not last:  # the video's decode windows, in order
                     t_wait = time.perf_counter()
                     video = next(decoded)
@@ -647,8 +647,11 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
                         waited += time.perf_counter() - t_wait
                     assert video.row == r
                     failures += _feed(video, chunk, batchers, video_workers, upload)
-                    if video.note:  # decoded, but not the usual way (FFmpeg fallback, a truncated file's prefix)
+                    # decoded, but not the usual way (FFmpeg fallback, a truncated file's prefix): said once a video,
+                    # not once for each of its decode windows
+                    if video.note and video.note != noted:
                         _logger.warning('%s: %s', manifest.video_ids[r], video.note)
+                        noted = video.note
                     last = video.window + 1 >= video.windows
                 bar.update(1)
                 bar.set_postfix(failed=failures, refresh=False)

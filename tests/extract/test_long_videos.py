@@ -169,3 +169,17 @@ def test_a_truncated_long_video_keeps_the_rows_before_its_end_in_windows(tmp_pat
         got = np.concatenate([v.plans[name].timestamps for v in parts])
         np.testing.assert_array_equal(got, whole.plans[name].timestamps)
     assert len(whole.plans['f'].timestamps) < 8
+
+
+def test_a_videos_decoding_note_is_said_once_not_once_a_window(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """An MPEG-TS file goes to FFmpeg in each of its decode windows; the warning that says so comes once."""
+    from extract.run import main
+    from tests.extract.conftest import TINY
+
+    videos = tmp_path / 'videos'
+    _clip(videos / 'a.ts', 4)
+    assert main(['--dataset', f'folder:{videos}', '--features-root', str(tmp_path / 'f'), '--expert', 'object',
+                 *TINY, *SMALL_OBJECT, '--workers', '0', '--no-progress', '--decode-window', '1']) == 0
+    said = [r.getMessage() for r in caplog.records if 'MPEG-TS' in r.getMessage()]
+    assert said == ['a.ts: MPEG-TS, which decord misreads: decoded with FFmpeg'], said
