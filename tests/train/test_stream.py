@@ -482,3 +482,18 @@ def test_the_cache_survives_short_reads_and_writes_and_says_when_it_was_truncate
         cache.gather(np.array([7]), np.array([4]))
     cache.close()
     assert not cache.path.exists()
+
+
+def test_the_shuffle_buffer_is_kept_only_while_it_fits() -> None:
+    """An epoch whose share or rows differ from the last one's (a rank's share of the units changes
+    with the epoch; sampled rows) gets a buffer of its own shape, not the last epoch's."""
+    feed = StreamFeed(None, torch.device('cpu'), buffer=5)  # no part: only its buffer is asked for
+
+    def data(t: int) -> dict:
+        return {'object': [np.zeros((2, t, 4), np.float16), np.zeros(2, bool), None]}
+
+    first = feed._slots(data(3), 5)
+    assert feed._slots(data(3), 5)['object'][0] is first['object'][0]  # kept from epoch to epoch
+    for t, k in ((3, 7), (6, 5)):
+        got = feed._slots(data(t), k)['object']
+        assert got[0].shape == (k, t, 4) and got[0].dtype == np.float16 and got[1].shape == (k,) and got[2] is None
