@@ -147,6 +147,10 @@ class TrainCfg:
             run resumes from the last one written (losing at most this many epochs less one).
             More than 1 where epochs are a step or two each, as in pretraining on a small set,
             where writing and syncing a checkpoint after every step takes longer than the step.
+        checkpoint_steps: also write last.pt every this many optimisation steps, part way through
+            an epoch (0: at epochs' ends only), from which a rerun continues the epoch at the next
+            batch with the weights of an uninterrupted run: where an epoch is long (HowTo100M's,
+            thousands of steps), a killed or preempted job loses at most this many steps.
         device_data: the training split moves to the GPU once when it takes at most this fraction
             of the device's free memory (0: never); otherwise each batch is copied from pinned host
             memory without waiting.
@@ -190,6 +194,7 @@ class TrainCfg:
     compile: bool | None = None
     log_every: int = 50
     checkpoint_every: int = 1
+    checkpoint_steps: int = 0
     device_data: float = 0.5
     init_from: str = ''
     memory_budget: int | str | None = None
@@ -203,7 +208,7 @@ class TrainCfg:
         for name in ('epochs', 'batch_size', 'log_every', 'checkpoint_every'):
             if getattr(self, name) < 1:
                 raise ValueError(f'train.{name} must be at least 1, got {getattr(self, name)}')
-        for name in ('lr_step', 'steps'):
+        for name in ('lr_step', 'steps', 'checkpoint_steps'):
             if getattr(self, name) < 0:
                 raise ValueError(f'train.{name} must be 0 or more, got {getattr(self, name)}')
         if self.loss not in LOSSES:
@@ -293,7 +298,7 @@ def saved_run_cfg(run_dir: Path) -> RunCfg:
 #: a memory budget that moves the training part between memory and streaming changes the data
 #: order (the run's first lines say which path it took)
 RESUME_MAY_CHANGE = ('train.epochs', 'train.steps', 'train.compile', 'train.log_every', 'train.checkpoint_every',
-                     'train.device_data', 'train.memory_budget', 'train.data_workers', 'train.stream_cache',
+                     'train.checkpoint_steps', 'train.device_data', 'train.memory_budget', 'train.data_workers', 'train.stream_cache',
                      'train.stream_cache_dir')
 
 

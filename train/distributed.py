@@ -28,7 +28,7 @@ from train.config import flat_settings
 
 __all__ = ['Dist', 'SINGLE', 'RanksError', 'init_distributed', 'teardown', 'agree', 'main_first', 'barrier',
            'check_world', 'convert_batch_norm', 'wrap_model', 'unwrap', 'average', 'seed_rank', 'rng_states',
-           'restore_rng']
+           'restore_rng', 'gather_floats']
 
 _logger = logging.getLogger(__name__)
 
@@ -218,6 +218,15 @@ def average(ranks: Dist, value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return t.item() / ranks.world
+
+
+def gather_floats(ranks: Dist, value: float) -> list[float]:
+    """Every rank's `value` in rank order (every rank calls it: a collective of many ranks)."""
+    if not ranks.active:
+        return [value]
+    parts = [torch.zeros(1, dtype=torch.float64, device=_collective_device()) for _ in range(ranks.world)]
+    dist.all_gather(parts, torch.tensor([value], dtype=torch.float64, device=_collective_device()))
+    return [p.item() for p in parts]
 
 
 def seed_rank(ranks: Dist, seed: int, *more: int) -> None:

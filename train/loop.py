@@ -36,8 +36,8 @@ from train.captions import build_caption_encoder
 from train.checkpoints import FINAL, FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
 from train.data import SplitData, TrainFeed, split_captions
-from train.distributed import (SINGLE, Dist, average, check_world, convert_batch_norm, main_first, restore_rng,
-                               rng_states, seed_rank, wrap_model)
+from train.distributed import (SINGLE, Dist, average, check_world, convert_batch_norm, gather_floats, main_first,
+                               restore_rng, rng_states, seed_rank, wrap_model)
 from train.evaluate import embed_videos, evaluate
 from train.extra import extra_manifests, extra_train_texts, load_extra, load_source, mix_in, token_widths
 from train.init import init_weights, resolve_init
@@ -70,8 +70,13 @@ def device_budget(device: torch.device, fraction: float) -> int:
 
 
 def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput], TextInput]], log_every: int,
-                log: Callable[[int, float], None] | None = None) -> float:
-    """One epoch of `step` over `batches`; returns the mean loss.
+                log: Callable[[int, float], None] | None = None,
+                between: Callable[[int, torch.Tensor], None] | None = None,
+                before: tuple[float, int] = (0.0, 0)) -> tuple[float, float]:
+    """One epoch of `step` over `batches`, or the rest of one whose first steps (`before`: the sum
+    of their losses and their count) were trained before a checkpoint; returns the mean loss over
+    the epoch's steps and their sum. `between(n, sum)` is called after step n when another step
+    follows (a checkpoint part way through the epoch; its end has its own), with the sum so far.
 
     The losses are summed on the device, in float64 as the Python float sum this replaces (the same
     numbers), and read only every `log_every` steps, for `log(steps done, running mean)`, and once at
@@ -81,17 +86,21 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput],
     non-finite once one of them is): `NonFiniteLoss`, naming the steps read so far.
     """
     total, n, read = None, 0, 0
+    carried, done = before
     for n, (video, text) in enumerate(batches, 1):
+        if between is not None and n > 1:
+            between(n - 1, total)
         loss = step(video, text)
-        total = loss.to(torch.float64) if total is None else total.add_(loss)
+        total = loss.to(torch.float64) + carried if total is None else total.add_(loss)
         if n % log_every == 0:
-            mean = _finite(total.item() / n, read, n)
+            mean = _finite(total.item() / (done + n), read, n)
             read = n
             if log is not None:
                 log(n, mean)
     if total is None:
         raise ValueError('an epoch without a batch')
-    return _finite(total.item() / n, read, n)
+    summed = total.item()
+    return _finite(summed / (done + n), read, n), summed
 
 
 class NonFiniteLoss(ValueError):
@@ -126,6 +135,8 @@ class TrainState:
         steps: optimisation steps done in all.
         epoch_steps: steps of `epoch` done already: ``train.steps`` stopped the run part way
             through it (0: the epoch starts afresh).
+        epoch_loss: the sum of this rank's losses over those steps, for the epoch's mean (None:
+            unknown, a checkpoint written before it was kept: the mean of the steps after it).
     """
 
     model: RetrievalModel
@@ -137,6 +148,7 @@ class TrainState:
     best: float = -math.inf
     steps: int = 0
     epoch_steps: int = 0
+    epoch_loss: float | None = 0.0
 
 
 def build_state(cfg: RunCfg, device: torch.device, ranks: Dist = SINGLE) -> TrainState:
@@ -172,11 +184,16 @@ def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device:
     state.epoch_steps = saved.get('epoch_steps', 0)  # checkpoints before train.steps: whole epochs
     state.epoch, state.best = saved['epoch'] + (0 if state.epoch_steps else 1), saved['best']
     rngs = saved.get('rng') or [saved['torch_rng']]  # 'torch_rng': rank 0's alone, before every rank's was kept
+    losses = saved.get('epoch_loss')  # each rank's loss sum over the epoch's steps done (absent: older checkpoints)
     if len(rngs) == ranks.world:
         restore_rng(rngs[ranks.rank], device)
     else:  # another number of processes: rank 0 goes on, the others take new streams of their own
         restore_rng(rngs[0], device)
         seed_rank(ranks, seed, state.epoch, state.epoch_steps)
+    if losses is None:
+        state.epoch_loss = None if state.epoch_steps else 0.0
+    else:  # of another number of processes, their mean: rank 0's record is the mean over the ranks
+        state.epoch_loss = float(losses[ranks.rank]) if len(losses) == ranks.world else float(np.mean(losses))
     if cfg.steps and 'steps' not in saved:
         raise ConfigError(f'{run_dir} holds a run saved before train.steps existed (its checkpoint does not '
                           'count steps): resume it with train.steps=0 and train.epochs, or pass another --run-dir')
@@ -253,9 +270,30 @@ def _pair_steps(cfg: RunCfg, pairs: int, epoch_size: int, say: bool) -> RunCfg:
 
 def _checkpoint_due(state: TrainState, cfg: TrainCfg) -> bool:
     """last.pt is written after the epoch just trained: every `checkpoint_every` epochs, after an
-    epoch that train.steps stopped part way, and after the run's last epoch (its end is read from it)."""
+    epoch that train.steps stopped part way, after the run's last epoch (its end is read from it),
+    and where the epoch's last step is one of every `checkpoint_steps` (those part way through an
+    epoch are written by `_step_checkpoints`)."""
     return ((state.epoch + 1) % cfg.checkpoint_every == 0 or state.epoch_steps > 0
+            or bool(cfg.checkpoint_steps and state.steps % cfg.checkpoint_steps == 0)
             or not _more(dataclasses.replace(state, epoch=state.epoch + 1), cfg))
+
+
+#: writes last.pt: (steps of the run, steps of the epoch, the sum of this rank's losses over those)
+Save = Callable[[int, int, float], None]
+
+
+def _step_checkpoints(state: TrainState, cfg: TrainCfg, save: Save | None
+                      ) -> Callable[[int, torch.Tensor], None] | None:
+    """`train_epoch`'s `between`: after every `checkpoint_steps`-th step of the run that is not the
+    epoch's last, `save` as a stop by train.steps there would leave the run."""
+    if save is None or not cfg.checkpoint_steps:
+        return None
+    steps, epoch_steps, every = state.steps, state.epoch_steps, cfg.checkpoint_steps
+
+    def between(n: int, total: torch.Tensor) -> None:
+        if (steps + n) % every == 0:
+            save(steps + n, epoch_steps + n, total.item())
+    return between
 
 
 def _epoch_batches(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainCfg, rng: np.random.Generator,
@@ -269,10 +307,11 @@ def _epoch_batches(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainCf
 
 
 def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainCfg, seed: int, progress: bool,
-                    where: Path) -> dict[str, Any] | None:
+                    where: Path, save: Save | None = None) -> dict[str, Any] | None:
     """Epoch `state.epoch` in the order that (seed, epoch) give, or what train.steps leaves of it;
     its record for metrics.jsonl (None: a resumed epoch had no step left). `state.steps` counts
-    its steps; `state.epoch_steps` is 0 when the epoch ended, else the steps done in it."""
+    its steps; `state.epoch_steps` is 0 when the epoch ended, else the steps done in it.
+    `save` writes last.pt part way through (train.checkpoint_steps)."""
     from tqdm import tqdm
 
     epoch = state.epoch
@@ -295,7 +334,9 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
         loss=f'{loss:.4f}', pairs_s=f'{cfg.batch_size * n / max(time.time() - t0, 1e-6):.0f}')
     try:
         with step_threads(feed, epoch):
-            mean_loss = train_epoch(state.step, bar, cfg.log_every, shown if progress else None)
+            before = (state.epoch_loss, state.epoch_steps) if state.epoch_loss is not None else (0.0, 0)
+            mean_loss, summed = train_epoch(state.step, bar, cfg.log_every, shown if progress else None,
+                                            _step_checkpoints(state, cfg, save), before)
     except NonFiniteLoss as err:
         raise ConfigError(f'the training loss became non-finite (NaN or infinite) in epoch {epoch + 1}, '
                           f'{err.where()} (read every train.log_every={cfg.log_every} steps); the run '
@@ -306,6 +347,7 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
     state.steps += done[0]
     if cfg.steps and state.steps == cfg.steps:  # stopped by the budget: perhaps part way through
         state.epoch_steps += done[0]
+        state.epoch_loss = summed if state.epoch_loss is not None else None
     else:
         _end_epoch(state, cfg)
     return {'epoch': epoch + 1, 'step': state.steps, 'train/loss': mean_loss, 'train/seconds': time.time() - t0,
@@ -315,7 +357,7 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
 def _end_epoch(state: TrainState, cfg: TrainCfg) -> None:
     """An epoch ran to its end: the per-epoch schedule steps (never for an epoch stopped part way,
     which a resumed run continues)."""
-    state.epoch_steps = 0
+    state.epoch_steps, state.epoch_loss = 0, 0.0
     if state.scheduler is not None and cfg.lr_step_unit == 'epoch':
         state.scheduler.step()
 
@@ -374,12 +416,16 @@ def _feed(train: SplitData | StreamedPart, dev: torch.device, cfg: TrainCfg, ran
 def _follow(state: TrainState, feed: TrainFeed | StreamFeed, cfg: RunCfg, seed: int, run_dir: Path,
             ranks: Dist) -> dict[str, dict[str, float]]:
     """A rank other than 0: its share of every epoch's steps; rank 0 evaluates, writes and tests."""
+    def save(steps: int, epoch_steps: int, loss: float) -> None:  # rank 0 saves every rank's generators and sums
+        rng_states(ranks, state.step.device)
+        gather_floats(ranks, loss)
+
     while _more(state, cfg.train):
-        record = train_one_epoch(state, feed, cfg.train, seed, False, run_dir)
+        record = train_one_epoch(state, feed, cfg.train, seed, False, run_dir, save)
         if record is not None:
             average(ranks, record['train/loss'])  # rank 0's record is the mean over the ranks
-            if _checkpoint_due(state, cfg.train):  # rank 0 saves every rank's generators
-                rng_states(ranks, state.step.device)
+            if _checkpoint_due(state, cfg.train):
+                save(state.steps, state.epoch_steps, state.epoch_loss or 0.0)
         state.epoch += 0 if state.epoch_steps else 1
     return {}
 
@@ -463,9 +509,20 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
         feed = _feed(train, dev, cfg.train, ranks)
         tb = SummaryWriter(str(run_dir / 'tb'))
+
+        def save_last(steps: int, epoch_steps: int, loss: float) -> None:
+            """last.pt after `steps` steps of the run, `epoch_steps` of them in `state.epoch` (0: at
+            its end), with every rank's generators and loss sum over those (`_follow`'s `save`)."""
+            rngs = rng_states(ranks, dev)
+            losses = gather_floats(ranks, loss)
+            save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
+                            epoch=state.epoch, best=state.best, rng=rngs,
+                            scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
+                            world_size=ranks.world, steps=steps, epoch_steps=epoch_steps, epoch_loss=losses)
+
         try:
             while _more(state, cfg.train):
-                record = train_one_epoch(state, feed, cfg.train, seed, progress, run_dir)
+                record = train_one_epoch(state, feed, cfg.train, seed, progress, run_dir, save_last)
                 if record is None:  # the epoch a resumed run continued had no step left: nothing to record
                     state.epoch += 1
                     continue
@@ -478,10 +535,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
                 with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
                     f.write(json.dumps(record) + '\n')
                 if _checkpoint_due(state, cfg.train):
-                    save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
-                                    epoch=state.epoch, best=state.best, rng=rng_states(ranks, dev),
-                                    scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
-                                    world_size=ranks.world, steps=state.steps, epoch_steps=state.epoch_steps)
+                    save_last(state.steps, state.epoch_steps, state.epoch_loss or 0.0)
                 if progress:
                     shown = f', val geometric mean {record["val/selection"]:.2f}' if val is not None else ''
                     where = (f'epoch {record["epoch"]}, step {state.steps}/{cfg.train.steps}' if cfg.train.steps

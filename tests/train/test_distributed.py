@@ -3,6 +3,7 @@ processes; the step of N ranks at B/N is the step of one process at B; a killed 
 to the uninterrupted run's weights; bad input stops every rank with one line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,14 +76,21 @@ def test_a_rank_killed_midway_resumes_to_the_uninterrupted_run(demo_stores: tupl
     data, features = demo_stores
     config = _with_dropout(tmp_path, 6, model='ssb')
     killed, whole = tmp_path / 'killed', tmp_path / 'whole'
-    cmd = lambda run: _torchrun(2, '-m', 'train', *_args(data, features, config, run))  # noqa: E731
+    # the killed run writes last.pt every 3 steps (4 an epoch) and not at epochs' ends: steps 3, 6, 9 (part way
+    # through epochs 1-3), 12 (epoch 3's end) ...; it resumes part way through an epoch
+    every = {killed: ('--set', 'train.checkpoint_steps=3', '--set', 'train.checkpoint_every=100'), whole: ()}
+    cmd = lambda run: _torchrun(2, '-m', 'train', *_args(data, features, config, run), *every[run])  # noqa: E731
     proc = subprocess.Popen(cmd(killed), cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    log = killed / 'seed0' / 'metrics.jsonl'
+    log, last = killed / 'seed0' / 'metrics.jsonl', killed / 'seed0' / 'checkpoints' / 'last.pt'
     deadline = time.time() + 300
-    victim = None
+    victim, written = None, []  # last.pt's inodes (each write renames a new file into place) from epoch 2's line on
     while time.time() < deadline and proc.poll() is None:
         if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            with contextlib.suppress(FileNotFoundError):
+                if not written or written[-1] != last.stat().st_ino:
+                    written.append(last.stat().st_ino)
+        if len(written) >= 2:  # step 6's, then step 9's, written after epoch 2's line (step 8)
             victim = _rank_pid(proc.pid, 1)
             if victim is not None:
                 os.kill(victim, signal.SIGKILL)
@@ -92,6 +100,7 @@ def test_a_rank_killed_midway_resumes_to_the_uninterrupted_run(demo_stores: tupl
     assert victim is not None, f'training ended before a rank could be killed: {err[-2000:]}'
     assert proc.returncode != 0
     assert 2 <= len(log.read_text().splitlines()) < 6
+    assert torch.load(last, weights_only=True)['epoch_steps'] > 0  # resumed part way through an epoch
     again = subprocess.run(cmd(killed), cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert 'resuming' in again.stdout and 'x 2 processes' in again.stdout

@@ -66,4 +66,4 @@ def test_a_loss_non_finite_only_in_the_last_steps_is_caught_at_the_epochs_end() 
     with pytest.raises(NonFiniteLoss) as err:
         train_epoch(step, [(None, None)] * 3, 2)
     assert err.value.where() == 'step 3'
-    assert train_epoch(_Step([1.0, 3.0, 2.0]), [(None, None)] * 3, 2) == pytest.approx(2.0)
+    assert train_epoch(_Step([1.0, 3.0, 2.0]), [(None, None)] * 3, 2) == pytest.approx((2.0, 6.0))

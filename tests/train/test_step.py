@@ -148,7 +148,7 @@ def test_epoch_loss_is_summed_on_the_device_and_logs_the_per_step_numbers() -> N
     model = create_model(cfg).train()
     step = TrainStep(model, torch.optim.Adam(model.parameters(), lr=1e-2), _contrastive, 0.0, 'cpu', False)
     logged: list[tuple[int, float]] = []
-    mean = train_epoch(step, TrainFeed(data, torch.device('cpu'), 0).epoch(4, np.random.default_rng([0, 0])), 3,
+    mean, _ = train_epoch(step, TrainFeed(data, torch.device('cpu'), 0).epoch(4, np.random.default_rng([0, 0])), 3,
                        lambda n, loss: logged.append((n, loss)))
     assert len(running) == 7
     assert logged == [(3, running[2]), (6, running[5])]

@@ -55,6 +55,9 @@ def test_a_run_stops_after_its_steps_and_a_resumed_one_at_the_same_step_with_the
         assert again['model'].keys() == saved['model'].keys()
         assert all(torch.equal(again['model'][k], saved['model'][k]) for k in saved['model']), stops
         assert again['scheduler']['last_epoch'] == saved['scheduler']['last_epoch']
+        # an epoch's line at its end: the mean loss of all its steps, those before a stop included
+        lines = {r['step']: r['train/loss'] for r in map(json.loads, (resumed / 'seed0' / 'metrics.jsonl').open())}
+        assert {r['step']: lines[r['step']] for r in records} == {r['step']: r['train/loss'] for r in records}, stops
 
     # fewer steps than a run has trained: refused, the run left as it was
     assert _steps(tiny, whole, 4) == 1
@@ -112,3 +115,69 @@ def test_a_resumed_run_drops_the_metrics_lines_its_checkpoint_does_not_hold(tiny
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [(r['epoch'], r['step']) for r in records] == [(1, 2), (2, 3), (2, 4), (3, 5)]
     assert records[-1]['train/loss'] != 9.0
+
+
+class _Killed(BaseException):
+    """The process dies here (as kill -9 would, nothing after it runs)."""
+
+
+def test_checkpoint_steps_writes_last_pt_part_way_through_an_epoch_and_a_kill_resumes_there(
+        tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """train.checkpoint_steps=3 with epochs of 2 steps and checkpoint_every=100: last.pt after step 3
+    (part way through epoch 2) and at the run's end; killed right after step 3's, the rerun continues
+    epoch 2 at its second step and ends with the weights and metrics of an uninterrupted run."""
+    import train.loop
+
+    sparse = ('--set', 'train.checkpoint_every=100', '--set', 'train.epochs=3')
+    every3 = ('--set', 'train.checkpoint_steps=3')
+    saved: list[tuple[int, int]] = []
+    real = train.loop.save_checkpoint
+
+    def killed_after_step_3(model: torch.nn.Module, path: Path, **extra: object) -> None:
+        real(model, path, **extra)
+        if path.name == 'last.pt':  # not best.pt, which validation writes
+            saved.append((extra['steps'], extra['epoch_steps']))
+            if extra['steps'] == 3:
+                raise _Killed
+
+    monkeypatch.setattr(train.loop, 'save_checkpoint', killed_after_step_3)
+    killed, whole = tmp_path / 'killed', tmp_path / 'whole'
+    with pytest.raises(_Killed):
+        train_main(tiny_args(tiny, killed, *_SCHEDULE, *sparse, *every3))
+    assert saved == [(3, 1)]  # epoch 1's end is not one of checkpoint_every's: none before step 3
+    monkeypatch.setattr(train.loop, 'save_checkpoint', real)
+    capsys.readouterr()
+    assert train_main(tiny_args(tiny, killed, *_SCHEDULE, *sparse, *every3)) == 0
+    assert 'resuming' in (out := capsys.readouterr().out) and 'step 4 (step 2 of the epoch)' in out
+    assert train_main(tiny_args(tiny, whole, *_SCHEDULE, *sparse)) == 0
+    a, b = _last(killed), _last(whole)
+    assert a['steps'] == b['steps'] == 6 and a['epoch_steps'] == b['epoch_steps'] == 0
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in b['model'])
+    assert a['scheduler']['last_epoch'] == b['scheduler']['last_epoch'] == 3
+    # the resumed epoch's loss is the mean of all its steps, those before the kill included
+    lines = [[(r['epoch'], r['step'], r['train/loss'])
+              for r in map(json.loads, (run / 'seed0' / 'metrics.jsonl').read_text().splitlines())]
+             for run in (killed, whole)]
+    assert lines[0] == lines[1] and [line[:2] for line in lines[0]] == [(1, 2), (2, 4), (3, 6)]
+    # every 2 steps: each at an epoch's end, written there (checkpoint_every would not)
+    monkeypatch.setattr(train.loop, 'save_checkpoint', killed_after_step_3)
+    saved.clear()
+    assert train_main(tiny_args(tiny, tmp_path / 'even', *_SCHEDULE, *sparse, '--set', 'train.checkpoint_steps=2')) == 0
+    assert saved == [(2, 0), (4, 0), (6, 0)]
+
+
+def test_a_checkpoint_without_the_epochs_loss_sum_resumes_part_way(tiny: Path, tmp_path: Path) -> None:
+    """last.pt written before the epoch's loss sum was kept (stopped at step 3, part way through
+    epoch 2): the run resumes to the same weights; that epoch's line is the mean of its later steps."""
+    old, whole = tmp_path / 'old', tmp_path / 'whole'
+    assert _steps(tiny, old, 3) == 0 and _steps(tiny, whole, 5) == 0
+    last = old / 'seed0' / 'checkpoints' / 'last.pt'
+    saved = torch.load(last, weights_only=True)
+    del saved['epoch_loss']
+    torch.save(saved, last)
+    assert _steps(tiny, old, 5) == 0
+    a, b = _last(old), _last(whole)
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in b['model'])
+    lines = {r['step']: r['train/loss'] for r in map(json.loads, (old / 'seed0' / 'metrics.jsonl').open())}
+    whole_lines = {r['step']: r['train/loss'] for r in map(json.loads, (whole / 'seed0' / 'metrics.jsonl').open())}
+    assert lines[4] != whole_lines[4] and lines[5] == whole_lines[5]
