@@ -7,13 +7,16 @@ rename is atomic within a directory), and the directory is synced so that the re
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ['atomic_write', 'atomic_save', 'fsync_dir', 'make_dir', 'sha256_file']
+__all__ = ['atomic_write', 'atomic_save', 'fsync_dir', 'make_dir', 'sha256_file', 'signals_deferred']
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -30,25 +33,46 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM received inside the block take effect at its end (main thread only:
+    elsewhere Python runs no signal handlers anyway). Blocks nest."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    before = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if got:
+            signal.raise_signal(got[0])
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Call `write(f)` on a temporary file beside `path`, then put it in `path`'s place.
 
     The temporary file is `.NAME.tmp` in the same directory (a rename never crosses file systems),
     one per target: a write cut short leaves it, and the next write to `path` replaces it. One
     process writes a given path at a time (a run's checkpoints are written by rank 0 alone).
+    Ctrl-C and SIGTERM wait for the write's end: a KeyboardInterrupt inside `torch.save` comes out
+    as torch's own RuntimeError, and the file would be lost for a signal seconds later.
     """
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with signals_deferred():
+        try:
+            with open(tmp, 'wb') as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

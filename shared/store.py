@@ -25,9 +25,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
-import threading
 import uuid
 import warnings
 import zlib
@@ -39,7 +37,7 @@ import numpy as np
 import zarr
 
 from shared.datasets.manifest import DatasetError, check_dataset_name
-from shared.files import fsync_dir
+from shared.files import fsync_dir, signals_deferred
 
 __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
@@ -961,24 +959,6 @@ def finish_swap(path: str | os.PathLike) -> None:
         _logger.info('%s: replaced by the store an --overwrite built beside it', path)
     if old.exists() and is_store(path):
         shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Any:
-    """Ctrl-C and SIGTERM received inside the block take effect at its end (main thread only:
-    elsewhere Python runs no signal handlers anyway). Blocks nest."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-    before = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-        if got:
-            signal.raise_signal(got[0])
 
 
 @contextlib.contextmanager

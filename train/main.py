@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)
     setup_logging()
-    ranks = SINGLE
+    ranks, base = SINGLE, None
     try:
         overrides = parse_overrides(args.settings)
         if args.split:
@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         if ranks.main or not isinstance(err, RanksError):  # every rank fails a RanksError alike: said once
             print(f'error: {err}' if ranks.main else f'error (process {ranks.rank}): {err}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: last.pt is written whole or not at all, and every run resumes from it
+        if ranks.main:
+            where = f' in {base}/seedN/checkpoints' if base is not None else ''
+            print(f'\ninterrupted: each seed resumes from its last checkpoint (last.pt{where}); rerun the same '
+                  'command to continue', file=sys.stderr)
+        return 130
     finally:
         teardown()
 

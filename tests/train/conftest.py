@@ -51,6 +51,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+class Killed(BaseException):
+    """A test's stand-in for kill -9 at a chosen point: nothing after it runs, nothing catches it."""
+
+
 def tiny_args(tiny: Path, run: Path, *extra: str, config: Path | None = None) -> list[str]:
     """`python -m train` arguments of a run on the `tiny` dataset (its MEE config unless `config`)."""
     return ['--config', str(config or tiny / 'mee.yaml'), '--data-root', str(tiny / 'data'), '--features-root',

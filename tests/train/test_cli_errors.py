@@ -4,13 +4,15 @@ rewritten by a rerun asking for fewer epochs (item 11)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.train.conftest import DIM, ROWS, tiny_args as _train
+from tests.train.conftest import DIM, ROWS, Killed, tiny_args as _train
 
 def _one_line(code: int, err: str, *words: str) -> str:
     """The command failed with exit code 1 and one 'error:' line on stderr, naming `words`. In
@@ -75,6 +77,32 @@ def test_the_training_command_prints_the_line_not_a_traceback(tiny: Path, tmp_pa
     proc = subprocess.run([python, '-m', 'train', *_train(tiny, tmp_path / 'run', '--set', 'train.batch_size=0')],
                           cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
     _one_line(proc.returncode, proc.stderr, 'train.batch_size')
+
+
+def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(tiny: Path, tmp_path: Path, python: str,
+                                                                   repo_root: Path, subprocess_env: dict) -> None:
+    """Ctrl-C (a real SIGINT to a real training process): exit 130 with one line saying how to go
+    on, no traceback; the same command then resumes from last.pt."""
+    run = tmp_path / 'run'
+    cmd = [python, '-m', 'train', *_train(tiny, run, '--set', 'train.epochs=100000')]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    last, deadline = run / 'seed0' / 'checkpoints' / 'last.pt', time.time() + 120
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1] == (f'interrupted: each seed resumes from its last checkpoint (last.pt in '
+                                            f'{run}/seedN/checkpoints); rerun the same command to continue')
+    again = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    out = ''
+    while 'resuming' not in out and again.poll() is None:  # once it says so, it has loaded last.pt
+        out += again.stdout.readline()
+    again.send_signal(signal.SIGINT)
+    again.communicate(timeout=120)
+    assert 'resuming' in out and again.returncode == 130
 
 
 def test_a_corrupt_gallery_is_one_line_and_a_rerun_writes_it_again(tiny: Path, tmp_path: Path,
@@ -203,12 +231,12 @@ def test_metrics_jsonl_has_each_epoch_once_after_a_kill_at_the_epoch_end(
         if path.name == 'last.pt' and kw.get('epoch') == 1:  # epoch 2 (0-based 1) ends
             if when == 'after the checkpoint':
                 real_save(model, path, **kw)
-            raise KeyboardInterrupt
+            raise Killed
         return real_save(model, path, **kw)
 
     run = tmp_path / 'run'
     monkeypatch.setattr(loop, 'save_checkpoint', killed_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         train_main(_train(tiny, run, '--set', 'train.epochs=3'))
     monkeypatch.setattr(loop, 'save_checkpoint', real_save)
     metrics = run / 'seed0' / 'metrics.jsonl'

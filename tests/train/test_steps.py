@@ -11,7 +11,7 @@ import yaml
 
 from train.main import main as train_main
 
-from tests.train.conftest import tiny_args
+from tests.train.conftest import Killed, tiny_args
 
 # the tiny set trains 8 videos in batches of 4: 2 steps an epoch. The learning rate halves every
 # epoch, so a resumed run that stepped the per-epoch schedule at a stop part way through an epoch
@@ -117,10 +117,6 @@ def test_a_resumed_run_drops_the_metrics_lines_its_checkpoint_does_not_hold(tiny
     assert records[-1]['train/loss'] != 9.0
 
 
-class _Killed(BaseException):
-    """The process dies here (as kill -9 would, nothing after it runs)."""
-
-
 def test_checkpoint_steps_writes_last_pt_part_way_through_an_epoch_and_a_kill_resumes_there(
         tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """train.checkpoint_steps=3 with epochs of 2 steps and checkpoint_every=100: last.pt after step 3
@@ -138,11 +134,11 @@ def test_checkpoint_steps_writes_last_pt_part_way_through_an_epoch_and_a_kill_re
         if path.name == 'last.pt':  # not best.pt, which validation writes
             saved.append((extra['steps'], extra['epoch_steps']))
             if extra['steps'] == 3:
-                raise _Killed
+                raise Killed
 
     monkeypatch.setattr(train.loop, 'save_checkpoint', killed_after_step_3)
     killed, whole = tmp_path / 'killed', tmp_path / 'whole'
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         train_main(tiny_args(tiny, killed, *_SCHEDULE, *sparse, *every3))
     assert saved == [(3, 1)]  # epoch 1's end is not one of checkpoint_every's: none before step 3
     monkeypatch.setattr(train.loop, 'save_checkpoint', real)

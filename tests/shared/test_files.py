@@ -1,0 +1,50 @@
+"""Files written whole or not at all (`shared.files`), with real signals."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.files import atomic_write
+
+
+def test_ctrl_c_inside_a_write_takes_effect_once_the_file_is_in_place(tmp_path: Path) -> None:
+    """A Ctrl-C in the middle of a checkpoint write: the checkpoint is written whole, then the
+    KeyboardInterrupt comes (inside torch.save it came out as torch's own RuntimeError and the
+    file was lost); the handler in place before is back."""
+    handler = signal.getsignal(signal.SIGINT)
+    target = tmp_path / 'last.pt'
+
+    def write(f: object) -> None:
+        f.write(b'first half ')
+        os.kill(os.getpid(), signal.SIGINT)
+        f.write(b'second half')
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, write)
+    assert target.read_bytes() == b'first half second half' and not (tmp_path / '.last.pt.tmp').exists()
+    assert signal.getsignal(signal.SIGINT) is handler
+
+    class Preempted:  # the checkpoint's file, which gets a SIGTERM while torch.save writes it
+        def __init__(self, f: object) -> None:
+            self.f, self.sent = f, False
+
+        def write(self, data: bytes) -> int:
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+            return self.f.write(data)
+
+        def flush(self) -> None:
+            self.f.flush()
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))  # as extraction's
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write(target, lambda f: torch.save({'weights': torch.ones(3)}, Preempted(f)))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert torch.equal(torch.load(target, weights_only=True)['weights'], torch.ones(3))
