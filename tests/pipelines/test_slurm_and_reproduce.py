@@ -16,18 +16,28 @@ def _fake(bin_dir: Path, name: str, script: str) -> None:
     path.chmod(0o755)
 
 
-def test_sbatch_runs_make_extract_for_its_array_task(tmp_path: Path, repo_root: Path) -> None:
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    _fake(bin_dir, 'make', f'printf "%s\\n" "$@" > {tmp_path}/make-args\n')
-    env = {**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}', 'SLURM_ARRAY_TASK_ID': '3',
-           'SLURM_SUBMIT_DIR': str(tmp_path)}
-    out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/extract.sbatch'), 'msrvtt', 'object,scene', '16',
-                          '--weights', 'random'], env=env, capture_output=True, text=True, timeout=60)
+def test_sbatch_runs_extract_for_its_array_task_with_each_argument_whole(tmp_path: Path, repo_root: Path) -> None:
+    """Each argument reaches `python -m extract` as given: it went through make's shell recipe, where
+    a dataset 'folder:/v;touch FILE #' ran touch and a path with a space split in two."""
+    venv = tmp_path / 'venv'
+    (venv / 'bin').mkdir(parents=True)
+    _fake(venv / 'bin', 'python', f'printf "%s\\n" "$@" > {tmp_path}/args\n')
+    env = {**os.environ, 'VENV': str(venv), 'SLURM_ARRAY_TASK_ID': '3', 'SLURM_SUBMIT_DIR': str(tmp_path)}
+    env.pop('DATA_ROOT', None)
+    env.pop('FEATURES_ROOT', None)
+    dataset = f'folder:/my videos;touch {tmp_path}/ran #'
+    out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/extract.sbatch'), dataset, 'object,scene', '16',
+                          '--weights', 'random', '--set', 'ocr.x=a b'], env=env, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
-    args = (tmp_path / 'make-args').read_text().splitlines()
-    assert args == ['extract', 'DATASET=msrvtt', 'EXPERT=object,scene', 'SHARD=3', 'NUM_SHARDS=16',
-                    'EXTRACT_ARGS=--no-progress --weights random']
+    assert not (tmp_path / 'ran').exists()
+    args = (tmp_path / 'args').read_text().splitlines()
+    assert args == ['-m', 'extract', '--dataset', dataset, '--expert', 'object,scene', '--data-root', 'data',
+                    '--features-root', 'features', '--shard', '3', '--num-shards', '16', '--no-progress',
+                    '--weights', 'random', '--set', 'ocr.x=a b']
+    out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/extract.sbatch'), 'msrvtt', 'all', '4'],
+                         env={**env, 'VENV': str(tmp_path / 'none')}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and 'make setup' in out.stderr
     env.pop('SLURM_ARRAY_TASK_ID')
     out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/extract.sbatch'), 'msrvtt', 'all', '4'], env=env,
                          capture_output=True, text=True, timeout=60)
