@@ -101,11 +101,27 @@ def _ce_msrvtt_release(root: Path, n: int = 24) -> None:
     (root / 'test_list_full.txt').write_text('\n'.join(ids[20:]) + '\n')
 
 
+@pytest.mark.parametrize(('flag', 'value', 'said'), [
+    ('--seeds', 'a,1', "--seeds 'a,1': give one or more integers"),
+    ('--variant', '../../x', "--variant '../../x': give the suffix of a config file name"),
+    ('--variant', 'a/b', "--variant 'a/b': give the suffix"),
+])
+def test_reproduce_refuses_bad_seeds_and_variants_first(flag: str, value: str, said: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Probe 7: a variant with a '/' was a ValueError traceback; bad seeds were found only after the import."""
+    code = reproduce_main(['--paper', 'mee', '--dataset', 'msrvtt', '--split', '1k-B', flag, value, '--features-root',
+                           str(tmp_path), '--data-root', str(tmp_path), '--release', str(tmp_path / 'none')])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f'error: {said}') and err.count('\n') == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_reproduce_ce_msrvtt_full_imports_trains_and_compares(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`make reproduce PAPER=ce DATASET=msrvtt SPLIT=full` on a small release in CE's layout: the
     shipped paper config, made tiny with --set (random GPT, 2 epochs), imports, trains two seeds and
-    prints the comparison with CE's Table 1."""
+    prints the comparison with CE's Table 1. The seeds are given as '0, 1', which train accepts (probe 7:
+    reproduce then looked for the metrics in 'seed 1', a FileNotFoundError after the training)."""
     release = tmp_path / 'release'
     _ce_msrvtt_release(release)
     tiny = ['model.embed_dim=16', 'model.text_dim=32', 'model.text.weights=random', 'model.text.tokenizer=words',
@@ -114,7 +130,7 @@ def test_reproduce_ce_msrvtt_full_imports_trains_and_compares(tmp_path: Path, ca
     run = tmp_path / 'run'
     with pytest.warns(UserWarning, match='pickle'):
         code = reproduce_main(['--paper', 'ce', '--dataset', 'msrvtt', '--split', 'full', '--release', str(release),
-                               '--seeds', '0,1', '--data-root', str(tmp_path / 'data'), '--features-root',
+                               '--seeds', '0, 1', '--data-root', str(tmp_path / 'data'), '--features-root',
                                str(tmp_path / 'features'), '--run-dir', str(run),
                                *[a for kv in tiny for a in ('--set', kv)]])
     assert code == 0
