@@ -98,18 +98,27 @@ def _beside(ours: dict, paper: tuple[str, dict[str, dict[str, float]]] | None) -
 
 def compare_pretrained(tables: Sequence[PaperTable], finetuned: list[dict], pretrained: Path, scratch_run: Path,
                        dataset: str, split: str, data_root: Path, features_root: Path, device: str,
-                       stop_words: str) -> str:
+                       stop_words: str, model: str) -> str:
     """The papers' pretraining `tables` with ours under them: the `finetuned` seeds' test metrics
     (trained with `stop_words`), the `pretrained` run evaluated zero-shot on `dataset`'s `split`
     test part with each stop-words setting the tables have a zero-shot row of, and the
-    `scratch_run` seeds' test metrics when that run has finished.
+    `scratch_run` seeds' test metrics when that run has finished (a run of `model` on `dataset` `split`).
 
     Raises:
-        ConfigError: `pretrained` holds no run or several seeds; StoreError: a store it reads is missing.
+        ConfigError: `pretrained` holds no run or several seeds, or `scratch_run` is a run of another
+            model, dataset or split; StoreError: a store it reads is missing.
     """
     if not tables:
         return f'no paper numbers recorded for the pretrained recipe on {dataset} {split}'
     ours: dict[str, list[dict]] = {f'finetuned:{stop_words}': finetuned}
+    done = sorted(scratch_run.glob('seed*/test_metrics.json'))
+    if done:  # trained with its own config's stop words
+        cfg = saved_run_cfg(done[0].parent)
+        trained = (cfg.model.model, cfg.data.dataset, cfg.data.split)
+        if trained != (model, dataset, split):  # its numbers would be printed as this recipe's, silently
+            raise ConfigError(f'--scratch-run {scratch_run} is a run of {" ".join(trained)}, not of {model} {dataset} '
+                              f'{split}: give the from-scratch run of this recipe')
+        ours[f'scratch:{cfg.data.stop_words}'] = [json.loads(p.read_text()) for p in done]
     source = pretrained.parent.parent if pretrained.is_file() else pretrained  # RUN/checkpoints/NAME.pt
     sources = run_seeds(source)
     if len(sources) > 1:
@@ -119,9 +128,6 @@ def compare_pretrained(tables: Sequence[PaperTable], finetuned: list[dict], pret
         stop = setting.split(':')[1]
         ours[setting] = [evaluate_run(sources[0], manifest, split, 'test', features_root, data_root,
                                       torch.device(pick_device(device)), stop)]
-    done = sorted(scratch_run.glob('seed*/test_metrics.json'))
-    if done:  # trained with its own config's stop words
-        ours[f'scratch:{saved_run_cfg(done[0].parent).data.stop_words}'] = [json.loads(p.read_text()) for p in done]
     return format_beside(tables, ours)
 
 
@@ -210,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             text = compare_pretrained(PRETRAINING_TABLES.get((args.paper, args.dataset, split), ()), metrics,
                                       args.pretrained, args.scratch_run or scratch, args.dataset, split,
                                       args.data_root, args.features_root, args.device,
-                                      load_run_cfg(cfg_path).data.stop_words)
+                                      cfg.data.stop_words, cfg.model.model)
         except (ConfigError, DatasetError, StoreError) as err:
             print(f'error: {err}', file=sys.stderr)
             return 1

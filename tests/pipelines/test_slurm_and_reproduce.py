@@ -142,3 +142,21 @@ def test_reproduce_ce_msrvtt_full_imports_trains_and_compares(tmp_path: Path, ca
 
     assert search_main(['--run', str(run), '--query', 'a red circle', '-k', '2', '--data-root', str(tmp_path / 'data')]) == 0
     assert f'2 seeds in this run; searching seed0 (--run {run}/seed1 for another)' in capsys.readouterr().err
+
+
+def test_a_scratch_run_of_another_recipe_is_not_printed_as_this_one(tmp_path: Path) -> None:
+    """Probe 7: --scratch-run naming a CE run printed its metrics as MMT's "from scratch" row."""
+    from pipelines.paper_tables import PRETRAINING_TABLES
+    from pipelines.reproduce import compare_pretrained
+    from shared.config import ConfigError
+    from train.main import config_path
+
+    from tests.pipelines.test_demo_reuse import _saved_run
+
+    scratch = tmp_path / 'scratch'
+    _saved_run(scratch, config_path('ce', 'demo', None))
+    tables = PRETRAINING_TABLES[('mmt', 'activitynet', 'val1')]  # no zero-shot row: nothing evaluated first
+    with pytest.raises(ConfigError, match=f'--scratch-run {scratch} is a run of ce demo official, not of mmt demo '
+                                          'official: give the from-scratch run'):
+        compare_pretrained(tables, [], tmp_path / 'pretrained', scratch, 'demo', 'official', tmp_path, tmp_path,
+                           'cpu', 'keep', 'mmt')
