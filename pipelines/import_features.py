@@ -40,7 +40,7 @@ from tqdm import tqdm
 from shared.config import data_root_default, features_root_default
 from shared.datasets import DatasetError, dataset_dir, require_registered
 from shared.datasets.imported import IMPORTED_FILE, imported_video_path
-from shared.datasets.manifest import read_split_list
+from shared.datasets.manifest import read_split_list, read_text
 from shared.files import atomic_write
 from shared.store import (DONE, UNKNOWN_TIME, ExpertStore, StoreError, StoreSpec, VideoResult, check_store,
                           create_store, is_store, open_store, pack_chunk, replacement_path, signals_deferred,
@@ -304,7 +304,8 @@ def _splits(dataset: str, ids: list[str], captions: dict[str, list[str]], root: 
     def read(name: str) -> list[str]:
         local = root / name
         if local.is_file():
-            return [line.strip() for line in local.read_text().splitlines() if line.strip()]
+            text = read_text(local, 'a split list (a video id a line)')  # errors name the file
+            return [line.strip() for line in text.splitlines() if line.strip()]
         return list(read_split_list(shipped, name))
 
     known = set(ids)

@@ -217,6 +217,11 @@ BAD_PICKLES = {  # reviewer's defect 1 of issue 18: each gave a traceback
                                   "video id '../../x' is not one a video file can have"),
     'a NUL in a video id': ('raw-captions.pkl', lambda f: pickle.dump({**_captions(), 'a\x00b': [['a']]}, f),
                             "video id 'a\\x00b' is not one"),
+    # probe 7: the error named no file; a split list with a NUL byte was read as ids
+    'a split list not UTF-8': ('train_list_full.txt', lambda f: f.write(b'video0\n\xff\xfe\n'),
+                               'not UTF-8 text (byte 7), so not a split list'),
+    'a split list of binary data': ('train_list_full.txt', lambda f: f.write(b'video0\x00\x01'),
+                                    'binary data (a NUL byte), not a split list'),
     # probe 7: the (0,) set D=0 and the error blamed the next, well-formed video
     'an empty first feature': ('aggregated_audio_feats/Audio_MSRVTT_new.pickle',
                                lambda f: pickle.dump({'video0': np.zeros(0, np.float32),
