@@ -184,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
                         'or the address of a running scheduler, e.g. tcp://HOST:8786 (default: %(default)s)')
     p.add_argument('--workers', type=int_at_least(1), default=2,
                    help='worker processes (local) or SLURM jobs (default: %(default)s)')
-    p.add_argument('--num-shards', type=int_at_least(1), default=None, help='tasks (default: 4 per worker, at most one per chunk)')
+    p.add_argument('--num-shards', type=int_at_least(1), default=None,
+                   help='tasks (default: 4 per worker, at most one per chunk)')
     p.add_argument('--gpus', type=int_at_least(0), default=0, help='GPUs per worker; tasks then ask for one GPU each')
-    p.add_argument('--retries', type=int_at_least(0), default=2, help='retries of a failed shard (default: %(default)s)')
+    p.add_argument('--retries', type=int_at_least(0), default=2,
+                   help='retries of a failed shard (default: %(default)s)')
     p.add_argument('--data-root', type=Path, default=d.data_root,
                    help='directory holding one folder per dataset (default: %(default)s)')
     p.add_argument('--features-root', type=Path, default=d.features_root,
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--retry-failed', action='store_true', help='redo the videos that failed, as python -m extract')
     p.add_argument('--slurm-partition', default=None, help='SLURM partition of the worker jobs (default: the '
                                                            "cluster's default)")
-    p.add_argument('--slurm-cores', type=int_at_least(1), default=8, help='CPU cores per SLURM worker job (default: %(default)s)')
+    p.add_argument('--slurm-cores', type=int_at_least(1), default=8,
+                   help='CPU cores per SLURM worker job (default: %(default)s)')
     p.add_argument('--slurm-memory', default='32GB', help='memory per SLURM worker job (default: %(default)s)')
     p.add_argument('--slurm-walltime', default='04:00:00',
                    help='time limit per SLURM worker job (default: %(default)s)')
