@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.import_features import CE_FILES, MMT_EXPERTS, release_rows
+from shared.config import int_at_least
 from shared.store import StoreError, open_store
 
 __all__ = ['compare', 'main']
@@ -84,16 +85,6 @@ def _release_expert(expert: str, asked: str | None) -> str:
     return expert if expert in released else expert.split('.')[0]
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'{text!r}: give a whole number >= 0')
-    return value
-
-
 def _histogram(cosines: np.ndarray, path: Path, title: str) -> None:
     import matplotlib
 
@@ -128,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                         'has it, else its base name: object.timm_eval is compared with object)')
     p.add_argument('--out', type=Path, default=Path('.'),
                    help='directory for compare_EXPERT.png (histogram) and compare_EXPERT.csv (per video)')
-    p.add_argument('--worst', type=_non_negative, default=10, help='how many of the least similar videos to list')
+    p.add_argument('--worst', type=int_at_least(0), default=10, help='how many of the least similar videos to list')
     args = p.parse_args(argv)
     from extract.experts import expert_names
 

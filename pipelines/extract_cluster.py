@@ -25,7 +25,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from shared.config import ConfigError, parse_overrides
+from shared.config import ConfigError, int_at_least, parse_overrides
 from shared.datasets import DatasetError, load_manifest
 from shared.store import StoreError, check_store
 
@@ -182,11 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--scheduler', default='local',
                    help='local (a LocalCluster on this machine), slurm (dask-jobqueue: one SLURM job per worker), '
                         'or the address of a running scheduler, e.g. tcp://HOST:8786 (default: %(default)s)')
-    p.add_argument('--workers', type=int, default=2,
+    p.add_argument('--workers', type=int_at_least(1), default=2,
                    help='worker processes (local) or SLURM jobs (default: %(default)s)')
-    p.add_argument('--num-shards', type=int, default=None, help='tasks (default: 4 per worker, at most one per chunk)')
-    p.add_argument('--gpus', type=int, default=0, help='GPUs per worker; tasks then ask for one GPU each')
-    p.add_argument('--retries', type=int, default=2, help='retries of a failed shard (default: %(default)s)')
+    p.add_argument('--num-shards', type=int_at_least(1), default=None,
+                   help='tasks (default: 4 per worker, at most one per chunk)')
+    p.add_argument('--gpus', type=int_at_least(0), default=0, help='GPUs per worker; tasks then ask for one GPU each')
+    p.add_argument('--retries', type=int_at_least(0), default=2,
+                   help='retries of a failed shard (default: %(default)s)')
     p.add_argument('--data-root', type=Path, default=d.data_root,
                    help='directory holding one folder per dataset (default: %(default)s)')
     p.add_argument('--features-root', type=Path, default=d.features_root,
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--weights', default=None, help='as python -m extract --weights (random only when asked)')
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
                    help='an expert setting, as python -m extract --set (EXPERT.KEY=VALUE for one expert)')
-    p.add_argument('--decode-workers', type=int, default=1,
+    p.add_argument('--decode-workers', type=int_at_least(1), default=1,
                    help='decode processes inside each worker (default: %(default)s)')
     p.add_argument('--decode-window', type=float, default=d.decode_window, metavar='SECONDS',
                    help='seconds of a video decoded at once, as python -m extract --decode-window (default: %(default)g)')
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--retry-failed', action='store_true', help='redo the videos that failed, as python -m extract')
     p.add_argument('--slurm-partition', default=None, help='SLURM partition of the worker jobs (default: the '
                                                            "cluster's default)")
-    p.add_argument('--slurm-cores', type=int, default=8, help='CPU cores per SLURM worker job (default: %(default)s)')
+    p.add_argument('--slurm-cores', type=int_at_least(1), default=8,
+                   help='CPU cores per SLURM worker job (default: %(default)s)')
     p.add_argument('--slurm-memory', default='32GB', help='memory per SLURM worker job (default: %(default)s)')
     p.add_argument('--slurm-walltime', default='04:00:00',
                    help='time limit per SLURM worker job (default: %(default)s)')

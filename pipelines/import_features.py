@@ -38,9 +38,9 @@ import numpy as np
 from tqdm import tqdm
 
 from shared.config import data_root_default, features_root_default
-from shared.datasets import dataset_dir, require_registered
-from shared.datasets.imported import IMPORTED_FILE
-from shared.datasets.manifest import read_split_list
+from shared.datasets import DatasetError, dataset_dir, require_registered
+from shared.datasets.imported import IMPORTED_FILE, imported_video_path
+from shared.datasets.manifest import read_split_list, read_text
 from shared.files import atomic_write
 from shared.store import (DONE, UNKNOWN_TIME, ExpertStore, StoreError, StoreSpec, VideoResult, check_store,
                           create_store, is_store, open_store, pack_chunk, replacement_path, signals_deferred,
@@ -85,8 +85,8 @@ def _rows(value: Any, dim: int | None) -> tuple[np.ndarray | None, str]:
         return None, 'missing in the release (NaN)'
     if arr.ndim == 1:
         arr = arr[None]
-    if arr.ndim != 2 or (dim is not None and arr.shape[1] != dim):
-        raise ValueError(f'expected (D,) or (T, D) features, got shape {arr.shape}')
+    if arr.ndim != 2 or not arr.shape[1] or (dim is not None and arr.shape[1] != dim):
+        raise ValueError(f'expected (D,) or (T, D) features{f" with D={dim}" if dim else ""}, got shape {arr.shape}')
     if not np.isfinite(arr).all():
         return None, 'NaN in the release'
     return arr, ''
@@ -120,8 +120,8 @@ def _fill(store: ExpertStore, ids: list[str], values: dict[str, tuple[np.ndarray
           dim: int, max_rows: int, origin: str) -> None:
     """Write every chunk of a new store from the release's values."""
     for c in range(store.n_chunks):
-        results = []
-        for vid in (ids[r] for r in store.chunk_rows(c)):
+        results, chunk_ids = [], [ids[r] for r in store.chunk_rows(c)]
+        for vid in chunk_ids:
             if vid not in values:
                 results.append(VideoResult.skipped(dim, f'not in {origin}'))
                 continue
@@ -133,7 +133,11 @@ def _fill(store: ExpertStore, ids: list[str], values: dict[str, tuple[np.ndarray
             if times is None:
                 times = np.full((len(rows), 2), UNKNOWN_TIME, np.float32)
             results.append(VideoResult(rows, times))
-        store.write_chunk(c, pack_chunk(results, max_rows, dim, False))
+        try:
+            packed = pack_chunk(results, max_rows, dim, False, ids=chunk_ids)
+        except StoreError as err:  # e.g. values beyond float16: name the release file and the video
+            raise ValueError(f'{origin}: {err}; fix or drop that video in the release') from None
+        store.write_chunk(c, packed)
 
 
 @contextlib.contextmanager
@@ -158,6 +162,18 @@ def _commit(staged: list[ExpertStore], data_root: Path, dataset: str, source: st
         paths = [swap_in(store).path for store in staged]
         _write_manifest(data_root, dataset, source, ids, captions, splits)
     return paths
+
+
+def _check_ids(ids: list[str], data_root: Path, dataset: str, origin: Path) -> None:
+    """ValueError naming `origin` when a release's video id cannot name a file inside the dataset
+    (``../x``, a NUL): imported.json would hold it, and every command would then refuse the dataset."""
+    root = dataset_dir(data_root, dataset)
+    for vid in ids:
+        try:
+            imported_video_path(root, vid)
+        except DatasetError as err:
+            raise ValueError(f'{origin}: video id {vid!r} is not one a video file can have ({err}); '
+                             'fix the id in the release') from None
 
 
 def refuse_extracted(features_root: Path, dataset: str, experts: list[str]) -> None:
@@ -200,7 +216,7 @@ def _ce_rows(path: Path) -> dict[str, np.ndarray | None]:
     dim = None  # the first video with features sets it
     for vid, value in data.items():
         try:
-            if dim is None and np.ndim(value) >= 1:
+            if dim is None and np.ndim(value) >= 1 and np.shape(value)[-1]:  # (0,) sets none: it is refused
                 dim = np.shape(value)[-1]
             out[vid] = _rows(value, dim)[0]
         except (ValueError, TypeError) as err:  # name the file and the video: a release has thousands
@@ -227,18 +243,30 @@ def _mmt_name(expert: str) -> str:
     return next((m for m, ours in MMT_EXPERTS.items() if ours == expert), expert)
 
 
-def _mmt_rows(root: Path, expert: str) -> dict[str, np.ndarray | None]:
+@contextlib.contextmanager
+def _h5(path: Path) -> Iterator[Any]:
+    """One MMT release file, open for reading; whatever goes wrong while it is read names it (h5py's and
+    numpy's messages name neither the file nor the video, and a release has thousands)."""
     import h5py
 
+    try:
+        h = h5py.File(path, 'r')
+    except OSError as err:
+        raise OSError(f'{path}: cannot read it as an HDF5 file ({err}): replace or remove it') from None
+    with h:
+        try:
+            yield h
+        except (ValueError, TypeError, KeyError, OSError) as err:  # a dataset of another shape, type or encoding
+            raise ValueError(f'{path}: {err}') from None
+
+
+def _mmt_rows(root: Path, expert: str) -> dict[str, np.ndarray | None]:
     key = f'features.{_mmt_name(expert)}'
     out: dict[str, np.ndarray | None] = {}
     for f in sorted(root.glob('*.h5')):
-        try:
-            with h5py.File(f, 'r') as h:
-                if key in h:
-                    out[f.stem] = _rows(h[key][()], None)[0]
-        except OSError as err:  # h5py's message names neither the file nor what to do
-            raise OSError(f'{f}: cannot read it as an HDF5 file ({err}): replace or remove it') from None
+        with _h5(f) as h:
+            if key in h:
+                out[f.stem] = _rows(h[key][()], None)[0]
     if not out:
         raise FileNotFoundError(f'no {key} in the h5 files of {root}')
     return out
@@ -276,7 +304,8 @@ def _splits(dataset: str, ids: list[str], captions: dict[str, list[str]], root: 
     def read(name: str) -> list[str]:
         local = root / name
         if local.is_file():
-            return [line.strip() for line in local.read_text().splitlines() if line.strip()]
+            text = read_text(local, 'a split list (a video id a line)')  # errors name the file
+            return [line.strip() for line in text.splitlines() if line.strip()]
         return list(read_split_list(shipped, name))
 
     known = set(ids)
@@ -320,6 +349,7 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
         raise FileNotFoundError(f'no raw-captions.pkl under {root}')
     captions = _ce_captions(cap_file)
     ids = sorted(captions)
+    _check_ids(ids, data_root, dataset, cap_file)
     found = [(f, name) for pattern, name in CE_FILES for f in sorted(root.rglob(pattern))[:1]]
     if not found:
         raise FileNotFoundError(f'no CE feature pickles under {root} (expected e.g. {CE_FILES[0][0]})')
@@ -337,17 +367,17 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
 def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, progress: bool = True,
                overwrite: bool = False) -> list[Path]:
     """MMT's per-video HDF5 files under `root` -> stores + imported.json (`overwrite`: as `import_ce`)."""
-    import h5py
-
     require_registered(dataset, _AS_KNOWN)  # a bad name fails before the release is read
     files = sorted(root.glob('*.h5'))
     if not files:
         raise FileNotFoundError(f'no .h5 files in {root}')
     ids = [f.stem for f in files]
+    _check_ids(ids, data_root, dataset, root)
+    dims: dict[str, int] = {}  # per expert, set by the first file with rows
     captions: dict[str, list[str]] = {}
     per_expert: dict[str, dict[str, tuple[np.ndarray | None, np.ndarray | None]]] = {}
     for f in tqdm(files, desc='read MMT files', unit='video', disable=not progress):
-        with h5py.File(f, 'r') as h:
+        with _h5(f) as h:
             keys = list(h.keys())
             caps = sorted((int(k.split('.', 1)[1]), k) for k in keys if k.startswith('raw_captions.'))
             captions[f.stem] = [_decode(h[k][()]) for _, k in caps]
@@ -355,7 +385,9 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
                 if not k.startswith('features.'):
                     continue
                 expert = k.split('.', 1)[1]
-                rows, _ = _rows(h[k][()], None)
+                rows, _ = _rows(h[k][()], dims.get(expert))
+                if rows is not None:
+                    dims.setdefault(expert, rows.shape[1])
                 times = None
                 if rows is not None and f'features_t.{expert}' in h:
                     t = np.asarray(h[f'features_t.{expert}'][()], np.float32)

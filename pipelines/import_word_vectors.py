@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from shared.text import BINARY_SUFFIXES, load_word_vectors
+from shared.text import BINARY_SUFFIXES, TEXT_SUFFIXES, load_word_vectors
 
 __all__ = ['import_word_vectors', 'main']
 
@@ -29,7 +29,15 @@ def import_word_vectors(src: Path, out: Path) -> Path:
         raise ValueError(f'{out}: the output is a word2vec binary; give it a name ending in .bin')
     if not src.is_file():
         raise FileNotFoundError(f'{src} not found')
-    kv = KeyedVectors.load(str(src))  # noqa: S301 - the explicit importer; warned about in main()
+    if src.name.lower().endswith(BINARY_SUFFIXES + TEXT_SUFFIXES):  # nothing to convert, nothing to unpickle
+        raise ValueError(f'{src} is named as a word2vec file, which needs no import: name it in the setting directly')
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f'{out.parent} is not a directory: create it, or write {out.name} elsewhere')
+    try:
+        kv = KeyedVectors.load(str(src))  # noqa: S301 - the explicit importer; warned about in main()
+    except Exception as err:  # noqa: BLE001 - whatever a file that is no gensim save makes the unpickler raise
+        raise ValueError(f'{src}: not a gensim KeyedVectors.save file ({type(err).__name__}: {err}); give the '
+                         'file KeyedVectors.save wrote, whole') from None
     if not isinstance(kv, KeyedVectors):
         raise ValueError(f'{src} holds a {type(kv).__name__}, not gensim KeyedVectors')
     tmp = out.with_name(f'.{out.name}.tmp')

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ from shared.device import pick_device
 from shared.store import StoreError, store_path
 from train.config import load_run_cfg, saved_run_cfg
 from train.evaluate import evaluate_run
-from train.main import config_path
+from train.main import config_path, parse_seeds
 from train.main import main as train_main
 from train.runs import run_seeds
 
@@ -97,18 +98,27 @@ def _beside(ours: dict, paper: tuple[str, dict[str, dict[str, float]]] | None) -
 
 def compare_pretrained(tables: Sequence[PaperTable], finetuned: list[dict], pretrained: Path, scratch_run: Path,
                        dataset: str, split: str, data_root: Path, features_root: Path, device: str,
-                       stop_words: str) -> str:
+                       stop_words: str, model: str) -> str:
     """The papers' pretraining `tables` with ours under them: the `finetuned` seeds' test metrics
     (trained with `stop_words`), the `pretrained` run evaluated zero-shot on `dataset`'s `split`
     test part with each stop-words setting the tables have a zero-shot row of, and the
-    `scratch_run` seeds' test metrics when that run has finished.
+    `scratch_run` seeds' test metrics when that run has finished (a run of `model` on `dataset` `split`).
 
     Raises:
-        ConfigError: `pretrained` holds no run or several seeds; StoreError: a store it reads is missing.
+        ConfigError: `pretrained` holds no run or several seeds, or `scratch_run` is a run of another
+            model, dataset or split; StoreError: a store it reads is missing.
     """
     if not tables:
         return f'no paper numbers recorded for the pretrained recipe on {dataset} {split}'
     ours: dict[str, list[dict]] = {f'finetuned:{stop_words}': finetuned}
+    done = sorted(scratch_run.glob('seed*/test_metrics.json'))
+    if done:  # trained with its own config's stop words
+        cfg = saved_run_cfg(done[0].parent)
+        trained = (cfg.model.model, cfg.data.dataset, cfg.data.split)
+        if trained != (model, dataset, split):  # its numbers would be printed as this recipe's, silently
+            raise ConfigError(f'--scratch-run {scratch_run} is a run of {" ".join(trained)}, not of {model} {dataset} '
+                              f'{split}: give the from-scratch run of this recipe')
+        ours[f'scratch:{cfg.data.stop_words}'] = [json.loads(p.read_text()) for p in done]
     source = pretrained.parent.parent if pretrained.is_file() else pretrained  # RUN/checkpoints/NAME.pt
     sources = run_seeds(source)
     if len(sources) > 1:
@@ -118,9 +128,6 @@ def compare_pretrained(tables: Sequence[PaperTable], finetuned: list[dict], pret
         stop = setting.split(':')[1]
         ours[setting] = [evaluate_run(sources[0], manifest, split, 'test', features_root, data_root,
                                       torch.device(pick_device(device)), stop)]
-    done = sorted(scratch_run.glob('seed*/test_metrics.json'))
-    if done:  # trained with its own config's stop words
-        ours[f'scratch:{saved_run_cfg(done[0].parent).data.stop_words}'] = [json.loads(p.read_text()) for p in done]
     return format_beside(tables, ours)
 
 
@@ -166,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--device', default='auto', help='for the zero-shot evaluation: auto, cpu, cuda ...')
     args = p.parse_args(argv)
     try:
+        # parsed here, as train parses them: '0, 1' trained seed1, then its metrics were looked for in 'seed 1'
+        seeds = parse_seeds(args.seeds)
+        if args.variant and not re.fullmatch(r'[\w.-]+', args.variant):  # a file name's suffix, no path
+            raise ConfigError(f'--variant {args.variant!r}: give the suffix of a config file name, e.g. coco_face')
         cfg_path = config_path(args.paper, args.dataset, args.split, finetune=args.pretrained is not None)
         if args.variant:
             cfg_path = cfg_path.with_name(f'{cfg_path.stem}_{args.variant}.yaml')
@@ -193,27 +204,28 @@ def main(argv: list[str] | None = None) -> int:
     run = args.run_dir or (scratch.with_name(scratch.name + '-pretrained') if args.pretrained else scratch)
     overrides = [a for kv in args.settings for a in ('--set', kv)]
     init = ['--init-from', str(args.pretrained)] if args.pretrained is not None else []
-    code = train_main(['--config', str(cfg_path), '--dataset', args.dataset, '--split', split, '--seeds', args.seeds,
+    code = train_main(['--config', str(cfg_path), '--dataset', args.dataset, '--split', split,
+                       '--seeds', ','.join(map(str, seeds)),
                        '--data-root', str(args.data_root), '--features-root', str(args.features_root),
                        '--run-dir', str(run), *init, *overrides])
     if code:
         return code
-    seeds = [json.loads((run / f'seed{s}' / 'test_metrics.json').read_text()) for s in args.seeds.split(',')]
+    metrics = [json.loads((run / f'seed{s}' / 'test_metrics.json').read_text()) for s in seeds]
     if args.pretrained is not None:
         try:
-            text = compare_pretrained(PRETRAINING_TABLES.get((args.paper, args.dataset, split), ()), seeds,
+            text = compare_pretrained(PRETRAINING_TABLES.get((args.paper, args.dataset, split), ()), metrics,
                                       args.pretrained, args.scratch_run or scratch, args.dataset, split,
                                       args.data_root, args.features_root, args.device,
-                                      load_run_cfg(cfg_path).data.stop_words)
+                                      cfg.data.stop_words, cfg.model.model)
         except (ConfigError, DatasetError, StoreError) as err:
             print(f'error: {err}', file=sys.stderr)
             return 1
     elif args.paper == 'mee' and (args.dataset, split) in MEE_TABLES:  # videos and COCO images
-        extra = [run / f'seed{s}' / 'test_metrics_extra.json' for s in args.seeds.split(',')]
+        extra = [run / f'seed{s}' / 'test_metrics_extra.json' for s in seeds]
         images = [next(iter(json.loads(p.read_text()).values())) for p in extra if p.is_file()]
-        text = mee_beside(MEE_TABLES[args.dataset, split], args.variant, seeds, images)
+        text = mee_beside(MEE_TABLES[args.dataset, split], args.variant, metrics, images)
     else:
-        mean = {d: {k: sum(r[d][k] for r in seeds) / len(seeds) for k in seeds[0][d]} for d in seeds[0]}
+        mean = {d: {k: sum(r[d][k] for r in metrics) / len(metrics) for k in metrics[0][d]} for d in metrics[0]}
         text = _beside(mean, PAPER_RESULTS.get((args.paper, args.dataset, split)))
     if args.paper == 'ssb' and (args.dataset, split) in CAPTION_RESULTS:  # the captioner of appendix 6.4
         from train.caption import caption_run
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = load_manifest(args.dataset, args.data_root)
         device = torch.device(pick_device(args.device))
         records = [caption_run(run / f'seed{s}', manifest, split, 'test', args.features_root, args.data_root, device)
-                   for s in args.seeds.split(',')]
+                   for s in seeds]
         text += '\n\n' + captions_beside(records, CAPTION_RESULTS[args.dataset, split])
     print(text)
     (run / 'paper_comparison.md').write_text(text + '\n')

@@ -48,6 +48,12 @@ class ServeCfg:
     port: int = 8000
     max_k: int = 100
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:  # else uvicorn's traceback, after the collection has loaded
+            raise ConfigError(f'--port {self.port}: give a port from 0 to 65535')
+        if self.max_k < 1:
+            raise ConfigError(f'max_k {self.max_k}: give at least 1')
+
 
 class Collection:
     """A run's model and text encoder with an index of a collection (`train.index`), loaded once."""
@@ -131,7 +137,9 @@ def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fasta
         if not 1 <= k <= cfg.max_k:
             raise HTTPException(400, f'k must be between 1 and {cfg.max_k}, got {k}')
 
-    @app.get('/')
+    # response_model=None: the return annotations are strings here (FileResponse is imported in this
+    # function), which pydantic cannot resolve: /openapi.json and /docs answered 500
+    @app.get('/', response_model=None)
     def page() -> FileResponse:
         return FileResponse(STATIC / 'search.html', media_type='text/html')
 
@@ -151,14 +159,14 @@ def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fasta
         except KeyError:
             raise HTTPException(404, f'no video {id!r} in this index') from None
 
-    @app.get('/thumb/{row}')
+    @app.get('/thumb/{row}', response_model=None)
     def thumb(row: int) -> FileResponse:
         path = collection.thumbs / f'{row}.jpg'
         if not 0 <= row < len(collection.ids) or not path.is_file():
             raise HTTPException(404, f'no thumbnail {row}')
         return FileResponse(path, media_type='image/jpeg')
 
-    @app.get('/video')
+    @app.get('/video', response_model=None)
     def video(path: str) -> FileResponse:
         try:
             return FileResponse(collection.file(path))  # Starlette answers Range requests with 206
@@ -180,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
     args = p.parse_args(argv)
     try:
+        cfg = ServeCfg(args.host, args.port)
         collection = Collection(args.run, args.index, args.data_root)
     except (ConfigError, StoreError, FileNotFoundError, ValueError, KeyError) as err:
         print(f'error: {err}', file=sys.stderr)
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     print(f'{len(collection.ids)} videos; open http://{args.host}:{args.port}/')
-    uvicorn.run(create_app(collection, ServeCfg(args.host, args.port)), host=args.host, port=args.port,
+    uvicorn.run(create_app(collection, cfg), host=cfg.host, port=cfg.port,
                 log_level='warning')
     return 0
 

@@ -12,7 +12,7 @@ import yaml
 
 __all__ = ['ConfigError', 'from_dict', 'load_yaml', 'read_yaml', 'to_dict', 'parse_overrides',
            'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default', 'weights_dir',
-           'offline']
+           'offline', 'int_at_least']
 
 T = TypeVar('T')
 
@@ -171,3 +171,20 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise ConfigError(f'--set {item}: {_yaml_problem(err)}') from None
     return out
+
+
+def int_at_least(low: int) -> typing.Callable[[str], int]:
+    """An argparse `type`: a whole number >= `low`, else argparse's one-line usage error naming the flag
+    (`--workers 0` made a cluster with no worker, which waited for one forever)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f'{text!r}: give a whole number >= {low}')
+        return value
+
+    return parse

@@ -234,13 +234,14 @@ def shard_chunks(n_chunks: int, shard: int, num_shards: int) -> range:
 
 
 def pack_chunk(results: Sequence[VideoResult], max_rows: int, dim: int, has_tokens: bool,
-               fail_unstorable: bool = False) -> ChunkData:
+               fail_unstorable: bool = False, ids: Sequence[str] | None = None) -> ChunkData:
     """Pack per-video results into chunk arrays, enforcing the store's rules.
 
     Unavailable rows get length 0 and zero features; too many rows are an error of the caller
     (StoreError), never written. So are features or times the store cannot hold (NaN, inf,
     beyond float16), unless `fail_unstorable`: then that video is stored as failed, with the
     reason (an extraction goes on; one such video would otherwise stop it at every rerun).
+    `ids`, the results' video ids, name the video in those errors (else its row in the chunk).
     """
     n = len(results)
     chunk = ChunkData(
@@ -253,17 +254,18 @@ def pack_chunk(results: Sequence[VideoResult], max_rows: int, dim: int, has_toke
         tokens=np.full(n, '', dtype=object) if has_tokens else None,
     )
     for i, r in enumerate(results):
+        who = f'video {ids[i]}' if ids is not None else f'row {i}'
         if r.status not in (DONE, FAILED, SKIPPED):
-            raise StoreError(f'row {i}: status must be done, failed or skipped, got {r.status}')
+            raise StoreError(f'{who}: status must be done, failed or skipped, got {r.status}')
         feats = np.asarray(r.features, np.float32).reshape(-1, dim)
         times = np.asarray(r.timestamps, np.float32).reshape(-1, 2)
         if len(feats) != len(times):
-            raise StoreError(f'row {i}: {len(feats)} feature rows but {len(times)} timestamps')
+            raise StoreError(f'{who}: {len(feats)} feature rows but {len(times)} timestamps')
         if len(feats) > max_rows:
-            raise StoreError(f'row {i}: {len(feats)} rows exceed the store maximum T={max_rows}')
+            raise StoreError(f'{who}: {len(feats)} rows exceed the store maximum T={max_rows}')
         problem = _unstorable(feats, times)
         if problem and not fail_unstorable:
-            raise StoreError(f'row {i}: {problem}')
+            raise StoreError(f'{who}: {problem}')
         if problem:
             r, feats, times = VideoResult.failed(problem, dim), feats[:0], times[:0]
         available = r.status == DONE and len(feats) > 0 and (r.available is None or r.available)

@@ -14,9 +14,15 @@ from pathlib import Path
 
 from shared.datasets.manifest import DatasetError, Manifest, Split, read_json, resolve_inside
 
-__all__ = ['IMPORTED_FILE', 'imported_manifest']
+__all__ = ['IMPORTED_FILE', 'imported_manifest', 'imported_video_path']
 
 IMPORTED_FILE = 'imported.json'
+
+
+def imported_video_path(root: Path, video_id: str) -> Path:
+    """The file of an imported video, ``{root}/videos/{id}.mp4`` (DatasetError: an id such as
+    ``../x`` that leads outside `root`)."""
+    return resolve_inside(root, f'videos/{video_id}.mp4')
 
 
 def imported_manifest(root: Path, name: str) -> Manifest:
@@ -35,7 +41,7 @@ def imported_manifest(root: Path, name: str) -> Manifest:
         release = str(data.get('source', '?'))
     except (KeyError, TypeError, AttributeError) as err:
         raise DatasetError(f'{path}: not an imported-features manifest ({err!r})') from None
-    paths = tuple(resolve_inside(root, f'videos/{v}.mp4') for v in ids)
+    paths = tuple(imported_video_path(root, v) for v in ids)
     origin = (f'{path} (captions and splits of the features imported from the {release} release; '
               f'no official annotation files in {root})')
     return Manifest(name, root, ids, paths, caps, splits, origin=origin)

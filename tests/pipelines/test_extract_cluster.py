@@ -146,3 +146,19 @@ def test_an_address_with_nothing_listening_is_one_line_at_once(tmp_path: Path, c
     code, _ = _cluster_cli('tcp://no-such-host.invalid:8786', tmp_path)
     err = capsys.readouterr().err
     assert code == 1 and err.count('\n') == 1 and 'no-such-host.invalid' in err, err
+
+
+@pytest.mark.parametrize(('flag', 'value'), [('--workers', '0'), ('--workers', '-2'), ('--gpus', '-1'),
+                                             ('--num-shards', '0'), ('--retries', '-1'), ('--decode-workers', '0')])
+def test_a_count_out_of_range_is_a_usage_error_at_once(flag: str, value: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Probe 7: --workers 0 and --gpus -1 made a cluster on which no task could run, and waited forever;
+    --num-shards 0 and -3 were quietly replaced."""
+    from pipelines.extract_cluster import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(['--dataset', 'demo', '--experts', 'scene', '--data-root', str(tmp_path), '--features-root',
+              str(tmp_path), flag, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {flag}: '{value}': give a whole number >= " in err, err
+    assert list(tmp_path.iterdir()) == []

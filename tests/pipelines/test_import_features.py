@@ -212,6 +212,21 @@ BAD_PICKLES = {  # reviewer's defect 1 of issue 18: each gave a traceback
                                        lambda f: pickle.dump({'video0': {'a': 1}}, f), 'video video0: '),
     'ids 1 and "1"': ('raw-captions.pkl', lambda f: pickle.dump({1: [['a']], '1': [['b']]}, f),
                       "video id '1' is there twice"),
+    # probe 7: these were imported, exit 0, and every later command refused the dataset (the path escapes)
+    'a video id that leads out': ('raw-captions.pkl', lambda f: pickle.dump({**_captions(), '../../x': [['a']]}, f),
+                                  "video id '../../x' is not one a video file can have"),
+    'a NUL in a video id': ('raw-captions.pkl', lambda f: pickle.dump({**_captions(), 'a\x00b': [['a']]}, f),
+                            "video id 'a\\x00b' is not one"),
+    # probe 7: the error named no file; a split list with a NUL byte was read as ids
+    'a split list not UTF-8': ('train_list_full.txt', lambda f: f.write(b'video0\n\xff\xfe\n'),
+                               'not UTF-8 text (byte 7), so not a split list'),
+    'a split list of binary data': ('train_list_full.txt', lambda f: f.write(b'video0\x00\x01'),
+                                    'binary data (a NUL byte), not a split list'),
+    # probe 7: the (0,) set D=0 and the error blamed the next, well-formed video
+    'an empty first feature': ('aggregated_audio_feats/Audio_MSRVTT_new.pickle',
+                               lambda f: pickle.dump({'video0': np.zeros(0, np.float32),
+                                                      'video1': np.ones(128, np.float32)}, f),
+                               'video video0: expected (D,) or (T, D) features, got shape (1, 0)'),
 }
 
 
@@ -228,6 +243,65 @@ def test_a_release_file_of_another_kind_is_one_line(case: str, tmp_path: Path, c
     err = capsys.readouterr().err
     assert err.startswith(f'error: {release / name}: ') and err.count('\n') == 1 and said in err, err
     assert _files_under(data, feats) == []  # nothing written
+
+
+def test_features_beyond_float16_name_the_release_file_and_the_video(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Probe 7: the error said 'row 1: features beyond the range of float16', naming neither."""
+    release = tmp_path / 'release'
+    audio = _ce_release(release)['audio']
+    audio['video2'] = np.full((3, 128), 1e30, np.float32)
+    with open(release / 'aggregated_audio_feats/Audio_MSRVTT_new.pickle', 'wb') as f:
+        pickle.dump(audio, f)
+    data, feats = tmp_path / 'data', tmp_path / 'features'
+    with pytest.warns(UserWarning, match='pickle'):
+        assert import_main(_ce_args(release, data, feats)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: aggregated_audio_feats/Audio_MSRVTT_new.pickle: video video2: features beyond the '
+                          'range of float16') and err.count('\n') == 1, err
+    assert _files_under(data, feats) == []
+
+
+def _mmt_release(root: Path) -> None:
+    root.mkdir()
+    for v in IDS:
+        with h5py.File(root / f'{v}.h5', 'w') as h:
+            h['features.audio'] = np.ones((3, 16), np.float32)
+            h['raw_captions.0'] = f'a caption of {v}'
+
+
+BAD_H5 = {  # probe 7: each was a line naming neither the file nor the video (a release has ~10k files)
+    'not HDF5': (lambda p: p.write_bytes(b'not an hdf5 file'), 'cannot read it as an HDF5 file'),
+    'a feature of text': (lambda p: _h5_write(p, {'features.audio': b'abc'}), 'could not convert string to float'),
+    'a feature of another D': (lambda p: _h5_write(p, {'features.audio': np.ones((3, 8), np.float32)}),
+                               'with D=16, got shape (3, 8)'),
+    'a caption key that is no number': (lambda p: _h5_write(p, {'raw_captions.x': b'a'}), "invalid literal for int()"),
+    'a caption not UTF-8': (lambda p: _h5_write(p, {'raw_captions.0': np.bytes_(b'\xff\xfe')}), "can't decode byte"),
+}
+
+
+def _h5_write(path: Path, values: dict) -> None:
+    path.unlink()
+    with h5py.File(path, 'w') as h:
+        h['features.audio'] = np.ones((2, 16), np.float32)
+        for k, v in values.items():
+            if k in h:
+                del h[k]
+            h[k] = v
+
+
+@pytest.mark.parametrize('case', list(BAD_H5))
+def test_a_bad_mmt_file_is_one_line_naming_it(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / 'mult_h5'
+    _mmt_release(root)
+    write, said = BAD_H5[case]
+    write(root / 'video2.h5')
+    data, feats = tmp_path / 'data', tmp_path / 'features'
+    assert import_main(['--source', 'mmt', '--root', str(root), '--dataset', 'msvd', '--data-root', str(data),
+                        '--features-root', str(feats), '--no-progress']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {root / "video2.h5"}: ') and err.count('\n') == 1 and said in err, err
+    assert _files_under(data, feats) == []
 
 
 @pytest.mark.parametrize('name', ['myset', 'msrvtt.'])

@@ -127,7 +127,7 @@ def test_pretraining_tables_print_beside_tiny_runs(howto: tuple[Path, Path], tin
     assert 'initialised from' in capsys.readouterr().out
     finetuned = [json.loads((tuned / 'seed0' / 'test_metrics.json').read_text())]
     text = compare_pretrained(PRETRAINING_TABLES[('mmt', 'msrvtt', '1k-A')], finetuned, pre, scratch, 'demo',
-                              'official', tiny / 'data', tiny / 'features', 'cpu', 'keep')
+                              'official', tiny / 'data', tiny / 'features', 'cpu', 'keep', 'mmt')
     lines = text.splitlines()
     assert lines[0].startswith('MMT, Tab. 1: Advantage of pretraining on HowTo100M')
     zero = {stop: json.loads((pre / 'seed0' / 'eval' / name).read_text())['t2v'] for stop, name in

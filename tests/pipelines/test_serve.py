@@ -192,3 +192,30 @@ def test_serve_refuses_what_is_not_a_run_or_an_index(tmp_path: Path, capsys: pyt
     assert torch.get_num_threads() == threads  # a caller's later work (in-process training) keeps its threads
     err = capsys.readouterr().err
     assert err.startswith('error: ') and 'not a run directory' in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('port', ['70000', '-1'])
+def test_a_port_out_of_range_is_one_line_before_anything_loads(port: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """Probe 7: --port 70000 loaded the collection, then uvicorn died with an OverflowError traceback."""
+    from pipelines.serve import main as serve_main
+
+    assert serve_main(['--run', str(tmp_path / 'nothing'), '--index', str(tmp_path), '--port', port]) == 1
+    err = capsys.readouterr().err
+    assert err == f'error: --port {port}: give a port from 0 to 65535\n', err
+
+
+def test_the_api_schema_and_its_docs_page_are_served() -> None:
+    """Probe 7: /openapi.json (and so /docs) answered 500: the routes' FileResponse annotations, strings
+    under `from __future__ import annotations`, could not be resolved. The schema needs no collection."""
+    from typing import cast
+
+    from fastapi.testclient import TestClient
+
+    from pipelines.serve import Collection, create_app
+
+    client = TestClient(create_app(cast(Collection, None)), raise_server_exceptions=False)
+    r = client.get('/openapi.json')
+    assert r.status_code == 200, r.text
+    assert {'/', '/search', '/similar', '/thumb/{row}', '/video'} <= set(r.json()['paths'])
+    assert client.get('/docs').status_code == 200

@@ -16,18 +16,28 @@ def _fake(bin_dir: Path, name: str, script: str) -> None:
     path.chmod(0o755)
 
 
-def test_sbatch_runs_make_extract_for_its_array_task(tmp_path: Path, repo_root: Path) -> None:
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    _fake(bin_dir, 'make', f'printf "%s\\n" "$@" > {tmp_path}/make-args\n')
-    env = {**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}', 'SLURM_ARRAY_TASK_ID': '3',
-           'SLURM_SUBMIT_DIR': str(tmp_path)}
-    out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/extract.sbatch'), 'msrvtt', 'object,scene', '16',
-                          '--weights', 'random'], env=env, capture_output=True, text=True, timeout=60)
+def test_sbatch_runs_extract_for_its_array_task_with_each_argument_whole(tmp_path: Path, repo_root: Path) -> None:
+    """Each argument reaches `python -m extract` as given: it went through make's shell recipe, where
+    a dataset 'folder:/v;touch FILE #' ran touch and a path with a space split in two."""
+    venv = tmp_path / 'venv'
+    (venv / 'bin').mkdir(parents=True)
+    _fake(venv / 'bin', 'python', f'printf "%s\\n" "$@" > {tmp_path}/args\n')
+    env = {**os.environ, 'VENV': str(venv), 'SLURM_ARRAY_TASK_ID': '3', 'SLURM_SUBMIT_DIR': str(tmp_path)}
+    env.pop('DATA_ROOT', None)
+    env.pop('FEATURES_ROOT', None)
+    dataset = f'folder:/my videos;touch {tmp_path}/ran #'
+    out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/extract.sbatch'), dataset, 'object,scene', '16',
+                          '--weights', 'random', '--set', 'ocr.x=a b'], env=env, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
-    args = (tmp_path / 'make-args').read_text().splitlines()
-    assert args == ['extract', 'DATASET=msrvtt', 'EXPERT=object,scene', 'SHARD=3', 'NUM_SHARDS=16',
-                    'EXTRACT_ARGS=--no-progress --weights random']
+    assert not (tmp_path / 'ran').exists()
+    args = (tmp_path / 'args').read_text().splitlines()
+    assert args == ['-m', 'extract', '--dataset', dataset, '--expert', 'object,scene', '--data-root', 'data',
+                    '--features-root', 'features', '--shard', '3', '--num-shards', '16', '--no-progress',
+                    '--weights', 'random', '--set', 'ocr.x=a b']
+    out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/extract.sbatch'), 'msrvtt', 'all', '4'],
+                         env={**env, 'VENV': str(tmp_path / 'none')}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and 'make setup' in out.stderr
     env.pop('SLURM_ARRAY_TASK_ID')
     out = subprocess.run(['bash', str(repo_root / 'pipelines/slurm/extract.sbatch'), 'msrvtt', 'all', '4'], env=env,
                          capture_output=True, text=True, timeout=60)
@@ -91,11 +101,27 @@ def _ce_msrvtt_release(root: Path, n: int = 24) -> None:
     (root / 'test_list_full.txt').write_text('\n'.join(ids[20:]) + '\n')
 
 
+@pytest.mark.parametrize(('flag', 'value', 'said'), [
+    ('--seeds', 'a,1', "--seeds 'a,1': give one or more integers"),
+    ('--variant', '../../x', "--variant '../../x': give the suffix of a config file name"),
+    ('--variant', 'a/b', "--variant 'a/b': give the suffix"),
+])
+def test_reproduce_refuses_bad_seeds_and_variants_first(flag: str, value: str, said: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Probe 7: a variant with a '/' was a ValueError traceback; bad seeds were found only after the import."""
+    code = reproduce_main(['--paper', 'mee', '--dataset', 'msrvtt', '--split', '1k-B', flag, value, '--features-root',
+                           str(tmp_path), '--data-root', str(tmp_path), '--release', str(tmp_path / 'none')])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f'error: {said}') and err.count('\n') == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_reproduce_ce_msrvtt_full_imports_trains_and_compares(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`make reproduce PAPER=ce DATASET=msrvtt SPLIT=full` on a small release in CE's layout: the
     shipped paper config, made tiny with --set (random GPT, 2 epochs), imports, trains two seeds and
-    prints the comparison with CE's Table 1."""
+    prints the comparison with CE's Table 1. The seeds are given as '0, 1', which train accepts (probe 7:
+    reproduce then looked for the metrics in 'seed 1', a FileNotFoundError after the training)."""
     release = tmp_path / 'release'
     _ce_msrvtt_release(release)
     tiny = ['model.embed_dim=16', 'model.text_dim=32', 'model.text.weights=random', 'model.text.tokenizer=words',
@@ -104,7 +130,7 @@ def test_reproduce_ce_msrvtt_full_imports_trains_and_compares(tmp_path: Path, ca
     run = tmp_path / 'run'
     with pytest.warns(UserWarning, match='pickle'):
         code = reproduce_main(['--paper', 'ce', '--dataset', 'msrvtt', '--split', 'full', '--release', str(release),
-                               '--seeds', '0,1', '--data-root', str(tmp_path / 'data'), '--features-root',
+                               '--seeds', '0, 1', '--data-root', str(tmp_path / 'data'), '--features-root',
                                str(tmp_path / 'features'), '--run-dir', str(run),
                                *[a for kv in tiny for a in ('--set', kv)]])
     assert code == 0
@@ -116,3 +142,21 @@ def test_reproduce_ce_msrvtt_full_imports_trains_and_compares(tmp_path: Path, ca
 
     assert search_main(['--run', str(run), '--query', 'a red circle', '-k', '2', '--data-root', str(tmp_path / 'data')]) == 0
     assert f'2 seeds in this run; searching seed0 (--run {run}/seed1 for another)' in capsys.readouterr().err
+
+
+def test_a_scratch_run_of_another_recipe_is_not_printed_as_this_one(tmp_path: Path) -> None:
+    """Probe 7: --scratch-run naming a CE run printed its metrics as MMT's "from scratch" row."""
+    from pipelines.paper_tables import PRETRAINING_TABLES
+    from pipelines.reproduce import compare_pretrained
+    from shared.config import ConfigError
+    from train.main import config_path
+
+    from tests.pipelines.test_demo_reuse import _saved_run
+
+    scratch = tmp_path / 'scratch'
+    _saved_run(scratch, config_path('ce', 'demo', None))
+    tables = PRETRAINING_TABLES[('mmt', 'activitynet', 'val1')]  # no zero-shot row: nothing evaluated first
+    with pytest.raises(ConfigError, match=f'--scratch-run {scratch} is a run of ce demo official, not of mmt demo '
+                                          'official: give the from-scratch run'):
+        compare_pretrained(tables, [], tmp_path / 'pretrained', scratch, 'demo', 'official', tmp_path, tmp_path,
+                           'cpu', 'keep', 'mmt')

@@ -113,3 +113,45 @@ def test_gensim_native_files_go_through_the_importer(tmp_path: Path, capsys: pyt
     with pytest.warns(UserWarning):
         assert main([str(tmp_path / 'native.kv'), str(tmp_path / 'converted.kv')]) == 1
     assert '.bin' in capsys.readouterr().err
+
+
+def _word2vec_binary(vectors: np.ndarray) -> bytes:
+    words = [f'w{i}' for i in range(len(vectors))]
+    return f'{len(words)} {vectors.shape[1]}\n'.encode() + b''.join(
+        w.encode() + b' ' + np.asarray(v, np.float32).tobytes() for w, v in zip(words, vectors))
+
+
+BAD_FILES = {  # probe 7: the first two loaded, and made caption embeddings NaN; the third was a BadGzipFile traceback
+    'a NaN vector': ('v.bin', _word2vec_binary(np.array([[1, 2], [np.nan, 0]])), "the vector of 'w1' holds NaN or inf"),
+    'an inf in text': ('v.txt', b'2 2\ncat 1 2\ndog inf 0\n', "the vector of 'dog' holds NaN or inf"),
+    'a .gz that is not': ('v.bin.gz', _word2vec_binary(np.ones((2, 2))), 'cannot read it (Not a gzipped file'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_FILES))
+def test_a_malformed_word2vec_file_is_refused(case: str, tmp_path: Path) -> None:
+    from shared.text import WordVectorsError, load_word_vectors
+
+    name, data, said = BAD_FILES[case]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(WordVectorsError) as err:
+        load_word_vectors(tmp_path / name)
+    assert said in str(err.value) and str(tmp_path / name) in str(err.value)
+
+
+def test_the_importer_refuses_what_is_no_gensim_save_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Probe 7: a truncated or foreign pickle was an UnpicklingError/AttributeError traceback, and a
+    word2vec-named file was unpickled too (it needs no import)."""
+    from pipelines.import_word_vectors import main
+
+    evil, marker = _crafted(tmp_path, 'vectors.bin')
+    with pytest.warns(UserWarning):
+        assert main([str(evil), str(tmp_path / 'out.bin')]) == 1
+    _one_error_line(capsys.readouterr().err, 'named as a word2vec file, which needs no import')
+    assert not marker.exists()
+    for name, data in (('cut.kv', pickle.dumps({'a': np.ones(40)})[:30]), ('dict.kv', pickle.dumps({'a': 1}))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.warns(UserWarning):
+            assert main([str(tmp_path / name), str(tmp_path / 'out.bin')]) == 1
+        _one_error_line(capsys.readouterr().err, f'{tmp_path / name}: not a gensim KeyedVectors.save file')
+    assert not (tmp_path / 'out.bin').exists()
