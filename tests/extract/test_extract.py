@@ -623,6 +623,8 @@ def test_a_stalled_decoder_is_one_line(small_demo: Path, tmp_path: Path, capsys:
     assert _run(small_demo.parent, tmp_path, 'scene') == 1
     err = capsys.readouterr().err
     assert err.startswith('error: NVDEC hung on 3 files') and 'Traceback' not in err, err
+    # nothing was written: the failed run leaves no store to hold its settings against the next command
+    assert not (tmp_path / 'demo' / 'scene.zarr').exists()
 
 
 @pytest.mark.slow
