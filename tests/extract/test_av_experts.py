@@ -169,6 +169,23 @@ def test_merge_words_spans_consecutive_frames() -> None:
     assert tokens[0]['conf'] == 0.95 and normalise('Hello,') == 'hello'
 
 
+def test_more_words_than_max_rows_keep_the_first_rows_with_their_times() -> None:
+    """A long talk has more words than the store's T: the first T in-vocabulary words are rows, each
+    with its own time; every word stays a token."""
+    from gensim.models import KeyedVectors
+
+    from extract.experts._words import words_result
+    from shared.text import WordVectors
+
+    kv = KeyedVectors(vector_size=4)
+    kv.add_vectors(['tea', 'river'], np.eye(2, 4, dtype=np.float32))
+    tokens = [{'word': w, 'start': float(k), 'end': k + 0.5, 'conf': 0.9}
+              for k, w in enumerate(['tea', 'xyz', 'river', 'tea', 'river'])]
+    r = words_result(tokens, WordVectors(kv, Path('toy.kv')), max_rows=3)
+    assert r.features.shape == (3, 4) and r.timestamps.tolist() == [[0, 0.5], [2, 2.5], [3, 3.5]]
+    assert len(r.tokens) == 5 and r.available
+
+
 @pytest.mark.slow
 def test_rapidocr_reads_rendered_words(tmp_path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont

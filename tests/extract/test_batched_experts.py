@@ -66,6 +66,9 @@ def test_frame_batches_group_by_size_and_keep_order() -> None:
     assert sorted(seen) == [(v, r) for v, (n, _, _) in enumerate(sizes) for r in range(n)]
     # within a size: video order, then row order
     assert [vr for vr in seen if sizes[vr[0]][1:] == (4, 5)] == [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (2, 2), (2, 3)]
+    # videos that do not fill a batch share one, never past the limit (MTCNN's and CRAFT's memory)
+    short = [np.full((2, 4, 5, 3), v, np.uint8) for v in range(3)]
+    assert [row.tolist() for _, _, row in frame_batches(short, 3)] == [[0, 1, 0], [1, 0, 1]]
 
 
 # ----------------------------------------------------------------------------------------- face
@@ -116,15 +119,21 @@ def test_face_batched_rows_equal_per_video_rows(face_videos: list[Path]) -> None
     expert = create_expert('face', weights='random', detect_batch=3, batch_size=4).load('cpu')
     inputs = _inputs(expert, face_videos)
     assert [x.frames.shape[:3] for x in inputs] == [(3, 320, 320), (1, 192, 256), (2, 240, 320), (2, 320, 320)]
+    # d's rows at other times than a's, its batch-mate: each face keeps its own video's time
+    inputs[3] = dataclasses.replace(inputs[3], timestamps=inputs[3].timestamps + 60.0)
     batched = expert.process_batch(inputs)
     _assert_same(batched, [expert.process(x) for x in inputs])
     _assert_same(batched, [_faces_one_video(expert, x) for x in inputs], atol=1e-4)
     assert [len(r.features) > 0 for r in batched] == [True, True, False, True]
     # the astronaut's frames only (0 and 2 in a), at their own times
     assert {float(s) for s in batched[0].timestamps[:, 0]} == {float(inputs[0].timestamps[k, 0]) for k in (0, 2)}
-    # max_rows cuts each video's rows in frame order, as before
-    one = create_expert('face', weights='random', detect_batch=3, batch_size=4, max_rows=1).load('cpu')
-    _assert_same(one.process_batch(inputs), [_faces_one_video(one, x) for x in inputs], atol=1e-4)
+    # max_rows cuts each video's rows in frame order, as before, also inside a frame: a face beside
+    # the coffee, then two faces side by side
+    two = VideoInput(frames=np.concatenate([inputs[0].frames[[0, 0]], inputs[0].frames[[1, 2]]], axis=2),
+                     timestamps=inputs[0].timestamps[:2])
+    assert len(expert.process(two).features) == 3
+    cut = create_expert('face', weights='random', detect_batch=3, batch_size=4, max_rows=2).load('cpu')
+    _assert_same(cut.process_batch([*inputs, two]), [_faces_one_video(cut, x) for x in [*inputs, two]], atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ ocr

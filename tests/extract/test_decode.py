@@ -23,6 +23,8 @@ def test_frame_rows_take_the_frame_at_each_bin_centre() -> None:
     np.testing.assert_allclose(stamps, [[0.48, 0.52], [1.48, 1.52], [2.48, 2.52]], atol=1e-6)
     idx, _ = plan_rows(_times(75), Sampling('frames', fps=2.0))
     assert len(idx) == 6
+    idx, stamps = plan_rows(_times(63), Sampling('frames', fps=1.0))  # 2.52 s: the last part second has its row
+    assert idx[:, 0].tolist() == [12, 37, 62] and stamps[-1, 1] == pytest.approx(2.52)
 
 
 def test_long_videos_are_spread_over_max_rows() -> None:

@@ -557,6 +557,19 @@ def test_a_bad_command_fails_before_overwrite_deletes_a_store(small_demo: Path, 
     assert 'SLURM_ARRAY_TASK_ID' in capsys.readouterr().err
 
 
+def test_slurm_array_tasks_are_shards_from_0_whatever_the_first_task_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sbatch --array=1-4` numbers its tasks from 1: they are shards 0 to 3, not 1 to 4 (shard 0 never run)."""
+    from extract.run import _shard_from_env
+
+    monkeypatch.setenv('SLURM_ARRAY_TASK_COUNT', '4')
+    monkeypatch.setenv('SLURM_ARRAY_TASK_MIN', '1')
+    shards = []
+    for task in ('1', '2', '3', '4'):
+        monkeypatch.setenv('SLURM_ARRAY_TASK_ID', task)
+        shards.append(_shard_from_env())
+    assert shards == [(0, 4), (1, 4), (2, 4), (3, 4)]
+
+
 def test_ctrl_c_while_models_load_is_one_line(small_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from extract.experts._base import Expert
@@ -610,6 +623,8 @@ def test_a_stalled_decoder_is_one_line(small_demo: Path, tmp_path: Path, capsys:
     assert _run(small_demo.parent, tmp_path, 'scene') == 1
     err = capsys.readouterr().err
     assert err.startswith('error: NVDEC hung on 3 files') and 'Traceback' not in err, err
+    # nothing was written: the failed run leaves no store to hold its settings against the next command
+    assert not (tmp_path / 'demo' / 'scene.zarr').exists()
 
 
 @pytest.mark.slow

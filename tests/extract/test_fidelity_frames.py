@@ -213,12 +213,13 @@ def test_decode_resize_stays_within_its_stated_tolerance(sharp_videos, size):
 def test_decode_resize_needs_every_frame_expert():
     """One expert at native size keeps the decode at native size: no expert's frames are shrunk
     unless it asked for it."""
-    from extract.sampling import decode_short_side
+    from extract.sampling import Sampling, decode_short_side
 
     fast = create_expert('object', weights='random', decode_resize=2).cfg.sampling_spec()
     native = create_expert('scene', weights='random').cfg.sampling_spec()
     assert (fast.short_side, native.short_side) == (448, 0)
     assert decode_short_side([fast, native]) == 0 and decode_short_side([fast]) == 448
+    assert decode_short_side([Sampling(short_side=300), fast]) == 448  # the larger: 300 would shrink past 448
     with pytest.raises(ValueError, match='decode_resize'):
         create_expert('object', weights='random', decode_resize=0.5)
 

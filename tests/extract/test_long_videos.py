@@ -14,7 +14,7 @@ import pytest
 
 from extract.decode import decode_video
 from extract.pool import DecodePool
-from extract.sampling import Sampling, plan_rows
+from extract.sampling import Sampling, Window, plan_rows
 from shared.datasets import load_manifest
 from shared.media import ffmpeg_exe
 from shared.store import open_store, store_path
@@ -83,6 +83,14 @@ def _clip(path: Path, seconds: float, audio: bool = False) -> str:
 
 SAMPLINGS = {'f': Sampling('frames', fps=1.0), 'c': Sampling('clips', fps=1.0, clip_len=6),
              'sparse': Sampling('frames', fps=0.2)}
+
+
+def test_a_row_whose_middle_is_on_a_window_boundary_is_in_exactly_one_window() -> None:
+    """A slideshow frame of 2 s from 2 s to 4 s, or a clip centred on the boundary, is the next
+    window's row: counted twice it would be a duplicated row, in neither a lost one."""
+    stamps = np.array([[0, 2], [2, 4], [4, 5], [5, 7], [6, 8]], np.float32)  # middles 1, 3, 4.5, 6, 7
+    windows = [Window(k, 3.0) for k in range(Window(0, 3.0).count(8.0))]
+    assert [np.flatnonzero(w.rows(stamps, 8.0)).tolist() for w in windows] == [[0], [1, 2], [3, 4]]
 
 
 @pytest.mark.parametrize('workers', [0, 1])

@@ -96,6 +96,52 @@ def test_batched_transcription_is_per_video_transcription(tiny: torch.nn.Module,
     assert batched[2].decoded >= 2  # the 34-s clip took a second window, placed after the first one's words
 
 
+@pytest.mark.slow
+def test_windows_whisper_finds_silent_are_skipped_as_whisper_skips_them(tiny: torch.nn.Module,
+                                                                         clips: list[np.ndarray]) -> None:
+    """With a no-speech threshold between the first windows' own no-speech probabilities, whisper
+    skips some windows: the batch skips the same ones and places the others' words as each video alone."""
+    import whisper
+    from extract.experts._whisper import _decode_with_fallback, whisper_input
+    from whisper.audio import N_FRAMES, pad_or_trim
+
+    mels = [whisper_input(a, 80, 'cpu') for a in clips]
+    firsts = torch.stack([pad_or_trim(m[:, :min(N_FRAMES, m.shape[-1] - N_FRAMES)], N_FRAMES) for m in mels])
+    first = _decode_with_fallback(tiny, tiny.embed_audio(firsts), BatchOptions(temperatures=(0.0,), sample_len=12), 'en')
+    cut = float(np.median([r.no_speech_prob for r in first]))
+    # every avg_logprob is under 0: whisper's rule then skips by the no-speech probability alone
+    opts = BatchOptions(language='en', temperatures=(0.0,), sample_len=12, batch_size=4, min_speech=0.0,
+                        no_speech_threshold=cut, logprob_threshold=0.0)
+    skipped = [r.no_speech_prob > cut for r in first]
+    assert any(skipped) and not all(skipped)
+    # the skipped first in the batch: the others' windows are then not at their places among those decoded
+    order = sorted(range(len(clips)), key=lambda i: not skipped[i])
+    batched = transcribe_batch(tiny, [clips[i] for i in order], opts)
+    for i, got in zip(order, batched):
+        ref = whisper.transcribe(tiny, clips[i], language='en', word_timestamps=True, temperature=(0.0,), fp16=False,
+                                 condition_on_previous_text=False, verbose=None, sample_len=12,
+                                 no_speech_threshold=cut, logprob_threshold=0.0)
+        assert _words(got.segments) == _words(ref['segments'])
+        assert [(s['seek'], s['start'], s['end']) for s in got.segments] == \
+               [(s['seek'], s['start'], s['end']) for s in ref['segments']]
+        if i < 2:  # the short clips: one window each, skipped or decoded
+            assert (not got.segments) == skipped[i]
+    assert any(_words(t.segments) for t in batched), 'no words: the test compares nothing'
+
+
+def test_a_later_window_is_judged_by_its_own_seconds_of_speech() -> None:
+    """A window's 32-ms VAD chunks are found from its mel frames (10 ms each): a silent window after
+    30 s of speech is skipped, not credited with the speech before it."""
+    from extract.experts._whisper import VAD_CHUNK, _next_window, _Transcript
+
+    speech = np.zeros(-(-40 * SR // VAD_CHUNK), bool)
+    speech[:30 * SR // VAD_CHUNK] = True  # speech for 30 s, then 10 s of silence
+    s = _Transcript(torch.zeros(80, 1), content_frames=4000, speech=speech)
+    assert _next_window(s, 0.25) and (s.seek, s.silent) == (0, 0)
+    s.seek = 3000  # the first window decoded
+    assert not _next_window(s, 0.25) and (s.seek, s.silent) == (4000, 1)
+
+
 def test_windows_without_speech_are_not_decoded(tiny: torch.nn.Module) -> None:
     t = np.arange(6 * SR) / SR
     silence = np.zeros(6 * SR, np.float32)

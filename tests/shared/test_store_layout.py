@@ -100,9 +100,10 @@ def test_a_rewrite_with_fewer_rows_drops_the_row_chunks_it_no_longer_reaches(tmp
     # a row chunk left beyond the longest video (a write cut short) is damage that --repair redoes
     g = zarr.open_group(str(path), mode='r+')
     g['features'][0, 100:101] = np.ones((1, DIM), np.float16)
+    g['features'][0, 32:33] = np.ones((1, DIM), np.float16)  # the first row chunk past the longest video's
     report = check_store(path)
     assert report.exit_code == 1 and report.damaged == [0], report.summary()
-    assert 'row chunk files beyond its longest video (features [6])' in report.summary()
+    assert 'row chunk files beyond its longest video (features [2, 6])' in report.summary()
 
 
 def test_a_sharded_store_makes_the_shard_file_the_unit_of_work(tmp_path: Path) -> None:
