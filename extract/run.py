@@ -566,8 +566,9 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     where = f'shard {opts.shard}/{opts.num_shards}, chunks {mine.start}-{mine.stop - 1}' if len(mine) else \
         f'shard {opts.shard}/{opts.num_shards} (no chunks)'
     if not chunks:
-        print(f'nothing to do for {", ".join(names)} on {manifest.name} (read from {manifest.origin}; {where}): '
-              'every chunk is finished')
+        why = ('every chunk is finished' if len(mine) else
+               f'the store has {n_chunks} chunk{"s" * (n_chunks != 1)}, fewer than the {opts.num_shards} shards')
+        print(f'nothing to do for {", ".join(names)} on {manifest.name} (read from {manifest.origin}; {where}): {why}')
         _finish(stores)
         return 0
     videos = [r for c in chunks for r in stores[names[0]].chunk_rows(c)]

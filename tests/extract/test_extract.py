@@ -44,7 +44,8 @@ def _run(data_root: Path, features: Path, expert: str, *extra: str, dataset: str
 
 
 @pytest.mark.slow
-def test_each_visual_expert_and_all_in_one_pass(small_demo: Path, tmp_path: Path) -> None:
+def test_each_visual_expert_and_all_in_one_pass(small_demo: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
     root = small_demo.parent
     names = resolve_expert_names('all')
     assert names[:3] == list(VISUAL) and len(names) == 7
@@ -71,6 +72,9 @@ def test_each_visual_expert_and_all_in_one_pass(small_demo: Path, tmp_path: Path
     assert _run(root, tmp_path / 'sharded', 'scene', '--shard', '0', '--num-shards', '2') == 0
     _same(tmp_path / 'sharded' / 'demo' / 'scene.zarr', tmp_path / 'single' / 'demo' / 'scene.zarr')
     assert (tmp_path / 'sharded' / 'demo' / 'scene.zarr' / 'zarr.json').read_text().count('consolidated') > 0
+    capsys.readouterr()  # more shards than chunks: the last shards have nothing to do, and say why
+    assert _run(root, tmp_path / 'sharded', 'scene', '--shard', '5', '--num-shards', '6') == 0
+    assert 'shard 5/6 (no chunks)): the store has 4 chunks, fewer than the 6 shards' in capsys.readouterr().out
 
 
 _CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
