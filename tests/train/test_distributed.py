@@ -173,3 +173,38 @@ def test_more_processes_than_training_videos_stop_with_one_line(small_demo: Path
     assert _errors(run) == [f'error: {videos + 1} processes, but the split has only {videos} training videos: each '
                             'process needs at least one video a step; start torchrun with --nproc-per-node (x nodes) '
                             f'of at most {videos}']
+
+
+@pytest.mark.slow
+def test_an_expert_missing_from_a_ranks_batch_still_reduces_every_gradient(tiny: Path, tmp_path: Path,
+                                                                           subprocess_env: dict,
+                                                                           repo_root: Path) -> None:
+    """MEE with a NetVLAD expert that no training video has (the demo's speech): its batch norm
+    sees no token, and its parameters got no gradient, which DistributedDataParallel refuses
+    ('parameters that were not used'). Two ranks now train it, and Adam leaves it as it was made."""
+    import shutil
+
+    from shared.store import StoreSpec, VideoResult, create_store, pack_chunk, store_path
+    from tests.train.conftest import DIM, ROWS, tiny_args
+
+    root = tmp_path / 'tiny'
+    shutil.copytree(tiny, root)
+    ids = json.loads((root / 'data' / 'demo' / 'demo.json').read_text())['videos']
+    spec = StoreSpec(dataset='demo', expert='audio', feature_dim=DIM, max_rows=ROWS, chunk_size=len(ids),
+                     model='toy', weights='random')
+    store = create_store(store_path(root / 'features', 'demo', 'audio'), [v['id'] for v in ids], spec)
+    store.write_chunk(0, pack_chunk([VideoResult.skipped(DIM, 'no audio stream')] * len(ids), ROWS, DIM,
+                                    has_tokens=False))
+    cfg = yaml.safe_load((root / 'mee.yaml').read_text())
+    cfg['model']['experts'].append({'name': 'audio', 'dim': DIM, 'aggregation': 'vlad', 'clusters': 2,
+                                    'max_tokens': ROWS})
+    cfg['train']['weight_decay'] = 0.0  # which a zero gradient would still apply, unlike none
+    config = root / 'mee_audio.yaml'
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / 'run'
+    proc = subprocess.run(_torchrun(2, '-m', 'train', *tiny_args(root, run, config=config)), cwd=repo_root,
+                          env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = torch.load(run / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
+    bn = {k: v for k, v in weights.items() if 'vlad' in k and 'audio' in k and '.bn.' in k}
+    assert torch.equal(bn[next(k for k in bn if k.endswith('bn.weight'))], torch.ones(2))  # a zero gradient

@@ -110,7 +110,7 @@ class NetVLAD(nn.Module):
         if self.training:  # batch statistics from real tokens only: padding must not shift them
             idx = torch.nonzero(mask.reshape(-1))[:, 0]
             real = flat[idx]
-            normed = flat.new_zeros(flat.shape).index_put((idx,), self.bn(real) if len(idx) > 1 else real)
+            normed = flat.new_zeros(flat.shape).index_put((idx,), self._train_bn(real))
         else:
             normed = self.bn(flat)
         soft = F.softmax(normed.reshape(b, n, -1), dim=-1)[..., : self.clusters]
@@ -118,6 +118,18 @@ class NetVLAD(nn.Module):
         vlad = torch.einsum('blk,bld->bkd', soft, x) - soft.sum(1)[..., None] * self.centroids[None]
         vlad = F.normalize(vlad, dim=-1)
         return F.normalize(vlad.reshape(b, -1), dim=-1)
+
+    def _train_bn(self, real: torch.Tensor) -> torch.Tensor:
+        """Batch norm of a training batch's real tokens; with one or none (an expert missing from
+        the batch) they pass as they are, but under DistributedDataParallel the batch norm's
+        parameters still get a (zero) gradient, since every rank must reduce every parameter's
+        gradient each step; SyncBatchNorm (CUDA ranks) is a collective that every rank joins,
+        with however few tokens."""
+        if len(real) > 1 or isinstance(self.bn, nn.SyncBatchNorm):
+            return self.bn(real)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return real + 0.0 * (self.bn.weight.sum() + self.bn.bias.sum())
+        return real  # one process: no gradient at all, so that the optimiser leaves them as they are
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
