@@ -51,6 +51,25 @@ def test_check_of_a_dataset_without_stores_is_one_line(tmp_path: Path, capsys: p
     assert str(tmp_path / 'msrvtt') in err and 'make extract DATASET=msrvtt' in err
 
 
+def test_check_of_a_folder_dataset_reads_the_stores_extract_filed_it_under(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """`make check DATASET=folder:PATH` as `make extract DATASET=folder:PATH` names it: the stores are
+    under folder-NAME-HASH, and the folder: name was once refused as not a plain name."""
+    from shared.datasets.folder import folder_name
+    from tests._store_writer import main as write_store
+
+    videos, features = tmp_path / 'vids', tmp_path / 'features'
+    assert store_main(['check', '--dataset', f'folder:{videos}', '--features-root', str(features)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and str(features / folder_name(videos)) in err, err
+    assert f'make extract DATASET=folder:{videos}' in err
+    store = features / folder_name(videos) / 'scene.zarr'
+    assert write_store([str(store), '--videos', '8', '--chunk', '4']) == 0
+    capsys.readouterr()
+    assert store_main(['check', '--dataset', f'folder:{videos}', '--features-root', str(features)]) == 0
+    assert str(store) in capsys.readouterr().out
+
+
 def test_make_check_without_stores(tmp_path: Path, python: str, repo_root: Path, subprocess_env: dict) -> None:
     """The Makefile target itself, run with this interpreter (a stamp newer than pyproject.toml
     stands for the installed .venv, so make installs nothing)."""
