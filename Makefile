@@ -106,6 +106,7 @@ extract-cluster: $(STAMP) $(DEMO_FILE) ## extract on Dask: SCHEDULER=local|slurm
 		--workers $(WORKERS) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(EXTRACT_ARGS)
 
 import: $(STAMP) ## import the authors' features: PAPER=ce|mmt RELEASE=PATH DATASET=...
+	$(if $(RELEASE),,$(error make import needs RELEASE=PATH, the unpacked release of the authors' features (README, "Reproducing the papers")))
 	$(PY) -m pipelines.import_features --source $(PAPER) --root $(RELEASE) --dataset $(DATASET) \
 		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 

@@ -70,16 +70,29 @@ def test_check_of_a_folder_dataset_reads_the_stores_extract_filed_it_under(tmp_p
     assert str(store) in capsys.readouterr().out
 
 
-def test_make_check_without_stores(tmp_path: Path, python: str, repo_root: Path, subprocess_env: dict) -> None:
-    """The Makefile target itself, run with this interpreter (a stamp newer than pyproject.toml
+def _make(args: list[str], tmp_path: Path, python: str, repo_root: Path, env: dict) -> subprocess.CompletedProcess:
+    """A Makefile target itself, run with this interpreter (a stamp newer than pyproject.toml
     stands for the installed .venv, so make installs nothing)."""
     stamp = tmp_path / 'installed'
     stamp.touch()
     later = time.time() + 60
     os.utime(stamp, (later, later))
-    proc = subprocess.run(['make', '--no-print-directory', 'check', 'DATASET=msrvtt', f'FEATURES_ROOT={tmp_path}',
-                           f'PY={python}', f'STAMP={stamp}'], cwd=repo_root, env=subprocess_env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(['make', '--no-print-directory', *args, f'PY={python}', f'STAMP={stamp}'], cwd=repo_root,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_make_check_without_stores(tmp_path: Path, python: str, repo_root: Path, subprocess_env: dict) -> None:
+    proc = _make(['check', 'DATASET=msrvtt', f'FEATURES_ROOT={tmp_path}'], tmp_path, python, repo_root, subprocess_env)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('error: ')]
     assert proc.returncode != 0 and 'usage:' not in proc.stderr and len(errors) == 1, proc.stderr
     assert 'no stores of msrvtt' in errors[0]
+
+
+def test_make_import_without_release_is_one_line(tmp_path: Path, python: str, repo_root: Path,
+                                                 subprocess_env: dict) -> None:
+    """Without RELEASE the importer got `--root --dataset ...`: argparse's usage block."""
+    proc = _make(['import', 'PAPER=ce', 'DATASET=msrvtt', f'FEATURES_ROOT={tmp_path}'], tmp_path, python, repo_root,
+                 subprocess_env)
+    assert proc.returncode != 0 and 'usage:' not in proc.stderr, proc.stderr
+    said = [ln for ln in proc.stderr.splitlines() if not ln.startswith('make: Warning')]  # the stamp's future mtime
+    assert len(said) == 1 and 'RELEASE=PATH' in said[0], proc.stderr
