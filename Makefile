@@ -10,8 +10,9 @@ TORCH_SPEC    ?= torch==2.14.1 torchvision==0.29.1
 FACENET_SPEC  ?= facenet-pytorch==2.6.0
 STAMP         := $(VENV)/.installed
 
-DATA_ROOT     ?= data
-FEATURES_ROOT ?= features
+# the roots the Python commands take by default ($VIDEOEXPERTS_DATA_ROOT / _FEATURES_ROOT), else data, features
+DATA_ROOT     ?= $(or $(VIDEOEXPERTS_DATA_ROOT),data)
+FEATURES_ROOT ?= $(or $(VIDEOEXPERTS_FEATURES_ROOT),features)
 DATASET       ?= demo
 EXPERT        ?= all
 # SHARD / NUM_SHARDS default to the SLURM array task (python -m extract reads the environment)

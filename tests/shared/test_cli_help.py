@@ -88,6 +88,20 @@ def test_make_check_without_stores(tmp_path: Path, python: str, repo_root: Path,
     assert 'no stores of msrvtt' in errors[0]
 
 
+def test_make_takes_the_roots_from_the_environment_as_the_commands_do(tmp_path: Path, python: str, repo_root: Path,
+                                                                       subprocess_env: dict) -> None:
+    """README: the data root is data/ by default, --data-root or $VIDEOEXPERTS_DATA_ROOT (features likewise);
+    the Makefile passed data and features whatever the environment said."""
+    env = {**subprocess_env, 'VIDEOEXPERTS_DATA_ROOT': str(tmp_path / 'mydata'),
+           'VIDEOEXPERTS_FEATURES_ROOT': str(tmp_path / 'myfeatures')}
+    for name in ('DATA_ROOT', 'FEATURES_ROOT'):  # make's own variables, which would win
+        env.pop(name, None)
+    check = _make(['check', 'DATASET=msrvtt'], tmp_path, python, repo_root, env)
+    assert str(tmp_path / 'myfeatures' / 'msrvtt') in check.stderr, check.stderr
+    datasets = _make(['datasets', 'DATASET=msrvtt'], tmp_path, python, repo_root, env)
+    assert str(tmp_path / 'mydata' / 'msrvtt') in datasets.stderr, datasets.stderr
+
+
 def test_make_import_without_release_is_one_line(tmp_path: Path, python: str, repo_root: Path,
                                                  subprocess_env: dict) -> None:
     """Without RELEASE the importer got `--root --dataset ...`: argparse's usage block."""
