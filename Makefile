@@ -44,7 +44,7 @@ PORT          ?= 8000
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
 	@echo
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo 'Variables: DATA_ROOT=$(DATA_ROOT) FEATURES_ROOT=$(FEATURES_ROOT) DATASET=$(DATASET) PYTHON=$(PYTHON)'
 
