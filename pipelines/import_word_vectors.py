@@ -29,7 +29,10 @@ def import_word_vectors(src: Path, out: Path) -> Path:
         raise ValueError(f'{out}: the output is a word2vec binary; give it a name ending in .bin')
     if not src.is_file():
         raise FileNotFoundError(f'{src} not found')
-    kv = KeyedVectors.load(str(src))  # noqa: S301 - the explicit importer; warned about in main()
+    # warned here, where the pickle is read: a wrong name or output is an error line alone
+    warnings.warn(f'reading {src} with gensim KeyedVectors.load: unpickling can run code from the file; import '
+                  'only files from a source you trust', stacklevel=2)
+    kv = KeyedVectors.load(str(src))  # noqa: S301 - the explicit importer, after the warning above
     if not isinstance(kv, KeyedVectors):
         raise ValueError(f'{src} holds a {type(kv).__name__}, not gensim KeyedVectors')
     tmp = out.with_name(f'.{out.name}.tmp')
@@ -44,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('src', type=Path, help='a gensim KeyedVectors.save file (a pickle: only one you trust)')
     p.add_argument('out', type=Path, help='the word2vec binary to write (.bin)')
     args = p.parse_args(argv)
-    warnings.warn(f'reading {args.src} with gensim KeyedVectors.load: unpickling can run code from the file; import '
-                  'only files from a source you trust', stacklevel=1)
     try:
         import_word_vectors(args.src, args.out)
     except (FileNotFoundError, ValueError) as err:
