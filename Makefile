@@ -35,7 +35,8 @@ SCHEDULER     ?= local
 WORKERS       ?= 2
 # the run and index that `make index` / `make serve` use: the demo's CE by default
 RUN           ?= runs/demo/ce/seed0
-INDEX         ?= $(RUN)/index/$(DATASET)
+# train.index's own default (default_out): a folder:PATH dataset's ':' and '/' become '_'
+INDEX         ?= $(RUN)/index/$(subst /,_,$(subst :,_,$(DATASET)))
 PORT          ?= 8000
 
 .DEFAULT_GOAL := help

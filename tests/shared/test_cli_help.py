@@ -102,6 +102,19 @@ def test_make_takes_the_roots_from_the_environment_as_the_commands_do(tmp_path: 
     assert str(tmp_path / 'mydata' / 'msrvtt') in datasets.stderr, datasets.stderr
 
 
+def test_make_index_and_serve_use_the_index_folder_train_index_defaults_to(tmp_path: Path, python: str,
+                                                                            repo_root: Path, subprocess_env: dict) -> None:
+    """`make index DATASET=folder:PATH` wrote RUN/index/folder:/PATH (nested folders), where
+    `python -m train.index` without --out writes RUN/index/folder__PATH: `make serve` missed the latter."""
+    from train.index import default_out
+
+    for target, flag in (('index', '--out'), ('serve', '--index')):
+        proc = _make(['-n', target, 'RUN=runs/r/seed0', 'DATASET=folder:/data/my-videos'], tmp_path, python, repo_root,
+                     subprocess_env)
+        words = proc.stdout.split()
+        assert words[words.index(flag) + 1] == str(default_out(Path('runs/r/seed0'), 'folder:/data/my-videos')), proc
+
+
 def test_make_import_without_release_is_one_line(tmp_path: Path, python: str, repo_root: Path,
                                                  subprocess_env: dict) -> None:
     """Without RELEASE the importer got `--root --dataset ...`: argparse's usage block."""
