@@ -102,8 +102,8 @@ def test_make_takes_the_roots_from_the_environment_as_the_commands_do(tmp_path: 
     assert str(tmp_path / 'mydata' / 'msrvtt') in datasets.stderr, datasets.stderr
 
 
-def test_make_index_and_serve_use_the_index_folder_train_index_defaults_to(tmp_path: Path, python: str,
-                                                                            repo_root: Path, subprocess_env: dict) -> None:
+def test_make_index_and_serve_use_train_index_default_folder(tmp_path: Path, python: str, repo_root: Path,
+                                                             subprocess_env: dict) -> None:
     """`make index DATASET=folder:PATH` wrote RUN/index/folder:/PATH (nested folders), where
     `python -m train.index` without --out writes RUN/index/folder__PATH: `make serve` missed the latter."""
     from train.index import default_out
