@@ -124,8 +124,8 @@ $(DEMO_STORES): $(DEMO_DATA)
 	$(PY) -m extract --dataset demo --expert all --weights random --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 	touch $@
 
-# python -m train, under torchrun with GPUS=N processes
-TRAIN         = $(PY) $(if $(GPUS),-m torch.distributed.run --standalone --nproc-per-node $(GPUS)) -m train
+# python -m train, under torchrun (train.launch: a failure ends in one line) with GPUS=N processes
+TRAIN         = $(PY) $(if $(GPUS),-m train.launch --standalone --nproc-per-node $(GPUS)) -m train
 
 train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (mee, ce, mmt, ssb) on DATASET [SPLIT= SEEDS=0,1,2 GPUS=N TRAIN_ARGS=]; the demo by default
 	$(TRAIN) --model $(MODEL) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) --seeds $(SEEDS) \
