@@ -10,8 +10,9 @@ TORCH_SPEC    ?= torch==2.14.1 torchvision==0.29.1
 FACENET_SPEC  ?= facenet-pytorch==2.6.0
 STAMP         := $(VENV)/.installed
 
-DATA_ROOT     ?= data
-FEATURES_ROOT ?= features
+# the roots the Python commands take by default ($VIDEOEXPERTS_DATA_ROOT / _FEATURES_ROOT), else data, features
+DATA_ROOT     ?= $(or $(VIDEOEXPERTS_DATA_ROOT),data)
+FEATURES_ROOT ?= $(or $(VIDEOEXPERTS_FEATURES_ROOT),features)
 DATASET       ?= demo
 EXPERT        ?= all
 # SHARD / NUM_SHARDS default to the SLURM array task (python -m extract reads the environment)
@@ -34,7 +35,8 @@ SCHEDULER     ?= local
 WORKERS       ?= 2
 # the run and index that `make index` / `make serve` use: the demo's CE by default
 RUN           ?= runs/demo/ce/seed0
-INDEX         ?= $(RUN)/index/$(DATASET)
+# train.index's own default (default_out): a folder:PATH dataset's ':' and '/' become '_'
+INDEX         ?= $(RUN)/index/$(subst /,_,$(subst :,_,$(DATASET)))
 PORT          ?= 8000
 
 .DEFAULT_GOAL := help
@@ -43,7 +45,7 @@ PORT          ?= 8000
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
 	@echo
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo 'Variables: DATA_ROOT=$(DATA_ROOT) FEATURES_ROOT=$(FEATURES_ROOT) DATASET=$(DATASET) PYTHON=$(PYTHON)'
 
@@ -106,6 +108,7 @@ extract-cluster: $(STAMP) $(DEMO_FILE) ## extract on Dask: SCHEDULER=local|slurm
 		--workers $(WORKERS) --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) $(EXTRACT_ARGS)
 
 import: $(STAMP) ## import the authors' features: PAPER=ce|mmt RELEASE=PATH DATASET=...
+	$(if $(RELEASE),,$(error make import needs RELEASE=PATH, the unpacked release of the authors' features (README, "Reproducing the papers")))
 	$(PY) -m pipelines.import_features --source $(PAPER) --root $(RELEASE) --dataset $(DATASET) \
 		--data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 
@@ -121,8 +124,8 @@ $(DEMO_STORES): $(DEMO_DATA)
 	$(PY) -m extract --dataset demo --expert all --weights random --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT)
 	touch $@
 
-# python -m train, under torchrun with GPUS=N processes
-TRAIN         = $(PY) $(if $(GPUS),-m torch.distributed.run --standalone --nproc-per-node $(GPUS)) -m train
+# python -m train, under torchrun (train.launch: a failure ends in one line) with GPUS=N processes
+TRAIN         = $(PY) $(if $(GPUS),-m train.launch --standalone --nproc-per-node $(GPUS)) -m train
 
 train: $(STAMP) $(if $(filter demo,$(DATASET)),$(DEMO_STORES)) ## train MODEL (mee, ce, mmt, ssb) on DATASET [SPLIT= SEEDS=0,1,2 GPUS=N TRAIN_ARGS=]; the demo by default
 	$(TRAIN) --model $(MODEL) --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) --seeds $(SEEDS) \

@@ -543,7 +543,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     experts = loaded if loaded is not None else build_experts(opts)
     if [e.name for e in experts] != names:
         raise ConfigError(f'loaded experts {[e.name for e in experts]} are not the requested {names}')
-    # what can be wrong with the command fails here, before a store is made or (--overwrite) deleted:
+    # what can be wrong with the command fails here, before a store (or an --overwrite's replacement) is made:
     # an empty store left by a failed start would hold its settings against the corrected command
     device = pick_device(opts.device)
     if opts.decoder != 'auto':
@@ -924,7 +924,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f'existing stores\', else 1 below {SHARD_FROM_VIDEOS} videos and {AUTO_CHUNKS_PER_SHARD} from '
                         'there)')
     p.add_argument('--overwrite', action='store_true',
-                   help='start these experts\' stores again (deleted once the command is checked and the models load)')
+                   help='start these experts\' stores again: the new ones are built beside them and take their '
+                        'place once complete; until then the old ones stay as they are')
     p.add_argument('--decode-window', type=float, default=d.decode_window, metavar='SECONDS',
                    help='seconds of a video decoded and fed to the experts at once: the memory a long video takes '
                         'is that of a window, not of its duration; 0 decodes each video whole '

@@ -13,8 +13,8 @@ of expert availability, training curves and every step's config. Each stage reus
 finished, so a rerun only does what is left.
 
 The transformer models (MMT, support-set) use text encoders built from their demo configs
-(no download: a 2-layer BERT and a 1-layer T5 over a word-level vocabulary of the demo's
-training captions), which the report says.
+(no download: a BERT and a T5 of a few layers over a word-level vocabulary of the demo's
+training captions), which the report describes as the configs give them (`text_encoders`).
 """
 from __future__ import annotations
 
@@ -45,13 +45,23 @@ from train.main import main as train_main
 from train.metrics import format_results
 
 __all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'stale_run', 'set_aside_stale', 'MODELS', 'QUERIES',
-           'WITH_IMAGES', 'IMAGES_CONFIG']
+           'WITH_IMAGES', 'IMAGES_CONFIG', 'text_encoders']
 
 MODELS = ('mee', 'ce', 'mmt', 'ssb')
 #: the table's row of MEE trained on the demo videos and the demo's still images, and its config
 WITH_IMAGES = 'mee + images'
 IMAGES_CONFIG = CONFIG_DIR / 'mee_demo_images.yaml'
 QUERIES = ('an astronaut with a high tone', 'the word river appears over a cat', 'the camera zooms in on the moon')
+
+
+def text_encoders(sources: dict[str, Path]) -> str:
+    """The text encoders of MMT and the support-set model as their demo configs build them, e.g.
+    'a 2-layer BERT and a 2-layer T5': read from the configs, so the report cannot drift from them."""
+    built = []
+    for name in ('mmt', 'ssb'):
+        text = load_run_cfg(sources[name]).model.text
+        built.append(f'a {text.layers}-layer {text.encoder.upper()}')
+    return ' and '.join(built)
 
 
 def ensure_demo_data(data_root: Path, cfg: DemoCfg, derived: tuple[Path, ...] = (), step: str = '[1/5 data]') -> Path:
@@ -285,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         + '\n'.join(answers) + '\n\nLighter expert settings than the papers\' defaults: '
         + ', '.join(f'{k}={v}' for k, v in dataset_settings('demo', args.data_root).items() if k != 'word_vectors')
         + '.\n\nText encoders: word2vec trained on the demo captions (MEE, CE); MMT and the support-set model '
-        'use a 2-layer BERT and a 1-layer T5 built from their demo configs with random initial weights and a '
+        f'use {text_encoders(sources)} built from their demo configs with random initial weights and a '
         'word-level vocabulary of the training captions (the papers fine-tune bert-base-cased and t5-base).\n')
     print(f'report: {report} (results.md, availability.png, training_curves.png, configs/)')
     print('[5/5 search] every demo video embedded by CE, with thumbnails, for the search page')

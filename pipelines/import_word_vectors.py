@@ -33,8 +33,11 @@ def import_word_vectors(src: Path, out: Path) -> Path:
         raise ValueError(f'{src} is named as a word2vec file, which needs no import: name it in the setting directly')
     if not out.parent.is_dir():
         raise FileNotFoundError(f'{out.parent} is not a directory: create it, or write {out.name} elsewhere')
+    # warned here, where the pickle is read: a wrong name or output is an error line alone
+    warnings.warn(f'reading {src} with gensim KeyedVectors.load: unpickling can run code from the file; import '
+                  'only files from a source you trust', stacklevel=2)
     try:
-        kv = KeyedVectors.load(str(src))  # noqa: S301 - the explicit importer; warned about in main()
+        kv = KeyedVectors.load(str(src))  # noqa: S301 - the explicit importer, after the warning above
     except Exception as err:  # noqa: BLE001 - whatever a file that is no gensim save makes the unpickler raise
         raise ValueError(f'{src}: not a gensim KeyedVectors.save file ({type(err).__name__}: {err}); give the '
                          'file KeyedVectors.save wrote, whole') from None
@@ -52,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('src', type=Path, help='a gensim KeyedVectors.save file (a pickle: only one you trust)')
     p.add_argument('out', type=Path, help='the word2vec binary to write (.bin)')
     args = p.parse_args(argv)
-    warnings.warn(f'reading {args.src} with gensim KeyedVectors.load: unpickling can run code from the file; import '
-                  'only files from a source you trust', stacklevel=1)
     try:
         import_word_vectors(args.src, args.out)
     except (FileNotFoundError, ValueError) as err:

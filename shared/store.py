@@ -1232,9 +1232,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = list(args.paths)
     if args.dataset is not None:
         from shared.config import features_root_default
+        from shared.datasets import stores_name
 
-        try:
-            folder = store_path(args.features_root or features_root_default(), args.dataset, 'any').parent
+        try:  # folder:PATH's stores are under the name extract gave them (folder-NAME-HASH)
+            folder = store_path(args.features_root or features_root_default(), stores_name(args.dataset), 'any').parent
         except (StoreError, DatasetError) as err:
             print(f'error: {err}', file=sys.stderr)
             return 1

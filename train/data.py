@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shlex
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,16 +291,16 @@ def split_captions(manifest: Manifest, split: str, part: str, test_queries: bool
     return ids, texts, np.asarray(owner), np.asarray(query)
 
 
-def open_expert_store(features_root: Path, dataset: str, expert: str) -> tuple[ExpertStore, bool]:
-    """(the store of `expert` on `dataset`, whether its weights were random); a missing store is a
-    StoreError that says how to extract it."""
-    path = store_path(features_root, dataset, expert)
+def open_expert_store(features_root: Path, manifest: Manifest, expert: str) -> tuple[ExpertStore, bool]:
+    """(the store of `expert` on `manifest`'s dataset, whether its weights were random); a missing
+    store is a StoreError that says how to extract it."""
+    path = store_path(features_root, manifest.name, expert)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', RandomWeightsWarning)
         try:
             store = open_store(path)
         except StoreError as err:
-            raise StoreError(f'{err}; extract it first: python -m extract --dataset {dataset} '
+            raise StoreError(f'{err}; extract it first: python -m extract --dataset {shlex.quote(manifest.argument)} '
                              f'--expert {expert}') from None
     return store, bool(caught)
 
@@ -361,7 +362,7 @@ def load_split(manifest: Manifest, split: str, part: str, features_root: Path, e
     raw: dict[str, ExpertRows] = {}
     random_weights = []
     for spec in experts:
-        store, random = open_expert_store(features_root, manifest.name, spec.name)
+        store, random = open_expert_store(features_root, manifest, spec.name)
         if random:
             random_weights.append(spec.name)
         rows = store_rows(store, ids, spec, f'{split}/{part}')

@@ -117,7 +117,7 @@ def load_source(extra: ExtraCfg, manifest: Manifest, part: str, features_root: P
         if spec.name in missing:
             data[spec.name] = _absent(spec, len(ids), width)
             continue
-        store, was_random = open_expert_store(features_root, manifest.name, spec.name)
+        store, was_random = open_expert_store(features_root, manifest, spec.name)
         if was_random:
             random.append(spec.name)
         try:

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -199,11 +200,11 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
         raise ValueError(f'--chunk-size must be >= 1 video, got {chunk_size}')
     make_dir(out, 'index folder', 'give another --out')
     loaded = load_run(run, device)
-    stores = {s.name: open_expert_store(features_root, manifest.name, s.name)[0] for s in loaded.cfg.model.experts}
+    stores = {s.name: open_expert_store(features_root, manifest, s.name)[0] for s in loaded.cfg.model.experts}
     for store in stores.values():  # rows are read by position: they must be the manifest's videos, in order
         if list(store.video_ids) != list(manifest.video_ids):
             raise StoreError(f'{store.path} holds other videos than the {manifest.name} manifest lists now: '
-                             f'extract it again: python -m extract --dataset {manifest.name} --overwrite')
+                             f'extract it again: python -m extract --dataset {shlex.quote(manifest.argument)} --overwrite')
     # a chunk that splits an expert store's unit (a shard file of 512 videos) would read that unit twice
     unit = math.lcm(*(s.unit_size for s in stores.values()))
     if chunk_size % unit:

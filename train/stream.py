@@ -270,7 +270,7 @@ def load_part(manifest: Manifest, split: str, part: str, features_root: Path, ex
     budget, source = memory_budget(cfg)
     ids, texts, owner, query = (sampled_ids(manifest, split, part) if sampler is not None
                                 else split_captions(manifest, split, part, test_queries))
-    opened = {spec.name: open_expert_store(features_root, manifest.name, spec.name) for spec in experts}
+    opened = {spec.name: open_expert_store(features_root, manifest, spec.name) for spec in experts}
     sizes = [video_bytes(spec, opened[spec.name][0]) for spec in experts]
     # a sampled part in memory holds its store rows, not aggregates (half of what a read holds)
     total = sum(agg if sampler is None else read // 2 for agg, read in sizes) * len(ids)

@@ -16,7 +16,8 @@ from shared.datasets.manifest import (AnnotationsMissing, DatasetError, Manifest
 from shared.registry import Registry
 
 __all__ = ['DATASETS', 'DatasetError', 'Manifest', 'Split', 'load_manifest', 'list_datasets',
-           'dataset_dir', 'resolve_inside', 'check_dataset_name', 'require_registered', 'parse_dataset_options']
+           'dataset_dir', 'resolve_inside', 'check_dataset_name', 'require_registered', 'parse_dataset_options',
+           'stores_name']
 
 #: name -> adapter(dataset_dir, **options) -> Manifest
 DATASETS: Registry[Callable[..., Manifest]] = Registry('dataset')
@@ -66,13 +67,10 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
     """
     from shared.datasets import folder
 
-    if name.startswith('folder:'):
-        directory = name[len('folder:'):]
-        if not directory.strip():  # Path('') is '.': an empty path would quietly scan the working directory
-            raise DatasetError(f'--dataset {name!r} names no directory: give folder:PATH, e.g. folder:./videos '
-                               '(folder:. for the current directory)')
+    directory = _folder_path(name)
+    if directory is not None:
         _check_options('folder:PATH', folder.folder_manifest, options)
-        return folder.folder_manifest(Path(directory), **options)
+        return folder.folder_manifest(directory, **options)
     root = dataset_dir(data_root if data_root is not None else data_root_default(), name)
     adapter = require_registered(name)
     _check_options(name, adapter, options)
@@ -89,6 +87,29 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
         if err.found or not (root / IMPORTED_FILE).is_file():
             raise
         return imported_manifest(root, name)
+
+
+def _folder_path(name: str) -> Path | None:
+    """The directory of a ``folder:PATH`` dataset name, None for any other name."""
+    if not name.startswith('folder:'):
+        return None
+    directory = name[len('folder:'):]
+    if not directory.strip():  # Path('') is '.': an empty path would quietly scan the working directory
+        raise DatasetError(f'--dataset {name!r} names no directory: give folder:PATH, e.g. folder:./videos '
+                           '(folder:. for the current directory)')
+    return Path(directory)
+
+
+def stores_name(name: str) -> str:
+    """The folder under the features root that dataset `name`'s stores are in: a plain name itself
+    (`check_dataset_name`), ``folder-NAME-HASH`` for ``folder:PATH`` (`folder.folder_name`, the
+    manifest's name, which extract files them under). Reads nothing: the folder need not be there."""
+    directory = _folder_path(name)
+    if directory is None:
+        return check_dataset_name(name)
+    from shared.datasets.folder import folder_name
+
+    return folder_name(directory)
 
 
 def _check_options(name: str, adapter: Callable[..., Manifest], options: dict[str, Any]) -> None:

@@ -225,6 +225,12 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.video_ids)
 
+    @property
+    def argument(self) -> str:
+        """How a command's --dataset names this dataset: its name, or folder:PATH for a folder of videos,
+        whose stores are filed under `name` (folder-NAME-HASH), a name no command reads videos by."""
+        return f'folder:{self.source}' if self.source else self.name
+
     def split(self, name: str) -> Split:
         """The named split, or a DatasetError listing the known ones."""
         if name not in self.splits:

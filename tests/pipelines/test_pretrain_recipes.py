@@ -74,9 +74,9 @@ def test_make_pretrain_and_reproduce_pretrained_run_the_recipes(repo_root: Path)
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    assert '-m torch.distributed.run --standalone --nproc-per-node 8 -m train --model ssb --dataset howto100m' in dry(
+    assert '-m train.launch --standalone --nproc-per-node 8 -m train --model ssb --dataset howto100m' in dry(
         'pretrain', 'PAPER=ssb', 'GPUS=8')
-    assert 'distributed' not in dry('pretrain', 'PAPER=mmt') and '-m train --model mmt --dataset howto100m' in dry(
+    assert 'launch' not in dry('pretrain', 'PAPER=mmt') and '-m train --model mmt --dataset howto100m' in dry(
         'pretrain', 'PAPER=mmt')
     assert '--pretrained runs/p/seed0' in dry('reproduce', 'PAPER=mmt', 'DATASET=msrvtt', 'SPLIT=1k-A',
                                               'PRETRAINED=runs/p/seed0')

@@ -26,7 +26,7 @@ def test_train_sbatch_runs_one_torchrun_per_node_with_the_first_node_as_rendezvo
                           '--seeds', '0,1'], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     args = (tmp_path / 'srun-args').read_text().splitlines()
-    assert args == ['--kill-on-bad-exit=1', '.venv/bin/python', '-m', 'torch.distributed.run', '--nnodes', '2',
+    assert args == ['--kill-on-bad-exit=1', '.venv/bin/python', '-m', 'train.launch', '--nnodes', '2',
                     '--nproc-per-node', '4', '--rdzv-backend', 'c10d', '--rdzv-endpoint', 'gpu-a17:29500',
                     '--rdzv-id', '4242', '-m', 'train', '--model', 'mmt', '--dataset', 'msrvtt', '--split', '1k-A',
                     '--no-progress', '--seeds', '0,1']
@@ -43,5 +43,17 @@ def test_make_train_with_gpus_wraps_torchrun(repo_root: Path) -> None:
         assert out.returncode == 0, out.stderr
         return next(line for line in out.stdout.splitlines() if '-m train' in line)
 
-    assert '-m torch.distributed.run --standalone --nproc-per-node 4 -m train --model mmt' in command('GPUS=4')
-    assert 'torch.distributed.run' not in command()
+    assert '-m train.launch --standalone --nproc-per-node 4 -m train --model mmt' in command('GPUS=4')
+    assert 'train.launch' not in command()
+
+
+def test_a_torchrun_whose_processes_fail_ends_in_one_line(tmp_path: Path, repo_root: Path, python: str,
+                                                          subprocess_env: dict) -> None:
+    """Each process says what is wrong; torchrun's ChildFailedError traceback and failure table
+    (some 30 lines of exit codes and pids) followed them."""
+    out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', '2', '-m', 'train',
+                          '--model', 'mmt', '--dataset', 'msrvtt', '--split', '1k-A', '--data-root', str(tmp_path)],
+                         cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and 'Traceback' not in out.stderr and 'ChildFailedError' not in out.stderr, out.stderr
+    assert f'dataset directory {tmp_path / "msrvtt"} not found' in out.stderr  # the processes' own lines
+    assert out.stderr.splitlines()[-1].startswith('error: 2 training process(es) stopped'), out.stderr

@@ -51,16 +51,75 @@ def test_check_of_a_dataset_without_stores_is_one_line(tmp_path: Path, capsys: p
     assert str(tmp_path / 'msrvtt') in err and 'make extract DATASET=msrvtt' in err
 
 
-def test_make_check_without_stores(tmp_path: Path, python: str, repo_root: Path, subprocess_env: dict) -> None:
-    """The Makefile target itself, run with this interpreter (a stamp newer than pyproject.toml
+def test_check_of_a_folder_dataset_reads_the_stores_extract_filed_it_under(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """`make check DATASET=folder:PATH` as `make extract DATASET=folder:PATH` names it: the stores are
+    under folder-NAME-HASH, and the folder: name was once refused as not a plain name."""
+    from shared.datasets.folder import folder_name
+    from tests._store_writer import main as write_store
+
+    videos, features = tmp_path / 'vids', tmp_path / 'features'
+    assert store_main(['check', '--dataset', f'folder:{videos}', '--features-root', str(features)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and str(features / folder_name(videos)) in err, err
+    assert f'make extract DATASET=folder:{videos}' in err
+    store = features / folder_name(videos) / 'scene.zarr'
+    assert write_store([str(store), '--videos', '8', '--chunk', '4']) == 0
+    capsys.readouterr()
+    assert store_main(['check', '--dataset', f'folder:{videos}', '--features-root', str(features)]) == 0
+    assert str(store) in capsys.readouterr().out
+
+
+def _make(args: list[str], tmp_path: Path, python: str, repo_root: Path, env: dict) -> subprocess.CompletedProcess:
+    """A Makefile target itself, run with this interpreter (a stamp newer than pyproject.toml
     stands for the installed .venv, so make installs nothing)."""
     stamp = tmp_path / 'installed'
     stamp.touch()
     later = time.time() + 60
     os.utime(stamp, (later, later))
-    proc = subprocess.run(['make', '--no-print-directory', 'check', 'DATASET=msrvtt', f'FEATURES_ROOT={tmp_path}',
-                           f'PY={python}', f'STAMP={stamp}'], cwd=repo_root, env=subprocess_env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(['make', '--no-print-directory', *args, f'PY={python}', f'STAMP={stamp}'], cwd=repo_root,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_make_check_without_stores(tmp_path: Path, python: str, repo_root: Path, subprocess_env: dict) -> None:
+    proc = _make(['check', 'DATASET=msrvtt', f'FEATURES_ROOT={tmp_path}'], tmp_path, python, repo_root, subprocess_env)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('error: ')]
     assert proc.returncode != 0 and 'usage:' not in proc.stderr and len(errors) == 1, proc.stderr
     assert 'no stores of msrvtt' in errors[0]
+
+
+def test_make_takes_the_roots_from_the_environment_as_the_commands_do(tmp_path: Path, python: str, repo_root: Path,
+                                                                       subprocess_env: dict) -> None:
+    """README: the data root is data/ by default, --data-root or $VIDEOEXPERTS_DATA_ROOT (features likewise);
+    the Makefile passed data and features whatever the environment said."""
+    env = {**subprocess_env, 'VIDEOEXPERTS_DATA_ROOT': str(tmp_path / 'mydata'),
+           'VIDEOEXPERTS_FEATURES_ROOT': str(tmp_path / 'myfeatures')}
+    for name in ('DATA_ROOT', 'FEATURES_ROOT'):  # make's own variables, which would win
+        env.pop(name, None)
+    check = _make(['check', 'DATASET=msrvtt'], tmp_path, python, repo_root, env)
+    assert str(tmp_path / 'myfeatures' / 'msrvtt') in check.stderr, check.stderr
+    datasets = _make(['datasets', 'DATASET=msrvtt'], tmp_path, python, repo_root, env)
+    assert str(tmp_path / 'mydata' / 'msrvtt') in datasets.stderr, datasets.stderr
+
+
+def test_make_index_and_serve_use_train_index_default_folder(tmp_path: Path, python: str, repo_root: Path,
+                                                             subprocess_env: dict) -> None:
+    """`make index DATASET=folder:PATH` wrote RUN/index/folder:/PATH (nested folders), where
+    `python -m train.index` without --out writes RUN/index/folder__PATH: `make serve` missed the latter."""
+    from train.index import default_out
+
+    for target, flag in (('index', '--out'), ('serve', '--index')):
+        proc = _make(['-n', target, 'RUN=runs/r/seed0', 'DATASET=folder:/data/my-videos'], tmp_path, python, repo_root,
+                     subprocess_env)
+        words = proc.stdout.split()
+        assert words[words.index(flag) + 1] == str(default_out(Path('runs/r/seed0'), 'folder:/data/my-videos')), proc
+
+
+def test_make_import_without_release_is_one_line(tmp_path: Path, python: str, repo_root: Path,
+                                                 subprocess_env: dict) -> None:
+    """Without RELEASE the importer got `--root --dataset ...`: argparse's usage block."""
+    proc = _make(['import', 'PAPER=ce', 'DATASET=msrvtt', f'FEATURES_ROOT={tmp_path}'], tmp_path, python, repo_root,
+                 subprocess_env)
+    assert proc.returncode != 0 and 'usage:' not in proc.stderr, proc.stderr
+    said = [ln for ln in proc.stderr.splitlines() if not ln.startswith('make: Warning')]  # the stamp's future mtime
+    assert len(said) == 1 and 'RELEASE=PATH' in said[0], proc.stderr

@@ -4,6 +4,7 @@ rewritten by a rerun asking for fewer epochs (item 11)."""
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import time
@@ -245,3 +246,23 @@ def test_metrics_jsonl_has_each_epoch_once_after_a_kill_at_the_epoch_end(
     assert train_main(_train(tiny, run, '--set', 'train.epochs=3')) == 0
     epochs = [json.loads(line)['epoch'] for line in metrics.read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+def test_a_missing_store_of_a_folder_dataset_names_the_folder_as_extract_takes_it(tmp_path: Path) -> None:
+    """Its stores are filed under folder-NAME-HASH, which `--dataset` refuses as an unknown dataset:
+    the hint must give folder:PATH, the argument that made (and finds) those stores."""
+    from shared.datasets import load_manifest
+    from shared.media import ffmpeg_exe
+    from shared.store import StoreError
+    from train.data import open_expert_store
+
+    videos = tmp_path / 'my videos'
+    videos.mkdir()
+    subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=64x48:rate=10', '-t', '1',
+                    '-pix_fmt', 'yuv420p', str(videos / 'a.mp4')], check=True, capture_output=True)
+    manifest = load_manifest(f'folder:{videos}')
+    with pytest.raises(StoreError) as caught:
+        open_expert_store(tmp_path / 'features', manifest, 'scene')
+    hint = shlex.split(str(caught.value).split('extract it first: ', 1)[1])  # the path has a space: quoted
+    assert hint == ['python', '-m', 'extract', '--dataset', f'folder:{videos.resolve()}', '--expert', 'scene'], hint
+    assert load_manifest(hint[4]).name == manifest.name  # the command given finds the stores

@@ -1,0 +1,32 @@
+"""`python -m train.launch [torchrun options] -m train ...`: torchrun (`torch.distributed.run`), whose
+failure ends in one line.
+
+Each training process states what went wrong in its own `error:` line. torchrun then raises
+ChildFailedError: a traceback and a failure table of some 30 lines that repeat only exit codes and
+pids, below the line that says what to fix. This runs torchrun's own `run` and ends a failure with one
+line instead; options, rendezvous and process handling are torchrun's.
+"""
+from __future__ import annotations
+
+import sys
+
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import parse_args, run
+
+__all__ = ['main']
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except ChildFailedError as err:
+        codes = ', '.join(str(c) for c in sorted({f.exitcode for f in err.failures.values()}))
+        print(f'error: {len(err.failures)} training process(es) stopped (exit code {codes}): their error lines '
+              'above say why', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
