@@ -296,10 +296,10 @@ def saved_run_cfg(run_dir: Path) -> RunCfg:
 #: often the loss is read and how many processes read the stores (or a cache) leave the results as
 #: they were, up to the float sums of the step's threads (`train.stream.step_threads`);
 #: a memory budget that moves the training part between memory and streaming changes the data
-#: order (the run's first lines say which path it took)
+#: order (the run's first lines say which path it took); the std over seeds is how results are printed
 RESUME_MAY_CHANGE = ('train.epochs', 'train.steps', 'train.compile', 'train.log_every', 'train.checkpoint_every',
-                     'train.checkpoint_steps', 'train.device_data', 'train.memory_budget', 'train.data_workers', 'train.stream_cache',
-                     'train.stream_cache_dir')
+                     'train.checkpoint_steps', 'train.seed_std', 'train.device_data', 'train.memory_budget',
+                     'train.data_workers', 'train.stream_cache', 'train.stream_cache_dir')
 
 
 def settings_changed(run_dir: Path, settings: dict[str, Any], may_change: tuple[str, ...] = RESUME_MAY_CHANGE

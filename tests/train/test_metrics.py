@@ -113,6 +113,8 @@ def test_training_and_evaluate_print_the_configured_std(tiny: Path, tmp_path: Pa
     from train.main import main as train_main
 
     run = tmp_path / 'run'
+    # a run trained before the setting (or with the other one) is the same run: it resumes, and prints as asked
+    assert train_main(tiny_args(tiny, run, '--seeds', '0,1')) == 0
     assert train_main(tiny_args(tiny, run, '--seeds', '0,1', '--set', 'train.seed_std=sample')) == 0
     capsys.readouterr()
     seeds = [['--run', str(run / f'seed{s}'), '--data-root', str(tiny / 'data'), '--features-root',
