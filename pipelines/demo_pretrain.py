@@ -90,6 +90,10 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class _Stopped(Exception):
+    """A fine-tuning run ended with exit code `args[0]` (1, or 130 for Ctrl-C); it said why itself."""
+
+
 def _finetune(model: str, data_root: Path, features_root: Path, run: Path, init: Path | None,
               settings: list[str]) -> dict:
     """Train `model` on the demo from scratch, or from `init`; its test metrics (reused when done)."""
@@ -103,7 +107,7 @@ def _finetune(model: str, data_root: Path, features_root: Path, run: Path, init:
                            *(['--init-from', str(init)] if init is not None else []),
                            *(a for s in settings for a in ('--set', s))])
         if code:
-            raise RuntimeError(f'training {model} in {run} failed (exit {code})')
+            raise _Stopped(code)
     return json.loads(metrics.read_text())
 
 
@@ -196,14 +200,17 @@ def main(argv: list[str] | None = None) -> int:
         source = pre_runs[model] / 'seed0'
         print(f'[4/5 evaluate] {model}: zero-shot on the demo test split, from scratch, pretrained + fine-tuned')
         with _one_thread():
-            results[model] = {
-                ROWS[0]: evaluate_run(source, manifest, 'official', 'test', args.features_root, args.data_root,
-                                      torch.device('cpu')),
-                ROWS[1]: _finetune(model, args.data_root, args.features_root, args.runs / f'{model}_scratch', None,
-                                   args.settings),
-                ROWS[2]: _finetune(model, args.data_root, args.features_root, args.runs / f'{model}_finetuned',
-                                   source, args.settings),
-            }
+            try:
+                results[model] = {
+                    ROWS[0]: evaluate_run(source, manifest, 'official', 'test', args.features_root, args.data_root,
+                                          torch.device('cpu')),
+                    ROWS[1]: _finetune(model, args.data_root, args.features_root, args.runs / f'{model}_scratch',
+                                       None, args.settings),
+                    ROWS[2]: _finetune(model, args.data_root, args.features_root, args.runs / f'{model}_finetuned',
+                                       source, args.settings),
+                }
+            except _Stopped as stopped:
+                return stopped.args[0]
     chance = 100.0 / len(manifest.split('official').test)
     table = format_results({f'{m} {row}': [r] for m, rows in results.items() for row, r in rows.items()},
                            keys=('R1', 'R5', 'R10', 'MdR'))
