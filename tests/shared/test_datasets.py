@@ -66,10 +66,11 @@ def test_msrvtt_1k_a_needs_one_jsfusion_query_per_test_video(tmp_path: Path, cha
         rows = rows[:-1]
     elif change == 'repeat a row':
         rows.append(rows[1])
-    else:
-        rows[-1] = 'ret999,msr0,video0,caption 0 of video 0'
+    else:  # every test video keeps its row
+        rows.append('ret999,msr0,video0,caption 0 of video 0')
     path.write_text('\n'.join(rows) + '\n')
-    with pytest.raises(DatasetError, match='MSRVTT_JSFUSION_test.csv.*(no row|second query)'):
+    said = {'drop the last row': 'have no row', 'repeat a row': 'second query', 'a train video': 'name other videos'}
+    with pytest.raises(DatasetError, match=f'MSRVTT_JSFUSION_test.csv.*{said[change]}'):
         load_manifest('msrvtt', tmp_path)
 
 
