@@ -190,7 +190,7 @@ def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device:
     else:  # another number of processes: rank 0 goes on, the others take new streams of their own
         restore_rng(rngs[0], device)
         seed_rank(ranks, seed, state.epoch, state.epoch_steps)
-    if losses is None:
+    if losses is None or any(math.isnan(x) for x in losses):  # not kept, or not known when it was saved
         state.epoch_loss = None if state.epoch_steps else 0.0
     else:  # of another number of processes, their mean: rank 0's record is the mean over the ranks
         state.epoch_loss = float(losses[ranks.rank]) if len(losses) == ranks.world else float(np.mean(losses))
@@ -278,8 +278,9 @@ def _checkpoint_due(state: TrainState, cfg: TrainCfg) -> bool:
             or not _more(dataclasses.replace(state, epoch=state.epoch + 1), cfg))
 
 
-#: writes last.pt: (steps of the run, steps of the epoch, the sum of this rank's losses over those)
-Save = Callable[[int, int, float], None]
+#: writes last.pt: (steps of the run, steps of the epoch, the sum of this rank's losses over those, None
+#: where unknown)
+Save = Callable[[int, int, float | None], None]
 
 
 def _step_checkpoints(state: TrainState, cfg: TrainCfg, save: Save | None
@@ -289,10 +290,11 @@ def _step_checkpoints(state: TrainState, cfg: TrainCfg, save: Save | None
     if save is None or not cfg.checkpoint_steps:
         return None
     steps, epoch_steps, every = state.steps, state.epoch_steps, cfg.checkpoint_steps
+    known = state.epoch_loss is not None  # else the sum so far misses the steps before the resume
 
     def between(n: int, total: torch.Tensor) -> None:
         if (steps + n) % every == 0:
-            save(steps + n, epoch_steps + n, total.item())
+            save(steps + n, epoch_steps + n, total.item() if known else None)
     return between
 
 
@@ -416,18 +418,21 @@ def _feed(train: SplitData | StreamedPart, dev: torch.device, cfg: TrainCfg, ran
 def _follow(state: TrainState, feed: TrainFeed | StreamFeed, cfg: RunCfg, seed: int, run_dir: Path,
             ranks: Dist) -> dict[str, dict[str, float]]:
     """A rank other than 0: its share of every epoch's steps; rank 0 evaluates, writes and tests."""
-    def save(steps: int, epoch_steps: int, loss: float) -> None:  # rank 0 saves every rank's generators and sums
-        rng_states(ranks, state.step.device)
-        gather_floats(ranks, loss)
-
+    save = lambda steps, epoch_steps, loss: _rank_states(ranks, state.step.device, loss)  # noqa: E731 - rank 0 saves
     while _more(state, cfg.train):
         record = train_one_epoch(state, feed, cfg.train, seed, False, run_dir, save)
         if record is not None:
             average(ranks, record['train/loss'])  # rank 0's record is the mean over the ranks
             if _checkpoint_due(state, cfg.train):
-                save(state.steps, state.epoch_steps, state.epoch_loss or 0.0)
+                save(state.steps, state.epoch_steps, state.epoch_loss)
         state.epoch += 0 if state.epoch_steps else 1
     return {}
+
+
+def _rank_states(ranks: Dist, device: torch.device, loss: float | None) -> tuple[list[torch.Tensor], list[float]]:
+    """What last.pt keeps of every rank: its generators and its loss sum over the epoch's steps so
+    far (NaN: unknown). Collectives, in this order, on every rank alike: rank 0 saves them."""
+    return rng_states(ranks, device), gather_floats(ranks, math.nan if loss is None else loss)
 
 
 def _close(part: SplitData | StreamedPart | None) -> None:
@@ -510,11 +515,10 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         feed = _feed(train, dev, cfg.train, ranks)
         tb = SummaryWriter(str(run_dir / 'tb'))
 
-        def save_last(steps: int, epoch_steps: int, loss: float) -> None:
+        def save_last(steps: int, epoch_steps: int, loss: float | None) -> None:
             """last.pt after `steps` steps of the run, `epoch_steps` of them in `state.epoch` (0: at
             its end), with every rank's generators and loss sum over those (`_follow`'s `save`)."""
-            rngs = rng_states(ranks, dev)
-            losses = gather_floats(ranks, loss)
+            rngs, losses = _rank_states(ranks, dev, loss)
             save_checkpoint(state.model, ckpt_dir / 'last.pt', optimizer=state.optimizer.state_dict(),
                             epoch=state.epoch, best=state.best, rng=rngs,
                             scheduler=state.scheduler.state_dict() if state.scheduler is not None else None,
@@ -535,7 +539,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
                 with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
                     f.write(json.dumps(record) + '\n')
                 if _checkpoint_due(state, cfg.train):
-                    save_last(state.steps, state.epoch_steps, state.epoch_loss or 0.0)
+                    save_last(state.steps, state.epoch_steps, state.epoch_loss)
                 if progress:
                     shown = f', val geometric mean {record["val/selection"]:.2f}' if val is not None else ''
                     where = (f'epoch {record["epoch"]}, step {state.steps}/{cfg.train.steps}' if cfg.train.steps

@@ -3,6 +3,7 @@ N, part way through its last epoch, and a resumed run continues that epoch to th
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,8 @@ def test_checkpoint_steps_writes_last_pt_part_way_through_an_epoch_and_a_kill_re
     assert saved == [(2, 0), (4, 0), (6, 0)]
 
 
-def test_a_checkpoint_without_the_epochs_loss_sum_resumes_part_way(tiny: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_without_the_epochs_loss_sum_resumes_part_way(tiny: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """last.pt written before the epoch's loss sum was kept (stopped at step 3, part way through
     epoch 2): the run resumes to the same weights; that epoch's line is the mean of its later steps."""
     old, whole = tmp_path / 'old', tmp_path / 'whole'
@@ -177,3 +179,25 @@ def test_a_checkpoint_without_the_epochs_loss_sum_resumes_part_way(tiny: Path, t
     lines = {r['step']: r['train/loss'] for r in map(json.loads, (old / 'seed0' / 'metrics.jsonl').open())}
     whole_lines = {r['step']: r['train/loss'] for r in map(json.loads, (whole / 'seed0' / 'metrics.jsonl').open())}
     assert lines[4] != whole_lines[4] and lines[5] == whole_lines[5]
+    # resumed so, and saved again part way through the same epoch: the sum stays unknown, not that of the later steps
+    old = tmp_path / 'old4'
+    assert train_main(tiny_args(tiny, old, *_SCHEDULE, '--set', 'train.batch_size=2', '--set', 'train.steps=1')) == 0
+    last = old / 'seed0' / 'checkpoints' / 'last.pt'
+    saved = torch.load(last, weights_only=True)
+    del saved['epoch_loss']
+    torch.save(saved, last)
+    import train.loop
+
+    real = train.loop.save_checkpoint
+
+    def killed_after_step_2(model: torch.nn.Module, path: Path, **extra: object) -> None:
+        real(model, path, **extra)
+        if path.name == 'last.pt' and extra['steps'] == 2:
+            raise Killed
+
+    monkeypatch.setattr(train.loop, 'save_checkpoint', killed_after_step_2)
+    with pytest.raises(Killed):
+        train_main(tiny_args(tiny, old, *_SCHEDULE, '--set', 'train.batch_size=2', '--set', 'train.steps=3',
+                             '--set', 'train.checkpoint_steps=2'))
+    saved = _last(old)  # at step 2, part way through the 4-step epoch
+    assert (saved['steps'], saved['epoch_steps']) == (2, 2) and math.isnan(saved['epoch_loss'][0])
