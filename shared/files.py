@@ -35,19 +35,33 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM received inside the block take effect at its end (main thread only:
-    elsewhere Python runs no signal handlers anyway). Blocks nest."""
-    if threading.current_thread() is not threading.main_thread():
+    """Ctrl-C and SIGTERM received inside the block take effect at its end; a second one at once
+    (a write that hangs stays interruptible). Main thread only: elsewhere Python runs no signal
+    handlers anyway; nor where a handler was set from C, which cannot be put back. Blocks nest."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in signals}
+    if threading.current_thread() is not threading.main_thread() or None in before.values():
         yield
         return
     got: list[int] = []
-    before = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+    def hold(signum: int, _frame: Any) -> None:
+        got.append(signum)
+        if len(got) > 1:  # asked again: no more waiting
+            restore()
+            signal.raise_signal(signum)
+
+    for s in signals:
+        signal.signal(s, hold)
     try:
         yield
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-        if got:
+        restore()
+        if len(got) == 1:
             signal.raise_signal(got[0])
 
 

@@ -48,3 +48,22 @@ def test_ctrl_c_inside_a_write_takes_effect_once_the_file_is_in_place(tmp_path: 
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert torch.equal(torch.load(target, weights_only=True)['weights'], torch.ones(3))
+
+
+def test_a_second_ctrl_c_inside_a_write_stops_it_at_once(tmp_path: Path) -> None:
+    """A write that hangs (a stalled network disk) stays interruptible: the second Ctrl-C acts at
+    once, nothing is put in the file's place, and the handler in place before is back."""
+    handler = signal.getsignal(signal.SIGINT)
+    target = tmp_path / 'last.pt'
+    reached: list[str] = []
+
+    def hanging(f: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        reached.append('after the first')
+        os.kill(os.getpid(), signal.SIGINT)
+        reached.append('after the second')
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, hanging)
+    assert reached == ['after the first'] and not target.exists() and not (tmp_path / '.last.pt.tmp').exists()
+    assert signal.getsignal(signal.SIGINT) is handler
