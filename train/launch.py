@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
+    except SignalException as err:  # Ctrl-C or SIGTERM: torchrun stopped the processes, whose rank 0 said how to go on
+        return 128 + int(err.sigval)
     except ChildFailedError as err:
         codes = ', '.join(str(c) for c in sorted({f.exitcode for f in err.failures.values()}))
         print(f'error: {len(err.failures)} training process(es) stopped (exit code {codes}): their error lines '

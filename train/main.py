@@ -152,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:  # Ctrl-C: last.pt is written whole or not at all, and every run resumes from it
         if ranks.main:
-            where = f' in {base}/seedN/checkpoints' if base is not None else ''
-            print(f'\ninterrupted: each seed resumes from its last checkpoint (last.pt{where}); rerun the same '
-                  'command to continue', file=sys.stderr)
+            where = f' ({base}/seedN/checkpoints/last.pt)' if base is not None else ''
+            print(f'\ninterrupted: rerun the same command to continue; each seed resumes from its last checkpoint'
+                  f'{where} where it wrote one', file=sys.stderr)
         return 130
     finally:
         teardown()

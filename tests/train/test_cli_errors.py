@@ -94,8 +94,8 @@ def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(tiny: Path, tm
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and 'Traceback' not in err, err
-    assert err.strip().splitlines()[-1] == (f'interrupted: each seed resumes from its last checkpoint (last.pt in '
-                                            f'{run}/seedN/checkpoints); rerun the same command to continue')
+    assert err.strip().splitlines()[-1] == ('interrupted: rerun the same command to continue; each seed resumes from '
+                                            f'its last checkpoint ({run}/seedN/checkpoints/last.pt) where it wrote one')
     again = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     out = ''

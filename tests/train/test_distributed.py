@@ -208,3 +208,28 @@ def test_an_expert_missing_from_a_ranks_batch_still_reduces_every_gradient(tiny:
     weights = torch.load(run / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)['model']
     bn = {k: v for k, v in weights.items() if 'vlad' in k and 'audio' in k and '.bn.' in k}
     assert torch.equal(bn[next(k for k in bn if k.endswith('bn.weight'))], torch.ones(2))  # a zero gradient
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_train_launch_ends_in_one_line(tiny: Path, tmp_path: Path, subprocess_env: dict,
+                                                    repo_root: Path) -> None:
+    """Ctrl-C at a terminal (SIGINT to the whole process group): torchrun stops its processes,
+    rank 0 says how to go on, and train.launch exits 130 without torchrun's SignalException traceback."""
+    from tests.train.conftest import tiny_args
+
+    run = tmp_path / 'run'
+    cmd = [sys.executable, '-m', 'train.launch', '--standalone', '--nproc-per-node', '2', '-m', 'train',
+           *tiny_args(tiny, run, '--set', 'train.epochs=100000')]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    last, deadline = run / 'seed0' / 'checkpoints' / 'last.pt', time.time() + 180
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and 'Traceback' not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith('interrupted: rerun the same command to continue'), err[-3000:]
