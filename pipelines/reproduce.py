@@ -37,7 +37,7 @@ from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.store import StoreError, store_path
-from train.config import load_run_cfg, saved_run_cfg
+from train.config import RunCfg, load_run_cfg, saved_run_cfg
 from train.evaluate import evaluate_run
 from train.main import config_path, parse_seeds
 from train.main import main as train_main
@@ -96,6 +96,24 @@ def _beside(ours: dict, paper: tuple[str, dict[str, dict[str, float]]] | None) -
     return '\n'.join(rows)
 
 
+def check_scratch_run(scratch_run: Path, model: str, dataset: str, split: str) -> RunCfg | None:
+    """The config of `scratch_run`'s first seed (None: no seed there yet).
+
+    Raises:
+        ConfigError: it is a run of another model, dataset or split, whose numbers would be printed
+            as this recipe's, silently.
+    """
+    seeds = sorted(p for p in scratch_run.glob('seed*') if (p / 'config.yaml').is_file())
+    if not seeds:
+        return None
+    cfg = saved_run_cfg(seeds[0])
+    trained = (cfg.model.model, cfg.data.dataset, cfg.data.split)
+    if trained != (model, dataset, split):
+        raise ConfigError(f'--scratch-run {scratch_run} is a run of {" ".join(trained)}, not of {model} {dataset} '
+                          f'{split}: give the from-scratch run of this recipe')
+    return cfg
+
+
 def compare_pretrained(tables: Sequence[PaperTable], finetuned: list[dict], pretrained: Path, scratch_run: Path,
                        dataset: str, split: str, data_root: Path, features_root: Path, device: str,
                        stop_words: str, model: str) -> str:
@@ -113,11 +131,7 @@ def compare_pretrained(tables: Sequence[PaperTable], finetuned: list[dict], pret
     ours: dict[str, list[dict]] = {f'finetuned:{stop_words}': finetuned}
     done = sorted(scratch_run.glob('seed*/test_metrics.json'))
     if done:  # trained with its own config's stop words
-        cfg = saved_run_cfg(done[0].parent)
-        trained = (cfg.model.model, cfg.data.dataset, cfg.data.split)
-        if trained != (model, dataset, split):  # its numbers would be printed as this recipe's, silently
-            raise ConfigError(f'--scratch-run {scratch_run} is a run of {" ".join(trained)}, not of {model} {dataset} '
-                              f'{split}: give the from-scratch run of this recipe')
+        cfg = check_scratch_run(scratch_run, model, dataset, split)
         ours[f'scratch:{cfg.data.stop_words}'] = [json.loads(p.read_text()) for p in done]
     source = pretrained.parent.parent if pretrained.is_file() else pretrained  # RUN/checkpoints/NAME.pt
     sources = run_seeds(source)
@@ -185,10 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_run_cfg(cfg_path)
         missing = [e.name for e in cfg.model.experts
                    if not store_path(args.features_root, args.dataset, e.name).exists()]
+        split = args.split or cfg.data.split
+        scratch = (Path('runs') / f'reproduce-{args.paper}-{args.dataset}-{split}'
+                   f'{f"-{args.variant}" if args.variant else ""}')
+        if args.pretrained is not None:  # before hours of fine-tuning, not after
+            check_scratch_run(args.scratch_run or scratch, cfg.model.model, args.dataset, split)
     except (ConfigError, DatasetError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    split = args.split or cfg.data.split
     if missing:
         if args.release is None or args.paper not in _SOURCE:
             print(f'error: stores missing for {", ".join(missing)}: extract them (make extract) or pass --release '
@@ -200,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
                             '--data-root', str(args.data_root), '--features-root', str(args.features_root)])
         if code:
             return code
-    scratch = Path('runs') / f'reproduce-{args.paper}-{args.dataset}-{split}{f"-{args.variant}" if args.variant else ""}'
     run = args.run_dir or (scratch.with_name(scratch.name + '-pretrained') if args.pretrained else scratch)
     overrides = [a for kv in args.settings for a in ('--set', kv)]
     init = ['--init-from', str(args.pretrained)] if args.pretrained is not None else []

@@ -144,10 +144,13 @@ def test_reproduce_ce_msrvtt_full_imports_trains_and_compares(tmp_path: Path, ca
     assert f'2 seeds in this run; searching seed0 (--run {run}/seed1 for another)' in capsys.readouterr().err
 
 
-def test_a_scratch_run_of_another_recipe_is_not_printed_as_this_one(tmp_path: Path) -> None:
-    """Probe 7: --scratch-run naming a CE run printed its metrics as MMT's "from scratch" row."""
+def test_a_scratch_run_of_another_recipe_is_not_printed_as_this_one(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Probe 7: --scratch-run naming a CE run printed its metrics as MMT's "from scratch" row; it is
+    refused before the fine-tuning, not hours after it."""
     from pipelines.paper_tables import PRETRAINING_TABLES
     from pipelines.reproduce import compare_pretrained
+    from pipelines.reproduce import main as reproduce_main
     from shared.config import ConfigError
     from train.main import config_path
 
@@ -160,3 +163,9 @@ def test_a_scratch_run_of_another_recipe_is_not_printed_as_this_one(tmp_path: Pa
                                           'official: give the from-scratch run'):
         compare_pretrained(tables, [], tmp_path / 'pretrained', scratch, 'demo', 'official', tmp_path, tmp_path,
                            'cpu', 'keep', 'mmt')
+    run = tmp_path / 'finetuned'
+    assert reproduce_main(['--paper', 'mmt', '--dataset', 'activitynet', '--pretrained', str(tmp_path / 'pretrained'),
+                           '--scratch-run', str(scratch), '--data-root', str(tmp_path), '--features-root',
+                           str(tmp_path), '--run-dir', str(run)]) == 1
+    assert 'is a run of ce demo official, not of mmt activitynet val1' in capsys.readouterr().err
+    assert not run.exists()
