@@ -215,12 +215,15 @@ class TrainFeed:
             caps = data.captions
             self._ids, self._mask, self._vectors = put(caps.ids.astype(np.int64)), put(caps.mask), put(caps.vectors)
 
-    def epoch(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
-        """The batches of `SplitData.epoch_plan` on the device; of `world` ranks, rank `rank`'s
-        share of each (`batch_size` is the global batch: `train.distributed`)."""
+    def epoch(self, batch_size: int, rng: np.random.Generator, skip: int = 0
+              ) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
+        """The batches of `SplitData.epoch_plan` on the device, from its `skip`-th on (a resumed
+        epoch: the plan is drawn whole, the batches before are not built); of `world` ranks, rank
+        `rank`'s share of each (`batch_size` is the global batch: `train.distributed`)."""
         sampled = self.data.sampled
         key = sampled.epoch_key(rng) if sampled is not None else None
         videos, caps = self.data.epoch_plan(batch_size, rng)
+        videos, caps = videos[skip:], caps[skip:]
         if self.world > 1:  # every rank draws the same plan and takes its own columns
             local = batch_size // self.world
             videos, caps = (a[:, self.rank * local:(self.rank + 1) * local] for a in (videos, caps))

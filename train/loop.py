@@ -302,7 +302,7 @@ def _epoch_batches(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainCf
                    done: list[int]) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
     """The epoch's batches from step `state.epoch_steps` (a resumed run continues the epoch that
     train.steps stopped), at most the steps left of train.steps; `done[0]` counts those given."""
-    batches = itertools.islice(feed.epoch(cfg.batch_size, rng), state.epoch_steps, None)
+    batches = feed.epoch(cfg.batch_size, rng, skip=state.epoch_steps)
     for batch in itertools.islice(batches, cfg.steps - state.steps if cfg.steps else None):
         done[0] += 1
         yield batch

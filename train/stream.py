@@ -421,8 +421,12 @@ class StreamFeed:
         self.data, self.device, self.buffer = data, torch.device(device), buffer
         self._kept_slots: tuple[dict, dict[str, list[np.ndarray | None]]] | None = None  # `_slots`
 
-    def epoch(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
-        """The epoch's batches in `epoch_plan`'s order for this rank (`rng` seeded by (seed, epoch)).
+    def epoch(self, batch_size: int, rng: np.random.Generator, skip: int = 0
+              ) -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
+        """The epoch's batches in `epoch_plan`'s order for this rank (`rng` seeded by (seed, epoch)),
+        from its `skip`-th on: a resumed epoch draws the plan whole, but builds no batch before it
+        and reads only the units with a video in a batch after (a preempted HowTo100M job resumed
+        part way through an epoch does not read its first part again).
         `batch_size` is the global batch: each of the ranks takes its share (`train.distributed`)."""
         part = self.data
         key = part.sampled.epoch_key(rng) if part.sampled is not None else None
@@ -449,7 +453,8 @@ class StreamFeed:
         # the buffer is kept from epoch to epoch: copies into new memory (page faults) cost as much.
         slots: dict[str, list[np.ndarray | None]] = {}
         filling: dict[int, Any] = {}  # step -> its batch's arrays, {expert: [arrays]}, part filled
-        emitted, step, taken = 0, 0, 0  # emissions placed, steps made, extra items batched
+        # emissions placed, steps made, extra items batched: those of the skipped steps count as done
+        emitted, step, taken = int(first[skip]), skip, int((local - own[:skip]).sum())
 
         def batches() -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
             nonlocal step, taken
@@ -465,30 +470,43 @@ class StreamFeed:
             # every unit cached (a later epoch): each batch's videos read straight from the cache
             unit_of = np.repeat(plan.units, sizes)  # stream position -> its unit, and its place there
             place = np.arange(int(starts[-1])) - np.repeat(starts[:-1], sizes)
-            for s in range(plan.steps):
+            for s in range(skip, plan.steps):
                 p = plan.emit[first[s]:first[s + 1]]
                 if len(p):
                     filling[s] = part.cache.gather(unit_of[p], place[p])
                 emitted = int(first[s + 1])
                 yield from batches()
             return
-        for i, data in enumerate(part.chunks(plan.units, key)):
-            a, b = int(starts[i]), int(starts[i + 1])
-            if not slots:
-                slots = self._slots(data, k)
-            hi = int(np.searchsorted(plan.when, b + 1))  # the emissions once arrivals a..b-1 are in
-            while emitted < hi:  # each step's share of them, into its batch, before the unit overwrites slots
-                s = int(np.searchsorted(first, emitted, side='right')) - 1
-                end = min(hi, int(first[s + 1]))
-                if s not in filling:
-                    filling[s] = {n: [None if t is None else np.empty((int(own[s]), *t.shape[1:]), t.dtype) for t in f]
-                                  for n, f in slots.items()}
-                _emit(filling[s], emitted - int(first[s]), slots, data, plan.emit[emitted:end], plan.slot, a)
-                emitted = end
-            _arrive(slots, data, plan.slot[a:b])
-            yield from batches()
-            if emitted == len(plan.emit):  # the rest of the stream is not needed: its readers stop
-                break
+        # a unit is read when one of its videos is emitted from the first step on: the skipped
+        # steps' videos are never placed, and their slots are rewritten before another video's read
+        emission = np.full(int(starts[-1]), -1, np.int64)  # stream position -> its emission (-1: none, past the last step)
+        emission[plan.emit] = np.arange(len(plan.emit))
+        needed = (sizes > 0) & (np.maximum.reduceat(emission, np.minimum(starts[:-1], max(len(emission) - 1, 0)))
+                                >= emitted) if len(emission) else np.zeros(len(sizes), bool)
+        reader = part.chunks(plan.units[needed], key)
+        try:
+            for i in range(len(plan.units)):
+                a, b = int(starts[i]), int(starts[i + 1])
+                data = next(reader) if needed[i] else None
+                if data is not None and not slots:
+                    slots = self._slots(data, k)
+                hi = int(np.searchsorted(plan.when, b + 1))  # the emissions once arrivals a..b-1 are in
+                while emitted < hi:  # each step's share of them, into its batch, before the unit overwrites slots
+                    s = int(np.searchsorted(first, emitted, side='right')) - 1
+                    end = min(hi, int(first[s + 1]))
+                    if s not in filling:
+                        filling[s] = {n: [None if t is None else np.empty((int(own[s]), *t.shape[1:]), t.dtype)
+                                          for t in f] for n, f in slots.items()}
+                    # a unit not read has no video emitted here: these come from the buffer
+                    _emit(filling[s], emitted - int(first[s]), slots, data or {}, plan.emit[emitted:end], plan.slot, a)
+                    emitted = end
+                if data is not None:
+                    _arrive(slots, data, plan.slot[a:b])
+                yield from batches()
+                if emitted == len(plan.emit):  # the rest of the stream is not needed: its readers stop
+                    break
+        finally:
+            reader.close()
         yield from batches()  # steps of extra items only, after the stream's last video
 
     def _slots(self, data: dict[str, Arrays], k: int) -> dict[str, list[np.ndarray | None]]:

@@ -132,6 +132,29 @@ def test_batch_order_depends_on_seed_and_epoch_not_on_the_reader_processes(small
     assert order(1, 1) != order(1, 0)
 
 
+def test_a_resumed_epoch_builds_the_batches_after_its_skip_and_reads_only_their_units(
+        small: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run resumed part way through a streamed epoch (at step `skip` of 15) gets the batches an
+    uninterrupted epoch gives from there, and does not read again the units whose videos all went
+    into the batches before (a preempted HowTo100M job read back up to its whole epoch)."""
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', shuffle_buffer=32, stream_cache=False)
+    part = load_part(manifest, 'official', 'train', small[1], cfg.model.experts, captions, cfg.train, False)
+    part.workers = 0
+    read: list[int] = []
+    chunks = part.chunks
+    part.chunks = lambda units, key=None: (read.append(len(units)), chunks(units, key))[1]
+
+    def epoch(skip: int) -> list[bytes]:
+        return [b''.join(x.numpy().tobytes() for x in (v['object'].x, v['audio'].x, t.x)) for v, t in
+                StreamFeed(part, torch.device('cpu'), 32).epoch(16, np.random.default_rng([0, 3]), skip=skip)]
+
+    whole = epoch(0)
+    assert len(whole) == 15
+    for skip in (1, 7, 14, 15):
+        assert epoch(skip) == whole[skip:], skip
+    assert read == [19, 19, 14, 7, 0]  # the units read: all 19 from the start and from step 1, fewer later
+
+
 def test_a_streamed_run_checks_each_chunk_against_its_sums_once(small: tuple[Path, Path], tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A unit is read every epoch; its chunks are checked against their sums the first time only,
