@@ -80,6 +80,7 @@ test-fast: $(STAMP) ## run the tests not marked slow
 demo: $(STAMP) ## run the main job on the embedded demo data
 	$(PY) -m pipelines.demo --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) --videos $(VIDEOS) --seed $(SEED) \
 		--runs runs/demo --report reports/demo
+	@touch $(DEMO_STORES)  # its stores are those make train needs: not extracted again
 
 demo-pretrain: $(STAMP) ## pretrain MMT and the support-set model on a narrated demo set, fine-tune on the demo
 	$(PY) -m pipelines.demo_pretrain --data-root $(DATA_ROOT) --features-root $(FEATURES_ROOT) --seed $(SEED) \
