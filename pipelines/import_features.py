@@ -359,6 +359,10 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
         for f, name in tqdm(found, desc='import CE experts', unit='expert', disable=not progress):
             data = _ce_rows(f)
             values = {vid: (data[vid], None) for vid in ids if vid in data}
+            if len(values) < len(data):  # said, not dropped silently: a pickle of another dataset shows here
+                extra = sorted(set(data) - set(values))
+                print(f'{name}: {len(extra)} of the {len(data)} videos of {f.relative_to(root)} are not in '
+                      f'{cap_file.name} (e.g. {", ".join(map(str, extra[:3]))}): not imported')
             staged.append(write_store(features_root, dataset, name, ids, values, 'ce', str(f.relative_to(root))))
         splits = _splits(dataset, ids, captions, root, data_root)
     return _commit(staged, data_root, dataset, 'ce', ids, captions, splits)

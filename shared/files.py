@@ -34,10 +34,11 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM received inside the block take effect at its end; a second one at once
-    (a write that hangs stays interruptible). Main thread only: elsewhere Python runs no signal
-    handlers anyway; nor where a handler was set from C, which cannot be put back. Blocks nest."""
+def signals_deferred(escalate: bool = False) -> Iterator[None]:
+    """Ctrl-C and SIGTERM received inside the block take effect at its end; with `escalate`, a
+    second one at once (a write that hangs stays interruptible; renames that must land together do
+    not escalate). Main thread only: elsewhere Python runs no signal handlers anyway; nor where a
+    handler was set from C, which cannot be put back. Blocks nest."""
     signals = (signal.SIGINT, signal.SIGTERM)
     before = {s: signal.getsignal(s) for s in signals}
     if threading.current_thread() is not threading.main_thread() or None in before.values():
@@ -51,7 +52,7 @@ def signals_deferred() -> Iterator[None]:
 
     def hold(signum: int, _frame: Any) -> None:
         got.append(signum)
-        if len(got) > 1:  # asked again: no more waiting
+        if escalate and len(got) > 1:  # asked again: no more waiting
             restore()
             signal.raise_signal(signum)
 
@@ -61,7 +62,7 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         restore()
-        if len(got) == 1:
+        if len(got) == 1 or (got and not escalate):  # (an escalated one has acted already)
             signal.raise_signal(got[0])
 
 
@@ -76,7 +77,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     """
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp')
-    with signals_deferred():
+    with signals_deferred(escalate=True):
         try:
             with open(tmp, 'wb') as f:
                 write(f)

@@ -24,6 +24,7 @@ def _ce_release(root: Path) -> dict[str, dict]:
     scene = {v: rng.normal(size=2208).astype(np.float32) for v in IDS}
     face = {v: rng.normal(size=512).astype(np.float32) for v in IDS}
     face['video1'] = float('nan')  # no face: CE stores a scalar NaN
+    scene['video9'] = rng.normal(size=2208).astype(np.float32)  # a video the captions do not know
     audio = {v: rng.normal(size=(n, 128)).astype(np.float32) for v, n in zip(IDS, [5, 1, 9, 3])}
     speech = {v: rng.normal(size=(n, 300)).astype(np.float32) for v, n in zip(IDS[:3], [2, 0, 4])}  # video7 absent
     files = {'aggregated_scene_25fps_256px_stride1_offset0/densenet161-avg.pickle': scene,
@@ -49,6 +50,8 @@ def test_import_ce_pickles(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
         code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root', str(data),
                             '--features-root', str(feats), '--no-progress'])
     assert code == 0
+    out = capsys.readouterr().out  # a video of the release that the dataset lacks is said, not dropped silently
+    assert 'scene: 1 of the 5 videos of ' in out and 'are not in raw-captions.pkl (e.g. video9): not imported' in out
     for expert, values in truth.items():
         rows = open_store(store_path(feats, 'msrvtt', expert)).read(ids=IDS)
         for i, v in enumerate(IDS):
