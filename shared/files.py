@@ -38,7 +38,8 @@ def signals_deferred(escalate: bool = False) -> Iterator[None]:
     """Ctrl-C and SIGTERM received inside the block take effect at its end; with `escalate`, a
     second one at once (a write that hangs stays interruptible; renames that must land together do
     not escalate). Main thread only: elsewhere Python runs no signal handlers anyway; nor where a
-    handler was set from C, which cannot be put back. Blocks nest."""
+    handler was set from C, which cannot be put back. Blocks nest: a write that escalates inside
+    a block that does not (the import's commit) hands its second signal to that block, to wait."""
     signals = (signal.SIGINT, signal.SIGTERM)
     before = {s: signal.getsignal(s) for s in signals}
     if threading.current_thread() is not threading.main_thread() or None in before.values():

@@ -24,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     except SignalException as err:  # Ctrl-C or SIGTERM: torchrun stopped the processes, whose rank 0 said how to go on
         return 128 + int(err.sigval)
     except ChildFailedError as err:
-        codes = ', '.join(str(c) for c in sorted({f.exitcode for f in err.failures.values()}))
-        print(f'error: {len(err.failures)} training process(es) stopped (exit code {codes}): their error lines '
-              'above say why', file=sys.stderr)
+        failures = list(err.failures.values())
+        codes = ', '.join(str(c) for c in sorted({f.exitcode for f in failures}))
+        killed = sorted({f.signal_name() for f in failures if f.exitcode < 0})
+        why = ('their error lines above say why' if not killed else  # a killed process wrote no line of its own
+               f'killed by {", ".join(killed)}' + (' (most often the out-of-memory killer: see dmesg)'
+                                                   if 'SIGKILL' in killed else ''))
+        print(f'error: {len(failures)} training process(es) stopped (exit code {codes}): {why}', file=sys.stderr)
         return 1
     return 0
 

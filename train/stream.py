@@ -454,6 +454,8 @@ class StreamFeed:
         slots: dict[str, list[np.ndarray | None]] = {}
         filling: dict[int, Any] = {}  # step -> its batch's arrays, {expert: [arrays]}, part filled
         # emissions placed, steps made, extra items batched: those of the skipped steps count as done
+        # (a run resumed with more processes may have done more steps of the epoch than it now has)
+        skip = min(skip, plan.steps)
         emitted, step, taken = int(first[skip]), skip, int((local - own[:skip]).sum())
 
         def batches() -> Iterator[tuple[dict[str, ExpertInput], TextInput]]:
@@ -481,8 +483,9 @@ class StreamFeed:
         # steps' videos are never placed, and their slots are rewritten before another video's read
         emission = np.full(int(starts[-1]), -1, np.int64)  # stream position -> its emission (-1: none, past the last step)
         emission[plan.emit] = np.arange(len(plan.emit))
-        needed = (sizes > 0) & (np.maximum.reduceat(emission, np.minimum(starts[:-1], max(len(emission) - 1, 0)))
-                                >= emitted) if len(emission) else np.zeros(len(sizes), bool)
+        last = np.full(len(sizes), -1, np.int64)  # each unit's last emission
+        np.maximum.at(last, np.repeat(np.arange(len(sizes)), sizes), emission)
+        needed = last >= emitted
         reader = part.chunks(plan.units[needed], key)
         try:
             for i in range(len(plan.units)):

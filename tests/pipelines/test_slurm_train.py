@@ -57,3 +57,16 @@ def test_a_torchrun_whose_processes_fail_ends_in_one_line(tmp_path: Path, repo_r
     assert out.returncode == 1 and 'Traceback' not in out.stderr and 'ChildFailedError' not in out.stderr, out.stderr
     assert f'dataset directory {tmp_path / "msrvtt"} not found' in out.stderr  # the processes' own lines
     assert out.stderr.splitlines()[-1].startswith('error: 2 training process(es) stopped'), out.stderr
+
+
+def test_a_torchrun_whose_processes_are_killed_says_so(tmp_path: Path, repo_root: Path, python: str,
+                                                       subprocess_env: dict) -> None:
+    """A process killed by a signal (the out-of-memory killer's SIGKILL) writes no error line of its
+    own: the last line names the signal, not error lines that are not there."""
+    script = tmp_path / 'killed.py'
+    script.write_text('import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n')
+    out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', '2', str(script)],
+                         cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
+    assert out.stderr.splitlines()[-1] == ('error: 2 training process(es) stopped (exit code -9): killed by SIGKILL '
+                                           '(most often the out-of-memory killer: see dmesg)'), out.stderr

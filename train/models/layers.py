@@ -121,11 +121,18 @@ class NetVLAD(nn.Module):
 
     def _train_bn(self, real: torch.Tensor) -> torch.Tensor:
         """Batch norm of a training batch's real tokens; with one or none (an expert missing from
-        the batch) they pass as they are, but under DistributedDataParallel the batch norm's
-        parameters still get a (zero) gradient, since every rank must reduce every parameter's
-        gradient each step; SyncBatchNorm (CUDA ranks) is a collective that every rank joins,
-        with however few tokens."""
-        if len(real) > 1 or isinstance(self.bn, nn.SyncBatchNorm):
+        the batch) they pass as they are. Under DistributedDataParallel the batch norm's
+        parameters then still get a (zero) gradient, since every rank must reduce every
+        parameter's gradient each step (so weight decay, which one process never applies to
+        them, still does); SyncBatchNorm (CUDA ranks) counts the tokens of the whole global
+        batch first, so that every rank takes the same branch (its collective, or none) and its
+        running variance never divides 0 by 0."""
+        if isinstance(self.bn, nn.SyncBatchNorm):
+            count = torch.tensor([len(real)], device=real.device)
+            torch.distributed.all_reduce(count, group=self.bn.process_group)
+            if int(count.item()) > 1:
+                return self.bn(real)
+        elif len(real) > 1:
             return self.bn(real)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return real + 0.0 * (self.bn.weight.sum() + self.bn.bias.sum())
