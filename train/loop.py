@@ -92,15 +92,15 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput],
             between(n - 1, total)
         loss = step(video, text)
         total = loss.to(torch.float64) + carried if total is None else total.add_(loss)
-        if n % log_every == 0:
-            mean = _finite(total.item() / (done + n), read, n)
+        if n % log_every == 0:  # the steps a NonFiniteLoss names are the epoch's, those before a resume too
+            mean = _finite(total.item() / (done + n), done + read, done + n)
             read = n
             if log is not None:
                 log(n, mean)
     if total is None:
         raise ValueError('an epoch without a batch')
     summed = total.item()
-    return _finite(summed / (done + n), read, n), summed
+    return _finite(summed / (done + n), done + read, done + n), summed
 
 
 class NonFiniteLoss(ValueError):

@@ -67,3 +67,8 @@ def test_a_loss_non_finite_only_in_the_last_steps_is_caught_at_the_epochs_end() 
         train_epoch(step, [(None, None)] * 3, 2)
     assert err.value.where() == 'step 3'
     assert train_epoch(_Step([1.0, 3.0, 2.0]), [(None, None)] * 3, 2) == pytest.approx((2.0, 6.0))
+    # the rest of an epoch resumed after its 5th step: its steps are counted from the epoch's start
+    assert train_epoch(_Step([1.0, 3.0]), [(None, None)] * 2, 2, before=(4.0, 5)) == pytest.approx((8.0 / 7, 8.0))
+    with pytest.raises(NonFiniteLoss) as err:
+        train_epoch(_Step([1.0, float('nan')]), [(None, None)] * 2, 2, before=(4.0, 5))
+    assert err.value.where() == 'steps 6-7'
