@@ -66,7 +66,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f'{where}: expected a mapping, got {value!r}')
         key_tp, value_tp = typing.get_args(tp) or (Any, Any)
-        return {_coerce(key_tp, k, f'{where} key'): _coerce(value_tp, v, f'{where}.{k}') for k, v in value.items()}
+        return {_coerce(key_tp, k, f'{where} key'): _coerce(value_tp, v, _join(where, k)) for k, v in value.items()}
     if origin in (list, tuple) and not isinstance(value, (list, tuple)):
         raise ConfigError(f'{where}: expected a list, got {value!r:.80}')
     if origin in (list, tuple):
@@ -89,6 +89,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _join(where: str, key: object) -> str:
+    """Where a setting is: `train.lr`, after a file's name `PATH: train.lr` (not `PATH.train.lr`)."""
+    return f'{where}: {key}' if where.endswith(('.yaml', '.yml')) else f'{where}.{key}'
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = 'config') -> T:
     """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError. A
     class with a ``resolve(data, where)`` classmethod is a family: it returns the member to build."""
@@ -101,12 +106,15 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = 'config') -> T:
     if unknown:
         raise ConfigError(f'{where}: unknown keys {unknown} (known: {sorted(fields)})')
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(hints[k], v, f'{where}.{k}') for k, v in data.items()}
+    kwargs = {k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:  # ValueError: a range check in __post_init__
+        path, _, section = where.rpartition(': ')
+        if path and str(err).startswith(f'{section}.'):  # it names the setting itself: PATH: train.lr ...
+            where = path
         raise ConfigError(f'{where}: {err}') from err
 
 

@@ -80,6 +80,19 @@ def test_the_training_command_prints_the_line_not_a_traceback(tiny: Path, tmp_pa
     _one_line(proc.returncode, proc.stderr, 'train.batch_size')
 
 
+def test_a_bad_setting_is_named_after_its_file_not_as_part_of_its_name(tiny: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """`PATH: train.lr`, not `PATH.train: train.lr` (a file name that does not exist)."""
+    from train.main import main as train_main
+
+    config = tiny / 'mee.yaml'
+    for setting, said in (('train.batch_size=0', 'train.batch_size must be at least 1, got 0'),
+                          ('train.lr=abc', "train.lr: expected float, got 'abc'"),
+                          ('train.bogus=1', "train: unknown keys ['bogus']")):
+        assert train_main(_train(tiny, tmp_path / 'run', '--set', setting)) == 1
+        assert capsys.readouterr().err.startswith(f'error: {config}: {said}'), setting
+
+
 def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(tiny: Path, tmp_path: Path, python: str,
                                                                    repo_root: Path, subprocess_env: dict) -> None:
     """Ctrl-C (a real SIGINT to a real training process): exit 130 with one line saying how to go
