@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ['atomic_write', 'atomic_save', 'fsync_dir', 'make_dir', 'sha256_file', 'signals_deferred']
+__all__ = ['atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
+           'signals_deferred']
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -89,6 +90,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             tmp.unlink(missing_ok=True)
             raise
         fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`Path.write_text(text)` (UTF-8), written whole or not at all: a full disk or a kill leaves the
+    previous file, never one cut short that every later reader fails on."""
+    data = text.encode('utf-8')
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from shared.config import weights_dir
+from shared.files import atomic_write_text
 from shared.text import WordVectors, load_word_vectors, remove_stop_words, split_words
 from train.models.base import TextInput
 from train.config import DataCfg
@@ -143,7 +144,7 @@ class WordTokenizer:
         return ' '.join(words)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({'words': self.words[len(SPECIALS):]}))
+        atomic_write_text(path, json.dumps({'words': self.words[len(SPECIALS):]}))
 
     @classmethod
     def load(cls, path: Path) -> WordTokenizer:

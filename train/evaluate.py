@@ -24,6 +24,7 @@ import torch
 from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
 from shared.device import pick_device
+from shared.files import atomic_write_text
 from shared.logs import setup_logging
 from shared.store import StoreError, is_store, store_path
 from train.captions import CaptionEncoder, build_caption_encoder
@@ -126,7 +127,7 @@ def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_
     result = evaluate(loaded.model, data, device)
     out = run / 'eval'
     out.mkdir(exist_ok=True)
-    (out / f'{stem}.json').write_text(json.dumps(result, indent=1))
+    atomic_write_text(out / f'{stem}.json', json.dumps(result, indent=1))
     (out / f'{stem}.md').write_text(f'# {cfg.model.model} trained on {cfg.data.dataset} ({cfg.data.split}), '
                                     f'evaluated on {manifest.name} {split}/{part}\n\nCheckpoint: '
                                     f'{loaded.checkpoint.name}\n\n' + format_results({cfg.model.model: [result]}) + '\n')

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from shared.config import ConfigError
+from shared.files import atomic_write_text
 from train.checkpoints import by_expert_name, load_checkpoint
 from train.config import RunCfg, saved_run_cfg
 from train.models import RetrievalModel, meta_model
@@ -178,7 +179,7 @@ def init_weights(model: RetrievalModel, source: Path, run_dir: Path | None = Non
     if run_dir is not None:
         shapes = {k: f'{tuple(v.shape)} there, {tuple(own[k].shape)} here' for k, v in state.items()
                   if dropped.get(k) == 'another shape'}
-        (run_dir / REPORT).write_text(json.dumps(
+        atomic_write_text(run_dir / REPORT, json.dumps(
             {'source': str(source), 'loaded': out.loaded, 'fresh': out.fresh,
              'dropped': {k: shapes.get(k, why) for k, why in dropped.items()}}, indent=1))
     return out

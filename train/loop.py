@@ -31,7 +31,7 @@ import yaml
 
 from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
-from shared.files import atomic_save, atomic_write, make_dir
+from shared.files import atomic_save, atomic_write, atomic_write_text, make_dir
 from train.captions import build_caption_encoder
 from train.checkpoints import FINAL, FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
@@ -389,12 +389,12 @@ def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device,
     result = evaluate(state.model, test, device, video)
     atomic_save({'video_ids': test.video_ids, 'emb': video.emb.cpu(), 'available': video.available.cpu(),
                  'checkpoint': chosen}, run_dir / GALLERY)  # whole or absent, as the checkpoints
-    (run_dir / 'test_metrics.json').write_text(json.dumps(result, indent=1))
+    atomic_write_text(run_dir / 'test_metrics.json', json.dumps(result, indent=1))
     text = (f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seed {seed}\n\n'
             f'Checkpoint: {chosen}\n\n' + format_results({cfg.model.model: [result]}) + '\n')
     if extra_tests:
         extra = {name: evaluate(state.model, part, device) for name, part in extra_tests.items()}
-        (run_dir / 'test_metrics_extra.json').write_text(json.dumps(extra, indent=1))
+        atomic_write_text(run_dir / 'test_metrics_extra.json', json.dumps(extra, indent=1))
         for name, m in extra.items():
             table = format_results({cfg.model.model: [m]})
             text += f'\n## {name} (data.extra), test part\n\n{table}\n'
@@ -550,7 +550,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
             tb.close()
         chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
         if test is None:  # what --init-from and train.evaluate read in place of the test's gallery
-            (run_dir / FINAL).write_text(json.dumps({'checkpoint': chosen, 'epochs': state.epoch,
-                                                     'steps': state.steps}))
+            atomic_write_text(run_dir / FINAL, json.dumps({'checkpoint': chosen, 'epochs': state.epoch,
+                                                           'steps': state.steps}))
             return {}
         return _test(state, cfg, test, dev, run_dir, seed, chosen, extra_tests)

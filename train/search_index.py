@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.files import atomic_write_text
 from shared.store import unreadable
 from train.models.base import TextEmbedding, VideoEmbedding
 
@@ -237,7 +238,7 @@ class SearchIndex:
                  'recall': self.recall, 'source': source or {},
                  'patterns': [self.pattern_name(i) for i in range(len(self.patterns))]}
         np.savez(path / 'rows.npz', *self.rows)
-        (path / 'index.json').write_text(json.dumps(table, indent=1))
+        atomic_write_text(path / 'index.json', json.dumps(table, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> SearchIndex:

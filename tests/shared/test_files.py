@@ -67,3 +67,26 @@ def test_a_second_ctrl_c_inside_a_write_stops_it_at_once(tmp_path: Path) -> None
         atomic_write(target, hanging)
     assert reached == ['after the first'] and not target.exists() and not (tmp_path / '.last.pt.tmp').exists()
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_full_disk_while_a_run_file_is_rewritten_keeps_the_old_one(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small files other commands read (a run's vocabulary, final.json, test_metrics.json, an
+    index's table) are written whole or not at all: the disk filling up while one is rewritten
+    left it cut short (Path.write_text), and every later load of the run failed on it."""
+    import errno
+
+    from train.captions import WordTokenizer
+
+    vocab = tmp_path / 'vocab.json'
+    WordTokenizer(['cat', 'dog']).save(vocab)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(os, 'fsync', full)  # the disk fills up as the new file is synced
+    with pytest.raises(OSError, match='No space left'):
+        WordTokenizer(['cat', 'dog', 'bird']).save(vocab)
+    monkeypatch.undo()
+    assert WordTokenizer.load(vocab).words == WordTokenizer(['cat', 'dog']).words
+    assert [p.name for p in tmp_path.iterdir()] == ['vocab.json']
