@@ -28,6 +28,37 @@ def _last(run: Path) -> dict:
     return torch.load(run / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)
 
 
+def _kill_after_step(monkeypatch: pytest.MonkeyPatch, step: int | None) -> list[tuple[int, int]]:
+    """Record each last.pt written as (steps, epoch_steps), and die (`Killed`) right after the one of
+    `step` (None: never). best.pt, which validation writes, is not recorded."""
+    import train.loop
+
+    real, saved = train.loop.save_checkpoint, []
+
+    def saving(model: torch.nn.Module, path: Path, **extra: object) -> None:
+        real(model, path, **extra)
+        if path.name == 'last.pt':
+            saved.append((extra['steps'], extra['epoch_steps']))
+            if extra['steps'] == step:
+                raise Killed
+
+    monkeypatch.setattr(train.loop, 'save_checkpoint', saving)
+    return saved
+
+
+def _forget_loss_sums(run: Path) -> None:
+    """last.pt as written before the epoch's loss sums were kept."""
+    last = run / 'seed0' / 'checkpoints' / 'last.pt'
+    saved = torch.load(last, weights_only=True)
+    del saved['epoch_loss']
+    torch.save(saved, last)
+
+
+def _losses(run: Path) -> dict[int, float]:
+    """metrics.jsonl's loss by step."""
+    return {r['step']: r['train/loss'] for r in map(json.loads, (run / 'seed0' / 'metrics.jsonl').open())}
+
+
 @pytest.mark.filterwarnings('error::UserWarning')  # torch's scheduler-order warning on a resume at an epoch's end
 def test_a_run_stops_after_its_steps_and_a_resumed_one_at_the_same_step_with_the_same_weights(
         tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -57,7 +88,7 @@ def test_a_run_stops_after_its_steps_and_a_resumed_one_at_the_same_step_with_the
         assert all(torch.equal(again['model'][k], saved['model'][k]) for k in saved['model']), stops
         assert again['scheduler']['last_epoch'] == saved['scheduler']['last_epoch']
         # an epoch's line at its end: the mean loss of all its steps, those before a stop included
-        lines = {r['step']: r['train/loss'] for r in map(json.loads, (resumed / 'seed0' / 'metrics.jsonl').open())}
+        lines = _losses(resumed)
         assert {r['step']: lines[r['step']] for r in records} == {r['step']: r['train/loss'] for r in records}, stops
 
     # fewer steps than a run has trained: refused, the run left as it was
@@ -123,26 +154,14 @@ def test_checkpoint_steps_writes_last_pt_part_way_through_an_epoch_and_a_kill_re
     """train.checkpoint_steps=3 with epochs of 2 steps and checkpoint_every=100: last.pt after step 3
     (part way through epoch 2) and at the run's end; killed right after step 3's, the rerun continues
     epoch 2 at its second step and ends with the weights and metrics of an uninterrupted run."""
-    import train.loop
-
     sparse = ('--set', 'train.checkpoint_every=100', '--set', 'train.epochs=3')
     every3 = ('--set', 'train.checkpoint_steps=3')
-    saved: list[tuple[int, int]] = []
-    real = train.loop.save_checkpoint
-
-    def killed_after_step_3(model: torch.nn.Module, path: Path, **extra: object) -> None:
-        real(model, path, **extra)
-        if path.name == 'last.pt':  # not best.pt, which validation writes
-            saved.append((extra['steps'], extra['epoch_steps']))
-            if extra['steps'] == 3:
-                raise Killed
-
-    monkeypatch.setattr(train.loop, 'save_checkpoint', killed_after_step_3)
+    saved = _kill_after_step(monkeypatch, 3)
     killed, whole = tmp_path / 'killed', tmp_path / 'whole'
     with pytest.raises(Killed):
         train_main(tiny_args(tiny, killed, *_SCHEDULE, *sparse, *every3))
     assert saved == [(3, 1)]  # epoch 1's end is not one of checkpoint_every's: none before step 3
-    monkeypatch.setattr(train.loop, 'save_checkpoint', real)
+    monkeypatch.undo()
     capsys.readouterr()
     assert train_main(tiny_args(tiny, killed, *_SCHEDULE, *sparse, *every3)) == 0
     assert 'resuming' in (out := capsys.readouterr().out) and 'step 4 (step 2 of the epoch)' in out
@@ -157,8 +176,7 @@ def test_checkpoint_steps_writes_last_pt_part_way_through_an_epoch_and_a_kill_re
              for run in (killed, whole)]
     assert lines[0] == lines[1] and [line[:2] for line in lines[0]] == [(1, 2), (2, 4), (3, 6)]
     # every 2 steps: each at an epoch's end, written there (checkpoint_every would not)
-    monkeypatch.setattr(train.loop, 'save_checkpoint', killed_after_step_3)
-    saved.clear()
+    saved = _kill_after_step(monkeypatch, None)
     assert train_main(tiny_args(tiny, tmp_path / 'even', *_SCHEDULE, *sparse, '--set', 'train.checkpoint_steps=2')) == 0
     assert saved == [(2, 0), (4, 0), (6, 0)]
 
@@ -169,33 +187,17 @@ def test_a_checkpoint_without_the_epochs_loss_sum_resumes_part_way(tiny: Path, t
     epoch 2): the run resumes to the same weights; that epoch's line is the mean of its later steps."""
     old, whole = tmp_path / 'old', tmp_path / 'whole'
     assert _steps(tiny, old, 3) == 0 and _steps(tiny, whole, 5) == 0
-    last = old / 'seed0' / 'checkpoints' / 'last.pt'
-    saved = torch.load(last, weights_only=True)
-    del saved['epoch_loss']
-    torch.save(saved, last)
+    _forget_loss_sums(old)
     assert _steps(tiny, old, 5) == 0
     a, b = _last(old), _last(whole)
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in b['model'])
-    lines = {r['step']: r['train/loss'] for r in map(json.loads, (old / 'seed0' / 'metrics.jsonl').open())}
-    whole_lines = {r['step']: r['train/loss'] for r in map(json.loads, (whole / 'seed0' / 'metrics.jsonl').open())}
+    lines, whole_lines = _losses(old), _losses(whole)
     assert lines[4] != whole_lines[4] and lines[5] == whole_lines[5]
     # resumed so, and saved again part way through the same epoch: the sum stays unknown, not that of the later steps
     old = tmp_path / 'old4'
     assert train_main(tiny_args(tiny, old, *_SCHEDULE, '--set', 'train.batch_size=2', '--set', 'train.steps=1')) == 0
-    last = old / 'seed0' / 'checkpoints' / 'last.pt'
-    saved = torch.load(last, weights_only=True)
-    del saved['epoch_loss']
-    torch.save(saved, last)
-    import train.loop
-
-    real = train.loop.save_checkpoint
-
-    def killed_after_step_2(model: torch.nn.Module, path: Path, **extra: object) -> None:
-        real(model, path, **extra)
-        if path.name == 'last.pt' and extra['steps'] == 2:
-            raise Killed
-
-    monkeypatch.setattr(train.loop, 'save_checkpoint', killed_after_step_2)
+    _forget_loss_sums(old)
+    _kill_after_step(monkeypatch, 2)
     with pytest.raises(Killed):
         train_main(tiny_args(tiny, old, *_SCHEDULE, '--set', 'train.batch_size=2', '--set', 'train.steps=3',
                              '--set', 'train.checkpoint_steps=2'))
