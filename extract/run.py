@@ -251,6 +251,7 @@ class _VideoWorker:
     """
 
     _STOP = object()
+    THREAD = 'expert-'  # its thread's name, then the expert's: what `exit_cli` looks for
 
     def __init__(self, expert: Any, device: Any, depth: int) -> None:
         import queue
@@ -267,7 +268,7 @@ class _VideoWorker:
         self.busy = 0.0  # seconds spent processing
         self.blocked = 0.0  # seconds the feeding loop waited for room in the queue
         self.stream = torch.cuda.Stream(device) if torch.device(device).type == 'cuda' else None
-        self.thread = threading.Thread(target=self._loop, name=f'expert-{expert.name}', daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=f'{self.THREAD}{expert.name}', daemon=True)
         self.thread.start()
 
     def submit(self, row: int, inputs: Any) -> None:
@@ -997,7 +998,7 @@ def exit_cli(code: int) -> NoReturn:
     interpreter shut down around a thread inside torch aborts the process (exit 134)."""
     import threading
 
-    if code and any(t.name.startswith('expert-') and t.is_alive() for t in threading.enumerate()):
+    if code and any(t.name.startswith(_VideoWorker.THREAD) and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
