@@ -36,6 +36,7 @@ from shared.config import ConfigError, data_root_default, features_root_default,
 from shared.datasets import load_manifest
 from shared.datasets.demo import IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images
 from shared.device import pick_device
+from shared.files import atomic_write_text
 from shared.store import open_store, store_path
 from train.caption import caption_run, format_captions
 from train.config import load_run_cfg, settings_changed
@@ -280,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(sources[name], report / 'configs' / f'train_{stem}_source.yaml')
     extract_cfg = {name: open_store(store_path(args.features_root, 'demo', name), warn_random=False).attrs
                    for name in experts}
-    (report / 'configs' / 'extract.yaml').write_text(yaml.safe_dump(
+    atomic_write_text(report / 'configs' / 'extract.yaml', yaml.safe_dump(
         {'lighter_demo_settings': dataset_settings('demo', args.data_root), 'stores': extract_cfg}, sort_keys=False))
-    (report / 'configs' / 'data.json').write_text(json.dumps(dataclasses.asdict(DemoCfg(args.videos, args.seed))))
-    (report / 'results.md').write_text(
+    atomic_write_text(report / 'configs' / 'data.json', json.dumps(dataclasses.asdict(DemoCfg(args.videos, args.seed))))
+    atomic_write_text(
+        report / 'results.md',
         '# Demo results\n\nExperts with RANDOM weights (all but MTCNN face detection and RapidOCR): the numbers '
         'show that the pipeline learns from what the experts do capture, not the papers\' results.\n\n'
         f'{table}\n\n## {WITH_IMAGES}: the test part of the still images (demo_images)\n\nMEE trained on the '

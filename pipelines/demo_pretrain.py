@@ -33,6 +33,7 @@ from pipelines.demo import ensure_demo_data, ensure_generated, set_aside_stale
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import load_manifest
 from shared.datasets.demo import NARRATED_FILE, DemoCfg, NarratedCfg, generate_narrated
+from shared.files import atomic_write_text
 from train.checkpoints import FINAL
 from train.evaluate import evaluate_run
 from train.main import CONFIG_DIR
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     args.report.mkdir(parents=True, exist_ok=True)
     _chart(results, chance, args.report / 'pretrain.png')
     elapsed = time.time() - t0
-    (args.report / 'results.md').write_text(
+    atomic_write_text(
+        args.report / 'results.md',
         '# Narrated pretraining, then fine-tuning, on the demo\n\n'
         f'Pretrained on {narrated_cfg.videos} narrated videos in HowTo100M\'s files ({narrated_data / "howto100m"}), '
         f'two torchrun processes; evaluated on the demo test split ({len(manifest.split("official").test)} videos; '

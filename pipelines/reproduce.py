@@ -36,6 +36,7 @@ from pipelines.paper_tables import MEE_TABLES, PRETRAINING_TABLES, PaperTable, f
 from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
+from shared.files import atomic_write_text
 from shared.store import StoreError, store_path
 from train.config import RunCfg, load_run_cfg, saved_run_cfg
 from train.evaluate import evaluate_run
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                    for s in seeds]
         text += '\n\n' + captions_beside(records, CAPTION_RESULTS[args.dataset, split])
     print(text)
-    (run / 'paper_comparison.md').write_text(text + '\n')
+    atomic_write_text(run / 'paper_comparison.md', text + '\n')
     return 0
 
 

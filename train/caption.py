@@ -23,6 +23,7 @@ import torch
 from shared.config import ConfigError
 from shared.datasets import Manifest
 from shared.device import pick_device
+from shared.files import atomic_write_text
 from shared.logs import setup_logging
 from train.caption_metrics import METRICS, caption_metrics
 from train.captions import CaptionEncoder
@@ -83,7 +84,7 @@ def caption_run(run: Path, manifest: Manifest, split: str, part: str, features_r
               'captions': captions, 'references': references}
     out = run / 'captions'
     out.mkdir(exist_ok=True)
-    (out / f'{file_stem(manifest.name, split, part)}_{decoding}.json').write_text(json.dumps(record, indent=1))
+    atomic_write_text(out / f'{file_stem(manifest.name, split, part)}_{decoding}.json', json.dumps(record, indent=1))
     return record
 
 

@@ -128,9 +128,9 @@ def evaluate_run(run: Path, manifest: Manifest, split: str, part: str, features_
     out = run / 'eval'
     out.mkdir(exist_ok=True)
     atomic_write_text(out / f'{stem}.json', json.dumps(result, indent=1))
-    (out / f'{stem}.md').write_text(f'# {cfg.model.model} trained on {cfg.data.dataset} ({cfg.data.split}), '
-                                    f'evaluated on {manifest.name} {split}/{part}\n\nCheckpoint: '
-                                    f'{loaded.checkpoint.name}\n\n' + format_results({cfg.model.model: [result]}) + '\n')
+    atomic_write_text(out / f'{stem}.md', f'# {cfg.model.model} trained on {cfg.data.dataset} ({cfg.data.split}), '
+                      f'evaluated on {manifest.name} {split}/{part}\n\nCheckpoint: {loaded.checkpoint.name}\n\n'
+                      + format_results({cfg.model.model: [result]}) + '\n')
     return result
 
 
@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(seeds) > 1:  # the seeds' mean +- std beside them
             out = args.run / 'eval'
             out.mkdir(exist_ok=True)
-            (out / f'{_eval_stem(manifest.name, split, args.part, args.stop_words, own.stop_words)}.md').write_text(
-                f'# {model} of {args.run}, seeds {", ".join(s.name for s in seeds)}, evaluated on {manifest.name} '
-                f'{split}/{args.part}\n\n{table}\n')
+            stem = _eval_stem(manifest.name, split, args.part, args.stop_words, own.stop_words)
+            atomic_write_text(out / f'{stem}.md', f'# {model} of {args.run}, seeds {", ".join(s.name for s in seeds)}, '
+                              f'evaluated on {manifest.name} {split}/{args.part}\n\n{table}\n')
         print(table)
         return 0
     except USER_ERRORS as err:

@@ -399,7 +399,7 @@ def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device,
             table = format_results({cfg.model.model: [m]})
             text += f'\n## {name} (data.extra), test part\n\n{table}\n'
             print(f'seed {seed}, {name} (data.extra) test part:\n{table}')
-    (run_dir / 'results.md').write_text(text)
+    atomic_write_text(run_dir / 'results.md', text)
     return result
 
 

@@ -16,6 +16,7 @@ import yaml
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides, to_dict
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
+from shared.files import atomic_write_text
 from shared.logs import setup_logging
 from shared.store import StoreError
 from train.config import RunCfg, load_run_cfg
@@ -142,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                   f'--run {base} --dataset DATASET')
             return 0
         table = format_results({cfg.model.model: results}, std=cfg.train.seed_std)
-        (base / 'results.md').write_text(f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seeds '
-                                         f'{args.seeds}\n\n{table}\n')
+        atomic_write_text(base / 'results.md', f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seeds '
+                          f'{args.seeds}\n\n{table}\n')
         print(table)
         return 0
     except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:

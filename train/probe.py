@@ -31,6 +31,7 @@ from torch import nn
 from shared.config import ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
 from shared.device import pick_device
+from shared.files import atomic_write_text
 from shared.logs import setup_logging
 from train.data import SplitData, load_split
 from train.evaluate import USER_ERRORS, embed_videos, run_split
@@ -168,7 +169,7 @@ def probe_run(run: Path, manifest: Manifest, folds: list[str], pooling: str, fea
               'top1': accuracy, 'mean_top1': float(np.mean(list(accuracy.values()))), 'cfg': dataclasses.asdict(cfg)}
     out = run / 'probe'
     out.mkdir(exist_ok=True)
-    (out / f'{manifest.name}_{pooling}.json').write_text(json.dumps(record, indent=1))
+    atomic_write_text(out / f'{manifest.name}_{pooling}.json', json.dumps(record, indent=1))
     return record
 
 

@@ -90,3 +90,14 @@ def test_a_full_disk_while_a_run_file_is_rewritten_keeps_the_old_one(tmp_path: P
     monkeypatch.undo()
     assert WordTokenizer.load(vocab).words == WordTokenizer(['cat', 'dog']).words
     assert [p.name for p in tmp_path.iterdir()] == ['vocab.json']
+
+
+def test_results_are_written_whole():
+    """Every file the train stage and the recipes write for the user (results, metrics, reports) goes through
+    `atomic_write_text`/`atomic_write`: a plain `write_text` cut short by a kill or a full disk leaves a file every
+    later reader (reproduce, paper_tables, the next resume) fails on."""
+    root = Path(__file__).resolve().parents[2]
+    files = [path for package in ('train', 'pipelines') for path in (root / package).rglob('*.py')]
+    plain = [f'{path.relative_to(root)}:{n}' for path in files
+             for n, line in enumerate(path.read_text().splitlines(), 1) if '.write_text(' in line]
+    assert not plain, f'plain write_text (use shared.files.atomic_write_text): {plain}'
