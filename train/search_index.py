@@ -1,6 +1,7 @@
 """A search index with the retrieval models' exact scores (DESIGN.md "Search at collection scale").
 
-For MEE, CE and MMT, s(t, v) = sum_m w_m(t) a_m(v) <t_m, v_m> / sum_m w_m(t) a_m(v) (`base.mixture_similarity`).
+For MEE, CE and MMT, s(t, v) = sum_m w_m(t) a_m(v) <t_m, v_m> / sum_m w_m(t) a_m(v) (`base.mixture_similarity`;
+a_m(v) = 1 for every expert of MMT, whose eq. 6 does not renormalise, so its videos share one pattern).
 Videos that share one availability pattern p score as one inner product <q_p(t), x(v)> with
 q_p(t) = [w_m(t) / Z_p(t) t_m]_{m in p}, Z_p(t) = sum_{m in p} w_m(t), and x(v) = [v_m]_{m in p}. So one
 FAISS index per pattern present, each searched with its own q_p(t), and the per-pattern top-k merged,

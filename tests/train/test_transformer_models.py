@@ -72,7 +72,24 @@ def test_mmt_masks_a_missing_expert_and_padding() -> None:
         pad[~video['object'].mask] = 1e4  # padding rows of every video
         b = model.encode_video(_with(_with(video, 'audio', x=noisy), 'object', x=pad))
     assert torch.allclose(a.emb, b.emb, atol=1e-6)  # no agg token (its own included) saw them
-    assert not a.available[0, 1]
+    assert a.available.all()  # yet its agg output enters the score (eq. 6): test_mmt_scores_mix_every_expert
+
+
+def test_mmt_scores_mix_every_expert() -> None:
+    """MMT eq. 6, s(v, c) = sum_{i=1..N} w_i(c) <phi^i, psi^i_agg>: a video missing an expert is
+    scored with every expert's weight, not with the weights renormalised over the experts it has
+    (MEE eq. 6, which MMT's sec. 4.3 gives the variants without MMT only)."""
+    model = _model('mmt')
+    video = _with(_videos(3, 11), 'audio', available=torch.tensor([False, True, True]))
+    text = _texts(2, 11)
+    with torch.no_grad():
+        t, v = model.encode_text(text), model.encode_video(video)
+        s = model.scores(video, text)
+    per_expert = torch.einsum('tmd,vmd->tvm', t.emb, v.emb)  # <phi^i, psi^i_agg>, (texts, videos, experts)
+    eq6 = (t.weights[:, None, :] * per_expert).sum(-1)
+    assert torch.allclose(s, eq6, atol=1e-6)
+    renormalised = per_expert[:, 0, 0]  # video 0 has only the object expert: MEE's re-weighting gives its term alone
+    assert not torch.allclose(s[:, 0], renormalised, atol=1e-3)
 
 
 def test_mmt_uses_time_order_but_not_order_inside_a_second() -> None:

@@ -45,7 +45,9 @@ class TextInput:
 @dataclasses.dataclass
 class VideoEmbedding:
     emb: torch.Tensor  # (V, M, d), L2-normalised per expert
-    available: torch.Tensor  # (V, M) bool
+    # (V, M) bool: the experts that enter the video's scores: those it has (MEE, CE), or every one
+    # (MMT, whose eq. 6 mixes a missing expert's agg output with its own weight)
+    available: torch.Tensor
 
 
 @dataclasses.dataclass

@@ -7,7 +7,11 @@ second, a row starting in [t, t+1) getting T_{t+1}. Each expert contributes [F_a
 A BERT-style encoder (post-LN, GELU) contextualises the whole sequence with padding rows and
 missing experts' rows masked as keys; the video embedding is the agg outputs (eq. 5).
 Text: BERT's [CLS] output -> one gated embedding module per expert and softmax mixture weights
-(eqs. 6-7); the similarity is the shared per-pair mixture (`base.mixture_similarity`).
+(eqs. 6-7). The similarity is s(v, c) = sum_i w_i(c) <phi^i, psi^i_agg> over every expert (eq. 6):
+a missing expert still has its agg output (from its zero F_agg) and its weight is not moved to the
+others, so the video embedding marks every expert as entering the score and `base.mixture_similarity`
+renormalises nothing. The re-weighting of MEE is what MMT's ablations give the variants without MMT
+only (sec. 4.3), and the authors' configs set keep_missing_modalities: true.
 """
 from __future__ import annotations
 
@@ -96,8 +100,10 @@ class MMT(RetrievalModel):
         out = self.encoder(x, src_key_padding_mask=~keys)
         # one basic index per agg token: a list index would be copied to the device, a host wait
         emb = F.normalize(torch.stack([out[:, p] for p in agg_pos], 1), dim=-1)
-        avail = torch.stack([video[e].available.bool() for e in self.experts], 1)
-        return VideoEmbedding(emb, avail)
+        # every expert's agg output enters s(v, c) = sum_i w_i(c) <phi^i, psi^i_agg> (eq. 6), a missing
+        # one's as well: "we set the aggregated feature F_agg to a zero vector" (sec. 4.1), not its weight
+        every = torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device)
+        return VideoEmbedding(emb, every)
 
     def encode_text(self, text: TextInput) -> TextEmbedding:
         mask = text.mask.long()
