@@ -218,6 +218,19 @@ def test_bench_quick_prints_every_row(capsys: pytest.CaptureFixture) -> None:
     assert rows['MMT train step, eager'].endswith('ms)') and rows['MMT retrieval 32 x 32'].endswith(' s')
 
 
+def test_bench_streaming_rows_come_after_retrieval(capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streaming rows (stores written, whole epochs: the longest) are measured last, so a time
+    limit on a GPU run stops them and not the issue-24 rows (their own run: tests/train/test_stream.py)."""
+    import train.bench
+
+    monkeypatch.setattr(train.bench, '_stream_rows', lambda rows, name, *a: rows.append((f'{name} streamed', '1', '')))
+    assert bench_main(['--quick', '--device', 'cpu', '--no-train', '--models', 'mee', '--stream-models', 'mee']) == 0
+    out = capsys.readouterr().out
+    table = out[out.rindex('machine: '):].splitlines()
+    assert [line.split('|')[1].strip() for line in table[3:]] == ['MEE retrieval 32 x 32', 'MEE streamed']
+
+
 def test_bench_a_failing_row_prints_its_error_and_the_others_run(capsys: pytest.CaptureFixture) -> None:
     assert bench_main(['--quick', '--device', 'cpu', '--compile-backend', 'no_such_backend', '--models', 'mee',
                        '--steps', '1', '--stream-models', '']) == 1
