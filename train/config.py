@@ -137,10 +137,10 @@ class TrainCfg:
             prints it (`train.metrics.SEED_STD`): ``sample`` (CE's released code and tables) or
             ``population`` (MMT's tables).
         compile: capture the training step with torch.compile (`train.step.TrainStep`; on CUDA its
-            ``reduce-overhead`` mode, CUDA graphs); ``null``: on CUDA devices only (on a CPU,
-            inductor's compile costs more than it saves on the small models trained there). A
-            compile failure warns once and the run continues eager. Same results within float
-            noise; dropout draws other random numbers.
+            fixed-shape graphs replayed as CUDA graphs, `train.step.compile_options`); ``null``: on
+            CUDA devices only (on a CPU, inductor's compile costs more than it saves on the small
+            models trained there). A compile failure warns once and the run continues eager. Same
+            results within float noise; dropout draws other random numbers.
         log_every: read the running loss (a wait for the device) every this many steps, for the
             progress bar; the loss is otherwise summed on the device and read at the epoch's end.
         checkpoint_every: write last.pt every this many epochs and after the last one; a killed

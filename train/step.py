@@ -14,9 +14,25 @@ import torch
 from train.distributed import unwrap
 from train.models.base import ExpertInput, RetrievalModel, TextInput
 
-__all__ = ['TrainStep']
+__all__ = ['TrainStep', 'compile_options']
 
 _logger = logging.getLogger(__name__)
+
+
+def compile_options(backend: str, device: torch.device) -> dict[str, bool] | None:
+    """torch.compile's inductor options for a training step on `device` (None: the backend's defaults).
+
+    On CUDA, inductor's ``reduce-overhead`` (its graphs replayed as CUDA graphs), except for graphs
+    whose input shapes change from step to step: NetVLAD's training batch norm takes the real
+    tokens only (``torch.nonzero``, a graph break), and the support-set heads index by a mask, so
+    MEE, CE and the support-set model hand on tensors of a new length at every step. Those graphs
+    run as compiled kernels without CUDA graphs: by default inductor records a new CUDA graph (its
+    warm-up run, capture and memory) for every new length, each step, slower than eager and
+    holding more memory the longer the run. Fixed-shape graphs (all of MMT's) still replay.
+    """
+    if backend != 'inductor' or device.type != 'cuda':
+        return None
+    return {'triton.cudagraphs': True, 'triton.cudagraph_skip_dynamic_graphs': True}
 
 
 class TrainStep:
@@ -33,7 +49,7 @@ class TrainStep:
             must stay fixed (`SplitData.epoch_plan` drops the short last batch), else it recompiles.
             A compile or capture failure warns once and the run continues eager.
         scheduler: stepped after every update (MMT's per-step decay), or None.
-        backend: torch.compile's backend: ``inductor`` (in ``reduce-overhead`` mode on CUDA), or
+        backend: torch.compile's backend: ``inductor`` (`compile_options`: CUDA graphs on CUDA), or
             e.g. ``cudagraphs`` (graphs without fusion) or ``aot_eager`` (capture only, fast to build).
     """
 
@@ -49,9 +65,9 @@ class TrainStep:
         self._compiled_loss = None
         self._compiled_steps = 0  # steps the compiled path completed: after one, failures are not compile's
         if compile:
-            mode = 'reduce-overhead' if backend == 'inductor' and self.device.type == 'cuda' else None
-            try:  # most failures come at the first call; an unknown backend or mode comes here
-                self._compiled_loss = torch.compile(self._loss, backend=backend, mode=mode)
+            try:  # most failures come at the first call; an unknown backend or option comes here
+                self._compiled_loss = torch.compile(self._loss, backend=backend,
+                                                    options=compile_options(backend, self.device))
             except Exception as err:  # noqa: BLE001
                 self._fall_back(err)
 

@@ -270,3 +270,34 @@ def test_each_model_has_its_own_config_and_refuses_another_models_settings(tmp_p
     _check_resumable(tmp_path, now)  # no error: the other models' settings at their defaults are dropped
     with pytest.raises(ConfigError, match='other settings'):  # the same run with another margin is refused
         _check_resumable(tmp_path, {**now, 'train': {**now['train'], 'margin': 0.5}})
+
+
+def test_netvlad_sync_batch_norm_normalises_in_float32() -> None:
+    """Under DistributedDataParallel on CUDA, NetVLAD's batch norm is a SyncBatchNorm, and it is
+    given float32 whatever the autocast dtype: torch's SyncBatchNorm sends an empty input's
+    statistics (a rank without a token) in the input's dtype and a full input's in float32, so
+    under bf16 the ranks' gathers would not match. Here one gloo process, under CPU bf16 autocast,
+    with a SyncBatchNorm that records its input and normalises as BatchNorm1d does (torch's
+    refuses CPU tensors)."""
+    import torch.distributed as dist
+
+    seen: list[torch.dtype] = []
+
+    class Recording(torch.nn.SyncBatchNorm):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.dtype)
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum,
+                                self.eps)
+
+    torch.manual_seed(0)
+    vlad = NetVLAD(6, 2, 1).train()
+    vlad.bn = Recording(3)
+    x, mask = torch.randn(2, 4, 6), torch.tensor([[True, True, False, False], [True, False, False, False]])
+    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = vlad(x, mask)
+    finally:
+        dist.destroy_process_group()
+    assert seen == [torch.float32]
+    assert out.shape == (2, 12) and torch.isfinite(out).all()

@@ -20,7 +20,7 @@ from train.losses import ContrastiveLoss, max_margin_ranking
 from train.models import create_model
 from train.models.base import TextInput
 from train.models.config import ExpertSpec, ModelCfg, TextCfg, TransformerCfg, model_cfg
-from train.step import TrainStep
+from train.step import TrainStep, compile_options
 
 TINY_TEXT = {'weights': 'random', 'tokenizer': 'words', 'vocab_size': 60, 'hidden': 16, 'layers': 1, 'heads': 2,
              'ffn': 32, 'max_positions': 16, 'dropout': 0.0}
@@ -97,6 +97,18 @@ def test_inductor_compiled_step_gives_the_eager_losses_and_weights(fresh_inducto
     compiled = _train(cfg, data, compile=True, backend='inductor')
     assert compiled[2].compiled, 'fell back to eager'
     _assert_same_training(eager, compiled, 1e-5)
+
+
+def test_cuda_compile_options_skip_cuda_graphs_for_changing_shapes() -> None:
+    """On CUDA, inductor replays the step's fixed-shape graphs as CUDA graphs but not those whose
+    shapes change every step (NetVLAD's real tokens, found by torch.nonzero in training): with
+    ``reduce-overhead`` alone it would record a new CUDA graph at each step. The options are
+    inductor's own: torch.compile refuses an unknown one as the step is built."""
+    options = compile_options('inductor', torch.device('cuda'))
+    assert options == {'triton.cudagraphs': True, 'triton.cudagraph_skip_dynamic_graphs': True}
+    assert compile_options('inductor', torch.device('cpu')) is None
+    assert compile_options('aot_eager', torch.device('cuda')) is None
+    torch.compile(lambda x: x + 1, backend='inductor', options=options)  # built, not run: no GPU needed
 
 
 def test_a_compile_failure_warns_once_and_trains_eager(caplog: pytest.LogCaptureFixture) -> None:
@@ -204,6 +216,19 @@ def test_bench_quick_prints_every_row(capsys: pytest.CaptureFixture) -> None:
     assert list(rows) == ['MMT train step, eager', 'MMT train step, compiled (aot_eager)', 'MMT retrieval 32 x 32',
                           'MEE retrieval 32 x 32']
     assert rows['MMT train step, eager'].endswith('ms)') and rows['MMT retrieval 32 x 32'].endswith(' s')
+
+
+def test_bench_streaming_rows_come_after_retrieval(capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streaming rows (stores written, whole epochs: the longest) are measured last, so a time
+    limit on a GPU run stops them and not the issue-24 rows (their own run: tests/train/test_stream.py)."""
+    import train.bench
+
+    monkeypatch.setattr(train.bench, '_stream_rows', lambda rows, name, *a: rows.append((f'{name} streamed', '1', '')))
+    assert bench_main(['--quick', '--device', 'cpu', '--no-train', '--models', 'mee', '--stream-models', 'mee']) == 0
+    out = capsys.readouterr().out
+    table = out[out.rindex('machine: '):].splitlines()
+    assert [line.split('|')[1].strip() for line in table[3:]] == ['MEE retrieval 32 x 32', 'MEE streamed']
 
 
 def test_bench_a_failing_row_prints_its_error_and_the_others_run(capsys: pytest.CaptureFixture) -> None:

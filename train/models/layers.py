@@ -126,12 +126,15 @@ class NetVLAD(nn.Module):
         parameter's gradient each step (so weight decay, which one process never applies to
         them, still does); SyncBatchNorm (CUDA ranks) counts the tokens of the whole global
         batch first, so that every rank takes the same branch (its collective, or none) and its
-        running variance never divides 0 by 0."""
+        running variance never divides 0 by 0. It normalises in float32: under bf16 autocast a
+        rank without a token would send its statistics as bf16 zeros while the others send
+        float32 (torch sizes an empty input's buffer by the input's dtype, a full one's by its
+        statistics'), and the ranks' gathers would not match."""
         if isinstance(self.bn, nn.SyncBatchNorm):
             count = torch.tensor([len(real)], device=real.device)
             torch.distributed.all_reduce(count, group=self.bn.process_group)
             if int(count.item()) > 1:
-                return self.bn(real)
+                return self.bn(real.float()).to(real.dtype)
         elif len(real) > 1:
             return self.bn(real)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
