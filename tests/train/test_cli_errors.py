@@ -51,12 +51,20 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
                              ('train.epoch_unit pairs', 'data.sample window')),
         'seed superscript': (['--seeds', '\u00b2'], ('--seeds', 'integers from 0')),
         'set inside a list': (['--set', 'model.experts.0.dim=4'], ('model.experts.0.dim', 'model.experts is a list')),
+        # 1 KB of YAML aliases: a list of 9**9 strings, whose whole repr in the message never ended
+        'YAML alias bomb': (['--set', f'train.lr={_ALIAS_BOMB}'], ('train.lr', 'expected float', "['x', 'x',")),
+        'model name a list': (['--set', 'model.model=[mee]'], ('model.model', 'unknown model', "['mee']")),
     }
+
+
+_ALIAS_BOMB = '[' + ', '.join(['&a [x, x, x, x, x, x, x, x, x]'] + [f'&{n} [{", ".join([f"*{p}"] * 9)}]'
+                                                                      for p, n in zip('abcdefgh', 'bcdefghi')]) + ']'
 
 
 INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_dim=10^9', 'run dir is a file',
           'set inside a value', 'seeds empty', 'seeds not numbers', 'seed negative', 'seed 2**32',
-          'python tag in --config', 'python tag in --set', 'pairs of windows', 'seed superscript', 'set inside a list']
+          'python tag in --config', 'python tag in --set', 'pairs of windows', 'seed superscript', 'set inside a list',
+          'YAML alias bomb', 'model name a list']
 
 
 @pytest.mark.parametrize('name', INPUTS)

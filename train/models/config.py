@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shared.config import ConfigError
+from shared.config import ConfigError, brief_repr
 
 __all__ = ['ExpertSpec', 'TextCfg', 'TransformerCfg', 'ModelCfg', 'MEECfg', 'CECfg', 'MMTCfg', 'SSBCfg',
            'MODEL_CONFIGS', 'model_cfg', 'upgrade_saved']
@@ -133,8 +133,8 @@ class ModelCfg:
         """The config class of ``data['model']`` (`shared.config.from_dict` asks, so that YAML's
         ``model:`` section becomes the model's own config); another key of it is then an error."""
         name = data.get('model')
-        if name not in MODEL_CONFIGS:
-            raise ConfigError(f'{where}.model: unknown model {name!r} (known: {", ".join(sorted(MODEL_CONFIGS))})')
+        if not isinstance(name, str) or name not in MODEL_CONFIGS:  # a list is unhashable: no `in` for it
+            raise ConfigError(f'{where}.model: unknown model {brief_repr(name)} (known: {", ".join(sorted(MODEL_CONFIGS))})')
         own = MODEL_CONFIGS[name]
         foreign = sorted(k for k in data if k not in {f.name for f in dataclasses.fields(own)})
         if foreign:
