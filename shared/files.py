@@ -11,13 +11,17 @@ import contextlib
 import hashlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = ['atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
-           'signals_deferred']
+           'signals_deferred', 'held_lock', 'LOCK']
+
+#: the lock file `held_lock` keeps in a directory
+LOCK = '.lock'
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -117,6 +121,33 @@ def make_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
         blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
         raise ConfigError(f'{what} {path}: {blocking} is a file, not a directory: {fix}') from None
     return path
+
+
+@contextlib.contextmanager
+def held_lock(directory: str | os.PathLike, what: str, fix: str) -> Iterator[Path]:
+    """`directory` (made if need be) locked for this process inside the block, through its `LOCK`
+    file; a one-line ConfigError naming the process that holds it, and `fix`, when another does.
+
+    The OS drops the lock when its holder ends, however it ends (kill -9 included): none is ever
+    left stale. Locks are per open file, so a second holder in the same process is refused too.
+    """
+    import fcntl
+
+    from shared.config import ConfigError
+
+    directory = make_dir(directory, what, fix)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode('utf-8', 'replace').strip() or 'another process'
+            raise ConfigError(f'{what} {directory} is in use by {holder}: wait for it to end, or {fix}') from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'process {os.getpid()} on {socket.gethostname()}'.encode(), 0)
+        yield Path(directory)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def sha256_file(path: str | os.PathLike) -> str:

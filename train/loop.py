@@ -31,7 +31,7 @@ import yaml
 
 from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
-from shared.files import atomic_save, atomic_write, atomic_write_text, make_dir
+from shared.files import atomic_save, atomic_write, atomic_write_text, held_lock, make_dir
 from train.captions import build_caption_encoder
 from train.checkpoints import FINAL, FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
@@ -444,14 +444,26 @@ def _close(part: SplitData | StreamedPart | None) -> None:
 def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
               device: str = 'cpu', progress: bool = True, ranks: Dist = SINGLE) -> dict[str, dict[str, float]]:
     """Train (or resume) one seed in `run_dir`; returns the test metrics of the selected epoch (of
-    many `ranks`, on rank 0, which alone evaluates and writes run files; {} on the others)."""
+    many `ranks`, on rank 0, which alone evaluates and writes run files; {} on the others).
+
+    Raises:
+        ConfigError: another process trains `run_dir` (two runs in one folder interleaved their
+            metrics.jsonl and renamed each other's half-written checkpoints into place).
+    """
+    check_fits(cfg.model, torch.device(device))  # before anything is made
+    check_world(ranks, cfg.train.batch_size, len(manifest.split(cfg.data.split).ids('train')))  # before data is read
+    held = held_lock(run_dir, 'run directory', 'pass another --run-dir') if ranks.main else contextlib.nullcontext()
+    with held:
+        return _train_run(cfg, manifest, features_root, data_root, run_dir, seed, device, progress, ranks)
+
+
+def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
+               device: str, progress: bool, ranks: Dist) -> dict[str, dict[str, float]]:
     from torch.utils.tensorboard import SummaryWriter
 
     dev = torch.device(device)
-    check_fits(cfg.model, dev)  # before anything is made
     experts = cfg.model.experts
     split = manifest.split(cfg.data.split)
-    check_world(ranks, cfg.train.batch_size, len(split.ids('train')))  # before any data is read
     with main_first(ranks):  # rank 0 makes the run directory and saves the tokenizer the others load
         make_dir(run_dir, 'run directory', 'pass another --run-dir')
         cfg = resolve_init(cfg, run_dir, write=ranks.main)  # train.init_from: the checkpoint config.yaml records

@@ -80,6 +80,26 @@ def test_a_bad_training_input_is_one_line(name: str, tiny: Path, tmp_path: Path,
     assert not (run / 'seed0' / 'checkpoints').exists()  # refused before training
 
 
+def test_a_run_directory_is_trained_by_one_process_at_a_time(tiny: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """A second training into a run directory that one trains is refused at once, naming the holder (two
+    interleaved their metrics.jsonl and renamed each other's half-written last.pt into place); the lock
+    goes with its holder."""
+    import os
+
+    from shared.files import held_lock
+    from train.main import main as train_main
+
+    run = tmp_path / 'run'
+    with held_lock(run / 'seed0', 'run directory', 'pass another --run-dir'):  # what a training holds
+        code = train_main(_train(tiny, run))
+        _one_line(code, capsys.readouterr().err, str(run / 'seed0'), f'in use by process {os.getpid()}',
+                  '--run-dir')
+        assert not (run / 'seed0' / 'checkpoints').exists()
+    with held_lock(run / 'seed0', 'run directory', ''):  # released
+        pass
+
+
 def test_the_training_command_prints_the_line_not_a_traceback(tiny: Path, tmp_path: Path, python: str,
                                                                repo_root: Path, subprocess_env: dict) -> None:
     """As a real process, what the user sees."""
