@@ -8,6 +8,7 @@ rename is atomic within a directory), and the directory is synced so that the re
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import signal
@@ -17,11 +18,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from shared.config import ConfigError
+
 __all__ = ['atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
-           'signals_deferred', 'held_lock', 'LOCK']
+           'signals_deferred', 'held_lock', 'LOCK', 'WriteError']
 
 #: the lock file `held_lock` keeps in a directory
 LOCK = '.lock'
+
+
+class WriteError(ConfigError, OSError):
+    """A file that cannot be written (a full disk, a quota or a file-size limit, a read-only folder):
+    an OSError, and a ConfigError so that every command reports it as its one line."""
+
+
+#: what to do when the OS refuses a write, by errno
+_FULL = 'free some space (or raise the limit) and rerun'
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -90,8 +102,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            # torch.save reports a failed write as its own RuntimeError, raised while handling the OSError
+            cause = err if isinstance(err, OSError) else err.__context__ if isinstance(err, RuntimeError) else None
+            if isinstance(cause, OSError) and not isinstance(cause, WriteError):
+                fix = _FULL if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else 'check that folder'
+                raise WriteError(f'cannot write {path} ({cause.strerror or cause}): {fix}; the file there before, '
+                                 'if any, is kept') from err
             raise
         fsync_dir(path.parent)
 
@@ -112,8 +131,6 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 def make_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
     """`path` made with its parents, or a one-line ConfigError naming the file in its way and `fix`."""
-    from shared.config import ConfigError
-
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -132,8 +149,6 @@ def held_lock(directory: str | os.PathLike, what: str, fix: str) -> Iterator[Pat
     left stale. Locks are per open file, so a second holder in the same process is refused too.
     """
     import fcntl
-
-    from shared.config import ConfigError
 
     directory = make_dir(directory, what, fix)
     fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
