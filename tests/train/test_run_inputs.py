@@ -114,6 +114,9 @@ def _damage(out: Path, how: str) -> Path:
     if how == 'rows.npz missing':
         (out / 'faiss' / 'rows.npz').unlink()
         return out / 'faiss'
+    if how == 'rows.npz cut short':  # zipfile's BadZipFile, no ValueError
+        (out / 'faiss' / 'rows.npz').write_bytes((out / 'faiss' / 'rows.npz').read_bytes()[:20])
+        return out / 'faiss'
     store = out / 'embeddings.zarr'
     shutil.rmtree(out / 'faiss')  # the index is built again from the store, which is read whole
     if how == 'zarr.json garbage':
@@ -131,7 +134,8 @@ def _damage(out: Path, how: str) -> Path:
     return store
 
 
-DAMAGES = ['index.json garbage', '.faiss garbage', '.faiss cut short', 'rows.npz missing', 'zarr.json garbage',
+DAMAGES = ['index.json garbage', '.faiss garbage', '.faiss cut short', 'rows.npz missing', 'rows.npz cut short',
+           'zarr.json garbage',
            'status array missing', 'chunk_size attribute missing', 'emb chunk cut short']
 
 
