@@ -54,6 +54,12 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
         # 1 KB of YAML aliases: a list of 9**9 strings, whose whole repr in the message never ended
         'YAML alias bomb': (['--set', f'train.lr={_ALIAS_BOMB}'], ('train.lr', 'expected float', "['x', 'x',")),
         'model name a list': (['--set', 'model.model=[mee]'], ('model.model', 'unknown model', "['mee']")),
+        # sizes of 0 trained a model of empty layers without a word; negative ones were torch's traceback
+        'embed_dim=0': (['--set', 'model.embed_dim=0'], ('embed_dim must be at least 1, got 0',)),
+        'embed_dim=-3': (['--set', 'model.embed_dim=-3'], ('embed_dim must be at least 1, got -3',)),
+        'text_clusters=0': (['--set', 'model.text_clusters=0'], ('text_clusters must be at least 1',)),
+        'expert dim=0': (['--set', 'model.experts=[{name: object, dim: 0}]'], ('object: dim must be at least 1',)),
+        'max_words=0': (['--set', 'data.max_words=0'], ('data.max_words must be at least 1, got 0',)),
     }
 
 
@@ -64,7 +70,8 @@ _ALIAS_BOMB = '[' + ', '.join(['&a [x, x, x, x, x, x, x, x, x]'] + [f'&{n} [{", 
 INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_dim=10^9', 'run dir is a file',
           'set inside a value', 'seeds empty', 'seeds not numbers', 'seed negative', 'seed 2**32',
           'python tag in --config', 'python tag in --set', 'pairs of windows', 'seed superscript', 'set inside a list',
-          'YAML alias bomb', 'model name a list']
+          'YAML alias bomb', 'model name a list', 'embed_dim=0', 'embed_dim=-3', 'text_clusters=0', 'expert dim=0',
+          'max_words=0']
 
 
 @pytest.mark.parametrize('name', INPUTS)
