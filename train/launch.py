@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as err:
         failures = list(err.failures.values())
         codes = ', '.join(str(c) for c in sorted({f.exitcode for f in failures}))
-        killed = sorted({f.signal_name() for f in failures if f.exitcode < 0})
+        # a process that exited with an error makes torchrun stop the others (SIGTERM): its line says why
+        killed = [] if any(f.exitcode > 0 for f in failures) else sorted({f.signal_name() for f in failures})
         why = ('their error lines above say why' if not killed else  # a killed process wrote no line of its own
                f'killed by {", ".join(killed)}' + (' (most often the out-of-memory killer: see dmesg)'
                                                    if 'SIGKILL' in killed else ''))
