@@ -76,6 +76,16 @@ def test_an_index_on_a_device_that_is_not_there_is_one_line(device: str, run: Pa
     assert 'damaged' not in line and not (tmp_path / 'index').exists()
 
 
+def test_a_bad_index_setting_is_one_line_before_any_video_is_embedded(run: Path, tiny: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """It was found only once every video was embedded (hours, at collection scale), in a line that named no setting."""
+    from train.index import main as index_main
+
+    _one_line(index_main(_index(run, tiny, tmp_path / 'index', '--approx-threshold', '0')), capsys.readouterr().err,
+              'approx_threshold must be at least 1, got 0')
+    assert not (tmp_path / 'index').exists()
+
+
 @pytest.mark.parametrize('blocked', ['out', 'out/thumbs'])
 def test_an_index_folder_that_is_a_file_is_one_line(blocked: str, run: Path, tiny: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
