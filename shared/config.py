@@ -118,6 +118,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = 'config') -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f'{where}: unknown keys {unknown} (known: {sorted(fields)})')
+    missing = [n for n, f in fields.items() if n not in data and f.init and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:  # (not Python's "__init__() missing 3 required positional arguments")
+        raise ConfigError(f'{where}: {", ".join(missing)} must be given: {"it has" if len(missing) == 1 else "they have"}'
+                          ' no default')
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:

@@ -30,6 +30,7 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
     """Each bad input of item 10 that `python -m train` takes: (its arguments, words its line must name)."""
     (tmp / 'not_vectors.txt').write_text('hello world\nthis is prose, not word vectors\n')
     (tmp / 'a_file').write_text('')
+    (tmp / 'empty.yaml').write_text('')
     (tmp / 'other_vectors.txt').write_text('2 300\n' + ''.join(f'{w}{" 0.5" * 300}\n' for w in ('zebra', 'yak')))
     evil = tmp / 'evil.yaml'
     evil.write_text(f'data: !!python/object/apply:os.system ["touch {tmp}/PWNED"]\n')
@@ -61,6 +62,8 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
         'text_clusters=0': (['--set', 'model.text_clusters=0'], ('text_clusters must be at least 1',)),
         'expert dim=0': (['--set', 'model.experts=[{name: object, dim: 0}]'], ('object: dim must be at least 1',)),
         'max_words=0': (['--set', 'data.max_words=0'], ('data.max_words must be at least 1, got 0',)),
+        'empty config': (['--config', str(tmp / 'empty.yaml')], (f'{tmp}/empty.yaml: data, model, train must be given',)),
+        'expert without dim': (['--set', 'model.experts=[{name: object}]'], ('model.experts[0]: dim must be given',)),
         # word vectors of another language: every caption empty, and the run trained on them without a word
         'no caption word has a vector': (['--set', f'data.word_vectors={tmp}/other_vectors.txt'],
                                          ('none of the 16 training captions', f'{tmp}/other_vectors.txt')),
@@ -75,7 +78,7 @@ INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_di
           'set inside a value', 'seeds empty', 'seeds not numbers', 'seed negative', 'seed 2**32',
           'python tag in --config', 'python tag in --set', 'pairs of windows', 'seed superscript', 'set inside a list',
           'YAML alias bomb', 'model name a list', 'embed_dim=0', 'embed_dim=-3', 'text_clusters=0', 'expert dim=0',
-          'max_words=0', 'no caption word has a vector']
+          'max_words=0', 'no caption word has a vector', 'empty config', 'expert without dim']
 
 
 @pytest.mark.parametrize('name', INPUTS)
