@@ -19,6 +19,10 @@ __all__ = ['main']
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.nproc_per_node.isdigit() and int(args.nproc_per_node) < 1:  # else torchrun's bare AssertionError
+        print(f'error: --nproc-per-node {args.nproc_per_node}: give 1 or more processes (or auto, gpu, cpu)',
+              file=sys.stderr)
+        return 1
     try:
         run(args)
     except SignalException as err:  # Ctrl-C or SIGTERM: torchrun stopped the processes, whose rank 0 said how to go on

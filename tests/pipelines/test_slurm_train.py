@@ -84,3 +84,11 @@ def test_a_process_that_fails_while_another_runs_is_not_reported_as_killed(tmp_p
     assert out.returncode == 1 and 'error: the input is bad' in out.stderr, out.stderr
     assert out.stderr.splitlines()[-1] == ('error: 2 training process(es) stopped (exit code -15, 1): their error '
                                            'lines above say why'), out.stderr
+
+
+def test_no_processes_per_node_is_one_line(repo_root: Path, python: str, subprocess_env: dict) -> None:
+    """torchrun asserted it with a bare AssertionError traceback."""
+    out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', '0', '-m', 'train'],
+                         cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr == ('error: --nproc-per-node 0: give 1 or more processes (or auto, gpu, '
+                                                  'cpu)\n'), out.stderr
