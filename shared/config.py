@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -12,7 +13,7 @@ import yaml
 
 __all__ = ['ConfigError', 'from_dict', 'load_yaml', 'read_yaml', 'to_dict', 'parse_overrides',
            'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default', 'weights_dir',
-           'offline', 'int_at_least']
+           'offline', 'int_at_least', 'brief_repr']
 
 T = TypeVar('T')
 
@@ -44,12 +45,24 @@ class ConfigError(ValueError):
     """A config file or override does not fit its dataclass."""
 
 
+#: how an error shows a value: bounded, since YAML aliases make a 1 KB file a list of 9**9 items
+#: whose full repr (taken before any truncation) never ends
+_BRIEF = reprlib.Repr()  # (keyword arguments from Python 3.12 only)
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 80, 80
+_BRIEF.maxtuple = _BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxset = 6
+
+
+def brief_repr(value: Any) -> str:
+    """`repr(value)`, cut short for an error message without building the whole of it."""
+    return _BRIEF.repr(value)
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return from_dict(tp, value, where)
     if dataclasses.is_dataclass(tp) and not isinstance(value, tp):
-        raise ConfigError(f'{where}: expected a mapping of {tp.__name__} settings, got {value!r:.80}')
+        raise ConfigError(f'{where}: expected a mapping of {tp.__name__} settings, got {brief_repr(value)}')
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -61,14 +74,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except ConfigError:
                 continue
-        raise ConfigError(f'{where}: {value!r} does not fit {tp}')
+        raise ConfigError(f'{where}: {brief_repr(value)} does not fit {tp}')
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f'{where}: expected a mapping, got {value!r}')
+            raise ConfigError(f'{where}: expected a mapping, got {brief_repr(value)}')
         key_tp, value_tp = typing.get_args(tp) or (Any, Any)
         return {_coerce(key_tp, k, f'{where} key'): _coerce(value_tp, v, _join(where, k)) for k, v in value.items()}
     if origin in (list, tuple) and not isinstance(value, (list, tuple)):
-        raise ConfigError(f'{where}: expected a list, got {value!r:.80}')
+        raise ConfigError(f'{where}: expected a list, got {brief_repr(value)}')
     if origin in (list, tuple):
         (arg, *_) = typing.get_args(tp) or (Any,)
         items = [_coerce(arg, v, f'{where}[{i}]') for i, v in enumerate(value)]
@@ -81,11 +94,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         except ValueError:
             pass
     if tp is float and isinstance(value, float) and value != value:  # no setting means NaN; nor does it equal itself
-        raise ConfigError(f'{where}: expected a finite number, got {value!r}')
+        raise ConfigError(f'{where}: expected a finite number, got {brief_repr(value)}')
     if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ConfigError(f'{where}: expected {tp.__name__}, got {value!r}')
+        raise ConfigError(f'{where}: expected {tp.__name__}, got {brief_repr(value)}')
     if tp is int and isinstance(value, bool):
-        raise ConfigError(f'{where}: expected int, got {value!r}')
+        raise ConfigError(f'{where}: expected int, got {brief_repr(value)}')
     return value
 
 
@@ -105,6 +118,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = 'config') -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f'{where}: unknown keys {unknown} (known: {sorted(fields)})')
+    missing = [n for n, f in fields.items() if n not in data and f.init and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:  # (not Python's "__init__() missing 3 required positional arguments")
+        raise ConfigError(f'{where}: {", ".join(missing)} must be given: {"it has" if len(missing) == 1 else "they have"}'
+                          ' no default')
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:
@@ -156,7 +174,7 @@ def load_yaml(cls: type[T], path: str | os.PathLike, overrides: dict[str, Any] |
             if not isinstance(node, dict):  # train.lr.x=1: lr is a value, nothing can be set inside it
                 section = '.'.join(parents[:i + 1])
                 kind = 'a list' if isinstance(node, list) else 'a single value'
-                raise ConfigError(f'{path}: cannot set {key}: {section} is {kind} ({node!r:.40}), not a '
+                raise ConfigError(f'{path}: cannot set {key}: {section} is {kind} ({brief_repr(node)[:40]}), not a '
                                   f'section of settings; set {section} itself')
         node[last] = value
     return from_dict(cls, data, where=str(path))

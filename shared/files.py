@@ -8,16 +8,32 @@ rename is atomic within a directory), and the directory is synced so that the re
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from shared.config import ConfigError
+
 __all__ = ['atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
-           'signals_deferred']
+           'signals_deferred', 'held_lock', 'LOCK', 'WriteError']
+
+#: the lock file `held_lock` keeps in a directory
+LOCK = '.lock'
+
+
+class WriteError(ConfigError, OSError):
+    """A file that cannot be written (a full disk, a quota or a file-size limit, a read-only folder):
+    an OSError, and a ConfigError so that every command reports it as its one line."""
+
+
+#: what to do when the OS refuses a write, by errno
+_FULL = 'free some space (or raise the limit) and rerun'
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -86,8 +102,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            # torch.save reports a failed write as its own RuntimeError, raised while handling the OSError
+            cause = err if isinstance(err, OSError) else err.__context__ if isinstance(err, RuntimeError) else None
+            if isinstance(cause, OSError) and not isinstance(cause, WriteError):
+                fix = _FULL if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else 'check that folder'
+                raise WriteError(f'cannot write {path} ({cause.strerror or cause}): {fix}; the file there before, '
+                                 'if any, is kept') from err
             raise
         fsync_dir(path.parent)
 
@@ -108,8 +131,6 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 def make_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
     """`path` made with its parents, or a one-line ConfigError naming the file in its way and `fix`."""
-    from shared.config import ConfigError
-
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -117,6 +138,31 @@ def make_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
         blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
         raise ConfigError(f'{what} {path}: {blocking} is a file, not a directory: {fix}') from None
     return path
+
+
+@contextlib.contextmanager
+def held_lock(directory: str | os.PathLike, what: str, fix: str) -> Iterator[Path]:
+    """`directory` (made if need be) locked for this process inside the block, through its `LOCK`
+    file; a one-line ConfigError naming the process that holds it, and `fix`, when another does.
+
+    The OS drops the lock when its holder ends, however it ends (kill -9 included): none is ever
+    left stale. Locks are per open file, so a second holder in the same process is refused too.
+    """
+    import fcntl
+
+    directory = make_dir(directory, what, fix)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode('utf-8', 'replace').strip() or 'another process'
+            raise ConfigError(f'{what} {directory} is in use by {holder}: wait for it to end, or {fix}') from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'process {os.getpid()} on {socket.gethostname()}'.encode(), 0)
+        yield Path(directory)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def sha256_file(path: str | os.PathLike) -> str:

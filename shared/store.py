@@ -28,6 +28,7 @@ import shutil
 import sys
 import uuid
 import warnings
+import zipfile
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -965,8 +966,8 @@ def finish_swap(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def unreadable(path: str | os.PathLike, what: str, fix: str) -> Any:
-    """Files of `path` that cannot be read inside the block (JSON or a chunk cut short, an array or
-    attribute missing, a FAISS file of garbage) are one StoreError naming `what` `path` and `fix`,
+    """Files of `path` that cannot be read inside the block (JSON, a chunk or an .npz cut short, an
+    array or attribute missing, a FAISS file of garbage) are one StoreError naming `what` `path` and `fix`,
     not the reader's own error: zarr, numcodecs and FAISS raise ValueError, KeyError, RuntimeError ..."""
     try:
         yield
@@ -974,7 +975,7 @@ def unreadable(path: str | os.PathLike, what: str, fix: str) -> Any:
         raise
     # a missing file, not a refused or failing read (a read-only mount, a disk error): those are no
     # reason to remove what may be a good index, and keep their own message
-    except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError, EOFError) as err:
+    except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError, EOFError, zipfile.BadZipFile) as err:
         raise StoreError(f'{what} {path} cannot be read ({_first_line(err)[:160]}): it was cut short or damaged. '
                          f'{fix}') from None
 

@@ -83,13 +83,14 @@ def _advice(path: Path) -> str:
     return 'Put back a good copy, or delete it and rerun (without last.pt the run trains again from its first epoch)'
 
 
-def load_checkpoint(path: Path, map_location: Any = 'cpu') -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: Any = 'cpu', advice: str | None = None) -> dict[str, Any]:
     """A checkpoint with its model state made whole again (the frozen weights joined back).
 
     Raises:
-        CheckpointError: the checkpoint or frozen.pt cannot be read.
+        CheckpointError: the checkpoint or frozen.pt cannot be read; `advice`: what to do then, where
+            the checkpoint is no file of the run itself (by default, put back or delete it and rerun).
     """
-    state = _read(path, map_location)
+    state = _read(path, map_location, advice)
     frozen = path.parent / FROZEN
     if frozen.is_file():
         state['model'] = {**_read(frozen, map_location), **state['model']}

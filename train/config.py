@@ -14,7 +14,7 @@ from shared.resources import parse_bytes
 from train.losses import LOSSES
 from train.metrics import DEFAULT_SEED_STD, SEED_STD
 from train.models import ModelCfg
-from train.models.config import upgrade_saved
+from train.models.config import at_least, upgrade_saved
 
 #: `DataCfg.sample`'s values (`train.sampling`)
 SAMPLES = ('video', 'window', 'segment')
@@ -104,8 +104,7 @@ class DataCfg:
             raise ValueError(f'data.stop_words must be keep or remove, got {self.stop_words!r}')
         if self.sample not in SAMPLES:
             raise ValueError(f'data.sample must be {", ".join(SAMPLES[:-1])} or {SAMPLES[-1]}, got {self.sample!r}')
-        if self.window_words < 1:
-            raise ValueError(f'data.window_words must be at least 1, got {self.window_words}')
+        at_least(self, 1, 'max_words', 'window_words', prefix='data.')
         if not math.isfinite(self.window_seconds) or self.window_seconds <= 0:
             raise ValueError(f'data.window_seconds must be a positive number of seconds, got {self.window_seconds}')
 

@@ -294,12 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         manifest = load_manifest(args.dataset, args.data_root)
         out = args.out or default_out(run, manifest.name)
         shard_chunks(1, args.shard, args.num_shards)  # a bad shard number: one line before any model loads
+        index_cfg = IndexCfg(approx_threshold=args.approx_threshold, approx=args.approx)  # as is a bad setting
         store = embed_collection(run, manifest, args.features_root, out, args.shard, args.num_shards,
                                  torch.device(pick_device(args.device)), args.chunk_size, args.overwrite)
         if not store.complete():
             print(f'shard {args.shard} of {args.num_shards} done; the index is built once every shard is')
             return 0
-        index = build_index(out, IndexCfg(approx_threshold=args.approx_threshold, approx=args.approx))
+        index = build_index(out, index_cfg)
     except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

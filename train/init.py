@@ -152,7 +152,9 @@ def init_weights(model: RetrievalModel, source: Path, run_dir: Path | None = Non
     Raises:
         CheckpointError: `source` cannot be read.
     """
-    state = load_checkpoint(source)['model']
+    # not the run's own file: deleting it (the advice for a run's last.pt) would lose the pretrained weights
+    state = load_checkpoint(source, advice='Give --init-from a run directory or a checkpoint this project '
+                            'wrote')['model']
     own = model.state_dict()
     src_run = _source_run(source)
     if src_run is not None and any(k not in own for k in state):

@@ -19,6 +19,10 @@ __all__ = ['main']
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.nproc_per_node.isdigit() and int(args.nproc_per_node) < 1:  # else torchrun's bare AssertionError
+        print(f'error: --nproc-per-node {args.nproc_per_node}: give 1 or more processes (or auto, gpu, cpu)',
+              file=sys.stderr)
+        return 1
     try:
         run(args)
     except SignalException as err:  # Ctrl-C or SIGTERM: torchrun stopped the processes, whose rank 0 said how to go on
@@ -26,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as err:
         failures = list(err.failures.values())
         codes = ', '.join(str(c) for c in sorted({f.exitcode for f in failures}))
-        killed = sorted({f.signal_name() for f in failures if f.exitcode < 0})
+        # a process that exited with an error makes torchrun stop the others (SIGTERM): its line says why
+        killed = [] if any(f.exitcode > 0 for f in failures) else sorted({f.signal_name() for f in failures})
         why = ('their error lines above say why' if not killed else  # a killed process wrote no line of its own
                f'killed by {", ".join(killed)}' + (' (most often the out-of-memory killer: see dmesg)'
                                                    if 'SIGKILL' in killed else ''))

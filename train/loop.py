@@ -31,8 +31,8 @@ import yaml
 
 from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
-from shared.files import atomic_save, atomic_write, atomic_write_text, make_dir
-from train.captions import build_caption_encoder
+from shared.files import atomic_save, atomic_write, atomic_write_text, held_lock, make_dir
+from train.captions import CaptionData, build_caption_encoder
 from train.checkpoints import FINAL, FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
 from train.data import SplitData, TrainFeed, split_captions
@@ -441,17 +441,41 @@ def _close(part: SplitData | StreamedPart | None) -> None:
         part.close()
 
 
+def _check_captions(captions: CaptionData, cfg: RunCfg, dataset: str) -> None:
+    """Some training caption has a word the text encoder knows (ConfigError): word vectors of another
+    language or case left every caption empty, and the run trained on them without a word, its
+    queries all one embedding."""
+    if len(captions) and not captions.mask.any():
+        where = (f'the word vectors {cfg.data.word_vectors}' if cfg.model.text.encoder == 'word2vec'
+                 else "the text encoder's vocabulary")
+        raise ConfigError(f'none of the {len(captions)} training captions of {dataset} ({cfg.data.split}) has a word '
+                          f'in {where}{" once stop words are removed" if cfg.data.stop_words == "remove" else ""}: '
+                          'give data.word_vectors of the captions\' language')
+
+
 def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
               device: str = 'cpu', progress: bool = True, ranks: Dist = SINGLE) -> dict[str, dict[str, float]]:
     """Train (or resume) one seed in `run_dir`; returns the test metrics of the selected epoch (of
-    many `ranks`, on rank 0, which alone evaluates and writes run files; {} on the others)."""
+    many `ranks`, on rank 0, which alone evaluates and writes run files; {} on the others).
+
+    Raises:
+        ConfigError: another process trains `run_dir` (two runs in one folder interleaved their
+            metrics.jsonl and renamed each other's half-written checkpoints into place).
+    """
+    check_fits(cfg.model, torch.device(device))  # before anything is made
+    check_world(ranks, cfg.train.batch_size, len(manifest.split(cfg.data.split).ids('train')))  # before data is read
+    held = held_lock(run_dir, 'run directory', 'pass another --run-dir') if ranks.main else contextlib.nullcontext()
+    with held:
+        return _train_run(cfg, manifest, features_root, data_root, run_dir, seed, device, progress, ranks)
+
+
+def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: Path, run_dir: Path, seed: int,
+               device: str, progress: bool, ranks: Dist) -> dict[str, dict[str, float]]:
     from torch.utils.tensorboard import SummaryWriter
 
     dev = torch.device(device)
-    check_fits(cfg.model, dev)  # before anything is made
     experts = cfg.model.experts
     split = manifest.split(cfg.data.split)
-    check_world(ranks, cfg.train.batch_size, len(split.ids('train')))  # before any data is read
     with main_first(ranks):  # rank 0 makes the run directory and saves the tokenizer the others load
         make_dir(run_dir, 'run directory', 'pass another --run-dir')
         cfg = resolve_init(cfg, run_dir, write=ranks.main)  # train.init_from: the checkpoint config.yaml records
@@ -471,6 +495,7 @@ def train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: P
         train = load_part(manifest, cfg.data.split, 'train', features_root, experts, captions, cfg.train, False,
                           sampler, cache('train'))
         held.callback(_close, train)
+        _check_captions(train.captions, cfg, manifest.name)
         pairs = len(train.caption_video)  # the run's own, before extra sources join
         extra = load_extra(sources, len(train), features_root, manifest.name, experts, captions, ranks.main)
         if extra is not None:  # in memory: one part; streamed: the stream takes the draws in (`train.stream`)

@@ -33,6 +33,7 @@ import torch
 from shared.files import atomic_write_text
 from shared.store import unreadable
 from train.models.base import TextEmbedding, VideoEmbedding
+from train.models.config import at_least
 
 __all__ = ['APPROX_KINDS', 'IndexCfg', 'SearchIndex', 'pattern_queries', 'video_queries']
 
@@ -72,9 +73,10 @@ class IndexCfg:
     recall_queries: int = 100
 
     def __post_init__(self) -> None:
-        if min(self.approx_threshold, self.hnsw_m, self.ef_construction, self.ef_search, self.rerank, self.nprobe,
-               self.pq_dims, self.nlist or 1) < 1:
-            raise ValueError('index settings must be >= 1')
+        at_least(self, 1, 'approx_threshold', 'hnsw_m', 'ef_construction', 'ef_search', 'rerank', 'nprobe', 'pq_dims',
+                 prefix='index setting ')
+        if self.nlist is not None:
+            at_least(self, 1, 'nlist', prefix='index setting ')
         if self.approx not in APPROX_KINDS:
             raise ValueError(f'index approx must be one of {", ".join(APPROX_KINDS)}, got {self.approx!r}')
 

@@ -70,3 +70,25 @@ def test_a_torchrun_whose_processes_are_killed_says_so(tmp_path: Path, repo_root
     assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
     assert out.stderr.splitlines()[-1] == ('error: 2 training process(es) stopped (exit code -9): killed by SIGKILL '
                                            '(most often the out-of-memory killer: see dmesg)'), out.stderr
+
+
+def test_a_process_that_fails_while_another_runs_is_not_reported_as_killed(tmp_path: Path, repo_root: Path,
+                                                                           python: str, subprocess_env: dict) -> None:
+    """One process ends with its error line while the other still works: torchrun stops that one with
+    SIGTERM, and the last line pointed at the SIGTERM ('killed by SIGTERM'), away from the error line."""
+    script = tmp_path / 'one_fails.py'
+    script.write_text("import os, sys, time\nif os.environ['LOCAL_RANK'] == '0':\n"
+                      "    sys.exit('error: the input is bad')\ntime.sleep(120)\n")
+    out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', '2', str(script)],
+                         cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and 'error: the input is bad' in out.stderr, out.stderr
+    assert out.stderr.splitlines()[-1] == ('error: 2 training process(es) stopped (exit code -15, 1): their error '
+                                           'lines above say why'), out.stderr
+
+
+def test_no_processes_per_node_is_one_line(repo_root: Path, python: str, subprocess_env: dict) -> None:
+    """torchrun asserted it with a bare AssertionError traceback."""
+    out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', '0', '-m', 'train'],
+                         cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr == ('error: --nproc-per-node 0: give 1 or more processes (or auto, gpu, '
+                                                  'cpu)\n'), out.stderr

@@ -101,3 +101,26 @@ def test_results_are_written_whole():
     plain = [f'{path.relative_to(root)}:{n}' for path in files
              for n, line in enumerate(path.read_text().splitlines(), 1) if '.write_text(' in line]
     assert not plain, f'plain write_text (use shared.files.atomic_write_text): {plain}'
+
+
+def test_a_checkpoint_write_past_a_file_size_limit_is_one_error_and_keeps_the_old_one(tmp_path: Path) -> None:
+    """A real file-size limit (`ulimit -f`, what a full disk does to a write): torch.save's own
+    RuntimeError ('unexpected pos ...') came out of training as a traceback; now it is a WriteError
+    (a ConfigError: one line) naming the file, and the checkpoint there before is kept."""
+    import resource
+
+    from shared.config import ConfigError
+    from shared.files import WriteError, atomic_save
+
+    target = tmp_path / 'last.pt'
+    atomic_save({'model': {'w': torch.zeros(4)}}, target)
+    before = target.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        with pytest.raises(WriteError) as caught:
+            atomic_save({'model': {'w': torch.zeros(1 << 16)}}, target)  # 256 KB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert isinstance(caught.value, ConfigError) and str(caught.value).startswith(f'cannot write {target} (File too large)')
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['last.pt']

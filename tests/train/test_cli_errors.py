@@ -30,6 +30,8 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
     """Each bad input of item 10 that `python -m train` takes: (its arguments, words its line must name)."""
     (tmp / 'not_vectors.txt').write_text('hello world\nthis is prose, not word vectors\n')
     (tmp / 'a_file').write_text('')
+    (tmp / 'empty.yaml').write_text('')
+    (tmp / 'other_vectors.txt').write_text('2 300\n' + ''.join(f'{w}{" 0.5" * 300}\n' for w in ('zebra', 'yak')))
     evil = tmp / 'evil.yaml'
     evil.write_text(f'data: !!python/object/apply:os.system ["touch {tmp}/PWNED"]\n')
     return {
@@ -51,12 +53,32 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
                              ('train.epoch_unit pairs', 'data.sample window')),
         'seed superscript': (['--seeds', '\u00b2'], ('--seeds', 'integers from 0')),
         'set inside a list': (['--set', 'model.experts.0.dim=4'], ('model.experts.0.dim', 'model.experts is a list')),
+        # 1 KB of YAML aliases: a list of 9**9 strings, whose whole repr in the message never ended
+        'YAML alias bomb': (['--set', f'train.lr={_ALIAS_BOMB}'], ('train.lr', 'expected float', "['x', 'x',")),
+        'model name a list': (['--set', 'model.model=[mee]'], ('model.model', 'unknown model', "['mee']")),
+        # sizes of 0 trained a model of empty layers without a word; negative ones were torch's traceback
+        'embed_dim=0': (['--set', 'model.embed_dim=0'], ('embed_dim must be at least 1, got 0',)),
+        'embed_dim=-3': (['--set', 'model.embed_dim=-3'], ('embed_dim must be at least 1, got -3',)),
+        'text_clusters=0': (['--set', 'model.text_clusters=0'], ('text_clusters must be at least 1',)),
+        'expert dim=0': (['--set', 'model.experts=[{name: object, dim: 0}]'], ('object: dim must be at least 1',)),
+        'max_words=0': (['--set', 'data.max_words=0'], ('data.max_words must be at least 1, got 0',)),
+        'empty config': (['--config', str(tmp / 'empty.yaml')], (f'{tmp}/empty.yaml: data, model, train must be given',)),
+        'expert without dim': (['--set', 'model.experts=[{name: object}]'], ('model.experts[0]: dim must be given',)),
+        # word vectors of another language: every caption empty, and the run trained on them without a word
+        'no caption word has a vector': (['--set', f'data.word_vectors={tmp}/other_vectors.txt'],
+                                         ('none of the 16 training captions', f'{tmp}/other_vectors.txt')),
     }
+
+
+_ALIAS_BOMB = '[' + ', '.join(['&a [x, x, x, x, x, x, x, x, x]'] + [f'&{n} [{", ".join([f"*{p}"] * 9)}]'
+                                                                      for p, n in zip('abcdefgh', 'bcdefghi')]) + ']'
 
 
 INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_dim=10^9', 'run dir is a file',
           'set inside a value', 'seeds empty', 'seeds not numbers', 'seed negative', 'seed 2**32',
-          'python tag in --config', 'python tag in --set', 'pairs of windows', 'seed superscript', 'set inside a list']
+          'python tag in --config', 'python tag in --set', 'pairs of windows', 'seed superscript', 'set inside a list',
+          'YAML alias bomb', 'model name a list', 'embed_dim=0', 'embed_dim=-3', 'text_clusters=0', 'expert dim=0',
+          'max_words=0', 'no caption word has a vector', 'empty config', 'expert without dim']
 
 
 @pytest.mark.parametrize('name', INPUTS)
@@ -70,6 +92,26 @@ def test_a_bad_training_input_is_one_line(name: str, tiny: Path, tmp_path: Path,
     _one_line(code, capsys.readouterr().err, *words)
     assert not (tmp_path / 'PWNED').exists()
     assert not (run / 'seed0' / 'checkpoints').exists()  # refused before training
+
+
+def test_a_run_directory_is_trained_by_one_process_at_a_time(tiny: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """A second training into a run directory that one trains is refused at once, naming the holder (two
+    interleaved their metrics.jsonl and renamed each other's half-written last.pt into place); the lock
+    goes with its holder."""
+    import os
+
+    from shared.files import held_lock
+    from train.main import main as train_main
+
+    run = tmp_path / 'run'
+    with held_lock(run / 'seed0', 'run directory', 'pass another --run-dir'):  # what a training holds
+        code = train_main(_train(tiny, run))
+        _one_line(code, capsys.readouterr().err, str(run / 'seed0'), f'in use by process {os.getpid()}',
+                  '--run-dir')
+        assert not (run / 'seed0' / 'checkpoints').exists()
+    with held_lock(run / 'seed0', 'run directory', ''):  # released
+        pass
 
 
 def test_the_training_command_prints_the_line_not_a_traceback(tiny: Path, tmp_path: Path, python: str,

@@ -76,6 +76,16 @@ def test_an_index_on_a_device_that_is_not_there_is_one_line(device: str, run: Pa
     assert 'damaged' not in line and not (tmp_path / 'index').exists()
 
 
+def test_a_bad_index_setting_is_one_line_before_any_video_is_embedded(run: Path, tiny: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """It was found only once every video was embedded (hours, at collection scale), in a line that named no setting."""
+    from train.index import main as index_main
+
+    _one_line(index_main(_index(run, tiny, tmp_path / 'index', '--approx-threshold', '0')), capsys.readouterr().err,
+              'approx_threshold must be at least 1, got 0')
+    assert not (tmp_path / 'index').exists()
+
+
 @pytest.mark.parametrize('blocked', ['out', 'out/thumbs'])
 def test_an_index_folder_that_is_a_file_is_one_line(blocked: str, run: Path, tiny: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
@@ -114,6 +124,9 @@ def _damage(out: Path, how: str) -> Path:
     if how == 'rows.npz missing':
         (out / 'faiss' / 'rows.npz').unlink()
         return out / 'faiss'
+    if how == 'rows.npz cut short':  # zipfile's BadZipFile, no ValueError
+        (out / 'faiss' / 'rows.npz').write_bytes((out / 'faiss' / 'rows.npz').read_bytes()[:20])
+        return out / 'faiss'
     store = out / 'embeddings.zarr'
     shutil.rmtree(out / 'faiss')  # the index is built again from the store, which is read whole
     if how == 'zarr.json garbage':
@@ -131,7 +144,8 @@ def _damage(out: Path, how: str) -> Path:
     return store
 
 
-DAMAGES = ['index.json garbage', '.faiss garbage', '.faiss cut short', 'rows.npz missing', 'zarr.json garbage',
+DAMAGES = ['index.json garbage', '.faiss garbage', '.faiss cut short', 'rows.npz missing', 'rows.npz cut short',
+           'zarr.json garbage',
            'status array missing', 'chunk_size attribute missing', 'emb chunk cut short']
 
 

@@ -235,9 +235,20 @@ def test_a_run_evaluates_zero_shot_on_another_dataset(world: Path, python: str, 
     assert 'msvd official/test' in proc.stdout and '| mmt |' in proc.stdout
 
 
+class _RunsCode:
+    """Unpickled, it would create the file `path`: torch.load(weights_only=True) must refuse it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.path, 'w'))
+
+
 def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[object, list[str], tuple[str, ...]]]:
     (tmp / 'empty').mkdir()
     (tmp / 'notes.pt').write_text('not a checkpoint')
+    torch.save({'model': _RunsCode(str(tmp / 'PWNED'))}, tmp / 'evil.pt')  # a pickle that runs code when loaded
     run = world / 'runs' / 'source'
     return {
         'init-from a folder without a run': (train_main, _args(world, tmp / 'r', None, '--init-from', str(tmp / 'empty')),
@@ -247,6 +258,8 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[object, list[str], tu
         'init-from a file that is no checkpoint': (train_main, _args(world, tmp / 'r', None, '--init-from',
                                                                      str(tmp / 'notes.pt')),
                                                    (str(tmp / 'notes.pt'), 'not a checkpoint')),
+        'init-from a pickle that runs code': (train_main, _args(world, tmp / 'r', None, '--init-from', str(tmp / 'evil.pt')),
+                                              (str(tmp / 'evil.pt'), 'cannot be read', 'Give --init-from')),
         'evaluate a folder that is no run': (evaluate_main, _eval_args(world, tmp / 'empty'),
                                              (str(tmp / 'empty'), 'not a run directory')),
         "evaluate on a dataset without the run's stores": (evaluate_main, _eval_args(world, run, '--dataset', 'vatex',
@@ -256,10 +269,12 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[object, list[str], tu
 
 
 @pytest.mark.parametrize('name', ['init-from a folder without a run', 'init-from a missing path',
-                                  'init-from a file that is no checkpoint', 'evaluate a folder that is no run',
+                                  'init-from a file that is no checkpoint', 'init-from a pickle that runs code',
+                                  'evaluate a folder that is no run',
                                   "evaluate on a dataset without the run's stores"])
 def test_a_bad_transfer_input_is_one_line(name: str, world: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
     command, args, words = _bad_inputs(world, tmp_path)[name]
-    _one_line(command(args), capsys.readouterr().err, *words)
-    assert not (tmp_path / 'r' / 'seed0' / 'checkpoints').exists()  # refused before training
+    line = _one_line(command(args), capsys.readouterr().err, *words)
+    assert 'delete it' not in line and not (tmp_path / 'PWNED').exists()  # never advised to delete a source
+    assert not (tmp_path / 'r' / 'seed0' / 'checkpoints' / 'last.pt').exists()  # refused before training

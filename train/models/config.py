@@ -4,10 +4,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shared.config import ConfigError
+from shared.config import ConfigError, brief_repr
 
-__all__ = ['ExpertSpec', 'TextCfg', 'TransformerCfg', 'ModelCfg', 'MEECfg', 'CECfg', 'MMTCfg', 'SSBCfg',
+__all__ = ['at_least', 'ExpertSpec', 'TextCfg', 'TransformerCfg', 'ModelCfg', 'MEECfg', 'CECfg', 'MMTCfg', 'SSBCfg',
            'MODEL_CONFIGS', 'model_cfg', 'upgrade_saved']
+
+
+def at_least(cfg: object, low: int, *names: str, prefix: str = '') -> None:
+    """Each setting `names` of `cfg` is at least `low` (ValueError naming it): a size of 0 built a model
+    of empty layers that trained without error into embeddings that say nothing, a negative one
+    ended in torch's traceback."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < low:
+            raise ValueError(f'{prefix}{name} must be at least {low}, got {value}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +43,8 @@ class ExpertSpec:
     sample: str = 'uniform'
 
     def __post_init__(self) -> None:
+        at_least(self, 1, 'dim', prefix=f'{self.name}: ')
+        at_least(self, 0, 'clusters', 'ghost_clusters', 'max_tokens', prefix=f'{self.name}: ')
         if self.sample not in ('uniform', 'first'):
             raise ValueError(f'{self.name}: sample must be uniform or first')
         if self.aggregation not in ('mean', 'max', 'vlad', 'tokens'):
@@ -75,6 +87,8 @@ class TextCfg:
     finetune: bool = True
 
     def __post_init__(self) -> None:
+        at_least(self, 0, 'vocab_size', 'hidden', 'layers', 'heads', 'ffn', prefix='text.')  # 0: the pretrained one's
+        at_least(self, 1, 'max_positions', prefix='text.')
         if self.encoder not in ('word2vec', 'gpt', 'bert', 't5'):
             raise ValueError('text.encoder must be word2vec, gpt, bert or t5')
         if self.weights not in ('pretrained', 'random'):
@@ -105,6 +119,11 @@ class TransformerCfg:
     dropout: float = 0.1
     max_positions: int = 512
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, 'layers', 'heads', 'hidden', 'ffn', 'max_positions', prefix='transformer.')
+        if self.hidden % self.heads:  # else torch's AssertionError as the model is built
+            raise ValueError(f'transformer.hidden ({self.hidden}) must be a multiple of transformer.heads ({self.heads})')
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelCfg:
@@ -133,8 +152,8 @@ class ModelCfg:
         """The config class of ``data['model']`` (`shared.config.from_dict` asks, so that YAML's
         ``model:`` section becomes the model's own config); another key of it is then an error."""
         name = data.get('model')
-        if name not in MODEL_CONFIGS:
-            raise ConfigError(f'{where}.model: unknown model {name!r} (known: {", ".join(sorted(MODEL_CONFIGS))})')
+        if not isinstance(name, str) or name not in MODEL_CONFIGS:  # a list is unhashable: no `in` for it
+            raise ConfigError(f'{where}.model: unknown model {brief_repr(name)} (known: {", ".join(sorted(MODEL_CONFIGS))})')
         own = MODEL_CONFIGS[name]
         foreign = sorted(k for k in data if k not in {f.name for f in dataclasses.fields(own)})
         if foreign:
@@ -165,6 +184,8 @@ class MEECfg(ModelCfg):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        at_least(self, 1, 'embed_dim', 'text_dim', 'text_clusters')
+        at_least(self, 0, 'text_ghost_clusters')
         if self.text.encoder == 'gpt' and self.text.hidden and self.text.hidden != self.text_dim:
             raise ValueError(f'text_dim ({self.text_dim}) must be the GPT width text.hidden ({self.text.hidden})')
 
@@ -230,6 +251,9 @@ class SSBCfg(ModelCfg):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        at_least(self, 1, 'max_seconds')
+        if not self.kernels or min(self.kernels) < 1:
+            raise ValueError(f'kernels must be one or more sizes of at least 1, got {list(self.kernels)}')
         if self.support_set not in ('identity', 'full', 'hybrid', 'cross'):
             raise ValueError('support_set must be identity, full, hybrid or cross')
         if self.support_scope not in ('global', 'local'):
