@@ -24,7 +24,9 @@ from train.evaluate import embed_videos
 from train.index import EMBEDDINGS, FAISS, THUMBS, EmbeddingStore, build_index, embed_collection
 from train.index import main as index_main
 from train.main import main as train_main
+from train.models.base import TextEmbedding
 from train.runs import load_run
+from train.search import Searcher
 
 from tests.train.test_train import _args, _config
 
@@ -80,6 +82,12 @@ def test_index_of_every_demo_video_ranks_as_the_model(model: str, runs: dict[str
     scores, top = build_index(out).search(text, 10)
     np.testing.assert_allclose(scores, torch.topk(brute, 10).values.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(brute.numpy(), top, 1), scores, atol=1e-5)
+    # train.search over the run's gallery (its test videos): the model's ranking of all of them (k past their
+    # number), each named by its own id
+    hits = Searcher(runs[model], data).search(texts[0], k=len(test.video_ids) + 5)
+    best = torch.sort(loaded.model.similarity(TextEmbedding(text.emb[:1], text.weights[:1]), own)[0], descending=True)
+    assert [v for v, _ in hits] == [test.video_ids[i] for i in best.indices]
+    np.testing.assert_allclose([s for _, s in hits], best.values.numpy(), atol=1e-5)
 
 
 @pytest.mark.slow
