@@ -196,3 +196,18 @@ def test_a_chunk_size_below_one_is_one_line_and_a_failed_store_leaves_nothing(
         EmbeddingStore.create(tmp_path / 'index' / EMBEDDINGS, load_manifest('demo', data), -1, 8,
                               {'run': '', 'checkpoint': '', 'checkpoint_sha256': ''})
     assert list((tmp_path / 'index').iterdir()) == []
+
+
+def test_a_store_of_the_same_videos_in_another_order_or_checkpoint_state_is_refused(tmp_path: Path) -> None:
+    """Rows are read by position: a manifest listing the same videos in another order is another video list."""
+    from shared.datasets import Manifest
+
+    def manifest(ids: tuple[str, ...]) -> Manifest:
+        return Manifest('toy', tmp_path, ids, tuple(tmp_path / f'{v}.mp4' for v in ids), {}, {})
+
+    attrs = {'run': 'runs/x', 'checkpoint': 'best.pt', 'checkpoint_sha256': 'abc'}
+    store = EmbeddingStore.create(tmp_path / EMBEDDINGS, manifest(('b', 'a', 'c')), 2, 4, attrs, chunk_size=2)
+    assert store.made_by_other(attrs, ['b', 'a', 'c']) == ''
+    assert 'another state' in store.made_by_other({**attrs, 'checkpoint_sha256': 'def'}, ['b', 'a', 'c'])
+    with pytest.raises(StoreError, match='another video list'):
+        EmbeddingStore.create(tmp_path / EMBEDDINGS, manifest(('a', 'b', 'c')), 2, 4, attrs, chunk_size=2)
