@@ -84,10 +84,14 @@ def test_index_of_every_demo_video_ranks_as_the_model(model: str, runs: dict[str
     np.testing.assert_allclose(np.take_along_axis(brute.numpy(), top, 1), scores, atol=1e-5)
     # train.search over the run's gallery (its test videos): the model's ranking of all of them (k past their
     # number), each named by its own id
-    hits = Searcher(runs[model], data).search(texts[0], k=len(test.video_ids) + 5)
+    searcher = Searcher(runs[model], data)
+    hits = searcher.search(texts[0], k=len(test.video_ids) + 5)
     best = torch.sort(loaded.model.similarity(TextEmbedding(text.emb[:1], text.weights[:1]), own)[0], descending=True)
     assert [v for v, _ in hits] == [test.video_ids[i] for i in best.indices]
     np.testing.assert_allclose([s for _, s in hits], best.values.numpy(), atol=1e-5)
+    # a query the text encoder sees nothing of would rank alike with any other such query: refused
+    with pytest.raises(ValueError, match='word vector' if model in ('mee', 'ce') else "run's vocabulary"):
+        searcher.search('zzzzqqq xxyy')
 
 
 @pytest.mark.slow
