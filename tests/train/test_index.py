@@ -20,7 +20,7 @@ from shared.files import sha256_file
 from shared.store import StoreError
 from train.captions import build_caption_encoder
 from train.data import load_split
-from train.evaluate import embed_videos
+from train.evaluate import embed_videos, evaluate
 from train.index import EMBEDDINGS, FAISS, THUMBS, EmbeddingStore, build_index, embed_collection
 from train.index import main as index_main
 from train.main import main as train_main
@@ -92,6 +92,9 @@ def test_index_of_every_demo_video_ranks_as_the_model(model: str, runs: dict[str
     # a query the text encoder sees nothing of would rank alike with any other such query: refused
     with pytest.raises(ValueError, match='word vector' if model in ('mee', 'ce') else "run's vocabulary"):
         searcher.search('zzzzqqq xxyy')
+    # validation hands evaluate the model in training mode: it scores in eval mode (no dropout, as the test does)
+    evaluate(loaded.model.train(), test, torch.device('cpu'))
+    assert not any(m.training for m in loaded.model.modules())
 
 
 @pytest.mark.slow
