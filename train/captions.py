@@ -73,6 +73,10 @@ class StopWordsRemoved(CaptionEncoder):
     def encode(self, texts: list[str]) -> CaptionData:
         return self.inner.encode([remove_stop_words(t) for t in texts])
 
+    def knows(self, text: str) -> bool:
+        # the inner encoder sees the text without its stop words, and so does its vocabulary check
+        return self.inner.knows(remove_stop_words(text))
+
 
 def resolve_word_vectors(spec: str, data_root: Path) -> Path:
     """A word-vector file: ``{data_root}/...``, a path, or a file name in the weights directory."""

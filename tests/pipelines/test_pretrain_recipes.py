@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.paper_tables import PRETRAINING_TABLES
+from pipelines.paper_tables import PRETRAINING_TABLES, format_beside
 from pipelines.reproduce import compare_pretrained
 from pipelines.reproduce import main as reproduce_main
 from train.checkpoints import FINAL, GALLERY
@@ -148,3 +148,19 @@ def test_pretraining_tables_print_beside_tiny_runs(howto: tuple[Path, Path], tin
         assert under(row).startswith('| ours: ') and f'{stop} (1 run(s)) | {cells} |' in under(row), (row, lines)
     assert lines[-1] == ('not run here: ours: from scratch, w/o stop words; ours: pretrained + fine-tuned, '
                          'w/o stop words')
+
+
+def test_our_rows_follow_the_tables_columns_with_the_papers_std() -> None:
+    """Support-set Table 10 prints video-to-text first, and our row under it too; the std over seeds is the
+    population one the papers print (of 1 and 3: 1.0, not the sample std 1.4)."""
+    table = PRETRAINING_TABLES[('ssb', 'msrvtt', '1k-A')][1]
+
+    def run(t2v: float, v2t: float) -> dict[str, dict[str, float]]:
+        return {'t2v': {'R1': t2v, 'R5': 2 * t2v, 'R10': 3 * t2v, 'MdR': 4.0},
+                'v2t': {'R1': v2t, 'R5': 2 * v2t, 'R10': 3 * v2t, 'MdR': 5.0}}
+
+    lines = format_beside([table], {'zero-shot:keep': [run(1.0, 10.0), run(3.0, 12.0)]}).splitlines()
+    assert lines[2] == '| row | v2t R1 | v2t R5 | v2t R10 | v2t MdR | t2v R1 | t2v R5 | t2v R10 | t2v MdR |'
+    at = lines.index('| paper: MSR-VTT | 8.7 | 23.0 | 31.1 | 31.0 | 12.7 | 27.5 | 36.2 | 24.0 |')
+    assert lines[at + 1] == ('| ours: zero-shot (pretrained, not fine-tuned), all words (2 run(s)) | 11.0 ± 1.0 | '
+                             '22.0 ± 2.0 | 33.0 ± 3.0 | 5.0 ± 0.0 | 2.0 ± 1.0 | 4.0 ± 2.0 | 6.0 ± 3.0 | 4.0 ± 0.0 |')

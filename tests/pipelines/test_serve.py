@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shared.datasets import load_manifest
-from train.captions import SubwordCaptions, WordTokenizer
+from train.captions import StopWordsRemoved, SubwordCaptions, WordTokenizer
 from train.index import main as index_main
 from train.main import main as train_main
 
@@ -120,6 +120,9 @@ def test_a_query_of_words_outside_a_run_vocabulary_is_refused() -> None:
     """Runs with a word-level tokenizer (the demo's MMT and support-set) see [UNK] only: any such query ranks alike."""
     captions = SubwordCaptions('bert', 8, words=WordTokenizer(['cat', 'moon']))
     assert captions.knows('a cat') and not captions.knows('zzzzqqq xxyy')
+    # data.stop_words: remove: the vocabulary is asked of the words the model sees, without stop words
+    removed = StopWordsRemoved(SubwordCaptions('bert', 8, words=WordTokenizer(['cat', 'moon', 'the'])))
+    assert removed.knows('the cat') and not removed.knows('zzzzqqq xxyy') and not removed.knows('the')
 
 
 def _free_port() -> int:

@@ -162,3 +162,28 @@ def test_the_importer_refuses_what_is_no_gensim_save_in_one_line(tmp_path: Path,
             assert main([str(tmp_path / name), str(tmp_path / 'out.bin')]) == 1
         _one_error_line(capsys.readouterr().err, f'{tmp_path / name}: not a gensim KeyedVectors.save file')
     assert not (tmp_path / 'out.bin').exists()
+
+
+def test_words_are_normalised_and_stop_words_removed_by_hand() -> None:
+    from shared.text import normalise, remove_stop_words, split_words
+
+    assert [normalise(w) for w in ('Hello,', "don't", '"(U.S.)"', '--')] == ['hello', "don't", 'u.s', '']
+    assert split_words('A cat -- "sits" ON it.') == ['a', 'cat', 'sits', 'on', 'it']
+    assert remove_stop_words('The cat, sits ON the mat.') == 'cat, sits mat.'  # compared normalised, kept as written
+
+
+def test_embedded_words_keep_their_own_positions_and_cased_vectors() -> None:
+    """`keep` indexes the given words: OCR and speech take each kept word's times by it."""
+    from gensim.models import KeyedVectors
+
+    from shared.text import WordVectors, WordVectorsError, _refuse_non_finite
+
+    kv = KeyedVectors(vector_size=2)
+    kv.add_vectors(['cat', 'Dog', 'USA'], np.arange(6, dtype=np.float32).reshape(3, 2))
+    vecs, keep = WordVectors(kv, Path('unused.bin')).embed(['zzz', 'Cat,', 'qq', 'dog', 'usa'])
+    assert keep.tolist() == [1, 3, 4]
+    np.testing.assert_array_equal(vecs, [[0, 1], [2, 3], [4, 5]])
+    bad = np.zeros((5, 2), np.float32)
+    bad[3, 1] = np.nan
+    with pytest.raises(WordVectorsError, match="the vector of 'w3'"):  # in the second block of two
+        _refuse_non_finite(bad, [f'w{i}' for i in range(5)], Path('v.bin'), block=2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -68,6 +69,24 @@ def test_without_java_meteor_is_unavailable_and_the_rest_match(monkeypatch: pyte
     ours, unavailable = caption_metrics(CANDIDATES, REFERENCES)
     assert 'METEOR' not in ours and 'java' in unavailable['METEOR']
     assert ours == pytest.approx({k: v for k, v in with_java.items() if k != 'METEOR'}, abs=1e-9)
+
+def test_ptb_tokenize_by_hand() -> None:
+    """PTBTokenizer's rules as pycocoevalcap applies them (the Java tokenizer itself: the slow test above)."""
+    assert ptb_tokenize("The dog's running, isn't it?") == "the dog 's running is n't it"
+    assert ptb_tokenize("She's cooking (pasta) -- quickly...") == "she 's cooking -lrb- pasta -rrb- quickly"
+
+
+def test_scores_without_java_by_hand(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """x 100, against every reference: 'a cat sits' has all its 1-3-grams in the second reference, and BLEU's
+    brevity penalty takes the reference length closest to 3 words (4: exp(1 - 4/3))."""
+    monkeypatch.setenv('PATH', str(tmp_path))  # no java: METEOR unavailable, the rest in Python
+    scores, unavailable = caption_metrics({'v': 'A cat sits.'}, {'v': ['a dog runs fast', 'a cat sits on a mat']})
+    assert list(unavailable) == ['METEOR'] and 'METEOR' not in scores
+    for n in (1, 2, 3):
+        assert scores[f'BLEU-{n}'] == pytest.approx(100 * math.exp(1 - 4 / 3), abs=1e-6), n
+    first, _ = caption_metrics({'v': 'a cat sits'}, {'v': ['a dog runs fast']})
+    assert first['BLEU-1'] == pytest.approx(100 * math.exp(1 - 4 / 3) / 3, abs=1e-6)  # 'a' of 3 words matches
+
 
 
 def _bleu4(candidate: dict[str, str], references: dict[str, list[str]]) -> float:

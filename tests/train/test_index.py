@@ -20,11 +20,13 @@ from shared.files import sha256_file
 from shared.store import StoreError
 from train.captions import build_caption_encoder
 from train.data import load_split
-from train.evaluate import embed_videos
+from train.evaluate import embed_videos, evaluate
 from train.index import EMBEDDINGS, FAISS, THUMBS, EmbeddingStore, build_index, embed_collection
 from train.index import main as index_main
 from train.main import main as train_main
+from train.models.base import TextEmbedding
 from train.runs import load_run
+from train.search import Searcher
 
 from tests.train.test_train import _args, _config
 
@@ -82,6 +84,19 @@ def test_index_of_every_demo_video_ranks_as_the_model(model: str, runs: dict[str
     scores, top = build_index(out).search(text, 10)
     np.testing.assert_allclose(scores, torch.topk(brute, 10).values.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(brute.numpy(), top, 1), scores, atol=1e-5)
+    # train.search over the run's gallery (its test videos): the model's ranking of all of them (k past their
+    # number), each named by its own id
+    searcher = Searcher(runs[model], data)
+    hits = searcher.search(texts[0], k=len(test.video_ids) + 5)
+    best = torch.sort(loaded.model.similarity(TextEmbedding(text.emb[:1], text.weights[:1]), own)[0], descending=True)
+    assert [v for v, _ in hits] == [test.video_ids[i] for i in best.indices]
+    np.testing.assert_allclose([s for _, s in hits], best.values.numpy(), atol=1e-5)
+    # a query the text encoder sees nothing of would rank alike with any other such query: refused
+    with pytest.raises(ValueError, match='word vector' if model in ('mee', 'ce') else "run's vocabulary"):
+        searcher.search('zzzzqqq xxyy')
+    # validation hands evaluate the model in training mode: it scores in eval mode (no dropout, as the test does)
+    evaluate(loaded.model.train(), test, torch.device('cpu'))
+    assert not any(m.training for m in loaded.model.modules())
 
 
 @pytest.mark.slow
@@ -190,3 +205,18 @@ def test_a_chunk_size_below_one_is_one_line_and_a_failed_store_leaves_nothing(
         EmbeddingStore.create(tmp_path / 'index' / EMBEDDINGS, load_manifest('demo', data), -1, 8,
                               {'run': '', 'checkpoint': '', 'checkpoint_sha256': ''})
     assert list((tmp_path / 'index').iterdir()) == []
+
+
+def test_a_store_of_the_same_videos_in_another_order_or_checkpoint_state_is_refused(tmp_path: Path) -> None:
+    """Rows are read by position: a manifest listing the same videos in another order is another video list."""
+    from shared.datasets import Manifest
+
+    def manifest(ids: tuple[str, ...]) -> Manifest:
+        return Manifest('toy', tmp_path, ids, tuple(tmp_path / f'{v}.mp4' for v in ids), {}, {})
+
+    attrs = {'run': 'runs/x', 'checkpoint': 'best.pt', 'checkpoint_sha256': 'abc'}
+    store = EmbeddingStore.create(tmp_path / EMBEDDINGS, manifest(('b', 'a', 'c')), 2, 4, attrs, chunk_size=2)
+    assert store.made_by_other(attrs, ['b', 'a', 'c']) == ''
+    assert 'another state' in store.made_by_other({**attrs, 'checkpoint_sha256': 'def'}, ['b', 'a', 'c'])
+    with pytest.raises(StoreError, match='another video list'):
+        EmbeddingStore.create(tmp_path / EMBEDDINGS, manifest(('a', 'b', 'c')), 2, 4, attrs, chunk_size=2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from train.config import TrainCfg, load_run_cfg
-from train.metrics import format_results, mean_std, ranks_to_metrics, retrieval_metrics
+from train.metrics import format_results, geometric_mean, mean_std, ranks_to_metrics, retrieval_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'pipelines' / 'configs' / 'train'
 
@@ -68,6 +68,15 @@ def test_tie_at_the_top_is_not_r1() -> None:
     m = retrieval_metrics(sims, [0, 1])
     assert m['t2v']['R1'] == 50.0 and m['t2v']['R5'] == 100.0 and m['t2v']['MnR'] == pytest.approx(1.25)
     assert ranks_to_metrics(np.array([0.5]))['R1'] == 0.0
+
+
+def test_geometric_mean_of_r1_r5_r10_by_hand() -> None:
+    """CE selects its checkpoint by the geometric mean of R1, R5 and R10 (its arithmetic mean picks others)."""
+    ranks = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9, 20])  # R1 10 %, R5 40 %, R10 90 %
+    m = ranks_to_metrics(ranks)
+    assert (m['R1'], m['R5'], m['R10']) == (10.0, 40.0, 90.0)
+    assert m['geometric_mean_R1-R5-R10'] == pytest.approx((10 * 40 * 90) ** (1 / 3))
+    assert geometric_mean([1.0, 4.0, 16.0]) == pytest.approx(4.0) and geometric_mean([0.0, 5.0, 9.0]) == 0.0
 
 
 def test_results_table() -> None:

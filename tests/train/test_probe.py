@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from train.probe import ProbeCfg, train_linear
+from train.probe import ProbeCfg, pooled_features, train_linear
 from train.probe import main as probe_main
 
 
@@ -53,3 +54,41 @@ def test_probe_refuses_a_dataset_without_classes(tmp_path: Path) -> None:
     bare = Manifest('vatex', tmp_path, (), (), {}, {})
     with pytest.raises(DatasetError, match='vatex has no class labels'):
         probe_run(tmp_path, bare, [], 'head', tmp_path, tmp_path, torch.device('cpu'), ProbeCfg())
+
+
+class _PerSecond(torch.nn.Module):
+    """A model's per-second features of one video: two valid seconds, then padding."""
+
+    def video_features(self, videos: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]]), torch.tensor([[True, True, False]])
+
+
+def test_mean_pooling_averages_the_valid_seconds_only() -> None:
+    data = SimpleNamespace(video_batches=lambda batch: iter([{}]))
+    assert pooled_features(_PerSecond(), data, 'mean', torch.device('cpu')).tolist() == [[2.0, 3.0]]
+
+
+def test_probe_reports_the_accuracy_on_the_folds_test_videos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training videos separable by class, test videos with the other class's features: the classifier is
+    right on every training video and wrong on every test one, and the test side is what is reported."""
+    import train.probe as probe
+    from shared.datasets import Manifest
+    from shared.datasets.manifest import Split
+
+    ids = [f'v{i}' for i in range(8)]
+    labels = {v: 'ab'[i % 2] for i, v in enumerate(ids)}
+    manifest = Manifest('toy', tmp_path, tuple(ids), tuple(tmp_path / f'{v}.mp4' for v in ids), {},
+                        {'fold1': Split('fold1', tuple(ids[:4]), (), tuple(ids[4:]))}, labels=labels)
+    flip = {v: (labels[v] == 'a') != (v in ids[4:]) for v in ids}
+
+    def split(manifest: Manifest, fold: str, part: str, *_) -> SimpleNamespace:
+        return SimpleNamespace(video_ids=list(getattr(manifest.split(fold), part)))
+
+    monkeypatch.setattr(probe, 'run_split', lambda *a: (SimpleNamespace(model=None, cfg=SimpleNamespace(
+        model=SimpleNamespace(experts=[]))), None, split(*a[1:4])))
+    monkeypatch.setattr(probe, 'load_split', split)
+    monkeypatch.setattr(probe, 'pooled_features', lambda model, data, pooling, device: torch.tensor(
+        [[1.0, 0.0] if flip[v] else [0.0, 1.0] for v in data.video_ids]))
+    cfg = ProbeCfg(lr=0.1, epochs=100, milestones=(), val_fraction=0.0)
+    record = probe.probe_run(tmp_path, manifest, ['fold1'], 'mean', tmp_path, tmp_path, torch.device('cpu'), cfg)
+    assert record['top1'] == {'fold1': 0.0} and record['classes'] == 2

@@ -124,3 +124,17 @@ def test_an_ivf_search_that_finds_fewer_than_k_returns_real_rows_only() -> None:
     scores, rows = index.search(texts, 50)  # together: as many columns as the query that found most
     assert rows.shape[1] == max(counts) and ((rows >= 0).sum(1) == counts).all()
     assert ((rows >= 0) == np.isfinite(scores)).all()
+
+
+def test_an_index_of_more_than_ten_patterns_loads_each_patterns_rows(tmp_path) -> None:
+    """rows.npz holds arr_0 .. arr_15: read by name order (arr_10 before arr_2) the rows of one pattern would
+    go with another's FAISS index, and the loaded index would answer other videos' ids."""
+    g = torch.Generator().manual_seed(9)
+    patterns = torch.tensor([[(p >> e) & 1 for e in range(4)] for p in range(16)], dtype=torch.bool)
+    video = VideoEmbedding(torch.nn.functional.normalize(torch.randn(160, 4, 8, generator=g), dim=-1),
+                           patterns[torch.arange(160) % 16])
+    index = SearchIndex(video)
+    assert len(index.patterns) == 16
+    index.save(tmp_path / 'faiss')
+    text = _texts(5, d=8)
+    _assert_same_top(SearchIndex.load(tmp_path / 'faiss'), text, video, 10)

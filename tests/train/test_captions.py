@@ -1,0 +1,49 @@
+"""Caption strings -> model text input (`train.captions`), by hand on tiny vocabularies."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.text import WordVectors
+from train.captions import CLS, EOS, SEP, UNK, SubwordCaptions, WordTokenizer, WordVectorCaptions, bert_caption
+
+WORDS = WordTokenizer(['a', 'cat', 'sits', 'on', 'mat'])  # ids 5 .. 9 after the special tokens
+A, CAT, SITS, ON, MAT = range(5, 10)
+
+
+@pytest.mark.parametrize('kind, max_words, want', [
+    ('t5', 4, [[A, CAT, SITS, EOS], [CAT, EOS, 0, 0]]),  # T5: at most max_words - 1 words, then </s>
+    ('bert', 5, [[CLS, A, CAT, SITS, SEP], [CLS, CAT, SEP, 0, 0]]),  # BERT: [CLS] ... [SEP]
+    ('gpt', 3, [[A, CAT, SITS], [CAT, 0, 0]]),  # GPT: the bare words
+])
+def test_words_tokenizer_rows_per_text_model(kind: str, max_words: int, want: list[list[int]]) -> None:
+    data = SubwordCaptions(kind, max_words, words=WORDS).encode(['A cat sits on the mat.', 'cat'])
+    assert data.ids.tolist() == want
+    assert data.mask.tolist() == [[i != 0 for i in row] for row in want]
+
+
+def test_decoded_ids_stop_at_eos_and_skip_special_and_unknown_ids() -> None:
+    """A decoder's output: its start token (pad) first, words, [EOS], then whatever it emitted after."""
+    assert WORDS.text([0, A, CAT, UNK, SITS, EOS, ON, MAT]) == 'a cat sits'
+    assert WORDS.text([A, 99, MAT]) == 'a mat'  # 99: past the fitted words (the decoder's vocab_size is larger)
+    assert SubwordCaptions('t5', 8, words=WORDS).decode([0, CAT, EOS, MAT]) == 'cat'
+
+
+def test_mmt_caption_preprocessing() -> None:
+    assert bert_caption(' a cat sits ') == 'A cat sits.'
+    assert bert_caption('a cat sits!') == 'A cat sits!' and bert_caption('Is it?') == 'Is it?'
+    assert bert_caption('  ') == ''
+
+
+def test_word_vector_rows_keep_max_words_found_in_the_vectors() -> None:
+    """Words without a vector are skipped (not counted); a lower-case word finds a cased vector (GoogleNews)."""
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(vector_size=2)
+    kv.add_vectors(['cat', 'sits', 'mat', 'Dog'], np.arange(8, dtype=np.float32).reshape(4, 2))
+    data = WordVectorCaptions(WordVectors(kv, Path('unused.bin')), 3).encode(['Cat sits on the mat, dog', 'zzz dog'])
+    assert data.ids.tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert data.mask.tolist() == [[True] * 3, [True, False, False]]
+    np.testing.assert_array_equal(data.vectors, [[0, 0], [0, 1], [2, 3], [4, 5], [6, 7]])
