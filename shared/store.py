@@ -415,13 +415,21 @@ class ExpertStore:
         return sorted(int(j) for j in found if j.isdigit() and int(j) >= count)
 
     def chunk_status(self, chunk: int) -> np.ndarray:
-        """Status of one chunk's videos; an unreadable status chunk (a kill mid-write) reads as pending."""
+        """Status of one chunk's videos; an unreadable status chunk (a kill mid-write) reads as pending,
+        and so does one holding a value that is no status (a damaged file read without error): its
+        other videos' "done" cannot be trusted either, so the chunk is redone, never trained on."""
         rows = self.chunk_rows(chunk)
         try:
-            return np.asarray(self._array('status')[rows.start:rows.stop])
+            status = np.asarray(self._array('status')[rows.start:rows.stop])
         except Exception as err:  # noqa: BLE001 - a torn chunk file is pending work, not a crash
             _logger.warning('%s: status chunk %d unreadable (%s); treated as pending', self.path, chunk, err)
             return np.zeros(len(rows), np.uint8)
+        unknown = ~np.isin(status, list(STATUS_NAMES))
+        if unknown.any():
+            _logger.warning('%s: status chunk %d holds values that are no status (%s); treated as pending', self.path,
+                            chunk, sorted(set(status[unknown].tolist())))
+            return np.zeros(len(rows), np.uint8)
+        return status
 
     def status(self) -> np.ndarray:
         """Status of every video (see `chunk_status`)."""

@@ -237,6 +237,21 @@ def test_torn_status_chunk_reads_as_pending(tmp_path: Path) -> None:
     assert check_store(path).exit_code == 2
 
 
+def test_a_status_value_that_is_no_status_reads_as_pending(tmp_path: Path) -> None:
+    """A damaged status byte read without error (77): the chunk is work to redo and not a store to
+    train on; it read as a finished video."""
+    path = tmp_path / 'odd.zarr'
+    _complete_store(path)
+    status = zarr.open_array(str(path / 'status'), mode='r+')
+    status[5] = 77
+    store = open_store(path)
+    chunk = 5 // store.unit_size
+    assert store.pending_chunks() == [chunk] and not store.is_complete()
+    assert (store.status() == 0).sum() == len(store.chunk_rows(chunk))
+    report = check_store(path)
+    assert report.exit_code == 1 and f'chunk {chunk}: unknown status values [77]' in report.problems
+
+
 def test_check_lists_what_stopped_jobs_left_beside_a_store(tmp_path: Path) -> None:
     path = tmp_path / 'ok.zarr'
     _complete_store(path)
