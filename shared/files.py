@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from shared.config import ConfigError
 
-__all__ = ['atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
+__all__ = ['append_text', 'atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
            'signals_deferred', 'held_lock', 'LOCK', 'WriteError']
 
 #: the lock file `held_lock` keeps in a directory
@@ -108,11 +108,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             # torch.save reports a failed write as its own RuntimeError, raised while handling the OSError
             cause = err if isinstance(err, OSError) else err.__context__ if isinstance(err, RuntimeError) else None
             if isinstance(cause, OSError) and not isinstance(cause, WriteError):
-                fix = _FULL if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else 'check that folder'
-                raise WriteError(f'cannot write {path} ({cause.strerror or cause}): {fix}; the file there before, '
-                                 'if any, is kept') from err
+                raise _write_error(path, cause, 'the file there before, if any, is kept') from err
             raise
         fsync_dir(path.parent)
+
+
+def _write_error(path: Path, cause: OSError, kept: str) -> WriteError:
+    fix = _FULL if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else 'check that folder'
+    return WriteError(f'cannot write {path} ({cause.strerror or cause}): {fix}; {kept}')
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append `text` (UTF-8) to `path`; a refused write is a one-line WriteError. A line cut short
+    by a full disk stays: readers of such logs (a run's metrics.jsonl) skip a line they cannot parse."""
+    path = Path(path)
+    try:
+        with open(path, 'a', encoding='utf-8') as f:
+            f.write(text)
+    except OSError as err:
+        raise _write_error(path, err, 'the lines before are kept') from err
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -31,7 +31,7 @@ import yaml
 
 from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
-from shared.files import atomic_save, atomic_write, atomic_write_text, held_lock, make_dir
+from shared.files import append_text, atomic_save, atomic_write, atomic_write_text, held_lock, make_dir
 from train.captions import CaptionData, build_caption_encoder
 from train.checkpoints import FINAL, FROZEN, GALLERY, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
@@ -561,8 +561,7 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
                     _validate(state, val, dev, record, tb, ckpt_dir)
                 # the epoch's line before its checkpoint: a kill between them leaves a line that the
                 # resumed run drops (_keep_metrics) and writes again, never a checkpoint without its line
-                with open(run_dir / 'metrics.jsonl', 'a', encoding='utf-8') as f:
-                    f.write(json.dumps(record) + '\n')
+                append_text(run_dir / 'metrics.jsonl', json.dumps(record) + '\n')
                 if _checkpoint_due(state, cfg.train):
                     save_last(state.steps, state.epoch_steps, state.epoch_loss)
                 if progress:

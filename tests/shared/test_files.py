@@ -124,3 +124,23 @@ def test_a_checkpoint_write_past_a_file_size_limit_is_one_error_and_keeps_the_ol
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert isinstance(caught.value, ConfigError) and str(caught.value).startswith(f'cannot write {target} (File too large)')
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['last.pt']
+
+
+def test_an_append_past_a_file_size_limit_is_one_error_and_keeps_the_lines_before(tmp_path: Path) -> None:
+    """metrics.jsonl's epoch lines are appended (`append_text`): a refused write was an OSError traceback."""
+    import resource
+
+    from shared.config import ConfigError
+    from shared.files import WriteError, append_text
+
+    log = tmp_path / 'metrics.jsonl'
+    append_text(log, '{"epoch": 1}\n')
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 12, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        with pytest.raises(WriteError) as caught:
+            append_text(log, 'x' * (1 << 13))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert isinstance(caught.value, ConfigError) and str(caught.value).startswith(f'cannot write {log} (File too large)')
+    assert log.read_text().startswith('{"epoch": 1}\n')
