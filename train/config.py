@@ -126,7 +126,9 @@ class TrainCfg:
             pairs for 20 epochs", appendix 6.1): the run trains ceil(epochs x pairs / batch_size)
             steps (as `steps` does), in epochs of one caption a video each; the pairs are the run's
             own training captions (not ``data.extra``'s items); ``data.sample: video`` only.
-        loss: ``max_margin``, ``hard_negative`` or ``info_nce``; margin / temperature for them.
+        loss: ``max_margin``, ``hard_negative`` (its mean over the batch) or ``hard_negative_sum`` (its
+            sum, the support-set paper's: `train.losses.hard_negative_sum`), or ``info_nce``; margin /
+            temperature for them.
         lr_step, lr_gamma: multiply the learning rate by gamma every lr_step epochs, or every lr_step
             optimisation steps with ``lr_step_unit: step`` (MMT: 0.95 every 1,000 steps); 0: constant.
         grad_clip: max gradient norm (0: none).

@@ -21,7 +21,7 @@ from torch import nn
 from shared.registry import Registry
 from train.models.base import Embeddings, RetrievalModel, TextEmbedding, VideoEmbedding
 
-__all__ = ['max_margin_ranking', 'hard_negative_triplet', 'info_nce', 'LOSSES', 'ContrastiveLoss', 'build_loss',
+__all__ = ['max_margin_ranking', 'hard_negative_triplet', 'hard_negative_triplet_sum', 'info_nce', 'LOSSES', 'ContrastiveLoss', 'build_loss',
            'gather', 'gather_embeddings']
 
 
@@ -45,6 +45,11 @@ def hard_negative_triplet(sims: torch.Tensor, margin: float) -> torch.Tensor:
     eye = torch.eye(n, dtype=torch.bool, device=sims.device)
     neg = sims.masked_fill(eye, float('-inf'))
     return (F.relu(margin + neg.amax(1) - pos) + F.relu(margin + neg.amax(0) - pos)).mean()
+
+
+def hard_negative_triplet_sum(sims: torch.Tensor, margin: float) -> torch.Tensor:
+    """`hard_negative_triplet` summed over the batch's queries, as Faghri et al.'s code reduces it."""
+    return hard_negative_triplet(sims, margin) * sims.shape[0]
 
 
 def info_nce(sims: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -139,6 +144,17 @@ def max_margin(margin: float, temperature: float) -> nn.Module:
 def hard_negative(margin: float, temperature: float) -> nn.Module:
     """VSE++'s hardest-negative triplet loss, with `margin` (the support-set model's eq. 1)."""
     return ContrastiveLoss(_Criterion(hard_negative_triplet, margin))
+
+
+@LOSSES.register('hard_negative_sum')
+def hard_negative_sum(margin: float, temperature: float) -> nn.Module:
+    """`hard_negative` summed over the global batch instead of averaged: the reduction of the code
+    of Faghri et al. (VSE++: ``cost_s.sum() + cost_im.sum()``), which the support-set paper follows
+    for eq. 1. Its lambda 10 is set "to ensure similar magnitudes for both losses" (sec. 3.1.2): the
+    batch's sum (about 0.7 x 64 at the start) is of the size of 10 x T5's mean caption-token loss,
+    where the mean (0.7) is a hundredth of it and cross-captioning's gradient through the support-set
+    attention then overrides the ranking (README, `make demo-pretrain`)."""
+    return ContrastiveLoss(_Criterion(hard_negative_triplet_sum, margin))
 
 
 @LOSSES.register('info_nce')

@@ -62,6 +62,10 @@ def test_every_finetuning_config_loads_and_starts_from_the_pretraining_run(paper
                     cfg.train.lr_gamma) == (50_000, 32, 5e-5, 1000, 'step', gamma), path
         else:  # appendix 6.2: "we reduce training epochs into quarters"
             assert cfg.train.epochs == math.ceil(scratch.train.epochs / 4) and cfg.train.steps == 0, path
+            # eq. 1 summed over the batch, as the code of Faghri et al. it follows: lambda 10 (sec. 3.1.2,
+            # "similar magnitudes") against a batch mean lets cross-captioning override the ranking
+            assert (cfg.train.loss, cfg.train.margin, cfg.model.caption_weight, cfg.model.support_set) == (
+                'hard_negative_sum', 0.2, 10.0, 'cross'), path
             # a quarter of the same epochs: over every (video, caption) pair where the paper counts pairs
             assert cfg.train.epoch_unit == scratch.train.epoch_unit == (
                 'videos' if cfg.data.dataset == 'activitynet' else 'pairs'), path

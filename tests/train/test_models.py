@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.losses import hard_negative_triplet, info_nce, max_margin_ranking
+from train.losses import hard_negative_triplet, hard_negative_triplet_sum, info_nce, max_margin_ranking
 from train.models import ExpertSpec, model_cfg, count_parameters, create_model
 from train.models.base import ExpertInput, TextEmbedding, TextInput, VideoEmbedding, mixture_similarity
 from train.models.ce import CollaborativeGating
@@ -201,6 +201,8 @@ def test_losses_on_an_asymmetric_matrix() -> None:
     hard_v2t = [max(0.0, m + max(s[j, i].item() for j in range(n) if j != i) - s[i, i].item()) for i in range(n)]
     assert sum(hard_t2v) != pytest.approx(sum(hard_v2t))
     assert hard_negative_triplet(s, m).item() == pytest.approx((sum(hard_t2v) + sum(hard_v2t)) / n)
+    # the support-set configs' reduction, Faghri et al.'s: the sum over the batch's queries
+    assert hard_negative_triplet_sum(s, m).item() == pytest.approx(sum(hard_t2v) + sum(hard_v2t))
 
 
 def test_collaborative_gating_ignores_a_missing_experts_features() -> None:
@@ -230,7 +232,7 @@ def test_losses_are_registered_modules_and_an_unknown_one_fails_when_the_config_
     out = model(_videos(8, 4), _texts(8, 4))
     sims = model.similarity(out.text, out.video)
     for name, want in (('max_margin', max_margin_ranking(sims, 0.2)), ('hard_negative', hard_negative_triplet(sims, 0.2)),
-                       ('info_nce', info_nce(sims, 0.05))):
+                       ('hard_negative_sum', hard_negative_triplet_sum(sims, 0.2)), ('info_nce', info_nce(sims, 0.05))):
         loss = build_loss(name, 0.2, 0.05)
         assert isinstance(loss, torch.nn.Module) and name in LOSSES
         assert torch.equal(loss(model, out), want)
