@@ -19,7 +19,7 @@ __all__ = ['main']
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.nproc_per_node.isdigit() and int(args.nproc_per_node) < 1:  # else torchrun's bare AssertionError
+    if args.nproc_per_node.lstrip('+-').isdigit() and int(args.nproc_per_node) < 1:  # else torchrun's AssertionError
         print(f'error: --nproc-per-node {args.nproc_per_node}: give 1 or more processes (or auto, gpu, cpu)',
               file=sys.stderr)
         return 1
@@ -30,11 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as err:
         failures = list(err.failures.values())
         codes = ', '.join(str(c) for c in sorted({f.exitcode for f in failures}))
-        # a process that exited with an error makes torchrun stop the others (SIGTERM): its line says why
-        killed = [] if any(f.exitcode > 0 for f in failures) else sorted({f.signal_name() for f in failures})
-        why = ('their error lines above say why' if not killed else  # a killed process wrote no line of its own
-               f'killed by {", ".join(killed)}' + (' (most often the out-of-memory killer: see dmesg)'
-                                                   if 'SIGKILL' in killed else ''))
+        # a process that exited with an error makes torchrun stop the others (SIGTERM): its line says
+        # why; any other signal (SIGKILL from the out-of-memory killer, whose victim wrote no line, and
+        # whose partner's collective then failed with a misleading one) is named all the same
+        errored = any(f.exitcode > 0 for f in failures)
+        killed = sorted({f.signal_name() for f in failures if f.exitcode < 0} - ({'SIGTERM'} if errored else set()))
+        why = ', '.join((*(['their error lines above say why'] if errored else []),
+                         *([f'killed by {", ".join(killed)}'] if killed else [])))
+        if 'SIGKILL' in killed:
+            why += ' (most often the out-of-memory killer: see dmesg)'
         print(f'error: {len(failures)} training process(es) stopped (exit code {codes}): {why}', file=sys.stderr)
         return 1
     return 0

@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 
 def _fake(bin_dir: Path, name: str, script: str) -> None:
     path = bin_dir / name
@@ -86,9 +88,23 @@ def test_a_process_that_fails_while_another_runs_is_not_reported_as_killed(tmp_p
                                            'lines above say why'), out.stderr
 
 
-def test_no_processes_per_node_is_one_line(repo_root: Path, python: str, subprocess_env: dict) -> None:
-    """torchrun asserted it with a bare AssertionError traceback."""
-    out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', '0', '-m', 'train'],
+def test_a_process_killed_while_another_fails_is_still_named(tmp_path: Path, repo_root: Path, python: str,
+                                                            subprocess_env: dict) -> None:
+    """The out-of-memory killer's SIGKILL on one rank, whose partner's collective then fails with an
+    error line of its own: the last line kept pointing at that line alone, not at the SIGKILL."""
+    script = tmp_path / 'oom.py'
+    script.write_text("import os, signal, sys, time\nif os.environ['LOCAL_RANK'] == '1':\n"
+                      "    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(0.02)\nsys.exit('error: peer closed')\n")
+    out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', '2', str(script)],
                          cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1 and out.stderr == ('error: --nproc-per-node 0: give 1 or more processes (or auto, gpu, '
-                                                  'cpu)\n'), out.stderr
+    last = out.stderr.splitlines()[-1]
+    assert out.returncode == 1 and 'killed by SIGKILL' in last and 'out-of-memory killer' in last, out.stderr
+
+
+@pytest.mark.parametrize('n', ['0', '-1'])
+def test_no_processes_per_node_is_one_line(n: str, repo_root: Path, python: str, subprocess_env: dict) -> None:
+    """torchrun asserted it with a bare AssertionError traceback."""
+    out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', n, '-m', 'train'],
+                         cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.splitlines()[-1] == (
+        f'error: --nproc-per-node {n}: give 1 or more processes (or auto, gpu, cpu)'), out.stderr
