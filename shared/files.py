@@ -34,6 +34,9 @@ class WriteError(ConfigError, OSError):
 
 #: what to do when the OS refuses a write, by errno
 _FULL = 'free some space (or raise the limit) and rerun'
+#: what a lock raises on a file system that has none (Lustre mounted without flock: ENOSYS; NFS
+#: without its lock daemon: ENOLCK)
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -159,24 +162,49 @@ def held_lock(directory: str | os.PathLike, what: str, fix: str) -> Iterator[Pat
     """`directory` (made if need be) locked for this process inside the block, through its `LOCK`
     file; a one-line ConfigError naming the process that holds it, and `fix`, when another does.
 
-    The OS drops the lock when its holder ends, however it ends (kill -9 included): none is ever
-    left stale. Locks are per open file, so a second holder in the same process is refused too.
+    A POSIX record lock (`fcntl.lockf`), not `flock`: it belongs to this process alone, so the
+    workers it forks (stream readers) do not keep it after it ends, and the OS drops it when the
+    process ends, however it ends (kill -9 included): none is ever left stale. The same process
+    may take it again (train's main called twice in a row). On a file system without locks, or a
+    lock file this user cannot write (another member's, in a group folder), it warns and runs
+    unguarded; the holder line in the file is advice only, and a full disk does not stop here.
     """
     import fcntl
 
     directory = make_dir(directory, what, fix)
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    path = directory / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the run's other files
+    except PermissionError as err:
+        _unguarded(directory, what, err)
+        yield Path(directory)
+        return
+    except OSError as err:
+        raise _write_error(path, err, 'nothing was written') from err
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode('utf-8', 'replace').strip() or 'another process'
-            raise ConfigError(f'{what} {directory} is in use by {holder}: wait for it to end, or {fix}') from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f'process {os.getpid()} on {socket.gethostname()}'.encode(), 0)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EAGAIN):
+                holder = os.pread(fd, 200, 0).decode('utf-8', 'replace').strip() or 'another process'
+                raise ConfigError(f'{what} {directory} is in use by {holder}: wait for it to end, or {fix}') from None
+            if err.errno not in _NO_LOCKS:
+                raise _write_error(path, err, 'nothing was written') from err
+            _unguarded(directory, what, err)
+        else:
+            with contextlib.suppress(OSError):  # advice for whoever is refused; a full disk says so later
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f'process {os.getpid()} on {socket.gethostname()}'.encode(), 0)
         yield Path(directory)
     finally:
         os.close(fd)  # releases the lock
+
+
+def _unguarded(directory: Path, what: str, err: OSError) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning('%s %s cannot be locked (%s): nothing stops a second process from using it',
+                                        what, directory, err.strerror or err)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

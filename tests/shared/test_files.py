@@ -1,6 +1,8 @@
 """Files written whole or not at all (`shared.files`), with real signals."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 from pathlib import Path
@@ -144,3 +146,54 @@ def test_an_append_past_a_file_size_limit_is_one_error_and_keeps_the_lines_befor
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert isinstance(caught.value, ConfigError) and str(caught.value).startswith(f'cannot write {log} (File too large)')
     assert log.read_text().startswith('{"epoch": 1}\n')
+
+
+def test_a_lock_is_its_process_own_and_ends_with_it(tmp_path: Path) -> None:
+    """A run directory's lock (`held_lock`): another process is refused, naming the holder; a forked
+    child (a stream reader) does not keep it once its parent is gone: with flock the readers of a
+    trainer killed with -9 held it for seconds (or for good, stuck on a read), refusing the resume."""
+    import subprocess
+    import sys
+
+    from shared.config import ConfigError
+    from shared.files import held_lock
+
+    run = tmp_path / 'run'
+    holder = ("import os, sys, time\nfrom shared.files import held_lock\n"
+              "with held_lock(sys.argv[1], 'run directory', ''):\n"
+              "    child = os.fork()\n    if child == 0:\n        time.sleep(60)\n        os._exit(0)\n"
+              "    print(child, flush=True)\n    sys.stdin.read()\n")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, '-c', holder, str(run)], cwd=root, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(ConfigError, match=f'run directory {run} is in use by process {proc.pid} on .*: wait '
+                                              'for it to end, or pass another --run-dir'):
+            with held_lock(run, 'run directory', 'pass another --run-dir'):
+                pass
+        proc.kill()  # the trainer killed with -9; its forked child lives on
+        proc.wait(timeout=30)
+        with held_lock(run, 'run directory', ''):
+            os.kill(child, 0)  # the child still runs, and the lock is free
+    finally:
+        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_file_system_without_locks_warns_and_runs_unguarded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Lustre mounted without flock answers ENOSYS (NFS without its lock daemon ENOLCK): every training
+    there ended in an OSError traceback."""
+    import fcntl
+
+    from shared.files import held_lock
+
+    def no_locks(fd: int, cmd: int) -> None:
+        raise OSError(errno.ENOSYS, 'Function not implemented')
+
+    monkeypatch.setattr(fcntl, 'lockf', no_locks)
+    with held_lock(tmp_path / 'run', 'run directory', '') as run:
+        assert run == tmp_path / 'run'
+    assert 'cannot be locked (Function not implemented): nothing stops a second process' in caplog.text

@@ -99,19 +99,23 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(tiny: Path, tmp_pat
     """A second training into a run directory that one trains is refused at once, naming the holder (two
     interleaved their metrics.jsonl and renamed each other's half-written last.pt into place); the lock
     goes with its holder."""
-    import os
+    import sys
 
-    from shared.files import held_lock
     from train.main import main as train_main
 
     run = tmp_path / 'run'
-    with held_lock(run / 'seed0', 'run directory', 'pass another --run-dir'):  # what a training holds
+    holder = ("import sys\nfrom shared.files import held_lock\n"  # what a training holds
+              "with held_lock(sys.argv[1], 'run directory', ''):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, '-c', holder, str(run / 'seed0')], cwd=Path(__file__).resolve().parents[2],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == 'held\n'
         code = train_main(_train(tiny, run))
-        _one_line(code, capsys.readouterr().err, str(run / 'seed0'), f'in use by process {os.getpid()}',
-                  '--run-dir')
+        _one_line(code, capsys.readouterr().err, str(run / 'seed0'), f'in use by process {proc.pid}', '--run-dir')
         assert not (run / 'seed0' / 'checkpoints').exists()
-    with held_lock(run / 'seed0', 'run directory', ''):  # released
-        pass
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def test_the_training_command_prints_the_line_not_a_traceback(tiny: Path, tmp_path: Path, python: str,
@@ -321,3 +325,21 @@ def test_a_missing_store_of_a_folder_dataset_names_the_folder_as_extract_takes_i
     hint = shlex.split(str(caught.value).split('extract it first: ', 1)[1])  # the path has a space: quoted
     assert hint == ['python', '-m', 'extract', '--dataset', f'folder:{videos.resolve()}', '--expert', 'scene'], hint
     assert load_manifest(hint[4]).name == manifest.name  # the command given finds the stores
+
+
+@pytest.mark.parametrize('config, max_words, words', [
+    ('mmt_demo', 2, 'data.max_words 2 leaves no word of a caption: bert takes 2 of its tokens for its own'),
+    ('ssb_demo', 1, 'data.max_words 1 leaves no word of a caption: t5 takes 1 of its tokens for its own'),
+    ('mmt_demo', 33, 'data.max_words 33 is more than text.max_positions 32'),
+])
+def test_a_caption_length_the_text_model_cannot_take_is_refused_when_the_config_loads(config: str, max_words: int,
+                                                                                      words: str) -> None:
+    """BERT with max_words 2 trained on captions of [CLS] [SEP] only (exit 0, every query ranked alike);
+    more words than a random BERT's positions was torch's traceback after the data had loaded."""
+    from shared.config import ConfigError
+    from train.config import load_run_cfg
+
+    path = Path(__file__).resolve().parents[2] / 'pipelines' / 'configs' / 'train' / f'{config}.yaml'
+    with pytest.raises(ConfigError, match=words):
+        load_run_cfg(path, {'data.max_words': max_words})
+    load_run_cfg(path, {'data.max_words': max_words + 1 if max_words < 3 else 32})
