@@ -265,6 +265,15 @@ class RunCfg:
     train: TrainCfg
 
     def __post_init__(self) -> None:
+        text = getattr(self.model, 'text', None)
+        if text is not None:  # BERT spends 2 of a caption's tokens on [CLS] and [SEP], T5 1 on its EOS
+            specials = {'bert': 2, 't5': 1}.get(text.encoder, 0)
+            if self.data.max_words <= specials:
+                raise ValueError(f'data.max_words {self.data.max_words} leaves no word of a caption: '
+                                 f'{text.encoder} takes {specials} of its tokens for its own; give {specials + 1} or more')
+            if text.encoder in ('bert', 'gpt') and text.weights == 'random' and self.data.max_words > text.max_positions:
+                raise ValueError(f'data.max_words {self.data.max_words} is more than text.max_positions '
+                                 f'{text.max_positions}, the positions the {text.encoder} built here has')
         if self.train.epoch_unit == 'pairs' and self.data.sample != 'video':
             raise ValueError(f'train.epoch_unit pairs counts the captions of whole videos; data.sample '
                              f'{self.data.sample} draws windows or segments: use train.epoch_unit videos '
