@@ -109,6 +109,12 @@ def test_cuda_compile_options_skip_cuda_graphs_for_changing_shapes() -> None:
     assert compile_options('inductor', torch.device('cpu')) is None
     assert compile_options('aot_eager', torch.device('cuda')) is None
     torch.compile(lambda x: x + 1, backend='inductor', options=options)  # built, not run: no GPU needed
+    asked = []
+    real = torch.compile
+    with pytest.MonkeyPatch.context() as patch:  # and a step on CUDA asks for them (built only: nothing runs)
+        patch.setattr(torch, 'compile', lambda fn, **kw: asked.append(kw) or real(fn, **kw))
+        TrainStep(torch.nn.Linear(2, 2), object(), torch.nn.Identity(), 0.0, 'cuda', compile=True)
+    assert asked == [{'backend': 'inductor', 'options': options}]
 
 
 def test_a_compile_failure_warns_once_and_trains_eager(caplog: pytest.LogCaptureFixture) -> None:
