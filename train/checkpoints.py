@@ -60,10 +60,11 @@ class CheckpointError(ConfigError):
     """A checkpoint file that cannot be read."""
 
 
-def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 'checkpoint') -> dict[str, Any]:
+def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 'checkpoint',
+          mmap: bool = False) -> dict[str, Any]:
     advice = advice or _advice(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
@@ -83,17 +84,19 @@ def _advice(path: Path) -> str:
     return 'Put back a good copy, or delete it and rerun (without last.pt the run trains again from its first epoch)'
 
 
-def load_checkpoint(path: Path, map_location: Any = 'cpu', advice: str | None = None) -> dict[str, Any]:
-    """A checkpoint with its model state made whole again (the frozen weights joined back).
+def load_checkpoint(path: Path, map_location: Any = 'cpu', advice: str | None = None, mmap: bool = False
+                    ) -> dict[str, Any]:
+    """A checkpoint with its model state made whole again (the frozen weights joined back); `mmap`:
+    its tensors mapped from the file, not read (a check that it loads costs no more than its pickle).
 
     Raises:
         CheckpointError: the checkpoint or frozen.pt cannot be read; `advice`: what to do then, where
             the checkpoint is no file of the run itself (by default, put back or delete it and rerun).
     """
-    state = _read(path, map_location, advice)
+    state = _read(path, map_location, advice, mmap=mmap)
     frozen = path.parent / FROZEN
     if frozen.is_file():
-        state['model'] = {**_read(frozen, map_location), **state['model']}
+        state['model'] = {**_read(frozen, map_location, mmap=mmap), **state['model']}
     return state
 
 

@@ -36,6 +36,11 @@ _logger = logging.getLogger(__name__)
 REPORT = 'init_from.json'
 
 
+#: what to do about a source that cannot be read: not the run's own file, whose deletion (the advice
+#: for a run's last.pt) would lose the pretrained weights
+_SOURCE_ADVICE = 'Give --init-from a run directory or a checkpoint this project wrote'
+
+
 def init_source(spec: str) -> Path:
     """The checkpoint file that ``--init-from SPEC`` names: a checkpoint file itself, or the one a
     finished run directory was tested with (a run of several seeds: name one).
@@ -76,9 +81,11 @@ def resolve_init(cfg: RunCfg, run_dir: Path, write: bool = True) -> RunCfg:
         return cfg
     source = init_source(cfg.train.init_from)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(source)))
+    fresh = not (run_dir / 'checkpoints' / 'last.pt').is_file()
+    if fresh:  # a source that cannot be read is refused now, not once every split has loaded
+        load_checkpoint(source, advice=_SOURCE_ADVICE, mmap=True)
     text = cfg.model.text
-    if (write and text.encoder != 'word2vec' and text.tokenizer == 'words'
-            and not (run_dir / 'checkpoints' / 'last.pt').is_file()):
+    if write and text.encoder != 'word2vec' and text.tokenizer == 'words' and fresh:
         src_run = _source_run(source)
         vocab = src_run / 'tokenizer.json' if src_run is not None else None
         if vocab is not None and vocab.is_file():
@@ -152,9 +159,7 @@ def init_weights(model: RetrievalModel, source: Path, run_dir: Path | None = Non
     Raises:
         CheckpointError: `source` cannot be read.
     """
-    # not the run's own file: deleting it (the advice for a run's last.pt) would lose the pretrained weights
-    state = load_checkpoint(source, advice='Give --init-from a run directory or a checkpoint this project '
-                            'wrote')['model']
+    state = load_checkpoint(source, advice=_SOURCE_ADVICE)['model']
     own = model.state_dict()
     src_run = _source_run(source)
     if src_run is not None and any(k not in own for k in state):

@@ -277,4 +277,4 @@ def test_a_bad_transfer_input_is_one_line(name: str, world: Path, tmp_path: Path
     command, args, words = _bad_inputs(world, tmp_path)[name]
     line = _one_line(command(args), capsys.readouterr().err, *words)
     assert 'delete it' not in line and not (tmp_path / 'PWNED').exists()  # never advised to delete a source
-    assert not (tmp_path / 'r' / 'seed0' / 'checkpoints' / 'last.pt').exists()  # refused before training
+    assert not (tmp_path / 'r' / 'seed0' / 'checkpoints').exists()  # refused before any split loads
