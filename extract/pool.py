@@ -128,9 +128,18 @@ def settle(queue: collections.deque[Task], task: Task, video: DecodedVideo) -> D
 
 
 def _kill_processes(pool: cf.ProcessPoolExecutor) -> None:
-    """Kill a pool's worker processes (a hung decoder); `shutdown` alone would wait for them."""
+    """Kill a pool's worker processes (a hung decoder); `shutdown` alone would wait for them.
+
+    A worker killed while it sent a decoded video leaves half a message in the result pipe, and the
+    pool's manager thread would wait for the rest for ever: so would the interpreter at exit, which
+    joins that thread (`python -m extract` hung after a SIGTERM: seen once in a CI run).
+    Closing this process's copy of the pipe's write end turns the wait into an end of file once the
+    killed workers' copies are gone with them; the pool is broken then, and never used again."""
     for p in list((getattr(pool, '_processes', None) or {}).values()):
         p.kill()
+    writer = getattr(getattr(pool, '_result_queue', None), '_writer', None)
+    if writer is not None:
+        writer.close()
 
 
 class DecodePool:

@@ -106,3 +106,27 @@ def test_no_process_outlives_an_extraction(how: str, small_demo: Path, tmp_path:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     assert left == [], f'left behind after {how}: {left}'
+
+
+def test_a_worker_killed_while_sending_does_not_hang_the_pool() -> None:
+    """A decode worker killed half way through sending its video (an interrupted run kills them)
+    left the pool's manager thread reading the rest for ever, and `python -m extract` hung at exit,
+    which joins that thread. The half message is written here as the killed worker left it."""
+    import concurrent.futures as cf
+    import multiprocessing
+    import struct
+
+    from extract.pool import _kill_processes
+
+    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'))
+    try:
+        assert pool.submit(int, '7').result(timeout=60) == 7  # the worker and the manager thread run
+        writer = pool._result_queue._writer
+        os.write(writer.fileno(), struct.pack('!i', 1000) + b'x' * 10)  # a 1000-byte message cut at 10
+        time.sleep(0.5)  # the manager thread is now reading the rest
+        _kill_processes(pool)
+        pool._executor_manager_thread.join(timeout=20)
+        assert not pool._executor_manager_thread.is_alive(), 'the pool waits for the rest of a dead worker\'s message'
+    finally:
+        pool._result_queue._writer.close()  # (without the fix, lets the thread end, and this test's process exit)
+        pool.shutdown(wait=False)
