@@ -154,6 +154,8 @@ def make_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
     except (FileExistsError, NotADirectoryError):
         blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
         raise ConfigError(f'{what} {path}: {blocking} is a file, not a directory: {fix}') from None
+    except OSError as err:  # a folder this user cannot write, a read-only file system, a full disk
+        raise _write_error(path, err, f'or {fix}') from err
     return path
 
 
@@ -164,26 +166,29 @@ def held_lock(directory: str | os.PathLike, what: str, fix: str) -> Iterator[Pat
 
     A POSIX record lock (`fcntl.lockf`), not `flock`: it belongs to this process alone, so the
     workers it forks (stream readers) do not keep it after it ends, and the OS drops it when the
-    process ends, however it ends (kill -9 included): none is ever left stale. The same process
-    may take it again (train's main called twice in a row). On a file system without locks, or a
-    lock file this user cannot write (another member's, in a group folder), it warns and runs
-    unguarded; the holder line in the file is advice only, and a full disk does not stop here.
+    process ends, however it ends (kill -9 included): none is ever left stale. Within one process it
+    guards nothing: a second `held_lock` of the same folder is granted, and its end releases both
+    (trainings in one process run one after another). A lock file this user cannot write (another
+    member's, in a group folder) is locked shared, which conflicts with theirs alike. On a file
+    system without locks it warns and runs unguarded. The holder line in the file is advice only.
     """
     import fcntl
 
     directory = make_dir(directory, what, fix)
     path = directory / LOCK
+    mode = fcntl.LOCK_EX
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the run's other files
     except PermissionError as err:
-        _unguarded(directory, what, err)
-        yield Path(directory)
-        return
+        try:  # another member's lock file (0644 under umask 022): a shared lock conflicts with theirs all the same
+            fd, mode = os.open(path, os.O_RDONLY), fcntl.LOCK_SH
+        except OSError:
+            raise _write_error(path, err, 'nothing was written') from err
     except OSError as err:
         raise _write_error(path, err, 'nothing was written') from err
     try:
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, mode | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno in (errno.EACCES, errno.EAGAIN):
                 holder = os.pread(fd, 200, 0).decode('utf-8', 'replace').strip() or 'another process'
@@ -192,7 +197,7 @@ def held_lock(directory: str | os.PathLike, what: str, fix: str) -> Iterator[Pat
                 raise _write_error(path, err, 'nothing was written') from err
             _unguarded(directory, what, err)
         else:
-            with contextlib.suppress(OSError):  # advice for whoever is refused; a full disk says so later
+            with contextlib.suppress(OSError):  # advice for whoever is refused (a read-only fd writes none)
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f'process {os.getpid()} on {socket.gethostname()}'.encode(), 0)
         yield Path(directory)

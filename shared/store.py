@@ -1112,11 +1112,14 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
         report.counts['pending'] = report.counts.get('pending', 0) + len(rows)
         report.damaged.append(c)  # --repair marks it pending by replacing the file (`mark_pending`)
         return
+    bad_status = ~np.isin(status, list(STATUS_NAMES))
+    if bad_status.any():  # as `chunk_status` reads it: pending, the whole chunk redone
+        report.problems.append(f'chunk {c}: unknown status values {sorted(set(status[bad_status].tolist()))}')
+        report.counts['pending'] = report.counts.get('pending', 0) + len(rows)
+        report.damaged.append(c)
+        return
     for code, name in STATUS_NAMES.items():
         report.counts[name] = report.counts.get(name, 0) + int((status == code).sum())
-    bad_status = ~np.isin(status, list(STATUS_NAMES))
-    if bad_status.any():
-        report.problems.append(f'chunk {c}: unknown status values {sorted(set(status[bad_status].tolist()))}')
     finished = status != PENDING
     if not finished.any():
         return

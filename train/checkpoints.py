@@ -64,7 +64,13 @@ def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 
           mmap: bool = False) -> dict[str, Any]:
     advice = advice or _advice(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except (RuntimeError, OSError, ValueError):
+            if not mmap:
+                raise
+            # a file torch cannot map (the legacy format, a file system without mmap) may still read
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
@@ -96,7 +102,7 @@ def load_checkpoint(path: Path, map_location: Any = 'cpu', advice: str | None = 
     state = _read(path, map_location, advice, mmap=mmap)
     frozen = path.parent / FROZEN
     if frozen.is_file():
-        state['model'] = {**_read(frozen, map_location, mmap=mmap), **state['model']}
+        state['model'] = {**_read(frozen, map_location, advice, mmap=mmap), **state['model']}
     return state
 
 

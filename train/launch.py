@@ -19,7 +19,11 @@ __all__ = ['main']
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.nproc_per_node.lstrip('+-').isdigit() and int(args.nproc_per_node) < 1:  # else torchrun's AssertionError
+    try:
+        processes = int(args.nproc_per_node)
+    except ValueError:  # torchrun's own words, or nothing it takes
+        processes = 1 if args.nproc_per_node in ('auto', 'gpu', 'cpu', 'xpu') else 0
+    if processes < 1:  # else torchrun's bare AssertionError, or its ValueError traceback
         print(f'error: --nproc-per-node {args.nproc_per_node}: give 1 or more processes (or auto, gpu, cpu)',
               file=sys.stderr)
         return 1

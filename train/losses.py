@@ -148,12 +148,14 @@ def hard_negative(margin: float, temperature: float) -> nn.Module:
 
 @LOSSES.register('hard_negative_sum')
 def hard_negative_sum(margin: float, temperature: float) -> nn.Module:
-    """`hard_negative` summed over the global batch instead of averaged: the reduction of the code
-    of Faghri et al. (VSE++: ``cost_s.sum() + cost_im.sum()``), which the support-set paper follows
-    for eq. 1. Its lambda 10 is set "to ensure similar magnitudes for both losses" (sec. 3.1.2): the
-    batch's sum (about 0.7 x 64 at the start) is of the size of 10 x T5's mean caption-token loss,
-    where the mean (0.7) is a hundredth of it and cross-captioning's gradient through the support-set
-    attention then overrides the ranking (README, `make demo-pretrain`)."""
+    """`hard_negative` summed over the global batch instead of averaged, as the code of Faghri et al.
+    reduces it (VSE++: ``cost_s.sum() + cost_im.sum()``), whose loss the support-set paper's eq. 1
+    follows. A departure from eq. 1 as printed (a mean), for the paper's own remark that lambda 10
+    gives "similar magnitudes for both losses" (sec. 3.1.2): only the batch's sum (about 0.7 x 64 at
+    the start) is of the size of 10 x T5's mean caption-token loss; with the mean (0.7) cross-
+    captioning's gradient through the support-set attention overrides the ranking (README, `make
+    demo-pretrain`). The balance of the two terms then follows the batch size: halving
+    `train.batch_size` doubles the captioning's relative weight, as it would in the authors' setup."""
     return ContrastiveLoss(_Criterion(hard_negative_triplet_sum, margin))
 
 

@@ -101,7 +101,7 @@ def test_a_process_killed_while_another_fails_is_still_named(tmp_path: Path, rep
     assert out.returncode == 1 and 'killed by SIGKILL' in last and 'out-of-memory killer' in last, out.stderr
 
 
-@pytest.mark.parametrize('n', ['0', '-1'])
+@pytest.mark.parametrize('n', ['0', '-1', '+-1'])
 def test_no_processes_per_node_is_one_line(n: str, repo_root: Path, python: str, subprocess_env: dict) -> None:
     """torchrun asserted it with a bare AssertionError traceback."""
     out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', n, '-m', 'train'],

@@ -197,3 +197,40 @@ def test_a_file_system_without_locks_warns_and_runs_unguarded(tmp_path: Path, mo
     with held_lock(tmp_path / 'run', 'run directory', '') as run:
         assert run == tmp_path / 'run'
     assert 'cannot be locked (Function not implemented): nothing stops a second process' in caplog.text
+
+
+def test_a_lock_file_this_user_cannot_write_is_locked_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another member's .lock in a group folder (0644 under umask 022): it ran unguarded, even while that
+    member trained there; a shared lock on a read-only descriptor conflicts with theirs."""
+    import subprocess
+    import sys
+
+    from shared.config import ConfigError
+    from shared.files import LOCK, held_lock, make_dir
+
+    run = tmp_path / 'run'
+    holder = ("import sys\nfrom shared.files import held_lock\nwith held_lock(sys.argv[1], 'run directory', ''):\n"
+              "    print('held', flush=True)\n    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, '-c', holder, str(run)], cwd=Path(__file__).resolve().parents[2],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    real_open = os.open
+
+    def not_writable(path, flags, *args):  # as root nothing is refused: the refusal a non-owner gets
+        if Path(path).name == LOCK and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, 'Permission denied', str(path))
+        return real_open(path, flags, *args)
+
+    try:
+        assert proc.stdout.readline() == 'held\n'
+        monkeypatch.setattr(os, 'open', not_writable)
+        with pytest.raises(ConfigError, match=f'is in use by process {proc.pid}'):
+            with held_lock(run, 'run directory', ''):
+                pass
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    with held_lock(run, 'run directory', ''):  # theirs is gone: granted, shared
+        pass
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match='cannot write /sys/videoexperts-test'):  # not a traceback either
+        make_dir('/sys/videoexperts-test/run', 'run directory', 'pass another --run-dir')

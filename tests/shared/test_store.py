@@ -250,6 +250,7 @@ def test_a_status_value_that_is_no_status_reads_as_pending(tmp_path: Path) -> No
     assert (store.status() == 0).sum() == len(store.chunk_rows(chunk))
     report = check_store(path)
     assert report.exit_code == 1 and f'chunk {chunk}: unknown status values [77]' in report.problems
+    assert report.damaged == [chunk] and report.counts['pending'] == len(store.chunk_rows(chunk))  # --repair redoes it
 
 
 def test_check_lists_what_stopped_jobs_left_beside_a_store(tmp_path: Path) -> None:

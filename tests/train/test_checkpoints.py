@@ -177,3 +177,24 @@ def test_a_run_whose_weights_do_not_fit_the_model_any_more_is_one_line_with_resu
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'Traceback' not in err, err
     assert 'cannot be resumed' in err and f'--init-from {run / "seed0"}' in err and 'put back' not in err
+
+
+def test_a_source_checkpoint_check_maps_its_tensors_and_keeps_its_advice(tmp_path: Path) -> None:
+    """`--init-from`'s early check (`load_checkpoint(mmap=True)`): a checkpoint torch cannot map (its
+    legacy format) still loads, and a damaged frozen.pt beside a source gets the caller's advice, not
+    the one for a run's own files ('delete .../checkpoints and rerun' would delete the pretraining)."""
+    import torch
+
+    from shared.files import atomic_save
+    from train.checkpoints import FROZEN, CheckpointError
+
+    legacy = tmp_path / 'legacy.pt'
+    torch.save({'model': {'w': torch.arange(3.0)}}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(legacy, mmap=True)['model']['w'], torch.arange(3.0))
+    source = tmp_path / 'pretrain' / 'checkpoints' / 'final.pt'
+    source.parent.mkdir(parents=True)
+    atomic_save({'model': {'w': torch.zeros(2)}}, source)
+    (source.parent / FROZEN).write_bytes(b'not a checkpoint')
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(source, advice='Give --init-from another run', mmap=True)
+    assert str(caught.value).endswith('Give --init-from another run') and 'delete' not in str(caught.value)
