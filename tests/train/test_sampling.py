@@ -74,7 +74,8 @@ def howto(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _cfg(tmp: Path, sample: str, **settings: object):
     path = mmt_config(tmp / 'c.yaml', {'object': DIM}, 100)
     overrides = {'data.dataset': 'howto100m', 'data.split': 'pretrain', 'data.sample': sample,
-                 'data.max_words': 120, 'model.text.vocab_size': 2000, 'model.transformer.max_positions': 128,
+                 'data.max_words': 120, 'model.text.vocab_size': 2000, 'model.text.max_positions': 128,
+                 'model.transformer.max_positions': 128,
                  'train.batch_size': 8, **settings}
     return load_run_cfg(path, overrides)
 
