@@ -139,6 +139,8 @@ class Split:
             (None: every caption is a query).
         paragraph: captions of a video are joined into one paragraph query (DiDeMo, ActivityNet).
         unavailable: when set, the split cannot be used and this says why (e.g. a missing file).
+        test_captions: when set, the captions of the test videos, in place of the manifest's (ActivityNet's
+            val_2 annotates val_1's videos again: split val2 tests on val_2's sentences).
     """
 
     name: str
@@ -148,6 +150,7 @@ class Split:
     query_captions: Mapping[str, tuple[int, ...]] | None = None
     paragraph: bool = False
     unavailable: str = ''
+    test_captions: Mapping[str, tuple[str, ...]] | None = None
 
     def ids(self, part: str) -> tuple[str, ...]:
         """The video ids of `part` (train, val or test)."""
@@ -155,6 +158,10 @@ class Split:
             raise DatasetError(f'unknown split part {part!r} (train, val or test)')
         self.require()
         return getattr(self, part)
+
+    def captions(self, manifest: Manifest, part: str) -> Mapping[str, tuple[str, ...]]:
+        """The captions of `part`'s videos: `test_captions` for the test part where set, else the manifest's."""
+        return self.test_captions if part == 'test' and self.test_captions is not None else manifest.captions
 
     def require(self) -> Split:
         if self.unavailable:
