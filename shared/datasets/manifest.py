@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -228,6 +229,11 @@ class Manifest:
                 if extra:
                     raise DatasetError(f'{self.name} split {split.name}/{part}: {len(extra)} ids have no '
                                        f'video in the annotations, e.g. {extra[:3]}')
+                twice = next((v for v, n in Counter(getattr(split, part)).items() if n > 1), None)
+                # a repeated test video is two gallery rows; a repeated train video is drawn twice as often
+                if twice is not None:
+                    raise DatasetError(f'{self.name} split {split.name}/{part} lists video {twice!r} twice: '
+                                       'each video once, as the release lists it')
 
     def __len__(self) -> int:
         return len(self.video_ids)

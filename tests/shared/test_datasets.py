@@ -125,6 +125,7 @@ def test_lsmdc(tmp_path: Path) -> None:
     m = load_manifest('lsmdc', tmp_path)
     s = m.split('official')
     assert (len(s.train), len(s.val), len(s.test)) == (2, 1, 2)  # a clip with two rows is one video
+    assert m.video_ids == tuple(sorted(m.video_ids))  # store rows by name, not file order
     assert m.captions['0001_American_Beauty_00.00.51.926-00.00.54.129'] == ('SOMEONE walks in.', 'SOMEONE stops.')
     assert s.test == ('3001_21_JUMP_STREET_00.00.01.000-00.00.02.000',  # the file's order, not sorted
                       '3001_21_JUMP_STREET_00.00.00.000-00.00.01.000')
@@ -147,13 +148,15 @@ def test_didemo_paragraphs(tmp_path: Path) -> None:
     assert s.paragraph and (s.train, s.val) == (('a.mp4', 'b.mov'), ('c.avi',))  # first-seen order
     assert m.captions['a.mp4'] == ('first', 'second')
     assert m.path('b.mov').name == 'b.mov'
+    assert m.video_ids == ('10052357@N03_7585070382_5762149bfc.', 'a.mp4', 'b.mov', 'c.avi')  # sorted, not file order
 
 
 def test_activitynet_sentences_in_time_order(tmp_path: Path) -> None:
     d = tmp_path / 'activitynet'
     entry = lambda *s: {'duration': 10.0, 'timestamps': [[t, t + 1] for t, _ in s], 'sentences': [x for _, x in s]}  # noqa: E731
     nested = {'duration': 30.0, 'timestamps': [[2, 5], [0, 20], [2, 3]], 'sentences': ['inner', 'outer', 'short']}
-    _write_json(d / 'train.json', {'v_a': entry((5, 'later'), (1, 'earlier')), 'v_b': entry((0, 'b')), 'v_e': nested})
+    _write_json(d / 'train.json', {'v_a': entry((5, 'later'), (1, 'earlier')), 'v_b': entry((0, 'b')),
+                                    'v_e': nested})
     _write_json(d / 'val_1.json', {'v_c': entry((0, 'c'))})
     _write_json(d / 'val_2.json', {'v_d': entry((0, 'd'))})
     (d / 'videos').mkdir()
@@ -161,6 +164,7 @@ def test_activitynet_sentences_in_time_order(tmp_path: Path) -> None:
     m = load_manifest('activitynet', tmp_path)
     assert m.captions['v_a'] == ('earlier', 'later')
     assert m.captions['v_e'] == ('outer', 'short', 'inner')  # by start, then end
+    assert m.video_ids == ('v_a', 'v_b', 'v_c', 'v_d', 'v_e')  # sorted, not file order
     assert m.split('val1').test == ('v_c',) and m.split('val2').test == ('v_d',) and m.split('val1').paragraph
     assert m.path('v_b').suffix == '.mkv' and m.path('v_a').suffix == '.mp4'
 
@@ -177,6 +181,7 @@ def test_vatex_validation_halves(tmp_path: Path) -> None:
     assert (len(s.train), len(s.val), len(s.test)) == (5, 1500, 1500)
     assert (s.val, s.test) == (tuple(validation[:1500]), tuple(validation[1500:]))
     assert m.captions['t3'] == tuple(f'en 3 {k}' for k in range(10))  # English only
+    assert m.video_ids == tuple(sorted(m.video_ids))  # store rows by id, not file order
 
 
 def test_manifest_refuses_duplicate_ids_and_split_ids_without_a_video(tmp_path: Path) -> None:
@@ -187,6 +192,9 @@ def test_manifest_refuses_duplicate_ids_and_split_ids_without_a_video(tmp_path: 
         Manifest('x', tmp_path, ('a', 'a'), paths, {}, {})
     with pytest.raises(DatasetError, match=r"split s/test: 1 ids have no video.*'c'"):
         Manifest('x', tmp_path, ('a', 'b'), paths, {}, {'s': Split('s', ('a',), (), ('b', 'c'))})
+    # a video twice in a test set is two gallery rows: its queries would find it at rank 1 or 2
+    with pytest.raises(DatasetError, match=r"split s/test lists video 'b' twice"):
+        Manifest('x', tmp_path, ('a', 'b'), paths, {}, {'s': Split('s', ('a',), (), ('b', 'b'))})
 
 
 def test_folder_adapter(tmp_path: Path) -> None:
