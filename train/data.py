@@ -279,8 +279,9 @@ def split_captions(manifest: Manifest, split: str, part: str, test_queries: bool
     if not ids:
         raise StoreError(f'{manifest.name} split {split} has no {part} videos')
     texts, owner, query = [], [], []
+    captions = s.captions(manifest, part)
     for v, vid in enumerate(ids):
-        caps = list(manifest.captions.get(vid, ()))
+        caps = list(captions.get(vid, ()))
         if s.paragraph:
             caps = [' '.join(caps)]
         chosen = s.query_captions.get(vid) if (s.query_captions and test_queries and part == 'test') else None

@@ -20,25 +20,30 @@ _EXTENSIONS = ('.mp4', '.mkv', '.webm')
 @DATASETS.register()
 def activitynet(root: Path) -> Manifest:
     """ActivityNet manifest: videos sorted by id, captions = segment sentences in time order, each
-    with its (start, end) seconds in `caption_times`."""
+    with its (start, end) seconds in `caption_times`.
+
+    val_2 annotates val_1's videos again: a video's captions are its first file's (val_1's), and
+    split val2 tests on val_2's own sentences (`Split.test_captions`)."""
     captions: dict[str, tuple[str, ...]] = {}
     times: dict[str, tuple[tuple[float, float], ...]] = {}
-    parts: dict[str, tuple[str, ...]] = {}
+    per_file: dict[str, dict[str, tuple[str, ...]]] = {}
     for part, path in zip(FILES, require_files(root, tuple(FILES.values()), 'ActivityNet Captions file')):
+        per_file[part] = {}
         try:
             data = read_json(path, 'an ActivityNet Captions file')
             for vid, entry in data.items():
                 order = sorted(range(len(entry['sentences'])), key=lambda i: tuple(entry['timestamps'][i]))
-                if vid not in captions:  # a video in two files: the first file's sentences, as before
-                    captions[vid] = tuple(entry['sentences'][i].strip() for i in order)
+                per_file[part][vid] = tuple(entry['sentences'][i].strip() for i in order)
+                if vid not in captions:
+                    captions[vid] = per_file[part][vid]
                     times[vid] = tuple(_seconds(entry['timestamps'][i]) for i in order)
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
             raise DatasetError(f'{path}: not an ActivityNet Captions file ({err!r})') from None
-        parts[part] = tuple(data)
     ids = tuple(sorted(captions))
     paths = tuple(find_video(root / 'videos', root, v, _EXTENSIONS) for v in ids)
-    splits = {'val1': Split('val1', parts['train'], (), parts['val_1'], paragraph=True),
-              'val2': Split('val2', parts['train'], (), parts['val_2'], paragraph=True)}
+    splits = {'val1': Split('val1', tuple(per_file['train']), (), tuple(per_file['val_1']), paragraph=True),
+              'val2': Split('val2', tuple(per_file['train']), (), tuple(per_file['val_2']), paragraph=True,
+                            test_captions=per_file['val_2'])}
     return Manifest('activitynet', root, ids, paths, captions, splits, caption_times=times)
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -139,6 +140,8 @@ class Split:
             (None: every caption is a query).
         paragraph: captions of a video are joined into one paragraph query (DiDeMo, ActivityNet).
         unavailable: when set, the split cannot be used and this says why (e.g. a missing file).
+        test_captions: when set, the captions of the test videos, in place of the manifest's (ActivityNet's
+            val_2 annotates val_1's videos again: split val2 tests on val_2's sentences).
     """
 
     name: str
@@ -148,6 +151,7 @@ class Split:
     query_captions: Mapping[str, tuple[int, ...]] | None = None
     paragraph: bool = False
     unavailable: str = ''
+    test_captions: Mapping[str, tuple[str, ...]] | None = None
 
     def ids(self, part: str) -> tuple[str, ...]:
         """The video ids of `part` (train, val or test)."""
@@ -155,6 +159,10 @@ class Split:
             raise DatasetError(f'unknown split part {part!r} (train, val or test)')
         self.require()
         return getattr(self, part)
+
+    def captions(self, manifest: Manifest, part: str) -> Mapping[str, tuple[str, ...]]:
+        """The captions of `part`'s videos: `test_captions` for the test part where set, else the manifest's."""
+        return self.test_captions if part == 'test' and self.test_captions is not None else manifest.captions
 
     def require(self) -> Split:
         if self.unavailable:
@@ -221,6 +229,11 @@ class Manifest:
                 if extra:
                     raise DatasetError(f'{self.name} split {split.name}/{part}: {len(extra)} ids have no '
                                        f'video in the annotations, e.g. {extra[:3]}')
+                twice = next((v for v, n in Counter(getattr(split, part)).items() if n > 1), None)
+                # a repeated test video is two gallery rows; a repeated train video is drawn twice as often
+                if twice is not None:
+                    raise DatasetError(f'{self.name} split {split.name}/{part} lists video {twice!r} twice: '
+                                       'each video once, as the release lists it')
 
     def __len__(self) -> int:
         return len(self.video_ids)

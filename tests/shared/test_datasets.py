@@ -93,14 +93,19 @@ def test_msvd(tmp_path: Path) -> None:
     d.mkdir()
     clips = (read_split_list('msvd', 'train_list.txt') + read_split_list('msvd', 'val_list.txt')
              + read_split_list('msvd', 'test_list.txt'))
-    (d / 'youtube_mapping.txt').write_text(''.join(f'{c} vid{i + 1}\n' for i, c in enumerate(reversed(clips))))
+    # lines not in vid order (by clip name): rows follow the vid numbers, vid10 after vid9
+    mapping = sorted(f'{c} vid{i + 1}\n' for i, c in enumerate(reversed(clips)))
+    (d / 'youtube_mapping.txt').write_text(''.join(mapping))
     lines = ['# MSVD descriptions', '# clip description', '']
     lines += [f'{c} a description {k} of {c}' for c in clips for k in range(2)]
+    many = [f'description {k} of the last test clip, a long one as some MSVD descriptions are' for k in range(45)]
+    lines += [f'{clips[-1]} {text}' for text in many]
     (d / 'AllVideoDescriptions.txt').write_text('\n'.join(lines))
     m = load_manifest('msvd', tmp_path)
     s = m.split('official')
     assert len(m) == 1970 and (len(s.train), len(s.val), len(s.test)) == (1200, 100, 670)
-    assert m.video_ids[0] == clips[-1]  # vid1
+    assert m.video_ids == tuple(reversed(clips))  # vid1, vid2, ...
+    assert m.captions[clips[-1]][2:] == tuple(many)  # every caption, whole
     assert m.captions[clips[0]] == (f'a description 0 of {clips[0]}', f'a description 1 of {clips[0]}')
     assert m.paths[0].name == f'{clips[-1]}.avi'
 
@@ -111,13 +116,19 @@ def test_lsmdc(tmp_path: Path) -> None:
     row = '{}\t00.00.01.000\t00.00.03.000\t00.00.01.000\t00.00.03.000\t{}\n'
     (d / 'LSMDC16_annos_training.csv').write_text(
         row.format('0001_American_Beauty_00.00.51.926-00.00.54.129', 'SOMEONE walks in.')
-        + row.format('0001_American_Beauty_00.01.01.000-00.01.02.000', 'He sits.'))
+        + row.format('0001_American_Beauty_00.01.01.000-00.01.02.000', 'He sits.')
+        + row.format('0001_American_Beauty_00.00.51.926-00.00.54.129', 'SOMEONE stops.'))
     (d / 'LSMDC16_annos_val.csv').write_text(row.format('1010_TITANIC_00.00.01.000-00.00.02.000', 'A ship.'))
     (d / 'LSMDC16_challenge_1000_publictect.csv').write_text(
-        row.format('3001_21_JUMP_STREET_00.00.01.000-00.00.02.000', 'They run.'))
+        row.format('3001_21_JUMP_STREET_00.00.01.000-00.00.02.000', 'They run.')
+        + row.format('3001_21_JUMP_STREET_00.00.00.000-00.00.01.000', 'They stop.'))
     m = load_manifest('lsmdc', tmp_path)
     s = m.split('official')
-    assert (len(s.train), len(s.val), len(s.test)) == (2, 1, 1)
+    assert (len(s.train), len(s.val), len(s.test)) == (2, 1, 2)  # a clip with two rows is one video
+    assert m.video_ids == tuple(sorted(m.video_ids))  # store rows by name, not file order
+    assert m.captions['0001_American_Beauty_00.00.51.926-00.00.54.129'] == ('SOMEONE walks in.', 'SOMEONE stops.')
+    assert s.test == ('3001_21_JUMP_STREET_00.00.01.000-00.00.02.000',  # the file's order, not sorted
+                      '3001_21_JUMP_STREET_00.00.00.000-00.00.01.000')
     assert m.captions['1010_TITANIC_00.00.01.000-00.00.02.000'] == ('A ship.',)
     p = m.path('3001_21_JUMP_STREET_00.00.01.000-00.00.02.000')
     assert p.parent.name == '3001_21_JUMP_STREET' and p.suffix == '.avi'
@@ -129,26 +140,31 @@ def test_lsmdc(tmp_path: Path) -> None:
 def test_didemo_paragraphs(tmp_path: Path) -> None:
     d = tmp_path / 'didemo'
     moment = lambda v, text: {'video': v, 'description': text, 'times': [[0, 1]], 'annotation_id': 1}  # noqa: E731
-    _write_json(d / 'train_data.json', [moment('a.mp4', 'first'), moment('a.mp4', 'second'), moment('b.mov', 'x')])
+    _write_json(d / 'train_data.json', [moment('a.mp4', 'first'), moment('b.mov', 'x'), moment('a.mp4', 'second')])
     _write_json(d / 'val_data.json', [moment('c.avi', 'y')])
     _write_json(d / 'test_data.json', [moment('10052357@N03_7585070382_5762149bfc.', 'z')])
     m = load_manifest('didemo', tmp_path)
     s = m.split('official')
-    assert s.paragraph and (s.train, s.val) == (('a.mp4', 'b.mov'), ('c.avi',))
+    assert s.paragraph and (s.train, s.val) == (('a.mp4', 'b.mov'), ('c.avi',))  # first-seen order
     assert m.captions['a.mp4'] == ('first', 'second')
     assert m.path('b.mov').name == 'b.mov'
+    assert m.video_ids == ('10052357@N03_7585070382_5762149bfc.', 'a.mp4', 'b.mov', 'c.avi')  # sorted, not file order
 
 
 def test_activitynet_sentences_in_time_order(tmp_path: Path) -> None:
     d = tmp_path / 'activitynet'
     entry = lambda *s: {'duration': 10.0, 'timestamps': [[t, t + 1] for t, _ in s], 'sentences': [x for _, x in s]}  # noqa: E731
-    _write_json(d / 'train.json', {'v_a': entry((5, 'later'), (1, 'earlier')), 'v_b': entry((0, 'b'))})
+    nested = {'duration': 30.0, 'timestamps': [[2, 5], [0, 20], [2, 3]], 'sentences': ['inner', 'outer', 'short']}
+    _write_json(d / 'train.json', {'v_a': entry((5, 'later'), (1, 'earlier')), 'v_b': entry((0, 'b')),
+                                    'v_e': nested})
     _write_json(d / 'val_1.json', {'v_c': entry((0, 'c'))})
     _write_json(d / 'val_2.json', {'v_d': entry((0, 'd'))})
     (d / 'videos').mkdir()
     (d / 'videos' / 'v_b.mkv').write_bytes(b'')
     m = load_manifest('activitynet', tmp_path)
     assert m.captions['v_a'] == ('earlier', 'later')
+    assert m.captions['v_e'] == ('outer', 'short', 'inner')  # by start, then end
+    assert m.video_ids == ('v_a', 'v_b', 'v_c', 'v_d', 'v_e')  # sorted, not file order
     assert m.split('val1').test == ('v_c',) and m.split('val2').test == ('v_d',) and m.split('val1').paragraph
     assert m.path('v_b').suffix == '.mkv' and m.path('v_a').suffix == '.mp4'
 
@@ -156,13 +172,29 @@ def test_activitynet_sentences_in_time_order(tmp_path: Path) -> None:
 def test_vatex_validation_halves(tmp_path: Path) -> None:
     d = tmp_path / 'vatex'
     _write_json(d / 'vatex_training_v1.0.json', [{'videoID': f't{i}', 'enCap': [f'en {i} {k}' for k in range(10)],
-                                                 'chCap': []} for i in range(5)])
-    _write_json(d / 'vatex_validation_v1.0.json', [{'videoID': f'v{i:04d}', 'enCap': ['e'] * 10, 'chCap': []}
-                                                   for i in range(3000)])
+                                                 'chCap': [f'zh {i} {k}' for k in range(10)]} for i in range(5)])
+    validation = [f'v{7 * i % 3000:04d}' for i in range(3000)]  # not in id order: halves follow the file
+    _write_json(d / 'vatex_validation_v1.0.json', [{'videoID': v, 'enCap': ['e'] * 10, 'chCap': ['z'] * 10}
+                                                   for v in validation])
     m = load_manifest('vatex', tmp_path)
     s = m.split('official')
     assert (len(s.train), len(s.val), len(s.test)) == (5, 1500, 1500)
-    assert s.val[0] == 'v0000' and s.test[0] == 'v1500' and len(m.captions['t3']) == 10
+    assert (s.val, s.test) == (tuple(validation[:1500]), tuple(validation[1500:]))
+    assert m.captions['t3'] == tuple(f'en 3 {k}' for k in range(10))  # English only
+    assert m.video_ids == tuple(sorted(m.video_ids))  # store rows by id, not file order
+
+
+def test_manifest_refuses_duplicate_ids_and_split_ids_without_a_video(tmp_path: Path) -> None:
+    from shared.datasets import Manifest, Split
+
+    paths = (tmp_path / 'a.mp4', tmp_path / 'b.mp4')
+    with pytest.raises(DatasetError, match='duplicate video ids'):  # two store rows for one video
+        Manifest('x', tmp_path, ('a', 'a'), paths, {}, {})
+    with pytest.raises(DatasetError, match=r"split s/test: 1 ids have no video.*'c'"):
+        Manifest('x', tmp_path, ('a', 'b'), paths, {}, {'s': Split('s', ('a',), (), ('b', 'c'))})
+    # a video twice in a test set is two gallery rows: its queries would find it at rank 1 or 2
+    with pytest.raises(DatasetError, match=r"split s/test lists video 'b' twice"):
+        Manifest('x', tmp_path, ('a', 'b'), paths, {}, {'s': Split('s', ('a',), (), ('b', 'b'))})
 
 
 def test_folder_adapter(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ def test_activitynet_sentences_keep_their_seconds(tmp_path: Path) -> None:
     _write_json(d / 'train.json', {'v_a': entry((12.5, 30, 'later'), (0.0, 12.5, ' earlier ')),
                                     'v_b': entry((3, 9.75, 'b'))})
     _write_json(d / 'val_1.json', {'v_c': entry((40, 55.5, 'c two'), (1, 20, 'c one'))})
-    _write_json(d / 'val_2.json', {'v_d': entry((0, 5, 'd'))})
+    # val_2 annotates val_1's videos again (4,885 of its 4,917)
+    _write_json(d / 'val_2.json', {'v_c': entry((30, 50, 'again later'), (2, 10, 'c again'))})
     m = load_manifest('activitynet', tmp_path)
     assert m.captions['v_a'] == ('earlier', 'later')
     assert m.caption_times['v_a'] == ((0.0, 12.5), (12.5, 30.0))  # in the sentences' order
@@ -33,6 +34,11 @@ def test_activitynet_sentences_keep_their_seconds(tmp_path: Path) -> None:
     assert (ids, texts, owner.tolist(), query.tolist()) == (['v_c'], ['c one c two'], [0], [0])
     ids, texts, _, _ = split_captions(m, 'val1', 'train')
     assert (ids, texts) == (['v_a', 'v_b'], ['earlier later', 'b'])
+    # val2 tests val_2's videos on val_2's sentences; the video's captions and times stay val_1's
+    ids, texts, owner, query = split_captions(m, 'val2', 'test')
+    assert (ids, texts, owner.tolist(), query.tolist()) == (['v_c'], ['c again again later'], [0], [0])
+    assert split_captions(m, 'val2', 'train')[:2] == (['v_a', 'v_b'], ['earlier later', 'b'])
+    assert m.captions['v_c'] == ('c one', 'c two') and m.caption_times['v_c'] == ((1.0, 20.0), (40.0, 55.5))
     _write_json(d / 'val_2.json', {'v_d': {'duration': 5, 'timestamps': [[0]], 'sentences': ['d']}})
     with pytest.raises(DatasetError, match=r'val_2.json: not an ActivityNet Captions file'):
         load_manifest('activitynet', tmp_path)
