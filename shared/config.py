@@ -13,7 +13,7 @@ import yaml
 
 __all__ = ['ConfigError', 'from_dict', 'load_yaml', 'read_yaml', 'to_dict', 'parse_overrides',
            'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default', 'weights_dir',
-           'offline', 'int_at_least', 'brief_repr']
+           'offline', 'int_at_least', 'at_least', 'brief_repr']
 
 T = TypeVar('T')
 
@@ -197,6 +197,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise ConfigError(f'--set {item}: {_yaml_problem(err)}') from None
     return out
+
+
+def at_least(cfg: object, low: int, *names: str, prefix: str = '') -> None:
+    """Each setting `names` of `cfg` is at least `low` (ValueError naming it): a size of 0 built a model
+    of empty layers that trained without error into embeddings that say nothing, a negative one
+    ended in torch's traceback."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < low:
+            raise ValueError(f'{prefix}{name} must be at least {low}, got {value}')
 
 
 def int_at_least(low: int) -> typing.Callable[[str], int]:

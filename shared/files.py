@@ -195,7 +195,10 @@ def held_lock(directory: str | os.PathLike, what: str, fix: str) -> Iterator[Pat
                 raise ConfigError(f'{what} {directory} is in use by {holder}: wait for it to end, or {fix}') from None
             if err.errno not in _NO_LOCKS:
                 raise _write_error(path, err, 'nothing was written') from err
-            _unguarded(directory, what, err)
+            import logging  # a file system without locks (Lustre without flock, NFS without lockd)
+
+            logging.getLogger(__name__).warning('%s %s cannot be locked (%s): nothing stops a second process '
+                                                'from using it', what, directory, err.strerror or err)
         else:
             with contextlib.suppress(OSError):  # advice for whoever is refused (a read-only fd writes none)
                 os.ftruncate(fd, 0)
@@ -203,13 +206,6 @@ def held_lock(directory: str | os.PathLike, what: str, fix: str) -> Iterator[Pat
         yield Path(directory)
     finally:
         os.close(fd)  # releases the lock
-
-
-def _unguarded(directory: Path, what: str, err: OSError) -> None:
-    import logging
-
-    logging.getLogger(__name__).warning('%s %s cannot be locked (%s): nothing stops a second process from using it',
-                                        what, directory, err.strerror or err)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -9,12 +9,12 @@ from typing import Any
 
 import yaml
 
-from shared.config import ConfigError, from_dict, load_yaml, read_yaml, to_dict
+from shared.config import ConfigError, at_least, from_dict, load_yaml, read_yaml, to_dict
 from shared.resources import parse_bytes
 from train.losses import LOSSES
 from train.metrics import DEFAULT_SEED_STD, SEED_STD
 from train.models import ModelCfg
-from train.models.config import at_least, upgrade_saved
+from train.models.config import upgrade_saved
 
 #: `DataCfg.sample`'s values (`train.sampling`)
 SAMPLES = ('video', 'window', 'segment')
@@ -265,15 +265,14 @@ class RunCfg:
     train: TrainCfg
 
     def __post_init__(self) -> None:
-        text = getattr(self.model, 'text', None)
-        if text is not None:  # BERT spends 2 of a caption's tokens on [CLS] and [SEP], T5 1 on its EOS
-            specials = {'bert': 2, 't5': 1}.get(text.encoder, 0)
-            if self.data.max_words <= specials:
-                raise ValueError(f'data.max_words {self.data.max_words} leaves no word of a caption: '
-                                 f'{text.encoder} takes {specials} of its tokens for its own; give {specials + 1} or more')
-            if text.encoder in ('bert', 'gpt') and text.weights == 'random' and self.data.max_words > text.max_positions:
-                raise ValueError(f'data.max_words {self.data.max_words} is more than text.max_positions '
-                                 f'{text.max_positions}, the positions the {text.encoder} built here has')
+        text = self.model.text
+        specials = {'bert': 2, 't5': 1}.get(text.encoder, 0)  # BERT's [CLS] and [SEP], T5's EOS
+        if self.data.max_words <= specials:
+            raise ValueError(f'data.max_words {self.data.max_words} leaves no word of a caption: '
+                             f'{text.encoder} takes {specials} of its tokens for its own; give {specials + 1} or more')
+        if text.encoder in ('bert', 'gpt') and text.weights == 'random' and self.data.max_words > text.max_positions:
+            raise ValueError(f'data.max_words {self.data.max_words} is more than text.max_positions '
+                             f'{text.max_positions}, the positions the {text.encoder} built here has')
         if self.train.epoch_unit == 'pairs' and self.data.sample != 'video':
             raise ValueError(f'train.epoch_unit pairs counts the captions of whole videos; data.sample '
                              f'{self.data.sample} draws windows or segments: use train.epoch_unit videos '

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.config import at_least
 from shared.files import atomic_write_text
 from shared.store import unreadable
 from train.models.base import TextEmbedding, VideoEmbedding
-from train.models.config import at_least
 
 __all__ = ['APPROX_KINDS', 'IndexCfg', 'SearchIndex', 'pattern_queries', 'video_queries']
 

@@ -4,20 +4,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shared.config import ConfigError, brief_repr
+from shared.config import ConfigError, at_least, brief_repr
 
-__all__ = ['at_least', 'ExpertSpec', 'TextCfg', 'TransformerCfg', 'ModelCfg', 'MEECfg', 'CECfg', 'MMTCfg', 'SSBCfg',
+__all__ = ['ExpertSpec', 'TextCfg', 'TransformerCfg', 'ModelCfg', 'MEECfg', 'CECfg', 'MMTCfg', 'SSBCfg',
            'MODEL_CONFIGS', 'model_cfg', 'upgrade_saved']
-
-
-def at_least(cfg: object, low: int, *names: str, prefix: str = '') -> None:
-    """Each setting `names` of `cfg` is at least `low` (ValueError naming it): a size of 0 built a model
-    of empty layers that trained without error into embeddings that say nothing, a negative one
-    ended in torch's traceback."""
-    for name in names:
-        value = getattr(cfg, name)
-        if value < low:
-            raise ValueError(f'{prefix}{name} must be at least {low}, got {value}')
 
 
 @dataclasses.dataclass(frozen=True)
