@@ -40,7 +40,7 @@ INDEX         ?= $(RUN)/index/$(subst /,_,$(subst :,_,$(DATASET)))
 PORT          ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser test test-fast demo demo-pretrain demo-data extract extract-cluster experts train pretrain caption probe reproduce import index serve check datasets clean clean-venv
+.PHONY: help setup browser test test-fast demo demo-pretrain demo-data extract extract-cluster experts train pretrain caption probe reproduce import index serve check datasets bench-kit clean clean-venv
 
 help: ## list the targets
 	@echo 'videoexperts: text-to-video retrieval with multi-modal experts'
@@ -163,6 +163,11 @@ datasets: $(STAMP) ## describe DATASET's manifest: splits, captions, video files
 
 check: $(STAMP) ## validate every store of DATASET under FEATURES_ROOT
 	$(PY) -m shared.store check --dataset $(DATASET) --features-root $(FEATURES_ROOT)
+
+# the GPU benchmarks on a machine without package access (BENCHMARKS.md): build the kit here, carry
+# it there with the repository, and run `bash pipelines/bench_gpu.sh extract|train|tests|all` there
+bench-kit: $(STAMP) ## build .whl: the wheels, FFmpeg and 15-s clips that pipelines/bench_gpu.sh needs offline
+	$(PY) -m pipelines.bench_kit --out .whl
 
 clean: ## remove caches (keeps .venv, data and features)
 	rm -rf .pytest_cache build *.egg-info
