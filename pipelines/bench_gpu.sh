@@ -65,7 +65,8 @@ if [ "$what" = train ] || [ "$what" = all ]; then
 fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   part tests "${TESTS_LIMIT:-180}" python3 -m pytest -q -p no:cacheprovider tests/extract/test_nvdec.py \
-    tests/extract/test_extract.py tests/train/test_step.py -k 'cuda or nvdec or graph or compile'
+    tests/extract/test_extract.py tests/extract/test_speech_batch.py tests/train/test_step.py \
+    -k 'cuda or nvdec or graph or compile'
 fi
 echo "bench_gpu.sh: $(( $(date +%s) - t0 )) s in all, exit $status" | tee -a "$OUT/setup.log"
 exit $status

@@ -320,7 +320,10 @@ def _align(model: Any, tokenizer: Any, features: torch.Tensor,
         weights = torch.stack([qks[layer][j, head] for layer, head in heads])[:, :len(seqs[j]), :items[k][2] // 2]
         weights = weights.float().softmax(dim=-1)
         std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
-        weights = median_filter((weights - mean) / std, 7)
+        # the median filter and DTW run on the host: on CUDA whisper runs them as Triton kernels compiled at
+        # first use, here in the expert's own thread, and falls back only on RuntimeError; a compile that
+        # fails otherwise would fail every speech video of the run. The host copy is a few MB a window.
+        weights = median_filter(((weights - mean) / std).cpu(), 7)
         matrix = weights.mean(axis=0)[sot:-1]
         text_indices, time_indices = dtw(-matrix)
         words, word_tokens = tokenizer.split_to_word_tokens(text + [tokenizer.eot])

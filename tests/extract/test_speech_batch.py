@@ -204,3 +204,27 @@ def test_language_is_detected_once_per_video_as_whisper_does(tiny: torch.nn.Modu
                                  condition_on_previous_text=False, verbose=None, sample_len=8)
         assert got.language == ref['language']
         assert _words(got.segments) == _words(ref['segments'])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_on_cuda_in_a_thread_of_its_own_the_words_are_the_cpus(tiny: torch.nn.Module, clips: list[np.ndarray]) -> None:
+    """As the expert runs on a GPU (fp16 weights but the LayerNorms', its own thread): the CPU's words in
+    fp32, at nearly the same times. Word timing's median filter and DTW run on the host, so no Triton
+    kernel is compiled in that thread."""
+    import copy
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    from extract.experts.speech import _half_but_layer_norms
+
+    opts = BatchOptions(language='en', temperatures=(0.0,), sample_len=12, batch_size=4, min_speech=0.0)
+    ref = transcribe_batch(tiny, clips, opts)
+    model = copy.deepcopy(tiny)
+    _half_but_layer_norms(model)
+    with ThreadPoolExecutor(1) as pool:
+        got = pool.submit(transcribe_batch, model.cuda(), clips, dataclasses.replace(opts, fp16=True)).result()
+    for a, b in zip(got, ref):
+        wa, wb = _words(a.segments), _words(b.segments)
+        assert [w[0] for w in wa] == [w[0] for w in wb]
+        assert all(abs(x[1] - y[1]) <= 0.1 and abs(x[2] - y[2]) <= 0.1 for x, y in zip(wa, wb))
+    assert any(_words(t.segments) for t in ref), 'the tiny model said nothing: the test compares nothing'
