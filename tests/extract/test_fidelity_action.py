@@ -61,7 +61,7 @@ def _ours(name: str, clip: np.ndarray, **overrides) -> torch.Tensor:
 
 
 def _unnormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
-    return x * torch.tensor(std).view(3, 1, 1, 1) + torch.tensor(mean).view(3, 1, 1, 1)
+    return x * torch.tensor(std).view(-1, 1, 1, 1) + torch.tensor(mean).view(-1, 1, 1, 1)
 
 
 def _compare(name: str, reference: VideoClassification, clip: np.ndarray, **overrides) -> float:
@@ -188,3 +188,34 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
         changed = 'resize' if 'resize' in OLD_CONFIG[name] and name == 'scene' else 'antialias|size_rounding'
         with pytest.raises(StoreError, match=changed):
             create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
+
+
+def test_s3d_rows_of_a_decoded_video_are_the_clips_around_each_second(tmp_path):
+    """Decoding and row planning included: a rotated 322x241 video at 29.97 fps through
+    `decode_video` and the plan's frame indices (what the runner gathers for the batch) gives, per
+    second, the 16 consecutive frames around the second's middle (the last clip ending at the last
+    frame), fed as torchvision's S3D transform feeds them; the store's times are those frames'."""
+    from extract.decode import decode_video
+
+    ff = ffmpeg_exe()
+    plain, video = tmp_path / 'plain.mp4', tmp_path / 'rotated.mp4'
+    subprocess.run([ff, '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=322x242:rate=30000/1001:duration=2.2',
+                    '-vf', 'scale=322:241', '-c:v', 'libx264', '-pix_fmt', 'yuv444p', str(plain)], check=True)
+    subprocess.run([ff, '-v', 'error', '-display_rotation', '90', '-i', str(plain), '-c', 'copy', str(video)], check=True)
+    raw = subprocess.run([ff, '-v', 'error', '-i', str(video), '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:'],
+                         check=True, capture_output=True).stdout
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, 322, 241, 3).copy()  # FFmpeg turns it upright: 241 wide
+    fps, n = 30000 / 1001, len(frames)
+    centre = np.minimum(np.floor((np.arange(3) + 0.5) * fps).astype(int), n - 1)  # 2.2 s: three rows
+    first = np.clip(centre - 8, 0, n - 16)
+    e = create_expert('action', weights='random')
+    decoded = decode_video(0, str(video), {'action': e.cfg.sampling_spec()})
+    plan = decoded.plans['action']
+    assert plan.index.shape == (3, 16)
+    ours = e.preprocess(torch.from_numpy(decoded.frames[plan.index]))
+    reference = tvv.S3D_Weights.KINETICS400_V1.transforms()
+    ref = torch.stack([reference(torch.from_numpy(frames[f:f + 16]).permute(0, 3, 1, 2)) for f in first])
+    assert ours.shape == ref.shape == (3, 3, 16, 224, 224)
+    err = float((_unnormalise(ours, e.cfg.mean, e.cfg.std) - _unnormalise(ref, reference.mean, reference.std)).abs().max())
+    assert err <= TOL, f'max-abs {err * 255:.2f}/255'
+    np.testing.assert_allclose(plan.timestamps, np.stack([first / fps, (first + 16) / fps], axis=1), atol=1e-3)
