@@ -29,7 +29,11 @@ LOCK = '.lock'
 
 class WriteError(ConfigError, OSError):
     """A file that cannot be written (a full disk, a quota or a file-size limit, a read-only folder):
-    an OSError, and a ConfigError so that every command reports it as its one line."""
+    an OSError, and a ConfigError so that every command reports it as its one line. Its `errno` and
+    `filename` are the refused write's; its text is the message alone."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ''
 
 
 #: what to do when the OS refuses a write, by errno
@@ -90,14 +94,16 @@ def signals_deferred(escalate: bool = False) -> Iterator[None]:
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Call `write(f)` on a temporary file beside `path`, then put it in `path`'s place.
 
-    The temporary file is `.NAME.tmp` in the same directory (a rename never crosses file systems),
-    one per target: a write cut short leaves it, and the next write to `path` replaces it. One
-    process writes a given path at a time (a run's checkpoints are written by rank 0 alone).
+    The temporary file is `.NAME.HOST-PID.tmp` in the same directory (a rename never crosses file
+    systems), one per writing process: two processes writing one path at once (two seeds' results
+    into one base folder) each put a whole file in place, the last one staying. A write cut short
+    leaves its file; the next write to `path` from this host removes those whose process is gone.
     Ctrl-C and SIGTERM wait for the write's end: a KeyboardInterrupt inside `torch.save` comes out
     as torch's own RuntimeError, and the file would be lost for a signal seconds later.
     """
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp')
+    _remove_leftovers(path)
+    tmp = path.with_name(f'.{path.name}.{socket.gethostname()}-{os.getpid()}.tmp')
     with signals_deferred(escalate=True):
         try:
             with open(tmp, 'wb') as f:
@@ -116,9 +122,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         fsync_dir(path.parent)
 
 
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporary files of `path` that writers on this host left when killed (their process
+    is gone), and the one `.NAME.tmp` of versions before the names held a process."""
+    mine = f'.{path.name}.{socket.gethostname()}-'
+    try:
+        with os.scandir(path.parent) as entries:
+            names = [e.name for e in entries if e.name.startswith(f'.{path.name}.') and e.name.endswith('.tmp')]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(mine):-len('.tmp')] if name.startswith(mine) else ''
+        if name == f'.{path.name}.tmp' or (pid.isdigit() and not _alive(int(pid))):
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _write_error(path: Path, cause: OSError, kept: str) -> WriteError:
     fix = _FULL if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else 'check that folder'
-    return WriteError(f'cannot write {path} ({cause.strerror or cause}): {fix}; {kept}')
+    err = WriteError(f'cannot write {path} ({cause.strerror or cause}): {fix}; {kept}')
+    err.errno, err.filename = cause.errno, str(path)  # for callers that tell a full disk from a refusal
+    return err
 
 
 def append_text(path: str | os.PathLike, text: str) -> None:

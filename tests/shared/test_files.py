@@ -125,6 +125,7 @@ def test_a_checkpoint_write_past_a_file_size_limit_is_one_error_and_keeps_the_ol
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert isinstance(caught.value, ConfigError) and str(caught.value).startswith(f'cannot write {target} (File too large)')
+    assert caught.value.errno == errno.EFBIG and caught.value.filename == str(target)  # callers can tell why
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['last.pt']
 
 
@@ -234,3 +235,67 @@ def test_a_lock_file_this_user_cannot_write_is_locked_shared(tmp_path: Path, mon
     monkeypatch.undo()
     with pytest.raises(ConfigError, match='cannot write /sys/videoexperts-test'):  # not a traceback either
         make_dir('/sys/videoexperts-test/run', 'run directory', 'pass another --run-dir')
+
+
+_SLOW_WRITER = """
+import sys, time
+from pathlib import Path
+from shared.files import atomic_write
+
+def write(f):
+    f.write(b'child ' * 1000)
+    Path(sys.argv[2]).touch()  # half written: the parent writes now
+    while not Path(sys.argv[3]).exists():
+        time.sleep(0.01)
+    f.write(b'end')
+
+atomic_write(sys.argv[1], write)
+"""
+
+
+def test_two_processes_writing_one_file_at_once_each_put_a_whole_file_in_place(tmp_path: Path) -> None:
+    """Two seeds' results.md into one base folder: with one temporary name per target, the second
+    writer truncated the first one's half-written file and renamed it away, and the first failed
+    with a misleading WriteError (or put the other's bytes in place)."""
+    import subprocess
+    import sys
+    import time
+
+    from shared.files import atomic_write_text
+
+    target, half, go = tmp_path / 'results.md', tmp_path / 'half', tmp_path / 'go'
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen([sys.executable, '-c', _SLOW_WRITER, str(target), str(half), str(go)], cwd=root,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not half.exists():
+        assert child.poll() is None and time.monotonic() < deadline, child.stderr.read() if child.stderr else ''
+        time.sleep(0.01)
+    atomic_write_text(target, 'parent\n')
+    assert target.read_text() == 'parent\n'
+    go.touch()
+    assert child.wait(60) == 0, child.stderr.read() if child.stderr else ''
+    assert target.read_bytes() == b'child ' * 1000 + b'end'  # the last writer's file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['go', 'half', 'results.md']
+
+
+def test_a_killed_writers_temporary_file_goes_at_the_next_write(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from shared.files import atomic_write_text
+
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    host = socket.gethostname()
+    target = tmp_path / 'results.md'
+    dead = tmp_path / f'.results.md.{host}-{gone}.tmp'
+    live = tmp_path / f'.results.md.{host}-{os.getppid()}.tmp'  # a writer still at work
+    older = tmp_path / '.results.md.tmp'  # the one name of earlier versions
+    other = tmp_path / '.other.md.otherhost-1.tmp'
+    for p in (dead, live, older, other):
+        p.write_bytes(b'half')
+    atomic_write_text(target, 'done\n')
+    assert target.read_text() == 'done\n'
+    assert not dead.exists() and not older.exists() and live.exists() and other.exists()
