@@ -35,8 +35,9 @@ CASES: dict[str, tuple[ModelCfg, str]] = {
     'ce': (model_cfg('ce', _POOLED, embed_dim=8, text_dim=10, text_clusters=2, projection=True,
                      gating='collaborative'), 'max_margin'),
     'mmt': (model_cfg('mmt', _TOKENS, text=TextCfg(encoder='bert', **_TEXT), transformer=_SMALL), 'info_nce'),
+    # the support-set configs' loss: summed over the global batch, which every rank gathers
     'ssb': (model_cfg('ssb', _TOKENS, text=TextCfg(encoder='t5', **_TEXT), transformer=_SMALL, max_seconds=4),
-            'hard_negative'),
+            'hard_negative_sum'),
     'ssb-local': (model_cfg('ssb', _TOKENS, text=TextCfg(encoder='t5', **_TEXT), transformer=_SMALL, max_seconds=4,
                             support_scope='local'), 'hard_negative'),
 }
