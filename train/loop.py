@@ -44,6 +44,7 @@ from train.init import init_weights, resolve_init
 from train.losses import build_loss
 from train.metrics import format_results, geometric_mean
 from train.models import RetrievalModel, check_fits, create_model
+from train.models.text_encoders import text_positions
 from train.models.base import ExpertInput, TextInput
 from train.optim import build_optimizer
 from train.sampling import make_sampler
@@ -155,7 +156,12 @@ def build_state(cfg: RunCfg, device: torch.device, ranks: Dist = SINGLE) -> Trai
     """A fresh model, its optimiser, schedule, loss and step (seed the generators first); of many
     `ranks`, the step trains the model in DistributedDataParallel (`train.distributed`)."""
     t = cfg.train
-    model = convert_batch_norm(create_model(cfg.model), ranks, device).to(device)
+    model = create_model(cfg.model)
+    positions = text_positions(getattr(model, 'text_model', None))
+    if positions is not None and cfg.data.max_words > positions:  # a random one's is checked as the config loads
+        raise ConfigError(f'data.max_words {cfg.data.max_words} is more than the {positions} positions of the '
+                          f'text model {cfg.model.text.name!r}: give data.max_words {positions} or fewer')
+    model = convert_batch_norm(model, ranks, device).to(device)
     opt, base = build_optimizer(t, model)
     sched = torch.optim.lr_scheduler.StepLR(base, t.lr_step, t.lr_gamma) if t.lr_step else None
     step = TrainStep(wrap_model(model, ranks, device), opt, build_loss(t.loss, t.margin, t.temperature), t.grad_clip,

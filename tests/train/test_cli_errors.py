@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.train.conftest import DIM, ROWS, Killed, tiny_args as _train
@@ -343,3 +344,24 @@ def test_a_caption_length_the_text_model_cannot_take_is_refused_when_the_config_
     with pytest.raises(ConfigError, match=words):
         load_run_cfg(path, {'data.max_words': max_words})
     load_run_cfg(path, {'data.max_words': max_words + 1 if max_words < 3 else 32})
+
+
+def test_more_words_than_a_pretrained_berts_positions_is_refused_before_training(tmp_path: Path) -> None:
+    """A pretrained BERT's positions come from its checkpoint (512 for the released ones): data.max_words
+    beyond them was an index error inside the embedding at the first step."""
+    from transformers import BertConfig, BertModel
+
+    from shared.config import ConfigError
+    from train.config import load_run_cfg
+    from train.loop import build_state
+
+    bert = tmp_path / 'bert'
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=400, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=24, pad_token_id=0)).save_pretrained(bert)
+    path = Path(__file__).resolve().parents[2] / 'pipelines' / 'configs' / 'train' / 'mmt_demo.yaml'
+    settings = {'model.text.weights': 'pretrained', 'model.text.name': str(bert)}
+    with pytest.raises(ConfigError, match='data.max_words 30 is more than the 24 positions of the text model'):
+        build_state(load_run_cfg(path, {**settings, 'data.max_words': 30}), torch.device('cpu'))
+    state = build_state(load_run_cfg(path, {**settings, 'data.max_words': 24}), torch.device('cpu'))
+    assert state.model.text_model.config.max_position_embeddings == 24

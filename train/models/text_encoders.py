@@ -14,7 +14,7 @@ from torch import nn
 from shared.config import offline
 from train.models.config import TextCfg
 
-__all__ = ['build_bert', 'build_t5', 'build_gpt', 'hub_source']
+__all__ = ['build_bert', 'build_t5', 'build_gpt', 'hub_source', 'text_positions']
 
 #: seconds to wait for the Hugging Face hub to answer before a model missing from the cache fails
 HUB_PROBE_TIMEOUT = 3.0
@@ -107,3 +107,10 @@ def build_gpt(cfg: TextCfg) -> nn.Module:
         raise ValueError(f'GPT\'s feed-forward width is 4 x hidden ({4 * cfg.hidden}), not {cfg.ffn}')
     return OpenAIGPTModel(OpenAIGPTConfig(vocab_size=cfg.vocab_size, n_positions=cfg.max_positions, n_embd=cfg.hidden,
                                           n_layer=cfg.layers, n_head=cfg.heads, **drop))
+
+
+def text_positions(model: nn.Module | None) -> int | None:
+    """The positions a built BERT or GPT has (a pretrained one's from its checkpoint's config); None
+    for T5, whose positions are relative, and for no text model."""
+    config = getattr(model, 'config', None)
+    return getattr(config, 'max_position_embeddings', None) or getattr(config, 'n_positions', None)
