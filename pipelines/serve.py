@@ -175,6 +175,10 @@ def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fasta
         except FileNotFoundError as err:
             raise HTTPException(404, str(err)) from None
 
+    # files answer HEAD too (players and link checkers ask it before a GET; FileResponse sends the
+    # headers alone); left out of the schema, where a second operation per route is a duplicate id
+    for path, endpoint in (('/', page), ('/thumb/{row}', thumb), ('/video', video)):
+        app.add_api_route(path, endpoint, methods=['HEAD'], response_model=None, include_in_schema=False)
     return app
 
 

@@ -60,6 +60,10 @@ def test_search_api_page_thumbnails_and_videos(served) -> None:
     part = client.get('/video', params={'path': first['video']}, headers={'Range': 'bytes=10-109'})
     assert part.status_code == 206 and part.content == whole.content[10:110]
     assert part.headers['content-range'] == f'bytes 10-109/{len(whole.content)}'
+    for url, params in (('/video', {'path': first['video']}), (first['thumb'], {}), ('/', {})):
+        head = client.head(url, params=params)  # was 405
+        assert head.status_code == 200 and head.content == b'' and int(head.headers['content-length']) > 0, url
+    assert client.head('/video', params={'path': first['video']}).headers['content-length'] == str(len(whole.content))
 
 
 @pytest.mark.slow
