@@ -29,7 +29,7 @@ from shared.datasets.manifest import resolve_inside
 from shared.files import sha256_file
 from shared.store import StoreError
 from train.captions import build_caption_encoder
-from train.index import EMBEDDINGS, THUMBS, EmbeddingStore, build_index
+from train.index import EMBEDDINGS, STALE_MMT, THUMBS, EmbeddingStore, build_index, stale_mmt_masks
 from train.models.base import TextEmbedding, VideoEmbedding
 from train.runs import load_run, run_seeds
 from train.search import encode_query
@@ -72,6 +72,9 @@ class Collection:
                               f'index it again: python -m train.index --run {run} --out {index} --overwrite '
                               f'--dataset {store.attrs["dataset"]}')
         self.ids, self.paths, self.video = store.read()
+        if stale_mmt_masks(cfg.model.model, self.video.available):  # its search index renormalises: made again
+            raise ConfigError(f'{index} holds {STALE_MMT}: index it again: python -m train.index --run {run} '
+                              f'--out {index} --overwrite --dataset {store.attrs["dataset"]}')
         self.served = set(self.paths)  # /video serves these files only, not the rest of the dataset root
         self.row = {v: i for i, v in enumerate(self.ids)}
         self.root = Path(store.attrs['video_root'])

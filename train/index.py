@@ -28,6 +28,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +47,18 @@ from train.models.base import RetrievalModel, VideoEmbedding
 from train.runs import load_run, run_seeds
 from train.search_index import APPROX_KINDS, IndexCfg, SearchIndex
 
-__all__ = ['EMBEDDINGS', 'THUMBS', 'FAISS', 'EmbeddingStore', 'embed_collection', 'build_index', 'default_out', 'thumbnail',
+__all__ = ['EMBEDDINGS', 'THUMBS', 'FAISS', 'STALE_MMT', 'EmbeddingStore', 'stale_mmt_masks', 'embed_collection', 'build_index', 'default_out', 'thumbnail',
            'main']
+
+#: why an MMT index made before 7909de1 cannot be served as it is
+STALE_MMT = ('MMT masks of an earlier version, which left a missing expert out of a video\'s scores; MMT mixes '
+             'every expert\'s agg output with its own weight (eq. 6)')
+
+
+def stale_mmt_masks(model: str, available: Any) -> bool:
+    """Whether MMT embeddings mark an expert missing: made before MMT scored every expert (eq. 6), when
+    a missing one's weight went to the others. The embeddings are the same: only the mask is stale."""
+    return model == 'mmt' and not bool(available.all())
 
 _logger = logging.getLogger(__name__)
 
@@ -123,6 +134,9 @@ class EmbeddingStore:
             return f'another state of the run\'s checkpoint than {attrs["checkpoint"]} now holds'
         if [str(v) for v in self.group['video_ids'][:]] != list(video_ids):
             return 'another video list'
+        done = np.asarray(self.group['status'][:]).astype(bool)  # rows not embedded yet hold the fill value
+        if stale_mmt_masks(attrs['model'], np.asarray(self.group['available'][:])[done]):
+            return STALE_MMT
         return ''
 
     def chunk_rows(self, chunk: int) -> range:

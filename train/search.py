@@ -16,6 +16,7 @@ from shared.config import ConfigError, data_root_default
 from train.captions import CaptionEncoder, build_caption_encoder
 from train.checkpoints import GALLERY, CheckpointError
 from train.config import RunCfg
+from train.index import STALE_MMT, stale_mmt_masks
 from train.models.base import RetrievalModel, TextEmbedding, VideoEmbedding
 from train.runs import load_run, run_seeds
 
@@ -52,7 +53,11 @@ class Searcher:
         self.model = loaded.model
         gallery = loaded.gallery
         self.video_ids: list[str] = list(gallery['video_ids'])
-        self.gallery = VideoEmbedding(gallery['emb'], gallery['available'])
+        available = gallery['available']
+        if stale_mmt_masks(self.cfg.model.model, available):  # the embeddings hold: every expert enters (eq. 6)
+            available = torch.ones_like(available, dtype=torch.bool)
+            self.note = '; '.join(filter(None, [self.note, f'{GALLERY} holds {STALE_MMT}: scored with every expert']))
+        self.gallery = VideoEmbedding(gallery['emb'], available)
         self.captions = build_caption_encoder(self.cfg.model.text, self.cfg.data, data_root, run, None)
 
     @torch.no_grad()

@@ -221,3 +221,40 @@ def test_a_store_of_the_same_videos_in_another_order_or_checkpoint_state_is_refu
     assert 'another state' in store.made_by_other({**attrs, 'checkpoint_sha256': 'def'}, ['b', 'a', 'c'])
     with pytest.raises(StoreError, match='another video list'):
         EmbeddingStore.create(tmp_path / EMBEDDINGS, manifest(('a', 'b', 'c')), 2, 4, attrs, chunk_size=2)
+
+
+@pytest.mark.slow
+def test_mmt_masks_made_before_eq6_are_refused_by_serve_remade_by_overwrite_and_fixed_in_a_gallery(
+        runs: dict[str, Path], demo_stores: tuple[Path, Path], tmp_path: Path) -> None:
+    """Before 7909de1 MMT marked a video's missing experts, and the searches renormalised the mixture
+    weights over the rest; the embeddings were the same. Such an index was served with the old scores
+    (no marker told it apart), and --overwrite kept it (same run, checkpoint and videos)."""
+    from pipelines.serve import Collection
+    from shared.config import ConfigError
+
+    data, features = demo_stores
+    run = tmp_path / 'run'
+    shutil.copytree(runs['mmt'], run)
+    out = tmp_path / 'index'
+    args = ['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root', str(features),
+            '--out', str(out)]
+    assert index_main(args) == 0
+    _, _, video = EmbeddingStore(out / EMBEDDINGS).read()
+    stale = video.available.clone()
+    stale[::3, 1] = False  # as the earlier version marked videos without audio
+    shutil.rmtree(out / FAISS)
+    zarr.open_group(str(out / EMBEDDINGS), mode='r+')['available'][:] = stale.numpy()
+    with pytest.raises(ConfigError, match=r'MMT masks of an earlier version.*index it again: python -m train.index'):
+        Collection(run, out, data)
+    assert index_main([*args, '--overwrite']) == 0
+    assert EmbeddingStore(out / EMBEDDINGS).read()[2].available.all()
+    assert Collection(run, out, data).video.available.all()
+
+    query = load_manifest('demo', data).captions[load_manifest('demo', data).video_ids[0]][0]
+    before = Searcher(run, data).search(query, k=20)
+    gallery = torch.load(run / 'gallery.pt', weights_only=True)
+    gallery['available'][::2, 1] = False
+    torch.save(gallery, run / 'gallery.pt')
+    searcher = Searcher(run, data)
+    assert 'scored with every expert' in searcher.note
+    assert searcher.search(query, k=20) == before  # the embeddings hold: only the mask was stale
