@@ -114,6 +114,8 @@ class Collection:
     def file(self, relative: str) -> Path:
         """An indexed video's file inside the root (PermissionError: outside it, through `..`, an absolute
         path or a symlink; FileNotFoundError: not an indexed video's path, or no such file)."""
+        if not relative:
+            raise FileNotFoundError('no video path given: ?path= takes a path from the results\' "video"')
         try:
             path = resolve_inside(self.root, relative)
         except DatasetError as err:

@@ -55,7 +55,8 @@ def init_source(spec: str) -> Path:
                               'checkpoints/*.pt')
         return path.resolve()
     if not path.is_dir():
-        raise ConfigError(f'--init-from {spec}: no such file or directory; give a run directory or a checkpoint file')
+        what = 'not a regular file' if path.exists() else 'no such file or directory'  # /dev/zero, a FIFO
+        raise ConfigError(f'--init-from {spec}: {what}; give a run directory or a checkpoint file')
     try:
         seeds = run_seeds(path)
     except ConfigError:

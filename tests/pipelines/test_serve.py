@@ -86,6 +86,7 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
             ('/video', (('path', str(outside)),)): (403, 'relative'),
             ('/video', (('path', collection.paths[7]),)): (403, 'leads outside'),
             ('/video', (('path', 'nothing_here.mp4'),)): (404, 'no video'),
+            ('/video', (('path', ''),)): (404, 'no video path given'),  # was 403 'must be relative'
             ('/video', (('path', 'demo.json'),)): (404, 'no video'),
             ('/video', (('path', 'videos/../demo.json'),)): (404, 'no video'),
             ('/thumb/100000', ()): (404, 'no thumbnail'),

@@ -255,6 +255,8 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[object, list[str], tu
                                              (str(tmp / 'empty'), 'holds no run', '--init-from')),
         'init-from a missing path': (train_main, _args(world, tmp / 'r', None, '--init-from', str(tmp / 'nothing')),
                                      (str(tmp / 'nothing'), 'no such file')),
+        'init-from a device': (train_main, _args(world, tmp / 'r', None, '--init-from', '/dev/zero'),
+                               ('/dev/zero', 'not a regular file')),  # was 'no such file or directory'
         'init-from a file that is no checkpoint': (train_main, _args(world, tmp / 'r', None, '--init-from',
                                                                      str(tmp / 'notes.pt')),
                                                    (str(tmp / 'notes.pt'), 'not a checkpoint')),
