@@ -3,13 +3,15 @@
 # package index. Build the kit first where pip works:  python -m pipelines.bench_kit --out .whl
 # Then, from the repository root on the GPU machine:
 #
-#   bash pipelines/bench_gpu.sh [extract|train|tests|all] [VIDEOS]
+#   bash pipelines/bench_gpu.sh [PARTS] [VIDEOS]      PARTS: extract (default), train, tests, a comma
+#                                                    list of them (train,tests), or all
 #
 #   extract  python -m extract.bench, every expert, VIDEOS (default 512) links to the kit's 15-s clips:
 #            decode-only, each expert's model-only row, then all seven end to end (issue 24's figure)
 #   train    python -m train.bench: MMT's step eager and compiled at batch 32, 5k x 5k retrieval
 #   tests    the tests that need CUDA (NVDEC, CUDA graphs, the compiled step)
-#   all      the three, in that order
+#   all      the three, in that order (about 14 minutes at most: more than the lent machines' 10
+#            minutes a command; there run extract, then train,tests)
 #
 # Each part runs under its own limit (EXTRACT_LIMIT=420, TRAIN_LIMIT=240, TESTS_LIMIT=180 seconds)
 # and its log is written to $OUT (the device tool's folder that comes back; else ./bench-out) as it
@@ -23,7 +25,11 @@ OUT=${OUT:-bench-out}
 what=${1:-extract}
 videos=${2:-512}
 mkdir -p "$OUT"
-case $what in extract|train|tests|all) ;; *) echo "usage: bash pipelines/bench_gpu.sh [extract|train|tests|all] [VIDEOS]" >&2; exit 2;; esac
+[ "$what" = all ] && what=extract,train,tests
+for p in ${what//,/ }; do
+  case $p in extract|train|tests) ;; *) echo "usage: bash pipelines/bench_gpu.sh [extract|train|tests|all|A,B] [VIDEOS]" >&2; exit 2;; esac
+done
+wants() { [[ ",$what," == *",$1,"* ]]; }
 [ -f "$KIT/KIT" ] || { echo "no kit in $KIT: build it with python -m pipelines.bench_kit --out $KIT" >&2; exit 2; }
 KIT=$(cd "$KIT" && pwd)
 
@@ -53,17 +59,17 @@ part() {  # part NAME LIMIT COMMAND...: run under a time limit, log to $OUT/NAME
   [ "$rc" = 0 ] || status=1
 }
 
-if [ "$what" = extract ] || [ "$what" = all ]; then
+if wants extract; then
   # shellcheck disable=SC2086 # EXTRACT_ARGS is a list of options
   part extract "${EXTRACT_LIMIT:-420}" python3 -m extract.bench --dataset folder:/tmp/vids --experts all \
     --limit "$videos" --end-to-end all --set "word_vectors=$KIT/clips/word2vec.bin" \
     --set speech.random_shape=small --set "speech.vad=${SPEECH_VAD:-false}" --set speech.max_tokens=64 \
     --set 'speech.temperatures=[0.0]' ${EXTRACT_ARGS:-}
 fi
-if [ "$what" = train ] || [ "$what" = all ]; then
+if wants train; then
   part train "${TRAIN_LIMIT:-240}" python3 -m train.bench --models mmt,ce,mee --steps 30 --stream-models ''
 fi
-if [ "$what" = tests ] || [ "$what" = all ]; then
+if wants tests; then
   part tests "${TESTS_LIMIT:-180}" python3 -m pytest -q -p no:cacheprovider tests/extract/test_nvdec.py \
     tests/extract/test_extract.py tests/extract/test_speech_batch.py tests/train/test_step.py \
     -k 'cuda or nvdec or graph or compile'
