@@ -520,3 +520,19 @@ def test_the_shuffle_buffer_is_kept_only_while_it_fits() -> None:
     for t, k in ((3, 7), (6, 5)):
         got = feed._slots(data(t), k)['object']
         assert got[0].shape == (k, t, 4) and got[0].dtype == np.float16 and got[1].shape == (k,) and got[2] is None
+
+
+def test_every_rank_plans_the_same_steps_over_its_own_share_of_the_chunks() -> None:
+    """Of two ranks with unequal shares (chunks of 5, 5, 5 and 1 videos), each reads other chunks,
+    together all of them, and both take the steps of the smaller share (a rank with a step more
+    would wait in its gradient all-reduce for ever)."""
+    from train.stream import epoch_plan
+
+    sizes = np.array([5, 5, 5, 1])
+    plans = [epoch_plan(sizes, 2, 4, np.random.default_rng([0, 3]), rank, 2) for rank in (0, 1)]
+    assert sorted(np.concatenate([p.units for p in plans]).tolist()) == [0, 1, 2, 3]
+    counts = [int(sizes[p.units].sum()) for p in plans]
+    assert {p.steps for p in plans} == {min(counts) // 2} and len(set(counts)) == 2
+    for p, n in zip(plans, counts):
+        assert len(p.emit) == p.steps * 2 and sorted(set(p.emit.tolist())) == sorted(p.emit.tolist())
+        assert max(p.emit.tolist()) < n
