@@ -203,3 +203,19 @@ def test_a_checkpoint_without_the_epochs_loss_sum_resumes_part_way(tiny: Path, t
                              '--set', 'train.checkpoint_steps=2'))
     saved = _last(old)  # at step 2, part way through the 4-step epoch
     assert (saved['steps'], saved['epoch_steps']) == (2, 2) and math.isnan(saved['epoch_loss'][0])
+
+
+def test_a_resumed_run_keeps_the_best_validation_score_of_the_epochs_before(
+        tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt stays the epoch of the highest selection score over the whole run: a resumed run
+    compares its epochs with the best of those before the resume (last.pt's), not with nothing."""
+    import train.loop
+
+    scores = iter([3.0, 1.0, 2.0, 0.0])  # epochs 1-2, then 3-4 after the resume: epoch 1 is the best
+    monkeypatch.setattr(train.loop, 'geometric_mean', lambda values: next(scores))
+    run = tmp_path / 'run'
+    for epochs in (2, 4):
+        assert train_main(tiny_args(tiny, run, '--set', f'train.epochs={epochs}')) == 0
+    assert torch.load(run / 'seed0' / 'checkpoints' / 'best.pt', weights_only=True)['epoch'] == 0
+    assert torch.load(run / 'seed0' / 'gallery.pt', weights_only=True)['checkpoint'] == 'best.pt'
+    assert len(_losses(run)) == 4
