@@ -219,3 +219,22 @@ def test_a_resumed_run_keeps_the_best_validation_score_of_the_epochs_before(
     assert torch.load(run / 'seed0' / 'checkpoints' / 'best.pt', weights_only=True)['epoch'] == 0
     assert torch.load(run / 'seed0' / 'gallery.pt', weights_only=True)['checkpoint'] == 'best.pt'
     assert len(_losses(run)) == 4
+
+
+def test_each_epoch_draws_its_batches_from_a_generator_of_the_seed_and_the_epoch(
+        tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch e's order is drawn from default_rng([seed, e]): each epoch shuffles anew, and a resumed
+    run draws the orders of the uninterrupted one."""
+    import numpy as np
+
+    from train.data import TrainFeed
+
+    real, seen = TrainFeed.epoch, []
+
+    def epoch(self: TrainFeed, batch_size: int, rng: np.random.Generator, skip: int = 0):  # noqa: ANN202
+        seen.append(rng.bit_generator.state)
+        return real(self, batch_size, rng, skip)
+
+    monkeypatch.setattr(TrainFeed, 'epoch', epoch)
+    assert train_main(tiny_args(tiny, tmp_path / 'run', '--set', 'train.epochs=2', '--seeds', '3')) == 0
+    assert seen == [np.random.default_rng([3, e]).bit_generator.state for e in (0, 1)]
