@@ -141,12 +141,13 @@ def test_a_resumed_run_drops_the_metrics_lines_its_checkpoint_does_not_hold(tiny
     run = tmp_path / 'run'
     assert _steps(tiny, run, 3) == 0
     metrics = run / 'seed0' / 'metrics.jsonl'
-    with open(metrics, 'a', encoding='utf-8') as f:  # step 5's line of the killed attempt, then one cut short
-        f.write(json.dumps({'epoch': 3, 'step': 5, 'train/loss': 9.0}) + '\n{"epoch": 3, "st')
+    with open(metrics, 'a', encoding='utf-8') as f:  # steps 4 and 5's lines of the killed attempt, then one cut short
+        f.write(json.dumps({'epoch': 2, 'step': 4, 'train/loss': 9.0}) + '\n'
+                + json.dumps({'epoch': 3, 'step': 5, 'train/loss': 9.0}) + '\n{"epoch": 3, "st')
     assert _steps(tiny, run, 5) == 0
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [(r['epoch'], r['step']) for r in records] == [(1, 2), (2, 3), (2, 4), (3, 5)]
-    assert records[-1]['train/loss'] != 9.0
+    assert 9.0 not in [r['train/loss'] for r in records]
 
 
 def test_checkpoint_steps_writes_last_pt_part_way_through_an_epoch_and_a_kill_resumes_there(
@@ -238,3 +239,13 @@ def test_each_epoch_draws_its_batches_from_a_generator_of_the_seed_and_the_epoch
     monkeypatch.setattr(TrainFeed, 'epoch', epoch)
     assert train_main(tiny_args(tiny, tmp_path / 'run', '--set', 'train.epochs=2', '--seeds', '3')) == 0
     assert seen == [np.random.default_rng([3, e]).bit_generator.state for e in (0, 1)]
+
+
+def test_a_per_step_schedule_steps_once_a_step_and_never_at_an_epochs_end(tiny: Path, tmp_path: Path) -> None:
+    """train.lr_step_unit=step (MMT's decay): after 2 epochs of 2 steps the schedule has stepped 4
+    times, and the lr halved every train.lr_step=1 of them."""
+    run = tmp_path / 'run'
+    assert train_main(tiny_args(tiny, run, *_SCHEDULE, '--set', 'train.lr_step_unit=step', '--set', 'train.epochs=2')) == 0
+    saved = _last(run)
+    assert saved['scheduler']['last_epoch'] == 4
+    assert saved['optimizer']['param_groups'][0]['lr'] == pytest.approx(0.01 * 0.5 ** 4)
