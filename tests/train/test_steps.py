@@ -249,3 +249,13 @@ def test_a_per_step_schedule_steps_once_a_step_and_never_at_an_epochs_end(tiny: 
     saved = _last(run)
     assert saved['scheduler']['last_epoch'] == 4
     assert saved['optimizer']['param_groups'][0]['lr'] == pytest.approx(0.01 * 0.5 ** 4)
+
+
+def test_an_epochs_line_records_the_learning_rate_it_trained_at(tiny: Path, tmp_path: Path) -> None:
+    """metrics.jsonl's lr is the one the epoch's steps took (halved every epoch here), not the one
+    the schedule set for the next epoch; an epoch stopped part way by train.steps records its own alike."""
+    lrs = lambda run: [json.loads(line)['lr'] for line in (run / 'seed0' / 'metrics.jsonl').open()]  # noqa: E731
+    assert train_main(tiny_args(tiny, tmp_path / 'epochs', *_SCHEDULE, '--set', 'train.epochs=3')) == 0
+    assert lrs(tmp_path / 'epochs') == pytest.approx([0.01, 0.005, 0.0025])
+    assert _steps(tiny, tmp_path / 'steps', 3) == 0
+    assert lrs(tmp_path / 'steps') == pytest.approx([0.01, 0.005])
