@@ -538,3 +538,12 @@ def test_every_rank_plans_the_same_steps_over_its_own_share_of_the_chunks() -> N
     for p, n in zip(plans, counts):
         assert len(p.emit) == p.steps * 2 and sorted(set(p.emit.tolist())) == sorted(p.emit.tolist())
         assert max(p.emit.tolist()) < n
+
+
+def test_each_part_rank_and_run_has_a_cache_file_of_its_own(tmp_path: Path) -> None:
+    """A run's train and val caches (and each rank's) are two files: one shared file is made by the
+    first part to write, and the other's O_EXCL open then fails, turning its cache off."""
+    runs = [tmp_path / 'a', tmp_path / 'b']
+    paths = {cache_path(tmp_path, run, part, rank) for run in runs for part in ('train', 'val') for rank in (0, 1)}
+    assert len(paths) == 8 and all(p.parent == tmp_path for p in paths)
+    assert cache_path(tmp_path, runs[0], 'val', 1) == cache_path(tmp_path, tmp_path / 'x' / '..' / 'a', 'val', 1)
