@@ -208,11 +208,12 @@ def test_a_checkpoint_without_the_epochs_loss_sum_resumes_part_way(tiny: Path, t
 
 def test_a_resumed_run_keeps_the_best_validation_score_of_the_epochs_before(
         tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """best.pt stays the epoch of the highest selection score over the whole run: a resumed run
-    compares its epochs with the best of those before the resume (last.pt's), not with nothing."""
+    """best.pt stays the first epoch of the highest selection score over the whole run (a tie, common
+    for recalls of a small val part, keeps the earlier): a resumed run compares its epochs with the
+    best of those before the resume (last.pt's), not with nothing."""
     import train.loop
 
-    scores = iter([3.0, 1.0, 2.0, 0.0])  # epochs 1-2, then 3-4 after the resume: epoch 1 is the best
+    scores = iter([3.0, 3.0, 2.0, 0.0])  # epochs 1-2, then 3-4 after the resume: epoch 1 is the best
     monkeypatch.setattr(train.loop, 'geometric_mean', lambda values: next(scores))
     run = tmp_path / 'run'
     for epochs in (2, 4):
