@@ -353,13 +353,14 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
         bar.close()
         batches.close()  # a streamed epoch stops its reader processes now, not when collected
     state.steps += done[0]
+    lr = state.base.param_groups[0]['lr']  # the epoch's (a per-step schedule's after its last step), not the next's
     if cfg.steps and state.steps == cfg.steps:  # stopped by the budget: perhaps part way through
         state.epoch_steps += done[0]
         state.epoch_loss = summed if state.epoch_loss is not None else None
     else:
         _end_epoch(state, cfg)
     return {'epoch': epoch + 1, 'step': state.steps, 'train/loss': mean_loss, 'train/seconds': time.time() - t0,
-            'lr': state.base.param_groups[0]['lr']}
+            'lr': lr}
 
 
 def _end_epoch(state: TrainState, cfg: TrainCfg) -> None:

@@ -233,3 +233,21 @@ def test_ctrl_c_under_train_launch_ends_in_one_line(tiny: Path, tmp_path: Path, 
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and 'Traceback' not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith('interrupted: rerun the same command to continue'), err[-3000:]
+
+
+def test_each_rank_draws_its_own_dropout_stream_and_rank_0_that_of_one_process() -> None:
+    """`seed_rank` after every rank made the same weights: rank 0 keeps the one-process stream,
+    each other rank takes one of its own, a function of (seed, rank, epoch, step)."""
+    from train.distributed import Dist, seed_rank
+
+    def draw(rank: int, *more: int) -> torch.Tensor:
+        torch.manual_seed(5)
+        seed_rank(Dist(rank, 3), 0, *more)
+        return torch.rand(4)
+
+    one = draw(0)
+    torch.manual_seed(5)
+    assert torch.equal(one, torch.rand(4))
+    streams = [draw(1), draw(2), draw(1, 2, 0)]
+    assert all(not torch.equal(a, b) for i, a in enumerate([one, *streams]) for b in streams[i:] if a is not b)
+    assert torch.equal(draw(2), streams[1])

@@ -3,6 +3,7 @@
 written out here from its update rule."""
 from __future__ import annotations
 
+import io
 import math
 
 import torch
@@ -57,3 +58,51 @@ def test_ranger_keeps_weights_loaded_after_it_was_made() -> None:
         layer.weight.grad = torch.zeros_like(layer.weight)
         step.step()
     torch.testing.assert_close(layer.weight.detach(), torch.full((3, 4), 5.0, dtype=torch.float64))
+
+
+def test_ranger_resumed_from_its_state_dict_takes_the_uninterrupted_steps() -> None:
+    """A run resumed part way between two Lookahead syncs (last.pt keeps the optimiser's state_dict)
+    continues with its slow weights and its step count, not the fast weights it was rebuilt with."""
+    torch.manual_seed(0)
+    start = torch.randn(3, 4, dtype=torch.float64)
+    grads = [torch.randn(3, 4, dtype=torch.float64) for _ in range(14)]
+
+    def layer(weight: torch.Tensor) -> torch.nn.Linear:
+        out = torch.nn.Linear(4, 3, bias=False).double()
+        with torch.no_grad():
+            out.weight.copy_(weight)
+        return out
+
+    def train(model: torch.nn.Linear, steps: list[torch.Tensor], state: dict | None = None) -> dict:
+        opt, _ = build_optimizer(TrainCfg(optimizer='ranger', lr=0.1, weight_decay=1e-3), model)
+        if state is not None:
+            opt.load_state_dict(state)
+        for g in steps:
+            model.weight.grad = g.clone()
+            opt.step()
+        buffer = io.BytesIO()  # through a file, as last.pt
+        torch.save(opt.state_dict(), buffer)
+        return torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+    whole, part = layer(start), layer(start)
+    train(whole, grads)
+    state = train(part, grads[:4])  # 4 steps: the slow weights are not the fast ones
+    resumed = layer(part.weight.detach())
+    train(resumed, grads[4:], state)
+    torch.testing.assert_close(resumed.weight.detach(), whole.weight.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_adam_decays_weights_as_an_l2_term_and_adamw_apart_from_the_gradient() -> None:
+    """One step with a zero gradient: Adam's decay is a gradient wd * w, which its normalised step
+    turns into lr * sign(w); AdamW's shrinks w by lr * wd."""
+    for name in ('adam', 'adamw'):
+        layer = torch.nn.Linear(4, 3).double()
+        before = [p.detach().clone() for p in layer.parameters()]
+        step, base = build_optimizer(TrainCfg(optimizer=name, lr=0.1, weight_decay=0.01), layer)
+        assert step is base
+        for p in layer.parameters():
+            p.grad = torch.zeros_like(p)
+        step.step()
+        for p, w in zip(layer.parameters(), before):
+            want = w - 0.1 * torch.sign(w) if name == 'adam' else w * (1 - 0.1 * 0.01)
+            torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-5)  # Adam: eps

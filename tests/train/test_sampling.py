@@ -250,3 +250,19 @@ def test_pretraining_on_a_split_without_test_part_finishes_for_init_from(howto: 
     last = run / 'seed0' / 'checkpoints' / 'last.pt'
     assert tested_checkpoint(run / 'seed0') == last and init_source(str(run / 'seed0')) == last.resolve()
     assert not (run / 'seed0' / 'test_metrics.json').exists()
+
+
+def test_every_window_and_segment_can_be_drawn_and_each_video_draws_its_own() -> None:
+    """Window starts run over every place where `window_words` words fit, the last included; a
+    video's draw depends on its id (videos of one epoch do not all take the same segment)."""
+    from train.sampling import Sampler
+
+    texts = ('a b', 'c d', 'e')  # five words in time order, over three segments
+    times = [(0.0, 2.0), (3.0, 5.0), (6.0, 7.0)]
+    ids = [f'v{i}' for i in range(40)]
+    window = Sampler('window', {v: texts for v in ids}, {v: times for v in ids}, 3, 4.0, False)
+    assert {window.draw('v0', key).text for key in range(200)} == {'a b c', 'b c d', 'c d e'}
+    assert window.draw('v0', 1) == window.draw('v0', 1)  # a pure function of (video, key)
+    segment = Sampler('segment', {v: texts for v in ids}, {v: times for v in ids}, 3, 4.0, False)
+    assert len({segment.draw(v, 7).text for v in ids}) == 3
+    assert segment.draw('v5', 7).start in (0.0, 3.0, 6.0)

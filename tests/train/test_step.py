@@ -274,3 +274,22 @@ def test_cuda_steps_never_make_the_host_wait(on_device: bool, compile: bool) -> 
     finally:
         torch.cuda.set_sync_debug_mode('default')
     assert step.compiled == compile and torch.isfinite(total)
+
+
+def test_a_step_clips_the_gradient_updates_and_then_steps_the_schedule() -> None:
+    """SGD at lr 1: the first update is the gradient clipped to train.grad_clip; a per-step schedule
+    that sets the lr to 0 after one step takes effect from the second update, not the first."""
+    data = synthetic_split(_mee_cfg(), 16, 7)
+    torch.manual_seed(0)
+    model = create_model(_mee_cfg()).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    step = TrainStep(model, opt, _contrastive, 1e-3, 'cpu', False, torch.optim.lr_scheduler.StepLR(opt, 1, 0.0))
+    video, text = next(TrainFeed(data, torch.device('cpu'), 0).epoch(4, np.random.default_rng(0)))
+    weights = lambda: [p.detach().clone() for p in model.parameters()]  # noqa: E731
+    before = weights()
+    step(video, text)
+    after = weights()
+    moved = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(after, before)))
+    assert 0 < moved <= 1e-3
+    step(video, text)
+    assert all(torch.equal(a, b) for a, b in zip(weights(), after))

@@ -141,12 +141,13 @@ def test_a_resumed_run_drops_the_metrics_lines_its_checkpoint_does_not_hold(tiny
     run = tmp_path / 'run'
     assert _steps(tiny, run, 3) == 0
     metrics = run / 'seed0' / 'metrics.jsonl'
-    with open(metrics, 'a', encoding='utf-8') as f:  # step 5's line of the killed attempt, then one cut short
-        f.write(json.dumps({'epoch': 3, 'step': 5, 'train/loss': 9.0}) + '\n{"epoch": 3, "st')
+    with open(metrics, 'a', encoding='utf-8') as f:  # steps 4 and 5's lines of the killed attempt, then one cut short
+        f.write(json.dumps({'epoch': 2, 'step': 4, 'train/loss': 9.0}) + '\n'
+                + json.dumps({'epoch': 3, 'step': 5, 'train/loss': 9.0}) + '\n{"epoch": 3, "st')
     assert _steps(tiny, run, 5) == 0
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [(r['epoch'], r['step']) for r in records] == [(1, 2), (2, 3), (2, 4), (3, 5)]
-    assert records[-1]['train/loss'] != 9.0
+    assert 9.0 not in [r['train/loss'] for r in records]
 
 
 def test_checkpoint_steps_writes_last_pt_part_way_through_an_epoch_and_a_kill_resumes_there(
@@ -203,3 +204,59 @@ def test_a_checkpoint_without_the_epochs_loss_sum_resumes_part_way(tiny: Path, t
                              '--set', 'train.checkpoint_steps=2'))
     saved = _last(old)  # at step 2, part way through the 4-step epoch
     assert (saved['steps'], saved['epoch_steps']) == (2, 2) and math.isnan(saved['epoch_loss'][0])
+
+
+def test_a_resumed_run_keeps_the_best_validation_score_of_the_epochs_before(
+        tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt stays the first epoch of the highest selection score over the whole run (a tie, common
+    for recalls of a small val part, keeps the earlier): a resumed run compares its epochs with the
+    best of those before the resume (last.pt's), not with nothing."""
+    import train.loop
+
+    scores = iter([3.0, 3.0, 2.0, 0.0])  # epochs 1-2, then 3-4 after the resume: epoch 1 is the best
+    monkeypatch.setattr(train.loop, 'geometric_mean', lambda values: next(scores))
+    run = tmp_path / 'run'
+    for epochs in (2, 4):
+        assert train_main(tiny_args(tiny, run, '--set', f'train.epochs={epochs}')) == 0
+    assert torch.load(run / 'seed0' / 'checkpoints' / 'best.pt', weights_only=True)['epoch'] == 0
+    assert torch.load(run / 'seed0' / 'gallery.pt', weights_only=True)['checkpoint'] == 'best.pt'
+    assert len(_losses(run)) == 4
+
+
+def test_each_epoch_draws_its_batches_from_a_generator_of_the_seed_and_the_epoch(
+        tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch e's order is drawn from default_rng([seed, e]): each epoch shuffles anew, and a resumed
+    run draws the orders of the uninterrupted one."""
+    import numpy as np
+
+    from train.data import TrainFeed
+
+    real, seen = TrainFeed.epoch, []
+
+    def epoch(self: TrainFeed, batch_size: int, rng: np.random.Generator, skip: int = 0):  # noqa: ANN202
+        seen.append(rng.bit_generator.state)
+        return real(self, batch_size, rng, skip)
+
+    monkeypatch.setattr(TrainFeed, 'epoch', epoch)
+    assert train_main(tiny_args(tiny, tmp_path / 'run', '--set', 'train.epochs=2', '--seeds', '3')) == 0
+    assert seen == [np.random.default_rng([3, e]).bit_generator.state for e in (0, 1)]
+
+
+def test_a_per_step_schedule_steps_once_a_step_and_never_at_an_epochs_end(tiny: Path, tmp_path: Path) -> None:
+    """train.lr_step_unit=step (MMT's decay): after 2 epochs of 2 steps the schedule has stepped 4
+    times, and the lr halved every train.lr_step=1 of them."""
+    run = tmp_path / 'run'
+    assert train_main(tiny_args(tiny, run, *_SCHEDULE, '--set', 'train.lr_step_unit=step', '--set', 'train.epochs=2')) == 0
+    saved = _last(run)
+    assert saved['scheduler']['last_epoch'] == 4
+    assert saved['optimizer']['param_groups'][0]['lr'] == pytest.approx(0.01 * 0.5 ** 4)
+
+
+def test_an_epochs_line_records_the_learning_rate_it_trained_at(tiny: Path, tmp_path: Path) -> None:
+    """metrics.jsonl's lr is the one the epoch's steps took (halved every epoch here), not the one
+    the schedule set for the next epoch; an epoch stopped part way by train.steps records its own alike."""
+    lrs = lambda run: [json.loads(line)['lr'] for line in (run / 'seed0' / 'metrics.jsonl').open()]  # noqa: E731
+    assert train_main(tiny_args(tiny, tmp_path / 'epochs', *_SCHEDULE, '--set', 'train.epochs=3')) == 0
+    assert lrs(tmp_path / 'epochs') == pytest.approx([0.01, 0.005, 0.0025])
+    assert _steps(tiny, tmp_path / 'steps', 3) == 0
+    assert lrs(tmp_path / 'steps') == pytest.approx([0.01, 0.005])

@@ -150,9 +150,11 @@ def test_a_resumed_epoch_builds_the_batches_after_its_skip_and_reads_only_their_
 
     whole = epoch(0)
     assert len(whole) == 15
-    for skip in (1, 7, 14, 15, 16):  # 16: resumed with more processes, whose epoch has fewer steps
+    # 13: a unit's last video is the first one the resumed epoch emits; 16: resumed with more
+    # processes, whose epoch has fewer steps
+    for skip in (1, 7, 13, 14, 15, 16):
         assert epoch(skip) == whole[skip:], skip
-    assert read == [19, 19, 14, 7, 0, 0]  # the units read: all 19 from the start and from step 1, fewer later
+    assert read == [19, 19, 14, 8, 7, 0, 0]  # the units read: all 19 from the start and from step 1, fewer later
 
 
 def test_a_streamed_run_checks_each_chunk_against_its_sums_once(small: tuple[Path, Path], tmp_path: Path,
@@ -441,6 +443,8 @@ def test_a_cache_that_filled_up_part_way_gives_the_batches_of_no_cache(small: tu
                      cache=cache_path(tmp_path, tmp_path, 'train', 0))
     assert epochs(part) == plain
     assert part.cache.full and 0 < len(part.cache.index) < len(part.bounds) - 1
+    # the records of the unit it failed in are cut off: the space goes back to the run's checkpoints
+    assert part.cache.path.stat().st_size == part.cache.end
     part.close()
 
 
@@ -520,3 +524,28 @@ def test_the_shuffle_buffer_is_kept_only_while_it_fits() -> None:
     for t, k in ((3, 7), (6, 5)):
         got = feed._slots(data(t), k)['object']
         assert got[0].shape == (k, t, 4) and got[0].dtype == np.float16 and got[1].shape == (k,) and got[2] is None
+
+
+def test_every_rank_plans_the_same_steps_over_its_own_share_of_the_chunks() -> None:
+    """Of two ranks with unequal shares (chunks of 5, 5, 5 and 1 videos), each reads other chunks,
+    together all of them, and both take the steps of the smaller share (a rank with a step more
+    would wait in its gradient all-reduce for ever)."""
+    from train.stream import epoch_plan
+
+    sizes = np.array([5, 5, 5, 1])
+    plans = [epoch_plan(sizes, 2, 4, np.random.default_rng([0, 3]), rank, 2) for rank in (0, 1)]
+    assert sorted(np.concatenate([p.units for p in plans]).tolist()) == [0, 1, 2, 3]
+    counts = [int(sizes[p.units].sum()) for p in plans]
+    assert {p.steps for p in plans} == {min(counts) // 2} and len(set(counts)) == 2
+    for p, n in zip(plans, counts):
+        assert len(p.emit) == p.steps * 2 and sorted(set(p.emit.tolist())) == sorted(p.emit.tolist())
+        assert max(p.emit.tolist()) < n
+
+
+def test_each_part_rank_and_run_has_a_cache_file_of_its_own(tmp_path: Path) -> None:
+    """A run's train and val caches (and each rank's) are two files: one shared file is made by the
+    first part to write, and the other's O_EXCL open then fails, turning its cache off."""
+    runs = [tmp_path / 'a', tmp_path / 'b']
+    paths = {cache_path(tmp_path, run, part, rank) for run in runs for part in ('train', 'val') for rank in (0, 1)}
+    assert len(paths) == 8 and all(p.parent == tmp_path for p in paths)
+    assert cache_path(tmp_path, runs[0], 'val', 1) == cache_path(tmp_path, tmp_path / 'x' / '..' / 'a', 'val', 1)

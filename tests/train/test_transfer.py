@@ -280,3 +280,13 @@ def test_a_bad_transfer_input_is_one_line(name: str, world: Path, tmp_path: Path
     line = _one_line(command(args), capsys.readouterr().err, *words)
     assert 'delete it' not in line and not (tmp_path / 'PWNED').exists()  # never advised to delete a source
     assert not (tmp_path / 'r' / 'seed0' / 'checkpoints').exists()  # refused before any split loads
+
+
+def test_a_run_of_many_seeds_lists_them_in_seed_order(tmp_path: Path) -> None:
+    """seed10 comes after seed2 (search and evaluation pair each seed's results with its number)."""
+    from train.runs import run_seeds
+
+    for s in (10, 2, 0, 1):
+        (tmp_path / f'seed{s}').mkdir()
+        (tmp_path / f'seed{s}' / 'config.yaml').write_text('{}')
+    assert [p.name for p in run_seeds(tmp_path)] == ['seed0', 'seed1', 'seed2', 'seed10']
