@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -95,15 +96,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     """Call `write(f)` on a temporary file beside `path`, then put it in `path`'s place.
 
     The temporary file is `.NAME.HOST-PID.tmp` in the same directory (a rename never crosses file
-    systems), one per writing process: two processes writing one path at once (two seeds' results
-    into one base folder) each put a whole file in place, the last one staying. A write cut short
-    leaves its file; the next write to `path` from this host removes those whose process is gone.
+    systems; HOST hashes the host name), one per writing process: two processes writing one path at
+    once (two seeds' results into one base folder) each put a whole file in place, the last one
+    staying. A write cut short leaves its file; a later write to `path` from this host removes it
+    once its process is gone and an hour has passed.
     Ctrl-C and SIGTERM wait for the write's end: a KeyboardInterrupt inside `torch.save` comes out
     as torch's own RuntimeError, and the file would be lost for a signal seconds later.
     """
     path = Path(path)
     _remove_leftovers(path)
-    tmp = path.with_name(f'.{path.name}.{socket.gethostname()}-{os.getpid()}.tmp')
+    tmp = path.with_name(f'.{path.name}.{_host()}-{os.getpid()}.tmp')
     with signals_deferred(escalate=True):
         try:
             with open(tmp, 'wb') as f:
@@ -122,18 +124,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         fsync_dir(path.parent)
 
 
+def _host() -> str:
+    """8 hex digits of this host's name: temporary names stay short (a cluster's long host names
+    would cost a long target name its last characters under the 255-byte limit)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+#: a leftover temporary file this old is removed only once its process is gone: a live one of the
+#: same host name in another PID namespace (containers sharing the host's name) is left alone
+_LEFTOVER_S = 3600
+
+
 def _remove_leftovers(path: Path) -> None:
     """Remove the temporary files of `path` that writers on this host left when killed (their process
-    is gone), and the one `.NAME.tmp` of versions before the names held a process."""
-    mine = f'.{path.name}.{socket.gethostname()}-'
+    is gone, and an hour passed), and the one `.NAME.tmp` of versions before the names held a process
+    (after an hour too: a run of such a version may still be writing it)."""
+    mine = f'.{path.name}.{_host()}-'
     try:
         with os.scandir(path.parent) as entries:
-            names = [e.name for e in entries if e.name.startswith(f'.{path.name}.') and e.name.endswith('.tmp')]
+            found = [(e.name, e.stat(follow_symlinks=False).st_mtime) for e in entries
+                     if e.name.startswith(f'.{path.name}.') and e.name.endswith('.tmp')]
     except OSError:
         return
-    for name in names:
+    now = time.time()
+    for name, mtime in found:
         pid = name[len(mine):-len('.tmp')] if name.startswith(mine) else ''
-        if name == f'.{path.name}.tmp' or (pid.isdigit() and not _alive(int(pid))):
+        stale = name == f'.{path.name}.tmp' or (pid.isdigit() and not _alive(int(pid)))
+        if stale and now - mtime > _LEFTOVER_S:
             with contextlib.suppress(OSError):
                 os.unlink(path.parent / name)
 

@@ -279,23 +279,30 @@ def test_two_processes_writing_one_file_at_once_each_put_a_whole_file_in_place(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ['go', 'half', 'results.md']
 
 
-def test_a_killed_writers_temporary_file_goes_at_the_next_write(tmp_path: Path) -> None:
-    import socket
+def test_a_killed_writers_temporary_file_goes_at_a_later_write(tmp_path: Path) -> None:
+    """Once its process is gone and an hour has passed: a live process of the same host name in
+    another PID namespace (containers sharing the host's name) looks gone, and may still be writing."""
     import subprocess
     import sys
+    import time
 
-    from shared.files import atomic_write_text
+    from shared.files import _host, atomic_write_text
 
     gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True,
                           check=True).stdout.strip()
-    host = socket.gethostname()
     target = tmp_path / 'results.md'
-    dead = tmp_path / f'.results.md.{host}-{gone}.tmp'
-    live = tmp_path / f'.results.md.{host}-{os.getppid()}.tmp'  # a writer still at work
+    dead = tmp_path / f'.results.md.{_host()}-{gone}.tmp'
+    recent = tmp_path / f'.results.md.{_host()}-{int(gone) + 1_000_000}.tmp'  # no such pid, but written just now
+    live = tmp_path / f'.results.md.{_host()}-{os.getppid()}.tmp'  # a writer still at work
     older = tmp_path / '.results.md.tmp'  # the one name of earlier versions
-    other = tmp_path / '.other.md.otherhost-1.tmp'
-    for p in (dead, live, older, other):
+    other = tmp_path / '.other.md.0000abcd-1.tmp'
+    for p in (dead, recent, live, older, other):
         p.write_bytes(b'half')
+    hours_ago = time.time() - 7200
+    for p in (dead, live, older, other):
+        os.utime(p, (hours_ago, hours_ago))
     atomic_write_text(target, 'done\n')
     assert target.read_text() == 'done\n'
-    assert not dead.exists() and not older.exists() and live.exists() and other.exists()
+    assert not dead.exists() and not older.exists()
+    assert recent.exists() and live.exists() and other.exists()
+    assert all(len(p.name) <= len(target.name) + 24 for p in (dead, live))  # short whatever the host name
