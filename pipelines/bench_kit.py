@@ -47,7 +47,8 @@ from typing import IO
 
 from shared.files import atomic_write, atomic_write_text
 
-__all__ = ['IMAGE_PACKAGES', 'KitError', 'OPTIONAL_MODULES', 'Wheel', 'WHEELS', 'build_kit', 'main', 'repack_wheel']
+__all__ = ['IMAGE_PACKAGES', 'KitError', 'OPTIONAL_MODULES', 'Wheel', 'WHEELS', 'build_kit', 'kit_version', 'main',
+           'repack_wheel']
 
 #: the imageio-ffmpeg release whose static FFmpeg the kit carries (newer ones hold a 173 MB binary)
 FFMPEG_SOURCE = 'imageio-ffmpeg==0.6.0'
@@ -132,30 +133,46 @@ NVDEC = Wheel('pynvvideocodec')
 def _stripped(data: bytes, strip: str) -> bytes:
     """A shared library's bytes without its debug sections (`strip --strip-debug`): many wheels ship
     them, numcodecs' blosc module 14.5 MB of which 1.4 MB is code. The original is kept where strip
-    fails, saves under a quarter, or leaves a library the dynamic loader refuses: on libraries that
-    auditwheel's patchelf rewrote (decord's), strip can misalign the load segments ("ELF load
-    command address/offset not page-aligned")."""
+    fails, saves under a quarter, or changes what the loader maps: on libraries that auditwheel's
+    patchelf rewrote (decord's), strip moved the load segments so that the loader refused them
+    ("ELF load command address/offset not page-aligned")."""
     with tempfile.TemporaryDirectory(prefix='videoexperts-strip-') as tmp:
         path = Path(tmp) / 'lib.so'
         path.write_bytes(data)
         if subprocess.run([strip, '--strip-debug', str(path)], capture_output=True).returncode:
             return data  # not an object file strip knows
         new = path.read_bytes()
-    return new if len(new) < 0.75 * len(data) and _loadable(new) else data
+    if len(new) >= 0.75 * len(data):
+        return data
+    before, after = _load_segments(data), _load_segments(new)
+    # debug sections are never loaded: the segments' addresses, sizes and rights must stay as they were
+    same = before is not None and after is not None and [s[1:] for s in before] == [s[1:] for s in after]
+    return new if same and all(_aligned(*s[:3]) for s in after) else data
 
 
-def _loadable(elf: bytes, page: int = 4096) -> bool:
-    """Whether a 64-bit little-endian ELF file's load segments pass glibc's check that each one's
-    address and file offset agree modulo the page size (the pages are mapped from the file)."""
+def _load_segments(elf: bytes) -> list[tuple[int, int, int, int, int]] | None:
+    """(offset, address, alignment, memory size, flags) of each load segment of a 64-bit
+    little-endian ELF file; None for another file or a header that cannot be read."""
     if elf[:4] != b'\x7fELF' or elf[4] != 2 or elf[5] != 1:
-        return False
-    phoff, = struct.unpack_from('<Q', elf, 0x20)
-    entsize, count = struct.unpack_from('<HH', elf, 0x36)
-    for i in range(count):
-        kind, _flags, offset, vaddr = struct.unpack_from('<IIQQ', elf, phoff + i * entsize)
-        if kind == 1 and (vaddr - offset) % page:  # PT_LOAD
-            return False
-    return True
+        return None
+    try:
+        phoff, = struct.unpack_from('<Q', elf, 0x20)
+        entsize, count = struct.unpack_from('<HH', elf, 0x36)
+        out = []
+        for i in range(count):
+            kind, flags, offset, vaddr, _paddr, _filesz, memsz, align = struct.unpack_from(
+                '<IIQQQQQQ', elf, phoff + i * entsize)
+            if kind == 1:  # PT_LOAD
+                out.append((offset, vaddr, align, memsz, flags))
+        return out
+    except struct.error:
+        return None
+
+
+def _aligned(offset: int, vaddr: int, align: int, page: int = 4096) -> bool:
+    """glibc's checks of a load segment: its address and file offset agree modulo the page size
+    (2.35 on) and modulo its own alignment (before)."""
+    return (vaddr - offset) % page == 0 and (align <= 1 or (vaddr - offset) % align == 0)
 
 
 def _record_hash(data: bytes) -> str:
@@ -176,7 +193,7 @@ def repack_wheel(src: Path, out: Path, drop: tuple[str, ...] = (), strip: bool =
             if any(fnmatch.fnmatch(info.filename, p) for p in drop):
                 dropped += 1
                 continue
-            if info.filename.endswith('.dist-info/RECORD'):
+            if info.filename.count('/') == 1 and info.filename.endswith('.dist-info/RECORD'):
                 record = info
                 continue
             data = zin.read(info)
@@ -185,7 +202,7 @@ def repack_wheel(src: Path, out: Path, drop: tuple[str, ...] = (), strip: bool =
                 if new != data:
                     changed[info.filename] = data = new
             kept.add(info.filename)
-            zout.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+            zout.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
         if record is not None:
             rows = []
             for row in csv.reader(io.StringIO(zin.read(record).decode('utf-8'))):
@@ -195,7 +212,7 @@ def repack_wheel(src: Path, out: Path, drop: tuple[str, ...] = (), strip: bool =
                     rows.append(row)
             buf = io.StringIO()
             csv.writer(buf, lineterminator='\n').writerows(rows)
-            zout.writestr(record, buf.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
+            zout.writestr(record, buf.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
     return dropped
 
 
@@ -285,6 +302,7 @@ def build_kit(out: Path, python_version: str = '3.12', clips: int = 16, nvdec: b
     with `repo`'s tracked files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / 'KIT').unlink(missing_ok=True)  # written last: a build that fails leaves no kit bench_gpu.sh takes
     for old in out.glob('*.whl'):
         old.unlink()
     if (out / 'clips').exists():
@@ -306,19 +324,25 @@ def build_kit(out: Path, python_version: str = '3.12', clips: int = 16, nvdec: b
     sizes['clips'] = _size(out / 'clips')
     here = Path(__file__).resolve().parents[1] if repo is None else repo
     sizes['repository'] = _tracked_bytes(here)
-    total = sum(sizes.values())
+    total = _size(out) + sizes['repository']  # the folder as it travels, whatever else lies in it
     if total > limit_mib * 2**20:
         biggest = ', '.join(f'{k} {v / 2**20:.1f}' for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:4])
         raise KitError(f'the kit and the repository come to {total / 2**20:.1f} MiB, over the {limit_mib:g} MiB '
                        f'limit (largest, MiB: {biggest}): leave out --nvdec, or make fewer --clips')
-    atomic_write_text(out / 'KIT', f'python {python_version}, {clips} clips\n'
+    atomic_write_text(out / 'KIT', f'kit {kit_version()}\npython {python_version}, {clips} clips\n'
                       + ''.join(f'{k}\t{v}\n' for k, v in sizes.items()))
     return sizes
 
 
+def kit_version() -> str:
+    """What the kit's first line records, and bench_gpu.sh checks: the first 12 hex digits of this
+    file's SHA-256 (a kit built by another version of this module may be broken, and is refused)."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m pipelines.bench_kit', description=__doc__.split('\n\n')[0],
-                                epilog='Then, on the GPU machine: bash pipelines/bench_gpu.sh extract|train|tests|all')
+                                epilog='Then, on the GPU machine: bash pipelines/bench_gpu.sh extract (BENCHMARKS.md)')
     p.add_argument('--out', type=Path, default=Path('.whl'), help='the kit folder (default: .whl, gitignored)')
     p.add_argument('--python-version', default='3.12', help="the target machine's Python, as 3.12 (default)")
     p.add_argument('--clips', type=int, default=16, help='distinct 15-s demo clips (default: 16, about 6 MB)')
@@ -333,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     except KitError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    total = sum(sizes.values())
-    print(f'{args.out}: {(total - sizes["repository"]) / 2**20:.1f} MiB ({total / 2**20:.1f} MiB with the '
+    kit = _size(args.out)
+    print(f'{args.out}: {kit / 2**20:.1f} MiB ({(kit + sizes["repository"]) / 2**20:.1f} MiB with the '
           f'repository); carry it and run: bash pipelines/bench_gpu.sh extract')
     return 0
 

@@ -122,11 +122,41 @@ def test_the_kit_carries_every_dependency_of_the_extraction_the_image_lacks() ->
     assert NVDEC.name not in carried
 
 
-@pytest.mark.parametrize('args', [['nonsense'], []])
-def test_the_device_script_refuses_a_bad_part_or_a_missing_kit(tmp_path: Path, args: list[str]) -> None:
+@pytest.mark.skipif(shutil.which('strip') is None, reason="needs binutils' strip")
+def test_a_library_whose_load_segments_strip_would_move_is_kept_whole() -> None:
+    """decord's libdecord.so (rewritten by auditwheel's patchelf): `strip --strip-debug` made it 3.9 MB
+    and the loader refused it ("ELF load command address/offset not page-aligned")."""
+    import decord
+
+    from pipelines.bench_kit import _stripped
+
+    lib = Path(decord.__file__).parent / 'libdecord.so'
+    data = lib.read_bytes()
+    assert _stripped(data, shutil.which('strip')) == data
+
+
+@pytest.mark.parametrize('args, kit, words', [
+    (['nonsense'], None, 'usage'),
+    ([], None, 'no kit'),
+    (['extract', 'many'], None, 'VIDEOS must be a positive whole number'),
+    (['extract', '8'], 'kit 000000000000\n', 'built by another version of pipelines/bench_kit.py'),
+])
+def test_the_device_script_refuses_bad_arguments_and_a_missing_or_stale_kit(tmp_path: Path, args: list[str],
+                                                                          kit: str | None, words: str) -> None:
     script = ROOT / 'pipelines' / 'bench_gpu.sh'
     assert subprocess.run(['bash', '-n', str(script)]).returncode == 0
+    if kit is not None:
+        (tmp_path / 'kit').mkdir()
+        (tmp_path / 'kit' / 'KIT').write_text(kit)
     proc = subprocess.run(['bash', str(script), *args], capture_output=True, text=True,
-                          env={'PATH': '/usr/bin:/bin', 'KIT': str(tmp_path / 'nokit'), 'OUT': str(tmp_path / 'out')})
-    assert proc.returncode == 2
-    assert ('usage' if args else 'no kit') in proc.stderr
+                          env={'PATH': '/usr/bin:/bin', 'KIT': str(tmp_path / 'kit'), 'OUT': str(tmp_path / 'out')})
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+
+
+def test_the_kit_names_the_version_of_its_builder(tmp_path: Path) -> None:
+    """bench_gpu.sh compares the kit's first line with the builder it finds beside it."""
+    from pipelines.bench_kit import kit_version
+
+    digest = subprocess.run(['sha256sum', str(ROOT / 'pipelines' / 'bench_kit.py')], capture_output=True, text=True,
+                            check=True).stdout[:12]
+    assert kit_version() == digest
