@@ -19,7 +19,8 @@ imported.json, only once all of them are built, with Ctrl-C and SIGTERM held unt
 (a kill -9 among the renames can leave some stores replaced: rerun the import to apply it whole).
 Rows without timing get the store's
 UNKNOWN_TIME. Pickle files can run code when loaded: they are read only here, after a warning,
-and only from the --root you name.
+only from the --root you name, and only as arrays, numbers, strings and containers: a pickle that
+names any other callable is refused, unrun (`_ReleaseUnpickler`).
 """
 from __future__ import annotations
 
@@ -272,10 +273,40 @@ def _mmt_rows(root: Path, expert: str) -> dict[str, np.ndarray | None]:
     return out
 
 
+#: the only callables a release pickle may name: what numpy arrays, numpy scalars and plain containers
+#: pickle to (protocols 2-5, Python 2 and 3, numpy 1 and 2). Anything else (os.system, builtins.eval,
+#: subprocess.Popen ...) is how a pickle runs code, and a feature or caption file has no use for it.
+_PICKLE_GLOBALS = frozenset({
+    ('numpy', 'ndarray'), ('numpy', 'dtype'),
+    *((m, n) for m in ('numpy.core.multiarray', 'numpy._core.multiarray') for n in ('_reconstruct', 'scalar')),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+    ('collections', 'OrderedDict'), ('_codecs', 'encode'),  # protocol 2 pickles bytes via _codecs.encode
+    ('builtins', 'set'), ('builtins', 'frozenset'),
+})
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A release pickle names a callable that is not in `_PICKLE_GLOBALS`."""
+
+
+class _ReleaseUnpickler(pickle.Unpickler):
+    """An unpickler that builds only numbers, strings, containers and numpy arrays: a pickle that
+    names any other callable (the way a pickle runs code) is refused before the callable is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise _RefusedGlobal(f'{module}.{name}')
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> Any:
     with open(path, 'rb') as f:
         try:
-            return pickle.load(f)  # noqa: S301 - the explicit importer; warned about in main()
+            return _ReleaseUnpickler(f).load()  # noqa: S301 - restricted to plain values (find_class)
+        except _RefusedGlobal as err:
+            raise ValueError(f'{path}: refused: the pickle would call {err}, which is no array, number, string or '
+                             'container (pickles run code that way); a release of features has no use for it. '
+                             'Nothing of it was run') from None
         except Exception as err:  # noqa: BLE001 - whatever a file that is no pickle makes the unpickler raise
             raise ValueError(f'{path}: not a readable pickle ({type(err).__name__}: {err}); put the file of '
                              'the release there, whole') from None
@@ -436,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {args.root} is not a directory', file=sys.stderr)
         return 1
     if args.source == 'ce':
-        warnings.warn(f'reading pickle files from {args.root}: unpickling can run code from the file; import only '
+        warnings.warn(f'reading pickle files from {args.root}: only arrays, numbers, strings and '
+                      'containers are built from them (a pickle naming any other callable is refused); import only '
                       'releases you trust', stacklevel=1)
     try:
         fn = import_ce if args.source == 'ce' else import_mmt

@@ -365,3 +365,56 @@ def test_ctrl_c_during_the_commit_waits_until_the_import_is_whole(tmp_path: Path
     for expert in ('audio', 'face', 'scene', 'speech'):  # every store and imported.json are there
         assert open_store(store_path(feats, 'msrvtt', expert)).attrs['model'] == 'imported:ce'
     assert len(load_manifest('msrvtt', data)) == len(IDS)
+
+
+class _RunsCode:
+    """What a hostile pickle holds: unpickling it calls os.system (here: touch a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+        return os.system, (f'touch {self.marker}',)
+
+
+@pytest.mark.parametrize('where', ['raw-captions.pkl', 'aggregated_face_feats/facefeats-avg.pickle'])
+def test_a_pickle_that_would_run_code_is_refused_unrun(where: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    release = tmp_path / 'release'
+    _ce_release(release)
+    marker = tmp_path / 'ran'
+    with open(release / where, 'rb') as f:
+        good = pickle.load(f)
+    good[IDS[1]] = _RunsCode(marker)  # one value among the real ones, as a tampered download would hold it
+    with open(release / where, 'wb') as f:
+        pickle.dump(good, f)
+    with pytest.warns(UserWarning, match='pickle'):
+        code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
+                            str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and not marker.exists()
+    assert f'{where}: refused: the pickle would call posix.system' in err and 'Traceback' not in err
+    assert not list((tmp_path / 'features').rglob('zarr.json'))  # no store written
+
+
+@pytest.mark.parametrize('protocol', [2, 5])
+def test_release_pickles_of_every_protocol_still_import(protocol: int, tmp_path: Path) -> None:
+    """The restricted unpickler builds what releases hold: numpy arrays and scalars, NaN, OrderedDict,
+    in protocol 2 (Python 2's, numpy 1's `numpy.core` names) and 5 (out-of-band `_frombuffer`)."""
+    import collections
+
+    release = tmp_path / 'release'
+    truth = _ce_release(release)
+    scene = collections.OrderedDict((v, x) for v, x in truth['scene'].items())
+    scene[IDS[0]] = np.float32(1.5) * scene[IDS[0]]
+    for name, data in (('aggregated_scene_25fps_256px_stride1_offset0/densenet161-avg.pickle', scene),
+                       ('raw-captions.pkl', _captions())):
+        with open(release / name, 'wb') as f:
+            pickle.dump(data, f, protocol=protocol)
+    with pytest.warns(UserWarning, match='pickle'):
+        code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
+                            str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    assert code == 0
+    rows = open_store(store_path(tmp_path / 'features', 'msrvtt', 'scene')).read(ids=IDS)
+    assert np.array_equal(rows.rows(0)[0], scene[IDS[0]].astype(np.float16))
