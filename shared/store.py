@@ -73,6 +73,11 @@ _ROW_ARRAYS = ('features', 'timestamps', 'lengths', 'available', 'errors')
 #: the chunk's data and before its `status`. Zarr reads a missing chunk file as the fill value, so
 #: a lost or damaged file is seen only against this (`ExpertStore.damage`)
 CHUNK_SUMS = 'chunk_sums'
+#: each array's data type (numpy kind and size; strings any string kind) and fill value, as `_build`
+#: makes them: Zarr reads a missing chunk as the fill value, and `status`'s is "pending"
+_TYPES = {'video_ids': ('str', ''), 'features': ('float16', 0), 'timestamps': ('float32', 0), 'lengths': ('int32', 0),
+          'available': ('bool', False), 'status': ('uint8', 0), 'errors': ('str', ''), 'tokens': ('str', ''),
+          'chunk_sums': ('str', '')}
 _DIMS = {
     'video_ids': ('video',), 'features': ('video', 'row', 'dim'), 'timestamps': ('video', 'row', 'edge'),
     'lengths': ('video',), 'available': ('video',), 'status': ('video',), 'errors': ('video',),
@@ -361,7 +366,14 @@ class ExpertStore:
 
     @property
     def video_ids(self) -> np.ndarray:
-        return np.asarray(self.group['video_ids'][:], dtype=object)
+        """The manifest's ids, as the store was made for; a chunk file of them that cannot be read is a
+        StoreError (they are written once, when the store is made: no rerun rewrites them)."""
+        try:
+            return np.asarray(self._array('video_ids')[:], dtype=object)
+        except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
+            raise StoreError(f'{self.path}: its video_ids cannot be read ({_first_line(err)}): a chunk file of them '
+                             'is damaged; they are written only when the store is made, so make it again '
+                             '(extract --overwrite)') from None
 
     @property
     def random_weights(self) -> bool:
@@ -868,6 +880,11 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
             missing.append(f'attribute {key}')
     if missing:
         raise StoreError(f'{path} is not an expert store: missing {", ".join(missing)}')
+    for key in ('chunk_size', 'max_rows', 'feature_dim'):  # the layout every read and write computes from
+        value = group.attrs[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise StoreError(f'{path}: its attribute {key} is {json.dumps(value)[:40]}, not a whole number >= 1: its '
+                             'zarr.json is damaged')
     store = ExpertStore(path, group)
     if warn_random and store.random_weights:
         warnings.warn(f'{path}: features were extracted with RANDOM weights (expert '
@@ -1185,6 +1202,31 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
     report.error_counts.update(str(e) for e in errors[(status == FAILED) & finished])
 
 
+def _check_ids(store: ExpertStore, report: CheckReport) -> None:
+    """The video ids, a chunk at a time: readable, none empty, none twice. They are written once, when
+    the store is made, and no chunk sums cover them: Zarr reads a lost chunk file of them as empty ids."""
+    seen: set[str] = set()
+    empty, twice = [], []
+    for start in range(0, store.n_videos, store.chunk_size):
+        stop = min(start + store.chunk_size, store.n_videos)
+        try:
+            ids = store._array('video_ids')[start:stop]
+        except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
+            report.problems.append(f'video_ids of videos {start}-{stop - 1} cannot be read ({_first_line(err)}): '
+                                   'make the store again (extract --overwrite)')
+            continue
+        for i, v in enumerate(ids):
+            v = str(v)
+            (empty if not v else twice if v in seen else []).append(start + i)
+            seen.add(v)
+    if empty:  # a lost chunk file: which videos these rows are is not known any more
+        report.problems.append(f'{len(empty)} video ids are empty (first: row {empty[0]}), a video_ids chunk file '
+                               'lost: make the store again (extract --overwrite)')
+    if twice:
+        report.problems.append(f'{len(twice)} video ids are there twice (first: row {twice[0]}): make the store '
+                               'again (extract --overwrite)')
+
+
 def check_store(path: str | os.PathLike) -> CheckReport:
     """Validate a store chunk by chunk (bounded memory) and summarise it."""
     report = CheckReport(Path(path), leftovers=leftovers(path))
@@ -1211,11 +1253,20 @@ def check_store(path: str | os.PathLike) -> CheckReport:
         unit = (g[name].shards or chunks)[0]
         if unit != store.unit_size:  # two units of work would share a file: one writer per unit fails
             report.problems.append(f'{name} is sharded by {unit} videos, expected {store.unit_size} as status')
-    if store.attrs.get('schema_version') not in _READABLE_SCHEMAS:
-        report.problems.append(f'schema_version {store.attrs.get("schema_version")!r} is not one this code reads '
-                               f'({", ".join(map(str, _READABLE_SCHEMAS))}): update videoexperts')
+    for name in (*expected, *((CHUNK_SUMS,) if store._has_sums else ())):
+        # damaged metadata, not damaged chunks: every chunk would read wrongly (or as the wrong fill), and
+        # --repair, which redoes chunks, must not mark a whole store pending for it
+        dtype, fill = g[name].dtype, g[name].fill_value
+        want, want_fill = _TYPES[name]
+        if dtype.kind not in 'TUO' if want == 'str' else dtype != np.dtype(want):
+            report.problems.append(f'{name} has data type {dtype}, expected {want}: its metadata (zarr.json) is '
+                                   'damaged')
+        elif not (str(fill) == want_fill if want == 'str' else bool(fill == want_fill)):
+            report.problems.append(f'{name} has fill value {str(fill)[:40]!r}, expected {want_fill!r}: its metadata '
+                                   '(zarr.json) is damaged')
     if report.problems:
         return report
+    _check_ids(store, report)
     lengths_sum = [0]
     for c in range(store.n_chunks):
         _check_chunk(store, c, report, lengths_sum)

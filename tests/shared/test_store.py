@@ -499,3 +499,75 @@ def test_a_read_of_some_arrays_reads_and_checks_only_those(tmp_path: Path, caplo
         rows = open_store(path, warn_random=False).read(rows=[5], arrays=some, verify=False)
     assert not caplog.records
     np.testing.assert_array_equal(rows.features, whole.features[[5], :rows.features.shape[1]])
+
+
+def _edit_metadata(path: Path, array: str, **changes) -> None:
+    """Change an array's metadata: its zarr.json, and the group's consolidated copy (which readers take) where
+    there is one."""
+    for file, where in ((path / array / 'zarr.json', ()), (path / 'zarr.json', ('consolidated_metadata', 'metadata',
+                                                                                array))):
+        meta = json.loads(file.read_text())
+        node = meta
+        for key in where:
+            node = (node or {}).get(key)
+        if node is not None:
+            node.update(changes)
+            file.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize('array, change, said', [
+    ('features', {'data_type': 'float32'}, 'features has data type float32, expected float16'),
+    ('status', {'data_type': 'int64'}, 'status has data type int64, expected uint8'),
+    ('status', {'fill_value': 1}, "status has fill value '1', expected 0"),  # a lost status file reads "done"
+    ('features', {'fill_value': 'NaN'}, "features has fill value 'nan', expected 0"),
+])
+def test_damaged_array_metadata_is_named_and_never_repaired_as_chunks(array: str, change: dict, said: str,
+                                                                      tmp_path: Path, python: str,
+                                                                      subprocess_env: dict) -> None:
+    """A wrong data type or fill value in zarr.json made every chunk read wrongly: check called each chunk
+    damaged (or, for status, the store incomplete) and --repair marked every finished chunk pending,
+    throwing a whole extraction away over one metadata field; a status fill of 1 read a lost status
+    file as done. Check names the metadata, and --repair leaves the chunks alone."""
+    path = tmp_path / 'meta.zarr'
+    _complete_store(path)
+    _edit_metadata(path, array, **change)
+    report = check_store(path)
+    assert report.exit_code == 1 and said in ' '.join(report.problems) and not report.damaged, report.summary()
+    done = subprocess.run([python, '-m', 'shared.store', 'check', '--repair', str(path)], env=subprocess_env,
+                          capture_output=True, text=True, cwd=W.__file__.rsplit('/tests/', 1)[0])
+    assert done.returncode == 1 and 'repaired' not in done.stdout and 'Traceback' not in done.stderr
+    assert sorted(p.name for p in (path / 'status' / 'c').iterdir()) == ['0', '1', '2']  # no status file removed
+
+
+@pytest.mark.parametrize('damage, said', [
+    ('lost', '4 video ids are empty (first: row 4)'),
+    ('cut', 'video_ids of videos 4-7 cannot be read'),
+])
+def test_damaged_video_ids_are_invalid(damage: str, said: str, tmp_path: Path) -> None:
+    """The ids are written once, when a store is made, and no chunk sums cover them: a lost chunk
+    file of them read as empty ids (which videos those rows are unknown) and check said VALID,
+    COMPLETE; a file cut short did too, and then a reader's traceback."""
+    path = tmp_path / 'ids.zarr'
+    _complete_store(path)
+    f = path / 'video_ids' / 'c' / '1'
+    f.unlink() if damage == 'lost' else f.write_bytes(f.read_bytes()[:5])
+    report = check_store(path)
+    assert report.exit_code == 1 and said in ' '.join(report.problems), report.summary()
+    if damage == 'cut':
+        with pytest.raises(StoreError, match='its video_ids cannot be read'):
+            open_store(path, warn_random=False).video_ids
+
+
+@pytest.mark.parametrize('key, value', [('feature_dim', 'abc'), ('chunk_size', 0), ('max_rows', -5),
+                                        ('max_rows', True)])
+def test_a_damaged_layout_attribute_is_one_line(key: str, value, tmp_path: Path, python: str,
+                                                subprocess_env: dict) -> None:
+    """chunk_size 0 was a ZeroDivisionError traceback out of check, feature_dim 'abc' a ValueError."""
+    path = tmp_path / 'attrs.zarr'
+    _complete_store(path)
+    meta = json.loads((path / 'zarr.json').read_text())
+    meta['attributes'][key] = value
+    (path / 'zarr.json').write_text(json.dumps(meta))
+    done = _check_cli(python, subprocess_env, path)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+    assert f'its attribute {key} is {json.dumps(value)}, not a whole number >= 1' in done.stdout
