@@ -530,6 +530,10 @@ class ExpertStore:
             recorded = str(self._array(CHUNK_SUMS)[chunk]) if self._has_sums else ''
         except Exception as err:  # noqa: BLE001 - a damaged sums file is damage like any other
             return f'{where}: its recorded chunk sums cannot be read ({_first_line(err)})'
+        if self._has_sums and not recorded:
+            # every write records them before its status: a finished chunk without them lost its sums file,
+            # and checking it by its files instead would pass data that is damaged but still decodes
+            return f'{where}: its recorded chunk sums are missing (a chunk_sums file lost), so its data cannot be checked'
         if recorded:
             sums = _parse_sums(recorded)
             if sums is None:

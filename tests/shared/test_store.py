@@ -571,3 +571,22 @@ def test_a_damaged_layout_attribute_is_one_line(key: str, value, tmp_path: Path,
     done = _check_cli(python, subprocess_env, path)
     assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
     assert f'its attribute {key} is {json.dumps(value)}, not a whole number >= 1' in done.stdout
+
+
+def test_a_finished_chunk_whose_sums_file_is_lost_is_damage(tmp_path: Path, python: str, subprocess_env: dict) -> None:
+    """A lost chunk_sums file reads as no sums, and the chunk was then checked as in a store made before
+    them, by its files alone: features of another chunk in its place (a file copied over it) passed as
+    VALID and were read as its videos'. Every write records sums before its status, so a finished chunk
+    of a store that has them must have its own."""
+    import shutil
+
+    path = tmp_path / 'lost.zarr'
+    _complete_store(path)
+    (path / 'chunk_sums' / 'c' / '1').unlink()
+    shutil.copy(path / 'features' / 'c' / '2' / '0' / '0', path / 'features' / 'c' / '1' / '0' / '0')
+    report = check_store(path)
+    assert report.exit_code == 1 and report.damaged == [1], report.summary()
+    assert 'chunk 1 (videos 4-7): its recorded chunk sums are missing' in report.summary()
+    with pytest.raises(StoreError, match=r'chunk 1 \(videos 4-7\): its recorded chunk sums are missing.*--repair'):
+        open_store(path, warn_random=False).read(rows=[5])
+    _repair_chunk_1(path, python, subprocess_env)
