@@ -789,6 +789,8 @@ def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreS
     path = Path(path)
     if len(set(video_ids)) != len(video_ids):
         raise StoreError('video ids must be unique')
+    if '' in video_ids:  # an empty id is what a lost chunk file of them reads as (`check`)
+        raise StoreError('video ids must not be empty')
     if overwrite and path.exists():
         shutil.rmtree(path)
     if path.exists() and not is_store(path):  # what a killed --overwrite leaves, say

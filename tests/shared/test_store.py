@@ -556,6 +556,8 @@ def test_damaged_video_ids_are_invalid(damage: str, said: str, tmp_path: Path) -
     if damage == 'cut':
         with pytest.raises(StoreError, match='its video_ids cannot be read'):
             open_store(path, warn_random=False).video_ids
+    with pytest.raises(StoreError, match='video ids must not be empty'):  # so no store holds one rightly
+        create_store(tmp_path / 'empty.zarr', ['a', ''], W.spec(4))
 
 
 @pytest.mark.parametrize('key, value', [('feature_dim', 'abc'), ('chunk_size', 0), ('max_rows', -5),
