@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             if cluster is not None:
                 cluster.close()
     except (ConfigError, DatasetError, StoreError, ValueError, KeyError) as err:
-        print(f'error: {err}', file=sys.stderr)
+        # a KeyError's str() is its repr, in quotes: print its message as `python -m extract` does
+        print(f'error: {err.args[0] if isinstance(err, KeyError) and err.args else err}', file=sys.stderr)
         return 1
 
 

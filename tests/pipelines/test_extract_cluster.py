@@ -162,3 +162,15 @@ def test_a_count_out_of_range_is_a_usage_error_at_once(flag: str, value: str, tm
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"argument {flag}: '{value}': give a whole number >= " in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_expert_is_its_message_not_a_quoted_repr(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A KeyError printed as str() is its repr: the line was 'error: "unknown expert ..."', in quotes."""
+    from pipelines.extract_cluster import main
+
+    (tmp_path / 'videos').mkdir()
+    (tmp_path / 'videos' / 'a.mp4').write_bytes(b'')
+    code = main(['--dataset', f'folder:{tmp_path / "videos"}', '--experts', 'nope', '--features-root',
+                 str(tmp_path / 'f')])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: unknown expert 'nope' (known: "), err
