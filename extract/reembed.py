@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -66,13 +67,35 @@ def _write(src: ExpertStore, dst: ExpertStore, wv: WordVectors) -> None:
         results = []
         for i in range(len(rows)):
             if data.status[i] == DONE:
-                tokens = json.loads(data.tokens[i]) if data.tokens[i] else []
-                results.append(words_result(tokens, wv, src.max_rows))
+                results.append(_reembedded(src, rows.start + i, str(data.tokens[i]), wv))
             else:
                 results.append(dataclasses.replace(VideoResult.failed(str(data.errors[i]), wv.dim),
                                                    status=int(data.status[i])))
         dst.write_chunk(c, pack_chunk(results, src.max_rows, wv.dim, True))
     dst.consolidate()
+
+
+def _reembedded(src: ExpertStore, row: int, recorded: str, wv: WordVectors) -> VideoResult:
+    """One done video's recorded words embedded by `wv`; tokens that are not the JSON list of
+    {word, start, end} that extraction records (a damaged store) are a StoreError naming the row, not
+    json's or a KeyError's traceback, and never a new store with rows that end before they start."""
+    try:
+        tokens = json.loads(recorded) if recorded else []
+        if not isinstance(tokens, list):
+            raise TypeError(f'a {type(tokens).__name__}, not a list')
+        for t in tokens:
+            if not (isinstance(t, dict) and isinstance(t.get('word'), str)
+                    and all(isinstance(t.get(k), (int, float)) and not isinstance(t.get(k), bool) for k in ('start', 'end'))
+                    and math.isfinite(t['start']) and math.isfinite(t['end']) and t['start'] <= t['end']):
+                raise ValueError(f'{str(t)[:60]} is no {{word, start <= end}} token')
+        return words_result(tokens, wv, src.max_rows)
+    except (ValueError, TypeError) as err:
+        raise StoreError(f'{src.path}: row {row}: its recorded tokens are damaged ({_first(err)}); nothing was '
+                         're-embedded. Extract that store again (extract --overwrite)') from None
+
+
+def _first(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:120]
 
 
 def main(argv: list[str] | None = None) -> int:
