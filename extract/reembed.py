@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
 import shutil
 import sys
@@ -17,7 +15,7 @@ from pathlib import Path
 
 from extract.experts._words import words_result
 from shared.store import (DONE, ExpertStore, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store,
-                          open_store, pack_chunk)
+                          open_store, pack_chunk, recorded_tokens)
 from shared.text import WordVectors, WordVectorsError, load_word_vectors
 
 __all__ = ['reembed', 'main']
@@ -76,26 +74,15 @@ def _write(src: ExpertStore, dst: ExpertStore, wv: WordVectors) -> None:
 
 
 def _reembedded(src: ExpertStore, row: int, recorded: str, wv: WordVectors) -> VideoResult:
-    """One done video's recorded words embedded by `wv`; tokens that are not the JSON list of
-    {word, start, end} that extraction records (a damaged store) are a StoreError naming the row, not
-    json's or a KeyError's traceback, and never a new store with rows that end before they start."""
+    """One done video's recorded words embedded by `wv`; tokens that are not what extraction records
+    (`recorded_tokens`: a damaged store) are a StoreError naming the row, not json's or a KeyError's
+    traceback, and never a new store with rows that end before they start."""
     try:
-        tokens = json.loads(recorded) if recorded else []
-        if not isinstance(tokens, list):
-            raise TypeError(f'a {type(tokens).__name__}, not a list')
-        for t in tokens:
-            if not (isinstance(t, dict) and isinstance(t.get('word'), str)
-                    and all(isinstance(t.get(k), (int, float)) and not isinstance(t.get(k), bool) for k in ('start', 'end'))
-                    and math.isfinite(t['start']) and math.isfinite(t['end']) and t['start'] <= t['end']):
-                raise ValueError(f'{str(t)[:60]} is no {{word, start <= end}} token')
-        return words_result(tokens, wv, src.max_rows)
-    except (ValueError, TypeError) as err:
-        raise StoreError(f'{src.path}: row {row}: its recorded tokens are damaged ({_first(err)}); nothing was '
+        tokens = recorded_tokens(recorded)
+    except ValueError as err:
+        raise StoreError(f'{src.path}: row {row}: its recorded tokens are damaged ({err}); nothing was '
                          're-embedded. Extract that store again (extract --overwrite)') from None
-
-
-def _first(err: BaseException) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0][:120]
+    return words_result(tokens, wv, src.max_rows)
 
 
 def main(argv: list[str] | None = None) -> int:

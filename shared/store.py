@@ -23,6 +23,7 @@ import errno
 import glob
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -44,7 +45,7 @@ __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
     'ROW_CHUNK', 'SHARD_FROM_VIDEOS', 'AUTO_CHUNKS_PER_SHARD', 'ExpertStore', 'store_path', 'is_store',
-    'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
+    'create_store', 'open_store', 'shard_chunks', 'pack_chunk', 'recorded_tokens',
     'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'signals_deferred', 'unreadable', 'CheckReport',
     'check_store', 'main',
 ]
@@ -309,6 +310,24 @@ def _parse_sums(recorded: str) -> dict[str, int] | None:
     if not isinstance(sums, dict) or not all(isinstance(v, int) for v in sums.values()):
         return None
     return sums
+
+
+def recorded_tokens(recorded: str) -> list[dict[str, Any]]:
+    """A video's `tokens` as extraction records them: a JSON list of {word, start, end, ...} with
+    finite times, start <= end. Else a ValueError saying what is wrong (a damaged store)."""
+    try:
+        tokens = json.loads(recorded) if recorded else []
+    except ValueError as err:
+        raise ValueError(f'not JSON ({_first_line(err)})') from None
+    if not isinstance(tokens, list):
+        raise ValueError(f'a JSON {type(tokens).__name__}, not a list')
+    for t in tokens:
+        times = [t.get(k) for k in ('start', 'end')] if isinstance(t, dict) else []
+        if not (isinstance(t, dict) and isinstance(t.get('word'), str)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in times)
+                and times[0] <= times[1]):
+            raise ValueError(f'{str(t)[:60]} is no {{word, start <= end}} token')
+    return tokens
 
 
 def _first_line(err: BaseException) -> str:
@@ -1200,9 +1219,9 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
         for i in np.flatnonzero(finished):
             if tokens[i]:
                 try:
-                    assert isinstance(json.loads(tokens[i]), list)
-                except (ValueError, AssertionError):
-                    report.problems.append(f'row {rows.start + i}: tokens are not a JSON list')
+                    recorded_tokens(str(tokens[i]))
+                except ValueError as err:
+                    report.problems.append(f'row {rows.start + i}: tokens are damaged ({err})')
     report.available += int((avail & finished).sum())
     lengths_sum[0] += int(lengths[avail & finished].sum())
     report.error_counts.update(str(e) for e in errors[(status == FAILED) & finished])

@@ -9,7 +9,8 @@ import pytest
 
 from extract.experts._words import words_result
 from extract.reembed import reembed
-from shared.store import DONE, FAILED, SKIPPED, StoreSpec, VideoResult, create_store, open_store, pack_chunk
+from shared.store import (DONE, FAILED, SKIPPED, StoreSpec, VideoResult, check_store, create_store, open_store,
+                          pack_chunk)
 from shared.text import load_word_vectors
 from tests.extract.test_av_experts import _word2vec
 
@@ -62,3 +63,5 @@ def test_damaged_recorded_tokens_are_one_line_and_no_store(recorded: str, tmp_pa
     assert code == 1 and 'Traceback' not in err and err.count('\n') == 1, err
     assert f'{store.path}: row 1: its recorded tokens are damaged' in err
     assert not (tmp_path / 'new.zarr').exists()
+    report = check_store(store.path)  # and check says so (it asked only for a JSON list)
+    assert report.exit_code == 1 and any(p.startswith('row 1: tokens are damaged') for p in report.problems)
