@@ -751,7 +751,12 @@ class ExpertStore:
         return {name: da.from_zarr(self.group[name]) for name in _DIMS if name in self.group}
 
     def consolidate(self) -> None:
-        """Consolidate metadata (once a run completes) so that readers open the store in one read."""
+        """Consolidate metadata (once a run completes) so that readers open the store in one read.
+
+        Once only: no array's metadata changes after the store is made, and a rerun with nothing to
+        do must not write (a store on a read-only mount, or one training reads, is left alone)."""
+        if self.group.metadata.consolidated_metadata is not None:
+            return
         with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
             warnings.simplefilter('ignore', UserWarning)
             zarr.consolidate_metadata(str(self.path))

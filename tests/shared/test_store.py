@@ -592,3 +592,18 @@ def test_a_finished_chunk_whose_sums_file_is_lost_is_damage(tmp_path: Path, pyth
     with pytest.raises(StoreError, match=r'chunk 1 \(videos 4-7\): its recorded chunk sums are missing.*--repair'):
         open_store(path, warn_random=False).read(rows=[5])
     _repair_chunk_1(path, python, subprocess_env)
+
+
+def test_a_consolidated_store_is_not_written_again(tmp_path: Path) -> None:
+    """Every run that found nothing to do consolidated the store again, rewriting zarr.json: on a read-only
+    features mount that run failed (exit 1, 'Read-only file system ... zarr.json.partial') over a complete store."""
+    from shared.store import swap_in
+
+    path = tmp_path / 'once.zarr'
+    _complete_store(path)
+    swap_in(open_store(path, mode='r+', warn_random=False))  # the first completion consolidates
+    before = (path / 'zarr.json').stat()
+    assert json.loads((path / 'zarr.json').read_text()).get('consolidated_metadata')
+    swap_in(open_store(path, mode='r+', warn_random=False))  # a rerun with nothing to do
+    after = (path / 'zarr.json').stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
