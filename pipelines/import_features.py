@@ -217,12 +217,23 @@ def _ce_rows(path: Path) -> dict[str, np.ndarray | None]:
     dim = None  # the first video with features sets it
     for vid, value in data.items():
         try:
+            _at_most_two_deep(value)
             if dim is None and np.ndim(value) >= 1 and np.shape(value)[-1]:  # (0,) sets none: it is refused
                 dim = np.shape(value)[-1]
             out[vid] = _rows(value, dim)[0]
         except (ValueError, TypeError) as err:  # name the file and the video: a release has thousands
             raise ValueError(f'{path}: video {vid}: {err}') from None
     return out
+
+
+def _at_most_two_deep(value: Any) -> None:
+    """A ValueError for Python lists nested deeper than (T, D) rows, before numpy reads them: a pickle
+    may name one list many times, so 300 bytes of lists nested 8 deep are 10**8 numbers to numpy
+    (35 s and 0.8 GB; 9 deep, ten times that), which it builds before any shape is checked."""
+    if isinstance(value, (list, tuple)):
+        for row in value:
+            if isinstance(row, (list, tuple)) and any(isinstance(x, (list, tuple, dict)) for x in row):
+                raise ValueError('features are lists nested more than two deep; expected (D,) or (T, D) rows')
 
 
 def _by_video(data: Any, path: Path, what: str) -> dict[str, Any]:

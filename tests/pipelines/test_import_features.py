@@ -418,3 +418,22 @@ def test_release_pickles_of_every_protocol_still_import(protocol: int, tmp_path:
     assert code == 0
     rows = open_store(store_path(tmp_path / 'features', 'msrvtt', 'scene')).read(ids=IDS)
     assert np.array_equal(rows.rows(0)[0], scene[IDS[0]].astype(np.float16))
+
+
+def test_lists_nested_deeper_than_rows_are_refused_before_numpy_reads_them(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """A pickle names one list many times: a few hundred bytes of lists nested 8 deep were 10**8 numbers
+    that numpy built (35 s, 0.8 GB) before the shape was refused; 10 deep, 100 times that."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    nested: list = [0.5] * 10
+    for _ in range(6):
+        nested = [nested] * 10  # 10**7 numbers here, so that the test is quick even without the guard
+    with open(release / 'aggregated_face_feats/facefeats-avg.pickle', 'wb') as f:
+        pickle.dump({IDS[0]: nested}, f)
+    assert (release / 'aggregated_face_feats/facefeats-avg.pickle').stat().st_size < 1000
+    with pytest.warns(UserWarning, match='pickle'):
+        code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
+                            str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and f'video {IDS[0]}: features are lists nested more than two deep' in err, err
