@@ -371,6 +371,9 @@ class ExpertStore:
         self.n_chunks = -(-self.n_videos // self.unit_size)
         self._arrays: dict[str, zarr.Array] = {}
         self._has_sums = CHUNK_SUMS in group  # a store made before the sums has none
+        # which directory this is: Zarr writes by path, so a store put in its place meanwhile (another
+        # run's --overwrite swapping in its replacement) would get this run's chunks (`_still_here`)
+        self._inode = os.stat(path).st_ino
 
     def _array(self, name: str) -> zarr.Array:
         """An array of the group, opened once: opening reads and parses its metadata (some 4 ms),
@@ -501,6 +504,7 @@ class ExpertStore:
                              f'tokens={self.has_tokens}')
         sl = slice(rows.start, rows.stop)
         g = self.group
+        self._still_here(chunk)
         # pending first (a rewrite by --retry-failed or after --repair), so that a kill mid-write
         # leaves a chunk to redo, not finished rows over data that no longer matches their sums;
         # then no file of the unit is left to read: a damaged one would fail the write (`_remove_unit`)
@@ -529,7 +533,20 @@ class ExpertStore:
         if CHUNK_SUMS in g:  # a store made before it has none: its chunks are checked by their files
             sums.update({name: _digest(np.asarray(value, dtype=g[name].dtype)) for name, value in written.items()})
             g[CHUNK_SUMS][chunk:chunk + 1] = np.asarray([json.dumps(sums)], dtype=str)
+        self._still_here(chunk)  # a store swapped in meanwhile keeps this chunk pending: never "done" with our rows
         g['status'][sl] = data.status
+
+    def _still_here(self, chunk: int) -> None:
+        """A StoreError when the directory at `path` is no longer the store this one opened: another
+        run's --overwrite put its replacement there (its settings may differ from this run's)."""
+        try:
+            here = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            here = None
+        if here != self._inode:
+            raise StoreError(f'{self.path} was replaced while this run wrote it (another run\'s --overwrite finished); '
+                             f'chunk {chunk} is not written to the store now there. Rerun the command to continue '
+                             'that store, or with --overwrite')
 
     def damage(self, chunk: int, data: dict[str, np.ndarray]) -> str:
         """What of a finished chunk's data is missing or not as written, or '' (see `CHUNK_SUMS`).

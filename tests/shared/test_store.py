@@ -607,3 +607,25 @@ def test_a_consolidated_store_is_not_written_again(tmp_path: Path) -> None:
     swap_in(open_store(path, mode='r+', warn_random=False))  # a rerun with nothing to do
     after = (path / 'zarr.json').stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_run_whose_store_was_replaced_meanwhile_writes_nothing_into_the_new_one(tmp_path: Path) -> None:
+    """Zarr writes by path: a run still writing a store that another run's --overwrite replaced wrote its
+    chunks, made with the old settings, into the replacement, sums and "done" status included, and
+    check called the mix VALID. The write is refused; the replacement keeps its own chunks."""
+    import os
+    import shutil
+
+    path = tmp_path / 'swapped.zarr'
+    old_run = create_store(path, W.video_ids(12), W.spec(4))  # the plain run, opened before the swap
+    new = tmp_path / 'new.zarr'
+    _complete_store(new)
+    before = _arrays(new)
+    os.rename(path, tmp_path / 'aside.zarr')  # what swap_in's two renames do
+    os.rename(new, path)
+    with pytest.raises(StoreError, match='was replaced while this run wrote it'):
+        old_run.write_chunk(1, pack_chunk([W.result_for(r) for r in old_run.chunk_rows(1)], W.MAX_ROWS, W.DIM,
+                                          True))
+    _assert_same(_arrays(path), before)
+    assert check_store(path).exit_code == 0
+    shutil.rmtree(tmp_path / 'aside.zarr')
