@@ -921,7 +921,10 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
     except Exception as err:  # noqa: BLE001 - zarr raises several types for a broken group
         raise StoreError(f'cannot open store {path}: {err}') from err
-    missing = [k for k in ('video_ids', 'status', *_ROW_ARRAYS) if k not in group]
+    try:
+        missing = [k for k in ('video_ids', 'status', *_ROW_ARRAYS) if k not in group]
+    except Exception as err:  # noqa: BLE001 - a member's metadata that zarr cannot parse
+        raise StoreError(f'cannot open store {path}: {_first_line(err)}') from None
     for key in ('chunk_size', 'max_rows', 'feature_dim', 'expert'):
         if key not in group.attrs:
             missing.append(f'attribute {key}')
@@ -932,12 +935,41 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise StoreError(f'{path}: its attribute {key} is {json.dumps(value)[:40]}, not a whole number >= 1: its '
                              'zarr.json is damaged')
+    arrays = _arrays_of(path, group)
     store = ExpertStore(path, group)
+    store._arrays.update(arrays)  # opened once (`_array`)
     if warn_random and store.random_weights:
         warnings.warn(f'{path}: features were extracted with RANDOM weights (expert '
                       f'{store.attrs.get("expert")!r}); they carry no meaning beyond tests and demos',
                       RandomWeightsWarning, stacklevel=2)
     return store
+
+
+def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
+    """The store's arrays, each an array of the shape its attributes give (N videos, T rows, D dims): a
+    StoreError naming the first that is not (a damaged zarr.json), not an AttributeError, IndexError or
+    numpy broadcast error out of the first read."""
+    arrays = {}
+    for name in ('video_ids', 'status', *_ROW_ARRAYS, 'tokens', CHUNK_SUMS):
+        if name not in group:  # tokens and chunk_sums are optional; the others were checked
+            continue
+        try:
+            node = group[name]
+        except Exception as err:  # noqa: BLE001 - zarr raises TypeError, ValueError, KeyError for bad metadata
+            raise StoreError(f'{path}: the metadata of its {name} cannot be read ({_first_line(err)}): its zarr.json '
+                             'is damaged') from None
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f'{path}: its {name} is a {type(node).__name__}, not an array: its zarr.json is damaged')
+        arrays[name] = node
+    n, t, d, c = (arrays['status'].shape or (0,))[0], int(group.attrs['max_rows']), int(group.attrs['feature_dim']), \
+        int(group.attrs['chunk_size'])
+    shapes = {'features': (n, t, d), 'timestamps': (n, t, 2), CHUNK_SUMS: (-(-n // c),)}
+    for name, arr in arrays.items():
+        want = shapes.get(name, (n,))
+        if tuple(arr.shape) != want:
+            raise StoreError(f'{path}: its {name} has shape {tuple(arr.shape)}, expected {want} from its status and '
+                             'attributes: its zarr.json is damaged')
+    return arrays
 
 
 # ------------------------------------------------------------------------------------- replace

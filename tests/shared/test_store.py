@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import subprocess
 import warnings
@@ -629,3 +630,34 @@ def test_a_run_whose_store_was_replaced_meanwhile_writes_nothing_into_the_new_on
     _assert_same(_arrays(path), before)
     assert check_store(path).exit_code == 0
     shutil.rmtree(tmp_path / 'aside.zarr')
+
+
+@pytest.mark.parametrize('array, change, said', [
+    ('status', {'node_type': 'group'}, 'its status is a Group, not an array'),
+    ('status', {'node_type': 'group', 'attributes': {}}, 'GroupMetadata.__init__() got an unexpected keyword'),
+    ('features', {'shape': [12, W.MAX_ROWS, W.DIM, 1]}, f'its features has shape (12, {W.MAX_ROWS}, {W.DIM}, 1), '
+                                                          f'expected (12, {W.MAX_ROWS}, {W.DIM})'),
+    ('features', {'shape': [12]}, f'its features has shape (12,), expected (12, {W.MAX_ROWS}, {W.DIM})'),
+    ('lengths', {'shape': [12, 1]}, 'its lengths has shape (12, 1), expected (12,)'),
+])
+def test_an_array_of_the_wrong_kind_or_shape_is_one_line_for_check_and_readers(array: str, change: dict, said: str,
+                                                                               tmp_path: Path, python: str,
+                                                                               subprocess_env: dict) -> None:
+    """A status that is a group was an AttributeError traceback out of check and every reader, a 1-D
+    features an IndexError; a features or lengths of another rank passed open and failed the first read
+    with numpy's 'shape mismatch' traceback."""
+    path = tmp_path / 'kind.zarr'
+    _complete_store(path)
+    meta = json.loads((path / array / 'zarr.json').read_text())
+    if 'shape' in change:
+        k = len(change['shape'])
+        grid = meta['chunk_grid']['configuration']['chunk_shape']
+        change = {**change, 'chunk_grid': {'name': 'regular', 'configuration': {'chunk_shape': (grid + [1] * k)[:k]}},
+                  'dimension_names': None}
+    meta = {'zarr_format': 3, 'node_type': 'group', 'attributes': {}} if change == {'node_type': 'group'} else \
+        {**meta, **change}
+    (path / array / 'zarr.json').write_text(json.dumps(meta))
+    done = _check_cli(python, subprocess_env, path)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr and said in done.stdout, done.stdout + done.stderr
+    with pytest.raises(StoreError, match=re.escape(said)):
+        open_store(path, warn_random=False).read()
