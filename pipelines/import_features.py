@@ -272,13 +272,29 @@ def _h5(path: Path) -> Iterator[Any]:
             raise ValueError(f'{path}: {err}') from None
 
 
+#: a dataset may hold at most this many times its bytes in the file (and 64 MB before any are asked):
+#: features compress a few times at most, while an HDF5 dataset never written reads as its fill value
+_H5_EXPANSION, _H5_FREE_BYTES = 64, 64 << 20
+
+
+def _h5_read(h: Any, key: str) -> Any:
+    """`h[key]` read whole; a dataset whose size is far beyond what the file holds of it (an unwritten
+    dataset of 10**6 rows reads as 8 GB of zeros from a 6 KB file) is a ValueError, before it is read."""
+    d = h[key]
+    nbytes = int(getattr(d, 'nbytes', 0))
+    if nbytes > _H5_FREE_BYTES and nbytes > _H5_EXPANSION * d.id.get_storage_size():
+        raise ValueError(f'{key} declares {d.shape} values ({nbytes >> 20} MB) held in {d.id.get_storage_size()} '
+                         'bytes of the file (unwritten or compressed beyond any features): refused, not read')
+    return d[()]
+
+
 def _mmt_rows(root: Path, expert: str) -> dict[str, np.ndarray | None]:
     key = f'features.{_mmt_name(expert)}'
     out: dict[str, np.ndarray | None] = {}
     for f in sorted(root.glob('*.h5')):
         with _h5(f) as h:
             if key in h:
-                out[f.stem] = _rows(h[key][()], None)[0]
+                out[f.stem] = _rows(_h5_read(h, key), None)[0]
     if not out:
         raise FileNotFoundError(f'no {key} in the h5 files of {root}')
     return out
@@ -426,17 +442,17 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
         with _h5(f) as h:
             keys = list(h.keys())
             caps = sorted((int(k.split('.', 1)[1]), k) for k in keys if k.startswith('raw_captions.'))
-            captions[f.stem] = [_decode(h[k][()]) for _, k in caps]
+            captions[f.stem] = [_decode(_h5_read(h, k)) for _, k in caps]
             for k in keys:
                 if not k.startswith('features.'):
                     continue
                 expert = k.split('.', 1)[1]
-                rows, _ = _rows(h[k][()], dims.get(expert))
+                rows, _ = _rows(_h5_read(h, k), dims.get(expert))
                 if rows is not None:
                     dims.setdefault(expert, rows.shape[1])
                 times = None
                 if rows is not None and f'features_t.{expert}' in h:
-                    t = np.asarray(h[f'features_t.{expert}'][()], np.float32)
+                    t = np.asarray(_h5_read(h, f'features_t.{expert}'), np.float32)
                     times = np.stack([t, t], -1) if t.ndim == 1 else t.reshape(-1, 2)
                     if len(times) != len(rows) or not np.isfinite(times).all():
                         times = None

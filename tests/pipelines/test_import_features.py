@@ -437,3 +437,27 @@ def test_lists_nested_deeper_than_rows_are_refused_before_numpy_reads_them(tmp_p
                             str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
     err = capsys.readouterr().err
     assert code == 1 and f'video {IDS[0]}: features are lists nested more than two deep' in err, err
+
+
+def test_an_h5_dataset_far_larger_than_its_file_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HDF5 dataset never written reads as its fill value: a 6 KB file declaring (100000, 2048) float32
+    features took 76 s and 1.7 GB to import as a store of zeros (10**6 rows: 8 GB). Its size is checked
+    against what the file holds of it first. (The free size is lowered here to keep the test small.)"""
+    import pipelines.import_features as imp
+
+    monkeypatch.setattr(imp, '_H5_FREE_BYTES', 1 << 20, raising=False)
+    root = tmp_path / 'mult_h5'
+    root.mkdir()
+    with h5py.File(root / 'video0.h5', 'w') as h:
+        h.create_dataset('features.motion', shape=(2000, 1024), dtype='f4', chunks=(100, 1024), compression='gzip')
+        h['raw_captions.0'] = 'a caption'
+    with h5py.File(root / 'video1.h5', 'w') as h:  # written data far over the free size is fine
+        h['features.motion'] = np.random.default_rng(0).normal(size=(600, 1024)).astype(np.float32)
+        h['raw_captions.0'] = 'another caption'
+    assert (root / 'video0.h5').stat().st_size < 20_000
+    code = import_main(['--source', 'mmt', '--root', str(root), '--dataset', 'msvd', '--data-root',
+                        str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and f'{root / "video0.h5"}: features.motion declares (2000, 1024) values' in err, err
+    assert 'refused, not read' in err and 'video1' not in err
