@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from extract.experts._words import words_result
 from shared.store import (DONE, ExpertStore, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store,
-                          open_store, pack_chunk)
+                          open_store, pack_chunk, recorded_tokens)
 from shared.text import WordVectors, WordVectorsError, load_word_vectors
 
 __all__ = ['reembed', 'main']
@@ -66,13 +65,24 @@ def _write(src: ExpertStore, dst: ExpertStore, wv: WordVectors) -> None:
         results = []
         for i in range(len(rows)):
             if data.status[i] == DONE:
-                tokens = json.loads(data.tokens[i]) if data.tokens[i] else []
-                results.append(words_result(tokens, wv, src.max_rows))
+                results.append(_reembedded(src, rows.start + i, str(data.tokens[i]), wv))
             else:
                 results.append(dataclasses.replace(VideoResult.failed(str(data.errors[i]), wv.dim),
                                                    status=int(data.status[i])))
         dst.write_chunk(c, pack_chunk(results, src.max_rows, wv.dim, True))
     dst.consolidate()
+
+
+def _reembedded(src: ExpertStore, row: int, recorded: str, wv: WordVectors) -> VideoResult:
+    """One done video's recorded words embedded by `wv`; tokens that are not what extraction records
+    (`recorded_tokens`: a damaged store) are a StoreError naming the row, not json's or a KeyError's
+    traceback, and never a new store with rows that end before they start."""
+    try:
+        tokens = recorded_tokens(recorded)
+    except ValueError as err:
+        raise StoreError(f'{src.path}: row {row}: its recorded tokens are damaged ({err}); nothing was '
+                         're-embedded. Extract that store again (extract --overwrite)') from None
+    return words_result(tokens, wv, src.max_rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -171,7 +172,19 @@ def extract_cluster(client: Any, opts: dict[str, Any], num_shards: int, gpus: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from extract.run import RunOptions
+    """The command line; SIGTERM (a SLURM time limit, a `kill`) stops it as Ctrl-C does: the cluster is
+    closed and one line says what is kept (it died at once, its workers logging tracebacks as they lost it)."""
+    from extract.run import _sigterm
+
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
+    from extract.run import INTERRUPTED, RunOptions
 
     d = RunOptions(dataset='', experts=[])
     p = argparse.ArgumentParser(prog='python -m pipelines.extract_cluster', description=__doc__.split('\n\n')[0],
@@ -237,8 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
             if cluster is not None:
                 cluster.close()
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except (ConfigError, DatasetError, StoreError, ValueError, KeyError) as err:
-        print(f'error: {err}', file=sys.stderr)
+        # a KeyError's str() is its repr, in quotes: print its message as `python -m extract` does
+        print(f'error: {err.args[0] if isinstance(err, KeyError) and err.args else err}', file=sys.stderr)
         return 1
 
 

@@ -19,7 +19,8 @@ imported.json, only once all of them are built, with Ctrl-C and SIGTERM held unt
 (a kill -9 among the renames can leave some stores replaced: rerun the import to apply it whole).
 Rows without timing get the store's
 UNKNOWN_TIME. Pickle files can run code when loaded: they are read only here, after a warning,
-and only from the --root you name.
+only from the --root you name, and only as arrays, numbers, strings and containers: a pickle that
+names any other callable is refused, unrun (`_ReleaseUnpickler`).
 """
 from __future__ import annotations
 
@@ -216,12 +217,23 @@ def _ce_rows(path: Path) -> dict[str, np.ndarray | None]:
     dim = None  # the first video with features sets it
     for vid, value in data.items():
         try:
+            _at_most_two_deep(value)
             if dim is None and np.ndim(value) >= 1 and np.shape(value)[-1]:  # (0,) sets none: it is refused
                 dim = np.shape(value)[-1]
             out[vid] = _rows(value, dim)[0]
         except (ValueError, TypeError) as err:  # name the file and the video: a release has thousands
             raise ValueError(f'{path}: video {vid}: {err}') from None
     return out
+
+
+def _at_most_two_deep(value: Any) -> None:
+    """A ValueError for Python lists nested deeper than (T, D) rows, before numpy reads them: a pickle
+    may name one list many times, so 300 bytes of lists nested 8 deep are 10**8 numbers to numpy
+    (35 s and 0.8 GB; 9 deep, ten times that), which it builds before any shape is checked."""
+    if isinstance(value, (list, tuple)):
+        for row in value:
+            if isinstance(row, (list, tuple)) and any(isinstance(x, (list, tuple, dict)) for x in row):
+                raise ValueError('features are lists nested more than two deep; expected (D,) or (T, D) rows')
 
 
 def _by_video(data: Any, path: Path, what: str) -> dict[str, Any]:
@@ -260,22 +272,68 @@ def _h5(path: Path) -> Iterator[Any]:
             raise ValueError(f'{path}: {err}') from None
 
 
+#: a dataset may hold at most this many times its bytes in the file (and 64 MB before any are asked):
+#: features compress a few times at most, while an HDF5 dataset never written reads as its fill value
+_H5_EXPANSION, _H5_FREE_BYTES = 64, 64 << 20
+
+
+def _h5_read(h: Any, key: str) -> Any:
+    """`h[key]` read whole; a dataset whose size is far beyond what the file holds of it (an unwritten
+    dataset of 10**6 rows reads as 8 GB of zeros from a 6 KB file) is a ValueError, before it is read."""
+    d = h[key]
+    nbytes = int(getattr(d, 'nbytes', 0))
+    if nbytes > _H5_FREE_BYTES and nbytes > _H5_EXPANSION * d.id.get_storage_size():
+        raise ValueError(f'{key} declares {d.shape} values ({nbytes >> 20} MB) held in {d.id.get_storage_size()} '
+                         'bytes of the file (unwritten or compressed beyond any features): refused, not read')
+    return d[()]
+
+
 def _mmt_rows(root: Path, expert: str) -> dict[str, np.ndarray | None]:
     key = f'features.{_mmt_name(expert)}'
     out: dict[str, np.ndarray | None] = {}
     for f in sorted(root.glob('*.h5')):
         with _h5(f) as h:
             if key in h:
-                out[f.stem] = _rows(h[key][()], None)[0]
+                out[f.stem] = _rows(_h5_read(h, key), None)[0]
     if not out:
         raise FileNotFoundError(f'no {key} in the h5 files of {root}')
     return out
 
 
+#: the only callables a release pickle may name: what numpy arrays, numpy scalars and plain containers
+#: pickle to (protocols 2-5, Python 2 and 3, numpy 1 and 2). Anything else (os.system, builtins.eval,
+#: subprocess.Popen ...) is how a pickle runs code, and a feature or caption file has no use for it.
+_PICKLE_GLOBALS = frozenset({
+    ('numpy', 'ndarray'), ('numpy', 'dtype'),
+    *((m, n) for m in ('numpy.core.multiarray', 'numpy._core.multiarray') for n in ('_reconstruct', 'scalar')),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+    ('collections', 'OrderedDict'), ('_codecs', 'encode'),  # protocol 2 pickles bytes via _codecs.encode
+    ('builtins', 'set'), ('builtins', 'frozenset'),
+})
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A release pickle names a callable that is not in `_PICKLE_GLOBALS`."""
+
+
+class _ReleaseUnpickler(pickle.Unpickler):
+    """An unpickler that builds only numbers, strings, containers and numpy arrays: a pickle that
+    names any other callable (the way a pickle runs code) is refused before the callable is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise _RefusedGlobal(f'{module}.{name}')
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> Any:
     with open(path, 'rb') as f:
         try:
-            return pickle.load(f)  # noqa: S301 - the explicit importer; warned about in main()
+            return _ReleaseUnpickler(f).load()  # noqa: S301 - restricted to plain values (find_class)
+        except _RefusedGlobal as err:
+            raise ValueError(f'{path}: refused: the pickle would call {err}, which is no array, number, string or '
+                             'container (pickles run code that way); a release of features has no use for it. '
+                             'Nothing of it was run') from None
         except Exception as err:  # noqa: BLE001 - whatever a file that is no pickle makes the unpickler raise
             raise ValueError(f'{path}: not a readable pickle ({type(err).__name__}: {err}); put the file of '
                              'the release there, whole') from None
@@ -384,17 +442,17 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
         with _h5(f) as h:
             keys = list(h.keys())
             caps = sorted((int(k.split('.', 1)[1]), k) for k in keys if k.startswith('raw_captions.'))
-            captions[f.stem] = [_decode(h[k][()]) for _, k in caps]
+            captions[f.stem] = [_decode(_h5_read(h, k)) for _, k in caps]
             for k in keys:
                 if not k.startswith('features.'):
                     continue
                 expert = k.split('.', 1)[1]
-                rows, _ = _rows(h[k][()], dims.get(expert))
+                rows, _ = _rows(_h5_read(h, k), dims.get(expert))
                 if rows is not None:
                     dims.setdefault(expert, rows.shape[1])
                 times = None
                 if rows is not None and f'features_t.{expert}' in h:
-                    t = np.asarray(h[f'features_t.{expert}'][()], np.float32)
+                    t = np.asarray(_h5_read(h, f'features_t.{expert}'), np.float32)
                     times = np.stack([t, t], -1) if t.ndim == 1 else t.reshape(-1, 2)
                     if len(times) != len(rows) or not np.isfinite(times).all():
                         times = None
@@ -436,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {args.root} is not a directory', file=sys.stderr)
         return 1
     if args.source == 'ce':
-        warnings.warn(f'reading pickle files from {args.root}: unpickling can run code from the file; import only '
+        warnings.warn(f'reading pickle files from {args.root}: only arrays, numbers, strings and '
+                      'containers are built from them (a pickle naming any other callable is refused); import only '
                       'releases you trust', stacklevel=1)
     try:
         fn = import_ce if args.source == 'ce' else import_mmt

@@ -23,6 +23,7 @@ import errno
 import glob
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -44,7 +45,7 @@ __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
     'ROW_CHUNK', 'SHARD_FROM_VIDEOS', 'AUTO_CHUNKS_PER_SHARD', 'ExpertStore', 'store_path', 'is_store',
-    'create_store', 'open_store', 'shard_chunks', 'pack_chunk',
+    'create_store', 'open_store', 'shard_chunks', 'pack_chunk', 'recorded_tokens',
     'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'signals_deferred', 'unreadable', 'CheckReport',
     'check_store', 'main',
 ]
@@ -73,6 +74,11 @@ _ROW_ARRAYS = ('features', 'timestamps', 'lengths', 'available', 'errors')
 #: the chunk's data and before its `status`. Zarr reads a missing chunk file as the fill value, so
 #: a lost or damaged file is seen only against this (`ExpertStore.damage`)
 CHUNK_SUMS = 'chunk_sums'
+#: each array's data type (numpy kind and size; strings any string kind) and fill value, as `_build`
+#: makes them: Zarr reads a missing chunk as the fill value, and `status`'s is "pending"
+_TYPES = {'video_ids': ('str', ''), 'features': ('float16', 0), 'timestamps': ('float32', 0), 'lengths': ('int32', 0),
+          'available': ('bool', False), 'status': ('uint8', 0), 'errors': ('str', ''), 'tokens': ('str', ''),
+          'chunk_sums': ('str', '')}
 _DIMS = {
     'video_ids': ('video',), 'features': ('video', 'row', 'dim'), 'timestamps': ('video', 'row', 'edge'),
     'lengths': ('video',), 'available': ('video',), 'status': ('video',), 'errors': ('video',),
@@ -306,6 +312,24 @@ def _parse_sums(recorded: str) -> dict[str, int] | None:
     return sums
 
 
+def recorded_tokens(recorded: str) -> list[dict[str, Any]]:
+    """A video's `tokens` as extraction records them: a JSON list of {word, start, end, ...} with
+    finite times, start <= end. Else a ValueError saying what is wrong (a damaged store)."""
+    try:
+        tokens = json.loads(recorded) if recorded else []
+    except ValueError as err:
+        raise ValueError(f'not JSON ({_first_line(err)})') from None
+    if not isinstance(tokens, list):
+        raise ValueError(f'a JSON {type(tokens).__name__}, not a list')
+    for t in tokens:
+        times = [t.get(k) for k in ('start', 'end')] if isinstance(t, dict) else []
+        if not (isinstance(t, dict) and isinstance(t.get('word'), str)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in times)
+                and times[0] <= times[1]):
+            raise ValueError(f'{str(t)[:60]} is no {{word, start <= end}} token')
+    return tokens
+
+
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
@@ -347,6 +371,9 @@ class ExpertStore:
         self.n_chunks = -(-self.n_videos // self.unit_size)
         self._arrays: dict[str, zarr.Array] = {}
         self._has_sums = CHUNK_SUMS in group  # a store made before the sums has none
+        # which directory this is: Zarr writes by path, so a store put in its place meanwhile (another
+        # run's --overwrite swapping in its replacement) would get this run's chunks (`_still_here`)
+        self._inode = os.stat(path).st_ino
 
     def _array(self, name: str) -> zarr.Array:
         """An array of the group, opened once: opening reads and parses its metadata (some 4 ms),
@@ -361,7 +388,14 @@ class ExpertStore:
 
     @property
     def video_ids(self) -> np.ndarray:
-        return np.asarray(self.group['video_ids'][:], dtype=object)
+        """The manifest's ids, as the store was made for; a chunk file of them that cannot be read is a
+        StoreError (they are written once, when the store is made: no rerun rewrites them)."""
+        try:
+            return np.asarray(self._array('video_ids')[:], dtype=object)
+        except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
+            raise StoreError(f'{self.path}: its video_ids cannot be read ({_first_line(err)}): a chunk file of them '
+                             'is damaged; they are written only when the store is made, so make it again '
+                             '(extract --overwrite)') from None
 
     @property
     def random_weights(self) -> bool:
@@ -470,6 +504,7 @@ class ExpertStore:
                              f'tokens={self.has_tokens}')
         sl = slice(rows.start, rows.stop)
         g = self.group
+        self._still_here(chunk)
         # pending first (a rewrite by --retry-failed or after --repair), so that a kill mid-write
         # leaves a chunk to redo, not finished rows over data that no longer matches their sums;
         # then no file of the unit is left to read: a damaged one would fail the write (`_remove_unit`)
@@ -498,7 +533,20 @@ class ExpertStore:
         if CHUNK_SUMS in g:  # a store made before it has none: its chunks are checked by their files
             sums.update({name: _digest(np.asarray(value, dtype=g[name].dtype)) for name, value in written.items()})
             g[CHUNK_SUMS][chunk:chunk + 1] = np.asarray([json.dumps(sums)], dtype=str)
+        self._still_here(chunk)  # a store swapped in meanwhile keeps this chunk pending: never "done" with our rows
         g['status'][sl] = data.status
+
+    def _still_here(self, chunk: int) -> None:
+        """A StoreError when the directory at `path` is no longer the store this one opened: another
+        run's --overwrite put its replacement there (its settings may differ from this run's)."""
+        try:
+            here = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            here = None
+        if here != self._inode:
+            raise StoreError(f'{self.path} was replaced while this run wrote it (another run\'s --overwrite finished); '
+                             f'chunk {chunk} is not written to the store now there. Rerun the command to continue '
+                             'that store, or with --overwrite')
 
     def damage(self, chunk: int, data: dict[str, np.ndarray]) -> str:
         """What of a finished chunk's data is missing or not as written, or '' (see `CHUNK_SUMS`).
@@ -518,6 +566,10 @@ class ExpertStore:
             recorded = str(self._array(CHUNK_SUMS)[chunk]) if self._has_sums else ''
         except Exception as err:  # noqa: BLE001 - a damaged sums file is damage like any other
             return f'{where}: its recorded chunk sums cannot be read ({_first_line(err)})'
+        if self._has_sums and not recorded:
+            # every write records them before its status: a finished chunk without them lost its sums file,
+            # and checking it by its files instead would pass data that is damaged but still decodes
+            return f'{where}: its recorded chunk sums are missing (a chunk_sums file lost), so its data cannot be checked'
         if recorded:
             sums = _parse_sums(recorded)
             if sums is None:
@@ -716,7 +768,12 @@ class ExpertStore:
         return {name: da.from_zarr(self.group[name]) for name in _DIMS if name in self.group}
 
     def consolidate(self) -> None:
-        """Consolidate metadata (once a run completes) so that readers open the store in one read."""
+        """Consolidate metadata (once a run completes) so that readers open the store in one read.
+
+        Once only: no array's metadata changes after the store is made, and a rerun with nothing to
+        do must not write (a store on a read-only mount, or one training reads, is left alone)."""
+        if self.group.metadata.consolidated_metadata is not None:
+            return
         with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
             warnings.simplefilter('ignore', UserWarning)
             zarr.consolidate_metadata(str(self.path))
@@ -773,6 +830,8 @@ def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreS
     path = Path(path)
     if len(set(video_ids)) != len(video_ids):
         raise StoreError('video ids must be unique')
+    if '' in video_ids:  # an empty id is what a lost chunk file of them reads as (`check`)
+        raise StoreError('video ids must not be empty')
     if overwrite and path.exists():
         shutil.rmtree(path)
     if path.exists() and not is_store(path):  # what a killed --overwrite leaves, say
@@ -862,18 +921,55 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
     except Exception as err:  # noqa: BLE001 - zarr raises several types for a broken group
         raise StoreError(f'cannot open store {path}: {err}') from err
-    missing = [k for k in ('video_ids', 'status', *_ROW_ARRAYS) if k not in group]
+    try:
+        missing = [k for k in ('video_ids', 'status', *_ROW_ARRAYS) if k not in group]
+    except Exception as err:  # noqa: BLE001 - a member's metadata that zarr cannot parse
+        raise StoreError(f'cannot open store {path}: {_first_line(err)}') from None
     for key in ('chunk_size', 'max_rows', 'feature_dim', 'expert'):
         if key not in group.attrs:
             missing.append(f'attribute {key}')
     if missing:
         raise StoreError(f'{path} is not an expert store: missing {", ".join(missing)}')
+    for key in ('chunk_size', 'max_rows', 'feature_dim'):  # the layout every read and write computes from
+        value = group.attrs[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise StoreError(f'{path}: its attribute {key} is {json.dumps(value)[:40]}, not a whole number >= 1: its '
+                             'zarr.json is damaged')
+    arrays = _arrays_of(path, group)
     store = ExpertStore(path, group)
+    store._arrays.update(arrays)  # opened once (`_array`)
     if warn_random and store.random_weights:
         warnings.warn(f'{path}: features were extracted with RANDOM weights (expert '
                       f'{store.attrs.get("expert")!r}); they carry no meaning beyond tests and demos',
                       RandomWeightsWarning, stacklevel=2)
     return store
+
+
+def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
+    """The store's arrays, each an array of the shape its attributes give (N videos, T rows, D dims): a
+    StoreError naming the first that is not (a damaged zarr.json), not an AttributeError, IndexError or
+    numpy broadcast error out of the first read."""
+    arrays = {}
+    for name in ('video_ids', 'status', *_ROW_ARRAYS, 'tokens', CHUNK_SUMS):
+        if name not in group:  # tokens and chunk_sums are optional; the others were checked
+            continue
+        try:
+            node = group[name]
+        except Exception as err:  # noqa: BLE001 - zarr raises TypeError, ValueError, KeyError for bad metadata
+            raise StoreError(f'{path}: the metadata of its {name} cannot be read ({_first_line(err)}): its zarr.json '
+                             'is damaged') from None
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f'{path}: its {name} is a {type(node).__name__}, not an array: its zarr.json is damaged')
+        arrays[name] = node
+    n, t, d, c = (arrays['status'].shape or (0,))[0], int(group.attrs['max_rows']), int(group.attrs['feature_dim']), \
+        int(group.attrs['chunk_size'])
+    shapes = {'features': (n, t, d), 'timestamps': (n, t, 2), CHUNK_SUMS: (-(-n // c),)}
+    for name, arr in arrays.items():
+        want = shapes.get(name, (n,))
+        if tuple(arr.shape) != want:
+            raise StoreError(f'{path}: its {name} has shape {tuple(arr.shape)}, expected {want} from its status and '
+                             'attributes: its zarr.json is damaged')
+    return arrays
 
 
 # ------------------------------------------------------------------------------------- replace
@@ -1177,12 +1273,37 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
         for i in np.flatnonzero(finished):
             if tokens[i]:
                 try:
-                    assert isinstance(json.loads(tokens[i]), list)
-                except (ValueError, AssertionError):
-                    report.problems.append(f'row {rows.start + i}: tokens are not a JSON list')
+                    recorded_tokens(str(tokens[i]))
+                except ValueError as err:
+                    report.problems.append(f'row {rows.start + i}: tokens are damaged ({err})')
     report.available += int((avail & finished).sum())
     lengths_sum[0] += int(lengths[avail & finished].sum())
     report.error_counts.update(str(e) for e in errors[(status == FAILED) & finished])
+
+
+def _check_ids(store: ExpertStore, report: CheckReport) -> None:
+    """The video ids, a chunk at a time: readable, none empty, none twice. They are written once, when
+    the store is made, and no chunk sums cover them: Zarr reads a lost chunk file of them as empty ids."""
+    seen: set[str] = set()
+    empty, twice = [], []
+    for start in range(0, store.n_videos, store.chunk_size):
+        stop = min(start + store.chunk_size, store.n_videos)
+        try:
+            ids = store._array('video_ids')[start:stop]
+        except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
+            report.problems.append(f'video_ids of videos {start}-{stop - 1} cannot be read ({_first_line(err)}): '
+                                   'make the store again (extract --overwrite)')
+            continue
+        for i, v in enumerate(ids):
+            v = str(v)
+            (empty if not v else twice if v in seen else []).append(start + i)
+            seen.add(v)
+    if empty:  # a lost chunk file: which videos these rows are is not known any more
+        report.problems.append(f'{len(empty)} video ids are empty (first: row {empty[0]}), a video_ids chunk file '
+                               'lost: make the store again (extract --overwrite)')
+    if twice:
+        report.problems.append(f'{len(twice)} video ids are there twice (first: row {twice[0]}): make the store '
+                               'again (extract --overwrite)')
 
 
 def check_store(path: str | os.PathLike) -> CheckReport:
@@ -1211,11 +1332,20 @@ def check_store(path: str | os.PathLike) -> CheckReport:
         unit = (g[name].shards or chunks)[0]
         if unit != store.unit_size:  # two units of work would share a file: one writer per unit fails
             report.problems.append(f'{name} is sharded by {unit} videos, expected {store.unit_size} as status')
-    if store.attrs.get('schema_version') not in _READABLE_SCHEMAS:
-        report.problems.append(f'schema_version {store.attrs.get("schema_version")!r} is not one this code reads '
-                               f'({", ".join(map(str, _READABLE_SCHEMAS))}): update videoexperts')
+    for name in (*expected, *((CHUNK_SUMS,) if store._has_sums else ())):
+        # damaged metadata, not damaged chunks: every chunk would read wrongly (or as the wrong fill), and
+        # --repair, which redoes chunks, must not mark a whole store pending for it
+        dtype, fill = g[name].dtype, g[name].fill_value
+        want, want_fill = _TYPES[name]
+        if dtype.kind not in 'TUO' if want == 'str' else dtype != np.dtype(want):
+            report.problems.append(f'{name} has data type {dtype}, expected {want}: its metadata (zarr.json) is '
+                                   'damaged')
+        elif not (str(fill) == want_fill if want == 'str' else bool(fill == want_fill)):
+            report.problems.append(f'{name} has fill value {str(fill)[:40]!r}, expected {want_fill!r}: its metadata '
+                                   '(zarr.json) is damaged')
     if report.problems:
         return report
+    _check_ids(store, report)
     lengths_sum = [0]
     for c in range(store.n_chunks):
         _check_chunk(store, c, report, lengths_sum)

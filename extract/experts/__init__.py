@@ -35,6 +35,8 @@ def resolve_expert_names(spec: str) -> list[str]:
     """``all``, one name, or a comma list -> registered names (unknown ones are an error)."""
     _import_all()
     names = [n.strip() for n in spec.split(',') if n.strip()]
+    if not names:  # `--expert ''` (an unset make variable): no expert ran into an empty run's traceback
+        raise KeyError(f'no expert named in {spec!r}: give one, a comma list, or all (python -m extract --list)')
     if names == ['all']:
         return [f for f in FAMILIES if f in EXPERTS]
     for n in names:

@@ -207,6 +207,8 @@ class Manifest:
             raise DatasetError(f'{self.name}: {len(self.video_ids)} ids but {len(self.paths)} paths')
         if len(set(self.video_ids)) != len(self.video_ids):
             raise DatasetError(f'{self.name}: duplicate video ids')
+        if '' in self.video_ids:  # its path would be the videos folder itself, and a store row of no video
+            raise DatasetError(f'{self.name} ({self.root}): a video id is empty; fix the annotation file')
         if isinstance(self.captions, dict):  # a lazy index was checked when built: reading it all here defeats it
             for vid, caps in self.captions.items():  # e.g. a caption given as a list: the text side needs strings
                 if not isinstance(caps, tuple) or not all(isinstance(c, str) for c in caps):

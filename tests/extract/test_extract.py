@@ -862,3 +862,15 @@ def test_decode_resize_leaves_audio_experts_alone(odd_videos: Path, tmp_path: Pa
     assert open_store(root / 'audio.zarr', warn_random=False).attrs['config']['decode_resize'] == 0.0
     # named for an audio expert, it is an error that says so
     assert extract('audio', '--set', 'audio.decode_resize=2') == 1
+
+
+@pytest.mark.parametrize('spec', ['', ' , '])
+def test_no_expert_named_is_one_line(spec: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--expert ''` (make's EXPERT left empty) ended in a StopIteration traceback over no stores."""
+    (tmp_path / 'videos').mkdir()
+    (tmp_path / 'videos' / 'a.mp4').write_bytes(b'')
+    code = main(['--dataset', f'folder:{tmp_path / "videos"}', '--features-root', str(tmp_path / 'f'),
+                 '--expert', spec, '--no-progress', *TINY])
+    err = capsys.readouterr().err
+    assert code == 1 and 'no expert named in' in err and 'Traceback' not in err
+    assert not (tmp_path / 'f').exists()

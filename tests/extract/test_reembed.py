@@ -1,13 +1,16 @@
 """extract.reembed: an OCR or speech store's words embedded with other vectors, without OCR or ASR."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from extract.experts._words import words_result
 from extract.reembed import reembed
-from shared.store import DONE, FAILED, SKIPPED, StoreSpec, VideoResult, create_store, open_store, pack_chunk
+from shared.store import (DONE, FAILED, SKIPPED, StoreSpec, VideoResult, check_store, create_store, open_store,
+                          pack_chunk)
 from shared.text import load_word_vectors
 from tests.extract.test_av_experts import _word2vec
 
@@ -30,3 +33,35 @@ def test_reembed_keeps_each_videos_status_and_each_words_times(tmp_path: Path) -
     vectors = load_word_vectors(new)
     np.testing.assert_allclose(rows.rows(0), np.stack([vectors.lookup('dog'), vectors.lookup('sun')]), atol=2e-3)
     assert open_store(tmp_path / 'new.zarr').attrs['config']['word_vectors'] == str(new.resolve())
+
+
+@pytest.mark.parametrize('recorded', ['not json[', '{"a": 1}', '[{"word": 5}]', '[1, 2]',
+                                      '[{"word": "dog", "start": 5, "end": 1, "conf": 1}]'])
+def test_damaged_recorded_tokens_are_one_line_and_no_store(recorded: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """Tokens that are not the list of {word, start, end} extraction records ended in json's JSONDecodeError,
+    a TypeError or a KeyError traceback; tokens ending before they start made a new store that check
+    calls INVALID."""
+    import zarr
+
+    from extract.reembed import main
+    from shared.store import CHUNK_SUMS, _digest
+
+    old = _word2vec(tmp_path / 'old.bin', ['cat', 'dog'], dim=4)
+    new = _word2vec(tmp_path / 'new.bin', ['dog'], dim=8)
+    spec = StoreSpec('toy', 'speech', 4, 8, chunk_size=2, has_tokens=True, config={'word_vectors': str(old)})
+    store = create_store(tmp_path / 'speech.zarr', ['a', 'b'], spec)
+    tokens = [{'word': 'dog', 'start': 0.0, 'end': 1.0, 'conf': 0.9}]
+    store.write_chunk(0, pack_chunk([words_result(tokens, load_word_vectors(old), 8)] * 2, 8, 4, True))
+    g = zarr.open_group(str(store.path), mode='r+')  # the tokens damaged, their sums made to agree
+    g['tokens'][1:2] = np.asarray([recorded], dtype=str)
+    sums = json.loads(str(g[CHUNK_SUMS][0]))
+    sums['tokens'] = _digest(np.asarray(g['tokens'][0:2], dtype=g['tokens'].dtype))
+    g[CHUNK_SUMS][0:1] = np.asarray([json.dumps(sums)], dtype=str)
+    code = main([str(store.path), '--word-vectors', str(new), '--out', str(tmp_path / 'new.zarr')])
+    err = capsys.readouterr().err
+    assert code == 1 and 'Traceback' not in err and err.count('\n') == 1, err
+    assert f'{store.path}: row 1: its recorded tokens are damaged' in err
+    assert not (tmp_path / 'new.zarr').exists()
+    report = check_store(store.path)  # and check says so (it asked only for a JSON list)
+    assert report.exit_code == 1 and any(p.startswith('row 1: tokens are damaged') for p in report.problems)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -162,3 +163,51 @@ def test_a_count_out_of_range_is_a_usage_error_at_once(flag: str, value: str, tm
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"argument {flag}: '{value}': give a whole number >= " in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_expert_is_its_message_not_a_quoted_repr(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A KeyError printed as str() is its repr: the line was 'error: "unknown expert ..."', in quotes."""
+    from pipelines.extract_cluster import main
+
+    (tmp_path / 'videos').mkdir()
+    (tmp_path / 'videos' / 'a.mp4').write_bytes(b'')
+    code = main(['--dataset', f'folder:{tmp_path / "videos"}', '--experts', 'nope', '--features-root',
+                 str(tmp_path / 'f')])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: unknown expert 'nope' (known: "), err
+
+
+def test_sigterm_stops_the_driver_in_one_line_with_its_cluster_closed(tmp_path: Path, python: str,
+                                                                    subprocess_env: dict) -> None:
+    """SIGTERM (a SLURM time limit) killed the driver at once (exit 143) without a word, and the workers
+    logged CommClosedError tracebacks as they lost their scheduler. It stops as Ctrl-C does now. The
+    cluster here is a stand-in that records its closing; the run sends itself the SIGTERM."""
+    script = f'''
+import os, signal, sys, time
+import pipelines.extract_cluster as ec
+
+class Cluster:
+    def close(self):
+        open({str(tmp_path / "closed")!r}, "w").close()
+
+class Client:
+    cluster = Cluster()
+    def close(self):
+        pass
+
+def extract_cluster(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    return 0
+
+ec.make_client = lambda *args, **kwargs: Client()
+ec.extract_cluster = extract_cluster
+(videos := {str(tmp_path / "videos")!r}) and os.makedirs(videos, exist_ok=True)
+open(os.path.join(videos, "a.mp4"), "wb").close()
+sys.exit(ec.main(["--dataset", "folder:" + videos, "--experts", "object", "--features-root", {str(tmp_path / "f")!r}]))
+'''
+    done = subprocess.run([python, '-c', script], env=subprocess_env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.strip().endswith('interrupted: finished chunks are saved; rerun the same command to continue')
+    assert 'Traceback' not in done.stderr and (tmp_path / 'closed').exists()

@@ -365,3 +365,99 @@ def test_ctrl_c_during_the_commit_waits_until_the_import_is_whole(tmp_path: Path
     for expert in ('audio', 'face', 'scene', 'speech'):  # every store and imported.json are there
         assert open_store(store_path(feats, 'msrvtt', expert)).attrs['model'] == 'imported:ce'
     assert len(load_manifest('msrvtt', data)) == len(IDS)
+
+
+class _RunsCode:
+    """What a hostile pickle holds: unpickling it calls os.system (here: touch a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+        return os.system, (f'touch {self.marker}',)
+
+
+@pytest.mark.parametrize('where', ['raw-captions.pkl', 'aggregated_face_feats/facefeats-avg.pickle'])
+def test_a_pickle_that_would_run_code_is_refused_unrun(where: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    release = tmp_path / 'release'
+    _ce_release(release)
+    marker = tmp_path / 'ran'
+    with open(release / where, 'rb') as f:
+        good = pickle.load(f)
+    good[IDS[1]] = _RunsCode(marker)  # one value among the real ones, as a tampered download would hold it
+    with open(release / where, 'wb') as f:
+        pickle.dump(good, f)
+    with pytest.warns(UserWarning, match='pickle'):
+        code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
+                            str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and not marker.exists()
+    assert f'{where}: refused: the pickle would call posix.system' in err and 'Traceback' not in err
+    assert not list((tmp_path / 'features').rglob('zarr.json'))  # no store written
+
+
+@pytest.mark.parametrize('protocol', [2, 5])
+def test_release_pickles_of_every_protocol_still_import(protocol: int, tmp_path: Path) -> None:
+    """The restricted unpickler builds what releases hold: numpy arrays and scalars, NaN, OrderedDict,
+    in protocol 2 (Python 2's, numpy 1's `numpy.core` names) and 5 (out-of-band `_frombuffer`)."""
+    import collections
+
+    release = tmp_path / 'release'
+    truth = _ce_release(release)
+    scene = collections.OrderedDict((v, x) for v, x in truth['scene'].items())
+    scene[IDS[0]] = np.float32(1.5) * scene[IDS[0]]
+    for name, data in (('aggregated_scene_25fps_256px_stride1_offset0/densenet161-avg.pickle', scene),
+                       ('raw-captions.pkl', _captions())):
+        with open(release / name, 'wb') as f:
+            pickle.dump(data, f, protocol=protocol)
+    with pytest.warns(UserWarning, match='pickle'):
+        code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
+                            str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    assert code == 0
+    rows = open_store(store_path(tmp_path / 'features', 'msrvtt', 'scene')).read(ids=IDS)
+    assert np.array_equal(rows.rows(0)[0], scene[IDS[0]].astype(np.float16))
+
+
+def test_lists_nested_deeper_than_rows_are_refused_before_numpy_reads_them(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """A pickle names one list many times: a few hundred bytes of lists nested 8 deep were 10**8 numbers
+    that numpy built (35 s, 0.8 GB) before the shape was refused; 10 deep, 100 times that."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    nested: list = [0.5] * 10
+    for _ in range(6):
+        nested = [nested] * 10  # 10**7 numbers here, so that the test is quick even without the guard
+    with open(release / 'aggregated_face_feats/facefeats-avg.pickle', 'wb') as f:
+        pickle.dump({IDS[0]: nested}, f)
+    assert (release / 'aggregated_face_feats/facefeats-avg.pickle').stat().st_size < 1000
+    with pytest.warns(UserWarning, match='pickle'):
+        code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
+                            str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and f'video {IDS[0]}: features are lists nested more than two deep' in err, err
+
+
+def test_an_h5_dataset_far_larger_than_its_file_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HDF5 dataset never written reads as its fill value: a 6 KB file declaring (100000, 2048) float32
+    features took 76 s and 1.7 GB to import as a store of zeros (10**6 rows: 8 GB). Its size is checked
+    against what the file holds of it first. (The free size is lowered here to keep the test small.)"""
+    import pipelines.import_features as imp
+
+    monkeypatch.setattr(imp, '_H5_FREE_BYTES', 1 << 20, raising=False)
+    root = tmp_path / 'mult_h5'
+    root.mkdir()
+    with h5py.File(root / 'video0.h5', 'w') as h:
+        h.create_dataset('features.motion', shape=(2000, 1024), dtype='f4', chunks=(100, 1024), compression='gzip')
+        h['raw_captions.0'] = 'a caption'
+    with h5py.File(root / 'video1.h5', 'w') as h:  # written data far over the free size is fine
+        h['features.motion'] = np.random.default_rng(0).normal(size=(600, 1024)).astype(np.float32)
+        h['raw_captions.0'] = 'another caption'
+    assert (root / 'video0.h5').stat().st_size < 20_000
+    code = import_main(['--source', 'mmt', '--root', str(root), '--dataset', 'msvd', '--data-root',
+                        str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and f'{root / "video0.h5"}: features.motion declares (2000, 1024) values' in err, err
+    assert 'refused, not read' in err and 'video1' not in err

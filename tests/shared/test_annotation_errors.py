@@ -50,6 +50,17 @@ def _didemo_deep(root: Path) -> Path:
     return d / 'train_data.json'
 
 
+def _didemo_empty_id(root: Path) -> Path:
+    """A moment whose video is '': its path was the videos folder, and its store row (an empty id) what
+    a lost chunk file of a store's ids reads as."""
+    d = root / 'didemo'
+    d.mkdir(parents=True)
+    moment = {'description': 'a man walks', 'times': [[0, 1]]}
+    for name in ('train_data.json', 'val_data.json', 'test_data.json'):
+        (d / name).write_text(json.dumps([{**moment, 'video': 'a.mp4'}, {**moment, 'video': ''}]))
+    return d / 'train_data.json'
+
+
 def _lsmdc_binary(root: Path) -> Path:
     d = root / 'lsmdc'
     d.mkdir(parents=True)
@@ -79,6 +90,7 @@ CASES = {
     'imported captions as lists': ('msvd', _imported_with_list_captions, ("'v1'", 'list of strings')),
     'not UTF-8': ('msvd', _msvd_latin1, ('not UTF-8', 'so not an MSVD descriptions file')),
     'JSON 100,000 deep': ('didemo', _didemo_deep, ('not a DiDeMo annotation file', 'nested too deeply')),
+    'empty video id': ('didemo', _didemo_empty_id, ('a video id is empty',)),
     'binary CSV': ('lsmdc', _lsmdc_binary, ('not UTF-8', 'so not an LSMDC annotation CSV')),
     'NUL bytes in a CSV': ('lsmdc', _lsmdc_nul, ('binary data',)),
     'binary JSFusion CSV': ('msrvtt', _jsfusion_binary, ('not UTF-8', 'so not a JSFusion query CSV')),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import subprocess
 import warnings
@@ -499,3 +500,164 @@ def test_a_read_of_some_arrays_reads_and_checks_only_those(tmp_path: Path, caplo
         rows = open_store(path, warn_random=False).read(rows=[5], arrays=some, verify=False)
     assert not caplog.records
     np.testing.assert_array_equal(rows.features, whole.features[[5], :rows.features.shape[1]])
+
+
+def _edit_metadata(path: Path, array: str, **changes) -> None:
+    """Change an array's metadata: its zarr.json, and the group's consolidated copy (which readers take) where
+    there is one."""
+    for file, where in ((path / array / 'zarr.json', ()), (path / 'zarr.json', ('consolidated_metadata', 'metadata',
+                                                                                array))):
+        meta = json.loads(file.read_text())
+        node = meta
+        for key in where:
+            node = (node or {}).get(key)
+        if node is not None:
+            node.update(changes)
+            file.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize('array, change, said', [
+    ('features', {'data_type': 'float32'}, 'features has data type float32, expected float16'),
+    ('status', {'data_type': 'int64'}, 'status has data type int64, expected uint8'),
+    ('status', {'fill_value': 1}, "status has fill value '1', expected 0"),  # a lost status file reads "done"
+    ('features', {'fill_value': 'NaN'}, "features has fill value 'nan', expected 0"),
+])
+def test_damaged_array_metadata_is_named_and_never_repaired_as_chunks(array: str, change: dict, said: str,
+                                                                      tmp_path: Path, python: str,
+                                                                      subprocess_env: dict) -> None:
+    """A wrong data type or fill value in zarr.json made every chunk read wrongly: check called each chunk
+    damaged (or, for status, the store incomplete) and --repair marked every finished chunk pending,
+    throwing a whole extraction away over one metadata field; a status fill of 1 read a lost status
+    file as done. Check names the metadata, and --repair leaves the chunks alone."""
+    path = tmp_path / 'meta.zarr'
+    _complete_store(path)
+    _edit_metadata(path, array, **change)
+    report = check_store(path)
+    assert report.exit_code == 1 and said in ' '.join(report.problems) and not report.damaged, report.summary()
+    done = subprocess.run([python, '-m', 'shared.store', 'check', '--repair', str(path)], env=subprocess_env,
+                          capture_output=True, text=True, cwd=W.__file__.rsplit('/tests/', 1)[0])
+    assert done.returncode == 1 and 'repaired' not in done.stdout and 'Traceback' not in done.stderr
+    assert sorted(p.name for p in (path / 'status' / 'c').iterdir()) == ['0', '1', '2']  # no status file removed
+
+
+@pytest.mark.parametrize('damage, said', [
+    ('lost', '4 video ids are empty (first: row 4)'),
+    ('cut', 'video_ids of videos 4-7 cannot be read'),
+])
+def test_damaged_video_ids_are_invalid(damage: str, said: str, tmp_path: Path) -> None:
+    """The ids are written once, when a store is made, and no chunk sums cover them: a lost chunk
+    file of them read as empty ids (which videos those rows are unknown) and check said VALID,
+    COMPLETE; a file cut short did too, and then a reader's traceback."""
+    path = tmp_path / 'ids.zarr'
+    _complete_store(path)
+    f = path / 'video_ids' / 'c' / '1'
+    f.unlink() if damage == 'lost' else f.write_bytes(f.read_bytes()[:5])
+    report = check_store(path)
+    assert report.exit_code == 1 and said in ' '.join(report.problems), report.summary()
+    if damage == 'cut':
+        with pytest.raises(StoreError, match='its video_ids cannot be read'):
+            open_store(path, warn_random=False).video_ids
+    with pytest.raises(StoreError, match='video ids must not be empty'):  # so no store holds one rightly
+        create_store(tmp_path / 'empty.zarr', ['a', ''], W.spec(4))
+
+
+@pytest.mark.parametrize('key, value', [('feature_dim', 'abc'), ('chunk_size', 0), ('max_rows', -5),
+                                        ('max_rows', True)])
+def test_a_damaged_layout_attribute_is_one_line(key: str, value, tmp_path: Path, python: str,
+                                                subprocess_env: dict) -> None:
+    """chunk_size 0 was a ZeroDivisionError traceback out of check, feature_dim 'abc' a ValueError."""
+    path = tmp_path / 'attrs.zarr'
+    _complete_store(path)
+    meta = json.loads((path / 'zarr.json').read_text())
+    meta['attributes'][key] = value
+    (path / 'zarr.json').write_text(json.dumps(meta))
+    done = _check_cli(python, subprocess_env, path)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+    assert f'its attribute {key} is {json.dumps(value)}, not a whole number >= 1' in done.stdout
+
+
+def test_a_finished_chunk_whose_sums_file_is_lost_is_damage(tmp_path: Path, python: str, subprocess_env: dict) -> None:
+    """A lost chunk_sums file reads as no sums, and the chunk was then checked as in a store made before
+    them, by its files alone: features of another chunk in its place (a file copied over it) passed as
+    VALID and were read as its videos'. Every write records sums before its status, so a finished chunk
+    of a store that has them must have its own."""
+    import shutil
+
+    path = tmp_path / 'lost.zarr'
+    _complete_store(path)
+    (path / 'chunk_sums' / 'c' / '1').unlink()
+    shutil.copy(path / 'features' / 'c' / '2' / '0' / '0', path / 'features' / 'c' / '1' / '0' / '0')
+    report = check_store(path)
+    assert report.exit_code == 1 and report.damaged == [1], report.summary()
+    assert 'chunk 1 (videos 4-7): its recorded chunk sums are missing' in report.summary()
+    with pytest.raises(StoreError, match=r'chunk 1 \(videos 4-7\): its recorded chunk sums are missing.*--repair'):
+        open_store(path, warn_random=False).read(rows=[5])
+    _repair_chunk_1(path, python, subprocess_env)
+
+
+def test_a_consolidated_store_is_not_written_again(tmp_path: Path) -> None:
+    """Every run that found nothing to do consolidated the store again, rewriting zarr.json: on a read-only
+    features mount that run failed (exit 1, 'Read-only file system ... zarr.json.partial') over a complete store."""
+    from shared.store import swap_in
+
+    path = tmp_path / 'once.zarr'
+    _complete_store(path)
+    swap_in(open_store(path, mode='r+', warn_random=False))  # the first completion consolidates
+    before = (path / 'zarr.json').stat()
+    assert json.loads((path / 'zarr.json').read_text()).get('consolidated_metadata')
+    swap_in(open_store(path, mode='r+', warn_random=False))  # a rerun with nothing to do
+    after = (path / 'zarr.json').stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_run_whose_store_was_replaced_meanwhile_writes_nothing_into_the_new_one(tmp_path: Path) -> None:
+    """Zarr writes by path: a run still writing a store that another run's --overwrite replaced wrote its
+    chunks, made with the old settings, into the replacement, sums and "done" status included, and
+    check called the mix VALID. The write is refused; the replacement keeps its own chunks."""
+    import os
+    import shutil
+
+    path = tmp_path / 'swapped.zarr'
+    old_run = create_store(path, W.video_ids(12), W.spec(4))  # the plain run, opened before the swap
+    new = tmp_path / 'new.zarr'
+    _complete_store(new)
+    before = _arrays(new)
+    os.rename(path, tmp_path / 'aside.zarr')  # what swap_in's two renames do
+    os.rename(new, path)
+    with pytest.raises(StoreError, match='was replaced while this run wrote it'):
+        old_run.write_chunk(1, pack_chunk([W.result_for(r) for r in old_run.chunk_rows(1)], W.MAX_ROWS, W.DIM,
+                                          True))
+    _assert_same(_arrays(path), before)
+    assert check_store(path).exit_code == 0
+    shutil.rmtree(tmp_path / 'aside.zarr')
+
+
+@pytest.mark.parametrize('array, change, said', [
+    ('status', {'node_type': 'group'}, 'its status is a Group, not an array'),
+    ('status', {'node_type': 'group', 'attributes': {}}, 'GroupMetadata.__init__() got an unexpected keyword'),
+    ('features', {'shape': [12, W.MAX_ROWS, W.DIM, 1]}, f'its features has shape (12, {W.MAX_ROWS}, {W.DIM}, 1), '
+                                                          f'expected (12, {W.MAX_ROWS}, {W.DIM})'),
+    ('features', {'shape': [12]}, f'its features has shape (12,), expected (12, {W.MAX_ROWS}, {W.DIM})'),
+    ('lengths', {'shape': [12, 1]}, 'its lengths has shape (12, 1), expected (12,)'),
+])
+def test_an_array_of_the_wrong_kind_or_shape_is_one_line_for_check_and_readers(array: str, change: dict, said: str,
+                                                                               tmp_path: Path, python: str,
+                                                                               subprocess_env: dict) -> None:
+    """A status that is a group was an AttributeError traceback out of check and every reader, a 1-D
+    features an IndexError; a features or lengths of another rank passed open and failed the first read
+    with numpy's 'shape mismatch' traceback."""
+    path = tmp_path / 'kind.zarr'
+    _complete_store(path)
+    meta = json.loads((path / array / 'zarr.json').read_text())
+    if 'shape' in change:
+        k = len(change['shape'])
+        grid = meta['chunk_grid']['configuration']['chunk_shape']
+        change = {**change, 'chunk_grid': {'name': 'regular', 'configuration': {'chunk_shape': (grid + [1] * k)[:k]}},
+                  'dimension_names': None}
+    meta = {'zarr_format': 3, 'node_type': 'group', 'attributes': {}} if change == {'node_type': 'group'} else \
+        {**meta, **change}
+    (path / array / 'zarr.json').write_text(json.dumps(meta))
+    done = _check_cli(python, subprocess_env, path)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr and said in done.stdout, done.stdout + done.stderr
+    with pytest.raises(StoreError, match=re.escape(said)):
+        open_store(path, warn_random=False).read()
