@@ -106,3 +106,21 @@ def test_cli_and_bad_input(tmp_path: Path, python: str, subprocess_env: dict, re
     (tmp_path / 'junk.mp4').write_text('not a video')
     with pytest.raises(MediaError):
         probe(tmp_path / 'junk.mp4')
+
+
+def test_espeak_changes_the_spoken_words_alone() -> None:
+    """With espeak-ng installed the plan drew its speech from the one stream of every fact, so every
+    later video differed from a machine without it, and a test of the demo found no video it needs."""
+    from shared.datasets.demo import _plan
+
+    cfg = DemoCfg(videos=24, seed=0)
+    plain, spoken = _plan(cfg, can_speak=False), _plan(cfg, can_speak=True)
+    assert any(f['speech'] for f in spoken) and not any(f['speech'] for f in plain)
+    for a, b in zip(plain, spoken):
+        assert {k: v for k, v in a.items() if k not in ('speech', 'captions')} == \
+               {k: v for k, v in b.items() if k not in ('speech', 'captions')}
+        if not b['speech']:
+            assert a['captions'] == b['captions']
+        else:  # one of its five captions says the words
+            assert sum(x != y for x, y in zip(a['captions'], b['captions'])) <= 1
+            assert any(b['speech'] in c for c in b['captions'])
