@@ -373,7 +373,7 @@ class ExpertStore:
         self._has_sums = CHUNK_SUMS in group  # a store made before the sums has none
         # which directory this is: Zarr writes by path, so a store put in its place meanwhile (another
         # run's --overwrite swapping in its replacement) would get this run's chunks (`_still_here`)
-        self._inode = os.stat(path).st_ino
+        self._where = self._identity()
 
     def _array(self, name: str) -> zarr.Array:
         """An array of the group, opened once: opening reads and parses its metadata (some 4 ms),
@@ -536,14 +536,22 @@ class ExpertStore:
         self._still_here(chunk)  # a store swapped in meanwhile keeps this chunk pending: never "done" with our rows
         g['status'][sl] = data.status
 
+    def _identity(self) -> tuple[int, int, str | None] | None:
+        """(device, inode, store_id) of the directory now at `path`; None when there is none. The id
+        (stores made since it exists) tells apart a store rebuilt in place, whose directory may get the
+        freed inode number back (ext4 does)."""
+        try:
+            st = os.stat(self.path)
+            with open(self.path / 'zarr.json', 'rb') as f:
+                store_id = json.load(f).get('attributes', {}).get('store_id')
+        except (OSError, ValueError, AttributeError):
+            return None
+        return st.st_dev, st.st_ino, store_id
+
     def _still_here(self, chunk: int) -> None:
         """A StoreError when the directory at `path` is no longer the store this one opened: another
         run's --overwrite put its replacement there (its settings may differ from this run's)."""
-        try:
-            here = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            here = None
-        if here != self._inode:
+        if self._identity() != self._where:
             raise StoreError(f'{self.path} was replaced while this run wrote it (another run\'s --overwrite finished); '
                              f'chunk {chunk} is not written to the store now there. Rerun the command to continue '
                              'that store, or with --overwrite')
@@ -785,7 +793,8 @@ def _attrs_for(spec: StoreSpec, n_videos: int) -> dict[str, Any]:
     attrs = dataclasses.asdict(spec)
     del attrs['config_defaults']
     attrs.update(schema_version=SCHEMA_VERSION, n_videos=n_videos, code_version=__version__,
-                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'))
+                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'),
+                 store_id=uuid.uuid4().hex)  # tells a store rebuilt at the same path apart (`_still_here`)
     return json.loads(json.dumps(attrs))  # fail early on values JSON cannot hold
 
 
