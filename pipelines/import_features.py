@@ -24,9 +24,11 @@ names any other callable is refused, unrun (`_ReleaseUnpickler`).
 """
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
 import contextlib
 import json
+import math
 import pickle
 import shutil
 import sys
@@ -215,9 +217,16 @@ def _ce_rows(path: Path) -> dict[str, np.ndarray | None]:
     data = _by_video(_read_pickle(path), path, 'a CE feature pickle (dict[video_id -> array])')
     out: dict[str, np.ndarray | None] = {}
     dim = None  # the first video with features sets it
+    # every number of a list costs its pickle a byte at least, unless the pickle names one list many
+    # times (its memo): 40 KB of [[1] * 10**4] * 10**4 are 10**8 numbers (32 s and 0.8 GB in numpy)
+    numbers, budget = 0, path.stat().st_size + 1024
     for vid, value in data.items():
         try:
             _at_most_two_deep(value)
+            numbers += _list_numbers(value)
+            if numbers > budget:
+                raise ValueError(f'its lists hold {numbers} numbers or more, more than the {budget - 1024}-byte '
+                                 'file can (the same list named many times): refused before numpy reads them')
             if dim is None and np.ndim(value) >= 1 and np.shape(value)[-1]:  # (0,) sets none: it is refused
                 dim = np.shape(value)[-1]
             out[vid] = _rows(value, dim)[0]
@@ -234,6 +243,13 @@ def _at_most_two_deep(value: Any) -> None:
         for row in value:
             if isinstance(row, (list, tuple)) and any(isinstance(x, (list, tuple, dict)) for x in row):
                 raise ValueError('features are lists nested more than two deep; expected (D,) or (T, D) rows')
+
+
+def _list_numbers(value: Any) -> int:
+    """How many numbers Python lists of (D,) or (T, D) rows hold (0 for an array: its bytes are in the file)."""
+    if not isinstance(value, (list, tuple)):
+        return 0
+    return sum(len(row) if isinstance(row, (list, tuple)) else 1 for row in value)
 
 
 def _by_video(data: Any, path: Path, what: str) -> dict[str, Any]:
@@ -312,24 +328,61 @@ _PICKLE_GLOBALS = frozenset({
 })
 
 
+#: a release pickle's arrays may hold at most this many times the file's bytes (64 KB counted at least):
+#: array data is pickled as it is, so only a forged declaration stands for more
+_PICKLE_EXPANSION = 64
+
+
 class _RefusedGlobal(pickle.UnpicklingError):
     """A release pickle names a callable that is not in `_PICKLE_GLOBALS`."""
 
 
+class _ArrayType:
+    """What a pickle gets for `numpy.ndarray`: only `_reconstruct` takes it. numpy.ndarray called
+    itself (`ndarray(shape, dtype, buffer, offset)`) makes an object array of pointers the file chose
+    (a 107-byte pickle crashed the importer) or reads memory before its buffer."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise _RefusedGlobal('numpy.ndarray with a buffer of its own')
+
+
 class _ReleaseUnpickler(pickle.Unpickler):
     """An unpickler that builds only numbers, strings, containers and numpy arrays: a pickle that
-    names any other callable (the way a pickle runs code) is refused before the callable is looked up."""
+    names any other callable (the way a pickle runs code) is refused before the callable is looked up.
+    Protocol 2 names (`__builtin__.set`) are read as Python 3's, as pickle does; an array declared
+    far larger than the file (an object array of 2 * 10**8 Nones from 141 bytes) is refused unbuilt."""
+
+    def __init__(self, file: Any, size: int) -> None:
+        super().__init__(file)
+        self.budget = _PICKLE_EXPANSION * max(size, 1 << 16)  # bytes of arrays the file may stand for
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) not in _PICKLE_GLOBALS:
             raise _RefusedGlobal(f'{module}.{name}')
+        if name == 'ndarray':
+            return _ArrayType
+        if name == '_reconstruct':
+            return self._reconstruct
         return super().find_class(module, name)
+
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        if subtype is not _ArrayType:
+            raise _RefusedGlobal(f'numpy _reconstruct of {subtype!r}')
+        dtype = np.dtype(dtype)
+        size = math.prod(int(n) for n in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+        if size * max(dtype.itemsize, 8) > self.budget:
+            raise ValueError(f'an array of {size} values of {dtype} is declared in a {self.budget // _PICKLE_EXPANSION}'
+                             '-byte file: refused, not built')
+        return np.ndarray(shape, dtype)  # what numpy's _reconstruct makes: an empty array, filled by its state
 
 
 def _read_pickle(path: Path) -> Any:
     with open(path, 'rb') as f:
         try:
-            return _ReleaseUnpickler(f).load()  # noqa: S301 - restricted to plain values (find_class)
+            return _ReleaseUnpickler(f, path.stat().st_size).load()  # noqa: S301 - restricted (find_class)
         except _RefusedGlobal as err:
             raise ValueError(f'{path}: refused: the pickle would call {err}, which is no array, number, string or '
                              'container (pickles run code that way); a release of features has no use for it. '

@@ -439,6 +439,61 @@ def test_lists_nested_deeper_than_rows_are_refused_before_numpy_reads_them(tmp_p
     assert code == 1 and f'video {IDS[0]}: features are lists nested more than two deep' in err, err
 
 
+class _ForgedArray:
+    """numpy.ndarray called with a buffer of the file's choosing: an object array of forged pointers."""
+
+    def __reduce__(self) -> tuple:
+        return np.ndarray, ((1,), np.dtype('O'), b'A' * 8)
+
+
+class _DeclaredArray:
+    """An empty object array declared at 2 * 10**8 values by numpy's own _reconstruct (1.6 GB, 9 s)."""
+
+    def __reduce__(self) -> tuple:
+        from numpy._core.multiarray import _reconstruct
+        return _reconstruct, (np.ndarray, (2 * 10**8,), np.dtype('O'))
+
+
+@pytest.mark.parametrize('value, said', [
+    (_ForgedArray(), 'refused: the pickle would call numpy.ndarray with a buffer of its own'),  # was a segfault
+    (_DeclaredArray(), 'an array of 200000000 values of object is declared'),
+    ([[0.5] * 2000] * 2000, 'its lists hold'),  # 4 * 10**6 numbers from a few KB: the same row named 2000 times
+])
+def test_a_pickle_that_stands_for_far_more_than_its_bytes_or_forges_an_array_is_refused(
+        value: object, said: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A 107-byte pickle calling numpy.ndarray with its own buffer crashed the importer (SIGSEGV, in a
+    child here so that the test survives it); a 141-byte one declared 1.6 GB of object array; two-deep
+    lists named many times grow with the square of the file."""
+    import subprocess
+    import sys
+
+    release = tmp_path / 'release'
+    _ce_release(release)
+    pkl = release / 'aggregated_face_feats/facefeats-avg.pickle'
+    with open(pkl, 'rb') as f:
+        good = pickle.load(f)
+    good[IDS[1]] = value
+    with open(pkl, 'wb') as f:
+        pickle.dump(good, f, protocol=4)
+    args = ['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root', str(tmp_path / 'data'),
+            '--features-root', str(tmp_path / 'features'), '--no-progress']
+    proc = subprocess.run([sys.executable, '-m', 'pipelines.import_features', *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert proc.returncode == 1 and said in proc.stderr and 'Traceback' not in proc.stderr, (proc.returncode,
+                                                                                               proc.stderr[-800:])
+
+
+def test_a_protocol_2_pickle_of_a_set_imports(tmp_path: Path) -> None:
+    """Python 3 writes a set as __builtin__.set in protocol 2, which the allow-list refused."""
+    from pipelines.import_features import _read_pickle
+
+    path = tmp_path / 'p2.pkl'
+    with open(path, 'wb') as f:
+        pickle.dump({'v': {1, 2}, 'a': np.arange(3, dtype=np.float32)}, f, protocol=2)
+    got = _read_pickle(path)
+    assert got['v'] == {1, 2} and np.array_equal(got['a'], np.arange(3, dtype=np.float32))
+
+
 def test_an_h5_dataset_far_larger_than_its_file_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """An HDF5 dataset never written reads as its fill value: a 6 KB file declaring (100000, 2048) float32
