@@ -24,12 +24,9 @@ names any other callable is refused, unrun (`_ReleaseUnpickler`).
 """
 from __future__ import annotations
 
-import _compat_pickle
 import argparse
 import contextlib
 import json
-import math
-import pickle
 import shutil
 import sys
 import warnings
@@ -45,6 +42,7 @@ from shared.datasets import DatasetError, dataset_dir, require_registered
 from shared.datasets.imported import IMPORTED_FILE, imported_video_path
 from shared.datasets.manifest import read_split_list, read_text
 from shared.files import atomic_write
+from pipelines.release_pickle import ce_captions, ce_rows, read_release, rows_of
 from shared.store import (DONE, UNKNOWN_TIME, ExpertStore, StoreError, StoreSpec, VideoResult, check_store,
                           create_store, is_store, open_store, pack_chunk, replacement_path, signals_deferred,
                           store_path, swap_in)
@@ -79,20 +77,6 @@ SPLIT_LISTS: dict[str, dict[str, tuple[str, str | None, str, bool, bool]]] = {
 _SHIPPED_DIR = {'activitynet': 'activity-net'}
 #: why an import's dataset must be a registered one
 _AS_KNOWN = ': import as one of them (every command reads imported.json through the dataset of that name)'
-
-
-def _rows(value: Any, dim: int | None) -> tuple[np.ndarray | None, str]:
-    """A release value -> (L, D) rows, or None with the reason it is missing."""
-    arr = np.asarray(value, dtype=np.float32)
-    if arr.ndim == 0:
-        return None, 'missing in the release (NaN)'
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or not arr.shape[1] or (dim is not None and arr.shape[1] != dim):
-        raise ValueError(f'expected (D,) or (T, D) features{f" with D={dim}" if dim else ""}, got shape {arr.shape}')
-    if not np.isfinite(arr).all():
-        return None, 'NaN in the release'
-    return arr, ''
 
 
 def write_store(features_root: Path, dataset: str, expert: str, ids: list[str],
@@ -202,7 +186,7 @@ def release_rows(release: Path, expert: str) -> tuple[dict[str, np.ndarray | Non
         FileNotFoundError: nothing for `expert` in `release`.
     """
     if release.is_file():
-        return _ce_rows(release), str(release)
+        return ce_rows(release), str(release)
     if any(release.glob('*.h5')):
         return _mmt_rows(release, expert), f'{release} features.{_mmt_name(expert)}'
     patterns = [pattern for pattern, name in CE_FILES if name == expert]
@@ -210,61 +194,7 @@ def release_rows(release: Path, expert: str) -> tuple[dict[str, np.ndarray | Non
     if found is None:
         raise FileNotFoundError(f'no CE pickle for expert {expert!r} under {release} '
                                 f'(looked for {", ".join(patterns) or "nothing: CE released no such expert"})')
-    return _ce_rows(found), str(found)
-
-
-def _ce_rows(path: Path) -> dict[str, np.ndarray | None]:
-    data = _by_video(_read_pickle(path), path, 'a CE feature pickle (dict[video_id -> array])')
-    out: dict[str, np.ndarray | None] = {}
-    dim = None  # the first video with features sets it
-    # every number of a list costs its pickle a byte at least, unless the pickle names one list many
-    # times (its memo): 40 KB of [[1] * 10**4] * 10**4 are 10**8 numbers (32 s and 0.8 GB in numpy)
-    numbers, budget = 0, path.stat().st_size + 1024
-    for vid, value in data.items():
-        try:
-            _at_most_two_deep(value)
-            numbers += _list_numbers(value)
-            if numbers > budget:
-                raise ValueError(f'its lists hold {numbers} numbers or more, more than the {budget - 1024}-byte '
-                                 'file can (the same list named many times): refused before numpy reads them')
-            if dim is None and np.ndim(value) >= 1 and np.shape(value)[-1]:  # (0,) sets none: it is refused
-                dim = np.shape(value)[-1]
-            out[vid] = _rows(value, dim)[0]
-        except (ValueError, TypeError) as err:  # name the file and the video: a release has thousands
-            raise ValueError(f'{path}: video {vid}: {err}') from None
-    return out
-
-
-def _at_most_two_deep(value: Any) -> None:
-    """A ValueError for Python lists nested deeper than (T, D) rows, before numpy reads them: a pickle
-    may name one list many times, so 300 bytes of lists nested 8 deep are 10**8 numbers to numpy
-    (35 s and 0.8 GB; 9 deep, ten times that), which it builds before any shape is checked."""
-    if isinstance(value, (list, tuple)):
-        for row in value:
-            if isinstance(row, (list, tuple)) and any(isinstance(x, (list, tuple, dict)) for x in row):
-                raise ValueError('features are lists nested more than two deep; expected (D,) or (T, D) rows')
-
-
-def _list_numbers(value: Any) -> int:
-    """How many numbers Python lists of (D,) or (T, D) rows hold (0 for an array: its bytes are in the file)."""
-    if not isinstance(value, (list, tuple)):
-        return 0
-    return sum(len(row) if isinstance(row, (list, tuple)) else 1 for row in value)
-
-
-def _by_video(data: Any, path: Path, what: str) -> dict[str, Any]:
-    """A release's per-video dict with its ids as text; a ValueError naming `path` when it is no
-    dict, or when two of its ids are one once written as text (1 and '1'), which would merge."""
-    if not isinstance(data, dict):
-        raise ValueError(f'{path}: holds a {type(data).__name__}, not {what}: is this the file of the release?')
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        vid = str(key)
-        if vid in out:
-            raise ValueError(f'{path}: video id {vid!r} is there twice (as {type(key).__name__} and as another type); '
-                             'fix the file so that each video has one key')
-        out[vid] = value
-    return out
+    return ce_rows(found), str(found)
 
 
 def _mmt_name(expert: str) -> str:
@@ -310,98 +240,9 @@ def _mmt_rows(root: Path, expert: str) -> dict[str, np.ndarray | None]:
     for f in sorted(root.glob('*.h5')):
         with _h5(f) as h:
             if key in h:
-                out[f.stem] = _rows(_h5_read(h, key), None)[0]
+                out[f.stem] = rows_of(_h5_read(h, key), None)[0]
     if not out:
         raise FileNotFoundError(f'no {key} in the h5 files of {root}')
-    return out
-
-
-#: the only callables a release pickle may name: what numpy arrays, numpy scalars and plain containers
-#: pickle to (protocols 2-5, Python 2 and 3, numpy 1 and 2). Anything else (os.system, builtins.eval,
-#: subprocess.Popen ...) is how a pickle runs code, and a feature or caption file has no use for it.
-_PICKLE_GLOBALS = frozenset({
-    ('numpy', 'ndarray'), ('numpy', 'dtype'),
-    *((m, n) for m in ('numpy.core.multiarray', 'numpy._core.multiarray') for n in ('_reconstruct', 'scalar')),
-    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
-    ('collections', 'OrderedDict'), ('_codecs', 'encode'),  # protocol 2 pickles bytes via _codecs.encode
-    ('builtins', 'set'), ('builtins', 'frozenset'),
-})
-
-
-#: a release pickle's arrays may hold at most this many times the file's bytes (64 KB counted at least):
-#: array data is pickled as it is, so only a forged declaration stands for more
-_PICKLE_EXPANSION = 64
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    """A release pickle names a callable that is not in `_PICKLE_GLOBALS`."""
-
-
-class _ArrayType:
-    """What a pickle gets for `numpy.ndarray`: only `_reconstruct` takes it. numpy.ndarray called
-    itself (`ndarray(shape, dtype, buffer, offset)`) makes an object array of pointers the file chose
-    (a 107-byte pickle crashed the importer) or reads memory before its buffer."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        raise _RefusedGlobal('numpy.ndarray with a buffer of its own')
-
-
-class _ReleaseUnpickler(pickle.Unpickler):
-    """An unpickler that builds only numbers, strings, containers and numpy arrays: a pickle that
-    names any other callable (the way a pickle runs code) is refused before the callable is looked up.
-    Protocol 2 names (`__builtin__.set`) are read as Python 3's, as pickle does; an array declared
-    far larger than the file (an object array of 2 * 10**8 Nones from 141 bytes) is refused unbuilt."""
-
-    def __init__(self, file: Any, size: int) -> None:
-        super().__init__(file)
-        self.budget = _PICKLE_EXPANSION * max(size, 1 << 16)  # bytes of arrays the file may stand for
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) not in _PICKLE_GLOBALS:
-            raise _RefusedGlobal(f'{module}.{name}')
-        if name == 'ndarray':
-            return _ArrayType
-        if name == '_reconstruct':
-            return self._reconstruct
-        return super().find_class(module, name)
-
-    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-        if subtype is not _ArrayType:
-            raise _RefusedGlobal(f'numpy _reconstruct of {subtype!r}')
-        dtype = np.dtype(dtype)
-        size = math.prod(int(n) for n in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-        if size * max(dtype.itemsize, 8) > self.budget:
-            raise ValueError(f'an array of {size} values of {dtype} is declared in a {self.budget // _PICKLE_EXPANSION}'
-                             '-byte file: refused, not built')
-        return np.ndarray(shape, dtype)  # what numpy's _reconstruct makes: an empty array, filled by its state
-
-
-def _read_pickle(path: Path) -> Any:
-    with open(path, 'rb') as f:
-        try:
-            return _ReleaseUnpickler(f, path.stat().st_size).load()  # noqa: S301 - restricted (find_class)
-        except _RefusedGlobal as err:
-            raise ValueError(f'{path}: refused: the pickle would call {err}, which is no array, number, string or '
-                             'container (pickles run code that way); a release of features has no use for it. '
-                             'Nothing of it was run') from None
-        except Exception as err:  # noqa: BLE001 - whatever a file that is no pickle makes the unpickler raise
-            raise ValueError(f'{path}: not a readable pickle ({type(err).__name__}: {err}); put the file of '
-                             'the release there, whole') from None
-
-
-def _ce_captions(path: Path) -> dict[str, list[str]]:
-    """CE's raw-captions.pkl: per video, a list of captions, each a token list (or a string)."""
-    out = {}
-    for vid, caps in _by_video(_read_pickle(path), path, 'CE captions (dict[video_id -> list of token lists])').items():
-        if not isinstance(caps, (list, tuple)) or not all(
-                isinstance(c, str) or (isinstance(c, (list, tuple)) and all(isinstance(t, str) for t in c))
-                for c in caps):
-            raise ValueError(f'{path}: video {vid!r}: captions must be a list of token lists (or strings), got '
-                             f'{type(caps).__name__} {str(caps)[:60]}')
-        out[vid] = [c if isinstance(c, str) else ' '.join(c) for c in caps]
     return out
 
 
@@ -458,7 +299,7 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
     cap_file = next(iter(sorted(root.rglob('raw-captions.pkl'))), None)
     if cap_file is None:
         raise FileNotFoundError(f'no raw-captions.pkl under {root}')
-    captions = _ce_captions(cap_file)
+    captions = ce_captions(cap_file)
     ids = sorted(captions)
     _check_ids(ids, data_root, dataset, cap_file)
     found = [(f, name) for pattern, name in CE_FILES for f in sorted(root.rglob(pattern))[:1]]
@@ -466,9 +307,9 @@ def import_ce(root: Path, dataset: str, data_root: Path, features_root: Path, pr
         raise FileNotFoundError(f'no CE feature pickles under {root} (expected e.g. {CE_FILES[0][0]})')
     if not overwrite:
         refuse_extracted(features_root, dataset, [name for _, name in found])
-    with _staging() as staged:
-        for f, name in tqdm(found, desc='import CE experts', unit='expert', disable=not progress):
-            data = _ce_rows(f)
+    with _staging() as staged, read_release([('rows', f) for f, _ in found]) as loaders:
+        for (f, name), read in zip(tqdm(found, desc='import CE experts', unit='expert', disable=not progress), loaders):
+            data = read()
             values = {vid: (data[vid], None) for vid in ids if vid in data}
             if len(values) < len(data):  # said, not dropped silently: a pickle of another dataset shows here
                 extra = sorted(set(data) - set(values))
@@ -500,7 +341,7 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
                 if not k.startswith('features.'):
                     continue
                 expert = k.split('.', 1)[1]
-                rows, _ = _rows(_h5_read(h, k), dims.get(expert))
+                rows, _ = rows_of(_h5_read(h, k), dims.get(expert))
                 if rows is not None:
                     dims.setdefault(expert, rows.shape[1])
                 times = None

@@ -483,9 +483,54 @@ def test_a_pickle_that_stands_for_far_more_than_its_bytes_or_forges_an_array_is_
                                                                                                proc.stderr[-800:])
 
 
+class _ShortObjectState:
+    """An object array whose pickled state lists fewer objects than its shape: numpy's __setstate__
+    reads past the list (a segfault), whatever the unpickler allows."""
+
+    def __reduce__(self) -> tuple:
+        from numpy._core.multiarray import _reconstruct
+        return _reconstruct, (np.ndarray, (0,), np.dtype('O')), (1, (1000,), np.dtype('O'), False, [])
+
+
+class _HexChain:
+    """_codecs.encode(x, 'hex_codec') nested: each doubles x (64 B * 2**30 from a few hundred bytes)."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+
+    def __reduce__(self) -> tuple:
+        import _codecs
+        return _codecs.encode, (_HexChain(self.depth - 1) if self.depth else b'A' * 64, 'hex_codec')
+
+
+@pytest.mark.parametrize('value, said', [
+    (_ShortObjectState(), 'reading it crashed (SIGSEGV)'),
+    (_HexChain(30), 'reading it ran out of its limits (MemoryError)'),
+])
+def test_a_pickle_that_crashes_or_exhausts_its_reader_is_one_line_and_imports_nothing(
+        value: object, said: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Pickles within the allow-list that still crash numpy or take gigabytes (a reviewer built six):
+    each pickle is read by a child process under memory and time limits, so the import says which
+    file and stops; before, the first killed the importer (SIGSEGV) and the second took 64 GB."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    pkl = release / 'aggregated_face_feats/facefeats-avg.pickle'
+    with open(pkl, 'rb') as f:
+        good = pickle.load(f)
+    good[IDS[1]] = value
+    with open(pkl, 'wb') as f:
+        pickle.dump(good, f, protocol=4)
+    with pytest.warns(UserWarning, match='pickle'):
+        code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
+                            str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and f'{pkl}: {said}' in err and 'Traceback' not in err, err
+    assert not list((tmp_path / 'features').rglob('zarr.json'))  # no store written
+
+
 def test_a_protocol_2_pickle_of_a_set_imports(tmp_path: Path) -> None:
     """Python 3 writes a set as __builtin__.set in protocol 2, which the allow-list refused."""
-    from pipelines.import_features import _read_pickle
+    from pipelines.release_pickle import _read_pickle
 
     path = tmp_path / 'p2.pkl'
     with open(path, 'wb') as f:
