@@ -439,6 +439,19 @@ def test_lists_nested_deeper_than_rows_are_refused_before_numpy_reads_them(tmp_p
     assert code == 1 and f'video {IDS[0]}: features are lists nested more than two deep' in err, err
 
 
+def _release_with_face_value(tmp_path: Path, value: object) -> tuple[Path, Path]:
+    """A CE release whose face pickle holds `value` for one video among the real ones."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    pkl = release / 'aggregated_face_feats/facefeats-avg.pickle'
+    with open(pkl, 'rb') as f:
+        good = pickle.load(f)
+    good[IDS[1]] = value
+    with open(pkl, 'wb') as f:
+        pickle.dump(good, f, protocol=4)
+    return release, pkl
+
+
 class _ForgedArray:
     """numpy.ndarray called with a buffer of the file's choosing: an object array of forged pointers."""
 
@@ -467,14 +480,7 @@ def test_a_pickle_that_stands_for_far_more_than_its_bytes_or_forges_an_array_is_
     import subprocess
     import sys
 
-    release = tmp_path / 'release'
-    _ce_release(release)
-    pkl = release / 'aggregated_face_feats/facefeats-avg.pickle'
-    with open(pkl, 'rb') as f:
-        good = pickle.load(f)
-    good[IDS[1]] = value
-    with open(pkl, 'wb') as f:
-        pickle.dump(good, f, protocol=4)
+    release, pkl = _release_with_face_value(tmp_path, value)
     args = ['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root', str(tmp_path / 'data'),
             '--features-root', str(tmp_path / 'features'), '--no-progress']
     proc = subprocess.run([sys.executable, '-m', 'pipelines.import_features', *args], capture_output=True, text=True,
@@ -512,14 +518,7 @@ def test_a_pickle_that_crashes_or_exhausts_its_reader_is_one_line_and_imports_no
     """Pickles within the allow-list that still crash numpy or take gigabytes (a reviewer built six):
     each pickle is read by a child process under memory and time limits, so the import says which
     file and stops; before, the first killed the importer (SIGSEGV) and the second took 64 GB."""
-    release = tmp_path / 'release'
-    _ce_release(release)
-    pkl = release / 'aggregated_face_feats/facefeats-avg.pickle'
-    with open(pkl, 'rb') as f:
-        good = pickle.load(f)
-    good[IDS[1]] = value
-    with open(pkl, 'wb') as f:
-        pickle.dump(good, f, protocol=4)
+    release, pkl = _release_with_face_value(tmp_path, value)
     with pytest.warns(UserWarning, match='pickle'):
         code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
                             str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
