@@ -1308,8 +1308,9 @@ def _check_ids(store: ExpertStore, report: CheckReport) -> None:
             (empty if not v else twice if v in seen else []).append(start + i)
             seen.add(v)
     if empty:  # a lost chunk file: which videos these rows are is not known any more
-        report.problems.append(f'{len(empty)} video ids are empty (first: row {empty[0]}), a video_ids chunk file '
-                               'lost: make the store again (extract --overwrite)')
+        report.problems.append(f'{len(empty)} video ids are empty (first: row {empty[0]}): a video_ids chunk file '
+                               'lost, or a dataset that listed an empty id (refused since): make the store again '
+                               '(extract --overwrite)')
     if twice:
         report.problems.append(f'{len(twice)} video ids are there twice (first: row {twice[0]}): make the store '
                                'again (extract --overwrite)')
