@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from extract.decoders import refuse_ffmpeg_clash
-from extract.images import decode_image
+from extract.images import decode_image, video_frames_too_large
 from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, decode_short_side, first_error,
                               plan_frames, precheck, resize_dims, row_plans)
-from shared.media import is_image
+from shared.media import MediaError, is_image, probe
 
 __all__ = ['read_frame_times', 'index_video', 'decode_video']
 
@@ -25,6 +25,9 @@ def read_frame_times(path: str) -> np.ndarray | str:
 
     The NVDEC backend calls this in a decord worker process, so both backends cut identical rows.
     """
+    too_large = _frames_too_large(path)
+    if too_large:
+        return too_large
     decord = _decord()
     try:
         vr = decord.VideoReader(path, num_threads=1)
@@ -62,6 +65,8 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Wi
     t0 = time.perf_counter()
     out = precheck(row, path, samplings, window)
     samplings = {n: s for n, s in samplings.items() if s.kind != 'audio'}
+    if not out.error and samplings:
+        out.error = _frames_too_large(path)  # before decord or FFmpeg decodes a frame
     if out.error or not samplings:
         out.seconds = time.perf_counter() - t0
         return out
@@ -135,6 +140,18 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Wi
     return out
 
 
+def _frames_too_large(path: str) -> str:
+    """Why the frames of `path` are too large to decode (`extract.images.video_frames_too_large`),
+    from FFmpeg's reading of its header; '' when they are not, or when FFmpeg cannot read it (the
+    decoders then give their own reason). decord tells a frame's size only by decoding one, at
+    full size: 1.1 GB for a 12000x12000 frame."""
+    try:
+        info = probe(path)
+    except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
+        return ''
+    return video_frames_too_large(info.width, info.height)
+
+
 def _is_mpegts(path: str) -> bool:
     """An MPEG transport stream (.ts, or .m2ts/.mts with 4-byte packet headers): its sync byte
     0x47 every 188 or 192 bytes, whatever the file's name."""
@@ -179,7 +196,6 @@ def _with_ffmpeg(out: DecodedVideo, path: str, samplings: dict[str, Sampling], w
     """Decode `window` of `out`'s video with the FFmpeg binary instead of decord (`decode_ffmpeg`);
     returns '' when it did, else FFmpeg's reason. `why` goes into the video's note."""
     from extract import decode_ffmpeg
-    from shared.media import MediaError
 
     try:
         times, (h, w), stopped = _ffmpeg_times(path, window)

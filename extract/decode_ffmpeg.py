@@ -27,7 +27,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from shared.media import MediaError, ffmpeg_exe
+from extract.images import video_frames_too_large
+from shared.media import VIDEO_STREAM, MediaError, ffmpeg_exe
 
 __all__ = ['frame_times', 'read_frames']
 
@@ -72,18 +73,27 @@ def frame_times(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], s
     and FFmpeg ends on its next write to the closed pipe.
 
     Raises:
-        MediaError: not one frame decoded (the reason from FFmpeg).
+        MediaError: not one frame decoded (the reason from FFmpeg), or frames over the size limit
+            (`extract.images.video_frames_too_large`, from the input's description that FFmpeg
+            writes before it decodes a frame).
     """
     cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'info', '-i', os.fspath(path), *_stream(), '-vf', 'showinfo',
            '-f', 'null', '-']
     times: list[tuple[float, float]] = []
     size = (0, 0)
     other: list[str] = []
+    sized = False  # the input's size was checked (the first video stream FFmpeg describes is the input's)
     with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True, errors='replace') as proc:
         assert proc.stderr is not None
         for line in proc.stderr:
             m = _SHOWINFO.search(line) if 'showinfo' in line else None
+            if m is None and not sized and (v := VIDEO_STREAM.search(line)):
+                sized = True
+                too_large = video_frames_too_large(int(v.group(2)), int(v.group(3)))
+                if too_large:
+                    proc.kill()
+                    raise MediaError(too_large)
             if m is None:
                 other = [*other[-19:], line]
                 continue

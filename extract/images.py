@@ -33,11 +33,13 @@ if TYPE_CHECKING:  # Pillow is imported where an image is read
     from PIL import Image
 
 __all__ = ['MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT', 'STILL_IMAGE', 'IMAGE_FORMATS', 'ALPHA_BACKGROUND', 'ImageError', 'decode_image',
-           'read_image']
+           'read_image', 'video_frames_too_large']
 
 #: the most pixels (width x height, from the file's header) an image may have: a larger one is failed
 #: before its pixels are decoded (a 30000x30000 PNG of a few hundred KB would take 2.7 GB as RGB).
-#: 100 megapixels is a 12000x8000 photo (a 300 MB RGB frame); COCO's images are about 640x480
+#: 100 megapixels is a 12000x8000 photo (a 300 MB RGB frame); COCO's images are about 640x480.
+#: Video frames have the same limit (`video_frames_too_large`): a 2-frame 12000x12000 MJPEG of
+#: 1.7 MB took 1.1 GB to decode its first frame with decord
 MAX_IMAGE_PIXELS = 100_000_000
 
 #: the longest side an image may have per pixel of its shortest: experts resize the short side up
@@ -120,6 +122,15 @@ def read_image(path: str, short_side: int = 0) -> np.ndarray:
     if width > 0:
         rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
     return np.array(rgb, dtype=np.uint8)
+
+
+def video_frames_too_large(width: int, height: int) -> str:
+    """Why a video whose frames are `width` x `height` (from its header, before any frame is
+    decoded) is refused, as a still image over `MAX_IMAGE_PIXELS` is; '' if it is not."""
+    if width * height <= MAX_IMAGE_PIXELS:
+        return ''
+    return (f'video frames of {width}x{height} pixels are over the limit of {MAX_IMAGE_PIXELS} pixels '
+            '(extract.images.MAX_IMAGE_PIXELS): refused before decoding')
 
 
 def _too_large(size: str) -> str:

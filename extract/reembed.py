@@ -15,17 +15,23 @@ from pathlib import Path
 
 from extract.experts._words import words_result
 from shared.store import (DONE, ExpertStore, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store,
-                          open_store, pack_chunk, recorded_tokens)
+                          finish_swap, open_store, pack_chunk, recorded_tokens, replacement_path, swap_in)
 from shared.text import WordVectors, WordVectorsError, load_word_vectors
 
 __all__ = ['reembed', 'main']
 
 
 def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
-    """Write `path`'s words embedded with `vectors` to `out` (default: replace `path`)."""
+    """Write `path`'s words embedded with `vectors` to `out` (default: replace `path`).
+
+    In place, the new store is built beside the old one and swapped in as `extract --overwrite`
+    swaps its replacement (`shared.store.swap_in`: two renames that Ctrl-C and SIGTERM wait for);
+    a swap that a kill cut short is finished first, by this command or any extraction of the store.
+    """
     if out is not None and os.path.lexists(out):
         raise StoreError(f'{out} exists: the re-embedded store goes to a new path (or leave out --out to replace '
                          f'{path} itself)')
+    finish_swap(path)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RandomWeightsWarning)
         src = open_store(path)
@@ -42,19 +48,15 @@ def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
                      has_tokens=True, model=a.get('model', ''), weights=a.get('weights', ''),
                      weights_sha256=a.get('weights_sha256', ''), sampling=a.get('sampling', {}),
                      input_size=a.get('input_size', []), config=config)
-    target = out or path.with_name(f'.{path.name}.reembed-{os.getpid()}')
+    # in place: a replacement (`.NAME.reembed-new`, one re-embedding of a store at a time) that `swap_in` puts in place
+    target = out or replacement_path(path, builder='reembed')
     try:
-        _write(src, create_store(target, list(src.video_ids), spec, overwrite=True), wv)
+        dst = create_store(target, list(src.video_ids), spec, overwrite=True)
+        _write(src, dst, wv)
     except BaseException:  # Ctrl-C included: no half-written store is left behind
         shutil.rmtree(target, ignore_errors=True)
         raise
-    if out is None:  # swap in place, keeping the old store until the new one is there
-        old = path.with_name(f'.{path.name}.old-{os.getpid()}')
-        os.rename(path, old)
-        os.rename(target, path)
-        shutil.rmtree(old)
-        return path
-    return target
+    return swap_in(dst).path if out is None else target
 
 
 def _write(src: ExpertStore, dst: ExpertStore, wv: WordVectors) -> None:

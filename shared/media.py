@@ -13,11 +13,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # numpy is imported where audio is loaded: probing files needs none of it
     import numpy as np
 
-__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio', 'IMAGE_EXTENSIONS', 'is_image']
+__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio', 'IMAGE_EXTENSIONS', 'is_image', 'VIDEO_STREAM']
 
 #: still images (MEE's "videos without motion and sound"): a file with one of these suffixes, in any
 #: manifest, is decoded as a one-frame video (`extract.images`); every other file is a video
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif')
+
+#: a video stream's codec and size in FFmpeg's description of a file (`probe`, `extract.decode_ffmpeg`);
+#: two digits at least, so that a codec tag such as 0x47504A4D is not taken for a size
+VIDEO_STREAM = re.compile(r'Stream #\S+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})')
 
 
 def is_image(path: str | os.PathLike) -> bool:
@@ -79,7 +83,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         raise MediaError(f'ffmpeg cannot read {path}: {last}')
     duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
     info: dict = {'duration': duration}
-    v = re.search(r'Stream #\S+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})', text)
+    v = VIDEO_STREAM.search(text)
     if v:
         info.update(video_codec=v.group(1), width=int(v.group(2)), height=int(v.group(3)))
         fps = re.search(r'Stream #\S+.*?: Video: .*?([\d.]+) fps', text)

@@ -986,6 +986,7 @@ def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
 # one is complete, so that a stopped run never leaves neither:
 #   .NAME.overwrite-new   the replacement being built (resumed by a rerun with the same settings)
 #   .NAME.import-new      the same, built by `pipelines.import_features` (never resumed: an import is quick)
+#   .NAME.reembed-new     the same, built by `extract.reembed` (never resumed)
 #   .NAME.overwrite-swap  complete and claimed for the swap by one process (shards race for it)
 #   .NAME.overwrite-old   the old store, set aside between the two renames of the swap, then removed
 # A rerun of any extraction of the store finishes a swap that a kill cut short (`finish_swap`).
@@ -995,13 +996,13 @@ def _aside(path: Path, what: str) -> Path:
 
 
 #: who builds replacements (`replacement_path`): each its own staging name, so neither removes the other's
-_BUILDERS = ('overwrite', 'import')
+_BUILDERS = ('overwrite', 'import', 'reembed')
 
 
 def replacement_path(path: str | os.PathLike, builder: str = 'overwrite') -> Path:
-    """Where the replacement of the store at `path` is built: by `extract --overwrite`, or by an
+    """Where the replacement of the store at `path` is built: by `extract --overwrite`, by an
     import (`builder='import'`), which must never start again over a replacement an extraction
-    is building."""
+    is building, or by `extract.reembed` (`builder='reembed'`)."""
     if builder not in _BUILDERS:
         raise ValueError(f'builder must be one of {_BUILDERS}, got {builder!r}')
     return Path(path).parent / f'.{Path(path).name}.{builder}-new'
@@ -1098,20 +1099,20 @@ def unreadable(path: str | os.PathLike, what: str, fix: str) -> Any:
 def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
     """Directories that stopped jobs left beside the store at `path`, each with what to do about it.
 
-    `create_store` builds in `.NAME.tmp-*`, `extract.reembed` writes `.NAME.reembed-*` and sets
-    the store aside as `.NAME.old-*` while it swaps the two, and `extract --overwrite` builds in
-    `.NAME.overwrite-new` (see `swap_in`). A kill leaves them (a re-embedded copy is as large as
+    `create_store` builds in `.NAME.tmp-*`, `extract --overwrite` builds in `.NAME.overwrite-new`
+    and `extract.reembed` in `.NAME.reembed-new` (see `swap_in`; before, it wrote `.NAME.reembed-PID`
+    and set the store aside as `.NAME.old-PID` while it swapped the two). A kill leaves them (a re-embedded copy is as large as
     the store). Whether their job still runs cannot be told from here (it may be on another
     node), so they are reported, never removed.
     """
     path = Path(path)
     found = []
-    rerun = 'rerun the extraction of this store (any extract command for it) to finish the swap'
+    rerun = 'rerun the extraction of this store (any extract command for it, or extract.reembed) to finish the swap'
     overwrite = {
         'new': 'the replacement an extract --overwrite is building; the store stays until it is complete. '
                'Rerun that command to continue it, or remove this to give it up',
         'swap': f'a complete replacement whose swap into place was cut short: {rerun}',
-        'old': f'the store as it was before an extract --overwrite whose swap was cut short: {rerun}'
+        'old': f'the store as it was before an extract --overwrite or extract.reembed whose swap was cut short: {rerun}'
                + ('' if is_store(path) else f', or rename this back to {path.name}'),
     }
     for p in sorted(path.parent.glob(f'.{glob.escape(path.name)}.*-*')):

@@ -1,15 +1,19 @@
 """Decoding: row plans from real frame timestamps, and decord (with FFmpeg behind it) on real (odd) files."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from extract.decode import _with_ffmpeg, decode_video
+from extract.images import MAX_IMAGE_PIXELS
 from extract.pool import DecodePool
 from extract.sampling import WHOLE, DecodedVideo, Sampling, plan_rows
+from shared.media import ffmpeg_exe
 
 
 def _times(n: int, fps: float = 25.0) -> np.ndarray:
@@ -367,3 +371,43 @@ def test_pool_decodes_fewer_ahead_when_videos_are_large(odd_videos: Path, monkey
     assert depths[0] == 2 and set(depths[1:]) == {later}
 
 
+
+
+def test_video_frames_over_the_image_pixel_limit_are_refused_before_decoding(tmp_path: Path, python: str,
+                                                                            subprocess_env: dict) -> None:
+    """A 2-frame MJPEG of 1.2 MB whose frames are just over `MAX_IMAGE_PIXELS` (as a still image
+    would be refused): decord took 1.1 GB to decode one such frame. Every decode path refuses it
+    from the header, in a process of its own here so that its peak memory can be read."""
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 8
+    path = tmp_path / 'huge.avi'
+    subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'lavfi', '-i', f'color=c=gray:s={side}x{side}:r=2:d=1',
+                    '-c:v', 'mjpeg', '-q:v', '31', str(path)], check=True, capture_output=True)
+    script = f'''
+import json, resource
+from extract.decode import _with_ffmpeg, decode_video, read_frame_times
+from extract.decode_ffmpeg import frame_times
+from extract.sampling import WHOLE, DecodedVideo, Sampling
+from shared.media import MediaError
+s = {{'f': Sampling('frames', fps=1.0, short_side=64), 'a': Sampling('audio')}}
+v = decode_video(0, {str(path)!r}, s)
+try:
+    frame_times({str(path)!r})
+    ffmpeg = ''
+except MediaError as err:
+    ffmpeg = str(err)
+fallback = _with_ffmpeg(DecodedVideo(0), {str(path)!r}, s, WHOLE, 'test')
+index = read_frame_times({str(path)!r})
+# this process's peak from its own memory map: ru_maxrss of a process started by vfork counts its parent's
+hwm = next(int(ln.split()[1]) for ln in open('/proc/self/status') if ln.startswith('VmHWM:'))
+mb = max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) // 1024
+print(json.dumps([v.error, v.audio_error, v.frames is None, index if isinstance(index, str) else 'read', ffmpeg,
+                  fallback, mb]))
+'''
+    proc = subprocess.run([python, '-c', script], env=subprocess_env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    error, audio_error, no_frames, index, ffmpeg, fallback, peak_mb = json.loads(proc.stdout.splitlines()[-1])
+    why = (f'video frames of {side}x{side} pixels are over the limit of {MAX_IMAGE_PIXELS} pixels '
+           '(extract.images.MAX_IMAGE_PIXELS): refused before decoding')
+    assert error == index == ffmpeg == fallback == why and no_frames
+    assert audio_error == ''  # no audio stream: not an error; the audio experts see a silent video
+    assert peak_mb < 500  # one frame is 300 MB as RGB

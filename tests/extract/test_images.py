@@ -161,6 +161,9 @@ def test_bad_image_files_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) 
     side = int(MAX_IMAGE_PIXELS ** 0.5) + 100  # just over ours, under Pillow's
     _bomb_png(data / 'large.png', side)
     Image.new('RGB', (100_000, 1)).save(data / 'sliver.png')  # resized to 256 high it would be 25.6M wide
+    # a video's frames have the images' limit: 2 frames of 1.2 MB as MJPEG, 300 MB each as RGB
+    subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'lavfi', '-i', f'color=c=gray:s={side}x{side}:r=2:d=1',
+                    '-c:v', 'mjpeg', '-q:v', '31', str(data / 'large.avi')], check=True, capture_output=True)
     assert main(['--dataset', f'folder:{data}', '--features-root', str(tmp_path / 'f'), '--expert',
                  'object,action.r2plus1d_18', *SMALL, '--workers', '1', '--no-progress']) == 0
     for expert in ('object', 'action.r2plus1d_18'):
@@ -168,7 +171,7 @@ def test_bad_image_files_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) 
         why = dict(zip(rows.video_ids.tolist(), rows.errors.tolist()))
         status = dict(zip(rows.video_ids.tolist(), rows.status.tolist()))
         assert status == {'bomb.png': FAILED, 'empty.jpg': FAILED, 'good.jpg': DONE if expert == 'object'
-                          else SKIPPED, 'large.png': FAILED, 'sliver.png': FAILED, 'text.jpg': FAILED,
+                          else SKIPPED, 'large.avi': FAILED, 'large.png': FAILED, 'sliver.png': FAILED, 'text.jpg': FAILED,
                           'truncated.jpg': FAILED}
         assert why['empty.jpg'] == 'empty file (0 bytes)'
         assert 'truncated' in why['truncated.jpg']
@@ -176,6 +179,8 @@ def test_bad_image_files_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) 
         assert why['bomb.png'] == (f'image of 900000000 pixels is over the limit of {MAX_IMAGE_PIXELS} pixels '
                                    '(extract.images.MAX_IMAGE_PIXELS): refused as a possible decompression bomb')
         assert why['large.png'].startswith(f'image of {side}x{side} pixels is over the limit')
+        assert why['large.avi'] == (f'video frames of {side}x{side} pixels are over the limit of {MAX_IMAGE_PIXELS} '
+                                    'pixels (extract.images.MAX_IMAGE_PIXELS): refused before decoding')
         assert why['sliver.png'].startswith(f'image of 100000x1 pixels has one side over {MAX_IMAGE_ASPECT} times')
         assert check_store(tmp_path / 'f' / folder_name(data) / f'{expert}.zarr').exit_code == 0
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,8 @@ import pytest
 
 from extract.experts._words import words_result
 from extract.reembed import reembed
-from shared.store import (DONE, FAILED, SKIPPED, StoreSpec, VideoResult, check_store, create_store, open_store,
-                          pack_chunk)
+from shared.store import (DONE, FAILED, SKIPPED, StoreSpec, VideoResult, check_store, create_store, leftovers,
+                          open_store, pack_chunk)
 from shared.text import load_word_vectors
 from tests.extract.test_av_experts import _word2vec
 
@@ -65,3 +67,61 @@ def test_damaged_recorded_tokens_are_one_line_and_no_store(recorded: str, tmp_pa
     assert not (tmp_path / 'new.zarr').exists()
     report = check_store(store.path)  # and check says so (it asked only for a JSON list)
     assert report.exit_code == 1 and any(p.startswith('row 1: tokens are damaged') for p in report.problems)
+
+
+def _speech_store(tmp_path: Path) -> tuple[Path, Path]:
+    """A complete speech store of two videos embedded with 4-d vectors, and a file of 8-d ones."""
+    old = _word2vec(tmp_path / 'old.bin', ['cat', 'dog'], dim=4)
+    new = _word2vec(tmp_path / 'new.bin', ['dog'], dim=8)
+    spec = StoreSpec('toy', 'speech', 4, 8, chunk_size=2, has_tokens=True, config={'word_vectors': str(old)})
+    store = create_store(tmp_path / 'speech.zarr', ['a', 'b'], spec)
+    tokens = [{'word': 'dog', 'start': 0.0, 'end': 1.0, 'conf': 0.9}]
+    store.write_chunk(0, pack_chunk([words_result(tokens, load_word_vectors(old), 8)] * 2, 8, 4, True))
+    return store.path, new
+
+
+def test_ctrl_c_between_the_swaps_renames_waits_for_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real SIGINT right after the old store is set aside took effect before the new one was in
+    place: no store at the path, only hidden `.old-`/`.reembed-` directories. It waits for the
+    second rename now, and the next run removes the old store the interrupted one left."""
+    path, new = _speech_store(tmp_path)
+    rename = os.rename
+
+    def interrupted(src: object, dst: object) -> None:
+        rename(src, dst)
+        if Path(src) == path:  # the store set aside: Ctrl-C now
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, 'rename', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reembed(path, new)
+    monkeypatch.setattr(os, 'rename', rename)
+    assert open_store(path).feature_dim == 8 and check_store(path).exit_code == 0
+    reembed(path, _word2vec(tmp_path / 'other.bin', ['dog'], dim=6))  # the next run clears what is left
+    assert open_store(path).feature_dim == 6 and leftovers(path) == []
+
+
+def test_a_kill_between_the_swaps_renames_is_finished_by_the_next_run(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill that cannot wait (SIGKILL, a node lost) between the two renames leaves the new store
+    and the old one whole under hidden names; `check` says what to do and the next re-embedding
+    (or extraction) of the store puts the new one in place first."""
+    path, new = _speech_store(tmp_path)
+    rename = os.rename
+
+    class Killed(BaseException):
+        pass
+
+    def killed(src: object, dst: object) -> None:
+        rename(src, dst)
+        if Path(src) == path:
+            raise Killed
+
+    monkeypatch.setattr(os, 'rename', killed)
+    with pytest.raises(Killed):
+        reembed(path, new)
+    monkeypatch.setattr(os, 'rename', rename)
+    assert not path.exists() and all('finish the swap' in what for _, what in leftovers(path))
+    assert reembed(path, _word2vec(tmp_path / 'other.bin', ['dog'], dim=6)) == path
+    assert open_store(path).feature_dim == 6 and leftovers(path) == [] and check_store(path).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['new.bin', 'old.bin', 'other.bin', 'speech.zarr']

@@ -82,7 +82,7 @@ def test_make_pretrain_and_reproduce_pretrained_run_the_recipes(repo_root: Path)
         'pretrain', 'PAPER=ssb', 'GPUS=8')
     assert 'launch' not in dry('pretrain', 'PAPER=mmt') and '-m train --model mmt --dataset howto100m' in dry(
         'pretrain', 'PAPER=mmt')
-    assert '--pretrained runs/p/seed0' in dry('reproduce', 'PAPER=mmt', 'DATASET=msrvtt', 'SPLIT=1k-A',
+    assert "--pretrained 'runs/p/seed0'" in dry('reproduce', 'PAPER=mmt', 'DATASET=msrvtt', 'SPLIT=1k-A',
                                               'PRETRAINED=runs/p/seed0')
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -112,7 +113,7 @@ def test_make_index_and_serve_use_train_index_default_folder(tmp_path: Path, pyt
     for target, flag in (('index', '--out'), ('serve', '--index')):
         proc = _make(['-n', target, 'RUN=runs/r/seed0', 'DATASET=folder:/data/my-videos'], tmp_path, python, repo_root,
                      subprocess_env)
-        words = proc.stdout.split()
+        words = _words(proc.stdout)
         assert words[words.index(flag) + 1] == str(default_out(Path('runs/r/seed0'), 'folder:/data/my-videos')), proc
 
 
@@ -125,3 +126,36 @@ def test_make_import_without_release_is_one_line(tmp_path: Path, python: str, re
     # make's warning on the stamp's future mtime: 'make:' or, under make test as in CI, 'make[1]:'
     said = [ln for ln in proc.stderr.splitlines() if not re.match(r'make(\[\d+\])?: Warning', ln)]
     assert len(said) == 1 and 'RELEASE=PATH' in said[0], proc.stderr
+
+
+def _words(commands: str) -> list[str]:
+    """`make -n`'s commands as the shell splits them (a recipe's continued lines joined)."""
+    return shlex.split(commands.replace('\\\n', ' '))
+
+
+def test_make_passes_paths_with_spaces_and_quotes_as_one_argument(tmp_path: Path, python: str, repo_root: Path,
+                                                                 subprocess_env: dict) -> None:
+    """`make extract DATASET="folder:/a b"` gave python `--dataset folder:/a b`: two arguments
+    (argparse: "unrecognized arguments: b"). Every path a target passes is one word now."""
+    videos = tmp_path / "it's my videos"
+    videos.mkdir()
+    (videos / 'a clip.mp4').write_bytes(b'not decoded here')
+    proc = _make(['datasets', f'DATASET=folder:{videos}'], tmp_path, python, repo_root, subprocess_env)
+    assert proc.returncode == 0 and '1 found' in proc.stdout, proc.stderr
+    paths = {'DATASET': f'folder:{videos}', 'DATA_ROOT': str(tmp_path / 'my data'),
+             'FEATURES_ROOT': str(tmp_path / 'my features'), 'RUN': 'runs/my run', 'RELEASE': "/the authors' release",
+             'PRETRAINED': 'runs/my pretrain'}
+    flags = {'--dataset': paths['DATASET'], '--data-root': paths['DATA_ROOT'], '--features-root': paths['FEATURES_ROOT'],
+             '--run': paths['RUN'], '--root': paths['RELEASE'], '--release': paths['RELEASE'],
+             '--pretrained': paths['PRETRAINED']}
+    for target in ('extract', 'extract-cluster', 'import', 'reproduce', 'train', 'pretrain', 'index', 'serve', 'caption',
+                   'probe', 'datasets', 'check', 'demo', 'demo-pretrain'):
+        proc = _make(['-n', target, *(f'{k}={v}' for k, v in paths.items())], tmp_path, python, repo_root,
+                     subprocess_env)
+        words = _words(proc.stdout)
+        want = {**flags, '--dataset': 'howto100m'} if target == 'pretrain' else flags  # its one dataset
+        passed = {flag: words[words.index(flag) + 1] for flag in flags if flag in words}
+        assert passed and passed == {flag: want[flag] for flag in passed}, (target, proc.stdout)
+        if target in ('index', 'serve'):  # train.index's default folder, spaces made '_' as it does
+            assert words[words.index('--out' if target == 'index' else '--index') + 1] == 'runs/my run/index/' + ''.join(
+                c if c.isalnum() or c in '._-' else '_' for c in paths['DATASET'])
