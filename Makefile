@@ -43,7 +43,8 @@ PORT          ?= 8000
 
 # a value as one shell word, whatever spaces or quotes it holds: `make extract DATASET="folder:/my videos"`
 # (paths with spaces work in the commands; make itself cannot take them as targets, e.g. DATA_ROOT for the demo)
-q              = '$(subst ','\'',$(1))'
+# (a leading ~/ is the home folder, as the shell would have read it unquoted)
+q              = '$(subst ','\'',$(if $(filter ~/%,$(firstword $(1))),$(HOME)$(subst $(space)~/,/,$(space)$(1)),$(1)))'
 
 .DEFAULT_GOAL := help
 .PHONY: help setup browser test test-fast demo demo-pretrain demo-data extract extract-cluster experts train pretrain caption probe reproduce import index serve check datasets bench-kit clean clean-venv

@@ -159,3 +159,8 @@ def test_make_passes_paths_with_spaces_and_quotes_as_one_argument(tmp_path: Path
         if target in ('index', 'serve'):  # train.index's default folder, spaces made '_' as it does
             assert words[words.index('--out' if target == 'index' else '--index') + 1] == 'runs/my run/index/' + ''.join(
                 c if c.isalnum() or c in '._-' else '_' for c in paths['DATASET'])
+    # a leading ~/ is the home folder, as the shell read it unquoted (zsh leaves RELEASE=~/x to make)
+    proc = _make(['-n', 'import', 'RELEASE=~/ce/my release', 'DATASET=msrvtt'], tmp_path, python, repo_root,
+                 subprocess_env)
+    words = _words(proc.stdout)
+    assert words[words.index('--root') + 1] == str(Path.home() / 'ce' / 'my release'), proc.stdout
