@@ -1,4 +1,4 @@
-"""Reading the pickles of CE's release, in a process of its own (`read`).
+"""Reading the pickles of CE's release, in a process of its own (`read_release`).
 
 A pickle is a program: the unpickler here builds only numbers, strings, containers and numpy arrays
 (any other callable is refused before it is looked up), yet numpy's own reconstruction can still be
@@ -232,17 +232,14 @@ def _in_child(files: list[tuple[str, Path]], out: Path) -> None:
     memory = _MEMORY_BASE + _MEMORY_PER_BYTE * max(sizes)  # one file at a time
     seconds = _TIME_BASE + sum(sizes) // _BYTES_PER_SECOND
 
-    def limits() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
-
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')])),
            'OMP_NUM_THREADS': '1', 'OPENBLAS_NUM_THREADS': '1'}
+    # the child sets its own limits (a preexec_fn may deadlock where the parent has threads: zarr's)
     cmd = [sys.executable, '-c', 'from pipelines.release_pickle import _child; _child()', str(out),
-           json.dumps([[kind, str(path)] for kind, path in files])]
+           json.dumps([[kind, str(path)] for kind, path in files]), str(memory), str(seconds)]
     try:
-        proc = subprocess.run(cmd, env=env, preexec_fn=limits, capture_output=True, text=True, timeout=2 * seconds)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2 * seconds)
         code = proc.returncode
     except subprocess.TimeoutExpired:
         code = None
@@ -265,9 +262,12 @@ def _in_child(files: list[tuple[str, Path]], out: Path) -> None:
 
 
 def _child() -> None:
-    """The child's side (argv: OUT, then a JSON list of [kind, path]): each file's result as
-    OUT/K.*, or OUT/error.txt with exit 3 for one it refuses; OUT/reading.txt names the file at work."""
-    out, files = Path(sys.argv[1]), json.loads(sys.argv[2])
+    """The child's side (argv: OUT, a JSON list of [kind, path], its memory and CPU seconds): each
+    file's result as OUT/K.*, or OUT/error.txt with exit 3 for one it refuses; OUT/reading.txt names
+    the file at work."""
+    out, files, memory, seconds = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
     for k, (kind, name) in enumerate(files):
         path, stem = Path(name), out / str(k)
         (out / 'reading.txt').write_text(name, encoding='utf-8')
