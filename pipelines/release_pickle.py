@@ -270,18 +270,25 @@ def _child() -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
     for k, (kind, name) in enumerate(files):
         path, stem = Path(name), out / str(k)
-        (out / 'reading.txt').write_text(name, encoding='utf-8')
+        _note(out / 'reading.txt', name)
         try:
             if kind == 'rows':
                 rows = _ce_rows_here(path)
                 np.savez(stem.with_suffix('.rows.npz'),
                          **{str(i): r for i, r in enumerate(rows.values()) if r is not None})
-                stem.with_suffix('.ids.json').write_text(json.dumps(list(rows)), encoding='utf-8')
+                _note(stem.with_suffix('.ids.json'), json.dumps(list(rows)))
             else:
-                stem.with_suffix('.captions.json').write_text(json.dumps(_ce_captions_here(path)), encoding='utf-8')
+                _note(stem.with_suffix('.captions.json'), json.dumps(_ce_captions_here(path)))
         except (ValueError, MemoryError, RecursionError) as err:
             text = str(err) if isinstance(err, ValueError) else (
                 f'{path}: reading it ran out of its limits ({type(err).__name__}): a damaged or hostile pickle; '
                 'nothing of the release was imported')
-            (out / 'error.txt').write_text(text, encoding='utf-8')
+            _note(out / 'error.txt', text)
             sys.exit(3)
+
+
+def _note(path: Path, text: str) -> None:
+    """A file of the child's temporary folder, read by the parent once the child has ended (no
+    rename needed: a child cut short is reported as such, and its folder removed)."""
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(text)

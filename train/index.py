@@ -135,7 +135,7 @@ class EmbeddingStore:
         if [str(v) for v in self.group['video_ids'][:]] != list(video_ids):
             return 'another video list'
         done = np.asarray(self.group['status'][:]).astype(bool)  # rows not embedded yet hold the fill value
-        if stale_mmt_masks(attrs['model'], np.asarray(self.group['available'][:])[done]):
+        if stale_mmt_masks(attrs.get('model', ''), np.asarray(self.group['available'][:])[done]):
             return STALE_MMT
         return ''
 
