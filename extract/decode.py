@@ -65,7 +65,7 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Wi
     t0 = time.perf_counter()
     out = precheck(row, path, samplings, window)
     samplings = {n: s for n, s in samplings.items() if s.kind != 'audio'}
-    if not out.error and samplings:
+    if not out.error and samplings and window.index == 0:  # later windows come only after a first that passed
         out.error = _frames_too_large(path)  # before decord or FFmpeg decodes a frame
     if out.error or not samplings:
         out.seconds = time.perf_counter() - t0

@@ -37,6 +37,17 @@ def test_reembed_keeps_each_videos_status_and_each_words_times(tmp_path: Path) -
     assert open_store(tmp_path / 'new.zarr').attrs['config']['word_vectors'] == str(new.resolve())
 
 
+def _speech_store(tmp_path: Path) -> tuple[Path, Path]:
+    """A complete speech store of two videos embedded with 4-d vectors, and a file of 8-d ones."""
+    old = _word2vec(tmp_path / 'old.bin', ['cat', 'dog'], dim=4)
+    new = _word2vec(tmp_path / 'new.bin', ['dog'], dim=8)
+    spec = StoreSpec('toy', 'speech', 4, 8, chunk_size=2, has_tokens=True, config={'word_vectors': str(old)})
+    store = create_store(tmp_path / 'speech.zarr', ['a', 'b'], spec)
+    tokens = [{'word': 'dog', 'start': 0.0, 'end': 1.0, 'conf': 0.9}]
+    store.write_chunk(0, pack_chunk([words_result(tokens, load_word_vectors(old), 8)] * 2, 8, 4, True))
+    return store.path, new
+
+
 @pytest.mark.parametrize('recorded', ['not json[', '{"a": 1}', '[{"word": 5}]', '[1, 2]',
                                       '[{"word": "dog", "start": 5, "end": 1, "conf": 1}]'])
 def test_damaged_recorded_tokens_are_one_line_and_no_store(recorded: str, tmp_path: Path,
@@ -49,35 +60,19 @@ def test_damaged_recorded_tokens_are_one_line_and_no_store(recorded: str, tmp_pa
     from extract.reembed import main
     from shared.store import CHUNK_SUMS, _digest
 
-    old = _word2vec(tmp_path / 'old.bin', ['cat', 'dog'], dim=4)
-    new = _word2vec(tmp_path / 'new.bin', ['dog'], dim=8)
-    spec = StoreSpec('toy', 'speech', 4, 8, chunk_size=2, has_tokens=True, config={'word_vectors': str(old)})
-    store = create_store(tmp_path / 'speech.zarr', ['a', 'b'], spec)
-    tokens = [{'word': 'dog', 'start': 0.0, 'end': 1.0, 'conf': 0.9}]
-    store.write_chunk(0, pack_chunk([words_result(tokens, load_word_vectors(old), 8)] * 2, 8, 4, True))
-    g = zarr.open_group(str(store.path), mode='r+')  # the tokens damaged, their sums made to agree
+    path, new = _speech_store(tmp_path)
+    g = zarr.open_group(str(path), mode='r+')  # the tokens damaged, their sums made to agree
     g['tokens'][1:2] = np.asarray([recorded], dtype=str)
     sums = json.loads(str(g[CHUNK_SUMS][0]))
     sums['tokens'] = _digest(np.asarray(g['tokens'][0:2], dtype=g['tokens'].dtype))
     g[CHUNK_SUMS][0:1] = np.asarray([json.dumps(sums)], dtype=str)
-    code = main([str(store.path), '--word-vectors', str(new), '--out', str(tmp_path / 'new.zarr')])
+    code = main([str(path), '--word-vectors', str(new), '--out', str(tmp_path / 'new.zarr')])
     err = capsys.readouterr().err
     assert code == 1 and 'Traceback' not in err and err.count('\n') == 1, err
-    assert f'{store.path}: row 1: its recorded tokens are damaged' in err
+    assert f'{path}: row 1: its recorded tokens are damaged' in err
     assert not (tmp_path / 'new.zarr').exists()
-    report = check_store(store.path)  # and check says so (it asked only for a JSON list)
+    report = check_store(path)  # and check says so (it asked only for a JSON list)
     assert report.exit_code == 1 and any(p.startswith('row 1: tokens are damaged') for p in report.problems)
-
-
-def _speech_store(tmp_path: Path) -> tuple[Path, Path]:
-    """A complete speech store of two videos embedded with 4-d vectors, and a file of 8-d ones."""
-    old = _word2vec(tmp_path / 'old.bin', ['cat', 'dog'], dim=4)
-    new = _word2vec(tmp_path / 'new.bin', ['dog'], dim=8)
-    spec = StoreSpec('toy', 'speech', 4, 8, chunk_size=2, has_tokens=True, config={'word_vectors': str(old)})
-    store = create_store(tmp_path / 'speech.zarr', ['a', 'b'], spec)
-    tokens = [{'word': 'dog', 'start': 0.0, 'end': 1.0, 'conf': 0.9}]
-    store.write_chunk(0, pack_chunk([words_result(tokens, load_word_vectors(old), 8)] * 2, 8, 4, True))
-    return store.path, new
 
 
 def test_ctrl_c_between_the_swaps_renames_waits_for_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
