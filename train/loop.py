@@ -581,7 +581,9 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
             tb.close()
         chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
         if test is None:  # what --init-from and train.evaluate read in place of the test's gallery
-            atomic_write_text(run_dir / FINAL, json.dumps({'checkpoint': chosen, 'epochs': state.epoch,
+            # train.steps may stop at an epoch's last step: that epoch is whole though not yet closed
+            whole = 0 < state.epoch_steps == feed.data.epoch_size // cfg.train.batch_size
+            atomic_write_text(run_dir / FINAL, json.dumps({'checkpoint': chosen, 'epochs': state.epoch + whole,
                                                            'steps': state.steps}))
             return {}
         return _test(state, cfg, test, dev, run_dir, seed, chosen, extra_tests)

@@ -250,6 +250,16 @@ def test_pretraining_on_a_split_without_test_part_finishes_for_init_from(howto: 
     last = run / 'seed0' / 'checkpoints' / 'last.pt'
     assert tested_checkpoint(run / 'seed0') == last and init_source(str(run / 'seed0')) == last.resolve()
     assert not (run / 'seed0' / 'test_metrics.json').exists()
+    final = json.loads((run / 'seed0' / 'final.json').read_text())
+    assert final['checkpoint'] == 'last.pt' and final['epochs'] == 1 and final['steps'] > 0
+    # the same epoch's steps as a train.steps budget: it stops at the epoch's last step, one whole epoch
+    by_steps = tmp_path / 'by_steps'
+    assert train_main(['--config', str(config), '--data-root', str(howto[0]), '--features-root', str(howto[1]),
+                       '--device', 'cpu', '--run-dir', str(by_steps), '--no-progress', '--set', 'data.dataset=howto100m',
+                       '--set', 'data.split=pretrain', '--set', 'data.sample=window', '--set', 'data.max_words=16',
+                       '--set', 'model.transformer.max_positions=128', '--set', 'train.batch_size=8',
+                       '--set', f'train.steps={final["steps"]}', '--set', 'train.selection=last']) == 0
+    assert json.loads((by_steps / 'seed0' / 'final.json').read_text()) == final
 
 
 def test_every_window_and_segment_can_be_drawn_and_each_video_draws_its_own() -> None:
