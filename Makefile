@@ -42,9 +42,10 @@ INDEX         ?= $(RUN)/index/$(subst $(space),_,$(subst ',_,$(subst /,_,$(subst
 PORT          ?= 8000
 
 # a value as one shell word, whatever spaces or quotes it holds: `make extract DATASET="folder:/my videos"`
-# (paths with spaces work in the commands; make itself cannot take them as targets, e.g. DATA_ROOT for the demo)
 # (a leading ~/ is the home folder, as the shell would have read it unquoted)
 q              = '$(subst ','\'',$(if $(filter ~/%,$(firstword $(1))),$(HOME)$(subst $(space)~/,/,$(space)$(1)),$(1)))'
+# a path as one make target or prerequisite name (make splits names at spaces; `\ ` keeps one)
+target         = $(subst $(space),\$(space),$(1))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup browser test test-fast demo demo-pretrain demo-data extract extract-cluster experts train pretrain caption probe reproduce import index serve check datasets bench-kit clean clean-venv
@@ -87,7 +88,7 @@ test-fast: $(STAMP) ## run the tests not marked slow
 demo: $(STAMP) ## run the main job on the embedded demo data
 	$(PY) -m pipelines.demo --data-root $(call q,$(DATA_ROOT)) --features-root $(call q,$(FEATURES_ROOT)) --videos $(VIDEOS) --seed $(SEED) \
 		--runs runs/demo --report reports/demo
-	@touch $(DEMO_STORES)  # its stores are those make train needs: not extracted again
+	@touch $(call q,$(FEATURES_ROOT)/demo/.extracted)  # its stores are those make train needs: not extracted again
 
 demo-pretrain: $(STAMP) ## pretrain MMT and the support-set model on a narrated demo set, fine-tune on the demo
 	$(PY) -m pipelines.demo_pretrain --data-root $(call q,$(DATA_ROOT)) --features-root $(call q,$(FEATURES_ROOT)) --seed $(SEED) \
@@ -98,10 +99,10 @@ demo-data: $(STAMP) ## generate only the demo datasets (DATA_ROOT/demo, and the 
 	$(PY) -m shared.datasets.demo --images --out $(call q,$(DATA_ROOT)/demo_images) --seed $(SEED)
 
 # the demo's videos are generated on first use
-DEMO_DATA     := $(DATA_ROOT)/demo/demo.json
+DEMO_DATA     := $(call target,$(DATA_ROOT))/demo/demo.json
 $(DEMO_DATA): | $(STAMP)
 	$(PY) -m shared.datasets.demo --out $(call q,$(DATA_ROOT)/demo) --videos $(VIDEOS) --seed $(SEED)
-DEMO_IMAGES   := $(DATA_ROOT)/demo_images/demo_images.json
+DEMO_IMAGES   := $(call target,$(DATA_ROOT))/demo_images/demo_images.json
 $(DEMO_IMAGES): | $(STAMP)
 	$(PY) -m shared.datasets.demo --images --out $(call q,$(DATA_ROOT)/demo_images) --seed $(SEED)
 #: the generated file that DATASET needs first, if any
@@ -127,7 +128,7 @@ reproduce: $(STAMP) ## PAPER=ce|mee|mmt|ssb DATASET= SPLIT= [RELEASE=PATH PRETRA
 		--data-root $(call q,$(DATA_ROOT)) --features-root $(call q,$(FEATURES_ROOT))
 
 # the demo's stores: every expert, random weights where the weights do not ship in a wheel
-DEMO_STORES   := $(FEATURES_ROOT)/demo/.extracted
+DEMO_STORES   := $(call target,$(FEATURES_ROOT))/demo/.extracted
 $(DEMO_STORES): $(DEMO_DATA)
 	$(PY) -m extract --dataset demo --expert all --weights random --data-root $(call q,$(DATA_ROOT)) --features-root $(call q,$(FEATURES_ROOT))
 	touch $(call q,$@)

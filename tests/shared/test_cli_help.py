@@ -164,3 +164,26 @@ def test_make_passes_paths_with_spaces_and_quotes_as_one_argument(tmp_path: Path
                  subprocess_env)
     words = _words(proc.stdout)
     assert words[words.index('--root') + 1] == str(Path.home() / 'ce' / 'my release'), proc.stdout
+
+
+def test_make_demo_files_under_roots_with_spaces(tmp_path: Path, python: str, repo_root: Path,
+                                                 subprocess_env: dict) -> None:
+    """The demo's generated files are make targets: under DATA_ROOT="/x/my data" make took '/x/my' and
+    'data/demo/demo.json' for two targets, generated the stills it did not need, extracted twice and
+    touched a file '/x/my'. Now each is one target, and one that is up to date is not made again."""
+    data, features = tmp_path / 'my data', tmp_path / 'my features'
+    roots = [f'DATA_ROOT={data}', f'FEATURES_ROOT={features}']
+    proc = _make(['-n', 'train', *roots], tmp_path, python, repo_root, subprocess_env)
+    assert proc.returncode == 0 and 'recipe' not in proc.stderr, proc.stderr
+    commands = [_words(line) for line in proc.stdout.replace('\\\n', ' ').splitlines()]
+    modules = [words[words.index('-m') + 1] for words in commands if '-m' in words]
+    assert modules == ['shared.datasets.demo', 'extract', 'train'], proc.stdout
+    assert ['touch', str(features / 'demo' / '.extracted')] in commands, proc.stdout
+    assert not (tmp_path / 'my').exists()
+    (data / 'demo').mkdir(parents=True)
+    (data / 'demo' / 'demo.json').write_text('{}')
+    (features / 'demo').mkdir(parents=True)
+    (features / 'demo' / '.extracted').touch()
+    proc = _make(['-n', 'train', *roots], tmp_path, python, repo_root, subprocess_env)
+    modules = [w[w.index('-m') + 1] for w in map(_words, proc.stdout.replace('\\\n', ' ').splitlines()) if '-m' in w]
+    assert modules == ['train'], proc.stdout
