@@ -35,10 +35,12 @@ SCHEDULER     ?= local
 WORKERS       ?= 2
 # the run and index that `make index` / `make serve` use: the demo's CE by default
 RUN           ?= runs/demo/ce/seed0
-# train.index's own default (default_out): a folder:PATH dataset's ':', '/', quotes and spaces become '_'
+# INDEX=PATH: where make index writes and make serve reads; by default train.index's own folder for
+# DATASET in RUN/index/ (python picks it: a folder:PATH dataset's characters other than letters,
+# digits and ._- become '_')
+INDEX         ?=
 empty         :=
 space         := $(empty) $(empty)
-INDEX         ?= $(RUN)/index/$(subst $(space),_,$(subst ',_,$(subst /,_,$(subst :,_,$(DATASET)))))
 PORT          ?= 8000
 
 # a value as one shell word, whatever spaces or quotes it holds: `make extract DATASET="folder:/my videos"`
@@ -144,12 +146,12 @@ pretrain: $(STAMP) ## PAPER=mmt|ssb [GPUS=N TRAIN_ARGS=]: pretrain on HowTo100M 
 	$(TRAIN) --model $(PAPER) --dataset howto100m --data-root $(call q,$(DATA_ROOT)) --features-root $(call q,$(FEATURES_ROOT)) $(TRAIN_ARGS)
 
 index: $(STAMP) ## embed every video of DATASET with RUN's model, thumbnails, search index [SHARD= NUM_SHARDS= OVERWRITE=1]
-	$(PY) -m train.index --run $(call q,$(RUN)) --dataset $(call q,$(DATASET)) --out $(call q,$(INDEX)) --data-root $(call q,$(DATA_ROOT)) \
+	$(PY) -m train.index --run $(call q,$(RUN)) --dataset $(call q,$(DATASET)) $(if $(INDEX),--out $(call q,$(INDEX))) --data-root $(call q,$(DATA_ROOT)) \
 		--features-root $(call q,$(FEATURES_ROOT)) $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS)) \
 		$(if $(OVERWRITE),--overwrite)
 
 serve: $(STAMP) ## search INDEX in the browser (http://127.0.0.1:PORT/): make index first
-	$(PY) -m pipelines.serve --run $(call q,$(RUN)) --index $(call q,$(INDEX)) --data-root $(call q,$(DATA_ROOT)) --port $(PORT)
+	$(PY) -m pipelines.serve --run $(call q,$(RUN)) $(if $(INDEX),--index $(call q,$(INDEX)),--dataset $(call q,$(DATASET))) --data-root $(call q,$(DATA_ROOT)) --port $(PORT)
 
 # caption and probe take a support-set run: RUN when given, else the demo's
 SSB_RUN       = $(if $(filter command line environment,$(origin RUN)),$(RUN),runs/demo/ssb)

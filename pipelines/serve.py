@@ -29,7 +29,7 @@ from shared.datasets.manifest import resolve_inside
 from shared.files import sha256_file
 from shared.store import StoreError
 from train.captions import build_caption_encoder
-from train.index import EMBEDDINGS, STALE_MMT, THUMBS, EmbeddingStore, build_index, stale_mmt_masks
+from train.index import EMBEDDINGS, STALE_MMT, THUMBS, EmbeddingStore, build_index, default_out, stale_mmt_masks
 from train.models.base import TextEmbedding, VideoEmbedding
 from train.runs import load_run, run_seeds
 from train.search import encode_query
@@ -191,14 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     d = ServeCfg()
     p = argparse.ArgumentParser(prog='python -m pipelines.serve', description=__doc__.split('\n\n')[0])
     p.add_argument('--run', type=Path, required=True, help='the run whose model made the index')
-    p.add_argument('--index', type=Path, required=True, help='what python -m train.index wrote (its --out)')
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument('--index', type=Path, help='what python -m train.index wrote (its --out)')
+    where.add_argument('--dataset', help='the dataset that python -m train.index indexed without --out: its '
+                                         'default folder in RUN/index/')
     p.add_argument('--data-root', type=Path, default=data_root_default(), help='for the run\'s word vectors')
     p.add_argument('--host', default=d.host, help=f'address to listen on (default: {d.host})')
     p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
     args = p.parse_args(argv)
     try:
         cfg = ServeCfg(args.host, args.port)
-        collection = Collection(args.run, args.index, args.data_root)
+        index = args.index if args.index is not None else default_out(args.run, args.dataset)
+        collection = Collection(args.run, index, args.data_root)
     except (ConfigError, StoreError, FileNotFoundError, ValueError, KeyError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -35,7 +35,7 @@ import torch
 import zarr
 
 from shared.config import ConfigError, data_root_default, features_root_default
-from shared.datasets import DatasetError, Manifest, load_manifest
+from shared.datasets import DatasetError, Manifest, load_manifest, stores_name
 from shared.device import pick_device
 from shared.files import make_dir, sha256_file
 from shared.logs import setup_logging
@@ -275,15 +275,18 @@ def build_index(out: Path, cfg: IndexCfg | None = None) -> SearchIndex:
 
 
 def default_out(run: Path, dataset: str) -> Path:
-    """RUN/index/DATASET (a folder:PATH dataset's slashes made underscores)."""
-    return run / 'index' / ''.join(c if c.isalnum() or c in '._-' else '_' for c in dataset)
+    """Where `main` writes `dataset`'s index without --out (and `pipelines.serve --dataset` reads it):
+    RUN/index/NAME in the run's first seed, NAME the dataset's stores name (``folder-NAME-HASH`` for
+    folder:PATH). Reads nothing of the dataset."""
+    return run_seeds(run)[0] / 'index' / stores_name(dataset)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m train.index', description=__doc__.split('\n\n')[0])
     p.add_argument('--run', type=Path, required=True, help='a finished run (its first seed when it has several)')
     p.add_argument('--dataset', required=True, help='a registered dataset or folder:PATH')
-    p.add_argument('--out', type=Path, help='where the index goes (default: RUN/index/DATASET)')
+    p.add_argument('--out', type=Path, help='where the index goes (default: RUN/index/DATASET, DATASET the name of '
+                   'its stores: folder-NAME-HASH for folder:PATH)')
     p.add_argument('--shard', type=int, default=int(os.environ.get('SLURM_ARRAY_TASK_ID', 0)),
                    help='this job\'s shard of whole chunks (default: $SLURM_ARRAY_TASK_ID, else 0)')
     p.add_argument('--num-shards', type=int, default=int(os.environ.get('SLURM_ARRAY_TASK_COUNT', 1)),
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = run_seeds(args.run)[0]
         manifest = load_manifest(args.dataset, args.data_root)
-        out = args.out or default_out(run, manifest.name)
+        out = args.out or default_out(run, args.dataset)
         shard_chunks(1, args.shard, args.num_shards)  # a bad shard number: one line before any model loads
         index_cfg = IndexCfg(approx_threshold=args.approx_threshold, approx=args.approx)  # as is a bad setting
         store = embed_collection(run, manifest, args.features_root, out, args.shard, args.num_shards,

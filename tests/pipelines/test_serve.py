@@ -29,9 +29,9 @@ def served(demo_stores: tuple[Path, Path], tmp_path_factory: pytest.TempPathFact
     data, features = demo_stores
     tmp = tmp_path_factory.mktemp('serve')
     assert train_main(_args(data, features, _config(tmp, 'ce', epochs=1), tmp / 'ce')) == 0
-    run, index = tmp / 'ce' / 'seed0', tmp / 'index'
-    assert index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
-                       str(features), '--out', str(index)]) == 0
+    run, index = tmp / 'ce' / 'seed0', tmp / 'ce' / 'seed0' / 'index' / 'demo'  # train.index's default folder
+    assert index_main(['--run', str(tmp / 'ce'), '--dataset', 'demo', '--data-root', str(data), '--features-root',
+                       str(features)]) == 0
     collection = Collection(run, index, data)
     return collection, TestClient(create_app(collection)), load_manifest('demo', data)
 
@@ -110,7 +110,7 @@ def test_an_index_of_an_older_checkpoint_state_is_not_served(served) -> None:
     from tests.train.test_index import _retrain_in_place
 
     collection, _, manifest = served
-    run, index = collection.thumbs.parents[1] / 'ce' / 'seed0', collection.thumbs.parent
+    run, index = collection.thumbs.parents[2], collection.thumbs.parent
     checkpoint = load_run(run).checkpoint
     saved = checkpoint.read_bytes()
     try:
@@ -188,6 +188,21 @@ def test_the_page_in_headless_chromium(served, tmp_path: Path) -> None:
     artifacts = Path(__file__).resolve().parents[1] / 'artifacts'
     artifacts.mkdir(exist_ok=True)
     (artifacts / 'search_page.png').write_bytes(shot)
+
+
+@pytest.mark.slow
+def test_serve_finds_an_index_by_its_dataset(served, capsys: pytest.CaptureFixture) -> None:
+    """--dataset reads the folder that train.index writes without --out (the fixture's index), in the
+    first seed of a run of several; a dataset that was not indexed is named by that folder."""
+    from pipelines.serve import main as serve_main
+
+    collection, _, manifest = served
+    run = collection.thumbs.parents[2]
+    assert collection.thumbs.parent == run / 'index' / 'demo'
+    assert serve_main(['--run', str(run.parent), '--dataset', 'msrvtt', '--data-root', str(manifest.root.parent)]) == 1
+    err = capsys.readouterr().err
+    assert err == f'error: no embedding store at {run / "index" / "msrvtt" / "embeddings.zarr"}: make it with ' \
+                  'python -m train.index\n', err
 
 
 def test_serve_refuses_what_is_not_a_run_or_an_index(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -106,15 +106,18 @@ def test_make_takes_the_roots_from_the_environment_as_the_commands_do(tmp_path: 
 
 def test_make_index_and_serve_use_train_index_default_folder(tmp_path: Path, python: str, repo_root: Path,
                                                              subprocess_env: dict) -> None:
-    """`make index DATASET=folder:PATH` wrote RUN/index/folder:/PATH (nested folders), where
-    `python -m train.index` without --out writes RUN/index/folder__PATH: `make serve` missed the latter."""
-    from train.index import default_out
-
-    for target, flag in (('index', '--out'), ('serve', '--index')):
-        proc = _make(['-n', target, 'RUN=runs/r/seed0', 'DATASET=folder:/data/my-videos'], tmp_path, python, repo_root,
+    """`make index DATASET=folder:PATH` wrote an index folder that make computed, which `python -m
+    train.index` without --out (RUN/index/folder-NAME-HASH) did not: make leaves the folder to python
+    now, and make serve names the dataset, or INDEX for both."""
+    for target, flag in (('index', '--dataset'), ('serve', '--dataset')):
+        proc = _make(['-n', target, 'RUN=runs/r/seed0', 'DATASET=folder:/data/my(videos)'], tmp_path, python, repo_root,
                      subprocess_env)
         words = _words(proc.stdout)
-        assert words[words.index(flag) + 1] == str(default_out(Path('runs/r/seed0'), 'folder:/data/my-videos')), proc
+        assert words[words.index(flag) + 1] == 'folder:/data/my(videos)', proc
+        assert '--out' not in words and '--index' not in words, proc
+        proc = _make(['-n', target, 'RUN=runs/r/seed0', 'INDEX=/my index'], tmp_path, python, repo_root, subprocess_env)
+        words = _words(proc.stdout)
+        assert words[words.index('--out' if target == 'index' else '--index') + 1] == '/my index', proc
 
 
 def test_make_import_without_release_is_one_line(tmp_path: Path, python: str, repo_root: Path,
@@ -156,9 +159,6 @@ def test_make_passes_paths_with_spaces_and_quotes_as_one_argument(tmp_path: Path
         want = {**flags, '--dataset': 'howto100m'} if target == 'pretrain' else flags  # its one dataset
         passed = {flag: words[words.index(flag) + 1] for flag in flags if flag in words}
         assert passed and passed == {flag: want[flag] for flag in passed}, (target, proc.stdout)
-        if target in ('index', 'serve'):  # train.index's default folder, spaces made '_' as it does
-            assert words[words.index('--out' if target == 'index' else '--index') + 1] == 'runs/my run/index/' + ''.join(
-                c if c.isalnum() or c in '._-' else '_' for c in paths['DATASET'])
     # a leading ~/ is the home folder, as the shell read it unquoted (zsh leaves RELEASE=~/x to make)
     proc = _make(['-n', 'import', 'RELEASE=~/ce/my release', 'DATASET=msrvtt'], tmp_path, python, repo_root,
                  subprocess_env)
