@@ -153,12 +153,13 @@ def test_other_frame_experts_keep_their_preprocessing():
 
 
 #: what stores made before issue 19 recorded where today's settings differ (and they lack
-#: antialias, size_rounding and decode_resize, whose defaults were True, 'legacy' and 1)
+#: antialias, size_rounding and decode_resize, whose defaults were True, 'legacy' and 1, and I3D's
+#: pool, the plain mean)
 OLD_CONFIG = {'action': {'resize': [256]}, 'action.r2plus1d_18': {},
               'action.r2plus1d_34_ig65m': {'resize': [128, 171]}, 'scene': {'resize': [256]},
               'object.resnet152': {}, 'object': {}, 'object.resnext101_wsl': {}, 'action.i3d': {}}
 #: the experts whose old stores `decode_resize=1` continues: nothing else of theirs changed
-CONTINUED = ('object', 'object.resnext101_wsl', 'action.i3d')
+CONTINUED = ('object', 'object.resnext101_wsl')
 
 
 @pytest.mark.parametrize('name', list(OLD_CONFIG))
@@ -166,7 +167,8 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
     """A store made before issue 19 is refused by every frame and clip expert (decode_resize). With
     ``--set decode_resize=1`` it continues only where nothing else changed (`CONTINUED`); the others' preprocessing changed too (S3D's squash, the torchvision
     arithmetic of R(2+1)D-18 and ResNet-152, IG65M's publisher transform, scene's CSAIL squash),
-    so theirs are refused still, naming the setting."""
+    or I3D's pooling (tests/extract/test_fidelity_i3d.py), so theirs are refused still, naming the
+    setting."""
     from shared.store import StoreError, StoreSpec, create_store
 
     e = create_expert(name, weights='random')
@@ -176,7 +178,8 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
                          chunk_size=4, has_tokens=False, **info)
 
     old = e.store_info()
-    old['config'] = {k: v for k, v in old['config'].items() if k not in ('antialias', 'size_rounding', 'decode_resize')}
+    old['config'] = {k: v for k, v in old['config'].items()
+                     if k not in ('antialias', 'size_rounding', 'decode_resize', 'pool')}
     old['config'].update(OLD_CONFIG[name])
     create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
     with pytest.raises(StoreError, match='decode_resize: store has 1.0'):
@@ -185,7 +188,7 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
     if name in CONTINUED:
         create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
     else:
-        changed = 'resize' if 'resize' in OLD_CONFIG[name] and name == 'scene' else 'antialias|size_rounding'
+        changed = {'scene': 'resize', 'action.i3d': 'pool'}.get(name, 'antialias|size_rounding')
         with pytest.raises(StoreError, match=changed):
             create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
 
