@@ -34,7 +34,7 @@ MAX_SIDE = 4096
 #: frames converted to float and resized at once in `Expert.preprocess` (64 720p frames: 0.7 GB)
 PREPROCESS_FRAMES = 64
 #: `ExpertCfg.size_rounding`: how a short-side resize sizes and samples, and where the crop starts
-SIZE_ROUNDINGS = ('legacy', 'torchvision', 'scale_factor')
+SIZE_ROUNDINGS = ('legacy', 'torchvision', 'scale_factor', 'rounded')
 #: settings of how frames are decoded, which only experts that take frames have
 FRAME_DECODE_SETTINGS = ('decode_resize',)
 
@@ -62,7 +62,9 @@ class ExpertCfg:
             transforms of torchvision's weights do. ``scale_factor``: ``F.interpolate`` with
             ``scale_factor=short_side / short_in``, so the long side is floored and both axes are
             sampled at that one scale, and the crop offset rounded, as ig65m-pytorch's ``Resize`` and
-            ``CenterCrop`` (ig65m/transforms.py) feed its R(2+1)D-34 weights. ``legacy`` (the default,
+            ``CenterCrop`` (ig65m/transforms.py) feed its R(2+1)D-34 weights. ``rounded``: the long
+            side rounded (cv2.resize's output size) and the crop offset rounded, as pytorch-i3d's
+            ``videotransforms.CenterCrop`` (``int(np.round((h - th) / 2.))``). ``legacy`` (the default,
             what every store made before this setting used): the long side rounded, the crop offset
             ``(x - c) // 2``.
         decode_resize: 0 (the default): the expert's frames are the decoded RGB frames at the video's
@@ -234,12 +236,12 @@ class Expert:
         """uint8 frames (L, H, W, 3) -> (L, 3, h, w) normalised: resized, cropped as the cfg says."""
         x = rows.permute(0, 3, 1, 2).float().div_(255.0)
         h, w = x.shape[-2:]
-        tv = self.cfg.size_rounding != 'legacy'  # torchvision's and ig65m-pytorch's crop offset: rounded
+        tv = self.cfg.size_rounding != 'legacy'  # torchvision's, ig65m-pytorch's, pytorch-i3d's crop offset: rounded
         if len(self.cfg.resize) == 1 and self.cfg.size_rounding == 'scale_factor':
             size = None  # ig65m-pytorch's Resize: one scale for both axes, the output size floored
         elif len(self.cfg.resize) == 1:
             target = self.cfg.resize[0]
-            if tv:  # torchvision.transforms.functional._compute_resized_output_size
+            if self.cfg.size_rounding == 'torchvision':  # transforms.functional._compute_resized_output_size
                 short, long = min(h, w), max(h, w)
                 new_long = int(target * long / short)
                 size = (target, new_long) if h <= w else (new_long, target)
@@ -256,7 +258,7 @@ class Expert:
         c = self.cfg.input_size
         if c:
             dh, dw = x.shape[-2] - c, x.shape[-1] - c
-            if tv:  # torchvision.transforms.functional.center_crop (Python's round: half to even)
+            if tv:  # torchvision.transforms.functional.center_crop (Python's round: half to even, as np.round)
                 top, left = max(0, int(round(dh / 2.0))), max(0, int(round(dw / 2.0)))
             else:
                 top, left = max(0, dh // 2), max(0, dw // 2)

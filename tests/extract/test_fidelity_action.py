@@ -136,14 +136,17 @@ def test_same_random_model_gives_the_same_features(name, weights):
 
 def test_other_frame_experts_keep_their_preprocessing():
     """Only the torchvision experts changed (the video ones, and ResNet-152 and timm's eval transform
-    of SENet-154, tests/extract/test_fidelity_frames.py): the others keep antialiased resizing and the
+    of SENet-154, tests/extract/test_fidelity_frames.py), and I3D's crop offset (rounded as
+    pytorch-i3d's, tests/extract/test_fidelity_i3d.py): the others keep antialiased resizing and the
     crop/size arithmetic of the stores made before (object's 224x224 squash is CE's choice)."""
     for name in ('object.resnet152', 'object.timm_eval'):
         cfg = create_expert(name, weights='random').cfg
         assert (cfg.antialias, cfg.size_rounding) == (True, 'torchvision'), name
-    for name in ('object', 'object.resnext101_wsl', 'scene', 'action.i3d', 'face'):
+    for name in ('object', 'object.resnext101_wsl', 'scene', 'face'):
         cfg = create_expert(name, weights='random').cfg
         assert (cfg.antialias, cfg.size_rounding) == (True, 'legacy'), name
+    cfg = create_expert('action.i3d', weights='random').cfg  # pytorch-i3d's rounded crop offset
+    assert (cfg.antialias, cfg.size_rounding) == (True, 'rounded')
     assert create_expert('object', weights='random').cfg.resize == (224, 224)
     for name in ('action', 'action.r2plus1d_18'):
         cfg = create_expert(name, weights='random').cfg
@@ -167,7 +170,7 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
     """A store made before issue 19 is refused by every frame and clip expert (decode_resize). With
     ``--set decode_resize=1`` it continues only where nothing else changed (`CONTINUED`); the others' preprocessing changed too (S3D's squash, the torchvision
     arithmetic of R(2+1)D-18 and ResNet-152, IG65M's publisher transform, scene's CSAIL squash),
-    or I3D's pooling (tests/extract/test_fidelity_i3d.py), so theirs are refused still, naming the
+    or I3D's pooling and crop offset (tests/extract/test_fidelity_i3d.py), so theirs are refused still, naming the
     setting."""
     from shared.store import StoreError, StoreSpec, create_store
 
@@ -188,7 +191,7 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
     if name in CONTINUED:
         create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
     else:
-        changed = {'scene': 'resize', 'action.i3d': 'pool'}.get(name, 'antialias|size_rounding')
+        changed = {'scene': 'resize', 'action.i3d': 'pool.*size_rounding'}.get(name, 'antialias|size_rounding')
         with pytest.raises(StoreError, match=changed):
             create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
 

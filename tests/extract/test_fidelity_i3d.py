@@ -199,9 +199,10 @@ def test_a_release_without_num_batches_tracked_loads(release, tmp_path, monkeypa
     assert all(torch.equal(sd[k], v) for k, v in old.items() if not k.startswith('logits.'))
 
 
-def test_a_store_of_the_plain_mean_is_refused_and_continued_with_its_setting(tmp_path):
-    """A store made before `pool` (the plain mean; before decode_resize too) is refused naming
-    `pool`; ``pool=mean`` with ``decode_resize=1`` continues it. A bad value is a one-line error."""
+def test_a_store_made_before_is_refused_and_continued_with_its_settings(tmp_path):
+    """A store made before `pool` and the rounded crop (the plain mean, the floored crop offset;
+    before decode_resize too) is refused naming both; ``pool=mean size_rounding=legacy
+    decode_resize=1`` continues it. A bad value is a one-line error."""
     from extract.experts import ConfigError
     from shared.store import StoreError, StoreSpec, create_store
 
@@ -209,12 +210,13 @@ def test_a_store_of_the_plain_mean_is_refused_and_continued_with_its_setting(tmp
         return StoreSpec(dataset='d', expert='action.i3d', feature_dim=1024, max_rows=e.cfg.max_rows, chunk_size=4,
                          has_tokens=False, **e.store_info())
 
-    old = create_expert('action.i3d', weights='random', pool='mean', decode_resize=1)
+    old = create_expert('action.i3d', weights='random', pool='mean', size_rounding='legacy', decode_resize=1)
     info = spec(old)
-    for k in ('pool', 'decode_resize'):
+    for k in ('pool', 'size_rounding', 'decode_resize'):
         del info.config[k]
     create_store(tmp_path / 's.zarr', ['a', 'b'], info)
-    with pytest.raises(StoreError, match=r"config.pool: store has 'mean' \(made before this setting"):
+    with pytest.raises(StoreError, match=r"config.pool: store has 'mean' \(made before this setting.*"
+                                         r"config.size_rounding: store has 'legacy'"):
         create_store(tmp_path / 's.zarr', ['a', 'b'], spec(create_expert('action.i3d', weights='random',
                                                                          decode_resize=1)))
     create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
@@ -231,3 +233,36 @@ def test_plain_mean_pool_is_the_mean_of_mixed_5c(reference, release, tmp_path, m
     with torch.inference_mode():
         np.testing.assert_allclose(e.forward(x)[0].numpy(), reference.trunk(x).mean(dim=(2, 3, 4))[0].numpy(),
                                    rtol=1e-4, atol=1e-5)
+
+
+def _reference_input(clip: np.ndarray) -> torch.Tensor:
+    """(3, T, 224, 224): CE A.5's I3D input as the pytorch-i3d code forms it, for frames that are
+    enlarged (240p: no antialiasing question arises). RGB as decoded (the release flips cv2's BGR,
+    charades_dataset.py ``[:, :, [2, 1, 0]]``), the short side to 256 keeping the aspect ratio with
+    the long side rounded (cv2.resize's output size), bilinear, a centre crop of 224 whose offset is
+    ``int(np.round((h - th) / 2.))`` (videotransforms.CenterCrop: half to even), then
+    ``(img / 255.) * 2 - 1``."""
+    x = torch.from_numpy(clip).double().permute(0, 3, 1, 2) / 255.0
+    h, w = x.shape[-2:]
+    s = 256 / min(h, w)
+    x = F.interpolate(x, size=(round(h * s), round(w * s)), mode='bilinear', align_corners=False)
+    i, j = (int(np.round((n - 224) / 2.0)) for n in x.shape[-2:])
+    x = x[..., i:i + 224, j:j + 224]
+    return (x * 2 - 1).permute(1, 0, 2, 3).float()
+
+
+@pytest.mark.parametrize('width, height', [(320, 240), (426, 240), (430, 240), (240, 320), (176, 144)])
+def test_input_is_ces_and_the_releases(width, height):
+    """25 fps, 64 frames, resize, crop, RGB and [-1, 1] as above; 430x240 (to 459x256, where the
+    crop starts at round(117.5) = 118, not 117) and portrait 240x320 included."""
+    from tests.extract.test_fidelity_action import _decoded_clip
+
+    e = create_expert('action.i3d', weights='random')
+    assert (e.cfg.clip_len, e.cfg.clip_fps, e.cfg.sampling, e.cfg.fps) == (64, 25.0, 'clips', 1.0)
+    clip = _decoded_clip(width, height, frames=3)
+    clip[..., 0] = 0  # no red: a swapped channel order shows
+    ours = e.preprocess(torch.from_numpy(clip[None]))[0]
+    ref = _reference_input(clip)
+    assert ours.shape == ref.shape == (3, 3, 224, 224)
+    err = float((ours - ref).abs().max()) / 2  # on [0, 1]
+    assert err <= 1e-4, f'max-abs {err * 255:.3f}/255'  # float32 against float64
