@@ -51,6 +51,12 @@ class ExpertCfg:
         fps: rows per second.
         clip_len: frames per clip (clips only).
         clip_fps: frame rate inside a clip; None for consecutive frames at the video's rate.
+        clip_placement: where a clip at `clip_fps` lies (`extract.sampling.Sampling`): ``inside``
+            (the default), inside the video, as a clip of consecutive frames is, with a time on a
+            frame boundary taking the later frame; ``centred``, what stores made before this setting
+            hold: repeating the first or last frame past the video's ends (a 64-frame I3D clip at
+            25 fps around 0.5 s held frame 0 20 times) and, in 25 fps video, repeating and skipping
+            frames inside (its times fell on frame boundaries, taken as float rounding went).
         resize: ``[short_side]`` keeps the aspect ratio, ``[height, width]`` resizes to exactly that.
         input_size: side of the centre crop after resizing; 0 for no crop.
         antialias: bilinear resizing with antialiasing (as PIL and timm's transforms do); torchvision's
@@ -96,6 +102,7 @@ class ExpertCfg:
     fps: float = 1.0
     clip_len: int = 1
     clip_fps: float | None = None
+    clip_placement: str = 'inside'
     resize: tuple[int, ...] = (256,)
     input_size: int = 224
     antialias: bool = True
@@ -124,13 +131,14 @@ class ExpertCfg:
             raise ValueError(f'decode_resize must be 0 (decode at native size) or a factor >= 1, got {self.decode_resize}')
         if self.input_size < 0:
             raise ValueError(f'input_size must be >= 1, or 0 for no crop, got {self.input_size}')
-        self.sampling_spec()  # fps, clip_len, max_rows: checked now, before a store is made with them
+        self.sampling_spec()  # fps, clip_len, max_rows, clip_placement: checked now, before a store is made with them
 
     def sampling_spec(self) -> Sampling:
         if self.sampling == 'audio':
             return Sampling('audio', max_rows=self.max_rows)
         decode_side = math.ceil(self.needed_side * self.decode_resize) if self.decode_resize else 0
-        return Sampling(self.sampling, self.fps, self.clip_len, self.clip_fps, self.max_rows, decode_side)
+        return Sampling(self.sampling, self.fps, self.clip_len, self.clip_fps, self.max_rows, decode_side,
+                        self.clip_placement)
 
     @property
     def needed_side(self) -> int:
@@ -307,7 +315,13 @@ class Expert:
                 'input_size': [self.cfg.input_size] if self.cfg.input_size else list(self.cfg.resize),
                 'config': dataclasses.asdict(self.cfg),
                 'config_defaults': {**{f.name: f.default for f in dataclasses.fields(self.cfg)
-                                       if f.default is not dataclasses.MISSING}, **dict(self.legacy_defaults)}}
+                                       if f.default is not dataclasses.MISSING}, **dict(self.legacy_defaults),
+                                    **self._placement_before()}}
+
+    def _placement_before(self) -> dict[str, str]:
+        """`clip_placement` of stores made before it: clips at clip_fps were centred; consecutive
+        clips and frames are placed as they were."""
+        return {'clip_placement': 'centred'} if self.cfg.sampling == 'clips' and self.cfg.clip_fps else {}
 
 
 @dataclasses.dataclass

@@ -157,7 +157,7 @@ def test_other_frame_experts_keep_their_preprocessing():
 
 #: what stores made before issue 19 recorded where today's settings differ (and they lack
 #: antialias, size_rounding and decode_resize, whose defaults were True, 'legacy' and 1, and I3D's
-#: pool, the plain mean)
+#: pool, the plain mean, and clip_placement, 'centred' for clips at clip_fps)
 OLD_CONFIG = {'action': {'resize': [256]}, 'action.r2plus1d_18': {},
               'action.r2plus1d_34_ig65m': {'resize': [128, 171]}, 'scene': {'resize': [256]},
               'object.resnet152': {}, 'object': {}, 'object.resnext101_wsl': {}, 'action.i3d': {}}
@@ -182,7 +182,7 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
 
     old = e.store_info()
     old['config'] = {k: v for k, v in old['config'].items()
-                     if k not in ('antialias', 'size_rounding', 'decode_resize', 'pool')}
+                     if k not in ('antialias', 'size_rounding', 'decode_resize', 'pool', 'clip_placement')}
     old['config'].update(OLD_CONFIG[name])
     create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
     with pytest.raises(StoreError, match='decode_resize: store has 1.0'):
@@ -191,9 +191,13 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
     if name in CONTINUED:
         create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
     else:
-        changed = {'scene': 'resize', 'action.i3d': 'pool.*size_rounding'}.get(name, 'antialias|size_rounding')
+        changed = {'scene': 'resize', 'action.i3d': 'clip_placement.*pool.*size_rounding',
+                   'action.r2plus1d_34_ig65m': 'antialias.*clip_placement'}.get(name, 'antialias|size_rounding')
         with pytest.raises(StoreError, match=changed):
             create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
+    if e.cfg.clip_fps is None:  # consecutive clips and frames are placed as they were
+        assert 'clip_placement' not in str(pytest.raises(StoreError, create_store, tmp_path / 's.zarr', ['a', 'b'],
+                                                          spec(e.store_info())).value)
 
 
 def test_s3d_rows_of_a_decoded_video_are_the_clips_around_each_second(tmp_path):

@@ -200,9 +200,10 @@ def test_a_release_without_num_batches_tracked_loads(release, tmp_path, monkeypa
 
 
 def test_a_store_made_before_is_refused_and_continued_with_its_settings(tmp_path):
-    """A store made before `pool` and the rounded crop (the plain mean, the floored crop offset;
-    before decode_resize too) is refused naming both; ``pool=mean size_rounding=legacy
-    decode_resize=1`` continues it. A bad value is a one-line error."""
+    """A store made before `pool`, the rounded crop and `clip_placement` (the plain mean, the
+    floored crop offset, centred clips; before decode_resize too) is refused naming them;
+    ``pool=mean size_rounding=legacy clip_placement=centred decode_resize=1`` continues it. A bad
+    value is a one-line error."""
     from extract.experts import ConfigError
     from shared.store import StoreError, StoreSpec, create_store
 
@@ -210,13 +211,14 @@ def test_a_store_made_before_is_refused_and_continued_with_its_settings(tmp_path
         return StoreSpec(dataset='d', expert='action.i3d', feature_dim=1024, max_rows=e.cfg.max_rows, chunk_size=4,
                          has_tokens=False, **e.store_info())
 
-    old = create_expert('action.i3d', weights='random', pool='mean', size_rounding='legacy', decode_resize=1)
+    old = create_expert('action.i3d', weights='random', pool='mean', size_rounding='legacy', clip_placement='centred',
+                        decode_resize=1)
     info = spec(old)
-    for k in ('pool', 'size_rounding', 'decode_resize'):
+    for k in ('pool', 'size_rounding', 'clip_placement', 'decode_resize'):
         del info.config[k]
     create_store(tmp_path / 's.zarr', ['a', 'b'], info)
-    with pytest.raises(StoreError, match=r"config.pool: store has 'mean' \(made before this setting.*"
-                                         r"config.size_rounding: store has 'legacy'"):
+    with pytest.raises(StoreError, match=r"config.clip_placement: store has 'centred' \(made before this setting.*"
+                                         r"config.pool: store has 'mean'.*config.size_rounding: store has 'legacy'"):
         create_store(tmp_path / 's.zarr', ['a', 'b'], spec(create_expert('action.i3d', weights='random',
                                                                          decode_resize=1)))
     create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
