@@ -268,3 +268,31 @@ def test_input_is_ces_and_the_releases(width, height):
     assert ours.shape == ref.shape == (3, 3, 224, 224)
     err = float((ours - ref).abs().max()) / 2  # on [0, 1]
     assert err <= 1e-4, f'max-abs {err * 255:.3f}/255'  # float32 against float64
+
+
+def test_rows_of_a_decoded_25fps_video_are_consecutive_frames_fed_as_the_reference(tmp_path):
+    """Decoding and row planning included: a 3 s 320x240 video at 25 fps gives three rows of 64
+    consecutive frames (the first from frame 0, the last ending at the last frame, the middle
+    one around 1.5 s), each fed as `_reference_input` feeds the FFmpeg-decoded frames."""
+    import subprocess
+
+    from extract.decode import decode_video
+    from shared.media import ffmpeg_exe
+
+    ff, video = ffmpeg_exe(), tmp_path / 'v.mp4'
+    subprocess.run([ff, '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=320x240:rate=25:duration=3', '-c:v',
+                    'libx264', '-pix_fmt', 'yuv444p', str(video)], check=True)
+    raw = subprocess.run([ff, '-v', 'error', '-i', str(video), '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:'],
+                         check=True, capture_output=True).stdout
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, 240, 320, 3)
+    assert len(frames) == 75
+    e = create_expert('action.i3d', weights='random')
+    decoded = decode_video(0, str(video), {'action.i3d': e.cfg.sampling_spec()})
+    plan = decoded.plans['action.i3d']
+    assert len(decoded.frames) == 75  # every frame is some row's: the plan's indices are frame numbers
+    assert plan.index.shape == (3, 64) and np.all(np.diff(plan.index, axis=1) == 1)
+    assert plan.index[0, 0] == 0 and plan.index[2, -1] == 74 and plan.index[1, 0] in (5, 6)
+    for row, idx in enumerate(plan.index):
+        ours = e.preprocess(torch.from_numpy(decoded.frames[idx][None]))[0]
+        err = float((ours - _reference_input(frames[idx])).abs().max()) / 2
+        assert err <= 1 / 255, f'row {row}: max-abs {err * 255:.2f}/255'
