@@ -229,3 +229,17 @@ def test_s3d_rows_of_a_decoded_video_are_the_clips_around_each_second(tmp_path):
     err = float((_unnormalise(ours, e.cfg.mean, e.cfg.std) - _unnormalise(ref, reference.mean, reference.std)).abs().max())
     assert err <= TOL, f'max-abs {err * 255:.2f}/255'
     np.testing.assert_allclose(plan.timestamps, np.stack([first / fps, (first + 16) / fps], axis=1), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_s3d_features_are_torchvisions_pooled_trunk():
+    """S3D's feature is what torchvision's S3D puts before its classifier, the (2, 7, 7) average
+    pool of `features`, averaged over what remains (one window at 16x224x224)."""
+    e = create_expert('action', weights='random').load('cpu')
+    ref = tvv.s3d(weights=None)
+    ref.features.load_state_dict(e.model.features.state_dict())
+    x = torch.randn(1, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = ref.eval().avgpool(ref.features(x)).mean(dim=(2, 3, 4))[0]
+        got = e.forward(x)[0]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
