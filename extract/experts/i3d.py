@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['InceptionI3d']
+__all__ = ['InceptionI3d', 'POOLS']
 
 
 def _same_pad(size: int, k: int, s: int) -> tuple[int, int]:
@@ -70,15 +70,27 @@ _MIXED = {'Mixed_3b': (192, (64, 96, 128, 16, 32, 32)), 'Mixed_3c': (256, (128, 
           'Mixed_5c': (832, (384, 192, 384, 48, 128, 128))}
 
 
-class InceptionI3d(nn.Module):
-    """I3D trunk up to Mixed_5c; `forward` returns the spatio-temporal mean (B, 1024).
+#: `InceptionI3d.pool`: ``release`` as pytorch-i3d's `extract_features`, ``mean`` the plain mean
+POOLS = ('release', 'mean')
 
-    The release averages with a (2, 7, 7) pool and then over time; on 224x224 input that is the
-    same mean, and this form is defined for any clip length and size.
+
+class InceptionI3d(nn.Module):
+    """I3D trunk up to Mixed_5c; `forward` returns one (B, 1024) vector per clip.
+
+    ``pool='release'``: the mean of what the release's `extract_features` returns, the average pool
+    of Mixed_5c with kernel (2, 7, 7) at stride 1 (pytorch_i3d.py, ``nn.AvgPool3d(kernel_size=[2, 7,
+    7], stride=(1, 1, 1))``): on a 64-frame 224x224 clip that is CE's "(1024x7)-matrix" of a window,
+    whose 7 columns each average two of Mixed_5c's 8 time steps, so the first and last step count
+    half. The kernel is cut to the map where the map is smaller (clips of 8 frames or fewer), which
+    the release does not allow. ``pool='mean'``: the plain mean of the map (stores made before the
+    setting).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool: str = 'release') -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f'pool must be one of {", ".join(map(repr, POOLS))}, got {pool!r}')
+        self.pool = pool
         self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
         self.MaxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
         self.Conv3d_2b_1x1 = Unit3D(64, 64)
@@ -96,4 +108,6 @@ class InceptionI3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.children():
             x = layer(x)
+        if self.pool == 'release':
+            x = F.avg_pool3d(x, tuple(min(k, n) for k, n in zip((2, 7, 7), x.shape[2:])), stride=1)
         return x.mean(dim=(2, 3, 4))

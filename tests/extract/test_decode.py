@@ -1,6 +1,7 @@
 """Decoding: row plans from real frame timestamps, and decord (with FFmpeg behind it) on real (odd) files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -49,6 +50,31 @@ def test_clips_are_consecutive_and_clamped_at_the_ends() -> None:
 def test_clip_fps_resamples_inside_the_clip() -> None:
     idx, _ = plan_rows(_times(75), Sampling('clips', fps=1.0, clip_len=8, clip_fps=12.5))
     assert np.all(np.diff(idx[1]) == 2)  # 12.5 fps in a 25 fps video: every other frame
+
+
+@pytest.mark.parametrize('rate', [25.0, 30.0])
+def test_clips_at_the_videos_rate_are_its_consecutive_frames(rate: float) -> None:
+    """An I3D clip (64 frames at 25 fps) of a 10 s video at its own rate is 64 consecutive frames
+    (CE's windows: consecutive frames from frame 0), also around 0.5 s and 9.5 s, where a centred
+    clip would reach past the video. Centred (``clip_placement=centred``, stores made before), a
+    25 fps clip's times fell on frame boundaries, taken as float rounding went, which repeated and
+    skipped frames, and the first clip held frame 0 20 times. A video shorter than the clip repeats
+    its last frame."""
+    n = int(10 * rate)
+    s = Sampling('clips', fps=1.0, clip_len=64, clip_fps=rate)
+    idx, stamps = plan_rows(_times(n, rate), s)
+    assert idx.shape == (10, 64) and np.all(np.diff(idx, axis=1) == 1)
+    assert idx[0].tolist() == list(range(64)) and idx[-1].tolist() == list(range(n - 64, n))
+    mid = int(1.5 * rate)  # the frame on screen at 1.5 s is in the middle of row 1
+    assert idx[1, 31] <= mid <= idx[1, 32]
+    np.testing.assert_allclose(stamps[0], [0, 64 / rate], atol=1e-6)
+    short, _ = plan_rows(_times(30, rate), s)
+    assert short[0].tolist() == list(range(30)) + [29] * 34
+    if rate == 25.0:
+        old, _ = plan_rows(_times(n, rate), dataclasses.replace(s, clip_placement='centred'))
+        assert old[0].tolist()[:20] == [0] * 20 and set(np.diff(old[1]).tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="clip_placement must be one of 'inside', 'centred', got 'wrap'"):
+        Sampling('clips', clip_placement='wrap')
 
 
 def test_variable_frame_rate_uses_real_timestamps() -> None:

@@ -136,14 +136,17 @@ def test_same_random_model_gives_the_same_features(name, weights):
 
 def test_other_frame_experts_keep_their_preprocessing():
     """Only the torchvision experts changed (the video ones, and ResNet-152 and timm's eval transform
-    of SENet-154, tests/extract/test_fidelity_frames.py): the others keep antialiased resizing and the
+    of SENet-154, tests/extract/test_fidelity_frames.py), and I3D's crop offset (rounded as
+    pytorch-i3d's, tests/extract/test_fidelity_i3d.py): the others keep antialiased resizing and the
     crop/size arithmetic of the stores made before (object's 224x224 squash is CE's choice)."""
     for name in ('object.resnet152', 'object.timm_eval'):
         cfg = create_expert(name, weights='random').cfg
         assert (cfg.antialias, cfg.size_rounding) == (True, 'torchvision'), name
-    for name in ('object', 'object.resnext101_wsl', 'scene', 'action.i3d', 'face'):
+    for name in ('object', 'object.resnext101_wsl', 'scene', 'face'):
         cfg = create_expert(name, weights='random').cfg
         assert (cfg.antialias, cfg.size_rounding) == (True, 'legacy'), name
+    cfg = create_expert('action.i3d', weights='random').cfg  # pytorch-i3d's rounded crop offset
+    assert (cfg.antialias, cfg.size_rounding) == (True, 'rounded')
     assert create_expert('object', weights='random').cfg.resize == (224, 224)
     for name in ('action', 'action.r2plus1d_18'):
         cfg = create_expert(name, weights='random').cfg
@@ -153,12 +156,13 @@ def test_other_frame_experts_keep_their_preprocessing():
 
 
 #: what stores made before issue 19 recorded where today's settings differ (and they lack
-#: antialias, size_rounding and decode_resize, whose defaults were True, 'legacy' and 1)
+#: antialias, size_rounding and decode_resize, whose defaults were True, 'legacy' and 1, and I3D's
+#: pool, the plain mean, and clip_placement, 'centred' for clips at clip_fps)
 OLD_CONFIG = {'action': {'resize': [256]}, 'action.r2plus1d_18': {},
               'action.r2plus1d_34_ig65m': {'resize': [128, 171]}, 'scene': {'resize': [256]},
               'object.resnet152': {}, 'object': {}, 'object.resnext101_wsl': {}, 'action.i3d': {}}
 #: the experts whose old stores `decode_resize=1` continues: nothing else of theirs changed
-CONTINUED = ('object', 'object.resnext101_wsl', 'action.i3d')
+CONTINUED = ('object', 'object.resnext101_wsl')
 
 
 @pytest.mark.parametrize('name', list(OLD_CONFIG))
@@ -166,7 +170,8 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
     """A store made before issue 19 is refused by every frame and clip expert (decode_resize). With
     ``--set decode_resize=1`` it continues only where nothing else changed (`CONTINUED`); the others' preprocessing changed too (S3D's squash, the torchvision
     arithmetic of R(2+1)D-18 and ResNet-152, IG65M's publisher transform, scene's CSAIL squash),
-    so theirs are refused still, naming the setting."""
+    or I3D's pooling and crop offset (tests/extract/test_fidelity_i3d.py), so theirs are refused still, naming the
+    setting."""
     from shared.store import StoreError, StoreSpec, create_store
 
     e = create_expert(name, weights='random')
@@ -176,7 +181,8 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
                          chunk_size=4, has_tokens=False, **info)
 
     old = e.store_info()
-    old['config'] = {k: v for k, v in old['config'].items() if k not in ('antialias', 'size_rounding', 'decode_resize')}
+    old['config'] = {k: v for k, v in old['config'].items()
+                     if k not in ('antialias', 'size_rounding', 'decode_resize', 'pool', 'clip_placement')}
     old['config'].update(OLD_CONFIG[name])
     create_store(tmp_path / 's.zarr', ['a', 'b'], spec(old))
     with pytest.raises(StoreError, match='decode_resize: store has 1.0'):
@@ -185,9 +191,13 @@ def test_a_store_made_with_the_old_preprocessing_is_not_extended(name, tmp_path)
     if name in CONTINUED:
         create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
     else:
-        changed = 'resize' if 'resize' in OLD_CONFIG[name] and name == 'scene' else 'antialias|size_rounding'
+        changed = {'scene': 'resize', 'action.i3d': 'clip_placement.*pool.*size_rounding',
+                   'action.r2plus1d_34_ig65m': 'antialias.*clip_placement'}.get(name, 'antialias|size_rounding')
         with pytest.raises(StoreError, match=changed):
             create_store(tmp_path / 's.zarr', ['a', 'b'], resumed)
+    if e.cfg.clip_fps is None:  # consecutive clips and frames are placed as they were
+        assert 'clip_placement' not in str(pytest.raises(StoreError, create_store, tmp_path / 's.zarr', ['a', 'b'],
+                                                          spec(e.store_info())).value)
 
 
 def test_s3d_rows_of_a_decoded_video_are_the_clips_around_each_second(tmp_path):
@@ -219,3 +229,17 @@ def test_s3d_rows_of_a_decoded_video_are_the_clips_around_each_second(tmp_path):
     err = float((_unnormalise(ours, e.cfg.mean, e.cfg.std) - _unnormalise(ref, reference.mean, reference.std)).abs().max())
     assert err <= TOL, f'max-abs {err * 255:.2f}/255'
     np.testing.assert_allclose(plan.timestamps, np.stack([first / fps, (first + 16) / fps], axis=1), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_s3d_features_are_torchvisions_pooled_trunk():
+    """S3D's feature is what torchvision's S3D puts before its classifier, the (2, 7, 7) average
+    pool of `features`, averaged over what remains (one window at 16x224x224)."""
+    e = create_expert('action', weights='random').load('cpu')
+    ref = tvv.s3d(weights=None)
+    ref.features.load_state_dict(e.model.features.state_dict())
+    x = torch.randn(1, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = ref.eval().avgpool(ref.features(x)).mean(dim=(2, 3, 4))[0]
+        got = e.forward(x)[0]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
