@@ -4,9 +4,10 @@ Video: e_v = the concatenation of two (or more) experts' features, one step per 
 rows of an expert falling in the same second are averaged), through a transformer pooling head
 c_v = Psi''(e_v). Text: a T5 encoder, then a pooling head with a bidirectional-GRU pre-encoder.
 Each pooling layer is psi(e) = BN(FFN(e_attn) + e_attn), e_attn = BN(MHA(f(e)) + f(e)) (eq. 4),
-two layers (the paper's head is "multi-layer", sec. 3.2, without a count: chosen here), each with its own
-pre-encoder f; the first output token is the embedding. Retrieval scores are cosine similarities;
-the contrastive loss is the trainer's (hinge with the hardest negative, margin 0.2: eq. 1).
+two layers ("a shallow two-layer transformer architecture with additional pre-encoders", sec. 3.2),
+each with its own pre-encoder f; the first output token is the embedding. Retrieval scores are
+cosine similarities; the contrastive loss is the trainer's (hinge with the hardest negative, margin
+0.2: eq. 1).
 Cross-captioning (eq. 3): the T5 decoder reconstructs caption i from
 sum_{j in S_i} softmax_j(<c_t^i, c_v^j> / T) e_v^j, with S_i chosen by `support_set`.
 """
