@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from train.config import RunCfg, load_run_cfg
+from train.config import load_run_cfg
 from train.main import CONFIG_DIR, FINETUNE
 
 
@@ -19,17 +19,13 @@ def _configs(model: str) -> list[Path]:
     return [p for p in paths if '_demo' not in p.stem]
 
 
-def _load(path: Path) -> RunCfg:
-    return load_run_cfg(path)
-
-
 def _id(path: Path) -> str:
     return f'{path.parent.name}/{path.stem}' if path.parent.name == FINETUNE else path.stem
 
 
 @pytest.mark.parametrize('path', _configs('mee'), ids=_id)
 def test_mee_configs_follow_the_paper(path: Path) -> None:
-    cfg = _load(path)
+    cfg = load_run_cfg(path)
     m, t = cfg.model, cfg.train
     # sec. 3.6: "the bi-directional max-margin ranking loss ... We set m = 0.2 in practice"
     assert (t.loss, t.margin) == ('max_margin', 0.2)
@@ -60,7 +56,7 @@ def test_mee_configs_follow_the_paper(path: Path) -> None:
 
 @pytest.mark.parametrize('path', _configs('ce'), ids=_id)
 def test_ce_configs_follow_the_paper(path: Path) -> None:
-    cfg = _load(path)
+    cfg = load_run_cfg(path)
     m, t = cfg.model, cfg.train
     # sec. 4.1 "Lookahead solver in combination with RAdam (implementation by [59])"; the learning rate
     # decayed by 0.95 once an epoch, as the release the appendix names (StepLR, step_size 1)
@@ -93,15 +89,16 @@ def test_ce_configs_follow_the_paper(path: Path) -> None:
         # appendix A.2: "training up to 200 epochs and reporting performance on val1"; A.3:
         # "hyperparameters were copied from the DiDeMo configuration"
         assert (cfg.data.split, t.epochs) == ('val1', 200)
-        didemo = _load(CONFIG_DIR / 'ce_didemo.yaml')
+        didemo = load_run_cfg(CONFIG_DIR / 'ce_didemo.yaml')
         assert t.margin == didemo.train.margin and cfg.data.max_words == didemo.data.max_words
-        assert (m.text_clusters, m.text_ghost_clusters) == (didemo.model.text_clusters, didemo.model.text_ghost_clusters)
+        d = didemo.model
+        assert (m.text_clusters, m.text_ghost_clusters) == (d.text_clusters, d.text_ghost_clusters)
         assert m.experts == didemo.model.experts
 
 
 @pytest.mark.parametrize('path', _configs('mmt'), ids=_id)
 def test_mmt_configs_follow_the_paper(path: Path) -> None:
-    cfg = _load(path)
+    cfg = load_run_cfg(path)
     m, t = cfg.model, cfg.train
     # sec. 4.2: "We use the Adam optimizer for all our experiments, and set the margin of the bidirectional
     # max-margin ranking loss to 0.05"
@@ -139,7 +136,7 @@ def test_mmt_configs_follow_the_paper(path: Path) -> None:
 
 @pytest.mark.parametrize('path', _configs('ssb'), ids=_id)
 def test_support_set_configs_follow_the_paper(path: Path) -> None:
-    cfg = _load(path)
+    cfg = load_run_cfg(path)
     m, t = cfg.model, cfg.train
     # appendix 6.2: "The margin alpha of the max-margin loss is 0.2, and the temperature T is set to 0.1 ...
     # We use the Adam optimizer with a initial learning rate 5e-5 and clip gradients greater than 0.2";
@@ -174,6 +171,12 @@ def test_support_set_configs_follow_the_paper(path: Path) -> None:
         epochs = -(-epochs // 4)
     assert (m.max_seconds, cfg.data.max_words, t.epochs) == (seconds, words, epochs)
     assert all(e.aggregation == 'tokens' and e.sample == 'first' and e.max_tokens == seconds for e in m.experts)
+    if cfg.data.dataset == 'vatex':
+        # appendix 6.3: "split the validation set equally (1,500 validation and 1,500 testing videos) for
+        # model selection and testing"
+        assert t.selection == 'geometric_mean'
+    if (cfg.data.dataset, cfg.data.split) == ('msrvtt', '1k-A'):
+        assert t.selection == 'last'  # 1k-A has no validation part (appendix 6.3: "the 1k-A testing split")
 
 
 def test_every_paper_config_is_checked() -> None:
