@@ -237,14 +237,15 @@ def _say_world_changed(before: int, now: int) -> None:
               f'{before} or by {now} throughout')
 
 
-def _keep_metrics(path: Path, epochs: int, steps: int) -> None:
+def _keep_metrics(path: Path, epochs: int, steps: int) -> int:
     """Cut metrics.jsonl back to the lines the checkpoint holds, of `steps` steps in all (lines
     written before records counted steps: of epochs 1..`epochs`): a kill after an epoch's line but
-    before its checkpoint (or in the middle of the line) left lines that the resumed run writes again."""
+    before its checkpoint (or in the middle of the line) left lines that the resumed run writes again.
+    Returns the last epoch of a line kept (0: none)."""
     if not path.is_file():
-        return
+        return 0
     text = path.read_text(encoding='utf-8', errors='replace')
-    kept = []
+    kept, last = [], 0
     for line in text.splitlines():
         try:
             record = json.loads(line)
@@ -255,8 +256,11 @@ def _keep_metrics(path: Path, epochs: int, steps: int) -> None:
         done = record.get('step', record.get('epoch'))
         if isinstance(done, int) and done <= (steps if 'step' in record else epochs):
             kept.append(line + '\n')
+            if isinstance(record.get('epoch'), int):
+                last = max(last, record['epoch'])
     if ''.join(kept) != text:
         atomic_write(path, lambda f: f.write(''.join(kept).encode('utf-8')))
+    return last
 
 
 def _more(state: TrainState, cfg: TrainCfg) -> bool:
@@ -550,12 +554,13 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
                 init_weights(state.model, Path(cfg.train.init_from), run_dir, report=ranks.main)
         if not ranks.main:
             return _follow(state, _feed(train, dev, cfg.train, ranks), cfg, seed, run_dir, ranks)
-        _keep_metrics(run_dir / 'metrics.jsonl', state.epoch, state.steps)
+        kept = _keep_metrics(run_dir / 'metrics.jsonl', state.epoch, state.steps)
         # once a resumed run is known to be this config's; whole or not at all, else a kill leaves a
         # truncated config.yaml that check_resumable refuses as "other settings"
         atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
         feed = _feed(train, dev, cfg.train, ranks)
-        tb = SummaryWriter(str(run_dir / 'tb'))
+        # TensorBoard hides what an earlier attempt logged past the lines kept, as metrics.jsonl drops them
+        tb = SummaryWriter(str(run_dir / 'tb'), purge_step=kept + 1)
 
         def save_last(steps: int, epoch_steps: int, loss: float | None) -> None:
             """last.pt after `steps` steps of the run, `epoch_steps` of them in `state.epoch` (0: at
