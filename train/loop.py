@@ -72,12 +72,13 @@ def device_budget(device: torch.device, fraction: float) -> int:
 
 def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput], TextInput]], log_every: int,
                 log: Callable[[int, float], None] | None = None,
-                between: Callable[[int, torch.Tensor], None] | None = None,
+                between: Callable[[int, torch.Tensor], bool] | None = None,
                 before: tuple[float, int] = (0.0, 0)) -> tuple[float, float]:
     """One epoch of `step` over `batches`, or the rest of one whose first steps (`before`: the sum
     of their losses and their count) were trained before a checkpoint; returns the mean loss over
     the epoch's steps and their sum. `between(n, sum)` is called after step n when another step
-    follows (a checkpoint part way through the epoch; its end has its own), with the sum so far.
+    follows (a checkpoint part way through the epoch; its end has its own), with the sum so far;
+    it returns whether it read the sum (found finite, else it raises `NonFiniteLoss`).
 
     The losses are summed on the device, in float64 as the Python float sum this replaces (the same
     numbers), and read only every `log_every` steps, for `log(steps done, running mean)`, and once at
@@ -90,7 +91,10 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput],
     carried, done = before
     for n, (video, text) in enumerate(batches, 1):
         if between is not None and n > 1:
-            between(n - 1, total)
+            try:
+                read = n - 1 if between(n - 1, total) else read
+            except NonFiniteLoss:  # a checkpoint's read of the sum: named as the epoch's own reads are
+                raise NonFiniteLoss(done + read, done + n - 1) from None
         loss = step(video, text)
         total = loss.to(torch.float64) + carried if total is None else total.add_(loss)
         if n % log_every == 0:  # the steps a NonFiniteLoss names are the epoch's, those before a resume too
@@ -233,14 +237,15 @@ def _say_world_changed(before: int, now: int) -> None:
               f'{before} or by {now} throughout')
 
 
-def _keep_metrics(path: Path, epochs: int, steps: int) -> None:
+def _keep_metrics(path: Path, epochs: int, steps: int) -> int:
     """Cut metrics.jsonl back to the lines the checkpoint holds, of `steps` steps in all (lines
     written before records counted steps: of epochs 1..`epochs`): a kill after an epoch's line but
-    before its checkpoint (or in the middle of the line) left lines that the resumed run writes again."""
+    before its checkpoint (or in the middle of the line) left lines that the resumed run writes again.
+    Returns the last epoch of a line kept (0: none)."""
     if not path.is_file():
-        return
+        return 0
     text = path.read_text(encoding='utf-8', errors='replace')
-    kept = []
+    kept, last = [], 0
     for line in text.splitlines():
         try:
             record = json.loads(line)
@@ -251,8 +256,11 @@ def _keep_metrics(path: Path, epochs: int, steps: int) -> None:
         done = record.get('step', record.get('epoch'))
         if isinstance(done, int) and done <= (steps if 'step' in record else epochs):
             kept.append(line + '\n')
+            if isinstance(record.get('epoch'), int):
+                last = max(last, record['epoch'])
     if ''.join(kept) != text:
         atomic_write(path, lambda f: f.write(''.join(kept).encode('utf-8')))
+    return last
 
 
 def _more(state: TrainState, cfg: TrainCfg) -> bool:
@@ -290,17 +298,23 @@ Save = Callable[[int, int, float | None], None]
 
 
 def _step_checkpoints(state: TrainState, cfg: TrainCfg, save: Save | None
-                      ) -> Callable[[int, torch.Tensor], None] | None:
+                      ) -> Callable[[int, torch.Tensor], bool] | None:
     """`train_epoch`'s `between`: after every `checkpoint_steps`-th step of the run that is not the
-    epoch's last, `save` as a stop by train.steps there would leave the run."""
+    epoch's last, `save` as a stop by train.steps there would leave the run; `NonFiniteLoss` in
+    its place once the loss was non-finite (the epoch's end reads the sum before its own save)."""
     if save is None or not cfg.checkpoint_steps:
         return None
     steps, epoch_steps, every = state.steps, state.epoch_steps, cfg.checkpoint_steps
     known = state.epoch_loss is not None  # else the sum so far misses the steps before the resume
 
-    def between(n: int, total: torch.Tensor) -> None:
-        if (steps + n) % every == 0:
-            save(steps + n, epoch_steps + n, total.item() if known else None)
+    def between(n: int, total: torch.Tensor) -> bool:
+        if (steps + n) % every:
+            return False
+        summed = total.item()  # read where unknown too: once non-finite, the weights are NaN, never saved
+        if not math.isfinite(summed):
+            raise NonFiniteLoss(0, n)  # `train_epoch` names the steps
+        save(steps + n, epoch_steps + n, summed if known else None)
+        return True
     return between
 
 
@@ -540,12 +554,13 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
                 init_weights(state.model, Path(cfg.train.init_from), run_dir, report=ranks.main)
         if not ranks.main:
             return _follow(state, _feed(train, dev, cfg.train, ranks), cfg, seed, run_dir, ranks)
-        _keep_metrics(run_dir / 'metrics.jsonl', state.epoch, state.steps)
+        kept = _keep_metrics(run_dir / 'metrics.jsonl', state.epoch, state.steps)
         # once a resumed run is known to be this config's; whole or not at all, else a kill leaves a
         # truncated config.yaml that check_resumable refuses as "other settings"
         atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
         feed = _feed(train, dev, cfg.train, ranks)
-        tb = SummaryWriter(str(run_dir / 'tb'))
+        # TensorBoard hides what an earlier attempt logged past the lines kept, as metrics.jsonl drops them
+        tb = SummaryWriter(str(run_dir / 'tb'), purge_step=kept + 1)
 
         def save_last(steps: int, epoch_steps: int, loss: float | None) -> None:
             """last.pt after `steps` steps of the run, `epoch_steps` of them in `state.epoch` (0: at

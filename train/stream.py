@@ -145,8 +145,12 @@ class StreamedPart:
         cached = np.array([cache is not None and u in cache for u in units.tolist()], bool)
         read = units[~cached]  # the reader processes read only the units the cache lacks
         reader = _Units(self, read, key)
+        # a generator of its own: by default a DataLoader draws its workers' seed from torch's, which
+        # dropout on the CPU draws from and last.pt keeps, and an epoch resumed part way starts its
+        # readers again: one draw more than the run it continues, and other masks (workers draw nothing)
         loader = iter(()) if not len(read) else iter(reader if self.workers == 0 else torch.utils.data.DataLoader(
-            reader, batch_size=None, num_workers=self.workers, prefetch_factor=self.prefetch))
+            reader, batch_size=None, num_workers=self.workers, prefetch_factor=self.prefetch,
+            generator=torch.Generator()))
         for u, hit in zip(units.tolist(), cached.tolist()):
             if hit:
                 yield cache.get(u)

@@ -282,7 +282,7 @@ def test_metrics_jsonl_has_each_epoch_once_after_a_kill_at_the_epoch_end(
         when: str, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reviewer's defect 9 of issue 18: metrics.jsonl was appended after last.pt, so a kill between
     the two lost that epoch's line for good; now the line goes first and a resume drops lines past
-    its checkpoint (and a line cut short)."""
+    its checkpoint (and a line cut short), and TensorBoard hides their points."""
     import train.loop as loop
     from train.main import main as train_main
 
@@ -306,6 +306,12 @@ def test_metrics_jsonl_has_each_epoch_once_after_a_kill_at_the_epoch_end(
     assert train_main(_train(tiny, run, '--set', 'train.epochs=3')) == 0
     epochs = [json.loads(line)['epoch'] for line in metrics.read_text().splitlines()]
     assert epochs == [1, 2, 3]
+    # TensorBoard alike: the killed attempt's point of epoch 2 is hidden, not shown beside the rerun's
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / 'seed0' / 'tb'))
+    events.Reload()
+    assert [e.step for e in events.Scalars('train/loss')] == [1, 2, 3]
 
 
 def test_a_missing_store_of_a_folder_dataset_names_the_folder_as_extract_takes_it(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import torch
 from train.loop import NonFiniteLoss, train_epoch
 from train.main import main
 
+from tests.train.conftest import tiny_args
+
 
 def _one_line_error(capsys: pytest.CaptureFixture, *words: str) -> str:
     captured = capsys.readouterr()
@@ -72,3 +74,19 @@ def test_a_loss_non_finite_only_in_the_last_steps_is_caught_at_the_epochs_end() 
     with pytest.raises(NonFiniteLoss) as err:
         train_epoch(_Step([1.0, float('nan')]), [(None, None)] * 2, 2, before=(4.0, 5))
     assert err.value.where() == 'steps 6-7'
+
+
+def test_a_checkpoint_part_way_through_an_epoch_is_never_written_after_a_non_finite_loss(
+        tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """train.checkpoint_steps=1 reads the loss sum at every step: once it is non-finite the weights
+    are too, and the run stops there, last.pt left at the last step with finite weights (it was
+    replaced by NaN weights until the next log read, and a rerun resumed from them)."""
+    run = tmp_path / 'run'
+    # at lr 1e30 the first update leaves finite weights whose loss is not; 4 steps an epoch
+    assert main(tiny_args(tiny, run, '--set', 'train.lr=1e30', '--set', 'train.batch_size=2', '--set',
+                          'train.checkpoint_steps=1', '--set', 'train.log_every=100')) == 1
+    err = _one_line_error(capsys, 'non-finite', 'epoch 1, step 2')
+    assert 'steps 1-2' not in err
+    saved = torch.load(run / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)
+    assert saved['steps'] == 1
+    assert all(torch.isfinite(v).all() for v in saved['model'].values() if v.is_floating_point())

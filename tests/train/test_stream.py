@@ -157,6 +157,22 @@ def test_a_resumed_epoch_builds_the_batches_after_its_skip_and_reads_only_their_
     assert read == [19, 19, 14, 8, 7, 0, 0]  # the units read: all 19 from the start and from step 1, fewer later
 
 
+def test_an_epochs_reader_processes_draw_nothing_from_torchs_generator(small: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    """Dropout on the CPU draws from torch's generator, which last.pt keeps: a run resumed part way
+    through a streamed epoch starts that epoch's readers again, so a reader that drew a seed from
+    it (a DataLoader's default) shifted every later mask, and the run ended with other weights."""
+    cfg, manifest, captions = _parts(small, tmp_path, streaming='on', shuffle_buffer=32, data_workers=1,
+                                     stream_cache=False)
+    part = load_part(manifest, 'official', 'train', small[1], cfg.model.experts, captions, cfg.train, False)
+    assert part.workers == 1
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    batches = StreamFeed(part, torch.device('cpu'), 32).epoch(16, np.random.default_rng([0, 3]), skip=7)
+    assert len(list(batches)) == 8
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_a_streamed_run_checks_each_chunk_against_its_sums_once(small: tuple[Path, Path], tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A unit is read every epoch; its chunks are checked against their sums the first time only,
