@@ -175,10 +175,10 @@ def build_state(cfg: RunCfg, device: torch.device, ranks: Dist = SINGLE) -> Trai
 
 
 def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device: torch.device, seed: int,
-            ranks: Dist = SINGLE, pairs: int = 0) -> None:
+            ranks: Dist = SINGLE, pairs: int = 0, per_epoch: int = 0) -> None:
     """Continue from `last` exactly where it left off, at an epoch's end or, when ``train.steps``
     stopped it, at its step (weights, optimiser, schedule, every rank's generators; every rank from
-    the same file)."""
+    the same file). `per_epoch`: steps in an epoch, for the message."""
     # the settings matched (check_resumable): what does not fit was saved by an earlier version of the model
     fresh = f'Pass another --run-dir to train a new run, or start one from its weights with --init-from {run_dir}'
     saved = load_model(state.model, last, device, misfit=f'saved by an earlier version of the model, it cannot be '
@@ -225,8 +225,11 @@ def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device:
                           f'another --run-dir to train a new run of {cfg.epochs} epochs, or '
                           f'train.epochs={done} (or more, to continue it) to use this one')
     if ranks.main:
-        print(f'resuming {run_dir} at epoch {state.epoch + 1}'
-              + (f', step {state.steps + 1} (step {state.epoch_steps + 1} of the epoch)' if state.epoch_steps else ''))
+        if state.epoch_steps and state.epoch_steps == per_epoch:  # train.steps stopped at the epoch's last step
+            print(f'resuming {run_dir} at epoch {state.epoch + 2}, step {state.steps + 1}')
+        else:
+            print(f'resuming {run_dir} at epoch {state.epoch + 1}'
+                  + (f', step {state.steps + 1} (step {state.epoch_steps + 1} of the epoch)' if state.epoch_steps else ''))
         _say_world_changed(saved.get('world_size', 1), ranks.world)
 
 
@@ -546,7 +549,8 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
         ckpt_dir = run_dir / 'checkpoints'
         ckpt_dir.mkdir(exist_ok=True)
         if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
-            _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, seed, ranks, pairs)
+            _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, seed, ranks, pairs,
+                    train.epoch_size // cfg.train.batch_size)
         else:
             if ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
                 (ckpt_dir / FROZEN).unlink(missing_ok=True)

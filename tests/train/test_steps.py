@@ -81,7 +81,10 @@ def test_a_run_stops_after_its_steps_and_a_resumed_one_at_the_same_step_with_the
             assert _last(resumed)['steps'] == stop
         capsys.readouterr()
         assert _steps(tiny, resumed, 5) == 0
-        assert 'resuming' in capsys.readouterr().out
+        out = capsys.readouterr().out
+        # the stop at epoch 2's last step goes on in epoch 3, not "epoch 2, step 3 of the epoch"
+        assert {(3,): 'at epoch 2, step 4 (step 2 of the epoch)\n', (4,): 'at epoch 3, step 5\n',
+                (1, 2): 'at epoch 2, step 3\n'}[stops] in out, out
         again = _last(resumed)
         assert again['steps'] == 5 and again['epoch'] == 2
         assert again['model'].keys() == saved['model'].keys()
