@@ -33,7 +33,7 @@ from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
 from shared.files import append_text, atomic_save, atomic_write, atomic_write_text, held_lock, make_dir
 from train.captions import CaptionData, build_caption_encoder
-from train.checkpoints import FINAL, FROZEN, GALLERY, load_model, save_checkpoint
+from train.checkpoints import FINAL, FROZEN, GALLERY, load_checkpoint, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
 from train.data import SplitData, TrainFeed, split_captions
 from train.distributed import (SINGLE, Dist, average, check_world, convert_batch_norm, gather_floats, main_first,
@@ -225,12 +225,27 @@ def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device:
                           f'another --run-dir to train a new run of {cfg.epochs} epochs, or '
                           f'train.epochs={done} (or more, to continue it) to use this one')
     if ranks.main:
+        _adopt_best(state, last.parent / 'best.pt')
         if state.epoch_steps and state.epoch_steps == per_epoch:  # train.steps stopped at the epoch's last step
             print(f'resuming {run_dir} at epoch {state.epoch + 2}, step {state.steps + 1}')
         else:
             print(f'resuming {run_dir} at epoch {state.epoch + 1}'
                   + (f', step {state.steps + 1} (step {state.epoch_steps + 1} of the epoch)' if state.epoch_steps else ''))
         _say_world_changed(saved.get('world_size', 1), ranks.world)
+
+
+def _adopt_best(state: TrainState, path: Path) -> None:
+    """best.pt is written before last.pt: a run stopped between them left a best.pt of a score that
+    last.pt does not know. It stays the best unless a resumed epoch beats it (compared with last.pt's
+    score, a lower one would overwrite it)."""
+    if not path.is_file():
+        return
+    saved = load_checkpoint(path, mmap=True)
+    score = saved.get('best')  # absent: saved before best.pt kept its score
+    if score is not None and score > state.best:
+        print(f'{path} (epoch {saved["epoch"] + 1}, validation score {score:.2f}) was saved after last.pt '
+              'by the attempt that stopped: it stays the best unless an epoch scores higher')
+        state.best = score
 
 
 def _say_world_changed(before: int, now: int) -> None:
@@ -399,7 +414,7 @@ def _validate(state: TrainState, val: SplitData, device: torch.device, record: d
             tb.add_scalar(f'val/{d}/{k}', m[d][k], record['epoch'])
     if score > state.best:
         state.best = score
-        save_checkpoint(state.model, ckpt_dir / 'best.pt', epoch=state.epoch)
+        save_checkpoint(state.model, ckpt_dir / 'best.pt', epoch=state.epoch, best=score)
 
 
 def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device, run_dir: Path, seed: int,

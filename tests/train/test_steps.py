@@ -226,6 +226,35 @@ def test_a_resumed_run_keeps_the_best_validation_score_of_the_epochs_before(
     assert len(_losses(run)) == 4
 
 
+def test_a_best_checkpoint_saved_after_the_last_one_is_not_overwritten_by_a_lower_score(
+        tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """best.pt is written before last.pt: a run stopped between them left a best.pt of epoch 3 scoring
+    5, while last.pt knew the best as 1. The resumed epoch 3 (other weights: a GPU's nondeterminism)
+    scored 2 and overwrote it; now best.pt stays unless an epoch scores above 5."""
+    import train.loop
+
+    scores = iter([1.0, 1.0, 5.0, 2.0, 0.0])  # epochs 1-2, epoch 3 of the stopped attempt, then 3-4 again
+    monkeypatch.setattr(train.loop, 'geometric_mean', lambda values: next(scores))
+    real = train.loop.save_checkpoint
+
+    def stop_before_last_of_epoch_3(model: torch.nn.Module, path: Path, **extra: object) -> None:
+        if path.name == 'last.pt' and extra['epoch'] == 2:
+            raise Killed
+        real(model, path, **extra)
+
+    run = tmp_path / 'run'
+    assert train_main(tiny_args(tiny, run, '--set', 'train.epochs=2')) == 0
+    monkeypatch.setattr(train.loop, 'save_checkpoint', stop_before_last_of_epoch_3)
+    with pytest.raises(Killed):
+        train_main(tiny_args(tiny, run, '--set', 'train.epochs=4'))
+    monkeypatch.setattr(train.loop, 'save_checkpoint', real)
+    capsys.readouterr()
+    assert train_main(tiny_args(tiny, run, '--set', 'train.epochs=4')) == 0
+    assert 'best.pt (epoch 3, validation score 5.00) was saved after last.pt' in capsys.readouterr().out
+    best = torch.load(run / 'seed0' / 'checkpoints' / 'best.pt', weights_only=True)
+    assert (best['epoch'], best['best']) == (2, 5.0)
+
+
 def test_each_epoch_draws_its_batches_from_a_generator_of_the_seed_and_the_epoch(
         tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Epoch e's order is drawn from default_rng([seed, e]): each epoch shuffles anew, and a resumed
