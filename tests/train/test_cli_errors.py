@@ -127,6 +127,22 @@ def test_the_training_command_prints_the_line_not_a_traceback(tiny: Path, tmp_pa
     _one_line(proc.returncode, proc.stderr, 'train.batch_size')
 
 
+@pytest.mark.parametrize('model', ['[mee]', '{name: mee}'])
+def test_a_run_config_whose_model_is_no_name_is_one_line(model: str, tiny: Path, tmp_path: Path) -> None:
+    """A run's config.yaml (a run received from others, read by train.search, serve and --init-from) whose
+    model: is a list or a mapping was a TypeError out of the upgrade of older configs (unhashable type)."""
+    from shared.config import ConfigError
+    from train.config import saved_run_cfg
+
+    run = tmp_path / 'run'
+    run.mkdir()
+    config = yaml.safe_load((tiny / 'mee.yaml').read_text())
+    config['model']['model'] = yaml.safe_load(model)
+    (run / 'config.yaml').write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r'config.yaml: model.model: unknown model'):
+        saved_run_cfg(run)
+
+
 def test_a_bad_setting_is_named_after_its_file_not_as_part_of_its_name(tiny: Path, tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture) -> None:
     """`PATH: train.lr`, not `PATH.train: train.lr` (a file name that does not exist)."""
