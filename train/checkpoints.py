@@ -63,6 +63,13 @@ class CheckpointError(ConfigError):
 def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 'checkpoint',
           mmap: bool = False) -> dict[str, Any]:
     advice = advice or _advice(path)
+    if path.exists() and not path.is_file():  # a device or a FIFO (a link to one): torch.load reads it for ever
+        raise CheckpointError(f'{what} {path} is not a regular file. {advice}')
+    packed = _compressed_record(path)
+    if packed:
+        raise CheckpointError(f'{what} {path} holds a compressed record ({packed}), which torch.save never writes: '
+                              'it was not saved by torch (a 1000-fold inflation of a few MB can fill the memory). '
+                              f'{advice}')
     try:
         try:
             state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -81,6 +88,19 @@ def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 
     if not isinstance(state, dict) or (not plain and not isinstance(state.get('model'), dict)):
         raise CheckpointError(f'{path} is not a checkpoint of this project. {advice}')
     return state
+
+
+def _compressed_record(path: Path) -> str:
+    """The name of a compressed record of a zip checkpoint, or '' (none, or no zip: torch's legacy format).
+
+    torch.save stores every record as it is; torch.load inflates a deflated one whole, so a forged
+    file of 260 KB read as a 256 MB tensor (one record; ten such, 2.5 GB) before any key was checked.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            return next((i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED), '')
+    except (zipfile.BadZipFile, OSError):  # no zip, or a damaged one: torch.load says what is wrong
+        return ''
 
 
 def _advice(path: Path) -> str:
