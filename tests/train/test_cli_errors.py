@@ -205,6 +205,30 @@ def test_a_corrupt_gallery_is_one_line_and_a_rerun_writes_it_again(tiny: Path, t
     assert search_main(search) == 0
 
 
+def test_a_gallery_naming_a_checkpoint_outside_its_run_is_one_line(tiny: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """gallery.pt names the checkpoint its run was tested with: a run received from others whose gallery
+    named ../../x.pt or /dev/zero had torch.load read that file as the run's weights (/dev/zero: for
+    ever, its memory growing), and so did a checkpoint that is a link to a device."""
+    from train.main import main as train_main
+    from train.search import main as search_main
+
+    run = tmp_path / 'run'
+    assert train_main(_train(tiny, run)) == 0
+    gallery = run / 'seed0' / 'gallery.pt'
+    good = torch.load(gallery, weights_only=True)
+    search = ['--run', str(run), '--query', 'a red cat', '-k', '2', '--data-root', str(tiny / 'data')]
+    for name in ('../../elsewhere.pt', '/dev/zero', ''):
+        torch.save({**good, 'checkpoint': name}, gallery)
+        _one_line(search_main(search), capsys.readouterr().err, str(gallery), f'names the checkpoint {name!r}',
+                  'rerun the training command')
+    torch.save(good, gallery)
+    checkpoint = run / 'seed0' / 'checkpoints' / good['checkpoint']
+    checkpoint.unlink()
+    checkpoint.symlink_to('/dev/zero')
+    _one_line(search_main(search), capsys.readouterr().err, str(checkpoint), 'not a regular file')
+
+
 def test_a_rerun_with_fewer_epochs_is_refused_and_leaves_the_run_as_it_was(
         tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from train.main import main as train_main
