@@ -439,6 +439,24 @@ def test_lists_nested_deeper_than_rows_are_refused_before_numpy_reads_them(tmp_p
     assert code == 1 and f'video {IDS[0]}: features are lists nested more than two deep' in err, err
 
 
+def test_captions_naming_one_text_many_times_are_refused_before_they_are_built(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """A pickle names one string many times (its memo): 1 MB of raw-captions.pkl stood for 400 million
+    characters of captions (0.9 GB in the importer), all of which went into imported.json."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    text = 'word ' * 20_000  # 100 KB, pickled once, then named by the memo
+    with open(release / 'raw-captions.pkl', 'wb') as f:
+        pickle.dump({v: [text] * 100 for v in IDS}, f)
+    assert (release / 'raw-captions.pkl').stat().st_size < 110_000
+    with pytest.warns(UserWarning, match='pickle'):
+        code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
+                            str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and 'more than 16 per byte of the file (the same text named many times)' in err, err
+    assert 'Traceback' not in err and not (tmp_path / 'data' / 'msrvtt' / 'imported.json').exists()
+
+
 def _release_with_face_value(tmp_path: Path, value: object) -> tuple[Path, Path]:
     """A CE release whose face pickle holds `value` for one video among the real ones."""
     release = tmp_path / 'release'
