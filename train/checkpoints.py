@@ -87,6 +87,12 @@ def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 
     plain = path.name in (FROZEN, GALLERY)  # weights alone, or a gallery: no 'model' entry
     if not isinstance(state, dict) or (not plain and not isinstance(state.get('model'), dict)):
         raise CheckpointError(f'{path} is not a checkpoint of this project. {advice}')
+    # every weight a tensor: a number in its place was an AttributeError (no .shape) out of --init-from
+    weights = state if path.name == FROZEN else {} if path.name == GALLERY else state['model']
+    odd = next((k for k, v in weights.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise CheckpointError(f'{path} is not a checkpoint of this project (its weight {str(odd)[:80]!r} is a '
+                              f'{type(weights[odd]).__name__}, not a tensor). {advice}')
     return state
 
 
