@@ -191,6 +191,8 @@ def load_gallery(run_dir: Path) -> dict[str, Any]:
     advice = 'Rerun the training command of this run: it writes gallery.pt again from its checkpoint'
     state = _read(path, 'cpu', advice, 'gallery')
     wrong = [k for k, t in _GALLERY_KEYS.items() if not isinstance(state.get(k), t)]
+    if not wrong and not state['emb'].is_floating_point():  # integers: torch's dtype error out of the search
+        wrong = ['emb of whole numbers']
     if wrong or not (len(state['video_ids']) == len(state['emb']) == len(state['available'])):
         raise CheckpointError(f'{path} is not a gallery of this project ({", ".join(wrong) or "lengths differ"}). '
                               f'{advice}')

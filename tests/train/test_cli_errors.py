@@ -201,6 +201,10 @@ def test_a_corrupt_gallery_is_one_line_and_a_rerun_writes_it_again(tiny: Path, t
         _one_line(search_main(search), capsys.readouterr().err, str(gallery), 'Rerun the training')
     torch.save({'video_ids': ['x'], 'emb': 'nope'}, gallery)  # a torch file, not a gallery
     _one_line(search_main(search), capsys.readouterr().err, str(gallery), 'not a gallery')
+    gallery.write_bytes(good)
+    saved = torch.load(gallery, weights_only=True)
+    torch.save({**saved, 'emb': saved['emb'].long()}, gallery)  # was torch's RuntimeError (expected Float, found Long)
+    _one_line(search_main(search), capsys.readouterr().err, str(gallery), 'not a gallery', 'emb of whole numbers')
     assert train_main(_train(tiny, run)) == 0  # the advice works: the rerun writes it again
     assert search_main(search) == 0
 
