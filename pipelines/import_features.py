@@ -225,8 +225,21 @@ _H5_EXPANSION, _H5_FREE_BYTES = 64, 64 << 20
 
 def _h5_read(h: Any, key: str) -> Any:
     """`h[key]` read whole; a dataset whose size is far beyond what the file holds of it (an unwritten
-    dataset of 10**6 rows reads as 8 GB of zeros from a 6 KB file) is a ValueError, before it is read."""
+    dataset of 10**6 rows reads as 8 GB of zeros from a 6 KB file), or whose data is in another file (an
+    external link, external storage, a virtual dataset), is a ValueError, before it is read."""
+    import h5py
+
+    link = h.get(key, getlink=True)
+    if isinstance(link, h5py.ExternalLink):  # a file anywhere on this machine, read as the release's
+        raise ValueError(f'{key} is a link to {link.path} in {link.filename}, another file: a release file holds '
+                         'its own data; refused, not followed')
     d = h[key]
+    if getattr(d, 'external', None) or getattr(d, 'is_virtual', False):
+        # HDF5 reads such a dataset from the files it names (/home/.../id_rsa, /dev/zero): their bytes
+        # became captions in imported.json
+        where = ', '.join(str(e[0]) for e in d.external) if d.external else 'a virtual dataset'
+        raise ValueError(f'{key} keeps its data in other files ({where[:200]}): a release file holds its own '
+                         'data; refused, not read')
     nbytes = int(getattr(d, 'nbytes', 0))
     if nbytes > _H5_FREE_BYTES and nbytes > _H5_EXPANSION * d.id.get_storage_size():
         raise ValueError(f'{key} declares {d.shape} values ({nbytes >> 20} MB) held in {d.id.get_storage_size()} '

@@ -182,15 +182,28 @@ def _read_pickle(path: Path) -> Any:
                              'the release there, whole') from None
 
 
+#: characters of caption text a captions pickle may stand for per byte of it (64 KB counted at least): a
+#: token the pickle names again (its memo) costs 2-5 bytes and is a word of text, a few times that at most
+_CAPTION_EXPANSION = 16
+
+
 def _ce_captions_here(path: Path) -> dict[str, list[str]]:
     """CE's raw-captions.pkl: per video, a list of captions, each a token list (or a string)."""
     out = {}
+    chars, budget = 0, _CAPTION_EXPANSION * max(path.stat().st_size, 1 << 16)
     for vid, caps in _by_video(_read_pickle(path), path, 'CE captions (dict[video_id -> list of token lists])').items():
         if not isinstance(caps, (list, tuple)) or not all(
                 isinstance(c, str) or (isinstance(c, (list, tuple)) and all(isinstance(t, str) for t in c))
                 for c in caps):
             raise ValueError(f'{path}: video {vid!r}: captions must be a list of token lists (or strings), got '
                              f'{type(caps).__name__} of {len(caps) if hasattr(caps, "__len__") else 1}')
+        # counted before any is joined: a pickle names one long string many times (1 MB of it stood for
+        # 400 million characters, every one then in imported.json, which each command reads)
+        chars += sum(len(c) if isinstance(c, str) else sum(map(len, c)) + len(c) for c in caps)
+        if chars > budget:
+            raise ValueError(f'{path}: video {vid!r}: the captions so far hold {chars} characters, more than '
+                             f'{_CAPTION_EXPANSION} per byte of the file (the same text named many times): refused '
+                             'before they are built')
         out[vid] = [c if isinstance(c, str) else ' '.join(c) for c in caps]
     return out
 

@@ -111,6 +111,17 @@ class Collection:
         text = video_queries(VideoEmbedding(self.video.emb[r:r + 1], self.video.available[r:r + 1]))
         return {'id': video_id, 'results': self._hits(text, k, skip=r)}
 
+    def thumb(self, row: int) -> Path:
+        """Video `row`'s thumbnail (FileNotFoundError: no such row, or none cut; PermissionError: a symlink
+        that leads out of the index's thumbs folder, as /video refuses one out of the video root)."""
+        path = self.thumbs / f'{row}.jpg'
+        if not 0 <= row < len(self.ids) or not path.is_file():
+            raise FileNotFoundError(f'no thumbnail {row}')
+        real, folder = os.path.realpath(path), os.path.realpath(self.thumbs)
+        if os.path.commonpath([real, folder]) != folder:
+            raise PermissionError(f'thumbnail {row} leads outside {self.thumbs}')
+        return Path(real)
+
     def file(self, relative: str) -> Path:
         """An indexed video's file inside the root (PermissionError: outside it, through `..`, an absolute
         path or a symlink; FileNotFoundError: not an indexed video's path, or no such file)."""
@@ -166,10 +177,12 @@ def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fasta
 
     @app.get('/thumb/{row}', response_model=None)
     def thumb(row: int) -> FileResponse:
-        path = collection.thumbs / f'{row}.jpg'
-        if not 0 <= row < len(collection.ids) or not path.is_file():
-            raise HTTPException(404, f'no thumbnail {row}')
-        return FileResponse(path, media_type='image/jpeg')
+        try:
+            return FileResponse(collection.thumb(row), media_type='image/jpeg')
+        except PermissionError as err:
+            raise HTTPException(403, str(err)) from None
+        except FileNotFoundError as err:
+            raise HTTPException(404, str(err)) from None
 
     @app.get('/video', response_model=None)
     def video(path: str) -> FileResponse:

@@ -121,6 +121,7 @@ def _load(path: str) -> WordVectors:
     if not p.is_file():
         raise FileNotFoundError(f'word vectors {p} not found (a word2vec .bin, e.g. '
                                 'GoogleNews-vectors-negative300.bin, or a word2vec text file)')
+    _check_header(p)
     # word2vec formats hold words and numbers only: parsed, never unpickled
     try:
         kv = KeyedVectors.load_word2vec_format(str(p), binary=binary)
@@ -135,6 +136,33 @@ def _load(path: str) -> WordVectors:
                                'file, compressed only when its name says so (.gz, .bz2)') from None
     _refuse_non_finite(kv.vectors, kv.index_to_key, p)
     return WordVectors(kv, p)
+
+
+#: numbers a compressed word2vec file may declare per byte of it (text and float32s compress ~2-4 times)
+_COMPRESSED_NUMBERS_PER_BYTE = 64
+
+
+def _check_header(path: Path) -> None:
+    """WordVectorsError for a "COUNT DIM" header that declares more numbers than the file can hold (a
+    number takes 4 bytes of a binary, 2 of a text file at least): gensim allocates COUNT x DIM float32s
+    first, and a 22-byte file declaring 2 words of 2 * 10**9 numbers took 8 GB and 31 s to refuse (a few
+    more words: the machine's memory). A header that is no two numbers is left to gensim's parser."""
+    from gensim import utils
+
+    try:
+        with utils.open(str(path), 'rb') as f:
+            head = f.readline(256).split()
+    except OSError:  # e.g. a .gz name on a file that is not: gensim says so
+        return
+    if len(head) != 2 or not all(x.isdigit() for x in head):
+        return
+    count, dim = int(head[0]), int(head[1])
+    size = path.stat().st_size
+    compressed = path.name.lower().endswith(('.gz', '.bz2'))
+    if count * dim > size * (_COMPRESSED_NUMBERS_PER_BYTE if compressed else 1):
+        raise WordVectorsError(f'word vectors {path}: its header declares {count} words of {dim} numbers, more than '
+                               f'its {size} bytes can hold (a damaged or forged header, refused before any memory is '
+                               'taken for it); give a word2vec file whose "COUNT DIM" line counts its words')
 
 
 def _refuse_non_finite(vectors: np.ndarray, words: list[str], path: Path, block: int = 65536) -> None:

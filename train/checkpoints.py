@@ -63,6 +63,13 @@ class CheckpointError(ConfigError):
 def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 'checkpoint',
           mmap: bool = False) -> dict[str, Any]:
     advice = advice or _advice(path)
+    if path.exists() and not path.is_file():  # a device or a FIFO (a link to one): torch.load reads it for ever
+        raise CheckpointError(f'{what} {path} is not a regular file. {advice}')
+    packed = _compressed_record(path)
+    if packed:
+        raise CheckpointError(f'{what} {path} holds a compressed record ({packed}), which torch.save never writes: '
+                              'it was not saved by torch (a 1000-fold inflation of a few MB can fill the memory). '
+                              f'{advice}')
     try:
         try:
             state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -80,7 +87,26 @@ def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 
     plain = path.name in (FROZEN, GALLERY)  # weights alone, or a gallery: no 'model' entry
     if not isinstance(state, dict) or (not plain and not isinstance(state.get('model'), dict)):
         raise CheckpointError(f'{path} is not a checkpoint of this project. {advice}')
+    # every weight a tensor: a number in its place was an AttributeError (no .shape) out of --init-from
+    weights = state if path.name == FROZEN else {} if path.name == GALLERY else state['model']
+    odd = next((k for k, v in weights.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise CheckpointError(f'{path} is not a checkpoint of this project (its weight {str(odd)[:80]!r} is a '
+                              f'{type(weights[odd]).__name__}, not a tensor). {advice}')
     return state
+
+
+def _compressed_record(path: Path) -> str:
+    """The name of a compressed record of a zip checkpoint, or '' (none, or no zip: torch's legacy format).
+
+    torch.save stores every record as it is; torch.load inflates a deflated one whole, so a forged
+    file of 260 KB read as a 256 MB tensor (one record; ten such, 2.5 GB) before any key was checked.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            return next((i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED), '')
+    except (zipfile.BadZipFile, OSError):  # no zip, or a damaged one: torch.load says what is wrong
+        return ''
 
 
 def _advice(path: Path) -> str:
@@ -165,6 +191,8 @@ def load_gallery(run_dir: Path) -> dict[str, Any]:
     advice = 'Rerun the training command of this run: it writes gallery.pt again from its checkpoint'
     state = _read(path, 'cpu', advice, 'gallery')
     wrong = [k for k, t in _GALLERY_KEYS.items() if not isinstance(state.get(k), t)]
+    if not wrong and not state['emb'].is_floating_point():  # integers: torch's dtype error out of the search
+        wrong = ['emb of whole numbers']
     if wrong or not (len(state['video_ids']) == len(state['emb']) == len(state['available'])):
         raise CheckpointError(f'{path} is not a gallery of this project ({", ".join(wrong) or "lengths differ"}). '
                               f'{advice}')

@@ -41,8 +41,22 @@ def tested_checkpoint(run: Path, gallery: dict[str, Any] | None = None) -> Path:
         ConfigError: the run has not finished (no gallery.pt), or its gallery cannot be read.
     """
     if gallery is None and not (run / GALLERY).is_file() and (run / FINAL).is_file():
-        return run / 'checkpoints' / json.loads((run / FINAL).read_text())['checkpoint']
-    return run / 'checkpoints' / (gallery if gallery is not None else _gallery(run))['checkpoint']
+        try:
+            name = json.loads((run / FINAL).read_text(encoding='utf-8')).get('checkpoint')
+        except (ValueError, AttributeError):  # not JSON (UnicodeDecodeError included), or no mapping
+            name = None
+        return _named_checkpoint(run, FINAL, name)
+    return _named_checkpoint(run, GALLERY, (gallery if gallery is not None else _gallery(run))['checkpoint'])
+
+
+def _named_checkpoint(run: Path, source: str, name: Any) -> Path:
+    """RUN/checkpoints/NAME, the checkpoint that the run's `source` file names; a ConfigError for a name
+    that is no file name there: a run received from others may name ../../x.pt or /dev/zero, which
+    torch.load would read as the run's weights (or for ever)."""
+    if not isinstance(name, str) or name in ('', '.', '..') or Path(name).name != name or '\x00' in name:
+        raise ConfigError(f'{run / source} names the checkpoint {name!r:.80}, which is no file name in '
+                          f'{run / "checkpoints"}: rerun the training command of this run, which writes it again')
+    return run / 'checkpoints' / name
 
 
 def _gallery(run: Path) -> dict[str, Any]:

@@ -280,7 +280,27 @@ BAD_H5 = {  # probe 7: each was a line naming neither the file nor the video (a 
                                'with D=16, got shape (3, 8)'),
     'a caption key that is no number': (lambda p: _h5_write(p, {'raw_captions.x': b'a'}), "invalid literal for int()"),
     'a caption not UTF-8': (lambda p: _h5_write(p, {'raw_captions.0': np.bytes_(b'\xff\xfe')}), "can't decode byte"),
+    # data kept in a file outside the release: HDF5 read it, and a secret's bytes became a caption in imported.json
+    'a caption stored in another file': (lambda p: _h5_elsewhere(p, 'storage'), 'keeps its data in other files ('),
+    'a feature linked from another file': (lambda p: _h5_elsewhere(p, 'link'), 'is a link to /features.audio in'),
 }
+
+
+def _h5_elsewhere(path: Path, how: str) -> None:
+    """`path` with data kept outside the release: a caption in a secret's bytes (HDF5 external storage),
+    or its features an external link to another HDF5 file."""
+    secret, other = path.parents[1] / 'secret.txt', path.parents[1] / 'other.h5'
+    secret.write_bytes(b'TOPSECRET' * 4)
+    with h5py.File(other, 'w') as h:
+        h['features.audio'] = np.ones((2, 16), np.float32)
+    path.unlink()
+    with h5py.File(path, 'w') as h:
+        if how == 'storage':
+            h['features.audio'] = np.ones((2, 16), np.float32)
+            h.create_dataset('raw_captions.0', shape=(1,), dtype='S32', external=[(str(secret), 0, 32)])
+        else:
+            h['features.audio'] = h5py.ExternalLink(str(other), '/features.audio')
+            h['raw_captions.0'] = 'a caption'
 
 
 def _h5_write(path: Path, values: dict) -> None:
@@ -437,6 +457,24 @@ def test_lists_nested_deeper_than_rows_are_refused_before_numpy_reads_them(tmp_p
                             str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
     err = capsys.readouterr().err
     assert code == 1 and f'video {IDS[0]}: features are lists nested more than two deep' in err, err
+
+
+def test_captions_naming_one_text_many_times_are_refused_before_they_are_built(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """A pickle names one string many times (its memo): 1 MB of raw-captions.pkl stood for 400 million
+    characters of captions (0.9 GB in the importer), all of which went into imported.json."""
+    release = tmp_path / 'release'
+    _ce_release(release)
+    text = 'word ' * 20_000  # 100 KB, pickled once, then named by the memo
+    with open(release / 'raw-captions.pkl', 'wb') as f:
+        pickle.dump({v: [text] * 100 for v in IDS}, f)
+    assert (release / 'raw-captions.pkl').stat().st_size < 110_000
+    with pytest.warns(UserWarning, match='pickle'):
+        code = import_main(['--source', 'ce', '--root', str(release), '--dataset', 'msrvtt', '--data-root',
+                            str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert code == 1 and 'more than 16 per byte of the file (the same text named many times)' in err, err
+    assert 'Traceback' not in err and not (tmp_path / 'data' / 'msrvtt' / 'imported.json').exists()
 
 
 def _release_with_face_value(tmp_path: Path, value: object) -> tuple[Path, Path]:

@@ -74,6 +74,9 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
     link = collection.root / collection.paths[7]  # an indexed video's file replaced by a symlink that leads out
     kept = link.rename(tmp_path / 'kept.mp4')
     link.symlink_to(outside)
+    thumb = collection.thumbs / '5.jpg'  # and a thumbnail (served as image/jpeg whatever it led to)
+    kept_thumb = thumb.rename(tmp_path / 'kept.jpg')
+    thumb.symlink_to(outside)
     assert (collection.root / 'demo.json').is_file()  # a file of the root, but no video of the index
     try:
         bad = {
@@ -90,6 +93,7 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
             ('/video', (('path', 'demo.json'),)): (404, 'no video'),
             ('/video', (('path', 'videos/../demo.json'),)): (404, 'no video'),
             ('/thumb/100000', ()): (404, 'no thumbnail'),
+            ('/thumb/5', ()): (403, 'thumbnail 5 leads outside'),
         }
         for (path, params), (code, words) in bad.items():
             r = client.get(path, params=dict(params))
@@ -99,6 +103,8 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
     finally:
         link.unlink()
         kept.rename(link)
+        thumb.unlink()
+        kept_thumb.rename(thumb)
 
 
 @pytest.mark.slow

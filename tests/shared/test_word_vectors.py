@@ -131,6 +131,11 @@ BAD_FILES = {  # probe 7: the first two loaded, and made caption embeddings NaN;
     'a NaN vector': ('v.bin', _word2vec_binary(np.array([[1, 2], [np.nan, 0]])), "the vector of 'w1' holds NaN or inf"),
     'an inf in text': ('v.txt', b'2 2\ncat 1 2\ndog inf 0\n', "the vector of 'dog' holds NaN or inf"),
     'a .gz that is not': ('v.bin.gz', _word2vec_binary(np.ones((2, 2))), 'cannot read it (Not a gzipped file'),
+    # a 22-byte header of 2 * 10**9 numbers a word: gensim took 8 GB and 31 s to refuse it (a few more words: all memory)
+    'a header declaring far more than the file': ('v.txt', b'2 2000000000\nhello 0.5\n',
+                                                  'its header declares 2 words of 2000000000 numbers'),
+    'a binary header the same': ('v.bin', b'3 1000000000\n' + _word2vec_binary(np.ones((3, 2))).split(b'\n', 1)[1],
+                                 'its header declares 3 words of 1000000000 numbers'),
 }
 
 

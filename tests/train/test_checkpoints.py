@@ -198,3 +198,27 @@ def test_a_source_checkpoint_check_maps_its_tensors_and_keeps_its_advice(tmp_pat
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(source, advice='Give --init-from another run', mmap=True)
     assert str(caught.value).endswith('Give --init-from another run') and 'delete' not in str(caught.value)
+
+
+def test_a_checkpoint_with_a_compressed_record_is_refused_before_it_inflates(tmp_path: Path) -> None:
+    """torch.save stores its records as they are, while torch.load inflates a deflated one whole: a
+    forged 260 KB --init-from source read as a 256 MB tensor (1000-fold; a few such records fill the
+    memory). Such a file is refused unread, with the caller's advice."""
+    import zipfile
+
+    import torch
+
+    from shared.files import atomic_save
+    from train.checkpoints import CheckpointError
+
+    saved, forged = tmp_path / 'saved.pt', tmp_path / 'forged.pt'
+    atomic_save({'model': {'w': torch.zeros(1 << 20)}}, saved)  # 4 MB of zeros
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(forged, 'w') as out:
+        for info in src.infolist():  # the same records, deflated
+            out.writestr(info.filename, src.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+    assert forged.stat().st_size < 20_000
+    assert load_checkpoint(saved)['model']['w'].shape == (1 << 20,)  # what torch.save wrote still loads
+    for mmap in (False, True):
+        with pytest.raises(CheckpointError, match=r'holds a compressed record \(.*\), which torch.save never '
+                                                  r'writes.*Give --init-from another run$'):
+            load_checkpoint(forged, advice='Give --init-from another run', mmap=mmap)

@@ -127,6 +127,22 @@ def test_the_training_command_prints_the_line_not_a_traceback(tiny: Path, tmp_pa
     _one_line(proc.returncode, proc.stderr, 'train.batch_size')
 
 
+@pytest.mark.parametrize('model', ['[mee]', '{name: mee}'])
+def test_a_run_config_whose_model_is_no_name_is_one_line(model: str, tiny: Path, tmp_path: Path) -> None:
+    """A run's config.yaml (a run received from others, read by train.search, serve and --init-from) whose
+    model: is a list or a mapping was a TypeError out of the upgrade of older configs (unhashable type)."""
+    from shared.config import ConfigError
+    from train.config import saved_run_cfg
+
+    run = tmp_path / 'run'
+    run.mkdir()
+    config = yaml.safe_load((tiny / 'mee.yaml').read_text())
+    config['model']['model'] = yaml.safe_load(model)
+    (run / 'config.yaml').write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r'config.yaml: model.model: unknown model'):
+        saved_run_cfg(run)
+
+
 def test_a_bad_setting_is_named_after_its_file_not_as_part_of_its_name(tiny: Path, tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture) -> None:
     """`PATH: train.lr`, not `PATH.train: train.lr` (a file name that does not exist)."""
@@ -185,8 +201,36 @@ def test_a_corrupt_gallery_is_one_line_and_a_rerun_writes_it_again(tiny: Path, t
         _one_line(search_main(search), capsys.readouterr().err, str(gallery), 'Rerun the training')
     torch.save({'video_ids': ['x'], 'emb': 'nope'}, gallery)  # a torch file, not a gallery
     _one_line(search_main(search), capsys.readouterr().err, str(gallery), 'not a gallery')
+    gallery.write_bytes(good)
+    saved = torch.load(gallery, weights_only=True)
+    torch.save({**saved, 'emb': saved['emb'].long()}, gallery)  # was torch's RuntimeError (expected Float, found Long)
+    _one_line(search_main(search), capsys.readouterr().err, str(gallery), 'not a gallery', 'emb of whole numbers')
     assert train_main(_train(tiny, run)) == 0  # the advice works: the rerun writes it again
     assert search_main(search) == 0
+
+
+def test_a_gallery_naming_a_checkpoint_outside_its_run_is_one_line(tiny: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """gallery.pt names the checkpoint its run was tested with: a run received from others whose gallery
+    named ../../x.pt or /dev/zero had torch.load read that file as the run's weights (/dev/zero: for
+    ever, its memory growing), and so did a checkpoint that is a link to a device."""
+    from train.main import main as train_main
+    from train.search import main as search_main
+
+    run = tmp_path / 'run'
+    assert train_main(_train(tiny, run)) == 0
+    gallery = run / 'seed0' / 'gallery.pt'
+    good = torch.load(gallery, weights_only=True)
+    search = ['--run', str(run), '--query', 'a red cat', '-k', '2', '--data-root', str(tiny / 'data')]
+    for name in ('../../elsewhere.pt', '/dev/zero', ''):
+        torch.save({**good, 'checkpoint': name}, gallery)
+        _one_line(search_main(search), capsys.readouterr().err, str(gallery), f'names the checkpoint {name!r}',
+                  'rerun the training command')
+    torch.save(good, gallery)
+    checkpoint = run / 'seed0' / 'checkpoints' / good['checkpoint']
+    checkpoint.unlink()
+    checkpoint.symlink_to('/dev/zero')
+    _one_line(search_main(search), capsys.readouterr().err, str(checkpoint), 'not a regular file')
 
 
 def test_a_rerun_with_fewer_epochs_is_refused_and_leaves_the_run_as_it_was(

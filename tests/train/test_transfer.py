@@ -15,6 +15,7 @@ import yaml
 from shared.store import DONE, StoreSpec, VideoResult, create_store, pack_chunk, store_path
 from tests.train.test_cli_errors import _one_line
 from train.evaluate import main as evaluate_main
+from train.init import init_source
 from train.main import main as train_main
 
 #: MMT's seven experts, small dimensions; the source run has two of them, in another order
@@ -250,6 +251,9 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[object, list[str], tu
     (tmp / 'notes.pt').write_text('not a checkpoint')
     torch.save({'model': _RunsCode(str(tmp / 'PWNED'))}, tmp / 'evil.pt')  # a pickle that runs code when loaded
     run = world / 'runs' / 'source'
+    odd = torch.load(init_source(str(run / 'seed0')), weights_only=True)
+    odd['model'] = {k: 1 for k in odd['model']}  # the source's weights, each a number, not a tensor
+    torch.save(odd, tmp / 'odd.pt')
     return {
         'init-from a folder without a run': (train_main, _args(world, tmp / 'r', None, '--init-from', str(tmp / 'empty')),
                                              (str(tmp / 'empty'), 'holds no run', '--init-from')),
@@ -262,6 +266,11 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[object, list[str], tu
                                                    (str(tmp / 'notes.pt'), 'not a checkpoint')),
         'init-from a pickle that runs code': (train_main, _args(world, tmp / 'r', None, '--init-from', str(tmp / 'evil.pt')),
                                               (str(tmp / 'evil.pt'), 'cannot be read', 'Give --init-from')),
+        # was an AttributeError out of init_weights ('int' object has no attribute 'shape')
+        'init-from weights that are no tensors': (train_main, _args(world, tmp / 'r', None, '--init-from',
+                                                                    str(tmp / 'odd.pt')),
+                                                  (str(tmp / 'odd.pt'), 'not a checkpoint of this project',
+                                                   'Give --init-from')),
         'evaluate a folder that is no run': (evaluate_main, _eval_args(world, tmp / 'empty'),
                                              (str(tmp / 'empty'), 'not a run directory')),
         "evaluate on a dataset without the run's stores": (evaluate_main, _eval_args(world, run, '--dataset', 'vatex',
@@ -272,7 +281,7 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[object, list[str], tu
 
 @pytest.mark.parametrize('name', ['init-from a folder without a run', 'init-from a missing path',
                                   'init-from a file that is no checkpoint', 'init-from a pickle that runs code',
-                                  'evaluate a folder that is no run',
+                                  'init-from weights that are no tensors', 'evaluate a folder that is no run',
                                   "evaluate on a dataset without the run's stores"])
 def test_a_bad_transfer_input_is_one_line(name: str, world: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:

@@ -272,7 +272,8 @@ def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
     """A ``model:`` section as a run's config.yaml saved it before each model had its own config:
     the other models' settings, at the defaults they then had, dropped (a value that differs from
     the default stays, and fails as it should)."""
-    own = MODEL_CONFIGS.get(data.get('model'))
+    name = data.get('model')
+    own = MODEL_CONFIGS.get(name) if isinstance(name, str) else None  # a list is unhashable: `resolve` says what
     if own is None:
         return data
     names = {f.name for f in dataclasses.fields(own)}
