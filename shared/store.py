@@ -58,6 +58,8 @@ _READABLE_SCHEMAS = (1, 2)
 #: rows per Zarr chunk along T in a new store (or T, when smaller): 1 row/s gives about two
 #: minutes per chunk, so the short videos of most datasets fill one
 ROW_CHUNK = 128
+#: the most a chunk of any array may decode to (a layout's chunks hold tens of MB)
+MAX_CHUNK_BYTES = 1 << 30
 #: a new store of at least this many videos is sharded unless told otherwise: below it, one file
 #: per chunk stays a few thousand files; at 1.2M videos unsharded 32-video chunks give ~37k chunks
 #: per array
@@ -978,6 +980,13 @@ def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
         if tuple(arr.shape) != want:
             raise StoreError(f'{path}: its {name} has shape {tuple(arr.shape)}, expected {want} from its status and '
                              'attributes: its zarr.json is damaged')
+        # a chunk is decoded whole: one declared beyond the store's layout (a few KB of a received store
+        # that inflate to GBs) is refused before any is read; strings have no size to check
+        inner, most = tuple(arr.chunks), (max(c, 1), *(max(k, 1) for k in want[1:]))
+        size = math.prod(inner) * (arr.dtype.itemsize or 1)
+        if any(k > m for k, m in zip(inner, most)) or size > MAX_CHUNK_BYTES:
+            raise StoreError(f'{path}: its {name} is chunked {inner}, beyond its chunk_size and shape {most} or '
+                             f'{MAX_CHUNK_BYTES >> 30} GiB a chunk: its zarr.json is damaged')
     return arrays
 
 

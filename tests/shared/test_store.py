@@ -660,6 +660,11 @@ def test_a_store_rebuilt_in_place_meanwhile_gets_nothing_of_the_run_that_opened_
                                                           f'expected (12, {W.MAX_ROWS}, {W.DIM})'),
     ('features', {'shape': [12]}, f'its features has shape (12,), expected (12, {W.MAX_ROWS}, {W.DIM})'),
     ('lengths', {'shape': [12, 1]}, 'its lengths has shape (12, 1), expected (12,)'),
+    # a received store of a few KB whose chunks decode to GBs (sec10: 172 KB read as 4 GB)
+    ('features', {'chunk_grid': {'name': 'regular', 'configuration': {'chunk_shape': [4, 16000, 16000]}}},
+     f'its features is chunked (4, 16000, 16000), beyond its chunk_size and shape (4, {W.MAX_ROWS}, {W.DIM})'),
+    ('errors', {'chunk_grid': {'name': 'regular', 'configuration': {'chunk_shape': [2 ** 28]}}},
+     'its errors is chunked (268435456,), beyond its chunk_size and shape (4,)'),
 ])
 def test_an_array_of_the_wrong_kind_or_shape_is_one_line_for_check_and_readers(array: str, change: dict, said: str,
                                                                                tmp_path: Path, python: str,
@@ -682,3 +687,17 @@ def test_an_array_of_the_wrong_kind_or_shape_is_one_line_for_check_and_readers(a
     assert done.returncode == 1 and 'Traceback' not in done.stderr and said in done.stdout, done.stdout + done.stderr
     with pytest.raises(StoreError, match=re.escape(said)):
         open_store(path, warn_random=False).read()
+
+
+def test_chunks_that_decode_past_the_limit_are_refused_before_a_read(tmp_path: Path) -> None:
+    """Within its shape a chunk may still be forged to decode to GBs: (4, 16000, 16000) float16 of a
+    store whose attributes say T = D = 16000 is 2 GB a chunk, from files of a few KB."""
+    import dataclasses
+
+    path = tmp_path / 'big.zarr'
+    create_store(path, W.video_ids(4), dataclasses.replace(W.spec(4), max_rows=16000, feature_dim=16000))
+    open_store(path, warn_random=False)  # its own layout: (4, 128, 16000) chunks of 16 MB
+    _edit_metadata(path, 'features', chunk_grid={'name': 'regular', 'configuration': {'chunk_shape': [4, 16000, 16000]}})
+    with pytest.raises(StoreError, match=re.escape('its features is chunked (4, 16000, 16000), beyond its chunk_size '
+                                                   'and shape (4, 16000, 16000) or 1 GiB a chunk')):
+        open_store(path, warn_random=False)
