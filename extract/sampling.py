@@ -29,8 +29,9 @@ __all__ = ['AUDIO_RATE', 'CLIP_PLACEMENTS', 'Sampling', 'RowPlan', 'DecodedVideo
 AUDIO_RATE = 16000
 #: `Sampling.clip_placement`
 CLIP_PLACEMENTS = ('inside', 'centred')
-#: seconds added to a clip's times before the frame on screen is looked up: far above float error,
-#: far below a frame's duration
+#: seconds added to a clip's times before the frame on screen is looked up, beside one float32 spacing
+#: of the time (decord's frame times are float32: off by up to 1.9e-6 s past 32 s, 1.2e-4 s past an
+#: hour): far above float error, far below a frame's duration
 CLIP_TIME_NUDGE = 1e-6
 
 
@@ -165,10 +166,12 @@ def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndar
         if s.clip_placement == 'inside':  # CE's I3D windows (64 frames at 25 fps) lie inside the video
             half = s.clip_len / s.clip_fps / 2
             middles = np.clip(centres, half, max(duration - half, half))
-            # a time on a frame boundary (all 64 of a clip at 25 fps around x.5 s of 25 fps video) takes
-            # the later frame, whichever way the float rounding of either time went
-            nudge = CLIP_TIME_NUDGE
         times = np.clip(middles[:, None] + offsets[None, :], 0.0, np.nextafter(duration, 0))
+        if s.clip_placement == 'inside':
+            # a time on a frame boundary (all 64 of a clip at 25 fps around x.5 s of 25 fps video) takes
+            # the later frame, whichever way the rounding of either time went: decord's float32 starts
+            # too, which a fixed 1e-6 s missed past 32 s (168 of a 200 s video's rows repeated frames)
+            nudge = CLIP_TIME_NUDGE + np.spacing(times.astype(np.float32)).astype(np.float64)
         index = np.clip(np.searchsorted(starts, times + nudge, side='right') - 1, 0, n_frames - 1)
     else:
         first = np.clip(centre_idx - s.clip_len // 2, 0, max(n_frames - s.clip_len, 0))

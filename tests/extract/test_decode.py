@@ -77,6 +77,24 @@ def test_clips_at_the_videos_rate_are_its_consecutive_frames(rate: float) -> Non
         Sampling('clips', clip_placement='wrap')
 
 
+def test_clips_of_a_long_decoded_video_are_its_consecutive_frames(tmp_path: Path) -> None:
+    """decord's frame times are float32: past 32 s a frame's start is off by more than 1e-6 s, so
+    the I3D clips of a real 25 fps video of 40 s, whose times all fall on frame boundaries, took
+    the earlier frame there and repeated and skipped frames (rows from 31 s); each is 64
+    consecutive frames."""
+    from extract.decode import read_frame_times
+
+    path = tmp_path / 'long.mp4'
+    subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'lavfi', '-i', 'color=c=gray:s=16x16:r=25:d=40',
+                    '-c:v', 'libx264', '-pix_fmt', 'yuv420p', str(path)], check=True)
+    times = read_frame_times(str(path))
+    assert isinstance(times, np.ndarray) and len(times) == 1000
+    assert np.abs(times[:, 0] - np.arange(1000) / 25).max() > 1e-6  # the float32 rounding this is about
+    idx, _ = plan_rows(times, Sampling('clips', fps=1.0, clip_len=64, clip_fps=25.0))
+    assert idx.shape == (40, 64) and np.all(np.diff(idx, axis=1) == 1)
+    assert idx[35].tolist() == list(range(856, 920))  # 34.24-36.8 s: frame 887, on screen at 35.5 s, in the middle
+
+
 def test_variable_frame_rate_uses_real_timestamps() -> None:
     t = np.concatenate([np.arange(25) / 25, 1 + np.arange(10) / 10])  # 25 fps then 10 fps
     times = np.stack([t, np.append(t[1:], 2.0)], axis=1)
