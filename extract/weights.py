@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import offline, weights_dir
-from shared.files import sha256_file
+from shared.files import compressed_record, sha256_file
 
-__all__ = ['WeightsError', 'ResolvedWeights', 'resolve_weights', 'load_state_dict', 'weights_dir', 'offline',
+__all__ = ['WeightsError', 'ResolvedWeights', 'resolve_weights', 'load_state_dict', 'torch_file', 'weights_dir', 'offline',
            'sha256_file']
 
 
@@ -145,6 +145,19 @@ def resolve_weights(spec: str, origin: str = '') -> ResolvedWeights:
     return ResolvedWeights(spec, path, sha256_file(path))
 
 
+def torch_file(path: Path) -> Any:
+    """What a torch.save file holds, read with ``weights_only=True`` on the CPU; a zip file with a
+    compressed record (torch.save writes none; torch.load inflates one whole, 1000-fold for zeros)
+    is a WeightsError, unread."""
+    import torch
+
+    packed = compressed_record(path)
+    if packed:
+        raise WeightsError(f'{path} holds a compressed record ({packed}), which torch.save never writes: refused '
+                           'unread (it would be inflated whole in memory); save its state dict with torch.save')
+    return torch.load(str(path), map_location='cpu', weights_only=True)
+
+
 def load_state_dict(path: Path) -> dict[str, Any]:
     """A state dict from a checkpoint file, safely (`weights_only=True`; safetensors too).
 
@@ -156,10 +169,10 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
         sd: Any = load_file(str(path))
     else:
-        import torch
-
         try:
-            sd = torch.load(str(path), map_location='cpu', weights_only=True)
+            sd = torch_file(path)
+        except WeightsError:
+            raise
         except Exception as err:  # noqa: BLE001 - unpickling errors have many types
             raise WeightsError(f'cannot read {path} as a weights-only checkpoint ({err}); whole pickled '
                                'models are refused: convert them to a state dict first') from err

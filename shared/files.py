@@ -15,13 +15,14 @@ import signal
 import socket
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from shared.config import ConfigError
 
-__all__ = ['append_text', 'atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
+__all__ = ['append_text', 'compressed_record', 'atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
            'signals_deferred', 'held_lock', 'LOCK', 'WriteError']
 
 #: the lock file `held_lock` keeps in a directory
@@ -266,3 +267,16 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b''):
             h.update(block)
     return h.hexdigest()
+
+
+def compressed_record(path: str | os.PathLike) -> str:
+    """The name of a compressed record of a zip checkpoint, or '' (none, or no zip: torch's legacy format).
+
+    torch.save stores every record as it is; torch.load inflates a deflated one whole, so a forged
+    file of 260 KB read as a 256 MB tensor (one record; ten such, 2.5 GB) before any key was checked.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            return next((i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED), '')
+    except (zipfile.BadZipFile, OSError):  # no zip, or a damaged one: torch.load says what is wrong
+        return ''

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from shared.config import ConfigError
-from shared.files import atomic_save
+from shared.files import atomic_save, compressed_record
 from train.models.base import RetrievalModel
 from train.models.layers import PerExpertRows
 
@@ -65,7 +65,7 @@ def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 
     advice = advice or _advice(path)
     if path.exists() and not path.is_file():  # a device or a FIFO (a link to one): torch.load reads it for ever
         raise CheckpointError(f'{what} {path} is not a regular file. {advice}')
-    packed = _compressed_record(path)
+    packed = compressed_record(path)
     if packed:
         raise CheckpointError(f'{what} {path} holds a compressed record ({packed}), which torch.save never writes: '
                               'it was not saved by torch (a 1000-fold inflation of a few MB can fill the memory). '
@@ -94,19 +94,6 @@ def _read(path: Path, map_location: Any, advice: str | None = None, what: str = 
         raise CheckpointError(f'{path} is not a checkpoint of this project (its weight {str(odd)[:80]!r} is a '
                               f'{type(weights[odd]).__name__}, not a tensor). {advice}')
     return state
-
-
-def _compressed_record(path: Path) -> str:
-    """The name of a compressed record of a zip checkpoint, or '' (none, or no zip: torch's legacy format).
-
-    torch.save stores every record as it is; torch.load inflates a deflated one whole, so a forged
-    file of 260 KB read as a 256 MB tensor (one record; ten such, 2.5 GB) before any key was checked.
-    """
-    try:
-        with zipfile.ZipFile(path) as z:
-            return next((i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED), '')
-    except (zipfile.BadZipFile, OSError):  # no zip, or a damaged one: torch.load says what is wrong
-        return ''
 
 
 def _advice(path: Path) -> str:

@@ -23,7 +23,8 @@ from extract.experts._base import ExpertCfg, VideoExpert, VideoInput
 from extract.experts._whisper import BatchOptions, transcribe_batch
 from extract.experts.audio import check_downmix
 from extract.experts._words import word_vectors_for, words_result
-from extract.weights import ResolvedWeights, WeightsError, offline, resolve_weights, sha256_file, weights_dir
+from extract.weights import (ResolvedWeights, WeightsError, offline, resolve_weights, sha256_file, torch_file,
+                             weights_dir)
 from shared.store import VideoResult
 
 __all__ = ['SpeechExpert', 'SpeechCfg', 'default_cfgs', 'TINY_DIMS', 'random_whisper']
@@ -183,7 +184,7 @@ class SpeechExpert(VideoExpert):
             model = random_whisper({**TINY_DIMS, **shape, **layers}, seed=0)
         else:
             assert weights.path is not None
-            ckpt = torch.load(str(weights.path), map_location='cpu', weights_only=True)
+            ckpt = torch_file(weights.path)
             try:
                 model = Whisper(ModelDimensions(**ckpt['dims']))
                 model.load_state_dict(ckpt['model_state_dict'])

@@ -874,3 +874,25 @@ def test_no_expert_named_is_one_line(spec: str, tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert code == 1 and 'no expert named in' in err and 'Traceback' not in err
     assert not (tmp_path / 'f').exists()
+
+
+def test_a_weights_file_with_a_compressed_record_is_refused_unread(tmp_path: Path) -> None:
+    """torch.load inflates a deflated zip record whole (4 MB of zeros from a 20 KB file): a weights
+    file that torch.save did not write so is refused before it is read, for every expert's loader
+    (load_state_dict; whisper's checkpoint through torch_file)."""
+    import zipfile
+
+    import torch
+
+    from extract.weights import WeightsError, load_state_dict, torch_file
+
+    saved, forged = tmp_path / 'saved.pth', tmp_path / 'forged.pth'
+    torch.save({'state_dict': {'module.w': torch.zeros(1 << 20)}}, saved)
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(forged, 'w') as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+    assert forged.stat().st_size < 20_000
+    assert load_state_dict(saved)['w'].shape == (1 << 20,)
+    for load in (load_state_dict, torch_file):
+        with pytest.raises(WeightsError, match=r'forged.pth holds a compressed record \(.*\), which torch.save never'):
+            load(forged)
