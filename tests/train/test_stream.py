@@ -30,9 +30,10 @@ WORDS = ['red', 'green', 'blue', 'cat', 'dog', 'car', 'runs', 'sits', 'jumps', '
 
 
 def write_dataset(root: Path, videos: int, experts: dict[str, int], rows: int, chunk: int,
-                  seed: int = 0) -> tuple[Path, Path]:
+                  seed: int = 0, sort_splits: bool = True) -> tuple[Path, Path]:
     """A demo-format manifest of `videos` captioned videos (80/10/10 train/val/test) and one store per
-    expert with random features (lengths 0..rows: some videos unavailable), written with shared.store."""
+    expert with random features (lengths 0..rows: some videos unavailable), written with shared.store.
+    Each split lists its videos in store order, or in random order where not `sort_splits`."""
     rng = np.random.default_rng(seed)
     ids = [f'v{i:05d}' for i in range(videos)]
     data = root / 'data' / 'demo'
@@ -40,8 +41,9 @@ def write_dataset(root: Path, videos: int, experts: dict[str, int], rows: int, c
     caps = {v: [' '.join(rng.choice(WORDS, 5)) for _ in range(2)] for v in ids}
     n_train, n_val = int(videos * 0.8), int(videos * 0.1)
     order = rng.permutation(ids).tolist()
-    splits = {'train': sorted(order[:n_train]), 'val': sorted(order[n_train:n_train + n_val]),
-              'test': sorted(order[n_train + n_val:])}
+    arrange = sorted if sort_splits else list
+    splits = {'train': arrange(order[:n_train]), 'val': arrange(order[n_train:n_train + n_val]),
+              'test': arrange(order[n_train + n_val:])}
     (data / 'demo.json').write_text(json.dumps({'videos': [{'id': v, 'file': f'videos/{v}.mp4', 'captions': caps[v]}
                                                            for v in ids], 'splits': splits}))
     features = root / 'features'
@@ -230,6 +232,27 @@ def test_a_streamed_part_evaluates_a_chunk_at_a_time_to_the_same_metrics(small: 
     for d in m1:
         for k in m1[d]:
             assert m1[d][k] == pytest.approx(m2[d][k], abs=1e-9), (d, k)
+
+
+def test_a_split_listed_out_of_store_order_keeps_each_caption_with_its_video(tmp_path: Path) -> None:
+    """A streamed part holds its videos in store order: each caption still belongs to its own video
+    (a split file lists its videos in any order, as MSR-VTT's do), so the metrics are the in-memory part's."""
+    from train.evaluate import evaluate
+    from train.models import create_model
+
+    data, features = write_dataset(tmp_path / 'ds', 80, SMALL, rows=6, chunk=8, sort_splits=False)
+    cfg = load_run_cfg(mmt_config(tmp_path / 'c.yaml', SMALL, 6), {'train.streaming': 'on', 'train.data_workers': 0})
+    manifest = load_manifest('demo', data)
+    captions = build_caption_encoder(cfg.model.text, cfg.data, data, tmp_path, lambda: ['red cat'])
+    streamed = load_part(manifest, 'official', 'train', features, cfg.model.experts, captions, cfg.train, False)
+    whole = load_split(manifest, 'official', 'train', features, cfg.model.experts, captions, False)
+    assert isinstance(streamed, StreamedPart) and streamed.video_ids != whole.video_ids  # reordered
+    owner = [streamed.video_ids[v] for v in streamed.caption_video]
+    assert owner == [whole.video_ids[v] for v in whole.caption_video]
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    m1, m2 = evaluate(model, streamed, torch.device('cpu')), evaluate(model, whole, torch.device('cpu'))
+    assert m1.keys() == m2.keys() and all(m1[d] == pytest.approx(m2[d]) for d in m1)
 
 
 def test_a_budget_smaller_than_one_chunk_is_one_line(small: tuple[Path, Path], tmp_path: Path,
