@@ -480,6 +480,20 @@ def test_a_sampled_part_has_no_cache_and_a_full_disk_none(small: tuple[Path, Pat
     assert kept is not None and 'cached in' in said
 
 
+def test_the_cache_leaves_a_tenth_of_a_large_free_space(tmp_path: Path) -> None:
+    """On a file system with much free space, the cache leaves a tenth of it free, not only `KEEP_FREE`
+    (the run's checkpoints and other jobs' files need room too)."""
+    from train.stream_cache import KEEP_FREE, open_cache
+
+    free = shutil.disk_usage(tmp_path).free
+    if free < 40 * KEEP_FREE:
+        pytest.skip(f'{free} bytes free: a tenth is not far above KEEP_FREE here')
+    kept, said = open_cache(tmp_path / 'c.bin', free - free // 20)  # would leave a twentieth free
+    assert kept is None and 'no feature cache' in said
+    kept, said = open_cache(tmp_path / 'c.bin', free // 2)
+    assert kept is not None and 'cached in' in said
+
+
 def test_the_step_runs_on_the_cpus_the_readers_leave_and_gets_its_threads_back(small: tuple[Path, Path],
                                                                                tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
