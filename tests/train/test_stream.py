@@ -480,6 +480,18 @@ def test_a_sampled_part_has_no_cache_and_a_full_disk_none(small: tuple[Path, Pat
     assert kept is not None and 'cached in' in said
 
 
+@pytest.mark.parametrize('in_flight', [1, 2, 3, 5, 9])
+def test_the_readers_keep_at_most_the_chunks_the_budget_holds(in_flight: int) -> None:
+    """Each reader's prefetched chunks and the one the main process consumes fit in the budget's
+    `in_flight` chunks, however many readers are asked for."""
+    from train.stream import _readers
+
+    for asked in (1, 2, 4, 8):
+        workers, prefetch = _readers(in_flight, asked)
+        assert workers * prefetch + 1 <= in_flight or workers == 0, (asked, workers, prefetch)
+        assert workers == min(asked, in_flight - 1)  # as many as asked where the budget holds them
+
+
 def test_the_cache_leaves_a_tenth_of_a_large_free_space(tmp_path: Path) -> None:
     """On a file system with much free space, the cache leaves a tenth of it free, not only `KEEP_FREE`
     (the run's checkpoints and other jobs' files need room too)."""
