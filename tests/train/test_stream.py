@@ -1,6 +1,7 @@
 """train/stream.py: training and evaluation streamed from stores larger than the memory budget."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -232,6 +233,26 @@ def test_a_streamed_part_evaluates_a_chunk_at_a_time_to_the_same_metrics(small: 
     for d in m1:
         for k in m1[d]:
             assert m1[d][k] == pytest.approx(m2[d][k], abs=1e-9), (d, k)
+
+
+def test_evaluation_scores_the_query_captions_only(small: tuple[Path, Path], tmp_path: Path) -> None:
+    """A split that names its test queries (MSR-VTT 1k-A: one caption of each video) is scored with
+    those captions: the same metrics as a part that holds only them."""
+    from train.captions import CaptionData
+    from train.evaluate import evaluate
+    from train.models import create_model
+
+    cfg, manifest, captions = _parts(small, tmp_path)
+    whole = load_split(manifest, 'official', 'test', small[1], cfg.model.experts, captions)
+    assert len(whole.query) == len(whole.caption_video) == 2 * len(whole)  # two captions a video
+    whole.query = whole.query[1::2]  # each video's second caption
+    only = dataclasses.replace(whole, captions=CaptionData(whole.captions.ids[whole.query],
+                                                            whole.captions.mask[whole.query]),
+                               caption_video=whole.caption_video[whole.query], query=np.arange(len(whole.query)))
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    m1, m2 = evaluate(model, whole, torch.device('cpu')), evaluate(model, only, torch.device('cpu'))
+    assert m1.keys() == m2.keys() and all(m1[d] == pytest.approx(m2[d]) for d in m1)
 
 
 def test_a_split_listed_out_of_store_order_keeps_each_caption_with_its_video(tmp_path: Path) -> None:
