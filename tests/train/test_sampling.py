@@ -287,3 +287,16 @@ def test_a_segment_shorter_than_a_row_keeps_the_rows_it_overlaps() -> None:
     assert out.mask.sum(1).tolist() == [1, 2]  # v0: the row over its 0.3 s; v1: the rows whose middles it holds
     np.testing.assert_array_equal(out.x[0, 0], feats[0, 1])
     np.testing.assert_array_equal(out.x[1, :2], feats[1, 2:])
+
+
+def test_a_window_takes_consecutive_words_in_time_order_whatever_the_captions_order() -> None:
+    """Timed captions listed out of time order (as a subtitle or ASR file may hold them) give windows of
+    words that follow each other in time, over the seconds those words cover."""
+    from train.sampling import Sampler
+
+    texts = ('e f', 'a b', 'c d')  # in time order: 'a b', 'c d', 'e f'
+    times = [(6.0, 8.0), (0.0, 2.0), (3.0, 5.0)]
+    sampler = Sampler('window', {'v': texts}, {'v': times}, 3, 4.0, False)
+    drawn = {sampler.draw('v', key) for key in range(200)}
+    assert {s.text for s in drawn} == {'a b c', 'b c d', 'c d e', 'd e f'}
+    assert {(s.text, s.start, s.end) for s in drawn} >= {('a b c', 0.0, 5.0), ('d e f', 3.0, 8.0)}
