@@ -44,6 +44,8 @@ def test_clips_are_consecutive_and_clamped_at_the_ends() -> None:
     assert idx[0, 0] == 4 and idx[-1, -1] == 69  # 16 frames around frames 12 and 62
     short, _ = plan_rows(_times(5), Sampling('clips', fps=1.0, clip_len=8))
     assert short.tolist() == [[0, 1, 2, 3, 4, 4, 4, 4]]  # a clip longer than the video repeats its end
+    end, _ = plan_rows(_times(70), Sampling('clips', fps=1.0, clip_len=16))  # frame 62 is 8 from the end
+    assert end[-1].tolist() == list(range(54, 70))  # moved back inside the video, ending at its last frame
     np.testing.assert_allclose(stamps[0], [4 / 25, 20 / 25], atol=1e-6)
 
 

@@ -179,6 +179,31 @@ def test_shards_finishing_together_swap_once(tmp_path: Path) -> None:
     assert check_store(path).exit_code == 0 and leftovers(path) == []
 
 
+def test_a_swap_syncs_its_renames_to_disk_before_the_old_store_goes(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two renames of a swap are synced (the folder that holds the store) while the old store is still
+    aside: a power cut after its removal must not find the renames undone (the store gone, or the old one
+    back without its files). The real fsync runs; the test only sees which folder it was given."""
+    import os
+
+    path = tmp_path / 'toy.zarr'
+    _toy(path)
+    new = create_replacement(path, W.video_ids(8), W.spec(2))
+    for c in range(new.n_chunks):
+        new.write_chunk(c, pack_chunk([W.result_for(r) for r in new.chunk_rows(c)], W.MAX_ROWS, W.DIM, True))
+    real, synced = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        where = Path(os.readlink(f'/proc/self/fd/{fd}'))
+        if where == tmp_path:  # the folder of the renames: the new store in place, the old one kept aside
+            synced.append((open_store(path).chunk_size, len(leftovers(path))))
+        real(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+    assert swap_in(new).chunk_size == 2
+    assert (2, 1) in synced and leftovers(path) == []
+
+
 
 def test_a_feature_dim_a_per_video_expert_does_not_give_leaves_no_store(small_demo: Path, tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture) -> None:

@@ -1,6 +1,8 @@
 """Model properties that the evaluation protocol relies on (DESIGN.md, "Missing experts")."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -203,6 +205,12 @@ def test_losses_on_an_asymmetric_matrix() -> None:
     assert hard_negative_triplet(s, m).item() == pytest.approx((sum(hard_t2v) + sum(hard_v2t)) / n)
     # the support-set configs' reduction, Faghri et al.'s: the sum over the batch's queries
     assert hard_negative_triplet_sum(s, m).item() == pytest.approx(sum(hard_t2v) + sum(hard_v2t))
+    # symmetric InfoNCE: each text against all videos, and each video against all texts
+    tau = 0.1
+    t2v_nce = [-math.log(math.exp(s[i, i] / tau) / sum(math.exp(s[i, j] / tau) for j in range(n))) for i in range(n)]
+    v2t_nce = [-math.log(math.exp(s[i, i] / tau) / sum(math.exp(s[j, i] / tau) for j in range(n))) for i in range(n)]
+    assert sum(t2v_nce) != pytest.approx(sum(v2t_nce))
+    assert info_nce(s, tau).item() == pytest.approx((sum(t2v_nce) + sum(v2t_nce)) / (2 * n), rel=1e-5)
 
 
 def test_collaborative_gating_ignores_a_missing_experts_features() -> None:

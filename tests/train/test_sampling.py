@@ -276,3 +276,37 @@ def test_every_window_and_segment_can_be_drawn_and_each_video_draws_its_own() ->
     segment = Sampler('segment', {v: texts for v in ids}, {v: times for v in ids}, 3, 4.0, False)
     assert len({segment.draw(v, 7).text for v in ids}) == 3
     assert segment.draw('v5', 7).start in (0.0, 3.0, 6.0)
+
+
+def test_a_segment_shorter_than_a_row_keeps_the_rows_it_overlaps() -> None:
+    """A timed caption that holds no row's middle (0.3 s of ASR over features of 2-second clips)
+    keeps the rows it overlaps: the video stays available, with the seconds around its words."""
+    from shared.store import ExpertRows
+    from train.models.config import ExpertSpec
+    from train.sampling import Sampler
+
+    segments = {'v0': ((2.6, 2.9),), 'v1': ((4.0, 7.5),)}
+    sampler = Sampler('segment', {v: ('cut the onion',) for v in segments}, segments, 10, 30.0, False)
+    start = np.arange(0.0, 8.0, 2.0, dtype=np.float32)  # rows [0, 2), [2, 4), [4, 6), [6, 8)
+    times = np.stack([start, start + 2.0], -1)[None].repeat(2, 0)
+    feats = np.arange(2 * 4 * 3, dtype=np.float16).reshape(2, 4, 3)
+    rows = ExpertRows(np.array(['v0', 'v1'], object), feats, times, np.array([4, 4], np.int32), np.ones(2, bool),
+                      np.ones(2, np.int8), np.full(2, '', object), None)
+    out = sampler.aggregate(ExpertSpec('e', 3, 'tokens', max_tokens=4), rows, key=0)
+    assert out.available.tolist() == [True, True]
+    assert out.mask.sum(1).tolist() == [1, 2]  # v0: the row over its 0.3 s; v1: the rows whose middles it holds
+    np.testing.assert_array_equal(out.x[0, 0], feats[0, 1])
+    np.testing.assert_array_equal(out.x[1, :2], feats[1, 2:])
+
+
+def test_a_window_takes_consecutive_words_in_time_order_whatever_the_captions_order() -> None:
+    """Timed captions listed out of time order (as a subtitle or ASR file may hold them) give windows of
+    words that follow each other in time, over the seconds those words cover."""
+    from train.sampling import Sampler
+
+    texts = ('e f', 'a b', 'c d')  # in time order: 'a b', 'c d', 'e f'
+    times = [(6.0, 8.0), (0.0, 2.0), (3.0, 5.0)]
+    sampler = Sampler('window', {'v': texts}, {'v': times}, 3, 4.0, False)
+    drawn = {sampler.draw('v', key) for key in range(200)}
+    assert {s.text for s in drawn} == {'a b c', 'b c d', 'c d e', 'd e f'}
+    assert {(s.text, s.start, s.end) for s in drawn} >= {('a b c', 0.0, 5.0), ('d e f', 3.0, 8.0)}

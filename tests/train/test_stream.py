@@ -1,6 +1,7 @@
 """train/stream.py: training and evaluation streamed from stores larger than the memory budget."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -30,9 +31,10 @@ WORDS = ['red', 'green', 'blue', 'cat', 'dog', 'car', 'runs', 'sits', 'jumps', '
 
 
 def write_dataset(root: Path, videos: int, experts: dict[str, int], rows: int, chunk: int,
-                  seed: int = 0) -> tuple[Path, Path]:
+                  seed: int = 0, sort_splits: bool = True) -> tuple[Path, Path]:
     """A demo-format manifest of `videos` captioned videos (80/10/10 train/val/test) and one store per
-    expert with random features (lengths 0..rows: some videos unavailable), written with shared.store."""
+    expert with random features (lengths 0..rows: some videos unavailable), written with shared.store.
+    Each split lists its videos in store order, or in random order where not `sort_splits`."""
     rng = np.random.default_rng(seed)
     ids = [f'v{i:05d}' for i in range(videos)]
     data = root / 'data' / 'demo'
@@ -40,8 +42,9 @@ def write_dataset(root: Path, videos: int, experts: dict[str, int], rows: int, c
     caps = {v: [' '.join(rng.choice(WORDS, 5)) for _ in range(2)] for v in ids}
     n_train, n_val = int(videos * 0.8), int(videos * 0.1)
     order = rng.permutation(ids).tolist()
-    splits = {'train': sorted(order[:n_train]), 'val': sorted(order[n_train:n_train + n_val]),
-              'test': sorted(order[n_train + n_val:])}
+    arrange = sorted if sort_splits else list
+    splits = {'train': arrange(order[:n_train]), 'val': arrange(order[n_train:n_train + n_val]),
+              'test': arrange(order[n_train + n_val:])}
     (data / 'demo.json').write_text(json.dumps({'videos': [{'id': v, 'file': f'videos/{v}.mp4', 'captions': caps[v]}
                                                            for v in ids], 'splits': splits}))
     features = root / 'features'
@@ -246,6 +249,47 @@ def test_a_streamed_part_evaluates_a_chunk_at_a_time_to_the_same_metrics(small: 
     for d in m1:
         for k in m1[d]:
             assert m1[d][k] == pytest.approx(m2[d][k], abs=1e-9), (d, k)
+
+
+def test_evaluation_scores_the_query_captions_only(small: tuple[Path, Path], tmp_path: Path) -> None:
+    """A split that names its test queries (MSR-VTT 1k-A: one caption of each video) is scored with
+    those captions: the same metrics as a part that holds only them."""
+    from train.captions import CaptionData
+    from train.evaluate import evaluate
+    from train.models import create_model
+
+    cfg, manifest, captions = _parts(small, tmp_path)
+    whole = load_split(manifest, 'official', 'test', small[1], cfg.model.experts, captions)
+    assert len(whole.query) == len(whole.caption_video) == 2 * len(whole)  # two captions a video
+    whole.query = whole.query[1::2]  # each video's second caption
+    only = dataclasses.replace(whole, captions=CaptionData(whole.captions.ids[whole.query],
+                                                            whole.captions.mask[whole.query]),
+                               caption_video=whole.caption_video[whole.query], query=np.arange(len(whole.query)))
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    m1, m2 = evaluate(model, whole, torch.device('cpu')), evaluate(model, only, torch.device('cpu'))
+    assert m1.keys() == m2.keys() and all(m1[d] == pytest.approx(m2[d]) for d in m1)
+
+
+def test_a_split_listed_out_of_store_order_keeps_each_caption_with_its_video(tmp_path: Path) -> None:
+    """A streamed part holds its videos in store order: each caption still belongs to its own video
+    (a split file lists its videos in any order, as MSR-VTT's do), so the metrics are the in-memory part's."""
+    from train.evaluate import evaluate
+    from train.models import create_model
+
+    data, features = write_dataset(tmp_path / 'ds', 80, SMALL, rows=6, chunk=8, sort_splits=False)
+    cfg = load_run_cfg(mmt_config(tmp_path / 'c.yaml', SMALL, 6), {'train.streaming': 'on', 'train.data_workers': 0})
+    manifest = load_manifest('demo', data)
+    captions = build_caption_encoder(cfg.model.text, cfg.data, data, tmp_path, lambda: ['red cat'])
+    streamed = load_part(manifest, 'official', 'train', features, cfg.model.experts, captions, cfg.train, False)
+    whole = load_split(manifest, 'official', 'train', features, cfg.model.experts, captions, False)
+    assert isinstance(streamed, StreamedPart) and streamed.video_ids != whole.video_ids  # reordered
+    owner = [streamed.video_ids[v] for v in streamed.caption_video]
+    assert owner == [whole.video_ids[v] for v in whole.caption_video]
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    m1, m2 = evaluate(model, streamed, torch.device('cpu')), evaluate(model, whole, torch.device('cpu'))
+    assert m1.keys() == m2.keys() and all(m1[d] == pytest.approx(m2[d]) for d in m1)
 
 
 def test_a_budget_smaller_than_one_chunk_is_one_line(small: tuple[Path, Path], tmp_path: Path,
@@ -470,6 +514,32 @@ def test_a_sampled_part_has_no_cache_and_a_full_disk_none(small: tuple[Path, Pat
     kept, said = open_cache(tmp_path / 'c.bin', 1 << 62)
     assert kept is None and 'no feature cache' in said and not (tmp_path / 'c.bin').exists()
     kept, said = open_cache(tmp_path / 'c.bin', 1000)
+    assert kept is not None and 'cached in' in said
+
+
+@pytest.mark.parametrize('in_flight', [1, 2, 3, 5, 9])
+def test_the_readers_keep_at_most_the_chunks_the_budget_holds(in_flight: int) -> None:
+    """Each reader's prefetched chunks and the one the main process consumes fit in the budget's
+    `in_flight` chunks, however many readers are asked for."""
+    from train.stream import _readers
+
+    for asked in (1, 2, 4, 8):
+        workers, prefetch = _readers(in_flight, asked)
+        assert workers * prefetch + 1 <= in_flight or workers == 0, (asked, workers, prefetch)
+        assert workers == min(asked, in_flight - 1)  # as many as asked where the budget holds them
+
+
+def test_the_cache_leaves_a_tenth_of_a_large_free_space(tmp_path: Path) -> None:
+    """On a file system with much free space, the cache leaves a tenth of it free, not only `KEEP_FREE`
+    (the run's checkpoints and other jobs' files need room too)."""
+    from train.stream_cache import KEEP_FREE, open_cache
+
+    free = shutil.disk_usage(tmp_path).free
+    if free < 40 * KEEP_FREE:
+        pytest.skip(f'{free} bytes free: a tenth is not far above KEEP_FREE here')
+    kept, said = open_cache(tmp_path / 'c.bin', free - free // 20)  # would leave a twentieth free
+    assert kept is None and 'no feature cache' in said
+    kept, said = open_cache(tmp_path / 'c.bin', free // 2)
     assert kept is not None and 'cached in' in said
 
 
