@@ -34,7 +34,8 @@ from extract.presets import dataset_settings
 from extract.run import exit_cli, main as extract_main
 from shared.config import ConfigError, data_root_default, features_root_default, to_dict
 from shared.datasets import load_manifest
-from shared.datasets.demo import IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images
+from shared.datasets.demo import (IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images,
+                                  split_sizes)
 from shared.device import pick_device
 from shared.files import atomic_write_text
 from shared.store import open_store, store_path
@@ -188,16 +189,40 @@ def _curves(runs: dict[str, Path], out: Path) -> None:
     plt.close(fig)
 
 
+def _demo_batch() -> int:
+    """The largest training batch of the demo's configs (every one of them must fill it from the demo's videos)."""
+    return max(load_run_cfg(path).train.batch_size
+               for path in (*(config_path(m, 'demo', None) for m in MODELS), IMAGES_CONFIG))
+
+
+def min_videos(cfg: DemoCfg) -> int:
+    """The fewest demo videos whose training part fills the demo configs' batch."""
+    batch, videos = _demo_batch(), 3
+    while split_sizes(videos, cfg.split)[0] < batch:
+        videos += 1
+    return videos
+
+
 def main(argv: list[str] | None = None) -> int:
     d = DemoCfg()
     parser = argparse.ArgumentParser(prog='python -m pipelines.demo', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data-root', type=Path, default=data_root_default())
-    parser.add_argument('--features-root', type=Path, default=features_root_default())
+    parser.add_argument('--data-root', type=Path, default=data_root_default(),
+                        help='where the demo videos and stills are generated (DATA_ROOT/demo, DATA_ROOT/demo_images; '
+                             'default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+    parser.add_argument('--features-root', type=Path, default=features_root_default(),
+                        help='where the expert stores go (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
     parser.add_argument('--runs', type=Path, default=Path('runs/demo'), help='run directories (default: runs/demo)')
     parser.add_argument('--report', type=Path, default=Path('reports/demo'), help='report directory (default: reports/demo)')
-    parser.add_argument('--videos', type=int, default=d.videos)
-    parser.add_argument('--seed', type=int, default=d.seed)
+    parser.add_argument('--videos', type=int, default=d.videos,
+                        help=f'demo videos to generate (default: {d.videos}; at least {min_videos(d)}, for the '
+                             'configs\' training batch; another count makes a new dataset, replacing its stores and runs)')
+    parser.add_argument('--seed', type=int, default=d.seed, help=f'seed of the generated data (default: {d.seed})')
     args = parser.parse_args(argv)
+    least = min_videos(d)
+    if args.videos < least:  # before anything is generated: the trainings would stop at their first batch
+        parser.error(f'--videos {args.videos} gives {split_sizes(args.videos, d.split)[0]} training videos, fewer '
+                     f'than the demo configs\' batch of {_demo_batch()}: give --videos {least} or more '
+                     f'(make demo VIDEOS={least})')
     t0 = time.time()
     images_run = args.runs / 'mee_images'
     # the stills' OCR reads the demo's word2vec: new videos make their stores stale too

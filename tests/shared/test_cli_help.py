@@ -39,7 +39,7 @@ def _options_without_help(build: object, monkeypatch: pytest.MonkeyPatch) -> lis
 
 
 @pytest.mark.parametrize('module', ['pipelines.extract_cluster', 'pipelines.reproduce', 'pipelines.serve', 'train.index',
-                                    'train.bench_search', 'pipelines.demo_pretrain'])
+                                    'train.bench_search', 'pipelines.demo_pretrain', 'pipelines.demo'])
 def test_every_option_has_help(module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import importlib
 

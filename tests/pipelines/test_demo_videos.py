@@ -1,0 +1,35 @@
+"""`make demo VIDEOS=N` with too few videos to fill the demo configs' training batch stops in one line,
+before anything is generated, naming the count that works (not after extraction, in the first training)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.demo import main, min_videos
+from shared.datasets.demo import DemoCfg, split_sizes
+from train.config import load_run_cfg
+from train.main import config_path
+
+
+@pytest.mark.parametrize('videos', [2, 12, 39])
+def test_too_few_videos_stop_before_anything_is_made(videos: int, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    roots = ['--data-root', str(tmp_path / 'data'), '--features-root', str(tmp_path / 'features'),
+             '--runs', str(tmp_path / 'runs'), '--report', str(tmp_path / 'report')]
+    with pytest.raises(SystemExit) as stop:
+        main(['--videos', str(videos), *roots])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    assert f'--videos {videos} gives {split_sizes(videos, DemoCfg().split)[0]} training videos' in err
+    assert 'VIDEOS=40' in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_least_count_fills_every_demo_batch() -> None:
+    batch = load_run_cfg(config_path('mee', 'demo', None)).train.batch_size
+    least = min_videos(DemoCfg())
+    assert split_sizes(least, DemoCfg().split)[0] >= batch > split_sizes(least - 1, DemoCfg().split)[0]
+    assert split_sizes(120, DemoCfg().split) == (72, 24, 24)  # README: make demo tests on 24 videos
+    assert split_sizes(12, DemoCfg().split) == (7, 2, 3)  # what generate wrote for VIDEOS=12
