@@ -24,7 +24,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -276,10 +276,12 @@ class _VideoWorker:
         self._put((row, inputs))
         self.blocked += time.perf_counter() - t0
 
-    def collect(self, rows: Collection[int], drop_others: bool = False) -> dict[int, VideoResult]:
+    def collect(self, rows: Collection[int], drop_others: bool = False,
+                tick: Callable[[], None] | None = None) -> dict[int, VideoResult]:
         """The results of `rows` (all submitted before), once processed. With `drop_others` (an
         interrupted run), the videos submitted after them (the unfinished chunk, redone by a rerun)
-        are dropped unprocessed, unless a batch has already taken them: the run does not wait for them."""
+        are dropped unprocessed, unless a batch has already taken them: the run does not wait for them.
+        `tick` is called every half second of the wait (the progress bar's clock)."""
         import threading
 
         if drop_others:
@@ -288,6 +290,8 @@ class _VideoWorker:
         self._put(flushed)
         while not flushed.wait(0.5):
             self._raise()
+            if tick is not None:
+                tick()
         self._raise()
         return {r: self.results.pop(r) for r in rows if r in self.results}
 
@@ -611,7 +615,10 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         for e in chunk.active:
             redo = chunk.redo[e.name]
             if e.name in video_workers:
-                got = video_workers[e.name].collect(redo, drop_others=interrupted)
+                # the bar counts videos fed to the experts: the per-video experts may still work on a chunk
+                # after the last one is fed (minutes of whisper on a CPU), which the bar says meanwhile
+                bar.set_postfix_str(f'failed={failures}, waiting for {e.name}', refresh=True)
+                got = video_workers[e.name].collect(redo, drop_others=interrupted, tick=bar.refresh)
                 _check_width(e, got.values())
                 chunk.results[e.name].update(got)
             feats = batchers[e.name].collect(chunk.rows)
@@ -629,6 +636,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         for name, arrays in packed.items():
             writes.append(writer.submit(stores[name].write_chunk, chunk.index, arrays))
         chunk.written = True
+        bar.set_postfix(failed=failures, refresh=False)  # waiting no more
 
     fed: _Chunk | None = None  # fed to the experts, its last batches possibly still on the GPU
     try:
