@@ -944,15 +944,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sampling_words(expert: Any) -> str:
+    """What an expert's rows are, for `--list`: frames or clips at their rate, audio examples of their
+    length, or (speech) the words heard in the whole audio."""
+    cfg = expert.cfg
+    if cfg.sampling == 'audio':
+        return 'whole audio: words' if expert.has_tokens else f'audio: {1 / cfg.fps:g}-s examples'
+    if cfg.sampling == 'clips':
+        return f'{cfg.clip_len}-frame clips @ {cfg.fps:g}/s'
+    return f'frames @ {cfg.fps:g}/s'
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     argv = sys.argv[1:] if argv is None else argv
     if '--list' in argv:
         from extract.experts import create_expert, expert_names
 
-        for n in expert_names():
-            cfg = create_expert(n).cfg
-            print(f'{n:<26} {cfg.arch:<26} D={cfg.feature_dim:<5} {cfg.sampling} @ {cfg.fps:g}/s  weights {cfg.weights}')
+        experts = [create_expert(n) for n in expert_names()]
+        rows = [(e.name, e.cfg.arch, f'D={e.cfg.feature_dim}', _sampling_words(e), f'weights {e.cfg.weights}')
+                for e in experts]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]  # columns as wide as their longest entry
+        for row in rows:
+            print('  '.join(f'{v:<{w}}' for v, w in zip(row, widths)) + '  ' + row[4])
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
