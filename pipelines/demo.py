@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from train.main import main as train_main
 from train.metrics import format_results
 
 __all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'stale_run', 'set_aside_stale', 'MODELS', 'QUERIES',
-           'WITH_IMAGES', 'IMAGES_CONFIG', 'text_encoders']
+           'WITH_IMAGES', 'IMAGES_CONFIG', 'text_encoders', 'serve_hint', 'min_videos']
 
 MODELS = ('mee', 'ce', 'mmt', 'ssb')
 #: the table's row of MEE trained on the demo videos and the demo's still images, and its config
@@ -187,6 +188,17 @@ def _curves(runs: dict[str, Path], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def serve_hint(run: Path, index: Path, data_root: Path) -> str:
+    """The demo's last line: `make serve` with the roots this demo used where they are not make's
+    defaults (a `make demo DATA_ROOT=...` is served from that root), and the command it runs."""
+    from train.index import serve_command
+
+    given = ([f'DATA_ROOT={data_root}'] if data_root != data_root_default() else []) + (
+        [f'RUN={run}'] if run != Path('runs/demo/ce/seed0') else [])
+    return (f'search the demo in the browser: {shlex.join(["make", "serve", *given])} '
+            f'({serve_command(run, index, data_root)}), then open http://127.0.0.1:8000/')
 
 
 def _demo_batch() -> int:
@@ -336,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     print(f'demo finished in {time.time() - t0:.0f} s')
-    print(f'search the demo in the browser: make serve (python -m pipelines.serve --run {runs["ce"]} --index {index} '
-          f'--data-root {args.data_root}), then open http://127.0.0.1:8000/')
+    print(serve_hint(runs['ce'], index, args.data_root))
     return 0
 
 

@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m pipelines.serve', description=__doc__.split('\n\n')[0])
     p.add_argument('--run', type=Path, required=True, help='the run whose model made the index')
     p.add_argument('--index', type=Path, required=True, help='what python -m train.index wrote (its --out)')
-    p.add_argument('--data-root', type=Path, default=data_root_default(), help='for the run\'s word vectors')
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help='dataset folders: the run\'s word vectors and the videos played (default: '
+                        '$VIDEOEXPERTS_DATA_ROOT, else data)')
     p.add_argument('--host', default=d.host, help=f'address to listen on (default: {d.host})')
     p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
     args = p.parse_args(argv)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.demo import main, min_videos
+from pipelines.demo import main, min_videos, serve_hint
+from shared.config import data_root_default
 from shared.datasets.demo import DemoCfg, split_sizes
 from train.config import load_run_cfg
 from train.main import config_path
@@ -33,3 +34,12 @@ def test_the_least_count_fills_every_demo_batch() -> None:
     assert split_sizes(least, DemoCfg().split)[0] >= batch > split_sizes(least - 1, DemoCfg().split)[0]
     assert split_sizes(120, DemoCfg().split) == (72, 24, 24)  # README: make demo tests on 24 videos
     assert split_sizes(12, DemoCfg().split) == (7, 2, 3)  # what generate wrote for VIDEOS=12
+
+
+def test_the_last_line_serves_from_the_roots_the_demo_used(tmp_path: Path) -> None:
+    run, index = Path('runs/demo/ce/seed0'), Path('runs/demo/ce/seed0/index/demo')
+    hint = serve_hint(run, index, tmp_path / 'data')
+    assert f'make serve DATA_ROOT={tmp_path / "data"} (' in hint  # plain `make serve` read ./data
+    assert f'--data-root {tmp_path / "data"}' in hint
+    assert 'make serve (' in serve_hint(run, index, data_root_default())
+    assert 'make serve RUN=elsewhere/ce/seed0 (' in serve_hint(Path('elsewhere/ce/seed0'), index, data_root_default())
