@@ -48,7 +48,7 @@ from train.main import main as train_main
 from train.metrics import format_results
 
 __all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'stale_run', 'set_aside_stale', 'MODELS', 'QUERIES',
-           'WITH_IMAGES', 'IMAGES_CONFIG', 'text_encoders', 'serve_hint', 'min_videos']
+           'WITH_IMAGES', 'IMAGES_CONFIG', 'text_encoders', 'serve_hint', 'min_videos', 'chance_note']
 
 MODELS = ('mee', 'ce', 'mmt', 'ssb')
 #: the table's row of MEE trained on the demo videos and the demo's still images, and its config
@@ -190,6 +190,13 @@ def _curves(runs: dict[str, Path], out: Path) -> None:
     plt.close(fig)
 
 
+def chance_note(videos: int, captions: int) -> str:
+    """What the table's numbers are to be read against: the test part's size and chance t2v R@1
+    (one relevant video among `videos`), which `--videos` changes."""
+    return (f'Tested on {videos} videos and {captions} captions: chance t2v R@1 is {100 / videos:.1f}, '
+            f'R@5 {min(100.0, 500 / videos):.1f}.')
+
+
 def serve_hint(run: Path, index: Path, data_root: Path) -> str:
     """The demo's last line: `make serve` with the roots this demo used where they are not make's
     defaults (a `make demo DATA_ROOT=...` is served from that root), and the command it runs."""
@@ -285,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     print('[4/5 evaluate] demo test split (random-weight experts: the numbers show the pipeline works, '
           'not what the papers\' experts achieve)')
     table = format_results(results, keys=('R1', 'R5', 'R10', 'MdR'))
+    test = manifest.splits['official'].test
+    table += '\n\n' + chance_note(len(test), sum(len(manifest.captions[v]) for v in test))
     print(table)
     print(f'[4/5 evaluate] {WITH_IMAGES} on the test part of its still images (10 stills: the numbers are coarse)')
     stills = {f'{WITH_IMAGES}, {name}': [m] for name, m in

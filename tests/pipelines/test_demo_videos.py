@@ -43,3 +43,12 @@ def test_the_last_line_serves_from_the_roots_the_demo_used(tmp_path: Path) -> No
     assert f'--data-root {tmp_path / "data"}' in hint
     assert 'make serve (' in serve_hint(run, index, data_root_default())
     assert 'make serve RUN=elsewhere/ce/seed0 (' in serve_hint(Path('elsewhere/ce/seed0'), index, data_root_default())
+
+
+def test_the_table_says_what_chance_is_for_its_test_part() -> None:
+    """README: 24 test videos, chance t2v R@1 4.2; a `VIDEOS=40` demo tests on 8, where chance is 12.5 and R@5
+    is 62.5: the report now says so beside the table."""
+    from pipelines.demo import chance_note
+
+    assert chance_note(24, 120) == 'Tested on 24 videos and 120 captions: chance t2v R@1 is 4.2, R@5 20.8.'
+    assert chance_note(4, 20).endswith('chance t2v R@1 is 25.0, R@5 100.0.')
