@@ -522,7 +522,10 @@ def build_experts(opts: RunOptions) -> list[Any]:
     """The run's experts, configured (settings, presets, weights) but not loaded."""
     from extract.experts import create_expert, resolve_expert_names
 
-    return [create_expert(n, **_settings_for(n, opts)) for n in resolve_expert_names(','.join(opts.experts))]
+    # `all` resolved first: each expert's settings are looked up among the run's experts by name (a Dask
+    # driver builds them from the options as given, `make extract-cluster`'s default EXPERT=all)
+    opts = dataclasses.replace(opts, experts=resolve_expert_names(','.join(opts.experts)))
+    return [create_expert(n, **_settings_for(n, opts)) for n in opts.experts]
 
 
 def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, float] | None = None,
