@@ -1,4 +1,4 @@
-"""Search a collection in the browser (issue 25 item 3): a FastAPI service over `train.index`'s index.
+"""Search a collection in the browser: a FastAPI service over `train.index`'s index.
 
     python -m pipelines.serve --run runs/demo/ce/seed0 --index runs/demo/ce/seed0/index/demo
     make serve

@@ -1,4 +1,4 @@
-"""Embedding a whole collection for search (issue 25): every video of a dataset, not one split.
+"""Embedding a whole collection for search: every video of a dataset, not one split.
 
     python -m train.index --run runs/ce-demo-official --dataset demo [--shard I --num-shards N]
 

@@ -48,6 +48,8 @@ def test_every_option_has_help(module: str, monkeypatch: pytest.MonkeyPatch, cap
     import importlib
 
     assert _options_without_help(importlib.import_module(module).main, monkeypatch) == []
+    # the description is the module's first paragraph: no tracker numbers a user cannot look up ('issue 25 item 4')
+    assert not re.search(r'\bissue\s+\d', capsys.readouterr().out)
 
 
 def test_check_of_a_dataset_without_stores_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
