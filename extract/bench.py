@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--dataset', default='demo', help='registered dataset or folder:PATH (default: demo)')
-    p.add_argument('--data-root', type=Path, default=data_root_default())
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help='dataset folders (default: $VIDEOEXPERTS_DATA_ROOT, else data)')
     p.add_argument('--experts', default='object,scene', help='comma list or all (default: object,scene)')
     p.add_argument('--limit', type=int, default=64, help='videos to use (default: 64)')
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
@@ -157,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                    help='decode processes (decord, default: the CPUs this job may use - 1, at most 16) or '
                         'threads (nvdec, default 4)')
     p.add_argument('--weights', default='random', help='weights for every expert (default: random)')
-    p.add_argument('--batch-size', type=int, default=None)
-    p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE')
+    p.add_argument('--batch-size', type=int, default=None, help='rows per forward pass (default: per expert)')
+    p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
+                   help='an expert setting, as python -m extract takes it; EXPERT.KEY=VALUE for one')
     p.add_argument('--decode-only', action='store_true',
                    help='measure decoding alone (no models): to compare decoders and resolutions')
     p.add_argument('--host-only', action='store_true',

@@ -24,7 +24,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -276,10 +276,12 @@ class _VideoWorker:
         self._put((row, inputs))
         self.blocked += time.perf_counter() - t0
 
-    def collect(self, rows: Collection[int], drop_others: bool = False) -> dict[int, VideoResult]:
+    def collect(self, rows: Collection[int], drop_others: bool = False,
+                tick: Callable[[], None] | None = None) -> dict[int, VideoResult]:
         """The results of `rows` (all submitted before), once processed. With `drop_others` (an
         interrupted run), the videos submitted after them (the unfinished chunk, redone by a rerun)
-        are dropped unprocessed, unless a batch has already taken them: the run does not wait for them."""
+        are dropped unprocessed, unless a batch has already taken them: the run does not wait for them.
+        `tick` is called every half second of the wait (the progress bar's clock)."""
         import threading
 
         if drop_others:
@@ -288,6 +290,8 @@ class _VideoWorker:
         self._put(flushed)
         while not flushed.wait(0.5):
             self._raise()
+            if tick is not None:
+                tick()
         self._raise()
         return {r: self.results.pop(r) for r in rows if r in self.results}
 
@@ -518,7 +522,10 @@ def build_experts(opts: RunOptions) -> list[Any]:
     """The run's experts, configured (settings, presets, weights) but not loaded."""
     from extract.experts import create_expert, resolve_expert_names
 
-    return [create_expert(n, **_settings_for(n, opts)) for n in resolve_expert_names(','.join(opts.experts))]
+    # `all` resolved first: each expert's settings are looked up among the run's experts by name (a Dask
+    # driver builds them from the options as given, `make extract-cluster`'s default EXPERT=all)
+    opts = dataclasses.replace(opts, experts=resolve_expert_names(','.join(opts.experts)))
+    return [create_expert(n, **_settings_for(n, opts)) for n in opts.experts]
 
 
 def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, float] | None = None,
@@ -611,7 +618,10 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         for e in chunk.active:
             redo = chunk.redo[e.name]
             if e.name in video_workers:
-                got = video_workers[e.name].collect(redo, drop_others=interrupted)
+                # the bar counts videos fed to the experts: the per-video experts may still work on a chunk
+                # after the last one is fed (minutes of whisper on a CPU), which the bar says meanwhile
+                bar.set_postfix_str(f'failed={failures}, waiting for {e.name}', refresh=True)
+                got = video_workers[e.name].collect(redo, drop_others=interrupted, tick=bar.refresh)
                 _check_width(e, got.values())
                 chunk.results[e.name].update(got)
             feats = batchers[e.name].collect(chunk.rows)
@@ -629,6 +639,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         for name, arrays in packed.items():
             writes.append(writer.submit(stores[name].write_chunk, chunk.index, arrays))
         chunk.written = True
+        bar.set_postfix(failed=failures, refresh=False)  # waiting no more
 
     fed: _Chunk | None = None  # fed to the experts, its last batches possibly still on the GPU
     try:
@@ -936,15 +947,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sampling_words(expert: Any) -> str:
+    """What an expert's rows are, for `--list`: frames or clips at their rate, audio examples of their
+    length, or (speech) the words heard in the whole audio."""
+    cfg = expert.cfg
+    if cfg.sampling == 'audio':
+        return 'whole audio: words' if expert.has_tokens else f'audio: {1 / cfg.fps:g}-s examples'
+    if cfg.sampling == 'clips':
+        return f'{cfg.clip_len}-frame clips @ {cfg.fps:g}/s'
+    return f'frames @ {cfg.fps:g}/s'
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     argv = sys.argv[1:] if argv is None else argv
     if '--list' in argv:
         from extract.experts import create_expert, expert_names
 
-        for n in expert_names():
-            cfg = create_expert(n).cfg
-            print(f'{n:<26} {cfg.arch:<26} D={cfg.feature_dim:<5} {cfg.sampling} @ {cfg.fps:g}/s  weights {cfg.weights}')
+        experts = [create_expert(n) for n in expert_names()]
+        rows = [(e.name, e.cfg.arch, f'D={e.cfg.feature_dim}', _sampling_words(e), f'weights {e.cfg.weights}')
+                for e in experts]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]  # columns as wide as their longest entry
+        for row in rows:
+            print('  '.join(f'{v:<{w}}' for v, w in zip(row, widths)) + '  ' + row[4])
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)

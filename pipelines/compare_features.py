@@ -1,6 +1,6 @@
 """`python -m pipelines.compare_features`: compare features extracted here with the ones the
 papers' authors released for the same videos, so that a wrong weight file or preprocessing shows
-at once (issue 19).
+at once.
 
     python -m pipelines.compare_features --ours features/msrvtt/scene.zarr \\
         --release ~/ce/MSRVTT/structured-symlinks --expert scene

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -34,7 +35,8 @@ from extract.presets import dataset_settings
 from extract.run import exit_cli, main as extract_main
 from shared.config import ConfigError, data_root_default, features_root_default, to_dict
 from shared.datasets import load_manifest
-from shared.datasets.demo import IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images
+from shared.datasets.demo import (IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images,
+                                  split_sizes)
 from shared.device import pick_device
 from shared.files import atomic_write_text
 from shared.store import open_store, store_path
@@ -46,7 +48,7 @@ from train.main import main as train_main
 from train.metrics import format_results
 
 __all__ = ['main', 'ensure_demo_data', 'ensure_generated', 'stale_run', 'set_aside_stale', 'MODELS', 'QUERIES',
-           'WITH_IMAGES', 'IMAGES_CONFIG', 'text_encoders']
+           'WITH_IMAGES', 'IMAGES_CONFIG', 'text_encoders', 'serve_hint', 'min_videos', 'chance_note']
 
 MODELS = ('mee', 'ce', 'mmt', 'ssb')
 #: the table's row of MEE trained on the demo videos and the demo's still images, and its config
@@ -188,16 +190,58 @@ def _curves(runs: dict[str, Path], out: Path) -> None:
     plt.close(fig)
 
 
+def chance_note(videos: int, captions: int) -> str:
+    """What the table's numbers are to be read against: the test part's size and chance t2v R@1
+    (one relevant video among `videos`), which `--videos` changes."""
+    return (f'Tested on {videos} videos and {captions} captions: chance t2v R@1 is {100 / videos:.1f}, '
+            f'R@5 {min(100.0, 500 / videos):.1f}.')
+
+
+def serve_hint(run: Path, index: Path, data_root: Path) -> str:
+    """The demo's last line: `make serve` with the roots this demo used where they are not make's
+    defaults (a `make demo DATA_ROOT=...` is served from that root), and the command it runs."""
+    from train.index import serve_command
+
+    given = ([f'DATA_ROOT={data_root}'] if data_root != data_root_default() else []) + (
+        [f'RUN={run}'] if run != Path('runs/demo/ce/seed0') else [])
+    return (f'search the demo in the browser: {shlex.join(["make", "serve", *given])} '
+            f'({serve_command(run, index, data_root)}), then open http://127.0.0.1:8000/')
+
+
+def _demo_batch() -> int:
+    """The largest training batch of the demo's configs (every one of them must fill it from the demo's videos)."""
+    return max(load_run_cfg(path).train.batch_size
+               for path in (*(config_path(m, 'demo', None) for m in MODELS), IMAGES_CONFIG))
+
+
+def min_videos(cfg: DemoCfg) -> int:
+    """The fewest demo videos whose training part fills the demo configs' batch."""
+    batch, videos = _demo_batch(), 3
+    while split_sizes(videos, cfg.split)[0] < batch:
+        videos += 1
+    return videos
+
+
 def main(argv: list[str] | None = None) -> int:
     d = DemoCfg()
     parser = argparse.ArgumentParser(prog='python -m pipelines.demo', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data-root', type=Path, default=data_root_default())
-    parser.add_argument('--features-root', type=Path, default=features_root_default())
+    parser.add_argument('--data-root', type=Path, default=data_root_default(),
+                        help='where the demo videos and stills are generated (DATA_ROOT/demo, DATA_ROOT/demo_images; '
+                             'default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+    parser.add_argument('--features-root', type=Path, default=features_root_default(),
+                        help='where the expert stores go (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
     parser.add_argument('--runs', type=Path, default=Path('runs/demo'), help='run directories (default: runs/demo)')
     parser.add_argument('--report', type=Path, default=Path('reports/demo'), help='report directory (default: reports/demo)')
-    parser.add_argument('--videos', type=int, default=d.videos)
-    parser.add_argument('--seed', type=int, default=d.seed)
+    parser.add_argument('--videos', type=int, default=d.videos,
+                        help=f'demo videos to generate (default: {d.videos}; at least {min_videos(d)}, for the '
+                             'configs\' training batch; another count makes a new dataset, replacing its stores and runs)')
+    parser.add_argument('--seed', type=int, default=d.seed, help=f'seed of the generated data (default: {d.seed})')
     args = parser.parse_args(argv)
+    least = min_videos(d)
+    if args.videos < least:  # before anything is generated: the trainings would stop at their first batch
+        parser.error(f'--videos {args.videos} gives {split_sizes(args.videos, d.split)[0]} training videos, fewer '
+                     f'than the demo configs\' batch of {_demo_batch()}: give --videos {least} or more '
+                     f'(make demo VIDEOS={least})')
     t0 = time.time()
     images_run = args.runs / 'mee_images'
     # the stills' OCR reads the demo's word2vec: new videos make their stores stale too
@@ -248,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     print('[4/5 evaluate] demo test split (random-weight experts: the numbers show the pipeline works, '
           'not what the papers\' experts achieve)')
     table = format_results(results, keys=('R1', 'R5', 'R10', 'MdR'))
+    test = manifest.splits['official'].test
+    table += '\n\n' + chance_note(len(test), sum(len(manifest.captions[v]) for v in test))
     print(table)
     print(f'[4/5 evaluate] {WITH_IMAGES} on the test part of its still images (10 stills: the numbers are coarse)')
     stills = {f'{WITH_IMAGES}, {name}': [m] for name, m in
@@ -311,8 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     print(f'demo finished in {time.time() - t0:.0f} s')
-    print(f'search the demo in the browser: make serve (python -m pipelines.serve --run {runs["ce"]} --index {index} '
-          f'--data-root {args.data_root}), then open http://127.0.0.1:8000/')
+    print(serve_hint(runs['ce'], index, args.data_root))
     return 0
 
 

@@ -391,11 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--source', choices=['ce', 'mmt'], required=True, help="whose release: CE's pickles or MMT's h5 files")
     p.add_argument('--root', type=Path, required=True, help='the unpacked release directory')
     p.add_argument('--dataset', required=True, help='the dataset name to import as (msrvtt, msvd, ...)')
-    p.add_argument('--data-root', type=Path, default=data_root_default())
-    p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help='dataset folders: imported.json goes to DATA_ROOT/DATASET '
+                        '(default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+    p.add_argument('--features-root', type=Path, default=features_root_default(),
+                   help='expert stores (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace stores of features extracted here too (earlier imports are always replaced)')
-    p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')
     args = p.parse_args(argv)
     if not args.root.is_dir():
         print(f'error: {args.root} is not a directory', file=sys.stderr)

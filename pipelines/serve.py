@@ -1,4 +1,4 @@
-"""Search a collection in the browser (issue 25 item 3): a FastAPI service over `train.index`'s index.
+"""Search a collection in the browser: a FastAPI service over `train.index`'s index.
 
     python -m pipelines.serve --run runs/demo/ce/seed0 --index runs/demo/ce/seed0/index/demo
     make serve
@@ -208,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument('--index', type=Path, help='what python -m train.index wrote (its --out)')
     where.add_argument('--dataset', help='the dataset that python -m train.index indexed without --out: its '
                                          'default folder in RUN/index/')
-    p.add_argument('--data-root', type=Path, default=data_root_default(), help='for the run\'s word vectors')
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help='dataset folders: the run\'s word vectors and the videos played (default: '
+                        '$VIDEOEXPERTS_DATA_ROOT, else data)')
     p.add_argument('--host', default=d.host, help=f'address to listen on (default: {d.host})')
     p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
     args = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""`python -m train.bench`: training step rate and 5k x 5k retrieval time (issue 24, items 5 and 6).
+"""`python -m train.bench`: training step rate and 5k x 5k retrieval time.
 
     python -m train.bench                  # full-size MMT (mmt_msrvtt_1k_a), random weights, no download
     python -m train.bench --quick          # tiny models and sizes: checks the command on a CPU in seconds

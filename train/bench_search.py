@@ -1,4 +1,4 @@
-"""`python -m train.bench_search`: query latency of the collection index (issue 25 item 4).
+"""`python -m train.bench_search`: query latency of the collection index.
 
     python -m train.bench_search --videos 10000,100000,1000000
     python -m train.bench_search --quick      # small sizes: checks the command in seconds

@@ -219,7 +219,11 @@ def build_caption_encoder(text: TextCfg, data: DataCfg, data_root: Path, run_dir
 def _encoder(text: TextCfg, word_vectors: str, max_words: int, data_root: Path, run_dir: Path | None,
              train_texts: Callable[[], list[str]] | None) -> CaptionEncoder:
     if text.encoder == 'word2vec':
-        return WordVectorCaptions(load_word_vectors(resolve_word_vectors(word_vectors, data_root)), max_words)
+        path = resolve_word_vectors(word_vectors, data_root)
+        if '{data_root}' in word_vectors and not path.exists():  # most often a command given another data root
+            raise FileNotFoundError(f'word vectors {path} not found ({word_vectors} under the data root {data_root}): '
+                                    'give --data-root (make: DATA_ROOT=) where the dataset is')
+        return WordVectorCaptions(load_word_vectors(path), max_words)
     if text.tokenizer == 'words':
         saved = run_dir / 'tokenizer.json' if run_dir is not None else None
         if saved is not None and saved.is_file():

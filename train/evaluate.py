@@ -143,8 +143,10 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--part', default='test', choices=('train', 'val', 'test'), help='default: test')
     p.add_argument('--stop-words', choices=('keep', 'remove'), default=None,
                    help="keep or remove HowTo100M's stop words from the captions (default: as the run was trained)")
-    p.add_argument('--data-root', type=Path, default=data_root_default())
-    p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help='dataset folders (default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+    p.add_argument('--features-root', type=Path, default=features_root_default(),
+                   help='expert stores (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
 
 

@@ -1,4 +1,4 @@
-"""Embedding a whole collection for search (issue 25): every video of a dataset, not one split.
+"""Embedding a whole collection for search: every video of a dataset, not one split.
 
     python -m train.index --run runs/ce-demo-official --dataset demo [--shard I --num-shards N]
 
@@ -48,7 +48,7 @@ from train.runs import load_run, run_seeds
 from train.search_index import APPROX_KINDS, IndexCfg, SearchIndex
 
 __all__ = ['EMBEDDINGS', 'THUMBS', 'FAISS', 'STALE_MMT', 'EmbeddingStore', 'stale_mmt_masks', 'embed_collection', 'build_index', 'default_out', 'thumbnail',
-           'main']
+           'serve_command', 'main']
 
 #: why an MMT index made before 7909de1 cannot be served as it is
 STALE_MMT = ('MMT masks of an earlier version, which left a missing expert out of a video\'s scores; MMT mixes '
@@ -281,6 +281,13 @@ def default_out(run: Path, dataset: str) -> Path:
     return run_seeds(run)[0] / 'index' / stores_name(dataset)
 
 
+def serve_command(run: Path, index: Path, data_root: Path) -> str:
+    """The shell line that serves `index`: with its data root, where the run's word vectors and the
+    videos the page plays are (the server's default root may be another)."""
+    return shlex.join(['python', '-m', 'pipelines.serve', '--run', str(run), '--index', str(index),
+                       '--data-root', str(data_root)])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m train.index', description=__doc__.split('\n\n')[0])
     p.add_argument('--run', type=Path, required=True, help='a finished run (its first seed when it has several)')
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for pattern, recall in index.recall.items():
         print(f'approximate index of pattern {pattern}: recall@10 against exact {recall:.3f}')
-    print(f'{index.n_videos} videos indexed in {out}\nserve it: python -m pipelines.serve --run {run} --index {out}')
+    print(f'{index.n_videos} videos indexed in {out}\nserve it: {serve_command(run, out, args.data_root)}')
     return 0
 
 

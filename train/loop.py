@@ -555,7 +555,8 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
         if train.random_weights:
             _logger.warning('stores of %s were extracted with RANDOM weights', ', '.join(train.random_weights))
         if len(train) < cfg.train.batch_size:
-            raise ValueError(f'batch_size {cfg.train.batch_size} is larger than the {len(train)} training videos')
+            raise ValueError(f'train.batch_size {cfg.train.batch_size} is larger than the {len(train)} training '
+                             f'videos: give --set train.batch_size={len(train)} (or less), or more training videos')
         pairs = pairs if cfg.train.epoch_unit == 'pairs' else 0  # the resume's advice counts them
         cfg = _pair_steps(cfg, pairs, train.epoch_size, ranks.main)
         _seed_all(seed)

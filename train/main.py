@@ -87,14 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--set', dest='settings', action='append', default=[], metavar='KEY=VALUE',
                    help='override a config value, e.g. train.epochs=5 or model.embed_dim=512')
     p.add_argument('--seeds', default='0', help='comma list of seeds; results are mean +- std (default: 0)')
-    p.add_argument('--data-root', type=Path, default=data_root_default())
-    p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help='dataset folders (default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+    p.add_argument('--features-root', type=Path, default=features_root_default(),
+                   help='expert stores (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
     p.add_argument('--run-dir', type=Path, default=None, help='default: runs/MODEL-DATASET-SPLIT')
     p.add_argument('--init-from', metavar='RUN_DIR|CHECKPOINT',
                    help="start from another run's weights, matched by name and shape (train.init_from)")
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
     p.add_argument('--count-params', action='store_true', help='build the model from its config and count parameters')
-    p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')
     args = p.parse_args(argv)
     setup_logging()
     ranks, base = SINGLE, None

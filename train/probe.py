@@ -185,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--pooling', default='head', choices=('head', 'mean'),
                    help="the run's trained video pooling head (default), or the per-second features averaged")
     p.add_argument('--epochs', type=int, help="default: the appendix's for the dataset (HMDB-51 1500, else 500)")
-    p.add_argument('--data-root', type=Path, default=data_root_default())
-    p.add_argument('--features-root', type=Path, default=features_root_default())
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help='dataset folders (default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+    p.add_argument('--features-root', type=Path, default=features_root_default(),
+                   help='expert stores (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
     args = p.parse_args(argv)
     setup_logging()

@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--run', type=Path, required=True, help='a run directory (runs/MODEL-DATASET-SPLIT[/seedN])')
     p.add_argument('--query', action='append', required=True, help='free text; repeat for several queries')
     p.add_argument('-k', type=int, default=10, help='results per query (default: 10)')
-    p.add_argument('--data-root', type=Path, default=data_root_default())
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help='dataset folders, for the video files and word vectors '
+                        '(default: $VIDEOEXPERTS_DATA_ROOT, else data)')
     args = p.parse_args(argv)
     if args.k < 1:  # before the model loads
         p.error('-k must be at least 1')

@@ -76,7 +76,7 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
     _check_options(name, adapter, options)
     if not root.is_dir():
         raise DatasetError(f'dataset directory {root} not found; put the {name} files there '
-                           '(see README, "Datasets") or pass --data-root')
+                           '(see README, "Datasets") or pass --data-root (make: DATA_ROOT=) where they are')
     try:
         return adapter(root, **options)
     except AnnotationsMissing as err:

@@ -39,7 +39,7 @@ from shared.media import ffmpeg_exe
 
 __all__ = ['DemoCfg', 'NarratedCfg', 'DemoImagesCfg', 'generate', 'generate_narrated', 'generate_images', 'demo',
            'demo_images', 'NARRATED_FILE', 'IMAGES_FILE', 'SUBJECTS', 'MOTIONS', 'TONES', 'WORDS', 'PHRASES',
-           'MANIFEST_FILE', 'WORD2VEC_FILE', 'main']
+           'MANIFEST_FILE', 'WORD2VEC_FILE', 'split_sizes', 'main']
 
 MANIFEST_FILE = 'demo.json'
 #: the narrated set's record of its facts, beside HowTo100M's own files
@@ -350,9 +350,7 @@ def generate(out: Path, cfg: DemoCfg, progress: bool = True) -> Path:
     rng = np.random.default_rng(cfg.seed + 1)
     order = [v['id'] for v in videos]
     order = [order[i] for i in rng.permutation(len(order))]
-    n_train = max(1, int(round(cfg.split[0] * len(order))))
-    n_val = max(1, int(round(cfg.split[1] * len(order))))
-    n_val = min(n_val, len(order) - n_train - 1)
+    n_train, n_val, _ = split_sizes(len(order), cfg.split)
     splits = {'train': sorted(order[:n_train]), 'val': sorted(order[n_train:n_train + n_val]),
               'test': sorted(order[n_train + n_val:])}
     sentences = [_tokens(c) for v in videos for c in v['captions']]
@@ -596,6 +594,13 @@ def demo_images(root: Path) -> Manifest:
     """Manifest of the demo's still images (``{data_root}/demo_images/demo_images.json``); `labels`
     says which photo each image shows."""
     return _generated_manifest(root, 'demo_images', IMAGES_FILE, 'images', 'python -m shared.datasets.demo --images')
+
+
+def split_sizes(videos: int, shares: tuple[float, float, float]) -> tuple[int, int, int]:
+    """The train, val and test counts of `videos` demo videos split by `shares` (as `generate` splits them)."""
+    n_train = max(1, int(round(shares[0] * videos)))
+    n_val = min(max(1, int(round(shares[1] * videos))), videos - n_train - 1)
+    return n_train, n_val, videos - n_train - n_val
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -340,3 +340,18 @@ def test_vggish_flattens_its_last_feature_map_in_tf_order() -> None:
         hidden = torch.einsum('nchw,ohwc->no', fmap, fc1.weight.view(4096, 6, 4, 512)) + fc1.bias
         expected = model.embeddings[1:](hidden)
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_bar_says_which_per_video_expert_the_run_waits_for(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The bar counts videos fed to the experts; a per-video expert may work on the last chunk long after
+    (whisper on a CPU): the bar says so meanwhile, not a silent 100 %, and no more once it is done."""
+    data = tmp_path / 'videos'
+    data.mkdir()
+    _still_video(np.full((240, 320, 3), 128, np.uint8), data / 'tone.mp4', 2.0,
+                 ['-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000'])
+    assert main(['--dataset', f'folder:{data}', '--features-root', str(tmp_path / 'f'), '--expert', 'audio',
+                 '--workers', '0', '--weights', 'random']) == 0
+    bar = capsys.readouterr().err.replace('\r', '\n').splitlines()
+    assert any('waiting for audio' in line for line in bar)
+    last = [line for line in bar if line.startswith('extract:')][-1]
+    assert '1/1' in last and last.rstrip().endswith('failed=0]')

@@ -248,3 +248,32 @@ def test_the_api_schema_and_its_docs_page_are_served() -> None:
     assert r.status_code == 200, r.text
     assert {'/', '/search', '/similar', '/thumb/{row}', '/video'} <= set(r.json()['paths'])
     assert client.get('/docs').status_code == 200
+
+
+@pytest.mark.slow
+def test_the_command_train_index_prints_serves_the_index(served, demo_stores: tuple[Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve it: ...` left out --data-root: run from anywhere but beside ./data (the demo's own DATA_ROOT=...), it
+    stopped with 'word vectors .../data/demo/word2vec.bin not found'."""
+    import shlex
+
+    import uvicorn
+
+    from pipelines.serve import main as serve_main
+
+    collection, _, _ = served
+    data, features = demo_stores
+    index = collection.thumbs.parent  # the fixture's tmp/index, beside its run tmp/ce/seed0
+    run = index.parent / 'ce' / 'seed0'
+    capsys.readouterr()
+    assert index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
+                       str(features), '--out', str(index)]) == 0  # complete: the index again, and the line
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith('serve it: ')][-1]
+    argv = shlex.split(line.removeprefix('serve it: '))
+    assert argv[:3] == ['python', '-m', 'pipelines.serve']
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    served_apps = []
+    monkeypatch.setattr(uvicorn, 'run', lambda app, **kw: served_apps.append(app))
+    assert serve_main(argv[3:]) == 0, capsys.readouterr().err
+    assert len(served_apps) == 1

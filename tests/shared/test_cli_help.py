@@ -39,11 +39,17 @@ def _options_without_help(build: object, monkeypatch: pytest.MonkeyPatch) -> lis
 
 
 @pytest.mark.parametrize('module', ['pipelines.extract_cluster', 'pipelines.reproduce', 'pipelines.serve', 'train.index',
-                                    'train.bench_search', 'pipelines.demo_pretrain'])
+                                    'train.bench_search', 'pipelines.demo_pretrain', 'pipelines.demo', 'train.main',
+                                    'train.evaluate', 'train.search', 'train.caption', 'train.probe', 'train.bench',
+                                    'extract.run', 'extract.bench', 'extract.reembed', 'pipelines.import_features',
+                                    'pipelines.compare_features', 'pipelines.import_word_vectors', 'pipelines.bench_kit',
+                                    'shared.datasets.__main__', 'shared.datasets.demo'])
 def test_every_option_has_help(module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import importlib
 
     assert _options_without_help(importlib.import_module(module).main, monkeypatch) == []
+    # the description is the module's first paragraph: no tracker numbers a user cannot look up ('issue 25 item 4')
+    assert not re.search(r'\bissue\s+\d', capsys.readouterr().out)
 
 
 def test_check_of_a_dataset_without_stores_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

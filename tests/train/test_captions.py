@@ -47,3 +47,16 @@ def test_word_vector_rows_keep_max_words_found_in_the_vectors() -> None:
     assert data.ids.tolist() == [[1, 2, 3], [4, 0, 0]]
     assert data.mask.tolist() == [[True] * 3, [True, False, False]]
     np.testing.assert_array_equal(data.vectors, [[0, 0], [0, 1], [2, 3], [4, 5], [6, 7]])
+
+
+def test_word_vectors_missing_under_the_data_root_name_the_option(tmp_path: Path) -> None:
+    """`train.search` and `pipelines.serve` run without the demo's --data-root said only '.../word2vec.bin not
+    found': the run's `{data_root}/...` word vectors are read under the data root the command was given."""
+    from train.captions import build_caption_encoder
+    from train.config import DataCfg
+    from train.models.config import TextCfg
+
+    data = DataCfg(word_vectors='{data_root}/demo/word2vec.bin')
+    with pytest.raises(FileNotFoundError, match=r'not found \(\{data_root\}/demo/word2vec.bin under the data root '
+                                                 + str(tmp_path) + r'\): give --data-root \(make: DATA_ROOT=\)'):
+        build_caption_encoder(TextCfg(encoder='word2vec'), data, tmp_path, None, None)

@@ -379,3 +379,16 @@ def test_training_refuses_a_store_with_a_missing_chunk_file(demo_stores: tuple[P
     assert err.startswith(f'error: {store}: chunk 1 (videos ') and 'its features data is not what was written' in err
     assert f'python -m shared.store check --repair {store}`, then rerun the extraction' in err
     assert len(err.splitlines()) == 1 and 'Traceback' not in err
+
+
+@pytest.mark.slow
+def test_a_batch_larger_than_the_training_videos_says_what_to_give(demo_stores: tuple[Path, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """`make demo VIDEOS=12` ended in 'batch_size 24 is larger than the 7 training videos', naming no setting."""
+    data, features = demo_stores
+    n_train = len(json.loads((data / 'demo' / 'demo.json').read_text())['splits']['train'])
+    assert train_main(_args(data, features, _config(tmp_path, 'mee', epochs=1), tmp_path / 'run',
+                            '--set', 'train.batch_size=500')) == 1
+    err = capsys.readouterr().err
+    assert f'train.batch_size 500 is larger than the {n_train} training videos' in err
+    assert f'--set train.batch_size={n_train}' in err
