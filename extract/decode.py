@@ -36,7 +36,7 @@ def read_frame_times(path: str) -> np.ndarray | str:
             raise RuntimeError('no video frames')
         times = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2)
         wrong = _wrong_times(times)
-        return f"decord's frame times are wrong here ({wrong})" if wrong else _repair_times(times)
+        return f"decord's frame times are wrong here ({wrong})" if wrong else _repair_times(times + _video_offset(path))
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
         return f'cannot open video: {first_error(err)}'
 
@@ -100,7 +100,7 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Wi
         return out
     if wrong:  # FFmpeg failed too: decord's frames, on the times it has
         out.note = f"decord's frame times are wrong here ({wrong}); FFmpeg could not read the file either"
-    frame_times = _repair_times(frame_times)
+    frame_times = _repair_times(frame_times + _video_offset(path))
     out.windows = window.count(float(frame_times[-1, 1]))
     plans, needed = plan_frames(frame_times, samplings, window)
     try:
@@ -150,6 +150,17 @@ def _frames_too_large(path: str) -> str:
     except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
         return ''
     return video_frames_too_large(info.width, info.height)
+
+
+def _video_offset(path: str) -> float:
+    """Seconds from the file's start (a player's 0, and the audio's: `shared.media.load_audio`) to
+    its video stream's: decord's frame times count from the video stream's start. 0 when FFmpeg
+    cannot read the file."""
+    try:
+        info = probe(path)
+    except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
+        return 0.0
+    return info.video_start - info.start
 
 
 def _is_mpegts(path: str) -> bool:
