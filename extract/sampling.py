@@ -175,7 +175,8 @@ def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndar
         times = np.clip(middles[:, None] + offsets[None, :], origin, np.nextafter(duration, 0))
         index = np.clip(np.searchsorted(starts, times + nudge, side='right') - 1, 0, n_frames - 1)
     else:
-        first = np.clip(centre_idx - s.clip_len // 2, 0, max(n_frames - s.clip_len, 0))
+        shown = int(np.searchsorted(starts, origin, side='left'))  # the first frame at or after the origin
+        first = np.clip(centre_idx - s.clip_len // 2, shown, max(n_frames - s.clip_len, shown))
         index = np.minimum(first[:, None] + np.arange(s.clip_len)[None, :], n_frames - 1)
     stamps = np.stack([frame_times[index[:, 0], 0], frame_times[index[:, -1], 1]], axis=1)
     return index.astype(np.int64), stamps.astype(np.float32)

@@ -79,6 +79,8 @@ def test_rows_start_at_the_first_frame() -> None:
     # frames before 0 (an MP4 edit list cuts them; decord gives them) get no rows
     early = np.stack([np.arange(-25, 50) / 25, np.arange(-24, 51) / 25], axis=1)
     assert plan_rows(early, Sampling('frames', fps=1.0))[0][:, 0].tolist() == [37, 62]
+    index, stamps = plan_rows(early, Sampling('clips', fps=1.0, clip_len=32))
+    assert index[0].tolist() == list(range(25, 57)) and stamps[0, 0] == 0.0
 
 
 def test_extracted_audio_and_video_rows_share_the_clock(late: Path, tmp_path: Path) -> None:
