@@ -211,12 +211,17 @@ class AudioExpert(VideoExpert):
         assert inputs.audio is not None
         wave = torch.from_numpy(np.ascontiguousarray(inputs.audio, np.float32)).to(self.device)
         examples = log_mel_examples(wave)
-        k = min(len(examples), self.cfg.max_rows)
-        if k == 0:  # shorter than one 0.96 s example: nothing to embed
+        n = len(examples)
+        if n == 0:  # shorter than one 0.96 s example: nothing to embed
             return VideoResult(np.zeros((0, 128), np.float32), np.zeros((0, 2), np.float32), DONE, available=False)
-        feats = torch.cat([self.forward(examples[i:i + self.batch_size])
-                           for i in range(0, k, self.batch_size)]).cpu().numpy()
-        start = np.arange(k, dtype=np.float32) * (EXAMPLE_FRAMES * HOP / AUDIO_RATE)
+        # a longer file than T examples keeps T spread evenly over it, as the frame experts' rows are
+        # (`extract.sampling.plan_rows`): the example at the centre of each of T equal parts
+        pick = np.arange(n) if n <= self.cfg.max_rows else (
+            (np.arange(self.cfg.max_rows) + 0.5) * n / self.cfg.max_rows).astype(np.int64)
+        chosen = examples[torch.from_numpy(pick).to(examples.device)]
+        feats = torch.cat([self.forward(chosen[i:i + self.batch_size])
+                           for i in range(0, len(pick), self.batch_size)]).cpu().numpy()
+        start = pick.astype(np.float32) * np.float32(EXAMPLE_FRAMES * HOP / AUDIO_RATE)
         return VideoResult(feats, np.stack([start, start + EXAMPLE_FRAMES * HOP / AUDIO_RATE], axis=1), DONE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -95,3 +95,18 @@ def test_extracted_audio_and_video_rows_share_the_clock(late: Path, tmp_path: Pa
     assert int(rows.lengths[0]) == 4
     feats = rows.features[0, :4].astype(np.float32)
     assert not np.allclose(feats[0], feats[2]) and np.allclose(feats[2], feats[3], atol=0.05)
+
+
+def test_audio_longer_than_its_rows_keeps_rows_spread_over_all_of_it(tmp_path: Path) -> None:
+    from extract.experts import create_expert
+    from extract.experts._base import VideoInput
+
+    path = tmp_path / 'tone.mp4'
+    _ff('-f', 'lavfi', '-i', 'sine=frequency=440:duration=5', '-c:a', 'aac', str(path))
+    audio, _ = load_audio(path)
+    every = create_expert('audio', weights='random').load('cpu').process(VideoInput(audio=audio))
+    two = create_expert('audio', weights='random', max_rows=2).load('cpu').process(VideoInput(audio=audio))
+    assert len(every.features) == 5
+    # the examples at the centres of the two halves, not the first two: the rest of the sound is kept
+    np.testing.assert_allclose(two.timestamps, [[0.96, 1.92], [2.88, 3.84]], atol=1e-5)
+    np.testing.assert_allclose(two.features, every.features[[1, 3]], atol=1e-5)
