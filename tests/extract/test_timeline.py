@@ -110,3 +110,20 @@ def test_audio_longer_than_its_rows_keeps_rows_spread_over_all_of_it(tmp_path: P
     # the examples at the centres of the two halves, not the first two: the rest of the sound is kept
     np.testing.assert_allclose(two.timestamps, [[0.96, 1.92], [2.88, 3.84]], atol=1e-5)
     np.testing.assert_allclose(two.features, every.features[[1, 3]], atol=1e-5)
+
+
+def test_log_mel_examples_are_computed_a_block_at_a_time_alike() -> None:
+    import torch
+
+    from extract.experts.audio import (EXAMPLE_BLOCK, HOP, LOG_OFFSET, WINDOW, example_count, log_mel_examples,
+                                       mel_matrix)
+
+    # 2.5 blocks of examples and a partial one: blocks (and a few examples picked) give the whole file's
+    wave = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 160).astype(np.float32))
+    k = example_count(len(wave))
+    assert k == 166 > 2 * EXAMPLE_BLOCK
+    frames = wave[: (k * 96 - 1) * HOP + WINDOW].unfold(0, WINDOW, HOP)  # the whole file's way, at once
+    spec = torch.fft.rfft(frames * torch.hann_window(WINDOW, periodic=True), n=512).abs()
+    whole = torch.log(spec @ torch.from_numpy(mel_matrix()) + LOG_OFFSET).reshape(k, 96, 64)
+    np.testing.assert_allclose(log_mel_examples(wave), whole, atol=1e-5)
+    np.testing.assert_allclose(log_mel_examples(wave, np.array([165, 0, 70])), whole[[165, 0, 70]], atol=1e-5)
