@@ -14,7 +14,7 @@ from extract.run import main
 from extract.sampling import Sampling, plan_rows
 from shared.datasets.folder import folder_name
 from shared.media import ffmpeg_exe, load_audio, probe
-from shared.store import open_store
+from shared.store import DONE, open_store
 
 VIDEO = ['-f', 'lavfi', '-i', 'testsrc2=size=160x120:rate=25:duration=4']
 
@@ -127,3 +127,19 @@ def test_log_mel_examples_are_computed_a_block_at_a_time_alike() -> None:
     whole = torch.log(spec @ torch.from_numpy(mel_matrix()) + LOG_OFFSET).reshape(k, 96, 64)
     np.testing.assert_allclose(log_mel_examples(wave), whole, atol=1e-5)
     np.testing.assert_allclose(log_mel_examples(wave, np.array([165, 0, 70])), whole[[165, 0, 70]], atol=1e-5)
+
+
+def test_rapidocr_reads_no_words_in_a_frame_too_thin_for_it(tmp_path: Path) -> None:
+    from gensim.models import Word2Vec
+
+    from extract.experts import create_expert
+    from extract.experts._base import VideoInput
+
+    vectors = tmp_path / 'w.bin'
+    Word2Vec([['word']] * 5, vector_size=8, min_count=1, workers=1, seed=1).wv.save_word2vec_format(str(vectors),
+                                                                                                 binary=True)
+    expert = create_expert('ocr.rapidocr', word_vectors=str(vectors)).load('cpu')
+    # 4000x16 (a banner, a test strip): RapidOCR's detector shrinks it to 0 rows and raised, failing the video
+    frames = np.full((2, 16, 4000, 3), 200, np.uint8)
+    out = expert.process(VideoInput(frames=frames, timestamps=np.array([[0.0, 0.04], [1.0, 1.04]], np.float32)))
+    assert out.status == DONE and len(out.features) == 0 and not out.available
