@@ -6,6 +6,7 @@ in worker processes.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from extract.decoders import refuse_ffmpeg_clash
 from extract.images import decode_image, video_frames_too_large
 from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, decode_short_side, first_error,
                               plan_frames, precheck, resize_dims, row_plans)
-from shared.media import MediaError, is_image, probe
+from shared.media import MediaError, MediaInfo, is_image, probe
 
 __all__ = ['read_frame_times', 'index_video', 'decode_video']
 
@@ -146,10 +147,22 @@ def _frames_too_large(path: str) -> str:
     decoders then give their own reason). decord tells a frame's size only by decoding one, at
     full size: 1.1 GB for a 12000x12000 frame."""
     try:
-        info = probe(path)
+        info = _probe(path)
     except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
         return ''
     return video_frames_too_large(info.width, info.height)
+
+
+def _probe(path: str) -> MediaInfo:
+    """`shared.media.probe`, remembered for the file this process read last (by path, size and
+    mtime): each window of a video asks for its start, and the first for its size too."""
+    st = os.stat(path)
+    return _probe_file(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _probe_file(path: str, size: int, mtime_ns: int) -> MediaInfo:
+    return probe(path)
 
 
 def _video_offset(path: str) -> float:
@@ -157,7 +170,7 @@ def _video_offset(path: str) -> float:
     its video stream's: decord's frame times count from the video stream's start. 0 when FFmpeg
     cannot read the file."""
     try:
-        info = probe(path)
+        info = _probe(path)
     except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
         return 0.0
     return info.video_start - info.start
