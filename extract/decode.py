@@ -6,6 +6,7 @@ in worker processes.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from extract.decoders import refuse_ffmpeg_clash
 from extract.images import decode_image, video_frames_too_large
 from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, decode_short_side, first_error,
                               plan_frames, precheck, resize_dims, row_plans)
-from shared.media import MediaError, is_image, probe
+from shared.media import MediaError, MediaInfo, is_image, probe
 
 __all__ = ['read_frame_times', 'index_video', 'decode_video']
 
@@ -36,7 +37,7 @@ def read_frame_times(path: str) -> np.ndarray | str:
             raise RuntimeError('no video frames')
         times = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2)
         wrong = _wrong_times(times)
-        return f"decord's frame times are wrong here ({wrong})" if wrong else _repair_times(times)
+        return f"decord's frame times are wrong here ({wrong})" if wrong else _repair_times(times + _video_offset(path))
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
         return f'cannot open video: {first_error(err)}'
 
@@ -100,7 +101,7 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Wi
         return out
     if wrong:  # FFmpeg failed too: decord's frames, on the times it has
         out.note = f"decord's frame times are wrong here ({wrong}); FFmpeg could not read the file either"
-    frame_times = _repair_times(frame_times)
+    frame_times = _repair_times(frame_times + _video_offset(path))
     out.windows = window.count(float(frame_times[-1, 1]))
     plans, needed = plan_frames(frame_times, samplings, window)
     try:
@@ -146,10 +147,33 @@ def _frames_too_large(path: str) -> str:
     decoders then give their own reason). decord tells a frame's size only by decoding one, at
     full size: 1.1 GB for a 12000x12000 frame."""
     try:
-        info = probe(path)
+        info = _probe(path)
     except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
         return ''
     return video_frames_too_large(info.width, info.height)
+
+
+def _probe(path: str) -> MediaInfo:
+    """`shared.media.probe`, remembered for the file this process read last (by path, size and
+    mtime): each window of a video asks for its start, and the first for its size too."""
+    st = os.stat(path)
+    return _probe_file(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _probe_file(path: str, size: int, mtime_ns: int) -> MediaInfo:
+    return probe(path)
+
+
+def _video_offset(path: str) -> float:
+    """Seconds from the file's start (a player's 0, and the audio's: `shared.media.load_audio`) to
+    its video stream's: decord's frame times count from the video stream's start. 0 when FFmpeg
+    cannot read the file."""
+    try:
+        info = _probe(path)
+    except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
+        return 0.0
+    return info.video_start - info.start
 
 
 def _is_mpegts(path: str) -> bool:

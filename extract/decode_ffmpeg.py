@@ -32,8 +32,11 @@ from shared.media import VIDEO_STREAM, MediaError, ffmpeg_exe
 
 __all__ = ['frame_times', 'read_frames']
 
-_SHOWINFO = re.compile(r'\bn:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:(\S+)(?:\s+duration:\s*\S+\s+duration_time:(\S+))?'
+_SHOWINFO = re.compile(r'\bn:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:(\S+)(?:\s+duration:\s*(\S+)\s+duration_time:(\S+))?'
                        r'.*?\bs:(\d+)x(\d+)')
+#: showinfo's time base: its pts_time has 6 significant digits, 0.1 s at the times of an MPEG-TS (-copyts)
+_TIME_BASE = re.compile(r'config in time_base: (\d+)/(\d+)')
+_FILE_START = re.compile(r'Duration: .*?, start: (-?\d+(?:\.\d+)?)')
 _INPUT = ['-nostdin', '-hide_banner', '-threads', '1']
 
 
@@ -64,8 +67,9 @@ def _reason(lines: Iterable[str]) -> str:
 
 
 def frame_times(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], str]:
-    """Every decodable frame's [start, end) seconds, the display (height, width) of the first,
-    and what FFmpeg said when it stopped early ('' when it read the whole stream).
+    """Every decodable frame's [start, end) seconds from the file's start (a player's 0), the display
+    (height, width) of the first, and what FFmpeg said when it stopped early ('' when it read the
+    whole stream).
 
     An end is the frame's duration after its start when FFmpeg knows it, else NaN (the caller
     closes each interval at the next frame's start). The stderr is parsed as it streams: a long
@@ -77,12 +81,17 @@ def frame_times(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], s
             (`extract.images.video_frames_too_large`, from the input's description that FFmpeg
             writes before it decodes a frame).
     """
-    cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'info', '-i', os.fspath(path), *_stream(), '-vf', 'showinfo',
-           '-f', 'null', '-']
+    # -copyts: the frames' own times, less the file's start below. Without it FFmpeg moves a file's times
+    # to start at 0 by the start of the streams it decodes, and of an MPEG-TS whose video starts after
+    # its audio it decodes only the video: its first frame would be at 0, not where a player shows it
+    cmd = [ffmpeg_exe(), *_INPUT, '-loglevel', 'info', '-copyts', '-i', os.fspath(path), *_stream(),
+           '-vf', 'showinfo', '-f', 'null', '-']
     times: list[tuple[float, float]] = []
     size = (0, 0)
     other: list[str] = []
     sized = False  # the input's size was checked (the first video stream FFmpeg describes is the input's)
+    file_start = None  # the input's "start:", the player's 0 (the output has no Duration line)
+    tb: tuple[int, int] | None = None
     with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True, errors='replace') as proc:
         assert proc.stderr is not None
@@ -94,17 +103,35 @@ def frame_times(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int], s
                 if too_large:
                     proc.kill()
                     raise MediaError(too_large)
+            if m is None and file_start is None and (d := _FILE_START.search(line)):
+                file_start = float(d.group(1))
+            if m is None and tb is None and (b := _TIME_BASE.search(line)) and int(b.group(2)):
+                tb = (int(b.group(1)), int(b.group(2)))
             if m is None:
                 other = [*other[-19:], line]
                 continue
-            start = float(m.group(3)) if m.group(3) not in ('NOPTS', 'nan') else float('nan')
-            dur = float(m.group(4)) if m.group(4) not in (None, 'NOPTS', 'nan') else float('nan')
-            times.append((start, start + dur if dur > 0 else float('nan')))
+            times.append(_interval(m, tb))
             if not size[0]:
-                size = (int(m.group(6)), int(m.group(5)))
+                size = (int(m.group(7)), int(m.group(6)))
     if not times:
         raise MediaError(_reason(other))
-    return np.asarray(times, np.float64), size, _reason(other) if proc.returncode else ''
+    t = np.asarray(times, np.float64)
+    if tb and file_start:  # in ticks: the file's start (whole microseconds) on the frames' tick, exact times
+        t = (t - round(file_start * tb[1] / tb[0])) * tb[0] / tb[1]
+    elif tb:
+        t = t * tb[0] / tb[1]
+    else:
+        t = t - (file_start or 0.0)
+    return t, size, _reason(other) if proc.returncode else ''
+
+
+def _interval(m: re.Match, tb: tuple[int, int] | None) -> tuple[float, float]:
+    """A showinfo line's [start, end): in ticks of `tb` when it is known, else in seconds; NaN where
+    FFmpeg gives no time, an end of NaN where it gives no duration."""
+    pts, dur = (m.group(2), m.group(4)) if tb else (m.group(3), m.group(5))
+    start = float(pts) if pts not in ('NOPTS', 'nan') else float('nan')
+    length = float(dur) if dur not in (None, 'NOPTS', 'nan') else float('nan')
+    return start, start + length if length > 0 else float('nan')
 
 
 def _ranges(index: np.ndarray) -> list[tuple[int, int]]:

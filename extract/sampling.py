@@ -152,11 +152,15 @@ def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndar
     n_frames = len(frame_times)
     starts = frame_times[:, 0]
     duration = float(frame_times[-1, 1])
-    n = max(1, math.ceil(duration * s.fps - 1e-6))
+    # rows start with the first frame: a video stream that starts after the file (after its audio)
+    # has no rows of its first frame repeated before it is shown (frames before 0, which an MP4's
+    # edit list cuts and decord still gives, are not shown either)
+    origin = min(max(float(starts[0]), 0.0), float(np.nextafter(duration, 0)))
+    n = max(1, math.ceil((duration - origin) * s.fps - 1e-6))
     step = 1.0 / s.fps
     if n > s.max_rows:
-        n, step = s.max_rows, duration / s.max_rows
-    centres = np.minimum((np.arange(n) + 0.5) * step, np.nextafter(duration, 0))
+        n, step = s.max_rows, (duration - origin) / s.max_rows
+    centres = np.minimum(origin + (np.arange(n) + 0.5) * step, np.nextafter(duration, 0))
     centre_idx = np.clip(np.searchsorted(starts, centres, side='right') - 1, 0, n_frames - 1)
     if s.kind == 'frames' or s.clip_len == 1:
         index = centre_idx[:, None]
@@ -165,8 +169,8 @@ def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndar
         middles, nudge = centres, 0.0
         if s.clip_placement == 'inside':  # CE's I3D windows (64 frames at 25 fps) lie inside the video
             half = s.clip_len / s.clip_fps / 2
-            middles = np.clip(centres, half, max(duration - half, half))
-        times = np.clip(middles[:, None] + offsets[None, :], 0.0, np.nextafter(duration, 0))
+            middles = np.clip(centres, origin + half, max(duration - half, origin + half))
+        times = np.clip(middles[:, None] + offsets[None, :], origin, np.nextafter(duration, 0))
         if s.clip_placement == 'inside':
             # a time on a frame boundary (all 64 of a clip at 25 fps around x.5 s of 25 fps video) takes
             # the later frame, whichever way the rounding of either time went: decord's float32 starts
@@ -174,7 +178,8 @@ def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndar
             nudge = CLIP_TIME_NUDGE + np.spacing(times.astype(np.float32)).astype(np.float64)
         index = np.clip(np.searchsorted(starts, times + nudge, side='right') - 1, 0, n_frames - 1)
     else:
-        first = np.clip(centre_idx - s.clip_len // 2, 0, max(n_frames - s.clip_len, 0))
+        shown = int(np.searchsorted(starts, origin, side='left'))  # the first frame at or after the origin
+        first = np.clip(centre_idx - s.clip_len // 2, shown, max(n_frames - s.clip_len, shown))
         index = np.minimum(first[:, None] + np.arange(s.clip_len)[None, :], n_frames - 1)
     stamps = np.stack([frame_times[index[:, 0], 0], frame_times[index[:, -1], 1]], axis=1)
     return index.astype(np.int64), stamps.astype(np.float32)

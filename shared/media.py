@@ -58,6 +58,12 @@ class MediaInfo:
     audio_codec: str = ''
     sample_rate: int = 0
     channels: str = ''
+    #: seconds: where the file's timeline starts (a player's 0), and where its first video and audio
+    #: streams start on it (an MPEG-TS from a broadcast starts at 1.4 s or more, a stream muxed with an
+    #: offset starts later than the others); a stream's start is the file's where FFmpeg gives none
+    start: float = 0.0
+    video_start: float = 0.0
+    audio_start: float = 0.0
 
     @property
     def has_video(self) -> bool:
@@ -82,17 +88,30 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         last = text.strip().splitlines()[-1] if text.strip() else 'no output'
         raise MediaError(f'ffmpeg cannot read {path}: {last}')
     duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    start = re.search(r'Duration: .*?, start: (-?\d+(?:\.\d+)?)', text)
     info: dict = {'duration': duration}
+    info['start'] = info['video_start'] = info['audio_start'] = float(start.group(1)) if start else 0.0
     v = VIDEO_STREAM.search(text)
     if v:
         info.update(video_codec=v.group(1), width=int(v.group(2)), height=int(v.group(3)))
         fps = re.search(r'Stream #\S+.*?: Video: .*?([\d.]+) fps', text)
         if fps:
             info['fps'] = float(fps.group(1))
+        info['video_start'] = _stream_start(text, v.start(), info['start'])
     a = re.search(r'Stream #\S+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)', text)
     if a:
         info.update(audio_codec=a.group(1), sample_rate=int(a.group(2)), channels=a.group(3).strip())
+        info['audio_start'] = _stream_start(text, a.start(), info['start'])
     return MediaInfo(**info)
+
+
+def _stream_start(text: str, at: int, file_start: float) -> float:
+    """The start of the stream whose line begins at `at` in FFmpeg's description: its ', start X'
+    (FFmpeg 7.1 on writes it where it is not 0), else the file's own (an older FFmpeg writes none);
+    never before the file's, which is the earliest of its streams."""
+    line = text[at:].split('\n', 1)[0]
+    m = re.search(r', start (-?\d+(?:\.\d+)?)', line)
+    return max(float(m.group(1)), file_start) if m else file_start
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[np.ndarray | None, str]:
@@ -105,6 +124,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[np.nd
     FFmpeg's own `-ac 1` to float output adds the channels at 1/sqrt(2) each, 3 dB louder. Mono
     files come out bit-identical to `-ac 1`. Files of more than two channels get the mean of all of
     them (VGGish's rule; FFmpeg's downmix, and so whisper's, weights the channels by position).
+
+    The array starts where the file starts (`MediaInfo.start`): an audio stream that starts later
+    is preceded by silence, as a player plays it beside the video.
 
     Returns:
         (audio, error): audio is None with error '' when the file has no audio stream, None with
@@ -132,12 +154,15 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[np.nd
     except ValueError as err:
         return None, f'cannot decode audio: {err}'
     samples = np.frombuffer(data[:len(data) - len(data) % (4 * channels)], np.float32).reshape(-1, channels)
-    if channels == 1:
-        return samples[:, 0].copy(), ''
-    mono = samples[:, 0].copy()  # summed channel by channel: no float64 copy of a long file
+    # FFmpeg's WAV starts at the stream's first sample: an audio stream that starts after the file does
+    # (after its video) gets that silence first, so that audio times are the video's (a player's) times
+    lead = round((info.audio_start - info.start) * sample_rate)
+    mono = np.zeros(lead + len(samples), np.float32)
+    mono[lead:] = samples[:, 0]  # summed channel by channel: no float64 copy of a long file
     for c in range(1, channels):
-        mono += samples[:, c]
-    mono /= np.float32(channels)
+        mono[lead:] += samples[:, c]
+    if channels > 1:
+        mono /= np.float32(channels)
     return mono, ''
 
 

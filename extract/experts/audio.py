@@ -68,19 +68,37 @@ def mel_matrix(n_bins: int = N_FFT // 2 + 1, n_mels: int = N_MELS, rate: int = A
     return weights.astype(np.float32)
 
 
-def log_mel_examples(audio: torch.Tensor) -> torch.Tensor:
-    """Mono 16 kHz waveform (N,) -> (K, 96, 64) log-mel examples; K = 0 below one example."""
-    n = audio.shape[0]
-    n_frames = 0 if n < WINDOW else 1 + (n - WINDOW) // HOP
-    k = n_frames // EXAMPLE_FRAMES
-    if k == 0:
+def example_count(samples: int) -> int:
+    """Whole 0.96 s examples in a waveform of `samples` samples."""
+    n_frames = 0 if samples < WINDOW else 1 + (samples - WINDOW) // HOP
+    return n_frames // EXAMPLE_FRAMES
+
+
+#: examples whose spectra are computed at once: the intermediates of a whole long file (its (F, 400)
+#: windowed frames and (F, 257) spectra, 13x the waveform: 1 GB for 20 minutes) are never all held
+EXAMPLE_BLOCK = 64
+
+
+def log_mel_examples(audio: torch.Tensor, which: np.ndarray | None = None) -> torch.Tensor:
+    """Mono 16 kHz waveform (N,) -> (K, 96, 64) log-mel examples; K = 0 below one example.
+
+    Args:
+        which: the examples to compute (indices below `example_count`); default all of them.
+    """
+    k = example_count(audio.shape[0])
+    index = np.arange(k) if which is None else np.asarray(which, np.int64)
+    if k == 0 or len(index) == 0:
         return audio.new_zeros((0, EXAMPLE_FRAMES, N_MELS))
-    frames = audio[: (n_frames - 1) * HOP + WINDOW].unfold(0, WINDOW, HOP)  # (F, 400), no padding
     window = torch.hann_window(WINDOW, periodic=True, dtype=audio.dtype, device=audio.device)
-    spec = torch.fft.rfft(frames * window, n=N_FFT).abs()  # (F, 257)
-    mel = spec @ torch.from_numpy(mel_matrix()).to(audio.device, audio.dtype)
-    logmel = torch.log(mel + LOG_OFFSET)
-    return logmel[: k * EXAMPLE_FRAMES].reshape(k, EXAMPLE_FRAMES, N_MELS)
+    mel_w = torch.from_numpy(mel_matrix()).to(audio.device, audio.dtype)
+    span = (EXAMPLE_FRAMES - 1) * HOP + WINDOW  # the samples of one example's 96 frames
+    out = []
+    for b in range(0, len(index), EXAMPLE_BLOCK):
+        frames = torch.cat([audio[int(e) * EXAMPLE_FRAMES * HOP:][:span].unfold(0, WINDOW, HOP)
+                            for e in index[b:b + EXAMPLE_BLOCK]])  # (B * 96, 400), no padding
+        spec = torch.fft.rfft(frames * window, n=N_FFT).abs()  # (B * 96, 257)
+        out.append(torch.log(spec @ mel_w + LOG_OFFSET).reshape(-1, EXAMPLE_FRAMES, N_MELS))
+    return torch.cat(out)
 
 
 class VGGish(nn.Module):
@@ -210,13 +228,17 @@ class AudioExpert(VideoExpert):
     def process(self, inputs: VideoInput) -> VideoResult:
         assert inputs.audio is not None
         wave = torch.from_numpy(np.ascontiguousarray(inputs.audio, np.float32)).to(self.device)
-        examples = log_mel_examples(wave)
-        k = min(len(examples), self.cfg.max_rows)
-        if k == 0:  # shorter than one 0.96 s example: nothing to embed
+        n = example_count(len(wave))
+        if n == 0:  # shorter than one 0.96 s example: nothing to embed
             return VideoResult(np.zeros((0, 128), np.float32), np.zeros((0, 2), np.float32), DONE, available=False)
-        feats = torch.cat([self.forward(examples[i:i + self.batch_size])
-                           for i in range(0, k, self.batch_size)]).cpu().numpy()
-        start = np.arange(k, dtype=np.float32) * (EXAMPLE_FRAMES * HOP / AUDIO_RATE)
+        # a longer file than T examples keeps T spread evenly over it, as the frame experts' rows are
+        # (`extract.sampling.plan_rows`): the example at the centre of each of T equal parts
+        pick = np.arange(n) if n <= self.cfg.max_rows else (
+            (np.arange(self.cfg.max_rows) + 0.5) * n / self.cfg.max_rows).astype(np.int64)
+        # a batch at a time: the log-mel examples of a long file are not all held at once either
+        feats = torch.cat([self.forward(log_mel_examples(wave, pick[i:i + self.batch_size]))
+                           for i in range(0, len(pick), self.batch_size)]).cpu().numpy()
+        start = pick.astype(np.float32) * np.float32(EXAMPLE_FRAMES * HOP / AUDIO_RATE)
         return VideoResult(feats, np.stack([start, start + EXAMPLE_FRAMES * HOP / AUDIO_RATE], axis=1), DONE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

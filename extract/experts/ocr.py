@@ -146,7 +146,12 @@ class OcrExpert(VideoExpert):
         self.engine = reader
 
     def _read_rapid(self, frame: np.ndarray) -> list[tuple[str, float]]:
-        result, _ = self.engine(np.ascontiguousarray(frame[..., ::-1]))  # RapidOCR takes BGR
+        from rapidocr_onnxruntime.utils.process_img import ResizeImgError
+
+        try:
+            result, _ = self.engine(np.ascontiguousarray(frame[..., ::-1]))  # RapidOCR takes BGR
+        except ResizeImgError:  # a frame over ~60 times as wide as high (or high as wide) shrinks to 0 pixels
+            return []  # in its detector: no line of text to read there
         return [(text, float(score)) for _, text, score in (result or [])]
 
     def process(self, inputs: VideoInput) -> VideoResult:
