@@ -875,7 +875,8 @@ def _check_chunk_bytes(path: Path, spec: StoreSpec) -> None:
         most = MAX_CHUNK_BYTES // (spec.row_chunk * spec.feature_dim * 2)
         raise StoreError(f'{path}: a chunk of {spec.chunk_size} videos x {spec.row_chunk} rows x {spec.feature_dim} '
                          f'dims decodes to {size >> 20} MiB, more than the {MAX_CHUNK_BYTES >> 30} GiB a chunk may: '
-                         f'give a --chunk-size of at most {most}')
+                         + (f'give a --chunk-size of at most {most}' if most else 'one video of them is more: give '
+                            'fewer rows (max_rows) or a smaller feature_dim'))
 
 
 def _check_source(store: ExpertStore, spec: StoreSpec) -> None:
