@@ -226,13 +226,17 @@ _H5_EXPANSION, _H5_FREE_BYTES = 64, 64 << 20
 def _h5_read(h: Any, key: str) -> Any:
     """`h[key]` read whole; a dataset whose size is far beyond what the file holds of it (an unwritten
     dataset of 10**6 rows reads as 8 GB of zeros from a 6 KB file), or whose data is in another file (an
-    external link, external storage, a virtual dataset), is a ValueError, before it is read."""
+    external link, a soft link, which may lead through one, external storage, a virtual dataset), is a
+    ValueError, before it is read."""
     import h5py
 
     link = h.get(key, getlink=True)
     if isinstance(link, h5py.ExternalLink):  # a file anywhere on this machine, read as the release's
         raise ValueError(f'{key} is a link to {link.path} in {link.filename}, another file: a release file holds '
                          'its own data; refused, not followed')
+    if isinstance(link, h5py.SoftLink):  # its path may pass through an external link (another file again)
+        raise ValueError(f'{key} is a soft link to {link.path[:200]}: a release file holds its datasets themselves; '
+                         'refused, not followed')
     d = h[key]
     if getattr(d, 'external', None) or getattr(d, 'is_virtual', False):
         # HDF5 reads such a dataset from the files it names (/home/.../id_rsa, /dev/zero): their bytes

@@ -843,6 +843,7 @@ def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreS
         raise StoreError('video ids must be unique')
     if '' in video_ids:  # an empty id is what a lost chunk file of them reads as (`check`)
         raise StoreError('video ids must not be empty')
+    _check_chunk_bytes(path, spec.resolved(len(video_ids)))  # before --overwrite removes the old store
     if overwrite and path.exists():
         shutil.rmtree(path)
     if path.exists() and not is_store(path):  # what a killed --overwrite leaves, say
@@ -863,6 +864,19 @@ def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreS
     _check_source(store, spec)
     _check_compatible(store, video_ids, spec)
     return store
+
+
+def _check_chunk_bytes(path: Path, spec: StoreSpec) -> None:
+    """A StoreError for a layout whose features chunk decodes to more than `MAX_CHUNK_BYTES`: such a
+    store would be made, then refused by every `open_store` (its reads decode a chunk whole)."""
+    assert spec.row_chunk is not None
+    size = spec.chunk_size * spec.row_chunk * spec.feature_dim * 2  # float16
+    if size > MAX_CHUNK_BYTES:
+        most = MAX_CHUNK_BYTES // (spec.row_chunk * spec.feature_dim * 2)
+        raise StoreError(f'{path}: a chunk of {spec.chunk_size} videos x {spec.row_chunk} rows x {spec.feature_dim} '
+                         f'dims decodes to {size >> 20} MiB, more than the {MAX_CHUNK_BYTES >> 30} GiB a chunk may: '
+                         + (f'give a --chunk-size of at most {most}' if most else 'one video of them is more: give '
+                            'fewer rows (max_rows) or a smaller feature_dim'))
 
 
 def _check_source(store: ExpertStore, spec: StoreSpec) -> None:
@@ -984,9 +998,14 @@ def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
         # that inflate to GBs) is refused before any is read; strings have no size to check
         inner, most = tuple(arr.chunks), (max(c, 1), *(max(k, 1) for k in want[1:]))
         size = math.prod(inner) * (arr.dtype.itemsize or 1)
-        if any(k > m for k, m in zip(inner, most)) or size > MAX_CHUNK_BYTES:
-            raise StoreError(f'{path}: its {name} is chunked {inner}, beyond its chunk_size and shape {most} or '
-                             f'{MAX_CHUNK_BYTES >> 30} GiB a chunk: its zarr.json is damaged')
+        if any(k > m for k, m in zip(inner, most)):
+            raise StoreError(f'{path}: its {name} is chunked {inner}, beyond its chunk_size and shape {most}: its '
+                             'zarr.json is damaged')
+        if size > MAX_CHUNK_BYTES:  # within the layout: a store of schema 1 with a long T whole in a chunk, say
+            raise StoreError(f'{path}: a chunk of its {name} {inner} decodes to {size >> 20} MiB, more than the '
+                             f'{MAX_CHUNK_BYTES >> 30} GiB a chunk may (each read decodes one whole): extract it again '
+                             'with --overwrite (a new store chunks T in rows, --chunk-size sets the videos a chunk), '
+                             'or remove it if it was received from others')
     return arrays
 
 

@@ -283,12 +283,14 @@ BAD_H5 = {  # probe 7: each was a line naming neither the file nor the video (a 
     # data kept in a file outside the release: HDF5 read it, and a secret's bytes became a caption in imported.json
     'a caption stored in another file': (lambda p: _h5_elsewhere(p, 'storage'), 'keeps its data in other files ('),
     'a feature linked from another file': (lambda p: _h5_elsewhere(p, 'link'), 'is a link to /features.audio in'),
+    # a soft link whose target is an external link under a key the importer does not read
+    'a caption soft-linked to another file': (lambda p: _h5_elsewhere(p, 'soft'), 'is a soft link to /hidden'),
 }
 
 
 def _h5_elsewhere(path: Path, how: str) -> None:
     """`path` with data kept outside the release: a caption in a secret's bytes (HDF5 external storage),
-    or its features an external link to another HDF5 file."""
+    or its features an external link to another HDF5 file, or a caption a soft link to such a link."""
     secret, other = path.parents[1] / 'secret.txt', path.parents[1] / 'other.h5'
     secret.write_bytes(b'TOPSECRET' * 4)
     with h5py.File(other, 'w') as h:
@@ -298,6 +300,10 @@ def _h5_elsewhere(path: Path, how: str) -> None:
         if how == 'storage':
             h['features.audio'] = np.ones((2, 16), np.float32)
             h.create_dataset('raw_captions.0', shape=(1,), dtype='S32', external=[(str(secret), 0, 32)])
+        elif how == 'soft':
+            h['features.audio'] = np.ones((2, 16), np.float32)
+            h['hidden'] = h5py.ExternalLink(str(other), '/features.audio')
+            h['raw_captions.0'] = h5py.SoftLink('/hidden')
         else:
             h['features.audio'] = h5py.ExternalLink(str(other), '/features.audio')
             h['raw_captions.0'] = 'a caption'

@@ -153,7 +153,7 @@ def test_caption_file_setting_reaches_the_adapter_from_every_command(tmp_path: P
     assert 'raw_caption.json not found' in err and '\n' not in err
 
 
-def test_evaluate_reads_the_runs_own_dataset_with_the_runs_dataset_options(tmp_path: Path) -> None:
+def test_evaluate_reads_the_runs_own_dataset_with_the_runs_dataset_options(tmp_path: Path, repo_root: Path) -> None:
     """`python -m train.evaluate --run RUN` on the run's own dataset reads it as the run did: with its
     `data.dataset_options` (here the caption file), not the adapter's defaults."""
     import argparse
@@ -166,7 +166,7 @@ def test_evaluate_reads_the_runs_own_dataset_with_the_runs_dataset_options(tmp_p
     (d / 'raw_caption.json').write_text(json.dumps({'vidA': {'start': [0], 'end': [9], 'text': ['so now we cut']}}))
     run = tmp_path / 'run'
     run.mkdir()
-    cfg = yaml.safe_load(Path('pipelines/configs/train/mmt_demo.yaml').read_text())
+    cfg = yaml.safe_load((repo_root / 'pipelines/configs/train/mmt_demo.yaml').read_text())
     cfg['data'].update(dataset='howto100m', split='pretrain', dataset_options={'captions': 'raw_caption.json'})
     (run / 'config.yaml').write_text(yaml.safe_dump(cfg))
     args = argparse.Namespace(run=run, dataset=None, split=None, data_root=tmp_path)

@@ -698,6 +698,25 @@ def test_chunks_that_decode_past_the_limit_are_refused_before_a_read(tmp_path: P
     create_store(path, W.video_ids(4), dataclasses.replace(W.spec(4), max_rows=16000, feature_dim=16000))
     open_store(path, warn_random=False)  # its own layout: (4, 128, 16000) chunks of 16 MB
     _edit_metadata(path, 'features', chunk_grid={'name': 'regular', 'configuration': {'chunk_shape': [4, 16000, 16000]}})
-    with pytest.raises(StoreError, match=re.escape('its features is chunked (4, 16000, 16000), beyond its chunk_size '
-                                                   'and shape (4, 16000, 16000) or 1 GiB a chunk')):
+    with pytest.raises(StoreError, match=re.escape('a chunk of its features (4, 16000, 16000) decodes to 1953 MiB, '
+                                                   'more than the 1 GiB a chunk may (each read decodes one whole): '
+                                                   'extract it again with --overwrite')):
         open_store(path, warn_random=False)
+
+
+def test_a_layout_whose_chunks_would_be_refused_is_not_made(tmp_path: Path) -> None:
+    """--chunk-size 4096 of 2048-dim features made a store of 2 GiB chunks that every open then refused
+    as damaged; it is refused before anything is written, and an --overwrite with it keeps the old store."""
+    import dataclasses
+
+    path = tmp_path / 'big.zarr'
+    spec = dataclasses.replace(W.spec(4), max_rows=128, feature_dim=2048, chunk_size=4096)
+    with pytest.raises(StoreError, match=re.escape('a chunk of 4096 videos x 128 rows x 2048 dims decodes to 2048 MiB, '
+                                                   'more than the 1 GiB a chunk may: give a --chunk-size of at most '
+                                                   '2048')):
+        create_store(path, W.video_ids(4), spec)
+    assert list(tmp_path.iterdir()) == []
+    old = create_store(path, W.video_ids(4), W.spec(4))
+    with pytest.raises(StoreError, match='give a --chunk-size of at most 2048'):
+        create_store(path, W.video_ids(4), spec, overwrite=True)
+    assert open_store(path, warn_random=False).attrs['store_id'] == old.attrs['store_id']
