@@ -264,8 +264,8 @@ def test_the_command_train_index_prints_serves_the_index(served, demo_stores: tu
 
     collection, _, _ = served
     data, features = demo_stores
-    index = collection.thumbs.parent  # the fixture's tmp/index, beside its run tmp/ce/seed0
-    run = index.parent / 'ce' / 'seed0'
+    index = collection.thumbs.parent  # the fixture's run/index/demo, train.index's default folder
+    run = collection.thumbs.parents[2]
     capsys.readouterr()
     assert index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
                        str(features), '--out', str(index)]) == 0  # complete: the index again, and the line
