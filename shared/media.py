@@ -156,7 +156,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[np.nd
     samples = np.frombuffer(data[:len(data) - len(data) % (4 * channels)], np.float32).reshape(-1, channels)
     # FFmpeg's WAV starts at the stream's first sample: an audio stream that starts after the file does
     # (after its video) gets that silence first, so that audio times are the video's (a player's) times
-    lead = round((info.audio_start - info.start) * sample_rate)
+    lead = info.audio_start - info.start
+    # a start past the file's end is a broken timeline (an MPEG-TS's pts jump), not silence to add:
+    # up to 26 hours of it (2**33 ticks at 90 kHz) would take GBs
+    lead = round(lead * sample_rate) if lead <= info.duration else 0
     mono = np.zeros(lead + len(samples), np.float32)
     mono[lead:] = samples[:, 0]  # summed channel by channel: no float64 copy of a long file
     for c in range(1, channels):

@@ -53,6 +53,20 @@ def test_audio_that_starts_late_starts_late_in_the_waveform(late: Path) -> None:
     assert 1.45 < heard[0] / 16000 < 1.55 and abs(len(audio) / 16000 - 4.0) < 0.1
 
 
+def test_an_audio_start_past_the_end_of_the_file_adds_no_silence(late: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken timeline (an MPEG-TS pts jump: up to 2**33 ticks at 90 kHz, 26 hours) is not silence to
+    put before the audio: that took GBs. Its audio is read as it is."""
+    import dataclasses
+
+    import shared.media
+
+    path = late / 'audio_late.mp4'
+    real = probe(path)
+    monkeypatch.setattr(shared.media, 'probe', lambda p: dataclasses.replace(real, audio_start=real.start + 95443.0))
+    audio, error = load_audio(path)
+    assert not error and audio is not None and abs(len(audio) / 16000 - 2.5) < 0.1  # the tone's 2.5 s alone
+
+
 @pytest.mark.parametrize('name', ['video_late.mp4', 'video_late.ts'])
 def test_video_that_starts_late_has_its_frames_at_their_times(late: Path, name: str) -> None:
     path = str(late / name)
