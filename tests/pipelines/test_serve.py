@@ -258,6 +258,7 @@ def test_the_command_train_index_prints_serves_the_index(served, demo_stores: tu
     stopped with 'word vectors .../data/demo/word2vec.bin not found'."""
     import shlex
 
+    import torch
     import uvicorn
 
     from pipelines.serve import main as serve_main
@@ -275,5 +276,8 @@ def test_the_command_train_index_prints_serves_the_index(served, demo_stores: tu
     monkeypatch.chdir(tmp_path)  # no ./data here
     served_apps = []
     monkeypatch.setattr(uvicorn, 'run', lambda app, **kw: served_apps.append(app))
+    # serving sets one torch thread for the process: given back, or a later in-process training in this
+    # pytest process rounds otherwise than its subprocess twin (test_killed_training_resumes_to_the_same_result)
+    monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)
     assert serve_main(argv[3:]) == 0, capsys.readouterr().err
     assert len(served_apps) == 1
