@@ -31,7 +31,7 @@ import numpy as np
 from extract.pool import DecodePool
 from shared.resources import cpu_limit
 from extract.weights import WeightsError
-from shared.config import ConfigError, data_root_default, parse_overrides
+from shared.config import DATA_ROOT_HELP, ConfigError, data_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
 
 __all__ = ['main', 'machine']
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--dataset', default='demo', help='registered dataset or folder:PATH (default: demo)')
     p.add_argument('--data-root', type=Path, default=data_root_default(),
-                   help='dataset folders (default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+                   help=f'dataset folders (default: {DATA_ROOT_HELP})')
     p.add_argument('--experts', default='object,scene', help='comma list or all (default: object,scene)')
     p.add_argument('--limit', type=int, default=64, help='videos to use (default: 64)')
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')

@@ -33,7 +33,8 @@ import yaml
 
 from extract.presets import dataset_settings
 from extract.run import exit_cli, main as extract_main
-from shared.config import ConfigError, data_root_default, features_root_default, to_dict
+from shared.config import (DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default,
+                           to_dict)
 from shared.datasets import load_manifest
 from shared.datasets.demo import (IMAGES_FILE, MANIFEST_FILE, DemoCfg, DemoImagesCfg, generate, generate_images,
                                   split_sizes)
@@ -227,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m pipelines.demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--data-root', type=Path, default=data_root_default(),
                         help='where the demo videos and stills are generated (DATA_ROOT/demo, DATA_ROOT/demo_images; '
-                             'default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+                             f'default: {DATA_ROOT_HELP})')
     parser.add_argument('--features-root', type=Path, default=features_root_default(),
-                        help='where the expert stores go (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
+                        help=f'where the expert stores go (default: {FEATURES_ROOT_HELP})')
     parser.add_argument('--runs', type=Path, default=Path('runs/demo'), help='run directories (default: runs/demo)')
     parser.add_argument('--report', type=Path, default=Path('reports/demo'), help='report directory (default: reports/demo)')
     parser.add_argument('--videos', type=int, default=d.videos,

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from shared.config import data_root_default, features_root_default
+from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, data_root_default, features_root_default
 from shared.datasets import DatasetError, dataset_dir, require_registered
 from shared.datasets.imported import IMPORTED_FILE, imported_video_path
 from shared.datasets.manifest import read_split_list, read_text
@@ -397,9 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--dataset', required=True, help='the dataset name to import as (msrvtt, msvd, ...)')
     p.add_argument('--data-root', type=Path, default=data_root_default(),
                    help='dataset folders: imported.json goes to DATA_ROOT/DATASET '
-                        '(default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+                        f'(default: {DATA_ROOT_HELP})')
     p.add_argument('--features-root', type=Path, default=features_root_default(),
-                   help='expert stores (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
+                   help=f'expert stores (default: {FEATURES_ROOT_HELP})')
     p.add_argument('--overwrite', action='store_true',
                    help='replace stores of features extracted here too (earlier imports are always replaced)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from shared.config import ConfigError, data_root_default
+from shared.config import DATA_ROOT_HELP, ConfigError, data_root_default
 from shared.datasets import DatasetError
 from shared.datasets.manifest import resolve_inside
 from shared.files import sha256_file
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                                          'default folder in RUN/index/')
     p.add_argument('--data-root', type=Path, default=data_root_default(),
                    help='dataset folders: the run\'s word vectors and the videos played (default: '
-                        '$VIDEOEXPERTS_DATA_ROOT, else data)')
+                        f'{DATA_ROOT_HELP})')
     p.add_argument('--host', default=d.host, help=f'address to listen on (default: {d.host})')
     p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
     args = p.parse_args(argv)

@@ -12,18 +12,23 @@ from typing import Any, TypeVar
 import yaml
 
 __all__ = ['ConfigError', 'from_dict', 'load_yaml', 'read_yaml', 'to_dict', 'parse_overrides',
-           'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'data_root_default', 'features_root_default', 'weights_dir',
+           'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'DATA_ROOT_ENV', 'FEATURES_ROOT_ENV', 'DATA_ROOT_HELP',
+           'FEATURES_ROOT_HELP', 'data_root_default', 'features_root_default', 'weights_dir',
            'offline', 'int_at_least', 'at_least', 'brief_repr']
 
 T = TypeVar('T')
 
 DEFAULT_DATA_ROOT = 'data'
 DEFAULT_FEATURES_ROOT = 'features'
+#: the environment variables that move the roots, and the defaults as the commands' --help says them
+DATA_ROOT_ENV, FEATURES_ROOT_ENV = 'VIDEOEXPERTS_DATA_ROOT', 'VIDEOEXPERTS_FEATURES_ROOT'
+DATA_ROOT_HELP = f'${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}'
+FEATURES_ROOT_HELP = f'${FEATURES_ROOT_ENV}, else {DEFAULT_FEATURES_ROOT}'
 
 
 def data_root_default() -> Path:
     """`$VIDEOEXPERTS_DATA_ROOT`, else ./data."""
-    return Path(os.environ.get('VIDEOEXPERTS_DATA_ROOT', DEFAULT_DATA_ROOT))
+    return Path(os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT))
 
 
 def weights_dir() -> Path:
@@ -38,7 +43,7 @@ def offline() -> bool:
 
 def features_root_default() -> Path:
     """`$VIDEOEXPERTS_FEATURES_ROOT`, else ./features."""
-    return Path(os.environ.get('VIDEOEXPERTS_FEATURES_ROOT', DEFAULT_FEATURES_ROOT))
+    return Path(os.environ.get(FEATURES_ROOT_ENV, DEFAULT_FEATURES_ROOT))
 
 
 class ConfigError(ValueError):

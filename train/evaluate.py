@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.config import ConfigError, data_root_default, features_root_default
+from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
 from shared.device import pick_device
 from shared.files import atomic_write_text
@@ -144,9 +144,9 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--stop-words', choices=('keep', 'remove'), default=None,
                    help="keep or remove HowTo100M's stop words from the captions (default: as the run was trained)")
     p.add_argument('--data-root', type=Path, default=data_root_default(),
-                   help='dataset folders (default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+                   help=f'dataset folders (default: {DATA_ROOT_HELP})')
     p.add_argument('--features-root', type=Path, default=features_root_default(),
-                   help='expert stores (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
+                   help=f'expert stores (default: {FEATURES_ROOT_HELP})')
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
 
 

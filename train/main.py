@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides, to_dict
+from shared.config import (DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default,
+                           parse_overrides, to_dict)
 from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.files import atomic_write_text
@@ -88,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                    help='override a config value, e.g. train.epochs=5 or model.embed_dim=512')
     p.add_argument('--seeds', default='0', help='comma list of seeds; results are mean +- std (default: 0)')
     p.add_argument('--data-root', type=Path, default=data_root_default(),
-                   help='dataset folders (default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+                   help=f'dataset folders (default: {DATA_ROOT_HELP})')
     p.add_argument('--features-root', type=Path, default=features_root_default(),
-                   help='expert stores (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
+                   help=f'expert stores (default: {FEATURES_ROOT_HELP})')
     p.add_argument('--run-dir', type=Path, default=None, help='default: runs/MODEL-DATASET-SPLIT')
     p.add_argument('--init-from', metavar='RUN_DIR|CHECKPOINT',
                    help="start from another run's weights, matched by name and shape (train.init_from)")

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.config import ConfigError, data_root_default, features_root_default
+from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
 from shared.device import pick_device
 from shared.files import atomic_write_text
@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the run's trained video pooling head (default), or the per-second features averaged")
     p.add_argument('--epochs', type=int, help="default: the appendix's for the dataset (HMDB-51 1500, else 500)")
     p.add_argument('--data-root', type=Path, default=data_root_default(),
-                   help='dataset folders (default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+                   help=f'dataset folders (default: {DATA_ROOT_HELP})')
     p.add_argument('--features-root', type=Path, default=features_root_default(),
-                   help='expert stores (default: $VIDEOEXPERTS_FEATURES_ROOT, else features)')
+                   help=f'expert stores (default: {FEATURES_ROOT_HELP})')
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
     args = p.parse_args(argv)
     setup_logging()

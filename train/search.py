@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.config import ConfigError, data_root_default
+from shared.config import DATA_ROOT_HELP, ConfigError, data_root_default
 from train.captions import CaptionEncoder, build_caption_encoder
 from train.checkpoints import GALLERY, CheckpointError
 from train.config import RunCfg
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('-k', type=int, default=10, help='results per query (default: 10)')
     p.add_argument('--data-root', type=Path, default=data_root_default(),
                    help='dataset folders, for the video files and word vectors '
-                        '(default: $VIDEOEXPERTS_DATA_ROOT, else data)')
+                        f'(default: {DATA_ROOT_HELP})')
     args = p.parse_args(argv)
     if args.k < 1:  # before the model loads
         p.error('-k must be at least 1')
