@@ -146,18 +146,19 @@ def _frames_too_large(path: str) -> str:
     from FFmpeg's reading of its header; '' when they are not, or when FFmpeg cannot read it (the
     decoders then give their own reason). decord tells a frame's size only by decoding one, at
     full size: 1.1 GB for a 12000x12000 frame."""
-    try:
-        info = _probe(path)
-    except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
-        return ''
-    return video_frames_too_large(info.width, info.height)
+    info = _probe(path)
+    return video_frames_too_large(info.width, info.height) if info is not None else ''
 
 
-def _probe(path: str) -> MediaInfo:
+def _probe(path: str) -> MediaInfo | None:
     """`shared.media.probe`, remembered for the file this process read last (by path, size and
-    mtime): each window of a video asks for its start, and the first for its size too."""
-    st = os.stat(path)
-    return _probe_file(path, st.st_size, st.st_mtime_ns)
+    mtime): each window of a video asks for its start, and the first for its size too. None when
+    FFmpeg cannot read the file (the decoders then give their own reason)."""
+    try:
+        st = os.stat(path)
+        return _probe_file(path, st.st_size, st.st_mtime_ns)
+    except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
+        return None
 
 
 @functools.lru_cache(maxsize=2)
@@ -169,11 +170,8 @@ def _video_offset(path: str) -> float:
     """Seconds from the file's start (a player's 0, and the audio's: `shared.media.load_audio`) to
     its video stream's: decord's frame times count from the video stream's start. 0 when FFmpeg
     cannot read the file."""
-    try:
-        info = _probe(path)
-    except (MediaError, OSError):  # OSError: an FFmpeg binary that cannot be run
-        return 0.0
-    return info.video_start - info.start
+    info = _probe(path)
+    return info.video_start - info.start if info is not None else 0.0
 
 
 def _is_mpegts(path: str) -> bool:
