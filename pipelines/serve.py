@@ -117,10 +117,7 @@ class Collection:
         path = self.thumbs / f'{row}.jpg'
         if not 0 <= row < len(self.ids) or not path.is_file():
             raise FileNotFoundError(f'no thumbnail {row}')
-        real, folder = os.path.realpath(path), os.path.realpath(self.thumbs)
-        if os.path.commonpath([real, folder]) != folder:
-            raise PermissionError(f'thumbnail {row} leads outside {self.thumbs}')
-        return Path(real)
+        return _real_inside(path, self.thumbs, f'thumbnail {row} leads outside {self.thumbs}')
 
     def file(self, relative: str) -> Path:
         """An indexed video's file inside the root (PermissionError: outside it, through `..`, an absolute
@@ -133,12 +130,18 @@ class Collection:
             raise PermissionError(str(err)) from None
         if relative not in self.served:
             raise FileNotFoundError(f'no video {relative!r} in this index')
-        real, root = os.path.realpath(path), os.path.realpath(self.root)
-        if os.path.commonpath([real, root]) != root:  # a symlink that leads out
-            raise PermissionError(f'video path {relative!r} leads outside the video root')
-        if not os.path.isfile(real):
+        real = _real_inside(path, self.root, f'video path {relative!r} leads outside the video root')
+        if not real.is_file():
             raise FileNotFoundError(f'no video {relative!r}')
-        return Path(real)
+        return real
+
+
+def _real_inside(path: Path, folder: Path, outside: str) -> Path:
+    """`path` with its symlinks resolved, a PermissionError(`outside`) where that leaves `folder`."""
+    real, within = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, within]) != within:
+        raise PermissionError(outside)
+    return Path(real)
 
 
 def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fastapi.FastAPI
