@@ -36,8 +36,7 @@ WORKERS       ?= 2
 # the run and index that `make index` / `make serve` use: the demo's CE by default
 RUN           ?= runs/demo/ce/seed0
 # INDEX=PATH: where make index writes and make serve reads; by default train.index's own folder for
-# DATASET in RUN/index/ (python picks it: a folder:PATH dataset's characters other than letters,
-# digits and ._- become '_')
+# DATASET in RUN/index/ (python picks it: the name of the dataset's stores, folder-NAME-HASH for folder:PATH)
 INDEX         ?=
 empty         :=
 space         := $(empty) $(empty)
