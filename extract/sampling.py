@@ -28,7 +28,7 @@ __all__ = ['AUDIO_RATE', 'CLIP_PLACEMENTS', 'Sampling', 'RowPlan', 'DecodedVideo
 #: every audio expert (VGGish, whisper) takes 16 kHz mono
 AUDIO_RATE = 16000
 #: `Sampling.clip_placement`
-CLIP_PLACEMENTS = ('inside', 'centred')
+CLIP_PLACEMENTS = ('inside', 'centred', 'strided')
 #: seconds added to a clip's times before the frame on screen is looked up, beside one float32 spacing
 #: of the time (decord's frame times are float32: off by up to 1.9e-6 s past 32 s, 1.2e-4 s past an
 #: hour): far above float error, far below a frame's duration
@@ -53,7 +53,13 @@ class Sampling:
             boundary takes the later frame. ``centred`` (stores made before): centred, the first or
             last frame repeated where the clip reaches past the video, and a time on a boundary
             taking either frame as float rounding fell (at 25 fps around x.5 s of 25 fps video
-            every time is on one, so frames were repeated and skipped).
+            every time is on one, so frames were repeated and skipped). ``strided``: CE's sliding
+            windows (supplementary A.5, Action(KN): "Frames extracted at 25fps and processed with a
+            window length of 64 frames and a stride of 25 frames"; its released features'
+            `aggregated_i3d_25fps_256px_stride25_offset0_inner_stride1`): clip k starts at the start
+            of row k's bin (frame 25k of the 25 fps stream), the rows are the windows that fit in
+            the video (at least one, which a shorter video fills by repeating its last frame), and
+            a video with more than `max_rows` windows keeps `max_rows` of them, spread evenly.
     """
 
     kind: str = 'frames'
@@ -161,17 +167,24 @@ def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndar
     if n > s.max_rows:
         n, step = s.max_rows, (duration - origin) / s.max_rows
     centres = np.minimum(origin + (np.arange(n) + 0.5) * step, np.nextafter(duration, 0))
+    if s.kind == 'clips' and s.clip_fps and s.clip_placement == 'strided':
+        # CE's sliding windows: one starting every 1 / fps s from the first frame, those that fit
+        length = s.clip_len / s.clip_fps
+        n = max(1, math.floor((duration - origin - length) * s.fps + 1e-6) + 1)
+        # the windows on the stride grid; T of them, spread as the audio expert spreads its examples
+        k = np.arange(n) if n <= s.max_rows else ((np.arange(s.max_rows) + 0.5) * n / s.max_rows).astype(np.int64)
+        centres = origin + k / s.fps + length / 2
     centre_idx = np.clip(np.searchsorted(starts, centres, side='right') - 1, 0, n_frames - 1)
     if s.kind == 'frames' or s.clip_len == 1:
         index = centre_idx[:, None]
     elif s.clip_fps:
         offsets = (np.arange(s.clip_len) - s.clip_len / 2 + 0.5) / s.clip_fps
         middles, nudge = centres, 0.0
-        if s.clip_placement == 'inside':  # CE's I3D windows (64 frames at 25 fps) lie inside the video
+        if s.clip_placement != 'centred':  # a clip lies inside the video, as one of consecutive frames does
             half = s.clip_len / s.clip_fps / 2
             middles = np.clip(centres, origin + half, max(duration - half, origin + half))
         times = np.clip(middles[:, None] + offsets[None, :], origin, np.nextafter(duration, 0))
-        if s.clip_placement == 'inside':
+        if s.clip_placement != 'centred':
             # a time on a frame boundary (all 64 of a clip at 25 fps around x.5 s of 25 fps video) takes
             # the later frame, whichever way the rounding of either time went: decord's float32 starts
             # too, which a fixed 1e-6 s missed past 32 s (168 of a 200 s video's rows repeated frames)

@@ -56,7 +56,9 @@ class ExpertCfg:
             frame boundary taking the later frame; ``centred``, what stores made before this setting
             hold: repeating the first or last frame past the video's ends (a 64-frame I3D clip at
             25 fps around 0.5 s held frame 0 20 times) and, in 25 fps video, repeating and skipping
-            frames inside (its times fell on frame boundaries, taken as float rounding went).
+            frames inside (its times fell on frame boundaries, taken as float rounding went);
+            ``strided``, CE's sliding windows, one from the start of each row's bin, those that fit
+            in the video (`action.i3d`'s default).
         resize: ``[short_side]`` keeps the aspect ratio, ``[height, width]`` resizes to exactly that.
         input_size: side of the centre crop after resizing; 0 for no crop.
         antialias: bilinear resizing with antialiasing (as PIL and timm's transforms do); torchvision's

@@ -116,10 +116,13 @@ default_cfgs = {
                                           feature_dim=512, clip_len=8, clip_fps=30.0, license='mit (ig65m-pytorch)',
                                           origin_url='https://github.com/moabitcoin/ig65m-pytorch', **_KINETICS,
                                           **_IG65M),
-    # CE A.5: 64-frame windows of frames at 25 fps, resized to 256 keeping the aspect ratio, centre
-    # crop 224 (its offset rounded as pytorch-i3d's videotransforms.CenterCrop); RGB in [-1, 1] as
-    # pytorch-i3d (charades_dataset.py: (img / 255.) * 2 - 1)
+    # CE A.5: 64-frame windows of frames at 25 fps at a stride of 25 frames from frame 0 (CE's
+    # `i3d_25fps_256px_stride25_offset0_inner_stride1` features; `clip_placement='strided'`; 'inside'
+    # centred a window on each second's middle, 19 frames earlier), resized to 256 keeping the aspect
+    # ratio, centre crop 224 (its offset rounded as pytorch-i3d's videotransforms.CenterCrop); RGB in
+    # [-1, 1] as pytorch-i3d (charades_dataset.py: (img / 255.) * 2 - 1)
     'action.i3d': I3DCfg(arch='i3d', weights='file:rgb_imagenet.pt', feature_dim=1024, clip_len=64, clip_fps=25.0,
+                         clip_placement='strided',
                          resize=(256,), input_size=224, size_rounding='rounded', mean=(0.5, 0.5, 0.5),
                          std=(0.5, 0.5, 0.5), sampling='clips',
                          license='apache-2.0 (kinetics-i3d); pytorch-i3d conversion',

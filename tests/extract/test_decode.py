@@ -57,7 +57,7 @@ def test_clip_fps_resamples_inside_the_clip() -> None:
 @pytest.mark.parametrize('rate', [25.0, 30.0])
 def test_clips_at_the_videos_rate_are_its_consecutive_frames(rate: float) -> None:
     """An I3D clip (64 frames at 25 fps) of a 10 s video at its own rate is 64 consecutive frames
-    (CE's windows: consecutive frames from frame 0), also around 0.5 s and 9.5 s, where a centred
+    (as CE's windows are), also around 0.5 s and 9.5 s, where a centred
     clip would reach past the video. Centred (``clip_placement=centred``, stores made before), a
     25 fps clip's times fell on frame boundaries, taken as float rounding went, which repeated and
     skipped frames, and the first clip held frame 0 20 times. A video shorter than the clip repeats
@@ -75,7 +75,7 @@ def test_clips_at_the_videos_rate_are_its_consecutive_frames(rate: float) -> Non
     if rate == 25.0:
         old, _ = plan_rows(_times(n, rate), dataclasses.replace(s, clip_placement='centred'))
         assert old[0].tolist()[:20] == [0] * 20 and set(np.diff(old[1]).tolist()) == {0, 1, 2}
-    with pytest.raises(ValueError, match="clip_placement must be one of 'inside', 'centred', got 'wrap'"):
+    with pytest.raises(ValueError, match="clip_placement must be one of 'inside', 'centred', 'strided', got 'wrap'"):
         Sampling('clips', clip_placement='wrap')
 
 

@@ -12,6 +12,7 @@ state dict, are loaded by the expert from the weights directory.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -270,29 +271,99 @@ def test_input_is_ces_and_the_releases(width, height):
     assert err <= 1e-4, f'max-abs {err * 255:.3f}/255'  # float32 against float64
 
 
-def test_rows_of_a_decoded_25fps_video_are_consecutive_frames_fed_as_the_reference(tmp_path):
-    """Decoding and row planning included: a 3 s 320x240 video at 25 fps gives three rows of 64
-    consecutive frames (the first from frame 0, the last ending at the last frame, the middle
-    one around 1.5 s), each fed as `_reference_input` feeds the FFmpeg-decoded frames."""
+def test_rows_of_a_decoded_25fps_video_are_ces_windows_fed_as_the_reference(tmp_path):
+    """Decoding and row planning included: CE A.5's rule, "Frames extracted at 25fps and processed
+    with a window length of 64 frames and a stride of 25 frames" (its features'
+    ``i3d_25fps_256px_stride25_offset0_inner_stride1``: from frame 0). A 6.2 s 320x240 video at
+    25 fps (155 frames) has the 4 windows that fit, frames 25k to 25k + 63, at [k, k + 2.56) s,
+    each fed as `_reference_input` feeds the FFmpeg-decoded frames. ``clip_placement=inside``
+    (stores made before) keeps its 7 rows centred on each second's middle, 19 frames earlier."""
     import subprocess
 
     from extract.decode import decode_video
     from shared.media import ffmpeg_exe
 
     ff, video = ffmpeg_exe(), tmp_path / 'v.mp4'
-    subprocess.run([ff, '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=320x240:rate=25:duration=3', '-c:v',
+    subprocess.run([ff, '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=320x240:rate=25:duration=6.2', '-c:v',
                     'libx264', '-pix_fmt', 'yuv444p', str(video)], check=True)
     raw = subprocess.run([ff, '-v', 'error', '-i', str(video), '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:'],
                          check=True, capture_output=True).stdout
     frames = np.frombuffer(raw, np.uint8).reshape(-1, 240, 320, 3)
-    assert len(frames) == 75
+    assert len(frames) == 155
     e = create_expert('action.i3d', weights='random')
-    decoded = decode_video(0, str(video), {'action.i3d': e.cfg.sampling_spec()})
-    plan = decoded.plans['action.i3d']
-    assert len(decoded.frames) == 75  # every frame is some row's: the plan's indices are frame numbers
-    assert plan.index.shape == (3, 64) and np.all(np.diff(plan.index, axis=1) == 1)
-    assert plan.index[0, 0] == 0 and plan.index[2, -1] == 74 and plan.index[1, 0] in (5, 6)
+    assert e.cfg.clip_placement == 'strided'
+    spec = e.cfg.sampling_spec()
+    decoded = decode_video(0, str(video), {'ce': spec, 'inside': dataclasses.replace(spec, clip_placement='inside')})
+    assert len(decoded.frames) == 155  # every frame is some row's: the plan's indices are frame numbers
+    plan = decoded.plans['ce']
+    n = math.floor((155 - 64) / 25) + 1  # the windows at a stride of 25 frames from frame 0 that fit
+    assert n == 4 and plan.index.tolist() == [list(range(25 * k, 25 * k + 64)) for k in range(n)]
+    np.testing.assert_allclose(plan.timestamps, [[k, k + 2.56] for k in range(n)], atol=1e-5)
     for row, idx in enumerate(plan.index):
         ours = e.preprocess(torch.from_numpy(decoded.frames[idx][None]))[0]
         err = float((ours - _reference_input(frames[idx])).abs().max()) / 2
         assert err <= 1 / 255, f'row {row}: max-abs {err * 255:.2f}/255'
+    old = decoded.plans['inside'].index
+    assert len(old) == 7 and old[1, 0] == 6 and old[-1, -1] == 154  # around 1.5 s; the last moved inside
+
+
+def test_ces_windows_of_short_and_long_videos():
+    """A video shorter than a window is one window from its first frame, its last frame repeated (a
+    64-frame input, whose matrix is CE's 1024x7); a video of more windows than `max_rows` keeps
+    `max_rows` of them, each on the stride grid, spread evenly; a 30 fps video's windows hold its
+    frames at 25 fps."""
+    from extract.sampling import plan_rows
+
+    def times(n, rate=25.0):
+        t = np.arange(n) / rate
+        return np.stack([t, t + 1 / rate], axis=1)
+
+    s = create_expert('action.i3d', weights='random').cfg.sampling_spec()
+    short, stamps = plan_rows(times(40), s)
+    assert short.tolist() == [list(range(40)) + [39] * 24]
+    np.testing.assert_allclose(stamps, [[0, 1.6]], atol=1e-6)
+    assert len(plan_rows(times(64), s)[0]) == 1 and len(plan_rows(times(89), s)[0]) == 2
+    long, _ = plan_rows(times(25 * 200), dataclasses.replace(s, max_rows=10))
+    windows = 200 - 2  # floor(197.44) + 1 windows of 2.56 s in 200 s
+    assert long.shape == (10, 64) and set((long[:, 0] % 25).tolist()) == {0}
+    assert long[:, 0].tolist() == [25 * int((k + 0.5) * windows / 10) for k in range(10)]
+    thirty, _ = plan_rows(times(300, 30.0), s)
+    assert len(thirty) == 8 and thirty[:, 0].tolist() == [30 * k for k in range(8)]
+    assert thirty[1, :6].tolist() == [30, 31, 33, 34, 35, 36]  # the frames on screen at 1 + (j + 0.5) / 25 s
+
+
+def test_the_runner_writes_ces_windows_and_refuses_a_store_of_centred_rows(tmp_path, capsys):
+    """Through `python -m extract`: the store holds, per real 25 fps video, CE's windows and their
+    times (10 s: 8 windows at [k, k + 2.56) s; 1.6 s: one, [0, 1.6) s). A store made with the
+    rows centred on each second (``clip_placement=inside``, the default before) is refused, naming
+    the setting, and ``--set action.i3d.clip_placement=inside`` continues it."""
+    import subprocess
+
+    from extract.run import main
+    from shared.datasets import load_manifest
+    from shared.media import ffmpeg_exe
+    from shared.store import open_store, store_path
+
+    videos = tmp_path / 'videos'
+    videos.mkdir()
+    for name, seconds in (('a', 10), ('b', 1.6)):
+        subprocess.run([ffmpeg_exe(), '-v', 'error', '-f', 'lavfi', '-i', f'testsrc2=size=64x48:rate=25:duration={seconds}',
+                        '-c:v', 'libx264', '-pix_fmt', 'yuv420p', str(videos / f'{name}.mp4')], check=True)
+    small = ['--set', 'action.i3d.resize=[40]', '--set', 'action.i3d.input_size=32']
+
+    def run(features, *extra):
+        return main(['--dataset', f'folder:{videos}', '--features-root', str(features), '--expert', 'action.i3d',
+                     '--weights', 'random', '--workers', '1', '--no-progress', *small, *extra])
+
+    assert run(tmp_path / 'f') == 0
+    got = open_store(store_path(tmp_path / 'f', load_manifest(f'folder:{videos}').name, 'action.i3d'),
+                     warn_random=False).read()
+    assert got.lengths.tolist() == [8, 1]
+    np.testing.assert_allclose(got.timestamps[0, :8], [[k, k + 2.56] for k in range(8)], atol=1e-5)
+    np.testing.assert_allclose(got.timestamps[1, :1], [[0, 1.6]], atol=1e-5)
+    inside = ['--set', 'action.i3d.clip_placement=inside']
+    assert run(tmp_path / 'old', *inside) == 0
+    capsys.readouterr()
+    assert run(tmp_path / 'old') == 1
+    assert "config.clip_placement: store has 'inside', run wants 'strided'" in capsys.readouterr().err
+    assert run(tmp_path / 'old', *inside) == 0
