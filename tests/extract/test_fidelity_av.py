@@ -107,6 +107,23 @@ def test_vggish_examples_of_44k_audio_are_waveform_to_examples_but_near_nyquist(
         (gap[..., -1].mean(), gap[..., :-1].max())
 
 
+@pytest.mark.parametrize('rate', [44100, 48000, 22050, 11025, 8000, 44056])
+def test_resample_is_the_installed_resampy(rate: int) -> None:
+    """`shared.resample` against the resampy installed beside torchvggish, with the filter of its
+    version (float32 output: equal to 1e-7), on noise long enough for several blocks."""
+    resampy = pytest.importorskip('resampy')
+    import shared.resample as ours
+
+    name = 'kaiser_best' if resampy.__version__.startswith(('0.1', '0.2')) else 'kaiser_best_v0.3'
+    x = np.random.default_rng(rate).normal(size=rate * 2 + 7) * 0.1
+    want = resampy.resample(x, rate, 16000)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ours, '_BLOCK', 5000)  # block edges inside the signal
+        got = ours.resample(x.astype(np.float32), rate, 16000, name)
+    assert got.dtype == np.float32 and len(got) == len(want)
+    assert np.abs(got - want).max() <= 1e-7
+
+
 def _torchvggish(state: dict[str, torch.Tensor]) -> torch.nn.Module:
     from torchvggish.torchvggish import VGG, make_layers
 
