@@ -54,7 +54,7 @@ def resampled_length(n: int, sr_orig: int, sr_new: int) -> int:
 
 def resample(x: np.ndarray, sr_orig: int, sr_new: int, filter: str = 'kaiser_best') -> np.ndarray:
     """`resampy.resample(x, sr_orig, sr_new, filter=filter)` of a 1-D signal, as float32 (sums in
-    float64, as resampy's on float64 input); `x` itself when the rates are equal.
+    float64, as resampy's on float64 input); `x` as it is (as float32) when the rates are equal.
 
     Raises:
         ValueError: a rate that is not a positive whole number, an unknown filter, or a signal too
@@ -69,7 +69,7 @@ def resample(x: np.ndarray, sr_orig: int, sr_new: int, filter: str = 'kaiser_bes
     if x.ndim != 1:
         raise ValueError(f'resample takes a 1-D signal, got shape {x.shape}')
     if sr_orig == sr_new:
-        return x
+        return np.asarray(x, np.float32)
     n_out = resampled_length(len(x), sr_orig, sr_new)
     if n_out < 1:
         raise ValueError(f'a signal of {len(x)} samples is too short to resample from {sr_orig} to {sr_new} Hz')
