@@ -108,7 +108,7 @@ def _process_only(expert: Any, videos: list[Any]) -> tuple[float, str]:
     for v in videos:
         if expert.modality == 'audio':
             if v.audio is not None:
-                inputs.append(VideoInput(audio=v.audio))
+                inputs.append(VideoInput(audio=v.audio[expert.cfg.sampling_spec().resampler]))
         else:
             plan = v.plans[expert.name]
             inputs.append(VideoInput(frames=v.frames[plan.index[:, 0]], timestamps=plan.timestamps))

@@ -750,7 +750,7 @@ def _feed(video: DecodedVideo, chunk: _Chunk, batchers: dict[str, _Batcher], wor
             elif video.audio is None:
                 out[row] = VideoResult.skipped(e.cfg.feature_dim, 'no audio stream')
             else:
-                workers[e.name].submit(row, VideoInput(audio=video.audio))
+                workers[e.name].submit(row, VideoInput(audio=video.audio[e.cfg.sampling_spec().resampler]))
             continue
         if row in out:  # failed in an earlier window
             continue

@@ -60,6 +60,8 @@ class Sampling:
             of row k's bin (frame 25k of the 25 fps stream), the rows are the windows that fit in
             the video (at least one, which a shorter video fills by repeating its last frame), and
             a video with more than `max_rows` windows keeps `max_rows` of them, spread evenly.
+        resampler: kind ``audio``: how the waveform is brought to `AUDIO_RATE`
+            (`shared.media.RESAMPLERS`); each resampler the experts ask for is one waveform.
     """
 
     kind: str = 'frames'
@@ -69,8 +71,13 @@ class Sampling:
     max_rows: int = 128
     short_side: int = 0
     clip_placement: str = 'inside'
+    resampler: str = 'ffmpeg'
 
     def __post_init__(self) -> None:
+        from shared.media import RESAMPLERS
+
+        if self.resampler not in RESAMPLERS:
+            raise ValueError(f'resampler must be one of {", ".join(map(repr, RESAMPLERS))}, got {self.resampler!r}')
         if self.kind not in ('frames', 'clips', 'audio'):
             raise ValueError(f'sampling kind must be frames, clips or audio, got {self.kind!r}')
         if self.clip_placement not in CLIP_PLACEMENTS:
@@ -135,7 +142,9 @@ class DecodedVideo:
     error: str = ''
     note: str = ''
     seconds: float = 0.0
-    audio: np.ndarray | None = None  # mono float32 at AUDIO_RATE; None: no audio stream (or audio_error)
+    #: mono float32 at AUDIO_RATE by each resampler the audio experts ask for (`Sampling.resampler`);
+    #: None: no audio stream (or audio_error)
+    audio: dict[str, np.ndarray] | None = None
     audio_error: str = ''
     frame_times: np.ndarray | None = None  # (N, 2) seconds of every frame: from `index_video` only
     window: int = 0  # which window of the video these frames and rows are
@@ -146,7 +155,7 @@ class DecodedVideo:
     @property
     def nbytes(self) -> int:
         """Memory held by the decoded frames (numpy or torch: both have `nbytes`) and audio."""
-        return int(getattr(self.frames, 'nbytes', 0)) + (self.audio.nbytes if self.audio is not None else 0)
+        return int(getattr(self.frames, 'nbytes', 0)) + sum(a.nbytes for a in (self.audio or {}).values())
 
 
 def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndarray]:
@@ -230,10 +239,15 @@ def precheck(row: int, path: str, samplings: dict[str, Sampling], window: Window
     out.error = _not_a_video_file(path)
     if out.error:
         out.audio_error = out.error
-    elif window.index == 0 and any(s.kind == 'audio' for s in samplings.values()):
+    elif window.index == 0:
         from shared.media import load_audio
 
-        out.audio, out.audio_error = load_audio(path, AUDIO_RATE)
+        for resampler in sorted({s.resampler for s in samplings.values() if s.kind == 'audio'}):
+            audio, out.audio_error = load_audio(path, AUDIO_RATE, resampler)
+            if audio is None:  # no audio stream, or it cannot be read: alike for every resampler
+                out.audio = None
+                break
+            out.audio = {**(out.audio or {}), resampler: audio}
     return out
 
 

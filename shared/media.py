@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # numpy is imported where audio is loaded: probing files needs none of it
     import numpy as np
 
-__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio', 'IMAGE_EXTENSIONS', 'is_image', 'VIDEO_STREAM']
+__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio', 'RESAMPLERS', 'IMAGE_EXTENSIONS', 'is_image',
+           'VIDEO_STREAM']
+
+#: how `load_audio` brings a file's audio to the asked rate: ``ffmpeg`` (FFmpeg's swr with its defaults, as
+#: whisper's `load_audio`), or a filter of `shared.resample` (resampy's, as VGGish's `vggish_input`)
+RESAMPLERS = ('ffmpeg', 'kaiser_best', 'kaiser_best_v0.3')
 
 #: still images (MEE's "videos without motion and sound"): a file with one of these suffixes, in any
 #: manifest, is decoded as a one-frame video (`extract.images`); every other file is a video
@@ -114,9 +119,11 @@ def _stream_start(text: str, at: int, file_start: float) -> float:
     return max(float(m.group(1)), file_start) if m else file_start
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[np.ndarray | None, str]:
-    """The first audio stream as mono float32 at `sample_rate`: FFmpeg resamples every channel,
-    and the channels are averaged here.
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000,
+               resampler: str = 'ffmpeg') -> tuple[np.ndarray | None, str]:
+    """The first audio stream as mono float32 at `sample_rate`: the channels averaged here, and
+    resampled by `resampler` (`RESAMPLERS`): by FFmpeg, every channel before they are averaged, or
+    by `shared.resample` after (resampy's order, VGGish's reference: mean, then resample).
 
     The channel mean (gain 1.0) is the downmix the audio models' references take: VGGish's
     `wavfile_to_examples` averages the channels, and whisper's `load_audio` gets the mean of a
@@ -135,22 +142,26 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[np.nd
     import ffmpeg  # ffmpeg-python builds the command; the binary is ffmpeg_exe()
     import numpy as np
 
+    if resampler not in RESAMPLERS:
+        raise ValueError(f'resampler must be one of {", ".join(map(repr, RESAMPLERS))}, got {resampler!r}')
     try:
         info = probe(path)
     except MediaError as err:
         return None, str(err)
     if not info.has_audio:
         return None, ''
-    try:  # WAV, for its header's channel count; samples as they come, all channels
+    # FFmpeg resamples, or hands over the stream's own rate (float32 holds 16- and 24-bit samples exactly)
+    rate = {'ar': sample_rate} if resampler == 'ffmpeg' else {}
+    try:  # WAV, for its header's channel count and rate; samples as they come, all channels
         out, _ = (ffmpeg.input(os.fspath(path))
-                  .output('pipe:', format='wav', acodec='pcm_f32le', ar=sample_rate, map='0:a:0')
+                  .output('pipe:', format='wav', acodec='pcm_f32le', map='0:a:0', **rate)
                   .global_args('-nostdin', '-hide_banner', '-loglevel', 'error')
                   .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True))
     except ffmpeg.Error as err:
         last = (err.stderr or b'').decode(errors='replace').strip().splitlines()
         return None, f'cannot decode audio: {last[-1] if last else "ffmpeg failed"}'
     try:
-        channels, data = _wav_channels_and_data(out)
+        channels, wav_rate, data = _wav_channels_and_data(out)
     except ValueError as err:
         return None, f'cannot decode audio: {err}'
     samples = np.frombuffer(data[:len(data) - len(data) % (4 * channels)], np.float32).reshape(-1, channels)
@@ -159,30 +170,37 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[np.nd
     lead = info.audio_start - info.start
     # a start past the file's end is a broken timeline (an MPEG-TS's pts jump), not silence to add:
     # up to 26 hours of it (2**33 ticks at 90 kHz) would take GBs
-    lead = round(lead * sample_rate) if lead <= info.duration else 0
+    lead = round(lead * wav_rate) if lead <= info.duration else 0
     mono = np.zeros(lead + len(samples), np.float32)
     mono[lead:] = samples[:, 0]  # summed channel by channel: no float64 copy of a long file
     for c in range(1, channels):
         mono[lead:] += samples[:, c]
     if channels > 1:
         mono /= np.float32(channels)
+    if wav_rate != sample_rate:
+        from shared.resample import resample, resampled_length
+
+        if resampled_length(len(mono), wav_rate, sample_rate) < 1:  # resampy refuses; nothing to hear either
+            return np.zeros(0, np.float32), ''
+        mono = resample(mono, wav_rate, sample_rate, resampler)
     return mono, ''
 
 
-def _wav_channels_and_data(wav: bytes) -> tuple[int, bytes]:
-    """(channels, sample bytes) of a WAV file that FFmpeg wrote to a pipe (its sizes may be unset)."""
+def _wav_channels_and_data(wav: bytes) -> tuple[int, int, bytes]:
+    """(channels, sample rate, sample bytes) of a WAV file that FFmpeg wrote to a pipe (its sizes
+    may be unset)."""
     import struct
 
     if wav[:4] != b'RIFF' or wav[8:12] != b'WAVE':
         raise ValueError('ffmpeg did not write a WAV header')
-    pos, channels = 12, 0
+    pos, channels, rate = 12, 0, 0
     while pos + 8 <= len(wav):
         cid, size = wav[pos:pos + 4], struct.unpack('<I', wav[pos + 4:pos + 8])[0]
         if cid == b'fmt ':
-            channels = struct.unpack('<H', wav[pos + 10:pos + 12])[0]
+            channels, rate = struct.unpack('<HI', wav[pos + 10:pos + 16])
         elif cid == b'data':
-            if channels < 1:
+            if channels < 1 or rate < 1:
                 raise ValueError('WAV data before its format')
-            return channels, wav[pos + 8:]  # to the end: a piped WAV's data size is a placeholder
+            return channels, rate, wav[pos + 8:]  # to the end: a piped WAV's data size is a placeholder
         pos += 8 + size + (size & 1)
     raise ValueError('no audio data in the WAV ffmpeg wrote')

@@ -45,8 +45,11 @@ def test_probe_gives_each_streams_start(late: Path) -> None:
     assert ts.start == ts.audio_start and 1.45 < ts.video_start - ts.start < 1.6
 
 
-def test_audio_that_starts_late_starts_late_in_the_waveform(late: Path) -> None:
-    audio, error = load_audio(late / 'audio_late.mp4')
+@pytest.mark.parametrize('resampler', ['ffmpeg', 'kaiser_best'])
+def test_audio_that_starts_late_starts_late_in_the_waveform(late: Path, resampler: str) -> None:
+    """The silence before a late audio stream is at the rate of the waveform it goes into: 16 kHz
+    from FFmpeg, or the stream's own before `shared.resample` brings it to 16 kHz."""
+    audio, error = load_audio(late / 'audio_late.mp4', 16000, resampler)
     assert not error and audio is not None
     heard = np.flatnonzero(np.abs(audio) > 1e-3)
     # the tone plays from 1.5 s to 4 s beside the video, not from 0
