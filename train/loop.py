@@ -84,8 +84,9 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput],
     numbers), and read only every `log_every` steps, for `log(steps done, running mean)`, and once at
     the end: reading a device value makes the host wait for every queued step.
 
-    A non-finite loss stops the epoch at the first read that sees it (the sum of the losses is
-    non-finite once one of them is): `NonFiniteLoss`, naming the steps read so far.
+    A non-finite loss (`TrainStep` gives NaN for a step whose gradients were non-finite) stops the
+    epoch at the first read that sees it (the sum of the losses is non-finite once one of them is):
+    `NonFiniteLoss`, naming the steps read so far.
     """
     total, n, read = None, 0, 0
     carried, done = before
@@ -378,8 +379,8 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
             mean_loss, summed = train_epoch(state.step, bar, cfg.log_every, shown if progress else None,
                                             _step_checkpoints(state, cfg, save), before)
     except NonFiniteLoss as err:
-        raise ConfigError(f'the training loss became non-finite (NaN or infinite) in epoch {epoch + 1}, '
-                          f'{err.where()} (read every train.log_every={cfg.log_every} steps); the run '
+        raise ConfigError(f'the training loss or its gradients became non-finite (NaN or infinite) in epoch '
+                          f'{epoch + 1}, {err.where()} (read every train.log_every={cfg.log_every} steps); the run '
                           f'stops without results: check train.lr and the loss settings ({where})') from None
     finally:
         bar.close()
