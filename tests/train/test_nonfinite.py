@@ -12,6 +12,7 @@ from train.loop import NonFiniteLoss, train_epoch
 from train.main import main
 
 from tests.train.conftest import tiny_args
+from tests.train.ddp_nonfinite import CFG, Anchored
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, *words: str) -> str:
@@ -92,21 +93,6 @@ def test_a_checkpoint_part_way_through_an_epoch_is_never_written_after_a_non_fin
     assert all(torch.isfinite(v).all() for v in saved['model'].values() if v.is_floating_point())
 
 
-class _Anchored(torch.nn.Module):
-    """The max-margin loss plus the distance of the weights from where they started (an L2-SP
-    style penalty): 0 at the start, where its gradient is inf * 0, NaN, though the loss is finite."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        from train.losses import build_loss
-        self.loss = build_loss('max_margin', 0.1, 0.05)
-        self.start = [p.detach().clone() for p in model.parameters()]
-
-    def forward(self, module: torch.nn.Module, out: object) -> torch.Tensor:
-        far = torch.cat([(p - s).flatten() for p, s in zip(module.parameters(), self.start)])
-        return self.loss(module, out) + 1e-3 * far.square().sum().sqrt()  # sqrt's slope at 0: inf, times 0
-
-
 @pytest.mark.parametrize('clip', [0.0, 1.0])
 def test_a_step_whose_gradients_are_non_finite_stops_the_epoch_before_any_checkpoint(
         clip: float, tmp_path: Path) -> None:
@@ -121,19 +107,17 @@ def test_a_step_whose_gradients_are_non_finite_stops_the_epoch_before_any_checkp
     from train.data import TrainFeed
     from train.loop import TrainState, _step_checkpoints
     from train.models import create_model
-    from train.models.config import ExpertSpec, model_cfg
     from train.step import TrainStep
 
-    cfg = model_cfg('mee', (ExpertSpec('object', 12),), embed_dim=8, text_dim=10, text_clusters=2)
     torch.manual_seed(0)
-    model = create_model(cfg).train()
+    model = create_model(CFG).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    step = TrainStep(model, opt, _Anchored(model), clip, 'cpu', False)
+    step = TrainStep(model, opt, Anchored(model), clip, 'cpu', False)
     state = TrainState(model, opt, opt, None, step)
     last = tmp_path / 'last.pt'
     between = _step_checkpoints(state, TrainCfg(checkpoint_steps=1), lambda n, _, loss: save_checkpoint(
         model, last, steps=n))
-    batches = TrainFeed(synthetic_split(cfg, 16, 7), torch.device('cpu'), 0).epoch(4, np.random.default_rng(0))
+    batches = TrainFeed(synthetic_split(CFG, 16, 7), torch.device('cpu'), 0).epoch(4, np.random.default_rng(0))
     with pytest.raises(NonFiniteLoss) as err:
         train_epoch(step, batches, 100, between=between)
     assert not last.exists()
