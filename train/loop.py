@@ -287,16 +287,24 @@ def _more(state: TrainState, cfg: TrainCfg) -> bool:
     return state.steps < cfg.steps if cfg.steps else state.epoch < cfg.epochs
 
 
-def _pair_steps(cfg: RunCfg, pairs: int, epoch_size: int, say: bool) -> RunCfg:
+def _steps_per_epoch(data: SplitData | StreamedPart, batch_size: int) -> int:
+    """Optimisation steps in a whole epoch of `data` at the global batch `batch_size`: the short
+    last batch is dropped (`SplitData.epoch_plan`). The one count of them that the run's stop,
+    resume and progress use."""
+    return data.epoch_size // batch_size
+
+
+def _pair_steps(cfg: RunCfg, pairs: int, per_epoch: int, say: bool) -> RunCfg:
     """`cfg` with ``train.epoch_unit: pairs`` made its count of steps (config.yaml keeps the
-    epochs, from which a resumed run counts the same steps again)."""
+    epochs, from which a resumed run counts the same steps again); `per_epoch`: the steps of an
+    epoch of one caption a video, for the message."""
     t = cfg.train
     if t.epoch_unit != 'pairs':
         return cfg
     steps = t.run_steps(pairs)
     if say:
         print(f'train.epoch_unit pairs: {t.epochs} epochs over the {pairs:,} (video, caption) pairs at batch '
-              f'{t.batch_size} = {steps:,} steps ({steps / max(epoch_size // t.batch_size, 1):.1f} epochs of one '
+              f'{t.batch_size} = {steps:,} steps ({steps / max(per_epoch, 1):.1f} epochs of one '
               f'caption a video)')
     return dataclasses.replace(cfg, train=dataclasses.replace(t, steps=steps, epoch_unit='videos'))
 
@@ -367,7 +375,7 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
             warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler')
             _end_epoch(state, cfg)
         return None
-    total = feed.data.epoch_size // cfg.batch_size - state.epoch_steps
+    total = _steps_per_epoch(feed.data, cfg.batch_size) - state.epoch_steps
     bar = tqdm(itertools.chain([first], batches), disable=not progress, unit='batch', leave=False,
                total=min(total, cfg.steps - state.steps) if cfg.steps else total,
                desc=f'epoch {epoch + 1}' + (f', step {state.steps + 1}/{cfg.steps}' if cfg.steps else f'/{cfg.epochs}'))
@@ -559,7 +567,7 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
             raise ValueError(f'train.batch_size {cfg.train.batch_size} is larger than the {len(train)} training '
                              f'videos: give --set train.batch_size={len(train)} (or less), or more training videos')
         pairs = pairs if cfg.train.epoch_unit == 'pairs' else 0  # the resume's advice counts them
-        cfg = _pair_steps(cfg, pairs, train.epoch_size, ranks.main)
+        cfg = _pair_steps(cfg, pairs, _steps_per_epoch(train, cfg.train.batch_size), ranks.main)
         _seed_all(seed)
         state = build_state(cfg, dev, ranks)
         seed_rank(ranks, seed)  # the same weights on every rank; its own dropout masks from here
@@ -567,7 +575,7 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
         ckpt_dir.mkdir(exist_ok=True)
         if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
             _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, seed, ranks, pairs,
-                    train.epoch_size // cfg.train.batch_size)
+                    _steps_per_epoch(train, cfg.train.batch_size))
         else:
             if ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
                 (ckpt_dir / FROZEN).unlink(missing_ok=True)
@@ -618,7 +626,7 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
         chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
         if test is None:  # what --init-from and train.evaluate read in place of the test's gallery
             # train.steps may stop at an epoch's last step: that epoch is whole though not yet closed
-            whole = 0 < state.epoch_steps == feed.data.epoch_size // cfg.train.batch_size
+            whole = 0 < state.epoch_steps == _steps_per_epoch(feed.data, cfg.train.batch_size)
             atomic_write_text(run_dir / FINAL, json.dumps({'checkpoint': chosen, 'epochs': state.epoch + whole,
                                                            'steps': state.steps}))
             return {}
