@@ -588,8 +588,11 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
         # truncated config.yaml that check_resumable refuses as "other settings"
         atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
         feed = _feed(train, dev, cfg.train, ranks)
-        # TensorBoard hides what an earlier attempt logged past the lines kept, as metrics.jsonl drops them
-        tb = SummaryWriter(str(run_dir / 'tb'), purge_step=kept + 1)
+        # TensorBoard hides what an earlier attempt logged past the lines kept, as metrics.jsonl drops them;
+        # and the point of an epoch that train.steps stopped part way, which its end logs again (two
+        # points at one epoch, the first of part of its steps): metrics.jsonl keeps both lines, by step
+        redone = 0 < state.epoch_steps < _steps_per_epoch(train, cfg.train.batch_size) and _more(state, cfg.train)
+        tb = SummaryWriter(str(run_dir / 'tb'), purge_step=state.epoch + 1 if redone else kept + 1)
 
         def save_last(steps: int, epoch_steps: int, loss: float | None) -> None:
             """last.pt after `steps` steps of the run, `epoch_steps` of them in `state.epoch` (0: at
