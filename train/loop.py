@@ -394,7 +394,9 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
         bar.close()
         batches.close()  # a streamed epoch stops its reader processes now, not when collected
     state.steps += done[0]
-    lr = state.base.param_groups[0]['lr']  # the epoch's (a per-step schedule's after its last step), not the next's
+    # the lr its last step took (a per-step schedule's steps each take another): not the one the
+    # schedule set after it, which no step of the epoch took
+    lr = state.step.lr
     if cfg.steps and state.steps == cfg.steps:  # stopped by the budget: perhaps part way through
         state.epoch_steps += done[0]
         state.epoch_loss = summed if state.epoch_loss is not None else None

@@ -60,6 +60,7 @@ class TrainStep:
         self.model, self.optimizer, self.loss, self.grad_clip = model, optimizer, loss, grad_clip
         self.module = unwrap(model)
         self.scheduler = scheduler
+        self.lr: float | None = None  # the learning rate of the last update (a per-step schedule then steps it)
         self.device = torch.device(device)
         self.compiled = compile
         self._compiled_loss = None
@@ -111,6 +112,7 @@ class TrainStep:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        self.lr = self.optimizer.param_groups[0]['lr']
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()

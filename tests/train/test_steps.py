@@ -314,3 +314,14 @@ def test_tensorboard_has_one_point_an_epoch_after_a_resume_part_way_through_one(
     run = tmp_path / 'end'
     assert _steps(tiny, run, 2) == 0 and _steps(tiny, run, 4) == 0  # stopped at epoch 1's last step
     assert [e for e, _ in points(run)] == [1, 2]
+
+
+def test_a_per_step_schedules_line_records_the_learning_rate_of_its_last_step(tiny: Path, tmp_path: Path) -> None:
+    """The lr halves every step, 2 steps an epoch: epoch 1's steps take 0.01 and 0.005, epoch 2's
+    0.0025 and 0.00125; each line records its last step's (it recorded the lr the schedule set
+    after that step, 0.0025 for epoch 1, which none of its steps took)."""
+    run = tmp_path / 'run'
+    assert train_main(tiny_args(tiny, run, *_SCHEDULE, '--set', 'train.lr_step_unit=step', '--set',
+                                'train.epochs=2')) == 0
+    assert [json.loads(line)['lr'] for line in (run / 'seed0' / 'metrics.jsonl').open()] == pytest.approx(
+        [0.005, 0.00125])
