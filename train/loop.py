@@ -120,6 +120,26 @@ class NonFiniteLoss(ValueError):
         return f'step {self.step}' if self.step == self.after + 1 else f'steps {self.after + 1}-{self.step}'
 
 
+def _non_finite_weight(model: torch.nn.Module) -> str | None:
+    """The name of a weight (or buffer) of `model` that holds NaN or inf, or None (one wait for the device)."""
+    weights = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    if not weights or bool(torch.stack([torch.isfinite(v).all() for v in weights.values()]).all()):
+        return None
+    return next(k for k, v in weights.items() if not torch.isfinite(v).all())
+
+
+def _check_weights(state: TrainState, steps: int) -> None:
+    """The weights are finite before anything is saved of them (ConfigError): an update can overflow
+    though the loss and its gradients were finite (`TrainStep` flags those), and the step that
+    overflowed was the last one before a checkpoint; its loss, computed before it, was finite."""
+    bad = _non_finite_weight(state.model)
+    if bad is not None:
+        raise ConfigError(f'the weights became non-finite (NaN or infinite) in epoch {state.epoch + 1}, by step '
+                          f'{steps} (first: {bad}), though the loss and its gradients were finite: an update '
+                          'overflowed. The run stops without results, its checkpoints as they were: check train.lr '
+                          'and train.weight_decay')
+
+
 def _finite(mean: float, after: int, step: int) -> float:
     if not math.isfinite(mean):
         raise NonFiniteLoss(after, step)
@@ -340,6 +360,7 @@ def _step_checkpoints(state: TrainState, cfg: TrainCfg, save: Save | None
         summed = total.item()  # read where unknown too: once non-finite, the weights are NaN, never saved
         if not math.isfinite(summed):
             raise NonFiniteLoss(0, n)  # `train_epoch` names the steps
+        _check_weights(state, steps + n)
         save(steps + n, epoch_steps + n, summed if known else None)
         return True
     return between
@@ -394,6 +415,7 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
         bar.close()
         batches.close()  # a streamed epoch stops its reader processes now, not when collected
     state.steps += done[0]
+    _check_weights(state, state.steps)  # before validation (best.pt) and last.pt; on every rank alike
     # the lr its last step took (a per-step schedule's steps each take another): not the one the
     # schedule set after it, which no step of the epoch took
     lr = state.step.lr

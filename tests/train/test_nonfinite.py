@@ -122,3 +122,26 @@ def test_a_step_whose_gradients_are_non_finite_stops_the_epoch_before_any_checkp
         train_epoch(step, batches, 100, between=between)
     assert not last.exists()
     assert err.value.where() == 'step 1'
+
+
+def test_an_update_that_overflows_the_weights_stops_the_run_before_it_saves_them(tmp_path: Path) -> None:
+    """SGD at lr 3e38: the epoch's one step has a finite loss and finite gradients, and its update
+    makes weights inf. The epoch stops there, naming the weight, before validation (best.pt) and
+    last.pt (which held inf weights, the loss of the step that made them being finite)."""
+    from shared.config import ConfigError
+    from train.bench import synthetic_split
+    from train.config import TrainCfg
+    from train.data import TrainFeed
+    from train.loop import TrainState, train_one_epoch
+    from train.losses import build_loss
+    from train.models import create_model
+    from train.step import TrainStep
+
+    torch.manual_seed(0)
+    model = create_model(CFG).train()
+    opt = torch.optim.SGD(model.parameters(), lr=3e38)
+    state = TrainState(model, opt, opt, None, TrainStep(model, opt, build_loss('max_margin', 0.1, 0.05), 0.0, 'cpu',
+                                                        False))
+    feed = TrainFeed(synthetic_split(CFG, 8, 7), torch.device('cpu'), 0)
+    with pytest.raises(ConfigError, match=r'weights became non-finite .* epoch 1, by step 1 \(first: '):
+        train_one_epoch(state, feed, TrainCfg(batch_size=8, epochs=1), 0, False, tmp_path)
