@@ -612,11 +612,7 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
         # truncated config.yaml that check_resumable refuses as "other settings"
         atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
         feed = _feed(train, dev, cfg.train, ranks)
-        # TensorBoard hides what an earlier attempt logged past the lines kept, as metrics.jsonl drops them;
-        # and the point of an epoch that train.steps stopped part way, which its end logs again (two
-        # points at one epoch, the first of part of its steps): metrics.jsonl keeps both lines, by step
-        redone = 0 < state.epoch_steps < _steps_per_epoch(train, cfg.train.batch_size) and _more(state, cfg.train)
-        tb = SummaryWriter(str(run_dir / 'tb'), purge_step=state.epoch + 1 if redone else kept + 1)
+        tb = None  # opened at the first point this attempt logs (`purge_step` below)
 
         def save_last(steps: int, epoch_steps: int, loss: float | None) -> None:
             """last.pt after `steps` steps of the run, `epoch_steps` of them in `state.epoch` (0: at
@@ -634,6 +630,12 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
                     state.epoch += 1
                     continue
                 record['train/loss'] = average(ranks, record['train/loss'])
+                if tb is None:
+                    # TensorBoard hides what an earlier attempt logged past the lines kept, as metrics.jsonl
+                    # drops them, and from this point's epoch on: an epoch that train.steps stopped part way
+                    # is logged again at its end (two points at one epoch, the first of part of its steps;
+                    # metrics.jsonl keeps both lines, told apart by their step)
+                    tb = SummaryWriter(str(run_dir / 'tb'), purge_step=min(record['epoch'], kept + 1))
                 tb.add_scalar('train/loss', record['train/loss'], record['epoch'])
                 if val is not None:
                     _validate(state, val, dev, record, tb, ckpt_dir)
@@ -649,7 +651,8 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
                     print(f'{where}: loss {record["train/loss"]:.4f}{shown} ({record["train/seconds"]:.1f} s)')
                 state.epoch += 0 if state.epoch_steps else 1
         finally:
-            tb.close()
+            if tb is not None:
+                tb.close()
         chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
         if test is None:  # what --init-from and train.evaluate read in place of the test's gallery
             # train.steps may stop at an epoch's last step: that epoch is whole though not yet closed
