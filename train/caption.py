@@ -31,7 +31,7 @@ from train.data import SplitData, split_captions
 from train.evaluate import USER_ERRORS, add_target_args, file_stem, resolve_target, run_split
 from train.models.base import RetrievalModel
 
-__all__ = ['generate_captions', 'caption_run', 'format_captions', 'main']
+__all__ = ['generate_captions', 'caption_run', 'caption_path', 'format_captions', 'main']
 
 
 @torch.no_grad()
@@ -82,10 +82,16 @@ def caption_run(run: Path, manifest: Manifest, split: str, part: str, features_r
     record = {'run': str(run), 'checkpoint': loaded.checkpoint.name, 'dataset': manifest.name, 'split': split,
               'part': part, 'decoding': decoding, 'metrics': metrics, 'unavailable': unavailable,
               'captions': captions, 'references': references}
-    out = run / 'captions'
-    out.mkdir(exist_ok=True)
-    atomic_write_text(out / f'{file_stem(manifest.name, split, part)}_{decoding}.json', json.dumps(record, indent=1))
+    path = caption_path(run, record)
+    path.parent.mkdir(exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1))
     return record
+
+
+def caption_path(run: Path, record: dict[str, Any]) -> Path:
+    """Where `caption_run` writes `record`: run/captions/DATASET_SPLIT_PART_{greedy,beamN}.json."""
+    stem = file_stem(record['dataset'], record['split'], record['part'])
+    return run / 'captions' / f'{stem}_{record["decoding"]}.json'
 
 
 def format_captions(record: dict[str, Any], examples: int = 3) -> str:
@@ -117,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         for run in seeds:
             print(f'captioning {manifest.name} {split}/{args.part} with {run} ({device}, '
                   f'{"greedy" if args.beam == 1 else f"beam {args.beam}"})')
-            print(format_captions(caption_run(run, manifest, split, args.part, args.features_root, args.data_root,
-                                              device, args.beam)))
+            record = caption_run(run, manifest, split, args.part, args.features_root, args.data_root, device, args.beam)
+            print(format_captions(record))
+            print(f'-> {caption_path(run, record)}')  # where the captions are, as `python -m train` says
         return 0
     except USER_ERRORS as err:
         print(f'error: {err}', file=sys.stderr)

@@ -176,21 +176,24 @@ def main(argv: list[str] | None = None) -> int:
         seeds, manifest, split = resolve_target(args)
         own = saved_run_cfg(seeds[0]).data
         device = torch.device(pick_device(args.device))
-        results = []
+        results, written = [], []
+        stem = _eval_stem(manifest.name, split, args.part, args.stop_words, own.stop_words)  # evaluate_run's
         for run in seeds:
             print(f'evaluating {run} on {manifest.name} {split}/{args.part}, {device}')
             results.append(evaluate_run(run, manifest, split, args.part, args.features_root, args.data_root, device,
                                         args.stop_words))
+            written += [run / 'eval' / f'{stem}.json', run / 'eval' / f'{stem}.md']
         saved = saved_run_cfg(seeds[0])
         model = saved.model.model
         table = format_results({model: results}, std=saved.train.seed_std)
         if len(seeds) > 1:  # the seeds' mean +- std beside them
             out = args.run / 'eval'
             out.mkdir(exist_ok=True)
-            stem = _eval_stem(manifest.name, split, args.part, args.stop_words, own.stop_words)
             atomic_write_text(out / f'{stem}.md', f'# {model} of {args.run}, seeds {", ".join(s.name for s in seeds)}, '
                               f'evaluated on {manifest.name} {split}/{args.part}\n\n{table}\n')
+            written.append(out / f'{stem}.md')
         print(table)
+        print('\n'.join(f'-> {path}' for path in written))  # where the results are, as `python -m train` says
         return 0
     except USER_ERRORS as err:
         print(f'error: {err}', file=sys.stderr)

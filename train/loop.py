@@ -84,8 +84,9 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput],
     numbers), and read only every `log_every` steps, for `log(steps done, running mean)`, and once at
     the end: reading a device value makes the host wait for every queued step.
 
-    A non-finite loss stops the epoch at the first read that sees it (the sum of the losses is
-    non-finite once one of them is): `NonFiniteLoss`, naming the steps read so far.
+    A non-finite loss (`TrainStep` gives NaN for a step whose gradients were non-finite) stops the
+    epoch at the first read that sees it (the sum of the losses is non-finite once one of them is):
+    `NonFiniteLoss`, naming the steps read so far.
     """
     total, n, read = None, 0, 0
     carried, done = before
@@ -117,6 +118,26 @@ class NonFiniteLoss(ValueError):
 
     def where(self) -> str:
         return f'step {self.step}' if self.step == self.after + 1 else f'steps {self.after + 1}-{self.step}'
+
+
+def _non_finite_weight(model: torch.nn.Module) -> str | None:
+    """The name of a weight (or buffer) of `model` that holds NaN or inf, or None (one wait for the device)."""
+    weights = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    if not weights or bool(torch.stack([torch.isfinite(v).all() for v in weights.values()]).all()):
+        return None
+    return next(k for k, v in weights.items() if not torch.isfinite(v).all())
+
+
+def _check_weights(state: TrainState, steps: int) -> None:
+    """The weights are finite before anything is saved of them (ConfigError): an update can overflow
+    though the loss and its gradients were finite (`TrainStep` flags those), and the step that
+    overflowed was the last one before a checkpoint; its loss, computed before it, was finite."""
+    bad = _non_finite_weight(state.model)
+    if bad is not None:
+        raise ConfigError(f'the weights became non-finite (NaN or infinite) in epoch {state.epoch + 1}, by step '
+                          f'{steps} (first: {bad}), though the loss and its gradients were finite: an update '
+                          'overflowed. The run stops without results, its checkpoints as they were: check train.lr '
+                          'and train.weight_decay')
 
 
 def _finite(mean: float, after: int, step: int) -> float:
@@ -286,16 +307,24 @@ def _more(state: TrainState, cfg: TrainCfg) -> bool:
     return state.steps < cfg.steps if cfg.steps else state.epoch < cfg.epochs
 
 
-def _pair_steps(cfg: RunCfg, pairs: int, epoch_size: int, say: bool) -> RunCfg:
+def _steps_per_epoch(data: SplitData | StreamedPart, batch_size: int) -> int:
+    """Optimisation steps in a whole epoch of `data` at the global batch `batch_size`: the short
+    last batch is dropped (`SplitData.epoch_plan`). The one count of them that the run's stop,
+    resume and progress use."""
+    return data.epoch_size // batch_size
+
+
+def _pair_steps(cfg: RunCfg, pairs: int, per_epoch: int, say: bool) -> RunCfg:
     """`cfg` with ``train.epoch_unit: pairs`` made its count of steps (config.yaml keeps the
-    epochs, from which a resumed run counts the same steps again)."""
+    epochs, from which a resumed run counts the same steps again); `per_epoch`: the steps of an
+    epoch of one caption a video, for the message."""
     t = cfg.train
     if t.epoch_unit != 'pairs':
         return cfg
     steps = t.run_steps(pairs)
     if say:
         print(f'train.epoch_unit pairs: {t.epochs} epochs over the {pairs:,} (video, caption) pairs at batch '
-              f'{t.batch_size} = {steps:,} steps ({steps / max(epoch_size // t.batch_size, 1):.1f} epochs of one '
+              f'{t.batch_size} = {steps:,} steps ({steps / max(per_epoch, 1):.1f} epochs of one '
               f'caption a video)')
     return dataclasses.replace(cfg, train=dataclasses.replace(t, steps=steps, epoch_unit='videos'))
 
@@ -331,6 +360,7 @@ def _step_checkpoints(state: TrainState, cfg: TrainCfg, save: Save | None
         summed = total.item()  # read where unknown too: once non-finite, the weights are NaN, never saved
         if not math.isfinite(summed):
             raise NonFiniteLoss(0, n)  # `train_epoch` names the steps
+        _check_weights(state, steps + n)
         save(steps + n, epoch_steps + n, summed if known else None)
         return True
     return between
@@ -366,7 +396,7 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
             warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler')
             _end_epoch(state, cfg)
         return None
-    total = feed.data.epoch_size // cfg.batch_size - state.epoch_steps
+    total = _steps_per_epoch(feed.data, cfg.batch_size) - state.epoch_steps
     bar = tqdm(itertools.chain([first], batches), disable=not progress, unit='batch', leave=False,
                total=min(total, cfg.steps - state.steps) if cfg.steps else total,
                desc=f'epoch {epoch + 1}' + (f', step {state.steps + 1}/{cfg.steps}' if cfg.steps else f'/{cfg.epochs}'))
@@ -378,14 +408,17 @@ def train_one_epoch(state: TrainState, feed: TrainFeed | StreamFeed, cfg: TrainC
             mean_loss, summed = train_epoch(state.step, bar, cfg.log_every, shown if progress else None,
                                             _step_checkpoints(state, cfg, save), before)
     except NonFiniteLoss as err:
-        raise ConfigError(f'the training loss became non-finite (NaN or infinite) in epoch {epoch + 1}, '
-                          f'{err.where()} (read every train.log_every={cfg.log_every} steps); the run '
+        raise ConfigError(f'the training loss or its gradients became non-finite (NaN or infinite) in epoch '
+                          f'{epoch + 1}, {err.where()} (read every train.log_every={cfg.log_every} steps); the run '
                           f'stops without results: check train.lr and the loss settings ({where})') from None
     finally:
         bar.close()
         batches.close()  # a streamed epoch stops its reader processes now, not when collected
     state.steps += done[0]
-    lr = state.base.param_groups[0]['lr']  # the epoch's (a per-step schedule's after its last step), not the next's
+    _check_weights(state, state.steps)  # before validation (best.pt) and last.pt; on every rank alike
+    # the lr its last step took (a per-step schedule's steps each take another): not the one the
+    # schedule set after it, which no step of the epoch took
+    lr = state.step.lr
     if cfg.steps and state.steps == cfg.steps:  # stopped by the budget: perhaps part way through
         state.epoch_steps += done[0]
         state.epoch_loss = summed if state.epoch_loss is not None else None
@@ -558,7 +591,7 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
             raise ValueError(f'train.batch_size {cfg.train.batch_size} is larger than the {len(train)} training '
                              f'videos: give --set train.batch_size={len(train)} (or less), or more training videos')
         pairs = pairs if cfg.train.epoch_unit == 'pairs' else 0  # the resume's advice counts them
-        cfg = _pair_steps(cfg, pairs, train.epoch_size, ranks.main)
+        cfg = _pair_steps(cfg, pairs, _steps_per_epoch(train, cfg.train.batch_size), ranks.main)
         _seed_all(seed)
         state = build_state(cfg, dev, ranks)
         seed_rank(ranks, seed)  # the same weights on every rank; its own dropout masks from here
@@ -566,7 +599,7 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
         ckpt_dir.mkdir(exist_ok=True)
         if (ckpt_dir / 'last.pt').is_file():  # resume exactly where the last finished epoch left off
             _resume(state, ckpt_dir / 'last.pt', cfg.train, run_dir, dev, seed, ranks, pairs,
-                    train.epoch_size // cfg.train.batch_size)
+                    _steps_per_epoch(train, cfg.train.batch_size))
         else:
             if ranks.main:  # a fresh start: frozen weights of an earlier attempt may differ
                 (ckpt_dir / FROZEN).unlink(missing_ok=True)
@@ -579,8 +612,7 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
         # truncated config.yaml that check_resumable refuses as "other settings"
         atomic_write(run_dir / 'config.yaml', lambda f: f.write(settings.encode('utf-8')))
         feed = _feed(train, dev, cfg.train, ranks)
-        # TensorBoard hides what an earlier attempt logged past the lines kept, as metrics.jsonl drops them
-        tb = SummaryWriter(str(run_dir / 'tb'), purge_step=kept + 1)
+        tb = None  # opened at the first point this attempt logs (`purge_step` below)
 
         def save_last(steps: int, epoch_steps: int, loss: float | None) -> None:
             """last.pt after `steps` steps of the run, `epoch_steps` of them in `state.epoch` (0: at
@@ -598,6 +630,12 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
                     state.epoch += 1
                     continue
                 record['train/loss'] = average(ranks, record['train/loss'])
+                if tb is None:
+                    # TensorBoard hides what an earlier attempt logged past the lines kept, as metrics.jsonl
+                    # drops them, and from this point's epoch on: an epoch that train.steps stopped part way
+                    # is logged again at its end (two points at one epoch, the first of part of its steps;
+                    # metrics.jsonl keeps both lines, told apart by their step)
+                    tb = SummaryWriter(str(run_dir / 'tb'), purge_step=min(record['epoch'], kept + 1))
                 tb.add_scalar('train/loss', record['train/loss'], record['epoch'])
                 if val is not None:
                     _validate(state, val, dev, record, tb, ckpt_dir)
@@ -613,11 +651,12 @@ def _train_run(cfg: RunCfg, manifest: Manifest, features_root: Path, data_root: 
                     print(f'{where}: loss {record["train/loss"]:.4f}{shown} ({record["train/seconds"]:.1f} s)')
                 state.epoch += 0 if state.epoch_steps else 1
         finally:
-            tb.close()
+            if tb is not None:
+                tb.close()
         chosen = 'best.pt' if val is not None and (ckpt_dir / 'best.pt').is_file() else 'last.pt'
         if test is None:  # what --init-from and train.evaluate read in place of the test's gallery
             # train.steps may stop at an epoch's last step: that epoch is whole though not yet closed
-            whole = 0 < state.epoch_steps == feed.data.epoch_size // cfg.train.batch_size
+            whole = 0 < state.epoch_steps == _steps_per_epoch(feed.data, cfg.train.batch_size)
             atomic_write_text(run_dir / FINAL, json.dumps({'checkpoint': chosen, 'epochs': state.epoch + whole,
                                                            'steps': state.steps}))
             return {}

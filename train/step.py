@@ -60,6 +60,7 @@ class TrainStep:
         self.model, self.optimizer, self.loss, self.grad_clip = model, optimizer, loss, grad_clip
         self.module = unwrap(model)
         self.scheduler = scheduler
+        self.lr: float | None = None  # the learning rate of the last update (a per-step schedule then steps it)
         self.device = torch.device(device)
         self.compiled = compile
         self._compiled_loss = None
@@ -76,7 +77,7 @@ class TrainStep:
             return self.loss(self.module, self.model(video, text))
 
     def __call__(self, video: dict[str, ExpertInput], text: TextInput) -> torch.Tensor:
-        """The batch's loss (detached, on the device) after the update."""
+        """The batch's loss (detached, on the device; NaN where its gradients were not finite) after the update."""
         if self._compiled_loss is not None:
             try:
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
@@ -100,13 +101,22 @@ class TrainStep:
         return self._step(loss)
 
     def _step(self, loss: torch.Tensor) -> torch.Tensor:
-        """Clip, update, schedule (never repeated by a fall-back: it runs after the backward succeeded)."""
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)  # no host wait: foreach, on device
+        """Clip, update, schedule (never repeated by a fall-back: it runs after the backward succeeded).
+
+        The loss comes back NaN where the gradients were non-finite though it was not (an inf that
+        a mask hid from the loss but not from the backward, a gradient's overflow): their update
+        made weights NaN, and the loop stops the run at its next read of the losses, before any
+        checkpoint, as for a non-finite loss. Under DistributedDataParallel every rank has the
+        reduced gradients, so all ranks flag the same step."""
+        if self.grad_clip:  # no host wait: foreach, on device
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        self.lr = self.optimizer.param_groups[0]['lr']
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        return loss.detach()
+        return torch.where(torch.isfinite(norm), loss.detach(), torch.nan)
 
     def _fall_back(self, err: Exception) -> None:
         # compilation is lazy (first forward, first backward), so a failure arrives here before the

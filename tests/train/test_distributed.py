@@ -251,3 +251,15 @@ def test_each_rank_draws_its_own_dropout_stream_and_rank_0_that_of_one_process()
     streams = [draw(1), draw(2), draw(1, 2, 0)]
     assert all(not torch.equal(a, b) for i, a in enumerate([one, *streams]) for b in streams[i:] if a is not b)
     assert torch.equal(draw(2), streams[1])
+
+
+@pytest.mark.slow
+def test_non_finite_gradients_on_one_rank_stop_every_rank_at_the_step(tmp_path: Path, subprocess_env: dict,
+                                                                      repo_root: Path) -> None:
+    """Rank 1's loss is finite and its gradients NaN, rank 0's both finite: the reduced gradients
+    are NaN on both ranks, so both stop at step 1 (both finished it, their weights NaN)."""
+    out = tmp_path / 'outcome'
+    run = subprocess.run(_torchrun(2, '-m', 'tests.train.ddp_nonfinite', str(out)), cwd=repo_root,
+                         env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [Path(f'{out}.{r}').read_text() for r in (0, 1)] == ['step 1', 'step 1']

@@ -12,6 +12,7 @@ from train.loop import NonFiniteLoss, train_epoch
 from train.main import main
 
 from tests.train.conftest import tiny_args
+from tests.train.ddp_nonfinite import CFG, Anchored
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, *words: str) -> str:
@@ -90,3 +91,57 @@ def test_a_checkpoint_part_way_through_an_epoch_is_never_written_after_a_non_fin
     saved = torch.load(run / 'seed0' / 'checkpoints' / 'last.pt', weights_only=True)
     assert saved['steps'] == 1
     assert all(torch.isfinite(v).all() for v in saved['model'].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize('clip', [0.0, 1.0])
+def test_a_step_whose_gradients_are_non_finite_stops_the_epoch_before_any_checkpoint(
+        clip: float, tmp_path: Path) -> None:
+    """A finite loss with NaN gradients: the update made the weights NaN; the step's loss reads as
+    NaN, so the run stops at that step, as for a non-finite loss, and last.pt is never written (it
+    held NaN weights, and the run trained on, its losses NaN from the next step)."""
+    import numpy as np
+
+    from train.bench import synthetic_split
+    from train.checkpoints import save_checkpoint
+    from train.config import TrainCfg
+    from train.data import TrainFeed
+    from train.loop import TrainState, _step_checkpoints
+    from train.models import create_model
+    from train.step import TrainStep
+
+    torch.manual_seed(0)
+    model = create_model(CFG).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    step = TrainStep(model, opt, Anchored(model), clip, 'cpu', False)
+    state = TrainState(model, opt, opt, None, step)
+    last = tmp_path / 'last.pt'
+    between = _step_checkpoints(state, TrainCfg(checkpoint_steps=1), lambda n, _, loss: save_checkpoint(
+        model, last, steps=n))
+    batches = TrainFeed(synthetic_split(CFG, 16, 7), torch.device('cpu'), 0).epoch(4, np.random.default_rng(0))
+    with pytest.raises(NonFiniteLoss) as err:
+        train_epoch(step, batches, 100, between=between)
+    assert not last.exists()
+    assert err.value.where() == 'step 1'
+
+
+def test_an_update_that_overflows_the_weights_stops_the_run_before_it_saves_them(tmp_path: Path) -> None:
+    """SGD at lr 3e38: the epoch's one step has a finite loss and finite gradients, and its update
+    makes weights inf. The epoch stops there, naming the weight, before validation (best.pt) and
+    last.pt (which held inf weights, the loss of the step that made them being finite)."""
+    from shared.config import ConfigError
+    from train.bench import synthetic_split
+    from train.config import TrainCfg
+    from train.data import TrainFeed
+    from train.loop import TrainState, train_one_epoch
+    from train.losses import build_loss
+    from train.models import create_model
+    from train.step import TrainStep
+
+    torch.manual_seed(0)
+    model = create_model(CFG).train()
+    opt = torch.optim.SGD(model.parameters(), lr=3e38)
+    state = TrainState(model, opt, opt, None, TrainStep(model, opt, build_loss('max_margin', 0.1, 0.05), 0.0, 'cpu',
+                                                        False))
+    feed = TrainFeed(synthetic_split(CFG, 8, 7), torch.device('cpu'), 0)
+    with pytest.raises(ConfigError, match=r'weights became non-finite .* epoch 1, by step 1 \(first: '):
+        train_one_epoch(state, feed, TrainCfg(batch_size=8, epochs=1), 0, False, tmp_path)

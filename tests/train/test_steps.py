@@ -292,3 +292,36 @@ def test_an_epochs_line_records_the_learning_rate_it_trained_at(tiny: Path, tmp_
     assert lrs(tmp_path / 'epochs') == pytest.approx([0.01, 0.005, 0.0025])
     assert _steps(tiny, tmp_path / 'steps', 3) == 0
     assert lrs(tmp_path / 'steps') == pytest.approx([0.01, 0.005])
+
+
+def test_tensorboard_has_one_point_an_epoch_after_a_resume_part_way_through_one(tiny: Path, tmp_path: Path) -> None:
+    """The epoch that train.steps stopped part way logged a point of its first steps; its end, in
+    the resumed run, logs the epoch's: TensorBoard shows the latter alone (it showed both at one
+    epoch). metrics.jsonl keeps both lines, told apart by their step; a resume at an epoch's last
+    step logs that epoch once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def points(run: Path) -> list[tuple[int, float]]:
+        events = EventAccumulator(str(run / 'seed0' / 'tb'))
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars('train/loss')]
+
+    run = tmp_path / 'part'
+    assert _steps(tiny, run, 3) == 0 and _steps(tiny, run, 6) == 0  # 2 steps an epoch: stopped in epoch 2
+    assert list(_losses(run)) == [2, 3, 4, 6]
+    assert [e for e, _ in points(run)] == [1, 2, 3]
+    assert points(run)[1][1] == pytest.approx(_losses(run)[4])
+    run = tmp_path / 'end'
+    assert _steps(tiny, run, 2) == 0 and _steps(tiny, run, 4) == 0  # stopped at epoch 1's last step
+    assert [e for e, _ in points(run)] == [1, 2]
+
+
+def test_a_per_step_schedules_line_records_the_learning_rate_of_its_last_step(tiny: Path, tmp_path: Path) -> None:
+    """The lr halves every step, 2 steps an epoch: epoch 1's steps take 0.01 and 0.005, epoch 2's
+    0.0025 and 0.00125; each line records its last step's (it recorded the lr the schedule set
+    after that step, 0.0025 for epoch 1, which none of its steps took)."""
+    run = tmp_path / 'run'
+    assert train_main(tiny_args(tiny, run, *_SCHEDULE, '--set', 'train.lr_step_unit=step', '--set',
+                                'train.epochs=2')) == 0
+    assert [json.loads(line)['lr'] for line in (run / 'seed0' / 'metrics.jsonl').open()] == pytest.approx(
+        [0.005, 0.00125])

@@ -299,3 +299,32 @@ def test_a_run_of_many_seeds_lists_them_in_seed_order(tmp_path: Path) -> None:
         (tmp_path / f'seed{s}').mkdir()
         (tmp_path / f'seed{s}' / 'config.yaml').write_text('{}')
     assert [p.name for p in run_seeds(tmp_path)] == ['seed0', 'seed1', 'seed2', 'seed10']
+
+
+def test_evaluate_and_caption_print_the_files_they_write(world: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Each result file `python -m train.evaluate` and `python -m train.caption` write is named
+    on a line of its own, as `python -m train` names its run directory (they wrote in silence)."""
+    from train.caption import main as caption_main
+
+    def named(out: str) -> list[Path]:
+        return [Path(line[3:]) for line in out.splitlines() if line.startswith('-> ')]
+
+    # a support-set run of two seeds over the source's experts, one epoch each: its T5 decoder captions
+    cfg = yaml.safe_load((world / 'mmt2.yaml').read_text())
+    cfg['model'].update(model='ssb', max_seconds=4)
+    cfg['model']['text']['encoder'] = 't5'
+    cfg['train']['epochs'] = 1
+    (tmp_path / 'ssb.yaml').write_text(yaml.safe_dump(cfg))
+    run = tmp_path / 'ssb'
+    assert train_main(_args(world, run, tmp_path / 'ssb.yaml', '--seeds', '0,1')) == 0
+    capsys.readouterr()
+    assert evaluate_main(_eval_args(world, run, '--dataset', 'msvd', '--split', 'official')) == 0
+    files = named(capsys.readouterr().out)
+    assert files == [run / f'seed{s}' / 'eval' / f'msvd_official_test.{ext}' for s in (0, 1) for ext in ('json', 'md')
+                     ] + [run / 'eval' / 'msvd_official_test.md']
+    assert all(f.is_file() for f in files)
+    assert caption_main(_eval_args(world, run / 'seed1', '--beam', '2')) == 0
+    files = named(capsys.readouterr().out)
+    assert files == [run / 'seed1' / 'captions' / 'demo_official_test_beam2.json']
+    assert json.loads(files[0].read_text())['decoding'] == 'beam2'
