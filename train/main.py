@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     ranks, base = SINGLE, None
+    # SIGTERM (a SLURM pre-emption or time limit, torchrun stopping its processes, a `kill`) stops the run
+    # as Ctrl-C does: its default killed the process at once, with no line saying how to go on, and left
+    # the streamed parts' feature caches (GBs on local disk) behind
+    previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         overrides = parse_overrides(args.settings)
         if args.split:
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if ranks.main or not isinstance(err, RanksError):  # every rank fails a RanksError alike: said once
             print(f'error: {err}' if ranks.main else f'error (process {ranks.rank}): {err}', file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: last.pt is written whole or not at all, and every run resumes from it
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: last.pt is written whole or not at all; every run resumes from it
         if ranks.main:
             where = f' ({base}/seedN/checkpoints/last.pt)' if base is not None else ''
             print(f'\ninterrupted: rerun the same command to continue; each seed resumes from its last checkpoint'
@@ -162,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         teardown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # as `python -m extract` does: last.pt stays, and the rerun resumes from it
 
 
 def _agree(ranks: Dist, cfg: RunCfg, seeds: list[int], base: Path, args: argparse.Namespace) -> None:
