@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -323,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     # SIGTERM (a SLURM time limit or pre-emption of a shard, a `kill`) stops as Ctrl-C does: one line, and
     # the half-made thumbnail and FAISS folder removed, where its default killed the process silently
-    previous = signal.signal(signal.SIGTERM, _sigterm)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal.signal refuses others
+    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
     try:
         run = run_seeds(args.run)[0]
         manifest = load_manifest(args.dataset, args.data_root)
@@ -343,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         print('\ninterrupted: finished chunks are kept; rerun the same command to continue', file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     for pattern, recall in index.recall.items():
         print(f'approximate index of pattern {pattern}: recall@10 against exact {recall:.3f}')
     print(f'{index.n_videos} videos indexed in {out}\nserve it: {serve_command(run, out, args.data_root)}')

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a SLURM pre-emption or time limit, torchrun stopping its processes, a `kill`) stops the run
     # as Ctrl-C does: its default killed the process at once, with no line saying how to go on, and left
     # the streamed parts' feature caches (GBs on local disk) behind
-    previous = signal.signal(signal.SIGTERM, _sigterm)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal.signal refuses others
+    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
     try:
         overrides = parse_overrides(args.settings)
         if args.split:
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         teardown()
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _sigterm(signum: int, frame: object) -> None:
