@@ -161,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         if ranks.main or not isinstance(err, RanksError):  # every rank fails a RanksError alike: said once
             print(f'error: {err}' if ranks.main else f'error (process {ranks.rank}): {err}', file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        if not (ranks.active and _peer_lost(err)):
+            raise
+        # a collective whose partner died (killed, or failed with its own line): some 30 lines of traceback
+        # on every survivor said only that, above the line that says why
+        first = str(err).split('] ', 1)[-1].split('. ')[0]
+        print(f'error (process {ranks.rank}): another training process stopped while this one waited for it '
+              f'({first}): its own line, or train.launch\'s last, says why', file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: last.pt is written whole or not at all; every run resumes from it
         if ranks.main:
             where = f' ({base}/seedN/checkpoints/last.pt)' if base is not None else ''
@@ -171,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         teardown()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _peer_lost(err: RuntimeError) -> bool:
+    """Whether `err` is gloo's report of a collective's partner gone (its connection closed or reset)."""
+    text = str(err)
+    return '/gloo/transport/' in text and ('closed by peer' in text or 'reset by peer' in text)
 
 
 def _sigterm(signum: int, frame: object) -> None:

@@ -287,6 +287,33 @@ def test_sigterm_to_train_launch_stops_as_ctrl_c_and_leaves_no_feature_cache(tin
     assert err.strip().splitlines()[-1].startswith('interrupted: rerun the same command to continue'), err[-3000:]
     assert caches() == []
 
+
+@pytest.mark.slow
+def test_the_partner_of_a_killed_rank_stops_with_one_line(tiny: Path, tmp_path: Path, subprocess_env: dict,
+                                                           repo_root: Path) -> None:
+    """kill -9 on rank 1 (the out-of-memory killer): rank 0's next collective fails; it printed gloo's
+    traceback of some 30 lines ("Connection reset by peer"), now one line naming what happened."""
+    from tests.train.conftest import tiny_args
+
+    run = tmp_path / 'run'
+    cmd = [sys.executable, '-m', 'train.launch', '--standalone', '--nproc-per-node', '2', '-m', 'train',
+           *tiny_args(tiny, run, '--set', 'train.epochs=100000')]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    last, deadline, victim = run / 'seed0' / 'checkpoints' / 'last.pt', time.time() + 180, None
+    while victim is None and proc.poll() is None and time.time() < deadline:
+        victim = _rank_pid(proc.pid, 1) if last.is_file() else None
+        time.sleep(0.05)
+    assert victim is not None, 'the run ended before a rank could be killed'
+    os.kill(victim, signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1 and 'Traceback' not in err, err[-3000:]
+    assert 'killed by SIGKILL' in err.strip().splitlines()[-1], err[-3000:]
+
 def test_each_rank_draws_its_own_dropout_stream_and_rank_0_that_of_one_process() -> None:
     """`seed_rank` after every rank made the same weights: rank 0 keeps the one-process stream,
     each other rank takes one of its own, a function of (seed, rank, epoch, step)."""
