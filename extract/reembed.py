@@ -27,7 +27,11 @@ def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
     In place, the new store is built beside the old one and swapped in as `extract --overwrite`
     swaps its replacement (`shared.store.swap_in`: two renames that Ctrl-C and SIGTERM wait for);
     a swap that a kill cut short is finished first, by this command or any extraction of the store.
+    To `out`, the store is built beside it and renamed into place the same way: a kill leaves no
+    half store at `out` (which its rerun refused as one that exists), and the rerun builds it again.
     """
+    if out is not None:
+        finish_swap(out)  # a kill between the renames of an earlier run's swap into `out`
     if out is not None and os.path.lexists(out):
         raise StoreError(f'{out} exists: the re-embedded store goes to a new path (or leave out --out to replace '
                          f'{path} itself)')
@@ -48,15 +52,15 @@ def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
                      has_tokens=True, model=a.get('model', ''), weights=a.get('weights', ''),
                      weights_sha256=a.get('weights_sha256', ''), sampling=a.get('sampling', {}),
                      input_size=a.get('input_size', []), config=config)
-    # in place: a replacement (`.NAME.reembed-new`, one re-embedding of a store at a time) that `swap_in` puts in place
-    target = out or replacement_path(path, builder='reembed')
+    # a replacement (`.NAME.reembed-new`, one re-embedding of a store at a time) that `swap_in` puts in place
+    target = replacement_path(out or path, builder='reembed')
     try:
         dst = create_store(target, list(src.video_ids), spec, overwrite=True)
         _write(src, dst, wv)
     except BaseException:  # Ctrl-C included: no half-written store is left behind
         shutil.rmtree(target, ignore_errors=True)
         raise
-    return swap_in(dst).path if out is None else target
+    return swap_in(dst).path
 
 
 def _write(src: ExpertStore, dst: ExpertStore, wv: WordVectors) -> None:

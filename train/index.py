@@ -24,8 +24,10 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,9 @@ def thumbnail(video: Path, out: Path) -> bool:
     except (MediaError, OSError, subprocess.TimeoutExpired) as err:
         _logger.warning('no thumbnail for %s: %s', video, err)
         return False
+    except BaseException:  # Ctrl-C or SIGTERM: subprocess.run killed FFmpeg, whose file is cut short
+        tmp.unlink(missing_ok=True)
+        raise
     if proc.returncode != 0 or not tmp.is_file():
         _logger.warning('no thumbnail for %s: %s', video, (proc.stderr.strip().splitlines() or ['ffmpeg failed'])[-1])
         return False
@@ -266,7 +271,11 @@ def build_index(out: Path, cfg: IndexCfg | None = None) -> SearchIndex:
         raise StoreError(f'{store.path} is not complete: run every shard of python -m train.index first')
     index = SearchIndex(store.read()[2], cfg)
     tmp = out / f'.{FAISS}.tmp-{os.getpid()}'
-    index.save(tmp, source)
+    try:
+        index.save(tmp, source)
+    except BaseException:  # Ctrl-C or SIGTERM included: no half-saved index is left behind, as for the store
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.rename(tmp, out / FAISS)
     except OSError:  # another shard built it first
@@ -313,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
                         f'exactly (default: {IndexCfg.approx_threshold})')
     args = p.parse_args(argv)
     setup_logging()
+    # SIGTERM (a SLURM time limit or pre-emption of a shard, a `kill`) stops as Ctrl-C does: one line, and
+    # the half-made thumbnail and FAISS folder removed, where its default killed the process silently
+    main_thread = threading.current_thread() is threading.main_thread()  # signal.signal refuses others
+    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
     try:
         run = run_seeds(args.run)[0]
         manifest = load_manifest(args.dataset, args.data_root)
@@ -328,10 +341,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, StoreError, FileNotFoundError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a chunk's status is written last, so finished chunks stay
+        print('\ninterrupted: finished chunks are kept; rerun the same command to continue', file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     for pattern, recall in index.recall.items():
         print(f'approximate index of pattern {pattern}: recall@10 against exact {recall:.3f}')
     print(f'{index.n_videos} videos indexed in {out}\nserve it: {serve_command(run, out, args.data_root)}')
     return 0
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # as `python -m train` and `python -m extract` do
 
 
 if __name__ == '__main__':

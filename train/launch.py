@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         # why; any other signal (SIGKILL from the out-of-memory killer, whose victim wrote no line, and
         # whose partner's collective then failed with a misleading one) is named all the same
         errored = any(f.exitcode > 0 for f in failures)
-        killed = sorted({f.signal_name() for f in failures if f.exitcode < 0} - ({'SIGTERM'} if errored else set()))
+        signals = {f.signal_name() for f in failures if f.exitcode < 0}
+        # beside another signal, a SIGTERM is torchrun's own: it stops the survivors of a killed process
+        killed = sorted(signals - ({'SIGTERM'} if errored or len(signals) > 1 else set()))
         why = ', '.join((*(['their error lines above say why'] if errored else []),
                          *([f'killed by {", ".join(killed)}'] if killed else [])))
         if 'SIGKILL' in killed:

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -101,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     ranks, base = SINGLE, None
+    # SIGTERM (a SLURM pre-emption or time limit, torchrun stopping its processes, a `kill`) stops the run
+    # as Ctrl-C does: its default killed the process at once, with no line saying how to go on, and left
+    # the streamed parts' feature caches (GBs on local disk) behind
+    main_thread = threading.current_thread() is threading.main_thread()  # signal.signal refuses others
+    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
     try:
         overrides = parse_overrides(args.settings)
         if args.split:
@@ -154,7 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         if ranks.main or not isinstance(err, RanksError):  # every rank fails a RanksError alike: said once
             print(f'error: {err}' if ranks.main else f'error (process {ranks.rank}): {err}', file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: last.pt is written whole or not at all, and every run resumes from it
+    except RuntimeError as err:
+        if not (ranks.active and _peer_lost(err)):
+            raise
+        # a collective whose partner died (killed, or failed with its own line): some 30 lines of traceback
+        # on every survivor said only that, above the line that says why
+        first = str(err).split('] ', 1)[-1].split('. ')[0]
+        print(f'error (process {ranks.rank}): another training process stopped while this one waited for it '
+              f'({first}): its own line, or train.launch\'s last, says why', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: last.pt is written whole or not at all; every run resumes from it
         if ranks.main:
             where = f' ({base}/seedN/checkpoints/last.pt)' if base is not None else ''
             print(f'\ninterrupted: rerun the same command to continue; each seed resumes from its last checkpoint'
@@ -162,6 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         teardown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _peer_lost(err: RuntimeError) -> bool:
+    """Whether `err` is gloo's report of a collective's partner gone (its connection closed or reset)."""
+    text = str(err)
+    return '/gloo/transport/' in text and ('closed by peer' in text or 'reset by peer' in text)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # as `python -m extract` does: last.pt stays, and the rerun resumes from it
 
 
 def _agree(ranks: Dist, cfg: RunCfg, seeds: list[int], base: Path, args: argparse.Namespace) -> None:

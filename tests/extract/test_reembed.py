@@ -120,3 +120,40 @@ def test_a_kill_between_the_swaps_renames_is_finished_by_the_next_run(tmp_path: 
     assert reembed(path, _word2vec(tmp_path / 'other.bin', ['dog'], dim=6)) == path
     assert open_store(path).feature_dim == 6 and leftovers(path) == [] and check_store(path).exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ['new.bin', 'old.bin', 'other.bin', 'speech.zarr']
+
+
+@pytest.mark.slow
+def test_a_run_to_out_killed_midway_leaves_no_store_there_and_its_rerun_builds_it(tmp_path: Path, subprocess_env: dict,
+                                                                                  repo_root: Path) -> None:
+    """`--out NEW` killed with SIGKILL while it writes: NEW was the half-written store itself, and the
+    rerun of the same command refused it as a store that exists. Built aside and renamed into place,
+    NEW is absent until whole, and the rerun makes it."""
+    import subprocess
+    import sys
+    import time
+
+    old = _word2vec(tmp_path / 'old.bin', ['cat', 'dog'], dim=4)
+    new = _word2vec(tmp_path / 'new.bin', ['dog'], dim=8)
+    spec = StoreSpec('toy', 'speech', 4, 8, chunk_size=2, has_tokens=True, config={'word_vectors': str(old)})
+    store = create_store(tmp_path / 'speech.zarr', [f'v{i}' for i in range(300)], spec)
+    row = words_result([{'word': 'dog', 'start': 0.0, 'end': 1.0, 'conf': 0.9}], load_word_vectors(old), 8)
+    for c in range(store.n_chunks):  # a few seconds of writing, to be killed in
+        store.write_chunk(c, pack_chunk([row] * 2, 8, 4, True))
+    out = tmp_path / 'new.zarr'
+    cmd = [sys.executable, '-m', 'extract.reembed', str(store.path), '--word-vectors', str(new), '--out', str(out)]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    # the chunks' arrays are made once the store is: its first chunks are being written
+    while not any((p / 'status').is_dir() for p in (out, tmp_path / '.new.zarr.reembed-new')) \
+            and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    assert proc.poll() is None, 'the re-embedding ended before it could be killed'
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not out.exists()
+    again = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert check_store(out).exit_code == 0 and leftovers(out) == []
+    rows = open_store(out).read()
+    assert (rows.status == DONE).all() and rows.lengths.tolist() == [1] * 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['new.bin', 'new.zarr', 'old.bin', 'speech.zarr']

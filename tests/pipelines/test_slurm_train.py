@@ -101,6 +101,20 @@ def test_a_process_killed_while_another_fails_is_still_named(tmp_path: Path, rep
     assert out.returncode == 1 and 'killed by SIGKILL' in last and 'out-of-memory killer' in last, out.stderr
 
 
+
+def test_a_process_killed_while_another_runs_is_named_alone(tmp_path: Path, repo_root: Path, python: str,
+                                                            subprocess_env: dict) -> None:
+    """The out-of-memory killer's SIGKILL on one rank while the other still works: torchrun stops that
+    one with SIGTERM, which the last line named beside the SIGKILL as if it were a second cause."""
+    script = tmp_path / 'oom.py'
+    script.write_text("import os, signal, time\nif os.environ['LOCAL_RANK'] == '1':\n"
+                      "    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(120)\n")
+    out = subprocess.run([python, '-m', 'train.launch', '--standalone', '--nproc-per-node', '2', str(script)],
+                         cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.splitlines()[-1] == (
+        'error: 2 training process(es) stopped (exit code -15, -9): killed by SIGKILL (most often the out-of-memory '
+        'killer: see dmesg)'), out.stderr
+
 @pytest.mark.parametrize('n', ['0', '-1', '+-1'])
 def test_no_processes_per_node_is_one_line(n: str, repo_root: Path, python: str, subprocess_env: dict) -> None:
     """torchrun asserted it with a bare AssertionError traceback."""

@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -234,6 +236,83 @@ def test_ctrl_c_under_train_launch_ends_in_one_line(tiny: Path, tmp_path: Path, 
     assert proc.returncode == 130 and 'Traceback' not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith('interrupted: rerun the same command to continue'), err[-3000:]
 
+
+
+def _in_chunks(tiny: Path, out: Path, size: int) -> Path:
+    """The `tiny` dataset with a store of random features in chunks of `size` videos: each rank streams
+    its own share of the chunks (tiny's one chunk leaves a rank none)."""
+    from shared.store import DONE, StoreSpec, VideoResult, create_store, pack_chunk, store_path
+    from tests.train.conftest import DIM, N_VIDEOS, ROWS
+
+    shutil.copytree(tiny / 'data', out / 'data')
+    shutil.copy(tiny / 'mee.yaml', out / 'mee.yaml')
+    ids = [v['id'] for v in json.loads((tiny / 'data' / 'demo' / 'demo.json').read_text())['videos']]
+    spec = StoreSpec(dataset='demo', expert='object', feature_dim=DIM, max_rows=ROWS, chunk_size=size, model='toy',
+                     weights='random')
+    store = create_store(store_path(out / 'features', 'demo', 'object'), ids, spec)
+    rng, times = np.random.default_rng(0), np.stack([np.arange(ROWS), np.arange(ROWS) + 1.0], axis=1)
+    for c in range(N_VIDEOS // size):
+        rows = [VideoResult(rng.standard_normal((ROWS, DIM)).astype(np.float32), times, DONE) for _ in range(size)]
+        store.write_chunk(c, pack_chunk(rows, ROWS, DIM, has_tokens=False))
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_to_train_launch_stops_as_ctrl_c_and_leaves_no_feature_cache(tiny: Path, tmp_path: Path,
+                                                                             subprocess_env: dict,
+                                                                             repo_root: Path) -> None:
+    """SIGTERM to torchrun (a scheduler's pre-emption, a `kill`): torchrun passes it to its processes,
+    which stop as at Ctrl-C, rank 0 saying how to go on, and remove their streamed parts' feature
+    caches; SIGTERM's default had killed them at once, silent, the caches left in the run directory."""
+    from tests.train.conftest import tiny_args
+
+    root, run = _in_chunks(tiny, tmp_path / 'tiny', 4), tmp_path / 'run'
+    cmd = [sys.executable, '-m', 'train.launch', '--standalone', '--nproc-per-node', '2', '-m', 'train',
+           *tiny_args(root, run, '--set', 'train.epochs=100000', '--set', 'train.streaming=on')]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    seed, deadline = run / 'seed0', time.time() + 180
+    caches = lambda: sorted(p.name for p in seed.glob('videoexperts-stream-cache-*'))  # noqa: E731
+    while not ((seed / 'checkpoints' / 'last.pt').is_file() and caches()) and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    assert caches(), 'no feature cache was made'
+    os.kill(proc.pid, signal.SIGTERM)  # torchrun alone: it stops its processes with the same signal
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM and 'Traceback' not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith('interrupted: rerun the same command to continue'), err[-3000:]
+    assert caches() == []
+
+
+@pytest.mark.slow
+def test_the_partner_of_a_killed_rank_stops_with_one_line(tiny: Path, tmp_path: Path, subprocess_env: dict,
+                                                           repo_root: Path) -> None:
+    """kill -9 on rank 1 (the out-of-memory killer): rank 0's next collective fails; it printed gloo's
+    traceback of some 30 lines ("Connection reset by peer"), now one line naming what happened."""
+    from tests.train.conftest import tiny_args
+
+    run = tmp_path / 'run'
+    cmd = [sys.executable, '-m', 'train.launch', '--standalone', '--nproc-per-node', '2', '-m', 'train',
+           *tiny_args(tiny, run, '--set', 'train.epochs=100000')]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    last, deadline, victim = run / 'seed0' / 'checkpoints' / 'last.pt', time.time() + 180, None
+    while victim is None and proc.poll() is None and time.time() < deadline:
+        victim = _rank_pid(proc.pid, 1) if last.is_file() else None
+        time.sleep(0.05)
+    assert victim is not None, 'the run ended before a rank could be killed'
+    os.kill(victim, signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1 and 'Traceback' not in err, err[-3000:]
+    assert 'killed by SIGKILL' in err.strip().splitlines()[-1], err[-3000:]
 
 def test_each_rank_draws_its_own_dropout_stream_and_rank_0_that_of_one_process() -> None:
     """`seed_rank` after every rank made the same weights: rank 0 keeps the one-process stream,

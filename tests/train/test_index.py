@@ -258,3 +258,47 @@ def test_mmt_masks_made_before_eq6_are_refused_by_serve_remade_by_overwrite_and_
     searcher = Searcher(run, data)
     assert 'scored with every expert' in searcher.note
     assert searcher.search(query, k=20) == before  # the embeddings hold: only the mask was stale
+
+
+@pytest.mark.slow
+def test_sigterm_stops_as_ctrl_c_keeping_finished_chunks_and_no_half_thumbnail(tiny: Path, tmp_path: Path,
+                                                                               subprocess_env: dict,
+                                                                               repo_root: Path) -> None:
+    """SIGTERM (a cluster shard's time limit) while thumbnails are cut: one line saying how to go on and
+    exit 130, as at Ctrl-C, no thumbnail cut short left beside the others; its default had killed the
+    process silently (and Ctrl-C ended in a traceback). The rerun finishes the index."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from shared.media import ffmpeg_exe
+    from tests.train.conftest import tiny_args
+
+    root = tmp_path / 'tiny'
+    shutil.copytree(tiny, root)
+    ids = [v['id'] for v in json.loads((root / 'data' / 'demo' / 'demo.json').read_text())['videos']]
+    (root / 'data' / 'demo' / 'videos').mkdir()
+    for i, v in enumerate(ids):  # real files for FFmpeg's thumbnails
+        subprocess.run([ffmpeg_exe(), '-loglevel', 'error', '-f', 'lavfi', '-i',
+                        'testsrc=size=64x48:rate=10:duration=2', '-vf', f'hue=h={30 * i}',
+                        str(root / 'data' / 'demo' / 'videos' / f'{v}.mp4')], check=True)
+    assert train_main(tiny_args(root, tmp_path / 'run', '--set', 'train.epochs=1')) == 0
+    out = tmp_path / 'index'
+    cmd = [sys.executable, '-m', 'train.index', '--run', str(tmp_path / 'run'), '--dataset', 'demo', '--data-root',
+           str(root / 'data'), '--features-root', str(root / 'features'), '--out', str(out)]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (out / THUMBS).is_dir() or len(list((out / THUMBS).glob('*.jpg'))) < 2:
+        assert proc.poll() is None and time.time() < deadline, 'the index was made before it could be stopped'
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and 'Traceback' not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == 'interrupted: finished chunks are kept; rerun the same command to continue'
+    assert not list((out / THUMBS).glob('.*')) and not (out / FAISS).exists()
+    again = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert EmbeddingStore(out / EMBEDDINGS).complete() and len(list((out / THUMBS).glob('*.jpg'))) == len(ids)
