@@ -97,6 +97,17 @@ def test_rows_start_at_the_first_frame() -> None:
     assert index[0].tolist() == list(range(25, 57)) and stamps[0, 0] == 0.0
 
 
+def test_a_long_video_that_starts_late_spreads_its_rows_over_its_own_frames() -> None:
+    """A video stream 20 s into its file, longer than T rows: the T rows spread evenly over the
+    seconds it is shown (20 to 120 s), not over the file's 120 s, whose last sixth would put the
+    last rows past its end, all on its last frame."""
+    t = 20.0 + np.arange(25 * 100) / 25
+    times = np.stack([t, t + 0.04], axis=1)
+    index, stamps = plan_rows(times, Sampling('frames', fps=1.0, max_rows=10))
+    assert index[:, 0].tolist() == [125 + 250 * k for k in range(10)]  # frames at 25, 35, ..., 115 s
+    assert len(np.unique(index)) == 10 and stamps[0, 0] == pytest.approx(25.0)
+
+
 def test_extracted_audio_and_video_rows_share_the_clock(late: Path, tmp_path: Path) -> None:
     data = tmp_path / 'videos'
     data.mkdir()
