@@ -186,6 +186,25 @@ def test_more_words_than_max_rows_keep_the_first_rows_with_their_times() -> None
     assert len(r.tokens) == 5 and r.available
 
 
+def test_words_given_out_of_time_order_become_rows_in_time_order() -> None:
+    """Tokens handed over in another order (OCR's words of one frame in reading order, whose spans
+    end at different frames) are rows and tokens in time order; with more words than T, the T
+    earliest are the rows."""
+    from gensim.models import KeyedVectors
+
+    from extract.experts._words import words_result
+    from shared.text import WordVectors
+
+    kv = KeyedVectors(vector_size=4)
+    kv.add_vectors(['tea', 'river', 'stone'], np.eye(3, 4, dtype=np.float32))
+    tokens = [{'word': 'stone', 'start': 5.0, 'end': 6.0, 'conf': 0.9}, {'word': 'tea', 'start': 1.0, 'end': 3.0, 'conf': 0.9},
+              {'word': 'river', 'start': 1.0, 'end': 2.0, 'conf': 0.9}]
+    r = words_result(tokens, WordVectors(kv, Path('toy.kv')), max_rows=2)
+    assert r.timestamps.tolist() == [[1, 2], [1, 3]]
+    np.testing.assert_array_equal(r.features, np.eye(3, 4, dtype=np.float32)[[1, 0]])
+    assert [t['word'] for t in r.tokens] == ['river', 'tea', 'stone']
+
+
 @pytest.mark.slow
 def test_rapidocr_reads_rendered_words(tmp_path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
