@@ -25,7 +25,8 @@ def _ff(*args: str) -> None:
 
 @pytest.fixture(scope='module')
 def late(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Files whose audio starts 1.5 s after their video, or their video 1.5 s after their audio."""
+    """Files whose audio starts 1.5 s after their video, or their video 1.5 s after their audio (or all of
+    a file 1.5 s after its clock's 0)."""
     d = tmp_path_factory.mktemp('late')
     enc = ['-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-c:a', 'aac']
     _ff(*VIDEO, '-itsoffset', '1.5', '-f', 'lavfi', '-i', 'sine=frequency=440:duration=2.5', *enc,
@@ -35,6 +36,9 @@ def late(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # MPEG-TS: the file starts at 1.4 s, its video 1.5 s after its audio
     _ff('-itsoffset', '1.5', *VIDEO, '-f', 'lavfi', '-i', 'sine=frequency=440:duration=4', *enc, '-f', 'mpegts',
         str(d / 'video_late.ts'))
+    # Matroska whose file, video and audio all start at 1.5 s: a player shows its first frame at 0
+    _ff(*VIDEO, '-f', 'lavfi', '-i', 'sine=frequency=440:duration=4', *enc, '-output_ts_offset', '1.5',
+        str(d / 'file_late.mkv'))
     return d
 
 
@@ -67,13 +71,13 @@ def test_an_audio_start_past_the_end_of_the_file_adds_no_silence(late: Path, mon
     assert not error and audio is not None and abs(len(audio) / 16000 - 2.5) < 0.1  # the tone's 2.5 s alone
 
 
-@pytest.mark.parametrize('name', ['video_late.mp4', 'video_late.ts'])
+@pytest.mark.parametrize('name', ['video_late.mp4', 'video_late.ts', 'file_late.mkv'])
 def test_video_that_starts_late_has_its_frames_at_their_times(late: Path, name: str) -> None:
     path = str(late / name)
     truth = probe(path).video_start - probe(path).start
     ffmpeg, _, _ = decode_ffmpeg.frame_times(path)
     assert len(ffmpeg) == 100 and abs(ffmpeg[0, 0] - truth) < 1e-3 and abs(ffmpeg[-1, 1] - truth - 4.0) < 1e-3
-    if name.endswith('.mp4'):  # decord's times (the NVDEC backend's too) are the same
+    if name.endswith(('.mp4', '.mkv')):  # decord's times (the NVDEC backend's too) are the same
         decord = read_frame_times(path)
         assert not isinstance(decord, str)
         np.testing.assert_allclose(decord, ffmpeg, atol=1e-4)
