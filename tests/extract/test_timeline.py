@@ -87,6 +87,35 @@ def test_video_that_starts_late_has_its_frames_at_their_times(late: Path, name: 
     np.testing.assert_allclose(stamps[:, 0], truth + np.arange(4) + 0.48, atol=1e-3)
 
 
+def test_mpegts_frame_times_are_whole_ticks_from_the_files_start(late: Path) -> None:
+    """An MPEG-TS's frame times are counted in its 90 kHz ticks from the file's start (1.4 s: 126000
+    ticks, which 1.4 * 90000 in floats falls just short of): the first frame is where the probe puts
+    the video's start, to its 6 digits, not a tick (11 us) later."""
+    path = str(late / 'video_late.ts')
+    info = probe(path)
+    assert info.start == 1.4
+    ffmpeg, _, _ = decode_ffmpeg.frame_times(path)
+    assert abs(ffmpeg[0, 0] - (info.video_start - info.start)) < 2e-6
+    ticks = ffmpeg[:, 0] * 90000
+    np.testing.assert_allclose(ticks, np.round(ticks), rtol=0, atol=1e-6)
+
+
+def test_a_file_replaced_at_the_same_path_is_probed_again(late: Path, tmp_path: Path) -> None:
+    """The probe of the file read last is remembered by path, size and modification time: another file
+    put at the same path (a video fixed and extracted again by a running process) gets its own
+    video start, not the one before it."""
+    import shutil
+
+    path = tmp_path / 'clip.mp4'
+    rows = lambda: decode_video(0, str(path), {'f': Sampling('frames', fps=1.0)}).plans['f'].timestamps[:, 0]  # noqa: E731
+    shutil.copy(late / 'audio_late.mp4', path)
+    np.testing.assert_allclose(rows(), np.arange(4) + 0.48, atol=1e-3)
+    shutil.copy(late / 'video_late.mp4', path)
+    truth = probe(path).video_start - probe(path).start
+    assert truth > 1.4
+    np.testing.assert_allclose(rows(), truth + np.arange(4) + 0.48, atol=1e-3)
+
+
 def test_rows_start_at_the_first_frame() -> None:
     t = 1.52 + np.arange(100) / 25
     times = np.stack([t, t + 0.04], axis=1)
