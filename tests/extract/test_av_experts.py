@@ -169,6 +169,16 @@ def test_merge_words_spans_consecutive_frames() -> None:
     assert tokens[0]['conf'] == 0.95 and normalise('Hello,') == 'hello'
 
 
+def test_merge_words_keeps_each_occurrence_of_a_repeated_word_and_its_best_confidence() -> None:
+    """A word twice on a frame ('the ... the') is two tokens, each going on with its own occurrence
+    on the next frame; a token's confidence is the highest of its frames, not its last."""
+    stamps = np.array([[0, 1], [1, 2], [2, 3]], np.float32)
+    frames = [[('the', 0.9), ('cat', 0.8), ('the', 0.7)], [('the', 0.6), ('the', 0.5)], [('the', 0.4)]]
+    tokens = merge_words(frames, stamps)
+    assert [(t['word'], t['start'], t['end'], t['conf']) for t in tokens] == [
+        ('the', 0, 3, 0.9), ('cat', 0, 1, 0.8), ('the', 0, 2, 0.7)]
+
+
 def test_more_words_than_max_rows_keep_the_first_rows_with_their_times() -> None:
     """A long talk has more words than the store's T: the first T in-vocabulary words are rows, each
     with its own time; every word stays a token."""
