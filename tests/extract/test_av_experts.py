@@ -169,6 +169,16 @@ def test_merge_words_spans_consecutive_frames() -> None:
     assert tokens[0]['conf'] == 0.95 and normalise('Hello,') == 'hello'
 
 
+def test_merge_words_keeps_each_occurrence_of_a_repeated_word_and_its_best_confidence() -> None:
+    """A word twice on a frame ('the ... the') is two tokens, each going on with its own occurrence
+    on the next frame; a token's confidence is the highest of its frames, not its last."""
+    stamps = np.array([[0, 1], [1, 2], [2, 3]], np.float32)
+    frames = [[('the', 0.9), ('cat', 0.8), ('the', 0.7)], [('the', 0.6), ('the', 0.5)], [('the', 0.4)]]
+    tokens = merge_words(frames, stamps)
+    assert [(t['word'], t['start'], t['end'], t['conf']) for t in tokens] == [
+        ('the', 0, 3, 0.9), ('cat', 0, 1, 0.8), ('the', 0, 2, 0.7)]
+
+
 def test_more_words_than_max_rows_keep_the_first_rows_with_their_times() -> None:
     """A long talk has more words than the store's T: the first T in-vocabulary words are rows, each
     with its own time; every word stays a token."""
@@ -184,6 +194,25 @@ def test_more_words_than_max_rows_keep_the_first_rows_with_their_times() -> None
     r = words_result(tokens, WordVectors(kv, Path('toy.kv')), max_rows=3)
     assert r.features.shape == (3, 4) and r.timestamps.tolist() == [[0, 0.5], [2, 2.5], [3, 3.5]]
     assert len(r.tokens) == 5 and r.available
+
+
+def test_words_given_out_of_time_order_become_rows_in_time_order() -> None:
+    """Tokens handed over in another order (OCR's words of one frame in reading order, whose spans
+    end at different frames) are rows and tokens in time order; with more words than T, the T
+    earliest are the rows."""
+    from gensim.models import KeyedVectors
+
+    from extract.experts._words import words_result
+    from shared.text import WordVectors
+
+    kv = KeyedVectors(vector_size=4)
+    kv.add_vectors(['tea', 'river', 'stone'], np.eye(3, 4, dtype=np.float32))
+    tokens = [{'word': 'stone', 'start': 5.0, 'end': 6.0, 'conf': 0.9}, {'word': 'tea', 'start': 1.0, 'end': 3.0, 'conf': 0.9},
+              {'word': 'river', 'start': 1.0, 'end': 2.0, 'conf': 0.9}]
+    r = words_result(tokens, WordVectors(kv, Path('toy.kv')), max_rows=2)
+    assert r.timestamps.tolist() == [[1, 2], [1, 3]]
+    np.testing.assert_array_equal(r.features, np.eye(3, 4, dtype=np.float32)[[1, 0]])
+    assert [t['word'] for t in r.tokens] == ['river', 'tea', 'stone']
 
 
 @pytest.mark.slow

@@ -132,6 +132,16 @@ def test_rotation_odd_size_vfr_and_one_frame(odd_videos: Path) -> None:
     assert len(one.frames) == 1 and one.plans['c'].index.tolist() == [[0, 0, 0, 0]]
 
 
+def test_a_shrunk_frame_keeps_the_aspect_ratio_to_the_nearest_even_width(tmp_path: Path) -> None:
+    """320x180 (16:9) at a short side of 64 is 113.8 wide: it is decoded 114 wide, the nearest even
+    width (1.78:1), not 112 (1.75:1, every frame squeezed by 1.6 %)."""
+    path = tmp_path / 'wide.mp4'
+    subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=320x180:rate=25:duration=1',
+                    '-c:v', 'libx264', '-pix_fmt', 'yuv420p', str(path)], check=True, capture_output=True)
+    out = decode_video(0, str(path), {'f': Sampling('frames', fps=1.0, short_side=64)})
+    assert not out.error and out.frames.shape[1:] == (64, 114, 3)
+
+
 @pytest.mark.parametrize('name,reason', [('zero.mp4', 'empty file'), ('text.mp4', 'cannot open video'),
                                          ('missing.mp4', 'file not found')])
 def test_undecodable_files_give_reasons(odd_videos: Path, name: str, reason: str) -> None:

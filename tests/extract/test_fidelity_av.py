@@ -82,6 +82,22 @@ def test_vggish_examples_are_waveform_to_examples_of_a_stereo_file(stereo: dict[
         torch.testing.assert_close(model(ours), model(ref.float()), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize('samples, examples', [(15599, 0), (15600, 1), (30959, 1), (30960, 2)])
+def test_vggish_examples_end_where_waveform_to_examples_ends_them(samples: int, examples: int) -> None:
+    """The last whole 0.96 s example is there exactly when the reference has it: 15600 samples (400 +
+    95 hops of 160) make 96 STFT frames, one example; a sample fewer, none (and 30960, 192 frames, two)."""
+    from torchvggish import vggish_input
+
+    from extract.experts.audio import example_count, log_mel_examples
+
+    wave = np.random.default_rng(samples).uniform(-0.5, 0.5, samples).astype(np.float32)
+    ref = vggish_input.waveform_to_examples(wave, 16000, return_tensor=False)  # (K, 96, 64)
+    ours = log_mel_examples(torch.from_numpy(wave))
+    assert example_count(samples) == len(ours) == len(ref) == examples
+    if len(ref):
+        assert np.abs(ours.numpy() - ref).max() <= 1e-4
+
+
 #: the log-mel examples of one waveform differ in float32 (here) and float64 (the reference) by up to
 #: this, in near-silent bands (log(x + 0.01) of tiny x): 6e-4 measured on 16 kHz input, where nothing is resampled
 LOG_MEL_FLOAT32_TOL = 2e-3

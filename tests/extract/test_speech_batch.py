@@ -142,6 +142,29 @@ def test_a_later_window_is_judged_by_its_own_seconds_of_speech() -> None:
     assert not _next_window(s, 0.25) and (s.seek, s.silent) == (4000, 1)
 
 
+def test_a_window_with_exactly_min_speech_is_decoded() -> None:
+    """min_speech is what a window needs: one with exactly that much speech (8 VAD chunks of 32 ms,
+    min_speech 0.256 s) is decoded, one with a chunk less is skipped."""
+    from extract.experts._whisper import VAD_CHUNK, _next_window, _Transcript
+
+    for chunks, decoded in ((8, True), (7, False)):
+        speech = np.zeros(-(-10 * SR // VAD_CHUNK), bool)
+        speech[100:100 + chunks] = True
+        s = _Transcript(torch.zeros(80, 1), content_frames=1000, speech=speech)
+        assert _next_window(s, 8 * VAD_CHUNK / SR) == decoded and s.silent == (0 if decoded else 1)
+
+
+def test_a_window_counts_the_vad_chunk_that_runs_past_its_end() -> None:
+    """A window's speech is that of every VAD chunk it overlaps: 10 s of audio end inside chunk 312
+    (samples 159744..160255), whose speech is the window's too."""
+    from extract.experts._whisper import VAD_CHUNK, _next_window, _Transcript
+
+    speech = np.zeros(-(-10 * SR // VAD_CHUNK), bool)  # 313 chunks, the last one partial
+    speech[-1] = True
+    s = _Transcript(torch.zeros(80, 1), content_frames=1000, speech=speech)
+    assert _next_window(s, VAD_CHUNK / SR) and (s.seek, s.silent) == (0, 0)
+
+
 def test_windows_without_speech_are_not_decoded(tiny: torch.nn.Module) -> None:
     t = np.arange(6 * SR) / SR
     silence = np.zeros(6 * SR, np.float32)

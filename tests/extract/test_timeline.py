@@ -25,7 +25,8 @@ def _ff(*args: str) -> None:
 
 @pytest.fixture(scope='module')
 def late(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Files whose audio starts 1.5 s after their video, or their video 1.5 s after their audio."""
+    """Files whose audio starts 1.5 s after their video, or their video 1.5 s after their audio (or all of
+    a file 1.5 s after its clock's 0)."""
     d = tmp_path_factory.mktemp('late')
     enc = ['-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-c:a', 'aac']
     _ff(*VIDEO, '-itsoffset', '1.5', '-f', 'lavfi', '-i', 'sine=frequency=440:duration=2.5', *enc,
@@ -35,6 +36,9 @@ def late(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # MPEG-TS: the file starts at 1.4 s, its video 1.5 s after its audio
     _ff('-itsoffset', '1.5', *VIDEO, '-f', 'lavfi', '-i', 'sine=frequency=440:duration=4', *enc, '-f', 'mpegts',
         str(d / 'video_late.ts'))
+    # Matroska whose file, video and audio all start at 1.5 s: a player shows its first frame at 0
+    _ff(*VIDEO, '-f', 'lavfi', '-i', 'sine=frequency=440:duration=4', *enc, '-output_ts_offset', '1.5',
+        str(d / 'file_late.mkv'))
     return d
 
 
@@ -70,13 +74,13 @@ def test_an_audio_start_past_the_end_of_the_file_adds_no_silence(late: Path, mon
     assert not error and audio is not None and abs(len(audio) / 16000 - 2.5) < 0.1  # the tone's 2.5 s alone
 
 
-@pytest.mark.parametrize('name', ['video_late.mp4', 'video_late.ts'])
+@pytest.mark.parametrize('name', ['video_late.mp4', 'video_late.ts', 'file_late.mkv'])
 def test_video_that_starts_late_has_its_frames_at_their_times(late: Path, name: str) -> None:
     path = str(late / name)
     truth = probe(path).video_start - probe(path).start
     ffmpeg, _, _ = decode_ffmpeg.frame_times(path)
     assert len(ffmpeg) == 100 and abs(ffmpeg[0, 0] - truth) < 1e-3 and abs(ffmpeg[-1, 1] - truth - 4.0) < 1e-3
-    if name.endswith('.mp4'):  # decord's times (the NVDEC backend's too) are the same
+    if name.endswith(('.mp4', '.mkv')):  # decord's times (the NVDEC backend's too) are the same
         decord = read_frame_times(path)
         assert not isinstance(decord, str)
         np.testing.assert_allclose(decord, ffmpeg, atol=1e-4)
@@ -84,6 +88,35 @@ def test_video_that_starts_late_has_its_frames_at_their_times(late: Path, name: 
     # four rows, one a second of video from its first frame: none before it is shown
     stamps = v.plans['f'].timestamps
     np.testing.assert_allclose(stamps[:, 0], truth + np.arange(4) + 0.48, atol=1e-3)
+
+
+def test_mpegts_frame_times_are_whole_ticks_from_the_files_start(late: Path) -> None:
+    """An MPEG-TS's frame times are counted in its 90 kHz ticks from the file's start (1.4 s: 126000
+    ticks, which 1.4 * 90000 in floats falls just short of): the first frame is where the probe puts
+    the video's start, to its 6 digits, not a tick (11 us) later."""
+    path = str(late / 'video_late.ts')
+    info = probe(path)
+    assert info.start == 1.4
+    ffmpeg, _, _ = decode_ffmpeg.frame_times(path)
+    assert abs(ffmpeg[0, 0] - (info.video_start - info.start)) < 2e-6
+    ticks = ffmpeg[:, 0] * 90000
+    np.testing.assert_allclose(ticks, np.round(ticks), rtol=0, atol=1e-6)
+
+
+def test_a_file_replaced_at_the_same_path_is_probed_again(late: Path, tmp_path: Path) -> None:
+    """The probe of the file read last is remembered by path, size and modification time: another file
+    put at the same path (a video fixed and extracted again by a running process) gets its own
+    video start, not the one before it."""
+    import shutil
+
+    path = tmp_path / 'clip.mp4'
+    rows = lambda: decode_video(0, str(path), {'f': Sampling('frames', fps=1.0)}).plans['f'].timestamps[:, 0]  # noqa: E731
+    shutil.copy(late / 'audio_late.mp4', path)
+    np.testing.assert_allclose(rows(), np.arange(4) + 0.48, atol=1e-3)
+    shutil.copy(late / 'video_late.mp4', path)
+    truth = probe(path).video_start - probe(path).start
+    assert truth > 1.4
+    np.testing.assert_allclose(rows(), truth + np.arange(4) + 0.48, atol=1e-3)
 
 
 def test_rows_start_at_the_first_frame() -> None:
@@ -98,6 +131,17 @@ def test_rows_start_at_the_first_frame() -> None:
     assert plan_rows(early, Sampling('frames', fps=1.0))[0][:, 0].tolist() == [37, 62]
     index, stamps = plan_rows(early, Sampling('clips', fps=1.0, clip_len=32))
     assert index[0].tolist() == list(range(25, 57)) and stamps[0, 0] == 0.0
+
+
+def test_a_long_video_that_starts_late_spreads_its_rows_over_its_own_frames() -> None:
+    """A video stream 20 s into its file, longer than T rows: the T rows spread evenly over the
+    seconds it is shown (20 to 120 s), not over the file's 120 s, whose last sixth would put the
+    last rows past its end, all on its last frame."""
+    t = 20.0 + np.arange(25 * 100) / 25
+    times = np.stack([t, t + 0.04], axis=1)
+    index, stamps = plan_rows(times, Sampling('frames', fps=1.0, max_rows=10))
+    assert index[:, 0].tolist() == [125 + 250 * k for k in range(10)]  # frames at 25, 35, ..., 115 s
+    assert len(np.unique(index)) == 10 and stamps[0, 0] == pytest.approx(25.0)
 
 
 def test_extracted_audio_and_video_rows_share_the_clock(late: Path, tmp_path: Path) -> None:

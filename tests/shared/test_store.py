@@ -214,6 +214,20 @@ def test_check_exit_1_when_mask_and_lengths_disagree(tmp_path: Path) -> None:
     assert check_store(path2).exit_code == 1
 
 
+def test_check_exit_1_when_a_row_with_a_length_is_marked_unavailable(tmp_path: Path) -> None:
+    """available <=> length > 0 both ways: rows that training would skip although they were extracted
+    are a disagreement too, not only an available row without rows."""
+    path = tmp_path / 'unavailable.zarr'
+    _complete_store(path)
+    g = zarr.open_group(str(path), mode='r+')
+    assert g['lengths'][2] == 2 and g['available'][2]
+    g['available'][2] = False
+    report = check_store(path)
+    assert report.exit_code == 1
+    assert any('disagree between available and lengths' in p and 'first: row 2' in p for p in report.problems), \
+        report.problems
+
+
 def test_check_cli_exit_codes(tmp_path: Path, python: str, subprocess_env: dict) -> None:
     path = tmp_path / 'cli.zarr'
     store = create_store(path, W.video_ids(8), W.spec(4))

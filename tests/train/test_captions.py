@@ -60,3 +60,13 @@ def test_word_vectors_missing_under_the_data_root_name_the_option(tmp_path: Path
     with pytest.raises(FileNotFoundError, match=r'not found \(\{data_root\}/demo/word2vec.bin under the data root '
                                                  + str(tmp_path) + r'\): give --data-root \(make: DATA_ROOT=\)'):
         build_caption_encoder(TextCfg(encoder='word2vec'), data, tmp_path, None, None)
+
+
+def test_words_vocabulary_breaks_frequency_ties_alphabetically_whatever_the_captions_order() -> None:
+    """The words tokenizer keeps the most frequent words, and of words as frequent the first in
+    alphabetical order: a vocabulary cut among ties is the same whichever order the training
+    captions come in (a rerun on a reordered list keeps the checkpoint's token ids)."""
+    texts = ['the zebra', 'the apple', 'the mango', 'a kiwi']  # 'the' 3 times; the others once each
+    fitted = WordTokenizer.fit(texts, 5 + 3)  # the 5 special tokens, 'the' and two of the five ties
+    assert fitted.words[5:] == ['the', 'a', 'apple']
+    assert WordTokenizer.fit(texts[::-1], 5 + 3).words == fitted.words

@@ -70,6 +70,24 @@ def test_tie_at_the_top_is_not_r1() -> None:
     assert ranks_to_metrics(np.array([0.5]))['R1'] == 0.0
 
 
+def test_float64_scores_closer_than_float32_tells_apart_are_not_ties() -> None:
+    """Scores are compared as given (in float64): a ground truth 1e-12 below another video is ranked
+    second, not tied with it (float32 would round both to 0.3 and give 0.5), in both directions."""
+    sims = np.array([[0.3, 0.3 + 1e-12], [0.0, 1.0]])
+    assert np.float32(sims[0, 0]) == np.float32(sims[0, 1])
+    m = retrieval_metrics(sims, [0, 1])
+    assert m['t2v']['MnR'] == pytest.approx(1.5) and m['t2v']['R1'] == 50.0
+    assert retrieval_metrics(sims.T.copy(), [0, 1])['v2t']['MnR'] == pytest.approx(1.5)
+
+
+def test_a_nan_ground_truth_score_is_an_error_not_a_rank() -> None:
+    """A NaN score compares false with everything, itself included: its caption's rank would come out
+    -0.5, a hit of R@5 and R@10; scores with one are refused."""
+    sims = np.array([[np.nan, 0.2], [0.1, 0.9]])
+    with pytest.raises(ValueError, match='NaN or inf in the ground-truth scores'):
+        retrieval_metrics(sims, [0, 1])
+
+
 def test_geometric_mean_of_r1_r5_r10_by_hand() -> None:
     """CE selects its checkpoint by the geometric mean of R1, R5 and R10 (its arithmetic mean picks others)."""
     ranks = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9, 20])  # R1 10 %, R5 40 %, R10 90 %

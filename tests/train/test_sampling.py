@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from shared.datasets import load_manifest
-from shared.store import StoreSpec, VideoResult, create_store, pack_chunk, store_path
+from shared.store import ExpertRows, StoreSpec, VideoResult, create_store, pack_chunk, store_path
 from shared.text import stop_words
 from tests.train.test_stream import WORDS, mmt_config, write_dataset
 from train.captions import SubwordCaptions, WordTokenizer, build_caption_encoder
@@ -310,3 +310,43 @@ def test_a_window_takes_consecutive_words_in_time_order_whatever_the_captions_or
     drawn = {sampler.draw('v', key) for key in range(200)}
     assert {s.text for s in drawn} == {'a b c', 'b c d', 'c d e', 'd e f'}
     assert {(s.text, s.start, s.end) for s in drawn} >= {('a b c', 0.0, 5.0), ('d e f', 3.0, 8.0)}
+
+
+def _one_second_rows(n_videos: int, seconds: int) -> ExpertRows:
+    """`n_videos` videos of `seconds` rows [t, t + 1) each; row t's features are all t."""
+    start = np.arange(seconds, dtype=np.float32)
+    times = np.stack([start, start + 1.0], -1)[None].repeat(n_videos, 0)
+    feats = np.repeat(start[None, :, None], n_videos, 0).repeat(3, 2).astype(np.float16)
+    return ExpertRows(np.array([f'v{i}' for i in range(n_videos)], object), feats, times,
+                      np.full(n_videos, seconds, np.int32), np.ones(n_videos, bool), np.ones(n_videos, np.int8),
+                      np.full(n_videos, '', object), None)
+
+
+def test_a_window_whose_ends_fall_on_row_middles_keeps_its_seconds_rows_not_one_more() -> None:
+    """A window of 3 s from 0.5 s to 3.5 s over rows of one second holds the middles 0.5, 1.5, 2.5:
+    3 rows; the row whose middle is its end (3.5) belongs to the next seconds, not to it as well."""
+    from train.models.config import ExpertSpec
+    from train.sampling import Sampler
+
+    # 'a b' spans 1.5..2.5 s: the 3-s window around it is [0.5, 3.5)
+    sampler = Sampler('window', {'v0': ('a b',)}, {'v0': ((1.5, 2.5),)}, 2, 3.0, False)
+    assert sampler.window(sampler.draw('v0', 0), 10.0) == (0.5, 3.5)
+    out = sampler.aggregate(ExpertSpec('e', 3, 'tokens', max_tokens=8), _one_second_rows(1, 10), key=0)
+    assert out.mask.sum(1).tolist() == [3]
+    np.testing.assert_array_equal(out.x[0, :3, 0], [0.0, 1.0, 2.0])
+
+
+def test_a_segment_past_the_end_of_its_rows_leaves_the_video_unavailable() -> None:
+    """A timed caption after the last feature row (ASR of a video whose features stop early) holds no
+    row: the video is unavailable for that sample, not available with no rows (a zero vector that the
+    model would take as the expert's features)."""
+    from train.models.config import ExpertSpec
+    from train.sampling import Sampler
+
+    segments = {'v0': ((2.0, 4.0),), 'v1': ((20.0, 24.0),)}  # v1's caption is after its 10 s of rows
+    sampler = Sampler('segment', {v: ('cut the onion',) for v in segments}, segments, 10, 30.0, False)
+    out = sampler.aggregate(ExpertSpec('e', 3, 'tokens', max_tokens=4), _one_second_rows(2, 10), key=0)
+    assert out.available.tolist() == [True, False]
+    assert out.mask.sum(1).tolist() == [2, 0]
+    mean = sampler.aggregate(ExpertSpec('e', 3, 'mean'), _one_second_rows(2, 10), key=0)
+    assert mean.available.tolist() == [True, False]

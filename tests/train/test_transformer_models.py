@@ -117,6 +117,22 @@ def test_mmt_uses_time_order_but_not_order_inside_a_second() -> None:
         assert torch.allclose(model.encode_video(same).emb, model.encode_video(moved).emb, atol=1e-5)
 
 
+def test_mmt_rows_past_its_last_temporal_embedding_share_the_last_one() -> None:
+    """Seconds past the last of `max_positions` temporal embeddings (a long video's rows) take the
+    last one: the video is encoded, as if those rows were at that second."""
+    model = _model('mmt')
+    video = _videos(3, 4)
+    last = SMALL.max_positions - 1  # ids 0, 1: agg and unknown; second t is t + 2
+    assert temporal_ids(torch.tensor([[9.5, 10.0], [10.0, 11.0], [500.0, 501.0]]), SMALL.max_positions).tolist() \
+        == [last, last, last]
+    late, at_last = video['object'].times.clone(), video['object'].times.clone()
+    late[:, -1] = torch.tensor([500.0, 501.0])
+    at_last[:, -1] = torch.tensor([last - 2 + 0.5, last - 1.0])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_video(_with(video, 'object', times=late)).emb,
+                                   model.encode_video(_with(video, 'object', times=at_last)).emb)
+
+
 @pytest.mark.parametrize('kind', ['mmt', 'ssb'])
 def test_scores_depend_only_on_their_pair(kind: str) -> None:
     model = _model(kind)
