@@ -90,7 +90,10 @@ class Sampler:
         `train.data.aggregate` does for whole videos. A row is kept when its middle lies in the
         window; a window shorter than a row keeps the rows it overlaps. Times are counted from
         the window's start (a window deep into a long video uses the first temporal embeddings,
-        as the fine-tuning videos do); a video with no row in its window is unavailable."""
+        as the fine-tuning videos do); a video with no row in its window is unavailable. A row
+        whose time is unknown (negative: features imported without times) cannot be placed in a
+        window and is always kept, its time still unknown: such an expert gives its whole video to
+        every window (dropping its rows made every video unavailable for it)."""
         feats, times, lengths = rows.features, rows.timestamps, rows.lengths
         n, t = feats.shape[:2]
         valid = np.arange(t)[None, :] < lengths[:, None]
@@ -99,7 +102,7 @@ class Sampler:
                            for v, e in zip(rows.video_ids, last_end)], np.float64).reshape(n, 2).T
         lo_, hi_ = lo[:, None], hi[:, None]
         middle = times.mean(-1)
-        keep = valid & (middle >= lo_) & (middle < hi_)
+        keep = valid & (((middle >= lo_) & (middle < hi_)) | (times[..., 0] < 0))
         overlap = valid & (times[..., 0] < hi_) & ((times[..., 1] > lo_) | (times[..., 0] >= lo_))
         short = ~keep.any(1)
         keep[short] = overlap[short]

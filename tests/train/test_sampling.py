@@ -350,3 +350,25 @@ def test_a_segment_past_the_end_of_its_rows_leaves_the_video_unavailable() -> No
     assert out.mask.sum(1).tolist() == [2, 0]
     mean = sampler.aggregate(ExpertSpec('e', 3, 'mean'), _one_second_rows(2, 10), key=0)
     assert mean.available.tolist() == [True, False]
+
+
+def test_rows_imported_without_times_are_kept_by_every_window_and_segment() -> None:
+    """Features imported without times (`pipelines.import_features` writes -1 for both ends of every
+    row) cannot be cut to a window: the whole video's rows stay, their times unknown, so the expert
+    stays available (dropping them made it unavailable for every video under window sampling)."""
+    from shared.store import UNKNOWN_TIME
+    from train.models.config import ExpertSpec
+    from train.sampling import Sampler
+
+    rows = _one_second_rows(2, 5)
+    rows.timestamps[:] = UNKNOWN_TIME
+    segments = {'v0': ((1.0, 2.0),), 'v1': ((3.0, 4.0),)}
+    for mode in ('window', 'segment'):
+        sampler = Sampler(mode, {v: ('cut the onion',) for v in segments}, segments, 2, 2.0, False)
+        out = sampler.aggregate(ExpertSpec('e', 3, 'tokens', max_tokens=8), rows, key=0)
+        assert out.available.tolist() == [True, True], mode
+        assert out.mask.sum(1).tolist() == [5, 5], mode
+        np.testing.assert_array_equal(out.x[0, :5, 0], np.arange(5.0))
+        mean = sampler.aggregate(ExpertSpec('e', 3, 'mean'), rows, key=0)
+        assert mean.available.tolist() == [True, True], mode
+        np.testing.assert_allclose(mean.x[:, 0], [2.0, 2.0])
