@@ -40,6 +40,7 @@ import zarr
 
 from shared.datasets.manifest import DatasetError, check_dataset_name
 from shared.files import fsync_dir, signals_deferred
+from shared.zstd_bound import install as _bound_zstd
 
 __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
@@ -60,6 +61,10 @@ _READABLE_SCHEMAS = (1, 2)
 ROW_CHUNK = 128
 #: the most a chunk of any array may decode to (a layout's chunks hold tens of MB)
 MAX_CHUNK_BYTES = 1 << 30
+# Zarr decodes a zstd chunk whole before it looks at its size, and a string chunk has none: a chunk
+# file of a few KB may inflate to many GB. Every zstd chunk is bounded by its headers before it is
+# decoded (`shared.zstd_bound`)
+_bound_zstd(MAX_CHUNK_BYTES)
 #: a new store of at least this many videos is sharded unless told otherwise: below it, one file
 #: per chunk stays a few thousand files; at 1.2M videos unsharded 32-video chunks give ~37k chunks
 #: per array
@@ -986,6 +991,10 @@ def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
         if not isinstance(node, zarr.Array):
             raise StoreError(f'{path}: its {name} is a {type(node).__name__}, not an array: its zarr.json is damaged')
         arrays[name] = node
+        unbounded = _unbounded_codecs(node.metadata.codecs)
+        if unbounded:  # only zstd's headers bound what a chunk decodes to (`shared.zstd_bound`); `_build` writes no other
+            raise StoreError(f'{path}: its {name} is compressed with {", ".join(unbounded)}, which this code never '
+                             'writes and does not decode: its zarr.json is damaged, or the store was made elsewhere')
     n, t, d, c = (arrays['status'].shape or (0,))[0], int(group.attrs['max_rows']), int(group.attrs['feature_dim']), \
         int(group.attrs['chunk_size'])
     shapes = {'features': (n, t, d), 'timestamps': (n, t, 2), CHUNK_SUMS: (-(-n // c),)}
@@ -1007,6 +1016,21 @@ def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
                              'with --overwrite (a new store chunks T in rows, --chunk-size sets the videos a chunk), '
                              'or remove it if it was received from others')
     return arrays
+
+
+def _unbounded_codecs(codecs: Sequence[Any]) -> list[str]:
+    """The names of the compressors among `codecs` (inside shards too) other than zstd, whose
+    chunks are decoded only within a bound, and crc32c, a checksum."""
+    from zarr.abc.codec import BytesBytesCodec
+    from zarr.codecs import Crc32cCodec, ShardingCodec, ZstdCodec
+
+    found = []
+    for codec in codecs:
+        if isinstance(codec, ShardingCodec):
+            found += _unbounded_codecs((*codec.codecs, *codec.index_codecs))
+        elif isinstance(codec, BytesBytesCodec) and not isinstance(codec, (ZstdCodec, Crc32cCodec)):
+            found.append(codec.to_dict().get('name', type(codec).__name__))
+    return found
 
 
 # ------------------------------------------------------------------------------------- replace

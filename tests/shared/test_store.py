@@ -720,3 +720,74 @@ def test_a_layout_whose_chunks_would_be_refused_is_not_made(tmp_path: Path) -> N
     with pytest.raises(StoreError, match='give a --chunk-size of at most 2048'):
         create_store(path, W.video_ids(4), spec, overwrite=True)
     assert open_store(path, warn_random=False).attrs['store_id'] == old.attrs['store_id']
+
+
+def _inflating_zstd(prefix: bytes, size: int, frame_size: bool = False) -> bytes:
+    """A zstd stream of a few KB that decodes to `prefix` and then `size` bytes 'a' (RLE blocks of
+    128 KiB, 4 bytes each); without `frame_size` its header says nothing of its size, as a streamed
+    frame's."""
+    import struct
+
+    out = bytearray(struct.pack('<I', 0xFD2FB528))
+    out += bytes([0b11100000]) + struct.pack('<Q', len(prefix) + size) if frame_size else bytes([0, 7 << 3])
+    blocks = [(0, len(prefix), prefix)] + [(1, min(1 << 17, size - at), b'a') for at in range(0, size, 1 << 17)]
+    for i, (kind, n, payload) in enumerate(blocks):
+        out += ((n << 3) | (kind << 1) | (i == len(blocks) - 1)).to_bytes(3, 'little') + payload
+    return bytes(out)
+
+
+#: reads each array of the store at argv[1] in a process that may map 2.5 GiB at most: a chunk that
+#: inflated past it would be a MemoryError here, and the machine's memory in a real run
+_READ_BOUNDED = '''
+import resource, sys, warnings
+resource.setrlimit(resource.RLIMIT_AS, (5 << 29, 5 << 29))
+from shared.store import StoreError, check_store, open_store
+store = open_store(sys.argv[1], warn_random=False)
+for read in (lambda: store.video_ids, lambda: store.read(rows=[5], arrays=['errors']),
+             lambda: store.read(rows=[9], arrays=['features', 'lengths'])):
+    try:
+        read()
+        print('read')
+    except StoreError as err:
+        print(err)
+print('peak MiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)
+'''
+
+
+@pytest.mark.parametrize('frame_size', [False, True])
+def test_chunk_files_that_inflate_past_the_limit_are_refused_before_they_are_decoded(
+        frame_size: bool, tmp_path: Path, python: str, subprocess_env: dict) -> None:
+    """Zarr decodes a zstd chunk whole before it looks at its size, and a string chunk (ids, errors,
+    tokens) has none: a 98 KB errors chunk file decoded to 3 GiB (peak RSS 3.1 GiB, then a MemoryError
+    only where the address space was limited), a features chunk alike. Each is refused from its headers
+    in one line naming the store and the chunk; what the other chunks hold still reads."""
+    import struct
+
+    path = tmp_path / 'bomb.zarr'
+    _complete_store(path)
+    size = 3 << 30
+    (path / 'video_ids' / 'c' / '0').write_bytes(_inflating_zstd(struct.pack('<II', 4, size), size, frame_size))
+    (path / 'errors' / 'c' / '1').write_bytes(_inflating_zstd(struct.pack('<II', 4, size), size, frame_size))
+    (path / 'features' / 'c' / '2' / '0' / '0').write_bytes(_inflating_zstd(b'', size, frame_size))
+    done = subprocess.run([python, '-c', _READ_BOUNDED, str(path)], env=subprocess_env, capture_output=True, text=True,
+                          cwd=W.__file__.rsplit('/tests/', 1)[0], timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert 'its video_ids cannot be read (a zstd chunk of' in lines[0], done.stdout
+    for line, what in zip(lines[1:3], ('chunk 1 (videos 4-7): its errors', 'chunk 2 (videos 8-11): its features')):
+        assert what in line and 'may decode to 3072 MiB, more than the 1024 MiB a chunk may' in line, done.stdout
+    assert int(lines[3].split()[-1]) < 1024, done.stdout
+    report = check_store(path)
+    assert report.exit_code == 1 and 'video_ids of videos 0-3 cannot be read' in report.summary()
+
+
+def test_a_compressor_whose_chunks_are_not_bounded_is_refused_at_open(tmp_path: Path) -> None:
+    """A gzip (or blosc, lz4) chunk is decoded whole with no bound: a zarr.json that names one is refused."""
+    path = tmp_path / 'gzip.zarr'
+    _complete_store(path)
+    meta = json.loads((path / 'errors' / 'zarr.json').read_text())
+    meta['codecs'][1] = {'name': 'gzip', 'configuration': {'level': 5}}
+    (path / 'errors' / 'zarr.json').write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match='its errors is compressed with gzip, which this code never writes'):
+        open_store(path, warn_random=False)
+    assert 'its errors is compressed with gzip' in check_store(path).summary()
