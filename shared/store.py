@@ -1111,23 +1111,106 @@ def swap_in(store: ExpertStore) -> ExpertStore:
 
 def finish_swap(path: str | os.PathLike) -> None:
     """Complete a swap of a replacement into `path` that was claimed but cut short; remove an old
-    store set aside by a swap that completed. Nothing to do, the usual case, costs two stats."""
+    store set aside by a swap that completed; settle what a re-embedding of earlier versions left
+    (`_settle_legacy_reembed`). Nothing to do, the usual case, costs two stats and a listing.
+
+    Processes finishing one swap (shards of one --overwrite, each at its end) take turns
+    (`_swap_lock`): one that saw the swap to do and renamed after another had done it whole moved
+    the new store aside as the old one, leaving none at `path`, and the next run then made an
+    empty store there and removed the complete one as old."""
     path = Path(path)
     swap, old = _aside(path, 'swap'), _aside(path, 'old')
-    if old.exists() and is_store(path):  # the swap put the new one in place: the old one goes
-        shutil.rmtree(old, ignore_errors=True)
-    if is_store(swap):
+    if not (os.path.lexists(swap) or os.path.lexists(old) or _legacy_reembed(path)):
+        return
+    with _swap_lock(path):  # what is to do is looked at again once the turn is ours
+        if old.exists() and _complete(path):  # the swap put the new one in place: the old one goes
+            shutil.rmtree(old, ignore_errors=True)
+        if is_store(swap):
+            with signals_deferred():
+                for src, dst in ((path, old), (swap, path)):
+                    try:
+                        if src == swap or os.path.lexists(src):
+                            os.rename(src, dst)
+                    except FileNotFoundError:  # another process is at the same swap (a file system without locks)
+                        pass
+            fsync_dir(path.parent)  # the renames survive a power cut
+            _logger.info('%s: replaced by the store an --overwrite built beside it', path)
+        # only behind a complete store: an incomplete one there (made by a run while the swap was undone)
+        # may stand beside the only complete copy, which `leftovers` then reports
+        if old.exists() and _complete(path):
+            shutil.rmtree(old, ignore_errors=True)
+        _settle_legacy_reembed(path)
+
+
+def _complete(path: Path) -> bool:
+    """Whether a complete store is at `path` (a store that cannot be opened is not)."""
+    if not is_store(path):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RandomWeightsWarning)
+            return open_store(path).is_complete()
+    except StoreError:
+        return False
+
+
+@contextlib.contextmanager
+def _swap_lock(path: Path) -> Iterator[None]:
+    """This process's turn at the swaps of `path`: an flock of the folder that holds it, waited for
+    (a turn takes two renames and the removal of an old store); the folder, not a lock file, so that
+    nothing more is left beside the store. On a file system without locks (`shared.files`), swaps
+    run unguarded, as before."""
+    import fcntl
+
+    from shared.files import _NO_LOCKS
+
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in _NO_LOCKS:
+                raise
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _legacy_reembed(path: Path) -> list[tuple[Path, str, int]]:
+    """(folder, kind, pid) of what `extract.reembed` of versions before `swap_in` left beside `path`:
+    `.NAME.old-PID`, the store set aside for the swap, and `.NAME.reembed-PID`, the new one."""
+    found = []
+    for p in path.parent.glob(f'.{glob.escape(path.name)}.*-*'):
+        kind, _, pid = p.name[len(path.name) + 2:].partition('-')
+        if kind in ('old', 'reembed') and pid.isdigit():
+            found.append((p, kind, int(pid)))
+    return sorted(found)
+
+
+def _settle_legacy_reembed(path: Path) -> None:
+    """Adopt or remove what an old re-embedding left (`_legacy_reembed`), never the only complete
+    copy of the store, nor anything of a process still running on this host.
+
+    A kill between its renames left no store at `path`: the one store set aside goes back there
+    (the re-embedding did not finish; rerunning it does). Once a store is at `path`, set-aside
+    stores go when that one is complete (the swap had finished: the old one was being removed),
+    and new ones always (a re-embedding cut short; the store it was made from is at `path`)."""
+    from shared.files import _alive
+
+    found = [(p, kind) for p, kind, pid in _legacy_reembed(path) if not _alive(pid)]
+    aside = [p for p, kind in found if kind == 'old' and is_store(p)]
+    if not os.path.lexists(path) and len(aside) == 1:
         with signals_deferred():
-            for src, dst in ((path, old), (swap, path)):
-                try:
-                    if src == swap or os.path.lexists(src):
-                        os.rename(src, dst)
-                except FileNotFoundError:  # another process is at the same swap
-                    pass
-        fsync_dir(path.parent)  # the renames survive a power cut
-        _logger.info('%s: replaced by the store an --overwrite built beside it', path)
-    if old.exists() and is_store(path):
-        shutil.rmtree(old, ignore_errors=True)
+            os.rename(aside[0], path)
+        fsync_dir(path.parent)
+        _logger.warning('%s: put back from %s, where a re-embedding cut short had set it aside', path, aside[0].name)
+    if not is_store(path):
+        return
+    complete = _complete(path)
+    for p, kind in found:
+        if kind == 'reembed' or complete:
+            shutil.rmtree(p, ignore_errors=True)
+            _logger.info('%s: removed %s, left by a re-embedding cut short', path, p.name)
 
 
 @contextlib.contextmanager
@@ -1155,7 +1238,8 @@ def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
     and `extract.reembed` in `.NAME.reembed-new` (see `swap_in`; before, it wrote `.NAME.reembed-PID`
     and set the store aside as `.NAME.old-PID` while it swapped the two). A kill leaves them (a re-embedded copy is as large as
     the store). Whether their job still runs cannot be told from here (it may be on another
-    node), so they are reported, never removed.
+    node), so they are reported, never removed here (`finish_swap`, which every extraction and
+    re-embedding runs first, settles those of an old re-embedding: `_settle_legacy_reembed`).
     """
     path = Path(path)
     found = []
