@@ -960,6 +960,14 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
             missing.append(f'attribute {key}')
     if missing:
         raise StoreError(f'{path} is not an expert store: missing {", ".join(missing)}')
+    # a newer layout may give its arrays other meanings that read without an error here (rows
+    # written otherwise, sums taken otherwise): it is refused, never read or resumed as one of ours
+    schema = group.attrs.get('schema_version', 1)
+    if schema not in _READABLE_SCHEMAS:
+        raise StoreError(f'{path}: its schema_version is {json.dumps(schema)[:40]} (written by videoexperts '
+                         f'{json.dumps(group.attrs.get("code_version", "?"))[:40]}), but this code reads schema versions '
+                         f'{", ".join(map(str, _READABLE_SCHEMAS))}: use the version that made it, or extract it '
+                         'again with this one (--overwrite)')
     for key in ('chunk_size', 'max_rows', 'feature_dim'):  # the layout every read and write computes from
         value = group.attrs[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -791,3 +791,23 @@ def test_a_compressor_whose_chunks_are_not_bounded_is_refused_at_open(tmp_path: 
     with pytest.raises(StoreError, match='its errors is compressed with gzip, which this code never writes'):
         open_store(path, warn_random=False)
     assert 'its errors is compressed with gzip' in check_store(path).summary()
+
+
+@pytest.mark.parametrize('schema', [3, '2', None])
+def test_a_store_of_a_schema_this_code_does_not_know_is_refused(schema, tmp_path: Path, python: str,
+                                                                subprocess_env: dict) -> None:
+    """SCHEMA_VERSION's readable versions were never looked at: a store written by a newer version (a
+    layout whose arrays may mean something else) was read, trained on and resumed as one of ours."""
+    path = tmp_path / 'newer.zarr'
+    _complete_store(path)
+    meta = json.loads((path / 'zarr.json').read_text())
+    meta['attributes'].update(schema_version=schema, code_version='9.0.0')
+    (path / 'zarr.json').write_text(json.dumps(meta))
+    said = f'its schema_version is {json.dumps(schema)} (written by videoexperts "9.0.0"), but this code reads ' \
+           'schema versions 1, 2'
+    with pytest.raises(StoreError, match=re.escape(said)):
+        open_store(path, warn_random=False)
+    with pytest.raises(StoreError, match=re.escape(said)):  # nor is it resumed
+        create_store(path, W.video_ids(12), W.spec(4))
+    done = _check_cli(python, subprocess_env, path)
+    assert done.returncode == 1 and said in done.stdout and 'Traceback' not in done.stderr
