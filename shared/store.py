@@ -81,6 +81,10 @@ _ROW_ARRAYS = ('features', 'timestamps', 'lengths', 'available', 'errors')
 #: the chunk's data and before its `status`. Zarr reads a missing chunk file as the fill value, so
 #: a lost or damaged file is seen only against this (`ExpertStore.damage`)
 CHUNK_SUMS = 'chunk_sums'
+#: the group attribute that records the CRC-32 of the video ids (`_digest`), written when the store is
+#: made: no chunk sums cover them, and ids of another order or store would give rows to the wrong
+#: videos without an error (a store made before it has none)
+IDS_SUM = 'video_ids_crc32'
 #: each array's data type (numpy kind and size; strings any string kind) and fill value, as `_build`
 #: makes them: Zarr reads a missing chunk as the fill value, and `status`'s is "pending"
 _TYPES = {'video_ids': ('str', ''), 'features': ('float16', 0), 'timestamps': ('float32', 0), 'lengths': ('int32', 0),
@@ -378,6 +382,7 @@ class ExpertStore:
         self.n_chunks = -(-self.n_videos // self.unit_size)
         self._arrays: dict[str, zarr.Array] = {}
         self._has_sums = CHUNK_SUMS in group  # a store made before the sums has none
+        self._ids: np.ndarray | None = None  # `video_ids`, once read and checked
         # which directory this is: Zarr writes by path, so a store put in its place meanwhile (another
         # run's --overwrite swapping in its replacement) would get this run's chunks (`_still_here`)
         self._where = self._identity()
@@ -395,14 +400,23 @@ class ExpertStore:
 
     @property
     def video_ids(self) -> np.ndarray:
-        """The manifest's ids, as the store was made for; a chunk file of them that cannot be read is a
-        StoreError (they are written once, when the store is made: no rerun rewrites them)."""
-        try:
-            return np.asarray(self._array('video_ids')[:], dtype=object)
-        except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
-            raise StoreError(f'{self.path}: its video_ids cannot be read ({_first_line(err)}): a chunk file of them '
-                             'is damaged; they are written only when the store is made, so make it again '
-                             '(extract --overwrite)') from None
+        """The manifest's ids, as the store was made for; a chunk file of them that cannot be read, or
+        ids that are not those the store was made with (`IDS_SUM`), is a StoreError (they are written
+        once, when the store is made: no rerun rewrites them). Read once per open store."""
+        if self._ids is None:
+            try:
+                ids = np.asarray(self._array('video_ids')[:], dtype=object)
+            except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
+                raise StoreError(f'{self.path}: its video_ids cannot be read ({_first_line(err)}): a chunk file of them '
+                                 'is damaged; they are written only when the store is made, so make it again '
+                                 '(extract --overwrite)') from None
+            recorded = self.attrs.get(IDS_SUM)
+            if recorded is not None and _digest(ids) != recorded:  # rows would be taken for other videos' rows
+                raise StoreError(f'{self.path}: its video_ids are not those it was made with (a video_ids chunk file '
+                                 'replaced or damaged): which video a row is cannot be told; make it again (extract '
+                                 '--overwrite)')
+            self._ids = ids
+        return self._ids.copy()
 
     @property
     def random_weights(self) -> bool:
@@ -809,7 +823,8 @@ def _build(path: Path, video_ids: Sequence[str], spec: StoreSpec) -> None:
     spec = spec.resolved(len(video_ids))
     n, c, t, d = len(video_ids), spec.chunk_size, spec.max_rows, spec.feature_dim
     unit = c * spec.chunks_per_shard
-    g = zarr.open_group(str(path), mode='w-', zarr_format=3, attributes=_attrs_for(spec, n))
+    attrs = {**_attrs_for(spec, n), IDS_SUM: _digest(np.asarray(list(video_ids), dtype=object))}
+    g = zarr.open_group(str(path), mode='w-', zarr_format=3, attributes=attrs)
 
     def make(name: str, shape: tuple[int, ...], dtype: Any, fill: Any) -> zarr.Array:
         chunks = (c, spec.row_chunk, shape[2]) if len(shape) == 3 else (c,)
@@ -1459,6 +1474,11 @@ def _check_ids(store: ExpertStore, report: CheckReport) -> None:
     if twice:
         report.problems.append(f'{len(twice)} video ids are there twice (first: row {twice[0]}): make the store '
                                'again (extract --overwrite)')
+    if not report.problems:  # each readable and once: are they those the store was made with?
+        try:
+            store.video_ids
+        except StoreError as err:
+            report.problems.append(str(err).removeprefix(f'{store.path}: '))
 
 
 def check_store(path: str | os.PathLike) -> CheckReport:

@@ -811,3 +811,27 @@ def test_a_store_of_a_schema_this_code_does_not_know_is_refused(schema, tmp_path
         create_store(path, W.video_ids(12), W.spec(4))
     done = _check_cli(python, subprocess_env, path)
     assert done.returncode == 1 and said in done.stdout and 'Traceback' not in done.stderr
+
+
+@pytest.mark.parametrize('ids', [['vid0005', 'vid0004', 'vid0006', 'vid0007'],  # two rows' ids swapped
+                                 ['vid0000', 'vid0001', 'vid0002', 'vid0003']])  # chunk 0's ids copied over chunk 1's
+def test_video_ids_other_than_those_a_store_was_made_with_are_refused(ids: list[str], tmp_path: Path) -> None:
+    """No chunk sums cover the video ids: a video_ids chunk file whose ids were swapped gave each row
+    to the other video, read without an error, trained on and called VALID by check. The ids' CRC is
+    recorded when the store is made; a store made before it reads as it did."""
+    path = tmp_path / 'ids.zarr'
+    _complete_store(path)
+    good = open_store(path, warn_random=False).read(ids=['vid0004']).features
+    g = zarr.open_group(str(path), mode='r+')
+    g['video_ids'][4:8] = np.asarray(ids, dtype=str)
+    said = 'its video_ids are not those it was made with (a video_ids chunk file replaced or damaged)'
+    with pytest.raises(StoreError, match=re.escape(said)):
+        open_store(path, warn_random=False).read(ids=['vid0004'])
+    text = check_store(path).summary()  # ids copied over others are there twice as well
+    assert 'INVALID' in text and (said in text if ids[0] == 'vid0005' else '4 video ids are there twice' in text), text
+    meta = json.loads((path / 'zarr.json').read_text())
+    del meta['attributes']['video_ids_crc32']  # a store made before the ids' CRC: read as it was
+    (path / 'zarr.json').write_text(json.dumps(meta))
+    g['video_ids'][4:8] = np.asarray(['vid0004', 'vid0005', 'vid0006', 'vid0007'], dtype=str)
+    np.testing.assert_array_equal(open_store(path, warn_random=False).read(ids=['vid0004']).features, good)
+    assert check_store(path).exit_code == 0
