@@ -362,6 +362,14 @@ def _digest(x: np.ndarray, crc: int = 0) -> int:
     return zlib.crc32(np.ascontiguousarray(x).tobytes(), crc)
 
 
+def _finite(x: np.ndarray) -> bool:
+    """Whether the float array `x` holds no NaN or inf; float16 by its bits (exponent all ones), since
+    numpy does float16 arithmetic in software."""
+    if x.dtype == np.float16:
+        return not ((np.ascontiguousarray(x).view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return bool(np.isfinite(x).all())
+
+
 class ExpertStore:
     """An open expert store. Use `create_store` or `open_store` to get one."""
 
@@ -638,6 +646,26 @@ class ExpertStore:
             raise StoreError(f'{self.path}: {problem}. Mark such chunks for redoing with `python -m shared.store '
                              f'check --repair {self.path}`, then rerun the extraction: it redoes only them')
 
+    def _refuse_bad_rows(self, chunk: int, data: dict[str, np.ndarray], nonfinite: Sequence[str] = ()) -> None:
+        """A StoreError for rows that no writer stores (`pack_chunk`'s rules) but that chunk sums, taken
+        of what was written, do not catch: a store of an earlier version, or one written by other code.
+        Read on, a length past T or below 0 divided a mean by it, and NaN stopped training with a
+        non-finite loss blamed on its learning rate."""
+        rows = self.chunk_rows(chunk)
+        where = f'{self.path}: chunk {chunk} (videos {rows.start}-{rows.stop - 1})'
+        fix = f'`python -m shared.store check {self.path}` lists such rows; extract the store again (--overwrite)'
+        if nonfinite:
+            raise StoreError(f'{where}: its {" and ".join(nonfinite)} hold NaN or inf values, which extraction never '
+                             f'stores: {fix}')
+        if 'lengths' in data and 'available' in data:
+            lengths, available = np.asarray(data['lengths']), np.asarray(data['available']).astype(bool)
+            bad = (lengths < 0) | (lengths > self.max_rows) | (available != (lengths > 0))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise StoreError(f'{where}: video {rows.start + i} has length {int(lengths[i])} and available='
+                                 f'{bool(available[i])}, which no writer stores (a length in [0, T={self.max_rows}], '
+                                 f'available exactly when it is above 0): {fix}')
+
     def _read(self, chunk: int, name: str, where: Any) -> np.ndarray:
         """`name`[where] of one chunk; a chunk file that cannot be decoded (garbage, empty or cut
         short) is a StoreError naming the chunk and the fix, not Zarr's own error."""
@@ -703,6 +731,7 @@ class ExpertStore:
         per_unit = {}
         for c in np.unique(units).tolist():
             data = self._read_chunk(c, small + extra)
+            self._refuse_bad_rows(c, data)
             if verify or 'status' in names:
                 data['status'] = self.chunk_status(c)
             per_unit[c] = data
@@ -728,17 +757,21 @@ class ExpertStore:
             # verified: every row chunk the sums cover; else those of the rows asked for
             count = 0 if not rowed else self.row_block_count(
                 data['lengths'] if lengths is None else np.asarray(lengths)[at])
+            nonfinite = []
             for name, dest in big.items():
                 crc = 0
                 for j, block in enumerate(self.row_blocks(c, name, count)):
                     if verify:
                         crc = _digest(block, crc)
+                        if not _finite(block) and name not in nonfinite:
+                            nonfinite.append(name)
                     lo = j * self.row_chunk
                     if lo < width:
                         dest[at, lo:min(width, lo + block.shape[1])] = block[local, :width - lo]
                 data[name] = crc
             if verify and (data['status'] != PENDING).any():
                 self._refuse_damage(c, data)
+                self._refuse_bad_rows(c, data, nonfinite)
         strings = lambda name: np.asarray(out[name], dtype=object) if name in out else None  # noqa: E731
         return ExpertRows(
             video_ids=strings('video_ids'), features=big.get('features'), timestamps=big.get('timestamps'),
@@ -765,6 +798,7 @@ class ExpertStore:
         c = units[0]
         small = ('video_ids', 'lengths', 'available', 'errors', *(('tokens',) if self.has_tokens else ()))
         data = {**self._read_chunk(c, small), 'status': self.chunk_status(c)}
+        self._refuse_bad_rows(c, data)
         local = index - self.chunk_rows(c).start
         got = {name: data[name][local] for name in (*small, 'status')}
         width = int(np.clip(got['lengths'], 0, self.max_rows).max(initial=0))
@@ -779,14 +813,17 @@ class ExpertStore:
         def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
             count = self.row_block_count(data['lengths'])
             crc = {'features': 0, 'timestamps': 0}
+            nonfinite = set()
             for j, (feats, times) in enumerate(zip(self.row_blocks(c, 'features', count),
                                                    self.row_blocks(c, 'timestamps', count))):
                 crc = {'features': _digest(feats, crc['features']), 'timestamps': _digest(times, crc['timestamps'])}
+                nonfinite |= {name for name, x in (('features', feats), ('timestamps', times)) if not _finite(x)}
                 lo = j * self.row_chunk
                 if lo < width:  # the rest of the unit's row chunks are read for its sums only
                     yield lo, feats[local, :width - lo], times[local, :width - lo]
             if (data['status'] != PENDING).any():
                 self._refuse_damage(c, {**data, **crc})
+                self._refuse_bad_rows(c, data, sorted(nonfinite))
 
         return head, blocks()
 

@@ -835,3 +835,52 @@ def test_video_ids_other_than_those_a_store_was_made_with_are_refused(ids: list[
     g['video_ids'][4:8] = np.asarray(['vid0004', 'vid0005', 'vid0006', 'vid0007'], dtype=str)
     np.testing.assert_array_equal(open_store(path, warn_random=False).read(ids=['vid0004']).features, good)
     assert check_store(path).exit_code == 0
+
+
+def _forge(path: Path, chunk: int, **arrays) -> None:
+    """Write arrays' values into a chunk of the store at `path` behind the writer's back, and record sums
+    that match: what a store of an earlier version (before `pack_chunk`'s rules) or of other code holds."""
+    from shared.store import _digest
+
+    g = zarr.open_group(str(path), mode='r+')
+    for name, (where, value) in arrays.items():
+        g[name][where] = value
+    store = open_store(path, warn_random=False)
+    rows = store.chunk_rows(chunk)
+    sums = json.loads(str(g['chunk_sums'][chunk]))
+    for name in ('lengths', 'available', 'errors', 'tokens'):
+        sums[name] = _digest(np.asarray(g[name][rows.start:rows.stop], dtype=g[name].dtype))
+    count = store.row_block_count(np.clip(g['lengths'][rows.start:rows.stop], 0, None))
+    for name in ('features', 'timestamps'):
+        crc = 0
+        for block in store.row_blocks(chunk, name, count):
+            crc = _digest(block, crc)
+        sums[name] = crc
+    g['chunk_sums'][chunk:chunk + 1] = np.asarray([json.dumps(sums)], dtype=str)
+
+
+@pytest.mark.parametrize('forged, said', [
+    ({'lengths': (9, 99)}, f'video 9 has length 99 and available=True, which no writer stores (a length in [0, T={W.MAX_ROWS}]'),
+    ({'lengths': (9, -5)}, 'video 9 has length -5 and available=True, which no writer stores'),
+    ({'available': (9, False)}, 'video 9 has length 2 and available=False, which no writer stores'),
+    ({'features': ((9, 0, 0), np.nan)}, 'its features hold NaN or inf values, which extraction never stores'),
+    ({'timestamps': ((9, 1, 1), np.inf)}, 'its timestamps hold NaN or inf values, which extraction never stores'),
+])
+def test_rows_no_writer_stores_are_refused_though_their_sums_match(forged: dict, said: str, tmp_path: Path) -> None:
+    """Chunk sums catch what changed after a write, not what was written wrongly: a length of 99 in a
+    store of T=6 divided its video's mean by 99, a negative one made a zero feature "available", an
+    unavailable video with rows kept them, all trained on without an error; NaN stopped training with a
+    non-finite loss blamed on the learning rate. Each is refused when its chunk is read, naming it."""
+    path = tmp_path / 'forged.zarr'
+    _complete_store(path)
+    assert W.result_for(9).features.shape[0] == 2 and open_store(path, warn_random=False).read(rows=[9]).available[0]
+    _forge(path, 2, **forged)
+    store = open_store(path, warn_random=False)
+    where = re.escape(f'{path}: chunk 2 (videos 8-11): {said}')
+    with pytest.raises(StoreError, match=where):
+        store.read(rows=[8])
+    with pytest.raises(StoreError, match=where):
+        head, blocks = store.read_blocks([8, 9])
+        list(blocks)
+    assert store.read(rows=[0, 4]).lengths.tolist() == [0, 4]  # the other chunks read as ever
+    assert check_store(path).exit_code == 1
