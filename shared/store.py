@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import sys
 import uuid
 import warnings
@@ -1000,7 +1001,8 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
     if not is_store(path):
         raise StoreError(f'no expert store at {path} (no zarr.json)')
     try:
-        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        files = _ChunkFiles(path, read_only=mode == 'r')
+        group = zarr.open_group(files, mode=mode, zarr_format=3)
     except Exception as err:  # noqa: BLE001 - zarr raises several types for a broken group
         raise StoreError(f'cannot open store {path}: {err}') from err
     try:
@@ -1026,6 +1028,9 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
             raise StoreError(f'{path}: its attribute {key} is {json.dumps(value)[:40]}, not a whole number >= 1: its '
                              'zarr.json is damaged')
     arrays = _arrays_of(path, group)
+    # a shard file is read whole when a whole unit is: its chunks, each within the bound
+    files.limit = max(1, int((arrays['status'].shards or arrays['status'].chunks)[0]) // int(group.attrs['chunk_size'])) \
+        * MAX_CHUNK_BYTES + (1 << 20)
     store = ExpertStore(path, group)
     store._arrays.update(arrays)  # opened once (`_array`)
     if warn_random and store.random_weights:
@@ -1033,6 +1038,45 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
                       f'{store.attrs.get("expert")!r}); they carry no meaning beyond tests and demos',
                       RandomWeightsWarning, stacklevel=2)
     return store
+
+
+class _ChunkFiles(zarr.storage.LocalStore):
+    """Zarr's store of local files, reading only regular files of a bounded size (`limit` bytes a
+    read): Zarr reads a file whole, so a chunk file that is a FIFO hung every reader, one that is a
+    link to /dev/zero filled memory, and so did a sparse file of 100 GB that takes no disk (a store
+    received from others)."""
+
+    limit = MAX_CHUNK_BYTES + (1 << 20)  # metadata and, until `open_store` sets it from the layout, chunks
+
+    def _check(self, key: str, byte_range: Any) -> None:
+        from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+
+        try:
+            st = os.stat(self.root / key)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # Zarr's own: no file is the fill value
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f'{key} is no regular file (a FIFO, a device or a socket): the store is damaged or forged')
+        size = st.st_size
+        if isinstance(byte_range, RangeByteRequest):
+            size = byte_range.end - byte_range.start
+        elif isinstance(byte_range, OffsetByteRequest):
+            size -= byte_range.offset
+        elif isinstance(byte_range, SuffixByteRequest):
+            size = min(size, byte_range.suffix)
+        if size > self.limit:
+            raise ValueError(f'{key}: a read of {size >> 20} MiB, more than its chunks may hold ({self.limit >> 20} MiB): '
+                             'the store is damaged or forged')
+
+    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        self._check(key, byte_range)
+        return await super().get(key, prototype, byte_range)
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]) -> list[Any]:
+        key_ranges = list(key_ranges)
+        for key, byte_range in key_ranges:
+            self._check(key, byte_range)
+        return await super().get_partial_values(prototype, key_ranges)
 
 
 def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:

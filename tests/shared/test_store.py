@@ -884,3 +884,34 @@ def test_rows_no_writer_stores_are_refused_though_their_sums_match(forged: dict,
         list(blocks)
     assert store.read(rows=[0, 4]).lengths.tolist() == [0, 4]  # the other chunks read as ever
     assert check_store(path).exit_code == 1
+
+
+@pytest.mark.parametrize('kind, said', [
+    ('fifo', 'errors/c/1 is no regular file (a FIFO, a device or a socket)'),
+    ('dev_zero', 'errors/c/1 is no regular file (a FIFO, a device or a socket)'),
+    ('sparse', 'errors/c/1: a read of 3072 MiB, more than its chunks may hold (1025 MiB)'),
+])
+def test_a_chunk_file_that_is_no_bounded_regular_file_is_refused_before_it_is_read(
+        kind: str, said: str, tmp_path: Path, python: str, subprocess_env: dict) -> None:
+    """Zarr reads a chunk file whole: one that was a FIFO hung every reader, a link to /dev/zero filled
+    memory (a MemoryError at 3.3 s under a 4 GB limit), a sparse file of 3 GiB that takes no disk was read
+    whole (12 s) before its decoding failed. Each is refused in one line naming the chunk, at once."""
+    import os
+
+    path = tmp_path / 'files.zarr'
+    _complete_store(path)
+    f = path / 'errors' / 'c' / '1'
+    f.unlink()
+    if kind == 'fifo':
+        os.mkfifo(f)
+    elif kind == 'dev_zero':
+        os.symlink('/dev/zero', f)
+    else:
+        with open(f, 'wb') as sparse:
+            sparse.truncate(3 << 30)
+    done = subprocess.run([python, '-c', _READ_BOUNDED, str(path)], env=subprocess_env, capture_output=True, text=True,
+                          cwd=W.__file__.rsplit('/tests/', 1)[0], timeout=60)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and lines[0] == 'read' and lines[2] == 'read', done.stdout + done.stderr
+    assert f'chunk 1 (videos 4-7): its errors chunk file cannot be read ({said}' in lines[1], done.stdout
+    assert int(lines[3].split()[-1]) < 1024, done.stdout
