@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import sys
 import uuid
 import warnings
@@ -40,6 +41,7 @@ import zarr
 
 from shared.datasets.manifest import DatasetError, check_dataset_name
 from shared.files import fsync_dir, signals_deferred
+from shared.zstd_bound import install as _bound_zstd
 
 __all__ = [
     'SCHEMA_VERSION', 'PENDING', 'DONE', 'FAILED', 'SKIPPED', 'STATUS_NAMES', 'UNKNOWN_TIME',
@@ -60,6 +62,10 @@ _READABLE_SCHEMAS = (1, 2)
 ROW_CHUNK = 128
 #: the most a chunk of any array may decode to (a layout's chunks hold tens of MB)
 MAX_CHUNK_BYTES = 1 << 30
+# Zarr decodes a zstd chunk whole before it looks at its size, and a string chunk has none: a chunk
+# file of a few KB may inflate to many GB. Every zstd chunk is bounded by its headers before it is
+# decoded (`shared.zstd_bound`)
+_bound_zstd(MAX_CHUNK_BYTES)
 #: a new store of at least this many videos is sharded unless told otherwise: below it, one file
 #: per chunk stays a few thousand files; at 1.2M videos unsharded 32-video chunks give ~37k chunks
 #: per array
@@ -76,6 +82,10 @@ _ROW_ARRAYS = ('features', 'timestamps', 'lengths', 'available', 'errors')
 #: the chunk's data and before its `status`. Zarr reads a missing chunk file as the fill value, so
 #: a lost or damaged file is seen only against this (`ExpertStore.damage`)
 CHUNK_SUMS = 'chunk_sums'
+#: the group attribute that records the CRC-32 of the video ids (`_digest`), written when the store is
+#: made: no chunk sums cover them, and ids of another order or store would give rows to the wrong
+#: videos without an error (a store made before it has none)
+IDS_SUM = 'video_ids_crc32'
 #: each array's data type (numpy kind and size; strings any string kind) and fill value, as `_build`
 #: makes them: Zarr reads a missing chunk as the fill value, and `status`'s is "pending"
 _TYPES = {'video_ids': ('str', ''), 'features': ('float16', 0), 'timestamps': ('float32', 0), 'lengths': ('int32', 0),
@@ -353,6 +363,14 @@ def _digest(x: np.ndarray, crc: int = 0) -> int:
     return zlib.crc32(np.ascontiguousarray(x).tobytes(), crc)
 
 
+def _finite(x: np.ndarray) -> bool:
+    """Whether the float array `x` holds no NaN or inf; float16 by its bits (exponent all ones), since
+    numpy does float16 arithmetic in software."""
+    if x.dtype == np.float16:
+        return not ((np.ascontiguousarray(x).view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return bool(np.isfinite(x).all())
+
+
 class ExpertStore:
     """An open expert store. Use `create_store` or `open_store` to get one."""
 
@@ -373,6 +391,7 @@ class ExpertStore:
         self.n_chunks = -(-self.n_videos // self.unit_size)
         self._arrays: dict[str, zarr.Array] = {}
         self._has_sums = CHUNK_SUMS in group  # a store made before the sums has none
+        self._ids: np.ndarray | None = None  # `video_ids`, once read and checked
         # which directory this is: Zarr writes by path, so a store put in its place meanwhile (another
         # run's --overwrite swapping in its replacement) would get this run's chunks (`_still_here`)
         self._where = self._identity()
@@ -390,14 +409,23 @@ class ExpertStore:
 
     @property
     def video_ids(self) -> np.ndarray:
-        """The manifest's ids, as the store was made for; a chunk file of them that cannot be read is a
-        StoreError (they are written once, when the store is made: no rerun rewrites them)."""
-        try:
-            return np.asarray(self._array('video_ids')[:], dtype=object)
-        except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
-            raise StoreError(f'{self.path}: its video_ids cannot be read ({_first_line(err)}): a chunk file of them '
-                             'is damaged; they are written only when the store is made, so make it again '
-                             '(extract --overwrite)') from None
+        """The manifest's ids, as the store was made for; a chunk file of them that cannot be read, or
+        ids that are not those the store was made with (`IDS_SUM`), is a StoreError (they are written
+        once, when the store is made: no rerun rewrites them). Read once per open store."""
+        if self._ids is None:
+            try:
+                ids = np.asarray(self._array('video_ids')[:], dtype=object)
+            except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise RuntimeError, ValueError, ...
+                raise StoreError(f'{self.path}: its video_ids cannot be read ({_first_line(err)}): a chunk file of them '
+                                 'is damaged; they are written only when the store is made, so make it again '
+                                 '(extract --overwrite)') from None
+            recorded = self.attrs.get(IDS_SUM)
+            if recorded is not None and _digest(ids) != recorded:  # rows would be taken for other videos' rows
+                raise StoreError(f'{self.path}: its video_ids are not those it was made with (a video_ids chunk file '
+                                 'replaced or damaged): which video a row is cannot be told; make it again (extract '
+                                 '--overwrite)')
+            self._ids = ids
+        return self._ids.copy()
 
     @property
     def random_weights(self) -> bool:
@@ -619,6 +647,26 @@ class ExpertStore:
             raise StoreError(f'{self.path}: {problem}. Mark such chunks for redoing with `python -m shared.store '
                              f'check --repair {self.path}`, then rerun the extraction: it redoes only them')
 
+    def _refuse_bad_rows(self, chunk: int, data: dict[str, np.ndarray], nonfinite: Sequence[str] = ()) -> None:
+        """A StoreError for rows that no writer stores (`pack_chunk`'s rules) but that chunk sums, taken
+        of what was written, do not catch: a store of an earlier version, or one written by other code.
+        Read on, a length past T or below 0 divided a mean by it, and NaN stopped training with a
+        non-finite loss blamed on its learning rate."""
+        rows = self.chunk_rows(chunk)
+        where = f'{self.path}: chunk {chunk} (videos {rows.start}-{rows.stop - 1})'
+        fix = f'`python -m shared.store check {self.path}` lists such rows; extract the store again (--overwrite)'
+        if nonfinite:
+            raise StoreError(f'{where}: its {" and ".join(nonfinite)} hold NaN or inf values, which extraction never '
+                             f'stores: {fix}')
+        if 'lengths' in data and 'available' in data:
+            lengths, available = np.asarray(data['lengths']), np.asarray(data['available']).astype(bool)
+            bad = (lengths < 0) | (lengths > self.max_rows) | (available != (lengths > 0))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise StoreError(f'{where}: video {rows.start + i} has length {int(lengths[i])} and available='
+                                 f'{bool(available[i])}, which no writer stores (a length in [0, T={self.max_rows}], '
+                                 f'available exactly when it is above 0): {fix}')
+
     def _read(self, chunk: int, name: str, where: Any) -> np.ndarray:
         """`name`[where] of one chunk; a chunk file that cannot be decoded (garbage, empty or cut
         short) is a StoreError naming the chunk and the fix, not Zarr's own error."""
@@ -684,6 +732,7 @@ class ExpertStore:
         per_unit = {}
         for c in np.unique(units).tolist():
             data = self._read_chunk(c, small + extra)
+            self._refuse_bad_rows(c, data)
             if verify or 'status' in names:
                 data['status'] = self.chunk_status(c)
             per_unit[c] = data
@@ -709,17 +758,21 @@ class ExpertStore:
             # verified: every row chunk the sums cover; else those of the rows asked for
             count = 0 if not rowed else self.row_block_count(
                 data['lengths'] if lengths is None else np.asarray(lengths)[at])
+            nonfinite = []
             for name, dest in big.items():
                 crc = 0
                 for j, block in enumerate(self.row_blocks(c, name, count)):
                     if verify:
                         crc = _digest(block, crc)
+                        if not _finite(block) and name not in nonfinite:
+                            nonfinite.append(name)
                     lo = j * self.row_chunk
                     if lo < width:
                         dest[at, lo:min(width, lo + block.shape[1])] = block[local, :width - lo]
                 data[name] = crc
             if verify and (data['status'] != PENDING).any():
                 self._refuse_damage(c, data)
+                self._refuse_bad_rows(c, data, nonfinite)
         strings = lambda name: np.asarray(out[name], dtype=object) if name in out else None  # noqa: E731
         return ExpertRows(
             video_ids=strings('video_ids'), features=big.get('features'), timestamps=big.get('timestamps'),
@@ -746,6 +799,7 @@ class ExpertStore:
         c = units[0]
         small = ('video_ids', 'lengths', 'available', 'errors', *(('tokens',) if self.has_tokens else ()))
         data = {**self._read_chunk(c, small), 'status': self.chunk_status(c)}
+        self._refuse_bad_rows(c, data)
         local = index - self.chunk_rows(c).start
         got = {name: data[name][local] for name in (*small, 'status')}
         width = int(np.clip(got['lengths'], 0, self.max_rows).max(initial=0))
@@ -760,14 +814,17 @@ class ExpertStore:
         def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
             count = self.row_block_count(data['lengths'])
             crc = {'features': 0, 'timestamps': 0}
+            nonfinite = set()
             for j, (feats, times) in enumerate(zip(self.row_blocks(c, 'features', count),
                                                    self.row_blocks(c, 'timestamps', count))):
                 crc = {'features': _digest(feats, crc['features']), 'timestamps': _digest(times, crc['timestamps'])}
+                nonfinite |= {name for name, x in (('features', feats), ('timestamps', times)) if not _finite(x)}
                 lo = j * self.row_chunk
                 if lo < width:  # the rest of the unit's row chunks are read for its sums only
                     yield lo, feats[local, :width - lo], times[local, :width - lo]
             if (data['status'] != PENDING).any():
                 self._refuse_damage(c, {**data, **crc})
+                self._refuse_bad_rows(c, data, sorted(nonfinite))
 
         return head, blocks()
 
@@ -804,7 +861,8 @@ def _build(path: Path, video_ids: Sequence[str], spec: StoreSpec) -> None:
     spec = spec.resolved(len(video_ids))
     n, c, t, d = len(video_ids), spec.chunk_size, spec.max_rows, spec.feature_dim
     unit = c * spec.chunks_per_shard
-    g = zarr.open_group(str(path), mode='w-', zarr_format=3, attributes=_attrs_for(spec, n))
+    attrs = {**_attrs_for(spec, n), IDS_SUM: _digest(np.asarray(list(video_ids), dtype=object))}
+    g = zarr.open_group(str(path), mode='w-', zarr_format=3, attributes=attrs)
 
     def make(name: str, shape: tuple[int, ...], dtype: Any, fill: Any) -> zarr.Array:
         chunks = (c, spec.row_chunk, shape[2]) if len(shape) == 3 else (c,)
@@ -943,7 +1001,8 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
     if not is_store(path):
         raise StoreError(f'no expert store at {path} (no zarr.json)')
     try:
-        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        files = _ChunkFiles(path, read_only=mode == 'r')
+        group = zarr.open_group(files, mode=mode, zarr_format=3)
     except Exception as err:  # noqa: BLE001 - zarr raises several types for a broken group
         raise StoreError(f'cannot open store {path}: {err}') from err
     try:
@@ -955,12 +1014,23 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
             missing.append(f'attribute {key}')
     if missing:
         raise StoreError(f'{path} is not an expert store: missing {", ".join(missing)}')
+    # a newer layout may give its arrays other meanings that read without an error here (rows
+    # written otherwise, sums taken otherwise): it is refused, never read or resumed as one of ours
+    schema = group.attrs.get('schema_version', 1)
+    if schema not in _READABLE_SCHEMAS:
+        raise StoreError(f'{path}: its schema_version is {json.dumps(schema)[:40]} (written by videoexperts '
+                         f'{json.dumps(group.attrs.get("code_version", "?"))[:40]}), but this code reads schema versions '
+                         f'{", ".join(map(str, _READABLE_SCHEMAS))}: use the version that made it, or extract it '
+                         'again with this one (--overwrite)')
     for key in ('chunk_size', 'max_rows', 'feature_dim'):  # the layout every read and write computes from
         value = group.attrs[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise StoreError(f'{path}: its attribute {key} is {json.dumps(value)[:40]}, not a whole number >= 1: its '
                              'zarr.json is damaged')
     arrays = _arrays_of(path, group)
+    # a shard file is read whole when a whole unit is: its chunks, each within the bound
+    files.limit = max(1, int((arrays['status'].shards or arrays['status'].chunks)[0]) // int(group.attrs['chunk_size'])) \
+        * MAX_CHUNK_BYTES + (1 << 20)
     store = ExpertStore(path, group)
     store._arrays.update(arrays)  # opened once (`_array`)
     if warn_random and store.random_weights:
@@ -968,6 +1038,45 @@ def open_store(path: str | os.PathLike, mode: str = 'r', warn_random: bool = Tru
                       f'{store.attrs.get("expert")!r}); they carry no meaning beyond tests and demos',
                       RandomWeightsWarning, stacklevel=2)
     return store
+
+
+class _ChunkFiles(zarr.storage.LocalStore):
+    """Zarr's store of local files, reading only regular files of a bounded size (`limit` bytes a
+    read): Zarr reads a file whole, so a chunk file that is a FIFO hung every reader, one that is a
+    link to /dev/zero filled memory, and so did a sparse file of 100 GB that takes no disk (a store
+    received from others)."""
+
+    limit = MAX_CHUNK_BYTES + (1 << 20)  # metadata and, until `open_store` sets it from the layout, chunks
+
+    def _check(self, key: str, byte_range: Any) -> None:
+        from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+
+        try:
+            st = os.stat(self.root / key)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # Zarr's own: no file is the fill value
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f'{key} is no regular file (a FIFO, a device or a socket): the store is damaged or forged')
+        size = st.st_size
+        if isinstance(byte_range, RangeByteRequest):
+            size = byte_range.end - byte_range.start
+        elif isinstance(byte_range, OffsetByteRequest):
+            size -= byte_range.offset
+        elif isinstance(byte_range, SuffixByteRequest):
+            size = min(size, byte_range.suffix)
+        if size > self.limit:
+            raise ValueError(f'{key}: a read of {size >> 20} MiB, more than its chunks may hold ({self.limit >> 20} MiB): '
+                             'the store is damaged or forged')
+
+    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        self._check(key, byte_range)
+        return await super().get(key, prototype, byte_range)
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]) -> list[Any]:
+        key_ranges = list(key_ranges)
+        for key, byte_range in key_ranges:
+            self._check(key, byte_range)
+        return await super().get_partial_values(prototype, key_ranges)
 
 
 def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
@@ -986,6 +1095,10 @@ def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
         if not isinstance(node, zarr.Array):
             raise StoreError(f'{path}: its {name} is a {type(node).__name__}, not an array: its zarr.json is damaged')
         arrays[name] = node
+        unbounded = _unbounded_codecs(node.metadata.codecs)
+        if unbounded:  # only zstd's headers bound what a chunk decodes to (`shared.zstd_bound`); `_build` writes no other
+            raise StoreError(f'{path}: its {name} is compressed with {", ".join(unbounded)}, which this code never '
+                             'writes and does not decode: its zarr.json is damaged, or the store was made elsewhere')
     n, t, d, c = (arrays['status'].shape or (0,))[0], int(group.attrs['max_rows']), int(group.attrs['feature_dim']), \
         int(group.attrs['chunk_size'])
     shapes = {'features': (n, t, d), 'timestamps': (n, t, 2), CHUNK_SUMS: (-(-n // c),)}
@@ -1007,6 +1120,21 @@ def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
                              'with --overwrite (a new store chunks T in rows, --chunk-size sets the videos a chunk), '
                              'or remove it if it was received from others')
     return arrays
+
+
+def _unbounded_codecs(codecs: Sequence[Any]) -> list[str]:
+    """The names of the compressors among `codecs` (inside shards too) other than zstd, whose
+    chunks are decoded only within a bound, and crc32c, a checksum."""
+    from zarr.abc.codec import BytesBytesCodec
+    from zarr.codecs import Crc32cCodec, ShardingCodec, ZstdCodec
+
+    found = []
+    for codec in codecs:
+        if isinstance(codec, ShardingCodec):
+            found += _unbounded_codecs((*codec.codecs, *codec.index_codecs))
+        elif isinstance(codec, BytesBytesCodec) and not isinstance(codec, (ZstdCodec, Crc32cCodec)):
+            found.append(codec.to_dict().get('name', type(codec).__name__))
+    return found
 
 
 # ------------------------------------------------------------------------------------- replace
@@ -1087,23 +1215,106 @@ def swap_in(store: ExpertStore) -> ExpertStore:
 
 def finish_swap(path: str | os.PathLike) -> None:
     """Complete a swap of a replacement into `path` that was claimed but cut short; remove an old
-    store set aside by a swap that completed. Nothing to do, the usual case, costs two stats."""
+    store set aside by a swap that completed; settle what a re-embedding of earlier versions left
+    (`_settle_legacy_reembed`). Nothing to do, the usual case, costs two stats and a listing.
+
+    Processes finishing one swap (shards of one --overwrite, each at its end) take turns
+    (`_swap_lock`): one that saw the swap to do and renamed after another had done it whole moved
+    the new store aside as the old one, leaving none at `path`, and the next run then made an
+    empty store there and removed the complete one as old."""
     path = Path(path)
     swap, old = _aside(path, 'swap'), _aside(path, 'old')
-    if old.exists() and is_store(path):  # the swap put the new one in place: the old one goes
-        shutil.rmtree(old, ignore_errors=True)
-    if is_store(swap):
+    if not (os.path.lexists(swap) or os.path.lexists(old) or _legacy_reembed(path)):
+        return
+    with _swap_lock(path):  # what is to do is looked at again once the turn is ours
+        if old.exists() and _complete(path):  # the swap put the new one in place: the old one goes
+            shutil.rmtree(old, ignore_errors=True)
+        if is_store(swap):
+            with signals_deferred():
+                for src, dst in ((path, old), (swap, path)):
+                    try:
+                        if src == swap or os.path.lexists(src):
+                            os.rename(src, dst)
+                    except FileNotFoundError:  # another process is at the same swap (a file system without locks)
+                        pass
+            fsync_dir(path.parent)  # the renames survive a power cut
+            _logger.info('%s: replaced by the store an --overwrite built beside it', path)
+        # only behind a complete store: an incomplete one there (made by a run while the swap was undone)
+        # may stand beside the only complete copy, which `leftovers` then reports
+        if old.exists() and _complete(path):
+            shutil.rmtree(old, ignore_errors=True)
+        _settle_legacy_reembed(path)
+
+
+def _complete(path: Path) -> bool:
+    """Whether a complete store is at `path` (a store that cannot be opened is not)."""
+    if not is_store(path):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RandomWeightsWarning)
+            return open_store(path).is_complete()
+    except StoreError:
+        return False
+
+
+@contextlib.contextmanager
+def _swap_lock(path: Path) -> Iterator[None]:
+    """This process's turn at the swaps of `path`: an flock of the folder that holds it, waited for
+    (a turn takes two renames and the removal of an old store); the folder, not a lock file, so that
+    nothing more is left beside the store. On a file system without locks (`shared.files`), swaps
+    run unguarded, as before."""
+    import fcntl
+
+    from shared.files import _NO_LOCKS
+
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in _NO_LOCKS:
+                raise
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _legacy_reembed(path: Path) -> list[tuple[Path, str, int]]:
+    """(folder, kind, pid) of what `extract.reembed` of versions before `swap_in` left beside `path`:
+    `.NAME.old-PID`, the store set aside for the swap, and `.NAME.reembed-PID`, the new one."""
+    found = []
+    for p in path.parent.glob(f'.{glob.escape(path.name)}.*-*'):
+        kind, _, pid = p.name[len(path.name) + 2:].partition('-')
+        if kind in ('old', 'reembed') and pid.isdigit():
+            found.append((p, kind, int(pid)))
+    return sorted(found)
+
+
+def _settle_legacy_reembed(path: Path) -> None:
+    """Adopt or remove what an old re-embedding left (`_legacy_reembed`), never the only complete
+    copy of the store, nor anything of a process still running on this host.
+
+    A kill between its renames left no store at `path`: the one store set aside goes back there
+    (the re-embedding did not finish; rerunning it does). Once a store is at `path`, set-aside
+    stores go when that one is complete (the swap had finished: the old one was being removed),
+    and new ones always (a re-embedding cut short; the store it was made from is at `path`)."""
+    from shared.files import _alive
+
+    found = [(p, kind) for p, kind, pid in _legacy_reembed(path) if not _alive(pid)]
+    aside = [p for p, kind in found if kind == 'old' and is_store(p)]
+    if not os.path.lexists(path) and len(aside) == 1:
         with signals_deferred():
-            for src, dst in ((path, old), (swap, path)):
-                try:
-                    if src == swap or os.path.lexists(src):
-                        os.rename(src, dst)
-                except FileNotFoundError:  # another process is at the same swap
-                    pass
-        fsync_dir(path.parent)  # the renames survive a power cut
-        _logger.info('%s: replaced by the store an --overwrite built beside it', path)
-    if old.exists() and is_store(path):
-        shutil.rmtree(old, ignore_errors=True)
+            os.rename(aside[0], path)
+        fsync_dir(path.parent)
+        _logger.warning('%s: put back from %s, where a re-embedding cut short had set it aside', path, aside[0].name)
+    if not is_store(path):
+        return
+    complete = _complete(path)
+    for p, kind in found:
+        if kind == 'reembed' or complete:
+            shutil.rmtree(p, ignore_errors=True)
+            _logger.info('%s: removed %s, left by a re-embedding cut short', path, p.name)
 
 
 @contextlib.contextmanager
@@ -1131,7 +1342,8 @@ def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
     and `extract.reembed` in `.NAME.reembed-new` (see `swap_in`; before, it wrote `.NAME.reembed-PID`
     and set the store aside as `.NAME.old-PID` while it swapped the two). A kill leaves them (a re-embedded copy is as large as
     the store). Whether their job still runs cannot be told from here (it may be on another
-    node), so they are reported, never removed.
+    node), so they are reported, never removed here (`finish_swap`, which every extraction and
+    re-embedding runs first, settles those of an old re-embedding: `_settle_legacy_reembed`).
     """
     path = Path(path)
     found = []
@@ -1343,6 +1555,11 @@ def _check_ids(store: ExpertStore, report: CheckReport) -> None:
     if twice:
         report.problems.append(f'{len(twice)} video ids are there twice (first: row {twice[0]}): make the store '
                                'again (extract --overwrite)')
+    if not report.problems:  # each readable and once: are they those the store was made with?
+        try:
+            store.video_ids
+        except StoreError as err:
+            report.problems.append(str(err).removeprefix(f'{store.path}: '))
 
 
 def check_store(path: str | os.PathLike) -> CheckReport:

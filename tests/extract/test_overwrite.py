@@ -179,6 +179,43 @@ def test_shards_finishing_together_swap_once(tmp_path: Path) -> None:
     assert check_store(path).exit_code == 0 and leftovers(path) == []
 
 
+def test_a_finisher_that_saw_the_swap_before_another_did_it_whole_keeps_the_new_store_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python: str, subprocess_env: dict) -> None:
+    """Two shards finish one --overwrite; the second saw the claimed replacement before the first (a
+    real process) swapped it in and removed the old store, and renamed after: it moved the new store
+    aside as `.overwrite-old`, leaving none in place, and the next extraction then made an empty store
+    there and removed the complete one as old. The finishers take turns; the second finds nothing to do."""
+    import shared.store as S
+
+    path = tmp_path / 'toy.zarr'
+    _toy(path)
+    new = create_replacement(path, W.video_ids(8), W.spec(2))
+    for c in range(new.n_chunks):
+        new.write_chunk(c, pack_chunk([W.result_for(r) for r in new.chunk_rows(c)], W.MAX_ROWS, W.DIM, True))
+    swap = path.with_name('.toy.zarr.overwrite-swap')
+    os.rename(new.path, swap)  # claimed by the first finisher's swap_in
+    real, others = S.is_store, []
+
+    def is_store(p: os.PathLike) -> bool:
+        seen = real(p)
+        if Path(p) == swap and seen and not others:  # the other finisher does its whole swap now, if it may
+            others.append(subprocess.Popen([python, '-c', f'from shared.store import finish_swap; '
+                                                          f'finish_swap({str(path)!r})'], env=subprocess_env,
+                                           cwd=W.__file__.rsplit('/tests/', 1)[0], stderr=subprocess.PIPE, text=True))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                others[0].wait(timeout=3)
+        return seen
+
+    monkeypatch.setattr(S, 'is_store', is_store)
+    finish_swap(path)
+    assert others and others[0].wait(timeout=60) == 0, others[0].stderr.read()
+    monkeypatch.undo()
+    assert open_store(path, warn_random=False).chunk_size == 2 and check_store(path).exit_code == 0
+    assert leftovers(path) == []
+    create_store(path, W.video_ids(8), W.spec(2))  # what the next extraction opens: the new store, complete
+    assert open_store(path, warn_random=False).is_complete()
+
+
 def test_a_swap_syncs_its_renames_to_disk_before_the_old_store_goes(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The two renames of a swap are synced (the folder that holds the store) while the old store is still

@@ -157,3 +157,39 @@ def test_a_run_to_out_killed_midway_leaves_no_store_there_and_its_rerun_builds_i
     rows = open_store(out).read()
     assert (rows.status == DONE).all() and rows.lengths.tolist() == [1] * 300
     assert sorted(p.name for p in tmp_path.iterdir()) == ['new.bin', 'new.zarr', 'old.bin', 'speech.zarr']
+
+
+@pytest.mark.parametrize('cut', ['writing', 'set_aside', 'old_not_removed', 'set_aside_then_extracted'])
+def test_what_a_reembed_of_earlier_versions_left_is_settled_by_the_next_run(cut: str, tmp_path: Path,
+                                                                           python: str, subprocess_env: dict) -> None:
+    """Before `swap_in`, a re-embedding wrote `.NAME.reembed-PID` and set the store aside as
+    `.NAME.old-PID` for two bare renames; a kill left them, and every later run only reported them
+    (a copy as large as the store each). The next run (here an extraction's `finish_swap`) puts a store
+    set aside with none in its place back, removes set-aside stores behind a complete one and
+    re-embeddings cut short, and keeps anything of a process still running, or the only complete copy."""
+    import shutil
+    import subprocess
+
+    from shared.store import finish_swap
+
+    path, new = _speech_store(tmp_path)
+    dead = subprocess.run([python, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process gone: its leftovers are nobody's
+    made, aside = tmp_path / f'.speech.zarr.reembed-{pid}', tmp_path / f'.speech.zarr.old-{pid}'
+    shutil.copytree(path, made)  # the copy the old code had written (complete, or cut short)
+    if cut != 'writing':
+        os.rename(path, aside)
+    if cut == 'old_not_removed':
+        os.rename(made, path)
+    if cut == 'set_aside_then_extracted':  # the store set aside is the only complete one; an empty one in place
+        create_store(path, ['a', 'b', 'c'], StoreSpec('toy', 'speech', 4, 8, chunk_size=2, has_tokens=True,
+                                                      config={'word_vectors': str(tmp_path / 'old.bin')}))
+    alive = tmp_path / f'.speech.zarr.reembed-{os.getpid()}'  # a run still going on this host
+    alive.mkdir()
+    finish_swap(path)
+    kept = sorted([alive, *([aside] if cut == 'set_aside_then_extracted' else [])])
+    assert not made.exists() and sorted(p for p, _ in leftovers(path)) == kept
+    if cut == 'set_aside_then_extracted':
+        assert open_store(aside).is_complete() and not open_store(path).is_complete()
+    else:
+        assert check_store(path).exit_code == 0

@@ -734,3 +734,198 @@ def test_a_layout_whose_chunks_would_be_refused_is_not_made(tmp_path: Path) -> N
     with pytest.raises(StoreError, match='give a --chunk-size of at most 2048'):
         create_store(path, W.video_ids(4), spec, overwrite=True)
     assert open_store(path, warn_random=False).attrs['store_id'] == old.attrs['store_id']
+
+
+def _inflating_zstd(prefix: bytes, size: int, frame_size: bool = False) -> bytes:
+    """A zstd stream of a few KB that decodes to `prefix` and then `size` bytes 'a' (RLE blocks of
+    128 KiB, 4 bytes each); without `frame_size` its header says nothing of its size, as a streamed
+    frame's."""
+    import struct
+
+    out = bytearray(struct.pack('<I', 0xFD2FB528))
+    out += bytes([0b11100000]) + struct.pack('<Q', len(prefix) + size) if frame_size else bytes([0, 7 << 3])
+    blocks = [(0, len(prefix), prefix)] + [(1, min(1 << 17, size - at), b'a') for at in range(0, size, 1 << 17)]
+    for i, (kind, n, payload) in enumerate(blocks):
+        out += ((n << 3) | (kind << 1) | (i == len(blocks) - 1)).to_bytes(3, 'little') + payload
+    return bytes(out)
+
+
+#: reads each array of the store at argv[1] in a process that may map 2.5 GiB at most: a chunk that
+#: inflated past it would be a MemoryError here, and the machine's memory in a real run
+_READ_BOUNDED = '''
+import resource, sys, warnings
+resource.setrlimit(resource.RLIMIT_AS, (5 << 29, 5 << 29))
+from shared.store import StoreError, check_store, open_store
+store = open_store(sys.argv[1], warn_random=False)
+for read in (lambda: store.video_ids, lambda: store.read(rows=[5], arrays=['errors']),
+             lambda: store.read(rows=[9], arrays=['features', 'lengths'])):
+    try:
+        read()
+        print('read')
+    except StoreError as err:
+        print(err)
+print('peak MiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)
+'''
+
+
+@pytest.mark.parametrize('frame_size', [False, True])
+def test_chunk_files_that_inflate_past_the_limit_are_refused_before_they_are_decoded(
+        frame_size: bool, tmp_path: Path, python: str, subprocess_env: dict) -> None:
+    """Zarr decodes a zstd chunk whole before it looks at its size, and a string chunk (ids, errors,
+    tokens) has none: a 98 KB errors chunk file decoded to 3 GiB (peak RSS 3.1 GiB, then a MemoryError
+    only where the address space was limited), a features chunk alike. Each is refused from its headers
+    in one line naming the store and the chunk; what the other chunks hold still reads."""
+    import struct
+
+    path = tmp_path / 'bomb.zarr'
+    _complete_store(path)
+    size = 3 << 30
+    (path / 'video_ids' / 'c' / '0').write_bytes(_inflating_zstd(struct.pack('<II', 4, size), size, frame_size))
+    (path / 'errors' / 'c' / '1').write_bytes(_inflating_zstd(struct.pack('<II', 4, size), size, frame_size))
+    (path / 'features' / 'c' / '2' / '0' / '0').write_bytes(_inflating_zstd(b'', size, frame_size))
+    done = subprocess.run([python, '-c', _READ_BOUNDED, str(path)], env=subprocess_env, capture_output=True, text=True,
+                          cwd=W.__file__.rsplit('/tests/', 1)[0], timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert 'its video_ids cannot be read (a zstd chunk of' in lines[0], done.stdout
+    for line, what in zip(lines[1:3], ('chunk 1 (videos 4-7): its errors', 'chunk 2 (videos 8-11): its features')):
+        assert what in line and 'may decode to 3072 MiB, more than the 1024 MiB a chunk may' in line, done.stdout
+    assert int(lines[3].split()[-1]) < 1024, done.stdout
+    report = check_store(path)
+    assert report.exit_code == 1 and 'video_ids of videos 0-3 cannot be read' in report.summary()
+
+
+def test_a_compressor_whose_chunks_are_not_bounded_is_refused_at_open(tmp_path: Path) -> None:
+    """A gzip (or blosc, lz4) chunk is decoded whole with no bound: a zarr.json that names one is refused."""
+    path = tmp_path / 'gzip.zarr'
+    _complete_store(path)
+    meta = json.loads((path / 'errors' / 'zarr.json').read_text())
+    meta['codecs'][1] = {'name': 'gzip', 'configuration': {'level': 5}}
+    (path / 'errors' / 'zarr.json').write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match='its errors is compressed with gzip, which this code never writes'):
+        open_store(path, warn_random=False)
+    assert 'its errors is compressed with gzip' in check_store(path).summary()
+
+
+@pytest.mark.parametrize('schema', [3, '2', None])
+def test_a_store_of_a_schema_this_code_does_not_know_is_refused(schema, tmp_path: Path, python: str,
+                                                                subprocess_env: dict) -> None:
+    """SCHEMA_VERSION's readable versions were never looked at: a store written by a newer version (a
+    layout whose arrays may mean something else) was read, trained on and resumed as one of ours."""
+    path = tmp_path / 'newer.zarr'
+    _complete_store(path)
+    meta = json.loads((path / 'zarr.json').read_text())
+    meta['attributes'].update(schema_version=schema, code_version='9.0.0')
+    (path / 'zarr.json').write_text(json.dumps(meta))
+    said = f'its schema_version is {json.dumps(schema)} (written by videoexperts "9.0.0"), but this code reads ' \
+           'schema versions 1, 2'
+    with pytest.raises(StoreError, match=re.escape(said)):
+        open_store(path, warn_random=False)
+    with pytest.raises(StoreError, match=re.escape(said)):  # nor is it resumed
+        create_store(path, W.video_ids(12), W.spec(4))
+    done = _check_cli(python, subprocess_env, path)
+    assert done.returncode == 1 and said in done.stdout and 'Traceback' not in done.stderr
+
+
+@pytest.mark.parametrize('ids', [['vid0005', 'vid0004', 'vid0006', 'vid0007'],  # two rows' ids swapped
+                                 ['vid0000', 'vid0001', 'vid0002', 'vid0003']])  # chunk 0's ids copied over chunk 1's
+def test_video_ids_other_than_those_a_store_was_made_with_are_refused(ids: list[str], tmp_path: Path) -> None:
+    """No chunk sums cover the video ids: a video_ids chunk file whose ids were swapped gave each row
+    to the other video, read without an error, trained on and called VALID by check. The ids' CRC is
+    recorded when the store is made; a store made before it reads as it did."""
+    path = tmp_path / 'ids.zarr'
+    _complete_store(path)
+    good = open_store(path, warn_random=False).read(ids=['vid0004']).features
+    g = zarr.open_group(str(path), mode='r+')
+    g['video_ids'][4:8] = np.asarray(ids, dtype=str)
+    said = 'its video_ids are not those it was made with (a video_ids chunk file replaced or damaged)'
+    with pytest.raises(StoreError, match=re.escape(said)):
+        open_store(path, warn_random=False).read(ids=['vid0004'])
+    text = check_store(path).summary()  # ids copied over others are there twice as well
+    assert 'INVALID' in text and (said in text if ids[0] == 'vid0005' else '4 video ids are there twice' in text), text
+    meta = json.loads((path / 'zarr.json').read_text())
+    del meta['attributes']['video_ids_crc32']  # a store made before the ids' CRC: read as it was
+    (path / 'zarr.json').write_text(json.dumps(meta))
+    g['video_ids'][4:8] = np.asarray(['vid0004', 'vid0005', 'vid0006', 'vid0007'], dtype=str)
+    np.testing.assert_array_equal(open_store(path, warn_random=False).read(ids=['vid0004']).features, good)
+    assert check_store(path).exit_code == 0
+
+
+def _forge(path: Path, chunk: int, **arrays) -> None:
+    """Write arrays' values into a chunk of the store at `path` behind the writer's back, and record sums
+    that match: what a store of an earlier version (before `pack_chunk`'s rules) or of other code holds."""
+    from shared.store import _digest
+
+    g = zarr.open_group(str(path), mode='r+')
+    for name, (where, value) in arrays.items():
+        g[name][where] = value
+    store = open_store(path, warn_random=False)
+    rows = store.chunk_rows(chunk)
+    sums = json.loads(str(g['chunk_sums'][chunk]))
+    for name in ('lengths', 'available', 'errors', 'tokens'):
+        sums[name] = _digest(np.asarray(g[name][rows.start:rows.stop], dtype=g[name].dtype))
+    count = store.row_block_count(np.clip(g['lengths'][rows.start:rows.stop], 0, None))
+    for name in ('features', 'timestamps'):
+        crc = 0
+        for block in store.row_blocks(chunk, name, count):
+            crc = _digest(block, crc)
+        sums[name] = crc
+    g['chunk_sums'][chunk:chunk + 1] = np.asarray([json.dumps(sums)], dtype=str)
+
+
+@pytest.mark.parametrize('forged, said', [
+    ({'lengths': (9, 99)}, f'video 9 has length 99 and available=True, which no writer stores (a length in [0, T={W.MAX_ROWS}]'),
+    ({'lengths': (9, -5)}, 'video 9 has length -5 and available=True, which no writer stores'),
+    ({'available': (9, False)}, 'video 9 has length 2 and available=False, which no writer stores'),
+    ({'features': ((9, 0, 0), np.nan)}, 'its features hold NaN or inf values, which extraction never stores'),
+    ({'timestamps': ((9, 1, 1), np.inf)}, 'its timestamps hold NaN or inf values, which extraction never stores'),
+])
+def test_rows_no_writer_stores_are_refused_though_their_sums_match(forged: dict, said: str, tmp_path: Path) -> None:
+    """Chunk sums catch what changed after a write, not what was written wrongly: a length of 99 in a
+    store of T=6 divided its video's mean by 99, a negative one made a zero feature "available", an
+    unavailable video with rows kept them, all trained on without an error; NaN stopped training with a
+    non-finite loss blamed on the learning rate. Each is refused when its chunk is read, naming it."""
+    path = tmp_path / 'forged.zarr'
+    _complete_store(path)
+    assert W.result_for(9).features.shape[0] == 2 and open_store(path, warn_random=False).read(rows=[9]).available[0]
+    _forge(path, 2, **forged)
+    store = open_store(path, warn_random=False)
+    where = re.escape(f'{path}: chunk 2 (videos 8-11): {said}')
+    with pytest.raises(StoreError, match=where):
+        store.read(rows=[8])
+    with pytest.raises(StoreError, match=where):
+        head, blocks = store.read_blocks([8, 9])
+        list(blocks)
+    assert store.read(rows=[0, 4]).lengths.tolist() == [0, 4]  # the other chunks read as ever
+    assert check_store(path).exit_code == 1
+
+
+@pytest.mark.parametrize('kind, said', [
+    ('fifo', 'errors/c/1 is no regular file (a FIFO, a device or a socket)'),
+    ('dev_zero', 'errors/c/1 is no regular file (a FIFO, a device or a socket)'),
+    ('sparse', 'errors/c/1: a read of 3072 MiB, more than its chunks may hold (1025 MiB)'),
+])
+def test_a_chunk_file_that_is_no_bounded_regular_file_is_refused_before_it_is_read(
+        kind: str, said: str, tmp_path: Path, python: str, subprocess_env: dict) -> None:
+    """Zarr reads a chunk file whole: one that was a FIFO hung every reader, a link to /dev/zero filled
+    memory (a MemoryError at 3.3 s under a 4 GB limit), a sparse file of 3 GiB that takes no disk was read
+    whole (12 s) before its decoding failed. Each is refused in one line naming the chunk, at once."""
+    import os
+
+    path = tmp_path / 'files.zarr'
+    _complete_store(path)
+    f = path / 'errors' / 'c' / '1'
+    f.unlink()
+    if kind == 'fifo':
+        os.mkfifo(f)
+    elif kind == 'dev_zero':
+        os.symlink('/dev/zero', f)
+    else:
+        with open(f, 'wb') as sparse:
+            sparse.truncate(3 << 30)
+    done = subprocess.run([python, '-c', _READ_BOUNDED, str(path)], env=subprocess_env, capture_output=True, text=True,
+                          cwd=W.__file__.rsplit('/tests/', 1)[0], timeout=60)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and lines[0] == 'read' and lines[2] == 'read', done.stdout + done.stderr
+    assert f'chunk 1 (videos 4-7): its errors chunk file cannot be read ({said}' in lines[1], done.stdout
+    assert int(lines[3].split()[-1]) < 1024, done.stdout
