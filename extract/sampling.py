@@ -179,7 +179,10 @@ def plan_rows(frame_times: np.ndarray, s: Sampling) -> tuple[np.ndarray, np.ndar
     if s.kind == 'clips' and s.clip_fps and s.clip_placement == 'strided':
         # CE's sliding windows: one starting every 1 / fps s from the first frame, those that fit
         length = s.clip_len / s.clip_fps
-        n = max(1, math.floor((duration - origin - length) * s.fps + 1e-6) + 1)
+        # a window that ends on the video's end fits: decord's float32 end is off by up to half its
+        # spacing (3.8e-6 s at 100 s), past the 1e-6 s that dropped the last window of such videos
+        slack = CLIP_TIME_NUDGE + float(np.spacing(np.float32(duration)))
+        n = max(1, math.floor((duration - origin - length + slack) * s.fps) + 1)
         # the windows on the stride grid; T of them, spread as the audio expert spreads its examples
         k = np.arange(n) if n <= s.max_rows else ((np.arange(s.max_rows) + 0.5) * n / s.max_rows).astype(np.int64)
         centres = origin + k / s.fps + length / 2

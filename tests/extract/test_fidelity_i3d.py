@@ -367,3 +367,23 @@ def test_the_runner_writes_ces_windows_and_refuses_a_store_of_centred_rows(tmp_p
     assert run(tmp_path / 'old') == 1
     assert "config.clip_placement: store has 'inside', run wants 'strided'" in capsys.readouterr().err
     assert run(tmp_path / 'old', *inside) == 0
+
+
+def test_the_last_window_that_fits_a_long_decoded_video_is_kept(tmp_path):
+    """decord's frame times are float32: a 100.56 s video (2514 frames at 25 fps) ends at
+    100.55999756 s, and its last window, frames 2450-2513, ends there too. It fits (CE's 99
+    windows: floor((2514 - 64) / 25) + 1); counted with 1e-6 s to spare, it was dropped (98 rows)."""
+    import subprocess
+
+    from extract.decode import decode_video
+    from shared.media import ffmpeg_exe
+
+    video = tmp_path / 'v.mp4'
+    subprocess.run([ffmpeg_exe(), '-v', 'error', '-f', 'lavfi', '-i', 'color=c=gray:size=32x32:rate=25', '-frames:v',
+                    '2514', '-c:v', 'libx264', '-preset', 'ultrafast', '-pix_fmt', 'yuv420p', str(video)], check=True)
+    spec = create_expert('action.i3d', weights='random').cfg.sampling_spec()
+    decoded = decode_video(0, str(video), {'ce': spec})
+    assert decoded.duration == pytest.approx(100.56, abs=1e-4) and not decoded.error
+    index = decoded.plans['ce'].index
+    assert len(index) == 99 <= spec.max_rows
+    np.testing.assert_allclose(decoded.plans['ce'].timestamps[-1], [98, 100.56], atol=1e-4)
