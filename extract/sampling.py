@@ -83,6 +83,9 @@ class Sampling:
         if self.clip_placement not in CLIP_PLACEMENTS:
             raise ValueError(f'clip_placement must be one of {", ".join(map(repr, CLIP_PLACEMENTS))}, '
                              f'got {self.clip_placement!r}')
+        if self.clip_placement == 'strided' and (self.kind != 'clips' or not self.clip_fps or self.clip_len < 2):
+            raise ValueError("clip_placement 'strided' (CE's sliding windows) is for clips taken at a clip_fps, "
+                             f'not for kind {self.kind!r} with clip_len {self.clip_len} and clip_fps {self.clip_fps}')
         if not 0 < self.fps < math.inf:  # written so that NaN fails too
             raise ValueError(f'fps must be a positive number, got {self.fps}')
         if self.clip_fps is not None and not 0 < self.clip_fps < math.inf:

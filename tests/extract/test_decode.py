@@ -77,6 +77,9 @@ def test_clips_at_the_videos_rate_are_its_consecutive_frames(rate: float) -> Non
         assert old[0].tolist()[:20] == [0] * 20 and set(np.diff(old[1]).tolist()) == {0, 1, 2}
     with pytest.raises(ValueError, match="clip_placement must be one of 'inside', 'centred', 'strided', got 'wrap'"):
         Sampling('clips', clip_placement='wrap')
+    for kind, clip_len, clip_fps in (('frames', 1, None), ('clips', 16, None), ('clips', 1, 25.0)):
+        with pytest.raises(ValueError, match="clip_placement 'strided' .* is for clips taken at a clip_fps"):
+            Sampling(kind, clip_len=clip_len, clip_fps=clip_fps, clip_placement='strided')  # it was silently ignored
 
 
 def test_clips_of_a_long_decoded_video_are_its_consecutive_frames(tmp_path: Path) -> None:
