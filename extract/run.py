@@ -44,7 +44,7 @@ from shared.store import (AUTO_CHUNKS_PER_SHARD, DONE, FAILED, PENDING, SHARD_FR
                           StoreError, StoreSpec, VideoResult, create_replacement, create_store, finish_swap, is_store,
                           open_store, pack_chunk, replacement_path, shard_chunks, store_path, swap_in)
 
-__all__ = ['RunOptions', 'build_experts', 'run', 'main', 'open_stores']
+__all__ = ['RunOptions', 'build_experts', 'load_experts', 'run', 'main', 'open_stores']
 
 _logger = logging.getLogger(__name__)
 
@@ -518,6 +518,16 @@ def _existing(store: ExpertStore, rows: range) -> dict[int, VideoResult]:
     return out
 
 
+def load_experts(experts: list[Any], device: Any) -> None:
+    """Load each expert's model on `device`, saying first which and from where: with real weights
+    the seven experts take minutes to load, which would otherwise be a silent pause."""
+    for e in experts:
+        w = e.resolve()
+        source = 'RANDOM weights' if w.random else f'weights {w.source}'
+        print(f'loading {e.name}: {e.cfg.arch}, {source}, on {device}', flush=True)
+        e.load(device)
+
+
 def build_experts(opts: RunOptions) -> list[Any]:
     """The run's experts, configured (settings, presets, weights) but not loaded."""
     from extract.experts import create_expert, resolve_expert_names
@@ -561,8 +571,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     new = opts.overwrite or not all(is_store(store_path(opts.features_root, manifest.name, e.name))
                                     for e in experts)
     if new and loaded is None:  # a store is to be made, so there is work: the models load first
-        for e in experts:
-            e.load(device)
+        load_experts(experts, device)
         loaded = experts
     if new:
         _probe(experts)
@@ -589,8 +598,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     if random_names:
         print(f'WARNING: RANDOM weights for {", ".join(random_names)}: these features mean nothing beyond tests and demos')
     if loaded is None:
-        for e in experts:
-            e.load(device)
+        load_experts(experts, device)
     tallies = {n: _Tally() for n in names}
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
     if pool is None and decoder == 'nvdec':

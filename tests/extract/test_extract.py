@@ -896,3 +896,28 @@ def test_a_weights_file_with_a_compressed_record_is_refused_unread(tmp_path: Pat
     for load in (load_state_dict, torch_file):
         with pytest.raises(WeightsError, match=r'forged.pth holds a compressed record \(.*\), which torch.save never'):
             load(forged)
+
+
+def test_each_model_says_where_its_weights_come_from_as_it_loads(small_demo: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the experts' real weights takes minutes, and nothing was printed meanwhile: now one
+    line per model, before it loads, with its weights (a file, or random)."""
+    from extract.experts.audio import VGGish
+
+    monkeypatch.setenv('VIDEOEXPERTS_WEIGHTS_DIR', str(tmp_path))
+    torch.save(VGGish('relu').state_dict(), tmp_path / 'vggish-10086976.pth')
+    assert main(['--dataset', 'demo', '--data-root', str(small_demo.parent), '--features-root', str(tmp_path / 'f'),
+                 '--expert', 'scene,audio', '--set', 'resize=[40]', '--set', 'input_size=32', '--set',
+                 'scene.weights=random', '--workers', '1', '--no-progress', '--device', 'cpu']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    loading = [ln for ln in lines if ln.startswith('loading ')]
+    assert loading == ['loading scene: torchvision:densenet161, RANDOM weights, on cpu',
+                       f'loading audio: vggish, weights file:vggish-10086976.pth ({tmp_path / "vggish-10086976.pth"}), '
+                       'on cpu'], lines
+    assert lines.index(loading[-1]) < next(i for i, ln in enumerate(lines) if ln.startswith('extracting '))
+    capsys.readouterr()
+    assert main(['--dataset', 'demo', '--data-root', str(small_demo.parent), '--features-root', str(tmp_path / 'f'),
+                 '--expert', 'scene,audio', '--set', 'resize=[40]', '--set', 'input_size=32', '--set',
+                 'scene.weights=random', '--no-progress']) == 0
+    assert 'loading' not in capsys.readouterr().out  # nothing to do: no model is loaded
