@@ -39,6 +39,7 @@ from shared.config import ConfigError, data_root_default, features_root_default,
 from shared.datasets import DatasetError, load_manifest, parse_dataset_options
 from shared.device import pick_device
 from shared.logs import setup_logging
+from shared.media import count_media, media_unit
 from shared.resources import cpu_limit
 from shared.store import (AUTO_CHUNKS_PER_SHARD, DONE, FAILED, PENDING, SHARD_FROM_VIDEOS, ChunkData, ExpertStore,
                           StoreError, StoreSpec, VideoResult, create_replacement, create_store, finish_swap, is_store,
@@ -612,7 +613,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     t_first, waited = None, 0.0
     from tqdm import tqdm
 
-    bar = tqdm(total=len(videos), unit='video', desc='extract', disable=not opts.progress, dynamic_ncols=True)
+    bar = tqdm(total=len(videos), unit=media_unit(manifest.paths[r] for r in videos), desc='extract',
+               disable=not opts.progress, dynamic_ncols=True)
     failures = 0
     batchers = {e.name: _Batcher(e) for e in experts}
     upload = _Uploader(device)
@@ -719,7 +721,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
                      decode_wait_s=waited, device_wait_s=sum(b.waited for b in batchers.values()),
                      **{f'busy_s.{n}': w.busy for n, w in video_workers.items()},
                      **{f'blocked_s.{n}': w.blocked for n, w in video_workers.items()})
-    _summary(manifest.name, stores, tallies, len(videos), t_end - t_start)
+    _summary(manifest.name, stores, tallies, [manifest.paths[r] for r in videos], t_end - t_start)
     return 0
 
 
@@ -886,10 +888,10 @@ def _finish(stores: dict[str, ExpertStore]) -> None:
             stores[name] = swap_in(s)
 
 
-def _summary(dataset: str, stores: dict[str, ExpertStore], tallies: dict[str, _Tally], n_videos: int,
+def _summary(dataset: str, stores: dict[str, ExpertStore], tallies: dict[str, _Tally], paths: list[Path],
              elapsed: float) -> None:
-    rate = n_videos / elapsed if elapsed > 0 else 0.0
-    print(f'done: {n_videos} videos of {dataset} in {elapsed:.1f} s ({rate:.2f} videos/s)')
+    rate = len(paths) / elapsed if elapsed > 0 else 0.0
+    print(f'done: {count_media(paths)} of {dataset} in {elapsed:.1f} s ({rate:.2f} {media_unit(paths)}s/s)')
     for name, t in tallies.items():
         s = stores[name]
         state = 'complete' if s.is_complete() else 'other shards pending'

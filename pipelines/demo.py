@@ -102,7 +102,8 @@ def ensure_generated(out: Path, record: str, cfg: Any, make: Callable[[Path, Any
             return out
     for stale in derived:
         if stale.exists():
-            print(f'{step} removing {stale}: it was built from other videos')
+            kind = 'videos' if hasattr(cfg, 'videos') else 'still images'
+            print(f'{step} removing {stale}: it was built from other {kind}')
             shutil.rmtree(stale)
     print(f'{step} generating {_what(cfg)} in {out}')
     make(out, cfg)

@@ -19,6 +19,7 @@ from shared.datasets import DatasetError, load_manifest
 from shared.device import pick_device
 from shared.files import atomic_write_text
 from shared.logs import setup_logging
+from shared.media import count_media
 from shared.store import StoreError
 from train.config import RunCfg, load_run_cfg
 from train.distributed import SINGLE, Dist, RanksError, agree, init_distributed, teardown
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         _agree(ranks, cfg, seeds, base, args)
         manifest = load_manifest(cfg.data.dataset, args.data_root, **cfg.data.dataset_options)
         if ranks.main:
-            print(f'{manifest.name}: {len(manifest)} videos, read from {manifest.origin}')
+            print(f'{manifest.name}: {count_media(manifest.paths)}, read from {manifest.origin}')
         results = []
         for seed in seeds:
             run_dir = base / f'seed{seed}'
