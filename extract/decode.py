@@ -6,9 +6,15 @@ in worker processes.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
+import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,7 +37,7 @@ def read_frame_times(path: str) -> np.ndarray | str:
         return too_large
     decord = _decord()
     try:
-        vr = decord.VideoReader(path, num_threads=1)
+        vr = _open(decord, path, num_threads=1)
         n = len(vr)
         if n == 0:
             raise RuntimeError('no video frames')
@@ -78,14 +84,14 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Wi
         return out
     decord = _decord()
     try:
-        vr = decord.VideoReader(path, num_threads=threads)
+        vr = _open(decord, path, num_threads=threads)
         n = len(vr)
         if n == 0:
             raise RuntimeError('no video frames')
         h, w = _rgb_size(vr)  # display orientation: decord applies rotation metadata
         width, height = resize_dims(h, w, decode_short_side(samplings.values()))
         if width > 0:
-            vr = decord.VideoReader(path, num_threads=threads, width=width, height=height)
+            vr = _open(decord, path, num_threads=threads, width=width, height=height)
             _rgb_size(vr)
         frame_times = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2)
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
@@ -193,6 +199,41 @@ def _decord() -> Any:
 
     decord.logging.set_level(decord.logging.FATAL)
     return decord
+
+
+#: decord's own line for a file it cannot open ("[14:16:57] .../video_reader.cc:83: ERROR opening: PATH,
+#: Invalid data ..."): dmlc's logger writes it to fd 2 whatever `decord.logging`'s level, and the
+#: RuntimeError that follows is what the video's failure (or its FFmpeg fallback) records
+_OPEN_ERROR = re.compile(r'\[[\d:]+\] \S*video_reader\.cc:\d+: ERROR opening: (.*), [^,]*$')
+_fd2 = threading.Lock()  # one redirection of fd 2 at a time (--workers 0 decodes in the main process)
+
+
+def _open(decord: Any, path: str, **kwargs: Any) -> Any:
+    """decord.VideoReader(path, **kwargs), without decord's stray "ERROR opening" line for `path`."""
+    with _without_open_error(path):
+        return decord.VideoReader(path, **kwargs)
+
+
+@contextlib.contextmanager
+def _without_open_error(path: str) -> Iterator[None]:
+    """Catch what is written to fd 2 meanwhile and write it back after, less decord's line that it
+    cannot open `path` (reported as the video's failure): nothing else is hidden, only delayed."""
+    with _fd2, tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().splitlines(keepends=True)
+            kept = [ln for ln in lines if (m := _OPEN_ERROR.match(ln.decode(errors='replace').rstrip())) is None
+                    or m.group(1) != path]
+            if kept:
+                os.write(2, b''.join(kept))
 
 
 def _rgb_size(vr: Any) -> tuple[int, int]:
