@@ -37,7 +37,7 @@ from extract.sampling import DecodedVideo
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest, parse_dataset_options
-from shared.device import pick_device
+from shared.device import DEVICE_HELP, pick_device
 from shared.logs import setup_logging
 from shared.media import count_media, media_unit
 from shared.resources import cpu_limit
@@ -923,7 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--shard', type=int, default=None, help='this shard (default: from SLURM_ARRAY_TASK_ID, else 0)')
     p.add_argument('--num-shards', type=int, default=None,
                    help='shards in all (default: SLURM_ARRAY_TASK_COUNT, else 1); shards own whole chunks')
-    p.add_argument('--device', default=d.device, help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--device', default=d.device, help=DEVICE_HELP)
     p.add_argument('--decoder', default=d.decoder, choices=DECODERS,
                    help='decord (CPU processes) or nvdec (GPU, needs pynvvideocodec); auto (default) picks the '
                         'faster one for this machine and the videos\' resolution, and says which')

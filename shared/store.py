@@ -1394,13 +1394,18 @@ def check_store(path: str | os.PathLike) -> CheckReport:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m shared.store check PATH [PATH ...]`` or ``check --dataset D [--features-root R]``."""
+    examples = ('examples:\n  python -m shared.store check features/demo/object.zarr features/demo/scene.zarr\n'
+                '  python -m shared.store check --dataset demo --features-root features\n'
+                '  make check DATASET=demo')
     parser = argparse.ArgumentParser(
-        prog='python -m shared.store', description='Inspect expert stores (Zarr v3).')
+        prog='python -m shared.store', description='Inspect expert stores (Zarr v3).', epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('check', help='validate stores and print a summary',
+    p = sub.add_parser('check', help='validate stores and print a summary', epilog=examples,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description='Validate stores: shapes, masks consistent with lengths, no NaN/inf, '
-                                   'status complete. Exit 0 when every store is valid and complete, '
-                                   '1 when one is invalid, 2 when one is incomplete or there is none to check.')
+                                   'status complete.\nExit 0 when every store is valid and complete, 1 when one is invalid,\n'
+                                   '2 when one is incomplete or there is none to check.')
     p.add_argument('paths', nargs='*', type=Path, metavar='PATH', help='a {expert}.zarr directory')
     p.add_argument('--dataset', default=None,
                    help='check every store of this dataset ({features root}/{dataset}/*.zarr) besides any PATH')

@@ -16,7 +16,7 @@ import yaml
 from shared.config import (DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default,
                            parse_overrides, to_dict)
 from shared.datasets import DatasetError, load_manifest
-from shared.device import pick_device
+from shared.device import DEVICE_HELP, pick_device
 from shared.files import atomic_write_text
 from shared.logs import setup_logging
 from shared.media import count_media
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--run-dir', type=Path, default=None, help='default: runs/MODEL-DATASET-SPLIT')
     p.add_argument('--init-from', metavar='RUN_DIR|CHECKPOINT',
                    help="start from another run's weights, matched by name and shape (train.init_from)")
-    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--device', default='auto', help=DEVICE_HELP)
     p.add_argument('--count-params', action='store_true', help='build the model from its config and count parameters')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')
     args = p.parse_args(argv)

@@ -30,7 +30,7 @@ from torch import nn
 
 from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
-from shared.device import pick_device
+from shared.device import DEVICE_HELP, pick_device
 from shared.files import atomic_write_text
 from shared.logs import setup_logging
 from train.data import SplitData, load_split
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f'dataset folders (default: {DATA_ROOT_HELP})')
     p.add_argument('--features-root', type=Path, default=features_root_default(),
                    help=f'expert stores (default: {FEATURES_ROOT_HELP})')
-    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--device', default='auto', help=DEVICE_HELP)
     args = p.parse_args(argv)
     setup_logging()
     try:
