@@ -15,7 +15,7 @@ import yaml
 
 from shared.config import (DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default,
                            parse_overrides, to_dict)
-from shared.datasets import DatasetError, load_manifest
+from shared.datasets import DatasetError, load_manifest, require_registered
 from shared.device import DEVICE_HELP, pick_device
 from shared.files import atomic_write_text
 from shared.logs import setup_logging
@@ -25,7 +25,7 @@ from train.config import RunCfg, load_run_cfg
 from train.distributed import SINGLE, Dist, RanksError, agree, init_distributed, teardown
 from train.loop import train_run
 from train.metrics import format_results
-from train.models import count_parameters, meta_model
+from train.models import MODELS, count_parameters, meta_model
 
 __all__ = ['main', 'config_path', 'parse_seeds', 'CONFIG_DIR', 'FINETUNE']
 
@@ -49,6 +49,12 @@ def config_path(model: str, dataset: str, split: str | None, finetune: bool = Fa
     if splits:  # the dataset has configs per split: say which
         raise ConfigError(f'model {model} on {dataset} has a config per split{f" (not {split})" if split else ""}: '
                           f'pass --split {" | ".join(splits)} (make: SPLIT=...), or --config FILE')
+    try:  # a typo in the model's or the dataset's name: say which, and its close names, not every config file
+        MODELS.get(model)
+    except KeyError as err:
+        raise ConfigError(f'--model: {err.args[0]}') from None
+    if not dataset.startswith('folder:'):
+        require_registered(dataset, hint='')
     known = sorted(p.stem for p in where.glob('*.yaml'))
     what = 'no fine-tuning config' if finetune else 'no config'
     raise ConfigError(f'{what} for model {model} on {dataset}{" " + split if split else ""} in {where} '
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.model:
                 p.error('give --model (and --dataset) or --config')
             args.config = config_path(args.model, args.dataset or 'demo', args.split)
+        elif not args.config.exists():  # not Python's "[Errno 2] No such file or directory: 'x.yaml'"
+            raise ConfigError(f'--config {args.config}: no such file (the shipped configs: {CONFIG_DIR})')
         if args.dataset is not None:  # an empty --dataset is an error to report, not the default
             overrides['data.dataset'] = args.dataset
         cfg = load_run_cfg(args.config, overrides)
