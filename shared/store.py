@@ -1418,7 +1418,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = list(args.paths)
     if args.dataset is not None:
         from shared.config import features_root_default
-        from shared.datasets import stores_name
+        from shared.datasets import require_registered, stores_name
 
         try:  # folder:PATH's stores are under the name extract gave them (folder-NAME-HASH)
             folder = store_path(args.features_root or features_root_default(), stores_name(args.dataset), 'any').parent
@@ -1426,6 +1426,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f'error: {err}', file=sys.stderr)
             return 1
         found = sorted(folder.glob('*.zarr'))
+        if not found and not args.dataset.startswith('folder:'):
+            try:  # a typo ('msrvt') is not a dataset to extract: say so, with the names it may have meant
+                require_registered(args.dataset)
+            except DatasetError as err:
+                print(f'error: {err}', file=sys.stderr)
+                return 1
         if not found:  # nothing extracted yet: incomplete, as the README's exit codes say
             print(f'error: no stores of {args.dataset} in {folder}: nothing is extracted yet. Extract them first '
                   f'(make extract DATASET={args.dataset}), or give the --features-root they are under',

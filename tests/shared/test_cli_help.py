@@ -102,6 +102,19 @@ def test_check_of_a_dataset_without_stores_is_one_line(tmp_path: Path, capsys: p
     assert str(tmp_path / 'msrvtt') in err and 'make extract DATASET=msrvtt' in err
 
 
+def test_check_of_a_mistyped_dataset_says_so_not_to_extract_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`make check DATASET=msrvt` said to extract msrvt first; a dataset no command can read is a typo."""
+    from shared.datasets.__main__ import main as datasets_main
+
+    assert store_main(['check', '--dataset', 'msrvt', '--features-root', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "unknown dataset 'msrvt'" in err and 'make extract' not in err, err
+    # 'did you mean msrvtt, msvd?; or folder:PATH': the folder is a sentence of its own
+    assert 'did you mean msrvtt, msvd? Or folder:PATH for a directory of videos' in err, err
+    assert datasets_main(['xyzzy']) == 1  # no close name: the folder as before
+    assert capsys.readouterr().err.endswith('vatex); or folder:PATH for a directory of videos\n')
+
+
 def test_check_of_a_folder_dataset_reads_the_stores_extract_filed_it_under(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     """`make check DATASET=folder:PATH` as `make extract DATASET=folder:PATH` names it: the stores are
