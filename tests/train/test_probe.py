@@ -103,3 +103,16 @@ def test_the_result_line_counts_folds_in_the_singular_and_plural() -> None:
     three = {'top1': {'fold1': 40.0, 'fold2': 50.0, 'fold3': 60.0}, 'mean_top1': 50.0, 'classes': 51}
     assert result_line(one) == 'official 50.0; top-1 mean 50.0% over 1 fold (10 classes)'
     assert result_line(three) == 'fold1 40.0 fold2 50.0 fold3 60.0; top-1 mean 50.0% over 3 folds (51 classes)'
+
+
+def test_a_run_not_trained_yet_is_one_line_saying_what_writes_one(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """`make probe` before `make demo`: 'runs/demo/ssb is not a run directory (no config.yaml)' did not
+    say that the folder is missing, nor what makes it."""
+    assert probe_main(['--run', str(tmp_path / 'ssb'), '--dataset', 'demo', '--data-root', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and f'{tmp_path / "ssb"} is not a run directory: it does not exist' in err, err
+    assert 'python -m train' in err and 'make demo' in err
+    (tmp_path / 'ssb').mkdir()  # there, but no run in it
+    assert probe_main(['--run', str(tmp_path / 'ssb'), '--dataset', 'demo', '--data-root', str(tmp_path)]) == 1
+    assert f'{tmp_path / "ssb"} is not a run directory (no config.yaml)' in capsys.readouterr().err
