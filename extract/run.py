@@ -525,7 +525,8 @@ def load_experts(experts: list[Any], device: Any) -> None:
     for e in experts:
         w = e.resolve()
         source = 'RANDOM weights' if w.random else f'weights {w.source}'
-        print(f'loading {e.name}: {e.cfg.arch}, {source}, on {device}', flush=True)
+        arch = '' if e.cfg.arch == e.name.split('.')[0] else f'{e.cfg.arch}, '  # not 'loading ocr: ocr, ...'
+        print(f'loading {e.name}: {arch}{source}, on {device}', flush=True)
         e.load(device)
 
 

@@ -921,3 +921,13 @@ def test_each_model_says_where_its_weights_come_from_as_it_loads(small_demo: Pat
                  '--expert', 'scene,audio', '--set', 'resize=[40]', '--set', 'input_size=32', '--set',
                  'scene.weights=random', '--no-progress']) == 0
     assert 'loading' not in capsys.readouterr().out  # nothing to do: no model is loaded
+
+
+def test_the_loading_line_of_an_expert_named_as_its_model_says_it_once(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """'loading ocr.rapidocr: ocr, weights ...' repeated the name; the weights say which engine."""
+    from extract.run import load_experts
+    from tests.extract.test_av_experts import _word2vec
+
+    load_experts([create_expert('ocr.rapidocr', word_vectors=str(_word2vec(tmp_path / 'w.bin', ['word'])))], 'cpu')
+    assert capsys.readouterr().out.startswith('loading ocr.rapidocr: weights rapidocr'), capsys.readouterr()
