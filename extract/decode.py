@@ -218,22 +218,33 @@ def _open(decord: Any, path: str, **kwargs: Any) -> Any:
 def _without_open_error(path: str) -> Iterator[None]:
     """Catch what is written to fd 2 meanwhile and write it back after, less decord's line that it
     cannot open `path` (reported as the video's failure): nothing else is hidden, only delayed."""
-    with _fd2, tempfile.TemporaryFile() as caught:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(caught.fileno(), 2)
+    with _fd2:
+        _flush_stderr()
         try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (a daemon's): nothing to keep clean
             yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            lines = caught.read().splitlines(keepends=True)
-            kept = [ln for ln in lines if (m := _OPEN_ERROR.match(ln.decode(errors='replace').rstrip())) is None
-                    or m.group(1) != path]
-            if kept:
-                os.write(2, b''.join(kept))
+            return
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                yield
+            finally:
+                _flush_stderr()
+                os.dup2(saved, 2)
+                os.close(saved)
+                caught.seek(0)
+                lines = caught.read().splitlines(keepends=True)
+                kept = [ln for ln in lines if (m := _OPEN_ERROR.match(ln.decode(errors='replace').rstrip())) is None
+                        or m.group(1) != path]
+                if kept:
+                    os.write(2, b''.join(kept))
+
+
+def _flush_stderr() -> None:
+    """Python's buffered stderr out to fd 2 before fd 2 changes (sys.stderr may be None: pythonw)."""
+    if sys.stderr is not None:
+        sys.stderr.flush()
 
 
 def _rgb_size(vr: Any) -> tuple[int, int]:

@@ -163,6 +163,16 @@ def test_what_else_is_written_while_decord_opens_a_file_is_kept(capfd: pytest.Ca
     assert capfd.readouterr().err == '[h264 @ 0x1] a real complaint\n' + line.format('/v/b.mp4')
 
 
+def test_a_process_without_stderr_still_gets_the_reason_decord_cannot_open(odd_videos: Path, python: str,
+                                                                          repo_root: Path, subprocess_env: dict) -> None:
+    """With fd 2 closed (a daemon) there is nothing to keep clean: the reason is decord's, not EBADF's."""
+    code = ('from extract.decode import decode_video; from extract.sampling import Sampling; '
+            f'print(decode_video(0, {str(odd_videos / "text.mp4")!r}, {{"f": Sampling("frames", 1.0)}}).error)')
+    out = subprocess.run([python, '-c', code], cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE,
+                         preexec_fn=lambda: os.close(2), text=True, timeout=120).stdout
+    assert out.startswith('cannot open video: Error reading') and 'Bad file descriptor' not in out, out
+
+
 def test_files_that_are_not_regular_files_fail_at_once(tmp_path: Path) -> None:
     fifo, folder = tmp_path / 'pipe.mp4', tmp_path / 'folder.mp4'
     os.mkfifo(fifo)  # a decoder opening it would wait for a writer for ever
