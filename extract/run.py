@@ -404,6 +404,14 @@ def _shard_from_env() -> tuple[int, int] | None:
                           '(pass --shard and --num-shards)') from None
 
 
+def _did_you_mean(name: str, known: Collection[str]) -> str:
+    """'; did you mean fps?' for a close name among `known` (a typo's fix), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=2)
+    return f'; did you mean {" or ".join(close)}?' if close else ''
+
+
 def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
     """`--set key=value` (every selected expert whose config has it) and `--set expert.key=value`."""
     from extract.experts import create_expert
@@ -419,7 +427,7 @@ def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
         target, _, sub = key.rpartition('.')
         if target and target in opts.experts:
             if sub not in fields[target]:
-                raise ConfigError(f'--set {key}: {target} has no setting {sub!r} '
+                raise ConfigError(f'--set {key}: {target} has no setting {sub!r}{_did_you_mean(sub, fields[target])} '
                                   f'(its settings: {", ".join(sorted(fields[target]))})')
             if target == name:
                 out[sub] = value
@@ -428,8 +436,8 @@ def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
                 out[key] = value
         else:
             known = sorted(set().union(*fields.values()))
-            raise ConfigError(f'--set {key}: not a setting of any selected expert (settings: {", ".join(known)}; '
-                              f'or EXPERT.SETTING for one of {", ".join(opts.experts)})')
+            raise ConfigError(f'--set {key}: not a setting of any selected expert{_did_you_mean(key, known)} (settings: '
+                              f'{", ".join(known)}; or EXPERT.SETTING for one of {", ".join(opts.experts)})')
     if opts.weights is not None:
         out['weights'] = opts.weights
     if opts.batch_size is not None:

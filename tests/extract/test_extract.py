@@ -519,7 +519,9 @@ def test_missing_weights_and_bad_settings_are_one_line_errors(small_demo: Path, 
     err = capsys.readouterr().err
     assert 'densenet161_places365.pth.tar' in err and str(tmp_path / 'none') in err and 'Traceback' not in err
     assert _run(root, tmp_path, 'scene', '--set', 'fsp=2') == 1
-    assert 'fsp' in capsys.readouterr().err
+    assert '--set fsp: not a setting of any selected expert; did you mean fps? (settings:' in capsys.readouterr().err
+    assert _run(root, tmp_path, 'scene', '--set', 'scene.input_sise=2') == 1
+    assert "--set scene.input_sise: scene has no setting 'input_sise'; did you mean input_size?" in capsys.readouterr().err
     assert _run(root, tmp_path, 'sceen') == 1
     assert 'did you mean scene' in capsys.readouterr().err
     assert set(VISUAL) <= set(expert_names())
