@@ -10,11 +10,7 @@ import contextlib
 import functools
 import os
 import re
-import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +19,7 @@ from extract.decoders import refuse_ffmpeg_clash
 from extract.images import decode_image, video_frames_too_large
 from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, decode_short_side, first_error,
                               plan_frames, precheck, resize_dims, row_plans)
+from shared.logs import without_stderr_lines
 from shared.media import MediaError, MediaInfo, is_image, probe
 
 __all__ = ['read_frame_times', 'index_video', 'decode_video']
@@ -205,7 +202,6 @@ def _decord() -> Any:
 #: Invalid data ..."): dmlc's logger writes it to fd 2 whatever `decord.logging`'s level, and the
 #: RuntimeError that follows is what the video's failure (or its FFmpeg fallback) records
 _OPEN_ERROR = re.compile(r'\[[\d:]+\] \S*video_reader\.cc:\d+: ERROR opening: (.*), [^,]*$')
-_fd2 = threading.Lock()  # one redirection of fd 2 at a time (--workers 0 decodes in the main process)
 
 
 def _open(decord: Any, path: str, **kwargs: Any) -> Any:
@@ -214,37 +210,13 @@ def _open(decord: Any, path: str, **kwargs: Any) -> Any:
         return decord.VideoReader(path, **kwargs)
 
 
-@contextlib.contextmanager
-def _without_open_error(path: str) -> Iterator[None]:
-    """Catch what is written to fd 2 meanwhile and write it back after, less decord's line that it
-    cannot open `path` (reported as the video's failure): nothing else is hidden, only delayed."""
-    with _fd2:
-        _flush_stderr()
-        try:
-            saved = os.dup(2)
-        except OSError:  # no fd 2 (a daemon's): nothing to keep clean
-            yield
-            return
-        with tempfile.TemporaryFile() as caught:
-            os.dup2(caught.fileno(), 2)
-            try:
-                yield
-            finally:
-                _flush_stderr()
-                os.dup2(saved, 2)
-                os.close(saved)
-                caught.seek(0)
-                lines = caught.read().splitlines(keepends=True)
-                kept = [ln for ln in lines if (m := _OPEN_ERROR.match(ln.decode(errors='replace').rstrip())) is None
-                        or m.group(1) != path]
-                if kept:
-                    os.write(2, b''.join(kept))
+def _without_open_error(path: str) -> contextlib.AbstractContextManager[None]:
+    """Nothing on stderr of decord's line that it cannot open `path` (reported as the video's failure)."""
+    def drop(line: str) -> bool:
+        m = _OPEN_ERROR.match(line)
+        return m is not None and m.group(1) == path
 
-
-def _flush_stderr() -> None:
-    """Python's buffered stderr out to fd 2 before fd 2 changes (sys.stderr may be None: pythonw)."""
-    if sys.stderr is not None:
-        sys.stderr.flush()
+    return without_stderr_lines(drop)
 
 
 def _rgb_size(vr: Any) -> tuple[int, int]:
