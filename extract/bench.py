@@ -33,6 +33,7 @@ from shared.resources import cpu_limit
 from extract.weights import WeightsError
 from shared.config import DATA_ROOT_HELP, ConfigError, data_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest
+from shared.device import DEVICE_HELP
 
 __all__ = ['main', 'machine']
 
@@ -146,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     from extract.decoders import DECODERS
 
     p = argparse.ArgumentParser(prog='python -m extract.bench', description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n')[1])
     p.add_argument('--dataset', default='demo', help='registered dataset or folder:PATH (default: demo)')
     p.add_argument('--data-root', type=Path, default=data_root_default(),
                    help=f'dataset folders (default: {DATA_ROOT_HELP})')
     p.add_argument('--experts', default='object,scene', help='comma list or all (default: object,scene)')
     p.add_argument('--limit', type=int, default=64, help='videos to use (default: 64)')
-    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--device', default='auto', help=DEVICE_HELP)
     p.add_argument('--decoder', default='auto', choices=DECODERS, help='as for python -m extract (default: auto)')
     p.add_argument('--workers', type=int, default=None,
                    help='decode processes (decord, default: the CPUs this job may use - 1, at most 16) or '

@@ -6,8 +6,10 @@ in worker processes.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import time
 from typing import Any
 
@@ -17,6 +19,7 @@ from extract.decoders import refuse_ffmpeg_clash
 from extract.images import decode_image, video_frames_too_large
 from extract.sampling import (WHOLE, DecodedVideo, RowPlan, Sampling, Window, decode_short_side, first_error,
                               plan_frames, precheck, resize_dims, row_plans)
+from shared.logs import without_stderr_lines
 from shared.media import MediaError, MediaInfo, is_image, probe
 
 __all__ = ['read_frame_times', 'index_video', 'decode_video']
@@ -31,7 +34,7 @@ def read_frame_times(path: str) -> np.ndarray | str:
         return too_large
     decord = _decord()
     try:
-        vr = decord.VideoReader(path, num_threads=1)
+        vr = _open(decord, path, num_threads=1)
         n = len(vr)
         if n == 0:
             raise RuntimeError('no video frames')
@@ -78,14 +81,14 @@ def decode_video(row: int, path: str, samplings: dict[str, Sampling], window: Wi
         return out
     decord = _decord()
     try:
-        vr = decord.VideoReader(path, num_threads=threads)
+        vr = _open(decord, path, num_threads=threads)
         n = len(vr)
         if n == 0:
             raise RuntimeError('no video frames')
         h, w = _rgb_size(vr)  # display orientation: decord applies rotation metadata
         width, height = resize_dims(h, w, decode_short_side(samplings.values()))
         if width > 0:
-            vr = decord.VideoReader(path, num_threads=threads, width=width, height=height)
+            vr = _open(decord, path, num_threads=threads, width=width, height=height)
             _rgb_size(vr)
         frame_times = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64).reshape(n, 2)
     except Exception as err:  # noqa: BLE001 - decord raises DECORDError/RuntimeError for bad input
@@ -193,6 +196,27 @@ def _decord() -> Any:
 
     decord.logging.set_level(decord.logging.FATAL)
     return decord
+
+
+#: decord's own line for a file it cannot open ("[14:16:57] .../video_reader.cc:83: ERROR opening: PATH,
+#: Invalid data ..."): dmlc's logger writes it to fd 2 whatever `decord.logging`'s level, and the
+#: RuntimeError that follows is what the video's failure (or its FFmpeg fallback) records
+_OPEN_ERROR = re.compile(r'\[[\d:]+\] \S*video_reader\.cc:\d+: ERROR opening: (.*), [^,]*$')
+
+
+def _open(decord: Any, path: str, **kwargs: Any) -> Any:
+    """decord.VideoReader(path, **kwargs), without decord's stray "ERROR opening" line for `path`."""
+    with _without_open_error(path):
+        return decord.VideoReader(path, **kwargs)
+
+
+def _without_open_error(path: str) -> contextlib.AbstractContextManager[None]:
+    """Nothing on stderr of decord's line that it cannot open `path` (reported as the video's failure)."""
+    def drop(line: str) -> bool:
+        m = _OPEN_ERROR.match(line)
+        return m is not None and m.group(1) == path
+
+    return without_stderr_lines(drop)
 
 
 def _rgb_size(vr: Any) -> tuple[int, int]:

@@ -92,7 +92,9 @@ def _reembedded(src: ExpertStore, row: int, recorded: str, wv: WordVectors) -> V
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m extract.reembed', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(prog='python -m extract.reembed', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n')[1])
     p.add_argument('store', type=Path, help='an OCR or speech store ({expert}.zarr)')
     p.add_argument('--word-vectors', type=Path, required=True, help='word2vec binary (.bin) or text (.txt, .vec) file')
     p.add_argument('--out', type=Path, default=None, help='write a new store here instead of replacing STORE')

@@ -37,14 +37,15 @@ from extract.sampling import DecodedVideo
 from extract.weights import WeightsError
 from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
 from shared.datasets import DatasetError, load_manifest, parse_dataset_options
-from shared.device import pick_device
+from shared.device import DEVICE_HELP, pick_device
 from shared.logs import setup_logging
+from shared.media import count_media, media_unit
 from shared.resources import cpu_limit
 from shared.store import (AUTO_CHUNKS_PER_SHARD, DONE, FAILED, PENDING, SHARD_FROM_VIDEOS, ChunkData, ExpertStore,
                           StoreError, StoreSpec, VideoResult, create_replacement, create_store, finish_swap, is_store,
                           open_store, pack_chunk, replacement_path, shard_chunks, store_path, swap_in)
 
-__all__ = ['RunOptions', 'build_experts', 'run', 'main', 'open_stores']
+__all__ = ['RunOptions', 'build_experts', 'load_experts', 'run', 'main', 'open_stores']
 
 _logger = logging.getLogger(__name__)
 
@@ -403,6 +404,14 @@ def _shard_from_env() -> tuple[int, int] | None:
                           '(pass --shard and --num-shards)') from None
 
 
+def _did_you_mean(name: str, known: Collection[str]) -> str:
+    """'; did you mean fps?' for a close name among `known` (a typo's fix), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=2)
+    return f'; did you mean {" or ".join(close)}?' if close else ''
+
+
 def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
     """`--set key=value` (every selected expert whose config has it) and `--set expert.key=value`."""
     from extract.experts import create_expert
@@ -418,7 +427,7 @@ def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
         target, _, sub = key.rpartition('.')
         if target and target in opts.experts:
             if sub not in fields[target]:
-                raise ConfigError(f'--set {key}: {target} has no setting {sub!r} '
+                raise ConfigError(f'--set {key}: {target} has no setting {sub!r}{_did_you_mean(sub, fields[target])} '
                                   f'(its settings: {", ".join(sorted(fields[target]))})')
             if target == name:
                 out[sub] = value
@@ -427,8 +436,8 @@ def _settings_for(name: str, opts: RunOptions) -> dict[str, Any]:
                 out[key] = value
         else:
             known = sorted(set().union(*fields.values()))
-            raise ConfigError(f'--set {key}: not a setting of any selected expert (settings: {", ".join(known)}; '
-                              f'or EXPERT.SETTING for one of {", ".join(opts.experts)})')
+            raise ConfigError(f'--set {key}: not a setting of any selected expert{_did_you_mean(key, known)} (settings: '
+                              f'{", ".join(known)}; or EXPERT.SETTING for one of {", ".join(opts.experts)})')
     if opts.weights is not None:
         out['weights'] = opts.weights
     if opts.batch_size is not None:
@@ -518,6 +527,17 @@ def _existing(store: ExpertStore, rows: range) -> dict[int, VideoResult]:
     return out
 
 
+def load_experts(experts: list[Any], device: Any) -> None:
+    """Load each expert's model on `device`, saying first which and from where: with real weights
+    the seven experts take minutes to load, which would otherwise be a silent pause."""
+    for e in experts:
+        w = e.resolve()
+        source = 'RANDOM weights' if w.random else f'weights {w.source}'
+        arch = '' if e.cfg.arch == e.name.split('.')[0] else f'{e.cfg.arch}, '  # not 'loading ocr: ocr, ...'
+        print(f'loading {e.name}: {arch}{source}, on {device}', flush=True)
+        e.load(device)
+
+
 def build_experts(opts: RunOptions) -> list[Any]:
     """The run's experts, configured (settings, presets, weights) but not loaded."""
     from extract.experts import create_expert, resolve_expert_names
@@ -561,8 +581,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     new = opts.overwrite or not all(is_store(store_path(opts.features_root, manifest.name, e.name))
                                     for e in experts)
     if new and loaded is None:  # a store is to be made, so there is work: the models load first
-        for e in experts:
-            e.load(device)
+        load_experts(experts, device)
         loaded = experts
     if new:
         _probe(experts)
@@ -589,8 +608,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     if random_names:
         print(f'WARNING: RANDOM weights for {", ".join(random_names)}: these features mean nothing beyond tests and demos')
     if loaded is None:
-        for e in experts:
-            e.load(device)
+        load_experts(experts, device)
     tallies = {n: _Tally() for n in names}
     samplings = {e.name: e.cfg.sampling_spec() for e in experts}
     if pool is None and decoder == 'nvdec':
@@ -604,7 +622,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     t_first, waited = None, 0.0
     from tqdm import tqdm
 
-    bar = tqdm(total=len(videos), unit='video', desc='extract', disable=not opts.progress, dynamic_ncols=True)
+    bar = tqdm(total=len(videos), unit=media_unit(manifest.paths[r] for r in videos), desc='extract',
+               disable=not opts.progress, dynamic_ncols=True)
     failures = 0
     batchers = {e.name: _Batcher(e) for e in experts}
     upload = _Uploader(device)
@@ -711,7 +730,7 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
                      decode_wait_s=waited, device_wait_s=sum(b.waited for b in batchers.values()),
                      **{f'busy_s.{n}': w.busy for n, w in video_workers.items()},
                      **{f'blocked_s.{n}': w.blocked for n, w in video_workers.items()})
-    _summary(manifest.name, stores, tallies, len(videos), t_end - t_start)
+    _summary(manifest.name, stores, tallies, [manifest.paths[r] for r in videos], t_end - t_start)
     return 0
 
 
@@ -878,10 +897,10 @@ def _finish(stores: dict[str, ExpertStore]) -> None:
             stores[name] = swap_in(s)
 
 
-def _summary(dataset: str, stores: dict[str, ExpertStore], tallies: dict[str, _Tally], n_videos: int,
+def _summary(dataset: str, stores: dict[str, ExpertStore], tallies: dict[str, _Tally], paths: list[Path],
              elapsed: float) -> None:
-    rate = n_videos / elapsed if elapsed > 0 else 0.0
-    print(f'done: {n_videos} videos of {dataset} in {elapsed:.1f} s ({rate:.2f} videos/s)')
+    rate = len(paths) / elapsed if elapsed > 0 else 0.0
+    print(f'done: {count_media(paths)} of {dataset} in {elapsed:.1f} s ({rate:.2f} {media_unit(paths)}s/s)')
     for name, t in tallies.items():
         s = stores[name]
         state = 'complete' if s.is_complete() else 'other shards pending'
@@ -913,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--shard', type=int, default=None, help='this shard (default: from SLURM_ARRAY_TASK_ID, else 0)')
     p.add_argument('--num-shards', type=int, default=None,
                    help='shards in all (default: SLURM_ARRAY_TASK_COUNT, else 1); shards own whole chunks')
-    p.add_argument('--device', default=d.device, help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--device', default=d.device, help=DEVICE_HELP)
     p.add_argument('--decoder', default=d.decoder, choices=DECODERS,
                    help='decord (CPU processes) or nvdec (GPU, needs pynvvideocodec); auto (default) picks the '
                         'faster one for this machine and the videos\' resolution, and says which')

@@ -342,7 +342,8 @@ def kit_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m pipelines.bench_kit', description=__doc__.split('\n\n')[0],
-                                epilog='Then, on the GPU machine: bash pipelines/bench_gpu.sh extract (BENCHMARKS.md)')
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n')[1] + '\n\nBENCHMARKS.md says what the GPU machine runs.')
     p.add_argument('--out', type=Path, default=Path('.whl'), help='the kit folder (default: .whl, gitignored)')
     p.add_argument('--python-version', default='3.12', help="the target machine's Python, as 3.12 (default)")
     p.add_argument('--clips', type=int, default=16, help='distinct 15-s demo clips (default: 16, about 6 MB)')

@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="the release's expert to compare with, by our name (default: --expert where the release "
                         'has it, else its base name: object.timm_eval is compared with object)')
     p.add_argument('--out', type=Path, default=Path('.'),
-                   help='directory for compare_EXPERT.png (histogram) and compare_EXPERT.csv (per video)')
-    p.add_argument('--worst', type=int_at_least(0), default=10, help='how many of the least similar videos to list')
+                   help='directory for compare_EXPERT.png (histogram) and compare_EXPERT.csv (per video); default: '
+                        'the current one')
+    p.add_argument('--worst', type=int_at_least(0), default=10,
+                   help='how many of the least similar videos to list (default: 10)')
     args = p.parse_args(argv)
     from extract.experts import expert_names
 

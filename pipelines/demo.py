@@ -102,7 +102,8 @@ def ensure_generated(out: Path, record: str, cfg: Any, make: Callable[[Path, Any
             return out
     for stale in derived:
         if stale.exists():
-            print(f'{step} removing {stale}: it was built from other videos')
+            kind = 'videos' if hasattr(cfg, 'videos') else 'still images'
+            print(f'{step} removing {stale}: it was built from other {kind}')
             shutil.rmtree(stale)
     print(f'{step} generating {_what(cfg)} in {out}')
     make(out, cfg)
@@ -223,9 +224,17 @@ def min_videos(cfg: DemoCfg) -> int:
     return videos
 
 
+EXAMPLES = '''examples:
+  python -m pipelines.demo
+  make demo                   # the same, through the Makefile (its DATA_ROOT, FEATURES_ROOT)
+  python -m pipelines.demo --videos 40 --data-root /tmp/demo/data --features-root /tmp/demo/features \\
+      --runs /tmp/demo/runs --report /tmp/demo/report    # the smallest demo, all of it under /tmp/demo'''
+
+
 def main(argv: list[str] | None = None) -> int:
     d = DemoCfg()
-    parser = argparse.ArgumentParser(prog='python -m pipelines.demo', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m pipelines.demo', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     parser.add_argument('--data-root', type=Path, default=data_root_default(),
                         help='where the demo videos and stills are generated (DATA_ROOT/demo, DATA_ROOT/demo_images; '
                              f'default: {DATA_ROOT_HELP})')

@@ -30,7 +30,8 @@ import torch
 from extract.presets import dataset_settings
 from extract.run import exit_cli, main as extract_main
 from pipelines.demo import ensure_demo_data, ensure_generated, set_aside_stale
-from shared.config import ConfigError, data_root_default, features_root_default, parse_overrides
+from shared.config import (DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default,
+                           parse_overrides)
 from shared.datasets import load_manifest
 from shared.datasets.demo import NARRATED_FILE, DemoCfg, NarratedCfg, generate_narrated
 from shared.files import atomic_write_text
@@ -138,16 +139,25 @@ def _chart(results: dict[str, dict[str, dict]], chance: float, out: Path) -> Non
     plt.close(fig)
 
 
+EXAMPLES = '''examples:
+  python -m pipelines.demo_pretrain
+  make demo-pretrain                   # the same, through the Makefile (its DATA_ROOT, FEATURES_ROOT)
+  python -m pipelines.demo_pretrain --data-root /tmp/demo/data --features-root /tmp/demo/features \\
+      --runs /tmp/demo/runs --report /tmp/demo/report'''
+
+
 def main(argv: list[str] | None = None) -> int:
     d, n = DemoCfg(), NarratedCfg()
-    parser = argparse.ArgumentParser(prog='python -m pipelines.demo_pretrain', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m pipelines.demo_pretrain', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     parser.add_argument('--data-root', type=Path, default=data_root_default(),
-                        help='data root: demo/ and narrated/howto100m/ are generated there (default: %(default)s)')
+                        help=f'data root: demo/ and narrated/howto100m/ are generated there (default: {DATA_ROOT_HELP})')
     parser.add_argument('--features-root', type=Path, default=features_root_default(),
-                        help='stores: demo/ and narrated/howto100m/ (default: %(default)s)')
-    parser.add_argument('--runs', type=Path, default=Path('runs/demo_pretrain'), help='default: runs/demo_pretrain')
+                        help=f'stores: demo/ and narrated/howto100m/ (default: {FEATURES_ROOT_HELP})')
+    parser.add_argument('--runs', type=Path, default=Path('runs/demo_pretrain'),
+                        help='run directories (default: runs/demo_pretrain)')
     parser.add_argument('--report', type=Path, default=Path('reports/demo_pretrain'),
-                        help='default: reports/demo_pretrain')
+                        help='report directory (default: reports/demo_pretrain)')
     parser.add_argument('--videos', type=int, default=d.videos, help=f'demo videos (default: {d.videos})')
     parser.add_argument('--narrated-videos', type=int, default=n.videos, help=f'narrated videos (default: {n.videos})')
     parser.add_argument('--seed', type=int, default=d.seed, help=f'seed of both generated sets (default: {d.seed})')

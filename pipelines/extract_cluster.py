@@ -45,14 +45,12 @@ class ExpertsPlugin(WorkerPlugin):
         self.experts: list[Any] | None = None
 
     def setup(self, worker: Any) -> None:
-        from extract.run import RunOptions, build_experts
+        from extract.run import RunOptions, build_experts, load_experts
         from shared.device import pick_device
 
         opts = RunOptions(**self.opts)
         self.experts = build_experts(opts)
-        device = pick_device(opts.device)
-        for e in self.experts:
-            e.load(device)
+        load_experts(self.experts, pick_device(opts.device))
 
     def teardown(self, worker: Any) -> None:
         self.experts = None

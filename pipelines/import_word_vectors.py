@@ -51,7 +51,9 @@ def import_word_vectors(src: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m pipelines.import_word_vectors', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(prog='python -m pipelines.import_word_vectors', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n')[1])
     p.add_argument('src', type=Path, help='a gensim KeyedVectors.save file (a pickle: only one you trust)')
     p.add_argument('out', type=Path, help='the word2vec binary to write (.bin)')
     args = p.parse_args(argv)

@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                    help='with --pretrained: the from-scratch run printed beside (default: '
                         'runs/reproduce-PAPER-DATASET-SPLIT, what a reproduce without --pretrained writes)')
     p.add_argument('--variant', default='',
-                   help="a variant of the paper's config: its file name's suffix, e.g. coco_face (MEE + Face + COCO)")
-    p.add_argument('--device', default='auto', help='for the zero-shot evaluation: auto, cpu, cuda ...')
+                   help="a variant of the paper's config: its file name's suffix, e.g. coco_face (MEE + Face + COCO); "
+                        'default: none, the recipe itself')
+    p.add_argument('--device', default='auto', help='for the zero-shot evaluation: auto (default), cpu, cuda ...')
     args = p.parse_args(argv)
     try:
         # parsed here, as train parses them: '0, 1' trained seed1, then its metrics were looked for in 'seed 1'

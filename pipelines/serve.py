@@ -205,7 +205,9 @@ def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fasta
 
 def main(argv: list[str] | None = None) -> int:
     d = ServeCfg()
-    p = argparse.ArgumentParser(prog='python -m pipelines.serve', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(prog='python -m pipelines.serve', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n')[1])
     p.add_argument('--run', type=Path, required=True, help='the run whose model made the index')
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument('--index', type=Path, help='what python -m train.index wrote (its --out)')

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import reprlib
 import types
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ['ConfigError', 'from_dict', 'load_yaml', 'read_yaml', 'to_dict', 'parse_overrides',
+__all__ = ['ConfigError', 'UnknownKeys', 'from_dict', 'load_yaml', 'read_yaml', 'to_dict', 'parse_overrides',
            'DEFAULT_DATA_ROOT', 'DEFAULT_FEATURES_ROOT', 'DATA_ROOT_ENV', 'FEATURES_ROOT_ENV', 'DATA_ROOT_HELP',
            'FEATURES_ROOT_HELP', 'data_root_default', 'features_root_default', 'weights_dir',
            'offline', 'int_at_least', 'at_least', 'brief_repr']
@@ -112,6 +113,16 @@ def _join(where: str, key: object) -> str:
     return f'{where}: {key}' if where.endswith(('.yaml', '.yml')) else f'{where}.{key}'
 
 
+class UnknownKeys(ConfigError):
+    """Settings that `where` does not have, with the close names of those it has (a typo's fix)."""
+
+    def __init__(self, where: str, unknown: list[str], known: list[str]) -> None:
+        close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        super().__init__(f'{where}: unknown keys {unknown} (known: {known}){hint}')
+        self.where, self.unknown, self.known, self.close = where, unknown, known, close
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = 'config') -> T:
     """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError. A
     class with a ``resolve(data, where)`` classmethod is a family: it returns the member to build."""
@@ -122,7 +133,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = 'config') -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f'{where}: unknown keys {unknown} (known: {sorted(fields)})')
+        raise UnknownKeys(where, unknown, sorted(fields))
     missing = [n for n, f in fields.items() if n not in data and f.init and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:  # (not Python's "__init__() missing 3 required positional arguments")
@@ -182,7 +193,18 @@ def load_yaml(cls: type[T], path: str | os.PathLike, overrides: dict[str, Any] |
                 raise ConfigError(f'{path}: cannot set {key}: {section} is {kind} ({brief_repr(node)[:40]}), not a '
                                   f'section of settings; set {section} itself')
         node[last] = value
-    return from_dict(cls, data, where=str(path))
+    try:
+        return from_dict(cls, data, where=str(path))
+    except UnknownKeys as err:  # a typo in --set is the command's, not the file's: say so
+        section = err.where[len(str(path)) + 2:] if err.where != str(path) else ''
+        bad = [f'{section}.{u}' if section else u for u in err.unknown]
+        typed = [(k, b) for k in overrides or {} for b in bad if k == b or k.startswith(f'{b}.')]
+        if not typed:
+            raise
+        key, name = typed[0][0], typed[0][1].rsplit('.', 1)[-1]
+        hint = f' did you mean {", ".join(f"{section}.{c}" if section else c for c in err.close)}?' if err.close else ''
+        raise ConfigError(f'--set {key}: {section or "a run config"} has no setting {name!r};{hint} '
+                          f'(its settings: {", ".join(err.known)})') from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

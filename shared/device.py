@@ -6,7 +6,10 @@ from collections.abc import Iterator
 
 from shared.config import ConfigError
 
-__all__ = ['pick_device', 'torch_threads']
+__all__ = ['DEVICE_HELP', 'pick_device', 'torch_threads']
+
+#: the --help of every command's --device (auto is its default)
+DEVICE_HELP = 'auto (default: CUDA when present, else the CPU), cpu, cuda, cuda:1 ...'
 
 
 def pick_device(requested: str) -> str:

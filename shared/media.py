@@ -8,13 +8,14 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # numpy is imported where audio is loaded: probing files needs none of it
     import numpy as np
 
 __all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio', 'RESAMPLERS', 'IMAGE_EXTENSIONS', 'is_image',
-           'VIDEO_STREAM']
+           'count_media', 'media_unit', 'VIDEO_STREAM']
 
 #: how `load_audio` brings a file's audio to the asked rate: ``ffmpeg`` (FFmpeg's swr with its defaults, as
 #: whisper's `load_audio`), or a filter of `shared.resample` (resampy's, as VGGish's `vggish_input`)
@@ -32,6 +33,27 @@ VIDEO_STREAM = re.compile(r'Stream #\S+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})
 def is_image(path: str | os.PathLike) -> bool:
     """Whether `path` names a still image: by its suffix (`IMAGE_EXTENSIONS`, any case), not its bytes."""
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def count_media(paths: Iterable[str | os.PathLike]) -> str:
+    """How many files `paths` are, in words: '40 videos', '1 still image', '30 videos and 10 still
+    images' (a dataset of stills, COCO or demo_images, is not '40 videos')."""
+    paths = list(paths)
+    images = sum(map(is_image, paths))
+    videos = len(paths) - images
+
+    def n(count: int, noun: str) -> str:
+        return f'{count} {noun}{"s" * (count != 1)}'
+
+    if images and videos:
+        return f'{n(videos, "video")} and {n(images, "still image")}'
+    return n(images, 'still image') if images else n(videos, 'video')
+
+
+def media_unit(paths: Iterable[str | os.PathLike]) -> str:
+    """A progress bar's unit for `paths`: 'video', 'image', or 'file' when they are both."""
+    kinds = {is_image(p) for p in paths}
+    return 'file' if len(kinds) > 1 else 'image' if kinds == {True} else 'video'
 
 
 class MediaError(RuntimeError):

@@ -1611,13 +1611,18 @@ def check_store(path: str | os.PathLike) -> CheckReport:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m shared.store check PATH [PATH ...]`` or ``check --dataset D [--features-root R]``."""
+    examples = ('examples:\n  python -m shared.store check features/demo/object.zarr features/demo/scene.zarr\n'
+                '  python -m shared.store check --dataset demo --features-root features\n'
+                '  make check DATASET=demo')
     parser = argparse.ArgumentParser(
-        prog='python -m shared.store', description='Inspect expert stores (Zarr v3).')
+        prog='python -m shared.store', description='Inspect expert stores (Zarr v3).', epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('check', help='validate stores and print a summary',
+    p = sub.add_parser('check', help='validate stores and print a summary', epilog=examples,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description='Validate stores: shapes, masks consistent with lengths, no NaN/inf, '
-                                   'status complete. Exit 0 when every store is valid and complete, '
-                                   '1 when one is invalid, 2 when one is incomplete or there is none to check.')
+                                   'status complete.\nExit 0 when every store is valid and complete, 1 when one is invalid,\n'
+                                   '2 when one is incomplete or there is none to check.')
     p.add_argument('paths', nargs='*', type=Path, metavar='PATH', help='a {expert}.zarr directory')
     p.add_argument('--dataset', default=None,
                    help='check every store of this dataset ({features root}/{dataset}/*.zarr) besides any PATH')
@@ -1630,7 +1635,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = list(args.paths)
     if args.dataset is not None:
         from shared.config import features_root_default
-        from shared.datasets import stores_name
+        from shared.datasets import require_registered, stores_name
 
         try:  # folder:PATH's stores are under the name extract gave them (folder-NAME-HASH)
             folder = store_path(args.features_root or features_root_default(), stores_name(args.dataset), 'any').parent
@@ -1638,6 +1643,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f'error: {err}', file=sys.stderr)
             return 1
         found = sorted(folder.glob('*.zarr'))
+        if not found and not args.dataset.startswith('folder:'):
+            try:  # a typo ('msrvt') is not a dataset to extract: say so, with the names it may have meant
+                require_registered(args.dataset)
+            except DatasetError as err:
+                print(f'error: {err}', file=sys.stderr)
+                return 1
         if not found:  # nothing extracted yet: incomplete, as the README's exit codes say
             print(f'error: no stores of {args.dataset} in {folder}: nothing is extracted yet. Extract them first '
                   f'(make extract DATASET={args.dataset}), or give the --features-root they are under',

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from shared.config import ConfigError
-from shared.device import pick_device, torch_threads
+from shared.device import DEVICE_HELP, pick_device, torch_threads
 from shared.logs import setup_logging
 from train.captions import CaptionData
 from shared.store import StoreSpec, VideoResult, create_store, pack_chunk
@@ -412,7 +412,7 @@ def _whole_run(memory: list[tuple[float, float]], streaming: list[tuple[float, f
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m train.bench', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
-    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--device', default='auto', help=DEVICE_HELP)
     p.add_argument('--quick', action='store_true',
                    help='narrow models (1 layer, width 32), batch 8, 3 steps, 32 x 32 retrieval: a check of the '
                         'command, not a measurement')

@@ -63,8 +63,10 @@ def _median_ms(fn, n: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m train.bench_search', description=__doc__.split('\n\n')[0])
-    p.add_argument('--videos', default='10000,100000,1000000', help='collection sizes, comma-separated')
+    p = argparse.ArgumentParser(prog='python -m train.bench_search', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n')[1])
+    p.add_argument('--videos', default='10000,100000,1000000', help='collection sizes, comma-separated (default: %(default)s)')
     p.add_argument('--dim', type=int, default=256, help='embedding size per expert (default: 256)')
     p.add_argument('--queries', type=int, default=200, help='queries timed one at a time (default: 200)')
     p.add_argument('--quick', action='store_true', help='sizes 2000,5000 and 20 queries')

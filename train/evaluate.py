@@ -23,7 +23,7 @@ import torch
 
 from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
-from shared.device import pick_device
+from shared.device import DEVICE_HELP, pick_device
 from shared.files import atomic_write_text
 from shared.logs import setup_logging
 from shared.store import StoreError, is_store, store_path
@@ -147,7 +147,7 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
                    help=f'dataset folders (default: {DATA_ROOT_HELP})')
     p.add_argument('--features-root', type=Path, default=features_root_default(),
                    help=f'expert stores (default: {FEATURES_ROOT_HELP})')
-    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--device', default='auto', help=DEVICE_HELP)
 
 
 def resolve_target(args: argparse.Namespace) -> tuple[list[Path], Manifest, str]:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import zarr
 
-from shared.config import ConfigError, data_root_default, features_root_default
+from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest, stores_name
 from shared.device import pick_device
 from shared.files import make_dir, sha256_file
@@ -298,7 +298,9 @@ def serve_command(run: Path, index: Path, data_root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m train.index', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(prog='python -m train.index', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n')[1])
     p.add_argument('--run', type=Path, required=True, help='a finished run (its first seed when it has several)')
     p.add_argument('--dataset', required=True, help='a registered dataset or folder:PATH')
     p.add_argument('--out', type=Path, help='where the index goes (default: RUN/index/DATASET, DATASET the name of '
@@ -307,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                    help='this job\'s shard of whole chunks (default: $SLURM_ARRAY_TASK_ID, else 0)')
     p.add_argument('--num-shards', type=int, default=int(os.environ.get('SLURM_ARRAY_TASK_COUNT', 1)),
                    help='shards in all (default: $SLURM_ARRAY_TASK_COUNT, else 1)')
-    p.add_argument('--data-root', type=Path, default=data_root_default(), help='datasets\' videos and word vectors')
-    p.add_argument('--features-root', type=Path, default=features_root_default(), help='the expert stores')
+    p.add_argument('--data-root', type=Path, default=data_root_default(),
+                   help=f'datasets\' videos and word vectors (default: {DATA_ROOT_HELP})')
+    p.add_argument('--features-root', type=Path, default=features_root_default(),
+                   help=f'the expert stores (default: {FEATURES_ROOT_HELP})')
     p.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1 ... (default: cpu)')
     p.add_argument('--chunk-size', type=int, default=CHUNK,
                    help=f'videos per chunk, the unit of work, rounded up to a multiple of the expert stores\' units '

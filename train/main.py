@@ -17,16 +17,17 @@ import yaml
 
 from shared.config import (DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default,
                            parse_overrides, to_dict)
-from shared.datasets import DatasetError, load_manifest
-from shared.device import pick_device
+from shared.datasets import DatasetError, load_manifest, require_registered
+from shared.device import DEVICE_HELP, pick_device
 from shared.files import atomic_write_text
 from shared.logs import setup_logging
+from shared.media import count_media
 from shared.store import StoreError
 from train.config import RunCfg, load_run_cfg
 from train.distributed import SINGLE, Dist, RanksError, agree, init_distributed, teardown
 from train.loop import train_run
 from train.metrics import format_results
-from train.models import count_parameters, meta_model
+from train.models import MODELS, count_parameters, meta_model
 
 __all__ = ['main', 'config_path', 'parse_seeds', 'CONFIG_DIR', 'FINETUNE']
 
@@ -50,6 +51,12 @@ def config_path(model: str, dataset: str, split: str | None, finetune: bool = Fa
     if splits:  # the dataset has configs per split: say which
         raise ConfigError(f'model {model} on {dataset} has a config per split{f" (not {split})" if split else ""}: '
                           f'pass --split {" | ".join(splits)} (make: SPLIT=...), or --config FILE')
+    try:  # a typo in the model's or the dataset's name: say which, and its close names, not every config file
+        MODELS.get(model)
+    except KeyError as err:
+        raise ConfigError(f'--model: {err.args[0]}') from None
+    if not dataset.startswith('folder:'):
+        require_registered(dataset, hint='')
     known = sorted(p.stem for p in where.glob('*.yaml'))
     what = 'no fine-tuning config' if finetune else 'no config'
     raise ConfigError(f'{what} for model {model} on {dataset}{" " + split if split else ""} in {where} '
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--run-dir', type=Path, default=None, help='default: runs/MODEL-DATASET-SPLIT')
     p.add_argument('--init-from', metavar='RUN_DIR|CHECKPOINT',
                    help="start from another run's weights, matched by name and shape (train.init_from)")
-    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--device', default='auto', help=DEVICE_HELP)
     p.add_argument('--count-params', action='store_true', help='build the model from its config and count parameters')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (batch jobs)')
     args = p.parse_args(argv)
@@ -118,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.model:
                 p.error('give --model (and --dataset) or --config')
             args.config = config_path(args.model, args.dataset or 'demo', args.split)
+        elif not args.config.exists():  # not Python's "[Errno 2] No such file or directory: 'x.yaml'"
+            raise ConfigError(f'--config {args.config}: no such file (the shipped configs: {CONFIG_DIR})')
         if args.dataset is not None:  # an empty --dataset is an error to report, not the default
             overrides['data.dataset'] = args.dataset
         cfg = load_run_cfg(args.config, overrides)
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         _agree(ranks, cfg, seeds, base, args)
         manifest = load_manifest(cfg.data.dataset, args.data_root, **cfg.data.dataset_options)
         if ranks.main:
-            print(f'{manifest.name}: {len(manifest)} videos, read from {manifest.origin}')
+            print(f'{manifest.name}: {count_media(manifest.paths)}, read from {manifest.origin}')
         results = []
         for seed in seeds:
             run_dir = base / f'seed{seed}'

@@ -30,14 +30,14 @@ from torch import nn
 
 from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest
-from shared.device import pick_device
+from shared.device import DEVICE_HELP, pick_device
 from shared.files import atomic_write_text
 from shared.logs import setup_logging
 from train.data import SplitData, load_split
 from train.evaluate import USER_ERRORS, embed_videos, run_split
 from train.models.base import RetrievalModel
 
-__all__ = ['ProbeCfg', 'SCHEDULES', 'pooled_features', 'train_linear', 'probe_run', 'main']
+__all__ = ['ProbeCfg', 'SCHEDULES', 'pooled_features', 'train_linear', 'probe_run', 'result_line', 'main']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +173,13 @@ def probe_run(run: Path, manifest: Manifest, folds: list[str], pooling: str, fea
     return record
 
 
+def result_line(record: dict[str, Any]) -> str:
+    """One line of a probe record: each fold's top-1, then their mean ('over 1 fold', 'over 3 folds')."""
+    folds = len(record['top1'])
+    return (' '.join(f'{f} {a:.1f}' for f, a in record['top1'].items())
+            + f'; top-1 mean {record["mean_top1"]:.1f}% over {folds} fold{"s" * (folds != 1)} ({record["classes"]} classes)')
+
+
 def main(argv: list[str] | None = None) -> int:
     from train.runs import run_seeds
 
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f'dataset folders (default: {DATA_ROOT_HELP})')
     p.add_argument('--features-root', type=Path, default=features_root_default(),
                    help=f'expert stores (default: {FEATURES_ROOT_HELP})')
-    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    p.add_argument('--device', default='auto', help=DEVICE_HELP)
     args = p.parse_args(argv)
     setup_logging()
     try:
@@ -206,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in seeds:
             print(f'probing {run} on {manifest.name} ({", ".join(folds)}), {args.pooling} pooling, {device}')
             record = probe_run(run, manifest, folds, args.pooling, args.features_root, args.data_root, device, cfg)
-            print(' '.join(f'{f} {a:.1f}' for f, a in record['top1'].items())
-                  + f'; top-1 mean {record["mean_top1"]:.1f}% over {len(folds)} folds ({record["classes"]} classes)')
+            print(result_line(record))
         return 0
     except USER_ERRORS as err:
         print(f'error: {err}', file=sys.stderr)

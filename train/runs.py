@@ -27,6 +27,9 @@ def run_seeds(run: Path) -> list[Path]:
     if (run / 'config.yaml').is_file():
         return [run]
     seeds = sorted((p.parent for p in run.glob('seed*/config.yaml')), key=lambda d: (len(d.name), d.name))
+    if not seeds and not run.exists():  # most often a run not trained yet: say what writes one
+        raise ConfigError(f'{run} is not a run directory: it does not exist (python -m train writes one; make demo '
+                          'writes runs/demo/MODEL)')
     if not seeds:
         raise ConfigError(f'{run} is not a run directory (no config.yaml)')
     return seeds

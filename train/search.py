@@ -76,7 +76,9 @@ class Searcher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m train.search', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(prog='python -m train.search', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n')[1])
     p.add_argument('--run', type=Path, required=True, help='a run directory (runs/MODEL-DATASET-SPLIT[/seedN])')
     p.add_argument('--query', action='append', required=True, help='free text; repeat for several queries')
     p.add_argument('-k', type=int, default=10, help='results per query (default: 10)')

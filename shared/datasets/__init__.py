@@ -47,7 +47,10 @@ def require_registered(name: str, hint: str = '; or folder:PATH for a directory 
     try:
         return DATASETS.get(name)
     except KeyError as err:
-        raise DatasetError(f'{err.args[0]}{hint}') from None
+        said = err.args[0]
+        if said.endswith('?') and hint.startswith('; or '):  # after 'did you mean msrvtt?': a sentence of its own
+            hint = f' Or {hint[len("; or "):]}'
+        raise DatasetError(f'{said}{hint}') from None
 
 
 def load_manifest(name: str, data_root: str | os.PathLike | None = None, **options: Any) -> Manifest:

@@ -15,7 +15,9 @@ from shared.media import is_image
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m shared.datasets', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m shared.datasets', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n\n')[1])
     parser.add_argument('dataset', help=f'one of: {", ".join(list_datasets())}')
     parser.add_argument('--data-root', default=None,
                         help=f'directory holding one folder per dataset (default: {data_root_default()}, '

@@ -608,7 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     with ``--images`` the still-image set."""
     d, n = DemoCfg(), NarratedCfg()
     parser = argparse.ArgumentParser(prog='python -m shared.datasets.demo', description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n\n')[2] + '\n    python -m shared.datasets.demo --narrated '
+                                     '--out data/narrated/howto100m')
     parser.add_argument('--out', type=Path,
                         help='output directory (default: data/demo; with --images data/demo_images)')
     kind = parser.add_mutually_exclusive_group()

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
+from shared.media import count_media
+
 __all__ = ['DatasetError', 'AnnotationsMissing', 'Split', 'Manifest', 'resolve_inside', 'read_split_list',
            'require_files', 'read_text', 'read_json', 'check_dataset_name', 'VIDEO_EXTENSIONS', 'find_video',
            'OFFICIAL', 'CaptionTimes']
@@ -267,7 +269,7 @@ class Manifest:
             n_caps = sum(len(c) for c in self.captions.values())
         timed = f' ({len(self.caption_times)} videos with timed captions)' if self.caption_times else ''
         classes = f', {len(set(self.labels.values()))} classes' if self.labels else ''
-        lines = [f'{self.name}: {len(self)} videos, {n_caps} captions{timed}{classes}, root {self.root}',
+        lines = [f'{self.name}: {count_media(self.paths)}, {n_caps} captions{timed}{classes}, root {self.root}',
                  f'  read from: {self.origin}', *(f'  {n}' for n in self.notes)]
         for s in self.splits.values():
             state = f' (unavailable: {s.unavailable})' if s.unavailable else ''

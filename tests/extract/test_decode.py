@@ -152,6 +152,40 @@ def test_undecodable_files_give_reasons(odd_videos: Path, name: str, reason: str
     assert v.row == 3 and v.frames is None and reason in v.error
 
 
+@pytest.mark.parametrize('name', ['text.mp4', 'truncated.mp4'])
+def test_a_file_decord_cannot_open_fails_without_decords_stray_line(odd_videos: Path, name: str,
+                                                                    capfd: pytest.CaptureFixture) -> None:
+    """decord wrote '[14:16:57] .../video_reader.cc:83: ERROR opening: PATH, Invalid data ...' to fd 2
+    beside the store's own reason for the failure."""
+    from extract.decode import read_frame_times
+
+    v = decode_video(0, str(odd_videos / name), SAMPLINGS)
+    assert 'cannot open video: Error reading' in v.error and 'Invalid data' in v.error
+    assert read_frame_times(str(odd_videos / name)).startswith('cannot open video')
+    assert capfd.readouterr().err == ''
+
+
+def test_what_else_is_written_while_decord_opens_a_file_is_kept(capfd: pytest.CaptureFixture) -> None:
+    """Only decord's line for the file being opened is dropped: other lines, another file's too, come out."""
+    from extract.decode import _without_open_error
+
+    line = '[14:16:57] /github/workspace/src/video/video_reader.cc:83: ERROR opening: {}, Invalid data found\n'
+    with _without_open_error('/v/a.mp4'):
+        os.write(2, line.format('/v/a.mp4').encode() + b'[h264 @ 0x1] a real complaint\n')
+        os.write(2, line.format('/v/b.mp4').encode())
+    assert capfd.readouterr().err == '[h264 @ 0x1] a real complaint\n' + line.format('/v/b.mp4')
+
+
+def test_a_process_without_stderr_still_gets_the_reason_decord_cannot_open(odd_videos: Path, python: str,
+                                                                          repo_root: Path, subprocess_env: dict) -> None:
+    """With fd 2 closed (a daemon) there is nothing to keep clean: the reason is decord's, not EBADF's."""
+    code = ('from extract.decode import decode_video; from extract.sampling import Sampling; '
+            f'print(decode_video(0, {str(odd_videos / "text.mp4")!r}, {{"f": Sampling("frames", 1.0)}}).error)')
+    out = subprocess.run([python, '-c', code], cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE,
+                         preexec_fn=lambda: os.close(2), text=True, timeout=120).stdout
+    assert out.startswith('cannot open video: Error reading') and 'Bad file descriptor' not in out, out
+
+
 def test_files_that_are_not_regular_files_fail_at_once(tmp_path: Path) -> None:
     fifo, folder = tmp_path / 'pipe.mp4', tmp_path / 'folder.mp4'
     os.mkfifo(fifo)  # a decoder opening it would wait for a writer for ever

@@ -519,7 +519,9 @@ def test_missing_weights_and_bad_settings_are_one_line_errors(small_demo: Path, 
     err = capsys.readouterr().err
     assert 'densenet161_places365.pth.tar' in err and str(tmp_path / 'none') in err and 'Traceback' not in err
     assert _run(root, tmp_path, 'scene', '--set', 'fsp=2') == 1
-    assert 'fsp' in capsys.readouterr().err
+    assert '--set fsp: not a setting of any selected expert; did you mean fps? (settings:' in capsys.readouterr().err
+    assert _run(root, tmp_path, 'scene', '--set', 'scene.input_sise=2') == 1
+    assert "--set scene.input_sise: scene has no setting 'input_sise'; did you mean input_size?" in capsys.readouterr().err
     assert _run(root, tmp_path, 'sceen') == 1
     assert 'did you mean scene' in capsys.readouterr().err
     assert set(VISUAL) <= set(expert_names())
@@ -896,3 +898,38 @@ def test_a_weights_file_with_a_compressed_record_is_refused_unread(tmp_path: Pat
     for load in (load_state_dict, torch_file):
         with pytest.raises(WeightsError, match=r'forged.pth holds a compressed record \(.*\), which torch.save never'):
             load(forged)
+
+
+def test_each_model_says_where_its_weights_come_from_as_it_loads(small_demo: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the experts' real weights takes minutes, and nothing was printed meanwhile: now one
+    line per model, before it loads, with its weights (a file, or random)."""
+    from extract.experts.audio import VGGish
+
+    monkeypatch.setenv('VIDEOEXPERTS_WEIGHTS_DIR', str(tmp_path))
+    torch.save(VGGish('relu').state_dict(), tmp_path / 'vggish-10086976.pth')
+    assert main(['--dataset', 'demo', '--data-root', str(small_demo.parent), '--features-root', str(tmp_path / 'f'),
+                 '--expert', 'scene,audio', '--set', 'resize=[40]', '--set', 'input_size=32', '--set',
+                 'scene.weights=random', '--workers', '1', '--no-progress', '--device', 'cpu']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    loading = [ln for ln in lines if ln.startswith('loading ')]
+    assert loading == ['loading scene: torchvision:densenet161, RANDOM weights, on cpu',
+                       f'loading audio: vggish, weights file:vggish-10086976.pth ({tmp_path / "vggish-10086976.pth"}), '
+                       'on cpu'], lines
+    assert lines.index(loading[-1]) < next(i for i, ln in enumerate(lines) if ln.startswith('extracting '))
+    capsys.readouterr()
+    assert main(['--dataset', 'demo', '--data-root', str(small_demo.parent), '--features-root', str(tmp_path / 'f'),
+                 '--expert', 'scene,audio', '--set', 'resize=[40]', '--set', 'input_size=32', '--set',
+                 'scene.weights=random', '--no-progress']) == 0
+    assert 'loading' not in capsys.readouterr().out  # nothing to do: no model is loaded
+
+
+def test_the_loading_line_of_an_expert_named_as_its_model_says_it_once(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """'loading ocr.rapidocr: ocr, weights ...' repeated the name; the weights say which engine."""
+    from extract.run import load_experts
+    from tests.extract.test_av_experts import _word2vec
+
+    load_experts([create_expert('ocr.rapidocr', word_vectors=str(_word2vec(tmp_path / 'w.bin', ['word'])))], 'cpu')
+    assert capsys.readouterr().out.startswith('loading ocr.rapidocr: weights rapidocr'), capsys.readouterr()

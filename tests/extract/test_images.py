@@ -2,6 +2,7 @@
 Pillow, real models with random weights, MTCNN with its shipped weights, real stores."""
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import zlib
@@ -100,8 +101,8 @@ def test_every_kind_of_image_decodes_to_upright_rgb(tmp_path: Path) -> None:
     assert read_image(str(tmp_path / 'upright.png'), short_side=32).shape == (32, 48, 3)  # the decoder's resize
 
 
-def test_each_image_gives_one_row_and_clip_and_sound_experts_skip_it(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_image_gives_one_row_and_clip_and_sound_experts_skip_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / 'images'
     _images(data)
     features = tmp_path / 'features'
@@ -117,6 +118,7 @@ def test_each_image_gives_one_row_and_clip_and_sound_experts_skip_it(tmp_path: P
     assert main(['--dataset', f'folder:{data}', '--features-root', str(features), '--expert', experts, *SMALL,
                  '--set', f'word_vectors={vectors}', '--workers', '0', '--no-progress']) == 0
     ids = load_manifest(f'folder:{data}').video_ids
+    assert f'done: 9 still images of {folder_name(data)} in ' in capsys.readouterr().out
     assert len(ids) == 9 and {'cmyk.jpg', 'palette.gif', 'gray16.png', 'lossless.webp', 'plain.bmp'} <= set(ids)
     stores = {e: open_store(features / folder_name(data) / f'{e}.zarr', warn_random=False) for e in experts.split(',')}
     rows = stores['object'].read()
@@ -185,7 +187,7 @@ def test_bad_image_files_fail_with_a_reason_and_the_run_goes_on(tmp_path: Path) 
         assert check_store(tmp_path / 'f' / folder_name(data) / f'{expert}.zarr').exit_code == 0
 
 
-def test_a_folder_of_videos_and_images_extracts_all(tmp_path: Path) -> None:
+def test_a_folder_of_videos_and_images_extracts_all(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / 'mixed'
     (data / 'photos').mkdir(parents=True)
     subprocess.run([ffmpeg_exe(), '-y', '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=64x48:rate=10:duration=2',
@@ -193,7 +195,10 @@ def test_a_folder_of_videos_and_images_extracts_all(tmp_path: Path) -> None:
     Image.fromarray(_photo()).save(data / 'photos' / 'a.JPG')  # suffixes in any case
     Image.fromarray(_photo()[::-1]).save(data / 'photos' / 'b.png')
     assert main(['--dataset', f'folder:{data}', '--features-root', str(tmp_path / 'f'), '--expert',
-                 'object,action.r2plus1d_18', *SMALL, '--workers', '1', '--no-progress']) == 0
+                 'object,action.r2plus1d_18', *SMALL, '--workers', '1']) == 0
+    said = capsys.readouterr()  # the bar and the summary count files and stills, not 3 'videos'
+    assert re.search(r'\d(file/s|s/file)', said.err) and 'video/s' not in said.err, said.err
+    assert f'done: 1 video and 2 still images of {folder_name(data)} in ' in said.out and 'files/s' in said.out
     stores = {e: open_store(tmp_path / 'f' / folder_name(data) / f'{e}.zarr', warn_random=False).read()
               for e in ('object', 'action.r2plus1d_18')}
     obj, act = stores['object'], stores['action.r2plus1d_18']

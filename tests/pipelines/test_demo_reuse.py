@@ -107,3 +107,19 @@ def test_a_bad_setting_or_a_missing_run_moves_nothing(tmp_path: Path, capsys: py
     set_aside_stale(tmp_path / 'never', source, '[3/5 train]')
     assert (run / 'seed0' / 'test_metrics.json').is_file() and not (tmp_path / 'mee.old').exists()
     assert capsys.readouterr().out == ''
+
+
+def test_new_stills_remove_what_was_built_from_the_old_ones_and_say_so(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """The stills' stores and run went 'built from other videos' when the demo made new stills."""
+    from pipelines.demo import ensure_demo_images
+    from shared.datasets.demo import DemoImagesCfg
+
+    small = dict(per_photo=(1, 0, 1), width=64, height=48)
+    ensure_demo_images(tmp_path / 'data', DemoImagesCfg(seed=0, **small))
+    stores = tmp_path / 'features' / 'demo_images'
+    stores.mkdir(parents=True)
+    ensure_demo_images(tmp_path / 'data', DemoImagesCfg(seed=0, **small), derived=(stores,))
+    assert stores.is_dir() and 'reusing' in capsys.readouterr().out
+    ensure_demo_images(tmp_path / 'data', DemoImagesCfg(seed=1, **small), derived=(stores,))
+    assert not stores.exists() and f'removing {stores}: it was built from other still images' in capsys.readouterr().out

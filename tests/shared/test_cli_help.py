@@ -52,11 +52,67 @@ def test_every_option_has_help(module: str, monkeypatch: pytest.MonkeyPatch, cap
     assert not re.search(r'\bissue\s+\d', capsys.readouterr().out)
 
 
+#: every command a user runs, as `python -m MODULE` (train.launch is torchrun's own help)
+COMMANDS = ['extract.run', 'train.main', 'pipelines.bench_kit', 'pipelines.compare_features', 'pipelines.demo',
+            'pipelines.demo_pretrain', 'pipelines.extract_cluster', 'pipelines.import_features',
+            'pipelines.import_word_vectors', 'pipelines.reproduce', 'pipelines.serve', 'train.bench', 'train.bench_search',
+            'train.caption', 'train.evaluate', 'train.index', 'train.probe', 'train.search', 'extract.bench',
+            'extract.reembed', 'shared.store', 'shared.datasets.__main__', 'shared.datasets.demo']
+
+
+def _help(module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+          argv: tuple[str, ...] = ()) -> tuple[str, argparse.ArgumentParser]:
+    """The --help text of `module`'s command (`argv` before it: a subcommand) and the parser that printed it."""
+    import importlib
+
+    seen: list[argparse.ArgumentParser] = []
+    printed = argparse.ArgumentParser.print_help
+
+    def record(self: argparse.ArgumentParser, *args: object) -> None:
+        seen.append(self)
+        printed(self, *args)
+
+    monkeypatch.setattr(argparse.ArgumentParser, 'print_help', record)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main([*argv, '--help'])
+    return capsys.readouterr().out, seen[0]
+
+
+@pytest.mark.parametrize('module', COMMANDS)
+def test_every_help_gives_an_example_and_the_defaults(module: str, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """A new user's --help: an example command line to start from, and each option's default. Half
+    the commands showed only their first line, with the examples of their docstring left out."""
+    argv = ('check',) if module == 'shared.store' else ()
+    out, parser = _help(module, monkeypatch, capsys, argv)
+    prog = parser.prog.removesuffix(' check')
+    # a command line of its own, as in the epilogs (an option's wrapped help is indented further)
+    assert re.search(rf'^ {{0,8}}({re.escape(prog)}|make [a-z][\w-]*)(\s|$)', out, re.M), out
+    silent = [a.option_strings[0] for a in parser._actions
+              if a.option_strings and not a.required and a.default not in (None, False, [], argparse.SUPPRESS)
+              and 'default' not in (a.help or '')]
+    assert silent == [], out
+
+
 def test_check_of_a_dataset_without_stores_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert store_main(['check', '--dataset', 'msrvtt', '--features-root', str(tmp_path)]) == 2  # README: incomplete
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'usage' not in err and 'no stores of msrvtt' in err, err
     assert str(tmp_path / 'msrvtt') in err and 'make extract DATASET=msrvtt' in err
+
+
+def test_check_of_a_mistyped_dataset_says_so_not_to_extract_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`make check DATASET=msrvt` said to extract msrvt first; a dataset no command can read is a typo."""
+    from shared.datasets.__main__ import main as datasets_main
+
+    assert store_main(['check', '--dataset', 'msrvt', '--features-root', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "unknown dataset 'msrvt'" in err and 'make extract' not in err, err
+    # 'did you mean msrvtt, msvd?; or folder:PATH': the folder is a sentence of its own
+    assert 'did you mean msrvtt, msvd? Or folder:PATH for a directory of videos' in err, err
+    assert datasets_main(['xyzzy']) == 1  # no close name: the folder as before
+    assert capsys.readouterr().err.endswith('vatex); or folder:PATH for a directory of videos\n')
 
 
 def test_check_of_a_folder_dataset_reads_the_stores_extract_filed_it_under(tmp_path: Path,

@@ -55,7 +55,18 @@ def test_generator_writes_stills_the_adapter_reads(tmp_path: Path, capsys: pytes
     assert 10 < worded < 30
     m.paths[0].unlink()  # the datasets CLI counts them as what they are
     assert datasets_main(['demo_images', '--data-root', str(tmp_path)]) == 0
-    assert 'image files: 39 found, 1 missing' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'image files: 39 found, 1 missing' in out
+    assert out.startswith('demo_images: 40 still images, 200 captions, 10 classes'), out  # was '40 videos'
+
+
+def test_counts_of_files_name_stills_as_stills() -> None:
+    from shared.media import count_media, media_unit
+
+    assert [count_media(p) for p in (['a.mp4'], ['a.mp4', 'b.avi'], [])] == ['1 video', '2 videos', '0 videos']
+    assert count_media(['a.JPG', 'b.png']) == '2 still images' and media_unit(['a.JPG', 'b.png']) == 'image'
+    assert count_media(['a.mp4', 'b.jpg']) == '1 video and 1 still image' and media_unit(['a.mp4', 'b.jpg']) == 'file'
+    assert media_unit(['a.mp4']) == media_unit([]) == 'video'
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:

@@ -41,6 +41,15 @@ def _cocoeval(candidates: dict[str, str], references: dict[str, list[str]]) -> d
     return {k: 100.0 * float(v) for k, v in out.items()}
 
 
+@JAVA
+def test_the_java_tokenizer_writes_no_stray_line(capfd: pytest.CaptureFixture) -> None:
+    """`make demo` printed 'PTBTokenizer tokenized 80 tokens at 1220.95 tokens per second.' on stderr."""
+    from train.caption_metrics import _tokenize
+
+    assert _tokenize({'v1': ['A man plays the guitar.']}, java=True) == {'v1': ['a man plays the guitar']}
+    assert capfd.readouterr().err == ''
+
+
 @pytest.mark.slow  # four Java programs: 10-60 s here
 @JAVA
 def test_metrics_match_pycocoevalcap_on_hand_made_captions() -> None:

@@ -68,6 +68,14 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
         # word vectors of another language: every caption empty, and the run trained on them without a word
         'no caption word has a vector': (['--set', f'data.word_vectors={tmp}/other_vectors.txt'],
                                          ('none of the 16 training captions', f'{tmp}/other_vectors.txt')),
+        # a typo in --set named the shipped config file, which has no such key, and offered no fix
+        'typo in a --set key': (['--set', 'train.epoch=5'], ("--set train.epoch: train has no setting 'epoch'; did you "
+                                                             'mean train.epochs?', 'lr_step')),
+        'typo in a --set section': (['--set', 'tran.epochs=5'], ("--set tran.epochs: a run config has no setting "
+                                                                 "'tran'; did you mean train?",)),
+        "typo in a model's --set key": (['--set', 'model.embed_dm=8'], ('--set model.embed_dm', 'did you mean '
+                                                                        'model.embed_dim?')),
+        'no such --config': (['--config', str(tmp / 'nope.yaml')], (f'--config {tmp}/nope.yaml: no such file',)),
     }
 
 
@@ -79,7 +87,8 @@ INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_di
           'set inside a value', 'seeds empty', 'seeds not numbers', 'seed negative', 'seed 2**32',
           'python tag in --config', 'python tag in --set', 'pairs of windows', 'seed superscript', 'set inside a list',
           'YAML alias bomb', 'model name a list', 'embed_dim=0', 'embed_dim=-3', 'text_clusters=0', 'expert dim=0',
-          'max_words=0', 'no caption word has a vector', 'empty config', 'expert without dim']
+          'max_words=0', 'no caption word has a vector', 'empty config', 'expert without dim', 'typo in a --set key',
+          'typo in a --set section', "typo in a model's --set key", 'no such --config']
 
 
 @pytest.mark.parametrize('name', INPUTS)
@@ -150,10 +159,29 @@ def test_a_bad_setting_is_named_after_its_file_not_as_part_of_its_name(tiny: Pat
 
     config = tiny / 'mee.yaml'
     for setting, said in (('train.batch_size=0', 'train.batch_size must be at least 1, got 0'),
-                          ('train.lr=abc', "train.lr: expected float, got 'abc'"),
-                          ('train.bogus=1', "train: unknown keys ['bogus']")):
+                          ('train.lr=abc', "train.lr: expected float, got 'abc'")):
         assert train_main(_train(tiny, tmp_path / 'run', '--set', setting)) == 1
         assert capsys.readouterr().err.startswith(f'error: {config}: {said}'), setting
+    # a key the file does not have is the --set's, not the file's
+    assert train_main(_train(tiny, tmp_path / 'run', '--set', 'train.bogus=1')) == 1
+    assert capsys.readouterr().err.startswith("error: --set train.bogus: train has no setting 'bogus'")
+    bogus = tmp_path / 'bogus.yaml'
+    bogus.write_text(config.read_text().replace('train:\n', 'train:\n  bogus: 1\n', 1))
+    assert train_main(_train(tiny, tmp_path / 'run', config=bogus)) == 1
+    assert capsys.readouterr().err.startswith(f"error: {bogus}: train: unknown keys ['bogus']")
+
+
+@pytest.mark.parametrize('args,words', [
+    (['--model', 'cee'], ("--model: unknown model 'cee' (known: ce, mee, mmt, ssb); did you mean ce",)),
+    (['--model', 'ce', '--dataset', 'msrvt'], ("unknown dataset 'msrvt'", 'did you mean msrvtt')),
+    (['--model', 'ce', '--dataset', 'msrvtt', '--split', '1k-C'], ('not 1k-C', '--split 1k-A | 1k-B | full'))])
+def test_a_typo_in_the_model_or_dataset_name_says_so(args: list[str], words: tuple[str, ...], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """`--model cee` and `--dataset msrvt` listed every config file there is, not the names they mistyped."""
+    from train.main import main as train_main
+
+    line = _one_line(train_main([*args, '--run-dir', str(tmp_path / 'run')]), capsys.readouterr().err, *words)
+    assert 'ce_activitynet' not in line and not (tmp_path / 'run').exists()
 
 
 def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(tiny: Path, tmp_path: Path, python: str,

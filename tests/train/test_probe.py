@@ -36,11 +36,12 @@ def test_linear_classifier_follows_the_appendix_schedule() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize('pooling', ['head', 'mean'])
-def test_probe_on_the_demo_photos_is_above_chance(pooling: str, ssb_demo_run: Path,
-                                                  demo_stores: tuple[Path, Path]) -> None:
+def test_probe_on_the_demo_photos_is_above_chance(pooling: str, ssb_demo_run: Path, demo_stores: tuple[Path, Path],
+                                                  capsys: pytest.CaptureFixture) -> None:
     data, features = demo_stores
     assert probe_main(['--run', str(ssb_demo_run), '--dataset', 'demo', '--pooling', pooling, '--data-root', str(data),
                        '--features-root', str(features), '--device', 'cpu']) == 0
+    assert 'over 1 fold (10 classes)' in capsys.readouterr().out  # the demo's one split
     record = json.loads((ssb_demo_run / 'seed0' / 'probe' / f'demo_{pooling}.json').read_text())
     assert record['classes'] == 10 and list(record['top1']) == ['official']
     assert record['cfg']['lr'] == 1e-4 and record['cfg']['epochs'] == 500 and record['cfg']['milestones'] == [200, 400]
@@ -92,3 +93,26 @@ def test_probe_reports_the_accuracy_on_the_folds_test_videos(tmp_path: Path, mon
     cfg = ProbeCfg(lr=0.1, epochs=100, milestones=(), val_fraction=0.0)
     record = probe.probe_run(tmp_path, manifest, ['fold1'], 'mean', tmp_path, tmp_path, torch.device('cpu'), cfg)
     assert record['top1'] == {'fold1': 0.0} and record['classes'] == 2
+
+
+def test_the_result_line_counts_folds_in_the_singular_and_plural() -> None:
+    """`make probe` on the demo (one split) printed 'over 1 folds'."""
+    from train.probe import result_line
+
+    one = {'top1': {'official': 50.0}, 'mean_top1': 50.0, 'classes': 10}
+    three = {'top1': {'fold1': 40.0, 'fold2': 50.0, 'fold3': 60.0}, 'mean_top1': 50.0, 'classes': 51}
+    assert result_line(one) == 'official 50.0; top-1 mean 50.0% over 1 fold (10 classes)'
+    assert result_line(three) == 'fold1 40.0 fold2 50.0 fold3 60.0; top-1 mean 50.0% over 3 folds (51 classes)'
+
+
+def test_a_run_not_trained_yet_is_one_line_saying_what_writes_one(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """`make probe` before `make demo`: 'runs/demo/ssb is not a run directory (no config.yaml)' did not
+    say that the folder is missing, nor what makes it."""
+    assert probe_main(['--run', str(tmp_path / 'ssb'), '--dataset', 'demo', '--data-root', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and f'{tmp_path / "ssb"} is not a run directory: it does not exist' in err, err
+    assert 'python -m train' in err and 'make demo' in err
+    (tmp_path / 'ssb').mkdir()  # there, but no run in it
+    assert probe_main(['--run', str(tmp_path / 'ssb'), '--dataset', 'demo', '--data-root', str(tmp_path)]) == 1
+    assert f'{tmp_path / "ssb"} is not a run directory (no config.yaml)' in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from shared.config import ConfigError, at_least, brief_repr
+from shared.config import ConfigError, UnknownKeys, at_least, brief_repr
 
 __all__ = ['ExpertSpec', 'TextCfg', 'TransformerCfg', 'ModelCfg', 'MEECfg', 'CECfg', 'MMTCfg', 'SSBCfg',
            'MODEL_CONFIGS', 'model_cfg', 'upgrade_saved']
@@ -149,6 +149,8 @@ class ModelCfg:
         if foreign:
             other = sorted({m for k in foreign for m, c in MODEL_CONFIGS.items()
                             if k in {f.name for f in dataclasses.fields(c)}})
+            if not other:  # a typo: the close names of this model's settings
+                raise UnknownKeys(where, foreign, [f.name for f in dataclasses.fields(own)])
             raise ConfigError(f'{where}: {", ".join(foreign)} {"is not a setting" if len(foreign) == 1 else "are not settings"}'
                               f' of {name}' + (f' (but of {", ".join(other)})' if other else '')
                               + f'; its settings: {", ".join(f.name for f in dataclasses.fields(own))}')
