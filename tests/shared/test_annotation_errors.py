@@ -132,4 +132,4 @@ def test_folder_with_an_empty_path_is_refused_not_the_working_directory(
     assert err.startswith(f'error: --dataset {name!r} names no directory: give folder:PATH'), err
     assert err.count('\n') == 1, err
     assert datasets_main(['folder:.']) == 0  # the current directory, when asked for
-    assert '1 videos' in capsys.readouterr().out
+    assert '1 video,' in capsys.readouterr().out

@@ -186,7 +186,7 @@ def test_datasets_cli_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         (d / 'val2014' / f'{_val_id(i)}.jpg').write_bytes(b'\xff\xd8\xff')
     assert datasets_main(['coco', '--data-root', os.fspath(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f'coco: {N_TRAIN + N_VAL} videos' in out
+    assert f'coco: {N_TRAIN + N_VAL} still images' in out
     assert f'split mee-1k: train {N_TRAIN + N_VAL - 1000}, val 0, test 1000' in out
     assert "split karpathy: train 0, val 0, test 0 (unavailable: Karpathy's split file" in out
     assert f'3 found, {N_TRAIN + N_VAL - 3} missing' in out
