@@ -72,8 +72,12 @@ def signals_deferred(escalate: bool = False) -> Iterator[None]:
         yield
         return
     got: list[int] = []
+    restored: list[bool] = []
 
     def restore() -> None:
+        if restored:  # once: an escalated signal's own handler may have set handlers since (to ignore more)
+            return
+        restored.append(True)
         for s, handler in before.items():
             signal.signal(s, handler)
 

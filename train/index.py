@@ -346,10 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {err}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a chunk's status is written last, so finished chunks stay
+        _stopping(main_thread)
         print('\ninterrupted: finished chunks are kept; rerun the same command to continue', file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
+        if previous is not None and signal.getsignal(signal.SIGTERM) is _sigterm:  # after a SIGTERM: stopping, ignored
             signal.signal(signal.SIGTERM, previous)
     for pattern, recall in index.recall.items():
         print(f'approximate index of pattern {pattern}: recall@10 against exact {recall:.3f}')
@@ -357,8 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _stopping(main_thread: bool) -> None:
+    """Stopping after Ctrl-C or SIGTERM: more SIGTERMs are ignored (the handler set up in `main` is not put
+    back), so that the line saying how to go on and the cleanup after it run whole."""
+    if main_thread:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # as `python -m train` and `python -m extract` do
+    """SIGTERM stops the process as Ctrl-C does (finished chunks stay); once the interrupt reaches
+    `main`, more SIGTERMs are ignored (`_stopping`)."""
+    raise KeyboardInterrupt
 
 
 if __name__ == '__main__':

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
               f'({first}): its own line, or train.launch\'s last, says why', file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: last.pt is written whole or not at all; every run resumes from it
+        _stopping(main_thread)
         if ranks.main:
             where = f' ({base}/seedN/checkpoints/last.pt)' if base is not None else ''
             print(f'\ninterrupted: rerun the same command to continue; each seed resumes from its last checkpoint'
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         teardown()
-        if previous is not None:
+        if previous is not None and signal.getsignal(signal.SIGTERM) is _sigterm:  # after a SIGTERM: stopping, ignored
             signal.signal(signal.SIGTERM, previous)
 
 
@@ -197,8 +198,18 @@ def _peer_lost(err: RuntimeError) -> bool:
     return '/gloo/transport/' in text and ('closed by peer' in text or 'reset by peer' in text)
 
 
+def _stopping(main_thread: bool) -> None:
+    """Stopping after Ctrl-C or SIGTERM: more SIGTERMs are ignored (the handler set up in `main` is not put
+    back), so that the line saying how to go on and the cleanup after it run whole."""
+    if main_thread:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # as `python -m extract` does: last.pt stays, and the rerun resumes from it
+    """SIGTERM stops the run as Ctrl-C does (last.pt stays, and the rerun resumes from it); once the
+    interrupt reaches `main`, more SIGTERMs are ignored (`_stopping`): SLURM signals every process of a job
+    and torchrun passes its own on, and another KeyboardInterrupt in the handling was a traceback."""
+    raise KeyboardInterrupt
 
 
 def _agree(ranks: Dist, cfg: RunCfg, seeds: list[int], base: Path, args: argparse.Namespace) -> None:

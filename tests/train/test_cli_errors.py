@@ -210,6 +210,29 @@ def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(tiny: Path, tm
     assert 'resuming' in out and again.returncode == 130
 
 
+
+def test_sigterms_in_a_row_stop_training_as_one_ctrl_c(tiny: Path, tmp_path: Path, python: str, repo_root: Path,
+                                                       subprocess_env: dict) -> None:
+    """A scheduler's SIGTERM is followed by others (SLURM signals every process of the job, torchrun passes
+    its own on): the first stops the run as Ctrl-C does; the next ones, arriving while it stops, raised
+    KeyboardInterrupt again inside its own handling (a traceback, the cleanup cut short)."""
+    run = tmp_path / 'run'
+    cmd = [python, '-m', 'train', *_train(tiny, run, '--set', 'train.epochs=100000')]
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    last, deadline = run / 'seed0' / 'checkpoints' / 'last.pt', time.time() + 120
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    for _ in range(200):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.0005)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1].startswith('interrupted: rerun the same command to continue'), err
+
+
 def test_a_corrupt_gallery_is_one_line_and_a_rerun_writes_it_again(tiny: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     import torch
