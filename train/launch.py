@@ -8,17 +8,39 @@ line instead; options, rendezvous and process handling are torchrun's.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-from torch.distributed.run import parse_args, run
+from torch.distributed.run import get_args_parser, run
 
-__all__ = ['main']
+__all__ = ['main', 'parser']
+
+_EXAMPLES = '''examples:
+  python -m train.launch --standalone --nproc-per-node 8 -m train --model mmt --dataset msrvtt --split 1k-A
+  python -m train.launch --standalone --nproc-per-node 2 -m train --model ce --dataset demo --device cpu
+  make train MODEL=mmt DATASET=msrvtt SPLIT=1k-A GPUS=8      (the same through make)
+
+Several nodes: the same command on each, with --nnodes N --node-rank R --master-addr HOST
+--master-port PORT (or --rdzv-backend c10d --rdzv-endpoint HOST:PORT); pipelines/slurm/train.sbatch
+does this under SLURM. Exit status: 0, 1 with one line when a process failed, 128+N after signal N.'''
+
+
+def parser() -> argparse.ArgumentParser:
+    """torchrun's own parser, introduced as this command."""
+    p = get_args_parser()
+    p.prog = 'python -m train.launch'
+    p.description = ('torchrun (torch.distributed.run): one training process per GPU (DistributedDataParallel), '
+                     'or per --nproc-per-node on the CPU with gloo. Its options are torchrun\'s; a failure ends '
+                     'in one line under the processes\' own error lines instead of torchrun\'s traceback.')
+    p.epilog = _EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         processes = int(args.nproc_per_node)
     except ValueError:  # torchrun's own words, or nothing it takes

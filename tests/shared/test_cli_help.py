@@ -52,7 +52,7 @@ def test_every_option_has_help(module: str, monkeypatch: pytest.MonkeyPatch, cap
     assert not re.search(r'\bissue\s+\d', capsys.readouterr().out)
 
 
-#: every command a user runs, as `python -m MODULE` (train.launch is torchrun's own help)
+#: every command a user runs, as `python -m MODULE` (train.launch: torchrun's options, tested below)
 COMMANDS = ['extract.run', 'train.main', 'pipelines.bench_kit', 'pipelines.compare_features', 'pipelines.demo',
             'pipelines.demo_pretrain', 'pipelines.extract_cluster', 'pipelines.import_features',
             'pipelines.import_word_vectors', 'pipelines.reproduce', 'pipelines.serve', 'train.bench', 'train.bench_search',
@@ -249,3 +249,13 @@ def test_make_demo_files_under_roots_with_spaces(tmp_path: Path, python: str, re
     proc = _make(['-n', 'train', *roots], tmp_path, python, repo_root, subprocess_env)
     modules = [w[w.index('-m') + 1] for w in map(_words, proc.stdout.replace('\\\n', ' ').splitlines()) if '-m' in w]
     assert modules == ['train'], proc.stdout
+
+
+def test_launch_help_is_this_projects_command_with_examples(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """`python -m train.launch --help` was torchrun's bare help ('usage: launch.py', 'Torch Distributed
+    Elastic Training Launcher'): no word of how to run this project's training under it."""
+    out, parser = _help('train.launch', monkeypatch, capsys)
+    assert out.startswith('usage: python -m train.launch ') and 'launch.py' not in out, out[:200]
+    assert re.search(r'^  python -m train\.launch --standalone --nproc-per-node \d+ -m train --model ', out, re.M), out
+    assert 'make train MODEL=' in out and '--nnodes' in out  # torchrun's own options are all still there
