@@ -78,6 +78,10 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
     adapter = require_registered(name)
     _check_options(name, adapter, options)
     if not root.is_dir():
+        if name in _GENERATED:  # nothing to download: the demo sets are made here
+            raise DatasetError(f'dataset directory {root} not found; generate it: python -m shared.datasets.demo '
+                               f'{_GENERATED[name]}--out {root} (make demo-data DATA_ROOT={root.parent}), or pass '
+                               '--data-root (make: DATA_ROOT=) where it is')
         raise DatasetError(f'dataset directory {root} not found; put the {name} files there '
                            '(see README, "Datasets") or pass --data-root (make: DATA_ROOT=) where they are')
     try:
@@ -90,6 +94,10 @@ def load_manifest(name: str, data_root: str | os.PathLike | None = None, **optio
         if err.found or not (root / IMPORTED_FILE).is_file():
             raise
         return imported_manifest(root, name)
+
+
+#: the datasets `shared.datasets.demo` writes, with the options that pick each
+_GENERATED = {'demo': '', 'demo_images': '--images '}
 
 
 def _folder_path(name: str) -> Path | None:

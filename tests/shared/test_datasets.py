@@ -88,6 +88,19 @@ def test_msrvtt_missing_annotation_is_clear(tmp_path: Path) -> None:
         load_manifest('msrvtt', tmp_path)
 
 
+def test_a_missing_demo_says_how_to_generate_it(tmp_path: Path) -> None:
+    """The demo sets are generated, not downloaded: their missing folder names the command that writes
+    it (it said to put 'the demo files' there, see README "Datasets", which lists only real releases)."""
+    with pytest.raises(DatasetError) as err:
+        load_manifest('demo', data_root=tmp_path)
+    assert f'python -m shared.datasets.demo --out {tmp_path / "demo"} (make demo-data DATA_ROOT={tmp_path})' \
+        in str(err.value), err.value
+    with pytest.raises(DatasetError, match=r'shared\.datasets\.demo --images --out \S+demo_images '):
+        load_manifest('demo_images', data_root=tmp_path)
+    with pytest.raises(DatasetError, match=r'put the msvd files there'):  # a release: where to put it
+        load_manifest('msvd', data_root=tmp_path)
+
+
 def test_msvd(tmp_path: Path) -> None:
     d = tmp_path / 'msvd'
     d.mkdir()
