@@ -1119,7 +1119,42 @@ def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
                              f'{MAX_CHUNK_BYTES >> 30} GiB a chunk may (each read decodes one whole): extract it again '
                              'with --overwrite (a new store chunks T in rows, --chunk-size sets the videos a chunk), '
                              'or remove it if it was received from others')
+    problems = _layout_problems(arrays, group.attrs)
+    if problems:
+        # the metadata is wrong, not a chunk: every chunk reads wrongly or fails, and `check --repair`, which
+        # marks chunks for redoing, would throw away a whole extraction and leave the metadata as it is
+        files = ', '.join(f'{name}/zarr.json' for name in dict.fromkeys(p.split(' ', 1)[0] for p in problems))
+        raise StoreError(f'{path}: its metadata is not what extraction writes ({"; ".join(problems)}): its zarr.json '
+                         f'is damaged, not its chunks, which `check --repair` cannot mend. Restore {files} (and the '
+                         "store's own zarr.json, which holds a copy once the store is complete) from a backup or "
+                         'another copy of the store, or make the store again (extract --overwrite)')
     return arrays
+
+
+def _layout_problems(arrays: dict[str, zarr.Array], attrs: Any) -> list[str]:
+    """What of the arrays' data types, fill values and chunk shapes is not what `_build` makes, each
+    'NAME has ..., expected ...'. A store of schema 1 has no row_chunk attribute: T was one chunk."""
+    c, t, d = int(attrs['chunk_size']), int(attrs['max_rows']), int(attrs['feature_dim'])
+    rc = attrs.get('row_chunk', t)
+    rc = rc if isinstance(rc, int) and not isinstance(rc, bool) and 1 <= rc <= t else t
+    units = {name: int((arr.shards or arr.chunks)[0]) for name, arr in arrays.items() if name != CHUNK_SUMS}
+    # the unit of work most arrays have: the one array that differs is the damaged one
+    unit = collections.Counter(units.values()).most_common(1)[0][0] if units else c
+    problems = []
+    for name, arr in arrays.items():
+        want, want_fill = _TYPES[name]
+        dtype, fill = arr.dtype, arr.fill_value
+        if dtype.kind not in 'TUO' if want == 'str' else dtype != np.dtype(want):
+            problems.append(f'{name} has data type {dtype}, expected {want}')
+        elif not (str(fill) == want_fill if want == 'str' else bool(fill == want_fill)):
+            problems.append(f'{name} has fill value {str(fill)[:40]!r}, expected {want_fill!r}')
+        chunks = tuple(arr.chunks)
+        expected = {'features': (c, rc, d), 'timestamps': (c, rc, 2), CHUNK_SUMS: (1,)}.get(name, (c,))
+        if chunks != expected:
+            problems.append(f'{name} has chunk shape {chunks}, expected {expected}')
+        elif name in units and units[name] != unit:  # two units of work would share a file: one writer per unit fails
+            problems.append(f'{name} is sharded by {units[name]} videos, expected {unit} as the other arrays')
+    return problems
 
 
 def _unbounded_codecs(codecs: Sequence[Any]) -> list[str]:
@@ -1573,34 +1608,6 @@ def check_store(path: str | os.PathLike) -> CheckReport:
         report.problems.append(str(err))
         return report
     report.attrs = {**store.attrs, 'row_chunk': store.row_chunk, 'chunks_per_shard': store.chunks_per_shard}
-    g = store.group
-    n, t, d = store.n_videos, store.max_rows, store.feature_dim
-    expected = {'video_ids': (n,), 'features': (n, t, d), 'timestamps': (n, t, 2), 'lengths': (n,),
-                'available': (n,), 'status': (n,), 'errors': (n,)}
-    if store.has_tokens:
-        expected['tokens'] = (n,)
-    for name, shape in expected.items():
-        if tuple(g[name].shape) != shape:
-            report.problems.append(f'{name} has shape {tuple(g[name].shape)}, expected {shape}')
-        chunks = tuple(g[name].chunks)
-        if chunks[0] != store.chunk_size:
-            report.problems.append(f'{name} is chunked {chunks} along videos, expected {store.chunk_size}')
-        unit = (g[name].shards or chunks)[0]
-        if unit != store.unit_size:  # two units of work would share a file: one writer per unit fails
-            report.problems.append(f'{name} is sharded by {unit} videos, expected {store.unit_size} as status')
-    for name in (*expected, *((CHUNK_SUMS,) if store._has_sums else ())):
-        # damaged metadata, not damaged chunks: every chunk would read wrongly (or as the wrong fill), and
-        # --repair, which redoes chunks, must not mark a whole store pending for it
-        dtype, fill = g[name].dtype, g[name].fill_value
-        want, want_fill = _TYPES[name]
-        if dtype.kind not in 'TUO' if want == 'str' else dtype != np.dtype(want):
-            report.problems.append(f'{name} has data type {dtype}, expected {want}: its metadata (zarr.json) is '
-                                   'damaged')
-        elif not (str(fill) == want_fill if want == 'str' else bool(fill == want_fill)):
-            report.problems.append(f'{name} has fill value {str(fill)[:40]!r}, expected {want_fill!r}: its metadata '
-                                   '(zarr.json) is damaged')
-    if report.problems:
-        return report
     _check_ids(store, report)
     lengths_sum = [0]
     for c in range(store.n_chunks):

@@ -554,6 +554,40 @@ def test_damaged_array_metadata_is_named_and_never_repaired_as_chunks(array: str
     assert sorted(p.name for p in (path / 'status' / 'c').iterdir()) == ['0', '1', '2']  # no status file removed
 
 
+@pytest.mark.parametrize('array, change, said', [
+    ('available', {'data_type': 'uint8'}, 'available has data type uint8, expected bool'),  # read as it was
+    ('features', {'chunk_grid': {'name': 'regular', 'configuration': {'chunk_shape': [2, W.MAX_ROWS, W.DIM]}}},
+     f'features has chunk shape (2, {W.MAX_ROWS}, {W.DIM}), expected (4, {W.MAX_ROWS}, {W.DIM})'),
+    ('status', {'chunk_grid': {'name': 'regular', 'configuration': {'chunk_shape': [2]}}},
+     'status has chunk shape (2,), expected (4,)'),  # every status chunk read as pending: the store redone
+])
+def test_damaged_array_metadata_refuses_readers_with_a_remedy_that_works(array: str, change: dict, said: str,
+                                                                        tmp_path: Path) -> None:
+    """Readers got 'its features chunk file cannot be read (cannot reshape array of size 96 into shape
+    (4,6,8)). Mark such chunks for redoing with `check --repair`', which redoes chunks and leaves the
+    metadata wrong; a uint8 `available` read without an error. Open names expected and found, and the
+    remedy it gives (make the store again) works."""
+    from shared.store import create_replacement, swap_in
+
+    path = tmp_path / 'meta.zarr'
+    _complete_store(path)
+    before = _arrays(path)
+    swap_in(open_store(path, mode='r+', warn_random=False))  # consolidated, as a finished extraction leaves it
+    _edit_metadata(path, array, **change)
+    with pytest.raises(StoreError) as err:
+        open_store(path, warn_random=False).read()
+    assert said in str(err.value) and f'Restore {array}/zarr.json' in str(err.value), err.value
+    assert 'extract --overwrite' in str(err.value) and 'check --repair' not in str(err.value).replace(
+        '`check --repair` cannot mend', '')
+    assert said in ' '.join(check_store(path).problems)
+    new = create_replacement(path, W.video_ids(12), W.spec(4))  # what extract --overwrite does
+    for c in range(new.n_chunks):
+        new.write_chunk(c, pack_chunk([W.result_for(r) for r in new.chunk_rows(c)], W.MAX_ROWS, W.DIM, True))
+    swap_in(new)
+    assert check_store(path).exit_code == 0
+    _assert_same(_arrays(path), before)
+
+
 @pytest.mark.parametrize('damage, said', [
     ('lost', '4 video ids are empty (first: row 4)'),
     ('cut', 'video_ids of videos 4-7 cannot be read'),
