@@ -347,6 +347,45 @@ def test_check_accepts_rows_that_end_where_they_start(tmp_path: Path) -> None:
     assert report.exit_code == 0, report.summary()
 
 
+def test_rows_in_time_order_are_kept_and_rows_out_of_it_refused_across_row_chunks(tmp_path: Path) -> None:
+    """Nothing checked the order of a video's rows: a row starting before the one before it (a store of
+    other code) was read and sampled as if in time order. Legal orders stay legal: rows sharing a start
+    (faces of one frame, words), rows of unknown time (imported: -1), a start before 0 (a frame shown
+    before the file's start); a step back is found where it crosses a row chunk, and pack refuses it."""
+    import dataclasses
+
+    path = tmp_path / 'order.zarr'
+    store = create_store(path, W.video_ids(4), dataclasses.replace(W.spec(4), row_chunk=2))
+
+    def video(*times: tuple[float, float]) -> VideoResult:
+        return VideoResult(np.ones((len(times), W.DIM), np.float32), np.asarray(times, np.float32).reshape(-1, 2),
+                           tokens=[])
+
+    legal = [video((0, 1), (0, 1), (0, 1), (1, 2), (1, 2)), video(*[(-1, -1)] * 6), video((-0.5, 0.5), (0.5, 1.5))]
+    back = video((0, 1), (2, 3), (1.5, 2.5))  # the step back is from row 1 (chunk 0) to row 2 (chunk 1)
+    with pytest.raises(StoreError, match=r'row 2 starts at 1.5 s, before a row before it \(2 s\)'):
+        pack_chunk([back], W.MAX_ROWS, W.DIM, True)
+    assert pack_chunk([back], W.MAX_ROWS, W.DIM, True, fail_unstorable=True).status[0] == FAILED
+    with pytest.raises(StoreError, match=r'row 1 end \(0.5 s\) before they start \(1 s\)'):
+        pack_chunk([video((0, 1), (1, 0.5))], W.MAX_ROWS, W.DIM, True)
+    data = pack_chunk([*legal, legal[0]], W.MAX_ROWS, W.DIM, True)
+    store.write_chunk(0, data)
+    assert open_store(path, warn_random=False).read().lengths.tolist() == [5, 6, 2, 5]
+    assert check_store(path).exit_code == 0
+    data.timestamps[3] = back.timestamps  # written as other code would: write_chunk keeps its rules to pack
+    data.features[3], data.lengths[3] = data.features[3][:3], 3
+    store.write_chunk(0, data)
+    said = (f'{path}: chunk 0 (videos 0-3): video 3 (vid0003): its row 2 starts at 1.5 s, before a row before it '
+            'does (2 s)')
+    with pytest.raises(StoreError, match=re.escape(said)):
+        open_store(path, warn_random=False).read(rows=[0], arrays=('timestamps',))
+    with pytest.raises(StoreError, match=re.escape(said)):
+        list(open_store(path, warn_random=False).read_blocks([1])[1])
+    report = check_store(path)
+    assert report.exit_code == 1 and '1 rows have a row that starts before a row before it (first: row 3)' in \
+        report.problems, report.summary()
+
+
 def _drop_chunk_sums(path: Path) -> None:
     """The store as made before the per-chunk sums existed."""
     import shutil
@@ -914,6 +953,9 @@ def _forge(path: Path, chunk: int, **arrays) -> None:
     ({'available': (9, False)}, 'video 9 has length 2 and available=False, which no writer stores'),
     ({'features': ((9, 0, 0), np.nan)}, 'its features hold NaN or inf values, which extraction never stores'),
     ({'timestamps': ((9, 1, 1), np.inf)}, 'its timestamps hold NaN or inf values, which extraction never stores'),
+    ({'timestamps': ((9, 0), [3.0, 4.0])},
+     'video 9 (vid0009): its row 1 starts at 1 s, before a row before it does (3 s); every writer stores'),
+    ({'timestamps': ((9, 1, 1), 0.5)}, 'video 9 (vid0009): its row 1 ends at 0.5 s, before it starts at 1 s'),
 ])
 def test_rows_no_writer_stores_are_refused_though_their_sums_match(forged: dict, said: str, tmp_path: Path) -> None:
     """Chunk sums catch what changed after a write, not what was written wrongly: a length of 99 in a
