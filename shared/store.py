@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import stat
 import sys
@@ -40,7 +41,7 @@ import numpy as np
 import zarr
 
 from shared.datasets.manifest import DatasetError, check_dataset_name
-from shared.files import fsync_dir, signals_deferred
+from shared.files import fsync_dir, remove_stale_temps, signals_deferred, temp_path
 from shared.zstd_bound import install as _bound_zstd
 
 __all__ = [
@@ -313,7 +314,8 @@ def _unstorable(feats: np.ndarray, times: np.ndarray) -> str:
     early = np.flatnonzero(_early_starts(times[None], 0, np.array([len(times)]), np.full(1, -np.inf))[0])
     if len(early):
         i = int(early[0])
-        return f'row {i} starts at {times[i, 0]:g} s, before a row before it ({times[:i, 0].max():g} s): rows go in time order'
+        return (f'row {i} starts at {times[i, 0]:g} s, before a row before it ({times[:i, 0].max():g} s): rows go '
+                'in time order')
     largest = float(np.abs(feats).max(initial=0.0))
     if largest > float(np.finfo(np.float16).max):
         return f'features beyond the range of float16, which the store holds (largest |value| {largest:.3g})'
@@ -961,9 +963,10 @@ def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreS
         shutil.rmtree(path)
     if path.exists() and not is_store(path):  # what a killed --overwrite leaves, say
         raise StoreError(f'{path} is there but is no store (no zarr.json): remove it, or rerun with --overwrite')
+    remove_stale_temps(path)  # what builds killed with -9 left (others' are reported by `leftovers`)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+        tmp = temp_path(path, unique=True)
         try:
             _build(tmp, video_ids, spec)
             os.rename(tmp, path)
@@ -1428,7 +1431,8 @@ def unreadable(path: str | os.PathLike, what: str, fix: str) -> Any:
 def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
     """Directories that stopped jobs left beside the store at `path`, each with what to do about it.
 
-    `create_store` builds in `.NAME.tmp-*`, `extract --overwrite` builds in `.NAME.overwrite-new`
+    `create_store` builds in `.NAME.HOST-PID-X.tmp` (before, `.NAME.tmp-PID-X`; the next run of this
+    host removes those of gone processes), `extract --overwrite` builds in `.NAME.overwrite-new`
     and `extract.reembed` in `.NAME.reembed-new` (see `swap_in`; before, it wrote `.NAME.reembed-PID`
     and set the store aside as `.NAME.old-PID` while it swapped the two). A kill leaves them (a re-embedded copy is as large as
     the store). Whether their job still runs cannot be told from here (it may be on another
@@ -1455,8 +1459,8 @@ def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
         elif kind == 'old' and not path.exists():
             found.append((p, f'the store, set aside by a re-embedding that stopped before the new one took its '
                              f'place: rename it back to {path.name}'))
-        elif kind in ('tmp', 'reembed', 'old'):
-            job = 'an extraction or import' if kind == 'tmp' else 'a re-embedding'
+        elif kind in ('tmp', 'reembed', 'old') or re.fullmatch(r'[0-9a-f]{8}', kind) and p.name.endswith('.tmp'):
+            job = 'a re-embedding' if kind in ('reembed', 'old') else 'an extraction or import'
             found.append((p, f'left by {job} of this store that stopped: remove it once no such job is running'))
     return found
 
