@@ -2,18 +2,24 @@
 running OCR or ASR again: the `tokens` array keeps every word with its times.
 
     python -m extract.reembed features/msrvtt/speech.zarr --word-vectors other-vectors.bin
+
+One re-embedding of a store at a time: a second one started while the first runs is refused.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
+import logging
 import os
 import shutil
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
-from extract.experts._words import words_result
+from shared.files import _NO_LOCKS
 from shared.store import (DONE, ExpertStore, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store,
                           finish_swap, open_store, pack_chunk, recorded_tokens, replacement_path, swap_in)
 from shared.text import WordVectors, WordVectorsError, load_word_vectors
@@ -36,9 +42,53 @@ def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
         raise StoreError(f'{out} exists: the re-embedded store goes to a new path (or leave out --out to replace '
                          f'{path} itself)')
     finish_swap(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RandomWeightsWarning)
-        src = open_store(path)
+    with _held(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RandomWeightsWarning)
+            src = open_store(path)
+        return _reembed(src, vectors, out)
+
+
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """The store at `path` held by this re-embedding inside the block: an flock of its directory, refused
+    at once (a StoreError) while another re-embedding holds it. Two of one store built one replacement
+    (`.NAME.reembed-new`), each removing the other's, or read the store the other had just swapped
+    out: both failed, with tracebacks. The directory, not a lock file: nothing is left beside the
+    store, and the OS drops the lock when its process ends, kill -9 included. No store at `path`:
+    `open_store` says so. On a file system without locks it runs unguarded, as before."""
+    import fcntl
+
+    for _ in range(3):  # a store swapped in between the open and the lock is the one to lock
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise StoreError(f'{path} is being re-embedded by another process: wait for it to end (its store '
+                                     'then takes this one\'s place), and rerun only if you still need to') from None
+                if err.errno not in _NO_LOCKS:
+                    raise
+                logging.getLogger(__name__).warning('%s cannot be locked (%s): nothing stops a second re-embedding '
+                                                    'of it', path, err.strerror or err)
+            st, now = os.fstat(fd), os.stat(path)
+            if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                yield
+                return
+        finally:
+            os.close(fd)  # releases the lock
+    raise StoreError(f'{path} keeps being replaced while this re-embedding starts: rerun it once the other '
+                     'commands writing it are done')
+
+
+def _reembed(src: ExpertStore, vectors: Path, out: Path | None) -> Path:
+    """`reembed` of the open store `src`, held by this process (`_held`)."""
+    path = src.path
     if not src.has_tokens:
         raise StoreError(f'{path} has no tokens (only OCR and speech stores can be re-embedded)')
     if not src.is_complete():
@@ -83,6 +133,9 @@ def _reembedded(src: ExpertStore, row: int, recorded: str, wv: WordVectors) -> V
     """One done video's recorded words embedded by `wv`; tokens that are not what extraction records
     (`recorded_tokens`: a damaged store) are a StoreError naming the row, not json's or a KeyError's
     traceback, and never a new store with rows that end before they start."""
+    # here, not at the top: it imports torch (seconds), which a run refused at its start never needs
+    from extract.experts._words import words_result
+
     try:
         tokens = recorded_tokens(recorded)
     except ValueError as err:

@@ -11,6 +11,8 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
+import shutil
 import signal
 import socket
 import threading
@@ -23,7 +25,7 @@ from typing import IO, Any
 from shared.config import ConfigError
 
 __all__ = ['append_text', 'compressed_record', 'atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
-           'signals_deferred', 'held_lock', 'LOCK', 'WriteError']
+           'signals_deferred', 'held_lock', 'LOCK', 'WriteError', 'temp_path', 'remove_stale_temps']
 
 #: the lock file `held_lock` keeps in a directory
 LOCK = '.lock'
@@ -101,16 +103,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     """Call `write(f)` on a temporary file beside `path`, then put it in `path`'s place.
 
     The temporary file is `.NAME.HOST-PID.tmp` in the same directory (a rename never crosses file
-    systems; HOST hashes the host name), one per writing process: two processes writing one path at
-    once (two seeds' results into one base folder) each put a whole file in place, the last one
-    staying. A write cut short leaves its file; a later write to `path` from this host removes it
-    once its process is gone and an hour has passed.
+    systems; HOST names the host, its boot and PID namespace: `_host`), one per writing process: two
+    processes writing one path at once (two seeds' results into one base folder) each put a whole
+    file in place, the last one staying. A write cut short leaves its file; a later write to `path`
+    removes it once its process is gone (`remove_stale_temps`).
     Ctrl-C and SIGTERM wait for the write's end: a KeyboardInterrupt inside `torch.save` comes out
     as torch's own RuntimeError, and the file would be lost for a signal seconds later.
     """
     path = Path(path)
-    _remove_leftovers(path)
-    tmp = path.with_name(f'.{path.name}.{_host()}-{os.getpid()}.tmp')
+    remove_stale_temps(path)
+    tmp = temp_path(path)
     with signals_deferred(escalate=True):
         try:
             with open(tmp, 'wb') as f:
@@ -130,34 +132,63 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
 
 def _host() -> str:
-    """8 hex digits of this host's name: temporary names stay short (a cluster's long host names
-    would cost a long target name its last characters under the 255-byte limit)."""
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    """8 hex digits naming where a temporary name's process runs: 4 of the host's name, then 4 of this
+    boot of its kernel and its PID namespace, within which a PID tells whether that process is alive
+    (`remove_stale_temps`). Short: a cluster's long host names would cost a long target name its last
+    characters under the 255-byte limit."""
+    instance = ''
+    for source in ('/proc/sys/kernel/random/boot_id', '/proc/self/ns/pid'):
+        with contextlib.suppress(OSError):
+            instance += os.readlink(source) if source.endswith('/pid') else Path(source).read_text().strip()
+    return (hashlib.sha256(socket.gethostname().encode()).hexdigest()[:4]
+            + hashlib.sha256(instance.encode()).hexdigest()[:4])
 
 
-#: a leftover temporary file this old is removed only once its process is gone: a live one of the
-#: same host name in another PID namespace (containers sharing the host's name) is left alone
+def temp_path(path: str | os.PathLike, unique: bool = False) -> Path:
+    """Where this process builds what then takes `path`'s place (a file or a folder): `.NAME.HOST-PID.tmp`
+    beside it (`_host`), with a random part before `.tmp` when `unique`; `remove_stale_temps` knows it."""
+    path = Path(path)
+    return path.with_name(f'.{path.name}.{_host()}-{os.getpid()}{"-" + os.urandom(4).hex() if unique else ""}.tmp')
+
+
+#: a leftover temporary file or folder of this host's name but not of this boot and PID namespace is
+#: removed only once its process looks gone and it is this old: a live one in another PID namespace
+#: (containers sharing the host's name) looks gone from here
 _LEFTOVER_S = 3600
+#: what follows `.NAME.` in a temporary name: `temp_path`'s, or those of earlier versions (`.NAME.tmp`,
+#: and folders `.NAME.tmp-PID` and `.NAME.tmp-PID-HEX`, which did not say their host)
+_TEMP = re.compile(r'(?P<tag>[0-9a-f]{8})-(?P<pid>[0-9]+)(?:-[0-9a-f]+)?\.tmp|tmp(?:-(?P<old>[0-9]+)(?:-[0-9a-f]+)?)?')
 
 
-def _remove_leftovers(path: Path) -> None:
-    """Remove the temporary files of `path` that writers on this host left when killed (their process
-    is gone, and an hour passed), and the one `.NAME.tmp` of versions before the names held a process
-    (after an hour too: a run of such a version may still be writing it)."""
-    mine = f'.{path.name}.{_host()}-'
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Remove the temporary files and folders that writers of `path` left beside it when killed (kill
+    -9, a node lost): at once those of a process of this host's boot and PID namespace that is gone;
+    once their process looks gone and an hour has passed those of this host's name from elsewhere (a
+    container sharing the host's name, an earlier boot, a version whose names said only the host) and
+    those of versions before names said a process; never another host's, whose processes cannot be
+    seen from here (a shared file system). A live process's is never removed."""
+    path = Path(path)
+    prefix, here = f'.{path.name}.', _host()
     try:
         with os.scandir(path.parent) as entries:
-            found = [(e.name, e.stat(follow_symlinks=False).st_mtime) for e in entries
-                     if e.name.startswith(f'.{path.name}.') and e.name.endswith('.tmp')]
+            found = [(e.name, e.is_dir(follow_symlinks=False), e.stat(follow_symlinks=False).st_mtime)
+                     for e in entries if e.name.startswith(prefix)]
     except OSError:
         return
     now = time.time()
-    for name, mtime in found:
-        pid = name[len(mine):-len('.tmp')] if name.startswith(mine) else ''
-        stale = name == f'.{path.name}.tmp' or (pid.isdigit() and not _alive(int(pid)))
-        if stale and now - mtime > _LEFTOVER_S:
+    for name, is_dir, mtime in found:
+        m = _TEMP.fullmatch(name[len(prefix):])
+        if m is None:
+            continue
+        if m['tag'] == here:
+            stale = not _alive(int(m['pid']))
+        elif m['tag'] is not None:
+            stale = m['tag'][:4] == here[:4] and not _alive(int(m['pid'])) and now - mtime > _LEFTOVER_S
+        else:
+            stale = (m['old'] is None or not _alive(int(m['old']))) and now - mtime > _LEFTOVER_S
+        if stale:
             with contextlib.suppress(OSError):
-                os.unlink(path.parent / name)
+                shutil.rmtree(path.parent / name) if is_dir else os.unlink(path.parent / name)
 
 
 def _alive(pid: int) -> bool:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import stat
 import sys
@@ -40,7 +41,7 @@ import numpy as np
 import zarr
 
 from shared.datasets.manifest import DatasetError, check_dataset_name
-from shared.files import fsync_dir, signals_deferred
+from shared.files import fsync_dir, remove_stale_temps, signals_deferred, temp_path
 from shared.zstd_bound import install as _bound_zstd
 
 __all__ = [
@@ -306,10 +307,51 @@ def _unstorable(feats: np.ndarray, times: np.ndarray) -> str:
         return 'the model gave NaN or inf features'
     if not np.isfinite(times).all():
         return 'NaN or inf timestamps'
+    backwards = np.flatnonzero(times[:, 1] < times[:, 0])
+    if len(backwards):
+        i = int(backwards[0])
+        return f'timestamps of row {i} end ({times[i, 1]:g} s) before they start ({times[i, 0]:g} s)'
+    early = np.flatnonzero(_early_starts(times[None], 0, np.array([len(times)]), np.full(1, -np.inf))[0])
+    if len(early):
+        i = int(early[0])
+        return (f'row {i} starts at {times[i, 0]:g} s, before a row before it ({times[:i, 0].max():g} s): rows go '
+                'in time order')
     largest = float(np.abs(feats).max(initial=0.0))
     if largest > float(np.finfo(np.float16).max):
         return f'features beyond the range of float16, which the store holds (largest |value| {largest:.3g})'
     return ''
+
+
+def _early_starts(times: np.ndarray, lo: int, lengths: np.ndarray, latest: np.ndarray) -> np.ndarray:
+    """Which rows of a block of timestamps (n videos, rows from row `lo`, 2) start before a row before
+    them in their video: every expert writes its rows in time order (several may share a start: faces
+    of one frame, words; `train.data` samples rows "in time order" by their position). Rows past a
+    video's length are padding, and a negative start is an unknown time (rows imported without times,
+    `UNKNOWN_TIME`), which has no order. `latest`, (n,), is each video's latest known start in the
+    blocks before (-inf for none); it is updated to the end of this block."""
+    valid = (lo + np.arange(times.shape[1]))[None, :] < np.asarray(lengths)[:, None]
+    start = times[..., 0].astype(np.float64)
+    known = valid & (start >= 0)
+    upto = np.maximum.accumulate(np.concatenate([latest[:, None], np.where(known, start, -np.inf)], axis=1), axis=1)
+    latest[:] = upto[:, -1]
+    return known & (start < upto[:, :-1])
+
+
+def _misordered(times: np.ndarray, lo: int, lengths: np.ndarray, latest: np.ndarray) -> tuple[int, str] | None:
+    """The first video of a block of timestamps (as `_early_starts`) with a row that ends before it
+    starts or starts before a row before it: (its index in the block, what its row does), or None."""
+    valid = (lo + np.arange(times.shape[1]))[None, :] < np.asarray(lengths)[:, None]
+    backwards = valid & (times[..., 1] < times[..., 0])
+    before = latest.copy()
+    bad = backwards | _early_starts(times, lo, lengths, latest)
+    if not bad.any():
+        return None
+    i, r = (int(k) for k in np.argwhere(bad)[0])
+    start, end = float(times[i, r, 0]), float(times[i, r, 1])
+    if backwards[i, r]:
+        return i, f'its row {lo + r} ends at {end:g} s, before it starts at {start:g} s'
+    return i, (f'its row {lo + r} starts at {start:g} s, before a row before it does '
+               f'({max(float(before[i]), float(times[i, :r, 0].max(initial=-np.inf))):g} s)')
 
 
 def _parse_sums(recorded: str) -> dict[str, int] | None:
@@ -647,17 +689,28 @@ class ExpertStore:
             raise StoreError(f'{self.path}: {problem}. Mark such chunks for redoing with `python -m shared.store '
                              f'check --repair {self.path}`, then rerun the extraction: it redoes only them')
 
-    def _refuse_bad_rows(self, chunk: int, data: dict[str, np.ndarray], nonfinite: Sequence[str] = ()) -> None:
+    def _refuse_bad_rows(self, chunk: int, data: dict[str, np.ndarray], nonfinite: Sequence[str] = (),
+                         misordered: tuple[int, str] | None = None) -> None:
         """A StoreError for rows that no writer stores (`pack_chunk`'s rules) but that chunk sums, taken
         of what was written, do not catch: a store of an earlier version, or one written by other code.
-        Read on, a length past T or below 0 divided a mean by it, and NaN stopped training with a
-        non-finite loss blamed on its learning rate."""
+        Read on, a length past T or below 0 divided a mean by it, NaN stopped training with a
+        non-finite loss blamed on its learning rate, and rows out of time order were sampled and
+        windowed as if in it. `misordered`: `_misordered`'s finding over the chunk's timestamps."""
         rows = self.chunk_rows(chunk)
         where = f'{self.path}: chunk {chunk} (videos {rows.start}-{rows.stop - 1})'
         fix = f'`python -m shared.store check {self.path}` lists such rows; extract the store again (--overwrite)'
         if nonfinite:
             raise StoreError(f'{where}: its {" and ".join(nonfinite)} hold NaN or inf values, which extraction never '
                              f'stores: {fix}')
+        if misordered is not None:
+            i, what = misordered
+            try:
+                who = f'video {rows.start + i} ({self.video_ids[rows.start + i]})'
+            except StoreError:  # the ids' own damage is another read's error
+                who = f'video {rows.start + i}'
+            raise StoreError(f'{where}: {who}: {what}; every '
+                             f'writer stores a video\'s rows in time order (start <= end, starts never going back; '
+                             f'a negative time is unknown): {fix}')
         if 'lengths' in data and 'available' in data:
             lengths, available = np.asarray(data['lengths']), np.asarray(data['available']).astype(bool)
             bad = (lengths < 0) | (lengths > self.max_rows) | (available != (lengths > 0))
@@ -758,21 +811,24 @@ class ExpertStore:
             # verified: every row chunk the sums cover; else those of the rows asked for
             count = 0 if not rowed else self.row_block_count(
                 data['lengths'] if lengths is None else np.asarray(lengths)[at])
-            nonfinite = []
+            nonfinite, misordered = [], None
             for name, dest in big.items():
-                crc = 0
+                crc, latest = 0, np.full(len(self.chunk_rows(c)), -np.inf)
                 for j, block in enumerate(self.row_blocks(c, name, count)):
                     if verify:
                         crc = _digest(block, crc)
                         if not _finite(block) and name not in nonfinite:
                             nonfinite.append(name)
+                        if name == 'timestamps':
+                            found = _misordered(block, j * self.row_chunk, data['lengths'], latest)
+                            misordered = misordered or found
                     lo = j * self.row_chunk
                     if lo < width:
                         dest[at, lo:min(width, lo + block.shape[1])] = block[local, :width - lo]
                 data[name] = crc
             if verify and (data['status'] != PENDING).any():
                 self._refuse_damage(c, data)
-                self._refuse_bad_rows(c, data, nonfinite)
+                self._refuse_bad_rows(c, data, nonfinite, misordered)
         strings = lambda name: np.asarray(out[name], dtype=object) if name in out else None  # noqa: E731
         return ExpertRows(
             video_ids=strings('video_ids'), features=big.get('features'), timestamps=big.get('timestamps'),
@@ -814,17 +870,18 @@ class ExpertStore:
         def blocks() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
             count = self.row_block_count(data['lengths'])
             crc = {'features': 0, 'timestamps': 0}
-            nonfinite = set()
+            nonfinite, misordered, latest = set(), None, np.full(len(data['lengths']), -np.inf)
             for j, (feats, times) in enumerate(zip(self.row_blocks(c, 'features', count),
                                                    self.row_blocks(c, 'timestamps', count))):
                 crc = {'features': _digest(feats, crc['features']), 'timestamps': _digest(times, crc['timestamps'])}
                 nonfinite |= {name for name, x in (('features', feats), ('timestamps', times)) if not _finite(x)}
+                misordered = misordered or _misordered(times, j * self.row_chunk, data['lengths'], latest)
                 lo = j * self.row_chunk
                 if lo < width:  # the rest of the unit's row chunks are read for its sums only
                     yield lo, feats[local, :width - lo], times[local, :width - lo]
             if (data['status'] != PENDING).any():
                 self._refuse_damage(c, {**data, **crc})
-                self._refuse_bad_rows(c, data, sorted(nonfinite))
+                self._refuse_bad_rows(c, data, sorted(nonfinite), misordered)
 
         return head, blocks()
 
@@ -906,9 +963,10 @@ def create_store(path: str | os.PathLike, video_ids: Sequence[str], spec: StoreS
         shutil.rmtree(path)
     if path.exists() and not is_store(path):  # what a killed --overwrite leaves, say
         raise StoreError(f'{path} is there but is no store (no zarr.json): remove it, or rerun with --overwrite')
+    remove_stale_temps(path)  # what builds killed with -9 left (others' are reported by `leftovers`)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+        tmp = temp_path(path, unique=True)
         try:
             _build(tmp, video_ids, spec)
             os.rename(tmp, path)
@@ -1119,7 +1177,42 @@ def _arrays_of(path: Path, group: zarr.Group) -> dict[str, zarr.Array]:
                              f'{MAX_CHUNK_BYTES >> 30} GiB a chunk may (each read decodes one whole): extract it again '
                              'with --overwrite (a new store chunks T in rows, --chunk-size sets the videos a chunk), '
                              'or remove it if it was received from others')
+    problems = _layout_problems(arrays, group.attrs)
+    if problems:
+        # the metadata is wrong, not a chunk: every chunk reads wrongly or fails, and `check --repair`, which
+        # marks chunks for redoing, would throw away a whole extraction and leave the metadata as it is
+        files = ', '.join(f'{name}/zarr.json' for name in dict.fromkeys(p.split(' ', 1)[0] for p in problems))
+        raise StoreError(f'{path}: its metadata is not what extraction writes ({"; ".join(problems)}): its zarr.json '
+                         f'is damaged, not its chunks, which `check --repair` cannot mend. Restore {files} (and the '
+                         "store's own zarr.json, which holds a copy once the store is complete) from a backup or "
+                         'another copy of the store, or make the store again (extract --overwrite)')
     return arrays
+
+
+def _layout_problems(arrays: dict[str, zarr.Array], attrs: Any) -> list[str]:
+    """What of the arrays' data types, fill values and chunk shapes is not what `_build` makes, each
+    'NAME has ..., expected ...'. A store of schema 1 has no row_chunk attribute: T was one chunk."""
+    c, t, d = int(attrs['chunk_size']), int(attrs['max_rows']), int(attrs['feature_dim'])
+    rc = attrs.get('row_chunk', t)
+    rc = rc if isinstance(rc, int) and not isinstance(rc, bool) and 1 <= rc <= t else t
+    units = {name: int((arr.shards or arr.chunks)[0]) for name, arr in arrays.items() if name != CHUNK_SUMS}
+    # the unit of work most arrays have: the one array that differs is the damaged one
+    unit = collections.Counter(units.values()).most_common(1)[0][0] if units else c
+    problems = []
+    for name, arr in arrays.items():
+        want, want_fill = _TYPES[name]
+        dtype, fill = arr.dtype, arr.fill_value
+        if dtype.kind not in 'TUO' if want == 'str' else dtype != np.dtype(want):
+            problems.append(f'{name} has data type {dtype}, expected {want}')
+        elif not (str(fill) == want_fill if want == 'str' else bool(fill == want_fill)):
+            problems.append(f'{name} has fill value {str(fill)[:40]!r}, expected {want_fill!r}')
+        chunks = tuple(arr.chunks)
+        expected = {'features': (c, rc, d), 'timestamps': (c, rc, 2), CHUNK_SUMS: (1,)}.get(name, (c,))
+        if chunks != expected:
+            problems.append(f'{name} has chunk shape {chunks}, expected {expected}')
+        elif name in units and units[name] != unit:  # two units of work would share a file: one writer per unit fails
+            problems.append(f'{name} is sharded by {units[name]} videos, expected {unit} as the other arrays')
+    return problems
 
 
 def _unbounded_codecs(codecs: Sequence[Any]) -> list[str]:
@@ -1338,7 +1431,8 @@ def unreadable(path: str | os.PathLike, what: str, fix: str) -> Any:
 def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
     """Directories that stopped jobs left beside the store at `path`, each with what to do about it.
 
-    `create_store` builds in `.NAME.tmp-*`, `extract --overwrite` builds in `.NAME.overwrite-new`
+    `create_store` builds in `.NAME.HOST-PID-X.tmp` (before, `.NAME.tmp-PID-X`; the next run of this
+    host removes those of gone processes), `extract --overwrite` builds in `.NAME.overwrite-new`
     and `extract.reembed` in `.NAME.reembed-new` (see `swap_in`; before, it wrote `.NAME.reembed-PID`
     and set the store aside as `.NAME.old-PID` while it swapped the two). A kill leaves them (a re-embedded copy is as large as
     the store). Whether their job still runs cannot be told from here (it may be on another
@@ -1365,8 +1459,8 @@ def leftovers(path: str | os.PathLike) -> list[tuple[Path, str]]:
         elif kind == 'old' and not path.exists():
             found.append((p, f'the store, set aside by a re-embedding that stopped before the new one took its '
                              f'place: rename it back to {path.name}'))
-        elif kind in ('tmp', 'reembed', 'old'):
-            job = 'an extraction or import' if kind == 'tmp' else 'a re-embedding'
+        elif kind in ('tmp', 'reembed', 'old') or re.fullmatch(r'[0-9a-f]{8}', kind) and p.name.endswith('.tmp'):
+            job = 'a re-embedding' if kind in ('reembed', 'old') else 'an extraction or import'
             found.append((p, f'left by {job} of this store that stopped: remove it once no such job is running'))
     return found
 
@@ -1476,6 +1570,7 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
         count = store.row_block_count(data['lengths'])
         valid_to = np.clip(data['lengths'], 0, store.max_rows)[:, None]
         # a row chunk at a time: bounded memory however long the videos are
+        latest = np.full(n, -np.inf)  # each video's latest known start so far (`_early_starts`)
         for name in ('features', 'timestamps'):
             crc = 0
             for j, block in enumerate(store.row_blocks(c, name, count)):
@@ -1487,6 +1582,8 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
                 bad[after] |= (np.abs(np.nan_to_num(x)) * pad[..., None]).max(axis=(1, 2), initial=0) > 0
                 if name == 'timestamps':
                     bad['have a row that ends before it starts'] |= ((x[..., 0] > x[..., 1]) & ~pad).any(axis=1)
+                    bad['have a row that starts before a row before it'] |= _early_starts(
+                        x, j * store.row_chunk, valid_to[:, 0], latest).any(axis=1)
             data[name] = crc
     except StoreError as err:  # a finished chunk must read back
         report.problems.append(f'chunk {c} (videos {rows.start}-{rows.stop - 1}): finished rows unreadable, '
@@ -1517,7 +1614,8 @@ def _check_chunk(store: ExpertStore, c: int, report: CheckReport, lengths_sum: l
     flag(np.isin(status, (FAILED, SKIPPED)) & avail, 'are failed/skipped but marked available')
     flag((status == FAILED) & (errors == ''), 'are failed without an error message')
     for what in ('have non-zero features after their length (or while unavailable)',
-                 'have non-zero timestamps after their length', 'have a row that ends before it starts'):
+                 'have non-zero timestamps after their length', 'have a row that ends before it starts',
+                 'have a row that starts before a row before it'):
         flag(bad[what], what)
     if tokens is not None:
         for i in np.flatnonzero(finished):
@@ -1573,34 +1671,6 @@ def check_store(path: str | os.PathLike) -> CheckReport:
         report.problems.append(str(err))
         return report
     report.attrs = {**store.attrs, 'row_chunk': store.row_chunk, 'chunks_per_shard': store.chunks_per_shard}
-    g = store.group
-    n, t, d = store.n_videos, store.max_rows, store.feature_dim
-    expected = {'video_ids': (n,), 'features': (n, t, d), 'timestamps': (n, t, 2), 'lengths': (n,),
-                'available': (n,), 'status': (n,), 'errors': (n,)}
-    if store.has_tokens:
-        expected['tokens'] = (n,)
-    for name, shape in expected.items():
-        if tuple(g[name].shape) != shape:
-            report.problems.append(f'{name} has shape {tuple(g[name].shape)}, expected {shape}')
-        chunks = tuple(g[name].chunks)
-        if chunks[0] != store.chunk_size:
-            report.problems.append(f'{name} is chunked {chunks} along videos, expected {store.chunk_size}')
-        unit = (g[name].shards or chunks)[0]
-        if unit != store.unit_size:  # two units of work would share a file: one writer per unit fails
-            report.problems.append(f'{name} is sharded by {unit} videos, expected {store.unit_size} as status')
-    for name in (*expected, *((CHUNK_SUMS,) if store._has_sums else ())):
-        # damaged metadata, not damaged chunks: every chunk would read wrongly (or as the wrong fill), and
-        # --repair, which redoes chunks, must not mark a whole store pending for it
-        dtype, fill = g[name].dtype, g[name].fill_value
-        want, want_fill = _TYPES[name]
-        if dtype.kind not in 'TUO' if want == 'str' else dtype != np.dtype(want):
-            report.problems.append(f'{name} has data type {dtype}, expected {want}: its metadata (zarr.json) is '
-                                   'damaged')
-        elif not (str(fill) == want_fill if want == 'str' else bool(fill == want_fill)):
-            report.problems.append(f'{name} has fill value {str(fill)[:40]!r}, expected {want_fill!r}: its metadata '
-                                   '(zarr.json) is damaged')
-    if report.problems:
-        return report
     _check_ids(store, report)
     lengths_sum = [0]
     for c in range(store.n_chunks):

@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ import zarr
 from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest, stores_name
 from shared.device import pick_device
-from shared.files import make_dir, sha256_file
+from shared.files import make_dir, remove_stale_temps, sha256_file, temp_path
 from shared.logs import setup_logging
 from shared.media import MediaError, ffmpeg_exe
 from shared.store import StoreError, shard_chunks, unreadable
@@ -96,9 +95,10 @@ class EmbeddingStore:
         half a store), or open the one there when it was made by the same run for the same videos."""
         if chunk_size < 1:
             raise ValueError(f'the chunk size must be >= 1 video, got {chunk_size}')
+        remove_stale_temps(path)  # what builds killed with -9 left (Ctrl-C's are removed below)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+            tmp = temp_path(path, unique=True)
             try:
                 cls._build(tmp, manifest, n_emb, dim, {**attrs, 'chunk_size': chunk_size})
             except BaseException:  # a failed or interrupted build leaves no half store behind
@@ -260,6 +260,7 @@ def build_index(out: Path, cfg: IndexCfg | None = None) -> SearchIndex:
         StoreError: the store is not complete, or the FAISS index there was built from other embeddings.
     """
     store = EmbeddingStore(out / EMBEDDINGS)
+    remove_stale_temps(out / FAISS)  # what builds killed with -9 left, each a copy of the index
     source = {'checkpoint_sha256': store.attrs.get('checkpoint_sha256')}  # what the index was built from
     if (out / FAISS / 'index.json').is_file():
         index = SearchIndex.load(out / FAISS)
@@ -270,7 +271,7 @@ def build_index(out: Path, cfg: IndexCfg | None = None) -> SearchIndex:
     if not store.complete():
         raise StoreError(f'{store.path} is not complete: run every shard of python -m train.index first')
     index = SearchIndex(store.read()[2], cfg)
-    tmp = out / f'.{FAISS}.tmp-{os.getpid()}'
+    tmp = temp_path(out / FAISS)
     try:
         index.save(tmp, source)
     except BaseException:  # Ctrl-C or SIGTERM included: no half-saved index is left behind, as for the store

@@ -122,6 +122,38 @@ def test_a_kill_between_the_swaps_renames_is_finished_by_the_next_run(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ['new.bin', 'old.bin', 'other.bin', 'speech.zarr']
 
 
+def test_a_second_reembed_of_a_store_is_refused_while_the_first_runs(tmp_path: Path, subprocess_env: dict,
+                                                                     repo_root: Path) -> None:
+    """Two re-embeddings of one store at once built the same `.NAME.reembed-new`, each removing the
+    other's, and both failed with tracebacks (KeyError: 'features'; OSError: Directory not empty), or
+    the second read the store the first had swapped in and was told to `check --repair` it. The second
+    is refused in one line while the first holds the store, which stays as it was; the first's kill -9
+    leaves no lock behind."""
+    import subprocess
+    import sys
+    import time
+
+    path, new = _speech_store(tmp_path)
+    cmd = [sys.executable, '-m', 'extract.reembed', str(path), '--word-vectors', str(new)]
+    first = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.time() + 120  # its replacement is begun (the store held): stopped there
+        while not (tmp_path / '.speech.zarr.reembed-new').exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        os.kill(first.pid, signal.SIGSTOP)
+        assert first.poll() is None, 'the first re-embedding ended before the second could start'
+        second = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate(timeout=60)
+    assert second.returncode == 1 and second.stderr == f'error: {path} is being re-embedded by another process: ' \
+        "wait for it to end (its store then takes this one's place), and rerun only if you still need to\n"
+    assert open_store(path).feature_dim == 4 and check_store(path).exit_code == 0
+    assert reembed(path, new) == path  # the lock went with its process
+    assert open_store(path).feature_dim == 8 and check_store(path).exit_code == 0 and leftovers(path) == []
+
+
 @pytest.mark.slow
 def test_a_run_to_out_killed_midway_leaves_no_store_there_and_its_rerun_builds_it(tmp_path: Path, subprocess_env: dict,
                                                                                   repo_root: Path) -> None:

@@ -280,8 +280,10 @@ def test_two_processes_writing_one_file_at_once_each_put_a_whole_file_in_place(t
 
 
 def test_a_killed_writers_temporary_file_goes_at_a_later_write(tmp_path: Path) -> None:
-    """Once its process is gone and an hour has passed: a live process of the same host name in
-    another PID namespace (containers sharing the host's name) looks gone, and may still be writing."""
+    """At once where its process ran in this host's boot and PID namespace and is gone (an hour was asked
+    of those too, and a checkpoint killed twice an hour left two copies); where it ran elsewhere under this
+    host's name (a container sharing it, an earlier boot, names of earlier versions), a live process there
+    looks gone: removed once an hour has passed. Another host's and a live process's stay."""
     import subprocess
     import sys
     import time
@@ -291,18 +293,20 @@ def test_a_killed_writers_temporary_file_goes_at_a_later_write(tmp_path: Path) -
     gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True,
                           check=True).stdout.strip()
     target = tmp_path / 'results.md'
-    dead = tmp_path / f'.results.md.{_host()}-{gone}.tmp'
-    recent = tmp_path / f'.results.md.{_host()}-{int(gone) + 1_000_000}.tmp'  # no such pid, but written just now
+    elsewhere = _host()[:4] + ('0000' if _host()[4:] != '0000' else '1111')  # this host's name, another namespace
+    dead = tmp_path / f'.results.md.{_host()}-{gone}.tmp'  # written just now
     live = tmp_path / f'.results.md.{_host()}-{os.getppid()}.tmp'  # a writer still at work
+    recent = tmp_path / f'.results.md.{elsewhere}-{gone}.tmp'
+    old = tmp_path / f'.results.md.{elsewhere}-{int(gone) + 1_000_000}.tmp'
     older = tmp_path / '.results.md.tmp'  # the one name of earlier versions
-    other = tmp_path / '.other.md.0000abcd-1.tmp'
-    for p in (dead, recent, live, older, other):
+    other = tmp_path / '.results.md.0000abcd-1.tmp'  # another host's
+    for p in (dead, recent, live, old, older, other):
         p.write_bytes(b'half')
     hours_ago = time.time() - 7200
-    for p in (dead, live, older, other):
+    for p in (live, old, older, other):
         os.utime(p, (hours_ago, hours_ago))
     atomic_write_text(target, 'done\n')
     assert target.read_text() == 'done\n'
-    assert not dead.exists() and not older.exists()
+    assert not dead.exists() and not old.exists() and not older.exists()
     assert recent.exists() and live.exists() and other.exists()
     assert all(len(p.name) <= len(target.name) + 24 for p in (dead, live))  # short whatever the host name

@@ -268,6 +268,31 @@ def test_a_status_value_that_is_no_status_reads_as_pending(tmp_path: Path) -> No
     assert report.damaged == [chunk] and report.counts['pending'] == len(store.chunk_rows(chunk))  # --repair redoes it
 
 
+def test_a_store_build_killed_with_minus_9_is_removed_by_the_next_run_of_this_host(tmp_path: Path) -> None:
+    """`create_store` builds in a folder beside the store; a kill -9 left it for ever, only reported. The next
+    run removes those of gone processes of this host; a live one's is kept and reported."""
+    import subprocess
+    import sys
+
+    from shared.files import _host
+    from shared.store import leftovers
+
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    live = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        dead, running = (tmp_path / f'.toy.zarr.{_host()}-{pid}-0a1b2c3d.tmp' for pid in (gone, live.pid))
+        for p in (dead, running):
+            (p / 'status').mkdir(parents=True)
+        create_store(tmp_path / 'toy.zarr', W.video_ids(4), W.spec(4))
+        assert not dead.exists() and running.exists()
+        assert [(p.name, what.split(':')[0]) for p, what in leftovers(tmp_path / 'toy.zarr')] == [
+            (running.name, 'left by an extraction or import of this store that stopped')]
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_check_lists_what_stopped_jobs_left_beside_a_store(tmp_path: Path) -> None:
     path = tmp_path / 'ok.zarr'
     _complete_store(path)
@@ -345,6 +370,45 @@ def test_check_accepts_rows_that_end_where_they_start(tmp_path: Path) -> None:
     store.write_chunk(0, pack_chunk([word], W.MAX_ROWS, W.DIM, True))
     report = check_store(store.path)
     assert report.exit_code == 0, report.summary()
+
+
+def test_rows_in_time_order_are_kept_and_rows_out_of_it_refused_across_row_chunks(tmp_path: Path) -> None:
+    """Nothing checked the order of a video's rows: a row starting before the one before it (a store of
+    other code) was read and sampled as if in time order. Legal orders stay legal: rows sharing a start
+    (faces of one frame, words), rows of unknown time (imported: -1), a start before 0 (a frame shown
+    before the file's start); a step back is found where it crosses a row chunk, and pack refuses it."""
+    import dataclasses
+
+    path = tmp_path / 'order.zarr'
+    store = create_store(path, W.video_ids(4), dataclasses.replace(W.spec(4), row_chunk=2))
+
+    def video(*times: tuple[float, float]) -> VideoResult:
+        return VideoResult(np.ones((len(times), W.DIM), np.float32), np.asarray(times, np.float32).reshape(-1, 2),
+                           tokens=[])
+
+    legal = [video((0, 1), (0, 1), (0, 1), (1, 2), (1, 2)), video(*[(-1, -1)] * 6), video((-0.5, 0.5), (0.5, 1.5))]
+    back = video((0, 1), (2, 3), (1.5, 2.5))  # the step back is from row 1 (chunk 0) to row 2 (chunk 1)
+    with pytest.raises(StoreError, match=r'row 2 starts at 1.5 s, before a row before it \(2 s\)'):
+        pack_chunk([back], W.MAX_ROWS, W.DIM, True)
+    assert pack_chunk([back], W.MAX_ROWS, W.DIM, True, fail_unstorable=True).status[0] == FAILED
+    with pytest.raises(StoreError, match=r'row 1 end \(0.5 s\) before they start \(1 s\)'):
+        pack_chunk([video((0, 1), (1, 0.5))], W.MAX_ROWS, W.DIM, True)
+    data = pack_chunk([*legal, legal[0]], W.MAX_ROWS, W.DIM, True)
+    store.write_chunk(0, data)
+    assert open_store(path, warn_random=False).read().lengths.tolist() == [5, 6, 2, 5]
+    assert check_store(path).exit_code == 0
+    data.timestamps[3] = back.timestamps  # written as other code would: write_chunk keeps its rules to pack
+    data.features[3], data.lengths[3] = data.features[3][:3], 3
+    store.write_chunk(0, data)
+    said = (f'{path}: chunk 0 (videos 0-3): video 3 (vid0003): its row 2 starts at 1.5 s, before a row before it '
+            'does (2 s)')
+    with pytest.raises(StoreError, match=re.escape(said)):
+        open_store(path, warn_random=False).read(rows=[0], arrays=('timestamps',))
+    with pytest.raises(StoreError, match=re.escape(said)):
+        list(open_store(path, warn_random=False).read_blocks([1])[1])
+    report = check_store(path)
+    assert report.exit_code == 1 and '1 rows have a row that starts before a row before it (first: row 3)' in \
+        report.problems, report.summary()
 
 
 def _drop_chunk_sums(path: Path) -> None:
@@ -552,6 +616,40 @@ def test_damaged_array_metadata_is_named_and_never_repaired_as_chunks(array: str
                           capture_output=True, text=True, cwd=W.__file__.rsplit('/tests/', 1)[0])
     assert done.returncode == 1 and 'repaired' not in done.stdout and 'Traceback' not in done.stderr
     assert sorted(p.name for p in (path / 'status' / 'c').iterdir()) == ['0', '1', '2']  # no status file removed
+
+
+@pytest.mark.parametrize('array, change, said', [
+    ('available', {'data_type': 'uint8'}, 'available has data type uint8, expected bool'),  # read as it was
+    ('features', {'chunk_grid': {'name': 'regular', 'configuration': {'chunk_shape': [2, W.MAX_ROWS, W.DIM]}}},
+     f'features has chunk shape (2, {W.MAX_ROWS}, {W.DIM}), expected (4, {W.MAX_ROWS}, {W.DIM})'),
+    ('status', {'chunk_grid': {'name': 'regular', 'configuration': {'chunk_shape': [2]}}},
+     'status has chunk shape (2,), expected (4,)'),  # every status chunk read as pending: the store redone
+])
+def test_damaged_array_metadata_refuses_readers_with_a_remedy_that_works(array: str, change: dict, said: str,
+                                                                        tmp_path: Path) -> None:
+    """Readers got 'its features chunk file cannot be read (cannot reshape array of size 96 into shape
+    (4,6,8)). Mark such chunks for redoing with `check --repair`', which redoes chunks and leaves the
+    metadata wrong; a uint8 `available` read without an error. Open names expected and found, and the
+    remedy it gives (make the store again) works."""
+    from shared.store import create_replacement, swap_in
+
+    path = tmp_path / 'meta.zarr'
+    _complete_store(path)
+    before = _arrays(path)
+    swap_in(open_store(path, mode='r+', warn_random=False))  # consolidated, as a finished extraction leaves it
+    _edit_metadata(path, array, **change)
+    with pytest.raises(StoreError) as err:
+        open_store(path, warn_random=False).read()
+    assert said in str(err.value) and f'Restore {array}/zarr.json' in str(err.value), err.value
+    assert 'extract --overwrite' in str(err.value) and 'check --repair' not in str(err.value).replace(
+        '`check --repair` cannot mend', '')
+    assert said in ' '.join(check_store(path).problems)
+    new = create_replacement(path, W.video_ids(12), W.spec(4))  # what extract --overwrite does
+    for c in range(new.n_chunks):
+        new.write_chunk(c, pack_chunk([W.result_for(r) for r in new.chunk_rows(c)], W.MAX_ROWS, W.DIM, True))
+    swap_in(new)
+    assert check_store(path).exit_code == 0
+    _assert_same(_arrays(path), before)
 
 
 @pytest.mark.parametrize('damage, said', [
@@ -880,6 +978,9 @@ def _forge(path: Path, chunk: int, **arrays) -> None:
     ({'available': (9, False)}, 'video 9 has length 2 and available=False, which no writer stores'),
     ({'features': ((9, 0, 0), np.nan)}, 'its features hold NaN or inf values, which extraction never stores'),
     ({'timestamps': ((9, 1, 1), np.inf)}, 'its timestamps hold NaN or inf values, which extraction never stores'),
+    ({'timestamps': ((9, 0), [3.0, 4.0])},
+     'video 9 (vid0009): its row 1 starts at 1 s, before a row before it does (3 s); every writer stores'),
+    ({'timestamps': ((9, 1, 1), 0.5)}, 'video 9 (vid0009): its row 1 ends at 0.5 s, before it starts at 1 s'),
 ])
 def test_rows_no_writer_stores_are_refused_though_their_sums_match(forged: dict, said: str, tmp_path: Path) -> None:
     """Chunk sums catch what changed after a write, not what was written wrongly: a length of 99 in a

@@ -223,6 +223,44 @@ def test_a_store_of_the_same_videos_in_another_order_or_checkpoint_state_is_refu
         EmbeddingStore.create(tmp_path / EMBEDDINGS, manifest(('a', 'b', 'c')), 2, 4, attrs, chunk_size=2)
 
 
+def test_what_builds_killed_with_minus_9_left_goes_at_the_next_build(tmp_path: Path) -> None:
+    """A build killed with -9 left its `.faiss.tmp-PID` (a copy of the index) or its embedding store's
+    `.embeddings.zarr.tmp-PID-HEX` folder for ever: only files had a cleanup. The next build removes
+    those of processes of this host that are gone; a live process's stays, as does another host's."""
+    import subprocess
+    import sys
+
+    from shared.datasets import Manifest
+    from shared.files import _host
+    from train.models.base import VideoEmbedding
+
+    ids = ('a', 'b', 'c')
+    out = tmp_path / 'index'
+    gone = int(subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
+                              text=True, check=True).stdout)
+    live = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        dead = [out / f'.{FAISS}.{_host()}-{gone}.tmp', out / f'.{EMBEDDINGS}.{_host()}-{gone}-0badcafe.tmp']
+        kept = [out / f'.{FAISS}.{_host()}-{live.pid}.tmp', out / f'.{EMBEDDINGS}.0000abcd-{gone}-0badcafe.tmp']
+        for p in (*dead, *kept):
+            (p / 'sub').mkdir(parents=True)
+            (p / 'sub' / 'x.bin').write_bytes(b'half')
+        manifest = Manifest('toy', tmp_path, ids, tuple(tmp_path / f'{v}.mp4' for v in ids), {}, {})
+        store = EmbeddingStore.create(out / EMBEDDINGS, manifest, 2, 4,
+                                      {'run': 'r', 'checkpoint': 'c', 'checkpoint_sha256': 'x'}, chunk_size=2)
+        assert not dead[1].exists() and dead[0].exists()
+        g = torch.Generator().manual_seed(0)
+        for c in range(store.n_chunks):
+            n = len(store.chunk_rows(c))
+            store.write(c, VideoEmbedding(torch.randn(n, 2, 4, generator=g), torch.ones(n, 2, dtype=torch.bool)))
+        build_index(out)
+        assert not any(p.exists() for p in dead) and all(p.exists() for p in kept)
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == [EMBEDDINGS, FAISS]
+    finally:
+        live.kill()
+        live.wait()
+
+
 @pytest.mark.slow
 def test_mmt_masks_made_before_eq6_are_refused_by_serve_remade_by_overwrite_and_fixed_in_a_gallery(
         runs: dict[str, Path], demo_stores: tuple[Path, Path], tmp_path: Path) -> None:
