@@ -365,8 +365,11 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
                 if rows is not None and f'features_t.{expert}' in h:
                     t = np.asarray(_h5_read(h, f'features_t.{expert}'), np.float32)
                     times = np.stack([t, t], -1) if t.ndim == 1 else t.reshape(-1, 2)
-                    if len(times) != len(rows) or not np.isfinite(times).all():
+                    if len(times) != len(rows) or not np.isfinite(times).all() or (times[:, 1] < times[:, 0]).any():
                         times = None
+                    else:  # stores keep a video's rows in time order (OCR, faces, words may be listed otherwise)
+                        order = np.argsort(times[:, 0], kind='stable')
+                        rows, times = rows[order], times[order]
                 per_expert.setdefault(expert, {})[f.stem] = (rows, times)
     if not per_expert:
         raise ValueError(f'no features.EXPERT datasets in the {len(files)} .h5 files in {root}: not an MMT '

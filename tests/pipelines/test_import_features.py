@@ -99,7 +99,12 @@ def test_import_mmt_h5(tmp_path: Path) -> None:
             h['features.motion'] = motion
             h['features_t.motion'] = np.stack([np.arange(len(motion)), np.arange(len(motion)) + 1.0], -1)
             if i != 2:  # video2 has no speech
-                h['features.speech'] = rng.normal(size=(i + 1, 300)).astype(np.float32)
+                h['features.speech'] = speech = rng.normal(size=(i + 1, 300)).astype(np.float32)
+                if i == 3:  # words listed out of time order: stored in it (a store refuses rows that go back)
+                    h['features_t.speech'] = np.array([[3, 4], [1, 2], [2, 3], [0, 1]], np.float32)
+                    truth['speech'] = speech[[3, 1, 2, 0]]
+                if i == 1:  # a row ending before it starts: the video's times are unknown, its rows kept
+                    h['features_t.speech'] = np.array([[0, 1], [2, 1.5]], np.float32)
             else:
                 h['features.speech'] = np.float32(np.nan)
             for k in range(12 if v == 'video7' else 4):  # 12: raw_captions.10 sorts before .2 as a string
@@ -116,6 +121,9 @@ def test_import_mmt_h5(tmp_path: Path) -> None:
     speech = open_store(store_path(feats, 'msvd', 'speech')).read(ids=IDS)
     assert speech.available.tolist() == [True, True, False, True]
     assert speech.lengths.tolist() == [1, 2, 0, 4]
+    np.testing.assert_allclose(speech.rows(3), truth['speech'], atol=2e-3)
+    np.testing.assert_array_equal(speech.timestamps[3, :4, 0], [0, 1, 2, 3])
+    assert (speech.timestamps[1, :2] < 0).all()  # unknown
     m = load_manifest('msvd', data)
     assert m.captions['video7'] == tuple(f'caption {k} of video7' for k in range(12))  # numeric order
     assert m.captions['video0'] == tuple(f'caption {k} of video0' for k in range(4))
