@@ -29,4 +29,6 @@ def words_result(tokens: list[dict[str, Any]], wv: WordVectors, max_rows: int) -
     vecs, keep = wv.embed([t['word'] for t in tokens])
     vecs, keep = vecs[:max_rows], keep[:max_rows]
     stamps = np.asarray([[tokens[i]['start'], tokens[i]['end']] for i in keep], np.float32).reshape(-1, 2)
+    # a word ending before it starts (an aligner's rounding) is one instant: stores refuse rows that end first
+    stamps[:, 1] = np.maximum(stamps[:, 1], stamps[:, 0])
     return VideoResult(vecs, stamps, DONE, tokens=tokens, available=len(keep) > 0)

@@ -17,7 +17,7 @@ from extract.experts.ocr import merge_words
 from extract.run import main
 from shared.datasets.folder import folder_name
 from shared.media import ffmpeg_exe, load_audio
-from shared.store import DONE, SKIPPED, check_store, open_store
+from shared.store import DONE, SKIPPED, check_store, open_store, pack_chunk
 from shared.text import load_word_vectors, normalise
 
 
@@ -213,6 +213,10 @@ def test_words_given_out_of_time_order_become_rows_in_time_order() -> None:
     assert r.timestamps.tolist() == [[1, 2], [1, 3]]
     np.testing.assert_array_equal(r.features, np.eye(3, 4, dtype=np.float32)[[1, 0]])
     assert [t['word'] for t in r.tokens] == ['river', 'tea', 'stone']
+    # a word whose aligned end comes before its start is a row at its start, which a store can hold
+    r = words_result([{'word': 'tea', 'start': 2.0, 'end': 1.98, 'conf': 0.9}], WordVectors(kv, Path('toy.kv')), 2)
+    assert r.timestamps.tolist() == [[2, 2]]
+    pack_chunk([r], 2, 4, True)
 
 
 @pytest.mark.slow
