@@ -268,11 +268,11 @@ def _decode_mono(path: str | os.PathLike, info: MediaInfo, rates: list[int]
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            for stream in readers:
-                stream.close()
-            for t in threads[1:]:
+            for t in threads[1:]:  # at the end of their pipes now: closed under them, a read could raise
                 if t.ident is not None:
                     t.join()
+            for stream in readers:
+                stream.close()
         if proc.returncode and not killed:
             err_file.seek(0)
             last = err_file.read().decode(errors='replace').strip().splitlines()
@@ -324,6 +324,7 @@ def _read_mono(stream, info: MediaInfo) -> tuple[np.ndarray, int]:
         if channels > 1:
             out /= np.float32(channels)
         n += k
+    out = samples = None  # views of the buffer that is resized
     mono.resize(n, refcheck=False)  # in place: no copy
     return mono, rate
 
