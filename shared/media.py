@@ -250,11 +250,11 @@ def _decode_mono(path: str | os.PathLike, info: MediaInfo, rates: list[int]
             readers.insert(0, proc.stdout)
             # each output on a thread of its own: FFmpeg writes them in turn, and blocks on a full one
             threads = [threading.Thread(target=read, args=(rate, stream), daemon=True)
-                       for rate, stream in zip(rates, readers)]
-            for t in threads[1:]:
+                       for rate, stream in zip(rates[1:], readers[1:])]
+            for t in threads:
                 t.start()
-            threads[0].run()  # in this thread: a KeyboardInterrupt reaches the finally below
-            for t in threads[1:]:
+            read(rates[0], proc.stdout)  # in this thread: a KeyboardInterrupt reaches the finally below
+            for t in threads:
                 t.join()
             if any(isinstance(r, Exception) for r in results.values()):
                 try:  # FFmpeg failed (its error says why), or it would block on the output no longer read
@@ -268,7 +268,7 @@ def _decode_mono(path: str | os.PathLike, info: MediaInfo, rates: list[int]
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            for t in threads[1:]:  # at the end of their pipes now: closed under them, a read could raise
+            for t in threads:  # at the end of their pipes now: closed under them, a read could raise
                 if t.ident is not None:
                     t.join()
             for stream in readers:
