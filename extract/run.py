@@ -532,10 +532,19 @@ def load_experts(experts: list[Any], device: Any) -> None:
     the seven experts take minutes to load, which would otherwise be a silent pause."""
     for e in experts:
         w = e.resolve()
-        source = 'RANDOM weights' if w.random else f'weights {w.source}'
+        source = f'weights {w.source}' if not w.random else random_weights(e)
         arch = '' if e.cfg.arch == e.name.split('.')[0] else f'{e.cfg.arch}, '  # not 'loading ocr: ocr, ...'
         print(f'loading {e.name}: {arch}{source}, on {device}', flush=True)
         e.load(device)
+
+
+def random_weights(expert: Any) -> str:
+    """'RANDOM weights' of an expert loaded with `weights: random`, or which part of it is random when
+    a part keeps its real weights (the face expert's MTCNN detector)."""
+    if not expert.random_part:
+        return 'RANDOM weights'
+    return (f'RANDOM weights for {expert.random_part} only ({expert.real_part} has its real weights, which ship in '
+            'its wheel)')
 
 
 def build_experts(opts: RunOptions) -> list[Any]:
@@ -602,7 +611,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     clips = any(e.cfg.sampling == 'clips' for e in experts)
     decoder, why = choose_decoder(opts.decoder, device, [str(manifest.paths[r]) for r in spread(videos)], clips)
     workers = opts.workers if opts.workers >= 0 else default_workers(decoder)
-    random_names = [e.name for e in experts if e.resolve().random]
+    random_names = [e.name + (f' (only {e.random_part})' if e.random_part else '')
+                    for e in experts if e.resolve().random]
     print(f'extracting {", ".join(names)} from {manifest.name} (read from {manifest.origin}): {where}; device {device}; '
           f'decoder {decoder} ({why}); {workers} decode worker(s)')
     if random_names:

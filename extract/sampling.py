@@ -246,14 +246,11 @@ def precheck(row: int, path: str, samplings: dict[str, Sampling], window: Window
     if out.error:
         out.audio_error = out.error
     elif window.index == 0:
-        from shared.media import load_audio
+        from shared.media import load_audios
 
-        for resampler in sorted({s.resampler for s in samplings.values() if s.kind == 'audio'}):
-            audio, out.audio_error = load_audio(path, AUDIO_RATE, resampler)
-            if audio is None:  # no audio stream, or it cannot be read: alike for every resampler
-                out.audio = None
-                break
-            out.audio = {**(out.audio or {}), resampler: audio}
+        resamplers = sorted({s.resampler for s in samplings.values() if s.kind == 'audio'})
+        if resamplers:  # one FFmpeg run for all (the audio and speech experts: the file decoded once)
+            out.audio, out.audio_error = load_audios(path, AUDIO_RATE, resamplers)
     return out
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # numpy is imported where audio is loaded: probing files needs none of it
     import numpy as np
 
-__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio', 'RESAMPLERS', 'IMAGE_EXTENSIONS', 'is_image',
+__all__ = ['ffmpeg_exe', 'MediaInfo', 'probe', 'MediaError', 'load_audio', 'load_audios', 'RESAMPLERS', 'IMAGE_EXTENSIONS', 'is_image',
            'count_media', 'media_unit', 'VIDEO_STREAM']
 
 #: how `load_audio` brings a file's audio to the asked rate: ``ffmpeg`` (FFmpeg's swr with its defaults, as
@@ -157,15 +157,33 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000,
     The array starts where the file starts (`MediaInfo.start`): an audio stream that starts later
     is preceded by silence, as a player plays it beside the video.
 
+    FFmpeg's output is read and averaged a block at a time: memory peaks at about the mono
+    waveform at the rate FFmpeg hands over (the stream's own for `shared.resample`), not at all of
+    its channels (a 2-hour 6-channel 48 kHz file is 8 GB of float32 samples, its mean 1.4 GB).
+
     Returns:
         (audio, error): audio is None with error '' when the file has no audio stream, None with
         the reason when it cannot be read, else an array in [-1, 1] (possibly empty).
     """
-    import ffmpeg  # ffmpeg-python builds the command; the binary is ffmpeg_exe()
+    audios, error = load_audios(path, sample_rate, (resampler,))
+    return (None if audios is None else audios[resampler]), error
+
+
+def load_audios(path: str | os.PathLike, sample_rate: int = 16000,
+                resamplers: Iterable[str] = ('ffmpeg',)) -> tuple[dict[str, np.ndarray] | None, str]:
+    """`load_audio` by each of `resamplers`, each array bit-identical to its `load_audio`, from one
+    FFmpeg run: the file is decoded once, and FFmpeg writes the stream at `sample_rate` (for
+    ``ffmpeg``) and at its own rate (for every `shared.resample` filter) to a pipe each.
+
+    Returns:
+        (audios, error): audios by resampler, or None as `load_audio`'s audio is.
+    """
     import numpy as np
 
-    if resampler not in RESAMPLERS:
-        raise ValueError(f'resampler must be one of {", ".join(map(repr, RESAMPLERS))}, got {resampler!r}')
+    resamplers = list(dict.fromkeys(resamplers))
+    for resampler in resamplers:
+        if resampler not in RESAMPLERS:
+            raise ValueError(f'resampler must be one of {", ".join(map(repr, RESAMPLERS))}, got {resampler!r}')
     try:
         info = probe(path)
     except MediaError as err:
@@ -173,56 +191,162 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000,
     if not info.has_audio:
         return None, ''
     # FFmpeg resamples, or hands over the stream's own rate (float32 holds 16- and 24-bit samples exactly)
-    rate = {'ar': sample_rate} if resampler == 'ffmpeg' else {}
-    try:  # WAV, for its header's channel count and rate; samples as they come, all channels
-        out, _ = (ffmpeg.input(os.fspath(path))
-                  .output('pipe:', format='wav', acodec='pcm_f32le', map='0:a:0', **rate)
-                  .global_args('-nostdin', '-hide_banner', '-loglevel', 'error')
-                  .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True))
-    except ffmpeg.Error as err:
-        last = (err.stderr or b'').decode(errors='replace').strip().splitlines()
-        return None, f'cannot decode audio: {last[-1] if last else "ffmpeg failed"}'
-    try:
-        channels, wav_rate, data = _wav_channels_and_data(out)
-    except ValueError as err:
-        return None, f'cannot decode audio: {err}'
-    samples = np.frombuffer(data[:len(data) - len(data) % (4 * channels)], np.float32).reshape(-1, channels)
+    rates = ([sample_rate] if 'ffmpeg' in resamplers else []) + ([0] if set(resamplers) - {'ffmpeg'} else [])
+    monos, error = _decode_mono(path, info, rates)
+    if monos is None:
+        return None, error
+    out = {}
+    for resampler in resamplers:
+        mono, wav_rate = monos[sample_rate if resampler == 'ffmpeg' else 0]
+        if wav_rate != sample_rate:
+            from shared.resample import resample, resampled_length
+
+            if resampled_length(len(mono), wav_rate, sample_rate) < 1:  # resampy refuses; nothing to hear either
+                mono = np.zeros(0, np.float32)
+            else:
+                mono = resample(mono, wav_rate, sample_rate, resampler)
+        out[resampler] = mono
+    return out, ''
+
+
+#: bytes of FFmpeg's output averaged at a time
+_READ_BLOCK = 1 << 22
+
+
+def _decode_mono(path: str | os.PathLike, info: MediaInfo, rates: list[int]
+                 ) -> tuple[dict[int, tuple[np.ndarray, int]] | None, str]:
+    """The first audio stream's channel mean at each of `rates` (0: the stream's own), by one FFmpeg
+    process with an output per rate: {rate: (mono float32, its rate)}, or (None, why not)."""
+    import signal
+    import tempfile
+    import threading
+
+    cmd = [ffmpeg_exe(), '-nostdin', '-hide_banner', '-loglevel', 'error', '-i', os.fspath(path)]
+    pipes = [os.pipe() for _ in rates[1:]]  # (read end, write end) of each output after the first (stdout)
+    for i, rate in enumerate(rates):
+        # WAV, for its header's channel count and rate; samples as they come, all channels
+        cmd += ['-map', '0:a:0', '-acodec', 'pcm_f32le', *(['-ar', str(rate)] if rate else []), '-f', 'wav',
+                f'pipe:{pipes[i - 1][1]}' if i else 'pipe:1']
+    results: dict[int, tuple[np.ndarray, int] | Exception] = {}
+
+    def read(rate: int, stream) -> None:
+        try:
+            results[rate] = _read_mono(stream, info)
+        except Exception as err:  # handed to the caller's thread
+            results[rate] = err
+
+    proc, threads, killed = None, [], False
+    readers = [os.fdopen(r, 'rb') for r, _ in pipes]
+    # stderr to a file: a pipe that nobody reads would block FFmpeg once full (a broken stream's
+    # messages), and FFmpeg would block the pipes read here
+    with tempfile.TemporaryFile() as err_file:
+        try:
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err_file,
+                                        pass_fds=[w for _, w in pipes])
+            finally:
+                for _, w in pipes:
+                    os.close(w)  # FFmpeg's copy is the only one: its exit is the reader's EOF
+            readers.insert(0, proc.stdout)
+            # each output on a thread of its own: FFmpeg writes them in turn, and blocks on a full one
+            threads = [threading.Thread(target=read, args=(rate, stream), daemon=True)
+                       for rate, stream in zip(rates[1:], readers[1:])]
+            for t in threads:
+                t.start()
+            read(rates[0], proc.stdout)  # in this thread: a KeyboardInterrupt reaches the finally below
+            for t in threads:
+                t.join()
+            if any(isinstance(r, Exception) for r in results.values()):
+                try:  # FFmpeg failed (its error says why), or it would block on the output no longer read
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    killed = True
+            proc.wait()
+        finally:
+            # an error or a KeyboardInterrupt here: FFmpeg is stopped and reaped (no zombie, no orphan)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for t in threads:  # at the end of their pipes now: closed under them, a read could raise
+                if t.ident is not None:
+                    t.join()
+            for stream in readers:
+                stream.close()
+        if proc.returncode and not killed:
+            err_file.seek(0)
+            last = err_file.read().decode(errors='replace').strip().splitlines()
+            why = (last[-1] if last else f'ffmpeg was killed by {signal.Signals(-proc.returncode).name}'
+                   if proc.returncode < 0 else 'ffmpeg failed')
+            return None, f'cannot decode audio: {why}'
+    for result in results.values():
+        if isinstance(result, ValueError):
+            return None, f'cannot decode audio: {result}'
+        if isinstance(result, Exception):
+            raise result
+    return results, ''
+
+
+def _read_mono(stream, info: MediaInfo) -> tuple[np.ndarray, int]:
+    """(channel mean, rate) of the WAV that FFmpeg writes to `stream`, read a block at a time.
+
+    Raises:
+        ValueError: no WAV header, or no data in it.
+    """
+    import numpy as np
+
+    channels, rate = _wav_header(stream)
     # FFmpeg's WAV starts at the stream's first sample: an audio stream that starts after the file does
     # (after its video) gets that silence first, so that audio times are the video's (a player's) times
     lead = info.audio_start - info.start
     # a start past the file's end is a broken timeline (an MPEG-TS's pts jump), not silence to add:
     # up to 26 hours of it (2**33 ticks at 90 kHz) would take GBs
-    lead = round(lead * wav_rate) if lead <= info.duration else 0
-    mono = np.zeros(lead + len(samples), np.float32)
-    mono[lead:] = samples[:, 0]  # summed channel by channel: no float64 copy of a long file
-    for c in range(1, channels):
-        mono[lead:] += samples[:, c]
-    if channels > 1:
-        mono /= np.float32(channels)
-    if wav_rate != sample_rate:
-        from shared.resample import resample, resampled_length
+    lead = round(lead * rate) if lead <= info.duration else 0
+    frame = 4 * channels
+    # room for the container's duration (pages never written take no memory), grown if it runs longer
+    mono = np.zeros(lead + round(min(info.duration, 6 * 3600) * rate) + rate, np.float32)
+    n, rest = lead, b''
+    while True:
+        block = stream.read(_READ_BLOCK - _READ_BLOCK % frame)
+        if not block:
+            break
+        block, rest = (rest + block if rest else block), b''
+        k = len(block) // frame
+        if len(block) % frame:  # a partial frame: the rest comes with the next block (or is dropped at the end)
+            rest = block[k * frame:]
+        if n + k > len(mono):
+            mono = np.concatenate([mono[:n], np.zeros(max(n + k, len(mono) * 3 // 2) - n, np.float32)])
+        samples = np.frombuffer(block, np.float32, k * channels).reshape(k, channels)
+        out = mono[n:n + k]
+        out[:] = samples[:, 0]  # summed channel by channel in float32 (no float64 copy), then divided
+        for c in range(1, channels):
+            out += samples[:, c]
+        if channels > 1:
+            out /= np.float32(channels)
+        n += k
+    out = samples = None  # views of the buffer that is resized
+    mono.resize(n, refcheck=False)  # in place: no copy
+    return mono, rate
 
-        if resampled_length(len(mono), wav_rate, sample_rate) < 1:  # resampy refuses; nothing to hear either
-            return np.zeros(0, np.float32), ''
-        mono = resample(mono, wav_rate, sample_rate, resampler)
-    return mono, ''
 
-
-def _wav_channels_and_data(wav: bytes) -> tuple[int, int, bytes]:
-    """(channels, sample rate, sample bytes) of a WAV file that FFmpeg wrote to a pipe (its sizes
-    may be unset)."""
+def _wav_header(stream) -> tuple[int, int]:
+    """(channels, sample rate) of a WAV file that FFmpeg writes to a pipe (its sizes may be unset),
+    read up to the start of its samples."""
     import struct
 
-    if wav[:4] != b'RIFF' or wav[8:12] != b'WAVE':
+    head = stream.read(12)
+    if head[:4] != b'RIFF' or head[8:12] != b'WAVE':
         raise ValueError('ffmpeg did not write a WAV header')
-    pos, channels, rate = 12, 0, 0
-    while pos + 8 <= len(wav):
-        cid, size = wav[pos:pos + 4], struct.unpack('<I', wav[pos + 4:pos + 8])[0]
-        if cid == b'fmt ':
-            channels, rate = struct.unpack('<HI', wav[pos + 10:pos + 16])
-        elif cid == b'data':
+    channels = rate = 0
+    while True:
+        chunk = stream.read(8)
+        if len(chunk) < 8:
+            raise ValueError('no audio data in the WAV ffmpeg wrote')
+        cid, size = chunk[:4], struct.unpack('<I', chunk[4:])[0]
+        if cid == b'data':  # to the end: a piped WAV's data size is a placeholder
             if channels < 1 or rate < 1:
                 raise ValueError('WAV data before its format')
-            return channels, rate, wav[pos + 8:]  # to the end: a piped WAV's data size is a placeholder
-        pos += 8 + size + (size & 1)
-    raise ValueError('no audio data in the WAV ffmpeg wrote')
+            return channels, rate
+        body = stream.read(size + (size & 1))
+        if cid == b'fmt ' and len(body) >= 8:
+            channels, rate = struct.unpack('<HI', body[2:8])

@@ -160,6 +160,9 @@ class Expert:
     #: (setting, value) for a setting whose default changed what the expert computes: a store made
     #: before the setting existed counts as made with `value`, so it is refused, not extended
     legacy_defaults: tuple[tuple[str, Any], ...] = (('decode_resize', 1.0),)
+    #: with `weights: random`, the part that is random and the part that keeps its real weights (they
+    #: ship in its wheel), for the log: '' when the whole model is random
+    random_part = real_part = ''
 
     def __init__(self, name: str, cfg: ExpertCfg) -> None:
         self.name = name

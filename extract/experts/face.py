@@ -67,6 +67,8 @@ class FaceExpert(VideoExpert):
     head_keys = ('logits.',)
     #: stores made before `crop` existed cropped from the frame MTCNN detected on
     legacy_defaults = (*VideoExpert.legacy_defaults, ('crop', 'detected'))
+    # `weights` are the embedding network's: MTCNN's are in facenet-pytorch's wheel, always loaded
+    random_part, real_part = 'the InceptionResnetV1 embedding', "MTCNN's face detector"
 
     def build(self) -> nn.Module:
         from facenet_pytorch import InceptionResnetV1

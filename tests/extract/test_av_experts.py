@@ -127,7 +127,7 @@ def test_faces_where_the_astronaut_is(tmp_path: Path) -> None:
     assert check_store(store.path).exit_code == 0
 
 
-def test_frames_too_small_for_a_face_are_done_without_faces(tmp_path: Path) -> None:
+def test_frames_too_small_for_a_face_are_done_without_faces(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Frames whose short side is under `min_face_size` (a 16x16 video, an 8-pixel strip) hold no
     face: done, without rows, as a frame without faces; MTCNN's image pyramid has no level for
     them, and its detect raised, which failed these videos."""
@@ -137,6 +137,12 @@ def test_frames_too_small_for_a_face_are_done_without_faces(tmp_path: Path) -> N
         _ff('-f', 'lavfi', '-i', f'testsrc2=size={size}:rate=25:duration=2', '-c:v', 'libx264', '-pix_fmt', 'yuv444p',
             str(data / name))
     assert _extract(data, tmp_path / 'f', 'face', '--weights', 'random', '--chunk-size', '4') == 0
+    # 'RANDOM weights' was half wrong: MTCNN's detector has its real weights (facenet-pytorch's wheel)
+    out = capsys.readouterr().out.splitlines()
+    assert 'WARNING: RANDOM weights for face (only the InceptionResnetV1 embedding): these features mean nothing ' \
+        'beyond tests and demos' in out
+    assert 'loading face: facenet:inception_resnet_v1, RANDOM weights for the InceptionResnetV1 embedding only ' \
+        "(MTCNN's face detector has its real weights, which ship in its wheel), on cpu" in out
     rows = open_store(tmp_path / 'f' / folder_name(data) / 'face.zarr', warn_random=False).read()
     assert rows.status.tolist() == [DONE] * 3, rows.errors
     assert not rows.available.any() and not rows.lengths.any()

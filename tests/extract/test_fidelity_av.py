@@ -289,6 +289,36 @@ def test_vggish_store_resampled_by_ffmpeg_is_refused_not_extended(tmp_path: Path
     assert np.array_equal(audio['ffmpeg'], _ours(wav)) and not np.array_equal(audio['kaiser_best'], _ours(wav))
 
 
+def test_audio_and_speech_inputs_come_from_one_decode_as_from_two(stereo: dict[str, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the audio and speech experts both running, the file's audio was decoded twice (FFmpeg at
+    16 kHz for whisper, at the stream's own rate for VGGish's resampy); now one FFmpeg run writes both,
+    and each waveform is bit-identical to its own `load_audio` (AAC stereo at 44.1 kHz)."""
+    import shared.media
+    from extract.sampling import precheck
+
+    audio, speech = create_expert('audio', weights='random'), create_expert('speech', weights='random')
+    want = {r: _ours_by(stereo['mp4'], r) for r in ('ffmpeg', 'kaiser_best')}
+    popen, decodes = subprocess.Popen, []
+
+    def counting(cmd: list[str], **kwargs) -> subprocess.Popen:
+        decodes.extend(['pcm_f32le' in cmd])
+        return popen(cmd, **kwargs)
+
+    monkeypatch.setattr(shared.media.subprocess, 'Popen', counting)
+    got = precheck(0, str(stereo['mp4']), {'audio': audio.cfg.sampling_spec(), 'speech': speech.cfg.sampling_spec()})
+    assert sum(decodes) == 1 and got.audio_error == ''
+    assert sorted(got.audio) == sorted(want)
+    for r, wave in want.items():
+        assert got.audio[r].dtype == wave.dtype and np.array_equal(got.audio[r], wave), r
+
+
+def _ours_by(path: Path, resampler: str) -> np.ndarray:
+    audio, err = load_audio(path, 16000, resampler)
+    assert audio is not None and not err, err
+    return audio
+
+
 # -- whisper ----------------------------------------------------------------------------------
 def test_speech_input_is_whisper_load_audio_and_log_mel(stereo: dict[str, Path], tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
