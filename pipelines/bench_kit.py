@@ -113,8 +113,6 @@ WHEELS: tuple[Wheel, ...] = (
     Wheel('numcodecs', drop=('numcodecs/tests/*', *_SOURCES)),
     Wheel('donfig'),
     Wheel('google-crc32c'),
-    Wheel('ffmpeg-python'),
-    Wheel('future'),
     Wheel('easyocr'),
     Wheel('python-bidi'),
     Wheel('pyclipper'),
