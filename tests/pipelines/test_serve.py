@@ -281,3 +281,18 @@ def test_the_command_train_index_prints_serves_the_index(served, demo_stores: tu
     monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)
     assert serve_main(argv[3:]) == 0, capsys.readouterr().err
     assert len(served_apps) == 1
+
+
+def test_a_query_whose_known_words_come_after_the_encoder_cut_is_refused() -> None:
+    """Probe 12: the vocabulary check read the whole query while the model sees its first max_words ids:
+    30 unknown words, then 'cat', passed it and searched with [CLS] + [UNK] * 28 + [SEP], the same
+    embedding as any query of unknown words (a 200 with meaningless results)."""
+    from train.search import encode_query
+
+    captions = SubwordCaptions('bert', 8, words=WordTokenizer(['cat', 'moon']))
+    late = 'zzzz ' * 30 + 'cat'
+    assert captions.knows('zzzz cat') and not captions.knows(late)
+    with pytest.raises(ValueError, match="no word of this query is in the run's vocabulary"):
+        encode_query(None, captions, late)  # type: ignore[arg-type]  # refused before the model is asked
+    t5 = SubwordCaptions('t5', 4, words=WordTokenizer(['cat']))  # no [CLS]: max_words - 1 words, then [EOS]
+    assert t5.knows('zzzz zzzz cat') and not t5.knows('zzzz zzzz zzzz cat')
