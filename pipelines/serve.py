@@ -19,7 +19,9 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -144,13 +146,30 @@ def _real_inside(path: Path, folder: Path, outside: str) -> Path:
     return Path(real)
 
 
+def _validation_line(errors: Sequence[Any]) -> str:
+    """FastAPI's validation errors as one line: where, what, and the value given (cut short)."""
+    parts = []
+    for e in errors:
+        where = ' '.join(map(str, e.get('loc', ())))  # ('query', 'k') -> 'query k'
+        given = e.get('input')
+        got = f' (got {given!r:.60})' if isinstance(given, str) else ''
+        parts.append(f'{where}: {e.get("msg", "invalid")}{got}')
+    return '; '.join(parts) or 'invalid request'
+
+
 def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fastapi.FastAPI
     """The FastAPI app over `collection`."""
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import FileResponse
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
 
     cfg = cfg or ServeCfg()
     app = FastAPI(title='videoexperts search')
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's detail is a list of error objects: the page showed '[object Object]' for a k left empty
+        return JSONResponse({'detail': _validation_line(exc.errors())}, status_code=422)
 
     def check_k(k: int) -> None:
         if not 1 <= k <= cfg.max_k:

@@ -296,3 +296,25 @@ def test_a_query_whose_known_words_come_after_the_encoder_cut_is_refused() -> No
         encode_query(None, captions, late)  # type: ignore[arg-type]  # refused before the model is asked
     t5 = SubwordCaptions('t5', 4, words=WordTokenizer(['cat']))  # no [CLS]: max_words - 1 words, then [EOS]
     assert t5.knows('zzzz zzzz cat') and not t5.knows('zzzz zzzz zzzz cat')
+
+
+def test_a_parameter_of_the_wrong_type_is_one_line_of_detail() -> None:
+    """Probe 12: FastAPI's 422 detail was a list of error objects, which the page showed as '[object Object]'
+    (a k box left empty sends k=); every 4xx of the server is now one line. Validation runs before any
+    route does: no collection needed."""
+    from typing import cast
+
+    from fastapi.testclient import TestClient
+
+    from pipelines.serve import Collection, create_app
+
+    client = TestClient(create_app(cast(Collection, None)), raise_server_exceptions=False)
+    for url, params, words in (('/search', {'q': 'a cat', 'k': ''}, "query k: Input should be a valid integer"),
+                               ('/search', {'q': 'a cat', 'k': 'x' * 500}, "(got 'xxxx"),
+                               ('/similar', {}, 'query id: Field required'),
+                               ('/video', {}, 'query path: Field required'),
+                               ('/thumb/0.jpg', {}, "path row: Input should be a valid integer")):
+        r = client.get(url, params=params)
+        detail = r.json()['detail']
+        assert r.status_code == 422 and isinstance(detail, str) and words in detail, (url, r.text)
+        assert len(detail) < 200 and '\n' not in detail, detail
