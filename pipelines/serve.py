@@ -119,7 +119,7 @@ class Collection:
         path = self.thumbs / f'{row}.jpg'
         if not 0 <= row < len(self.ids) or not path.is_file():
             raise FileNotFoundError(f'no thumbnail {row}')
-        return _real_inside(path, self.thumbs, f'thumbnail {row} leads outside {self.thumbs}')
+        return _real_inside(path, self.thumbs, f'thumbnail {row} leads outside the index')
 
     def file(self, relative: str) -> Path:
         """An indexed video's file inside the root (PermissionError: outside it, through `..`, an absolute
@@ -128,8 +128,9 @@ class Collection:
             raise FileNotFoundError('no video path given: ?path= takes a path from the results\' "video"')
         try:
             path = resolve_inside(self.root, relative)
-        except DatasetError as err:
-            raise PermissionError(str(err)) from None
+        except DatasetError as err:  # said without the root: a client learns what is wrong with its path, not
+            # where this machine keeps its files
+            raise PermissionError(str(err).replace(f' {self.root}', '')) from None
         if relative not in self.served:
             raise FileNotFoundError(f'no video {relative!r} in this index')
         real = _real_inside(path, self.root, f'video path {relative!r} leads outside the video root')

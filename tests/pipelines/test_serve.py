@@ -98,6 +98,8 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
         for (path, params), (code, words) in bad.items():
             r = client.get(path, params=dict(params))
             assert r.status_code == code and words in r.json()['detail'], (path, params, r.status_code, r.text)
+            # probe 12: the details named the data root and the index folder of the machine to any client
+            assert str(collection.root) not in r.text and str(collection.thumbs.parent) not in r.text, r.text
             assert client.get('/search', params={'q': 'a cat', 'k': 2}).status_code == 200  # still serving
         assert client.get('/search', params={'q': 'a cat', 'k': 'many'}).status_code == 422
     finally:
