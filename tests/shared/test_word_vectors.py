@@ -192,3 +192,15 @@ def test_embedded_words_keep_their_own_positions_and_cased_vectors() -> None:
     bad[3, 1] = np.nan
     with pytest.raises(WordVectorsError, match="the vector of 'w3'"):  # in the second block of two
         _refuse_non_finite(bad, [f'w{i}' for i in range(5)], Path('v.bin'), block=2)
+
+
+@pytest.mark.parametrize('header, record', [(b'0 300\n', b''), (b'1 0\n', b'cat ')])
+def test_a_word2vec_file_of_no_words_or_no_numbers_is_refused(header: bytes, record: bytes, tmp_path: Path) -> None:
+    """Probe 12: a header of 0 words (a file cut after its first line) or of 0 numbers per word loaded, and
+    then every caption, query and OCR word embedded to nothing ('no word of this query has a word vector')."""
+    from shared.text import WordVectorsError, load_word_vectors
+
+    path = tmp_path / 'empty.bin'
+    path.write_bytes(header + record)
+    with pytest.raises(WordVectorsError, match=r'empty\.bin: [01] words of [0-9]+ numbers; give a word2vec file'):
+        load_word_vectors(path)
