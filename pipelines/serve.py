@@ -80,6 +80,7 @@ class Collection:
         self.served = set(self.paths)  # /video serves these files only, not the rest of the dataset root
         self.row = {v: i for i, v in enumerate(self.ids)}
         self.root = Path(store.attrs['video_root'])
+        self.dataset = str(store.attrs['dataset'])
         self.thumbs = index / THUMBS
         self.index = build_index(index)
         experts = list(store.attrs['experts'])
@@ -234,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument('--dataset', help='the dataset that python -m train.index indexed without --out: its '
                                          'default folder in RUN/index/')
     p.add_argument('--data-root', type=Path, default=data_root_default(),
-                   help='dataset folders: the run\'s word vectors and the videos played (default: '
+                   help='dataset folders: the run\'s word vectors (the videos are played from the folder the index '
+                        'was made from) (default: '
                         f'{DATA_ROOT_HELP})')
     p.add_argument('--host', default=d.host, help=f'address to listen on (default: {d.host})')
     p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
@@ -253,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     # that a caller's process (a test) keeps its threads when main returns an error
     torch.set_num_threads(1)
 
+    if not collection.root.is_dir():  # the index records where its videos were: moved since, every play is a 404
+        folder = collection.dataset.startswith('folder-')  # folder:PATH's stores name: its PATH is what moved
+        where = 'folder:PATH' if folder else f'{collection.dataset} --data-root ROOT'
+        print(f'warning: the videos of this index were in {collection.root}, which is not there now: results show, '
+              f'videos do not play. Index them where they are now: python -m train.index --run {args.run} --out '
+              f'{index} --overwrite --dataset {where}', file=sys.stderr)
     print(f'{len(collection.ids)} videos; open http://{args.host}:{args.port}/')
     uvicorn.run(create_app(collection, cfg), host=cfg.host, port=cfg.port,
                 log_level='warning')

@@ -320,3 +320,31 @@ def test_a_parameter_of_the_wrong_type_is_one_line_of_detail() -> None:
         detail = r.json()['detail']
         assert r.status_code == 422 and isinstance(detail, str) and words in detail, (url, r.text)
         assert len(detail) < 200 and '\n' not in detail, detail
+
+
+@pytest.mark.slow
+def test_an_index_whose_videos_have_moved_is_served_with_a_warning(served, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 12: the videos are played from the folder the index recorded, not --data-root: after the data
+    root moved, every result's video was a 404 and nothing said why."""
+    import json
+
+    import torch
+    import uvicorn
+
+    from pipelines.serve import main as serve_main
+
+    collection, _, manifest = served
+    run, index = collection.thumbs.parents[2], tmp_path / 'index'
+    shutil.copytree(collection.thumbs.parent, index)
+    meta = index / 'embeddings.zarr' / 'zarr.json'
+    doc = json.loads(meta.read_text())
+    doc['attributes']['video_root'] = str(tmp_path / 'moved')
+    meta.write_text(json.dumps(doc))
+    monkeypatch.setattr(uvicorn, 'run', lambda app, **kw: None)
+    monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)
+    assert serve_main(['--run', str(run), '--index', str(index), '--data-root', str(manifest.root.parent)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f'warning: the videos of this index were in {tmp_path / "moved"}, which is not there now') \
+        and f'--out {index} --overwrite --dataset demo --data-root ROOT' in err and err.count('\n') == 1, err
