@@ -348,3 +348,23 @@ def test_an_index_whose_videos_have_moved_is_served_with_a_warning(served, tmp_p
     err = capsys.readouterr().err
     assert err.startswith(f'warning: the videos of this index were in {tmp_path / "moved"}, which is not there now') \
         and f'--out {index} --overwrite --dataset demo --data-root ROOT' in err and err.count('\n') == 1, err
+
+
+@pytest.mark.slow
+def test_search_refuses_a_gallery_of_another_state_of_its_checkpoint(served, tmp_path: Path) -> None:
+    """Probe 12: a resumed run (more epochs) rewrites best.pt long before gallery.pt; stopped in between,
+    train.search ranked the old embeddings with the new weights' text encoder, without a word (the
+    index that serve reads records its checkpoint's sha256; gallery.pt now does too)."""
+    from shared.config import ConfigError
+    from train.runs import load_run
+    from train.search import Searcher
+
+    from tests.train.test_index import _retrain_in_place
+
+    collection, _, manifest = served
+    run = tmp_path / 'seed0'
+    shutil.copytree(collection.thumbs.parents[2], run, ignore=shutil.ignore_patterns('index'))
+    assert Searcher(run, manifest.root.parent).search('a cat', 2)  # the run as trained: its gallery fits
+    _retrain_in_place(load_run(run).checkpoint)
+    with pytest.raises(ConfigError, match=r'gallery\.pt was made from another state of .*best\.pt .*Rerun the training'):
+        Searcher(run, manifest.root.parent)
