@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, FileNotFoundError, ValueError, KeyError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the model, word vectors (GoogleNews': a minute) and index load
+        print('\ninterrupted while loading: nothing was served', file=sys.stderr)
+        return 130
     import uvicorn
 
     # one query's ops are tiny: more threads only wait for each other (an MEE text encoding took 132 ms

@@ -368,3 +368,21 @@ def test_search_refuses_a_gallery_of_another_state_of_its_checkpoint(served, tmp
     _retrain_in_place(load_run(run).checkpoint)
     with pytest.raises(ConfigError, match=r'gallery\.pt was made from another state of .*best\.pt .*Rerun the training'):
         Searcher(run, manifest.root.parent)
+
+
+def test_ctrl_c_while_the_collection_loads_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 12: Ctrl-C while the run, word vectors and index load (a wrong --run noticed) was a
+    KeyboardInterrupt traceback; here it arrives as the run is looked up."""
+    import pipelines.serve as serve
+
+    def interrupted(run: Path) -> list[Path]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve, 'run_seeds', interrupted)
+    try:
+        code = serve.main(['--run', str(tmp_path / 'run'), '--index', str(tmp_path)])
+    except KeyboardInterrupt:  # failed here: out of the test it would stop the whole session
+        pytest.fail('the KeyboardInterrupt came out of main: a traceback for the user')
+    assert code == 130
+    assert capsys.readouterr().err == '\ninterrupted while loading: nothing was served\n'
