@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the model and word vectors load (GoogleNews': a minute)
+        print('\ninterrupted while loading the run: no query answered', file=sys.stderr)
+        return 130
     if searcher.note:
         print(searcher.note, file=sys.stderr)
     code = 0

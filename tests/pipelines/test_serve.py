@@ -386,3 +386,19 @@ def test_ctrl_c_while_the_collection_loads_is_one_line(tmp_path: Path, capsys: p
         pytest.fail('the KeyboardInterrupt came out of main: a traceback for the user')
     assert code == 130
     assert capsys.readouterr().err == '\ninterrupted while loading: nothing was served\n'
+
+
+def test_ctrl_c_while_train_search_loads_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 12: as for serve, Ctrl-C while train.search loaded the run was a KeyboardInterrupt traceback."""
+    import train.search as search
+
+    def interrupted(run: Path) -> list[Path]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, 'run_seeds', interrupted)
+    try:
+        code = search.main(['--run', str(tmp_path / 'run'), '--query', 'a cat'])
+    except KeyboardInterrupt:  # failed here: out of the test it would stop the whole session
+        pytest.fail('the KeyboardInterrupt came out of main: a traceback for the user')
+    assert code == 130 and capsys.readouterr().err == '\ninterrupted while loading the run: no query answered\n'
