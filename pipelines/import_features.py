@@ -385,11 +385,14 @@ def import_mmt(root: Path, dataset: str, data_root: Path, features_root: Path, p
 
 
 def _decode(value: Any) -> str:
+    """An MMT caption dataset's text (ValueError: one of numbers, which str() made a caption of '1.0 1.0')."""
     if isinstance(value, bytes):
         return value.decode('utf-8')
     if isinstance(value, np.ndarray):
         return ' '.join(_decode(v) for v in value.tolist())
-    return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f'a caption holds {type(value).__name__} {str(value)[:40]}, not text')
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

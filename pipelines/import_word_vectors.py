@@ -20,9 +20,9 @@ from shared.text import BINARY_SUFFIXES, TEXT_SUFFIXES, load_word_vectors
 __all__ = ['import_word_vectors', 'main']
 
 
-def import_word_vectors(src: Path, out: Path) -> Path:
+def import_word_vectors(src: Path, out: Path, overwrite: bool = False) -> Path:
     """Load `src` with gensim's (unpickling) `KeyedVectors.load` and write it to `out` as a word2vec
-    binary; `out` appears whole or not at all. Returns `out`."""
+    binary; `out` appears whole or not at all, and replaces a file there only with `overwrite`. Returns `out`."""
     from gensim.models import KeyedVectors
 
     if not out.name.lower().endswith(BINARY_SUFFIXES[0]):
@@ -33,6 +33,8 @@ def import_word_vectors(src: Path, out: Path) -> Path:
         raise ValueError(f'{src} is named as a word2vec file, which needs no import: name it in the setting directly')
     if not out.parent.is_dir():
         raise FileNotFoundError(f'{out.parent} is not a directory: create it, or write {out.name} elsewhere')
+    if out.exists() and not overwrite:  # e.g. the GoogleNews .bin named as OUT by a slip: 3.6 GB gone
+        raise ValueError(f'{out} exists: give another name, or pass --overwrite to replace it')
     # warned here, where the pickle is read: a wrong name or output is an error line alone
     warnings.warn(f'reading {src} with gensim KeyedVectors.load: unpickling can run code from the file; import '
                   'only files from a source you trust', stacklevel=2)
@@ -56,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog=__doc__.split('\n\n')[1])
     p.add_argument('src', type=Path, help='a gensim KeyedVectors.save file (a pickle: only one you trust)')
     p.add_argument('out', type=Path, help='the word2vec binary to write (.bin)')
+    p.add_argument('--overwrite', action='store_true', help='replace OUT when it exists')
     args = p.parse_args(argv)
     try:
-        import_word_vectors(args.src, args.out)
+        import_word_vectors(args.src, args.out, args.overwrite)
     except (FileNotFoundError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

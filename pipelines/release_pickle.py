@@ -38,6 +38,8 @@ _TIME_BASE, _BYTES_PER_SECOND = 120, 10 << 20
 
 def rows_of(value: Any, dim: int | None) -> tuple[np.ndarray | None, str]:
     """A release value -> (L, D) rows, or None with the reason it is missing."""
+    if np.iscomplexobj(value):  # numpy's cast keeps the real parts, with a warning only
+        raise ValueError(f'features of complex numbers ({np.asarray(value).dtype}); expected real numbers')
     arr = np.asarray(value, dtype=np.float32)
     if arr.ndim == 0:
         return None, 'missing in the release (NaN)'

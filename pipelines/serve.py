@@ -19,7 +19,9 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,6 +80,7 @@ class Collection:
         self.served = set(self.paths)  # /video serves these files only, not the rest of the dataset root
         self.row = {v: i for i, v in enumerate(self.ids)}
         self.root = Path(store.attrs['video_root'])
+        self.dataset = str(store.attrs['dataset'])
         self.thumbs = index / THUMBS
         self.index = build_index(index)
         experts = list(store.attrs['experts'])
@@ -117,7 +120,7 @@ class Collection:
         path = self.thumbs / f'{row}.jpg'
         if not 0 <= row < len(self.ids) or not path.is_file():
             raise FileNotFoundError(f'no thumbnail {row}')
-        return _real_inside(path, self.thumbs, f'thumbnail {row} leads outside {self.thumbs}')
+        return _real_inside(path, self.thumbs, f'thumbnail {row} leads outside the index')
 
     def file(self, relative: str) -> Path:
         """An indexed video's file inside the root (PermissionError: outside it, through `..`, an absolute
@@ -126,8 +129,9 @@ class Collection:
             raise FileNotFoundError('no video path given: ?path= takes a path from the results\' "video"')
         try:
             path = resolve_inside(self.root, relative)
-        except DatasetError as err:
-            raise PermissionError(str(err)) from None
+        except DatasetError as err:  # said without the root: a client learns what is wrong with its path, not
+            # where this machine keeps its files
+            raise PermissionError(str(err).replace(f' {self.root}', '')) from None
         if relative not in self.served:
             raise FileNotFoundError(f'no video {relative!r} in this index')
         real = _real_inside(path, self.root, f'video path {relative!r} leads outside the video root')
@@ -144,13 +148,30 @@ def _real_inside(path: Path, folder: Path, outside: str) -> Path:
     return Path(real)
 
 
+def _validation_line(errors: Sequence[Any]) -> str:
+    """FastAPI's validation errors as one line: where, what, and the value given (cut short)."""
+    parts = []
+    for e in errors:
+        where = ' '.join(map(str, e.get('loc', ())))  # ('query', 'k') -> 'query k'
+        given = e.get('input')
+        got = f' (got {given!r:.60})' if isinstance(given, str) else ''
+        parts.append(f'{where}: {e.get("msg", "invalid")}{got}')
+    return '; '.join(parts) or 'invalid request'
+
+
 def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fastapi.FastAPI
     """The FastAPI app over `collection`."""
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import FileResponse
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
 
     cfg = cfg or ServeCfg()
     app = FastAPI(title='videoexperts search')
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's detail is a list of error objects: the page showed '[object Object]' for a k left empty
+        return JSONResponse({'detail': _validation_line(exc.errors())}, status_code=422)
 
     def check_k(k: int) -> None:
         if not 1 <= k <= cfg.max_k:
@@ -214,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument('--dataset', help='the dataset that python -m train.index indexed without --out: its '
                                          'default folder in RUN/index/')
     p.add_argument('--data-root', type=Path, default=data_root_default(),
-                   help='dataset folders: the run\'s word vectors and the videos played (default: '
+                   help='dataset folders: the run\'s word vectors (the videos are played from the folder the index '
+                        'was made from) (default: '
                         f'{DATA_ROOT_HELP})')
     p.add_argument('--host', default=d.host, help=f'address to listen on (default: {d.host})')
     p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
@@ -226,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, FileNotFoundError, ValueError, KeyError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the model, word vectors (GoogleNews': a minute) and index load
+        print('\ninterrupted while loading: nothing was served', file=sys.stderr)
+        return 130
     import uvicorn
 
     # one query's ops are tiny: more threads only wait for each other (an MEE text encoding took 132 ms
@@ -233,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     # that a caller's process (a test) keeps its threads when main returns an error
     torch.set_num_threads(1)
 
+    if not collection.root.is_dir():  # the index records where its videos were: moved since, every play is a 404
+        folder = collection.dataset.startswith('folder-')  # folder:PATH's stores name: its PATH is what moved
+        where = 'folder:PATH' if folder else f'{collection.dataset} --data-root ROOT'
+        print(f'warning: the videos of this index were in {collection.root}, which is not there now: results show, '
+              f'videos do not play. Index them where they are now: python -m train.index --run {args.run} --out '
+              f'{index} --overwrite --dataset {where}', file=sys.stderr)
     print(f'{len(collection.ids)} videos; open http://{args.host}:{args.port}/')
     uvicorn.run(create_app(collection, cfg), host=cfg.host, port=cfg.port,
                 log_level='warning')

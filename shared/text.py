@@ -134,6 +134,9 @@ def _load(path: str) -> WordVectors:
     except OSError as err:  # a .gz/.bz2 name on a file that is not compressed so, or one that cannot be read
         raise WordVectorsError(f'word vectors {p}: cannot read it ({err.strerror or err}); give a readable word2vec '
                                'file, compressed only when its name says so (.gz, .bz2)') from None
+    if not len(kv.key_to_index) or kv.vector_size < 1:  # gensim loads both: every caption would embed to nothing
+        raise WordVectorsError(f'word vectors {p}: {len(kv.key_to_index)} words of {kv.vector_size} numbers; give a '
+                               'word2vec file with words and numbers in it')
     _refuse_non_finite(kv.vectors, kv.index_to_key, p)
     return WordVectors(kv, p)
 

@@ -172,8 +172,9 @@ class SubwordCaptions(CaptionEncoder):
         self.kind, self.max_words, self.tokenizer, self.words = kind, max_words, tokenizer, words
 
     def knows(self, text: str) -> bool:
-        # a run's own word-level vocabulary: a query of words it never saw is [UNK]s, the same for any
-        return self.words is None or any(i != UNK for i in self.words.ids(text))
+        # a run's own word-level vocabulary: a query of words it never saw is [UNK]s, the same for any.
+        # Asked of the ids the model sees, cut at max_words: a known word past the cut is not seen
+        return self.words is None or any(i >= len(SPECIALS) for i in self._ids(text))
 
     def _ids(self, text: str) -> list[int]:
         if self.kind == 'bert':

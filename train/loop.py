@@ -31,7 +31,7 @@ import yaml
 
 from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
-from shared.files import append_text, atomic_save, atomic_write, atomic_write_text, held_lock, make_dir
+from shared.files import append_text, atomic_save, atomic_write, atomic_write_text, held_lock, make_dir, sha256_file
 from train.captions import CaptionData, build_caption_encoder
 from train.checkpoints import FINAL, FROZEN, GALLERY, load_checkpoint, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
@@ -459,8 +459,11 @@ def _test(state: TrainState, cfg: RunCfg, test: SplitData, device: torch.device,
     state.model.eval()
     video = embed_videos(state.model, test, device)  # once: for the test metrics and for the search gallery
     result = evaluate(state.model, test, device, video)
+    # the checkpoint's sha256 too: a resumed run rewrites best.pt (last.pt) long before it writes this file
+    # again, and a stop in between paired these embeddings with other weights (train.search checks it)
     atomic_save({'video_ids': test.video_ids, 'emb': video.emb.cpu(), 'available': video.available.cpu(),
-                 'checkpoint': chosen}, run_dir / GALLERY)  # whole or absent, as the checkpoints
+                 'checkpoint': chosen, 'checkpoint_sha256': sha256_file(run_dir / 'checkpoints' / chosen)},
+                run_dir / GALLERY)  # whole or absent, as the checkpoints
     atomic_write_text(run_dir / 'test_metrics.json', json.dumps(result, indent=1))
     text = (f'# {cfg.model.model} on {cfg.data.dataset} ({cfg.data.split}), seed {seed}\n\n'
             f'Checkpoint: {chosen}\n\n' + format_results({cfg.model.model: [result]}) + '\n')

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from shared.config import DATA_ROOT_HELP, ConfigError, data_root_default
+from shared.files import sha256_file
 from train.captions import CaptionEncoder, build_caption_encoder
 from train.checkpoints import GALLERY, CheckpointError
 from train.config import RunCfg
@@ -52,6 +53,11 @@ class Searcher:
         self.cfg: RunCfg = loaded.cfg
         self.model = loaded.model
         gallery = loaded.gallery
+        made_from = gallery.get('checkpoint_sha256')  # absent from galleries written before it was recorded
+        if made_from is not None and made_from != sha256_file(loaded.checkpoint):
+            raise CheckpointError(f'{run / GALLERY} was made from another state of {loaded.checkpoint} (training '
+                                  'resumed since and stopped before its end?): its embeddings do not match these '
+                                  f'weights. Rerun the training command of this run: it writes {GALLERY} again')
         self.video_ids: list[str] = list(gallery['video_ids'])
         available = gallery['available']
         if stale_mmt_masks(self.cfg.model.model, available):  # the embeddings hold: every expert enters (eq. 6)
@@ -93,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the model and word vectors load (GoogleNews': a minute)
+        print('\ninterrupted while loading the run: no query answered', file=sys.stderr)
+        return 130
     if searcher.note:
         print(searcher.note, file=sys.stderr)
     code = 0

@@ -98,6 +98,8 @@ def test_bad_input_is_a_clear_4xx_and_the_server_goes_on(served, tmp_path: Path)
         for (path, params), (code, words) in bad.items():
             r = client.get(path, params=dict(params))
             assert r.status_code == code and words in r.json()['detail'], (path, params, r.status_code, r.text)
+            # probe 12: the details named the data root and the index folder of the machine to any client
+            assert str(collection.root) not in r.text and str(collection.thumbs.parent) not in r.text, r.text
             assert client.get('/search', params={'q': 'a cat', 'k': 2}).status_code == 200  # still serving
         assert client.get('/search', params={'q': 'a cat', 'k': 'many'}).status_code == 422
     finally:
@@ -281,3 +283,122 @@ def test_the_command_train_index_prints_serves_the_index(served, demo_stores: tu
     monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)
     assert serve_main(argv[3:]) == 0, capsys.readouterr().err
     assert len(served_apps) == 1
+
+
+def test_a_query_whose_known_words_come_after_the_encoder_cut_is_refused() -> None:
+    """Probe 12: the vocabulary check read the whole query while the model sees its first max_words ids:
+    30 unknown words, then 'cat', passed it and searched with [CLS] + [UNK] * 28 + [SEP], the same
+    embedding as any query of unknown words (a 200 with meaningless results)."""
+    from train.search import encode_query
+
+    captions = SubwordCaptions('bert', 8, words=WordTokenizer(['cat', 'moon']))
+    late = 'zzzz ' * 30 + 'cat'
+    assert captions.knows('zzzz cat') and not captions.knows(late)
+    with pytest.raises(ValueError, match="no word of this query is in the run's vocabulary"):
+        encode_query(None, captions, late)  # type: ignore[arg-type]  # refused before the model is asked
+    t5 = SubwordCaptions('t5', 4, words=WordTokenizer(['cat']))  # no [CLS]: max_words - 1 words, then [EOS]
+    assert t5.knows('zzzz zzzz cat') and not t5.knows('zzzz zzzz zzzz cat')
+
+
+def test_a_parameter_of_the_wrong_type_is_one_line_of_detail() -> None:
+    """Probe 12: FastAPI's 422 detail was a list of error objects, which the page showed as '[object Object]'
+    (a k box left empty sends k=); every 4xx of the server is now one line. Validation runs before any
+    route does: no collection needed."""
+    from typing import cast
+
+    from fastapi.testclient import TestClient
+
+    from pipelines.serve import Collection, create_app
+
+    client = TestClient(create_app(cast(Collection, None)), raise_server_exceptions=False)
+    for url, params, words in (('/search', {'q': 'a cat', 'k': ''}, "query k: Input should be a valid integer"),
+                               ('/search', {'q': 'a cat', 'k': 'x' * 500}, "(got 'xxxx"),
+                               ('/similar', {}, 'query id: Field required'),
+                               ('/video', {}, 'query path: Field required'),
+                               ('/thumb/0.jpg', {}, "path row: Input should be a valid integer")):
+        r = client.get(url, params=params)
+        detail = r.json()['detail']
+        assert r.status_code == 422 and isinstance(detail, str) and words in detail, (url, r.text)
+        assert len(detail) < 200 and '\n' not in detail, detail
+
+
+@pytest.mark.slow
+def test_an_index_whose_videos_have_moved_is_served_with_a_warning(served, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 12: the videos are played from the folder the index recorded, not --data-root: after the data
+    root moved, every result's video was a 404 and nothing said why."""
+    import json
+
+    import torch
+    import uvicorn
+
+    from pipelines.serve import main as serve_main
+
+    collection, _, manifest = served
+    run, index = collection.thumbs.parents[2], tmp_path / 'index'
+    shutil.copytree(collection.thumbs.parent, index)
+    meta = index / 'embeddings.zarr' / 'zarr.json'
+    doc = json.loads(meta.read_text())
+    doc['attributes']['video_root'] = str(tmp_path / 'moved')
+    meta.write_text(json.dumps(doc))
+    monkeypatch.setattr(uvicorn, 'run', lambda app, **kw: None)
+    monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)
+    assert serve_main(['--run', str(run), '--index', str(index), '--data-root', str(manifest.root.parent)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f'warning: the videos of this index were in {tmp_path / "moved"}, which is not there now') \
+        and f'--out {index} --overwrite --dataset demo --data-root ROOT' in err and err.count('\n') == 1, err
+
+
+@pytest.mark.slow
+def test_search_refuses_a_gallery_of_another_state_of_its_checkpoint(served, tmp_path: Path) -> None:
+    """Probe 12: a resumed run (more epochs) rewrites best.pt long before gallery.pt; stopped in between,
+    train.search ranked the old embeddings with the new weights' text encoder, without a word (the
+    index that serve reads records its checkpoint's sha256; gallery.pt now does too)."""
+    from shared.config import ConfigError
+    from train.runs import load_run
+    from train.search import Searcher
+
+    from tests.train.test_index import _retrain_in_place
+
+    collection, _, manifest = served
+    run = tmp_path / 'seed0'
+    shutil.copytree(collection.thumbs.parents[2], run, ignore=shutil.ignore_patterns('index'))
+    assert Searcher(run, manifest.root.parent).search('a cat', 2)  # the run as trained: its gallery fits
+    _retrain_in_place(load_run(run).checkpoint)
+    with pytest.raises(ConfigError, match=r'gallery\.pt was made from another state of .*best\.pt .*Rerun the training'):
+        Searcher(run, manifest.root.parent)
+
+
+def test_ctrl_c_while_the_collection_loads_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 12: Ctrl-C while the run, word vectors and index load (a wrong --run noticed) was a
+    KeyboardInterrupt traceback; here it arrives as the run is looked up."""
+    import pipelines.serve as serve
+
+    def interrupted(run: Path) -> list[Path]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve, 'run_seeds', interrupted)
+    try:
+        code = serve.main(['--run', str(tmp_path / 'run'), '--index', str(tmp_path)])
+    except KeyboardInterrupt:  # failed here: out of the test it would stop the whole session
+        pytest.fail('the KeyboardInterrupt came out of main: a traceback for the user')
+    assert code == 130
+    assert capsys.readouterr().err == '\ninterrupted while loading: nothing was served\n'
+
+
+def test_ctrl_c_while_train_search_loads_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 12: as for serve, Ctrl-C while train.search loaded the run was a KeyboardInterrupt traceback."""
+    import train.search as search
+
+    def interrupted(run: Path) -> list[Path]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, 'run_seeds', interrupted)
+    try:
+        code = search.main(['--run', str(tmp_path / 'run'), '--query', 'a cat'])
+    except KeyboardInterrupt:  # failed here: out of the test it would stop the whole session
+        pytest.fail('the KeyboardInterrupt came out of main: a traceback for the user')
+    assert code == 130 and capsys.readouterr().err == '\ninterrupted while loading the run: no query answered\n'

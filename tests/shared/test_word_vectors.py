@@ -192,3 +192,38 @@ def test_embedded_words_keep_their_own_positions_and_cased_vectors() -> None:
     bad[3, 1] = np.nan
     with pytest.raises(WordVectorsError, match="the vector of 'w3'"):  # in the second block of two
         _refuse_non_finite(bad, [f'w{i}' for i in range(5)], Path('v.bin'), block=2)
+
+
+@pytest.mark.parametrize('header, record', [(b'0 300\n', b''), (b'1 0\n', b'cat ')])
+def test_a_word2vec_file_of_no_words_or_no_numbers_is_refused(header: bytes, record: bytes, tmp_path: Path) -> None:
+    """Probe 12: a header of 0 words (a file cut after its first line) or of 0 numbers per word loaded, and
+    then every caption, query and OCR word embedded to nothing ('no word of this query has a word vector')."""
+    from shared.text import WordVectorsError, load_word_vectors
+
+    path = tmp_path / 'empty.bin'
+    path.write_bytes(header + record)
+    with pytest.raises(WordVectorsError, match=r'empty\.bin: [01] words of [0-9]+ numbers; give a word2vec file'):
+        load_word_vectors(path)
+
+
+def test_the_importer_replaces_an_existing_output_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Probe 12: `import_word_vectors new.kv GoogleNews-vectors-negative300.bin` (the arguments' order slipped)
+    replaced the existing word2vec file without a word."""
+    from gensim.models import KeyedVectors
+
+    from pipelines.import_word_vectors import main
+
+    kv = KeyedVectors(vector_size=2)
+    kv.add_vectors(['cat'], np.ones((1, 2), np.float32))
+    kv.save(str(tmp_path / 'native.kv'))
+    out = tmp_path / 'existing.bin'
+    out.write_bytes(b'1 2\nold ' + np.zeros(2, np.float32).tobytes())
+    kept = out.read_bytes()
+    with warnings.catch_warnings():  # refused before the pickle is read: no warning about reading it
+        warnings.simplefilter('error')
+        assert main([str(tmp_path / 'native.kv'), str(out)]) == 1
+    _one_error_line(capsys.readouterr().err, f'{out} exists', '--overwrite')
+    assert out.read_bytes() == kept
+    with pytest.warns(UserWarning, match='unpickling can run code'):
+        assert main([str(tmp_path / 'native.kv'), str(out), '--overwrite']) == 0
+    assert out.read_bytes() != kept
