@@ -12,11 +12,15 @@ Only the indexed videos' own paths are served (404 for any other file of the dat
 they are resolved inside the root: `..`, absolute paths and symlinks that lead out are refused (403).
 An index made from another state of the run's checkpoint (retrained since) is refused at start.
 Bad input is a 4xx with one line of detail; the server goes on serving.
+On a loopback address (the default) only requests naming this machine in their Host header are
+answered (localhost, 127.0.0.1, ::1, and each --allowed-host): a web page whose own name is made to
+resolve to 127.0.0.1 (DNS rebinding) cannot read the collection through the visitor's browser.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Sequence
@@ -40,15 +44,46 @@ from train.search_index import video_queries
 __all__ = ['ServeCfg', 'Collection', 'create_app', 'main']
 
 STATIC = Path(__file__).parent / 'static'
+#: what a browser on this machine names a loopback server by
+LOOPBACK_NAMES = ('localhost', '127.0.0.1', '::1')
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError:
+        return host.lower() == 'localhost'
+
+
+def _host_name(header: str) -> str:
+    """The name of a Host header without its port ('[::1]:8000' -> '::1')."""
+    header = header.strip().lower()
+    if header.startswith('['):
+        end = header.find(']')
+        return header[1:end] if end > 0 and header[end + 1:][:1] in ('', ':') else header
+    return header.split(':', 1)[0]
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeCfg:
-    """Args: host, port: where uvicorn listens; max_k: the most results one request may ask for."""
+    """Args: host, port: where uvicorn listens; max_k: the most results one request may ask for;
+    allowed_hosts: names a request's Host header may give besides this machine's loopback names
+    (a reverse proxy's); '*' any."""
 
     host: str = '127.0.0.1'
     port: int = 8000
     max_k: int = 100
+    allowed_hosts: tuple[str, ...] = ()
+
+    def accepted_hosts(self) -> frozenset[str] | None:
+        """The Host names answered, None for any: on a loopback address the loopback names and
+        `allowed_hosts`; elsewhere `allowed_hosts` when given (the server was exposed on purpose)."""
+        if '*' in self.allowed_hosts:
+            return None
+        named = {h.lower().strip('[]') for h in self.allowed_hosts}
+        if _is_loopback(self.host):
+            return frozenset(named | set(LOOPBACK_NAMES))
+        return frozenset(named) if named else None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:  # else uvicorn's traceback, after the collection has loaded
@@ -167,6 +202,15 @@ def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fasta
 
     cfg = cfg or ServeCfg()
     app = FastAPI(title='videoexperts search')
+    accepted = cfg.accepted_hosts()
+
+    if accepted is not None:
+        @app.middleware('http')
+        async def known_host(request: Request, call_next: Any) -> Any:
+            if _host_name(request.headers.get('host', '')) not in accepted:
+                return JSONResponse({'detail': 'unknown Host header: open the page at the address the server printed, '
+                                               'or start it with --allowed-host NAME'}, status_code=400)
+            return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def one_line(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -240,9 +284,13 @@ def main(argv: list[str] | None = None) -> int:
                         f'{DATA_ROOT_HELP})')
     p.add_argument('--host', default=d.host, help=f'address to listen on (default: {d.host})')
     p.add_argument('--port', type=int, default=d.port, help=f'port (default: {d.port})')
+    p.add_argument('--allowed-host', action='append', default=[], metavar='NAME',
+                   help='a name requests may give in their Host header besides localhost, 127.0.0.1 and ::1, '
+                        'e.g. a reverse proxy\'s (repeatable; * for any). On a non-loopback --host any name is '
+                        'answered unless some are given')
     args = p.parse_args(argv)
     try:
-        cfg = ServeCfg(args.host, args.port)
+        cfg = ServeCfg(args.host, args.port, allowed_hosts=tuple(args.allowed_host))
         index = args.index if args.index is not None else default_out(args.run, args.dataset)
         collection = Collection(args.run, index, args.data_root)
     except (ConfigError, StoreError, FileNotFoundError, ValueError, KeyError) as err:

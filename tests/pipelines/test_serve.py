@@ -33,7 +33,7 @@ def served(demo_stores: tuple[Path, Path], tmp_path_factory: pytest.TempPathFact
     assert index_main(['--run', str(tmp / 'ce'), '--dataset', 'demo', '--data-root', str(data), '--features-root',
                        str(features)]) == 0
     collection = Collection(run, index, data)
-    return collection, TestClient(create_app(collection)), load_manifest('demo', data)
+    return collection, TestClient(create_app(collection), base_url='http://127.0.0.1:8000'), load_manifest('demo', data)
 
 
 @pytest.mark.slow
@@ -245,11 +245,37 @@ def test_the_api_schema_and_its_docs_page_are_served() -> None:
 
     from pipelines.serve import Collection, create_app
 
-    client = TestClient(create_app(cast(Collection, None)), raise_server_exceptions=False)
+    client = TestClient(create_app(cast(Collection, None)), raise_server_exceptions=False, base_url='http://localhost')
     r = client.get('/openapi.json')
     assert r.status_code == 200, r.text
     assert {'/', '/search', '/similar', '/thumb/{row}', '/video'} <= set(r.json()['paths'])
     assert client.get('/docs').status_code == 200
+
+
+@pytest.mark.parametrize('host, allowed, answered, refused', [
+    ('127.0.0.1', (), ['127.0.0.1:8000', 'localhost:8000', 'LOCALHOST', '[::1]:8000'],
+     ['evil.example:8000', 'evil.example', '127.0.0.1.evil.example', '', '[::1]evil']),
+    ('localhost', ('search.lab.org',), ['localhost:8000', 'search.lab.org', 'search.lab.org:443'], ['lab.org']),
+    ('::1', ('*',), ['evil.example'], []),
+    ('0.0.0.0', (), ['evil.example', '10.0.0.7:8000'], []),  # exposed on purpose: any name, as before
+    ('0.0.0.0', ('search.lab.org',), ['search.lab.org'], ['10.0.0.7:8000']),
+])
+def test_a_loopback_server_answers_only_its_own_host_names(host: str, allowed: tuple[str, ...], answered: list[str],
+                                                            refused: list[str]) -> None:
+    """DNS rebinding: a page of evil.example whose name then resolves to 127.0.0.1 made the visitor's
+    browser query the collection, see its thumbnails and fetch its videos (the server answered any Host)."""
+    from typing import cast
+
+    from fastapi.testclient import TestClient
+
+    from pipelines.serve import Collection, ServeCfg, create_app
+
+    client = TestClient(create_app(cast(Collection, None), ServeCfg(host, allowed_hosts=allowed)))
+    for name in answered:
+        assert client.get('/', headers={'host': name}).status_code == 200, name
+    for name in refused:
+        r = client.get('/', headers={'host': name})
+        assert r.status_code == 400 and '--allowed-host' in r.json()['detail'], (name, r.text)
 
 
 @pytest.mark.slow
@@ -310,7 +336,7 @@ def test_a_parameter_of_the_wrong_type_is_one_line_of_detail() -> None:
 
     from pipelines.serve import Collection, create_app
 
-    client = TestClient(create_app(cast(Collection, None)), raise_server_exceptions=False)
+    client = TestClient(create_app(cast(Collection, None)), raise_server_exceptions=False, base_url='http://localhost')
     for url, params, words in (('/search', {'q': 'a cat', 'k': ''}, "query k: Input should be a valid integer"),
                                ('/search', {'q': 'a cat', 'k': 'x' * 500}, "(got 'xxxx"),
                                ('/similar', {}, 'query id: Field required'),
