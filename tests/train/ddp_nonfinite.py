@@ -4,7 +4,8 @@ gradient though its value is finite (`Anchored`):
     python -m torch.distributed.run --nproc-per-node 2 -m tests.train.ddp_nonfinite OUT
 
 Each rank writes OUT.<rank>: where `train_epoch` stopped it (`NonFiniteLoss.where()`), or
-'finished', for `test_distributed.py` to check that the ranks agree.
+'finished', for `test_distributed.py` to check that the ranks agree. `tests.train.ddp_step` runs
+`nonfinite_step` after its own steps in the same launch; this module's `__main__` runs it alone.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from torch import nn
 
 from train.bench import synthetic_split
 from train.data import TrainFeed
-from train.distributed import barrier, init_distributed, teardown, wrap_model
+from tests.train.ddp_step import launch
+from train.distributed import Dist, wrap_model
 from train.loop import NonFiniteLoss, train_epoch
 from train.losses import build_loss
 from train.models import create_model
@@ -41,26 +43,21 @@ class Anchored(nn.Module):
         return self.loss(module, out) + 1e-3 * far.square().sum().sqrt()  # sqrt's slope at 0: inf, times 0
 
 
-def main(out: str) -> int:
-    ranks, _ = init_distributed('cpu')
+def nonfinite_step(out: str, ranks: Dist) -> None:
+    """One epoch of one batch of MEE, rank 1 with the `Anchored` loss; each rank writes `out`.<rank>."""
+    torch.manual_seed(0)
+    model = create_model(CFG).train()
+    loss = Anchored(model) if ranks.rank == 1 else build_loss('max_margin', 0.1, 0.05)
+    step = TrainStep(wrap_model(model, ranks, torch.device('cpu')), torch.optim.Adam(model.parameters(), lr=1e-3),
+                     loss, 0.0, 'cpu', compile=False)
+    batches = TrainFeed(synthetic_split(CFG, 16, 7), torch.device('cpu'), 0, ranks.rank, ranks.world)
     try:
-        torch.manual_seed(0)
-        model = create_model(CFG).train()
-        loss = Anchored(model) if ranks.rank == 1 else build_loss('max_margin', 0.1, 0.05)
-        step = TrainStep(wrap_model(model, ranks, torch.device('cpu')), torch.optim.Adam(model.parameters(), lr=1e-3),
-                         loss, 0.0, 'cpu', compile=False)
-        batches = TrainFeed(synthetic_split(CFG, 16, 7), torch.device('cpu'), 0, ranks.rank, ranks.world)
-        try:
-            train_epoch(step, [next(batches.epoch(8, np.random.default_rng(0)))], 1)
-            outcome = 'finished'
-        except NonFiniteLoss as err:
-            outcome = err.where()
-        Path(f'{out}.{ranks.rank}').write_text(outcome)
-        barrier(ranks)
-    finally:
-        teardown()
-    return 0
+        train_epoch(step, [next(batches.epoch(8, np.random.default_rng(0)))], 1)
+        outcome = 'finished'
+    except NonFiniteLoss as err:
+        outcome = err.where()
+    Path(f'{out}.{ranks.rank}').write_text(outcome)
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1]))
+    sys.exit(launch(lambda ranks: nonfinite_step(sys.argv[1], ranks)))

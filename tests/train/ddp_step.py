@@ -1,14 +1,17 @@
 """One optimisation step of each model, in one process or as one rank of `torchrun` (issue 21):
 
-    python -m torch.distributed.run --nproc-per-node 2 -m tests.train.ddp_step OUT.pt
+    python -m torch.distributed.run --nproc-per-node 2 -m tests.train.ddp_step OUT.pt [NONFINITE]
 
 Each rank trains on its share of the global batch through `train.distributed` (DistributedDataParallel,
 the losses' gather); rank 0 saves every model's loss (averaged over the ranks) and weights after
-the step to OUT.pt, for `test_distributed.py` to compare with one process at the whole batch.
+the step to OUT.pt, for `test_distributed.py` to compare with one process at the whole batch. With
+NONFINITE, the same ranks then take `ddp_nonfinite`'s step and write NONFINITE.<rank> (one torchrun
+start, three processes' imports, serves both tests).
 """
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import numpy as np
 import torch
@@ -61,19 +64,35 @@ def one_step(name: str, ranks: Dist = SINGLE) -> tuple[float, dict[str, torch.Te
     return value, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def main(out: str) -> int:
+def launch(*works: Callable[[Dist], None]) -> int:
+    """Join torchrun's process group, run each of `works` with this rank's `Dist` in turn, then leave
+    together: a rank that destroys its gloo group while the other still works aborted once in CI
+    ("terminate called without an active exception", exit -6) with the work done."""
     ranks, _ = init_distributed('cpu')
     try:
-        results = {name: one_step(name, ranks) for name in CASES}
-        if ranks.main:
-            torch.save(results, out)
-        # leave together: a rank that destroys its gloo group while the other still works aborted once
-        # in CI ("terminate called without an active exception", exit -6) with the work done
+        for work in works:
+            work(ranks)
         barrier(ranks)
     finally:
         teardown()
     return 0
 
 
+def save_steps(out: str, ranks: Dist) -> None:
+    """Every case's `one_step` on these ranks; rank 0 saves them to `out`."""
+    results = {name: one_step(name, ranks) for name in CASES}
+    if ranks.main:
+        torch.save(results, out)
+
+
+def main(out: str, nonfinite: str | None = None) -> int:
+    works = [lambda ranks: save_steps(out, ranks)]
+    if nonfinite is not None:
+        from tests.train.ddp_nonfinite import nonfinite_step
+
+        works.append(lambda ranks: nonfinite_step(nonfinite, ranks))
+    return launch(*works)
+
+
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:3]))

@@ -23,8 +23,10 @@ REFERENCES = {
 }
 
 
-def _cocoeval(candidates: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-    """The COCO caption evaluation as pycocoevalcap's own README runs it."""
+def _cocoeval(candidates: dict[str, str], references: dict[str, list[str]],
+              meteor: object | None = None) -> dict[str, float]:
+    """The COCO caption evaluation as pycocoevalcap's own README runs it; `meteor`: a `Meteor` to
+    score with (its Java program loads its paraphrase tables once, 5-20 s here), else a new one."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
@@ -36,7 +38,7 @@ def _cocoeval(candidates: dict[str, str], references: dict[str, list[str]]) -> d
     res = tok.tokenize({k: [{'caption': c}] for k, c in candidates.items()})
     bleu, _ = Bleu(4).compute_score(gts, res)
     out = {f'BLEU-{i + 1}': b for i, b in enumerate(bleu)}
-    for name, scorer in (('METEOR', Meteor()), ('ROUGE-L', Rouge()), ('CIDEr', Cider())):
+    for name, scorer in (('METEOR', meteor or Meteor()), ('ROUGE-L', Rouge()), ('CIDEr', Cider())):
         out[name] = scorer.compute_score(gts, res)[0]
     return {k: 100.0 * float(v) for k, v in out.items()}
 
@@ -53,13 +55,16 @@ def test_the_java_tokenizer_writes_no_stray_line(capfd: pytest.CaptureFixture) -
 @pytest.mark.slow  # four Java programs: 10-60 s here
 @JAVA
 def test_metrics_match_pycocoevalcap_on_hand_made_captions() -> None:
+    from pycocoevalcap.meteor.meteor import Meteor
+
     ours, unavailable = caption_metrics(CANDIDATES, REFERENCES)
-    want = _cocoeval(CANDIDATES, REFERENCES)
+    meteor = Meteor()  # one Java METEOR for both reference evaluations below (it scores each call alone)
+    want = _cocoeval(CANDIDATES, REFERENCES, meteor)
     assert unavailable == {} and list(ours) == ['BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr']
     for k, v in want.items():
         assert ours[k] == pytest.approx(v, abs=1e-9), k
     # every reference counts: against the first reference alone the scores differ
-    first = _cocoeval(CANDIDATES, {k: v[:1] for k, v in REFERENCES.items()})
+    first = _cocoeval(CANDIDATES, {k: v[:1] for k, v in REFERENCES.items()}, meteor)
     assert all(abs(first[k] - want[k]) > 0.5 for k in ('BLEU-1', 'BLEU-4', 'METEOR', 'CIDEr'))
     with pytest.raises(ValueError, match='no reference captions for 1 videos'):
         caption_metrics({**CANDIDATES, 'v9': 'a cat'}, REFERENCES)

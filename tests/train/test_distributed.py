@@ -31,14 +31,23 @@ def _torchrun(n: int, *args: str) -> list[str]:
     return [*TORCHRUN, str(n), '--standalone', *args]
 
 
+@pytest.fixture(scope='module')
+def ddp_steps(tmp_path_factory: pytest.TempPathFactory, subprocess_env: dict,
+              repo_root: Path) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """One torchrun launch of `tests.train.ddp_step` (two ranks) for two tests: its steps (saved to
+    ddp.pt), then `ddp_nonfinite`'s step (outcome.<rank>); the run and both outputs."""
+    tmp = tmp_path_factory.mktemp('ddp')
+    out, outcome = tmp / 'ddp.pt', tmp / 'outcome'
+    run = subprocess.run(_torchrun(2, '-m', 'tests.train.ddp_step', str(out), str(outcome)), cwd=repo_root,
+                         env=subprocess_env, capture_output=True, text=True, timeout=600)
+    return run, out, outcome
+
+
 @pytest.mark.slow
-def test_two_ranks_at_half_the_batch_take_the_step_of_one_process(tmp_path: Path, subprocess_env: dict,
-                                                                   repo_root: Path) -> None:
+def test_two_ranks_at_half_the_batch_take_the_step_of_one_process(ddp_steps: tuple) -> None:
     """MEE, CE, MMT and the support-set model: losses and weights after one SGD step agree (batch
     norm in eval mode: CPU ranks cannot synchronise it)."""
-    out = tmp_path / 'ddp.pt'
-    run = subprocess.run(_torchrun(2, '-m', 'tests.train.ddp_step', str(out)), cwd=repo_root, env=subprocess_env,
-                         capture_output=True, text=True, timeout=600)
+    run, out, _ = ddp_steps
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = torch.load(out, weights_only=True)
     for name in CASES:
@@ -340,12 +349,10 @@ def test_each_rank_draws_its_own_dropout_stream_and_rank_0_that_of_one_process()
 
 
 @pytest.mark.slow
-def test_non_finite_gradients_on_one_rank_stop_every_rank_at_the_step(tmp_path: Path, subprocess_env: dict,
-                                                                      repo_root: Path) -> None:
+def test_non_finite_gradients_on_one_rank_stop_every_rank_at_the_step(ddp_steps: tuple) -> None:
     """Rank 1's loss is finite and its gradients NaN, rank 0's both finite: the reduced gradients
-    are NaN on both ranks, so both stop at step 1 (both finished it, their weights NaN)."""
-    out = tmp_path / 'outcome'
-    run = subprocess.run(_torchrun(2, '-m', 'tests.train.ddp_nonfinite', str(out)), cwd=repo_root,
-                         env=subprocess_env, capture_output=True, text=True, timeout=300)
+    are NaN on both ranks, so both stop at step 1 (both finished it, their weights NaN). The ranks
+    of `ddp_steps`' launch, after their other steps (`ddp_nonfinite` alone is the same step)."""
+    run, _, out = ddp_steps
     assert run.returncode == 0, run.stderr[-3000:]
     assert [Path(f'{out}.{r}').read_text() for r in (0, 1)] == ['step 1', 'step 1']
