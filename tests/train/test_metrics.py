@@ -91,6 +91,14 @@ def test_a_nan_or_infinite_ground_truth_score_is_an_error_not_a_rank() -> None:
         retrieval_metrics(np.array([[np.inf, 0.2], [0.1, 0.9]]), [0, 1])
 
 
+@pytest.mark.parametrize('video', [-1, 3])
+def test_a_caption_of_a_video_outside_the_scores_is_an_error(video: int) -> None:
+    """A caption's video index must name a column: -1 (a caption whose video was dropped, say) is
+    refused as clearly as 3, not left to the gather (a device-side assert on CUDA)."""
+    with pytest.raises(ValueError, match=r'outside \[0, videos\)'):
+        retrieval_metrics(np.eye(3), [0, 1, video])
+
+
 def test_geometric_mean_of_r1_r5_r10_by_hand() -> None:
     """CE selects its checkpoint by the geometric mean of R1, R5 and R10 (its arithmetic mean picks others)."""
     ranks = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9, 20])  # R1 10 %, R5 40 %, R10 90 %
