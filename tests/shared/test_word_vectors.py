@@ -192,3 +192,18 @@ def test_embedded_words_keep_their_own_positions_and_cased_vectors() -> None:
     bad[3, 1] = np.nan
     with pytest.raises(WordVectorsError, match="the vector of 'w3'"):  # in the second block of two
         _refuse_non_finite(bad, [f'w{i}' for i in range(5)], Path('v.bin'), block=2)
+
+
+def test_a_word_takes_its_own_lower_case_vector_before_a_cased_one() -> None:
+    """GoogleNews holds 'apple' and 'Apple' (the company) as different words: a normalised word takes
+    its own vector when there is one, and only then its capitalised, then upper-case form."""
+    from gensim.models import KeyedVectors
+
+    from shared.text import WordVectors
+
+    kv = KeyedVectors(vector_size=2)
+    kv.add_vectors(['Apple', 'apple', 'US', 'Us', 'NASA'], np.arange(10, dtype=np.float32).reshape(5, 2))
+    wv = WordVectors(kv, Path('unused.bin'))
+    assert wv.lookup('apple').tolist() == [2, 3]
+    assert wv.lookup('us').tolist() == [6, 7] and wv.lookup('nasa').tolist() == [8, 9]
+    assert wv.lookup('pear') is None
