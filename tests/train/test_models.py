@@ -411,3 +411,22 @@ def test_a_captions_embedding_ignores_its_padding_words(name: str) -> None:
         a, b = model.encode_text(texts), model.encode_text(padded)
     torch.testing.assert_close(b.emb, a.emb)
     torch.testing.assert_close(b.weights, a.weights)
+
+
+def test_concat_fusion_scores_a_video_that_lacks_some_experts() -> None:
+    """concat (CE Table 6) has one joint embedding: a video with any expert is scored by the cosine of
+    the two joint vectors (its missing experts zero-padded); only a video with none is left out."""
+    torch.manual_seed(0)
+    model = create_model(model_cfg(experts=EXPERTS, embed_dim=24, text_dim=12, text_clusters=3,
+                                   **VARIANTS['concat'])).eval()
+    videos, texts = _videos(4, 9), _texts(3, 9)
+    for name in ('object', 'face'):
+        videos[name].available[:] = True
+    videos['object'].available[1] = False
+    for v in videos.values():
+        v.available[3] = False
+    with torch.no_grad():
+        t, v = model.encode_text(texts), model.encode_video(videos)
+        s = model.scores(videos, texts)
+    assert v.available[:, 0].tolist() == [True, True, True, False]
+    torch.testing.assert_close(s[:, :3], t.emb[:, 0] @ v.emb[:3, 0].T)
