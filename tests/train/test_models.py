@@ -365,6 +365,8 @@ def test_collaborative_gating_by_hand() -> None:
         got = cg(x, available)
         for b in range(3):
             for i, k in enumerate(keys):
+                # j == i included as ce.py builds it, while CE's eq. 1 sums over j != i only: a divergence
+                # left to the model's owner (this test pins what is built)
                 t = sum(cg.g(torch.cat([x[b, i], x[b, j]])[None])[0] for j in range(3) if available[b, j])
                 gate = torch.sigmoid(cg.bn_t[k](t[None])[0] + cg.bn_x[k](cg.fc[k](x[b, i])[None])[0])
                 torch.testing.assert_close(got[b, i], F.normalize(x[b, i] * gate, dim=0), msg=f'video {b} expert {k}')
