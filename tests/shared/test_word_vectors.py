@@ -227,3 +227,18 @@ def test_the_importer_replaces_an_existing_output_only_when_asked(tmp_path: Path
     with pytest.warns(UserWarning, match='unpickling can run code'):
         assert main([str(tmp_path / 'native.kv'), str(out), '--overwrite']) == 0
     assert out.read_bytes() != kept
+
+
+def test_a_word_takes_its_own_lower_case_vector_before_a_cased_one() -> None:
+    """GoogleNews holds 'apple' and 'Apple' (the company) as different words: a normalised word takes
+    its own vector when there is one, and only then its capitalised, then upper-case form."""
+    from gensim.models import KeyedVectors
+
+    from shared.text import WordVectors
+
+    kv = KeyedVectors(vector_size=2)
+    kv.add_vectors(['Apple', 'apple', 'US', 'Us', 'NASA'], np.arange(10, dtype=np.float32).reshape(5, 2))
+    wv = WordVectors(kv, Path('unused.bin'))
+    assert wv.lookup('apple').tolist() == [2, 3]
+    assert wv.lookup('us').tolist() == [6, 7] and wv.lookup('nasa').tolist() == [8, 9]
+    assert wv.lookup('pear') is None

@@ -80,12 +80,23 @@ def test_float64_scores_closer_than_float32_tells_apart_are_not_ties() -> None:
     assert retrieval_metrics(sims.T.copy(), [0, 1])['v2t']['MnR'] == pytest.approx(1.5)
 
 
-def test_a_nan_ground_truth_score_is_an_error_not_a_rank() -> None:
+def test_a_nan_or_infinite_ground_truth_score_is_an_error_not_a_rank() -> None:
     """A NaN score compares false with everything, itself included: its caption's rank would come out
     -0.5, a hit of R@5 and R@10; scores with one are refused."""
     sims = np.array([[np.nan, 0.2], [0.1, 0.9]])
     with pytest.raises(ValueError, match='NaN or inf in the ground-truth scores'):
         retrieval_metrics(sims, [0, 1])
+    # +inf: nothing scores higher, so its caption would be a hit at R@1 whatever the model learnt
+    with pytest.raises(ValueError, match='NaN or inf in the ground-truth scores'):
+        retrieval_metrics(np.array([[np.inf, 0.2], [0.1, 0.9]]), [0, 1])
+
+
+@pytest.mark.parametrize('video', [-1, 3])
+def test_a_caption_of_a_video_outside_the_scores_is_an_error(video: int) -> None:
+    """A caption's video index must name a column: -1 (a caption whose video was dropped, say) is
+    refused as clearly as 3, not left to the gather (a device-side assert on CUDA)."""
+    with pytest.raises(ValueError, match=r'outside \[0, videos\)'):
+        retrieval_metrics(np.eye(3), [0, 1, video])
 
 
 def test_geometric_mean_of_r1_r5_r10_by_hand() -> None:

@@ -11,7 +11,8 @@ from train.losses import hard_negative_triplet, hard_negative_triplet_sum, info_
 from train.models import ExpertSpec, model_cfg, count_parameters, create_model
 from train.models.base import ExpertInput, TextEmbedding, TextInput, VideoEmbedding, mixture_similarity
 from train.models.ce import CollaborativeGating
-from train.models.layers import NetVLAD
+from train.models.layers import GEM, NetVLAD, ReduceDim
+from train.models.mee import aggregate
 
 EXPERTS = (ExpertSpec('object', 32), ExpertSpec('audio', 8, 'vlad', 4, 1, 6), ExpertSpec('face', 16, 'max'))
 VARIANTS = {'mee': dict(model='mee'), 'ce': dict(model='ce', projection=True, gating='collaborative'),
@@ -311,3 +312,123 @@ def test_netvlad_sync_batch_norm_normalises_in_float32() -> None:
         dist.destroy_process_group()
     assert seen == [torch.float32]
     assert out.shape == (2, 12) and torch.isfinite(out).all()
+
+
+def test_context_gating_gem_and_reduce_dim_by_hand() -> None:
+    """MEE eq. 2: Z o sigmoid(W Z + b), a gate per feature (not a softmax over the features); GEM's
+    output (MEE eq. 3) and ReduceDim's (CE's projection) are L2-normalised."""
+    torch.manual_seed(0)
+    gem, reduce = GEM(6, 5), ReduceDim(6, 5)
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        z = gem.fc(x)
+        gated = z * torch.sigmoid(z @ gem.cg.fc.weight.T + gem.cg.fc.bias)
+        torch.testing.assert_close(gem.cg(z), gated)
+        torch.testing.assert_close(gem(x), gated / gated.norm(dim=-1, keepdim=True))
+        r = reduce.fc(x)
+        torch.testing.assert_close(reduce(x), r / r.norm(dim=-1, keepdim=True))
+
+
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_embeddings_are_unit_vectors_and_ignore_a_missing_experts_features(name: str) -> None:
+    """Scores are cosines (CE sec. 3.2: every GEM output is L2-normalised): each expert's video and
+    text embedding has norm 1. A missing expert is zero-padded (CE sec. 3.1): whatever a store holds
+    for it changes no embedding (concat fusion would put it into the video's joint vector)."""
+    torch.manual_seed(0)
+    model = create_model(model_cfg(experts=EXPERTS, embed_dim=24, text_dim=12, text_clusters=3,
+                                   **VARIANTS[name])).eval()
+    videos, texts = _videos(6, 7), _texts(4, 7)
+    videos['object'].available[:] = torch.tensor([False, True, True, False, True, True])
+    noisy = dict(videos)
+    noisy['object'] = ExpertInput(videos['object'].x + 50 * (~videos['object'].available)[:, None],
+                                  videos['object'].available)
+    with torch.no_grad():
+        v, t = model.encode_video(videos), model.encode_text(texts)
+        torch.testing.assert_close(model.encode_video(noisy).emb, v.emb)
+    torch.testing.assert_close(v.emb.norm(dim=-1), torch.ones(v.emb.shape[:2]))
+    torch.testing.assert_close(t.emb.norm(dim=-1), torch.ones(t.emb.shape[:2]))
+
+
+def test_collaborative_gating_by_hand() -> None:
+    """CE eqs. 1-2 as built here: T_i = sum over the video's available experts j (i itself included)
+    of one shared g([x_i, x_j]), and x_i gated per feature by sigmoid(BN(T_i) + BN(W_i x_i + b_i)),
+    then L2-normalised; written out for each video and expert."""
+    torch.manual_seed(0)
+    keys = ['a', 'b', 'c']
+    cg = CollaborativeGating(keys, 8)
+    cg.train()
+    cg(torch.randn(10, 3, 8), torch.rand(10, 3) > 0.3).sum().backward()  # batch-norm statistics
+    cg.eval()
+    x = torch.randn(3, 3, 8)
+    available = torch.tensor([[True, False, True], [True, True, True], [False, True, True]])
+    with torch.no_grad():
+        got = cg(x, available)
+        for b in range(3):
+            for i, k in enumerate(keys):
+                # j == i included as ce.py builds it, while CE's eq. 1 sums over j != i only: a divergence
+                # left to the model's owner (this test pins what is built)
+                t = sum(cg.g(torch.cat([x[b, i], x[b, j]])[None])[0] for j in range(3) if available[b, j])
+                gate = torch.sigmoid(cg.bn_t[k](t[None])[0] + cg.bn_x[k](cg.fc[k](x[b, i])[None])[0])
+                torch.testing.assert_close(got[b, i], F.normalize(x[b, i] * gate, dim=0), msg=f'video {b} expert {k}')
+
+
+def test_temporal_aggregation_counts_valid_rows_only() -> None:
+    """An expert's aggregation (MEE's h_i): the mean or the max of the video's own rows; padding rows
+    (mask False) count in neither, and a video without a row gets zeros."""
+    x = torch.tensor([[[1.0, -2.0], [3.0, 4.0], [90.0, 90.0]], [[5.0, 6.0], [90.0, 90.0], [90.0, 90.0]],
+                      [[7.0, 8.0], [9.0, 9.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])
+    inp = ExpertInput(x, torch.tensor([True, True, False]), mask)
+    mean = aggregate(ExpertSpec('object', 2, 'mean'), inp, None)
+    peak = aggregate(ExpertSpec('face', 2, 'max'), inp, None)
+    assert mean.tolist() == [[2.0, 1.0], [5.0, 6.0], [0.0, 0.0]]
+    assert peak.tolist() == [[3.0, 4.0], [5.0, 6.0], [0.0, 0.0]]
+
+
+def test_netvlad_in_training_ignores_padding() -> None:
+    """In training NetVLAD's batch norm takes its statistics from the batch's real tokens: padding
+    rows (their number or their values) change no output."""
+    torch.manual_seed(0)
+    vlad = NetVLAD(8, 4, 1).train()
+    x = torch.randn(3, 4, 8)
+    mask = torch.tensor([[True] * 4, [True, True, False, False], [True, False, False, False]])
+    padded = torch.cat([x.masked_fill(~mask[..., None], 30.0), 30 * torch.randn(3, 3, 8)], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(vlad(padded, torch.cat([mask, torch.zeros(3, 3, dtype=torch.bool)], 1)),
+                                   vlad(x, mask))
+
+
+@pytest.mark.parametrize('name', ['mee', 'ce'])
+def test_a_captions_embedding_ignores_its_padding_words(name: str) -> None:
+    """The caption's NetVLAD reads its words only: the word vectors of padding positions (and how
+    many there are) change neither its embeddings nor its mixture weights."""
+    torch.manual_seed(0)
+    model = create_model(model_cfg(experts=EXPERTS, embed_dim=24, text_dim=12, text_clusters=3,
+                                   **VARIANTS[name])).eval()
+    texts = _texts(5, 8)
+    padded = TextInput(torch.cat([texts.x.masked_fill(~texts.mask[..., None], 40.0), torch.randn(5, 3, 12)], 1),
+                       torch.cat([texts.mask, torch.zeros(5, 3, dtype=torch.bool)], 1))
+    assert (~texts.mask).any()
+    with torch.no_grad():
+        a, b = model.encode_text(texts), model.encode_text(padded)
+    torch.testing.assert_close(b.emb, a.emb)
+    torch.testing.assert_close(b.weights, a.weights)
+
+
+def test_concat_fusion_scores_a_video_that_lacks_some_experts() -> None:
+    """concat (CE Table 6) has one joint embedding: a video with any expert is scored by the cosine of
+    the two joint vectors (its missing experts zero-padded); only a video with none is left out."""
+    torch.manual_seed(0)
+    model = create_model(model_cfg(experts=EXPERTS, embed_dim=24, text_dim=12, text_clusters=3,
+                                   **VARIANTS['concat'])).eval()
+    videos, texts = _videos(4, 9), _texts(3, 9)
+    for name in ('object', 'face'):
+        videos[name].available[:] = True
+    videos['object'].available[1] = False
+    for v in videos.values():
+        v.available[3] = False
+    with torch.no_grad():
+        t, v = model.encode_text(texts), model.encode_video(videos)
+        s = model.scores(videos, texts)
+    assert v.available[:, 0].tolist() == [True, True, True, False]
+    torch.testing.assert_close(s[:, :3], t.emb[:, 0] @ v.emb[:3, 0].T)

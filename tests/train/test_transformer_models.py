@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from train.losses import ContrastiveLoss, hard_negative_triplet
 from train.main import CONFIG_DIR
@@ -328,3 +329,101 @@ def test_the_decoders_batch_norm_counts_valid_seconds_only_and_loads_as_saved() 
     loaded = _model('ssb')
     loaded.load_state_dict(saved)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in saved.items())
+
+
+def test_mmt_input_sums_features_expert_and_temporal_embeddings() -> None:
+    """MMT eq. 1, Omega(v) = F(v) + E(v) + T(v): each row of the sequence is its projected feature
+    (L2-normalised), plus its expert's embedding, plus the embedding of its second (T_agg for the agg
+    tokens), before the layer norm."""
+    model = _model('mmt')
+    video = _videos(3, 12)
+    seen: list[torch.Tensor] = []
+    hook = model.embed_norm.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    try:
+        with torch.no_grad():
+            model.encode_video(video)
+            feats, experts, times, _, agg_pos = model.video_inputs(video)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(seen[0], feats + model.expert_embed.matrix()[experts] + model.temporal_embed.weight[times])
+    for m, (spec, proj) in enumerate(zip(EXPERTS, model.project.values())):
+        rows = slice(agg_pos[m] + 1, agg_pos[m] + 1 + spec.max_tokens)
+        with torch.no_grad():
+            torch.testing.assert_close(feats[:, rows], F.normalize(proj.fc(video[spec.name].x), dim=-1))
+        assert (experts[:, agg_pos[m]:rows.stop] == m).all()
+        assert torch.equal(times[:, rows], temporal_ids(video[spec.name].times, SMALL.max_positions))
+
+
+def test_mmt_embeddings_are_the_normalised_agg_outputs_and_cls_state() -> None:
+    """MMT eq. 5: psi_agg^i is the encoder's output at expert i's agg token, L2-normalised (scores are
+    cosines); the caption's embeddings are the gated embedding modules of BERT's [CLS] state."""
+    model = _model('mmt')
+    video, text = _videos(3, 13), _texts(4, 13)
+    outs: list[torch.Tensor] = []
+    hook = model.encoder.register_forward_hook(lambda mod, inp, out: outs.append(out))
+    try:
+        with torch.no_grad():
+            v, t = model.encode_video(video), model.encode_text(text)
+            agg_pos = model.video_inputs(video)[-1]
+            cls = model.text_model(input_ids=text.x, attention_mask=text.mask.long()).last_hidden_state[:, 0]
+            gems = torch.stack([gem(cls) for gem in model.text_gem.values()], 1)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(v.emb, F.normalize(outs[0][:, agg_pos], dim=-1))
+    torch.testing.assert_close(v.emb.norm(dim=-1), torch.ones(3, len(EXPERTS)))
+    torch.testing.assert_close(t.emb, gems)
+
+
+@pytest.mark.parametrize('kind', ['mmt', 'ssb'])
+def test_a_captions_embedding_ignores_padding_after_it(kind: str) -> None:
+    """A caption's embedding is read from its own tokens (BERT's [CLS] state; the support-set text
+    head over its valid positions): more padding after it changes nothing."""
+    model = _model(kind)
+    text = _texts(4, 14)
+    longer = TextInput(torch.cat([text.x, torch.zeros(4, 3, dtype=text.x.dtype)], 1),
+                       torch.cat([text.mask, torch.zeros(4, 3, dtype=torch.bool)], 1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(longer).emb, model.encode_text(text).emb, atol=1e-5, rtol=1e-5)
+
+
+def test_support_set_pooling_head_by_hand() -> None:
+    """Eq. 4 with both residuals, psi(e) = BN(FFN(e_attn) + e_attn), e_attn = BN(MHA(f(e)) + f(e)),
+    layer after layer; the embedding is the first output token, L2-normalised."""
+    model = _model('ssb')
+    head = model.video_head
+    e, mask = model.video_features(_videos(3, 15))
+    with torch.no_grad():
+        x = e
+        for layer in head.layers:
+            f = layer.pre(x, mask)
+            a = layer.attn(f, f, f, key_padding_mask=~mask, need_weights=False)[0]
+            e_attn = layer.bn1(a + f, mask)
+            x = layer.bn2(layer.ffn(e_attn) + e_attn, mask)
+        torch.testing.assert_close(head(e, mask), F.normalize(x[:, 0], dim=-1))
+
+
+def test_cross_captioning_decodes_each_caption_from_its_own_row_of_support_weights() -> None:
+    """Eq. 3: caption i is decoded from sum_j softmax_j(<c_t^i, c_v^j> / T) e_v^j, its own row of
+    attention: scores that put all of caption i's attention on video i + 1 give the loss of decoding
+    each caption from the next video's features (the column, video i - 1's, gives another)."""
+    from train.models.base import Embeddings
+
+    model = _model('ssb')
+    video, text = _videos(6, 16), _texts(6, 16)
+    nxt, prev = torch.roll(torch.arange(6), -1), torch.roll(torch.arange(6), 1)
+    sims = torch.zeros(6, 6)
+    sims[torch.arange(6), nxt] = 1000.0  # a one-hot softmax at any temperature
+
+    def loss(out: Embeddings, support: str) -> float:
+        model.cfg = dataclasses.replace(model.cfg, support_set=support)
+        return float(model.extra_loss(out, out, sims))
+
+    def moved(out: Embeddings, order: torch.Tensor) -> Embeddings:
+        return Embeddings(out.text, out.video, {**out.extra, 'features': out.extra['features'][order],
+                                                'mask': out.extra['mask'][order]})
+
+    with torch.no_grad():
+        out = model(video, text)
+        attended = loss(out, 'full')
+        assert attended == pytest.approx(loss(moved(out, nxt), 'identity'), rel=1e-5)
+        assert attended != pytest.approx(loss(moved(out, prev), 'identity'), rel=1e-3)
