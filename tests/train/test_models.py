@@ -281,6 +281,17 @@ def test_each_model_has_its_own_config_and_refuses_another_models_settings(tmp_p
     _check_resumable(tmp_path, now)  # no error: the other models' settings at their defaults are dropped
     with pytest.raises(ConfigError, match='other settings'):  # the same run with another margin is refused
         _check_resumable(tmp_path, {**now, 'train': {**now['train'], 'margin': 0.5}})
+    # a CE run saved before gating_pairs was fitted with the sum: it is read so, and resumed only so
+    from train.config import saved_run_cfg
+
+    (tmp_path / 'config.yaml').write_text(yaml.safe_dump({**run('ce', projection=True, gating='collaborative'),
+                                                          'seed': 0}))
+    assert saved_run_cfg(tmp_path).model.gating_pairs == 'sum'
+    ce = run('ce', projection=True, gating='collaborative')
+    now = yaml.safe_load(yaml.safe_dump({**to_dict(from_dict(RunCfg, ce)), 'seed': 0}, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"model\.gating_pairs: 'sum' there, 'mean' now"):
+        _check_resumable(tmp_path, now)
+    _check_resumable(tmp_path, {**now, 'model': {**now['model'], 'gating_pairs': 'sum'}})
 
 
 def test_netvlad_sync_batch_norm_normalises_in_float32() -> None:
@@ -349,13 +360,15 @@ def test_embeddings_are_unit_vectors_and_ignore_a_missing_experts_features(name:
     torch.testing.assert_close(t.emb.norm(dim=-1), torch.ones(t.emb.shape[:2]))
 
 
-def test_collaborative_gating_by_hand() -> None:
-    """CE eqs. 1-2 as built here: T_i = sum over the video's available experts j (i itself included)
-    of one shared g([x_i, x_j]), and x_i gated per feature by sigmoid(BN(T_i) + BN(W_i x_i + b_i)),
-    then L2-normalised; written out for each video and expert."""
+@pytest.mark.parametrize('pairs', ['mean', 'sum'])
+def test_collaborative_gating_by_hand(pairs: str) -> None:
+    """CE eqs. 1-2 as built here: T_i from one shared g([x_i, x_j]) over the video's available experts
+    j (i itself included: CE's released config, include_self 1), their mean over the pairs of two
+    available experts as CE's released code takes it (or eq. 1's sum), and x_i gated per feature by
+    sigmoid(BN(T_i) + BN(W_i x_i + b_i)), then L2-normalised; written out for each video and expert."""
     torch.manual_seed(0)
     keys = ['a', 'b', 'c']
-    cg = CollaborativeGating(keys, 8)
+    cg = CollaborativeGating(keys, 8, pairs)
     cg.train()
     cg(torch.randn(10, 3, 8), torch.rand(10, 3) > 0.3).sum().backward()  # batch-norm statistics
     cg.eval()
@@ -365,9 +378,12 @@ def test_collaborative_gating_by_hand() -> None:
         got = cg(x, available)
         for b in range(3):
             for i, k in enumerate(keys):
-                # j == i included as ce.py builds it, while CE's eq. 1 sums over j != i only: a divergence
-                # left to the model's owner (this test pins what is built)
-                t = sum(cg.g(torch.cat([x[b, i], x[b, j]])[None])[0] for j in range(3) if available[b, j])
+                # j == i included as CE's released config does (its eq. 1 writes j != i)
+                rel = [cg.g(torch.cat([x[b, i], x[b, j]])[None])[0] for j in range(3) if available[b, j]]
+                if pairs == 'sum':
+                    t = sum(rel)
+                else:  # CE's code: sum of g * a_i a_j over sum of a_i a_j (+1e-11): zeros for a missing expert
+                    t = sum(rel) / len(rel) if available[b, i] else torch.zeros(8)
                 gate = torch.sigmoid(cg.bn_t[k](t[None])[0] + cg.bn_x[k](cg.fc[k](x[b, i])[None])[0])
                 torch.testing.assert_close(got[b, i], F.normalize(x[b, i] * gate, dim=0), msg=f'video {b} expert {k}')
 

@@ -23,10 +23,18 @@ JOINT = 'joint'  # the key of the one embedding of fusion: concat
 
 
 class CollaborativeGating(nn.Module):
-    """T_i = sum_j a_j g([x_i, x_j]); x_i <- normalise(x_i * sigmoid(BN_i(T_i) + BN'_i(W_i x_i + b_i)))."""
+    """T_i from the pairs (i, j) of the video's experts, i itself included; then
+    x_i <- normalise(x_i * sigmoid(BN_i(T_i) + BN'_i(W_i x_i + b_i))).
 
-    def __init__(self, keys: list[str], dim: int) -> None:
+    `pairs` ``mean``: T_i = sum_j a_i a_j g([x_i, x_j]) / sum_j a_i a_j, as CE's released code computes
+    it (configs/base_config.json: use_ce pairwise, include_self 1, num_g_layers 3, num_h_layers 0,
+    use_bn_reason 1, use_mish 1); ``sum``: T_i = sum_j a_j g([x_i, x_j]), eq. 1's sum (there over
+    j != i), which runs saved before this setting used. A mean keeps T_i's scale whatever the number
+    of experts a video has; a sum grows with it."""
+
+    def __init__(self, keys: list[str], dim: int, pairs: str = 'mean') -> None:
         super().__init__()
+        self.pairs = pairs
         self.g = nn.Sequential(nn.Linear(2 * dim, dim),
                                nn.BatchNorm1d(dim), nn.Mish(), nn.Linear(dim, dim),
                                nn.BatchNorm1d(dim), nn.Mish(), nn.Linear(dim, dim))
@@ -38,7 +46,11 @@ class CollaborativeGating(nn.Module):
         b, m, d = x.shape
         pairs = torch.cat([x[:, :, None].expand(b, m, m, d), x[:, None, :].expand(b, m, m, d)], -1)
         rel = self.g(pairs.reshape(b * m * m, 2 * d)).reshape(b, m, m, d)
-        t = (rel * available[:, None, :, None].to(rel.dtype)).sum(2)  # only the video's own experts
+        if self.pairs == 'mean':
+            both = (available[:, :, None] & available[:, None, :]).to(rel.dtype)  # (b, i, j)
+            t = (rel * both[..., None]).sum(2) / (both.sum(2, keepdim=True) + 1e-11)
+        else:
+            t = (rel * available[:, None, :, None].to(rel.dtype)).sum(2)  # only the video's own experts
         out = [F.normalize(x[:, i] * torch.sigmoid(self.bn_t[k](t[:, i]) + self.bn_x[k](self.fc[k](x[:, i]))), dim=-1)
                for i, k in enumerate(self.fc)]
         return torch.stack(out, 1)
@@ -56,7 +68,7 @@ class CE(MEE):
         elif cfg.projection:
             self.reduce = nn.ModuleDict({k: ReduceDim(_agg_dim(e), cfg.embed_dim) for k, e in zip(keys, cfg.experts)})
             if cfg.gating == 'collaborative':
-                self.cg = CollaborativeGating(keys, cfg.embed_dim)
+                self.cg = CollaborativeGating(keys, cfg.embed_dim, cfg.gating_pairs)
             else:
                 self.context = nn.ModuleDict({k: ContextGating(cfg.embed_dim) for k in keys})
         else:

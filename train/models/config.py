@@ -191,11 +191,15 @@ class CECfg(MEECfg):
             straight from the expert's features (MEE).
         gating: ``collaborative`` (CE) or ``context`` (a GEM's context gating).
         fusion: ``experts`` (one embedding per expert) or ``concat`` (one joint embedding).
+        gating_pairs: how collaborative gating combines an expert's pairwise relations: ``mean``
+            over the pairs of experts the video has (CE's released code) or ``sum`` (eq. 1's sum;
+            runs saved before this setting existed are read with it).
     """
 
     projection: bool = False
     gating: str = 'context'
     fusion: str = 'experts'
+    gating_pairs: str = 'mean'
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -203,6 +207,8 @@ class CECfg(MEECfg):
             raise ValueError('gating must be collaborative or context')
         if self.fusion not in ('experts', 'concat'):
             raise ValueError('fusion must be experts or concat')
+        if self.gating_pairs not in ('mean', 'sum'):
+            raise ValueError('gating_pairs must be mean or sum')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,10 +279,14 @@ def model_cfg(model: str, experts: tuple[ExpertSpec, ...], **settings: Any) -> M
 def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
     """A ``model:`` section as a run's config.yaml saved it before each model had its own config:
     the other models' settings, at the defaults they then had, dropped (a value that differs from
-    the default stays, and fails as it should)."""
+    the default stays, and fails as it should); a CE run saved before `gating_pairs` keeps ``sum``."""
     name = data.get('model')
     own = MODEL_CONFIGS.get(name) if isinstance(name, str) else None  # a list is unhashable: `resolve` says what
     if own is None:
         return data
     names = {f.name for f in dataclasses.fields(own)}
-    return {k: v for k, v in data.items() if k in names or k not in _SHARED_BEFORE or _SHARED_BEFORE[k] != v}
+    upgraded = {k: v for k, v in data.items() if k in names or k not in _SHARED_BEFORE or _SHARED_BEFORE[k] != v}
+    if own is CECfg and upgraded.get('gating') == 'collaborative' and 'gating_pairs' not in upgraded:
+        # trained before the mean: its weights were fitted to the sum
+        upgraded['gating_pairs'] = 'sum'
+    return upgraded
