@@ -31,7 +31,8 @@ import yaml
 
 from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
-from shared.files import append_text, atomic_save, atomic_write, atomic_write_text, held_lock, make_dir
+from shared.files import (append_text, atomic_save, atomic_write, atomic_write_text, held_lock, make_dir,
+                          raise_if_stopping)
 from train.captions import CaptionData, build_caption_encoder
 from train.checkpoints import FINAL, FROZEN, GALLERY, load_checkpoint, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
@@ -91,6 +92,7 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput],
     total, n, read = None, 0, 0
     carried, done = before
     for n, (video, text) in enumerate(batches, 1):
+        raise_if_stopping()  # a Ctrl-C lost in a finaliser: else the run trained on, all its epochs
         if between is not None and n > 1:
             try:
                 read = n - 1 if between(n - 1, total) else read
