@@ -288,6 +288,27 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_training(tiny: Path, tmp_path:
     assert signal.getsignal(signal.SIGINT) is before  # put back
 
 
+@pytest.fixture(scope='module')
+def finished(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch MEE run on `tiny` (its --run-dir)."""
+    from train.main import main as train_main
+
+    run = tmp_path_factory.mktemp('finished') / 'run'
+    assert train_main(_train(tiny, run, '--set', 'train.epochs=1')) == 0
+    return run
+
+
+def test_a_finished_run_run_again_says_nothing_is_left_to_train(finished: Path, tiny: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """A run killed after its last epoch's checkpoint (or run again) said "resuming at epoch 2" of its 1."""
+    from train.main import main as train_main
+
+    capsys.readouterr()
+    assert train_main(_train(tiny, finished, '--set', 'train.epochs=1')) == 0
+    out = capsys.readouterr().out
+    assert f'{finished}/seed0 has trained all its 1 epoch: nothing is left to train' in out and 'resuming' not in out
+
+
 def test_a_corrupt_gallery_is_one_line_and_a_rerun_writes_it_again(tiny: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     import torch
