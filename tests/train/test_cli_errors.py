@@ -309,6 +309,22 @@ def test_a_finished_run_run_again_says_nothing_is_left_to_train(finished: Path, 
     assert f'{finished}/seed0 has trained all its 1 epoch: nothing is left to train' in out and 'resuming' not in out
 
 
+def test_ctrl_c_in_train_evaluate_is_one_line(finished: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C in `python -m train.evaluate` (SIGINT while it evaluates): exit 130 and one line, as in
+    `python -m train`; a traceback before."""
+    import train.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, 'evaluate_run', lambda *args: signal.raise_signal(signal.SIGINT))
+    try:
+        code = evaluate.main(['--run', str(finished), '--data-root', str(tiny / 'data'), '--features-root',
+                              str(tiny / 'features'), '--device', 'cpu'])
+    except KeyboardInterrupt:
+        pytest.fail('KeyboardInterrupt out of train.evaluate: a traceback')
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().splitlines()[-1].startswith('interrupted: rerun the same command'), err
+
+
 def test_a_corrupt_gallery_is_one_line_and_a_rerun_writes_it_again(tiny: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     import torch
