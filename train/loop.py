@@ -251,7 +251,7 @@ def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device:
         _adopt_best(state, last.parent / 'best.pt')
         if not _more(state, cfg):  # killed after its last checkpoint, or run again: "resuming at epoch 31" of 30
             done = f'{cfg.steps} steps' if cfg.steps else f'{cfg.epochs} epoch{"s" if cfg.epochs > 1 else ""}'
-            print(f'{run_dir} has trained all its {done}: nothing is left to train; only the test runs '
+            print(f'resuming {run_dir}: it has trained all its {done}, nothing is left to train; only the test runs '
                   f'(without a test part: {FINAL})')
         elif state.epoch_steps and state.epoch_steps == per_epoch:  # train.steps stopped at the epoch's last step
             print(f'resuming {run_dir} at epoch {state.epoch + 2}, step {state.steps + 1}')

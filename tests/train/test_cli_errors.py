@@ -306,7 +306,8 @@ def test_a_finished_run_run_again_says_nothing_is_left_to_train(finished: Path, 
     capsys.readouterr()
     assert train_main(_train(tiny, finished, '--set', 'train.epochs=1')) == 0
     out = capsys.readouterr().out
-    assert f'{finished}/seed0 has trained all its 1 epoch: nothing is left to train' in out and 'resuming' not in out
+    assert f'resuming {finished}/seed0: it has trained all its 1 epoch, nothing is left to train' in out
+    assert 'at epoch' not in out
 
 
 def test_ctrl_c_in_train_evaluate_is_one_line(finished: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch,
