@@ -76,6 +76,9 @@ def _inputs(tiny: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]
         "typo in a model's --set key": (['--set', 'model.embed_dm=8'], ('--set model.embed_dm', 'did you mean '
                                                                         'model.embed_dim?')),
         'no such --config': (['--config', str(tmp / 'nope.yaml')], (f'--config {tmp}/nope.yaml: no such file',)),
+        # Adam's first step, lr / 0.1, past float32's range: torch's RuntimeError traceback
+        'lr=1e38': (['--set', 'train.lr=1e38', '--set', 'train.optimizer=adam'], ('train.lr must be at most 1e+36',
+                                                                                  'got 1e+38', 'overflow float32')),
     }
 
 
@@ -88,7 +91,7 @@ INPUTS = ['batch_size=0', 'not word vectors', 'embed_dim=1e9 (float)', 'embed_di
           'python tag in --config', 'python tag in --set', 'pairs of windows', 'seed superscript', 'set inside a list',
           'YAML alias bomb', 'model name a list', 'embed_dim=0', 'embed_dim=-3', 'text_clusters=0', 'expert dim=0',
           'max_words=0', 'no caption word has a vector', 'empty config', 'expert without dim', 'typo in a --set key',
-          'typo in a --set section', "typo in a model's --set key", 'no such --config']
+          'typo in a --set section', "typo in a model's --set key", 'no such --config', 'lr=1e38']
 
 
 @pytest.mark.parametrize('name', INPUTS)
