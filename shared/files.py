@@ -25,7 +25,8 @@ from typing import IO, Any
 from shared.config import ConfigError
 
 __all__ = ['append_text', 'compressed_record', 'atomic_write', 'atomic_save', 'atomic_write_text', 'fsync_dir', 'make_dir', 'sha256_file',
-           'signals_deferred', 'held_lock', 'LOCK', 'WriteError', 'temp_path', 'remove_stale_temps']
+           'signals_deferred', 'held_lock', 'LOCK', 'WriteError', 'temp_path', 'remove_stale_temps', 'stop_asked',
+           'raise_if_stopping', 'stop_handler']
 
 #: the lock file `held_lock` keeps in a directory
 LOCK = '.lock'
@@ -97,6 +98,27 @@ def signals_deferred(escalate: bool = False) -> Iterator[None]:
         restore()
         if len(got) == 1 or (got and not escalate):  # (an escalated one has acted already)
             signal.raise_signal(got[0])
+
+
+#: set by `stop_handler` (Ctrl-C or SIGTERM asked this process to stop); a command clears it as it starts
+stop_asked = threading.Event()
+
+
+def stop_handler(signum: int, frame: Any) -> None:
+    """A handler for Ctrl-C and SIGTERM: KeyboardInterrupt, remembered in `stop_asked` for
+    `raise_if_stopping`."""
+    stop_asked.set()
+    raise KeyboardInterrupt
+
+
+def raise_if_stopping() -> None:
+    """KeyboardInterrupt once more where `stop_handler` raised one that was lost: raised while Python
+    runs a finaliser (a `__del__`, a weakref callback: the garbage collector runs them at any
+    allocation, a DataLoader's iterator joins its workers in one), it is printed as "Exception
+    ignored" and dropped, and a training of many epochs went on after its one Ctrl-C. Loops call it
+    once a step."""
+    if stop_asked.is_set():
+        raise KeyboardInterrupt
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:

@@ -18,6 +18,8 @@ from train.models.config import upgrade_saved
 
 #: `DataCfg.sample`'s values (`train.sampling`)
 SAMPLES = ('video', 'window', 'segment')
+#: the largest `train.lr`: Ranger's first step, lr / (1 - 0.95), fits in float32 (Adam's, lr / 0.1, too)
+MAX_LR = 1e36
 
 __all__ = ['DataCfg', 'ExtraCfg', 'SAMPLES', 'TrainCfg', 'RunCfg', 'load_run_cfg', 'read_saved', 'saved_run_cfg', 'check_resumable',
            'settings_changed', 'RESUME_MAY_CHANGE', 'flat_settings']
@@ -221,6 +223,9 @@ class TrainCfg:
                 raise ValueError(f'train.{name} must be a finite number, got {value!r}')
         if self.lr <= 0:
             raise ValueError(f'train.lr must be positive, got {self.lr}')
+        if self.lr > MAX_LR:  # the first step of Adam is lr / (1 - beta1): past float32's range, torch's traceback
+            raise ValueError(f'train.lr must be at most {MAX_LR:g}, got {self.lr:g}: the optimiser\'s first step '
+                             '(lr / (1 - beta1)) would overflow float32 (learning rates are well below 1)')
         if self.temperature <= 0:
             raise ValueError(f'train.temperature must be positive, got {self.temperature}')
         if not 0.0 <= self.device_data <= 1.0:

@@ -198,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: a traceback before; each seed's files are written whole, once it is done
+        print('\ninterrupted: rerun the same command to evaluate; the seeds done so far wrote their results '
+              '(SEED/eval/)', file=sys.stderr)
+        return 130
 
 
 def _only_split(manifest: Manifest) -> str:

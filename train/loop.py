@@ -31,7 +31,8 @@ import yaml
 
 from shared.config import ConfigError, to_dict
 from shared.datasets import Manifest
-from shared.files import append_text, atomic_save, atomic_write, atomic_write_text, held_lock, make_dir, sha256_file
+from shared.files import (append_text, atomic_save, atomic_write, atomic_write_text, held_lock, make_dir,
+                          raise_if_stopping, sha256_file)
 from train.captions import CaptionData, build_caption_encoder
 from train.checkpoints import FINAL, FROZEN, GALLERY, load_checkpoint, load_model, save_checkpoint
 from train.config import RunCfg, TrainCfg, check_resumable
@@ -91,6 +92,7 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[dict[str, ExpertInput],
     total, n, read = None, 0, 0
     carried, done = before
     for n, (video, text) in enumerate(batches, 1):
+        raise_if_stopping()  # a Ctrl-C lost in a finaliser: else the run trained on, all its epochs
         if between is not None and n > 1:
             try:
                 read = n - 1 if between(n - 1, total) else read
@@ -247,7 +249,11 @@ def _resume(state: TrainState, last: Path, cfg: TrainCfg, run_dir: Path, device:
                           f'train.epochs={done} (or more, to continue it) to use this one')
     if ranks.main:
         _adopt_best(state, last.parent / 'best.pt')
-        if state.epoch_steps and state.epoch_steps == per_epoch:  # train.steps stopped at the epoch's last step
+        if not _more(state, cfg):  # killed after its last checkpoint, or run again: "resuming at epoch 31" of 30
+            done = f'{cfg.steps} steps' if cfg.steps else f'{cfg.epochs} epoch{"s" if cfg.epochs > 1 else ""}'
+            print(f'resuming {run_dir}: it has trained all its {done}, nothing is left to train; only the test runs '
+                  f'(without a test part: {FINAL})')
+        elif state.epoch_steps and state.epoch_steps == per_epoch:  # train.steps stopped at the epoch's last step
             print(f'resuming {run_dir} at epoch {state.epoch + 2}, step {state.steps + 1}')
         else:
             print(f'resuming {run_dir} at epoch {state.epoch + 1}'

@@ -19,7 +19,7 @@ from shared.config import (DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data
                            parse_overrides, to_dict)
 from shared.datasets import DatasetError, load_manifest, require_registered
 from shared.device import DEVICE_HELP, pick_device
-from shared.files import atomic_write_text
+from shared.files import atomic_write_text, raise_if_stopping, stop_asked, stop_handler
 from shared.logs import setup_logging
 from shared.media import count_media
 from shared.store import StoreError
@@ -112,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     ranks, base = SINGLE, None
     # SIGTERM (a SLURM pre-emption or time limit, torchrun stopping its processes, a `kill`) stops the run
     # as Ctrl-C does: its default killed the process at once, with no line saying how to go on, and left
-    # the streamed parts' feature caches (GBs on local disk) behind
+    # the streamed parts' feature caches (GBs on local disk) behind. Both are remembered (`stop_handler`):
+    # the training loop raises a lost one again (`raise_if_stopping`)
     main_thread = threading.current_thread() is threading.main_thread()  # signal.signal refuses others
-    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
+    stop_asked.clear()
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)  # not a Ctrl-C ignored (nohup)
+                if main_thread and (s == signal.SIGTERM or signal.getsignal(s) is not signal.SIG_IGN)}
     try:
         overrides = parse_overrides(args.settings)
         if args.split:
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                       f'{f" x {ranks.world} processes" if ranks.active else ""} -> {run_dir}')
             results.append(train_run(cfg, manifest, args.features_root, args.data_root, run_dir, seed, device,
                                      progress=not args.no_progress, ranks=ranks))
+            raise_if_stopping()  # one lost after the last step (testing): the next seed does not start
         if not ranks.main:  # rank 0 writes and prints the results
             return 0
         if not any(results):  # pretraining: nothing to test
@@ -188,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         teardown()
-        if previous is not None and signal.getsignal(signal.SIGTERM) is _sigterm:  # after a SIGTERM: stopping, ignored
-            signal.signal(signal.SIGTERM, previous)
+        stop_asked.clear()  # (tests call `main` and the loop in one process)
+        for s, handler in previous.items():
+            if signal.getsignal(s) is _stop:  # (after an interrupt, SIGTERM stays ignored: `_stopping`)
+                signal.signal(s, handler)
 
 
 def _peer_lost(err: RuntimeError) -> bool:
@@ -205,11 +211,12 @@ def _stopping(main_thread: bool) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    """SIGTERM stops the run as Ctrl-C does (last.pt stays, and the rerun resumes from it); once the
-    interrupt reaches `main`, more SIGTERMs are ignored (`_stopping`): SLURM signals every process of a job
-    and torchrun passes its own on, and another KeyboardInterrupt in the handling was a traceback."""
-    raise KeyboardInterrupt
+def _stop(signum: int, frame: object) -> None:
+    """Ctrl-C and SIGTERM stop the run (last.pt stays, and the rerun resumes from it), remembered for
+    `raise_if_stopping`; once the interrupt reaches `main`, more SIGTERMs are ignored (`_stopping`): SLURM
+    signals every process of a job and torchrun passes its own on, and another KeyboardInterrupt in the
+    handling was a traceback."""
+    stop_handler(signum, frame)
 
 
 def _agree(ranks: Dist, cfg: RunCfg, seeds: list[int], base: Path, args: argparse.Namespace) -> None:
