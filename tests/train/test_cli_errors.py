@@ -199,8 +199,8 @@ def _training(tiny: Path, run: Path, python: str, repo_root: Path, subprocess_en
     """A real `python -m train` of 100,000 epochs on `tiny` into `run`, started, once its first last.pt
     is written: (its command, the process). Its output unbuffered: the rerun's 'resuming' line is read."""
     cmd = [python, '-m', 'train', *_train(tiny, run, '--set', 'train.epochs=100000')]
-    proc = subprocess.Popen(cmd, cwd=repo_root, env={**subprocess_env, 'PYTHONUNBUFFERED': '1'},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**subprocess_env, 'PYTHONUNBUFFERED': '1', 'PYTHONFAULTHANDLER': '1'}  # SIGABRT: its stacks (`_stopped`)
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last, deadline = run / 'seed0' / 'checkpoints' / 'last.pt', time.time() + 120
     while not last.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -214,9 +214,13 @@ def _stopped(proc: subprocess.Popen) -> str:
     try:
         err = proc.communicate(timeout=STOP_S)[1]
     except subprocess.TimeoutExpired:
-        proc.kill()
-        err = proc.communicate()[1]
-        pytest.fail(f'still running {STOP_S} s after one signal; its stderr:\n{err}')
+        proc.send_signal(signal.SIGABRT)  # faulthandler (PYTHONFAULTHANDLER): every thread's stack, to say where
+        try:
+            err = proc.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = proc.communicate()[1]
+        pytest.fail(f'still running {STOP_S} s after one signal; its stderr, with its threads\' stacks:\n{err}')
     assert proc.returncode == 130 and 'Traceback' not in err, err
     return err
 
