@@ -40,7 +40,7 @@ from shared.datasets import DatasetError, Manifest, load_manifest, stores_name
 from shared.device import pick_device
 from shared.files import make_dir, remove_stale_temps, sha256_file, temp_path
 from shared.logs import setup_logging
-from shared.media import MediaError, ffmpeg_exe
+from shared.media import MediaError, count_media, ffmpeg_exe
 from shared.store import StoreError, shard_chunks, unreadable
 from train.config import RunCfg
 from train.data import aggregate, open_expert_store
@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
     for pattern, recall in index.recall.items():
         print(f'approximate index of pattern {pattern}: recall@10 against exact {recall:.3f}')
-    print(f'{index.n_videos} videos indexed in {out}\nserve it: {serve_command(run, out, args.data_root)}')
+    # the index holds the manifest's videos (`embed_collection` refuses other ones); stills are not 'videos'
+    print(f'{count_media(manifest.paths)} indexed in {out}\nserve it: {serve_command(run, out, args.data_root)}')
     return 0
 
 

@@ -298,7 +298,9 @@ def test_the_command_train_index_prints_serves_the_index(served, demo_stores: tu
     capsys.readouterr()
     assert index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
                        str(features), '--out', str(index)]) == 0  # complete: the index again, and the line
-    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith('serve it: ')][-1]
+    out = capsys.readouterr().out
+    assert f'60 videos indexed in {index}' in out, out  # count_media's words: stills are 'still images'
+    line = [s for s in out.splitlines() if s.startswith('serve it: ')][-1]
     argv = shlex.split(line.removeprefix('serve it: '))
     assert argv[:3] == ['python', '-m', 'pipelines.serve']
     monkeypatch.chdir(tmp_path)  # no ./data here

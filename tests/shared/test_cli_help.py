@@ -259,3 +259,27 @@ def test_launch_help_is_this_projects_command_with_examples(monkeypatch: pytest.
     assert out.startswith('usage: python -m train.launch ') and 'launch.py' not in out, out[:200]
     assert re.search(r'^  python -m train\.launch --standalone --nproc-per-node \d+ -m train --model ', out, re.M), out
     assert 'make train MODEL=' in out and '--nnodes' in out  # torchrun's own options are all still there
+
+
+@pytest.mark.parametrize('package, module', [('train', 'train.main'), ('extract', 'extract.run')])
+def test_ctrl_c_while_the_command_loads_is_one_line(package: str, module: str, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C in the seconds `import torch` takes (more on a busy node) was a KeyboardInterrupt traceback
+    and exit -2: `python -m train` / `python -m extract` as run, their import interrupted."""
+    import runpy
+    import sys
+    import types
+
+    class Interrupted(types.ModuleType):
+        def __getattr__(self, name: str) -> object:
+            if name in ('main', 'exit_cli'):  # what __main__ imports; not what tracebacks look up (__file__)
+                raise KeyboardInterrupt
+            raise AttributeError(name)
+
+    monkeypatch.setitem(sys.modules, module, Interrupted(module))
+    with pytest.raises(SystemExit) as stop:
+        try:
+            runpy.run_module(package, run_name='__main__')
+        except KeyboardInterrupt:  # (failing this test, not ending pytest's session)
+            pytest.fail('the KeyboardInterrupt came out of the command')
+    assert stop.value.code == 130 and capsys.readouterr().err == '\ninterrupted while starting: nothing was done\n'
