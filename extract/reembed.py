@@ -3,25 +3,22 @@ running OCR or ASR again: the `tokens` array keeps every word with its times.
 
     python -m extract.reembed features/msrvtt/speech.zarr --word-vectors other-vectors.bin
 
-One re-embedding of a store at a time: a second one started while the first runs is refused.
+One re-embedding of a store at a time, and none while an extraction writes it: a second command
+started meanwhile is refused (`shared.store.held_store`), as is an extraction of a store being
+re-embedded.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import errno
-import logging
 import os
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
-from shared.files import _NO_LOCKS
 from shared.store import (DONE, ExpertStore, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store,
-                          finish_swap, open_store, pack_chunk, recorded_tokens, replacement_path, swap_in)
+                          finish_swap, held_store, open_store, pack_chunk, recorded_tokens, replacement_path, swap_in)
 from shared.text import WordVectors, WordVectorsError, load_word_vectors
 
 __all__ = ['reembed', 'main']
@@ -42,48 +39,11 @@ def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
         raise StoreError(f'{out} exists: the re-embedded store goes to a new path (or leave out --out to replace '
                          f'{path} itself)')
     finish_swap(path)
-    with _held(path):
+    with held_store(path, 'reembed'):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', RandomWeightsWarning)
             src = open_store(path)
         return _reembed(src, vectors, out)
-
-
-@contextlib.contextmanager
-def _held(path: Path) -> Iterator[None]:
-    """The store at `path` held by this re-embedding inside the block: an flock of its directory, refused
-    at once (a StoreError) while another re-embedding holds it. Two of one store built one replacement
-    (`.NAME.reembed-new`), each removing the other's, or read the store the other had just swapped
-    out: both failed, with tracebacks. The directory, not a lock file: nothing is left beside the
-    store, and the OS drops the lock when its process ends, kill -9 included. No store at `path`:
-    `open_store` says so. On a file system without locks it runs unguarded, as before."""
-    import fcntl
-
-    for _ in range(3):  # a store swapped in between the open and the lock is the one to lock
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except (FileNotFoundError, NotADirectoryError):
-            yield
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise StoreError(f'{path} is being re-embedded by another process: wait for it to end (its store '
-                                     'then takes this one\'s place), and rerun only if you still need to') from None
-                if err.errno not in _NO_LOCKS:
-                    raise
-                logging.getLogger(__name__).warning('%s cannot be locked (%s): nothing stops a second re-embedding '
-                                                    'of it', path, err.strerror or err)
-            st, now = os.fstat(fd), os.stat(path)
-            if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
-                yield
-                return
-        finally:
-            os.close(fd)  # releases the lock
-    raise StoreError(f'{path} keeps being replaced while this re-embedding starts: rerun it once the other '
-                     'commands writing it are done')
 
 
 def _reembed(src: ExpertStore, vectors: Path, out: Path | None) -> Path:

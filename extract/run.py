@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import errno
 import json
@@ -42,8 +43,8 @@ from shared.logs import setup_logging
 from shared.media import count_media, media_unit
 from shared.resources import cpu_limit
 from shared.store import (AUTO_CHUNKS_PER_SHARD, DONE, FAILED, PENDING, SHARD_FROM_VIDEOS, ChunkData, ExpertStore,
-                          StoreError, StoreSpec, VideoResult, create_replacement, create_store, finish_swap, is_store,
-                          open_store, pack_chunk, replacement_path, shard_chunks, store_path, swap_in)
+                          StoreError, StoreSpec, VideoResult, create_replacement, create_store, finish_swap, held_store,
+                          is_store, open_store, pack_chunk, replacement_path, shard_chunks, store_path, swap_in)
 
 __all__ = ['RunOptions', 'build_experts', 'load_experts', 'run', 'main', 'open_stores']
 
@@ -571,6 +572,13 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
             models waited for decoded videos after the first) and `device_wait_s` (time the host
             waited for the device's results).
     """
+    with contextlib.ExitStack() as held:  # the stores this run writes, held until it ends (`held_store`)
+        return _run(opts, loaded, stats, pool, held)
+
+
+def _run(opts: RunOptions, loaded: list[Any] | None, stats: dict[str, float] | None, pool: Any,
+         held: contextlib.ExitStack) -> int:
+    """`run`, its stores held in `held`."""
     from extract.experts import resolve_expert_names
 
     t_start = time.time()
@@ -587,6 +595,13 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
         choose_decoder(opts.decoder, device)
     for e in experts:
         e.resolve()
+    # a store being re-embedded is refused before the models load: its chunks would go to the store
+    # the re-embedding then swaps out, or be read by it half-written
+    paths = [store_path(opts.features_root, manifest.name, e.name) for e in experts]
+    unheld = [p for p in paths if not is_store(p)]
+    for p in paths:
+        if p not in unheld:
+            held.enter_context(held_store(p, 'extract'))
     new = opts.overwrite or not all(is_store(store_path(opts.features_root, manifest.name, e.name))
                                     for e in experts)
     if new and loaded is None:  # a store is to be made, so there is work: the models load first
@@ -595,6 +610,8 @@ def run(opts: RunOptions, loaded: list[Any] | None = None, stats: dict[str, floa
     if new:
         _probe(experts)
     stores = open_stores(manifest, experts, opts)
+    for p in unheld:  # made by this run (or another) since
+        held.enter_context(held_store(p, 'extract'))
     n_chunks = next(iter(stores.values())).n_chunks
     mine = shard_chunks(n_chunks, opts.shard, opts.num_shards)
     todo = {n: set(s.pending_chunks(mine, retry_failed=opts.retry_failed)) for n, s in stores.items()}

@@ -49,7 +49,8 @@ __all__ = [
     'StoreError', 'RandomWeightsWarning', 'StoreSpec', 'VideoResult', 'ChunkData', 'ExpertRows',
     'ROW_CHUNK', 'SHARD_FROM_VIDEOS', 'AUTO_CHUNKS_PER_SHARD', 'ExpertStore', 'store_path', 'is_store',
     'create_store', 'open_store', 'shard_chunks', 'pack_chunk', 'recorded_tokens',
-    'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'signals_deferred', 'unreadable', 'CheckReport',
+    'replacement_path', 'create_replacement', 'swap_in', 'finish_swap', 'held_store', 'signals_deferred', 'unreadable',
+    'CheckReport',
     'check_store', 'main',
 ]
 
@@ -1349,6 +1350,80 @@ def _complete(path: Path) -> bool:
             return open_store(path).is_complete()
     except StoreError:
         return False
+
+
+#: `held_store`'s refusals, by who asks and who holds: extractions share a store (the shards of one run
+#: write it together), a re-embedding holds it alone
+_HELD_BY = {
+    ('reembed', 'reembed'): '{path} is being re-embedded by another process: wait for it to end (its store then takes '
+                            'this one\'s place), and rerun only if you still need to',
+    ('reembed', 'extract'): '{path} is being written by an extraction (python -m extract): wait for it to end, then '
+                            'rerun this re-embedding',
+    ('extract', 'reembed'): '{path} is being re-embedded (python -m extract.reembed): wait for it to end, then rerun '
+                            'this command',
+}
+
+
+@contextlib.contextmanager
+def held_store(path: str | os.PathLike, job: str) -> Iterator[None]:
+    """The store at `path` held by this process inside the block: an flock of its directory, shared by
+    an extraction (`job='extract'`: its shards and other extractions write other units of it) and
+    exclusive for a re-embedding (`job='reembed'`), which reads every chunk and swaps a new store in.
+    A conflict is refused at once, a StoreError naming the other job (a shared lock granted to a
+    refused re-embedding tells that the holder is an extraction). The directory, not a lock file:
+    nothing is left beside the store, the lock follows it through renames, and the OS drops it when its
+    process ends, kill -9 included. No store at `path`: nothing to hold. On a file system without
+    locks it warns and runs unguarded."""
+    import fcntl
+
+    from shared.files import _NO_LOCKS
+
+    path = Path(path)
+    mode = fcntl.LOCK_EX if job == 'reembed' else fcntl.LOCK_SH
+    for _ in range(3):  # a store swapped in between the open and the lock is the one to hold
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):  # only a re-embedding refuses an extraction
+                    holder = 'reembed' if job == 'extract' else _holder(path)
+                    raise StoreError(_HELD_BY[job, holder].format(path=path)) from None
+                if err.errno not in _NO_LOCKS:
+                    raise
+                _logger.warning('%s cannot be locked (%s): nothing stops another process from writing it meanwhile',
+                                path, err.strerror or err)
+            st = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:  # swapped out meanwhile: the next turn looks again
+                continue
+            if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                yield
+                return
+        finally:
+            os.close(fd)  # releases the lock
+    raise StoreError(f'{path} keeps being replaced while this command starts: rerun it once the other commands '
+                     'writing it are done')
+
+
+def _holder(path: Path) -> str:
+    """Who holds the store at `path` that a lock was refused: 'extract' when a shared lock is granted
+    (only extractions share it), else 'reembed'."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return 'extract'
+    except OSError:
+        return 'reembed'
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -37,12 +37,15 @@ def test_reembed_keeps_each_videos_status_and_each_words_times(tmp_path: Path) -
     assert open_store(tmp_path / 'new.zarr').attrs['config']['word_vectors'] == str(new.resolve())
 
 
-def _speech_store(tmp_path: Path) -> tuple[Path, Path]:
-    """A complete speech store of two videos embedded with 4-d vectors, and a file of 8-d ones."""
+def _speech_store(tmp_path: Path, path: Path | None = None,
+                  ids: tuple[str, ...] = ('a', 'b')) -> tuple[Path, Path]:
+    """A complete speech store (an OCR one at `path` named ocr.zarr) of two videos embedded with 4-d vectors,
+    and a file of 8-d ones."""
     old = _word2vec(tmp_path / 'old.bin', ['cat', 'dog'], dim=4)
     new = _word2vec(tmp_path / 'new.bin', ['dog'], dim=8)
-    spec = StoreSpec('toy', 'speech', 4, 8, chunk_size=2, has_tokens=True, config={'word_vectors': str(old)})
-    store = create_store(tmp_path / 'speech.zarr', ['a', 'b'], spec)
+    path = path or tmp_path / 'speech.zarr'
+    spec = StoreSpec('toy', path.stem, 4, 8, chunk_size=2, has_tokens=True, config={'word_vectors': str(old)})
+    store = create_store(path, list(ids), spec)
     tokens = [{'word': 'dog', 'start': 0.0, 'end': 1.0, 'conf': 0.9}]
     store.write_chunk(0, pack_chunk([words_result(tokens, load_word_vectors(old), 8)] * 2, 8, 4, True))
     return store.path, new
@@ -225,3 +228,92 @@ def test_what_a_reembed_of_earlier_versions_left_is_settled_by_the_next_run(cut:
         assert open_store(aside).is_complete() and not open_store(path).is_complete()
     else:
         assert check_store(path).exit_code == 0
+
+
+def _folder_and_store(tmp_path: Path) -> tuple[list[str], Path, Path]:
+    """The arguments of an OCR extraction of a folder of one (empty) video, and a complete OCR store
+    where that extraction writes, with the file of 8-d vectors to re-embed it with."""
+    from shared.datasets import load_manifest
+
+    data = tmp_path / 'videos'
+    data.mkdir()
+    (data / 'x.mp4').write_bytes(b'')
+    features = tmp_path / 'features'
+    path, new = _speech_store(tmp_path, features / load_manifest(f'folder:{data}').name / 'ocr.zarr')
+    args = ['-m', 'extract', '--dataset', f'folder:{data}', '--features-root', str(features), '--expert', 'ocr',
+            '--weights', 'random', '--set', f'word_vectors={tmp_path / "old.bin"}', '--workers', '0',
+            '--chunk-size', '2', '--no-progress', '--retry-failed']
+    return args, path, new
+
+
+def _held_by_other(path: Path) -> bool:
+    """Whether another process holds a lock of the store's directory (`held_store`)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_an_extraction_of_a_store_being_reembedded_is_refused(tmp_path: Path, subprocess_env: dict,
+                                                              repo_root: Path) -> None:
+    """`python -m extract` of a store that a re-embedding was rebuilding went ahead: the re-embedding read
+    chunks it was rewriting, then swapped its store in, and the extraction's later chunks went to the
+    store swapped out. It is refused in one line, before its models load, and touches nothing."""
+    import subprocess
+    import sys
+    import time
+
+    args, path, new = _folder_and_store(tmp_path)
+    first = subprocess.Popen([sys.executable, '-m', 'extract.reembed', str(path), '--word-vectors', str(new)],
+                             cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.time() + 120  # its replacement is begun (the store held): stopped there
+        while not (path.parent / '.ocr.zarr.reembed-new').exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        os.kill(first.pid, signal.SIGSTOP)
+        assert first.poll() is None, 'the re-embedding ended before the extraction could start'
+        second = subprocess.run([sys.executable, *args], cwd=repo_root, env=subprocess_env, capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    assert second.returncode == 1 and second.stderr == f'error: {path} is being re-embedded (python -m ' \
+        'extract.reembed): wait for it to end, then rerun this command\n', second.stderr
+    assert open_store(path).feature_dim == 4 and check_store(path).exit_code == 0  # untouched by the extraction
+
+
+def test_a_reembed_of_a_store_an_extraction_writes_is_refused(tmp_path: Path, subprocess_env: dict,
+                                                              repo_root: Path) -> None:
+    """A re-embedding of a complete store that `extract --retry-failed` was rewriting went ahead, and
+    swapped its copy in under the extraction. It is refused in one line naming the extraction; the
+    extraction's lock is shared (shards of one run write one store) and goes with its process."""
+    import subprocess
+    import sys
+    import time
+
+    args, path, new = _folder_and_store(tmp_path)
+    first = subprocess.Popen([sys.executable, *args], cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not _held_by_other(path) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        assert first.poll() is None, 'the extraction ended without holding the store'
+        os.kill(first.pid, signal.SIGSTOP)
+        second = subprocess.run([sys.executable, '-m', 'extract.reembed', str(path), '--word-vectors', str(new)],
+                                cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=120)
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    assert second.returncode == 1 and second.stderr == f'error: {path} is being written by an extraction (python -m ' \
+        'extract): wait for it to end, then rerun this re-embedding\n', second.stderr
+    assert open_store(path).feature_dim == 4
+    assert reembed(path, new) == path and open_store(path).feature_dim == 8  # the lock went with its process
+
