@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import shutil
 import sys
 import warnings
 from pathlib import Path
 
+from shared.files import fsync_dir, remove_stale_temps, signals_deferred, temp_path
 from shared.store import (DONE, ExpertStore, RandomWeightsWarning, StoreError, StoreSpec, VideoResult, create_store,
                           finish_swap, held_store, open_store, pack_chunk, recorded_tokens, replacement_path, swap_in)
 from shared.text import WordVectors, WordVectorsError, load_word_vectors
@@ -30,8 +32,9 @@ def reembed(path: Path, vectors: Path, out: Path | None = None) -> Path:
     In place, the new store is built beside the old one and swapped in as `extract --overwrite`
     swaps its replacement (`shared.store.swap_in`: two renames that Ctrl-C and SIGTERM wait for);
     a swap that a kill cut short is finished first, by this command or any extraction of the store.
-    To `out`, the store is built beside it and renamed into place the same way: a kill leaves no
-    half store at `out` (which its rerun refused as one that exists), and the rerun builds it again.
+    To `out`, the store is built beside it in a folder of this process's own and renamed into place:
+    a kill leaves no half store at `out` (which its rerun refused as one that exists), and the rerun
+    builds it again; of two re-embeddings to one `out`, the second to finish is refused.
     """
     if out is not None:
         finish_swap(out)  # a kill between the renames of an earlier run's swap into `out`
@@ -62,15 +65,37 @@ def _reembed(src: ExpertStore, vectors: Path, out: Path | None) -> Path:
                      has_tokens=True, model=a.get('model', ''), weights=a.get('weights', ''),
                      weights_sha256=a.get('weights_sha256', ''), sampling=a.get('sampling', {}),
                      input_size=a.get('input_size', []), config=config)
-    # a replacement (`.NAME.reembed-new`, one re-embedding of a store at a time) that `swap_in` puts in place
-    target = replacement_path(out or path, builder='reembed')
+    # in place, a replacement (`.NAME.reembed-new`: the store is held, so one re-embedding of it at a time) that
+    # `swap_in` puts there; to `out`, a folder of this process's own (re-embeddings of other stores may go to the
+    # same `out`: with one shared name, each removed the other's), renamed to `out` only if none is there then
+    target = replacement_path(path, builder='reembed') if out is None else temp_path(out, unique=True)
+    if out is not None:
+        remove_stale_temps(out)  # what a killed run to `out` left
     try:
         dst = create_store(target, list(src.video_ids), spec, overwrite=True)
         _write(src, dst, wv)
+        if out is None:
+            return swap_in(dst).path
+        _publish(target, out)
+        return out
     except BaseException:  # Ctrl-C included: no half-written store is left behind
         shutil.rmtree(target, ignore_errors=True)
         raise
-    return swap_in(dst).path
+
+
+def _publish(built: Path, out: Path) -> None:
+    """Rename the complete store `built` to `out`, which must still be free: a rename onto another
+    store fails, so of two re-embeddings to one `out` the second to finish is refused, not mixed in."""
+    with signals_deferred():  # Ctrl-C and SIGTERM wait for the rename: never a store at `out` and ours removed
+        try:
+            os.rename(built, out)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            raise StoreError(f'{out} was made by another process while this re-embedding ran (another re-embedding '
+                             'to the same --out?): it is kept and nothing was written; rerun with another '
+                             '--out') from None
+    fsync_dir(out.parent)  # the rename survives a power cut
 
 
 def _write(src: ExpertStore, dst: ExpertStore, wv: WordVectors) -> None:

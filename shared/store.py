@@ -1236,7 +1236,7 @@ def _unbounded_codecs(codecs: Sequence[Any]) -> list[str]:
 # one is complete, so that a stopped run never leaves neither:
 #   .NAME.overwrite-new   the replacement being built (resumed by a rerun with the same settings)
 #   .NAME.import-new      the same, built by `pipelines.import_features` (never resumed: an import is quick)
-#   .NAME.reembed-new     the same, built by `extract.reembed` (never resumed)
+#   .NAME.reembed-new     the same, built by `extract.reembed` in place (never resumed; to --out: a `temp_path`)
 #   .NAME.overwrite-swap  complete and claimed for the swap by one process (shards race for it)
 #   .NAME.overwrite-old   the old store, set aside between the two renames of the swap, then removed
 # A rerun of any extraction of the store finishes a swap that a kill cut short (`finish_swap`).

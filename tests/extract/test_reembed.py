@@ -179,7 +179,7 @@ def test_a_run_to_out_killed_midway_leaves_no_store_there_and_its_rerun_builds_i
     proc = subprocess.Popen(cmd, cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     # the chunks' arrays are made once the store is: its first chunks are being written
-    while not any((p / 'status').is_dir() for p in (out, tmp_path / '.new.zarr.reembed-new')) \
+    while not any((p / 'status').is_dir() for p in (out, *tmp_path.glob('.new.zarr.*'))) \
             and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)
     assert proc.poll() is None, 'the re-embedding ended before it could be killed'
@@ -317,3 +317,39 @@ def test_a_reembed_of_a_store_an_extraction_writes_is_refused(tmp_path: Path, su
     assert open_store(path).feature_dim == 4
     assert reembed(path, new) == path and open_store(path).feature_dim == 8  # the lock went with its process
 
+
+def test_two_reembeds_of_other_stores_to_one_out_never_mix(tmp_path: Path, subprocess_env: dict,
+                                                           repo_root: Path) -> None:
+    """Two re-embeddings of different stores to the same --out built the same `.OUT.reembed-new`: the
+    second removed the first's and put its own at OUT, and the first then failed with a traceback. The
+    second to finish is refused in one line; OUT is the first to finish's, whole, with nothing left over."""
+    import subprocess
+    import sys
+    import time
+
+    one, new = _speech_store(tmp_path)
+    two, _ = _speech_store(tmp_path, tmp_path / 'other' / 'speech.zarr', ids=('c', 'd'))
+    out = tmp_path / 'new.zarr'
+
+    def building() -> bool:
+        return any((p / 'status').is_dir() for p in tmp_path.glob('.new.zarr.*'))
+
+    first = subprocess.Popen([sys.executable, '-m', 'extract.reembed', str(one), '--word-vectors', str(new),
+                              '--out', str(out)], cwd=repo_root, env=subprocess_env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not building() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        os.kill(first.pid, signal.SIGSTOP)
+        assert first.poll() is None, 'the first re-embedding ended before the second could start'
+        assert reembed(two, new, out) == out
+        os.kill(first.pid, signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 1 and err == f'error: {out} was made by another process while this re-embedding ' \
+        'ran (another re-embedding to the same --out?): it is kept and nothing was written; rerun with another ' \
+        '--out\n', err
+    assert list(open_store(out).video_ids) == ['c', 'd'] and check_store(out).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['new.bin', 'new.zarr', 'old.bin', 'other', 'speech.zarr']
