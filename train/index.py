@@ -38,7 +38,7 @@ import zarr
 from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest, stores_name
 from shared.device import pick_device
-from shared.files import make_dir, remove_stale_temps, sha256_file, temp_path
+from shared.files import make_dir, raise_if_stopping, remove_stale_temps, sha256_file, stop_asked, stop_handler, temp_path
 from shared.logs import setup_logging
 from shared.media import MediaError, count_media, ffmpeg_exe
 from shared.store import StoreError, shard_chunks, unreadable
@@ -245,6 +245,7 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
     make_dir(out / THUMBS, 'thumbnail folder', 'remove that file and rerun')
     todo = store.pending(shard_chunks(store.n_chunks, shard, num_shards))
     for i, c in enumerate(todo):
+        raise_if_stopping()  # a Ctrl-C or SIGTERM lost in a finaliser ("Exception ignored"): else every chunk ran
         rows = store.chunk_rows(c)
         for r in rows:  # thumbnails before the status: a finished chunk has all it will have
             thumbnail(manifest.paths[r], out / THUMBS / f'{r}.jpg')
@@ -328,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     # SIGTERM (a SLURM time limit or pre-emption of a shard, a `kill`) stops as Ctrl-C does: one line, and
-    # the half-made thumbnail and FAISS folder removed, where its default killed the process silently
+    # the half-made thumbnail and FAISS folder removed, where its default killed the process silently. Both
+    # are remembered (`stop_handler`): a KeyboardInterrupt lost in a finaliser is raised again at the next
+    # chunk (`raise_if_stopping`)
     main_thread = threading.current_thread() is threading.main_thread()  # signal.signal refuses others
-    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
+    stop_asked.clear()
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)  # not a Ctrl-C ignored (nohup)
+                if main_thread and (s == signal.SIGTERM or signal.getsignal(s) is not signal.SIG_IGN)}
     try:
         run = run_seeds(args.run)[0]
         manifest = load_manifest(args.dataset, args.data_root)
@@ -351,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         print('\ninterrupted: finished chunks are kept; rerun the same command to continue', file=sys.stderr)
         return 130
     finally:
-        if previous is not None and signal.getsignal(signal.SIGTERM) is _sigterm:  # after a SIGTERM: stopping, ignored
-            signal.signal(signal.SIGTERM, previous)
+        stop_asked.clear()  # (tests call `main` in one process)
+        for s, handler in previous.items():
+            if signal.getsignal(s) is _stop:  # (after an interrupt, SIGTERM stays ignored: `_stopping`)
+                signal.signal(s, handler)
     for pattern, recall in index.recall.items():
         print(f'approximate index of pattern {pattern}: recall@10 against exact {recall:.3f}')
     # the index holds the manifest's videos (`embed_collection` refuses other ones); stills are not 'videos'
@@ -367,10 +374,10 @@ def _stopping(main_thread: bool) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    """SIGTERM stops the process as Ctrl-C does (finished chunks stay); once the interrupt reaches
-    `main`, more SIGTERMs are ignored (`_stopping`)."""
-    raise KeyboardInterrupt
+def _stop(signum: int, frame: object) -> None:
+    """Ctrl-C and SIGTERM stop the process (finished chunks stay), remembered for `raise_if_stopping`;
+    once the interrupt reaches `main`, more SIGTERMs are ignored (`_stopping`)."""
+    stop_handler(signum, frame)
 
 
 if __name__ == '__main__':

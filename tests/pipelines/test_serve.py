@@ -430,3 +430,49 @@ def test_ctrl_c_while_train_search_loads_is_one_line(tmp_path: Path, capsys: pyt
     except KeyboardInterrupt:  # failed here: out of the test it would stop the whole session
         pytest.fail('the KeyboardInterrupt came out of main: a traceback for the user')
     assert code == 130 and capsys.readouterr().err == '\ninterrupted while loading the run: no query answered\n'
+
+
+class _LostInterrupt:
+    """Freed at once, it takes a signal as one arriving while Python runs a finaliser: the handler's
+    KeyboardInterrupt is raised in `__del__`, where Python prints "Exception ignored" and drops it."""
+
+    def __del__(self) -> None:
+        import signal
+
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_ctrl_c_lost_in_a_finaliser_still_stops_indexing(served, demo_stores: tuple[Path, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """train.index's own SIGTERM handler left Ctrl-C to Python's, whose KeyboardInterrupt raised in a
+    finaliser (`__del__`, the garbage collector) is dropped: the index went on, every chunk. The signal is
+    remembered and the next chunk stops: exit 130 with its line, the later chunks pending. (Here, the
+    fixture's run indexes the demo videos again, in 2 chunks, without thumbnails.)"""
+    import signal
+
+    import train.index as index
+    from train.index import EMBEDDINGS, EmbeddingStore
+
+    collection, _, _ = served
+    data, features = demo_stores
+    run = collection.thumbs.parents[2]
+    monkeypatch.setattr(index, 'thumbnail', lambda video, out: False)
+    real, calls = index._embed_rows, []
+
+    def embed(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # chunk 0's (after the probe of row 0)
+            _LostInterrupt()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(index, '_embed_rows', embed)
+    out, before = tmp_path / 'index', signal.getsignal(signal.SIGINT)
+    code = index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
+                       str(features), '--out', str(out), '--chunk-size', '32'])
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().splitlines()[-1] == ('interrupted: finished chunks are kept; rerun the same '
+                                                            'command to continue'), (code, err)
+    assert len(calls) == 2 and EmbeddingStore(out / EMBEDDINGS).pending(range(2)) == [1]
+    assert signal.getsignal(signal.SIGINT) is before  # put back
