@@ -476,3 +476,37 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_indexing(served, demo_stores: 
                                                             'command to continue'), (code, err)
     assert len(calls) == 2 and EmbeddingStore(out / EMBEDDINGS).pending(range(2)) == [1]
     assert signal.getsignal(signal.SIGINT) is before  # put back
+
+
+def test_a_done_chunk_whose_embeddings_file_is_missing_is_refused(served, demo_stores: tuple[Path, Path],
+                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A partial copy of an index folder (a done chunk's `emb` file left out) read as zeros: serve started and
+    /similar gave every video the same meaningless score. Refused at read, by the chunk's recorded sums, or by
+    its file in an index made before them; `train.index --overwrite` makes it again."""
+    import train.index as index
+    from pipelines.serve import Collection
+    from shared.store import StoreError
+    from train.index import EMBEDDINGS, EmbeddingStore
+
+    collection, _, manifest = served
+    data, features = demo_stores
+    run = collection.thumbs.parents[2]
+    good = tmp_path / 'good'
+    shutil.copytree(collection.thumbs.parent, good)
+    emb_file = good / EMBEDDINGS / 'emb' / 'c' / '0' / '0' / '0'
+    assert emb_file.is_file() and EmbeddingStore(good / EMBEDDINGS).read()[0] == list(manifest.video_ids)
+    for sums in (True, False):  # an index made before the sums: its files are checked
+        copy = tmp_path / f'copy-{sums}'
+        shutil.copytree(good, copy)
+        if not sums:
+            shutil.rmtree(copy / EMBEDDINGS / 'chunk_sums')
+            assert EmbeddingStore(copy / EMBEDDINGS).read()[0] == list(manifest.video_ids)  # whole: it loads
+        (copy / EMBEDDINGS / 'emb' / 'c' / '0' / '0' / '0').unlink()
+        with pytest.raises(StoreError, match=rf'{copy / EMBEDDINGS}: chunk 0 \(videos 0-59\) is done but its emb '
+                                             r'.*python -m train.index --run .* --overwrite'):
+            Collection(run, copy, data)
+    monkeypatch.setattr(index, 'thumbnail', lambda video, out: False)
+    assert index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
+                       str(features), '--out', str(copy), '--overwrite']) == 0
+    assert Collection(run, copy, data).video.emb.abs().sum(-1).gt(0).any(-1).all()
