@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ class EmbeddingStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = temp_path(path, unique=True)
             try:
-                cls._build(tmp, manifest, n_emb, dim, {**attrs, 'chunk_size': chunk_size})
+                # store_id: what tells this store from one rebuilt in its place (`pipelines.serve` asks it)
+                cls._build(tmp, manifest, n_emb, dim, {**attrs, 'chunk_size': chunk_size, 'store_id': uuid.uuid4().hex})
             except BaseException:  # a failed or interrupted build leaves no half store behind
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

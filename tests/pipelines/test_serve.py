@@ -510,3 +510,41 @@ def test_a_done_chunk_whose_embeddings_file_is_missing_is_refused(served, demo_s
     assert index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
                        str(features), '--out', str(copy), '--overwrite']) == 0
     assert Collection(run, copy, data).video.emb.abs().sum(-1).gt(0).any(-1).all()
+
+
+def test_a_thumbnail_of_an_index_rebuilt_since_the_server_started_is_refused(served, tmp_path: Path) -> None:
+    """The server holds the index's rows in memory but read thumbnails from disk by row number: with the
+    folder indexed again (`train.index --overwrite`, another video set) while it ran, the page showed
+    other videos' thumbnails beside the results. Now a 409 saying to restart it; the same index's
+    zarr.json rewritten (its store_id kept) is still served."""
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from pipelines.serve import Collection, create_app
+    from shared.datasets import Manifest
+    from train.index import EMBEDDINGS, FAISS, THUMBS, EmbeddingStore
+
+    collection, _, manifest = served
+    run, index = collection.thumbs.parents[2], tmp_path / 'index'
+    shutil.copytree(collection.thumbs.parent, index)
+    client = TestClient(create_app(Collection(run, index, manifest.root.parent)), base_url='http://127.0.0.1:8000')
+    first = client.get('/thumb/0')
+    assert first.status_code == 200
+    meta = index / EMBEDDINGS / 'zarr.json'
+    same = meta.read_bytes()
+    meta.unlink()
+    meta.write_bytes(same)  # another file, the same store
+    assert client.get('/thumb/0').content == first.content
+    for name in (FAISS, THUMBS, EMBEDDINGS):  # as --overwrite does, then another index in its place
+        shutil.rmtree(index / name)
+    ids = ('x', 'y')
+    other = Manifest('toy', tmp_path, ids, tuple(tmp_path / f'{v}.mp4' for v in ids), {}, {})
+    EmbeddingStore.create(index / EMBEDDINGS, other, 1, 4, {'run': 'r', 'checkpoint': 'c', 'checkpoint_sha256': 'x'})
+    os.mkdir(index / THUMBS)
+    (index / THUMBS / '0.jpg').write_bytes(b'another video')
+    for method in (client.get, client.head):
+        r = method('/thumb/0')
+        assert r.status_code == 409 and r.content != b'another video', r.content
+    assert client.get('/thumb/0').json()['detail'] == 'the index was rebuilt since the server started: restart it'
+    assert client.get('/search', params={'q': 'a cat', 'k': 2}).status_code == 200  # the rest is served from memory
