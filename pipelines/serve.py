@@ -10,7 +10,8 @@ GET /similar?id=&k= JSON: videos like this one, searched by the video's own embe
 GET /thumb/ROW      a thumbnail;  GET /video?path=P  the video file, with HTTP range requests
 Only the indexed videos' own paths are served (404 for any other file of the dataset's root), and
 they are resolved inside the root: `..`, absolute paths and symlinks that lead out are refused (403).
-An index made from another state of the run's checkpoint (retrained since) is refused at start.
+An index made from another state of the run's checkpoint (retrained since) is refused at start, and a
+thumbnail is a 409 once the index folder holds another index than the one loaded (rebuilt since).
 Bad input is a 4xx with one line of detail; the server goes on serving.
 On a loopback address (the default) only requests naming this machine in their Host header are
 answered (localhost, 127.0.0.1, ::1, and each --allowed-host): a web page whose own name is made to
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -41,7 +43,7 @@ from train.runs import load_run, run_seeds
 from train.search import encode_query
 from train.search_index import video_queries
 
-__all__ = ['ServeCfg', 'Collection', 'create_app', 'main']
+__all__ = ['ServeCfg', 'Collection', 'IndexRebuilt', 'create_app', 'main']
 
 STATIC = Path(__file__).parent / 'static'
 #: what a browser on this machine names a loopback server by
@@ -92,11 +94,35 @@ class ServeCfg:
             raise ConfigError(f'max_k {self.max_k}: give at least 1')
 
 
+class IndexRebuilt(RuntimeError):
+    """The index folder holds another index than the server loaded: its thumbnails are other videos'."""
+
+
+def _stat(store: Path) -> tuple[int, ...] | None:
+    """What changes when the embedding store's `zarr.json` is made again (None: none there): its inode
+    and times, ctime included, which no copy keeps."""
+    try:
+        st = os.stat(store / 'zarr.json')
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+
+def _store_id(store: Path) -> str | None:
+    try:
+        with open(store / 'zarr.json', 'rb') as f:
+            return json.load(f).get('attributes', {}).get('store_id')
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class Collection:
     """A run's model and text encoder with an index of a collection (`train.index`), loaded once."""
 
     def __init__(self, run: Path, index: Path, data_root: Path) -> None:
         run = run_seeds(run)[0]
+        # before the store is read: an index rebuilt while this loads is not taken for the one read
+        self._store, self._stat = index / EMBEDDINGS, _stat(index / EMBEDDINGS)
         loaded = load_run(run)
         self.model = loaded.model
         cfg = loaded.cfg
@@ -109,6 +135,7 @@ class Collection:
                               f'index it again: python -m train.index --run {run} --out {index} --overwrite '
                               f'--dataset {store.attrs["dataset"]}')
         self.ids, self.paths, self.video = store.read()
+        self._store_id = store.attrs.get('store_id')  # None in an index made before it: its stat alone
         if stale_mmt_masks(cfg.model.model, self.video.available):  # its search index renormalises: made again
             raise ConfigError(f'{index} holds {STALE_MMT}: index it again: python -m train.index --run {run} '
                               f'--out {index} --overwrite --dataset {store.attrs["dataset"]}')
@@ -149,13 +176,31 @@ class Collection:
         text = video_queries(VideoEmbedding(self.video.emb[r:r + 1], self.video.available[r:r + 1]))
         return {'id': video_id, 'results': self._hits(text, k, skip=r)}
 
+    def current(self) -> None:
+        """IndexRebuilt where the index folder no longer holds the index loaded (`train.index --overwrite`
+        made another there): thumbnails are read from it by row, and showed other videos beside the results.
+        One stat per call; the store's id is read only when the stat differs."""
+        now = _stat(self._store)
+        if now == self._stat:
+            return
+        if now is not None and self._store_id is not None and _store_id(self._store) == self._store_id:
+            self._stat = now  # the same store, its zarr.json rewritten or copied back
+            return
+        raise IndexRebuilt('the index was rebuilt since the server started: restart it')
+
     def thumb(self, row: int) -> Path:
         """Video `row`'s thumbnail (FileNotFoundError: no such row, or none cut; PermissionError: a symlink
-        that leads out of the index's thumbs folder, as /video refuses one out of the video root)."""
+        that leads out of the index's thumbs folder, as /video refuses one out of the video root;
+        IndexRebuilt: see `current`)."""
+        self.current()
         path = self.thumbs / f'{row}.jpg'
         if not 0 <= row < len(self.ids) or not path.is_file():
             raise FileNotFoundError(f'no thumbnail {row}')
-        return _real_inside(path, self.thumbs, f'thumbnail {row} leads outside the index')
+        real = _real_inside(path, self.thumbs, f'thumbnail {row} leads outside the index')
+        # again: a rebuild removes the thumbnails before the store, and cuts new ones only once its new store
+        # is there, so a file found while the store is still the one loaded is this index's
+        self.current()
+        return real
 
     def file(self, relative: str) -> Path:
         """An indexed video's file inside the root (PermissionError: outside it, through `..`, an absolute
@@ -247,6 +292,8 @@ def create_app(collection: Collection, cfg: ServeCfg | None = None):  # -> fasta
     def thumb(row: int) -> FileResponse:
         try:
             return FileResponse(collection.thumb(row), media_type='image/jpeg')
+        except IndexRebuilt as err:
+            raise HTTPException(409, str(err)) from None
         except PermissionError as err:
             raise HTTPException(403, str(err)) from None
         except FileNotFoundError as err:

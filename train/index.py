@@ -9,7 +9,8 @@ a thumbnail of each video is cut from its file (FFmpeg) with the chunk. Once eve
 the search index (`train.search_index`) is built beside it. The layout under --out:
 
     embeddings.zarr/   video_ids [N], paths [N] (inside the dataset root), emb [N, M, d] float32,
-                       available [N, M] bool, status [N] uint8 (0 pending, 1 done); its attributes name
+                       available [N, M] bool, status [N] uint8 (0 pending, 1 done), chunk_sums [chunks] (JSON
+                       {array: CRC-32} of a chunk's emb and available, written before its status); its attributes name
                        the run and the sha256 of the checkpoint that made it (a retrained run's index
                        is refused, or made again with --overwrite)
     thumbs/ROW.jpg     one per video (missing where FFmpeg could not cut one)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -28,6 +30,8 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ import zarr
 from shared.config import DATA_ROOT_HELP, FEATURES_ROOT_HELP, ConfigError, data_root_default, features_root_default
 from shared.datasets import DatasetError, Manifest, load_manifest, stores_name
 from shared.device import pick_device
-from shared.files import make_dir, remove_stale_temps, sha256_file, temp_path
+from shared.files import make_dir, raise_if_stopping, remove_stale_temps, sha256_file, stop_asked, stop_handler, temp_path
 from shared.logs import setup_logging
 from shared.media import MediaError, count_media, ffmpeg_exe
 from shared.store import StoreError, shard_chunks, unreadable
@@ -64,6 +68,7 @@ def stale_mmt_masks(model: str, available: Any) -> bool:
 _logger = logging.getLogger(__name__)
 
 EMBEDDINGS, THUMBS, FAISS = 'embeddings.zarr', 'thumbs', 'faiss'
+CHUNK_SUMS = 'chunk_sums'
 CHUNK = 256  # videos per chunk (the unit of work of one writer), rounded up to the expert stores' units
 THUMB_WIDTH = 240
 
@@ -100,7 +105,8 @@ class EmbeddingStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = temp_path(path, unique=True)
             try:
-                cls._build(tmp, manifest, n_emb, dim, {**attrs, 'chunk_size': chunk_size})
+                # store_id: what tells this store from one rebuilt in its place (`pipelines.serve` asks it)
+                cls._build(tmp, manifest, n_emb, dim, {**attrs, 'chunk_size': chunk_size, 'store_id': uuid.uuid4().hex})
             except BaseException:  # a failed or interrupted build leaves no half store behind
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -125,6 +131,7 @@ class EmbeddingStore:
         g.create_array('emb', shape=(n, n_emb, dim), chunks=(c, n_emb, dim), dtype='float32', fill_value=0)
         g.create_array('available', shape=(n, n_emb), chunks=(c, n_emb), dtype=bool, fill_value=False)
         g.create_array('status', shape=(n,), chunks=(c,), dtype='uint8', fill_value=0)
+        g.create_array(CHUNK_SUMS, shape=(-(-n // c),), chunks=(1,), dtype=str, fill_value='')
 
     def made_by_other(self, attrs: dict, video_ids: list[str]) -> str:
         """What differs from a store `attrs` would make of `video_ids` ('' when nothing): another run, another
@@ -153,19 +160,81 @@ class EmbeddingStore:
         """One whole chunk; `status` last, so a chunk cut short reads as pending."""
         r = self.chunk_rows(chunk)
         self.group['emb'][r.start:r.stop] = emb.emb.float().cpu().numpy()
-        self.group['available'][r.start:r.stop] = emb.available.bool().cpu().numpy()
+        arrays = {'emb': emb.emb.float().cpu().numpy(), 'available': emb.available.bool().cpu().numpy()}
+        for name, value in arrays.items():
+            self.group[name][r.start:r.stop] = value
+        if CHUNK_SUMS in self.group:  # a store made before them has none: its chunks are checked by their files
+            self.group[CHUNK_SUMS][chunk:chunk + 1] = np.asarray(
+                [json.dumps({name: _crc(value) for name, value in arrays.items()})], dtype=str)
         self.group['status'][r.start:r.stop] = np.ones(len(r), np.uint8)
 
     def complete(self) -> bool:
         return not self.pending(range(self.n_chunks))
 
     def read(self) -> tuple[list[str], list[str], VideoEmbedding]:
-        """(video ids, paths inside the dataset root, embeddings) of every video."""
+        """(video ids, paths inside the dataset root, embeddings) of every video.
+
+        Raises:
+            StoreError: a finished chunk's data is missing or not as written (`damage`).
+        """
         g = self.group
         with self.readable():
-            return ([str(v) for v in g['video_ids'][:]], [str(p) for p in g['paths'][:]],
-                    VideoEmbedding(torch.from_numpy(np.asarray(g['emb'][:])),
-                                   torch.from_numpy(np.asarray(g['available'][:]))))
+            ids, paths = [str(v) for v in g['video_ids'][:]], [str(p) for p in g['paths'][:]]
+            emb, available = np.asarray(g['emb'][:]), np.asarray(g['available'][:])
+            problem = self.damage({'emb': emb, 'available': available}, ids, paths)
+        if problem:
+            raise StoreError(f'{self.path}: {problem} (a partial copy of the index folder?). Index it again: python -m '
+                             f'train.index --run {self.attrs.get("run")} --dataset {self.attrs.get("dataset")} --out '
+                             f'{self.path.parent} --overwrite')
+        return ids, paths, VideoEmbedding(torch.from_numpy(emb), torch.from_numpy(available))
+
+    def damage(self, arrays: dict[str, np.ndarray] | None = None, ids: list[str] | None = None,
+               paths: list[str] | None = None) -> str:
+        """What of the finished chunks is missing or not as written, or '' (read here where not given).
+
+        Zarr reads a missing chunk file as the fill value: a done chunk without its `emb` file searched as
+        zeros, every score alike. Each chunk is checked against its recorded sums; in a store made before
+        them, by its files (a done chunk must have its emb file: embeddings are never all 0).
+        """
+        g = self.group
+        with self.readable():
+            if arrays is None:
+                arrays = {'emb': np.asarray(g['emb'][:]), 'available': np.asarray(g['available'][:])}
+            ids = [str(v) for v in g['video_ids'][:]] if ids is None else ids
+            paths = [str(p) for p in g['paths'][:]] if paths is None else paths
+            status = np.asarray(g['status'][:]).astype(bool)
+            sums = [str(x) for x in g[CHUNK_SUMS][:]] if CHUNK_SUMS in g else None
+        if '' in ids or '' in paths:  # never written empty: their chunk file is missing
+            return 'its video ids or paths are missing (a chunk file lost)'
+        for c in range(self.n_chunks):
+            r = self.chunk_rows(c)
+            if not status[r.start:r.stop].all():
+                continue
+            where = f'chunk {c} (videos {r.start}-{r.stop - 1})'
+            if sums is None:
+                if not self._chunk_file('emb', c).is_file():
+                    return f'{where} is done but its emb chunk file is missing'
+                continue
+            try:
+                recorded = json.loads(sums[c]) if sums[c] else None
+            except ValueError:
+                recorded = None
+            if not isinstance(recorded, dict):
+                return f'{where} is done but its recorded chunk sums are missing or damaged'
+            bad = [name for name, value in arrays.items() if recorded.get(name) != _crc(value[r.start:r.stop])]
+            if bad:
+                return f'{where} is done but its {" and ".join(bad)} data is not what was written (a chunk file missing)'
+        return ''
+
+    def _chunk_file(self, name: str, chunk: int) -> Path:
+        arr = self.group[name]
+        return self.path / name / arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
+
+
+def _crc(x: np.ndarray) -> int:
+    """CRC-32 of an array as the store holds it: float -0.0 as 0.0 (`+ 0`), since a chunk equal to the fill
+    value 0 is never written and reads back as +0.0."""
+    return zlib.crc32(np.ascontiguousarray(x + 0 if x.dtype.kind == 'f' else x).tobytes())
 
 
 def thumbnail(video: Path, out: Path) -> bool:
@@ -235,9 +304,11 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
              'dataset': manifest.name, 'video_root': str(Path(manifest.root).resolve()),
              'experts': [s.name for s in loaded.cfg.model.experts]}
     if overwrite and (out / EMBEDDINGS).exists():
-        other = EmbeddingStore(out / EMBEDDINGS).made_by_other(attrs, manifest.video_ids)
+        old = EmbeddingStore(out / EMBEDDINGS)
+        other = old.made_by_other(attrs, manifest.video_ids)
+        other = f'holds embeddings of {other}' if other else old.damage()  # damaged: a partial copy
         if other:
-            _logger.warning('%s holds embeddings of %s: made again (--overwrite)', out / EMBEDDINGS, other)
+            _logger.warning('%s %s: made again (--overwrite)', out / EMBEDDINGS, other)
             for name in (FAISS, THUMBS, EMBEDDINGS):  # the store last: a kill in between is refused on rerun
                 shutil.rmtree(out / name, ignore_errors=True)
     store = EmbeddingStore.create(out / EMBEDDINGS, manifest, probe.emb.shape[1], probe.emb.shape[2], attrs,
@@ -245,6 +316,7 @@ def embed_collection(run: Path, manifest: Manifest, features_root: Path, out: Pa
     make_dir(out / THUMBS, 'thumbnail folder', 'remove that file and rerun')
     todo = store.pending(shard_chunks(store.n_chunks, shard, num_shards))
     for i, c in enumerate(todo):
+        raise_if_stopping()  # a Ctrl-C or SIGTERM lost in a finaliser ("Exception ignored"): else every chunk ran
         rows = store.chunk_rows(c)
         for r in rows:  # thumbnails before the status: a finished chunk has all it will have
             thumbnail(manifest.paths[r], out / THUMBS / f'{r}.jpg')
@@ -328,9 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     # SIGTERM (a SLURM time limit or pre-emption of a shard, a `kill`) stops as Ctrl-C does: one line, and
-    # the half-made thumbnail and FAISS folder removed, where its default killed the process silently
+    # the half-made thumbnail and FAISS folder removed, where its default killed the process silently. Both
+    # are remembered (`stop_handler`): a KeyboardInterrupt lost in a finaliser is raised again at the next
+    # chunk (`raise_if_stopping`)
     main_thread = threading.current_thread() is threading.main_thread()  # signal.signal refuses others
-    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
+    stop_asked.clear()
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)  # not a Ctrl-C ignored (nohup)
+                if main_thread and (s == signal.SIGTERM or signal.getsignal(s) is not signal.SIG_IGN)}
     try:
         run = run_seeds(args.run)[0]
         manifest = load_manifest(args.dataset, args.data_root)
@@ -351,8 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         print('\ninterrupted: finished chunks are kept; rerun the same command to continue', file=sys.stderr)
         return 130
     finally:
-        if previous is not None and signal.getsignal(signal.SIGTERM) is _sigterm:  # after a SIGTERM: stopping, ignored
-            signal.signal(signal.SIGTERM, previous)
+        stop_asked.clear()  # (tests call `main` in one process)
+        for s, handler in previous.items():
+            if signal.getsignal(s) is _stop:  # (after an interrupt, SIGTERM stays ignored: `_stopping`)
+                signal.signal(s, handler)
     for pattern, recall in index.recall.items():
         print(f'approximate index of pattern {pattern}: recall@10 against exact {recall:.3f}')
     # the index holds the manifest's videos (`embed_collection` refuses other ones); stills are not 'videos'
@@ -367,10 +445,10 @@ def _stopping(main_thread: bool) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    """SIGTERM stops the process as Ctrl-C does (finished chunks stay); once the interrupt reaches
-    `main`, more SIGTERMs are ignored (`_stopping`)."""
-    raise KeyboardInterrupt
+def _stop(signum: int, frame: object) -> None:
+    """Ctrl-C and SIGTERM stop the process (finished chunks stay), remembered for `raise_if_stopping`;
+    once the interrupt reaches `main`, more SIGTERMs are ignored (`_stopping`)."""
+    stop_handler(signum, frame)
 
 
 if __name__ == '__main__':

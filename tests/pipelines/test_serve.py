@@ -430,3 +430,121 @@ def test_ctrl_c_while_train_search_loads_is_one_line(tmp_path: Path, capsys: pyt
     except KeyboardInterrupt:  # failed here: out of the test it would stop the whole session
         pytest.fail('the KeyboardInterrupt came out of main: a traceback for the user')
     assert code == 130 and capsys.readouterr().err == '\ninterrupted while loading the run: no query answered\n'
+
+
+class _LostInterrupt:
+    """Freed at once, it takes a signal as one arriving while Python runs a finaliser: the handler's
+    KeyboardInterrupt is raised in `__del__`, where Python prints "Exception ignored" and drops it."""
+
+    def __del__(self) -> None:
+        import signal
+
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_ctrl_c_lost_in_a_finaliser_still_stops_indexing(served, demo_stores: tuple[Path, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """train.index's own SIGTERM handler left Ctrl-C to Python's, whose KeyboardInterrupt raised in a
+    finaliser (`__del__`, the garbage collector) is dropped: the index went on, every chunk. The signal is
+    remembered and the next chunk stops: exit 130 with its line, the later chunks pending. (Here, the
+    fixture's run indexes the demo videos again, in 2 chunks, without thumbnails.)"""
+    import signal
+
+    import train.index as index
+    from train.index import EMBEDDINGS, EmbeddingStore
+
+    collection, _, _ = served
+    data, features = demo_stores
+    run = collection.thumbs.parents[2]
+    monkeypatch.setattr(index, 'thumbnail', lambda video, out: False)
+    real, calls = index._embed_rows, []
+
+    def embed(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # chunk 0's (after the probe of row 0)
+            _LostInterrupt()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(index, '_embed_rows', embed)
+    out, before = tmp_path / 'index', signal.getsignal(signal.SIGINT)
+    code = index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
+                       str(features), '--out', str(out), '--chunk-size', '32'])
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().splitlines()[-1] == ('interrupted: finished chunks are kept; rerun the same '
+                                                            'command to continue'), (code, err)
+    assert len(calls) == 2 and EmbeddingStore(out / EMBEDDINGS).pending(range(2)) == [1]
+    assert signal.getsignal(signal.SIGINT) is before  # put back
+
+
+def test_a_done_chunk_whose_embeddings_file_is_missing_is_refused(served, demo_stores: tuple[Path, Path],
+                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A partial copy of an index folder (a done chunk's `emb` file left out) read as zeros: serve started and
+    /similar gave every video the same meaningless score. Refused at read, by the chunk's recorded sums, or by
+    its file in an index made before them; `train.index --overwrite` makes it again."""
+    import train.index as index
+    from pipelines.serve import Collection
+    from shared.store import StoreError
+    from train.index import EMBEDDINGS, EmbeddingStore
+
+    collection, _, manifest = served
+    data, features = demo_stores
+    run = collection.thumbs.parents[2]
+    good = tmp_path / 'good'
+    shutil.copytree(collection.thumbs.parent, good)
+    emb_file = good / EMBEDDINGS / 'emb' / 'c' / '0' / '0' / '0'
+    assert emb_file.is_file() and EmbeddingStore(good / EMBEDDINGS).read()[0] == list(manifest.video_ids)
+    for sums in (True, False):  # an index made before the sums: its files are checked
+        copy = tmp_path / f'copy-{sums}'
+        shutil.copytree(good, copy)
+        if not sums:
+            shutil.rmtree(copy / EMBEDDINGS / 'chunk_sums')
+            assert EmbeddingStore(copy / EMBEDDINGS).read()[0] == list(manifest.video_ids)  # whole: it loads
+        (copy / EMBEDDINGS / 'emb' / 'c' / '0' / '0' / '0').unlink()
+        with pytest.raises(StoreError, match=rf'{copy / EMBEDDINGS}: chunk 0 \(videos 0-59\) is done but its emb '
+                                             r'.*python -m train.index --run .* --overwrite'):
+            Collection(run, copy, data)
+    monkeypatch.setattr(index, 'thumbnail', lambda video, out: False)
+    assert index_main(['--run', str(run), '--dataset', 'demo', '--data-root', str(data), '--features-root',
+                       str(features), '--out', str(copy), '--overwrite']) == 0
+    assert Collection(run, copy, data).video.emb.abs().sum(-1).gt(0).any(-1).all()
+
+
+def test_a_thumbnail_of_an_index_rebuilt_since_the_server_started_is_refused(served, tmp_path: Path) -> None:
+    """The server holds the index's rows in memory but read thumbnails from disk by row number: with the
+    folder indexed again (`train.index --overwrite`, another video set) while it ran, the page showed
+    other videos' thumbnails beside the results. Now a 409 saying to restart it; the same index's
+    zarr.json rewritten (its store_id kept) is still served."""
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from pipelines.serve import Collection, create_app
+    from shared.datasets import Manifest
+    from train.index import EMBEDDINGS, FAISS, THUMBS, EmbeddingStore
+
+    collection, _, manifest = served
+    run, index = collection.thumbs.parents[2], tmp_path / 'index'
+    shutil.copytree(collection.thumbs.parent, index)
+    client = TestClient(create_app(Collection(run, index, manifest.root.parent)), base_url='http://127.0.0.1:8000')
+    first = client.get('/thumb/0')
+    assert first.status_code == 200
+    meta = index / EMBEDDINGS / 'zarr.json'
+    same = meta.read_bytes()
+    meta.unlink()
+    meta.write_bytes(same)  # another file, the same store
+    assert client.get('/thumb/0').content == first.content
+    for name in (FAISS, THUMBS, EMBEDDINGS):  # as --overwrite does, then another index in its place
+        shutil.rmtree(index / name)
+    ids = ('x', 'y')
+    other = Manifest('toy', tmp_path, ids, tuple(tmp_path / f'{v}.mp4' for v in ids), {}, {})
+    EmbeddingStore.create(index / EMBEDDINGS, other, 1, 4, {'run': 'r', 'checkpoint': 'c', 'checkpoint_sha256': 'x'})
+    os.mkdir(index / THUMBS)
+    (index / THUMBS / '0.jpg').write_bytes(b'another video')
+    for method in (client.get, client.head):
+        r = method('/thumb/0')
+        assert r.status_code == 409 and r.content != b'another video', r.content
+    assert client.get('/thumb/0').json()['detail'] == 'the index was rebuilt since the server started: restart it'
+    assert client.get('/search', params={'q': 'a cat', 'k': 2}).status_code == 200  # the rest is served from memory

@@ -282,6 +282,7 @@ def test_mmt_masks_made_before_eq6_are_refused_by_serve_remade_by_overwrite_and_
     stale[::3, 1] = False  # as the earlier version marked videos without audio
     shutil.rmtree(out / FAISS)
     zarr.open_group(str(out / EMBEDDINGS), mode='r+')['available'][:] = stale.numpy()
+    shutil.rmtree(out / EMBEDDINGS / 'chunk_sums')  # made before the chunk sums too: else refused as damaged
     with pytest.raises(ConfigError, match=r'MMT masks of an earlier version.*index it again: python -m train.index'):
         Collection(run, out, data)
     assert index_main([*args, '--overwrite']) == 0
