@@ -38,6 +38,20 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+@pytest.fixture
+def gone_and_live_pids():
+    """(the PID of a process that has ended, the PID of one still running until the test ends): the two
+    kinds of owner a leftover temporary file's name can give (`shared.files.remove_stale_temps`)."""
+    gone = int(subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
+                              text=True, check=True).stdout)
+    live = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+    try:
+        yield gone, live.pid
+    finally:
+        live.kill()
+        live.wait()
+
+
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return ROOT

@@ -293,6 +293,12 @@ BAD_H5 = {  # probe 7: each was a line naming neither the file nor the video (a 
     'a feature linked from another file': (lambda p: _h5_elsewhere(p, 'link'), 'is a link to /features.audio in'),
     # a soft link whose target is an external link under a key the importer does not read
     'a caption soft-linked to another file': (lambda p: _h5_elsewhere(p, 'soft'), 'is a soft link to /hidden'),
+    # probe 12: complex features imported their real parts (numpy's cast warns only), and a caption dataset
+    # of numbers became the caption '1.0 1.0 1.0' in imported.json
+    'features of complex numbers': (lambda p: _h5_write(p, {'features.audio': np.ones((2, 16), np.complex64)}),
+                                    'features of complex numbers (complex64)'),
+    'a caption of numbers': (lambda p: _h5_write(p, {'raw_captions.0': np.ones(3)}),
+                             'a caption holds float 1.0, not text'),
 }
 
 
@@ -612,22 +618,3 @@ def test_an_h5_dataset_far_larger_than_its_file_is_refused_unread(tmp_path: Path
     err = capsys.readouterr().err
     assert code == 1 and f'{root / "video0.h5"}: features.motion declares (2000, 1024) values' in err, err
     assert 'refused, not read' in err and 'video1' not in err
-
-
-@pytest.mark.parametrize('value, said', [
-    ({'features.audio': np.ones((2, 16), np.complex64)}, 'features of complex numbers (complex64)'),
-    ({'raw_captions.0': np.ones(3)}, 'a caption holds float 1.0, not text'),
-])
-def test_complex_features_and_captions_of_numbers_are_refused(value: dict, said: str, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
-    """Probe 12: complex features imported their real parts (numpy's cast warns only), and a caption
-    dataset of numbers became the caption '1.0 1.0 1.0' in imported.json."""
-    root = tmp_path / 'mult_h5'
-    _mmt_release(root)
-    _h5_write(root / 'video2.h5', value)
-    data, feats = tmp_path / 'data', tmp_path / 'features'
-    assert import_main(['--source', 'mmt', '--root', str(root), '--dataset', 'msvd', '--data-root', str(data),
-                        '--features-root', str(feats), '--no-progress']) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f'error: {root / "video2.h5"}: ') and err.count('\n') == 1 and said in err, err
-    assert _files_under(data, feats) == []

@@ -268,29 +268,20 @@ def test_a_status_value_that_is_no_status_reads_as_pending(tmp_path: Path) -> No
     assert report.damaged == [chunk] and report.counts['pending'] == len(store.chunk_rows(chunk))  # --repair redoes it
 
 
-def test_a_store_build_killed_with_minus_9_is_removed_by_the_next_run_of_this_host(tmp_path: Path) -> None:
+def test_a_store_build_killed_with_minus_9_is_removed_by_the_next_run_of_this_host(tmp_path: Path,
+                                                                                    gone_and_live_pids) -> None:
     """`create_store` builds in a folder beside the store; a kill -9 left it for ever, only reported. The next
     run removes those of gone processes of this host; a live one's is kept and reported."""
-    import subprocess
-    import sys
-
     from shared.files import _host
     from shared.store import leftovers
 
-    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    live = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
-    try:
-        dead, running = (tmp_path / f'.toy.zarr.{_host()}-{pid}-0a1b2c3d.tmp' for pid in (gone, live.pid))
-        for p in (dead, running):
-            (p / 'status').mkdir(parents=True)
-        create_store(tmp_path / 'toy.zarr', W.video_ids(4), W.spec(4))
-        assert not dead.exists() and running.exists()
-        assert [(p.name, what.split(':')[0]) for p, what in leftovers(tmp_path / 'toy.zarr')] == [
-            (running.name, 'left by an extraction or import of this store that stopped')]
-    finally:
-        live.kill()
-        live.wait()
+    dead, running = (tmp_path / f'.toy.zarr.{_host()}-{pid}-0a1b2c3d.tmp' for pid in gone_and_live_pids)
+    for p in (dead, running):
+        (p / 'status').mkdir(parents=True)
+    create_store(tmp_path / 'toy.zarr', W.video_ids(4), W.spec(4))
+    assert not dead.exists() and running.exists()
+    assert [(p.name, what.split(':')[0]) for p, what in leftovers(tmp_path / 'toy.zarr')] == [
+        (running.name, 'left by an extraction or import of this store that stopped')]
 
 
 def test_check_lists_what_stopped_jobs_left_beside_a_store(tmp_path: Path) -> None:

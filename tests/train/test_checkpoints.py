@@ -226,29 +226,21 @@ def test_a_checkpoint_with_a_compressed_record_is_refused_before_it_inflates(tmp
             load_checkpoint(forged, advice='Give --init-from another run', mmap=mmap)
 
 
-def test_a_checkpoint_write_killed_with_minus_9_is_removed_by_the_next_save(tmp_path: Path) -> None:
+def test_a_checkpoint_write_killed_with_minus_9_is_removed_by_the_next_save(tmp_path: Path,
+                                                                            gone_and_live_pids) -> None:
     """A run killed with -9 inside a checkpoint write leaves `.last.pt.HOST-PID.tmp`, as large as the
     checkpoint: the next save removed it only an hour later, so runs killed and resumed again and again
     (preemptible jobs) piled them up. It goes at the next save once its process is gone; a live
     process's (another run writing into the folder) stays."""
-    import sys
-
     import tests.train.test_models as A
     from shared.files import _host
     from train.checkpoints import save_checkpoint
     from train.models import create_model, model_cfg
 
-    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    live = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
-    try:
-        dead, running = (tmp_path / f'.last.pt.{_host()}-{pid}.tmp' for pid in (gone, live.pid))
-        for p in (dead, running):
-            p.write_bytes(b'half a checkpoint')
-        model = create_model(model_cfg(experts=A.EXPERTS, embed_dim=8, text_dim=12, text_clusters=3, model='mee'))
-        save_checkpoint(model, tmp_path / 'last.pt', epoch=1)
-        assert not dead.exists() and running.exists()
-        assert load_checkpoint(tmp_path / 'last.pt', 'cpu')['epoch'] == 1
-    finally:
-        live.kill()
-        live.wait()
+    dead, running = (tmp_path / f'.last.pt.{_host()}-{pid}.tmp' for pid in gone_and_live_pids)
+    for p in (dead, running):
+        p.write_bytes(b'half a checkpoint')
+    model = create_model(model_cfg(experts=A.EXPERTS, embed_dim=8, text_dim=12, text_clusters=3, model='mee'))
+    save_checkpoint(model, tmp_path / 'last.pt', epoch=1)
+    assert not dead.exists() and running.exists()
+    assert load_checkpoint(tmp_path / 'last.pt', 'cpu')['epoch'] == 1
