@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 import zipfile
@@ -108,7 +109,21 @@ def stop_handler(signum: int, frame: Any) -> None:
     """A handler for Ctrl-C and SIGTERM: KeyboardInterrupt, remembered in `stop_asked` for
     `raise_if_stopping`."""
     stop_asked.set()
+    if not getattr(sys.unraisablehook, 'quiet_lost_interrupt', False):
+        sys.unraisablehook = _quiet_lost_interrupt(sys.unraisablehook)
     raise KeyboardInterrupt
+
+
+def _quiet_lost_interrupt(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`sys.unraisablehook` that drops a KeyboardInterrupt lost in a finaliser while a stop is asked
+    (`raise_if_stopping` raises it again), where Python printed 'Exception ignored' and its traceback
+    under the one line a stopped command ends with; anything else goes to `previous`."""
+    def hook(unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and stop_asked.is_set()):
+            previous(unraisable)
+
+    hook.quiet_lost_interrupt = True  # type: ignore[attr-defined]
+    return hook
 
 
 def raise_if_stopping() -> None:
